@@ -1,1 +1,24 @@
+"""Reference AI products, built on the vendor SDK. Reference algorithms: not for clinical use."""
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aifi.vendor import Handler
+
+
+@dataclass(frozen=True)
+class ReferenceProduct:
+    """A product's manifest (for the exchange's catalogue) and its handler (for the worker)."""
+
+    manifest: Callable[[str], dict[str, Any]]  # vendor id -> manifest
+    handler: Handler
+
+
+def reference_products() -> dict[str, ReferenceProduct]:
+    """Every reference product by id (imported lazily: each may pull in numpy, highdicom)."""
+    from aifi.products import tissue_volume
+
+    return {tissue_volume.PRODUCT_ID: ReferenceProduct(tissue_volume.manifest, tissue_volume.run)}

@@ -1,0 +1,122 @@
+"""Blob storage for pseudonymised inputs and results: streamed in, streamed out, never buffered.
+
+An upload is written to a temporary blob first, checked, and only then committed under its key,
+so a half-received or refused upload never replaces one already accepted.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlparse
+
+from aifi.exchange.errors import ExchangeError, StorageFull
+
+CHUNK = 1024 * 1024
+
+
+class UploadTooLarge(ExchangeError):
+    status = 413
+
+
+@dataclass
+class TempBlob:
+    """An upload that has arrived completely but is not yet under its key."""
+
+    path: Path
+    size: int
+    sha256: str
+
+
+class BlobStore(Protocol):
+    async def receive(
+        self, chunks: AsyncIterator[bytes], max_bytes: int | None = None
+    ) -> TempBlob: ...
+
+    def commit(self, temp: TempBlob, key: str) -> None: ...
+
+    def discard(self, temp: TempBlob) -> None: ...
+
+    def local_path(self, key: str) -> Path | None: ...
+
+    def read(self, key: str) -> Iterator[bytes]: ...
+
+    def size(self, key: str) -> int: ...
+
+    def delete(self, key: str) -> None: ...
+
+
+class LocalBlobStore:
+    """Blobs as files under one folder: the embedded default."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.incoming = root / ".incoming"
+        self.incoming.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root.resolve() not in path.parents:
+            raise ValueError(f"blob key escapes the store: {key!r}")
+        return path
+
+    async def receive(self, chunks: AsyncIterator[bytes], max_bytes: int | None = None) -> TempBlob:
+        digest = hashlib.sha256()
+        size = 0
+        fd, name = tempfile.mkstemp(dir=self.incoming, suffix=".part")
+        path = Path(name)
+        try:
+            with os.fdopen(fd, "wb", buffering=CHUNK) as out:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if max_bytes is not None and size > max_bytes:
+                        raise UploadTooLarge(f"upload exceeds the limit of {max_bytes} bytes")
+                    digest.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+        except OSError as exc:
+            path.unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFull("the exchange's blob store is full; nothing was stored") from exc
+            raise
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return TempBlob(path=path, size=size, sha256=digest.hexdigest())
+
+    def commit(self, temp: TempBlob, key: str) -> None:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(temp.path, target)
+
+    def discard(self, temp: TempBlob) -> None:
+        temp.path.unlink(missing_ok=True)
+
+    def local_path(self, key: str) -> Path | None:
+        return self._path(key)
+
+    def read(self, key: str) -> Iterator[bytes]:
+        with self._path(key).open("rb") as source:
+            while chunk := source.read(CHUNK):
+                yield chunk
+
+    def size(self, key: str) -> int:
+        return self._path(key).stat().st_size
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+
+def open_blob_store(url: str) -> BlobStore:
+    """A store for `AIFI_BLOB_URL`: `file:///path` (default) — object stores come later."""
+    parsed = urlparse(url)
+    if parsed.scheme in ("file", ""):
+        return LocalBlobStore(Path(parsed.path))
+    raise ValueError(f"unsupported blob store URL scheme {parsed.scheme!r} in AIFI_BLOB_URL")

@@ -1,0 +1,190 @@
+"""Organisations, products and subscriptions: who may send what to whom."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from aifi.exchange.audit import Actor, AuditLog
+from aifi.exchange.auth import new_api_key, require_role, store_api_key
+from aifi.exchange.clock import utcnow
+from aifi.exchange.db import Database
+from aifi.exchange.errors import Conflict, Forbidden, NotFound
+from aifi.exchange.models import Organisation, Product, Subscription
+from aifi.exchange.schemas import (
+    OrganisationIn,
+    OrganisationKind,
+    ProductManifest,
+    ProductOut,
+)
+
+#: Products in these states take no new subscriptions and no new jobs.
+CLOSED_PRODUCT_STATES = frozenset({"suspended", "retired"})
+
+
+def product_out(product: Product) -> ProductOut:
+    return ProductOut(
+        id=product.id,
+        vendor=product.vendor_id,
+        name=product.name,
+        version=product.version,
+        clinical_area=product.clinical_area,
+        status=product.status,
+        manifest=ProductManifest.model_validate(product.manifest),
+    )
+
+
+class Catalogue:
+    def __init__(self, db: Database, audit: AuditLog) -> None:
+        self._db = db
+        self._audit = audit
+
+    # organisations -------------------------------------------------------------------------
+
+    def create_organisation(
+        self, actor: Actor | None, body: OrganisationIn
+    ) -> tuple[Organisation, str]:
+        """Register an organisation and return its first API key (shown once, stored hashed)."""
+        if actor is not None:
+            require_role(actor, OrganisationKind.operator)
+        with self._db.session() as session:
+            if session.get(Organisation, body.id) is not None:
+                raise Conflict(f"organisation {body.id!r} already exists")
+            org = Organisation(
+                id=body.id, name=body.name, kind=body.kind.value, created_at=utcnow()
+            )
+            session.add(org)
+        key = new_api_key()
+        store_api_key(self._db, org.id, key, label="initial")
+        if actor is not None:
+            self._audit.record(actor, "create", "organisation", org.id)
+        return org, key
+
+    def rotate_key(self, actor: Actor, organisation_id: str) -> str:
+        """A new key for an organisation; old keys stay valid until revoked (clean hand-over)."""
+        if actor.role != OrganisationKind.operator and actor.organisation_id != organisation_id:
+            raise NotFound(f"no organisation {organisation_id!r}")
+        with self._db.session() as session:
+            if session.get(Organisation, organisation_id) is None:
+                raise NotFound(f"no organisation {organisation_id!r}")
+        key = new_api_key()
+        store_api_key(self._db, organisation_id, key, label="rotated")
+        self._audit.record(actor, "create", "api-key", organisation_id)
+        return key
+
+    def list_organisations(self, actor: Actor) -> list[Organisation]:
+        with self._db.session() as session:
+            query = select(Organisation).order_by(Organisation.id)
+            if actor.role != OrganisationKind.operator:
+                query = query.where(Organisation.id == actor.organisation_id)
+            return list(session.scalars(query))
+
+    # products ------------------------------------------------------------------------------
+
+    def register_product(self, actor: Actor, manifest: ProductManifest) -> Product:
+        """Create a product or publish a new version of it (vendors only for themselves)."""
+        require_role(actor, OrganisationKind.vendor, OrganisationKind.operator)
+        if actor.role == OrganisationKind.vendor and manifest.vendor != actor.organisation_id:
+            raise Forbidden(
+                f"vendor {actor.organisation_id!r} cannot register a product "
+                f"of vendor {manifest.vendor!r}"
+            )
+        now = utcnow()
+        with self._db.session() as session:
+            vendor = session.get(Organisation, manifest.vendor)
+            if vendor is None or vendor.kind != OrganisationKind.vendor:
+                raise NotFound(f"no vendor organisation {manifest.vendor!r}")
+            product = session.get(Product, manifest.id)
+            if product is None:
+                product = Product(id=manifest.id, created_at=now, status="admitted")
+                session.add(product)
+            elif product.vendor_id != manifest.vendor:
+                raise Conflict(f"product id {manifest.id!r} belongs to another vendor")
+            product.vendor_id = manifest.vendor
+            product.name = manifest.name
+            product.version = manifest.version
+            product.clinical_area = manifest.clinical_area
+            product.manifest = manifest.model_dump(mode="json")
+            product.updated_at = now
+        self._audit.record(
+            actor, "update", "product", manifest.id, detail=f"version {manifest.version}"
+        )
+        return product
+
+    def get_product(self, product_id: str) -> Product:
+        with self._db.session() as session:
+            product = session.get(Product, product_id)
+            if product is None:
+                raise NotFound(f"no product {product_id!r}")
+            return product
+
+    def list_products(self) -> list[Product]:
+        with self._db.session() as session:
+            return list(session.scalars(select(Product).order_by(Product.id)))
+
+    # subscriptions -------------------------------------------------------------------------
+
+    def subscribe(self, actor: Actor, product_id: str) -> Subscription:
+        require_role(actor, OrganisationKind.hospital)
+        product = self.get_product(product_id)
+        if product.status in CLOSED_PRODUCT_STATES:
+            raise Forbidden(
+                f"product {product_id!r} is {product.status} and takes no subscriptions"
+            )
+        with self._db.session() as session:
+            sub = session.scalars(
+                select(Subscription).where(
+                    Subscription.hospital_id == actor.organisation_id,
+                    Subscription.product_id == product_id,
+                )
+            ).first()
+            if sub is None:
+                sub = Subscription(
+                    hospital_id=actor.organisation_id,
+                    product_id=product_id,
+                    active=True,
+                    created_at=utcnow(),
+                )
+                session.add(sub)
+            sub.active = True
+        self._audit.record(actor, "create", "subscription", f"{actor.organisation_id}/{product_id}")
+        return sub
+
+    def unsubscribe(self, actor: Actor, product_id: str) -> None:
+        require_role(actor, OrganisationKind.hospital)
+        with self._db.session() as session:
+            sub = session.scalars(
+                select(Subscription).where(
+                    Subscription.hospital_id == actor.organisation_id,
+                    Subscription.product_id == product_id,
+                )
+            ).first()
+            if sub is None:
+                raise NotFound(
+                    f"hospital {actor.organisation_id!r} has no subscription to {product_id!r}"
+                )
+            sub.active = False
+        self._audit.record(actor, "delete", "subscription", f"{actor.organisation_id}/{product_id}")
+
+    def list_subscriptions(self, actor: Actor) -> list[Subscription]:
+        with self._db.session() as session:
+            query = select(Subscription).order_by(Subscription.id)
+            if actor.role == OrganisationKind.hospital:
+                query = query.where(Subscription.hospital_id == actor.organisation_id)
+            elif actor.role == OrganisationKind.vendor:
+                query = query.join(Product, Product.id == Subscription.product_id).where(
+                    Product.vendor_id == actor.organisation_id
+                )
+            return list(session.scalars(query))
+
+    def is_subscribed(self, hospital_id: str, product_id: str) -> bool:
+        with self._db.session() as session:
+            return (
+                session.scalars(
+                    select(Subscription.id).where(
+                        Subscription.hospital_id == hospital_id,
+                        Subscription.product_id == product_id,
+                        Subscription.active.is_(True),
+                    )
+                ).first()
+                is not None
+            )

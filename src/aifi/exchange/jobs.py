@@ -1,0 +1,441 @@
+"""The job lifecycle: create, claim with a lease, heartbeat, complete, fail, cancel, expire.
+
+Every transition is a compare-and-set on the job's row (`UPDATE … WHERE state = …`), so two
+workers, two threads or two replicas can never both win the same job.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Select, select, update
+from sqlalchemy.orm import Session
+
+from aifi.exchange.audit import Actor, AuditLog
+from aifi.exchange.catalogue import CLOSED_PRODUCT_STATES, Catalogue
+from aifi.exchange.clock import as_utc, utcnow
+from aifi.exchange.db import Database
+from aifi.exchange.errors import Conflict, Forbidden, Invalid, NotFound
+from aifi.exchange.models import Job, JobResult, Product
+from aifi.exchange.notify import ChangeNotifier
+from aifi.exchange.schemas import (
+    ENDED_STATES,
+    PRIORITY_RANK,
+    ClaimIn,
+    JobIn,
+    JobOut,
+    JobState,
+    OrganisationKind,
+    Priority,
+)
+from aifi.exchange.settings import ExchangeSettings
+
+HELD_STATES = (JobState.accepted.value, JobState.in_progress.value)
+
+
+def job_out(job: Job) -> JobOut:
+    return JobOut(
+        id=job.id,
+        hospital_id=job.hospital_id,
+        product_id=job.product_id,
+        vendor_id=job.vendor_id,
+        study_uid=job.study_uid,
+        patient_pseudonym=job.patient_pseudonym,
+        priority=Priority(job.priority),
+        state=JobState(job.state),
+        inputs_complete=job.inputs_complete,
+        input_count=job.input_count,
+        input_bytes=job.input_bytes,
+        attempts=job.attempts,
+        lease_expires_at=as_utc(job.lease_expires_at) if job.lease_expires_at else None,
+        reason=job.reason,
+        summary=job.summary,
+        created_at=as_utc(job.created_at),
+        ready_at=as_utc(job.ready_at) if job.ready_at else None,
+        claimed_at=as_utc(job.claimed_at) if job.claimed_at else None,
+        ended_at=as_utc(job.ended_at) if job.ended_at else None,
+        acknowledged_at=as_utc(job.acknowledged_at) if job.acknowledged_at else None,
+    )
+
+
+def visible_to(query: Select[Any], actor: Actor) -> Select[Any]:
+    """Wall tenants: a hospital sees its own jobs, a vendor those for its products."""
+    if actor.role == OrganisationKind.hospital:
+        return query.where(Job.hospital_id == actor.organisation_id)
+    if actor.role == OrganisationKind.vendor:
+        return query.where(Job.vendor_id == actor.organisation_id)
+    return query
+
+
+class JobService:
+    def __init__(
+        self,
+        db: Database,
+        catalogue: Catalogue,
+        audit: AuditLog,
+        notifier: ChangeNotifier,
+        settings: ExchangeSettings,
+    ) -> None:
+        self._db = db
+        self._catalogue = catalogue
+        self._audit = audit
+        self._notifier = notifier
+        self._settings = settings
+
+    # reading -------------------------------------------------------------------------------
+
+    def get(self, actor: Actor, job_id: str, *, audit: bool = True) -> Job:
+        """The job if the caller may see it; other tenants' jobs do not exist for them."""
+        with self._db.session() as session:
+            job = session.scalars(visible_to(select(Job).where(Job.id == job_id), actor)).first()
+        if job is None:
+            if audit:
+                self._audit.record(actor, "read", "job", job_id, outcome="refused")
+            raise NotFound(f"no job {job_id!r}")
+        if audit:
+            self._audit.record(
+                actor, "read", "job", job_id, patient_pseudonym=job.patient_pseudonym
+            )
+        return job
+
+    def list(
+        self,
+        actor: Actor,
+        *,
+        states: list[str] | None = None,
+        unacknowledged: bool = False,
+        product_id: str | None = None,
+        limit: int = 100,
+    ) -> list[Job]:
+        query = visible_to(select(Job), actor)
+        if states:
+            query = query.where(Job.state.in_(states))
+        if unacknowledged:
+            query = query.where(Job.acknowledged_at.is_(None))
+        if product_id:
+            query = query.where(Job.product_id == product_id)
+        query = query.order_by(Job.created_at).limit(limit)
+        with self._db.session() as session:
+            jobs = list(session.scalars(query))
+        self._audit.record(actor, "search", "job", f"{len(jobs)} jobs")
+        return jobs
+
+    # hospital side -------------------------------------------------------------------------
+
+    def create(self, actor: Actor, body: JobIn) -> tuple[Job, bool]:
+        """A new job, or the existing one for the same idempotency key (then `created` is False)."""
+        if actor.role != OrganisationKind.hospital:
+            raise Forbidden("only hospitals create jobs")
+        with self._db.session() as session:
+            existing = session.scalars(
+                select(Job).where(
+                    Job.hospital_id == actor.organisation_id,
+                    Job.idempotency_key == body.idempotency_key,
+                )
+            ).first()
+            if existing is not None:
+                if existing.product_id != body.product_id or existing.study_uid != body.study_uid:
+                    raise Conflict(
+                        f"idempotency key {body.idempotency_key!r} was used for job {existing.id} "
+                        "with another product or study"
+                    )
+                return existing, False
+        product = self._catalogue.get_product(body.product_id)
+        if product.status in CLOSED_PRODUCT_STATES:
+            self._audit.record(actor, "create", "job", body.product_id, outcome="refused")
+            raise Forbidden(f"product {product.id!r} is {product.status} and takes no new jobs")
+        if not self._catalogue.is_subscribed(actor.organisation_id, product.id):
+            self._audit.record(actor, "create", "job", body.product_id, outcome="refused")
+            raise Forbidden(
+                f"hospital {actor.organisation_id!r} is not subscribed to product {product.id!r}"
+            )
+        priority = body.priority or Priority(product.manifest.get("priority", "routine"))
+        now = utcnow()
+        job = Job(
+            id=str(uuid.uuid4()),
+            hospital_id=actor.organisation_id,
+            product_id=product.id,
+            vendor_id=product.vendor_id,
+            idempotency_key=body.idempotency_key,
+            study_uid=body.study_uid,
+            patient_pseudonym=body.patient_pseudonym,
+            priority=priority.value,
+            priority_rank=PRIORITY_RANK[priority],
+            state=JobState.requested.value,
+            inputs_complete=False,
+            input_count=0,
+            input_bytes=0,
+            attempts=0,
+            created_at=now,
+            updated_at=now,
+        )
+        try:
+            with self._db.session() as session:
+                session.add(job)
+        except Exception:
+            # A concurrent request with the same key won the insert: answer with its job.
+            with self._db.session() as session:
+                winner = session.scalars(
+                    select(Job).where(
+                        Job.hospital_id == actor.organisation_id,
+                        Job.idempotency_key == body.idempotency_key,
+                    )
+                ).first()
+            if winner is None:
+                raise
+            return winner, False
+        self._audit.record(actor, "create", "job", job.id, patient_pseudonym=job.patient_pseudonym)
+        return job, True
+
+    def mark_ready(self, actor: Actor, job_id: str, instances: int) -> Job:
+        """Open the job to vendors once every input is stored; the count must match."""
+        job = self.get(actor, job_id, audit=False)
+        if actor.role != OrganisationKind.hospital:
+            raise Forbidden("only the hospital that created a job marks it ready")
+        if job.inputs_complete:
+            return job
+        if job.state != JobState.requested:
+            raise Conflict(f"job {job_id} is {job.state}")
+        if job.input_count != instances:
+            raise Invalid(
+                f"job {job_id} holds {job.input_count} instances but the hospital "
+                f"said {instances}; upload the missing ones first"
+            )
+        now = utcnow()
+        with self._db.session() as session:
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.inputs_complete.is_(False))
+                .values(inputs_complete=True, ready_at=now, updated_at=now)
+            )
+        self._audit.record(actor, "update", "job", job_id, detail="inputs complete")
+        self._notifier.notify()
+        return self.get(actor, job_id, audit=False)
+
+    def cancel(self, actor: Actor, job_id: str, reason: str) -> Job:
+        job = self.get(actor, job_id, audit=False)
+        if actor.role not in (OrganisationKind.hospital, OrganisationKind.operator):
+            raise Forbidden("only the hospital or the operator cancels a job")
+        if job.state in ENDED_STATES:
+            raise Conflict(f"job {job_id} has already ended ({job.state})")
+        self._end(job_id, JobState.cancelled, reason, from_states=(job.state,))
+        self._audit.record(actor, "update", "job", job_id, detail=f"cancelled: {reason}")
+        return self.get(actor, job_id, audit=False)
+
+    def acknowledge(self, actor: Actor, job_id: str) -> Job:
+        """The hospital has what it needs from an ended job (results delivered, or failure seen)."""
+        job = self.get(actor, job_id, audit=False)
+        if actor.role != OrganisationKind.hospital:
+            raise Forbidden("only the hospital acknowledges its jobs")
+        if job.state not in ENDED_STATES:
+            raise Conflict(f"job {job_id} has not ended ({job.state})")
+        if job.acknowledged_at is None:
+            now = utcnow()
+            with self._db.session() as session:
+                session.execute(
+                    update(Job).where(Job.id == job_id).values(acknowledged_at=now, updated_at=now)
+                )
+            self._audit.record(actor, "update", "job", job_id, detail="acknowledged")
+        return self.get(actor, job_id, audit=False)
+
+    # vendor side ---------------------------------------------------------------------------
+
+    def claim(self, actor: Actor, body: ClaimIn) -> tuple[Job, str] | None:
+        """Take the most urgent ready job for the vendor's products, with a fresh lease."""
+        if actor.role != OrganisationKind.vendor:
+            raise Forbidden("only vendors claim jobs")
+        self.expire_leases()
+        lease = timedelta(seconds=body.lease_seconds or self._settings.lease_seconds)
+        query = (
+            select(Job.id)
+            .join(Product, Product.id == Job.product_id)
+            .where(
+                Job.vendor_id == actor.organisation_id,
+                Job.state == JobState.requested.value,
+                Job.inputs_complete.is_(True),
+                Product.status.not_in(CLOSED_PRODUCT_STATES),
+            )
+            .order_by(Job.priority_rank, Job.created_at)
+            .limit(8)
+        )
+        if body.product_ids:
+            query = query.where(Job.product_id.in_(body.product_ids))
+        for _ in range(4):
+            with self._db.session() as session:
+                candidates = list(session.scalars(query))
+            if not candidates:
+                return None
+            for job_id in candidates:
+                token = secrets.token_urlsafe(24)
+                now = utcnow()
+                with self._db.session() as session:
+                    won = session.execute(
+                        update(Job)
+                        .where(Job.id == job_id, Job.state == JobState.requested.value)
+                        .values(
+                            state=JobState.accepted.value,
+                            lease_token=token,
+                            lease_expires_at=now + lease,
+                            attempts=Job.attempts + 1,
+                            claimed_at=now,
+                            updated_at=now,
+                        )
+                    ).rowcount
+                if won == 1:
+                    job = self.get(actor, job_id, audit=False)
+                    self._audit.record(
+                        actor,
+                        "update",
+                        "job",
+                        job_id,
+                        patient_pseudonym=job.patient_pseudonym,
+                        detail=f"claimed, attempt {job.attempts}",
+                    )
+                    return job, token
+        return None
+
+    def _held(self, session: Session, actor: Actor, job_id: str, token: str) -> Job:
+        job = session.scalars(visible_to(select(Job).where(Job.id == job_id), actor)).first()
+        if job is None:
+            raise NotFound(f"no job {job_id!r}")
+        if job.state not in HELD_STATES or job.lease_token != token:
+            raise Conflict(f"job {job_id} is not held by this lease (state {job.state})")
+        if job.lease_expires_at is not None and as_utc(job.lease_expires_at) < utcnow():
+            raise Conflict(f"the lease on job {job_id} has expired")
+        return job
+
+    def check_lease(self, actor: Actor, job_id: str, token: str) -> Job:
+        with self._db.session() as session:
+            return self._held(session, actor, job_id, token)
+
+    def heartbeat(
+        self, actor: Actor, job_id: str, token: str, lease_seconds: float | None = None
+    ) -> Job:
+        """Extend the lease; the first heartbeat moves the job to in-progress."""
+        lease = timedelta(seconds=lease_seconds or self._settings.lease_seconds)
+        now = utcnow()
+        with self._db.session() as session:
+            self._held(session, actor, job_id, token)
+            changed = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.lease_token == token, Job.state.in_(HELD_STATES))
+                .values(
+                    state=JobState.in_progress.value,
+                    lease_expires_at=now + lease,
+                    updated_at=now,
+                )
+            ).rowcount
+        if changed != 1:
+            raise Conflict(f"job {job_id} is not held by this lease")
+        return self.get(actor, job_id, audit=False)
+
+    def complete(
+        self, actor: Actor, job_id: str, token: str, summary: dict[str, Any] | None
+    ) -> Job:
+        with self._db.session() as session:
+            job = self._held(session, actor, job_id, token)
+            has_results = session.scalars(
+                select(JobResult.id).where(JobResult.job_id == job_id).limit(1)
+            ).first()
+            if has_results is None:
+                raise Invalid(f"job {job_id} has no results: upload at least one before completing")
+        self._end(
+            job_id, JobState.completed, None, from_states=HELD_STATES, token=token, summary=summary
+        )
+        self._audit.record(
+            actor,
+            "update",
+            "job",
+            job_id,
+            patient_pseudonym=job.patient_pseudonym,
+            detail="completed",
+        )
+        return self.get(actor, job_id, audit=False)
+
+    def fail(self, actor: Actor, job_id: str, token: str, reason: str) -> Job:
+        with self._db.session() as session:
+            job = self._held(session, actor, job_id, token)
+        self._end(job_id, JobState.failed, reason, from_states=HELD_STATES, token=token)
+        self._audit.record(
+            actor,
+            "update",
+            "job",
+            job_id,
+            patient_pseudonym=job.patient_pseudonym,
+            detail=f"failed: {reason}",
+        )
+        return self.get(actor, job_id, audit=False)
+
+    # both ----------------------------------------------------------------------------------
+
+    def _end(
+        self,
+        job_id: str,
+        state: JobState,
+        reason: str | None,
+        *,
+        from_states: tuple[str, ...],
+        token: str | None = None,
+        summary: dict[str, Any] | None = None,
+    ) -> None:
+        now = utcnow()
+        values: dict[str, Any] = {
+            "state": state.value,
+            "reason": reason,
+            "ended_at": now,
+            "updated_at": now,
+            "lease_token": None,
+            "lease_expires_at": None,
+        }
+        if summary is not None:
+            values["summary"] = summary
+        statement = update(Job).where(Job.id == job_id, Job.state.in_(from_states))
+        if token is not None:
+            statement = statement.where(Job.lease_token == token)
+        with self._db.session() as session:
+            changed = session.execute(statement.values(**values)).rowcount
+        if changed != 1:
+            raise Conflict(f"job {job_id} changed state meanwhile; {state.value} not applied")
+        self._notifier.notify()
+
+    def expire_leases(self) -> int:
+        """Put jobs whose lease ran out back in the queue, or end them after too many attempts."""
+        now = utcnow()
+        max_attempts = self._settings.max_attempts
+        with self._db.session() as session:
+            requeued = session.execute(
+                update(Job)
+                .where(
+                    Job.state.in_(HELD_STATES),
+                    Job.lease_expires_at < now,
+                    Job.attempts < max_attempts,
+                )
+                .values(
+                    state=JobState.requested.value,
+                    lease_token=None,
+                    lease_expires_at=None,
+                    updated_at=now,
+                )
+            ).rowcount
+            expired = session.execute(
+                update(Job)
+                .where(
+                    Job.state.in_(HELD_STATES),
+                    Job.lease_expires_at < now,
+                    Job.attempts >= max_attempts,
+                )
+                .values(
+                    state=JobState.expired.value,
+                    reason=f"the vendor's lease ran out {max_attempts} times without a result",
+                    lease_token=None,
+                    lease_expires_at=None,
+                    ended_at=now,
+                    updated_at=now,
+                )
+            ).rowcount
+        if requeued or expired:
+            self._notifier.notify()
+        return requeued + expired

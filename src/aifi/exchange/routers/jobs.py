@@ -1,0 +1,118 @@
+"""/jobs: create, watch, claim, heartbeat, complete, fail, cancel, acknowledge."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+from starlette.concurrency import run_in_threadpool
+
+from aifi.exchange.deps import CallerDep, ServicesDep
+from aifi.exchange.jobs import job_out
+from aifi.exchange.schemas import (
+    CancelIn,
+    Claim,
+    ClaimIn,
+    CompleteIn,
+    FailIn,
+    HeartbeatOut,
+    JobIn,
+    JobOut,
+    JobReady,
+    JobState,
+    LeaseIn,
+)
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+#: Long-polls re-check this often, for changes made by other replicas.
+RECHECK_SECONDS = 1.0
+
+
+@router.post("", status_code=201, response_model=JobOut)
+def create_job(body: JobIn, caller: CallerDep, services: ServicesDep, response: Response) -> JobOut:
+    job, created = services.jobs.create(caller, body)
+    if not created:
+        response.status_code = 200
+    return job_out(job)
+
+
+@router.get("", response_model=list[JobOut])
+async def list_jobs(
+    caller: CallerDep,
+    services: ServicesDep,
+    state: Annotated[list[JobState] | None, Query()] = None,
+    unacknowledged: bool = False,
+    product_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    wait: Annotated[float, Query(ge=0, description="long-poll: seconds to wait for a match")] = 0,
+) -> list[JobOut]:
+    deadline = time.monotonic() + min(wait, services.settings.max_wait_seconds)
+    states = [s.value for s in state] if state else None
+    while True:
+        jobs = await run_in_threadpool(
+            services.jobs.list,
+            caller,
+            states=states,
+            unacknowledged=unacknowledged,
+            product_id=product_id,
+            limit=limit,
+        )
+        remaining = deadline - time.monotonic()
+        if jobs or remaining <= 0:
+            return [job_out(j) for j in jobs]
+        await services.notifier.wait(min(remaining, RECHECK_SECONDS))
+
+
+@router.post("/claim", response_model=Claim, responses={204: {"description": "no job to claim"}})
+async def claim_job(body: ClaimIn, caller: CallerDep, services: ServicesDep) -> Claim | Response:
+    deadline = time.monotonic() + min(body.wait_seconds, services.settings.max_wait_seconds)
+    while True:
+        claimed = await run_in_threadpool(services.jobs.claim, caller, body)
+        if claimed is not None:
+            job, token = claimed
+            return Claim(job=job_out(job), lease_token=token)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return Response(status_code=204)
+        await services.notifier.wait(min(remaining, RECHECK_SECONDS))
+
+
+@router.get("/{job_id}", response_model=JobOut)
+def get_job(job_id: str, caller: CallerDep, services: ServicesDep) -> JobOut:
+    return job_out(services.jobs.get(caller, job_id))
+
+
+@router.post("/{job_id}/ready", response_model=JobOut)
+def mark_ready(job_id: str, body: JobReady, caller: CallerDep, services: ServicesDep) -> JobOut:
+    return job_out(services.jobs.mark_ready(caller, job_id, body.instances))
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut)
+def cancel_job(job_id: str, body: CancelIn, caller: CallerDep, services: ServicesDep) -> JobOut:
+    return job_out(services.jobs.cancel(caller, job_id, body.reason))
+
+
+@router.post("/{job_id}/acknowledge", response_model=JobOut)
+def acknowledge_job(job_id: str, caller: CallerDep, services: ServicesDep) -> JobOut:
+    return job_out(services.jobs.acknowledge(caller, job_id))
+
+
+@router.post("/{job_id}/heartbeat", response_model=HeartbeatOut)
+def heartbeat(job_id: str, body: LeaseIn, caller: CallerDep, services: ServicesDep) -> HeartbeatOut:
+    job = services.jobs.heartbeat(caller, job_id, body.lease_token)
+    assert job.lease_expires_at is not None
+    out = job_out(job)
+    assert out.lease_expires_at is not None
+    return HeartbeatOut(lease_expires_at=out.lease_expires_at, state=out.state)
+
+
+@router.post("/{job_id}/complete", response_model=JobOut)
+def complete_job(job_id: str, body: CompleteIn, caller: CallerDep, services: ServicesDep) -> JobOut:
+    return job_out(services.jobs.complete(caller, job_id, body.lease_token, body.summary))
+
+
+@router.post("/{job_id}/fail", response_model=JobOut)
+def fail_job(job_id: str, body: FailIn, caller: CallerDep, services: ServicesDep) -> JobOut:
+    return job_out(services.jobs.fail(caller, job_id, body.lease_token, body.reason))

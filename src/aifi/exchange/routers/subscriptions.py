@@ -1,0 +1,28 @@
+"""/subscriptions: which hospital may send studies to which product."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from aifi.exchange.deps import CallerDep, ServicesDep
+from aifi.exchange.schemas import SubscriptionIn, SubscriptionOut
+
+router = APIRouter(prefix="/subscriptions", tags=["subscriptions"])
+
+
+@router.post("", status_code=201, response_model=SubscriptionOut)
+def subscribe(body: SubscriptionIn, caller: CallerDep, services: ServicesDep) -> SubscriptionOut:
+    return SubscriptionOut.model_validate(services.catalogue.subscribe(caller, body.product_id))
+
+
+@router.get("", response_model=list[SubscriptionOut])
+def list_subscriptions(caller: CallerDep, services: ServicesDep) -> list[SubscriptionOut]:
+    return [
+        SubscriptionOut.model_validate(s) for s in services.catalogue.list_subscriptions(caller)
+    ]
+
+
+@router.delete("/{product_id}", status_code=204)
+def unsubscribe(product_id: str, caller: CallerDep, services: ServicesDep) -> Response:
+    services.catalogue.unsubscribe(caller, product_id)
+    return Response(status_code=204)

@@ -1,0 +1,242 @@
+"""What crosses the exchange's HTTP boundary: request and response bodies (pydantic)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class OrganisationKind(StrEnum):
+    hospital = "hospital"
+    vendor = "vendor"
+    operator = "operator"
+
+
+class JobState(StrEnum):
+    """IHE AIW-I task states, plus `expired` for a job whose lease ran out too often."""
+
+    requested = "requested"
+    accepted = "accepted"
+    in_progress = "in-progress"
+    completed = "completed"
+    failed = "failed"
+    cancelled = "cancelled"
+    expired = "expired"
+
+
+ENDED_STATES = frozenset(
+    {JobState.completed, JobState.failed, JobState.cancelled, JobState.expired}
+)
+
+
+class Priority(StrEnum):
+    """STAT jobs (acute triage) are claimed before routine ones."""
+
+    stat = "stat"
+    routine = "routine"
+
+
+PRIORITY_RANK = {Priority.stat: 0, Priority.routine: 1}
+
+SLUG = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+
+
+class OrganisationIn(BaseModel):
+    id: str = Field(pattern=SLUG)
+    name: str = Field(min_length=1, max_length=200)
+    kind: OrganisationKind
+
+
+class OrganisationOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    name: str
+    kind: OrganisationKind
+    created_at: datetime
+
+
+class OrganisationCreated(BaseModel):
+    organisation: OrganisationOut
+    api_key: str = Field(description="Shown once; the exchange keeps only its hash.")
+
+
+class StudyCriteria(BaseModel):
+    """Which studies a product accepts; an empty list accepts any value."""
+
+    modalities: list[str] = Field(default_factory=list)
+    body_parts: list[str] = Field(default_factory=list)
+    sop_classes: list[str] = Field(default_factory=list)
+
+
+class ProductOutput(BaseModel):
+    kind: str = Field(description="e.g. sr-tid1500, seg, summary-json")
+    description: str = ""
+
+
+class ProductManifest(BaseModel):
+    """A product's declaration of what it accepts, what data it needs and what it gives."""
+
+    id: str = Field(pattern=SLUG)
+    vendor: str = Field(pattern=SLUG)
+    name: str = Field(min_length=1, max_length=200)
+    version: str = Field(min_length=1, max_length=64)
+    clinical_area: str = Field(
+        min_length=1, description="quantification | diagnostic-support | triage | …"
+    )
+    description: str = ""
+    intended_use: str = ""
+    accepts: StudyCriteria = Field(default_factory=StudyCriteria)
+    data_needed: list[str] = Field(
+        default_factory=list,
+        description="Annex E options the product needs, e.g. retain-patient-characteristics",
+    )
+    outputs: list[ProductOutput] = Field(default_factory=list)
+    priority: Priority = Priority.routine
+    turnaround_sla_seconds: float = 600.0
+    for_clinical_use: bool = False
+
+
+class ProductOut(BaseModel):
+    id: str
+    vendor: str
+    name: str
+    version: str
+    clinical_area: str
+    status: str
+    manifest: ProductManifest
+
+
+class SubscriptionIn(BaseModel):
+    product_id: str
+
+
+class SubscriptionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    hospital_id: str
+    product_id: str
+    active: bool
+    created_at: datetime
+
+
+class JobIn(BaseModel):
+    product_id: str
+    study_uid: str = Field(pattern=r"^[0-9.]{1,64}$")
+    patient_pseudonym: str = Field(default="", max_length=64)
+    priority: Priority | None = None
+    idempotency_key: str = Field(min_length=1, max_length=128)
+
+
+class JobReady(BaseModel):
+    """The gateway says all inputs are uploaded; the count guards against a lost upload."""
+
+    instances: int = Field(ge=1)
+
+
+class JobOut(BaseModel):
+    id: str
+    hospital_id: str
+    product_id: str
+    vendor_id: str
+    study_uid: str
+    patient_pseudonym: str
+    priority: Priority
+    state: JobState
+    inputs_complete: bool
+    input_count: int
+    input_bytes: int
+    attempts: int
+    lease_expires_at: datetime | None
+    reason: str | None
+    summary: dict[str, Any] | None
+    created_at: datetime
+    ready_at: datetime | None
+    claimed_at: datetime | None
+    ended_at: datetime | None
+    acknowledged_at: datetime | None
+
+
+class ClaimIn(BaseModel):
+    product_ids: list[str] = Field(default_factory=list)
+    lease_seconds: float | None = Field(default=None, gt=0, le=3600)
+    wait_seconds: float = Field(default=0, ge=0)
+
+
+class Claim(BaseModel):
+    job: JobOut
+    lease_token: str
+
+
+class LeaseIn(BaseModel):
+    lease_token: str
+
+
+class HeartbeatOut(BaseModel):
+    lease_expires_at: datetime
+    state: JobState
+
+
+class CompleteIn(LeaseIn):
+    summary: dict[str, Any] | None = None
+
+
+class FailIn(LeaseIn):
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class CancelIn(BaseModel):
+    reason: str = Field(default="cancelled by the hospital", max_length=2000)
+
+
+class InputOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_uid: str
+    size: int
+    sha256: str
+
+
+class ResultOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    name: str
+    media_type: str
+    kind: str
+    sop_class_uid: str | None
+    sop_instance_uid: str | None
+    air_conformant: bool
+    notes: list[str]
+    size: int
+    sha256: str
+
+
+class MeteringRow(BaseModel):
+    hospital: str
+    hospital_name: str
+    product: str
+    month: str
+    jobs_completed: int
+    jobs_failed: int
+    input_bytes: int
+
+
+class Metering(BaseModel):
+    rows: list[MeteringRow]
+
+
+class AuditOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    at: datetime
+    organisation_id: str
+    role: str
+    action: str
+    object_type: str
+    object_id: str
+    patient_pseudonym: str
+    outcome: str
+    detail: str
+    prev_hash: str
+    entry_hash: str

@@ -1,0 +1,41 @@
+"""Exchange configuration: one settings object, read once from AIFI_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ExchangeSettings(BaseSettings):
+    """Where the exchange keeps its state and how it treats leases.
+
+    Defaults are embedded (a SQLite file and a local blob folder under `data_dir`), so one
+    machine needs no servers; `AIFI_DATABASE_URL` and `AIFI_BLOB_URL` move it to shared parts.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="AIFI_", extra="ignore")
+
+    data_dir: Path = Field(default=Path("aifi-data/exchange"))
+    database_url: str | None = None
+    blob_url: str | None = None
+    #: Seconds a claim holds a job before it goes back to the queue without a heartbeat.
+    lease_seconds: float = 60.0
+    #: Claims a job may have before an expired lease ends it for good.
+    max_attempts: int = 3
+    #: Longest a long-poll request waits for a change before answering with nothing.
+    max_wait_seconds: float = 30.0
+    #: If set, the operator organisation's API key (otherwise one is created and written to
+    #: `data_dir/operator.key` on first start).
+    operator_key: str | None = None
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'exchange.db').resolve()}"
+
+    def resolved_blob_url(self) -> str:
+        if self.blob_url:
+            return self.blob_url
+        return f"file://{(self.data_dir / 'blobs').resolve()}"

@@ -1,0 +1,286 @@
+"""Job inputs and results in and out of the blob store, streamed, checked before commit.
+
+Uploads are idempotent by key (SOP Instance UID for inputs, a file name for results): sending
+the same object twice stores it once, so a gateway or worker may retry after any failure.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+
+from sqlalchemy import delete, func, select, update
+from starlette.concurrency import run_in_threadpool
+
+from aifi.exchange.audit import Actor, AuditLog
+from aifi.exchange.blobs import BlobStore, TempBlob
+from aifi.exchange.clock import utcnow
+from aifi.exchange.db import Database
+from aifi.exchange.errors import Conflict, Forbidden, Invalid, NotFound
+from aifi.exchange.jobs import JobService
+from aifi.exchange.models import Job, JobInput, JobResult
+from aifi.exchange.schemas import JobState, OrganisationKind
+from aifi.exchange.validation import check_input, check_result_file
+
+UID = re.compile(r"^[0-9.]{1,64}$")
+RESULT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+#: The JSON summary beside the DICOM results: small, parsed whole.
+SUMMARY_LIMIT = 1024 * 1024
+
+
+class Transfers:
+    def __init__(self, db: Database, blobs: BlobStore, jobs: JobService, audit: AuditLog) -> None:
+        self._db = db
+        self._blobs = blobs
+        self._jobs = jobs
+        self._audit = audit
+
+    # inputs --------------------------------------------------------------------------------
+
+    async def put_input(
+        self, actor: Actor, job_id: str, sop_uid: str, body: AsyncIterator[bytes]
+    ) -> JobInput:
+        if not UID.match(sop_uid):
+            raise Invalid(f"job {job_id}: {sop_uid!r} is not a SOP Instance UID")
+        job = await run_in_threadpool(self._jobs.get, actor, job_id, audit=False)
+        if actor.role != OrganisationKind.hospital:
+            raise Forbidden("only the hospital that created a job uploads its inputs")
+        if job.inputs_complete or job.state != JobState.requested:
+            raise Conflict(f"job {job_id} no longer takes inputs (state {job.state})")
+        temp = await self._blobs.receive(body)
+        try:
+            return await run_in_threadpool(self._commit_input, actor, job, sop_uid, temp)
+        finally:
+            self._blobs.discard(temp)
+
+    def _commit_input(self, actor: Actor, job: Job, sop_uid: str, temp: TempBlob) -> JobInput:
+        try:
+            header = check_input(
+                temp.path, job_id=job.id, study_uid=job.study_uid, sop_instance_uid=sop_uid
+            )
+        except Invalid as exc:
+            self._audit.record(
+                actor,
+                "create",
+                "input",
+                f"{job.id}/{sop_uid}",
+                outcome="refused",
+                patient_pseudonym=job.patient_pseudonym,
+                detail=exc.message,
+            )
+            raise
+        key = f"inputs/{job.id}/{sop_uid}.dcm"
+        self._blobs.commit(temp, key)
+        with self._db.session() as session:
+            session.execute(
+                delete(JobInput).where(
+                    JobInput.job_id == job.id, JobInput.sop_instance_uid == sop_uid
+                )
+            )
+            row = JobInput(
+                job_id=job.id,
+                sop_instance_uid=sop_uid,
+                sop_class_uid=header.sop_class_uid,
+                series_uid=header.series_uid,
+                size=temp.size,
+                sha256=temp.sha256,
+                blob_key=key,
+            )
+            session.add(row)
+            session.flush()
+            count, total = session.execute(
+                select(func.count(JobInput.id), func.coalesce(func.sum(JobInput.size), 0)).where(
+                    JobInput.job_id == job.id
+                )
+            ).one()
+            session.execute(
+                update(Job)
+                .where(Job.id == job.id)
+                .values(input_count=count, input_bytes=total, updated_at=utcnow())
+            )
+        self._audit.record(
+            actor, "create", "input", f"{job.id}/{sop_uid}", patient_pseudonym=job.patient_pseudonym
+        )
+        return row
+
+    def _may_read_data(self, actor: Actor, job: Job, lease_token: str | None) -> None:
+        """Pixels go to the job's hospital and to the vendor holding its lease, nobody else."""
+        if actor.role == OrganisationKind.operator:
+            raise Forbidden("operators see job metadata, never images")
+        if actor.role == OrganisationKind.vendor:
+            if lease_token is None:
+                raise Conflict(
+                    f"job {job.id}: present the lease token (X-Lease-Token) to read inputs"
+                )
+            self._jobs.check_lease(actor, job.id, lease_token)
+
+    def list_inputs(self, actor: Actor, job_id: str, lease_token: str | None) -> list[JobInput]:
+        job = self._jobs.get(actor, job_id, audit=False)
+        self._may_read_data(actor, job, lease_token)
+        with self._db.session() as session:
+            rows = list(
+                session.scalars(
+                    select(JobInput).where(JobInput.job_id == job_id).order_by(JobInput.id)
+                )
+            )
+        self._audit.record(
+            actor, "search", "input", job_id, patient_pseudonym=job.patient_pseudonym
+        )
+        return rows
+
+    def input_blob(
+        self, actor: Actor, job_id: str, sop_uid: str, lease_token: str | None
+    ) -> JobInput:
+        job = self._jobs.get(actor, job_id, audit=False)
+        self._may_read_data(actor, job, lease_token)
+        with self._db.session() as session:
+            row = session.scalars(
+                select(JobInput).where(
+                    JobInput.job_id == job_id, JobInput.sop_instance_uid == sop_uid
+                )
+            ).first()
+        if row is None or row.purged_at is not None:
+            raise NotFound(f"job {job_id} has no input {sop_uid}")
+        self._audit.record(
+            actor, "read", "input", f"{job_id}/{sop_uid}", patient_pseudonym=job.patient_pseudonym
+        )
+        return row
+
+    # results -------------------------------------------------------------------------------
+
+    async def put_result(
+        self,
+        actor: Actor,
+        job_id: str,
+        name: str,
+        lease_token: str | None,
+        media_type: str,
+        body: AsyncIterator[bytes],
+    ) -> JobResult:
+        if not RESULT_NAME.match(name):
+            raise Invalid(
+                f"job {job_id}: result name {name!r} is not allowed (letters, digits, . _ -)"
+            )
+        if actor.role != OrganisationKind.vendor:
+            raise Forbidden("only the vendor holding a job uploads its results")
+        if lease_token is None:
+            raise Conflict(
+                f"job {job_id}: present the lease token (X-Lease-Token) to upload results"
+            )
+        job = await run_in_threadpool(self._jobs.check_lease, actor, job_id, lease_token)
+        is_summary = media_type.startswith("application/json")
+        temp = await self._blobs.receive(body, max_bytes=SUMMARY_LIMIT if is_summary else None)
+        try:
+            return await run_in_threadpool(
+                self._commit_result, actor, job, name, lease_token, media_type, is_summary, temp
+            )
+        finally:
+            self._blobs.discard(temp)
+
+    def _commit_result(
+        self,
+        actor: Actor,
+        job: Job,
+        name: str,
+        lease_token: str,
+        media_type: str,
+        is_summary: bool,
+        temp: TempBlob,
+    ) -> JobResult:
+        try:
+            if is_summary:
+                try:
+                    json.loads(temp.path.read_bytes())
+                except ValueError as exc:
+                    raise Invalid(
+                        f"job {job.id} result {name}: rule 'summary-json': not valid JSON ({exc})"
+                    ) from exc
+                kind, sop_class, sop_uid, conformant, notes = "summary-json", None, None, False, []
+            else:
+                check = check_result_file(
+                    temp.path, job_id=job.id, name=name, study_uid=job.study_uid
+                )
+                kind, sop_class, sop_uid = check.kind, check.sop_class_uid, check.sop_instance_uid
+                conformant, notes = check.air_conformant, check.notes
+        except Invalid as exc:
+            self._audit.record(
+                actor,
+                "create",
+                "result",
+                f"{job.id}/{name}",
+                outcome="refused",
+                patient_pseudonym=job.patient_pseudonym,
+                detail=exc.message,
+            )
+            raise
+        # The lease may have run out while the bytes arrived: check again before committing.
+        self._jobs.check_lease(actor, job.id, lease_token)
+        key = f"results/{job.id}/{name}"
+        self._blobs.commit(temp, key)
+        with self._db.session() as session:
+            session.execute(
+                delete(JobResult).where(JobResult.job_id == job.id, JobResult.name == name)
+            )
+            row = JobResult(
+                job_id=job.id,
+                name=name,
+                media_type=media_type,
+                kind=kind,
+                sop_class_uid=sop_class,
+                sop_instance_uid=sop_uid,
+                air_conformant=conformant,
+                notes=notes,
+                size=temp.size,
+                sha256=temp.sha256,
+                blob_key=key,
+                created_at=utcnow(),
+            )
+            session.add(row)
+        self._audit.record(
+            actor,
+            "create",
+            "result",
+            f"{job.id}/{name}",
+            patient_pseudonym=job.patient_pseudonym,
+            detail=kind,
+        )
+        return row
+
+    def _results_visible(self, actor: Actor, job: Job, lease_token: str | None) -> None:
+        if actor.role == OrganisationKind.operator:
+            raise Forbidden("operators see job metadata, never results")
+        if actor.role == OrganisationKind.vendor:
+            self._may_read_data(actor, job, lease_token)
+        elif job.state != JobState.completed:
+            raise Conflict(f"job {job.id} is {job.state}; results are available once it completes")
+
+    def list_results(self, actor: Actor, job_id: str, lease_token: str | None) -> list[JobResult]:
+        job = self._jobs.get(actor, job_id, audit=False)
+        self._results_visible(actor, job, lease_token)
+        with self._db.session() as session:
+            rows = list(
+                session.scalars(
+                    select(JobResult).where(JobResult.job_id == job_id).order_by(JobResult.id)
+                )
+            )
+        self._audit.record(
+            actor, "search", "result", job_id, patient_pseudonym=job.patient_pseudonym
+        )
+        return rows
+
+    def result_blob(
+        self, actor: Actor, job_id: str, name: str, lease_token: str | None
+    ) -> JobResult:
+        job = self._jobs.get(actor, job_id, audit=False)
+        self._results_visible(actor, job, lease_token)
+        with self._db.session() as session:
+            row = session.scalars(
+                select(JobResult).where(JobResult.job_id == job_id, JobResult.name == name)
+            ).first()
+        if row is None or row.purged_at is not None:
+            raise NotFound(f"job {job_id} has no result {name!r}")
+        self._audit.record(
+            actor, "read", "result", f"{job_id}/{name}", patient_pseudonym=job.patient_pseudonym
+        )
+        return row

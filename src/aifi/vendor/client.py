@@ -1,0 +1,111 @@
+"""A typed HTTP client for the exchange's vendor API (any language could do the same)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aifi.http import ApiClient, ExchangeHTTPError, LeaseLost, file_chunks
+
+__all__ = ["ExchangeHTTPError", "Lease", "LeaseLost", "VendorClient"]
+
+
+@dataclass(frozen=True)
+class Lease:
+    job: dict[str, Any]
+    token: str
+
+    @property
+    def job_id(self) -> str:
+        return str(self.job["id"])
+
+
+class VendorClient(ApiClient):
+    # catalogue -----------------------------------------------------------------------------
+
+    def register_product(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        return dict(self.request("POST", "/products", json=manifest).json())
+
+    # jobs ----------------------------------------------------------------------------------
+
+    def claim(
+        self,
+        product_ids: list[str] | None = None,
+        *,
+        lease_seconds: float | None = None,
+        wait_seconds: float = 20.0,
+    ) -> Lease | None:
+        """The most urgent job for these products, or None after `wait_seconds` without one."""
+        body = {
+            "product_ids": product_ids or [],
+            "lease_seconds": lease_seconds,
+            "wait_seconds": wait_seconds,
+        }
+        response = self.request("POST", "/jobs/claim", json=body, timeout=wait_seconds + 30)
+        if response.status_code == 204:
+            return None
+        data = response.json()
+        return Lease(job=data["job"], token=data["lease_token"])
+
+    def heartbeat(self, lease: Lease) -> str:
+        response = self.request(
+            "POST", f"/jobs/{lease.job_id}/heartbeat", json={"lease_token": lease.token}
+        )
+        return str(response.json()["lease_expires_at"])
+
+    def list_inputs(self, lease: Lease) -> list[dict[str, Any]]:
+        response = self.request(
+            "GET", f"/jobs/{lease.job_id}/inputs", headers={"X-Lease-Token": lease.token}
+        )
+        return list(response.json())
+
+    def download_inputs(self, lease: Lease, folder: Path) -> list[Path]:
+        """Stream every input instance to `folder`; returns the files in upload order."""
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for item in self.list_inputs(lease):
+            uid = item["sop_instance_uid"]
+            target = folder / f"{uid}.dcm"
+            self.download(
+                f"/jobs/{lease.job_id}/inputs/{uid}", target, {"X-Lease-Token": lease.token}
+            )
+            paths.append(target)
+        return paths
+
+    def upload_result(
+        self,
+        lease: Lease,
+        path: Path,
+        *,
+        name: str | None = None,
+        media_type: str = "application/dicom",
+    ) -> dict[str, Any]:
+        name = name or path.name
+        response = self.request(
+            "PUT",
+            f"/jobs/{lease.job_id}/results/{name}",
+            content=file_chunks(path),
+            headers={"X-Lease-Token": lease.token, "Content-Type": media_type},
+        )
+        return dict(response.json())
+
+    def upload_summary(
+        self, lease: Lease, summary: dict[str, Any], name: str = "summary.json"
+    ) -> dict[str, Any]:
+        response = self.request(
+            "PUT",
+            f"/jobs/{lease.job_id}/results/{name}",
+            content=json.dumps(summary).encode(),
+            headers={"X-Lease-Token": lease.token, "Content-Type": "application/json"},
+        )
+        return dict(response.json())
+
+    def complete(self, lease: Lease, summary: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = {"lease_token": lease.token, "summary": summary}
+        return dict(self.request("POST", f"/jobs/{lease.job_id}/complete", json=body).json())
+
+    def fail(self, lease: Lease, reason: str) -> dict[str, Any]:
+        body = {"lease_token": lease.token, "reason": reason[:2000]}
+        return dict(self.request("POST", f"/jobs/{lease.job_id}/fail", json=body).json())

@@ -1,0 +1,158 @@
+"""The worker loop: claim, heartbeat while running, upload, complete — or fail with a reason."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aifi.vendor.client import ExchangeHTTPError, Lease, LeaseLost, VendorClient
+
+log = logging.getLogger(__name__)
+
+
+class ProductError(Exception):
+    """Raised by a product for a study it cannot process; the message is the job's reason."""
+
+
+@dataclass(frozen=True)
+class ResultFile:
+    path: Path
+    name: str | None = None
+    media_type: str = "application/dicom"
+
+
+@dataclass
+class ProductResult:
+    files: list[ResultFile]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What a product gets: the job's metadata, its input files, and a folder to write into."""
+
+    job: dict[str, Any]
+    inputs: list[Path]
+    output_dir: Path
+
+
+Handler = Callable[[JobContext], ProductResult]
+
+
+class _Heartbeat:
+    """Renews the lease at a third of its length until stopped, so slow products keep the job."""
+
+    def __init__(self, client: VendorClient, lease: Lease, every: float) -> None:
+        self._client = client
+        self._lease = lease
+        self._every = every
+        self._stop = threading.Event()
+        self.lost = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"heartbeat-{lease.job_id}", daemon=True
+        )
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            try:
+                self._client.heartbeat(self._lease)
+            except LeaseLost:
+                self.lost.set()
+                return
+            except Exception:  # a missed beat is retried at the next tick
+                log.warning("heartbeat for job %s failed", self._lease.job_id, exc_info=True)
+
+
+class Worker:
+    def __init__(
+        self,
+        client: VendorClient,
+        handler: Handler,
+        *,
+        product_ids: list[str] | None = None,
+        lease_seconds: float = 60.0,
+        workdir: Path | None = None,
+    ) -> None:
+        self.client = client
+        self.handler = handler
+        self.product_ids = product_ids or []
+        self.lease_seconds = lease_seconds
+        self.workdir = workdir
+        self.processed = 0
+
+    def run(self, stop: threading.Event, wait_seconds: float = 5.0) -> None:
+        """Process jobs until `stop` is set; a failing exchange is retried, never fatal."""
+        while not stop.is_set():
+            try:
+                self.run_once(wait_seconds=wait_seconds)
+            except ExchangeHTTPError as exc:
+                log.warning("exchange error: %s", exc)
+                stop.wait(1.0)
+            except OSError as exc:
+                log.warning("exchange unreachable: %s", exc)
+                stop.wait(1.0)
+
+    def run_once(self, wait_seconds: float = 0.0) -> str | None:
+        """Claim and process one job; returns its id, or None when there was none."""
+        lease = self.client.claim(
+            self.product_ids, lease_seconds=self.lease_seconds, wait_seconds=wait_seconds
+        )
+        if lease is None:
+            return None
+        self.process(lease)
+        self.processed += 1
+        return lease.job_id
+
+    def process(self, lease: Lease) -> None:
+        folder = Path(tempfile.mkdtemp(prefix=f"aifi-job-{lease.job_id[:8]}-", dir=self.workdir))
+        try:
+            with _Heartbeat(self.client, lease, self.lease_seconds / 3) as beat:
+                self.client.heartbeat(lease)  # moves the job to in-progress
+                inputs = self.client.download_inputs(lease, folder / "inputs")
+                output_dir = folder / "outputs"
+                output_dir.mkdir()
+                try:
+                    result = self.handler(
+                        JobContext(job=lease.job, inputs=inputs, output_dir=output_dir)
+                    )
+                except ProductError as exc:
+                    self._fail(lease, str(exc) or "the product refused the study")
+                    return
+                except Exception as exc:  # a product bug must fail the job, not the worker
+                    log.exception("job %s: product raised", lease.job_id)
+                    self._fail(lease, f"{type(exc).__name__}: {exc}")
+                    return
+                if beat.lost.is_set():
+                    log.warning("job %s: lease lost while running; result dropped", lease.job_id)
+                    return
+                for item in result.files:
+                    self.client.upload_result(
+                        lease, item.path, name=item.name, media_type=item.media_type
+                    )
+                if result.summary:
+                    self.client.upload_summary(lease, result.summary)
+                self.client.complete(lease, result.summary or None)
+        except LeaseLost as exc:
+            log.warning(
+                "job %s: lease lost (%s); another worker will take it", lease.job_id, exc.detail
+            )
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _fail(self, lease: Lease, reason: str) -> None:
+        log.info("job %s failed: %s", lease.job_id, reason)
+        self.client.fail(lease, reason)

@@ -1,0 +1,278 @@
+"""The job lifecycle through the exchange's HTTP API, as hospitals and vendors use it."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+
+from aifi.exchange import jobs as jobs_module
+from aifi.exchange.clock import utcnow
+from aifi.products.tissue_volume import run as tissue_volume
+from aifi.vendor import JobContext
+
+
+def sr_for(inputs: list[Path], folder: Path) -> Path:
+    """A real TID 1500 result for `inputs`, made by the reference product."""
+    folder.mkdir(parents=True, exist_ok=True)
+    result = tissue_volume(JobContext(job={}, inputs=inputs, output_dir=folder))
+    return result.files[0].path
+
+
+def test_a_job_runs_from_upload_to_result(
+    exchange: Any, parties: dict[str, Any], make_ct: Any, tmp_path: Path
+) -> None:
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    study = make_ct(slices=4)
+    job = exchange.ready_job(hospital, "product-a", study)
+    assert job["state"] == "requested" and job["inputs_complete"] and job["input_count"] == 4
+
+    claim = exchange.claim(vendor)
+    assert claim is not None and claim["job"]["id"] == job["id"]
+    assert claim["job"]["state"] == "accepted" and claim["job"]["attempts"] == 1
+    lease = {"X-Lease-Token": claim["lease_token"], **vendor.headers}
+    beat = exchange.client.post(
+        f"/jobs/{job['id']}/heartbeat",
+        json={"lease_token": claim["lease_token"]},
+        headers=vendor.headers,
+    )
+    assert beat.status_code == 200 and beat.json()["state"] == "in-progress"
+
+    listed = exchange.client.get(f"/jobs/{job['id']}/inputs", headers=lease).json()
+    assert len(listed) == 4
+    downloaded = tmp_path / "downloaded"
+    downloaded.mkdir()
+    for item in listed:
+        body = exchange.client.get(
+            f"/jobs/{job['id']}/inputs/{item['sop_instance_uid']}", headers=lease
+        ).content
+        assert hashlib.sha256(body).hexdigest() == item["sha256"]
+        (downloaded / f"{item['sop_instance_uid']}.dcm").write_bytes(body)
+    originals = {hashlib.sha256(p.read_bytes()).hexdigest() for p in study}
+    assert {item["sha256"] for item in listed} == originals
+
+    sr = sr_for(sorted(downloaded.iterdir()), tmp_path / "out")
+    put = exchange.client.put(
+        f"/jobs/{job['id']}/results/sr.dcm", content=sr.read_bytes(), headers=lease
+    )
+    assert put.status_code == 201, put.text
+    assert put.json()["kind"] == "sr-tid1500" and put.json()["air_conformant"] is True
+    done = exchange.client.post(
+        f"/jobs/{job['id']}/complete",
+        json={"lease_token": claim["lease_token"], "summary": {"volume_ml": 1}},
+        headers=vendor.headers,
+    )
+    assert done.status_code == 200 and done.json()["state"] == "completed"
+
+    ended = exchange.client.get(
+        "/jobs", params={"state": "completed", "unacknowledged": True}, headers=hospital.headers
+    ).json()
+    assert [j["id"] for j in ended] == [job["id"]]
+    result = exchange.client.get(f"/jobs/{job['id']}/results/sr.dcm", headers=hospital.headers)
+    assert result.status_code == 200 and result.content == sr.read_bytes()
+    ack = exchange.client.post(f"/jobs/{job['id']}/acknowledge", headers=hospital.headers)
+    assert ack.status_code == 200 and ack.json()["acknowledged_at"] is not None
+    assert (
+        exchange.client.get(
+            "/jobs", params={"unacknowledged": True}, headers=hospital.headers
+        ).json()
+        == []
+    )
+
+
+def test_same_idempotency_key_gives_the_same_job(exchange: Any, parties: dict[str, Any]) -> None:
+    hospital = parties["hospital_a"]
+    first = exchange.job(hospital, "product-a", "2.25.1", key="k1")
+    body = {"product_id": "product-a", "study_uid": "2.25.1", "idempotency_key": "k1"}
+    again = exchange.client.post("/jobs", json=body, headers=hospital.headers)
+    assert again.status_code == 200 and again.json()["id"] == first["id"]
+    clash = exchange.client.post(
+        "/jobs", json={**body, "study_uid": "2.25.2"}, headers=hospital.headers
+    )
+    assert clash.status_code == 409
+
+
+def test_reuploading_an_instance_stores_it_once(
+    exchange: Any, parties: dict[str, Any], make_ct: Any
+) -> None:
+    hospital = parties["hospital_a"]
+    study = make_ct(slices=2)
+    uid = pydicom.dcmread(study[0]).StudyInstanceUID
+    job = exchange.job(hospital, "product-a", uid)
+    for _ in range(3):
+        assert exchange.upload(hospital, job["id"], study[0]).status_code == 201
+    assert (
+        exchange.client.get(f"/jobs/{job['id']}", headers=hospital.headers).json()["input_count"]
+        == 1
+    )
+    short = exchange.client.post(
+        f"/jobs/{job['id']}/ready", json={"instances": 2}, headers=hospital.headers
+    )
+    assert short.status_code == 422 and "holds 1 instances" in short.json()["detail"]
+
+
+def test_stat_jobs_are_claimed_before_routine_ones(
+    exchange: Any, parties: dict[str, Any], make_ct: Any
+) -> None:
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    routine = exchange.ready_job(hospital, "product-a", make_ct(slices=1), priority="routine")
+    stat = exchange.ready_job(hospital, "product-a", make_ct(slices=1), priority="stat")
+    assert exchange.claim(vendor)["job"]["id"] == stat["id"]
+    assert exchange.claim(vendor)["job"]["id"] == routine["id"]
+    assert exchange.claim(vendor) is None
+
+
+def test_an_expired_lease_puts_the_job_back_and_then_ends_it(
+    exchange: Any, parties: dict[str, Any], make_ct: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    job = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
+    services = exchange.client.app.state.services
+    later = [utcnow()]
+    monkeypatch.setattr(jobs_module, "utcnow", lambda: later[0])
+
+    tokens = []
+    for attempt in range(1, 4):
+        claim = exchange.claim(vendor, lease_seconds=30)
+        assert claim["job"]["id"] == job["id"] and claim["job"]["attempts"] == attempt
+        tokens.append(claim["lease_token"])
+        later[0] += timedelta(seconds=31)  # the vendor goes silent past its lease
+        services.jobs.expire_leases()
+    final = exchange.client.get(f"/jobs/{job['id']}", headers=hospital.headers).json()
+    assert final["state"] == "expired"
+    assert "lease ran out 3 times" in final["reason"]
+    late = exchange.client.post(
+        f"/jobs/{job['id']}/heartbeat", json={"lease_token": tokens[-1]}, headers=vendor.headers
+    )
+    assert late.status_code == 409
+
+
+def test_a_vendor_failure_reaches_the_hospital_with_its_reason(
+    exchange: Any, parties: dict[str, Any], make_ct: Any
+) -> None:
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    job = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
+    claim = exchange.claim(vendor)
+    failed = exchange.client.post(
+        f"/jobs/{job['id']}/fail",
+        json={"lease_token": claim["lease_token"], "reason": "no brain in field of view"},
+        headers=vendor.headers,
+    )
+    assert failed.status_code == 200
+    seen = exchange.client.get(f"/jobs/{job['id']}", headers=hospital.headers).json()
+    assert seen["state"] == "failed" and seen["reason"] == "no brain in field of view"
+
+
+def test_completing_without_results_is_refused(
+    exchange: Any, parties: dict[str, Any], make_ct: Any
+) -> None:
+    job = exchange.ready_job(parties["hospital_a"], "product-a", make_ct(slices=1))
+    claim = exchange.claim(parties["vendor_a"])
+    response = exchange.client.post(
+        f"/jobs/{job['id']}/complete",
+        json={"lease_token": claim["lease_token"]},
+        headers=parties["vendor_a"].headers,
+    )
+    assert response.status_code == 422 and "no results" in response.json()["detail"]
+
+
+def test_concurrent_claims_hand_each_job_out_once(
+    exchange: Any, parties: dict[str, Any], make_ct: Any
+) -> None:
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    made = {
+        exchange.ready_job(hospital, "product-a", make_ct(slices=1, size=8))["id"]
+        for _ in range(12)
+    }
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while (claim := exchange.claim(vendor)) is not None:
+            with lock:
+                claimed.append(claim["job"]["id"])
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(claimed) == sorted(made)
+
+
+def test_long_poll_wakes_when_a_job_ends(
+    exchange: Any, parties: dict[str, Any], make_ct: Any
+) -> None:
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    job = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
+    claim = exchange.claim(vendor)
+    seen: list[Any] = []
+    started = threading.Event()
+
+    def hospital_waits() -> None:
+        started.set()
+        seen.extend(
+            exchange.client.get(
+                "/jobs", params={"state": ["failed"], "wait": 20}, headers=hospital.headers
+            ).json()
+        )
+
+    waiter = threading.Thread(target=hospital_waits)
+    waiter.start()
+    started.wait()
+    exchange.client.post(
+        f"/jobs/{job['id']}/fail",
+        json={"lease_token": claim["lease_token"], "reason": "x"},
+        headers=vendor.headers,
+    )
+    waiter.join()
+    assert [j["id"] for j in seen] == [job["id"]]
+
+
+def test_metering_counts_completed_jobs_per_hospital_product_month(
+    exchange: Any, parties: dict[str, Any], make_ct: Any, tmp_path: Path
+) -> None:
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    for index in range(2):
+        study = make_ct(slices=2)
+        job = exchange.ready_job(hospital, "product-a", study)
+        claim = exchange.claim(vendor)
+        lease = {"X-Lease-Token": claim["lease_token"], **vendor.headers}
+        sr = sr_for(study, tmp_path / f"sr{index}")
+        assert (
+            exchange.client.put(
+                f"/jobs/{job['id']}/results/sr.dcm", content=sr.read_bytes(), headers=lease
+            ).status_code
+            == 201
+        )
+        exchange.client.post(
+            f"/jobs/{job['id']}/complete",
+            json={"lease_token": claim["lease_token"]},
+            headers=vendor.headers,
+        )
+    rows = exchange.client.get("/metering", headers=exchange.operator.headers).json()["rows"]
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["hospital"], row["product"], row["jobs_completed"], row["jobs_failed"]) == (
+        "hospital-a",
+        "product-a",
+        2,
+        0,
+    )
+    assert row["month"] == utcnow().strftime("%Y-%m") and row["input_bytes"] > 0
+    assert (
+        exchange.client.get("/metering", headers=parties["hospital_b"].headers).json()["rows"] == []
+    )
+
+
+def test_openapi_is_served(exchange: Any) -> None:
+    assert exchange.client.get("/docs").status_code == 200
+    paths = exchange.client.get("/openapi.json").json()["paths"]
+    assert {"/jobs", "/jobs/claim", "/jobs/{job_id}/inputs/{sop_instance_uid}", "/products"} <= set(
+        paths
+    )

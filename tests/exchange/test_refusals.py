@@ -1,0 +1,241 @@
+"""Every refusal the exchange makes: wrong keys, other tenants, unsubscribed products,
+inputs that are not de-identified, results from a vendor that does not hold the job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer aifi_wrong"},
+        {"Authorization": "Basic abc"},
+        {"Authorization": "Bearer "},
+    ],
+)
+def test_wrong_or_missing_key_gets_401_and_nothing_else(
+    exchange: Any, headers: dict[str, str]
+) -> None:
+    for method, path in (
+        ("GET", "/jobs"),
+        ("GET", "/products"),
+        ("POST", "/jobs/claim"),
+        ("GET", "/audit"),
+    ):
+        response = exchange.client.request(method, path, headers=headers, json={})
+        assert response.status_code == 401
+        assert response.json() == {"detail": "unauthorised"}
+
+
+def test_only_the_operator_registers_organisations(exchange: Any, parties: dict[str, Any]) -> None:
+    body = {"id": "rogue", "name": "Rogue", "kind": "operator"}
+    for org in ("hospital_a", "vendor_a"):
+        response = exchange.client.post("/organisations", json=body, headers=parties[org].headers)
+        assert response.status_code == 403
+
+
+def test_a_vendor_cannot_register_a_product_for_another_vendor(
+    exchange: Any, parties: dict[str, Any]
+) -> None:
+    manifest = {
+        "id": "sneaky",
+        "vendor": "vendor-b",
+        "name": "x",
+        "version": "1",
+        "clinical_area": "triage",
+    }
+    response = exchange.client.post("/products", json=manifest, headers=parties["vendor_a"].headers)
+    assert response.status_code == 403 and "vendor-a" in response.json()["detail"]
+
+
+def test_a_job_for_an_unsubscribed_product_is_refused_with_the_reason(
+    exchange: Any, parties: dict[str, Any]
+) -> None:
+    body = {"product_id": "product-b", "study_uid": "2.25.9", "idempotency_key": "x"}
+    response = exchange.client.post("/jobs", json=body, headers=parties["hospital_a"].headers)
+    assert response.status_code == 403
+    assert (
+        response.json()["detail"]
+        == "hospital 'hospital-a' is not subscribed to product 'product-b'"
+    )
+    assert exchange.client.get("/jobs", headers=parties["hospital_a"].headers).json() == []
+
+
+def test_tenants_are_walled(exchange: Any, parties: dict[str, Any], make_ct: Any) -> None:
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    study = make_ct(slices=1)
+    job = exchange.ready_job(hospital, "product-a", study)
+    job_id = job["id"]
+    uid = pydicom.dcmread(study[0]).SOPInstanceUID
+    other_hospital, other_vendor = parties["hospital_b"], parties["vendor_b"]
+
+    # Another hospital: the job does not exist for it.
+    assert exchange.client.get(f"/jobs/{job_id}", headers=other_hospital.headers).status_code == 404
+    assert (
+        exchange.client.get(f"/jobs/{job_id}/inputs", headers=other_hospital.headers).status_code
+        == 404
+    )
+    assert (
+        exchange.client.get(
+            f"/jobs/{job_id}/inputs/{uid}", headers=other_hospital.headers
+        ).status_code
+        == 404
+    )
+    assert (
+        exchange.client.post(
+            f"/jobs/{job_id}/cancel", json={}, headers=other_hospital.headers
+        ).status_code
+        == 404
+    )
+    assert exchange.client.get("/jobs", headers=other_hospital.headers).json() == []
+    # Another vendor: cannot see, claim, or read it.
+    assert exchange.claim(other_vendor) is None
+    assert exchange.client.get(f"/jobs/{job_id}", headers=other_vendor.headers).status_code == 404
+    assert (
+        exchange.client.get(
+            f"/jobs/{job_id}/inputs/{uid}", headers={"X-Lease-Token": "x", **other_vendor.headers}
+        ).status_code
+        == 404
+    )
+    assert exchange.client.get("/jobs", headers=other_vendor.headers).json() == []
+    # The operator sees metadata, never pixels.
+    assert (
+        exchange.client.get(f"/jobs/{job_id}", headers=exchange.operator.headers).status_code == 200
+    )
+    assert (
+        exchange.client.get(
+            f"/jobs/{job_id}/inputs/{uid}", headers=exchange.operator.headers
+        ).status_code
+        == 403
+    )
+    # The job's own vendor reads inputs only with the lease.
+    assert (
+        exchange.client.get(f"/jobs/{job_id}/inputs/{uid}", headers=vendor.headers).status_code
+        == 409
+    )
+    claim = exchange.claim(vendor)
+    lease = {"X-Lease-Token": claim["lease_token"], **vendor.headers}
+    assert exchange.client.get(f"/jobs/{job_id}/inputs/{uid}", headers=lease).status_code == 200
+    # Audit: the refused read by another hospital was recorded.
+    audit = exchange.client.get("/audit", headers=exchange.operator.headers).json()
+    assert any(e["organisation_id"] == "hospital-b" and e["outcome"] == "refused" for e in audit)
+
+
+def test_results_from_a_vendor_that_does_not_hold_the_job_get_409(
+    exchange: Any, parties: dict[str, Any], make_ct: Any, tmp_path: Path
+) -> None:
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    job = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
+    path = f"/jobs/{job['id']}/results/sr.dcm"
+    # Not claimed at all.
+    assert (
+        exchange.client.put(
+            path, content=b"x", headers={"X-Lease-Token": "nope", **vendor.headers}
+        ).status_code
+        == 409
+    )
+    claim = exchange.claim(vendor)
+    # Claimed, but a stale token.
+    assert (
+        exchange.client.put(
+            path, content=b"x", headers={"X-Lease-Token": "stale", **vendor.headers}
+        ).status_code
+        == 409
+    )
+    # The right token, but the job already failed.
+    exchange.client.post(
+        f"/jobs/{job['id']}/fail",
+        json={"lease_token": claim["lease_token"], "reason": "r"},
+        headers=vendor.headers,
+    )
+    assert (
+        exchange.client.put(
+            path, content=b"x", headers={"X-Lease-Token": claim["lease_token"], **vendor.headers}
+        ).status_code
+        == 409
+    )
+
+
+def test_an_input_not_marked_deidentified_is_refused_and_loses_nothing(
+    exchange: Any, parties: dict[str, Any], make_ct: Any
+) -> None:
+    hospital = parties["hospital_a"]
+    good = make_ct(slices=1)
+    study_uid = pydicom.dcmread(good[0]).StudyInstanceUID
+    bad = make_ct(slices=1, study_uid=study_uid, marked=False)
+    job = exchange.job(hospital, "product-a", study_uid)
+    assert exchange.upload(hospital, job["id"], good[0]).status_code == 201
+    response = exchange.upload(hospital, job["id"], bad[0])
+    bad_uid = pydicom.dcmread(bad[0]).SOPInstanceUID
+    assert response.status_code == 422
+    assert (
+        bad_uid in response.json()["detail"]
+        and "Patient Identity Removed" in response.json()["detail"]
+    )
+    assert (
+        exchange.client.get(f"/jobs/{job['id']}", headers=hospital.headers).json()["input_count"]
+        == 1
+    )
+
+
+def test_an_input_with_an_unknown_deidentification_method_is_refused(
+    exchange: Any, parties: dict[str, Any], make_ct: Any, tmp_path: Path
+) -> None:
+    hospital = parties["hospital_a"]
+    study = make_ct(slices=1)
+    ds = pydicom.dcmread(study[0])
+    ds.DeidentificationMethod = "some other tool"
+    ds.save_as(study[0])
+    job = exchange.job(hospital, "product-a", ds.StudyInstanceUID)
+    response = exchange.upload(hospital, job["id"], study[0])
+    assert response.status_code == 422 and "De-identification Method" in response.json()["detail"]
+
+
+def test_an_input_of_another_study_or_not_dicom_is_refused(
+    exchange: Any, parties: dict[str, Any], make_ct: Any
+) -> None:
+    hospital = parties["hospital_a"]
+    study = make_ct(slices=1)
+    job = exchange.job(hospital, "product-a", "2.25.12345")
+    uid = pydicom.dcmread(study[0]).SOPInstanceUID
+    other = exchange.upload(hospital, job["id"], study[0])
+    assert other.status_code == 422 and "not the job's study" in other.json()["detail"]
+    junk = exchange.client.put(
+        f"/jobs/{job['id']}/inputs/{uid}", content=b"not dicom at all", headers=hospital.headers
+    )
+    assert junk.status_code == 422 and "not a readable DICOM file" in junk.json()["detail"]
+    truncated = exchange.client.put(
+        f"/jobs/{job['id']}/inputs/{uid}",
+        content=study[0].read_bytes()[:300],
+        headers=hospital.headers,
+    )
+    assert truncated.status_code == 422
+
+
+def test_an_invalid_result_is_refused_with_rule_and_attribute(
+    exchange: Any, parties: dict[str, Any], make_ct: Any
+) -> None:
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    study = make_ct(slices=1)
+    job = exchange.ready_job(hospital, "product-a", study)
+    claim = exchange.claim(vendor)
+    lease = {"X-Lease-Token": claim["lease_token"], **vendor.headers}
+    # An input image sent back is a valid DICOM file but names no algorithm.
+    response = exchange.client.put(
+        f"/jobs/{job['id']}/results/echo.dcm", content=study[0].read_bytes(), headers=lease
+    )
+    assert response.status_code == 422
+    assert "rule" in response.json()["detail"]
+    bad_json = exchange.client.put(
+        f"/jobs/{job['id']}/results/summary.json",
+        content=b"{not json",
+        headers={"Content-Type": "application/json", **lease},
+    )
+    assert bad_json.status_code == 422 and "summary-json" in bad_json.json()["detail"]
+    assert exchange.client.get(f"/jobs/{job['id']}/results", headers=lease).json() == []

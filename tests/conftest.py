@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
-import os
-import shutil
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-
-
-def require_executable(name: str, package: str) -> str:
-    """The path of a peer's executable; skip (locally) or fail (under CI=true) when it is missing."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} not found: install the Debian package '{package}' (make test does, as root)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+from support.peers import OrthancPeer, require_executable, start_orthanc
 
 
 @pytest.fixture(scope="session")
 def dciodvfy() -> str:
     return require_executable("dciodvfy", "dicom3tools")
+
+
+@pytest.fixture
+def orthanc_factory(tmp_path: Path) -> Iterator[object]:
+    """Start Orthancs (each a hospital PACS) on loopback; all are stopped after the test."""
+    started: list[OrthancPeer] = []
+
+    def start(modalities: dict[str, tuple[str, int]]) -> OrthancPeer:
+        peer = start_orthanc(tmp_path / f"orthanc{len(started)}", modalities)
+        started.append(peer)
+        return peer
+
+    yield start
+    for peer in started:
+        peer.stop()

@@ -70,7 +70,7 @@ def test_a_job_runs_from_upload_to_result(
     assert done.status_code == 200 and done.json()["state"] == "completed"
 
     ended = exchange.client.get(
-        "/jobs", params={"state": "completed", "unacknowledged": True}, headers=hospital.headers
+        "/jobs", params={"state": "completed", "acknowledged": False}, headers=hospital.headers
     ).json()
     assert [j["id"] for j in ended] == [job["id"]]
     result = exchange.client.get(f"/jobs/{job['id']}/results/sr.dcm", headers=hospital.headers)
@@ -79,7 +79,7 @@ def test_a_job_runs_from_upload_to_result(
     assert ack.status_code == 200 and ack.json()["acknowledged_at"] is not None
     assert (
         exchange.client.get(
-            "/jobs", params={"unacknowledged": True}, headers=hospital.headers
+            "/jobs", params={"acknowledged": False}, headers=hospital.headers
         ).json()
         == []
     )

@@ -50,5 +50,7 @@ def verify_iod(path: Path, timeout: float = 120.0) -> IodReport:
     lines = [ln.strip() for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith(("Error", "Abort"))]
     warnings = [ln for ln in lines if ln.startswith("Warning")]
-    iod = next((ln for ln in lines if not ln.startswith(("Error", "Warning", "Abort", "Filename"))), "")
+    iod = next(
+        (ln for ln in lines if not ln.startswith(("Error", "Warning", "Abort", "Filename"))), ""
+    )
     return IodReport(path=path, iod=iod, errors=errors, warnings=warnings)

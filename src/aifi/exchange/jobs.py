@@ -106,15 +106,16 @@ class JobService:
         actor: Actor,
         *,
         states: list[str] | None = None,
-        unacknowledged: bool = False,
+        acknowledged: bool | None = None,
         product_id: str | None = None,
         limit: int = 100,
     ) -> list[Job]:
         query = visible_to(select(Job), actor)
         if states:
             query = query.where(Job.state.in_(states))
-        if unacknowledged:
-            query = query.where(Job.acknowledged_at.is_(None))
+        if acknowledged is not None:
+            column = Job.acknowledged_at
+            query = query.where(column.is_not(None) if acknowledged else column.is_(None))
         if product_id:
             query = query.where(Job.product_id == product_id)
         query = query.order_by(Job.created_at).limit(limit)
@@ -239,6 +240,7 @@ class JobService:
                     update(Job).where(Job.id == job_id).values(acknowledged_at=now, updated_at=now)
                 )
             self._audit.record(actor, "update", "job", job_id, detail="acknowledged")
+            self._notifier.notify()
         return self.get(actor, job_id, audit=False)
 
     # vendor side ---------------------------------------------------------------------------

@@ -43,7 +43,10 @@ async def list_jobs(
     caller: CallerDep,
     services: ServicesDep,
     state: Annotated[list[JobState] | None, Query()] = None,
-    unacknowledged: bool = False,
+    acknowledged: Annotated[
+        bool | None,
+        Query(description="only jobs the hospital has (true) or has not (false) acknowledged"),
+    ] = None,
     product_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     wait: Annotated[float, Query(ge=0, description="long-poll: seconds to wait for a match")] = 0,
@@ -55,7 +58,7 @@ async def list_jobs(
             services.jobs.list,
             caller,
             states=states,
-            unacknowledged=unacknowledged,
+            acknowledged=acknowledged,
             product_id=product_id,
             limit=limit,
         )

@@ -1,0 +1,146 @@
+"""The `aifi` command: run an exchange, a gateway, a vendor worker, or the national demo."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="AIFI: a vendor-neutral national path from the hospital PACS to radiology AI and back.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def _wait_for_signal() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+@app.command()
+def exchange(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="State folder (default AIFI_DATA_DIR or ./aifi-data/exchange)."),
+    ] = None,
+    verbose: bool = False,
+) -> None:
+    """Run the national exchange (HTTP API at /, OpenAPI at /docs)."""
+    import uvicorn
+
+    from aifi.exchange.app import create_app
+    from aifi.exchange.settings import ExchangeSettings
+
+    _logging(verbose)
+    settings = ExchangeSettings() if data_dir is None else ExchangeSettings(data_dir=data_dir)
+    uvicorn.run(
+        create_app(settings), host=host, port=port, log_level="info" if verbose else "warning"
+    )
+
+
+@app.command()
+def gateway(
+    config: Annotated[Path, typer.Option("--config", "-c", help="The hospital's gateway YAML.")],
+    verbose: bool = False,
+) -> None:
+    """Run a hospital gateway: DICOM in, pseudonymised jobs out, results back to the PACS."""
+    from aifi.gateway.config import ConfigError, load_config
+    from aifi.gateway.service import Gateway
+
+    _logging(verbose)
+    try:
+        settings = load_config(config)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    stop = _wait_for_signal()
+    node = Gateway(settings)
+    node.start()
+    typer.echo(
+        f"gateway {settings.hospital}: {settings.dicom.ae_title} listening on "
+        f"{settings.dicom.host}:{node.port}, exchange {settings.exchange.url}"
+    )
+    stop.wait()
+    node.stop()
+
+
+@app.command()
+def worker(
+    product: Annotated[str, typer.Option(help="Reference product id to run.")],
+    exchange_url: Annotated[str, typer.Option("--exchange", help="Exchange base URL.")],
+    api_key_file: Annotated[Path, typer.Option(help="File holding the vendor's API key.")],
+    register: Annotated[
+        str | None, typer.Option(help="Register the product's manifest for this vendor id first.")
+    ] = None,
+    lease_seconds: float = 60.0,
+    verbose: bool = False,
+) -> None:
+    """Run a vendor worker for one of AIFI's reference products (not for clinical use)."""
+    from aifi.products import reference_products
+    from aifi.vendor import VendorClient, Worker
+
+    _logging(verbose)
+    products = reference_products()
+    if product not in products:
+        typer.echo(
+            f"error: unknown product {product!r}; choose from {', '.join(products)}", err=True
+        )
+        raise typer.Exit(2)
+    client = VendorClient(exchange_url, api_key_file.read_text().strip())
+    if register:
+        client.register_product(products[product].manifest(register))
+    stop = _wait_for_signal()
+    Worker(
+        client, products[product].handler, product_ids=[product], lease_seconds=lease_seconds
+    ).run(stop)
+    client.close()
+
+
+@app.command()
+def demo(
+    studies: Annotated[int, typer.Option(help="Studies per hospital.", min=1)] = 3,
+    workdir: Annotated[Path, typer.Option(help="Everything the demo writes.")] = Path("demo-work"),
+    summary: Annotated[Path | None, typer.Option(help="Write the figures as JSON here.")] = None,
+    keep_running: Annotated[
+        bool, typer.Option(help="Leave the exchange up at http://127.0.0.1:PORT until Ctrl-C.")
+    ] = False,
+    port: Annotated[int, typer.Option(help="The exchange's HTTP port.")] = 8000,
+    seed: int = 1,
+) -> None:
+    """Run the national demo on one machine: an exchange, five hospitals, reference products."""
+    from aifi.demo import run_demo
+
+    code = run_demo(
+        studies=studies,
+        workdir=workdir,
+        summary=summary,
+        keep_running=keep_running,
+        port=port,
+        seed=seed,
+    )
+    raise typer.Exit(code)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

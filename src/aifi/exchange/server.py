@@ -1,0 +1,67 @@
+"""Run an exchange inside this process on a background thread (the demo, tests, benchmarks)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from types import TracebackType
+
+import uvicorn
+
+from aifi.exchange.app import create_app
+from aifi.exchange.settings import ExchangeSettings
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class ExchangeThread:
+    """An exchange served by uvicorn on a thread; a context manager that starts and stops it."""
+
+    def __init__(self, settings: ExchangeSettings, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.app = create_app(settings)
+        self.services = self.app.state.services
+        config = uvicorn.Config(
+            self.app,
+            host=host,
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+            access_log=False,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="exchange", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> ExchangeThread:
+        self._thread.start()
+        ready = threading.Event()
+        while not self._server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError(f"the exchange did not start on {self.host}:{self.port}")
+            if ready.wait(0.01) or (timeout := timeout - 0.01) <= 0:
+                raise TimeoutError(f"the exchange did not start within the timeout on {self.port}")
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=30)
+
+    def __enter__(self) -> ExchangeThread:
+        return self.start()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

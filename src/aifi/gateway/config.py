@@ -1,0 +1,124 @@
+"""The gateway's YAML configuration (one file per hospital), validated with pydantic."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+AE_TITLE = r"^[ -~]{1,16}$"
+
+
+class DicomListener(BaseModel):
+    """Where modalities and the PACS send studies (the gateway's C-STORE SCP)."""
+
+    ae_title: str = Field(default="AIFI_GW", pattern=AE_TITLE)
+    host: str = "127.0.0.1"
+    port: int = Field(default=11112, ge=1, le=65535)
+    #: Seconds without a new instance after which a study counts as complete.
+    quiet_seconds: float = Field(default=10.0, ge=0)
+    #: Per calling AE title: a CT that sends in one burst can use a shorter timer.
+    quiet_seconds_by_calling_ae: dict[str, float] = Field(default_factory=dict)
+    #: Calling AE titles allowed to send; empty allows any.
+    allowed_calling_aes: list[str] = Field(default_factory=list)
+
+    def quiet_for(self, calling_ae: str) -> float:
+        return self.quiet_seconds_by_calling_ae.get(calling_ae.strip(), self.quiet_seconds)
+
+
+class Route(BaseModel):
+    """A routing rule: studies that match every given criterion go to `product`."""
+
+    product: str
+    modalities: list[str] = Field(default_factory=list)
+    body_parts: list[str] = Field(default_factory=list)
+    study_description: str | None = None
+    series_description: str | None = None
+    sop_classes: list[str] = Field(default_factory=list)
+    calling_aes: list[str] = Field(default_factory=list)
+    priority: str | None = Field(default=None, pattern=r"^(stat|routine)$")
+
+    @field_validator("study_description", "series_description")
+    @classmethod
+    def _valid_pattern(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from exc
+        return value
+
+
+class PacsDestination(BaseModel):
+    """A DICOM node that receives re-identified results by C-STORE."""
+
+    name: str
+    ae_title: str = Field(pattern=AE_TITLE)
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+
+class ExchangeConnection(BaseModel):
+    url: str
+    api_key: str | None = None
+    api_key_file: Path | None = None
+
+    def key(self) -> str:
+        if self.api_key:
+            return self.api_key
+        if self.api_key_file:
+            return self.api_key_file.read_text().strip()
+        raise ValueError("exchange.api_key or exchange.api_key_file must be set")
+
+
+class GatewayConfig(BaseModel):
+    hospital: str
+    workdir: Path
+    exchange: ExchangeConnection
+    dicom: DicomListener = Field(default_factory=DicomListener)
+    routes: list[Route] = Field(default_factory=list)
+    pacs: list[PacsDestination] = Field(default_factory=list)
+    #: The hospital's pseudonymisation secret; created (0600) on first start when missing.
+    secret_file: Path | None = None
+    #: Pixel regions (x, y, width, height) blanked when a product asks for Clean Pixel Data;
+    #: without them, instances that may carry burned-in text are never sent.
+    clean_pixel_regions: list[tuple[int, int, int, int]] = Field(default_factory=list)
+    #: The gateway's own AE title when it sends results to the PACS.
+    calling_ae_title: str = Field(default="AIFI_GW", pattern=AE_TITLE)
+    #: Parallel uploads of one study's instances.
+    upload_threads: int = Field(default=4, ge=1, le=32)
+    #: Seconds a result fetch waits at the exchange for an ended job (long-poll).
+    poll_wait_seconds: float = Field(default=10.0, ge=0, le=60)
+
+    @property
+    def resolved_secret_file(self) -> Path:
+        return self.secret_file or self.workdir / "secret.key"
+
+
+class ConfigError(ValueError):
+    """The configuration file cannot be used; the message says which entry and why."""
+
+
+def load_config(path: Path) -> GatewayConfig:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read the gateway configuration: {exc}") from exc
+    try:
+        config = GatewayConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from exc
+    base = path.parent
+    if not config.workdir.is_absolute():
+        config.workdir = (base / config.workdir).resolve()
+    if config.secret_file is not None and not config.secret_file.is_absolute():
+        config.secret_file = (base / config.secret_file).resolve()
+    key_file = config.exchange.api_key_file
+    if key_file is not None and not key_file.is_absolute():
+        config.exchange.api_key_file = (base / key_file).resolve()
+    return config

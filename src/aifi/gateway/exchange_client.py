@@ -1,0 +1,75 @@
+"""The gateway's side of the exchange API: create jobs, upload inputs, fetch results."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from aifi.http import ApiClient, file_chunks
+
+ENDED = ("completed", "failed", "cancelled", "expired")
+
+
+class GatewayClient(ApiClient):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._products: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    def product(self, product_id: str, max_age: float = 60.0) -> dict[str, Any]:
+        """A product's catalogue entry, cached briefly (manifests change rarely)."""
+        cached = self._products.get(product_id)
+        if cached and time.monotonic() - cached[0] < max_age:
+            return cached[1]
+        entry = dict(self.request("GET", f"/products/{product_id}").json())
+        self._products[product_id] = (time.monotonic(), entry)
+        return entry
+
+    def create_job(
+        self,
+        product_id: str,
+        study_uid: str,
+        patient_pseudonym: str,
+        idempotency_key: str,
+        priority: str | None,
+    ) -> dict[str, Any]:
+        body = {
+            "product_id": product_id,
+            "study_uid": study_uid,
+            "patient_pseudonym": patient_pseudonym,
+            "idempotency_key": idempotency_key,
+            "priority": priority,
+        }
+        return dict(self.request("POST", "/jobs", json=body).json())
+
+    def input_uids(self, job_id: str) -> set[str]:
+        rows = self.request("GET", f"/jobs/{job_id}/inputs").json()
+        return {row["sop_instance_uid"] for row in rows}
+
+    def put_input(self, job_id: str, sop_instance_uid: str, path: Path) -> None:
+        self.request(
+            "PUT",
+            f"/jobs/{job_id}/inputs/{sop_instance_uid}",
+            content=file_chunks(path),
+            headers={"Content-Type": "application/dicom"},
+        )
+
+    def mark_ready(self, job_id: str, instances: int) -> dict[str, Any]:
+        return dict(
+            self.request("POST", f"/jobs/{job_id}/ready", json={"instances": instances}).json()
+        )
+
+    def ended_jobs(self, wait: float) -> list[dict[str, Any]]:
+        """Jobs that ended and that this hospital has not acknowledged yet (long-poll)."""
+        params: list[tuple[str, str | float]] = [("state", s) for s in ENDED]
+        params += [("acknowledged", "false"), ("wait", wait), ("limit", 50)]
+        return list(self.request("GET", "/jobs", params=params, timeout=wait + 30).json())
+
+    def results(self, job_id: str) -> list[dict[str, Any]]:
+        return list(self.request("GET", f"/jobs/{job_id}/results").json())
+
+    def download_result(self, job_id: str, name: str, target: Path) -> int:
+        return self.download(f"/jobs/{job_id}/results/{name}", target)
+
+    def acknowledge(self, job_id: str) -> None:
+        self.request("POST", f"/jobs/{job_id}/acknowledge")

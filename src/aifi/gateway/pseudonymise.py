@@ -1,0 +1,107 @@
+"""Pseudonymise one job's instances with the product's options and send them to the exchange.
+
+Each instance is pseudonymised and uploaded in a small pool of threads (the header work and
+the HTTP transfer overlap). Pseudonyms are keyed hashes, so a retry after a crash produces the
+same files and the same UIDs, and the exchange's keyed uploads store each instance once.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aifi.dicom.deid import Deidentifier, DeidError, DeidRefused, DeidResult
+from aifi.dicom.pseudonym import PseudonymKey
+from aifi.gateway.vault import Vault
+
+
+@dataclass
+class PreparedStudy:
+    """What was sent: the study's pseudonym, and what was left out and why."""
+
+    study_uid: str = ""
+    patient_pseudonym: str = ""
+    sent: int = 0
+    refused: dict[str, str] = field(default_factory=dict)  # original SOP UID -> reason
+
+
+class NothingToSend(Exception):
+    """Every instance of the job was refused; the message says why (for the hospital)."""
+
+
+def _merge(results: Iterable[DeidResult]) -> dict[str, str]:
+    uid_map: dict[str, str] = {}
+    for result in results:
+        uid_map.update(result.uid_map)
+    return uid_map
+
+
+def pseudonymise_and_send(
+    *,
+    key: PseudonymKey,
+    vault: Vault,
+    instances: list[Mapping[str, Any]],
+    options: frozenset[str],
+    clean_pixel_regions: list[tuple[int, int, int, int]] | None,
+    outbox: Path,
+    threads: int,
+    open_job: Callable[[str, str], str],
+    already_uploaded: Callable[[str], set[str]],
+    upload: Callable[[str, str, Path], None],
+) -> tuple[str, PreparedStudy]:
+    """Pseudonymise `instances`, create the job (`open_job(study, patient) -> job id`), upload.
+
+    The vault learns every mapping before this returns, and before the caller marks the job
+    ready, so no result can come back that the vault cannot re-identify.
+    """
+    engine = Deidentifier(key, options=options, clean_pixel_regions=clean_pixel_regions)
+    outbox.mkdir(parents=True, exist_ok=True)
+    prepared = PreparedStudy()
+
+    def pseudonymise(row: Mapping[str, Any]) -> tuple[Mapping[str, Any], DeidResult | str, Path]:
+        target = outbox / f"{row['sop_instance_uid']}.dcm"
+        try:
+            return row, engine.deidentify_file(Path(row["path"]), target), target
+        except (DeidRefused, DeidError) as exc:
+            return row, str(exc), target
+
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="deid") as pool:
+        done = list(pool.map(pseudonymise, instances))
+        results = [(row, res, path) for row, res, path in done if isinstance(res, DeidResult)]
+        for row, res, _path in done:
+            if isinstance(res, str):
+                prepared.refused[row["sop_instance_uid"]] = res
+        if not results:
+            reasons = sorted(set(prepared.refused.values()))
+            raise NothingToSend("no instance could be sent: " + "; ".join(reasons))
+        first = results[0][1]
+        assert isinstance(first, DeidResult)
+        original_study = str(results[0][0]["study_uid"])
+        prepared.study_uid = first.uid_map.get(original_study, original_study)
+        prepared.patient_pseudonym = first.patient_pseudonym
+        vault.remember(
+            _merge(res for _row, res, _path in results if isinstance(res, DeidResult)),
+            original_study_uid=original_study,
+            pseudonym_study_uid=prepared.study_uid,
+            patient_pseudonym=first.patient_pseudonym,
+            original_attributes=first.original_patient,
+        )
+        job_id = open_job(prepared.study_uid, prepared.patient_pseudonym)
+        present = already_uploaded(job_id)
+
+        def send(item: tuple[Mapping[str, Any], DeidResult | str, Path]) -> None:
+            row, res, path = item
+            assert isinstance(res, DeidResult)
+            pseudo_uid = res.uid_map[str(row["sop_instance_uid"])]
+            if pseudo_uid not in present:
+                upload(job_id, pseudo_uid, path)
+
+        for _ in pool.map(send, results):
+            pass
+    prepared.sent = len(results)
+    shutil.rmtree(outbox, ignore_errors=True)
+    return job_id, prepared

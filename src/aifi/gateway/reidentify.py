@@ -1,0 +1,83 @@
+"""Re-identification of results: the pseudonymised study becomes the hospital's study again.
+
+Every UID the vault knows is mapped back (study, series, referenced instances), and the
+patient and study identifiers are restored, so the result lands in the original study in the
+PACS. UIDs the vendor created for its own objects are kept: they identify nobody.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from aifi.gateway.vault import Vault
+
+#: Marks of de-identification that no longer hold once identity is restored.
+DEID_MARKS = (
+    "PatientIdentityRemoved",
+    "DeidentificationMethod",
+    "DeidentificationMethodCodeSequence",
+    "LongitudinalTemporalInformationModified",
+)
+
+
+class ReidentificationError(RuntimeError):
+    """The result cannot be mapped back (its study is not one this gateway sent)."""
+
+
+def _uid_values(ds: Dataset, found: set[str]) -> None:
+    for element in ds:
+        if element.VR == "UI" and element.value:
+            values = element.value if element.VM > 1 else [element.value]
+            found.update(str(v) for v in values)
+        elif element.VR == "SQ":
+            for item in element.value:
+                _uid_values(item, found)
+
+
+def _replace_uids(ds: Dataset, mapping: dict[str, str]) -> None:
+    for element in ds:
+        if element.VR == "UI" and element.value:
+            if element.VM > 1:
+                element.value = [mapping.get(str(v), str(v)) for v in element.value]
+            else:
+                element.value = mapping.get(str(element.value), str(element.value))
+        elif element.VR == "SQ":
+            for item in element.value:
+                _replace_uids(item, mapping)
+
+
+def reidentify(ds: Dataset, vault: Vault) -> Dataset:
+    """Map `ds` (a result for a study this gateway sent) back to the original study, in place."""
+    pseudo_study = str(ds.get("StudyInstanceUID", ""))
+    known = vault.study(pseudo_study)
+    if known is None:
+        raise ReidentificationError(
+            f"result study {pseudo_study} is not a study this gateway pseudonymised"
+        )
+    original_study_uid, attributes = known
+    found: set[str] = set()
+    _uid_values(ds, found)
+    mapping = vault.original_uids(found)
+    mapping[pseudo_study] = original_study_uid
+    _replace_uids(ds, mapping)
+    for keyword, value in attributes.items():
+        if keyword in ("StudyInstanceUID",):
+            continue
+        setattr(ds, keyword, value)
+    for keyword in DEID_MARKS:
+        if keyword in ds:
+            delattr(ds, keyword)
+    return ds
+
+
+def reidentify_file(source: Path, target: Path, vault: Vault) -> str:
+    """Write the re-identified copy of `source` to `target`; returns its SOP Instance UID."""
+    ds = pydicom.dcmread(source)
+    reidentify(ds, vault)
+    partial = target.with_name(target.name + ".part")
+    ds.save_as(partial, enforce_file_format=True)
+    partial.replace(target)
+    return str(ds.SOPInstanceUID)

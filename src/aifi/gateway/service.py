@@ -1,0 +1,444 @@
+"""The gateway at work: receive, assemble, route, pseudonymise, upload, fetch, re-identify,
+deliver. Each stage is a thread that waits on its own event and resumes from the state
+database after a restart."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pydicom
+from pynetdicom import evt
+
+from aifi.dicom.pseudonym import PseudonymKey, create_secret_file
+from aifi.gateway.config import GatewayConfig
+from aifi.gateway.dimse import handle_echo, send_files, start_scp, storage_scp_ae
+from aifi.gateway.exchange_client import GatewayClient
+from aifi.gateway.pseudonymise import NothingToSend, pseudonymise_and_send
+from aifi.gateway.reidentify import ReidentificationError, reidentify_file
+from aifi.gateway.routing import route_study
+from aifi.gateway.state import GatewayState, ReceivedInstance
+from aifi.gateway.vault import Vault
+from aifi.http import ExchangeHTTPError
+
+log = logging.getLogger(__name__)
+
+UID = re.compile(r"^[0-9][0-9.]{0,63}$")
+#: Header attributes the gateway reads at receipt (routing needs no more).
+HEADER_TAGS = [
+    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality",
+    "BodyPartExamined", "StudyDescription", "SeriesDescription",
+]  # fmt: skip
+#: Statuses a C-STORE SCP answers (PS3.4 Annex B).
+SUCCESS = 0x0000
+CANNOT_UNDERSTAND = 0xC210
+OUT_OF_RESOURCES = 0xA700
+#: An exchange refusal (4xx but these) will not change on retry: the job is refused for good.
+RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
+
+
+def backoff(attempts: int) -> float:
+    return float(min(2 ** min(attempts, 8), 300))
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, client: GatewayClient | None = None) -> None:
+        self.config = config
+        workdir = config.workdir
+        self.spool = workdir / "spool"
+        self.outbox = workdir / "outbox"
+        self.results_dir = workdir / "results"
+        for folder in (self.spool, self.outbox, self.results_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        secret = config.resolved_secret_file
+        if not secret.exists():
+            create_secret_file(secret)
+        self.key = PseudonymKey.from_file(secret)
+        self.state = GatewayState(workdir / "state.db")
+        self.vault = Vault(workdir / "vault.db")
+        self.client = client or GatewayClient(config.exchange.url, config.exchange.key())
+        self._stop = threading.Event()
+        self._assemble = threading.Event()
+        self._submit = threading.Event()
+        #: Notified on every job change, for whoever waits on the gateway (tests, the demo).
+        self.changed = threading.Condition()
+        self._threads: list[threading.Thread] = []
+        self._server: Any = None
+        self._retry_at: dict[str, float] = {}
+
+    # life cycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.recover_spool()
+        ae = storage_scp_ae(self.config.dicom.ae_title)
+        if self.config.dicom.allowed_calling_aes:
+            ae.require_calling_aet = list(self.config.dicom.allowed_calling_aes)
+        handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_C_ECHO, handle_echo)]
+        self._server = start_scp(ae, self.config.dicom.host, self.config.dicom.port, handlers)
+        for name, target in (
+            ("assembler", self._assemble_loop),
+            ("submitter", self._submit_loop),
+            ("results", self._results_loop),
+        ):
+            thread = threading.Thread(
+                target=target, name=f"{self.config.hospital}-{name}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+        self._assemble.set()
+        self._submit.set()
+
+    @property
+    def port(self) -> int:
+        """The SCP's port (useful when configured as 0: any free port)."""
+        return int(self._server.server_address[1]) if self._server else self.config.dicom.port
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._assemble.set()
+        self._submit.set()
+        if self._server is not None:
+            self._server.shutdown()
+        for thread in self._threads:
+            thread.join(timeout=self.config.poll_wait_seconds + 35)
+        self.client.close()
+        self.state.close()
+        self.vault.close()
+
+    def _notify(self) -> None:
+        with self.changed:
+            self.changed.notify_all()
+
+    def wait_until(self, predicate: Any, timeout: float) -> bool:
+        """Block until `predicate()` holds (re-checked at each job change) or `timeout` passes."""
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while not predicate():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self.changed.wait(min(remaining, 1.0))
+        return True
+
+    # receipt -------------------------------------------------------------------------------
+
+    def handle_store(self, event: evt.Event) -> int:
+        """Persist the instance and index it; nothing else happens before the acknowledge."""
+        calling_ae = str(event.assoc.requestor.ae_title).strip()
+        received = Path(event.dataset_path)
+        try:
+            header = pydicom.dcmread(received, stop_before_pixels=True, specific_tags=HEADER_TAGS)
+            study_uid = str(header.StudyInstanceUID)
+            sop_uid = str(header.SOPInstanceUID)
+            if not UID.match(study_uid) or not UID.match(sop_uid):
+                raise ValueError("Study or SOP Instance UID is not a valid UID")
+            series_uid = str(header.get("SeriesInstanceUID", ""))
+            sop_class = str(header.SOPClassUID)
+        except Exception as exc:
+            log.warning("C-STORE from %s refused: dataset cannot be parsed (%s)", calling_ae, exc)
+            return CANNOT_UNDERSTAND
+        target = self.spool / study_uid / f"{sop_uid}.dcm"
+        try:
+            target.parent.mkdir(exist_ok=True)
+            _move_durably(received, target)
+            self.state.record_instance(
+                ReceivedInstance(
+                    sop_instance_uid=sop_uid,
+                    study_uid=study_uid,
+                    series_uid=series_uid,
+                    sop_class_uid=sop_class,
+                    modality=str(header.get("Modality", "")),
+                    body_part=str(header.get("BodyPartExamined", "")),
+                    study_description=str(header.get("StudyDescription", "")),
+                    series_description=str(header.get("SeriesDescription", "")),
+                    path=target,
+                    size=target.stat().st_size,
+                    calling_ae=calling_ae,
+                ),
+                self.config.dicom.quiet_for(calling_ae),
+            )
+        except OSError as exc:
+            log.error("C-STORE from %s: cannot store instance (%s)", calling_ae, exc)
+            return OUT_OF_RESOURCES
+        self._assemble.set()
+        return SUCCESS
+
+    def recover_spool(self) -> int:
+        """Index instances that reached the spool but not the database (a crash in between)."""
+        known = self.state.known_paths()
+        recovered = 0
+        for path in self.spool.glob("*/*.dcm"):
+            if str(path) in known:
+                continue
+            try:
+                header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
+                self.state.record_instance(
+                    ReceivedInstance(
+                        sop_instance_uid=str(header.SOPInstanceUID),
+                        study_uid=str(header.StudyInstanceUID),
+                        series_uid=str(header.get("SeriesInstanceUID", "")),
+                        sop_class_uid=str(header.SOPClassUID),
+                        modality=str(header.get("Modality", "")),
+                        body_part=str(header.get("BodyPartExamined", "")),
+                        study_description=str(header.get("StudyDescription", "")),
+                        series_description=str(header.get("SeriesDescription", "")),
+                        path=path,
+                        size=path.stat().st_size,
+                        calling_ae="",
+                    ),
+                    self.config.dicom.quiet_seconds,
+                )
+                recovered += 1
+            except Exception as exc:
+                log.warning("spool file %s cannot be indexed: %s", path.name, exc)
+        return recovered
+
+    # assembly and routing ------------------------------------------------------------------
+
+    def _assemble_loop(self) -> None:
+        while not self._stop.is_set():
+            self._assemble.clear()
+            try:
+                self.assemble_due(time.time())
+            except Exception:
+                log.exception("study assembly failed; retrying")
+            due = self.state.next_due_at()
+            timeout = 3600.0 if due is None else max(0.0, due - time.time())
+            self._assemble.wait(timeout)
+
+    def assemble_due(self, now: float) -> int:
+        """Route every study whose quiet timer has run out; returns how many jobs were made."""
+        made = 0
+        for study in self.state.due_studies(now):
+            instances = self.state.study_instances(study["study_uid"])
+            jobs = route_study(self.config.routes, instances, study["calling_ae"])
+            made += self.state.route_study(
+                study["study_uid"], study["round"], study["due_at"], jobs
+            )
+        if made:
+            self._submit.set()
+            self._notify()
+        return made
+
+    # submission ----------------------------------------------------------------------------
+
+    def _submit_loop(self) -> None:
+        while not self._stop.is_set():
+            self._submit.clear()
+            for job in self.state.pending_jobs(time.time()):
+                if self._stop.is_set():
+                    return
+                self.submit(job)
+            due = self.state.next_pending_at()
+            timeout = 3600.0 if due is None else max(0.0, due - time.time())
+            self._submit.wait(timeout)
+
+    def submit(self, job: Any) -> None:
+        """Pseudonymise and upload one job; refusals end it with a reason, outages retry."""
+        job_id = int(job["id"])
+        try:
+            product = self.client.product(job["product_id"])
+            manifest = product["manifest"]
+            series = set(json.loads(job["series_uids"]))
+            instances = [
+                row for row in self.state.study_instances(job["study_uid"])
+                if row["series_uid"] in series and _accepted(manifest, row)
+            ]  # fmt: skip
+            if not instances:
+                self._refuse(job_id, f"no series of the study is accepted by {job['product_id']}")
+                return
+            exchange_ids: list[str] = []
+
+            def open_job(study_uid: str, patient: str) -> str:
+                created = self.client.create_job(
+                    job["product_id"], study_uid, patient, job["idempotency_key"], job["priority"]
+                )
+                exchange_ids.append(created["id"])
+                self.state.update_job(job_id, exchange_job_id=created["id"])
+                return str(created["id"])
+
+            exchange_id, prepared = pseudonymise_and_send(
+                key=self.key,
+                vault=self.vault,
+                instances=instances,
+                options=frozenset(manifest.get("data_needed", [])),
+                clean_pixel_regions=list(self.config.clean_pixel_regions) or None,
+                outbox=self.outbox / str(job_id),
+                threads=self.config.upload_threads,
+                open_job=open_job,
+                already_uploaded=self.client.input_uids,
+                upload=self.client.put_input,
+            )
+            self.client.mark_ready(exchange_id, prepared.sent)
+            note = (
+                f"{len(prepared.refused)} instance(s) not sent: "
+                + "; ".join(sorted(set(prepared.refused.values())))
+                if prepared.refused
+                else None
+            )
+            self.state.update_job(
+                job_id, state="submitted", submitted_at=time.time(), reason=note,
+                exchange_state="requested",
+            )  # fmt: skip
+        except NothingToSend as exc:
+            self._refuse(job_id, str(exc))
+        except ExchangeHTTPError as exc:
+            if 400 <= exc.status < 500 and exc.status not in RETRYABLE_STATUSES:
+                self._refuse(job_id, f"the exchange refused the job: {exc.detail}")
+            else:
+                self._retry(job, str(exc))
+        except (httpx.TransportError, OSError) as exc:
+            self._retry(job, f"exchange unreachable: {exc}")
+        self._notify()
+
+    def _refuse(self, job_id: int, reason: str) -> None:
+        log.warning("job %s refused: %s", job_id, reason)
+        self.state.update_job(job_id, state="refused", reason=reason, ended_at=time.time())
+
+    def _retry(self, job: Any, reason: str) -> None:
+        delay = backoff(int(job["attempts"]))
+        log.warning("job %s: %s; retrying in %.0f s", job["id"], reason, delay)
+        self.state.retry_job_later(int(job["id"]), reason, delay)
+
+    # results -------------------------------------------------------------------------------
+
+    def _results_loop(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                ended = self.client.ended_jobs(wait=self.config.poll_wait_seconds)
+                failures = 0
+            except (ExchangeHTTPError, httpx.TransportError, OSError) as exc:
+                failures += 1
+                log.warning("result poll failed: %s", exc)
+                self._stop.wait(backoff(failures))
+                continue
+            now = time.time()
+            waiting = [j for j in ended if self._retry_at.get(j["id"], 0) > now]
+            for job in ended:
+                if self._stop.is_set():
+                    return
+                if self._retry_at.get(job["id"], 0) <= now:
+                    self.collect(job)
+            if waiting and len(waiting) == len(ended):
+                self._stop.wait(max(0.1, min(self._retry_at[j["id"]] for j in waiting) - now))
+
+    def collect(self, job: dict[str, Any]) -> bool:
+        """Bring an ended job home: deliver its results to every PACS, then acknowledge it."""
+        exchange_id = str(job["id"])
+        local = self.state.job_by_exchange_id(exchange_id)
+        if local is None:
+            log.error(
+                "ended job %s is not one this gateway knows; left unacknowledged", exchange_id
+            )
+            self._retry_at[exchange_id] = time.time() + 300
+            return False
+        try:
+            if job["state"] == "completed":
+                delivered = self._deliver(int(local["id"]), exchange_id)
+                if delivered is None:
+                    return False
+                self.state.update_job(
+                    int(local["id"]), state="delivered", exchange_state="completed",
+                    delivered_at=time.time(), ended_at=time.time(), results_delivered=delivered,
+                )  # fmt: skip
+            else:
+                self.state.update_job(
+                    int(local["id"]), state="ended", exchange_state=job["state"],
+                    reason=job.get("reason") or job["state"], ended_at=time.time(),
+                )  # fmt: skip
+            self.client.acknowledge(exchange_id)
+        except (ExchangeHTTPError, httpx.TransportError, OSError) as exc:
+            attempts = int(local["attempts"]) + 1
+            self.state.update_job(int(local["id"]), attempts=attempts, reason=str(exc))
+            self._retry_at[exchange_id] = time.time() + backoff(attempts)
+            log.warning("job %s: collecting results failed: %s", exchange_id, exc)
+            return False
+        finally:
+            self._notify()
+        self._retry_at.pop(exchange_id, None)
+        return True
+
+    def _deliver(self, local_id: int, exchange_id: str) -> int | None:
+        """Re-identify each DICOM result and C-STORE it; None while a destination still fails."""
+        folder = self.results_dir / str(local_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        ready: list[tuple[str, Path]] = []
+        for result in self.client.results(exchange_id):
+            name = str(result["name"])
+            downloaded = folder / name
+            if not downloaded.exists():
+                self.client.download_result(exchange_id, name, downloaded)
+            if not str(result["media_type"]).startswith("application/dicom"):
+                continue
+            restored = folder / f"reidentified-{name}"
+            if not restored.exists():
+                try:
+                    reidentify_file(downloaded, restored, self.vault)
+                except (ReidentificationError, ValueError, AttributeError) as exc:
+                    self.state.update_job(local_id, reason=f"result {name}: {exc}")
+                    continue
+            ready.append((name, restored))
+        complete = True
+        for destination in self.config.pacs:
+            pending = [
+                (name, path) for name, path in ready
+                if not self.state.delivered(local_id, name, destination.name)
+            ]  # fmt: skip
+            if not pending:
+                continue
+            outcomes = send_files(
+                [path for _name, path in pending],
+                destination.host,
+                destination.port,
+                destination.ae_title,
+                self.config.calling_ae_title,
+            )
+            for (name, _path), outcome in zip(pending, outcomes, strict=True):
+                self.state.record_delivery(local_id, name, destination.name, None, outcome.error)
+                complete = complete and outcome.ok
+        if not complete:
+            attempts = int(self.state.job(local_id)["attempts"]) + 1
+            self.state.update_job(local_id, attempts=attempts, reason="delivery to the PACS failed")
+            self._retry_at[exchange_id] = time.time() + backoff(attempts)
+            return None
+        return len(ready)
+
+    # reporting -----------------------------------------------------------------------------
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return [dict(row) for row in self.state.query("SELECT * FROM jobs ORDER BY id")]
+
+
+def _accepted(manifest: dict[str, Any], row: Any) -> bool:
+    accepts = manifest.get("accepts") or {}
+
+    def ok(values: list[str], value: str) -> bool:
+        return not values or value.strip().upper() in {v.upper() for v in values}
+
+    return (
+        ok(accepts.get("modalities", []), row["modality"])
+        and ok(accepts.get("body_parts", []), row["body_part"])
+        and ok(accepts.get("sop_classes", []), row["sop_class_uid"])
+    )
+
+
+def _move_durably(source: Path, target: Path) -> None:
+    """Move a received file into the spool and make it durable before the acknowledge."""
+    try:
+        os.replace(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,294 @@
+"""The gateway's durable state (SQLite): instances received, studies, jobs and deliveries.
+
+Everything the gateway acknowledges is written here first, so a restart resumes where it
+stopped: a half-received study completes, an unsent job is sent, an undelivered result is
+delivered — each exactly once, because every step is keyed.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    sop_instance_uid TEXT PRIMARY KEY,
+    study_uid TEXT NOT NULL,
+    series_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    modality TEXT NOT NULL DEFAULT '',
+    body_part TEXT NOT NULL DEFAULT '',
+    study_description TEXT NOT NULL DEFAULT '',
+    series_description TEXT NOT NULL DEFAULT '',
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    calling_ae TEXT NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ix_instances_study ON instances(study_uid);
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid TEXT PRIMARY KEY,
+    calling_ae TEXT NOT NULL,
+    state TEXT NOT NULL,              -- receiving | routed | unrouted
+    round INTEGER NOT NULL DEFAULT 1, -- a late instance after routing opens a new round
+    first_at REAL NOT NULL,
+    last_at REAL NOT NULL,
+    due_at REAL NOT NULL,
+    routed_at REAL,
+    note TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS ix_studies_due ON studies(state, due_at);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    study_uid TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    product_id TEXT NOT NULL,
+    priority TEXT,
+    series_uids TEXT NOT NULL DEFAULT '[]',  -- JSON: the series the routing rule selected
+    idempotency_key TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL,     -- pending | submitted | ended | delivered | refused
+    exchange_job_id TEXT,
+    exchange_state TEXT,
+    reason TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    study_last_at REAL NOT NULL,
+    created_at REAL NOT NULL,
+    submitted_at REAL,
+    ended_at REAL,
+    delivered_at REAL,
+    results_delivered INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS ix_jobs_state ON jobs(state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS deliveries (
+    job_id INTEGER NOT NULL,
+    result_name TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    sop_instance_uid TEXT,
+    state TEXT NOT NULL,     -- delivered | failed
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    at REAL NOT NULL,
+    PRIMARY KEY (job_id, result_name, destination)
+);
+"""
+
+
+@dataclass(frozen=True)
+class ReceivedInstance:
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    sop_class_uid: str
+    modality: str
+    body_part: str
+    study_description: str
+    series_description: str
+    path: Path
+    size: int
+    calling_ae: str
+
+
+@dataclass(frozen=True)
+class RoutedJob:
+    """A product a study goes to, with the series its routing rule selected."""
+
+    product_id: str
+    priority: str | None
+    series_uids: frozenset[str]
+
+
+class GatewayState:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return list(self._conn.execute(sql, params))
+
+    # receipt -------------------------------------------------------------------------------
+
+    def record_instance(self, item: ReceivedInstance, quiet_seconds: float) -> None:
+        """Index a stored instance and restart its study's quiet timer.
+
+        An instance for a study already routed opens a new round: the study is assembled again
+        and sent as a follow-up job, never silently dropped.
+        """
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    item.sop_instance_uid, item.study_uid, item.series_uid, item.sop_class_uid,
+                    item.modality, item.body_part, item.study_description,
+                    item.series_description, str(item.path), item.size, item.calling_ae, now,
+                ),
+            )  # fmt: skip
+            row = db.execute(
+                "SELECT state, round FROM studies WHERE study_uid = ?", (item.study_uid,)
+            ).fetchone()
+            if row is None:
+                db.execute(
+                    "INSERT INTO studies (study_uid, calling_ae, state, round, first_at, last_at, "
+                    "due_at) VALUES (?, ?, 'receiving', 1, ?, ?, ?)",
+                    (item.study_uid, item.calling_ae, now, now, now + quiet_seconds),
+                )
+            elif row["state"] == "receiving":
+                db.execute(
+                    "UPDATE studies SET last_at = ?, due_at = ? WHERE study_uid = ?",
+                    (now, now + quiet_seconds, item.study_uid),
+                )
+            else:
+                db.execute(
+                    "UPDATE studies SET state = 'receiving', round = round + 1, last_at = ?, "
+                    "due_at = ?, note = 'late instance after routing: follow-up round' "
+                    "WHERE study_uid = ?",
+                    (now, now + quiet_seconds, item.study_uid),
+                )
+
+    def known_paths(self) -> set[str]:
+        return {row["path"] for row in self.query("SELECT path FROM instances")}
+
+    # assembly ------------------------------------------------------------------------------
+
+    def due_studies(self, now: float) -> list[sqlite3.Row]:
+        return self.query(
+            "SELECT * FROM studies WHERE state = 'receiving' AND due_at <= ? ORDER BY due_at",
+            (now,),
+        )
+
+    def next_due_at(self) -> float | None:
+        rows = self.query("SELECT MIN(due_at) AS due FROM studies WHERE state = 'receiving'")
+        return rows[0]["due"] if rows and rows[0]["due"] is not None else None
+
+    def study_instances(self, study_uid: str) -> list[sqlite3.Row]:
+        return self.query(
+            "SELECT * FROM instances WHERE study_uid = ? ORDER BY series_uid, sop_instance_uid",
+            (study_uid,),
+        )
+
+    def route_study(self, study_uid: str, round_: int, due_at: float, jobs: list[RoutedJob]) -> int:
+        """Close the study's round and create its jobs (product, priority) in one transaction.
+
+        Returns how many jobs were created; 0 when the study changed meanwhile (a new instance
+        arrived), in which case it stays open.
+        """
+        now = time.time()
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT state, round, due_at, last_at FROM studies WHERE study_uid = ?",
+                (study_uid,),
+            ).fetchone()
+            if row is None or row["state"] != "receiving" or row["round"] != round_:
+                return 0
+            if row["due_at"] != due_at:
+                return 0
+            state = "routed" if jobs else "unrouted"
+            note = "" if jobs else "no routing rule matched"
+            db.execute(
+                "UPDATE studies SET state = ?, routed_at = ?, note = ? WHERE study_uid = ?",
+                (state, now, note, study_uid),
+            )
+            for job in jobs:
+                db.execute(
+                    "INSERT OR IGNORE INTO jobs (study_uid, round, product_id, priority, "
+                    "series_uids, idempotency_key, state, study_last_at, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+                    (
+                        study_uid, round_, job.product_id, job.priority,
+                        json.dumps(sorted(job.series_uids)),
+                        f"{study_uid}:{job.product_id}:{round_}", row["last_at"], now,
+                    ),
+                )  # fmt: skip
+        return len(jobs)
+
+    # jobs ----------------------------------------------------------------------------------
+
+    def pending_jobs(self, now: float) -> list[sqlite3.Row]:
+        return self.query(
+            "SELECT * FROM jobs WHERE state = 'pending' AND next_attempt_at <= ? "
+            "ORDER BY CASE priority WHEN 'stat' THEN 0 ELSE 1 END, id",
+            (now,),
+        )
+
+    def next_pending_at(self) -> float | None:
+        rows = self.query("SELECT MIN(next_attempt_at) AS due FROM jobs WHERE state = 'pending'")
+        return rows[0]["due"] if rows and rows[0]["due"] is not None else None
+
+    def job(self, job_id: int) -> sqlite3.Row:
+        return self.query("SELECT * FROM jobs WHERE id = ?", (job_id,))[0]
+
+    def job_by_exchange_id(self, exchange_job_id: str) -> sqlite3.Row | None:
+        rows = self.query("SELECT * FROM jobs WHERE exchange_job_id = ?", (exchange_job_id,))
+        return rows[0] if rows else None
+
+    def update_job(self, job_id: int, **values: Any) -> None:
+        columns = ", ".join(f"{name} = ?" for name in values)
+        with self.transaction() as db:
+            db.execute(f"UPDATE jobs SET {columns} WHERE id = ?", (*values.values(), job_id))
+
+    def retry_job_later(self, job_id: int, reason: str, delay: float) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET attempts = attempts + 1, next_attempt_at = ?, reason = ? "
+                "WHERE id = ?",
+                (time.time() + delay, reason, job_id),
+            )
+
+    # deliveries ----------------------------------------------------------------------------
+
+    def delivered(self, job_id: int, result_name: str, destination: str) -> bool:
+        rows = self.query(
+            "SELECT state FROM deliveries WHERE job_id = ? AND result_name = ? AND destination = ?",
+            (job_id, result_name, destination),
+        )
+        return bool(rows) and rows[0]["state"] == "delivered"
+
+    def record_delivery(
+        self,
+        job_id: int,
+        result_name: str,
+        destination: str,
+        sop_instance_uid: str | None,
+        error: str | None,
+    ) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO deliveries (job_id, result_name, destination, sop_instance_uid, "
+                "state, attempts, last_error, at) VALUES (?, ?, ?, ?, ?, 1, ?, ?) "
+                "ON CONFLICT (job_id, result_name, destination) DO UPDATE SET "
+                "state = excluded.state, attempts = attempts + 1, "
+                "last_error = excluded.last_error, sop_instance_uid = excluded.sop_instance_uid, at = excluded.at",
+                (
+                    job_id, result_name, destination, sop_instance_uid,
+                    "failed" if error else "delivered", error, time.time(),
+                ),
+            )  # fmt: skip

@@ -1,0 +1,94 @@
+"""The national path on one machine for tests: a real exchange (uvicorn) and a vendor worker."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from aifi.exchange.server import ExchangeThread, free_port
+from aifi.exchange.settings import ExchangeSettings
+from aifi.products import tissue_volume
+from aifi.vendor import VendorClient, Worker
+
+OPERATOR_KEY = "aifi_gateway-test-operator-key-0123456789"
+HOSPITAL = "hospital-1"
+VENDOR = "aifi-reference"
+
+
+@dataclass
+class National:
+    exchange: ExchangeThread
+    hospital_key: str
+    vendor_key: str
+    workers: list[threading.Thread] = field(default_factory=list)
+
+    def api(self, key: str | None = None) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.exchange.url,
+            headers={"Authorization": f"Bearer {key or self.hospital_key}"},
+            timeout=60,
+        )
+
+
+def _org(client: httpx.Client, org_id: str, kind: str) -> str:
+    response = client.post("/organisations", json={"id": org_id, "name": org_id, "kind": kind})
+    response.raise_for_status()
+    return str(response.json()["api_key"])
+
+
+def gateway_config(
+    folder: Path, national: National, gateway_port: int, pacs_port: int, quiet_seconds: float = 0.5
+) -> Path:
+    """Write a gateway YAML as a hospital engineer would, and return its path."""
+    config = {
+        "hospital": HOSPITAL,
+        "workdir": str(folder / "gateway"),
+        "exchange": {"url": national.exchange.url, "api_key": national.hospital_key},
+        "dicom": {
+            "ae_title": "AIFI_GW",
+            "host": "127.0.0.1",
+            "port": gateway_port,
+            "quiet_seconds": quiet_seconds,
+        },
+        "routes": [{"product": tissue_volume.PRODUCT_ID, "modalities": ["CT"]}],
+        "pacs": [{"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": pacs_port}],
+        "poll_wait_seconds": 2,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@contextmanager
+def national_path(tmp_path: Path) -> Iterator[National]:
+    settings = ExchangeSettings(data_dir=tmp_path / "exchange", operator_key=OPERATOR_KEY)
+    with ExchangeThread(settings) as exchange:
+        operator = httpx.Client(
+            base_url=exchange.url, headers={"Authorization": f"Bearer {OPERATOR_KEY}"}
+        )
+        hospital_key = _org(operator, HOSPITAL, "hospital")
+        vendor_key = _org(operator, VENDOR, "vendor")
+        vendor = VendorClient(exchange.url, vendor_key)
+        vendor.register_product(tissue_volume.manifest(VENDOR))
+        httpx.post(
+            exchange.url + "/subscriptions",
+            json={"product_id": tissue_volume.PRODUCT_ID},
+            headers={"Authorization": f"Bearer {hospital_key}"},
+        ).raise_for_status()
+        stop = threading.Event()
+        worker = Worker(vendor, tissue_volume.run, lease_seconds=30, workdir=tmp_path)
+        thread = threading.Thread(target=worker.run, args=(stop, 1.0), daemon=True)
+        thread.start()
+        yield National(exchange, hospital_key, vendor_key, [thread])
+        stop.set()
+        thread.join(timeout=30)
+        vendor.close()
+        operator.close()

@@ -1,0 +1,119 @@
+"""Real peers for the tests: Orthanc as a PACS, dcmtk as a modality, dicom3tools as validator.
+
+Locally a missing peer skips its test with the reason; under CI=true it fails the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def require_executable(name: str, package: str) -> str:
+    """The path of a peer's executable; skip (locally) or fail (under CI=true) when missing."""
+    path = shutil.which(name)
+    if path is None:
+        message = (
+            f"{name} not found: install the Debian package '{package}' (make test does, as root)"
+        )
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class OrthancPeer:
+    """A real Orthanc on loopback, standing in for a hospital PACS."""
+
+    http_port: int
+    dicom_port: int
+    ae_title: str
+    process: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def get(self, path: str) -> object:
+        return httpx.get(self.url + path, timeout=10).json()
+
+
+def start_orthanc(folder: Path, modalities: dict[str, tuple[str, int]]) -> OrthancPeer:
+    """Start Orthanc with its storage in `folder`, accepting C-STORE only from `modalities`."""
+    exe = require_executable("Orthanc", "orthanc")
+    http_port, dicom_port = free_port(), free_port()
+    config = {
+        "Name": "AIFI test PACS",
+        "StorageDirectory": str(folder / "storage"),
+        "IndexDirectory": str(folder / "index"),
+        "HttpPort": http_port,
+        "DicomPort": dicom_port,
+        "DicomAet": "ORTHANC",
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomAlwaysAllowStore": False,
+        "DicomCheckModalityHost": True,
+        "DicomModalities": {
+            name: [aet, "127.0.0.1", port] for name, (aet, port) in modalities.items()
+        },
+        "Plugins": [],
+        "StableAge": 1,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    config_path = folder / "orthanc.json"
+    config_path.write_text(json.dumps(config))
+    log = (folder / "orthanc.log").open("wb")
+    process = subprocess.Popen(
+        [exe, str(config_path)], stdout=log, stderr=subprocess.STDOUT, env={"TCP_NODELAY": "1"}
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(f"http://127.0.0.1:{http_port}/system", timeout=1).raise_for_status()
+            break
+        except httpx.HTTPError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"Orthanc did not start; see {folder / 'orthanc.log'}") from None
+            time.sleep(0.05)  # polling a server that gives no start-up signal
+    return OrthancPeer(http_port, dicom_port, "ORTHANC", process)
+
+
+def storescu(
+    files: list[Path], port: int, called: str = "AIFI_GW", calling: str = "CT_SCANNER"
+) -> subprocess.CompletedProcess[str]:
+    """Send `files` as a modality would: dcmtk's storescu, with Nagle off."""
+    exe = require_executable("storescu", "dcmtk")
+    return subprocess.run(
+        [exe, "-aet", calling, "-aec", called, "127.0.0.1", str(port), *map(str, files)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TCP_NODELAY": "1"},
+        timeout=300,
+    )

@@ -1,4 +1,4 @@
-"""Shared test fixtures: real peers are required under CI=true and skipped, with a reason, locally."""
+"""Shared fixtures: real peers are required under CI=true and skipped, with a reason, locally."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from support.peers import OrthancPeer, require_executable, start_orthanc
 
 

@@ -138,6 +138,20 @@ def demo(
     raise typer.Exit(code)
 
 
+def _register_tools() -> None:
+    """Commands that live beside the code they drive: synthetic studies, the business case."""
+    from aifi.business.cli import business_case
+    from aifi.phantoms.cli import phantom
+
+    app.command("phantom", help="Write a synthetic study with known ground truth.")(phantom)
+    app.command("business-case", help="Cost–benefit of central vs local AI procurement.")(
+        business_case
+    )
+
+
+_register_tools()
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -14,13 +14,13 @@ from typing import Any
 import httpx
 import pydicom
 import pytest
-from support.national import National, gateway_config
-from support.peers import OrthancPeer, free_port, storescu
 
 from aifi.gateway.config import load_config
 from aifi.gateway.dimse import NoDelayAE
 from aifi.gateway.service import Gateway
 from aifi.phantoms import write_study
+from support.national import National, gateway_config
+from support.peers import OrthancPeer, free_port, storescu
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 IDENTITY = {"patient_id": "HOSP-0042", "patient_name": "Jansen^Anna", "accession_number": "ACC777"}

@@ -7,12 +7,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import yaml
 
-from aifi.exchange.server import ExchangeThread, free_port
+from aifi.exchange.server import ExchangeThread
 from aifi.exchange.settings import ExchangeSettings
 from aifi.products import tissue_volume
 from aifi.vendor import VendorClient, Worker

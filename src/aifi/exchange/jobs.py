@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session
@@ -33,7 +33,14 @@ from aifi.exchange.schemas import (
 )
 from aifi.exchange.settings import ExchangeSettings
 
+Q = TypeVar("Q", bound=Select)  # type: ignore[type-arg]
+
 HELD_STATES = (JobState.accepted.value, JobState.in_progress.value)
+
+
+def _changed(session: Session, statement: Any) -> int:
+    """Rows an UPDATE changed: the compare-and-set's verdict."""
+    return int(getattr(session.execute(statement), "rowcount", 0))
 
 
 def job_out(job: Job) -> JobOut:
@@ -61,7 +68,7 @@ def job_out(job: Job) -> JobOut:
     )
 
 
-def visible_to(query: Select[Any], actor: Actor) -> Select[Any]:
+def visible_to(query: Q, actor: Actor) -> Q:
     """Wall tenants: a hospital sees its own jobs, a vendor those for its products."""
     if actor.role == OrganisationKind.hospital:
         return query.where(Job.hospital_id == actor.organisation_id)
@@ -207,10 +214,11 @@ class JobService:
             )
         now = utcnow()
         with self._db.session() as session:
-            session.execute(
+            _changed(
+                session,
                 update(Job)
                 .where(Job.id == job_id, Job.inputs_complete.is_(False))
-                .values(inputs_complete=True, ready_at=now, updated_at=now)
+                .values(inputs_complete=True, ready_at=now, updated_at=now),
             )
         self._audit.record(actor, "update", "job", job_id, detail="inputs complete")
         self._notifier.notify()
@@ -236,8 +244,9 @@ class JobService:
         if job.acknowledged_at is None:
             now = utcnow()
             with self._db.session() as session:
-                session.execute(
-                    update(Job).where(Job.id == job_id).values(acknowledged_at=now, updated_at=now)
+                _changed(
+                    session,
+                    update(Job).where(Job.id == job_id).values(acknowledged_at=now, updated_at=now),
                 )
             self._audit.record(actor, "update", "job", job_id, detail="acknowledged")
             self._notifier.notify()
@@ -274,7 +283,8 @@ class JobService:
                 token = secrets.token_urlsafe(24)
                 now = utcnow()
                 with self._db.session() as session:
-                    won = session.execute(
+                    won = _changed(
+                        session,
                         update(Job)
                         .where(Job.id == job_id, Job.state == JobState.requested.value)
                         .values(
@@ -284,8 +294,8 @@ class JobService:
                             attempts=Job.attempts + 1,
                             claimed_at=now,
                             updated_at=now,
-                        )
-                    ).rowcount
+                        ),
+                    )
                 if won == 1:
                     job = self.get(actor, job_id, audit=False)
                     self._audit.record(
@@ -321,15 +331,16 @@ class JobService:
         now = utcnow()
         with self._db.session() as session:
             self._held(session, actor, job_id, token)
-            changed = session.execute(
+            changed = _changed(
+                session,
                 update(Job)
                 .where(Job.id == job_id, Job.lease_token == token, Job.state.in_(HELD_STATES))
                 .values(
                     state=JobState.in_progress.value,
                     lease_expires_at=now + lease,
                     updated_at=now,
-                )
-            ).rowcount
+                ),
+            )
         if changed != 1:
             raise Conflict(f"job {job_id} is not held by this lease")
         return self.get(actor, job_id, audit=False)
@@ -398,7 +409,7 @@ class JobService:
         if token is not None:
             statement = statement.where(Job.lease_token == token)
         with self._db.session() as session:
-            changed = session.execute(statement.values(**values)).rowcount
+            changed = _changed(session, statement.values(**values))
         if changed != 1:
             raise Conflict(f"job {job_id} changed state meanwhile; {state.value} not applied")
         self._notifier.notify()
@@ -408,7 +419,8 @@ class JobService:
         now = utcnow()
         max_attempts = self._settings.max_attempts
         with self._db.session() as session:
-            requeued = session.execute(
+            requeued = _changed(
+                session,
                 update(Job)
                 .where(
                     Job.state.in_(HELD_STATES),
@@ -420,9 +432,10 @@ class JobService:
                     lease_token=None,
                     lease_expires_at=None,
                     updated_at=now,
-                )
-            ).rowcount
-            expired = session.execute(
+                ),
+            )
+            expired = _changed(
+                session,
                 update(Job)
                 .where(
                     Job.state.in_(HELD_STATES),
@@ -436,8 +449,8 @@ class JobService:
                     lease_expires_at=None,
                     ended_at=now,
                     updated_at=now,
-                )
-            ).rowcount
+                ),
+            )
         if requeued or expired:
             self._notifier.notify()
         return requeued + expired

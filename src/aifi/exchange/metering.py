@@ -34,6 +34,8 @@ def metering_rows(
     counts: dict[tuple[str, str, str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
     with db.session() as session:
         for hospital, name, product, state, ended_at, size in session.execute(query):
+            if ended_at is None:
+                continue
             month = as_utc(ended_at).strftime("%Y-%m")
             if (since and month < since) or (until and month > until):
                 continue

@@ -8,7 +8,7 @@ same files and the same UIDs, and the exchange's keyed uploads store each instan
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +44,7 @@ def pseudonymise_and_send(
     *,
     key: PseudonymKey,
     vault: Vault,
-    instances: list[Mapping[str, Any]],
+    instances: Sequence[Mapping[str, Any]],
     options: frozenset[str],
     clean_pixel_regions: list[tuple[int, int, int, int]] | None,
     outbox: Path,

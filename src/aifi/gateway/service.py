@@ -20,7 +20,13 @@ from pynetdicom import evt
 
 from aifi.dicom.pseudonym import PseudonymKey, create_secret_file
 from aifi.gateway.config import GatewayConfig
-from aifi.gateway.dimse import handle_echo, send_files, start_scp, storage_scp_ae
+from aifi.gateway.dimse import (
+    handle_echo,
+    send_files,
+    start_scp,
+    storage_scp_ae,
+    tighten_polling,
+)
 from aifi.gateway.exchange_client import GatewayClient
 from aifi.gateway.pseudonymise import NothingToSend, pseudonymise_and_send
 from aifi.gateway.reidentify import ReidentificationError, reidentify_file
@@ -81,7 +87,11 @@ class Gateway:
         ae = storage_scp_ae(self.config.dicom.ae_title)
         if self.config.dicom.allowed_calling_aes:
             ae.require_calling_aet = list(self.config.dicom.allowed_calling_aes)
-        handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_C_ECHO, handle_echo)]
+        handlers = [
+            (evt.EVT_C_STORE, self.handle_store),
+            (evt.EVT_C_ECHO, handle_echo),
+            (evt.EVT_CONN_OPEN, tighten_polling),
+        ]
         self._server = start_scp(ae, self.config.dicom.host, self.config.dicom.port, handlers)
         for name, target in (
             ("assembler", self._assemble_loop),

@@ -130,9 +130,9 @@ class GatewayState:
                 raise
             self._conn.execute("COMMIT")
 
-    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         with self._lock:
-            return list(self._conn.execute(sql, params))
+            return [dict(row) for row in self._conn.execute(sql, params)]
 
     # receipt -------------------------------------------------------------------------------
 
@@ -179,7 +179,7 @@ class GatewayState:
 
     # assembly ------------------------------------------------------------------------------
 
-    def due_studies(self, now: float) -> list[sqlite3.Row]:
+    def due_studies(self, now: float) -> list[dict[str, Any]]:
         return self.query(
             "SELECT * FROM studies WHERE state = 'receiving' AND due_at <= ? ORDER BY due_at",
             (now,),
@@ -189,7 +189,7 @@ class GatewayState:
         rows = self.query("SELECT MIN(due_at) AS due FROM studies WHERE state = 'receiving'")
         return rows[0]["due"] if rows and rows[0]["due"] is not None else None
 
-    def study_instances(self, study_uid: str) -> list[sqlite3.Row]:
+    def study_instances(self, study_uid: str) -> list[dict[str, Any]]:
         return self.query(
             "SELECT * FROM instances WHERE study_uid = ? ORDER BY series_uid, sop_instance_uid",
             (study_uid,),
@@ -232,7 +232,7 @@ class GatewayState:
 
     # jobs ----------------------------------------------------------------------------------
 
-    def pending_jobs(self, now: float) -> list[sqlite3.Row]:
+    def pending_jobs(self, now: float) -> list[dict[str, Any]]:
         return self.query(
             "SELECT * FROM jobs WHERE state = 'pending' AND next_attempt_at <= ? "
             "ORDER BY CASE priority WHEN 'stat' THEN 0 ELSE 1 END, id",
@@ -243,10 +243,10 @@ class GatewayState:
         rows = self.query("SELECT MIN(next_attempt_at) AS due FROM jobs WHERE state = 'pending'")
         return rows[0]["due"] if rows and rows[0]["due"] is not None else None
 
-    def job(self, job_id: int) -> sqlite3.Row:
+    def job(self, job_id: int) -> dict[str, Any]:
         return self.query("SELECT * FROM jobs WHERE id = ?", (job_id,))[0]
 
-    def job_by_exchange_id(self, exchange_job_id: str) -> sqlite3.Row | None:
+    def job_by_exchange_id(self, exchange_job_id: str) -> dict[str, Any] | None:
         rows = self.query("SELECT * FROM jobs WHERE exchange_job_id = ?", (exchange_job_id,))
         return rows[0] if rows else None
 
@@ -286,7 +286,8 @@ class GatewayState:
                 "state, attempts, last_error, at) VALUES (?, ?, ?, ?, ?, 1, ?, ?) "
                 "ON CONFLICT (job_id, result_name, destination) DO UPDATE SET "
                 "state = excluded.state, attempts = attempts + 1, "
-                "last_error = excluded.last_error, sop_instance_uid = excluded.sop_instance_uid, at = excluded.at",
+                "last_error = excluded.last_error, "
+                "sop_instance_uid = excluded.sop_instance_uid, at = excluded.at",
                 (
                     job_id, result_name, destination, sop_instance_uid,
                     "failed" if error else "delivered", error, time.time(),

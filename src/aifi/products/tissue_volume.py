@@ -65,9 +65,11 @@ def manifest(vendor: str) -> dict[str, Any]:
 def _voxel_volume_ml(first: pydicom.Dataset, second: pydicom.Dataset | None) -> float:
     rows_mm, cols_mm = (float(v) for v in first.PixelSpacing)
     if second is not None:
-        step = np.linalg.norm(
-            np.array(second.ImagePositionPatient, float)
-            - np.array(first.ImagePositionPatient, float)
+        step = float(
+            np.linalg.norm(
+                np.array(second.ImagePositionPatient, float)
+                - np.array(first.ImagePositionPatient, float)
+            )
         )
     else:
         step = float(first.get("SliceThickness", 0) or 0)
@@ -78,7 +80,7 @@ def _voxel_volume_ml(first: pydicom.Dataset, second: pydicom.Dataset | None) -> 
 
 def measure(paths: list[Path]) -> tuple[float, list[pydicom.Dataset]]:
     """Tissue volume in mL over the CT slices at `paths`, and their headers (for references)."""
-    headers = []
+    headers: list[pydicom.Dataset] = []
     voxels = 0
     for path in paths:
         ds = pydicom.dcmread(path)

@@ -1,0 +1,82 @@
+"""What the gateway does when the exchange refuses a job or cannot be reached: the job ends
+with the exchange's reason, or waits and retries — it is never lost silently."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from aifi.gateway.config import load_config
+from aifi.gateway.service import Gateway
+from aifi.phantoms import write_study
+from aifi.products import tissue_volume
+from aifi.vendor import VendorClient
+from support.national import VENDOR, National, gateway_config
+from support.peers import free_port, storescu
+
+pytestmark = pytest.mark.peer
+
+
+def routed_to(config_path: Path, products: list[str], url: str | None = None) -> Path:
+    config = yaml.safe_load(config_path.read_text())
+    config["routes"] = [{"product": p, "modalities": ["CT"]} for p in products]
+    config["pacs"] = []
+    if url:
+        config["exchange"]["url"] = url
+    config_path.write_text(yaml.safe_dump(config))
+    return config_path
+
+
+def send_study(tmp_path: Path, port: int) -> None:
+    folder = tmp_path / "study"
+    write_study("ct-head", folder, seed=11, size="small")
+    storescu(sorted(folder.rglob("*.dcm")), port)
+
+
+def test_a_job_for_an_unsubscribed_product_ends_with_the_exchanges_reason(
+    national: National, tmp_path: Path
+) -> None:
+    vendor = VendorClient(national.exchange.url, national.vendor_key)
+    vendor.register_product({**tissue_volume.manifest(VENDOR), "id": "not-subscribed"})
+    vendor.close()
+    port = free_port()
+    path = routed_to(gateway_config(tmp_path, national, port, 1), ["not-subscribed"])
+    gateway = Gateway(load_config(path))
+    gateway.start()
+    try:
+        send_study(tmp_path, port)
+        assert gateway.wait_until(
+            lambda: [j["state"] for j in gateway.jobs()] == ["refused"], timeout=60
+        ), gateway.jobs()
+        [job] = gateway.jobs()
+        assert "not subscribed to product 'not-subscribed'" in job["reason"]
+    finally:
+        gateway.stop()
+
+
+def test_an_unreachable_exchange_keeps_the_job_pending_with_the_reason(
+    national: National, tmp_path: Path
+) -> None:
+    port = free_port()
+    dead = f"http://127.0.0.1:{free_port()}"
+    path = routed_to(
+        gateway_config(tmp_path, national, port, 1), [tissue_volume.PRODUCT_ID], url=dead
+    )
+    gateway = Gateway(load_config(path))
+    gateway.start()
+    try:
+        send_study(tmp_path, port)
+
+        def retrying() -> bool:
+            jobs: list[dict[str, Any]] = gateway.jobs()
+            return bool(jobs) and jobs[0]["attempts"] >= 1
+
+        assert gateway.wait_until(retrying, timeout=60), gateway.jobs()
+        [job] = gateway.jobs()
+        assert job["state"] == "pending" and "unreachable" in job["reason"]
+        assert job["next_attempt_at"] > job["created_at"]
+    finally:
+        gateway.stop()

@@ -85,6 +85,7 @@ def storescp_rate(files: list[Path], folder: Path) -> float:
     """Instances/s into dcmtk's storescp writing files: the baseline for ingest."""
     port = free_port()
     out = folder / "storescp"
+    shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
     process = subprocess.Popen(
         ["storescp", "-aet", "STORESCP", "-od", str(out), "+xa", str(port)],

@@ -55,8 +55,10 @@ def test_only_the_product_that_asked_for_patient_sex_receives_it(
     try:
         storescu(files, port)
         assert gateway.wait_until(
-            lambda: len(gateway.jobs()) == 2
-            and all(job["state"] != "pending" for job in gateway.jobs()),
+            lambda: (
+                len(gateway.jobs()) == 2
+                and all(job["state"] != "pending" for job in gateway.jobs())
+            ),
             timeout=60,
         ), gateway.jobs()
     finally:

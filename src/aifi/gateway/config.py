@@ -8,6 +8,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from aifi.gateway.notify import NotificationSettings
+
 AE_TITLE = r"^[ -~]{1,16}$"
 
 
@@ -87,6 +89,8 @@ class GatewayConfig(BaseModel):
     clean_pixel_regions: list[tuple[int, int, int, int]] = Field(default_factory=list)
     #: The gateway's own AE title when it sends results to the PACS.
     calling_ae_title: str = Field(default="AIFI_GW", pattern=AE_TITLE)
+    #: Where result notices go: HL7 v2 ORU over MLLP, FHIR R4, a webhook for STAT alerts.
+    notifications: NotificationSettings = Field(default_factory=NotificationSettings)
     #: Parallel uploads of one study's instances.
     upload_threads: int = Field(default=4, ge=1, le=32)
     #: Seconds a result fetch waits at the exchange for an ended job (long-poll).
@@ -118,6 +122,7 @@ def load_config(path: Path) -> GatewayConfig:
         config.workdir = (base / config.workdir).resolve()
     if config.secret_file is not None and not config.secret_file.is_absolute():
         config.secret_file = (base / config.secret_file).resolve()
+    config.notifications = config.notifications.resolve_paths(base)
     key_file = config.exchange.api_key_file
     if key_file is not None and not key_file.is_absolute():
         config.exchange.api_key_file = (base / key_file).resolve()

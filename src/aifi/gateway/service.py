@@ -11,6 +11,7 @@ import re
 import shutil
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,15 @@ from aifi.gateway.dimse import (
     tighten_polling,
 )
 from aifi.gateway.exchange_client import GatewayClient
+from aifi.gateway.key_image import render_result_key_image
+from aifi.gateway.notify import Notifier, OriginalStudy, build_notice
 from aifi.gateway.pseudonymise import NothingToSend, pseudonymise_and_send
 from aifi.gateway.reidentify import ReidentificationError, reidentify_file
 from aifi.gateway.routing import route_study
 from aifi.gateway.state import GatewayState, ReceivedInstance
 from aifi.gateway.vault import Vault
 from aifi.http import ExchangeHTTPError
+from aifi.results.summary import ResultSummary
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,8 @@ CANNOT_UNDERSTAND = 0xC210
 OUT_OF_RESOURCES = 0xA700
 #: An exchange refusal (4xx but these) will not change on retry: the job is refused for good.
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
+#: Tries per notice channel before its failure is left on record and the job moves on.
+MAX_NOTICE_ATTEMPTS = 5
 
 
 def backoff(attempts: int) -> float:
@@ -71,6 +77,7 @@ class Gateway:
         self.state = GatewayState(workdir / "state.db")
         self.vault = Vault(workdir / "vault.db")
         self.client = client or GatewayClient(config.exchange.url, config.exchange.key())
+        self.notifier = Notifier(config.notifications)
         self._stop = threading.Event()
         self._assemble = threading.Event()
         self._submit = threading.Event()
@@ -120,6 +127,7 @@ class Gateway:
         for thread in self._threads:
             thread.join(timeout=self.config.poll_wait_seconds + 35)
         self.client.close()
+        self.notifier.close()
         self.state.close()
         self.vault.close()
 
@@ -353,7 +361,7 @@ class Gateway:
             return False
         try:
             if job["state"] == "completed":
-                delivered = self._deliver(int(local["id"]), exchange_id)
+                delivered = self._deliver(int(local["id"]), exchange_id, job)
                 if delivered is None:
                     return False
                 self.state.update_job(
@@ -377,8 +385,9 @@ class Gateway:
         self._retry_at.pop(exchange_id, None)
         return True
 
-    def _deliver(self, local_id: int, exchange_id: str) -> int | None:
-        """Re-identify each DICOM result and C-STORE it; None while a destination still fails."""
+    def _deliver(self, local_id: int, exchange_id: str, job: dict[str, Any]) -> int | None:
+        """Re-identify each DICOM result, send the result notices (STAT alerts first), then
+        C-STORE the results to every PACS; None while a notice or a destination still fails."""
         folder = self.results_dir / str(local_id)
         folder.mkdir(parents=True, exist_ok=True)
         ready: list[tuple[str, Path]] = []
@@ -397,7 +406,9 @@ class Gateway:
                     self.state.update_job(local_id, reason=f"result {name}: {exc}")
                     continue
             ready.append((name, restored))
-        complete = True
+        notified = self._send_notices(local_id, job, [path for _name, path in ready])
+        self._key_image(local_id, [path for _name, path in ready], folder / "key-image.png")
+        complete = notified
         for destination in self.config.pacs:
             pending = [
                 (name, path) for name, path in ready
@@ -417,10 +428,80 @@ class Gateway:
                 complete = complete and outcome.ok
         if not complete:
             attempts = int(self.state.job(local_id)["attempts"]) + 1
-            self.state.update_job(local_id, attempts=attempts, reason="delivery to the PACS failed")
+            reason = "delivery to the PACS failed" if notified else "a result notice failed"
+            self.state.update_job(local_id, attempts=attempts, reason=reason)
             self._retry_at[exchange_id] = time.time() + backoff(attempts)
             return None
         return len(ready)
+
+    def _send_notices(self, local_id: int, job: dict[str, Any], results: list[Path]) -> bool:
+        """Send the result notice on every configured channel not yet done; True when done.
+
+        A channel is done when it succeeded, when resending cannot help, or after
+        MAX_NOTICE_ATTEMPTS tries (then the failure stays recorded for the hospital to see).
+        """
+        if not self.config.notifications.configured:
+            return True
+        known = self.vault.study(str(job["study_uid"]))
+        if known is None:
+            log.error("job %s: study not in the vault; no notice sent", job["id"])
+            return True
+        summary = None
+        if job.get("summary"):
+            try:
+                summary = ResultSummary.model_validate(job["summary"])
+            except ValueError as exc:
+                log.warning(
+                    "job %s: summary unreadable (%s); notice without findings", job["id"], exc
+                )
+        uids = [
+            str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+                .SOPInstanceUID)
+            for path in results
+        ]  # fmt: skip
+        notice = build_notice(
+            hospital=self.config.hospital,
+            exchange_job_id=str(job["id"]),
+            product_id=str(job["product_id"]),
+            summary=summary,
+            study=OriginalStudy.from_vault(*known),
+            result_sop_instance_uids=uids,
+            completed_at=datetime.fromisoformat(job["ended_at"]) if job.get("ended_at") else None,
+        )
+        before = self.state.notification_outcomes(local_id)
+        done = {
+            channel for channel, row in before.items()
+            if row["ok"] or not row["retryable"] or row["attempts"] >= MAX_NOTICE_ATTEMPTS
+        }  # fmt: skip
+        for outcome in self.notifier.notify(notice, skip=done):
+            self.state.record_notification(
+                local_id, outcome.channel, ok=outcome.ok, retryable=outcome.retryable,
+                stat=outcome.stat, detail=outcome.detail, seconds=outcome.seconds,
+            )  # fmt: skip
+            if not outcome.ok:
+                log.warning(
+                    "job %s: %s notice failed: %s", job["id"], outcome.channel, outcome.detail
+                )
+        after = self.state.notification_outcomes(local_id)
+        return all(
+            row["ok"] or not row["retryable"] or row["attempts"] >= MAX_NOTICE_ATTEMPTS
+            for row in after.values()
+        )
+
+    def _key_image(self, local_id: int, results: list[Path], target: Path) -> None:
+        """Keep a key image for the web pages; a failure here never holds up delivery."""
+        if target.exists():
+            return
+        try:
+            render_result_key_image(results, self._spooled, target)
+        except Exception as exc:  # a picture is a convenience, the result is what matters
+            log.warning("job %s: no key image (%s)", local_id, exc)
+
+    def _spooled(self, sop_instance_uid: str) -> Path | None:
+        rows = self.state.query(
+            "SELECT path FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
+        )
+        return Path(rows[0]["path"]) if rows else None
 
     # reporting -----------------------------------------------------------------------------
 

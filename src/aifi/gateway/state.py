@@ -67,6 +67,18 @@ CREATE TABLE IF NOT EXISTS jobs (
     results_delivered INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS ix_jobs_state ON jobs(state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS notifications (
+    job_id INTEGER NOT NULL,
+    channel TEXT NOT NULL,   -- hl7 | fhir | webhook
+    ok INTEGER NOT NULL,
+    retryable INTEGER NOT NULL,
+    stat INTEGER NOT NULL,
+    detail TEXT,
+    seconds REAL,
+    attempts INTEGER NOT NULL DEFAULT 1,
+    at REAL NOT NULL,
+    PRIMARY KEY (job_id, channel)
+);
 CREATE TABLE IF NOT EXISTS deliveries (
     job_id INTEGER NOT NULL,
     result_name TEXT NOT NULL,
@@ -261,6 +273,33 @@ class GatewayState:
                 "UPDATE jobs SET attempts = attempts + 1, next_attempt_at = ?, reason = ? "
                 "WHERE id = ?",
                 (time.time() + delay, reason, job_id),
+            )
+
+    # notifications -------------------------------------------------------------------------
+
+    def notification_outcomes(self, job_id: int) -> dict[str, dict[str, Any]]:
+        rows = self.query("SELECT * FROM notifications WHERE job_id = ?", (job_id,))
+        return {row["channel"]: row for row in rows}
+
+    def record_notification(
+        self,
+        job_id: int,
+        channel: str,
+        *,
+        ok: bool,
+        retryable: bool,
+        stat: bool,
+        detail: str | None,
+        seconds: float,
+    ) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO notifications (job_id, channel, ok, retryable, stat, detail, seconds, "
+                "attempts, at) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?) "
+                "ON CONFLICT (job_id, channel) DO UPDATE SET ok = excluded.ok, "
+                "retryable = excluded.retryable, detail = excluded.detail, "
+                "seconds = excluded.seconds, attempts = attempts + 1, at = excluded.at",
+                (job_id, channel, int(ok), int(retryable), int(stat), detail, seconds, time.time()),
             )
 
     # deliveries ----------------------------------------------------------------------------

@@ -1,0 +1,187 @@
+"""Prometheus figures for a hospital gateway, read from its durable state at each scrape.
+
+The gateway's SQLite state already records every study, job and delivery, so the exporter
+keeps no counters of its own: a restarted gateway reports the same figures it had before, and
+the numbers can never disagree with what the gateway will actually do next.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from aifi.gateway.state import GatewayState
+
+JOB_STATES = ("pending", "submitted", "ended", "delivered", "refused")
+STUDY_STATES = ("receiving", "routed", "unrouted")
+DELIVERY_STATES = ("delivered", "failed")
+#: Jobs delivered this recently make up the turnaround figures.
+TURNAROUND_WINDOW_SECONDS = 3600.0
+TURNAROUND_QUANTILES = (0.5, 0.9, 0.99)
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+class GatewayCollector(Collector):
+    """Jobs, studies and deliveries by state, queue ages and turnaround, from `state`."""
+
+    def __init__(self, state: GatewayState, hospital: str = "") -> None:
+        self._state = state
+        self._hospital = hospital
+
+    def collect(self) -> Iterator[Any]:
+        up = GaugeMetricFamily("aifi_gateway_state_up", "1 when the gateway's state answered")
+        try:
+            families = list(self._families(time.time()))
+        except Exception:
+            up.add_metric([], 0.0)
+            yield up
+            return
+        up.add_metric([], 1.0)
+        yield up
+        yield from families
+
+    def _counts(self, sql: str) -> dict[str, int]:
+        return {row["state"]: int(row["n"]) for row in self._state.query(sql)}
+
+    def _scalar(self, sql: str, params: tuple[Any, ...] = ()) -> float:
+        rows = self._state.query(sql, params)
+        value = next(iter(rows[0].values())) if rows else None
+        return float(value) if value is not None else 0.0
+
+    def _families(self, now: float) -> Iterator[GaugeMetricFamily]:
+        jobs = self._counts("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+        family = GaugeMetricFamily("aifi_gateway_jobs", "Jobs by gateway state", labels=["state"])
+        for state in JOB_STATES:
+            family.add_metric([state], float(jobs.get(state, 0)))
+        yield family
+
+        studies = self._counts("SELECT state, COUNT(*) AS n FROM studies GROUP BY state")
+        family = GaugeMetricFamily(
+            "aifi_gateway_studies", "Studies by assembly state", labels=["state"]
+        )
+        for state in STUDY_STATES:
+            family.add_metric([state], float(studies.get(state, 0)))
+        yield family
+
+        deliveries = self._counts("SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state")
+        family = GaugeMetricFamily(
+            "aifi_gateway_deliveries",
+            "Result deliveries to PACS destinations by outcome (failed ones are retried)",
+            labels=["state"],
+        )
+        for state in DELIVERY_STATES:
+            family.add_metric([state], float(deliveries.get(state, 0)))
+        yield family
+
+        oldest_pending = self._scalar("SELECT MIN(created_at) FROM jobs WHERE state = 'pending'")
+        family = GaugeMetricFamily(
+            "aifi_gateway_upload_queue_age_seconds",
+            "Age of the oldest job not yet handed to the exchange",
+        )
+        family.add_metric([], max(0.0, now - oldest_pending) if oldest_pending else 0.0)
+        yield family
+
+        oldest_out = self._scalar("SELECT MIN(submitted_at) FROM jobs WHERE state = 'submitted'")
+        family = GaugeMetricFamily(
+            "aifi_gateway_awaiting_result_age_seconds",
+            "Age of the oldest job sent to the exchange whose outcome has not come back",
+        )
+        family.add_metric([], max(0.0, now - oldest_out) if oldest_out else 0.0)
+        yield family
+
+        family = GaugeMetricFamily(
+            "aifi_gateway_jobs_retrying",
+            "Jobs waiting to retry a failed upload or delivery (errors the gateway is riding out)",
+        )
+        family.add_metric(
+            [],
+            self._scalar(
+                "SELECT COUNT(*) FROM jobs WHERE attempts > 0 AND state IN ('pending', 'ended')"
+            ),
+        )
+        yield family
+
+        family = GaugeMetricFamily(
+            "aifi_gateway_received_bytes",
+            "Bytes of DICOM instances received from modalities and the PACS (as stored)",
+        )
+        family.add_metric([], self._scalar("SELECT COALESCE(SUM(size), 0) FROM instances"))
+        yield family
+        family = GaugeMetricFamily(
+            "aifi_gateway_uploaded_study_bytes",
+            "Bytes of received instances in studies handed to the exchange (before "
+            "pseudonymisation; only the series a routing rule selected are sent)",
+        )
+        family.add_metric(
+            [],
+            self._scalar(
+                "SELECT COALESCE(SUM(size), 0) FROM instances WHERE study_uid IN "
+                "(SELECT study_uid FROM jobs WHERE state IN ('submitted', 'ended', 'delivered'))"
+            ),
+        )
+        yield family
+
+        rows = self._state.query(
+            "SELECT delivered_at - study_last_at AS seconds FROM jobs "
+            "WHERE state = 'delivered' AND delivered_at >= ?",
+            (now - TURNAROUND_WINDOW_SECONDS,),
+        )
+        durations = sorted(float(r["seconds"]) for r in rows if r["seconds"] is not None)
+        family = GaugeMetricFamily(
+            "aifi_gateway_turnaround_seconds",
+            "Last instance received to result delivered, jobs of the last hour, by quantile",
+            labels=["quantile"],
+        )
+        for q in TURNAROUND_QUANTILES:
+            family.add_metric([str(q)], _quantile(durations, q))
+        yield family
+
+
+@dataclass
+class MetricsServer:
+    """The exporter's HTTP server; `close()` stops it."""
+
+    host: str
+    port: int
+    registry: CollectorRegistry
+    _server: Any
+    _thread: threading.Thread
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+
+def gateway_registry(state: GatewayState) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(GatewayCollector(state))
+    return registry
+
+
+def start_metrics_server(state: GatewayState, port: int, host: str = "127.0.0.1") -> MetricsServer:
+    """Serve `/metrics` for Prometheus on `host:port` (port 0: any free port) from `state`.
+
+    Bind to the hospital's monitoring network only; the figures carry no patient data but
+    are nobody else's business.
+    """
+    registry = gateway_registry(state)
+    server, thread = start_http_server(port, addr=host, registry=registry)
+    return MetricsServer(host, int(server.server_address[1]), registry, server, thread)

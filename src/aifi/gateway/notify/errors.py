@@ -1,0 +1,47 @@
+"""Why a notification did not arrive: one error type per kind of failure, each saying whether
+a later attempt can help, so that the gateway knows to retry or to record and move on."""
+
+from __future__ import annotations
+
+
+class NotificationError(RuntimeError):
+    """A channel could not deliver a notice.
+
+    `channel` is ``hl7``, ``fhir`` or ``webhook``; `retryable` says whether the same message
+    may succeed later (the receiver was down or slow) or will be refused again (its content
+    was rejected). Messages name the endpoint, the message id and the rule, never the patient.
+    """
+
+    def __init__(self, channel: str, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.channel = channel
+        self.retryable = retryable
+
+
+class DeliveryFailed(NotificationError):
+    """The receiver could not be reached, did not answer in time, or answered garbled."""
+
+    def __init__(self, channel: str, message: str) -> None:
+        super().__init__(channel, message, retryable=True)
+
+
+class Hl7Rejected(NotificationError):
+    """The HL7 receiver answered with a negative acknowledgement (AE/AR or CE/CR).
+
+    AE (application error) concerns the message content and will recur; AR (application
+    reject) may be a passing problem of the receiver, so it counts as retryable.
+    """
+
+    def __init__(self, message: str, *, code: str, control_id: str, text: str) -> None:
+        super().__init__("hl7", message, retryable=code in {"AR", "CR"})
+        self.code = code
+        self.control_id = control_id
+        self.text = text
+
+
+class HttpRejected(NotificationError):
+    """A FHIR server or webhook receiver refused the request (a 4xx other than 408/429)."""
+
+    def __init__(self, channel: str, message: str, *, status: int) -> None:
+        super().__init__(channel, message, retryable=False)
+        self.status = status

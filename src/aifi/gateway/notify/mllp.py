@@ -1,0 +1,215 @@
+"""MLLP, the Minimal Lower Layer Protocol: HL7 v2 messages over a TCP connection.
+
+Each message travels in a block ``0x0B <message> 0x1C 0x0D`` and the receiver answers with an
+acknowledgement (ACK) in the same framing (HL7 v2 original mode: MSA-1 AA accept, AE error,
+AR reject; enhanced mode: CA, CE, CR). TCP may cut a block anywhere, so the reader assembles
+blocks from whatever arrives (:class:`FrameDecoder`). The ACK is parsed with hl7apy.
+
+The sender opens one connection per message and retries what may pass (refused or dropped
+connection, no ACK in time) with a doubling backoff; a negative ACK is not resent here, it is
+raised for the gateway to record (see :class:`~aifi.gateway.notify.errors.Hl7Rejected`).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass
+
+from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.core import Message
+from hl7apy.exceptions import HL7apyException
+from hl7apy.parser import parse_message
+
+from aifi.gateway.notify.errors import DeliveryFailed, Hl7Rejected
+from aifi.gateway.notify.settings import Hl7Endpoint
+
+START_BLOCK = b"\x0b"
+END_BLOCK = b"\x1c\x0d"
+ENCODING = "utf-8"
+#: A frame larger than this is not an acknowledgement: stop reading instead of filling memory.
+MAX_FRAME_BYTES = 4 * 1024 * 1024
+POSITIVE = frozenset({"AA", "CA"})
+_MEANING = {
+    "AE": "application error",
+    "AR": "application reject",
+    "CE": "commit error",
+    "CR": "commit reject",
+}
+
+
+class FramingError(ValueError):
+    """Bytes that are not an MLLP block (too large, or a block that never ends)."""
+
+
+def frame(message: str) -> bytes:
+    """The MLLP block for one ER7 message (segments ended by carriage returns)."""
+    return START_BLOCK + message.encode(ENCODING) + END_BLOCK
+
+
+class FrameDecoder:
+    """Assembles MLLP blocks from chunks as TCP delivers them (a block may span many reads,
+    one read may end one block and start the next). Bytes outside a block are dropped."""
+
+    def __init__(self, max_bytes: int = MAX_FRAME_BYTES) -> None:
+        self._buffer = bytearray()
+        self._max = max_bytes
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add received bytes; returns the payloads of the blocks they completed.
+
+        Raises
+        ------
+        FramingError
+            If a block grows beyond the size limit.
+        """
+        self._buffer.extend(data)
+        blocks: list[bytes] = []
+        while True:
+            start = self._buffer.find(START_BLOCK)
+            if start < 0:
+                self._buffer.clear()
+                break
+            end = self._buffer.find(END_BLOCK, start + 1)
+            if end < 0:
+                del self._buffer[:start]
+                if len(self._buffer) > self._max:
+                    raise FramingError(f"MLLP block larger than {self._max} bytes")
+                break
+            blocks.append(bytes(self._buffer[start + 1 : end]))
+            del self._buffer[: end + len(END_BLOCK)]
+        return blocks
+
+
+@dataclass(frozen=True)
+class Ack:
+    """A parsed acknowledgement: MSA-1 code, MSA-2 the control id it answers, MSA-3 text."""
+
+    code: str
+    control_id: str
+    text: str
+    message: str
+
+    @property
+    def accepted(self) -> bool:
+        return self.code in POSITIVE
+
+
+def parse_ack(payload: bytes | str) -> Ack:
+    """Parse an ACK (any HL7 v2 version hl7apy knows) and read its MSA segment.
+
+    Raises
+    ------
+    FramingError
+        If the payload is not an HL7 message with an MSA segment.
+    """
+    text = payload.decode(ENCODING, errors="replace") if isinstance(payload, bytes) else payload
+    text = text.replace("\r\n", "\r").replace("\n", "\r").strip("\r")
+    try:
+        ack = parse_message(text, validation_level=VALIDATION_LEVEL.TOLERANT, find_groups=False)
+        msa = ack.msa
+        code = str(msa.msa_1.to_er7()).strip().upper()
+        control_id = str(msa.msa_2.to_er7()).strip()
+        detail = str(msa.msa_3.to_er7()).strip()
+    except (HL7apyException, AttributeError, IndexError, KeyError, ValueError) as exc:
+        raise FramingError(
+            f"the answer is not an HL7 acknowledgement with an MSA segment: {exc}"
+        ) from exc
+    if code not in POSITIVE and code not in _MEANING:
+        raise FramingError(f"MSA-1 acknowledgement code {code!r} is not one of AA/AE/AR/CA/CE/CR")
+    return Ack(code=code, control_id=control_id, text=detail, message=text)
+
+
+def control_id_of(message: Message) -> str:
+    return str(message.msh.msh_10.to_er7())
+
+
+def send_mllp(message: Message | str, endpoint: Hl7Endpoint) -> Ack:
+    """Send one HL7 message and return the receiver's positive acknowledgement.
+
+    Tries ``1 + endpoint.retries`` times while the receiver is unreachable, drops the
+    connection or sends no ACK within ``endpoint.timeout_seconds``, waiting
+    ``retry_backoff_seconds`` (doubling) in between; a resend keeps its control id.
+
+    Raises
+    ------
+    Hl7Rejected
+        The receiver answered AE/AR (or CE/CR); not resent.
+    DeliveryFailed
+        No acknowledgement for the message after every attempt.
+    """
+    if isinstance(message, Message):
+        control_id, text = control_id_of(message), str(message.to_er7()) + "\r"
+    else:
+        text = message
+        control_id = _control_id_of_text(message)
+    framed = frame(text)
+    where = f"HL7 message {control_id} to {endpoint.host}:{endpoint.port}"
+    attempts = endpoint.retries + 1
+    problem = "not sent"
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(endpoint.retry_backoff_seconds * 2 ** (attempt - 1))
+        try:
+            ack = parse_ack(_exchange(framed, endpoint))
+        except (OSError, FramingError) as exc:
+            problem = _describe(exc)
+            continue
+        if ack.control_id != control_id:
+            problem = f"the acknowledgement answers control id {ack.control_id!r}"
+            continue
+        if ack.accepted:
+            return ack
+        raise Hl7Rejected(
+            f"{where}: the receiver answered {ack.code} ({_MEANING[ack.code]})"
+            + (f": {ack.text}" if ack.text else ""),
+            code=ack.code,
+            control_id=control_id,
+            text=ack.text,
+        )
+    raise DeliveryFailed(
+        "hl7", f"{where}: no acknowledgement after {attempts} attempt(s): {problem}"
+    )
+
+
+def _control_id_of_text(text: str) -> str:
+    try:
+        parsed = parse_message(
+            text.replace("\n", "\r"), validation_level=VALIDATION_LEVEL.TOLERANT, find_groups=False
+        )
+        return str(parsed.msh.msh_10.to_er7())
+    except HL7apyException as exc:
+        raise ValueError(f"not an HL7 v2 message: {exc}") from exc
+
+
+def _exchange(framed: bytes, endpoint: Hl7Endpoint) -> bytes:
+    """One connection: send the block, read until one block has come back."""
+    deadline = time.monotonic() + endpoint.timeout_seconds
+    with socket.create_connection(
+        (endpoint.host, endpoint.port), timeout=endpoint.timeout_seconds
+    ) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(framed)
+        decoder = FrameDecoder()
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no acknowledgement within {endpoint.timeout_seconds} s")
+            sock.settimeout(remaining)
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError as exc:
+                raise TimeoutError(
+                    f"no acknowledgement within {endpoint.timeout_seconds} s"
+                ) from exc
+            if not chunk:
+                raise ConnectionError("the receiver closed the connection before acknowledging")
+            blocks = decoder.feed(chunk)
+            if blocks:
+                return blocks[0]
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is the receiver listening?)"
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,171 @@
+"""What the gateway knows about one re-identified result: the input of every notification.
+
+A notice joins three things the gateway holds after re-identification: the product's JSON
+summary (findings, measurements, triage), the original identity of the study from the vault,
+and the UIDs of the result objects now in the PACS. It lives only inside the hospital; its
+`repr` leaves the identity out so that a log line can never leak it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from pydicom.dataset import Dataset
+
+from aifi.results.algorithm import NOT_FOR_CLINICAL_USE
+from aifi.results.summary import ResultSummary, TriageFlag
+
+
+@dataclass(frozen=True)
+class OriginalStudy:
+    """The hospital's own identifiers of the study a result belongs to (from the vault).
+
+    Values are the DICOM strings as received (PN with ``^`` between components, DA as
+    YYYYMMDD), so that each channel can map them to its own types.
+    """
+
+    study_instance_uid: str
+    patient_id: str = ""
+    issuer_of_patient_id: str = ""
+    patient_name: str = ""
+    patient_birth_date: str = ""
+    patient_sex: str = ""
+    accession_number: str = ""
+    study_date: str = ""
+    study_time: str = ""
+    study_description: str = ""
+
+    @classmethod
+    def from_vault(cls, original_study_uid: str, attributes: Mapping[str, str]) -> OriginalStudy:
+        """From what :meth:`aifi.gateway.vault.Vault.study` returns for a pseudonymised study."""
+        return cls(
+            study_instance_uid=original_study_uid,
+            **{name: attributes.get(keyword, "") for name, keyword in _KEYWORDS.items()},
+        )
+
+    @classmethod
+    def from_dataset(cls, dataset: Dataset) -> OriginalStudy:
+        """From a re-identified result (its header carries the restored identity).
+
+        Raises
+        ------
+        ValueError
+            If the dataset has no Study Instance UID.
+        """
+        study_uid = str(dataset.get("StudyInstanceUID", "") or "").strip()
+        if not study_uid:
+            raise ValueError("Study Instance UID (0020,000D) is missing from the result")
+        return cls(
+            study_instance_uid=study_uid,
+            **{
+                name: str(dataset.get(keyword, "") or "").strip()
+                for name, keyword in _KEYWORDS.items()
+            },
+        )
+
+
+#: OriginalStudy field -> DICOM keyword.
+_KEYWORDS = {
+    "patient_id": "PatientID",
+    "issuer_of_patient_id": "IssuerOfPatientID",
+    "patient_name": "PatientName",
+    "patient_birth_date": "PatientBirthDate",
+    "patient_sex": "PatientSex",
+    "accession_number": "AccessionNumber",
+    "study_date": "StudyDate",
+    "study_time": "StudyTime",
+    "study_description": "StudyDescription",
+}
+
+
+@dataclass(frozen=True)
+class ResultNotice:
+    """One job's result, ready to be announced to the hospital's systems.
+
+    Parameters
+    ----------
+    hospital:
+        The gateway's hospital id (MSH sending facility unless configured otherwise).
+    exchange_job_id:
+        The job at the exchange: the key that makes every message about this result unique
+        (HL7 control id, FHIR identifiers, webhook delivery id), so a resend can be recognised.
+    product_id, product_name, product_version:
+        The AI product as the catalogue names it.
+    study:
+        The original identity of the study, restored from the vault.
+    summary:
+        The product's JSON summary; None when the product uploaded none (the notice then only
+        says that results are in the PACS).
+    result_sop_instance_uids:
+        The re-identified result objects (SR, SEG, ...) now stored in the PACS.
+    completed_at:
+        When the result reached the gateway (timezone-aware).
+
+    Raises
+    ------
+    ValueError
+        If `completed_at` has no timezone, or the job id or product id is empty.
+    """
+
+    hospital: str
+    exchange_job_id: str
+    product_id: str
+    product_name: str
+    product_version: str
+    study: OriginalStudy = field(repr=False)
+    summary: ResultSummary | None
+    result_sop_instance_uids: tuple[str, ...] = ()
+    completed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def __post_init__(self) -> None:
+        if self.completed_at.tzinfo is None:
+            raise ValueError("ResultNotice.completed_at must be timezone-aware")
+        for name in ("exchange_job_id", "product_id"):
+            if not getattr(self, name).strip():
+                raise ValueError(f"ResultNotice.{name} must not be empty")
+
+    @property
+    def stat(self) -> bool:
+        """Triage-positive: the result must reach the radiologist at once (STAT)."""
+        return self.summary is not None and self.summary.triage.flag is TriageFlag.POSITIVE
+
+    @property
+    def label(self) -> str:
+        """The intended-use label shown with every notice; AIFI's reference label by default."""
+        if self.summary is not None and self.summary.label:
+            return self.summary.label
+        return NOT_FOR_CLINICAL_USE
+
+
+def build_notice(
+    *,
+    hospital: str,
+    exchange_job_id: str,
+    product_id: str,
+    summary: ResultSummary | None,
+    study: OriginalStudy,
+    result_sop_instance_uids: Sequence[str] = (),
+    product_name: str | None = None,
+    product_version: str | None = None,
+    completed_at: datetime | None = None,
+) -> ResultNotice:
+    """The notice for a job, from what the gateway holds after re-identification.
+
+    `study` comes from a re-identified result (:meth:`OriginalStudy.from_dataset`) or from the
+    vault (:meth:`OriginalStudy.from_vault`); the product's name and version default to the
+    summary's algorithm and product version.
+    """
+    algorithm = summary.algorithm if summary is not None else None
+    return ResultNotice(
+        hospital=hospital,
+        exchange_job_id=exchange_job_id,
+        product_id=product_id,
+        product_name=product_name or (algorithm.name if algorithm else product_id),
+        product_version=product_version or (summary.product_version if summary is not None else ""),
+        study=study,
+        summary=summary,
+        result_sop_instance_uids=tuple(result_sop_instance_uids),
+        completed_at=completed_at or datetime.now(UTC),
+    )

@@ -1,0 +1,168 @@
+"""Send one result notice to every configured channel and report how each one went.
+
+Channels run side by side (one thread each), so a receiver that is down and being retried
+never holds up another: a STAT alert reaches the webhook while the FHIR server is still
+timing out. STAT channels (HL7 with priority S, the webhook) are started first. Nothing here
+raises because one channel failed: each outcome says what happened and whether a later attempt
+may help, and the gateway decides whether to retry or record.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from types import TracebackType
+
+import httpx
+
+from aifi.gateway.notify.errors import NotificationError
+from aifi.gateway.notify.fhir import (
+    FhirBuildError,
+    build_transaction,
+    post_fhir,
+    report_identifier,
+)
+from aifi.gateway.notify.mllp import send_mllp
+from aifi.gateway.notify.notice import ResultNotice
+from aifi.gateway.notify.oru import OruBuildError, build_oru_r01, message_control_id
+from aifi.gateway.notify.settings import NotificationSettings
+from aifi.gateway.notify.webhook import delivery_id, send_webhook
+
+log = logging.getLogger(__name__)
+
+HL7, FHIR, WEBHOOK = "hl7", "fhir", "webhook"
+
+
+@dataclass(frozen=True)
+class NoticeOutcome:
+    """How one channel went for one notice.
+
+    `message_id` is what the receiver can deduplicate on (HL7 control id, the report's
+    conditional-create identifier, the webhook delivery id); `detail` is the receiver's answer
+    (``AA``, ``201 Created``) or the error; `retryable` is False when resending the same message
+    cannot help (content rejected, or the notice cannot be encoded).
+    """
+
+    channel: str
+    ok: bool
+    stat: bool
+    message_id: str
+    detail: str
+    retryable: bool
+    seconds: float
+
+
+class Notifier:
+    """Sends result notices as configured; one per gateway, closed with the gateway."""
+
+    def __init__(self, settings: NotificationSettings) -> None:
+        self.settings = settings
+        verify = settings.fhir.verify_tls if settings.fhir else True
+        #: FHIR may need the hospital's own CA; the webhook goes wherever its URL says.
+        self._fhir_http = httpx.Client(verify=verify if isinstance(verify, bool) else str(verify))
+        self._webhook_http = httpx.Client()
+
+    def close(self) -> None:
+        self._fhir_http.close()
+        self._webhook_http.close()
+
+    def __enter__(self) -> Notifier:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def channels(self, notice: ResultNotice) -> list[str]:
+        """The channels `notice` goes to, in the order they are started (STAT ones first)."""
+        settings = self.settings
+        hl7 = [HL7] if settings.hl7 else []
+        fhir = [FHIR] if settings.fhir else []
+        webhook = (
+            [WEBHOOK]
+            if settings.webhook and (notice.stat or not settings.webhook.only_stat)
+            else []
+        )
+        return hl7 + webhook + fhir if notice.stat else hl7 + fhir + webhook
+
+    def notify(self, notice: ResultNotice, skip: Collection[str] = ()) -> list[NoticeOutcome]:
+        """Send `notice` on every channel it goes to but those in `skip` (already delivered);
+        one outcome per channel, never raises for a channel's failure."""
+        channels = [channel for channel in self.channels(notice) if channel not in skip]
+        if not channels:
+            return []
+        senders = {HL7: self._send_hl7, FHIR: self._send_fhir, WEBHOOK: self._send_webhook}
+        with ThreadPoolExecutor(
+            max_workers=len(channels), thread_name_prefix="aifi-notify"
+        ) as pool:
+            futures = [
+                pool.submit(self._attempt, channel, senders[channel], notice)
+                for channel in channels
+            ]
+            return [future.result() for future in futures]
+
+    def _attempt(
+        self, channel: str, send: Callable[[ResultNotice], str], notice: ResultNotice
+    ) -> NoticeOutcome:
+        started = time.monotonic()
+        message_id = self._message_id(channel, notice)
+        try:
+            detail = send(notice)
+            ok, retryable = True, False
+        except NotificationError as exc:
+            detail, ok, retryable = str(exc), False, exc.retryable
+        except (OruBuildError, FhirBuildError) as exc:
+            detail, ok, retryable = str(exc), False, False
+        except Exception as exc:  # one channel's bug must not stop the others
+            log.exception("%s notice for job %s failed", channel, notice.exchange_job_id)
+            detail, ok, retryable = f"{type(exc).__name__}: {exc}", False, False
+        outcome = NoticeOutcome(
+            channel=channel,
+            ok=ok,
+            stat=notice.stat,
+            message_id=message_id,
+            detail=detail,
+            retryable=retryable,
+            seconds=time.monotonic() - started,
+        )
+        level = logging.INFO if ok else logging.WARNING
+        log.log(
+            level,
+            "%s%s notice for job %s: %s",
+            "STAT " if notice.stat else "",
+            channel,
+            notice.exchange_job_id,
+            detail,
+        )
+        return outcome
+
+    def _message_id(self, channel: str, notice: ResultNotice) -> str:
+        if channel == HL7:
+            return message_control_id(notice)
+        if channel == FHIR and self.settings.fhir is not None:
+            return f"{self.settings.fhir.identifier_system}|{report_identifier(notice)}"
+        return delivery_id(notice)
+
+    def _send_hl7(self, notice: ResultNotice) -> str:
+        endpoint = self.settings.hl7
+        assert endpoint is not None
+        ack = send_mllp(build_oru_r01(notice, endpoint), endpoint)
+        return ack.code
+
+    def _send_fhir(self, notice: ResultNotice) -> str:
+        endpoint = self.settings.fhir
+        assert endpoint is not None
+        receipt = post_fhir(build_transaction(notice, endpoint), endpoint, self._fhir_http)
+        return ", ".join(receipt.entry_statuses) or str(receipt.status)
+
+    def _send_webhook(self, notice: ResultNotice) -> str:
+        endpoint = self.settings.webhook
+        assert endpoint is not None
+        return str(send_webhook(notice, endpoint, self._webhook_http).status)

@@ -1,0 +1,57 @@
+"""Results reach the radiologist's systems: an HL7 ORU^R01 over MLLP per result, under the
+patient's original identity, sent by the gateway after re-identification."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pytest
+import yaml
+
+from aifi.gateway.config import load_config
+from aifi.gateway.notify.receivers import Hl7Listener
+from aifi.gateway.service import Gateway
+from aifi.phantoms import write_study
+from support.national import National, gateway_config
+from support.peers import free_port, storescu
+
+pytestmark = pytest.mark.peer
+
+
+def test_each_result_sends_an_oru_with_the_original_identity(
+    national: National, tmp_path: Path
+) -> None:
+    with Hl7Listener() as listener:
+        port = free_port()
+        path = gateway_config(tmp_path, national, port, 1)
+        config = yaml.safe_load(path.read_text())
+        config["pacs"] = []
+        config["notifications"] = {
+            "hl7": {"host": "127.0.0.1", "port": listener.port, "processing_id": "T"}
+        }
+        path.write_text(yaml.safe_dump(config))
+        folder = tmp_path / "study"
+        write_study("ct-head", folder, seed=21, size="small", identity={"patient_id": "HOSP-9"})
+        files = sorted(folder.rglob("*.dcm"))
+        accession = str(pydicom.dcmread(files[0], stop_before_pixels=True).AccessionNumber)
+
+        gateway = Gateway(load_config(path))
+        gateway.start()
+        try:
+            storescu(files, port)
+            assert gateway.wait_until(
+                lambda: [j["state"] for j in gateway.jobs()] == ["delivered"], timeout=90
+            ), gateway.jobs()
+            [job] = gateway.jobs()
+            outcomes = gateway.state.notification_outcomes(int(job["id"]))
+        finally:
+            gateway.stop()
+        received = listener.received.get(timeout=10)
+        assert listener.received.empty()  # one result, one message
+    assert outcomes["hl7"]["ok"] == 1
+    text = received.text
+    assert "ORU^R01" in text and "HOSP-9" in text and accession in text
+    assert "P" + "HOSP-9" not in text  # never the pseudonym
+    obx = [segment for segment in text.split("\r") if segment.startswith("OBX")]
+    assert any("mL" in segment for segment in obx)

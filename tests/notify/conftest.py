@@ -1,0 +1,173 @@
+"""Fixtures for notification tests: notices for a positive and a negative result, and the three
+loopback receivers (hl7apy's MLLP server, a FHIR server and a webhook receiver, both FastAPI
+under uvicorn)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from aifi.gateway.notify import OriginalStudy, ResultNotice, build_notice
+from aifi.gateway.notify.receivers import FhirReceiver, Hl7Listener, WebhookReceiver
+from aifi.results.summary import (
+    AlgorithmSummary,
+    FindingSummary,
+    MeasuredValue,
+    Priority,
+    ResultSummary,
+    Triage,
+    TriageFlag,
+)
+
+WEBHOOK_KEY = b"test-webhook-key"
+#: The hospital's own identity of the study, as the vault returns it.
+ORIGINAL_STUDY_UID = "1.2.826.0.1.3680043.8.498.1001"
+ORIGINAL_ATTRIBUTES = {
+    "PatientID": "MRN-000123",
+    "IssuerOfPatientID": "RIVIERENLAND",
+    "PatientName": "Jansen^Anna^Maria^Dr^",
+    "PatientBirthDate": "19620314",
+    "PatientSex": "F",
+    "AccessionNumber": "ACC-2025-0042",
+    "StudyDate": "20250301",
+    "StudyTime": "101502",
+    "StudyInstanceUID": ORIGINAL_STUDY_UID,
+}
+PSEUDONYM_STUDY_UID = "2.25.1234567890123456789"
+RESULT_UIDS = ("2.25.900000000000000000001", "2.25.900000000000000000002")
+
+
+def make_summary(
+    flag: TriageFlag = TriageFlag.POSITIVE,
+    *,
+    findings: list[FindingSummary] | None = None,
+    label: str | None = "reference algorithm, not for clinical use",
+) -> ResultSummary:
+    default = [
+        FindingSummary(
+            finding="Hemorrhage",
+            finding_code="SCT:50960005",
+            site="Brain",
+            tracking_id="lesion 1",
+            tracking_uid="2.25.5551",
+            measurements={
+                "Volume": MeasuredValue(value=12.5, unit="mL"),
+                "Midline shift": MeasuredValue(value=4.25, unit="mm"),
+            },
+            evaluations={"Severity": "Severe"},
+        ),
+        FindingSummary(
+            finding="Brain tissue",
+            finding_code="SCT:12738006",
+            tracking_id="tissue",
+            tracking_uid="2.25.5552",
+            measurements={"Volume": MeasuredValue(value=1180.0, unit="mL")},
+        ),
+    ]
+    return ResultSummary(
+        product_id="aifi-ich",
+        product_version="1.2.0",
+        study_instance_uid=PSEUDONYM_STUDY_UID,
+        algorithm=AlgorithmSummary(name="AIFI ICH", version="1.2.0", manufacturer="AIFI"),
+        findings=default if findings is None else findings,
+        triage=Triage(flag=flag, priority=Priority.HIGH if flag is TriageFlag.POSITIVE else None),
+        label=label,
+    )
+
+
+def make_notice(
+    summary: ResultSummary | None = None,
+    *,
+    job: str = "job-0001",
+    attributes: dict[str, str] | None = None,
+) -> ResultNotice:
+    return build_notice(
+        hospital="rivierenland",
+        exchange_job_id=job,
+        product_id="aifi-ich",
+        summary=summary,
+        study=OriginalStudy.from_vault(
+            ORIGINAL_STUDY_UID, ORIGINAL_ATTRIBUTES if attributes is None else attributes
+        ),
+        result_sop_instance_uids=RESULT_UIDS,
+        completed_at=datetime(2025, 3, 1, 10, 30, 0, tzinfo=UTC),
+    )
+
+
+@pytest.fixture
+def positive() -> ResultNotice:
+    return make_notice(make_summary(TriageFlag.POSITIVE))
+
+
+@pytest.fixture
+def negative() -> ResultNotice:
+    return make_notice(make_summary(TriageFlag.NEGATIVE), job="job-0002")
+
+
+@pytest.fixture
+def hl7_listener() -> Iterator[Hl7Listener]:
+    with Hl7Listener() as listener:
+        yield listener
+
+
+@pytest.fixture
+def fhir_receiver() -> Iterator[FhirReceiver]:
+    with FhirReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[WebhookReceiver]:
+    with WebhookReceiver(WEBHOOK_KEY) as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port with nothing listening (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def raw_peer() -> Iterator[Callable[[Callable[[socket.socket], Any]], int]]:
+    """Start a one-off TCP peer on loopback that runs `serve(conn)` for each connection it
+    accepts (on a thread); returns its port. Lets a test answer in ways no well-behaved
+    receiver would: in pieces, with a wrong control id, or not at all."""
+    servers: list[socket.socket] = []
+    threads: list[threading.Thread] = []
+
+    def start(serve: Callable[[socket.socket], Any]) -> int:
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        servers.append(server)
+
+        def loop() -> None:
+            while True:
+                try:
+                    conn, _ = server.accept()
+                except OSError:
+                    return
+                with conn:
+                    serve(conn)
+
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        threads.append(thread)
+        return int(server.getsockname()[1])
+
+    yield start
+    for server in servers:
+        with contextlib.suppress(OSError):
+            server.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
+        server.close()
+    for thread in threads:
+        thread.join(timeout=5)

@@ -1,0 +1,206 @@
+"""MLLP delivery: framing, acknowledgements, retries, and a block split across TCP segments."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from aifi.gateway.notify import (
+    DeliveryFailed,
+    FrameDecoder,
+    Hl7Endpoint,
+    Hl7Rejected,
+    ResultNotice,
+    build_oru_r01,
+    frame,
+    message_control_id,
+    send_mllp,
+)
+from aifi.gateway.notify.mllp import FramingError
+from aifi.gateway.notify.receivers import Hl7Listener
+
+RawPeer = Callable[[Callable[[socket.socket], Any]], int]
+
+
+def endpoint(port: int, **overrides: Any) -> Hl7Endpoint:
+    settings: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": port,
+        "timeout_seconds": 2.0,
+        "retries": 2,
+        "retry_backoff_seconds": 0.01,
+    }
+    return Hl7Endpoint(**(settings | overrides))
+
+
+def read_block(conn: socket.socket) -> bytes:
+    """What a receiver does: read until one MLLP block is complete."""
+    decoder = FrameDecoder()
+    while True:
+        chunk = conn.recv(4096)
+        if not chunk:
+            raise ConnectionError("sender closed before a whole block arrived")
+        blocks = decoder.feed(chunk)
+        if blocks:
+            return blocks[0]
+
+
+def drain(conn: socket.socket) -> None:
+    """Read until the sender hangs up (it times out waiting for an ACK that never comes)."""
+    while conn.recv(4096):
+        pass
+
+
+# framing -------------------------------------------------------------------------------------
+
+
+def test_frame_wraps_the_message_in_start_and_end_blocks() -> None:
+    assert frame("MSH|x\r") == b"\x0bMSH|x\r\x1c\x0d"
+
+
+def test_decoder_assembles_a_block_fed_one_byte_at_a_time() -> None:
+    decoder = FrameDecoder()
+    data = frame("MSH|^~\\&|A\rMSA|AA|1\r")
+    found: list[bytes] = []
+    for index in range(len(data)):
+        found += decoder.feed(data[index : index + 1])
+        if index < len(data) - 1:
+            assert found == []
+    assert found == [b"MSH|^~\\&|A\rMSA|AA|1\r"]
+
+
+def test_decoder_splits_two_blocks_in_one_read_and_drops_noise() -> None:
+    decoder = FrameDecoder()
+    data = b"noise" + frame("ONE\r") + b"\r\n" + frame("TWO\r")[:4]
+    assert decoder.feed(data) == [b"ONE\r"]
+    assert decoder.feed(frame("TWO\r")[4:]) == [b"TWO\r"]
+
+
+def test_decoder_refuses_a_block_that_never_ends() -> None:
+    decoder = FrameDecoder(max_bytes=64)
+    decoder.feed(b"\x0b" + b"x" * 60)
+    with pytest.raises(FramingError, match="larger than 64 bytes"):
+        decoder.feed(b"x" * 10)
+
+
+# acknowledgements from hl7apy's MLLP server ---------------------------------------------------
+
+
+def test_an_aa_returns_the_ack_and_the_listener_has_the_message(
+    hl7_listener: Hl7Listener, positive: ResultNotice
+) -> None:
+    target = endpoint(hl7_listener.port)
+    ack = send_mllp(build_oru_r01(positive, target), target)
+    assert (ack.code, ack.accepted) == ("AA", True)
+    assert ack.control_id == message_control_id(positive)
+    got = hl7_listener.received.get(timeout=5)
+    assert got.message.msh.msh_10.to_er7() == message_control_id(positive)
+    assert hl7_listener.errors.empty()
+
+
+def test_an_ae_is_a_clear_error_that_is_not_retried(
+    hl7_listener: Hl7Listener, positive: ResultNotice
+) -> None:
+    hl7_listener.ack_code, hl7_listener.ack_text = "AE", "unknown order"
+    target = endpoint(hl7_listener.port)
+    with pytest.raises(Hl7Rejected) as caught:
+        send_mllp(build_oru_r01(positive, target), target)
+    error = caught.value
+    assert (error.code, error.retryable, error.channel) == ("AE", False, "hl7")
+    assert "AE (application error): unknown order" in str(error)
+    assert message_control_id(positive) in str(error)
+    assert "MRN-000123" not in str(error)
+    hl7_listener.received.get(timeout=5)
+    assert hl7_listener.received.empty()  # sent once: a content error is not resent
+
+
+def test_an_ar_is_a_clear_error_marked_retryable(
+    hl7_listener: Hl7Listener, positive: ResultNotice
+) -> None:
+    hl7_listener.ack_code = "AR"
+    target = endpoint(hl7_listener.port)
+    with pytest.raises(Hl7Rejected, match=r"AR \(application reject\)") as caught:
+        send_mllp(build_oru_r01(positive, target), target)
+    assert caught.value.retryable
+
+
+# failures that are retried --------------------------------------------------------------------
+
+
+def test_a_listener_that_is_down_fails_after_the_retries(
+    closed_port: int, positive: ResultNotice
+) -> None:
+    target = endpoint(closed_port, retries=2)
+    with pytest.raises(DeliveryFailed, match="after 3 attempt") as caught:
+        send_mllp(build_oru_r01(positive, target), target)
+    assert "connection refused" in str(caught.value)
+    assert caught.value.retryable
+
+
+def test_each_attempt_reconnects_and_resends_the_same_message(
+    raw_peer: RawPeer, positive: ResultNotice
+) -> None:
+    blocks: list[bytes] = []
+
+    def hang_up_after_reading(conn: socket.socket) -> None:
+        blocks.append(read_block(conn))
+
+    target = endpoint(raw_peer(hang_up_after_reading), retries=3)
+    with pytest.raises(DeliveryFailed, match="after 4 attempt"):
+        send_mllp(build_oru_r01(positive, target), target)
+    assert len(blocks) == 4
+    control_ids = {block.split(b"\r")[0].split(b"|")[9] for block in blocks}
+    assert control_ids == {message_control_id(positive).encode()}
+
+
+def test_no_ack_within_the_timeout_is_an_error(raw_peer: RawPeer, positive: ResultNotice) -> None:
+    target = endpoint(raw_peer(drain), timeout_seconds=0.2, retries=1)
+    with pytest.raises(DeliveryFailed, match="no acknowledgement within 0.2 s"):
+        send_mllp(build_oru_r01(positive, target), target)
+
+
+def test_an_ack_for_another_message_is_not_taken(raw_peer: RawPeer, positive: ResultNotice) -> None:
+    def answer_wrong_id(conn: socket.socket) -> None:
+        read_block(conn)
+        conn.sendall(frame("MSH|^~\\&|RIS|H|AIFI|X|20250301||ACK|1|P|2.5\rMSA|AA|SOMEONE-ELSE\r"))
+
+    target = endpoint(raw_peer(answer_wrong_id), retries=0)
+    with pytest.raises(DeliveryFailed, match="answers control id 'SOMEONE-ELSE'"):
+        send_mllp(build_oru_r01(positive, target), target)
+
+
+def test_an_ack_split_across_tcp_segments_is_assembled(
+    raw_peer: RawPeer, positive: ResultNotice
+) -> None:
+    control_id = message_control_id(positive)
+    ack = frame(f"MSH|^~\\&|RIS|H|AIFI|X|20250301||ACK^R01^ACK|9|P|2.5\rMSA|AA|{control_id}\r")
+    pieces = [ack[:1], ack[1:7], ack[7:30], ack[30:-1], ack[-1:]]
+
+    def answer_in_pieces(conn: socket.socket) -> None:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        read_block(conn)
+        for piece in pieces:
+            conn.sendall(piece)
+
+    target = endpoint(raw_peer(answer_in_pieces), retries=0)
+    result = send_mllp(build_oru_r01(positive, target), target)
+    assert (result.code, result.control_id) == ("AA", control_id)
+
+
+def test_a_message_split_across_tcp_segments_reaches_hl7apys_server(
+    hl7_listener: Hl7Listener, positive: ResultNotice
+) -> None:
+    """The other direction: hl7apy's server assembles a block sent in pieces."""
+    message = build_oru_r01(positive, endpoint(hl7_listener.port))
+    data = frame(str(message.to_er7()) + "\r")
+    with socket.create_connection(("127.0.0.1", hl7_listener.port), timeout=5) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for start in range(0, len(data), 97):
+            sock.sendall(data[start : start + 97])
+        answer = read_block(sock)
+    assert f"MSA|AA|{message_control_id(positive)}".encode() in answer
+    got = hl7_listener.received.get(timeout=5)
+    assert got.message.msh.msh_9.to_er7() == "ORU^R01^ORU_R01"

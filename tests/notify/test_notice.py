@@ -1,0 +1,105 @@
+"""The notice: built from a re-identified result or the vault, and silent about identity."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+from pydicom.dataset import Dataset
+
+from aifi.gateway.notify import (
+    Hl7Endpoint,
+    OriginalStudy,
+    ResultNotice,
+    build_notice,
+    build_oru_r01,
+    send_mllp,
+)
+from aifi.gateway.notify.receivers import Hl7Listener
+from aifi.results.summary import TriageFlag
+
+from .conftest import ORIGINAL_ATTRIBUTES, ORIGINAL_STUDY_UID, make_notice, make_summary
+
+
+def reidentified_result() -> Dataset:
+    ds = Dataset()
+    ds.StudyInstanceUID = ORIGINAL_STUDY_UID
+    ds.PatientID = "MRN-000123"
+    ds.PatientName = "Müller^Jürgen"
+    ds.PatientBirthDate = "19551231"
+    ds.PatientSex = "M"
+    ds.AccessionNumber = "ACC-7"
+    return ds
+
+
+def test_study_from_a_reidentified_result() -> None:
+    study = OriginalStudy.from_dataset(reidentified_result())
+    assert study == OriginalStudy(
+        study_instance_uid=ORIGINAL_STUDY_UID,
+        patient_id="MRN-000123",
+        patient_name="Müller^Jürgen",
+        patient_birth_date="19551231",
+        patient_sex="M",
+        accession_number="ACC-7",
+    )
+
+
+def test_a_result_without_study_uid_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"Study Instance UID \(0020,000D\)"):
+        OriginalStudy.from_dataset(Dataset())
+
+
+def test_study_from_the_vault_record() -> None:
+    study = OriginalStudy.from_vault(ORIGINAL_STUDY_UID, ORIGINAL_ATTRIBUTES)
+    assert (study.patient_id, study.issuer_of_patient_id) == ("MRN-000123", "RIVIERENLAND")
+    assert study.study_time == "101502"
+
+
+def test_the_repr_leaves_the_identity_out(positive: ResultNotice) -> None:
+    text = repr(positive)
+    assert "job-0001" in text
+    for private in ("MRN-000123", "Jansen", "19620314", "ACC-2025-0042"):
+        assert private not in text
+
+
+def test_stat_is_a_positive_triage_only() -> None:
+    assert make_notice(make_summary(TriageFlag.POSITIVE)).stat
+    assert not make_notice(make_summary(TriageFlag.NEGATIVE)).stat
+    assert not make_notice(None).stat
+
+
+def test_the_label_defaults_to_not_for_clinical_use() -> None:
+    assert (
+        make_notice(make_summary(label=None)).label == "reference algorithm, not for clinical use"
+    )
+    assert make_notice(make_summary(label="CE class IIa")).label == "CE class IIa"
+
+
+def test_product_name_and_version_default_to_the_summary(positive: ResultNotice) -> None:
+    assert (positive.product_name, positive.product_version) == ("AIFI ICH", "1.2.0")
+
+
+def test_completion_time_must_carry_a_timezone() -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        build_notice(
+            hospital="h",
+            exchange_job_id="j",
+            product_id="p",
+            summary=None,
+            study=OriginalStudy(study_instance_uid="1.2.3", patient_id="P"),
+            completed_at=datetime(2025, 3, 1, 10, 0),
+        )
+
+
+def test_a_name_beyond_ascii_arrives_intact(hl7_listener: Hl7Listener) -> None:
+    notice = build_notice(
+        hospital="rivierenland",
+        exchange_job_id="job-utf8",
+        product_id="aifi-ich",
+        summary=make_summary(),
+        study=OriginalStudy.from_dataset(reidentified_result()),
+    )
+    target = Hl7Endpoint(host="127.0.0.1", port=hl7_listener.port, retries=0)
+    assert send_mllp(build_oru_r01(notice, target), target).accepted
+    pid = hl7_listener.received.get(timeout=5).message.oru_r01_patient_result.oru_r01_patient.pid
+    assert pid.pid_5.to_er7() == "Müller^Jürgen"

@@ -1,0 +1,131 @@
+"""The Notifier: every configured channel, STAT first, one outcome each, never a raise."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aifi.gateway.notify import (
+    FhirEndpoint,
+    Hl7Endpoint,
+    NotificationSettings,
+    Notifier,
+    ResultNotice,
+    WebhookEndpoint,
+)
+from aifi.gateway.notify.receivers import FhirReceiver, Hl7Listener, WebhookReceiver
+
+from .conftest import ORIGINAL_ATTRIBUTES, WEBHOOK_KEY, make_notice, make_summary
+
+FAST: dict[str, Any] = {"retries": 1, "retry_backoff_seconds": 0.01, "timeout_seconds": 2.0}
+
+
+def settings(
+    hl7_port: int | None = None,
+    fhir_url: str | None = None,
+    webhook_url: str | None = None,
+    **webhook: Any,
+) -> NotificationSettings:
+    return NotificationSettings(
+        hl7=Hl7Endpoint(host="127.0.0.1", port=hl7_port, **FAST) if hl7_port else None,
+        fhir=FhirEndpoint(base_url=fhir_url, **FAST) if fhir_url else None,
+        webhook=WebhookEndpoint(url=webhook_url, secret=WEBHOOK_KEY.decode(), **FAST, **webhook)
+        if webhook_url
+        else None,
+    )
+
+
+def test_a_stat_result_goes_everywhere_alerts_first(
+    hl7_listener: Hl7Listener,
+    fhir_receiver: FhirReceiver,
+    webhook_receiver: WebhookReceiver,
+    positive: ResultNotice,
+) -> None:
+    configured = settings(hl7_listener.port, fhir_receiver.base_url, webhook_receiver.url)
+    with Notifier(configured) as notifier:
+        started = time.monotonic()
+        outcomes = notifier.notify(positive)
+    assert [o.channel for o in outcomes] == ["hl7", "webhook", "fhir"]
+    assert all(o.ok and o.stat for o in outcomes), [o.detail for o in outcomes]
+    assert [o.detail for o in outcomes[:2]] == ["AA", "204"]
+
+    # the STAT alert was received, with priority S, after notify() was called
+    hl7 = hl7_listener.received.get(timeout=5)
+    assert hl7.received_at >= started
+    obr = hl7.message.oru_r01_patient_result.oru_r01_order_observation.obr
+    assert obr.obr_5.to_er7() == "S"
+    assert hl7.message.msh.msh_10.to_er7() == outcomes[0].message_id
+    alert = webhook_receiver.received.get(timeout=5)
+    assert alert.received_at >= started
+    assert alert.payload["event"] == "aifi.triage.positive"
+    assert alert.payload["delivery_id"] == outcomes[1].message_id
+    assert len(fhir_receiver.resources("DiagnosticReport")) == 1
+
+
+def test_a_routine_result_skips_a_stat_only_webhook(
+    hl7_listener: Hl7Listener,
+    fhir_receiver: FhirReceiver,
+    webhook_receiver: WebhookReceiver,
+    negative: ResultNotice,
+) -> None:
+    configured = settings(hl7_listener.port, fhir_receiver.base_url, webhook_receiver.url)
+    with Notifier(configured) as notifier:
+        outcomes = notifier.notify(negative)
+    assert [(o.channel, o.ok, o.stat) for o in outcomes] == [
+        ("hl7", True, False),
+        ("fhir", True, False),
+    ]
+    obr = hl7_listener.received.get(timeout=5).message.oru_r01_patient_result
+    assert obr.oru_r01_order_observation.obr.obr_5.to_er7() == "R"
+    assert webhook_receiver.received.empty()
+
+
+def test_a_webhook_for_every_result_when_asked(
+    webhook_receiver: WebhookReceiver, negative: ResultNotice
+) -> None:
+    configured = settings(webhook_url=webhook_receiver.url, only_stat=False)
+    with Notifier(configured) as notifier:
+        outcomes = notifier.notify(negative)
+    assert [(o.channel, o.ok) for o in outcomes] == [("webhook", True)]
+    assert webhook_receiver.received.get(timeout=5).payload["priority"] == "routine"
+
+
+def test_one_channel_down_does_not_stop_the_others(
+    closed_port: int,
+    fhir_receiver: FhirReceiver,
+    webhook_receiver: WebhookReceiver,
+    positive: ResultNotice,
+) -> None:
+    configured = settings(closed_port, fhir_receiver.base_url, webhook_receiver.url)
+    with Notifier(configured) as notifier:
+        outcomes = notifier.notify(positive)
+    by_channel = {o.channel: o for o in outcomes}
+    assert not by_channel["hl7"].ok and by_channel["hl7"].retryable
+    assert "connection refused" in by_channel["hl7"].detail
+    assert by_channel["webhook"].ok and by_channel["fhir"].ok
+    assert webhook_receiver.received.get(timeout=5).payload["priority"] == "stat"
+
+
+def test_a_notice_that_cannot_be_encoded_is_not_retryable(
+    hl7_listener: Hl7Listener,
+    fhir_receiver: FhirReceiver,
+    webhook_receiver: WebhookReceiver,
+) -> None:
+    attributes = {k: v for k, v in ORIGINAL_ATTRIBUTES.items() if k != "PatientID"}
+    notice = make_notice(make_summary(), attributes=attributes)
+    configured = settings(hl7_listener.port, fhir_receiver.base_url, webhook_receiver.url)
+    with Notifier(configured) as notifier:
+        outcomes = notifier.notify(notice)
+    by_channel = {o.channel: o for o in outcomes}
+    assert (by_channel["hl7"].ok, by_channel["hl7"].retryable) == (False, False)
+    assert "PID-3" in by_channel["hl7"].detail
+    assert (by_channel["fhir"].ok, by_channel["fhir"].retryable) == (False, False)
+    assert by_channel["webhook"].ok  # the alert does not need the Patient ID
+    assert hl7_listener.received.empty() and fhir_receiver.resources("DiagnosticReport") == []
+
+
+def test_nothing_configured_sends_nothing(positive: ResultNotice) -> None:
+    empty = NotificationSettings()
+    assert not empty.configured
+    with Notifier(empty) as notifier:
+        assert notifier.notify(positive) == []

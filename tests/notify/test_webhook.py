@@ -1,0 +1,124 @@
+"""Webhook alerts: signed, minimal, and refused by a receiver that holds another key."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aifi.gateway.notify import (
+    DeliveryFailed,
+    HttpRejected,
+    ResultNotice,
+    WebhookEndpoint,
+    send_webhook,
+    sign,
+    verify_signature,
+    webhook_payload,
+)
+from aifi.gateway.notify.receivers import WebhookReceiver
+from aifi.gateway.notify.webhook import SIGNATURE_HEADER, STAT_EVENT, TIMESTAMP_HEADER
+
+from .conftest import ORIGINAL_ATTRIBUTES, ORIGINAL_STUDY_UID, WEBHOOK_KEY
+
+
+def endpoint(url: str, **overrides: Any) -> WebhookEndpoint:
+    settings: dict[str, Any] = {
+        "url": url,
+        "secret": WEBHOOK_KEY.decode(),
+        "retries": 2,
+        "retry_backoff_seconds": 0.01,
+    }
+    return WebhookEndpoint(**(settings | overrides))
+
+
+def test_the_alert_arrives_signed_and_the_signature_verifies(
+    webhook_receiver: WebhookReceiver, positive: ResultNotice
+) -> None:
+    receipt = send_webhook(positive, endpoint(webhook_receiver.url))
+    assert receipt.status == 204
+    got = webhook_receiver.received.get(timeout=5)
+    timestamp = got.headers[TIMESTAMP_HEADER.lower()]
+    signature = got.headers[SIGNATURE_HEADER.lower()]
+    assert signature.startswith("sha256=")
+    assert verify_signature(WEBHOOK_KEY, timestamp, got.body, signature)
+    # any change to the body, the timestamp or the key breaks it
+    assert not verify_signature(WEBHOOK_KEY, timestamp, got.body + b" ", signature)
+    assert not verify_signature(WEBHOOK_KEY, str(int(timestamp) + 1), got.body, signature)
+    assert not verify_signature(b"another key", timestamp, got.body, signature)
+    assert got.headers["x-aifi-delivery"] == receipt.delivery_id
+
+
+def test_an_old_alert_replayed_is_refused() -> None:
+    body = b'{"event":"aifi.triage.positive"}'
+    then = str(int(time.time()) - 3600)
+    signature = sign(WEBHOOK_KEY, then, body)
+    assert verify_signature(WEBHOOK_KEY, then, body, signature, now=float(then) + 10)
+    assert not verify_signature(WEBHOOK_KEY, then, body, signature)
+
+
+def test_the_body_is_the_stat_event_without_identity_or_pixels(
+    webhook_receiver: WebhookReceiver, positive: ResultNotice
+) -> None:
+    send_webhook(positive, endpoint(webhook_receiver.url))
+    payload = webhook_receiver.received.get(timeout=5).payload
+    assert (payload["event"], payload["priority"]) == (STAT_EVENT, "stat")
+    assert payload["triage"] == {"flag": "positive", "priority": "high"}
+    assert payload["study"] == {
+        "study_instance_uid": ORIGINAL_STUDY_UID,
+        "accession_number": ORIGINAL_ATTRIBUTES["AccessionNumber"],
+    }
+    assert payload["findings"][0]["measurements"]["Volume"] == {"value": 12.5, "unit": "mL"}
+    assert payload["label"] == "reference algorithm, not for clinical use"
+    text = json.dumps(payload)
+    for private in ("MRN-000123", "Jansen", "19620314"):
+        assert private not in text
+    assert "pixel" not in text.lower()
+
+
+def test_the_patient_id_only_when_asked(positive: ResultNotice) -> None:
+    asked = webhook_payload(positive, endpoint("http://x/alerts", include_patient_id=True))
+    assert asked["study"]["patient_id"] == "MRN-000123"
+
+
+def test_a_negative_result_is_a_routine_event(negative: ResultNotice) -> None:
+    payload = webhook_payload(negative, endpoint("http://x/alerts"))
+    assert (payload["event"], payload["priority"]) == ("aifi.result.available", "routine")
+
+
+def test_a_receiver_with_another_key_refuses(positive: ResultNotice) -> None:
+    with WebhookReceiver(b"the receiver's own key") as receiver:
+        with pytest.raises(HttpRejected, match="HTTP 401") as caught:
+            send_webhook(positive, endpoint(receiver.url))
+        assert not caught.value.retryable
+        assert receiver.refused.get(timeout=5) == "signature does not verify"
+        assert receiver.received.empty()
+
+
+def test_a_failing_receiver_is_retried_then_reported(
+    webhook_receiver: WebhookReceiver, positive: ResultNotice
+) -> None:
+    webhook_receiver.fail_with = [503]
+    assert send_webhook(positive, endpoint(webhook_receiver.url)).status == 204
+    webhook_receiver.fail_with = [502, 502, 502]
+    with pytest.raises(DeliveryFailed, match="after 3 attempt"):
+        send_webhook(positive, endpoint(webhook_receiver.url))
+
+
+def test_the_secret_can_come_from_a_file(
+    tmp_path: Path, webhook_receiver: WebhookReceiver, positive: ResultNotice
+) -> None:
+    key_file = tmp_path / "webhook.key"
+    key_file.write_text(WEBHOOK_KEY.decode() + "\n")
+    target = endpoint(webhook_receiver.url, secret=None, secret_file=key_file)
+    assert send_webhook(positive, target).status == 204
+
+
+def test_exactly_one_secret_must_be_configured(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="exactly one of 'secret' and 'secret_file'"):
+        WebhookEndpoint(url="http://x/alerts")
+    with pytest.raises(ValueError, match="exactly one"):
+        WebhookEndpoint(url="http://x/alerts", secret="a", secret_file=tmp_path / "k")

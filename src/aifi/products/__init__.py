@@ -19,6 +19,9 @@ class ReferenceProduct:
 
 def reference_products() -> dict[str, ReferenceProduct]:
     """Every reference product by id (imported lazily: each may pull in numpy, highdicom)."""
-    from aifi.products import tissue_volume
+    from aifi.products import brain_volumetry, ich_triage, lung_nodules, tissue_volume
 
-    return {tissue_volume.PRODUCT_ID: ReferenceProduct(tissue_volume.manifest, tissue_volume.run)}
+    return {
+        module.PRODUCT_ID: ReferenceProduct(module.manifest, module.run)
+        for module in (tissue_volume, brain_volumetry, lung_nodules, ich_triage)
+    }

@@ -1,10 +1,14 @@
-"""The national demo on one machine: an exchange, five hospitals, reference AI products.
+"""The national demo on one machine: an exchange, five hospitals, three clinical areas.
 
 Everything runs in this process on embedded defaults (SQLite, local folders): per hospital a
 gateway, a simulated PACS (a DICOM SCP that stores what it receives) and a "modality" that
-sends synthetic studies by C-STORE; vendor workers run the reference products. The demo ends
-with what a national operator wants to see: per hospital and product, what was sent, what came
-back, and how long it took.
+sends synthetic studies with known ground truth by C-STORE — CT heads with and without an
+intracranial haemorrhage, CT chests with lung nodules, MR brains. Vendor workers run the
+reference products for quantification (brain volumetry), localisation (lung nodules) and acute
+triage (haemorrhage, STAT). Result notices go to an HL7 listener and a STAT webhook standing in
+for the hospitals' RIS and paging. The demo ends with what a national operator wants to see: per
+hospital and product what was sent, what came back and how long it took, and per product its
+findings, its accuracy against the phantoms' truth and how fast triage alerts arrived.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 from pynetdicom import evt
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -33,13 +38,34 @@ from aifi.exchange.server import ExchangeThread, free_port
 from aifi.exchange.settings import ExchangeSettings
 from aifi.gateway.config import GatewayConfig
 from aifi.gateway.dimse import handle_echo, send_files, start_scp, storage_scp_ae
+from aifi.gateway.notify.receivers import Hl7Listener, WebhookReceiver
 from aifi.gateway.service import Gateway
-from aifi.phantoms import GridSize, write_study
-from aifi.products import reference_products
+from aifi.phantoms import StudyTruth, write_study
+from aifi.products import brain_volumetry, ich_triage, lung_nodules, reference_products
+from aifi.products.accuracy import HAEMORRHAGE_ML, compare_with_truth, summarise_cases
 from aifi.vendor import VendorClient, Worker
 
 VENDOR = "aifi-reference"
-MODALITY_AE = "DEMO_CT"
+MODALITY_AE = "DEMO_MODALITY"
+#: The clinical products the demo runs, in the order it reports them.
+DEMO_PRODUCTS = (ich_triage.PRODUCT_ID, brain_volumetry.PRODUCT_ID, lung_nodules.PRODUCT_ID)
+#: Routing rules every demo hospital uses: acute CT heads go to triage at STAT.
+ROUTES = [
+    {
+        "product": ich_triage.PRODUCT_ID,
+        "modalities": ["CT"],
+        "body_parts": ["HEAD"],
+        "priority": "stat",
+    },
+    {
+        "product": brain_volumetry.PRODUCT_ID,
+        "modalities": ["CT", "MR"],
+        "body_parts": ["HEAD", "BRAIN"],
+    },
+    {"product": lung_nodules.PRODUCT_ID, "modalities": ["CT"], "body_parts": ["CHEST"]},
+]
+KINDS = ("ct-head", "ct-chest", "mr-brain")
+NODULE_CHOICES_MM = (6.0, 8.0, 10.0, 12.0, 16.0, 20.0)
 
 
 @dataclass(frozen=True)
@@ -47,16 +73,14 @@ class DemoHospital:
     id: str
     name: str
     size: str
-    #: Slices per CT head study: larger hospitals run thinner-slice protocols.
-    slices: int
 
 
 HOSPITALS = (
-    DemoHospital("umc-noord", "UMC Noord (academic)", "large", 40),
-    DemoHospital("stadsziekenhuis", "Stadsziekenhuis (teaching)", "large", 32),
-    DemoHospital("rivierenland", "Ziekenhuis Rivierenland", "medium", 24),
-    DemoHospital("streekziekenhuis", "Streekziekenhuis Oost", "small", 20),
-    DemoHospital("kustkliniek", "Kustkliniek", "small", 16),
+    DemoHospital("umc-noord", "UMC Noord (academic)", "large"),
+    DemoHospital("stadsziekenhuis", "Stadsziekenhuis (teaching)", "large"),
+    DemoHospital("rivierenland", "Ziekenhuis Rivierenland", "medium"),
+    DemoHospital("streekziekenhuis", "Streekziekenhuis Oost", "small"),
+    DemoHospital("kustkliniek", "Kustkliniek", "small"),
 )
 
 
@@ -97,6 +121,32 @@ class SentStudy:
     study_uid: str
     instances: int
     sent_at: float
+    truth: StudyTruth
+
+    @property
+    def jobs(self) -> int:
+        """Jobs the demo's routes make of this study (a CT head goes to two products)."""
+        return 2 if self.truth.kind == "ct-head" else 1
+
+
+def study_plan(hospital_index: int, number: int, seed: int) -> tuple[str, dict[str, Any]]:
+    """Which phantom a hospital's modality sends as its `number`-th study, and its findings.
+
+    The kinds rotate so every hospital sends every kind; every other CT head holds a
+    haemorrhage, and every CT chest one to three nodules.
+    """
+    turn = number + hospital_index
+    kind = KINDS[turn % len(KINDS)]
+    rng = np.random.default_rng([seed, hospital_index, number])
+    if kind == "ct-head":
+        positive = (turn // len(KINDS)) % 2 == 0
+        volume = HAEMORRHAGE_ML[(hospital_index + number) % len(HAEMORRHAGE_ML)]
+        return kind, {"haemorrhage_ml": volume if positive else None}
+    if kind == "ct-chest":
+        count = int(rng.integers(1, 4))
+        chosen = rng.choice(NODULE_CHOICES_MM, size=count, replace=False)
+        return kind, {"nodules": sorted(float(d) for d in chosen)}
+    return kind, {}
 
 
 @contextmanager
@@ -137,7 +187,7 @@ def run_demo(
     workdir.mkdir(parents=True)
     operator_key = "aifi_" + secrets.token_urlsafe(32)
     settings = ExchangeSettings(data_dir=workdir / "exchange", operator_key=operator_key)
-    products = reference_products()
+    products = {pid: p for pid, p in reference_products().items() if pid in DEMO_PRODUCTS}
     with _quiet_logs(), ExitStack() as stack:
         try:
             exchange = stack.enter_context(ExchangeThread(settings, port=port))
@@ -165,7 +215,7 @@ def run_demo(
         stop_workers = threading.Event()
         workers = []
         for product_id, product in products.items():
-            for index in range(2):
+            for index in range(2 if product_id == ich_triage.PRODUCT_ID else 1):
                 worker = Worker(vendor, product.handler, product_ids=[product_id], lease_seconds=60)
                 thread = threading.Thread(
                     target=worker.run,
@@ -183,6 +233,13 @@ def run_demo(
 
         stack.callback(stop_all_workers)
 
+        ris = stack.enter_context(Hl7Listener())
+        pager_secret = secrets.token_hex(16)
+        pager = stack.enter_context(WebhookReceiver(pager_secret.encode()))
+        notifications = {
+            "hl7": {"host": "127.0.0.1", "port": ris.port, "processing_id": "T"},
+            "webhook": {"url": pager.url, "secret": pager_secret, "only_stat": True},
+        }
         gateways: dict[str, Gateway] = {}
         pacs: dict[str, SimulatedPacs] = {}
         for hospital in HOSPITALS:
@@ -206,7 +263,8 @@ def run_demo(
                         "quiet_seconds": 10,
                         "quiet_seconds_by_calling_ae": {MODALITY_AE: 1.0},
                     },
-                    "routes": [{"product": pid, "modalities": ["CT"]} for pid in products],
+                    "routes": ROUTES,
+                    "notifications": notifications,
                     "pacs": [
                         {
                             "name": "pacs",
@@ -223,10 +281,12 @@ def run_demo(
             stack.callback(gateways[hospital.id].stop)
 
         sent = _send_studies(console, workdir, gateways, studies, seed)
-        expected = len(sent) * len(products)
+        expected = sum(study.jobs for study in sent)
         finished = _wait_for_results(console, gateways, expected, timeout=120 + 10 * expected)
         figures = _figures(gateways, pacs, sent, products, finished)
+        figures["products"] = _product_figures(gateways, sent)
         _print_table(console, figures)
+        _print_products(console, figures["products"])
         if summary is not None:
             summary.parent.mkdir(parents=True, exist_ok=True)
             summary.write_text(json.dumps(figures, indent=2))
@@ -235,7 +295,11 @@ def run_demo(
             console.print(f"exchange stays up at {exchange.url} — press Ctrl-C to stop")
             with contextlib.suppress(KeyboardInterrupt):
                 threading.Event().wait()
-    ok = figures["lost"] == 0 and figures["results_delivered"] == figures["jobs_total"]
+    ok = (
+        figures["lost"] == 0
+        and figures["jobs_failed"] == 0
+        and figures["jobs_completed"] == figures["jobs_total"]
+    )
     if not ok:
         console.print("[red]not everything that was sent came back[/]")
     return 0 if ok else 1
@@ -253,11 +317,9 @@ def _send_studies(
         for number in range(studies):
             for index, hospital in enumerate(HOSPITALS):
                 folder = workdir / "modalities" / hospital.id / f"study-{number:03d}"
-                grid = GridSize(
-                    64, 64, 3.6, slices=hospital.slices, slice_thickness_mm=160 / hospital.slices
-                )
+                kind, findings = study_plan(index, number, seed)
                 truth = write_study(
-                    "ct-head", folder, seed=seed * 1000 + number * 10 + index, size=grid
+                    kind, folder, seed=seed * 1000 + number * 10 + index, size="default", **findings
                 )
                 files = sorted(folder.rglob("*.dcm"))
                 gateway = gateways[hospital.id]
@@ -268,7 +330,7 @@ def _send_studies(
                         f"[red]{hospital.id}: {len(failed)} instances refused: {failed[0].error}[/]"
                     )
                 sent.append(
-                    SentStudy(hospital.id, truth.study_instance_uid, len(files), time.time())
+                    SentStudy(hospital.id, truth.study_instance_uid, len(files), time.time(), truth)
                 )
                 progress.advance(task)
     return sent
@@ -329,11 +391,11 @@ def _figures(
             row: dict[str, Any] = {
                 "hospital": hospital.id,
                 "product": product_id,
-                "studies_sent": sum(1 for s in sent if s.hospital == hospital.id),
+                "studies_sent": len(mine),
                 "jobs_completed": sum(1 for j in mine if j["state"] == "delivered"),
                 "jobs_failed": sum(1 for j in mine if j["state"] in ("ended", "refused")),
                 "results_delivered": sum(int(j["results_delivered"]) for j in mine),
-                "results_in_pacs": in_pacs,
+                "results_in_hospital_pacs": in_pacs,
                 "failure_reasons": sorted(
                     {j["reason"] for j in mine if j["state"] != "delivered" and j["reason"]}
                 ),
@@ -344,6 +406,7 @@ def _figures(
             totals["jobs_completed"] += row["jobs_completed"]
             totals["jobs_failed"] += row["jobs_failed"]
             totals["results_delivered"] += row["results_delivered"]
+    totals["jobs_total"] = max(totals["jobs_total"], sum(study.jobs for study in sent))
     lost = totals["jobs_total"] - totals["jobs_completed"] - totals["jobs_failed"]
     return {
         **totals,
@@ -389,3 +452,74 @@ def _print_table(console: Console, figures: dict[str, Any]) -> None:
     for row in figures["rows"]:
         for reason in row["failure_reasons"]:
             console.print(f"[yellow]{row['hospital']} / {row['product']}: {reason}[/]")
+
+
+def _product_figures(gateways: dict[str, Gateway], sent: list[SentStudy]) -> dict[str, Any]:
+    """Per product: studies, findings, accuracy against truth, and STAT alert latency.
+
+    Accuracy is scored on what came through the platform: the JSON summary and the SEG the
+    gateway downloaded for each job, against the truth of the phantom the modality sent.
+    Alert latency runs from the moment the exchange marked a triage job completed to the
+    moment the STAT webhook was accepted by the receiver.
+    """
+    truths = {s.study_uid: s.truth for s in sent}
+    cases: dict[str, list[dict[str, Any]]] = {pid: [] for pid in DEMO_PRODUCTS}
+    findings: dict[str, int] = dict.fromkeys(DEMO_PRODUCTS, 0)
+    alerts: list[float] = []
+    for gateway in gateways.values():
+        for job in gateway.jobs():
+            if job["state"] != "delivered" or job["product_id"] not in cases:
+                continue
+            folder = gateway.results_dir / str(job["id"])
+            summary = json.loads((folder / "summary.json").read_text())
+            findings[job["product_id"]] += sum(1 for f in summary["findings"] if f["measurements"])
+            cases[job["product_id"]].append(
+                compare_with_truth(job["product_id"], truths[job["study_uid"]], summary, folder)
+            )
+            webhook = gateway.state.notification_outcomes(int(job["id"])).get("webhook")
+            if webhook and webhook["ok"] and job["exchange_ended_at"]:
+                alerts.append(webhook["at"] - job["exchange_ended_at"])
+    products: dict[str, Any] = {}
+    for product_id in DEMO_PRODUCTS:
+        entry: dict[str, Any] = {
+            "studies": len(cases[product_id]),
+            "findings": findings[product_id],
+        }
+        if cases[product_id]:
+            figures, targets = summarise_cases(product_id, cases[product_id])
+            entry["accuracy"] = {"figures": figures, "targets": targets}
+        if product_id == ich_triage.PRODUCT_ID:
+            entry["triage_alerts"] = len(alerts)
+            entry["triage_alert_seconds"] = {
+                "p50": _percentile(alerts, 0.5),
+                "p95": _percentile(alerts, 0.95),
+            }
+        products[product_id] = entry
+    return products
+
+
+def _print_products(console: Console, products: dict[str, Any]) -> None:
+    table = Table(title="Per product — reference algorithms, not for clinical use")
+    for column in (
+        "product",
+        "studies",
+        "findings",
+        "accuracy against truth",
+        "targets",
+        "STAT alert",
+    ):
+        left = column in ("product", "accuracy against truth")
+        table.add_column(column, justify="left" if left else "right")
+    for product_id, entry in products.items():
+        accuracy = entry.get("accuracy", {})
+        figures = ", ".join(f"{k} {v}" for k, v in accuracy.get("figures", {}).items())
+        targets = accuracy.get("targets", {})
+        met = f"{sum(t['met'] for t in targets.values())}/{len(targets)} met" if targets else "–"
+        latency = "–"
+        if entry.get("triage_alerts"):
+            seconds = entry["triage_alert_seconds"]
+            latency = f"p50 {seconds['p50']:.2f} s, p95 {seconds['p95']:.2f} s"
+        table.add_row(
+            product_id, str(entry["studies"]), str(entry["findings"]), figures, met, latency
+        )
+    console.print(table)

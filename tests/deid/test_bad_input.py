@@ -133,7 +133,7 @@ def test_character_sets(
         assert [n for n in needles if n in output] == []
         out = pydicom.dcmread(tmp_path / "out.dcm")
         assert out.SpecificCharacterSet == ds.SpecificCharacterSet
-        assert str(out.PatientName) == key.patient_id("PID-4711-0815")
+        assert str(out.PatientName) == key.patient_id("PID-4711-0815") + "^"
 
 
 def test_odd_length_and_garbage_after_pixel_data(key, write_instance, tmp_path) -> None:

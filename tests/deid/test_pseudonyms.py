@@ -32,7 +32,8 @@ def test_same_patient_and_study_map_to_the_same_pseudonyms(
     assert first.StudyInstanceUID == second.StudyInstanceUID == key.uid("1.2.3.4.5")
     assert first.SeriesInstanceUID != second.SeriesInstanceUID
     assert first.PatientID == second.PatientID == key.patient_id("PID-4711-0815")
-    assert first.PatientName == first.PatientID == r1.patient_pseudonym == r2.patient_pseudonym
+    assert first.PatientName == first.PatientID + "^"
+    assert first.PatientID == r1.patient_pseudonym == r2.patient_pseudonym
     assert first.AccessionNumber == key.accession("ACC-20240311-77")
 
 

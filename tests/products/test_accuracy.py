@@ -51,7 +51,9 @@ def test_a_missed_target_is_reported_as_not_met(ich_run, monkeypatch):
     monkeypatch.setitem(
         accuracy._EVALUATIONS,
         ich_triage.PRODUCT_ID,
-        accuracy._Evaluation(always_negative, evaluation.case, evaluation.summarise),
+        accuracy._Evaluation(
+            always_negative, evaluation.case, evaluation.compare, evaluation.summarise
+        ),
     )
     report = measure_accuracy(ich_triage.PRODUCT_ID, 1, ich_run.workdir / "wrong", size="small")
     assert report["targets"]["classified_right"] == {"measured": 0.0, "target": 1.0, "met": False}

@@ -359,6 +359,13 @@ class Gateway:
             )
             self._retry_at[exchange_id] = time.time() + 300
             return False
+        if local["result_seen_at"] is None:
+            ended = job.get("ended_at")
+            self.state.update_job(
+                int(local["id"]),
+                result_seen_at=time.time(),
+                exchange_ended_at=datetime.fromisoformat(ended).timestamp() if ended else None,
+            )
         try:
             if job["state"] == "completed":
                 delivered = self._deliver(int(local["id"]), exchange_id, job)

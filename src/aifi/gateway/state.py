@@ -64,6 +64,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     submitted_at REAL,
     ended_at REAL,
     delivered_at REAL,
+    exchange_ended_at REAL,  -- when the exchange says the job ended (its clock)
+    result_seen_at REAL,     -- when this gateway first saw the ended job
     results_delivered INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS ix_jobs_state ON jobs(state, next_attempt_at);

@@ -111,13 +111,16 @@ def _at_least(measured: float, target: float) -> dict[str, Any]:
 def _brain_case(handler: Handler, seed: int, folder: Path, size: Size) -> dict[str, Any]:
     kind = "ct-head" if seed % 2 == 0 else "mr-brain"
     truth = write_study(kind, folder / "inputs", seed=seed, size=size)
-    result, _output = _run(handler, folder)
+    result, output = _run(handler, folder)
+    return {"seed": seed, **_brain_compare(truth, result.summary, output)}
+
+
+def _brain_compare(truth: StudyTruth, summary: dict[str, Any], _outputs: Path) -> dict[str, Any]:
     assert truth.brain is not None
-    icv = _measurements(result.summary, "Intracranial volume")["Volume"]
-    parenchyma = _measurements(result.summary, "Brain parenchyma")
+    icv = _measurements(summary, "Intracranial volume")["Volume"]
+    parenchyma = _measurements(summary, "Brain parenchyma")
     return {
-        "seed": seed,
-        "kind": kind,
+        "kind": str(truth.kind),
         "icv_ml": icv,
         "icv_truth_ml": truth.brain.intracranial_volume_ml,
         "parenchyma_ml": parenchyma["Volume"],
@@ -172,13 +175,17 @@ def _lung_case(handler: Handler, seed: int, folder: Path, size: Size) -> dict[st
         "ct-chest", folder / "inputs", seed=seed, size=size, nodules=_nodule_diameters(seed)
     )
     result, output = _run(handler, folder)
-    detections = [f for f in result.summary["findings"] if f["measurements"]]
-    centres = _segment_centres(output / "lung-nodules-seg.dcm") if detections else {}
+    return {"seed": seed, **_lung_compare(truth, result.summary, output)}
+
+
+def _lung_compare(truth: StudyTruth, summary: dict[str, Any], outputs: Path) -> dict[str, Any]:
+    detections = [f for f in summary["findings"] if f["measurements"]]
+    centres = _segment_centres(outputs / "lung-nodules-seg.dcm") if detections else {}
     found = [
         (centres[number], float(f["measurements"]["Diameter"]["value"]))
         for number, f in enumerate(detections, start=1)
     ]
-    return {"seed": seed, **_match_nodules(truth, found)}
+    return _match_nodules(truth, found)
 
 
 def _match_nodules(truth: StudyTruth, found: list[tuple[np.ndarray, float]]) -> dict[str, Any]:
@@ -240,11 +247,14 @@ def _lung_summary(cases: list[dict[str, Any]]) -> tuple[dict[str, float], dict[s
 def _ich_case(handler: Handler, seed: int, folder: Path, size: Size) -> dict[str, Any]:
     volume = None if seed % 2 == 1 else HAEMORRHAGE_ML[(seed // 2) % len(HAEMORRHAGE_ML)]
     truth = write_study("ct-head", folder / "inputs", seed=seed, size=size, haemorrhage_ml=volume)
-    result, _output = _run(handler, folder)
-    triage = result.summary["triage"]
-    measured = _measurements(result.summary, ich_triage.TRACKING_ID).get("Volume", 0.0)
+    result, output = _run(handler, folder)
+    return {"seed": seed, **_ich_compare(truth, result.summary, output)}
+
+
+def _ich_compare(truth: StudyTruth, summary: dict[str, Any], _outputs: Path) -> dict[str, Any]:
+    triage = summary["triage"]
+    measured = _measurements(summary, ich_triage.TRACKING_ID).get("Volume", 0.0)
     return {
-        "seed": seed,
         "positive": truth.haemorrhage is not None,
         "flag": triage["flag"],
         "priority": triage["priority"],
@@ -273,6 +283,7 @@ def _ich_summary(cases: list[dict[str, Any]]) -> tuple[dict[str, float], dict[st
 
 
 Evaluate = Callable[[Handler, int, Path, Size], dict[str, Any]]
+Compare = Callable[[StudyTruth, dict[str, Any], Path], dict[str, Any]]
 Summarise = Callable[[list[dict[str, Any]]], tuple[dict[str, float], dict[str, Any]]]
 
 
@@ -280,14 +291,34 @@ Summarise = Callable[[list[dict[str, Any]]], tuple[dict[str, float], dict[str, A
 class _Evaluation:
     handler: Handler
     case: Evaluate
+    compare: Compare
     summarise: Summarise
 
 
 _EVALUATIONS: dict[str, _Evaluation] = {
-    brain_volumetry.PRODUCT_ID: _Evaluation(brain_volumetry.run, _brain_case, _brain_summary),
-    lung_nodules.PRODUCT_ID: _Evaluation(lung_nodules.run, _lung_case, _lung_summary),
-    ich_triage.PRODUCT_ID: _Evaluation(ich_triage.run, _ich_case, _ich_summary),
+    brain_volumetry.PRODUCT_ID: _Evaluation(
+        brain_volumetry.run, _brain_case, _brain_compare, _brain_summary
+    ),
+    lung_nodules.PRODUCT_ID: _Evaluation(
+        lung_nodules.run, _lung_case, _lung_compare, _lung_summary
+    ),
+    ich_triage.PRODUCT_ID: _Evaluation(ich_triage.run, _ich_case, _ich_compare, _ich_summary),
 }
 
 #: The products :func:`measure_accuracy` can evaluate, in the order the demo shows them.
 EVALUATED_PRODUCTS = tuple(_EVALUATIONS)
+
+
+def compare_with_truth(
+    product_id: str, truth: StudyTruth, summary: dict[str, Any], outputs: Path
+) -> dict[str, Any]:
+    """One case: what `product_id` reported for a study (its JSON summary, and its result files
+    in `outputs`) against that study's truth — for results that came through the platform."""
+    return _EVALUATIONS[product_id].compare(truth, summary, outputs)
+
+
+def summarise_cases(
+    product_id: str, cases: list[dict[str, Any]]
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """The accuracy figures and targets over cases made by :func:`compare_with_truth`."""
+    return _EVALUATIONS[product_id].summarise(cases)

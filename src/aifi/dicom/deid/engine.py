@@ -256,7 +256,9 @@ class Deidentifier:
         self._clean_dataset(ds, state, top=True, text=KEEP_TEXT)
         self._clean_pending_text(state)
         set_text(ds, _PATIENT_ID, "LO", [state.patient_pseudonym])
-        set_text(ds, _PATIENT_NAME, "PN", [state.patient_pseudonym])
+        # A family name alone, written "FAMILY^" so readers (and highdicom) see one component
+        # on purpose rather than a malformed name.
+        set_text(ds, _PATIENT_NAME, "PN", [state.patient_pseudonym + "^"])
         if pixels_cleaned:
             set_text(ds, 0x00280301, "CS", ["NO"])
         self._mark(ds)

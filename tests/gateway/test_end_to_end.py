@@ -15,6 +15,7 @@ import httpx
 import pydicom
 import pytest
 
+from aifi.dicom.dciodvfy import verify_iod
 from aifi.gateway.config import load_config
 from aifi.gateway.dimse import NoDelayAE
 from aifi.gateway.service import Gateway
@@ -59,7 +60,7 @@ def delivered(gateway: Gateway) -> bool:
 
 
 def test_result_reaches_orthanc_under_original_identifiers(
-    national: National, orthanc_factory: Any, tmp_path: Path
+    national: National, orthanc_factory: Any, tmp_path: Path, dciodvfy: str
 ) -> None:
     gateway_port = free_port()
     pacs = start_pacs(orthanc_factory, gateway_port)
@@ -76,6 +77,10 @@ def test_result_reaches_orthanc_under_original_identifiers(
         assert job["state"] == "delivered" and job["results_delivered"] == 1
     finally:
         gateway.stop()
+    # The re-identified result the gateway wrote is a valid object of its IOD.
+    [restored] = (gateway.results_dir / str(job["id"])).glob("reidentified-*.dcm")
+    report = verify_iod(restored)
+    assert report.ok, report.errors
 
     study, tags = pacs_study(pacs, study_uid)
     assert study["PatientMainDicomTags"]["PatientID"] == IDENTITY["patient_id"]

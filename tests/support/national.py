@@ -83,7 +83,13 @@ def national_path(tmp_path: Path) -> Iterator[National]:
             headers={"Authorization": f"Bearer {hospital_key}"},
         ).raise_for_status()
         stop = threading.Event()
-        worker = Worker(vendor, tissue_volume.run, lease_seconds=30, workdir=tmp_path)
+        worker = Worker(
+            vendor,
+            tissue_volume.run,
+            product_ids=[tissue_volume.PRODUCT_ID],
+            lease_seconds=30,
+            workdir=tmp_path,
+        )
         thread = threading.Thread(target=worker.run, args=(stop, 1.0), daemon=True)
         thread.start()
         yield National(exchange, hospital_key, vendor_key, [thread])

@@ -18,12 +18,19 @@ from aifi.results.key_image import render_key_image
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
+def _group(seg: pydicom.Dataset, frame: pydicom.Dataset, keyword: str) -> pydicom.Dataset:
+    """A functional group item for one frame: its own, else the one shared by all frames."""
+    if keyword in frame:
+        return frame[keyword].value[0]
+    return seg.SharedFunctionalGroupsSequence[0][keyword].value[0]
+
+
 def _frame_sources(seg: pydicom.Dataset) -> list[tuple[str, int]]:
     """(source SOP Instance UID, segment number) for every frame of a SEG."""
     sources = []
     for frame in seg.PerFrameFunctionalGroupsSequence:
-        derivation = frame.DerivationImageSequence[0].SourceImageSequence[0]
-        segment = frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber
+        derivation = _group(seg, frame, "DerivationImageSequence").SourceImageSequence[0]
+        segment = _group(seg, frame, "SegmentIdentificationSequence").ReferencedSegmentNumber
         sources.append((str(derivation.ReferencedSOPInstanceUID), int(segment)))
     return sources
 

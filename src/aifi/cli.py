@@ -142,8 +142,12 @@ def _register_tools() -> None:
     """Commands that live beside the code they drive: synthetic studies, the business case."""
     from aifi.business.cli import business_case
     from aifi.dicom.deid.cli import deid
+    from aifi.governance.cli import conformance
     from aifi.phantoms.cli import phantom
 
+    app.command("conformance", help="Run a product through the vendor conformance kit.")(
+        conformance
+    )
     app.command("deid", help="Pseudonymise a folder of DICOM files (PS3.15 Annex E).")(deid)
     app.command("phantom", help="Write a synthetic study with known ground truth.")(phantom)
     app.command("business-case", help="Cost–benefit of central vs local AI procurement.")(

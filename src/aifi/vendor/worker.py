@@ -15,6 +15,9 @@ from aifi.vendor.client import ExchangeHTTPError, Lease, LeaseLost, VendorClient
 
 log = logging.getLogger(__name__)
 
+#: Exchange answers that mean "this result is not acceptable" rather than "try again".
+REFUSALS = frozenset({400, 413, 415, 422})
+
 
 class ProductError(Exception):
     """Raised by a product for a study it cannot process; the message is the job's reason."""
@@ -139,13 +142,20 @@ class Worker:
                 if beat.lost.is_set():
                     log.warning("job %s: lease lost while running; result dropped", lease.job_id)
                     return
-                for item in result.files:
-                    self.client.upload_result(
-                        lease, item.path, name=item.name, media_type=item.media_type
-                    )
-                if result.summary:
-                    self.client.upload_summary(lease, result.summary)
-                self.client.complete(lease, result.summary or None)
+                try:
+                    for item in result.files:
+                        self.client.upload_result(
+                            lease, item.path, name=item.name, media_type=item.media_type
+                        )
+                    if result.summary:
+                        self.client.upload_summary(lease, result.summary)
+                    self.client.complete(lease, result.summary or None)
+                except ExchangeHTTPError as exc:
+                    if isinstance(exc, LeaseLost) or exc.status not in REFUSALS:
+                        raise
+                    # The exchange refused what the product made: the hospital should hear
+                    # why now, not after the lease runs out.
+                    self._fail(lease, f"the exchange refused the result: {exc.detail}")
         except LeaseLost as exc:
             log.warning(
                 "job %s: lease lost (%s); another worker will take it", lease.job_id, exc.detail

@@ -1,0 +1,193 @@
+"""Drift: the product's positive rate per period on a p-chart, with an alert outside its limits.
+
+A p-chart (Shewhart) plots the share of positive results per period against a centre line p̄
+and 3-sigma control limits that depend on each period's own number of studies:
+
+    p̄ = Σ positives / Σ studies over the baseline periods
+    limits_i = p̄ ± 3 · sqrt(p̄ (1 − p̄) / n_i), clipped to [0, 1]
+
+A period outside its limits is a signal that the case mix, the scanners or the product changed.
+The baseline is the first `baseline` periods (phase I), or every period when not given.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+from aifi.exchange.schemas import JobState
+from aifi.governance.evaluation import NATIONAL, JobRecord
+
+
+class Granularity(StrEnum):
+    month = "month"
+    week = "week"
+
+
+class PeriodCount(BaseModel):
+    period: str = Field(description="e.g. 2026-03 or 2026-W09")
+    studies: int = Field(ge=0)
+    positives: int = Field(ge=0)
+
+
+class Signal(StrEnum):
+    above = "above"
+    below = "below"
+
+
+class ControlPoint(BaseModel):
+    period: str
+    studies: int
+    positives: int
+    rate: float
+    lower_limit: float
+    upper_limit: float
+    signal: Signal | None
+
+
+class PChart(BaseModel):
+    centre: float
+    sigmas: float
+    baseline_periods: list[str]
+    points: list[ControlPoint]
+
+    @property
+    def out_of_control(self) -> list[ControlPoint]:
+        return [p for p in self.points if p.signal is not None]
+
+
+class DriftAlert(BaseModel):
+    product_id: str
+    hospital_id: str
+    period: str
+    rate: float
+    limit: float
+    centre: float
+    studies: int
+    signal: Signal
+
+    @property
+    def message(self) -> str:
+        side = "above the upper" if self.signal == Signal.above else "below the lower"
+        where = "nationally" if self.hospital_id == NATIONAL else f"at {self.hospital_id}"
+        return (
+            f"product {self.product_id} {where}: positive rate {self.rate:.3f} in {self.period} "
+            f"is {side} control limit {self.limit:.3f} (centre {self.centre:.3f}, "
+            f"n={self.studies})"
+        )
+
+
+class DriftChart(BaseModel):
+    product_id: str
+    hospital_id: str
+    chart: PChart
+    alerts: list[DriftAlert]
+
+
+def period_of(moment: datetime, granularity: Granularity | str = Granularity.month) -> str:
+    """The period label of a moment: '2026-03' per month, '2026-W09' per ISO week."""
+    if Granularity(granularity) == Granularity.week:
+        year, week, _day = moment.isocalendar()
+        return f"{year}-W{week:02d}"
+    return f"{moment.year}-{moment.month:02d}"
+
+
+def positive_counts(
+    jobs: Iterable[JobRecord], granularity: Granularity | str = Granularity.month
+) -> list[PeriodCount]:
+    """Completed jobs with a triage flag, and how many were positive, per period (by end)."""
+    studies: dict[str, int] = defaultdict(int)
+    positives: dict[str, int] = defaultdict(int)
+    for job in jobs:
+        if job.state != JobState.completed.value or job.ai_positive is None:
+            continue
+        if job.ended_at is None:
+            continue
+        period = period_of(job.ended_at, granularity)
+        studies[period] += 1
+        positives[period] += int(job.ai_positive)
+    return [
+        PeriodCount(period=p, studies=studies[p], positives=positives[p]) for p in sorted(studies)
+    ]
+
+
+def p_chart(
+    counts: Sequence[PeriodCount], *, baseline: int | None = None, sigmas: float = 3.0
+) -> PChart:
+    """The p-chart of `counts` (in period order); periods without studies are left out.
+
+    Raises
+    ------
+    ValueError
+        When the baseline holds no study, so there is no centre line to draw.
+    """
+    points = [c for c in counts if c.studies > 0]
+    base = points if baseline is None else points[:baseline]
+    total = sum(c.studies for c in base)
+    if total == 0:
+        raise ValueError("p-chart: the baseline periods hold no study")
+    centre = sum(c.positives for c in base) / total
+    chart_points = []
+    for count in points:
+        half_width = sigmas * math.sqrt(centre * (1 - centre) / count.studies)
+        lower, upper = max(0.0, centre - half_width), min(1.0, centre + half_width)
+        rate = count.positives / count.studies
+        signal = Signal.above if rate > upper else Signal.below if rate < lower else None
+        chart_points.append(
+            ControlPoint(
+                period=count.period,
+                studies=count.studies,
+                positives=count.positives,
+                rate=rate,
+                lower_limit=lower,
+                upper_limit=upper,
+                signal=signal,
+            )
+        )
+    return PChart(
+        centre=centre, sigmas=sigmas, baseline_periods=[c.period for c in base], points=chart_points
+    )
+
+
+def drift_charts(
+    jobs: Iterable[JobRecord],
+    *,
+    granularity: Granularity | str = Granularity.month,
+    baseline: int | None = None,
+    sigmas: float = 3.0,
+) -> list[DriftChart]:
+    """A p-chart per product × hospital and per product nationally, with their alerts."""
+    job_list = list(jobs)
+    scopes: dict[tuple[str, str], list[JobRecord]] = defaultdict(list)
+    for job in job_list:
+        scopes[(job.product_id, job.hospital_id)].append(job)
+        scopes[(job.product_id, NATIONAL)].append(job)
+    charts = []
+    for (product_id, hospital_id), scoped in sorted(scopes.items()):
+        counts = positive_counts(scoped, granularity)
+        if not counts:
+            continue
+        chart = p_chart(counts, baseline=baseline, sigmas=sigmas)
+        alerts = [
+            DriftAlert(
+                product_id=product_id,
+                hospital_id=hospital_id,
+                period=p.period,
+                rate=p.rate,
+                limit=p.upper_limit if p.signal == Signal.above else p.lower_limit,
+                centre=chart.centre,
+                studies=p.studies,
+                signal=p.signal,
+            )
+            for p in chart.out_of_control
+            if p.signal is not None
+        ]
+        charts.append(
+            DriftChart(product_id=product_id, hospital_id=hospital_id, chart=chart, alerts=alerts)
+        )
+    return charts

@@ -1,0 +1,244 @@
+"""How each product does in daily practice, per hospital and nationally, from plain rows.
+
+The exchange feeds three kinds of row: its jobs (state, timestamps, the product's triage flag),
+the radiologists' feedback on them (agree, partly, disagree, and their own verdict), and the
+gateway's count of eligible studies. Every figure has one definition for every hospital, and
+proportions carry a Wilson 95 % interval with their counts, so a small hospital's 100 % and a
+large one's 92 % can be told apart honestly.
+
+Definitions
+-----------
+volume
+    Studies routed to the product: jobs created.
+uptake
+    Studies routed / studies eligible (the gateway's count of studies matching the product's
+    criteria). National uptake pools only hospitals that report an eligible count.
+failure rate
+    (failed + expired) / ended jobs; cancelled jobs are the hospital's choice and left out.
+turnaround
+    Seconds from the job being ready (all inputs uploaded) to its completion, over completed
+    jobs; p50 and p95 by linear interpolation between order statistics (numpy's default).
+agreement
+    Shares of feedback that agree, partly agree and disagree with the product's result.
+sensitivity, PPV
+    Against the radiologist's verdict, over jobs with both a verdict and a product flag:
+    TP / (TP + FN) and TP / (TP + FP).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from aifi.exchange.schemas import JobState
+
+#: Label of the pooled rows in place of a hospital id.
+NATIONAL = "national"
+
+_FAILED = frozenset({JobState.failed.value, JobState.expired.value})
+_ENDED = _FAILED | {JobState.completed.value}
+
+
+class Agreement(StrEnum):
+    """The radiologist's judgement of a product's result."""
+
+    agree = "agree"
+    partly = "partly"
+    disagree = "disagree"
+
+
+class JobRecord(BaseModel):
+    """One job as evaluation needs it (a row of the exchange's jobs table)."""
+
+    job_id: str
+    product_id: str
+    hospital_id: str
+    state: str
+    ready_at: datetime | None = None
+    ended_at: datetime | None = None
+    ai_positive: bool | None = Field(
+        default=None, description="The product's triage flag; None when it gives none."
+    )
+
+    @classmethod
+    def from_job(cls, job: Mapping[str, Any]) -> JobRecord:
+        """From a job as the API returns it (JobOut fields); the flag comes from its summary."""
+        summary = job.get("summary") or {}
+        flag = (summary.get("triage") or {}).get("flag")
+        return cls(
+            job_id=str(job["id"]),
+            product_id=str(job["product_id"]),
+            hospital_id=str(job["hospital_id"]),
+            state=str(job["state"]),
+            ready_at=job.get("ready_at"),
+            ended_at=job.get("ended_at"),
+            ai_positive={"positive": True, "negative": False}.get(str(flag)) if flag else None,
+        )
+
+
+class Feedback(BaseModel):
+    """A radiologist's feedback on one job's result."""
+
+    job_id: str
+    agreement: Agreement
+    radiologist_positive: bool | None = Field(
+        default=None, description="The radiologist's verdict: is the finding there?"
+    )
+
+
+class EligibleCount(BaseModel):
+    """How many studies at a hospital matched the product's criteria (from its gateway)."""
+
+    product_id: str
+    hospital_id: str
+    studies: int = Field(ge=0)
+
+
+class Proportion(BaseModel):
+    """k of n, with a Wilson 95 % confidence interval (None when n is 0)."""
+
+    numerator: int
+    denominator: int
+    value: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+    @classmethod
+    def of(cls, numerator: int, denominator: int) -> Proportion:
+        if denominator <= 0:
+            return cls(
+                numerator=numerator, denominator=denominator, value=None, ci_low=None, ci_high=None
+            )
+        value = numerator / denominator
+        if not 0 <= numerator <= denominator:  # e.g. more studies routed than counted eligible
+            return cls(
+                numerator=numerator, denominator=denominator, value=value, ci_low=None, ci_high=None
+            )
+        from scipy.stats import binomtest  # scipy.stats takes a second to import: only when used
+
+        interval = binomtest(numerator, denominator).proportion_ci(method="wilson")
+        return cls(
+            numerator=numerator,
+            denominator=denominator,
+            value=value,
+            ci_low=float(interval.low),
+            ci_high=float(interval.high),
+        )
+
+
+class ProductEvaluation(BaseModel):
+    """One product at one hospital (or nationally, hospital_id == NATIONAL)."""
+
+    product_id: str
+    hospital_id: str
+    volume: int
+    eligible: int | None
+    uptake: Proportion | None
+    completed: int
+    failed: int
+    failure_rate: Proportion
+    turnaround_p50_seconds: float | None
+    turnaround_p95_seconds: float | None
+    feedback: int
+    agree: Proportion
+    partly: Proportion
+    disagree: Proportion
+    sensitivity: Proportion
+    ppv: Proportion
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0–100) by linear interpolation; None for no values."""
+    if not values:
+        return None
+    return float(np.percentile(np.asarray(values, dtype=float), q))
+
+
+def turnaround_seconds(job: JobRecord) -> float | None:
+    """Ready → completed, in seconds; None for a job that did not complete."""
+    if job.state != JobState.completed.value or job.ready_at is None or job.ended_at is None:
+        return None
+    return (job.ended_at - job.ready_at).total_seconds()
+
+
+def evaluate(
+    jobs: Iterable[JobRecord],
+    feedback: Iterable[Feedback] = (),
+    eligible: Iterable[EligibleCount] = (),
+) -> list[ProductEvaluation]:
+    """Per product × hospital, then each product nationally; ordered by product, hospital."""
+    job_list = list(jobs)
+    by_job = {f.job_id: f for f in feedback}
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    for row in eligible:
+        counts[(row.product_id, row.hospital_id)] += row.studies
+    groups: dict[tuple[str, str], list[JobRecord]] = defaultdict(list)
+    for job in job_list:
+        groups[(job.product_id, job.hospital_id)].append(job)
+    rows = []
+    for product_id, hospital_id in sorted(groups):
+        count = counts.get((product_id, hospital_id))
+        rows.append(
+            _evaluate(product_id, hospital_id, groups[(product_id, hospital_id)], by_job, count)
+        )
+    for product_id in sorted({p for p, _h in groups}):
+        pooled = [j for j in job_list if j.product_id == product_id]
+        reporting = {h for (p, h) in counts if p == product_id}
+        national = _evaluate(product_id, NATIONAL, pooled, by_job, None)
+        if reporting:
+            routed = sum(1 for j in pooled if j.hospital_id in reporting)
+            total = sum(n for (p, _h), n in counts.items() if p == product_id)
+            national.eligible = total
+            national.uptake = Proportion.of(routed, total)
+        rows.append(national)
+    return rows
+
+
+def _evaluate(
+    product_id: str,
+    hospital_id: str,
+    jobs: list[JobRecord],
+    feedback: Mapping[str, Feedback],
+    eligible: int | None,
+) -> ProductEvaluation:
+    completed = sum(1 for j in jobs if j.state == JobState.completed.value)
+    failed = sum(1 for j in jobs if j.state in _FAILED)
+    ended = sum(1 for j in jobs if j.state in _ENDED)
+    times = [t for j in jobs if (t := turnaround_seconds(j)) is not None]
+    notes = [feedback[j.job_id] for j in jobs if j.job_id in feedback]
+    tally = {a: sum(1 for f in notes if f.agreement == a) for a in Agreement}
+    tp = fn = fp = 0
+    for job in jobs:
+        note = feedback.get(job.job_id)
+        if note is None or note.radiologist_positive is None or job.ai_positive is None:
+            continue
+        if note.radiologist_positive and job.ai_positive:
+            tp += 1
+        elif note.radiologist_positive:
+            fn += 1
+        elif job.ai_positive:
+            fp += 1
+    return ProductEvaluation(
+        product_id=product_id,
+        hospital_id=hospital_id,
+        volume=len(jobs),
+        eligible=eligible,
+        uptake=None if eligible is None else Proportion.of(len(jobs), eligible),
+        completed=completed,
+        failed=failed,
+        failure_rate=Proportion.of(failed, ended),
+        turnaround_p50_seconds=percentile(times, 50),
+        turnaround_p95_seconds=percentile(times, 95),
+        feedback=len(notes),
+        agree=Proportion.of(tally[Agreement.agree], len(notes)),
+        partly=Proportion.of(tally[Agreement.partly], len(notes)),
+        disagree=Proportion.of(tally[Agreement.disagree], len(notes)),
+        sensitivity=Proportion.of(tp, tp + fn),
+        ppv=Proportion.of(tp, tp + fp),
+    )

@@ -1,0 +1,129 @@
+"""Evaluation in practice against small cases computed by hand."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from aifi.governance.evaluation import (
+    NATIONAL,
+    Agreement,
+    EligibleCount,
+    Feedback,
+    JobRecord,
+    Proportion,
+    evaluate,
+    percentile,
+)
+
+T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+
+
+def job(
+    job_id: str,
+    hospital: str,
+    state: str,
+    seconds: float | None = None,
+    positive: bool | None = None,
+) -> JobRecord:
+    return JobRecord(
+        job_id=job_id,
+        product_id="ich",
+        hospital_id=hospital,
+        state=state,
+        ready_at=T0,
+        ended_at=None if seconds is None else T0 + timedelta(seconds=seconds),
+        ai_positive=positive,
+    )
+
+
+JOBS = [
+    job("a1", "h-a", "completed", 10, True),  # radiologist: positive  -> TP
+    job("a2", "h-a", "completed", 20, True),  # radiologist: negative  -> FP
+    job("a3", "h-a", "completed", 30, False),  # radiologist: positive -> FN
+    job("a4", "h-a", "completed", 40, False),  # radiologist: negative -> TN
+    job("a5", "h-a", "failed", 5),
+    job("a6", "h-a", "cancelled", 1),
+    job("b1", "h-b", "completed", 50, True),  # TP
+    job("b2", "h-b", "completed", 60, True),  # TP
+    job("b3", "h-b", "expired"),
+]
+FEEDBACK = [
+    Feedback(job_id="a1", agreement=Agreement.agree, radiologist_positive=True),
+    Feedback(job_id="a2", agreement=Agreement.disagree, radiologist_positive=False),
+    Feedback(job_id="a3", agreement=Agreement.partly, radiologist_positive=True),
+    Feedback(job_id="a4", agreement=Agreement.agree, radiologist_positive=False),
+    Feedback(job_id="b1", agreement=Agreement.agree, radiologist_positive=True),
+    Feedback(job_id="b2", agreement=Agreement.agree, radiologist_positive=True),
+]
+ELIGIBLE = [EligibleCount(product_id="ich", hospital_id="h-a", studies=12)]
+
+
+@pytest.fixture
+def rows() -> dict[str, object]:
+    return {row.hospital_id: row for row in evaluate(JOBS, FEEDBACK, ELIGIBLE)}
+
+
+def test_one_row_per_hospital_then_national(rows: dict) -> None:
+    assert list(rows) == ["h-a", "h-b", NATIONAL]
+
+
+def test_volume_uptake_and_failure_rate(rows: dict) -> None:
+    a, b, national = rows["h-a"], rows["h-b"], rows[NATIONAL]
+    assert (a.volume, a.completed, a.failed) == (6, 4, 1)
+    assert a.uptake.value == 0.5 and a.eligible == 12  # 6 routed of 12 eligible
+    assert a.failure_rate.value == 1 / 5  # cancelled is left out of the denominator
+    assert b.uptake is None and b.failure_rate.value == 1 / 3  # expired counts as failed
+    # Nationally, uptake pools only the hospitals that report eligible studies.
+    assert national.volume == 9 and national.uptake.value == 0.5
+    assert national.failure_rate.value == 2 / 8
+
+
+def test_turnaround_percentiles(rows: dict) -> None:
+    a, national = rows["h-a"], rows[NATIONAL]
+    assert a.turnaround_p50_seconds == 25.0  # halfway between 20 and 30
+    assert a.turnaround_p95_seconds == pytest.approx(38.5)  # 30 + 0.85 * (40 - 30)
+    assert national.turnaround_p50_seconds == 35.0  # of 10, 20, 30, 40, 50, 60
+    assert percentile([], 95) is None
+
+
+def test_agreement_sensitivity_and_ppv(rows: dict) -> None:
+    a, b, national = rows["h-a"], rows["h-b"], rows[NATIONAL]
+    assert (a.agree.value, a.partly.value, a.disagree.value) == (0.5, 0.25, 0.25)
+    assert (a.sensitivity.numerator, a.sensitivity.denominator) == (1, 2)
+    assert (a.ppv.numerator, a.ppv.denominator) == (1, 2)
+    assert b.sensitivity.value == 1.0 and b.ppv.value == 1.0
+    assert national.sensitivity.value == 3 / 4 and national.ppv.value == 3 / 4
+
+
+def test_proportions_carry_a_wilson_interval() -> None:
+    k, n, z = 3, 4, 1.959963984540054
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    interval = Proportion.of(k, n)
+    assert interval.ci_low == pytest.approx(centre - half)
+    assert interval.ci_high == pytest.approx(centre + half)
+    empty = Proportion.of(0, 0)
+    assert empty.value is None and empty.ci_low is None
+
+
+def test_job_record_from_the_api_reads_the_triage_flag() -> None:
+    api_job = {
+        "id": "j1",
+        "product_id": "ich",
+        "hospital_id": "h-a",
+        "state": "completed",
+        "ready_at": "2026-03-02T08:00:00Z",
+        "ended_at": "2026-03-02T08:00:42Z",
+        "summary": {"triage": {"flag": "positive", "priority": "high"}},
+    }
+    record = JobRecord.from_job(api_job)
+    assert record.ai_positive is True
+    assert record.ended_at is not None and record.ready_at is not None
+    assert (record.ended_at - record.ready_at).total_seconds() == 42
+    assert JobRecord.from_job({**api_job, "summary": None}).ai_positive is None
+    negative = {**api_job, "summary": {"triage": {"flag": "negative"}}}
+    assert JobRecord.from_job(negative).ai_positive is False

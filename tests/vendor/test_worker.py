@@ -1,0 +1,99 @@
+"""The vendor SDK's worker loop: a product's failures and refused results reach the hospital
+as a failed job with a reason, and the worker lives on."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from aifi.dicom.deid import Deidentifier, PseudonymKey
+from aifi.phantoms import write_study
+from aifi.products import tissue_volume
+from aifi.vendor import JobContext, ProductError, ProductResult, ResultFile, VendorClient, Worker
+from support.national import HOSPITAL, VENDOR, National, national_path
+
+PRODUCT = "worker-test-product"
+
+
+@pytest.fixture
+def national(tmp_path: Path) -> Iterator[National]:
+    with national_path(tmp_path) as path:
+        vendor = VendorClient(path.exchange.url, path.vendor_key)
+        vendor.register_product({**tissue_volume.manifest(VENDOR), "id": PRODUCT})
+        vendor.close()
+        with path.api() as api:
+            api.post("/subscriptions", json={"product_id": PRODUCT}).raise_for_status()
+        yield path
+
+
+def submit_study(national: National, folder: Path) -> str:
+    """A pseudonymised phantom uploaded as a ready job, as a gateway would; returns its id."""
+    write_study("ct-head", folder / "raw", seed=1, size="small")
+    engine = Deidentifier(PseudonymKey(b"k" * 32))
+    files = []
+    for path in sorted((folder / "raw").rglob("*.dcm")):
+        target = folder / "pseudo" / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        engine.deidentify_file(path, target)
+        files.append(target)
+    study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    with national.api() as api:
+        job = api.post(
+            "/jobs", json={"product_id": PRODUCT, "study_uid": study_uid, "idempotency_key": "k"}
+        ).json()
+        for path in files:
+            uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+            api.put(f"/jobs/{job['id']}/inputs/{uid}", content=path.read_bytes()).raise_for_status()
+        api.post(f"/jobs/{job['id']}/ready", json={"instances": len(files)}).raise_for_status()
+    return str(job["id"])
+
+
+def run_one(national: National, handler: object, tmp_path: Path) -> dict[str, object]:
+    client = VendorClient(national.exchange.url, national.vendor_key)
+    worker = Worker(client, handler, product_ids=[PRODUCT], workdir=tmp_path)  # type: ignore[arg-type]
+    job_id = worker.run_once(wait_seconds=10)
+    client.close()
+    assert job_id is not None
+    with national.api() as api:
+        return dict(api.get(f"/jobs/{job_id}").json())
+
+
+def test_a_result_the_exchange_refuses_fails_the_job_with_its_reason(
+    national: National, tmp_path: Path
+) -> None:
+    submit_study(national, tmp_path / "study")
+
+    def echo_input(context: JobContext) -> ProductResult:
+        # An input image sent back as a "result": valid DICOM, but not a result object.
+        copy = context.output_dir / "echo.dcm"
+        shutil.copyfile(context.inputs[0], copy)
+        return ProductResult(files=[ResultFile(copy)])
+
+    job = run_one(national, echo_input, tmp_path)
+    assert job["state"] == "failed"
+    assert "the exchange refused the result" in str(job["reason"])
+    assert "accepted-sop-class" in str(job["reason"])
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (ProductError("no brain in the field of view"), "no brain in the field of view"),
+        (ZeroDivisionError("division by zero"), "ZeroDivisionError: division by zero"),
+    ],
+)
+def test_a_product_that_raises_fails_the_job_and_not_the_worker(
+    national: National, tmp_path: Path, error: Exception, expected: str
+) -> None:
+    submit_study(national, tmp_path / "study")
+
+    def broken(_context: JobContext) -> ProductResult:
+        raise error
+
+    job = run_one(national, broken, tmp_path)
+    assert job["state"] == "failed" and job["reason"] == expected
+    assert job["hospital_id"] == HOSPITAL

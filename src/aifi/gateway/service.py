@@ -29,7 +29,6 @@ from aifi.gateway.dimse import (
     tighten_polling,
 )
 from aifi.gateway.exchange_client import GatewayClient
-from aifi.gateway.key_image import render_result_key_image
 from aifi.gateway.notify import Notifier, OriginalStudy, build_notice
 from aifi.gateway.pseudonymise import NothingToSend, pseudonymise_and_send
 from aifi.gateway.reidentify import ReidentificationError, reidentify_file
@@ -37,6 +36,7 @@ from aifi.gateway.routing import route_study
 from aifi.gateway.state import GatewayState, ReceivedInstance
 from aifi.gateway.vault import Vault
 from aifi.http import ExchangeHTTPError
+from aifi.results.key_image import render_result_key_image
 from aifi.results.summary import ResultSummary
 
 log = logging.getLogger(__name__)

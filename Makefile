@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages that the tests talk to as real peers.
-PEERS := orthanc dcmtk dicom3tools
+PEERS := orthanc dcmtk dicom3tools postgresql nginx chromium
 
 .PHONY: demo test lint peers venv clean bench
 

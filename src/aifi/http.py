@@ -59,14 +59,19 @@ class ApiClient:
     def close(self) -> None:
         self._http.close()
 
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def request(
+        self, method: str, path: str, *, body_path: Path | None = None, **kwargs: Any
+    ) -> httpx.Response:
         """Send, retrying connection failures and 502/503/504 with backoff.
 
         Only idempotent calls go through here (every exchange call is, by key), so a retry
-        never doubles anything.
+        never doubles anything. A file body is given as `body_path` and streamed afresh on
+        every attempt (a generator would be spent after the first).
         """
         delay = 0.2
         for attempt in range(self._retries + 1):
+            if body_path is not None:
+                kwargs["content"] = file_chunks(body_path)
             try:
                 response = self._http.request(method, path, **kwargs)
             except httpx.TransportError:
@@ -80,19 +85,35 @@ class ApiClient:
         raise AssertionError("unreachable")
 
     def download(self, path: str, target: Path, headers: dict[str, str] | None = None) -> int:
-        """Stream a response body to `target` (written whole or not at all); returns its size."""
+        """Stream a response body to `target` (written whole or not at all); returns its size.
+
+        A broken connection or a 502/503/504 starts the download again from the beginning.
+        """
         partial = target.with_name(target.name + ".part")
-        size = 0
-        with self._http.stream("GET", path, headers=headers) as response:
-            if response.status_code >= 400:
-                response.read()
-                checked(response, "GET", path)
-            with partial.open("wb") as out:
-                for chunk in response.iter_bytes(CHUNK):
-                    out.write(chunk)
-                    size += len(chunk)
-        partial.replace(target)
-        return size
+        delay = 0.2
+        for attempt in range(self._retries + 1):
+            size = 0
+            try:
+                with self._http.stream("GET", path, headers=headers) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        if response.status_code in TRANSIENT and attempt < self._retries:
+                            raise httpx.TransportError(f"{response.status_code} from the exchange")
+                        checked(response, "GET", path)
+                    with partial.open("wb") as out:
+                        for chunk in response.iter_bytes(CHUNK):
+                            out.write(chunk)
+                            size += len(chunk)
+            except httpx.TransportError:
+                partial.unlink(missing_ok=True)
+                if attempt == self._retries:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            partial.replace(target)
+            return size
+        raise AssertionError("unreachable")
 
 
 def checked(response: httpx.Response, method: str, path: str) -> httpx.Response:

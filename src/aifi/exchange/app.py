@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.concurrency import run_in_threadpool
 
 import aifi
 from aifi.exchange.errors import ExchangeError
+from aifi.exchange.metrics import ExchangeMetrics, MetricsMiddleware
+from aifi.exchange.retention import Retention
 from aifi.exchange.routers import (
     audit,
     data,
@@ -24,6 +29,8 @@ from aifi.exchange.routers import (
 from aifi.exchange.services import Services, build_services
 from aifi.exchange.settings import ExchangeSettings
 
+log = logging.getLogger(__name__)
+
 #: How often held jobs are checked for a lease that ran out.
 LEASE_SWEEP_SECONDS = 1.0
 
@@ -33,17 +40,26 @@ def create_app(
 ) -> FastAPI:
     """An exchange on `settings` (from the environment when omitted)."""
     services = services or build_services(settings or ExchangeSettings())
+    metrics = ExchangeMetrics(services.db)
+    retention = Retention(
+        services.db, services.blobs, services.audit, services.settings, metrics=metrics
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services.notifier.bind(asyncio.get_running_loop())
-        sweeper = asyncio.create_task(_sweep_leases(services))
+        sweepers = [
+            asyncio.create_task(_every(LEASE_SWEEP_SECONDS, services.jobs.expire_leases)),
+            asyncio.create_task(_every(services.settings.retention_sweep_seconds, retention.sweep)),
+        ]
         try:
             yield
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            for sweeper in sweepers:
+                sweeper.cancel()
+            for sweeper in sweepers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
 
     app = FastAPI(
         title="AIFI exchange",
@@ -52,10 +68,31 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.services = services
+    app.state.metrics = metrics
+    app.state.retention = retention
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     @app.exception_handler(ExchangeError)
     async def _exchange_error(_request: Request, exc: ExchangeError) -> JSONResponse:
         return JSONResponse({"detail": exc.message}, status_code=exc.status)
+
+    async def _database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+        # A database restart or failover, a busy SQLite file, an exhausted pool: transient.
+        # 503 tells the gateway and the vendor SDK to retry; nothing was half-applied, since
+        # every change is one transaction.
+        return JSONResponse(
+            {"detail": "the exchange's database is unavailable; retry shortly"},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+
+    for transient in (OperationalError, InterfaceError, PoolTimeout):
+        app.add_exception_handler(transient, _database_unavailable)
+
+    @app.get("/metrics", tags=["health"], response_class=Response)
+    def prometheus_metrics() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
@@ -66,8 +103,11 @@ def create_app(
     return app
 
 
-async def _sweep_leases(services: Services) -> None:
+async def _every(seconds: float, task: Callable[[], object]) -> None:
+    """Run `task` in a worker thread every `seconds`; a failure waits for the next round."""
     while True:
-        await asyncio.sleep(LEASE_SWEEP_SECONDS)
-        with contextlib.suppress(Exception):
-            await run_in_threadpool(services.jobs.expire_leases)
+        await asyncio.sleep(seconds)
+        try:
+            await run_in_threadpool(task)
+        except Exception:
+            log.warning("periodic %s failed", getattr(task, "__qualname__", task), exc_info=True)

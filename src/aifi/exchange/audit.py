@@ -13,13 +13,15 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from aifi.exchange.clock import as_utc, utcnow
 from aifi.exchange.db import Database
 from aifi.exchange.models import AuditEntry
 
 GENESIS = "0" * 64
+#: Advisory-lock key that makes appends to the chain one at a time across all replicas.
+CHAIN_LOCK = 0x41494649_0002
 
 
 def entry_digest(entry: AuditEntry) -> str:
@@ -45,6 +47,13 @@ class Actor:
 
 
 class AuditLog:
+    """Appends to the chain one at a time.
+
+    In one process a lock is enough; with replicas on PostgreSQL each append also takes a
+    transaction-scoped advisory lock before it reads the chain's head, so two replicas never
+    chain two entries to the same predecessor.
+    """
+
     def __init__(self, db: Database) -> None:
         self._db = db
         self._lock = threading.Lock()
@@ -62,6 +71,8 @@ class AuditLog:
     ) -> None:
         """Append one entry in its own transaction, chained to the newest one."""
         with self._lock, self._db.session() as session:
+            if self._db.is_postgresql:
+                session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK})
             last = session.scalars(
                 select(AuditEntry.entry_hash).order_by(AuditEntry.id.desc()).limit(1)
             ).first()

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
 
+from starlette.concurrency import run_in_threadpool
+
 from aifi.exchange.errors import ExchangeError, StorageFull
 
 CHUNK = 1024 * 1024
@@ -52,6 +54,43 @@ class BlobStore(Protocol):
     def delete(self, key: str) -> None: ...
 
 
+async def spool(
+    chunks: AsyncIterator[bytes], folder: Path, max_bytes: int | None = None
+) -> TempBlob:
+    """Write an upload to a temporary file in `folder`, hashing it on the way; fsync'd.
+
+    A full disk becomes :class:`StorageFull` (HTTP 507) and leaves nothing behind, so the
+    uploader learns why and may retry later; blobs already committed are never touched.
+    """
+    digest = hashlib.sha256()
+    size = 0
+    path: Path | None = None
+    try:
+        fd, name = tempfile.mkstemp(dir=folder, suffix=".part")
+        path = Path(name)
+        with os.fdopen(fd, "wb", buffering=CHUNK) as out:
+            async for chunk in chunks:
+                size += len(chunk)
+                if max_bytes is not None and size > max_bytes:
+                    raise UploadTooLarge(f"upload exceeds the limit of {max_bytes} bytes")
+                digest.update(chunk)
+                out.write(chunk)
+            out.flush()
+            # fsync can take seconds for a large study: keep it off the event loop.
+            await run_in_threadpool(os.fsync, out.fileno())
+    except OSError as exc:
+        if path is not None:
+            path.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StorageFull("the exchange's blob store is full; nothing was stored") from exc
+        raise
+    except BaseException:
+        if path is not None:
+            path.unlink(missing_ok=True)
+        raise
+    return TempBlob(path=path, size=size, sha256=digest.hexdigest())
+
+
 class LocalBlobStore:
     """Blobs as files under one folder: the embedded default."""
 
@@ -67,29 +106,7 @@ class LocalBlobStore:
         return path
 
     async def receive(self, chunks: AsyncIterator[bytes], max_bytes: int | None = None) -> TempBlob:
-        digest = hashlib.sha256()
-        size = 0
-        fd, name = tempfile.mkstemp(dir=self.incoming, suffix=".part")
-        path = Path(name)
-        try:
-            with os.fdopen(fd, "wb", buffering=CHUNK) as out:
-                async for chunk in chunks:
-                    size += len(chunk)
-                    if max_bytes is not None and size > max_bytes:
-                        raise UploadTooLarge(f"upload exceeds the limit of {max_bytes} bytes")
-                    digest.update(chunk)
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-        except OSError as exc:
-            path.unlink(missing_ok=True)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StorageFull("the exchange's blob store is full; nothing was stored") from exc
-            raise
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
-        return TempBlob(path=path, size=size, sha256=digest.hexdigest())
+        return await spool(chunks, self.incoming, max_bytes)
 
     def commit(self, temp: TempBlob, key: str) -> None:
         target = self._path(key)
@@ -115,8 +132,16 @@ class LocalBlobStore:
 
 
 def open_blob_store(url: str) -> BlobStore:
-    """A store for `AIFI_BLOB_URL`: `file:///path` (default) — object stores come later."""
+    """A store for `AIFI_BLOB_URL`.
+
+    `file:///path` (the default) keeps blobs in a local folder; `s3://bucket?endpoint=…` in
+    any S3-compatible object store (see :mod:`aifi.exchange.blobs_s3` for the parameters).
+    """
     parsed = urlparse(url)
     if parsed.scheme in ("file", ""):
         return LocalBlobStore(Path(parsed.path))
+    if parsed.scheme == "s3":
+        from aifi.exchange.blobs_s3 import S3BlobStore
+
+        return S3BlobStore.from_url(url)
     raise ValueError(f"unsupported blob store URL scheme {parsed.scheme!r} in AIFI_BLOB_URL")

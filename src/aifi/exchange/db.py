@@ -1,4 +1,9 @@
-"""Database engine, sessions and schema migrations for the exchange."""
+"""Database engine, sessions and schema migrations for the exchange.
+
+The same SQLAlchemy models run on an embedded SQLite file (one machine) and on PostgreSQL
+(replicas behind a load balancer); `AIFI_DATABASE_URL` picks the backend and nothing else
+changes. The few places where the two differ ask :attr:`Database.is_postgresql`.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +14,31 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
+#: Advisory-lock key that serialises schema upgrades when several replicas start at once.
+MIGRATION_LOCK = 0x41494649_0001
+
+
+def normalised_url(url: str) -> str:
+    """`postgres://` and `postgresql://` mean psycopg 3, the driver the exchange ships with."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url.removeprefix(prefix)
+    return url
+
 
 def make_engine(url: str) -> Engine:
-    """An engine tuned for the backend: SQLite gets WAL and a busy timeout for many threads."""
+    """An engine tuned for the backend: SQLite gets WAL and a busy timeout for many threads.
+
+    PostgreSQL connections are checked before use (`pool_pre_ping`) so that a database restart
+    costs the requests in flight at that moment, not every pooled connection afterwards.
+    """
+    url = normalised_url(url)
     if url.startswith("sqlite"):
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -32,7 +54,17 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=20,
+        pool_timeout=10,
+        pool_recycle=1800,
+        connect_args=(
+            {"connect_timeout": 5} if make_url(url).get_backend_name() == "postgresql" else {}
+        ),
+    )
 
 
 def alembic_config(url: str) -> Config:
@@ -43,9 +75,15 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade_schema(engine: Engine) -> None:
-    """Bring the database to the newest migration (idempotent; safe on every start)."""
+    """Bring the database to the newest migration (idempotent; safe on every start).
+
+    On PostgreSQL the upgrade holds a transaction-scoped advisory lock, so replicas that start
+    together migrate one after the other instead of racing to create the same tables.
+    """
     config = alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 
@@ -57,7 +95,16 @@ class Database:
         self.engine = make_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
+    @property
+    def is_postgresql(self) -> bool:
+        """Row locks (`FOR UPDATE SKIP LOCKED`) and advisory locks are available."""
+        return self.engine.dialect.name == "postgresql"
+
     @contextmanager
     def session(self) -> Iterator[Session]:
         with self.sessions() as session, session.begin():
             yield session
+
+    def dispose(self) -> None:
+        """Close pooled connections (a replica shutting down, a test tearing down)."""
+        self.engine.dispose()

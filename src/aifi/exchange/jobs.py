@@ -11,7 +11,7 @@ import uuid
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import Select, and_, select, update
 from sqlalchemy.orm import Session
 
 from aifi.exchange.audit import Actor, AuditLog
@@ -255,7 +255,13 @@ class JobService:
     # vendor side ---------------------------------------------------------------------------
 
     def claim(self, actor: Actor, body: ClaimIn) -> tuple[Job, str] | None:
-        """Take the most urgent ready job for the vendor's products, with a fresh lease."""
+        """Take the most urgent ready job for the vendor's products, with a fresh lease.
+
+        On PostgreSQL the job row is picked and taken in one transaction with
+        `SELECT … FOR UPDATE SKIP LOCKED`: concurrent claims on any replica each lock a
+        different row and never wait on one another. SQLite has one writer at a time, so there
+        the claim is a compare-and-set on the candidate's state.
+        """
         if actor.role != OrganisationKind.vendor:
             raise Forbidden("only vendors claim jobs")
         self.expire_leases()
@@ -270,43 +276,72 @@ class JobService:
                 Product.status.not_in(CLOSED_PRODUCT_STATES),
             )
             .order_by(Job.priority_rank, Job.created_at)
-            .limit(8)
         )
         if body.product_ids:
             query = query.where(Job.product_id.in_(body.product_ids))
+        token = secrets.token_urlsafe(24)
+        if self._db.is_postgresql:
+            job_id = self._take_locked(query, token, lease)
+        else:
+            job_id = self._take_compare_and_set(query, token, lease)
+        if job_id is None:
+            return None
+        job = self.get(actor, job_id, audit=False)
+        self._audit.record(
+            actor,
+            "update",
+            "job",
+            job_id,
+            patient_pseudonym=job.patient_pseudonym,
+            detail=f"claimed, attempt {job.attempts}",
+        )
+        return job, token
+
+    @staticmethod
+    def _lease_values(token: str, lease: timedelta) -> dict[str, Any]:
+        now = utcnow()
+        return {
+            "state": JobState.accepted.value,
+            "lease_token": token,
+            "lease_expires_at": now + lease,
+            "attempts": Job.attempts + 1,
+            "claimed_at": now,
+            "updated_at": now,
+        }
+
+    def _take_locked(self, query: Select, token: str, lease: timedelta) -> str | None:  # type: ignore[type-arg]
+        """PostgreSQL: lock the first free candidate, skipping rows other claims hold."""
+        with self._db.session() as session:
+            job_id = session.scalars(
+                query.limit(1).with_for_update(skip_locked=True, of=Job)
+            ).first()
+            if job_id is None:
+                return None
+            won = _changed(
+                session,
+                update(Job)
+                .where(Job.id == job_id, Job.state == JobState.requested.value)
+                .values(**self._lease_values(token, lease)),
+            )
+        return job_id if won == 1 else None
+
+    def _take_compare_and_set(self, query: Select, token: str, lease: timedelta) -> str | None:  # type: ignore[type-arg]
+        """SQLite: try a few candidates; the `WHERE state = 'requested'` decides who wins."""
         for _ in range(4):
             with self._db.session() as session:
-                candidates = list(session.scalars(query))
+                candidates = list(session.scalars(query.limit(8)))
             if not candidates:
                 return None
             for job_id in candidates:
-                token = secrets.token_urlsafe(24)
-                now = utcnow()
                 with self._db.session() as session:
                     won = _changed(
                         session,
                         update(Job)
                         .where(Job.id == job_id, Job.state == JobState.requested.value)
-                        .values(
-                            state=JobState.accepted.value,
-                            lease_token=token,
-                            lease_expires_at=now + lease,
-                            attempts=Job.attempts + 1,
-                            claimed_at=now,
-                            updated_at=now,
-                        ),
+                        .values(**self._lease_values(token, lease)),
                     )
                 if won == 1:
-                    job = self.get(actor, job_id, audit=False)
-                    self._audit.record(
-                        actor,
-                        "update",
-                        "job",
-                        job_id,
-                        patient_pseudonym=job.patient_pseudonym,
-                        detail=f"claimed, attempt {job.attempts}",
-                    )
-                    return job, token
+                    return job_id
         return None
 
     def _held(self, session: Session, actor: Actor, job_id: str, token: str) -> Job:
@@ -415,18 +450,20 @@ class JobService:
         self._notifier.notify()
 
     def expire_leases(self) -> int:
-        """Put jobs whose lease ran out back in the queue, or end them after too many attempts."""
+        """Put jobs whose lease ran out back in the queue, or end them after too many attempts.
+
+        Every replica sweeps; on PostgreSQL each sweep takes only rows no one else holds
+        (`FOR UPDATE SKIP LOCKED`), so sweeps and claims never wait on or deadlock with one
+        another.
+        """
         now = utcnow()
         max_attempts = self._settings.max_attempts
+        lapsed = (Job.state.in_(HELD_STATES), Job.lease_expires_at < now)
         with self._db.session() as session:
             requeued = _changed(
                 session,
                 update(Job)
-                .where(
-                    Job.state.in_(HELD_STATES),
-                    Job.lease_expires_at < now,
-                    Job.attempts < max_attempts,
-                )
+                .where(self._sweepable(*lapsed, Job.attempts < max_attempts))
                 .values(
                     state=JobState.requested.value,
                     lease_token=None,
@@ -437,11 +474,7 @@ class JobService:
             expired = _changed(
                 session,
                 update(Job)
-                .where(
-                    Job.state.in_(HELD_STATES),
-                    Job.lease_expires_at < now,
-                    Job.attempts >= max_attempts,
-                )
+                .where(self._sweepable(*lapsed, Job.attempts >= max_attempts))
                 .values(
                     state=JobState.expired.value,
                     reason=f"the vendor's lease ran out {max_attempts} times without a result",
@@ -454,3 +487,10 @@ class JobService:
         if requeued or expired:
             self._notifier.notify()
         return requeued + expired
+
+    def _sweepable(self, *conditions: Any) -> Any:
+        """The rows matching `conditions`: directly on SQLite, lock-skipping on PostgreSQL."""
+        if not self._db.is_postgresql:
+            return and_(*conditions)
+        free = select(Job.id).where(*conditions).with_for_update(skip_locked=True)
+        return and_(Job.id.in_(free), *conditions)

@@ -12,7 +12,8 @@ class ExchangeSettings(BaseSettings):
     """Where the exchange keeps its state and how it treats leases.
 
     Defaults are embedded (a SQLite file and a local blob folder under `data_dir`), so one
-    machine needs no servers; `AIFI_DATABASE_URL` and `AIFI_BLOB_URL` move it to shared parts.
+    machine needs no servers; `AIFI_DATABASE_URL` (`postgresql+psycopg://…`) and
+    `AIFI_BLOB_URL` (`s3://bucket?endpoint=…`) move it to shared parts for replicas.
     """
 
     model_config = SettingsConfigDict(env_prefix="AIFI_", extra="ignore")
@@ -29,6 +30,12 @@ class ExchangeSettings(BaseSettings):
     #: If set, the operator organisation's API key (otherwise one is created and written to
     #: `data_dir/operator.key` on first start).
     operator_key: str | None = None
+    #: Seconds after a job ends before its pseudonymised inputs are purged (None keeps them).
+    retain_inputs_seconds: float | None = Field(default=7 * 86400.0, ge=0)
+    #: Seconds after the hospital acknowledged delivery before results are purged (None keeps).
+    retain_results_seconds: float | None = Field(default=30 * 86400.0, ge=0)
+    #: How often each replica looks for data past its retention time.
+    retention_sweep_seconds: float = Field(default=300.0, gt=0)
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -91,6 +91,9 @@ class GatewayConfig(BaseModel):
     calling_ae_title: str = Field(default="AIFI_GW", pattern=AE_TITLE)
     #: Where result notices go: HL7 v2 ORU over MLLP, FHIR R4, a webhook for STAT alerts.
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)
+    #: Serve Prometheus metrics (jobs by state, queue age, turnaround, errors) on this port.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
     #: Parallel uploads of one study's instances.
     upload_threads: int = Field(default=4, ge=1, le=32)
     #: Seconds a result fetch waits at the exchange for an ended job (long-poll).

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aifi.http import ApiClient, file_chunks
+from aifi.http import ApiClient
 
 ENDED = ("completed", "failed", "cancelled", "expired")
 
@@ -50,7 +50,7 @@ class GatewayClient(ApiClient):
         self.request(
             "PUT",
             f"/jobs/{job_id}/inputs/{sop_instance_uid}",
-            content=file_chunks(path),
+            body_path=path,
             headers={"Content-Type": "application/dicom"},
         )
 

@@ -29,6 +29,7 @@ from aifi.gateway.dimse import (
     tighten_polling,
 )
 from aifi.gateway.exchange_client import GatewayClient
+from aifi.gateway.metrics import MetricsServer, start_metrics_server
 from aifi.gateway.notify import Notifier, OriginalStudy, build_notice
 from aifi.gateway.pseudonymise import NothingToSend, pseudonymise_and_send
 from aifi.gateway.reidentify import ReidentificationError, reidentify_file
@@ -85,6 +86,7 @@ class Gateway:
         self.changed = threading.Condition()
         self._threads: list[threading.Thread] = []
         self._server: Any = None
+        self.metrics: MetricsServer | None = None
         self._retry_at: dict[str, float] = {}
 
     # life cycle ----------------------------------------------------------------------------
@@ -100,6 +102,10 @@ class Gateway:
             (evt.EVT_CONN_OPEN, tighten_polling),
         ]
         self._server = start_scp(ae, self.config.dicom.host, self.config.dicom.port, handlers)
+        if self.config.metrics_port is not None:
+            self.metrics = start_metrics_server(
+                self.state, self.config.metrics_port, self.config.metrics_host
+            )
         for name, target in (
             ("assembler", self._assemble_loop),
             ("submitter", self._submit_loop),
@@ -126,6 +132,8 @@ class Gateway:
             self._server.shutdown()
         for thread in self._threads:
             thread.join(timeout=self.config.poll_wait_seconds + 35)
+        if self.metrics is not None:
+            self.metrics.close()
         self.client.close()
         self.notifier.close()
         self.state.close()

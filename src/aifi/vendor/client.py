@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aifi.http import ApiClient, ExchangeHTTPError, LeaseLost, file_chunks
+from aifi.http import ApiClient, ExchangeHTTPError, LeaseLost
 
 __all__ = ["ExchangeHTTPError", "Lease", "LeaseLost", "VendorClient"]
 
@@ -86,7 +86,7 @@ class VendorClient(ApiClient):
         response = self.request(
             "PUT",
             f"/jobs/{lease.job_id}/results/{name}",
-            content=file_chunks(path),
+            body_path=path,
             headers={"X-Lease-Token": lease.token, "Content-Type": media_type},
         )
         return dict(response.json())

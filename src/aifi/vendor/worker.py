@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from aifi.vendor.client import ExchangeHTTPError, Lease, LeaseLost, VendorClient
 
 log = logging.getLogger(__name__)
@@ -105,7 +107,7 @@ class Worker:
             except ExchangeHTTPError as exc:
                 log.warning("exchange error: %s", exc)
                 stop.wait(1.0)
-            except OSError as exc:
+            except (OSError, httpx.TransportError) as exc:
                 log.warning("exchange unreachable: %s", exc)
                 stop.wait(1.0)
 

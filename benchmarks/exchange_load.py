@@ -1,0 +1,461 @@
+"""Benchmark: jobs/s and MB/s through the exchange, and a replica's memory as studies grow.
+
+Four figures, each from real processes on loopback (`aifi exchange` replicas, PostgreSQL from
+the Debian package, nginx in front of the replicas):
+
+1. Small jobs per second — create, upload one pseudonymised instance, ready, claim, fetch the
+   input, upload a result SR, complete, fetch the result, acknowledge — on SQLite (one replica)
+   and on PostgreSQL with one and with three replicas. Hospitals and vendors are threads here.
+2. MB/s up and down: a 100 MB study uploaded and fetched back, on the same three set-ups.
+3. The peak memory (VmHWM) of one replica while it takes and serves studies of 10 MB, 100 MB
+   and 1 GB: uploads and downloads are streamed, so it must stay flat.
+
+Targets (small jobs): one replica at least 50 jobs/s; three replicas at least 1.5× one on a
+2-core machine; memory growth from the 10 MB to the 1 GB study under 64 MB.
+
+    python benchmarks/exchange_load.py [--jobs 300] [--big-mb 1024] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import struct
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pydicom
+from rich.console import Console
+from rich.table import Table
+
+TESTS = Path(__file__).resolve().parent.parent / "tests"
+sys.path.insert(0, str(TESTS))
+
+from aifi.products import tissue_volume  # noqa: E402
+from aifi.vendor import JobContext  # noqa: E402
+from scale.exchange_api import OPERATOR_KEY, pseudonymised_ct  # noqa: E402
+from scale.servers import (  # noqa: E402
+    Nginx,
+    PostgresServer,
+    Replica,
+    free_port,
+    replica_env,
+    start_nginx,
+    start_postgres,
+)
+
+TARGET_JOBS_PER_S = 50.0
+TARGET_SPEEDUP = 1.5
+TARGET_MEMORY_GROWTH_MB = 64.0
+MB = 1024 * 1024
+VENDOR = "bench-vendor"
+HOSPITALS = 4
+THREADS = 8
+
+
+@dataclass
+class SmallStudy:
+    study_uid: str
+    sop_uid: str
+    dicom: bytes
+    sr: bytes
+
+
+@dataclass
+class Deployment:
+    """One set-up under test: its URL and the processes to measure and stop."""
+
+    name: str
+    url: str
+    replicas: list[Replica]
+    nginx: Nginx | None = None
+    hospital_keys: list[str] = field(default_factory=list)
+    vendor_key: str = ""
+
+    def stop(self) -> None:
+        if self.nginx is not None:
+            self.nginx.stop()
+        for replica in self.replicas:
+            replica.stop()
+
+
+def make_small_studies(folder: Path, count: int) -> list[SmallStudy]:
+    """One-slice pseudonymised CTs, each with the SR the reference product makes for it."""
+    studies = []
+    for n in range(count):
+        path = pseudonymised_ct(folder / f"s{n}", slices=1, size=16)[0]
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        out = folder / f"s{n}" / "out"
+        out.mkdir()
+        result = tissue_volume.run(JobContext(job={}, inputs=[path], output_dir=out))
+        studies.append(
+            SmallStudy(
+                str(header.StudyInstanceUID),
+                str(header.SOPInstanceUID),
+                path.read_bytes(),
+                result.files[0].path.read_bytes(),
+            )
+        )
+    return studies
+
+
+def deploy(name: str, folder: Path, database_url: str | None, replicas: int) -> Deployment:
+    """Start `replicas` exchange processes (behind nginx when more than one)."""
+    folder.mkdir(parents=True)
+    env = replica_env(
+        database_url or f"sqlite:///{folder / 'exchange.db'}",
+        f"file://{folder / 'blobs'}",
+        OPERATOR_KEY,
+        retention_sweep_seconds="3600",
+    )
+    started = [Replica(free_port(), _mkdir(folder / f"r{n}"), env) for n in range(replicas)]
+    started[0].start()
+    for replica in started[1:]:
+        replica.launch()
+    for replica in started[1:]:
+        replica.wait_healthy()
+    nginx = start_nginx(folder / "nginx", [r.port for r in started]) if replicas > 1 else None
+    deployment = Deployment(name, nginx.url if nginx else started[0].url, started, nginx)
+    with httpx.Client(base_url=deployment.url, headers=_auth(OPERATOR_KEY), timeout=30) as op:
+        deployment.hospital_keys = [_org(op, f"hospital-{n}", "hospital") for n in range(HOSPITALS)]
+        deployment.vendor_key = _org(op, VENDOR, "vendor")
+    httpx.post(
+        deployment.url + "/products",
+        json=tissue_volume.manifest(VENDOR),
+        headers=_auth(deployment.vendor_key),
+    ).raise_for_status()
+    for key in deployment.hospital_keys:
+        httpx.post(
+            deployment.url + "/subscriptions",
+            json={"product_id": tissue_volume.PRODUCT_ID},
+            headers=_auth(key),
+        ).raise_for_status()
+    return deployment
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True)
+    return path
+
+
+def _auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _org(client: httpx.Client, org_id: str, kind: str) -> str:
+    answer = client.post("/organisations", json={"id": org_id, "name": org_id, "kind": kind})
+    answer.raise_for_status()
+    return str(answer.json()["api_key"])
+
+
+# 1. small jobs -------------------------------------------------------------------------------
+
+
+def small_jobs(deployment: Deployment, studies: list[SmallStudy]) -> dict[str, float]:
+    """Push every study through as a job; jobs/s from the first create to the last ack."""
+    by_study = {s.study_uid: s for s in studies}
+    todo = list(enumerate(studies))
+    lock = threading.Lock()
+    acknowledged = threading.Event()
+    counts = {"acked": 0}
+    total = len(studies)
+
+    def hospital(index: int) -> None:
+        key = deployment.hospital_keys[index % HOSPITALS]
+        with httpx.Client(base_url=deployment.url, headers=_auth(key), timeout=60) as api:
+            while True:
+                with lock:
+                    if not todo:
+                        return
+                    n, study = todo.pop()
+                job = api.post(
+                    "/jobs",
+                    json={
+                        "product_id": tissue_volume.PRODUCT_ID,
+                        "study_uid": study.study_uid,
+                        "patient_pseudonym": "PBENCH",
+                        "idempotency_key": f"bench-{n}",
+                    },
+                ).json()
+                api.put(
+                    f"/jobs/{job['id']}/inputs/{study.sop_uid}", content=study.dicom
+                ).raise_for_status()
+                api.post(f"/jobs/{job['id']}/ready", json={"instances": 1}).raise_for_status()
+
+    def vendor() -> None:
+        with httpx.Client(
+            base_url=deployment.url, headers=_auth(deployment.vendor_key), timeout=60
+        ) as api:
+            while not acknowledged.is_set():
+                claim = api.post("/jobs/claim", json={"wait_seconds": 1})
+                if claim.status_code == 204:
+                    continue
+                claim.raise_for_status()
+                job, token = claim.json()["job"], claim.json()["lease_token"]
+                study = by_study[job["study_uid"]]
+                lease = {"X-Lease-Token": token}
+                api.get(
+                    f"/jobs/{job['id']}/inputs/{study.sop_uid}", headers=lease
+                ).raise_for_status()
+                api.put(
+                    f"/jobs/{job['id']}/results/sr.dcm", content=study.sr, headers=lease
+                ).raise_for_status()
+                api.post(
+                    f"/jobs/{job['id']}/complete", json={"lease_token": token}
+                ).raise_for_status()
+
+    def collector(index: int) -> None:
+        key = deployment.hospital_keys[index]
+        with httpx.Client(base_url=deployment.url, headers=_auth(key), timeout=60) as api:
+            while not acknowledged.is_set():
+                ended = api.get(
+                    "/jobs",
+                    params={"state": "completed", "acknowledged": "false", "wait": 1, "limit": 50},
+                ).json()
+                for job in ended:
+                    api.get(f"/jobs/{job['id']}/results/sr.dcm").raise_for_status()
+                    api.post(f"/jobs/{job['id']}/acknowledge").raise_for_status()
+                    with lock:
+                        counts["acked"] += 1
+                        if counts["acked"] == total:
+                            acknowledged.set()
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=THREADS * 2 + HOSPITALS) as pool:
+        futures = [pool.submit(hospital, n) for n in range(THREADS)]
+        futures += [pool.submit(vendor) for _ in range(THREADS)]
+        futures += [pool.submit(collector, n) for n in range(HOSPITALS)]
+        for future in futures:
+            future.result()
+    elapsed = time.perf_counter() - started
+    return {"jobs": total, "seconds": round(elapsed, 2), "jobs_per_s": round(total / elapsed, 1)}
+
+
+# 2. bulk transfer ----------------------------------------------------------------------------
+
+
+def write_big_instance(path: Path, study_uid: str, series_uid: str, size: int) -> str:
+    """A pseudonymised multi-frame CT of about `size` bytes, its pixel data written in chunks
+    so that making a 256 MB file costs no more memory than a 1 MB one."""
+    template = pseudonymised_ct(path.parent / f".t-{path.name}", slices=1, size=16)[0]
+    ds = pydicom.dcmread(template)
+    del ds.PixelData
+    frames = max(1, size // (512 * 512 * 2))
+    ds.Rows = ds.Columns = 512
+    ds.NumberOfFrames = frames
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    uid = pydicom.uid.generate_uid(prefix="2.25.")
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
+    header = BytesIO()
+    ds.save_as(header, enforce_file_format=True)
+    length = frames * 512 * 512 * 2
+    chunk = os.urandom(MB)
+    with path.open("wb") as out:
+        out.write(header.getvalue())
+        out.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, length))
+        for start in range(0, length, MB):
+            out.write(chunk[: min(MB, length - start)])
+    return uid
+
+
+def file_chunks(path: Path) -> Any:
+    with path.open("rb") as source:
+        while chunk := source.read(MB):
+            yield chunk
+
+
+def big_study(
+    deployment: Deployment, folder: Path, total_mb: int, instance_mb: int, tag: str
+) -> dict[str, float]:
+    """Upload a study of `total_mb` in instances of `instance_mb`, then fetch it as the vendor.
+
+    Returns MB/s each way; every instance fetched must hash to what was sent."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study_uid = pydicom.uid.generate_uid(prefix="2.25.")
+    series_uid = pydicom.uid.generate_uid(prefix="2.25.")
+    files: dict[str, Path] = {}
+    for n in range(max(1, total_mb // instance_mb)):
+        path = folder / f"{tag}-{n}.dcm"
+        files[write_big_instance(path, study_uid, series_uid, instance_mb * MB)] = path
+    sent = sum(p.stat().st_size for p in files.values())
+    hospital = httpx.Client(
+        base_url=deployment.url, headers=_auth(deployment.hospital_keys[0]), timeout=600
+    )
+    vendor = httpx.Client(
+        base_url=deployment.url, headers=_auth(deployment.vendor_key), timeout=600
+    )
+    try:
+        job = hospital.post(
+            "/jobs",
+            json={
+                "product_id": tissue_volume.PRODUCT_ID,
+                "study_uid": study_uid,
+                "patient_pseudonym": "PBIG",
+                "idempotency_key": f"big-{tag}",
+                "priority": "stat",
+            },
+        ).json()
+        started = time.perf_counter()
+        for uid, path in files.items():
+            hospital.put(
+                f"/jobs/{job['id']}/inputs/{uid}", content=file_chunks(path)
+            ).raise_for_status()
+        up = time.perf_counter() - started
+        hospital.post(f"/jobs/{job['id']}/ready", json={"instances": len(files)}).raise_for_status()
+        claim = vendor.post("/jobs/claim", json={"wait_seconds": 5}).json()
+        assert claim["job"]["id"] == job["id"], "the stat job comes first"
+        lease = {"X-Lease-Token": claim["lease_token"]}
+        started = time.perf_counter()
+        for uid, path in files.items():
+            digest = hashlib.sha256()
+            with vendor.stream("GET", f"/jobs/{job['id']}/inputs/{uid}", headers=lease) as body:
+                body.raise_for_status()
+                for chunk in body.iter_bytes(MB):
+                    digest.update(chunk)
+            assert digest.hexdigest() == _sha256(path), f"instance {uid} changed in transit"
+        down = time.perf_counter() - started
+        vendor.post(
+            f"/jobs/{job['id']}/fail",
+            json={"lease_token": claim["lease_token"], "reason": "benchmark"},
+        ).raise_for_status()
+    finally:
+        hospital.close()
+        vendor.close()
+        for path in files.values():
+            path.unlink()
+    return {
+        "mb": round(sent / MB, 1),
+        "upload_mb_per_s": round(sent / MB / up, 1),
+        "download_mb_per_s": round(sent / MB / down, 1),
+    }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    for chunk in file_chunks(path):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's high-water mark of resident memory (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for process {pid}")
+
+
+# main ----------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--jobs", type=int, default=300, help="small jobs per set-up")
+    parser.add_argument("--bulk-mb", type=int, default=100, help="study size for MB/s")
+    parser.add_argument("--big-mb", type=int, default=1024, help="largest study for memory")
+    parser.add_argument("--json", type=Path, help="write the figures and targets here")
+    args = parser.parse_args()
+    console = Console()
+    work = Path(tempfile.mkdtemp(prefix="aifi-bench-"))
+    console.print(f"making {args.jobs} small studies and their results …")
+    studies = make_small_studies(work / "studies", args.jobs)
+    postgres: PostgresServer = start_postgres()
+    figures: dict[str, Any] = {"jobs": args.jobs, "cpus": os.cpu_count()}
+    try:
+        for name, use_postgres, replicas in (
+            ("sqlite_1", False, 1),
+            ("postgresql_1", True, 1),
+            ("postgresql_3", True, 3),
+        ):
+            database = postgres.create_database(name) if use_postgres else None
+            deployment = deploy(name, work / name, database, replicas)
+            try:
+                console.print(f"{name}: small jobs …")
+                figures[name] = small_jobs(deployment, studies)
+                console.print(f"{name}: a {args.bulk_mb} MB study up and down …")
+                figures[name].update(
+                    big_study(deployment, work / "bulk", args.bulk_mb, 10, f"bulk-{name}")
+                )
+            finally:
+                deployment.stop()
+        figures["memory"] = memory_growth(work / "memory", args.big_mb, console)
+    finally:
+        postgres.destroy()
+        shutil.rmtree(work, ignore_errors=True)
+
+    one = figures["postgresql_1"]["jobs_per_s"]
+    speedup = figures["postgresql_3"]["jobs_per_s"] / one if one else 0.0
+    growth = figures["memory"]["growth_mb"]
+    targets = {
+        "sqlite_one_replica_jobs_per_s": _target(
+            figures["sqlite_1"]["jobs_per_s"], TARGET_JOBS_PER_S, higher=True
+        ),
+        "postgresql_one_replica_jobs_per_s": _target(one, TARGET_JOBS_PER_S, higher=True),
+        "three_replicas_speedup": _target(round(speedup, 2), TARGET_SPEEDUP, higher=True),
+        "replica_memory_growth_mb": _target(growth, TARGET_MEMORY_GROWTH_MB, higher=False),
+    }
+    figures["targets"] = targets
+    report(console, figures)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+def memory_growth(folder: Path, big_mb: int, console: Console) -> dict[str, Any]:
+    """One replica (embedded set-up) takes and serves ever larger studies; its peak RSS."""
+    deployment = deploy("memory", folder, None, 1)
+    process = deployment.replicas[0].process
+    assert process is not None
+    sizes = [10, 100, big_mb] if big_mb > 100 else [10, big_mb]
+    peaks: dict[str, float] = {}
+    try:
+        for size in sizes:
+            console.print(f"memory: a {size} MB study up and down …")
+            big_study(deployment, folder / "data", size, min(size, 256), f"mem-{size}")
+            peaks[f"{size}MB"] = round(peak_rss_mb(process.pid), 1)
+    finally:
+        deployment.stop()
+    first, last = peaks[f"{sizes[0]}MB"], peaks[f"{sizes[-1]}MB"]
+    return {"peak_rss_mb": peaks, "growth_mb": round(last - first, 1)}
+
+
+def _target(measured: float, target: float, *, higher: bool) -> dict[str, Any]:
+    met = measured >= target if higher else measured <= target
+    return {"measured": measured, "target": target, "met": met}
+
+
+def report(console: Console, figures: dict[str, Any]) -> None:
+    table = Table(title=f"exchange load ({figures['jobs']} small jobs, {figures['cpus']} CPUs)")
+    for column in ("set-up", "jobs/s", "upload MB/s", "download MB/s"):
+        table.add_column(column)
+    for name in ("sqlite_1", "postgresql_1", "postgresql_3"):
+        row = figures[name]
+        table.add_row(
+            name,
+            str(row["jobs_per_s"]),
+            str(row["upload_mb_per_s"]),
+            str(row["download_mb_per_s"]),
+        )
+    console.print(table)
+    console.print(f"replica peak memory by study size: {figures['memory']['peak_rss_mb']}")
+    for name, target in figures["targets"].items():
+        mark = "[green]met[/]" if target["met"] else "[red]not met[/]"
+        console.print(f"{name}: {target['measured']} (target {target['target']}) {mark}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Blobs in an S3-compatible object store (MinIO, Ceph RGW, a cloud store), for replicas.
+
+`AIFI_BLOB_URL=s3://BUCKET?endpoint=URL&region=R&prefix=P&spool=DIR&part_mb=N` selects it.
+Credentials come from the usual AWS chain (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, a
+profile, an instance role), never from the URL, so the URL can be logged.
+
+An upload is spooled to a local file first — the exchange must read it (is it pseudonymised?
+is it the job's study?) before it commits — then sent to the bucket as a streamed multipart
+upload, part by part from the file. Downloads are ranged GETs, one range at a time, so a
+replica's memory stays flat however large the study.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+from s3transfer.utils import ReadFileChunk
+
+from aifi.exchange.blobs import CHUNK, TempBlob, spool
+from aifi.exchange.errors import StorageFull
+
+MIB = 1024 * 1024
+#: S3 refuses parts under 5 MiB (except the last); 8 MiB keeps memory and requests modest.
+DEFAULT_PART_BYTES = 8 * MIB
+#: Error codes by which S3-compatible stores say they have no room left.
+FULL_CODES = frozenset(
+    {"XMinioStorageFull", "InsufficientStorage", "QuotaExceeded", "XMinioAdminBucketQuotaExceeded"}
+)
+
+
+@dataclass(frozen=True)
+class S3Location:
+    """What an `s3://` blob URL names."""
+
+    bucket: str
+    endpoint: str | None = None
+    region: str = "us-east-1"
+    prefix: str = ""
+    spool: Path | None = None
+    part_bytes: int = DEFAULT_PART_BYTES
+    path_style: bool = True
+
+    @classmethod
+    def parse(cls, url: str) -> S3Location:
+        parsed = urlparse(url)
+        if parsed.scheme != "s3" or not parsed.netloc:
+            raise ValueError(f"not an s3://BUCKET URL: {url!r}")
+        query = {name: values[-1] for name, values in parse_qs(parsed.query).items()}
+        part_mb = int(query.get("part_mb", DEFAULT_PART_BYTES // MIB))
+        if part_mb < 5:
+            raise ValueError(f"part_mb={part_mb} in AIFI_BLOB_URL: S3 needs parts of 5 MiB or more")
+        prefix = "/".join(p for p in (parsed.path.strip("/"), query.get("prefix", "")) if p)
+        return cls(
+            bucket=parsed.netloc,
+            endpoint=query.get("endpoint"),
+            region=query.get("region", "us-east-1"),
+            prefix=prefix.strip("/"),
+            spool=Path(query["spool"]) if "spool" in query else None,
+            part_bytes=part_mb * MIB,
+            path_style=query.get("addressing", "path") != "virtual",
+        )
+
+
+def storage_full(exc: ClientError) -> bool:
+    error = exc.response.get("Error", {})
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return error.get("Code") in FULL_CODES or status == 507
+
+
+def s3_client(location: S3Location) -> Any:
+    """A thread-safe boto3 client; checksums only where required, which every S3 clone speaks."""
+    config = Config(
+        region_name=location.region,
+        s3={"addressing_style": "path" if location.path_style else "virtual"},
+        retries={"max_attempts": 5, "mode": "standard"},
+        max_pool_connections=32,
+        connect_timeout=5,
+        read_timeout=60,
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    return boto3.session.Session().client("s3", endpoint_url=location.endpoint, config=config)
+
+
+class S3BlobStore:
+    """The exchange's blob store on an S3 bucket, shared by every replica."""
+
+    def __init__(self, client: Any, location: S3Location) -> None:
+        self.client = client
+        self.location = location
+        self.bucket = location.bucket
+        self.spool_dir = location.spool or Path(tempfile.gettempdir()) / "aifi-spool"
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def from_url(cls, url: str) -> S3BlobStore:
+        location = S3Location.parse(url)
+        store = cls(s3_client(location), location)
+        store.ensure_bucket()
+        return store
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket when it does not exist (production buckets are made by the
+        operator, with versioning and a lifecycle rule for abandoned multipart uploads)."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket"):
+                raise
+            self.client.create_bucket(Bucket=self.bucket)
+
+    def object_key(self, key: str) -> str:
+        if key.startswith("/") or ".." in key.split("/"):
+            raise ValueError(f"blob key escapes the store: {key!r}")
+        return f"{self.location.prefix}/{key}" if self.location.prefix else key
+
+    # the BlobStore protocol ----------------------------------------------------------------
+
+    async def receive(self, chunks: AsyncIterator[bytes], max_bytes: int | None = None) -> TempBlob:
+        return await spool(chunks, self.spool_dir, max_bytes)
+
+    def commit(self, temp: TempBlob, key: str) -> None:
+        """Send the spooled upload to the bucket under `key`; the object appears whole or not."""
+        try:
+            if temp.size <= self.location.part_bytes:
+                with temp.path.open("rb") as body:
+                    self.client.put_object(Bucket=self.bucket, Key=self.object_key(key), Body=body)
+            else:
+                self._multipart(temp, self.object_key(key))
+        except ClientError as exc:
+            if storage_full(exc):
+                raise StorageFull(
+                    "the exchange's object store is full; nothing was stored"
+                ) from exc
+            raise
+        temp.path.unlink(missing_ok=True)
+
+    def _multipart(self, temp: TempBlob, object_key: str) -> None:
+        """Streamed multipart upload, each part read from the spool file as it is sent."""
+        upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=object_key)[
+            "UploadId"
+        ]
+        parts = []
+        try:
+            for number, start in enumerate(range(0, temp.size, self.location.part_bytes), 1):
+                length = min(self.location.part_bytes, temp.size - start)
+                with ReadFileChunk.from_filename(str(temp.path), start, length) as body:
+                    answer = self.client.upload_part(
+                        Bucket=self.bucket,
+                        Key=object_key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=body,
+                        ContentLength=length,
+                    )
+                parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=object_key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        except BaseException:
+            self.client.abort_multipart_upload(
+                Bucket=self.bucket, Key=object_key, UploadId=upload_id
+            )
+            raise
+
+    def discard(self, temp: TempBlob) -> None:
+        temp.path.unlink(missing_ok=True)
+
+    def local_path(self, key: str) -> Path | None:
+        return None
+
+    def read(self, key: str, range_bytes: int | None = None) -> Iterator[bytes]:
+        """The object's bytes, fetched one range at a time (`Range: bytes=a-b`)."""
+        step = range_bytes or self.location.part_bytes
+        object_key = self.object_key(key)
+        start, total = 0, None
+        while total is None or start < total:
+            try:
+                answer = self.client.get_object(
+                    Bucket=self.bucket, Key=object_key, Range=f"bytes={start}-{start + step - 1}"
+                )
+            except ClientError as exc:
+                if start == 0 and exc.response.get("Error", {}).get("Code") == "InvalidRange":
+                    return  # an empty object has no first byte to ask for
+                raise
+            total = _total_size(answer, start)
+            body = answer["Body"]
+            try:
+                for chunk in body.iter_chunks(CHUNK):
+                    start += len(chunk)
+                    yield chunk
+            finally:
+                body.close()
+
+    def size(self, key: str) -> int:
+        head = self.client.head_object(Bucket=self.bucket, Key=self.object_key(key))
+        return int(head["ContentLength"])
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
+
+
+def _total_size(answer: dict[str, Any], start: int) -> int:
+    """The object's full size from `Content-Range: bytes a-b/TOTAL` (or the body length)."""
+    content_range = answer.get("ContentRange")
+    if content_range and "/" in content_range:
+        return int(content_range.rsplit("/", 1)[1])
+    return start + int(answer.get("ContentLength", 0))

@@ -1,0 +1,267 @@
+"""Prometheus figures for the exchange, served at `/metrics`.
+
+Two kinds of figure, kept apart on purpose:
+
+- what this replica saw (requests, errors, bytes in and out, purges): counters in this
+  process, which Prometheus sums over the replicas;
+- what the whole exchange holds (jobs by state, the queue's depth and age, turnaround): read
+  from the shared database at scrape time, so every replica answers the same and nothing has
+  to be kept in step between them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import generate_latest as _render
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+
+from aifi.exchange.clock import as_utc, utcnow
+from aifi.exchange.db import Database
+from aifi.exchange.models import Job
+from aifi.exchange.schemas import JobState
+
+#: Completed jobs this recent make up the turnaround figures.
+TURNAROUND_WINDOW = timedelta(hours=1)
+TURNAROUND_QUANTILES = (0.5, 0.9, 0.99)
+#: At most this many recent jobs are read for the quantiles (a scrape must stay cheap).
+TURNAROUND_SAMPLE = 5000
+
+Scope = dict[str, Any]
+
+
+def quantile(sorted_values: list[float], q: float) -> float:
+    """The nearest-rank quantile of already sorted values (0.0 for none)."""
+    if not sorted_values:
+        return 0.0
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+class JobTableCollector(Collector):
+    """Jobs by state, the ready queue and turnaround, read from the database per scrape."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def collect(self) -> Iterator[Any]:
+        up = GaugeMetricFamily(
+            "aifi_exchange_database_up", "1 when the exchange's database answered this scrape"
+        )
+        try:
+            families = list(self._families())
+        except Exception:
+            up.add_metric([], 0.0)
+            yield up
+            return
+        up.add_metric([], 1.0)
+        yield up
+        yield from families
+
+    def _families(self) -> Iterator[GaugeMetricFamily]:
+        now = utcnow()
+        with self._db.session() as session:
+            by_state = {
+                state: int(count)
+                for state, count in session.execute(
+                    select(Job.state, func.count()).group_by(Job.state)
+                )
+            }
+            queue = session.execute(
+                select(Job.product_id, func.count(), func.min(Job.ready_at))
+                .where(Job.state == JobState.requested.value, Job.inputs_complete.is_(True))
+                .group_by(Job.product_id)
+            ).all()
+            unacknowledged = session.scalar(
+                select(func.count()).where(
+                    Job.state.in_([s.value for s in _ENDED]), Job.acknowledged_at.is_(None)
+                )
+            )
+            recent = session.execute(
+                select(Job.ready_at, Job.ended_at)
+                .where(
+                    Job.state == JobState.completed.value,
+                    Job.ended_at >= now - TURNAROUND_WINDOW,
+                    Job.ready_at.is_not(None),
+                )
+                .order_by(Job.ended_at.desc())
+                .limit(TURNAROUND_SAMPLE)
+            ).all()
+
+        jobs = GaugeMetricFamily("aifi_exchange_jobs", "Jobs by IHE AIW-I state", labels=["state"])
+        for state in JobState:
+            jobs.add_metric([state.value], float(by_state.get(state.value, 0)))
+        yield jobs
+
+        depth = GaugeMetricFamily(
+            "aifi_exchange_queue_depth",
+            "Jobs ready for a vendor and not yet claimed, per product",
+            labels=["product"],
+        )
+        age = GaugeMetricFamily(
+            "aifi_exchange_queue_age_seconds",
+            "Age of the oldest ready, unclaimed job, per product",
+            labels=["product"],
+        )
+        for product_id, count, oldest in queue:
+            depth.add_metric([product_id], float(count))
+            waited = (now - as_utc(oldest)).total_seconds() if oldest is not None else 0.0
+            age.add_metric([product_id], max(0.0, waited))
+        yield depth
+        yield age
+
+        waiting = GaugeMetricFamily(
+            "aifi_exchange_jobs_unacknowledged",
+            "Ended jobs whose hospital has not yet acknowledged the outcome",
+        )
+        waiting.add_metric([], float(unacknowledged or 0))
+        yield waiting
+
+        durations = sorted(
+            (as_utc(ended) - as_utc(ready)).total_seconds()
+            for ready, ended in recent
+            if ready is not None and ended is not None
+        )
+        turnaround = GaugeMetricFamily(
+            "aifi_exchange_turnaround_seconds",
+            "Ready-to-completed time of jobs completed in the last hour, by quantile",
+            labels=["quantile"],
+        )
+        for q in TURNAROUND_QUANTILES:
+            turnaround.add_metric([str(q)], quantile(durations, q))
+        yield turnaround
+        completed = GaugeMetricFamily(
+            "aifi_exchange_completed_last_hour", "Jobs completed in the last hour"
+        )
+        completed.add_metric([], float(len(durations)))
+        yield completed
+
+
+_ENDED = (JobState.completed, JobState.failed, JobState.cancelled, JobState.expired)
+
+
+class ExchangeMetrics:
+    """This replica's registry: its own counters plus the job table collector."""
+
+    def __init__(self, db: Database) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "aifi_exchange_http_requests",
+            "HTTP requests answered, by method, route template and status",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "aifi_exchange_http_request_duration_seconds",
+            "Time to answer a request, by method and route template",
+            ["method", "route"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
+        self.errors = Counter(
+            "aifi_exchange_errors",
+            "Answers that were the exchange's fault or its storage's, by kind",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.upload_bytes = Counter(
+            "aifi_exchange_upload_bytes",
+            "Bytes received in input and result uploads",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.download_bytes = Counter(
+            "aifi_exchange_download_bytes",
+            "Bytes sent in input and result downloads",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.purged = Counter(
+            "aifi_exchange_purged_objects",
+            "Inputs and results purged by the retention policy",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.purged_bytes = Counter(
+            "aifi_exchange_purged_bytes",
+            "Bytes purged by the retention policy",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.registry.register(JobTableCollector(db))
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its content type."""
+        return _render(self.registry), CONTENT_TYPE_LATEST
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(method, route).observe(seconds)
+        if status == 507:
+            self.errors.labels("storage_full").inc()
+        elif status == 503:
+            self.errors.labels("unavailable").inc()
+        elif status >= 500:
+            self.errors.labels("server").inc()
+
+
+def data_kind(path: str) -> str | None:
+    """`input` or `result` for the blob routes (`/jobs/{id}/inputs/…`, `/jobs/{id}/results/…`)."""
+    parts = path.strip("/").split("/")
+    if len(parts) == 4 and parts[0] == "jobs" and parts[2] in ("inputs", "results"):
+        return parts[2].removesuffix("s")
+    return None
+
+
+class MetricsMiddleware:
+    """ASGI middleware: counts every request, its status, and the bytes of blob transfers.
+
+    Routes are labelled by template (`/jobs/{job_id}`), never by the concrete path, so the
+    number of series stays small whatever the traffic.
+    """
+
+    def __init__(self, app: Any, metrics: ExchangeMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        kind = data_kind(scope.get("path", ""))
+        status = 500
+        received = sent = 0
+
+        async def counting_receive() -> dict[str, Any]:
+            nonlocal received
+            message: dict[str, Any] = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+            return message
+
+        async def counting_send(message: dict[str, Any]) -> None:
+            nonlocal status, sent
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive if kind else receive, counting_send)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            method = scope.get("method", "GET")
+            self.metrics.observe(method, route, status, time.perf_counter() - started)
+            if kind and status < 400:
+                if method == "PUT":
+                    self.metrics.upload_bytes.labels(kind).inc(received)
+                elif method == "GET":
+                    self.metrics.download_bytes.labels(kind).inc(sent)

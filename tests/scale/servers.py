@@ -1,0 +1,382 @@
+"""Real servers for scale-out tests, all on loopback: PostgreSQL, an S3 store, nginx, replicas.
+
+PostgreSQL comes from the Debian package: a throw-away cluster (initdb in a temporary folder,
+pg_ctl on a free port). PostgreSQL refuses to run as root, so under root (CI) it runs as the
+`postgres` system user with a data folder that user owns. Locally a missing peer skips its
+test; under CI=true it fails (see support.peers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from support.peers import IN_CI, free_port
+
+PG_USER = "aifi"
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "aifi-test", "AWS_SECRET_ACCESS_KEY": "aifi-test-secret"}
+
+
+def missing_peer(message: str) -> None:
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str, every: float = 0.1) -> None:
+    """Poll `predicate` (a server that gives no start-up signal) until true or `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(every)
+
+
+# PostgreSQL --------------------------------------------------------------------------------
+
+
+def postgres_bin() -> Path:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=_version)
+    if not found:
+        missing_peer(
+            "PostgreSQL not found under /usr/lib/postgresql: install the Debian package "
+            "'postgresql' (make test does, as root)"
+        )
+    return found[-1].parent
+
+
+def _version(path: Path) -> int:
+    name = path.parent.parent.name
+    return int(name) if name.isdigit() else 0
+
+
+@dataclass
+class PostgresServer:
+    """A PostgreSQL cluster of our own on 127.0.0.1:`port`, its data in a temporary folder."""
+
+    bin_dir: Path
+    data_dir: Path
+    port: int
+    as_user: list[str]
+    options: str
+    databases: int = 0
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://{PG_USER}@127.0.0.1:{self.port}/{database}"
+
+    def dsn(self, database: str = "postgres") -> str:
+        return f"host=127.0.0.1 port={self.port} user={PG_USER} dbname={database}"
+
+    def pg_ctl(self, *args: str, timeout: float = 60) -> None:
+        subprocess.run(
+            [*self.as_user, str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), *args],
+            check=True,
+            capture_output=True,
+            timeout=timeout,
+        )
+
+    def create_database(self, prefix: str = "aifi") -> str:
+        """A new empty database; returns its SQLAlchemy URL."""
+        self.databases += 1
+        name = f"{prefix}_{self.databases}"
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def drop_database(self, url: str) -> None:
+        name = url.rsplit("/", 1)[1]
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def start(self) -> None:
+        log = str(self.data_dir / "server.log")
+        self.pg_ctl("-l", log, "-o", self.options, "-w", "-t", "60", "start")
+
+    def stop(self) -> None:
+        """A fast shutdown: every client is disconnected, the data stays."""
+        self.pg_ctl("-m", "fast", "-w", "-t", "60", "stop")
+
+    def restart(self) -> None:
+        """Stop (disconnecting every client) and start again on the same port and data."""
+        self.stop()
+        self.start()
+
+    def destroy(self) -> None:
+        with contextlib.suppress(subprocess.SubprocessError):
+            self.pg_ctl("-m", "immediate", "-w", "stop")
+        shutil.rmtree(self.data_dir.parent, ignore_errors=True)
+
+
+def start_postgres() -> PostgresServer:
+    """initdb + pg_ctl start, as the `postgres` user when we are root."""
+    bin_dir = postgres_bin()
+    folder = Path(tempfile.mkdtemp(prefix="aifi-pg-"))
+    data = folder / "data"
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        runuser = shutil.which("runuser")
+        if runuser is None:
+            missing_peer("runuser (util-linux) is needed to run PostgreSQL as 'postgres'")
+        as_user = [str(runuser), "-u", "postgres", "--"]
+        os.chmod(folder, 0o755)
+        data.mkdir(mode=0o700)
+        shutil.chown(data, "postgres", "postgres")
+    subprocess.run(
+        [*as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", PG_USER, "--auth=trust",
+         "-E", "UTF8", "--no-sync", "--no-instructions"],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    port = free_port()
+    options = " ".join(
+        f"-c {setting}"
+        for setting in (
+            "listen_addresses=127.0.0.1",
+            f"port={port}",
+            f"unix_socket_directories={data}",
+            "max_connections=300",
+            "shared_buffers=64MB",
+            # A test cluster: its data is thrown away, so durability is not worth the fsyncs.
+            "fsync=off",
+            "synchronous_commit=off",
+            "full_page_writes=off",
+        )
+    )
+    server = PostgresServer(bin_dir, data, port, as_user, options)
+    server.start()
+    return server
+
+
+def shared_postgres(config: pytest.Config) -> PostgresServer:
+    """One PostgreSQL per test session, shared by every folder's fixtures, stopped at the end."""
+    server = config.stash.get(_POSTGRES, None)
+    if server is None:
+        server = start_postgres()
+        config.stash[_POSTGRES] = server
+        config.add_cleanup(server.destroy)
+    return server
+
+
+_POSTGRES = pytest.StashKey[PostgresServer]()
+
+
+# S3 ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class S3Server:
+    """An S3-compatible server (moto) on loopback, standing in for MinIO or a cloud store."""
+
+    port: int
+    server: Any
+    buckets: int = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def blob_url(self, prefix: str = "aifi", **params: str) -> str:
+        """A new bucket's `AIFI_BLOB_URL`."""
+        self.buckets += 1
+        extra = "".join(f"&{name}={value}" for name, value in params.items())
+        return f"s3://{prefix}-{self.buckets}?endpoint={self.endpoint}{extra}"
+
+
+def shared_s3(config: pytest.Config) -> S3Server:
+    server = config.stash.get(_S3, None)
+    if server is None:
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        os.environ.update(S3_CREDENTIALS)
+        port = free_port()
+        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        moto.start()
+        server = S3Server(port, moto)
+        config.stash[_S3] = server
+        config.add_cleanup(moto.stop)
+    return server
+
+
+_S3 = pytest.StashKey[S3Server]()
+
+
+# exchange replicas and nginx ---------------------------------------------------------------
+
+
+def healthy(url: str) -> bool:
+    try:
+        return httpx.get(url + "/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@dataclass
+class Replica:
+    """One `aifi exchange` process; a test may SIGKILL it and start it again on its port."""
+
+    port: int
+    folder: Path
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+    log: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def launch(self) -> None:
+        """Start the process without waiting for it to answer."""
+        self.starts += 1
+        self.log = self.folder / f"replica-{self.starts}.log"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "aifi.cli", "exchange", "--port", str(self.port),
+             "--data-dir", str(self.folder)],
+            env=self.env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def wait_healthy(self, timeout: float = 60) -> Replica:
+        process = self.process
+        assert process is not None
+        wait_for(
+            lambda: healthy(self.url) or process.poll() is not None, timeout, f"replica {self.url}"
+        )
+        if process.poll() is not None:
+            raise RuntimeError(f"replica on {self.port} exited; see {self.log}")
+        return self
+
+    def start(self, timeout: float = 60) -> Replica:
+        self.launch()
+        return self.wait_healthy(timeout)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def replica_env(
+    database_url: str, blob_url: str, operator_key: str, **extra: str
+) -> dict[str, str]:
+    env = {
+        **os.environ,
+        **S3_CREDENTIALS,
+        "AIFI_DATABASE_URL": database_url,
+        "AIFI_BLOB_URL": blob_url,
+        "AIFI_OPERATOR_KEY": operator_key,
+    }
+    env.update({f"AIFI_{name.upper()}": value for name, value in extra.items()})
+    return env
+
+
+NGINX_CONF = """
+worker_processes 1;
+pid {folder}/nginx.pid;
+error_log {folder}/error.log warn;
+daemon off;
+{user}
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {folder}/body;
+    proxy_temp_path {folder}/proxy;
+    fastcgi_temp_path {folder}/fastcgi;
+    uwsgi_temp_path {folder}/uwsgi;
+    scgi_temp_path {folder}/scgi;
+    client_max_body_size 0;
+    upstream exchange {{
+{servers}
+        keepalive 64;
+        keepalive_timeout 4s;  # below uvicorn's 5 s, so nginx never reuses a closed one
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://exchange;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_request_buffering off;
+            proxy_buffering off;
+            proxy_read_timeout 120s;
+            proxy_connect_timeout 2s;
+            # Only a replica that cannot be reached is skipped (and marked down); a 503 from
+            # a live replica (its database restarting) goes to the client, which retries.
+            proxy_next_upstream error timeout;
+            proxy_next_upstream_tries 3;
+        }}
+    }}
+}}
+"""
+
+
+@dataclass
+class Nginx:
+    port: int
+    process: subprocess.Popen[bytes]
+    folder: Path = field(repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def start_nginx(folder: Path, upstream_ports: list[int]) -> Nginx:
+    """nginx (Debian package) balancing over the replicas, as a production load balancer."""
+    exe = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if exe is None:
+        missing_peer("nginx not found: install the Debian package 'nginx' (make test does)")
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    servers = "\n".join(
+        f"        server 127.0.0.1:{p} max_fails=1 fail_timeout=2s;" for p in upstream_ports
+    )
+    conf = folder / "nginx.conf"
+    conf.write_text(
+        NGINX_CONF.format(
+            folder=folder,
+            port=port,
+            servers=servers,
+            user="user root;" if os.geteuid() == 0 else "",
+        )
+    )
+    process = subprocess.Popen(
+        [str(exe), "-p", str(folder), "-c", str(conf), "-e", str(folder / "error.log")],
+        stdout=subprocess.DEVNULL,
+        stderr=(folder / "nginx.out").open("wb"),
+    )
+    nginx = Nginx(port, process, folder)
+    wait_for(lambda: healthy(nginx.url) or process.poll() is not None, 30, f"nginx on {port}")
+    if process.poll() is not None:
+        raise RuntimeError(f"nginx did not start; see {folder / 'error.log'}")
+    return nginx

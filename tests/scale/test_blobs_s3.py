@@ -1,0 +1,129 @@
+"""The S3 blob store against a real S3-compatible server on loopback: streamed multipart
+uploads, ranged downloads, clean failures."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+from botocore.stub import Stubber
+
+from aifi.exchange.blobs import TempBlob, open_blob_store
+from aifi.exchange.blobs_s3 import MIB, S3BlobStore, S3Location
+from aifi.exchange.errors import StorageFull
+from scale.servers import S3Server
+
+
+async def chunks_of(data: bytes, size: int = 64 * 1024) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+def stored(store: S3BlobStore, data: bytes, key: str) -> TempBlob:
+    temp = asyncio.run(store.receive(chunks_of(data)))
+    store.commit(temp, key)
+    return temp
+
+
+@pytest.fixture
+def store(s3: S3Server, tmp_path: Path) -> S3BlobStore:
+    opened = open_blob_store(s3.blob_url(spool=str(tmp_path / "spool"), part_mb="5"))
+    assert isinstance(opened, S3BlobStore)
+    return opened
+
+
+def test_a_large_blob_goes_up_in_parts_and_comes_back_in_ranges(
+    store: S3BlobStore, tmp_path: Path
+) -> None:
+    data = os.urandom(11 * MIB + 12345)
+    temp = stored(store, data, "inputs/job-1/1.2.3.dcm")
+    assert temp.sha256 == hashlib.sha256(data).hexdigest() and temp.size == len(data)
+    assert not temp.path.exists(), "the spooled copy is gone once the object is committed"
+    head = store.client.head_object(Bucket=store.bucket, Key="inputs/job-1/1.2.3.dcm")
+    assert head["ETag"].strip('"').endswith("-3"), "11 MiB in 5 MiB parts is a 3-part upload"
+    assert store.size("inputs/job-1/1.2.3.dcm") == len(data)
+
+    ranges: list[str] = []
+    store.client.meta.events.register(
+        "before-call.s3.GetObject", lambda params, **_: ranges.append(params["headers"]["Range"])
+    )
+    back = b"".join(store.read("inputs/job-1/1.2.3.dcm", range_bytes=4 * MIB))
+    assert hashlib.sha256(back).digest() == hashlib.sha256(data).digest()
+    assert ranges == [
+        f"bytes={start}-{start + 4 * MIB - 1}" for start in range(0, len(data), 4 * MIB)
+    ]
+    assert list(store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", [])) == []
+
+
+def test_small_and_empty_blobs_round_trip_and_delete(store: S3BlobStore) -> None:
+    stored(store, b"summary", "results/job-2/summary.json")
+    stored(store, b"", "results/job-2/empty")
+    assert b"".join(store.read("results/job-2/summary.json")) == b"summary"
+    assert b"".join(store.read("results/job-2/empty")) == b""
+    assert store.local_path("results/job-2/summary.json") is None
+    store.delete("results/job-2/summary.json")
+    with pytest.raises(ClientError):
+        store.size("results/job-2/summary.json")
+
+
+def test_a_failed_multipart_upload_is_aborted(
+    store: S3BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = {"parts": 0}
+    real_upload_part = store.client.upload_part
+
+    def flaky_upload_part(**kwargs: Any) -> Any:
+        calls["parts"] += 1
+        if calls["parts"] == 2:
+            raise ClientError({"Error": {"Code": "InternalError"}}, "UploadPart")
+        return real_upload_part(**kwargs)
+
+    monkeypatch.setattr(store.client, "upload_part", flaky_upload_part)
+    temp = asyncio.run(store.receive(chunks_of(os.urandom(12 * MIB))))
+    with pytest.raises(ClientError):
+        store.commit(temp, "inputs/job-3/1.2.dcm")
+    assert store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", []) == []
+    with pytest.raises(ClientError):
+        store.size("inputs/job-3/1.2.dcm")
+    store.discard(temp)
+    assert not temp.path.exists()
+
+
+def test_a_full_object_store_is_reported_as_storage_full(store: S3BlobStore) -> None:
+    temp = asyncio.run(store.receive(chunks_of(b"x" * 1000)))
+    with Stubber(store.client) as stub:
+        stub.add_client_error(
+            "put_object",
+            service_error_code="XMinioStorageFull",
+            service_message="Storage backend has reached its minimum free drive threshold.",
+            http_status_code=507,
+        )
+        with pytest.raises(StorageFull) as refused:
+            store.commit(temp, "inputs/job-4/1.2.dcm")
+    assert refused.value.status == 507 and "full" in refused.value.message
+    store.discard(temp)
+
+
+def test_blob_urls_are_parsed_and_checked() -> None:
+    location = S3Location.parse(
+        "s3://aifi-blobs/national?endpoint=https://minio.example:9000&region=eu-west-1"
+        "&part_mb=16&addressing=virtual"
+    )
+    assert location.bucket == "aifi-blobs" and location.prefix == "national"
+    assert location.endpoint == "https://minio.example:9000" and location.region == "eu-west-1"
+    assert location.part_bytes == 16 * MIB and location.path_style is False
+    with pytest.raises(ValueError, match="part_mb=1"):
+        S3Location.parse("s3://b?part_mb=1")
+    with pytest.raises(ValueError, match="not an s3://BUCKET"):
+        S3Location.parse("s3:///nobucket")
+
+
+def test_keys_cannot_escape_the_prefix(store: S3BlobStore) -> None:
+    with pytest.raises(ValueError, match="escapes"):
+        store.object_key("inputs/../../other")

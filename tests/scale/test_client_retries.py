@@ -1,0 +1,79 @@
+"""The clients' side of a replica dying mid-request: the gateway's and the vendor SDK's
+retries must send the same bytes again, and a worker must outlive a broken connection.
+
+A retried upload streams the file afresh; a worker logs a broken connection and carries on.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import httpx
+
+from aifi.gateway.exchange_client import GatewayClient
+from aifi.vendor import Lease, ProductResult, VendorClient, Worker
+
+BODY = b"DICM" * 5000
+
+
+def flaky_exchange(received: list[int]) -> httpx.MockTransport:
+    """Answers the first upload with 502 (a replica died), the next ones with 201."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        received.append(len(request.read()))
+        if len(received) == 1:
+            return httpx.Response(502, text="bad gateway")
+        return httpx.Response(201, json={"name": "sr.dcm"})
+
+    return httpx.MockTransport(handle)
+
+
+def test_a_retried_result_upload_sends_the_whole_file_again(tmp_path: Path) -> None:
+    path = tmp_path / "sr.dcm"
+    path.write_bytes(BODY)
+    received: list[int] = []
+    client = VendorClient("http://exchange", "aifi_k", transport=flaky_exchange(received))
+    client.upload_result(Lease(job={"id": "job-1"}, token="t"), path)
+    assert received == [len(BODY), len(BODY)]
+
+
+def test_a_retried_input_upload_sends_the_whole_file_again(tmp_path: Path) -> None:
+    path = tmp_path / "1.2.3.dcm"
+    path.write_bytes(BODY)
+    received: list[int] = []
+    client = GatewayClient("http://exchange", "aifi_k", transport=flaky_exchange(received))
+    client.put_input("job-1", "1.2.3", path)
+    assert received == [len(BODY), len(BODY)]
+
+
+def test_a_worker_outlives_a_broken_connection() -> None:
+    calls: list[str] = []
+    second = threading.Event()
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        if len(calls) >= 2:
+            second.set()
+            return httpx.Response(204)
+        raise httpx.RemoteProtocolError("peer closed connection", request=request)
+
+    client = VendorClient(
+        "http://exchange", "aifi_k", retries=0, transport=httpx.MockTransport(handle)
+    )
+    worker = Worker(client, lambda _context: ProductResult(files=[]))
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            worker.run(stop, wait_seconds=0)
+        except BaseException as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    second.wait(timeout=5)
+    stop.set()
+    thread.join(timeout=10)
+    assert failures == [] and second.is_set(), failures

@@ -1,0 +1,117 @@
+"""Prometheus /metrics on the exchange and the gateway's exporter: the figures an operator
+watches (jobs by state, queue depth and age, turnaround, bytes, errors) match what happened."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from aifi.gateway.metrics import start_metrics_server
+from aifi.gateway.state import GatewayState, ReceivedInstance, RoutedJob
+from scale.conftest import ExchangeFactory, finish_job, set_up_parties
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample by (name, sorted labels)."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_exchange_metrics_follow_the_jobs(
+    exchange_on: ExchangeFactory, make_ct: Any, tmp_path: Path
+) -> None:
+    exchange = exchange_on()
+    orgs = set_up_parties(exchange)
+    hospital, vendor = orgs["hospital"], orgs["vendor"]
+    done_study = make_ct(slices=3)
+    exchange.ready_job(hospital, "product-a", done_study)
+    sr = finish_job(exchange, vendor, exchange.claim(vendor), tmp_path / "w")
+    waiting_study = make_ct(slices=2)
+    exchange.ready_job(hospital, "product-a", waiting_study)
+    refused = exchange.client.get("/jobs/no-such-job", headers=hospital.headers)
+    assert refused.status_code == 404
+
+    figures = samples(exchange.client.get("/metrics").text)
+    assert figures[("aifi_exchange_database_up", ())] == 1.0
+    assert figures[("aifi_exchange_jobs", (("state", "completed"),))] == 1.0
+    assert figures[("aifi_exchange_jobs", (("state", "requested"),))] == 1.0
+    assert figures[("aifi_exchange_jobs", (("state", "failed"),))] == 0.0
+    assert figures[("aifi_exchange_queue_depth", (("product", "product-a"),))] == 1.0
+    assert figures[("aifi_exchange_queue_age_seconds", (("product", "product-a"),))] >= 0.0
+    assert figures[("aifi_exchange_jobs_unacknowledged", ())] == 1.0
+    assert figures[("aifi_exchange_completed_last_hour", ())] == 1.0
+    assert figures[("aifi_exchange_turnaround_seconds", (("quantile", "0.5"),))] > 0.0
+
+    uploaded = sum(p.stat().st_size for p in done_study + waiting_study)
+    assert figures[("aifi_exchange_upload_bytes_total", (("kind", "input"),))] == uploaded
+    assert figures[("aifi_exchange_upload_bytes_total", (("kind", "result"),))] == len(sr)
+    downloaded = sum(p.stat().st_size for p in done_study)
+    assert figures[("aifi_exchange_download_bytes_total", (("kind", "input"),))] == downloaded
+    put_input = (
+        ("method", "PUT"),
+        ("route", "/jobs/{job_id}/inputs/{sop_instance_uid}"),
+        ("status", "201"),
+    )
+    assert figures[("aifi_exchange_http_requests_total", put_input)] == 5.0
+    not_found = (("method", "GET"), ("route", "/jobs/{job_id}"), ("status", "404"))
+    assert figures[("aifi_exchange_http_requests_total", not_found)] == 1.0
+
+
+def instance(uid: str, study: str, folder: Path, size: int) -> ReceivedInstance:
+    return ReceivedInstance(
+        sop_instance_uid=uid,
+        study_uid=study,
+        series_uid=study + ".1",
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        modality="CT",
+        body_part="HEAD",
+        study_description="",
+        series_description="",
+        path=folder / f"{uid}.dcm",
+        size=size,
+        calling_ae="CT1",
+    )
+
+
+def test_gateway_exporter_reads_the_gateway_state(tmp_path: Path) -> None:
+    state = GatewayState(tmp_path / "state.db")
+    for study, sizes in (("1.2.1", (100, 200)), ("1.2.2", (300,)), ("1.2.3", (50,))):
+        for n, size in enumerate(sizes):
+            state.record_instance(instance(f"{study}.{n}", study, tmp_path, size), 0.0)
+    job = RoutedJob("product-a", None, frozenset({"x"}))
+    for study in ("1.2.1", "1.2.2"):
+        due = state.due_studies(time.time() + 1)
+        row = next(r for r in due if r["study_uid"] == study)
+        assert state.route_study(study, row["round"], row["due_at"], [job]) == 1
+    first, second = state.query("SELECT id FROM jobs ORDER BY id")
+    now = time.time()
+    state.update_job(first["id"], state="delivered", submitted_at=now - 5, delivered_at=now)
+    state.update_job(second["id"], state="submitted", submitted_at=now - 30)
+    state.record_delivery(first["id"], "sr.dcm", "pacs", "1.2.9", None)
+    state.record_delivery(first["id"], "seg.dcm", "pacs", None, "association refused")
+
+    server = start_metrics_server(state, 0)
+    try:
+        figures = samples(httpx.get(server.url, timeout=10).text)
+    finally:
+        server.close()
+        state.close()
+    assert figures[("aifi_gateway_state_up", ())] == 1.0
+    assert figures[("aifi_gateway_jobs", (("state", "delivered"),))] == 1.0
+    assert figures[("aifi_gateway_jobs", (("state", "submitted"),))] == 1.0
+    assert figures[("aifi_gateway_jobs", (("state", "pending"),))] == 0.0
+    assert figures[("aifi_gateway_studies", (("state", "routed"),))] == 2.0
+    assert figures[("aifi_gateway_studies", (("state", "receiving"),))] == 1.0
+    assert figures[("aifi_gateway_deliveries", (("state", "delivered"),))] == 1.0
+    assert figures[("aifi_gateway_deliveries", (("state", "failed"),))] == 1.0
+    assert figures[("aifi_gateway_awaiting_result_age_seconds", ())] >= 30.0
+    assert figures[("aifi_gateway_received_bytes", ())] == 650.0
+    assert figures[("aifi_gateway_uploaded_study_bytes", ())] == 600.0
+    assert figures[("aifi_gateway_turnaround_seconds", (("quantile", "0.5"),))] > 0.0

@@ -1,0 +1,152 @@
+"""PostgreSQL specifics: migrations on both backends, SKIP LOCKED claims, one audit chain for
+many replicas, and a database outage that clients can ride out."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from aifi.exchange.app import create_app
+from aifi.exchange.audit import Actor, AuditLog, verify_chain
+from aifi.exchange.db import Database, upgrade_schema
+from aifi.exchange.models import AuditEntry, Base
+from aifi.exchange.settings import ExchangeSettings
+from scale.conftest import set_up_parties
+from scale.exchange_api import OPERATOR_KEY, Exchange
+from scale.servers import PostgresServer, start_postgres
+
+
+def schema_drift(db: Database) -> list[Any]:
+    with db.engine.connect() as connection:
+        return list(compare_metadata(MigrationContext.configure(connection), Base.metadata))
+
+
+def test_migrations_build_the_models_schema_on_sqlite_and_postgresql(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    for url in (f"sqlite:///{tmp_path / 'x.db'}", postgres.create_database("migrate")):
+        db = Database(url)
+        upgrade_schema(db.engine)
+        upgrade_schema(db.engine)  # every start runs it: a second run changes nothing
+        assert schema_drift(db) == [], url
+        db.dispose()
+
+
+def test_replicas_starting_together_migrate_one_after_the_other(postgres: PostgresServer) -> None:
+    url = postgres.create_database("together")
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def replica() -> None:
+        db = Database(url)
+        try:
+            start.wait()
+            upgrade_schema(db.engine)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            db.dispose()
+
+    threads = [threading.Thread(target=replica) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    db = Database(url)
+    assert schema_drift(db) == []
+    db.dispose()
+
+
+@pytest.fixture
+def pg_exchange(postgres: PostgresServer, tmp_path: Path) -> Any:
+    settings = ExchangeSettings(
+        data_dir=tmp_path / "exchange",
+        operator_key=OPERATOR_KEY,
+        database_url=postgres.create_database("claims"),
+    )
+    with TestClient(create_app(settings)) as client:
+        yield Exchange(client)
+    postgres.drop_database(str(settings.database_url))
+
+
+def test_a_claim_skips_a_job_another_transaction_holds(
+    pg_exchange: Exchange, postgres: PostgresServer, make_ct: Any
+) -> None:
+    orgs = set_up_parties(pg_exchange)
+    first = pg_exchange.ready_job(orgs["hospital"], "product-a", make_ct(slices=1))
+    second = pg_exchange.ready_job(orgs["hospital"], "product-a", make_ct(slices=1))
+    database = str(pg_exchange.client.app.state.services.db.engine.url.database)
+    with psycopg.connect(postgres.dsn(database)) as other:
+        other.execute("SELECT id FROM jobs WHERE id = %s FOR UPDATE", (first["id"],))
+        claimed: list[Any] = []
+        claimer = threading.Thread(target=lambda: claimed.append(pg_exchange.claim(orgs["vendor"])))
+        claimer.start()
+        claimer.join(timeout=30)
+        assert not claimer.is_alive(), "the claim waited on a row lock instead of skipping it"
+        assert claimed[0]["job"]["id"] == second["id"]
+        other.rollback()
+    again = pg_exchange.claim(orgs["vendor"])
+    assert again is not None and again["job"]["id"] == first["id"]
+    assert pg_exchange.claim(orgs["vendor"]) is None
+
+
+def test_replicas_append_to_one_audit_chain(postgres: PostgresServer) -> None:
+    url = postgres.create_database("audit")
+    migrate = Database(url)
+    upgrade_schema(migrate.engine)
+    # Two replicas: each its own engine and its own in-process lock, as in two processes.
+    replicas = [AuditLog(Database(url)) for _ in range(2)]
+    start = threading.Barrier(4)
+
+    def append(log: AuditLog, who: str) -> None:
+        start.wait()
+        for n in range(40):
+            log.record(Actor(who, "hospital"), "read", "job", f"{who}-{n}")
+
+    threads = [threading.Thread(target=append, args=(replicas[i % 2], f"org{i}")) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    with migrate.session() as session:
+        entries = list(session.scalars(select(AuditEntry).order_by(AuditEntry.id)))
+        problems = verify_chain(entries)
+    assert len(entries) == 160
+    assert problems == []
+    assert len({e.prev_hash for e in entries}) == 160, "two entries share a predecessor"
+    migrate.dispose()
+
+
+def test_a_database_outage_answers_503_and_the_exchange_recovers(tmp_path: Path) -> None:
+    own = start_postgres()  # this test stops its database: it gets one of its own
+    try:
+        settings = ExchangeSettings(
+            data_dir=tmp_path / "exchange",
+            operator_key=OPERATOR_KEY,
+            database_url=own.create_database("outage"),
+        )
+        with TestClient(create_app(settings)) as client:
+            exchange = Exchange(client)
+            hospital = exchange.org("hospital-a", "hospital")
+            own.stop()
+            down = client.get("/jobs", headers=hospital.headers)
+            assert down.status_code == 503
+            assert down.headers["retry-after"] == "1"
+            assert "database is unavailable" in down.json()["detail"]
+            scraped = client.get("/metrics").text
+            assert "aifi_exchange_database_up 0.0" in scraped
+            assert 'aifi_exchange_errors_total{kind="unavailable"} 1.0' in scraped
+            own.start()
+            up = client.get("/jobs", headers=hospital.headers)
+            assert up.status_code == 200 and up.json() == []
+    finally:
+        own.destroy()

@@ -1,0 +1,85 @@
+"""A blob store that runs out of space: the uploader gets a clear 507, and nothing that was
+already accepted is lost. The store sits on a real 2 MiB tmpfs, so the disk really fills."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from fastapi.testclient import TestClient
+
+from aifi.exchange.app import create_app
+from aifi.exchange.settings import ExchangeSettings
+from scale.conftest import set_up_parties
+from scale.exchange_api import OPERATOR_KEY, Exchange
+from scale.servers import missing_peer
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        missing_peer(f"cannot mount a 2 MiB tmpfs (needs root): {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_full_blob_store_refuses_with_507_and_keeps_what_it_had(
+    tiny_disk: Path, tmp_path: Path, make_ct: Any
+) -> None:
+    settings = ExchangeSettings(
+        data_dir=tmp_path / "exchange",  # the database is elsewhere: only blobs are short
+        operator_key=OPERATOR_KEY,
+        blob_url=f"file://{tiny_disk}",
+    )
+    with TestClient(create_app(settings)) as client:
+        exchange = Exchange(client)
+        orgs = set_up_parties(exchange)
+        hospital = orgs["hospital"]
+        study = make_ct(slices=12, size=200)  # about 80 KB each: ~1 MB in all
+        study_uid = pydicom.dcmread(study[0], stop_before_pixels=True).StudyInstanceUID
+        job = exchange.job(hospital, "product-a", study_uid)
+        # Fill the disk up to the last 100 KB, then send the study.
+        (tiny_disk / "ballast").write_bytes(b"\0" * (2 * 1024 * 1024 - 100 * 1024 - 65536))
+
+        accepted: list[Path] = []
+        refusal = None
+        for path in study:
+            answer = exchange.upload(hospital, job["id"], path)
+            if answer.status_code != 201:
+                refusal = answer
+                break
+            accepted.append(path)
+        assert refusal is not None, "a 2 MiB disk cannot hold the study"
+        assert refusal.status_code == 507
+        assert "blob store is full" in refusal.json()["detail"]
+        assert list((tiny_disk / ".incoming").iterdir()) == [], "no half-written upload left"
+
+        seen = client.get(f"/jobs/{job['id']}", headers=hospital.headers).json()
+        assert seen["input_count"] == len(accepted)
+        for path in accepted:
+            uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+            body = client.get(f"/jobs/{job['id']}/inputs/{uid}", headers=hospital.headers)
+            assert body.status_code == 200
+            assert (
+                hashlib.sha256(body.content).digest() == hashlib.sha256(path.read_bytes()).digest()
+            )
+        metrics = client.get("/metrics").text
+        assert 'aifi_exchange_errors_total{kind="storage_full"} 1.0' in metrics
+
+        # Space freed: the same upload now succeeds (the uploader's retry is all it takes).
+        (tiny_disk / "ballast").unlink()
+        assert exchange.upload(hospital, job["id"], study[len(accepted)]).status_code == 201

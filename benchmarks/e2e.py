@@ -155,7 +155,7 @@ def main() -> int:
             "--data-dir",
             str(exchange_dir),
         ],
-        env={**ENV, "AIFI_OPERATOR_KEY": operator_key},
+        env={**ENV, "AIFI_OPERATOR_KEY": operator_key, "AIFI_ADMIT_ON_REGISTER": "true"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from support.peers import OrthancPeer, require_executable, start_orthanc
+
+# Test exchanges admit products as they register them (exchanges started as subprocesses
+# inherit this too); the admission tests turn it off explicitly.
+os.environ.setdefault("AIFI_ADMIT_ON_REGISTER", "true")
 
 
 @pytest.fixture(scope="session")

@@ -42,16 +42,20 @@ def exchange(
     ] = None,
     verbose: bool = False,
 ) -> None:
-    """Run the national exchange (HTTP API at /, OpenAPI at /docs)."""
+    """Run the national exchange (HTTP API, OpenAPI at /docs, web pages at /ui)."""
     import uvicorn
 
     from aifi.exchange.app import create_app
     from aifi.exchange.settings import ExchangeSettings
+    from aifi.web import mount
 
     _logging(verbose)
     settings = ExchangeSettings() if data_dir is None else ExchangeSettings(data_dir=data_dir)
     uvicorn.run(
-        create_app(settings), host=host, port=port, log_level="info" if verbose else "warning"
+        create_app(settings, extensions=[mount]),
+        host=host,
+        port=port,
+        log_level="info" if verbose else "warning",
     )
 
 
@@ -142,6 +146,7 @@ def _register_tools() -> None:
     """Commands that live beside the code they drive: synthetic studies, the business case."""
     from aifi.business.cli import business_case
     from aifi.dicom.deid.cli import deid
+    from aifi.exchange.audit_cli import app as audit_app
     from aifi.governance.cli import conformance
     from aifi.phantoms.cli import phantom
 
@@ -149,6 +154,7 @@ def _register_tools() -> None:
         conformance
     )
     app.command("deid", help="Pseudonymise a folder of DICOM files (PS3.15 Annex E).")(deid)
+    app.add_typer(audit_app, name="audit")
     app.command("phantom", help="Write a synthetic study with known ground truth.")(phantom)
     app.command("business-case", help="Cost–benefit of central vs local AI procurement.")(
         business_case

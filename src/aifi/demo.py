@@ -44,6 +44,7 @@ from aifi.phantoms import StudyTruth, write_study
 from aifi.products import brain_volumetry, ich_triage, lung_nodules, reference_products
 from aifi.products.accuracy import HAEMORRHAGE_ML, compare_with_truth, summarise_cases
 from aifi.vendor import VendorClient, Worker
+from aifi.web import mount
 
 VENDOR = "aifi-reference"
 MODALITY_AE = "DEMO_MODALITY"
@@ -186,11 +187,15 @@ def run_demo(
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     operator_key = "aifi_" + secrets.token_urlsafe(32)
-    settings = ExchangeSettings(data_dir=workdir / "exchange", operator_key=operator_key)
+    # The demo's products are admitted as they register; `aifi exchange` admits through the
+    # dossier and the operator's review.
+    settings = ExchangeSettings(
+        data_dir=workdir / "exchange", operator_key=operator_key, admit_on_register=True
+    )
     products = {pid: p for pid, p in reference_products().items() if pid in DEMO_PRODUCTS}
     with _quiet_logs(), ExitStack() as stack:
         try:
-            exchange = stack.enter_context(ExchangeThread(settings, port=port))
+            exchange = stack.enter_context(ExchangeThread(settings, port=port, extensions=[mount]))
         except (OSError, RuntimeError, TimeoutError) as exc:
             console.print(f"[red]cannot start the exchange on port {port}: {exc}; try --port[/]")
             return 2
@@ -207,7 +212,20 @@ def run_demo(
             response.raise_for_status()
             return str(response.json()["api_key"])
 
+        web_password = secrets.token_urlsafe(12)
+
+        def web_user(org_id: str, username: str, role: str) -> None:
+            operator.post(
+                "/users",
+                json={
+                    "organisation_id": org_id, "username": username, "role": role,
+                    "display_name": username.replace("-", " ").title(), "password": web_password,
+                },
+            ).raise_for_status()  # fmt: skip
+
+        web_user("operator", "operator", "operator")
         vendor_key = organisation(VENDOR, "AIFI reference products", "vendor")
+        web_user(VENDOR, "vendor", "vendor-engineer")
         vendor = VendorClient(exchange.url, vendor_key)
         stack.callback(vendor.close)
         for product in products.values():
@@ -244,6 +262,7 @@ def run_demo(
         pacs: dict[str, SimulatedPacs] = {}
         for hospital in HOSPITALS:
             key = organisation(hospital.id, hospital.name, "hospital")
+            web_user(hospital.id, f"radiologist-{hospital.id}", "radiologist")
             for product_id in products:
                 httpx.post(
                     exchange.url + "/subscriptions",
@@ -293,6 +312,11 @@ def run_demo(
             console.print(f"summary written to {summary}")
         if keep_running:
             console.print(f"exchange stays up at {exchange.url} — press Ctrl-C to stop")
+            console.print(
+                f"web pages at {exchange.url}/ui — log in as [bold]operator[/], [bold]vendor[/] "
+                f"or [bold]radiologist-<hospital>[/] (e.g. radiologist-umc-noord), password "
+                f"[bold]{web_password}[/]"
+            )
             with contextlib.suppress(KeyboardInterrupt):
                 threading.Event().wait()
     ok = (

@@ -287,6 +287,8 @@ def replica_env(
         "AIFI_DATABASE_URL": database_url,
         "AIFI_BLOB_URL": blob_url,
         "AIFI_OPERATOR_KEY": operator_key,
+        # A test exchange: products take jobs as soon as they are registered.
+        "AIFI_ADMIT_ON_REGISTER": "true",
     }
     env.update({f"AIFI_{name.upper()}": value for name, value in extra.items()})
     return env

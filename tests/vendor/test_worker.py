@@ -75,7 +75,7 @@ def test_a_result_the_exchange_refuses_fails_the_job_with_its_reason(
 
     job = run_one(national, echo_input, tmp_path)
     assert job["state"] == "failed"
-    assert "the exchange refused the result" in str(job["reason"])
+    assert "the exchange refused a result" in str(job["reason"])
     assert "accepted-sop-class" in str(job["reason"])
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -35,8 +35,15 @@ log = logging.getLogger(__name__)
 LEASE_SWEEP_SECONDS = 1.0
 
 
+#: Something that adds routes to the exchange's app (the web pages and the clinical pillar's
+#: API, :func:`aifi.web.mount`): passed in, so the exchange never imports what builds on it.
+Extension = Callable[[FastAPI, Services], None]
+
+
 def create_app(
-    settings: ExchangeSettings | None = None, services: Services | None = None
+    settings: ExchangeSettings | None = None,
+    services: Services | None = None,
+    extensions: Sequence[Extension] = (),
 ) -> FastAPI:
     """An exchange on `settings` (from the environment when omitted)."""
     services = services or build_services(settings or ExchangeSettings())
@@ -100,6 +107,8 @@ def create_app(
 
     for module in (organisations, products, subscriptions, jobs, data, metering, audit):
         app.include_router(module.router)
+    for extend in extensions:
+        extend(app, services)
     return app
 
 

@@ -17,8 +17,9 @@ from aifi.exchange.schemas import (
     ProductOut,
 )
 
-#: Products in these states take no new subscriptions and no new jobs.
-CLOSED_PRODUCT_STATES = frozenset({"suspended", "retired"})
+#: Only an admitted product takes subscriptions and jobs (the admission rules themselves live in
+#: aifi.governance.admission); suspending a product stops its new jobs at once, everywhere.
+OPEN_PRODUCT_STATES = frozenset({"admitted"})
 
 
 def product_out(product: Product) -> ProductOut:
@@ -34,9 +35,10 @@ def product_out(product: Product) -> ProductOut:
 
 
 class Catalogue:
-    def __init__(self, db: Database, audit: AuditLog) -> None:
+    def __init__(self, db: Database, audit: AuditLog, *, admit_on_register: bool = False) -> None:
         self._db = db
         self._audit = audit
+        self._first_state = "admitted" if admit_on_register else "draft"
 
     # organisations -------------------------------------------------------------------------
 
@@ -95,10 +97,16 @@ class Catalogue:
                 raise NotFound(f"no vendor organisation {manifest.vendor!r}")
             product = session.get(Product, manifest.id)
             if product is None:
-                product = Product(id=manifest.id, created_at=now, status="admitted")
+                product = Product(id=manifest.id, created_at=now, status=self._first_state)
                 session.add(product)
             elif product.vendor_id != manifest.vendor:
                 raise Conflict(f"product id {manifest.id!r} belongs to another vendor")
+            elif product.version != manifest.version:
+                if product.status == "retired":
+                    raise Conflict(f"product {manifest.id!r} is retired; register a new product")
+                if product.status == "admitted" and self._first_state != "admitted":
+                    # A new version re-opens review; the admitted version's jobs stop meanwhile.
+                    product.status = "under-review"
             product.vendor_id = manifest.vendor
             product.name = manifest.name
             product.version = manifest.version
@@ -126,9 +134,10 @@ class Catalogue:
     def subscribe(self, actor: Actor, product_id: str) -> Subscription:
         require_role(actor, OrganisationKind.hospital)
         product = self.get_product(product_id)
-        if product.status in CLOSED_PRODUCT_STATES:
+        if product.status not in OPEN_PRODUCT_STATES:
             raise Forbidden(
-                f"product {product_id!r} is {product.status} and takes no subscriptions"
+                f"product {product_id!r} is {product.status}; only admitted products take "
+                "subscriptions"
             )
         with self._db.session() as session:
             sub = session.scalars(

@@ -15,7 +15,7 @@ from sqlalchemy import Select, and_, select, update
 from sqlalchemy.orm import Session
 
 from aifi.exchange.audit import Actor, AuditLog
-from aifi.exchange.catalogue import CLOSED_PRODUCT_STATES, Catalogue
+from aifi.exchange.catalogue import OPEN_PRODUCT_STATES, Catalogue
 from aifi.exchange.clock import as_utc, utcnow
 from aifi.exchange.db import Database
 from aifi.exchange.errors import Conflict, Forbidden, Invalid, NotFound
@@ -152,7 +152,7 @@ class JobService:
                     )
                 return existing, False
         product = self._catalogue.get_product(body.product_id)
-        if product.status in CLOSED_PRODUCT_STATES:
+        if product.status not in OPEN_PRODUCT_STATES:
             self._audit.record(actor, "create", "job", body.product_id, outcome="refused")
             raise Forbidden(f"product {product.id!r} is {product.status} and takes no new jobs")
         if not self._catalogue.is_subscribed(actor.organisation_id, product.id):
@@ -273,7 +273,7 @@ class JobService:
                 Job.vendor_id == actor.organisation_id,
                 Job.state == JobState.requested.value,
                 Job.inputs_complete.is_(True),
-                Product.status.not_in(CLOSED_PRODUCT_STATES),
+                Product.status.in_(OPEN_PRODUCT_STATES),
             )
             .order_by(Job.priority_rank, Job.created_at)
         )

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Sequence
 from types import TracebackType
 
 import uvicorn
 
-from aifi.exchange.app import create_app
+from aifi.exchange.app import Extension, create_app
 from aifi.exchange.settings import ExchangeSettings
 
 
@@ -21,10 +22,16 @@ def free_port(host: str = "127.0.0.1") -> int:
 class ExchangeThread:
     """An exchange served by uvicorn on a thread; a context manager that starts and stops it."""
 
-    def __init__(self, settings: ExchangeSettings, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        settings: ExchangeSettings,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        extensions: Sequence[Extension] = (),
+    ) -> None:
         self.host = host
         self.port = port or free_port(host)
-        self.app = create_app(settings)
+        self.app = create_app(settings, extensions=extensions)
         self.services = self.app.state.services
         config = uvicorn.Config(
             self.app,

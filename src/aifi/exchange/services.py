@@ -46,7 +46,7 @@ def build_services(settings: ExchangeSettings) -> Services:
     blobs = open_blob_store(settings.resolved_blob_url())
     audit = AuditLog(db)
     notifier = ChangeNotifier()
-    catalogue = Catalogue(db, audit)
+    catalogue = Catalogue(db, audit, admit_on_register=settings.admit_on_register)
     jobs = JobService(db, catalogue, audit, notifier, settings)
     transfers = Transfers(db, blobs, jobs, audit)
     services = Services(settings, db, blobs, audit, notifier, catalogue, jobs, transfers)

@@ -36,6 +36,14 @@ class ExchangeSettings(BaseSettings):
     retain_results_seconds: float | None = Field(default=30 * 86400.0, ge=0)
     #: How often each replica looks for data past its retention time.
     retention_sweep_seconds: float = Field(default=300.0, gt=0)
+    #: Who runs this exchange and where: stated in every product's record of processing.
+    operator_name: str = "AIFI national operator"
+    operator_location: str = "the national exchange's data centre (EEA)"
+    #: Products are admitted the moment they are registered. For test, demo and conformance
+    #: exchanges only: a national exchange admits through the dossier and review.
+    admit_on_register: bool = False
+    #: Key that signs the web pages' session cookies; replicas must share it.
+    session_secret: str | None = None
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -157,7 +157,7 @@ class Worker:
                         raise
                     # The exchange refused what the product made: the hospital should hear
                     # why now, not after the lease runs out.
-                    self._fail(lease, f"the exchange refused the result: {exc.detail}")
+                    self._fail(lease, f"the exchange refused a result: {exc.detail}")
         except LeaseLost as exc:
             log.warning(
                 "job %s: lease lost (%s); another worker will take it", lease.job_id, exc.detail

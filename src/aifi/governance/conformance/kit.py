@@ -320,6 +320,8 @@ class _Run:
             database_url=f"sqlite:///{folder / 'exchange.db'}",
             blob_url=f"file://{folder / 'blobs'}",
             operator_key=self._operator_key,
+            # The kit's own exchange: the product under test takes jobs as soon as it is in.
+            admit_on_register=True,
         )
 
     def _parties(self, url: str) -> _Parties:

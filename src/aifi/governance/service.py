@@ -1,0 +1,471 @@
+"""The clinical pillar's service on the exchange's database: admission of products, users,
+radiologists' feedback, evaluation in practice and the national priority list of clinical areas.
+
+The rules are this package's pure logic; this service keeps their state in the exchange's
+tables (:mod:`aifi.exchange.governance_models`), walls tenants, and writes every read and
+change to the exchange's audit log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import select
+
+from aifi.exchange.audit import Actor, AuditLog
+from aifi.exchange.catalogue import Catalogue
+from aifi.exchange.clock import utcnow
+from aifi.exchange.db import Database
+from aifi.exchange.errors import Conflict, Forbidden, Invalid, NotFound
+from aifi.exchange.governance_models import (
+    AdmissionEvent,
+    AreaScore,
+    EligibleCount,
+    JobFeedback,
+    ProductDossier,
+    User,
+)
+from aifi.exchange.jobs import job_out, visible_to
+from aifi.exchange.models import Job, Organisation, Product
+from aifi.exchange.schemas import JobState, OrganisationKind, ProductManifest
+from aifi.exchange.settings import ExchangeSettings
+from aifi.governance import (
+    AdmissionAction,
+    AdmissionError,
+    AdmissionState,
+    Agreement,
+    DossierIncomplete,
+    ExchangeProcessing,
+    GatewayProcessing,
+    PriorityList,
+    ProductEvaluation,
+    RecordOfProcessing,
+    dossier_gaps,
+    evaluate,
+    rank_areas,
+    record_of_processing,
+    require_complete,
+    transition,
+)
+from aifi.governance import AreaScore as AreaScoreIn
+from aifi.governance import EligibleCount as EligibleIn
+from aifi.governance import Feedback as FeedbackIn
+from aifi.governance.dossier import ConformanceAttachment, Dossier, Gap
+from aifi.governance.drift import DriftChart, drift_charts
+from aifi.governance.evaluation import JobRecord
+
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+
+
+def hash_password(password: str) -> str:
+    """scrypt with a random salt, stored with its parameters (hashlib, no extra dependency)."""
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, dklen=32, **_SCRYPT)
+    return f"scrypt${_SCRYPT['n']}${_SCRYPT['r']}${_SCRYPT['p']}${salt.hex()}${digest.hex()}"
+
+
+def check_password(password: str, stored: str) -> bool:
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+    except ValueError:
+        return False
+    if scheme != "scrypt":
+        return False
+    candidate = hashlib.scrypt(
+        password.encode(), salt=bytes.fromhex(salt), dklen=32, n=int(n), r=int(r), p=int(p)
+    )
+    return hmac.compare_digest(candidate.hex(), digest)
+
+
+class ClinicalService:
+    def __init__(
+        self, db: Database, catalogue: Catalogue, audit: AuditLog, settings: ExchangeSettings
+    ) -> None:
+        self._db = db
+        self._catalogue = catalogue
+        self._audit = audit
+        self._settings = settings
+
+    # users ---------------------------------------------------------------------------------
+
+    def create_user(
+        self,
+        actor: Actor | None,
+        organisation_id: str,
+        username: str,
+        display_name: str,
+        role: str,
+        password: str,
+    ) -> User:
+        """A login for a person; the operator creates them, or an organisation its own."""
+        own = actor is None or actor.organisation_id == organisation_id
+        if actor is not None and actor.role != OrganisationKind.operator and not own:
+            raise Forbidden("an organisation creates users for itself only")
+        if len(password) < 10:
+            raise Invalid("rule 'password-length': a password needs at least 10 characters")
+        with self._db.session() as session:
+            if session.get(Organisation, organisation_id) is None:
+                raise NotFound(f"no organisation {organisation_id!r}")
+            if session.scalars(select(User.id).where(User.username == username)).first():
+                raise Conflict(f"user {username!r} already exists")
+            user = User(
+                organisation_id=organisation_id,
+                username=username,
+                display_name=display_name,
+                role=role,
+                password_hash=hash_password(password),
+                created_at=utcnow(),
+            )
+            session.add(user)
+        if actor is not None:
+            self._audit.record(actor, "create", "user", f"{organisation_id}/{username}")
+        return user
+
+    def login(self, username: str, password: str) -> tuple[User, Actor] | None:
+        """The user and the organisation they act for, or None (and an audited refusal)."""
+        with self._db.session() as session:
+            row = session.execute(
+                select(User, Organisation.kind)
+                .join(Organisation, Organisation.id == User.organisation_id)
+                .where(User.username == username)
+            ).first()
+        if row is None or not check_password(password, row[0].password_hash):
+            self._audit.record(
+                Actor("anonymous", "none"), "login", "user", username, outcome="refused"
+            )
+            return None
+        user, kind = row
+        actor = Actor(organisation_id=user.organisation_id, role=kind)
+        self._audit.record(actor, "login", "user", username, detail=user.role)
+        return user, actor
+
+    # admission -----------------------------------------------------------------------------
+
+    def _product(self, product_id: str) -> Product:
+        return self._catalogue.get_product(product_id)
+
+    def _may_see_dossier(self, actor: Actor, product: Product) -> None:
+        if actor.role == OrganisationKind.vendor and actor.organisation_id != product.vendor_id:
+            raise NotFound(f"no product {product.id!r}")
+
+    def dossier(self, actor: Actor, product_id: str) -> tuple[Dossier, list[Gap], str]:
+        """The product's dossier (a draft from its manifest if none yet), its gaps, its state."""
+        product = self._product(product_id)
+        self._may_see_dossier(actor, product)
+        manifest = ProductManifest.model_validate(product.manifest)
+        with self._db.session() as session:
+            stored = session.get(ProductDossier, product_id)
+        dossier = (
+            Dossier.model_validate(stored.dossier) if stored else Dossier.from_manifest(manifest)
+        )
+        self._audit.record(actor, "read", "dossier", product_id)
+        return dossier, dossier_gaps(dossier, manifest), product.status
+
+    def save_dossier(self, actor: Actor, product_id: str, dossier: Dossier) -> list[Gap]:
+        product = self._product(product_id)
+        if not (
+            actor.role == OrganisationKind.operator
+            or (
+                actor.role == OrganisationKind.vendor and actor.organisation_id == product.vendor_id
+            )
+        ):
+            raise NotFound(f"no product {product_id!r}")
+        if dossier.product_id != product_id:
+            raise Invalid(f"rule 'dossier-product': the dossier is for {dossier.product_id!r}")
+        with self._db.session() as session:
+            stored = session.get(ProductDossier, product_id)
+            if stored is None:
+                stored = ProductDossier(product_id=product_id)
+                session.add(stored)
+            stored.version = product.version
+            stored.dossier = dossier.model_dump(mode="json")
+            stored.updated_at = utcnow()
+        self._audit.record(
+            actor, "update", "dossier", product_id, detail=f"version {product.version}"
+        )
+        manifest = ProductManifest.model_validate(product.manifest)
+        return dossier_gaps(dossier, manifest)
+
+    def attach_conformance(
+        self,
+        actor: Actor,
+        product_id: str,
+        report: dict[str, Any],
+        html: str,
+        attachment: ConformanceAttachment,
+    ) -> None:
+        """Keep the kit's report and record it in the dossier (admission needs a passed one)."""
+        product = self._product(product_id)
+        self._may_see_dossier(actor, product)
+        if actor.role == OrganisationKind.hospital:
+            raise Forbidden("hospitals do not attach conformance reports")
+        with self._db.session() as session:
+            stored = session.get(ProductDossier, product_id)
+            if stored is None:
+                manifest = ProductManifest.model_validate(product.manifest)
+                stored = ProductDossier(
+                    product_id=product_id,
+                    version=product.version,
+                    dossier=Dossier.from_manifest(manifest).model_dump(mode="json"),
+                )
+                session.add(stored)
+            stored.conformance_report = report
+            stored.conformance_html = html
+            dossier = Dossier.model_validate(stored.dossier)
+            stored.dossier = dossier.model_copy(update={"conformance": attachment}).model_dump(
+                mode="json"
+            )
+            stored.updated_at = utcnow()
+        self._audit.record(actor, "create", "conformance-report", product_id)
+
+    def conformance_html(self, actor: Actor, product_id: str) -> str:
+        product = self._product(product_id)
+        self._may_see_dossier(actor, product)
+        with self._db.session() as session:
+            stored = session.get(ProductDossier, product_id)
+        if stored is None or not stored.conformance_html:
+            raise NotFound(f"product {product_id!r} has no conformance report")
+        self._audit.record(actor, "read", "conformance-report", product_id)
+        return stored.conformance_html
+
+    def admission(self, actor: Actor, product_id: str, action: str, note: str = "") -> str:
+        """Move the product to its next admission state; returns the new state."""
+        product = self._product(product_id)
+        self._may_see_dossier(actor, product)
+        try:
+            new = transition(product.status, action, actor_role=actor.role, product_id=product_id)
+        except AdmissionError as exc:
+            self._audit.record(
+                actor, "update", "admission", product_id, outcome="refused", detail=str(exc)
+            )
+            raise (Forbidden if exc.rule == "admission-role" else Conflict)(str(exc)) from exc
+        except ValueError as exc:
+            raise Invalid(str(exc)) from exc
+        if AdmissionAction(action) in (AdmissionAction.submit, AdmissionAction.admit):
+            dossier, _gaps, _state = self.dossier(actor, product_id)
+            try:
+                require_complete(dossier, ProductManifest.model_validate(product.manifest))
+            except DossierIncomplete as exc:
+                raise Invalid(str(exc)) from exc
+        self._set_state(product, new, action, actor, note)
+        return new.value
+
+    def _set_state(
+        self, product: Product, new: AdmissionState, action: str, actor: Actor, note: str
+    ) -> None:
+        with self._db.session() as session:
+            row = session.get(Product, product.id)
+            assert row is not None
+            previous = row.status
+            row.status = new.value
+            row.updated_at = utcnow()
+            session.add(
+                AdmissionEvent(
+                    product_id=product.id,
+                    version=product.version,
+                    from_state=previous,
+                    to_state=new.value,
+                    action=str(action),
+                    organisation_id=actor.organisation_id,
+                    role=actor.role,
+                    note=note,
+                    at=utcnow(),
+                )
+            )
+        self._audit.record(
+            actor, "update", "admission", product.id, detail=f"{previous} -> {new.value} ({action})"
+        )
+
+    def admission_history(self, actor: Actor, product_id: str) -> list[AdmissionEvent]:
+        product = self._product(product_id)
+        self._may_see_dossier(actor, product)
+        with self._db.session() as session:
+            return list(
+                session.scalars(
+                    select(AdmissionEvent)
+                    .where(AdmissionEvent.product_id == product_id)
+                    .order_by(AdmissionEvent.id)
+                )
+            )
+
+    def record(
+        self, actor: Actor, product_id: str, hospital_id: str | None = None
+    ) -> RecordOfProcessing:
+        """The record of processing for a hospital's DPIA (the hospital's own, or any for the
+        operator)."""
+        product = self._product(product_id)
+        hospital = hospital_id or actor.organisation_id
+        if actor.role == OrganisationKind.hospital and hospital != actor.organisation_id:
+            raise NotFound(f"no hospital {hospital!r}")
+        dossier, _gaps, _state = self.dossier(actor, product_id)
+        with self._db.session() as session:
+            org = session.get(Organisation, hospital)
+        name = org.name if org else hospital
+        settings = self._settings
+        return record_of_processing(
+            ProductManifest.model_validate(product.manifest),
+            dossier,
+            GatewayProcessing(hospital_id=hospital, hospital_name=name),
+            ExchangeProcessing(
+                operator=settings.operator_name,
+                location=settings.operator_location,
+                input_retention_seconds=getattr(settings, "retain_inputs_seconds", None),
+                result_retention_seconds=getattr(settings, "retain_results_seconds", None),
+            ),
+        )
+
+    # feedback and evaluation ---------------------------------------------------------------
+
+    def give_feedback(
+        self,
+        actor: Actor,
+        job_id: str,
+        agreement: str,
+        radiologist_positive: bool | None,
+        correction: str,
+        user: str,
+    ) -> JobFeedback:
+        """A radiologist's verdict on a completed result; it stays pseudonymised (job id only)."""
+        if actor.role != OrganisationKind.hospital:
+            raise Forbidden("feedback comes from the hospital that read the result")
+        with self._db.session() as session:
+            job = session.scalars(visible_to(select(Job).where(Job.id == job_id), actor)).first()
+            if job is None:
+                raise NotFound(f"no job {job_id!r}")
+            if job.state != JobState.completed:
+                raise Conflict(f"job {job_id} is {job.state}; feedback is for completed results")
+            row = session.scalars(select(JobFeedback).where(JobFeedback.job_id == job_id)).first()
+            if row is None:
+                row = JobFeedback(job_id=job_id, hospital_id=job.hospital_id)
+                session.add(row)
+            row.agreement = agreement
+            row.radiologist_positive = radiologist_positive
+            row.correction = correction[:2000]
+            row.user = user
+            row.created_at = utcnow()
+        self._audit.record(
+            actor,
+            "create",
+            "feedback",
+            job_id,
+            patient_pseudonym=job.patient_pseudonym,
+            detail=agreement,
+        )
+        return row
+
+    def feedback_for(self, actor: Actor, job_id: str) -> JobFeedback | None:
+        with self._db.session() as session:
+            job = session.scalars(visible_to(select(Job.id).where(Job.id == job_id), actor)).first()
+            if job is None:
+                raise NotFound(f"no job {job_id!r}")
+            return session.scalars(select(JobFeedback).where(JobFeedback.job_id == job_id)).first()
+
+    def record_eligible(self, actor: Actor, product_id: str, month: str, studies: int) -> None:
+        if actor.role != OrganisationKind.hospital:
+            raise Forbidden("eligible studies are counted by the hospital's gateway")
+        with self._db.session() as session:
+            row = session.scalars(
+                select(EligibleCount).where(
+                    EligibleCount.hospital_id == actor.organisation_id,
+                    EligibleCount.product_id == product_id,
+                    EligibleCount.month == month,
+                )
+            ).first()
+            if row is None:
+                row = EligibleCount(
+                    hospital_id=actor.organisation_id, product_id=product_id, month=month
+                )
+                session.add(row)
+            row.studies = studies
+        self._audit.record(actor, "update", "eligible-count", f"{product_id}/{month}")
+
+    def _records(self, actor: Actor) -> tuple[list[JobRecord], list[FeedbackIn], list[EligibleIn]]:
+        """Every job national figures need; tenants' own rows are picked out afterwards."""
+        with self._db.session() as session:
+            jobs = list(session.scalars(select(Job)))
+            feedback = list(session.scalars(select(JobFeedback)))
+            eligible = list(session.scalars(select(EligibleCount)))
+        records = [JobRecord.from_job(job_out(j).model_dump()) for j in jobs]
+        given = [
+            FeedbackIn(
+                job_id=f.job_id,
+                agreement=Agreement(f.agreement),
+                radiologist_positive=f.radiologist_positive,
+            )
+            for f in feedback
+        ]
+        counts = [
+            EligibleIn(product_id=e.product_id, hospital_id=e.hospital_id, studies=e.studies)
+            for e in eligible
+        ]
+        return records, given, counts
+
+    def _visible_rows(self, actor: Actor, rows: Iterable[Any]) -> list[Any]:
+        """Operators see all; a hospital its own rows and national ones; a vendor its products."""
+        if actor.role == OrganisationKind.operator:
+            return list(rows)
+        if actor.role == OrganisationKind.hospital:
+            from aifi.governance import NATIONAL
+
+            return [r for r in rows if r.hospital_id in (actor.organisation_id, NATIONAL)]
+        with self._db.session() as session:
+            own = set(
+                session.scalars(
+                    select(Product.id).where(Product.vendor_id == actor.organisation_id)
+                )
+            )
+        return [r for r in rows if r.product_id in own]
+
+    def evaluation(self, actor: Actor) -> list[ProductEvaluation]:
+        records, feedback, eligible = self._records(actor)
+        rows = self._visible_rows(actor, evaluate(records, feedback, eligible))
+        self._audit.record(actor, "search", "evaluation", f"{len(rows)} rows")
+        return rows
+
+    def drift(self, actor: Actor, granularity: str = "month") -> list[DriftChart]:
+        records, _feedback, _eligible = self._records(actor)
+        charts = self._visible_rows(actor, drift_charts(records, granularity=granularity))
+        self._audit.record(actor, "search", "drift", f"{len(charts)} charts")
+        return charts
+
+    # clinical areas ------------------------------------------------------------------------
+
+    def score_area(self, actor: Actor, score: AreaScoreIn) -> None:
+        if actor.role != OrganisationKind.hospital:
+            raise Forbidden("clinical areas are scored by hospitals")
+        if score.hospital_id != actor.organisation_id:
+            raise Forbidden("a hospital scores for itself only")
+        with self._db.session() as session:
+            row = session.scalars(
+                select(AreaScore).where(
+                    AreaScore.hospital_id == score.hospital_id, AreaScore.area == score.area
+                )
+            ).first()
+            if row is None:
+                row = AreaScore(hospital_id=score.hospital_id, area=score.area)
+                session.add(row)
+            row.volume, row.benefit = score.volume, score.benefit
+            row.urgency, row.readiness = score.urgency, score.readiness
+            row.updated_at = utcnow()
+        self._audit.record(actor, "update", "area-score", score.area)
+
+    def priorities(self, actor: Actor) -> PriorityList:
+        with self._db.session() as session:
+            rows = list(session.scalars(select(AreaScore)))
+        scores = [
+            AreaScoreIn(
+                hospital_id=r.hospital_id,
+                area=r.area,
+                volume=r.volume,
+                benefit=r.benefit,
+                urgency=r.urgency,
+                readiness=r.readiness,
+            )
+            for r in rows
+        ]
+        self._audit.record(actor, "read", "priorities", f"{len(scores)} scores")
+        return rank_areas(scores)

@@ -1,0 +1,193 @@
+"""The clinical pillar's HTTP API: users, admission dossiers, feedback, evaluation, priorities,
+and the audit log as FHIR AuditEvents. Authorised by API key like the rest of the exchange."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import HTMLResponse, PlainTextResponse, Response
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from aifi.exchange.auth import require_role
+from aifi.exchange.deps import CallerDep, ServicesDep
+from aifi.exchange.models import AuditEntry
+from aifi.governance import AreaScore, PriorityList, ProductEvaluation
+from aifi.governance.conformance.report import ConformanceReport
+from aifi.governance.dossier import Dossier, Gap
+from aifi.governance.drift import DriftChart
+from aifi.web.audit_fhir import audit_bundle
+from aifi.web.deps import ClinicalDep
+
+router = APIRouter(tags=["clinical pillar"])
+
+
+class UserIn(BaseModel):
+    organisation_id: str
+    username: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{1,99}$")
+    display_name: str = Field(min_length=1, max_length=200)
+    role: str = Field(pattern=r"^(radiologist|it|operator|vendor-engineer|privacy-officer)$")
+    password: str = Field(min_length=10, max_length=200)
+
+
+class DossierOut(BaseModel):
+    product_id: str
+    state: str
+    dossier: Dossier
+    gaps: list[Gap]
+
+
+class AdmissionIn(BaseModel):
+    action: str
+    note: str = ""
+
+
+class FeedbackIn(BaseModel):
+    agreement: str = Field(pattern=r"^(agree|partly|disagree)$")
+    radiologist_positive: bool | None = None
+    correction: str = Field(default="", max_length=2000)
+    user: str = Field(default="", max_length=100)
+
+
+class EligibleIn(BaseModel):
+    product_id: str
+    month: str = Field(pattern=r"^\d{4}-\d{2}$")
+    studies: int = Field(ge=0)
+
+
+@router.post("/users", status_code=201)
+def create_user(body: UserIn, caller: CallerDep, clinical: ClinicalDep) -> dict[str, str]:
+    user = clinical.create_user(
+        caller, body.organisation_id, body.username, body.display_name, body.role, body.password
+    )
+    return {"username": user.username, "organisation_id": user.organisation_id}
+
+
+@router.get("/products/{product_id}/dossier", response_model=DossierOut)
+def get_dossier(product_id: str, caller: CallerDep, clinical: ClinicalDep) -> DossierOut:
+    dossier, gaps, state = clinical.dossier(caller, product_id)
+    return DossierOut(product_id=product_id, state=state, dossier=dossier, gaps=gaps)
+
+
+@router.put("/products/{product_id}/dossier", response_model=DossierOut)
+def put_dossier(
+    product_id: str, body: Dossier, caller: CallerDep, clinical: ClinicalDep
+) -> DossierOut:
+    clinical.save_dossier(caller, product_id, body)
+    return get_dossier(product_id, caller, clinical)
+
+
+@router.post("/products/{product_id}/admission")
+def admission(
+    product_id: str, body: AdmissionIn, caller: CallerDep, clinical: ClinicalDep
+) -> dict[str, str]:
+    return {
+        "product_id": product_id,
+        "state": clinical.admission(caller, product_id, body.action, body.note),
+    }
+
+
+@router.get("/products/{product_id}/admission")
+def admission_history(
+    product_id: str, caller: CallerDep, clinical: ClinicalDep
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "at": e.at.isoformat(), "version": e.version, "from": e.from_state, "to": e.to_state,
+            "action": e.action, "organisation": e.organisation_id, "role": e.role, "note": e.note,
+        }
+        for e in clinical.admission_history(caller, product_id)
+    ]  # fmt: skip
+
+
+@router.put("/products/{product_id}/conformance-report", status_code=201)
+def attach_report(
+    product_id: str, body: ConformanceReport, caller: CallerDep, clinical: ClinicalDep
+) -> dict[str, Any]:
+    # The HTML is rendered here from the report's data, not taken from the uploader.
+    html = body.to_html()
+    attachment = body.attachment("admission-report.html", html.encode())
+    clinical.attach_conformance(caller, product_id, body.model_dump(mode="json"), html, attachment)
+    return {"product_id": product_id, "passed": body.passed}
+
+
+@router.get("/products/{product_id}/conformance-report", response_class=HTMLResponse)
+def get_report(product_id: str, caller: CallerDep, clinical: ClinicalDep) -> HTMLResponse:
+    return HTMLResponse(clinical.conformance_html(caller, product_id))
+
+
+@router.get("/products/{product_id}/record-of-processing", response_model=None)
+def record_of_processing(
+    product_id: str,
+    caller: CallerDep,
+    clinical: ClinicalDep,
+    format: Annotated[str, Query(pattern=r"^(json|md|html)$")] = "json",
+    hospital: str | None = None,
+) -> Any:
+    record = clinical.record(caller, product_id, hospital)
+    if format == "md":
+        return PlainTextResponse(record.to_markdown(), media_type="text/markdown")
+    if format == "html":
+        return HTMLResponse(record.to_html())
+    return record.model_dump(mode="json")
+
+
+@router.post("/jobs/{job_id}/feedback", status_code=201)
+def feedback(
+    job_id: str, body: FeedbackIn, caller: CallerDep, clinical: ClinicalDep
+) -> dict[str, Any]:
+    row = clinical.give_feedback(
+        caller, job_id, body.agreement, body.radiologist_positive, body.correction, body.user
+    )
+    return {"job_id": row.job_id, "agreement": row.agreement}
+
+
+@router.put("/eligible", status_code=204)
+def eligible(body: EligibleIn, caller: CallerDep, clinical: ClinicalDep) -> Response:
+    clinical.record_eligible(caller, body.product_id, body.month, body.studies)
+    return Response(status_code=204)
+
+
+@router.get("/evaluation", response_model=list[ProductEvaluation])
+def evaluation(caller: CallerDep, clinical: ClinicalDep) -> list[ProductEvaluation]:
+    return clinical.evaluation(caller)
+
+
+@router.get("/evaluation/drift", response_model=list[DriftChart])
+def drift(
+    caller: CallerDep,
+    clinical: ClinicalDep,
+    granularity: Annotated[str, Query(pattern=r"^(day|week|month)$")] = "month",
+) -> list[DriftChart]:
+    return clinical.drift(caller, granularity)
+
+
+@router.put("/priorities/scores", status_code=204)
+def score(body: AreaScore, caller: CallerDep, clinical: ClinicalDep) -> Response:
+    clinical.score_area(caller, body)
+    return Response(status_code=204)
+
+
+@router.get("/priorities", response_model=PriorityList)
+def priorities(caller: CallerDep, clinical: ClinicalDep) -> PriorityList:
+    return clinical.priorities(caller)
+
+
+@router.get("/audit/fhir")
+def audit_fhir(
+    caller: CallerDep, services: ServicesDep, after_id: int = 0, limit: int = 1000
+) -> Response:
+    """The access log as a FHIR R4 Bundle of AuditEvents (NEN 7513 fields mapped)."""
+    require_role(caller, "operator")
+    with services.db.session() as session:
+        entries = list(
+            session.scalars(
+                select(AuditEntry)
+                .where(AuditEntry.id > after_id)
+                .order_by(AuditEntry.id)
+                .limit(limit)
+            )
+        )
+    bundle = audit_bundle(entries)
+    return Response(bundle.model_dump_json(exclude_none=True), media_type="application/fhir+json")

@@ -1,0 +1,323 @@
+"""The pages: one router, each handler thin — read through the exchange's services (which wall
+tenants and audit every access), render a template."""
+
+from __future__ import annotations
+
+import io
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
+from aifi.exchange.audit import verify_chain
+from aifi.exchange.catalogue import product_out
+from aifi.exchange.deps import ServicesDep
+from aifi.exchange.errors import ExchangeError, NotFound
+from aifi.exchange.jobs import job_out
+from aifi.exchange.models import AuditEntry, Organisation
+from aifi.exchange.schemas import OrganisationKind
+from aifi.governance import AreaScore, allowed_actions
+from aifi.results.key_image import render_result_key_image
+from aifi.web.deps import ClinicalDep
+from aifi.web.session import UserDep, WebUser
+
+templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+router = APIRouter(prefix="/ui", include_in_schema=False)
+
+AGREEMENTS = ("agree", "partly", "disagree")
+
+
+def page(request: Request, name: str, user: WebUser | None, **context: Any) -> HTMLResponse:
+    return templates.TemplateResponse(request, name, {"user": user, **context})
+
+
+# login -------------------------------------------------------------------------------------
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request) -> HTMLResponse:
+    return page(request, "login.html", None, error=None)
+
+
+@router.post("/login", response_model=None)
+def login(
+    request: Request,
+    clinical: ClinicalDep,
+    username: Annotated[str, Form()],
+    password: Annotated[str, Form()],
+) -> Response:
+    found = clinical.login(username, password)
+    if found is None:
+        response = page(request, "login.html", None, error="Unknown user or wrong password.")
+        response.status_code = 401
+        return response
+    user, actor = found
+    request.session["user"] = {
+        "username": user.username,
+        "display_name": user.display_name,
+        "user_role": user.role,
+        "organisation_id": actor.organisation_id,
+        "organisation_role": actor.role,
+    }
+    return RedirectResponse("/ui/", status_code=303)
+
+
+@router.post("/logout")
+def logout(request: Request) -> RedirectResponse:
+    request.session.clear()
+    return RedirectResponse("/ui/login", status_code=303)
+
+
+# home: one per kind of organisation -------------------------------------------------------
+
+
+@router.get("/", response_class=HTMLResponse)
+def home(request: Request, user: UserDep, services: ServicesDep) -> HTMLResponse:
+    actor = user.actor
+    jobs = services.jobs.list(actor, limit=1000)
+    if user.organisation_role == OrganisationKind.operator:
+        with services.db.session() as session:
+            hospitals = list(
+                session.scalars(
+                    select(Organisation)
+                    .where(Organisation.kind == OrganisationKind.hospital.value)
+                    .order_by(Organisation.id)
+                )
+            )
+        products = services.catalogue.list_products()
+        grid: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+        for job in jobs:
+            grid[(job.hospital_id, job.product_id)][job.state] += 1
+        states = Counter(job.state for job in jobs)
+        return page(
+            request, "operator_home.html", user,
+            hospitals=hospitals, products=products, grid=grid, states=states,
+        )  # fmt: skip
+    if user.organisation_role == OrganisationKind.hospital:
+        return page(request, "hospital_home.html", user, jobs=[job_out(j) for j in reversed(jobs)])
+    own = [
+        product_out(p)
+        for p in services.catalogue.list_products()
+        if p.vendor_id == user.organisation_id
+    ]
+    return page(
+        request, "vendor_home.html", user, products=own,
+        jobs=[job_out(j) for j in reversed(jobs)],
+    )  # fmt: skip
+
+
+# catalogue and admission ------------------------------------------------------------------
+
+
+@router.get("/catalogue", response_class=HTMLResponse)
+def catalogue(request: Request, user: UserDep, services: ServicesDep) -> HTMLResponse:
+    products = [product_out(p) for p in services.catalogue.list_products()]
+    if user.organisation_role == OrganisationKind.vendor:
+        products = [p for p in products if p.vendor == user.organisation_id]
+    elif user.organisation_role == OrganisationKind.hospital:
+        products = [p for p in products if p.status == "admitted"]
+    return page(request, "catalogue.html", user, products=products)
+
+
+@router.get("/products/{product_id}", response_class=HTMLResponse)
+def product_page(
+    request: Request, product_id: str, user: UserDep, services: ServicesDep, clinical: ClinicalDep
+) -> HTMLResponse:
+    product = _product_or_404(services, user, product_id)
+    dossier, gaps, state = clinical.dossier(user.actor, product_id)
+    history = clinical.admission_history(user.actor, product_id)
+    record = None
+    if user.organisation_role != OrganisationKind.vendor:
+        record = clinical.record(user.actor, product_id).to_html()
+    actions = [a.value for a in allowed_actions(state, user.organisation_role)]
+    return page(
+        request, "product.html", user, product=product, dossier=dossier, gaps=gaps,
+        state=state, history=history, record=record, actions=actions,
+    )  # fmt: skip
+
+
+@router.post("/products/{product_id}/admission")
+def admission(
+    product_id: str,
+    user: UserDep,
+    services: ServicesDep,
+    clinical: ClinicalDep,
+    action: Annotated[str, Form()],
+    note: Annotated[str, Form()] = "",
+) -> Response:
+    _product_or_404(services, None if user.organisation_role != "vendor" else user, product_id)
+    try:
+        clinical.admission(user.actor, product_id, action, note)
+    except ExchangeError as exc:
+        raise HTTPException(exc.status, exc.message) from exc
+    return RedirectResponse(f"/ui/products/{product_id}", status_code=303)
+
+
+@router.get("/products/{product_id}/conformance", response_class=HTMLResponse)
+def conformance_report(
+    product_id: str, user: UserDep, services: ServicesDep, clinical: ClinicalDep
+) -> HTMLResponse:
+    _product_or_404(services, user, product_id)
+    try:
+        return HTMLResponse(clinical.conformance_html(user.actor, product_id))
+    except NotFound as exc:
+        raise HTTPException(404, exc.message) from exc
+
+
+def _product_or_404(services: Any, user: WebUser | None, product_id: str) -> Any:
+    try:
+        product = product_out(services.catalogue.get_product(product_id))
+    except NotFound as exc:
+        raise HTTPException(404, exc.message) from exc
+    if (
+        user is not None
+        and user.organisation_role == OrganisationKind.vendor
+        and product.vendor != user.organisation_id
+    ):
+        raise HTTPException(404, f"no product {product_id!r}")
+    return product
+
+
+# jobs, results, feedback ------------------------------------------------------------------
+
+
+@router.get("/jobs", response_class=HTMLResponse)
+def jobs_page(request: Request, user: UserDep, services: ServicesDep) -> HTMLResponse:
+    jobs = [job_out(j) for j in reversed(services.jobs.list(user.actor, limit=1000))]
+    return page(request, "jobs.html", user, jobs=jobs)
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+def job_page(
+    request: Request, job_id: str, user: UserDep, services: ServicesDep, clinical: ClinicalDep
+) -> HTMLResponse:
+    try:
+        job = job_out(services.jobs.get(user.actor, job_id))
+    except NotFound as exc:
+        raise HTTPException(404, exc.message) from exc
+    results: list[Any] = []
+    feedback = None
+    if user.organisation_role == OrganisationKind.hospital and job.state == "completed":
+        results = services.transfers.list_results(user.actor, job_id, None)
+        feedback = clinical.feedback_for(user.actor, job_id)
+    has_seg = any(r.kind == "seg" for r in results)
+    return page(
+        request, "job.html", user, job=job, results=results, feedback=feedback,
+        has_seg=has_seg, agreements=AGREEMENTS,
+    )  # fmt: skip
+
+
+@router.get("/jobs/{job_id}/key-image.png")
+async def key_image(job_id: str, user: UserDep, services: ServicesDep) -> Response:
+    """Drawn from the pseudonymised SEG and inputs, for the job's own hospital only."""
+    if user.organisation_role != OrganisationKind.hospital:
+        raise HTTPException(403, "key images are for the hospital that sent the study")
+    png = await run_in_threadpool(_render_key_image, services, user, job_id)
+    if png is None:
+        raise HTTPException(404, f"job {job_id} has no segmentation to show")
+    return Response(png, media_type="image/png")
+
+
+def _render_key_image(services: Any, user: WebUser, job_id: str) -> bytes | None:
+    try:
+        results = services.transfers.list_results(user.actor, job_id, None)
+        inputs = {
+            i.sop_instance_uid: i for i in services.transfers.list_inputs(user.actor, job_id, None)
+        }
+    except ExchangeError:
+        return None
+    paths = [
+        services.blobs.local_path(r.blob_key) for r in results if r.kind == "seg"
+    ]  # fmt: skip
+    paths = [p for p in paths if p is not None]
+
+    def source(uid: str) -> Path | None:
+        row = inputs.get(uid)
+        return services.blobs.local_path(row.blob_key) if row is not None else None
+
+    target = io.BytesIO()
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        out = render_result_key_image(paths, source, Path(folder) / "key.png")
+        if out is None:
+            return None
+        target.write(out.read_bytes())
+    return target.getvalue()
+
+
+@router.post("/jobs/{job_id}/feedback")
+def feedback(
+    job_id: str,
+    user: UserDep,
+    clinical: ClinicalDep,
+    agreement: Annotated[str, Form()],
+    radiologist_positive: Annotated[str, Form()] = "",
+    correction: Annotated[str, Form()] = "",
+) -> Response:
+    if agreement not in AGREEMENTS:
+        raise HTTPException(422, f"agreement must be one of {', '.join(AGREEMENTS)}")
+    verdict = {"yes": True, "no": False}.get(radiologist_positive)
+    try:
+        clinical.give_feedback(user.actor, job_id, agreement, verdict, correction, user.username)
+    except ExchangeError as exc:
+        raise HTTPException(exc.status, exc.message) from exc
+    return RedirectResponse(f"/ui/jobs/{job_id}", status_code=303)
+
+
+# evaluation, priorities, audit ------------------------------------------------------------
+
+
+@router.get("/evaluation", response_class=HTMLResponse)
+def evaluation(request: Request, user: UserDep, clinical: ClinicalDep) -> HTMLResponse:
+    rows = clinical.evaluation(user.actor)
+    charts = clinical.drift(user.actor)
+    alerts = [alert for chart in charts for alert in chart.alerts]
+    return page(request, "evaluation.html", user, rows=rows, alerts=alerts)
+
+
+@router.get("/priorities", response_class=HTMLResponse)
+def priorities(request: Request, user: UserDep, clinical: ClinicalDep) -> HTMLResponse:
+    ranked = clinical.priorities(user.actor)
+    return page(request, "priorities.html", user, ranked=ranked)
+
+
+@router.post("/priorities")
+def score_area(
+    user: UserDep,
+    clinical: ClinicalDep,
+    area: Annotated[str, Form()],
+    volume: Annotated[int, Form()],
+    benefit: Annotated[int, Form()],
+    urgency: Annotated[int, Form()],
+    readiness: Annotated[int, Form()],
+) -> Response:
+    try:
+        score = AreaScore(
+            hospital_id=user.organisation_id, area=area, volume=volume, benefit=benefit,
+            urgency=urgency, readiness=readiness,
+        )  # fmt: skip
+        clinical.score_area(user.actor, score)
+    except ExchangeError as exc:
+        raise HTTPException(exc.status, exc.message) from exc
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from exc
+    return RedirectResponse("/ui/priorities", status_code=303)
+
+
+@router.get("/audit", response_class=HTMLResponse)
+def audit(request: Request, user: UserDep, services: ServicesDep) -> HTMLResponse:
+    if user.organisation_role != OrganisationKind.operator:
+        raise HTTPException(403, "the audit log is for the national operator")
+    with services.db.session() as session:
+        entries = list(session.scalars(select(AuditEntry).order_by(AuditEntry.id)))
+    problems = verify_chain(entries)
+    return page(
+        request, "audit.html", user, entries=list(reversed(entries))[:300],
+        total=len(entries), problems=problems,
+    )  # fmt: skip

@@ -1,0 +1,74 @@
+"""`aifi audit verify` finds every kind of tampering: an edited, a removed and a re-ordered
+entry of the exchange's hash-chained access log."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from aifi.exchange.app import create_app
+from aifi.exchange.audit_cli import app as audit_app
+from aifi.exchange.settings import ExchangeSettings
+
+KEY = "aifi_audit-test-operator-key-0123456789abc"
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """An exchange that has logged a few accesses, then stopped."""
+    folder = tmp_path / "exchange"
+    with TestClient(create_app(ExchangeSettings(data_dir=folder, operator_key=KEY))) as client:
+        headers = {"Authorization": f"Bearer {KEY}"}
+        for org in ("h1", "h2", "v1"):
+            kind = "vendor" if org.startswith("v") else "hospital"
+            client.post(
+                "/organisations", json={"id": org, "name": org, "kind": kind}, headers=headers
+            )
+        client.get("/jobs", headers=headers)
+        client.get("/metering", headers=headers)
+    return folder
+
+
+def verify(folder: Path) -> tuple[int, str]:
+    result = CliRunner().invoke(audit_app, ["verify", "--data-dir", str(folder)])
+    return result.exit_code, result.output
+
+
+def tamper(folder: Path, change: Callable[[sqlite3.Connection], None]) -> None:
+    with sqlite3.connect(folder / "exchange.db") as db:
+        change(db)
+
+
+def test_an_untouched_log_verifies(data_dir: Path) -> None:
+    code, output = verify(data_dir)
+    assert code == 0 and "intact" in output
+
+
+def test_an_edited_entry_is_found(data_dir: Path) -> None:
+    tamper(
+        data_dir, lambda db: db.execute("UPDATE audit_log SET organisation_id = 'x' WHERE id = 2")
+    )
+    code, output = verify(data_dir)
+    assert code == 1 and "entry 2: content does not match its hash (edited)" in output
+
+
+def test_a_removed_entry_is_found(data_dir: Path) -> None:
+    tamper(data_dir, lambda db: db.execute("DELETE FROM audit_log WHERE id = 3"))
+    code, output = verify(data_dir)
+    assert code == 1 and "entry 4: previous hash does not match" in output
+
+
+def test_reordered_entries_are_found(data_dir: Path) -> None:
+    def swap(db: sqlite3.Connection) -> None:
+        db.execute("UPDATE audit_log SET id = -2 WHERE id = 2")
+        db.execute("UPDATE audit_log SET id = 2 WHERE id = 3")
+        db.execute("UPDATE audit_log SET id = 3 WHERE id = -2")
+
+    tamper(data_dir, swap)
+    code, output = verify(data_dir)
+    assert code == 1 and "previous hash does not match (removed or re-ordered)" in output

@@ -1,0 +1,167 @@
+"""The clinical pillar through the exchange's API: admission gates subscriptions and jobs,
+feedback reaches the metrics, hospitals rank clinical areas, the audit log exports as FHIR."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pydicom
+from fhir.resources.R4B.bundle import Bundle
+
+from aifi.dicom.deid import Deidentifier, PseudonymKey
+from aifi.phantoms import write_study
+from aifi.products import tissue_volume
+from aifi.vendor import VendorClient, Worker
+from support.pillar import Pillar, complete_dossier, kit_report, tissue_manifest
+
+PRODUCT = tissue_volume.PRODUCT_ID
+
+
+def admit(pillar: Pillar, tmp_path: Path) -> None:
+    """The whole admission path: register, dossier, kit report, submit, review, admit."""
+    manifest = tissue_manifest()
+    with pillar.api("aifi-reference") as vendor, pillar.api("operator") as operator:
+        assert vendor.post("/products", json=manifest).json()["status"] == "draft"
+        vendor.put(
+            f"/products/{PRODUCT}/dossier", json=complete_dossier(manifest)
+        ).raise_for_status()
+        report = kit_report(tmp_path / "kit")
+        vendor.put(f"/products/{PRODUCT}/conformance-report", json=report).raise_for_status()
+        assert vendor.get(f"/products/{PRODUCT}/dossier").json()["gaps"] == []
+        for client, action in ((vendor, "submit"), (operator, "start-review"), (operator, "admit")):
+            response = client.post(f"/products/{PRODUCT}/admission", json={"action": action})
+            assert response.status_code == 200, response.text
+    assert response.json()["state"] == "admitted"
+
+
+def submit_job(pillar: Pillar, folder: Path, hospital: str = "hospital-a") -> str:
+    write_study("ct-head", folder / "raw", seed=5, size="small")
+    engine = Deidentifier(PseudonymKey(b"h" * 32))
+    files = []
+    for path in sorted((folder / "raw").rglob("*.dcm")):
+        target = folder / "pseudo" / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        engine.deidentify_file(path, target)
+        files.append(target)
+    study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    with pillar.api(hospital) as api:
+        job = api.post(
+            "/jobs", json={"product_id": PRODUCT, "study_uid": study, "idempotency_key": study}
+        )
+        assert job.status_code == 201, job.text
+        job_id = str(job.json()["id"])
+        for path in files:
+            uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+            api.put(f"/jobs/{job_id}/inputs/{uid}", content=path.read_bytes()).raise_for_status()
+        api.post(f"/jobs/{job_id}/ready", json={"instances": len(files)}).raise_for_status()
+    return job_id
+
+
+def test_only_an_admitted_product_takes_subscriptions_and_jobs(
+    pillar: Pillar, tmp_path: Path
+) -> None:
+    manifest = tissue_manifest()
+    with pillar.api("aifi-reference") as vendor, pillar.api("hospital-a") as hospital:
+        vendor.post("/products", json=manifest).raise_for_status()
+        refused = hospital.post("/subscriptions", json={"product_id": PRODUCT})
+        assert refused.status_code == 403 and "draft" in refused.json()["detail"]
+        # Submitting an incomplete dossier names what is missing.
+        incomplete = vendor.post(f"/products/{PRODUCT}/admission", json={"action": "submit"})
+        assert incomplete.status_code == 422 and "dossier-complete" in incomplete.json()["detail"]
+        # A hospital may not admit; another vendor does not see the product's dossier.
+        assert (
+            hospital.post(f"/products/{PRODUCT}/admission", json={"action": "admit"}).status_code
+            == 403
+        )
+    with pillar.api("other-vendor") as other:
+        assert other.get(f"/products/{PRODUCT}/dossier").status_code == 404
+    admit(pillar, tmp_path)
+    with pillar.api("hospital-a") as hospital:
+        assert hospital.post("/subscriptions", json={"product_id": PRODUCT}).status_code == 201
+    job_id = submit_job(pillar, tmp_path / "s1")
+    with pillar.api("operator") as operator, pillar.api("aifi-reference") as vendor:
+        history = vendor.get(f"/products/{PRODUCT}/admission").json()
+        assert [h["to"] for h in history] == ["submitted", "under-review", "admitted"]
+        # Suspension stops new jobs at once: not claimed, not created.
+        operator.post(
+            f"/products/{PRODUCT}/admission", json={"action": "suspend"}
+        ).raise_for_status()
+        claim = vendor.post("/jobs/claim", json={})
+        assert claim.status_code == 204
+    with pillar.api("hospital-a") as hospital:
+        again = hospital.post(
+            "/jobs", json={"product_id": PRODUCT, "study_uid": "2.25.7", "idempotency_key": "x"}
+        )
+        assert again.status_code == 403 and "suspended" in again.json()["detail"]
+        assert hospital.get(f"/jobs/{job_id}").json()["state"] == "requested"
+    # A new version re-opens review once reinstated.
+    with pillar.api("operator") as operator, pillar.api("aifi-reference") as vendor:
+        operator.post(
+            f"/products/{PRODUCT}/admission", json={"action": "reinstate"}
+        ).raise_for_status()
+        assert vendor.get(f"/products/{PRODUCT}").json()["status"] == "admitted"
+        vendor.post("/products", json={**manifest, "version": "1.1.0"}).raise_for_status()
+        assert vendor.get(f"/products/{PRODUCT}").json()["status"] == "under-review"
+
+
+def test_feedback_reaches_the_evaluation(pillar: Pillar, tmp_path: Path) -> None:
+    admit(pillar, tmp_path)
+    with pillar.api("hospital-a") as hospital:
+        hospital.post("/subscriptions", json={"product_id": PRODUCT}).raise_for_status()
+    job_id = submit_job(pillar, tmp_path / "s1")
+    client = VendorClient(pillar.exchange.url, pillar.keys["aifi-reference"])
+    assert Worker(client, tissue_volume.run, workdir=tmp_path).run_once(wait_seconds=10) == job_id
+    client.close()
+    with pillar.api("hospital-a") as hospital:
+        given = hospital.post(
+            f"/jobs/{job_id}/feedback", json={"agreement": "partly", "correction": "misses a lobe"}
+        )
+        assert given.status_code == 201, given.text
+        rows = hospital.get("/evaluation").json()
+    mine = next(r for r in rows if r["hospital_id"] == "hospital-a" and r["product_id"] == PRODUCT)
+    assert mine["volume"] == 1
+    assert mine["feedback"] == 1
+    assert (mine["partly"]["numerator"], mine["agree"]["numerator"]) == (1, 0)
+    with pillar.api("hospital-b") as other:
+        assert (
+            other.post(f"/jobs/{job_id}/feedback", json={"agreement": "agree"}).status_code == 404
+        )
+        assert all(r["hospital_id"] != "hospital-a" for r in other.get("/evaluation").json())
+
+
+def test_hospitals_rank_clinical_areas(pillar: Pillar) -> None:
+    scores = {
+        "hospital-a": [("fracture detection", 5, 4, 3, 4), ("bone age", 2, 3, 2, 5)],
+        "hospital-b": [("fracture detection", 4, 5, 4, 3), ("stroke triage", 3, 5, 5, 2)],
+    }
+    for hospital, rows in scores.items():
+        with pillar.api(hospital) as api:
+            for area, volume, benefit, urgency, readiness in rows:
+                body = {
+                    "hospital_id": hospital, "area": area, "volume": volume, "benefit": benefit,
+                    "urgency": urgency, "readiness": readiness,
+                }  # fmt: skip
+                assert api.put("/priorities/scores", json=body).status_code == 204
+    with pillar.api("hospital-a") as api:
+        forged = {**body, "hospital_id": "hospital-b"}
+        assert api.put("/priorities/scores", json=forged).status_code == 403
+    with pillar.api("operator") as operator:
+        ranked = operator.get("/priorities").json()["areas"]
+    assert ranked[0]["area"] == "fracture detection" and ranked[0]["hospitals"] == 2
+    assert {a["area"] for a in ranked} == {"fracture detection", "bone age", "stroke triage"}
+
+
+def test_the_audit_log_exports_as_fhir_audit_events(pillar: Pillar) -> None:
+    with pillar.api("hospital-b") as hospital:
+        hospital.get("/jobs/does-not-exist")  # a refused read, audited
+    with pillar.api("operator") as operator:
+        response = operator.get("/audit/fhir")
+        assert response.status_code == 200
+        bundle = Bundle.model_validate(json.loads(response.text))
+    events = [entry.resource for entry in bundle.entry or []]
+    assert events and all(e.__resource_type__ == "AuditEvent" for e in events)
+    refused = [e for e in events if e.outcome == "4"]
+    assert any(e.agent[0].who.identifier.value == "hospital-b" for e in refused)
+    with pillar.api("hospital-a") as hospital:
+        assert hospital.get("/audit/fhir").status_code == 403

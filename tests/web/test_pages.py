@@ -1,0 +1,208 @@
+"""The web pages in a real browser (Debian's Chromium driven by Playwright): every page renders
+with real data, a radiologist's feedback shows up in the metrics, tenants stay walled, and the
+run keeps a screenshot of every page (test-artifacts/screenshots)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pydicom
+import pytest
+
+from aifi.dicom.deid import Deidentifier, PseudonymKey
+from aifi.exchange.server import ExchangeThread
+from aifi.exchange.settings import ExchangeSettings
+from aifi.phantoms import write_study
+from aifi.products import ich_triage, tissue_volume
+from aifi.vendor import VendorClient, Worker
+from aifi.web import mount
+from support.peers import require_executable
+
+pytestmark = pytest.mark.peer
+KEY = "aifi_pages-test-operator-key-0123456789abcd"
+PASSWORD = "correct horse battery"
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
+USERS = {
+    "olivia": ("operator", "operator"),
+    "rita": ("hospital-a", "radiologist"),
+    "victor": ("aifi-reference", "vendor-engineer"),
+    "otto": ("other-vendor", "vendor-engineer"),
+}
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """An exchange with users, two admitted products and one completed triage job."""
+    tmp = tmp_path_factory.mktemp("pages")
+    settings = ExchangeSettings(data_dir=tmp / "exchange", operator_key=KEY, admit_on_register=True)
+    with ExchangeThread(settings, extensions=[mount]) as exchange:
+        operator = httpx.Client(base_url=exchange.url, headers={"Authorization": f"Bearer {KEY}"})
+        keys = {}
+        for org, kind in (
+            ("hospital-a", "hospital"), ("aifi-reference", "vendor"), ("other-vendor", "vendor")
+        ):  # fmt: skip
+            keys[org] = operator.post(
+                "/organisations", json={"id": org, "name": org.title(), "kind": kind}
+            ).json()["api_key"]
+        for username, (org, role) in USERS.items():
+            operator.post(
+                "/users",
+                json={
+                    "organisation_id": org, "username": username, "password": PASSWORD,
+                    "display_name": username.title(), "role": role,
+                },
+            ).raise_for_status()  # fmt: skip
+        vendor = VendorClient(exchange.url, keys["aifi-reference"])
+        vendor.register_product(ich_triage.manifest("aifi-reference"))
+        vendor.register_product(tissue_volume.manifest("aifi-reference"))
+        hospital = httpx.Client(
+            base_url=exchange.url, headers={"Authorization": f"Bearer {keys['hospital-a']}"}
+        )
+        hospital.post(
+            "/subscriptions", json={"product_id": ich_triage.PRODUCT_ID}
+        ).raise_for_status()
+        write_study("ct-head", tmp / "raw", seed=2, size="default", haemorrhage_ml=20.0)
+        engine = Deidentifier(PseudonymKey(b"p" * 32))
+        files = []
+        for path in sorted((tmp / "raw").rglob("*.dcm")):
+            target = tmp / "pseudo" / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            engine.deidentify_file(path, target)
+            files.append(target)
+        study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+        job = hospital.post(
+            "/jobs",
+            json={"product_id": ich_triage.PRODUCT_ID, "study_uid": study, "idempotency_key": "k"},
+        ).json()
+        for path in files:
+            uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+            hospital.put(
+                f"/jobs/{job['id']}/inputs/{uid}", content=path.read_bytes()
+            ).raise_for_status()
+        hospital.post(f"/jobs/{job['id']}/ready", json={"instances": len(files)}).raise_for_status()
+        assert Worker(vendor, ich_triage.run, workdir=tmp).run_once(wait_seconds=10) == job["id"]
+        yield {"url": exchange.url, "job_id": job["id"]}
+        for client in (operator, hospital, vendor):
+            client.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    chromium = require_executable("chromium", "chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run",
+            ],
+        )  # fmt: skip
+        yield browser
+        browser.close()
+
+
+_lock = threading.Lock()
+
+
+def visit(page: Any, url: str, name: str) -> Any:
+    response = page.goto(url)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+    return response
+
+
+def logged_in(browser: Any, site: dict[str, Any], username: str) -> Any:
+    page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    page.goto(site["url"] + "/ui/login")
+    page.fill("#username", username)
+    page.fill("#password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(site["url"] + "/ui/")
+    return page
+
+
+def test_a_wrong_password_is_refused(browser: Any, site: dict[str, Any]) -> None:
+    page = browser.new_page()
+    visit(page, site["url"] + "/ui/", "login")
+    assert page.url.endswith("/ui/login")
+    page.fill("#username", "rita")
+    page.fill("#password", "not the password")
+    page.click("button[type=submit]")
+    assert "Unknown user or wrong password" in page.content()
+
+
+def test_the_operator_sees_the_nation(browser: Any, site: dict[str, Any]) -> None:
+    page = logged_in(browser, site, "olivia")
+    visit(page, site["url"] + "/ui/", "operator-overview")
+    assert "Map of hospitals and products" in page.content()
+    assert page.locator("td", has_text="Hospital-A").count() == 1
+    visit(page, site["url"] + "/ui/catalogue", "operator-catalogue")
+    assert (
+        page.locator("a", has_text="Intracranial").count() >= 1 or "ich" in page.content().lower()
+    )
+    visit(page, site["url"] + f"/ui/products/{ich_triage.PRODUCT_ID}", "operator-product")
+    assert "Dossier gaps" in page.content() and "Record of processing" in page.content()
+    visit(page, site["url"] + "/ui/evaluation", "operator-evaluation")
+    assert ich_triage.PRODUCT_ID in page.content()
+    visit(page, site["url"] + "/ui/audit", "operator-audit")
+    assert "the hash chain is intact" in page.content()
+    visit(page, site["url"] + "/ui/priorities", "operator-priorities")
+    # The operator sees metadata, never images.
+    response = visit(
+        page, site["url"] + f"/ui/jobs/{site['job_id']}/key-image.png", "operator-key-image"
+    )
+    assert response.status == 403
+
+
+def test_a_radiologists_feedback_shows_up_in_the_metrics(
+    browser: Any, site: dict[str, Any]
+) -> None:
+    page = logged_in(browser, site, "rita")
+    visit(page, site["url"] + "/ui/", "hospital-jobs")
+    assert "completed" in page.content()
+    visit(page, site["url"] + f"/ui/jobs/{site['job_id']}", "hospital-job")
+    assert "Triage positive" in page.content()
+    image = page.locator("img.key")
+    assert image.evaluate("img => img.complete && img.naturalWidth") > 0
+    page.check("input[name=agreement][value=disagree]")
+    page.check("input[name=radiologist_positive][value=no]")
+    page.fill("textarea[name=correction]", "calcification, not blood")
+    with page.expect_navigation():
+        page.click("text=Save feedback")
+    visit(page, site["url"] + f"/ui/jobs/{site['job_id']}", "hospital-job-feedback")
+    assert "Recorded: disagree" in page.inner_text("main")
+    visit(page, site["url"] + "/ui/evaluation", "hospital-metrics")
+    row = page.locator("tr", has_text="hospital-a").first
+    cells = row.locator("td").all_inner_texts()
+    assert cells[7].startswith("0 %") and cells[9].startswith("100 %")  # agree 0/1, disagree 1/1
+    visit(page, site["url"] + "/ui/priorities", "hospital-priorities")
+    page.fill("input[name=area]", "fracture detection on radiographs")
+    page.select_option("select[name=benefit]", "5")
+    page.click("text=Save score")
+    assert "fracture detection on radiographs" in page.content()
+    assert visit(page, site["url"] + "/ui/audit", "hospital-audit-refused").status == 403
+
+
+def test_vendors_see_their_own_products_only(browser: Any, site: dict[str, Any]) -> None:
+    page = logged_in(browser, site, "victor")
+    visit(page, site["url"] + "/ui/", "vendor-home")
+    assert ich_triage.PRODUCT_ID in page.content()
+    visit(page, site["url"] + f"/ui/products/{ich_triage.PRODUCT_ID}", "vendor-product")
+    assert "Dossier gaps" in page.content()
+    visit(page, site["url"] + "/ui/jobs", "vendor-jobs")
+    other = logged_in(browser, site, "otto")
+    visit(other, site["url"] + "/ui/", "other-vendor-home")
+    assert ich_triage.PRODUCT_ID not in other.content()
+    response = visit(
+        other, site["url"] + f"/ui/products/{ich_triage.PRODUCT_ID}", "other-vendor-refused"
+    )
+    assert response.status == 404
+    assert (
+        visit(other, site["url"] + f"/ui/jobs/{site['job_id']}", "other-vendor-job").status == 404
+    )

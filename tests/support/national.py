@@ -15,6 +15,7 @@ from aifi.exchange.server import ExchangeThread
 from aifi.exchange.settings import ExchangeSettings
 from aifi.products import tissue_volume
 from aifi.vendor import VendorClient, Worker
+from aifi.web import mount
 
 OPERATOR_KEY = "aifi_gateway-test-operator-key-0123456789"
 HOSPITAL = "hospital-1"
@@ -69,7 +70,7 @@ def gateway_config(
 @contextmanager
 def national_path(tmp_path: Path) -> Iterator[National]:
     settings = ExchangeSettings(data_dir=tmp_path / "exchange", operator_key=OPERATOR_KEY)
-    with ExchangeThread(settings) as exchange:
+    with ExchangeThread(settings, extensions=[mount]) as exchange:
         operator = httpx.Client(
             base_url=exchange.url, headers={"Authorization": f"Bearer {OPERATOR_KEY}"}
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select
 
 from aifi.exchange.audit import Actor, AuditLog
@@ -173,6 +175,40 @@ class Catalogue:
                 )
             sub.active = False
         self._audit.record(actor, "delete", "subscription", f"{actor.organisation_id}/{product_id}")
+
+    def report_routes(
+        self, actor: Actor, product_id: str, routes: list[dict[str, Any]]
+    ) -> Subscription:
+        require_role(actor, OrganisationKind.hospital)
+        with self._db.session() as session:
+            sub = session.scalars(
+                select(Subscription).where(
+                    Subscription.hospital_id == actor.organisation_id,
+                    Subscription.product_id == product_id,
+                )
+            ).first()
+            if sub is None:
+                raise NotFound(
+                    f"hospital {actor.organisation_id!r} has no subscription to {product_id!r}"
+                )
+            sub.routes = routes
+        self._audit.record(
+            actor,
+            "update",
+            "subscription",
+            f"{actor.organisation_id}/{product_id}",
+            detail=f"{len(routes)} routing rules",
+        )
+        return sub
+
+    def routes_of(self, hospital_id: str, product_id: str) -> list[dict[str, Any]]:
+        with self._db.session() as session:
+            routes = session.scalars(
+                select(Subscription.routes).where(
+                    Subscription.hospital_id == hospital_id, Subscription.product_id == product_id
+                )
+            ).first()
+        return list(routes or [])
 
     def list_subscriptions(self, actor: Actor) -> list[Subscription]:
         with self._db.session() as session:

@@ -75,6 +75,9 @@ class Subscription(Base):
     product_id: Mapped[str] = mapped_column(ForeignKey("products.id"))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: The hospital gateway's routing rules for this product, as it last reported them: what
+    #: the record of processing says is sent.
+    routes: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class Job(Base):

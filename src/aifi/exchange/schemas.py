@@ -119,6 +119,13 @@ class SubscriptionOut(BaseModel):
     product_id: str
     active: bool
     created_at: datetime
+    routes: list[dict[str, Any]] | None = None
+
+
+class RoutesIn(BaseModel):
+    """A gateway's routing rules for one product (modalities, body parts, patterns, …)."""
+
+    routes: list[dict[str, Any]] = Field(max_length=100)
 
 
 class JobIn(BaseModel):

@@ -71,5 +71,12 @@ class GatewayClient(ApiClient):
     def download_result(self, job_id: str, name: str, target: Path) -> int:
         return self.download(f"/jobs/{job_id}/results/{name}", target)
 
+    def report_routes(self, product_id: str, routes: list[dict[str, Any]]) -> None:
+        self.request("PUT", f"/subscriptions/{product_id}/routes", json={"routes": routes})
+
+    def report_eligible(self, product_id: str, month: str, studies: int) -> None:
+        body = {"product_id": product_id, "month": month, "studies": studies}
+        self.request("PUT", "/eligible", json=body)
+
     def acknowledge(self, job_id: str) -> None:
         self.request("POST", f"/jobs/{job_id}/acknowledge")

@@ -243,22 +243,28 @@ class Gateway:
     def assemble_due(self, now: float) -> int:
         """Route every study whose quiet timer has run out; returns how many jobs were made."""
         made = 0
-        for study in self.state.due_studies(now):
+        due = self.state.due_studies(now)
+        for study in due:
             instances = self.state.study_instances(study["study_uid"])
             jobs = route_study(self.config.routes, instances, study["calling_ae"])
             made += self.state.route_study(
                 study["study_uid"], study["round"], study["due_at"], jobs
             )
+        if due:
+            self._submit.set()  # jobs to send, and studies to count for uptake
         if made:
-            self._submit.set()
             self._notify()
         return made
 
     # submission ----------------------------------------------------------------------------
 
     def _submit_loop(self) -> None:
+        routes_reported = False
         while not self._stop.is_set():
             self._submit.clear()
+            if not routes_reported:
+                routes_reported = self.report_routes()
+            self.report_uptake()
             for job in self.state.pending_jobs(time.time()):
                 if self._stop.is_set():
                     return
@@ -266,6 +272,41 @@ class Gateway:
             due = self.state.next_pending_at()
             timeout = 3600.0 if due is None else max(0.0, due - time.time())
             self._submit.wait(timeout)
+
+    def report_routes(self) -> bool:
+        """Tell the exchange which studies go to each product (its record of processing says
+        so to the hospital's privacy officer); True once every product's rules were taken."""
+        rules: dict[str, list[dict[str, Any]]] = {}
+        for route in self.config.routes:
+            rule = route.model_dump(exclude={"product", "priority"}, exclude_none=True)
+            rules.setdefault(route.product, []).append(rule)
+        try:
+            for product_id, product_rules in rules.items():
+                self.client.report_routes(product_id, product_rules)
+        except (ExchangeHTTPError, httpx.TransportError, OSError) as exc:
+            log.warning("routing rules not reported to the exchange yet: %s", exc)
+            return False
+        return True
+
+    def report_uptake(self) -> None:
+        """Count, per product, the studies it could have read (routed or not), and report the
+        monthly totals: the exchange's uptake figure is routed ÷ eligible."""
+        products = sorted({route.product for route in self.config.routes})
+        try:
+            for study in self.state.uncounted_studies():
+                instances = self.state.study_instances(study["study_uid"])
+                eligible = [
+                    p for p in products
+                    if any(_accepted(self.client.product(p)["manifest"], row) for row in instances)
+                ]  # fmt: skip
+                self.state.count_eligible(
+                    study["study_uid"], study["round"], study["month"], eligible
+                )
+            for row in self.state.unreported_counts():
+                self.client.report_eligible(row["product_id"], row["month"], row["studies"])
+                self.state.mark_reported(row["product_id"], row["month"], row["studies"])
+        except (ExchangeHTTPError, httpx.TransportError, OSError) as exc:
+            log.warning("uptake counts not reported yet: %s", exc)
 
     def submit(self, job: Any) -> None:
         """Pseudonymise and upload one job; refusals end it with a reason, outages retry."""

@@ -69,6 +69,20 @@ CREATE TABLE IF NOT EXISTS jobs (
     results_delivered INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS ix_jobs_state ON jobs(state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS eligibility (
+    study_uid TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    month TEXT NOT NULL,         -- YYYY-MM the study was assembled in
+    counted INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (study_uid, round)
+);
+CREATE TABLE IF NOT EXISTS eligible_counts (
+    product_id TEXT NOT NULL,
+    month TEXT NOT NULL,
+    studies INTEGER NOT NULL,
+    reported INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (product_id, month)
+);
 CREATE TABLE IF NOT EXISTS notifications (
     job_id INTEGER NOT NULL,
     channel TEXT NOT NULL,   -- hl7 | fhir | webhook
@@ -225,6 +239,10 @@ class GatewayState:
                 return 0
             if row["due_at"] != due_at:
                 return 0
+            db.execute(
+                "INSERT OR IGNORE INTO eligibility (study_uid, round, month) VALUES (?, ?, ?)",
+                (study_uid, round_, time.strftime("%Y-%m", time.gmtime(now))),
+            )
             state = "routed" if jobs else "unrouted"
             note = "" if jobs else "no routing rule matched"
             db.execute(
@@ -275,6 +293,36 @@ class GatewayState:
                 "UPDATE jobs SET attempts = attempts + 1, next_attempt_at = ?, reason = ? "
                 "WHERE id = ?",
                 (time.time() + delay, reason, job_id),
+            )
+
+    # eligibility (uptake: studies a product could have read, routed or not) ---------------
+
+    def uncounted_studies(self) -> list[dict[str, Any]]:
+        return self.query("SELECT * FROM eligibility WHERE counted = 0 ORDER BY rowid LIMIT 200")
+
+    def count_eligible(self, study_uid: str, round_: int, month: str, products: list[str]) -> None:
+        with self.transaction() as db:
+            for product_id in products:
+                db.execute(
+                    "INSERT INTO eligible_counts (product_id, month, studies) VALUES (?, ?, 1) "
+                    "ON CONFLICT (product_id, month) DO UPDATE SET studies = studies + 1, "
+                    "reported = 0",
+                    (product_id, month),
+                )
+            db.execute(
+                "UPDATE eligibility SET counted = 1 WHERE study_uid = ? AND round = ?",
+                (study_uid, round_),
+            )
+
+    def unreported_counts(self) -> list[dict[str, Any]]:
+        return self.query("SELECT * FROM eligible_counts WHERE reported = 0")
+
+    def mark_reported(self, product_id: str, month: str, studies: int) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE eligible_counts SET reported = 1 "
+                "WHERE product_id = ? AND month = ? AND studies = ?",
+                (product_id, month, studies),
             )
 
     # notifications -------------------------------------------------------------------------

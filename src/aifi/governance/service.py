@@ -44,6 +44,7 @@ from aifi.governance import (
     PriorityList,
     ProductEvaluation,
     RecordOfProcessing,
+    RoutingRule,
     dossier_gaps,
     evaluate,
     rank_areas,
@@ -309,7 +310,14 @@ class ClinicalService:
         return record_of_processing(
             ProductManifest.model_validate(product.manifest),
             dossier,
-            GatewayProcessing(hospital_id=hospital, hospital_name=name),
+            GatewayProcessing(
+                hospital_id=hospital,
+                hospital_name=name,
+                routes=[
+                    RoutingRule.model_validate(r)
+                    for r in self._catalogue.routes_of(hospital, product_id)
+                ],
+            ),
             ExchangeProcessing(
                 operator=settings.operator_name,
                 location=settings.operator_location,

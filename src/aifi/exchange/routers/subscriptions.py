@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from aifi.exchange.deps import CallerDep, ServicesDep
-from aifi.exchange.schemas import SubscriptionIn, SubscriptionOut
+from aifi.exchange.schemas import RoutesIn, SubscriptionIn, SubscriptionOut
 
 router = APIRouter(prefix="/subscriptions", tags=["subscriptions"])
 
@@ -20,6 +20,17 @@ def list_subscriptions(caller: CallerDep, services: ServicesDep) -> list[Subscri
     return [
         SubscriptionOut.model_validate(s) for s in services.catalogue.list_subscriptions(caller)
     ]
+
+
+@router.put("/{product_id}/routes", response_model=SubscriptionOut)
+def report_routes(
+    product_id: str, body: RoutesIn, caller: CallerDep, services: ServicesDep
+) -> SubscriptionOut:
+    """The gateway reports which of its studies go to the product (for the record of
+    processing a hospital's DPIA needs)."""
+    return SubscriptionOut.model_validate(
+        services.catalogue.report_routes(caller, product_id, body.routes)
+    )
 
 
 @router.delete("/{product_id}", status_code=204)

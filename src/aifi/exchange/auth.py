@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
 
 from sqlalchemy import select
 
@@ -46,22 +48,55 @@ def store_api_key(db: Database, organisation_id: str, key: str, label: str = "")
         )
 
 
-def authenticate(db: Database, authorization: str | None) -> Actor:
+class KeyCache:
+    """Recently verified keys, so a busy worker's every request needs no database lookup.
+
+    Only successes are kept, for `ttl` seconds: a key revoked in the database stops working
+    within that time on every replica.
+    """
+
+    def __init__(self, ttl: float = 10.0, size: int = 10_000) -> None:
+        self._ttl = ttl
+        self._size = size
+        self._known: dict[str, tuple[float, Actor]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key_hash: str) -> Actor | None:
+        with self._lock:
+            found = self._known.get(key_hash)
+        if found is None or found[0] < time.monotonic():
+            return None
+        return found[1]
+
+    def put(self, key_hash: str, actor: Actor) -> None:
+        with self._lock:
+            if len(self._known) >= self._size:
+                self._known.clear()
+            self._known[key_hash] = (time.monotonic() + self._ttl, actor)
+
+
+def authenticate(db: Database, authorization: str | None, cache: KeyCache | None = None) -> Actor:
     """The organisation behind a bearer key, or :class:`Unauthorised`."""
     if not authorization or not authorization.startswith("Bearer "):
         raise Unauthorised()
     key = authorization.removeprefix("Bearer ").strip()
     if not key.startswith(KEY_PREFIX):
         raise Unauthorised()
+    key_hash = hash_api_key(key)
+    if cache is not None and (known := cache.get(key_hash)) is not None:
+        return known
     with db.session() as session:
         row = session.execute(
             select(Organisation.id, Organisation.kind)
             .join(ApiKey, ApiKey.organisation_id == Organisation.id)
-            .where(ApiKey.key_hash == hash_api_key(key), ApiKey.revoked_at.is_(None))
+            .where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
         ).first()
     if row is None:
         raise Unauthorised()
-    return Actor(organisation_id=row.id, role=row.kind)
+    actor = Actor(organisation_id=row.id, role=row.kind)
+    if cache is not None:
+        cache.put(key_hash, actor)
+    return actor
 
 
 def require_role(actor: Actor, *roles: str) -> None:

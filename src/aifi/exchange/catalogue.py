@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from aifi.exchange.audit import Actor, AuditLog
 from aifi.exchange.auth import new_api_key, require_role, store_api_key
@@ -142,12 +143,7 @@ class Catalogue:
                 "subscriptions"
             )
         with self._db.session() as session:
-            sub = session.scalars(
-                select(Subscription).where(
-                    Subscription.hospital_id == actor.organisation_id,
-                    Subscription.product_id == product_id,
-                )
-            ).first()
+            sub = _subscription(session, actor.organisation_id, product_id)
             if sub is None:
                 sub = Subscription(
                     hospital_id=actor.organisation_id,
@@ -163,16 +159,7 @@ class Catalogue:
     def unsubscribe(self, actor: Actor, product_id: str) -> None:
         require_role(actor, OrganisationKind.hospital)
         with self._db.session() as session:
-            sub = session.scalars(
-                select(Subscription).where(
-                    Subscription.hospital_id == actor.organisation_id,
-                    Subscription.product_id == product_id,
-                )
-            ).first()
-            if sub is None:
-                raise NotFound(
-                    f"hospital {actor.organisation_id!r} has no subscription to {product_id!r}"
-                )
+            sub = _own_subscription(session, actor, product_id)
             sub.active = False
         self._audit.record(actor, "delete", "subscription", f"{actor.organisation_id}/{product_id}")
 
@@ -181,16 +168,7 @@ class Catalogue:
     ) -> Subscription:
         require_role(actor, OrganisationKind.hospital)
         with self._db.session() as session:
-            sub = session.scalars(
-                select(Subscription).where(
-                    Subscription.hospital_id == actor.organisation_id,
-                    Subscription.product_id == product_id,
-                )
-            ).first()
-            if sub is None:
-                raise NotFound(
-                    f"hospital {actor.organisation_id!r} has no subscription to {product_id!r}"
-                )
+            sub = _own_subscription(session, actor, product_id)
             sub.routes = routes
         self._audit.record(
             actor,
@@ -233,3 +211,18 @@ class Catalogue:
                 ).first()
                 is not None
             )
+
+
+def _subscription(session: Session, hospital_id: str, product_id: str) -> Subscription | None:
+    return session.scalars(
+        select(Subscription).where(
+            Subscription.hospital_id == hospital_id, Subscription.product_id == product_id
+        )
+    ).first()
+
+
+def _own_subscription(session: Session, actor: Actor, product_id: str) -> Subscription:
+    sub = _subscription(session, actor.organisation_id, product_id)
+    if sub is None:
+        raise NotFound(f"hospital {actor.organisation_id!r} has no subscription to {product_id!r}")
+    return sub

@@ -20,7 +20,7 @@ def get_caller(
     services: Annotated[Services, Depends(get_services)],
     authorization: Annotated[str | None, Header()] = None,
 ) -> Actor:
-    return authenticate(services.db, authorization)
+    return authenticate(services.db, authorization, services.keys)
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]

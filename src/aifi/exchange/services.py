@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import select
 
 from aifi.exchange.audit import AuditLog
-from aifi.exchange.auth import store_api_key
+from aifi.exchange.auth import KeyCache, store_api_key
 from aifi.exchange.blobs import BlobStore, open_blob_store
 from aifi.exchange.catalogue import Catalogue
 from aifi.exchange.db import Database, upgrade_schema
@@ -36,6 +36,7 @@ class Services:
     catalogue: Catalogue
     jobs: JobService
     transfers: Transfers
+    keys: KeyCache = field(default_factory=KeyCache)
 
 
 def build_services(settings: ExchangeSettings) -> Services:

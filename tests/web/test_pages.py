@@ -153,6 +153,10 @@ def test_the_operator_sees_the_nation(browser: Any, site: dict[str, Any]) -> Non
     visit(page, site["url"] + "/ui/audit", "operator-audit")
     assert "the hash chain is intact" in page.content()
     visit(page, site["url"] + "/ui/priorities", "operator-priorities")
+    report = page.context.request.get(site["url"] + "/ui/business-case/report")
+    assert report.status == 200 and "NPV" in report.text()
+    visit(page, site["url"] + "/ui/business-case", "operator-business-case")
+    page.frame_locator("iframe").locator("h1").first.wait_for()
     # The operator sees metadata, never images.
     response = visit(
         page, site["url"] + f"/ui/jobs/{site['job_id']}/key-image.png", "operator-key-image"

@@ -321,3 +321,41 @@ def audit(request: Request, user: UserDep, services: ServicesDep) -> HTMLRespons
         request, "audit.html", user, entries=list(reversed(entries))[:300],
         total=len(entries), problems=problems,
     )  # fmt: skip
+
+
+# business case ----------------------------------------------------------------------------
+
+BUSINESS_EXAMPLE = "netherlands-pilot"
+
+
+@router.get("/business-case", response_class=HTMLResponse)
+def business_case(request: Request, user: UserDep) -> HTMLResponse:
+    if user.organisation_role != OrganisationKind.operator:
+        raise HTTPException(403, "the business case is the national operator's")
+    return page(request, "business_case.html", user, example=BUSINESS_EXAMPLE)
+
+
+@router.get("/business-case/report", response_class=HTMLResponse)
+async def business_case_report(user: UserDep, services: ServicesDep) -> HTMLResponse:
+    """The shipped example, its volumes replaced by what this exchange metered."""
+    if user.organisation_role != OrganisationKind.operator:
+        raise HTTPException(403, "the business case is the national operator's")
+    html = await run_in_threadpool(_business_report, services, user)
+    return HTMLResponse(html)
+
+
+def _business_report(services: Any, user: WebUser) -> str:
+    from aifi.business import analyse, apply_metering, load_case
+    from aifi.business.html_report import render_html
+    from aifi.business.metering import MeteringRow
+    from aifi.exchange.metering import metering_rows
+
+    case = load_case(BUSINESS_EXAMPLE)
+    rows = [
+        MeteringRow.model_validate(row.model_dump())
+        for row in metering_rows(services.db, user.actor, None, None)
+    ]
+    metering = None
+    if rows:
+        case, metering = apply_metering(case, rows, "this exchange's metering")
+    return render_html(analyse(case, origin=BUSINESS_EXAMPLE, draws=2000, metering=metering))

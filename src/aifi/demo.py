@@ -260,6 +260,7 @@ def run_demo(
         }
         gateways: dict[str, Gateway] = {}
         pacs: dict[str, SimulatedPacs] = {}
+        changed = threading.Condition()
         for hospital in HOSPITALS:
             key = organisation(hospital.id, hospital.name, "hospital")
             web_user(hospital.id, f"radiologist-{hospital.id}", "radiologist")
@@ -295,7 +296,7 @@ def run_demo(
                     "poll_wait_seconds": 5,
                 }
             )
-            gateways[hospital.id] = Gateway(config)
+            gateways[hospital.id] = Gateway(config, changed=changed)
             gateways[hospital.id].start()
             stack.callback(gateways[hospital.id].stop)
 
@@ -382,10 +383,8 @@ def _wait_for_results(
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            # Any gateway's change wakes us; the others are re-counted then too.
-            next(iter(gateways.values())).wait_until(
-                lambda: ended() > done, timeout=min(remaining, 1.0)
-            )
+            # The gateways share one condition: any job change anywhere wakes this wait.
+            next(iter(gateways.values())).wait_until(lambda: ended() > done, timeout=remaining)
         progress.update(task, completed=expected)
     return True
 

@@ -63,7 +63,12 @@ def backoff(attempts: int) -> float:
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig, client: GatewayClient | None = None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        client: GatewayClient | None = None,
+        changed: threading.Condition | None = None,
+    ) -> None:
         self.config = config
         workdir = config.workdir
         self.spool = workdir / "spool"
@@ -83,7 +88,8 @@ class Gateway:
         self._assemble = threading.Event()
         self._submit = threading.Event()
         #: Notified on every job change, for whoever waits on the gateway (tests, the demo).
-        self.changed = threading.Condition()
+        #: Several gateways in one process (the demo) may share one, to be watched together.
+        self.changed = changed or threading.Condition()
         self._threads: list[threading.Thread] = []
         self._server: Any = None
         self.metrics: MetricsServer | None = None

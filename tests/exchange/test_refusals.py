@@ -238,4 +238,11 @@ def test_an_invalid_result_is_refused_with_rule_and_attribute(
         headers={"Content-Type": "application/json", **lease},
     )
     assert bad_json.status_code == 422 and "summary-json" in bad_json.json()["detail"]
+    wrong_shape = exchange.client.put(
+        f"/jobs/{job['id']}/results/summary.json",
+        content=b'{"volume_ml": 12}',
+        headers={"Content-Type": "application/json", **lease},
+    )
+    assert wrong_shape.status_code == 422
+    assert "rule 'summary-json': product_id: Field required" in wrong_shape.json()["detail"]
     assert exchange.client.get(f"/jobs/{job['id']}/results", headers=lease).json() == []

@@ -6,7 +6,6 @@ the same object twice stores it once, so a gateway or worker may retry after any
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import AsyncIterator
 
@@ -21,7 +20,7 @@ from aifi.exchange.errors import Conflict, Forbidden, Invalid, NotFound
 from aifi.exchange.jobs import JobService
 from aifi.exchange.models import Job, JobInput, JobResult
 from aifi.exchange.schemas import JobState, OrganisationKind
-from aifi.exchange.validation import check_input, check_result_file
+from aifi.exchange.validation import check_input, check_result_file, check_summary
 
 UID = re.compile(r"^[0-9.]{1,64}$")
 RESULT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
@@ -190,12 +189,7 @@ class Transfers:
     ) -> JobResult:
         try:
             if is_summary:
-                try:
-                    json.loads(temp.path.read_bytes())
-                except ValueError as exc:
-                    raise Invalid(
-                        f"job {job.id} result {name}: rule 'summary-json': not valid JSON ({exc})"
-                    ) from exc
+                check_summary(temp.path.read_bytes(), job_id=job.id, name=name)
                 kind, sop_class, sop_uid, conformant, notes = "summary-json", None, None, False, []
             else:
                 check = check_result_file(

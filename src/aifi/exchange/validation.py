@@ -97,3 +97,21 @@ def check_result_file(path: Path, *, job_id: str, name: str, study_uid: str) -> 
         air_conformant=check.air_conformant,
         notes=list(check.notes),
     )
+
+
+def check_summary(body: bytes, *, job_id: str, name: str) -> None:
+    """Refuse a summary that is not the ResultSummary the dashboards, notices and evaluation
+    read; the message names the first field that does not fit."""
+    from pydantic import ValidationError
+
+    from aifi.results.summary import ResultSummary
+
+    try:
+        ResultSummary.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the document"
+        raise Invalid(
+            f"job {job_id} result {name}: rule 'summary-json': {where}: {first['msg']} "
+            f"({exc.error_count()} problem(s); see aifi.results.ResultSummary)"
+        ) from exc

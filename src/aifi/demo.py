@@ -364,13 +364,13 @@ def _send_studies(
 def _wait_for_results(
     console: Console, gateways: dict[str, Gateway], expected: int, timeout: float
 ) -> bool:
+    final = ("delivered", "ended", "refused")
+
     def ended() -> int:
-        return sum(
-            1
-            for g in gateways.values()
-            for job in g.jobs()
-            if job["state"] in ("delivered", "ended", "refused")
-        )
+        return sum(1 for g in gateways.values() for job in g.jobs() if job["state"] in final)
+
+    def unfinished() -> int:
+        return sum(1 for g in gateways.values() for job in g.jobs() if job["state"] not in final)
 
     deadline = time.monotonic() + timeout
     with Progress(
@@ -378,13 +378,17 @@ def _wait_for_results(
         console=console,
     ) as progress:  # fmt: skip
         task = progress.add_task("results back in the PACS", total=expected)
-        while (done := ended()) < expected:
+        # Every job must end — the expected ones, and any follow-up a late instance opened.
+        while (done := ended()) < expected or unfinished():
             progress.update(task, completed=done)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
             # The gateways share one condition: any job change anywhere wakes this wait.
-            next(iter(gateways.values())).wait_until(lambda: ended() > done, timeout=remaining)
+            next(iter(gateways.values())).wait_until(
+                lambda: ended() > done or (done >= expected and not unfinished()),
+                timeout=remaining,
+            )
         progress.update(task, completed=expected)
     return True
 

@@ -56,7 +56,9 @@ class AuditLog:
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()
+        self._queue: list[_Pending] = []
+        self._writing = False
 
     def record(
         self,
@@ -69,14 +71,15 @@ class AuditLog:
         patient_pseudonym: str = "",
         detail: str = "",
     ) -> None:
-        """Append one entry in its own transaction, chained to the newest one."""
-        with self._lock, self._db.session() as session:
-            if self._db.is_postgresql:
-                session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK})
-            last = session.scalars(
-                select(AuditEntry.entry_hash).order_by(AuditEntry.id.desc()).limit(1)
-            ).first()
-            entry = AuditEntry(
+        """Append one entry, chained to the newest one; returns once it is committed.
+
+        Appends are group-committed: while one thread writes, the entries of others queue up,
+        and the next writer takes them all in one transaction, in the order they came. The
+        chain needs its appends in series; this keeps them in series without one transaction
+        (and one wait) per request.
+        """
+        item = _Pending(
+            AuditEntry(
                 at=utcnow(),
                 organisation_id=actor.organisation_id,
                 role=actor.role,
@@ -86,11 +89,57 @@ class AuditLog:
                 patient_pseudonym=patient_pseudonym,
                 outcome=outcome,
                 detail=detail[:2000],
-                prev_hash=last or GENESIS,
+                prev_hash="",
                 entry_hash="",
             )
-            entry.entry_hash = entry_digest(entry)
-            session.add(entry)
+        )
+        with self._changed:
+            self._queue.append(item)
+            while not item.done:
+                if self._writing:
+                    self._changed.wait()
+                    continue
+                self._writing = True
+                batch, self._queue = self._queue, []
+                self._changed.release()
+                error: BaseException | None = None
+                try:
+                    self._append(batch)
+                except BaseException as exc:  # every waiter of this batch learns it failed
+                    error = exc
+                finally:
+                    self._changed.acquire()
+                    self._writing = False
+                    for pending in batch:
+                        pending.done, pending.error = True, error
+                    self._changed.notify_all()
+        if item.error is not None:
+            raise item.error
+
+    def _append(self, batch: list[_Pending]) -> None:
+        with self._db.session() as session:
+            if self._db.is_postgresql:
+                # Replicas share the chain: one appends at a time, across processes.
+                session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK})
+            last = session.scalars(
+                select(AuditEntry.entry_hash).order_by(AuditEntry.id.desc()).limit(1)
+            ).first()
+            previous = last or GENESIS
+            for pending in batch:
+                entry = pending.entry
+                entry.prev_hash = previous
+                entry.entry_hash = entry_digest(entry)
+                previous = entry.entry_hash
+                session.add(entry)
+                # Insert in order: ids must follow the chain.
+                session.flush()
+
+
+@dataclass
+class _Pending:
+    entry: AuditEntry
+    done: bool = False
+    error: BaseException | None = None
 
 
 def verify_chain(entries: Iterable[AuditEntry]) -> list[str]:

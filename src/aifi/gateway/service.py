@@ -94,6 +94,10 @@ class Gateway:
         self._server: Any = None
         self.metrics: MetricsServer | None = None
         self._retry_at: dict[str, float] = {}
+        #: Studies an open association is still sending, by association: a study is not
+        #: complete while its sender is connected, whatever the quiet timer says.
+        self._sending: dict[int, set[str]] = {}
+        self._sending_lock = threading.Lock()
 
     # life cycle ----------------------------------------------------------------------------
 
@@ -106,6 +110,9 @@ class Gateway:
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_CONN_OPEN, tighten_polling),
+            (evt.EVT_RELEASED, self.handle_association_end),
+            (evt.EVT_ABORTED, self.handle_association_end),
+            (evt.EVT_CONN_CLOSE, self.handle_association_end),
         ]
         self._server = start_scp(ae, self.config.dicom.host, self.config.dicom.port, handlers)
         if self.config.metrics_port is not None:
@@ -200,8 +207,26 @@ class Gateway:
         except OSError as exc:
             log.error("C-STORE from %s: cannot store instance (%s)", calling_ae, exc)
             return OUT_OF_RESOURCES
+        with self._sending_lock:
+            self._sending.setdefault(id(event.assoc), set()).add(study_uid)
         self._assemble.set()
         return SUCCESS
+
+    def handle_association_end(self, event: evt.Event) -> None:
+        """A sender released, aborted or dropped its association: the quiet timer of each study
+        it sent starts now, so a slow sender is never cut off mid-study."""
+        with self._sending_lock:
+            studies = self._sending.pop(id(event.assoc), set())
+        if not studies:
+            return
+        calling_ae = str(event.assoc.requestor.ae_title).strip()
+        for study_uid in studies:
+            self.state.restart_quiet_timer(study_uid, self.config.dicom.quiet_for(calling_ae))
+        self._assemble.set()
+
+    def _still_sending(self) -> set[str]:
+        with self._sending_lock:
+            return set().union(*self._sending.values()) if self._sending else set()
 
     def recover_spool(self) -> int:
         """Index instances that reached the spool but not the database (a crash in between)."""
@@ -242,14 +267,23 @@ class Gateway:
                 self.assemble_due(time.time())
             except Exception:
                 log.exception("study assembly failed; retrying")
-            due = self.state.next_due_at()
-            timeout = 3600.0 if due is None else max(0.0, due - time.time())
+            sending = self._still_sending()
+            waiting = [
+                row["due_at"]
+                for row in self.state.query(
+                    "SELECT study_uid, due_at FROM studies WHERE state = 'receiving'"
+                )
+                if row["study_uid"] not in sending
+            ]
+            # Studies still being sent wait for their association's end, which wakes us.
+            timeout = 3600.0 if not waiting else max(0.0, min(waiting) - time.time())
             self._assemble.wait(timeout)
 
     def assemble_due(self, now: float) -> int:
         """Route every study whose quiet timer has run out; returns how many jobs were made."""
         made = 0
-        due = self.state.due_studies(now)
+        sending = self._still_sending()
+        due = [s for s in self.state.due_studies(now) if s["study_uid"] not in sending]
         for study in due:
             instances = self.state.study_instances(study["study_uid"])
             jobs = route_study(self.config.routes, instances, study["calling_ae"])

@@ -213,9 +213,14 @@ class GatewayState:
             (now,),
         )
 
-    def next_due_at(self) -> float | None:
-        rows = self.query("SELECT MIN(due_at) AS due FROM studies WHERE state = 'receiving'")
-        return rows[0]["due"] if rows and rows[0]["due"] is not None else None
+    def restart_quiet_timer(self, study_uid: str, quiet_seconds: float) -> None:
+        """The sender let go of the study: its quiet time counts from now."""
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE studies SET due_at = ? WHERE study_uid = ? AND state = 'receiving'",
+                (now + quiet_seconds, study_uid),
+            )
 
     def study_instances(self, study_uid: str) -> list[dict[str, Any]]:
         return self.query(

@@ -7,7 +7,8 @@ the same object twice stores it once, so a gateway or worker may retry after any
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 
 from sqlalchemy import delete, func, select, update
 from starlette.concurrency import run_in_threadpool
@@ -16,7 +17,7 @@ from aifi.exchange.audit import Actor, AuditLog
 from aifi.exchange.blobs import BlobStore, TempBlob
 from aifi.exchange.clock import utcnow
 from aifi.exchange.db import Database
-from aifi.exchange.errors import Conflict, Forbidden, Invalid, NotFound
+from aifi.exchange.errors import Conflict, ExchangeError, Forbidden, Invalid, NotFound
 from aifi.exchange.jobs import JobService
 from aifi.exchange.models import Job, JobInput, JobResult
 from aifi.exchange.schemas import JobState, OrganisationKind
@@ -114,9 +115,23 @@ class Transfers:
                 )
             self._jobs.check_lease(actor, job.id, lease_token)
 
+    @contextmanager
+    def _refusal_audited(
+        self, actor: Actor, action: str, object_type: str, object_id: str
+    ) -> Iterator[None]:
+        """A refused access is written to the audit log too (NEN 7513 asks for the outcome)."""
+        try:
+            yield
+        except ExchangeError as exc:
+            self._audit.record(
+                actor, action, object_type, object_id, outcome="refused", detail=exc.message
+            )
+            raise
+
     def list_inputs(self, actor: Actor, job_id: str, lease_token: str | None) -> list[JobInput]:
-        job = self._jobs.get(actor, job_id, audit=False)
-        self._may_read_data(actor, job, lease_token)
+        with self._refusal_audited(actor, "search", "input", job_id):
+            job = self._jobs.get(actor, job_id, audit=False)
+            self._may_read_data(actor, job, lease_token)
         with self._db.session() as session:
             rows = list(
                 session.scalars(
@@ -131,8 +146,9 @@ class Transfers:
     def input_blob(
         self, actor: Actor, job_id: str, sop_uid: str, lease_token: str | None
     ) -> JobInput:
-        job = self._jobs.get(actor, job_id, audit=False)
-        self._may_read_data(actor, job, lease_token)
+        with self._refusal_audited(actor, "read", "input", f"{job_id}/{sop_uid}"):
+            job = self._jobs.get(actor, job_id, audit=False)
+            self._may_read_data(actor, job, lease_token)
         with self._db.session() as session:
             row = session.scalars(
                 select(JobInput).where(
@@ -250,8 +266,9 @@ class Transfers:
             raise Conflict(f"job {job.id} is {job.state}; results are available once it completes")
 
     def list_results(self, actor: Actor, job_id: str, lease_token: str | None) -> list[JobResult]:
-        job = self._jobs.get(actor, job_id, audit=False)
-        self._results_visible(actor, job, lease_token)
+        with self._refusal_audited(actor, "search", "result", job_id):
+            job = self._jobs.get(actor, job_id, audit=False)
+            self._results_visible(actor, job, lease_token)
         with self._db.session() as session:
             rows = list(
                 session.scalars(
@@ -266,8 +283,9 @@ class Transfers:
     def result_blob(
         self, actor: Actor, job_id: str, name: str, lease_token: str | None
     ) -> JobResult:
-        job = self._jobs.get(actor, job_id, audit=False)
-        self._results_visible(actor, job, lease_token)
+        with self._refusal_audited(actor, "read", "result", f"{job_id}/{name}"):
+            job = self._jobs.get(actor, job_id, audit=False)
+            self._results_visible(actor, job, lease_token)
         with self._db.session() as session:
             row = session.scalars(
                 select(JobResult).where(JobResult.job_id == job_id, JobResult.name == name)

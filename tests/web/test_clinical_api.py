@@ -114,6 +114,11 @@ def test_feedback_reaches_the_evaluation(pillar: Pillar, tmp_path: Path) -> None
     assert Worker(client, tissue_volume.run, workdir=tmp_path).run_once(wait_seconds=10) == job_id
     client.close()
     with pillar.api("hospital-a") as hospital:
+        leaky = hospital.post(
+            f"/jobs/{job_id}/feedback",
+            json={"agreement": "disagree", "correction": "patient 123456789 seen 12-03-1961"},
+        )
+        assert leaky.status_code == 422 and "no-identifiers-in-feedback" in leaky.json()["detail"]
         given = hospital.post(
             f"/jobs/{job_id}/feedback", json={"agreement": "partly", "correction": "misses a lobe"}
         )

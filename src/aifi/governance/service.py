@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from collections.abc import Iterable
 from typing import Any
@@ -60,6 +61,10 @@ from aifi.governance.drift import DriftChart, drift_charts
 from aifi.governance.evaluation import JobRecord
 
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+
+#: Patient numbers (BSN, hospital IDs) and dates have no place in feedback that leaves the
+#: hospital; sizes in mm and volumes in mL stay well under six digits.
+IDENTIFIER_LIKE = re.compile(r"\d{6,}|\b\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}\b")
 
 
 def hash_password(password: str) -> str:
@@ -340,6 +345,12 @@ class ClinicalService:
         """A radiologist's verdict on a completed result; it stays pseudonymised (job id only)."""
         if actor.role != OrganisationKind.hospital:
             raise Forbidden("feedback comes from the hospital that read the result")
+        if IDENTIFIER_LIKE.search(correction):
+            raise Invalid(
+                "rule 'no-identifiers-in-feedback': the correction holds a number or date that "
+                "may identify a patient (a run of six or more digits, or a date); describe the "
+                "finding instead — feedback leaves the hospital"
+            )
         with self._db.session() as session:
             job = session.scalars(visible_to(select(Job).where(Job.id == job_id), actor)).first()
             if job is None:

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs
 
 import uvicorn
@@ -191,6 +191,30 @@ class _Served:
         self._thread.join(timeout=30)
 
 
+class _HttpReceiver:
+    """Start, stop and `with` for a receiver served by :class:`_Served`."""
+
+    _served: _Served
+
+    def start(self) -> Self:
+        self._served.start()
+        return self
+
+    def stop(self) -> None:
+        self._served.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
 @dataclass
 class _FhirStore:
     resources: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
@@ -198,7 +222,7 @@ class _FhirStore:
     next_id: int = 1
 
 
-class FhirReceiver:
+class FhirReceiver(_HttpReceiver):
     """A minimal FHIR R4 server for transaction Bundles POSTed to its base URL.
 
     It refuses (400, with an OperationOutcome) a body that is not a valid R4B Bundle of type
@@ -223,24 +247,6 @@ class FhirReceiver:
     @property
     def base_url(self) -> str:
         return f"http://{HOST}:{self._served.port}/fhir"
-
-    def start(self) -> FhirReceiver:
-        self._served.start()
-        return self
-
-    def stop(self) -> None:
-        self._served.stop()
-
-    def __enter__(self) -> FhirReceiver:
-        return self.start()
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def resources(self, resource_type: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -368,7 +374,7 @@ class ReceivedWebhook:
     received_at: float
 
 
-class WebhookReceiver:
+class WebhookReceiver(_HttpReceiver):
     """An alert receiver that verifies the HMAC signature (401 when it does not match) and
     records what it accepts; put HTTP statuses on :attr:`fail_with` to refuse the next ones."""
 
@@ -384,24 +390,6 @@ class WebhookReceiver:
     @property
     def url(self) -> str:
         return f"http://{HOST}:{self._served.port}/alerts"
-
-    def start(self) -> WebhookReceiver:
-        self._served.start()
-        return self
-
-    def stop(self) -> None:
-        self._served.stop()
-
-    def __enter__(self) -> WebhookReceiver:
-        return self.start()
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     async def _alert(self, request: Request) -> Response:
         arrived = time.monotonic()

@@ -6,17 +6,19 @@ and caps a transfer near 20 instances/s.
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pydicom
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 #: Transfer syntaxes the SCP accepts; compressed pixel data is kept as it came.
 TRANSFER_SYNTAXES = [
@@ -40,17 +42,104 @@ _config.STORE_RECV_CHUNKED_DATASET = True
 # Files are sent as stored, in chunks, without decoding (needs an exactly matching context).
 _config.STORE_SEND_CHUNKED_DATASET = True
 
+log = logging.getLogger(__name__)
+
 
 def _no_delay(sock: socket.socket | None) -> None:
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+class WholeReadSocket(AssociationSocket):
+    """Reads a PDU in as few system calls as the kernel allows.
+
+    pynetdicom reads 4 KiB per call and grows a bytearray, about 130 calls for each 512 KiB
+    CT slice; reading straight into one buffer of the PDU's length saves a quarter of the
+    receive time.
+    """
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        raw = cast(socket.socket, self.socket)
+        buffer = bytearray(nr_bytes)
+        view = memoryview(buffer)
+        read = 0
+        while read < nr_bytes:
+            count = raw.recv_into(view[read:], nr_bytes - read)
+            if not count:  # connection broken: return what came, as pynetdicom does
+                del view
+                return buffer[:read]
+            read += count
+        return buffer
+
+
+class PromptAssociation(Association):
+    """An acceptor whose reactor wakes as soon as a DIMSE message is complete.
+
+    pynetdicom's acceptor sleeps 1 ms before every look at its message queue, which adds
+    0.5-1 ms to every C-STORE. This reactor waits on the queue itself (up to 1 ms, so that
+    release, abort and the network timeout are still noticed as promptly) and otherwise does
+    what pynetdicom's does, in the same order.
+    """
+
+    def _run_reactor(self) -> None:
+        self._is_paused = False
+        messages = self.dimse.msg_queue
+        while not self._kill:
+            with messages.not_empty:
+                if not messages._qsize():
+                    messages.not_empty.wait(REACTOR_WAIT_SECONDS)
+            self._is_paused = True
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+            context_id, msg = self.dimse.get_msg(block=False)
+            if msg:
+                self._serve_request(msg, cast(int, context_id))
+            if self.is_established and self.acse.is_release_requested():
+                self.acse.send_release(is_response=True)
+                self.is_released = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_RELEASED, {})
+                self.kill()
+                return
+            if self.acse.is_aborted():
+                self.dul.receive_pdu(wait=False)
+                self.is_aborted = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_ABORTED, {})
+                self.kill()
+                return
+            if not self.dul.is_alive():
+                self.kill()
+                return
+            if self.dul.idle_timer_expired():
+                log.error("network timeout reached: association from %s aborted", self.requestor)
+                self.abort()
+                self.kill()
+                return
+
+
+#: Longest the acceptor waits for a message before it checks for release, abort and timeouts.
+REACTOR_WAIT_SECONDS = 0.001
+
+
+class PromptRequestHandler(RequestHandler):
+    """Hands each accepted connection to a :class:`PromptAssociation` reading whole PDUs."""
+
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        assoc.__class__ = PromptAssociation
+        connection = cast(AssociationSocket, assoc.dul.socket)
+        connection.__class__ = WholeReadSocket
+        _no_delay(connection.socket)
+        return assoc
+
+
 class NoDelayServer(ThreadedAssociationServer):
-    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        client, address = super().get_request()
-        _no_delay(client)
-        return client, address
+    """The gateway's SCP server: TCP_NODELAY and prompt acceptors on every connection."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("request_handler", PromptRequestHandler)
+        super().__init__(*args, **kwargs)
 
 
 class NoDelayAE(AE):

@@ -17,7 +17,9 @@ from sqlalchemy import select
 from aifi.exchange.app import create_app
 from aifi.exchange.audit import Actor, AuditLog, verify_chain
 from aifi.exchange.db import Database, upgrade_schema
-from aifi.exchange.models import AuditEntry, Base
+from aifi.exchange.models import AuditEntry, Base, Organisation
+from aifi.exchange.schemas import OrganisationKind
+from aifi.exchange.services import OPERATOR_ID, Services, build_services
 from aifi.exchange.settings import ExchangeSettings
 from scale.conftest import set_up_parties
 from scale.exchange_api import OPERATOR_KEY, Exchange
@@ -64,6 +66,41 @@ def test_replicas_starting_together_migrate_one_after_the_other(postgres: Postgr
     db = Database(url)
     assert schema_drift(db) == []
     db.dispose()
+
+
+def test_replicas_starting_together_on_an_empty_database_share_one_operator(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    url = postgres.create_database("empty")
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+    started: list[Services] = []
+
+    def replica(number: int) -> None:
+        settings = ExchangeSettings(
+            data_dir=tmp_path / f"replica{number}", operator_key=OPERATOR_KEY, database_url=url
+        )
+        try:
+            start.wait()
+            started.append(build_services(settings))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=replica, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert len(started) == 4
+    with started[0].db.session() as session:
+        operators = session.scalars(
+            select(Organisation.id).where(Organisation.kind == OrganisationKind.operator.value)
+        ).all()
+    assert operators == [OPERATOR_ID]
+    for services in started:
+        services.db.dispose()
+    postgres.drop_database(url)
 
 
 @pytest.fixture

@@ -22,6 +22,8 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 #: Advisory-lock key that serialises schema upgrades when several replicas start at once.
 MIGRATION_LOCK = 0x41494649_0001
+#: Advisory-lock key held while a starting replica makes sure the operator exists.
+START_LOCK = 0x41494649_0002
 
 
 def normalised_url(url: str) -> str:
@@ -104,6 +106,25 @@ class Database:
     def session(self) -> Iterator[Session]:
         with self.sessions() as session, session.begin():
             yield session
+
+    @contextmanager
+    def one_replica_at_a_time(self) -> Iterator[None]:
+        """Hold PostgreSQL's start-up lock: replicas started together set up one after another.
+
+        Creating the operator on an empty database is check-then-insert; without the lock a
+        second replica fails on the first one's row. SQLite is one process and needs none.
+        """
+        if not self.is_postgresql:
+            yield
+            return
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": START_LOCK})
+            connection.commit()
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": START_LOCK})
+                connection.commit()
 
     def dispose(self) -> None:
         """Close pooled connections (a replica shutting down, a test tearing down)."""

@@ -51,7 +51,8 @@ def build_services(settings: ExchangeSettings) -> Services:
     jobs = JobService(db, catalogue, audit, notifier, settings)
     transfers = Transfers(db, blobs, jobs, audit)
     services = Services(settings, db, blobs, audit, notifier, catalogue, jobs, transfers)
-    ensure_operator(services)
+    with db.one_replica_at_a_time():
+        ensure_operator(services)
     return services
 
 

@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
 
-from starlette.concurrency import run_in_threadpool
-
 from aifi.exchange.errors import ExchangeError, StorageFull
 
 CHUNK = 1024 * 1024
@@ -57,7 +55,10 @@ class BlobStore(Protocol):
 async def spool(
     chunks: AsyncIterator[bytes], folder: Path, max_bytes: int | None = None
 ) -> TempBlob:
-    """Write an upload to a temporary file in `folder`, hashing it on the way; fsync'd.
+    """Write an upload to a temporary file in `folder`, hashing it on the way.
+
+    Not yet fsync'd: the store makes it durable when it commits it, on the worker thread that
+    records it, so a small upload costs no extra hop off the event loop.
 
     A full disk becomes :class:`StorageFull` (HTTP 507) and leaves nothing behind, so the
     uploader learns why and may retry later; blobs already committed are never touched.
@@ -76,8 +77,6 @@ async def spool(
                 digest.update(chunk)
                 out.write(chunk)
             out.flush()
-            # fsync can take seconds for a large study: keep it off the event loop.
-            await run_in_threadpool(os.fsync, out.fileno())
     except OSError as exc:
         if path is not None:
             path.unlink(missing_ok=True)
@@ -109,8 +108,19 @@ class LocalBlobStore:
         return await spool(chunks, self.incoming, max_bytes)
 
     def commit(self, temp: TempBlob, key: str) -> None:
+        """Durable first, then under its key: an accepted blob survives a power cut."""
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(temp.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFull("the exchange's blob store is full; nothing was stored") from exc
+            raise
         os.replace(temp.path, target)
 
     def discard(self, temp: TempBlob) -> None:

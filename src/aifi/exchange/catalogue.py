@@ -123,10 +123,7 @@ class Catalogue:
 
     def get_product(self, product_id: str) -> Product:
         with self._db.session() as session:
-            product = session.get(Product, product_id)
-            if product is None:
-                raise NotFound(f"no product {product_id!r}")
-            return product
+            return find_product(session, product_id)
 
     def list_products(self) -> list[Product]:
         with self._db.session() as session:
@@ -201,16 +198,28 @@ class Catalogue:
 
     def is_subscribed(self, hospital_id: str, product_id: str) -> bool:
         with self._db.session() as session:
-            return (
-                session.scalars(
-                    select(Subscription.id).where(
-                        Subscription.hospital_id == hospital_id,
-                        Subscription.product_id == product_id,
-                        Subscription.active.is_(True),
-                    )
-                ).first()
-                is not None
+            return has_subscription(session, hospital_id, product_id)
+
+
+def find_product(session: Session, product_id: str) -> Product:
+    """The product, read in the caller's transaction (a job's checks and insert share one)."""
+    product = session.get(Product, product_id)
+    if product is None:
+        raise NotFound(f"no product {product_id!r}")
+    return product
+
+
+def has_subscription(session: Session, hospital_id: str, product_id: str) -> bool:
+    return (
+        session.scalars(
+            select(Subscription.id).where(
+                Subscription.hospital_id == hospital_id,
+                Subscription.product_id == product_id,
+                Subscription.active.is_(True),
             )
+        ).first()
+        is not None
+    )
 
 
 def _subscription(session: Session, hospital_id: str, product_id: str) -> Subscription | None:

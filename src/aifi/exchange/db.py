@@ -34,6 +34,10 @@ def normalised_url(url: str) -> str:
     return url
 
 
+#: SQLite connections kept open: as many as the server's worker threads (AnyIO's default 40).
+SQLITE_POOL_SIZE = 40
+
+
 def make_engine(url: str) -> Engine:
     """An engine tuned for the backend: SQLite gets WAL and a busy timeout for many threads.
 
@@ -44,7 +48,14 @@ def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            # One pooled connection per request thread: opening one (and its PRAGMAs) per
+            # request cost more than the request's own statements.
+            pool_size=SQLITE_POOL_SIZE,
+            max_overflow=10,
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

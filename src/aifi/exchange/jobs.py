@@ -12,10 +12,16 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import Select, and_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from aifi.exchange.audit import Actor, AuditLog
-from aifi.exchange.catalogue import OPEN_PRODUCT_STATES, Catalogue
+from aifi.exchange.catalogue import (
+    OPEN_PRODUCT_STATES,
+    Catalogue,
+    find_product,
+    has_subscription,
+)
 from aifi.exchange.clock import as_utc, utcnow
 from aifi.exchange.db import Database
 from aifi.exchange.errors import Conflict, Forbidden, Invalid, NotFound
@@ -41,6 +47,21 @@ HELD_STATES = (JobState.accepted.value, JobState.in_progress.value)
 def _changed(session: Session, statement: Any) -> int:
     """Rows an UPDATE changed: the compare-and-set's verdict."""
     return int(getattr(session.execute(statement), "rowcount", 0))
+
+
+def _transition(session: Session, where: tuple[Any, ...], values: dict[str, Any]) -> Job | None:
+    """Compare-and-set one job and read it back in the same statement (`UPDATE … RETURNING`).
+
+    None when the row no longer matched `where`: someone else changed it first.
+    """
+    statement = (
+        update(Job)
+        .where(*where)
+        .values(**values)
+        .returning(Job)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+    return session.scalars(statement).first()
 
 
 def job_out(job: Job) -> JobOut:
@@ -94,14 +115,21 @@ class JobService:
 
     # reading -------------------------------------------------------------------------------
 
-    def get(self, actor: Actor, job_id: str, *, audit: bool = True) -> Job:
+    def visible(self, session: Session, actor: Actor, job_id: str) -> Job:
         """The job if the caller may see it; other tenants' jobs do not exist for them."""
-        with self._db.session() as session:
-            job = session.scalars(visible_to(select(Job).where(Job.id == job_id), actor)).first()
+        job = session.scalars(visible_to(select(Job).where(Job.id == job_id), actor)).first()
         if job is None:
+            raise NotFound(f"no job {job_id!r}")
+        return job
+
+    def get(self, actor: Actor, job_id: str, *, audit: bool = True) -> Job:
+        try:
+            with self._db.session() as session:
+                job = self.visible(session, actor, job_id)
+        except NotFound:
             if audit:
                 self._audit.record(actor, "read", "job", job_id, outcome="refused")
-            raise NotFound(f"no job {job_id!r}")
+            raise
         if audit:
             self._audit.record(
                 actor, "read", "job", job_id, patient_pseudonym=job.patient_pseudonym
@@ -134,35 +162,64 @@ class JobService:
     # hospital side -------------------------------------------------------------------------
 
     def create(self, actor: Actor, body: JobIn) -> tuple[Job, bool]:
-        """A new job, or the existing one for the same idempotency key (then `created` is False)."""
+        """A new job, or the existing one for the same idempotency key (then `created` is False).
+
+        The idempotency check, the product's admission, the subscription and the insert share
+        one transaction: a product suspended a moment earlier takes no job.
+        """
         if actor.role != OrganisationKind.hospital:
             raise Forbidden("only hospitals create jobs")
-        with self._db.session() as session:
-            existing = session.scalars(
-                select(Job).where(
-                    Job.hospital_id == actor.organisation_id,
-                    Job.idempotency_key == body.idempotency_key,
-                )
-            ).first()
-            if existing is not None:
-                if existing.product_id != body.product_id or existing.study_uid != body.study_uid:
-                    raise Conflict(
-                        f"idempotency key {body.idempotency_key!r} was used for job {existing.id} "
-                        "with another product or study"
+        refusal: Forbidden | None = None
+        try:
+            with self._db.session() as session:
+                existing = self._by_idempotency_key(session, actor, body.idempotency_key)
+                if existing is not None:
+                    if (existing.product_id, existing.study_uid) != (
+                        body.product_id,
+                        body.study_uid,
+                    ):
+                        raise Conflict(
+                            f"idempotency key {body.idempotency_key!r} was used for job "
+                            f"{existing.id} with another product or study"
+                        )
+                    return existing, False
+                product = find_product(session, body.product_id)
+                if product.status not in OPEN_PRODUCT_STATES:
+                    refusal = Forbidden(
+                        f"product {product.id!r} is {product.status} and takes no new jobs"
                     )
-                return existing, False
-        product = self._catalogue.get_product(body.product_id)
-        if product.status not in OPEN_PRODUCT_STATES:
+                elif not has_subscription(session, actor.organisation_id, product.id):
+                    refusal = Forbidden(
+                        f"hospital {actor.organisation_id!r} is not subscribed to product "
+                        f"{product.id!r}"
+                    )
+                else:
+                    job = self._new_job(actor, body, product)
+                    session.add(job)
+        except IntegrityError:
+            # A concurrent request with the same key won the insert: answer with its job.
+            with self._db.session() as session:
+                winner = self._by_idempotency_key(session, actor, body.idempotency_key)
+            if winner is None:
+                raise
+            return winner, False
+        if refusal is not None:
             self._audit.record(actor, "create", "job", body.product_id, outcome="refused")
-            raise Forbidden(f"product {product.id!r} is {product.status} and takes no new jobs")
-        if not self._catalogue.is_subscribed(actor.organisation_id, product.id):
-            self._audit.record(actor, "create", "job", body.product_id, outcome="refused")
-            raise Forbidden(
-                f"hospital {actor.organisation_id!r} is not subscribed to product {product.id!r}"
-            )
+            raise refusal
+        self._audit.record(actor, "create", "job", job.id, patient_pseudonym=job.patient_pseudonym)
+        return job, True
+
+    @staticmethod
+    def _by_idempotency_key(session: Session, actor: Actor, key: str) -> Job | None:
+        return session.scalars(
+            select(Job).where(Job.hospital_id == actor.organisation_id, Job.idempotency_key == key)
+        ).first()
+
+    @staticmethod
+    def _new_job(actor: Actor, body: JobIn, product: Product) -> Job:
         priority = body.priority or Priority(product.manifest.get("priority", "routine"))
         now = utcnow()
-        job = Job(
+        return Job(
             id=str(uuid.uuid4()),
             hospital_id=actor.organisation_id,
             product_id=product.id,
@@ -180,77 +237,65 @@ class JobService:
             created_at=now,
             updated_at=now,
         )
-        try:
-            with self._db.session() as session:
-                session.add(job)
-        except Exception:
-            # A concurrent request with the same key won the insert: answer with its job.
-            with self._db.session() as session:
-                winner = session.scalars(
-                    select(Job).where(
-                        Job.hospital_id == actor.organisation_id,
-                        Job.idempotency_key == body.idempotency_key,
-                    )
-                ).first()
-            if winner is None:
-                raise
-            return winner, False
-        self._audit.record(actor, "create", "job", job.id, patient_pseudonym=job.patient_pseudonym)
-        return job, True
 
     def mark_ready(self, actor: Actor, job_id: str, instances: int) -> Job:
         """Open the job to vendors once every input is stored; the count must match."""
-        job = self.get(actor, job_id, audit=False)
-        if actor.role != OrganisationKind.hospital:
-            raise Forbidden("only the hospital that created a job marks it ready")
-        if job.inputs_complete:
-            return job
-        if job.state != JobState.requested:
-            raise Conflict(f"job {job_id} is {job.state}")
-        if job.input_count != instances:
-            raise Invalid(
-                f"job {job_id} holds {job.input_count} instances but the hospital "
-                f"said {instances}; upload the missing ones first"
-            )
-        now = utcnow()
         with self._db.session() as session:
-            _changed(
+            job = self.visible(session, actor, job_id)
+            if actor.role != OrganisationKind.hospital:
+                raise Forbidden("only the hospital that created a job marks it ready")
+            if job.inputs_complete:
+                return job
+            if job.state != JobState.requested:
+                raise Conflict(f"job {job_id} is {job.state}")
+            if job.input_count != instances:
+                raise Invalid(
+                    f"job {job_id} holds {job.input_count} instances but the hospital "
+                    f"said {instances}; upload the missing ones first"
+                )
+            now = utcnow()
+            changed = _transition(
                 session,
-                update(Job)
-                .where(Job.id == job_id, Job.inputs_complete.is_(False))
-                .values(inputs_complete=True, ready_at=now, updated_at=now),
+                (Job.id == job_id, Job.inputs_complete.is_(False)),
+                {"inputs_complete": True, "ready_at": now, "updated_at": now},
             )
+            job = changed or self.visible(session, actor, job_id)
         self._audit.record(actor, "update", "job", job_id, detail="inputs complete")
         self._notifier.notify()
-        return self.get(actor, job_id, audit=False)
+        return job
 
     def cancel(self, actor: Actor, job_id: str, reason: str) -> Job:
-        job = self.get(actor, job_id, audit=False)
-        if actor.role not in (OrganisationKind.hospital, OrganisationKind.operator):
-            raise Forbidden("only the hospital or the operator cancels a job")
-        if job.state in ENDED_STATES:
-            raise Conflict(f"job {job_id} has already ended ({job.state})")
-        self._end(job_id, JobState.cancelled, reason, from_states=(job.state,))
+        with self._db.session() as session:
+            job = self.visible(session, actor, job_id)
+            if actor.role not in (OrganisationKind.hospital, OrganisationKind.operator):
+                raise Forbidden("only the hospital or the operator cancels a job")
+            if job.state in ENDED_STATES:
+                raise Conflict(f"job {job_id} has already ended ({job.state})")
+            ended = self._end(session, job_id, JobState.cancelled, reason, from_states=(job.state,))
         self._audit.record(actor, "update", "job", job_id, detail=f"cancelled: {reason}")
-        return self.get(actor, job_id, audit=False)
+        self._notifier.notify()
+        return ended
 
     def acknowledge(self, actor: Actor, job_id: str) -> Job:
         """The hospital has what it needs from an ended job (results delivered, or failure seen)."""
-        job = self.get(actor, job_id, audit=False)
-        if actor.role != OrganisationKind.hospital:
-            raise Forbidden("only the hospital acknowledges its jobs")
-        if job.state not in ENDED_STATES:
-            raise Conflict(f"job {job_id} has not ended ({job.state})")
-        if job.acknowledged_at is None:
+        with self._db.session() as session:
+            job = self.visible(session, actor, job_id)
+            if actor.role != OrganisationKind.hospital:
+                raise Forbidden("only the hospital acknowledges its jobs")
+            if job.state not in ENDED_STATES:
+                raise Conflict(f"job {job_id} has not ended ({job.state})")
+            if job.acknowledged_at is not None:
+                return job
             now = utcnow()
-            with self._db.session() as session:
-                _changed(
-                    session,
-                    update(Job).where(Job.id == job_id).values(acknowledged_at=now, updated_at=now),
-                )
-            self._audit.record(actor, "update", "job", job_id, detail="acknowledged")
-            self._notifier.notify()
-        return self.get(actor, job_id, audit=False)
+            changed = _transition(
+                session,
+                (Job.id == job_id, Job.acknowledged_at.is_(None)),
+                {"acknowledged_at": now, "updated_at": now},
+            )
+            job = changed or self.visible(session, actor, job_id)
+        self._audit.record(actor, "update", "job", job_id, detail="acknowledged")
+        self._notifier.notify()
+        return job
 
     # vendor side ---------------------------------------------------------------------------
 
@@ -281,18 +326,18 @@ class JobService:
         if body.product_ids:
             query = query.where(Job.product_id.in_(body.product_ids))
         token = secrets.token_urlsafe(24)
-        if self._db.is_postgresql:
-            job_id = self._take_locked(query, token, lease)
-        else:
-            job_id = self._take_compare_and_set(query, token, lease)
-        if job_id is None:
+        with self._db.session() as session:
+            if self._db.is_postgresql:
+                job = self._take_locked(session, query, token, lease)
+            else:
+                job = self._take_compare_and_set(session, query, token, lease)
+        if job is None:
             return None
-        job = self.get(actor, job_id, audit=False)
         self._audit.record(
             actor,
             "update",
             "job",
-            job_id,
+            job.id,
             patient_pseudonym=job.patient_pseudonym,
             detail=f"claimed, attempt {job.attempts}",
         )
@@ -310,45 +355,48 @@ class JobService:
             "updated_at": now,
         }
 
-    def _take_locked(self, query: Select, token: str, lease: timedelta) -> str | None:  # type: ignore[type-arg]
+    def _take_locked(
+        self,
+        session: Session,
+        query: Select,  # type: ignore[type-arg]
+        token: str,
+        lease: timedelta,
+    ) -> Job | None:
         """PostgreSQL: lock the first free candidate, skipping rows other claims hold."""
-        with self._db.session() as session:
-            job_id = session.scalars(
-                query.limit(1).with_for_update(skip_locked=True, of=Job)
-            ).first()
-            if job_id is None:
-                return None
-            won = _changed(
-                session,
-                update(Job)
-                .where(Job.id == job_id, Job.state == JobState.requested.value)
-                .values(**self._lease_values(token, lease)),
-            )
-        return job_id if won == 1 else None
+        job_id = session.scalars(query.limit(1).with_for_update(skip_locked=True, of=Job)).first()
+        if job_id is None:
+            return None
+        return _transition(
+            session,
+            (Job.id == job_id, Job.state == JobState.requested.value),
+            self._lease_values(token, lease),
+        )
 
-    def _take_compare_and_set(self, query: Select, token: str, lease: timedelta) -> str | None:  # type: ignore[type-arg]
+    def _take_compare_and_set(
+        self,
+        session: Session,
+        query: Select,  # type: ignore[type-arg]
+        token: str,
+        lease: timedelta,
+    ) -> Job | None:
         """SQLite: try a few candidates; the `WHERE state = 'requested'` decides who wins."""
         for _ in range(4):
-            with self._db.session() as session:
-                candidates = list(session.scalars(query.limit(8)))
+            candidates = list(session.scalars(query.limit(8)))
             if not candidates:
                 return None
             for job_id in candidates:
-                with self._db.session() as session:
-                    won = _changed(
-                        session,
-                        update(Job)
-                        .where(Job.id == job_id, Job.state == JobState.requested.value)
-                        .values(**self._lease_values(token, lease)),
-                    )
-                if won == 1:
-                    return job_id
+                won = _transition(
+                    session,
+                    (Job.id == job_id, Job.state == JobState.requested.value),
+                    self._lease_values(token, lease),
+                )
+                if won is not None:
+                    return won
         return None
 
-    def _held(self, session: Session, actor: Actor, job_id: str, token: str) -> Job:
-        job = session.scalars(visible_to(select(Job).where(Job.id == job_id), actor)).first()
-        if job is None:
-            raise NotFound(f"no job {job_id!r}")
+    def held(self, session: Session, actor: Actor, job_id: str, token: str) -> Job:
+        """The job, if `token` is its live lease (read in the caller's transaction)."""
+        job = self.visible(session, actor, job_id)
         if job.state not in HELD_STATES or job.lease_token != token:
             raise Conflict(f"job {job_id} is not held by this lease (state {job.state})")
         if job.lease_expires_at is not None and as_utc(job.lease_expires_at) < utcnow():
@@ -357,7 +405,7 @@ class JobService:
 
     def check_lease(self, actor: Actor, job_id: str, token: str) -> Job:
         with self._db.session() as session:
-            return self._held(session, actor, job_id, token)
+            return self.held(session, actor, job_id, token)
 
     def heartbeat(
         self, actor: Actor, job_id: str, token: str, lease_seconds: float | None = None
@@ -366,34 +414,39 @@ class JobService:
         lease = timedelta(seconds=lease_seconds or self._settings.lease_seconds)
         now = utcnow()
         with self._db.session() as session:
-            self._held(session, actor, job_id, token)
-            changed = _changed(
+            self.held(session, actor, job_id, token)
+            job = _transition(
                 session,
-                update(Job)
-                .where(Job.id == job_id, Job.lease_token == token, Job.state.in_(HELD_STATES))
-                .values(
-                    state=JobState.in_progress.value,
-                    lease_expires_at=now + lease,
-                    updated_at=now,
-                ),
+                (Job.id == job_id, Job.lease_token == token, Job.state.in_(HELD_STATES)),
+                {
+                    "state": JobState.in_progress.value,
+                    "lease_expires_at": now + lease,
+                    "updated_at": now,
+                },
             )
-        if changed != 1:
+        if job is None:
             raise Conflict(f"job {job_id} is not held by this lease")
-        return self.get(actor, job_id, audit=False)
+        return job
 
     def complete(
         self, actor: Actor, job_id: str, token: str, summary: dict[str, Any] | None
     ) -> Job:
         with self._db.session() as session:
-            job = self._held(session, actor, job_id, token)
+            self.held(session, actor, job_id, token)
             has_results = session.scalars(
                 select(JobResult.id).where(JobResult.job_id == job_id).limit(1)
             ).first()
             if has_results is None:
                 raise Invalid(f"job {job_id} has no results: upload at least one before completing")
-        self._end(
-            job_id, JobState.completed, None, from_states=HELD_STATES, token=token, summary=summary
-        )
+            job = self._end(
+                session,
+                job_id,
+                JobState.completed,
+                None,
+                from_states=HELD_STATES,
+                token=token,
+                summary=summary,
+            )
         self._audit.record(
             actor,
             "update",
@@ -402,12 +455,15 @@ class JobService:
             patient_pseudonym=job.patient_pseudonym,
             detail="completed",
         )
-        return self.get(actor, job_id, audit=False)
+        self._notifier.notify()
+        return job
 
     def fail(self, actor: Actor, job_id: str, token: str, reason: str) -> Job:
         with self._db.session() as session:
-            job = self._held(session, actor, job_id, token)
-        self._end(job_id, JobState.failed, reason, from_states=HELD_STATES, token=token)
+            self.held(session, actor, job_id, token)
+            job = self._end(
+                session, job_id, JobState.failed, reason, from_states=HELD_STATES, token=token
+            )
         self._audit.record(
             actor,
             "update",
@@ -416,12 +472,14 @@ class JobService:
             patient_pseudonym=job.patient_pseudonym,
             detail=f"failed: {reason}",
         )
-        return self.get(actor, job_id, audit=False)
+        self._notifier.notify()
+        return job
 
     # both ----------------------------------------------------------------------------------
 
+    @staticmethod
     def _end(
-        self,
+        session: Session,
         job_id: str,
         state: JobState,
         reason: str | None,
@@ -429,7 +487,7 @@ class JobService:
         from_states: tuple[str, ...],
         token: str | None = None,
         summary: dict[str, Any] | None = None,
-    ) -> None:
+    ) -> Job:
         now = utcnow()
         values: dict[str, Any] = {
             "state": state.value,
@@ -441,14 +499,13 @@ class JobService:
         }
         if summary is not None:
             values["summary"] = summary
-        statement = update(Job).where(Job.id == job_id, Job.state.in_(from_states))
+        where = [Job.id == job_id, Job.state.in_(from_states)]
         if token is not None:
-            statement = statement.where(Job.lease_token == token)
-        with self._db.session() as session:
-            changed = _changed(session, statement.values(**values))
-        if changed != 1:
+            where.append(Job.lease_token == token)
+        job = _transition(session, tuple(where), values)
+        if job is None:
             raise Conflict(f"job {job_id} changed state meanwhile; {state.value} not applied")
-        self._notifier.notify()
+        return job
 
     def expire_leases(self) -> int:
         """Put jobs whose lease ran out back in the queue, or end them after too many attempts.

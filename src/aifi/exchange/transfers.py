@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from aifi.exchange.audit import Actor, AuditLog
@@ -104,7 +105,9 @@ class Transfers:
         )
         return row
 
-    def _may_read_data(self, actor: Actor, job: Job, lease_token: str | None) -> None:
+    def _may_read_data(
+        self, session: Session, actor: Actor, job: Job, lease_token: str | None
+    ) -> None:
         """Pixels go to the job's hospital and to the vendor holding its lease, nobody else."""
         if actor.role == OrganisationKind.operator:
             raise Forbidden("operators see job metadata, never images")
@@ -113,7 +116,7 @@ class Transfers:
                 raise Conflict(
                     f"job {job.id}: present the lease token (X-Lease-Token) to read inputs"
                 )
-            self._jobs.check_lease(actor, job.id, lease_token)
+            self._jobs.held(session, actor, job.id, lease_token)
 
     @contextmanager
     def _refusal_audited(
@@ -129,10 +132,12 @@ class Transfers:
             raise
 
     def list_inputs(self, actor: Actor, job_id: str, lease_token: str | None) -> list[JobInput]:
-        with self._refusal_audited(actor, "search", "input", job_id):
-            job = self._jobs.get(actor, job_id, audit=False)
-            self._may_read_data(actor, job, lease_token)
-        with self._db.session() as session:
+        with (
+            self._refusal_audited(actor, "search", "input", job_id),
+            self._db.session() as session,
+        ):
+            job = self._jobs.visible(session, actor, job_id)
+            self._may_read_data(session, actor, job, lease_token)
             rows = list(
                 session.scalars(
                     select(JobInput).where(JobInput.job_id == job_id).order_by(JobInput.id)
@@ -146,10 +151,12 @@ class Transfers:
     def input_blob(
         self, actor: Actor, job_id: str, sop_uid: str, lease_token: str | None
     ) -> JobInput:
-        with self._refusal_audited(actor, "read", "input", f"{job_id}/{sop_uid}"):
-            job = self._jobs.get(actor, job_id, audit=False)
-            self._may_read_data(actor, job, lease_token)
-        with self._db.session() as session:
+        with (
+            self._refusal_audited(actor, "read", "input", f"{job_id}/{sop_uid}"),
+            self._db.session() as session,
+        ):
+            job = self._jobs.visible(session, actor, job_id)
+            self._may_read_data(session, actor, job, lease_token)
             row = session.scalars(
                 select(JobInput).where(
                     JobInput.job_id == job_id, JobInput.sop_instance_uid == sop_uid
@@ -224,11 +231,12 @@ class Transfers:
                 detail=exc.message,
             )
             raise
-        # The lease may have run out while the bytes arrived: check again before committing.
-        self._jobs.check_lease(actor, job.id, lease_token)
         key = f"results/{job.id}/{name}"
-        self._blobs.commit(temp, key)
         with self._db.session() as session:
+            # The lease may have run out while the bytes arrived: check again, in the
+            # transaction that records the result.
+            self._jobs.held(session, actor, job.id, lease_token)
+            self._blobs.commit(temp, key)
             session.execute(
                 delete(JobResult).where(JobResult.job_id == job.id, JobResult.name == name)
             )
@@ -257,19 +265,23 @@ class Transfers:
         )
         return row
 
-    def _results_visible(self, actor: Actor, job: Job, lease_token: str | None) -> None:
+    def _results_visible(
+        self, session: Session, actor: Actor, job: Job, lease_token: str | None
+    ) -> None:
         if actor.role == OrganisationKind.operator:
             raise Forbidden("operators see job metadata, never results")
         if actor.role == OrganisationKind.vendor:
-            self._may_read_data(actor, job, lease_token)
+            self._may_read_data(session, actor, job, lease_token)
         elif job.state != JobState.completed:
             raise Conflict(f"job {job.id} is {job.state}; results are available once it completes")
 
     def list_results(self, actor: Actor, job_id: str, lease_token: str | None) -> list[JobResult]:
-        with self._refusal_audited(actor, "search", "result", job_id):
-            job = self._jobs.get(actor, job_id, audit=False)
-            self._results_visible(actor, job, lease_token)
-        with self._db.session() as session:
+        with (
+            self._refusal_audited(actor, "search", "result", job_id),
+            self._db.session() as session,
+        ):
+            job = self._jobs.visible(session, actor, job_id)
+            self._results_visible(session, actor, job, lease_token)
             rows = list(
                 session.scalars(
                     select(JobResult).where(JobResult.job_id == job_id).order_by(JobResult.id)
@@ -283,10 +295,12 @@ class Transfers:
     def result_blob(
         self, actor: Actor, job_id: str, name: str, lease_token: str | None
     ) -> JobResult:
-        with self._refusal_audited(actor, "read", "result", f"{job_id}/{name}"):
-            job = self._jobs.get(actor, job_id, audit=False)
-            self._results_visible(actor, job, lease_token)
-        with self._db.session() as session:
+        with (
+            self._refusal_audited(actor, "read", "result", f"{job_id}/{name}"),
+            self._db.session() as session,
+        ):
+            job = self._jobs.visible(session, actor, job_id)
+            self._results_visible(session, actor, job, lease_token)
             row = session.scalars(
                 select(JobResult).where(JobResult.job_id == job_id, JobResult.name == name)
             ).first()

@@ -20,6 +20,7 @@ from aifi.results.sr_tree import STUDY_INSTANCE_UID, concept_of
 _STUDY_INSTANCE_UID = Tag("StudyInstanceUID")
 _REFERENCED_STUDY_SEQUENCE = Tag("ReferencedStudySequence")
 _CONTENT_SEQUENCE = Tag("ContentSequence")
+_UID = Tag("UID")
 
 
 def check_own_study(dataset: Dataset, study_instance_uid: str) -> None:
@@ -51,28 +52,31 @@ def check_study_references(dataset: Dataset, study_instance_uid: str) -> None:
         ``StudyInstanceUID (0020,000D) in CurrentRequestedProcedureEvidenceSequence
         (0040,A375) item 2``.
     """
-    _check_items(dataset, study_instance_uid, trail="")
+    _check_items(dataset, study_instance_uid, trail=())
 
 
-def _check_items(dataset: Dataset, study_uid: str, trail: str) -> None:
+#: Where an item sits: (sequence tag, item number) from the innermost outwards. Kept as tags
+#: and turned into words only for a refusal: every result is walked, few are refused.
+Trail = tuple[tuple[BaseTag, int], ...]
+
+
+def _check_items(dataset: Dataset, study_uid: str, trail: Trail) -> None:
+    if trail and _STUDY_INSTANCE_UID in dataset:
+        _expect(str(dataset[_STUDY_INSTANCE_UID].value or ""), study_uid, "StudyInstanceUID", trail)
     for tag in list(dataset.keys()):
-        if tag.is_private:
-            continue
-        if trail and tag == _STUDY_INSTANCE_UID:
-            _expect(str(dataset[tag].value or ""), study_uid, f"{describe_tag(tag)}{trail}")
-        if _is_sequence(dataset, tag):
+        if not tag.is_private and _is_sequence(dataset, tag):
             _check_sequence(dataset, tag, study_uid, trail)
 
 
-def _check_sequence(dataset: Dataset, tag: BaseTag, study_uid: str, trail: str) -> None:
+def _check_sequence(dataset: Dataset, tag: BaseTag, study_uid: str, trail: Trail) -> None:
     for number, item in enumerate(dataset[tag].value or [], start=1):
-        where = f" in {describe_tag(tag)} item {number}{trail}"
+        where: Trail = ((tag, number), *trail)
         if tag == _REFERENCED_STUDY_SEQUENCE:
             # A Referenced Study Sequence item's Referenced SOP Instance UID *is* a study UID.
             referenced = str(item.get("ReferencedSOPInstanceUID", "") or "")
-            _expect(referenced, study_uid, f"ReferencedSOPInstanceUID (0008,1155){where}")
-        if tag == _CONTENT_SEQUENCE and concept_of(item) == STUDY_INSTANCE_UID:
-            _expect(str(item.get("UID", "") or ""), study_uid, f"UID (0040,A124){where}")
+            _expect(referenced, study_uid, "ReferencedSOPInstanceUID", where)
+        if tag == _CONTENT_SEQUENCE and _UID in item and concept_of(item) == STUDY_INSTANCE_UID:
+            _expect(str(item[_UID].value or ""), study_uid, "UID", where)
         _check_items(item, study_uid, where)
 
 
@@ -87,11 +91,12 @@ def _is_sequence(dataset: Dataset, tag: BaseTag) -> bool:
     return vr == "SQ"
 
 
-def _expect(value: str, study_uid: str, attribute: str) -> None:
+def _expect(value: str, study_uid: str, keyword: str, trail: Trail) -> None:
     if value and value != study_uid:
+        place = "".join(f" in {describe_tag(tag)} item {number}" for tag, number in trail)
         raise ResultRejected(
             "reference-own-study",
-            attribute,
+            f"{describe_tag(Tag(keyword))}{place}",
             "the result references a study other than the job's; a result may only point at "
             "its own study",
         )

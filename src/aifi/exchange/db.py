@@ -7,6 +7,7 @@ changes. The few places where the two differ ask :attr:`Database.is_postgresql`.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,6 +58,8 @@ def make_engine(url: str) -> Engine:
             max_overflow=10,
         )
 
+        _one_writer_at_a_time(engine)
+
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
@@ -78,6 +81,46 @@ def make_engine(url: str) -> Engine:
             {"connect_timeout": 5} if make_url(url).get_backend_name() == "postgresql" else {}
         ),
     )
+
+
+#: A thread waits this long for the writer's turn before it falls back to SQLite's own retry.
+WRITER_TURN_SECONDS = 5.0
+_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+
+
+def _one_writer_at_a_time(engine: Engine) -> None:
+    """Let the threads of this process take turns at SQLite's single write lock.
+
+    A thread that finds the database locked sleeps in SQLite's busy handler for 1, 2, 5 … ms
+    however soon the lock is free; under load most writes waited there. A Python lock taken at
+    a transaction's first write and released at its end hands the turn over at once. Should a
+    turn not come within a few seconds (a holder waiting on another thread), the writer goes
+    ahead and SQLite's busy timeout decides, as before.
+    """
+    turn = threading.Lock()
+    holder: list[int | None] = [None]
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _take_turn(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "writer" in conn.info or not statement.lstrip()[:7].upper().startswith(_WRITES):
+            return
+        me = threading.get_ident()
+        if holder[0] == me:  # a second session of the thread holding the turn: no waiting
+            conn.info["writer"] = False
+            return
+        conn.info["writer"] = turn.acquire(timeout=WRITER_TURN_SECONDS)
+        if conn.info["writer"]:
+            holder[0] = me
+
+    def _end_turn(info: dict[str, Any]) -> None:
+        if info.pop("writer", None):
+            holder[0] = None
+            turn.release()
+
+    event.listen(engine, "commit", lambda conn: _end_turn(conn.info))
+    event.listen(engine, "rollback", lambda conn: _end_turn(conn.info))
+    # A connection going back to the pool never keeps the turn, however its transaction ended.
+    event.listen(engine, "checkin", lambda _dbapi, record: _end_turn(record.info))
 
 
 def alembic_config(url: str) -> Config:

@@ -145,10 +145,11 @@ def test_the_exchange_sweeps_on_its_own(
     keys = input_keys(exchange, job["id"])
     assert all(blob_exists(exchange, key) for key in keys)
     finish_job(exchange, orgs["vendor"], exchange.claim(orgs["vendor"]), tmp_path / "w")
+    purged = 'aifi_exchange_purged_objects_total{kind="input"} 1.0'
+    # The sweeper deletes the blob, then records and counts it: wait for the count.
     wait_for(
-        lambda: not any(blob_exists(exchange, key) for key in keys),
+        lambda: purged in exchange.client.get("/metrics").text,
         30,
-        "the retention sweeper to purge an ended job's inputs",
+        "the retention sweeper to purge an ended job's inputs and count them",
     )
-    metrics = exchange.client.get("/metrics").text
-    assert 'aifi_exchange_purged_objects_total{kind="input"} 1.0' in metrics
+    assert not any(blob_exists(exchange, key) for key in keys)

@@ -3,6 +3,7 @@ many replicas, and a database outage that clients can ride out."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from aifi.exchange.app import create_app
 from aifi.exchange.audit import Actor, AuditLog, verify_chain
 from aifi.exchange.db import Database, upgrade_schema
 from aifi.exchange.models import AuditEntry, Base, Organisation
+from aifi.exchange.notify import ChangeNotifier
+from aifi.exchange.replica_changes import CHANNEL, ReplicaChanges
 from aifi.exchange.schemas import OrganisationKind
 from aifi.exchange.services import OPERATOR_ID, Services, build_services
 from aifi.exchange.settings import ExchangeSettings
@@ -187,3 +190,30 @@ def test_a_database_outage_answers_503_and_the_exchange_recovers(tmp_path: Path)
             assert up.status_code == 200 and up.json() == []
     finally:
         own.destroy()
+
+
+def test_a_replica_hears_job_changes_committed_by_another(postgres: PostgresServer) -> None:
+    """A vendor long-polling one replica is woken by a job another replica made ready."""
+    url = postgres.create_database("listen")
+    db = Database(url)
+    upgrade_schema(db.engine)
+
+    async def scenario() -> None:
+        notifier = ChangeNotifier()
+        notifier.bind(asyncio.get_running_loop())
+        listener = ReplicaChanges(url, notifier)
+        listener.start()
+        try:
+            # The listener wakes waiters once it listens: wait for that before the real change.
+            await asyncio.wait_for(notifier.wait(60), 30)
+            waiting = asyncio.create_task(notifier.wait(60))
+            await asyncio.sleep(0)  # the waiter is registered before the change is sent
+            with psycopg.connect(postgres.dsn(url.rsplit("/", 1)[1]), autocommit=True) as other:
+                other.execute("SELECT pg_notify(%s, %s)", (CHANNEL, "another-replica"))
+            await asyncio.wait_for(waiting, 30)
+        finally:
+            listener.stop()
+
+    asyncio.run(scenario())
+    db.dispose()
+    postgres.drop_database(url)

@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 import aifi
 from aifi.exchange.errors import ExchangeError
 from aifi.exchange.metrics import ExchangeMetrics, MetricsMiddleware
+from aifi.exchange.replica_changes import ReplicaChanges
 from aifi.exchange.retention import Retention
 from aifi.exchange.routers import (
     audit,
@@ -55,6 +56,10 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services.notifier.bind(asyncio.get_running_loop())
+        listener = None
+        if services.db.is_postgresql:
+            listener = ReplicaChanges(services.db.url, services.notifier)
+            listener.start()
         sweepers = [
             asyncio.create_task(_every(LEASE_SWEEP_SECONDS, services.jobs.expire_leases)),
             asyncio.create_task(_every(services.settings.retention_sweep_seconds, retention.sweep)),
@@ -67,6 +72,8 @@ def create_app(
             for sweeper in sweepers:
                 with contextlib.suppress(asyncio.CancelledError):
                     await sweeper
+            if listener is not None:
+                listener.stop()
 
     app = FastAPI(
         title="AIFI exchange",

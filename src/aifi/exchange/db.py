@@ -148,6 +148,7 @@ class Database:
     """The engine and a session factory, built once per app and handed to services."""
 
     def __init__(self, url: str) -> None:
+        self.url = normalised_url(url)
         self.engine = make_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 

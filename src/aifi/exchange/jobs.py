@@ -27,6 +27,7 @@ from aifi.exchange.db import Database
 from aifi.exchange.errors import Conflict, Forbidden, Invalid, NotFound
 from aifi.exchange.models import Job, JobResult, Product
 from aifi.exchange.notify import ChangeNotifier
+from aifi.exchange.replica_changes import announce
 from aifi.exchange.schemas import (
     ENDED_STATES,
     PRIORITY_RANK,
@@ -112,6 +113,11 @@ class JobService:
         self._audit = audit
         self._notifier = notifier
         self._settings = settings
+
+    def _announce(self, session: Session) -> None:
+        """Other replicas' waiters hear of this change when its transaction commits."""
+        if self._db.is_postgresql:
+            announce(session)
 
     # reading -------------------------------------------------------------------------------
 
@@ -260,6 +266,7 @@ class JobService:
                 {"inputs_complete": True, "ready_at": now, "updated_at": now},
             )
             job = changed or self.visible(session, actor, job_id)
+            self._announce(session)
         self._audit.record(actor, "update", "job", job_id, detail="inputs complete")
         self._notifier.notify()
         return job
@@ -272,6 +279,7 @@ class JobService:
             if job.state in ENDED_STATES:
                 raise Conflict(f"job {job_id} has already ended ({job.state})")
             ended = self._end(session, job_id, JobState.cancelled, reason, from_states=(job.state,))
+            self._announce(session)
         self._audit.record(actor, "update", "job", job_id, detail=f"cancelled: {reason}")
         self._notifier.notify()
         return ended
@@ -293,6 +301,7 @@ class JobService:
                 {"acknowledged_at": now, "updated_at": now},
             )
             job = changed or self.visible(session, actor, job_id)
+            self._announce(session)
         self._audit.record(actor, "update", "job", job_id, detail="acknowledged")
         self._notifier.notify()
         return job
@@ -447,6 +456,7 @@ class JobService:
                 token=token,
                 summary=summary,
             )
+            self._announce(session)
         self._audit.record(
             actor,
             "update",
@@ -464,6 +474,7 @@ class JobService:
             job = self._end(
                 session, job_id, JobState.failed, reason, from_states=HELD_STATES, token=token
             )
+            self._announce(session)
         self._audit.record(
             actor,
             "update",
@@ -542,6 +553,8 @@ class JobService:
                     updated_at=now,
                 ),
             )
+            if requeued or expired:
+                self._announce(session)
         if requeued or expired:
             self._notifier.notify()
         return requeued + expired

@@ -1,7 +1,8 @@
 """Wake long-polling requests when jobs change, from any thread of this process.
 
-Other replicas' changes are not seen here; waiters therefore also re-check on a short period,
-so the notifier only makes the common case fast, never correct.
+On PostgreSQL other replicas' changes arrive through LISTEN/NOTIFY (`replica_changes`).
+Waiters also re-check on a short period, so the notifier only makes the common case fast,
+never correct.
 """
 
 from __future__ import annotations

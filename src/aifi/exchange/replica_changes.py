@@ -1,0 +1,69 @@
+"""Job changes made by other replicas, heard through PostgreSQL's LISTEN/NOTIFY.
+
+A replica's long-polls (a vendor's claim, a gateway's wait for ended jobs) are woken by its own
+changes at once; without this they would see another replica's changes only at their next
+periodic re-check, up to a second later. Every transaction that changes a job also sends a
+notification on :data:`CHANNEL`, which PostgreSQL delivers when (and only if) it commits; each
+replica keeps one connection listening and wakes its waiters.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+
+import psycopg
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+from aifi.exchange.notify import ChangeNotifier
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "aifi_jobs"
+#: This process's name on the channel: a replica already woke its own waiters for its changes.
+REPLICA = secrets.token_hex(8)
+#: Seconds between attempts to listen again after the database went away.
+RECONNECT_SECONDS = 1.0
+
+
+def announce(session: Session) -> None:
+    """Tell every replica, at this transaction's commit, that a job changed."""
+    session.execute(
+        text("SELECT pg_notify(:channel, :replica)"), {"channel": CHANNEL, "replica": REPLICA}
+    )
+
+
+class ReplicaChanges:
+    """A thread that listens on :data:`CHANNEL` and wakes this replica's waiters."""
+
+    def __init__(self, database_url: str, notifier: ChangeNotifier) -> None:
+        url = make_url(database_url).set(drivername="postgresql")
+        self._dsn = url.render_as_string(hide_password=False)
+        self._notifier = notifier
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="replica-changes", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._dsn, autocommit=True, connect_timeout=5) as connection:
+                    connection.execute(f"LISTEN {CHANNEL}")
+                    # Changes made while we were not listening: wake waiters to look again.
+                    self._notifier.notify()
+                    while not self._stop.is_set():
+                        heard = connection.notifies(timeout=0.5)
+                        if any(change.payload != REPLICA for change in heard):
+                            self._notifier.notify()
+            except psycopg.Error as exc:
+                log.warning("not hearing other replicas' job changes (%s); retrying", exc)
+                self._stop.wait(RECONNECT_SECONDS)

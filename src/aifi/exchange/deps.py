@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from aifi.exchange.audit import Actor
@@ -17,18 +18,27 @@ async def get_services(request: Request) -> Services:
     return services
 
 
+#: `Authorization: Bearer <key>`, shown in /docs as the API's security scheme.
+bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="api_key",
+    description="The organisation's API key (`aifi_…`), given once by the national operator.",
+)
+
+
 async def get_caller(
     services: Annotated[Services, Depends(get_services)],
-    authorization: Annotated[str | None, Header()] = None,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Actor:
     """The caller; a key verified in the last seconds is answered without leaving the loop.
 
     Dependencies are coroutines so that FastAPI does not hand each one to a worker thread; only
     a key the cache does not know costs a thread (and a database lookup).
     """
-    if authorization and authorization.startswith("Bearer "):
-        key = authorization.removeprefix("Bearer ").strip()
-        if key.startswith(KEY_PREFIX) and (known := services.keys.get(hash_api_key(key))):
+    authorization = f"Bearer {credentials.credentials}" if credentials is not None else None
+    if credentials is not None and credentials.credentials.startswith(KEY_PREFIX):
+        known = services.keys.get(hash_api_key(credentials.credentials))
+        if known is not None:
             return known
     return await run_in_threadpool(authenticate, services.db, authorization, services.keys)
 

@@ -12,14 +12,17 @@ import json
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
-from sqlalchemy import select, text
+from sqlalchemy import Table, insert, select, text
 
 from aifi.exchange.clock import as_utc, utcnow
 from aifi.exchange.db import Database
 from aifi.exchange.models import AuditEntry
 
 GENESIS = "0" * 64
+_TABLE = cast(Table, AuditEntry.__table__)
+_COLUMNS = [column.name for column in _TABLE.columns if column.name != "id"]
 #: Advisory-lock key that makes appends to the chain one at a time across all replicas.
 CHAIN_LOCK = 0x41494649_0002
 
@@ -125,14 +128,15 @@ class AuditLog:
                 select(AuditEntry.entry_hash).order_by(AuditEntry.id.desc()).limit(1)
             ).first()
             previous = last or GENESIS
+            rows = []
             for pending in batch:
                 entry = pending.entry
                 entry.prev_hash = previous
                 entry.entry_hash = entry_digest(entry)
                 previous = entry.entry_hash
-                session.add(entry)
-                # Insert in order: ids must follow the chain.
-                session.flush()
+                rows.append({column: getattr(entry, column) for column in _COLUMNS})
+            # One executemany, row by row in order: ids follow the chain.
+            session.execute(insert(_TABLE), rows)
 
 
 @dataclass

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 CHANNEL = "aifi_jobs"
 #: This process's name on the channel: a replica already woke its own waiters for its changes.
 REPLICA = secrets.token_hex(8)
+#: How soon the listener notices it should stop (it waits for notifications this long).
+STOP_CHECK_SECONDS = 0.1
 #: Seconds between attempts to listen again after the database went away.
 RECONNECT_SECONDS = 1.0
 
@@ -61,7 +63,7 @@ class ReplicaChanges:
                     # Changes made while we were not listening: wake waiters to look again.
                     self._notifier.notify()
                     while not self._stop.is_set():
-                        heard = connection.notifies(timeout=0.5)
+                        heard = connection.notifies(timeout=STOP_CHECK_SECONDS)
                         if any(change.payload != REPLICA for change in heard):
                             self._notifier.notify()
             except psycopg.Error as exc:

@@ -124,10 +124,10 @@ class JobService:
         self._notifier = notifier
         self._settings = settings
 
-    def _announce(self, session: Session) -> None:
+    def _announce(self, session: Session, *, claimable: bool = False) -> None:
         """Other replicas' waiters hear of this change when its transaction commits."""
         if self._db.is_postgresql:
-            announce(session)
+            announce(session, claimable=claimable)
 
     # reading -------------------------------------------------------------------------------
 
@@ -279,9 +279,9 @@ class JobService:
                 {"inputs_complete": True, "ready_at": now, "updated_at": now},
             )
             job = changed or self.visible(session, actor, job_id)
-            self._announce(session)
+            self._announce(session, claimable=True)
         self._audit.record(actor, "update", "job", job_id, detail="inputs complete")
-        self._notifier.notify()
+        self._notifier.notify(claimable=True)
         return job
 
     def cancel(self, actor: Actor, job_id: str, reason: str) -> Job:
@@ -567,9 +567,9 @@ class JobService:
                 ),
             )
             if requeued or expired:
-                self._announce(session)
+                self._announce(session, claimable=requeued > 0)
         if requeued or expired:
-            self._notifier.notify()
+            self._notifier.notify(claimable=requeued > 0)
         return requeued + expired
 
     def _sweepable(self, *conditions: Any) -> Any:

@@ -25,16 +25,19 @@ log = logging.getLogger(__name__)
 CHANNEL = "aifi_jobs"
 #: This process's name on the channel: a replica already woke its own waiters for its changes.
 REPLICA = secrets.token_hex(8)
+CLAIMABLE, CHANGED = "claimable", "changed"
 #: How soon the listener notices it should stop (it waits for notifications this long).
 STOP_CHECK_SECONDS = 0.1
 #: Seconds between attempts to listen again after the database went away.
 RECONNECT_SECONDS = 1.0
 
 
-def announce(session: Session) -> None:
-    """Tell every replica, at this transaction's commit, that a job changed."""
+def announce(session: Session, *, claimable: bool = False) -> None:
+    """Tell every replica, at this transaction's commit, that a job changed (`claimable`: one
+    became ready to claim). The payload is the sending replica and the kind of change."""
+    payload = f"{REPLICA} {CLAIMABLE if claimable else CHANGED}"
     session.execute(
-        text("SELECT pg_notify(:channel, :replica)"), {"channel": CHANNEL, "replica": REPLICA}
+        text("SELECT pg_notify(:channel, :payload)"), {"channel": CHANNEL, "payload": payload}
     )
 
 
@@ -61,11 +64,12 @@ class ReplicaChanges:
                 with psycopg.connect(self._dsn, autocommit=True, connect_timeout=5) as connection:
                     connection.execute(f"LISTEN {CHANNEL}")
                     # Changes made while we were not listening: wake waiters to look again.
-                    self._notifier.notify()
+                    self._notifier.notify(claimable=True)
                     while not self._stop.is_set():
-                        heard = connection.notifies(timeout=STOP_CHECK_SECONDS)
-                        if any(change.payload != REPLICA for change in heard):
-                            self._notifier.notify()
+                        for change in connection.notifies(timeout=STOP_CHECK_SECONDS):
+                            replica, _, kind = change.payload.partition(" ")
+                            if replica != REPLICA:
+                                self._notifier.notify(claimable=kind != CHANGED)
             except psycopg.Error as exc:
                 log.warning("not hearing other replicas' job changes (%s); retrying", exc)
                 self._stop.wait(RECONNECT_SECONDS)

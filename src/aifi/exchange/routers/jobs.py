@@ -79,7 +79,7 @@ async def claim_job(body: ClaimIn, caller: CallerDep, services: ServicesDep) -> 
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return Response(status_code=204)
-        await services.notifier.wait(min(remaining, RECHECK_SECONDS))
+        await services.notifier.wait(min(remaining, RECHECK_SECONDS), claimable=True)
 
 
 @router.get("/{job_id}", response_model=JobOut)

@@ -26,6 +26,7 @@ from aifi.results.sr_tree import (
     children,
     concept_of,
     find_texts,
+    find_texts_of,
     measurement_groups,
 )
 
@@ -69,21 +70,22 @@ def _text(dataset: Dataset, keyword: str) -> str:
 
 
 def _from_sr_content(dataset: Dataset) -> AlgorithmIdentity:
-    names = find_texts(dataset, ALGORITHM_NAME)
+    found = find_texts_of(dataset, [ALGORITHM_NAME, ALGORITHM_VERSION, ALGORITHM_MANUFACTURER])
+    names = found[ALGORITHM_NAME]
     if not names:
         raise ResultRejected(
             "algorithm-identification",
             f"Algorithm Name (111001, DCM) in {_CONTENT}",
             "the SR does not name the algorithm (TID 4019 Algorithm Identification)",
         )
-    versions = find_texts(dataset, ALGORITHM_VERSION)
+    versions = found[ALGORITHM_VERSION]
     if not versions:
         raise ResultRejected(
             "algorithm-identification",
             f"Algorithm Version (111003, DCM) in {_CONTENT}",
             "the SR does not give the algorithm's version (TID 4019 Algorithm Identification)",
         )
-    manufacturers = find_texts(dataset, ALGORITHM_MANUFACTURER)
+    manufacturers = found[ALGORITHM_MANUFACTURER]
     manufacturer = manufacturers[0] if manufacturers else _text(dataset, "Manufacturer")
     return AlgorithmIdentity(name=names[0], version=versions[0], manufacturer=manufacturer)
 

@@ -62,8 +62,17 @@ def text_of(item: Dataset) -> str:
 
 def find_texts(item: Dataset, concept: Concept) -> list[str]:
     """Non-empty values of every content item below `item` named `concept`."""
-    texts = (text_of(child) for child in walk(item) if concept_of(child) == concept)
-    return [text for text in texts if text]
+    return find_texts_of(item, [concept])[concept]
+
+
+def find_texts_of(item: Dataset, concepts: list[Concept]) -> dict[Concept, list[str]]:
+    """:func:`find_texts` for several concepts in one walk of the tree."""
+    found: dict[Concept, list[str]] = {concept: [] for concept in concepts}
+    for child in walk(item):
+        texts = found.get(concept_of(child))  # type: ignore[arg-type]
+        if texts is not None and (text := text_of(child)):
+            texts.append(text)
+    return found
 
 
 def measurement_groups(root: Dataset) -> list[Dataset]:

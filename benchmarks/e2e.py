@@ -3,7 +3,8 @@
 (a) The platform's own time: from the modality's last acknowledged C-STORE to the result
     stored in the PACS, minus the quiet timer and the product's own run time.
 (b) The gateway's C-STORE ingest rate beside dcmtk's `storescp` on the same data, in the
-    same run (both with TCP_NODELAY=1), and their ratio.
+    same run (both with TCP_NODELAY=1), and their ratio. Beside them, the gateway's SCP
+    set-up with a handler that stores nothing: the ceiling of a pynetdicom receiver.
 
 The exchange and the gateway run as their own processes (`aifi exchange`, `aifi gateway`), as
 they would in a hospital and a data centre; the vendor worker and a simulated PACS run here.
@@ -33,7 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 from aifi.exchange.server import free_port
-from aifi.gateway.dimse import handle_echo, start_scp, storage_scp_ae
+from aifi.gateway.dimse import handle_echo, start_scp, storage_scp_ae, tighten_polling
 from aifi.phantoms import GridSize, write_study
 from aifi.products import tissue_volume
 from aifi.vendor import JobContext, ProductResult, VendorClient, Worker
@@ -112,6 +113,25 @@ def storescp_rate(files: list[Path], folder: Path) -> float:
     return len(files) / seconds
 
 
+def pynetdicom_ceiling_rate(files: list[Path]) -> float:
+    """Instances/s into the gateway's own SCP set-up with a handler that stores nothing.
+
+    No SCP built on pynetdicom's reactor can ingest faster than this, whatever its handler
+    does; it shows how much of the gap to `storescp` is the gateway's own work.
+    """
+    port = free_port()
+    handlers = [
+        (evt.EVT_C_STORE, lambda _event: 0),
+        (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_CONN_OPEN, tighten_polling),
+    ]
+    server = start_scp(storage_scp_ae("CEILING"), "127.0.0.1", port, handlers)
+    try:
+        return len(files) / storescu(files, port, "CEILING")
+    finally:
+        server.shutdown()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -139,6 +159,7 @@ def main() -> int:
     console.print(f"study: {len(files)} instances, {megabytes:.0f} MB")
 
     baseline = storescp_rate(files, workdir)
+    ceiling = pynetdicom_ceiling_rate(files)
 
     operator_key = "aifi_" + secrets.token_urlsafe(32)
     exchange_port = free_port()
@@ -250,6 +271,8 @@ def main() -> int:
         "gateway_ingest_instances_per_s": round(ingest, 1),
         "storescp_instances_per_s": round(baseline, 1),
         "ingest_ratio_vs_storescp": round(ratio, 3),
+        "pynetdicom_empty_handler_instances_per_s": round(ceiling, 1),
+        "pynetdicom_empty_handler_ratio_vs_storescp": round(ceiling / baseline, 3),
         "targets": {
             "platform_seconds": {
                 "measured": round(platform, 3),
@@ -275,6 +298,10 @@ def main() -> int:
     table.add_row("gateway ingest", f"{ingest:.0f} inst/s")
     table.add_row("dcmtk storescp (baseline)", f"{baseline:.0f} inst/s")
     table.add_row("ratio (b)", f"{ratio:.2f}  (target ≥ {TARGET_INGEST_RATIO})")
+    table.add_row(
+        "pynetdicom SCP, empty handler",
+        f"{ceiling:.0f} inst/s  (ratio {ceiling / baseline:.2f}: the ceiling for (b))",
+    )
     console.print(table)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))

@@ -75,14 +75,15 @@ class KeyCache:
             self._known[key_hash] = (time.monotonic() + self._ttl, actor)
 
 
-def authenticate(db: Database, authorization: str | None, cache: KeyCache | None = None) -> Actor:
-    """The organisation behind a bearer key, or :class:`Unauthorised`."""
-    if not authorization or not authorization.startswith("Bearer "):
+def key_hash_of(key: str | None) -> str:
+    """The stored form of a presented key, or :class:`Unauthorised` if it cannot be one."""
+    if not key or not key.strip().startswith(KEY_PREFIX):
         raise Unauthorised()
-    key = authorization.removeprefix("Bearer ").strip()
-    if not key.startswith(KEY_PREFIX):
-        raise Unauthorised()
-    key_hash = hash_api_key(key)
+    return hash_api_key(key.strip())
+
+
+def verified_actor(db: Database, key_hash: str, cache: KeyCache | None = None) -> Actor:
+    """The organisation whose live key has this hash (cached for a few seconds)."""
     if cache is not None and (known := cache.get(key_hash)) is not None:
         return known
     with db.session() as session:

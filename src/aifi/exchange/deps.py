@@ -9,7 +9,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from aifi.exchange.audit import Actor
-from aifi.exchange.auth import KEY_PREFIX, authenticate, hash_api_key
+from aifi.exchange.auth import key_hash_of, verified_actor
 from aifi.exchange.services import Services
 
 
@@ -35,12 +35,10 @@ async def get_caller(
     Dependencies are coroutines so that FastAPI does not hand each one to a worker thread; only
     a key the cache does not know costs a thread (and a database lookup).
     """
-    authorization = f"Bearer {credentials.credentials}" if credentials is not None else None
-    if credentials is not None and credentials.credentials.startswith(KEY_PREFIX):
-        known = services.keys.get(hash_api_key(credentials.credentials))
-        if known is not None:
-            return known
-    return await run_in_threadpool(authenticate, services.db, authorization, services.keys)
+    key_hash = key_hash_of(credentials.credentials if credentials is not None else None)
+    if (known := services.keys.get(key_hash)) is not None:
+        return known
+    return await run_in_threadpool(verified_actor, services.db, key_hash, services.keys)
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]

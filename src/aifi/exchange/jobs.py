@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, and_, bindparam, select, update
+from sqlalchemy import Select, and_, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -25,7 +26,7 @@ from aifi.exchange.catalogue import (
 from aifi.exchange.clock import as_utc, utcnow
 from aifi.exchange.db import Database
 from aifi.exchange.errors import Conflict, Forbidden, Invalid, NotFound
-from aifi.exchange.models import Job, JobResult, Product
+from aifi.exchange.models import Job, JobInput, JobResult, Product
 from aifi.exchange.notify import ChangeNotifier
 from aifi.exchange.replica_changes import announce
 from aifi.exchange.schemas import (
@@ -76,6 +77,7 @@ def job_out(job: Job) -> JobOut:
         priority=Priority(job.priority),
         state=JobState(job.state),
         inputs_complete=job.inputs_complete,
+        instances=job.declared_instances,
         input_count=job.input_count,
         input_bytes=job.input_bytes,
         attempts=job.attempts,
@@ -107,6 +109,10 @@ _VISIBLE_JOB = {
     ),
     OrganisationKind.vendor.value: _ANY_JOB.where(Job.vendor_id == bindparam("organisation_id")),
 }
+
+_INPUTS_OF_JOB = (
+    select(JobInput).where(JobInput.job_id == bindparam("job_id")).order_by(JobInput.id)
+)
 
 
 class JobService:
@@ -201,6 +207,8 @@ class JobService:
                             f"idempotency key {body.idempotency_key!r} was used for job "
                             f"{existing.id} with another product or study"
                         )
+                    if body.instances not in (None, existing.declared_instances):
+                        existing = self._redeclare(session, existing, body.instances)
                     return existing, False
                 product = find_product(session, body.product_id)
                 if product.status not in OPEN_PRODUCT_STATES:
@@ -229,6 +237,29 @@ class JobService:
         return job, True
 
     @staticmethod
+    def _redeclare(session: Session, job: Job, instances: int) -> Job:
+        """A repeated create may change the declared count while the job still takes inputs.
+
+        A gateway that retries after an instance arrived late sends the new count; the latest
+        declaration wins. A job already open to vendors, or holding more, cannot be changed.
+        """
+        if job.inputs_complete or job.state != JobState.requested:
+            raise Conflict(
+                f"job {job.id} already opened with {job.input_count} instances; it cannot be "
+                f"re-declared for {instances}"
+            )
+        if instances < job.input_count:
+            raise Conflict(f"job {job.id} holds {job.input_count} instances, more than {instances}")
+        changed = _transition(
+            session,
+            (Job.id == job.id, Job.inputs_complete.is_(False), Job.input_count <= instances),
+            {"declared_instances": instances, "updated_at": utcnow()},
+        )
+        if changed is None:
+            raise Conflict(f"job {job.id} changed meanwhile; declare its instances again")
+        return changed
+
+    @staticmethod
     def _by_idempotency_key(session: Session, actor: Actor, key: str) -> Job | None:
         return session.scalars(
             select(Job).where(Job.hospital_id == actor.organisation_id, Job.idempotency_key == key)
@@ -250,6 +281,7 @@ class JobService:
             priority_rank=PRIORITY_RANK[priority],
             state=JobState.requested.value,
             inputs_complete=False,
+            declared_instances=body.instances,
             input_count=0,
             input_bytes=0,
             attempts=0,
@@ -284,6 +316,45 @@ class JobService:
         self._notifier.notify(claimable=True)
         return job
 
+    def count_inputs(self, session: Session, job: Job, added: str) -> bool:
+        """Record the job's input count and size after an upload, in the upload's transaction.
+
+        A job that declared its instance count opens to vendors when the last one is stored
+        (True). An instance beyond the count, or a job that stopped taking inputs meanwhile,
+        is refused, and the caller's transaction with it.
+        """
+        count, total = session.execute(
+            select(func.count(JobInput.id), func.coalesce(func.sum(JobInput.size), 0)).where(
+                JobInput.job_id == job.id
+            )
+        ).one()
+        declared = job.declared_instances
+        if declared is not None and count > declared:
+            raise Conflict(
+                f"job {job.id} was created for {declared} instances and holds them all; "
+                f"{added} would be one more"
+            )
+        now = utcnow()
+        values: dict[str, Any] = {"input_count": count, "input_bytes": total, "updated_at": now}
+        opens = count == declared
+        if opens:
+            values.update(inputs_complete=True, ready_at=now)
+        taking = (
+            Job.id == job.id,
+            Job.state == JobState.requested.value,
+            Job.inputs_complete.is_(False),
+        )
+        if _changed(session, update(Job).where(*taking).values(**values)) != 1:
+            raise Conflict(f"job {job.id} no longer takes inputs")
+        if opens:
+            self._announce(session, claimable=True)
+        return opens
+
+    def opened(self, actor: Actor, job_id: str) -> None:
+        """After the commit that opened a job by its last declared input: audit and wake claims."""
+        self._audit.record(actor, "update", "job", job_id, detail="inputs complete")
+        self._notifier.notify(claimable=True)
+
     def cancel(self, actor: Actor, job_id: str, reason: str) -> Job:
         with self._db.session() as session:
             job = self.visible(session, actor, job_id)
@@ -299,35 +370,58 @@ class JobService:
 
     def acknowledge(self, actor: Actor, job_id: str) -> Job:
         """The hospital has what it needs from an ended job (results delivered, or failure seen)."""
+        return self.acknowledge_many(actor, [job_id])[0]
+
+    def acknowledge_many(self, actor: Actor, job_ids: Sequence[str]) -> Sequence[Job]:
+        """Acknowledge several ended jobs in one transaction: all of them, or none.
+
+        A gateway that brought a poll's worth of results home says so once instead of once per
+        job. Acknowledging twice is harmless: a job keeps its first acknowledgement time.
+        """
+        wanted = list(dict.fromkeys(job_ids))
         with self._db.session() as session:
-            job = self.visible(session, actor, job_id)
+            found = {
+                job.id: job
+                for job in session.scalars(visible_to(select(Job), actor).where(Job.id.in_(wanted)))
+            }
+            for job_id in wanted:
+                if job_id not in found:
+                    raise NotFound(f"no job {job_id!r}")
             if actor.role != OrganisationKind.hospital:
                 raise Forbidden("only the hospital acknowledges its jobs")
-            if job.state not in ENDED_STATES:
-                raise Conflict(f"job {job_id} has not ended ({job.state})")
-            if job.acknowledged_at is not None:
-                return job
-            now = utcnow()
-            changed = _transition(
-                session,
-                (Job.id == job_id, Job.acknowledged_at.is_(None)),
-                {"acknowledged_at": now, "updated_at": now},
-            )
-            job = changed or self.visible(session, actor, job_id)
-            self._announce(session)
-        self._audit.record(actor, "update", "job", job_id, detail="acknowledged")
-        self._notifier.notify()
-        return job
+            for job_id in wanted:
+                if found[job_id].state not in ENDED_STATES:
+                    raise Conflict(f"job {job_id} has not ended ({found[job_id].state})")
+            fresh = [job_id for job_id in wanted if found[job_id].acknowledged_at is None]
+            if fresh:
+                now = utcnow()
+                statement = (
+                    update(Job)
+                    .where(Job.id.in_(fresh), Job.acknowledged_at.is_(None))
+                    .values(acknowledged_at=now, updated_at=now)
+                    .returning(Job)
+                    .execution_options(synchronize_session=False, populate_existing=True)
+                )
+                found.update({job.id: job for job in session.scalars(statement)})
+                self._announce(session)
+        for job_id in fresh:
+            self._audit.record(actor, "update", "job", job_id, detail="acknowledged")
+        if fresh:
+            self._notifier.notify()
+        return [found[job_id] for job_id in wanted]
 
     # vendor side ---------------------------------------------------------------------------
 
-    def claim(self, actor: Actor, body: ClaimIn) -> tuple[Job, str] | None:
+    def claim(self, actor: Actor, body: ClaimIn) -> tuple[Job, str, Sequence[JobInput]] | None:
         """Take the most urgent ready job for the vendor's products, with a fresh lease.
 
         On PostgreSQL the job row is picked and taken in one transaction with
         `SELECT … FOR UPDATE SKIP LOCKED`: concurrent claims on any replica each lock a
         different row and never wait on one another. SQLite has one writer at a time, so there
         the claim is a compare-and-set on the candidate's state.
+
+        The job's inputs come with it, read in the same transaction: the worker's next step is
+        fetching them, and it need not ask for the list first.
         """
         if actor.role != OrganisationKind.vendor:
             raise Forbidden("only vendors claim jobs")
@@ -353,17 +447,18 @@ class JobService:
                 job = self._take_locked(session, query, token, lease)
             else:
                 job = self._take_compare_and_set(session, query, token, lease)
-        if job is None:
-            return None
+            if job is None:
+                return None
+            inputs = list(session.scalars(_INPUTS_OF_JOB, {"job_id": job.id}))
         self._audit.record(
             actor,
             "update",
             "job",
             job.id,
             patient_pseudonym=job.patient_pseudonym,
-            detail=f"claimed, attempt {job.attempts}",
+            detail=f"claimed, attempt {job.attempts}; its {len(inputs)} inputs listed",
         )
-        return job, token
+        return job, token, inputs
 
     @staticmethod
     def _lease_values(token: str, lease: timedelta) -> dict[str, Any]:
@@ -455,31 +550,42 @@ class JobService:
     ) -> Job:
         with self._db.session() as session:
             self.held(session, actor, job_id, token)
-            has_results = session.scalars(
-                select(JobResult.id).where(JobResult.job_id == job_id).limit(1)
-            ).first()
-            if has_results is None:
-                raise Invalid(f"job {job_id} has no results: upload at least one before completing")
-            job = self._end(
-                session,
-                job_id,
-                JobState.completed,
-                None,
-                from_states=HELD_STATES,
-                token=token,
-                summary=summary,
-            )
-            self._announce(session)
+            job = self.complete_in(session, job_id, token, summary)
+        self.completed(actor, job)
+        return job
+
+    def complete_in(
+        self, session: Session, job_id: str, token: str, summary: dict[str, Any] | None
+    ) -> Job:
+        """End a held job completed inside the caller's transaction (it must hold a result)."""
+        has_results = session.scalars(
+            select(JobResult.id).where(JobResult.job_id == job_id).limit(1)
+        ).first()
+        if has_results is None:
+            raise Invalid(f"job {job_id} has no results: upload at least one before completing")
+        job = self._end(
+            session,
+            job_id,
+            JobState.completed,
+            None,
+            from_states=HELD_STATES,
+            token=token,
+            summary=summary,
+        )
+        self._announce(session)
+        return job
+
+    def completed(self, actor: Actor, job: Job) -> None:
+        """After the commit that completed `job`: audit it and wake the hospital's long-poll."""
         self._audit.record(
             actor,
             "update",
             "job",
-            job_id,
+            job.id,
             patient_pseudonym=job.patient_pseudonym,
             detail="completed",
         )
         self._notifier.notify()
-        return job
 
     def fail(self, actor: Actor, job_id: str, token: str, reason: str) -> Job:
         with self._db.session() as session:

@@ -102,6 +102,9 @@ class Job(Base):
     state: Mapped[str] = mapped_column(String(16), default="requested")
     inputs_complete: Mapped[bool] = mapped_column(Boolean, default=False)
     input_count: Mapped[int] = mapped_column(Integer, default=0)
+    #: Set when the hospital said at creation how many instances it sends: the job opens to
+    #: vendors by itself when the last one is stored, without a separate "ready" request.
+    declared_instances: Mapped[int | None] = mapped_column(Integer, nullable=True)
     input_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_token: Mapped[str | None] = mapped_column(String(64), nullable=True)

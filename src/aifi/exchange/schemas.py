@@ -134,12 +134,39 @@ class JobIn(BaseModel):
     patient_pseudonym: str = Field(default="", max_length=64)
     priority: Priority | None = None
     idempotency_key: str = Field(min_length=1, max_length=128)
+    instances: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000,
+        description="How many instances the hospital will upload. When given, the job opens to "
+        "vendors as soon as the last one is stored (no POST /jobs/{id}/ready needed), and an "
+        "instance beyond the count is refused.",
+    )
 
 
 class JobReady(BaseModel):
     """The gateway says all inputs are uploaded; the count guards against a lost upload."""
 
     instances: int = Field(ge=1)
+
+
+class ResultOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    name: str
+    media_type: str
+    kind: str
+    sop_class_uid: str | None
+    sop_instance_uid: str | None
+    air_conformant: bool
+    notes: list[str]
+    size: int
+    sha256: str
+
+
+class AcknowledgeIn(BaseModel):
+    """Ended jobs the hospital has brought home, acknowledged together."""
+
+    job_ids: list[str] = Field(min_length=1, max_length=1000)
 
 
 class JobOut(BaseModel):
@@ -152,6 +179,7 @@ class JobOut(BaseModel):
     priority: Priority
     state: JobState
     inputs_complete: bool
+    instances: int | None = Field(description="the instance count declared at creation, if any")
     input_count: int
     input_bytes: int
     attempts: int
@@ -163,6 +191,20 @@ class JobOut(BaseModel):
     claimed_at: datetime | None
     ended_at: datetime | None
     acknowledged_at: datetime | None
+    results: list[ResultOut] | None = Field(
+        default=None,
+        description="a completed job's results, when a hospital lists jobs with "
+        "with_results=true (saves a GET /jobs/{id}/results per job)",
+    )
+
+
+class InputOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_uid: str
+    size: int
+    sha256: str
 
 
 class ClaimIn(BaseModel):
@@ -174,6 +216,10 @@ class ClaimIn(BaseModel):
 class Claim(BaseModel):
     job: JobOut
     lease_token: str
+    inputs: list[InputOut] = Field(
+        default_factory=list,
+        description="the job's input instances, as GET /jobs/{id}/inputs would list them",
+    )
 
 
 class LeaseIn(BaseModel):
@@ -195,28 +241,6 @@ class FailIn(LeaseIn):
 
 class CancelIn(BaseModel):
     reason: str = Field(default="cancelled by the hospital", max_length=2000)
-
-
-class InputOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-    sop_instance_uid: str
-    sop_class_uid: str
-    series_uid: str
-    size: int
-    sha256: str
-
-
-class ResultOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-    name: str
-    media_type: str
-    kind: str
-    sop_class_uid: str | None
-    sop_instance_uid: str | None
-    air_conformant: bool
-    notes: list[str]
-    size: int
-    sha256: str
 
 
 class MeteringRow(BaseModel):

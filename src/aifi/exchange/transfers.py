@@ -6,11 +6,14 @@ the same object twice stores it once, so a gateway or worker may retry after any
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -28,6 +31,17 @@ UID = re.compile(r"^[0-9.]{1,64}$")
 RESULT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 #: The JSON summary beside the DICOM results: small, parsed whole.
 SUMMARY_LIMIT = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ResultUpload:
+    """What a vendor said about one result upload, besides its bytes."""
+
+    name: str
+    lease_token: str
+    media_type: str
+    is_summary: bool
+    complete: bool
 
 
 class Transfers:
@@ -72,7 +86,6 @@ class Transfers:
             )
             raise
         key = f"inputs/{job.id}/{sop_uid}.dcm"
-        self._blobs.commit(temp, key)
         with self._db.session() as session:
             session.execute(
                 delete(JobInput).where(
@@ -90,19 +103,14 @@ class Transfers:
             )
             session.add(row)
             session.flush()
-            count, total = session.execute(
-                select(func.count(JobInput.id), func.coalesce(func.sum(JobInput.size), 0)).where(
-                    JobInput.job_id == job.id
-                )
-            ).one()
-            session.execute(
-                update(Job)
-                .where(Job.id == job.id)
-                .values(input_count=count, input_bytes=total, updated_at=utcnow())
-            )
+            opened = self._jobs.count_inputs(session, job, sop_uid)
+            # Stored only once the count allows it; a failing store rolls the row back.
+            self._blobs.commit(temp, key)
         self._audit.record(
             actor, "create", "input", f"{job.id}/{sop_uid}", patient_pseudonym=job.patient_pseudonym
         )
+        if opened:
+            self._jobs.opened(actor, job.id)
         return row
 
     def _may_read_data(
@@ -179,7 +187,14 @@ class Transfers:
         lease_token: str | None,
         media_type: str,
         body: AsyncIterator[bytes],
+        *,
+        complete: bool = False,
     ) -> JobResult:
+        """Check and store one result; with `complete`, it is the last and the job ends with it.
+
+        Completing here saves the worker a request, and the result and the job's end share one
+        transaction: a result refused or lost is never followed by a completed job.
+        """
         if not RESULT_NAME.match(name):
             raise Invalid(
                 f"job {job_id}: result name {name!r} is not allowed (letters, digits, . _ -)"
@@ -193,26 +208,22 @@ class Transfers:
         job = await run_in_threadpool(self._jobs.check_lease, actor, job_id, lease_token)
         is_summary = media_type.startswith("application/json")
         temp = await self._blobs.receive(body, max_bytes=SUMMARY_LIMIT if is_summary else None)
+        upload = ResultUpload(name, lease_token, media_type, is_summary, complete)
         try:
-            return await run_in_threadpool(
-                self._commit_result, actor, job, name, lease_token, media_type, is_summary, temp
-            )
+            return await run_in_threadpool(self._commit_result, actor, job, upload, temp)
         finally:
             self._blobs.discard(temp)
 
     def _commit_result(
-        self,
-        actor: Actor,
-        job: Job,
-        name: str,
-        lease_token: str,
-        media_type: str,
-        is_summary: bool,
-        temp: TempBlob,
+        self, actor: Actor, job: Job, upload: ResultUpload, temp: TempBlob
     ) -> JobResult:
+        name = upload.name
+        summary: dict[str, Any] | None = None
         try:
-            if is_summary:
-                check_summary(temp.path.read_bytes(), job_id=job.id, name=name)
+            if upload.is_summary:
+                body = temp.path.read_bytes()
+                check_summary(body, job_id=job.id, name=name)
+                summary = json.loads(body)
                 kind, sop_class, sop_uid, conformant, notes = "summary-json", None, None, False, []
             else:
                 check = check_result_file(
@@ -232,10 +243,11 @@ class Transfers:
             )
             raise
         key = f"results/{job.id}/{name}"
+        ended: Job | None = None
         with self._db.session() as session:
             # The lease may have run out while the bytes arrived: check again, in the
             # transaction that records the result.
-            self._jobs.held(session, actor, job.id, lease_token)
+            self._jobs.held(session, actor, job.id, upload.lease_token)
             self._blobs.commit(temp, key)
             session.execute(
                 delete(JobResult).where(JobResult.job_id == job.id, JobResult.name == name)
@@ -243,7 +255,7 @@ class Transfers:
             row = JobResult(
                 job_id=job.id,
                 name=name,
-                media_type=media_type,
+                media_type=upload.media_type,
                 kind=kind,
                 sop_class_uid=sop_class,
                 sop_instance_uid=sop_uid,
@@ -255,6 +267,9 @@ class Transfers:
                 created_at=utcnow(),
             )
             session.add(row)
+            if upload.complete:
+                session.flush()
+                ended = self._jobs.complete_in(session, job.id, upload.lease_token, summary)
         self._audit.record(
             actor,
             "create",
@@ -263,6 +278,8 @@ class Transfers:
             patient_pseudonym=job.patient_pseudonym,
             detail=kind,
         )
+        if ended is not None:
+            self._jobs.completed(actor, ended)
         return row
 
     def _results_visible(
@@ -291,6 +308,28 @@ class Transfers:
             actor, "search", "result", job_id, patient_pseudonym=job.patient_pseudonym
         )
         return rows
+
+    def results_of(self, actor: Actor, jobs: Sequence[Job]) -> dict[str, list[JobResult]]:
+        """The results of the completed jobs among `jobs`, for the hospital listing them."""
+        if actor.role != OrganisationKind.hospital:
+            raise Forbidden("only hospitals list jobs with their results")
+        completed = {job.id: job for job in jobs if job.state == JobState.completed}
+        found: dict[str, list[JobResult]] = {job_id: [] for job_id in completed}
+        if not completed:
+            return found
+        with self._db.session() as session:
+            rows = session.scalars(
+                select(JobResult)
+                .where(JobResult.job_id.in_(list(completed)))
+                .order_by(JobResult.job_id, JobResult.id)
+            )
+            for row in rows:
+                found[row.job_id].append(row)
+        for job_id, job in completed.items():
+            self._audit.record(
+                actor, "search", "result", job_id, patient_pseudonym=job.patient_pseudonym
+            )
+        return found
 
     def result_blob(
         self, actor: Actor, job_id: str, name: str, lease_token: str | None

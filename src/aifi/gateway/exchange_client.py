@@ -32,13 +32,20 @@ class GatewayClient(ApiClient):
         patient_pseudonym: str,
         idempotency_key: str,
         priority: str | None,
+        instances: int | None = None,
     ) -> dict[str, Any]:
+        """Open (or, by the idempotency key, find again) a job for `instances` inputs.
+
+        With the count declared, the exchange opens the job to vendors when the last input is
+        stored, and no separate "ready" request is needed.
+        """
         body = {
             "product_id": product_id,
             "study_uid": study_uid,
             "patient_pseudonym": patient_pseudonym,
             "idempotency_key": idempotency_key,
             "priority": priority,
+            "instances": instances,
         }
         return dict(self.request("POST", "/jobs", json=body).json())
 
@@ -60,9 +67,13 @@ class GatewayClient(ApiClient):
         )
 
     def ended_jobs(self, wait: float) -> list[dict[str, Any]]:
-        """Jobs that ended and that this hospital has not acknowledged yet (long-poll)."""
+        """Jobs that ended and that this hospital has not acknowledged yet (long-poll).
+
+        Completed ones come with their results listed (`results`).
+        """
         params: list[tuple[str, str | float]] = [("state", s) for s in ENDED]
         params += [("acknowledged", "false"), ("wait", wait), ("limit", 50)]
+        params += [("with_results", "true")]
         return list(self.request("GET", "/jobs", params=params, timeout=wait + 30).json())
 
     def results(self, job_id: str) -> list[dict[str, Any]]:
@@ -80,3 +91,7 @@ class GatewayClient(ApiClient):
 
     def acknowledge(self, job_id: str) -> None:
         self.request("POST", f"/jobs/{job_id}/acknowledge")
+
+    def acknowledge_many(self, job_ids: list[str]) -> None:
+        """Acknowledge a poll's worth of jobs brought home, in one request."""
+        self.request("POST", "/jobs/acknowledge", json={"job_ids": job_ids})

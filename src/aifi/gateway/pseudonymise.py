@@ -26,6 +26,8 @@ class PreparedStudy:
     study_uid: str = ""
     patient_pseudonym: str = ""
     sent: int = 0
+    #: Instances uploaded by this call (fewer than `sent` when a retry found some stored).
+    uploaded: int = 0
     refused: dict[str, str] = field(default_factory=dict)  # original SOP UID -> reason
 
 
@@ -49,11 +51,13 @@ def pseudonymise_and_send(
     clean_pixel_regions: list[tuple[int, int, int, int]] | None,
     outbox: Path,
     threads: int,
-    open_job: Callable[[str, str], str],
+    open_job: Callable[[str, str, int], str],
     already_uploaded: Callable[[str], set[str]],
     upload: Callable[[str, str, Path], None],
 ) -> tuple[str, PreparedStudy]:
-    """Pseudonymise `instances`, create the job (`open_job(study, patient) -> job id`), upload.
+    """Pseudonymise `instances`, create the job, upload.
+
+    `open_job(study, patient, instances) -> job id` is told how many instances will be sent.
 
     The vault learns every mapping before this returns, and before the caller marks the job
     ready, so no result can come back that the vault cannot re-identify.
@@ -90,18 +94,19 @@ def pseudonymise_and_send(
             patient_pseudonym=first.patient_pseudonym,
             original_attributes=first.original_patient,
         )
-        job_id = open_job(prepared.study_uid, prepared.patient_pseudonym)
+        job_id = open_job(prepared.study_uid, prepared.patient_pseudonym, len(results))
         present = already_uploaded(job_id)
 
-        def send(item: tuple[Mapping[str, Any], DeidResult | str, Path]) -> None:
+        def send(item: tuple[Mapping[str, Any], DeidResult | str, Path]) -> bool:
             row, res, path = item
             assert isinstance(res, DeidResult)
             pseudo_uid = res.uid_map[str(row["sop_instance_uid"])]
-            if pseudo_uid not in present:
-                upload(job_id, pseudo_uid, path)
+            if pseudo_uid in present:
+                return False
+            upload(job_id, pseudo_uid, path)
+            return True
 
-        for _ in pool.map(send, results):
-            pass
+        prepared.uploaded = sum(pool.map(send, results))
     prepared.sent = len(results)
     shutil.rmtree(outbox, ignore_errors=True)
     return job_id, prepared

@@ -362,15 +362,24 @@ class Gateway:
             if not instances:
                 self._refuse(job_id, f"no series of the study is accepted by {job['product_id']}")
                 return
-            exchange_ids: list[str] = []
+            opened: dict[str, Any] = {}
 
-            def open_job(study_uid: str, patient: str) -> str:
+            def open_job(study_uid: str, patient: str, count: int) -> str:
                 created = self.client.create_job(
-                    job["product_id"], study_uid, patient, job["idempotency_key"], job["priority"]
+                    job["product_id"],
+                    study_uid,
+                    patient,
+                    job["idempotency_key"],
+                    job["priority"],
+                    instances=count,
                 )
-                exchange_ids.append(created["id"])
+                opened.update(created)
                 self.state.update_job(job_id, exchange_job_id=created["id"])
                 return str(created["id"])
+
+            def already_uploaded(exchange_id: str) -> set[str]:
+                # A job that holds nothing yet (the usual case: just created) needs no asking.
+                return self.client.input_uids(exchange_id) if opened["input_count"] else set()
 
             exchange_id, prepared = pseudonymise_and_send(
                 key=self.key,
@@ -381,10 +390,13 @@ class Gateway:
                 outbox=self.outbox / str(job_id),
                 threads=self.config.upload_threads,
                 open_job=open_job,
-                already_uploaded=self.client.input_uids,
+                already_uploaded=already_uploaded,
                 upload=self.client.put_input,
             )
-            self.client.mark_ready(exchange_id, prepared.sent)
+            if not (opened.get("instances") == prepared.sent and prepared.uploaded):
+                # The last upload did not open the job by itself (nothing was left to upload,
+                # or the exchange holds another count): say that all inputs are there.
+                self.client.mark_ready(exchange_id, prepared.sent)
             note = (
                 f"{len(prepared.refused)} instance(s) not sent: "
                 + "; ".join(sorted(set(prepared.refused.values())))
@@ -430,16 +442,37 @@ class Gateway:
                 continue
             now = time.time()
             waiting = [j for j in ended if self._retry_at.get(j["id"], 0) > now]
+            brought_home: list[str] = []
             for job in ended:
                 if self._stop.is_set():
-                    return
-                if self._retry_at.get(job["id"], 0) <= now:
-                    self.collect(job)
+                    break
+                if self._retry_at.get(job["id"], 0) <= now and self.collect(job, acknowledge=False):
+                    brought_home.append(str(job["id"]))
+            self._acknowledge(brought_home)
             if waiting and len(waiting) == len(ended):
                 self._stop.wait(max(0.1, min(self._retry_at[j["id"]] for j in waiting) - now))
 
-    def collect(self, job: dict[str, Any]) -> bool:
-        """Bring an ended job home: deliver its results to every PACS, then acknowledge it."""
+    def _acknowledge(self, exchange_ids: list[str]) -> None:
+        """Tell the exchange these jobs are home, in one request.
+
+        If that fails the jobs come back in the next poll; bringing them home again finds
+        every result delivered and every notice sent already, and only the acknowledgement is
+        repeated.
+        """
+        if not exchange_ids:
+            return
+        try:
+            self.client.acknowledge_many(exchange_ids)
+        except (ExchangeHTTPError, httpx.TransportError, OSError) as exc:
+            log.warning(
+                "%d job(s) brought home but not acknowledged yet: %s", len(exchange_ids), exc
+            )
+
+    def collect(self, job: dict[str, Any], *, acknowledge: bool = True) -> bool:
+        """Bring an ended job home: deliver its results to every PACS, then acknowledge it.
+
+        With `acknowledge` False the caller acknowledges it, together with others.
+        """
         exchange_id = str(job["id"])
         local = self.state.job_by_exchange_id(exchange_id)
         if local is None:
@@ -469,7 +502,8 @@ class Gateway:
                     int(local["id"]), state="ended", exchange_state=job["state"],
                     reason=job.get("reason") or job["state"], ended_at=time.time(),
                 )  # fmt: skip
-            self.client.acknowledge(exchange_id)
+            if acknowledge:
+                self.client.acknowledge(exchange_id)
         except (ExchangeHTTPError, httpx.TransportError, OSError) as exc:
             attempts = int(local["attempts"]) + 1
             self.state.update_job(int(local["id"]), attempts=attempts, reason=str(exc))
@@ -487,7 +521,8 @@ class Gateway:
         folder = self.results_dir / str(local_id)
         folder.mkdir(parents=True, exist_ok=True)
         ready: list[tuple[str, Path]] = []
-        for result in self.client.results(exchange_id):
+        listed = job.get("results")
+        for result in listed if listed is not None else self.client.results(exchange_id):
             name = str(result["name"])
             downloaded = folder / name
             if not downloaded.exists():

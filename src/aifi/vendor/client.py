@@ -16,6 +16,8 @@ __all__ = ["ExchangeHTTPError", "Lease", "LeaseLost", "VendorClient"]
 class Lease:
     job: dict[str, Any]
     token: str
+    #: The job's inputs as the claim listed them (None from an exchange that does not).
+    inputs: list[dict[str, Any]] | None = None
 
     @property
     def job_id(self) -> str:
@@ -47,7 +49,7 @@ class VendorClient(ApiClient):
         if response.status_code == 204:
             return None
         data = response.json()
-        return Lease(job=data["job"], token=data["lease_token"])
+        return Lease(job=data["job"], token=data["lease_token"], inputs=data.get("inputs"))
 
     def heartbeat(self, lease: Lease) -> str:
         response = self.request(
@@ -65,7 +67,8 @@ class VendorClient(ApiClient):
         """Stream every input instance to `folder`; returns the files in upload order."""
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
-        for item in self.list_inputs(lease):
+        listed = lease.inputs if lease.inputs is not None else self.list_inputs(lease)
+        for item in listed:
             uid = item["sop_instance_uid"]
             target = folder / f"{uid}.dcm"
             self.download(
@@ -81,24 +84,34 @@ class VendorClient(ApiClient):
         *,
         name: str | None = None,
         media_type: str = "application/dicom",
+        complete: bool = False,
     ) -> dict[str, Any]:
+        """Upload one result; `complete` marks it the last: the job ends completed with it."""
         name = name or path.name
         response = self.request(
             "PUT",
             f"/jobs/{lease.job_id}/results/{name}",
             body_path=path,
             headers={"X-Lease-Token": lease.token, "Content-Type": media_type},
+            params=_completing(complete),
         )
         return dict(response.json())
 
     def upload_summary(
-        self, lease: Lease, summary: dict[str, Any], name: str = "summary.json"
+        self,
+        lease: Lease,
+        summary: dict[str, Any],
+        name: str = "summary.json",
+        *,
+        complete: bool = False,
     ) -> dict[str, Any]:
+        """Upload the JSON summary; with `complete` it also becomes the job's summary."""
         response = self.request(
             "PUT",
             f"/jobs/{lease.job_id}/results/{name}",
             content=json.dumps(summary).encode(),
             headers={"X-Lease-Token": lease.token, "Content-Type": "application/json"},
+            params=_completing(complete),
         )
         return dict(response.json())
 
@@ -109,3 +122,7 @@ class VendorClient(ApiClient):
     def fail(self, lease: Lease, reason: str) -> dict[str, Any]:
         body = {"lease_token": lease.token, "reason": reason[:2000]}
         return dict(self.request("POST", f"/jobs/{lease.job_id}/fail", json=body).json())
+
+
+def _completing(complete: bool) -> dict[str, str]:
+    return {"complete": "true"} if complete else {}

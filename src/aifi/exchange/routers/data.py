@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
@@ -59,10 +61,17 @@ async def put_result(
     caller: CallerDep,
     services: ServicesDep,
     lease: LeaseHeader = None,
+    complete: Annotated[
+        bool,
+        Query(
+            description="this is the job's last result: end the job completed with it, in one "
+            "transaction (a JSON summary uploaded this way becomes the job's summary)"
+        ),
+    ] = False,
 ) -> ResultOut:
     media_type = request.headers.get("content-type", "application/dicom")
     row = await services.transfers.put_result(
-        caller, job_id, name, lease, media_type, request.stream()
+        caller, job_id, name, lease, media_type, request.stream(), complete=complete
     )
     return ResultOut.model_validate(row)
 

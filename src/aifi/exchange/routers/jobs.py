@@ -8,21 +8,29 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 from starlette.concurrency import run_in_threadpool
 
+from aifi.exchange.audit import Actor
 from aifi.exchange.deps import CallerDep, ServicesDep
+from aifi.exchange.errors import Forbidden
 from aifi.exchange.jobs import job_out
+from aifi.exchange.models import Job
 from aifi.exchange.schemas import (
+    AcknowledgeIn,
     CancelIn,
     Claim,
     ClaimIn,
     CompleteIn,
     FailIn,
     HeartbeatOut,
+    InputOut,
     JobIn,
     JobOut,
     JobReady,
     JobState,
     LeaseIn,
+    OrganisationKind,
+    ResultOut,
 )
+from aifi.exchange.services import Services
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -50,7 +58,13 @@ async def list_jobs(
     product_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     wait: Annotated[float, Query(ge=0, description="long-poll: seconds to wait for a match")] = 0,
+    with_results: Annotated[
+        bool,
+        Query(description="hospitals: give each completed job's results with it"),
+    ] = False,
 ) -> list[JobOut]:
+    if with_results and caller.role != OrganisationKind.hospital:
+        raise Forbidden("only hospitals list jobs with their results")
     deadline = time.monotonic() + min(wait, services.settings.max_wait_seconds)
     states = [s.value for s in state] if state else None
     while True:
@@ -63,9 +77,22 @@ async def list_jobs(
             limit=limit,
         )
         remaining = deadline - time.monotonic()
+        if jobs and with_results:
+            return await run_in_threadpool(_with_results, services, caller, jobs)
         if jobs or remaining <= 0:
             return [job_out(j) for j in jobs]
         await services.notifier.wait(min(remaining, RECHECK_SECONDS))
+
+
+def _with_results(services: Services, caller: Actor, jobs: list[Job]) -> list[JobOut]:
+    results = services.transfers.results_of(caller, jobs)
+    listed = []
+    for job in jobs:
+        out = job_out(job)
+        if job.id in results:
+            out.results = [ResultOut.model_validate(row) for row in results[job.id]]
+        listed.append(out)
+    return listed
 
 
 @router.post("/claim", response_model=Claim, responses={204: {"description": "no job to claim"}})
@@ -74,12 +101,22 @@ async def claim_job(body: ClaimIn, caller: CallerDep, services: ServicesDep) -> 
     while True:
         claimed = await run_in_threadpool(services.jobs.claim, caller, body)
         if claimed is not None:
-            job, token = claimed
-            return Claim(job=job_out(job), lease_token=token)
+            job, token, inputs = claimed
+            return Claim(
+                job=job_out(job),
+                lease_token=token,
+                inputs=[InputOut.model_validate(row) for row in inputs],
+            )
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return Response(status_code=204)
         await services.notifier.wait(min(remaining, RECHECK_SECONDS), claimable=True)
+
+
+@router.post("/acknowledge", response_model=list[JobOut])
+def acknowledge_jobs(body: AcknowledgeIn, caller: CallerDep, services: ServicesDep) -> list[JobOut]:
+    """Acknowledge several ended jobs at once: all of them, or none (the first refusal says why)."""
+    return [job_out(job) for job in services.jobs.acknowledge_many(caller, body.job_ids)]
 
 
 @router.get("/{job_id}", response_model=JobOut)

@@ -1,0 +1,211 @@
+"""The shortcuts that let a small job go through in fewer requests, and what they refuse.
+
+A job that declares its instance count opens by itself; a claim lists the inputs; the last
+result completes the job; a hospital lists ended jobs with their results and acknowledges
+them together.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pydicom
+
+from aifi.products.tissue_volume import run as tissue_volume
+from aifi.vendor import JobContext
+
+
+def _study_uid(study: list[Path]) -> str:
+    return str(pydicom.dcmread(study[0], stop_before_pixels=True).StudyInstanceUID)
+
+
+def _sop_uid(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def _declared_job(exchange: Any, hospital: Any, study: list[Path], instances: int) -> Any:
+    return exchange.job(hospital, "product-a", _study_uid(study), instances=instances)
+
+
+def _result_of(study: list[Path], folder: Path) -> Any:
+    folder.mkdir(parents=True, exist_ok=True)
+    return tissue_volume(JobContext(job={}, inputs=study, output_dir=folder))
+
+
+def test_a_declared_job_opens_with_its_last_instance_and_takes_no_more(
+    exchange: Any, parties: dict[str, Any], make_ct: Any
+) -> None:
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    study = make_ct(slices=3)
+    job = _declared_job(exchange, hospital, study[:2], instances=2)
+    assert job["instances"] == 2 and not job["inputs_complete"]
+
+    assert exchange.upload(hospital, job["id"], study[0]).status_code == 201
+    assert exchange.claim(vendor) is None  # one of two: not open yet
+    assert exchange.upload(hospital, job["id"], study[1]).status_code == 201
+    opened = exchange.client.get(f"/jobs/{job['id']}", headers=hospital.headers).json()
+    assert opened["inputs_complete"] and opened["ready_at"] is not None
+    assert opened["input_count"] == 2
+
+    extra = exchange.upload(hospital, job["id"], study[2])
+    assert extra.status_code == 409 and "no longer takes inputs" in extra.json()["detail"]
+    claim = exchange.claim(vendor)
+    assert claim is not None and claim["job"]["id"] == job["id"]
+    assert claim["job"]["input_count"] == 2
+
+
+def test_an_instance_beyond_the_declared_count_is_refused_and_loses_nothing(
+    exchange: Any, parties: dict[str, Any], make_ct: Any
+) -> None:
+    hospital = parties["hospital_a"]
+    study = make_ct(slices=3)
+    job = _declared_job(exchange, hospital, study, instances=3)
+    # A hospital that declared 3 but sends an instance twice and then two new ones: the
+    # repeat is stored once, the third distinct one opens the job.
+    for path in (study[0], study[0], study[1]):
+        assert exchange.upload(hospital, job["id"], path).status_code == 201
+    held = exchange.client.get(f"/jobs/{job['id']}", headers=hospital.headers).json()
+    assert held["input_count"] == 2 and not held["inputs_complete"]
+    assert exchange.upload(hospital, job["id"], study[2]).status_code == 201
+
+    other = make_ct(slices=2)
+    small = exchange.job(hospital, "product-a", _study_uid(other), instances=1, key="small")
+    assert exchange.upload(hospital, small["id"], other[0]).status_code == 201
+    beyond = exchange.upload(hospital, small["id"], other[1])
+    assert beyond.status_code == 409
+    listed = exchange.client.get(f"/jobs/{small['id']}/inputs", headers=hospital.headers).json()
+    assert [item["sop_instance_uid"] for item in listed] == [_sop_uid(other[0])]
+
+
+def test_a_repeated_create_may_change_the_count_until_the_job_opens(
+    exchange: Any, parties: dict[str, Any], make_ct: Any
+) -> None:
+    hospital = parties["hospital_a"]
+    study = make_ct(slices=3)
+    job = _declared_job(exchange, hospital, study, instances=2)
+    assert exchange.upload(hospital, job["id"], study[0]).status_code == 201
+    again = _declared_job(exchange, hospital, study, instances=3)  # an instance came late
+    assert again["id"] == job["id"] and again["instances"] == 3
+    for path in study[1:]:
+        assert exchange.upload(hospital, job["id"], path).status_code == 201
+    body = {
+        "product_id": "product-a",
+        "study_uid": _study_uid(study),
+        "patient_pseudonym": "PTEST",
+        "idempotency_key": f"{_study_uid(study)}:product-a",
+        "instances": 4,
+    }
+    late = exchange.client.post("/jobs", json=body, headers=hospital.headers)
+    assert late.status_code == 409 and "already opened with 3" in late.json()["detail"]
+    below = exchange.job(hospital, "product-a", "2.25.77", key="below", instances=1)
+    assert below["instances"] == 1
+
+
+def test_the_last_result_completes_the_job_and_a_refused_one_does_not(
+    exchange: Any, parties: dict[str, Any], make_ct: Any, tmp_path: Path
+) -> None:
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    study = make_ct(slices=2)
+    job = _declared_job(exchange, hospital, study, instances=2)
+    for path in study:
+        assert exchange.upload(hospital, job["id"], path).status_code == 201
+    claim = exchange.claim(vendor)
+    assert claim is not None
+    assert {item["sop_instance_uid"] for item in claim["inputs"]} == {_sop_uid(p) for p in study}
+    lease = {"X-Lease-Token": claim["lease_token"], **vendor.headers}
+    result = _result_of(study, tmp_path / "out")
+
+    refused = exchange.client.put(
+        f"/jobs/{job['id']}/results/echo.dcm",
+        params={"complete": "true"},
+        content=study[0].read_bytes(),
+        headers=lease,
+    )
+    assert refused.status_code == 422
+    still = exchange.client.get(f"/jobs/{job['id']}", headers=hospital.headers).json()
+    assert still["state"] == "accepted" and still["ended_at"] is None
+
+    sr = exchange.client.put(
+        f"/jobs/{job['id']}/results/sr.dcm",
+        content=result.files[0].path.read_bytes(),
+        headers=lease,
+    )
+    assert sr.status_code == 201
+    summary = exchange.client.put(
+        f"/jobs/{job['id']}/results/summary.json",
+        params={"complete": "true"},
+        content=json.dumps(result.summary).encode(),
+        headers={"Content-Type": "application/json", **lease},
+    )
+    assert summary.status_code == 201, summary.text
+    done = exchange.client.get(f"/jobs/{job['id']}", headers=hospital.headers).json()
+    assert done["state"] == "completed" and done["summary"] == result.summary
+    late = exchange.client.put(
+        f"/jobs/{job['id']}/results/late.dcm",
+        params={"complete": "true"},
+        content=result.files[0].path.read_bytes(),
+        headers=lease,
+    )
+    assert late.status_code == 409
+    names = [
+        r["name"]
+        for r in exchange.client.get(f"/jobs/{job['id']}/results", headers=hospital.headers).json()
+    ]
+    assert names == ["sr.dcm", "summary.json"]
+
+
+def test_hospitals_list_ended_jobs_with_results_and_acknowledge_them_together(
+    exchange: Any, parties: dict[str, Any], make_ct: Any, tmp_path: Path
+) -> None:
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    ids = []
+    for number in range(2):
+        study = make_ct(slices=1)
+        job = _declared_job(exchange, hospital, study, instances=1)
+        assert exchange.upload(hospital, job["id"], study[0]).status_code == 201
+        claim = exchange.claim(vendor)
+        assert claim is not None and claim["job"]["id"] == job["id"]
+        sr = _result_of(study, tmp_path / f"out{number}").files[0].path
+        put = exchange.client.put(
+            f"/jobs/{job['id']}/results/sr.dcm",
+            params={"complete": "true"},
+            content=sr.read_bytes(),
+            headers={"X-Lease-Token": claim["lease_token"], **vendor.headers},
+        )
+        assert put.status_code == 201
+        ids.append(job["id"])
+    waiting = _declared_job(exchange, hospital, make_ct(slices=1), instances=1)
+
+    params = {"state": "completed", "acknowledged": "false", "with_results": "true"}
+    listed = exchange.client.get("/jobs", params=params, headers=hospital.headers).json()
+    assert sorted(j["id"] for j in listed) == sorted(ids)
+    assert all([r["name"] for r in j["results"]] == ["sr.dcm"] for j in listed)
+    plain = exchange.client.get("/jobs", params={"state": "completed"}, headers=hospital.headers)
+    assert all(j["results"] is None for j in plain.json())
+    refused = exchange.client.get("/jobs", params=params, headers=vendor.headers)
+    assert refused.status_code == 403
+
+    mixed = exchange.client.post(
+        "/jobs/acknowledge", json={"job_ids": [*ids, waiting["id"]]}, headers=hospital.headers
+    )
+    assert mixed.status_code == 409 and waiting["id"] in mixed.json()["detail"]
+    after = exchange.client.get("/jobs", params=params, headers=hospital.headers).json()
+    assert len(after) == 2  # all or none: nothing was acknowledged
+    walled = exchange.client.post(
+        "/jobs/acknowledge", json={"job_ids": ids}, headers=parties["hospital_b"].headers
+    )
+    assert walled.status_code == 404
+
+    acked = exchange.client.post(
+        "/jobs/acknowledge", json={"job_ids": ids}, headers=hospital.headers
+    )
+    assert acked.status_code == 200
+    first = {j["id"]: j["acknowledged_at"] for j in acked.json()}
+    assert set(first) == set(ids) and all(first.values())
+    again = exchange.client.post(
+        "/jobs/acknowledge", json={"job_ids": ids}, headers=hospital.headers
+    )
+    assert {j["id"]: j["acknowledged_at"] for j in again.json()} == first
+    assert exchange.client.get("/jobs", params=params, headers=hospital.headers).json() == []

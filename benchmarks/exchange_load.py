@@ -3,9 +3,11 @@
 Four figures, each from real processes on loopback (`aifi exchange` replicas, PostgreSQL from
 the Debian package, nginx in front of the replicas):
 
-1. Small jobs per second — create, upload one pseudonymised instance, ready, claim, fetch the
-   input, upload a result SR, complete, fetch the result, acknowledge — on SQLite (one replica)
-   and on PostgreSQL with one and with three replicas. Hospitals and vendors are threads here.
+1. Small jobs per second — create (declaring one instance), upload it (the job opens), claim
+   (the answer lists the input), fetch the input, upload the result SR with `complete=true`,
+   list ended jobs with their results, fetch the result, acknowledge the poll's jobs together —
+   the requests the gateway and the vendor SDK make — on SQLite (one replica) and on
+   PostgreSQL with one and with three replicas. Hospitals and vendors are threads here.
 2. MB/s up and down: a 100 MB study uploaded and fetched back, on the same three set-ups.
 3. The peak memory (VmHWM) of one replica while it takes and serves studies of 10 MB, 100 MB
    and 1 GB: uploads and downloads are streamed, so it must stay flat.
@@ -149,9 +151,7 @@ class LightClient:
         for attempt in range(2):
             reused = self._connection is not None
             if self._connection is None:
-                self._connection = http.client.HTTPConnection(
-                    *self._address, timeout=self._timeout
-                )
+                self._connection = http.client.HTTPConnection(*self._address, timeout=self._timeout)
             try:
                 self._connection.request(method, path, body=body, headers=sent)
                 answer = self._connection.getresponse()
@@ -270,13 +270,12 @@ def small_jobs(deployment: Deployment, studies: list[SmallStudy]) -> dict[str, f
                         "study_uid": study.study_uid,
                         "patient_pseudonym": "PBENCH",
                         "idempotency_key": f"bench-{n}",
+                        "instances": 1,
                     },
                 ).json()
+                # The declared instance opens the job: no separate "ready".
                 api.put(
                     f"/jobs/{job['id']}/inputs/{study.sop_uid}", content=study.dicom
-                ).raise_for_status()
-                api.post(
-                    f"/jobs/{job['id']}/ready", json_body={"instances": 1}
                 ).raise_for_status()
 
     def vendor() -> None:
@@ -286,17 +285,20 @@ def small_jobs(deployment: Deployment, studies: list[SmallStudy]) -> dict[str, f
                 if claim.status_code == 204:
                     continue
                 claim.raise_for_status()
-                job, token = claim.json()["job"], claim.json()["lease_token"]
+                answer = claim.json()
+                job, token = answer["job"], answer["lease_token"]
                 study = by_study[job["study_uid"]]
                 lease = {"X-Lease-Token": token}
-                api.get(
-                    f"/jobs/{job['id']}/inputs/{study.sop_uid}", headers=lease
-                ).raise_for_status()
+                for item in answer["inputs"]:  # the claim lists them
+                    api.get(
+                        f"/jobs/{job['id']}/inputs/{item['sop_instance_uid']}", headers=lease
+                    ).raise_for_status()
+                # The only result is the last: it completes the job.
                 api.put(
-                    f"/jobs/{job['id']}/results/sr.dcm", content=study.sr, headers=lease
-                ).raise_for_status()
-                api.post(
-                    f"/jobs/{job['id']}/complete", json_body={"lease_token": token}
+                    f"/jobs/{job['id']}/results/sr.dcm",
+                    params={"complete": "true"},
+                    content=study.sr,
+                    headers=lease,
                 ).raise_for_status()
 
     def collector(index: int) -> None:
@@ -305,15 +307,26 @@ def small_jobs(deployment: Deployment, studies: list[SmallStudy]) -> dict[str, f
             while not acknowledged.is_set():
                 ended = api.get(
                     "/jobs",
-                    params={"state": "completed", "acknowledged": "false", "wait": 1, "limit": 50},
+                    params={
+                        "state": "completed",
+                        "acknowledged": "false",
+                        "wait": 1,
+                        "limit": 50,
+                        "with_results": "true",
+                    },
                 ).json()
+                if not ended:
+                    continue
                 for job in ended:
-                    api.get(f"/jobs/{job['id']}/results/sr.dcm").raise_for_status()
-                    api.post(f"/jobs/{job['id']}/acknowledge").raise_for_status()
-                    with lock:
-                        counts["acked"] += 1
-                        if counts["acked"] == total:
-                            acknowledged.set()
+                    for result in job["results"]:
+                        api.get(f"/jobs/{job['id']}/results/{result['name']}").raise_for_status()
+                api.post(
+                    "/jobs/acknowledge", json_body={"job_ids": [job["id"] for job in ended]}
+                ).raise_for_status()
+                with lock:
+                    counts["acked"] += len(ended)
+                    if counts["acked"] >= total:
+                        acknowledged.set()
 
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=THREADS * 2 + HOSPITALS) as pool:

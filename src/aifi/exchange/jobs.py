@@ -114,6 +114,13 @@ _INPUTS_OF_JOB = (
     select(JobInput).where(JobInput.job_id == bindparam("job_id")).order_by(JobInput.id)
 )
 
+_HELD_INPUTS = select(func.count(JobInput.id)).where(JobInput.job_id == bindparam("job_id"))
+_HOLDS_INPUT = select(JobInput.id).where(
+    JobInput.job_id == bindparam("job_id"), JobInput.sop_instance_uid == bindparam("sop_uid")
+)
+
+_HAS_RESULT = select(JobResult.id).where(JobResult.job_id == bindparam("job_id")).limit(1)
+
 
 class JobService:
     def __init__(
@@ -316,6 +323,22 @@ class JobService:
         self._notifier.notify(claimable=True)
         return job
 
+    @staticmethod
+    def check_room(session: Session, job: Job, sop_uid: str) -> None:
+        """Refuse a new instance beyond the declared count before anything is stored."""
+        declared = job.declared_instances
+        if declared is None:
+            return
+        held = session.scalars(_HELD_INPUTS, {"job_id": job.id}).one()
+        if (
+            held >= declared
+            and not session.scalars(_HOLDS_INPUT, {"job_id": job.id, "sop_uid": sop_uid}).first()
+        ):
+            raise Conflict(
+                f"job {job.id} was created for {declared} instances and holds them all; "
+                f"{sop_uid} would be one more"
+            )
+
     def count_inputs(self, session: Session, job: Job, added: str) -> bool:
         """Record the job's input count and size after an upload, in the upload's transaction.
 
@@ -513,11 +536,15 @@ class JobService:
 
     def held(self, session: Session, actor: Actor, job_id: str, token: str) -> Job:
         """The job, if `token` is its live lease (read in the caller's transaction)."""
-        job = self.visible(session, actor, job_id)
+        return self.held_by(self.visible(session, actor, job_id), token)
+
+    @staticmethod
+    def held_by(job: Job, token: str) -> Job:
+        """`job` (as read in the caller's transaction), if `token` is its live lease."""
         if job.state not in HELD_STATES or job.lease_token != token:
-            raise Conflict(f"job {job_id} is not held by this lease (state {job.state})")
+            raise Conflict(f"job {job.id} is not held by this lease (state {job.state})")
         if job.lease_expires_at is not None and as_utc(job.lease_expires_at) < utcnow():
-            raise Conflict(f"the lease on job {job_id} has expired")
+            raise Conflict(f"the lease on job {job.id} has expired")
         return job
 
     def check_lease(self, actor: Actor, job_id: str, token: str) -> Job:
@@ -555,13 +582,17 @@ class JobService:
         return job
 
     def complete_in(
-        self, session: Session, job_id: str, token: str, summary: dict[str, Any] | None
+        self,
+        session: Session,
+        job_id: str,
+        token: str,
+        summary: dict[str, Any] | None,
+        *,
+        with_result: bool = False,
     ) -> Job:
-        """End a held job completed inside the caller's transaction (it must hold a result)."""
-        has_results = session.scalars(
-            select(JobResult.id).where(JobResult.job_id == job_id).limit(1)
-        ).first()
-        if has_results is None:
+        """End a held job completed inside the caller's transaction (it must hold a result;
+        `with_result`: the caller has just added one)."""
+        if not with_result and session.scalars(_HAS_RESULT, {"job_id": job_id}).first() is None:
             raise Invalid(f"job {job_id} has no results: upload at least one before completing")
         job = self._end(
             session,

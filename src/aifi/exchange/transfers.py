@@ -87,6 +87,9 @@ class Transfers:
             raise
         key = f"inputs/{job.id}/{sop_uid}.dcm"
         with self._db.session() as session:
+            self._jobs.check_room(session, job, sop_uid)
+            # Stored before the first write: on SQLite, no other writer waits for the fsync.
+            self._blobs.commit(temp, key)
             session.execute(
                 delete(JobInput).where(
                     JobInput.job_id == job.id, JobInput.sop_instance_uid == sop_uid
@@ -104,8 +107,6 @@ class Transfers:
             session.add(row)
             session.flush()
             opened = self._jobs.count_inputs(session, job, sop_uid)
-            # Stored only once the count allows it; a failing store rolls the row back.
-            self._blobs.commit(temp, key)
         self._audit.record(
             actor, "create", "input", f"{job.id}/{sop_uid}", patient_pseudonym=job.patient_pseudonym
         )
@@ -124,7 +125,7 @@ class Transfers:
                 raise Conflict(
                     f"job {job.id}: present the lease token (X-Lease-Token) to read inputs"
                 )
-            self._jobs.held(session, actor, job.id, lease_token)
+            self._jobs.held_by(job, lease_token)
 
     @contextmanager
     def _refusal_audited(
@@ -268,8 +269,9 @@ class Transfers:
             )
             session.add(row)
             if upload.complete:
-                session.flush()
-                ended = self._jobs.complete_in(session, job.id, upload.lease_token, summary)
+                ended = self._jobs.complete_in(
+                    session, job.id, upload.lease_token, summary, with_result=True
+                )
         self._audit.record(
             actor,
             "create",

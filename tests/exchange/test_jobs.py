@@ -276,3 +276,18 @@ def test_openapi_is_served(exchange: Any) -> None:
     assert {"/jobs", "/jobs/claim", "/jobs/{job_id}/inputs/{sop_instance_uid}", "/products"} <= set(
         paths
     )
+
+
+def test_a_claim_for_some_products_takes_only_their_jobs(
+    exchange: Any, parties: dict[str, Any], make_ct: Any
+) -> None:
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    exchange.product(vendor, "product-a2")
+    exchange.subscribe(hospital, "product-a2")
+    older = exchange.ready_job(hospital, "product-a2", make_ct(slices=1))
+    newer = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
+    assert exchange.claim(vendor, product_ids=["product-b"]) is None
+    claim = exchange.claim(vendor, product_ids=["product-a"])
+    assert claim is not None and claim["job"]["id"] == newer["id"]
+    rest = exchange.claim(vendor)
+    assert rest is not None and rest["job"]["id"] == older["id"]

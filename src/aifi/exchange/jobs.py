@@ -121,6 +121,25 @@ _HOLDS_INPUT = select(JobInput.id).where(
 
 _HAS_RESULT = select(JobResult.id).where(JobResult.job_id == bindparam("job_id")).limit(1)
 
+_BY_IDEMPOTENCY_KEY = select(Job).where(
+    Job.hospital_id == bindparam("hospital_id"), Job.idempotency_key == bindparam("key")
+)
+#: The jobs a vendor may claim, most urgent first (built once: every claim runs it).
+_CLAIMABLE = (
+    select(Job.id)
+    .join(Product, Product.id == Job.product_id)
+    .where(
+        Job.vendor_id == bindparam("vendor_id"),
+        Job.state == JobState.requested.value,
+        Job.inputs_complete.is_(True),
+        Product.status.in_(OPEN_PRODUCT_STATES),
+    )
+    .order_by(Job.priority_rank, Job.created_at)
+)
+_CLAIMABLE_OF_PRODUCTS = _CLAIMABLE.where(
+    Job.product_id.in_(bindparam("product_ids", expanding=True))
+)
+
 
 class JobService:
     def __init__(
@@ -269,7 +288,7 @@ class JobService:
     @staticmethod
     def _by_idempotency_key(session: Session, actor: Actor, key: str) -> Job | None:
         return session.scalars(
-            select(Job).where(Job.hospital_id == actor.organisation_id, Job.idempotency_key == key)
+            _BY_IDEMPOTENCY_KEY, {"hospital_id": actor.organisation_id, "key": key}
         ).first()
 
     @staticmethod
@@ -451,25 +470,14 @@ class JobService:
         # Expired leases are put back by the app's sweeper every second, not on every claim:
         # two writes fewer per claim on the busiest path.
         lease = timedelta(seconds=body.lease_seconds or self._settings.lease_seconds)
-        query = (
-            select(Job.id)
-            .join(Product, Product.id == Job.product_id)
-            .where(
-                Job.vendor_id == actor.organisation_id,
-                Job.state == JobState.requested.value,
-                Job.inputs_complete.is_(True),
-                Product.status.in_(OPEN_PRODUCT_STATES),
-            )
-            .order_by(Job.priority_rank, Job.created_at)
-        )
-        if body.product_ids:
-            query = query.where(Job.product_id.in_(body.product_ids))
+        query = _CLAIMABLE_OF_PRODUCTS if body.product_ids else _CLAIMABLE
+        wanted = {"vendor_id": actor.organisation_id, "product_ids": body.product_ids}
         token = secrets.token_urlsafe(24)
         with self._db.session() as session:
             if self._db.is_postgresql:
-                job = self._take_locked(session, query, token, lease)
+                job = self._take_locked(session, query, wanted, token, lease)
             else:
-                job = self._take_compare_and_set(session, query, token, lease)
+                job = self._take_compare_and_set(session, query, wanted, token, lease)
             if job is None:
                 return None
             inputs = list(session.scalars(_INPUTS_OF_JOB, {"job_id": job.id}))
@@ -499,11 +507,14 @@ class JobService:
         self,
         session: Session,
         query: Select,  # type: ignore[type-arg]
+        wanted: dict[str, Any],
         token: str,
         lease: timedelta,
     ) -> Job | None:
         """PostgreSQL: lock the first free candidate, skipping rows other claims hold."""
-        job_id = session.scalars(query.limit(1).with_for_update(skip_locked=True, of=Job)).first()
+        job_id = session.scalars(
+            query.limit(1).with_for_update(skip_locked=True, of=Job), wanted
+        ).first()
         if job_id is None:
             return None
         return _transition(
@@ -516,12 +527,13 @@ class JobService:
         self,
         session: Session,
         query: Select,  # type: ignore[type-arg]
+        wanted: dict[str, Any],
         token: str,
         lease: timedelta,
     ) -> Job | None:
         """SQLite: try a few candidates; the `WHERE state = 'requested'` decides who wins."""
         for _ in range(4):
-            candidates = list(session.scalars(query.limit(8)))
+            candidates = list(session.scalars(query.limit(8), wanted))
             if not candidates:
                 return None
             for job_id in candidates:

@@ -11,7 +11,7 @@ from highdicom.sr import CodedConcept
 from pydicom import Dataset, dcmread
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset as write_bare_dataset
-from pydicom.uid import generate_uid
+from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 
 from aifi.results import (
     AlgorithmInfo,
@@ -78,6 +78,19 @@ def test_a_data_set_without_file_meta_is_refused(
     path = tmp_path / "bare.dcm"
     path.write_bytes(buffer.getvalue())
     assert _refusal(path, study_uid).rule == "dicom-file"
+
+
+def test_a_file_meta_element_with_a_damaged_vr_is_refused(
+    report: hd.sr.Comprehensive3DSR, write_dataset, study_uid: str
+):
+    """A VR pydicom does not know, in File Meta, is a refusal and not a crash of the check."""
+    path = write_dataset(report, "sr.dcm")
+    data = path.read_bytes()
+    element = data.index(b"\x02\x00\x03\x00UI")  # (0002,0003), explicit VR "UI"
+    path.write_bytes(data[: element + 4] + b"ZZ" + data[element + 6 :])
+    refusal = _refusal(path, study_uid)
+    assert refusal.rule == "file-meta"
+    assert refusal.attribute == "MediaStorageSOPInstanceUID (0002,0003)"
 
 
 def test_a_truncated_report_is_refused(
@@ -207,6 +220,43 @@ def test_an_sr_content_item_naming_another_study_is_refused(
     refusal = _refusal(write_dataset(report, "sr.dcm"), study_uid)
     assert refusal.rule == "reference-own-study"
     assert refusal.attribute.startswith("UID (0040,A124) in ContentSequence (0040,A730) item")
+
+
+def test_an_sr_content_item_deep_in_the_tree_naming_another_study_is_refused(
+    report: hd.sr.Comprehensive3DSR, write_dataset, study_uid: str
+):
+    """A Study Instance UID item inside a measurement group is found, and its place named."""
+    measurements = report.ContentSequence[-1]
+    group = measurements.ContentSequence[0]
+    item = hd.sr.UIDRefContentItem(
+        name=CodedConcept("110180", "DCM", "Study Instance UID"),
+        value=OTHER_STUDY,
+        relationship_type=hd.sr.RelationshipTypeValues.HAS_OBS_CONTEXT,
+    )
+    group.ContentSequence = [*group.ContentSequence, item]
+    refusal = _refusal(write_dataset(report, "sr.dcm"), study_uid)
+    content = "ContentSequence (0040,A730)"
+    assert (refusal.rule, refusal.attribute) == (
+        "reference-own-study",
+        f"UID (0040,A124) in {content} item {len(group.ContentSequence)} in {content} item 1 "
+        f"in {content} item {len(report.ContentSequence)}",
+    )
+
+
+def test_a_reference_to_another_study_in_an_implicit_vr_file_is_refused(
+    report: hd.sr.Comprehensive3DSR, tmp_path: Path, study_uid: str
+):
+    """Implicit VR Little Endian names no VRs: the check finds the sequences all the same."""
+    report.CurrentRequestedProcedureEvidenceSequence[0].StudyInstanceUID = OTHER_STUDY
+    report.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    path = tmp_path / "implicit.dcm"
+    report.save_as(path, implicit_vr=True, little_endian=True, enforce_file_format=True)
+    refusal = _refusal(path, study_uid)
+    assert (refusal.rule, refusal.attribute) == (
+        "reference-own-study",
+        "StudyInstanceUID (0020,000D) in CurrentRequestedProcedureEvidenceSequence (0040,A375) "
+        "item 1",
+    )
 
 
 def _strip(item: Dataset, code_value: str) -> None:

@@ -72,7 +72,13 @@ def read_result(path: Path) -> Dataset:
 def _check_file_meta(dataset: Dataset) -> None:
     meta = dataset.file_meta
     for keyword, tag in _FILE_META_REQUIRED:
-        if not meta.get(keyword):
+        try:
+            value = meta.get(keyword)
+        except Exception as exc:  # a damaged element (e.g. an unknown VR) fails to convert
+            raise ResultRejected(
+                "file-meta", f"{keyword} {tag}", f"cannot be decoded ({type(exc).__name__})"
+            ) from exc
+        if not value:
             raise ResultRejected(
                 "file-meta", f"{keyword} {tag}", "missing from the File Meta Information"
             )

@@ -43,7 +43,12 @@ from aifi.results.kinds import (
 )
 from aifi.results.reading import describe_tag, read_result
 from aifi.results.references import check_own_study, check_study_references
-from aifi.results.sr_tree import IMAGING_MEASUREMENT_REPORT, concept_of
+from aifi.results.sr_tree import (
+    IMAGING_MEASUREMENT_REPORT,
+    ContentItem,
+    concept_of,
+    read_content_tree,
+)
 
 
 @dataclass(frozen=True)
@@ -85,8 +90,9 @@ def _check_dataset(dataset: Dataset, study_instance_uid: str) -> ResultCheck:
     _check_content(dataset, kind)
     check_own_study(dataset, study_instance_uid)
     check_study_references(dataset, study_instance_uid)
-    algorithm = identify_algorithm(dataset, kind)
-    gaps = air_conformance(dataset, kind)
+    content = _content_tree(dataset, kind)
+    algorithm = identify_algorithm(dataset, kind, content)
+    gaps = air_conformance(dataset, kind, content)
     return ResultCheck(
         sop_class_uid=sop_class_uid,
         sop_instance_uid=str(dataset.SOPInstanceUID),
@@ -136,6 +142,17 @@ def _check_content(dataset: Dataset, kind: ResultKind) -> None:
             describe_tag(Tag(keywords[0])),
             f"a {kind} result must carry it (was the file cut short?)",
         )
+
+
+def _content_tree(dataset: Dataset, kind: ResultKind) -> ContentItem | None:
+    """The SR content tree, read once for both algorithm identification and AIR conformance.
+
+    Only the SR kinds whose content the later rules look into get one; it is read after the
+    reference check so that a refusal names the same rule as it always did.
+    """
+    if kind in STRUCTURED_SR_KINDS or kind == ResultKind.BASIC_TEXT_SR:
+        return read_content_tree(dataset)
+    return None
 
 
 def _kind_of(dataset: Dataset, sop_class_uid: str) -> ResultKind:

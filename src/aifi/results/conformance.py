@@ -23,11 +23,11 @@ from aifi.results.sr_tree import (
     ALGORITHM_VERSION,
     TRACKING_IDENTIFIER,
     TRACKING_UNIQUE_IDENTIFIER,
-    children,
-    concept_of,
+    ContentItem,
     find_texts,
     find_texts_of,
     measurement_groups,
+    read_content_tree,
 )
 
 _CONTENT = "ContentSequence (0040,A730)"
@@ -43,8 +43,13 @@ class AlgorithmIdentity:
     manufacturer: str
 
 
-def identify_algorithm(dataset: Dataset, kind: ResultKind) -> AlgorithmIdentity:
+def identify_algorithm(
+    dataset: Dataset, kind: ResultKind, content: ContentItem | None = None
+) -> AlgorithmIdentity:
     """The algorithm identification of a result of `kind`.
+
+    `content` is the SR's content tree when the caller has read it already (the upload check
+    reads it once for this and :func:`air_conformance`); it is read here otherwise.
 
     Raises
     ------
@@ -52,11 +57,13 @@ def identify_algorithm(dataset: Dataset, kind: ResultKind) -> AlgorithmIdentity:
         ``algorithm-identification`` naming the missing attribute or content item.
     """
     if kind in STRUCTURED_SR_KINDS:
-        return _from_sr_content(dataset)
+        return _from_sr_content(dataset, content or read_content_tree(dataset))
     if kind == ResultKind.SEG:
         return _from_segments(dataset)
-    if kind == ResultKind.BASIC_TEXT_SR and find_texts(dataset, ALGORITHM_NAME):
-        return _from_sr_content(dataset)
+    if kind == ResultKind.BASIC_TEXT_SR:
+        content = content or read_content_tree(dataset)
+        if find_texts(content, ALGORITHM_NAME):
+            return _from_sr_content(dataset, content)
     return _from_equipment(dataset)
 
 
@@ -69,8 +76,8 @@ def _text(dataset: Dataset, keyword: str) -> str:
     return str(value).strip()
 
 
-def _from_sr_content(dataset: Dataset) -> AlgorithmIdentity:
-    found = find_texts_of(dataset, [ALGORITHM_NAME, ALGORITHM_VERSION, ALGORITHM_MANUFACTURER])
+def _from_sr_content(dataset: Dataset, content: ContentItem) -> AlgorithmIdentity:
+    found = find_texts_of(content, [ALGORITHM_NAME, ALGORITHM_VERSION, ALGORITHM_MANUFACTURER])
     names = found[ALGORITHM_NAME]
     if not names:
         raise ResultRejected(
@@ -150,12 +157,18 @@ _NOT_AIR = {
 }
 
 
-def air_conformance(dataset: Dataset, kind: ResultKind) -> list[str]:
-    """Reasons why a result is not an IHE AIR result object; empty when it is one."""
+def air_conformance(
+    dataset: Dataset, kind: ResultKind, content: ContentItem | None = None
+) -> list[str]:
+    """Reasons why a result is not an IHE AIR result object; empty when it is one.
+
+    `content` is the SR's content tree when the caller has read it already; see
+    :func:`identify_algorithm`.
+    """
     if kind == ResultKind.SEG:
         return _seg_gaps(dataset)
     if kind == ResultKind.SR_TID1500:
-        return _measurement_report_gaps(dataset)
+        return _measurement_report_gaps(content or read_content_tree(dataset))
     if kind in STRUCTURED_SR_KINDS:
         return ["structured SR without a TID 1500 Imaging Measurement Report (126000, DCM) root"]
     return [_NOT_AIR[kind]]
@@ -169,13 +182,13 @@ def _seg_gaps(dataset: Dataset) -> list[str]:
     return gaps
 
 
-def _measurement_report_gaps(dataset: Dataset) -> list[str]:
-    groups = measurement_groups(dataset)
+def _measurement_report_gaps(content: ContentItem) -> list[str]:
+    groups = measurement_groups(content)
     if not groups:
         return ["TID 1500 report without measurement groups (125007, DCM)"]
     gaps = []
     for number, group in enumerate(groups, start=1):
-        direct = {concept_of(child) for child in children(group)}
+        direct = {child.concept for child in group.children}
         for concept, name in (
             (TRACKING_IDENTIFIER, "Tracking Identifier (112039, DCM)"),
             (TRACKING_UNIQUE_IDENTIFIER, "Tracking Unique Identifier (112040, DCM)"),

@@ -9,7 +9,7 @@ Sequence, SR content items of concept Study Instance UID (110180, DCM).
 
 from __future__ import annotations
 
-from pydicom import Dataset
+from pydicom import DataElement, Dataset
 from pydicom.datadict import dictionary_VR
 from pydicom.tag import BaseTag, Tag
 
@@ -21,6 +21,7 @@ _STUDY_INSTANCE_UID = Tag("StudyInstanceUID")
 _REFERENCED_STUDY_SEQUENCE = Tag("ReferencedStudySequence")
 _CONTENT_SEQUENCE = Tag("ContentSequence")
 _UID = Tag("UID")
+_REFERENCED_SOP_INSTANCE_UID = Tag("ReferencedSOPInstanceUID")
 
 
 def check_own_study(dataset: Dataset, study_instance_uid: str) -> None:
@@ -62,33 +63,52 @@ Trail = tuple[tuple[BaseTag, int], ...]
 
 def _check_items(dataset: Dataset, study_uid: str, trail: Trail) -> None:
     if trail and _STUDY_INSTANCE_UID in dataset:
-        _expect(str(dataset[_STUDY_INSTANCE_UID].value or ""), study_uid, "StudyInstanceUID", trail)
-    for tag in list(dataset.keys()):
-        if not tag.is_private and _is_sequence(dataset, tag):
-            _check_sequence(dataset, tag, study_uid, trail)
+        _expect(_uid_text(dataset[_STUDY_INSTANCE_UID]), study_uid, "StudyInstanceUID", trail)
+    for tag in _sequence_tags(dataset):
+        _check_sequence(dataset, tag, study_uid, trail)
 
 
 def _check_sequence(dataset: Dataset, tag: BaseTag, study_uid: str, trail: Trail) -> None:
+    # Asked once per sequence rather than once per item: comparing pydicom tags is not free.
+    lists_studies = tag == _REFERENCED_STUDY_SEQUENCE
+    holds_content = tag == _CONTENT_SEQUENCE
     for number, item in enumerate(dataset[tag].value or [], start=1):
         where: Trail = ((tag, number), *trail)
-        if tag == _REFERENCED_STUDY_SEQUENCE:
+        if lists_studies:
             # A Referenced Study Sequence item's Referenced SOP Instance UID *is* a study UID.
-            referenced = str(item.get("ReferencedSOPInstanceUID", "") or "")
-            _expect(referenced, study_uid, "ReferencedSOPInstanceUID", where)
-        if tag == _CONTENT_SEQUENCE and _UID in item and concept_of(item) == STUDY_INSTANCE_UID:
-            _expect(str(item[_UID].value or ""), study_uid, "UID", where)
+            referenced = item.get(_REFERENCED_SOP_INSTANCE_UID)
+            _expect(_uid_text(referenced), study_uid, "ReferencedSOPInstanceUID", where)
+        if holds_content and _UID in item and concept_of(item) == STUDY_INSTANCE_UID:
+            _expect(_uid_text(item[_UID]), study_uid, "UID", where)
         _check_items(item, study_uid, where)
 
 
-def _is_sequence(dataset: Dataset, tag: BaseTag) -> bool:
-    element = dataset.get_item(tag, keep_deferred=True)
-    vr = getattr(element, "VR", None)
+def _sequence_tags(dataset: Dataset) -> list[BaseTag]:
+    """The standard (non-private) sequences of `dataset`, in the order the data set holds them.
+
+    Read from the raw elements (:meth:`Dataset.items` does not convert them): only sequences
+    can hold references, so converting every value of every item just to learn its VR would
+    be wasted work on the exchange's hot path.
+    """
+    return [
+        tag
+        for tag, element in dataset.items()
+        if not tag.is_private and _is_sequence(tag, element.VR)
+    ]
+
+
+def _is_sequence(tag: BaseTag, vr: str | None) -> bool:
     if vr is None:  # implicit VR little endian: look it up
         try:
             vr = dictionary_VR(tag)
         except KeyError:
             return False
     return vr == "SQ"
+
+
+def _uid_text(element: DataElement | None) -> str:
+    """A UID element's value as text; '' when the element is absent or empty."""
+    return str(element.value or "") if element is not None else ""
 
 
 def _expect(value: str, study_uid: str, keyword: str, trail: Trail) -> None:

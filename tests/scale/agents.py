@@ -127,6 +127,18 @@ def work(args: argparse.Namespace) -> int:
             log.write(event="completed", job=lease.job_id)
             return done
 
+        def upload_result(self, lease: Lease, *a: Any, **kw: Any) -> dict[str, Any]:
+            stored = super().upload_result(lease, *a, **kw)
+            if kw.get("complete"):  # the last result completes the job
+                log.write(event="completed", job=lease.job_id)
+            return stored
+
+        def upload_summary(self, lease: Lease, *a: Any, **kw: Any) -> dict[str, Any]:
+            stored = super().upload_summary(lease, *a, **kw)
+            if kw.get("complete"):
+                log.write(event="completed", job=lease.job_id)
+            return stored
+
     def handler(context: JobContext) -> ProductResult:
         return tissue_volume.run(context)
 

@@ -12,12 +12,15 @@ the Debian package, nginx in front of the replicas):
 3. The peak memory (VmHWM) of one replica while it takes and serves studies of 10 MB, 100 MB
    and 1 GB: uploads and downloads are streamed, so it must stay flat.
 
-Each set-up's small jobs run three times on fresh deployments and the median counts.
+Each set-up's small jobs run three times on fresh deployments and the median counts. A run's
+jobs/s is its steady state: the jobs acknowledged between the 10th and the 90th percentile of
+acknowledgement times, over that time (a fresh deployment's cold start and the drain of the last
+jobs are fixed costs, not throughput); the whole run's rate is printed beside it.
 
 Targets (small jobs): one replica at least 50 jobs/s; three replicas at least 1.5× one on a
 2-core machine; memory growth from the 10 MB to the 1 GB study under 64 MB.
 
-    python benchmarks/exchange_load.py [--jobs 300] [--big-mb 1024] [--json FILE]
+    python benchmarks/exchange_load.py [--jobs 600] [--big-mb 1024] [--json FILE]
 """
 
 from __future__ import annotations
@@ -252,7 +255,7 @@ def small_jobs(deployment: Deployment, studies: list[SmallStudy]) -> dict[str, f
     todo = list(enumerate(studies))
     lock = threading.Lock()
     acknowledged = threading.Event()
-    counts = {"acked": 0}
+    acked_at: list[float] = []
     total = len(studies)
 
     def hospital(index: int) -> None:
@@ -323,9 +326,10 @@ def small_jobs(deployment: Deployment, studies: list[SmallStudy]) -> dict[str, f
                 api.post(
                     "/jobs/acknowledge", json_body={"job_ids": [job["id"] for job in ended]}
                 ).raise_for_status()
+                now = time.perf_counter()
                 with lock:
-                    counts["acked"] += len(ended)
-                    if counts["acked"] >= total:
+                    acked_at.extend([now] * len(ended))
+                    if len(acked_at) >= total:
                         acknowledged.set()
 
     started = time.perf_counter()
@@ -336,7 +340,25 @@ def small_jobs(deployment: Deployment, studies: list[SmallStudy]) -> dict[str, f
         for future in futures:
             future.result()
     elapsed = time.perf_counter() - started
-    return {"jobs": total, "seconds": round(elapsed, 2), "jobs_per_s": round(total / elapsed, 1)}
+    return {
+        "jobs": total,
+        "seconds": round(elapsed, 2),
+        "jobs_per_s": steady_rate(sorted(acked_at)),
+        "jobs_per_s_whole_run": round(total / elapsed, 1),
+    }
+
+
+def steady_rate(done_at: list[float]) -> float:
+    """Jobs/s between the 10th and the 90th percentile of completion (acknowledgement) times.
+
+    A fresh deployment starts cold (statement caches, connections, the first job's whole round
+    trip before any result can be fetched) and a run ends draining the last jobs; over a short
+    run those fixed costs weigh as much as the throughput itself, and they are not what a
+    replica carries in service. The middle of the run is.
+    """
+    first, last = int(len(done_at) * 0.1), int(len(done_at) * 0.9)
+    window = done_at[last] - done_at[first]
+    return round((last - first) / window, 1) if window > 0 else 0.0
 
 
 # 2. bulk transfer ----------------------------------------------------------------------------
@@ -461,7 +483,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--jobs", type=int, default=300, help="small jobs per set-up")
+    parser.add_argument("--jobs", type=int, default=600, help="small jobs per set-up")
     parser.add_argument("--bulk-mb", type=int, default=100, help="study size for MB/s")
     parser.add_argument("--big-mb", type=int, default=1024, help="largest study for memory")
     parser.add_argument(
@@ -486,13 +508,16 @@ def main() -> int:
             ("postgresql_3", True, 3),
         ):
             rounds: list[float] = []
+            whole: list[float] = []
             for round_number in range(args.rounds):
                 label = f"{name}_{round_number}"
                 database = postgres.create_database(label) if use_postgres else None
                 deployment = deploy(label, work / label, database, replicas)
                 try:
                     console.print(f"{name}: small jobs, round {round_number + 1} …")
-                    rounds.append(small_jobs(deployment, studies)["jobs_per_s"])
+                    run = small_jobs(deployment, studies)
+                    rounds.append(run["jobs_per_s"])
+                    whole.append(run["jobs_per_s_whole_run"])
                     if round_number == 0:
                         console.print(f"{name}: a {args.bulk_mb} MB study up and down …")
                         bulk = big_study(
@@ -503,6 +528,7 @@ def main() -> int:
             figures[name] = {
                 "jobs_per_s": statistics.median(rounds),
                 "jobs_per_s_rounds": rounds,
+                "jobs_per_s_whole_run": statistics.median(whole),
                 **bulk,
             }
         figures["memory"] = memory_growth(work / "memory", args.big_mb, console)
@@ -553,7 +579,15 @@ def _target(measured: float, target: float, *, higher: bool) -> dict[str, Any]:
 
 def report(console: Console, figures: dict[str, Any]) -> None:
     table = Table(title=f"exchange load ({figures['jobs']} small jobs, {figures['cpus']} CPUs)")
-    for column in ("set-up", "jobs/s (median)", "rounds", "upload MB/s", "download MB/s"):
+    columns = (
+        "set-up",
+        "jobs/s (median)",
+        "rounds",
+        "whole run incl. start and drain",
+        "upload MB/s",
+        "download MB/s",
+    )
+    for column in columns:
         table.add_column(column)
     for name in ("sqlite_1", "postgresql_1", "postgresql_3"):
         row = figures[name]
@@ -561,6 +595,7 @@ def report(console: Console, figures: dict[str, Any]) -> None:
             name,
             str(row["jobs_per_s"]),
             " ".join(str(value) for value in row["jobs_per_s_rounds"]),
+            str(row["jobs_per_s_whole_run"]),
             str(row["upload_mb_per_s"]),
             str(row["download_mb_per_s"]),
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -10,16 +11,51 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from aifi.exchange.deps import CallerDep, LeaseHeader, ServicesDep
+from aifi.exchange.errors import NotFound
 from aifi.exchange.schemas import InputOut, ResultOut
+from aifi.exchange.services import Services
 
 router = APIRouter(prefix="/jobs/{job_id}", tags=["job data"])
 
 
-def _blob_response(services: ServicesDep, key: str, media_type: str, filename: str) -> Response:
-    path = services.blobs.local_path(key)
+#: Blobs up to this size are read whole on the worker thread that found them and sent in one
+#: piece; a file response would open, stat, read and close them on four more thread hops.
+#: Larger ones stream, so memory does not grow with what is downloaded.
+INLINE_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A blob the caller may read: where it is, and its bytes when it is small."""
+
+    key: str
+    media_type: str
+    filename: str
+    body: bytes | None
+
+
+def _fetched(services: Services, key: str, size: int, media_type: str, filename: str) -> Blob:
+    """Read a small blob now (on the caller's worker thread); leave a large one to stream."""
+    if size > INLINE_BYTES:
+        return Blob(key, media_type, filename, None)
+    try:
+        path = services.blobs.local_path(key)
+        body = path.read_bytes() if path is not None else b"".join(services.blobs.read(key))
+    except FileNotFoundError as exc:  # purged between the row's check and the read
+        raise NotFound(f"{filename} is no longer held") from exc
+    return Blob(key, media_type, filename, body)
+
+
+def _blob_response(services: Services, blob: Blob) -> Response:
+    disposition = {"Content-Disposition": f'attachment; filename="{blob.filename}"'}
+    if blob.body is not None:
+        return Response(blob.body, media_type=blob.media_type, headers=disposition)
+    path = services.blobs.local_path(blob.key)
     if path is not None:
-        return FileResponse(path, media_type=media_type, filename=filename)
-    return StreamingResponse(services.blobs.read(key), media_type=media_type)
+        return FileResponse(path, media_type=blob.media_type, filename=blob.filename)
+    return StreamingResponse(
+        services.blobs.read(blob.key), media_type=blob.media_type, headers=disposition
+    )
 
 
 @router.put("/inputs/{sop_instance_uid}", status_code=201, response_model=InputOut)
@@ -47,10 +83,13 @@ async def get_input(
     services: ServicesDep,
     lease: LeaseHeader = None,
 ) -> Response:
-    row = await run_in_threadpool(
-        services.transfers.input_blob, caller, job_id, sop_instance_uid, lease
-    )
-    return _blob_response(services, row.blob_key, "application/dicom", f"{sop_instance_uid}.dcm")
+    def fetch() -> Blob:
+        row = services.transfers.input_blob(caller, job_id, sop_instance_uid, lease)
+        return _fetched(
+            services, row.blob_key, row.size, "application/dicom", f"{sop_instance_uid}.dcm"
+        )
+
+    return _blob_response(services, await run_in_threadpool(fetch))
 
 
 @router.put("/results/{name}", status_code=201, response_model=ResultOut)
@@ -89,5 +128,8 @@ def list_results(
 async def get_result(
     job_id: str, name: str, caller: CallerDep, services: ServicesDep, lease: LeaseHeader = None
 ) -> Response:
-    row = await run_in_threadpool(services.transfers.result_blob, caller, job_id, name, lease)
-    return _blob_response(services, row.blob_key, row.media_type, name)
+    def fetch() -> Blob:
+        row = services.transfers.result_blob(caller, job_id, name, lease)
+        return _fetched(services, row.blob_key, row.size, row.media_type, name)
+
+    return _blob_response(services, await run_in_threadpool(fetch))

@@ -47,6 +47,19 @@ def tamper(folder: Path, change: Callable[[sqlite3.Connection], None]) -> None:
 def test_an_untouched_log_verifies(data_dir: Path) -> None:
     code, output = verify(data_dir)
     assert code == 0 and "intact" in output
+    assert "not linked" not in output  # the exchange linked its last entries as it stopped
+
+
+def test_entries_a_stopped_exchange_did_not_link_are_reported(data_dir: Path) -> None:
+    tamper(
+        data_dir,
+        lambda db: db.execute(
+            "UPDATE audit_log SET chain_seq = NULL, prev_hash = '', entry_hash = '' "
+            "WHERE chain_seq = (SELECT MAX(chain_seq) FROM audit_log)"
+        ),
+    )
+    code, output = verify(data_dir)
+    assert code == 0 and "1 entries are stored but not linked" in output
 
 
 def test_an_edited_entry_is_found(data_dir: Path) -> None:
@@ -64,10 +77,12 @@ def test_a_removed_entry_is_found(data_dir: Path) -> None:
 
 
 def test_reordered_entries_are_found(data_dir: Path) -> None:
+    """Two entries swap places in the chain (its order is `chain_seq`, not the row id)."""
+
     def swap(db: sqlite3.Connection) -> None:
-        db.execute("UPDATE audit_log SET id = -2 WHERE id = 2")
-        db.execute("UPDATE audit_log SET id = 2 WHERE id = 3")
-        db.execute("UPDATE audit_log SET id = 3 WHERE id = -2")
+        db.execute("UPDATE audit_log SET chain_seq = -2 WHERE chain_seq = 2")
+        db.execute("UPDATE audit_log SET chain_seq = 2 WHERE chain_seq = 3")
+        db.execute("UPDATE audit_log SET chain_seq = 3 WHERE chain_seq = -2")
 
     tamper(data_dir, swap)
     code, output = verify(data_dir)

@@ -16,9 +16,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from aifi.exchange.app import create_app
-from aifi.exchange.audit import Actor, AuditLog, verify_chain
+from aifi.exchange.audit import Actor, AuditLog, in_chain_order, unlinked_count, verify_chain
 from aifi.exchange.db import Database, upgrade_schema
-from aifi.exchange.models import AuditEntry, Base, Organisation
+from aifi.exchange.models import Base, Organisation
 from aifi.exchange.notify import ChangeNotifier
 from aifi.exchange.replica_changes import CHANNEL, ReplicaChanges
 from aifi.exchange.schemas import OrganisationKind
@@ -140,29 +140,48 @@ def test_a_claim_skips_a_job_another_transaction_holds(
 
 
 def test_replicas_append_to_one_audit_chain(postgres: PostgresServer) -> None:
+    """Two replicas store entries and link them at the same time: one chain, no fork."""
     url = postgres.create_database("audit")
     migrate = Database(url)
     upgrade_schema(migrate.engine)
     # Two replicas: each its own engine and its own in-process lock, as in two processes.
     replicas = [AuditLog(Database(url)) for _ in range(2)]
-    start = threading.Barrier(4)
+    start = threading.Barrier(6)
+    stored = threading.Event()
+    linked = [0, 0]
 
     def append(log: AuditLog, who: str) -> None:
         start.wait()
         for n in range(40):
             log.record(Actor(who, "hospital"), "read", "job", f"{who}-{n}")
 
-    threads = [threading.Thread(target=append, args=(replicas[i % 2], f"org{i}")) for i in range(4)]
-    for thread in threads:
+    def link(number: int) -> None:
+        start.wait()
+        while True:
+            done = stored.is_set()
+            linked[number] += replicas[number].chain(limit=7)
+            if done and sum(linked) == 160:
+                return
+
+    appenders = [
+        threading.Thread(target=append, args=(replicas[i % 2], f"org{i}")) for i in range(4)
+    ]
+    linkers = [threading.Thread(target=link, args=(i,), daemon=True) for i in range(2)]
+    for thread in appenders + linkers:
         thread.start()
-    for thread in threads:
+    for thread in appenders:
+        thread.join(timeout=60)
+    stored.set()
+    for thread in linkers:
         thread.join(timeout=60)
     with migrate.session() as session:
-        entries = list(session.scalars(select(AuditEntry).order_by(AuditEntry.id)))
+        entries = list(session.scalars(in_chain_order()))
         problems = verify_chain(entries)
-    assert len(entries) == 160
+        assert unlinked_count(session) == 0
+    assert len(entries) == 160 and sum(linked) == 160
     assert problems == []
     assert len({e.prev_hash for e in entries}) == 160, "two entries share a predecessor"
+    assert [e.chain_seq for e in entries] == list(range(1, 161))
     migrate.dispose()
 
 

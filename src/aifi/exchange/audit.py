@@ -1,8 +1,15 @@
 """The append-only access log: each entry carries the hash of the one before it.
 
-Editing, removing or re-ordering an entry breaks the chain from that point on, which
+Editing, removing or re-ordering a linked entry breaks the chain from that point on, which
 `verify_chain` finds. Fields follow NEN 7513 (who, organisation, role, action, object,
 patient pseudonym, time, outcome).
+
+An entry is written in two steps. It is stored with the change it records, in the same
+transaction (`record_in`) — or, for a read or a refusal, in a short transaction of its own
+(`record`) — and so it is never lost, nor left behind by a change that rolled back. Moments
+later `chain` links the entries stored since the last round into the hash chain, one replica
+at a time. Requests thus never wait for each other (or for other replicas) to extend the
+chain; an entry is tamper-evident from the round that links it, within a second of its write.
 """
 
 from __future__ import annotations
@@ -12,9 +19,10 @@ import json
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Table, insert, select, text
+from sqlalchemy import Select, Table, func, insert, select, text
+from sqlalchemy.orm import Session
 
 from aifi.exchange.clock import as_utc, utcnow
 from aifi.exchange.db import Database
@@ -22,8 +30,7 @@ from aifi.exchange.models import AuditEntry
 
 GENESIS = "0" * 64
 _TABLE = cast(Table, AuditEntry.__table__)
-_COLUMNS = [column.name for column in _TABLE.columns if column.name != "id"]
-#: Advisory-lock key that makes appends to the chain one at a time across all replicas.
+#: Advisory-lock key that makes linking rounds one at a time across all replicas.
 CHAIN_LOCK = 0x41494649_0002
 
 
@@ -50,18 +57,31 @@ class Actor:
 
 
 class AuditLog:
-    """Appends to the chain one at a time.
-
-    In one process a lock is enough; with replicas on PostgreSQL each append also takes a
-    transaction-scoped advisory lock before it reads the chain's head, so two replicas never
-    chain two entries to the same predecessor.
-    """
+    """Stores entries at once and links them into the chain in rounds (see the module)."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
         self._changed = threading.Condition()
         self._queue: list[_Pending] = []
         self._writing = False
+        self._chaining = threading.Lock()
+
+    def record_in(
+        self,
+        session: Session,
+        actor: Actor,
+        action: str,
+        object_type: str,
+        object_id: str,
+        *,
+        outcome: str = "success",
+        patient_pseudonym: str = "",
+        detail: str = "",
+    ) -> None:
+        """Store an entry in the caller's transaction: it commits, or rolls back, with the
+        change it records."""
+        row = _row(actor, action, object_type, object_id, outcome, patient_pseudonym, detail)
+        session.execute(insert(_TABLE), [row])
 
     def record(
         self,
@@ -74,27 +94,14 @@ class AuditLog:
         patient_pseudonym: str = "",
         detail: str = "",
     ) -> None:
-        """Append one entry, chained to the newest one; returns once it is committed.
+        """Store an entry in a transaction of its own; returns once it is committed.
 
-        Appends are group-committed: while one thread writes, the entries of others queue up,
-        and the next writer takes them all in one transaction, in the order they came. The
-        chain needs its appends in series; this keeps them in series without one transaction
-        (and one wait) per request.
+        For reads and refusals, which have no transaction of their own to join. Stores are
+        group-committed: while one thread writes, the entries of others queue up, and the
+        next writer takes them all in one transaction.
         """
         item = _Pending(
-            AuditEntry(
-                at=utcnow(),
-                organisation_id=actor.organisation_id,
-                role=actor.role,
-                action=action,
-                object_type=object_type,
-                object_id=object_id,
-                patient_pseudonym=patient_pseudonym,
-                outcome=outcome,
-                detail=detail[:2000],
-                prev_hash="",
-                entry_hash="",
-            )
+            _row(actor, action, object_type, object_id, outcome, patient_pseudonym, detail)
         )
         with self._changed:
             self._queue.append(item)
@@ -107,7 +114,8 @@ class AuditLog:
                 self._changed.release()
                 error: BaseException | None = None
                 try:
-                    self._append(batch)
+                    with self._db.session() as session:
+                        session.execute(insert(_TABLE), [pending.row for pending in batch])
                 except BaseException as exc:  # every waiter of this batch learns it failed
                     error = exc
                 finally:
@@ -119,31 +127,85 @@ class AuditLog:
         if item.error is not None:
             raise item.error
 
-    def _append(self, batch: list[_Pending]) -> None:
-        with self._db.session() as session:
-            if self._db.is_postgresql:
-                # Replicas share the chain: one appends at a time, across processes.
-                session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK})
-            last = session.scalars(
-                select(AuditEntry.entry_hash).order_by(AuditEntry.id.desc()).limit(1)
-            ).first()
-            previous = last or GENESIS
-            rows = []
-            for pending in batch:
-                entry = pending.entry
+    def chain(self, limit: int = 10_000) -> int:
+        """Link the entries stored since the last round into the chain; how many were linked.
+
+        One round at a time: in this process by a lock, across replicas by a
+        transaction-scoped advisory lock. A replica that finds another one linking leaves the
+        round to it. Entries are linked in the order they became visible, oldest id first.
+        """
+        with self._chaining, self._db.session() as session:
+            if (
+                self._db.is_postgresql
+                and not session.execute(
+                    text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK}
+                ).scalar()
+            ):
+                return 0
+            head = session.execute(_HEAD).first()
+            position, previous = (int(head[0] or 0), str(head[1])) if head else (0, GENESIS)
+            pending = session.scalars(_UNLINKED.limit(limit)).all()
+            for entry in pending:
+                position += 1
+                entry.chain_seq = position
                 entry.prev_hash = previous
-                entry.entry_hash = entry_digest(entry)
-                previous = entry.entry_hash
-                rows.append({column: getattr(entry, column) for column in _COLUMNS})
-            # One executemany, row by row in order: ids follow the chain.
-            session.execute(insert(_TABLE), rows)
+                entry.entry_hash = previous = entry_digest(entry)
+            return len(pending)
+
+
+def _row(
+    actor: Actor,
+    action: str,
+    object_type: str,
+    object_id: str,
+    outcome: str,
+    patient_pseudonym: str,
+    detail: str,
+) -> dict[str, Any]:
+    return {
+        "at": utcnow(),
+        "organisation_id": actor.organisation_id,
+        "role": actor.role,
+        "action": action,
+        "object_type": object_type,
+        "object_id": object_id,
+        "patient_pseudonym": patient_pseudonym,
+        "outcome": outcome,
+        "detail": detail[:2000],
+        "prev_hash": "",
+        "entry_hash": "",
+        "chain_seq": None,
+    }
+
+
+_HEAD = (
+    select(AuditEntry.chain_seq, AuditEntry.entry_hash)
+    .where(AuditEntry.chain_seq.is_not(None))
+    .order_by(AuditEntry.chain_seq.desc())
+    .limit(1)
+)
+_UNLINKED = select(AuditEntry).where(AuditEntry.chain_seq.is_(None)).order_by(AuditEntry.id)
 
 
 @dataclass
 class _Pending:
-    entry: AuditEntry
+    row: dict[str, Any]
     done: bool = False
     error: BaseException | None = None
+
+
+def in_chain_order() -> Select[AuditEntry]:
+    """The linked entries, in chain order: what `verify_chain` checks."""
+    return (
+        select(AuditEntry).where(AuditEntry.chain_seq.is_not(None)).order_by(AuditEntry.chain_seq)
+    )
+
+
+def unlinked_count(session: Session) -> int:
+    """Entries stored but not linked yet (normally those of the last second)."""
+    return int(
+        session.scalar(select(func.count(AuditEntry.id)).where(AuditEntry.chain_seq.is_(None))) or 0
+    )
 
 
 def verify_chain(entries: Iterable[AuditEntry]) -> list[str]:

@@ -11,11 +11,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from sqlalchemy import select
 
-from aifi.exchange.audit import verify_chain
+from aifi.exchange.audit import in_chain_order, unlinked_count, verify_chain
 from aifi.exchange.db import Database
-from aifi.exchange.models import AuditEntry
 from aifi.exchange.settings import ExchangeSettings
 
 app = typer.Typer(help="The exchange's audit log.", no_args_is_help=True)
@@ -41,8 +39,14 @@ def verify(
     console = Console()
     database = Database(url)
     with database.session() as session:
-        entries = list(session.scalars(select(AuditEntry).order_by(AuditEntry.id)))
+        entries = list(session.scalars(in_chain_order()))
+        unlinked = unlinked_count(session)
     problems = verify_chain(entries)
+    if unlinked:
+        console.print(
+            f"[yellow]{unlinked} entries are stored but not linked into the chain yet: a running "
+            "exchange links them within a second, a stopped one when it starts again[/]"
+        )
     if problems:
         console.print(f"[red]audit log: {len(problems)} problem(s) in {len(entries)} entries[/]")
         for problem in problems:

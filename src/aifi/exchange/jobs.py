@@ -249,6 +249,14 @@ class JobService:
                 else:
                     job = self._new_job(actor, body, product)
                     session.add(job)
+                    self._audit.record_in(
+                        session,
+                        actor,
+                        "create",
+                        "job",
+                        job.id,
+                        patient_pseudonym=job.patient_pseudonym,
+                    )
         except IntegrityError:
             # A concurrent request with the same key won the insert: answer with its job.
             with self._db.session() as session:
@@ -259,7 +267,6 @@ class JobService:
         if refusal is not None:
             self._audit.record(actor, "create", "job", body.product_id, outcome="refused")
             raise refusal
-        self._audit.record(actor, "create", "job", job.id, patient_pseudonym=job.patient_pseudonym)
         return job, True
 
     @staticmethod
@@ -338,7 +345,7 @@ class JobService:
             )
             job = changed or self.visible(session, actor, job_id)
             self._announce(session, claimable=True)
-        self._audit.record(actor, "update", "job", job_id, detail="inputs complete")
+            self._audit.record_in(session, actor, "update", "job", job_id, detail="inputs complete")
         self._notifier.notify(claimable=True)
         return job
 
@@ -358,7 +365,7 @@ class JobService:
                 f"{sop_uid} would be one more"
             )
 
-    def count_inputs(self, session: Session, job: Job, added: str) -> bool:
+    def count_inputs(self, session: Session, actor: Actor, job: Job, added: str) -> bool:
         """Record the job's input count and size after an upload, in the upload's transaction.
 
         A job that declared its instance count opens to vendors when the last one is stored
@@ -390,11 +397,11 @@ class JobService:
             raise Conflict(f"job {job.id} no longer takes inputs")
         if opens:
             self._announce(session, claimable=True)
+            self._audit.record_in(session, actor, "update", "job", job.id, detail="inputs complete")
         return opens
 
-    def opened(self, actor: Actor, job_id: str) -> None:
-        """After the commit that opened a job by its last declared input: audit and wake claims."""
-        self._audit.record(actor, "update", "job", job_id, detail="inputs complete")
+    def opened(self) -> None:
+        """After the commit that opened a job by its last declared input: wake claims."""
         self._notifier.notify(claimable=True)
 
     def cancel(self, actor: Actor, job_id: str, reason: str) -> Job:
@@ -406,7 +413,9 @@ class JobService:
                 raise Conflict(f"job {job_id} has already ended ({job.state})")
             ended = self._end(session, job_id, JobState.cancelled, reason, from_states=(job.state,))
             self._announce(session)
-        self._audit.record(actor, "update", "job", job_id, detail=f"cancelled: {reason}")
+            self._audit.record_in(
+                session, actor, "update", "job", job_id, detail=f"cancelled: {reason}"
+            )
         self._notifier.notify()
         return ended
 
@@ -446,8 +455,10 @@ class JobService:
                 )
                 found.update({job.id: job for job in session.scalars(statement)})
                 self._announce(session)
-        for job_id in fresh:
-            self._audit.record(actor, "update", "job", job_id, detail="acknowledged")
+                for job_id in fresh:
+                    self._audit.record_in(
+                        session, actor, "update", "job", job_id, detail="acknowledged"
+                    )
         if fresh:
             self._notifier.notify()
         return [found[job_id] for job_id in wanted]
@@ -481,14 +492,15 @@ class JobService:
             if job is None:
                 return None
             inputs = list(session.scalars(_INPUTS_OF_JOB, {"job_id": job.id}))
-        self._audit.record(
-            actor,
-            "update",
-            "job",
-            job.id,
-            patient_pseudonym=job.patient_pseudonym,
-            detail=f"claimed, attempt {job.attempts}; its {len(inputs)} inputs listed",
-        )
+            self._audit.record_in(
+                session,
+                actor,
+                "update",
+                "job",
+                job.id,
+                patient_pseudonym=job.patient_pseudonym,
+                detail=f"claimed, attempt {job.attempts}; its {len(inputs)} inputs listed",
+            )
         return job, token, inputs
 
     @staticmethod
@@ -589,13 +601,14 @@ class JobService:
     ) -> Job:
         with self._db.session() as session:
             self.held(session, actor, job_id, token)
-            job = self.complete_in(session, job_id, token, summary)
-        self.completed(actor, job)
+            job = self.complete_in(session, actor, job_id, token, summary)
+        self.completed()
         return job
 
     def complete_in(
         self,
         session: Session,
+        actor: Actor,
         job_id: str,
         token: str,
         summary: dict[str, Any] | None,
@@ -616,18 +629,19 @@ class JobService:
             summary=summary,
         )
         self._announce(session)
-        return job
-
-    def completed(self, actor: Actor, job: Job) -> None:
-        """After the commit that completed `job`: audit it and wake the hospital's long-poll."""
-        self._audit.record(
+        self._audit.record_in(
+            session,
             actor,
             "update",
             "job",
-            job.id,
+            job_id,
             patient_pseudonym=job.patient_pseudonym,
             detail="completed",
         )
+        return job
+
+    def completed(self) -> None:
+        """After the commit that completed a job: wake the hospital's long-poll."""
         self._notifier.notify()
 
     def fail(self, actor: Actor, job_id: str, token: str, reason: str) -> Job:
@@ -637,14 +651,15 @@ class JobService:
                 session, job_id, JobState.failed, reason, from_states=HELD_STATES, token=token
             )
             self._announce(session)
-        self._audit.record(
-            actor,
-            "update",
-            "job",
-            job_id,
-            patient_pseudonym=job.patient_pseudonym,
-            detail=f"failed: {reason}",
-        )
+            self._audit.record_in(
+                session,
+                actor,
+                "update",
+                "job",
+                job_id,
+                patient_pseudonym=job.patient_pseudonym,
+                detail=f"failed: {reason}",
+            )
         self._notifier.notify()
         return job
 

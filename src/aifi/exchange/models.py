@@ -159,9 +159,14 @@ class JobResult(Base):
 
 
 class AuditEntry(Base):
-    """One access, in an append-only log where each entry hashes the one before it."""
+    """One access, in an append-only log where each entry hashes the one before it.
+
+    An entry is written with the change it records (or right after a read) and linked into
+    the chain moments later: `chain_seq` is its place in the chain, None until it is linked.
+    """
 
     __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_chain_seq", "chain_seq", unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -175,3 +180,4 @@ class AuditEntry(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
     prev_hash: Mapped[str] = mapped_column(String(64))
     entry_hash: Mapped[str] = mapped_column(String(64))
+    chain_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

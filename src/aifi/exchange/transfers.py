@@ -106,12 +106,17 @@ class Transfers:
             )
             session.add(row)
             session.flush()
-            opened = self._jobs.count_inputs(session, job, sop_uid)
-        self._audit.record(
-            actor, "create", "input", f"{job.id}/{sop_uid}", patient_pseudonym=job.patient_pseudonym
-        )
+            self._audit.record_in(
+                session,
+                actor,
+                "create",
+                "input",
+                f"{job.id}/{sop_uid}",
+                patient_pseudonym=job.patient_pseudonym,
+            )
+            opened = self._jobs.count_inputs(session, actor, job, sop_uid)
         if opened:
-            self._jobs.opened(actor, job.id)
+            self._jobs.opened()
         return row
 
     def _may_read_data(
@@ -244,7 +249,6 @@ class Transfers:
             )
             raise
         key = f"results/{job.id}/{name}"
-        ended: Job | None = None
         with self._db.session() as session:
             # The lease may have run out while the bytes arrived: check again, in the
             # transaction that records the result.
@@ -268,20 +272,21 @@ class Transfers:
                 created_at=utcnow(),
             )
             session.add(row)
+            self._audit.record_in(
+                session,
+                actor,
+                "create",
+                "result",
+                f"{job.id}/{name}",
+                patient_pseudonym=job.patient_pseudonym,
+                detail=kind,
+            )
             if upload.complete:
-                ended = self._jobs.complete_in(
-                    session, job.id, upload.lease_token, summary, with_result=True
+                self._jobs.complete_in(
+                    session, actor, job.id, upload.lease_token, summary, with_result=True
                 )
-        self._audit.record(
-            actor,
-            "create",
-            "result",
-            f"{job.id}/{name}",
-            patient_pseudonym=job.patient_pseudonym,
-            detail=kind,
-        )
-        if ended is not None:
-            self._jobs.completed(actor, ended)
+        if upload.complete:
+            self._jobs.completed()
         return row
 
     def _results_visible(

@@ -14,12 +14,12 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from aifi.exchange.audit import verify_chain
+from aifi.exchange.audit import in_chain_order, verify_chain
 from aifi.exchange.catalogue import product_out
 from aifi.exchange.deps import ServicesDep
 from aifi.exchange.errors import ExchangeError, NotFound
 from aifi.exchange.jobs import job_out
-from aifi.exchange.models import AuditEntry, Organisation
+from aifi.exchange.models import Organisation
 from aifi.exchange.schemas import OrganisationKind
 from aifi.governance import AreaScore, allowed_actions
 from aifi.results.key_image import render_result_key_image
@@ -314,8 +314,9 @@ def score_area(
 def audit(request: Request, user: UserDep, services: ServicesDep) -> HTMLResponse:
     if user.organisation_role != OrganisationKind.operator:
         raise HTTPException(403, "the audit log is for the national operator")
+    services.audit.chain()
     with services.db.session() as session:
-        entries = list(session.scalars(select(AuditEntry).order_by(AuditEntry.id)))
+        entries = list(session.scalars(in_chain_order()))
     problems = verify_chain(entries)
     return page(
         request, "audit.html", user, entries=list(reversed(entries))[:300],

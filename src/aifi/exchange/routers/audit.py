@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy import select
 
-from aifi.exchange.audit import verify_chain
+from aifi.exchange.audit import in_chain_order, unlinked_count, verify_chain
 from aifi.exchange.auth import require_role
 from aifi.exchange.deps import CallerDep, ServicesDep
 from aifi.exchange.models import AuditEntry
@@ -24,6 +24,7 @@ def list_audit(
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
 ) -> list[AuditOut]:
     require_role(caller, "operator")
+    services.audit.chain()  # the operator sees entries linked, hashes and all
     with services.db.session() as session:
         rows = session.scalars(
             select(AuditEntry).where(AuditEntry.id > after_id).order_by(AuditEntry.id).limit(limit)
@@ -34,7 +35,9 @@ def list_audit(
 @router.get("/verify")
 def verify_audit(caller: CallerDep, services: ServicesDep) -> dict[str, object]:
     require_role(caller, "operator")
+    services.audit.chain()
     with services.db.session() as session:
-        entries = list(session.scalars(select(AuditEntry).order_by(AuditEntry.id)))
+        entries = list(session.scalars(in_chain_order()))
         problems = verify_chain(entries)
-    return {"entries": len(entries), "ok": not problems, "problems": problems}
+        unlinked = unlinked_count(session)
+    return {"entries": len(entries), "unlinked": unlinked, "ok": not problems, "problems": problems}

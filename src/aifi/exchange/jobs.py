@@ -24,7 +24,7 @@ from aifi.exchange.catalogue import (
     has_subscription,
 )
 from aifi.exchange.clock import as_utc, utcnow
-from aifi.exchange.db import Database
+from aifi.exchange.db import Database, insert_new
 from aifi.exchange.errors import Conflict, Forbidden, Invalid, NotFound
 from aifi.exchange.models import Job, JobInput, JobResult, Product
 from aifi.exchange.notify import ChangeNotifier
@@ -248,7 +248,7 @@ class JobService:
                     )
                 else:
                     job = self._new_job(actor, body, product)
-                    session.add(job)
+                    insert_new(session, job)
                     self._audit.record_in(
                         session,
                         actor,

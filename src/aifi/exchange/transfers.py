@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from aifi.exchange.audit import Actor, AuditLog
 from aifi.exchange.blobs import BlobStore, TempBlob
 from aifi.exchange.clock import utcnow
-from aifi.exchange.db import Database
+from aifi.exchange.db import Database, insert_new
 from aifi.exchange.errors import Conflict, ExchangeError, Forbidden, Invalid, NotFound
 from aifi.exchange.jobs import JobService
 from aifi.exchange.models import Job, JobInput, JobResult
@@ -104,8 +104,7 @@ class Transfers:
                 sha256=temp.sha256,
                 blob_key=key,
             )
-            session.add(row)
-            session.flush()
+            insert_new(session, row)
             self._audit.record_in(
                 session,
                 actor,
@@ -271,7 +270,7 @@ class Transfers:
                 blob_key=key,
                 created_at=utcnow(),
             )
-            session.add(row)
+            insert_new(session, row)
             self._audit.record_in(
                 session,
                 actor,

@@ -9,6 +9,8 @@ from typing import Any
 import pydicom
 import pytest
 
+from scale.exchange_api import OPERATOR_KEY
+
 
 @pytest.mark.parametrize(
     "headers",
@@ -250,3 +252,19 @@ def test_an_invalid_result_is_refused_with_rule_and_attribute(
     assert wrong_shape.status_code == 422
     assert "rule 'summary-json': product_id: Field required" in wrong_shape.json()["detail"]
     assert exchange.client.get(f"/jobs/{job['id']}/results", headers=lease).json() == []
+
+
+def test_asking_for_an_input_that_is_not_there_is_a_404_and_audited(
+    exchange: Any, parties: dict[str, Any], make_ct: Any
+) -> None:
+    hospital = parties["hospital_a"]
+    job = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
+    missing = exchange.client.get(f"/jobs/{job['id']}/inputs/2.25.404", headers=hospital.headers)
+    assert missing.status_code == 404 and "has no input 2.25.404" in missing.json()["detail"]
+    audit = exchange.client.get(
+        "/audit", params={"limit": 5000}, headers={"Authorization": f"Bearer {OPERATOR_KEY}"}
+    ).json()
+    refused = [
+        e for e in audit if e["object_id"] == f"{job['id']}/2.25.404" and e["action"] == "read"
+    ]
+    assert [e["outcome"] for e in refused] == ["refused"]

@@ -25,10 +25,18 @@ from aifi.exchange.errors import Conflict, ExchangeError, Forbidden, Invalid, No
 from aifi.exchange.jobs import JobService
 from aifi.exchange.models import Job, JobInput, JobResult
 from aifi.exchange.schemas import JobState, OrganisationKind
-from aifi.exchange.validation import check_input, check_result_file, check_summary
+from aifi.exchange.validation import (
+    InputHeader,
+    check_input,
+    check_result_file,
+    check_summary,
+)
 
 UID = re.compile(r"^[0-9.]{1,64}$")
 RESULT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+#: Uploads up to this size are read before the job is looked at, and the job is checked once,
+#: in the transaction that stores them. Larger ones are refused before their bytes are read.
+CHECK_FIRST_BYTES = 1024 * 1024
 #: The JSON summary beside the DICOM results: small, parsed whole.
 SUMMARY_LIMIT = 1024 * 1024
 
@@ -44,6 +52,16 @@ class ResultUpload:
     complete: bool
 
 
+#: The JobResult columns of a JSON summary: no DICOM identity, never an AIR object.
+_SUMMARY_COLUMNS: dict[str, Any] = {
+    "kind": "summary-json",
+    "sop_class_uid": None,
+    "sop_instance_uid": None,
+    "air_conformant": False,
+    "notes": [],
+}
+
+
 class Transfers:
     def __init__(self, db: Database, blobs: BlobStore, jobs: JobService, audit: AuditLog) -> None:
         self._db = db
@@ -54,39 +72,43 @@ class Transfers:
     # inputs --------------------------------------------------------------------------------
 
     async def put_input(
-        self, actor: Actor, job_id: str, sop_uid: str, body: AsyncIterator[bytes]
+        self,
+        actor: Actor,
+        job_id: str,
+        sop_uid: str,
+        body: AsyncIterator[bytes],
+        length: int | None = None,
     ) -> JobInput:
+        """Receive, check and store one input instance (`length`: the body size announced).
+
+        A large upload is refused before its bytes are read if the job would refuse it anyway;
+        a small one is read first and the job checked once, in the transaction that stores it.
+        """
         if not UID.match(sop_uid):
             raise Invalid(f"job {job_id}: {sop_uid!r} is not a SOP Instance UID")
-        job = await run_in_threadpool(self._jobs.get, actor, job_id, audit=False)
-        if actor.role != OrganisationKind.hospital:
-            raise Forbidden("only the hospital that created a job uploads its inputs")
-        if job.inputs_complete or job.state != JobState.requested:
-            raise Conflict(f"job {job_id} no longer takes inputs (state {job.state})")
+        if length is None or length > CHECK_FIRST_BYTES:
+            self._takes_inputs(
+                actor, await run_in_threadpool(self._jobs.get, actor, job_id, audit=False)
+            )
         temp = await self._blobs.receive(body)
         try:
-            return await run_in_threadpool(self._commit_input, actor, job, sop_uid, temp)
+            return await run_in_threadpool(self._commit_input, actor, job_id, sop_uid, temp)
         finally:
             self._blobs.discard(temp)
 
-    def _commit_input(self, actor: Actor, job: Job, sop_uid: str, temp: TempBlob) -> JobInput:
-        try:
-            header = check_input(
-                temp.path, job_id=job.id, study_uid=job.study_uid, sop_instance_uid=sop_uid
-            )
-        except Invalid as exc:
-            self._audit.record(
-                actor,
-                "create",
-                "input",
-                f"{job.id}/{sop_uid}",
-                outcome="refused",
-                patient_pseudonym=job.patient_pseudonym,
-                detail=exc.message,
-            )
-            raise
-        key = f"inputs/{job.id}/{sop_uid}.dcm"
+    @staticmethod
+    def _takes_inputs(actor: Actor, job: Job) -> None:
+        if actor.role != OrganisationKind.hospital:
+            raise Forbidden("only the hospital that created a job uploads its inputs")
+        if job.inputs_complete or job.state != JobState.requested:
+            raise Conflict(f"job {job.id} no longer takes inputs (state {job.state})")
+
+    def _commit_input(self, actor: Actor, job_id: str, sop_uid: str, temp: TempBlob) -> JobInput:
         with self._db.session() as session:
+            job = self._jobs.visible(session, actor, job_id)
+            self._takes_inputs(actor, job)
+            header = self._checked_input(actor, job, sop_uid, temp)
+            key = f"inputs/{job.id}/{sop_uid}.dcm"
             self._jobs.check_room(session, job, sop_uid)
             # Stored before the first write: on SQLite, no other writer waits for the fsync.
             self._blobs.commit(temp, key)
@@ -117,6 +139,24 @@ class Transfers:
         if opened:
             self._jobs.opened()
         return row
+
+    def _checked_input(self, actor: Actor, job: Job, sop_uid: str, temp: TempBlob) -> InputHeader:
+        """The instance's header, if it may be an input of `job`; a refusal is audited."""
+        try:
+            return check_input(
+                temp.path, job_id=job.id, study_uid=job.study_uid, sop_instance_uid=sop_uid
+            )
+        except Invalid as exc:
+            self._audit.record(
+                actor,
+                "create",
+                "input",
+                f"{job.id}/{sop_uid}",
+                outcome="refused",
+                patient_pseudonym=job.patient_pseudonym,
+                detail=exc.message,
+            )
+            raise
 
     def _may_read_data(
         self, session: Session, actor: Actor, job: Job, lease_token: str | None
@@ -175,10 +215,14 @@ class Transfers:
                     JobInput.job_id == job_id, JobInput.sop_instance_uid == sop_uid
                 )
             ).first()
-        if row is None or row.purged_at is not None:
-            raise NotFound(f"job {job_id} has no input {sop_uid}")
+            if row is None or row.purged_at is not None:
+                raise NotFound(f"job {job_id} has no input {sop_uid}")
         self._audit.record(
-            actor, "read", "input", f"{job_id}/{sop_uid}", patient_pseudonym=job.patient_pseudonym
+            actor,
+            "read",
+            "input",
+            f"{job_id}/{sop_uid}",
+            patient_pseudonym=job.patient_pseudonym,
         )
         return row
 
@@ -194,6 +238,7 @@ class Transfers:
         body: AsyncIterator[bytes],
         *,
         complete: bool = False,
+        length: int | None = None,
     ) -> JobResult:
         """Check and store one result; with `complete`, it is the last and the job ends with it.
 
@@ -210,65 +255,38 @@ class Transfers:
             raise Conflict(
                 f"job {job_id}: present the lease token (X-Lease-Token) to upload results"
             )
-        job = await run_in_threadpool(self._jobs.check_lease, actor, job_id, lease_token)
+        if length is None or length > CHECK_FIRST_BYTES:
+            await run_in_threadpool(self._jobs.check_lease, actor, job_id, lease_token)
         is_summary = media_type.startswith("application/json")
         temp = await self._blobs.receive(body, max_bytes=SUMMARY_LIMIT if is_summary else None)
         upload = ResultUpload(name, lease_token, media_type, is_summary, complete)
         try:
-            return await run_in_threadpool(self._commit_result, actor, job, upload, temp)
+            return await run_in_threadpool(self._commit_result, actor, job_id, upload, temp)
         finally:
             self._blobs.discard(temp)
 
     def _commit_result(
-        self, actor: Actor, job: Job, upload: ResultUpload, temp: TempBlob
+        self, actor: Actor, job_id: str, upload: ResultUpload, temp: TempBlob
     ) -> JobResult:
-        name = upload.name
-        summary: dict[str, Any] | None = None
-        try:
-            if upload.is_summary:
-                body = temp.path.read_bytes()
-                check_summary(body, job_id=job.id, name=name)
-                summary = json.loads(body)
-                kind, sop_class, sop_uid, conformant, notes = "summary-json", None, None, False, []
-            else:
-                check = check_result_file(
-                    temp.path, job_id=job.id, name=name, study_uid=job.study_uid
-                )
-                kind, sop_class, sop_uid = check.kind, check.sop_class_uid, check.sop_instance_uid
-                conformant, notes = check.air_conformant, check.notes
-        except Invalid as exc:
-            self._audit.record(
-                actor,
-                "create",
-                "result",
-                f"{job.id}/{name}",
-                outcome="refused",
-                patient_pseudonym=job.patient_pseudonym,
-                detail=exc.message,
-            )
-            raise
-        key = f"results/{job.id}/{name}"
         with self._db.session() as session:
-            # The lease may have run out while the bytes arrived: check again, in the
-            # transaction that records the result.
-            self._jobs.held(session, actor, job.id, upload.lease_token)
+            # The lease may have run out while the bytes arrived: checked in the transaction
+            # that records the result.
+            job = self._jobs.held(session, actor, job_id, upload.lease_token)
+            checked, summary = self._checked_result(actor, job, upload, temp)
+            key = f"results/{job.id}/{upload.name}"
             self._blobs.commit(temp, key)
             session.execute(
-                delete(JobResult).where(JobResult.job_id == job.id, JobResult.name == name)
+                delete(JobResult).where(JobResult.job_id == job.id, JobResult.name == upload.name)
             )
             row = JobResult(
                 job_id=job.id,
-                name=name,
+                name=upload.name,
                 media_type=upload.media_type,
-                kind=kind,
-                sop_class_uid=sop_class,
-                sop_instance_uid=sop_uid,
-                air_conformant=conformant,
-                notes=notes,
                 size=temp.size,
                 sha256=temp.sha256,
                 blob_key=key,
                 created_at=utcnow(),
+                **checked,
             )
             insert_new(session, row)
             self._audit.record_in(
@@ -276,9 +294,9 @@ class Transfers:
                 actor,
                 "create",
                 "result",
-                f"{job.id}/{name}",
+                f"{job.id}/{upload.name}",
                 patient_pseudonym=job.patient_pseudonym,
-                detail=kind,
+                detail=row.kind,
             )
             if upload.complete:
                 self._jobs.complete_in(
@@ -287,6 +305,41 @@ class Transfers:
         if upload.complete:
             self._jobs.completed()
         return row
+
+    def _checked_result(
+        self, actor: Actor, job: Job, upload: ResultUpload, temp: TempBlob
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """What the result check learned (as JobResult columns), and the summary if it is one.
+
+        A refusal is audited with the rule it broke.
+        """
+        try:
+            if upload.is_summary:
+                body = temp.path.read_bytes()
+                check_summary(body, job_id=job.id, name=upload.name)
+                return _SUMMARY_COLUMNS, json.loads(body)
+            check = check_result_file(
+                temp.path, job_id=job.id, name=upload.name, study_uid=job.study_uid
+            )
+        except Invalid as exc:
+            self._audit.record(
+                actor,
+                "create",
+                "result",
+                f"{job.id}/{upload.name}",
+                outcome="refused",
+                patient_pseudonym=job.patient_pseudonym,
+                detail=exc.message,
+            )
+            raise
+        columns = {
+            "kind": check.kind,
+            "sop_class_uid": check.sop_class_uid,
+            "sop_instance_uid": check.sop_instance_uid,
+            "air_conformant": check.air_conformant,
+            "notes": check.notes,
+        }
+        return columns, None
 
     def _results_visible(
         self, session: Session, actor: Actor, job: Job, lease_token: str | None
@@ -349,9 +402,13 @@ class Transfers:
             row = session.scalars(
                 select(JobResult).where(JobResult.job_id == job_id, JobResult.name == name)
             ).first()
-        if row is None or row.purged_at is not None:
-            raise NotFound(f"job {job_id} has no result {name!r}")
+            if row is None or row.purged_at is not None:
+                raise NotFound(f"job {job_id} has no result {name!r}")
         self._audit.record(
-            actor, "read", "result", f"{job_id}/{name}", patient_pseudonym=job.patient_pseudonym
+            actor,
+            "read",
+            "result",
+            f"{job_id}/{name}",
+            patient_pseudonym=job.patient_pseudonym,
         )
         return row

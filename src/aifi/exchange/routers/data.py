@@ -58,11 +58,19 @@ def _blob_response(services: Services, blob: Blob) -> Response:
     )
 
 
+def _announced_length(request: Request) -> int | None:
+    """The body size the client announced (Content-Length), if it announced a valid one."""
+    value = request.headers.get("content-length", "")
+    return int(value) if value.isdigit() else None
+
+
 @router.put("/inputs/{sop_instance_uid}", status_code=201, response_model=InputOut)
 async def put_input(
     job_id: str, sop_instance_uid: str, request: Request, caller: CallerDep, services: ServicesDep
 ) -> InputOut:
-    row = await services.transfers.put_input(caller, job_id, sop_instance_uid, request.stream())
+    row = await services.transfers.put_input(
+        caller, job_id, sop_instance_uid, request.stream(), _announced_length(request)
+    )
     return InputOut.model_validate(row)
 
 
@@ -110,7 +118,14 @@ async def put_result(
 ) -> ResultOut:
     media_type = request.headers.get("content-type", "application/dicom")
     row = await services.transfers.put_result(
-        caller, job_id, name, lease, media_type, request.stream(), complete=complete
+        caller,
+        job_id,
+        name,
+        lease,
+        media_type,
+        request.stream(),
+        complete=complete,
+        length=_announced_length(request),
     )
     return ResultOut.model_validate(row)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, insert, text
+from sqlalchemy import Engine, create_engine, event, insert, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -148,12 +148,13 @@ def insert_new(session: Session, row: Any) -> None:
     """Insert a new mapped object with one INSERT in `session`'s transaction, now.
 
     On the busiest paths (a job, an input, a result) the unit of work's bookkeeping costs more
-    than the statement; the object stays outside the session, holding the values sent (a
-    column left None gets its default, as on a flush).
+    than the statement; the object stays outside the session, holding the values sent. As on
+    a flush, the attributes that were set are sent (None as NULL) and the others get their
+    column's default.
     """
+    given = inspect(row).dict
     table = row.__table__
-    values = {column.key: value for column in table.columns
-              if (value := getattr(row, column.key)) is not None}  # fmt: skip
+    values = {column.key: given[column.key] for column in table.columns if column.key in given}
     session.execute(insert(table), [values])
 
 

@@ -317,7 +317,7 @@ class Transfers:
             if upload.is_summary:
                 body = temp.path.read_bytes()
                 check_summary(body, job_id=job.id, name=upload.name)
-                return _SUMMARY_COLUMNS, json.loads(body)
+                return {**_SUMMARY_COLUMNS, "notes": []}, json.loads(body)
             check = check_result_file(
                 temp.path, job_id=job.id, name=upload.name, study_uid=job.study_uid
             )

@@ -209,3 +209,52 @@ def test_hospitals_list_ended_jobs_with_results_and_acknowledge_them_together(
     )
     assert {j["id"]: j["acknowledged_at"] for j in again.json()} == first
     assert exchange.client.get("/jobs", params=params, headers=hospital.headers).json() == []
+
+
+def test_a_large_result_is_checked_before_its_transaction_and_completes_the_job(
+    exchange: Any, parties: dict[str, Any], make_ct: Any, tmp_path: Path
+) -> None:
+    """Above 1 MiB the lease is checked before the bytes are read and the result before the
+    transaction that records it; the outcome is the same as for a small one."""
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    study = make_ct(slices=1)
+    job = _declared_job(exchange, hospital, study, instances=1)
+    assert exchange.upload(hospital, job["id"], study[0]).status_code == 201
+    claim = exchange.claim(vendor)
+    assert claim is not None
+    lease = {"X-Lease-Token": claim["lease_token"], **vendor.headers}
+    report = pydicom.dcmread(_result_of(study, tmp_path / "out").files[0].path)
+    report.private_block(0x0011, "AIFI TEST", create=True).add_new(0x01, "OB", b"\0" * (3 << 20))
+    large = tmp_path / "large-sr.dcm"
+    report.save_as(large)
+    assert large.stat().st_size > 3 << 20
+
+    foreign = pydicom.dcmread(large)
+    foreign.StudyInstanceUID = "2.25.1234"
+    refused = exchange.client.put(
+        f"/jobs/{job['id']}/results/sr.dcm",
+        params={"complete": "true"},
+        content=_bytes_of(foreign, tmp_path / "foreign.dcm"),
+        headers=lease,
+    )
+    assert refused.status_code == 422 and "own-study" in refused.json()["detail"]
+    assert exchange.client.get(f"/jobs/{job['id']}", headers=hospital.headers).json()["state"] == (
+        "accepted"
+    )
+
+    stored = exchange.client.put(
+        f"/jobs/{job['id']}/results/sr.dcm",
+        params={"complete": "true"},
+        content=large.read_bytes(),
+        headers=lease,
+    )
+    assert stored.status_code == 201, stored.text
+    done = exchange.client.get(f"/jobs/{job['id']}", headers=hospital.headers).json()
+    assert done["state"] == "completed"
+    fetched = exchange.client.get(f"/jobs/{job['id']}/results/sr.dcm", headers=hospital.headers)
+    assert fetched.content == large.read_bytes()
+
+
+def _bytes_of(dataset: Any, path: Path) -> bytes:
+    dataset.save_as(path)
+    return path.read_bytes()

@@ -255,24 +255,34 @@ class Transfers:
             raise Conflict(
                 f"job {job_id}: present the lease token (X-Lease-Token) to upload results"
             )
+        leased = None
         if length is None or length > CHECK_FIRST_BYTES:
-            await run_in_threadpool(self._jobs.check_lease, actor, job_id, lease_token)
+            leased = await run_in_threadpool(self._jobs.check_lease, actor, job_id, lease_token)
         is_summary = media_type.startswith("application/json")
         temp = await self._blobs.receive(body, max_bytes=SUMMARY_LIMIT if is_summary else None)
         upload = ResultUpload(name, lease_token, media_type, is_summary, complete)
         try:
-            return await run_in_threadpool(self._commit_result, actor, job_id, upload, temp)
+            return await run_in_threadpool(self._commit_result, actor, job_id, upload, temp, leased)
         finally:
             self._blobs.discard(temp)
 
     def _commit_result(
-        self, actor: Actor, job_id: str, upload: ResultUpload, temp: TempBlob
+        self,
+        actor: Actor,
+        job_id: str,
+        upload: ResultUpload,
+        temp: TempBlob,
+        leased: Job | None = None,
     ) -> JobResult:
+        # A large result (its lease checked before it was read: `leased`) is checked before the
+        # transaction opens, so that a long check holds no database connection; a small one in
+        # the transaction, against the job as read there.
+        early = self._checked_result(actor, leased, upload, temp) if leased else None
         with self._db.session() as session:
             # The lease may have run out while the bytes arrived: checked in the transaction
             # that records the result.
             job = self._jobs.held(session, actor, job_id, upload.lease_token)
-            checked, summary = self._checked_result(actor, job, upload, temp)
+            checked, summary = early or self._checked_result(actor, job, upload, temp)
             key = f"results/{job.id}/{upload.name}"
             self._blobs.commit(temp, key)
             session.execute(

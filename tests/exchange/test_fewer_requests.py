@@ -238,9 +238,8 @@ def test_a_large_result_is_checked_before_its_transaction_and_completes_the_job(
         headers=lease,
     )
     assert refused.status_code == 422 and "own-study" in refused.json()["detail"]
-    assert exchange.client.get(f"/jobs/{job['id']}", headers=hospital.headers).json()["state"] == (
-        "accepted"
-    )
+    held = exchange.client.get(f"/jobs/{job['id']}", headers=hospital.headers).json()
+    assert held["state"] == "accepted"
 
     stored = exchange.client.put(
         f"/jobs/{job['id']}/results/sr.dcm",

@@ -226,10 +226,16 @@ def test_a_replica_hears_job_changes_committed_by_another(postgres: PostgresServ
             # The listener wakes waiters once it listens: wait for that before the real change.
             await asyncio.wait_for(notifier.wait(60), 30)
             waiting = asyncio.create_task(notifier.wait(60))
-            await asyncio.sleep(0)  # the waiter is registered before the change is sent
+            other_vendor = asyncio.create_task(notifier.wait_claimable(60, "vendor-b"))
+            claim = asyncio.create_task(notifier.wait_claimable(60, "vendor-a"))
+            await asyncio.sleep(0)  # the waiters are registered before the change is sent
             with psycopg.connect(postgres.dsn(url.rsplit("/", 1)[1]), autocommit=True) as other:
-                other.execute("SELECT pg_notify(%s, %s)", (CHANNEL, "another-replica"))
-            await asyncio.wait_for(waiting, 30)
+                # What `announce` sends for a job of vendor-a's product-a made ready to claim.
+                payload = "another-replica claimable vendor-a product-a"
+                other.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+            await asyncio.wait_for(asyncio.gather(waiting, claim), 30)
+            assert not other_vendor.done()
+            other_vendor.cancel()
         finally:
             listener.stop()
 

@@ -156,10 +156,22 @@ class JobService:
         self._notifier = notifier
         self._settings = settings
 
-    def _announce(self, session: Session, *, claimable: bool = False) -> None:
-        """Other replicas' waiters hear of this change when its transaction commits."""
+    def _announce(
+        self, session: Session, *, claimable: bool = False, job: Job | None = None
+    ) -> None:
+        """Other replicas' waiters hear of this change when its transaction commits
+        (`claimable`: a job became ready to claim — `job`, if it is one job)."""
         if self._db.is_postgresql:
-            announce(session, claimable=claimable)
+            announce(
+                session,
+                claimable=claimable,
+                vendor_id=job.vendor_id if job else None,
+                product_id=job.product_id if job else None,
+            )
+
+    def _claimable(self, job: Job) -> None:
+        """After the commit that made `job` ready to claim: wake one of its vendor's claims."""
+        self._notifier.notify(claimable=True, vendor_id=job.vendor_id, product_id=job.product_id)
 
     # reading -------------------------------------------------------------------------------
 
@@ -344,9 +356,9 @@ class JobService:
                 {"inputs_complete": True, "ready_at": now, "updated_at": now},
             )
             job = changed or self.visible(session, actor, job_id)
-            self._announce(session, claimable=True)
+            self._announce(session, claimable=True, job=job)
             self._audit.record_in(session, actor, "update", "job", job_id, detail="inputs complete")
-        self._notifier.notify(claimable=True)
+        self._claimable(job)
         return job
 
     @staticmethod
@@ -396,13 +408,13 @@ class JobService:
         if _changed(session, update(Job).where(*taking).values(**values)) != 1:
             raise Conflict(f"job {job.id} no longer takes inputs")
         if opens:
-            self._announce(session, claimable=True)
+            self._announce(session, claimable=True, job=job)
             self._audit.record_in(session, actor, "update", "job", job.id, detail="inputs complete")
         return opens
 
-    def opened(self) -> None:
-        """After the commit that opened a job by its last declared input: wake claims."""
-        self._notifier.notify(claimable=True)
+    def opened(self, job: Job) -> None:
+        """After the commit that opened `job` by its last declared input: wake a claim."""
+        self._claimable(job)
 
     def cancel(self, actor: Actor, job_id: str, reason: str) -> Job:
         with self._db.session() as session:

@@ -8,50 +8,108 @@ never correct.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class _ClaimWaiter:
+    future: asyncio.Future[None]
+    vendor_id: str | None
+    product_ids: frozenset[str]
+
+    def wants(self, vendor_id: str, product_id: str | None) -> bool:
+        if self.vendor_id not in (None, vendor_id):
+            return False
+        return not self.product_ids or product_id is None or product_id in self.product_ids
 
 
 class ChangeNotifier:
     """Two kinds of waiter: those woken by any job change (a hospital waiting for ended jobs)
-    and those woken only when a job becomes claimable (vendors' claims, the most numerous)."""
+    and vendors' claims, woken when a job becomes claimable.
+
+    A job made claimable for a known vendor wakes one of that vendor's waiting claims, the
+    longest waiting: one job can go to one claim only, and waking every waiting worker of the
+    vendor made all but one of them run a claim that found nothing.
+    """
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: set[asyncio.Future[None]] = set()
-        self._claim_waiters: set[asyncio.Future[None]] = set()
+        self._claim_waiters: list[_ClaimWaiter] = []
         self._lock = threading.Lock()
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
 
-    def notify(self, *, claimable: bool = False) -> None:
-        """A job changed (`claimable`: one became ready to claim); callable from any thread."""
+    def notify(
+        self,
+        *,
+        claimable: bool = False,
+        vendor_id: str | None = None,
+        product_id: str | None = None,
+    ) -> None:
+        """A job changed; callable from any thread.
+
+        `claimable`: one became ready to claim — for `vendor_id`'s `product_id` if given (one
+        claim of that vendor is woken), else for anyone (every claim is woken).
+        """
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._wake, claimable)
+            loop.call_soon_threadsafe(self._wake, claimable, vendor_id, product_id)
 
-    def _wake(self, claimable: bool) -> None:
+    def _wake(self, claimable: bool, vendor_id: str | None, product_id: str | None) -> None:
         with self._lock:
-            waiters, self._waiters = self._waiters, set()
-            if claimable:
-                waiters |= self._claim_waiters
-                self._claim_waiters = set()
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+            woken, self._waiters = list(self._waiters), set()
+            if claimable and vendor_id is None:
+                woken += [waiter.future for waiter in self._claim_waiters]
+                self._claim_waiters = []
+            elif claimable and vendor_id is not None:
+                chosen = next(
+                    (
+                        waiter
+                        for waiter in self._claim_waiters
+                        if not waiter.future.done() and waiter.wants(vendor_id, product_id)
+                    ),
+                    None,
+                )
+                if chosen is not None:
+                    self._claim_waiters.remove(chosen)
+                    woken.append(chosen.future)
+        for future in woken:
+            if not future.done():
+                future.set_result(None)
 
-    async def wait(self, timeout: float, *, claimable: bool = False) -> None:
-        """Return at the next change (with `claimable`, the next job ready to claim) or after
-        `timeout` seconds, whichever comes first."""
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiters = self._claim_waiters if claimable else self._waiters
+    async def wait(self, timeout: float) -> None:
+        """Return at the next job change or after `timeout` seconds, whichever comes first."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         with self._lock:
-            waiters.add(waiter)
+            self._waiters.add(future)
         try:
-            await asyncio.wait_for(asyncio.shield(waiter), timeout)
-        except TimeoutError:
-            pass
+            await _until(future, timeout)
         finally:
             with self._lock:
-                self._waiters.discard(waiter)
-                self._claim_waiters.discard(waiter)
+                self._waiters.discard(future)
+
+    async def wait_claimable(
+        self, timeout: float, vendor_id: str | None = None, product_ids: Sequence[str] = ()
+    ) -> None:
+        """Return when a job this vendor may claim (of `product_ids`, if any) becomes
+        claimable, or after `timeout` seconds."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter = _ClaimWaiter(future, vendor_id, frozenset(product_ids))
+        with self._lock:
+            self._claim_waiters.append(waiter)
+        try:
+            await _until(future, timeout)
+        finally:
+            with self._lock:
+                if waiter in self._claim_waiters:
+                    self._claim_waiters.remove(waiter)
+
+
+async def _until(future: asyncio.Future[None], timeout: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(future), timeout)

@@ -32,10 +32,22 @@ STOP_CHECK_SECONDS = 0.1
 RECONNECT_SECONDS = 1.0
 
 
-def announce(session: Session, *, claimable: bool = False) -> None:
+def announce(
+    session: Session,
+    *,
+    claimable: bool = False,
+    vendor_id: str | None = None,
+    product_id: str | None = None,
+) -> None:
     """Tell every replica, at this transaction's commit, that a job changed (`claimable`: one
-    became ready to claim). The payload is the sending replica and the kind of change."""
+    became ready to claim, for `vendor_id`'s `product_id` when it is one job).
+
+    The payload is the sending replica, the kind of change and, for one claimable job, its
+    vendor and product (slugs: no spaces).
+    """
     payload = f"{REPLICA} {CLAIMABLE if claimable else CHANGED}"
+    if claimable and vendor_id:
+        payload += f" {vendor_id} {product_id or ''}"
     session.execute(
         text("SELECT pg_notify(:channel, :payload)"), {"channel": CHANNEL, "payload": payload}
     )
@@ -67,9 +79,16 @@ class ReplicaChanges:
                     self._notifier.notify(claimable=True)
                     while not self._stop.is_set():
                         for change in connection.notifies(timeout=STOP_CHECK_SECONDS):
-                            replica, _, kind = change.payload.partition(" ")
-                            if replica != REPLICA:
-                                self._notifier.notify(claimable=kind != CHANGED)
+                            self._heard(change.payload)
             except psycopg.Error as exc:
                 log.warning("not hearing other replicas' job changes (%s); retrying", exc)
                 self._stop.wait(RECONNECT_SECONDS)
+
+    def _heard(self, payload: str) -> None:
+        """Wake this replica's waiters for another replica's change (its own woke them)."""
+        replica, kind, vendor_id, product_id = [*payload.split(" "), "", "", ""][:4]
+        if replica == REPLICA:
+            return
+        self._notifier.notify(
+            claimable=kind != CHANGED, vendor_id=vendor_id or None, product_id=product_id or None
+        )

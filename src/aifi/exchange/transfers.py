@@ -137,7 +137,7 @@ class Transfers:
             )
             opened = self._jobs.count_inputs(session, actor, job, sop_uid)
         if opened:
-            self._jobs.opened()
+            self._jobs.opened(job)
         return row
 
     def _checked_input(self, actor: Actor, job: Job, sop_uid: str, temp: TempBlob) -> InputHeader:

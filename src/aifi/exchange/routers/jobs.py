@@ -110,7 +110,9 @@ async def claim_job(body: ClaimIn, caller: CallerDep, services: ServicesDep) -> 
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return Response(status_code=204)
-        await services.notifier.wait(min(remaining, RECHECK_SECONDS), claimable=True)
+        await services.notifier.wait_claimable(
+            min(remaining, RECHECK_SECONDS), caller.organisation_id, body.product_ids
+        )
 
 
 @router.post("/acknowledge", response_model=list[JobOut])

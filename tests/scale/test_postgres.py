@@ -211,6 +211,44 @@ def test_a_database_outage_answers_503_and_the_exchange_recovers(tmp_path: Path)
         own.destroy()
 
 
+def test_a_failure_while_hearing_a_change_does_not_leave_the_replica_deaf(
+    postgres: PostgresServer,
+) -> None:
+    url = postgres.create_database("deaf")
+
+    class Flaky(ChangeNotifier):
+        """Fails on the first change it is told of, as a bug in handling one would."""
+
+        failed = False
+
+        def notify(self, **change: Any) -> None:
+            if change.get("vendor_id") and not self.failed:
+                self.failed = True
+                raise RuntimeError("a bug while handling a change")
+            super().notify(**change)
+
+    async def scenario() -> None:
+        notifier = Flaky()
+        notifier.bind(asyncio.get_running_loop())
+        listener = ReplicaChanges(url, notifier)
+        listener.start()
+        try:
+            await asyncio.wait_for(notifier.wait(60), 30)  # listening
+            waiting = asyncio.create_task(notifier.wait_claimable(60, "vendor-a"))
+            await asyncio.sleep(0)
+            with psycopg.connect(postgres.dsn(url.rsplit("/", 1)[1]), autocommit=True) as other:
+                payload = "another-replica claimable vendor-a product-a"
+                other.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+            # The listener survives the failure and listens again, waking waiters to look.
+            await asyncio.wait_for(waiting, 30)
+            assert notifier.failed
+        finally:
+            listener.stop()
+
+    asyncio.run(scenario())
+    postgres.drop_database(url)
+
+
 def test_a_replica_hears_job_changes_committed_by_another(postgres: PostgresServer) -> None:
     """A vendor long-polling one replica is woken by a job another replica made ready."""
     url = postgres.create_database("listen")

@@ -83,6 +83,9 @@ class ReplicaChanges:
             except psycopg.Error as exc:
                 log.warning("not hearing other replicas' job changes (%s); retrying", exc)
                 self._stop.wait(RECONNECT_SECONDS)
+            except Exception:  # never leave the replica deaf: log, listen again
+                log.exception("listening for other replicas' job changes failed; retrying")
+                self._stop.wait(RECONNECT_SECONDS)
 
     def _heard(self, payload: str) -> None:
         """Wake this replica's waiters for another replica's change (its own woke them)."""

@@ -257,3 +257,22 @@ def test_a_large_result_is_checked_before_its_transaction_and_completes_the_job(
 def _bytes_of(dataset: Any, path: Path) -> bytes:
     dataset.save_as(path)
     return path.read_bytes()
+
+
+def test_a_claim_that_starts_at_once_puts_the_job_in_progress(
+    exchange: Any, parties: dict[str, Any], make_ct: Any
+) -> None:
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    study = make_ct(slices=1)
+    job = _declared_job(exchange, hospital, study, instances=1)
+    assert exchange.upload(hospital, job["id"], study[0]).status_code == 201
+    claim = exchange.claim(vendor, start=True)
+    assert claim is not None and claim["job"]["state"] == "in-progress"
+    seen = exchange.client.get(f"/jobs/{job['id']}", headers=hospital.headers).json()
+    assert seen["state"] == "in-progress" and seen["claimed_at"] is not None
+    beat = exchange.client.post(
+        f"/jobs/{job['id']}/heartbeat",
+        json={"lease_token": claim["lease_token"]},
+        headers=vendor.headers,
+    )
+    assert beat.status_code == 200 and beat.json()["state"] == "in-progress"

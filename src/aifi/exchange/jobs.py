@@ -498,9 +498,9 @@ class JobService:
         token = secrets.token_urlsafe(24)
         with self._db.session() as session:
             if self._db.is_postgresql:
-                job = self._take_locked(session, query, wanted, token, lease)
+                job = self._take_locked(session, query, wanted, token, lease, body.start)
             else:
-                job = self._take_compare_and_set(session, query, wanted, token, lease)
+                job = self._take_compare_and_set(session, query, wanted, token, lease, body.start)
             if job is None:
                 return None
             inputs = list(session.scalars(_INPUTS_OF_JOB, {"job_id": job.id}))
@@ -516,10 +516,10 @@ class JobService:
         return job, token, inputs
 
     @staticmethod
-    def _lease_values(token: str, lease: timedelta) -> dict[str, Any]:
+    def _lease_values(token: str, lease: timedelta, start: bool) -> dict[str, Any]:
         now = utcnow()
         return {
-            "state": JobState.accepted.value,
+            "state": (JobState.in_progress if start else JobState.accepted).value,
             "lease_token": token,
             "lease_expires_at": now + lease,
             "attempts": Job.attempts + 1,
@@ -534,6 +534,7 @@ class JobService:
         wanted: dict[str, Any],
         token: str,
         lease: timedelta,
+        start: bool,
     ) -> Job | None:
         """PostgreSQL: lock the first free candidate, skipping rows other claims hold."""
         job_id = session.scalars(
@@ -544,7 +545,7 @@ class JobService:
         return _transition(
             session,
             (Job.id == job_id, Job.state == JobState.requested.value),
-            self._lease_values(token, lease),
+            self._lease_values(token, lease, start),
         )
 
     def _take_compare_and_set(
@@ -554,6 +555,7 @@ class JobService:
         wanted: dict[str, Any],
         token: str,
         lease: timedelta,
+        start: bool,
     ) -> Job | None:
         """SQLite: try a few candidates; the `WHERE state = 'requested'` decides who wins."""
         for _ in range(4):
@@ -564,7 +566,7 @@ class JobService:
                 won = _transition(
                     session,
                     (Job.id == job_id, Job.state == JobState.requested.value),
-                    self._lease_values(token, lease),
+                    self._lease_values(token, lease, start),
                 )
                 if won is not None:
                     return won

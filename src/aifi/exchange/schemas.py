@@ -211,6 +211,11 @@ class ClaimIn(BaseModel):
     product_ids: list[str] = Field(default_factory=list)
     lease_seconds: float | None = Field(default=None, gt=0, le=3600)
     wait_seconds: float = Field(default=0, ge=0)
+    start: bool = Field(
+        default=False,
+        description="the worker starts on the job at once: it goes straight to in-progress, "
+        "without a first heartbeat",
+    )
 
 
 class Claim(BaseModel):

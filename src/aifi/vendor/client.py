@@ -38,12 +38,17 @@ class VendorClient(ApiClient):
         *,
         lease_seconds: float | None = None,
         wait_seconds: float = 20.0,
+        start: bool = False,
     ) -> Lease | None:
-        """The most urgent job for these products, or None after `wait_seconds` without one."""
+        """The most urgent job for these products, or None after `wait_seconds` without one.
+
+        `start`: the worker begins at once, so the job goes straight to in-progress.
+        """
         body = {
             "product_ids": product_ids or [],
             "lease_seconds": lease_seconds,
             "wait_seconds": wait_seconds,
+            "start": start,
         }
         response = self.request("POST", "/jobs/claim", json=body, timeout=wait_seconds + 30)
         if response.status_code == 204:

@@ -114,7 +114,10 @@ class Worker:
     def run_once(self, wait_seconds: float = 0.0) -> str | None:
         """Claim and process one job; returns its id, or None when there was none."""
         lease = self.client.claim(
-            self.product_ids, lease_seconds=self.lease_seconds, wait_seconds=wait_seconds
+            self.product_ids,
+            lease_seconds=self.lease_seconds,
+            wait_seconds=wait_seconds,
+            start=True,
         )
         if lease is None:
             return None
@@ -126,7 +129,8 @@ class Worker:
         folder = Path(tempfile.mkdtemp(prefix=f"aifi-job-{lease.job_id[:8]}-", dir=self.workdir))
         try:
             with _Heartbeat(self.client, lease, self.lease_seconds / 3) as beat:
-                self.client.heartbeat(lease)  # moves the job to in-progress
+                if lease.job.get("state") != "in-progress":  # claimed without `start`
+                    self.client.heartbeat(lease)  # moves the job to in-progress
                 inputs = self.client.download_inputs(lease, folder / "inputs")
                 output_dir = folder / "outputs"
                 output_dir.mkdir()

@@ -25,13 +25,11 @@ from sqlalchemy import Select, Table, func, insert, select, text
 from sqlalchemy.orm import Session
 
 from aifi.exchange.clock import as_utc, utcnow
-from aifi.exchange.db import Database
+from aifi.exchange.db import CHAIN_LOCK, Database
 from aifi.exchange.models import AuditEntry
 
 GENESIS = "0" * 64
 _TABLE = cast(Table, AuditEntry.__table__)
-#: Advisory-lock key that makes linking rounds one at a time across all replicas.
-CHAIN_LOCK = 0x41494649_0002
 
 
 def entry_digest(entry: AuditEntry) -> str:

@@ -21,10 +21,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
-#: Advisory-lock key that serialises schema upgrades when several replicas start at once.
+# PostgreSQL advisory-lock keys, all in one place so that no two share a number.
+#: Serialises schema upgrades when several replicas start at once.
 MIGRATION_LOCK = 0x41494649_0001
-#: Advisory-lock key held while a starting replica makes sure the operator exists.
-START_LOCK = 0x41494649_0002
+#: Makes linking rounds of the audit chain one at a time across replicas.
+CHAIN_LOCK = 0x41494649_0002
+#: Lets only one replica sweep for retention at a time.
+RETENTION_LOCK = 0x41494649_0003
+#: Held while a starting replica makes sure the operator exists.
+START_LOCK = 0x41494649_0004
 
 
 def normalised_url(url: str) -> str:

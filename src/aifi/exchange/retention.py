@@ -23,15 +23,13 @@ from sqlalchemy import select, text, update
 from aifi.exchange.audit import Actor, AuditLog
 from aifi.exchange.blobs import BlobStore
 from aifi.exchange.clock import as_utc, utcnow
-from aifi.exchange.db import Database
+from aifi.exchange.db import RETENTION_LOCK, Database
 from aifi.exchange.models import Job, JobInput, JobResult
 from aifi.exchange.schemas import ENDED_STATES
 from aifi.exchange.settings import ExchangeSettings
 
 #: Who the audit log names for purges: the exchange acting on its own retention policy.
 SYSTEM = Actor(organisation_id="exchange", role="system")
-#: Advisory-lock key so that only one replica sweeps at a time.
-RETENTION_LOCK = 0x41494649_0003
 BATCH = 500
 
 _ENDED = [state.value for state in ENDED_STATES]

@@ -496,11 +496,12 @@ class JobService:
         query = _CLAIMABLE_OF_PRODUCTS if body.product_ids else _CLAIMABLE
         wanted = {"vendor_id": actor.organisation_id, "product_ids": body.product_ids}
         token = secrets.token_urlsafe(24)
+        taken = self._lease_values(token, lease, body.start)
         with self._db.session() as session:
             if self._db.is_postgresql:
-                job = self._take_locked(session, query, wanted, token, lease, body.start)
+                job = self._take_locked(session, query, wanted, taken)
             else:
-                job = self._take_compare_and_set(session, query, wanted, token, lease, body.start)
+                job = self._take_compare_and_set(session, query, wanted, taken)
             if job is None:
                 return None
             inputs = list(session.scalars(_INPUTS_OF_JOB, {"job_id": job.id}))
@@ -532,9 +533,7 @@ class JobService:
         session: Session,
         query: Select,  # type: ignore[type-arg]
         wanted: dict[str, Any],
-        token: str,
-        lease: timedelta,
-        start: bool,
+        taken: dict[str, Any],
     ) -> Job | None:
         """PostgreSQL: lock the first free candidate, skipping rows other claims hold."""
         job_id = session.scalars(
@@ -545,7 +544,7 @@ class JobService:
         return _transition(
             session,
             (Job.id == job_id, Job.state == JobState.requested.value),
-            self._lease_values(token, lease, start),
+            taken,
         )
 
     def _take_compare_and_set(
@@ -553,9 +552,7 @@ class JobService:
         session: Session,
         query: Select,  # type: ignore[type-arg]
         wanted: dict[str, Any],
-        token: str,
-        lease: timedelta,
-        start: bool,
+        taken: dict[str, Any],
     ) -> Job | None:
         """SQLite: try a few candidates; the `WHERE state = 'requested'` decides who wins."""
         for _ in range(4):
@@ -566,7 +563,7 @@ class JobService:
                 won = _transition(
                     session,
                     (Job.id == job_id, Job.state == JobState.requested.value),
-                    self._lease_values(token, lease, start),
+                    taken,
                 )
                 if won is not None:
                     return won

@@ -169,10 +169,6 @@ class JobService:
                 product_id=job.product_id if job else None,
             )
 
-    def _claimable(self, job: Job) -> None:
-        """After the commit that made `job` ready to claim: wake one of its vendor's claims."""
-        self._notifier.notify(claimable=True, vendor_id=job.vendor_id, product_id=job.product_id)
-
     # reading -------------------------------------------------------------------------------
 
     def visible(self, session: Session, actor: Actor, job_id: str) -> Job:
@@ -358,7 +354,7 @@ class JobService:
             job = changed or self.visible(session, actor, job_id)
             self._announce(session, claimable=True, job=job)
             self._audit.record_in(session, actor, "update", "job", job_id, detail="inputs complete")
-        self._claimable(job)
+        self.opened(job)
         return job
 
     @staticmethod
@@ -413,8 +409,8 @@ class JobService:
         return opens
 
     def opened(self, job: Job) -> None:
-        """After the commit that opened `job` by its last declared input: wake a claim."""
-        self._claimable(job)
+        """After the commit that opened `job` to vendors: wake one of its vendor's claims."""
+        self._notifier.notify(claimable=True, vendor_id=job.vendor_id, product_id=job.product_id)
 
     def cancel(self, actor: Actor, job_id: str, reason: str) -> Job:
         with self._db.session() as session:

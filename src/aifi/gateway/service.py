@@ -446,7 +446,7 @@ class Gateway:
             for job in ended:
                 if self._stop.is_set():
                     break
-                if self._retry_at.get(job["id"], 0) <= now and self.collect(job, acknowledge=False):
+                if self._retry_at.get(job["id"], 0) <= now and self.collect(job):
                     brought_home.append(str(job["id"]))
             self._acknowledge(brought_home)
             if waiting and len(waiting) == len(ended):
@@ -468,10 +468,10 @@ class Gateway:
                 "%d job(s) brought home but not acknowledged yet: %s", len(exchange_ids), exc
             )
 
-    def collect(self, job: dict[str, Any], *, acknowledge: bool = True) -> bool:
-        """Bring an ended job home: deliver its results to every PACS, then acknowledge it.
+    def collect(self, job: dict[str, Any]) -> bool:
+        """Bring an ended job home: deliver its results to every PACS (True when done).
 
-        With `acknowledge` False the caller acknowledges it, together with others.
+        The caller acknowledges the jobs brought home, a poll's worth together.
         """
         exchange_id = str(job["id"])
         local = self.state.job_by_exchange_id(exchange_id)
@@ -502,8 +502,6 @@ class Gateway:
                     int(local["id"]), state="ended", exchange_state=job["state"],
                     reason=job.get("reason") or job["state"], ended_at=time.time(),
                 )  # fmt: skip
-            if acknowledge:
-                self.client.acknowledge(exchange_id)
         except (ExchangeHTTPError, httpx.TransportError, OSError) as exc:
             attempts = int(local["attempts"]) + 1
             self.state.update_job(int(local["id"]), attempts=attempts, reason=str(exc))

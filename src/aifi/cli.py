@@ -47,15 +47,19 @@ def exchange(
 
     from aifi.exchange.app import create_app
     from aifi.exchange.settings import ExchangeSettings
+    from aifi.gc_tuning import tune_for_serving
     from aifi.web import mount
 
     _logging(verbose)
     settings = ExchangeSettings() if data_dir is None else ExchangeSettings(data_dir=data_dir)
+    exchange_app = create_app(settings, extensions=[mount])
+    tune_for_serving()
     uvicorn.run(
-        create_app(settings, extensions=[mount]),
+        exchange_app,
         host=host,
         port=port,
         log_level="info" if verbose else "warning",
+        access_log=verbose,
     )
 
 

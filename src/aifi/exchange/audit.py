@@ -5,8 +5,9 @@ Editing, removing or re-ordering a linked entry breaks the chain from that point
 patient pseudonym, time, outcome).
 
 An entry is written in two steps. It is stored with the change it records, in the same
-transaction (`record_in`) — or, for a read or a refusal, in a short transaction of its own
-(`record`) — and so it is never lost, nor left behind by a change that rolled back. Moments
+transaction (`record_in`) — a read's entry with the read (`reading`), and a refusal in a short
+transaction of its own (`record`) — and so it is never lost, nor left behind by a change that
+rolled back. Moments
 later `chain` links the entries stored since the last round into the hash chain, one replica
 at a time. Requests thus never wait for each other (or for other replicas) to extend the
 chain; an entry is tamper-evident from the round that links it, within a second of its write.
@@ -17,8 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from sqlalchemy import Select, Table, func, insert, select, text
@@ -26,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from aifi.exchange.clock import as_utc, utcnow
 from aifi.exchange.db import CHAIN_LOCK, Database
+from aifi.exchange.errors import ExchangeError
 from aifi.exchange.models import AuditEntry
 
 GENESIS = "0" * 64
@@ -94,13 +97,44 @@ class AuditLog:
     ) -> None:
         """Store an entry in a transaction of its own; returns once it is committed.
 
-        For reads and refusals, which have no transaction of their own to join. Stores are
-        group-committed: while one thread writes, the entries of others queue up, and the
-        next writer takes them all in one transaction.
+        For refusals, which have no transaction to join. Stores are group-committed: while
+        one thread writes, the entries of others queue up, and the next writer takes them all
+        in one transaction.
         """
-        item = _Pending(
-            _row(actor, action, object_type, object_id, outcome, patient_pseudonym, detail)
+        self._store(
+            [_row(actor, action, object_type, object_id, outcome, patient_pseudonym, detail)]
         )
+
+    @contextmanager
+    def reading(
+        self, actor: Actor, action: str, object_type: str, object_id: str
+    ) -> Iterator[Read]:
+        """A read in a transaction of its own, audited however it ends.
+
+        The body reads in `Read.session` and calls `Read.succeeded` for what it gave out; a
+        refusal (an :class:`ExchangeError`) is stored as such and raised on. On PostgreSQL
+        the read's entries join its own transaction, which saves each read a transaction of
+        its own (three round trips). On SQLite any insert would make the read wait for the
+        one writer, so its entries are group-committed just after it (`record`).
+        """
+        joins = self._db.is_postgresql
+        try:
+            with self._db.session() as session:
+                read = Read(session, actor, action, object_type, object_id)
+                yield read
+                if joins and read.rows:
+                    session.execute(insert(_TABLE), read.rows)
+        except ExchangeError as exc:
+            self.record(
+                actor, action, object_type, object_id, outcome="refused", detail=exc.message
+            )
+            raise
+        if not joins and read.rows:
+            self._store(read.rows)
+
+    def _store(self, rows: list[dict[str, Any]]) -> None:
+        """Insert `rows` in a group-committed transaction; returns once they are committed."""
+        item = _Pending(rows)
         with self._changed:
             self._queue.append(item)
             while not item.done:
@@ -113,7 +147,9 @@ class AuditLog:
                 error: BaseException | None = None
                 try:
                     with self._db.session() as session:
-                        session.execute(insert(_TABLE), [pending.row for pending in batch])
+                        session.execute(
+                            insert(_TABLE), [row for pending in batch for row in pending.rows]
+                        )
                 except BaseException as exc:  # every waiter of this batch learns it failed
                     error = exc
                 finally:
@@ -187,9 +223,36 @@ _UNLINKED = select(AuditEntry).where(AuditEntry.chain_seq.is_(None)).order_by(Au
 
 @dataclass
 class _Pending:
-    row: dict[str, Any]
+    rows: list[dict[str, Any]]
     done: bool = False
     error: BaseException | None = None
+
+
+@dataclass
+class Read:
+    """An audited read in progress (see `AuditLog.reading`): its session, and the entries
+    its success stores."""
+
+    session: Session
+    actor: Actor
+    action: str
+    object_type: str
+    object_id: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def succeeded(self, *, patient_pseudonym: str = "", object_id: str | None = None) -> None:
+        """The read gave out `object_id` (by default the object it was opened for)."""
+        self.rows.append(
+            _row(
+                self.actor,
+                self.action,
+                self.object_type,
+                object_id or self.object_id,
+                "success",
+                patient_pseudonym,
+                "",
+            )
+        )
 
 
 def in_chain_order() -> Select[AuditEntry]:

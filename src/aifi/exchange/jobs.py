@@ -110,6 +110,7 @@ _VISIBLE_JOB = {
     OrganisationKind.vendor.value: _ANY_JOB.where(Job.vendor_id == bindparam("organisation_id")),
 }
 
+
 _INPUTS_OF_JOB = (
     select(JobInput).where(JobInput.job_id == bindparam("job_id")).order_by(JobInput.id)
 )
@@ -182,17 +183,12 @@ class JobService:
         return job
 
     def get(self, actor: Actor, job_id: str, *, audit: bool = True) -> Job:
-        try:
+        if not audit:
             with self._db.session() as session:
-                job = self.visible(session, actor, job_id)
-        except NotFound:
-            if audit:
-                self._audit.record(actor, "read", "job", job_id, outcome="refused")
-            raise
-        if audit:
-            self._audit.record(
-                actor, "read", "job", job_id, patient_pseudonym=job.patient_pseudonym
-            )
+                return self.visible(session, actor, job_id)
+        with self._audit.reading(actor, "read", "job", job_id) as read:
+            job = self.visible(read.session, actor, job_id)
+            read.succeeded(patient_pseudonym=job.patient_pseudonym)
         return job
 
     def list(
@@ -213,9 +209,9 @@ class JobService:
         if product_id:
             query = query.where(Job.product_id == product_id)
         query = query.order_by(Job.created_at).limit(limit)
-        with self._db.session() as session:
-            jobs = list(session.scalars(query))
-        self._audit.record(actor, "search", "job", f"{len(jobs)} jobs")
+        with self._audit.reading(actor, "search", "job", "") as read:
+            jobs = list(read.session.scalars(query))
+            read.succeeded(object_id=f"{len(jobs)} jobs")
         return jobs
 
     # hospital side -------------------------------------------------------------------------

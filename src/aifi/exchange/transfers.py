@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +20,7 @@ from aifi.exchange.audit import Actor, AuditLog
 from aifi.exchange.blobs import BlobStore, TempBlob
 from aifi.exchange.clock import utcnow
 from aifi.exchange.db import Database, insert_new
-from aifi.exchange.errors import Conflict, ExchangeError, Forbidden, Invalid, NotFound
+from aifi.exchange.errors import Conflict, Forbidden, Invalid, NotFound
 from aifi.exchange.jobs import JobService
 from aifi.exchange.models import Job, JobInput, JobResult
 from aifi.exchange.schemas import JobState, OrganisationKind
@@ -171,59 +170,32 @@ class Transfers:
                 )
             self._jobs.held_by(job, lease_token)
 
-    @contextmanager
-    def _refusal_audited(
-        self, actor: Actor, action: str, object_type: str, object_id: str
-    ) -> Iterator[None]:
-        """A refused access is written to the audit log too (NEN 7513 asks for the outcome)."""
-        try:
-            yield
-        except ExchangeError as exc:
-            self._audit.record(
-                actor, action, object_type, object_id, outcome="refused", detail=exc.message
-            )
-            raise
-
     def list_inputs(self, actor: Actor, job_id: str, lease_token: str | None) -> list[JobInput]:
-        with (
-            self._refusal_audited(actor, "search", "input", job_id),
-            self._db.session() as session,
-        ):
-            job = self._jobs.visible(session, actor, job_id)
-            self._may_read_data(session, actor, job, lease_token)
+        with self._audit.reading(actor, "search", "input", job_id) as read:
+            job = self._jobs.visible(read.session, actor, job_id)
+            self._may_read_data(read.session, actor, job, lease_token)
             rows = list(
-                session.scalars(
+                read.session.scalars(
                     select(JobInput).where(JobInput.job_id == job_id).order_by(JobInput.id)
                 )
             )
-        self._audit.record(
-            actor, "search", "input", job_id, patient_pseudonym=job.patient_pseudonym
-        )
+            read.succeeded(patient_pseudonym=job.patient_pseudonym)
         return rows
 
     def input_blob(
         self, actor: Actor, job_id: str, sop_uid: str, lease_token: str | None
     ) -> JobInput:
-        with (
-            self._refusal_audited(actor, "read", "input", f"{job_id}/{sop_uid}"),
-            self._db.session() as session,
-        ):
-            job = self._jobs.visible(session, actor, job_id)
-            self._may_read_data(session, actor, job, lease_token)
-            row = session.scalars(
+        with self._audit.reading(actor, "read", "input", f"{job_id}/{sop_uid}") as read:
+            job = self._jobs.visible(read.session, actor, job_id)
+            self._may_read_data(read.session, actor, job, lease_token)
+            row = read.session.scalars(
                 select(JobInput).where(
                     JobInput.job_id == job_id, JobInput.sop_instance_uid == sop_uid
                 )
             ).first()
             if row is None or row.purged_at is not None:
                 raise NotFound(f"job {job_id} has no input {sop_uid}")
-        self._audit.record(
-            actor,
-            "read",
-            "input",
-            f"{job_id}/{sop_uid}",
-            patient_pseudonym=job.patient_pseudonym,
-        )
+            read.succeeded(patient_pseudonym=job.patient_pseudonym)
         return row
 
     # results -------------------------------------------------------------------------------
@@ -362,20 +334,15 @@ class Transfers:
             raise Conflict(f"job {job.id} is {job.state}; results are available once it completes")
 
     def list_results(self, actor: Actor, job_id: str, lease_token: str | None) -> list[JobResult]:
-        with (
-            self._refusal_audited(actor, "search", "result", job_id),
-            self._db.session() as session,
-        ):
-            job = self._jobs.visible(session, actor, job_id)
-            self._results_visible(session, actor, job, lease_token)
+        with self._audit.reading(actor, "search", "result", job_id) as read:
+            job = self._jobs.visible(read.session, actor, job_id)
+            self._results_visible(read.session, actor, job, lease_token)
             rows = list(
-                session.scalars(
+                read.session.scalars(
                     select(JobResult).where(JobResult.job_id == job_id).order_by(JobResult.id)
                 )
             )
-        self._audit.record(
-            actor, "search", "result", job_id, patient_pseudonym=job.patient_pseudonym
-        )
+            read.succeeded(patient_pseudonym=job.patient_pseudonym)
         return rows
 
     def results_of(self, actor: Actor, jobs: Sequence[Job]) -> dict[str, list[JobResult]]:
@@ -386,39 +353,28 @@ class Transfers:
         found: dict[str, list[JobResult]] = {job_id: [] for job_id in completed}
         if not completed:
             return found
-        with self._db.session() as session:
-            rows = session.scalars(
+        with self._audit.reading(actor, "search", "result", "") as read:
+            rows = read.session.scalars(
                 select(JobResult)
                 .where(JobResult.job_id.in_(list(completed)))
                 .order_by(JobResult.job_id, JobResult.id)
             )
             for row in rows:
                 found[row.job_id].append(row)
-        for job_id, job in completed.items():
-            self._audit.record(
-                actor, "search", "result", job_id, patient_pseudonym=job.patient_pseudonym
-            )
+            for job_id, job in completed.items():  # an entry per job: one patient each
+                read.succeeded(object_id=job_id, patient_pseudonym=job.patient_pseudonym)
         return found
 
     def result_blob(
         self, actor: Actor, job_id: str, name: str, lease_token: str | None
     ) -> JobResult:
-        with (
-            self._refusal_audited(actor, "read", "result", f"{job_id}/{name}"),
-            self._db.session() as session,
-        ):
-            job = self._jobs.visible(session, actor, job_id)
-            self._results_visible(session, actor, job, lease_token)
-            row = session.scalars(
+        with self._audit.reading(actor, "read", "result", f"{job_id}/{name}") as read:
+            job = self._jobs.visible(read.session, actor, job_id)
+            self._results_visible(read.session, actor, job, lease_token)
+            row = read.session.scalars(
                 select(JobResult).where(JobResult.job_id == job_id, JobResult.name == name)
             ).first()
             if row is None or row.purged_at is not None:
                 raise NotFound(f"job {job_id} has no result {name!r}")
-        self._audit.record(
-            actor,
-            "read",
-            "result",
-            f"{job_id}/{name}",
-            patient_pseudonym=job.patient_pseudonym,
-        )
+            read.succeeded(patient_pseudonym=job.patient_pseudonym)
         return row

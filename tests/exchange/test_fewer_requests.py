@@ -8,6 +8,8 @@ them together.
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -276,3 +278,28 @@ def test_a_claim_that_starts_at_once_puts_the_job_in_progress(
         headers=vendor.headers,
     )
     assert beat.status_code == 200 and beat.json()["state"] == "in-progress"
+
+
+def test_instances_uploaded_at_once_open_the_job_exactly_when_the_last_is_stored(
+    exchange: Any, parties: dict[str, Any], make_ct: Any
+) -> None:
+    """Uploads of one job that overlap still count each other: the job opens, with the full
+    count, however their transactions interleave (on PostgreSQL they run side by side)."""
+    hospital = parties["hospital_a"]
+    for round_number in range(3):
+        study = make_ct(slices=8)
+        job = exchange.job(
+            hospital, "product-a", _study_uid(study), instances=8, key=f"at-once-{round_number}"
+        )
+        start = threading.Barrier(len(study))
+
+        def upload(path: Path, job_id: str = job["id"], start: Any = start) -> int:
+            start.wait()
+            return int(exchange.upload(hospital, job_id, path).status_code)
+
+        with ThreadPoolExecutor(len(study)) as pool:
+            statuses = list(pool.map(upload, study))
+        assert statuses == [201] * len(study)
+        seen = exchange.client.get(f"/jobs/{job['id']}", headers=hospital.headers).json()
+        assert seen["input_count"] == 8
+        assert seen["inputs_complete"], "every instance is stored, yet the job did not open"

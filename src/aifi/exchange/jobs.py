@@ -109,7 +109,12 @@ _VISIBLE_JOB = {
     ),
     OrganisationKind.vendor.value: _ANY_JOB.where(Job.vendor_id == bindparam("organisation_id")),
 }
-
+#: The same, holding the job's row until the transaction ends (PostgreSQL; SQLite has one
+#: writer at a time anyway).
+_ANY_JOB_LOCKED = _ANY_JOB.with_for_update()
+_VISIBLE_JOB_LOCKED = {
+    role: statement.with_for_update() for role, statement in _VISIBLE_JOB.items()
+}
 
 _INPUTS_OF_JOB = (
     select(JobInput).where(JobInput.job_id == bindparam("job_id")).order_by(JobInput.id)
@@ -172,9 +177,19 @@ class JobService:
 
     # reading -------------------------------------------------------------------------------
 
-    def visible(self, session: Session, actor: Actor, job_id: str) -> Job:
-        """The job if the caller may see it; other tenants' jobs do not exist for them."""
-        statement = _VISIBLE_JOB.get(actor.role, _ANY_JOB)
+    def visible(
+        self, session: Session, actor: Actor, job_id: str, *, for_update: bool = False
+    ) -> Job:
+        """The job if the caller may see it; other tenants' jobs do not exist for them.
+
+        `for_update` holds the job's row until the caller's transaction ends: changes that
+        read what others change at the same time (an upload counting the job's inputs) then
+        take turns.
+        """
+        if for_update:
+            statement = _VISIBLE_JOB_LOCKED.get(actor.role, _ANY_JOB_LOCKED)
+        else:
+            statement = _VISIBLE_JOB.get(actor.role, _ANY_JOB)
         job = session.scalars(
             statement, {"job_id": job_id, "organisation_id": actor.organisation_id}
         ).first()

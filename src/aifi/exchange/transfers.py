@@ -104,7 +104,9 @@ class Transfers:
 
     def _commit_input(self, actor: Actor, job_id: str, sop_uid: str, temp: TempBlob) -> JobInput:
         with self._db.session() as session:
-            job = self._jobs.visible(session, actor, job_id)
+            # Held until the commit: uploads of one job that overlap count each other's
+            # instances, so the last one stored opens the job.
+            job = self._jobs.visible(session, actor, job_id, for_update=True)
             self._takes_inputs(actor, job)
             header = self._checked_input(actor, job, sop_uid, temp)
             key = f"inputs/{job.id}/{sop_uid}.dcm"

@@ -1,0 +1,74 @@
+"""Every read of pixels or results leaves exactly one entry, naming the patient pseudonym;
+a refused read leaves a refusal and nothing else. On PostgreSQL a read's entry is stored in
+the read's own transaction, on SQLite just after it: the log must read the same on both."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pydicom
+
+from aifi.products.tissue_volume import run as tissue_volume
+from aifi.vendor import JobContext
+from scale.exchange_api import OPERATOR_KEY
+
+OPERATOR = {"Authorization": f"Bearer {OPERATOR_KEY}"}
+
+
+def _entries(exchange: Any, job_id: str) -> list[tuple[str, str, str, str, str]]:
+    audit = exchange.client.get("/audit", params={"limit": 5000}, headers=OPERATOR).json()
+    return [
+        (e["action"], e["object_type"], e["object_id"], e["outcome"], e["patient_pseudonym"])
+        for e in audit
+        if e["object_id"].startswith(job_id) and e["action"] in ("read", "search")
+    ]
+
+
+def test_each_read_is_audited_once_and_a_refused_read_as_refused(
+    exchange: Any, parties: dict[str, Any], make_ct: Any, tmp_path: Path
+) -> None:
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    study = make_ct(slices=1)
+    sop_uid = str(pydicom.dcmread(study[0], stop_before_pixels=True).SOPInstanceUID)
+    study_uid = str(pydicom.dcmread(study[0], stop_before_pixels=True).StudyInstanceUID)
+    job = exchange.job(hospital, "product-a", study_uid, instances=1)
+    job_id = job["id"]
+    assert exchange.upload(hospital, job_id, study[0]).status_code == 201
+    claim = exchange.claim(vendor)
+    assert claim is not None
+    lease = {"X-Lease-Token": claim["lease_token"], **vendor.headers}
+
+    assert exchange.client.get(f"/jobs/{job_id}/inputs/{sop_uid}", headers=lease).status_code == 200
+    no_lease = exchange.client.get(f"/jobs/{job_id}/inputs/{sop_uid}", headers=vendor.headers)
+    assert no_lease.status_code == 409
+    (tmp_path / "out").mkdir()
+    sr = tissue_volume(JobContext(job={}, inputs=study, output_dir=tmp_path / "out")).files[0]
+    put = exchange.client.put(
+        f"/jobs/{job_id}/results/sr.dcm",
+        params={"complete": "true"},
+        content=sr.path.read_bytes(),
+        headers=lease,
+    )
+    assert put.status_code == 201
+
+    listed = exchange.client.get(
+        "/jobs", params={"with_results": "true", "state": "completed"}, headers=hospital.headers
+    )
+    assert [j["id"] for j in listed.json()] == [job_id]
+    got = exchange.client.get(f"/jobs/{job_id}/results/sr.dcm", headers=hospital.headers)
+    assert got.status_code == 200 and got.content == sr.path.read_bytes()
+    missing = exchange.client.get(f"/jobs/{job_id}/results/other.dcm", headers=hospital.headers)
+    assert missing.status_code == 404
+
+    assert sorted(_entries(exchange, job_id)) == sorted(
+        [
+            ("read", "input", f"{job_id}/{sop_uid}", "success", "PTEST"),
+            ("read", "input", f"{job_id}/{sop_uid}", "refused", ""),
+            ("search", "result", job_id, "success", "PTEST"),
+            ("read", "result", f"{job_id}/sr.dcm", "success", "PTEST"),
+            ("read", "result", f"{job_id}/other.dcm", "refused", ""),
+        ]
+    )
+    verified = exchange.client.get("/audit/verify", headers=OPERATOR).json()
+    assert verified["ok"], verified

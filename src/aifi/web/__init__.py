@@ -9,10 +9,12 @@ for people who log in).
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse
 from starlette.middleware.sessions import SessionMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aifi.exchange.services import Services
 from aifi.governance.service import ClinicalService
@@ -27,12 +29,16 @@ def mount(app: FastAPI, services: Services) -> None:
     )
     secret = services.settings.session_secret or secrets.token_urlsafe(32)
     app.add_middleware(
-        SessionMiddleware,
-        secret_key=secret,
-        session_cookie="aifi_session",
-        same_site="strict",
-        https_only=False,
-        max_age=8 * 3600,
+        OnlyUnder,
+        prefix=pages.router.prefix,
+        middleware=SessionMiddleware,
+        options={
+            "secret_key": secret,
+            "session_cookie": "aifi_session",
+            "same_site": "strict",
+            "https_only": False,
+            "max_age": 8 * 3600,
+        },
     )
 
     @app.exception_handler(LoginRequired)
@@ -45,3 +51,23 @@ def mount(app: FastAPI, services: Services) -> None:
 
     app.include_router(api.router)
     app.include_router(pages.router)
+
+
+class OnlyUnder:
+    """Run `middleware` for requests under `prefix` only, and let the others past it.
+
+    Only the pages keep a login session; the API's requests (nearly all of them, and the
+    busiest) carry an API key and need no cookie parsed or session signed.
+    """
+
+    def __init__(self, app: ASGIApp, prefix: str, middleware: Any, options: dict[str, Any]) -> None:
+        self._app = app
+        self._prefix = prefix
+        self._wrapped: ASGIApp = middleware(app, **options)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if path == self._prefix or path.startswith(self._prefix + "/"):
+            await self._wrapped(scope, receive, send)
+        else:
+            await self._app(scope, receive, send)

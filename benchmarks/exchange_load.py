@@ -15,12 +15,14 @@ the Debian package, nginx in front of the replicas):
 Each set-up's small jobs run three times on fresh deployments and the median counts. Each
 fresh deployment first takes 60 warm-up jobs, unmeasured: a new replica compiles its
 statements and opens its connections on its first requests, a fixed cost that over a short
-run weighs as much as the throughput itself.
+run weighs as much as the throughput itself. A round is 1,500 jobs: the pipeline fills at the
+start and drains at the end (three replicas build a backlog of over a hundred ready jobs),
+and over 600 jobs those edges took a tenth of the three replicas' throughput.
 
 Targets (small jobs): one replica at least 50 jobs/s; three replicas at least 1.5× one on a
 2-core machine; memory growth from the 10 MB to the 1 GB study under 64 MB.
 
-    python benchmarks/exchange_load.py [--jobs 600] [--big-mb 1024] [--json FILE]
+    python benchmarks/exchange_load.py [--jobs 1500] [--big-mb 1024] [--json FILE]
 """
 
 from __future__ import annotations
@@ -469,7 +471,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--jobs", type=int, default=600, help="small jobs per set-up")
+    parser.add_argument("--jobs", type=int, default=1500, help="small jobs per set-up")
     parser.add_argument("--bulk-mb", type=int, default=100, help="study size for MB/s")
     parser.add_argument("--big-mb", type=int, default=1024, help="largest study for memory")
     parser.add_argument(

@@ -7,10 +7,10 @@ patient pseudonym, time, outcome).
 An entry is written in two steps. It is stored with the change it records, in the same
 transaction (`record_in`) — a read's entry with the read (`reading`), and a refusal in a short
 transaction of its own (`record`) — and so it is never lost, nor left behind by a change that
-rolled back. Moments
-later `chain` links the entries stored since the last round into the hash chain, one replica
-at a time. Requests thus never wait for each other (or for other replicas) to extend the
-chain; an entry is tamper-evident from the round that links it, within a second of its write.
+rolled back. Moments later `chain` links the entries stored since the last round into the hash
+chain, one replica at a time. Requests thus never wait for each other (or for other
+replicas) to extend the chain; an entry is tamper-evident from the round that links it, within
+a second of its write.
 """
 
 from __future__ import annotations

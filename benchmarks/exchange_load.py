@@ -464,6 +464,37 @@ def peak_rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmHWM for process {pid}")
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User plus system CPU the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent neither idle nor waiting for I/O."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def measured_round(deployment: Deployment, studies: list[SmallStudy]) -> dict[str, float]:
+    """One measured round of small jobs, with where the CPU went: the replicas' CPU per job
+    and the whole machine's (PostgreSQL, nginx, the load generator and the kernel too). On
+    two cores these explain the three-replica ratio."""
+    pids = [r.process.pid for r in deployment.replicas if r.process is not None]
+    replicas_before = sum(process_cpu_seconds(pid) for pid in pids)
+    machine_before = machine_busy_seconds()
+    figures = small_jobs(deployment, studies)
+    replicas_cpu = sum(process_cpu_seconds(pid) for pid in pids) - replicas_before
+    machine_cpu = machine_busy_seconds() - machine_before
+    jobs, seconds = figures["jobs"], figures["seconds"]
+    return {
+        **figures,
+        "replicas_cpu_ms_per_job": round(1000 * replicas_cpu / jobs, 1),
+        "machine_cpu_ms_per_job": round(1000 * machine_cpu / jobs, 1),
+        "machine_busy_cores": round(machine_cpu / seconds, 2),
+    }
+
+
 # main ----------------------------------------------------------------------------------------
 
 
@@ -496,7 +527,7 @@ def main() -> int:
             ("postgresql_1", True, 1),
             ("postgresql_3", True, 3),
         ):
-            rounds: list[float] = []
+            rounds: list[dict[str, float]] = []
             for round_number in range(args.rounds):
                 label = f"{name}_{round_number}"
                 database = postgres.create_database(label) if use_postgres else None
@@ -506,7 +537,7 @@ def main() -> int:
                     # A fresh replica compiles its statements and opens its connections on
                     # its first requests: a warm-up round first, then the measured one.
                     small_jobs(deployment, warm_up, "warm-up")
-                    rounds.append(small_jobs(deployment, studies)["jobs_per_s"])
+                    rounds.append(measured_round(deployment, studies))
                     if round_number == 0:
                         console.print(f"{name}: a {args.bulk_mb} MB study up and down …")
                         bulk = big_study(
@@ -514,9 +545,14 @@ def main() -> int:
                         )
                 finally:
                     deployment.stop()
+            middle = sorted(rounds, key=lambda r: r["jobs_per_s"])[len(rounds) // 2]
             figures[name] = {
-                "jobs_per_s": statistics.median(rounds),
-                "jobs_per_s_rounds": rounds,
+                "jobs_per_s": statistics.median(r["jobs_per_s"] for r in rounds),
+                "jobs_per_s_rounds": [r["jobs_per_s"] for r in rounds],
+                # Of the median round.
+                "replicas_cpu_ms_per_job": middle["replicas_cpu_ms_per_job"],
+                "machine_cpu_ms_per_job": middle["machine_cpu_ms_per_job"],
+                "machine_busy_cores": middle["machine_busy_cores"],
                 **bulk,
             }
         figures["memory"] = memory_growth(work / "memory", args.big_mb, console)
@@ -579,6 +615,18 @@ def report(console: Console, figures: dict[str, Any]) -> None:
             str(row["download_mb_per_s"]),
         )
     console.print(table)
+    cpu = Table(title="where the CPU went (the median round)")
+    for column in ("set-up", "replicas, ms per job", "whole machine, ms per job", "cores busy"):
+        cpu.add_column(column)
+    for name in ("sqlite_1", "postgresql_1", "postgresql_3"):
+        row = figures[name]
+        cpu.add_row(
+            name,
+            str(row["replicas_cpu_ms_per_job"]),
+            str(row["machine_cpu_ms_per_job"]),
+            str(row["machine_busy_cores"]),
+        )
+    console.print(cpu)
     console.print(f"replica peak memory by study size: {figures['memory']['peak_rss_mb']}")
     for name, target in figures["targets"].items():
         mark = "[green]met[/]" if target["met"] else "[red]not met[/]"

@@ -13,7 +13,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from aifi.exchange.app import create_app
 from aifi.exchange.audit import Actor, AuditLog, in_chain_order, unlinked_count, verify_chain
@@ -280,3 +280,37 @@ def test_a_replica_hears_job_changes_committed_by_another(postgres: PostgresServ
     asyncio.run(scenario())
     db.dispose()
     postgres.drop_database(url)
+
+
+def test_a_busy_replica_keeps_its_connections_open(postgres: PostgresServer) -> None:
+    """As many requests at once as the server has worker threads reuse pooled connections:
+    none is opened and closed per request (which costs PostgreSQL a new server process)."""
+    url = postgres.create_database("pool")
+    settings = ExchangeSettings(database_url=url)
+    db = Database(url, settings.database_pool_size)
+    opened: list[int] = []
+    event.listen(db.engine, "connect", lambda *_args: opened.append(1))
+    workers = 30  # below the server's 40 threads, above what a small pool keeps
+    # A pool too small to hold every session at once breaks the barrier instead of hanging.
+    together = threading.Barrier(workers, timeout=30)
+    failures: list[BaseException] = []
+
+    def requests() -> None:
+        try:
+            for _ in range(20):
+                together.wait()  # every round, all sessions are open at the same time
+                with db.session() as session:
+                    session.execute(select(1)).scalar()
+                    together.wait()
+        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+            failures.append(error)
+            together.abort()
+
+    threads = [threading.Thread(target=requests) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    db.dispose()
+    assert not failures, failures[0]
+    assert len(opened) == workers  # one each, kept for all twenty rounds

@@ -40,15 +40,21 @@ def normalised_url(url: str) -> str:
     return url
 
 
-#: SQLite connections kept open: as many as the server's worker threads (AnyIO's default 40).
-SQLITE_POOL_SIZE = 40
+#: Connections kept open: as many as the server's worker threads (AnyIO's default 40). For
+#: PostgreSQL, `AIFI_DATABASE_POOL_SIZE` may set another number.
+POOL_SIZE = 40
+#: PostgreSQL connections opened beyond the pool for a burst, and closed when it has passed.
+POSTGRES_OVERFLOW = 10
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, pool_size: int = POOL_SIZE) -> Engine:
     """An engine tuned for the backend: SQLite gets WAL and a busy timeout for many threads.
 
     PostgreSQL connections are checked before use (`pool_pre_ping`) so that a database restart
-    costs the requests in flight at that moment, not every pooled connection afterwards.
+    costs the requests in flight at that moment, not every pooled connection afterwards. The
+    pool keeps `pool_size` of them open: a connection opened for a burst is closed again, and
+    opening one costs both the replica and PostgreSQL (a new server process) far more than a
+    request's statements.
     """
     url = normalised_url(url)
     if url.startswith("sqlite"):
@@ -59,7 +65,7 @@ def make_engine(url: str) -> Engine:
             connect_args={"check_same_thread": False, "timeout": 30},
             # One pooled connection per request thread: opening one (and its PRAGMAs) per
             # request cost more than the request's own statements.
-            pool_size=SQLITE_POOL_SIZE,
+            pool_size=POOL_SIZE,
             max_overflow=10,
         )
 
@@ -78,8 +84,8 @@ def make_engine(url: str) -> Engine:
     return create_engine(
         url,
         pool_pre_ping=True,
-        pool_size=10,
-        max_overflow=20,
+        pool_size=pool_size,
+        max_overflow=POSTGRES_OVERFLOW,
         pool_timeout=10,
         pool_recycle=1800,
         connect_args=(
@@ -166,9 +172,9 @@ def insert_new(session: Session, row: Any) -> None:
 class Database:
     """The engine and a session factory, built once per app and handed to services."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, pool_size: int = POOL_SIZE) -> None:
         self.url = normalised_url(url)
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, pool_size)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @property

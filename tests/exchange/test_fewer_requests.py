@@ -14,9 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from fastapi.testclient import TestClient
 
+from aifi.exchange.app import create_app
+from aifi.exchange.services import build_services
+from aifi.exchange.settings import ExchangeSettings
 from aifi.products.tissue_volume import run as tissue_volume
 from aifi.vendor import JobContext
+from scale.exchange_api import Exchange
 
 
 def _study_uid(study: list[Path]) -> str:
@@ -303,3 +308,41 @@ def test_instances_uploaded_at_once_open_the_job_exactly_when_the_last_is_stored
         seen = exchange.client.get(f"/jobs/{job['id']}", headers=hospital.headers).json()
         assert seen["input_count"] == 8
         assert seen["inputs_complete"], "every instance is stored, yet the job did not open"
+
+
+def test_an_upload_sending_its_file_holds_up_no_other_upload_of_the_job(
+    settings: ExchangeSettings, make_ct: Any
+) -> None:
+    """A study's instances are stored side by side: only recording an instance in the job's
+    counts takes turns, not sending it to the blob store (on S3 a PUT per instance)."""
+    services = build_services(settings)
+    first_storing = threading.Event()
+    second_stored = threading.Event()
+    overlapped: list[bool] = []
+    commit = services.blobs.commit
+
+    def slow_first_commit(temp: Any, key: str) -> None:
+        if not first_storing.is_set():
+            first_storing.set()
+            # Still sending the first instance: the second must get through meanwhile.
+            overlapped.append(second_stored.wait(timeout=20))
+        commit(temp, key)
+
+    services.blobs.commit = slow_first_commit  # type: ignore[method-assign]
+    with TestClient(create_app(settings, services=services)) as client:
+        exchange = Exchange(client)
+        hospital = exchange.org("hospital-a", "hospital")
+        exchange.product(exchange.org("vendor-a", "vendor"), "product-a")
+        exchange.subscribe(hospital, "product-a")
+        study = make_ct(slices=2)
+        job = _declared_job(exchange, hospital, study, instances=2)
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(exchange.upload, hospital, job["id"], study[0])
+            assert first_storing.wait(timeout=20)
+            second = exchange.upload(hospital, job["id"], study[1])
+            second_stored.set()
+            assert first.result().status_code == 201
+        assert second.status_code == 201
+        assert overlapped == [True], "the second upload waited for the first to be stored"
+        seen = client.get(f"/jobs/{job['id']}", headers=hospital.headers).json()
+        assert (seen["input_count"], seen["inputs_complete"]) == (2, True)

@@ -9,10 +9,11 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, and_, bindparam, func, select, update
+from sqlalchemy import Select, and_, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -44,6 +45,15 @@ from aifi.exchange.settings import ExchangeSettings
 Q = TypeVar("Q", bound=Select)  # type: ignore[type-arg]
 
 HELD_STATES = (JobState.accepted.value, JobState.in_progress.value)
+
+
+@dataclass(frozen=True)
+class InputTurn:
+    """A job's input counts as read at the start of an upload's turn at the job."""
+
+    count: int
+    size: int
+    declared: int | None
 
 
 def _changed(session: Session, statement: Any) -> int:
@@ -109,20 +119,27 @@ _VISIBLE_JOB = {
     ),
     OrganisationKind.vendor.value: _ANY_JOB.where(Job.vendor_id == bindparam("organisation_id")),
 }
-#: The same, holding the job's row until the transaction ends (PostgreSQL; SQLite has one
-#: writer at a time anyway).
-_ANY_JOB_LOCKED = _ANY_JOB.with_for_update()
-_VISIBLE_JOB_LOCKED = {
-    role: statement.with_for_update() for role, statement in _VISIBLE_JOB.items()
-}
 
 _INPUTS_OF_JOB = (
     select(JobInput).where(JobInput.job_id == bindparam("job_id")).order_by(JobInput.id)
 )
 
-_HELD_INPUTS = select(func.count(JobInput.id)).where(JobInput.job_id == bindparam("job_id"))
 _HOLDS_INPUT = select(JobInput.id).where(
     JobInput.job_id == bindparam("job_id"), JobInput.sop_instance_uid == bindparam("sop_uid")
+)
+
+#: An upload's turn at its job: holds the row until the upload's transaction ends (on SQLite
+#: the transaction's first write takes the one writer's turn) and reads the counts there.
+_TAKE_INPUT_TURN = (
+    update(Job)
+    .where(
+        Job.id == bindparam("job_id"),
+        Job.state == JobState.requested.value,
+        Job.inputs_complete.is_(False),
+    )
+    .values(updated_at=bindparam("now"))
+    .returning(Job.input_count, Job.input_bytes, Job.declared_instances)
+    .execution_options(synchronize_session=False)
 )
 
 _HAS_RESULT = select(JobResult.id).where(JobResult.job_id == bindparam("job_id")).limit(1)
@@ -177,19 +194,9 @@ class JobService:
 
     # reading -------------------------------------------------------------------------------
 
-    def visible(
-        self, session: Session, actor: Actor, job_id: str, *, for_update: bool = False
-    ) -> Job:
-        """The job if the caller may see it; other tenants' jobs do not exist for them.
-
-        `for_update` holds the job's row until the caller's transaction ends: changes that
-        read what others change at the same time (an upload counting the job's inputs) then
-        take turns.
-        """
-        if for_update:
-            statement = _VISIBLE_JOB_LOCKED.get(actor.role, _ANY_JOB_LOCKED)
-        else:
-            statement = _VISIBLE_JOB.get(actor.role, _ANY_JOB)
+    def visible(self, session: Session, actor: Actor, job_id: str) -> Job:
+        """The job if the caller may see it; other tenants' jobs do not exist for them."""
+        statement = _VISIBLE_JOB.get(actor.role, _ANY_JOB)
         job = session.scalars(
             statement, {"job_id": job_id, "organisation_id": actor.organisation_id}
         ).first()
@@ -370,50 +377,68 @@ class JobService:
 
     @staticmethod
     def check_room(session: Session, job: Job, sop_uid: str) -> None:
-        """Refuse a new instance beyond the declared count before anything is stored."""
+        """Refuse a new instance beyond the declared count before anything is stored.
+
+        The counts are the job's as the upload found them; the upload's own turn at the job
+        (`take_input_turn`) reads them again, with every upload that finished meanwhile.
+        """
         declared = job.declared_instances
-        if declared is None:
+        if declared is None or job.input_count < declared:
             return
-        held = session.scalars(_HELD_INPUTS, {"job_id": job.id}).one()
-        if (
-            held >= declared
-            and not session.scalars(_HOLDS_INPUT, {"job_id": job.id, "sop_uid": sop_uid}).first()
-        ):
+        if not session.scalars(_HOLDS_INPUT, {"job_id": job.id, "sop_uid": sop_uid}).first():
             raise Conflict(
                 f"job {job.id} was created for {declared} instances and holds them all; "
                 f"{sop_uid} would be one more"
             )
 
-    def count_inputs(self, session: Session, actor: Actor, job: Job, added: str) -> bool:
-        """Record the job's input count and size after an upload, in the upload's transaction.
+    @staticmethod
+    def take_input_turn(session: Session, job: Job) -> InputTurn:
+        """Hold the job's row until the upload's transaction ends, with its counts as they are.
 
-        A job that declared its instance count opens to vendors when the last one is stored
-        (True). An instance beyond the count, or a job that stopped taking inputs meanwhile,
-        is refused, and the caller's transaction with it.
+        Uploads of one job take turns from here to their commit, so each one counts what the
+        others stored; what comes before — checking the file, sending it to the object store —
+        runs side by side. A job that stopped taking inputs meanwhile refuses the upload.
         """
-        count, total = session.execute(
-            select(func.count(JobInput.id), func.coalesce(func.sum(JobInput.size), 0)).where(
-                JobInput.job_id == job.id
-            )
-        ).one()
-        declared = job.declared_instances
-        if declared is not None and count > declared:
+        held = session.execute(_TAKE_INPUT_TURN, {"job_id": job.id, "now": utcnow()}).first()
+        if held is None:
+            raise Conflict(f"job {job.id} no longer takes inputs")
+        return InputTurn(count=held[0], size=held[1], declared=held[2])
+
+    def count_input(
+        self,
+        session: Session,
+        actor: Actor,
+        job: Job,
+        turn: InputTurn,
+        stored: tuple[str, int],
+        replaced_size: int | None,
+    ) -> bool:
+        """Record the stored instance in the job's counts, during the upload's turn.
+
+        `stored` is the instance's SOP Instance UID and size; `replaced_size` the size of the
+        copy it replaced, if the hospital sent it before. A job that declared its instance
+        count opens to vendors when the last one is stored (True); an instance beyond the
+        count is refused, and the upload's transaction with it.
+        """
+        added, size = stored
+        count = turn.count + (0 if replaced_size is not None else 1)
+        total = turn.size - (replaced_size or 0) + size
+        if turn.declared is not None and count > turn.declared:
             raise Conflict(
-                f"job {job.id} was created for {declared} instances and holds them all; "
+                f"job {job.id} was created for {turn.declared} instances and holds them all; "
                 f"{added} would be one more"
             )
         now = utcnow()
         values: dict[str, Any] = {"input_count": count, "input_bytes": total, "updated_at": now}
-        opens = count == declared
+        opens = count == turn.declared
         if opens:
             values.update(inputs_complete=True, ready_at=now)
-        taking = (
-            Job.id == job.id,
-            Job.state == JobState.requested.value,
-            Job.inputs_complete.is_(False),
+        session.execute(
+            update(Job)
+            .where(Job.id == job.id)
+            .values(**values)
+            .execution_options(synchronize_session=False)
         )
-        if _changed(session, update(Job).where(*taking).values(**values)) != 1:
-            raise Conflict(f"job {job.id} no longer takes inputs")
         if opens:
             self._announce(session, claimable=True, job=job)
             self._audit.record_in(session, actor, "update", "job", job.id, detail="inputs complete")

@@ -104,20 +104,21 @@ class Transfers:
 
     def _commit_input(self, actor: Actor, job_id: str, sop_uid: str, temp: TempBlob) -> JobInput:
         with self._db.session() as session:
-            # Held until the commit: uploads of one job that overlap count each other's
-            # instances, so the last one stored opens the job.
-            job = self._jobs.visible(session, actor, job_id, for_update=True)
+            job = self._jobs.visible(session, actor, job_id)
             self._takes_inputs(actor, job)
             header = self._checked_input(actor, job, sop_uid, temp)
             key = f"inputs/{job.id}/{sop_uid}.dcm"
             self._jobs.check_room(session, job, sop_uid)
-            # Stored before the first write: on SQLite, no other writer waits for the fsync.
+            # Stored before the first write: on SQLite no other writer waits for the fsync,
+            # and the study's other uploads go on while this one is sent to the object store.
             self._blobs.commit(temp, key)
-            session.execute(
-                delete(JobInput).where(
-                    JobInput.job_id == job.id, JobInput.sop_instance_uid == sop_uid
-                )
-            )
+            turn = self._jobs.take_input_turn(session, job)
+            replaced_size = session.execute(
+                delete(JobInput)
+                .where(JobInput.job_id == job.id, JobInput.sop_instance_uid == sop_uid)
+                .returning(JobInput.size)
+                .execution_options(synchronize_session=False)
+            ).scalar_one_or_none()
             row = JobInput(
                 job_id=job.id,
                 sop_instance_uid=sop_uid,
@@ -136,7 +137,9 @@ class Transfers:
                 f"{job.id}/{sop_uid}",
                 patient_pseudonym=job.patient_pseudonym,
             )
-            opened = self._jobs.count_inputs(session, actor, job, sop_uid)
+            opened = self._jobs.count_input(
+                session, actor, job, turn, (sop_uid, temp.size), replaced_size
+            )
         if opened:
             self._jobs.opened(job)
         return row

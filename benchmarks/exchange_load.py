@@ -601,32 +601,34 @@ def _target(measured: float, target: float, *, higher: bool) -> dict[str, Any]:
     return {"measured": measured, "target": target, "met": met}
 
 
+def _by_setup(title: str, figures: dict[str, Any], columns: dict[str, str]) -> Table:
+    """A table with a row per set-up; `columns` maps each heading to its figure's key."""
+    table = Table(title=title)
+    table.add_column("set-up")
+    for heading in columns:
+        table.add_column(heading)
+    for name in ("sqlite_1", "postgresql_1", "postgresql_3"):
+        values = [figures[name][key] for key in columns.values()]
+        shown = [" ".join(map(str, v)) if isinstance(v, list) else str(v) for v in values]
+        table.add_row(name, *shown)
+    return table
+
+
 def report(console: Console, figures: dict[str, Any]) -> None:
-    table = Table(title=f"exchange load ({figures['jobs']} small jobs, {figures['cpus']} CPUs)")
-    for column in ("set-up", "jobs/s (median)", "rounds", "upload MB/s", "download MB/s"):
-        table.add_column(column)
-    for name in ("sqlite_1", "postgresql_1", "postgresql_3"):
-        row = figures[name]
-        table.add_row(
-            name,
-            str(row["jobs_per_s"]),
-            " ".join(str(value) for value in row["jobs_per_s_rounds"]),
-            str(row["upload_mb_per_s"]),
-            str(row["download_mb_per_s"]),
-        )
-    console.print(table)
-    cpu = Table(title="where the CPU went (the median round)")
-    for column in ("set-up", "replicas, ms per job", "whole machine, ms per job", "cores busy"):
-        cpu.add_column(column)
-    for name in ("sqlite_1", "postgresql_1", "postgresql_3"):
-        row = figures[name]
-        cpu.add_row(
-            name,
-            str(row["replicas_cpu_ms_per_job"]),
-            str(row["machine_cpu_ms_per_job"]),
-            str(row["machine_busy_cores"]),
-        )
-    console.print(cpu)
+    title = f"exchange load ({figures['jobs']} small jobs, {figures['cpus']} CPUs)"
+    throughput = {
+        "jobs/s (median)": "jobs_per_s",
+        "rounds": "jobs_per_s_rounds",
+        "upload MB/s": "upload_mb_per_s",
+        "download MB/s": "download_mb_per_s",
+    }
+    cpu = {
+        "replicas, ms per job": "replicas_cpu_ms_per_job",
+        "whole machine, ms per job": "machine_cpu_ms_per_job",
+        "cores busy": "machine_busy_cores",
+    }
+    console.print(_by_setup(title, figures, throughput))
+    console.print(_by_setup("where the CPU went (the median round)", figures, cpu))
     console.print(f"replica peak memory by study size: {figures['memory']['peak_rss_mb']}")
     for name, target in figures["targets"].items():
         mark = "[green]met[/]" if target["met"] else "[red]not met[/]"

@@ -410,17 +410,17 @@ class JobService:
         actor: Actor,
         job: Job,
         turn: InputTurn,
-        stored: tuple[str, int],
+        *,
+        added: str,
+        size: int,
         replaced_size: int | None,
     ) -> bool:
-        """Record the stored instance in the job's counts, during the upload's turn.
+        """Record the stored instance `added` in the job's counts, during the upload's turn.
 
-        `stored` is the instance's SOP Instance UID and size; `replaced_size` the size of the
-        copy it replaced, if the hospital sent it before. A job that declared its instance
-        count opens to vendors when the last one is stored (True); an instance beyond the
-        count is refused, and the upload's transaction with it.
+        `replaced_size` is the size of the copy it replaced, if the hospital sent it before. A
+        job that declared its instance count opens to vendors when the last one is stored
+        (True); an instance beyond the count is refused, and the upload's transaction with it.
         """
-        added, size = stored
         count = turn.count + (0 if replaced_size is not None else 1)
         total = turn.size - (replaced_size or 0) + size
         if turn.declared is not None and count > turn.declared:

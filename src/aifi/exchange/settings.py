@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from aifi.exchange.db import POOL_SIZE
+
 
 class ExchangeSettings(BaseSettings):
     """Where the exchange keeps its state and how it treats leases.
@@ -21,10 +23,10 @@ class ExchangeSettings(BaseSettings):
     data_dir: Path = Field(default=Path("aifi-data/exchange"))
     database_url: str | None = None
     #: PostgreSQL connections a replica keeps open: one for each request that may run at once
-    #: (the server's 40 worker threads). With fewer, a busy replica opened and closed a
+    #: (the server's worker threads). With fewer, a busy replica opened and closed a
     #: connection for every other job. PostgreSQL's `max_connections` must cover
     #: replicas × (this + 11).
-    database_pool_size: int = Field(default=40, ge=1)
+    database_pool_size: int = Field(default=POOL_SIZE, ge=1)
     blob_url: str | None = None
     #: Seconds a claim holds a job before it goes back to the queue without a heartbeat.
     lease_seconds: float = 60.0

@@ -138,7 +138,13 @@ class Transfers:
                 patient_pseudonym=job.patient_pseudonym,
             )
             opened = self._jobs.count_input(
-                session, actor, job, turn, (sop_uid, temp.size), replaced_size
+                session,
+                actor,
+                job,
+                turn,
+                added=sop_uid,
+                size=temp.size,
+                replaced_size=replaced_size,
             )
         if opened:
             self._jobs.opened(job)

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+import pytest
+from botocore.exceptions import ClientError
 from fastapi.testclient import TestClient
 
 from aifi.exchange.app import create_app
@@ -346,3 +348,47 @@ def test_an_upload_sending_its_file_holds_up_no_other_upload_of_the_job(
         assert overlapped == [True], "the second upload waited for the first to be stored"
         seen = client.get(f"/jobs/{job['id']}", headers=hospital.headers).json()
         assert (seen["input_count"], seen["inputs_complete"]) == (2, True)
+
+
+def test_an_instance_refused_at_its_turn_leaves_no_file_behind(
+    settings: ExchangeSettings, make_ct: Any
+) -> None:
+    """The job opened with another instance while this one was being stored: the upload is
+    refused, and the file it stored goes with it (no job lists it, so nothing would ever
+    purge it)."""
+    services = build_services(settings)
+    late_storing = threading.Event()
+    other_stored = threading.Event()
+    keys: list[str] = []
+    commit = services.blobs.commit
+
+    def slow_first_commit(temp: Any, key: str) -> None:
+        keys.append(key)
+        if not late_storing.is_set():
+            late_storing.set()
+            assert other_stored.wait(timeout=20)
+        commit(temp, key)
+
+    services.blobs.commit = slow_first_commit  # type: ignore[method-assign]
+    with TestClient(create_app(settings, services=services)) as client:
+        exchange = Exchange(client)
+        hospital = exchange.org("hospital-a", "hospital")
+        exchange.product(exchange.org("vendor-a", "vendor"), "product-a")
+        exchange.subscribe(hospital, "product-a")
+        study = make_ct(slices=2)
+        job = _declared_job(exchange, hospital, study, instances=1)
+        with ThreadPoolExecutor(1) as pool:
+            late = pool.submit(exchange.upload, hospital, job["id"], study[0])
+            assert late_storing.wait(timeout=20)
+            other = exchange.upload(hospital, job["id"], study[1])
+            other_stored.set()
+            refused = late.result()
+        assert other.status_code == 201
+        assert refused.status_code == 409, refused.text
+        assert "no longer takes inputs" in refused.json()["detail"]
+        late_key, other_key = keys
+        assert services.blobs.size(other_key) > 0
+        with pytest.raises((FileNotFoundError, ClientError)):
+            services.blobs.size(late_key)
+        seen = client.get(f"/jobs/{job['id']}", headers=hospital.headers).json()
+        assert (seen["input_count"], seen["inputs_complete"]) == (1, True)

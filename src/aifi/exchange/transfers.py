@@ -103,52 +103,88 @@ class Transfers:
             raise Conflict(f"job {job.id} no longer takes inputs (state {job.state})")
 
     def _commit_input(self, actor: Actor, job_id: str, sop_uid: str, temp: TempBlob) -> JobInput:
-        with self._db.session() as session:
-            job = self._jobs.visible(session, actor, job_id)
-            self._takes_inputs(actor, job)
-            header = self._checked_input(actor, job, sop_uid, temp)
-            key = f"inputs/{job.id}/{sop_uid}.dcm"
-            self._jobs.check_room(session, job, sop_uid)
-            # Stored before the first write: on SQLite no other writer waits for the fsync,
-            # and the study's other uploads go on while this one is sent to the object store.
-            self._blobs.commit(temp, key)
-            turn = self._jobs.take_input_turn(session, job)
-            replaced_size = session.execute(
-                delete(JobInput)
-                .where(JobInput.job_id == job.id, JobInput.sop_instance_uid == sop_uid)
-                .returning(JobInput.size)
-                .execution_options(synchronize_session=False)
-            ).scalar_one_or_none()
-            row = JobInput(
-                job_id=job.id,
-                sop_instance_uid=sop_uid,
-                sop_class_uid=header.sop_class_uid,
-                series_uid=header.series_uid,
-                size=temp.size,
-                sha256=temp.sha256,
-                blob_key=key,
-            )
-            insert_new(session, row)
-            self._audit.record_in(
-                session,
-                actor,
-                "create",
-                "input",
-                f"{job.id}/{sop_uid}",
-                patient_pseudonym=job.patient_pseudonym,
-            )
-            opened = self._jobs.count_input(
-                session,
-                actor,
-                job,
-                turn,
-                added=sop_uid,
-                size=temp.size,
-                replaced_size=replaced_size,
-            )
+        key = f"inputs/{job_id}/{sop_uid}.dcm"
+        stored = False
+        try:
+            with self._db.session() as session:
+                job = self._jobs.visible(session, actor, job_id)
+                self._takes_inputs(actor, job)
+                header = self._checked_input(actor, job, sop_uid, temp)
+                self._jobs.check_room(session, job, sop_uid)
+                # Stored before the first write: on SQLite no other writer waits for the
+                # fsync, and the study's other uploads go on while this one is sent to the
+                # object store.
+                self._blobs.commit(temp, key)
+                stored = True
+                row, opened = self._record_input(session, actor, job, header, temp, key)
+        except Conflict:
+            if stored:
+                self._forget_unrecorded(job_id, sop_uid, key)
+            raise
         if opened:
             self._jobs.opened(job)
         return row
+
+    def _record_input(
+        self,
+        session: Session,
+        actor: Actor,
+        job: Job,
+        header: InputHeader,
+        temp: TempBlob,
+        key: str,
+    ) -> tuple[JobInput, bool]:
+        """The stored instance's row and the job's counts, in the upload's turn at the job;
+        whether the job opened with it."""
+        turn = self._jobs.take_input_turn(session, job)
+        replaced_size = session.execute(
+            delete(JobInput)
+            .where(JobInput.job_id == job.id, JobInput.sop_instance_uid == header.sop_instance_uid)
+            .returning(JobInput.size)
+            .execution_options(synchronize_session=False)
+        ).scalar_one_or_none()
+        row = JobInput(
+            job_id=job.id,
+            sop_instance_uid=header.sop_instance_uid,
+            sop_class_uid=header.sop_class_uid,
+            series_uid=header.series_uid,
+            size=temp.size,
+            sha256=temp.sha256,
+            blob_key=key,
+        )
+        insert_new(session, row)
+        self._audit.record_in(
+            session,
+            actor,
+            "create",
+            "input",
+            f"{job.id}/{header.sop_instance_uid}",
+            patient_pseudonym=job.patient_pseudonym,
+        )
+        opened = self._jobs.count_input(
+            session,
+            actor,
+            job,
+            turn,
+            added=header.sop_instance_uid,
+            size=temp.size,
+            replaced_size=replaced_size,
+        )
+        return row, opened
+
+    def _forget_unrecorded(self, job_id: str, sop_uid: str, key: str) -> None:
+        """Delete an instance stored for an upload its job refused at its turn (the job opened
+        or ended meanwhile), unless an earlier upload of the instance holds the key: the
+        exchange keeps no pseudonymised data that no job lists, and retention only purges
+        what jobs list."""
+        with self._db.session() as session:
+            held = session.scalars(
+                select(JobInput.id).where(
+                    JobInput.job_id == job_id, JobInput.sop_instance_uid == sop_uid
+                )
+            ).first()
+        if held is None:
+            self._blobs.delete(key)
 
     def _checked_input(self, actor: Actor, job: Job, sop_uid: str, temp: TempBlob) -> InputHeader:
         """The instance's header, if it may be an input of `job`; a refusal is audited."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -312,22 +313,33 @@ def test_instances_uploaded_at_once_open_the_job_exactly_when_the_last_is_stored
         assert seen["inputs_complete"], "every instance is stored, yet the job did not open"
 
 
-def test_an_upload_sending_its_file_holds_up_no_other_upload_of_the_job(
-    settings: ExchangeSettings, make_ct: Any
-) -> None:
-    """A study's instances are stored side by side: only recording an instance in the job's
-    counts takes turns, not sending it to the blob store (on S3 a PUT per instance)."""
+@dataclass
+class _Overlap:
+    """Two uploads of one job, the first held in its blob store until the second answered."""
+
+    first: Any
+    second: Any
+    second_answered_while_first_stored: bool
+    keys: list[str]
+    blobs: Any
+    job: dict[str, Any]
+
+
+def _second_upload_while_first_stores(
+    settings: ExchangeSettings, make_ct: Any, instances: int
+) -> _Overlap:
     services = build_services(settings)
     first_storing = threading.Event()
-    second_stored = threading.Event()
+    second_answered = threading.Event()
     overlapped: list[bool] = []
+    keys: list[str] = []
     commit = services.blobs.commit
 
     def slow_first_commit(temp: Any, key: str) -> None:
+        keys.append(key)
         if not first_storing.is_set():
             first_storing.set()
-            # Still sending the first instance: the second must get through meanwhile.
-            overlapped.append(second_stored.wait(timeout=20))
+            overlapped.append(second_answered.wait(timeout=20))
         commit(temp, key)
 
     services.blobs.commit = slow_first_commit  # type: ignore[method-assign]
@@ -337,17 +349,29 @@ def test_an_upload_sending_its_file_holds_up_no_other_upload_of_the_job(
         exchange.product(exchange.org("vendor-a", "vendor"), "product-a")
         exchange.subscribe(hospital, "product-a")
         study = make_ct(slices=2)
-        job = _declared_job(exchange, hospital, study, instances=2)
+        job = _declared_job(exchange, hospital, study, instances=instances)
         with ThreadPoolExecutor(1) as pool:
             first = pool.submit(exchange.upload, hospital, job["id"], study[0])
             assert first_storing.wait(timeout=20)
             second = exchange.upload(hospital, job["id"], study[1])
-            second_stored.set()
-            assert first.result().status_code == 201
-        assert second.status_code == 201
-        assert overlapped == [True], "the second upload waited for the first to be stored"
+            second_answered.set()
+            first_answer = first.result()
         seen = client.get(f"/jobs/{job['id']}", headers=hospital.headers).json()
-        assert (seen["input_count"], seen["inputs_complete"]) == (2, True)
+    return _Overlap(first_answer, second, overlapped == [True], keys, services.blobs, seen)
+
+
+def test_an_upload_sending_its_file_holds_up_no_other_upload_of_the_job(
+    settings: ExchangeSettings, make_ct: Any
+) -> None:
+    """A study's instances are stored side by side: only recording an instance in the job's
+    counts takes turns, not sending it to the blob store (on S3 a PUT per instance)."""
+    uploads = _second_upload_while_first_stores(settings, make_ct, instances=2)
+    assert uploads.first.status_code == 201
+    assert uploads.second.status_code == 201
+    assert uploads.second_answered_while_first_stored, (
+        "the second upload waited for the first to be stored"
+    )
+    assert (uploads.job["input_count"], uploads.job["inputs_complete"]) == (2, True)
 
 
 def test_an_instance_refused_at_its_turn_leaves_no_file_behind(
@@ -356,39 +380,14 @@ def test_an_instance_refused_at_its_turn_leaves_no_file_behind(
     """The job opened with another instance while this one was being stored: the upload is
     refused, and the file it stored goes with it (no job lists it, so nothing would ever
     purge it)."""
-    services = build_services(settings)
-    late_storing = threading.Event()
-    other_stored = threading.Event()
-    keys: list[str] = []
-    commit = services.blobs.commit
-
-    def slow_first_commit(temp: Any, key: str) -> None:
-        keys.append(key)
-        if not late_storing.is_set():
-            late_storing.set()
-            assert other_stored.wait(timeout=20)
-        commit(temp, key)
-
-    services.blobs.commit = slow_first_commit  # type: ignore[method-assign]
-    with TestClient(create_app(settings, services=services)) as client:
-        exchange = Exchange(client)
-        hospital = exchange.org("hospital-a", "hospital")
-        exchange.product(exchange.org("vendor-a", "vendor"), "product-a")
-        exchange.subscribe(hospital, "product-a")
-        study = make_ct(slices=2)
-        job = _declared_job(exchange, hospital, study, instances=1)
-        with ThreadPoolExecutor(1) as pool:
-            late = pool.submit(exchange.upload, hospital, job["id"], study[0])
-            assert late_storing.wait(timeout=20)
-            other = exchange.upload(hospital, job["id"], study[1])
-            other_stored.set()
-            refused = late.result()
-        assert other.status_code == 201
-        assert refused.status_code == 409, refused.text
-        assert "no longer takes inputs" in refused.json()["detail"]
-        late_key, other_key = keys
-        assert services.blobs.size(other_key) > 0
-        with pytest.raises((FileNotFoundError, ClientError)):
-            services.blobs.size(late_key)
-        seen = client.get(f"/jobs/{job['id']}", headers=hospital.headers).json()
-        assert (seen["input_count"], seen["inputs_complete"]) == (1, True)
+    uploads = _second_upload_while_first_stores(settings, make_ct, instances=1)
+    assert uploads.second_answered_while_first_stored
+    assert uploads.second.status_code == 201
+    refused = uploads.first
+    assert refused.status_code == 409, refused.text
+    assert "no longer takes inputs" in refused.json()["detail"]
+    late_key, other_key = uploads.keys
+    assert uploads.blobs.size(other_key) > 0
+    with pytest.raises((FileNotFoundError, ClientError)):
+        uploads.blobs.size(late_key)
+    assert (uploads.job["input_count"], uploads.job["inputs_complete"]) == (1, True)

@@ -97,12 +97,18 @@ class LocalBlobStore:
         self.root = root
         self.incoming = root / ".incoming"
         self.incoming.mkdir(parents=True, exist_ok=True)
+        self._inside = os.path.join(root.resolve(), "")
 
     def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
-        if self.root.resolve() not in path.parents:
+        """Where the blob `key` lives; a key that would lead out of the store is refused.
+
+        Checked on the text of the path (`..` taken out), not by asking the file system: every
+        upload and download asks, and a key never names a link.
+        """
+        path = os.path.normpath(os.path.join(self._inside, key))
+        if not path.startswith(self._inside):
             raise ValueError(f"blob key escapes the store: {key!r}")
-        return path
+        return Path(path)
 
     async def receive(self, chunks: AsyncIterator[bytes], max_bytes: int | None = None) -> TempBlob:
         return await spool(chunks, self.incoming, max_bytes)

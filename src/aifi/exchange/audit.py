@@ -5,12 +5,12 @@ Editing, removing or re-ordering a linked entry breaks the chain from that point
 patient pseudonym, time, outcome).
 
 An entry is written in two steps. It is stored with the change it records, in the same
-transaction (`record_in`) — a read's entry with the read (`reading`), and a refusal in a short
-transaction of its own (`record`) — and so it is never lost, nor left behind by a change that
-rolled back. Moments later `chain` links the entries stored since the last round into the hash
-chain, one replica at a time. Requests thus never wait for each other (or for other
-replicas) to extend the chain; an entry is tamper-evident from the round that links it, within
-a second of its write.
+transaction (`record_in`: a transaction's entries go in one INSERT just before it commits) — a
+read's entry with the read (`reading`), and a refusal in a short transaction of its own
+(`record`) — and so it is never lost, nor left behind by a change that rolled back. Moments
+later `chain` links the entries stored since the last round into the hash chain, one replica
+at a time. Requests thus never wait for each other (or for other replicas) to extend the
+chain; an entry is tamper-evident from the round that links it, within a second of its write.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, func, insert, select, text
+from sqlalchemy import Select, Table, event, func, insert, select, text
 from sqlalchemy.orm import Session
 
 from aifi.exchange.clock import as_utc, utcnow
@@ -62,6 +62,9 @@ class AuditLog:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        if not event.contains(db.sessions, "before_commit", _store_pending):
+            event.listen(db.sessions, "before_commit", _store_pending)
+            event.listen(db.sessions, "after_rollback", _drop_pending)
         self._changed = threading.Condition()
         self._queue: list[_Pending] = []
         self._writing = False
@@ -80,9 +83,13 @@ class AuditLog:
         detail: str = "",
     ) -> None:
         """Store an entry in the caller's transaction: it commits, or rolls back, with the
-        change it records."""
+        change it records.
+
+        The transaction's entries are inserted together just before it commits: a job that
+        opens, or a result that completes its job, costs one INSERT for its two entries.
+        """
         row = _row(actor, action, object_type, object_id, outcome, patient_pseudonym, detail)
-        session.execute(insert(_TABLE), [row])
+        session.info.setdefault(_PENDING, []).append(row)
 
     def record(
         self,
@@ -123,7 +130,7 @@ class AuditLog:
                 read = Read(session, actor, action, object_type, object_id)
                 yield read
                 if joins and read.rows:
-                    session.execute(insert(_TABLE), read.rows)
+                    session.info.setdefault(_PENDING, []).extend(read.rows)
         except ExchangeError as exc:
             self.record(
                 actor, action, object_type, object_id, outcome="refused", detail=exc.message
@@ -185,6 +192,22 @@ class AuditLog:
                 entry.prev_hash = previous
                 entry.entry_hash = previous = entry_digest(entry)
             return len(pending)
+
+
+#: Where a session keeps the entries its transaction stores when it commits.
+_PENDING = "aifi.audit.pending"
+
+
+def _store_pending(session: Session) -> None:
+    """Before a transaction commits: its entries, in one INSERT."""
+    rows = session.info.pop(_PENDING, None)
+    if rows:
+        session.execute(insert(_TABLE), rows)
+
+
+def _drop_pending(session: Session, _transaction: Any = None) -> None:
+    """A transaction that rolled back stores none of its entries."""
+    session.info.pop(_PENDING, None)
 
 
 def _row(

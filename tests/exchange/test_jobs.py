@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pydicom
 import pytest
+from sqlalchemy import update
 
 from aifi.exchange import jobs as jobs_module
 from aifi.exchange.clock import utcnow
+from aifi.exchange.models import Product
 from aifi.products.tissue_volume import run as tissue_volume
 from aifi.vendor import JobContext
+from scale.exchange_api import OPERATOR_KEY
+
+OPERATOR = {"Authorization": f"Bearer {OPERATOR_KEY}"}
 
 
 def sr_for(inputs: list[Path], folder: Path) -> Path:
@@ -95,6 +101,48 @@ def test_same_idempotency_key_gives_the_same_job(exchange: Any, parties: dict[st
         "/jobs", json={**body, "study_uid": "2.25.2"}, headers=hospital.headers
     )
     assert clash.status_code == 409
+
+
+def test_creates_racing_with_one_key_make_one_job(exchange: Any, parties: dict[str, Any]) -> None:
+    """A gateway retrying a create while the first is still in flight gets the same job."""
+    hospital = parties["hospital_a"]
+    body = {"product_id": "product-a", "study_uid": "2.25.9", "idempotency_key": "racing"}
+    start = threading.Barrier(8)
+
+    def create(_: int) -> tuple[int, str]:
+        start.wait()
+        answer = exchange.client.post("/jobs", json=body, headers=hospital.headers)
+        return answer.status_code, answer.json()["id"]
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(create, range(8)))
+    assert sorted(status for status, _ in answers) == [200] * 7 + [201]
+    assert len({job_id for _, job_id in answers}) == 1
+    listed = exchange.client.get("/jobs", headers=hospital.headers).json()
+    assert [job["id"] for job in listed] == [answers[0][1]]
+    audit = exchange.client.get("/audit", params={"limit": 5000}, headers=OPERATOR).json()
+    created = [e for e in audit if e["action"] == "create" and e["object_type"] == "job"]
+    assert [e["object_id"] for e in created] == [answers[0][1]]
+
+
+def test_a_repeated_create_gets_its_job_after_the_product_was_suspended(
+    exchange: Any, parties: dict[str, Any]
+) -> None:
+    hospital = parties["hospital_a"]
+    first = exchange.job(hospital, "product-a", "2.25.10", key="before-suspension")
+    with exchange.client.app.state.services.db.session() as session:
+        session.execute(update(Product).where(Product.id == "product-a").values(status="suspended"))
+    body = {
+        "product_id": "product-a",
+        "study_uid": "2.25.10",
+        "idempotency_key": "before-suspension",
+    }
+    again = exchange.client.post("/jobs", json=body, headers=hospital.headers)
+    assert again.status_code == 200 and again.json()["id"] == first["id"]
+    new = exchange.client.post(
+        "/jobs", json={**body, "idempotency_key": "after-suspension"}, headers=hospital.headers
+    )
+    assert new.status_code == 403 and "suspended" in new.json()["detail"]
 
 
 def test_reuploading_an_instance_stores_it_once(

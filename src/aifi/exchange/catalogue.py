@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, bindparam, select
 from sqlalchemy.orm import Session
 
 from aifi.exchange.audit import Actor, AuditLog
@@ -207,6 +207,34 @@ def find_product(session: Session, product_id: str) -> Product:
     if product is None:
         raise NotFound(f"no product {product_id!r}")
     return product
+
+
+#: A product and the hospital's live subscription to it (None without one), in one statement.
+_SUBSCRIBED_PRODUCT = (
+    select(Product, Subscription.id)
+    .outerjoin(
+        Subscription,
+        and_(
+            Subscription.product_id == Product.id,
+            Subscription.hospital_id == bindparam("hospital_id"),
+            Subscription.active.is_(True),
+        ),
+    )
+    .where(Product.id == bindparam("product_id"))
+)
+
+
+def subscribed_product(session: Session, hospital_id: str, product_id: str) -> tuple[Product, bool]:
+    """The product, and whether the hospital holds a live subscription to it.
+
+    Read together in the caller's transaction: a job's create checks both before its insert.
+    """
+    found = session.execute(
+        _SUBSCRIBED_PRODUCT, {"hospital_id": hospital_id, "product_id": product_id}
+    ).first()
+    if found is None:
+        raise NotFound(f"no product {product_id!r}")
+    return found[0], found[1] is not None
 
 
 def has_subscription(session: Session, hospital_id: str, product_id: str) -> bool:

@@ -7,6 +7,7 @@ changes. The few places where the two differ ask :attr:`Database.is_postgresql`.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +16,9 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, insert, inspect, text
+from sqlalchemy import Engine, Insert, Table, create_engine, event, insert, inspect, text
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -163,10 +166,34 @@ def insert_new(session: Session, row: Any) -> None:
     a flush, the attributes that were set are sent (None as NULL) and the others get their
     column's default.
     """
+    session.execute(insert(row.__table__), [_given_values(row)])
+
+
+def insert_unless_taken(session: Session, row: Any) -> bool:
+    """Insert a new mapped object as :func:`insert_new` does, unless a row already holds one
+    of its unique keys (`INSERT … ON CONFLICT DO NOTHING`); whether it was inserted.
+
+    On PostgreSQL a concurrent insert of the same key is waited for, and then wins: the caller
+    reads the winner instead of catching an error that would end its transaction.
+    """
+    statement = _insert_or_nothing(row.__table__, session.get_bind().dialect.name)
+    return session.execute(statement, _given_values(row)).first() is not None
+
+
+@functools.cache
+def _insert_or_nothing(table: Table, dialect: str) -> Insert:
+    """The insert that yields, answering with the key of a row it stored (the row count of
+    an insert that stored nothing is not reported alike by every driver)."""
+    make = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    return make(table).on_conflict_do_nothing().returning(*table.primary_key.columns)
+
+
+def _given_values(row: Any) -> dict[str, Any]:
+    """A new object's column values as set: None is sent as NULL, unset columns take their
+    default."""
     given = inspect(row).dict
-    table = row.__table__
-    values = {column.key: given[column.key] for column in table.columns if column.key in given}
-    session.execute(insert(table), [values])
+    columns = row.__table__.columns
+    return {column.key: given[column.key] for column in columns if column.key in given}
 
 
 class Database:

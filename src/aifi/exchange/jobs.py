@@ -14,18 +14,12 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import Select, and_, bindparam, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from aifi.exchange.audit import Actor, AuditLog
-from aifi.exchange.catalogue import (
-    OPEN_PRODUCT_STATES,
-    Catalogue,
-    find_product,
-    has_subscription,
-)
+from aifi.exchange.catalogue import OPEN_PRODUCT_STATES, Catalogue, subscribed_product
 from aifi.exchange.clock import as_utc, utcnow
-from aifi.exchange.db import Database, insert_new
+from aifi.exchange.db import Database, insert_unless_taken
 from aifi.exchange.errors import Conflict, Forbidden, Invalid, NotFound
 from aifi.exchange.models import Job, JobInput, JobResult, Product
 from aifi.exchange.notify import ChangeNotifier
@@ -61,10 +55,16 @@ def _changed(session: Session, statement: Any) -> int:
     return int(getattr(session.execute(statement), "rowcount", 0))
 
 
-def _transition(session: Session, where: tuple[Any, ...], values: dict[str, Any]) -> Job | None:
+def _transition(
+    session: Session,
+    where: tuple[Any, ...],
+    values: dict[str, Any],
+    params: dict[str, Any] | None = None,
+) -> Job | None:
     """Compare-and-set one job and read it back in the same statement (`UPDATE … RETURNING`).
 
-    None when the row no longer matched `where`: someone else changed it first.
+    None when the row no longer matched `where`: someone else changed it first. `params`
+    fill the bound parameters `where` names.
     """
     statement = (
         update(Job)
@@ -73,7 +73,7 @@ def _transition(session: Session, where: tuple[Any, ...], values: dict[str, Any]
         .returning(Job)
         .execution_options(synchronize_session=False, populate_existing=True)
     )
-    return session.scalars(statement).first()
+    return session.scalars(statement, params or {}).first()
 
 
 def job_out(job: Job) -> JobOut:
@@ -111,14 +111,23 @@ def visible_to(query: Q, actor: Actor) -> Q:
     return query
 
 
-# Built once: the busiest statement of all, on nearly every request.
-_ANY_JOB = select(Job).where(Job.id == bindparam("job_id"))
-_VISIBLE_JOB = {
-    OrganisationKind.hospital.value: _ANY_JOB.where(
-        Job.hospital_id == bindparam("organisation_id")
-    ),
-    OrganisationKind.vendor.value: _ANY_JOB.where(Job.vendor_id == bindparam("organisation_id")),
-}
+def walled(statement: Q) -> dict[str, Q]:
+    """`statement`, which reads the job `job_id`, as each role may run it: a hospital's reads
+    its own job only, a vendor's a job for its products (`organisation_id` is the caller's);
+    under "" the unwalled statement, for the operator. Built once, at import: these are the
+    busiest statements of all."""
+    return {
+        OrganisationKind.hospital.value: statement.where(
+            Job.hospital_id == bindparam("organisation_id")
+        ),
+        OrganisationKind.vendor.value: statement.where(
+            Job.vendor_id == bindparam("organisation_id")
+        ),
+        "": statement,
+    }
+
+
+_VISIBLE_JOB = walled(select(Job).where(Job.id == bindparam("job_id")))
 
 _INPUTS_OF_JOB = (
     select(JobInput).where(JobInput.job_id == bindparam("job_id")).order_by(JobInput.id)
@@ -152,7 +161,8 @@ _CLAIMABLE = (
     select(Job.id)
     .join(Product, Product.id == Job.product_id)
     .where(
-        Job.vendor_id == bindparam("vendor_id"),
+        # Not named like a column: the claim's UPDATE sets columns of that name.
+        Job.vendor_id == bindparam("claiming_vendor"),
         Job.state == JobState.requested.value,
         Job.inputs_complete.is_(True),
         Product.status.in_(OPEN_PRODUCT_STATES),
@@ -196,13 +206,26 @@ class JobService:
 
     def visible(self, session: Session, actor: Actor, job_id: str) -> Job:
         """The job if the caller may see it; other tenants' jobs do not exist for them."""
-        statement = _VISIBLE_JOB.get(actor.role, _ANY_JOB)
+        statement = _VISIBLE_JOB.get(actor.role, _VISIBLE_JOB[""])
         job = session.scalars(
             statement, {"job_id": job_id, "organisation_id": actor.organisation_id}
         ).first()
         if job is None:
             raise NotFound(f"no job {job_id!r}")
         return job
+
+    def visible_with(
+        self, session: Session, actor: Actor, job_id: str, statements: dict[str, Any], **params: Any
+    ) -> tuple[Job, Any]:
+        """The job if the caller may see it, with the row `statements` (see :func:`walled`)
+        join to it — None when the job has no such row — read in one statement."""
+        statement = statements.get(actor.role, statements[""])
+        found = session.execute(
+            statement, {"job_id": job_id, "organisation_id": actor.organisation_id, **params}
+        ).first()
+        if found is None:
+            raise NotFound(f"no job {job_id!r}")
+        return found[0], found[1]
 
     def get(self, actor: Actor, job_id: str, *, audit: bool = True) -> Job:
         if not audit:
@@ -241,40 +264,21 @@ class JobService:
     def create(self, actor: Actor, body: JobIn) -> tuple[Job, bool]:
         """A new job, or the existing one for the same idempotency key (then `created` is False).
 
-        The idempotency check, the product's admission, the subscription and the insert share
-        one transaction: a product suspended a moment earlier takes no job.
+        The product's admission, the subscription, the idempotency key and the insert share
+        one transaction: a product suspended a moment earlier takes no job. A new job costs
+        two statements before its audit entry: the product with the subscription, and an
+        insert that yields to a job already holding the key.
         """
         if actor.role != OrganisationKind.hospital:
             raise Forbidden("only hospitals create jobs")
-        refusal: Forbidden | None = None
-        try:
-            with self._db.session() as session:
-                existing = self._by_idempotency_key(session, actor, body.idempotency_key)
-                if existing is not None:
-                    if (existing.product_id, existing.study_uid) != (
-                        body.product_id,
-                        body.study_uid,
-                    ):
-                        raise Conflict(
-                            f"idempotency key {body.idempotency_key!r} was used for job "
-                            f"{existing.id} with another product or study"
-                        )
-                    if body.instances not in (None, existing.declared_instances):
-                        existing = self._redeclare(session, existing, body.instances)
-                    return existing, False
-                product = find_product(session, body.product_id)
-                if product.status not in OPEN_PRODUCT_STATES:
-                    refusal = Forbidden(
-                        f"product {product.id!r} is {product.status} and takes no new jobs"
-                    )
-                elif not has_subscription(session, actor.organisation_id, product.id):
-                    refusal = Forbidden(
-                        f"hospital {actor.organisation_id!r} is not subscribed to product "
-                        f"{product.id!r}"
-                    )
-                else:
-                    job = self._new_job(actor, body, product)
-                    insert_new(session, job)
+        with self._db.session() as session:
+            product, subscribed = subscribed_product(
+                session, actor.organisation_id, body.product_id
+            )
+            refusal = self._refusal(actor, product, subscribed)
+            if refusal is None:
+                job = self._new_job(actor, body, product)
+                if insert_unless_taken(session, job):
                     self._audit.record_in(
                         session,
                         actor,
@@ -283,17 +287,37 @@ class JobService:
                         job.id,
                         patient_pseudonym=job.patient_pseudonym,
                     )
-        except IntegrityError:
-            # A concurrent request with the same key won the insert: answer with its job.
-            with self._db.session() as session:
-                winner = self._by_idempotency_key(session, actor, body.idempotency_key)
-            if winner is None:
-                raise
-            return winner, False
-        if refusal is not None:
-            self._audit.record(actor, "create", "job", body.product_id, outcome="refused")
-            raise refusal
-        return job, True
+                    return job, True
+            # A repeated create gets its job, even when the product has since been suspended.
+            existing = self._by_idempotency_key(session, actor, body.idempotency_key)
+            if existing is not None:
+                return self._repeated(session, existing, body), False
+        if refusal is None:  # the insert yielded, yet no job holds the key: a clash of ids
+            raise Conflict("the job could not be stored; send the create again")
+        self._audit.record(actor, "create", "job", body.product_id, outcome="refused")
+        raise refusal
+
+    @staticmethod
+    def _refusal(actor: Actor, product: Product, subscribed: bool) -> Forbidden | None:
+        """Why the hospital may not send this product a new job, if it may not."""
+        if product.status not in OPEN_PRODUCT_STATES:
+            return Forbidden(f"product {product.id!r} is {product.status} and takes no new jobs")
+        if not subscribed:
+            return Forbidden(
+                f"hospital {actor.organisation_id!r} is not subscribed to product {product.id!r}"
+            )
+        return None
+
+    def _repeated(self, session: Session, existing: Job, body: JobIn) -> Job:
+        """The job a repeated create names, after checking that it asks for the same thing."""
+        if (existing.product_id, existing.study_uid) != (body.product_id, body.study_uid):
+            raise Conflict(
+                f"idempotency key {body.idempotency_key!r} was used for job {existing.id} "
+                "with another product or study"
+            )
+        if body.instances not in (None, existing.declared_instances):
+            return self._redeclare(session, existing, body.instances)
+        return existing
 
     @staticmethod
     def _redeclare(session: Session, job: Job, instances: int) -> Job:
@@ -512,10 +536,10 @@ class JobService:
     def claim(self, actor: Actor, body: ClaimIn) -> tuple[Job, str, Sequence[JobInput]] | None:
         """Take the most urgent ready job for the vendor's products, with a fresh lease.
 
-        On PostgreSQL the job row is picked and taken in one transaction with
-        `SELECT … FOR UPDATE SKIP LOCKED`: concurrent claims on any replica each lock a
-        different row and never wait on one another. SQLite has one writer at a time, so there
-        the claim is a compare-and-set on the candidate's state.
+        On PostgreSQL the job row is picked and taken in one statement, an `UPDATE` of the
+        row that `SELECT … FOR UPDATE SKIP LOCKED` finds: concurrent claims on any replica
+        each lock a different row and never wait on one another. SQLite has one writer at a
+        time, so there the claim is a compare-and-set on the candidate's state.
 
         The job's inputs come with it, read in the same transaction: the worker's next step is
         fetching them, and it need not ask for the list first.
@@ -526,7 +550,7 @@ class JobService:
         # two writes fewer per claim on the busiest path.
         lease = timedelta(seconds=body.lease_seconds or self._settings.lease_seconds)
         query = _CLAIMABLE_OF_PRODUCTS if body.product_ids else _CLAIMABLE
-        wanted = {"vendor_id": actor.organisation_id, "product_ids": body.product_ids}
+        wanted = {"claiming_vendor": actor.organisation_id, "product_ids": body.product_ids}
         token = secrets.token_urlsafe(24)
         taken = self._lease_values(token, lease, body.start)
         with self._db.session() as session:
@@ -567,16 +591,14 @@ class JobService:
         wanted: dict[str, Any],
         taken: dict[str, Any],
     ) -> Job | None:
-        """PostgreSQL: lock the first free candidate, skipping rows other claims hold."""
-        job_id = session.scalars(
-            query.limit(1).with_for_update(skip_locked=True, of=Job), wanted
-        ).first()
-        if job_id is None:
-            return None
+        """PostgreSQL: lock the first free candidate, skipping rows other claims hold, and
+        take it, in one statement (`UPDATE … WHERE id = (SELECT … SKIP LOCKED)`)."""
+        candidate = query.limit(1).with_for_update(skip_locked=True, of=Job).scalar_subquery()
         return _transition(
             session,
-            (Job.id == job_id, Job.state == JobState.requested.value),
+            (Job.id == candidate, Job.state == JobState.requested.value),
             taken,
+            wanted,
         )
 
     def _take_compare_and_set(

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import and_, bindparam, delete, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -21,7 +21,7 @@ from aifi.exchange.blobs import BlobStore, TempBlob
 from aifi.exchange.clock import utcnow
 from aifi.exchange.db import Database, insert_new
 from aifi.exchange.errors import Conflict, Forbidden, Invalid, NotFound
-from aifi.exchange.jobs import JobService
+from aifi.exchange.jobs import JobService, walled
 from aifi.exchange.models import Job, JobInput, JobResult
 from aifi.exchange.schemas import JobState, OrganisationKind
 from aifi.exchange.validation import (
@@ -59,6 +59,23 @@ _SUMMARY_COLUMNS: dict[str, Any] = {
     "air_conformant": False,
     "notes": [],
 }
+
+
+#: A job with one of its inputs (`sop_uid`), or with one of its results (`name`), walled per
+#: role: a download's checks and its row in one statement.
+_INPUT_OF_JOB = walled(
+    select(Job, JobInput)
+    .outerjoin(
+        JobInput,
+        and_(JobInput.job_id == Job.id, JobInput.sop_instance_uid == bindparam("sop_uid")),
+    )
+    .where(Job.id == bindparam("job_id"))
+)
+_RESULT_OF_JOB = walled(
+    select(Job, JobResult)
+    .outerjoin(JobResult, and_(JobResult.job_id == Job.id, JobResult.name == bindparam("name")))
+    .where(Job.id == bindparam("job_id"))
+)
 
 
 class Transfers:
@@ -233,13 +250,10 @@ class Transfers:
         self, actor: Actor, job_id: str, sop_uid: str, lease_token: str | None
     ) -> JobInput:
         with self._audit.reading(actor, "read", "input", f"{job_id}/{sop_uid}") as read:
-            job = self._jobs.visible(read.session, actor, job_id)
+            job, row = self._jobs.visible_with(
+                read.session, actor, job_id, _INPUT_OF_JOB, sop_uid=sop_uid
+            )
             self._may_read_data(read.session, actor, job, lease_token)
-            row = read.session.scalars(
-                select(JobInput).where(
-                    JobInput.job_id == job_id, JobInput.sop_instance_uid == sop_uid
-                )
-            ).first()
             if row is None or row.purged_at is not None:
                 raise NotFound(f"job {job_id} has no input {sop_uid}")
             read.succeeded(patient_pseudonym=job.patient_pseudonym)
@@ -416,11 +430,10 @@ class Transfers:
         self, actor: Actor, job_id: str, name: str, lease_token: str | None
     ) -> JobResult:
         with self._audit.reading(actor, "read", "result", f"{job_id}/{name}") as read:
-            job = self._jobs.visible(read.session, actor, job_id)
+            job, row = self._jobs.visible_with(
+                read.session, actor, job_id, _RESULT_OF_JOB, name=name
+            )
             self._results_visible(read.session, actor, job, lease_token)
-            row = read.session.scalars(
-                select(JobResult).where(JobResult.job_id == job_id, JobResult.name == name)
-            ).first()
             if row is None or row.purged_at is not None:
                 raise NotFound(f"job {job_id} has no result {name!r}")
             read.succeeded(patient_pseudonym=job.patient_pseudonym)

@@ -72,6 +72,20 @@ def test_small_and_empty_blobs_round_trip_and_delete(store: S3BlobStore) -> None
         store.size("results/job-2/summary.json")
 
 
+def test_deleting_a_folder_takes_every_object_under_it_and_nothing_else(
+    store: S3BlobStore,
+) -> None:
+    for number in range(3):
+        stored(store, b"x", f"inputs/job-5/{number}.dcm")
+    stored(store, b"y", "inputs/job-50/0.dcm")
+    assert store.delete_under("inputs/job-5/") == 3
+    for number in range(3):
+        with pytest.raises(ClientError):
+            store.size(f"inputs/job-5/{number}.dcm")
+    assert store.size("inputs/job-50/0.dcm") == 1
+    assert store.delete_under("inputs/job-6/") == 0
+
+
 def test_a_failed_multipart_upload_is_aborted(
     store: S3BlobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -10,6 +10,8 @@ from typing import Any
 
 import pydicom
 
+from aifi.exchange.blob_keys import input_key
+from aifi.exchange.blobs import TempBlob
 from aifi.exchange.clock import utcnow
 from scale.conftest import ExchangeFactory, finish_job, lease_headers, set_up_parties
 from scale.servers import wait_for
@@ -121,6 +123,43 @@ def test_a_purge_takes_only_ended_jobs_and_is_audited(
 
     again = retention.sweep(now=utcnow() + timedelta(days=365))
     assert (again.inputs, again.results) == (0, 0), "a purge is done once"
+
+
+def left_behind(exchange: Any, key: str) -> str:
+    """A blob stored under `key` with no row naming it, as an upload leaves one when its
+    replica dies between storing the instance and recording it."""
+    blobs = exchange.client.app.state.services.blobs
+    folder = getattr(blobs, "incoming", None) or blobs.spool_dir
+    path = Path(folder) / "left-behind.part"
+    path.write_bytes(b"an instance never recorded")
+    blobs.commit(TempBlob(path, path.stat().st_size, "-"), key)
+    return key
+
+
+def test_a_purge_also_takes_what_a_crash_left_in_the_jobs_folder(
+    exchange_on: ExchangeFactory, make_ct: Any
+) -> None:
+    exchange = exchange_on(retain_inputs_seconds=HOUR, retention_sweep_seconds=HOUR)
+    orgs = set_up_parties(exchange)
+    hospital, vendor = orgs["hospital"], orgs["vendor"]
+    ended = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
+    claim = exchange.claim(vendor)
+    assert claim is not None
+    exchange.client.post(
+        f"/jobs/{ended['id']}/fail",
+        json={"lease_token": claim["lease_token"], "reason": "no tissue"},
+        headers=vendor.headers,
+    ).raise_for_status()
+    waiting = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
+    orphan = left_behind(exchange, input_key(ended["id"], "1.2.3"))
+    kept = left_behind(exchange, input_key(waiting["id"], "1.2.3"))
+
+    report = exchange.client.app.state.retention.sweep(now=utcnow() + timedelta(days=365))
+    assert report.jobs == {ended["id"]}
+    assert not blob_exists(exchange, orphan)
+    assert not any(blob_exists(exchange, key) for key in input_keys(exchange, ended["id"]))
+    assert blob_exists(exchange, kept), "a job that has not ended keeps its folder"
+    assert all(blob_exists(exchange, key) for key in input_keys(exchange, waiting["id"]))
 
 
 def test_retention_can_be_switched_off(

@@ -6,6 +6,7 @@ so a half-received or refused upload never replaces one already accepted.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -50,6 +51,8 @@ class BlobStore(Protocol):
     def size(self, key: str) -> int: ...
 
     def delete(self, key: str) -> None: ...
+
+    def delete_under(self, folder: str) -> int: ...
 
 
 async def spool(
@@ -145,6 +148,23 @@ class LocalBlobStore:
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def delete_under(self, folder: str) -> int:
+        """Delete every blob under `folder` (and the emptied folders); how many went."""
+        top = self._path(folder)
+        if not top.is_dir():
+            return 0
+        deleted = 0
+        for parent, folders, files in os.walk(top, topdown=False):
+            for name in files:
+                Path(parent, name).unlink(missing_ok=True)
+                deleted += 1
+            for name in folders:
+                with contextlib.suppress(OSError):  # a blob stored meanwhile keeps it
+                    Path(parent, name).rmdir()
+        with contextlib.suppress(OSError):
+            top.rmdir()
+        return deleted
 
 
 def open_blob_store(url: str) -> BlobStore:

@@ -210,6 +210,22 @@ class S3BlobStore:
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
 
+    def delete_under(self, folder: str) -> int:
+        """Delete every object under `folder`, a page (up to 1,000) at a time; how many went."""
+        prefix = self.object_key(folder)
+        deleted = 0
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=prefix
+        )
+        for page in pages:
+            objects = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if objects:
+                self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True}
+                )
+                deleted += len(objects)
+        return deleted
+
 
 def _total_size(answer: dict[str, Any], start: int) -> int:
     """The object's full size from `Content-Range: bytes a-b/TOTAL` (or the body length)."""

@@ -4,16 +4,18 @@ Inputs are kept `retain_inputs_seconds` after the job ended (completed, failed, 
 expired) and results `retain_results_seconds` after the hospital acknowledged them. A job that
 has not ended is never touched, whatever its age: its vendor or hospital may still need it.
 
-Each purge deletes the blobs first, then writes an audit entry ("delete", who: the exchange
-itself) saying what went and why, then marks the rows. A crash in between repeats the purge at
-the next sweep (deleting twice is harmless), so nothing is purged without being audited.
+Each purge deletes the blobs first (those the rows name, then anything else left in the job's
+folder, such as the blob of an upload that crashed before it was recorded), then writes an
+audit entry ("delete", who: the exchange itself) saying what went and why, then marks the
+rows. A crash in between repeats the purge at the next sweep (deleting twice is harmless), so
+nothing is purged without being audited.
 With replicas on PostgreSQL one replica sweeps at a time (a session advisory lock).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,6 +23,7 @@ from typing import Any
 from sqlalchemy import select, text, update
 
 from aifi.exchange.audit import Actor, AuditLog
+from aifi.exchange.blob_keys import input_folder, result_folder
 from aifi.exchange.blobs import BlobStore
 from aifi.exchange.clock import as_utc, utcnow
 from aifi.exchange.db import RETENTION_LOCK, Database
@@ -80,10 +83,12 @@ class Retention:
                 return report
             if self._settings.retain_inputs_seconds is not None:
                 cutoff = now - timedelta(seconds=self._settings.retain_inputs_seconds)
-                self._purge("input", JobInput, Job.ended_at, cutoff, now, report)
+                self._purge("input", JobInput, Job.ended_at, cutoff, now, report, input_folder)
             if self._settings.retain_results_seconds is not None:
                 cutoff = now - timedelta(seconds=self._settings.retain_results_seconds)
-                self._purge("result", JobResult, Job.acknowledged_at, cutoff, now, report)
+                self._purge(
+                    "result", JobResult, Job.acknowledged_at, cutoff, now, report, result_folder
+                )
         return report
 
     @contextlib.contextmanager
@@ -112,6 +117,7 @@ class Retention:
         cutoff: datetime,
         now: datetime,
         report: PurgeReport,
+        folder: Callable[[str], str],
     ) -> None:
         while True:
             rows = self._due(table, since_column, cutoff)
@@ -119,6 +125,9 @@ class Retention:
                 return
             for row in rows:
                 self._blobs.delete(row.blob_key)
+            for job_id in _by_job(rows):
+                # And whatever a crash left in the job's folder without a row naming it.
+                self._blobs.delete_under(folder(job_id))
             for job_id, job_rows in _by_job(rows).items():
                 first = job_rows[0]
                 size = sum(r.size for r in job_rows)

@@ -7,8 +7,10 @@ the same object twice stores it once, so a gateway or worker may retry after any
 from __future__ import annotations
 
 import json
+import logging
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +19,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from aifi.exchange.audit import Actor, AuditLog
+from aifi.exchange.blob_keys import input_key, result_key
 from aifi.exchange.blobs import BlobStore, TempBlob
 from aifi.exchange.clock import utcnow
 from aifi.exchange.db import Database, insert_new
@@ -30,6 +33,8 @@ from aifi.exchange.validation import (
     check_result_file,
     check_summary,
 )
+
+log = logging.getLogger(__name__)
 
 UID = re.compile(r"^[0-9.]{1,64}$")
 RESULT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
@@ -78,6 +83,15 @@ _RESULT_OF_JOB = walled(
 )
 
 
+@dataclass
+class _Recording:
+    """How far an upload got: its blob stored, its row committed, the blob it replaced."""
+
+    stored: bool = False
+    done: bool = False
+    replaced: str | None = None
+
+
 class Transfers:
     def __init__(self, db: Database, blobs: BlobStore, jobs: JobService, audit: AuditLog) -> None:
         self._db = db
@@ -120,27 +134,50 @@ class Transfers:
             raise Conflict(f"job {job.id} no longer takes inputs (state {job.state})")
 
     def _commit_input(self, actor: Actor, job_id: str, sop_uid: str, temp: TempBlob) -> JobInput:
-        key = f"inputs/{job_id}/{sop_uid}.dcm"
-        stored = False
-        try:
-            with self._db.session() as session:
-                job = self._jobs.visible(session, actor, job_id)
-                self._takes_inputs(actor, job)
-                header = self._checked_input(actor, job, sop_uid, temp)
-                self._jobs.check_room(session, job, sop_uid)
-                # Stored before the first write: on SQLite no other writer waits for the
-                # fsync, and the study's other uploads go on while this one is sent to the
-                # object store.
-                self._blobs.commit(temp, key)
-                stored = True
-                row, opened = self._record_input(session, actor, job, header, temp, key)
-        except Conflict:
-            if stored:
-                self._forget_unrecorded(job_id, sop_uid, key)
-            raise
+        key = input_key(job_id, sop_uid)
+        with self._recording(key) as recorded, self._db.session() as session:
+            job = self._jobs.visible(session, actor, job_id)
+            self._takes_inputs(actor, job)
+            header = self._checked_input(actor, job, sop_uid, temp)
+            self._jobs.check_room(session, job, sop_uid)
+            # Stored before the first write: on SQLite no other writer waits for the
+            # fsync, and the study's other uploads go on while this one is sent to the
+            # object store.
+            self._blobs.commit(temp, key)
+            recorded.stored = True
+            row, opened, recorded.replaced = self._record_input(
+                session, actor, job, header, temp, key
+            )
+            recorded.done = True
         if opened:
             self._jobs.opened(job)
         return row
+
+    @contextmanager
+    def _recording(self, key: str) -> Iterator[_Recording]:
+        """Keep the blob store in step with the rows around an upload's transaction.
+
+        A blob stored for an upload whose transaction then failed or was refused (the job
+        opened or ended meanwhile) is deleted at once: its key is the upload's own, so no row
+        names it. After the commit, the blob of the copy it replaced goes. A failure while
+        committing leaves the blob (the commit may have happened); retention removes the job's
+        folder in the end.
+        """
+        recording = _Recording()
+        try:
+            yield recording
+        except BaseException:
+            if recording.stored and not recording.done:
+                self._forget(key)
+            raise
+        if recording.replaced is not None and recording.replaced != key:
+            self._forget(recording.replaced)
+
+    def _forget(self, key: str) -> None:
+        try:
+            self._blobs.delete(key)
+        except Exception:  # the upload's answer stands; retention removes the job's folder
+            log.warning("could not delete blob %s; it goes when its job is purged", key)
 
     def _record_input(
         self,
@@ -150,16 +187,16 @@ class Transfers:
         header: InputHeader,
         temp: TempBlob,
         key: str,
-    ) -> tuple[JobInput, bool]:
+    ) -> tuple[JobInput, bool, str | None]:
         """The stored instance's row and the job's counts, in the upload's turn at the job;
-        whether the job opened with it."""
+        whether the job opened with it, and the blob of the copy it replaced."""
         turn = self._jobs.take_input_turn(session, job)
-        replaced_size = session.execute(
+        replaced = session.execute(
             delete(JobInput)
             .where(JobInput.job_id == job.id, JobInput.sop_instance_uid == header.sop_instance_uid)
-            .returning(JobInput.size)
+            .returning(JobInput.size, JobInput.blob_key)
             .execution_options(synchronize_session=False)
-        ).scalar_one_or_none()
+        ).first()
         row = JobInput(
             job_id=job.id,
             sop_instance_uid=header.sop_instance_uid,
@@ -185,23 +222,9 @@ class Transfers:
             turn,
             added=header.sop_instance_uid,
             size=temp.size,
-            replaced_size=replaced_size,
+            replaced_size=replaced.size if replaced is not None else None,
         )
-        return row, opened
-
-    def _forget_unrecorded(self, job_id: str, sop_uid: str, key: str) -> None:
-        """Delete an instance stored for an upload its job refused at its turn (the job opened
-        or ended meanwhile), unless an earlier upload of the instance holds the key: the
-        exchange keeps no pseudonymised data that no job lists, and retention only purges
-        what jobs list."""
-        with self._db.session() as session:
-            held = session.scalars(
-                select(JobInput.id).where(
-                    JobInput.job_id == job_id, JobInput.sop_instance_uid == sop_uid
-                )
-            ).first()
-        if held is None:
-            self._blobs.delete(key)
+        return row, opened, replaced.blob_key if replaced is not None else None
 
     def _checked_input(self, actor: Actor, job: Job, sop_uid: str, temp: TempBlob) -> InputHeader:
         """The instance's header, if it may be an input of `job`; a refusal is audited."""
@@ -311,16 +334,20 @@ class Transfers:
         # transaction opens, so that a long check holds no database connection; a small one in
         # the transaction, against the job as read there.
         early = self._checked_result(actor, leased, upload, temp) if leased else None
-        with self._db.session() as session:
+        key = result_key(job_id, upload.name)
+        with self._recording(key) as recorded, self._db.session() as session:
             # The lease may have run out while the bytes arrived: checked in the transaction
             # that records the result.
             job = self._jobs.held(session, actor, job_id, upload.lease_token)
             checked, summary = early or self._checked_result(actor, job, upload, temp)
-            key = f"results/{job.id}/{upload.name}"
             self._blobs.commit(temp, key)
-            session.execute(
-                delete(JobResult).where(JobResult.job_id == job.id, JobResult.name == upload.name)
-            )
+            recorded.stored = True
+            recorded.replaced = session.execute(
+                delete(JobResult)
+                .where(JobResult.job_id == job.id, JobResult.name == upload.name)
+                .returning(JobResult.blob_key)
+                .execution_options(synchronize_session=False)
+            ).scalar_one_or_none()
             row = JobResult(
                 job_id=job.id,
                 name=upload.name,
@@ -345,6 +372,7 @@ class Transfers:
                 self._jobs.complete_in(
                     session, actor, job.id, upload.lease_token, summary, with_result=True
                 )
+            recorded.done = True
         if upload.complete:
             self._jobs.completed()
         return row

@@ -118,7 +118,8 @@ def create_app(
     def healthz() -> dict[str, str]:
         return {"status": "ok", "version": aifi.__version__}
 
-    for module in (organisations, products, subscriptions, jobs, data, metering, audit):
+    # Routes are matched in order, one by one: the busiest (a job and its data) come first.
+    for module in (jobs, data, organisations, products, subscriptions, metering, audit):
         app.include_router(module.router)
     for extend in extensions:
         extend(app, services)

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, event, func, insert, select, text
+from sqlalchemy import Select, Table, bindparam, event, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from aifi.exchange.clock import as_utc, utcnow
@@ -36,6 +36,11 @@ _TABLE = cast(Table, AuditEntry.__table__)
 
 
 def entry_digest(entry: AuditEntry) -> str:
+    return linked_digest(entry, entry.prev_hash)
+
+
+def linked_digest(entry: Any, prev_hash: str) -> str:
+    """The hash of `entry` (an entry, or a row with its columns) linked after `prev_hash`."""
     body = {
         "at": as_utc(entry.at).isoformat(),
         "organisation": entry.organisation_id,
@@ -46,7 +51,7 @@ def entry_digest(entry: AuditEntry) -> str:
         "patient": entry.patient_pseudonym,
         "outcome": entry.outcome,
         "detail": entry.detail,
-        "prev": entry.prev_hash,
+        "prev": prev_hash,
     }
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
@@ -185,13 +190,15 @@ class AuditLog:
                 return 0
             head = session.execute(_HEAD).first()
             position, previous = (int(head[0] or 0), str(head[1])) if head else (0, GENESIS)
-            pending = session.scalars(_UNLINKED.limit(limit)).all()
-            for entry in pending:
+            links = []
+            for entry in session.execute(_UNLINKED.limit(limit)):
                 position += 1
-                entry.chain_seq = position
-                entry.prev_hash = previous
-                entry.entry_hash = previous = entry_digest(entry)
-            return len(pending)
+                digest = linked_digest(entry, previous)
+                links.append({"entry": entry.id, "seq": position, "prev": previous, "hash": digest})
+                previous = digest
+            if links:
+                session.execute(_LINK, links)
+            return len(links)
 
 
 #: Where a session keeps the entries its transaction stores when it commits.
@@ -241,7 +248,29 @@ _HEAD = (
     .order_by(AuditEntry.chain_seq.desc())
     .limit(1)
 )
-_UNLINKED = select(AuditEntry).where(AuditEntry.chain_seq.is_(None)).order_by(AuditEntry.id)
+#: The columns a link hashes, of the entries not linked yet (rows, not entries: a busy exchange
+#: links hundreds a second, and loading each as an object cost more than hashing it).
+_UNLINKED = (
+    select(
+        AuditEntry.id,
+        AuditEntry.at,
+        AuditEntry.organisation_id,
+        AuditEntry.role,
+        AuditEntry.action,
+        AuditEntry.object_type,
+        AuditEntry.object_id,
+        AuditEntry.patient_pseudonym,
+        AuditEntry.outcome,
+        AuditEntry.detail,
+    )
+    .where(AuditEntry.chain_seq.is_(None))
+    .order_by(AuditEntry.id)
+)
+_LINK = (
+    update(_TABLE)
+    .where(_TABLE.c.id == bindparam("entry"))
+    .values(chain_seq=bindparam("seq"), prev_hash=bindparam("prev"), entry_hash=bindparam("hash"))
+)
 
 
 @dataclass

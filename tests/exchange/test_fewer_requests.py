@@ -18,6 +18,7 @@ import pydicom
 import pytest
 from botocore.exceptions import ClientError
 from fastapi.testclient import TestClient
+from sqlalchemy import event
 
 from aifi.exchange.app import create_app
 from aifi.exchange.services import build_services
@@ -262,6 +263,70 @@ def test_a_large_result_is_checked_before_its_transaction_and_completes_the_job(
     assert done["state"] == "completed"
     fetched = exchange.client.get(f"/jobs/{job['id']}/results/sr.dcm", headers=hospital.headers)
     assert fetched.content == large.read_bytes()
+
+
+def test_a_large_upload_goes_to_the_blob_store_while_its_thread_holds_no_connection(
+    settings: ExchangeSettings, make_ct: Any, tmp_path: Path
+) -> None:
+    """A large instance or result may take a while to reach the object store: its upload
+    holds no database connection meanwhile (a pool of 40 would otherwise run dry), while a
+    small one is stored inside its transaction, where that costs nothing."""
+    services = build_services(settings)
+    holders: set[int] = set()
+    held_while_storing: dict[str, bool] = {}
+    commit = services.blobs.commit
+
+    def checked_out(_dbapi: Any, record: Any, _proxy: Any) -> None:
+        record.info["thread"] = threading.get_ident()
+        holders.add(threading.get_ident())
+
+    def checked_in(_dbapi: Any, record: Any) -> None:
+        holders.discard(record.info.pop("thread", None))
+
+    def noting_commit(temp: Any, key: str) -> None:
+        held_while_storing[key.split("/")[0] + ("-large" if temp.size > 1 << 20 else "")] = (
+            threading.get_ident() in holders
+        )
+        commit(temp, key)
+
+    event.listen(services.db.engine, "checkout", checked_out)
+    event.listen(services.db.engine, "checkin", checked_in)
+    services.blobs.commit = noting_commit  # type: ignore[method-assign]
+    with TestClient(create_app(settings, services=services)) as client:
+        exchange = Exchange(client)
+        hospital = exchange.org("hospital-a", "hospital")
+        vendor = exchange.org("vendor-a", "vendor")
+        exchange.product(vendor, "product-a")
+        exchange.subscribe(hospital, "product-a")
+        study = make_ct(slices=2, size=1024)
+        assert study[0].stat().st_size > 1 << 20
+        job = _declared_job(exchange, hospital, study, instances=2)
+        assert exchange.upload(hospital, job["id"], study[0]).status_code == 201
+        small = pydicom.dcmread(study[1])
+        small.PixelData = b"\0" * 128
+        small.Rows, small.Columns = 8, 8
+        small_path = tmp_path / "small.dcm"
+        small.save_as(small_path)
+        assert exchange.upload(hospital, job["id"], small_path).status_code == 201
+        claim = exchange.claim(vendor)
+        assert claim is not None
+        lease = {"X-Lease-Token": claim["lease_token"], **vendor.headers}
+        report = pydicom.dcmread(_result_of(study, tmp_path / "out").files[0].path)
+        report.private_block(0x0011, "AIFI TEST", create=True).add_new(
+            0x01, "OB", b"\0" * (2 << 20)
+        )
+        stored = client.put(
+            f"/jobs/{job['id']}/results/sr.dcm",
+            params={"complete": "true"},
+            content=_bytes_of(report, tmp_path / "large-sr.dcm"),
+            headers=lease,
+        )
+        assert stored.status_code == 201, stored.text
+    assert held_while_storing == {
+        "inputs-large": False,
+        "inputs": True,
+        "results-large": False,
+    }
 
 
 def _bytes_of(dataset: Any, path: Path) -> bytes:

@@ -111,18 +111,22 @@ class Transfers:
     ) -> JobInput:
         """Receive, check and store one input instance (`length`: the body size announced).
 
-        A large upload is refused before its bytes are read if the job would refuse it anyway;
-        a small one is read first and the job checked once, in the transaction that stores it.
+        A large upload is refused before its bytes are read if the job would refuse it anyway,
+        and checked and stored before the transaction that records it, so that no database
+        connection waits while it goes to the object store; a small one is read first and the
+        job checked once, in the transaction that stores it.
         """
         if not UID.match(sop_uid):
             raise Invalid(f"job {job_id}: {sop_uid!r} is not a SOP Instance UID")
+        checked = None
         if length is None or length > CHECK_FIRST_BYTES:
-            self._takes_inputs(
-                actor, await run_in_threadpool(self._jobs.get, actor, job_id, audit=False)
-            )
+            checked = await run_in_threadpool(self._jobs.get, actor, job_id, audit=False)
+            self._takes_inputs(actor, checked)
         temp = await self._blobs.receive(body)
         try:
-            return await run_in_threadpool(self._commit_input, actor, job_id, sop_uid, temp)
+            return await run_in_threadpool(
+                self._commit_input, actor, job_id, sop_uid, temp, checked
+            )
         finally:
             self._blobs.discard(temp)
 
@@ -133,22 +137,39 @@ class Transfers:
         if job.inputs_complete or job.state != JobState.requested:
             raise Conflict(f"job {job.id} no longer takes inputs (state {job.state})")
 
-    def _commit_input(self, actor: Actor, job_id: str, sop_uid: str, temp: TempBlob) -> JobInput:
+    def _commit_input(
+        self,
+        actor: Actor,
+        job_id: str,
+        sop_uid: str,
+        temp: TempBlob,
+        checked: Job | None = None,
+    ) -> JobInput:
+        """Store and record an input; `checked`: the job as a large upload found it before
+        its bytes were read (the instance is then checked and stored before the transaction:
+        its key is its own, so storing it early can touch nothing already accepted)."""
         key = input_key(job_id, sop_uid)
-        with self._recording(key) as recorded, self._db.session() as session:
-            job = self._jobs.visible(session, actor, job_id)
-            self._takes_inputs(actor, job)
-            header = self._checked_input(actor, job, sop_uid, temp)
-            self._jobs.check_room(session, job, sop_uid)
-            # Stored before the first write: on SQLite no other writer waits for the
-            # fsync, and the study's other uploads go on while this one is sent to the
-            # object store.
-            self._blobs.commit(temp, key)
-            recorded.stored = True
-            row, opened, recorded.replaced = self._record_input(
-                session, actor, job, header, temp, key
-            )
-            recorded.done = True
+        with self._recording(key) as recorded:
+            header = None
+            if checked is not None:
+                header = self._checked_input(actor, checked, sop_uid, temp)
+                self._blobs.commit(temp, key)
+                recorded.stored = True
+            with self._db.session() as session:
+                job = self._jobs.visible(session, actor, job_id)
+                self._takes_inputs(actor, job)
+                if header is None:
+                    header = self._checked_input(actor, job, sop_uid, temp)
+                self._jobs.check_room(session, job, sop_uid)
+                if not recorded.stored:
+                    # Stored before the first write: on SQLite no other writer waits for the
+                    # fsync, and the study's other uploads go on while this one is stored.
+                    self._blobs.commit(temp, key)
+                    recorded.stored = True
+                row, opened, recorded.replaced = self._record_input(
+                    session, actor, job, header, temp, key
+                )
+                recorded.done = True
         if opened:
             self._jobs.opened(job)
         return row
@@ -330,51 +351,75 @@ class Transfers:
         temp: TempBlob,
         leased: Job | None = None,
     ) -> JobResult:
-        # A large result (its lease checked before it was read: `leased`) is checked before the
-        # transaction opens, so that a long check holds no database connection; a small one in
-        # the transaction, against the job as read there.
+        # A large result (its lease checked before it was read: `leased`) is checked and stored
+        # before the transaction opens, so that neither a long check nor its trip to the object
+        # store holds a database connection; a small one in the transaction, against the job
+        # as read there. Its key is its own: storing it early touches nothing accepted before.
         early = self._checked_result(actor, leased, upload, temp) if leased else None
         key = result_key(job_id, upload.name)
-        with self._recording(key) as recorded, self._db.session() as session:
-            # The lease may have run out while the bytes arrived: checked in the transaction
-            # that records the result.
-            job = self._jobs.held(session, actor, job_id, upload.lease_token)
-            checked, summary = early or self._checked_result(actor, job, upload, temp)
-            self._blobs.commit(temp, key)
-            recorded.stored = True
-            recorded.replaced = session.execute(
-                delete(JobResult)
-                .where(JobResult.job_id == job.id, JobResult.name == upload.name)
-                .returning(JobResult.blob_key)
-                .execution_options(synchronize_session=False)
-            ).scalar_one_or_none()
-            row = JobResult(
-                job_id=job.id,
-                name=upload.name,
-                media_type=upload.media_type,
-                size=temp.size,
-                sha256=temp.sha256,
-                blob_key=key,
-                created_at=utcnow(),
-                **checked,
-            )
-            insert_new(session, row)
-            self._audit.record_in(
-                session,
-                actor,
-                "create",
-                "result",
-                f"{job.id}/{upload.name}",
-                patient_pseudonym=job.patient_pseudonym,
-                detail=row.kind,
-            )
-            if upload.complete:
-                self._jobs.complete_in(
-                    session, actor, job.id, upload.lease_token, summary, with_result=True
+        with self._recording(key) as recorded:
+            if early is not None:  # checked already: stored before a connection is taken
+                self._blobs.commit(temp, key)
+                recorded.stored = True
+            with self._db.session() as session:
+                row = self._record_result(
+                    session, actor, job_id, upload, temp, key, early, recorded
                 )
-            recorded.done = True
+                recorded.done = True
         if upload.complete:
             self._jobs.completed()
+        return row
+
+    def _record_result(
+        self,
+        session: Session,
+        actor: Actor,
+        job_id: str,
+        upload: ResultUpload,
+        temp: TempBlob,
+        key: str,
+        early: tuple[dict[str, Any], dict[str, Any] | None] | None,
+        recorded: _Recording,
+    ) -> JobResult:
+        """The result's row (and the job's end, with `complete`) in the caller's transaction;
+        the result is checked and stored here unless that was done before (`early`)."""
+        # The lease may have run out while the bytes arrived: checked in the transaction that
+        # records the result.
+        job = self._jobs.held(session, actor, job_id, upload.lease_token)
+        checked, summary = early or self._checked_result(actor, job, upload, temp)
+        if not recorded.stored:
+            self._blobs.commit(temp, key)
+            recorded.stored = True
+        recorded.replaced = session.execute(
+            delete(JobResult)
+            .where(JobResult.job_id == job.id, JobResult.name == upload.name)
+            .returning(JobResult.blob_key)
+            .execution_options(synchronize_session=False)
+        ).scalar_one_or_none()
+        row = JobResult(
+            job_id=job.id,
+            name=upload.name,
+            media_type=upload.media_type,
+            size=temp.size,
+            sha256=temp.sha256,
+            blob_key=key,
+            created_at=utcnow(),
+            **checked,
+        )
+        insert_new(session, row)
+        self._audit.record_in(
+            session,
+            actor,
+            "create",
+            "result",
+            f"{job.id}/{upload.name}",
+            patient_pseudonym=job.patient_pseudonym,
+            detail=row.kind,
+        )
+        if upload.complete:
+            self._jobs.complete_in(
+                session, actor, job.id, upload.lease_token, summary, with_result=True
+            )
         return row
 
     def _checked_result(

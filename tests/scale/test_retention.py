@@ -37,6 +37,19 @@ def input_keys(exchange: Any, job_id: str) -> list[str]:
         return list(session.scalars(select(JobInput.blob_key).where(JobInput.job_id == job_id)))
 
 
+def failed_job(exchange: Any, hospital: Any, vendor: Any, make_ct: Any) -> dict[str, Any]:
+    """A job its vendor claimed and failed: ended, its input still held."""
+    job = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
+    claim = exchange.claim(vendor)
+    assert claim is not None and claim["job"]["id"] == job["id"]
+    exchange.client.post(
+        f"/jobs/{job['id']}/fail",
+        json={"lease_token": claim["lease_token"], "reason": "no tissue"},
+        headers=vendor.headers,
+    ).raise_for_status()
+    return dict(job)
+
+
 def test_a_purge_takes_only_ended_jobs_and_is_audited(
     exchange_on: ExchangeFactory, make_ct: Any, tmp_path: Path
 ) -> None:
@@ -56,13 +69,7 @@ def test_a_purge_takes_only_ended_jobs_and_is_audited(
     assert ack.status_code == 200
     undelivered = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
     undelivered_sr = finish_job(exchange, vendor, exchange.claim(vendor), tmp_path / "u")
-    failed = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
-    failed_claim = exchange.claim(vendor)
-    exchange.client.post(
-        f"/jobs/{failed['id']}/fail",
-        json={"lease_token": failed_claim["lease_token"], "reason": "no tissue"},
-        headers=vendor.headers,
-    ).raise_for_status()
+    failed = failed_job(exchange, hospital, vendor, make_ct)
     waiting = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
     uploading_study = make_ct(slices=2)
     study_uid = pydicom.dcmread(uploading_study[0], stop_before_pixels=True).StudyInstanceUID
@@ -142,14 +149,7 @@ def test_a_purge_also_takes_what_a_crash_left_in_the_jobs_folder(
     exchange = exchange_on(retain_inputs_seconds=HOUR, retention_sweep_seconds=HOUR)
     orgs = set_up_parties(exchange)
     hospital, vendor = orgs["hospital"], orgs["vendor"]
-    ended = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
-    claim = exchange.claim(vendor)
-    assert claim is not None
-    exchange.client.post(
-        f"/jobs/{ended['id']}/fail",
-        json={"lease_token": claim["lease_token"], "reason": "no tissue"},
-        headers=vendor.headers,
-    ).raise_for_status()
+    ended = failed_job(exchange, hospital, vendor, make_ct)
     waiting = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
     orphan = left_behind(exchange, input_key(ended["id"], "1.2.3"))
     kept = left_behind(exchange, input_key(waiting["id"], "1.2.3"))

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, select
+from sqlalchemy import Delete, Row, and_, bindparam, delete, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -81,6 +81,14 @@ _RESULT_OF_JOB = walled(
     .outerjoin(JobResult, and_(JobResult.job_id == Job.id, JobResult.name == bindparam("name")))
     .where(Job.id == bindparam("job_id"))
 )
+
+
+def _take_out(session: Session, statement: Delete, *held: Any) -> Row[Any] | None:
+    """Delete the row an upload replaces (a copy sent before); what it `held`, if there was
+    one. Run in the upload's turn, so two uploads of one object replace one after the other."""
+    return session.execute(
+        statement.returning(*held).execution_options(synchronize_session=False)
+    ).first()
 
 
 @dataclass
@@ -212,12 +220,14 @@ class Transfers:
         """The stored instance's row and the job's counts, in the upload's turn at the job;
         whether the job opened with it, and the blob of the copy it replaced."""
         turn = self._jobs.take_input_turn(session, job)
-        replaced = session.execute(
-            delete(JobInput)
-            .where(JobInput.job_id == job.id, JobInput.sop_instance_uid == header.sop_instance_uid)
-            .returning(JobInput.size, JobInput.blob_key)
-            .execution_options(synchronize_session=False)
-        ).first()
+        replaced = _take_out(
+            session,
+            delete(JobInput).where(
+                JobInput.job_id == job.id, JobInput.sop_instance_uid == header.sop_instance_uid
+            ),
+            JobInput.size,
+            JobInput.blob_key,
+        )
         row = JobInput(
             job_id=job.id,
             sop_instance_uid=header.sop_instance_uid,
@@ -390,12 +400,12 @@ class Transfers:
         if not recorded.stored:
             self._blobs.commit(temp, key)
             recorded.stored = True
-        recorded.replaced = session.execute(
-            delete(JobResult)
-            .where(JobResult.job_id == job.id, JobResult.name == upload.name)
-            .returning(JobResult.blob_key)
-            .execution_options(synchronize_session=False)
-        ).scalar_one_or_none()
+        replaced = _take_out(
+            session,
+            delete(JobResult).where(JobResult.job_id == job.id, JobResult.name == upload.name),
+            JobResult.blob_key,
+        )
+        recorded.replaced = replaced.blob_key if replaced is not None else None
         row = JobResult(
             job_id=job.id,
             name=upload.name,

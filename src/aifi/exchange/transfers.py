@@ -93,7 +93,8 @@ def _take_out(session: Session, statement: Delete, *held: Any) -> Row[Any] | Non
 
 @dataclass
 class _Recording:
-    """How far an upload got: its blob stored, its row committed, the blob it replaced."""
+    """How far an upload got: its blob stored, its row written (committing next), the blob
+    of the copy it replaced."""
 
     stored: bool = False
     done: bool = False

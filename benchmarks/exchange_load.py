@@ -572,6 +572,7 @@ def main() -> int:
         "replica_memory_growth_mb": _target(growth, TARGET_MEMORY_GROWTH_MB, higher=False),
     }
     figures["targets"] = targets
+    figures["three_replicas_ceiling"] = speedup_ceiling(figures)
     report(console, figures)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
@@ -594,6 +595,19 @@ def memory_growth(folder: Path, big_mb: int, console: Console) -> dict[str, Any]
         deployment.stop()
     first, last = peaks[f"{sizes[0]}MB"], peaks[f"{sizes[-1]}MB"]
     return {"peak_rss_mb": peaks, "growth_mb": round(last - first, 1)}
+
+
+def speedup_ceiling(figures: dict[str, Any]) -> float:
+    """The three-replica speed-up this machine allows, had its cores been fully busy.
+
+    Three replicas share the cores with PostgreSQL, nginx, the load generator and the kernel;
+    one replica is bound by its own core. So the ceiling is the cores × a lone replica's CPU
+    per job / the whole machine's CPU per job with three — the core count only if nothing
+    but the replicas used the cores.
+    """
+    lone = figures["postgresql_1"]["replicas_cpu_ms_per_job"]
+    machine = figures["postgresql_3"]["machine_cpu_ms_per_job"]
+    return round(figures["cpus"] * lone / machine, 2) if machine else 0.0
 
 
 def _target(measured: float, target: float, *, higher: bool) -> dict[str, Any]:
@@ -633,6 +647,11 @@ def report(console: Console, figures: dict[str, Any]) -> None:
     for name, target in figures["targets"].items():
         mark = "[green]met[/]" if target["met"] else "[red]not met[/]"
         console.print(f"{name}: {target['measured']} (target {target['target']}) {mark}")
+    console.print(
+        f"three replicas / one, were all {figures['cpus']} cores busy: at most "
+        f"{figures['three_replicas_ceiling']} ({figures['cpus']} × a lone replica's ms per job "
+        "/ the whole machine's ms per job with three)"
+    )
 
 
 if __name__ == "__main__":

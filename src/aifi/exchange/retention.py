@@ -4,8 +4,8 @@ Inputs are kept `retain_inputs_seconds` after the job ended (completed, failed, 
 expired) and results `retain_results_seconds` after the hospital acknowledged them. A job that
 has not ended is never touched, whatever its age: its vendor or hospital may still need it.
 
-Each purge deletes the blobs first (those the rows name, then anything else left in the job's
-folder, such as the blob of an upload that crashed before it was recorded), then writes an
+Each purge deletes the blobs first (the job's folder: those the rows name, and anything else
+left there, such as the blob of an upload that crashed before it was recorded), then writes an
 audit entry ("delete", who: the exchange itself) saying what went and why, then marks the
 rows. A crash in between repeats the purge at the next sweep (deleting twice is harmless), so
 nothing is purged without being audited.
@@ -123,12 +123,12 @@ class Retention:
             rows = self._due(table, since_column, cutoff)
             if not rows:
                 return
-            for row in rows:
-                self._blobs.delete(row.blob_key)
-            for job_id in _by_job(rows):
-                # And whatever a crash left in the job's folder without a row naming it.
+            by_job = _by_job(rows)
+            for job_id in by_job:
+                # Every blob the job's rows name is in its folder, with anything a crash left
+                # there unnamed: one listing deletes them all.
                 self._blobs.delete_under(folder(job_id))
-            for job_id, job_rows in _by_job(rows).items():
+            for job_id, job_rows in by_job.items():
                 first = job_rows[0]
                 size = sum(r.size for r in job_rows)
                 self._audit.record(

@@ -93,12 +93,21 @@ def _take_out(session: Session, statement: Delete, *held: Any) -> Row[Any] | Non
 
 @dataclass
 class _Recording:
-    """How far an upload got: its blob stored, its row written (committing next), the blob
-    of the copy it replaced."""
+    """An upload's blob under its own `key`, and how far the upload got: the blob stored, its
+    row written (committing next), the blob of the copy it replaced."""
 
+    blobs: BlobStore
+    key: str
     stored: bool = False
     done: bool = False
     replaced: str | None = None
+
+    def store(self, temp: TempBlob) -> None:
+        """Store the upload's blob, unless it already was (a large one, before its
+        transaction)."""
+        if not self.stored:
+            self.blobs.commit(temp, self.key)
+            self.stored = True
 
 
 class Transfers:
@@ -157,27 +166,21 @@ class Transfers:
         """Store and record an input; `checked`: the job as a large upload found it before
         its bytes were read (the instance is then checked and stored before the transaction:
         its key is its own, so storing it early can touch nothing already accepted)."""
-        key = input_key(job_id, sop_uid)
-        with self._recording(key) as recorded:
+        with self._recording(input_key(job_id, sop_uid)) as recorded:
             header = None
             if checked is not None:
                 header = self._checked_input(actor, checked, sop_uid, temp)
-                self._blobs.commit(temp, key)
-                recorded.stored = True
+                recorded.store(temp)
             with self._db.session() as session:
                 job = self._jobs.visible(session, actor, job_id)
                 self._takes_inputs(actor, job)
                 if header is None:
                     header = self._checked_input(actor, job, sop_uid, temp)
                 self._jobs.check_room(session, job, sop_uid)
-                if not recorded.stored:
-                    # Stored before the first write: on SQLite no other writer waits for the
-                    # fsync, and the study's other uploads go on while this one is stored.
-                    self._blobs.commit(temp, key)
-                    recorded.stored = True
-                row, opened, recorded.replaced = self._record_input(
-                    session, actor, job, header, temp, key
-                )
+                # Stored before the first write: on SQLite no other writer waits for the
+                # fsync, and the study's other uploads go on while this one is stored.
+                recorded.store(temp)
+                row, opened = self._record_input(session, actor, job, header, temp, recorded)
                 recorded.done = True
         if opened:
             self._jobs.opened(job)
@@ -193,7 +196,7 @@ class Transfers:
         committing leaves the blob (the commit may have happened); retention removes the job's
         folder in the end.
         """
-        recording = _Recording()
+        recording = _Recording(self._blobs, key)
         try:
             yield recording
         except BaseException:
@@ -216,10 +219,10 @@ class Transfers:
         job: Job,
         header: InputHeader,
         temp: TempBlob,
-        key: str,
-    ) -> tuple[JobInput, bool, str | None]:
+        recorded: _Recording,
+    ) -> tuple[JobInput, bool]:
         """The stored instance's row and the job's counts, in the upload's turn at the job;
-        whether the job opened with it, and the blob of the copy it replaced."""
+        whether the job opened with it (`recorded` learns the blob of the copy it replaced)."""
         turn = self._jobs.take_input_turn(session, job)
         replaced = _take_out(
             session,
@@ -236,7 +239,7 @@ class Transfers:
             series_uid=header.series_uid,
             size=temp.size,
             sha256=temp.sha256,
-            blob_key=key,
+            blob_key=recorded.key,
         )
         insert_new(session, row)
         self._audit.record_in(
@@ -256,7 +259,8 @@ class Transfers:
             size=temp.size,
             replaced_size=replaced.size if replaced is not None else None,
         )
-        return row, opened, replaced.blob_key if replaced is not None else None
+        recorded.replaced = replaced.blob_key if replaced is not None else None
+        return row, opened
 
     def _checked_input(self, actor: Actor, job: Job, sop_uid: str, temp: TempBlob) -> InputHeader:
         """The instance's header, if it may be an input of `job`; a refusal is audited."""
@@ -367,15 +371,11 @@ class Transfers:
         # store holds a database connection; a small one in the transaction, against the job
         # as read there. Its key is its own: storing it early touches nothing accepted before.
         early = self._checked_result(actor, leased, upload, temp) if leased else None
-        key = result_key(job_id, upload.name)
-        with self._recording(key) as recorded:
+        with self._recording(result_key(job_id, upload.name)) as recorded:
             if early is not None:  # checked already: stored before a connection is taken
-                self._blobs.commit(temp, key)
-                recorded.stored = True
+                recorded.store(temp)
             with self._db.session() as session:
-                row = self._record_result(
-                    session, actor, job_id, upload, temp, key, early, recorded
-                )
+                row = self._record_result(session, actor, job_id, upload, temp, early, recorded)
                 recorded.done = True
         if upload.complete:
             self._jobs.completed()
@@ -388,7 +388,6 @@ class Transfers:
         job_id: str,
         upload: ResultUpload,
         temp: TempBlob,
-        key: str,
         early: tuple[dict[str, Any], dict[str, Any] | None] | None,
         recorded: _Recording,
     ) -> JobResult:
@@ -398,9 +397,7 @@ class Transfers:
         # records the result.
         job = self._jobs.held(session, actor, job_id, upload.lease_token)
         checked, summary = early or self._checked_result(actor, job, upload, temp)
-        if not recorded.stored:
-            self._blobs.commit(temp, key)
-            recorded.stored = True
+        recorded.store(temp)
         replaced = _take_out(
             session,
             delete(JobResult).where(JobResult.job_id == job.id, JobResult.name == upload.name),
@@ -413,7 +410,7 @@ class Transfers:
             media_type=upload.media_type,
             size=temp.size,
             sha256=temp.sha256,
-            blob_key=key,
+            blob_key=recorded.key,
             created_at=utcnow(),
             **checked,
         )

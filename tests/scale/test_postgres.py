@@ -13,7 +13,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from fastapi.testclient import TestClient
-from sqlalchemy import event, select
+from sqlalchemy import event, func, select
 
 from aifi.exchange.app import create_app
 from aifi.exchange.audit import Actor, AuditLog, in_chain_order, unlinked_count, verify_chain
@@ -26,7 +26,7 @@ from aifi.exchange.services import OPERATOR_ID, Services, build_services
 from aifi.exchange.settings import ExchangeSettings
 from scale.conftest import set_up_parties
 from scale.exchange_api import OPERATOR_KEY, Exchange
-from scale.servers import PostgresServer, start_postgres
+from scale.servers import PostgresServer, start_postgres, wait_for
 
 
 def schema_drift(db: Database) -> list[Any]:
@@ -314,3 +314,40 @@ def test_a_busy_replica_keeps_its_connections_open(postgres: PostgresServer) -> 
     db.dispose()
     assert not failures, failures[0]
     assert len(opened) == workers  # one each, kept for all twenty rounds
+
+
+def test_pooled_connections_the_server_closed_are_replaced_before_use(
+    postgres: PostgresServer,
+) -> None:
+    """Connections the server ended while they sat in the pool (a restart, an operator's
+    `pg_terminate_backend`) cost no request an error: each is swapped for a fresh one when
+    it is taken from the pool."""
+    url = postgres.create_database("closed")
+    db = Database(url, 3)
+    opened: list[int] = []
+    event.listen(db.engine, "connect", lambda *_args: opened.append(1))
+
+    def backends_at_once() -> set[int]:
+        # Three sessions open together hold three pooled connections.
+        with db.session() as a, db.session() as b, db.session() as c:
+            return {s.execute(select(func.pg_backend_pid())).scalar_one() for s in (a, b, c)}
+
+    first = backends_at_once()
+    assert len(first) == 3 and backends_at_once() == first, "the pool keeps its connections"
+    with psycopg.connect(postgres.dsn(url.rsplit("/", 1)[1]), autocommit=True) as admin:
+        for pid in first:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+        def ended() -> bool:
+            # pg_terminate_backend only signals: the server processes go a moment later.
+            row = admin.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (list(first),)
+            ).fetchone()
+            return row is not None and row[0] == 0
+
+        wait_for(ended, 30, "the terminated server processes to go", 0.02)
+    second = backends_at_once()
+    db.dispose()
+    postgres.drop_database(url)
+    assert len(second) == 3 and not second & first
+    assert len(opened) == 6

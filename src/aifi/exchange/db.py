@@ -8,6 +8,7 @@ changes. The few places where the two differ ask :attr:`Database.is_postgresql`.
 from __future__ import annotations
 
 import functools
+import select
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from sqlalchemy import Engine, Insert, Table, create_engine, event, insert, insp
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -53,11 +55,11 @@ POSTGRES_OVERFLOW = 10
 def make_engine(url: str, pool_size: int = POOL_SIZE) -> Engine:
     """An engine tuned for the backend: SQLite gets WAL and a busy timeout for many threads.
 
-    PostgreSQL connections are checked before use (`pool_pre_ping`) so that a database restart
-    costs the requests in flight at that moment, not every pooled connection afterwards. The
-    pool keeps `pool_size` of them open: a connection opened for a burst is closed again, and
-    opening one costs both the replica and PostgreSQL (a new server process) far more than a
-    request's statements.
+    PostgreSQL connections are checked before use (:func:`_closed_by_server`) so that a
+    database restart costs the requests in flight at that moment, not every pooled connection
+    afterwards. The pool keeps `pool_size` of them open: a connection opened for a burst is
+    closed again, and opening one costs both the replica and PostgreSQL (a new server process)
+    far more than a request's statements.
     """
     url = normalised_url(url)
     if url.startswith("sqlite"):
@@ -84,9 +86,8 @@ def make_engine(url: str, pool_size: int = POOL_SIZE) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
-        pool_pre_ping=True,
         pool_size=pool_size,
         max_overflow=POSTGRES_OVERFLOW,
         pool_timeout=10,
@@ -95,6 +96,31 @@ def make_engine(url: str, pool_size: int = POOL_SIZE) -> Engine:
             {"connect_timeout": 5} if make_url(url).get_backend_name() == "postgresql" else {}
         ),
     )
+    event.listen(engine, "checkout", _closed_by_server)
+    return engine
+
+
+def _closed_by_server(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """Refuse a pooled connection the server has spoken on since it went idle; the pool then
+    opens a fresh one (SQLAlchemy retries a checkout that raises `DisconnectionError`).
+
+    An idle connection hears from the server only when something happened to it: a restart
+    or `pg_terminate_backend` sends a last message and closes the socket. Asking the socket
+    whether it has anything to read costs one system call, where `pool_pre_ping` sent a
+    `SELECT 1` per checkout — about seven round trips per small job, each costing PostgreSQL
+    and the replica. A connection lost without a word (a cut cable) is found by its first
+    statement, as it would be mid-transaction; the request fails with 503 and the pool is
+    renewed.
+    """
+    if getattr(dbapi_connection, "closed", False):
+        raise DisconnectionError("the pooled connection was closed")
+    fileno = getattr(dbapi_connection, "fileno", None)
+    if fileno is None:  # a driver without a socket to ask
+        return
+    poller = select.poll()
+    poller.register(fileno(), select.POLLIN | select.POLLPRI)
+    if poller.poll(0):
+        raise DisconnectionError("the database spoke on an idle pooled connection: closed")
 
 
 #: A thread waits this long for the writer's turn before it falls back to SQLite's own retry.

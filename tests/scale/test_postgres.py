@@ -283,14 +283,14 @@ def test_a_replica_hears_job_changes_committed_by_another(postgres: PostgresServ
 
 
 def test_a_busy_replica_keeps_its_connections_open(postgres: PostgresServer) -> None:
-    """As many requests at once as the server has worker threads reuse pooled connections:
+    """More sessions at once than a replica has worker threads reuse pooled connections:
     none is opened and closed per request (which costs PostgreSQL a new server process)."""
     url = postgres.create_database("pool")
     settings = ExchangeSettings(database_url=url)
     db = Database(url, settings.database_pool_size)
     opened: list[int] = []
     event.listen(db.engine, "connect", lambda *_args: opened.append(1))
-    workers = 30  # below the server's 40 threads, above what a small pool keeps
+    workers = 30  # above the replica's 26 worker threads, below the pool's 40 connections
     # A pool too small to hold every session at once breaks the barrier instead of hanging.
     together = threading.Barrier(workers, timeout=30)
     failures: list[BaseException] = []

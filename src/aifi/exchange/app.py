@@ -29,6 +29,7 @@ from aifi.exchange.routers import (
 )
 from aifi.exchange.services import Services, build_services
 from aifi.exchange.settings import ExchangeSettings
+from aifi.exchange.threads import limit_request_threads
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services.notifier.bind(asyncio.get_running_loop())
+        limit_request_threads(services.settings.request_threads)
         listener = None
         if services.db.is_postgresql:
             listener = ReplicaChanges(services.db.url, services.notifier)

@@ -45,8 +45,9 @@ def normalised_url(url: str) -> str:
     return url
 
 
-#: Connections kept open: as many as the server's worker threads (AnyIO's default 40). For
-#: PostgreSQL, `AIFI_DATABASE_POOL_SIZE` may set another number.
+#: Connections kept open: enough for every worker thread at once (10 for requests and 16 for
+#: large transfers by default, see `threads`), with room for more. For PostgreSQL,
+#: `AIFI_DATABASE_POOL_SIZE` may set another number.
 POOL_SIZE = 40
 #: PostgreSQL connections opened beyond the pool for a burst, and closed when it has passed.
 POSTGRES_OVERFLOW = 10

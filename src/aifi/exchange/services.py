@@ -19,6 +19,7 @@ from aifi.exchange.models import Organisation
 from aifi.exchange.notify import ChangeNotifier
 from aifi.exchange.schemas import OrganisationIn, OrganisationKind
 from aifi.exchange.settings import ExchangeSettings
+from aifi.exchange.threads import TransferThreads
 from aifi.exchange.transfers import Transfers
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def build_services(settings: ExchangeSettings) -> Services:
     notifier = ChangeNotifier()
     catalogue = Catalogue(db, audit, admit_on_register=settings.admit_on_register)
     jobs = JobService(db, catalogue, audit, notifier, settings)
-    transfers = Transfers(db, blobs, jobs, audit)
+    transfers = Transfers(db, blobs, jobs, audit, TransferThreads(settings.transfer_threads))
     services = Services(settings, db, blobs, audit, notifier, catalogue, jobs, transfers)
     with db.one_replica_at_a_time():
         ensure_operator(services)

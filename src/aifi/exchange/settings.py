@@ -8,6 +8,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from aifi.exchange.db import POOL_SIZE
+from aifi.exchange.threads import REQUEST_THREADS, TRANSFER_THREADS
 
 
 class ExchangeSettings(BaseSettings):
@@ -22,11 +23,17 @@ class ExchangeSettings(BaseSettings):
 
     data_dir: Path = Field(default=Path("aifi-data/exchange"))
     database_url: str | None = None
-    #: PostgreSQL connections a replica keeps open: one for each request that may run at once
-    #: (the server's worker threads). With fewer, a busy replica opened and closed a
+    #: PostgreSQL connections a replica keeps open: at least one for each worker thread
+    #: (`request_threads` + `transfer_threads`). With fewer, a busy replica opened and closed a
     #: connection for every other job. PostgreSQL's `max_connections` must cover
     #: replicas × (this + 11).
     database_pool_size: int = Field(default=POOL_SIZE, ge=1)
+    #: Requests that run their blocking work (transactions, checks) at once. More threads only
+    #: hand the interpreter lock around: a request needs its thread for milliseconds.
+    request_threads: int = Field(default=REQUEST_THREADS, ge=1)
+    #: Large uploads and streamed downloads under way at once, on threads of their own so
+    #: that a slow object store never holds back requests.
+    transfer_threads: int = Field(default=TRANSFER_THREADS, ge=1)
     blob_url: str | None = None
     #: Seconds a claim holds a job before it goes back to the queue without a heartbeat.
     lease_seconds: float = 60.0

@@ -27,6 +27,7 @@ from aifi.exchange.errors import Conflict, Forbidden, Invalid, NotFound
 from aifi.exchange.jobs import JobService, walled
 from aifi.exchange.models import Job, JobInput, JobResult
 from aifi.exchange.schemas import JobState, OrganisationKind
+from aifi.exchange.threads import TransferThreads
 from aifi.exchange.validation import (
     InputHeader,
     check_input,
@@ -111,11 +112,20 @@ class _Recording:
 
 
 class Transfers:
-    def __init__(self, db: Database, blobs: BlobStore, jobs: JobService, audit: AuditLog) -> None:
+    def __init__(
+        self,
+        db: Database,
+        blobs: BlobStore,
+        jobs: JobService,
+        audit: AuditLog,
+        threads: TransferThreads | None = None,
+    ) -> None:
         self._db = db
         self._blobs = blobs
         self._jobs = jobs
         self._audit = audit
+        #: Where large uploads are stored and large downloads streamed.
+        self.threads = threads or TransferThreads()
 
     # inputs --------------------------------------------------------------------------------
 
@@ -141,10 +151,11 @@ class Transfers:
             checked = await run_in_threadpool(self._jobs.get, actor, job_id, audit=False)
             self._takes_inputs(actor, checked)
         temp = await self._blobs.receive(body)
+        # A large upload goes to the object store on a transfer thread, a small one with its
+        # transaction on a request thread.
+        run = self.threads.run if checked is not None else run_in_threadpool
         try:
-            return await run_in_threadpool(
-                self._commit_input, actor, job_id, sop_uid, temp, checked
-            )
+            return await run(self._commit_input, actor, job_id, sop_uid, temp, checked)
         finally:
             self._blobs.discard(temp)
 
@@ -353,8 +364,9 @@ class Transfers:
         is_summary = media_type.startswith("application/json")
         temp = await self._blobs.receive(body, max_bytes=SUMMARY_LIMIT if is_summary else None)
         upload = ResultUpload(name, lease_token, media_type, is_summary, complete)
+        run = self.threads.run if leased is not None else run_in_threadpool
         try:
-            return await run_in_threadpool(self._commit_result, actor, job_id, upload, temp, leased)
+            return await run(self._commit_result, actor, job_id, upload, temp, leased)
         finally:
             self._blobs.discard(temp)
 

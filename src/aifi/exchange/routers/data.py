@@ -54,7 +54,9 @@ def _blob_response(services: Services, blob: Blob) -> Response:
     if path is not None:
         return FileResponse(path, media_type=blob.media_type, filename=blob.filename)
     return StreamingResponse(
-        services.blobs.read(blob.key), media_type=blob.media_type, headers=disposition
+        services.transfers.threads.stream(services.blobs.read(blob.key)),
+        media_type=blob.media_type,
+        headers=disposition,
     )
 
 

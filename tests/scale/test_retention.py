@@ -10,7 +10,7 @@ from typing import Any
 
 import pydicom
 
-from aifi.exchange.blob_keys import input_key
+from aifi.exchange.blob_keys import input_key, result_key
 from aifi.exchange.blobs import TempBlob
 from aifi.exchange.clock import utcnow
 from scale.conftest import ExchangeFactory, finish_job, lease_headers, set_up_parties
@@ -160,6 +160,54 @@ def test_a_purge_also_takes_what_a_crash_left_in_the_jobs_folder(
     assert not any(blob_exists(exchange, key) for key in input_keys(exchange, ended["id"]))
     assert blob_exists(exchange, kept), "a job that has not ended keeps its folder"
     assert all(blob_exists(exchange, key) for key in input_keys(exchange, waiting["id"]))
+
+
+def test_a_purge_empties_the_folders_of_ended_jobs_no_row_names_anything_in(
+    exchange_on: ExchangeFactory, make_ct: Any
+) -> None:
+    """A job cancelled before any instance was recorded, and a failed job without results,
+    each hold only what a crashed upload left: retention still empties their folders, once,
+    and audits it."""
+    exchange = exchange_on(
+        retain_inputs_seconds=HOUR, retain_results_seconds=HOUR, retention_sweep_seconds=HOUR
+    )
+    orgs = set_up_parties(exchange)
+    hospital, vendor = orgs["hospital"], orgs["vendor"]
+    study = make_ct(slices=1)
+    study_uid = pydicom.dcmread(study[0], stop_before_pixels=True).StudyInstanceUID
+    cancelled = exchange.job(hospital, "product-a", study_uid)
+    exchange.client.post(
+        f"/jobs/{cancelled['id']}/cancel", json={"reason": "sent twice"}, headers=hospital.headers
+    ).raise_for_status()
+    failed = failed_job(exchange, hospital, vendor, make_ct)
+    exchange.client.post(
+        f"/jobs/{failed['id']}/acknowledge", headers=hospital.headers
+    ).raise_for_status()
+    input_orphan = left_behind(exchange, input_key(cancelled["id"], "1.2.3"))
+    result_orphan = left_behind(exchange, result_key(failed["id"], "sr.dcm"))
+
+    retention = exchange.client.app.state.retention
+    report = retention.sweep(now=utcnow() + timedelta(days=365))
+    assert not blob_exists(exchange, input_orphan)
+    assert not blob_exists(exchange, result_orphan)
+    assert report.jobs == {cancelled["id"], failed["id"]}
+    assert (report.inputs, report.results) == (1, 0)  # the failed job's one recorded instance
+    audit = exchange.client.get("/audit", params={"limit": 5000}, headers=exchange.operator.headers)
+    deletes = {
+        (e["object_type"], e["object_id"]): e["detail"]
+        for e in audit.json()
+        if e["action"] == "delete"
+    }
+    assert set(deletes) == {
+        ("input", cancelled["id"]),
+        ("input", failed["id"]),
+        ("result", failed["id"]),
+    }
+    assert "purged 0 input(s), 0 bytes (1 blob(s) deleted" in deletes[("input", cancelled["id"])]
+    assert "purged 0 result(s), 0 bytes (1 blob(s) deleted" in deletes[("result", failed["id"])]
+
+    again = retention.sweep(now=utcnow() + timedelta(days=365))
+    assert again.jobs == set(), "each ended job is swept once"
 
 
 def test_retention_can_be_switched_off(

@@ -88,6 +88,8 @@ class Job(Base):
         UniqueConstraint("hospital_id", "idempotency_key"),
         Index("ix_jobs_claim", "state", "inputs_complete", "priority_rank", "created_at"),
         Index("ix_jobs_hospital_state", "hospital_id", "state", "acknowledged_at"),
+        Index("ix_jobs_inputs_sweep", "inputs_swept_at", "ended_at"),
+        Index("ix_jobs_results_sweep", "results_swept_at", "acknowledged_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -117,6 +119,9 @@ class Job(Base):
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     acknowledged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: When retention emptied the job's input (result) folder: the job is not visited again.
+    inputs_swept_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    results_swept_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class JobInput(Base):

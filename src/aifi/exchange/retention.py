@@ -4,18 +4,19 @@ Inputs are kept `retain_inputs_seconds` after the job ended (completed, failed, 
 expired) and results `retain_results_seconds` after the hospital acknowledged them. A job that
 has not ended is never touched, whatever its age: its vendor or hospital may still need it.
 
-Each purge deletes the blobs first (the job's folder: those the rows name, and anything else
-left there, such as the blob of an upload that crashed before it was recorded), then writes an
-audit entry ("delete", who: the exchange itself) saying what went and why, then marks the
-rows. A crash in between repeats the purge at the next sweep (deleting twice is harmless), so
-nothing is purged without being audited.
+Each ended job is visited once for its inputs and once for its results. The purge deletes the
+blobs first (the job's folder: those the rows name, and anything else left there, such as the
+blob of an upload that crashed before it was recorded, also in a job no row names anything
+of), then writes an audit entry ("delete", who: the exchange itself) saying what went and why,
+then marks the rows purged and the job swept. A crash in between repeats the purge at the next
+sweep (deleting twice is harmless), so nothing is purged without being audited.
 With replicas on PostgreSQL one replica sweeps at a time (a session advisory lock).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -49,11 +50,8 @@ class PurgeReport:
 
 
 @dataclass(frozen=True)
-class _Row:
-    id: int
-    job_id: str
-    blob_key: str
-    size: int
+class _DueJob:
+    id: str
     patient_pseudonym: str
     state: str
     since: datetime
@@ -83,11 +81,19 @@ class Retention:
                 return report
             if self._settings.retain_inputs_seconds is not None:
                 cutoff = now - timedelta(seconds=self._settings.retain_inputs_seconds)
-                self._purge("input", JobInput, Job.ended_at, cutoff, now, report, input_folder)
+                self._purge(
+                    "input", JobInput, Job.ended_at, Job.inputs_swept_at, cutoff, now, report
+                )
             if self._settings.retain_results_seconds is not None:
                 cutoff = now - timedelta(seconds=self._settings.retain_results_seconds)
                 self._purge(
-                    "result", JobResult, Job.acknowledged_at, cutoff, now, report, result_folder
+                    "result",
+                    JobResult,
+                    Job.acknowledged_at,
+                    Job.results_swept_at,
+                    cutoff,
+                    now,
+                    report,
                 )
         return report
 
@@ -114,89 +120,96 @@ class Retention:
         kind: str,
         table: type[JobInput] | type[JobResult],
         since_column: Any,
+        swept_column: Any,
         cutoff: datetime,
         now: datetime,
         report: PurgeReport,
-        folder: Callable[[str], str],
     ) -> None:
+        """Empty the input (result) folder of every job due, whether or not rows name what is
+        in it, and mark the job swept, so that each job is visited once."""
+        folder = input_folder if kind == "input" else result_folder
         while True:
-            rows = self._due(table, since_column, cutoff)
-            if not rows:
+            jobs = self._due(since_column, swept_column, cutoff)
+            if not jobs:
                 return
-            by_job = _by_job(rows)
-            for job_id in by_job:
+            held = self._held(table, [job.id for job in jobs])
+            purged: list[int] = []
+            purged_bytes = 0
+            for job in jobs:
+                rows = held.get(job.id, [])
                 # Every blob the job's rows name is in its folder, with anything a crash left
                 # there unnamed: one listing deletes them all.
-                self._blobs.delete_under(folder(job_id))
-            for job_id, job_rows in by_job.items():
-                first = job_rows[0]
-                size = sum(r.size for r in job_rows)
+                deleted = self._blobs.delete_under(folder(job.id))
+                if not rows and not deleted:
+                    continue
+                size = sum(row_size for _, row_size in rows)
                 self._audit.record(
                     SYSTEM,
                     "delete",
                     kind,
-                    job_id,
-                    patient_pseudonym=first.patient_pseudonym,
+                    job.id,
+                    patient_pseudonym=job.patient_pseudonym,
                     detail=(
-                        f"retention: purged {len(job_rows)} {kind}(s), {size} bytes, at "
-                        f"{now.isoformat()}; job {first.state}, "
+                        f"retention: purged {len(rows)} {kind}(s), {size} bytes "
+                        f"({deleted} blob(s) deleted from the job's folder), at "
+                        f"{now.isoformat()}; job {job.state}, "
                         f"{'ended' if kind == 'input' else 'delivered'} at "
-                        f"{first.since.isoformat()}"
+                        f"{job.since.isoformat()}"
                     ),
                 )
-                report.jobs.add(job_id)
+                report.jobs.add(job.id)
+                purged += [row_id for row_id, _ in rows]
+                purged_bytes += size
             with self._db.session() as session:
+                if purged:
+                    session.execute(
+                        update(table)
+                        .where(table.id.in_(purged), table.purged_at.is_(None))
+                        .values(purged_at=now)
+                    )
                 session.execute(
-                    update(table)
-                    .where(table.id.in_([r.id for r in rows]), table.purged_at.is_(None))
-                    .values(purged_at=now)
+                    update(Job)
+                    .where(Job.id.in_([job.id for job in jobs]))
+                    .values({swept_column.key: now})
+                    .execution_options(synchronize_session=False)
                 )
-            purged_bytes = sum(r.size for r in rows)
             report.bytes += purged_bytes
             if kind == "input":
-                report.inputs += len(rows)
+                report.inputs += len(purged)
             else:
-                report.results += len(rows)
+                report.results += len(purged)
             if self._metrics is not None:
-                self._metrics.purged.labels(kind).inc(len(rows))
+                self._metrics.purged.labels(kind).inc(len(purged))
                 self._metrics.purged_bytes.labels(kind).inc(purged_bytes)
-            if len(rows) < BATCH:
+            if len(jobs) < BATCH:
                 return
 
-    def _due(
-        self, table: type[JobInput] | type[JobResult], since_column: Any, cutoff: datetime
-    ) -> list[_Row]:
-        """Unpurged rows of ended jobs whose retention time ran out before `cutoff`."""
+    def _due(self, since_column: Any, swept_column: Any, cutoff: datetime) -> list[_DueJob]:
+        """Ended jobs not yet swept whose retention time ran out before `cutoff`."""
         query = (
-            select(
-                table.id,
-                table.job_id,
-                table.blob_key,
-                table.size,
-                Job.patient_pseudonym,
-                Job.state,
-                since_column,
-            )
-            .join(Job, Job.id == table.job_id)
+            select(Job.id, Job.patient_pseudonym, Job.state, since_column)
             .where(
-                table.purged_at.is_(None),
+                swept_column.is_(None),
                 Job.state.in_(_ENDED),
                 Job.ended_at.is_not(None),
                 since_column.is_not(None),
                 since_column <= cutoff,
             )
-            .order_by(table.id)
+            .order_by(since_column)
             .limit(BATCH)
         )
         with self._db.session() as session:
-            return [
-                _Row(r[0], r[1], r[2], int(r[3]), r[4], r[5], as_utc(r[6]))
-                for r in session.execute(query)
-            ]
+            return [_DueJob(r[0], r[1], r[2], as_utc(r[3])) for r in session.execute(query)]
 
-
-def _by_job(rows: list[_Row]) -> dict[str, list[_Row]]:
-    grouped: dict[str, list[_Row]] = {}
-    for row in rows:
-        grouped.setdefault(row.job_id, []).append(row)
-    return grouped
+    def _held(
+        self, table: type[JobInput] | type[JobResult], job_ids: list[str]
+    ) -> dict[str, list[tuple[int, int]]]:
+        """The unpurged rows (id, size) of each of `job_ids`."""
+        query = select(table.job_id, table.id, table.size).where(
+            table.job_id.in_(job_ids), table.purged_at.is_(None)
+        )
+        held: dict[str, list[tuple[int, int]]] = {}
+        with self._db.session() as session:
+            for job_id, row_id, size in session.execute(query):
+                held.setdefault(job_id, []).append((int(row_id), int(size)))
+        return held

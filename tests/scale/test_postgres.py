@@ -290,7 +290,7 @@ def test_a_busy_replica_keeps_its_connections_open(postgres: PostgresServer) -> 
     db = Database(url, settings.database_pool_size)
     opened: list[int] = []
     event.listen(db.engine, "connect", lambda *_args: opened.append(1))
-    workers = 30  # above the replica's 26 worker threads, below the pool's 40 connections
+    workers = 30  # above the replica's 20 worker threads, below the pool's 40 connections
     # A pool too small to hold every session at once breaks the barrier instead of hanging.
     together = threading.Barrier(workers, timeout=30)
     failures: list[BaseException] = []

@@ -45,7 +45,7 @@ def normalised_url(url: str) -> str:
     return url
 
 
-#: Connections kept open: enough for every worker thread at once (10 for requests and 16 for
+#: Connections kept open: enough for every worker thread at once (4 for requests and 16 for
 #: large transfers by default, see `threads`), with room for more. For PostgreSQL,
 #: `AIFI_DATABASE_POOL_SIZE` may set another number.
 POOL_SIZE = 40

@@ -1,12 +1,17 @@
 """A replica's two kinds of worker thread: requests, and large blob transfers.
 
 Blocking work (a transaction, a check, a file or object-store transfer) runs on worker
-threads while the event loop goes on. A small job's request needs its thread for
-milliseconds, and ten such threads keep a replica's core busy: more of them only hand the
-interpreter lock around (one replica did 3–4 % more jobs per second with ten than with
-AnyIO's default of forty). A large instance or result may spend seconds on its way to or
-from the object store; on the same ten threads a few of those would hold back every other
-request. So large transfers get threads of their own.
+threads while the event loop goes on. A small job's request needs its thread for a few
+milliseconds of the interpreter and a few round trips to the database; four such threads
+keep a replica's core busy with PostgreSQL on the same network, and more only hand the
+interpreter lock around: in alternating runs one busy replica spent 20–21 ms of CPU per
+small job with ten threads and 16–17 with four (48 against 57 jobs/s), and forty (AnyIO's
+default) were slower still. Where each statement's round trip takes a millisecond or more
+(PostgreSQL far away), raise `AIFI_REQUEST_THREADS` until the replica's core is busy again.
+
+A large instance or result may spend seconds on its way to or from the object store; on the
+same few threads one of those would hold back every other request. So large transfers get
+threads of their own.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import anyio.to_thread
 T = TypeVar("T")
 
 #: Threads for requests (AnyIO's default limiter), `AIFI_REQUEST_THREADS`.
-REQUEST_THREADS = 10
+REQUEST_THREADS = 4
 #: Threads for large uploads and streamed downloads, `AIFI_TRANSFER_THREADS`.
 TRANSFER_THREADS = 16
 

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from aifi.exchange.app import create_app
 from aifi.exchange.services import build_services
 from aifi.exchange.settings import ExchangeSettings
+from scale.conftest import set_up_parties
 from scale.exchange_api import Exchange
 
 
@@ -36,10 +37,7 @@ def test_large_uploads_on_their_way_to_the_store_leave_requests_answered(
     services.blobs.commit = slow_commit  # type: ignore[method-assign]
     with TestClient(create_app(settings, services=services)) as client:
         exchange = Exchange(client)
-        hospital = exchange.org("hospital-a", "hospital")
-        vendor = exchange.org("vendor-a", "vendor")
-        exchange.product(vendor, "product-a")
-        exchange.subscribe(hospital, "product-a")
+        hospital = set_up_parties(exchange)["hospital"]
         study = make_ct(slices=3, size=1024)
         assert all(path.stat().st_size > 1 << 20 for path in study)
         study_uid = str(pydicom.dcmread(study[0], stop_before_pixels=True).StudyInstanceUID)

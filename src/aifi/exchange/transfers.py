@@ -118,14 +118,14 @@ class Transfers:
         blobs: BlobStore,
         jobs: JobService,
         audit: AuditLog,
-        threads: TransferThreads | None = None,
+        threads: TransferThreads,
     ) -> None:
         self._db = db
         self._blobs = blobs
         self._jobs = jobs
         self._audit = audit
         #: Where large uploads are stored and large downloads streamed.
-        self.threads = threads or TransferThreads()
+        self.threads = threads
 
     # inputs --------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ With replicas on PostgreSQL one replica sweeps at a time (a session advisory loc
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -47,6 +47,22 @@ class PurgeReport:
     results: int = 0
     bytes: int = 0
     jobs: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """What a purge removes of a job, the job's column its retention time runs from, the
+    column that marks the job's folder emptied, and the folder."""
+
+    name: str
+    table: type[JobInput] | type[JobResult]
+    since: Any
+    swept: Any
+    folder: Callable[[str], str]
+
+
+_INPUTS = _Kind("input", JobInput, Job.ended_at, Job.inputs_swept_at, input_folder)
+_RESULTS = _Kind("result", JobResult, Job.acknowledged_at, Job.results_swept_at, result_folder)
 
 
 @dataclass(frozen=True)
@@ -81,20 +97,10 @@ class Retention:
                 return report
             if self._settings.retain_inputs_seconds is not None:
                 cutoff = now - timedelta(seconds=self._settings.retain_inputs_seconds)
-                self._purge(
-                    "input", JobInput, Job.ended_at, Job.inputs_swept_at, cutoff, now, report
-                )
+                self._purge(_INPUTS, cutoff, now, report)
             if self._settings.retain_results_seconds is not None:
                 cutoff = now - timedelta(seconds=self._settings.retain_results_seconds)
-                self._purge(
-                    "result",
-                    JobResult,
-                    Job.acknowledged_at,
-                    Job.results_swept_at,
-                    cutoff,
-                    now,
-                    report,
-                )
+                self._purge(_RESULTS, cutoff, now, report)
         return report
 
     @contextlib.contextmanager
@@ -115,45 +121,35 @@ class Retention:
                     connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": RETENTION_LOCK})
                     connection.commit()
 
-    def _purge(
-        self,
-        kind: str,
-        table: type[JobInput] | type[JobResult],
-        since_column: Any,
-        swept_column: Any,
-        cutoff: datetime,
-        now: datetime,
-        report: PurgeReport,
-    ) -> None:
+    def _purge(self, kind: _Kind, cutoff: datetime, now: datetime, report: PurgeReport) -> None:
         """Empty the input (result) folder of every job due, whether or not rows name what is
         in it, and mark the job swept, so that each job is visited once."""
-        folder = input_folder if kind == "input" else result_folder
         while True:
-            jobs = self._due(since_column, swept_column, cutoff)
+            jobs = self._due(kind, cutoff)
             if not jobs:
                 return
-            held = self._held(table, [job.id for job in jobs])
+            held = self._held(kind.table, [job.id for job in jobs])
             purged: list[int] = []
             purged_bytes = 0
             for job in jobs:
                 rows = held.get(job.id, [])
                 # Every blob the job's rows name is in its folder, with anything a crash left
                 # there unnamed: one listing deletes them all.
-                deleted = self._blobs.delete_under(folder(job.id))
+                deleted = self._blobs.delete_under(kind.folder(job.id))
                 if not rows and not deleted:
                     continue
                 size = sum(row_size for _, row_size in rows)
                 self._audit.record(
                     SYSTEM,
                     "delete",
-                    kind,
+                    kind.name,
                     job.id,
                     patient_pseudonym=job.patient_pseudonym,
                     detail=(
-                        f"retention: purged {len(rows)} {kind}(s), {size} bytes "
+                        f"retention: purged {len(rows)} {kind.name}(s), {size} bytes "
                         f"({deleted} blob(s) deleted from the job's folder), at "
                         f"{now.isoformat()}; job {job.state}, "
-                        f"{'ended' if kind == 'input' else 'delivered'} at "
+                        f"{'ended' if kind is _INPUTS else 'delivered'} at "
                         f"{job.since.isoformat()}"
                     ),
                 )
@@ -163,39 +159,39 @@ class Retention:
             with self._db.session() as session:
                 if purged:
                     session.execute(
-                        update(table)
-                        .where(table.id.in_(purged), table.purged_at.is_(None))
+                        update(kind.table)
+                        .where(kind.table.id.in_(purged), kind.table.purged_at.is_(None))
                         .values(purged_at=now)
                     )
                 session.execute(
                     update(Job)
                     .where(Job.id.in_([job.id for job in jobs]))
-                    .values({swept_column.key: now})
+                    .values({kind.swept.key: now})
                     .execution_options(synchronize_session=False)
                 )
             report.bytes += purged_bytes
-            if kind == "input":
+            if kind is _INPUTS:
                 report.inputs += len(purged)
             else:
                 report.results += len(purged)
             if self._metrics is not None:
-                self._metrics.purged.labels(kind).inc(len(purged))
-                self._metrics.purged_bytes.labels(kind).inc(purged_bytes)
+                self._metrics.purged.labels(kind.name).inc(len(purged))
+                self._metrics.purged_bytes.labels(kind.name).inc(purged_bytes)
             if len(jobs) < BATCH:
                 return
 
-    def _due(self, since_column: Any, swept_column: Any, cutoff: datetime) -> list[_DueJob]:
+    def _due(self, kind: _Kind, cutoff: datetime) -> list[_DueJob]:
         """Ended jobs not yet swept whose retention time ran out before `cutoff`."""
         query = (
-            select(Job.id, Job.patient_pseudonym, Job.state, since_column)
+            select(Job.id, Job.patient_pseudonym, Job.state, kind.since)
             .where(
-                swept_column.is_(None),
+                kind.swept.is_(None),
                 Job.state.in_(_ENDED),
                 Job.ended_at.is_not(None),
-                since_column.is_not(None),
-                since_column <= cutoff,
+                kind.since.is_not(None),
+                kind.since <= cutoff,
             )
-            .order_by(since_column)
+            .order_by(kind.since)
             .limit(BATCH)
         )
         with self._db.session() as session:

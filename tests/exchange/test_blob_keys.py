@@ -1,11 +1,15 @@
-"""The local blob store keeps every key inside its folder."""
+"""The local blob store keeps every key inside its folder, and a committed blob on the disk."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from aifi.exchange import blobs
 from aifi.exchange.blobs import LocalBlobStore
 
 
@@ -36,3 +40,41 @@ def test_deleting_a_folder_takes_every_blob_under_it_and_nothing_else(tmp_path: 
     assert not (tmp_path / "blobs" / "inputs" / "job-1").exists()
     assert store.size("inputs/job-10/c.dcm") == 1
     assert store.delete_under("inputs/job-2/") == 0
+
+
+async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+def test_a_committed_blob_is_synced_with_its_name_in_every_folder_made_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A power cut after the commit must find the blob under its key: the file's bytes, the
+    folder holding its name and each new folder's own name in its parent are flushed."""
+    store = LocalBlobStore(tmp_path / "blobs")
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(blobs.os, "fsync", recording_fsync)
+    temp = asyncio.run(store.receive(_one_chunk(b"DICM")))
+    synced.clear()
+    store.commit(temp, "inputs/job-1/1.2.3.dcm")
+
+    root = (tmp_path / "blobs").resolve()
+    assert synced == [
+        str(temp.path),
+        str(root / "inputs" / "job-1"),
+        str(root / "inputs"),
+        str(root),
+    ]
+    assert store.size("inputs/job-1/1.2.3.dcm") == 4
+
+    # A second blob in the same job's folder makes no folder: only its file and folder.
+    temp = asyncio.run(store.receive(_one_chunk(b"DICM2")))
+    synced.clear()
+    store.commit(temp, "inputs/job-1/1.2.4.dcm")
+    assert synced == [str(temp.path), str(root / "inputs" / "job-1")]

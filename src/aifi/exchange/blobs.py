@@ -117,20 +117,24 @@ class LocalBlobStore:
         return await spool(chunks, self.incoming, max_bytes)
 
     def commit(self, temp: TempBlob, key: str) -> None:
-        """Durable first, then under its key: an accepted blob survives a power cut."""
+        """Durable first, then under its key, and the key durable too: an accepted blob
+        survives a power cut.
+
+        The rename lives in the folder, not in the file: until the folder (and any folder made
+        for it) is synced, a power cut can take the name away again while the job's row,
+        committed to PostgreSQL, says the blob is there.
+        """
         target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            fd = os.open(temp.path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            made = _make_folders(target.parent)
+            _fsync(temp.path)
+            os.replace(temp.path, target)
+            for folder in (target.parent, *(new.parent for new in made)):
+                _fsync(folder)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StorageFull("the exchange's blob store is full; nothing was stored") from exc
             raise
-        os.replace(temp.path, target)
 
     def discard(self, temp: TempBlob) -> None:
         temp.path.unlink(missing_ok=True)
@@ -165,6 +169,27 @@ class LocalBlobStore:
         with contextlib.suppress(OSError):
             top.rmdir()
         return deleted
+
+
+def _make_folders(folder: Path) -> list[Path]:
+    """Make `folder` and its missing parents; the ones made, deepest first."""
+    missing = []
+    while not folder.is_dir():
+        missing.append(folder)
+        folder = folder.parent
+    for new in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another upload made it meanwhile
+            new.mkdir()
+    return missing
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's data, or a folder's names, to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def open_blob_store(url: str) -> BlobStore:

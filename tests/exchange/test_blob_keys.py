@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from aifi.exchange import blobs
+from aifi import durable
 from aifi.exchange.blobs import LocalBlobStore
 
 
@@ -59,7 +59,7 @@ def test_a_committed_blob_is_synced_with_its_name_in_every_folder_made_for_it(
         synced.append(os.readlink(f"/proc/self/fd/{fd}"))
         real_fsync(fd)
 
-    monkeypatch.setattr(blobs.os, "fsync", recording_fsync)
+    monkeypatch.setattr(durable.os, "fsync", recording_fsync)
     temp = asyncio.run(store.receive(_one_chunk(b"DICM")))
     synced.clear()
     store.commit(temp, "inputs/job-1/1.2.3.dcm")

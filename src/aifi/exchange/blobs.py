@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
 
+from aifi.durable import replace_durably
 from aifi.exchange.errors import ExchangeError, StorageFull
 
 CHUNK = 1024 * 1024
@@ -117,20 +118,10 @@ class LocalBlobStore:
         return await spool(chunks, self.incoming, max_bytes)
 
     def commit(self, temp: TempBlob, key: str) -> None:
-        """Durable first, then under its key, and the key durable too: an accepted blob
-        survives a power cut.
-
-        The rename lives in the folder, not in the file: until the folder (and any folder made
-        for it) is synced, a power cut can take the name away again while the job's row,
-        committed to PostgreSQL, says the blob is there.
-        """
-        target = self._path(key)
+        """Durable, name and all, before the job's row says it is there (`aifi.durable`):
+        an accepted blob survives a power cut."""
         try:
-            made = _make_folders(target.parent)
-            _fsync(temp.path)
-            os.replace(temp.path, target)
-            for folder in (target.parent, *(new.parent for new in made)):
-                _fsync(folder)
+            replace_durably(temp.path, self._path(key))
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StorageFull("the exchange's blob store is full; nothing was stored") from exc
@@ -169,27 +160,6 @@ class LocalBlobStore:
         with contextlib.suppress(OSError):
             top.rmdir()
         return deleted
-
-
-def _make_folders(folder: Path) -> list[Path]:
-    """Make `folder` and its missing parents; the ones made, deepest first."""
-    missing = []
-    while not folder.is_dir():
-        missing.append(folder)
-        folder = folder.parent
-    for new in reversed(missing):
-        with contextlib.suppress(FileExistsError):  # another upload made it meanwhile
-            new.mkdir()
-    return missing
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file's data, or a folder's names, to the disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def open_blob_store(url: str) -> BlobStore:

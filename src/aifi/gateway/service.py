@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import shutil
 import threading
 import time
 from datetime import datetime
@@ -20,6 +18,7 @@ import pydicom
 from pynetdicom import evt
 
 from aifi.dicom.pseudonym import PseudonymKey, create_secret_file
+from aifi.durable import replace_durably
 from aifi.gateway.config import GatewayConfig
 from aifi.gateway.dimse import (
     handle_echo,
@@ -186,8 +185,8 @@ class Gateway:
             return CANNOT_UNDERSTAND
         target = self.spool / study_uid / f"{sop_uid}.dcm"
         try:
-            target.parent.mkdir(exist_ok=True)
-            _move_durably(received, target)
+            # Bytes and name on the disk before the modality hears "stored".
+            replace_durably(received, target)
             self.state.record_instance(
                 ReceivedInstance(
                     sop_instance_uid=sop_uid,
@@ -649,16 +648,3 @@ def _accepted(manifest: dict[str, Any], row: Any) -> bool:
         and ok(accepts.get("body_parts", []), row["body_part"])
         and ok(accepts.get("sop_classes", []), row["sop_class_uid"])
     )
-
-
-def _move_durably(source: Path, target: Path) -> None:
-    """Move a received file into the spool and make it durable before the acknowledge."""
-    try:
-        os.replace(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
-    fd = os.open(target, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -1,0 +1,73 @@
+"""Putting a file under its name so that a power cut cannot take it back.
+
+A gateway acknowledges an instance to the modality, and the exchange commits a job's row, only
+once the file is on the disk. That takes three flushes, not one: the file's bytes before it
+gets its name (else the name may survive with no bytes behind it), the folder that holds the
+name after the rename (a rename lives in the folder, not in the file), and the parent of each
+folder made for it. ext4 happens to commit a new name along with the file's own fsync; XFS and
+others do not, and POSIX promises nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def make_folders(folder: Path) -> list[Path]:
+    """Make `folder` and its missing parents; the ones made, deepest first."""
+    missing = []
+    while not folder.is_dir():
+        missing.append(folder)
+        folder = folder.parent
+    for new in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another writer made it meanwhile
+            new.mkdir()
+    return missing
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's bytes, or a folder's names, to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_durably(source: Path, target: Path) -> None:
+    """Move `source` to `target` (replacing what was there) and make both bytes and name
+    durable; the folders on the way are made if missing.
+
+    A `source` on another file system (a temporary folder on tmpfs) is copied beside the target
+    first, so the target appears complete or not at all.
+    """
+    made = make_folders(target.parent)
+    try:
+        fsync_path(source)
+        os.replace(source, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        _copy_then_replace(source, target)
+    for folder in (target.parent, *(new.parent for new in made)):
+        fsync_path(folder)
+
+
+def _copy_then_replace(source: Path, target: Path) -> None:
+    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    copy = Path(name)
+    try:
+        with os.fdopen(handle, "wb") as out, source.open("rb") as original:
+            shutil.copyfileobj(original, out, 1024 * 1024)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(copy, target)
+    except BaseException:
+        copy.unlink(missing_ok=True)
+        raise
+    source.unlink(missing_ok=True)

@@ -287,7 +287,7 @@ def test_a_busy_replica_keeps_its_connections_open(postgres: PostgresServer) -> 
     none is opened and closed per request (which costs PostgreSQL a new server process)."""
     url = postgres.create_database("pool")
     settings = ExchangeSettings(database_url=url)
-    db = Database(url, settings.database_pool_size)
+    db = Database(url, settings.resolved_pool_size())
     opened: list[int] = []
     event.listen(db.engine, "connect", lambda *_args: opened.append(1))
     workers = 30  # above the replica's 20 worker threads, below the pool's 40 connections

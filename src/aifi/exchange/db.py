@@ -45,9 +45,9 @@ def normalised_url(url: str) -> str:
     return url
 
 
-#: Connections kept open: enough for every worker thread at once (4 for requests and 16 for
-#: large transfers by default, see `threads`), with room for more. For PostgreSQL,
-#: `AIFI_DATABASE_POOL_SIZE` may set another number.
+#: Connections kept open when no settings say otherwise: twice the worker threads (4 for
+#: requests and 16 for large transfers by default, see `threads`). A replica's settings derive
+#: theirs from its thread counts, or take `AIFI_DATABASE_POOL_SIZE`.
 POOL_SIZE = 40
 #: PostgreSQL connections opened beyond the pool for a burst, and closed when it has passed.
 POSTGRES_OVERFLOW = 10
@@ -71,7 +71,7 @@ def make_engine(url: str, pool_size: int = POOL_SIZE) -> Engine:
             connect_args={"check_same_thread": False, "timeout": 30},
             # One pooled connection per request thread: opening one (and its PRAGMAs) per
             # request cost more than the request's own statements.
-            pool_size=POOL_SIZE,
+            pool_size=pool_size,
             max_overflow=10,
         )
 

@@ -43,7 +43,7 @@ class Services:
 def build_services(settings: ExchangeSettings) -> Services:
     """Open the database (migrating it), the blob store, and make sure an operator exists."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    db = Database(settings.resolved_database_url(), settings.database_pool_size)
+    db = Database(settings.resolved_database_url(), settings.resolved_pool_size())
     upgrade_schema(db.engine)
     blobs = open_blob_store(settings.resolved_blob_url())
     audit = AuditLog(db)

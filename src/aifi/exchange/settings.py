@@ -7,7 +7,6 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from aifi.exchange.db import POOL_SIZE
 from aifi.exchange.threads import REQUEST_THREADS, TRANSFER_THREADS
 
 
@@ -23,11 +22,11 @@ class ExchangeSettings(BaseSettings):
 
     data_dir: Path = Field(default=Path("aifi-data/exchange"))
     database_url: str | None = None
-    #: PostgreSQL connections a replica keeps open: at least one for each worker thread
-    #: (`request_threads` + `transfer_threads`). With fewer, a busy replica opened and closed a
-    #: connection for every other job. PostgreSQL's `max_connections` must cover
-    #: replicas × (this + 11).
-    database_pool_size: int = Field(default=POOL_SIZE, ge=1)
+    #: Connections a replica keeps open; unset, twice its worker threads
+    #: (`request_threads` + `transfer_threads`, so 40 by default), which follows when either
+    #: is raised. With fewer than its threads, a busy replica opened and closed a connection
+    #: for every other job. PostgreSQL's `max_connections` must cover replicas × (this + 11).
+    database_pool_size: int | None = Field(default=None, ge=1)
     #: Requests that run their blocking work (transactions, checks) at once. More threads only
     #: hand the interpreter lock around: a request needs its thread for milliseconds.
     request_threads: int = Field(default=REQUEST_THREADS, ge=1)
@@ -58,6 +57,15 @@ class ExchangeSettings(BaseSettings):
     admit_on_register: bool = False
     #: Key that signs the web pages' session cookies; replicas must share it.
     session_secret: str | None = None
+
+    def resolved_pool_size(self) -> int:
+        """The pool a replica keeps: as set, or twice its worker threads, so that raising a
+        thread count never leaves threads waiting for a connection (a fixed 40 would have:
+        with 50 request threads, requests beyond its 50 connections would time out in
+        the pool)."""
+        if self.database_pool_size is not None:
+            return self.database_pool_size
+        return 2 * (self.request_threads + self.transfer_threads)
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -21,6 +21,11 @@ A round is 1,500 jobs: the pipeline fills at the start and drains at the end (th
 build a backlog of over a hundred ready jobs), and over 600 jobs those edges took a tenth of
 the three replicas' throughput.
 
+Each round also reports where the CPU went per job (the replicas, PostgreSQL, nginx, this load
+generator, the rest of the machine) and, just before it, a yardstick of the machine's own
+speed: the exchange's check of one result SR, timed here. Figures from different days compare
+only as far as their yardsticks do.
+
 Targets (small jobs): one replica at least 50 jobs/s; three replicas at least 1.5× one on a
 2-core machine; memory growth from the 10 MB to the 1 GB study under 64 MB.
 
@@ -57,6 +62,7 @@ TESTS = Path(__file__).resolve().parent.parent / "tests"
 sys.path.insert(0, str(TESTS))
 
 from aifi.products import tissue_volume  # noqa: E402
+from aifi.results.check import check_result  # noqa: E402
 from aifi.vendor import JobContext  # noqa: E402
 from scale.exchange_api import OPERATOR_KEY, pseudonymised_ct  # noqa: E402
 from scale.servers import (  # noqa: E402
@@ -466,34 +472,80 @@ def peak_rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmHWM for process {pid}")
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """User plus system CPU the process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def machine_busy_seconds() -> float:
     """CPU seconds the whole machine has spent neither idle nor waiting for I/O."""
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
 
 
-def measured_round(deployment: Deployment, studies: list[SmallStudy]) -> dict[str, float]:
-    """One measured round of small jobs, with where the CPU went: the replicas' CPU per job
-    and the whole machine's (PostgreSQL, nginx, the load generator and the kernel too). On
-    two cores these explain the three-replica ratio."""
-    pids = [r.process.pid for r in deployment.replicas if r.process is not None]
-    replicas_before = sum(process_cpu_seconds(pid) for pid in pids)
-    machine_before = machine_busy_seconds()
+def cpu_by_process(pids: set[int]) -> dict[str, float]:
+    """CPU seconds used so far by the replicas (`pids`), PostgreSQL's server processes, nginx
+    and this load generator; the whole machine's busy time too, so the rest (the kernel
+    writing blobs, other processes) is what is left."""
+    parts = {"replicas": 0.0, "postgresql": 0.0, "nginx": 0.0, "load_generator": 0.0}
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # ended meanwhile
+            continue
+        command = stat[stat.index("(") + 1 : stat.rindex(")")]
+        pid = int(entry.name)
+        if pid in pids:
+            part = "replicas"
+        elif pid == me:
+            part = "load_generator"
+        elif command.startswith(("postgres", "postmaster")):
+            part = "postgresql"
+        elif command.startswith("nginx"):
+            part = "nginx"
+        else:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        parts[part] += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    parts["machine"] = machine_busy_seconds()
+    return parts
+
+
+def yardstick_ms(sr: Path, study_uid: str) -> float:
+    """The machine's own speed at the start of a round: milliseconds for the exchange's check
+    of one result SR (pydicom reading its content tree; 2.4 ms on the machine of the figures
+    in docs/benchmarks.md), median of 50. On a shared virtual machine it drifted by more than
+    half within minutes, and by several times from one day to the next; a tight arithmetic
+    loop did not show it."""
+    timings = []
+    for _ in range(50):
+        started = time.perf_counter()
+        check_result(sr, study_instance_uid=study_uid)
+        timings.append(time.perf_counter() - started)
+    return round(1000 * statistics.median(timings), 2)
+
+
+def measured_round(deployment: Deployment, studies: list[SmallStudy], sr: Path) -> dict[str, float]:
+    """One measured round of small jobs, with where the CPU went, per job: the replicas',
+    PostgreSQL's, nginx's, the load generator's and the rest of the machine's (the kernel).
+    On two cores these explain the three-replica ratio."""
+    pids = {r.process.pid for r in deployment.replicas if r.process is not None}
+    speed = yardstick_ms(sr, studies[0].study_uid)
+    before = cpu_by_process(pids)
     figures = small_jobs(deployment, studies)
-    replicas_cpu = sum(process_cpu_seconds(pid) for pid in pids) - replicas_before
-    machine_cpu = machine_busy_seconds() - machine_before
+    used = {part: seconds - before[part] for part, seconds in cpu_by_process(pids).items()}
     jobs, seconds = figures["jobs"], figures["seconds"]
+    outside = sum(v for part, v in used.items() if part not in ("machine", "replicas"))
     return {
         **figures,
-        "replicas_cpu_ms_per_job": round(1000 * replicas_cpu / jobs, 1),
-        "machine_cpu_ms_per_job": round(1000 * machine_cpu / jobs, 1),
-        "machine_busy_cores": round(machine_cpu / seconds, 2),
+        "yardstick_ms": speed,
+        "replicas_cpu_ms_per_job": round(1000 * used["replicas"] / jobs, 1),
+        "postgresql_cpu_ms_per_job": round(1000 * used["postgresql"] / jobs, 1),
+        "nginx_cpu_ms_per_job": round(1000 * used["nginx"] / jobs, 1),
+        "load_generator_cpu_ms_per_job": round(1000 * used["load_generator"] / jobs, 1),
+        "rest_cpu_ms_per_job": round(
+            1000 * max(used["machine"] - used["replicas"] - outside, 0.0) / jobs, 1
+        ),
+        "machine_cpu_ms_per_job": round(1000 * used["machine"] / jobs, 1),
+        "machine_busy_cores": round(used["machine"] / seconds, 2),
     }
 
 
@@ -516,11 +568,14 @@ def main() -> int:
     )
     parser.add_argument("--json", type=Path, help="write the figures and targets here")
     args = parser.parse_args()
-    console = Console()
+    # Wide enough for the CPU table when the output goes to a file or a pipe.
+    console = Console(width=None if sys.stdout.isatty() else 132)
     work = Path(tempfile.mkdtemp(prefix="aifi-bench-"))
     console.print(f"making {args.jobs} small studies and their results …")
     studies = make_small_studies(work / "studies", args.jobs)
     warm_up = make_small_studies(work / "warm-up", WARM_UP_JOBS)
+    sr = work / "yardstick-sr.dcm"
+    sr.write_bytes(studies[0].sr)
     postgres: PostgresServer = start_postgres()
     figures: dict[str, Any] = {"jobs": args.jobs, "cpus": os.cpu_count()}
     setups = (("sqlite_1", False, 1), ("postgresql_1", True, 1), ("postgresql_3", True, 3))
@@ -539,7 +594,7 @@ def main() -> int:
                     # A fresh replica compiles its statements and opens its connections on
                     # its first requests: a warm-up round first, then the measured one.
                     small_jobs(deployment, warm_up, "warm-up")
-                    rounds[name].append(measured_round(deployment, studies))
+                    rounds[name].append(measured_round(deployment, studies, sr))
                     if round_number == 0:
                         console.print(f"{name}: a {args.bulk_mb} MB study up and down …")
                         bulk[name] = big_study(
@@ -600,6 +655,18 @@ def memory_growth(folder: Path, big_mb: int, console: Console) -> dict[str, Any]
     return {"peak_rss_mb": peaks, "growth_mb": round(last - first, 1)}
 
 
+CPU_FIGURES = (
+    "yardstick_ms",
+    "replicas_cpu_ms_per_job",
+    "postgresql_cpu_ms_per_job",
+    "nginx_cpu_ms_per_job",
+    "load_generator_cpu_ms_per_job",
+    "rest_cpu_ms_per_job",
+    "machine_cpu_ms_per_job",
+    "machine_busy_cores",
+)
+
+
 def median_round(rounds: list[dict[str, float]]) -> dict[str, Any]:
     """A set-up's figures: the median jobs/s, every round's, and where the CPU went in the
     median round."""
@@ -607,9 +674,8 @@ def median_round(rounds: list[dict[str, float]]) -> dict[str, Any]:
     return {
         "jobs_per_s": round(statistics.median(r["jobs_per_s"] for r in rounds), 1),
         "jobs_per_s_rounds": [r["jobs_per_s"] for r in rounds],
-        "replicas_cpu_ms_per_job": middle["replicas_cpu_ms_per_job"],
-        "machine_cpu_ms_per_job": middle["machine_cpu_ms_per_job"],
-        "machine_busy_cores": middle["machine_busy_cores"],
+        "yardstick_ms_rounds": [r["yardstick_ms"] for r in rounds],
+        **{figure: middle[figure] for figure in CPU_FIGURES},
     }
 
 
@@ -653,12 +719,18 @@ def report(console: Console, figures: dict[str, Any]) -> None:
         "download MB/s": "download_mb_per_s",
     }
     cpu = {
-        "replicas, ms per job": "replicas_cpu_ms_per_job",
-        "whole machine, ms per job": "machine_cpu_ms_per_job",
+        "replicas": "replicas_cpu_ms_per_job",
+        "PostgreSQL": "postgresql_cpu_ms_per_job",
+        "nginx": "nginx_cpu_ms_per_job",
+        "load generator": "load_generator_cpu_ms_per_job",
+        "the rest": "rest_cpu_ms_per_job",
+        "whole machine": "machine_cpu_ms_per_job",
         "cores busy": "machine_busy_cores",
     }
     console.print(_by_setup(title, figures, throughput))
-    console.print(_by_setup("where the CPU went (the median round)", figures, cpu))
+    console.print(_by_setup("where the CPU went, ms per job (the median round)", figures, cpu))
+    speed = {"ms per result check at each round's start": "yardstick_ms_rounds"}
+    console.print(_by_setup("the machine's own speed", figures, speed))
     console.print(f"replica peak memory by study size: {figures['memory']['peak_rss_mb']}")
     for name, target in figures["targets"].items():
         mark = "[green]met[/]" if target["met"] else "[red]not met[/]"

@@ -33,3 +33,19 @@ def orthanc_factory(tmp_path: Path) -> Iterator[object]:
     yield start
     for peer in started:
         peer.stop()
+
+
+@pytest.fixture
+def fsynced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths `aifi.durable` flushes, in order, read back from each descriptor it syncs."""
+    from aifi import durable
+
+    flushed: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(durable.os, "fsync", recording_fsync)
+    return flushed

@@ -7,26 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from aifi import durable
 from aifi.durable import replace_durably
 
 
-@pytest.fixture
-def synced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The paths flushed, in order, read back from each descriptor handed to fsync."""
-    flushed: list[str] = []
-    real_fsync = os.fsync
-
-    def recording_fsync(fd: int) -> None:
-        flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(durable.os, "fsync", recording_fsync)
-    return flushed
-
-
 def test_a_file_moved_into_new_folders_flushes_bytes_then_names(
-    tmp_path: Path, synced: list[str]
+    tmp_path: Path, fsynced: list[str]
 ) -> None:
     source = tmp_path / "incoming.part"
     source.write_bytes(b"DICM")
@@ -36,11 +21,11 @@ def test_a_file_moved_into_new_folders_flushes_bytes_then_names(
     replace_durably(source, target)
 
     assert target.read_bytes() == b"DICM" and not source.exists()
-    assert synced == [str(source), str(target.parent), str(tmp_path / "spool")]
+    assert fsynced == [str(source), str(target.parent), str(tmp_path / "spool")]
 
 
 def test_a_file_from_another_file_system_is_copied_whole_beside_its_target(
-    tmp_path: Path, synced: list[str]
+    tmp_path: Path, fsynced: list[str]
 ) -> None:
     """pynetdicom receives into the temporary folder, often tmpfs: the rename cannot cross,
     so the copy is made beside the target and renamed, never written under the name."""
@@ -59,7 +44,7 @@ def test_a_file_from_another_file_system_is_copied_whole_beside_its_target(
     assert not source.exists()
     assert list(target.parent.iterdir()) == [target]  # no copy left half-way
     # The source is flushed before the rename is tried; then the copy, then the names.
-    flushed_source, copied, *folders = synced
+    flushed_source, copied, *folders = fsynced
     assert flushed_source == str(source)
     assert Path(copied).parent == target.parent and copied.endswith(".part")
     assert folders == [str(target.parent), str(tmp_path)]

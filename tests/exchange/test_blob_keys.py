@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from aifi import durable
 from aifi.exchange.blobs import LocalBlobStore
 
 
@@ -47,25 +45,17 @@ async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
 
 
 def test_a_committed_blob_is_synced_with_its_name_in_every_folder_made_for_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, fsynced: list[str]
 ) -> None:
     """A power cut after the commit must find the blob under its key: the file's bytes, the
     folder holding its name and each new folder's own name in its parent are flushed."""
     store = LocalBlobStore(tmp_path / "blobs")
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def recording_fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(durable.os, "fsync", recording_fsync)
     temp = asyncio.run(store.receive(_one_chunk(b"DICM")))
-    synced.clear()
+    fsynced.clear()
     store.commit(temp, "inputs/job-1/1.2.3.dcm")
 
     root = (tmp_path / "blobs").resolve()
-    assert synced == [
+    assert fsynced == [
         str(temp.path),
         str(root / "inputs" / "job-1"),
         str(root / "inputs"),
@@ -75,6 +65,6 @@ def test_a_committed_blob_is_synced_with_its_name_in_every_folder_made_for_it(
 
     # A second blob in the same job's folder makes no folder: only its file and folder.
     temp = asyncio.run(store.receive(_one_chunk(b"DICM2")))
-    synced.clear()
+    fsynced.clear()
     store.commit(temp, "inputs/job-1/1.2.4.dcm")
-    assert synced == [str(temp.path), str(root / "inputs" / "job-1")]
+    assert fsynced == [str(temp.path), str(root / "inputs" / "job-1")]

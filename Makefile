@@ -6,13 +6,13 @@ STAMP := $(VENV)/.installed
 # Debian packages that the tests talk to as real peers.
 PEERS := orthanc dcmtk dicom3tools postgresql nginx chromium
 
-.PHONY: demo test lint peers venv clean bench
+.PHONY: demo test lint peers venv clean bench constraints
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; }
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -41,6 +41,17 @@ test: $(STAMP) peers lint
 
 bench: $(STAMP) peers
 	$(BIN)/python benchmarks/e2e.py
+
+# Move the pinned versions to the newest that pyproject.toml allows, in a venv of their own;
+# then run make test before committing the new constraints.txt.
+constraints:
+	rm -rf .venv-constraints
+	$(PYTHON) -m venv .venv-constraints
+	.venv-constraints/bin/pip install -q --upgrade pip
+	.venv-constraints/bin/pip install -q -e '.[test]'
+	{ sed -n '1,2p' constraints.txt; .venv-constraints/bin/pip freeze --exclude-editable; } > constraints.new
+	mv constraints.new constraints.txt
+	rm -rf .venv-constraints
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

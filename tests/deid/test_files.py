@@ -152,3 +152,16 @@ def test_large_kept_header_values_are_read_when_written(
     out = pydicom.dcmread(tmp_path / "out.dcm")
     assert out.ICCProfile == profile
     assert not [e for e in out if e.tag.group == 0x0009]
+
+
+def test_a_durable_write_flushes_the_file_and_then_its_name(
+    key: PseudonymKey, write_instance, tmp_path: Path, fsynced: list[str]
+) -> None:
+    """`fsync=True`: the written bytes, and the folder that holds the new name."""
+    src = write_instance()
+    out = tmp_path / "durable" / "out.dcm"
+    Deidentifier(key).deidentify_file(src, out, fsync=True)
+    written, folder = fsynced
+    assert Path(written).parent == out.parent and written.endswith(".part")
+    assert folder == str(out.parent)
+    assert pydicom.dcmread(out).SOPInstanceUID != pydicom.dcmread(src).SOPInstanceUID

@@ -30,6 +30,7 @@ from pydicom.uid import (
 from aifi.dicom.deid.errors import DeidError, DeidRefused
 from aifi.dicom.deid.pixels import NativeLayout, Region, blank_frame, native_layout
 from aifi.dicom.deid.writer import write_part10_header
+from aifi.durable import fsync_path
 
 if TYPE_CHECKING:
     from aifi.dicom.deid.engine import Deidentifier, DeidResult
@@ -143,6 +144,8 @@ def _write_atomically(dst: Path, fsync: bool, write: object) -> None:
             if fsync:
                 os.fsync(out.fileno())
         os.replace(temp, dst)
+        if fsync:  # the new name too: it lives in the folder (see aifi.durable)
+            fsync_path(dst.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             temp.unlink()

@@ -3,6 +3,7 @@ watches (jobs by state, queue depth and age, turnaround, bytes, errors) match wh
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from aifi.exchange.settings import ExchangeSettings
 from aifi.gateway.metrics import start_metrics_server
 from aifi.gateway.state import GatewayState, ReceivedInstance, RoutedJob
 from scale.conftest import ExchangeFactory, finish_job, set_up_parties
@@ -115,3 +117,23 @@ def test_gateway_exporter_reads_the_gateway_state(tmp_path: Path) -> None:
     assert figures[("aifi_gateway_received_bytes", ())] == 650.0
     assert figures[("aifi_gateway_uploaded_study_bytes", ())] == 600.0
     assert figures[("aifi_gateway_turnaround_seconds", (("quantile", "0.5"),))] > 0.0
+
+
+DEPLOY = Path(__file__).resolve().parents[2] / "docs" / "deploy.md"
+
+
+def test_every_exchange_metric_and_setting_in_the_deployment_guide_exists(
+    exchange_on: ExchangeFactory,
+) -> None:
+    """An operator wires alerts and unit files from docs/deploy.md: each metric it names is
+    exported by a fresh exchange, each AIFI_ variable it names is a setting the exchange reads."""
+    guide = DEPLOY.read_text()
+    exposition = exchange_on().client.get("/metrics").text
+    exported = {family.name for family in text_string_to_metric_families(exposition)}
+    named = set(re.findall(r"`(aifi_exchange_\w+?)(?:_total)?[{`]", guide))
+    assert len(named) >= 10 and named - exported == set(), sorted(exported)
+
+    variables = set(re.findall(r"`AIFI_([A-Z_]+)`", guide))
+    assert variables, "the guide names no AIFI_ variables"
+    unknown = {v for v in variables if v.lower() not in ExchangeSettings.model_fields}
+    assert unknown == set(), f"docs/deploy.md names settings the exchange does not read: {unknown}"

@@ -56,7 +56,7 @@ def test_a_committed_blob_is_synced_with_its_name_in_every_folder_made_for_it(
 
     root = (tmp_path / "blobs").resolve()
     assert fsynced == [
-        str(temp.path),
+        str(root / "inputs" / "job-1" / "1.2.3.dcm"),
         str(root / "inputs" / "job-1"),
         str(root / "inputs"),
         str(root),
@@ -67,4 +67,4 @@ def test_a_committed_blob_is_synced_with_its_name_in_every_folder_made_for_it(
     temp = asyncio.run(store.receive(_one_chunk(b"DICM2")))
     fsynced.clear()
     store.commit(temp, "inputs/job-1/1.2.4.dcm")
-    assert fsynced == [str(temp.path), str(root / "inputs" / "job-1")]
+    assert fsynced == [str(root / "inputs" / "job-1" / "1.2.4.dcm"), str(root / "inputs" / "job-1")]

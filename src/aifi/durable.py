@@ -18,7 +18,9 @@ import errno
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 
 def make_folders(folder: Path) -> list[Path]:
@@ -53,24 +55,38 @@ def replace_durably(source: Path, target: Path) -> None:
     try:
         os.replace(source, target)
         fsync_path(target)
+        fsync_path(target.parent)
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-        _copy_then_replace(source, target)
-    for folder in (target.parent, *(new.parent for new in made)):
-        fsync_path(folder)
+        _copy_then_replace(source, target)  # flushes the copy and its folder
+    for new in made:
+        fsync_path(new.parent)
+
+
+def write_atomically(target: Path, write: Callable[[BinaryIO], object], *, fsync: bool) -> None:
+    """Write `target` through `write` into a file beside it, then rename: it appears complete
+    or not at all. `fsync`: the bytes are flushed before the rename and the name after it."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    part = Path(name)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            write(out)
+            out.flush()
+            if fsync:
+                os.fsync(out.fileno())
+        os.replace(part, target)
+        if fsync:
+            fsync_path(target.parent)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
 
 
 def _copy_then_replace(source: Path, target: Path) -> None:
-    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    copy = Path(name)
-    try:
-        with os.fdopen(handle, "wb") as out, source.open("rb") as original:
-            shutil.copyfileobj(original, out, 1024 * 1024)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(copy, target)
-    except BaseException:
-        copy.unlink(missing_ok=True)
-        raise
+    with source.open("rb") as original:
+        write_atomically(
+            target, lambda out: shutil.copyfileobj(original, out, 1024 * 1024), fsync=True
+        )
     source.unlink(missing_ok=True)

@@ -9,10 +9,8 @@ reader never sees half a file and a failure leaves no file at all.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -30,7 +28,7 @@ from pydicom.uid import (
 from aifi.dicom.deid.errors import DeidError, DeidRefused
 from aifi.dicom.deid.pixels import NativeLayout, Region, blank_frame, native_layout
 from aifi.dicom.deid.writer import write_part10_header
-from aifi.durable import fsync_path
+from aifi.durable import write_atomically
 
 if TYPE_CHECKING:
     from aifi.dicom.deid.engine import Deidentifier, DeidResult
@@ -54,7 +52,9 @@ def deidentify_file(engine: Deidentifier, src: Path, dst: Path, *, fsync: bool) 
             # The whole dataset is one deflate stream: no element can be copied raw.
             full = _read_full(src)
             result = engine.deidentify_dataset(full)
-            _write_atomically(dst, fsync, lambda out: full.save_as(out, enforce_file_format=True))
+            write_atomically(
+                dst, lambda out: full.save_as(out, enforce_file_format=True), fsync=fsync
+            )
             return result
         blank = engine.pixel_cleaning_needed(ds, transfer_syntax)
         layout = native_layout(ds, transfer_syntax) if blank else None
@@ -72,7 +72,7 @@ def deidentify_file(engine: Deidentifier, src: Path, dst: Path, *, fsync: bool) 
                 source, out, implicit, little, (layout, engine.regions) if layout else None
             )
 
-        _write_atomically(dst, fsync, write)
+        write_atomically(dst, write, fsync=fsync)
     return result
 
 
@@ -131,25 +131,6 @@ def _effective_transfer_syntax(ds: Dataset) -> UID:
         )
     meta.TransferSyntaxUID = actual
     return actual
-
-
-def _write_atomically(dst: Path, fsync: bool, write: object) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst.parent)
-    temp = Path(temp_name)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            write(out)  # type: ignore[operator]
-            out.flush()
-            if fsync:
-                os.fsync(out.fileno())
-        os.replace(temp, dst)
-        if fsync:  # the new name too: it lives in the folder (see aifi.durable)
-            fsync_path(dst.parent)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        raise
 
 
 def _copy_pixel_elements(

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Debian packages that the tests talk to as real peers.
 PEERS := orthanc dcmtk dicom3tools postgresql nginx chromium
 
-.PHONY: demo test lint peers venv clean bench constraints
+.PHONY: demo test lint peers venv clean bench constraints dist
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; }
@@ -42,6 +42,16 @@ test: $(STAMP) peers lint
 bench: $(STAMP) peers
 	$(BIN)/python benchmarks/e2e.py
 
+# The release a hospital installs from without internet access: the aifi wheel and a wheel of
+# every dependency at its pinned version, for this machine's Python and architecture, with their
+# SHA-256 sums. docs/hospital-guide.md, section 2.
+DIST ?= dist
+dist: $(STAMP)
+	rm -rf $(DIST) build
+	$(BIN)/pip wheel -q --no-deps -w $(DIST) .
+	$(BIN)/pip download -q -c constraints.txt --only-binary=:all: -d $(DIST) .
+	cd $(DIST) && sha256sum *.whl > SHA256SUMS
+
 # Move the pinned versions to the newest that pyproject.toml allows, in a venv of their own;
 # then run make test before committing the new constraints.txt.
 constraints:
@@ -54,4 +64,4 @@ constraints:
 	rm -rf .venv-constraints
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build $(DIST)

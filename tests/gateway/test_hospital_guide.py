@@ -1,7 +1,8 @@
-"""docs/hospital-guide.md, followed as a hospital IT engineer would: its configuration file as
-printed (only the site's own names, addresses and paths filled in), its commands (echoscu, the
-phantom, storescu) as printed, and its monitoring table against what the gateway exports — with
-a real exchange, Orthanc as the PACS and dcmtk as the sender."""
+"""docs/hospital-guide.md, followed as a hospital IT engineer would: the gateway installed from a
+release folder (`make dist`) into a fresh virtualenv with the guide's own commands, its
+configuration file as printed (only the site's own names, addresses and paths filled in), its
+commands (echoscu, the phantom, storescu) as printed, and its monitoring table against what the
+gateway exports — with a real exchange, Orthanc as the PACS and dcmtk as the sender."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import shlex
 import signal
 import stat
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +23,15 @@ import yaml
 
 from aifi.gateway.config import GatewayConfig
 from support.national import HOSPITAL, National
-from support.peers import free_port, require_executable
+from support.peers import IN_CI, free_port, require_executable
 
-GUIDE = Path(__file__).resolve().parents[2] / "docs" / "hospital-guide.md"
+ROOT = Path(__file__).resolve().parents[2]
+GUIDE = ROOT / "docs" / "hospital-guide.md"
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 #: The example host and port the guide's commands address the gateway by.
 GUIDE_HOST, GUIDE_PORT = "gateway.hospital.local", "11112"
+#: Where the guide installs the gateway and where it has the release folder copied to.
+GUIDE_VENV, GUIDE_RELEASE = "/opt/aifi", "/tmp/aifi-release"
 
 pytestmark = pytest.mark.peer
 
@@ -63,6 +66,78 @@ def _at_site(command: list[str], port: int, phantom: Path) -> list[str]:
     return site
 
 
+def _release_lines() -> list[str]:
+    """The lines of section 2's shell block that check and install the release folder."""
+    [block] = re.findall(r"```bash\n(.*?)```", _section(2), re.S)
+    return [line for line in block.splitlines() if GUIDE_RELEASE in line]
+
+
+def _outside_checkout() -> dict[str, str]:
+    """This environment without what would point Python at the checkout or its virtualenv."""
+    return {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV"}}
+
+
+@pytest.fixture(scope="module")
+def installed_aifi(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The `aifi` command of a gateway installed as section 2 says: a release folder made by
+    `make dist`, checked and installed into a new virtualenv by the guide's commands, with only
+    the two paths changed. The release's dependency wheels come from the package index, so
+    without one (locally) the test skips; under CI=true it fails."""
+    require_executable("make", "make")
+    work = tmp_path_factory.mktemp("install")
+    release, venv = work / "release", work / "venv"
+    made = subprocess.run(
+        ["make", "--no-print-directory", "dist", f"DIST={release}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if made.returncode != 0:
+        message = f"make dist failed:\n{made.stdout}\n{made.stderr}"
+        if not IN_CI and re.search(r"connect|resolve|No matching distribution", made.stderr):
+            pytest.skip(f"no package index to build the release from: {message}")
+        pytest.fail(message)
+    lines = _release_lines()
+    assert len(lines) == 2, f"section 2 should check, then install the release: {lines}"
+    environment = _outside_checkout()
+    for line in lines:
+        command = line.replace(GUIDE_RELEASE, str(release)).replace(GUIDE_VENV, str(venv))
+        ran = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", command],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert ran.returncode == 0, f"{command}\n{ran.stdout}\n{ran.stderr}"
+    # The gateway runs from the release, not from this checkout.
+    where = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import aifi; print(aifi.__file__)"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert Path(where.strip()).is_relative_to(venv), where
+    return venv / "bin" / "aifi"
+
+
+@pytest.mark.timeout(900)  # the first to use it builds and installs the release
+def test_the_release_holds_every_file_of_the_package(installed_aifi: Path) -> None:
+    """Templates, migrations and reference tables are read at run time; a wheel without them
+    installs cleanly and fails in the hospital."""
+    [site] = list((installed_aifi.parents[1] / "lib").glob("python3*/site-packages"))
+    source = ROOT / "src"
+    wanted = {
+        path.relative_to(source)
+        for path in (source / "aifi").rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    }
+    missing = sorted(str(path) for path in wanted if not (site / path).is_file())
+    assert not missing, f"files of src/aifi missing from the installed release: {missing}"
+
+
 def test_every_key_of_the_example_and_the_table_is_one_the_gateway_reads() -> None:
     example = _example_config()
     GatewayConfig.model_validate(
@@ -80,8 +155,9 @@ def test_every_key_of_the_example_and_the_table_is_one_the_gateway_reads() -> No
     assert not undocumented, f"example keys missing from the table: {undocumented}"
 
 
+@pytest.mark.timeout(900)
 def test_following_the_guide_brings_a_phantom_result_into_the_pacs(
-    national: National, orthanc_factory: Any, tmp_path: Path
+    national: National, orthanc_factory: Any, installed_aifi: Path, tmp_path: Path
 ) -> None:
     gateway_port, metrics_port = free_port(), free_port()
     pacs = orthanc_factory({"aifi": ("AIFI_GW", gateway_port)})
@@ -105,7 +181,8 @@ def test_following_the_guide_brings_a_phantom_result_into_the_pacs(
     config_file.write_text(yaml.safe_dump(config))
 
     gateway = subprocess.Popen(
-        [sys.executable, "-m", "aifi.cli", "gateway", "--config", str(config_file)],
+        [str(installed_aifi), "gateway", "--config", str(config_file)],
+        env=_outside_checkout(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -131,7 +208,8 @@ def test_following_the_guide_brings_a_phantom_result_into_the_pacs(
             [echoscu, *_at_site(echo, gateway_port, phantom)[1:]], check=True, timeout=30
         )
         subprocess.run(
-            [sys.executable, "-m", "aifi.cli", *_at_site(make_phantom, gateway_port, phantom)[1:]],
+            [str(installed_aifi), *_at_site(make_phantom, gateway_port, phantom)[1:]],
+            env=_outside_checkout(),
             check=True,
             capture_output=True,
             timeout=120,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import urllib.parse
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +16,15 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+def _without_password(url: str) -> str:
+    """A proxy URL fit to print: a password in it is not."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    port = f":{parts.port}" if parts.port else ""
+    return parts._replace(netloc=f"{parts.username}:***@{parts.hostname}{port}").geturl()
 
 
 def _logging(verbose: bool) -> None:
@@ -84,6 +94,7 @@ def gateway(
     typer.echo(
         f"gateway {settings.hospital}: {settings.dicom.ae_title} listening on "
         f"{settings.dicom.host}:{node.port}, exchange {settings.exchange.url}"
+        + (f" through proxy {_without_password(node.client.proxy)}" if node.client.proxy else "")
     )
     stop.wait()
     node.stop()
@@ -98,6 +109,12 @@ def worker(
         str | None, typer.Option(help="Register the product's manifest for this vendor id first.")
     ] = None,
     lease_seconds: float = 60.0,
+    proxy: Annotated[
+        str | None, typer.Option(help="HTTP proxy to the exchange (default: HTTPS_PROXY).")
+    ] = None,
+    ca_file: Annotated[
+        Path | None, typer.Option(help="A CA to trust besides the public roots (a TLS proxy's).")
+    ] = None,
     verbose: bool = False,
 ) -> None:
     """Run a vendor worker for one of AIFI's reference products (not for clinical use)."""
@@ -111,7 +128,9 @@ def worker(
             f"error: unknown product {product!r}; choose from {', '.join(products)}", err=True
         )
         raise typer.Exit(2)
-    client = VendorClient(exchange_url, api_key_file.read_text().strip())
+    client = VendorClient(
+        exchange_url, api_key_file.read_text().strip(), proxy=proxy, ca_file=ca_file
+    )
     if register:
         client.register_product(products[product].manifest(register))
     stop = _wait_for_signal()

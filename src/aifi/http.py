@@ -1,12 +1,17 @@
 """A small retrying HTTP client for the exchange API, shared by the gateway and the vendor SDK.
 
 Both reach the exchange over HTTP only; this module is the one place that knows how the API
-reports errors (JSON `detail`) and which failures are worth another try.
+reports errors (JSON `detail`) and which failures are worth another try, and how a client
+inside a hospital or a vendor's network gets out: through the proxy its network requires, and
+trusting the CA of a proxy that inspects TLS.
 """
 
 from __future__ import annotations
 
+import ssl
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +36,46 @@ class LeaseLost(ExchangeHTTPError):
     """409: the object changed meanwhile (a lease expired, a job ended)."""
 
 
+class ExchangeNotTrusted(httpx.ConnectError):
+    """The exchange's TLS certificate does not verify. Trying again cannot help, so it is not
+    retried; the message says what to set."""
+
+
+def proxy_for(url: str) -> str | None:
+    """The proxy the environment names for `url`: HTTPS_PROXY (HTTP_PROXY for http://), unless
+    NO_PROXY covers its host — read as curl, pip and the standard library read them."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname and urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
+
+
+def trusting(ca_file: Path | None) -> ssl.SSLContext | bool:
+    """Verification against the public roots (or SSL_CERT_FILE), and also `ca_file`: the CA
+    of a proxy that re-signs TLS, or of a private exchange."""
+    if ca_file is None:
+        return True
+    context = httpx.create_ssl_context()
+    try:
+        context.load_verify_locations(cafile=str(ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"{ca_file}: not a readable PEM file of CA certificates ({exc})") from exc
+    return context
+
+
+def _untrusted(exc: httpx.ConnectError, base_url: str) -> ExchangeNotTrusted | None:
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, ssl.SSLCertVerificationError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return None
+    return ExchangeNotTrusted(
+        f"the TLS certificate of {base_url} is not trusted ({cause.verify_message}). If a "
+        "proxy on the way re-signs TLS, trust its CA: exchange.ca_file in the gateway's "
+        "configuration, ca_file for the vendor SDK"
+    )
+
+
 def file_chunks(path: Path) -> Iterator[bytes]:
     with path.open("rb") as source:
         while chunk := source.read(CHUNK):
@@ -46,14 +91,22 @@ class ApiClient:
         timeout: float = 60.0,
         retries: int = 5,
         transport: httpx.BaseTransport | None = None,
+        proxy: str | None = None,
+        ca_file: Path | None = None,
     ) -> None:
+        """`proxy`: the HTTP proxy to reach the exchange through (default: the environment's,
+        see `proxy_for`); `ca_file`: a CA to trust besides the public roots."""
         self.base_url = base_url.rstrip("/")
         self._retries = retries
+        #: The proxy requests go through, if any (the gateway logs it at start).
+        self.proxy = proxy or proxy_for(self.base_url)
         self._http = httpx.Client(
             base_url=self.base_url,
             headers={"Authorization": f"Bearer {api_key}"},
             timeout=timeout,
-            transport=transport or httpx.HTTPTransport(retries=3),
+            # One transport, so one proxy: every request goes to the exchange's one host.
+            transport=transport
+            or httpx.HTTPTransport(retries=3, proxy=self.proxy, verify=trusting(ca_file)),
         )
 
     def close(self) -> None:
@@ -74,6 +127,11 @@ class ApiClient:
                 kwargs["content"] = file_chunks(body_path)
             try:
                 response = self._http.request(method, path, **kwargs)
+            except httpx.ConnectError as exc:
+                if untrusted := _untrusted(exc, self.base_url):
+                    raise untrusted from exc
+                if attempt == self._retries:
+                    raise
             except httpx.TransportError:
                 if attempt == self._retries:
                     raise
@@ -104,8 +162,12 @@ class ApiClient:
                         for chunk in response.iter_bytes(CHUNK):
                             out.write(chunk)
                             size += len(chunk)
-            except httpx.TransportError:
+            except httpx.TransportError as exc:
                 partial.unlink(missing_ok=True)
+                if isinstance(exc, httpx.ConnectError) and (
+                    untrusted := _untrusted(exc, self.base_url)
+                ):
+                    raise untrusted from exc
                 if attempt == self._retries:
                     raise
                 time.sleep(delay)

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from aifi.gateway.config import GatewayConfig
+from scale.servers import Nginx, Proxy
 from support.national import HOSPITAL, National
 from support.peers import IN_CI, free_port, require_executable
 
@@ -157,8 +158,16 @@ def test_every_key_of_the_example_and_the_table_is_one_the_gateway_reads() -> No
 
 @pytest.mark.timeout(900)
 def test_following_the_guide_brings_a_phantom_result_into_the_pacs(
-    national: National, orthanc_factory: Any, installed_aifi: Path, tmp_path: Path
+    national: National,
+    orthanc_factory: Any,
+    installed_aifi: Path,
+    balancer: Nginx,
+    proxy: Proxy,
+    ca_file: Path,
+    tmp_path: Path,
 ) -> None:
+    """At a hospital that sends HTTPS out through a proxy inspecting TLS (section 6), to an
+    exchange behind the TLS load balancer of docs/deploy.md."""
     gateway_port, metrics_port = free_port(), free_port()
     pacs = orthanc_factory({"aifi": ("AIFI_GW", gateway_port)})
 
@@ -172,7 +181,12 @@ def test_following_the_guide_brings_a_phantom_result_into_the_pacs(
     config["hospital"] = HOSPITAL
     config["workdir"] = str(tmp_path / "workdir")
     config["secret_file"] = str(etc / "pseudonym.key")
-    config["exchange"] = {"url": national.exchange.url, "api_key_file": str(key_file)}
+    config["exchange"] = {
+        "url": balancer.url,
+        "api_key_file": str(key_file),
+        "proxy": proxy.url,
+        "ca_file": str(ca_file),
+    }
     config["dicom"].update(host="127.0.0.1", port=gateway_port)
     [destination] = config["pacs"]
     destination.update(ae_title=pacs.ae_title, host="127.0.0.1", port=pacs.dicom_port)
@@ -191,6 +205,7 @@ def test_following_the_guide_brings_a_phantom_result_into_the_pacs(
         assert gateway.stdout is not None
         for line in gateway.stdout:  # the gateway prints a line once it listens
             if "listening on" in line:
+                assert f"through proxy {proxy.url}" in line, line
                 break
         else:
             raise AssertionError(f"gateway did not start (exit {gateway.wait()})")
@@ -233,6 +248,8 @@ def test_following_the_guide_brings_a_phantom_result_into_the_pacs(
             for instance in found
         ]
         assert sop_classes.count(COMPREHENSIVE_3D_SR) == 1
+        # Everything went out through the proxy, in tunnels to the balancer.
+        assert set(proxy.tunnels()) == {f"127.0.0.1:{balancer.port}"}, proxy.tunnels()
 
         # Section 8: every gateway metric the monitoring table names is exported.
         exposition = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text

@@ -1,4 +1,5 @@
-"""Real servers for scale-out tests, all on loopback: PostgreSQL, an S3 store, nginx, replicas.
+"""Real servers for scale-out tests, all on loopback: PostgreSQL, an S3 store, nginx, replicas,
+and the HTTP proxy a hospital reaches the exchange through.
 
 PostgreSQL comes from the Debian package: a throw-away cluster (initdb in a temporary folder,
 pg_ctl on a free port). PostgreSQL refuses to run as root, so under root (CI) it runs as the
@@ -11,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +28,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+import trustme
 
 from support.peers import IN_CI, free_port
 
@@ -308,6 +312,12 @@ http {{
     fastcgi_temp_path {folder}/fastcgi;
     uwsgi_temp_path {folder}/uwsgi;
     scgi_temp_path {folder}/scgi;
+{balancer}
+}}
+"""
+
+#: The balancer the replica tests run: plain HTTP on loopback, quick to mark a dead one down.
+BALANCER = """
     client_max_body_size 0;
     upstream exchange {{
 {servers}
@@ -331,8 +341,9 @@ http {{
             proxy_next_upstream_tries 3;
         }}
     }}
-}}
 """
+
+DEPLOY_GUIDE = Path(__file__).resolve().parents[2] / "docs" / "deploy.md"
 
 
 @dataclass
@@ -340,10 +351,11 @@ class Nginx:
     port: int
     process: subprocess.Popen[bytes]
     folder: Path = field(repr=False)
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
         self.process.terminate()
@@ -355,20 +367,45 @@ class Nginx:
 
 def start_nginx(folder: Path, upstream_ports: list[int]) -> Nginx:
     """nginx (Debian package) balancing over the replicas, as a production load balancer."""
-    exe = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-    if exe is None:
-        missing_peer("nginx not found: install the Debian package 'nginx' (make test does)")
-    folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     servers = "\n".join(
         f"        server 127.0.0.1:{p} max_fails=1 fail_timeout=2s;" for p in upstream_ports
     )
+    return _run_nginx(folder, port, BALANCER.format(servers=servers, port=port))
+
+
+def start_tls_balancer(folder: Path, upstream_ports: list[int], ca: trustme.CA) -> Nginx:
+    """The load balancer of docs/deploy.md, its nginx block as printed: only the replicas'
+    addresses, the port to listen on and the certificate's paths are this machine's. The
+    certificate, issued by `ca`, names `localhost` and 127.0.0.1."""
+    [block] = re.findall(r"```nginx\n(.*?)```", DEPLOY_GUIDE.read_text(), re.S)
+    folder.mkdir(parents=True, exist_ok=True)
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    cert.private_key_pem.write_to_path(str(folder / "privkey.pem"))
+    cert.private_key_and_cert_chain_pem.write_to_path(str(folder / "fullchain.pem"))
+    port = free_port()
+    documented = re.findall(r"^ *server \S+:\d+ (.*);$", block, re.M)
+    assert documented, "docs/deploy.md names no upstream servers"
+    servers = "\n".join(f"    server 127.0.0.1:{p} {documented[0]};" for p in upstream_ports)
+    block = re.sub(r"(^ *server \S+:\d+ .*;\n)+", servers + "\n", block, count=1, flags=re.M)
+    block = block.replace("listen 443 ", f"listen 127.0.0.1:{port} ")
+    block = block.replace("/etc/ssl/aifi/", f"{folder}/")
+    assert f"127.0.0.1:{port}" in block and f"{folder}/" in block, block
+    nginx = _run_nginx(folder, port, block, healthz=False)
+    nginx.scheme = "https"
+    return nginx
+
+
+def _run_nginx(folder: Path, port: int, balancer: str, healthz: bool = True) -> Nginx:
+    exe = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if exe is None:
+        missing_peer("nginx not found: install the Debian package 'nginx' (make test does)")
+    folder.mkdir(parents=True, exist_ok=True)
     conf = folder / "nginx.conf"
     conf.write_text(
         NGINX_CONF.format(
             folder=folder,
-            port=port,
-            servers=servers,
+            balancer=balancer,
             user="user root;" if os.geteuid() == 0 else "",
         )
     )
@@ -378,7 +415,82 @@ def start_nginx(folder: Path, upstream_ports: list[int]) -> Nginx:
         stderr=(folder / "nginx.out").open("wb"),
     )
     nginx = Nginx(port, process, folder)
-    wait_for(lambda: healthy(nginx.url) or process.poll() is not None, 30, f"nginx on {port}")
+    ready = (lambda: healthy(nginx.url)) if healthz else (lambda: listening(port))
+    wait_for(lambda: ready() or process.poll() is not None, 30, f"nginx on {port}")
     if process.poll() is not None:
         raise RuntimeError(f"nginx did not start; see {folder / 'error.log'}")
     return nginx
+
+
+def listening(port: int) -> bool:
+    """Whether something accepts connections on the loopback `port`."""
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+# tinyproxy ---------------------------------------------------------------------------------
+
+TINYPROXY_CONF = """
+{user}
+Port {port}
+Listen 127.0.0.1
+Timeout 600
+LogLevel Connect
+MaxClients 64
+Allow 127.0.0.1
+DisableViaHeader Yes
+"""
+
+
+@dataclass
+class Proxy:
+    """tinyproxy (Debian package): the HTTP proxy a hospital's network sends HTTPS out by."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+    folder: Path = field(repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def tunnels(self) -> list[str]:
+        """The host:port of every CONNECT tunnel the proxy was asked for so far (logged before
+        it answers; without a log file tinyproxy logs to its standard output)."""
+        log = (self.folder / "tinyproxy.log").read_text(errors="replace")
+        return re.findall(r"Request \(file descriptor \d+\): CONNECT (\S+) ", log)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def start_proxy(folder: Path) -> Proxy:
+    exe = shutil.which("tinyproxy") or (
+        "/usr/bin/tinyproxy" if Path("/usr/bin/tinyproxy").exists() else None
+    )
+    if exe is None:
+        missing_peer("tinyproxy not found: install the Debian package 'tinyproxy' (make test does)")
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    conf = folder / "tinyproxy.conf"
+    conf.write_text(
+        TINYPROXY_CONF.format(
+            port=port,
+            user="User nobody\nGroup nogroup" if os.geteuid() == 0 else "",
+        )
+    )
+    process = subprocess.Popen(
+        [str(exe), "-d", "-c", str(conf)],
+        stdout=(folder / "tinyproxy.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    proxy = Proxy(port, process, folder)
+    wait_for(lambda: listening(port) or process.poll() is not None, 30, f"tinyproxy on {port}")
+    if process.poll() is not None:
+        raise RuntimeError(f"tinyproxy did not start; see {folder / 'tinyproxy.log'}")
+    return proxy

@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from aifi.gateway.notify import NotificationSettings
+from aifi.http import trusting
 
 AE_TITLE = r"^[ -~]{1,16}$"
 
@@ -66,6 +67,10 @@ class ExchangeConnection(BaseModel):
     url: str
     api_key: str | None = None
     api_key_file: Path | None = None
+    #: The hospital's HTTP proxy to the internet; default: HTTPS_PROXY (and NO_PROXY).
+    proxy: str | None = Field(default=None, pattern=r"^https?://")
+    #: A CA to trust besides the public roots: that of a proxy which inspects TLS.
+    ca_file: Path | None = None
 
     def key(self) -> str:
         if self.api_key:
@@ -129,4 +134,11 @@ def load_config(path: Path) -> GatewayConfig:
     key_file = config.exchange.api_key_file
     if key_file is not None and not key_file.is_absolute():
         config.exchange.api_key_file = (base / key_file).resolve()
+    ca_file = config.exchange.ca_file
+    if ca_file is not None:
+        config.exchange.ca_file = ca_file = (base / ca_file).resolve()
+        try:
+            trusting(ca_file)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: exchange.ca_file: {exc}") from exc
     return config

@@ -1,0 +1,123 @@
+"""The way out of a hospital's network: the gateway reaches the exchange through the hospital's
+HTTP proxy (tinyproxy) and the TLS load balancer of docs/deploy.md (nginx), trusting the CA it
+is given — and says so plainly when the exchange's certificate does not verify."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aifi.gateway.config import ConfigError, load_config
+from aifi.gateway.exchange_client import GatewayClient
+from aifi.http import ExchangeNotTrusted, proxy_for
+from aifi.products import tissue_volume
+from scale.servers import Nginx, Proxy
+from support.national import National
+
+pytestmark = pytest.mark.peer
+
+
+def test_the_gateway_reaches_the_exchange_through_the_proxy_over_tls(
+    national: National, balancer: Nginx, proxy: Proxy, ca_file: Path
+) -> None:
+    client = GatewayClient(balancer.url, national.hospital_key, proxy=proxy.url, ca_file=ca_file)
+    try:
+        assert client.product(tissue_volume.PRODUCT_ID)["id"] == tissue_volume.PRODUCT_ID
+        assert client.request("GET", "/jobs").json() == []
+    finally:
+        client.close()
+    # One tunnel to the balancer, kept open for both requests: TLS ran end to end inside it.
+    assert proxy.tunnels() == [f"127.0.0.1:{balancer.port}"]
+
+
+def test_the_environment_names_the_proxy_unless_no_proxy_covers_the_exchange(
+    national: National,
+    balancer: Nginx,
+    proxy: Proxy,
+    ca_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    client = GatewayClient(balancer.url, national.hospital_key, ca_file=ca_file)
+    try:
+        assert client.proxy == proxy.url
+        client.request("GET", "/jobs")
+    finally:
+        client.close()
+    assert len(proxy.tunnels()) == 1
+
+    monkeypatch.setenv("NO_PROXY", "example.org,127.0.0.1")
+    direct = GatewayClient(balancer.url, national.hospital_key, ca_file=ca_file)
+    try:
+        assert direct.proxy is None
+        assert direct.request("GET", "/jobs").status_code == 200
+    finally:
+        direct.close()
+    assert len(proxy.tunnels()) == 1, "a host NO_PROXY names went through the proxy"
+
+
+def test_an_untrusted_certificate_is_named_at_once_not_retried(
+    national: National, balancer: Nginx, proxy: Proxy
+) -> None:
+    client = GatewayClient(balancer.url, national.hospital_key, proxy=proxy.url)
+    try:
+        with pytest.raises(ExchangeNotTrusted) as refused:
+            client.request("GET", "/jobs")
+    finally:
+        client.close()
+    message = str(refused.value)
+    assert balancer.url in message and "exchange.ca_file" in message, message
+    assert "is not trusted (" in message and "certificate" in message.split("(")[1], message
+    # The client tries again after connection failures; after this one, it did not.
+    assert len(proxy.tunnels()) == 1
+
+
+def test_proxy_for_reads_the_environment_as_curl_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert proxy_for("https://exchange.aifi.example") is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.hospital.local:3128")
+    monkeypatch.setenv("HTTP_PROXY", "http://plain.hospital.local:8080")
+    assert proxy_for("https://exchange.aifi.example") == "http://proxy.hospital.local:3128"
+    assert proxy_for("http://exchange.aifi.example") == "http://plain.hospital.local:8080"
+    monkeypatch.setenv("NO_PROXY", ".aifi.example")
+    assert proxy_for("https://exchange.aifi.example") is None
+    assert proxy_for("https://elsewhere.example") == "http://proxy.hospital.local:3128"
+
+
+def _config(folder: Path, **exchange: str) -> Path:
+    path = folder / "gateway.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "hospital": "h",
+                "workdir": "work",
+                "exchange": {"url": "https://x.example", "api_key": "k", **exchange},
+            }
+        )
+    )
+    return path
+
+
+def test_the_ca_file_is_read_relative_to_the_configuration(tmp_path: Path, ca_file: Path) -> None:
+    config = load_config(_config(tmp_path, ca_file=ca_file.name))
+    assert config.exchange.ca_file == ca_file
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ({"ca_file": "missing.pem"}, "exchange.ca_file: "),
+        ({"ca_file": "gateway.yaml"}, "not a readable PEM file of CA certificates"),
+        ({"proxy": "proxy.hospital.local:3128"}, "exchange.proxy: String should match"),
+    ],
+)
+def test_a_wrong_proxy_or_ca_file_is_refused_by_name(
+    tmp_path: Path, entry: dict[str, str], expected: str
+) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        load_config(_config(tmp_path, **entry))

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 import urllib.parse
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from aifi.gateway.config import GatewayConfig
 
 app = typer.Typer(
     help="AIFI: a vendor-neutral national path from the hospital PACS to radiology AI and back.",
@@ -73,9 +77,35 @@ def exchange(
     )
 
 
+def _preflight(settings: GatewayConfig) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from aifi.gateway.preflight import preflight
+
+    checks = preflight(settings)
+    table = Table("check", "", "what was found", title=f"gateway {settings.hospital}")
+    for item in checks:
+        table.add_row(item.name, "[green]ok[/]" if item.ok else "[red]FAILED[/]", item.detail)
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+    failed = [item.name for item in checks if not item.ok]
+    if failed:
+        typer.echo(f"{len(failed)} of {len(checks)} checks failed: {', '.join(failed)}")
+        raise typer.Exit(1)
+    typer.echo(f"all {len(checks)} checks passed")
+
+
 @app.command()
 def gateway(
     config: Annotated[Path, typer.Option("--config", "-c", help="The hospital's gateway YAML.")],
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Try everything the gateway needs (folders, secret, port, exchange, products, "
+            "PACS) without starting it; exit 1 if anything fails.",
+        ),
+    ] = False,
     verbose: bool = False,
 ) -> None:
     """Run a hospital gateway: DICOM in, pseudonymised jobs out, results back to the PACS."""
@@ -88,6 +118,11 @@ def gateway(
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    if check:
+        if not verbose:  # the table says why an echo failed; pynetdicom's errors repeat it
+            logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+        _preflight(settings)
+        return
     stop = _wait_for_signal()
     node = Gateway(settings)
     node.start()

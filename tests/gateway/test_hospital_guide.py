@@ -194,6 +194,18 @@ def test_following_the_guide_brings_a_phantom_result_into_the_pacs(
     config_file = etc / "gateway.yaml"
     config_file.write_text(yaml.safe_dump(config))
 
+    # Section 2: the check before the first start passes, every row of it.
+    [check] = [shlex.split(line) for line in _section(2).splitlines() if line.endswith("--check")]
+    arguments = check[check.index(f"{GUIDE_VENV}/bin/aifi") + 1 :]
+    arguments[arguments.index("/etc/aifi/gateway.yaml")] = str(config_file)
+    checked = subprocess.run(
+        [str(installed_aifi), *arguments],
+        env=_outside_checkout(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert checked.returncode == 0 and "checks passed" in checked.stdout, checked.stdout
     gateway = subprocess.Popen(
         [str(installed_aifi), "gateway", "--config", str(config_file)],
         env=_outside_checkout(),

@@ -245,3 +245,28 @@ def send_files(
     finally:
         assoc.release()
     return outcomes
+
+
+def echo(
+    host: str, port: int, called_ae: str, calling_ae: str = "AIFI_GW", *, timeout: float = 10.0
+) -> str | None:
+    """C-ECHO a DICOM node as the gateway will call it; None when it answered, else why not,
+    in the terms its administrator can act on."""
+    ae = NoDelayAE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(host, port, ae_title=called_ae)
+    if assoc.is_rejected:
+        return (
+            f"{called_ae}@{host}:{port} rejected the association: does it know the calling "
+            f"AE title {calling_ae} (and this host's address)?"
+        )
+    if not assoc.is_established:
+        return f"nothing answered as {called_ae} at {host}:{port} (address, port, firewall?)"
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        assoc.release()
+    if not status or int(status.get("Status", -1)) != 0:
+        return f"{called_ae}@{host}:{port} accepted the association but did not answer the echo"
+    return None

@@ -73,8 +73,10 @@ class Gateway:
         self.spool = workdir / "spool"
         self.outbox = workdir / "outbox"
         self.results_dir = workdir / "results"
+        # Identifiable studies and results live here: the service account's alone.
+        workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
         for folder in (self.spool, self.outbox, self.results_dir):
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(mode=0o700, exist_ok=True)
         secret = config.resolved_secret_file
         if not secret.exists():
             create_secret_file(secret)

@@ -1,0 +1,184 @@
+"""`aifi gateway --check`: everything the gateway needs, tried before it starts for real.
+
+Connecting a gateway otherwise shows one wrong thing at a time, each in a log: the proxy, the
+CA, the API key, a subscription, the PACS's AE titles. Each check here says what it tried and,
+when it failed, what to change. None of them changes anything: the secret is not created, no
+job is made, the listener's port is only bound for a moment.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from aifi.dicom.pseudonym import PseudonymKey
+from aifi.gateway.config import GatewayConfig, PacsDestination
+from aifi.gateway.dimse import echo
+from aifi.gateway.exchange_client import GatewayClient
+from aifi.http import ExchangeHTTPError, ExchangeNotTrusted
+
+#: Identifiable data (spool, vault) and the pseudonymisation secret: the service account's alone.
+PRIVATE = 0o077
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def preflight(config: GatewayConfig, client: GatewayClient | None = None) -> list[Check]:
+    """Every check, in the order the guide sets the gateway up."""
+    checks = [_workdir(config.workdir), _secret(config.resolved_secret_file), _listener(config)]
+    own = client is None
+    client = client or GatewayClient(
+        config.exchange.url,
+        config.exchange.key(),
+        retries=0,
+        proxy=config.exchange.proxy,
+        ca_file=config.exchange.ca_file,
+    )
+    try:
+        reached = _exchange(config, client)
+        checks.append(reached)
+        if reached.ok:
+            checks += _products(config, client)
+    finally:
+        if own:
+            client.close()
+    checks += [_pacs(destination, config.calling_ae_title) for destination in config.pacs]
+    return checks
+
+
+def _private(path: Path) -> str | None:
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if not mode & PRIVATE:
+        return None
+    wanted = 0o700 if path.is_dir() else 0o600
+    return f"mode {mode:04o}: others may read it; make it {wanted:04o}"
+
+
+def _workdir(workdir: Path) -> Check:
+    name = "workdir"
+    if not workdir.exists():
+        parent = next(p for p in workdir.parents if p.exists())
+        if not os.access(parent, os.W_OK | os.X_OK):
+            return Check(name, False, f"{workdir} does not exist and {parent} is not writable")
+        return Check(name, True, f"{workdir} will be created (mode 0700)")
+    if not workdir.is_dir() or not os.access(workdir, os.W_OK | os.X_OK):
+        return Check(name, False, f"{workdir} is not a folder this user can write")
+    problem = _private(workdir)
+    if problem:
+        return Check(name, False, f"{workdir}: {problem} (it holds identifiable studies)")
+    return Check(name, True, f"{workdir}, writable, private")
+
+
+def _secret(path: Path) -> Check:
+    name = "pseudonymisation secret"
+    if not path.exists():
+        return Check(
+            name, True, f"{path} is created at the first start (mode 0600): escrow it then"
+        )
+    try:
+        PseudonymKey.from_file(path)
+    except OSError as exc:
+        return Check(name, False, f"{path}: cannot read it ({exc.strerror})")
+    except ValueError as exc:
+        return Check(name, False, f"{path}: {exc}")
+    problem = _private(path)
+    if problem:
+        return Check(name, False, f"{path}: {problem}")
+    return Check(name, True, f"{path}, private")
+
+
+def _listener(config: GatewayConfig) -> Check:
+    dicom = config.dicom
+    where = f"{dicom.host}:{dicom.port}"
+    with socket.socket(socket.AF_INET6 if ":" in dicom.host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((dicom.host, dicom.port))
+        except OSError as exc:
+            why = {
+                errno.EADDRINUSE: "another program listens there (a gateway already running?)",
+                errno.EACCES: "ports below 1024 need privileges the service account lacks",
+                errno.EADDRNOTAVAIL: "this host has no such address",
+            }.get(exc.errno or 0, exc.strerror or str(exc))
+            return Check("DICOM listener", False, f"cannot listen on {where}: {why}")
+    return Check("DICOM listener", True, f"{dicom.ae_title} can listen on {where}")
+
+
+def _exchange(config: GatewayConfig, client: GatewayClient) -> Check:
+    name = "exchange"
+    route = f"{client.base_url}" + (f" through proxy {client.proxy}" if client.proxy else "")
+    try:
+        found = client.request("GET", "/organisations").json()
+    except ExchangeNotTrusted as exc:
+        return Check(name, False, str(exc))
+    except httpx.TransportError as exc:
+        return Check(
+            name,
+            False,
+            f"cannot reach {route}: {exc or type(exc).__name__} (DNS, firewall, proxy?)",
+        )
+    except ExchangeHTTPError as exc:
+        if exc.status == 401:
+            return Check(name, False, f"{route} refused the API key (401): {exc.detail}")
+        return Check(name, False, f"{route} answered {exc.status}: {exc.detail}")
+    mine = {str(org["id"]): str(org["kind"]) for org in found}
+    if mine.get(config.hospital) != "hospital":
+        holders = ", ".join(f"{org} ({kind})" for org, kind in mine.items()) or "nobody"
+        return Check(
+            name,
+            False,
+            f"the API key belongs to {holders}, not to hospital {config.hospital!r}",
+        )
+    return Check(name, True, f"{route}, as hospital {config.hospital}")
+
+
+def _products(config: GatewayConfig, client: GatewayClient) -> list[Check]:
+    subscribed = {
+        str(row["product_id"])
+        for row in client.request("GET", "/subscriptions").json()
+        if row["active"]
+    }
+    checks = []
+    for product_id in sorted({route.product for route in config.routes}):
+        name = f"product {product_id}"
+        try:
+            product = client.product(product_id)
+        except ExchangeHTTPError as exc:
+            checks.append(Check(name, False, f"a route names it, but the exchange: {exc.detail}"))
+            continue
+        label = f"{product['name']} {product['version']} ({product['status']})"
+        if product_id not in subscribed:
+            checks.append(
+                Check(
+                    name,
+                    False,
+                    f"{label}: the hospital does not subscribe to it; its studies would be "
+                    "refused (ask the national operator)",
+                )
+            )
+        else:
+            checks.append(Check(name, True, f"{label}, subscribed"))
+    return checks
+
+
+def _pacs(destination: PacsDestination, calling_ae: str) -> Check:
+    name = f"PACS {destination.name}"
+    problem = echo(destination.host, destination.port, destination.ae_title, calling_ae)
+    if problem:
+        return Check(name, False, problem)
+    return Check(
+        name,
+        True,
+        f"{destination.ae_title}@{destination.host}:{destination.port} answers {calling_ae}",
+    )

@@ -1,0 +1,172 @@
+"""`aifi gateway --check` against real peers: the exchange behind the TLS balancer, reached
+through the hospital's proxy, and Orthanc as the PACS. Whatever is wrong is named with what
+to change; nothing passes that would fail once the gateway runs."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from aifi.dicom.pseudonym import create_secret_file
+from aifi.gateway.config import load_config
+from aifi.gateway.preflight import Check, preflight
+from aifi.products import lung_nodules, tissue_volume
+from aifi.vendor import VendorClient
+from scale.servers import Nginx, Proxy
+from support.national import HOSPITAL, VENDOR, National
+from support.peers import free_port
+
+pytestmark = pytest.mark.peer
+
+
+def _write(folder: Path, config: dict[str, Any]) -> Path:
+    path = folder / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _site(
+    tmp_path: Path, national: National, balancer: Nginx, proxy: Proxy, ca_file: Path, pacs: Any
+) -> dict[str, Any]:
+    """A hospital set up as the guide says: private workdir and secret, the proxy and its CA."""
+    workdir = tmp_path / "workdir"
+    workdir.mkdir(mode=0o700)
+    secret = tmp_path / "pseudonym.key"
+    create_secret_file(secret)
+    site: dict[str, Any] = {
+        "hospital": HOSPITAL,
+        "workdir": str(workdir),
+        "secret_file": str(secret),
+        "exchange": {
+            "url": balancer.url,
+            "api_key": national.hospital_key,
+            "proxy": proxy.url,
+            "ca_file": str(ca_file),
+        },
+        "dicom": {"host": "127.0.0.1", "port": free_port()},
+        "routes": [{"product": tissue_volume.PRODUCT_ID, "modalities": ["CT"]}],
+        "pacs": [{"name": "main", "ae_title": pacs.ae_title, "host": "127.0.0.1"}],
+    }
+    site["pacs"][0]["port"] = pacs.dicom_port
+    return site
+
+
+def _check(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "aifi.cli", "gateway", "--config", str(config), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _by_name(checks: list[Check]) -> dict[str, Check]:
+    return {check.name: check for check in checks}
+
+
+def test_a_hospital_set_up_as_the_guide_says_passes_every_check(
+    national: National,
+    orthanc_factory: Any,
+    balancer: Nginx,
+    proxy: Proxy,
+    ca_file: Path,
+    tmp_path: Path,
+) -> None:
+    pacs = orthanc_factory({})
+    config = _write(tmp_path, _site(tmp_path, national, balancer, proxy, ca_file, pacs))
+    ran = _check(config)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    for name in (
+        "workdir",
+        "pseudonymisation secret",
+        "DICOM listener",
+        "exchange",
+        f"product {tissue_volume.PRODUCT_ID}",
+        "PACS main",
+    ):
+        assert name in ran.stdout
+    assert "all 6 checks passed" in ran.stdout
+    assert f"through proxy {proxy.url}" in ran.stdout
+    assert proxy.tunnels(), "the check did not go through the proxy"
+
+
+def test_each_wrong_setting_fails_with_what_to_change(
+    national: National,
+    orthanc_factory: Any,
+    balancer: Nginx,
+    proxy: Proxy,
+    ca_file: Path,
+    tmp_path: Path,
+) -> None:
+    pacs = orthanc_factory({})
+    site = _site(tmp_path, national, balancer, proxy, ca_file, pacs)
+    Path(site["workdir"]).chmod(0o755)
+    Path(site["secret_file"]).chmod(0o644)
+    site["exchange"]["api_key"] = "aifi_not-a-key-the-operator-issued"
+    site["pacs"][0]["port"] = free_port()  # nothing listens there
+    with socket.socket() as taken:  # another program holds the DICOM port
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        site["dicom"]["port"] = taken.getsockname()[1]
+        ran = _check(_write(tmp_path, site))
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    assert "5 of 5 checks failed" in ran.stdout, ran.stdout
+    checks = _by_name(preflight(load_config(_write(tmp_path, site))))
+    assert "make it 0700" in checks["workdir"].detail
+    assert "make it 0600" in checks["pseudonymisation secret"].detail
+    assert "refused the API key (401)" in checks["exchange"].detail
+    assert "nothing answered" in checks["PACS main"].detail
+    assert not any(name.startswith("product") for name in checks), "checked without a key"
+
+
+def test_a_route_to_a_product_the_hospital_lacks_fails_by_name(
+    national: National,
+    orthanc_factory: Any,
+    balancer: Nginx,
+    proxy: Proxy,
+    ca_file: Path,
+    tmp_path: Path,
+) -> None:
+    vendor = VendorClient(national.exchange.url, national.vendor_key)
+    vendor.register_product(lung_nodules.manifest(VENDOR))
+    vendor.close()
+    site = _site(tmp_path, national, balancer, proxy, ca_file, orthanc_factory({}))
+    site["routes"] += [
+        {"product": lung_nodules.PRODUCT_ID, "modalities": ["CT"]},
+        {"product": "no-such-product", "modalities": ["CT"]},
+    ]
+    checks = _by_name(preflight(load_config(_write(tmp_path, site))))
+    assert checks[f"product {tissue_volume.PRODUCT_ID}"].ok
+    unsubscribed = checks[f"product {lung_nodules.PRODUCT_ID}"]
+    assert not unsubscribed.ok and "does not subscribe" in unsubscribed.detail
+    unknown = checks["product no-such-product"]
+    assert not unknown.ok and "a route names it" in unknown.detail
+    assert checks["exchange"].ok and checks["PACS main"].ok
+
+
+def test_the_gateway_makes_its_workdir_private(national: National, tmp_path: Path) -> None:
+    from aifi.gateway.service import Gateway
+
+    workdir = tmp_path / "new" / "workdir"
+    config = load_config(
+        _write(
+            tmp_path,
+            {
+                "hospital": HOSPITAL,
+                "workdir": str(workdir),
+                "exchange": {"url": national.exchange.url, "api_key": national.hospital_key},
+            },
+        )
+    )
+    gateway = Gateway(config)
+    try:
+        for folder in (workdir, workdir / "spool", workdir / "outbox", workdir / "results"):
+            assert folder.stat().st_mode & 0o777 == 0o700, folder
+    finally:
+        gateway.client.close()

@@ -31,15 +31,23 @@ def _write(folder: Path, config: dict[str, Any]) -> Path:
     return path
 
 
-def _site(
-    tmp_path: Path, national: National, balancer: Nginx, proxy: Proxy, ca_file: Path, pacs: Any
+@pytest.fixture
+def site(
+    national: National,
+    orthanc_factory: Any,
+    balancer: Nginx,
+    proxy: Proxy,
+    ca_file: Path,
+    tmp_path: Path,
 ) -> dict[str, Any]:
-    """A hospital set up as the guide says: private workdir and secret, the proxy and its CA."""
+    """A hospital set up as the guide says: private workdir and secret, the proxy and its CA,
+    Orthanc as its PACS."""
+    pacs = orthanc_factory({})
     workdir = tmp_path / "workdir"
     workdir.mkdir(mode=0o700)
     secret = tmp_path / "pseudonym.key"
     create_secret_file(secret)
-    site: dict[str, Any] = {
+    return {
         "hospital": HOSPITAL,
         "workdir": str(workdir),
         "secret_file": str(secret),
@@ -51,10 +59,8 @@ def _site(
         },
         "dicom": {"host": "127.0.0.1", "port": free_port()},
         "routes": [{"product": tissue_volume.PRODUCT_ID, "modalities": ["CT"]}],
-        "pacs": [{"name": "main", "ae_title": pacs.ae_title, "host": "127.0.0.1"}],
+        "pacs": [dict(name="main", ae_title=pacs.ae_title, host="127.0.0.1", port=pacs.dicom_port)],
     }
-    site["pacs"][0]["port"] = pacs.dicom_port
-    return site
 
 
 def _check(config: Path) -> subprocess.CompletedProcess[str]:
@@ -71,15 +77,9 @@ def _by_name(checks: list[Check]) -> dict[str, Check]:
 
 
 def test_a_hospital_set_up_as_the_guide_says_passes_every_check(
-    national: National,
-    orthanc_factory: Any,
-    balancer: Nginx,
-    proxy: Proxy,
-    ca_file: Path,
-    tmp_path: Path,
+    site: dict[str, Any], proxy: Proxy, tmp_path: Path
 ) -> None:
-    pacs = orthanc_factory({})
-    config = _write(tmp_path, _site(tmp_path, national, balancer, proxy, ca_file, pacs))
+    config = _write(tmp_path, site)
     ran = _check(config)
     assert ran.returncode == 0, ran.stdout + ran.stderr
     for name in (
@@ -96,16 +96,7 @@ def test_a_hospital_set_up_as_the_guide_says_passes_every_check(
     assert proxy.tunnels(), "the check did not go through the proxy"
 
 
-def test_each_wrong_setting_fails_with_what_to_change(
-    national: National,
-    orthanc_factory: Any,
-    balancer: Nginx,
-    proxy: Proxy,
-    ca_file: Path,
-    tmp_path: Path,
-) -> None:
-    pacs = orthanc_factory({})
-    site = _site(tmp_path, national, balancer, proxy, ca_file, pacs)
+def test_each_wrong_setting_fails_with_what_to_change(site: dict[str, Any], tmp_path: Path) -> None:
     Path(site["workdir"]).chmod(0o755)
     Path(site["secret_file"]).chmod(0o644)
     site["exchange"]["api_key"] = "aifi_not-a-key-the-operator-issued"
@@ -126,17 +117,11 @@ def test_each_wrong_setting_fails_with_what_to_change(
 
 
 def test_a_route_to_a_product_the_hospital_lacks_fails_by_name(
-    national: National,
-    orthanc_factory: Any,
-    balancer: Nginx,
-    proxy: Proxy,
-    ca_file: Path,
-    tmp_path: Path,
+    national: National, site: dict[str, Any], tmp_path: Path
 ) -> None:
     vendor = VendorClient(national.exchange.url, national.vendor_key)
     vendor.register_product(lung_nodules.manifest(VENDOR))
     vendor.close()
-    site = _site(tmp_path, national, balancer, proxy, ca_file, orthanc_factory({}))
     site["routes"] += [
         {"product": lung_nodules.PRODUCT_ID, "modalities": ["CT"]},
         {"product": "no-such-product", "modalities": ["CT"]},

@@ -30,7 +30,7 @@ import psycopg
 import pytest
 import trustme
 
-from support.peers import IN_CI, free_port
+from support.peers import IN_CI, free_port, terminate
 
 PG_USER = "aifi"
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "aifi-test", "AWS_SECRET_ACCESS_KEY": "aifi-test-secret"}
@@ -358,11 +358,7 @@ class Nginx:
         return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        terminate(self.process)
 
 
 def start_nginx(folder: Path, upstream_ports: list[int]) -> Nginx:
@@ -462,11 +458,7 @@ class Proxy:
         return re.findall(r"Request \(file descriptor \d+\): CONNECT (\S+) ", log)
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        terminate(self.process)
 
 
 def start_proxy(folder: Path) -> Proxy:

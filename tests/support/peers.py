@@ -33,6 +33,16 @@ def require_executable(name: str, package: str) -> str:
     return path
 
 
+def terminate(process: subprocess.Popen[bytes]) -> None:
+    """Stop a peer: SIGTERM, then SIGKILL if it has not gone within ten seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -49,11 +59,7 @@ class OrthancPeer:
     process: subprocess.Popen[bytes]
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        terminate(self.process)
 
     @property
     def url(self) -> str:

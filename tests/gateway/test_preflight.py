@@ -155,3 +155,14 @@ def test_the_gateway_makes_its_workdir_private(national: National, tmp_path: Pat
             assert folder.stat().st_mode & 0o777 == 0o700, folder
     finally:
         gateway.client.close()
+
+
+def test_a_secret_that_cannot_be_created_fails_before_the_first_start(
+    site: dict[str, Any], tmp_path: Path
+) -> None:
+    site["secret_file"] = str(tmp_path / "no-such-folder" / "pseudonym.key")
+    checks = _by_name(preflight(load_config(_write(tmp_path, site))))
+    secret = checks["pseudonymisation secret"]
+    assert not secret.ok and "missing" in secret.detail
+    site["secret_file"] = str(tmp_path / "pseudonym-new.key")
+    assert _by_name(preflight(load_config(_write(tmp_path, site))))["pseudonymisation secret"].ok

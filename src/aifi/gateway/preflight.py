@@ -83,6 +83,8 @@ def _workdir(workdir: Path) -> Check:
 def _secret(path: Path) -> Check:
     name = "pseudonymisation secret"
     if not path.exists():
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            return Check(name, False, f"{path} and its folder are missing, or not writable")
         return Check(
             name, True, f"{path} is created at the first start (mode 0600): escrow it then"
         )
@@ -144,11 +146,11 @@ def _exchange(config: GatewayConfig, client: GatewayClient) -> Check:
 
 
 def _products(config: GatewayConfig, client: GatewayClient) -> list[Check]:
-    subscribed = {
-        str(row["product_id"])
-        for row in client.request("GET", "/subscriptions").json()
-        if row["active"]
-    }
+    try:
+        rows = client.request("GET", "/subscriptions").json()
+    except (ExchangeHTTPError, httpx.TransportError) as exc:
+        return [Check("products", False, f"the hospital's subscriptions could not be read: {exc}")]
+    subscribed = {str(row["product_id"]) for row in rows if row["active"]}
     checks = []
     for product_id in sorted({route.product for route in config.routes}):
         name = f"product {product_id}"

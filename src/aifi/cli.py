@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
 import urllib.parse
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
-
-if TYPE_CHECKING:
-    from aifi.gateway.config import GatewayConfig
 
 app = typer.Typer(
     help="AIFI: a vendor-neutral national path from the hospital PACS to radiology AI and back.",
@@ -54,6 +50,14 @@ def exchange(
         Path | None,
         typer.Option(help="State folder (default AIFI_DATA_DIR or ./aifi-data/exchange)."),
     ] = None,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Try what a replica needs (database, schema, connections, blob store, keys) "
+            "without starting it; exit 1 if anything fails.",
+        ),
+    ] = False,
     verbose: bool = False,
 ) -> None:
     """Run the national exchange (HTTP API, OpenAPI at /docs, web pages at /ui)."""
@@ -66,6 +70,15 @@ def exchange(
 
     _logging(verbose)
     settings = ExchangeSettings() if data_dir is None else ExchangeSettings(data_dir=data_dir)
+    if check:
+        from aifi.checks import show
+        from aifi.exchange.preflight import preflight
+
+        if not verbose:  # the schema's revision is in the table
+            logging.getLogger("alembic").setLevel(logging.WARNING)
+        if not show("exchange replica", preflight(settings)):
+            raise typer.Exit(1)
+        return
     exchange_app = create_app(settings, extensions=[mount])
     tune_for_serving()
     uvicorn.run(
@@ -75,24 +88,6 @@ def exchange(
         log_level="info" if verbose else "warning",
         access_log=verbose,
     )
-
-
-def _preflight(settings: GatewayConfig) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    from aifi.gateway.preflight import preflight
-
-    checks = preflight(settings)
-    table = Table("check", "", "what was found", title=f"gateway {settings.hospital}")
-    for item in checks:
-        table.add_row(item.name, "[green]ok[/]" if item.ok else "[red]FAILED[/]", item.detail)
-    Console(width=None if sys.stdout.isatty() else 160).print(table)
-    failed = [item.name for item in checks if not item.ok]
-    if failed:
-        typer.echo(f"{len(failed)} of {len(checks)} checks failed: {', '.join(failed)}")
-        raise typer.Exit(1)
-    typer.echo(f"all {len(checks)} checks passed")
 
 
 @app.command()
@@ -119,9 +114,13 @@ def gateway(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     if check:
+        from aifi.checks import show
+        from aifi.gateway.preflight import preflight
+
         if not verbose:  # the table says why an echo failed; pynetdicom's errors repeat it
             logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
-        _preflight(settings)
+        if not show(f"gateway {settings.hospital}", preflight(settings)):
+            raise typer.Exit(1)
         return
     stop = _wait_for_signal()
     node = Gateway(settings)

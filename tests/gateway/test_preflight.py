@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 import yaml
 
+from aifi.checks import Check
 from aifi.dicom.pseudonym import create_secret_file
 from aifi.gateway.config import load_config
-from aifi.gateway.preflight import Check, preflight
+from aifi.gateway.preflight import preflight
 from aifi.products import lung_nodules, tissue_volume
 from aifi.vendor import VendorClient
 from scale.servers import Nginx, Proxy

@@ -12,11 +12,11 @@ import errno
 import os
 import socket
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from aifi.checks import Check
 from aifi.dicom.pseudonym import PseudonymKey
 from aifi.gateway.config import GatewayConfig, PacsDestination
 from aifi.gateway.dimse import echo
@@ -25,13 +25,6 @@ from aifi.http import ExchangeHTTPError, ExchangeNotTrusted
 
 #: Identifiable data (spool, vault) and the pseudonymisation secret: the service account's alone.
 PRIVATE = 0o077
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    ok: bool
-    detail: str
 
 
 def preflight(config: GatewayConfig, client: GatewayClient | None = None) -> list[Check]:

@@ -1,0 +1,34 @@
+"""Checks before a first start (`aifi gateway --check`, `aifi exchange --check`), shown as
+one table: a person setting up a gateway or a replica sees every problem at once, each with
+what to change, instead of one at a time in a log."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.table import Table
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def show(title: str, checks: Sequence[Check]) -> bool:
+    """Print the table and a one-line verdict; True when every check passed."""
+    table = Table("check", "", "what was found", title=title)
+    for item in checks:
+        table.add_row(item.name, "[green]ok[/]" if item.ok else "[red]FAILED[/]", item.detail)
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    console.print(table)
+    failed = [item.name for item in checks if not item.ok]
+    if failed:
+        console.print(f"{len(failed)} of {len(checks)} checks failed: {', '.join(failed)}")
+        return False
+    console.print(f"all {len(checks)} checks passed")
+    return True

@@ -16,6 +16,7 @@ import yaml
 from aifi.checks import Check
 from aifi.dicom.pseudonym import create_secret_file
 from aifi.gateway.config import load_config
+from aifi.gateway.notify.receivers import FhirReceiver, Hl7Listener, WebhookReceiver
 from aifi.gateway.preflight import preflight
 from aifi.products import lung_nodules, tissue_volume
 from aifi.vendor import VendorClient
@@ -167,3 +168,29 @@ def test_a_secret_that_cannot_be_created_fails_before_the_first_start(
     assert not secret.ok and "missing" in secret.detail
     site["secret_file"] = str(tmp_path / "pseudonym-new.key")
     assert _by_name(preflight(load_config(_write(tmp_path, site))))["pseudonymisation secret"].ok
+
+
+def test_the_result_notice_channels_are_tried_without_sending_a_notice(
+    site: dict[str, Any], tmp_path: Path
+) -> None:
+    with Hl7Listener() as ris, FhirReceiver() as fhir, WebhookReceiver(b"k" * 32) as pager:
+        site["notifications"] = {
+            "hl7": {"host": "127.0.0.1", "port": ris.port},
+            "fhir": {"base_url": fhir.base_url},
+            "webhook": {"url": pager.url, "secret": "k" * 32},
+        }
+        checks = _by_name(preflight(load_config(_write(tmp_path, site))))
+        assert checks["HL7 v2 (MLLP)"].ok, checks["HL7 v2 (MLLP)"]
+        assert checks["FHIR"].ok and "FHIR 4.0.1" in checks["FHIR"].detail, checks["FHIR"]
+        assert checks["STAT webhook"].ok, checks["STAT webhook"]
+        assert ris.received.empty() and fhir.received.empty() and pager.received.empty()
+
+        site["notifications"]["hl7"]["port"] = free_port()
+        site["notifications"]["fhir"]["base_url"] = fhir.base_url + "/wrong"
+        site["notifications"]["fhir"]["bearer_token_file"] = str(tmp_path / "no-token")
+        checks = _by_name(preflight(load_config(_write(tmp_path, site))))
+        assert not checks["HL7 v2 (MLLP)"].ok and "cannot connect" in checks["HL7 v2 (MLLP)"].detail
+        assert not checks["FHIR"].ok and "no-token" in checks["FHIR"].detail
+        del site["notifications"]["fhir"]["bearer_token_file"]
+        checks = _by_name(preflight(load_config(_write(tmp_path, site))))
+        assert not checks["FHIR"].ok and "not a CapabilityStatement" in checks["FHIR"].detail

@@ -21,7 +21,9 @@ from aifi.dicom.pseudonym import PseudonymKey
 from aifi.gateway.config import GatewayConfig, PacsDestination
 from aifi.gateway.dimse import echo
 from aifi.gateway.exchange_client import GatewayClient
-from aifi.http import ExchangeHTTPError, ExchangeNotTrusted
+from aifi.gateway.notify.fhir import endpoint_verify
+from aifi.gateway.notify.settings import FhirEndpoint, Hl7Endpoint, WebhookEndpoint
+from aifi.http import ExchangeHTTPError, ExchangeNotTrusted, proxy_for
 
 #: Identifiable data (spool, vault) and the pseudonymisation secret: the service account's alone.
 PRIVATE = 0o077
@@ -47,6 +49,13 @@ def preflight(config: GatewayConfig, client: GatewayClient | None = None) -> lis
         if own:
             client.close()
     checks += [_pacs(destination, config.calling_ae_title) for destination in config.pacs]
+    notifications = config.notifications
+    if notifications.hl7 is not None:
+        checks.append(_hl7(notifications.hl7))
+    if notifications.fhir is not None:
+        checks.append(_fhir(notifications.fhir))
+    if notifications.webhook is not None:
+        checks.append(_webhook(notifications.webhook))
     return checks
 
 
@@ -177,3 +186,58 @@ def _pacs(destination: PacsDestination, calling_ae: str) -> Check:
         True,
         f"{destination.ae_title}@{destination.host}:{destination.port} answers {calling_ae}",
     )
+
+
+def _hl7(endpoint: Hl7Endpoint) -> Check:
+    """A connection only: a test message would land in the RIS."""
+    where = f"{endpoint.host}:{endpoint.port}"
+    try:
+        socket.create_connection((endpoint.host, endpoint.port), endpoint.timeout_seconds).close()
+    except OSError as exc:
+        return Check("HL7 v2 (MLLP)", False, f"cannot connect to {where}: {exc.strerror or exc}")
+    return Check("HL7 v2 (MLLP)", True, f"{where} accepts connections (no message sent)")
+
+
+def _fhir(endpoint: FhirEndpoint) -> Check:
+    """The server's CapabilityStatement (`GET [base]/metadata`), which every FHIR server
+    answers and which writes nothing; and the bearer token's file, if one is named."""
+    name = "FHIR"
+    if endpoint.bearer_token_file is not None:
+        try:
+            if not endpoint.bearer_token():
+                return Check(name, False, f"{endpoint.bearer_token_file} is empty")
+        except OSError as exc:
+            return Check(name, False, f"{endpoint.bearer_token_file}: {exc.strerror or exc}")
+    url = endpoint.base_url.rstrip("/") + "/metadata"
+    try:
+        response = httpx.get(
+            url,
+            headers={"Accept": "application/fhir+json"},
+            timeout=endpoint.timeout_seconds,
+            verify=endpoint_verify(endpoint),
+        )
+        statement = response.json() if response.status_code == 200 else {}
+    except (httpx.HTTPError, ValueError) as exc:
+        return Check(name, False, f"{url}: {exc}")
+    if statement.get("resourceType") != "CapabilityStatement":
+        return Check(
+            name, False, f"{url} answered {response.status_code}, not a CapabilityStatement"
+        )
+    software = statement.get("software", {}).get("name", "a FHIR server")
+    return Check(name, True, f"{software}, FHIR {statement.get('fhirVersion', '?')} at {url}")
+
+
+def _webhook(endpoint: WebhookEndpoint) -> Check:
+    """Its signing key and a connection to its host (or to the proxy that carries it): a
+    request would page someone."""
+    name = "STAT webhook"
+    if endpoint.secret_file is not None and not endpoint.secret_file.is_file():
+        return Check(name, False, f"signing key file {endpoint.secret_file} is missing")
+    target = httpx.URL(proxy_for(endpoint.url) or endpoint.url)
+    port = target.port or (443 if target.scheme == "https" else 80)
+    via = " (its proxy)" if target.host != httpx.URL(endpoint.url).host else ""
+    try:
+        socket.create_connection((target.host, port), endpoint.timeout_seconds).close()
+    except OSError as exc:
+        return Check(name, False, f"cannot connect to {target.host}:{port}{via}: {exc.strerror}")
+    return Check(name, True, f"{target.host}:{port}{via} accepts connections (no alert sent)")

@@ -332,7 +332,7 @@ def post_fhir(
         headers["Authorization"] = f"Bearer {token}"
     body = bundle.model_dump_json(exclude_none=True).encode()
     where = f"FHIR transaction Bundle to {url}"
-    own = client or httpx.Client(verify=_verify(endpoint))
+    own = client or httpx.Client(verify=endpoint_verify(endpoint))
     attempts = endpoint.retries + 1
     problem = "not sent"
     try:
@@ -362,7 +362,8 @@ def post_fhir(
     raise DeliveryFailed("fhir", f"{where}: failed after {attempts} attempt(s): {problem}")
 
 
-def _verify(endpoint: FhirEndpoint) -> bool | str:
+def endpoint_verify(endpoint: FhirEndpoint) -> bool | str:
+    """What httpx verifies the server's certificate against: `verify_tls` as configured."""
     verify = endpoint.verify_tls
     return verify if isinstance(verify, bool) else str(verify)
 

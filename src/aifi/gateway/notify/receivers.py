@@ -25,6 +25,7 @@ from urllib.parse import parse_qs
 import uvicorn
 from fastapi import FastAPI, Request, Response
 from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message
 from hl7apy.exceptions import HL7apyException
@@ -242,6 +243,7 @@ class FhirReceiver(_HttpReceiver):
         self._lock = threading.Lock()
         app = FastAPI()
         app.add_api_route("/fhir", self._transaction, methods=["POST"])
+        app.add_api_route("/fhir/metadata", self._capabilities, methods=["GET"])
         self._served = _Served(app, "FHIR receiver")
 
     @property
@@ -251,6 +253,23 @@ class FhirReceiver(_HttpReceiver):
     def resources(self, resource_type: str) -> list[dict[str, Any]]:
         with self._lock:
             return list(self.store.resources.get(resource_type, {}).values())
+
+    async def _capabilities(self) -> Response:
+        """What every FHIR server answers at `metadata`, without authentication: its
+        CapabilityStatement (a server that takes transactions)."""
+        statement = CapabilityStatement.model_validate(
+            {
+                "resourceType": "CapabilityStatement",
+                "status": "active",
+                "date": "2026-01-01",
+                "kind": "instance",
+                "software": {"name": "AIFI FHIR receiver"},
+                "fhirVersion": "4.0.1",
+                "format": ["json"],
+                "rest": [{"mode": "server", "interaction": [{"code": "transaction"}]}],
+            }
+        )
+        return Response(statement.model_dump_json(exclude_none=True), 200, media_type=FHIR_JSON)
 
     async def _transaction(self, request: Request) -> Response:
         body = await request.body()

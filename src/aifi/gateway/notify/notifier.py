@@ -22,6 +22,7 @@ from aifi.gateway.notify.errors import NotificationError
 from aifi.gateway.notify.fhir import (
     FhirBuildError,
     build_transaction,
+    endpoint_verify,
     post_fhir,
     report_identifier,
 )
@@ -60,9 +61,10 @@ class Notifier:
 
     def __init__(self, settings: NotificationSettings) -> None:
         self.settings = settings
-        verify = settings.fhir.verify_tls if settings.fhir else True
         #: FHIR may need the hospital's own CA; the webhook goes wherever its URL says.
-        self._fhir_http = httpx.Client(verify=verify if isinstance(verify, bool) else str(verify))
+        self._fhir_http = httpx.Client(
+            verify=endpoint_verify(settings.fhir) if settings.fhir else True
+        )
         self._webhook_http = httpx.Client()
 
     def close(self) -> None:

@@ -120,6 +120,21 @@ class PostgresServer:
         self.stop()
         self.start()
 
+    def base_backup(self) -> PostgresServer:
+        """The cluster copied by `pg_basebackup` (its WAL streamed along) and started on a
+        port of its own: the scratch host of deploy.md's restore drill."""
+        data = _new_data_folder("aifi-pg-restored-", self.as_user)
+        subprocess.run(
+            [*self.as_user, str(self.bin_dir / "pg_basebackup"), "-h", "127.0.0.1",
+             "-p", str(self.port), "-U", PG_USER, "-D", str(data), "-X", "stream",
+             "--checkpoint=fast", "--no-sync"],  # not spread over minutes, as in production
+            check=True, capture_output=True, timeout=300,
+        )  # fmt: skip
+        port = free_port()
+        copy = PostgresServer(self.bin_dir, data, port, self.as_user, _server_options(port, data))
+        copy.start()
+        return copy
+
     def destroy(self) -> None:
         with contextlib.suppress(subprocess.SubprocessError):
             self.pg_ctl("-m", "immediate", "-w", "stop")
@@ -129,24 +144,26 @@ class PostgresServer:
 def start_postgres() -> PostgresServer:
     """initdb + pg_ctl start, as the `postgres` user when we are root."""
     bin_dir = postgres_bin()
-    folder = Path(tempfile.mkdtemp(prefix="aifi-pg-"))
-    data = folder / "data"
     as_user: list[str] = []
     if os.geteuid() == 0:
         runuser = shutil.which("runuser")
         if runuser is None:
             missing_peer("runuser (util-linux) is needed to run PostgreSQL as 'postgres'")
         as_user = [str(runuser), "-u", "postgres", "--"]
-        os.chmod(folder, 0o755)
-        data.mkdir(mode=0o700)
-        shutil.chown(data, "postgres", "postgres")
+    data = _new_data_folder("aifi-pg-", as_user)
     subprocess.run(
         [*as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", PG_USER, "--auth=trust",
          "-E", "UTF8", "--no-sync", "--no-instructions"],
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip
     port = free_port()
-    options = " ".join(
+    server = PostgresServer(bin_dir, data, port, as_user, _server_options(port, data))
+    server.start()
+    return server
+
+
+def _server_options(port: int, data: Path) -> str:
+    return " ".join(
         f"-c {setting}"
         for setting in (
             "listen_addresses=127.0.0.1",
@@ -160,9 +177,17 @@ def start_postgres() -> PostgresServer:
             "full_page_writes=off",
         )
     )
-    server = PostgresServer(bin_dir, data, port, as_user, options)
-    server.start()
-    return server
+
+
+def _new_data_folder(prefix: str, as_user: list[str]) -> Path:
+    """An empty data folder (under a temporary one), owned by `postgres` when we are root."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    data = folder / "data"
+    data.mkdir(mode=0o700)
+    if as_user:
+        os.chmod(folder, 0o755)
+        shutil.chown(data, "postgres", "postgres")
+    return data
 
 
 def shared_postgres(config: pytest.Config) -> PostgresServer:

@@ -68,8 +68,10 @@ def test_small_and_empty_blobs_round_trip_and_delete(store: S3BlobStore) -> None
     assert b"".join(store.read("results/job-2/empty")) == b""
     assert store.local_path("results/job-2/summary.json") is None
     store.delete("results/job-2/summary.json")
-    with pytest.raises(ClientError):
+    with pytest.raises(FileNotFoundError):  # as the local store says it
         store.size("results/job-2/summary.json")
+    with pytest.raises(FileNotFoundError):
+        b"".join(store.read("results/job-2/summary.json"))
 
 
 def test_deleting_a_folder_takes_every_object_under_it_and_nothing_else(
@@ -80,7 +82,7 @@ def test_deleting_a_folder_takes_every_object_under_it_and_nothing_else(
     stored(store, b"y", "inputs/job-50/0.dcm")
     assert store.delete_under("inputs/job-5/") == 3
     for number in range(3):
-        with pytest.raises(ClientError):
+        with pytest.raises(FileNotFoundError):
             store.size(f"inputs/job-5/{number}.dcm")
     assert store.size("inputs/job-50/0.dcm") == 1
     assert store.delete_under("inputs/job-6/") == 0
@@ -103,7 +105,7 @@ def test_a_failed_multipart_upload_is_aborted(
     with pytest.raises(ClientError):
         store.commit(temp, "inputs/job-3/1.2.dcm")
     assert store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", []) == []
-    with pytest.raises(ClientError):
+    with pytest.raises(FileNotFoundError):
         store.size("inputs/job-3/1.2.dcm")
     store.discard(temp)
     assert not temp.path.exists()

@@ -37,6 +37,10 @@ class TempBlob:
 
 
 class BlobStore(Protocol):
+    """Where inputs and results are kept. `read` and `size` of a key the store does not hold
+    raise FileNotFoundError, whatever the store: the API answers 404 for it (a store restored
+    from an older copy than the database lacks some objects)."""
+
     async def receive(
         self, chunks: AsyncIterator[bytes], max_bytes: int | None = None
     ) -> TempBlob: ...

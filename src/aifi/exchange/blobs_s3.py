@@ -191,8 +191,10 @@ class S3BlobStore:
                     Bucket=self.bucket, Key=object_key, Range=f"bytes={start}-{start + step - 1}"
                 )
             except ClientError as exc:
-                if start == 0 and exc.response.get("Error", {}).get("Code") == "InvalidRange":
+                if start == 0 and _code(exc) == "InvalidRange":
                     return  # an empty object has no first byte to ask for
+                if start == 0 and _code(exc) in MISSING:
+                    raise FileNotFoundError(f"no object {object_key!r}") from exc
                 raise
             total = _total_size(answer, start)
             body = answer["Body"]
@@ -204,7 +206,12 @@ class S3BlobStore:
                 body.close()
 
     def size(self, key: str) -> int:
-        head = self.client.head_object(Bucket=self.bucket, Key=self.object_key(key))
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self.object_key(key))
+        except ClientError as exc:
+            if _code(exc) in MISSING:
+                raise FileNotFoundError(f"no object {self.object_key(key)!r}") from exc
+            raise
         return int(head["ContentLength"])
 
     def delete(self, key: str) -> None:
@@ -225,6 +232,14 @@ class S3BlobStore:
                 )
                 deleted += len(objects)
         return deleted
+
+
+#: Error codes S3 answers for a key it does not hold (HEAD has no body, so only "404").
+MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 def _total_size(answer: dict[str, Any], start: int) -> int:

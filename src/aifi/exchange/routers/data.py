@@ -35,13 +35,15 @@ class Blob:
 
 
 def _fetched(services: Services, key: str, size: int, media_type: str, filename: str) -> Blob:
-    """Read a small blob now (on the caller's worker thread); leave a large one to stream."""
-    if size > INLINE_BYTES:
-        return Blob(key, media_type, filename, None)
+    """Read a small blob now (on the caller's worker thread); leave a large one to stream,
+    once the store has said it holds it: a stream cannot turn into a 404 after it began."""
     try:
+        if size > INLINE_BYTES:
+            services.blobs.size(key)
+            return Blob(key, media_type, filename, None)
         path = services.blobs.local_path(key)
         body = path.read_bytes() if path is not None else b"".join(services.blobs.read(key))
-    except FileNotFoundError as exc:  # purged between the row's check and the read
+    except FileNotFoundError as exc:  # purged meanwhile, or lost with a restored store
         raise NotFound(f"{filename} is no longer held") from exc
     return Blob(key, media_type, filename, body)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -32,31 +33,45 @@ class Blob:
     media_type: str
     filename: str
     body: bytes | None
+    #: A large blob in an object store: its stream, its first chunk already fetched.
+    chunks: Iterator[bytes] | None = None
 
 
 def _fetched(services: Services, key: str, size: int, media_type: str, filename: str) -> Blob:
-    """Read a small blob now (on the caller's worker thread); leave a large one to stream,
-    once the store has said it holds it: a stream cannot turn into a 404 after it began."""
+    """Read a small blob now (on the caller's worker thread). A large one streams, but only
+    once the store has shown it holds it: a stream cannot turn into a 404 after it began. A
+    file is asked with a stat; an object store by its first chunk, which the stream then
+    starts with (a separate HEAD cost 70 % of a 2 MiB download from a loopback S3 server)."""
     try:
-        if size > INLINE_BYTES:
-            services.blobs.size(key)
-            return Blob(key, media_type, filename, None)
         path = services.blobs.local_path(key)
-        body = path.read_bytes() if path is not None else b"".join(services.blobs.read(key))
+        if size <= INLINE_BYTES:
+            body = path.read_bytes() if path is not None else b"".join(services.blobs.read(key))
+            return Blob(key, media_type, filename, body)
+        if path is not None:
+            path.stat()
+            return Blob(key, media_type, filename, None)
+        chunks = services.blobs.read(key)
+        return Blob(key, media_type, filename, None, _begun(next(chunks, b""), chunks))
     except FileNotFoundError as exc:  # purged meanwhile, or lost with a restored store
         raise NotFound(f"{filename} is no longer held") from exc
-    return Blob(key, media_type, filename, body)
+
+
+def _begun(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    """The stream again from its start; closing it closes `rest` (and the store's answer)."""
+    yield first
+    yield from rest
 
 
 def _blob_response(services: Services, blob: Blob) -> Response:
     disposition = {"Content-Disposition": f'attachment; filename="{blob.filename}"'}
     if blob.body is not None:
         return Response(blob.body, media_type=blob.media_type, headers=disposition)
-    path = services.blobs.local_path(blob.key)
-    if path is not None:
+    if blob.chunks is None:
+        path = services.blobs.local_path(blob.key)
+        assert path is not None, "a large blob of an object store comes with its stream"
         return FileResponse(path, media_type=blob.media_type, filename=blob.filename)
     return StreamingResponse(
-        services.transfers.threads.stream(services.blobs.read(blob.key)),
+        services.transfers.threads.stream(blob.chunks),
         media_type=blob.media_type,
         headers=disposition,
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import urllib.parse
 from pathlib import Path
 from typing import Annotated
 
@@ -16,15 +15,6 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-
-
-def _without_password(url: str) -> str:
-    """A proxy URL fit to print: a password in it is not."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    port = f":{parts.port}" if parts.port else ""
-    return parts._replace(netloc=f"{parts.username}:***@{parts.hostname}{port}").geturl()
 
 
 def _logging(verbose: bool) -> None:
@@ -122,13 +112,15 @@ def gateway(
         if not show(f"gateway {settings.hospital}", preflight(settings)):
             raise typer.Exit(1)
         return
+    from aifi.http import without_password
+
     stop = _wait_for_signal()
     node = Gateway(settings)
     node.start()
     typer.echo(
         f"gateway {settings.hospital}: {settings.dicom.ae_title} listening on "
         f"{settings.dicom.host}:{node.port}, exchange {settings.exchange.url}"
-        + (f" through proxy {_without_password(node.client.proxy)}" if node.client.proxy else "")
+        + (f" through proxy {without_password(node.client.proxy)}" if node.client.proxy else "")
     )
     stop.wait()
     node.stop()

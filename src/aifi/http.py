@@ -50,6 +50,15 @@ def proxy_for(url: str) -> str | None:
     return urllib.request.getproxies().get(parts.scheme)
 
 
+def without_password(url: str) -> str:
+    """A proxy URL fit to print or log: a password in it is not."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    port = f":{parts.port}" if parts.port else ""
+    return parts._replace(netloc=f"{parts.username}:***@{parts.hostname}{port}").geturl()
+
+
 def trusting(ca_file: Path | None) -> ssl.SSLContext | bool:
     """Verification against the public roots (or SSL_CERT_FILE), and also `ca_file`: the CA
     of a proxy that re-signs TLS, or of a private exchange."""

@@ -11,7 +11,7 @@ import yaml
 
 from aifi.gateway.config import ConfigError, load_config
 from aifi.gateway.exchange_client import GatewayClient
-from aifi.http import ExchangeNotTrusted, proxy_for
+from aifi.http import ExchangeNotTrusted, proxy_for, without_password
 from aifi.products import tissue_volume
 from scale.servers import Nginx, Proxy
 from support.national import National
@@ -74,6 +74,15 @@ def test_an_untrusted_certificate_is_named_at_once_not_retried(
     assert "is not trusted (" in message and "certificate" in message.split("(")[1], message
     # The client tries again after connection failures; after this one, it did not.
     assert len(proxy.tunnels()) == 1
+
+
+def test_a_proxy_password_is_never_shown() -> None:
+    assert without_password("http://ict:s3cret@proxy.hospital.local:3128") == (
+        "http://ict:***@proxy.hospital.local:3128"
+    )
+    assert without_password("http://proxy.hospital.local:3128") == (
+        "http://proxy.hospital.local:3128"
+    )
 
 
 def test_proxy_for_reads_the_environment_as_curl_does(monkeypatch: pytest.MonkeyPatch) -> None:

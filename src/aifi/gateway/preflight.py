@@ -23,7 +23,7 @@ from aifi.gateway.dimse import echo
 from aifi.gateway.exchange_client import GatewayClient
 from aifi.gateway.notify.fhir import endpoint_verify
 from aifi.gateway.notify.settings import FhirEndpoint, Hl7Endpoint, WebhookEndpoint
-from aifi.http import ExchangeHTTPError, ExchangeNotTrusted, proxy_for
+from aifi.http import ExchangeHTTPError, ExchangeNotTrusted, proxy_for, without_password
 
 #: Identifiable data (spool, vault) and the pseudonymisation secret: the service account's alone.
 PRIVATE = 0o077
@@ -121,7 +121,8 @@ def _listener(config: GatewayConfig) -> Check:
 
 def _exchange(config: GatewayConfig, client: GatewayClient) -> Check:
     name = "exchange"
-    route = f"{client.base_url}" + (f" through proxy {client.proxy}" if client.proxy else "")
+    proxy = f" through proxy {without_password(client.proxy)}" if client.proxy else ""
+    route = client.base_url + proxy
     try:
         found = client.request("GET", "/organisations").json()
     except ExchangeNotTrusted as exc:

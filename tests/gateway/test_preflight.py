@@ -159,6 +159,13 @@ def test_the_gateway_makes_its_workdir_private(national: National, tmp_path: Pat
         gateway.client.close()
 
 
+def test_an_api_key_file_that_is_not_there_is_named(site: dict[str, Any], tmp_path: Path) -> None:
+    del site["exchange"]["api_key"]
+    site["exchange"]["api_key_file"] = str(tmp_path / "exchange.key")
+    exchange = _by_name(preflight(load_config(_write(tmp_path, site))))["exchange"]
+    assert not exchange.ok and "exchange.key" in exchange.detail, exchange
+
+
 def test_a_secret_that_cannot_be_created_fails_before_the_first_start(
     site: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -33,21 +33,28 @@ def preflight(config: GatewayConfig, client: GatewayClient | None = None) -> lis
     """Every check, in the order the guide sets the gateway up."""
     checks = [_workdir(config.workdir), _secret(config.resolved_secret_file), _listener(config)]
     own = client is None
-    client = client or GatewayClient(
-        config.exchange.url,
-        config.exchange.key(),
-        retries=0,
-        proxy=config.exchange.proxy,
-        ca_file=config.exchange.ca_file,
-    )
-    try:
-        reached = _exchange(config, client)
-        checks.append(reached)
-        if reached.ok:
-            checks += _products(config, client)
-    finally:
-        if own:
-            client.close()
+    if client is None:
+        try:
+            key = config.exchange.key()
+        except (OSError, ValueError) as exc:
+            checks.append(Check("exchange", False, f"no API key to call it with: {exc}"))
+        else:
+            client = GatewayClient(
+                config.exchange.url,
+                key,
+                retries=0,
+                proxy=config.exchange.proxy,
+                ca_file=config.exchange.ca_file,
+            )
+    if client is not None:
+        try:
+            reached = _exchange(config, client)
+            checks.append(reached)
+            if reached.ok:
+                checks += _products(config, client)
+        finally:
+            if own:
+                client.close()
     checks += [_pacs(destination, config.calling_ae_title) for destination in config.pacs]
     notifications = config.notifications
     if notifications.hl7 is not None:

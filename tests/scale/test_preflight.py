@@ -128,3 +128,9 @@ def test_what_would_break_a_replica_is_named(
     assert not checks["database"].ok and "no_such_database" in checks["database"].detail
     assert "schema" not in checks, "the schema was read from a database that is not there"
     assert not checks["blob store"].ok and "127.0.0.1" in checks["blob store"].detail
+
+
+def test_a_database_url_of_no_known_kind_is_named(s3: S3Server, tmp_path: Path) -> None:
+    checks = _by_name(preflight(_settings(tmp_path, "mysql+nosuchdriver://x/y", s3.blob_url())))
+    assert not checks["database"].ok and "AIFI_DATABASE_URL" in checks["database"].detail
+    assert checks["blob store"].ok

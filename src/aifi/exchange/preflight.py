@@ -36,18 +36,25 @@ LOW_SPOOL_BYTES = 2 * 1024**3
 
 def preflight(settings: ExchangeSettings) -> list[Check]:
     url = settings.resolved_database_url()
-    engine = make_engine(url, pool_size=1)
+    checks: list[Check] = []
+    postgresql = False
     try:
-        checks = [_database(engine)]
-        if checks[0].ok:
-            checks.append(_schema(engine, url))
-            if _pg(engine):
-                checks.append(_connections(engine, settings))
-    finally:
-        engine.dispose()
+        engine = make_engine(url, pool_size=1)
+    except (SQLAlchemyError, ValueError) as exc:  # an unknown driver or a malformed URL
+        checks.append(Check("database", False, f"AIFI_DATABASE_URL cannot be used: {exc}"))
+    else:
+        postgresql = _pg(engine)
+        try:
+            checks.append(_database(engine))
+            if checks[-1].ok:
+                checks.append(_schema(engine, url))
+                if postgresql:
+                    checks.append(_connections(engine, settings))
+        finally:
+            engine.dispose()
     checks += _blob_store(settings.resolved_blob_url())
     checks.append(_operator_key(settings))
-    if _pg(engine):
+    if postgresql:
         checks.append(_session_secret(settings))
     return checks
 

@@ -86,6 +86,7 @@ def test_a_replica_set_up_as_deploy_md_says_passes_every_check(
     assert tables == (0,)
     checks = _by_name(preflight(_settings(tmp_path, url, blobs)))
     assert checks["schema"].detail.startswith("empty")
+    assert "whole and multipart" in checks["blob store"].detail
     assert open_blob_store(blobs).delete_under("") == 0, "the probe object was left behind"
 
 

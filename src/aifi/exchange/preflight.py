@@ -25,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from aifi.checks import Check
 from aifi.exchange.blobs import BlobStore, open_blob_store
+from aifi.exchange.blobs_s3 import S3BlobStore
 from aifi.exchange.db import POSTGRES_OVERFLOW, alembic_config, make_engine
 from aifi.exchange.settings import ExchangeSettings
 
@@ -129,15 +130,20 @@ def _connections(engine: Engine, settings: ExchangeSettings) -> Check:
 
 
 def _blob_store(url: str) -> list[Check]:
-    """A probe object written, read back, listed and deleted: the calls the exchange makes,
-    which a bucket policy must allow."""
+    """Probe objects written, read back, listed and deleted: the calls the exchange makes,
+    which a bucket policy must allow. In an object store one probe is one part larger than
+    a single upload, so the multipart calls large studies need are tried too."""
     shown = url.split("?")[0]
     try:
         store = open_blob_store(url)
-        spool = asyncio.run(_probe(store))
+        sizes = [len(PROBE)]
+        if isinstance(store, S3BlobStore):
+            sizes.append(store.location.part_bytes + len(PROBE))
+        spool = asyncio.run(_probe(store, sizes))
     except Exception as exc:  # boto3, OS and configuration errors alike end up here
         return [Check("blob store", False, f"{shown}: {type(exc).__name__}: {exc}")]
-    checks = [Check("blob store", True, f"{shown}: write, read, list and delete work")]
+    writes = "write (whole and multipart)" if len(sizes) > 1 else "write"
+    checks = [Check("blob store", True, f"{shown}: {writes}, read, list and delete work")]
     free = shutil.disk_usage(spool).free
     checks.append(
         Check(
@@ -150,21 +156,29 @@ def _blob_store(url: str) -> list[Check]:
     return checks
 
 
-async def _probe(store: BlobStore) -> Any:
-    async def body() -> AsyncIterator[bytes]:
-        yield PROBE
-
+async def _probe(store: BlobStore, sizes: list[int]) -> Any:
+    """Store, read back and delete a probe object of each size; the spool folder it used."""
     folder = f"aifi-check-{secrets.token_hex(8)}/"
-    temp = await store.receive(body())
-    spool = temp.path.parent
-    try:
-        await asyncio.to_thread(store.commit, temp, folder + "probe")
-    finally:
-        store.discard(temp)
-    read = b"".join(await asyncio.to_thread(lambda: list(store.read(folder + "probe"))))
+    spool = None
+    for number, size in enumerate(sizes):
+        content = (PROBE * (size // len(PROBE) + 1))[:size]
+
+        async def body(content: bytes = content) -> AsyncIterator[bytes]:
+            yield content
+
+        temp = await store.receive(body())
+        spool = temp.path.parent
+        key = f"{folder}probe-{number}"
+        try:
+            await asyncio.to_thread(store.commit, temp, key)
+        finally:
+            store.discard(temp)
+        read = b"".join(await asyncio.to_thread(list, store.read(key)))
+        if read != content:
+            raise RuntimeError(f"a probe of {size} bytes came back as {len(read)} other bytes")
     deleted = await asyncio.to_thread(store.delete_under, folder)
-    if read != PROBE or deleted != 1:
-        raise RuntimeError(f"the probe came back as {read!r}; {deleted} object(s) deleted")
+    if deleted != len(sizes):
+        raise RuntimeError(f"{deleted} of {len(sizes)} probe objects could be deleted")
     return spool
 
 

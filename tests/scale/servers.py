@@ -79,6 +79,7 @@ class PostgresServer:
     as_user: list[str]
     options: str
     databases: int = 0
+    durable: bool = False
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://{PG_USER}@127.0.0.1:{self.port}/{database}"
@@ -120,20 +121,30 @@ class PostgresServer:
         self.stop()
         self.start()
 
-    def base_backup(self) -> PostgresServer:
+    def base_backup(self, standby: bool = False) -> PostgresServer:
         """The cluster copied by `pg_basebackup` (its WAL streamed along) and started on a
-        port of its own: the scratch host of deploy.md's restore drill."""
-        data = _new_data_folder("aifi-pg-restored-", self.as_user)
+        port of its own: the scratch host of deploy.md's restore drill, or (`standby`) a hot
+        standby that goes on streaming from this server until it is promoted."""
+        data = _new_data_folder("aifi-pg-copy-", self.as_user)
         subprocess.run(
             [*self.as_user, str(self.bin_dir / "pg_basebackup"), "-h", "127.0.0.1",
              "-p", str(self.port), "-U", PG_USER, "-D", str(data), "-X", "stream",
-             "--checkpoint=fast", "--no-sync"],  # not spread over minutes, as in production
+             "--checkpoint=fast", "--no-sync", *(["-R"] if standby else [])],
             check=True, capture_output=True, timeout=300,
         )  # fmt: skip
         port = free_port()
-        copy = PostgresServer(self.bin_dir, data, port, self.as_user, _server_options(port, data))
+        options = _server_options(port, data, self.durable)
+        copy = PostgresServer(self.bin_dir, data, port, self.as_user, options, durable=self.durable)
         copy.start()
         return copy
+
+    def promote(self) -> None:
+        """Make a standby the primary (deploy.md's failover)."""
+        self.pg_ctl("-w", "-t", "60", "promote")
+
+    def crash(self) -> None:
+        """Stop at once, as a power cut would: no checkpoint, clients cut off."""
+        self.pg_ctl("-m", "immediate", "-w", "-t", "60", "stop")
 
     def destroy(self) -> None:
         with contextlib.suppress(subprocess.SubprocessError):
@@ -141,8 +152,9 @@ class PostgresServer:
         shutil.rmtree(self.data_dir.parent, ignore_errors=True)
 
 
-def start_postgres() -> PostgresServer:
-    """initdb + pg_ctl start, as the `postgres` user when we are root."""
+def start_postgres(durable: bool = False) -> PostgresServer:
+    """initdb + pg_ctl start, as the `postgres` user when we are root; `durable`: every
+    commit flushed, as in production (a test that fails a server over needs that)."""
     bin_dir = postgres_bin()
     as_user: list[str] = []
     if os.geteuid() == 0:
@@ -157,26 +169,24 @@ def start_postgres() -> PostgresServer:
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip
     port = free_port()
-    server = PostgresServer(bin_dir, data, port, as_user, _server_options(port, data))
+    options = _server_options(port, data, durable)
+    server = PostgresServer(bin_dir, data, port, as_user, options, durable=durable)
     server.start()
     return server
 
 
-def _server_options(port: int, data: Path) -> str:
-    return " ".join(
-        f"-c {setting}"
-        for setting in (
-            "listen_addresses=127.0.0.1",
-            f"port={port}",
-            f"unix_socket_directories={data}",
-            "max_connections=300",
-            "shared_buffers=64MB",
-            # A test cluster: its data is thrown away, so durability is not worth the fsyncs.
-            "fsync=off",
-            "synchronous_commit=off",
-            "full_page_writes=off",
-        )
-    )
+def _server_options(port: int, data: Path, durable: bool = False) -> str:
+    settings = [
+        "listen_addresses=127.0.0.1",
+        f"port={port}",
+        f"unix_socket_directories={data}",
+        "max_connections=300",
+        "shared_buffers=64MB",
+    ]
+    if not durable:
+        # A test cluster: its data is thrown away, so durability is not worth the fsyncs.
+        settings += ["fsync=off", "synchronous_commit=off", "full_page_writes=off"]
+    return " ".join(f"-c {setting}" for setting in settings)
 
 
 def _new_data_folder(prefix: str, as_user: list[str]) -> Path:

@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+from typing import Any
 
 import psycopg
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
+from aifi.exchange.db import normalised_url
 from aifi.exchange.notify import ChangeNotifier
 
 log = logging.getLogger(__name__)
@@ -57,8 +59,13 @@ class ReplicaChanges:
     """A thread that listens on :data:`CHANNEL` and wakes this replica's waiters."""
 
     def __init__(self, database_url: str, notifier: ChangeNotifier) -> None:
-        url = make_url(database_url).set(drivername="postgresql")
-        self._dsn = url.render_as_string(hide_password=False)
+        # psycopg's own arguments, as the engine's connections get them: a URL naming a primary
+        # and its standby (`?host=a:5432&host=b:5432&target_session_attrs=read-write`) is not
+        # one libpq reads, and this connection must follow a failover as the pool does.
+        url = make_url(normalised_url(database_url))
+        _, arguments = url.get_dialect()().create_connect_args(url)
+        arguments.pop("context", None)
+        self._arguments: dict[str, Any] = dict(arguments)
         self._notifier = notifier
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="replica-changes", daemon=True)
@@ -73,7 +80,9 @@ class ReplicaChanges:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self._dsn, autocommit=True, connect_timeout=5) as connection:
+                with psycopg.connect(
+                    autocommit=True, connect_timeout=5, **self._arguments
+                ) as connection:
                     connection.execute(f"LISTEN {CHANNEL}")
                     # Changes made while we were not listening: wake waiters to look again.
                     self._notifier.notify(claimable=True)

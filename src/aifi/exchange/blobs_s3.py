@@ -70,9 +70,8 @@ class S3Location:
 
 
 def storage_full(exc: ClientError) -> bool:
-    error = exc.response.get("Error", {})
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return error.get("Code") in FULL_CODES or status == 507
+    return _code(exc) in FULL_CODES or status == 507
 
 
 def s3_client(location: S3Location) -> Any:
@@ -113,7 +112,7 @@ class S3BlobStore:
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket"):
+            if _code(exc) not in ("404", "NoSuchBucket"):
                 raise
             self.client.create_bucket(Bucket=self.bucket)
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aifi.http import ApiClient
+
+if TYPE_CHECKING:
+    from aifi.gateway.config import ExchangeConnection
 
 ENDED = ("completed", "failed", "cancelled", "expired")
 
@@ -15,6 +18,18 @@ class GatewayClient(ApiClient):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._products: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    @classmethod
+    def connecting(cls, exchange: ExchangeConnection, **options: Any) -> GatewayClient:
+        """The client for the gateway configuration's `exchange` section: its URL, its key
+        (read from the file now), the proxy and the CA it names."""
+        return cls(
+            exchange.url,
+            exchange.key(),
+            proxy=exchange.proxy,
+            ca_file=exchange.ca_file,
+            **options,
+        )
 
     def product(self, product_id: str, max_age: float = 60.0) -> dict[str, Any]:
         """A product's catalogue entry, cached briefly (manifests change rarely)."""

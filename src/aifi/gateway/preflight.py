@@ -35,17 +35,9 @@ def preflight(config: GatewayConfig, client: GatewayClient | None = None) -> lis
     own = client is None
     if client is None:
         try:
-            key = config.exchange.key()
+            client = GatewayClient.connecting(config.exchange, retries=0)
         except (OSError, ValueError) as exc:
-            checks.append(Check("exchange", False, f"no API key to call it with: {exc}"))
-        else:
-            client = GatewayClient(
-                config.exchange.url,
-                key,
-                retries=0,
-                proxy=config.exchange.proxy,
-                ca_file=config.exchange.ca_file,
-            )
+            checks.append(Check("exchange", False, f"cannot call it: {exc}"))
     if client is not None:
         try:
             reached = _exchange(config, client)

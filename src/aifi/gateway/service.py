@@ -83,12 +83,7 @@ class Gateway:
         self.key = PseudonymKey.from_file(secret)
         self.state = GatewayState(workdir / "state.db")
         self.vault = Vault(workdir / "vault.db")
-        self.client = client or GatewayClient(
-            config.exchange.url,
-            config.exchange.key(),
-            proxy=config.exchange.proxy,
-            ca_file=config.exchange.ca_file,
-        )
+        self.client = client or GatewayClient.connecting(config.exchange)
         self.notifier = Notifier(config.notifications)
         self._stop = threading.Event()
         self._assemble = threading.Event()

@@ -282,6 +282,55 @@ def test_a_replica_hears_job_changes_committed_by_another(postgres: PostgresServ
     postgres.drop_database(url)
 
 
+def test_a_replica_whose_listening_connection_is_cut_listens_again(
+    postgres: PostgresServer,
+) -> None:
+    """The listener sleeps on its connection's socket; a connection the server ends (a
+    restart, an operator's pg_terminate_backend) wakes it, and it listens on a new one."""
+    url = postgres.create_database("cut")
+    admin_dsn = postgres.dsn(url.rsplit("/", 1)[1])
+
+    def listening_backends() -> list[int]:
+        with psycopg.connect(admin_dsn, autocommit=True) as admin:
+            rows = admin.execute(
+                "SELECT pid FROM pg_stat_activity"
+                " WHERE query = %s AND datname = current_database()",
+                (f"LISTEN {CHANNEL}",),
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    async def scenario() -> None:
+        notifier = ChangeNotifier()
+        notifier.bind(asyncio.get_running_loop())
+        listener = ReplicaChanges(url, notifier)
+        listener.start()
+        try:
+            await asyncio.wait_for(notifier.wait(60), 30)  # listening
+            [first] = listening_backends()
+            # Listening again wakes every waiter to look: that is what this one waits for.
+            relistened = asyncio.create_task(notifier.wait_claimable(60))
+            await asyncio.sleep(0)
+            with psycopg.connect(admin_dsn, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (first,))
+            await asyncio.wait_for(relistened, 30)
+            [second] = listening_backends()
+            assert second != first
+            # And the new connection hears changes.
+            claim = asyncio.create_task(notifier.wait_claimable(60, "vendor-a"))
+            await asyncio.sleep(0)
+            with psycopg.connect(admin_dsn, autocommit=True) as other:
+                payload = "another-replica claimable vendor-a product-a"
+                other.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+            await asyncio.wait_for(claim, 30)
+        finally:
+            listener.stop()
+        # Stopping closes its connection (the server ends the backend soon after).
+        wait_for(lambda: listening_backends() == [], 30, "the listener's backend to end")
+
+    asyncio.run(scenario())
+    postgres.drop_database(url)
+
+
 def test_a_busy_replica_keeps_its_connections_open(postgres: PostgresServer) -> None:
     """More sessions at once than a replica has worker threads reuse pooled connections:
     none is opened and closed per request (which costs PostgreSQL a new server process)."""

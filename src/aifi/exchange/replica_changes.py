@@ -111,7 +111,7 @@ class ReplicaChanges:
     def _sleep_until_data(self, connection: psycopg.Connection[Any]) -> None:
         """Return when the database sends something (a notification, or the end of the
         connection, which the next read reports) or `stop` is called."""
-        select.select([connection.fileno(), self._wake_reader], [], [])
+        select.select([connection.fileno(), self._wake_reader.fileno()], [], [])
 
     def _heard(self, payload: str) -> None:
         """Wake this replica's waiters for another replica's change (its own woke them)."""

@@ -43,13 +43,18 @@ bench: $(STAMP) peers
 	$(BIN)/python benchmarks/e2e.py
 
 # The release a hospital installs from without internet access: the aifi wheel and a wheel of
-# every dependency at its pinned version, for this machine's Python and architecture, with their
-# SHA-256 sums. docs/hospital-guide.md, section 2.
+# every dependency at its pinned version, for each of DIST_PYTHONS on this machine's
+# architecture, with their SHA-256 sums. docs/hospital-guide.md, section 2. The Pythons are
+# those of the hosts the guide names: Debian 12 has 3.11, Ubuntu 24.04 3.12, Debian 13 3.13.
 DIST ?= dist
+DIST_PYTHONS ?= 3.11 3.12 3.13
 dist: $(STAMP)
 	rm -rf $(DIST) build
 	$(BIN)/pip wheel -q --no-deps -w $(DIST) .
-	$(BIN)/pip download -q -c constraints.txt --only-binary=:all: -d $(DIST) .
+	for version in $(DIST_PYTHONS); do \
+		$(BIN)/pip download -q -c constraints.txt --only-binary=:all: \
+			--python-version $$version -d $(DIST) . || exit 1; \
+	done
 	cd $(DIST) && sha256sum *.whl > SHA256SUMS
 
 # Move the pinned versions to the newest that pyproject.toml allows, in a venv of their own;

@@ -7,12 +7,14 @@ gateway exports — with a real exchange, Orthanc as the PACS and dcmtk as the s
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 import shlex
 import signal
 import stat
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +139,44 @@ def test_the_release_holds_every_file_of_the_package(installed_aifi: Path) -> No
     }
     missing = sorted(str(path) for path in wanted if not (site / path).is_file())
     assert not missing, f"files of src/aifi missing from the installed release: {missing}"
+
+
+@pytest.mark.timeout(900)
+def test_the_release_installs_on_every_python_the_guide_names(
+    installed_aifi: Path, tmp_path: Path
+) -> None:
+    """One release serves hosts with different Pythons: for each the guide names, pip resolves
+    aifi from the folder alone, taking the wheels built for that Python (the host's own Python
+    installs it for real above)."""
+    named = re.search(r"Python (3\.\d+), (3\.\d+) or (3\.\d+)", _section(2))
+    assert named, "section 2 should name the Pythons a release installs on"
+    release = installed_aifi.parents[2] / "release"
+    for version in named.groups():
+        report = tmp_path / f"{version}.json"
+        resolved = subprocess.run(
+            [
+                *(sys.executable, "-m", "pip", "install", "--dry-run", "--quiet"),
+                *("--no-index", "--find-links", str(release), "--only-binary=:all:"),
+                *("--python-version", version, "--target", str(tmp_path / version)),
+                *("--report", str(report), "aifi"),
+            ],
+            env=_outside_checkout(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert resolved.returncode == 0, f"Python {version}:\n{resolved.stderr}"
+        wheels = [
+            item["download_info"]["url"].rsplit("/", 1)[1]
+            for item in json.loads(report.read_text())["install"]
+        ]
+        tag = f"cp{version.replace('.', '')}"
+        compiled = [wheel for wheel in wheels if not wheel.endswith("-none-any.whl")]
+        assert any(wheel.startswith("aifi-") for wheel in wheels)
+        assert compiled, f"Python {version}: no compiled wheel resolved"
+        # Built for this Python, for any CPython 3 (abi3) or for any Python (none).
+        wrong = [w for w in compiled if not re.search(rf"-({tag}|abi3|none)-", w)]
+        assert not wrong, f"Python {version} would take wheels built for another: {wrong}"
 
 
 def test_every_key_of_the_example_and_the_table_is_one_the_gateway_reads() -> None:

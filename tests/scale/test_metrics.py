@@ -68,6 +68,8 @@ def test_exchange_metrics_follow_the_jobs(
 
 
 def instance(uid: str, study: str, folder: Path, size: int) -> ReceivedInstance:
+    """An instance as the SCP indexes it, its spool file written first."""
+    (folder / f"{uid}.dcm").write_bytes(b"\0" * size)
     return ReceivedInstance(
         sop_instance_uid=uid,
         study_uid=study,
@@ -103,9 +105,20 @@ def test_gateway_exporter_reads_the_gateway_state(tmp_path: Path) -> None:
     server = start_metrics_server(state, 0)
     try:
         figures = samples(httpx.get(server.url, timeout=10).text)
+        # The delivered study leaves the spool: what it held no longer counts as held, but
+        # still as received and uploaded.
+        assert state.purge_study("1.2.1", now + 1, 0) is not None
+        after = samples(httpx.get(server.url, timeout=10).text)
     finally:
         server.close()
         state.close()
+    assert figures[("aifi_gateway_spool_bytes", ())] == 650.0
+    assert after[("aifi_gateway_spool_bytes", ())] == 350.0
+    assert after[("aifi_gateway_received_bytes", ())] == 650.0
+    assert after[("aifi_gateway_uploaded_study_bytes", ())] == 600.0
+    assert after[("aifi_gateway_purged_studies", ())] == 1.0
+    assert after[("aifi_gateway_studies", (("state", "purged"),))] == 1.0
+    assert after[("aifi_gateway_studies", (("state", "routed"),))] == 1.0
     assert figures[("aifi_gateway_state_up", ())] == 1.0
     assert figures[("aifi_gateway_jobs", (("state", "delivered"),))] == 1.0
     assert figures[("aifi_gateway_jobs", (("state", "submitted"),))] == 1.0

@@ -103,6 +103,10 @@ class GatewayConfig(BaseModel):
     upload_threads: int = Field(default=4, ge=1, le=32)
     #: Seconds a result fetch waits at the exchange for an ended job (long-poll).
     poll_wait_seconds: float = Field(default=10.0, ge=0, le=60)
+    #: Hours a study's instances (the spool, identifiable) and its results stay on the gateway
+    #: after its last job ended, or after it matched no route: long enough for a late series
+    #: to be sent with the rest of its study, no longer than needed. 0: at the next sweep.
+    retain_hours: float = Field(default=24.0, ge=0)
 
     @property
     def resolved_secret_file(self) -> Path:

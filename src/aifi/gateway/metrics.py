@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 from aifi.gateway.state import GatewayState
 
 JOB_STATES = ("pending", "submitted", "ended", "delivered", "refused")
-STUDY_STATES = ("receiving", "routed", "unrouted")
+STUDY_STATES = ("receiving", "routed", "unrouted", "purged")
 DELIVERY_STATES = ("delivered", "failed")
 #: Jobs delivered this recently make up the turnaround figures.
 TURNAROUND_WINDOW_SECONDS = 3600.0
@@ -114,24 +114,42 @@ class GatewayCollector(Collector):
         )
         yield family
 
+        totals = self._state.totals()
+        held = self._scalar("SELECT COALESCE(SUM(size), 0) FROM instances")
+        family = GaugeMetricFamily(
+            "aifi_gateway_spool_bytes",
+            "Bytes of received instances the spool holds now (until `retain_hours` after "
+            "their study's last job ended)",
+        )
+        family.add_metric([], held)
+        yield family
         family = GaugeMetricFamily(
             "aifi_gateway_received_bytes",
-            "Bytes of DICOM instances received from modalities and the PACS (as stored)",
+            "Bytes of DICOM instances received from modalities and the PACS (as stored), "
+            "since the gateway began, purged studies included",
         )
-        family.add_metric([], self._scalar("SELECT COALESCE(SUM(size), 0) FROM instances"))
+        family.add_metric([], held + totals.get("purged_bytes", 0.0))
         yield family
         family = GaugeMetricFamily(
             "aifi_gateway_uploaded_study_bytes",
             "Bytes of received instances in studies handed to the exchange (before "
-            "pseudonymisation; only the series a routing rule selected are sent)",
+            "pseudonymisation; only the series a routing rule selected are sent), purged "
+            "studies included",
         )
         family.add_metric(
             [],
             self._scalar(
                 "SELECT COALESCE(SUM(size), 0) FROM instances WHERE study_uid IN "
                 "(SELECT study_uid FROM jobs WHERE state IN ('submitted', 'ended', 'delivered'))"
-            ),
+            )
+            + totals.get("purged_uploaded_bytes", 0.0),
         )
+        yield family
+        family = GaugeMetricFamily(
+            "aifi_gateway_purged_studies",
+            "Studies whose instances and results the gateway removed after `retain_hours`",
+        )
+        family.add_metric([], totals.get("purged_studies", 0.0))
         yield family
 
         rows = self._state.query(

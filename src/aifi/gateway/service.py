@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import threading
 import time
 from datetime import datetime
@@ -55,6 +56,8 @@ OUT_OF_RESOURCES = 0xA700
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
 #: Tries per notice channel before its failure is left on record and the job moves on.
 MAX_NOTICE_ATTEMPTS = 5
+#: Seconds between looks for studies past `retain_hours`.
+RETENTION_SWEEP_SECONDS = 60.0
 
 
 def backoff(attempts: int) -> float:
@@ -124,6 +127,7 @@ class Gateway:
             ("assembler", self._assemble_loop),
             ("submitter", self._submit_loop),
             ("results", self._results_loop),
+            ("retention", self._retention_loop),
         ):
             thread = threading.Thread(
                 target=target, name=f"{self.config.hospital}-{name}", daemon=True
@@ -632,6 +636,42 @@ class Gateway:
             "SELECT path FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
         )
         return Path(rows[0]["path"]) if rows else None
+
+    # retention -----------------------------------------------------------------------------
+
+    def _retention_loop(self) -> None:
+        while not self._stop.wait(RETENTION_SWEEP_SECONDS):
+            try:
+                self.purge_expired()
+            except Exception:  # a failed sweep is retried at the next; nothing was half-done
+                log.exception("retention sweep failed")
+
+    def purge_expired(self, now: float | None = None) -> int:
+        """Remove what the gateway holds of studies done `retain_hours` ago: the spool's
+        instances (identifiable), the results downloaded and re-identified, any outbox left by
+        a crash. A study with a job still to send or under way is never touched. Returns how
+        many studies were purged.
+
+        The study's row and its jobs' rows stay (what was sent where, and when); an instance
+        that arrives for a purged study opens a new round with what arrives then.
+        """
+        now = time.time() if now is None else now
+        retain = self.config.retain_hours * 3600
+        purged = 0
+        for study_uid in self.state.purgeable_studies(now, retain):
+            gone = self.state.purge_study(study_uid, now, retain)
+            if gone is None:  # an instance reopened it meanwhile
+                continue
+            for job_id in gone.job_ids:
+                shutil.rmtree(self.results_dir / str(job_id), ignore_errors=True)
+                shutil.rmtree(self.outbox / str(job_id), ignore_errors=True)
+            purged += 1
+            log.info(
+                "study %s purged after its jobs ended: %d instance(s), %.1f MB, results of "
+                "%d job(s)",
+                study_uid, gone.instances, gone.bytes / 1e6, len(gone.job_ids),
+            )  # fmt: skip
+        return purged
 
     # reporting -----------------------------------------------------------------------------
 

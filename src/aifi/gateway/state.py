@@ -7,6 +7,7 @@ delivered — each exactly once, because every step is keyed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -36,7 +37,7 @@ CREATE INDEX IF NOT EXISTS ix_instances_study ON instances(study_uid);
 CREATE TABLE IF NOT EXISTS studies (
     study_uid TEXT PRIMARY KEY,
     calling_ae TEXT NOT NULL,
-    state TEXT NOT NULL,              -- receiving | routed | unrouted
+    state TEXT NOT NULL,              -- receiving | routed | unrouted | purged
     round INTEGER NOT NULL DEFAULT 1, -- a late instance after routing opens a new round
     first_at REAL NOT NULL,
     last_at REAL NOT NULL,
@@ -95,6 +96,10 @@ CREATE TABLE IF NOT EXISTS notifications (
     at REAL NOT NULL,
     PRIMARY KEY (job_id, channel)
 );
+CREATE TABLE IF NOT EXISTS totals (
+    name TEXT PRIMARY KEY,   -- purged_studies | purged_instances | purged_bytes | ...
+    value REAL NOT NULL      -- ... purged_uploaded_bytes: what purged rows no longer count
+);
 CREATE TABLE IF NOT EXISTS deliveries (
     job_id INTEGER NOT NULL,
     result_name TEXT NOT NULL,
@@ -122,6 +127,32 @@ class ReceivedInstance:
     path: Path
     size: int
     calling_ae: str
+
+
+@dataclass(frozen=True)
+class PurgedStudy:
+    """What one study's purge removed: its instances' spool files, and the local ids of its
+    jobs, whose results folders go too."""
+
+    study_uid: str
+    instances: int
+    bytes: int
+    job_ids: list[int]
+
+
+#: A study whose instances and results may go: routed (or matched no route), no job of any of
+#: its rounds still to send or under way, and its last job ended — or, unrouted, its routing
+#: happened — at or before the one parameter (now − the retention time).
+_PURGEABLE = """
+    s.state IN ('routed', 'unrouted')
+    AND NOT EXISTS (
+        SELECT 1 FROM jobs j WHERE j.study_uid = s.study_uid AND j.state IN ('pending', 'submitted')
+    )
+    AND MAX(
+        COALESCE(s.routed_at, s.last_at),
+        COALESCE((SELECT MAX(j.ended_at) FROM jobs j WHERE j.study_uid = s.study_uid), 0)
+    ) <= ?
+"""
 
 
 @dataclass(frozen=True)
@@ -172,6 +203,10 @@ class GatewayState:
         """
         now = time.time()
         with self.transaction() as db:
+            if not item.path.exists():
+                # A purge of its study removed the file between its receipt and now (the purge
+                # deletes under this lock): refuse it, so the sender sends it again.
+                raise FileNotFoundError(f"spool file {item.path} vanished before it was indexed")
             db.execute(
                 "INSERT OR REPLACE INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
@@ -195,12 +230,91 @@ class GatewayState:
                     (now, now + quiet_seconds, item.study_uid),
                 )
             else:
+                note = (
+                    "instance after the study was purged: a new round with what arrives now"
+                    if row["state"] == "purged"
+                    else "late instance after routing: follow-up round"
+                )
                 db.execute(
                     "UPDATE studies SET state = 'receiving', round = round + 1, last_at = ?, "
-                    "due_at = ?, note = 'late instance after routing: follow-up round' "
-                    "WHERE study_uid = ?",
-                    (now, now + quiet_seconds, item.study_uid),
+                    "due_at = ?, note = ? WHERE study_uid = ?",
+                    (now, now + quiet_seconds, note, item.study_uid),
                 )
+
+    # retention -----------------------------------------------------------------------------
+
+    def purgeable_studies(self, now: float, retain_seconds: float) -> list[str]:
+        """Studies whose instances and results may go: see :data:`_PURGEABLE`."""
+        rows = self.query(
+            f"SELECT study_uid FROM studies s WHERE {_PURGEABLE} ORDER BY routed_at",
+            (now - retain_seconds,),
+        )
+        return [row["study_uid"] for row in rows]
+
+    def purge_study(self, study_uid: str, now: float, retain_seconds: float) -> PurgedStudy | None:
+        """Forget a study's instances and delete their spool files, if it is still purgeable.
+
+        The files go while this holds the state's lock, and `record_instance` checks under the
+        same lock that its file is there: an instance received meanwhile either reopens the
+        study first (and nothing is purged) or finds its file gone and is refused, so that
+        its sender sends it again. Nothing acknowledged is lost. Returns what went, with the
+        study's local job ids (their results folders are the caller's), or None.
+        """
+        with self.transaction() as db:
+            row = db.execute(
+                f"SELECT study_uid FROM studies s WHERE s.study_uid = ? AND {_PURGEABLE}",
+                (study_uid, now - retain_seconds),
+            ).fetchone()
+            if row is None:
+                return None
+            paths = [
+                Path(r["path"])
+                for r in db.execute("SELECT path FROM instances WHERE study_uid = ?", (study_uid,))
+            ]
+            jobs = [
+                int(r["id"])
+                for r in db.execute("SELECT id FROM jobs WHERE study_uid = ?", (study_uid,))
+            ]
+            sent = db.execute(
+                "SELECT 1 FROM jobs WHERE study_uid = ? AND state IN ('ended', 'delivered')",
+                (study_uid,),
+            ).fetchone()
+            held = db.execute(
+                "SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes FROM instances "
+                "WHERE study_uid = ?",
+                (study_uid,),
+            ).fetchone()
+            # The byte counts the metrics export stay totals since the gateway began.
+            for name, value in (
+                ("purged_studies", 1),
+                ("purged_instances", held["n"]),
+                ("purged_bytes", held["bytes"]),
+                ("purged_uploaded_bytes", held["bytes"] if sent else 0),
+            ):
+                db.execute(
+                    "INSERT INTO totals (name, value) VALUES (?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                    (name, value),
+                )
+            db.execute("DELETE FROM instances WHERE study_uid = ?", (study_uid,))
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+            db.execute(
+                "UPDATE studies SET state = 'purged', note = ? WHERE study_uid = ?",
+                (f"instances and results removed {when}", study_uid),
+            )
+            removed = 0
+            for path in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    removed += path.stat().st_size
+                    path.unlink()
+            folders = {path.parent for path in paths}
+        for folder in folders:
+            with contextlib.suppress(OSError):  # not empty: an instance arrived meanwhile
+                folder.rmdir()
+        return PurgedStudy(study_uid, len(paths), removed, jobs)
+
+    def totals(self) -> dict[str, float]:
+        return {row["name"]: float(row["value"]) for row in self.query("SELECT * FROM totals")}
 
     def known_paths(self) -> set[str]:
         return {row["path"] for row in self.query("SELECT path FROM instances")}

@@ -164,6 +164,19 @@ class RoutedJob:
     series_uids: frozenset[str]
 
 
+def _round_failed(db: sqlite3.Connection, study_uid: str) -> bool:
+    """Whether a job of the study's latest round ended without its results (failed,
+    expired or cancelled at the exchange, or refused)."""
+    return (
+        db.execute(
+            "SELECT 1 FROM jobs j JOIN studies s ON s.study_uid = j.study_uid "
+            "WHERE j.study_uid = ? AND j.round = s.round AND j.state IN ('ended', 'refused')",
+            (study_uid,),
+        ).fetchone()
+        is not None
+    )
+
+
 class GatewayState:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -198,8 +211,12 @@ class GatewayState:
     def record_instance(self, item: ReceivedInstance, quiet_seconds: float) -> None:
         """Index a stored instance and restart its study's quiet timer.
 
-        An instance for a study already routed opens a new round: the study is assembled again
-        and sent as a follow-up job, never silently dropped.
+        A new instance for a study already routed opens a new round: the study is assembled
+        again and sent as a follow-up job, never silently dropped. An instance the study already
+        holds (same SOP Instance UID: the PACS or the modality sending the study again) opens
+        one only if the round's jobs did not all succeed, or the study matched no route: a
+        re-send then tries again. A re-send of a study whose results were delivered, or are on
+        their way, changes nothing — one study, one result in the PACS.
         """
         now = time.time()
         with self.transaction() as db:
@@ -207,6 +224,10 @@ class GatewayState:
                 # A purge of its study removed the file between its receipt and now (the purge
                 # deletes under this lock): refuse it, so the sender sends it again.
                 raise FileNotFoundError(f"spool file {item.path} vanished before it was indexed")
+            known = db.execute(
+                "SELECT 1 FROM instances WHERE sop_instance_uid = ? AND study_uid = ?",
+                (item.sop_instance_uid, item.study_uid),
+            ).fetchone()
             db.execute(
                 "INSERT OR REPLACE INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
@@ -228,6 +249,11 @@ class GatewayState:
                 db.execute(
                     "UPDATE studies SET last_at = ?, due_at = ? WHERE study_uid = ?",
                     (now, now + quiet_seconds, item.study_uid),
+                )
+            elif known and row["state"] == "routed" and not _round_failed(db, item.study_uid):
+                db.execute(
+                    "UPDATE studies SET note = ? WHERE study_uid = ?",
+                    (f"sent again: already in round {row['round']}, nothing new", item.study_uid),
                 )
             else:
                 note = (

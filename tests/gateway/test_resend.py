@@ -1,0 +1,118 @@
+"""A study sent to the gateway again — by the PACS's forwarding rule, or a technologist who was
+not sure it went — is analysed once: one study, one result in the PACS. A re-send tries again
+only where that helps: the last round failed, or the study matched no route. New instances
+always open a follow-up round."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aifi.gateway.config import load_config
+from aifi.gateway.service import Gateway
+from aifi.gateway.state import GatewayState, ReceivedInstance, RoutedJob
+from aifi.phantoms import write_study
+from support.national import National, gateway_config
+from support.peers import free_port, storescu
+
+STUDY = "1.2.826.0.1.3680043.10.1.2"
+FIRST, SECOND = f"{STUDY}.1.1", f"{STUDY}.1.2"
+
+
+@pytest.mark.peer
+def test_a_study_sent_again_after_its_result_was_delivered_is_not_analysed_again(
+    national: National, tmp_path: Path
+) -> None:
+    port = free_port()
+    path = gateway_config(tmp_path, national, port, 1, quiet_seconds=0.3)
+    config = yaml.safe_load(path.read_text())
+    config["pacs"] = []
+    path.write_text(yaml.safe_dump(config))
+    write_study("ct-head", tmp_path / "study", seed=6, size="small")
+    files = sorted((tmp_path / "study").rglob("*.dcm"))
+    gateway = Gateway(load_config(path))
+    gateway.start()
+    try:
+        storescu(files, port)
+        assert gateway.wait_until(
+            lambda: [j["state"] for j in gateway.jobs()] == ["delivered"], timeout=60
+        ), gateway.jobs()
+        storescu(files, port)  # every instance acknowledged again
+        # Each instance is indexed before its C-STORE is answered: the study's state is final.
+        [study] = gateway.state.query("SELECT state, round, note FROM studies")
+        assert (study["state"], study["round"]) == ("routed", 1), study
+        assert "sent again" in study["note"]
+        assert len(gateway.jobs()) == 1
+        assert len(gateway.state.study_instances(gateway.jobs()[0]["study_uid"])) == len(files)
+    finally:
+        gateway.stop()
+    with national.api() as api:
+        assert len(api.get("/jobs").json()) == 1
+
+
+def _store(state: GatewayState, folder: Path, sop: str) -> None:
+    path = folder / STUDY / f"{sop}.dcm"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\0" * 10)
+    state.record_instance(
+        ReceivedInstance(
+            sop_instance_uid=sop, study_uid=STUDY, series_uid=f"{STUDY}.1", sop_class_uid="1.2",
+            modality="CT", body_part="HEAD", study_description="", series_description="",
+            path=path, size=10, calling_ae="PACS",
+        ),
+        quiet_seconds=0,
+    )  # fmt: skip
+
+
+def _study(state: GatewayState) -> tuple[str, int]:
+    [row] = state.query("SELECT state, round FROM studies WHERE study_uid = ?", (STUDY,))
+    return row["state"], row["round"]
+
+
+@pytest.mark.parametrize(
+    ("job_state", "opens_a_round"),
+    [
+        ("pending", False),  # not sent yet: it will send what the spool holds
+        ("submitted", False),  # its result is on the way
+        ("delivered", False),  # its result is in the PACS
+        ("ended", True),  # failed, expired or cancelled at the exchange: try again
+        ("refused", True),  # refused by the exchange: try again (the cause may be fixed)
+        (None, True),  # matched no route: the routes may have changed since
+    ],
+)
+def test_a_resend_opens_a_round_only_where_that_helps(
+    tmp_path: Path, job_state: str | None, opens_a_round: bool
+) -> None:
+    state = GatewayState(tmp_path / "state.db")
+    try:
+        _store(state, tmp_path, FIRST)
+        [row] = state.query("SELECT round, due_at FROM studies")
+        jobs = [] if job_state is None else [RoutedJob("product-a", None, frozenset())]
+        state.route_study(STUDY, row["round"], row["due_at"], jobs)
+        if job_state is not None:
+            [job] = state.query("SELECT id FROM jobs")
+            state.update_job(job["id"], state=job_state)
+        routed = _study(state)
+        _store(state, tmp_path, FIRST)  # the same instance again
+        assert _study(state) == (("receiving", 2) if opens_a_round else routed)
+    finally:
+        state.close()
+
+
+def test_a_new_instance_after_a_delivered_result_opens_a_follow_up_round(
+    tmp_path: Path,
+) -> None:
+    state = GatewayState(tmp_path / "state.db")
+    try:
+        _store(state, tmp_path, FIRST)
+        [row] = state.query("SELECT round, due_at FROM studies")
+        state.route_study(STUDY, 1, row["due_at"], [RoutedJob("product-a", None, frozenset())])
+        [job] = state.query("SELECT id FROM jobs")
+        state.update_job(job["id"], state="delivered")
+        _store(state, tmp_path, SECOND)
+        assert _study(state) == ("receiving", 2)
+        assert len(state.study_instances(STUDY)) == 2  # the follow-up sends the whole study
+    finally:
+        state.close()

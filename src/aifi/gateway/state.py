@@ -70,6 +70,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     results_delivered INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS ix_jobs_state ON jobs(state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS ix_jobs_study ON jobs(study_uid);  -- a study's jobs: retention, re-sends
 CREATE TABLE IF NOT EXISTS eligibility (
     study_uid TEXT NOT NULL,
     round INTEGER NOT NULL,

@@ -1,10 +1,11 @@
-"""Retention on the gateway: a study's instances (identifiable) and its results leave the
-gateway `retain_hours` after its last job ended, never while a job is still to send or under
-way; an instance that meets a purge is refused, not lost; one that arrives after it opens a
-new round."""
+"""Retention on the gateway: a study's instances (identifiable), its results and the patient
+attributes the vault kept for it leave the gateway `retain_hours` after its last job ended,
+never while a job is still to send or under way; an instance that meets a purge is refused,
+not lost; one that arrives after it opens a new round."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
@@ -20,6 +21,15 @@ from support.peers import free_port, storescu
 
 HOUR = 3600.0
 STUDY = "1.2.826.0.1.3680043.10.1.1"
+
+
+def vault_holds(gateway: Gateway, study_uid: str) -> bool:
+    """Whether the vault keeps patient attributes for the study (read from its file)."""
+    with sqlite3.connect(gateway.config.workdir / "vault.db") as vault:
+        found = vault.execute(
+            "SELECT COUNT(*) FROM studies WHERE original_study_uid = ?", (study_uid,)
+        ).fetchone()
+    return bool(found[0])
 
 
 @pytest.mark.peer
@@ -47,6 +57,7 @@ def test_a_study_leaves_the_gateway_retain_hours_after_its_job_ended(
         assert len(list(spool.glob("*.dcm"))) == len(files)
         assert any(results.iterdir())
         held = sum(file.stat().st_size for file in spool.glob("*.dcm"))
+        assert vault_holds(gateway, job["study_uid"])
 
         # Not before its time...
         assert gateway.purge_expired(now=job["ended_at"] + 2 * HOUR - 1) == 0
@@ -55,6 +66,7 @@ def test_a_study_leaves_the_gateway_retain_hours_after_its_job_ended(
         assert gateway.purge_expired(now=job["ended_at"] + 2 * HOUR + 1) == 1
         assert not spool.exists()
         assert not results.exists()
+        assert not vault_holds(gateway, job["study_uid"])
         assert gateway.state.study_instances(job["study_uid"]) == []
         [study] = gateway.state.query("SELECT * FROM studies")
         assert study["state"] == "purged"

@@ -86,6 +86,15 @@ class Vault:
                     found[pseudo] = original
         return found
 
+    def forget_study(self, original_study_uid: str) -> int:
+        """Drop the patient attributes kept for a study whose results are all home and whose
+        retention ran out; a later round of the study remembers them again. The UID pairs stay
+        (no patient attributes; the pseudonyms can be recomputed from the secret anyway)."""
+        with self._lock, self._conn:
+            return self._conn.execute(
+                "DELETE FROM studies WHERE original_study_uid = ?", (original_study_uid,)
+            ).rowcount
+
     def study(self, pseudonym_study_uid: str) -> tuple[str, dict[str, str]] | None:
         """The original Study Instance UID and patient attributes behind a pseudonymised study."""
         with self._lock:

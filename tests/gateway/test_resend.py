@@ -8,14 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
-from aifi.gateway.config import load_config
-from aifi.gateway.service import Gateway
 from aifi.gateway.state import GatewayState, ReceivedInstance, RoutedJob
 from aifi.phantoms import write_study
-from support.national import National, gateway_config
-from support.peers import free_port, storescu
+from support.national import National, gateway_without_pacs
+from support.peers import storescu
 
 STUDY = "1.2.826.0.1.3680043.10.1.2"
 FIRST, SECOND = f"{STUDY}.1.1", f"{STUDY}.1.2"
@@ -25,29 +22,20 @@ FIRST, SECOND = f"{STUDY}.1.1", f"{STUDY}.1.2"
 def test_a_study_sent_again_after_its_result_was_delivered_is_not_analysed_again(
     national: National, tmp_path: Path
 ) -> None:
-    port = free_port()
-    path = gateway_config(tmp_path, national, port, 1, quiet_seconds=0.3)
-    config = yaml.safe_load(path.read_text())
-    config["pacs"] = []
-    path.write_text(yaml.safe_dump(config))
     write_study("ct-head", tmp_path / "study", seed=6, size="small")
     files = sorted((tmp_path / "study").rglob("*.dcm"))
-    gateway = Gateway(load_config(path))
-    gateway.start()
-    try:
-        storescu(files, port)
+    with gateway_without_pacs(tmp_path, national) as gateway:
+        storescu(files, gateway.port)
         assert gateway.wait_until(
             lambda: [j["state"] for j in gateway.jobs()] == ["delivered"], timeout=60
         ), gateway.jobs()
-        storescu(files, port)  # every instance acknowledged again
+        storescu(files, gateway.port)  # every instance acknowledged again
         # Each instance is indexed before its C-STORE is answered: the study's state is final.
         [study] = gateway.state.query("SELECT state, round, note FROM studies")
         assert (study["state"], study["round"]) == ("routed", 1), study
         assert "sent again" in study["note"]
         assert len(gateway.jobs()) == 1
         assert len(gateway.state.study_instances(gateway.jobs()[0]["study_uid"])) == len(files)
-    finally:
-        gateway.stop()
     with national.api() as api:
         assert len(api.get("/jobs").json()) == 1
 

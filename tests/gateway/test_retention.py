@@ -10,14 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from aifi.gateway.config import load_config
 from aifi.gateway.service import Gateway
 from aifi.gateway.state import GatewayState, ReceivedInstance, RoutedJob
 from aifi.phantoms import write_study
-from support.national import National, gateway_config
-from support.peers import free_port, storescu
+from support.national import National, gateway_without_pacs
+from support.peers import storescu
 
 HOUR = 3600.0
 STUDY = "1.2.826.0.1.3680043.10.1.1"
@@ -36,18 +34,10 @@ def vault_holds(gateway: Gateway, study_uid: str) -> bool:
 def test_a_study_leaves_the_gateway_retain_hours_after_its_job_ended(
     national: National, tmp_path: Path
 ) -> None:
-    port = free_port()
-    path = gateway_config(tmp_path, national, port, 1, quiet_seconds=0.3)
-    config = yaml.safe_load(path.read_text())
-    config["pacs"] = []
-    config["retain_hours"] = 2
-    path.write_text(yaml.safe_dump(config))
     write_study("ct-head", tmp_path / "study", seed=5, size="small")
     files = sorted((tmp_path / "study").rglob("*.dcm"))
-    gateway = Gateway(load_config(path))
-    gateway.start()
-    try:
-        storescu(files, port)
+    with gateway_without_pacs(tmp_path, national, retain_hours=2) as gateway:
+        storescu(files, gateway.port)
         assert gateway.wait_until(
             lambda: [j["state"] for j in gateway.jobs()] == ["delivered"], timeout=60
         ), gateway.jobs()
@@ -77,7 +67,7 @@ def test_a_study_leaves_the_gateway_retain_hours_after_its_job_ended(
         assert totals["purged_instances"] == len(files)
 
         # The PACS sends part of the study again: a new round of what arrived, not the old one.
-        storescu(files[:3], port)
+        storescu(files[:3], gateway.port)
         assert gateway.wait_until(
             lambda: [j["state"] for j in gateway.jobs()][1:] in (["delivered"], ["ended"]),
             timeout=60,
@@ -87,8 +77,6 @@ def test_a_study_leaves_the_gateway_retain_hours_after_its_job_ended(
         with national.api() as api:
             sent = api.get(f"/jobs/{again['exchange_job_id']}").json()
         assert sent["input_count"] == 3
-    finally:
-        gateway.stop()
 
 
 def _instance(folder: Path, sop: str) -> ReceivedInstance:

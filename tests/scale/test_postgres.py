@@ -4,7 +4,9 @@ many replicas, and a database outage that clients can ride out."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +213,35 @@ def test_a_database_outage_answers_503_and_the_exchange_recovers(tmp_path: Path)
         own.destroy()
 
 
+#: What `announce` sends when another replica made a job of vendor-a's product-a claimable.
+ANOTHER_REPLICAS_CHANGE = "another-replica claimable vendor-a product-a"
+
+
+def _announce_from_another_replica(postgres: PostgresServer, url: str) -> None:
+    with psycopg.connect(postgres.dsn(url.rsplit("/", 1)[1]), autocommit=True) as other:
+        other.execute("SELECT pg_notify(%s, %s)", (CHANNEL, ANOTHER_REPLICAS_CHANGE))
+
+
+@contextlib.asynccontextmanager
+async def _listening(url: str, notifier: ChangeNotifier) -> AsyncIterator[None]:
+    """A replica's listener, started; entered once it listens (it then wakes every waiter)."""
+    notifier.bind(asyncio.get_running_loop())
+    listener = ReplicaChanges(url, notifier)
+    listener.start()
+    try:
+        await asyncio.wait_for(notifier.wait(60), 30)
+        yield
+    finally:
+        listener.stop()
+
+
+async def _registered(waiter: Awaitable[None]) -> asyncio.Task[None]:
+    """`waiter` as a task, registered with the notifier before anything is sent."""
+    task = asyncio.ensure_future(waiter)
+    await asyncio.sleep(0)
+    return task
+
+
 def test_a_failure_while_hearing_a_change_does_not_leave_the_replica_deaf(
     postgres: PostgresServer,
 ) -> None:
@@ -229,21 +260,12 @@ def test_a_failure_while_hearing_a_change_does_not_leave_the_replica_deaf(
 
     async def scenario() -> None:
         notifier = Flaky()
-        notifier.bind(asyncio.get_running_loop())
-        listener = ReplicaChanges(url, notifier)
-        listener.start()
-        try:
-            await asyncio.wait_for(notifier.wait(60), 30)  # listening
-            waiting = asyncio.create_task(notifier.wait_claimable(60, "vendor-a"))
-            await asyncio.sleep(0)
-            with psycopg.connect(postgres.dsn(url.rsplit("/", 1)[1]), autocommit=True) as other:
-                payload = "another-replica claimable vendor-a product-a"
-                other.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+        async with _listening(url, notifier):
+            waiting = await _registered(notifier.wait_claimable(60, "vendor-a"))
+            _announce_from_another_replica(postgres, url)
             # The listener survives the failure and listens again, waking waiters to look.
             await asyncio.wait_for(waiting, 30)
             assert notifier.failed
-        finally:
-            listener.stop()
 
     asyncio.run(scenario())
     postgres.drop_database(url)
@@ -257,25 +279,14 @@ def test_a_replica_hears_job_changes_committed_by_another(postgres: PostgresServ
 
     async def scenario() -> None:
         notifier = ChangeNotifier()
-        notifier.bind(asyncio.get_running_loop())
-        listener = ReplicaChanges(url, notifier)
-        listener.start()
-        try:
-            # The listener wakes waiters once it listens: wait for that before the real change.
-            await asyncio.wait_for(notifier.wait(60), 30)
-            waiting = asyncio.create_task(notifier.wait(60))
-            other_vendor = asyncio.create_task(notifier.wait_claimable(60, "vendor-b"))
-            claim = asyncio.create_task(notifier.wait_claimable(60, "vendor-a"))
-            await asyncio.sleep(0)  # the waiters are registered before the change is sent
-            with psycopg.connect(postgres.dsn(url.rsplit("/", 1)[1]), autocommit=True) as other:
-                # What `announce` sends for a job of vendor-a's product-a made ready to claim.
-                payload = "another-replica claimable vendor-a product-a"
-                other.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+        async with _listening(url, notifier):
+            waiting = await _registered(notifier.wait(60))
+            other_vendor = await _registered(notifier.wait_claimable(60, "vendor-b"))
+            claim = await _registered(notifier.wait_claimable(60, "vendor-a"))
+            _announce_from_another_replica(postgres, url)
             await asyncio.wait_for(asyncio.gather(waiting, claim), 30)
             assert not other_vendor.done()
             other_vendor.cancel()
-        finally:
-            listener.stop()
 
     asyncio.run(scenario())
     db.dispose()
@@ -301,29 +312,19 @@ def test_a_replica_whose_listening_connection_is_cut_listens_again(
 
     async def scenario() -> None:
         notifier = ChangeNotifier()
-        notifier.bind(asyncio.get_running_loop())
-        listener = ReplicaChanges(url, notifier)
-        listener.start()
-        try:
-            await asyncio.wait_for(notifier.wait(60), 30)  # listening
+        async with _listening(url, notifier):
             [first] = listening_backends()
             # Listening again wakes every waiter to look: that is what this one waits for.
-            relistened = asyncio.create_task(notifier.wait_claimable(60))
-            await asyncio.sleep(0)
+            relistened = await _registered(notifier.wait_claimable(60))
             with psycopg.connect(admin_dsn, autocommit=True) as admin:
                 admin.execute("SELECT pg_terminate_backend(%s)", (first,))
             await asyncio.wait_for(relistened, 30)
             [second] = listening_backends()
             assert second != first
             # And the new connection hears changes.
-            claim = asyncio.create_task(notifier.wait_claimable(60, "vendor-a"))
-            await asyncio.sleep(0)
-            with psycopg.connect(admin_dsn, autocommit=True) as other:
-                payload = "another-replica claimable vendor-a product-a"
-                other.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+            claim = await _registered(notifier.wait_claimable(60, "vendor-a"))
+            _announce_from_another_replica(postgres, url)
             await asyncio.wait_for(claim, 30)
-        finally:
-            listener.stop()
         # Stopping closes its connection (the server ends the backend soon after).
         wait_for(lambda: listening_backends() == [], 30, "the listener's backend to end")
 

@@ -7,15 +7,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import yaml
 
 from aifi.exchange.server import ExchangeThread
 from aifi.exchange.settings import ExchangeSettings
+from aifi.gateway.config import load_config
+from aifi.gateway.service import Gateway
 from aifi.products import tissue_volume
 from aifi.vendor import VendorClient, Worker
 from aifi.web import mount
+from support.peers import free_port
 
 OPERATOR_KEY = "aifi_gateway-test-operator-key-0123456789"
 HOSPITAL = "hospital-1"
@@ -65,6 +69,22 @@ def gateway_config(
     path = folder / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+@contextmanager
+def gateway_without_pacs(folder: Path, national: National, **settings: Any) -> Iterator[Gateway]:
+    """A started gateway on a free port with no PACS to deliver to (a job is done once its
+    results are home) and a 0.3 s quiet timer, `settings` laid over `gateway_config`'s."""
+    path = gateway_config(folder, national, free_port(), 1, quiet_seconds=0.3)
+    config = yaml.safe_load(path.read_text())
+    config.update(pacs=[], **settings)
+    path.write_text(yaml.safe_dump(config))
+    gateway = Gateway(load_config(path))
+    gateway.start()
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
 
 
 @contextmanager

@@ -40,6 +40,8 @@ def exchange() -> ExchangeProcessing:
         location="Netherlands (government cloud)",
         input_retention_seconds=7 * 86400,
         result_retention_seconds=None,
+        undelivered_retention_seconds=30 * 86400,
+        unfinished_expiry_seconds=3 * 86400,
     )
 
 
@@ -99,6 +101,11 @@ def test_where_and_how_long(
         "results, after the hospital acknowledged delivery",
     )
     assert periods[results] == "kept until deleted (no automatic purge)"
+    exchange_place = "exchange (AIFI national operator)"
+    never_fetched = (exchange_place, "results the hospital never fetched, after the job ended")
+    assert periods[never_fetched] == "30 days"
+    [unfinished] = [r for r in record.retention if "not ended" in r.data]
+    assert (unfinished.place, unfinished.period) == (exchange_place, "3 days")
     assert periods[("vendor (acme-ai)", "inputs and results")] == "deleted when the job ends"
     assert any("NEN 7510 (certificate NEN-9" in m for m in record.security_measures)
     assert record.vendor_dpia == "https://acme.example/dpia (completed 2025-06-01)"

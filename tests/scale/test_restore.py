@@ -81,6 +81,8 @@ def test_the_restore_drill(
             blob_url=blob_url,
             retain_inputs_seconds=None,
             retain_results_seconds=None,
+            retain_undelivered_seconds=None,
+            expire_unfinished_seconds=None,
             lease_seconds=LEASE,
         )
         for exchange in _exchange(drill):

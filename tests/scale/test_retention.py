@@ -4,7 +4,7 @@ a job that has not ended is never touched, and every purge is in the audit log."
 from __future__ import annotations
 
 import hashlib
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,10 @@ def test_a_purge_takes_only_ended_jobs_and_is_audited(
     exchange_on: ExchangeFactory, make_ct: Any, tmp_path: Path
 ) -> None:
     exchange = exchange_on(
-        retain_inputs_seconds=HOUR, retain_results_seconds=24 * HOUR, retention_sweep_seconds=HOUR
+        retain_inputs_seconds=HOUR,
+        retain_results_seconds=24 * HOUR,
+        retain_undelivered_seconds=None,
+        retention_sweep_seconds=HOUR,
     )
     orgs = set_up_parties(exchange)
     hospital, vendor = orgs["hospital"], orgs["vendor"]
@@ -213,14 +216,175 @@ def test_a_purge_empties_the_folders_of_ended_jobs_no_row_names_anything_in(
 def test_retention_can_be_switched_off(
     exchange_on: ExchangeFactory, make_ct: Any, tmp_path: Path
 ) -> None:
-    exchange = exchange_on(retain_inputs_seconds=None, retain_results_seconds=None)
+    exchange = exchange_on(
+        retain_inputs_seconds=None,
+        retain_results_seconds=None,
+        retain_undelivered_seconds=None,
+        expire_unfinished_seconds=None,
+    )
     orgs = set_up_parties(exchange)
     job = exchange.ready_job(orgs["hospital"], "product-a", make_ct(slices=1))
     finish_job(exchange, orgs["vendor"], exchange.claim(orgs["vendor"]), tmp_path / "w")
     exchange.client.post(f"/jobs/{job['id']}/acknowledge", headers=orgs["hospital"].headers)
-    report = exchange.client.app.state.retention.sweep(now=utcnow() + timedelta(days=3650))
+    undelivered = exchange.ready_job(orgs["hospital"], "product-a", make_ct(slices=1))
+    finish_job(exchange, orgs["vendor"], exchange.claim(orgs["vendor"]), tmp_path / "u")
+    waiting = exchange.ready_job(orgs["hospital"], "product-a", make_ct(slices=1))
+    later = utcnow() + timedelta(days=3650)
+    assert exchange.client.app.state.services.jobs.expire_unfinished(now=later) == 0
+    report = exchange.client.app.state.retention.sweep(now=later)
     assert (report.inputs, report.results) == (0, 0)
     assert all(blob_exists(exchange, key) for key in input_keys(exchange, job["id"]))
+    for kept in (undelivered, waiting):
+        state = exchange.client.get(f"/jobs/{kept['id']}", headers=orgs["hospital"].headers)
+        assert state.json()["state"] in ("completed", "requested")
+    result = exchange.client.get(
+        f"/jobs/{undelivered['id']}/results/sr.dcm", headers=orgs["hospital"].headers
+    )
+    assert result.status_code == 200
+
+
+def test_results_never_fetched_go_retain_undelivered_seconds_after_their_job_ended(
+    exchange_on: ExchangeFactory, make_ct: Any, tmp_path: Path
+) -> None:
+    """A gateway taken out of service never acknowledges: its results must not stay for
+    ever. They go, audited and counted apart, and the job's listing says they were purged."""
+    exchange = exchange_on(
+        retain_inputs_seconds=None,
+        retain_results_seconds=HOUR,
+        retain_undelivered_seconds=48 * HOUR,
+        retention_sweep_seconds=HOUR,
+    )
+    orgs = set_up_parties(exchange)
+    hospital, vendor = orgs["hospital"], orgs["vendor"]
+    job = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
+    sr = finish_job(exchange, vendor, exchange.claim(vendor), tmp_path / "w")
+    fetched = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
+    finish_job(exchange, vendor, exchange.claim(vendor), tmp_path / "f")
+    exchange.client.post(
+        f"/jobs/{fetched['id']}/acknowledge", headers=hospital.headers
+    ).raise_for_status()
+    ended = datetime.fromisoformat(
+        exchange.client.get(f"/jobs/{job['id']}", headers=hospital.headers).json()["ended_at"]
+    )
+    retention = exchange.client.app.state.retention
+    result_url = f"/jobs/{job['id']}/results/sr.dcm"
+
+    early = retention.sweep(now=ended + timedelta(hours=47))
+    assert early.jobs == {fetched["id"]}, "only the delivered job's results go after an hour"
+    kept = exchange.client.get(result_url, headers=hospital.headers)
+    assert kept.status_code == 200 and kept.content == sr
+
+    late = retention.sweep(now=ended + timedelta(hours=49))
+    assert (late.results, late.jobs) == (1, {job["id"]})
+    assert exchange.client.get(result_url, headers=hospital.headers).status_code == 404
+    listed = exchange.client.get(
+        "/jobs", params={"acknowledged": "false", "with_results": "true"}, headers=hospital.headers
+    ).json()
+    [mine] = [j for j in listed if j["id"] == job["id"]]
+    [result] = mine["results"]
+    assert result["name"] == "sr.dcm" and result["purged_at"] is not None
+    assert datetime.fromisoformat(result["purged_at"]) == ended + timedelta(hours=49)
+
+    audit = exchange.client.get("/audit", params={"limit": 5000}, headers=exchange.operator.headers)
+    [entry] = [
+        e
+        for e in audit.json()
+        if e["action"] == "delete" and e["object_type"] == "result" and e["object_id"] == job["id"]
+    ]
+    assert entry["role"] == "system" and "ended, never delivered at" in entry["detail"]
+    metrics = exchange.client.get("/metrics").text
+    assert 'aifi_exchange_purged_objects_total{kind="undelivered_result"} 1.0' in metrics
+    assert 'aifi_exchange_purged_objects_total{kind="result"} 1.0' in metrics
+
+    # Acknowledged afterwards (the gateway came back): nothing is purged or audited twice.
+    exchange.client.post(f"/jobs/{job['id']}/acknowledge", headers=hospital.headers)
+    again = retention.sweep(now=ended + timedelta(days=365))
+    assert again.jobs == set()
+
+
+def test_a_job_not_ended_in_expire_unfinished_seconds_is_expired_saying_where_it_stopped(
+    exchange_on: ExchangeFactory, make_ct: Any, tmp_path: Path
+) -> None:
+    """Retention takes only ended jobs, so a job no one finishes would hold its inputs for
+    ever: it is ended first, in each stage where a job can stop, and then purged."""
+    exchange = exchange_on(
+        expire_unfinished_seconds=48 * HOUR, retain_inputs_seconds=0, retention_sweep_seconds=HOUR
+    )
+    orgs = set_up_parties(exchange)
+    hospital, vendor = orgs["hospital"], orgs["vendor"]
+    held = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
+    held_claim = exchange.claim(vendor)
+    assert held_claim is not None and held_claim["job"]["id"] == held["id"]
+    completed = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
+    finish_job(exchange, vendor, exchange.claim(vendor), tmp_path / "c")
+    waiting = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
+    study = make_ct(slices=2)
+    uploading = exchange.job(
+        hospital, "product-a", pydicom.dcmread(study[0], stop_before_pixels=True).StudyInstanceUID
+    )
+    assert exchange.upload(hospital, uploading["id"], study[0]).status_code == 201
+    jobs = exchange.client.app.state.services.jobs
+
+    assert jobs.expire_unfinished(now=utcnow() + timedelta(hours=47)) == 0
+    later = utcnow() + timedelta(hours=49)
+    assert jobs.expire_unfinished(now=later) == 3
+
+    def job_now(job: dict[str, Any]) -> dict[str, Any]:
+        return dict(exchange.client.get(f"/jobs/{job['id']}", headers=hospital.headers).json())
+
+    stopped = {
+        held["id"]: "its vendor held it without finishing it",
+        waiting["id"]: "no vendor claimed it",
+        uploading["id"]: "the hospital's upload of its inputs never completed",
+    }
+    for job_id, where in stopped.items():
+        now = job_now({"id": job_id})
+        assert now["state"] == "expired"
+        assert now["reason"] == f"not ended 2 days after it was created: {where}"
+    assert job_now(completed)["state"] == "completed", "an ended job keeps its own end"
+    late = exchange.client.post(
+        f"/jobs/{held['id']}/complete",
+        json={"lease_token": held_claim["lease_token"]},
+        headers=vendor.headers,
+    )
+    assert late.status_code == 409, "the vendor's lease went with the job"
+    assert jobs.expire_unfinished(now=later) == 0, "a job is expired once"
+
+    audit = exchange.client.get("/audit", params={"limit": 5000}, headers=exchange.operator.headers)
+    expiries = {
+        e["object_id"]: e
+        for e in audit.json()
+        if e["object_type"] == "job" and e["detail"].startswith("expired: not ended")
+    }
+    assert set(expiries) == set(stopped)
+    assert all(e["role"] == "system" and e["patient_pseudonym"] for e in expiries.values())
+
+    # Ended, its inputs now go by the retention time like any other job's.
+    report = exchange.client.app.state.retention.sweep(now=later)
+    assert set(stopped) <= report.jobs
+    for job_id in stopped:
+        assert not any(blob_exists(exchange, key) for key in input_keys(exchange, job_id))
+
+
+def test_the_exchange_expires_unfinished_jobs_on_its_own(
+    exchange_on: ExchangeFactory, make_ct: Any
+) -> None:
+    exchange = exchange_on(expire_unfinished_seconds=0.5, retention_sweep_seconds=0.2)
+    orgs = set_up_parties(exchange)
+    study = make_ct(slices=2)
+    job = exchange.job(
+        orgs["hospital"],
+        "product-a",
+        pydicom.dcmread(study[0], stop_before_pixels=True).StudyInstanceUID,
+    )
+    url = f"/jobs/{job['id']}"
+    wait_for(
+        lambda: (
+            exchange.client.get(url, headers=orgs["hospital"].headers).json()["state"] == "expired"
+        ),
+        30,
+        "the sweeper to expire a job left unfinished",
+    )
 
 
 def test_the_exchange_sweeps_on_its_own(

@@ -66,6 +66,9 @@ def create_app(
             listener.start()
         sweepers = [
             asyncio.create_task(_every(LEASE_SWEEP_SECONDS, services.jobs.expire_leases)),
+            asyncio.create_task(
+                _every(services.settings.retention_sweep_seconds, services.jobs.expire_unfinished)
+            ),
             asyncio.create_task(_every(services.settings.retention_sweep_seconds, retention.sweep)),
             asyncio.create_task(_every(AUDIT_LINK_SECONDS, services.audit.chain)),
         ]

@@ -62,6 +62,11 @@ class Actor:
     role: str
 
 
+#: Who the audit log names for what the exchange does on its own policies (retention, jobs
+#: left unfinished).
+SYSTEM = Actor(organisation_id="exchange", role="system")
+
+
 class AuditLog:
     """Stores entries at once and links them into the chain in rounds (see the module)."""
 

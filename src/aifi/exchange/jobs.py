@@ -10,13 +10,13 @@ import secrets
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import Select, and_, bindparam, select, update
 from sqlalchemy.orm import Session
 
-from aifi.exchange.audit import Actor, AuditLog
+from aifi.exchange.audit import SYSTEM, Actor, AuditLog
 from aifi.exchange.catalogue import OPEN_PRODUCT_STATES, Catalogue, subscribed_product
 from aifi.exchange.clock import as_utc, utcnow
 from aifi.exchange.db import Database, insert_unless_taken
@@ -39,6 +39,19 @@ from aifi.exchange.settings import ExchangeSettings
 Q = TypeVar("Q", bound=Select)  # type: ignore[type-arg]
 
 HELD_STATES = (JobState.accepted.value, JobState.in_progress.value)
+
+#: Where a job that never ended stopped, as its reason tells the hospital and the operator.
+_UNFINISHED: tuple[tuple[tuple[Any, ...], str], ...] = (
+    (
+        (Job.state == JobState.requested.value, Job.inputs_complete.is_(False)),
+        "the hospital's upload of its inputs never completed",
+    ),
+    (
+        (Job.state == JobState.requested.value, Job.inputs_complete.is_(True)),
+        "no vendor claimed it",
+    ),
+    ((Job.state.in_(HELD_STATES),), "its vendor held it without finishing it"),
+)
 
 
 @dataclass(frozen=True)
@@ -800,6 +813,50 @@ class JobService:
         if requeued or expired:
             self._notifier.notify(claimable=requeued > 0)
         return requeued + expired
+
+    def expire_unfinished(self, now: datetime | None = None) -> int:
+        """End, as expired, every job not ended `expire_unfinished_seconds` after its creation.
+
+        Retention purges only ended jobs, so a gateway that never finished an upload, a
+        product no vendor serves any more, or a vendor that keeps a job alive by heartbeats
+        would otherwise hold a patient's pseudonymised study at the exchange for ever. Ended
+        here, the job tells its hospital where it stopped, and its inputs go by the retention
+        times. A vendor still holding it finds its lease gone.
+        """
+        limit = self._settings.expire_unfinished_seconds
+        if limit is None:
+            return 0
+        now = now or utcnow()
+        cutoff = now - timedelta(seconds=limit)
+        expired = 0
+        with self._db.session() as session:
+            for stage, stopped in _UNFINISHED:
+                reason = f"not ended {limit / 86400:g} days after it was created: {stopped}"
+                rows = session.execute(
+                    update(Job)
+                    .where(self._sweepable(*stage, Job.created_at <= cutoff))
+                    .values(
+                        state=JobState.expired.value,
+                        reason=reason,
+                        lease_token=None,
+                        lease_expires_at=None,
+                        ended_at=now,
+                        updated_at=now,
+                    )
+                    .returning(Job.id, Job.patient_pseudonym)
+                    .execution_options(synchronize_session=False)
+                ).all()
+                for job_id, pseudonym in rows:
+                    self._audit.record_in(
+                        session, SYSTEM, "update", "job", job_id,
+                        patient_pseudonym=pseudonym, detail=f"expired: {reason}",
+                    )  # fmt: skip
+                expired += len(rows)
+            if expired:
+                self._announce(session)
+        if expired:
+            self._notifier.notify()
+        return expired
 
     def _sweepable(self, *conditions: Any) -> Any:
         """The rows matching `conditions`: directly on SQLite, lock-skipping on PostgreSQL."""

@@ -184,7 +184,8 @@ class ExchangeMetrics:
         )
         self.purged = Counter(
             "aifi_exchange_purged_objects",
-            "Inputs and results purged by the retention policy",
+            "Inputs and results purged by the retention policy "
+            "(kind: input, result, undelivered_result)",
             ["kind"],
             registry=self.registry,
         )

@@ -1,8 +1,10 @@
 """Retention: purge pseudonymised inputs after their job ends, results after their delivery.
 
 Inputs are kept `retain_inputs_seconds` after the job ended (completed, failed, cancelled or
-expired) and results `retain_results_seconds` after the hospital acknowledged them. A job that
-has not ended is never touched, whatever its age: its vendor or hospital may still need it.
+expired) and results `retain_results_seconds` after the hospital acknowledged them, or
+`retain_undelivered_seconds` after the job ended if the hospital never did. A job that has not
+ended is never touched, whatever its age: its vendor or hospital may still need it (a job left
+unfinished is ended first, see `JobService.expire_unfinished`).
 
 Each ended job is visited once for its inputs and once for its results. The purge deletes the
 blobs first (the job's folder: those the rows name, and anything else left there, such as the
@@ -23,7 +25,7 @@ from typing import Any
 
 from sqlalchemy import select, text, update
 
-from aifi.exchange.audit import Actor, AuditLog
+from aifi.exchange.audit import SYSTEM, AuditLog
 from aifi.exchange.blob_keys import input_folder, result_folder
 from aifi.exchange.blobs import BlobStore
 from aifi.exchange.clock import as_utc, utcnow
@@ -32,8 +34,6 @@ from aifi.exchange.models import Job, JobInput, JobResult
 from aifi.exchange.schemas import ENDED_STATES
 from aifi.exchange.settings import ExchangeSettings
 
-#: Who the audit log names for purges: the exchange acting on its own retention policy.
-SYSTEM = Actor(organisation_id="exchange", role="system")
 BATCH = 500
 
 _ENDED = [state.value for state in ENDED_STATES]
@@ -51,18 +51,32 @@ class PurgeReport:
 
 @dataclass(frozen=True)
 class _Kind:
-    """What a purge removes of a job, the job's column its retention time runs from, the
-    column that marks the job's folder emptied, and the folder."""
+    """What a purge removes of a job, the job's column its retention time runs from (and
+    what happened then, for the audit entry), the column that marks the job's folder
+    emptied, the folder, and the label its purges are counted under."""
 
     name: str
     table: type[JobInput] | type[JobResult]
     since: Any
+    event: str
     swept: Any
     folder: Callable[[str], str]
+    label: str
+    only: tuple[Any, ...] = ()
 
 
-_INPUTS = _Kind("input", JobInput, Job.ended_at, Job.inputs_swept_at, input_folder)
-_RESULTS = _Kind("result", JobResult, Job.acknowledged_at, Job.results_swept_at, result_folder)
+_INPUTS = _Kind(
+    "input", JobInput, Job.ended_at, "ended", Job.inputs_swept_at, input_folder, "input"
+)
+_RESULTS = _Kind(
+    "result", JobResult, Job.acknowledged_at, "delivered", Job.results_swept_at,
+    result_folder, "result",
+)  # fmt: skip
+#: Results of an ended job its hospital never acknowledged, counted from the job's end.
+_UNDELIVERED = _Kind(
+    "result", JobResult, Job.ended_at, "ended, never delivered", Job.results_swept_at,
+    result_folder, "undelivered_result", only=(Job.acknowledged_at.is_(None),),
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -101,6 +115,9 @@ class Retention:
             if self._settings.retain_results_seconds is not None:
                 cutoff = now - timedelta(seconds=self._settings.retain_results_seconds)
                 self._purge(_RESULTS, cutoff, now, report)
+            if self._settings.retain_undelivered_seconds is not None:
+                cutoff = now - timedelta(seconds=self._settings.retain_undelivered_seconds)
+                self._purge(_UNDELIVERED, cutoff, now, report)
         return report
 
     @contextlib.contextmanager
@@ -148,8 +165,7 @@ class Retention:
                     detail=(
                         f"retention: purged {len(rows)} {kind.name}(s), {size} bytes "
                         f"({deleted} blob(s) deleted from the job's folder), at "
-                        f"{now.isoformat()}; job {job.state}, "
-                        f"{'ended' if kind is _INPUTS else 'delivered'} at "
+                        f"{now.isoformat()}; job {job.state}, {kind.event} at "
                         f"{job.since.isoformat()}"
                     ),
                 )
@@ -175,8 +191,8 @@ class Retention:
             else:
                 report.results += len(purged)
             if self._metrics is not None:
-                self._metrics.purged.labels(kind.name).inc(len(purged))
-                self._metrics.purged_bytes.labels(kind.name).inc(purged_bytes)
+                self._metrics.purged.labels(kind.label).inc(len(purged))
+                self._metrics.purged_bytes.labels(kind.label).inc(purged_bytes)
             if len(jobs) < BATCH:
                 return
 
@@ -190,6 +206,7 @@ class Retention:
                 Job.ended_at.is_not(None),
                 kind.since.is_not(None),
                 kind.since <= cutoff,
+                *kind.only,
             )
             .order_by(kind.since)
             .limit(BATCH)

@@ -6,7 +6,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from aifi.exchange.clock import as_utc
 
 
 class OrganisationKind(StrEnum):
@@ -161,6 +163,15 @@ class ResultOut(BaseModel):
     notes: list[str]
     size: int
     sha256: str
+    purged_at: datetime | None = Field(
+        default=None,
+        description="when retention purged it; it can no longer be downloaded",
+    )
+
+    @field_validator("purged_at")
+    @classmethod
+    def _in_utc(cls, moment: datetime | None) -> datetime | None:
+        return as_utc(moment) if moment is not None else None
 
 
 class AcknowledgeIn(BaseModel):

@@ -47,6 +47,15 @@ class ExchangeSettings(BaseSettings):
     retain_inputs_seconds: float | None = Field(default=7 * 86400.0, ge=0)
     #: Seconds after the hospital acknowledged delivery before results are purged (None keeps).
     retain_results_seconds: float | None = Field(default=30 * 86400.0, ge=0)
+    #: Seconds after a job ended before results its hospital never acknowledged are purged
+    #: (None keeps them until it does): a gateway taken out of service must not leave them
+    #: at the exchange for ever.
+    retain_undelivered_seconds: float | None = Field(default=30 * 86400.0, ge=0)
+    #: Seconds after its creation before a job that has not ended is expired, its reason
+    #: saying where it stopped (None lets it wait for ever). Retention purges only ended
+    #: jobs: without this, an upload never finished or a job no vendor takes would hold its
+    #: inputs for ever.
+    expire_unfinished_seconds: float | None = Field(default=7 * 86400.0, gt=0)
     #: How often each replica looks for data past its retention time.
     retention_sweep_seconds: float = Field(default=300.0, gt=0)
     #: Who runs this exchange and where: stated in every product's record of processing.

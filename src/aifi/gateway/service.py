@@ -60,6 +60,11 @@ MAX_NOTICE_ATTEMPTS = 5
 RETENTION_SWEEP_SECONDS = 60.0
 
 
+class ResultsPurged(Exception):
+    """The exchange purged a job's results before this gateway fetched them: waiting and
+    asking again cannot bring them back."""
+
+
 def backoff(attempts: int) -> float:
     return float(min(2 ** min(attempts, 8), 300))
 
@@ -474,7 +479,8 @@ class Gateway:
             )
 
     def collect(self, job: dict[str, Any]) -> bool:
-        """Bring an ended job home: deliver its results to every PACS (True when done).
+        """Bring an ended job home: deliver its results to every PACS (True when done). A job
+        whose results the exchange purged before they were fetched is ended with that reason.
 
         The caller acknowledges the jobs brought home, a poll's worth together.
         """
@@ -507,6 +513,12 @@ class Gateway:
                     int(local["id"]), state="ended", exchange_state=job["state"],
                     reason=job.get("reason") or job["state"], ended_at=time.time(),
                 )  # fmt: skip
+        except ResultsPurged as exc:
+            log.error("job %s: %s", exchange_id, exc)
+            self.state.update_job(
+                int(local["id"]), state="ended", exchange_state="completed", reason=str(exc),
+                ended_at=time.time(),
+            )  # fmt: skip
         except (ExchangeHTTPError, httpx.TransportError, OSError) as exc:
             attempts = int(local["attempts"]) + 1
             self.state.update_job(int(local["id"]), attempts=attempts, reason=str(exc))
@@ -529,6 +541,12 @@ class Gateway:
             name = str(result["name"])
             downloaded = folder / name
             if not downloaded.exists():
+                if result.get("purged_at"):
+                    raise ResultsPurged(
+                        f"result {name} was purged at the exchange at {result['purged_at']}, "
+                        "before this gateway fetched it (not fetched within the exchange's "
+                        "retention time); nothing was delivered"
+                    )
                 self.client.download_result(exchange_id, name, downloaded)
             if not str(result["media_type"]).startswith("application/dicom"):
                 continue

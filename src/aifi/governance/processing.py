@@ -95,6 +95,8 @@ class ExchangeProcessing(BaseModel):
     location: str
     input_retention_seconds: float | None = None
     result_retention_seconds: float | None = None
+    undelivered_retention_seconds: float | None = None
+    unfinished_expiry_seconds: float | None = None
 
 
 class OptionUse(BaseModel):
@@ -246,6 +248,17 @@ def record_of_processing(
                 place=f"exchange ({exchange.operator})",
                 data="results, after the hospital acknowledged delivery",
                 period=duration(exchange.result_retention_seconds),
+            ),
+            RetentionRule(
+                place=f"exchange ({exchange.operator})",
+                data="results the hospital never fetched, after the job ended",
+                period=duration(exchange.undelivered_retention_seconds),
+            ),
+            RetentionRule(
+                place=f"exchange ({exchange.operator})",
+                data="a job not ended this long after its creation is ended (expired); its "
+                "inputs then go as above",
+                period=duration(exchange.unfinished_expiry_seconds),
             ),
             RetentionRule(
                 place=f"vendor ({manifest.vendor})",

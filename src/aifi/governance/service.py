@@ -328,6 +328,8 @@ class ClinicalService:
                 location=settings.operator_location,
                 input_retention_seconds=getattr(settings, "retain_inputs_seconds", None),
                 result_retention_seconds=getattr(settings, "retain_results_seconds", None),
+                undelivered_retention_seconds=getattr(settings, "retain_undelivered_seconds", None),
+                unfinished_expiry_seconds=getattr(settings, "expire_unfinished_seconds", None),
             ),
         )
 

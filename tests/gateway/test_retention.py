@@ -1,7 +1,7 @@
-"""Retention on the gateway: a study's instances (identifiable), its results and the patient
-attributes the vault kept for it leave the gateway `retain_hours` after its last job ended,
-never while a job is still to send or under way; an instance that meets a purge is refused,
-not lost; one that arrives after it opens a new round."""
+"""Retention on the gateway: a study's instances (identifiable), its results and what the vault
+kept to re-identify them leave the gateway `retain_hours` after its last job ended, never
+while a job is still to send or under way; an instance that meets a purge is refused, not
+lost; one that arrives after it opens a new round."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 
 from aifi.gateway.service import Gateway
 from aifi.gateway.state import GatewayState, ReceivedInstance, RoutedJob
+from aifi.gateway.vault import Forgotten, Vault
 from aifi.phantoms import write_study
 from support.national import National, gateway_without_pacs
 from support.peers import storescu
@@ -28,6 +29,12 @@ def vault_holds(gateway: Gateway, study_uid: str) -> bool:
             "SELECT COUNT(*) FROM studies WHERE original_study_uid = ?", (study_uid,)
         ).fetchone()
     return bool(found[0])
+
+
+def vault_pairs(gateway: Gateway) -> int:
+    """How many pseudonym → original UID pairs the vault keeps (read from its file)."""
+    with sqlite3.connect(gateway.config.workdir / "vault.db") as vault:
+        return int(vault.execute("SELECT COUNT(*) FROM uids").fetchone()[0])
 
 
 @pytest.mark.peer
@@ -48,6 +55,7 @@ def test_a_study_leaves_the_gateway_retain_hours_after_its_job_ended(
         assert any(results.iterdir())
         held = sum(file.stat().st_size for file in spool.glob("*.dcm"))
         assert vault_holds(gateway, job["study_uid"])
+        assert vault_pairs(gateway) > len(files)  # each instance's, its series', its study's
 
         # Not before its time...
         assert gateway.purge_expired(now=job["ended_at"] + 2 * HOUR - 1) == 0
@@ -57,6 +65,7 @@ def test_a_study_leaves_the_gateway_retain_hours_after_its_job_ended(
         assert not spool.exists()
         assert not results.exists()
         assert not vault_holds(gateway, job["study_uid"])
+        assert vault_pairs(gateway) == 0
         assert gateway.state.study_instances(job["study_uid"]) == []
         [study] = gateway.state.query("SELECT * FROM studies")
         assert study["state"] == "purged"
@@ -165,5 +174,81 @@ def test_an_instance_that_meets_a_purge_is_refused_then_opens_a_new_round(
             f"{STUDY}.1.1",
             f"{STUDY}.1.2",
         ]
+    finally:
+        state.close()
+
+
+def _remember(vault: Vault, study: str, uids: dict[str, str]) -> None:
+    vault.remember(
+        {study: f"2.{study}", **uids},
+        original_study_uid=study,
+        pseudonym_study_uid=f"2.{study}",
+        patient_pseudonym="PSEUDO",
+        original_attributes={"PatientID": "12345"},
+    )
+
+
+def test_the_vault_forgets_a_purged_studys_pairs_but_not_those_another_study_needs(
+    tmp_path: Path,
+) -> None:
+    """Two studies of one session share their Frame of Reference: purging the first must not
+    leave the second's results with a pseudonymised UID in them."""
+    vault = Vault(tmp_path / "vault.db")
+    try:
+        _remember(vault, "1.1", {"1.1.1": "2.1.1.1", "9.9": "2.9.9"})
+        _remember(vault, "1.2", {"1.2.1": "2.1.2.1", "9.9": "2.9.9"})
+        every = {"2.1.1", "2.1.1.1", "2.1.2", "2.1.2.1", "2.9.9"}
+        assert vault.forget_study("1.1") == Forgotten(studies=1, uids=2)
+        assert vault.study("2.1.1") is None
+        assert vault.study("2.1.2") == ("1.2", {"PatientID": "12345"})
+        assert vault.original_uids(every) == {"2.1.2": "1.2", "2.1.2.1": "1.2.1", "2.9.9": "9.9"}
+        assert vault.forget_study("1.2") == Forgotten(studies=1, uids=3)
+        assert vault.original_uids(every) == {}
+        assert vault.forget_study("1.2") == Forgotten(studies=0, uids=0)
+        # A later round of the study remembers its pairs again.
+        _remember(vault, "1.1", {"1.1.1": "2.1.1.1"})
+        assert vault.original_uid("2.1.1.1") == "1.1.1"
+    finally:
+        vault.close()
+
+
+def test_a_vault_from_before_keeps_the_pairs_it_cannot_tie_to_a_study(tmp_path: Path) -> None:
+    path = tmp_path / "vault.db"
+    with sqlite3.connect(path) as old:
+        old.executescript(  # the tables it had then
+            "CREATE TABLE uids (pseudonym TEXT PRIMARY KEY, original TEXT NOT NULL);"
+            "CREATE TABLE studies (pseudonym_study_uid TEXT PRIMARY KEY, original_study_uid "
+            "TEXT NOT NULL, patient_pseudonym TEXT NOT NULL, original_attributes TEXT NOT NULL);"
+        )
+        old.execute("INSERT INTO uids VALUES ('2.5.5', '1.5.5')")
+    vault = Vault(path)
+    try:
+        _remember(vault, "1.1", {"1.1.1": "2.1.1.1"})
+        assert vault.forget_study("1.1") == Forgotten(studies=1, uids=2)
+        assert vault.original_uid("2.5.5") == "1.5.5"
+    finally:
+        vault.close()
+
+
+def test_a_study_reopened_before_its_turn_in_a_sweep_keeps_what_the_vault_holds(
+    tmp_path: Path,
+) -> None:
+    """A sweep lists the purgeable studies, then purges them one by one. If an instance
+    reopens one before its turn, its new round may already have remembered its pairs: the
+    vault is told to forget only once the study is found purgeable, under the state's lock."""
+    state = GatewayState(tmp_path / "state.db")
+    forgotten: list[str] = []
+    try:
+        state.record_instance(_instance(tmp_path / "spool", f"{STUDY}.1.1"), quiet_seconds=0)
+        _route(state, [])
+        [study] = state.query("SELECT routed_at FROM studies")
+        assert state.purgeable_studies(study["routed_at"], 0) == [STUDY]
+        state.record_instance(_instance(tmp_path / "spool", f"{STUDY}.1.2"), quiet_seconds=0)
+        assert state.purge_study(STUDY, study["routed_at"], 0, forget=forgotten.append) is None
+        assert forgotten == []
+        _route(state, [])
+        [study] = state.query("SELECT routed_at FROM studies")
+        assert state.purge_study(STUDY, study["routed_at"], 0, forget=forgotten.append)
+        assert forgotten == [STUDY]
     finally:
         state.close()

@@ -667,8 +667,9 @@ class Gateway:
     def purge_expired(self, now: float | None = None) -> int:
         """Remove what the gateway holds of studies done `retain_hours` ago: the spool's
         instances (identifiable), the results downloaded and re-identified, any outbox left by
-        a crash, the patient attributes the vault kept to re-identify results. A study with a
-        job still to send or under way is never touched. Returns how many studies were purged.
+        a crash, the patient attributes and UID pairs the vault kept to re-identify results. A
+        study with a job still to send or under way is never touched. Returns how many studies
+        were purged.
 
         The study's row and its jobs' rows stay (what was sent where, and when); an instance
         that arrives for a purged study opens a new round with what arrives then.
@@ -677,10 +678,7 @@ class Gateway:
         retain = self.config.retain_hours * 3600
         purged = 0
         for study_uid in self.state.purgeable_studies(now, retain):
-            # First, so that a crash in between leaves no patient attributes behind; should an
-            # instance reopen the study meanwhile, its new round remembers them again.
-            self.vault.forget_study(study_uid)
-            gone = self.state.purge_study(study_uid, now, retain)
+            gone = self.state.purge_study(study_uid, now, retain, forget=self.vault.forget_study)
             if gone is None:  # an instance reopened it meanwhile
                 continue
             for job_id in gone.job_ids:

@@ -12,7 +12,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -278,13 +278,21 @@ class GatewayState:
         )
         return [row["study_uid"] for row in rows]
 
-    def purge_study(self, study_uid: str, now: float, retain_seconds: float) -> PurgedStudy | None:
+    def purge_study(
+        self,
+        study_uid: str,
+        now: float,
+        retain_seconds: float,
+        forget: Callable[[str], object] | None = None,
+    ) -> PurgedStudy | None:
         """Forget a study's instances and delete their spool files, if it is still purgeable.
 
         The files go while this holds the state's lock, and `record_instance` checks under the
         same lock that its file is there: an instance received meanwhile either reopens the
         study first (and nothing is purged) or finds its file gone and is refused, so that
-        its sender sends it again. Nothing acknowledged is lost. Returns what went, with the
+        its sender sends it again. Nothing acknowledged is lost. `forget(study_uid)` (the
+        vault's) runs under the same lock once the study is found purgeable, so it never
+        drops what a new round of the study has remembered. Returns what went, with the
         study's local job ids (their results folders are the caller's), or None.
         """
         with self.transaction() as db:
@@ -294,6 +302,10 @@ class GatewayState:
             ).fetchone()
             if row is None:
                 return None
+            if forget is not None:
+                # Before the files and rows: a crash after it leaves the study purgeable, and
+                # the next sweep purges it again, with nothing re-identifiable left behind.
+                forget(study_uid)
             paths = [
                 Path(r["path"])
                 for r in db.execute("SELECT path FROM instances WHERE study_uid = ?", (study_uid,))

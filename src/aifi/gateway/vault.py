@@ -10,6 +10,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 SCHEMA = """
@@ -23,7 +24,23 @@ CREATE TABLE IF NOT EXISTS studies (
     patient_pseudonym TEXT NOT NULL,
     original_attributes TEXT NOT NULL  -- JSON: PatientName, PatientID, AccessionNumber, ...
 );
+-- Which studies need each pair: a UID can belong to more than one (a Frame of Reference
+-- shared by two studies of one session), and its pair goes when the last of them is purged.
+CREATE TABLE IF NOT EXISTS uid_studies (
+    original_study_uid TEXT NOT NULL,
+    pseudonym TEXT NOT NULL,
+    PRIMARY KEY (original_study_uid, pseudonym)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ix_uid_studies_pseudonym ON uid_studies (pseudonym);
 """
+
+
+@dataclass(frozen=True)
+class Forgotten:
+    """What the vault dropped for a purged study."""
+
+    studies: int
+    uids: int
 
 
 class Vault:
@@ -53,6 +70,10 @@ class Vault:
             self._conn.executemany(
                 "INSERT OR IGNORE INTO uids (pseudonym, original) VALUES (?, ?)",
                 [(pseudo, original) for original, pseudo in uid_map.items()],
+            )
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO uid_studies (original_study_uid, pseudonym) VALUES (?, ?)",
+                [(original_study_uid, pseudo) for pseudo in uid_map.values()],
             )
             self._conn.execute(
                 "INSERT OR REPLACE INTO studies VALUES (?, ?, ?, ?)",
@@ -86,14 +107,30 @@ class Vault:
                     found[pseudo] = original
         return found
 
-    def forget_study(self, original_study_uid: str) -> int:
-        """Drop the patient attributes kept for a study whose results are all home and whose
-        retention ran out; a later round of the study remembers them again. The UID pairs stay
-        (no patient attributes; the pseudonyms can be recomputed from the secret anyway)."""
+    def forget_study(self, original_study_uid: str) -> Forgotten:
+        """Drop what was kept to re-identify a study whose results are all home and whose
+        retention ran out: its patient attributes, and its UID pairs that no other study
+        needs. Kept, they would grow the vault by every instance the hospital ever sent. A
+        later round of the study remembers them again (its pseudonyms are the same).
+
+        Pairs remembered by a gateway before it recorded which study needs them name no
+        study, and stay.
+        """
         with self._lock, self._conn:
-            return self._conn.execute(
+            studies = self._conn.execute(
                 "DELETE FROM studies WHERE original_study_uid = ?", (original_study_uid,)
             ).rowcount
+            uids = self._conn.execute(
+                "DELETE FROM uids WHERE pseudonym IN "
+                "(SELECT pseudonym FROM uid_studies WHERE original_study_uid = :study) "
+                "AND NOT EXISTS (SELECT 1 FROM uid_studies other "
+                "WHERE other.pseudonym = uids.pseudonym AND other.original_study_uid != :study)",
+                {"study": original_study_uid},
+            ).rowcount
+            self._conn.execute(
+                "DELETE FROM uid_studies WHERE original_study_uid = ?", (original_study_uid,)
+            )
+        return Forgotten(studies, uids)
 
     def study(self, pseudonym_study_uid: str) -> tuple[str, dict[str, str]] | None:
         """The original Study Instance UID and patient attributes behind a pseudonymised study."""

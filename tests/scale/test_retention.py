@@ -79,6 +79,10 @@ def test_a_purge_takes_only_ended_jobs_and_is_audited(
     uploading = exchange.job(hospital, "product-a", study_uid)
     assert exchange.upload(hospital, uploading["id"], uploading_study[0]).status_code == 201
 
+    sent = {
+        job["id"]: exchange.client.get(f"/jobs/{job['id']}/inputs", headers=hospital.headers).json()
+        for job in (delivered, undelivered, failed)
+    }
     retention = exchange.client.app.state.retention
     soon = retention.sweep(now=utcnow() + timedelta(minutes=30))
     assert (soon.inputs, soon.results) == (0, 0), "nothing is past its retention time yet"
@@ -90,12 +94,19 @@ def test_a_purge_takes_only_ended_jobs_and_is_audited(
     assert report.jobs == ended
 
     for job in (delivered, undelivered, failed):
-        assert not any(blob_exists(exchange, key) for key in input_keys(exchange, job["id"]))
-        uid = exchange.client.get(f"/jobs/{job['id']}/inputs", headers=hospital.headers).json()
+        blob_keys = [input_key(job["id"], item["sop_instance_uid"]) for item in sent[job["id"]]]
+        assert blob_keys and not any(blob_exists(exchange, key) for key in blob_keys)
+        # The rows go with the blobs (one per instance, nationally about a billion a year);
+        # the job still says what was sent, and when it was purged.
+        assert input_keys(exchange, job["id"]) == []
+        url = f"/jobs/{job['id']}"
+        assert exchange.client.get(f"{url}/inputs", headers=hospital.headers).json() == []
+        now = exchange.client.get(url, headers=hospital.headers).json()
+        assert now["input_count"] == len(sent[job["id"]]) and now["inputs_purged_at"]
         gone = exchange.client.get(
-            f"/jobs/{job['id']}/inputs/{uid[0]['sop_instance_uid']}", headers=hospital.headers
+            f"{url}/inputs/{sent[job['id']][0]['sop_instance_uid']}", headers=hospital.headers
         )
-        assert gone.status_code == 404
+        assert gone.status_code == 404 and "purged at" in gone.json()["detail"]
     # Jobs that have not ended keep every input, byte for byte.
     for job, headers in (
         (held, lease_headers(vendor, held_claim)),
@@ -113,6 +124,7 @@ def test_a_purge_takes_only_ended_jobs_and_is_audited(
     # Results: gone after delivery, kept while the hospital has not fetched them.
     gone = exchange.client.get(f"/jobs/{delivered['id']}/results/sr.dcm", headers=hospital.headers)
     assert gone.status_code == 404 and delivered_sr
+    assert "purged at" in gone.json()["detail"]
     kept = exchange.client.get(
         f"/jobs/{undelivered['id']}/results/sr.dcm", headers=hospital.headers
     )
@@ -156,11 +168,12 @@ def test_a_purge_also_takes_what_a_crash_left_in_the_jobs_folder(
     waiting = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
     orphan = left_behind(exchange, input_key(ended["id"], "1.2.3"))
     kept = left_behind(exchange, input_key(waiting["id"], "1.2.3"))
+    recorded = input_keys(exchange, ended["id"])
 
     report = exchange.client.app.state.retention.sweep(now=utcnow() + timedelta(days=365))
     assert report.jobs == {ended["id"]}
     assert not blob_exists(exchange, orphan)
-    assert not any(blob_exists(exchange, key) for key in input_keys(exchange, ended["id"]))
+    assert recorded and not any(blob_exists(exchange, key) for key in recorded)
     assert blob_exists(exchange, kept), "a job that has not ended keeps its folder"
     assert all(blob_exists(exchange, key) for key in input_keys(exchange, waiting["id"]))
 
@@ -360,10 +373,11 @@ def test_a_job_not_ended_in_expire_unfinished_seconds_is_expired_saying_where_it
     assert all(e["role"] == "system" and e["patient_pseudonym"] for e in expiries.values())
 
     # Ended, its inputs now go by the retention time like any other job's.
+    recorded = {job_id: input_keys(exchange, job_id) for job_id in stopped}
     report = exchange.client.app.state.retention.sweep(now=later)
     assert set(stopped) <= report.jobs
-    for job_id in stopped:
-        assert not any(blob_exists(exchange, key) for key in input_keys(exchange, job_id))
+    for keys in recorded.values():
+        assert keys and not any(blob_exists(exchange, key) for key in keys)
 
 
 def test_the_exchange_expires_unfinished_jobs_on_its_own(

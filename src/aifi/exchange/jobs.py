@@ -112,6 +112,7 @@ def job_out(job: Job) -> JobOut:
         claimed_at=as_utc(job.claimed_at) if job.claimed_at else None,
         ended_at=as_utc(job.ended_at) if job.ended_at else None,
         acknowledged_at=as_utc(job.acknowledged_at) if job.acknowledged_at else None,
+        inputs_purged_at=as_utc(job.inputs_swept_at) if job.inputs_swept_at else None,
     )
 
 

@@ -11,7 +11,8 @@ blobs first (the job's folder: those the rows name, and anything else left there
 blob of an upload that crashed before it was recorded, also in a job no row names anything
 of), then writes an audit entry ("delete", who: the exchange itself) saying what went and why,
 then marks the rows purged and the job swept. A crash in between repeats the purge at the next
-sweep (deleting twice is harmless), so nothing is purged without being audited.
+sweep (deleting twice is harmless), so nothing is purged without being audited. An input's row
+goes with its blob (the job keeps its count and bytes); a result's stays, marked purged.
 With replicas on PostgreSQL one replica sweeps at a time (a session advisory lock).
 """
 
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import delete, select, text, update
 
 from aifi.exchange.audit import SYSTEM, AuditLog
 from aifi.exchange.blob_keys import input_folder, result_folder
@@ -63,11 +64,17 @@ class _Kind:
     folder: Callable[[str], str]
     label: str
     only: tuple[Any, ...] = ()
+    #: Whether the purged rows stay, marked: a result's tells its hospital it was purged (a
+    #: handful per job). An input's go: one per instance, about a billion a year nationally,
+    #: each naming a pseudonymised instance; the job keeps its count and bytes, the audit
+    #: entry what went.
+    keep_rows: bool = True
 
 
 _INPUTS = _Kind(
-    "input", JobInput, Job.ended_at, "ended", Job.inputs_swept_at, input_folder, "input"
-)
+    "input", JobInput, Job.ended_at, "ended", Job.inputs_swept_at, input_folder, "input",
+    keep_rows=False,
+)  # fmt: skip
 _RESULTS = _Kind(
     "result", JobResult, Job.acknowledged_at, "delivered", Job.results_swept_at,
     result_folder, "result",
@@ -173,12 +180,14 @@ class Retention:
                 purged += [row_id for row_id, _ in rows]
                 purged_bytes += size
             with self._db.session() as session:
-                if purged:
+                if purged and kind.keep_rows:
                     session.execute(
                         update(kind.table)
                         .where(kind.table.id.in_(purged), kind.table.purged_at.is_(None))
                         .values(purged_at=now)
                     )
+                elif purged:
+                    session.execute(delete(kind.table).where(kind.table.id.in_(purged)))
                 session.execute(
                     update(Job)
                     .where(Job.id.in_([job.id for job in jobs]))

@@ -202,6 +202,11 @@ class JobOut(BaseModel):
     claimed_at: datetime | None
     ended_at: datetime | None
     acknowledged_at: datetime | None
+    inputs_purged_at: datetime | None = Field(
+        default=None,
+        description="when retention purged the job's inputs (blobs and their list); "
+        "input_count and input_bytes still say what was sent",
+    )
     results: list[ResultOut] | None = Field(
         default=None,
         description="a completed job's results, when a hospital lists jobs with "

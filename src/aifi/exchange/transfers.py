@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from aifi.exchange.audit import Actor, AuditLog
 from aifi.exchange.blob_keys import input_key, result_key
 from aifi.exchange.blobs import BlobStore, TempBlob
-from aifi.exchange.clock import utcnow
+from aifi.exchange.clock import as_utc, utcnow
 from aifi.exchange.db import Database, insert_new
 from aifi.exchange.errors import Conflict, Forbidden, Invalid, NotFound
 from aifi.exchange.jobs import JobService, walled
@@ -324,6 +324,11 @@ class Transfers:
                 read.session, actor, job_id, _INPUT_OF_JOB, sop_uid=sop_uid
             )
             self._may_read_data(read.session, actor, job, lease_token)
+            if job.inputs_swept_at is not None:
+                raise NotFound(
+                    f"job {job_id}'s inputs were purged at "
+                    f"{as_utc(job.inputs_swept_at).isoformat()} (retention)"
+                )
             if row is None or row.purged_at is not None:
                 raise NotFound(f"job {job_id} has no input {sop_uid}")
             read.succeeded(patient_pseudonym=job.patient_pseudonym)
@@ -527,7 +532,12 @@ class Transfers:
                 read.session, actor, job_id, _RESULT_OF_JOB, name=name
             )
             self._results_visible(read.session, actor, job, lease_token)
-            if row is None or row.purged_at is not None:
+            if row is not None and row.purged_at is not None:
+                raise NotFound(
+                    f"job {job_id}'s result {name!r} was purged at "
+                    f"{as_utc(row.purged_at).isoformat()} (retention)"
+                )
+            if row is None:
                 raise NotFound(f"job {job_id} has no result {name!r}")
             read.succeeded(patient_pseudonym=job.patient_pseudonym)
         return row

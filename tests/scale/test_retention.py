@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from sqlalchemy import text
 
 from aifi.exchange.blob_keys import input_key, result_key
 from aifi.exchange.blobs import TempBlob
@@ -418,3 +419,34 @@ def test_the_exchange_sweeps_on_its_own(
         "the retention sweeper to purge an ended job's inputs and count them",
     )
     assert not any(blob_exists(exchange, key) for key in keys)
+
+
+def test_a_sweep_purges_jobs_of_realistic_size_in_one_batch(
+    exchange_on: ExchangeFactory, make_ct: Any
+) -> None:
+    """A sweep takes up to 500 ended jobs at a time, and a CT study has hundreds of instances:
+    the rows it purges at once outnumber the bound parameters one statement may carry
+    (65,535 in PostgreSQL, 32,766 in SQLite)."""
+    exchange = exchange_on(retain_inputs_seconds=0, retention_sweep_seconds=HOUR)
+    orgs = set_up_parties(exchange)
+    jobs = [failed_job(exchange, orgs["hospital"], orgs["vendor"], make_ct) for _ in range(3)]
+    per_job = 25_000  # 75,000 rows in all, as 190 studies of 400 instances would be
+    engine = exchange.client.app.state.services.db.engine
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO job_inputs (job_id, sop_instance_uid, sop_class_uid, series_uid, "
+                "size, sha256, blob_key) VALUES (:job, :uid, '1.2', '1.2', 10, '-', :key)"
+            ),
+            [
+                {"job": job["id"], "uid": f"2.25.{n}", "key": input_key(job["id"], f"2.25.{n}")}
+                for job in jobs
+                for n in range(per_job)
+            ],
+        )
+    report = exchange.client.app.state.retention.sweep(now=utcnow() + timedelta(days=1))
+    assert report.jobs == {job["id"] for job in jobs}
+    assert report.inputs == 3 * (per_job + 1)
+    with engine.connect() as connection:
+        left = connection.scalar(text("SELECT COUNT(*) FROM job_inputs"))
+    assert left == 0

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import delete, func, select, text, update
 
 from aifi.exchange.audit import SYSTEM, AuditLog
 from aifi.exchange.blob_keys import input_folder, result_folder
@@ -153,16 +153,16 @@ class Retention:
             if not jobs:
                 return
             held = self._held(kind.table, [job.id for job in jobs])
-            purged: list[int] = []
+            holding: list[str] = []
+            purged = 0
             purged_bytes = 0
             for job in jobs:
-                rows = held.get(job.id, [])
+                rows, size = held.get(job.id, (0, 0))
                 # Every blob the job's rows name is in its folder, with anything a crash left
                 # there unnamed: one listing deletes them all.
                 deleted = self._blobs.delete_under(kind.folder(job.id))
                 if not rows and not deleted:
                     continue
-                size = sum(row_size for _, row_size in rows)
                 self._audit.record(
                     SYSTEM,
                     "delete",
@@ -170,24 +170,25 @@ class Retention:
                     job.id,
                     patient_pseudonym=job.patient_pseudonym,
                     detail=(
-                        f"retention: purged {len(rows)} {kind.name}(s), {size} bytes "
+                        f"retention: purged {rows} {kind.name}(s), {size} bytes "
                         f"({deleted} blob(s) deleted from the job's folder), at "
                         f"{now.isoformat()}; job {job.state}, {kind.event} at "
                         f"{job.since.isoformat()}"
                     ),
                 )
                 report.jobs.add(job.id)
-                purged += [row_id for row_id, _ in rows]
+                if rows:
+                    holding.append(job.id)
+                purged += rows
                 purged_bytes += size
             with self._db.session() as session:
-                if purged and kind.keep_rows:
-                    session.execute(
-                        update(kind.table)
-                        .where(kind.table.id.in_(purged), kind.table.purged_at.is_(None))
-                        .values(purged_at=now)
-                    )
-                elif purged:
-                    session.execute(delete(kind.table).where(kind.table.id.in_(purged)))
+                # By job, not by row: a batch of CT jobs holds hundreds of thousands of rows,
+                # more than the parameters one statement may carry (65,535 in PostgreSQL).
+                unpurged = (kind.table.job_id.in_(holding), kind.table.purged_at.is_(None))
+                if holding and kind.keep_rows:
+                    session.execute(update(kind.table).where(*unpurged).values(purged_at=now))
+                elif holding:
+                    session.execute(delete(kind.table).where(*unpurged))
                 session.execute(
                     update(Job)
                     .where(Job.id.in_([job.id for job in jobs]))
@@ -196,11 +197,11 @@ class Retention:
                 )
             report.bytes += purged_bytes
             if kind is _INPUTS:
-                report.inputs += len(purged)
+                report.inputs += purged
             else:
-                report.results += len(purged)
+                report.results += purged
             if self._metrics is not None:
-                self._metrics.purged.labels(kind.label).inc(len(purged))
+                self._metrics.purged.labels(kind.label).inc(purged)
                 self._metrics.purged_bytes.labels(kind.label).inc(purged_bytes)
             if len(jobs) < BATCH:
                 return
@@ -225,13 +226,12 @@ class Retention:
 
     def _held(
         self, table: type[JobInput] | type[JobResult], job_ids: list[str]
-    ) -> dict[str, list[tuple[int, int]]]:
-        """The unpurged rows (id, size) of each of `job_ids`."""
-        query = select(table.job_id, table.id, table.size).where(
-            table.job_id.in_(job_ids), table.purged_at.is_(None)
+    ) -> dict[str, tuple[int, int]]:
+        """How many unpurged rows each of `job_ids` has, and their bytes."""
+        query = (
+            select(table.job_id, func.count(), func.coalesce(func.sum(table.size), 0))
+            .where(table.job_id.in_(job_ids), table.purged_at.is_(None))
+            .group_by(table.job_id)
         )
-        held: dict[str, list[tuple[int, int]]] = {}
         with self._db.session() as session:
-            for job_id, row_id, size in session.execute(query):
-                held.setdefault(job_id, []).append((int(row_id), int(size)))
-        return held
+            return {job_id: (int(n), int(size)) for job_id, n, size in session.execute(query)}

@@ -103,6 +103,29 @@ def test_same_idempotency_key_gives_the_same_job(exchange: Any, parties: dict[st
     assert clash.status_code == 409
 
 
+def test_jobs_are_listed_a_page_at_a_time_after_the_last_of_the_page(
+    exchange: Any, parties: dict[str, Any]
+) -> None:
+    hospital = parties["hospital_a"]
+    made = [exchange.job(hospital, "product-a", f"2.25.{n}", key=f"p{n}")["id"] for n in range(5)]
+
+    def page(**params: Any) -> list[str]:
+        listed = exchange.client.get("/jobs", params=params, headers=hospital.headers)
+        assert listed.status_code == 200, listed.text
+        return [job["id"] for job in listed.json()]
+
+    first = page(limit=2)
+    second = page(limit=2, after=first[-1])
+    third = page(limit=2, after=second[-1])
+    assert first + second + third == made  # in creation order, none twice, none left out
+    assert page(limit=2, after=made[-1]) == []
+    # Another hospital's job is no cursor for this one: its existence is not revealed either.
+    theirs = exchange.client.get(
+        "/jobs", params={"after": made[0]}, headers=parties["hospital_b"].headers
+    )
+    assert theirs.status_code == 404 and "no job" in theirs.json()["detail"]
+
+
 def test_creates_racing_with_one_key_make_one_job(exchange: Any, parties: dict[str, Any]) -> None:
     """A gateway retrying a create while the first is still in flight gets the same job."""
     hospital = parties["hospital_a"]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, and_, bindparam, select, update
+from sqlalchemy import Select, and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from aifi.exchange.audit import SYSTEM, Actor, AuditLog
@@ -258,7 +258,10 @@ class JobService:
         acknowledged: bool | None = None,
         product_id: str | None = None,
         limit: int = 100,
+        after: str | None = None,
     ) -> list[Job]:
+        """Jobs in creation order, `limit` at a time; `after` (the last job of a page) gives
+        the next page, so that jobs a client cannot finish yet never hide those behind them."""
         query = visible_to(select(Job), actor)
         if states:
             query = query.where(Job.state.in_(states))
@@ -267,8 +270,17 @@ class JobService:
             query = query.where(column.is_not(None) if acknowledged else column.is_(None))
         if product_id:
             query = query.where(Job.product_id == product_id)
-        query = query.order_by(Job.created_at).limit(limit)
+        query = query.order_by(Job.created_at, Job.id).limit(limit)
         with self._audit.reading(actor, "search", "job", "") as read:
+            if after is not None:
+                last = read.session.scalar(
+                    visible_to(select(Job.created_at), actor).where(Job.id == after)
+                )
+                if last is None:
+                    raise NotFound(f"no job {after!r} to list after")
+                query = query.where(
+                    or_(Job.created_at > last, and_(Job.created_at == last, Job.id > after))
+                )
             jobs = list(read.session.scalars(query))
             read.succeeded(object_id=f"{len(jobs)} jobs")
         return jobs

@@ -12,6 +12,8 @@ if TYPE_CHECKING:
     from aifi.gateway.config import ExchangeConnection
 
 ENDED = ("completed", "failed", "cancelled", "expired")
+#: Ended jobs listed at a time.
+ENDED_PAGE = 50
 
 
 class GatewayClient(ApiClient):
@@ -81,14 +83,17 @@ class GatewayClient(ApiClient):
             self.request("POST", f"/jobs/{job_id}/ready", json={"instances": instances}).json()
         )
 
-    def ended_jobs(self, wait: float) -> list[dict[str, Any]]:
-        """Jobs that ended and that this hospital has not acknowledged yet (long-poll).
+    def ended_jobs(self, wait: float, after: str | None = None) -> list[dict[str, Any]]:
+        """Jobs that ended and that this hospital has not acknowledged yet (long-poll), oldest
+        first, `ENDED_PAGE` at a time; `after` (the last job of a page) gives the next page.
 
         Completed ones come with their results listed (`results`).
         """
         params: list[tuple[str, str | float]] = [("state", s) for s in ENDED]
-        params += [("acknowledged", "false"), ("wait", wait), ("limit", 50)]
+        params += [("acknowledged", "false"), ("wait", wait), ("limit", ENDED_PAGE)]
         params += [("with_results", "true")]
+        if after is not None:
+            params.append(("after", after))
         return list(self.request("GET", "/jobs", params=params, timeout=wait + 30).json())
 
     def results(self, job_id: str) -> list[dict[str, Any]]:

@@ -28,7 +28,7 @@ from aifi.gateway.dimse import (
     storage_scp_ae,
     tighten_polling,
 )
-from aifi.gateway.exchange_client import GatewayClient
+from aifi.gateway.exchange_client import ENDED_PAGE, GatewayClient
 from aifi.gateway.metrics import MetricsServer, start_metrics_server
 from aifi.gateway.notify import Notifier, OriginalStudy, build_notice
 from aifi.gateway.pseudonymise import NothingToSend, pseudonymise_and_send
@@ -443,24 +443,58 @@ class Gateway:
         failures = 0
         while not self._stop.is_set():
             try:
-                ended = self.client.ended_jobs(wait=self.config.poll_wait_seconds)
+                waiting = self._bring_home()
+                if waiting is not None:
+                    self._wait_for_news(*waiting)
                 failures = 0
             except (ExchangeHTTPError, httpx.TransportError, OSError) as exc:
                 failures += 1
                 log.warning("result poll failed: %s", exc)
                 self._stop.wait(backoff(failures))
-                continue
+
+    def _wait_for_news(self, retry_at: float, last: str) -> None:
+        """Every job listed waits for its retry (at `retry_at`): long-poll meanwhile for jobs
+        listed after `last`, the last of them, so that a job ending now is brought home now,
+        not when the others' retries come round (up to five minutes)."""
+        remaining = retry_at - time.time()
+        if remaining > 0.1:
+            self.client.ended_jobs(wait=min(self.config.poll_wait_seconds, remaining), after=last)
+
+    def _bring_home(self) -> tuple[float, str] | None:
+        """Collect the ended jobs the exchange lists, a page at a time, acknowledging each
+        page's worth brought home. If every job listed is waiting for its retry: when the
+        first retry is due, and the last job listed; otherwise None.
+
+        A full page with jobs that could not be brought home (a PACS refusing one product's
+        results, jobs this gateway does not know) leads to the next, so that such jobs never
+        hide the jobs behind them — a stroke result among them.
+        """
+        after: str | None = None
+        last = ""
+        retries: list[float] = []
+        collected = False
+        while not self._stop.is_set():
+            page = self.client.ended_jobs(
+                wait=self.config.poll_wait_seconds if after is None else 0, after=after
+            )
             now = time.time()
-            waiting = [j for j in ended if self._retry_at.get(j["id"], 0) > now]
+            last = str(page[-1]["id"]) if page else last
             brought_home: list[str] = []
-            for job in ended:
+            for job in page:
                 if self._stop.is_set():
                     break
-                if self._retry_at.get(job["id"], 0) <= now and self.collect(job):
-                    brought_home.append(str(job["id"]))
+                job_id = str(job["id"])
+                if self._retry_at.get(job_id, 0) > now:
+                    retries.append(self._retry_at[job_id])
+                    continue
+                collected = True
+                if self.collect(job):
+                    brought_home.append(job_id)
             self._acknowledge(brought_home)
-            if waiting and len(waiting) == len(ended):
-                self._stop.wait(max(0.1, min(self._retry_at[j["id"]] for j in waiting) - now))
+            if len(page) < ENDED_PAGE or len(brought_home) == len(page):
+                break
+            after = last
+        return (min(retries), last) if retries and not collected else None
 
     def _acknowledge(self, exchange_ids: list[str]) -> None:
         """Tell the exchange these jobs are home, in one request.

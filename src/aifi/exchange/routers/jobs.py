@@ -57,6 +57,10 @@ async def list_jobs(
     ] = None,
     product_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    after: Annotated[
+        str | None,
+        Query(description="the next page: jobs listed after this job (the last of a page)"),
+    ] = None,
     wait: Annotated[float, Query(ge=0, description="long-poll: seconds to wait for a match")] = 0,
     with_results: Annotated[
         bool,
@@ -75,6 +79,7 @@ async def list_jobs(
             acknowledged=acknowledged,
             product_id=product_id,
             limit=limit,
+            after=after,
         )
         remaining = deadline - time.monotonic()
         if jobs and with_results:

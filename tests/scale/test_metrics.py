@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from aifi.exchange.clock import utcnow
+from aifi.exchange.metrics import SETTLED_AFTER, EndedTally
 from aifi.exchange.settings import ExchangeSettings
 from aifi.gateway.metrics import start_metrics_server
 from aifi.gateway.state import GatewayState, ReceivedInstance, RoutedJob
@@ -83,6 +86,35 @@ def instance(uid: str, study: str, folder: Path, size: int) -> ReceivedInstance:
         size=size,
         calling_ae="CT1",
     )
+
+
+def test_ended_jobs_are_counted_once_as_they_settle_and_anew_by_a_new_replica(
+    exchange_on: ExchangeFactory, make_ct: Any
+) -> None:
+    """The scrape counts the jobs that ended long enough ago once, then adds only those that
+    ended since: each ended job must be in the figure once, whenever it is scraped."""
+    exchange = exchange_on(expire_unfinished_seconds=3600)
+    orgs = set_up_parties(exchange)
+    for _ in range(3):
+        exchange.ready_job(orgs["hospital"], "product-a", make_ct(slices=1))
+    services = exchange.client.app.state.services
+    start = utcnow()
+    tally = EndedTally()
+
+    def expired(tally: EndedTally, now: datetime) -> int:
+        with services.db.session() as session:
+            return tally.counts(session, now).get("expired", 0)
+
+    assert expired(tally, start) == 0
+    ended = start + timedelta(hours=2)
+    assert services.jobs.expire_unfinished(now=ended) == 3
+    assert expired(tally, ended) == 3  # ended lately: counted at each scrape
+    assert expired(tally, ended + SETTLED_AFTER + timedelta(seconds=1)) == 3  # settled: added
+    assert expired(tally, ended + timedelta(hours=5)) == 3  # and not again
+    assert expired(EndedTally(), ended + timedelta(hours=5)) == 3  # a replica started later
+    scraped = samples(exchange.client.get("/metrics").text)
+    assert scraped[("aifi_exchange_jobs", (("state", "expired"),))] == 3
+    assert scraped[("aifi_exchange_jobs", (("state", "requested"),))] == 0
 
 
 def test_gateway_exporter_reads_the_gateway_state(tmp_path: Path) -> None:

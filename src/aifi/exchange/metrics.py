@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
@@ -21,6 +21,7 @@ from prometheus_client import generate_latest as _render
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from aifi.exchange.clock import as_utc, utcnow
 from aifi.exchange.db import Database
@@ -32,6 +33,11 @@ TURNAROUND_WINDOW = timedelta(hours=1)
 TURNAROUND_QUANTILES = (0.5, 0.9, 0.99)
 #: At most this many recent jobs are read for the quantiles (a scrape must stay cheap).
 TURNAROUND_SAMPLE = 5000
+#: Jobs that ended longer ago than this are settled: no transaction still under way can add
+#: one (its end time is set in it), nor a replica whose clock is behind by less.
+SETTLED_AFTER = timedelta(minutes=10)
+
+_ENDED = (JobState.completed, JobState.failed, JobState.cancelled, JobState.expired)
 
 Scope = dict[str, Any]
 
@@ -44,11 +50,51 @@ def quantile(sorted_values: list[float], q: float) -> float:
     return sorted_values[index]
 
 
+class EndedTally:
+    """Ended jobs by state, counted in full once per replica and then only added to.
+
+    The table keeps every job ever (about ten million a year nationally), and counting it
+    at each scrape took 0.6 s per million on PostgreSQL, of every replica, every scrape.
+    An ended job's state never changes again, so the jobs that ended before a moment long
+    enough ago (:data:`SETTLED_AFTER`) are counted once; each scrape counts only those that
+    ended since, through the index on `ended_at`.
+    """
+
+    def __init__(self) -> None:
+        self._until: datetime | None = None
+        self._settled: dict[str, int] = {}
+
+    def counts(self, session: Session, now: datetime) -> dict[str, int]:
+        settled = now - SETTLED_AFTER
+        if self._until is None:
+            self._settled = self._count(session, Job.ended_at < settled)
+        elif settled > self._until:
+            for state, n in self._count(
+                session, Job.ended_at >= self._until, Job.ended_at < settled
+            ).items():
+                self._settled[state] = self._settled.get(state, 0) + n
+        self._until = max(settled, self._until or settled)
+        counts = dict(self._settled)
+        for state, n in self._count(session, Job.ended_at >= self._until).items():
+            counts[state] = counts.get(state, 0) + n
+        return counts
+
+    @staticmethod
+    def _count(session: Session, *where: Any) -> dict[str, int]:
+        query = (
+            select(Job.state, func.count())
+            .where(Job.state.in_([s.value for s in _ENDED]), *where)
+            .group_by(Job.state)
+        )
+        return {state: int(n) for state, n in session.execute(query)}
+
+
 class JobTableCollector(Collector):
     """Jobs by state, the ready queue and turnaround, read from the database per scrape."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._ended = EndedTally()
 
     def collect(self) -> Iterator[Any]:
         up = GaugeMetricFamily(
@@ -70,9 +116,12 @@ class JobTableCollector(Collector):
             by_state = {
                 state: int(count)
                 for state, count in session.execute(
-                    select(Job.state, func.count()).group_by(Job.state)
+                    select(Job.state, func.count())
+                    .where(Job.state.in_([s.value for s in JobState if s not in _ENDED]))
+                    .group_by(Job.state)
                 )
             }
+            by_state.update(self._ended.counts(session, now))
             queue = session.execute(
                 select(Job.product_id, func.count(), func.min(Job.ready_at))
                 .where(Job.state == JobState.requested.value, Job.inputs_complete.is_(True))
@@ -141,9 +190,6 @@ class JobTableCollector(Collector):
         )
         completed.add_metric([], float(len(durations)))
         yield completed
-
-
-_ENDED = (JobState.completed, JobState.failed, JobState.cancelled, JobState.expired)
 
 
 class ExchangeMetrics:

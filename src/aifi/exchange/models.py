@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -90,6 +91,15 @@ class Job(Base):
         Index("ix_jobs_hospital_state", "hospital_id", "state", "acknowledged_at"),
         Index("ix_jobs_inputs_sweep", "inputs_swept_at", "ended_at"),
         Index("ix_jobs_results_sweep", "results_swept_at", "acknowledged_at"),
+        # The metrics' scrape: jobs ended lately, and outcomes not yet fetched, without reading
+        # every job ever.
+        Index("ix_jobs_ended", "ended_at"),
+        Index(
+            "ix_jobs_unacknowledged",
+            "state",
+            postgresql_where=text("acknowledged_at IS NULL"),
+            sqlite_where=text("acknowledged_at IS NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)

@@ -842,9 +842,10 @@ class JobService:
         now = now or utcnow()
         cutoff = now - timedelta(seconds=limit)
         expired = 0
+        after = f"{limit / 86400:g} days" if limit >= 86400 else f"{limit:g} s"
         with self._db.session() as session:
             for stage, stopped in _UNFINISHED:
-                reason = f"not ended {limit / 86400:g} days after it was created: {stopped}"
+                reason = f"not ended {after} after it was created: {stopped}"
                 rows = session.execute(
                     update(Job)
                     .where(self._sweepable(*stage, Job.created_at <= cutoff))

@@ -65,7 +65,7 @@ class _Kind:
     label: str
     only: tuple[Any, ...] = ()
     #: Whether the purged rows stay, marked: a result's tells its hospital it was purged (a
-    #: handful per job). An input's go: one per instance, about a billion a year nationally,
+    #: handful per job). An input's go: one per instance, up to a billion a year nationally,
     #: each naming a pseudonymised instance; the job keeps its count and bytes, the audit
     #: entry what went.
     keep_rows: bool = True

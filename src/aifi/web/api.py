@@ -176,9 +176,13 @@ def priorities(caller: CallerDep, clinical: ClinicalDep) -> PriorityList:
 
 @router.get("/audit/fhir")
 def audit_fhir(
-    caller: CallerDep, services: ServicesDep, after_id: int = 0, limit: int = 1000
+    caller: CallerDep,
+    services: ServicesDep,
+    after_id: int = 0,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
 ) -> Response:
-    """The access log as a FHIR R4 Bundle of AuditEvents (NEN 7513 fields mapped)."""
+    """The access log as a FHIR R4 Bundle of AuditEvents (NEN 7513 fields mapped), a page
+    at a time (`after_id`: the last entry of the page before): the log runs to billions."""
     require_role(caller, "operator")
     with services.db.session() as session:
         entries = list(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from sqlalchemy import update
 
 from aifi.exchange import jobs as jobs_module
 from aifi.exchange.clock import utcnow
-from aifi.exchange.models import Product
+from aifi.exchange.models import Job, Product
 from aifi.products.tissue_volume import run as tissue_volume
 from aifi.vendor import JobContext
 from scale.exchange_api import OPERATOR_KEY
@@ -339,6 +339,50 @@ def test_metering_counts_completed_jobs_per_hospital_product_month(
     assert (
         exchange.client.get("/metering", headers=parties["hospital_b"].headers).json()["rows"] == []
     )
+
+
+def test_metering_takes_the_months_asked_for_whole_and_no_other(
+    exchange: Any, parties: dict[str, Any], make_ct: Any
+) -> None:
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    ended_at = {
+        "2025-01-31 23:59:59": "2025-01",
+        "2025-02-01 00:00:00": "2025-02",
+        "2025-03-31 23:59:59": "2025-03",
+        "2025-04-01 00:00:00": "2025-04",
+        "2025-12-31 23:59:59": "2025-12",
+    }
+    services = exchange.client.app.state.services
+    for moment in ended_at:
+        job = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
+        claim = exchange.claim(vendor)
+        exchange.client.post(
+            f"/jobs/{job['id']}/fail",
+            json={"lease_token": claim["lease_token"], "reason": "no tissue"},
+            headers=vendor.headers,
+        ).raise_for_status()
+        with services.db.session() as session:
+            session.execute(
+                update(Job)
+                .where(Job.id == job["id"])
+                .values(ended_at=datetime.fromisoformat(moment).replace(tzinfo=UTC))
+            )
+
+    def months(**params: str) -> list[str]:
+        operator = exchange.operator.headers
+        response = exchange.client.get("/metering", params=params, headers=operator)
+        assert response.status_code == 200, response.text
+        return [row["month"] for row in response.json()["rows"]]
+
+    assert months() == sorted(ended_at.values())
+    assert months(since="2025-02", until="2025-03") == ["2025-02", "2025-03"]
+    assert months(since="2025-04") == ["2025-04", "2025-12"]
+    assert months(until="2025-01") == ["2025-01"]
+    assert months(since="2025-12", until="2025-12") == ["2025-12"]
+    bad = exchange.client.get(
+        "/metering", params={"since": "2025-13"}, headers=exchange.operator.headers
+    )
+    assert bad.status_code == 422
 
 
 def test_openapi_is_served(exchange: Any) -> None:

@@ -11,7 +11,7 @@ from aifi.exchange.metering import metering_rows
 from aifi.exchange.schemas import Metering
 
 router = APIRouter(prefix="/metering", tags=["metering"])
-MONTH = r"^\d{4}-\d{2}$"
+MONTH = r"^\d{4}-(0[1-9]|1[0-2])$"
 
 
 @router.get("", response_model=Metering)

@@ -19,7 +19,7 @@ from aifi.exchange.settings import ExchangeSettings
 from aifi.phantoms import write_study
 from aifi.products import ich_triage, tissue_volume
 from aifi.vendor import VendorClient, Worker
-from aifi.web import mount
+from aifi.web import mount, pages
 from support.peers import require_executable
 
 pytestmark = pytest.mark.peer
@@ -85,7 +85,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             ).raise_for_status()
         hospital.post(f"/jobs/{job['id']}/ready", json={"instances": len(files)}).raise_for_status()
         assert Worker(vendor, ich_triage.run, workdir=tmp).run_once(wait_seconds=10) == job["id"]
-        yield {"url": exchange.url, "job_id": job["id"]}
+        yield {"url": exchange.url, "job_id": job["id"], "hospital_key": keys["hospital-a"]}
         for client in (operator, hospital, vendor):
             client.close()
 
@@ -210,3 +210,30 @@ def test_vendors_see_their_own_products_only(browser: Any, site: dict[str, Any])
     assert (
         visit(other, site["url"] + f"/ui/jobs/{site['job_id']}", "other-vendor-job").status == 404
     )
+
+
+def test_the_live_list_shows_the_latest_jobs_first(
+    browser: Any, site: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hospital passes the page's length within days (300 studies a day): the list must stay
+    live, not freeze on the first jobs it ever had. Here the page holds two."""
+    monkeypatch.setattr(pages, "LIVE_JOBS", 2)
+    newer = []
+    with httpx.Client(
+        base_url=site["url"], headers={"Authorization": f"Bearer {site['hospital_key']}"}
+    ) as hospital:
+        for n in range(3):
+            created = hospital.post(
+                "/jobs",
+                json={
+                    "product_id": ich_triage.PRODUCT_ID,
+                    "study_uid": f"2.25.{9000 + n}",
+                    "idempotency_key": f"later-{n}",
+                },
+            )
+            created.raise_for_status()
+            newer.append(created.json()["id"])
+    page = logged_in(browser, site, "rita")
+    visit(page, site["url"] + "/ui/jobs", "hospital-jobs-latest-first")
+    shown = page.locator("table tr td:first-child a").all_inner_texts()
+    assert shown == [newer[2][:8], newer[1][:8]]

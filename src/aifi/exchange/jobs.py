@@ -259,9 +259,11 @@ class JobService:
         product_id: str | None = None,
         limit: int = 100,
         after: str | None = None,
+        newest_first: bool = False,
     ) -> list[Job]:
         """Jobs in creation order, `limit` at a time; `after` (the last job of a page) gives
-        the next page, so that jobs a client cannot finish yet never hide those behind them."""
+        the next page, so that jobs a client cannot finish yet never hide those behind them.
+        `newest_first`: the latest `limit` jobs, latest first, as a live list shows them."""
         query = visible_to(select(Job), actor)
         if states:
             query = query.where(Job.state.in_(states))
@@ -270,7 +272,10 @@ class JobService:
             query = query.where(column.is_not(None) if acknowledged else column.is_(None))
         if product_id:
             query = query.where(Job.product_id == product_id)
-        query = query.order_by(Job.created_at, Job.id).limit(limit)
+        if newest_first:
+            query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+        else:
+            query = query.order_by(Job.created_at, Job.id).limit(limit)
         with self._audit.reading(actor, "search", "job", "") as read:
             if after is not None:
                 last = read.session.scalar(

@@ -5,22 +5,25 @@ from __future__ import annotations
 
 import io
 from collections import Counter, defaultdict
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from sqlalchemy import select
+from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
 from aifi.exchange.audit import check_chain
 from aifi.exchange.catalogue import product_out
+from aifi.exchange.clock import utcnow
 from aifi.exchange.deps import ServicesDep
 from aifi.exchange.errors import ExchangeError, NotFound
 from aifi.exchange.jobs import job_out
-from aifi.exchange.models import AuditEntry, Organisation
+from aifi.exchange.models import AuditEntry, Job, Organisation
 from aifi.exchange.schemas import OrganisationKind
+from aifi.exchange.services import Services
 from aifi.governance import AreaScore, allowed_actions
 from aifi.results.key_image import render_result_key_image
 from aifi.web.deps import ClinicalDep
@@ -30,6 +33,12 @@ templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
 AGREEMENTS = ("agree", "partly", "disagree")
+#: Jobs a live list shows, latest first.
+LIVE_JOBS = 200
+#: The national overview counts the jobs that ended this many days back.
+OVERVIEW_DAYS = 30
+#: States of jobs still under way, counted whatever their age.
+UNDER_WAY = ("requested", "accepted", "in-progress")
 
 
 def page(request: Request, name: str, user: WebUser | None, **context: Any) -> HTMLResponse:
@@ -79,27 +88,11 @@ def logout(request: Request) -> RedirectResponse:
 @router.get("/", response_class=HTMLResponse)
 def home(request: Request, user: UserDep, services: ServicesDep) -> HTMLResponse:
     actor = user.actor
-    jobs = services.jobs.list(actor, limit=1000)
     if user.organisation_role == OrganisationKind.operator:
-        with services.db.session() as session:
-            hospitals = list(
-                session.scalars(
-                    select(Organisation)
-                    .where(Organisation.kind == OrganisationKind.hospital.value)
-                    .order_by(Organisation.id)
-                )
-            )
-        products = services.catalogue.list_products()
-        grid: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
-        for job in jobs:
-            grid[(job.hospital_id, job.product_id)][job.state] += 1
-        states = Counter(job.state for job in jobs)
-        return page(
-            request, "operator_home.html", user,
-            hospitals=hospitals, products=products, grid=grid, states=states,
-        )  # fmt: skip
+        return _national_overview(request, user, services)
+    jobs = services.jobs.list(actor, limit=LIVE_JOBS, newest_first=True)
     if user.organisation_role == OrganisationKind.hospital:
-        return page(request, "hospital_home.html", user, jobs=[job_out(j) for j in reversed(jobs)])
+        return page(request, "hospital_home.html", user, jobs=[job_out(j) for j in jobs])
     own = [
         product_out(p)
         for p in services.catalogue.list_products()
@@ -107,7 +100,41 @@ def home(request: Request, user: UserDep, services: ServicesDep) -> HTMLResponse
     ]
     return page(
         request, "vendor_home.html", user, products=own,
-        jobs=[job_out(j) for j in reversed(jobs)],
+        jobs=[job_out(j) for j in jobs],
+    )  # fmt: skip
+
+
+def _national_overview(request: Request, user: WebUser, services: Services) -> HTMLResponse:
+    """Jobs under way, and jobs ended in the last `OVERVIEW_DAYS` per hospital and product,
+    counted in the database: the table keeps every job ever (about ten million a year)."""
+    since = utcnow() - timedelta(days=OVERVIEW_DAYS)
+    with services.db.session() as session:
+        hospitals = list(
+            session.scalars(
+                select(Organisation)
+                .where(Organisation.kind == OrganisationKind.hospital.value)
+                .order_by(Organisation.id)
+            )
+        )
+        ended = session.execute(
+            select(Job.hospital_id, Job.product_id, Job.state, func.count())
+            .where(Job.ended_at >= since)
+            .group_by(Job.hospital_id, Job.product_id, Job.state)
+        ).all()
+        under_way = session.execute(
+            select(Job.state, func.count()).where(Job.state.in_(UNDER_WAY)).group_by(Job.state)
+        ).all()
+    grid: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+    states: Counter[str] = Counter()
+    for hospital_id, product_id, state, count in ended:
+        grid[(hospital_id, product_id)][state] += count
+        states[state] += count
+    for state, count in under_way:
+        states[state] += count
+    return page(
+        request, "operator_home.html", user,
+        hospitals=hospitals, products=services.catalogue.list_products(), grid=grid,
+        states=states, days=OVERVIEW_DAYS,
     )  # fmt: skip
 
 
@@ -188,7 +215,7 @@ def _product_or_404(services: Any, user: WebUser | None, product_id: str) -> Any
 
 @router.get("/jobs", response_class=HTMLResponse)
 def jobs_page(request: Request, user: UserDep, services: ServicesDep) -> HTMLResponse:
-    jobs = [job_out(j) for j in reversed(services.jobs.list(user.actor, limit=1000))]
+    jobs = [job_out(j) for j in services.jobs.list(user.actor, limit=LIVE_JOBS, newest_first=True)]
     return page(request, "jobs.html", user, jobs=jobs)
 
 

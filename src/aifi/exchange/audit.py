@@ -35,10 +35,6 @@ GENESIS = "0" * 64
 _TABLE = cast(Table, AuditEntry.__table__)
 
 
-def entry_digest(entry: AuditEntry) -> str:
-    return linked_digest(entry, entry.prev_hash)
-
-
 def linked_digest(entry: Any, prev_hash: str) -> str:
     """The hash of `entry` (an entry, or a row with its columns) linked after `prev_hash`."""
     body = {

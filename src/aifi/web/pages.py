@@ -22,7 +22,7 @@ from aifi.exchange.deps import ServicesDep
 from aifi.exchange.errors import ExchangeError, NotFound
 from aifi.exchange.jobs import job_out
 from aifi.exchange.models import AuditEntry, Job, Organisation
-from aifi.exchange.schemas import OrganisationKind
+from aifi.exchange.schemas import ENDED_STATES, JobState, OrganisationKind
 from aifi.exchange.services import Services
 from aifi.governance import AreaScore, allowed_actions
 from aifi.results.key_image import render_result_key_image
@@ -38,7 +38,7 @@ LIVE_JOBS = 200
 #: The national overview counts the jobs that ended this many days back.
 OVERVIEW_DAYS = 30
 #: States of jobs still under way, counted whatever their age.
-UNDER_WAY = ("requested", "accepted", "in-progress")
+UNDER_WAY = tuple(state.value for state in JobState if state not in ENDED_STATES)
 
 
 def page(request: Request, name: str, user: WebUser | None, **context: Any) -> HTMLResponse:

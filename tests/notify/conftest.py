@@ -129,11 +129,12 @@ def webhook_receiver() -> Iterator[WebhookReceiver]:
 
 
 @pytest.fixture
-def closed_port() -> int:
-    """A loopback port with nothing listening (bound, then released)."""
+def closed_port() -> Iterator[int]:
+    """A loopback port that refuses connections: bound for the whole test but not listening,
+    so no receiver the test starts can be given it."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        yield int(sock.getsockname()[1])
 
 
 @pytest.fixture

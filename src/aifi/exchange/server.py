@@ -30,9 +30,15 @@ class ExchangeThread:
         extensions: Sequence[Extension] = (),
     ) -> None:
         self.host = host
-        self.port = port or free_port(host)
         self.app = create_app(settings, extensions=extensions)
         self.services = self.app.state.services
+        # Bound here, not merely chosen: a port chosen now and bound only at start could be
+        # handed to another server in between.
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._socket = socket.socket(family, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((host, port))
+        self.port = int(self._socket.getsockname()[1])
         config = uvicorn.Config(
             self.app,
             host=host,
@@ -42,7 +48,12 @@ class ExchangeThread:
             access_log=False,
         )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="exchange", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run,
+            kwargs={"sockets": [self._socket]},
+            name="exchange",
+            daemon=True,
+        )
 
     @property
     def url(self) -> str:
@@ -60,7 +71,9 @@ class ExchangeThread:
 
     def stop(self) -> None:
         self._server.should_exit = True
-        self._thread.join(timeout=30)
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+        self._socket.close()
 
     def __enter__(self) -> ExchangeThread:
         return self.start()

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from aifi.gateway.config import load_config
+from aifi.gateway.exchange_client import GatewayClient
 from aifi.gateway.service import Gateway
 from aifi.phantoms import write_study
 from aifi.products import tissue_volume
@@ -65,7 +66,10 @@ def test_an_unreachable_exchange_keeps_the_job_pending_with_the_reason(
     path = routed_to(
         gateway_config(tmp_path, national, port, 1), [tissue_volume.PRODUCT_ID], url=dead
     )
-    gateway = Gateway(load_config(path))
+    config = load_config(path)
+    # Each request gives up at its first refusal: the client's own retries (15 s per request
+    # to a dead exchange) are not what is under test here, the job's retry later is.
+    gateway = Gateway(config, client=GatewayClient.connecting(config.exchange, retries=0))
     gateway.start()
     try:
         send_study(tmp_path, port)

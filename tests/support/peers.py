@@ -71,8 +71,11 @@ class OrthancPeer:
     ae_title: str
     process: subprocess.Popen[bytes]
 
-    def stop(self) -> None:
-        terminate(self.process)
+    def kill(self) -> None:
+        """Stop it at once: its contents go with the test, and a clean shutdown takes Orthanc
+        3.5 s."""
+        self.process.kill()
+        self.process.wait()
 
     @property
     def url(self) -> str:

@@ -21,6 +21,10 @@ import httpx
 #: Statuses worth a retry: the exchange (or its load balancer) is briefly unavailable.
 TRANSIENT = frozenset({502, 503, 504})
 CHUNK = 1024 * 1024
+#: Further attempts of a failed request by default. With the backoff (0.2 s doubling to at most
+#: 5 s) they span about 20 s: a replica or the exchange restarting, not a long outage, which
+#: the gateway's job retry and the worker's loop ride out instead.
+RETRIES = 8
 
 
 class ExchangeHTTPError(RuntimeError):
@@ -85,6 +89,11 @@ def _untrusted(exc: httpx.ConnectError, base_url: str) -> ExchangeNotTrusted | N
     )
 
 
+def pause(attempt: int) -> float:
+    """Seconds to wait after failed attempt `attempt` (from 0): 0.2 s, doubling, at most 5."""
+    return min(0.2 * 2**attempt, 5.0)
+
+
 def file_chunks(path: Path) -> Iterator[bytes]:
     with path.open("rb") as source:
         while chunk := source.read(CHUNK):
@@ -98,13 +107,15 @@ class ApiClient:
         api_key: str,
         *,
         timeout: float = 60.0,
-        retries: int = 5,
+        retries: int = RETRIES,
         transport: httpx.BaseTransport | None = None,
         proxy: str | None = None,
         ca_file: Path | None = None,
     ) -> None:
-        """`proxy`: the HTTP proxy to reach the exchange through (default: the environment's,
-        see `proxy_for`); `ca_file`: a CA to trust besides the public roots."""
+        """`retries`: further attempts of a request that could not connect, broke off, or met
+        502/503/504 (the default rides out about 20 s of an exchange restarting); `proxy`: the
+        HTTP proxy to reach the exchange through (default: the environment's, see
+        `proxy_for`); `ca_file`: a CA to trust besides the public roots."""
         self.base_url = base_url.rstrip("/")
         self._retries = retries
         #: The proxy requests go through, if any (the gateway logs it at start).
@@ -113,9 +124,10 @@ class ApiClient:
             base_url=self.base_url,
             headers={"Authorization": f"Bearer {api_key}"},
             timeout=timeout,
-            # One transport, so one proxy: every request goes to the exchange's one host.
-            transport=transport
-            or httpx.HTTPTransport(retries=3, proxy=self.proxy, verify=trusting(ca_file)),
+            # One transport, so one proxy: every request goes to the exchange's one host. It
+            # does not retry connections itself: `request` and `download` retry every failure,
+            # so one layer decides how long a request rides out an outage.
+            transport=transport or httpx.HTTPTransport(proxy=self.proxy, verify=trusting(ca_file)),
         )
 
     def close(self) -> None:
@@ -130,7 +142,6 @@ class ApiClient:
         never doubles anything. A file body is given as `body_path` and streamed afresh on
         every attempt (a generator would be spent after the first).
         """
-        delay = 0.2
         for attempt in range(self._retries + 1):
             if body_path is not None:
                 kwargs["content"] = file_chunks(body_path)
@@ -147,8 +158,7 @@ class ApiClient:
             else:
                 if response.status_code not in TRANSIENT or attempt == self._retries:
                     return checked(response, method, path)
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            time.sleep(pause(attempt))
         raise AssertionError("unreachable")
 
     def download(self, path: str, target: Path, headers: dict[str, str] | None = None) -> int:
@@ -157,7 +167,6 @@ class ApiClient:
         A broken connection or a 502/503/504 starts the download again from the beginning.
         """
         partial = target.with_name(target.name + ".part")
-        delay = 0.2
         for attempt in range(self._retries + 1):
             size = 0
             try:
@@ -179,8 +188,7 @@ class ApiClient:
                     raise untrusted from exc
                 if attempt == self._retries:
                     raise
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                time.sleep(pause(attempt))
                 continue
             partial.replace(target)
             return size

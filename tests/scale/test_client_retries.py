@@ -6,10 +6,12 @@ A retried upload streams the file afresh; a worker logs a broken connection and 
 
 from __future__ import annotations
 
+import socketserver
 import threading
 from pathlib import Path
 
 import httpx
+import pytest
 
 from aifi.gateway.exchange_client import GatewayClient
 from aifi.vendor import Lease, ProductResult, VendorClient, Worker
@@ -77,3 +79,42 @@ def test_a_worker_outlives_a_broken_connection() -> None:
     stop.set()
     thread.join(timeout=10)
     assert failures == [] and second.is_set(), failures
+
+
+class HangUp(socketserver.ThreadingTCPServer):
+    """An exchange that accepts each connection and closes it unanswered, counting them. Over
+    https the TLS handshake then fails: a connection error, the kind a transport may retry."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        self.connections = 0
+
+        server = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                server.connections += 1
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+
+@pytest.mark.parametrize("call", ["request", "download"])
+def test_a_failing_request_is_tried_once_plus_the_retries_no_more(
+    call: str, tmp_path: Path
+) -> None:
+    with HangUp() as exchange:
+        threading.Thread(target=exchange.serve_forever, daemon=True).start()
+        client = GatewayClient(f"https://127.0.0.1:{exchange.server_address[1]}", "k", retries=2)
+        try:
+            with pytest.raises(httpx.TransportError):
+                if call == "request":
+                    client.request("GET", "/jobs")
+                else:
+                    client.download("/jobs/1/results/sr.dcm", tmp_path / "sr.dcm")
+        finally:
+            client.close()
+            exchange.shutdown()
+    # One layer retries: no transport underneath multiplies the attempts (it did: 3 × 4).
+    assert exchange.connections == 3
+    assert not list(tmp_path.iterdir()), "a failed download left a file behind"

@@ -37,7 +37,13 @@ from rich.table import Table
 from aifi.exchange.server import ExchangeThread, free_port
 from aifi.exchange.settings import ExchangeSettings
 from aifi.gateway.config import GatewayConfig
-from aifi.gateway.dimse import handle_echo, send_files, start_scp, storage_scp_ae
+from aifi.gateway.dimse import (
+    StoreOutcome,
+    handle_echo,
+    send_files,
+    start_scp,
+    storage_scp_ae,
+)
 from aifi.gateway.notify.receivers import Hl7Listener, WebhookReceiver
 from aifi.gateway.service import Gateway
 from aifi.phantoms import StudyTruth, write_study
@@ -48,6 +54,8 @@ from aifi.web import mount
 
 VENDOR = "aifi-reference"
 MODALITY_AE = "DEMO_MODALITY"
+#: Times a demo modality sends again what the gateway did not store, as a modality's queue does.
+MODALITY_RESENDS = 3
 #: The clinical products the demo runs, in the order it reports them.
 DEMO_PRODUCTS = (ich_triage.PRODUCT_ID, brain_volumetry.PRODUCT_ID, lung_nodules.PRODUCT_ID)
 #: Routing rules every demo hospital uses: acute CT heads go to triage at STAT.
@@ -347,18 +355,39 @@ def _send_studies(
                     kind, folder, seed=seed * 1000 + number * 10 + index, size="default", **findings
                 )
                 files = sorted(folder.rglob("*.dcm"))
-                gateway = gateways[hospital.id]
-                outcomes = send_files(files, "127.0.0.1", gateway.port, "AIFI_GW", MODALITY_AE)
-                failed = [o for o in outcomes if not o.ok]
+                failed = _send_as_a_modality(
+                    console, hospital.id, files, gateways[hospital.id].port
+                )
                 if failed:
                     console.print(
-                        f"[red]{hospital.id}: {len(failed)} instances refused: {failed[0].error}[/]"
+                        f"[red]{hospital.id}: {len(failed)} instances not stored: "
+                        f"{failed[0].error}[/]"
                     )
                 sent.append(
                     SentStudy(hospital.id, truth.study_instance_uid, len(files), time.time(), truth)
                 )
                 progress.advance(task)
     return sent
+
+
+def _send_as_a_modality(
+    console: Console, hospital_id: str, files: list[Path], port: int
+) -> list[StoreOutcome]:
+    """C-STORE a study to the gateway as a modality's send queue does: what was not stored
+    (a refusal, a DIMSE timeout on a busy host) is sent again on a new association, a few
+    times; returns what still failed. The gateway takes an instance sent twice once."""
+    pending = files
+    for attempt in range(1 + MODALITY_RESENDS):
+        outcomes = send_files(pending, "127.0.0.1", port, "AIFI_GW", MODALITY_AE)
+        failed = [outcome for outcome in outcomes if not outcome.ok]
+        if not failed or attempt == MODALITY_RESENDS:
+            return failed
+        console.print(
+            f"[yellow]{hospital_id}: {len(failed)} of {len(pending)} instances not stored "
+            f"({failed[0].error}); the modality sends them again[/]"
+        )
+        pending = [outcome.path for outcome in failed]
+    return failed
 
 
 def _wait_for_results(

@@ -46,15 +46,22 @@ bench: $(STAMP) peers
 # every dependency at its pinned version, for each of DIST_PYTHONS on this machine's
 # architecture, with their SHA-256 sums. docs/hospital-guide.md, section 2. The Pythons are
 # those of the hosts the guide names: Debian 12 has 3.11, Ubuntu 24.04 3.12, Debian 13 3.13.
+# One download per Python, side by side, each into a folder of its own (they share wheels).
 DIST ?= dist
 DIST_PYTHONS ?= 3.11 3.12 3.13
 dist: $(STAMP)
 	rm -rf $(DIST) build
 	$(BIN)/pip wheel -q --no-deps -w $(DIST) .
-	for version in $(DIST_PYTHONS); do \
+	pids=; for version in $(DIST_PYTHONS); do \
 		$(BIN)/pip download -q -c constraints.txt --only-binary=:all: \
-			--python-version $$version -d $(DIST) . || exit 1; \
-	done
+			--python-version $$version -d $(DIST)/.$$version . > $(DIST)/.$$version.log 2>&1 & \
+		pids="$$pids $$!"; \
+	done; \
+	failed=0; for pid in $$pids; do wait $$pid || failed=1; done; \
+	for version in $(DIST_PYTHONS); do cat $(DIST)/.$$version.log >&2; done; \
+	test $$failed = 0
+	for version in $(DIST_PYTHONS); do cp -n $(DIST)/.$$version/*.whl $(DIST)/; done
+	rm -rf $(DIST)/.[0-9]*
 	cd $(DIST) && sha256sum *.whl > SHA256SUMS
 
 # Move the pinned versions to the newest that pyproject.toml allows, in a venv of their own;

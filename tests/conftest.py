@@ -3,16 +3,32 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from support.peers import OrthancPeer, require_executable, start_orthanc
+from support.peers import PORTS_FOLDER, OrthancPeer, require_executable, start_orthanc
 
 # Test exchanges admit products as they register them (exchanges started as subprocesses
 # inherit this too); the admission tests turn it off explicitly.
 os.environ.setdefault("AIFI_ADMIT_ON_REGISTER", "true")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One folder of reserved ports for the whole run: pytest-xdist's workers inherit it."""
+    if PORTS_FOLDER in os.environ:
+        return
+    folder = tempfile.mkdtemp(prefix="aifi-test-ports-")
+    os.environ[PORTS_FOLDER] = folder
+
+    def forget() -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        del os.environ[PORTS_FOLDER]
+
+    config.add_cleanup(forget)
 
 
 @pytest.fixture(scope="session")

@@ -43,22 +43,39 @@ def terminate(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+#: The folder where this run's test processes (several under pytest-xdist) reserve the ports
+#: they hand out; set by the first process (conftest), inherited by the workers it starts.
+PORTS_FOLDER = "AIFI_TEST_PORTS"
 _HANDED_OUT: set[int] = set()
 
 
+def _reserve(port: int) -> bool:
+    """True if no process of this run has had `port` before; now it has."""
+    if port in _HANDED_OUT:
+        return False
+    _HANDED_OUT.add(port)
+    folder = os.environ.get(PORTS_FOLDER)
+    if folder is None:
+        return True
+    try:
+        os.close(os.open(os.path.join(folder, str(port)), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
 def free_port() -> int:
-    """A loopback port nothing listens on, and one this run has not handed out before.
+    """A loopback port nothing listens on, and one no process of this run has handed out.
 
     The port is released before its server binds it, so the kernel may offer it again in
     between; a test that reserves several ports before starting their servers would then give
-    two servers one port (measured: about one pair in 12,000).
+    two servers one port (measured: about one pair in 12,000), and so would two test workers.
     """
     while True:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = int(sock.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
+        if _reserve(port):
             return port
 
 

@@ -36,8 +36,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 
+# The suite runs on every core, a test file to a worker (files share their costly fixtures:
+# a built release, a PostgreSQL server). TEST_WORKERS=0 runs it in this one process.
+TEST_WORKERS ?= auto
 test: $(STAMP) peers lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(STAMP) peers
 	$(BIN)/python benchmarks/e2e.py

@@ -226,10 +226,13 @@ def _announce_from_another_replica(postgres: PostgresServer, url: str) -> None:
 async def _listening(url: str, notifier: ChangeNotifier) -> AsyncIterator[None]:
     """A replica's listener, started; entered once it listens (it then wakes every waiter)."""
     notifier.bind(asyncio.get_running_loop())
+    # Waiting before the listener starts: started first, it may listen (and wake the waiters
+    # there are) before this waiter is registered, and the wake is missed (seen on a busy host).
+    listening = await _registered(notifier.wait(60))
     listener = ReplicaChanges(url, notifier)
     listener.start()
     try:
-        await asyncio.wait_for(notifier.wait(60), 30)
+        await asyncio.wait_for(listening, 30)
         yield
     finally:
         listener.stop()

@@ -34,7 +34,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from aifi.exchange.server import ExchangeThread, free_port
+from aifi.exchange.server import ExchangeThread
 from aifi.exchange.settings import ExchangeSettings
 from aifi.gateway.config import GatewayConfig
 from aifi.gateway.dimse import (
@@ -103,13 +103,13 @@ class SimulatedPacs:
         self._lock = threading.Lock()
         self.received = 0
         ae = storage_scp_ae(ae_title)
-        self.port = free_port()
         self._server = start_scp(
             ae,
             "127.0.0.1",
-            self.port,
+            0,  # any free port, bound now: nothing can take it between choosing and binding
             [(evt.EVT_C_STORE, self._store), (evt.EVT_C_ECHO, handle_echo)],
         )
+        self.port = int(self._server.server_address[1])
 
     def _store(self, event: evt.Event) -> int:
         ds = event.dataset  # small result objects: decoding is fine here
@@ -287,7 +287,7 @@ def run_demo(
                     "exchange": {"url": exchange.url, "api_key": key},
                     "dicom": {
                         "ae_title": "AIFI_GW",
-                        "port": free_port(),
+                        "port": 0,  # the gateway binds any free port when it starts
                         "quiet_seconds": 10,
                         "quiet_seconds_by_calling_ae": {MODALITY_AE: 1.0},
                     },

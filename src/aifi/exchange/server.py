@@ -13,12 +13,6 @@ from aifi.exchange.app import Extension, create_app
 from aifi.exchange.settings import ExchangeSettings
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 class ExchangeThread:
     """An exchange served by uvicorn on a thread; a context manager that starts and stops it."""
 

@@ -19,7 +19,8 @@ class DicomListener(BaseModel):
 
     ae_title: str = Field(default="AIFI_GW", pattern=AE_TITLE)
     host: str = "127.0.0.1"
-    port: int = Field(default=11112, ge=1, le=65535)
+    #: 0 takes any free port (the demo's gateways): `Gateway.port` says which.
+    port: int = Field(default=11112, ge=0, le=65535)
     #: Seconds without a new instance after which a study counts as complete.
     quiet_seconds: float = Field(default=10.0, ge=0)
     #: Per calling AE title: a CT that sends in one burst can use a shorter timer.

@@ -53,6 +53,10 @@ class Agreement(StrEnum):
     disagree = "disagree"
 
 
+#: A summary's triage flag as the product's call; any other flag (e.g. "indeterminate") is none.
+TRIAGE_FLAGS = {"positive": True, "negative": False}
+
+
 class JobRecord(BaseModel):
     """One job as evaluation needs it (a row of the exchange's jobs table)."""
 
@@ -78,7 +82,7 @@ class JobRecord(BaseModel):
             state=str(job["state"]),
             ready_at=job.get("ready_at"),
             ended_at=job.get("ended_at"),
-            ai_positive={"positive": True, "negative": False}.get(str(flag)) if flag else None,
+            ai_positive=TRIAGE_FLAGS.get(str(flag)) if flag else None,
         )
 
 

@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from aifi.exchange.audit import Actor, AuditLog
 from aifi.exchange.catalogue import Catalogue
-from aifi.exchange.clock import utcnow
+from aifi.exchange.clock import as_utc, utcnow
 from aifi.exchange.db import Database
 from aifi.exchange.errors import Conflict, Forbidden, Invalid, NotFound
 from aifi.exchange.governance_models import (
@@ -30,7 +30,7 @@ from aifi.exchange.governance_models import (
     ProductDossier,
     User,
 )
-from aifi.exchange.jobs import job_out, visible_to
+from aifi.exchange.jobs import visible_to
 from aifi.exchange.models import Job, Organisation, Product
 from aifi.exchange.schemas import JobState, OrganisationKind, ProductManifest
 from aifi.exchange.settings import ExchangeSettings
@@ -58,7 +58,7 @@ from aifi.governance import EligibleCount as EligibleIn
 from aifi.governance import Feedback as FeedbackIn
 from aifi.governance.dossier import ConformanceAttachment, Dossier, Gap
 from aifi.governance.drift import DriftChart, drift_charts
-from aifi.governance.evaluation import JobRecord
+from aifi.governance.evaluation import TRIAGE_FLAGS, JobRecord
 
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 
@@ -405,12 +405,29 @@ class ClinicalService:
         self._audit.record(actor, "update", "eligible-count", f"{product_id}/{month}")
 
     def _records(self, actor: Actor) -> tuple[list[JobRecord], list[FeedbackIn], list[EligibleIn]]:
-        """Every job national figures need; tenants' own rows are picked out afterwards."""
+        """Every job national figures need; tenants' own rows are picked out afterwards.
+
+        Only the columns evaluation reads, and of the summary only its triage flag (extracted
+        by the database): a whole job, summary and all, costs several times as much per row.
+        """
+        flag = Job.summary[("triage", "flag")].as_string()
+        columns = (Job.id, Job.product_id, Job.hospital_id, Job.state, Job.ready_at, Job.ended_at)
         with self._db.session() as session:
-            jobs = list(session.scalars(select(Job)))
+            jobs = session.execute(select(*columns, flag)).all()
             feedback = list(session.scalars(select(JobFeedback)))
             eligible = list(session.scalars(select(EligibleCount)))
-        records = [JobRecord.from_job(job_out(j).model_dump()) for j in jobs]
+        records = [
+            JobRecord(
+                job_id=job_id,
+                product_id=product_id,
+                hospital_id=hospital_id,
+                state=state,
+                ready_at=as_utc(ready_at) if ready_at else None,
+                ended_at=as_utc(ended_at) if ended_at else None,
+                ai_positive=TRIAGE_FLAGS.get(triage) if triage else None,
+            )
+            for job_id, product_id, hospital_id, state, ready_at, ended_at, triage in jobs
+        ]
         given = [
             FeedbackIn(
                 job_id=f.job_id,

@@ -50,11 +50,13 @@ bench: $(STAMP) peers
 # architecture, with their SHA-256 sums. docs/hospital-guide.md, section 2. The Pythons are
 # those of the hosts the guide names: Debian 12 has 3.11, Ubuntu 24.04 3.12, Debian 13 3.13.
 # One download per Python, side by side, each into a folder of its own (they share wheels).
+# The aifi wheel carries the last commit's time, so the same commit builds the same bytes.
 DIST ?= dist
 DIST_PYTHONS ?= 3.11 3.12 3.13
 dist: $(STAMP)
 	rm -rf $(DIST) build
-	$(BIN)/pip wheel -q --no-deps -w $(DIST) .
+	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct 2>/dev/null || echo 315532800) \
+		$(BIN)/pip wheel -q --no-deps -w $(DIST) .
 	pids=; for version in $(DIST_PYTHONS); do \
 		$(BIN)/pip download -q -c constraints.txt --only-binary=:all: \
 			--python-version $$version -d $(DIST)/.$$version . > $(DIST)/.$$version.log 2>&1 & \

@@ -53,7 +53,7 @@ class Agreement(StrEnum):
     disagree = "disagree"
 
 
-#: A summary's triage flag as the product's call; any other flag (e.g. "indeterminate") is none.
+#: A summary's triage flag as the product's call on the study; "none" (or no triage) makes none.
 TRIAGE_FLAGS = {"positive": True, "negative": False}
 
 

@@ -56,10 +56,10 @@ class Refusing:
     def __init__(self, refusals: int) -> None:
         self.refusals = refusals
         self.attempts: Counter[str] = Counter()
-        self.port = free_port()
         self._server = start_scp(
-            storage_scp_ae("AIFI_GW"), "127.0.0.1", self.port, [(evt.EVT_C_STORE, self._store)]
+            storage_scp_ae("AIFI_GW"), "127.0.0.1", 0, [(evt.EVT_C_STORE, self._store)]
         )
+        self.port = int(self._server.server_address[1])
 
     def _store(self, event: evt.Event) -> int:
         uid = str(event.request.AffectedSOPInstanceUID)

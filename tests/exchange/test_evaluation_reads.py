@@ -44,9 +44,7 @@ def test_the_triage_flag_in_each_summary_reaches_evaluation_and_drift(
     services = exchange.client.app.state.services
     clinical = ClinicalService(services.db, services.catalogue, services.audit, services.settings)
 
-    [chart] = [
-        c for c in clinical.drift(OPERATOR) if c.hospital_id == "hospital-a"
-    ]  # fmt: skip
+    [chart] = [c for c in clinical.drift(OPERATOR) if c.hospital_id == "hospital-a"]
     [point] = chart.chart.points
     # The positive rate is over the studies the product flagged: "none" and no triage are not.
     assert (point.studies, point.positives) == (3, 2)

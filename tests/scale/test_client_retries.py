@@ -9,6 +9,7 @@ from __future__ import annotations
 import socketserver
 import threading
 from pathlib import Path
+from typing import cast
 
 import httpx
 import pytest
@@ -81,6 +82,11 @@ def test_a_worker_outlives_a_broken_connection() -> None:
     assert failures == [] and second.is_set(), failures
 
 
+class Count(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        cast(HangUp, self.server).connections += 1
+
+
 class HangUp(socketserver.ThreadingTCPServer):
     """An exchange that accepts each connection and closes it unanswered, counting them. Over
     https the TLS handshake then fails: a connection error, the kind a transport may retry."""
@@ -89,14 +95,7 @@ class HangUp(socketserver.ThreadingTCPServer):
 
     def __init__(self) -> None:
         self.connections = 0
-
-        server = self
-
-        class Handler(socketserver.BaseRequestHandler):
-            def handle(self) -> None:
-                server.connections += 1
-
-        super().__init__(("127.0.0.1", 0), Handler)
+        super().__init__(("127.0.0.1", 0), Count)
 
 
 @pytest.mark.parametrize("call", ["request", "download"])

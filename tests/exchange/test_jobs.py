@@ -91,6 +91,34 @@ def test_a_job_runs_from_upload_to_result(
     )
 
 
+def test_every_time_the_api_gives_is_in_utc_whatever_the_database_hands_back(
+    exchange: Any, parties: dict[str, Any], make_ct: Any
+) -> None:
+    """SQLite hands times back without a zone, the test PostgreSQL server in its own zone
+    (Europe/Amsterdam, see scale.servers): the API says each in UTC, with its offset."""
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    job = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
+    claim = exchange.claim(vendor)
+    beat = exchange.client.post(
+        f"/jobs/{job['id']}/heartbeat",
+        json={"lease_token": claim["lease_token"]},
+        headers=vendor.headers,
+    ).json()
+
+    def read(path: str, org: Any) -> Any:
+        return exchange.client.get(path, headers=org.headers).json()
+
+    read_job = read(f"/jobs/{job['id']}", hospital)
+    times = [read_job[k] for k in ("created_at", "ready_at", "claimed_at", "lease_expires_at")]
+    times += [beat["lease_expires_at"]]
+    times += [o["created_at"] for o in read("/organisations", exchange.operator)]
+    times += [s["created_at"] for s in read("/subscriptions", hospital)]
+    times += [e["at"] for e in read("/audit", exchange.operator)]
+    assert len(times) > 8
+    for moment in times:
+        assert datetime.fromisoformat(moment).utcoffset() == timedelta(0), moment
+
+
 def test_same_idempotency_key_gives_the_same_job(exchange: Any, parties: dict[str, Any]) -> None:
     hospital = parties["hospital_a"]
     first = exchange.job(hospital, "product-a", "2.25.1", key="k1")

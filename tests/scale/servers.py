@@ -182,6 +182,9 @@ def _server_options(port: int, data: Path, durable: bool = False) -> str:
         f"unix_socket_directories={data}",
         "max_connections=300",
         "shared_buffers=64MB",
+        # The server's own time zone is a Dutch operator's, not UTC: whatever the exchange
+        # stores and reads must not depend on the server's zone.
+        "timezone=Europe/Amsterdam",
     ]
     if not durable:
         # A test cluster: its data is thrown away, so durability is not worth the fsyncs.

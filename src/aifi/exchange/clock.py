@@ -10,5 +10,6 @@ def utcnow() -> datetime:
 
 
 def as_utc(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every stored time is UTC, so say so."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    """Every stored time is UTC: SQLite hands it back naive, so say so; PostgreSQL hands it
+    back in the server's time zone, so convert (a month or a day is then the UTC one)."""
+    return moment.astimezone(UTC) if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from aifi.exchange.clock import as_utc
+
+#: A time as the API gives it: in UTC, with its offset, whichever database it was read from
+#: (SQLite hands times back naive, PostgreSQL in its server's time zone).
+UtcDateTime = Annotated[datetime, AfterValidator(as_utc)]
 
 
 class OrganisationKind(StrEnum):
@@ -57,7 +61,7 @@ class OrganisationOut(BaseModel):
     id: str
     name: str
     kind: OrganisationKind
-    created_at: datetime
+    created_at: UtcDateTime
 
 
 class OrganisationCreated(BaseModel):
@@ -120,7 +124,7 @@ class SubscriptionOut(BaseModel):
     hospital_id: str
     product_id: str
     active: bool
-    created_at: datetime
+    created_at: UtcDateTime
     routes: list[dict[str, Any]] | None = None
 
 
@@ -163,15 +167,10 @@ class ResultOut(BaseModel):
     notes: list[str]
     size: int
     sha256: str
-    purged_at: datetime | None = Field(
+    purged_at: UtcDateTime | None = Field(
         default=None,
         description="when retention purged it; it can no longer be downloaded",
     )
-
-    @field_validator("purged_at")
-    @classmethod
-    def _in_utc(cls, moment: datetime | None) -> datetime | None:
-        return as_utc(moment) if moment is not None else None
 
 
 class AcknowledgeIn(BaseModel):
@@ -194,15 +193,15 @@ class JobOut(BaseModel):
     input_count: int
     input_bytes: int
     attempts: int
-    lease_expires_at: datetime | None
+    lease_expires_at: UtcDateTime | None
     reason: str | None
     summary: dict[str, Any] | None
-    created_at: datetime
-    ready_at: datetime | None
-    claimed_at: datetime | None
-    ended_at: datetime | None
-    acknowledged_at: datetime | None
-    inputs_purged_at: datetime | None = Field(
+    created_at: UtcDateTime
+    ready_at: UtcDateTime | None
+    claimed_at: UtcDateTime | None
+    ended_at: UtcDateTime | None
+    acknowledged_at: UtcDateTime | None
+    inputs_purged_at: UtcDateTime | None = Field(
         default=None,
         description="when retention purged the job's inputs (blobs and their list); "
         "input_count and input_bytes still say what was sent",
@@ -248,7 +247,7 @@ class LeaseIn(BaseModel):
 
 
 class HeartbeatOut(BaseModel):
-    lease_expires_at: datetime
+    lease_expires_at: UtcDateTime
     state: JobState
 
 
@@ -281,7 +280,7 @@ class Metering(BaseModel):
 class AuditOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: int
-    at: datetime
+    at: UtcDateTime
     organisation_id: str
     role: str
     action: str

@@ -4,10 +4,19 @@ flag reaches the figures as the product gave it."""
 
 from __future__ import annotations
 
+import random
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+from sqlalchemy import insert
+
 from aifi.exchange.audit import Actor
-from aifi.governance import NATIONAL
+from aifi.exchange.governance_models import EligibleCount, JobFeedback
+from aifi.exchange.models import Job
+from aifi.governance import NATIONAL, Agreement, Feedback, JobRecord, drift_charts, evaluate
+from aifi.governance import EligibleCount as EligibleIn
+from aifi.governance.evaluation import TRIAGE_FLAGS
 from aifi.governance.service import ClinicalService
 from aifi.results.summary import AlgorithmSummary, ResultSummary, Triage, TriageFlag
 
@@ -54,3 +63,110 @@ def test_the_triage_flag_in_each_summary_reaches_evaluation_and_drift(
         row = rows[(hospital, "product-a")]
         assert (row.volume, row.completed, row.failed) == (len(flags), len(flags), 0)
         assert row.turnaround_p50_seconds is not None and row.turnaround_p50_seconds >= 0
+
+
+def test_the_database_counts_the_figures_as_rows_counted_one_by_one_do(
+    exchange: Any, parties: dict[str, Any]
+) -> None:
+    """Evaluation and drift are counted by the database (aggregates); the same jobs, feedback
+    and eligible counts counted row by row in Python must give the same figures: every state,
+    flag and verdict, jobs that never became ready, ties, and period edges (a month's last
+    minutes, ISO weeks that belong to the year before or after)."""
+    rng = random.Random(7)
+    edges = [
+        datetime(2026, 1, 31, 23, 59, 59, 999_000, tzinfo=UTC),
+        datetime(2027, 1, 1, 8, 0, tzinfo=UTC),  # a Friday: ISO week 2026-W53
+        datetime(2025, 12, 29, 0, 0, 1, tzinfo=UTC),  # a Monday: ISO week 2026-W01
+        datetime(2026, 6, 15, 12, 0, tzinfo=UTC),
+    ]
+    states = ["completed"] * 6 + ["failed", "expired", "cancelled", "in-progress", "requested"]
+    flags = ["positive", "negative", "none", None]
+    jobs: list[dict[str, Any]] = []
+    feedback: list[dict[str, Any]] = []
+    for n in range(240):
+        state = rng.choice(states)
+        ended = rng.choice(edges) + timedelta(days=rng.choice([0, rng.randrange(400)]))
+        # Whole seconds for some, so some turnarounds tie; microseconds for others.
+        took = rng.choice([30.0, 60.0, rng.uniform(5, 900)])
+        ready = None if rng.random() < 0.05 else ended - timedelta(seconds=took)
+        flag = rng.choice(flags)
+        product, vendor = rng.choice([("product-a", "vendor-a"), ("product-b", "vendor-b")])
+        job = {
+            "id": f"job-{n:04d}",
+            "hospital_id": rng.choice(["hospital-a", "hospital-b"]),
+            "product_id": product,
+            "vendor_id": vendor,
+            "idempotency_key": f"k{n}",
+            "study_uid": f"2.25.{n}",
+            "state": state,
+            "summary": {"triage": {"flag": flag}} if flag else {"findings": []},
+            "created_at": ended - timedelta(hours=1),
+            "ready_at": ready,
+            "ended_at": ended if state in ("completed", "failed", "expired", "cancelled") else None,
+            "updated_at": ended,
+        }
+        jobs.append(job)
+        if rng.random() < 0.6:
+            feedback.append(
+                {
+                    "job_id": job["id"],
+                    "hospital_id": job["hospital_id"],
+                    "agreement": rng.choice(list(Agreement)).value,
+                    "radiologist_positive": rng.choice([True, False, None]),
+                    "created_at": ended,
+                }
+            )
+    eligible = [
+        {"hospital_id": "hospital-a", "product_id": "product-a", "month": m, "studies": s}
+        for m, s in (("2026-01", 70), ("2026-02", 55))
+    ] + [{"hospital_id": "hospital-b", "product_id": "product-b", "month": "2026-06", "studies": 9}]
+    services = exchange.client.app.state.services
+    with services.db.session() as session:
+        session.execute(insert(Job), jobs)
+        session.execute(insert(JobFeedback), feedback)
+        session.execute(insert(EligibleCount), eligible)
+    clinical = ClinicalService(services.db, services.catalogue, services.audit, services.settings)
+
+    records = [
+        JobRecord(
+            **{k: job[k] for k in ("product_id", "hospital_id", "state", "ready_at", "ended_at")},
+            job_id=job["id"],
+            ai_positive=TRIAGE_FLAGS.get(job["summary"].get("triage", {}).get("flag") or ""),
+        )
+        for job in jobs
+    ]
+    notes = [
+        Feedback(
+            job_id=f["job_id"],
+            agreement=Agreement(f["agreement"]),
+            radiologist_positive=f["radiologist_positive"],
+        )
+        for f in feedback
+    ]
+    counts = [
+        EligibleIn(product_id=e["product_id"], hospital_id=e["hospital_id"], studies=e["studies"])
+        for e in eligible
+    ]
+    expected = evaluate(records, notes, counts)
+    counted = clinical.evaluation(OPERATOR)
+    assert [(r.product_id, r.hospital_id) for r in counted] == [
+        (r.product_id, r.hospital_id) for r in expected
+    ]
+    assert len(counted) == 6  # two products × (two hospitals + national)
+    for got, want in zip(counted, expected, strict=True):
+        # SQLite's date functions count milliseconds: turnarounds agree to within one.
+        for field in ("turnaround_p50_seconds", "turnaround_p95_seconds"):
+            assert getattr(got, field) == pytest.approx(getattr(want, field), abs=2e-3), field
+        exact = {"turnaround_p50_seconds", "turnaround_p95_seconds"}
+        assert got.model_dump(exclude=exact) == want.model_dump(exclude=exact)
+    assert any(r.sensitivity.denominator > 0 for r in counted)
+    assert any(r.uptake is not None for r in counted)
+
+    for granularity in ("month", "week"):
+        want_charts = drift_charts(records, granularity=granularity)
+        got_charts = clinical.drift(OPERATOR, granularity=granularity)
+        assert [c.model_dump() for c in got_charts] == [c.model_dump() for c in want_charts]
+    weekly = {
+        p.period for c in clinical.drift(OPERATOR, granularity="week") for p in c.chart.points
+    }
+    assert {"2026-W53", "2026-W01", "2026-W05"} <= weekly

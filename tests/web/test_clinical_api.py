@@ -124,6 +124,12 @@ def test_feedback_reaches_the_evaluation(pillar: Pillar, tmp_path: Path) -> None
         )
         assert given.status_code == 201, given.text
         rows = hospital.get("/evaluation").json()
+        weekly = hospital.get("/evaluation/drift", params={"granularity": "week"})
+        daily = hospital.get("/evaluation/drift", params={"granularity": "day"})
+    assert weekly.status_code == 200, weekly.text
+    # Periods are months or ISO weeks; another is refused with the ones there are.
+    assert daily.status_code == 422
+    assert "'month' or 'week'" in daily.json()["detail"][0]["msg"]
     mine = next(r for r in rows if r["hospital_id"] == "hospital-a" and r["product_id"] == PRODUCT)
     assert mine["volume"] == 1
     assert mine["feedback"] == 1

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
+from aifi.exchange.clock import as_utc
 from aifi.exchange.schemas import JobState
 from aifi.governance.evaluation import NATIONAL, JobRecord
 
@@ -90,7 +91,8 @@ class DriftChart(BaseModel):
 
 
 def period_of(moment: datetime, granularity: Granularity | str = Granularity.month) -> str:
-    """The period label of a moment: '2026-03' per month, '2026-W09' per ISO week."""
+    """The period label of a moment in UTC: '2026-03' per month, '2026-W09' per ISO week."""
+    moment = as_utc(moment)
     if Granularity(granularity) == Granularity.week:
         year, week, _day = moment.isocalendar()
         return f"{year}-W{week:02d}"
@@ -162,17 +164,46 @@ def drift_charts(
     sigmas: float = 3.0,
 ) -> list[DriftChart]:
     """A p-chart per product × hospital and per product nationally, with their alerts."""
-    job_list = list(jobs)
     scopes: dict[tuple[str, str], list[JobRecord]] = defaultdict(list)
-    for job in job_list:
+    for job in jobs:
         scopes[(job.product_id, job.hospital_id)].append(job)
-        scopes[(job.product_id, NATIONAL)].append(job)
-    charts = []
-    for (product_id, hospital_id), scoped in sorted(scopes.items()):
-        counts = positive_counts(scoped, granularity)
-        if not counts:
+    counts = {scope: positive_counts(scoped, granularity) for scope, scoped in scopes.items()}
+    return charts(with_national(counts), baseline=baseline, sigmas=sigmas)
+
+
+def with_national(
+    counts: Mapping[tuple[str, str], Sequence[PeriodCount]],
+) -> dict[tuple[str, str], list[PeriodCount]]:
+    """The hospitals' counts by (product, hospital), and each product's summed per period
+    under (product, NATIONAL)."""
+    pooled: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    for (product_id, _hospital_id), periods in counts.items():
+        for count in periods:
+            total = pooled[product_id][count.period]
+            total[0] += count.studies
+            total[1] += count.positives
+    every = {scope: list(periods) for scope, periods in counts.items()}
+    for product_id, sums in pooled.items():
+        every[(product_id, NATIONAL)] = [
+            PeriodCount(period=period, studies=studies, positives=positives)
+            for period, (studies, positives) in sorted(sums.items())
+        ]
+    return every
+
+
+def charts(
+    counts: Mapping[tuple[str, str], Sequence[PeriodCount]],
+    *,
+    baseline: int | None = None,
+    sigmas: float = 3.0,
+) -> list[DriftChart]:
+    """A p-chart with its alerts for each (product, hospital) scope's counts, in period order;
+    scopes without a flagged study have none."""
+    drawn = []
+    for (product_id, hospital_id), periods in sorted(counts.items()):
+        if not any(c.studies for c in periods):
             continue
-        chart = p_chart(counts, baseline=baseline, sigmas=sigmas)
+        chart = p_chart(periods, baseline=baseline, sigmas=sigmas)
         alerts = [
             DriftAlert(
                 product_id=product_id,
@@ -187,7 +218,7 @@ def drift_charts(
             for p in chart.out_of_control
             if p.signal is not None
         ]
-        charts.append(
+        drawn.append(
             DriftChart(product_id=product_id, hospital_id=hospital_id, chart=chart, alerts=alerts)
         )
-    return charts
+    return drawn

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -171,78 +172,127 @@ def turnaround_seconds(job: JobRecord) -> float | None:
     return (job.ended_at - job.ready_at).total_seconds()
 
 
+@dataclass(slots=True)
+class Tally:
+    """The counts behind one row of figures: one product at one hospital, or nationally.
+
+    Counted from rows here (:func:`tally`) or by the database
+    (:mod:`aifi.governance.aggregates`); either way the figures come from :func:`evaluations`,
+    so each definition is written once.
+    """
+
+    product_id: str
+    hospital_id: str
+    volume: int = 0
+    completed: int = 0
+    failed: int = 0
+    ended: int = 0
+    feedback: int = 0
+    agree: int = 0
+    partly: int = 0
+    disagree: int = 0
+    true_positives: int = 0
+    false_negatives: int = 0
+    false_positives: int = 0
+    turnaround_p50_seconds: float | None = None
+    turnaround_p95_seconds: float | None = None
+
+
 def evaluate(
     jobs: Iterable[JobRecord],
     feedback: Iterable[Feedback] = (),
     eligible: Iterable[EligibleCount] = (),
 ) -> list[ProductEvaluation]:
     """Per product × hospital, then each product nationally; ordered by product, hospital."""
-    job_list = list(jobs)
     by_job = {f.job_id: f for f in feedback}
-    counts: dict[tuple[str, str], int] = defaultdict(int)
-    for row in eligible:
-        counts[(row.product_id, row.hospital_id)] += row.studies
     groups: dict[tuple[str, str], list[JobRecord]] = defaultdict(list)
-    for job in job_list:
+    for job in jobs:
         groups[(job.product_id, job.hospital_id)].append(job)
-    rows = []
-    for product_id, hospital_id in sorted(groups):
-        count = counts.get((product_id, hospital_id))
-        rows.append(
-            _evaluate(product_id, hospital_id, groups[(product_id, hospital_id)], by_job, count)
-        )
-    for product_id in sorted({p for p, _h in groups}):
-        pooled = [j for j in job_list if j.product_id == product_id]
-        reporting = {h for (p, h) in counts if p == product_id}
-        national = _evaluate(product_id, NATIONAL, pooled, by_job, None)
+        groups[(job.product_id, NATIONAL)].append(job)
+    return evaluations([tally(p, h, scoped, by_job) for (p, h), scoped in groups.items()], eligible)
+
+
+def evaluations(
+    tallies: Iterable[Tally], eligible: Iterable[EligibleCount] = ()
+) -> list[ProductEvaluation]:
+    """The figures of each tally: hospitals by product and hospital, then each product's
+    national row (hospital_id == NATIONAL), whose uptake pools only the hospitals that report
+    an eligible count."""
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    for reported in eligible:
+        counts[(reported.product_id, reported.hospital_id)] += reported.studies
+    every = list(tallies)
+    local = sorted(
+        (t for t in every if t.hospital_id != NATIONAL), key=lambda t: (t.product_id, t.hospital_id)
+    )
+    rows = [_evaluation(t, counts.get((t.product_id, t.hospital_id))) for t in local]
+    for national in sorted(
+        (t for t in every if t.hospital_id == NATIONAL), key=lambda t: t.product_id
+    ):
+        row = _evaluation(national, None)
+        reporting = {h for (p, h) in counts if p == national.product_id}
         if reporting:
-            routed = sum(1 for j in pooled if j.hospital_id in reporting)
-            total = sum(n for (p, _h), n in counts.items() if p == product_id)
-            national.eligible = total
-            national.uptake = Proportion.of(routed, total)
-        rows.append(national)
+            routed = sum(
+                t.volume
+                for t in local
+                if t.product_id == national.product_id and t.hospital_id in reporting
+            )
+            row.eligible = sum(n for (p, _h), n in counts.items() if p == national.product_id)
+            row.uptake = Proportion.of(routed, row.eligible)
+        rows.append(row)
     return rows
 
 
-def _evaluate(
-    product_id: str,
-    hospital_id: str,
-    jobs: list[JobRecord],
-    feedback: Mapping[str, Feedback],
-    eligible: int | None,
-) -> ProductEvaluation:
-    completed = sum(1 for j in jobs if j.state == JobState.completed.value)
-    failed = sum(1 for j in jobs if j.state in _FAILED)
-    ended = sum(1 for j in jobs if j.state in _ENDED)
+def tally(
+    product_id: str, hospital_id: str, jobs: Sequence[JobRecord], feedback: Mapping[str, Feedback]
+) -> Tally:
+    """Count `jobs` (one product's, at one hospital or all) with their feedback."""
     times = [t for j in jobs if (t := turnaround_seconds(j)) is not None]
     notes = [feedback[j.job_id] for j in jobs if j.job_id in feedback]
-    tally = {a: sum(1 for f in notes if f.agreement == a) for a in Agreement}
-    tp = fn = fp = 0
+    counted = Tally(
+        product_id=product_id,
+        hospital_id=hospital_id,
+        volume=len(jobs),
+        completed=sum(1 for j in jobs if j.state == JobState.completed.value),
+        failed=sum(1 for j in jobs if j.state in _FAILED),
+        ended=sum(1 for j in jobs if j.state in _ENDED),
+        feedback=len(notes),
+        agree=sum(1 for f in notes if f.agreement == Agreement.agree),
+        partly=sum(1 for f in notes if f.agreement == Agreement.partly),
+        disagree=sum(1 for f in notes if f.agreement == Agreement.disagree),
+        turnaround_p50_seconds=percentile(times, 50),
+        turnaround_p95_seconds=percentile(times, 95),
+    )
     for job in jobs:
         note = feedback.get(job.job_id)
         if note is None or note.radiologist_positive is None or job.ai_positive is None:
             continue
         if note.radiologist_positive and job.ai_positive:
-            tp += 1
+            counted.true_positives += 1
         elif note.radiologist_positive:
-            fn += 1
+            counted.false_negatives += 1
         elif job.ai_positive:
-            fp += 1
+            counted.false_positives += 1
+    return counted
+
+
+def _evaluation(counted: Tally, eligible: int | None) -> ProductEvaluation:
+    tp, fn, fp = counted.true_positives, counted.false_negatives, counted.false_positives
     return ProductEvaluation(
-        product_id=product_id,
-        hospital_id=hospital_id,
-        volume=len(jobs),
+        product_id=counted.product_id,
+        hospital_id=counted.hospital_id,
+        volume=counted.volume,
         eligible=eligible,
-        uptake=None if eligible is None else Proportion.of(len(jobs), eligible),
-        completed=completed,
-        failed=failed,
-        failure_rate=Proportion.of(failed, ended),
-        turnaround_p50_seconds=percentile(times, 50),
-        turnaround_p95_seconds=percentile(times, 95),
-        feedback=len(notes),
-        agree=Proportion.of(tally[Agreement.agree], len(notes)),
-        partly=Proportion.of(tally[Agreement.partly], len(notes)),
-        disagree=Proportion.of(tally[Agreement.disagree], len(notes)),
+        uptake=None if eligible is None else Proportion.of(counted.volume, eligible),
+        completed=counted.completed,
+        failed=counted.failed,
+        failure_rate=Proportion.of(counted.failed, counted.ended),
+        turnaround_p50_seconds=counted.turnaround_p50_seconds,
+        turnaround_p95_seconds=counted.turnaround_p95_seconds,
+        feedback=counted.feedback,
+        agree=Proportion.of(counted.agree, counted.feedback),
+        partly=Proportion.of(counted.partly, counted.feedback),
+        disagree=Proportion.of(counted.disagree, counted.feedback),
         sensitivity=Proportion.of(tp, tp + fn),
         ppv=Proportion.of(tp, tp + fp),
     )

@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from aifi.exchange.audit import Actor, AuditLog
 from aifi.exchange.catalogue import Catalogue
-from aifi.exchange.clock import as_utc, utcnow
+from aifi.exchange.clock import utcnow
 from aifi.exchange.db import Database
 from aifi.exchange.errors import Conflict, Forbidden, Invalid, NotFound
 from aifi.exchange.governance_models import (
@@ -38,7 +38,6 @@ from aifi.governance import (
     AdmissionAction,
     AdmissionError,
     AdmissionState,
-    Agreement,
     DossierIncomplete,
     ExchangeProcessing,
     GatewayProcessing,
@@ -46,19 +45,18 @@ from aifi.governance import (
     ProductEvaluation,
     RecordOfProcessing,
     RoutingRule,
+    aggregates,
     dossier_gaps,
-    evaluate,
+    drift,
     rank_areas,
     record_of_processing,
     require_complete,
     transition,
 )
 from aifi.governance import AreaScore as AreaScoreIn
-from aifi.governance import EligibleCount as EligibleIn
-from aifi.governance import Feedback as FeedbackIn
 from aifi.governance.dossier import ConformanceAttachment, Dossier, Gap
-from aifi.governance.drift import DriftChart, drift_charts
-from aifi.governance.evaluation import TRIAGE_FLAGS, JobRecord
+from aifi.governance.drift import DriftChart, Granularity
+from aifi.governance.evaluation import evaluations
 
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 
@@ -404,44 +402,6 @@ class ClinicalService:
             row.studies = studies
         self._audit.record(actor, "update", "eligible-count", f"{product_id}/{month}")
 
-    def _records(self, actor: Actor) -> tuple[list[JobRecord], list[FeedbackIn], list[EligibleIn]]:
-        """Every job national figures need; tenants' own rows are picked out afterwards.
-
-        Only the columns evaluation reads, and of the summary only its triage flag (extracted
-        by the database): a whole job, summary and all, costs several times as much per row.
-        """
-        flag = Job.summary[("triage", "flag")].as_string()
-        columns = (Job.id, Job.product_id, Job.hospital_id, Job.state, Job.ready_at, Job.ended_at)
-        with self._db.session() as session:
-            jobs = session.execute(select(*columns, flag)).all()
-            feedback = list(session.scalars(select(JobFeedback)))
-            eligible = list(session.scalars(select(EligibleCount)))
-        records = [
-            JobRecord(
-                job_id=job_id,
-                product_id=product_id,
-                hospital_id=hospital_id,
-                state=state,
-                ready_at=as_utc(ready_at) if ready_at else None,
-                ended_at=as_utc(ended_at) if ended_at else None,
-                ai_positive=TRIAGE_FLAGS.get(triage) if triage else None,
-            )
-            for job_id, product_id, hospital_id, state, ready_at, ended_at, triage in jobs
-        ]
-        given = [
-            FeedbackIn(
-                job_id=f.job_id,
-                agreement=Agreement(f.agreement),
-                radiologist_positive=f.radiologist_positive,
-            )
-            for f in feedback
-        ]
-        counts = [
-            EligibleIn(product_id=e.product_id, hospital_id=e.hospital_id, studies=e.studies)
-            for e in eligible
-        ]
-        return records, given, counts
-
     def _visible_rows(self, actor: Actor, rows: Iterable[Any]) -> list[Any]:
         """Operators see all; a hospital its own rows and national ones; a vendor its products."""
         if actor.role == OrganisationKind.operator:
@@ -459,14 +419,20 @@ class ClinicalService:
         return [r for r in rows if r.product_id in own]
 
     def evaluation(self, actor: Actor) -> list[ProductEvaluation]:
-        records, feedback, eligible = self._records(actor)
-        rows = self._visible_rows(actor, evaluate(records, feedback, eligible))
+        """National figures are counted over every hospital, so the database counts them all
+        (:mod:`aifi.governance.aggregates`); tenants' own rows are picked out afterwards."""
+        with self._db.session() as session:
+            tallies, eligible = aggregates.tallies(session), aggregates.eligible(session)
+        rows = self._visible_rows(actor, evaluations(tallies, eligible))
         self._audit.record(actor, "search", "evaluation", f"{len(rows)} rows")
         return rows
 
-    def drift(self, actor: Actor, granularity: str = "month") -> list[DriftChart]:
-        records, _feedback, _eligible = self._records(actor)
-        charts = self._visible_rows(actor, drift_charts(records, granularity=granularity))
+    def drift(
+        self, actor: Actor, granularity: Granularity | str = Granularity.month
+    ) -> list[DriftChart]:
+        with self._db.session() as session:
+            counts = aggregates.period_counts(session, granularity)
+        charts = self._visible_rows(actor, drift.charts(drift.with_national(counts)))
         self._audit.record(actor, "search", "drift", f"{len(charts)} charts")
         return charts
 

@@ -11,12 +11,13 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from aifi.exchange.auth import require_role
+from aifi.exchange.clock import as_utc
 from aifi.exchange.deps import CallerDep, ServicesDep
 from aifi.exchange.models import AuditEntry
 from aifi.governance import AreaScore, PriorityList, ProductEvaluation
 from aifi.governance.conformance.report import ConformanceReport
 from aifi.governance.dossier import Dossier, Gap
-from aifi.governance.drift import DriftChart
+from aifi.governance.drift import DriftChart, Granularity
 from aifi.web.audit_fhir import audit_bundle
 from aifi.web.deps import ClinicalDep
 
@@ -94,8 +95,9 @@ def admission_history(
 ) -> list[dict[str, Any]]:
     return [
         {
-            "at": e.at.isoformat(), "version": e.version, "from": e.from_state, "to": e.to_state,
-            "action": e.action, "organisation": e.organisation_id, "role": e.role, "note": e.note,
+            "at": as_utc(e.at).isoformat(), "version": e.version,
+            "from": e.from_state, "to": e.to_state, "action": e.action,
+            "organisation": e.organisation_id, "role": e.role, "note": e.note,
         }
         for e in clinical.admission_history(caller, product_id)
     ]  # fmt: skip
@@ -158,7 +160,7 @@ def evaluation(caller: CallerDep, clinical: ClinicalDep) -> list[ProductEvaluati
 def drift(
     caller: CallerDep,
     clinical: ClinicalDep,
-    granularity: Annotated[str, Query(pattern=r"^(day|week|month)$")] = "month",
+    granularity: Annotated[Granularity, Query()] = Granularity.month,
 ) -> list[DriftChart]:
     return clinical.drift(caller, granularity)
 

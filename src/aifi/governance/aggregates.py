@@ -1,0 +1,283 @@
+"""Evaluation and drift counted by the database, so a national year of jobs (about eleven
+million) never crosses into Python one row at a time.
+
+What comes back is small: a tally per product × hospital, the turnaround percentiles per
+group (PostgreSQL's `percentile_cont`; on SQLite the few ranked turnarounds around each
+percentile), and a count per product × hospital × period. The figures themselves are then
+made by :mod:`aifi.governance.evaluation` and :mod:`aifi.governance.drift`, from the same
+definitions as rows counted in Python.
+
+Two things differ per database and are written once each below, as SQL constructs: seconds
+between two moments, and the label of a moment's period. Timestamps are UTC on both. SQLite's
+date functions count milliseconds, so turnarounds there are exact to the millisecond.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import ColumnElement, Float, String, and_, func, or_, select
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
+
+from aifi.exchange.governance_models import EligibleCount, JobFeedback
+from aifi.exchange.models import Job
+from aifi.exchange.schemas import JobState
+from aifi.governance.drift import Granularity, PeriodCount
+from aifi.governance.evaluation import NATIONAL, TRIAGE_FLAGS, Agreement, Tally
+from aifi.governance.evaluation import EligibleCount as EligibleIn
+
+_COMPLETED = JobState.completed.value
+_FAILED = (JobState.failed.value, JobState.expired.value)
+_POSITIVE = tuple(flag for flag, positive in TRIAGE_FLAGS.items() if positive)
+_NEGATIVE = tuple(flag for flag, positive in TRIAGE_FLAGS.items() if not positive)
+_QUANTILES = {"p50": 0.5, "p95": 0.95}
+#: A tally's counts, in the order the tally query selects them.
+_COUNTS = (
+    "volume",
+    "completed",
+    "failed",
+    "ended",
+    "feedback",
+    "agree",
+    "partly",
+    "disagree",
+    "true_positives",
+    "false_negatives",
+    "false_positives",
+)
+
+
+class seconds_between(FunctionElement[float]):  # noqa: N801 - an SQL function, named as one
+    """`end - start` in seconds, as a number."""
+
+    type = Float()
+    inherit_cache = True
+
+
+@compiles(seconds_between, "postgresql")
+def _seconds_on_postgresql(element: seconds_between, compiler: SQLCompiler, **kw: Any) -> str:
+    start, end = (compiler.process(c, **kw) for c in element.clauses)
+    # In double precision: a numeric sorts several times slower, and microseconds still fit.
+    return f"CAST(EXTRACT(EPOCH FROM ({end}) - ({start})) AS DOUBLE PRECISION)"
+
+
+@compiles(seconds_between, "sqlite")
+def _seconds_on_sqlite(element: seconds_between, compiler: SQLCompiler, **kw: Any) -> str:
+    start, end = (compiler.process(c, **kw) for c in element.clauses)
+    return f"((julianday({end}) - julianday({start})) * 86400.0)"
+
+
+class month_label(FunctionElement[str]):  # noqa: N801 - an SQL function, named as one
+    """A moment's month as :func:`aifi.governance.drift.period_of` labels it: '2026-03'."""
+
+    type = String()
+    inherit_cache = True
+
+
+class iso_week_label(FunctionElement[str]):  # noqa: N801 - an SQL function, named as one
+    """A moment's ISO week as :func:`aifi.governance.drift.period_of` labels it: '2026-W09'."""
+
+    type = String()
+    inherit_cache = True
+
+
+@compiles(month_label, "postgresql")
+def _month_on_postgresql(element: month_label, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"to_char(({compiler.process(element.clauses, **kw)}) AT TIME ZONE 'UTC', 'YYYY-MM')"
+
+
+@compiles(month_label, "sqlite")
+def _month_on_sqlite(element: month_label, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"strftime('%Y-%m', {compiler.process(element.clauses, **kw)})"
+
+
+@compiles(iso_week_label, "postgresql")
+def _week_on_postgresql(element: iso_week_label, compiler: SQLCompiler, **kw: Any) -> str:
+    moment = compiler.process(element.clauses, **kw)
+    return f"to_char(({moment}) AT TIME ZONE 'UTC', 'IYYY-\"W\"IW')"
+
+
+@compiles(iso_week_label, "sqlite")
+def _week_on_sqlite(element: iso_week_label, compiler: SQLCompiler, **kw: Any) -> str:
+    # An ISO week belongs to the year of its Thursday and is numbered by that Thursday's
+    # day of the year (SQLite before 3.46 has no %G or %V).
+    thursday = f"date({compiler.process(element.clauses, **kw)}, '-3 days', 'weekday 4')"
+    return (
+        f"(strftime('%Y', {thursday}) || '-W' || "
+        f"printf('%02d', (CAST(strftime('%j', {thursday}) AS INTEGER) - 1) / 7 + 1))"
+    )
+
+
+def _triage_flag() -> ColumnElement[str]:
+    return Job.summary[("triage", "flag")].as_string()
+
+
+def tallies(session: Session) -> list[Tally]:
+    """A tally per product × hospital and per product nationally (hospital NATIONAL)."""
+    flag, verdict = _triage_flag(), JobFeedback.radiologist_positive
+    count = func.count
+    statement = (
+        select(
+            Job.product_id,
+            Job.hospital_id,
+            count(),
+            count().filter(Job.state == _COMPLETED),
+            count().filter(Job.state.in_(_FAILED)),
+            count().filter(Job.state.in_((*_FAILED, _COMPLETED))),
+            count(JobFeedback.job_id),
+            *(count().filter(JobFeedback.agreement == a.value) for a in Agreement),
+            count().filter(verdict.is_(True), flag.in_(_POSITIVE)),
+            count().filter(verdict.is_(True), flag.in_(_NEGATIVE)),
+            count().filter(verdict.is_(False), flag.in_(_POSITIVE)),
+        )
+        .outerjoin(JobFeedback, JobFeedback.job_id == Job.id)
+        .group_by(Job.product_id, Job.hospital_id)
+    )
+    local = {
+        (product_id, hospital_id): Tally(
+            product_id, hospital_id, **dict(zip(_COUNTS, figures, strict=True))
+        )
+        for product_id, hospital_id, *figures in session.execute(statement)
+    }
+    national: dict[str, Tally] = {}
+    for (product_id, _hospital_id), counted in local.items():
+        pooled = national.setdefault(product_id, Tally(product_id, NATIONAL))
+        for field in _COUNTS:
+            setattr(pooled, field, getattr(pooled, field) + getattr(counted, field))
+    for scope, quantiles in _turnarounds(session, national=False).items():
+        local[scope].turnaround_p50_seconds, local[scope].turnaround_p95_seconds = quantiles
+    for (product_id, _national), quantiles in _turnarounds(session, national=True).items():
+        national[product_id].turnaround_p50_seconds = quantiles[0]
+        national[product_id].turnaround_p95_seconds = quantiles[1]
+    return [*local.values(), *national.values()]
+
+
+def _turnarounds(session: Session, *, national: bool) -> dict[tuple[str, str], tuple[float, float]]:
+    """p50 and p95 of ready → completed per product × hospital (or per product), by linear
+    interpolation between order statistics, as :func:`aifi.governance.evaluation.percentile`
+    does and PostgreSQL's `percentile_cont` is defined."""
+    groups = [Job.product_id] if national else [Job.product_id, Job.hospital_id]
+    completed = (Job.state == _COMPLETED, Job.ready_at.is_not(None), Job.ended_at.is_not(None))
+    seconds = seconds_between(Job.ready_at, Job.ended_at)
+    if session.get_bind().dialect.name == "postgresql":
+        quantiles = func.percentile_cont(postgresql.array(list(_QUANTILES.values())))
+        statement = (
+            select(*groups, quantiles.within_group(seconds).label("quantiles"))
+            .where(*completed)
+            .group_by(*groups)
+        )
+        return {
+            ((row[0], NATIONAL) if national else (row[0], row[1])): (
+                float(row.quantiles[0]),
+                float(row.quantiles[1]),
+            )
+            for row in session.execute(statement)
+        }
+    return _turnarounds_by_rank(session, groups, completed, seconds, national=national)
+
+
+def _turnarounds_by_rank(
+    session: Session,
+    groups: list[Any],
+    completed: tuple[ColumnElement[bool], ...],
+    seconds: seconds_between,
+    *,
+    national: bool,
+) -> dict[tuple[str, str], tuple[float, float]]:
+    """Where the database has no `percentile_cont` (SQLite): it ranks each group's
+    turnarounds and hands back only the few ranks around each percentile's position, and
+    Python interpolates between the two it needs."""
+    ranked = (
+        select(
+            *groups,
+            seconds.label("seconds"),
+            (func.row_number().over(partition_by=groups, order_by=seconds) - 1).label("rank"),
+            func.count().over(partition_by=groups).label("n"),
+        )
+        .where(*completed)
+        .subquery()
+    )
+    # The ranks within two of each position: both its neighbours, also when it is whole.
+    near = or_(
+        *(
+            and_(ranked.c.rank > (ranked.c.n - 1) * q - 2, ranked.c.rank < (ranked.c.n - 1) * q + 2)
+            for q in _QUANTILES.values()
+        )
+    )
+    keys = [ranked.c.product_id] if national else [ranked.c.product_id, ranked.c.hospital_id]
+    statement = select(*keys, ranked.c.n, ranked.c.rank, ranked.c.seconds).where(near)
+    picked: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+    sizes: dict[tuple[str, str], int] = {}
+    for row in session.execute(statement):
+        scope = (row[0], NATIONAL) if national else (row[0], row[1])
+        n, rank, value = row[-3:]
+        picked[scope][int(rank)] = float(value)
+        sizes[scope] = int(n)
+    return {
+        scope: (
+            _interpolate(values, sizes[scope], _QUANTILES["p50"]),
+            _interpolate(values, sizes[scope], _QUANTILES["p95"]),
+        )
+        for scope, values in picked.items()
+    }
+
+
+def _interpolate(values: dict[int, float], n: int, q: float) -> float:
+    """The q-quantile of n sorted values of which those near its position are given."""
+    position = (n - 1) * q
+    below = math.floor(position)
+    above = min(below + 1, n - 1)
+    fraction = position - below
+    return values[below] + (values[above] - values[below]) * fraction
+
+
+def eligible(session: Session) -> list[EligibleIn]:
+    """Each hospital's eligible studies per product, summed over the months it reported."""
+    statement = select(
+        EligibleCount.product_id, EligibleCount.hospital_id, func.sum(EligibleCount.studies)
+    ).group_by(EligibleCount.product_id, EligibleCount.hospital_id)
+    return [
+        EligibleIn(product_id=product_id, hospital_id=hospital_id, studies=int(studies))
+        for product_id, hospital_id, studies in session.execute(statement)
+    ]
+
+
+def period_counts(
+    session: Session, granularity: Granularity | str = Granularity.month
+) -> dict[tuple[str, str], list[PeriodCount]]:
+    """Completed jobs with a triage flag, and how many were positive, per product × hospital
+    and period (by end), as :func:`aifi.governance.drift.positive_counts` counts them."""
+    flag = _triage_flag()
+    week = Granularity(granularity) == Granularity.week
+    period = iso_week_label(Job.ended_at) if week else month_label(Job.ended_at)
+    statement = (
+        select(
+            Job.product_id,
+            Job.hospital_id,
+            period,
+            func.count(),
+            func.count().filter(flag.in_(_POSITIVE)),
+        )
+        .where(
+            Job.state == _COMPLETED,
+            Job.ended_at.is_not(None),
+            flag.in_((*_POSITIVE, *_NEGATIVE)),
+        )
+        .group_by(Job.product_id, Job.hospital_id, period)
+        .order_by(Job.product_id, Job.hospital_id, period)
+    )
+    counts: dict[tuple[str, str], list[PeriodCount]] = defaultdict(list)
+    for product_id, hospital_id, label, studies, positives in session.execute(statement):
+        counts[(product_id, hospital_id)].append(
+            PeriodCount(period=label, studies=studies, positives=positives)
+        )
+    return dict(counts)
+
+
+__all__ = ["eligible", "period_counts", "tallies"]

@@ -14,9 +14,9 @@ from sqlalchemy import insert
 from aifi.exchange.audit import Actor
 from aifi.exchange.governance_models import EligibleCount, JobFeedback
 from aifi.exchange.models import Job
+from aifi.exchange.triage import triage_call
 from aifi.governance import NATIONAL, Agreement, Feedback, JobRecord, drift_charts, evaluate
 from aifi.governance import EligibleCount as EligibleIn
-from aifi.governance.evaluation import TRIAGE_FLAGS
 from aifi.governance.service import ClinicalService
 from aifi.results.summary import AlgorithmSummary, ResultSummary, Triage, TriageFlag
 
@@ -80,7 +80,15 @@ def test_the_database_counts_the_figures_as_rows_counted_one_by_one_do(
         datetime(2026, 6, 15, 12, 0, tzinfo=UTC),
     ]
     states = ["completed"] * 6 + ["failed", "expired", "cancelled", "in-progress", "requested"]
-    flags = ["positive", "negative", "none", None]
+    # As products sent them: the schema's flags, a flag it does not know, a flag that is not
+    # a string, triage that is not an object, and no triage.
+    summaries: list[dict[str, Any]] = [
+        *({"triage": {"flag": flag}} for flag in ("positive", "negative", "none")),
+        {"triage": {"flag": "maybe"}},
+        {"triage": {"flag": 1}},
+        {"triage": "positive"},
+        {"findings": []},
+    ]
     jobs: list[dict[str, Any]] = []
     feedback: list[dict[str, Any]] = []
     for n in range(240):
@@ -89,7 +97,6 @@ def test_the_database_counts_the_figures_as_rows_counted_one_by_one_do(
         # Whole seconds for some, so some turnarounds tie; microseconds for others.
         took = rng.choice([30.0, 60.0, rng.uniform(5, 900)])
         ready = None if rng.random() < 0.05 else ended - timedelta(seconds=took)
-        flag = rng.choice(flags)
         product, vendor = rng.choice([("product-a", "vendor-a"), ("product-b", "vendor-b")])
         job = {
             "id": f"job-{n:04d}",
@@ -99,7 +106,7 @@ def test_the_database_counts_the_figures_as_rows_counted_one_by_one_do(
             "idempotency_key": f"k{n}",
             "study_uid": f"2.25.{n}",
             "state": state,
-            "summary": {"triage": {"flag": flag}} if flag else {"findings": []},
+            "summary": rng.choice(summaries),
             "created_at": ended - timedelta(hours=1),
             "ready_at": ready,
             "ended_at": ended if state in ("completed", "failed", "expired", "cancelled") else None,
@@ -125,13 +132,17 @@ def test_the_database_counts_the_figures_as_rows_counted_one_by_one_do(
         session.execute(insert(Job), jobs)
         session.execute(insert(JobFeedback), feedback)
         session.execute(insert(EligibleCount), eligible)
+    # Rows written without their flag, as by a replica of an earlier release: the sweep reads
+    # each flag in the database, once.
+    assert services.jobs.read_triage_flags() == len(jobs)
+    assert services.jobs.read_triage_flags() == 0
     clinical = ClinicalService(services.db, services.catalogue, services.audit, services.settings)
 
     records = [
         JobRecord(
             **{k: job[k] for k in ("product_id", "hospital_id", "state", "ready_at", "ended_at")},
             job_id=job["id"],
-            ai_positive=TRIAGE_FLAGS.get(job["summary"].get("triage", {}).get("flag") or ""),
+            ai_positive=triage_call(job["summary"]),
         )
         for job in jobs
     ]

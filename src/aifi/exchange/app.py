@@ -70,6 +70,9 @@ def create_app(
                 _every(services.settings.retention_sweep_seconds, services.jobs.expire_unfinished)
             ),
             asyncio.create_task(_every(services.settings.retention_sweep_seconds, retention.sweep)),
+            asyncio.create_task(
+                _every(services.settings.retention_sweep_seconds, services.jobs.read_triage_flags)
+            ),
             asyncio.create_task(_every(AUDIT_LINK_SECONDS, services.audit.chain)),
         ]
         try:

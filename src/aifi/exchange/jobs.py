@@ -35,6 +35,7 @@ from aifi.exchange.schemas import (
     Priority,
 )
 from aifi.exchange.settings import ExchangeSettings
+from aifi.exchange.triage import read_unread_flags, triage_flag
 
 Q = TypeVar("Q", bound=Select)  # type: ignore[type-arg]
 
@@ -736,6 +737,10 @@ class JobService:
         )
         return job
 
+    def read_triage_flags(self) -> int:
+        """Flags for jobs that a replica of an earlier release completed without one."""
+        return read_unread_flags(self._db)
+
     def completed(self) -> None:
         """After the commit that completed a job: wake the hospital's long-poll."""
         self._notifier.notify()
@@ -783,6 +788,7 @@ class JobService:
         }
         if summary is not None:
             values["summary"] = summary
+            values["triage_flag"] = triage_flag(summary)
         where = [Job.id == job_id, Job.state.in_(from_states)]
         if token is not None:
             where.append(Job.lease_token == token)

@@ -94,6 +94,13 @@ class Job(Base):
         # The metrics' scrape: jobs ended lately, and outcomes not yet fetched, without reading
         # every job ever.
         Index("ix_jobs_ended", "ended_at"),
+        # Jobs with a summary whose flag is not read yet: none, but for a rolling upgrade's.
+        Index(
+            "ix_jobs_triage_unread",
+            "id",
+            postgresql_where=text("triage_flag IS NULL AND summary IS NOT NULL"),
+            sqlite_where=text("triage_flag IS NULL AND summary IS NOT NULL"),
+        ),
         Index(
             "ix_jobs_unacknowledged",
             "state",
@@ -123,6 +130,9 @@ class Job(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    #: The triage flag of its summary: positive, negative or none; null until the job has a
+    #: summary (see aifi.exchange.triage: evaluation and drift count it without parsing).
+    triage_flag: Mapped[str | None] = mapped_column(String(8), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     ready_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

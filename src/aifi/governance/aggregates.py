@@ -5,7 +5,8 @@ What comes back is small: a tally per product × hospital, the turnaround percen
 group (PostgreSQL's `percentile_cont`; on SQLite the few ranked turnarounds around each
 percentile), and a count per product × hospital × period. The figures themselves are then
 made by :mod:`aifi.governance.evaluation` and :mod:`aifi.governance.drift`, from the same
-definitions as rows counted in Python.
+definitions as rows counted in Python. The product's triage call is read from the job's own
+column (`triage_flag`, see :mod:`aifi.exchange.triage`), so no summary is parsed here.
 
 Two things differ per database and are written once each below, as SQL constructs: seconds
 between two moments, and the label of a moment's period. Timestamps are UTC on both. SQLite's
@@ -28,15 +29,15 @@ from sqlalchemy.sql.functions import FunctionElement
 from aifi.exchange.governance_models import EligibleCount, JobFeedback
 from aifi.exchange.models import Job
 from aifi.exchange.schemas import JobState
+from aifi.exchange.triage import CALLS
 from aifi.governance.drift import Granularity, PeriodCount
-from aifi.governance.evaluation import NATIONAL, TRIAGE_FLAGS, Agreement, Tally
+from aifi.governance.evaluation import NATIONAL, Agreement, Tally
 from aifi.governance.evaluation import EligibleCount as EligibleIn
 
 _COMPLETED = JobState.completed.value
 _FAILED = (JobState.failed.value, JobState.expired.value)
-_POSITIVE = tuple(flag for flag, positive in TRIAGE_FLAGS.items() if positive)
-_NEGATIVE = tuple(flag for flag, positive in TRIAGE_FLAGS.items() if not positive)
 _QUANTILES = {"p50": 0.5, "p95": 0.95}
+_POSITIVE = Job.triage_flag.in_([flag for flag, call in CALLS.items() if call])
 #: A tally's counts, in the order the tally query selects them.
 _COUNTS = (
     "volume",
@@ -114,13 +115,10 @@ def _week_on_sqlite(element: iso_week_label, compiler: SQLCompiler, **kw: Any) -
     )
 
 
-def _triage_flag() -> ColumnElement[str]:
-    return Job.summary[("triage", "flag")].as_string()
-
-
 def tallies(session: Session) -> list[Tally]:
     """A tally per product × hospital and per product nationally (hospital NATIONAL)."""
-    flag, verdict = _triage_flag(), JobFeedback.radiologist_positive
+    verdict = JobFeedback.radiologist_positive
+    positive, negative = _POSITIVE, Job.triage_flag.in_([f for f, c in CALLS.items() if not c])
     count = func.count
     statement = (
         select(
@@ -132,9 +130,9 @@ def tallies(session: Session) -> list[Tally]:
             count().filter(Job.state.in_((*_FAILED, _COMPLETED))),
             count(JobFeedback.job_id),
             *(count().filter(JobFeedback.agreement == a.value) for a in Agreement),
-            count().filter(verdict.is_(True), flag.in_(_POSITIVE)),
-            count().filter(verdict.is_(True), flag.in_(_NEGATIVE)),
-            count().filter(verdict.is_(False), flag.in_(_POSITIVE)),
+            count().filter(verdict.is_(True), positive),
+            count().filter(verdict.is_(True), negative),
+            count().filter(verdict.is_(False), positive),
         )
         .outerjoin(JobFeedback, JobFeedback.job_id == Job.id)
         .group_by(Job.product_id, Job.hospital_id)
@@ -253,7 +251,6 @@ def period_counts(
 ) -> dict[tuple[str, str], list[PeriodCount]]:
     """Completed jobs with a triage flag, and how many were positive, per product × hospital
     and period (by end), as :func:`aifi.governance.drift.positive_counts` counts them."""
-    flag = _triage_flag()
     week = Granularity(granularity) == Granularity.week
     period = iso_week_label(Job.ended_at) if week else month_label(Job.ended_at)
     statement = (
@@ -262,12 +259,12 @@ def period_counts(
             Job.hospital_id,
             period,
             func.count(),
-            func.count().filter(flag.in_(_POSITIVE)),
+            func.count().filter(_POSITIVE),
         )
         .where(
             Job.state == _COMPLETED,
             Job.ended_at.is_not(None),
-            flag.in_((*_POSITIVE, *_NEGATIVE)),
+            Job.triage_flag.in_(CALLS),
         )
         .group_by(Job.product_id, Job.hospital_id, period)
         .order_by(Job.product_id, Job.hospital_id, period)

@@ -38,6 +38,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from aifi.exchange.schemas import JobState
+from aifi.exchange.triage import triage_call
 
 #: Label of the pooled rows in place of a hospital id.
 NATIONAL = "national"
@@ -52,10 +53,6 @@ class Agreement(StrEnum):
     agree = "agree"
     partly = "partly"
     disagree = "disagree"
-
-
-#: A summary's triage flag as the product's call on the study; "none" (or no triage) makes none.
-TRIAGE_FLAGS = {"positive": True, "negative": False}
 
 
 class JobRecord(BaseModel):
@@ -73,9 +70,7 @@ class JobRecord(BaseModel):
 
     @classmethod
     def from_job(cls, job: Mapping[str, Any]) -> JobRecord:
-        """From a job as the API returns it (JobOut fields); the flag comes from its summary."""
-        summary = job.get("summary") or {}
-        flag = (summary.get("triage") or {}).get("flag")
+        """From a job as the API returns it (JobOut fields); the call comes from its summary."""
         return cls(
             job_id=str(job["id"]),
             product_id=str(job["product_id"]),
@@ -83,7 +78,7 @@ class JobRecord(BaseModel):
             state=str(job["state"]),
             ready_at=job.get("ready_at"),
             ended_at=job.get("ended_at"),
-            ai_positive=TRIAGE_FLAGS.get(str(flag)) if flag else None,
+            ai_positive=triage_call(job.get("summary")),
         )
 
 

@@ -1,0 +1,84 @@
+"""The upgrade that keeps each job's triage flag in a column of its own reads the flag of
+every job that already has a summary, on SQLite and on PostgreSQL, as a job completing after
+the upgrade gets it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic import command
+from sqlalchemy import create_engine, text
+
+from aifi.exchange.db import alembic_config
+from aifi.exchange.triage import triage_call, triage_flag
+from aifi.results.summary import ResultSummary, Triage, TriageFlag
+from scale.servers import PostgresServer
+
+_PARTIES = (
+    "INSERT INTO organisations (id, name, kind, created_at) VALUES "
+    "('h', 'H', 'hospital', :t), ('v', 'V', 'vendor', :t)",
+    "INSERT INTO products (id, vendor_id, name, version, clinical_area, status, manifest, "
+    "created_at, updated_at) VALUES ('p', 'v', 'P', '1', 'triage', 'admitted', '{}', :t, :t)",
+)
+_JOB = (
+    "INSERT INTO jobs (id, hospital_id, product_id, vendor_id, idempotency_key, study_uid, "
+    "patient_pseudonym, priority, priority_rank, state, inputs_complete, input_count, "
+    "input_bytes, attempts, summary, created_at, ended_at, updated_at) VALUES (:id, 'h', 'p', "
+    "'v', :id, '1.2', 'P', 'routine', 1, 'completed', true, 1, 1, 1, :summary, :t, :t, :t)"
+)
+SUMMARIES: dict[str, dict[str, Any] | None] = {
+    "positive": {"triage": {"flag": "positive", "priority": "high"}},
+    "negative": {"triage": {"flag": "negative"}},
+    "none": {"triage": {"flag": "none"}},
+    "unknown-flag": {"triage": {"flag": "maybe"}},
+    "triage-a-string": {"triage": "positive"},
+    "no-triage": {"volume_ml": 3},
+    "no-summary": None,
+}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_jobs_with_a_summary_get_their_triage_flag_on_upgrade(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'exchange.db'}"
+    else:
+        server: PostgresServer = request.getfixturevalue("postgres")
+        url = server.create_database("triage")
+    command.upgrade(alembic_config(url), "0007")
+    engine = create_engine(url)
+    t = "2026-11-01 10:00:00+00:00"
+    with engine.begin() as connection:
+        for statement in _PARTIES:
+            connection.execute(text(statement), {"t": t})
+        for job, summary in SUMMARIES.items():
+            stored = None if summary is None else json.dumps(summary)
+            connection.execute(text(_JOB), {"id": job, "summary": stored, "t": t})
+    command.upgrade(alembic_config(url), "head")
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT id, triage_flag FROM jobs")).all()
+    flags: dict[str, str | None] = {job: flag for job, flag in rows}
+    engine.dispose()
+    assert flags == {
+        job: None if summary is None else triage_flag(summary) for job, summary in SUMMARIES.items()
+    }
+    assert (flags["positive"], flags["negative"], flags["unknown-flag"]) == (
+        "positive",
+        "negative",
+        "none",
+    )
+
+
+def test_the_triage_call_reads_every_flag_the_summary_schema_has() -> None:
+    calls = {
+        flag: triage_call(
+            ResultSummary.model_construct(triage=Triage(flag=flag)).model_dump(mode="json")
+        )
+        for flag in TriageFlag
+    }
+    assert calls == {TriageFlag.POSITIVE: True, TriageFlag.NEGATIVE: False, TriageFlag.NONE: None}
+    assert triage_call(None) is None and triage_call({"triage": "positive"}) is None

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import random
 import threading
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,7 +13,7 @@ from typing import Any
 
 import pydicom
 import pytest
-from sqlalchemy import update
+from sqlalchemy import insert, update
 
 from aifi.exchange import jobs as jobs_module
 from aifi.exchange.clock import utcnow
@@ -416,6 +418,69 @@ def test_metering_takes_the_months_asked_for_whole_and_no_other(
         "/metering", params={"since": "2025-13"}, headers=exchange.operator.headers
     )
     assert bad.status_code == 422
+
+
+def test_metering_counts_what_the_rows_say_per_hospital_product_and_month(
+    exchange: Any, parties: dict[str, Any]
+) -> None:
+    """The database counts the months; counted here row by row, the figures are the same:
+    each state, the bytes of completed jobs only, months' edges in UTC, and a month holding
+    only cancelled jobs (a row of zeros, so the hospital sees the product was in use)."""
+    rng = random.Random(3)
+    states = ["completed", "completed", "failed", "expired", "cancelled", "in-progress"]
+    jobs: list[dict[str, Any]] = []
+    for n in range(150):
+        ended = (
+            datetime(2026, rng.randrange(1, 13), 1, tzinfo=UTC)
+            + rng.choice(
+                [timedelta(0), timedelta(microseconds=1), timedelta(days=rng.randrange(28))]
+            )
+            - rng.choice([timedelta(0), timedelta(microseconds=1)])
+        )
+        state = rng.choice(states)
+        jobs.append(
+            {
+                "id": f"job-{n}",
+                "hospital_id": rng.choice(["hospital-a", "hospital-b"]),
+                "product_id": "product-a",
+                "vendor_id": "vendor-a",
+                "idempotency_key": f"k{n}",
+                "study_uid": f"2.25.{n}",
+                "state": state,
+                "input_bytes": rng.randrange(1, 10**9),
+                "created_at": ended - timedelta(hours=1),
+                "ended_at": None if state == "in-progress" else ended,
+                "updated_at": ended,
+            }
+        )
+    jobs.append({**jobs[0], "id": "only-cancelled", "idempotency_key": "c", "state": "cancelled",
+                 "ended_at": datetime(2027, 3, 3, tzinfo=UTC)})  # fmt: skip
+    with exchange.client.app.state.services.db.session() as session:
+        session.execute(insert(Job), jobs)
+    expected: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
+    for job in jobs:
+        if job["ended_at"] is None:
+            continue
+        counts = expected[(job["hospital_id"], job["ended_at"].strftime("%Y-%m"))]
+        if job["state"] == "completed":
+            counts[0] += 1
+            counts[2] += job["input_bytes"]
+        elif job["state"] in ("failed", "expired"):
+            counts[1] += 1
+    response = exchange.client.get("/metering", headers=exchange.operator.headers)
+    assert response.status_code == 200, response.text
+    counted = {
+        (row["hospital"], row["month"]): [
+            row["jobs_completed"],
+            row["jobs_failed"],
+            row["input_bytes"],
+        ]
+        for row in response.json()["rows"]
+    }
+    assert counted == dict(expected)
+    assert counted[(jobs[0]["hospital_id"], "2027-03")] == [0, 0, 0]
+    mine = exchange.client.get("/metering", headers=parties["hospital_a"].headers).json()["rows"]
+    assert {row["hospital"] for row in mine} == {"hospital-a"}
 
 
 def test_openapi_is_served(exchange: Any) -> None:

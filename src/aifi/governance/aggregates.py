@@ -7,10 +7,7 @@ percentile), and a count per product × hospital × period. The figures themselv
 made by :mod:`aifi.governance.evaluation` and :mod:`aifi.governance.drift`, from the same
 definitions as rows counted in Python. The product's triage call is read from the job's own
 column (`triage_flag`, see :mod:`aifi.exchange.triage`), so no summary is parsed here.
-
-Two things differ per database and are written once each below, as SQL constructs: seconds
-between two moments, and the label of a moment's period. Timestamps are UTC on both. SQLite's
-date functions count milliseconds, so turnarounds there are exact to the millisecond.
+Seconds and periods are :mod:`aifi.exchange.sql_time`'s, the same on each database.
 """
 
 from __future__ import annotations
@@ -19,16 +16,14 @@ import math
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import ColumnElement, Float, String, and_, func, or_, select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.functions import FunctionElement
 
 from aifi.exchange.governance_models import EligibleCount, JobFeedback
 from aifi.exchange.models import Job
 from aifi.exchange.schemas import JobState
+from aifi.exchange.sql_time import iso_week_label, month_label, seconds_between
 from aifi.exchange.triage import CALLS
 from aifi.governance.drift import Granularity, PeriodCount
 from aifi.governance.evaluation import NATIONAL, Agreement, Tally
@@ -52,67 +47,6 @@ _COUNTS = (
     "false_negatives",
     "false_positives",
 )
-
-
-class seconds_between(FunctionElement[float]):  # noqa: N801 - an SQL function, named as one
-    """`end - start` in seconds, as a number."""
-
-    type = Float()
-    inherit_cache = True
-
-
-@compiles(seconds_between, "postgresql")
-def _seconds_on_postgresql(element: seconds_between, compiler: SQLCompiler, **kw: Any) -> str:
-    start, end = (compiler.process(c, **kw) for c in element.clauses)
-    # In double precision: a numeric sorts several times slower, and microseconds still fit.
-    return f"CAST(EXTRACT(EPOCH FROM ({end}) - ({start})) AS DOUBLE PRECISION)"
-
-
-@compiles(seconds_between, "sqlite")
-def _seconds_on_sqlite(element: seconds_between, compiler: SQLCompiler, **kw: Any) -> str:
-    start, end = (compiler.process(c, **kw) for c in element.clauses)
-    return f"((julianday({end}) - julianday({start})) * 86400.0)"
-
-
-class month_label(FunctionElement[str]):  # noqa: N801 - an SQL function, named as one
-    """A moment's month as :func:`aifi.governance.drift.period_of` labels it: '2026-03'."""
-
-    type = String()
-    inherit_cache = True
-
-
-class iso_week_label(FunctionElement[str]):  # noqa: N801 - an SQL function, named as one
-    """A moment's ISO week as :func:`aifi.governance.drift.period_of` labels it: '2026-W09'."""
-
-    type = String()
-    inherit_cache = True
-
-
-@compiles(month_label, "postgresql")
-def _month_on_postgresql(element: month_label, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"to_char(({compiler.process(element.clauses, **kw)}) AT TIME ZONE 'UTC', 'YYYY-MM')"
-
-
-@compiles(month_label, "sqlite")
-def _month_on_sqlite(element: month_label, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"strftime('%Y-%m', {compiler.process(element.clauses, **kw)})"
-
-
-@compiles(iso_week_label, "postgresql")
-def _week_on_postgresql(element: iso_week_label, compiler: SQLCompiler, **kw: Any) -> str:
-    moment = compiler.process(element.clauses, **kw)
-    return f"to_char(({moment}) AT TIME ZONE 'UTC', 'IYYY-\"W\"IW')"
-
-
-@compiles(iso_week_label, "sqlite")
-def _week_on_sqlite(element: iso_week_label, compiler: SQLCompiler, **kw: Any) -> str:
-    # An ISO week belongs to the year of its Thursday and is numbered by that Thursday's
-    # day of the year (SQLite before 3.46 has no %G or %V).
-    thursday = f"date({compiler.process(element.clauses, **kw)}, '-3 days', 'weekday 4')"
-    return (
-        f"(strftime('%Y', {thursday}) || '-W' || "
-        f"printf('%02d', (CAST(strftime('%j', {thursday}) AS INTEGER) - 1) / 7 + 1))"
-    )
 
 
 def tallies(session: Session) -> list[Tally]:

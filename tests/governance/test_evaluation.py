@@ -110,6 +110,19 @@ def test_proportions_carry_a_wilson_interval() -> None:
     assert empty.value is None and empty.ci_low is None
 
 
+def test_the_wilson_interval_is_scipys_for_every_count() -> None:
+    """Written out for speed; scipy's binomtest is the reference, edges (0 of n, n of n, one
+    study) included."""
+    from scipy.stats import binomtest
+
+    for n in (1, 2, 3, 7, 20, 101, 5000):
+        for k in sorted({0, 1, n // 3, n // 2, n - 1, n}):
+            reference = binomtest(k, n).proportion_ci(method="wilson")
+            interval = Proportion.of(k, n)
+            assert interval.ci_low == pytest.approx(reference.low, abs=1e-12), (k, n)
+            assert interval.ci_high == pytest.approx(reference.high, abs=1e-12), (k, n)
+
+
 def test_job_record_from_the_api_reads_the_triage_flag() -> None:
     api_job = {
         "id": "j1",

@@ -27,11 +27,13 @@ sensitivity, PPV
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -43,6 +45,8 @@ from aifi.exchange.triage import triage_call
 #: Label of the pooled rows in place of a hospital id.
 NATIONAL = "national"
 
+#: The normal quantile of a two-sided 95 % interval.
+_Z95 = NormalDist().inv_cdf(0.975)
 _FAILED = frozenset({JobState.failed.value, JobState.expired.value})
 _ENDED = _FAILED | {JobState.completed.value}
 
@@ -120,15 +124,18 @@ class Proportion(BaseModel):
             return cls(
                 numerator=numerator, denominator=denominator, value=value, ci_low=None, ci_high=None
             )
-        from scipy.stats import binomtest  # scipy.stats takes a second to import: only when used
-
-        interval = binomtest(numerator, denominator).proportion_ci(method="wilson")
+        # The Wilson score interval, written out: scipy's binomtest gives the same bounds at
+        # about 0.5 ms a call, and a national page has thousands of proportions.
+        z2 = _Z95 * _Z95
+        scale = 1 + z2 / denominator
+        centre = (value + z2 / (2 * denominator)) / scale
+        half = _Z95 * math.sqrt(value * (1 - value) / denominator + z2 / (4 * denominator**2))
         return cls(
             numerator=numerator,
             denominator=denominator,
             value=value,
-            ci_low=float(interval.low),
-            ci_high=float(interval.high),
+            ci_low=max(0.0, centre - half / scale),
+            ci_high=min(1.0, centre + half / scale),
         )
 
 

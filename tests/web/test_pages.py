@@ -150,6 +150,13 @@ def test_the_operator_sees_the_nation(browser: Any, site: dict[str, Any]) -> Non
     assert "Dossier gaps" in page.content() and "Record of processing" in page.content()
     visit(page, site["url"] + "/ui/evaluation", "operator-evaluation")
     assert ich_triage.PRODUCT_ID in page.content()
+    # The nation sees each product's national drift chart (and any with an alert): here the
+    # one triage product's, with the month of its one positive study.
+    figures = page.locator("figure.p-chart")
+    captions = figures.locator("figcaption").all_inner_texts()
+    assert captions == [f"{ich_triage.PRODUCT_ID} — national"]
+    assert figures.locator("circle.point").count() == 1
+    assert figures.locator("svg").first.bounding_box()["width"] > 100
     visit(page, site["url"] + "/ui/audit", "operator-audit")
     assert "the hash chain is intact" in page.content()
     visit(page, site["url"] + "/ui/priorities", "operator-priorities")
@@ -185,6 +192,11 @@ def test_a_radiologists_feedback_shows_up_in_the_metrics(
     row = page.locator("tr", has_text="hospital-a").first
     cells = row.locator("td").all_inner_texts()
     assert cells[7].startswith("0 %") and cells[9].startswith("100 %")  # agree 0/1, disagree 1/1
+    # A hospital sees its own drift charts beside the national ones.
+    captions = page.locator("figure.p-chart figcaption").all_inner_texts()
+    assert sorted(captions) == sorted(
+        f"{ich_triage.PRODUCT_ID} — {where}" for where in ("hospital-a", "national")
+    )
     visit(page, site["url"] + "/ui/priorities", "hospital-priorities")
     page.fill("input[name=area]", "fracture detection on radiographs")
     page.select_option("select[name=benefit]", "5")

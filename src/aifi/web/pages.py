@@ -26,6 +26,7 @@ from aifi.exchange.schemas import ENDED_STATES, JobState, OrganisationKind
 from aifi.exchange.services import Services
 from aifi.governance import AreaScore, allowed_actions
 from aifi.results.key_image import render_result_key_image
+from aifi.web import p_charts
 from aifi.web.deps import ClinicalDep
 from aifi.web.session import UserDep, WebUser
 
@@ -305,7 +306,12 @@ def evaluation(request: Request, user: UserDep, clinical: ClinicalDep) -> HTMLRe
     rows = clinical.evaluation(user.actor)
     charts = clinical.drift(user.actor)
     alerts = [alert for chart in charts for alert in chart.alerts]
-    return page(request, "evaluation.html", user, rows=rows, alerts=alerts)
+    hospital_user = user.organisation_role == OrganisationKind.hospital
+    drawings = sorted(
+        (p_charts.draw(c) for c in charts if p_charts.worth_showing(c, hospital_user)),
+        key=lambda d: (-d.alerts, d.title),
+    )
+    return page(request, "evaluation.html", user, rows=rows, alerts=alerts, charts=drawings)
 
 
 @router.get("/priorities", response_class=HTMLResponse)

@@ -1,0 +1,45 @@
+"""The drift p-chart's marks land where the figures say: rates from the bottom (0) to the top
+(the highest rate or limit), a period outside its limits marked, limits as steps."""
+
+from __future__ import annotations
+
+import pytest
+
+from aifi.governance import NATIONAL
+from aifi.governance.drift import DriftChart, PeriodCount, charts
+from aifi.web.p_charts import HEIGHT, PAD, draw, worth_showing
+
+
+def chart(hospital: str, monthly: list[tuple[int, int]]) -> DriftChart:
+    counts = [
+        PeriodCount(period=f"2026-{m:02d}", studies=n, positives=k)
+        for m, (n, k) in enumerate(monthly, start=1)
+    ]
+    [drawn] = charts({("ich", hospital): counts}, baseline=4)
+    return drawn
+
+
+def test_rates_and_signals_are_placed_on_the_chart() -> None:
+    steady = [(200, 20), (200, 22), (200, 18), (200, 20)]
+    drifting = chart("h-a", [*steady, (200, 60)])  # 30 % against a centre of 10 %
+    drawing = draw(drifting)
+    assert drawing.alerts == 1 and drawing.title == "ich — h-a"
+    assert [d.signal for d in drawing.dots] == [False, False, False, False, True]
+    top, last = drawing.dots[-1], drawing.dots[0]
+    assert drawing.top == pytest.approx(0.30)  # the drifting month is the highest mark
+    assert top.y == pytest.approx(PAD)
+    assert last.y == pytest.approx(HEIGHT - PAD - (HEIGHT - 2 * PAD) * 0.10 / 0.30)
+    assert drawing.centre_y == pytest.approx(HEIGHT - PAD - (HEIGHT - 2 * PAD) * 0.10 / 0.30)
+    assert drawing.dots[0].x < drawing.dots[-1].x
+    assert "2026-05: 60/200 positive (30.0%)" in top.tip
+    assert (drawing.first_period, drawing.last_period) == ("2026-01", "2026-05")
+    assert len(drawing.upper.split()) == 2 * len(drawing.dots)  # a step per period
+
+
+def test_only_the_charts_that_matter_are_shown_to_the_nation() -> None:
+    quiet = chart("h-b", [(100, 10), (100, 11)])
+    assert not worth_showing(quiet, hospital_user=False)
+    assert worth_showing(quiet, hospital_user=True)
+    assert worth_showing(chart(NATIONAL, [(100, 10)]), hospital_user=False)
+    single = draw(chart(NATIONAL, [(100, 10)]))
+    assert len(single.dots) == 1 and single.dots[0].x == pytest.approx(single.width / 2)

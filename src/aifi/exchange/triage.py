@@ -22,8 +22,8 @@ NO_CALL = "none"
 
 
 def triage_flag(summary: Mapping[str, object]) -> str:
-    """ "positive", "negative", or "none" (for "none", no triage, or a flag the summary schema
-    does not know)."""
+    """The flag as the job keeps it: positive, negative, or none (also for no triage, or a
+    flag the summary schema does not know)."""
     triage = summary.get("triage")
     flag = triage.get("flag") if isinstance(triage, Mapping) else None
     return flag if isinstance(flag, str) and flag in CALLS else NO_CALL

@@ -33,6 +33,7 @@ _COMPLETED = JobState.completed.value
 _FAILED = (JobState.failed.value, JobState.expired.value)
 _QUANTILES = {"p50": 0.5, "p95": 0.95}
 _POSITIVE = Job.triage_flag.in_([flag for flag, call in CALLS.items() if call])
+_NEGATIVE = Job.triage_flag.in_([flag for flag, call in CALLS.items() if not call])
 #: A tally's counts, in the order the tally query selects them.
 _COUNTS = (
     "volume",
@@ -52,7 +53,6 @@ _COUNTS = (
 def tallies(session: Session) -> list[Tally]:
     """A tally per product × hospital and per product nationally (hospital NATIONAL)."""
     verdict = JobFeedback.radiologist_positive
-    positive, negative = _POSITIVE, Job.triage_flag.in_([f for f, c in CALLS.items() if not c])
     count = func.count
     statement = (
         select(
@@ -64,9 +64,9 @@ def tallies(session: Session) -> list[Tally]:
             count().filter(Job.state.in_((*_FAILED, _COMPLETED))),
             count(JobFeedback.job_id),
             *(count().filter(JobFeedback.agreement == a.value) for a in Agreement),
-            count().filter(verdict.is_(True), positive),
-            count().filter(verdict.is_(True), negative),
-            count().filter(verdict.is_(False), positive),
+            count().filter(verdict.is_(True), _POSITIVE),
+            count().filter(verdict.is_(True), _NEGATIVE),
+            count().filter(verdict.is_(False), _POSITIVE),
         )
         .outerjoin(JobFeedback, JobFeedback.job_id == Job.id)
         .group_by(Job.product_id, Job.hospital_id)

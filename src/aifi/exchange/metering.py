@@ -43,7 +43,8 @@ def metering_rows(
     if until:
         query = query.where(Job.ended_at < month_start(until, later=1))
     with db.session() as session:
-        rows = session.execute(query.group_by(*groups).order_by(*groups)).all()
+        rows = session.execute(query.group_by(*groups)).tuples().all()
+    # Ordered here, not by the database: a server's collation may order ids otherwise.
     return [
         MeteringRow(
             hospital=hospital,
@@ -54,7 +55,7 @@ def metering_rows(
             jobs_failed=failed_jobs,
             input_bytes=int(size),
         )
-        for hospital, name, product, ended_in, done, failed_jobs, size in rows
+        for hospital, name, product, ended_in, done, failed_jobs, size in sorted(rows)
     ]
 
 

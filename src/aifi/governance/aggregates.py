@@ -201,10 +201,10 @@ def period_counts(
             Job.triage_flag.in_(CALLS),
         )
         .group_by(Job.product_id, Job.hospital_id, period)
-        .order_by(Job.product_id, Job.hospital_id, period)
     )
     counts: dict[tuple[str, str], list[PeriodCount]] = defaultdict(list)
-    for product_id, hospital_id, label, studies, positives in session.execute(statement):
+    # In period order, sorted here: a server's collation may order labels otherwise.
+    for product_id, hospital_id, label, studies, positives in sorted(session.execute(statement)):
         counts[(product_id, hospital_id)].append(
             PeriodCount(period=label, studies=studies, positives=positives)
         )

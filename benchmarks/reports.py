@@ -31,6 +31,7 @@ import tracemalloc
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -293,8 +294,8 @@ def measure(backend: str, jobs: int, progress: Progress) -> list[dict[str, Any]]
         fill(db, jobs, progress, backend)
         figures = []
         for report, (baseline, product) in REPORTS.items():
-            python_s, python_mb, python_out = timed(lambda b=baseline: b(db))  # type: ignore[misc]
-            database_s, database_mb, database_out = timed(lambda p=product: p(db))  # type: ignore[misc]
+            python_s, python_mb, python_out = timed(partial(baseline, db))
+            database_s, database_mb, database_out = timed(partial(product, db))
             figures.append(
                 {
                     "backend": backend,

@@ -91,6 +91,7 @@ def _transition(
 
 
 def job_out(job: Job) -> JobOut:
+    """The API's view of a job; its times are put in UTC by the schema (`UtcDateTime`)."""
     return JobOut(
         id=job.id,
         hospital_id=job.hospital_id,
@@ -105,15 +106,15 @@ def job_out(job: Job) -> JobOut:
         input_count=job.input_count,
         input_bytes=job.input_bytes,
         attempts=job.attempts,
-        lease_expires_at=as_utc(job.lease_expires_at) if job.lease_expires_at else None,
+        lease_expires_at=job.lease_expires_at,
         reason=job.reason,
         summary=job.summary,
-        created_at=as_utc(job.created_at),
-        ready_at=as_utc(job.ready_at) if job.ready_at else None,
-        claimed_at=as_utc(job.claimed_at) if job.claimed_at else None,
-        ended_at=as_utc(job.ended_at) if job.ended_at else None,
-        acknowledged_at=as_utc(job.acknowledged_at) if job.acknowledged_at else None,
-        inputs_purged_at=as_utc(job.inputs_swept_at) if job.inputs_swept_at else None,
+        created_at=job.created_at,
+        ready_at=job.ready_at,
+        claimed_at=job.claimed_at,
+        ended_at=job.ended_at,
+        acknowledged_at=job.acknowledged_at,
+        inputs_purged_at=job.inputs_swept_at,
     )
 
 

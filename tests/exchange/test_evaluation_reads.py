@@ -14,6 +14,7 @@ from sqlalchemy import insert
 from aifi.exchange.audit import Actor
 from aifi.exchange.governance_models import EligibleCount, JobFeedback
 from aifi.exchange.models import Job
+from aifi.exchange.months import Months
 from aifi.exchange.triage import triage_call
 from aifi.governance import NATIONAL, Agreement, Feedback, JobRecord, drift_charts, evaluate
 from aifi.governance import EligibleCount as EligibleIn
@@ -65,19 +66,18 @@ def test_the_triage_flag_in_each_summary_reaches_evaluation_and_drift(
         assert row.turnaround_p50_seconds is not None and row.turnaround_p50_seconds >= 0
 
 
-def test_the_database_counts_the_figures_as_rows_counted_one_by_one_do(
-    exchange: Any, parties: dict[str, Any]
-) -> None:
-    """Evaluation and drift are counted by the database (aggregates); the same jobs, feedback
-    and eligible counts counted row by row in Python must give the same figures: every state,
-    flag and verdict, jobs that never became ready, ties, and period edges (a month's last
-    minutes, ISO weeks that belong to the year before or after)."""
-    rng = random.Random(7)
+def random_jobs(rng: random.Random) -> tuple[list[dict[str, Any]], ...]:
+    """Jobs, feedback and eligible counts as the exchange stores them: every state, flag and
+    verdict, jobs that never became ready, ties, and period edges (a month's last minutes,
+    ISO weeks that belong to the year before or after, a job requested in one month and ended
+    in the next, one requested at a month's first moment)."""
     edges = [
         datetime(2026, 1, 31, 23, 59, 59, 999_000, tzinfo=UTC),
         datetime(2027, 1, 1, 8, 0, tzinfo=UTC),  # a Friday: ISO week 2026-W53
         datetime(2025, 12, 29, 0, 0, 1, tzinfo=UTC),  # a Monday: ISO week 2026-W01
         datetime(2026, 6, 15, 12, 0, tzinfo=UTC),
+        datetime(2026, 2, 1, 0, 30, tzinfo=UTC),  # requested (an hour before) in January
+        datetime(2026, 3, 1, 1, 0, tzinfo=UTC),  # requested at March's first moment
     ]
     states = ["completed"] * 6 + ["failed", "expired", "cancelled", "in-progress", "requested"]
     # As products sent them: the schema's flags, a flag it does not know, a flag that is not
@@ -94,6 +94,10 @@ def test_the_database_counts_the_figures_as_rows_counted_one_by_one_do(
     for n in range(240):
         state = rng.choice(states)
         ended = rng.choice(edges) + timedelta(days=rng.choice([0, rng.randrange(400)]))
+        summary = rng.choice(summaries)
+        if n < 2 * len(edges):  # each edge for certain: a positive and a negative call
+            state, ended = "completed", edges[n % len(edges)]
+            summary = {"triage": {"flag": ("positive", "negative")[n // len(edges)]}}
         # Whole seconds for some, so some turnarounds tie; microseconds for others.
         took = rng.choice([30.0, 60.0, rng.uniform(5, 900)])
         ready = None if rng.random() < 0.05 else ended - timedelta(seconds=took)
@@ -106,7 +110,7 @@ def test_the_database_counts_the_figures_as_rows_counted_one_by_one_do(
             "idempotency_key": f"k{n}",
             "study_uid": f"2.25.{n}",
             "state": state,
-            "summary": rng.choice(summaries),
+            "summary": summary,
             "created_at": ended - timedelta(hours=1),
             "ready_at": ready,
             "ended_at": ended if state in ("completed", "failed", "expired", "cancelled") else None,
@@ -127,17 +131,26 @@ def test_the_database_counts_the_figures_as_rows_counted_one_by_one_do(
         {"hospital_id": "hospital-a", "product_id": "product-a", "month": m, "studies": s}
         for m, s in (("2026-01", 70), ("2026-02", 55))
     ] + [{"hospital_id": "hospital-b", "product_id": "product-b", "month": "2026-06", "studies": 9}]
+    return jobs, feedback, eligible
+
+
+def stored(exchange: Any, jobs: list[dict[str, Any]], *rows: list[dict[str, Any]]) -> Any:
+    """The jobs, feedback and eligible counts written to the exchange's database, each job's
+    flag read by the sweep (as for rows of a replica of an earlier release); its services."""
+    feedback, eligible = rows
     services = exchange.client.app.state.services
     with services.db.session() as session:
         session.execute(insert(Job), jobs)
         session.execute(insert(JobFeedback), feedback)
         session.execute(insert(EligibleCount), eligible)
-    # Rows written without their flag, as by a replica of an earlier release: the sweep reads
-    # each flag in the database, once.
     assert services.jobs.read_triage_flags() == len(jobs)
-    assert services.jobs.read_triage_flags() == 0
-    clinical = ClinicalService(services.db, services.catalogue, services.audit, services.settings)
+    return services
 
+
+def one_by_one(
+    jobs: list[dict[str, Any]], feedback: list[dict[str, Any]], eligible: list[dict[str, Any]]
+) -> tuple[list[JobRecord], list[Feedback], list[EligibleIn]]:
+    """The same rows as the row-by-row definitions take them."""
     records = [
         JobRecord(
             **{k: job[k] for k in ("product_id", "hospital_id", "state", "ready_at", "ended_at")},
@@ -158,18 +171,37 @@ def test_the_database_counts_the_figures_as_rows_counted_one_by_one_do(
         EligibleIn(product_id=e["product_id"], hospital_id=e["hospital_id"], studies=e["studies"])
         for e in eligible
     ]
-    expected = evaluate(records, notes, counts)
-    counted = clinical.evaluation(OPERATOR)
+    return records, notes, counts
+
+
+def assert_same_evaluation(counted: list[Any], expected: list[Any]) -> None:
     assert [(r.product_id, r.hospital_id) for r in counted] == [
         (r.product_id, r.hospital_id) for r in expected
     ]
-    assert len(counted) == 6  # two products × (two hospitals + national)
     for got, want in zip(counted, expected, strict=True):
         # SQLite's date functions count milliseconds: turnarounds agree to within one.
         for field in ("turnaround_p50_seconds", "turnaround_p95_seconds"):
             assert getattr(got, field) == pytest.approx(getattr(want, field), abs=2e-3), field
         exact = {"turnaround_p50_seconds", "turnaround_p95_seconds"}
         assert got.model_dump(exclude=exact) == want.model_dump(exclude=exact)
+
+
+def test_the_database_counts_the_figures_as_rows_counted_one_by_one_do(
+    exchange: Any, parties: dict[str, Any]
+) -> None:
+    """Evaluation and drift are counted by the database (aggregates); the same jobs, feedback
+    and eligible counts counted row by row in Python must give the same figures."""
+    jobs, feedback, eligible = random_jobs(random.Random(7))
+    services = stored(exchange, jobs, feedback, eligible)
+    # Each flag is read once.
+    assert services.jobs.read_triage_flags() == 0
+    clinical = ClinicalService(services.db, services.catalogue, services.audit, services.settings)
+
+    records, notes, counts = one_by_one(jobs, feedback, eligible)
+    expected = evaluate(records, notes, counts)
+    counted = clinical.evaluation(OPERATOR)
+    assert len(counted) == 6  # two products × (two hospitals + national)
+    assert_same_evaluation(counted, expected)
     assert any(r.sensitivity.denominator > 0 for r in counted)
     assert any(r.uptake is not None for r in counted)
 
@@ -181,3 +213,50 @@ def test_the_database_counts_the_figures_as_rows_counted_one_by_one_do(
         p.period for c in clinical.drift(OPERATOR, granularity="week") for p in c.chart.points
     }
     assert {"2026-W53", "2026-W01", "2026-W05"} <= weekly
+
+
+@pytest.mark.parametrize(
+    ("months", "start", "end"),
+    [
+        (Months("2026-02", "2026-06"), datetime(2026, 2, 1), datetime(2026, 7, 1)),
+        (Months("2026-03", "2026-03"), datetime(2026, 3, 1), datetime(2026, 4, 1)),
+        (Months(since="2026-12"), datetime(2026, 12, 1), datetime(9999, 1, 1)),
+        (Months(until="2026-02"), datetime(1, 1, 1), datetime(2026, 3, 1)),
+    ],
+    ids=["february-to-june", "march", "from-december", "until-february"],
+)
+def test_a_period_counts_the_jobs_of_its_months_only(
+    exchange: Any, parties: dict[str, Any], months: Months, start: datetime, end: datetime
+) -> None:
+    """Evaluation counts the jobs requested in the months asked for, with those months'
+    eligible counts; drift the jobs that ended in them. Row by row, the same figures."""
+    start, end = start.replace(tzinfo=UTC), end.replace(tzinfo=UTC)
+    jobs, feedback, eligible = random_jobs(random.Random(11))
+    services = stored(exchange, jobs, feedback, eligible)
+    clinical = ClinicalService(services.db, services.catalogue, services.audit, services.settings)
+
+    requested = [j for j in jobs if start <= j["created_at"] < end]
+    reported = [
+        e for e in eligible if start <= datetime.fromisoformat(e["month"] + "-01T00:00Z") < end
+    ]
+    assert 0 < len(requested) < len(jobs)
+    expected = evaluate(*one_by_one(requested, feedback, reported))
+    counted = clinical.evaluation(OPERATOR, months)
+    assert_same_evaluation(counted, expected)
+    assert sum(r.volume for r in counted if r.hospital_id == NATIONAL) == len(requested)
+
+    ended = [j for j in jobs if j["ended_at"] is not None and start <= j["ended_at"] < end]
+    records, _notes, _counts = one_by_one(ended, [], [])
+    for granularity in ("month", "week"):
+        want = drift_charts(records, granularity=granularity)
+        got = clinical.drift(OPERATOR, granularity=granularity, months=months)
+        assert [c.model_dump() for c in got] == [c.model_dump() for c in want]
+    # The edges are in the data: a job requested in January and ended in February counts in
+    # February's drift, not its evaluation; one requested at March's first moment is March's,
+    # not February's.
+    if months.since == "2026-02":
+        assert any(j["ended_at"] and j["created_at"] < start <= j["ended_at"] for j in jobs)
+    if months.since == "2026-03":
+        assert any(j["created_at"] == start for j in jobs)
+    if months.until == "2026-02":
+        assert any(j["created_at"] == end for j in jobs)

@@ -34,6 +34,8 @@ def test_the_reports_benchmark_counts_the_same_both_ways(tmp_path: Path) -> None
         "evaluation",
         "drift (monthly)",
         "metering",
+        "evaluation, 2026-06",
+        "drift, 2026-06",
     }
     assert all(f["same_figures"] and f["rows"] > 0 for f in figures["figures"])
     assert figures["targets"] == {}

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pydicom
+import pytest
 from fhir.resources.R4B.bundle import Bundle
 
 from aifi.dicom.deid import Deidentifier, PseudonymKey
@@ -139,6 +140,26 @@ def test_feedback_reaches_the_evaluation(pillar: Pillar, tmp_path: Path) -> None
             other.post(f"/jobs/{job_id}/feedback", json={"agreement": "agree"}).status_code == 404
         )
         assert all(r["hospital_id"] != "hospital-a" for r in other.get("/evaluation").json())
+
+
+@pytest.mark.parametrize("report", ["/metering", "/evaluation", "/evaluation/drift"])
+def test_a_report_names_what_is_wrong_with_the_months_asked_for(
+    pillar: Pillar, report: str
+) -> None:
+    """Months backwards or not written YYYY-MM are refused (422) with the reason, not answered
+    with an empty report that looks like no jobs."""
+    operator = pillar.api("operator")
+    backwards = operator.get(report, params={"since": "2026-05", "until": "2026-03"})
+    assert backwards.status_code == 422
+    assert backwards.json()["detail"] == "since (2026-05) is after until (2026-03)"
+    for params in ({"since": "2026-13"}, {"until": "26-01"}, {"since": "2026-1"}):
+        malformed = operator.get(report, params=params)
+        assert malformed.status_code == 422, params
+        [error] = malformed.json()["detail"]
+        assert error["loc"] == ["query", *params], error
+    one_month = operator.get(report, params={"since": "2026-03", "until": "2026-03"})
+    assert one_month.status_code == 200, one_month.text
+    operator.close()
 
 
 def test_hospitals_rank_clinical_areas(pillar: Pillar) -> None:

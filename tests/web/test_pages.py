@@ -14,6 +14,7 @@ import pydicom
 import pytest
 
 from aifi.dicom.deid import Deidentifier, PseudonymKey
+from aifi.exchange.clock import utcnow
 from aifi.exchange.server import ExchangeThread
 from aifi.exchange.settings import ExchangeSettings
 from aifi.phantoms import write_study
@@ -157,6 +158,31 @@ def test_the_operator_sees_the_nation(browser: Any, site: dict[str, Any]) -> Non
     assert captions == [f"{ich_triage.PRODUCT_ID} — national"]
     assert figures.locator("circle.point").count() == 1
     assert figures.locator("svg").first.bounding_box()["width"] > 100
+    # The page opens on the last twelve months; a past year has none of these jobs, and months
+    # backwards are refused with the reason.
+    shown = page.locator(".period-shown").inner_text()
+    assert shown.endswith(f"to {utcnow():%Y-%m}"), shown
+    page.fill("input[name=since]", "2020-01")
+    page.fill("input[name=until]", "2020-12")
+    with page.expect_navigation():
+        page.click("form.period button")
+    visit(page, page.url, "operator-evaluation-2020")
+    assert page.locator(".period-shown").inner_text() == "2020-01 to 2020-12"
+    assert "No jobs requested in 2020-01 to 2020-12." in page.inner_text("main")
+    assert page.locator("figure.p-chart").count() == 0
+    backwards = visit(
+        page,
+        site["url"] + "/ui/evaluation?since=2026-05&until=2026-03",
+        "operator-evaluation-backwards",
+    )
+    assert backwards.status == 422
+    assert "since (2026-05) is after until (2026-03)" in page.inner_text("main")
+    everything = visit(
+        page, site["url"] + "/ui/evaluation?since=&until=", "operator-evaluation-all-time"
+    )
+    assert everything.status == 200
+    assert page.locator(".period-shown").inner_text() == "all time"
+    assert page.locator("figure.p-chart").count() == 1
     visit(page, site["url"] + "/ui/audit", "operator-audit")
     assert "the hash chain is intact" in page.content()
     visit(page, site["url"] + "/ui/priorities", "operator-priorities")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from aifi.exchange.audit import Actor
 from aifi.exchange.auth import key_hash_of, verified_actor
+from aifi.exchange.months import MONTH, Months
 from aifi.exchange.services import Services
 
 
@@ -41,6 +42,20 @@ async def get_caller(
     return await run_in_threadpool(verified_actor, services.db, key_hash, services.keys)
 
 
+async def get_months(
+    since: Annotated[
+        str | None, Query(pattern=MONTH, description="the first month (YYYY-MM, UTC) included")
+    ] = None,
+    until: Annotated[
+        str | None, Query(pattern=MONTH, description="the last month (YYYY-MM, UTC) included")
+    ] = None,
+) -> Months:
+    """The months a report covers; either end left out is open. `since` after `until` is
+    refused (422) rather than answered with nothing."""
+    return Months(since, until)
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
 CallerDep = Annotated[Actor, Depends(get_caller)]
+MonthsDep = Annotated[Months, Depends(get_months)]
 LeaseHeader = Annotated[str | None, Header(alias="X-Lease-Token")]

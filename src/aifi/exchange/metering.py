@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from sqlalchemy import func, select
 
 from aifi.exchange.audit import Actor
 from aifi.exchange.db import Database
 from aifi.exchange.jobs import visible_to
 from aifi.exchange.models import Job, Organisation
+from aifi.exchange.months import Months
 from aifi.exchange.schemas import JobState, MeteringRow
 from aifi.exchange.sql_time import month_label
 
 
-def metering_rows(
-    db: Database, actor: Actor, since: str | None, until: str | None
-) -> list[MeteringRow]:
-    """Completed and failed jobs counted by the month they ended in (YYYY-MM, UTC).
+def metering_rows(db: Database, actor: Actor, months: Months) -> list[MeteringRow]:
+    """Completed and failed jobs counted by the month they ended in (YYYY-MM, UTC), for
+    the jobs that ended in `months`.
 
     The database selects the months asked for (through the index on `ended_at`) and counts
     them: the jobs table keeps every job ever, about eleven million a year nationally, and
@@ -35,15 +33,11 @@ def metering_rows(
             func.coalesce(func.sum(Job.input_bytes).filter(completed), 0),
         )
         .join(Organisation, Organisation.id == Job.hospital_id)
-        .where(Job.ended_at.is_not(None)),
+        .where(Job.ended_at.is_not(None), *months.where(Job.ended_at)),
         actor,
     )
-    if since:
-        query = query.where(Job.ended_at >= month_start(since))
-    if until:
-        query = query.where(Job.ended_at < month_start(until, later=1))
     with db.session() as session:
-        rows = session.execute(query.group_by(*groups)).tuples().all()
+        rows = session.execute(query.group_by(*groups)).all()
     # Ordered here, not by the database: a server's collation may order ids otherwise.
     return [
         MeteringRow(
@@ -57,10 +51,3 @@ def metering_rows(
         )
         for hospital, name, product, ended_in, done, failed_jobs, size in sorted(rows)
     ]
-
-
-def month_start(month: str, later: int = 0) -> datetime:
-    """The first moment (UTC) of `month` (YYYY-MM), or of the month `later` months on."""
-    year, number = (int(part) for part in month.split("-"))
-    index = year * 12 + number - 1 + later
-    return datetime(index // 12, index % 12 + 1, 1, tzinfo=UTC)

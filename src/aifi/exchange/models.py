@@ -94,6 +94,8 @@ class Job(Base):
         # The metrics' scrape: jobs ended lately, and outcomes not yet fetched, without reading
         # every job ever.
         Index("ix_jobs_ended", "ended_at"),
+        # Evaluation of the months asked for: jobs by when they were requested.
+        Index("ix_jobs_created", "created_at"),
         # Jobs with a summary whose flag is not read yet: none, but for a rolling upgrade's.
         Index(
             "ix_jobs_triage_unread",

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from aifi.exchange.governance_models import EligibleCount, JobFeedback
 from aifi.exchange.models import Job
+from aifi.exchange.months import Months
 from aifi.exchange.schemas import JobState
 from aifi.exchange.sql_time import iso_week_label, month_label, seconds_between
 from aifi.exchange.triage import CALLS
@@ -50,8 +51,9 @@ _COUNTS = (
 )
 
 
-def tallies(session: Session) -> list[Tally]:
-    """A tally per product × hospital and per product nationally (hospital NATIONAL)."""
+def tallies(session: Session, months: Months = Months()) -> list[Tally]:
+    """A tally per product × hospital and per product nationally (hospital NATIONAL), of the
+    jobs requested in `months` (by `created_at`, as volume counts them)."""
     verdict = JobFeedback.radiologist_positive
     count = func.count
     statement = (
@@ -69,6 +71,7 @@ def tallies(session: Session) -> list[Tally]:
             count().filter(verdict.is_(False), _POSITIVE),
         )
         .outerjoin(JobFeedback, JobFeedback.job_id == Job.id)
+        .where(*months.where(Job.created_at))
         .group_by(Job.product_id, Job.hospital_id)
     )
     local = {
@@ -82,20 +85,27 @@ def tallies(session: Session) -> list[Tally]:
         pooled = national.setdefault(product_id, Tally(product_id, NATIONAL))
         for field in _COUNTS:
             setattr(pooled, field, getattr(pooled, field) + getattr(counted, field))
-    for scope, quantiles in _turnarounds(session, national=False).items():
+    for scope, quantiles in _turnarounds(session, months, national=False).items():
         local[scope].turnaround_p50_seconds, local[scope].turnaround_p95_seconds = quantiles
-    for (product_id, _national), quantiles in _turnarounds(session, national=True).items():
+    for (product_id, _national), quantiles in _turnarounds(session, months, national=True).items():
         national[product_id].turnaround_p50_seconds = quantiles[0]
         national[product_id].turnaround_p95_seconds = quantiles[1]
     return [*local.values(), *national.values()]
 
 
-def _turnarounds(session: Session, *, national: bool) -> dict[tuple[str, str], tuple[float, float]]:
+def _turnarounds(
+    session: Session, months: Months, *, national: bool
+) -> dict[tuple[str, str], tuple[float, float]]:
     """p50 and p95 of ready → completed per product × hospital (or per product), by linear
     interpolation between order statistics, as :func:`aifi.governance.evaluation.percentile`
     does and PostgreSQL's `percentile_cont` is defined."""
     groups = [Job.product_id] if national else [Job.product_id, Job.hospital_id]
-    completed = (Job.state == _COMPLETED, Job.ready_at.is_not(None), Job.ended_at.is_not(None))
+    completed = (
+        Job.state == _COMPLETED,
+        Job.ready_at.is_not(None),
+        Job.ended_at.is_not(None),
+        *months.where(Job.created_at),
+    )
     seconds = seconds_between(Job.ready_at, Job.ended_at)
     if session.get_bind().dialect.name == "postgresql":
         quantiles = func.percentile_cont(postgresql.array(list(_QUANTILES.values())))
@@ -169,11 +179,14 @@ def _interpolate(values: dict[int, float], n: int, q: float) -> float:
     return values[below] + (values[above] - values[below]) * fraction
 
 
-def eligible(session: Session) -> list[EligibleIn]:
-    """Each hospital's eligible studies per product, summed over the months it reported."""
-    statement = select(
-        EligibleCount.product_id, EligibleCount.hospital_id, func.sum(EligibleCount.studies)
-    ).group_by(EligibleCount.product_id, EligibleCount.hospital_id)
+def eligible(session: Session, months: Months = Months()) -> list[EligibleIn]:
+    """Each hospital's eligible studies per product, summed over the months of `months` it
+    reported."""
+    statement = (
+        select(EligibleCount.product_id, EligibleCount.hospital_id, func.sum(EligibleCount.studies))
+        .where(*months.where_month(EligibleCount.month))
+        .group_by(EligibleCount.product_id, EligibleCount.hospital_id)
+    )
     return [
         EligibleIn(product_id=product_id, hospital_id=hospital_id, studies=int(studies))
         for product_id, hospital_id, studies in session.execute(statement)
@@ -181,10 +194,13 @@ def eligible(session: Session) -> list[EligibleIn]:
 
 
 def period_counts(
-    session: Session, granularity: Granularity | str = Granularity.month
+    session: Session,
+    granularity: Granularity | str = Granularity.month,
+    months: Months = Months(),
 ) -> dict[tuple[str, str], list[PeriodCount]]:
     """Completed jobs with a triage flag, and how many were positive, per product × hospital
-    and period (by end), as :func:`aifi.governance.drift.positive_counts` counts them."""
+    and period (by end), as :func:`aifi.governance.drift.positive_counts` counts them; of the
+    jobs that ended in `months`."""
     week = Granularity(granularity) == Granularity.week
     period = iso_week_label(Job.ended_at) if week else month_label(Job.ended_at)
     statement = (
@@ -199,6 +215,7 @@ def period_counts(
             Job.state == _COMPLETED,
             Job.ended_at.is_not(None),
             Job.triage_flag.in_(CALLS),
+            *months.where(Job.ended_at),
         )
         .group_by(Job.product_id, Job.hospital_id, period)
     )

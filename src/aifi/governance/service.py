@@ -32,6 +32,7 @@ from aifi.exchange.governance_models import (
 )
 from aifi.exchange.jobs import visible_to
 from aifi.exchange.models import Job, Organisation, Product
+from aifi.exchange.months import Months
 from aifi.exchange.schemas import JobState, OrganisationKind, ProductManifest
 from aifi.exchange.settings import ExchangeSettings
 from aifi.governance import (
@@ -418,22 +419,28 @@ class ClinicalService:
             )
         return [r for r in rows if r.product_id in own]
 
-    def evaluation(self, actor: Actor) -> list[ProductEvaluation]:
+    def evaluation(self, actor: Actor, months: Months = Months()) -> list[ProductEvaluation]:
         """National figures are counted over every hospital, so the database counts them all
-        (:mod:`aifi.governance.aggregates`); tenants' own rows are picked out afterwards."""
+        (:mod:`aifi.governance.aggregates`); tenants' own rows are picked out afterwards.
+        `months`: the jobs requested in them, and the eligible counts of those months."""
         with self._db.session() as session:
-            tallies, eligible = aggregates.tallies(session), aggregates.eligible(session)
+            tallies = aggregates.tallies(session, months)
+            eligible = aggregates.eligible(session, months)
         rows = self._visible_rows(actor, evaluations(tallies, eligible))
-        self._audit.record(actor, "search", "evaluation", f"{len(rows)} rows")
+        self._audit.record(actor, "search", "evaluation", f"{len(rows)} rows, {months}")
         return rows
 
     def drift(
-        self, actor: Actor, granularity: Granularity | str = Granularity.month
+        self,
+        actor: Actor,
+        granularity: Granularity | str = Granularity.month,
+        months: Months = Months(),
     ) -> list[DriftChart]:
+        """`months`: the periods of the jobs that ended in them."""
         with self._db.session() as session:
-            counts = aggregates.period_counts(session, granularity)
+            counts = aggregates.period_counts(session, granularity, months)
         charts = self._visible_rows(actor, drift.charts(drift.with_national(counts)))
-        self._audit.record(actor, "search", "drift", f"{len(charts)} charts")
+        self._audit.record(actor, "search", "drift", f"{len(charts)} charts, {months}")
         return charts
 
     # clinical areas ------------------------------------------------------------------------

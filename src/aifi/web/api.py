@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from aifi.exchange.auth import require_role
 from aifi.exchange.clock import as_utc
-from aifi.exchange.deps import CallerDep, ServicesDep
+from aifi.exchange.deps import CallerDep, MonthsDep, ServicesDep
 from aifi.exchange.models import AuditEntry
 from aifi.governance import AreaScore, PriorityList, ProductEvaluation
 from aifi.governance.conformance.report import ConformanceReport
@@ -152,17 +152,24 @@ def eligible(body: EligibleIn, caller: CallerDep, clinical: ClinicalDep) -> Resp
 
 
 @router.get("/evaluation", response_model=list[ProductEvaluation])
-def evaluation(caller: CallerDep, clinical: ClinicalDep) -> list[ProductEvaluation]:
-    return clinical.evaluation(caller)
+def evaluation(
+    caller: CallerDep, clinical: ClinicalDep, months: MonthsDep
+) -> list[ProductEvaluation]:
+    """The figures of the jobs requested in the months asked for (all time by default), with
+    the eligible counts reported for those months."""
+    return clinical.evaluation(caller, months)
 
 
 @router.get("/evaluation/drift", response_model=list[DriftChart])
 def drift(
     caller: CallerDep,
     clinical: ClinicalDep,
+    months: MonthsDep,
     granularity: Annotated[Granularity, Query()] = Granularity.month,
 ) -> list[DriftChart]:
-    return clinical.drift(caller, granularity)
+    """A p-chart per product × hospital and nationally, of the jobs that ended in the months
+    asked for (all time by default)."""
+    return clinical.drift(caller, granularity, months)
 
 
 @router.put("/priorities/scores", status_code=204)

@@ -19,9 +19,10 @@ from aifi.exchange.audit import check_chain
 from aifi.exchange.catalogue import product_out
 from aifi.exchange.clock import utcnow
 from aifi.exchange.deps import ServicesDep
-from aifi.exchange.errors import ExchangeError, NotFound
+from aifi.exchange.errors import ExchangeError, Invalid, NotFound
 from aifi.exchange.jobs import job_out
 from aifi.exchange.models import AuditEntry, Job, Organisation
+from aifi.exchange.months import Months
 from aifi.exchange.schemas import ENDED_STATES, JobState, OrganisationKind
 from aifi.exchange.services import Services
 from aifi.governance import AreaScore, allowed_actions
@@ -42,8 +43,12 @@ OVERVIEW_DAYS = 30
 UNDER_WAY = tuple(state.value for state in JobState if state not in ENDED_STATES)
 
 
-def page(request: Request, name: str, user: WebUser | None, **context: Any) -> HTMLResponse:
-    return templates.TemplateResponse(request, name, {"user": user, **context})
+def page(
+    request: Request, name: str, user: WebUser | None, status_code: int = 200, **context: Any
+) -> HTMLResponse:
+    return templates.TemplateResponse(
+        request, name, {"user": user, **context}, status_code=status_code
+    )
 
 
 # login -------------------------------------------------------------------------------------
@@ -301,17 +306,55 @@ def feedback(
 # evaluation, priorities, audit ------------------------------------------------------------
 
 
+#: The evaluation page opens on a year of practice: the last twelve months, this one included.
+EVALUATION_MONTHS = 12
+
+
 @router.get("/evaluation", response_class=HTMLResponse)
-def evaluation(request: Request, user: UserDep, clinical: ClinicalDep) -> HTMLResponse:
-    rows = clinical.evaluation(user.actor)
-    charts = clinical.drift(user.actor)
+def evaluation(
+    request: Request,
+    user: UserDep,
+    clinical: ClinicalDep,
+    since: str | None = None,
+    until: str | None = None,
+) -> HTMLResponse:
+    """`since`/`until` as YYYY-MM (the form's month fields); neither given: the last twelve
+    months; both left empty: all time."""
+    try:
+        if since is None and until is None:
+            months = Months.last(EVALUATION_MONTHS, utcnow())
+        else:
+            months = Months(since or None, until or None)
+    except Invalid as exc:
+        return page(
+            request,
+            "evaluation.html",
+            user,
+            status_code=422,
+            error=exc.message,
+            months=Months(),
+            rows=[],
+            alerts=[],
+            charts=[],
+        )
+    rows = clinical.evaluation(user.actor, months)
+    charts = clinical.drift(user.actor, months=months)
     alerts = [alert for chart in charts for alert in chart.alerts]
     hospital_user = user.organisation_role == OrganisationKind.hospital
     drawings = sorted(
         (p_charts.draw(c) for c in charts if p_charts.worth_showing(c, hospital_user)),
         key=lambda d: (-d.alerts, d.title),
     )
-    return page(request, "evaluation.html", user, rows=rows, alerts=alerts, charts=drawings)
+    return page(
+        request,
+        "evaluation.html",
+        user,
+        error=None,
+        months=months,
+        rows=rows,
+        alerts=alerts,
+        charts=drawings,
+    )
 
 
 @router.get("/priorities", response_class=HTMLResponse)
@@ -393,7 +436,7 @@ def _business_report(services: Any, user: WebUser) -> str:
     case = load_case(BUSINESS_EXAMPLE)
     rows = [
         MeteringRow.model_validate(row.model_dump())
-        for row in metering_rows(services.db, user.actor, None, None)
+        for row in metering_rows(services.db, user.actor, Months())
     ]
     metering = None
     if rows:

@@ -1,0 +1,54 @@
+"""A report's period of whole UTC months."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from aifi.exchange.errors import Invalid
+from aifi.exchange.months import Months
+
+
+def test_the_last_twelve_months_end_with_this_one_in_utc() -> None:
+    assert Months.last(12, datetime(2026, 1, 15, tzinfo=UTC)) == Months("2025-02", "2026-01")
+    assert Months.last(1, datetime(2026, 12, 31, 23, 0, tzinfo=UTC)) == Months("2026-12", "2026-12")
+    # Half past midnight on New Year's Day in Amsterdam is still December in UTC.
+    amsterdam = timezone(timedelta(hours=1))
+    assert Months.last(3, datetime(2026, 1, 1, 0, 30, tzinfo=amsterdam)) == Months(
+        "2025-10", "2025-12"
+    )
+
+
+def test_a_period_is_half_open_on_whole_months() -> None:
+    months = Months("2026-02", "2026-03")
+    assert (months.start, months.end) == (
+        datetime(2026, 2, 1, tzinfo=UTC),
+        datetime(2026, 4, 1, tzinfo=UTC),
+    )
+    assert months.holds(datetime(2026, 2, 1, tzinfo=UTC))
+    assert months.holds(datetime(2026, 3, 31, 23, 59, 59, 999_999, tzinfo=UTC))
+    assert not months.holds(datetime(2026, 4, 1, tzinfo=UTC))
+    assert not months.holds(datetime(2026, 1, 31, 23, 59, 59, 999_999, tzinfo=UTC))
+    assert Months(until="2026-12").end == datetime(2027, 1, 1, tzinfo=UTC)
+    assert [str(m) for m in (Months(), Months("2026-01"), Months(until="2026-01"))] == [
+        "all time",
+        "from 2026-01",
+        "until 2026-01",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("since", "until", "reason"),
+    [
+        ("2026-05", "2026-03", "since (2026-05) is after until (2026-03)"),
+        ("2026-13", None, "since must be a month as YYYY-MM, not '2026-13'"),
+        (None, "2026-1", "until must be a month as YYYY-MM, not '2026-1'"),
+    ],
+)
+def test_a_period_that_cannot_be_read_says_why(
+    since: str | None, until: str | None, reason: str
+) -> None:
+    with pytest.raises(Invalid) as refused:
+        Months(since, until)
+    assert refused.value.message == reason

@@ -81,14 +81,6 @@ class Months:
             conditions.append(month <= self.until)
         return conditions
 
-    def holds(self, moment: datetime | None) -> bool:
-        """Whether `moment` (aware) falls in the period: the same test in Python."""
-        if moment is None:
-            return self.start is None and self.end is None
-        return (self.start is None or moment >= self.start) and (
-            self.end is None or moment < self.end
-        )
-
     def __str__(self) -> str:
         if self.since and self.until:
             return self.since if self.since == self.until else f"{self.since} to {self.until}"

@@ -196,6 +196,7 @@ def _register_tools() -> None:
     from aifi.business.cli import business_case
     from aifi.dicom.deid.cli import deid
     from aifi.exchange.audit_cli import app as audit_app
+    from aifi.gateway.disclosures_cli import disclosures
     from aifi.governance.cli import conformance
     from aifi.phantoms.cli import phantom
 
@@ -204,6 +205,9 @@ def _register_tools() -> None:
     )
     app.command("deid", help="Pseudonymise a folder of DICOM files (PS3.15 Annex E).")(deid)
     app.add_typer(audit_app, name="audit")
+    app.command("disclosures", help="What a gateway sent where, per patient (its disclosure log).")(
+        disclosures
+    )
     app.command("phantom", help="Write a synthetic study with known ground truth.")(phantom)
     app.command("business-case", help="Cost–benefit of central vs local AI procurement.")(
         business_case

@@ -3,6 +3,7 @@ worker, back into a real Orthanc under the hospital's own identifiers."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -14,13 +15,16 @@ from typing import Any
 import httpx
 import pydicom
 import pytest
+from typer.testing import CliRunner
 
+from aifi.cli import app
 from aifi.dicom.dciodvfy import verify_iod
 from aifi.gateway.config import load_config
 from aifi.gateway.dimse import NoDelayAE
 from aifi.gateway.service import Gateway
 from aifi.phantoms import write_study
-from support.national import National, gateway_config
+from aifi.products import tissue_volume
+from support.national import VENDOR, National, gateway_config
 from support.peers import OrthancPeer, free_port, storescu
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -64,7 +68,8 @@ def test_result_reaches_orthanc_under_original_identifiers(
 ) -> None:
     gateway_port = free_port()
     pacs = start_pacs(orthanc_factory, gateway_port)
-    config = load_config(gateway_config(tmp_path, national, gateway_port, pacs.dicom_port))
+    config_file = gateway_config(tmp_path, national, gateway_port, pacs.dicom_port)
+    config = load_config(config_file)
     files, study_uid = phantom(tmp_path / "study")
     storescu(files, pacs.dicom_port, called="ORTHANC")  # the PACS already holds the images
 
@@ -106,6 +111,34 @@ def test_result_reaches_orthanc_under_original_identifiers(
         blob = api.get(f"/jobs/{remote['id']}/inputs/{inputs[0]['sop_instance_uid']}").content
         for secret in (IDENTITY["patient_id"], "Jansen", IDENTITY["accession_number"], study_uid):
             assert secret.encode() not in blob
+
+    # The gateway's own log names the patient (the exchange could not): which study went to
+    # which product as which pseudonym, and that its result came back into the PACS.
+    listed = CliRunner().invoke(
+        app,
+        [
+            "disclosures",
+            "--config",
+            str(config_file),
+            "--patient",
+            IDENTITY["patient_id"],
+            "--json",
+            str(tmp_path / "disclosures.json"),
+        ],  # fmt: skip
+    )
+    assert listed.exit_code == 0, listed.output
+    entries = json.loads((tmp_path / "disclosures.json").read_text())
+    assert [e["action"] for e in entries] == ["disclosed", "reidentified", "delivered"]
+    assert {(e["study_uid"], e["outcome"]) for e in entries} == {(study_uid, "success")}
+    disclosed = entries[0]
+    assert disclosed["recipient"] == (
+        f"{tissue_volume.PRODUCT_ID} {tissue_volume.manifest(VENDOR)['version']} of {VENDOR}, "
+        "through the exchange"
+    )
+    assert remote["study_uid"] in disclosed["detail"]
+    assert remote["patient_pseudonym"] in disclosed["detail"]
+    assert f"{len(files)} instance(s)" in disclosed["detail"]
+    assert entries[2]["recipient"] == "PACS pacs (ORTHANC)"
 
 
 def test_a_dataset_that_cannot_be_parsed_is_refused_and_harms_nothing(

@@ -9,6 +9,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from aifi.gateway.service import Gateway
@@ -71,6 +72,11 @@ def test_a_study_leaves_the_gateway_retain_hours_after_its_job_ended(
         assert study["state"] == "purged"
         # What was sent where stays on record, and the byte totals still count the study.
         assert [j["state"] for j in gateway.jobs()] == ["delivered"]
+        # So does the disclosure log, by the patient it names: it outlives the study.
+        patient = str(pydicom.dcmread(files[0], stop_before_pixels=True).PatientID)
+        logged = gateway.disclosures.entries(patient_id=patient)
+        assert [e.action for e in logged] == ["disclosed", "reidentified"]
+        assert gateway.disclosures.verify() == []
         totals = gateway.state.totals()
         assert totals["purged_bytes"] == totals["purged_uploaded_bytes"] == held
         assert totals["purged_instances"] == len(files)

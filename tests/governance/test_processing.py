@@ -108,6 +108,9 @@ def test_where_and_how_long(
     assert (unfinished.place, unfinished.period) == (exchange_place, "3 days")
     assert periods[("vendor (acme-ai)", "inputs and results")] == "deleted when the job ends"
     assert any("NEN 7510 (certificate NEN-9" in m for m in record.security_measures)
+    # What went where, by patient, is on record inside the hospital, not at the exchange.
+    [disclosures] = [r for r in record.retention if r.place.startswith("gateway disclosure")]
+    assert "by patient ID" in disclosures.data and "never purged" in disclosures.period
     assert record.vendor_dpia == "https://acme.example/dpia (completed 2025-06-01)"
 
 

@@ -28,6 +28,7 @@ from aifi.gateway.dimse import (
     storage_scp_ae,
     tighten_polling,
 )
+from aifi.gateway.disclosures import Action, DisclosureLog, NotRecorded
 from aifi.gateway.exchange_client import ENDED_PAGE, GatewayClient
 from aifi.gateway.metrics import MetricsServer, start_metrics_server
 from aifi.gateway.notify import Notifier, OriginalStudy, build_notice
@@ -91,6 +92,9 @@ class Gateway:
         self.key = PseudonymKey.from_file(secret)
         self.state = GatewayState(workdir / "state.db")
         self.vault = Vault(workdir / "vault.db")
+        self.disclosures = DisclosureLog(
+            workdir / "disclosures.db", config.hospital, f"gateway {config.dicom.ae_title}"
+        )
         self.client = client or GatewayClient.connecting(config.exchange)
         self.notifier = Notifier(config.notifications)
         self._stop = threading.Event()
@@ -161,6 +165,7 @@ class Gateway:
         self.notifier.close()
         self.state.close()
         self.vault.close()
+        self.disclosures.close()
 
     def _notify(self) -> None:
         with self.changed:
@@ -413,10 +418,19 @@ class Gateway:
                 if prepared.refused
                 else None
             )
-            self.state.update_job(
-                job_id, state="submitted", submitted_at=time.time(), reason=note,
-                exchange_state="requested",
-            )  # fmt: skip
+            patient, study = self._patient_of(str(opened["study_uid"]), job["study_uid"])
+            options = ", ".join(sorted(manifest.get("data_needed", []))) or "none"
+            self.disclosures.record(
+                Action.disclosed,
+                patient_id=patient,
+                study_uid=study,
+                recipient=f"{job['product_id']} {product['version']} of {product['vendor']}, "
+                "through the exchange",
+                detail=f"exchange job {exchange_id}: {prepared.sent} instance(s) as study "
+                f"{opened['study_uid']} of patient {opened['patient_pseudonym']}; Annex E "
+                f"options beyond the basic profile: {options}" + (f"; {note}" if note else ""),
+            )
+            self.state.mark_submitted(job_id, note)
         except NothingToSend as exc:
             self._refuse(job_id, str(exc))
         except ExchangeHTTPError as exc:
@@ -426,7 +440,20 @@ class Gateway:
                 self._retry(job, str(exc))
         except (httpx.TransportError, OSError) as exc:
             self._retry(job, f"exchange unreachable: {exc}")
+        except NotRecorded as exc:
+            # Sent, but not on record: sent again later (the exchange takes it once), and
+            # recorded then; it does not count as submitted until it is.
+            self._retry(job, str(exc))
         self._notify()
+
+    def _patient_of(self, pseudonym_study_uid: str, fallback_study_uid: str) -> tuple[str, str]:
+        """The hospital's Patient ID and Study Instance UID behind a pseudonymised study, for
+        the disclosure log; the vault keeps them until the study's retention ends."""
+        known = self.vault.study(pseudonym_study_uid)
+        if known is None:
+            return "(not in the vault)", fallback_study_uid
+        original_study, attributes = known
+        return str(attributes.get("PatientID", "")), original_study
 
     def _refuse(self, job_id: int, reason: str) -> None:
         log.warning("job %s refused: %s", job_id, reason)
@@ -526,6 +553,12 @@ class Gateway:
             )
             self._retry_at[exchange_id] = time.time() + 300
             return False
+        if local["state"] == "pending":
+            # Sent by an attempt that is not on record yet (its disclosure could not be
+            # written, or the exchange's answer was lost): brought home after the retry that
+            # records it, so that no result comes back for a disclosure the log lacks.
+            self._retry_at[exchange_id] = max(float(local["next_attempt_at"]), time.time()) + 1
+            return False
         if local["result_seen_at"] is None:
             ended = job.get("ended_at")
             self.state.update_job(
@@ -553,7 +586,7 @@ class Gateway:
                 int(local["id"]), state="ended", exchange_state="completed", reason=str(exc),
                 ended_at=time.time(),
             )  # fmt: skip
-        except (ExchangeHTTPError, httpx.TransportError, OSError) as exc:
+        except (ExchangeHTTPError, httpx.TransportError, OSError, NotRecorded) as exc:
             attempts = int(local["attempts"]) + 1
             self.state.update_job(int(local["id"]), attempts=attempts, reason=str(exc))
             self._retry_at[exchange_id] = time.time() + backoff(attempts)
@@ -569,6 +602,8 @@ class Gateway:
         C-STORE the results to every PACS; None while a notice or a destination still fails."""
         folder = self.results_dir / str(local_id)
         folder.mkdir(parents=True, exist_ok=True)
+        patient, study = self._patient_of(str(job["study_uid"]), str(job["study_uid"]))
+        product = f"{job['product_id']} (exchange job {exchange_id})"
         ready: list[tuple[str, Path]] = []
         listed = job.get("results")
         for result in listed if listed is not None else self.client.results(exchange_id):
@@ -591,6 +626,17 @@ class Gateway:
                 except (ReidentificationError, ValueError, AttributeError) as exc:
                     self.state.update_job(local_id, reason=f"result {name}: {exc}")
                     continue
+                try:
+                    self.disclosures.record(
+                        Action.reidentified,
+                        patient_id=patient,
+                        study_uid=study,
+                        recipient="this gateway",
+                        detail=f"result {name} of {product}",
+                    )
+                except NotRecorded:
+                    restored.unlink(missing_ok=True)  # re-identified, and recorded, next time
+                    raise
             ready.append((name, restored))
         notified = self._send_notices(local_id, job, [path for _name, path in ready])
         self._key_image(local_id, [path for _name, path in ready], folder / "key-image.png")
@@ -610,6 +656,15 @@ class Gateway:
                 self.config.calling_ae_title,
             )
             for (name, _path), outcome in zip(pending, outcomes, strict=True):
+                self.disclosures.record(
+                    Action.delivered,
+                    patient_id=patient,
+                    study_uid=study,
+                    recipient=f"PACS {destination.name} ({destination.ae_title})",
+                    ok=outcome.ok,
+                    detail=f"result {name} of {product}"
+                    + (f": {outcome.error}" if outcome.error else ""),
+                )
                 self.state.record_delivery(local_id, name, destination.name, None, outcome.error)
                 complete = complete and outcome.ok
         if not complete:
@@ -659,11 +714,31 @@ class Gateway:
             channel for channel, row in before.items()
             if row["ok"] or not row["retryable"] or row["attempts"] >= MAX_NOTICE_ATTEMPTS
         }  # fmt: skip
+        patient, study = str(known[1].get("PatientID", "")), known[0]
         for outcome in self.notifier.notify(notice, skip=done):
             self.state.record_notification(
                 local_id, outcome.channel, ok=outcome.ok, retryable=outcome.retryable,
                 stat=outcome.stat, detail=outcome.detail, seconds=outcome.seconds,
             )  # fmt: skip
+            detail = f"result of {job['product_id']} (exchange job {job['id']})" + (
+                f": {outcome.detail}" if outcome.detail and not outcome.ok else ""
+            )
+            try:
+                self.disclosures.record(
+                    Action.notified,
+                    patient_id=patient,
+                    study_uid=study,
+                    recipient=f"{outcome.channel} notice",
+                    ok=outcome.ok,
+                    detail=detail,
+                )
+            except NotRecorded as exc:
+                # Sending the notice again to record it would give the RIS two messages; the
+                # notice stays on record in state.db (its notifications), the journal says so.
+                log.error(
+                    "%s: job %s's %s notice is recorded in state.db only", exc, local_id,
+                    outcome.channel,
+                )  # fmt: skip
             if not outcome.ok:
                 log.warning(
                     "job %s: %s notice failed: %s", job["id"], outcome.channel, outcome.detail

@@ -445,11 +445,27 @@ class GatewayState:
         with self.transaction() as db:
             db.execute(f"UPDATE jobs SET {columns} WHERE id = ?", (*values.values(), job_id))
 
+    def mark_submitted(self, job_id: int, note: str | None) -> bool:
+        """A pending job is sent and on record; False when it moved on meanwhile.
+
+        A job sent by an attempt that then failed (its disclosure could not be written, the
+        exchange's answer was lost) may end, and be brought home, before the retry that
+        records it: that retry must not take it back to 'submitted'.
+        """
+        with self.transaction() as db:
+            changed = db.execute(
+                "UPDATE jobs SET state = 'submitted', submitted_at = ?, reason = ?, "
+                "exchange_state = 'requested' WHERE id = ? AND state = 'pending'",
+                (time.time(), note, job_id),
+            ).rowcount
+        return bool(changed)
+
     def retry_job_later(self, job_id: int, reason: str, delay: float) -> None:
+        """Try a pending job again after `delay` seconds (one that moved on is left as is)."""
         with self.transaction() as db:
             db.execute(
                 "UPDATE jobs SET attempts = attempts + 1, next_attempt_at = ?, reason = ? "
-                "WHERE id = ?",
+                "WHERE id = ? AND state = 'pending'",
                 (time.time() + delay, reason, job_id),
             )
 

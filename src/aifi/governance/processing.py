@@ -240,6 +240,13 @@ def record_of_processing(
                 period=gateway.vault_retention,
             ),
             RetentionRule(
+                place="gateway disclosure log (hospital)",
+                data="each study sent and each result returned, by patient ID, product and "
+                "pseudonym",
+                period="as long as the hospital keeps its access logs (NEN 7513); never "
+                "purged by the gateway",
+            ),
+            RetentionRule(
                 place=f"exchange ({exchange.operator})",
                 data="pseudonymised input studies, after the job ended",
                 period=duration(exchange.input_retention_seconds),
@@ -271,6 +278,9 @@ def record_of_processing(
             "the exchange refuses input that is not marked de-identified",
             "tenants walled: a vendor reaches only its own jobs, only while it holds them",
             "every access logged in a hash-chained audit log (NEN 7513 fields)",
+            "the hospital's gateway logs each disclosure by patient (which study went to which "
+            "product, when, under which pseudonym) in a hash-chained log of its own that never "
+            "leaves the hospital",
             "transport over HTTPS; API keys stored only as hashes",
             *(
                 f"vendor certified {c.standard.value} (certificate {c.certificate.number}, "

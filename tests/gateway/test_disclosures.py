@@ -1,0 +1,180 @@
+"""The gateway's disclosure log: entries by patient and study, a hash chain that shows any
+edit, removal or re-ordering, and appends from many threads that stay in one chain."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import stat
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pydicom
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from aifi.cli import app
+from aifi.gateway.disclosures import Action, DisclosureLog
+from aifi.phantoms import write_study
+from support.national import National, gateway_without_pacs
+from support.peers import storescu
+
+PATIENTS = ("HOSP-1", "HOSP-2")
+
+
+def filled(path: Path) -> DisclosureLog:
+    log = DisclosureLog(path, "hospital-a", "gateway AIFI_GW")
+    for n in range(6):
+        log.record(
+            Action.disclosed if n % 3 == 0 else Action.delivered,
+            patient_id=PATIENTS[n % 2],
+            study_uid=f"1.2.3.{n % 2}",
+            recipient="product-a of vendor-a, through the exchange",
+            ok=n != 5,
+            detail=f"step {n}",
+        )
+    return log
+
+
+def test_a_patients_entries_come_back_in_order_and_the_file_is_private(tmp_path: Path) -> None:
+    log = filled(tmp_path / "disclosures.db")
+    mine = log.entries(patient_id="HOSP-1")
+    assert [e.detail for e in mine] == ["step 0", "step 2", "step 4"]
+    assert {e.study_uid for e in mine} == {"1.2.3.0"}
+    assert [e.detail for e in log.entries(study_uid="1.2.3.1")] == ["step 1", "step 3", "step 5"]
+    assert log.entries(patient_id="HOSP-1", study_uid="1.2.3.1") == []
+    assert log.entries()[-1].outcome == "failure"
+    assert {e.organisation for e in log.entries()} == {"hospital-a"}
+    assert log.verify() == []
+    assert stat.S_IMODE((tmp_path / "disclosures.db").stat().st_mode) == 0o600
+    log.close()
+
+
+@pytest.mark.parametrize(
+    ("tamper", "problem"),
+    [
+        ("UPDATE entries SET detail = 'nothing' WHERE seq = 3", "entry 3: its content was changed"),
+        ("UPDATE entries SET patient_id = 'HOSP-9' WHERE seq = 1", "entry 1: its content was"),
+        ("DELETE FROM entries WHERE seq = 2", "entry 3: does not follow the entry before it"),
+        ("DELETE FROM entries WHERE seq = 1", "entry 2: does not follow the entry before it"),
+        ("DELETE FROM entries WHERE seq = 6", "entries after 5 were removed (up to 6 written)"),
+        ("UPDATE entries SET seq = seq + 10 WHERE seq = 2", "entry 3: does not follow"),
+    ],
+)
+def test_an_edited_removed_or_moved_entry_breaks_the_chain(
+    tmp_path: Path, tamper: str, problem: str
+) -> None:
+    filled(tmp_path / "disclosures.db").close()
+    with sqlite3.connect(tmp_path / "disclosures.db") as db:
+        db.execute(tamper)
+    log = DisclosureLog(tmp_path / "disclosures.db", "hospital-a", "gateway AIFI_GW")
+    problems = log.verify()
+    assert problems and problems[0].startswith(problem), problems
+    log.close()
+
+
+def test_appends_from_many_threads_make_one_unbroken_chain(tmp_path: Path) -> None:
+    log = DisclosureLog(tmp_path / "disclosures.db", "hospital-a", "gateway AIFI_GW")
+
+    def append(n: int) -> int:
+        return log.record(
+            Action.notified, patient_id=f"P{n}", study_uid="1.2", recipient="hl7 notice"
+        ).seq
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        numbers = sorted(pool.map(append, range(200)))
+    assert numbers == list(range(1, 201))
+    assert log.verify() == [] and log.count() == 200
+    log.close()
+
+
+def test_the_command_shows_a_patients_entries_and_checks_the_chain(tmp_path: Path) -> None:
+    workdir = tmp_path / "gateway"
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "hospital": "hospital-a",
+                "workdir": str(workdir),
+                "exchange": {"url": "https://exchange.invalid", "api_key": "aifi_unused"},
+                "dicom": {"ae_title": "AIFI_GW", "port": 11112},
+                "routes": [],
+                "pacs": [],
+            }
+        )
+    )
+    filled(workdir / "disclosures.db").close()
+    runner = CliRunner()
+    shown = runner.invoke(
+        app,
+        [
+            "disclosures",
+            "--config",
+            str(config),
+            "--patient",
+            "HOSP-2",
+            "--json",
+            str(tmp_path / "out.json"),
+        ],  # fmt: skip
+        env={"COLUMNS": "200"},
+        catch_exceptions=False,
+    )
+    assert shown.exit_code == 0, shown.output
+    assert "3 entries" in shown.output and "step 5" in shown.output and "step 4" not in shown.output
+    exported = json.loads((tmp_path / "out.json").read_text())
+    assert [e["detail"] for e in exported] == ["step 1", "step 3", "step 5"]
+    intact = runner.invoke(app, ["disclosures", "--config", str(config), "--verify"])
+    assert intact.exit_code == 0 and "hash chain verified" in intact.output
+    with sqlite3.connect(workdir / "disclosures.db") as db:
+        db.execute("UPDATE entries SET recipient = 'nobody' WHERE seq = 4")
+    broken = runner.invoke(app, ["disclosures", "--config", str(config), "--verify"])
+    assert broken.exit_code == 1
+    assert "entry 4: its content was changed" in broken.output
+
+
+@pytest.mark.peer
+def test_a_study_whose_disclosure_cannot_be_written_waits_then_is_recorded_once(
+    national: National, tmp_path: Path
+) -> None:
+    write_study("ct-head", tmp_path / "study", seed=7, size="small")
+    files = sorted((tmp_path / "study").rglob("*.dcm"))
+    patient = str(pydicom.dcmread(files[0], stop_before_pixels=True).PatientID)
+    with gateway_without_pacs(tmp_path, national) as gateway:
+        path = gateway.disclosures.path
+        gateway.disclosures.close()  # as a full disk would have it: nothing can be written
+        storescu(files, gateway.port)
+        assert gateway.wait_until(
+            lambda: (
+                "cannot be written" in str(gateway.jobs()[0]["reason"] if gateway.jobs() else "")
+            ),
+            timeout=60,
+        ), gateway.jobs()
+        [job] = gateway.jobs()
+        assert job["state"] == "pending" and str(path) in job["reason"]
+        gateway.disclosures = DisclosureLog(path, "hospital-a", "gateway AIFI_GW")  # room again
+
+        def recorded() -> list[str]:
+            return [e.action for e in gateway.disclosures.entries(patient_id=patient)]
+
+        # The first attempt had sent the study, and the product may finish it before the retry
+        # records it: its result waits for the record.
+        assert gateway.wait_until(
+            lambda: (
+                [j["state"] for j in gateway.jobs()] == ["delivered"]
+                and recorded() == ["disclosed", "reidentified"]
+            ),
+            timeout=60,
+        ), (gateway.jobs(), recorded())
+        [job] = gateway.jobs()
+    # Once the gateway has stopped (every attempt in flight finished), the retry that recorded
+    # the disclosure has not taken the delivered job back, and nothing was recorded twice.
+    with sqlite3.connect(tmp_path / "gateway" / "state.db") as db:
+        assert db.execute("SELECT state FROM jobs").fetchall() == [("delivered",)]
+    log = DisclosureLog(path, "hospital-a", "gateway AIFI_GW")
+    assert [e.action for e in log.entries()] == ["disclosed", "reidentified"]
+    assert log.verify() == []
+    log.close()
+    with national.api() as api:
+        sent = api.get(f"/jobs/{job['exchange_job_id']}").json()
+    assert sent["input_count"] == len(files)  # sent again, taken once

@@ -33,11 +33,19 @@ from pynetdicom import evt
 from rich.console import Console
 from rich.table import Table
 
-from aifi.exchange.server import free_port
-from aifi.gateway.dimse import handle_echo, start_scp, storage_scp_ae, tighten_polling
-from aifi.phantoms import GridSize, write_study
-from aifi.products import tissue_volume
-from aifi.vendor import JobContext, ProductResult, VendorClient, Worker
+TESTS = Path(__file__).resolve().parent.parent / "tests"
+sys.path.insert(0, str(TESTS))
+
+from aifi.gateway.dimse import (  # noqa: E402
+    handle_echo,
+    start_scp,
+    storage_scp_ae,
+    tighten_polling,
+)
+from aifi.phantoms import GridSize, write_study  # noqa: E402
+from aifi.products import tissue_volume  # noqa: E402
+from aifi.vendor import JobContext, ProductResult, VendorClient, Worker  # noqa: E402
+from support.peers import free_port  # noqa: E402
 
 QUIET_SECONDS = 1.0
 TARGET_PLATFORM_SECONDS = 10.0

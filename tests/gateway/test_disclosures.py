@@ -4,10 +4,12 @@ edit, removal or re-ordering, and appends from many threads that stay in one cha
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -15,7 +17,9 @@ import yaml
 from typer.testing import CliRunner
 
 from aifi.cli import app
-from aifi.gateway.disclosures import Action, DisclosureLog
+from aifi.gateway.config import load_config
+from aifi.gateway.disclosures import Action, Anchor, DisclosureLog, entry_digest
+from aifi.gateway.service import Gateway
 from aifi.phantoms import write_study
 from support.national import National, gateway_without_pacs
 from support.peers import storescu
@@ -89,14 +93,14 @@ def test_appends_from_many_threads_make_one_unbroken_chain(tmp_path: Path) -> No
     log.close()
 
 
-def test_the_command_shows_a_patients_entries_and_checks_the_chain(tmp_path: Path) -> None:
-    workdir = tmp_path / "gateway"
+def offline_gateway_config(tmp_path: Path) -> Path:
+    """A gateway's YAML whose exchange is never reached: enough to read its workdir."""
     config = tmp_path / "gateway.yaml"
     config.write_text(
         yaml.safe_dump(
             {
                 "hospital": "hospital-a",
-                "workdir": str(workdir),
+                "workdir": str(tmp_path / "gateway"),
                 "exchange": {"url": "https://exchange.invalid", "api_key": "aifi_unused"},
                 "dicom": {"ae_title": "AIFI_GW", "port": 11112},
                 "routes": [],
@@ -104,6 +108,12 @@ def test_the_command_shows_a_patients_entries_and_checks_the_chain(tmp_path: Pat
             }
         )
     )
+    return config
+
+
+def test_the_command_shows_a_patients_entries_and_checks_the_chain(tmp_path: Path) -> None:
+    workdir = tmp_path / "gateway"
+    config = offline_gateway_config(tmp_path)
     filled(workdir / "disclosures.db").close()
     runner = CliRunner()
     shown = runner.invoke(
@@ -178,3 +188,108 @@ def test_a_study_whose_disclosure_cannot_be_written_waits_then_is_recorded_once(
     with national.api() as api:
         sent = api.get(f"/jobs/{job['exchange_job_id']}").json()
     assert sent["input_count"] == len(files)  # sent again, taken once
+
+
+def forge_newest(path: Path, detail: str) -> None:
+    """Rewrite the newest entry and its hash, as someone who can write the file and knows the
+    format would: the chain still links and no entry number is missing."""
+    with sqlite3.connect(path) as db:
+        seq, prev = db.execute(
+            "SELECT seq, prev_hash FROM entries ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        db.row_factory = sqlite3.Row
+        fields = dict(db.execute("SELECT * FROM entries WHERE seq = ?", (seq,)).fetchone())
+        fields["detail"] = detail
+        db.execute(
+            "UPDATE entries SET detail = ?, entry_hash = ? WHERE seq = ?",
+            (detail, entry_digest(fields, prev), seq),
+        )
+
+
+def cut_newest(path: Path, keep: int) -> None:
+    """Remove the entries after `keep`, and the sequence's memory of them."""
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM entries WHERE seq > ?", (keep,))
+        db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'entries'", (keep,))
+
+
+@pytest.mark.parametrize(
+    ("tamper", "problem"),
+    [
+        (lambda path: forge_newest(path, "nothing went out"), "entry 6: not the entry anchored"),
+        (lambda path: cut_newest(path, 4), "entry 6: anchored as 6:"),
+    ],
+    ids=["rewritten", "cut-off"],
+)
+def test_an_anchor_kept_elsewhere_shows_what_the_chain_alone_cannot(
+    tmp_path: Path, tamper: Any, problem: str
+) -> None:
+    path = tmp_path / "disclosures.db"
+    log = filled(path)
+    anchor = log.anchor()
+    assert anchor is not None and anchor.seq == 6
+    assert Anchor.parse(str(anchor)) == anchor
+    log.close()
+    tamper(path)
+    log = DisclosureLog(path, "hospital-a", "gateway AIFI_GW")
+    assert log.verify() == []  # the chain still links: this is why the anchor leaves the host
+    problems = log.verify(anchors=[anchor])
+    assert len(problems) == 1 and problems[0].startswith(problem), problems
+    # An anchor of an entry the tampering left alone still holds.
+    assert log.verify(anchors=[Anchor(3, log.entries()[2].entry_hash)]) == []
+    log.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("6", "expected ENTRY:SHA256"),
+        ("0:" + "a" * 64, "expected ENTRY:SHA256"),
+        ("six:" + "a" * 64, "expected ENTRY:SHA256"),
+        ("6:" + "A" * 64, "64 lower-case hex digits"),
+        ("6:abc", "64 lower-case hex digits"),
+    ],
+)
+def test_a_malformed_anchor_is_refused_with_its_reason(text: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        Anchor.parse(text)
+
+
+def test_the_gateway_writes_each_new_anchor_to_its_journal_and_the_command_checks_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = offline_gateway_config(tmp_path)
+    gateway = Gateway(load_config(config))  # not started: its loops would reach the exchange
+    caplog.set_level(logging.INFO, logger="aifi.gateway.service")
+    try:
+        assert gateway.anchor_disclosures() is None and "anchor" not in caplog.text
+        for n in range(3):
+            gateway.disclosures.record(
+                Action.disclosed, patient_id="HOSP-1", study_uid=f"1.2.{n}", recipient="product-a"
+            )
+        first = gateway.anchor_disclosures()
+        assert first is not None and first.seq == 3
+        assert gateway.anchor_disclosures() == first  # unchanged: not written again
+        gateway.disclosures.record(
+            Action.delivered, patient_id="HOSP-1", study_uid="1.2.2", recipient="PACS"
+        )
+    finally:
+        gateway.stop()  # writes the newest anchor, of entry 4
+    journal = [r.getMessage() for r in caplog.records if "disclosure log anchor" in r.getMessage()]
+    assert len(journal) == 2 and journal[0].startswith(f"disclosure log anchor {first} ")
+    newest = journal[1].split()[3]
+    assert newest.startswith("4:")
+
+    runner = CliRunner()
+    held = runner.invoke(
+        app, ["disclosures", "--config", str(config), "--anchor", str(first), "--anchor", newest]
+    )
+    assert held.exit_code == 0, held.output
+    assert "4 entries, hash chain verified, 2 anchor(s) held" in held.output
+    assert f"newest entry's anchor (keep it off this host): {newest}" in held.output
+    cut_newest(tmp_path / "gateway" / "disclosures.db", 3)
+    cut = runner.invoke(app, ["disclosures", "--config", str(config), "--anchor", newest])
+    assert cut.exit_code == 1
+    assert "entry 4: anchored as" in cut.output and "entries after 3 were removed" in cut.output
+    malformed = runner.invoke(app, ["disclosures", "--config", str(config), "--anchor", "4"])
+    assert malformed.exit_code == 2 and "expected ENTRY:SHA256" in malformed.output

@@ -9,6 +9,9 @@ the vault and, like the vault, never sent anywhere.
 
 Entries are appended, each carrying the SHA-256 of the one before it, so an entry edited,
 removed or put out of order breaks the chain from there on (:meth:`DisclosureLog.verify`).
+The chain alone cannot show its newest entries cut off by someone who also rewinds the
+sequence SQLite keeps; an :class:`Anchor` can: the last entry's number and hash, which the
+gateway writes to its journal (and so to the hospital's log collector) as the log grows.
 The log is not touched by the spool's retention (`retain_hours`): it outlives the studies it
 names, as NEN 7513 asks; the hospital decides how long it keeps the file.
 
@@ -24,7 +27,7 @@ import hashlib
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -84,6 +87,34 @@ class Disclosure:
     detail: str
     prev_hash: str
     entry_hash: str
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """An entry's number and hash, kept off the gateway's host: the entries up to it can then be
+    checked against what was written, whoever can write the log file."""
+
+    seq: int
+    entry_hash: str
+
+    def __str__(self) -> str:
+        return f"{self.seq}:{self.entry_hash}"
+
+    @classmethod
+    def parse(cls, text: str) -> Anchor:
+        """Read `SEQ:HASH`, as the journal and `aifi disclosures --verify` print it.
+
+        Raises
+        ------
+        ValueError
+            Naming what is wrong with `text`.
+        """
+        seq, colon, digest = text.strip().partition(":")
+        if not colon or not seq.isdigit() or int(seq) < 1:
+            raise ValueError(f"anchor {text!r}: expected ENTRY:SHA256, ENTRY a number from 1")
+        if len(digest) != 64 or digest.strip("0123456789abcdef"):
+            raise ValueError(f"anchor {text!r}: the hash must be 64 lower-case hex digits")
+        return cls(int(seq), digest)
 
 
 def entry_digest(fields: dict[str, Any], prev_hash: str) -> str:
@@ -201,14 +232,34 @@ class DisclosureLog:
         with self._lock:
             return int(self._conn.execute("SELECT count(*) FROM entries").fetchone()[0])
 
-    def verify(self, on_batch: Callable[[int], object] | None = None) -> list[str]:
+    def anchor(self) -> Anchor | None:
+        """The newest entry's anchor; None while the log is empty."""
+        with self._lock:
+            last = self._conn.execute(
+                "SELECT seq, entry_hash FROM entries ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+        return Anchor(int(last[0]), str(last[1])) if last else None
+
+    def verify(
+        self,
+        on_batch: Callable[[int], object] | None = None,
+        anchors: Iterable[Anchor] = (),
+    ) -> list[str]:
         """Problems in the chain, in order (empty when every link holds); a batch at a time,
-        carrying only the last hash, with `on_batch(n)` told of each batch."""
+        carrying only the last hash, with `on_batch(n)` told of each batch. Each of `anchors`
+        must still be in the log as it was written."""
         problems: list[str] = []
+        expected = {anchor.seq: anchor for anchor in anchors}
         previous, last_seq = GENESIS, 0
         for batch in self._batches():
             for row in batch:
                 fields = dict(row)
+                anchor = expected.pop(int(fields["seq"]), None)
+                if anchor is not None and anchor.entry_hash != fields["entry_hash"]:
+                    problems.append(
+                        f"entry {fields['seq']}: not the entry anchored as {anchor} "
+                        "(it, or one before it, was replaced)"
+                    )
                 if fields["prev_hash"] != previous:
                     problems.append(
                         f"entry {fields['seq']}: does not follow the entry before it "
@@ -225,6 +276,13 @@ class DisclosureLog:
             ).fetchone()
         if issued is not None and int(issued[0]) > last_seq:
             problems.append(f"entries after {last_seq} were removed (up to {issued[0]} written)")
+        for seq in sorted(expected):
+            problems.append(
+                f"entry {seq}: anchored as {expected[seq]} but not in the log "
+                f"(entries after {last_seq} were removed)"
+                if seq > last_seq
+                else f"entry {seq}: anchored as {expected[seq]} but not in the log (removed)"
+            )
         return problems
 
     def _batches(self) -> Iterator[list[sqlite3.Row]]:
@@ -246,4 +304,12 @@ def as_json(entries: list[Disclosure]) -> str:
     return json.dumps([asdict(entry) for entry in entries], indent=2)
 
 
-__all__ = ["Action", "Disclosure", "DisclosureLog", "NotRecorded", "as_json", "entry_digest"]
+__all__ = [
+    "Action",
+    "Anchor",
+    "Disclosure",
+    "DisclosureLog",
+    "NotRecorded",
+    "as_json",
+    "entry_digest",
+]

@@ -28,7 +28,7 @@ from aifi.gateway.dimse import (
     storage_scp_ae,
     tighten_polling,
 )
-from aifi.gateway.disclosures import Action, DisclosureLog, NotRecorded
+from aifi.gateway.disclosures import Action, Anchor, DisclosureLog, NotRecorded
 from aifi.gateway.exchange_client import ENDED_PAGE, GatewayClient
 from aifi.gateway.metrics import MetricsServer, start_metrics_server
 from aifi.gateway.notify import Notifier, OriginalStudy, build_notice
@@ -59,6 +59,10 @@ RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
 MAX_NOTICE_ATTEMPTS = 5
 #: Seconds between looks for studies past `retain_hours`.
 RETENTION_SWEEP_SECONDS = 60.0
+#: Seconds between looks at the disclosure log's newest entry, written to the journal when it
+#: moved: entries newer than the last anchor in the hospital's log collector could be cut off
+#: unseen, so this is the most a tampered log can hide.
+ANCHOR_SECONDS = 600.0
 
 
 class ResultsPurged(Exception):
@@ -98,6 +102,7 @@ class Gateway:
         self.client = client or GatewayClient.connecting(config.exchange)
         self.notifier = Notifier(config.notifications)
         self._stop = threading.Event()
+        self._anchored: Anchor | None = None
         self._assemble = threading.Event()
         self._submit = threading.Event()
         #: Notified on every job change, for whoever waits on the gateway (tests, the demo).
@@ -137,6 +142,7 @@ class Gateway:
             ("submitter", self._submit_loop),
             ("results", self._results_loop),
             ("retention", self._retention_loop),
+            ("anchors", self._anchor_loop),
         ):
             thread = threading.Thread(
                 target=target, name=f"{self.config.hospital}-{name}", daemon=True
@@ -165,6 +171,7 @@ class Gateway:
         self.notifier.close()
         self.state.close()
         self.vault.close()
+        self._anchor_or_say_why()  # the last entries of this run, before the log closes
         self.disclosures.close()
 
     def _notify(self) -> None:
@@ -800,6 +807,34 @@ class Gateway:
                 study_uid, gone.instances, gone.bytes / 1e6, len(gone.job_ids),
             )  # fmt: skip
         return purged
+
+    # disclosure anchors --------------------------------------------------------------------
+
+    def _anchor_loop(self) -> None:
+        self._anchor_or_say_why()
+        while not self._stop.wait(ANCHOR_SECONDS):
+            self._anchor_or_say_why()
+
+    def _anchor_or_say_why(self) -> None:
+        try:
+            self.anchor_disclosures()
+        except Exception:  # a log that cannot be read now is anchored at the next look
+            log.exception("disclosure log anchor could not be read")
+
+    def anchor_disclosures(self) -> Anchor | None:
+        """Write the disclosure log's newest anchor to the journal when it moved since the last
+        one written. The journal leaves the host for the hospital's log collector, so whoever
+        can write `disclosures.db` cannot also rewrite what `aifi disclosures --verify --anchor`
+        checks it against."""
+        anchor = self.disclosures.anchor()
+        if anchor is not None and anchor != self._anchored:
+            log.info(
+                "disclosure log anchor %s (check the log against it: aifi disclosures --verify "
+                "--anchor %s)",
+                anchor, anchor,
+            )  # fmt: skip
+            self._anchored = anchor
+        return anchor
 
     # reporting -----------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from aifi.dicom.deid import DEIDENTIFICATION_METHOD_PREFIX
+from aifi.dicom.in_memory import parse_source
 from aifi.exchange.errors import Invalid
 
 #: De-identification Method values the exchange accepts (prefixes of (0012,0063)).
@@ -29,7 +30,7 @@ class InputHeader:
 
 def read_header(path: Path, what: str) -> pydicom.Dataset:
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
+        return pydicom.dcmread(parse_source(path), stop_before_pixels=True)
     except (InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError) as exc:
         raise Invalid(
             f"{what}: not a readable DICOM file ({exc.__class__.__name__}: {exc})"

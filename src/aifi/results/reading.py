@@ -15,6 +15,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
 
+from aifi.dicom.in_memory import parse_source
 from aifi.results.errors import ResultRejected
 
 #: Values longer than this stay on disk while the result is checked.
@@ -49,7 +50,7 @@ def read_result(path: Path) -> Dataset:
     """
     size = path.stat().st_size
     try:
-        dataset = dcmread(path, defer_size=DEFER_BYTES)
+        dataset = dcmread(parse_source(path, size), defer_size=DEFER_BYTES)
     except InvalidDicomError as exc:
         raise ResultRejected(
             "dicom-file",

@@ -23,13 +23,15 @@ the three replicas' throughput.
 
 Each round also reports where the CPU went per job (the replicas, PostgreSQL, nginx, this load
 generator, the rest of the machine) and, just before it, a yardstick of the machine's own
-speed: the exchange's check of one result SR, timed here. Figures from different days compare
-only as far as their yardsticks do.
+speed: the exchange's check of one result SR, timed here, and the microseconds one thread takes
+to wake another (a replica's threads hand the interpreter lock to each other hundreds of times
+per job, and a host can run Python at its usual speed yet switch slowly). Figures from different
+days compare only as far as their yardsticks do.
 
 Targets (small jobs): one replica at least 50 jobs/s; three replicas at least 1.5× one on a
 2-core machine; memory growth from the 10 MB to the 1 GB study under 64 MB.
 
-    python benchmarks/exchange_load.py [--jobs 1500] [--big-mb 1024] [--json FILE]
+    python benchmarks/exchange_load.py [--jobs 1500] [--big-mb 1024] [--pin] [--json FILE]
 """
 
 from __future__ import annotations
@@ -209,8 +211,11 @@ def make_small_studies(folder: Path, count: int) -> list[SmallStudy]:
     return studies
 
 
-def deploy(name: str, folder: Path, database_url: str | None, replicas: int) -> Deployment:
-    """Start `replicas` exchange processes (behind nginx when more than one)."""
+def deploy(
+    name: str, folder: Path, database_url: str | None, replicas: int, *, pin: bool = False
+) -> Deployment:
+    """Start `replicas` exchange processes (behind nginx when more than one); `pin`: each on
+    one core of its own (`aifi exchange --cpu`), taking the cores in turn."""
     folder.mkdir(parents=True)
     env = replica_env(
         database_url or f"sqlite:///{folder / 'exchange.db'}",
@@ -218,7 +223,16 @@ def deploy(name: str, folder: Path, database_url: str | None, replicas: int) -> 
         OPERATOR_KEY,
         retention_sweep_seconds="3600",
     )
-    started = [Replica(free_port(), _mkdir(folder / f"r{n}"), env) for n in range(replicas)]
+    cores = sorted(os.sched_getaffinity(0))
+    started = [
+        Replica(
+            free_port(),
+            _mkdir(folder / f"r{n}"),
+            env,
+            cpu=cores[n % len(cores)] if pin else None,
+        )
+        for n in range(replicas)
+    ]
     started[0].start()
     for replica in started[1:]:
         replica.launch()
@@ -523,21 +537,74 @@ def yardstick_ms(sr: Path, study_uid: str) -> float:
     return round(1000 * statistics.median(timings), 2)
 
 
+def handoff_us(round_trips: int = 300, batches: int = 7) -> float:
+    """The machine's price of waking a thread: microseconds per handoff of a byte between two
+    threads over pipes, each blocked in a read until the other writes (median of the batches).
+    A replica's request threads and event loop hand the interpreter lock to each other
+    hundreds of times per job; a host can run Python at its usual speed (the SR yardstick) and
+    still switch slowly, and then the replicas' kernel time per job grows (docs/benchmarks.md,
+    2026-12-03)."""
+    there_r, there_w = os.pipe()
+    back_r, back_w = os.pipe()
+
+    def echo() -> None:
+        for _ in range(round_trips * batches):
+            os.write(back_w, os.read(there_r, 1))
+
+    partner = threading.Thread(target=echo)
+    partner.start()
+    timings = []
+    for _ in range(batches):
+        started = time.perf_counter()
+        for _ in range(round_trips):
+            os.write(there_w, b"x")
+            os.read(back_r, 1)
+        timings.append((time.perf_counter() - started) / (2 * round_trips))
+    partner.join()
+    for fd in (there_r, there_w, back_r, back_w):
+        os.close(fd)
+    return round(1e6 * statistics.median(timings), 1)
+
+
+def replica_switches_and_kernel(pids: set[int]) -> tuple[int, float]:
+    """Context switches (voluntary and not, over every thread) and kernel CPU seconds the
+    replicas have had so far."""
+    switches, kernel = 0, 0.0
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                status = (task / "status").read_text()
+            except OSError:  # a thread ended meanwhile
+                continue
+            for line in status.splitlines():
+                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                    switches += int(line.split()[1])
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        kernel += int(stat.rsplit(")", 1)[1].split()[12]) / os.sysconf("SC_CLK_TCK")
+    return switches, kernel
+
+
 def measured_round(deployment: Deployment, studies: list[SmallStudy], sr: Path) -> dict[str, float]:
     """One measured round of small jobs, with where the CPU went, per job: the replicas',
     PostgreSQL's, nginx's, the load generator's and the rest of the machine's (the kernel).
     On two cores these explain the three-replica ratio."""
     pids = {r.process.pid for r in deployment.replicas if r.process is not None}
     speed = yardstick_ms(sr, studies[0].study_uid)
+    handoff = handoff_us()
     before = cpu_by_process(pids)
+    switched, in_kernel = replica_switches_and_kernel(pids)
     figures = small_jobs(deployment, studies)
     used = {part: seconds - before[part] for part, seconds in cpu_by_process(pids).items()}
+    switches_after, kernel_after = replica_switches_and_kernel(pids)
     jobs, seconds = figures["jobs"], figures["seconds"]
     outside = sum(v for part, v in used.items() if part not in ("machine", "replicas"))
     return {
         **figures,
         "yardstick_ms": speed,
+        "handoff_us": handoff,
         "replicas_cpu_ms_per_job": round(1000 * used["replicas"] / jobs, 1),
+        "replicas_kernel_cpu_ms_per_job": round(1000 * (kernel_after - in_kernel) / jobs, 1),
+        "replica_switches_per_job": round((switches_after - switched) / jobs / len(pids)),
         "postgresql_cpu_ms_per_job": round(1000 * used["postgresql"] / jobs, 1),
         "nginx_cpu_ms_per_job": round(1000 * used["nginx"] / jobs, 1),
         "load_generator_cpu_ms_per_job": round(1000 * used["load_generator"] / jobs, 1),
@@ -566,6 +633,12 @@ def main() -> int:
         help="small-jobs runs per set-up, each on a fresh deployment; the median is reported "
         "(two cores shared with everything else make single runs vary by about 10 %%)",
     )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="each replica on one core of its own (aifi exchange --cpu), the cores taken in "
+        "turn: a lone replica then switches far less; three on two cores share one",
+    )
     parser.add_argument("--json", type=Path, help="write the figures and targets here")
     args = parser.parse_args()
     # Wide enough for the CPU table when the output goes to a file or a pipe.
@@ -577,7 +650,7 @@ def main() -> int:
     sr = work / "yardstick-sr.dcm"
     sr.write_bytes(studies[0].sr)
     postgres: PostgresServer = start_postgres()
-    figures: dict[str, Any] = {"jobs": args.jobs, "cpus": os.cpu_count()}
+    figures: dict[str, Any] = {"jobs": args.jobs, "cpus": os.cpu_count(), "pinned": args.pin}
     setups = (("sqlite_1", False, 1), ("postgresql_1", True, 1), ("postgresql_3", True, 3))
     rounds: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in setups}
     bulk: dict[str, dict[str, float]] = {}
@@ -588,7 +661,7 @@ def main() -> int:
             for name, use_postgres, replicas in setups:
                 label = f"{name}_{round_number}"
                 database = postgres.create_database(label) if use_postgres else None
-                deployment = deploy(label, work / label, database, replicas)
+                deployment = deploy(label, work / label, database, replicas, pin=args.pin)
                 try:
                     console.print(f"{name}: small jobs, round {round_number + 1} …")
                     # A fresh replica compiles its statements and opens its connections on
@@ -657,7 +730,10 @@ def memory_growth(folder: Path, big_mb: int, console: Console) -> dict[str, Any]
 
 CPU_FIGURES = (
     "yardstick_ms",
+    "handoff_us",
     "replicas_cpu_ms_per_job",
+    "replicas_kernel_cpu_ms_per_job",
+    "replica_switches_per_job",
     "postgresql_cpu_ms_per_job",
     "nginx_cpu_ms_per_job",
     "load_generator_cpu_ms_per_job",
@@ -675,6 +751,7 @@ def median_round(rounds: list[dict[str, float]]) -> dict[str, Any]:
         "jobs_per_s": round(statistics.median(r["jobs_per_s"] for r in rounds), 1),
         "jobs_per_s_rounds": [r["jobs_per_s"] for r in rounds],
         "yardstick_ms_rounds": [r["yardstick_ms"] for r in rounds],
+        "handoff_us_rounds": [r["handoff_us"] for r in rounds],
         **{figure: middle[figure] for figure in CPU_FIGURES},
     }
 
@@ -711,7 +788,8 @@ def _by_setup(title: str, figures: dict[str, Any], columns: dict[str, str]) -> T
 
 
 def report(console: Console, figures: dict[str, Any]) -> None:
-    title = f"exchange load ({figures['jobs']} small jobs, {figures['cpus']} CPUs)"
+    pinned = ", each replica pinned to a core" if figures["pinned"] else ""
+    title = f"exchange load ({figures['jobs']} small jobs, {figures['cpus']} CPUs{pinned})"
     throughput = {
         "jobs/s (median)": "jobs_per_s",
         "rounds": "jobs_per_s_rounds",
@@ -720,6 +798,7 @@ def report(console: Console, figures: dict[str, Any]) -> None:
     }
     cpu = {
         "replicas": "replicas_cpu_ms_per_job",
+        "of it in the kernel": "replicas_kernel_cpu_ms_per_job",
         "PostgreSQL": "postgresql_cpu_ms_per_job",
         "nginx": "nginx_cpu_ms_per_job",
         "load generator": "load_generator_cpu_ms_per_job",
@@ -729,7 +808,11 @@ def report(console: Console, figures: dict[str, Any]) -> None:
     }
     console.print(_by_setup(title, figures, throughput))
     console.print(_by_setup("where the CPU went, ms per job (the median round)", figures, cpu))
-    speed = {"ms per result check at each round's start": "yardstick_ms_rounds"}
+    speed = {
+        "ms per result check at each round's start": "yardstick_ms_rounds",
+        "µs per thread handoff": "handoff_us_rounds",
+        "context switches per job, each replica": "replica_switches_per_job",
+    }
     console.print(_by_setup("the machine's own speed", figures, speed))
     console.print(f"replica peak memory by study size: {figures['memory']['peak_rss_mb']}")
     for name, target in figures["targets"].items():

@@ -48,6 +48,14 @@ def exchange(
             "without starting it; exit 1 if anything fails.",
         ),
     ] = False,
+    cpu: Annotated[
+        int | None,
+        typer.Option(
+            help="Run on this one CPU core (0, 1, …): a replica is held to about one core by "
+            "the interpreter lock, and on one core its threads hand the lock over without "
+            "waking each other across cores. Run one replica per core, each on its own.",
+        ),
+    ] = None,
     verbose: bool = False,
 ) -> None:
     """Run the national exchange (HTTP API, OpenAPI at /docs, web pages at /ui)."""
@@ -59,6 +67,14 @@ def exchange(
     from aifi.web import mount
 
     _logging(verbose)
+    if cpu is not None:  # before any thread starts: threads inherit it
+        from aifi.affinity import NoSuchCore, pin_to_core
+
+        try:
+            pin_to_core(cpu)
+        except NoSuchCore as exc:
+            typer.echo(f"error: --cpu: {exc}", err=True)
+            raise typer.Exit(2) from exc
     settings = ExchangeSettings() if data_dir is None else ExchangeSettings(data_dir=data_dir)
     if check:
         from aifi.checks import show

@@ -277,6 +277,7 @@ class Replica:
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
     log: Path | None = None
+    cpu: int | None = None  # `--cpu`: pinned to this core
 
     @property
     def url(self) -> str:
@@ -286,9 +287,10 @@ class Replica:
         """Start the process without waiting for it to answer."""
         self.starts += 1
         self.log = self.folder / f"replica-{self.starts}.log"
+        pinned = [] if self.cpu is None else ["--cpu", str(self.cpu)]
         self.process = subprocess.Popen(
             [sys.executable, "-m", "aifi.cli", "exchange", "--port", str(self.port),
-             "--data-dir", str(self.folder)],
+             "--data-dir", str(self.folder), *pinned],
             env=self.env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
         )  # fmt: skip
 

@@ -24,9 +24,9 @@ the three replicas' throughput.
 Each round also reports where the CPU went per job (the replicas, PostgreSQL, nginx, this load
 generator, the rest of the machine) and, just before it, a yardstick of the machine's own
 speed: the exchange's check of one result SR, timed here, and the microseconds one thread takes
-to wake another (a replica's threads hand the interpreter lock to each other hundreds of times
-per job, and a host can run Python at its usual speed yet switch slowly). Figures from different
-days compare only as far as their yardsticks do.
+to wake another on the other core (an unpinned replica's threads hand the interpreter lock to
+each other hundreds of times per job, and a host can run Python at its usual speed yet wake
+threads slowly). Figures from different days compare only as far as their yardsticks do.
 
 Targets (small jobs): one replica at least 50 jobs/s; three replicas at least 1.5× one on a
 2-core machine; memory growth from the 10 MB to the 1 GB study under 64 MB.
@@ -538,31 +538,38 @@ def yardstick_ms(sr: Path, study_uid: str) -> float:
 
 
 def handoff_us(round_trips: int = 300, batches: int = 7) -> float:
-    """The machine's price of waking a thread: microseconds per handoff of a byte between two
-    threads over pipes, each blocked in a read until the other writes (median of the batches).
-    A replica's request threads and event loop hand the interpreter lock to each other
-    hundreds of times per job; a host can run Python at its usual speed (the SR yardstick) and
-    still switch slowly, and then the replicas' kernel time per job grows (docs/benchmarks.md,
-    2026-12-03)."""
+    """The machine's price of waking a thread on another core: microseconds per handoff of a
+    byte between two threads pinned to two cores, over pipes, each blocked in a read until the
+    other writes (median of the batches; on one core, the same-core price). An unpinned
+    replica's request threads and event loop hand the interpreter lock to each other across
+    cores hundreds of times per job; a host can run Python at its usual speed (the SR
+    yardstick) and still wake threads slowly, and then the replicas' kernel time per job grows
+    (docs/benchmarks.md, 2026-12-03: 32–38 µs across cores, 1.2 on one)."""
+    cores = sorted(os.sched_getaffinity(0))
     there_r, there_w = os.pipe()
     back_r, back_w = os.pipe()
 
     def echo() -> None:
+        os.sched_setaffinity(0, {cores[-1]})
         for _ in range(round_trips * batches):
             os.write(back_w, os.read(there_r, 1))
 
     partner = threading.Thread(target=echo)
     partner.start()
+    os.sched_setaffinity(0, {cores[0]})
     timings = []
-    for _ in range(batches):
-        started = time.perf_counter()
-        for _ in range(round_trips):
-            os.write(there_w, b"x")
-            os.read(back_r, 1)
-        timings.append((time.perf_counter() - started) / (2 * round_trips))
-    partner.join()
-    for fd in (there_r, there_w, back_r, back_w):
-        os.close(fd)
+    try:
+        for _ in range(batches):
+            started = time.perf_counter()
+            for _ in range(round_trips):
+                os.write(there_w, b"x")
+                os.read(back_r, 1)
+            timings.append((time.perf_counter() - started) / (2 * round_trips))
+    finally:
+        os.sched_setaffinity(0, set(cores))
+        partner.join()
+        for fd in (there_r, there_w, back_r, back_w):
+            os.close(fd)
     return round(1e6 * statistics.median(timings), 1)
 
 
@@ -810,7 +817,7 @@ def report(console: Console, figures: dict[str, Any]) -> None:
     console.print(_by_setup("where the CPU went, ms per job (the median round)", figures, cpu))
     speed = {
         "ms per result check at each round's start": "yardstick_ms_rounds",
-        "µs per thread handoff": "handoff_us_rounds",
+        "µs per wake-up across cores": "handoff_us_rounds",
         "context switches per job, each replica": "replica_switches_per_job",
     }
     console.print(_by_setup("the machine's own speed", figures, speed))

@@ -644,7 +644,8 @@ def main() -> int:
         "--pin",
         action="store_true",
         help="each replica on one core of its own (aifi exchange --cpu), the cores taken in "
-        "turn: a lone replica then switches far less; three on two cores share one",
+        "turn: a lone replica then switches far less; three on two cores share one. Adds a "
+        "set-up of one pinned replica per core, the layout docs/deploy.md recommends",
     )
     parser.add_argument("--json", type=Path, help="write the figures and targets here")
     args = parser.parse_args()
@@ -658,7 +659,12 @@ def main() -> int:
     sr.write_bytes(studies[0].sr)
     postgres: PostgresServer = start_postgres()
     figures: dict[str, Any] = {"jobs": args.jobs, "cpus": os.cpu_count(), "pinned": args.pin}
-    setups = (("sqlite_1", False, 1), ("postgresql_1", True, 1), ("postgresql_3", True, 3))
+    setups = [("sqlite_1", False, 1), ("postgresql_1", True, 1), ("postgresql_3", True, 3)]
+    cores = len(os.sched_getaffinity(0))
+    if args.pin and cores not in (1, 3):
+        # The layout deploy.md recommends: one replica per core, each pinned to its own.
+        setups.append((f"postgresql_{cores}", True, cores))
+    figures["setups"] = [name for name, _, _ in setups]
     rounds: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in setups}
     bulk: dict[str, dict[str, float]] = {}
     try:
@@ -700,6 +706,12 @@ def main() -> int:
     figures["three_replicas_ceiling"] = round(
         statistics.median(figures["three_replicas_ceiling_rounds"]), 2
     )
+    if len(setups) > 3:
+        per_core = setups[3][0]
+        figures["one_per_core_speedup_rounds"] = [
+            round(many["jobs_per_s"] / one["jobs_per_s"], 2)
+            for one, many in zip(rounds["postgresql_1"], rounds[per_core], strict=True)
+        ]
     one = figures["postgresql_1"]["jobs_per_s"]
     growth = figures["memory"]["growth_mb"]
     targets = {
@@ -787,7 +799,7 @@ def _by_setup(title: str, figures: dict[str, Any], columns: dict[str, str]) -> T
     table.add_column("set-up")
     for heading in columns:
         table.add_column(heading)
-    for name in ("sqlite_1", "postgresql_1", "postgresql_3"):
+    for name in figures["setups"]:
         values = [figures[name][key] for key in columns.values()]
         shown = [" ".join(map(str, v)) if isinstance(v, list) else str(v) for v in values]
         table.add_row(name, *shown)
@@ -831,6 +843,12 @@ def report(console: Console, figures: dict[str, Any]) -> None:
         f"at most {figures['three_replicas_ceiling_rounds']} ({figures['cpus']} × a lone "
         "replica's ms per job / the whole machine's ms per job with three)"
     )
+    if "one_per_core_speedup_rounds" in figures:
+        console.print(
+            f"one pinned replica per core ({figures['setups'][3]}) / one, round by round: "
+            f"{figures['one_per_core_speedup_rounds']} (no target: the layout deploy.md "
+            "recommends, for comparison)"
+        )
 
 
 if __name__ == "__main__":

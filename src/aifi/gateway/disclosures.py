@@ -53,6 +53,8 @@ CREATE INDEX IF NOT EXISTS ix_entries_patient ON entries (patient_id, seq);
 CREATE INDEX IF NOT EXISTS ix_entries_study ON entries (study_uid, seq);
 """
 GENESIS = "0" * 64
+#: The newest entry: the link for the next append, and the anchor the journal gets.
+_NEWEST = "SELECT seq, entry_hash FROM entries ORDER BY seq DESC LIMIT 1"
 #: Entries read at a time by `verify`: the log grows by a few entries per study, for years.
 VERIFY_BATCH = 5_000
 
@@ -193,10 +195,8 @@ class DisclosureLog:
     def _append(self, fields: dict[str, str]) -> tuple[str, str, int]:
         self._conn.execute("BEGIN IMMEDIATE")
         try:
-            last = self._conn.execute(
-                "SELECT entry_hash FROM entries ORDER BY seq DESC LIMIT 1"
-            ).fetchone()
-            prev = str(last[0]) if last else GENESIS
+            last = self._conn.execute(_NEWEST).fetchone()
+            prev = str(last["entry_hash"]) if last else GENESIS
             digest = entry_digest(fields, prev)
             cursor = self._conn.execute(
                 "INSERT INTO entries (at, organisation, actor, action, patient_id, study_uid,"
@@ -235,10 +235,8 @@ class DisclosureLog:
     def anchor(self) -> Anchor | None:
         """The newest entry's anchor; None while the log is empty."""
         with self._lock:
-            last = self._conn.execute(
-                "SELECT seq, entry_hash FROM entries ORDER BY seq DESC LIMIT 1"
-            ).fetchone()
-        return Anchor(int(last[0]), str(last[1])) if last else None
+            last = self._conn.execute(_NEWEST).fetchone()
+        return Anchor(int(last["seq"]), str(last["entry_hash"])) if last else None
 
     def verify(
         self,

@@ -35,6 +35,8 @@ CHAIN_LOCK = 0x41494649_0002
 RETENTION_LOCK = 0x41494649_0003
 #: Held while a starting replica makes sure the operator exists.
 START_LOCK = 0x41494649_0004
+#: Lets only one replica move old audit entries to the archive at a time.
+ARCHIVE_LOCK = 0x41494649_0005
 
 
 def normalised_url(url: str) -> str:
@@ -259,6 +261,25 @@ class Database:
             finally:
                 connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": START_LOCK})
                 connection.commit()
+
+    @contextmanager
+    def turn(self, key: int) -> Iterator[bool]:
+        """True when this process may do the background work `key` names now: on
+        PostgreSQL, when no other replica holds its advisory lock (held until the block
+        ends); always on SQLite's single process. A replica that finds it taken skips the
+        round rather than wait: the holder does the work."""
+        if not self.is_postgresql:
+            yield True
+            return
+        with self.engine.connect() as connection:
+            mine = bool(connection.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}))
+            connection.commit()
+            try:
+                yield mine
+            finally:
+                if mine:
+                    connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    connection.commit()
 
     def dispose(self) -> None:
         """Close pooled connections (a replica shutting down, a test tearing down)."""

@@ -18,13 +18,12 @@ With replicas on PostgreSQL one replica sweeps at a time (a session advisory loc
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import delete, func, select, update
 
 from aifi.exchange.audit import SYSTEM, AuditLog
 from aifi.exchange.blob_keys import input_folder, result_folder
@@ -113,7 +112,7 @@ class Retention:
         """Purge everything past its retention time at `now` (default: the current time)."""
         now = now or utcnow()
         report = PurgeReport()
-        with self._sweeping() as mine:
+        with self._db.turn(RETENTION_LOCK) as mine:
             if not mine:
                 return report
             if self._settings.retain_inputs_seconds is not None:
@@ -126,24 +125,6 @@ class Retention:
                 cutoff = now - timedelta(seconds=self._settings.retain_undelivered_seconds)
                 self._purge(_UNDELIVERED, cutoff, now, report)
         return report
-
-    @contextlib.contextmanager
-    def _sweeping(self) -> Iterator[bool]:
-        """True when this replica may sweep now (always, on SQLite's single process)."""
-        if not self._db.is_postgresql:
-            yield True
-            return
-        with self._db.engine.connect() as connection:
-            mine = bool(
-                connection.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": RETENTION_LOCK})
-            )
-            connection.commit()
-            try:
-                yield mine
-            finally:
-                if mine:
-                    connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": RETENTION_LOCK})
-                    connection.commit()
 
     def _purge(self, kind: _Kind, cutoff: datetime, now: datetime, report: PurgeReport) -> None:
         """Empty the input (result) folder of every job due, whether or not rows name what is

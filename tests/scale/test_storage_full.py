@@ -3,7 +3,9 @@ already accepted is lost. The store sits on a real 2 MiB tmpfs, so the disk real
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import secrets
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +16,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from aifi.exchange.app import create_app
+from aifi.exchange.audit import SYSTEM, AuditLog, check_chain
+from aifi.exchange.audit_archive import AuditArchiver, archives
+from aifi.exchange.blobs import open_blob_store
+from aifi.exchange.clock import utcnow
+from aifi.exchange.db import Database, upgrade_schema
+from aifi.exchange.errors import StorageFull
 from aifi.exchange.settings import ExchangeSettings
 from scale.conftest import set_up_parties
 from scale.exchange_api import OPERATOR_KEY, Exchange
@@ -83,3 +91,34 @@ def test_a_full_blob_store_refuses_with_507_and_keeps_what_it_had(
         # Space freed: the same upload now succeeds (the uploader's retry is all it takes).
         (tiny_disk / "ballast").unlink()
         assert exchange.upload(hospital, job["id"], study[len(accepted)]).status_code == 201
+
+
+def test_an_audit_archive_that_finds_the_store_full_moves_nothing(
+    tiny_disk: Path, tmp_path: Path
+) -> None:
+    settings = ExchangeSettings(
+        data_dir=tmp_path / "exchange", operator_key=OPERATOR_KEY, blob_url=f"file://{tiny_disk}"
+    )
+    db = Database(settings.resolved_database_url())
+    upgrade_schema(db.engine)
+    log = AuditLog(db)
+    for number in range(2000):  # incompressible details: the archive needs a few hundred KB
+        log.record(SYSTEM, "read", "job", f"job-{number}", detail=secrets.token_hex(100))
+    log.chain()
+    blobs = open_blob_store(settings.resolved_blob_url())
+    with contextlib.suppress(OSError), (tiny_disk / "ballast").open("wb") as ballast:
+        while True:  # fill the disk to its last byte
+            ballast.write(b"\0" * 65536)
+            ballast.flush()
+    archiver = AuditArchiver(db, blobs, log, settings)
+
+    with pytest.raises(StorageFull, match="no room to write an audit archive"):
+        archiver.archive_before(utcnow())
+    assert check_chain(db).entries == 2000, "every entry still in the table"
+    assert archives(db) == []
+    assert list(blobs.incoming.iterdir()) == [], "no half-written archive left"
+
+    (tiny_disk / "ballast").unlink()
+    (archive,) = archiver.archive_before(utcnow())
+    assert archive.entries == 1999  # the newest linked entry stays
+    db.dispose()

@@ -14,6 +14,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.concurrency import run_in_threadpool
 
 import aifi
+from aifi.exchange.audit_archive import AuditArchiver
 from aifi.exchange.errors import ExchangeError
 from aifi.exchange.metrics import ExchangeMetrics, MetricsMiddleware
 from aifi.exchange.replica_changes import ReplicaChanges
@@ -55,6 +56,7 @@ def create_app(
     retention = Retention(
         services.db, services.blobs, services.audit, services.settings, metrics=metrics
     )
+    archiver = AuditArchiver(services.db, services.blobs, services.audit, services.settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -70,6 +72,7 @@ def create_app(
                 _every(services.settings.retention_sweep_seconds, services.jobs.expire_unfinished)
             ),
             asyncio.create_task(_every(services.settings.retention_sweep_seconds, retention.sweep)),
+            asyncio.create_task(_every(services.settings.retention_sweep_seconds, archiver.sweep)),
             asyncio.create_task(
                 _every(services.settings.retention_sweep_seconds, services.jobs.read_triage_flags)
             ),
@@ -98,6 +101,7 @@ def create_app(
     app.state.services = services
     app.state.metrics = metrics
     app.state.retention = retention
+    app.state.archiver = archiver
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     @app.exception_handler(ExchangeError)

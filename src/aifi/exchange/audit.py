@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from aifi.exchange.clock import as_utc, utcnow
 from aifi.exchange.db import CHAIN_LOCK, Database
 from aifi.exchange.errors import ExchangeError
-from aifi.exchange.models import AuditEntry
+from aifi.exchange.models import AuditArchive, AuditEntry
 
 GENESIS = "0" * 64
 _TABLE = cast(Table, AuditEntry.__table__)
@@ -190,7 +190,11 @@ class AuditLog:
             ):
                 return 0
             head = session.execute(_HEAD).first()
-            position, previous = (int(head[0] or 0), str(head[1])) if head else (0, GENESIS)
+            # The newest linked entry is never archived; were the table's all gone, the
+            # chain would go on from the archived runs' end, not start again.
+            position, previous = (
+                (int(head[0] or 0), str(head[1])) if head else archived_head(session)
+            )
             links = []
             for entry in session.execute(_UNLINKED.limit(limit)):
                 position += 1
@@ -267,6 +271,11 @@ _UNLINKED = (
     .where(AuditEntry.chain_seq.is_(None))
     .order_by(AuditEntry.id)
 )
+_ARCHIVED_HEAD = (
+    select(AuditArchive.last_seq, AuditArchive.last_hash)
+    .order_by(AuditArchive.last_seq.desc())
+    .limit(1)
+)
 _LINK = (
     update(_TABLE)
     .where(_TABLE.c.id == bindparam("entry"))
@@ -332,7 +341,7 @@ def unlinked_count(session: Session) -> int:
 
 def verify_chain(entries: Iterable[Any]) -> list[str]:
     """Problems found in the chain, in order; empty when every link holds."""
-    walk = _ChainWalk()
+    walk = ChainWalk()
     for entry in entries:
         walk.step(entry)
     return walk.problems
@@ -349,31 +358,74 @@ class ChainCheck:
     entries: int
     problems: list[str]
     problem_count: int
+    #: Runs moved to the blob store (`aifi.exchange.audit_archive`) and their entries: the
+    #: chain was checked across them by their records; `entries` counts the table's.
+    archives: int = 0
+    archived_entries: int = 0
 
     @property
     def ok(self) -> bool:
         return self.problem_count == 0
 
 
-class _ChainWalk:
-    """Walks entries in chain order, keeping only the hash the next entry must carry."""
+class ChainWalk:
+    """Walks entries in chain order, keeping only the hash the next entry must carry (and,
+    given `expected_seq`, the position it must hold)."""
 
-    def __init__(self) -> None:
-        self.expected_prev = GENESIS
+    def __init__(self, expected_prev: str = GENESIS, expected_seq: int | None = None) -> None:
+        self.expected_prev = expected_prev
+        self.expected_seq = expected_seq
+        self.entries = 0
         self.problems: list[str] = []
         self.problem_count = 0
 
-    def step(self, entry: Any) -> None:
-        if entry.prev_hash != self.expected_prev:
-            self._problem(f"entry {entry.id}: previous hash does not match (removed or re-ordered)")
-        if linked_digest(entry, entry.prev_hash) != entry.entry_hash:
-            self._problem(f"entry {entry.id}: content does not match its hash (edited)")
-        self.expected_prev = entry.entry_hash
+    @property
+    def ok(self) -> bool:
+        return self.problem_count == 0
 
-    def _problem(self, text: str) -> None:
+    def step(self, entry: Any) -> None:
+        if self.expected_seq is not None:
+            if entry.chain_seq != self.expected_seq:
+                self.problem(
+                    f"entry {entry.id}: at position {entry.chain_seq}, expected "
+                    f"{self.expected_seq} (removed or re-ordered)"
+                )
+            self.expected_seq = entry.chain_seq + 1
+        if entry.prev_hash != self.expected_prev:
+            self.problem(f"entry {entry.id}: previous hash does not match (removed or re-ordered)")
+        if linked_digest(entry, entry.prev_hash) != entry.entry_hash:
+            self.problem(f"entry {entry.id}: content does not match its hash (edited)")
+        self.expected_prev = entry.entry_hash
+        self.entries += 1
+
+    def skip_archived(self, archive: Any, position: int) -> None:
+        """Go past an archived run by its record: it must start at `position`, after the
+        hash the chain stands at."""
+        if archive.first_seq != position or archive.first_prev_hash != self.expected_prev:
+            self.problem(
+                f"archive {archive.blob_key}: does not follow the run before it (an archive "
+                "record, or entries before it, removed or changed)"
+            )
+        if archive.last_seq - archive.first_seq + 1 != archive.entries:
+            self.problem(f"archive {archive.blob_key}: its record does not add up")
+        self.expected_prev = archive.last_hash
+
+    def problem(self, what: str) -> None:
         self.problem_count += 1
         if len(self.problems) < PROBLEMS_LISTED:
-            self.problems.append(text)
+            self.problems.append(what)
+
+    def absorb(self, other: ChainWalk, prefix: str) -> None:
+        """Take `other`'s problems as this walk's, each after `prefix`."""
+        for listed in other.problems:
+            self.problem(prefix + listed)
+        self.problem_count += other.problem_count - len(other.problems)
+
+
+def archived_head(session: Session) -> tuple[int, str]:
+    """The chain position and hash the archived runs end with; (0, GENESIS) with none."""
+    row = session.execute(_ARCHIVED_HEAD).first()
+    return (int(row[0]), str(row[1])) if row else (0, GENESIS)
 
 
 def check_chain(db: Database, on_batch: Callable[[int], object] | None = None) -> ChainCheck:
@@ -382,11 +434,17 @@ def check_chain(db: Database, on_batch: Callable[[int], object] | None = None) -
     The log gains about two entries for every instance sent (its upload and the vendor's
     read), so it runs to billions of entries nationally: holding them all to verify them, as
     before, would exhaust any replica. Only the last hash is carried from batch to batch;
-    `on_batch(n)` hears of each batch (a progress bar).
+    `on_batch(n)` hears of each batch (a progress bar). Runs already archived are passed by
+    their records, which must follow one another, and the table's first entry must link to
+    the last archived one (`audit_archive.verify_archives` reads the archived files).
     """
-    walk = _ChainWalk()
-    checked = 0
-    last = -1
+    walk = ChainWalk()
+    last = 0
+    with db.session() as session:
+        runs = list(session.scalars(select(AuditArchive).order_by(AuditArchive.first_seq)))
+    for archive in runs:
+        walk.skip_archived(archive, last + 1)
+        last = archive.last_seq
     while True:
         with db.session() as session:
             rows = session.execute(
@@ -396,10 +454,15 @@ def check_chain(db: Database, on_batch: Callable[[int], object] | None = None) -
                 .limit(CHECK_BATCH)
             ).all()
         if not rows:
-            return ChainCheck(checked, walk.problems, walk.problem_count)
+            return ChainCheck(
+                walk.entries,
+                walk.problems,
+                walk.problem_count,
+                archives=len(runs),
+                archived_entries=sum(archive.entries for archive in runs),
+            )
         for row in rows:
             walk.step(row)
-        checked += len(rows)
         last = rows[-1].chain_seq
         if on_batch is not None:
             on_batch(len(rows))

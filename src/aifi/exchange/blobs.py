@@ -41,6 +41,9 @@ class BlobStore(Protocol):
     raise FileNotFoundError, whatever the store: the API answers 404 for it (a store restored
     from an older copy than the database lacks some objects)."""
 
+    #: The local folder uploads are spooled to: a file written there can be committed.
+    incoming: Path
+
     async def receive(
         self, chunks: AsyncIterator[bytes], max_bytes: int | None = None
     ) -> TempBlob: ...

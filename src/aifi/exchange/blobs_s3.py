@@ -98,6 +98,7 @@ class S3BlobStore:
         self.bucket = location.bucket
         self.spool_dir = location.spool or Path(tempfile.gettempdir()) / "aifi-spool"
         self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self.incoming = self.spool_dir
 
     @classmethod
     def from_url(cls, url: str) -> S3BlobStore:

@@ -208,3 +208,28 @@ class AuditEntry(Base):
     prev_hash: Mapped[str] = mapped_column(String(64))
     entry_hash: Mapped[str] = mapped_column(String(64))
     chain_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class AuditArchive(Base):
+    """A run of the access log moved out of the database into one file of the blob store.
+
+    It names the run (chain positions `first_seq`…`last_seq`, the hash the first entry links
+    to and the last entry's own), so the chain still verifies across it: the first entry left
+    in the table links to the newest archive's `last_hash`. The file's SHA-256 lets the run
+    be checked against what was written (see :mod:`aifi.exchange.audit_archive`).
+    """
+
+    __tablename__ = "audit_archives"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    first_seq: Mapped[int] = mapped_column(BigInteger, unique=True)
+    last_seq: Mapped[int] = mapped_column(BigInteger)
+    first_prev_hash: Mapped[str] = mapped_column(String(64))
+    last_hash: Mapped[str] = mapped_column(String(64))
+    entries: Mapped[int] = mapped_column(Integer)
+    first_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    blob_key: Mapped[str] = mapped_column(String(200))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -56,6 +56,11 @@ class ExchangeSettings(BaseSettings):
     #: jobs: without this, an upload never finished or a job no vendor takes would hold its
     #: inputs for ever.
     expire_unfinished_seconds: float | None = Field(default=7 * 86400.0, gt=0)
+    #: Seconds after it was stored before an access-log entry moves from the database to an
+    #: archive file in the blob store (None keeps every entry in the database). The chain
+    #: goes on across archives and `aifi audit verify --archives` checks them: see
+    #: `aifi.exchange.audit_archive`. The sweep below runs it.
+    archive_audit_after_seconds: float | None = Field(default=None, gt=0)
     #: How often each replica looks for data past its retention time.
     retention_sweep_seconds: float = Field(default=300.0, gt=0)
     #: Who runs this exchange and where: stated in every product's record of processing.

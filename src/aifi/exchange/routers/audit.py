@@ -36,7 +36,8 @@ def list_audit(
 def verify_audit(caller: CallerDep, services: ServicesDep) -> dict[str, object]:
     """The whole chain checked, a batch at a time, in flat memory. On a long log this takes a
     while (half a minute per million entries measured): `aifi audit verify` does the same on
-    the database directly, with a progress bar."""
+    the database directly, with a progress bar. Archived runs are passed by their records;
+    `aifi audit verify --archives` reads their files too."""
     require_role(caller, "operator")
     services.audit.chain()
     check = check_chain(services.db)
@@ -45,6 +46,8 @@ def verify_audit(caller: CallerDep, services: ServicesDep) -> dict[str, object]:
     return {
         "entries": check.entries,
         "unlinked": unlinked,
+        "archives": check.archives,
+        "archived_entries": check.archived_entries,
         "ok": check.ok,
         "problems": check.problems,
         "problem_count": check.problem_count,

@@ -1,0 +1,355 @@
+"""Archiving the access log: old entries move to files in the blob store, chain and all.
+
+The log gains about ten entries per job, a hundred million a year nationally. Kept in the
+database for ever, the table, its backups and the daily `aifi audit verify` would grow without
+end. :class:`AuditArchiver` moves the entries stored before a moment out of the table, oldest
+first, in runs of up to :data:`ARCHIVE_ENTRIES`. Each run becomes one gzip'd JSON-lines file
+under ``audit/`` in the blob store (the object store in production, where a bucket's object
+lock can keep it unchanged), recorded in ``audit_archives`` with its first and last position
+in the chain, the hash its first entry links to, its last entry's hash and the file's SHA-256.
+
+The chain is not cut: the first entry left in the table links to the newest archive's last
+hash; `check_chain` starts there and checks that the archives follow one another, and
+:func:`verify_archives` reads the files back and checks every entry in them. A run is checked
+as it is written: an archive is never made of a broken chain.
+
+Nothing is lost or doubled. A run's file is stored before its entries leave the table, and
+they leave in the transaction that records the archive, which makes sure it removes exactly
+the entries written. A crash in between leaves the entries in the table and a file no row
+names; the next round writes that file again under the same key (named by its first
+position). The newest linked entry always stays in the table: the next link is made from it.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import hashlib
+import json
+import os
+import tempfile
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from aifi.exchange.audit import SYSTEM, AuditLog, ChainCheck, ChainWalk, archived_head
+from aifi.exchange.blobs import BlobStore, TempBlob
+from aifi.exchange.clock import as_utc, utcnow
+from aifi.exchange.db import ARCHIVE_LOCK, Database
+from aifi.exchange.errors import ExchangeError, StorageFull
+from aifi.exchange.models import AuditArchive, AuditEntry
+from aifi.exchange.settings import ExchangeSettings
+
+#: Where the archive files sit in the blob store.
+ARCHIVE_FOLDER = "audit/"
+#: Entries in one archive file at most (a few MB gzip'd): small enough that the transaction
+#: removing them from the table is short, large enough that a year makes a few thousand.
+ARCHIVE_ENTRIES = 50_000
+#: Entries read from the table at a time while a file is written.
+READ_BATCH = 5_000
+#: The columns an archived entry keeps, in the order a file line lists them.
+COLUMNS = (
+    "chain_seq", "id", "at", "organisation_id", "role", "action", "object_type", "object_id",
+    "patient_pseudonym", "outcome", "detail", "prev_hash", "entry_hash",
+)  # fmt: skip
+
+
+class ArchiveRefused(ExchangeError):
+    """The log cannot be archived as it stands (a broken chain); nothing was moved."""
+
+    status = 409
+
+
+def archive_key(first_seq: int) -> str:
+    """The file of the run that starts at chain position `first_seq`: the same for a run
+    written again after a crash, so a retry replaces its file instead of leaving two."""
+    return f"{ARCHIVE_FOLDER}{first_seq:012d}.jsonl.gz"
+
+
+@dataclass(frozen=True)
+class _Run:
+    """A run written to a file, not yet recorded."""
+
+    first_seq: int
+    last_seq: int
+    first_prev_hash: str
+    last_hash: str
+    entries: int
+    first_at: datetime
+    last_at: datetime
+    temp: TempBlob
+
+
+class AuditArchiver:
+    """Moves old entries of the access log to the blob store (see the module)."""
+
+    def __init__(
+        self, db: Database, blobs: BlobStore, audit: AuditLog, settings: ExchangeSettings
+    ) -> None:
+        self._db = db
+        self._blobs = blobs
+        self._audit = audit
+        self._settings = settings
+
+    def sweep(self, now: datetime | None = None) -> list[AuditArchive]:
+        """Archive what is older than `archive_audit_after_seconds` (nothing when unset)."""
+        after = self._settings.archive_audit_after_seconds
+        if after is None:
+            return []
+        return self.archive_before((now or utcnow()) - timedelta(seconds=after))
+
+    def archive_before(
+        self, before: datetime, on_entries: Callable[[int], object] | None = None
+    ) -> list[AuditArchive]:
+        """Archive the linked entries stored before `before` (all but the newest linked one);
+        the archives written, oldest first. `on_entries(n)` hears of each batch written.
+
+        One replica at a time: one that finds another archiving leaves the round to it.
+
+        Raises
+        ------
+        ArchiveRefused
+            when the entries to archive do not form an unbroken chain.
+        StorageFull
+            when the blob store has no room for a file (nothing left the table).
+        """
+        written: list[AuditArchive] = []
+        with self._db.turn(ARCHIVE_LOCK) as mine:
+            while mine:
+                archive = self._archive_run(as_utc(before), on_entries)
+                if archive is None:
+                    break
+                written.append(archive)
+        return written
+
+    def _archive_run(
+        self, before: datetime, on_entries: Callable[[int], object] | None
+    ) -> AuditArchive | None:
+        with self._db.session() as session:
+            after, previous = archived_head(session)
+            newest = session.scalar(select(func.max(AuditEntry.chain_seq)))
+        if newest is None or newest - 1 <= after:
+            return None
+        last_allowed = min(newest - 1, after + ARCHIVE_ENTRIES)
+        run = self._write(after, previous, last_allowed, before, on_entries)
+        if run is None:
+            return None
+        key = archive_key(run.first_seq)
+        try:
+            self._blobs.commit(run.temp, key)
+        finally:
+            self._blobs.discard(run.temp)
+        with self._db.session() as session:
+            return self._record(session, run, key)
+
+    def _write(
+        self,
+        after: int,
+        previous: str,
+        last_allowed: int,
+        before: datetime,
+        on_entries: Callable[[int], object] | None,
+    ) -> _Run | None:
+        """The entries after position `after`, up to `last_allowed` and stored before
+        `before`, written to a file in the store's spool folder and checked on the way."""
+        walk = ChainWalk(expected_prev=previous, expected_seq=after + 1)
+        first: Any = None
+        last: Any = None
+        count = 0
+        fd, name = tempfile.mkstemp(dir=self._blobs.incoming, suffix=".part")
+        path = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as out:
+                for row in _entries(self._db, after, last_allowed, before):
+                    walk.step(row)
+                    if not walk.ok:
+                        raise ArchiveRefused(
+                            f"the access log cannot be archived: {walk.problems[0]}; nothing "
+                            "was moved (aifi audit verify lists every problem)"
+                        )
+                    out.write(_line(row))
+                    first = first or row
+                    last = row
+                    count += 1
+                    if on_entries is not None and count % READ_BATCH == 0:
+                        on_entries(READ_BATCH)
+            if on_entries is not None and count % READ_BATCH:
+                on_entries(count % READ_BATCH)
+            if last is None:
+                path.unlink()
+                return None
+            temp = _temp_blob(path)
+        except OSError as exc:
+            path.unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFull(
+                    "no room to write an audit archive; nothing left the table"
+                ) from exc
+            raise
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return _Run(
+            first_seq=first.chain_seq,
+            last_seq=last.chain_seq,
+            first_prev_hash=first.prev_hash,
+            last_hash=last.entry_hash,
+            entries=count,
+            first_at=as_utc(first.at),
+            last_at=as_utc(last.at),
+            temp=temp,
+        )
+
+    def _record(self, session: Session, run: _Run, key: str) -> AuditArchive:
+        """The archive's row, the entries' removal and an entry saying so, in one
+        transaction that removes exactly the entries the file holds."""
+        removed = session.execute(
+            delete(AuditEntry)
+            .where(AuditEntry.chain_seq >= run.first_seq, AuditEntry.chain_seq <= run.last_seq)
+            .execution_options(synchronize_session=False)
+        )
+        count = int(getattr(removed, "rowcount", -1))
+        if count != run.entries:
+            raise ArchiveRefused(
+                f"positions {run.first_seq}–{run.last_seq} of the access log held {count} "
+                f"entries when they were to leave the table, not the {run.entries} archived; "
+                "nothing was moved"
+            )
+        archive = AuditArchive(
+            first_seq=run.first_seq,
+            last_seq=run.last_seq,
+            first_prev_hash=run.first_prev_hash,
+            last_hash=run.last_hash,
+            entries=run.entries,
+            first_at=run.first_at,
+            last_at=run.last_at,
+            blob_key=key,
+            size=run.temp.size,
+            sha256=run.temp.sha256,
+            created_at=utcnow(),
+        )
+        session.add(archive)
+        self._audit.record_in(
+            session,
+            SYSTEM,
+            "archive",
+            "audit_log",
+            f"{run.first_seq}-{run.last_seq}",
+            detail=(
+                f"{run.entries} entries stored {run.first_at.isoformat()} to "
+                f"{run.last_at.isoformat()} moved to {key} ({run.temp.size} bytes, "
+                f"sha256 {run.temp.sha256})"
+            ),
+        )
+        return archive
+
+
+def _entries(db: Database, after: int, last_allowed: int, before: datetime) -> Iterator[Any]:
+    """Linked entries after position `after` up to `last_allowed`, in chain order, a batch
+    at a time, until the first one stored at or after `before`."""
+    columns = AuditEntry.__table__.c
+    position = after
+    while position < last_allowed:
+        with db.session() as session:
+            rows = session.execute(
+                select(*columns)
+                .where(AuditEntry.chain_seq > position, AuditEntry.chain_seq <= last_allowed)
+                .order_by(AuditEntry.chain_seq)
+                .limit(READ_BATCH)
+            ).all()
+        if not rows:
+            return
+        for row in rows:
+            if as_utc(row.at) >= before:
+                return
+            yield row
+        position = rows[-1].chain_seq
+
+
+def _line(row: Any) -> bytes:
+    record = {column: getattr(row, column) for column in COLUMNS}
+    record["at"] = as_utc(row.at).isoformat()
+    return json.dumps(record, separators=(",", ":")).encode() + b"\n"
+
+
+def _temp_blob(path: Path) -> TempBlob:
+    digest = hashlib.sha256()
+    with path.open("rb") as written:
+        while chunk := written.read(1024 * 1024):
+            digest.update(chunk)
+    return TempBlob(path=path, size=path.stat().st_size, sha256=digest.hexdigest())
+
+
+def archives(db: Database) -> list[AuditArchive]:
+    """Every archive, oldest run first."""
+    with db.session() as session:
+        return list(session.scalars(select(AuditArchive).order_by(AuditArchive.first_seq)))
+
+
+def verify_archives(
+    db: Database, blobs: BlobStore, on_entries: Callable[[int], object] | None = None
+) -> ChainCheck:
+    """Read every archive file back and check it: its SHA-256 against its record, and each
+    entry's place, link and hash, from the hash its record says it starts after to the one
+    it says it ends with. Streamed: memory does not grow with a file."""
+    summary = ChainWalk()  # gathers every file's problems, listed and counted as one walk's
+    entries = 0
+    for archive in archives(db):
+        where = f"archive {archive.blob_key}: "
+        walk = ChainWalk(expected_prev=archive.first_prev_hash, expected_seq=archive.first_seq)
+        try:
+            digest = _walk_file(blobs, archive.blob_key, walk, on_entries)
+        except FileNotFoundError:
+            summary.problem(where + "not in the blob store")
+            continue
+        except (OSError, zlib.error, ValueError, TypeError, KeyError) as exc:
+            summary.problem(f"{where}unreadable ({type(exc).__name__}: {exc})")
+            continue
+        entries += walk.entries
+        summary.absorb(walk, where)
+        if digest != archive.sha256:
+            summary.problem(where + "the file is not the one archived (its SHA-256 differs)")
+        if walk.entries != archive.entries or walk.expected_prev != archive.last_hash:
+            summary.problem(
+                f"{where}holds {walk.entries} entries ending in {walk.expected_prev[:12]}…, "
+                f"its record says {archive.entries} ending in {archive.last_hash[:12]}…"
+            )
+    return ChainCheck(entries, summary.problems, summary.problem_count)
+
+
+def _walk_file(
+    blobs: BlobStore,
+    key: str,
+    walk: ChainWalk,
+    on_entries: Callable[[int], object] | None,
+) -> str:
+    """Step `walk` through the entries of the file `key`; the file's SHA-256."""
+    digest = hashlib.sha256()
+    inflate = zlib.decompressobj(zlib.MAX_WBITS | 16)  # gzip
+    pending = b""
+    for chunk in blobs.read(key):
+        digest.update(chunk)
+        pending += inflate.decompress(chunk)
+        *lines, pending = pending.split(b"\n")
+        _step_lines(walk, lines, on_entries)
+    pending += inflate.flush()
+    _step_lines(walk, [line for line in pending.split(b"\n") if line], on_entries)
+    return digest.hexdigest()
+
+
+def _step_lines(
+    walk: ChainWalk, lines: list[bytes], on_entries: Callable[[int], object] | None
+) -> None:
+    for line in lines:
+        record = json.loads(line)
+        record["at"] = datetime.fromisoformat(record["at"])
+        walk.step(SimpleNamespace(**record))
+    if on_entries is not None and lines:
+        on_entries(len(lines))

@@ -1,0 +1,303 @@
+"""Old access-log entries move to archive files in the blob store; the chain holds across them,
+tampering with an archive or its record is found, and nothing is lost or doubled on the way.
+
+Runs on every backend: SQLite with a local folder, PostgreSQL, PostgreSQL with S3.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import delete, func, select, update
+
+from aifi.exchange import audit_archive
+from aifi.exchange.app import create_app
+from aifi.exchange.audit import Actor, AuditLog, check_chain
+from aifi.exchange.audit_archive import (
+    ArchiveRefused,
+    AuditArchiver,
+    archive_key,
+    archives,
+    verify_archives,
+)
+from aifi.exchange.blobs import BlobStore, TempBlob, open_blob_store
+from aifi.exchange.clock import utcnow
+from aifi.exchange.db import Database, upgrade_schema
+from aifi.exchange.models import AuditArchive, AuditEntry
+from aifi.exchange.settings import ExchangeSettings
+from scale.exchange_api import BACKENDS, OPERATOR_KEY, backend_settings
+
+HOSPITAL = Actor("hospital-a", "hospital")
+
+
+@dataclass
+class Log:
+    db: Database
+    blobs: BlobStore
+    audit: AuditLog
+    settings: ExchangeSettings
+
+    def write(self, count: int, start: int = 0) -> None:
+        for number in range(start, start + count):
+            self.audit.record(HOSPITAL, "read", "job", f"job-{number}", patient_pseudonym="p1")
+        self.audit.chain()
+
+    def archiver(self, settings: ExchangeSettings | None = None) -> AuditArchiver:
+        return AuditArchiver(self.db, self.blobs, self.audit, settings or self.settings)
+
+    def in_table(self) -> list[str]:
+        with self.db.session() as session:
+            return list(
+                session.scalars(
+                    select(AuditEntry.object_id)
+                    .where(AuditEntry.action == "read")
+                    .order_by(AuditEntry.id)
+                )
+            )
+
+    def archived(self, archive: AuditArchive) -> list[dict[str, object]]:
+        data = gzip.decompress(b"".join(self.blobs.read(archive.blob_key)))
+        return [json.loads(line) for line in data.splitlines()]
+
+    def replace_blob(self, key: str, content: bytes) -> None:
+        fd, name = tempfile.mkstemp(dir=self.blobs.incoming)
+        with open(fd, "wb") as out:
+            out.write(content)
+        digest = hashlib.sha256(content).hexdigest()
+        self.blobs.commit(TempBlob(Path(name), len(content), digest), key)
+
+
+@pytest.fixture(params=BACKENDS)
+def log(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Log]:
+    chosen = backend_settings(str(request.param), tmp_path, request.config)
+    settings = chosen.settings
+    db = Database(settings.resolved_database_url())
+    upgrade_schema(db.engine)
+    try:
+        yield Log(db, open_blob_store(settings.resolved_blob_url()), AuditLog(db), settings)
+    finally:
+        db.dispose()
+        chosen.close()
+
+
+@pytest.fixture
+def small_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs of 7 entries read 3 at a time: every edge of a batch and of a file is crossed."""
+    monkeypatch.setattr(audit_archive, "ARCHIVE_ENTRIES", 7)
+    monkeypatch.setattr(audit_archive, "READ_BATCH", 3)
+
+
+def test_old_entries_move_to_archives_and_the_chain_holds_across_them(
+    log: Log, small_runs: None
+) -> None:
+    log.write(30)
+    moment = utcnow()
+    log.write(10, start=30)
+
+    written = log.archiver().archive_before(moment)
+
+    assert [archive.entries for archive in written] == [7, 7, 7, 7, 2]
+    assert [(a.first_seq, a.last_seq) for a in written] == [
+        (1, 7), (8, 14), (15, 21), (22, 28), (29, 30),
+    ]  # fmt: skip
+    assert [a.blob_key for a in written] == [archive_key(a.first_seq) for a in written]
+    assert log.in_table() == [f"job-{n}" for n in range(30, 40)]
+    archived = [entry for a in archives(log.db) for entry in log.archived(a)]
+    assert [entry["object_id"] for entry in archived] == [f"job-{n}" for n in range(30)]
+    assert [entry["chain_seq"] for entry in archived] == list(range(1, 31))
+    assert all(entry["patient_pseudonym"] == "p1" for entry in archived)
+
+    log.audit.chain()  # the archiving's own entries, and the table's chain goes on
+    check = check_chain(log.db)
+    assert check.ok, check.problems
+    assert (check.archives, check.archived_entries) == (5, 30)
+    assert check.entries == 10 + 5
+    files = verify_archives(log.db, log.blobs)
+    assert files.ok, files.problems
+    assert files.entries == 30
+    with log.db.session() as session:
+        said = list(session.scalars(select(AuditEntry).where(AuditEntry.action == "archive")))
+    assert [entry.object_id for entry in said] == ["1-7", "8-14", "15-21", "22-28", "29-30"]
+    assert all(entry.organisation_id == "exchange" for entry in said)
+    assert f"moved to {archive_key(29)}" in said[-1].detail
+
+    # Entries written afterwards link on, and a second round finds nothing before the moment.
+    log.write(3, start=40)
+    assert check_chain(log.db).ok
+    assert log.archiver().archive_before(moment) == []
+
+
+def test_the_newest_linked_entry_stays_and_the_chain_goes_on_from_it(log: Log) -> None:
+    log.write(5)
+    written = log.archiver().archive_before(utcnow() + timedelta(days=1))
+    assert [(a.first_seq, a.last_seq) for a in written] == [(1, 4)]
+    assert log.in_table() == ["job-4"]
+    log.audit.chain()
+    log.write(2, start=5)
+    with log.db.session() as session:
+        newest = session.scalar(select(func.max(AuditEntry.chain_seq)))
+    assert newest == 5 + 1 + 2  # five reads, the archiving's entry, two reads
+    assert check_chain(log.db).ok
+
+
+def test_the_exchange_archives_on_its_sweep_only_when_told_to(log: Log) -> None:
+    log.write(6)
+    later = utcnow() + timedelta(hours=2)
+    assert log.archiver().sweep(now=later) == []  # the default keeps every entry
+    told = log.settings.model_copy(update={"archive_audit_after_seconds": 3600.0})
+    assert log.archiver(told).sweep(now=utcnow()) == []  # nothing an hour old yet
+    assert [a.entries for a in log.archiver(told).sweep(now=later)] == [5]
+
+
+def test_an_edited_archive_file_is_found(log: Log) -> None:
+    log.write(6)
+    (archive,) = log.archiver().archive_before(utcnow() + timedelta(days=1))
+    content = gzip.decompress(b"".join(log.blobs.read(archive.blob_key)))
+    log.replace_blob(archive.blob_key, gzip.compress(content.replace(b"job-2", b"job-9")))
+
+    assert check_chain(log.db).ok  # the records alone still agree
+    files = verify_archives(log.db, log.blobs)
+    assert not files.ok
+    key = archive.blob_key
+    assert f"archive {key}: entry 3: content does not match its hash (edited)" in files.problems
+    assert f"archive {key}: the file is not the one archived (its SHA-256 differs)" in (
+        files.problems
+    )
+
+
+def test_a_line_cut_from_an_archive_file_is_found(log: Log) -> None:
+    log.write(6)
+    (archive,) = log.archiver().archive_before(utcnow() + timedelta(days=1))
+    lines = gzip.decompress(b"".join(log.blobs.read(archive.blob_key))).splitlines(True)
+    log.replace_blob(archive.blob_key, gzip.compress(b"".join(lines[:2] + lines[3:])))
+    problems = verify_archives(log.db, log.blobs).problems
+    assert any("entry 4: at position 4, expected 3" in problem for problem in problems)
+    assert any("holds 4 entries" in problem for problem in problems)
+
+
+def test_a_missing_archive_file_or_record_is_found(log: Log, small_runs: None) -> None:
+    log.write(16)
+    written = log.archiver().archive_before(utcnow() + timedelta(days=1))
+    assert len(written) == 3
+    log.blobs.delete(written[0].blob_key)
+    assert verify_archives(log.db, log.blobs).problems == [
+        f"archive {written[0].blob_key}: not in the blob store"
+    ]
+    with log.db.session() as session:
+        session.execute(delete(AuditArchive).where(AuditArchive.id == written[1].id))
+    check = check_chain(log.db)
+    assert check.problems == [
+        f"archive {written[2].blob_key}: does not follow the run before it (an archive "
+        "record, or entries before it, removed or changed)"
+    ]
+
+
+def test_removing_the_first_entries_left_in_the_table_is_found(log: Log) -> None:
+    log.write(8)
+    log.archiver().archive_before(utcnow() + timedelta(days=1))
+    log.audit.chain()
+    log.write(1, start=8)
+    assert check_chain(log.db).ok
+    with log.db.session() as session:
+        session.execute(delete(AuditEntry).where(AuditEntry.object_id == "job-7"))
+    problems = check_chain(log.db).problems
+    assert problems[0].endswith("previous hash does not match (removed or re-ordered)")
+
+
+def test_a_broken_chain_is_not_archived_and_nothing_moves(log: Log) -> None:
+    log.write(6)
+    with log.db.session() as session:
+        session.execute(
+            update(AuditEntry).where(AuditEntry.chain_seq == 3).values(object_id="someone-else")
+        )
+    with pytest.raises(ArchiveRefused, match="entry 3: content does not match its hash"):
+        log.archiver().archive_before(utcnow() + timedelta(days=1))
+    assert len(log.in_table()) == 6
+    assert archives(log.db) == []
+    assert log.blobs.delete_under("audit/") == 0
+    assert list(log.blobs.incoming.iterdir()) == []
+
+
+class _DiesBeforeRecording(AuditArchiver):
+    """An archiver whose process stops after storing a run's file, before its transaction."""
+
+    def _record(self, *args: object, **kwargs: object) -> AuditArchive:
+        raise SystemExit("stopped between the file and its record")
+
+
+def test_a_stop_between_the_file_and_its_record_loses_and_doubles_nothing(log: Log) -> None:
+    log.write(6)
+    moment = utcnow() + timedelta(days=1)
+    with pytest.raises(SystemExit):
+        _DiesBeforeRecording(log.db, log.blobs, log.audit, log.settings).archive_before(moment)
+    assert len(log.in_table()) == 6  # every entry still in the table
+    assert archives(log.db) == []
+    assert b"".join(log.blobs.read(archive_key(1)))  # a file no row names
+
+    (archive,) = log.archiver().archive_before(moment)
+    assert archive.blob_key == archive_key(1)  # written again over the first
+    assert [entry["object_id"] for entry in log.archived(archive)] == [f"job-{n}" for n in range(5)]
+    assert log.in_table() == ["job-5"]
+    log.audit.chain()
+    assert check_chain(log.db).ok
+    assert verify_archives(log.db, log.blobs).ok
+    assert log.blobs.delete_under("audit/") == 1, "one file, not two"
+
+
+class _RaceAfterWriting(AuditArchiver):
+    """An archiver during whose file another hand removes an entry it wrote."""
+
+    def _write(self, *args: Any, **kwargs: Any) -> Any:
+        run = super()._write(*args, **kwargs)
+        with self._db.session() as session:
+            session.execute(delete(AuditEntry).where(AuditEntry.chain_seq == 2))
+        return run
+
+
+def test_entries_that_changed_while_the_file_was_written_stay_in_the_table(log: Log) -> None:
+    log.write(5)
+    racing = _RaceAfterWriting(log.db, log.blobs, log.audit, log.settings)
+    with pytest.raises(ArchiveRefused, match="held 3 entries .* not the 4 archived"):
+        racing.archive_before(utcnow() + timedelta(days=1))
+    assert log.in_table() == ["job-0", "job-2", "job-3", "job-4"]
+    assert archives(log.db) == []
+
+
+def test_the_chain_goes_on_from_the_archives_when_the_table_holds_no_linked_entry(
+    log: Log,
+) -> None:
+    log.write(3)
+    log.archiver().archive_before(utcnow() + timedelta(days=1))
+    with log.db.session() as session:
+        session.execute(delete(AuditEntry).where(AuditEntry.chain_seq.is_not(None)))
+    log.audit.chain()  # links the archiving's own entry
+    with log.db.session() as session:
+        (entry,) = session.scalars(select(AuditEntry).where(AuditEntry.chain_seq.is_not(None)))
+    assert entry.action == "archive"
+    assert entry.chain_seq == 3  # after the archived 1–2, not at 1 again
+    assert check_chain(log.db).entries == 1
+
+
+def test_the_exchange_archives_on_its_sweep_and_reports_the_archives(log: Log) -> None:
+    settings = log.settings.model_copy(update={"archive_audit_after_seconds": 3600.0})
+    with TestClient(create_app(settings)) as client:
+        operator = {"Authorization": f"Bearer {OPERATOR_KEY}"}
+        for _ in range(5):
+            assert client.get("/jobs", headers=operator).status_code == 200
+        assert client.get("/audit/verify", headers=operator).json()["archives"] == 0
+        archiver = client.app.state.archiver  # type: ignore[attr-defined]
+        written = archiver.sweep(now=utcnow() + timedelta(hours=2))
+        report = client.get("/audit/verify", headers=operator).json()
+    assert report["ok"], report["problems"]
+    assert report["archives"] == len(written) == 1
+    assert report["archived_entries"] == written[0].entries > 0

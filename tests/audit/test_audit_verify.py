@@ -3,8 +3,10 @@ entry of the exchange's hash-chained access log."""
 
 from __future__ import annotations
 
+import gzip
 import sqlite3
 from collections.abc import Callable
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
@@ -87,3 +89,54 @@ def test_reordered_entries_are_found(data_dir: Path) -> None:
     tamper(data_dir, swap)
     code, output = verify(data_dir)
     assert code == 1 and "previous hash does not match (removed or re-ordered)" in output
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(audit_app, list(args), env={"COLUMNS": "200"})
+    return result.exit_code, result.output
+
+
+def test_archived_entries_leave_the_table_and_still_verify(data_dir: Path) -> None:
+    tomorrow = f"{date.today() + timedelta(days=1):%Y-%m-%d}"
+    code, output = run("archive", "--before", tomorrow, "--data-dir", str(data_dir))
+    assert code == 0, output
+    assert "entries archived" in output and "audit/000000000001.jsonl.gz" in output
+    code, listed = run("archives", "--data-dir", str(data_dir))
+    assert code == 0 and "1 archive(s)" in listed
+    files = list((data_dir / "blobs" / "audit").iterdir())
+    assert [file.name for file in files] == ["000000000001.jsonl.gz"]
+
+    code, output = run("verify", "--data-dir", str(data_dir))
+    assert code == 0 and "in 1 archive(s), passed by their records" in output
+    assert "not linked" not in output
+    assert "add --archives" in output
+    code, output = run("verify", "--archives", "--data-dir", str(data_dir))
+    assert code == 0 and "each file read back and checked" in output
+
+    # An archive file edited afterwards: its records still agree, the file does not.
+    content = gzip.decompress(files[0].read_bytes()).replace(b'"h1"', b'"h9"')
+    files[0].write_bytes(gzip.compress(content))
+    assert verify(data_dir)[0] == 0
+    code, output = run("verify", "--archives", "--data-dir", str(data_dir))
+    assert code == 1 and "content does not match its hash (edited)" in output
+    assert "its SHA-256 differs" in output
+
+
+def test_nothing_to_archive_before_the_log_began(data_dir: Path) -> None:
+    code, output = run("archive", "--before", "2020-01-01", "--data-dir", str(data_dir))
+    assert code == 0 and "nothing to archive" in output
+    assert "no archives" in run("archives", "--data-dir", str(data_dir))[1]
+
+
+def test_a_broken_chain_is_not_archived(data_dir: Path) -> None:
+    tamper(
+        data_dir, lambda db: db.execute("UPDATE audit_log SET organisation_id = 'x' WHERE id = 2")
+    )
+    code, output = run("archive", "--before", "2999-01-01", "--data-dir", str(data_dir))
+    assert code == 1 and "cannot be archived: entry 2: content does not match" in output
+    assert "no archives" in run("archives", "--data-dir", str(data_dir))[1]
+
+
+def test_a_malformed_moment_is_refused(data_dir: Path) -> None:
+    code, output = run("archive", "--before", "last year", "--data-dir", str(data_dir))
+    assert code == 2 and "last year" in output

@@ -1,24 +1,44 @@
-"""`aifi audit verify`: check the exchange's hash-chained access log from its database.
+"""`aifi audit`: check the exchange's hash-chained access log, and archive its old entries.
 
-Run it on the exchange host (or anywhere with read access to the database): it reads every
-entry in order, a batch at a time with a progress bar, and reports any that was edited,
-removed or re-ordered.
+Run it on the exchange host (or anywhere with read access to the database and, for archives,
+the blob store): `verify` reads every entry in order, a batch at a time with a progress bar,
+and reports any that was edited, removed or re-ordered; `archive` moves entries stored before
+a date to files in the blob store; `archives` lists those files.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import Progress
+from rich.table import Table
 
-from aifi.exchange.audit import check_chain, linked_count, unlinked_count
+from aifi.exchange.audit import AuditLog, ChainCheck, check_chain, linked_count, unlinked_count
+from aifi.exchange.audit_archive import AuditArchiver, archives, verify_archives
+from aifi.exchange.blobs import BlobStore, open_blob_store
 from aifi.exchange.db import Database
+from aifi.exchange.errors import ExchangeError
+from aifi.exchange.models import AuditArchive
 from aifi.exchange.settings import ExchangeSettings
 
 app = typer.Typer(help="The exchange's audit log.", no_args_is_help=True)
+
+DataDir = Annotated[
+    Path | None, typer.Option(help="The exchange's data folder (default AIFI_DATA_DIR).")
+]
+DatabaseUrl = Annotated[
+    str | None, typer.Option(help="Or its database URL (default AIFI_DATABASE_URL).")
+]
+BlobUrl = Annotated[
+    str | None,
+    typer.Option(
+        help="Its blob store, where archives are (default AIFI_BLOB_URL, or the data folder's)."
+    ),
+]
 
 
 @app.callback()
@@ -26,20 +46,35 @@ def audit() -> None:
     """The exchange's hash-chained access log (NEN 7513)."""
 
 
+def _settings(data_dir: Path | None) -> ExchangeSettings:
+    return ExchangeSettings() if data_dir is None else ExchangeSettings(data_dir=data_dir)
+
+
+def _database(settings: ExchangeSettings, database_url: str | None) -> Database:
+    return Database(database_url or settings.resolved_database_url())
+
+
+def _blobs(settings: ExchangeSettings, blob_url: str | None) -> BlobStore:
+    return open_blob_store(blob_url or settings.resolved_blob_url())
+
+
 @app.command()
 def verify(
-    data_dir: Annotated[
-        Path | None, typer.Option(help="The exchange's data folder (default AIFI_DATA_DIR).")
-    ] = None,
-    database_url: Annotated[
-        str | None, typer.Option(help="Or its database URL (default AIFI_DATABASE_URL).")
-    ] = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    blob_url: BlobUrl = None,
+    read_archives: Annotated[
+        bool,
+        typer.Option(
+            "--archives",
+            help="Also read every archive file back from the blob store and check each entry.",
+        ),
+    ] = False,
 ) -> None:
     """Verify the hash chain; exit 1 and list the problems when any entry was tampered with."""
-    settings = ExchangeSettings() if data_dir is None else ExchangeSettings(data_dir=data_dir)
-    url = database_url or settings.resolved_database_url()
+    settings = _settings(data_dir)
     console = Console()
-    database = Database(url)
+    database = _database(settings, database_url)
     with database.session() as session:
         linked = linked_count(session)
         unlinked = unlinked_count(session)
@@ -51,13 +86,103 @@ def verify(
             f"[yellow]{unlinked} entries are stored but not linked into the chain yet: a running "
             "exchange links them within a second, a stopped one when it starts again[/]"
         )
-    if not check.ok:
-        console.print(
-            f"[red]audit log: {check.problem_count} problem(s) in {check.entries} entries[/]"
-        )
-        for problem in check.problems:
+    files: ChainCheck | None = None
+    if read_archives and check.archives:
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("reading the archives", total=check.archived_entries)
+            files = verify_archives(
+                database, _blobs(settings, blob_url), lambda n: progress.advance(task, n)
+            )
+    problems = [*check.problems, *(files.problems if files else [])]
+    count = check.problem_count + (files.problem_count if files else 0)
+    archived = (
+        f"; {check.archived_entries} more in {check.archives} archive(s), "
+        + ("each file read back and checked" if files else "passed by their records")
+        if check.archives
+        else ""
+    )
+    if count:
+        console.print(f"[red]audit log: {count} problem(s) in {check.entries} entries{archived}[/]")
+        for problem in problems:
             console.print(f"  {problem}")
-        if check.problem_count > len(check.problems):
-            console.print(f"  … and {check.problem_count - len(check.problems)} more")
+        if count > len(problems):
+            console.print(f"  … and {count - len(problems)} more")
         raise typer.Exit(1)
-    console.print(f"[green]audit log intact: {check.entries} entries, hash chain verified[/]")
+    console.print(
+        f"[green]audit log intact: {check.entries} entries, hash chain verified{archived}[/]"
+    )
+    if check.archives and not files:
+        console.print("(add --archives to read the archive files back as well)")
+
+
+@app.command()
+def archive(
+    before: Annotated[
+        datetime,
+        typer.Option(
+            formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"],
+            help="Move the entries stored before this moment (UTC), e.g. 2026-01-01.",
+        ),
+    ],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    blob_url: BlobUrl = None,
+) -> None:
+    """Move old entries out of the database into archive files in the blob store.
+
+    The chain goes on across them (`verify` checks it); the newest linked entry always stays.
+    A running exchange does the same on its own with AIFI_ARCHIVE_AUDIT_AFTER_SECONDS.
+    """
+    settings = _settings(data_dir)
+    console = Console()
+    database = _database(settings, database_url)
+    log = AuditLog(database)
+    archiver = AuditArchiver(database, _blobs(settings, blob_url), log, settings)
+    with database.session() as session:
+        linked = linked_count(session)
+    moment = before.replace(tzinfo=UTC) if before.tzinfo is None else before
+    try:
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task(
+                f"archiving entries before {moment:%Y-%m-%d %H:%M}", total=linked
+            )
+            written = archiver.archive_before(moment, lambda n: progress.advance(task, n))
+    except ExchangeError as exc:
+        console.print(f"[red]{exc.message}[/]")
+        raise typer.Exit(1) from exc
+    log.chain()  # the archiving's own entries, as a running exchange would link them
+    if not written:
+        console.print(f"nothing to archive: no linked entry before {moment.isoformat()} is left")
+        return
+    _show(console, written, f"{sum(a.entries for a in written)} entries archived")
+
+
+@app.command("archives")
+def list_archives(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """The archive files, oldest first: which entries each holds, and where it is."""
+    settings = _settings(data_dir)
+    console = Console()
+    written = archives(_database(settings, database_url))
+    if not written:
+        console.print("no archives: every entry is in the database")
+        return
+    _show(console, written, f"{len(written)} archive(s), {sum(a.entries for a in written)} entries")
+
+
+def _show(console: Console, written: list[AuditArchive], title: str) -> None:
+    table = Table(title=title)
+    for column in ("positions", "stored from", "to"):
+        table.add_column(column, no_wrap=True)
+    for column in ("entries", "bytes"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("file", overflow="fold")
+    for archive in written:
+        table.add_row(
+            f"{archive.first_seq}–{archive.last_seq}",
+            f"{archive.first_at:%Y-%m-%d %H:%M}",
+            f"{archive.last_at:%Y-%m-%d %H:%M}",
+            str(archive.entries),
+            str(archive.size),
+            archive.blob_key,
+        )
+    console.print(table)

@@ -301,3 +301,23 @@ def test_the_exchange_archives_on_its_sweep_and_reports_the_archives(log: Log) -
     assert report["ok"], report["problems"]
     assert report["archives"] == len(written) == 1
     assert report["archived_entries"] == written[0].entries > 0
+
+
+def test_the_exchange_counts_what_it_archived_and_a_round_that_failed(log: Log) -> None:
+    settings = log.settings.model_copy(update={"archive_audit_after_seconds": 60.0})
+    later = utcnow() + timedelta(hours=1)
+    with TestClient(create_app(settings)) as client:
+        archiver = client.app.state.archiver  # type: ignore[attr-defined]
+        log.write(4)
+        (archive,) = archiver.sweep(now=later)
+        log.audit.chain()
+        log.write(3, start=4)
+        with log.db.session() as session:  # someone edits an entry still in the table
+            session.execute(
+                update(AuditEntry).where(AuditEntry.object_id == "job-5").values(detail="x")
+            )
+        with pytest.raises(ArchiveRefused):
+            archiver.sweep(now=later)
+        metrics = client.get("/metrics").text
+    assert f"aifi_exchange_audit_archived_entries_total {float(archive.entries)}" in metrics
+    assert 'aifi_exchange_errors_total{kind="audit_archive"} 1.0' in metrics

@@ -56,7 +56,9 @@ def create_app(
     retention = Retention(
         services.db, services.blobs, services.audit, services.settings, metrics=metrics
     )
-    archiver = AuditArchiver(services.db, services.blobs, services.audit, services.settings)
+    archiver = AuditArchiver(
+        services.db, services.blobs, services.audit, services.settings, metrics=metrics
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

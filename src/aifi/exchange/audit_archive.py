@@ -91,19 +91,37 @@ class AuditArchiver:
     """Moves old entries of the access log to the blob store (see the module)."""
 
     def __init__(
-        self, db: Database, blobs: BlobStore, audit: AuditLog, settings: ExchangeSettings
+        self,
+        db: Database,
+        blobs: BlobStore,
+        audit: AuditLog,
+        settings: ExchangeSettings,
+        metrics: Any | None = None,
     ) -> None:
         self._db = db
         self._blobs = blobs
         self._audit = audit
         self._settings = settings
+        self._metrics = metrics
 
     def sweep(self, now: datetime | None = None) -> list[AuditArchive]:
-        """Archive what is older than `archive_audit_after_seconds` (nothing when unset)."""
+        """Archive what is older than `archive_audit_after_seconds` (nothing when unset).
+
+        A round that fails is counted as an error of kind ``audit_archive`` (a broken chain
+        among them: the operator's alert) and raised to the caller's log.
+        """
         after = self._settings.archive_audit_after_seconds
         if after is None:
             return []
-        return self.archive_before((now or utcnow()) - timedelta(seconds=after))
+        try:
+            written = self.archive_before((now or utcnow()) - timedelta(seconds=after))
+        except Exception:
+            if self._metrics is not None:
+                self._metrics.errors.labels("audit_archive").inc()
+            raise
+        if self._metrics is not None:
+            self._metrics.audit_archived.inc(sum(archive.entries for archive in written))
+        return written
 
     def archive_before(
         self, before: datetime, on_entries: Callable[[int], object] | None = None

@@ -241,6 +241,11 @@ class ExchangeMetrics:
             ["kind"],
             registry=self.registry,
         )
+        self.audit_archived = Counter(
+            "aifi_exchange_audit_archived_entries",
+            "Access-log entries this replica moved to archive files in the blob store",
+            registry=self.registry,
+        )
         self.registry.register(JobTableCollector(db))
 
     def render(self) -> tuple[bytes, str]:

@@ -110,7 +110,7 @@ def test_old_entries_move_to_archives_and_the_chain_holds_across_them(
     assert [(a.first_seq, a.last_seq) for a in written] == [
         (1, 7), (8, 14), (15, 21), (22, 28), (29, 30),
     ]  # fmt: skip
-    assert [a.blob_key for a in written] == [archive_key(a.first_seq) for a in written]
+    assert [a.blob_key for a in written] == [archive_key(a.first_seq, a.last_seq) for a in written]
     assert log.in_table() == [f"job-{n}" for n in range(30, 40)]
     archived = [entry for a in archives(log.db) for entry in log.archived(a)]
     assert [entry["object_id"] for entry in archived] == [f"job-{n}" for n in range(30)]
@@ -129,7 +129,7 @@ def test_old_entries_move_to_archives_and_the_chain_holds_across_them(
         said = list(session.scalars(select(AuditEntry).where(AuditEntry.action == "archive")))
     assert [entry.object_id for entry in said] == ["1-7", "8-14", "15-21", "22-28", "29-30"]
     assert all(entry.organisation_id == "exchange" for entry in said)
-    assert f"moved to {archive_key(29)}" in said[-1].detail
+    assert f"moved to {archive_key(29, 30)}" in said[-1].detail
 
     # Entries written afterwards link on, and a second round finds nothing before the moment.
     log.write(3, start=40)
@@ -242,10 +242,10 @@ def test_a_stop_between_the_file_and_its_record_loses_and_doubles_nothing(log: L
         _DiesBeforeRecording(log.db, log.blobs, log.audit, log.settings).archive_before(moment)
     assert len(log.in_table()) == 6  # every entry still in the table
     assert archives(log.db) == []
-    assert b"".join(log.blobs.read(archive_key(1)))  # a file no row names
+    assert b"".join(log.blobs.read(archive_key(1, 5)))  # a file no row names
 
     (archive,) = log.archiver().archive_before(moment)
-    assert archive.blob_key == archive_key(1)  # written again over the first
+    assert archive.blob_key == archive_key(1, 5)  # written again over the first
     assert [entry["object_id"] for entry in log.archived(archive)] == [f"job-{n}" for n in range(5)]
     assert log.in_table() == ["job-5"]
     log.audit.chain()
@@ -271,6 +271,7 @@ def test_entries_that_changed_while_the_file_was_written_stay_in_the_table(log: 
         racing.archive_before(utcnow() + timedelta(days=1))
     assert log.in_table() == ["job-0", "job-2", "job-3", "job-4"]
     assert archives(log.db) == []
+    assert log.blobs.delete_under("audit/") == 0, "the file no archive names was deleted"
 
 
 def test_the_chain_goes_on_from_the_archives_when_the_table_holds_no_linked_entry(

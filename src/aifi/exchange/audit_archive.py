@@ -15,9 +15,11 @@ as it is written: an archive is never made of a broken chain.
 
 Nothing is lost or doubled. A run's file is stored before its entries leave the table, and
 they leave in the transaction that records the archive, which makes sure it removes exactly
-the entries written. A crash in between leaves the entries in the table and a file no row
-names; the next round writes that file again under the same key (named by its first
-position). The newest linked entry always stays in the table: the next link is made from it.
+the entries written (else the file no record names is deleted again). A crash in between
+leaves the entries in the table and the file; the next round writes the same run to the same
+key (named by its first and last position), and a round that takes another run never
+overwrites it. The newest linked entry always stays in the table: the next link is made
+from it.
 """
 
 from __future__ import annotations
@@ -67,10 +69,12 @@ class ArchiveRefused(ExchangeError):
     status = 409
 
 
-def archive_key(first_seq: int) -> str:
-    """The file of the run that starts at chain position `first_seq`: the same for a run
-    written again after a crash, so a retry replaces its file instead of leaving two."""
-    return f"{ARCHIVE_FOLDER}{first_seq:012d}.jsonl.gz"
+def archive_key(first_seq: int, last_seq: int) -> str:
+    """The file of the run of chain positions `first_seq`…`last_seq`: the same for the same
+    run written again after a crash, so a retry replaces its file instead of leaving two, and
+    another for any other run, so that two rounds at once (the command beside a running
+    exchange on SQLite) never overwrite each other's file."""
+    return f"{ARCHIVE_FOLDER}{first_seq:012d}-{last_seq}.jsonl.gz"
 
 
 @dataclass(frozen=True)
@@ -159,13 +163,25 @@ class AuditArchiver:
         run = self._write(after, previous, last_allowed, before, on_entries)
         if run is None:
             return None
-        key = archive_key(run.first_seq)
+        key = archive_key(run.first_seq, run.last_seq)
         try:
             self._blobs.commit(run.temp, key)
         finally:
             self._blobs.discard(run.temp)
+        try:
+            with self._db.session() as session:
+                return self._record(session, run, key)
+        except ArchiveRefused:
+            self._forget_unrecorded(key)
+            raise
+
+    def _forget_unrecorded(self, key: str) -> None:
+        """Delete the file `key` unless an archive names it: a round that lost the entries to
+        another (which wrote this same run) leaves the winner's file alone."""
         with self._db.session() as session:
-            return self._record(session, run, key)
+            named = session.scalar(select(AuditArchive.id).where(AuditArchive.blob_key == key))
+        if named is None:
+            self._blobs.delete(key)
 
     def _write(
         self,
@@ -193,7 +209,8 @@ class AuditArchiver:
                             "was moved (aifi audit verify lists every problem)"
                         )
                     out.write(_line(row))
-                    first = first or row
+                    if first is None:
+                        first = row
                     last = row
                     count += 1
                     if on_entries is not None and count % READ_BATCH == 0:

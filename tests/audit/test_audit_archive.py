@@ -30,6 +30,7 @@ from aifi.exchange.audit_archive import (
     archives,
     verify_archives,
 )
+from aifi.exchange.audit_search import IN_DATABASE, AuditQuery, search
 from aifi.exchange.blobs import BlobStore, TempBlob, open_blob_store
 from aifi.exchange.clock import utcnow
 from aifi.exchange.db import Database, upgrade_schema
@@ -322,3 +323,35 @@ def test_the_exchange_counts_what_it_archived_and_a_round_that_failed(log: Log) 
         metrics = client.get("/metrics").text
     assert f"aifi_exchange_audit_archived_entries_total {float(archive.entries)}" in metrics
     assert 'aifi_exchange_errors_total{kind="audit_archive"} 1.0' in metrics
+
+
+def test_a_search_finds_entries_in_the_archives_and_the_table_alike(log: Log) -> None:
+    vendor = Actor("vendor-a", "vendor")
+    log.audit.record(HOSPITAL, "create", "job", "job-a", patient_pseudonym="p1")
+    log.audit.record(vendor, "read", "input", "job-a/1.2.3", patient_pseudonym="p1")
+    log.audit.record(HOSPITAL, "create", "job", "job-ab", patient_pseudonym="p2")
+    log.audit.record(HOSPITAL, "read", "job", "job-c", patient_pseudonym="p3")  # stays
+    log.audit.chain()
+    (archive,) = log.archiver().archive_before(utcnow() + timedelta(days=1))
+    between = utcnow()
+    log.audit.record(vendor, "create", "result", "job-a/sr.dcm", patient_pseudonym="p1")
+    log.audit.record(HOSPITAL, "read", "result", "job-ab/sr.dcm", patient_pseudonym="p2")
+
+    def found(**criteria: object) -> list[tuple[str, str, str]]:
+        query = AuditQuery(**criteria)  # type: ignore[arg-type]
+        return [(kept, e.action, e.object_id) for kept, e in search(log.db, log.blobs, query)]
+
+    assert found(patient_pseudonym="p1") == [
+        (archive.blob_key, "create", "job-a"),
+        (archive.blob_key, "read", "job-a/1.2.3"),
+        (IN_DATABASE, "create", "job-a/sr.dcm"),
+    ]
+    # A job's id finds what lies under it, not another job whose id begins the same.
+    assert [object_id for *_, object_id in found(object_id="job-a")] == [
+        "job-a", "job-a/1.2.3", "job-a/sr.dcm",
+    ]  # fmt: skip
+    assert found(organisation_id="vendor-a", since=between) == [
+        (IN_DATABASE, "create", "job-a/sr.dcm")
+    ]
+    assert found(patient_pseudonym="p2", until=between) == [(archive.blob_key, "create", "job-ab")]
+    assert found(patient_pseudonym="nobody") == []

@@ -4,6 +4,7 @@ entry of the exchange's hash-chained access log."""
 from __future__ import annotations
 
 import gzip
+import json
 import sqlite3
 from collections.abc import Callable
 from datetime import date, timedelta
@@ -140,3 +141,25 @@ def test_a_broken_chain_is_not_archived(data_dir: Path) -> None:
 def test_a_malformed_moment_is_refused(data_dir: Path) -> None:
     code, output = run("archive", "--before", "last year", "--data-dir", str(data_dir))
     assert code == 2 and "last year" in output
+
+
+def test_a_search_reads_the_archives_and_the_table(data_dir: Path, tmp_path: Path) -> None:
+    tomorrow = f"{date.today() + timedelta(days=1):%Y-%m-%d}"
+    assert run("archive", "--before", tomorrow, "--data-dir", str(data_dir))[0] == 0
+    found = tmp_path / "found.json"
+    code, output = run(
+        "search", "--organisation", "operator", "--json", str(found), "--data-dir", str(data_dir)
+    )
+    assert code == 0, output
+    entries = json.loads(found.read_text())
+    kept = {entry["kept_in"] for entry in entries}
+    assert kept == {"audit/000000000001-4.jsonl.gz", "database"}
+    assert [entry["at"] for entry in entries] == sorted(entry["at"] for entry in entries)
+    assert {entry["organisation_id"] for entry in entries} == {"operator"}
+    assert f"{len(entries)} entries; all written to" in output
+    assert "h1" in {entry["object_id"] for entry in entries}  # an organisation it created
+
+    code, output = run("search", "--patient", "nobody", "--data-dir", str(data_dir))
+    assert code == 0 and "no entry matches" in output
+    code, output = run("search", "--data-dir", str(data_dir))
+    assert code == 2 and "name a --patient, an --organisation or an --object" in output

@@ -339,17 +339,23 @@ def verify_archives(
     for archive in archives(db):
         where = f"archive {archive.blob_key}: "
         walk = ChainWalk(expected_prev=archive.first_prev_hash, expected_seq=archive.first_seq)
+        digest = hashlib.sha256()
         try:
-            digest = _walk_file(blobs, archive.blob_key, walk, on_entries)
+            for entry in read_archive(blobs, archive.blob_key, digest):
+                walk.step(entry)
+                if on_entries is not None and walk.entries % READ_BATCH == 0:
+                    on_entries(READ_BATCH)
         except FileNotFoundError:
             summary.problem(where + "not in the blob store")
             continue
         except (OSError, zlib.error, ValueError, TypeError, KeyError) as exc:
             summary.problem(f"{where}unreadable ({type(exc).__name__}: {exc})")
             continue
+        if on_entries is not None and walk.entries % READ_BATCH:
+            on_entries(walk.entries % READ_BATCH)
         entries += walk.entries
         summary.absorb(walk, where)
-        if digest != archive.sha256:
+        if digest.hexdigest() != archive.sha256:
             summary.problem(where + "the file is not the one archived (its SHA-256 differs)")
         if walk.entries != archive.entries or walk.expected_prev != archive.last_hash:
             summary.problem(
@@ -359,32 +365,25 @@ def verify_archives(
     return ChainCheck(entries, summary.problems, summary.problem_count)
 
 
-def _walk_file(
-    blobs: BlobStore,
-    key: str,
-    walk: ChainWalk,
-    on_entries: Callable[[int], object] | None,
-) -> str:
-    """Step `walk` through the entries of the file `key`; the file's SHA-256."""
-    digest = hashlib.sha256()
+def read_archive(
+    blobs: BlobStore, key: str, digest: Any | None = None
+) -> Iterator[SimpleNamespace]:
+    """The entries of the archive file `key`, in chain order, each with the columns of a
+    table row (`at` a datetime); streamed, a chunk of the file at a time. `digest` (a
+    hashlib object) is fed the file's bytes on the way."""
     inflate = zlib.decompressobj(zlib.MAX_WBITS | 16)  # gzip
     pending = b""
     for chunk in blobs.read(key):
-        digest.update(chunk)
+        if digest is not None:
+            digest.update(chunk)
         pending += inflate.decompress(chunk)
         *lines, pending = pending.split(b"\n")
-        _step_lines(walk, lines, on_entries)
+        yield from (_entry(line) for line in lines)
     pending += inflate.flush()
-    _step_lines(walk, [line for line in pending.split(b"\n") if line], on_entries)
-    return digest.hexdigest()
+    yield from (_entry(line) for line in pending.split(b"\n") if line)
 
 
-def _step_lines(
-    walk: ChainWalk, lines: list[bytes], on_entries: Callable[[int], object] | None
-) -> None:
-    for line in lines:
-        record = json.loads(line)
-        record["at"] = datetime.fromisoformat(record["at"])
-        walk.step(SimpleNamespace(**record))
-    if on_entries is not None and lines:
-        on_entries(len(lines))
+def _entry(line: bytes) -> SimpleNamespace:
+    record = json.loads(line)
+    record["at"] = datetime.fromisoformat(record["at"])
+    return SimpleNamespace(**record)

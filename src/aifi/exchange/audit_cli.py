@@ -3,14 +3,18 @@
 Run it on the exchange host (or anywhere with read access to the database and, for archives,
 the blob store): `verify` reads every entry in order, a batch at a time with a progress bar,
 and reports any that was edited, removed or re-ordered; `archive` moves entries stored before
-a date to files in the blob store; `archives` lists those files.
+a date to files in the blob store; `archives` lists those files; `search` finds a patient's,
+an organisation's or an object's entries in the table and the archives alike.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -18,14 +22,18 @@ from rich.progress import Progress
 from rich.table import Table
 
 from aifi.exchange.audit import AuditLog, ChainCheck, check_chain, linked_count, unlinked_count
-from aifi.exchange.audit_archive import AuditArchiver, archives, verify_archives
+from aifi.exchange.audit_archive import COLUMNS, AuditArchiver, archives, verify_archives
+from aifi.exchange.audit_search import AuditQuery, search
 from aifi.exchange.blobs import BlobStore, open_blob_store
+from aifi.exchange.clock import as_utc
 from aifi.exchange.db import Database
 from aifi.exchange.errors import ExchangeError
 from aifi.exchange.models import AuditArchive
 from aifi.exchange.settings import ExchangeSettings
 
 app = typer.Typer(help="The exchange's audit log.", no_args_is_help=True)
+#: How a moment is written on the command line (UTC).
+_MOMENT = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]
 
 DataDir = Annotated[
     Path | None, typer.Option(help="The exchange's data folder (default AIFI_DATA_DIR).")
@@ -120,7 +128,7 @@ def archive(
     before: Annotated[
         datetime,
         typer.Option(
-            formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"],
+            formats=_MOMENT,
             help="Move the entries stored before this moment (UTC), e.g. 2026-01-01.",
         ),
     ],
@@ -140,7 +148,7 @@ def archive(
     archiver = AuditArchiver(database, _blobs(settings, blob_url), log, settings)
     with database.session() as session:
         linked = linked_count(session)
-    moment = before.replace(tzinfo=UTC) if before.tzinfo is None else before
+    moment = _utc(before)
     try:
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task(
@@ -167,6 +175,102 @@ def list_archives(data_dir: DataDir = None, database_url: DatabaseUrl = None) ->
         console.print("no archives: every entry is in the database")
         return
     _show(console, written, f"{len(written)} archive(s), {sum(a.entries for a in written)} entries")
+
+
+#: Found entries shown on screen at most; `--json` writes them all.
+SHOWN = 200
+
+
+@app.command("search")
+def search_log(
+    patient: Annotated[
+        str | None, typer.Option(help="A patient pseudonym: who touched this patient's data.")
+    ] = None,
+    organisation: Annotated[str | None, typer.Option(help="An organisation's id.")] = None,
+    object_id: Annotated[
+        str | None,
+        typer.Option("--object", help="An object's id; a job's also finds its inputs, results."),
+    ] = None,
+    since: Annotated[
+        datetime | None, typer.Option(formats=_MOMENT, help="From this moment (UTC) on.")
+    ] = None,
+    until: Annotated[
+        datetime | None, typer.Option(formats=_MOMENT, help="Before this moment (UTC).")
+    ] = None,
+    json_file: Annotated[
+        Path | None, typer.Option("--json", help="Write every entry found to this file.")
+    ] = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    blob_url: BlobUrl = None,
+) -> None:
+    """Find entries in the table and in the archive files alike, oldest first."""
+    if patient is None and organisation is None and object_id is None:
+        raise typer.BadParameter("name a --patient, an --organisation or an --object")
+    settings = _settings(data_dir)
+    console = Console()
+    database = _database(settings, database_url)
+    query = AuditQuery(
+        patient,
+        organisation,
+        object_id,
+        since=_utc(since) if since else None,
+        until=_utc(until) if until else None,
+    )
+    table = Table()
+    table.add_column("stored (UTC)", no_wrap=True)
+    for column in ("organisation", "role", "action", "object", "outcome", "kept in"):
+        table.add_column(column, overflow="fold")
+    found = 0
+    with _json_writer(json_file) as write, console.status("searching the access log"):
+        for kept, entry in search(database, _blobs(settings, blob_url), query):
+            found += 1
+            write(kept, entry)
+            if found <= SHOWN:
+                table.add_row(
+                    f"{as_utc(entry.at):%Y-%m-%d %H:%M}",
+                    entry.organisation_id,
+                    entry.role,
+                    entry.action,
+                    f"{entry.object_type} {entry.object_id}",
+                    entry.outcome,
+                    kept,
+                )
+    if not found:
+        console.print("no entry matches")
+        return
+    console.print(table)
+    shown = f", the first {SHOWN} shown" if found > SHOWN else ""
+    console.print(
+        f"{found} entries{shown}" + (f"; all written to {json_file}" if json_file else "")
+    )
+
+
+def _utc(moment: datetime) -> datetime:
+    """A moment given on the command line, which is UTC unless it says otherwise."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+@contextlib.contextmanager
+def _json_writer(path: Path | None) -> Iterator[Callable[[str, Any], None]]:
+    """Writes found entries as a JSON array, one at a time (a search may find millions)."""
+    if path is None:
+        yield lambda _kept, _entry: None
+        return
+    with path.open("w") as out:
+        out.write("[")
+        first = True
+
+        def write(kept: str, entry: Any) -> None:
+            nonlocal first
+            record = {column: getattr(entry, column) for column in COLUMNS}
+            record["at"] = as_utc(entry.at).isoformat()
+            record["kept_in"] = kept
+            out.write(("\n" if first else ",\n") + json.dumps(record))
+            first = False
+
+        yield write
+        out.write("\n]\n")
 
 
 def _show(console: Console, written: list[AuditArchive], title: str) -> None:

@@ -1,0 +1,102 @@
+"""Searching the access log wherever its entries are: the table, and the archive files.
+
+A hospital's privacy officer asks the operator who touched a patient's pseudonymised data, or
+one job, and when (NEN 7513 asks that it can be answered). Once old entries are archived
+(:mod:`aifi.exchange.audit_archive`) `GET /audit` no longer shows them, so the answer reads
+the archive files whose period overlaps the question's, streamed, and then the table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, or_, select
+
+from aifi.exchange.audit_archive import archives, read_archive
+from aifi.exchange.blobs import BlobStore
+from aifi.exchange.clock import as_utc
+from aifi.exchange.db import Database
+from aifi.exchange.models import AuditEntry
+
+#: Where a found entry is still kept in the database.
+IN_DATABASE = "database"
+#: Entries read from the table at a time.
+SEARCH_BATCH = 5_000
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    """What to look for; every criterion given must hold (none given: every entry)."""
+
+    patient_pseudonym: str | None = None
+    organisation_id: str | None = None
+    #: An object, and what lies under it: a job's id finds the job, its inputs and results.
+    object_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def matches(self, entry: Any) -> bool:
+        at = as_utc(entry.at)
+        return (
+            (self.patient_pseudonym is None or entry.patient_pseudonym == self.patient_pseudonym)
+            and (self.organisation_id is None or entry.organisation_id == self.organisation_id)
+            and (self.object_id is None or _under(entry.object_id, self.object_id))
+            and (self.since is None or at >= self.since)
+            and (self.until is None or at < self.until)
+        )
+
+    def conditions(self) -> list[ColumnElement[bool]]:
+        found: list[ColumnElement[bool]] = []
+        if self.patient_pseudonym is not None:
+            found.append(AuditEntry.patient_pseudonym == self.patient_pseudonym)
+        if self.organisation_id is not None:
+            found.append(AuditEntry.organisation_id == self.organisation_id)
+        if self.object_id is not None:
+            found.append(
+                or_(
+                    AuditEntry.object_id == self.object_id,
+                    AuditEntry.object_id.startswith(self.object_id + "/", autoescape=True),
+                )
+            )
+        if self.since is not None:
+            found.append(AuditEntry.at >= self.since)
+        if self.until is not None:
+            found.append(AuditEntry.at < self.until)
+        return found
+
+    def overlaps(self, first_at: datetime, last_at: datetime) -> bool:
+        """Whether an archive of entries stored from `first_at` to `last_at` may hold any."""
+        return (self.since is None or as_utc(last_at) >= self.since) and (
+            self.until is None or as_utc(first_at) < self.until
+        )
+
+
+def _under(object_id: str, wanted: str) -> bool:
+    return object_id == wanted or object_id.startswith(wanted + "/")
+
+
+def search(db: Database, blobs: BlobStore, query: AuditQuery) -> Iterator[tuple[str, Any]]:
+    """The entries `query` matches, oldest first, each with where it is kept: an archive's
+    file, or :data:`IN_DATABASE`. Streamed: memory does not grow with the log."""
+    for archive in archives(db):
+        if query.overlaps(archive.first_at, archive.last_at):
+            for entry in read_archive(blobs, archive.blob_key):
+                if query.matches(entry):
+                    yield archive.blob_key, entry
+    position = 0
+    while True:
+        with db.session() as session:
+            rows = session.execute(
+                select(*AuditEntry.__table__.c)
+                .where(AuditEntry.id > position, *query.conditions())
+                .order_by(AuditEntry.id)
+                .limit(SEARCH_BATCH)
+            ).all()
+        if not rows:
+            return
+        for row in rows:
+            yield IN_DATABASE, row
+        position = rows[-1].id

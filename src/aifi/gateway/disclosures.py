@@ -24,6 +24,7 @@ two messages.)
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import sqlite3
 import threading
@@ -51,6 +52,21 @@ CREATE TABLE IF NOT EXISTS entries (
 );
 CREATE INDEX IF NOT EXISTS ix_entries_patient ON entries (patient_id, seq);
 CREATE INDEX IF NOT EXISTS ix_entries_study ON entries (study_uid, seq);
+-- Runs of old entries moved to files by aifi.gateway.disclosure_archive: the chain goes on
+-- across them, the first entry left linking to the newest run's last hash.
+CREATE TABLE IF NOT EXISTS archives (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    first_seq INTEGER NOT NULL UNIQUE,
+    last_seq INTEGER NOT NULL,
+    first_prev_hash TEXT NOT NULL,
+    last_hash TEXT NOT NULL,
+    entries INTEGER NOT NULL,
+    first_at TEXT NOT NULL,
+    last_at TEXT NOT NULL,
+    file TEXT NOT NULL,          -- where it was written (the hospital may move it on)
+    sha256 TEXT NOT NULL,
+    archived_at TEXT NOT NULL
+);
 """
 GENESIS = "0" * 64
 #: The newest entry: the link for the next append, and the anchor the journal gets.
@@ -117,6 +133,22 @@ class Anchor:
         if len(digest) != 64 or digest.strip("0123456789abcdef"):
             raise ValueError(f"anchor {text!r}: the hash must be 64 lower-case hex digits")
         return cls(int(seq), digest)
+
+
+@dataclass(frozen=True)
+class ArchivedRun:
+    """Entries `first_seq`…`last_seq`, moved out of the log into `file`."""
+
+    first_seq: int
+    last_seq: int
+    first_prev_hash: str
+    last_hash: str
+    entries: int
+    first_at: str
+    last_at: str
+    file: str
+    sha256: str
+    archived_at: str = ""
 
 
 def entry_digest(fields: dict[str, Any], prev_hash: str) -> str:
@@ -249,6 +281,19 @@ class DisclosureLog:
         problems: list[str] = []
         expected = {anchor.seq: anchor for anchor in anchors}
         previous, last_seq = GENESIS, 0
+        for run in self.archived():
+            if run.first_seq != last_seq + 1 or run.first_prev_hash != previous:
+                problems.append(
+                    f"archive {run.file}: does not follow the entries before it (an archive "
+                    "record, or entries before it, removed or changed)"
+                )
+            # An anchor inside a run is checked against its file (`disclosure_archive`); the
+            # run's record holds its last entry's hash, which an anchor there must match.
+            for seq in [seq for seq in expected if run.first_seq <= seq <= run.last_seq]:
+                archived = expected.pop(seq)
+                if seq == run.last_seq and archived.entry_hash != run.last_hash:
+                    problems.append(f"entry {seq}: not the entry anchored as {archived}")
+            previous, last_seq = run.last_hash, run.last_seq
         for batch in self._batches():
             for row in batch:
                 fields = dict(row)
@@ -283,6 +328,67 @@ class DisclosureLog:
             )
         return problems
 
+    def archived(self) -> list[ArchivedRun]:
+        """The runs moved to archive files, oldest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT first_seq, last_seq, first_prev_hash, last_hash, entries, first_at,"
+                " last_at, file, sha256, archived_at FROM archives ORDER BY first_seq"
+            ).fetchall()
+        return [ArchivedRun(**dict(row)) for row in rows]
+
+    def oldest(self, after: int, before: str, limit: int) -> list[dict[str, Any]]:
+        """Up to `limit` entries after `after`, oldest first, up to the first written at or
+        after `before` (an ISO time: a run is a stretch of the chain, even if the clock
+        stepped back); never the newest entry, which the next append links to."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT * FROM entries WHERE seq > ? AND seq < (SELECT max(seq) FROM entries)"
+                " ORDER BY seq LIMIT ?",
+                (after, limit),
+            ).fetchall()
+        stretch = list(itertools.takewhile(lambda row: row["at"] < before, rows))
+        return [dict(row) for row in stretch]
+
+    def forget_archived(self, run: ArchivedRun) -> None:
+        """Record `run` as archived and remove its entries, in one transaction that removes
+        exactly the run's entries or nothing.
+
+        Raises
+        ------
+        NotRecorded
+            When the log holds other entries in the run's range than were archived, or
+            cannot be written.
+        """
+        try:
+            with self._lock:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    removed = self._conn.execute(
+                        "DELETE FROM entries WHERE seq BETWEEN ? AND ?",
+                        (run.first_seq, run.last_seq),
+                    ).rowcount
+                    if removed != run.entries:
+                        raise NotRecorded(
+                            f"entries {run.first_seq}–{run.last_seq} of {self.path} changed "
+                            f"while they were archived ({removed}, not {run.entries}); "
+                            "nothing was removed"
+                        )
+                    self._conn.execute(
+                        "INSERT INTO archives (first_seq, last_seq, first_prev_hash, last_hash,"
+                        " entries, first_at, last_at, file, sha256, archived_at) VALUES"
+                        " (:first_seq, :last_seq, :first_prev_hash, :last_hash, :entries,"
+                        " :first_at, :last_at, :file, :sha256, :archived_at)",
+                        asdict(run),
+                    )
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as exc:
+            raise NotRecorded(f"the disclosure log {self.path} cannot be written: {exc}") from exc
+
     def _batches(self) -> Iterator[list[sqlite3.Row]]:
         after = 0
         while True:
@@ -305,6 +411,7 @@ def as_json(entries: list[Disclosure]) -> str:
 __all__ = [
     "Action",
     "Anchor",
+    "ArchivedRun",
     "Disclosure",
     "DisclosureLog",
     "NotRecorded",

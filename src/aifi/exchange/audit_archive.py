@@ -315,11 +315,9 @@ def _line(row: Any) -> bytes:
 
 
 def _temp_blob(path: Path) -> TempBlob:
-    digest = hashlib.sha256()
     with path.open("rb") as written:
-        while chunk := written.read(1024 * 1024):
-            digest.update(chunk)
-    return TempBlob(path=path, size=path.stat().st_size, sha256=digest.hexdigest())
+        digest = hashlib.file_digest(written, "sha256").hexdigest()
+    return TempBlob(path=path, size=path.stat().st_size, sha256=digest)
 
 
 def archives(db: Database) -> list[AuditArchive]:

@@ -109,11 +109,8 @@ def _write(out: BinaryIO, entries: list[dict[str, Any]]) -> None:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as source:
-        while chunk := source.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(source, "sha256").hexdigest()
 
 
 def read_archive(path: Path) -> Iterator[dict[str, Any]]:

@@ -177,6 +177,11 @@ def test_the_operator_sees_the_nation(browser: Any, site: dict[str, Any]) -> Non
     )
     assert backwards.status == 422
     assert "since (2026-05) is after until (2026-03)" in page.inner_text("main")
+    # The form keeps the months as typed, to correct them; no figures stand under a period
+    # that was refused (before, an empty "all time" table did).
+    assert page.input_value("input[name=since]") == "2026-05"
+    assert page.input_value("input[name=until]") == "2026-03"
+    assert page.locator(".period-shown").count() == 0 and page.locator("table").count() == 0
     everything = visit(
         page, site["url"] + "/ui/evaluation?since=&until=", "operator-evaluation-all-time"
     )

@@ -332,6 +332,8 @@ def evaluation(
             user,
             status_code=422,
             error=exc.message,
+            # The months as typed, to correct; no figures under a period that was refused.
+            typed={"since": since or "", "until": until or ""},
             months=Months(),
             rows=[],
             alerts=[],

@@ -35,6 +35,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from aifi.chain_anchor import Anchor
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -105,34 +107,6 @@ class Disclosure:
     detail: str
     prev_hash: str
     entry_hash: str
-
-
-@dataclass(frozen=True)
-class Anchor:
-    """An entry's number and hash, kept off the gateway's host: the entries up to it can then be
-    checked against what was written, whoever can write the log file."""
-
-    seq: int
-    entry_hash: str
-
-    def __str__(self) -> str:
-        return f"{self.seq}:{self.entry_hash}"
-
-    @classmethod
-    def parse(cls, text: str) -> Anchor:
-        """Read `SEQ:HASH`, as the journal and `aifi disclosures --verify` print it.
-
-        Raises
-        ------
-        ValueError
-            Naming what is wrong with `text`.
-        """
-        seq, colon, digest = text.strip().partition(":")
-        if not colon or not seq.isdigit() or int(seq) < 1:
-            raise ValueError(f"anchor {text!r}: expected ENTRY:SHA256, ENTRY a number from 1")
-        if len(digest) != 64 or digest.strip("0123456789abcdef"):
-            raise ValueError(f"anchor {text!r}: the hash must be 64 lower-case hex digits")
-        return cls(int(seq), digest)
 
 
 @dataclass(frozen=True)

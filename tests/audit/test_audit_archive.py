@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import logging
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,9 +21,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import delete, func, select, update
 
+from aifi.chain_anchor import Anchor
 from aifi.exchange import audit_archive
 from aifi.exchange.app import create_app
-from aifi.exchange.audit import Actor, AuditLog, check_chain
+from aifi.exchange.audit import Actor, AuditAnchors, AuditLog, check_chain, newest_anchor
 from aifi.exchange.audit_archive import (
     ArchiveRefused,
     AuditArchiver,
@@ -355,3 +357,62 @@ def test_a_search_finds_entries_in_the_archives_and_the_table_alike(log: Log) ->
     ]
     assert found(patient_pseudonym="p2", until=between) == [(archive.blob_key, "create", "job-ab")]
     assert found(patient_pseudonym="nobody") == []
+
+
+def test_anchors_show_entries_cut_off_the_end_or_rewritten(log: Log) -> None:
+    log.write(6)
+    anchor = newest_anchor(log.db)
+    assert anchor is not None and anchor.seq == 6
+    assert check_chain(log.db, anchors=[anchor]).ok
+    with log.db.session() as session:  # the newest two entries cut off: the chain still holds
+        session.execute(delete(AuditEntry).where(AuditEntry.chain_seq >= 5))
+    assert check_chain(log.db).ok
+    assert check_chain(log.db, anchors=[anchor]).problems == [
+        f"position 6: anchored as {anchor} but not in the log (entries after 4 were removed)"
+    ]
+    log.write(1, start=6)  # the chain goes on from 4: a new entry takes position 5
+    rewritten = check_chain(log.db, anchors=[Anchor(5, "a" * 64)]).problems
+    assert rewritten[0].endswith(
+        f"not the entry anchored as 5:{'a' * 64} (it, or one before it, was replaced)"
+    )
+
+
+def test_anchors_inside_archives_are_checked_in_the_files(log: Log) -> None:
+    log.write(8)
+    inside = Anchor(3, next(e for e in _linked(log) if e.chain_seq == 3).entry_hash)
+    at_end = Anchor(7, next(e for e in _linked(log) if e.chain_seq == 7).entry_hash)
+    (archive,) = log.archiver().archive_before(utcnow() + timedelta(days=1))
+    assert archive.last_seq == 7
+    check = check_chain(log.db, anchors=[inside, at_end])
+    assert check.ok and check.anchors_in_archives == [inside]
+    assert not check_chain(log.db, anchors=[Anchor(7, "b" * 64)]).ok  # the record's last hash
+    assert verify_archives(log.db, log.blobs, anchors=[inside]).ok
+    forged = verify_archives(log.db, log.blobs, anchors=[Anchor(3, "c" * 64)])
+    assert forged.problems == [
+        f"archive {archive.blob_key}: entry {inside.seq}: not the entry anchored as "
+        f"3:{'c' * 64} (it, or one before it, was replaced)"
+    ]
+
+
+def _linked(log: Log) -> list[AuditEntry]:
+    with log.db.session() as session:
+        return list(session.scalars(select(AuditEntry).where(AuditEntry.chain_seq.is_not(None))))
+
+
+def test_each_replica_puts_the_newest_anchor_in_its_journal_when_it_moved(
+    log: Log, caplog: pytest.LogCaptureFixture
+) -> None:
+    anchors = AuditAnchors(log.db)
+    assert anchors.write() is None  # nothing linked yet: nothing written
+    log.write(3)
+    with caplog.at_level(logging.INFO, logger="aifi.exchange.audit"):
+        first = anchors.write()
+        anchors.write()  # unchanged: not again
+        log.write(1, start=3)
+        second = anchors.write()
+    lines = [r.getMessage() for r in caplog.records if "audit chain anchor" in r.getMessage()]
+    assert first is not None and second is not None and second.seq == first.seq + 1
+    assert lines == [
+        f"audit chain anchor {a} (check the chain against it: aifi audit verify --anchor {a})"
+        for a in (first, second)
+    ]

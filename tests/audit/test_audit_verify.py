@@ -163,3 +163,35 @@ def test_a_search_reads_the_archives_and_the_table(data_dir: Path, tmp_path: Pat
     assert code == 0 and "no entry matches" in output
     code, output = run("search", "--data-dir", str(data_dir))
     assert code == 2 and "name a --patient, an --organisation or an --object" in output
+
+
+def test_the_check_holds_the_chain_to_anchors_from_the_journal(data_dir: Path) -> None:
+    code, output = run("verify", "--data-dir", str(data_dir))
+    newest = output.split("newest entry's anchor (keep it with the audit): ")[1].split()[0]
+    code, output = run("verify", "--anchor", newest, "--data-dir", str(data_dir))
+    assert code == 0 and "1 anchor(s) held" in output
+    seq = newest.split(":")[0]
+    tamper(data_dir, lambda db: db.execute(f"DELETE FROM audit_log WHERE chain_seq = {seq}"))
+    assert run("verify", "--data-dir", str(data_dir))[0] == 0  # the chain alone holds
+    code, output = run("verify", "--anchor", newest, "--data-dir", str(data_dir))
+    assert code == 1 and f"position {seq}: anchored as {newest} but not in the log" in output
+    code, output = run("verify", "--anchor", "12:nothex", "--data-dir", str(data_dir))
+    assert code == 2 and "the hash must be 64 lower-case hex digits" in output
+
+
+def test_an_anchor_in_an_archived_run_is_checked_in_its_file(data_dir: Path) -> None:
+    code, output = run("verify", "--data-dir", str(data_dir))
+    newest = output.split("newest entry's anchor (keep it with the audit): ")[1].split()[0]
+    seq = int(newest.split(":")[0])
+    with sqlite3.connect(data_dir / "exchange.db") as db:
+        (digest,) = db.execute(
+            "SELECT entry_hash FROM audit_log WHERE chain_seq = ?", (seq - 2,)
+        ).fetchone()
+    inside = f"{seq - 2}:{digest}"
+    tomorrow = f"{date.today() + timedelta(days=1):%Y-%m-%d}"
+    assert run("archive", "--before", tomorrow, "--data-dir", str(data_dir))[0] == 0
+    code, output = run("verify", "--anchor", inside, "--data-dir", str(data_dir))
+    assert code == 0 and f"not checked: the anchors at {seq - 2} fall in archived runs" in output
+    assert "anchor(s) held" not in output
+    code, output = run("verify", "--archives", "--anchor", inside, "--data-dir", str(data_dir))
+    assert code == 0 and "1 anchor(s) held" in output

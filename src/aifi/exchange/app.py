@@ -14,6 +14,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.concurrency import run_in_threadpool
 
 import aifi
+from aifi.exchange.audit import ANCHOR_SECONDS, AuditAnchors
 from aifi.exchange.audit_archive import AuditArchiver
 from aifi.exchange.errors import ExchangeError
 from aifi.exchange.metrics import ExchangeMetrics, MetricsMiddleware
@@ -59,6 +60,7 @@ def create_app(
     archiver = AuditArchiver(
         services.db, services.blobs, services.audit, services.settings, metrics=metrics
     )
+    anchors = AuditAnchors(services.db)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -79,7 +81,10 @@ def create_app(
                 _every(services.settings.retention_sweep_seconds, services.jobs.read_triage_flags)
             ),
             asyncio.create_task(_every(AUDIT_LINK_SECONDS, services.audit.chain)),
+            asyncio.create_task(_every(ANCHOR_SECONDS, anchors.write)),
         ]
+        with contextlib.suppress(Exception):  # where the chain stood at start, for the journal
+            await run_in_threadpool(anchors.write)
         try:
             yield
         finally:
@@ -93,6 +98,7 @@ def create_app(
             # A replica that stops leaves no entry of its own waiting to be linked.
             with contextlib.suppress(Exception):
                 await run_in_threadpool(services.audit.chain)
+                await run_in_threadpool(anchors.write)  # the chain's end, for the journal
 
     app = FastAPI(
         title="AIFI exchange",
@@ -104,6 +110,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.retention = retention
     app.state.archiver = archiver
+    app.state.anchors = anchors
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     @app.exception_handler(ExchangeError)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -26,12 +27,17 @@ from typing import Any, cast
 from sqlalchemy import Select, Table, bindparam, event, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
+from aifi.chain_anchor import Anchor
 from aifi.exchange.clock import as_utc, utcnow
 from aifi.exchange.db import CHAIN_LOCK, Database
 from aifi.exchange.errors import ExchangeError
 from aifi.exchange.models import AuditArchive, AuditEntry
 
 GENESIS = "0" * 64
+#: Seconds between looks at the chain's newest anchor, for the journal.
+ANCHOR_SECONDS = 600.0
+
+log = logging.getLogger(__name__)
 _TABLE = cast(Table, AuditEntry.__table__)
 
 
@@ -317,6 +323,37 @@ class Read:
         )
 
 
+def newest_anchor(db: Database) -> Anchor | None:
+    """The newest linked entry's position and hash; None before the first is linked."""
+    with db.session() as session:
+        head = session.execute(_HEAD).first()
+    return Anchor(int(head[0] or 0), str(head[1])) if head else None
+
+
+class AuditAnchors:
+    """Puts the chain's newest anchor in this replica's journal when it moved.
+
+    The journal goes to the operator's log collector, out of reach of whoever can write the
+    database; `aifi audit verify --anchor` then shows entries cut off the chain's end or
+    rewritten with fresh hashes, which the chain alone cannot.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._written: Anchor | None = None
+
+    def write(self) -> Anchor | None:
+        anchor = newest_anchor(self._db)
+        if anchor is not None and anchor != self._written:
+            log.info(
+                "audit chain anchor %s (check the chain against it: aifi audit verify "
+                "--anchor %s)",
+                anchor, anchor,
+            )  # fmt: skip
+            self._written = anchor
+        return anchor
+
+
 def in_chain_order() -> Select[AuditEntry]:
     """The linked entries, in chain order: what `verify_chain` checks."""
     return (
@@ -362,6 +399,8 @@ class ChainCheck:
     #: chain was checked across them by their records; `entries` counts the table's.
     archives: int = 0
     archived_entries: int = 0
+    #: Anchors that fall inside archived runs: checked only by reading the files.
+    anchors_in_archives: list[Anchor] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -372,12 +411,20 @@ class ChainWalk:
     """Walks entries in chain order, keeping only the hash the next entry must carry (and,
     given `expected_seq`, the position it must hold)."""
 
-    def __init__(self, expected_prev: str = GENESIS, expected_seq: int | None = None) -> None:
+    def __init__(
+        self,
+        expected_prev: str = GENESIS,
+        expected_seq: int | None = None,
+        anchors: Iterable[Anchor] = (),
+    ) -> None:
         self.expected_prev = expected_prev
         self.expected_seq = expected_seq
         self.entries = 0
         self.problems: list[str] = []
         self.problem_count = 0
+        #: Anchors not met yet, by position: each must be passed with its hash.
+        self.anchors = {anchor.seq: anchor for anchor in anchors}
+        self.anchors_in_archives: list[Anchor] = []
 
     @property
     def ok(self) -> bool:
@@ -395,6 +442,12 @@ class ChainWalk:
             self.problem(f"entry {entry.id}: previous hash does not match (removed or re-ordered)")
         if linked_digest(entry, entry.prev_hash) != entry.entry_hash:
             self.problem(f"entry {entry.id}: content does not match its hash (edited)")
+        anchor = self.anchors.pop(entry.chain_seq, None)
+        if anchor is not None and anchor.entry_hash != entry.entry_hash:
+            self.problem(
+                f"entry {entry.id}: not the entry anchored as {anchor} (it, or one before it, "
+                "was replaced)"
+            )
         self.expected_prev = entry.entry_hash
         self.entries += 1
 
@@ -408,7 +461,21 @@ class ChainWalk:
             )
         if archive.last_seq - archive.first_seq + 1 != archive.entries:
             self.problem(f"archive {archive.blob_key}: its record does not add up")
+        for seq in [seq for seq in self.anchors if archive.first_seq <= seq <= archive.last_seq]:
+            anchor = self.anchors.pop(seq)
+            if seq != archive.last_seq:
+                self.anchors_in_archives.append(anchor)  # its file holds it
+            elif anchor.entry_hash != archive.last_hash:
+                self.problem(f"archive {archive.blob_key}: does not end as anchored ({anchor})")
         self.expected_prev = archive.last_hash
+
+    def anchors_not_met(self, last_seq: int, where: str = "the log") -> None:
+        """Every anchor not passed is a problem: its entry was removed, or cut off with the
+        entries after `last_seq`."""
+        for seq, anchor in sorted(self.anchors.items()):
+            cut = f"entries after {last_seq} were removed" if seq > last_seq else "removed"
+            self.problem(f"position {seq}: anchored as {anchor} but not in {where} ({cut})")
+        self.anchors.clear()
 
     def problem(self, what: str) -> None:
         self.problem_count += 1
@@ -428,7 +495,11 @@ def archived_head(session: Session) -> tuple[int, str]:
     return (int(row[0]), str(row[1])) if row else (0, GENESIS)
 
 
-def check_chain(db: Database, on_batch: Callable[[int], object] | None = None) -> ChainCheck:
+def check_chain(
+    db: Database,
+    on_batch: Callable[[int], object] | None = None,
+    anchors: Iterable[Anchor] = (),
+) -> ChainCheck:
     """Verify the stored chain a batch at a time, in chain order.
 
     The log gains about two entries for every instance sent (its upload and the vendor's
@@ -437,8 +508,12 @@ def check_chain(db: Database, on_batch: Callable[[int], object] | None = None) -
     `on_batch(n)` hears of each batch (a progress bar). Runs already archived are passed by
     their records, which must follow one another, and the table's first entry must link to
     the last archived one (`audit_archive.verify_archives` reads the archived files).
+
+    Each of `anchors` (from the replicas' journals, :class:`AuditAnchors`) must be met with
+    its hash: that shows entries cut off the end, or rewritten with fresh hashes, which the
+    chain alone cannot. One inside an archived run is left to the files' check.
     """
-    walk = ChainWalk()
+    walk = ChainWalk(anchors=anchors)
     last = 0
     with db.session() as session:
         runs = list(session.scalars(select(AuditArchive).order_by(AuditArchive.first_seq)))
@@ -454,12 +529,14 @@ def check_chain(db: Database, on_batch: Callable[[int], object] | None = None) -
                 .limit(CHECK_BATCH)
             ).all()
         if not rows:
+            walk.anchors_not_met(last)
             return ChainCheck(
                 walk.entries,
                 walk.problems,
                 walk.problem_count,
                 archives=len(runs),
                 archived_entries=sum(archive.entries for archive in runs),
+                anchors_in_archives=walk.anchors_in_archives,
             )
         for row in rows:
             walk.step(row)

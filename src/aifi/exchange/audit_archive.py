@@ -31,7 +31,7 @@ import json
 import os
 import tempfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -41,6 +41,7 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from aifi.chain_anchor import Anchor
 from aifi.exchange.audit import SYSTEM, AuditLog, ChainCheck, ChainWalk, archived_head
 from aifi.exchange.blobs import BlobStore, TempBlob
 from aifi.exchange.clock import as_utc, utcnow
@@ -327,16 +328,24 @@ def archives(db: Database) -> list[AuditArchive]:
 
 
 def verify_archives(
-    db: Database, blobs: BlobStore, on_entries: Callable[[int], object] | None = None
+    db: Database,
+    blobs: BlobStore,
+    on_entries: Callable[[int], object] | None = None,
+    anchors: Iterable[Anchor] = (),
 ) -> ChainCheck:
     """Read every archive file back and check it: its SHA-256 against its record, and each
     entry's place, link and hash, from the hash its record says it starts after to the one
-    it says it ends with. Streamed: memory does not grow with a file."""
+    it says it ends with, and each of `anchors` that falls in it. Streamed: memory does not
+    grow with a file."""
     summary = ChainWalk()  # gathers every file's problems, listed and counted as one walk's
     entries = 0
     for archive in archives(db):
         where = f"archive {archive.blob_key}: "
-        walk = ChainWalk(expected_prev=archive.first_prev_hash, expected_seq=archive.first_seq)
+        walk = ChainWalk(
+            expected_prev=archive.first_prev_hash,
+            expected_seq=archive.first_seq,
+            anchors=[a for a in anchors if archive.first_seq <= a.seq <= archive.last_seq],
+        )
         digest = hashlib.sha256()
         try:
             for entry in read_archive(blobs, archive.blob_key, digest):
@@ -351,6 +360,7 @@ def verify_archives(
             continue
         if on_entries is not None and walk.entries % READ_BATCH:
             on_entries(walk.entries % READ_BATCH)
+        walk.anchors_not_met(archive.last_seq, where="the file")
         entries += walk.entries
         summary.absorb(walk, where)
         if digest.hexdigest() != archive.sha256:

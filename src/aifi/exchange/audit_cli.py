@@ -21,7 +21,15 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from aifi.exchange.audit import AuditLog, ChainCheck, check_chain, linked_count, unlinked_count
+from aifi.chain_anchor import Anchor
+from aifi.exchange.audit import (
+    AuditLog,
+    ChainCheck,
+    check_chain,
+    linked_count,
+    newest_anchor,
+    unlinked_count,
+)
 from aifi.exchange.audit_archive import COLUMNS, AuditArchiver, archives, verify_archives
 from aifi.exchange.audit_search import AuditQuery, search
 from aifi.exchange.blobs import BlobStore, open_blob_store
@@ -78,8 +86,19 @@ def verify(
             help="Also read every archive file back from the blob store and check each entry.",
         ),
     ] = False,
+    anchor: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="POSITION:HASH from a replica's journal ('audit chain anchor'), repeatable: "
+            "that entry must still be in the chain as written.",
+        ),
+    ] = None,
 ) -> None:
     """Verify the hash chain; exit 1 and list the problems when any entry was tampered with."""
+    try:
+        anchors = [Anchor.parse(text) for text in anchor or []]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--anchor") from exc
     settings = _settings(data_dir)
     console = Console()
     database = _database(settings, database_url)
@@ -88,7 +107,7 @@ def verify(
         unlinked = unlinked_count(session)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("verifying the hash chain", total=linked)
-        check = check_chain(database, on_batch=lambda n: progress.advance(task, n))
+        check = check_chain(database, on_batch=lambda n: progress.advance(task, n), anchors=anchors)
     if unlinked:
         console.print(
             f"[yellow]{unlinked} entries are stored but not linked into the chain yet: a running "
@@ -99,7 +118,10 @@ def verify(
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task("reading the archives", total=check.archived_entries)
             files = verify_archives(
-                database, _blobs(settings, blob_url), lambda n: progress.advance(task, n)
+                database,
+                _blobs(settings, blob_url),
+                lambda n: progress.advance(task, n),
+                anchors=check.anchors_in_archives,
             )
     problems = [*check.problems, *(files.problems if files else [])]
     count = check.problem_count + (files.problem_count if files else 0)
@@ -109,6 +131,14 @@ def verify(
         if check.archives
         else ""
     )
+    unchecked = [] if files else check.anchors_in_archives
+    if unchecked:
+        console.print(
+            f"[yellow]not checked: the anchors at {', '.join(str(a.seq) for a in unchecked)} "
+            "fall in archived runs; add --archives to check them in the files[/]"
+        )
+    held_count = len(anchors) - len(unchecked)
+    held = f", {held_count} anchor(s) held" if held_count else ""
     if count:
         console.print(f"[red]audit log: {count} problem(s) in {check.entries} entries{archived}[/]")
         for problem in problems:
@@ -117,10 +147,12 @@ def verify(
             console.print(f"  … and {count - len(problems)} more")
         raise typer.Exit(1)
     console.print(
-        f"[green]audit log intact: {check.entries} entries, hash chain verified{archived}[/]"
+        f"[green]audit log intact: {check.entries} entries, hash chain verified{held}{archived}[/]"
     )
     if check.archives and not files:
         console.print("(add --archives to read the archive files back as well)")
+    if (newest := newest_anchor(database)) is not None:
+        console.print(f"newest entry's anchor (keep it with the audit): {newest}", soft_wrap=True)
 
 
 @app.command()

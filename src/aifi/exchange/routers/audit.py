@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy import select
 
-from aifi.exchange.audit import check_chain, unlinked_count
+from aifi.exchange.audit import check_chain, newest_anchor, unlinked_count
 from aifi.exchange.auth import require_role
 from aifi.exchange.deps import CallerDep, ServicesDep
 from aifi.exchange.models import AuditEntry
@@ -46,6 +46,7 @@ def verify_audit(caller: CallerDep, services: ServicesDep) -> dict[str, object]:
     return {
         "entries": check.entries,
         "unlinked": unlinked,
+        "newest_anchor": str(anchor) if (anchor := newest_anchor(services.db)) else None,
         "archives": check.archives,
         "archived_entries": check.archived_entries,
         "ok": check.ok,

@@ -11,6 +11,11 @@ read's entry with the read (`reading`), and a refusal in a short transaction of 
 later `chain` links the entries stored since the last round into the hash chain, one replica
 at a time. Requests thus never wait for each other (or for other replicas) to extend the
 chain; an entry is tamper-evident from the round that links it, within a second of its write.
+
+The chain cannot show its newest entries cut off by whoever can write the database:
+:class:`AuditAnchors` puts the newest entry's position and hash in each replica's journal,
+and `check_chain` holds the chain to anchors given back from there. Old entries can move to
+archive files in the blob store with the chain unbroken (:mod:`aifi.exchange.audit_archive`).
 """
 
 from __future__ import annotations

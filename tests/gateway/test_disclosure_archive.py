@@ -126,8 +126,9 @@ def test_the_command_archives_finds_archived_entries_and_checks_the_files(
     assert code == 0 and "1 entries" in output and "step 5" in output
     assert "5 entries written up to" in output
     assert f"add --archive FILE for each ({file.name})" in output
-    code, output = run("--patient", "HOSP-2", "--archive", str(file))
+    code, output = run("--patient", "HOSP-2", "--archive", str(file), "--archive", str(file))
     assert code == 0 and "3 entries" in output and "step 1" in output and "step 3" in output
+    assert output.index("step 1") < output.index("step 3") < output.index("step 5")
 
     code, output = run("--verify", "--anchor", anchor)
     assert code == 0 and "not checked: 3 fall in archive files not given" in output

@@ -107,10 +107,15 @@ def disclosures(
         if verify or anchors:
             _verify(console, log, anchors, archive or [])
             return
-        entries = [
-            *_archived_entries(archive or [], patient, study),
-            *log.entries(patient_id=patient, study_uid=study),
-        ]
+        # Oldest first, whatever order the files were given in (each entry once).
+        found = {
+            entry.seq: entry
+            for entry in (
+                *_archived_entries(archive or [], patient, study),
+                *log.entries(patient_id=patient, study_uid=study),
+            )
+        }
+        entries = [found[seq] for seq in sorted(found)]
         runs = log.archived()
     finally:
         log.close()

@@ -15,7 +15,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
-from aifi.exchange.audit import check_chain
+from aifi.exchange.audit import check_chain, newest_anchor
 from aifi.exchange.catalogue import product_out
 from aifi.exchange.clock import utcnow
 from aifi.exchange.deps import ServicesDep
@@ -405,6 +405,8 @@ def audit(request: Request, user: UserDep, services: ServicesDep) -> HTMLRespons
     check = check_chain(services.db)  # a batch at a time: the log runs to billions
     return page(
         request, "audit.html", user, entries=latest, total=check.entries, problems=check.problems,
+        archives=check.archives, archived=check.archived_entries,
+        anchor=newest_anchor(services.db),
     )  # fmt: skip
 
 

@@ -48,3 +48,25 @@ def test_a_period_that_cannot_be_read_says_why(
     with pytest.raises(Invalid) as refused:
         Months(since, until)
     assert refused.value.message == reason
+
+
+def test_the_shortcuts_are_the_recent_quarters_and_years_in_utc() -> None:
+    # 00:30 on 1 January in Amsterdam is still December in UTC: the shortcuts follow UTC.
+    now = datetime(2027, 1, 1, 0, 30, tzinfo=timezone(timedelta(hours=1)))
+    shortcuts = Months.shortcuts(now)
+    assert [label for label, _ in shortcuts] == [
+        "last 12 months", "2026", "2026 Q4", "2026 Q3", "2026 Q2", "2026 Q1", "2025", "all time",
+    ]  # fmt: skip
+    periods = dict(shortcuts)
+    assert str(periods["2026 Q4"]) == "2026-10 to 2026-12"
+    assert str(periods["2026 Q1"]) == "2026-01 to 2026-03"
+    assert str(periods["last 12 months"]) == "2026-01 to 2026-12"
+    assert periods["all time"] == Months()
+    early = dict(Months.shortcuts(datetime(2026, 2, 10, tzinfo=UTC)))
+    assert [label for label in early if "Q" in label] == [
+        "2026 Q1",
+        "2025 Q4",
+        "2025 Q3",
+        "2025 Q2",
+    ]
+    assert str(early["2025 Q4"]) == "2025-10 to 2025-12"

@@ -176,6 +176,16 @@ def test_the_operator_sees_the_nation(browser: Any, site: dict[str, Any]) -> Non
         page.click("form.period button")
     visit(page, page.url, "operator-evaluation-2020")
     assert page.locator(".period-shown").inner_text() == "2020-01 to 2020-12"
+    # One click for a recent quarter: this one, named as the page names it.
+    now = utcnow()
+    quarter = (now.month - 1) // 3 + 1
+    with page.expect_navigation():
+        page.click(f"nav.period-shortcuts a:text-is('{now.year} Q{quarter}')")
+    first = 3 * (quarter - 1) + 1
+    shown = f"{now.year}-{first:02d} to {now.year}-{first + 2:02d}"
+    assert page.locator(".period-shown").inner_text() == shown
+    assert page.locator("nav.period-shortcuts b").inner_text() == f"{now.year} Q{quarter}"
+    page.goto(site["url"] + "/ui/evaluation?since=2020-01&until=2020-12")
     assert "No jobs requested in 2020-01 to 2020-12." in page.inner_text("main")
     assert page.locator("figure.p-chart").count() == 0
     backwards = visit(

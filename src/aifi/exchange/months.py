@@ -52,6 +52,30 @@ class Months:
         first = month_start(this, later=1 - count)
         return cls(f"{first.year:04d}-{first.month:02d}", this)
 
+    @classmethod
+    def quarter(cls, year: int, number: int) -> Months:
+        """Quarter `number` (1–4) of `year`."""
+        first = 3 * (number - 1) + 1
+        return cls(f"{year:04d}-{first:02d}", f"{year:04d}-{first + 2:02d}")
+
+    @classmethod
+    def shortcuts(cls, now: datetime, quarters: int = 4) -> list[tuple[str, Months]]:
+        """The periods a report page offers with one click, most recent first: the last
+        twelve months, this year, this quarter and the `quarters` - 1 before it, last year,
+        and all time. Labels as a page shows them ("2026 Q4")."""
+        now = now.astimezone(UTC)
+        year, number = now.year, (now.month - 1) // 3 + 1
+        found: list[tuple[str, Months]] = [
+            ("last 12 months", cls.last(12, now)),
+            (f"{year}", cls(f"{year:04d}-01", f"{year:04d}-12")),
+        ]
+        for _ in range(quarters):
+            found.append((f"{year} Q{number}", cls.quarter(year, number)))
+            year, number = (year, number - 1) if number > 1 else (year - 1, 4)
+        found.append((f"{now.year - 1}", cls(f"{now.year - 1:04d}-01", f"{now.year - 1:04d}-12")))
+        found.append(("all time", cls()))
+        return found
+
     @property
     def start(self) -> datetime | None:
         """The period's first moment, or None when it has no start."""

@@ -335,6 +335,7 @@ def evaluation(
             # The months as typed, to correct; no figures under a period that was refused.
             typed={"since": since or "", "until": until or ""},
             months=Months(),
+            shortcuts=Months.shortcuts(utcnow()),
             rows=[],
             alerts=[],
             charts=[],
@@ -353,6 +354,7 @@ def evaluation(
         user,
         error=None,
         months=months,
+        shortcuts=Months.shortcuts(utcnow()),
         rows=rows,
         alerts=alerts,
         charts=drawings,

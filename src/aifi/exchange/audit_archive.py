@@ -13,12 +13,13 @@ hash; `check_chain` starts there and checks that the archives follow one another
 :func:`verify_archives` reads the files back and checks every entry in them. A run is checked
 as it is written: an archive is never made of a broken chain.
 
-Nothing is lost or doubled. A run's file is stored before its entries leave the table, and
-they leave in the transaction that records the archive, which makes sure it removes exactly
-the entries written (else the file no record names is deleted again). A crash in between
-leaves the entries in the table and the file; the next round writes the same run to the same
-key (named by its first and last position), and a round that takes another run never
-overwrites it. The newest linked entry always stays in the table: the next link is made
+Nothing is lost or doubled. One round runs at a time (`Database.turn`: an advisory lock on
+PostgreSQL, a lock file beside SQLite's). A run's file is stored before its entries leave
+the table, and they leave in the transaction that records the archive, which makes sure it
+removes exactly the entries written (else the file no record names is deleted again). A
+crash in between leaves the entries in the table and the file; the next round starts at the
+same position and so writes over that file (a file is named by its first position), however
+far it reaches. The newest linked entry always stays in the table: the next link is made
 from it.
 """
 
@@ -70,12 +71,11 @@ class ArchiveRefused(ExchangeError):
     status = 409
 
 
-def archive_key(first_seq: int, last_seq: int) -> str:
-    """The file of the run of chain positions `first_seq`…`last_seq`: the same for the same
-    run written again after a crash, so a retry replaces its file instead of leaving two, and
-    another for any other run, so that two rounds at once (the command beside a running
-    exchange on SQLite) never overwrite each other's file."""
-    return f"{ARCHIVE_FOLDER}{first_seq:012d}-{last_seq}.jsonl.gz"
+def archive_key(first_seq: int) -> str:
+    """The file of the run that starts at chain position `first_seq`. A round that follows a
+    crash starts where the crashed one did, so it writes over the file left behind instead of
+    leaving two copies, whatever run it takes."""
+    return f"{ARCHIVE_FOLDER}{first_seq:012d}.jsonl.gz"
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ class AuditArchiver:
         run = self._write(after, previous, last_allowed, before, on_entries)
         if run is None:
             return None
-        key = archive_key(run.first_seq, run.last_seq)
+        key = archive_key(run.first_seq)
         try:
             self._blobs.commit(run.temp, key)
         finally:
@@ -177,8 +177,7 @@ class AuditArchiver:
             raise
 
     def _forget_unrecorded(self, key: str) -> None:
-        """Delete the file `key` unless an archive names it: a round that lost the entries to
-        another (which wrote this same run) leaves the winner's file alone."""
+        """Delete the file `key` unless an archive names it (never another round's file)."""
         with self._db.session() as session:
             named = session.scalar(select(AuditArchive.id).where(AuditArchive.blob_key == key))
         if named is None:

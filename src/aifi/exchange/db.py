@@ -7,6 +7,7 @@ changes. The few places where the two differ ask :attr:`Database.is_postgresql`.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import select
 import threading
@@ -264,12 +265,14 @@ class Database:
 
     @contextmanager
     def turn(self, key: int) -> Iterator[bool]:
-        """True when this process may do the background work `key` names now: on
-        PostgreSQL, when no other replica holds its advisory lock (held until the block
-        ends); always on SQLite's single process. A replica that finds it taken skips the
-        round rather than wait: the holder does the work."""
+        """True when this process may do the background work `key` names now, held until
+        the block ends: on PostgreSQL when no other replica holds its advisory lock; on
+        SQLite when no other process on the host (an `aifi audit archive` beside the
+        running exchange) holds the lock file beside the database. One that finds it taken
+        skips the round rather than wait: the holder does the work."""
         if not self.is_postgresql:
-            yield True
+            with self._sqlite_turn(key) as mine:
+                yield mine
             return
         with self.engine.connect() as connection:
             mine = bool(connection.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}))
@@ -280,6 +283,23 @@ class Database:
                 if mine:
                     connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
                     connection.commit()
+
+    @contextmanager
+    def _sqlite_turn(self, key: int) -> Iterator[bool]:
+        database = self.engine.url.database
+        if not database or database == ":memory:":
+            yield True  # a database no other process can open
+            return
+        with open(f"{database}.turn-{key:x}", "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def dispose(self) -> None:
         """Close pooled connections (a replica shutting down, a test tearing down)."""

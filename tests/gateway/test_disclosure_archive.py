@@ -4,6 +4,7 @@ entries are still found, and nothing leaves the log unless it is in a file."""
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import sqlite3
 from datetime import UTC, datetime, timedelta
@@ -31,9 +32,9 @@ def test_old_entries_move_to_files_and_the_chain_holds_across_them(
     assert [entry.seq for entry in log.entries()] == [6], "the newest entry stays"
     files = sorted((tmp_path / "archive").iterdir())
     assert [file.name for file in files] == [
-        "disclosures-000000001-2.jsonl.gz",
-        "disclosures-000000003-4.jsonl.gz",
-        "disclosures-000000005-5.jsonl.gz",
+        "disclosures-000000001.jsonl.gz",
+        "disclosures-000000003.jsonl.gz",
+        "disclosures-000000005.jsonl.gz",
     ]
     assert [entry["detail"] for f in files for entry in read_archive(f)] == [
         f"step {n}" for n in range(5)
@@ -143,3 +144,22 @@ def test_the_command_archives_finds_archived_entries_and_checks_the_files(
 
     assert run("--archive-before", tomorrow)[0] == 2  # without --to
     assert run("--patient", "HOSP-1", "--archive", str(tmp_path / "nowhere.gz"))[0] == 2
+
+
+def test_one_archiving_at_a_time_and_a_file_left_by_a_crash_is_written_over(
+    tmp_path: Path,
+) -> None:
+    log = filled(tmp_path / "disclosures.db")
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    # What an archiving that stopped before recording its run leaves: a file, no record.
+    (folder / "disclosures-000000001.jsonl.gz").write_bytes(gzip.compress(b"half a run\n"))
+    with open(f"{log.path}.archiving", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(NotRecorded, match="another archiving of .* is under way"):
+            archive_disclosures(log, LATER, folder)
+        fcntl.flock(held, fcntl.LOCK_UN)
+    assert len(log.entries()) == 6
+    (run,) = archive_disclosures(log, LATER, folder)
+    assert [file.name for file in folder.iterdir()] == ["disclosures-000000001.jsonl.gz"]
+    assert verify_archive(log, Path(run.file))[1] == []

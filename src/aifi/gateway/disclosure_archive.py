@@ -18,6 +18,7 @@ newest entry always stays: the next entry links to it.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import gzip
 import hashlib
@@ -42,22 +43,39 @@ from aifi.gateway.disclosures import (
 RUN_ENTRIES = 20_000
 
 
-def archive_file(folder: Path, first_seq: int, last_seq: int) -> Path:
-    return folder / f"disclosures-{first_seq:09d}-{last_seq}.jsonl.gz"
+def archive_file(folder: Path, first_seq: int) -> Path:
+    """The file of the run that starts at entry `first_seq`: an archiving that follows a
+    crash starts there too, and writes over the file left behind instead of beside it."""
+    return folder / f"disclosures-{first_seq:09d}.jsonl.gz"
 
 
 def archive_disclosures(log: DisclosureLog, before: datetime, folder: Path) -> list[ArchivedRun]:
     """Move the entries written before `before` (all but the newest) into files in `folder`;
-    the runs written, oldest first.
+    the runs written, oldest first. One archiving of a log at a time (a lock file beside it).
 
     Raises
     ------
     NotRecorded
         When the entries to move do not form an unbroken chain (nothing moves; `--verify`
-        names every problem), or the log cannot be written.
+        names every problem), another archiving of the log is under way, or the log cannot
+        be written.
     OSError
         When a file cannot be written (a full disk): nothing left the log.
     """
+    with open(f"{log.path}.archiving", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise NotRecorded(
+                f"another archiving of {log.path} is under way; nothing was moved by this one"
+            ) from exc
+        try:
+            return _archive(log, before, folder)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _archive(log: DisclosureLog, before: datetime, folder: Path) -> list[ArchivedRun]:
     moment = before.astimezone(UTC).isoformat()
     written: list[ArchivedRun] = []
     while True:
@@ -67,7 +85,7 @@ def archive_disclosures(log: DisclosureLog, before: datetime, folder: Path) -> l
         if not entries:
             return written
         _check_links(entries, after, previous)
-        path = archive_file(folder, entries[0]["seq"], entries[-1]["seq"])
+        path = archive_file(folder, entries[0]["seq"])
         write_atomically(path, functools.partial(_write, entries=entries), fsync=True)
         run = ArchivedRun(
             first_seq=entries[0]["seq"],
@@ -84,7 +102,8 @@ def archive_disclosures(log: DisclosureLog, before: datetime, folder: Path) -> l
         try:
             log.forget_archived(run)
         except NotRecorded:
-            path.unlink(missing_ok=True)
+            if run.file not in {recorded.file for recorded in log.archived()}:
+                path.unlink(missing_ok=True)  # never a file a recorded run names
             raise
         written.append(run)
 

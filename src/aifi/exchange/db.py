@@ -7,7 +7,6 @@ changes. The few places where the two differ ask :attr:`Database.is_postgresql`.
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import select
 import threading
@@ -24,6 +23,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
+
+from aifi.file_lock import held_alone
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -290,16 +291,8 @@ class Database:
         if not database or database == ":memory:":
             yield True  # a database no other process can open
             return
-        with open(f"{database}.turn-{key:x}", "a") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with held_alone(f"{database}.turn-{key:x}") as mine:
+            yield mine
 
     def dispose(self) -> None:
         """Close pooled connections (a replica shutting down, a test tearing down)."""

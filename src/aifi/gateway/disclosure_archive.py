@@ -18,7 +18,6 @@ newest entry always stays: the next entry links to it.
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import gzip
 import hashlib
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from aifi.durable import write_atomically
+from aifi.file_lock import held_alone
 from aifi.gateway.disclosures import (
     GENESIS,
     Anchor,
@@ -62,17 +62,12 @@ def archive_disclosures(log: DisclosureLog, before: datetime, folder: Path) -> l
     OSError
         When a file cannot be written (a full disk): nothing left the log.
     """
-    with open(f"{log.path}.archiving", "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
+    with held_alone(f"{log.path}.archiving") as mine:
+        if not mine:
             raise NotRecorded(
                 f"another archiving of {log.path} is under way; nothing was moved by this one"
-            ) from exc
-        try:
-            return _archive(log, before, folder)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            )
+        return _archive(log, before, folder)
 
 
 def _archive(log: DisclosureLog, before: datetime, folder: Path) -> list[ArchivedRun]:

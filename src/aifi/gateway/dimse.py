@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,27 +74,44 @@ class WholeReadSocket(AssociationSocket):
 
 
 class PromptAssociation(Association):
-    """An acceptor whose reactor wakes as soon as a DIMSE message is complete.
+    """An association whose reactor wakes promptly and never takes a response meant for a send.
 
-    pynetdicom's acceptor sleeps 1 ms before every look at its message queue, which adds
-    0.5-1 ms to every C-STORE. This reactor waits on the queue itself (up to 1 ms, so that
-    release, abort and the network timeout are still noticed as promptly) and otherwise does
-    what pynetdicom's does, in the same order.
+    pynetdicom's reactor sleeps 1 ms before every look at its message queue, which adds
+    0.5-1 ms to every C-STORE an acceptor receives. As acceptor this reactor waits on the
+    queue itself (up to 1 ms, so that release, abort and the network timeout are still noticed
+    as promptly). As requestor it sleeps as pynetdicom's does: a ``send_c_store`` waits on the
+    same queue, and a second waiter could take the wake-up meant for it.
+
+    pynetdicom pauses its reactor while a ``send_*`` method waits for its response, but the
+    pause has a gap: a reactor that has just passed its checkpoint when the send starts still
+    looks at the queue, and if the response has arrived by then it takes it ("Received
+    unexpected C-STORE service message"). The send then waits out the DIMSE timeout and the
+    association is aborted. A reactor delayed by a busy machine hits the gap, which is how a
+    result delivery to the PACS stalled for the DIMSE timeout. This reactor looks again after
+    its checkpoint and leaves the queue alone once a send has begun. Otherwise it does what
+    pynetdicom's does, in the same order.
     """
 
     def _run_reactor(self) -> None:
         self._is_paused = False
         messages = self.dimse.msg_queue
         while not self._kill:
-            with messages.not_empty:
-                if not messages._qsize():
-                    messages.not_empty.wait(REACTOR_WAIT_SECONDS)
+            if self.is_acceptor:
+                with messages.not_empty:
+                    if not messages._qsize():
+                        messages.not_empty.wait(REACTOR_WAIT_SECONDS)
+            else:
+                time.sleep(REACTOR_WAIT_SECONDS)
             self._is_paused = True
             self._reactor_checkpoint.wait()
             self._is_paused = False
-            context_id, msg = self.dimse.get_msg(block=False)
-            if msg:
-                self._serve_request(msg, cast(int, context_id))
+            # A send that cleared the checkpoint after the wait above saw the reactor paused
+            # and owns the next message; a send that clears it from here on waits for the
+            # next pause, so looking now is safe.
+            if self._reactor_checkpoint.is_set():
+                context_id, msg = self.dimse.get_msg(block=False)
+                if msg:
+                    self._serve_request(msg, cast(int, context_id))
             if self.is_established and self.acse.is_release_requested():
                 self.acse.send_release(is_response=True)
                 self.is_released = True
@@ -112,13 +130,18 @@ class PromptAssociation(Association):
                 self.kill()
                 return
             if self.dul.idle_timer_expired():
-                log.error("network timeout reached: association from %s aborted", self.requestor)
+                peer = self.acceptor if self.is_requestor else self.requestor
+                log.error(
+                    "network timeout reached: association with %s:%s aborted",
+                    peer.address,
+                    peer.port,
+                )
                 self.abort()
                 self.kill()
                 return
 
 
-#: Longest the acceptor waits for a message before it checks for release, abort and timeouts.
+#: Longest the reactor waits for a message before it checks for release, abort and timeouts.
 REACTOR_WAIT_SECONDS = 0.001
 
 
@@ -143,9 +166,11 @@ class NoDelayServer(ThreadedAssociationServer):
 
 
 class NoDelayAE(AE):
-    """An AE whose outgoing associations set TCP_NODELAY (pynetdicom offers no option for it)."""
+    """An AE whose outgoing associations set TCP_NODELAY (pynetdicom offers no option for it)
+    and run a :class:`PromptAssociation` reactor, so that no response is lost to it."""
 
     def _create_socket(self, assoc: Any, address: Any, tls_args: Any) -> Any:
+        assoc.__class__ = PromptAssociation
         sock = super()._create_socket(assoc, address, tls_args)
         _no_delay(getattr(sock, "socket", None))
         return sock

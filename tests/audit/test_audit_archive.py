@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import delete, func, select, update
 
 from aifi.chain_anchor import Anchor
-from aifi.exchange import audit_archive
+from aifi.exchange import audit_archive, audit_search
 from aifi.exchange.app import create_app
 from aifi.exchange.audit import Actor, AuditAnchors, AuditLog, check_chain, newest_anchor
 from aifi.exchange.audit_archive import (
@@ -362,6 +362,90 @@ def test_a_search_finds_entries_in_the_archives_and_the_table_alike(log: Log) ->
     ]
     assert found(patient_pseudonym="p2", until=between) == [(archive.blob_key, "create", "job-ab")]
     assert found(patient_pseudonym="nobody") == []
+
+
+def test_a_search_misses_nothing_that_an_archiving_round_moves_while_it_reads(
+    log: Log, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log.write(8)
+    monkeypatch.setattr(audit_search, "SEARCH_BATCH", 3)
+    read_table = audit_search._table_batch
+    rounds: list[AuditArchive] = []
+
+    def archive_then_read(*args: Any) -> list[Any]:
+        # The round commits just before the search's first look at the table: the entries
+        # it moved are no longer there to be read.
+        if not rounds:
+            rounds.extend(log.archiver().archive_before(utcnow() + timedelta(days=1)))
+        return read_table(*args)
+
+    monkeypatch.setattr(audit_search, "_table_batch", archive_then_read)
+    found = list(search(log.db, log.blobs, AuditQuery(patient_pseudonym="p1")))
+
+    (archive,) = rounds
+    assert [e.object_id for _, e in found] == [f"job-{n}" for n in range(8)]
+    assert [kept for kept, _ in found] == [archive.blob_key] * 7 + [IN_DATABASE]
+    assert [e.chain_seq for _, e in found] == list(range(1, 9))
+
+
+def test_the_api_search_pages_through_archives_and_table_and_is_logged(log: Log) -> None:
+    operator = {"Authorization": f"Bearer {OPERATOR_KEY}"}
+    log.write(6)
+    log.audit.record(HOSPITAL, "read", "job", "job-x", patient_pseudonym="p2")
+    log.write(4, start=6)
+    with TestClient(create_app(log.settings)) as client:
+        (first,) = log.archiver().archive_before(utcnow() + timedelta(days=1))
+
+        def page(after: int, **criteria: str) -> dict[str, Any]:
+            answer = client.get(
+                "/audit/search",
+                params={"after": after, "limit": 4, **criteria},
+                headers=operator,
+            )
+            assert answer.status_code == 200, answer.text
+            return dict(answer.json())
+
+        one = page(0, patient="p1")
+        assert [e["object_id"] for e in one["entries"]] == ["job-0", "job-1", "job-2", "job-3"]
+        assert {e["kept_in"] for e in one["entries"]} == {first.blob_key}
+        # A second round between pages: the next page neither skips nor repeats an entry.
+        log.write(2, start=10)
+        (second,) = log.archiver().archive_before(utcnow() + timedelta(days=1))
+        pages = [one]
+        while pages[-1]["next_after"] is not None:
+            pages.append(page(pages[-1]["next_after"], patient="p1"))
+        found = [e for p in pages for e in p["entries"]]
+        reads = [e["object_id"] for e in found if e["action"] == "read"]
+        assert reads == [f"job-{n}" for n in range(12)]
+        # The pages' own searches are accesses to the patient's entries, and are found too.
+        assert {e["object_type"] for e in found if e["action"] == "search"} == {"audit"}
+        assert [e["chain_seq"] for e in found] == sorted(e["chain_seq"] for e in found)
+        assert {e["kept_in"] for e in found} == {first.blob_key, second.blob_key, IN_DATABASE}
+
+        other = page(0, patient="p2", since=(utcnow() - timedelta(hours=1)).isoformat())
+        assert [e["object_id"] for e in other["entries"]] == ["job-x"]
+        assert other["next_after"] is None
+
+        nothing = client.get("/audit/search", headers=operator)
+        assert nothing.status_code == 422
+        assert "name a patient, an organisation or an object" in nothing.text
+        backwards = client.get(
+            "/audit/search",
+            params={"patient": "p1", "since": "2026-02-01T00:00Z", "until": "2026-01-01T00:00Z"},
+            headers=operator,
+        )
+        assert backwards.status_code == 422 and "since must come before until" in backwards.text
+        stranger = {"Authorization": "Bearer aifi_not-a-key-0123456789abcdef0123"}
+        assert (
+            client.get("/audit/search", params={"patient": "p1"}, headers=stranger).status_code
+            == 401
+        )
+    with log.db.session() as session:
+        searches = list(session.scalars(select(AuditEntry).where(AuditEntry.action == "search")))
+    assert [(e.organisation_id, e.object_type, e.patient_pseudonym) for e in searches][-1] == (
+        "operator", "audit", "p2",
+    )  # fmt: skip
+    assert searches[-1].object_id.startswith("patient, since=")
 
 
 def test_anchors_show_entries_cut_off_the_end_or_rewritten(log: Log) -> None:

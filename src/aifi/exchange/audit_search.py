@@ -8,18 +8,18 @@ the archive files whose period overlaps the question's, streamed, and then the t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, or_, select
+from sqlalchemy import ColumnElement, func, or_, select
 
 from aifi.exchange.audit_archive import archives, read_archive
 from aifi.exchange.blobs import BlobStore
 from aifi.exchange.clock import as_utc
 from aifi.exchange.db import Database
-from aifi.exchange.models import AuditEntry
+from aifi.exchange.models import AuditArchive, AuditEntry
 
 #: Where a found entry is still kept in the database.
 IN_DATABASE = "database"
@@ -78,25 +78,70 @@ def _under(object_id: str, wanted: str) -> bool:
     return object_id == wanted or object_id.startswith(wanted + "/")
 
 
-def search(db: Database, blobs: BlobStore, query: AuditQuery) -> Iterator[tuple[str, Any]]:
-    """The entries `query` matches, oldest first, each with where it is kept: an archive's
-    file, or :data:`IN_DATABASE`. Streamed: memory does not grow with the log."""
-    for archive in archives(db):
-        if query.overlaps(archive.first_at, archive.last_at):
-            for entry in read_archive(blobs, archive.blob_key):
-                if query.matches(entry):
-                    yield archive.blob_key, entry
-    position = 0
+def search(
+    db: Database,
+    blobs: BlobStore,
+    query: AuditQuery,
+    *,
+    after_seq: int = 0,
+    unlinked: bool = True,
+) -> Generator[tuple[str, Any], None, None]:
+    """The entries `query` matches, in chain order from position `after_seq` on, each with
+    where it is kept: an archive's file, or :data:`IN_DATABASE`; then, with `unlinked`, the
+    entries written too recently to be linked into the chain yet. Streamed: memory does not
+    grow with the log.
+
+    An archiving round may move entries out of the table while the search reads it. The
+    newest archived position is looked at after every batch read from the table: once it has
+    passed the search's position, that batch is set aside and the moved entries are read from
+    their file instead, so that none is missed and none is found twice.
+    """
+    position = after_seq
     while True:
-        with db.session() as session:
-            rows = session.execute(
+        for archive in archives(db):
+            if archive.last_seq <= position:
+                continue
+            if query.overlaps(archive.first_at, archive.last_at):
+                for entry in read_archive(blobs, archive.blob_key):
+                    if entry.chain_seq > position and query.matches(entry):
+                        yield archive.blob_key, entry
+            position = archive.last_seq
+        moved = False
+        while not moved:
+            rows = _table_batch(db, query, AuditEntry.chain_seq, AuditEntry.chain_seq > position)
+            moved = _newest_archived(db) > position
+            if not moved:
+                if not rows:
+                    break
+                for row in rows:
+                    yield IN_DATABASE, row
+                position = rows[-1].chain_seq
+        if not moved:
+            break
+    if unlinked:
+        newest = 0
+        while rows := _table_batch(
+            db, query, AuditEntry.id, AuditEntry.chain_seq.is_(None), AuditEntry.id > newest
+        ):
+            for row in rows:
+                yield IN_DATABASE, row
+            newest = rows[-1].id
+
+
+def _table_batch(
+    db: Database, query: AuditQuery, order: Any, *where: ColumnElement[bool]
+) -> list[Any]:
+    with db.session() as session:
+        return list(
+            session.execute(
                 select(*AuditEntry.__table__.c)
-                .where(AuditEntry.id > position, *query.conditions())
-                .order_by(AuditEntry.id)
+                .where(*where, *query.conditions())
+                .order_by(order)
                 .limit(SEARCH_BATCH)
             ).all()
-        if not rows:
-            return
-        for row in rows:
-            yield IN_DATABASE, row
-        position = rows[-1].id
+        )
+
+
+def _newest_archived(db: Database) -> int:
+    with db.session() as session:
+        return int(session.scalar(select(func.max(AuditArchive.last_seq))) or 0)

@@ -291,3 +291,22 @@ class AuditOut(BaseModel):
     detail: str
     prev_hash: str
     entry_hash: str
+
+
+class AuditFound(AuditOut):
+    """An entry a search found: its place in the chain, and where it is kept ("database", or
+    the archive file's key in the object store)."""
+
+    chain_seq: int
+    kept_in: str
+
+    @classmethod
+    def of(cls, kept: str, entry: Any) -> AuditFound:
+        fields = {name: getattr(entry, name) for name in AuditOut.model_fields}
+        return cls(**fields, chain_seq=entry.chain_seq, kept_in=kept)
+
+
+class AuditSearchPage(BaseModel):
+    entries: list[AuditFound]
+    #: Pass as `after` for the next page; None when this page is the last.
+    next_after: int | None

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, HTTPException, Query
 from sqlalchemy import select
 
 from aifi.exchange.audit import check_chain, newest_anchor, unlinked_count
+from aifi.exchange.audit_search import AuditQuery, search
 from aifi.exchange.auth import require_role
+from aifi.exchange.clock import as_utc
 from aifi.exchange.deps import CallerDep, ServicesDep
 from aifi.exchange.models import AuditEntry
-from aifi.exchange.schemas import AuditOut
+from aifi.exchange.schemas import AuditFound, AuditOut, AuditSearchPage
 
 router = APIRouter(prefix="/audit", tags=["audit"])
 
@@ -53,3 +58,64 @@ def verify_audit(caller: CallerDep, services: ServicesDep) -> dict[str, object]:
         "problems": check.problems,
         "problem_count": check.problem_count,
     }
+
+
+@router.get("/search", response_model=AuditSearchPage)
+def search_audit(
+    caller: CallerDep,
+    services: ServicesDep,
+    patient: Annotated[str | None, Query(description="A patient pseudonym.")] = None,
+    organisation: Annotated[str | None, Query(description="An organisation's id.")] = None,
+    object_id: Annotated[
+        str | None,
+        Query(alias="object", description="An object; a job's id finds its inputs, results."),
+    ] = None,
+    since: Annotated[datetime | None, Query(description="From this moment on.")] = None,
+    until: Annotated[datetime | None, Query(description="Before this moment.")] = None,
+    after: Annotated[int, Query(ge=0, description="`next_after` of the page before.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 500,
+) -> AuditSearchPage:
+    """Who touched a patient's data, an organisation's, or one job's, and when: the answer a
+    privacy officer asks the operator for (NEN 7513), from the table and the archive files
+    alike, oldest first, a page at a time. Pages follow the chain's positions, so an
+    archiving round between two pages neither skips nor repeats an entry. The search is
+    itself logged, naming the patient searched for."""
+    require_role(caller, "operator")
+    if patient is None and organisation is None and object_id is None:
+        raise HTTPException(422, "name a patient, an organisation or an object to search for")
+    query = AuditQuery(
+        patient,
+        organisation,
+        object_id,
+        since=as_utc(since) if since else None,
+        until=as_utc(until) if until else None,
+    )
+    if query.since and query.until and query.since >= query.until:
+        raise HTTPException(422, "since must come before until")
+    services.audit.chain()  # entries written until now get their positions
+    entries = search(services.db, services.blobs, query, after_seq=after, unlinked=False)
+    with contextlib.closing(entries):  # an archive file read halfway is closed at once
+        found = list(itertools.islice(entries, limit + 1))
+    page = [AuditFound.of(kept, entry) for kept, entry in found[:limit]]
+    criteria = [
+        f"{name}={value}" if name != "patient" else name
+        for name, value in (
+            ("patient", patient),
+            ("organisation", organisation),
+            ("object", object_id),
+            ("since", query.since and query.since.isoformat()),
+            ("until", query.until and query.until.isoformat()),
+        )
+        if value
+    ]
+    services.audit.record(
+        caller,
+        "search",
+        "audit",
+        ", ".join(criteria)[:200],
+        patient_pseudonym=patient or "",
+        detail=f"{len(page)} entries from position {after}",
+    )
+    return AuditSearchPage(
+        entries=page, next_after=page[-1].chain_seq if len(found) > limit else None
+    )

@@ -222,6 +222,19 @@ def test_the_operator_sees_the_nation(browser: Any, site: dict[str, Any]) -> Non
     anchor = page.locator("p.anchor code").first.inner_text()
     position, digest = anchor.split(":")
     assert int(position) >= 1 and len(digest) == 64  # what the replicas' journals carry
+    # The privacy officer's question, asked on the page: a job's entries, archived or not.
+    job = site["job_id"]
+    visit(page, site["url"] + f"/ui/audit?object={job}", "operator-audit-search")
+    kept = page.locator("table.found td.kept").all_inner_texts()
+    assert kept and all(k == "database" or k.startswith("audit/") for k in kept)
+    assert any(k.startswith("audit/") for k in kept)  # archived by the command above
+    objects = page.locator("table.found td:nth-child(6)").all_inner_texts()
+    assert all(job in o for o in objects)
+    assert page.input_value("input[name=object]") == job
+    refused = visit(page, site["url"] + f"/ui/audit?object={job}&since=May", "operator-audit-bad")
+    assert refused.status == 422
+    assert "since: 'May' is not a day (YYYY-MM-DD)" in page.inner_text("main")
+    assert page.locator("table.found").count() == 0
     visit(page, site["url"] + "/ui/priorities", "operator-priorities")
     report = page.context.request.get(site["url"] + "/ui/business-case/report")
     assert report.status == 200 and "NPV" in report.text()

@@ -8,6 +8,8 @@ the archive files whose period overlaps the question's, streamed, and then the t
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 from collections.abc import Generator
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, func, or_, select
 
+from aifi.exchange.audit import Actor, AuditLog
 from aifi.exchange.audit_archive import archives, read_archive
 from aifi.exchange.blobs import BlobStore
 from aifi.exchange.clock import as_utc
@@ -66,6 +69,30 @@ class AuditQuery:
         if self.until is not None:
             found.append(AuditEntry.at < self.until)
         return found
+
+    def refusal(self) -> str | None:
+        """Why this query is not asked as it stands, or None."""
+        if not (self.patient_pseudonym or self.organisation_id or self.object_id):
+            return "name a patient, an organisation or an object to search for"
+        if self.since and self.until and self.since >= self.until:
+            return "since must come before until"
+        return None
+
+    def describe(self) -> str:
+        """The criteria, as the search's own log entry names them (the patient pseudonym goes
+        in the entry's own column)."""
+        criteria = [
+            f"{name}={value}" if name != "patient" else name
+            for name, value in (
+                ("patient", self.patient_pseudonym),
+                ("organisation", self.organisation_id),
+                ("object", self.object_id),
+                ("since", self.since and self.since.isoformat()),
+                ("until", self.until and self.until.isoformat()),
+            )
+            if value
+        ]
+        return ", ".join(criteria)
 
     def overlaps(self, first_at: datetime, last_at: datetime) -> bool:
         """Whether an archive of entries stored from `first_at` to `last_at` may hold any."""
@@ -145,3 +172,45 @@ def _table_batch(
 def _newest_archived(db: Database) -> int:
     with db.session() as session:
         return int(session.scalar(select(func.max(AuditArchive.last_seq))) or 0)
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    """A page of a search: the entries found, each with where it is kept, and the chain
+    position to go on after (None on the last page)."""
+
+    entries: list[tuple[str, Any]]
+    next_after: int | None
+
+
+def search_page(
+    db: Database,
+    blobs: BlobStore,
+    audit: AuditLog,
+    actor: Actor,
+    query: AuditQuery,
+    *,
+    after: int = 0,
+    limit: int = 500,
+) -> SearchPage:
+    """One page of :func:`search` for someone who asks the exchange (the API, the web pages).
+
+    Entries written until now are linked first, so that the page holds them in chain order;
+    pages follow chain positions, so an archiving round between two pages neither skips nor
+    repeats an entry. A search reads other people's accesses to a patient's data, so it is
+    itself logged, naming the patient searched for.
+    """
+    audit.chain()
+    entries = search(db, blobs, query, after_seq=after, unlinked=False)
+    with contextlib.closing(entries):  # an archive file read halfway is closed at once
+        found = list(itertools.islice(entries, limit + 1))
+    page = found[:limit]
+    audit.record(
+        actor,
+        "search",
+        "audit",
+        query.describe()[:200],
+        patient_pseudonym=query.patient_pseudonym or "",
+        detail=f"{len(page)} entries after position {after}",
+    )
+    return SearchPage(page, page[-1][1].chain_seq if len(found) > limit else None)

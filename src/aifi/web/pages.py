@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import io
 from collections import Counter, defaultdict
-from datetime import timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
 from aifi.exchange.audit import check_chain, newest_anchor
+from aifi.exchange.audit_search import AuditQuery, SearchPage, search_page
 from aifi.exchange.catalogue import product_out
 from aifi.exchange.clock import utcnow
 from aifi.exchange.deps import ServicesDep
@@ -390,10 +392,49 @@ def score_area(
     return RedirectResponse("/ui/priorities", status_code=303)
 
 
+#: Entries a search on the audit page shows at a time.
+AUDIT_FOUND_PAGE = 200
+
+
 @router.get("/audit", response_class=HTMLResponse)
-def audit(request: Request, user: UserDep, services: ServicesDep) -> HTMLResponse:
+def audit(
+    request: Request,
+    user: UserDep,
+    services: ServicesDep,
+    patient: str = "",
+    organisation: str = "",
+    object_id: Annotated[str, Query(alias="object")] = "",
+    since: str = "",
+    until: str = "",
+    after: Annotated[int, Query(ge=0)] = 0,
+) -> HTMLResponse:
+    """The log's newest entries and its check; with a patient pseudonym, an organisation or
+    an object, also the privacy officer's search, in the table and the archives alike
+    (`since`/`until` as YYYY-MM-DD, UTC days: from `since`, before `until`)."""
     if user.organisation_role != OrganisationKind.operator:
         raise HTTPException(403, "the audit log is for the national operator")
+    typed = {"patient": patient, "organisation": organisation, "object": object_id}
+    typed |= {"since": since, "until": until}
+    found: SearchPage | None = None
+    refusal = None
+    if any(typed.values()):
+        try:
+            query = AuditQuery(
+                patient.strip() or None,
+                organisation.strip() or None,
+                object_id.strip() or None,
+                since=_utc_day("since", since),
+                until=_utc_day("until", until),
+            )
+        except ValueError as exc:
+            refusal = str(exc)
+        else:
+            refusal = query.refusal()
+            if refusal is None:
+                found = search_page(
+                    services.db, services.blobs, services.audit, user.actor, query,
+                    after=after, limit=AUDIT_FOUND_PAGE,
+                )  # fmt: skip
     services.audit.chain()
     with services.db.session() as session:
         latest = list(
@@ -405,11 +446,24 @@ def audit(request: Request, user: UserDep, services: ServicesDep) -> HTMLRespons
             )
         )
     check = check_chain(services.db)  # a batch at a time: the log runs to billions
+    more = urlencode({**typed, "after": found.next_after}) if found and found.next_after else None
     return page(
-        request, "audit.html", user, entries=latest, total=check.entries, problems=check.problems,
+        request, "audit.html", user, status_code=422 if refusal else 200,
+        entries=latest, total=check.entries, problems=check.problems,
         archives=check.archives, archived=check.archived_entries,
-        anchor=newest_anchor(services.db),
+        anchor=newest_anchor(services.db), typed=typed, refusal=refusal, found=found,
+        more=more, after=after,
     )  # fmt: skip
+
+
+def _utc_day(name: str, typed: str) -> datetime | None:
+    """A day typed into the search form (YYYY-MM-DD), as the moment it begins in UTC."""
+    if not typed.strip():
+        return None
+    try:
+        return datetime.combine(date.fromisoformat(typed.strip()), time(), UTC)
+    except ValueError:
+        raise ValueError(f"{name}: {typed!r} is not a day (YYYY-MM-DD)") from None
 
 
 # business case ----------------------------------------------------------------------------

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 from datetime import datetime
 from typing import Annotated
 
@@ -11,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query
 from sqlalchemy import select
 
 from aifi.exchange.audit import check_chain, newest_anchor, unlinked_count
-from aifi.exchange.audit_search import AuditQuery, search
+from aifi.exchange.audit_search import AuditQuery, search_page
 from aifi.exchange.auth import require_role
 from aifi.exchange.clock import as_utc
 from aifi.exchange.deps import CallerDep, ServicesDep
@@ -81,8 +79,6 @@ def search_audit(
     archiving round between two pages neither skips nor repeats an entry. The search is
     itself logged, naming the patient searched for."""
     require_role(caller, "operator")
-    if patient is None and organisation is None and object_id is None:
-        raise HTTPException(422, "name a patient, an organisation or an object to search for")
     query = AuditQuery(
         patient,
         organisation,
@@ -90,32 +86,12 @@ def search_audit(
         since=as_utc(since) if since else None,
         until=as_utc(until) if until else None,
     )
-    if query.since and query.until and query.since >= query.until:
-        raise HTTPException(422, "since must come before until")
-    services.audit.chain()  # entries written until now get their positions
-    entries = search(services.db, services.blobs, query, after_seq=after, unlinked=False)
-    with contextlib.closing(entries):  # an archive file read halfway is closed at once
-        found = list(itertools.islice(entries, limit + 1))
-    page = [AuditFound.of(kept, entry) for kept, entry in found[:limit]]
-    criteria = [
-        f"{name}={value}" if name != "patient" else name
-        for name, value in (
-            ("patient", patient),
-            ("organisation", organisation),
-            ("object", object_id),
-            ("since", query.since and query.since.isoformat()),
-            ("until", query.until and query.until.isoformat()),
-        )
-        if value
-    ]
-    services.audit.record(
-        caller,
-        "search",
-        "audit",
-        ", ".join(criteria)[:200],
-        patient_pseudonym=patient or "",
-        detail=f"{len(page)} entries from position {after}",
+    if refusal := query.refusal():
+        raise HTTPException(422, refusal)
+    found = search_page(
+        services.db, services.blobs, services.audit, caller, query, after=after, limit=limit
     )
     return AuditSearchPage(
-        entries=page, next_after=page[-1].chain_seq if len(found) > limit else None
+        entries=[AuditFound.of(kept, entry) for kept, entry in found.entries],
+        next_after=found.next_after,
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -180,7 +180,7 @@ def archive(
     archiver = AuditArchiver(database, _blobs(settings, blob_url), log, settings)
     with database.session() as session:
         linked = linked_count(session)
-    moment = _utc(before)
+    moment = as_utc(before)
     try:
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task(
@@ -246,8 +246,8 @@ def search_log(
         patient,
         organisation,
         object_id,
-        since=_utc(since) if since else None,
-        until=_utc(until) if until else None,
+        since=as_utc(since) if since else None,
+        until=as_utc(until) if until else None,
     )
     table = Table()
     table.add_column("stored (UTC)", no_wrap=True)
@@ -276,11 +276,6 @@ def search_log(
     console.print(
         f"{found} entries{shown}" + (f"; all written to {json_file}" if json_file else "")
     )
-
-
-def _utc(moment: datetime) -> datetime:
-    """A moment given on the command line, which is UTC unless it says otherwise."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 @contextlib.contextmanager

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, or_, select
+from sqlalchemy import ColumnElement, or_, select
 
-from aifi.exchange.audit import Actor, AuditLog
+from aifi.exchange.audit import Actor, AuditLog, archived_head
 from aifi.exchange.audit_archive import archives, read_archive
 from aifi.exchange.blobs import BlobStore
 from aifi.exchange.clock import as_utc
 from aifi.exchange.db import Database
-from aifi.exchange.models import AuditArchive, AuditEntry
+from aifi.exchange.models import AuditEntry
 
 #: Where a found entry is still kept in the database.
 IN_DATABASE = "database"
@@ -171,7 +171,7 @@ def _table_batch(
 
 def _newest_archived(db: Database) -> int:
     with db.session() as session:
-        return int(session.scalar(select(func.max(AuditArchive.last_seq))) or 0)
+        return archived_head(session)[0]
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,10 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from fhir.resources.R4B.auditevent import AuditEvent
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+from fhir.resources.R4B.operationoutcome import OperationOutcome
 from sqlalchemy import delete, func, select, update
 
 from aifi.chain_anchor import Anchor
@@ -38,6 +42,7 @@ from aifi.exchange.clock import utcnow
 from aifi.exchange.db import ARCHIVE_LOCK, RETENTION_LOCK, Database, upgrade_schema
 from aifi.exchange.models import AuditArchive, AuditEntry
 from aifi.exchange.settings import ExchangeSettings
+from aifi.web import mount
 from scale.exchange_api import BACKENDS, OPERATOR_KEY, backend_settings
 
 HOSPITAL = Actor("hospital-a", "hospital")
@@ -446,6 +451,71 @@ def test_the_api_search_pages_through_archives_and_table_and_is_logged(log: Log)
         "operator", "audit", "p2",
     )  # fmt: skip
     assert searches[-1].object_id.startswith("patient, since=")
+
+
+def test_a_fhir_search_pages_through_archives_and_table_by_its_next_links(log: Log) -> None:
+    operator = {"Authorization": f"Bearer {OPERATOR_KEY}"}
+    log.write(5)
+    log.audit.record(HOSPITAL, "read", "job", "job-x", patient_pseudonym="p2")
+    log.write(3, start=5)
+    with TestClient(create_app(log.settings, extensions=[mount])) as client:
+        assert log.archiver().archive_before(utcnow() + timedelta(days=1))
+        log.write(2, start=8)  # these stay in the table
+        url: str | None = "/audit/fhir/AuditEvent"
+        params: dict[str, str] | None = {
+            "patient.identifier": "urn:aifi:patient-pseudonym|p1",
+            "date": f"ge{utcnow().year - 1}",
+            "_count": "4",
+        }
+        events: list[AuditEvent] = []
+        while url is not None:
+            answer = client.get(url, params=params, headers=operator)
+            assert answer.status_code == 200, answer.text
+            assert answer.headers["content-type"] == "application/fhir+json"
+            bundle = Bundle.model_validate_json(answer.text)
+            assert bundle.type == "searchset"
+            events += [entry.resource for entry in bundle.entry or []]
+            links = {link.relation: link.url for link in bundle.link or []}
+            url, params = links.get("next"), None  # the next link carries the whole search
+        objects = [event.entity[0].what.identifier.value for event in events]
+        # The earlier pages' own searches named the patient, so they are found too.
+        assert [o for o in objects if o.startswith("job-")] == [f"job-{n}" for n in range(10)]
+        since = f"patient, since={utcnow().year - 1}-01-01T00:00:00+00:00"
+        assert [o for o in objects if not o.startswith("job-")] == [since] * 2
+        patients = {e.entity[1].what.identifier.value for e in events if len(e.entity) > 1}
+        assert patients == {"p1"}
+        # An organisation's search by FHIR's own modifier, archives included.
+        answer = client.get(
+            "/audit/fhir/AuditEvent",
+            params={"agent:identifier": "hospital-a", "entity-identifier": "urn:aifi:job|job-x"},
+            headers=operator,
+        )
+        (found,) = Bundle.model_validate_json(answer.text).entry or []
+        assert found.resource.entity[1].what.identifier.value == "p2"
+
+        # Refusals come as OperationOutcomes, and a wrong key or role as before.
+        typo = client.get(
+            "/audit/fhir/AuditEvent", params={"patient.identifer": "p1"}, headers=operator
+        )
+        assert typo.status_code == 400
+        issue = OperationOutcome.model_validate_json(typo.text).issue[0]
+        assert issue.code == "not-supported" and "'patient.identifer'" in issue.diagnostics
+        stranger = {"Authorization": "Bearer aifi_not-a-key-0123456789abcdef0123"}
+        assert (
+            client.get(
+                "/audit/fhir/AuditEvent", params={"patient.identifier": "p1"}, headers=stranger
+            ).status_code
+            == 401
+        )
+        metadata = client.get("/audit/fhir/metadata", headers=operator)
+        statement = CapabilityStatement.model_validate_json(metadata.text)
+        (resource,) = statement.rest[0].resource
+        assert resource.type == "AuditEvent"
+        assert "patient.identifier" in {p.name for p in resource.searchParam}
+    with log.db.session() as session:
+        searches = list(session.scalars(select(AuditEntry).where(AuditEntry.action == "search")))
+    assert len(searches) == 4, "three pages for the patient, one for the organisation"
+    assert [e.patient_pseudonym for e in searches] == ["p1", "p1", "p1", ""]
 
 
 def test_anchors_show_entries_cut_off_the_end_or_rewritten(log: Log) -> None:

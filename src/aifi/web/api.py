@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
+from aifi.exchange.audit_search import search_page
 from aifi.exchange.auth import require_role
 from aifi.exchange.clock import as_utc
 from aifi.exchange.deps import CallerDep, MonthsDep, ServicesDep
@@ -18,10 +19,18 @@ from aifi.governance import AreaScore, PriorityList, ProductEvaluation
 from aifi.governance.conformance.report import ConformanceReport
 from aifi.governance.dossier import Dossier, Gap
 from aifi.governance.drift import DriftChart, Granularity
-from aifi.web.audit_fhir import audit_bundle
+from aifi.web.audit_fhir import (
+    audit_bundle,
+    capability_statement,
+    operation_outcome,
+    search_bundle,
+)
+from aifi.web.audit_fhir_search import SEARCH_PARAMS, SearchRefused, parse_search
 from aifi.web.deps import ClinicalDep
 
 router = APIRouter(tags=["clinical pillar"])
+
+FHIR_JSON = "application/fhir+json"
 
 
 class UserIn(BaseModel):
@@ -203,4 +212,51 @@ def audit_fhir(
             )
         )
     bundle = audit_bundle(entries)
-    return Response(bundle.model_dump_json(exclude_none=True), media_type="application/fhir+json")
+    return Response(bundle.model_dump_json(exclude_none=True), media_type=FHIR_JSON)
+
+
+@router.get("/audit/fhir/metadata")
+def audit_fhir_metadata(caller: CallerDep) -> Response:
+    """The FHIR CapabilityStatement of the access log: AuditEvent search and its parameters."""
+    require_role(caller, "operator")
+    statement = capability_statement(SEARCH_PARAMS)
+    return Response(statement.model_dump_json(exclude_none=True), media_type=FHIR_JSON)
+
+
+@router.get(
+    "/audit/fhir/AuditEvent",
+    openapi_extra={
+        "parameters": [
+            {"name": name, "in": "query", "description": meaning, "schema": {"type": "string"}}
+            for name, _, meaning in SEARCH_PARAMS
+        ]
+    },
+)
+def audit_fhir_search(request: Request, caller: CallerDep, services: ServicesDep) -> Response:
+    """A FHIR search of the access log (IHE RESTful ATNA, ITI-81), archives included: the
+    privacy officer's tooling asks who touched a patient's data, an organisation's or one
+    job's, and when, and pages on by the Bundle's `next` link. The search is itself logged,
+    naming the patient searched for. A parameter this server does not know is refused with
+    an OperationOutcome, not ignored."""
+    require_role(caller, "operator")
+    try:
+        asked = parse_search(request.query_params.multi_items())
+    except SearchRefused as refused:
+        outcome = operation_outcome(str(refused), refused.code)
+        return Response(outcome.model_dump_json(), status_code=400, media_type=FHIR_JSON)
+    page = search_page(
+        services.db,
+        services.blobs,
+        services.audit,
+        caller,
+        asked.query,
+        after=asked.after,
+        limit=asked.count,
+    )
+    next_url = (
+        str(request.url.include_query_params(_after=page.next_after))
+        if page.next_after is not None
+        else None
+    )
+    bundle = search_bundle((entry for _, entry in page.entries), str(request.url), next_url)
+    return Response(bundle.model_dump_json(exclude_none=True), media_type=FHIR_JSON)

@@ -4,9 +4,12 @@ whose data (patient pseudonym), when, and the outcome — the fields NEN 7513 as
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from fhir.resources.R4B.auditevent import AuditEvent
 from fhir.resources.R4B.bundle import Bundle, BundleEntry
+from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+from fhir.resources.R4B.operationoutcome import OperationOutcome
 
 from aifi.exchange.clock import as_utc
 from aifi.exchange.models import AuditEntry
@@ -23,7 +26,8 @@ DEFAULT_TYPE = ("110110", "Patient Record")
 OUTCOMES = {"success": "0", "refused": "4"}
 
 
-def audit_event(entry: AuditEntry) -> AuditEvent:
+def audit_event(entry: AuditEntry | Any) -> AuditEvent:
+    """`entry`: a table row, or an entry read back from an archive file (the same fields)."""
     code, display = EVENT_TYPES.get(entry.action, DEFAULT_TYPE)
     entities = [
         {
@@ -90,5 +94,67 @@ def audit_bundle(entries: Iterable[AuditEntry]) -> Bundle:
             "resourceType": "Bundle",
             "type": "collection",
             "entry": [BundleEntry.model_validate({"resource": audit_event(e)}) for e in entries],
+        }
+    )
+
+
+def search_bundle(found: Iterable[Any], self_url: str, next_url: str | None = None) -> Bundle:
+    """A page of a FHIR search: a `searchset` with its own link and, unless it is the last
+    page, the `next` link to follow."""
+    links = [{"relation": "self", "url": self_url}]
+    if next_url is not None:
+        links.append({"relation": "next", "url": next_url})
+    return Bundle.model_validate(
+        {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "link": links,
+            "entry": [
+                BundleEntry.model_validate(
+                    {"resource": audit_event(entry), "search": {"mode": "match"}}
+                )
+                for entry in found
+            ],
+        }
+    )
+
+
+def operation_outcome(message: str, code: str = "invalid") -> OperationOutcome:
+    """Why a FHIR request was refused, as FHIR clients read it."""
+    return OperationOutcome.model_validate(
+        {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": code, "diagnostics": message}],
+        }
+    )
+
+
+def capability_statement(search_params: Iterable[tuple[str, str, str]]) -> CapabilityStatement:
+    """What the access log's FHIR endpoint offers (`GET …/metadata`, read by FHIR clients
+    before they search): AuditEvent search, with `search_params` as (name, type, meaning)."""
+    return CapabilityStatement.model_validate(
+        {
+            "resourceType": "CapabilityStatement",
+            "status": "active",
+            "date": "2026-12-03",
+            "kind": "instance",
+            "software": {"name": "AIFI national exchange: access log"},
+            "fhirVersion": "4.0.1",
+            "format": ["application/fhir+json"],
+            "rest": [
+                {
+                    "mode": "server",
+                    "resource": [
+                        {
+                            "type": "AuditEvent",
+                            "interaction": [{"code": "search-type"}],
+                            "searchParam": [
+                                {"name": name, "type": kind, "documentation": meaning}
+                                for name, kind, meaning in search_params
+                            ],
+                        }
+                    ],
+                }
+            ],
         }
     )

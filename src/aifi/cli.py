@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from enum import StrEnum
+from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
@@ -205,6 +207,22 @@ def demo(
         seed=seed,
     )
     raise typer.Exit(code)
+
+
+class Side(StrEnum):
+    exchange = "exchange"
+    gateway = "gateway"
+
+
+@app.command("alert-rules")
+def alert_rules(
+    side: Annotated[
+        Side, typer.Argument(help="Whose rules: the national exchange's or a gateway's.")
+    ],
+) -> None:
+    """Print the Prometheus alerting rules for the exchange or a gateway, to save in
+    Prometheus's rule files (`aifi alert-rules exchange > /etc/prometheus/rules/aifi.yaml`)."""
+    typer.echo(resources.files(f"aifi.{side}").joinpath("alerts.yaml").read_text(), nl=False)
 
 
 def _register_tools() -> None:

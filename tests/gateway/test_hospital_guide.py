@@ -139,6 +139,14 @@ def test_the_release_holds_every_file_of_the_package(installed_aifi: Path) -> No
     }
     missing = sorted(str(path) for path in wanted if not (site / path).is_file())
     assert not missing, f"files of src/aifi missing from the installed release: {missing}"
+    # Section 8: the alerting rules come out of the installed release as the guide says.
+    [command] = re.findall(r"^(aifi alert-rules gateway)\b", _section(8), re.M)
+    printed = subprocess.run(
+        [str(installed_aifi), *shlex.split(command)[1:]],
+        capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    [group] = yaml.safe_load(printed.stdout)["groups"]
+    assert {rule["alert"] for rule in group["rules"]} >= {"GatewayDown", "GatewayBacklog"}
 
 
 @pytest.mark.timeout(900)

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from aifi.exchange.clock import utcnow
@@ -183,31 +182,3 @@ def test_every_exchange_metric_and_setting_in_the_deployment_guide_exists(
     assert variables, "the guide names no AIFI_ variables"
     unknown = {v for v in variables if v.lower() not in ExchangeSettings.model_fields}
     assert unknown == set(), f"docs/deploy.md names settings the exchange does not read: {unknown}"
-
-
-def test_the_deployment_guides_alerts_read_each_metric_as_its_type(
-    exchange_on: ExchangeFactory, tmp_path: Path
-) -> None:
-    """rate() and increase() suit counters only: on a gauge that also falls (failed
-    deliveries, once redone) they read a fall as a reset and a standing value as no change."""
-    [_, alerts] = re.findall(r"```yaml\n(.*?)```", DEPLOY.read_text(), re.S)
-    rules = yaml.safe_load(alerts)
-    exposition = exchange_on().client.get("/metrics").text
-    state = GatewayState(tmp_path / "state.db")
-    server = start_metrics_server(state, 0)
-    try:
-        exposition += httpx.get(server.url, timeout=10).text
-    finally:
-        server.close()
-        state.close()
-    kinds = {family.name: family.type for family in text_string_to_metric_families(exposition)}
-    for rule in rules:
-        for function, metric in re.findall(
-            r"\b(rate|increase|delta)\(\s*(?:max\()?(aifi_\w+)", rule["expr"]
-        ):
-            family = metric.removesuffix("_total")
-            assert family in kinds, f"{rule['alert']}: no metric {metric}"
-            counter = kinds[family] == "counter"
-            assert counter == (function != "delta"), (
-                f"{rule['alert']}: {function}() of {metric}, a {kinds[family]}"
-            )

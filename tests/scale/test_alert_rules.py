@@ -1,0 +1,255 @@
+"""The alerting rules AIFI ships (`aifi alert-rules exchange|gateway`) load into Prometheus,
+fire when what they watch goes wrong and stay quiet when it does not (Prometheus's own
+`promtool test rules`, on series made for each alert), and read only metrics the exchange and
+the gateway export, each as its type."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import CliRunner
+
+from aifi.cli import app
+from aifi.gateway.metrics import start_metrics_server
+from aifi.gateway.state import GatewayState
+from scale.conftest import ExchangeFactory
+from scale.servers import missing_peer
+
+SIDES = ("exchange", "gateway")
+
+
+def shipped_rules(side: str, folder: Path) -> Path:
+    """The rules as an operator gets them: from `aifi alert-rules`, saved to a file."""
+    printed = CliRunner().invoke(app, ["alert-rules", side])
+    assert printed.exit_code == 0, printed.output
+    path = folder / f"aifi-{side}.yaml"
+    path.write_text(printed.output)
+    return path
+
+
+def rules_of(path: Path) -> dict[str, dict[str, Any]]:
+    return {
+        rule["alert"]: rule
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+    }
+
+
+def promtool() -> str:
+    found = shutil.which("promtool")
+    if found is None:
+        missing_peer("promtool (Debian package prometheus) is needed to check alerting rules")
+    assert found is not None
+    return found
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_the_rules_load_into_prometheus(side: str, tmp_path: Path) -> None:
+    checked = subprocess.run(
+        [promtool(), "check", "rules", str(shipped_rules(side, tmp_path))],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS" in checked.stdout
+
+
+def fires(name: str, at: str, summary: str, **labels: str) -> dict[str, Any]:
+    """A test case: at `at`, alert `name` fires once, with `labels` and `summary`."""
+    return {"name": name, "at": at, "summary": summary, "labels": labels}
+
+
+def quiet(name: str, at: str) -> dict[str, Any]:
+    return {"name": name, "at": at}
+
+
+#: Per side: series (name{labels} → promtool's expanding notation, one value a minute) and
+#: what each alert must do at a moment: fire with its labels and summary, or stay quiet.
+#: Each alert has its trouble and, beside it, a series that must not trip it.
+# fmt: off
+CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
+    "exchange": (
+        {
+            'up{job="aifi-exchange", instance="r1"}': "1 0x9",
+            'up{job="aifi-exchange", instance="r2"}': "1x9",
+            # r1 loses the database at 2m and r2 at 3m: down for the whole exchange then.
+            'aifi_exchange_database_up{instance="r1"}': "1 1 0x8",
+            'aifi_exchange_database_up{instance="r2"}': "1 1 1 0x7",
+            # One server error a second; database-down answers are left to their own alert.
+            'aifi_exchange_errors_total{kind="server", instance="r1"}': "0+60x20",
+            'aifi_exchange_errors_total{kind="unavailable", instance="r2"}': "0+600x20",
+            'aifi_exchange_errors_total{kind="storage_full", instance="r1"}': "0x20 1x20",
+            'aifi_exchange_errors_total{kind="audit_archive", instance="r2"}': "0x30 1x10",
+            'aifi_exchange_queue_age_seconds{product="slow", instance="r1"}': "0+60x30",
+            'aifi_exchange_queue_age_seconds{product="brisk", instance="r1"}': "30x30",
+            'aifi_exchange_jobs{state="expired", instance="r1"}': "3x40 4x40",
+            'aifi_exchange_purged_objects_total{kind="undelivered_result", instance="r1"}': (
+                "0x30 2x30"
+            ),
+            'aifi_exchange_purged_objects_total{kind="input", instance="r2"}': "0+5x60",
+        },
+        [
+            quiet("ExchangeReplicaDown", "2m"),  # down for a minute only
+            fires("ExchangeReplicaDown", "4m", "Exchange replica r1 is not answering scrapes",
+                  job="aifi-exchange", instance="r1"),
+            quiet("ExchangeDatabaseDown", "3m"),  # r2 still reached it until 3m
+            fires("ExchangeDatabaseDown", "5m", "No exchange replica reaches PostgreSQL"),
+            quiet("ExchangeErrors", "4m"),
+            fires("ExchangeErrors", "12m", "Errors of the exchange's own: 1 a second"),
+            quiet("BlobStoreFull", "20m"),
+            fires("BlobStoreFull", "22m", "The object store refused uploads for lack of space"),
+            quiet("BlobStoreFull", "30m"),  # five quiet minutes since
+            quiet("AuditArchiveFailing", "30m"),
+            fires("AuditArchiveFailing", "31m", "An access-log archiving round failed"),
+            quiet("VendorNotKeepingUp", "15m"),  # over ten minutes old, not yet for ten
+            fires("VendorNotKeepingUp", "25m",
+                  "Product slow: the oldest ready job has waited 25m 0s", product="slow"),
+            quiet("JobsExpiring", "39m"),
+            fires("JobsExpiring", "45m", "Jobs expired in the last hour"),
+            quiet("ResultsNeverFetched", "29m"),
+            fires("ResultsNeverFetched", "35m",
+                  "Results were purged without ever being fetched"),
+        ],
+    ),
+    "gateway": (
+        {
+            'up{job="aifi-gateway", instance="g1"}': "1 0x9",
+            'up{job="aifi-gateway", instance="g2"}': "1x9",
+            'aifi_gateway_state_up{job="aifi-gateway", instance="g2"}': "1 1 0x8",
+            'aifi_gateway_upload_queue_age_seconds{job="aifi-gateway", instance="g1"}': "0+60x30",
+            'aifi_gateway_jobs_retrying{job="aifi-gateway", instance="g2"}': "3x10 11x20",
+            'aifi_gateway_awaiting_result_age_seconds{job="aifi-gateway", instance="g1"}': (
+                "0+60x90"
+            ),
+            # g1's failed delivery is redone after 20 minutes; g2's keeps failing.
+            'aifi_gateway_deliveries{state="failed", job="aifi-gateway", instance="g1"}': (
+                "1x20 0x20"
+            ),
+            'aifi_gateway_deliveries{state="failed", job="aifi-gateway", instance="g2"}': "1x40",
+            'aifi_gateway_jobs{state="refused", job="aifi-gateway", instance="g1"}': "0x10 1x70",
+        },
+        [
+            quiet("GatewayDown", "2m"),
+            fires("GatewayDown", "4m", "The AIFI gateway g1 is not answering scrapes",
+                  job="aifi-gateway", instance="g1"),
+            quiet("GatewayStateUnreadable", "3m"),
+            fires("GatewayStateUnreadable", "5m",
+                  "The gateway g2 cannot read its own state database",
+                  job="aifi-gateway", instance="g2"),
+            quiet("GatewayBacklog", "14m"),
+            fires("GatewayBacklog", "16m", "Studies are not leaving the gateway g2",
+                  job="aifi-gateway", instance="g2"),
+            quiet("GatewayResultsOverdue", "65m"),
+            fires("GatewayResultsOverdue", "75m",
+                  "A study sent for AI has had no outcome for 1h 15m 0s",
+                  job="aifi-gateway", instance="g1"),
+            quiet("GatewayDeliveryFailing", "25m"),
+            fires("GatewayDeliveryFailing", "35m",
+                  "AI results are not reaching the PACS from g2",
+                  job="aifi-gateway", instance="g2", state="failed"),
+            quiet("GatewayJobsRefused", "9m"),
+            fires("GatewayJobsRefused", "30m",
+                  "The exchange refused studies from g1 in the last hour",
+                  job="aifi-gateway", instance="g1", state="refused"),
+            quiet("GatewayJobsRefused", "75m"),  # an hour without a new refusal
+        ],
+    ),
+}
+# fmt: on
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_each_alert_fires_on_its_trouble_and_not_otherwise(side: str, tmp_path: Path) -> None:
+    rules_file = shipped_rules(side, tmp_path)
+    rules = rules_of(rules_file)
+    series, cases = CASES[side]
+    assert {case["name"] for case in cases} == set(rules), "every alert is tested"
+    for alert in rules:
+        said = [case for case in cases if case["name"] == alert]
+        assert {"summary" in case for case in said} == {True, False}, f"{alert}: fire and quiet"
+    tests = {
+        "rule_files": [str(rules_file)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": s, "values": v} for s, v in series.items()],
+                "alert_rule_test": [
+                    {
+                        "eval_time": case["at"],
+                        "alertname": case["name"],
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {
+                                    "severity": rules[case["name"]]["labels"]["severity"],
+                                    **case["labels"],
+                                },
+                                "exp_annotations": {
+                                    "summary": case["summary"],
+                                    "description": rules[case["name"]]["annotations"][
+                                        "description"
+                                    ],
+                                },
+                            }
+                        ]
+                        if "summary" in case
+                        else [],
+                    }
+                    for case in cases
+                ],
+            }
+        ],
+    }
+    test_file = tmp_path / f"{side}-alerts.test.yaml"
+    test_file.write_text(yaml.safe_dump(tests, sort_keys=False))
+    tested = subprocess.run(
+        [promtool(), "test", "rules", str(test_file)], capture_output=True, text=True, timeout=120
+    )
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+def exported_families(exchange_on: ExchangeFactory, folder: Path) -> dict[str, str]:
+    """Every metric family a fresh exchange and a fresh gateway export, with its type."""
+    exposition = exchange_on().client.get("/metrics").text
+    state = GatewayState(folder / "state.db")
+    server = start_metrics_server(state, 0)
+    try:
+        exposition += httpx.get(server.url, timeout=10).text
+    finally:
+        server.close()
+        state.close()
+    return {family.name: family.type for family in text_string_to_metric_families(exposition)}
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])  # the metrics do not depend on it
+def test_the_rules_read_only_exported_metrics_each_as_its_type(
+    exchange_on: ExchangeFactory, tmp_path: Path
+) -> None:
+    """A renamed metric would leave its alert silent for good; and rate() and increase()
+    suit counters only: on a gauge that also falls (failed deliveries, once redone) they read
+    a fall as a reset and a standing value as no change."""
+    kinds = exported_families(exchange_on, tmp_path)
+    for side in SIDES:
+        for alert, rule in rules_of(shipped_rules(side, tmp_path)).items():
+            metrics = re.findall(r"\b(aifi_\w+)", rule["expr"])
+            assert metrics or rule["expr"].startswith("up{"), f"{alert} reads no metric"
+            for metric in metrics:
+                family = metric.removesuffix("_total")
+                assert family in kinds, f"{alert}: no metric {metric} is exported"
+                assert (kinds[family] == "counter") == metric.endswith("_total"), (
+                    f"{alert}: {metric} names a {kinds[family]}"
+                )
+            for function, metric in re.findall(
+                r"\b(rate|increase|delta)\(\s*(?:max\()?(aifi_\w+)", rule["expr"]
+            ):
+                kind = kinds[metric.removesuffix("_total")]
+                assert (kind == "counter") == (function != "delta"), (
+                    f"{alert}: {function}() of {metric}, a {kind}"
+                )

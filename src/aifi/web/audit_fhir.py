@@ -14,6 +14,11 @@ from fhir.resources.R4B.operationoutcome import OperationOutcome
 from aifi.exchange.clock import as_utc
 from aifi.exchange.models import AuditEntry
 
+#: Identifier systems of what AuditEvents name: a patient's pseudonym, an organisation, and
+#: an object, whose system ends in its type (urn:aifi:job, urn:aifi:input, …).
+PATIENT_SYSTEM = "urn:aifi:patient-pseudonym"
+ORGANISATION_SYSTEM = "urn:aifi:organisation"
+OBJECT_SYSTEM_PREFIX = "urn:aifi:"
 #: Our actions -> FHIR AuditEvent.action (C create, R read, U update, D delete, E execute).
 ACTIONS = {"create": "C", "read": "R", "search": "E", "update": "U", "delete": "D", "login": "E"}
 #: NEN 7513 event type -> DICOM audit event ids (DCM) the AuditEvent type names.
@@ -32,7 +37,10 @@ def audit_event(entry: AuditEntry | Any) -> AuditEvent:
     entities = [
         {
             "what": {
-                "identifier": {"system": f"urn:aifi:{entry.object_type}", "value": entry.object_id}
+                "identifier": {
+                    "system": f"{OBJECT_SYSTEM_PREFIX}{entry.object_type}",
+                    "value": entry.object_id,
+                }
             },
             "type": {
                 "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
@@ -46,7 +54,7 @@ def audit_event(entry: AuditEntry | Any) -> AuditEvent:
             {
                 "what": {
                     "identifier": {
-                        "system": "urn:aifi:patient-pseudonym",
+                        "system": PATIENT_SYSTEM,
                         "value": entry.patient_pseudonym,
                     }
                 },
@@ -74,7 +82,7 @@ def audit_event(entry: AuditEntry | Any) -> AuditEvent:
                 {
                     "who": {
                         "identifier": {
-                            "system": "urn:aifi:organisation",
+                            "system": ORGANISATION_SYSTEM,
                             "value": entry.organisation_id,
                         }
                     },

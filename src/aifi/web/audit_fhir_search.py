@@ -19,12 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from aifi.exchange.audit_search import AuditQuery
-
-#: Token systems of the identifiers AuditEvents carry (see :mod:`aifi.web.audit_fhir`).
-PATIENT_SYSTEM = "urn:aifi:patient-pseudonym"
-ORGANISATION_SYSTEM = "urn:aifi:organisation"
-#: An entity's system names its object type: urn:aifi:job, urn:aifi:input, …
-OBJECT_SYSTEM_PREFIX = "urn:aifi:"
+from aifi.web.audit_fhir import OBJECT_SYSTEM_PREFIX, ORGANISATION_SYSTEM, PATIENT_SYSTEM
 
 #: Accepted spellings of each criterion: ITI-81's chained names, FHIR's `:identifier`
 #: modifier, and the `entity-identifier` parameter national profiles define.

@@ -161,6 +161,16 @@ def test_a_search_reads_the_archives_and_the_table(data_dir: Path, tmp_path: Pat
 
     code, output = run("search", "--patient", "nobody", "--data-dir", str(data_dir))
     assert code == 0 and "no entry matches" in output
+    # That search read the log for a patient: it is itself an entry about the patient.
+    code, output = run(
+        "search", "--patient", "nobody", "--json", str(found), "--data-dir", str(data_dir)
+    )
+    [logged] = json.loads(found.read_text())
+    assert (logged["organisation_id"], logged["role"]) == ("operator", "operator")
+    assert (logged["action"], logged["object_type"], logged["object_id"]) == (
+        "search", "audit", "patient",
+    )  # fmt: skip
+    assert logged["detail"].startswith("0 entries, from the command line by ")
     code, output = run("search", "--data-dir", str(data_dir))
     assert code == 2 and "name a --patient, an --organisation or an --object" in output
 

@@ -10,7 +10,10 @@ an organisation's or an object's entries in the table and the archives alike.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
+import os
+import socket
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +26,7 @@ from rich.table import Table
 
 from aifi.chain_anchor import Anchor
 from aifi.exchange.audit import (
+    Actor,
     AuditLog,
     ChainCheck,
     check_chain,
@@ -37,9 +41,13 @@ from aifi.exchange.clock import as_utc
 from aifi.exchange.db import Database
 from aifi.exchange.errors import ExchangeError
 from aifi.exchange.models import AuditArchive
+from aifi.exchange.services import OPERATOR_ID
 from aifi.exchange.settings import ExchangeSettings
 
 app = typer.Typer(help="The exchange's audit log.", no_args_is_help=True)
+#: Who a search run on the exchange host is logged as: the national operator (the entry's
+#: detail names the host's user).
+HOST_OPERATOR = Actor(organisation_id=OPERATOR_ID, role="operator")
 #: How a moment is written on the command line (UTC).
 _MOMENT = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]
 
@@ -254,20 +262,32 @@ def search_log(
     for column in ("organisation", "role", "action", "object", "outcome", "kept in"):
         table.add_column(column, overflow="fold")
     found = 0
-    with _json_writer(json_file) as write, console.status("searching the access log"):
-        for kept, entry in search(database, _blobs(settings, blob_url), query):
-            found += 1
-            write(kept, entry)
-            if found <= SHOWN:
-                table.add_row(
-                    f"{as_utc(entry.at):%Y-%m-%d %H:%M}",
-                    entry.organisation_id,
-                    entry.role,
-                    entry.action,
-                    f"{entry.object_type} {entry.object_id}",
-                    entry.outcome,
-                    kept,
-                )
+    try:
+        with _json_writer(json_file) as write, console.status("searching the access log"):
+            for kept, entry in search(database, _blobs(settings, blob_url), query):
+                found += 1
+                write(kept, entry)
+                if found <= SHOWN:
+                    table.add_row(
+                        f"{as_utc(entry.at):%Y-%m-%d %H:%M}",
+                        entry.organisation_id,
+                        entry.role,
+                        entry.action,
+                        f"{entry.object_type} {entry.object_id}",
+                        entry.outcome,
+                        kept,
+                    )
+    finally:
+        # Reading the log reads others' accesses to a patient's data: the search is itself
+        # an access, logged as the API's are, naming who ran it on which host.
+        AuditLog(database).record(
+            HOST_OPERATOR,
+            "search",
+            "audit",
+            query.describe()[:200],
+            patient_pseudonym=patient or "",
+            detail=f"{found} entries, from the command line by {_who()}",
+        )
     if not found:
         console.print("no entry matches")
         return
@@ -276,6 +296,15 @@ def search_log(
     console.print(
         f"{found} entries{shown}" + (f"; all written to {json_file}" if json_file else "")
     )
+
+
+def _who() -> str:
+    """The host's user and name, for the log entry of a search run on the host itself."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container's bare user)
+        user = f"uid {os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
 
 
 @contextlib.contextmanager

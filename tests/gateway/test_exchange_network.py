@@ -4,8 +4,10 @@ is given — and says so plainly when the exchange's certificate does not verify
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -14,7 +16,7 @@ from aifi.gateway.exchange_client import GatewayClient
 from aifi.http import ExchangeNotTrusted, proxy_for, without_password
 from aifi.products import tissue_volume
 from scale.servers import Nginx, Proxy
-from support.national import National
+from support.national import OPERATOR_KEY, National
 
 pytestmark = pytest.mark.peer
 
@@ -130,3 +132,23 @@ def test_a_wrong_proxy_or_ca_file_is_refused_by_name(
 ) -> None:
     with pytest.raises(ConfigError, match=expected):
         load_config(_config(tmp_path, **entry))
+
+
+def test_links_the_exchange_writes_behind_the_tls_balancer_say_https(
+    national: National, balancer: Nginx, ca_file: Path
+) -> None:
+    """docs/deploy.md's balancer tells the replica the scheme the client used: the FHIR
+    search's `next` link is one the client can follow, through the balancer, over TLS."""
+    operator = {"Authorization": f"Bearer {OPERATOR_KEY}"}
+    trust = ssl.create_default_context(cafile=str(ca_file))
+    with httpx.Client(base_url=balancer.url, headers=operator, verify=trust) as client:
+        search = {"agent.identifier": "operator", "_count": "1"}
+        first = client.get("/audit/fhir/AuditEvent", params=search)
+        assert first.status_code == 200, first.text
+        links = {link["relation"]: link["url"] for link in first.json()["link"]}
+        assert links["self"].startswith(f"{balancer.url}/audit/fhir/AuditEvent?")
+        assert links["next"].startswith(f"{balancer.url}/audit/fhir/AuditEvent?")
+        second = client.get(links["next"])
+        assert second.status_code == 200, second.text
+        [one], [two] = first.json()["entry"], second.json()["entry"]
+        assert one["resource"]["id"] != two["resource"]["id"]

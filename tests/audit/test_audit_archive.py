@@ -393,6 +393,49 @@ def test_a_search_misses_nothing_that_an_archiving_round_moves_while_it_reads(
     assert [e.chain_seq for _, e in found] == list(range(1, 9))
 
 
+def test_a_page_out_of_time_says_where_to_go_on_and_the_pages_miss_nothing(
+    log: Log, small_runs: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A patient's few entries among many archived ones: each page reads for its time only
+    (none here, so a page stops at its first look at the clock) and says where to go on."""
+    other = Actor("hospital-b", "hospital")
+    for number in range(30):
+        log.audit.record(other, "read", "job", f"other-{number}", patient_pseudonym="p9")
+        if number % 6 == 0:
+            log.audit.record(HOSPITAL, "read", "job", f"job-{number}", patient_pseudonym="p1")
+    log.audit.chain()
+    written = log.archiver().archive_before(utcnow() + timedelta(days=1))
+    assert len(written) >= 4
+    log.write(2, start=100)  # in the table
+    monkeypatch.setattr(audit_search, "CLOCK_EVERY", 4)
+
+    pages: list[audit_search.SearchPage] = []
+    after: int | None = 0
+    while after is not None:
+        pages.append(
+            audit_search.search_page(
+                log.db, log.blobs, log.audit, HOSPITAL, AuditQuery(patient_pseudonym="p1"),
+                after=after, limit=3, seconds=0,
+            )
+        )  # fmt: skip
+        after = pages[-1].next_after
+        assert len(pages) < 100, "every page gets further"
+    found = [entry.object_id for page in pages for _, entry in page.entries]
+    reads = [o for o in found if o.startswith("job-")]
+    assert reads == [f"job-{n}" for n in range(0, 30, 6)] + ["job-100", "job-101"]
+    stopped = [page for page in pages if page.stopped]
+    assert stopped and any(len(page.entries) < 3 for page in stopped)
+    assert not pages[-1].stopped
+    positions = [page.next_after for page in pages[:-1]]
+    assert positions == sorted(set(positions)), "each page goes on from further along"
+    with log.db.session() as session:
+        logged = list(
+            session.scalars(select(AuditEntry.detail).where(AuditEntry.action == "search"))
+        )
+    assert len(logged) == len(pages)
+    assert sum("read until position" in detail for detail in logged) == len(stopped)
+
+
 def test_the_api_search_pages_through_archives_and_table_and_is_logged(log: Log) -> None:
     operator = {"Authorization": f"Bearer {OPERATOR_KEY}"}
     log.write(6)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import time
 from collections.abc import Generator
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,6 +29,12 @@ from aifi.exchange.models import AuditEntry
 IN_DATABASE = "database"
 #: Entries read from the table at a time.
 SEARCH_BATCH = 5_000
+#: How long one page of a search over HTTP may read before it answers with what it found
+#: and where to go on: reading archive files runs at about 80,000 entries a second, and a
+#: national year holds some 110 million; a balancer or client gives up long before.
+PAGE_SECONDS = 20.0
+#: Archived entries read between looks at the clock.
+CLOCK_EVERY = 1_000
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,15 @@ def _under(object_id: str, wanted: str) -> bool:
     return object_id == wanted or object_id.startswith(wanted + "/")
 
 
+@dataclass
+class Scan:
+    """How far a search has read: every entry up to chain position `position` has been
+    looked at; `stopped` when it ran out of time before the end of the log."""
+
+    position: int = 0
+    stopped: bool = False
+
+
 def search(
     db: Database,
     blobs: BlobStore,
@@ -112,6 +128,8 @@ def search(
     *,
     after_seq: int = 0,
     unlinked: bool = True,
+    deadline: float | None = None,
+    scan: Scan | None = None,
 ) -> Generator[tuple[str, Any], None, None]:
     """The entries `query` matches, in chain order from position `after_seq` on, each with
     where it is kept: an archive's file, or :data:`IN_DATABASE`; then, with `unlinked`, the
@@ -122,27 +140,53 @@ def search(
     newest archived position is looked at after every batch read from the table: once it has
     passed the search's position, that batch is set aside and the moved entries are read from
     their file instead, so that none is missed and none is found twice.
+
+    With a `deadline` (a `time.monotonic()` moment) the search stops once it has passed it,
+    having read at least :data:`CLOCK_EVERY` archived entries or one table batch since it
+    began, so that every call gets further; `scan` tells how far it read.
     """
-    position = after_seq
+    scan = scan if scan is not None else Scan()
+    scan.position = position = after_seq
+    read = 0
+
+    def out_of_time() -> bool:
+        scan.stopped = deadline is not None and read > 0 and time.monotonic() >= deadline
+        return scan.stopped
+
     while True:
         for archive in archives(db):
             if archive.last_seq <= position:
                 continue
             if query.overlaps(archive.first_at, archive.last_at):
                 for entry in read_archive(blobs, archive.blob_key):
-                    if entry.chain_seq > position and query.matches(entry):
+                    if entry.chain_seq <= position:
+                        continue
+                    scan.position = entry.chain_seq
+                    if query.matches(entry):
                         yield archive.blob_key, entry
-            position = archive.last_seq
+                    read += 1
+                    if read % CLOCK_EVERY == 0 and out_of_time():
+                        return
+            scan.position = position = archive.last_seq
         moved = False
+        more = True  # the table may hold more than one batch from here
         while not moved:
+            # After a short batch the next one finds the end at once: it is read whatever
+            # the time, or a search that finds entries as fast as they are written (its own
+            # pages' log entries) would never end.
+            if more and out_of_time():
+                return
             rows = _table_batch(db, query, AuditEntry.chain_seq, AuditEntry.chain_seq > position)
             moved = _newest_archived(db) > position
             if not moved:
                 if not rows:
                     break
                 for row in rows:
+                    scan.position = row.chain_seq
                     yield IN_DATABASE, row
-                position = rows[-1].chain_seq
+                scan.position = position = rows[-1].chain_seq
+                more = len(rows) == SEARCH_BATCH
+                read += 1
         if not moved:
             break
     if unlinked:
@@ -177,10 +221,13 @@ def _newest_archived(db: Database) -> int:
 @dataclass(frozen=True)
 class SearchPage:
     """A page of a search: the entries found, each with where it is kept, and the chain
-    position to go on after (None on the last page)."""
+    position to go on after (None on the last page). `stopped`: the page ran out of time
+    before it was full, so it may hold fewer entries than asked for, even none, and the
+    search goes on after `next_after`."""
 
     entries: list[tuple[str, Any]]
     next_after: int | None
+    stopped: bool = False
 
 
 def search_page(
@@ -192,25 +239,38 @@ def search_page(
     *,
     after: int = 0,
     limit: int = 500,
+    seconds: float = PAGE_SECONDS,
 ) -> SearchPage:
     """One page of :func:`search` for someone who asks the exchange (the API, the web pages).
 
     Entries written until now are linked first, so that the page holds them in chain order;
     pages follow chain positions, so an archiving round between two pages neither skips nor
-    repeats an entry. A search reads other people's accesses to a patient's data, so it is
-    itself logged, naming the patient searched for.
+    repeats an entry. A page reads for about `seconds` at most: a patient's few entries in a
+    year of archives are found over several requests, each answered in time, a page shorter
+    than `limit` (`stopped`) saying where to go on. A search reads other people's accesses
+    to a patient's data, so it is itself logged, naming the patient searched for.
     """
     audit.chain()
-    entries = search(db, blobs, query, after_seq=after, unlinked=False)
+    scan = Scan()
+    deadline = time.monotonic() + seconds
+    entries = search(
+        db, blobs, query, after_seq=after, unlinked=False, deadline=deadline, scan=scan
+    )
     with contextlib.closing(entries):  # an archive file read halfway is closed at once
         found = list(itertools.islice(entries, limit + 1))
     page = found[:limit]
+    if len(found) > limit:
+        next_after: int | None = page[-1][1].chain_seq
+    else:
+        next_after = scan.position if scan.stopped else None
+    stopped = scan.stopped and len(found) <= limit
     audit.record(
         actor,
         "search",
         "audit",
         query.describe()[:200],
         patient_pseudonym=query.patient_pseudonym or "",
-        detail=f"{len(page)} entries after position {after}",
+        detail=f"{len(page)} entries after position {after}"
+        + (f"; read until position {next_after} in {seconds:g} s" if stopped else ""),
     )
-    return SearchPage(page, page[-1][1].chain_seq if len(found) > limit else None)
+    return SearchPage(page, next_after, stopped)

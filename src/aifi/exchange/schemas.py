@@ -310,3 +310,6 @@ class AuditSearchPage(BaseModel):
     entries: list[AuditFound]
     #: Pass as `after` for the next page; None when this page is the last.
     next_after: int | None
+    #: The page read for its time and stopped before it was full: it may hold fewer entries
+    #: than asked for, even none; the search goes on after `next_after`.
+    stopped: bool = False

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
 from aifi.exchange.audit import check_chain, newest_anchor
-from aifi.exchange.audit_search import AuditQuery, SearchPage, search_page
+from aifi.exchange.audit_search import PAGE_SECONDS, AuditQuery, SearchPage, search_page
 from aifi.exchange.catalogue import product_out
 from aifi.exchange.clock import utcnow
 from aifi.exchange.deps import ServicesDep
@@ -452,7 +452,7 @@ def audit(
         entries=latest, total=check.entries, problems=check.problems,
         archives=check.archives, archived=check.archived_entries,
         anchor=newest_anchor(services.db), typed=typed, refusal=refusal, found=found,
-        more=more, after=after,
+        more=more, after=after, page_seconds=PAGE_SECONDS,
     )  # fmt: skip
 
 

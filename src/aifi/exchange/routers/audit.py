@@ -94,4 +94,5 @@ def search_audit(
     return AuditSearchPage(
         entries=[AuditFound.of(kept, entry) for kept, entry in found.entries],
         next_after=found.next_after,
+        stopped=found.stopped,
     )

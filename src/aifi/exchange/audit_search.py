@@ -159,6 +159,8 @@ def search(
                 continue
             if query.overlaps(archive.first_at, archive.last_at):
                 for entry in read_archive(blobs, archive.blob_key):
+                    # A page that goes on inside a file reads its start again: at most one
+                    # file (ARCHIVE_ENTRIES, under a second), not counted as progress.
                     if entry.chain_seq <= position:
                         continue
                     scan.position = entry.chain_seq

@@ -87,8 +87,16 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             'aifi_exchange_errors_total{kind="unavailable", instance="r2"}': "0+600x20",
             'aifi_exchange_errors_total{kind="storage_full", instance="r1"}': "0x20 1x20",
             'aifi_exchange_errors_total{kind="audit_archive", instance="r2"}': "0x30 1x10",
-            'aifi_exchange_queue_age_seconds{product="slow", instance="r1"}': "0+60x30",
-            'aifi_exchange_queue_age_seconds{product="brisk", instance="r1"}': "30x30",
+            'aifi_exchange_queue_age_seconds{product="slow", priority="routine", instance="r1"}':
+                "0+60x30",
+            'aifi_exchange_queue_age_seconds{product="brisk", priority="routine", instance="r1"}':
+                "30x30",
+            # A STAT job waits from 6m and is claimed at 13m; the same product's routine
+            # backlog, however old, is not a STAT emergency.
+            'aifi_exchange_queue_age_seconds{product="triage", priority="stat", instance="r1"}':
+                "0x5 0+60x6 0x20",
+            'aifi_exchange_queue_age_seconds{product="triage", priority="routine", instance="r2"}':
+                "300x30",
             'aifi_exchange_jobs{state="expired", instance="r1"}': "3x40 4x40",
             'aifi_exchange_purged_objects_total{kind="undelivered_result", instance="r1"}': (
                 "0x30 2x30"
@@ -108,6 +116,10 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             quiet("BlobStoreFull", "30m"),  # five quiet minutes since
             quiet("AuditArchiveFailing", "30m"),
             fires("AuditArchiveFailing", "31m", "An access-log archiving round failed"),
+            quiet("StatJobWaiting", "8m"),  # two minutes old: not over yet
+            fires("StatJobWaiting", "10m",
+                  "Product triage: a STAT job has waited 4m 0s for a vendor", product="triage"),
+            quiet("StatJobWaiting", "13m"),  # claimed
             quiet("VendorNotKeepingUp", "15m"),  # over ten minutes old, not yet for ten
             fires("VendorNotKeepingUp", "25m",
                   "Product slow: the oldest ready job has waited 25m 0s", product="slow"),

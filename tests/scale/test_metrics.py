@@ -48,8 +48,9 @@ def test_exchange_metrics_follow_the_jobs(
     assert figures[("aifi_exchange_jobs", (("state", "completed"),))] == 1.0
     assert figures[("aifi_exchange_jobs", (("state", "requested"),))] == 1.0
     assert figures[("aifi_exchange_jobs", (("state", "failed"),))] == 0.0
-    assert figures[("aifi_exchange_queue_depth", (("product", "product-a"),))] == 1.0
-    assert figures[("aifi_exchange_queue_age_seconds", (("product", "product-a"),))] >= 0.0
+    waiting = (("priority", "routine"), ("product", "product-a"))
+    assert figures[("aifi_exchange_queue_depth", waiting)] == 1.0
+    assert figures[("aifi_exchange_queue_age_seconds", waiting)] >= 0.0
     assert figures[("aifi_exchange_jobs_unacknowledged", ())] == 1.0
     assert figures[("aifi_exchange_completed_last_hour", ())] == 1.0
     assert figures[("aifi_exchange_turnaround_seconds", (("quantile", "0.5"),))] > 0.0
@@ -67,6 +68,16 @@ def test_exchange_metrics_follow_the_jobs(
     assert figures[("aifi_exchange_http_requests_total", put_input)] == 5.0
     not_found = (("method", "GET"), ("route", "/jobs/{job_id}"), ("status", "404"))
     assert figures[("aifi_exchange_http_requests_total", not_found)] == 1.0
+
+    # A STAT job waits in a queue of its own, not hidden behind the routine one.
+    exchange.ready_job(hospital, "product-a", make_ct(slices=1), priority="stat")
+    after = samples(exchange.client.get("/metrics").text)
+    stat = (("priority", "stat"), ("product", "product-a"))
+    assert after[("aifi_exchange_queue_depth", stat)] == 1.0
+    assert after[("aifi_exchange_queue_depth", waiting)] == 1.0
+    assert 0.0 <= after[("aifi_exchange_queue_age_seconds", stat)] < after[
+        ("aifi_exchange_queue_age_seconds", waiting)
+    ]
 
 
 def instance(uid: str, study: str, folder: Path, size: int) -> ReceivedInstance:

@@ -123,9 +123,9 @@ class JobTableCollector(Collector):
             }
             by_state.update(self._ended.counts(session, now))
             queue = session.execute(
-                select(Job.product_id, func.count(), func.min(Job.ready_at))
+                select(Job.product_id, Job.priority, func.count(), func.min(Job.ready_at))
                 .where(Job.state == JobState.requested.value, Job.inputs_complete.is_(True))
-                .group_by(Job.product_id)
+                .group_by(Job.product_id, Job.priority)
             ).all()
             unacknowledged = session.scalar(
                 select(func.count()).where(
@@ -148,20 +148,22 @@ class JobTableCollector(Collector):
             jobs.add_metric([state.value], float(by_state.get(state.value, 0)))
         yield jobs
 
+        # By priority too: a STAT job (acute triage) waiting two minutes is an emergency, a
+        # routine one is not, and a routine backlog must not hide a STAT job behind it.
         depth = GaugeMetricFamily(
             "aifi_exchange_queue_depth",
-            "Jobs ready for a vendor and not yet claimed, per product",
-            labels=["product"],
+            "Jobs ready for a vendor and not yet claimed, per product and priority",
+            labels=["product", "priority"],
         )
         age = GaugeMetricFamily(
             "aifi_exchange_queue_age_seconds",
-            "Age of the oldest ready, unclaimed job, per product",
-            labels=["product"],
+            "Age of the oldest ready, unclaimed job, per product and priority",
+            labels=["product", "priority"],
         )
-        for product_id, count, oldest in queue:
-            depth.add_metric([product_id], float(count))
+        for product_id, priority, count, oldest in queue:
+            depth.add_metric([product_id, priority], float(count))
             waited = (now - as_utc(oldest)).total_seconds() if oldest is not None else 0.0
-            age.add_metric([product_id], max(0.0, waited))
+            age.add_metric([product_id, priority], max(0.0, waited))
         yield depth
         yield age
 

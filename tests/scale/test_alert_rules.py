@@ -137,6 +137,12 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             'aifi_gateway_state_up{job="aifi-gateway", instance="g2"}': "1 1 0x8",
             'aifi_gateway_upload_queue_age_seconds{job="aifi-gateway", instance="g1"}': "0+60x30",
             'aifi_gateway_jobs_retrying{job="aifi-gateway", instance="g2"}': "3x10 11x20",
+            # g1's STAT study waits from 3m, its result lands in the PACS at 12m; g2's STAT
+            # studies come back within a minute each.
+            'aifi_gateway_stat_waiting_seconds{job="aifi-gateway", instance="g1"}':
+                "0x2 0+60x8 0x20",
+            'aifi_gateway_stat_waiting_seconds{job="aifi-gateway", instance="g2"}':
+                "0 40 0 50 0x20",
             'aifi_gateway_awaiting_result_age_seconds{job="aifi-gateway", instance="g1"}': (
                 "0+60x90"
             ),
@@ -155,6 +161,11 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             fires("GatewayStateUnreadable", "5m",
                   "The gateway g2 cannot read its own state database",
                   job="aifi-gateway", instance="g2"),
+            quiet("GatewayStatResultLate", "9m"),  # over five minutes, not yet for one
+            fires("GatewayStatResultLate", "10m",
+                  "A STAT study at g1 has waited 7m 0s for its AI result",
+                  job="aifi-gateway", instance="g1"),
+            quiet("GatewayStatResultLate", "12m"),  # in the PACS
             quiet("GatewayBacklog", "14m"),
             fires("GatewayBacklog", "16m", "Studies are not leaving the gateway g2",
                   job="aifi-gateway", instance="g2"),

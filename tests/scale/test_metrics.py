@@ -174,6 +174,35 @@ def test_gateway_exporter_reads_the_gateway_state(tmp_path: Path) -> None:
     assert figures[("aifi_gateway_turnaround_seconds", (("quantile", "0.5"),))] > 0.0
 
 
+def test_the_gateway_tells_how_long_its_oldest_stat_study_has_waited(tmp_path: Path) -> None:
+    state = GatewayState(tmp_path / "state.db")
+    for study in ("1.3.1", "1.3.2"):
+        state.record_instance(instance(f"{study}.0", study, tmp_path, 10), 0.0)
+    for study, priority in (("1.3.1", "routine"), ("1.3.2", "stat")):
+        row = next(r for r in state.due_studies(time.time() + 1) if r["study_uid"] == study)
+        routed = RoutedJob(f"product-{priority}", priority, frozenset({study + ".1"}))
+        assert state.route_study(study, row["round"], row["due_at"], [routed]) == 1
+    [stat_job] = state.query("SELECT id, study_last_at FROM jobs WHERE priority = 'stat'")
+    server = start_metrics_server(state, 0)
+    try:
+        before = time.time()
+        waiting = samples(httpx.get(server.url, timeout=10).text)
+        after = time.time()
+        state.update_job(stat_job["id"], state="submitted", submitted_at=after)
+        sent = samples(httpx.get(server.url, timeout=10).text)
+        state.update_job(stat_job["id"], state="delivered", delivered_at=time.time())
+        delivered = samples(httpx.get(server.url, timeout=10).text)
+    finally:
+        server.close()
+        state.close()
+    since_last = waiting[("aifi_gateway_stat_waiting_seconds", ())]
+    assert before - stat_job["study_last_at"] <= since_last <= after - stat_job["study_last_at"]
+    # Sent and waiting for the exchange still counts, from the study's last instance on; the
+    # routine job, also waiting, never does.
+    assert sent[("aifi_gateway_stat_waiting_seconds", ())] >= since_last
+    assert delivered[("aifi_gateway_stat_waiting_seconds", ())] == 0.0
+
+
 DEPLOY = Path(__file__).resolve().parents[2] / "docs" / "deploy.md"
 
 

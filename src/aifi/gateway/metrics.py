@@ -94,6 +94,20 @@ class GatewayCollector(Collector):
         family.add_metric([], max(0.0, now - oldest_pending) if oldest_pending else 0.0)
         yield family
 
+        # Acute triage has minutes, not the quarter of an hour the other figures allow: the
+        # oldest STAT study whose result is not yet in the PACS, wherever it stands.
+        oldest_stat = self._scalar(
+            "SELECT MIN(study_last_at) FROM jobs "
+            "WHERE priority = 'stat' AND state IN ('pending', 'submitted')"
+        )
+        family = GaugeMetricFamily(
+            "aifi_gateway_stat_waiting_seconds",
+            "Time since the last instance arrived of the oldest STAT study whose AI result is "
+            "not yet in the PACS (0 when none waits)",
+        )
+        family.add_metric([], max(0.0, now - oldest_stat) if oldest_stat else 0.0)
+        yield family
+
         oldest_out = self._scalar("SELECT MIN(submitted_at) FROM jobs WHERE state = 'submitted'")
         family = GaugeMetricFamily(
             "aifi_gateway_awaiting_result_age_seconds",

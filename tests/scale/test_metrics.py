@@ -77,6 +77,16 @@ def test_exchange_metrics_follow_the_jobs(
     assert after[("aifi_exchange_queue_depth", waiting)] == 1.0
     stat_age = after[("aifi_exchange_queue_age_seconds", stat)]
     assert 0.0 <= stat_age < after[("aifi_exchange_queue_age_seconds", waiting)]
+    assert after[("aifi_exchange_stat_turnaround_seconds", (("quantile", "0.5"),))] == 0.0
+
+    # The STAT job is claimed first, though younger; its turnaround is counted apart.
+    claimed = exchange.claim(vendor)
+    assert claimed is not None and claimed["job"]["priority"] == "stat"
+    finish_job(exchange, vendor, claimed, tmp_path / "stat")
+    done = samples(exchange.client.get("/metrics").text)
+    assert done[("aifi_exchange_stat_turnaround_seconds", (("quantile", "0.5"),))] > 0.0
+    assert done[("aifi_exchange_completed_last_hour", ())] == 2.0
+    assert ("aifi_exchange_queue_depth", stat) not in done
 
 
 def instance(uid: str, study: str, folder: Path, size: int) -> ReceivedInstance:

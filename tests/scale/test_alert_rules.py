@@ -97,6 +97,12 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
                 "0x5 0+60x6 0x20",
             'aifi_exchange_queue_age_seconds{product="triage", priority="routine", instance="r2"}':
                 "300x30",
+            # The same figure from two replicas: slow from 10m to 40m, then quick again.
+            'aifi_exchange_stat_turnaround_seconds{quantile="0.9", instance="r1"}':
+                "40x9 420x30 40x20",
+            'aifi_exchange_stat_turnaround_seconds{quantile="0.9", instance="r2"}':
+                "40x9 420x30 40x20",
+            'aifi_exchange_stat_turnaround_seconds{quantile="0.5", instance="r1"}': "400x60",
             'aifi_exchange_jobs{state="expired", instance="r1"}': "3x40 4x40",
             'aifi_exchange_purged_objects_total{kind="undelivered_result", instance="r1"}': (
                 "0x30 2x30"
@@ -120,6 +126,11 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             fires("StatJobWaiting", "10m",
                   "Product triage: a STAT job has waited 4m 0s for a vendor", product="triage"),
             quiet("StatJobWaiting", "13m"),  # claimed
+            quiet("StatTurnaroundSlow", "20m"),  # slow for ten minutes, not yet fifteen
+            fires("StatTurnaroundSlow", "30m",
+                  "STAT jobs of the last hour took 7m 0s from ready to completed "
+                  "(90th percentile)"),
+            quiet("StatTurnaroundSlow", "45m"),
             quiet("VendorNotKeepingUp", "15m"),  # over ten minutes old, not yet for ten
             fires("VendorNotKeepingUp", "25m",
                   "Product slow: the oldest ready job has waited 25m 0s", product="slow"),

@@ -250,13 +250,7 @@ def search_log(
     settings = _settings(data_dir)
     console = Console()
     database = _database(settings, database_url)
-    query = AuditQuery(
-        patient,
-        organisation,
-        object_id,
-        since=as_utc(since) if since else None,
-        until=as_utc(until) if until else None,
-    )
+    query = AuditQuery(patient, organisation, object_id, since=since, until=until)
     table = Table()
     table.add_column("stored (UTC)", no_wrap=True)
     for column in ("organisation", "role", "action", "object", "outcome", "kept in"):

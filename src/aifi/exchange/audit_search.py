@@ -48,6 +48,13 @@ class AuditQuery:
     since: datetime | None = None
     until: datetime | None = None
 
+    def __post_init__(self) -> None:
+        # Moments compare in UTC whoever built the query (a naive one is taken as UTC).
+        for name in ("since", "until"):
+            moment = getattr(self, name)
+            if moment is not None:
+                object.__setattr__(self, name, as_utc(moment))
+
     def matches(self, entry: Any) -> bool:
         at = as_utc(entry.at)
         return (

@@ -179,31 +179,33 @@ class JobTableCollector(Collector):
             for ready, ended, priority in recent
             if ready is not None and ended is not None
         ]
-        durations = sorted(seconds for seconds, _ in timed)
-        turnaround = GaugeMetricFamily(
+        durations = [seconds for seconds, _ in timed]
+        yield _quantiles(
             "aifi_exchange_turnaround_seconds",
             "Ready-to-completed time of jobs completed in the last hour, by quantile",
-            labels=["quantile"],
+            durations,
         )
-        for q in TURNAROUND_QUANTILES:
-            turnaround.add_metric([str(q)], quantile(durations, q))
-        yield turnaround
         # Acute triage apart: a few STAT jobs among thousands of routine ones do not move
         # the quantiles above, however slow they are.
-        stat_durations = sorted(s for s, priority in timed if priority == Priority.stat.value)
-        stat = GaugeMetricFamily(
+        yield _quantiles(
             "aifi_exchange_stat_turnaround_seconds",
             "Ready-to-completed time of STAT jobs completed in the last hour, by quantile",
-            labels=["quantile"],
+            [seconds for seconds, priority in timed if priority == Priority.stat.value],
         )
-        for q in TURNAROUND_QUANTILES:
-            stat.add_metric([str(q)], quantile(stat_durations, q))
-        yield stat
         completed = GaugeMetricFamily(
             "aifi_exchange_completed_last_hour", "Jobs completed in the last hour"
         )
         completed.add_metric([], float(len(durations)))
         yield completed
+
+
+def _quantiles(name: str, documentation: str, durations: list[float]) -> GaugeMetricFamily:
+    """A gauge of `durations` at each of :data:`TURNAROUND_QUANTILES`."""
+    ordered = sorted(durations)
+    family = GaugeMetricFamily(name, documentation, labels=["quantile"])
+    for q in TURNAROUND_QUANTILES:
+        family.add_metric([str(q)], quantile(ordered, q))
+    return family
 
 
 class ExchangeMetrics:

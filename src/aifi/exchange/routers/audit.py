@@ -11,7 +11,6 @@ from sqlalchemy import select
 from aifi.exchange.audit import check_chain, newest_anchor, unlinked_count
 from aifi.exchange.audit_search import AuditQuery, search_page
 from aifi.exchange.auth import require_role
-from aifi.exchange.clock import as_utc
 from aifi.exchange.deps import CallerDep, ServicesDep
 from aifi.exchange.models import AuditEntry
 from aifi.exchange.schemas import AuditFound, AuditOut, AuditSearchPage
@@ -79,13 +78,7 @@ def search_audit(
     archiving round between two pages neither skips nor repeats an entry. The search is
     itself logged, naming the patient searched for."""
     require_role(caller, "operator")
-    query = AuditQuery(
-        patient,
-        organisation,
-        object_id,
-        since=as_utc(since) if since else None,
-        until=as_utc(until) if until else None,
-    )
+    query = AuditQuery(patient, organisation, object_id, since=since, until=until)
     if refusal := query.refusal():
         raise HTTPException(422, refusal)
     found = search_page(

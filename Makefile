@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages that the tests talk to as real peers.
-PEERS := orthanc dcmtk dicom3tools postgresql nginx chromium tinyproxy prometheus
+PEERS := orthanc orthanc-dicomweb dcmtk dicom3tools postgresql nginx chromium tinyproxy prometheus
 
 .PHONY: demo test lint peers venv clean bench constraints dist
 

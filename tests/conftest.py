@@ -41,8 +41,11 @@ def orthanc_factory(tmp_path: Path) -> Iterator[object]:
     """Start Orthancs (each a hospital PACS) on loopback; all are stopped after the test."""
     started: list[OrthancPeer] = []
 
-    def start(modalities: dict[str, tuple[str, int]]) -> OrthancPeer:
-        peer = start_orthanc(tmp_path / f"orthanc{len(started)}", modalities)
+    def start(
+        modalities: dict[str, tuple[str, int]],
+        dicomweb_servers: dict[str, dict[str, str]] | None = None,
+    ) -> OrthancPeer:
+        peer = start_orthanc(tmp_path / f"orthanc{len(started)}", modalities, dicomweb_servers)
         started.append(peer)
         return peer
 

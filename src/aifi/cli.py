@@ -139,6 +139,7 @@ def gateway(
         f"gateway {settings.hospital}: {settings.dicom.ae_title} listening on "
         f"{settings.dicom.host}:{node.port}, exchange {settings.exchange.url}"
         + (f" through proxy {without_password(node.client.proxy)}" if node.client.proxy else "")
+        + (f"; STOW-RS at {node.stow_url}" if node.stow_url else "")
     )
     stop.wait()
     node.stop()

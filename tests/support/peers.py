@@ -24,13 +24,26 @@ def require_executable(name: str, package: str) -> str:
     """The path of a peer's executable; skip (locally) or fail (under CI=true) when missing."""
     path = shutil.which(name)
     if path is None:
-        message = (
-            f"{name} not found: install the Debian package '{package}' (make test does, as root)"
-        )
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        _missing(name, package)
+    return str(path)
+
+
+def require_file(path: Path, package: str) -> Path:
+    """A file a peer needs (a plugin); skip (locally) or fail (under CI=true) when missing."""
+    if not path.exists():
+        _missing(str(path), package)
     return path
+
+
+def _missing(name: str, package: str) -> None:
+    message = f"{name} not found: install the Debian package '{package}' (make test does, as root)"
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+#: Orthanc's DICOMweb plugin, as Debian's orthanc-dicomweb installs it.
+ORTHANC_DICOMWEB = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 
 def terminate(process: subprocess.Popen[bytes]) -> None:
@@ -102,9 +115,16 @@ class OrthancPeer:
         return httpx.get(self.url + path, timeout=10).json()
 
 
-def start_orthanc(folder: Path, modalities: dict[str, tuple[str, int]]) -> OrthancPeer:
-    """Start Orthanc with its storage in `folder`, accepting C-STORE only from `modalities`."""
+def start_orthanc(
+    folder: Path,
+    modalities: dict[str, tuple[str, int]],
+    dicomweb_servers: dict[str, dict[str, str]] | None = None,
+) -> OrthancPeer:
+    """Start Orthanc with its storage in `folder`, accepting C-STORE only from `modalities`;
+    with `dicomweb_servers` (name: {"Url", "Username", "Password"}), its DICOMweb plugin too,
+    to send to them by STOW-RS."""
     exe = require_executable("Orthanc", "orthanc")
+    plugins = [str(require_file(ORTHANC_DICOMWEB, "orthanc-dicomweb"))] if dicomweb_servers else []
     http_port, dicom_port = free_port(), free_port()
     config = {
         "Name": "AIFI test PACS",
@@ -120,9 +140,11 @@ def start_orthanc(folder: Path, modalities: dict[str, tuple[str, int]]) -> Ortha
         "DicomModalities": {
             name: [aet, "127.0.0.1", port] for name, (aet, port) in modalities.items()
         },
-        "Plugins": [],
+        "Plugins": plugins,
         "StableAge": 1,
     }
+    if dicomweb_servers:
+        config["DicomWeb"] = {"Enable": True, "Servers": dicomweb_servers}
     folder.mkdir(parents=True, exist_ok=True)
     config_path = folder / "orthanc.json"
     config_path.write_text(json.dumps(config))

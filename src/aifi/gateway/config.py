@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from aifi.gateway.notify import NotificationSettings
 from aifi.http import trusting
@@ -30,6 +30,39 @@ class DicomListener(BaseModel):
 
     def quiet_for(self, calling_ae: str) -> float:
         return self.quiet_seconds_by_calling_ae.get(calling_ae.strip(), self.quiet_seconds)
+
+
+class StowSender(BaseModel):
+    """A PACS or router allowed to send by STOW-RS, with HTTP Basic credentials."""
+
+    #: The HTTP Basic user name; it stands where a DIMSE sender's calling AE title would: in
+    #: routes' `calling_aes` and in `dicom.quiet_seconds_by_calling_ae`.
+    name: str = Field(pattern=r"^[!-~]{1,64}$")
+    #: A file holding the password alone (0600, like the exchange key file).
+    password_file: Path
+
+    def password(self) -> str:
+        return self.password_file.read_text().strip()
+
+
+class DicomWebListener(BaseModel):
+    """Where a PACS or router that speaks DICOMweb sends studies: STOW-RS at
+    `<scheme>://host:port/dicom-web/studies`."""
+
+    host: str = "127.0.0.1"
+    #: 0 takes any free port: `Gateway.stow_url` says which.
+    port: int = Field(default=8080, ge=0, le=65535)
+    #: Who may send; at least one (an open HTTP listener would take studies from anyone).
+    senders: list[StowSender] = Field(min_length=1)
+    #: Serve HTTPS with this certificate and key (PEM), for senders on another network.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> DicomWebListener:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        return self
 
 
 class Route(BaseModel):
@@ -86,6 +119,8 @@ class GatewayConfig(BaseModel):
     workdir: Path
     exchange: ExchangeConnection
     dicom: DicomListener = Field(default_factory=DicomListener)
+    #: STOW-RS as well as C-STORE; off unless configured.
+    dicomweb: DicomWebListener | None = None
     routes: list[Route] = Field(default_factory=list)
     pacs: list[PacsDestination] = Field(default_factory=list)
     #: The hospital's pseudonymisation secret; created (0600) on first start when missing.
@@ -136,6 +171,25 @@ def load_config(path: Path) -> GatewayConfig:
     if config.secret_file is not None and not config.secret_file.is_absolute():
         config.secret_file = (base / config.secret_file).resolve()
     config.notifications = config.notifications.resolve_paths(base)
+    if config.dicomweb is not None:
+        web = config.dicomweb
+        for sender in web.senders:
+            sender.password_file = (base / sender.password_file).resolve()
+            try:
+                if not sender.password():
+                    raise ConfigError(
+                        f"{path}: dicomweb sender {sender.name}: password file is empty"
+                    )
+            except OSError as exc:
+                raise ConfigError(
+                    f"{path}: dicomweb sender {sender.name}: cannot read password file: {exc}"
+                ) from exc
+        if web.tls_cert_file is not None and web.tls_key_file is not None:
+            web.tls_cert_file = (base / web.tls_cert_file).resolve()
+            web.tls_key_file = (base / web.tls_key_file).resolve()
+        names = [sender.name for sender in web.senders]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{path}: dicomweb.senders: a name is given twice")
     key_file = config.exchange.api_key_file
     if key_file is not None and not key_file.is_absolute():
         config.exchange.api_key_file = (base / key_file).resolve()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import shutil
 import threading
 import time
@@ -18,9 +17,10 @@ import httpx
 import pydicom
 from pynetdicom import evt
 
+from aifi.app_thread import AppThread
 from aifi.dicom.pseudonym import PseudonymKey, create_secret_file
 from aifi.durable import replace_durably
-from aifi.gateway.config import GatewayConfig
+from aifi.gateway.config import DicomWebListener, GatewayConfig
 from aifi.gateway.dimse import (
     handle_echo,
     send_files,
@@ -33,9 +33,19 @@ from aifi.gateway.exchange_client import ENDED_PAGE, GatewayClient
 from aifi.gateway.metrics import MetricsServer, start_metrics_server
 from aifi.gateway.notify import Notifier, OriginalStudy, build_notice
 from aifi.gateway.pseudonymise import NothingToSend, pseudonymise_and_send
+from aifi.gateway.receipt import (
+    CANNOT_UNDERSTAND,
+    OUT_OF_RESOURCES,
+    STUDY_MISMATCH,
+    SUCCESS,
+    UID,
+    Receipt,
+)
 from aifi.gateway.reidentify import ReidentificationError, reidentify_file
 from aifi.gateway.routing import route_study
 from aifi.gateway.state import GatewayState, ReceivedInstance
+from aifi.gateway.stow import BASE as STOW_BASE
+from aifi.gateway.stow import stow_app
 from aifi.gateway.vault import Vault
 from aifi.http import ExchangeHTTPError
 from aifi.results.key_image import render_result_key_image
@@ -43,16 +53,11 @@ from aifi.results.summary import ResultSummary
 
 log = logging.getLogger(__name__)
 
-UID = re.compile(r"^[0-9][0-9.]{0,63}$")
 #: Header attributes the gateway reads at receipt (routing needs no more).
 HEADER_TAGS = [
     "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality",
     "BodyPartExamined", "StudyDescription", "SeriesDescription",
 ]  # fmt: skip
-#: Statuses a C-STORE SCP answers (PS3.4 Annex B).
-SUCCESS = 0x0000
-CANNOT_UNDERSTAND = 0xC210
-OUT_OF_RESOURCES = 0xA700
 #: An exchange refusal (4xx but these) will not change on retry: the job is refused for good.
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
 #: Tries per notice channel before its failure is left on record and the job moves on.
@@ -86,6 +91,8 @@ class Gateway:
         self.spool = workdir / "spool"
         self.outbox = workdir / "outbox"
         self.results_dir = workdir / "results"
+        #: STOW-RS parts on their way in (the spool's file system, so a move is a rename).
+        self.incoming = workdir / "incoming"
         # Identifiable studies and results live here: the service account's alone.
         workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
         for folder in (self.spool, self.outbox, self.results_dir):
@@ -110,6 +117,7 @@ class Gateway:
         self.changed = changed or threading.Condition()
         self._threads: list[threading.Thread] = []
         self._server: Any = None
+        self._stow: AppThread | None = None
         self.metrics: MetricsServer | None = None
         self._retry_at: dict[str, float] = {}
         #: Studies an open association is still sending, by association: a study is not
@@ -133,6 +141,8 @@ class Gateway:
             (evt.EVT_CONN_CLOSE, self.handle_association_end),
         ]
         self._server = start_scp(ae, self.config.dicom.host, self.config.dicom.port, handlers)
+        if self.config.dicomweb is not None:
+            self._stow = self._start_stow(self.config.dicomweb)
         if self.config.metrics_port is not None:
             self.metrics = start_metrics_server(
                 self.state, self.config.metrics_port, self.config.metrics_host
@@ -157,12 +167,33 @@ class Gateway:
         """The SCP's port (useful when configured as 0: any free port)."""
         return int(self._server.server_address[1]) if self._server else self.config.dicom.port
 
+    def _start_stow(self, web: DicomWebListener) -> AppThread:
+        # Parts of a request cut off by a crash were never acknowledged: the sender sends again.
+        shutil.rmtree(self.incoming, ignore_errors=True)
+        app = stow_app(self, web.senders, self.incoming)
+        cert, key = web.tls_cert_file, web.tls_key_file
+        return AppThread(
+            app,
+            web.host,
+            web.port,
+            name="stow",
+            ssl_certfile=str(cert) if cert else None,
+            ssl_keyfile=str(key) if key else None,
+        ).start()
+
+    @property
+    def stow_url(self) -> str | None:
+        """Where senders send by STOW-RS (the base URL they are configured with), if on."""
+        return f"{self._stow.url}{STOW_BASE}" if self._stow is not None else None
+
     def stop(self) -> None:
         self._stop.set()
         self._assemble.set()
         self._submit.set()
         if self._server is not None:
             self._server.shutdown()
+        if self._stow is not None:
+            self._stow.stop()
         for thread in self._threads:
             thread.join(timeout=self.config.poll_wait_seconds + 35)
         if self.metrics is not None:
@@ -192,28 +223,50 @@ class Gateway:
     # receipt -------------------------------------------------------------------------------
 
     def handle_store(self, event: evt.Event) -> int:
-        """Persist the instance and index it; nothing else happens before the acknowledge."""
+        """C-STORE: persist the instance and index it; nothing else happens before the
+        acknowledge."""
         calling_ae = str(event.assoc.requestor.ae_title).strip()
-        received = Path(event.dataset_path)
+        return self.receive(Path(event.dataset_path), calling_ae, id(event.assoc)).status
+
+    def receive(
+        self, received: Path, sender: str, sending: int, study_uid: str | None = None
+    ) -> Receipt:
+        """Take one instance in, whichever way it came (C-STORE or STOW-RS): its bytes and name
+        durable in the spool and indexed before the sender hears "stored".
+
+        `sending` names the association or request it came in: the study is not complete while
+        that is open (see :meth:`sending_ended`). `study_uid`: the study the sender addressed
+        (STOW-RS to `/studies/{uid}`); an instance of another is refused.
+        """
         try:
             header = pydicom.dcmread(received, stop_before_pixels=True, specific_tags=HEADER_TAGS)
-            study_uid = str(header.StudyInstanceUID)
-            sop_uid = str(header.SOPInstanceUID)
-            if not UID.match(study_uid) or not UID.match(sop_uid):
-                raise ValueError("Study or SOP Instance UID is not a valid UID")
+            sop_class = str(header.get("SOPClassUID", ""))
+            sop_uid = str(header.get("SOPInstanceUID", ""))
+            study = str(header.get("StudyInstanceUID", ""))
+            if not UID.match(study) or not UID.match(sop_uid) or not UID.match(sop_class):
+                raise ValueError("a Study, SOP Instance or SOP Class UID is missing or not a UID")
             series_uid = str(header.get("SeriesInstanceUID", ""))
-            sop_class = str(header.SOPClassUID)
         except Exception as exc:
-            log.warning("C-STORE from %s refused: dataset cannot be parsed (%s)", calling_ae, exc)
-            return CANNOT_UNDERSTAND
-        target = self.spool / study_uid / f"{sop_uid}.dcm"
+            log.warning("instance from %s refused: dataset cannot be parsed (%s)", sender, exc)
+            received.unlink(missing_ok=True)
+            return Receipt(CANNOT_UNDERSTAND, reason=f"cannot be parsed as DICOM: {exc}")
+        if study_uid is not None and study != study_uid:
+            received.unlink(missing_ok=True)
+            return Receipt(
+                STUDY_MISMATCH,
+                sop_class,
+                sop_uid,
+                study,
+                f"belongs to study {study}, not to {study_uid} where it was sent",
+            )
+        target = self.spool / study / f"{sop_uid}.dcm"
         try:
-            # Bytes and name on the disk before the modality hears "stored".
+            # Bytes and name on the disk before the sender hears "stored".
             replace_durably(received, target)
             self.state.record_instance(
                 ReceivedInstance(
                     sop_instance_uid=sop_uid,
-                    study_uid=study_uid,
+                    study_uid=study,
                     series_uid=series_uid,
                     sop_class_uid=sop_class,
                     modality=str(header.get("Modality", "")),
@@ -222,28 +275,33 @@ class Gateway:
                     series_description=str(header.get("SeriesDescription", "")),
                     path=target,
                     size=target.stat().st_size,
-                    calling_ae=calling_ae,
+                    calling_ae=sender,
                 ),
-                self.config.dicom.quiet_for(calling_ae),
+                self.config.dicom.quiet_for(sender),
             )
         except OSError as exc:
-            log.error("C-STORE from %s: cannot store instance (%s)", calling_ae, exc)
-            return OUT_OF_RESOURCES
+            log.error("instance from %s: cannot store it (%s)", sender, exc)
+            received.unlink(missing_ok=True)
+            return Receipt(OUT_OF_RESOURCES, sop_class, sop_uid, study, f"cannot store: {exc}")
         with self._sending_lock:
-            self._sending.setdefault(id(event.assoc), set()).add(study_uid)
+            self._sending.setdefault(sending, set()).add(study)
         self._assemble.set()
-        return SUCCESS
+        return Receipt(SUCCESS, sop_class, sop_uid, study)
 
     def handle_association_end(self, event: evt.Event) -> None:
-        """A sender released, aborted or dropped its association: the quiet timer of each study
-        it sent starts now, so a slow sender is never cut off mid-study."""
+        """A sender released, aborted or dropped its association."""
+        calling_ae = str(event.assoc.requestor.ae_title).strip()
+        self.sending_ended(id(event.assoc), calling_ae)
+
+    def sending_ended(self, sending: int, sender: str) -> None:
+        """An association or a STOW-RS request ended: the quiet timer of each study it sent
+        starts now, so a slow sender is never cut off mid-study."""
         with self._sending_lock:
-            studies = self._sending.pop(id(event.assoc), set())
+            studies = self._sending.pop(sending, set())
         if not studies:
             return
-        calling_ae = str(event.assoc.requestor.ae_title).strip()
         for study_uid in studies:
-            self.state.restart_quiet_timer(study_uid, self.config.dicom.quiet_for(calling_ae))
+            self.state.restart_quiet_timer(study_uid, self.config.dicom.quiet_for(sender))
         self._assemble.set()
 
     def _still_sending(self) -> set[str]:

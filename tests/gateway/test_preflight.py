@@ -201,3 +201,71 @@ def test_the_result_notice_channels_are_tried_without_sending_a_notice(
         del site["notifications"]["fhir"]["bearer_token_file"]
         checks = _by_name(preflight(load_config(_write(tmp_path, site))))
         assert not checks["FHIR"].ok and "not a CapabilityStatement" in checks["FHIR"].detail
+
+
+def test_the_stow_listener_its_certificate_and_its_senders_are_checked(
+    site: dict[str, Any], ca: Any, tmp_path: Path
+) -> None:
+    """A STOW-RS listener set up as the guide says passes; a port taken, a certificate that
+    does not fit its key and a password file others may read each fail with what to change."""
+    good, loose = tmp_path / "vna.pw", tmp_path / "router.pw"
+    for path, mode in ((good, 0o600), (loose, 0o644)):
+        path.write_text("s3cret\n")
+        path.chmod(mode)
+    server = ca.issue_cert("gateway.hospital.test")
+    cert, key = tmp_path / "stow.pem", tmp_path / "stow.key"
+    server.cert_chain_pems[0].write_to_path(str(cert))
+    server.private_key_pem.write_to_path(str(key))
+    site["dicomweb"] = {
+        "host": "127.0.0.1",
+        "port": free_port(),
+        "senders": [{"name": "VNA", "password_file": str(good)}],
+        "tls_cert_file": str(cert),
+        "tls_key_file": str(key),
+    }
+    checks = _by_name(preflight(load_config(_write(tmp_path, site))))
+    assert checks["STOW-RS listener"].ok, checks["STOW-RS listener"].detail
+    assert "https://127.0.0.1:" in checks["STOW-RS listener"].detail
+    assert checks["STOW-RS sender VNA"].ok
+
+    other = ca.issue_cert("elsewhere.test")  # a key that is not the certificate's
+    other.private_key_pem.write_to_path(str(key))
+    site["dicomweb"]["senders"].append({"name": "ROUTER", "password_file": str(loose)})
+    checks = _by_name(preflight(load_config(_write(tmp_path, site))))
+    assert not checks["STOW-RS listener"].ok
+    assert "cannot use tls_cert_file and tls_key_file" in checks["STOW-RS listener"].detail
+    assert "make it 0600" in checks["STOW-RS sender ROUTER"].detail
+    assert checks["STOW-RS sender VNA"].ok
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        site["dicomweb"]["port"] = taken.getsockname()[1]
+        checks = _by_name(preflight(load_config(_write(tmp_path, site))))
+    assert "another program listens there" in checks["STOW-RS listener"].detail
+
+
+def test_stow_settings_that_cannot_work_are_refused_when_loaded(
+    site: dict[str, Any], tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty.pw"
+    empty.write_text("\n")
+    cases = [
+        ({"senders": []}, "dicomweb.senders: List should have at least 1 item"),
+        ({"senders": [{"name": "VNA", "password_file": str(empty)}]}, "password file is empty"),
+        (
+            {"senders": [{"name": "VNA", "password_file": str(tmp_path / "none.pw")}]},
+            "cannot read password file",
+        ),
+        (
+            {
+                "senders": [{"name": "VNA", "password_file": str(empty)}],
+                "tls_cert_file": "stow.pem",
+            },
+            "tls_cert_file and tls_key_file go together",
+        ),
+    ]
+    for web, words in cases:
+        site["dicomweb"] = web
+        ran = _check(_write(tmp_path, site))
+        assert ran.returncode == 2 and words in ran.stderr, (words, ran.stderr)

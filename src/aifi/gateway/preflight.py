@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import ssl
 import stat
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import httpx
 
 from aifi.checks import Check
 from aifi.dicom.pseudonym import PseudonymKey
-from aifi.gateway.config import GatewayConfig, PacsDestination
+from aifi.gateway.config import DicomWebListener, GatewayConfig, PacsDestination
 from aifi.gateway.dimse import echo
 from aifi.gateway.exchange_client import GatewayClient
 from aifi.gateway.notify.fhir import endpoint_verify
@@ -32,6 +33,8 @@ PRIVATE = 0o077
 def preflight(config: GatewayConfig, client: GatewayClient | None = None) -> list[Check]:
     """Every check, in the order the guide sets the gateway up."""
     checks = [_workdir(config.workdir), _secret(config.resolved_secret_file), _listener(config)]
+    if config.dicomweb is not None:
+        checks += _stow(config.dicomweb)
     own = client is None
     if client is None:
         try:
@@ -103,19 +106,57 @@ def _secret(path: Path) -> Check:
 
 def _listener(config: GatewayConfig) -> Check:
     dicom = config.dicom
+    problem = _cannot_listen(dicom.host, dicom.port)
     where = f"{dicom.host}:{dicom.port}"
-    with socket.socket(socket.AF_INET6 if ":" in dicom.host else socket.AF_INET) as probe:
+    if problem:
+        return Check("DICOM listener", False, f"cannot listen on {where}: {problem}")
+    return Check("DICOM listener", True, f"{dicom.ae_title} can listen on {where}")
+
+
+def _stow(web: DicomWebListener) -> list[Check]:
+    """The STOW-RS listener: its port, its certificate, and each sender's password file."""
+    name = "STOW-RS listener"
+    where = f"{web.host}:{web.port}"
+    problem = _cannot_listen(web.host, web.port)
+    if problem:
+        checks = [Check(name, False, f"cannot listen on {where}: {problem}")]
+    elif web.tls_cert_file is not None:
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                web.tls_cert_file, web.tls_key_file
+            )
+            checks = [Check(name, True, f"can serve https://{where}/dicom-web")]
+        except (OSError, ssl.SSLError) as exc:
+            checks = [Check(name, False, f"cannot use tls_cert_file and tls_key_file: {exc}")]
+    else:
+        checks = [Check(name, True, f"can serve http://{where}/dicom-web (plain HTTP)")]
+    for sender in web.senders:
+        private = _private(sender.password_file)
+        checks.append(
+            Check(
+                f"STOW-RS sender {sender.name}",
+                private is None,
+                f"{sender.password_file}: {private}"
+                if private
+                else f"HTTP Basic user {sender.name}, password in {sender.password_file}",
+            )
+        )
+    return checks
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why this host cannot listen on `host:port`, or None; the port is bound for a moment."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind((dicom.host, dicom.port))
+            probe.bind((host, port))
         except OSError as exc:
-            why = {
+            return {
                 errno.EADDRINUSE: "another program listens there (a gateway already running?)",
                 errno.EACCES: "ports below 1024 need privileges the service account lacks",
                 errno.EADDRNOTAVAIL: "this host has no such address",
             }.get(exc.errno or 0, exc.strerror or str(exc))
-            return Check("DICOM listener", False, f"cannot listen on {where}: {why}")
-    return Check("DICOM listener", True, f"{dicom.ae_title} can listen on {where}")
+    return None
 
 
 def _exchange(config: GatewayConfig, client: GatewayClient) -> Check:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import ssl
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -307,3 +308,47 @@ def test_memory_does_not_grow_with_the_size_of_what_is_sent(
     assert stored["size"] > pixel_length
     assert peak < 8 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB for a 64 MB part"
     json.dumps(answer.json())  # a well-formed DICOM JSON answer
+
+
+def test_over_tls_a_sender_that_trusts_the_certificate_is_served(
+    national: National, ca: Any, tmp_path: Path
+) -> None:
+    """With tls_cert_file and tls_key_file the listener speaks HTTPS only: a sender that
+    trusts the hospital's CA stores, plain HTTP gets no answer."""
+    path, password = password_file(tmp_path / "secrets")
+    server = ca.issue_cert("127.0.0.1")
+    cert, key = tmp_path / "stow.pem", tmp_path / "stow.key"
+    server.cert_chain_pems[0].write_to_path(str(cert))
+    server.private_key_pem.write_to_path(str(key))
+    web = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "senders": [{"name": SENDER, "password_file": str(path)}],
+        "tls_cert_file": str(cert),
+        "tls_key_file": str(key),
+    }
+    files = ct_study(tmp_path / "a", seed=71)
+    boundary = "tls" + secrets.token_hex(6)
+    body = multipart([("application/dicom", f.read_bytes()) for f in files], boundary)
+    with gateway_without_pacs(tmp_path / "gw", national, dicomweb=web) as gateway:
+        assert gateway.stow_url is not None and gateway.stow_url.startswith("https://")
+        trust = ssl.create_default_context()
+        ca.configure_trust(trust)
+        answer = httpx.post(
+            f"{gateway.stow_url}/studies",
+            content=body,
+            headers={"Content-Type": content_type(boundary)},
+            auth=(SENDER, password),
+            verify=trust,
+        )
+        assert answer.status_code == 200, answer.text
+        assert len(answer.json()[REFERENCED]["Value"]) == len(files)
+        with pytest.raises(httpx.TransportError):
+            httpx.post(
+                gateway.stow_url.replace("https://", "http://") + "/studies",
+                content=body,
+                headers={"Content-Type": content_type(boundary)},
+                auth=(SENDER, password),
+            )
+        indexed = gateway.state.study_instances(uid_of(files[0], "StudyInstanceUID"))
+    assert len(indexed) == len(files)

@@ -252,6 +252,10 @@ def test_stow_settings_that_cannot_work_are_refused_when_loaded(
     empty.write_text("\n")
     cases = [
         ({"senders": []}, "dicomweb.senders: List should have at least 1 item"),
+        (
+            {"senders": [{"name": "VNA:1", "password_file": str(empty)}]},
+            "dicomweb.senders.0.name: String should match pattern",
+        ),
         ({"senders": [{"name": "VNA", "password_file": str(empty)}]}, "password file is empty"),
         (
             {"senders": [{"name": "VNA", "password_file": str(tmp_path / "none.pw")}]},

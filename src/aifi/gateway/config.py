@@ -35,9 +35,10 @@ class DicomListener(BaseModel):
 class StowSender(BaseModel):
     """A PACS or router allowed to send by STOW-RS, with HTTP Basic credentials."""
 
-    #: The HTTP Basic user name; it stands where a DIMSE sender's calling AE title would: in
-    #: routes' `calling_aes` and in `dicom.quiet_seconds_by_calling_ae`.
-    name: str = Field(pattern=r"^[!-~]{1,64}$")
+    #: The HTTP Basic user name (printable, no colon: Basic ends the name at the first); it
+    #: stands where a DIMSE sender's calling AE title would: in routes' `calling_aes` and in
+    #: `dicom.quiet_seconds_by_calling_ae`.
+    name: str = Field(pattern=r"^[!-9;-~]{1,64}$")
     #: A file holding the password alone (0600, like the exchange key file).
     password_file: Path
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import sqlite3
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +14,16 @@ import pytest
 from pynetdicom import evt
 from rich.console import Console
 
-from aifi.demo import DEMO_PRODUCTS, HOSPITALS, MODALITY_RESENDS, _send_as_a_modality, run_demo
+from aifi.demo import (
+    DEMO_PRODUCTS,
+    HOSPITALS,
+    MODALITY_AE,
+    MODALITY_RESENDS,
+    STOW_HOSPITAL,
+    STOW_SENDER,
+    _send_as_a_modality,
+    run_demo,
+)
 from aifi.gateway.dimse import start_scp, storage_scp_ae
 from aifi.phantoms import write_study
 from support.peers import free_port
@@ -42,9 +53,14 @@ def test_the_demo_brings_everything_back(tmp_path: Path) -> None:
     for product in figures["products"].values():
         if product["studies"]:
             assert all(t["met"] for t in product["accuracy"]["targets"].values()), product
-    # Every hospital's PACS holds its results, under the hospital's own folder.
+    # Every hospital's PACS holds its results, under the hospital's own folder; one
+    # hospital's studies came by STOW-RS from its VNA, the others' by C-STORE.
     for hospital in HOSPITALS:
         assert any((tmp_path / "work" / "pacs" / hospital.id).rglob("*.dcm"))
+        state = tmp_path / "work" / "gateways" / hospital.id / "state.db"
+        with contextlib.closing(sqlite3.connect(state)) as db:
+            senders = {row[0] for row in db.execute("SELECT DISTINCT calling_ae FROM instances")}
+        assert senders == {STOW_SENDER if hospital.id == STOW_HOSPITAL else MODALITY_AE}
     text = (tmp_path / "out.txt").read_text()
     assert "per hospital and product" in text and "not for clinical use" in text
 

@@ -2,7 +2,8 @@
 
 Everything runs in this process on embedded defaults (SQLite, local folders): per hospital a
 gateway, a simulated PACS (a DICOM SCP that stores what it receives) and a "modality" that
-sends synthetic studies with known ground truth by C-STORE — CT heads with and without an
+sends synthetic studies with known ground truth by C-STORE (at one hospital its VNA forwards
+them by DICOMweb STOW-RS instead) — CT heads with and without an
 intracranial haemorrhage, CT chests with lung nodules, MR brains. Vendor workers run the
 reference products for quantification (brain volumetry), localisation (lung nodules) and acute
 triage (haemorrhage, STAT). Result notices go to an HL7 listener and a STAT webhook standing in
@@ -29,6 +30,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pydicom
 from pynetdicom import evt
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -56,6 +58,9 @@ VENDOR = "aifi-reference"
 MODALITY_AE = "DEMO_MODALITY"
 #: Times a demo modality sends again what the gateway did not store, as a modality's queue does.
 MODALITY_RESENDS = 3
+#: The hospital whose studies reach its gateway by STOW-RS from its VNA, as this user name.
+STOW_HOSPITAL = "kustkliniek"
+STOW_SENDER = "KUST_VNA"
 #: The clinical products the demo runs, in the order it reports them.
 DEMO_PRODUCTS = (ich_triage.PRODUCT_ID, brain_volumetry.PRODUCT_ID, lung_nodules.PRODUCT_ID)
 #: Routing rules every demo hospital uses: acute CT heads go to triage at STAT.
@@ -280,6 +285,7 @@ def run_demo(
                 ).raise_for_status()
             pacs[hospital.id] = SimulatedPacs(workdir / "pacs" / hospital.id)
             stack.callback(pacs[hospital.id].stop)
+            stow = _stow_listener(workdir / "gateways" / hospital.id, hospital.id)
             config = GatewayConfig.model_validate(
                 {
                     "hospital": hospital.id,
@@ -289,8 +295,9 @@ def run_demo(
                         "ae_title": "AIFI_GW",
                         "port": 0,  # the gateway binds any free port when it starts
                         "quiet_seconds": 10,
-                        "quiet_seconds_by_calling_ae": {MODALITY_AE: 1.0},
+                        "quiet_seconds_by_calling_ae": {MODALITY_AE: 1.0, STOW_SENDER: 1.0},
                     },
+                    "dicomweb": stow,
                     "routes": ROUTES,
                     "notifications": notifications,
                     "pacs": [
@@ -355,8 +362,11 @@ def _send_studies(
                     kind, folder, seed=seed * 1000 + number * 10 + index, size="default", **findings
                 )
                 files = sorted(folder.rglob("*.dcm"))
-                failed = _send_as_a_modality(
-                    console, hospital.id, files, gateways[hospital.id].port
+                gateway = gateways[hospital.id]
+                failed = (
+                    _send_as_a_vna(console, hospital.id, files, gateway)
+                    if gateway.stow_url
+                    else _send_as_a_modality(console, hospital.id, files, gateway.port)
                 )
                 if failed:
                     console.print(
@@ -388,6 +398,82 @@ def _send_as_a_modality(
         )
         pending = [outcome.path for outcome in failed]
     return failed
+
+
+def _stow_listener(folder: Path, hospital_id: str) -> dict[str, Any] | None:
+    """The `dicomweb` section of the STOW-RS hospital's gateway (None for the others), with
+    its VNA's password written as the hospital guide says."""
+    if hospital_id != STOW_HOSPITAL:
+        return None
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    password = folder / "stow-vna.password"
+    password.write_text(secrets.token_urlsafe(24) + "\n")
+    password.chmod(0o600)
+    return {"port": 0, "senders": [{"name": STOW_SENDER, "password_file": str(password)}]}
+
+
+def _send_as_a_vna(
+    console: Console, hospital_id: str, files: list[Path], gateway: Gateway
+) -> list[StoreOutcome]:
+    """STOW-RS a study to the gateway as a VNA's DICOMweb forwarding does: the whole study in
+    one request, streamed from disk; what the answer lists as failed is sent again, a few times.
+    Returns what still failed."""
+    assert gateway.config.dicomweb is not None and gateway.stow_url is not None
+    password = gateway.config.dicomweb.senders[0].password()
+    boundary = secrets.token_hex(16)
+    pending = files
+    for attempt in range(1 + MODALITY_RESENDS):
+        try:
+            answer = httpx.post(
+                f"{gateway.stow_url}/studies",
+                content=_multipart(pending, boundary),
+                headers={
+                    "Content-Type": f'multipart/related; type="application/dicom"; '
+                    f"boundary={boundary}",
+                    "Accept": "application/dicom+json",
+                },
+                auth=(STOW_SENDER, password),
+                timeout=120,
+            )
+            failed = _stow_failures(answer, pending)
+        except httpx.HTTPError as exc:
+            failed = [StoreOutcome(path, None, f"STOW-RS: {exc!r}") for path in pending]
+        if not failed or attempt == MODALITY_RESENDS:
+            return failed
+        console.print(
+            f"[yellow]{hospital_id}: {len(failed)} of {len(pending)} instances not stored "
+            f"({failed[0].error}); the VNA sends them again[/]"
+        )
+        pending = [outcome.path for outcome in failed]
+    return failed
+
+
+def _multipart(files: list[Path], boundary: str) -> Iterator[bytes]:
+    for path in files:
+        yield f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        yield path.read_bytes()
+        yield b"\r\n"
+    yield f"--{boundary}--\r\n".encode()
+
+
+def _stow_failures(answer: httpx.Response, sent: list[Path]) -> list[StoreOutcome]:
+    """The instances a STOW-RS answer did not list as stored (all of them for a refusal)."""
+    stored: set[str] = set()
+    if answer.status_code in (200, 202):
+        for item in answer.json().get("00081199", {}).get("Value", []):
+            stored.update(item.get("00081155", {}).get("Value", []))
+    error = answer.headers.get("warning") or f"STOW-RS answered {answer.status_code}"
+    return [
+        StoreOutcome(path, None, error) for path in sent if _sop_instance_uid(path) not in stored
+    ]
+
+
+def _sop_instance_uid(path: Path) -> str:
+    return str(
+        pydicom.dcmread(
+            path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]
+        ).SOPInstanceUID
+    )
 
 
 def _wait_for_results(

@@ -166,6 +166,8 @@ def test_a_dataset_that_cannot_be_parsed_is_refused_and_harms_nothing(
         assoc.release()
         assert status.Status == 0xC210
         assert any("BROKEN_SCU" in message for message in caplog.messages)
+        # Counted for the metrics (aifi_gateway_refused_instances_total).
+        assert gateway.refusals.instances() == {("dimse", "BROKEN_SCU", "not-dicom"): 1}
 
         storescu(files, gateway_port)
         assert gateway.wait_until(lambda: delivered(gateway), timeout=120)

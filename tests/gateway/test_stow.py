@@ -16,6 +16,7 @@ import httpx
 import pydicom
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from aifi.gateway.config import load_config
 from aifi.gateway.service import Gateway
@@ -76,7 +77,7 @@ def stow_gateway(national: National, tmp_path: Path) -> Iterator[tuple[Gateway, 
         "port": 0,
         "senders": [{"name": SENDER, "password_file": str(path)}],
     }
-    with gateway_without_pacs(tmp_path / "gw", national, dicomweb=web) as gateway:
+    with gateway_without_pacs(tmp_path / "gw", national, dicomweb=web, metrics_port=0) as gateway:
         yield gateway, password
 
 
@@ -240,6 +241,25 @@ def test_refused_requests_say_why_and_store_nothing(
     assert cases[0][0].headers["www-authenticate"].startswith("Basic")
     assert not gateway.state.query("SELECT * FROM instances")
     assert not list(gateway.incoming.iterdir())
+    # Prometheus sees each refusal: requests by status, the junk part by sender and reason.
+    assert gateway.metrics is not None
+    scraped = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(httpx.get(gateway.metrics.url).text)
+        for sample in family.samples
+        if sample.name.startswith("aifi_gateway_") and sample.name.endswith("_total")
+    }
+    requests = "aifi_gateway_stow_refused_requests_total"
+    assert scraped == {
+        (requests, (("status", "401"),)): 3,
+        (requests, (("status", "415"),)): 2,
+        (requests, (("status", "400"),)): 3,
+        (requests, (("status", "406"),)): 1,
+        (
+            "aifi_gateway_refused_instances_total",
+            (("reason", "not-dicom"), ("sender", SENDER), ("way", "stow")),
+        ): 1,
+    }
 
 
 def test_a_body_cut_off_keeps_the_instances_that_came_whole(

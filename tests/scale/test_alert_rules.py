@@ -163,6 +163,19 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             ),
             'aifi_gateway_deliveries{state="failed", job="aifi-gateway", instance="g2"}': "1x40",
             'aifi_gateway_jobs{state="refused", job="aifi-gateway", instance="g1"}': "0x10 1x70",
+            # g1's disk fills at 20m (the counter starts there); g2 refused two files before
+            # the test began and none since; g1's PACS sends one broken file at 16m, two at 24m.
+            'aifi_gateway_refused_instances_total{way="dimse", sender="PACS", '
+            'reason="cannot-store", job="aifi-gateway", instance="g1"}': "_x20 4 9x30",
+            'aifi_gateway_refused_instances_total{way="stow", sender="VNA", '
+            'reason="not-dicom", job="aifi-gateway", instance="g2"}': "2x60",
+            'aifi_gateway_refused_instances_total{way="dimse", sender="PACS", '
+            'reason="not-dicom", job="aifi-gateway", instance="g1"}': "_x16 1x7 3x40",
+            # g2's VNA logs in with an old password from 30m; g1's sent no body once, long ago.
+            'aifi_gateway_stow_refused_requests_total{status="401", job="aifi-gateway", '
+            'instance="g2"}': "_x30 1+1x20",
+            'aifi_gateway_stow_refused_requests_total{status="400", job="aifi-gateway", '
+            'instance="g1"}': "1x60",
         },
         [
             quiet("GatewayDown", "2m"),
@@ -193,6 +206,31 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
                   "The exchange refused studies from g1 in the last hour",
                   job="aifi-gateway", instance="g1", state="refused"),
             quiet("GatewayJobsRefused", "75m"),  # an hour without a new refusal
+            quiet("GatewayCannotStore", "19m"),
+            fires("GatewayCannotStore", "20m", "The gateway g1 cannot store what PACS sends",
+                  job="aifi-gateway", instance="g1", way="dimse", sender="PACS",
+                  reason="cannot-store"),
+            fires("GatewayCannotStore", "30m", "The gateway g1 cannot store what PACS sends",
+                  job="aifi-gateway", instance="g1", way="dimse", sender="PACS",
+                  reason="cannot-store"),
+            quiet("GatewayCannotStore", "40m"),  # nothing refused for 15 minutes
+            quiet("GatewayRefusingInstances", "15m"),  # g2's old refusals stay quiet
+            fires("GatewayRefusingInstances", "16m",
+                  "The gateway g1 refused instances from PACS (not-dicom)",
+                  job="aifi-gateway", instance="g1", way="dimse", sender="PACS",
+                  reason="not-dicom"),
+            fires("GatewayRefusingInstances", "30m",
+                  "The gateway g1 refused instances from PACS (not-dicom)",
+                  job="aifi-gateway", instance="g1", way="dimse", sender="PACS",
+                  reason="not-dicom"),
+            quiet("GatewayRefusingInstances", "40m"),  # nothing new for 15 minutes
+            quiet("GatewayStowLoginRefused", "29m"),  # g1's old 400 is no login problem
+            fires("GatewayStowLoginRefused", "30m",
+                  "STOW-RS senders are being refused their login at g2",
+                  job="aifi-gateway", instance="g2", status="401"),
+            fires("GatewayStowLoginRefused", "45m",
+                  "STOW-RS senders are being refused their login at g2",
+                  job="aifi-gateway", instance="g2", status="401"),
         ],
     ),
 }

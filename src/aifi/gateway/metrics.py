@@ -2,7 +2,8 @@
 
 The gateway's SQLite state already records every study, job and delivery, so the exporter
 keeps no counters of its own: a restarted gateway reports the same figures it had before, and
-the numbers can never disagree with what the gateway will actually do next.
+the numbers can never disagree with what the gateway will actually do next. The exception is
+what was refused at receipt, which leaves nothing in the state (`Refusals`).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from aifi.gateway.receipt import Refusals
 from aifi.gateway.state import GatewayState
 
 JOB_STATES = ("pending", "submitted", "ended", "delivered", "refused")
@@ -35,10 +37,14 @@ def _quantile(sorted_values: list[float], q: float) -> float:
 
 
 class GatewayCollector(Collector):
-    """Jobs, studies and deliveries by state, queue ages and turnaround, from `state`."""
+    """Jobs, studies and deliveries by state, queue ages and turnaround, from `state`; what
+    was refused at receipt, from `refusals`."""
 
-    def __init__(self, state: GatewayState, hospital: str = "") -> None:
+    def __init__(
+        self, state: GatewayState, refusals: Refusals | None = None, hospital: str = ""
+    ) -> None:
         self._state = state
+        self._refusals = refusals or Refusals()
         self._hospital = hospital
 
     def collect(self) -> Iterator[Any]:
@@ -52,6 +58,26 @@ class GatewayCollector(Collector):
         up.add_metric([], 1.0)
         yield up
         yield from families
+        yield from self._refused()
+
+    def _refused(self) -> Iterator[CounterMetricFamily]:
+        instances = CounterMetricFamily(
+            "aifi_gateway_refused_instances",
+            "Instances refused at receipt, by way in (dimse, stow), sender and reason "
+            "(not-dicom, cannot-store, wrong-study)",
+            labels=["way", "sender", "reason"],
+        )
+        for (way, sender, reason), count in sorted(self._refusals.instances().items()):
+            instances.add_metric([way, sender, reason], float(count))
+        yield instances
+        requests = CounterMetricFamily(
+            "aifi_gateway_stow_refused_requests",
+            "STOW-RS requests refused whole, by HTTP status (401: wrong name or password)",
+            labels=["status"],
+        )
+        for status, count in sorted(self._refusals.requests().items()):
+            requests.add_metric([status], float(count))
+        yield requests
 
     def _counts(self, sql: str) -> dict[str, int]:
         return {row["state"]: int(row["n"]) for row in self._state.query(sql)}
@@ -202,18 +228,23 @@ class MetricsServer:
         self._thread.join(timeout=10)
 
 
-def gateway_registry(state: GatewayState) -> CollectorRegistry:
+def gateway_registry(state: GatewayState, refusals: Refusals | None = None) -> CollectorRegistry:
     registry = CollectorRegistry()
-    registry.register(GatewayCollector(state))
+    registry.register(GatewayCollector(state, refusals))
     return registry
 
 
-def start_metrics_server(state: GatewayState, port: int, host: str = "127.0.0.1") -> MetricsServer:
+def start_metrics_server(
+    state: GatewayState,
+    port: int,
+    host: str = "127.0.0.1",
+    refusals: Refusals | None = None,
+) -> MetricsServer:
     """Serve `/metrics` for Prometheus on `host:port` (port 0: any free port) from `state`.
 
     Bind to the hospital's monitoring network only; the figures carry no patient data but
     are nobody else's business.
     """
-    registry = gateway_registry(state)
+    registry = gateway_registry(state, refusals)
     server, thread = start_http_server(port, addr=host, registry=registry)
     return MetricsServer(host, int(server.server_address[1]), registry, server, thread)

@@ -40,6 +40,7 @@ from aifi.gateway.receipt import (
     SUCCESS,
     UID,
     Receipt,
+    Refusals,
 )
 from aifi.gateway.reidentify import ReidentificationError, reidentify_file
 from aifi.gateway.routing import route_study
@@ -118,6 +119,8 @@ class Gateway:
         self._threads: list[threading.Thread] = []
         self._server: Any = None
         self._stow: AppThread | None = None
+        #: Instances and STOW-RS requests refused at receipt, for the metrics.
+        self.refusals = Refusals()
         self.metrics: MetricsServer | None = None
         self._retry_at: dict[str, float] = {}
         #: Studies an open association is still sending, by association: a study is not
@@ -145,7 +148,7 @@ class Gateway:
             self._stow = self._start_stow(self.config.dicomweb)
         if self.config.metrics_port is not None:
             self.metrics = start_metrics_server(
-                self.state, self.config.metrics_port, self.config.metrics_host
+                self.state, self.config.metrics_port, self.config.metrics_host, self.refusals
             )
         for name, target in (
             ("assembler", self._assemble_loop),
@@ -226,7 +229,10 @@ class Gateway:
         """C-STORE: persist the instance and index it; nothing else happens before the
         acknowledge."""
         calling_ae = str(event.assoc.requestor.ae_title).strip()
-        return self.receive(Path(event.dataset_path), calling_ae, id(event.assoc)).status
+        receipt = self.receive(Path(event.dataset_path), calling_ae, id(event.assoc))
+        if not receipt.stored:
+            self.refusals.instance("dimse", calling_ae, receipt.status)
+        return receipt.status
 
     def receive(
         self, received: Path, sender: str, sending: int, study_uid: str | None = None

@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from aifi.gateway.config import StowSender
-from aifi.gateway.receipt import CANNOT_UNDERSTAND, UID, Receipt
+from aifi.gateway.receipt import CANNOT_UNDERSTAND, UID, Receipt, Refusals
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ DICOM_JSON = "application/dicom+json"
 
 class Receiver(Protocol):
     """The gateway, as the listener sees it (`Gateway.receive`, `Gateway.sending_ended`)."""
+
+    refusals: Refusals
 
     def receive(
         self, received: Path, sender: str, sending: int, study_uid: str | None = None
@@ -113,6 +115,12 @@ def stow_app(gateway: Receiver, senders: Sequence[StowSender], incoming: Path) -
     incoming.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     async def store(request: Request) -> Response:
+        answer = await _store(request)
+        if answer.status_code >= 400 and answer.status_code != 409:  # 409: each part counted
+            gateway.refusals.request(answer.status_code)
+        return answer
+
+    async def _store(request: Request) -> Response:
         sender = _sender(request, senders)
         if sender is None:
             return _refusal(
@@ -214,8 +222,12 @@ async def _take_in(
     kind = content_type.split(";")[0].strip().lower()
     if kind not in ("", "application/dicom"):
         path.unlink(missing_ok=True)
-        return Receipt(CANNOT_UNDERSTAND, reason=f"a part of type {kind}, not application/dicom")
-    return await anyio.to_thread.run_sync(gateway.receive, path, sender, sending, study_uid)
+        receipt = Receipt(CANNOT_UNDERSTAND, reason=f"a part of type {kind}, not application/dicom")
+    else:
+        receipt = await anyio.to_thread.run_sync(gateway.receive, path, sender, sending, study_uid)
+    if not receipt.stored:
+        gateway.refusals.instance("stow", sender, receipt.status)
+    return receipt
 
 
 def _answer(offered: list[Receipt]) -> Response:

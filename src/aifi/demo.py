@@ -22,7 +22,7 @@ import shutil
 import statistics
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -386,18 +386,12 @@ def _send_as_a_modality(
     """C-STORE a study to the gateway as a modality's send queue does: what was not stored
     (a refusal, a DIMSE timeout on a busy host) is sent again on a new association, a few
     times; returns what still failed. The gateway takes an instance sent twice once."""
-    pending = files
-    for attempt in range(1 + MODALITY_RESENDS):
+
+    def send(pending: list[Path]) -> list[StoreOutcome]:
         outcomes = send_files(pending, "127.0.0.1", port, "AIFI_GW", MODALITY_AE)
-        failed = [outcome for outcome in outcomes if not outcome.ok]
-        if not failed or attempt == MODALITY_RESENDS:
-            return failed
-        console.print(
-            f"[yellow]{hospital_id}: {len(failed)} of {len(pending)} instances not stored "
-            f"({failed[0].error}); the modality sends them again[/]"
-        )
-        pending = [outcome.path for outcome in failed]
-    return failed
+        return [outcome for outcome in outcomes if not outcome.ok]
+
+    return _resending(console, hospital_id, files, send, "the modality")
 
 
 def _stow_listener(folder: Path, hospital_id: str) -> dict[str, Any] | None:
@@ -416,33 +410,50 @@ def _send_as_a_vna(
     console: Console, hospital_id: str, files: list[Path], gateway: Gateway
 ) -> list[StoreOutcome]:
     """STOW-RS a study to the gateway as a VNA's DICOMweb forwarding does: the whole study in
-    one request, streamed from disk; what the answer lists as failed is sent again, a few times.
-    Returns what still failed."""
+    one request, streamed from disk; what the answer does not list as stored is sent again, a
+    few times. Returns what still failed."""
     assert gateway.config.dicomweb is not None and gateway.stow_url is not None
+    url = f"{gateway.stow_url}/studies"
     password = gateway.config.dicomweb.senders[0].password()
     boundary = secrets.token_hex(16)
-    pending = files
-    for attempt in range(1 + MODALITY_RESENDS):
+    headers = {
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+        "Accept": "application/dicom+json",
+    }
+
+    def send(pending: list[Path]) -> list[StoreOutcome]:
         try:
             answer = httpx.post(
-                f"{gateway.stow_url}/studies",
+                url,
                 content=_multipart(pending, boundary),
-                headers={
-                    "Content-Type": f'multipart/related; type="application/dicom"; '
-                    f"boundary={boundary}",
-                    "Accept": "application/dicom+json",
-                },
+                headers=headers,
                 auth=(STOW_SENDER, password),
                 timeout=120,
             )
-            failed = _stow_failures(answer, pending)
         except httpx.HTTPError as exc:
-            failed = [StoreOutcome(path, None, f"STOW-RS: {exc!r}") for path in pending]
+            return [StoreOutcome(path, None, f"STOW-RS: {exc!r}") for path in pending]
+        return _stow_failures(answer, pending)
+
+    return _resending(console, hospital_id, files, send, "the VNA")
+
+
+def _resending(
+    console: Console,
+    hospital_id: str,
+    files: list[Path],
+    send: Callable[[list[Path]], list[StoreOutcome]],
+    sender: str,
+) -> list[StoreOutcome]:
+    """`send` the files, then what failed again, up to `MODALITY_RESENDS` times, saying so;
+    returns what still failed."""
+    pending = files
+    for attempt in range(1 + MODALITY_RESENDS):
+        failed = send(pending)
         if not failed or attempt == MODALITY_RESENDS:
             return failed
         console.print(
             f"[yellow]{hospital_id}: {len(failed)} of {len(pending)} instances not stored "
-            f"({failed[0].error}); the VNA sends them again[/]"
+            f"({failed[0].error}); {sender} sends them again[/]"
         )
         pending = [outcome.path for outcome in failed]
     return failed

@@ -16,6 +16,7 @@ from aifi.exchange.clock import utcnow
 from aifi.exchange.metrics import SETTLED_AFTER, EndedTally
 from aifi.exchange.settings import ExchangeSettings
 from aifi.gateway.metrics import start_metrics_server
+from aifi.gateway.receipt import OUT_OF_RESOURCES, STUDY_MISMATCH, Refusals
 from aifi.gateway.state import GatewayState, ReceivedInstance, RoutedJob
 from scale.conftest import ExchangeFactory, finish_job, set_up_parties
 
@@ -231,3 +232,28 @@ def test_every_exchange_metric_and_setting_in_the_deployment_guide_exists(
     assert variables, "the guide names no AIFI_ variables"
     unknown = {v for v in variables if v.lower() not in ExchangeSettings.model_fields}
     assert unknown == set(), f"docs/deploy.md names settings the exchange does not read: {unknown}"
+
+
+def test_refusals_at_receipt_are_told_even_when_the_state_cannot_be_read(tmp_path: Path) -> None:
+    """A disk that fails makes the gateway refuse instances ("cannot-store") and its state
+    unreadable at once: the refusals must still reach Prometheus."""
+    state = GatewayState(tmp_path / "state.db")
+    refusals = Refusals()
+    refusals.instance("dimse", "CT_1", OUT_OF_RESOURCES)
+    refusals.instance("dimse", "CT_1", OUT_OF_RESOURCES)
+    refusals.instance("stow", "VNA", STUDY_MISMATCH)
+    refusals.request(401)
+    server = start_metrics_server(state, 0, refusals=refusals)
+    try:
+        state.close()  # every query now fails, as on a disk gone bad
+        figures = samples(httpx.get(server.url, timeout=10).text)
+    finally:
+        server.close()
+    assert figures[("aifi_gateway_state_up", ())] == 0.0
+    assert ("aifi_gateway_jobs", (("state", "pending"),)) not in figures
+    refused = "aifi_gateway_refused_instances_total"
+    assert (
+        figures[(refused, (("reason", "cannot-store"), ("sender", "CT_1"), ("way", "dimse")))] == 2
+    )
+    assert figures[(refused, (("reason", "wrong-study"), ("sender", "VNA"), ("way", "stow")))] == 1
+    assert figures[("aifi_gateway_stow_refused_requests_total", (("status", "401"),))] == 1

@@ -54,6 +54,7 @@ class GatewayCollector(Collector):
         except Exception:
             up.add_metric([], 0.0)
             yield up
+            yield from self._refused()  # a failing disk is when "cannot-store" matters most
             return
         up.add_metric([], 1.0)
         yield up

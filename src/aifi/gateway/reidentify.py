@@ -49,6 +49,21 @@ def _replace_uids(ds: Dataset, mapping: dict[str, str]) -> None:
                 _replace_uids(item, mapping)
 
 
+def _in_utf8(ds: Dataset) -> None:
+    """Re-encode `ds` in UTF-8 (ISO_IR 192), so that a patient's name the result's own
+    character set cannot hold ("Łukasz" in ISO_IR 100, "Müller" in the default repertoire of a
+    result that declares none) is stored as it is, not with "?" in its place.
+
+    Every text element is first decoded under the set the product declared, so its own text
+    (findings, descriptions) is written again in UTF-8, not left in the old bytes.
+    """
+    declared = ds.get("SpecificCharacterSet", "")
+    if (declared if isinstance(declared, str) else "\\".join(declared)) == "ISO_IR 192":
+        return
+    ds.decode()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+
+
 def reidentify(ds: Dataset, vault: Vault) -> Dataset:
     """Map `ds` (a result for a study this gateway sent) back to the original study, in place."""
     pseudo_study = str(ds.get("StudyInstanceUID", ""))
@@ -63,9 +78,10 @@ def reidentify(ds: Dataset, vault: Vault) -> Dataset:
     mapping = vault.original_uids(found)
     mapping[pseudo_study] = original_study_uid
     _replace_uids(ds, mapping)
-    for keyword, value in attributes.items():
-        if keyword in ("StudyInstanceUID",):
-            continue
+    restored = {k: v for k, v in attributes.items() if k != "StudyInstanceUID"}
+    if not all(value.isascii() for value in restored.values()):
+        _in_utf8(ds)
+    for keyword, value in restored.items():
         setattr(ds, keyword, value)
     for keyword in DEID_MARKS:
         if keyword in ds:

@@ -5,6 +5,9 @@
 (b) The gateway's C-STORE ingest rate beside dcmtk's `storescp` on the same data, in the
     same run (both with TCP_NODELAY=1), and their ratio. Beside them, the gateway's SCP
     set-up with a handler that stores nothing: the ceiling of a pynetdicom receiver.
+(c) The same study sent again to the same gateway by STOW-RS, in one request streamed from
+    disk: its ingest rate and its ratio to the gateway's own C-STORE rate (no target; for a
+    hospital choosing how its PACS should send).
 
 The exchange and the gateway run as their own processes (`aifi exchange`, `aifi gateway`), as
 they would in a hospital and a data centre; the vendor worker and a simulated PACS run here.
@@ -140,6 +143,37 @@ def pynetdicom_ceiling_rate(files: list[Path]) -> float:
         server.shutdown()
 
 
+def stow(files: list[Path], base: str, password: str) -> float:
+    """Seconds to send `files` to the gateway by STOW-RS in one request, as a VNA would:
+    streamed from disk, every instance answered as stored."""
+    boundary = secrets.token_hex(16)
+
+    def body() -> Any:
+        for path in files:
+            yield f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+            with path.open("rb") as source:
+                while chunk := source.read(1 << 20):
+                    yield chunk
+            yield b"\r\n"
+        yield f"--{boundary}--\r\n".encode()
+
+    started = time.perf_counter()
+    answer = httpx.post(
+        f"{base}/studies",
+        content=body(),
+        headers={
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'
+        },
+        auth=("BENCH_VNA", password),
+        timeout=600,
+    )
+    seconds = time.perf_counter() - started
+    stored = answer.json().get("00081199", {}).get("Value", []) if answer.status_code == 200 else []
+    if len(stored) != len(files):
+        raise RuntimeError(f"STOW-RS stored {len(stored)} of {len(files)}: {answer.text[:500]}")
+    return seconds
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -226,12 +260,19 @@ def main() -> int:
         threading.Thread(target=worker.run, args=(stop, 1.0), daemon=True).start()
 
         pacs = TimedPacs()
-        gateway_port = free_port()
+        gateway_port, stow_port = free_port(), free_port()
+        password_file = workdir / "stow.password"
+        password_file.write_text(secrets.token_urlsafe(24))
+        password_file.chmod(0o600)
         config = {
             "hospital": "bench-hospital",
             "workdir": str(workdir / "gateway"),
             "exchange": {"url": url, "api_key": keys["bench-hospital"]},
             "dicom": {"ae_title": "AIFI_GW", "port": gateway_port, "quiet_seconds": QUIET_SECONDS},
+            "dicomweb": {
+                "port": stow_port,
+                "senders": [{"name": "BENCH_VNA", "password_file": str(password_file)}],
+            },
             "routes": [{"product": tissue_volume.PRODUCT_ID, "modalities": ["CT"]}],
             "pacs": [
                 {"name": "pacs", "ae_title": "BENCH_PACS", "host": "127.0.0.1", "port": pacs.port}
@@ -262,6 +303,9 @@ def main() -> int:
         total = pacs.at - last_store
         product = sum(product_seconds)
         platform = total - QUIET_SECONDS - product
+        stow_seconds = stow(
+            files, f"http://127.0.0.1:{stow_port}/dicom-web", password_file.read_text()
+        )
     finally:
         stop.set()
         for process in (gateway, exchange):
@@ -270,6 +314,7 @@ def main() -> int:
                 process.wait(timeout=60)
     ingest = len(files) / send_seconds
     ratio = ingest / baseline
+    stow_ingest = len(files) / stow_seconds
     figures: dict[str, Any] = {
         "study": {"instances": len(files), "megabytes": round(megabytes, 1)},
         "last_store_to_pacs_seconds": round(total, 3),
@@ -281,6 +326,8 @@ def main() -> int:
         "ingest_ratio_vs_storescp": round(ratio, 3),
         "pynetdicom_empty_handler_instances_per_s": round(ceiling, 1),
         "pynetdicom_empty_handler_ratio_vs_storescp": round(ceiling / baseline, 3),
+        "gateway_stow_ingest_instances_per_s": round(stow_ingest, 1),
+        "stow_ratio_vs_gateway_c_store": round(stow_ingest / ingest, 3),
         "targets": {
             "platform_seconds": {
                 "measured": round(platform, 3),
@@ -309,6 +356,10 @@ def main() -> int:
     table.add_row(
         "pynetdicom SCP, empty handler",
         f"{ceiling:.0f} inst/s  (ratio {ceiling / baseline:.2f}: the ceiling for (b))",
+    )
+    table.add_row(
+        "gateway STOW-RS ingest (c)",
+        f"{stow_ingest:.0f} inst/s  (ratio {stow_ingest / ingest:.2f} to its C-STORE)",
     )
     console.print(table)
     if args.json:

@@ -134,7 +134,15 @@ def gateway(
 
     stop = _wait_for_signal()
     node = Gateway(settings)
-    node.start()
+    try:
+        node.start()
+    except OSError as exc:  # a port taken, an address this host lacks, a folder it cannot use
+        typer.echo(
+            f"error: gateway {settings.hospital} cannot start: {exc} "
+            "(`aifi gateway --check` tries each part)",
+            err=True,
+        )
+        raise typer.Exit(1) from exc
     typer.echo(
         f"gateway {settings.hospital}: {settings.dicom.ae_title} listening on "
         f"{settings.dicom.host}:{node.port}, exchange {settings.exchange.url}"

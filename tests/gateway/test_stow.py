@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
 import ssl
+import subprocess
+import sys
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -372,3 +375,38 @@ def test_over_tls_a_sender_that_trusts_the_certificate_is_served(
             )
         indexed = gateway.state.study_instances(uid_of(files[0], "StudyInstanceUID"))
     assert len(indexed) == len(files)
+
+
+def test_a_stow_port_in_use_stops_the_gateway_with_a_clear_error(
+    national: National, tmp_path: Path
+) -> None:
+    """`aifi gateway` says which port it could not have and exits 1, without a traceback; and
+    the gateway leaves no C-STORE listener behind (half started, it would take studies in)."""
+    path, _ = password_file(tmp_path / "secrets")
+    dicom_port = free_port()
+    config_path = gateway_config(tmp_path, national, dicom_port, 1)
+    config = yaml.safe_load(config_path.read_text())
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config["dicomweb"] = {
+            "port": taken.getsockname()[1],
+            "senders": [{"name": SENDER, "password_file": str(path)}],
+        }
+        config_path.write_text(yaml.safe_dump(config))
+        ran = subprocess.run(
+            [sys.executable, "-m", "aifi.cli", "gateway", "--config", str(config_path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        gateway = Gateway(load_config(config_path))
+        with pytest.raises(OSError):
+            gateway.start()
+        with socket.socket() as probe:  # in this process: the C-STORE port was let go
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(("127.0.0.1", dicom_port))
+        gateway.stop()
+    assert ran.returncode == 1, ran.stderr
+    assert "cannot start" in ran.stderr and "Address already in use" in ran.stderr
+    assert "Traceback" not in ran.stderr

@@ -145,7 +145,12 @@ class Gateway:
         ]
         self._server = start_scp(ae, self.config.dicom.host, self.config.dicom.port, handlers)
         if self.config.dicomweb is not None:
-            self._stow = self._start_stow(self.config.dicomweb)
+            try:
+                self._stow = self._start_stow(self.config.dicomweb)
+            except OSError:  # its port taken: stop listening for C-STORE too, then say why
+                self._server.shutdown()
+                self._server = None
+                raise
         if self.config.metrics_port is not None:
             self.metrics = start_metrics_server(
                 self.state, self.config.metrics_port, self.config.metrics_host, self.refusals

@@ -22,7 +22,6 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qs
 
-import uvicorn
 from fastapi import FastAPI, Request, Response
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
@@ -33,6 +32,7 @@ from hl7apy.mllp import AbstractErrorHandler, AbstractHandler, MLLPServer
 from hl7apy.parser import parse_message
 from pydantic import ValidationError
 
+from aifi.app_thread import AppThread
 from aifi.gateway.notify.mllp import frame
 from aifi.gateway.notify.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
 
@@ -164,38 +164,10 @@ class Hl7Listener:
 # HTTP receivers (FHIR, webhook) ---------------------------------------------------------------
 
 
-class _Served:
-    """A FastAPI app served by uvicorn on a loopback port, on a thread."""
-
-    def __init__(self, app: FastAPI, name: str) -> None:
-        config = uvicorn.Config(app, host=HOST, port=0, log_level="warning", access_log=False)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name=name, daemon=True)
-        self.name = name
-
-    @property
-    def port(self) -> int:
-        servers = self._server.servers
-        return int(servers[0].sockets[0].getsockname()[1])
-
-    def start(self, timeout: float = 30.0) -> None:
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        tick = threading.Event()
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the {self.name} did not start on {HOST}")
-            tick.wait(0.01)
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=30)
-
-
 class _HttpReceiver:
-    """Start, stop and `with` for a receiver served by :class:`_Served`."""
+    """Start, stop and `with` for a receiver served by an :class:`AppThread`."""
 
-    _served: _Served
+    _served: AppThread
 
     def start(self) -> Self:
         self._served.start()
@@ -244,7 +216,7 @@ class FhirReceiver(_HttpReceiver):
         app = FastAPI()
         app.add_api_route("/fhir", self._transaction, methods=["POST"])
         app.add_api_route("/fhir/metadata", self._capabilities, methods=["GET"])
-        self._served = _Served(app, "FHIR receiver")
+        self._served = AppThread(app, HOST, 0, name="FHIR receiver")
 
     @property
     def base_url(self) -> str:
@@ -404,7 +376,7 @@ class WebhookReceiver(_HttpReceiver):
         self.fail_with: list[int] = []
         app = FastAPI()
         app.add_api_route("/alerts", self._alert, methods=["POST"])
-        self._served = _Served(app, "webhook receiver")
+        self._served = AppThread(app, HOST, 0, name="webhook receiver")
 
     @property
     def url(self) -> str:

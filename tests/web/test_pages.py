@@ -231,6 +231,9 @@ def test_the_operator_sees_the_nation(browser: Any, site: dict[str, Any]) -> Non
     objects = page.locator("table.found td:nth-child(6)").all_inner_texts()
     assert all(job in o for o in objects)
     assert page.input_value("input[name=object]") == job
+    # Showing the newest entries was itself an access, logged as a listing of those entries.
+    newest = page.locator("table:not(.found) tr").all_inner_texts()
+    assert any("operator\toperator\tread\taudit entries " in row for row in newest)
     refused = visit(page, site["url"] + f"/ui/audit?object={job}&since=May", "operator-audit-bad")
     assert refused.status == 422
     assert "since: 'May' is not a day (YYYY-MM-DD)" in page.inner_text("main")

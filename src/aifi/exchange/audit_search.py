@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -283,3 +283,16 @@ def search_page(
         + (f"; read until position {next_after} in {seconds:g} s" if stopped else ""),
     )
     return SearchPage(page, next_after, stopped)
+
+
+def log_listing(audit: AuditLog, actor: Actor, entries: Sequence[Any], *, where: str) -> None:
+    """Store that `actor` was shown `entries` of the log (`where`: which listing), before they
+    are given out.
+
+    Entries name who touched which patient's data, so reading them is an access like any other,
+    as a search is. A listing holds many patients' entries: its own entry names the range of
+    entries shown (by id), from which a privacy officer can tell whose were among them.
+    """
+    ids = [int(entry.id) for entry in entries]
+    shown = f"entries {min(ids)} to {max(ids)}" if ids else "no entries"
+    audit.record(actor, "read", "audit", shown, detail=f"{len(ids)} entries, by {where}")

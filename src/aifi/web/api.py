@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from aifi.exchange.audit_search import search_page
+from aifi.exchange.audit_search import log_listing, search_page
 from aifi.exchange.auth import require_role
 from aifi.exchange.clock import as_utc
 from aifi.exchange.deps import CallerDep, MonthsDep, ServicesDep
@@ -200,7 +200,8 @@ def audit_fhir(
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
 ) -> Response:
     """The access log as a FHIR R4 Bundle of AuditEvents (NEN 7513 fields mapped), a page
-    at a time (`after_id`: the last entry of the page before): the log runs to billions."""
+    at a time (`after_id`: the last entry of the page before): the log runs to billions.
+    The listing is itself logged: which entries it gave out, and to whom."""
     require_role(caller, "operator")
     with services.db.session() as session:
         entries = list(
@@ -211,7 +212,8 @@ def audit_fhir(
                 .limit(limit)
             )
         )
-    bundle = audit_bundle(entries)
+        bundle = audit_bundle(entries)
+    log_listing(services.audit, caller, entries, where="GET /audit/fhir")
     return Response(bundle.model_dump_json(exclude_none=True), media_type=FHIR_JSON)
 
 

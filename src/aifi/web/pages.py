@@ -17,7 +17,13 @@ from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
 from aifi.exchange.audit import check_chain, newest_anchor
-from aifi.exchange.audit_search import PAGE_SECONDS, AuditQuery, SearchPage, search_page
+from aifi.exchange.audit_search import (
+    PAGE_SECONDS,
+    AuditQuery,
+    SearchPage,
+    log_listing,
+    search_page,
+)
 from aifi.exchange.catalogue import product_out
 from aifi.exchange.clock import utcnow
 from aifi.exchange.deps import ServicesDep
@@ -410,7 +416,8 @@ def audit(
 ) -> HTMLResponse:
     """The log's newest entries and its check; with a patient pseudonym, an organisation or
     an object, also the privacy officer's search, in the table and the archives alike
-    (`since`/`until` as YYYY-MM-DD, UTC days: from `since`, before `until`)."""
+    (`since`/`until` as YYYY-MM-DD, UTC days: from `since`, before `until`). Showing the
+    newest entries is logged as a listing, the search as a search."""
     if user.organisation_role != OrganisationKind.operator:
         raise HTTPException(403, "the audit log is for the national operator")
     typed = {"patient": patient, "organisation": organisation, "object": object_id}
@@ -445,6 +452,7 @@ def audit(
                 .limit(300)
             )
         )
+    log_listing(services.audit, user.actor, latest, where="the audit page")
     check = check_chain(services.db)  # a batch at a time: the log runs to billions
     more = urlencode({**typed, "after": found.next_after}) if found and found.next_after else None
     return page(

@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query
 from sqlalchemy import select
 
 from aifi.exchange.audit import check_chain, newest_anchor, unlinked_count
-from aifi.exchange.audit_search import AuditQuery, search_page
+from aifi.exchange.audit_search import AuditQuery, log_listing, search_page
 from aifi.exchange.auth import require_role
 from aifi.exchange.deps import CallerDep, ServicesDep
 from aifi.exchange.models import AuditEntry
@@ -25,13 +25,22 @@ def list_audit(
     after_id: int = 0,
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
 ) -> list[AuditOut]:
+    """The entries after `after_id`, oldest first. The listing is itself logged: which
+    entries it gave out, and to whom."""
     require_role(caller, "operator")
     services.audit.chain()  # the operator sees entries linked, hashes and all
     with services.db.session() as session:
-        rows = session.scalars(
-            select(AuditEntry).where(AuditEntry.id > after_id).order_by(AuditEntry.id).limit(limit)
+        rows = list(
+            session.scalars(
+                select(AuditEntry)
+                .where(AuditEntry.id > after_id)
+                .order_by(AuditEntry.id)
+                .limit(limit)
+            )
         )
-        return [AuditOut.model_validate(r) for r in rows]
+        listed = [AuditOut.model_validate(r) for r in rows]
+    log_listing(services.audit, caller, listed, where="GET /audit")
+    return listed
 
 
 @router.get("/verify")

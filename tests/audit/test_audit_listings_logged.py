@@ -1,0 +1,109 @@
+"""Reading the access log is itself an access: every listing of its entries is logged, naming
+who was shown which entries, before they are given out (NEN 7513; the search already was).
+
+Runs on every backend: SQLite with a local folder, PostgreSQL, PostgreSQL with S3.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from fhir.resources.R4B.bundle import Bundle
+from sqlalchemy import select
+
+from aifi.exchange.app import create_app
+from aifi.exchange.audit import Actor, AuditLog
+from aifi.exchange.db import Database, upgrade_schema
+from aifi.exchange.models import AuditEntry
+from aifi.exchange.settings import ExchangeSettings
+from aifi.web import mount
+from scale.exchange_api import BACKENDS, OPERATOR_KEY, backend_settings
+
+HOSPITAL = Actor("hospital-a", "hospital")
+OPERATOR = {"Authorization": f"Bearer {OPERATOR_KEY}"}
+
+
+@pytest.fixture(params=BACKENDS)
+def settings(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ExchangeSettings]:
+    chosen = backend_settings(str(request.param), tmp_path, request.config)
+    db = Database(chosen.settings.resolved_database_url())
+    upgrade_schema(db.engine)
+    log = AuditLog(db)
+    for number in range(5):
+        log.record(HOSPITAL, "read", "job", f"job-{number}", patient_pseudonym=f"p{number}")
+    db.dispose()
+    try:
+        yield chosen.settings
+    finally:
+        chosen.close()
+
+
+def reads_of_the_log(settings: ExchangeSettings) -> list[tuple[str, str, str, str]]:
+    db = Database(settings.resolved_database_url())
+    try:
+        with db.session() as session:
+            entries = session.scalars(
+                select(AuditEntry)
+                .where(AuditEntry.object_type == "audit", AuditEntry.action == "read")
+                .order_by(AuditEntry.id)
+            )
+            return [(e.organisation_id, e.role, e.object_id, e.detail) for e in entries]
+    finally:
+        db.dispose()
+
+
+def test_each_listing_of_the_log_is_logged_with_the_entries_it_showed(
+    settings: ExchangeSettings,
+) -> None:
+    with TestClient(create_app(settings, extensions=[mount])) as client:
+        first = client.get("/audit", params={"limit": 3}, headers=OPERATOR)
+        assert first.status_code == 200, first.text
+        shown = [entry["id"] for entry in first.json()]
+        assert [e["object_id"] for e in first.json()] == ["job-0", "job-1", "job-2"]
+
+        after = shown[-1]
+        rest = client.get("/audit", params={"after_id": after}, headers=OPERATOR).json()
+        # The first listing's own entry is in the log, after what it showed.
+        assert [e["object_id"] for e in rest][:2] == ["job-3", "job-4"]
+        assert rest[2]["action"] == "read" and rest[2]["object_type"] == "audit"
+        assert rest[2]["object_id"] == f"entries {shown[0]} to {shown[-1]}"
+
+        fhir = client.get("/audit/fhir", params={"after_id": rest[-1]["id"]}, headers=OPERATOR)
+        assert fhir.status_code == 200, fhir.text
+        bundle = Bundle.model_validate_json(fhir.content)
+        ids = [str(entry.resource.id) for entry in bundle.entry or []]
+        listed = [int(found.removeprefix("aifi-audit-")) for found in ids]
+        assert listed  # the second listing's entry, at least
+
+        empty = client.get("/audit", params={"after_id": 10**9}, headers=OPERATOR)
+        assert empty.status_code == 200 and empty.json() == []
+
+        # Who may not read the log is refused, and shown nothing, so no listing is logged.
+        hospital_key = client.post(
+            "/organisations",
+            json={"id": "hospital-b", "name": "B", "kind": "hospital"},
+            headers=OPERATOR,
+        ).json()["api_key"]
+        refused = client.get("/audit", headers={"Authorization": f"Bearer {hospital_key}"})
+        assert refused.status_code == 403
+
+    reads = reads_of_the_log(settings)
+    assert reads == [
+        ("operator", "operator", f"entries {shown[0]} to {shown[-1]}", "3 entries, by GET /audit"),
+        (
+            "operator",
+            "operator",
+            f"entries {rest[0]['id']} to {rest[-1]['id']}",
+            f"{len(rest)} entries, by GET /audit",
+        ),
+        (
+            "operator",
+            "operator",
+            f"entries {min(listed)} to {max(listed)}",
+            f"{len(listed)} entries, by GET /audit/fhir",
+        ),
+        ("operator", "operator", "no entries", "0 entries, by GET /audit"),
+    ]

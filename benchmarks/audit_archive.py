@@ -5,6 +5,10 @@ The log gains about ten entries per job, a hundred million a year nationally. Fo
 the script fills a fresh database with that many linked entries, then, in a fresh process
 (so that its peak memory is the archiving's own):
 
+- times a privacy officer's search for one patient's entries (300 in the middle of the log)
+  in the table, by its index, against the same search with the index dropped (the baseline:
+  a walk of the table in chain order), and building the index again, as migration 0011 does
+  on an exchange that already holds a log;
 - times the daily check (`check_chain`) over the whole table: the baseline;
 - archives every entry but the newest to files in a local blob store, timed;
 - times the daily check again (archived runs passed by their records) and reading every
@@ -33,13 +37,15 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import insert
+from sqlalchemy import Index, insert
 
 TESTS = Path(__file__).resolve().parent.parent / "tests"
 sys.path.insert(0, str(TESTS))
 
 from aifi.exchange.audit import GENESIS, AuditLog, check_chain, linked_digest  # noqa: E402
 from aifi.exchange.audit_archive import AuditArchiver, verify_archives  # noqa: E402
+from aifi.exchange.audit_search import AuditQuery, search  # noqa: E402
+from aifi.exchange.blobs import BlobStore  # noqa: E402
 from aifi.exchange.blobs import open_blob_store  # noqa: E402
 from aifi.exchange.clock import utcnow  # noqa: E402
 from aifi.exchange.db import Database, upgrade_schema  # noqa: E402
@@ -49,6 +55,8 @@ from scale.servers import start_postgres  # noqa: E402
 
 MEMORY_GROWTH_TARGET_MB = 64.0
 FILL_BATCH = 10_000
+#: Entries per patient pseudonym in the filled log.
+PER_PATIENT = 300
 
 
 def fill(url: str, entries: int) -> None:
@@ -64,7 +72,7 @@ def fill(url: str, entries: int) -> None:
             "action": "read",
             "object_type": "input",
             "object_id": f"job-{seq // 300}/1.2.826.0.1.3680043.8.498.{seq}",
-            "patient_pseudonym": f"{seq // 300:032x}",
+            "patient_pseudonym": _patient(seq),
             "outcome": "success",
             "detail": "",
         }
@@ -78,10 +86,45 @@ def fill(url: str, entries: int) -> None:
     db.dispose()
 
 
-def measure(url: str, blob_url: str) -> dict[str, Any]:
-    """The check before, the archiving, the check after and the read-back, timed."""
+def _patient(seq: int) -> str:
+    return f"{seq // PER_PATIENT:032x}"
+
+
+def patient_search(db: Database, blobs: BlobStore, entries: int) -> dict[str, Any]:
+    """One patient's entries found in the table by the patient index, then without it (the
+    baseline), then the index built again, each timed."""
+    query = AuditQuery(patient_pseudonym=_patient(entries // 2))
+
+    def timed_search() -> tuple[float, int]:
+        started = time.perf_counter()
+        found = sum(1 for _ in search(db, blobs, query, unlinked=False))
+        return time.perf_counter() - started, found
+
+    index = next(i for i in AuditEntry.__table__.indexes if i.name == "ix_audit_log_patient")
+    assert isinstance(index, Index)
+    timed_search()  # statements compiled, connections open: the timings are the searches'
+    indexed, found = timed_search()
+    index.drop(db.engine)
+    walked, found_walking = timed_search()
+    started = time.perf_counter()
+    index.create(db.engine)
+    build = time.perf_counter() - started
+    return {
+        "patient_entries": found,
+        "search_s": round(indexed, 4),
+        "search_without_index_s": round(walked, 3),
+        "search_speedup": round(walked / max(indexed, 1e-6)),
+        "index_build_s": round(build, 2),
+        "search_held": found == found_walking == PER_PATIENT,
+    }
+
+
+def measure(url: str, blob_url: str, entries: str) -> dict[str, Any]:
+    """The patient search, the check before, the archiving, the check after and the
+    read-back, timed."""
     db = Database(url)
     blobs = open_blob_store(blob_url)
+    searched = patient_search(db, blobs, int(entries))
     started = time.perf_counter()
     before = check_chain(db)
     check_before = time.perf_counter() - started
@@ -107,14 +150,19 @@ def measure(url: str, blob_url: str) -> dict[str, Any]:
         "check_after_s": round(check_after, 3),
         "check_speedup": round(check_before / max(check_after, 1e-6), 1),
         "read_back_s": round(read_back, 2),
-        "all_held": before.ok and after.ok and files.ok and files.entries == archived,
+        "all_held": before.ok
+        and after.ok
+        and files.ok
+        and files.entries == archived
+        and searched["search_held"],
+        **searched,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
 
 
-def run_child(url: str, blob_url: str) -> dict[str, Any]:
+def run_child(url: str, blob_url: str, entries: int) -> dict[str, Any]:
     answer = subprocess.run(
-        [sys.executable, __file__, "--child", url, blob_url],
+        [sys.executable, __file__, "--child", url, blob_url, str(entries)],
         capture_output=True,
         text=True,
         check=True,
@@ -130,7 +178,7 @@ def main() -> int:
     parser.add_argument("--entries", default="200000,1000000", help="log sizes, comma-separated")
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--json", type=Path, help="write the figures and targets here")
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure(*args.child)))
@@ -154,7 +202,7 @@ def main() -> int:
                         fill(url, size)
                     with console.status(f"{label}: checking, archiving, reading back …"):
                         figures[label] = {"backend": backend, "entries": size} | run_child(
-                            url, f"file://{work}/{label}-blobs"
+                            url, f"file://{work}/{label}-blobs", size
                         )
     finally:
         if postgres is not None:
@@ -177,6 +225,21 @@ def main() -> int:
             str(row["read_back_s"]), str(row["peak_rss_mb"]), str(row["all_held"]),
         )  # fmt: skip
     console.print(table)
+    searches = Table(
+        title="a privacy officer's search: one patient's 300 entries in the table "
+        "(baseline: the same search without the patient index)",
+        caption="×: how much faster the index finds them",
+    )
+    searches.add_column("set-up")
+    for column in ("entries", "search s", "without index s", "×", "index build s", "held"):
+        searches.add_column(column, justify="right")
+    for label, row in figures.items():
+        searches.add_row(
+            label, str(row["entries"]), f"{row['search_s']:.4f}",
+            str(row["search_without_index_s"]), str(row["search_speedup"]),
+            str(row["index_build_s"]), str(row["search_held"]),
+        )  # fmt: skip
+    console.print(searches)
     growth = max(
         figures[f"{backend}_{max(sizes) // 1000}k"]["peak_rss_mb"]
         - figures[f"{backend}_{min(sizes) // 1000}k"]["peak_rss_mb"]

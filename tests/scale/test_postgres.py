@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from fastapi.testclient import TestClient
@@ -19,7 +20,7 @@ from sqlalchemy import event, func, select
 
 from aifi.exchange.app import create_app
 from aifi.exchange.audit import Actor, AuditLog, in_chain_order, unlinked_count, verify_chain
-from aifi.exchange.db import Database, upgrade_schema
+from aifi.exchange.db import Database, alembic_config, upgrade_schema
 from aifi.exchange.models import Base, Organisation
 from aifi.exchange.notify import ChangeNotifier
 from aifi.exchange.replica_changes import CHANNEL, ReplicaChanges
@@ -45,6 +46,27 @@ def test_migrations_build_the_models_schema_on_sqlite_and_postgresql(
         upgrade_schema(db.engine)  # every start runs it: a second run changes nothing
         assert schema_drift(db) == [], url
         db.dispose()
+
+
+def test_a_patient_index_built_beforehand_without_holding_writes_is_taken_as_built(
+    postgres: PostgresServer,
+) -> None:
+    """docs/deploy.md: on a large log the operator builds the index CONCURRENTLY before the
+    upgrade; the migration then finds it rather than failing or building it again."""
+    url = postgres.create_database("prebuilt")
+    db = Database(url)
+    config = alembic_config(url)
+    with db.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0010")
+    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.exec_driver_sql(
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_audit_log_patient "
+            "ON audit_log (patient_pseudonym, chain_seq)"
+        )
+    upgrade_schema(db.engine)
+    assert schema_drift(db) == []
+    db.dispose()
 
 
 def test_replicas_starting_together_migrate_one_after_the_other(postgres: PostgresServer) -> None:

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from fhir.resources.R4B.auditevent import AuditEvent
 from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.operationoutcome import OperationOutcome
 from sqlalchemy import select
 
 from aifi.exchange.app import create_app
@@ -106,4 +108,56 @@ def test_each_listing_of_the_log_is_logged_with_the_entries_it_showed(
             f"{len(listed)} entries, by GET /audit/fhir",
         ),
         ("operator", "operator", "no entries", "0 entries, by GET /audit"),
+    ]
+
+
+def test_each_fhir_entry_has_a_full_url_that_reads_it_and_the_read_is_logged(
+    settings: ExchangeSettings,
+) -> None:
+    with TestClient(create_app(settings, extensions=[mount])) as client:
+        found = client.get(
+            "/audit/fhir/AuditEvent",
+            params={"patient.identifier": "urn:aifi:patient-pseudonym|p3"},
+            headers=OPERATOR,
+        )
+        assert found.status_code == 200, found.text
+        (match,) = Bundle.model_validate_json(found.content).entry or []
+        assert match.resource is not None
+        assert match.fullUrl == f"http://testserver/audit/fhir/AuditEvent/{match.resource.id}"
+        listed = (
+            Bundle.model_validate_json(client.get("/audit/fhir", headers=OPERATOR).content).entry
+            or []
+        )
+        assert listed and all(
+            e.fullUrl == f"http://testserver/audit/fhir/AuditEvent/{e.resource.id}"
+            for e in listed
+            if e.resource is not None
+        )
+
+        read = client.get(str(match.fullUrl), headers=OPERATOR)
+        assert read.status_code == 200, read.text
+        assert read.headers["content-type"].startswith("application/fhir+json")
+        event = AuditEvent.model_validate_json(read.content)
+        assert event.model_dump() == match.resource.model_dump()
+
+        for missing in ("aifi-audit-999999", "aifi-audit-x", "Patient-1"):
+            answer = client.get(f"/audit/fhir/AuditEvent/{missing}", headers=OPERATOR)
+            assert answer.status_code == 404
+            outcome = OperationOutcome.model_validate_json(answer.content)
+            assert missing in str(outcome.issue[0].diagnostics)
+        statement = client.get("/audit/fhir/metadata", headers=OPERATOR).json()
+        codes = {i["code"] for i in statement["rest"][0]["resource"][0]["interaction"]}
+        assert codes == {"read", "search-type"}
+
+    entry = int(str(match.resource.id).removeprefix("aifi-audit-"))
+    db = Database(settings.resolved_database_url())
+    try:
+        with db.session() as session:
+            reads = list(
+                session.scalars(select(AuditEntry).where(AuditEntry.object_id == f"entry {entry}"))
+            )
+    finally:
+        db.dispose()
+    assert [(e.action, e.object_type, e.patient_pseudonym) for e in reads] == [
+        ("read", "audit", "p3")
     ]

@@ -21,7 +21,9 @@ from aifi.governance.dossier import Dossier, Gap
 from aifi.governance.drift import DriftChart, Granularity
 from aifi.web.audit_fhir import (
     audit_bundle,
+    audit_event,
     capability_statement,
+    entry_id,
     operation_outcome,
     search_bundle,
 )
@@ -194,6 +196,7 @@ def priorities(caller: CallerDep, clinical: ClinicalDep) -> PriorityList:
 
 @router.get("/audit/fhir")
 def audit_fhir(
+    request: Request,
     caller: CallerDep,
     services: ServicesDep,
     after_id: int = 0,
@@ -212,9 +215,39 @@ def audit_fhir(
                 .limit(limit)
             )
         )
-        bundle = audit_bundle(entries)
+        bundle = audit_bundle(entries, _fhir_base(request))
     log_listing(services.audit, caller, entries, where="GET /audit/fhir")
     return Response(bundle.model_dump_json(exclude_none=True), media_type=FHIR_JSON)
+
+
+@router.get("/audit/fhir/AuditEvent/{resource_id}")
+def audit_fhir_read(resource_id: str, caller: CallerDep, services: ServicesDep) -> Response:
+    """One AuditEvent, where a Bundle entry's `fullUrl` points. Entries still in the table
+    are read here; an archived one is found by the search. The read is itself logged,
+    naming the patient the entry is about."""
+    require_role(caller, "operator")
+    wanted = entry_id(resource_id)
+    with services.db.session() as session:
+        entry = session.get(AuditEntry, wanted) if wanted is not None else None
+        event = audit_event(entry) if entry is not None else None
+        patient = entry.patient_pseudonym if entry is not None else ""
+    if event is None:
+        outcome = operation_outcome(
+            f"no AuditEvent {resource_id} in the exchange's table: an archived entry is found by "
+            "searching (GET /audit/fhir/AuditEvent?…)",
+            "not-found",
+        )
+        return Response(outcome.model_dump_json(), status_code=404, media_type=FHIR_JSON)
+    services.audit.record(
+        caller, "read", "audit", f"entry {wanted}", patient_pseudonym=patient,
+        detail="by GET /audit/fhir/AuditEvent/{id}",
+    )  # fmt: skip
+    return Response(event.model_dump_json(exclude_none=True), media_type=FHIR_JSON)
+
+
+def _fhir_base(request: Request) -> str:
+    """The access log's FHIR base as the caller reached it (through the balancer, its name)."""
+    return str(request.url_for("audit_fhir_metadata")).removesuffix("/metadata")
 
 
 @router.get("/audit/fhir/metadata")
@@ -260,5 +293,6 @@ def audit_fhir_search(request: Request, caller: CallerDep, services: ServicesDep
         if page.next_after is not None
         else None
     )
-    bundle = search_bundle((entry for _, entry in page.entries), str(request.url), next_url)
+    found = (entry for _, entry in page.entries)
+    bundle = search_bundle(found, _fhir_base(request), str(request.url), next_url)
     return Response(bundle.model_dump_json(exclude_none=True), media_type=FHIR_JSON)

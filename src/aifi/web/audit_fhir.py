@@ -31,6 +31,20 @@ DEFAULT_TYPE = ("110110", "Patient Record")
 OUTCOMES = {"success": "0", "refused": "4"}
 
 
+#: An AuditEvent's id: the entry's own, after this prefix.
+RESOURCE_PREFIX = "aifi-audit-"
+
+
+def resource_id(entry_id: int) -> str:
+    return f"{RESOURCE_PREFIX}{entry_id}"
+
+
+def entry_id(resource: str) -> int | None:
+    """The entry an AuditEvent's id names, or None when it names none of ours."""
+    number = resource.removeprefix(RESOURCE_PREFIX)
+    return int(number) if resource.startswith(RESOURCE_PREFIX) and number.isdigit() else None
+
+
 def audit_event(entry: AuditEntry | Any) -> AuditEvent:
     """`entry`: a table row, or an entry read back from an archive file (the same fields)."""
     code, display = EVENT_TYPES.get(entry.action, DEFAULT_TYPE)
@@ -68,7 +82,7 @@ def audit_event(entry: AuditEntry | Any) -> AuditEvent:
     return AuditEvent.model_validate(
         {
             "resourceType": "AuditEvent",
-            "id": f"aifi-audit-{entry.id}",
+            "id": resource_id(entry.id),
             "type": {
                 "system": "http://dicom.nema.org/resources/ontology/DCM",
                 "code": code,
@@ -96,17 +110,29 @@ def audit_event(entry: AuditEntry | Any) -> AuditEvent:
     )
 
 
-def audit_bundle(entries: Iterable[AuditEntry]) -> Bundle:
+def bundle_entry(entry: AuditEntry | Any, base: str, **more: Any) -> BundleEntry:
+    """An entry of a Bundle: the AuditEvent and its full URL (`base`: the FHIR base, ending
+    before ``/AuditEvent``), which FHIR R4 asks of every identified resource in a Bundle and
+    `GET {base}/AuditEvent/{id}` answers."""
+    event = audit_event(entry)
+    return BundleEntry.model_validate(
+        {"fullUrl": f"{base}/AuditEvent/{event.id}", "resource": event, **more}
+    )
+
+
+def audit_bundle(entries: Iterable[AuditEntry], base: str) -> Bundle:
     return Bundle.model_validate(
         {
             "resourceType": "Bundle",
             "type": "collection",
-            "entry": [BundleEntry.model_validate({"resource": audit_event(e)}) for e in entries],
+            "entry": [bundle_entry(e, base) for e in entries],
         }
     )
 
 
-def search_bundle(found: Iterable[Any], self_url: str, next_url: str | None = None) -> Bundle:
+def search_bundle(
+    found: Iterable[Any], base: str, self_url: str, next_url: str | None = None
+) -> Bundle:
     """A page of a FHIR search: a `searchset` with its own link and, unless it is the last
     page, the `next` link to follow."""
     links = [{"relation": "self", "url": self_url}]
@@ -117,12 +143,7 @@ def search_bundle(found: Iterable[Any], self_url: str, next_url: str | None = No
             "resourceType": "Bundle",
             "type": "searchset",
             "link": links,
-            "entry": [
-                BundleEntry.model_validate(
-                    {"resource": audit_event(entry), "search": {"mode": "match"}}
-                )
-                for entry in found
-            ],
+            "entry": [bundle_entry(e, base, search={"mode": "match"}) for e in found],
         }
     )
 
@@ -155,7 +176,7 @@ def capability_statement(search_params: Iterable[tuple[str, str, str]]) -> Capab
                     "resource": [
                         {
                             "type": "AuditEvent",
-                            "interaction": [{"code": "search-type"}],
+                            "interaction": [{"code": "read"}, {"code": "search-type"}],
                             "searchParam": [
                                 {"name": name, "type": kind, "documentation": meaning}
                                 for name, kind, meaning in search_params

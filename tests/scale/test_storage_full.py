@@ -3,10 +3,8 @@ already accepted is lost. The store sits on a real 2 MiB tmpfs, so the disk real
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import secrets
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,24 +23,13 @@ from aifi.exchange.errors import StorageFull
 from aifi.exchange.settings import ExchangeSettings
 from scale.conftest import set_up_parties
 from scale.exchange_api import OPERATOR_KEY, Exchange
-from scale.servers import missing_peer
+from support.peers import fill, small_disk
 
 
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    folder = tmp_path / "tiny"
-    folder.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        missing_peer(f"cannot mount a 2 MiB tmpfs (needs root): {mounted.stderr.strip()}")
-    try:
+    with small_disk(tmp_path / "tiny") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 def test_a_full_blob_store_refuses_with_507_and_keeps_what_it_had(
@@ -106,10 +93,7 @@ def test_an_audit_archive_that_finds_the_store_full_moves_nothing(
         log.record(SYSTEM, "read", "job", f"job-{number}", detail=secrets.token_hex(100))
     log.chain()
     blobs = open_blob_store(settings.resolved_blob_url())
-    with contextlib.suppress(OSError), (tiny_disk / "ballast").open("wb") as ballast:
-        while True:  # fill the disk to its last byte
-            ballast.write(b"\0" * 65536)
-            ballast.flush()
+    ballast = fill(tiny_disk)
     archiver = AuditArchiver(db, blobs, log, settings)
 
     with pytest.raises(StorageFull, match="no room to write an audit archive"):
@@ -118,7 +102,7 @@ def test_an_audit_archive_that_finds_the_store_full_moves_nothing(
     assert archives(db) == []
     assert list(blobs.incoming.iterdir()) == [], "no half-written archive left"
 
-    (tiny_disk / "ballast").unlink()
+    ballast.unlink()
     (archive,) = archiver.archive_before(utcnow())
     assert archive.entries == 1999  # the newest linked entry stays
     db.dispose()

@@ -11,6 +11,8 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +42,40 @@ def _missing(name: str, package: str) -> None:
     if IN_CI:
         pytest.fail(message)
     pytest.skip(message)
+
+
+@contextmanager
+def small_disk(folder: Path, size: str = "2m") -> Iterator[Path]:
+    """A real file system of `size` mounted at `folder` (a tmpfs; needs root, as CI runs), so
+    that a disk really fills; skip (locally) or fail (under CI=true) when it cannot be mounted."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        message = f"cannot mount a {size} tmpfs (needs root): {mounted.stderr.strip()}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Fill the file system of `disk` to its last byte with one file; delete it to free it."""
+    filler = disk / "filler"
+    with filler.open("wb", buffering=0) as out:
+        for block in (65536, 1):  # then the last bytes, one at a time
+            try:
+                while out.write(b"\0" * block):
+                    pass
+            except OSError:
+                pass
+    return filler
 
 
 #: Orthanc's DICOMweb plugin, as Debian's orthanc-dicomweb installs it.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pydicom
-from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom import AE, AllStoragePresentationContexts, _config, dimse_messages, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
@@ -40,6 +41,81 @@ TRANSFER_SYNTAXES = [
 
 # Received datasets go to a file as they arrive, so memory does not grow with their size.
 _config.STORE_RECV_CHUNKED_DATASET = True
+
+
+class ReceivedDataSet:
+    """The file a C-STORE data set is written into as it arrives, in the receiving AE's own
+    `incoming` folder rather than the system's temporary folder (pynetdicom has no option).
+
+    The instance is identifiable until the gateway pseudonymises it, so it stays in the
+    gateway's own folder (mode 0700, cleared at start) rather than a shared /tmp that nothing
+    clears after a crash; and the spool is on the same file system, so taking it in is a
+    rename. Where /tmp is a tmpfs (Debian 13's default) each instance was copied from memory
+    to the spool, and a /tmp smaller than a study refused it while the spool had room.
+
+    A disk that fills up while the data set arrives does not abort the association (pynetdicom
+    would): the rest is read and dropped, `failed` says why, and the gateway answers that
+    instance with A700 ("Out of Resources") while the sender may go on.
+    """
+
+    def __init__(self, folder: Path | None) -> None:
+        self.failed: OSError | None = None
+        self._file: Any = None
+        try:
+            self._file = tempfile.NamedTemporaryFile(  # noqa: SIM115 (pynetdicom closes it)
+                delete=False, mode="wb", suffix=".dcm", dir=folder
+            )
+            self.name = str(self._file.name)
+        except OSError as exc:
+            self.failed = exc
+            # A name no file has: pynetdicom removes the file by its name once handled.
+            self.name = str((folder or Path(tempfile.gettempdir())) / f".unwritten-{id(self)}")
+
+    @property
+    def file(self) -> ReceivedDataSet:
+        """What pynetdicom flushes after each fragment."""
+        return self
+
+    def write(self, data: bytes) -> int:
+        if self.failed is None:
+            try:
+                self._file.write(data)
+            except OSError as exc:
+                self.failed = exc
+        return len(data)
+
+    def flush(self) -> None:
+        if self.failed is None:
+            try:
+                self._file.flush()
+            except OSError as exc:
+                self.failed = exc
+
+    def close(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError as exc:
+                self.failed = self.failed or exc
+
+
+def _received_data_set_file(*_args: Any, **_kwargs: Any) -> ReceivedDataSet:
+    """pynetdicom's NamedTemporaryFile for a received data set (it asks for delete=False,
+    mode "wb", suffix ".dcm", as this always gives). Decoding runs on the association's DUL
+    thread, which names the association and so the AE that receives."""
+    association = getattr(threading.current_thread(), "assoc", None)
+    return ReceivedDataSet(getattr(getattr(association, "ae", None), "incoming", None))
+
+
+dimse_messages.NamedTemporaryFile = _received_data_set_file  # type: ignore[assignment]
+
+
+def unwritten(event: evt.Event) -> OSError | None:
+    """Why the data set of a C-STORE request could not be written down, if it could not."""
+    received = getattr(event.request, "_dataset_file", None)
+    return received.failed if isinstance(received, ReceivedDataSet) else None
+
+
 # Files are sent as stored, in chunks, without decoding (needs an exactly matching context).
 _config.STORE_SEND_CHUNKED_DATASET = True
 
@@ -169,6 +245,10 @@ class NoDelayAE(AE):
     """An AE whose outgoing associations set TCP_NODELAY (pynetdicom offers no option for it)
     and run a :class:`PromptAssociation` reactor, so that no response is lost to it."""
 
+    #: Where data sets this AE receives are written as they arrive; None: the system's
+    #: temporary folder, as pynetdicom has it (see :func:`_received_data_set_file`).
+    incoming: Path | None = None
+
     def _create_socket(self, assoc: Any, address: Any, tls_args: Any) -> Any:
         assoc.__class__ = PromptAssociation
         sock = super()._create_socket(assoc, address, tls_args)
@@ -176,9 +256,11 @@ class NoDelayAE(AE):
         return sock
 
 
-def storage_scp_ae(ae_title: str) -> NoDelayAE:
-    """An AE that accepts Verification and every storage SOP class in the common syntaxes."""
+def storage_scp_ae(ae_title: str, incoming: Path | None = None) -> NoDelayAE:
+    """An AE that accepts Verification and every storage SOP class in the common syntaxes,
+    writing what it receives into `incoming` as it arrives."""
     ae = NoDelayAE(ae_title=ae_title)
+    ae.incoming = incoming
     ae.maximum_pdu_size = 0  # no limit: fewer, larger PDUs
     for context in AllStoragePresentationContexts:
         if context.abstract_syntax is not None:

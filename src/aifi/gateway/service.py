@@ -27,6 +27,7 @@ from aifi.gateway.dimse import (
     start_scp,
     storage_scp_ae,
     tighten_polling,
+    unwritten,
 )
 from aifi.gateway.disclosures import Action, Anchor, DisclosureLog, NotRecorded
 from aifi.gateway.exchange_client import ENDED_PAGE, GatewayClient
@@ -92,7 +93,8 @@ class Gateway:
         self.spool = workdir / "spool"
         self.outbox = workdir / "outbox"
         self.results_dir = workdir / "results"
-        #: STOW-RS parts on their way in (the spool's file system, so a move is a rename).
+        #: Instances on their way in, by C-STORE or STOW-RS (the spool's file system, so
+        #: taking one in is a rename).
         self.incoming = workdir / "incoming"
         # Identifiable studies and results live here: the service account's alone.
         workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -132,7 +134,11 @@ class Gateway:
 
     def start(self) -> None:
         self.recover_spool()
-        ae = storage_scp_ae(self.config.dicom.ae_title)
+        # What was arriving when the gateway stopped (by C-STORE or STOW-RS) was never
+        # acknowledged: the sender sends it again.
+        shutil.rmtree(self.incoming, ignore_errors=True)
+        self.incoming.mkdir(mode=0o700)
+        ae = storage_scp_ae(self.config.dicom.ae_title, self.incoming)
         if self.config.dicom.allowed_calling_aes:
             ae.require_calling_aet = list(self.config.dicom.allowed_calling_aes)
         handlers = [
@@ -176,8 +182,6 @@ class Gateway:
         return int(self._server.server_address[1]) if self._server else self.config.dicom.port
 
     def _start_stow(self, web: DicomWebListener) -> AppThread:
-        # Parts of a request cut off by a crash were never acknowledged: the sender sends again.
-        shutil.rmtree(self.incoming, ignore_errors=True)
         app = stow_app(self, web.senders, self.incoming)
         cert, key = web.tls_cert_file, web.tls_key_file
         return AppThread(
@@ -234,6 +238,10 @@ class Gateway:
         """C-STORE: persist the instance and index it; nothing else happens before the
         acknowledge."""
         calling_ae = str(event.assoc.requestor.ae_title).strip()
+        if (failed := unwritten(event)) is not None:  # the disk filled up while it arrived
+            log.error("instance from %s: cannot store it (%s)", calling_ae, failed)
+            self.refusals.instance("dimse", calling_ae, OUT_OF_RESOURCES)
+            return OUT_OF_RESOURCES
         receipt = self.receive(Path(event.dataset_path), calling_ae, id(event.assoc))
         if not receipt.stored:
             self.refusals.instance("dimse", calling_ae, receipt.status)

@@ -66,6 +66,7 @@ class ReceivedDataSet:
                 delete=False, mode="wb", suffix=".dcm", dir=folder
             )
             self.name = str(self._file.name)
+            self._writer = self._file.file  # its own file object: no wrapper on every write
         except OSError as exc:
             self.failed = exc
             # A name no file has: pynetdicom removes the file by its name once handled.
@@ -79,7 +80,7 @@ class ReceivedDataSet:
     def write(self, data: bytes) -> int:
         if self.failed is None:
             try:
-                self._file.write(data)
+                self._writer.write(data)
             except OSError as exc:
                 self.failed = exc
         return len(data)
@@ -87,7 +88,7 @@ class ReceivedDataSet:
     def flush(self) -> None:
         if self.failed is None:
             try:
-                self._file.flush()
+                self._writer.flush()
             except OSError as exc:
                 self.failed = exc
 

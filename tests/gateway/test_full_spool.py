@@ -148,3 +148,28 @@ def test_instances_arrive_in_the_gateways_own_folder_not_the_systems_temporary_o
         study = uid_of(files[0], "StudyInstanceUID")
         assert len(gateway.state.study_instances(study)) == len(files)
         assert not list(gateway.incoming.iterdir())
+
+
+def test_an_instance_that_fits_but_cannot_be_indexed_is_refused_and_not_kept(
+    gateway_on_a_small_disk: tuple[Gateway, str], tmp_path: Path
+) -> None:
+    """The disk has room for the instance's bytes but not for the state database to grow:
+    the sender hears A700, and no file is left in the spool that the index does not know."""
+    gateway, _ = gateway_on_a_small_disk
+    before = ct_study(tmp_path / "before", seed=65)
+    assert "Refused" not in send_by_c_store(before, gateway.port)
+    late = ct_study(tmp_path / "late", seed=66)[:1]
+    filler = fill(gateway.config.workdir.parent)
+    page = 4096
+    room = -(-(late[0].stat().st_size + 1024) // page) * page  # the instance, and less than a page
+    with filler.open("r+b") as out:
+        out.truncate(filler.stat().st_size - room)
+    log = send_by_c_store(late, gateway.port)
+    study = uid_of(late[0], "StudyInstanceUID")
+    assert "Received Store Response (Refused: OutOfResources)" in log, log
+    assert not gateway.state.study_instances(study)
+    assert not list(gateway.spool.glob(f"{study}/*"))
+    assert gateway.refusals.instances()[("dimse", "CT_SCANNER", "cannot-store")] == 1
+    filler.unlink()
+    assert "Refused" not in send_by_c_store(late, gateway.port)
+    assert len(gateway.state.study_instances(study)) == 1

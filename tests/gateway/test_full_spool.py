@@ -17,9 +17,11 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from aifi.gateway.service import Gateway
 from aifi.phantoms import write_study
+from scale.servers import wait_for
 from support.national import National, gateway_without_pacs
 from support.peers import fill, require_executable, small_disk
 
@@ -173,3 +175,35 @@ def test_an_instance_that_fits_but_cannot_be_indexed_is_refused_and_not_kept(
     filler.unlink()
     assert "Refused" not in send_by_c_store(late, gateway.port)
     assert len(gateway.state.study_instances(study)) == 1
+
+
+def test_a_study_held_up_by_the_full_disk_shows_in_the_figures_until_it_goes_on(
+    gateway_on_a_small_disk: tuple[Gateway, str], tmp_path: Path
+) -> None:
+    """Before any job exists no job figure sees a study; `GatewayNotAssembling` watches this."""
+    gateway, _ = gateway_on_a_small_disk
+    study = ct_study(tmp_path / "study", seed=67)
+    uid = uid_of(study[0], "StudyInstanceUID")
+    assert "Refused" not in send_by_c_store(study, gateway.port)
+    filler = fill(gateway.config.workdir.parent)
+    assert gateway.metrics is not None
+
+    def overdue() -> float:
+        scraped = text_string_to_metric_families(httpx.get(gateway.metrics.url).text)
+        (value,) = (
+            sample.value
+            for family in scraped
+            for sample in family.samples
+            if sample.name == "aifi_gateway_assembly_overdue_seconds"
+        )
+        return value
+
+    # The quiet time passes with no room to write: the study waits, and the figure grows.
+    wait_for(lambda: overdue() > 1.0, timeout=30, what="the study to show as overdue")
+    (row,) = gateway.state.query("SELECT state FROM studies WHERE study_uid = ?", (uid,))
+    assert row["state"] == "receiving" and not gateway.jobs()
+    filler.unlink()
+    assert gateway.wait_until(
+        lambda: [job["state"] for job in gateway.jobs()] == ["delivered"], timeout=60
+    ), gateway.jobs()
+    assert overdue() == 0.0

@@ -148,6 +148,14 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             'aifi_gateway_state_up{job="aifi-gateway", instance="g2"}': "1 1 0x8",
             'aifi_gateway_upload_queue_age_seconds{job="aifi-gateway", instance="g1"}': "0+60x30",
             'aifi_gateway_jobs_retrying{job="aifi-gateway", instance="g2"}': "3x10 11x20",
+            # g2's disk fills at 10m with a study past its quiet time: it is held for half an
+            # hour; g1's studies pass their quiet time by a few seconds each.
+            'aifi_gateway_assembly_overdue_seconds{job="aifi-gateway", instance="g2"}': (
+                "0x10 0+60x30 0x20"
+            ),
+            'aifi_gateway_assembly_overdue_seconds{job="aifi-gateway", instance="g1"}': (
+                "0 2 0 1 0x60"
+            ),
             # g1's STAT study waits from 3m, its result lands in the PACS at 12m; g2's STAT
             # studies come back within a minute each.
             'aifi_gateway_stat_waiting_seconds{job="aifi-gateway", instance="g1"}':
@@ -193,6 +201,12 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             quiet("GatewayBacklog", "14m"),
             fires("GatewayBacklog", "16m", "Studies are not leaving the gateway g2",
                   job="aifi-gateway", instance="g2"),
+            quiet("GatewayNotAssembling", "25m"),  # over ten minutes, not yet for five
+            fires("GatewayNotAssembling", "27m",
+                  "A study received at g2 has waited 16m 0s past its quiet time without "
+                  "becoming jobs",
+                  job="aifi-gateway", instance="g2"),
+            quiet("GatewayNotAssembling", "45m"),  # assembled once there was room again
             quiet("GatewayResultsOverdue", "65m"),
             fires("GatewayResultsOverdue", "75m",
                   "A study sent for AI has had no outcome for 1h 15m 0s",

@@ -113,6 +113,18 @@ class GatewayCollector(Collector):
             family.add_metric([state], float(deliveries.get(state, 0)))
         yield family
 
+        # A study whose quiet time is over becomes jobs within moments; one that stays is held
+        # up before any job exists, where the job figures below cannot see it (a full disk:
+        # the assembler cannot write the state).
+        overdue = self._scalar("SELECT MIN(due_at) FROM studies WHERE state = 'receiving'")
+        family = GaugeMetricFamily(
+            "aifi_gateway_assembly_overdue_seconds",
+            "How long the oldest study has been past its quiet time without becoming jobs (0 "
+            "when none; a sender that keeps its association open past it holds its study too)",
+        )
+        family.add_metric([], max(0.0, now - overdue) if overdue else 0.0)
+        yield family
+
         oldest_pending = self._scalar("SELECT MIN(created_at) FROM jobs WHERE state = 'pending'")
         family = GaugeMetricFamily(
             "aifi_gateway_upload_queue_age_seconds",

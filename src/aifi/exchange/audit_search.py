@@ -296,3 +296,21 @@ def log_listing(audit: AuditLog, actor: Actor, entries: Sequence[Any], *, where:
     ids = [int(entry.id) for entry in entries]
     shown = f"entries {min(ids)} to {max(ids)}" if ids else "no entries"
     audit.record(actor, "read", "audit", shown, detail=f"{len(ids)} entries, by {where}")
+
+
+def list_entries(
+    db: Database, audit: AuditLog, actor: Actor, *, after_id: int, limit: int, where: str
+) -> list[AuditEntry]:
+    """The entries still in the table after id `after_id`, oldest first, `limit` at most;
+    logged as shown to `actor` (see :func:`log_listing`)."""
+    with db.session() as session:
+        entries = list(
+            session.scalars(
+                select(AuditEntry)
+                .where(AuditEntry.id > after_id)
+                .order_by(AuditEntry.id)
+                .limit(limit)
+            )
+        )
+    log_listing(audit, actor, entries, where=where)
+    return entries

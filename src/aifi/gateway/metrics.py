@@ -116,44 +116,37 @@ class GatewayCollector(Collector):
         # A study whose quiet time is over becomes jobs within moments; one that stays is held
         # up before any job exists, where the job figures below cannot see it (a full disk:
         # the assembler cannot write the state).
-        overdue = self._scalar("SELECT MIN(due_at) FROM studies WHERE state = 'receiving'")
-        family = GaugeMetricFamily(
+        yield _since(
             "aifi_gateway_assembly_overdue_seconds",
             "How long the oldest study has been past its quiet time without becoming jobs (0 "
             "when none; a sender that keeps its association open past it holds its study too)",
+            self._scalar("SELECT MIN(due_at) FROM studies WHERE state = 'receiving'"),
+            now,
         )
-        family.add_metric([], max(0.0, now - overdue) if overdue else 0.0)
-        yield family
-
-        oldest_pending = self._scalar("SELECT MIN(created_at) FROM jobs WHERE state = 'pending'")
-        family = GaugeMetricFamily(
+        yield _since(
             "aifi_gateway_upload_queue_age_seconds",
             "Age of the oldest job not yet handed to the exchange",
+            self._scalar("SELECT MIN(created_at) FROM jobs WHERE state = 'pending'"),
+            now,
         )
-        family.add_metric([], max(0.0, now - oldest_pending) if oldest_pending else 0.0)
-        yield family
-
         # Acute triage has minutes, not the quarter of an hour the other figures allow: the
         # oldest STAT study whose result is not yet in the PACS, wherever it stands.
-        oldest_stat = self._scalar(
-            "SELECT MIN(study_last_at) FROM jobs "
-            "WHERE priority = 'stat' AND state IN ('pending', 'submitted')"
-        )
-        family = GaugeMetricFamily(
+        yield _since(
             "aifi_gateway_stat_waiting_seconds",
             "Time since the last instance arrived of the oldest STAT study whose AI result is "
             "not yet in the PACS (0 when none waits)",
+            self._scalar(
+                "SELECT MIN(study_last_at) FROM jobs "
+                "WHERE priority = 'stat' AND state IN ('pending', 'submitted')"
+            ),
+            now,
         )
-        family.add_metric([], max(0.0, now - oldest_stat) if oldest_stat else 0.0)
-        yield family
-
-        oldest_out = self._scalar("SELECT MIN(submitted_at) FROM jobs WHERE state = 'submitted'")
-        family = GaugeMetricFamily(
+        yield _since(
             "aifi_gateway_awaiting_result_age_seconds",
             "Age of the oldest job sent to the exchange whose outcome has not come back",
+            self._scalar("SELECT MIN(submitted_at) FROM jobs WHERE state = 'submitted'"),
+            now,
         )
-        family.add_metric([], max(0.0, now - oldest_out) if oldest_out else 0.0)
-        yield family
 
         family = GaugeMetricFamily(
             "aifi_gateway_jobs_retrying",
@@ -261,3 +254,11 @@ def start_metrics_server(
     registry = gateway_registry(state, refusals)
     server, thread = start_http_server(port, addr=host, registry=registry)
     return MetricsServer(host, int(server.server_address[1]), registry, server, thread)
+
+
+def _since(name: str, documentation: str, moment: float, now: float) -> GaugeMetricFamily:
+    """A gauge of the seconds from `moment` (the oldest of something waiting) to `now`; 0 when
+    nothing waits."""
+    family = GaugeMetricFamily(name, documentation)
+    family.add_metric([], max(0.0, now - moment) if moment else 0.0)
+    return family

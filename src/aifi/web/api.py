@@ -8,9 +8,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from pydantic import BaseModel, Field
-from sqlalchemy import select
 
-from aifi.exchange.audit_search import log_listing, search_page
+from aifi.exchange.audit_search import list_entries, search_page
 from aifi.exchange.auth import require_role
 from aifi.exchange.clock import as_utc
 from aifi.exchange.deps import CallerDep, MonthsDep, ServicesDep
@@ -206,17 +205,10 @@ def audit_fhir(
     at a time (`after_id`: the last entry of the page before): the log runs to billions.
     The listing is itself logged: which entries it gave out, and to whom."""
     require_role(caller, "operator")
-    with services.db.session() as session:
-        entries = list(
-            session.scalars(
-                select(AuditEntry)
-                .where(AuditEntry.id > after_id)
-                .order_by(AuditEntry.id)
-                .limit(limit)
-            )
-        )
-        bundle = audit_bundle(entries, _fhir_base(request))
-    log_listing(services.audit, caller, entries, where="GET /audit/fhir")
+    entries = list_entries(
+        services.db, services.audit, caller, after_id=after_id, limit=limit, where="GET /audit/fhir"
+    )
+    bundle = audit_bundle(entries, _fhir_base(request))
     return Response(bundle.model_dump_json(exclude_none=True), media_type=FHIR_JSON)
 
 

@@ -6,13 +6,11 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
-from sqlalchemy import select
 
 from aifi.exchange.audit import check_chain, newest_anchor, unlinked_count
-from aifi.exchange.audit_search import AuditQuery, log_listing, search_page
+from aifi.exchange.audit_search import AuditQuery, list_entries, search_page
 from aifi.exchange.auth import require_role
 from aifi.exchange.deps import CallerDep, ServicesDep
-from aifi.exchange.models import AuditEntry
 from aifi.exchange.schemas import AuditFound, AuditOut, AuditSearchPage
 
 router = APIRouter(prefix="/audit", tags=["audit"])
@@ -29,18 +27,10 @@ def list_audit(
     entries it gave out, and to whom."""
     require_role(caller, "operator")
     services.audit.chain()  # the operator sees entries linked, hashes and all
-    with services.db.session() as session:
-        rows = list(
-            session.scalars(
-                select(AuditEntry)
-                .where(AuditEntry.id > after_id)
-                .order_by(AuditEntry.id)
-                .limit(limit)
-            )
-        )
-        listed = [AuditOut.model_validate(r) for r in rows]
-    log_listing(services.audit, caller, listed, where="GET /audit")
-    return listed
+    entries = list_entries(
+        services.db, services.audit, caller, after_id=after_id, limit=limit, where="GET /audit"
+    )
+    return [AuditOut.model_validate(entry) for entry in entries]
 
 
 @router.get("/verify")

@@ -17,6 +17,8 @@ from botocore.stub import Stubber
 from aifi.exchange.blobs import TempBlob, open_blob_store
 from aifi.exchange.blobs_s3 import MIB, S3BlobStore, S3Location
 from aifi.exchange.errors import StorageFull
+from aifi.exchange.services import build_services
+from aifi.exchange.settings import ExchangeSettings
 from scale.servers import S3Server
 
 
@@ -143,3 +145,18 @@ def test_blob_urls_are_parsed_and_checked() -> None:
 def test_keys_cannot_escape_the_prefix(store: S3BlobStore) -> None:
     with pytest.raises(ValueError, match="escapes"):
         store.object_key("inputs/../../other")
+
+
+def test_uploads_wait_in_the_replicas_own_folder_unless_the_url_names_one(
+    s3: S3Server, tmp_path: Path
+) -> None:
+    """Not in the system's /tmp, which may be memory (Debian 13) and is every replica's."""
+    settings = ExchangeSettings(data_dir=tmp_path / "replica", blob_url=s3.blob_url())
+    services = build_services(settings)
+    assert isinstance(services.blobs, S3BlobStore)
+    assert services.blobs.incoming == tmp_path / "replica" / "spool"
+    temp = stored(services.blobs, b"pseudonymised bytes", "inputs/job-1/1.2.3.dcm")
+    assert temp.path.parent == tmp_path / "replica" / "spool"
+    services.db.dispose()
+    named = open_blob_store(s3.blob_url(spool=str(tmp_path / "named")), tmp_path / "replica")
+    assert isinstance(named, S3BlobStore) and named.incoming == tmp_path / "named"

@@ -79,7 +79,7 @@ def _database(settings: ExchangeSettings, database_url: str | None) -> Database:
 
 
 def _blobs(settings: ExchangeSettings, blob_url: str | None) -> BlobStore:
-    return open_blob_store(blob_url or settings.resolved_blob_url())
+    return open_blob_store(blob_url or settings.resolved_blob_url(), settings.upload_spool)
 
 
 @app.command()

@@ -169,11 +169,14 @@ class LocalBlobStore:
         return deleted
 
 
-def open_blob_store(url: str) -> BlobStore:
+def open_blob_store(url: str, spool: Path | None = None) -> BlobStore:
     """A store for `AIFI_BLOB_URL`.
 
     `file:///path` (the default) keeps blobs in a local folder; `s3://bucket?endpoint=…` in
-    any S3-compatible object store (see :mod:`aifi.exchange.blobs_s3` for the parameters).
+    any S3-compatible object store (see :mod:`aifi.exchange.blobs_s3` for the parameters),
+    its uploads waiting in `spool` while they are checked unless the URL names a folder: the
+    replica's own disk (`ExchangeSettings.upload_spool`), not a system /tmp that may be
+    memory (a tmpfs, as on Debian 13) and that every replica on the host shares.
     """
     parsed = urlparse(url)
     if parsed.scheme in ("file", ""):
@@ -181,5 +184,5 @@ def open_blob_store(url: str) -> BlobStore:
     if parsed.scheme == "s3":
         from aifi.exchange.blobs_s3 import S3BlobStore
 
-        return S3BlobStore.from_url(url)
+        return S3BlobStore.from_url(url, spool)
     raise ValueError(f"unsupported blob store URL scheme {parsed.scheme!r} in AIFI_BLOB_URL")

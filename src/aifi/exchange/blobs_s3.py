@@ -92,18 +92,20 @@ def s3_client(location: S3Location) -> Any:
 class S3BlobStore:
     """The exchange's blob store on an S3 bucket, shared by every replica."""
 
-    def __init__(self, client: Any, location: S3Location) -> None:
+    def __init__(self, client: Any, location: S3Location, spool: Path | None = None) -> None:
+        """`spool`: where uploads wait while they are checked, unless the URL names a folder
+        (`spool=`); the system's temporary folder when neither does."""
         self.client = client
         self.location = location
         self.bucket = location.bucket
-        self.spool_dir = location.spool or Path(tempfile.gettempdir()) / "aifi-spool"
+        self.spool_dir = location.spool or spool or Path(tempfile.gettempdir()) / "aifi-spool"
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         self.incoming = self.spool_dir
 
     @classmethod
-    def from_url(cls, url: str) -> S3BlobStore:
+    def from_url(cls, url: str, spool: Path | None = None) -> S3BlobStore:
         location = S3Location.parse(url)
-        store = cls(s3_client(location), location)
+        store = cls(s3_client(location), location, spool)
         store.ensure_bucket()
         return store
 

@@ -15,6 +15,7 @@ import asyncio
 import secrets
 import shutil
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from alembic.runtime.migration import MigrationContext
@@ -53,7 +54,7 @@ def preflight(settings: ExchangeSettings) -> list[Check]:
                     checks.append(_connections(engine, settings))
         finally:
             engine.dispose()
-    checks += _blob_store(settings.resolved_blob_url())
+    checks += _blob_store(settings.resolved_blob_url(), settings.upload_spool)
     checks.append(_operator_key(settings))
     if postgresql:
         checks.append(_session_secret(settings))
@@ -129,13 +130,13 @@ def _connections(engine: Engine, settings: ExchangeSettings) -> Check:
     return Check("connections", True, f"{detail}; room for {free // needed} such replica(s)")
 
 
-def _blob_store(url: str) -> list[Check]:
+def _blob_store(url: str, spool: Path) -> list[Check]:
     """Probe objects written, read back, listed and deleted: the calls the exchange makes,
     which a bucket policy must allow. In an object store one probe is one part larger than
     a single upload, so the multipart calls large studies need are tried too."""
     shown = url.split("?")[0]
     try:
-        store = open_blob_store(url)
+        store = open_blob_store(url, spool)
         sizes = [len(PROBE)]
         if isinstance(store, S3BlobStore):
             sizes.append(store.location.part_bytes + len(PROBE))

@@ -45,7 +45,7 @@ def build_services(settings: ExchangeSettings) -> Services:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.resolved_database_url(), settings.resolved_pool_size())
     upgrade_schema(db.engine)
-    blobs = open_blob_store(settings.resolved_blob_url())
+    blobs = open_blob_store(settings.resolved_blob_url(), settings.upload_spool)
     audit = AuditLog(db)
     notifier = ChangeNotifier()
     catalogue = Catalogue(db, audit, admit_on_register=settings.admit_on_register)

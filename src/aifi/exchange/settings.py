@@ -90,3 +90,9 @@ class ExchangeSettings(BaseSettings):
         if self.blob_url:
             return self.blob_url
         return f"file://{(self.data_dir / 'blobs').resolve()}"
+
+    @property
+    def upload_spool(self) -> Path:
+        """Where uploads to an object store wait while they are checked, unless
+        `AIFI_BLOB_URL` names a folder (`spool=`)."""
+        return self.data_dir / "spool"

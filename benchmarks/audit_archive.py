@@ -45,8 +45,7 @@ sys.path.insert(0, str(TESTS))
 from aifi.exchange.audit import GENESIS, AuditLog, check_chain, linked_digest  # noqa: E402
 from aifi.exchange.audit_archive import AuditArchiver, verify_archives  # noqa: E402
 from aifi.exchange.audit_search import AuditQuery, search  # noqa: E402
-from aifi.exchange.blobs import BlobStore  # noqa: E402
-from aifi.exchange.blobs import open_blob_store  # noqa: E402
+from aifi.exchange.blobs import BlobStore, open_blob_store  # noqa: E402
 from aifi.exchange.clock import utcnow  # noqa: E402
 from aifi.exchange.db import Database, upgrade_schema  # noqa: E402
 from aifi.exchange.models import AuditEntry  # noqa: E402

@@ -140,7 +140,8 @@ def test_each_fhir_entry_has_a_full_url_that_reads_it_and_the_read_is_logged(
         event = AuditEvent.model_validate_json(read.content)
         assert event.model_dump() == match.resource.model_dump()
 
-        for missing in ("aifi-audit-999999", "aifi-audit-x", "Patient-1"):
+        unknown = ["aifi-audit-999999", "aifi-audit-x", "Patient-1", "aifi-audit-²"]
+        for missing in [*unknown, "aifi-audit-" + "9" * 40]:
             answer = client.get(f"/audit/fhir/AuditEvent/{missing}", headers=OPERATOR)
             assert answer.status_code == 404
             outcome = OperationOutcome.model_validate_json(answer.content)

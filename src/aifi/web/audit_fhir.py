@@ -3,6 +3,7 @@ whose data (patient pseudonym), when, and the outcome — the fields NEN 7513 as
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -33,6 +34,8 @@ OUTCOMES = {"success": "0", "refused": "4"}
 
 #: An AuditEvent's id: the entry's own, after this prefix.
 RESOURCE_PREFIX = "aifi-audit-"
+#: An entry's id as it may stand in an AuditEvent's (ASCII digits, within a 64-bit integer).
+ID_DIGITS = re.compile(r"[0-9]{1,18}")
 
 
 def resource_id(entry_id: int) -> str:
@@ -42,7 +45,9 @@ def resource_id(entry_id: int) -> str:
 def entry_id(resource: str) -> int | None:
     """The entry an AuditEvent's id names, or None when it names none of ours."""
     number = resource.removeprefix(RESOURCE_PREFIX)
-    return int(number) if resource.startswith(RESOURCE_PREFIX) and number.isdigit() else None
+    if not resource.startswith(RESOURCE_PREFIX) or not ID_DIGITS.fullmatch(number):
+        return None
+    return int(number)
 
 
 def audit_event(entry: AuditEntry | Any) -> AuditEvent:

@@ -280,7 +280,6 @@ class Gateway:
                 f"belongs to study {study}, not to {study_uid} where it was sent",
             )
         target = self.spool / study / f"{sop_uid}.dcm"
-        known = target.exists()  # sent before: its file stays, whatever happens to this copy
         try:
             # Bytes and name on the disk before the sender hears "stored".
             replace_durably(received, target)
@@ -303,8 +302,8 @@ class Gateway:
         except (OSError, sqlite3.Error) as exc:  # a full or failing disk, the index's too
             log.error("instance from %s: cannot store it (%s)", sender, exc)
             received.unlink(missing_ok=True)
-            if not known:  # not indexed, so not kept: the sender sends it again
-                target.unlink(missing_ok=True)
+            # Not indexed, so not kept (the sender sends it again); sent before, it stays.
+            self.state.drop_unindexed(target, sop_uid, study)
             return Receipt(OUT_OF_RESOURCES, sop_class, sop_uid, study, f"cannot store: {exc}")
         with self._sending_lock:
             self._sending.setdefault(sending, set()).add(study)

@@ -268,6 +268,25 @@ class GatewayState:
                     (now, now + quiet_seconds, note, item.study_uid),
                 )
 
+    def drop_unindexed(self, path: Path, sop_instance_uid: str, study_uid: str) -> None:
+        """Delete the spool file of an instance that could not be indexed, unless an index row
+        names it after all.
+
+        Under the lock `record_instance` checks its file under: the same instance received at
+        once by another sender is either indexed first (and its file stays) or finds the file
+        gone and is refused, to be sent again. An index that cannot be read keeps the file.
+        """
+        with self._lock:
+            try:
+                indexed = self._conn.execute(
+                    "SELECT 1 FROM instances WHERE sop_instance_uid = ? AND study_uid = ?",
+                    (sop_instance_uid, study_uid),
+                ).fetchone()
+            except sqlite3.Error:
+                return
+            if indexed is None:
+                path.unlink(missing_ok=True)
+
     # retention -----------------------------------------------------------------------------
 
     def purgeable_studies(self, now: float, retain_seconds: float) -> list[str]:

@@ -4,6 +4,8 @@ a job that has not ended is never touched, and every purge is in the audit log."
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ import pydicom
 from sqlalchemy import text
 
 from aifi.exchange.blob_keys import input_key, result_key
-from aifi.exchange.blobs import TempBlob
+from aifi.exchange.blobs import STALE_UPLOAD_SECONDS, TempBlob
 from aifi.exchange.clock import utcnow
 from scale.conftest import ExchangeFactory, finish_job, lease_headers, set_up_parties
 from scale.servers import wait_for
@@ -450,3 +452,23 @@ def test_a_sweep_purges_jobs_of_realistic_size_in_one_batch(
     with engine.connect() as connection:
         left = connection.scalar(text("SELECT COUNT(*) FROM job_inputs"))
     assert left == 0
+
+
+def test_uploads_a_stopped_replica_left_in_its_spool_are_cleared(
+    exchange_on: ExchangeFactory,
+) -> None:
+    """A replica killed mid-upload leaves the upload's file, which no request will commit:
+    the sweep clears it once nothing has written to it for an hour, and leaves files that
+    an upload is still writing."""
+    exchange = exchange_on(retention_sweep_seconds=HOUR)
+    spool = Path(exchange.client.app.state.services.blobs.incoming)
+    dead = spool / "killed-mid-upload.part"
+    dead.write_bytes(b"pseudonymised bytes" * 100)
+    hour_ago = time.time() - STALE_UPLOAD_SECONDS - 60
+    os.utime(dead, (hour_ago, hour_ago))
+    arriving = spool / "still-arriving.part"
+    arriving.write_bytes(b"pseudonymised bytes")
+    report = exchange.client.app.state.retention.sweep()
+    assert report.stale_uploads == 1
+    assert not dead.exists() and arriving.exists()
+    assert exchange.client.app.state.retention.sweep().stale_uploads == 0

@@ -11,6 +11,7 @@ import errno
 import hashlib
 import os
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,34 @@ class BlobStore(Protocol):
     def delete(self, key: str) -> None: ...
 
     def delete_under(self, folder: str) -> int: ...
+
+
+#: An upload (or archive) file in the spool that nothing has written to for this long belongs
+#: to no request any more: a replica killed mid-upload left it.
+STALE_UPLOAD_SECONDS = 3600.0
+
+
+def clear_stale_uploads(
+    folder: Path, older_than: float = STALE_UPLOAD_SECONDS, now: float | None = None
+) -> tuple[int, int]:
+    """Delete the spooled uploads in `folder` (``*.part``) not written to for `older_than`
+    seconds; how many, and their bytes.
+
+    A replica killed while an upload arrived, or before the store took it, left its file; no
+    request will ever commit it, and it holds pseudonymised patient data past any retention.
+    An upload under way writes to its file all the time, and the store takes it within
+    moments of its last byte, so age tells the dead from the living, whichever replica (or
+    command) owns the folder.
+    """
+    cutoff = (time.time() if now is None else now) - older_than
+    cleared, size = 0, 0
+    for part in folder.glob("*.part"):
+        with contextlib.suppress(FileNotFoundError):  # taken meanwhile
+            stat = part.stat()
+            if stat.st_mtime < cutoff:
+                part.unlink()
+                cleared, size = cleared + 1, size + stat.st_size
+    return cleared, size
 
 
 async def spool(

@@ -14,10 +14,13 @@ then marks the rows purged and the job swept. A crash in between repeats the pur
 sweep (deleting twice is harmless), so nothing is purged without being audited. An input's row
 goes with its blob (the job keeps its count and bytes); a result's stays, marked purged.
 With replicas on PostgreSQL one replica sweeps at a time (a session advisory lock).
+Every replica's sweep also clears the uploads a killed replica left in its spool
+(`clear_stale_uploads`): never accepted, so not audited, only logged.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -27,7 +30,7 @@ from sqlalchemy import delete, func, select, update
 
 from aifi.exchange.audit import SYSTEM, AuditLog
 from aifi.exchange.blob_keys import input_folder, result_folder
-from aifi.exchange.blobs import BlobStore
+from aifi.exchange.blobs import BlobStore, clear_stale_uploads
 from aifi.exchange.clock import as_utc, utcnow
 from aifi.exchange.db import RETENTION_LOCK, Database
 from aifi.exchange.models import Job, JobInput, JobResult
@@ -35,6 +38,8 @@ from aifi.exchange.schemas import ENDED_STATES
 from aifi.exchange.settings import ExchangeSettings
 
 BATCH = 500
+
+log = logging.getLogger(__name__)
 
 _ENDED = [state.value for state in ENDED_STATES]
 
@@ -47,6 +52,8 @@ class PurgeReport:
     results: int = 0
     bytes: int = 0
     jobs: set[str] = field(default_factory=set)
+    #: Spooled uploads that no request will commit any more (see `clear_stale_uploads`).
+    stale_uploads: int = 0
 
 
 @dataclass(frozen=True)
@@ -112,6 +119,14 @@ class Retention:
         """Purge everything past its retention time at `now` (default: the current time)."""
         now = now or utcnow()
         report = PurgeReport()
+        # Each replica's own spool (an object store's), so on every replica, whoever's turn;
+        # by the files' own clock, whatever moment the sweep is asked for.
+        report.stale_uploads, size = clear_stale_uploads(self._blobs.incoming)
+        if report.stale_uploads:
+            log.warning(
+                "cleared %d upload(s) (%d bytes) a stopped replica left in %s",
+                report.stale_uploads, size, self._blobs.incoming,
+            )  # fmt: skip
         with self._db.turn(RETENTION_LOCK) as mine:
             if not mine:
                 return report

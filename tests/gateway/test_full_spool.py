@@ -40,7 +40,8 @@ def uid_of(path: Path, keyword: str = "SOPInstanceUID") -> str:
 
 
 def send_by_c_store(files: list[Path], port: int) -> str:
-    """storescu's log of each store; it goes on after a refused instance."""
+    """storescu's log, each store's status in it (-v); it stops at the first refusal, as by
+    default."""
     exe = require_executable("storescu", "dcmtk")
     sent = subprocess.run(
         [exe, "-v", "-aet", "CT_SCANNER", "-aec", "AIFI_GW", "127.0.0.1", str(port),

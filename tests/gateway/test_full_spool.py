@@ -17,12 +17,11 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from aifi.gateway.service import Gateway
 from aifi.phantoms import write_study
 from scale.servers import wait_for
-from support.national import National, gateway_without_pacs
+from support.national import National, gateway_gauge, gateway_without_pacs
 from support.peers import fill, require_executable, small_disk
 
 pytestmark = pytest.mark.peer
@@ -187,17 +186,9 @@ def test_a_study_held_up_by_the_full_disk_shows_in_the_figures_until_it_goes_on(
     uid = uid_of(study[0], "StudyInstanceUID")
     assert "Refused" not in send_by_c_store(study, gateway.port)
     filler = fill(gateway.config.workdir.parent)
-    assert gateway.metrics is not None
 
     def overdue() -> float:
-        scraped = text_string_to_metric_families(httpx.get(gateway.metrics.url).text)
-        (value,) = (
-            sample.value
-            for family in scraped
-            for sample in family.samples
-            if sample.name == "aifi_gateway_assembly_overdue_seconds"
-        )
-        return value
+        return gateway_gauge(gateway, "aifi_gateway_assembly_overdue_seconds")
 
     # The quiet time passes with no room to write: the study waits, and the figure grows.
     wait_for(lambda: overdue() > 1.0, timeout=30, what="the study to show as overdue")

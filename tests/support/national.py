@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from aifi.exchange.server import ExchangeThread
 from aifi.exchange.settings import ExchangeSettings
@@ -39,6 +40,18 @@ class National:
             headers={"Authorization": f"Bearer {key or self.hospital_key}"},
             timeout=60,
         )
+
+
+def gateway_gauge(gateway: Gateway, name: str) -> float:
+    """A gauge's one value, as Prometheus scrapes it from the gateway's exporter."""
+    assert gateway.metrics is not None, "start the gateway with metrics_port"
+    (value,) = (
+        sample.value
+        for family in text_string_to_metric_families(httpx.get(gateway.metrics.url).text)
+        for sample in family.samples
+        if sample.name == name
+    )
+    return value
 
 
 def _org(client: httpx.Client, org_id: str, kind: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,11 +41,17 @@ class GatewayCollector(Collector):
     was refused at receipt, from `refusals`."""
 
     def __init__(
-        self, state: GatewayState, refusals: Refusals | None = None, hospital: str = ""
+        self,
+        state: GatewayState,
+        refusals: Refusals | None = None,
+        hospital: str = "",
+        sending: Callable[[], Collection[str]] = frozenset,
     ) -> None:
         self._state = state
         self._refusals = refusals or Refusals()
         self._hospital = hospital
+        #: The studies an open association or request is still sending (they wait for it).
+        self._sending = sending
 
     def collect(self) -> Iterator[Any]:
         up = GaugeMetricFamily("aifi_gateway_state_up", "1 when the gateway's state answered")
@@ -116,11 +122,21 @@ class GatewayCollector(Collector):
         # A study whose quiet time is over becomes jobs within moments; one that stays is held
         # up before any job exists, where the job figures below cannot see it (a full disk:
         # the assembler cannot write the state).
+        # A study whose sender is still connected waits for it, however long: not held up.
+        sending = self._sending()
+        overdue = [
+            row["due_at"]
+            for row in self._state.query(
+                "SELECT study_uid, due_at FROM studies WHERE state = 'receiving' AND due_at < ?",
+                (now,),
+            )
+            if row["study_uid"] not in sending
+        ]
         yield _since(
             "aifi_gateway_assembly_overdue_seconds",
-            "How long the oldest study has been past its quiet time without becoming jobs (0 "
-            "when none; a sender that keeps its association open past it holds its study too)",
-            self._scalar("SELECT MIN(due_at) FROM studies WHERE state = 'receiving'"),
+            "How long the oldest study has been past its quiet time without becoming jobs, its "
+            "sender gone (0 when none)",
+            min(overdue, default=0.0),
             now,
         )
         yield _since(
@@ -234,9 +250,13 @@ class MetricsServer:
         self._thread.join(timeout=10)
 
 
-def gateway_registry(state: GatewayState, refusals: Refusals | None = None) -> CollectorRegistry:
+def gateway_registry(
+    state: GatewayState,
+    refusals: Refusals | None = None,
+    sending: Callable[[], Collection[str]] = frozenset,
+) -> CollectorRegistry:
     registry = CollectorRegistry()
-    registry.register(GatewayCollector(state, refusals))
+    registry.register(GatewayCollector(state, refusals, sending=sending))
     return registry
 
 
@@ -245,13 +265,14 @@ def start_metrics_server(
     port: int,
     host: str = "127.0.0.1",
     refusals: Refusals | None = None,
+    sending: Callable[[], Collection[str]] = frozenset,
 ) -> MetricsServer:
     """Serve `/metrics` for Prometheus on `host:port` (port 0: any free port) from `state`.
 
     Bind to the hospital's monitoring network only; the figures carry no patient data but
     are nobody else's business.
     """
-    registry = gateway_registry(state, refusals)
+    registry = gateway_registry(state, refusals, sending)
     server, thread = start_http_server(port, addr=host, registry=registry)
     return MetricsServer(host, int(server.server_address[1]), registry, server, thread)
 

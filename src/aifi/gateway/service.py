@@ -160,7 +160,11 @@ class Gateway:
                 raise
         if self.config.metrics_port is not None:
             self.metrics = start_metrics_server(
-                self.state, self.config.metrics_port, self.config.metrics_host, self.refusals
+                self.state,
+                self.config.metrics_port,
+                self.config.metrics_host,
+                self.refusals,
+                self.studies_being_sent,
             )
         for name, target in (
             ("assembler", self._assemble_loop),
@@ -314,6 +318,11 @@ class Gateway:
         """A sender released, aborted or dropped its association."""
         calling_ae = str(event.assoc.requestor.ae_title).strip()
         self.sending_ended(id(event.assoc), calling_ae)
+
+    def studies_being_sent(self) -> set[str]:
+        """The studies an open association or STOW-RS request is still sending."""
+        with self._sending_lock:
+            return set().union(*self._sending.values())
 
     def sending_ended(self, sending: int, sender: str) -> None:
         """An association or a STOW-RS request ended: the quiet timer of each study it sent

@@ -118,7 +118,7 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             quiet("ExchangeErrors", "4m"),
             fires("ExchangeErrors", "12m", "Errors of the exchange's own: 1 a second"),
             quiet("BlobStoreFull", "20m"),
-            fires("BlobStoreFull", "22m", "The object store refused uploads for lack of space"),
+            fires("BlobStoreFull", "22m", "The exchange refused writes for lack of space"),
             quiet("BlobStoreFull", "30m"),  # five quiet minutes since
             quiet("AuditArchiveFailing", "30m"),
             fires("AuditArchiveFailing", "31m", "An access-log archiving round failed"),

@@ -106,3 +106,37 @@ def test_an_audit_archive_that_finds_the_store_full_moves_nothing(
     (archive,) = archiver.archive_before(utcnow())
     assert archive.entries == 1999  # the newest linked entry stays
     db.dispose()
+
+
+def test_a_database_with_no_room_refuses_with_507_and_keeps_what_it_had(tmp_path: Path) -> None:
+    """The exchange's SQLite file on a real 8 MiB disk that fills: a write is refused with
+    507 (counted as storage_full, which pages), not the 503 of a database that is merely
+    unavailable; what was stored stays, and once there is room the same request succeeds."""
+    with small_disk(tmp_path / "db", "8m") as disk:
+        settings = ExchangeSettings(
+            data_dir=disk / "exchange",  # the blobs are elsewhere: only the database is short
+            operator_key=OPERATOR_KEY,
+            blob_url=f"file://{tmp_path / 'blobs'}",
+        )
+        with TestClient(create_app(settings)) as client:
+            exchange = Exchange(client)
+            hospital = set_up_parties(exchange)["hospital"]
+            before = exchange.job(hospital, "product-a", "1.2.826.0.1.3680043.8.498.1")
+            ballast = fill(disk)
+            body = {
+                "product_id": "product-a",
+                "study_uid": "1.2.826.0.1.3680043.8.498.2",
+                "patient_pseudonym": "PTEST",
+                "idempotency_key": "after-the-disk-filled",
+            }
+            refused = client.post("/jobs", json=body, headers=hospital.headers)
+            assert refused.status_code == 507, refused.text
+            assert "database has no room to write" in refused.json()["detail"]
+            assert (
+                'aifi_exchange_errors_total{kind="storage_full"} 1.0' in client.get("/metrics").text
+            )
+            ballast.unlink()
+            again = client.post("/jobs", json=body, headers=hospital.headers)
+            assert again.status_code == 201, again.text
+            listed = client.get("/jobs", headers=hospital.headers).json()
+            assert sorted(job["id"] for job in listed) == sorted([before["id"], again.json()["id"]])

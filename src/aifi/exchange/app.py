@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 
 from fastapi import FastAPI, Request
@@ -120,7 +121,15 @@ def create_app(
     async def _database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
         # A database restart or failover, a busy SQLite file, an exhausted pool: transient.
         # 503 tells the gateway and the vendor SDK to retry; nothing was half-applied, since
-        # every change is one transaction.
+        # every change is one transaction. A database whose disk is full is not transient:
+        # 507, as for a full blob store, so that the operator is paged (BlobStoreFull).
+        if database_full(exc):
+            log.error("the database has no room to write: %s", exc)
+            return JSONResponse(
+                {"detail": "the exchange's database has no room to write; nothing was stored"},
+                status_code=507,
+                headers={"Retry-After": "60"},
+            )
         return JSONResponse(
             {"detail": "the exchange's database is unavailable; retry shortly"},
             status_code=503,
@@ -145,6 +154,16 @@ def create_app(
     for extend in extensions:
         extend(app, services)
     return app
+
+
+def database_full(exc: BaseException) -> bool:
+    """Whether the database refused a write for lack of disk: PostgreSQL's SQLSTATE 53100
+    (disk_full), SQLite's SQLITE_FULL."""
+    cause = getattr(exc, "orig", None)
+    return (
+        getattr(cause, "sqlstate", None) == "53100"
+        or getattr(cause, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    )
 
 
 async def _every(seconds: float, task: Callable[[], object]) -> None:

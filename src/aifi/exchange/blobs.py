@@ -69,9 +69,7 @@ class BlobStore(Protocol):
 STALE_UPLOAD_SECONDS = 3600.0
 
 
-def clear_stale_uploads(
-    folder: Path, older_than: float = STALE_UPLOAD_SECONDS, now: float | None = None
-) -> tuple[int, int]:
+def clear_stale_uploads(folder: Path, older_than: float = STALE_UPLOAD_SECONDS) -> tuple[int, int]:
     """Delete the spooled uploads in `folder` (``*.part``) not written to for `older_than`
     seconds; how many, and their bytes.
 
@@ -81,7 +79,7 @@ def clear_stale_uploads(
     moments of its last byte, so age tells the dead from the living, whichever replica (or
     command) owns the folder.
     """
-    cutoff = (time.time() if now is None else now) - older_than
+    cutoff = time.time() - older_than
     cleared, size = 0, 0
     for part in folder.glob("*.part"):
         with contextlib.suppress(FileNotFoundError):  # taken meanwhile

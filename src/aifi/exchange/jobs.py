@@ -21,6 +21,7 @@ from aifi.exchange.catalogue import OPEN_PRODUCT_STATES, Catalogue, subscribed_p
 from aifi.exchange.clock import as_utc, utcnow
 from aifi.exchange.db import Database, insert_unless_taken
 from aifi.exchange.errors import Conflict, Forbidden, Invalid, NotFound
+from aifi.exchange.fair_share import OPENING_PLACE, REQUEUED_PLACE
 from aifi.exchange.models import Job, JobInput, JobResult, Product
 from aifi.exchange.notify import ChangeNotifier
 from aifi.exchange.replica_changes import announce
@@ -183,7 +184,8 @@ _CLAIMABLE = (
         Job.inputs_complete.is_(True),
         Product.status.in_(OPEN_PRODUCT_STATES),
     )
-    .order_by(Job.priority_rank, Job.created_at)
+    # Hospitals take turns within a priority (aifi.exchange.fair_share).
+    .order_by(Job.priority_rank, Job.queue_place, Job.created_at)
 )
 _CLAIMABLE_OF_PRODUCTS = _CLAIMABLE.where(
     Job.product_id.in_(bindparam("product_ids", expanding=True))
@@ -424,7 +426,12 @@ class JobService:
             changed = _transition(
                 session,
                 (Job.id == job_id, Job.inputs_complete.is_(False)),
-                {"inputs_complete": True, "ready_at": now, "updated_at": now},
+                {
+                    "inputs_complete": True,
+                    "queue_place": OPENING_PLACE,
+                    "ready_at": now,
+                    "updated_at": now,
+                },
             )
             job = changed or self.visible(session, actor, job_id)
             self._announce(session, claimable=True, job=job)
@@ -489,7 +496,7 @@ class JobService:
         values: dict[str, Any] = {"input_count": count, "input_bytes": total, "updated_at": now}
         opens = count == turn.declared
         if opens:
-            values.update(inputs_complete=True, ready_at=now)
+            values.update(inputs_complete=True, queue_place=OPENING_PLACE, ready_at=now)
         session.execute(
             update(Job)
             .where(Job.id == job.id)
@@ -815,6 +822,7 @@ class JobService:
                 .where(self._sweepable(*lapsed, Job.attempts < max_attempts))
                 .values(
                     state=JobState.requested.value,
+                    queue_place=REQUEUED_PLACE,
                     lease_token=None,
                     lease_expires_at=None,
                     updated_at=now,

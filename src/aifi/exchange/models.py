@@ -87,7 +87,27 @@ class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         UniqueConstraint("hospital_id", "idempotency_key"),
-        Index("ix_jobs_claim", "state", "inputs_complete", "priority_rank", "created_at"),
+        # A vendor's queue in claim order (aifi.exchange.fair_share), and its head.
+        Index(
+            "ix_jobs_queue",
+            "vendor_id",
+            "state",
+            "inputs_complete",
+            "priority_rank",
+            "queue_place",
+            "created_at",
+        ),
+        # A hospital's last job waiting, for the place after it: waiting jobs only, so small.
+        Index(
+            "ix_jobs_waiting",
+            "hospital_id",
+            "vendor_id",
+            "inputs_complete",
+            "priority_rank",
+            "queue_place",
+            postgresql_where=text("state = 'requested'"),
+            sqlite_where=text("state = 'requested'"),
+        ),
         Index("ix_jobs_hospital_state", "hospital_id", "state", "acknowledged_at"),
         Index("ix_jobs_inputs_sweep", "inputs_swept_at", "ended_at"),
         Index("ix_jobs_results_sweep", "results_swept_at", "acknowledged_at"),
@@ -121,6 +141,9 @@ class Job(Base):
     priority: Mapped[str] = mapped_column(String(16), default="routine")
     priority_rank: Mapped[int] = mapped_column(Integer, default=1)
     state: Mapped[str] = mapped_column(String(16), default="requested")
+    #: Its place in its vendor's queue, set when it opens: hospitals take turns
+    #: (aifi.exchange.fair_share).
+    queue_place: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     inputs_complete: Mapped[bool] = mapped_column(Boolean, default=False)
     input_count: Mapped[int] = mapped_column(Integer, default=0)
     #: Set when the hospital said at creation how many instances it sends: the job opens to

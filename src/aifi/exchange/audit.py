@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 
 from aifi.chain_anchor import Anchor
 from aifi.exchange.clock import as_utc, utcnow
-from aifi.exchange.db import CHAIN_LOCK, Database
+from aifi.exchange.db import CHAIN_LOCK, Database, execute_core
 from aifi.exchange.errors import ExchangeError
 from aifi.exchange.models import AuditArchive, AuditEntry
 
@@ -44,6 +44,8 @@ ANCHOR_SECONDS = 600.0
 
 log = logging.getLogger(__name__)
 _TABLE = cast(Table, AuditEntry.__table__)
+#: Built once: it runs at nearly every commit.
+_STORE_ENTRIES = insert(_TABLE)
 
 
 def linked_digest(entry: Any, prev_hash: str) -> str:
@@ -171,9 +173,8 @@ class AuditLog:
                 error: BaseException | None = None
                 try:
                     with self._db.session() as session:
-                        session.execute(
-                            insert(_TABLE), [row for pending in batch for row in pending.rows]
-                        )
+                        rows = [row for pending in batch for row in pending.rows]
+                        execute_core(session, _STORE_ENTRIES, rows)
                 except BaseException as exc:  # every waiter of this batch learns it failed
                     error = exc
                 finally:
@@ -225,7 +226,7 @@ def _store_pending(session: Session) -> None:
     """Before a transaction commits: its entries, in one INSERT."""
     rows = session.info.pop(_PENDING, None)
     if rows:
-        session.execute(insert(_TABLE), rows)
+        execute_core(session, _STORE_ENTRIES, rows)
 
 
 def _drop_pending(session: Session, _transaction: Any = None) -> None:

@@ -17,7 +17,18 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, Insert, Table, create_engine, event, insert, inspect, text
+from sqlalchemy import (
+    CursorResult,
+    Engine,
+    Executable,
+    Insert,
+    Table,
+    create_engine,
+    event,
+    insert,
+    inspect,
+    text,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
@@ -189,6 +200,21 @@ def upgrade_schema(engine: Engine) -> None:
         command.upgrade(config, "head")
 
 
+def execute_core(session: Session, statement: Executable, params: Any = None) -> CursorResult:  # type: ignore[type-arg]
+    """Run a statement that loads no mapped objects on `session`'s connection, in its
+    transaction.
+
+    Through `Session.execute`, an UPDATE or DELETE of a mapped class is annotated anew and its
+    cache key worked out again on every call, and a SELECT of columns goes through the ORM's
+    compile step: about 55 µs and 25 µs a statement on the reference machine, several times
+    a job. On the connection, a statement built once (a module constant) is compiled once and
+    costs only its execution. Objects added to the session are flushed first, as
+    `Session.execute` would.
+    """
+    session.flush()
+    return session.connection().execute(statement, params)
+
+
 def insert_new(session: Session, row: Any) -> None:
     """Insert a new mapped object with one INSERT in `session`'s transaction, now.
 
@@ -197,7 +223,13 @@ def insert_new(session: Session, row: Any) -> None:
     a flush, the attributes that were set are sent (None as NULL) and the others get their
     column's default.
     """
-    session.execute(insert(row.__table__), [_given_values(row)])
+    execute_core(session, _insert(row.__table__), _given_values(row))
+
+
+@functools.cache
+def _insert(table: Table) -> Insert:
+    """A table's plain INSERT, built once so that its cache key is worked out once."""
+    return insert(table)
 
 
 def insert_unless_taken(session: Session, row: Any) -> bool:
@@ -208,7 +240,7 @@ def insert_unless_taken(session: Session, row: Any) -> bool:
     reads the winner instead of catching an error that would end its transaction.
     """
     statement = _insert_or_nothing(row.__table__, session.get_bind().dialect.name)
-    return session.execute(statement, _given_values(row)).first() is not None
+    return execute_core(session, statement, _given_values(row)).first() is not None
 
 
 @functools.cache

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from aifi.exchange.audit import SYSTEM, Actor, AuditLog
 from aifi.exchange.catalogue import OPEN_PRODUCT_STATES, Catalogue, subscribed_product
 from aifi.exchange.clock import as_utc, utcnow
-from aifi.exchange.db import Database, insert_unless_taken
+from aifi.exchange.db import Database, execute_core, insert_unless_taken
 from aifi.exchange.errors import Conflict, Forbidden, Invalid, NotFound
 from aifi.exchange.fair_share import OPENING_PLACE, REQUEUED_PLACE
 from aifi.exchange.models import Job, JobInput, JobResult, Product
@@ -168,6 +168,21 @@ _TAKE_INPUT_TURN = (
     .execution_options(synchronize_session=False)
 )
 
+#: An upload's counts, in its turn at the job; the last declared instance also opens the job
+#: to vendors, in its place in the queue.
+_COUNT_INPUT = (
+    update(Job)
+    .where(Job.id == bindparam("job_id"))
+    .values(
+        input_count=bindparam("count"),
+        input_bytes=bindparam("size"),
+        updated_at=bindparam("now"),
+    )
+)
+_COUNT_LAST_INPUT = _COUNT_INPUT.values(
+    inputs_complete=True, queue_place=OPENING_PLACE, ready_at=bindparam("now")
+)
+
 _HAS_RESULT = select(JobResult.id).where(JobResult.job_id == bindparam("job_id")).limit(1)
 
 _BY_IDEMPOTENCY_KEY = select(Job).where(
@@ -190,6 +205,13 @@ _CLAIMABLE = (
 _CLAIMABLE_OF_PRODUCTS = _CLAIMABLE.where(
     Job.product_id.in_(bindparam("product_ids", expanding=True))
 )
+#: By whether the claim names some of the vendor's products: the candidates a claim on SQLite
+#: tries, and the one a claim on PostgreSQL locks.
+_CANDIDATES = {False: _CLAIMABLE.limit(8), True: _CLAIMABLE_OF_PRODUCTS.limit(8)}
+_LOCKED_CANDIDATE = {
+    some: query.limit(1).with_for_update(skip_locked=True, of=Job).scalar_subquery()
+    for some, query in ((False, _CLAIMABLE), (True, _CLAIMABLE_OF_PRODUCTS))
+}
 
 
 class JobService:
@@ -449,7 +471,8 @@ class JobService:
         declared = job.declared_instances
         if declared is None or job.input_count < declared:
             return
-        if not session.scalars(_HOLDS_INPUT, {"job_id": job.id, "sop_uid": sop_uid}).first():
+        holds = execute_core(session, _HOLDS_INPUT, {"job_id": job.id, "sop_uid": sop_uid})
+        if not holds.first():
             raise Conflict(
                 f"job {job.id} was created for {declared} instances and holds them all; "
                 f"{sop_uid} would be one more"
@@ -463,7 +486,7 @@ class JobService:
         others stored; what comes before — checking the file, sending it to the object store —
         runs side by side. A job that stopped taking inputs meanwhile refuses the upload.
         """
-        held = session.execute(_TAKE_INPUT_TURN, {"job_id": job.id, "now": utcnow()}).first()
+        held = execute_core(session, _TAKE_INPUT_TURN, {"job_id": job.id, "now": utcnow()}).first()
         if held is None:
             raise Conflict(f"job {job.id} no longer takes inputs")
         return InputTurn(count=held[0], size=held[1], declared=held[2])
@@ -492,16 +515,11 @@ class JobService:
                 f"job {job.id} was created for {turn.declared} instances and holds them all; "
                 f"{added} would be one more"
             )
-        now = utcnow()
-        values: dict[str, Any] = {"input_count": count, "input_bytes": total, "updated_at": now}
         opens = count == turn.declared
-        if opens:
-            values.update(inputs_complete=True, queue_place=OPENING_PLACE, ready_at=now)
-        session.execute(
-            update(Job)
-            .where(Job.id == job.id)
-            .values(**values)
-            .execution_options(synchronize_session=False)
+        execute_core(
+            session,
+            _COUNT_LAST_INPUT if opens else _COUNT_INPUT,
+            {"job_id": job.id, "count": count, "size": total, "now": utcnow()},
         )
         if opens:
             self._announce(session, claimable=True, job=job)
@@ -589,15 +607,15 @@ class JobService:
         # Expired leases are put back by the app's sweeper every second, not on every claim:
         # two writes fewer per claim on the busiest path.
         lease = timedelta(seconds=body.lease_seconds or self._settings.lease_seconds)
-        query = _CLAIMABLE_OF_PRODUCTS if body.product_ids else _CLAIMABLE
+        some = bool(body.product_ids)
         wanted = {"claiming_vendor": actor.organisation_id, "product_ids": body.product_ids}
         token = secrets.token_urlsafe(24)
         taken = self._lease_values(token, lease, body.start)
         with self._db.session() as session:
             if self._db.is_postgresql:
-                job = self._take_locked(session, query, wanted, taken)
+                job = self._take_locked(session, some, wanted, taken)
             else:
-                job = self._take_compare_and_set(session, query, wanted, taken)
+                job = self._take_compare_and_set(session, some, wanted, taken)
             if job is None:
                 return None
             inputs = list(session.scalars(_INPUTS_OF_JOB, {"job_id": job.id}))
@@ -625,32 +643,24 @@ class JobService:
         }
 
     def _take_locked(
-        self,
-        session: Session,
-        query: Select,  # type: ignore[type-arg]
-        wanted: dict[str, Any],
-        taken: dict[str, Any],
+        self, session: Session, some: bool, wanted: dict[str, Any], taken: dict[str, Any]
     ) -> Job | None:
         """PostgreSQL: lock the first free candidate, skipping rows other claims hold, and
-        take it, in one statement (`UPDATE … WHERE id = (SELECT … SKIP LOCKED)`)."""
-        candidate = query.limit(1).with_for_update(skip_locked=True, of=Job).scalar_subquery()
+        take it, in one statement (`UPDATE … WHERE id = (SELECT … SKIP LOCKED)`); `some`: of
+        the products the claim names."""
         return _transition(
             session,
-            (Job.id == candidate, Job.state == JobState.requested.value),
+            (Job.id == _LOCKED_CANDIDATE[some], Job.state == JobState.requested.value),
             taken,
             wanted,
         )
 
     def _take_compare_and_set(
-        self,
-        session: Session,
-        query: Select,  # type: ignore[type-arg]
-        wanted: dict[str, Any],
-        taken: dict[str, Any],
+        self, session: Session, some: bool, wanted: dict[str, Any], taken: dict[str, Any]
     ) -> Job | None:
         """SQLite: try a few candidates; the `WHERE state = 'requested'` decides who wins."""
         for _ in range(4):
-            candidates = list(session.scalars(query.limit(8), wanted))
+            candidates = list(execute_core(session, _CANDIDATES[some], wanted).scalars())
             if not candidates:
                 return None
             for job_id in candidates:
@@ -722,7 +732,7 @@ class JobService:
     ) -> Job:
         """End a held job completed inside the caller's transaction (it must hold a result;
         `with_result`: the caller has just added one)."""
-        if not with_result and session.scalars(_HAS_RESULT, {"job_id": job_id}).first() is None:
+        if not with_result and not execute_core(session, _HAS_RESULT, {"job_id": job_id}).first():
             raise Invalid(f"job {job_id} has no results: upload at least one before completing")
         job = self._end(
             session,

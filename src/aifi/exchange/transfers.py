@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Delete, Row, and_, bindparam, delete, select
+from sqlalchemy import Executable, Row, and_, bindparam, delete, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -22,7 +22,7 @@ from aifi.exchange.audit import Actor, AuditLog
 from aifi.exchange.blob_keys import input_key, result_key
 from aifi.exchange.blobs import BlobStore, TempBlob
 from aifi.exchange.clock import as_utc, utcnow
-from aifi.exchange.db import Database, insert_new
+from aifi.exchange.db import Database, execute_core, insert_new
 from aifi.exchange.errors import Conflict, Forbidden, Invalid, NotFound
 from aifi.exchange.jobs import JobService, walled
 from aifi.exchange.models import Job, JobInput, JobResult
@@ -84,12 +84,23 @@ _RESULT_OF_JOB = walled(
 )
 
 
-def _take_out(session: Session, statement: Delete, *held: Any) -> Row[Any] | None:
-    """Delete the row an upload replaces (a copy sent before); what it `held`, if there was
+def _take_out(session: Session, statement: Executable, params: dict[str, str]) -> Row[Any] | None:
+    """Delete the row an upload replaces (a copy sent before); what it held, if there was
     one. Run in the upload's turn, so two uploads of one object replace one after the other."""
-    return session.execute(
-        statement.returning(*held).execution_options(synchronize_session=False)
-    ).first()
+    return execute_core(session, statement, params).first()
+
+
+#: The copy of an input (a result) that an upload replaces, deleted; its size and blob.
+_REPLACED_INPUT = (
+    delete(JobInput)
+    .where(JobInput.job_id == bindparam("job_id"), JobInput.sop_instance_uid == bindparam("uid"))
+    .returning(JobInput.size, JobInput.blob_key)
+)
+_REPLACED_RESULT = (
+    delete(JobResult)
+    .where(JobResult.job_id == bindparam("job_id"), JobResult.name == bindparam("name"))
+    .returning(JobResult.blob_key)
+)
 
 
 @dataclass
@@ -236,12 +247,7 @@ class Transfers:
         whether the job opened with it (`recorded` learns the blob of the copy it replaced)."""
         turn = self._jobs.take_input_turn(session, job)
         replaced = _take_out(
-            session,
-            delete(JobInput).where(
-                JobInput.job_id == job.id, JobInput.sop_instance_uid == header.sop_instance_uid
-            ),
-            JobInput.size,
-            JobInput.blob_key,
+            session, _REPLACED_INPUT, {"job_id": job.id, "uid": header.sop_instance_uid}
         )
         row = JobInput(
             job_id=job.id,
@@ -415,11 +421,7 @@ class Transfers:
         job = self._jobs.held(session, actor, job_id, upload.lease_token)
         checked, summary = early or self._checked_result(actor, job, upload, temp)
         recorded.store(temp)
-        replaced = _take_out(
-            session,
-            delete(JobResult).where(JobResult.job_id == job.id, JobResult.name == upload.name),
-            JobResult.blob_key,
-        )
+        replaced = _take_out(session, _REPLACED_RESULT, {"job_id": job.id, "name": upload.name})
         recorded.replaced = replaced.blob_key if replaced is not None else None
         row = JobResult(
             job_id=job.id,

@@ -39,6 +39,9 @@ _waiting = aliased(Job, name="waiting")
 #: A literal, not a bound value: `ix_jobs_waiting` holds only waiting jobs, and PostgreSQL uses
 #: such an index only when it can see the condition in the statement it plans once and reuses.
 _WAITING_STATE: ColumnElement[str] = literal_column(f"'{JobState.requested.value}'")
+#: `LIMIT 1` as a literal too: with the limit a parameter, a plan PostgreSQL makes once for
+#: any value may sort every waiting job to find the first.
+ONE: ColumnElement[int] = literal_column("1")
 
 
 class greatest(GenericFunction[int]):  # noqa: N801 - named as SQL names it
@@ -72,7 +75,7 @@ _HEAD = (
     .join(Product, Product.id == _waiting.product_id)
     .where(_waiting_with_this_job(Product.status.in_(OPEN_PRODUCT_STATES)))
     .order_by(_waiting.queue_place)
-    .limit(1)
+    .limit(ONE)
     .scalar_subquery()
 )
 
@@ -81,7 +84,7 @@ _AFTER_OWN = (
     select(_waiting.queue_place + 1)
     .where(_waiting_with_this_job(_waiting.hospital_id == Job.hospital_id))
     .order_by(_waiting.queue_place.desc())
-    .limit(1)
+    .limit(ONE)
     .scalar_subquery()
 )
 

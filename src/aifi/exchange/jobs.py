@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, and_, bindparam, or_, select, update
+from sqlalchemy import Select, and_, bindparam, literal_column, or_, select, update
 from sqlalchemy.orm import Session
 
 from aifi.exchange.audit import SYSTEM, Actor, AuditLog
@@ -21,7 +21,7 @@ from aifi.exchange.catalogue import OPEN_PRODUCT_STATES, Catalogue, subscribed_p
 from aifi.exchange.clock import as_utc, utcnow
 from aifi.exchange.db import Database, execute_core, insert_unless_taken
 from aifi.exchange.errors import Conflict, Forbidden, Invalid, NotFound
-from aifi.exchange.fair_share import OPENING_PLACE, REQUEUED_PLACE
+from aifi.exchange.fair_share import ONE, OPENING_PLACE, REQUEUED_PLACE
 from aifi.exchange.models import Job, JobInput, JobResult, Product
 from aifi.exchange.notify import ChangeNotifier
 from aifi.exchange.replica_changes import announce
@@ -207,9 +207,13 @@ _CLAIMABLE_OF_PRODUCTS = _CLAIMABLE.where(
 )
 #: By whether the claim names some of the vendor's products: the candidates a claim on SQLite
 #: tries, and the one a claim on PostgreSQL locks.
-_CANDIDATES = {False: _CLAIMABLE.limit(8), True: _CLAIMABLE_OF_PRODUCTS.limit(8)}
+#: Their limits are literals, as in aifi.exchange.fair_share.
+_CANDIDATES = {
+    some: query.limit(literal_column("8"))
+    for some, query in ((False, _CLAIMABLE), (True, _CLAIMABLE_OF_PRODUCTS))
+}
 _LOCKED_CANDIDATE = {
-    some: query.limit(1).with_for_update(skip_locked=True, of=Job).scalar_subquery()
+    some: query.limit(ONE).with_for_update(skip_locked=True, of=Job).scalar_subquery()
     for some, query in ((False, _CLAIMABLE), (True, _CLAIMABLE_OF_PRODUCTS))
 }
 

@@ -13,6 +13,7 @@ from sqlalchemy import event
 from aifi.exchange import jobs as jobs_module
 from aifi.exchange.clock import utcnow
 from scale.exchange_api import Exchange, Org
+from support.plans import plan_of
 
 
 @pytest.fixture
@@ -142,15 +143,6 @@ def test_a_place_in_the_queue_is_found_by_index_however_long_the_queue(
     finally:
         event.remove(db.engine, "before_cursor_execute", keep)
     assert len(sent) == 2  # one for each way of opening
-    with db.engine.connect() as connection:
-        for statement, parameters in sent:
-            if db.is_postgresql:
-                # A table this small is cheaper to read whole: ask whether the indexes serve.
-                connection.exec_driver_sql("SET enable_seqscan = off")
-                plan = connection.exec_driver_sql(f"EXPLAIN {statement}", parameters).all()
-            else:
-                plan = connection.exec_driver_sql(
-                    f"EXPLAIN QUERY PLAN {statement}", parameters
-                ).all()
-            text = " ".join(str(row[-1]) for row in plan)
-            assert "ix_jobs_queue" in text and "ix_jobs_waiting" in text, plan
+    for statement, parameters in sent:
+        plan = plan_of(db, statement, parameters)
+        assert "ix_jobs_queue" in plan and "ix_jobs_waiting" in plan, plan

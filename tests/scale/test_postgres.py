@@ -23,7 +23,7 @@ from aifi.exchange.audit import Actor, AuditLog, in_chain_order, unlinked_count,
 from aifi.exchange.db import Database, alembic_config, upgrade_schema
 from aifi.exchange.models import Base, Organisation
 from aifi.exchange.notify import ChangeNotifier
-from aifi.exchange.replica_changes import CHANNEL, ReplicaChanges
+from aifi.exchange.replica_changes import CHANNEL, ReplicaChanges, change_payload
 from aifi.exchange.schemas import OrganisationKind
 from aifi.exchange.services import OPERATOR_ID, Services, build_services
 from aifi.exchange.settings import ExchangeSettings
@@ -315,6 +315,34 @@ def test_a_replica_hears_job_changes_committed_by_another(postgres: PostgresServ
 
     asyncio.run(scenario())
     db.dispose()
+    postgres.drop_database(url)
+
+
+def test_another_replicas_change_wakes_only_the_organisations_it_touched(
+    postgres: PostgresServer,
+) -> None:
+    url = postgres.create_database("touched")
+
+    async def scenario() -> None:
+        notifier = ChangeNotifier()
+        async with _listening(url, notifier):
+            own = await _registered(notifier.wait(60, "hospital-a"))
+            other = await _registered(notifier.wait(60, "hospital-b"))
+            operator = await _registered(notifier.wait(60))
+            # hospital-a's job of vendor-a ended on another replica.
+            with psycopg.connect(postgres.dsn(url.rsplit("/", 1)[1]), autocommit=True) as peer:
+                ended = change_payload(
+                    "another-replica", False, "vendor-a", "product-a", ("hospital-a", "vendor-a")
+                )
+                peer.execute("SELECT pg_notify(%s, %s)", (CHANNEL, ended))
+            await asyncio.wait_for(asyncio.gather(own, operator), 30)
+            await asyncio.sleep(0)
+            assert not other.done()
+            # A replica of the earlier release names no organisations: everyone looks.
+            _announce_from_another_replica(postgres, url)
+            await asyncio.wait_for(other, 30)
+
+    asyncio.run(scenario())
     postgres.drop_database(url)
 
 

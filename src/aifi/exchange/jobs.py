@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -89,6 +89,11 @@ def _transition(
         .execution_options(synchronize_session=False, populate_existing=True)
     )
     return session.scalars(statement, params or {}).first()
+
+
+def parties(job: Job) -> tuple[str, str]:
+    """The organisations a change to `job` concerns: its hospital and its vendor."""
+    return (job.hospital_id, job.vendor_id)
 
 
 def job_out(job: Job) -> JobOut:
@@ -234,16 +239,23 @@ class JobService:
         self._settings = settings
 
     def _announce(
-        self, session: Session, *, claimable: bool = False, job: Job | None = None
+        self,
+        session: Session,
+        *,
+        claimable: bool = False,
+        job: Job | None = None,
+        organisations: Collection[str] | None = None,
     ) -> None:
         """Other replicas' waiters hear of this change when its transaction commits
-        (`claimable`: a job became ready to claim — `job`, if it is one job)."""
+        (`claimable`: a job became ready to claim — `job`, if it is one job; `organisations`:
+        whose jobs changed, by default `job`'s hospital and vendor, else not known)."""
         if self._db.is_postgresql:
             announce(
                 session,
                 claimable=claimable,
                 vendor_id=job.vendor_id if job else None,
                 product_id=job.product_id if job else None,
+                organisations=parties(job) if organisations is None and job else organisations,
             )
 
     # reading -------------------------------------------------------------------------------
@@ -532,7 +544,12 @@ class JobService:
 
     def opened(self, job: Job) -> None:
         """After the commit that opened `job` to vendors: wake one of its vendor's claims."""
-        self._notifier.notify(claimable=True, vendor_id=job.vendor_id, product_id=job.product_id)
+        self._notifier.notify(
+            claimable=True,
+            vendor_id=job.vendor_id,
+            product_id=job.product_id,
+            organisations=parties(job),
+        )
 
     def cancel(self, actor: Actor, job_id: str, reason: str) -> Job:
         with self._db.session() as session:
@@ -542,11 +559,11 @@ class JobService:
             if job.state in ENDED_STATES:
                 raise Conflict(f"job {job_id} has already ended ({job.state})")
             ended = self._end(session, job_id, JobState.cancelled, reason, from_states=(job.state,))
-            self._announce(session)
+            self._announce(session, job=ended)
             self._audit.record_in(
                 session, actor, "update", "job", job_id, detail=f"cancelled: {reason}"
             )
-        self._notifier.notify()
+        self._notifier.notify(organisations=parties(ended))
         return ended
 
     def acknowledge(self, actor: Actor, job_id: str) -> Job:
@@ -560,6 +577,7 @@ class JobService:
         job. Acknowledging twice is harmless: a job keeps its first acknowledgement time.
         """
         wanted = list(dict.fromkeys(job_ids))
+        touched: set[str] = {actor.organisation_id}
         with self._db.session() as session:
             found = {
                 job.id: job
@@ -584,13 +602,14 @@ class JobService:
                     .execution_options(synchronize_session=False, populate_existing=True)
                 )
                 found.update({job.id: job for job in session.scalars(statement)})
-                self._announce(session)
+                touched.update(found[job_id].vendor_id for job_id in fresh)
+                self._announce(session, organisations=touched)
                 for job_id in fresh:
                     self._audit.record_in(
                         session, actor, "update", "job", job_id, detail="acknowledged"
                     )
         if fresh:
-            self._notifier.notify()
+            self._notifier.notify(organisations=touched)
         return [found[job_id] for job_id in wanted]
 
     # vendor side ---------------------------------------------------------------------------
@@ -721,7 +740,7 @@ class JobService:
         with self._db.session() as session:
             self.held(session, actor, job_id, token)
             job = self.complete_in(session, actor, job_id, token, summary)
-        self.completed()
+        self.completed(job)
         return job
 
     def complete_in(
@@ -747,7 +766,7 @@ class JobService:
             token=token,
             summary=summary,
         )
-        self._announce(session)
+        self._announce(session, job=job)
         self._audit.record_in(
             session,
             actor,
@@ -763,9 +782,9 @@ class JobService:
         """Flags for jobs that a replica of an earlier release completed without one."""
         return read_unread_flags(self._db)
 
-    def completed(self) -> None:
-        """After the commit that completed a job: wake the hospital's long-poll."""
-        self._notifier.notify()
+    def completed(self, job: Job) -> None:
+        """After the commit that completed `job`: wake its hospital's long-poll."""
+        self._notifier.notify(organisations=parties(job))
 
     def fail(self, actor: Actor, job_id: str, token: str, reason: str) -> Job:
         with self._db.session() as session:
@@ -773,7 +792,7 @@ class JobService:
             job = self._end(
                 session, job_id, JobState.failed, reason, from_states=HELD_STATES, token=token
             )
-            self._announce(session)
+            self._announce(session, job=job)
             self._audit.record_in(
                 session,
                 actor,
@@ -783,7 +802,7 @@ class JobService:
                 patient_pseudonym=job.patient_pseudonym,
                 detail=f"failed: {reason}",
             )
-        self._notifier.notify()
+        self._notifier.notify(organisations=parties(job))
         return job
 
     # both ----------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 
@@ -27,8 +27,14 @@ class _ClaimWaiter:
 
 
 class ChangeNotifier:
-    """Two kinds of waiter: those woken by any job change (a hospital waiting for ended jobs)
-    and vendors' claims, woken when a job becomes claimable.
+    """Two kinds of waiter: those woken by a change to their organisation's jobs (a hospital
+    waiting for ended jobs), and vendors' claims, woken when a job becomes claimable.
+
+    A change wakes the waiters of the organisations it touched (a job's hospital and vendor)
+    and the operator's, not every organisation's: seventy hospitals' gateways each keep a
+    long-poll open, and a job ending at one of them would otherwise send all seventy polls
+    back to the database, on every replica. A change whose organisations are not known (jobs
+    put back after their leases ran out, a replica that listens again) wakes everyone.
 
     A job made claimable for a known vendor wakes one of that vendor's waiting claims, the
     longest waiting: one job can go to one claim only, and waking every waiting worker of the
@@ -37,7 +43,8 @@ class ChangeNotifier:
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._waiters: set[asyncio.Future[None]] = set()
+        #: By the organisation whose jobs they wait on; None: any organisation's (the operator).
+        self._waiters: dict[str | None, set[asyncio.Future[None]]] = {}
         self._claim_waiters: list[_ClaimWaiter] = []
         self._lock = threading.Lock()
 
@@ -50,19 +57,33 @@ class ChangeNotifier:
         claimable: bool = False,
         vendor_id: str | None = None,
         product_id: str | None = None,
+        organisations: Collection[str] | None = None,
     ) -> None:
         """A job changed; callable from any thread.
 
         `claimable`: one became ready to claim — for `vendor_id`'s `product_id` if given (one
         claim of that vendor is woken), else for anyone (every claim is woken).
+        `organisations`: those whose jobs changed (each job's hospital and vendor); None when
+        not known, which wakes every organisation's waiters.
         """
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._wake, claimable, vendor_id, product_id)
+            touched = None if organisations is None else frozenset(organisations)
+            loop.call_soon_threadsafe(self._wake, claimable, vendor_id, product_id, touched)
 
-    def _wake(self, claimable: bool, vendor_id: str | None, product_id: str | None) -> None:
+    def _wake(
+        self,
+        claimable: bool,
+        vendor_id: str | None,
+        product_id: str | None,
+        organisations: frozenset[str] | None,
+    ) -> None:
         with self._lock:
-            woken, self._waiters = list(self._waiters), set()
+            woken = [
+                future
+                for organisation in self._touched(organisations)
+                for future in self._waiters.pop(organisation, ())
+            ]
             if claimable and vendor_id is None:
                 woken += [waiter.future for waiter in self._claim_waiters]
                 self._claim_waiters = []
@@ -82,16 +103,27 @@ class ChangeNotifier:
             if not future.done():
                 future.set_result(None)
 
-    async def wait(self, timeout: float) -> None:
-        """Return at the next job change or after `timeout` seconds, whichever comes first."""
+    def _touched(self, organisations: frozenset[str] | None) -> list[str | None]:
+        """Whose waiters a change to `organisations`' jobs wakes (the operator's always)."""
+        if organisations is None:
+            return list(self._waiters)
+        return [None, *organisations]
+
+    async def wait(self, timeout: float, organisation_id: str | None = None) -> None:
+        """Return at the next change to `organisation_id`'s jobs (None: anyone's) or after
+        `timeout` seconds, whichever comes first."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         with self._lock:
-            self._waiters.add(future)
+            self._waiters.setdefault(organisation_id, set()).add(future)
         try:
             await _until(future, timeout)
         finally:
             with self._lock:
-                self._waiters.discard(future)
+                waiting = self._waiters.get(organisation_id)
+                if waiting is not None:
+                    waiting.discard(future)
+                    if not waiting:
+                        del self._waiters[organisation_id]
 
     async def wait_claimable(
         self, timeout: float, vendor_id: str | None = None, product_ids: Sequence[str] = ()

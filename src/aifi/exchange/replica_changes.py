@@ -15,6 +15,7 @@ import secrets
 import select
 import socket
 import threading
+from collections.abc import Collection
 from typing import Any
 
 import psycopg
@@ -22,7 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from aifi.exchange.db import normalised_url
+from aifi.exchange.db import execute_core, normalised_url
 from aifi.exchange.notify import ChangeNotifier
 
 log = logging.getLogger(__name__)
@@ -35,25 +36,40 @@ CLAIMABLE, CHANGED = "claimable", "changed"
 RECONNECT_SECONDS = 1.0
 
 
+#: Built once: it runs in nearly every transaction that changes a job.
+_NOTIFY = text("SELECT pg_notify(:channel, :payload)")
+
+
 def announce(
     session: Session,
     *,
     claimable: bool = False,
     vendor_id: str | None = None,
     product_id: str | None = None,
+    organisations: Collection[str] | None = None,
 ) -> None:
     """Tell every replica, at this transaction's commit, that a job changed (`claimable`: one
-    became ready to claim, for `vendor_id`'s `product_id` when it is one job).
+    became ready to claim, for `vendor_id`'s `product_id` when it is one job; `organisations`:
+    whose jobs changed, when known)."""
+    payload = change_payload(REPLICA, claimable, vendor_id, product_id, organisations)
+    execute_core(session, _NOTIFY, {"channel": CHANNEL, "payload": payload})
 
-    The payload is the sending replica, the kind of change and, for one claimable job, its
-    vendor and product (slugs: no spaces).
-    """
-    payload = f"{REPLICA} {CLAIMABLE if claimable else CHANGED}"
-    if claimable and vendor_id:
-        payload += f" {vendor_id} {product_id or ''}"
-    session.execute(
-        text("SELECT pg_notify(:channel, :payload)"), {"channel": CHANNEL, "payload": payload}
-    )
+
+def change_payload(
+    replica: str,
+    claimable: bool,
+    vendor_id: str | None,
+    product_id: str | None,
+    organisations: Collection[str] | None,
+) -> str:
+    """Five fields separated by spaces: the sending replica, the kind of change, for one
+    claimable job its vendor and product, and the organisations whose jobs changed, separated
+    by commas (ids are slugs: no spaces, no commas). A field not known is empty. A replica of
+    an earlier release reads the first four and wakes everyone, as it did."""
+    kind = CLAIMABLE if claimable else CHANGED
+    vendor, product = (vendor_id or "", product_id or "") if claimable else ("", "")
+    touched = ",".join(organisations) if organisations is not None else ""
+    return f"{replica} {kind} {vendor} {product} {touched}"
 
 
 class ReplicaChanges:
@@ -115,9 +131,12 @@ class ReplicaChanges:
 
     def _heard(self, payload: str) -> None:
         """Wake this replica's waiters for another replica's change (its own woke them)."""
-        replica, kind, vendor_id, product_id = [*payload.split(" "), "", "", ""][:4]
+        replica, kind, vendor_id, product_id, touched = [*payload.split(" "), "", "", "", ""][:5]
         if replica == REPLICA:
             return
         self._notifier.notify(
-            claimable=kind != CHANGED, vendor_id=vendor_id or None, product_id=product_id or None
+            claimable=kind != CHANGED,
+            vendor_id=vendor_id or None,
+            product_id=product_id or None,
+            organisations=touched.split(",") if touched else None,
         )

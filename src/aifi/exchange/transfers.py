@@ -398,10 +398,12 @@ class Transfers:
             if early is not None:  # checked already: stored before a connection is taken
                 recorded.store(temp)
             with self._db.session() as session:
-                row = self._record_result(session, actor, job_id, upload, temp, early, recorded)
+                row, job = self._record_result(
+                    session, actor, job_id, upload, temp, early, recorded
+                )
                 recorded.done = True
         if upload.complete:
-            self._jobs.completed()
+            self._jobs.completed(job)
         return row
 
     def _record_result(
@@ -413,9 +415,10 @@ class Transfers:
         temp: TempBlob,
         early: tuple[dict[str, Any], dict[str, Any] | None] | None,
         recorded: _Recording,
-    ) -> JobResult:
-        """The result's row (and the job's end, with `complete`) in the caller's transaction;
-        the result is checked and stored here unless that was done before (`early`)."""
+    ) -> tuple[JobResult, Job]:
+        """The result's row (and the job's end, with `complete`) in the caller's transaction,
+        and the job as it now stands; the result is checked and stored here unless that was
+        done before (`early`)."""
         # The lease may have run out while the bytes arrived: checked in the transaction that
         # records the result.
         job = self._jobs.held(session, actor, job_id, upload.lease_token)
@@ -444,10 +447,10 @@ class Transfers:
             detail=row.kind,
         )
         if upload.complete:
-            self._jobs.complete_in(
+            job = self._jobs.complete_in(
                 session, actor, job.id, upload.lease_token, summary, with_result=True
             )
-        return row
+        return row, job
 
     def _checked_result(
         self, actor: Actor, job: Job, upload: ResultUpload, temp: TempBlob

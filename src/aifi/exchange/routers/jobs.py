@@ -86,7 +86,11 @@ async def list_jobs(
             return await run_in_threadpool(_with_results, services, caller, jobs)
         if jobs or remaining <= 0:
             return [job_out(j) for j in jobs]
-        await services.notifier.wait(min(remaining, RECHECK_SECONDS))
+        # Woken by changes to the jobs the caller sees (`visible_to`): a hospital's or a
+        # vendor's own, anyone's for the operator.
+        parties = (OrganisationKind.hospital, OrganisationKind.vendor)
+        watched = caller.organisation_id if caller.role in parties else None
+        await services.notifier.wait(min(remaining, RECHECK_SECONDS), watched)
 
 
 def _with_results(services: Services, caller: Actor, jobs: list[Job]) -> list[JobOut]:

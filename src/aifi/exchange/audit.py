@@ -213,8 +213,10 @@ class AuditLog:
                 digest = linked_digest(entry, previous)
                 links.append({"entry": entry.id, "seq": position, "prev": previous, "hash": digest})
                 previous = digest
-            if links:
-                session.execute(_LINK, links)
+            if links and self._db.is_postgresql:
+                execute_core(session, _LINK_ALL, _columns_of(links))
+            elif links:
+                execute_core(session, _LINK, links)
             return len(links)
 
 
@@ -293,6 +295,21 @@ _LINK = (
     .where(_TABLE.c.id == bindparam("entry"))
     .values(chain_seq=bindparam("seq"), prev_hash=bindparam("prev"), entry_hash=bindparam("hash"))
 )
+#: PostgreSQL: a round's links in one statement, its columns as arrays. A round links a few
+#: hundred entries; as many UPDATEs, each a statement the server plans and runs, were a fifth
+#: of the statements a small job costs it.
+_LINK_ALL = text(
+    "UPDATE audit_log SET chain_seq = links.seq, prev_hash = links.prev,"
+    " entry_hash = links.hash"
+    " FROM unnest(CAST(:entry AS integer[]), CAST(:seq AS bigint[]), CAST(:prev AS text[]),"
+    " CAST(:hash AS text[])) AS links (entry, seq, prev, hash)"
+    " WHERE audit_log.id = links.entry"
+)
+
+
+def _columns_of(links: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """The links as one list per column, for :data:`_LINK_ALL`."""
+    return {name: [link[name] for link in links] for name in ("entry", "seq", "prev", "hash")}
 
 
 @dataclass

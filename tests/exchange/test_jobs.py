@@ -18,9 +18,11 @@ from sqlalchemy import insert, update
 from aifi.exchange import jobs as jobs_module
 from aifi.exchange.clock import utcnow
 from aifi.exchange.models import Job, Product
+from aifi.exchange.routers import jobs as jobs_router
 from aifi.products.tissue_volume import run as tissue_volume
 from aifi.vendor import JobContext
 from scale.exchange_api import OPERATOR_KEY
+from scale.servers import wait_for
 
 OPERATOR = {"Authorization": f"Bearer {OPERATOR_KEY}"}
 
@@ -307,8 +309,12 @@ def test_concurrent_claims_hand_each_job_out_once(
 
 
 def test_long_poll_wakes_when_a_job_ends(
-    exchange: Any, parties: dict[str, Any], make_ct: Any
+    exchange: Any, parties: dict[str, Any], make_ct: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The job's end wakes its hospital's poll: with the periodic re-check out of reach, only
+    the change's own wake-up (naming the job's hospital) answers before `wait` runs out (a
+    poll that runs out lists once more, and would find the job too late)."""
+    monkeypatch.setattr(jobs_router, "RECHECK_SECONDS", 60.0)
     hospital, vendor = parties["hospital_a"], parties["vendor_a"]
     job = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
     claim = exchange.claim(vendor)
@@ -319,19 +325,26 @@ def test_long_poll_wakes_when_a_job_ends(
         started.set()
         seen.extend(
             exchange.client.get(
-                "/jobs", params={"state": ["failed"], "wait": 20}, headers=hospital.headers
+                "/jobs", params={"state": ["failed"], "wait": 30}, headers=hospital.headers
             ).json()
         )
 
     waiter = threading.Thread(target=hospital_waits)
     waiter.start()
     started.wait()
+    # Fail the job once the poll waits: a change between its listing and its wait is caught
+    # only by the re-check (the notifier makes the common case fast, never correct).
+    notifier = exchange.client.app.state.services.notifier
+    wait_for(lambda: notifier.watchers(hospital.id) == 1, 30, "the hospital's poll to wait")
     exchange.client.post(
         f"/jobs/{job['id']}/fail",
         json={"lease_token": claim["lease_token"], "reason": "x"},
         headers=vendor.headers,
     )
-    waiter.join()
+    waiter.join(timeout=20)
+    woken = not waiter.is_alive()
+    waiter.join()  # a poll that was not woken ends when its wait runs out
+    assert woken, "the poll was not woken by its job's end"
     assert [j["id"] for j in seen] == [job["id"]]
 
 

@@ -103,6 +103,11 @@ class ChangeNotifier:
             if not future.done():
                 future.set_result(None)
 
+    def watchers(self, organisation_id: str | None = None) -> int:
+        """How many long-polls wait on `organisation_id`'s jobs (None: on anyone's)."""
+        with self._lock:
+            return len(self._waiters.get(organisation_id, ()))
+
     def _touched(self, organisations: frozenset[str] | None) -> list[str | None]:
         """Whose waiters a change to `organisations`' jobs wakes (the operator's always)."""
         if organisations is None:

@@ -145,6 +145,13 @@ def visible_to(query: Q, actor: Actor) -> Q:
     return query
 
 
+def watched_by(actor: Actor) -> str | None:
+    """Whose job changes wake the actor's long-polls, as `visible_to` walls them: a hospital's
+    or a vendor's own organisation; None (anyone's) for the operator."""
+    parties = (OrganisationKind.hospital, OrganisationKind.vendor)
+    return actor.organisation_id if actor.role in parties else None
+
+
 def walled(statement: Q) -> dict[str, Q]:
     """`statement`, which reads the job `job_id`, as each role may run it: a hospital's reads
     its own job only, a vendor's a job for its products (`organisation_id` is the caller's);

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from aifi.exchange.audit import Actor
 from aifi.exchange.deps import CallerDep, ServicesDep
 from aifi.exchange.errors import Forbidden
-from aifi.exchange.jobs import job_out
+from aifi.exchange.jobs import job_out, watched_by
 from aifi.exchange.models import Job
 from aifi.exchange.schemas import (
     AcknowledgeIn,
@@ -71,6 +71,7 @@ async def list_jobs(
         raise Forbidden("only hospitals list jobs with their results")
     deadline = time.monotonic() + min(wait, services.settings.max_wait_seconds)
     states = [s.value for s in state] if state else None
+    watched = watched_by(caller)
     while True:
         jobs = await run_in_threadpool(
             services.jobs.list,
@@ -86,10 +87,6 @@ async def list_jobs(
             return await run_in_threadpool(_with_results, services, caller, jobs)
         if jobs or remaining <= 0:
             return [job_out(j) for j in jobs]
-        # Woken by changes to the jobs the caller sees (`visible_to`): a hospital's or a
-        # vendor's own, anyone's for the operator.
-        parties = (OrganisationKind.hospital, OrganisationKind.vendor)
-        watched = caller.organisation_id if caller.role in parties else None
         await services.notifier.wait(min(remaining, RECHECK_SECONDS), watched)
 
 

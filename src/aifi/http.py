@@ -190,6 +190,9 @@ class ApiClient:
                     raise
                 time.sleep(pause(attempt))
                 continue
+            except BaseException:  # a full disk, a refusal, an interrupt: no half-file stays
+                partial.unlink(missing_ok=True)
+                raise
             partial.replace(target)
             return size
         raise AssertionError("unreachable")

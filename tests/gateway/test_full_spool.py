@@ -13,16 +13,25 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pydicom
 import pytest
+import yaml
 
+from aifi.gateway.config import load_config
+from aifi.gateway.exchange_client import GatewayClient
+from aifi.gateway.reidentify import reidentify_file
 from aifi.gateway.service import Gateway
+from aifi.gateway.vault import Vault
 from aifi.phantoms import write_study
+from aifi.products import tissue_volume
+from aifi.vendor import JobContext, VendorClient, Worker
+from scale.exchange_api import pseudonymised_ct
 from scale.servers import wait_for
-from support.national import National, gateway_gauge, gateway_without_pacs
-from support.peers import fill, require_executable, small_disk
+from support.national import VENDOR, National, gateway_config, gateway_gauge, gateway_without_pacs
+from support.peers import OrthancPeer, fill, free_port, require_executable, small_disk
 
 pytestmark = pytest.mark.peer
 
@@ -199,3 +208,176 @@ def test_a_study_held_up_by_the_full_disk_shows_in_the_figures_until_it_goes_on(
         lambda: [job["state"] for job in gateway.jobs()] == ["delivered"], timeout=60
     ), gateway.jobs()
     assert overdue() == 0.0
+
+
+#: A product no worker serves until the test does its job, so the job waits while the disk fills.
+HELD = "held-volume"
+
+
+def test_a_result_that_comes_home_to_a_full_disk_waits_at_the_exchange_and_arrives_once(
+    national: National, orthanc_factory: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The vendor's result reaches an exchange whose gateway has no room to fetch it: nothing
+    half-fetched is left on the gateway's disk, the job stays unacknowledged (the exchange keeps
+    the result), and once there is room the result is fetched, re-identified and stored in the
+    PACS exactly once."""
+    vendor = VendorClient(national.exchange.url, national.vendor_key)
+    vendor.register_product({**tissue_volume.manifest(VENDOR), "id": HELD})
+    with national.api() as api:
+        api.post("/subscriptions", json={"product_id": HELD}).raise_for_status()
+    files = ct_study(tmp_path / "study", seed=68)
+    study = uid_of(files[0], "StudyInstanceUID")
+    gateway_port = free_port()
+    pacs = orthanc_factory({"aifi": ("AIFI_GW", gateway_port)})
+    config = yaml.safe_load(
+        gateway_config(tmp_path / "gw", national, gateway_port, pacs.dicom_port).read_text()
+    )
+    with small_disk(tmp_path / "disk", "4m") as disk:
+        config.update(
+            workdir=str(disk / "gateway"), routes=[{"product": HELD, "modalities": ["CT"]}]
+        )
+        (tmp_path / "gw" / "gateway.yaml").write_text(yaml.safe_dump(config))
+        gateway = Gateway(load_config(tmp_path / "gw" / "gateway.yaml"))
+        gateway.start()
+        try:
+            assert "Refused" not in send_by_c_store(files, gateway.port)
+            assert gateway.wait_until(
+                lambda: [job["state"] for job in gateway.jobs()] == ["submitted"], timeout=60
+            ), gateway.jobs()
+            [job] = gateway.jobs()
+            exchange_id = job["exchange_job_id"]
+
+            filler = fill(disk)
+            worker = Worker(vendor, tissue_volume.run, product_ids=[HELD], workdir=tmp_path)
+            assert worker.run_once(wait_seconds=10) == exchange_id
+            wait_for(
+                lambda: any(
+                    "collecting results failed" in record.getMessage()
+                    and "disk is full" in record.getMessage()
+                    for record in caplog.records
+                ),
+                60,
+                "the gateway to find no room for the result",
+            )
+            # Nothing half-written stays to fill the disk or pass for the result later.
+            results = gateway.results_dir / str(job["id"])
+            assert not [path.name for path in results.glob("*")], list(results.glob("*"))
+            with national.api() as api:
+                remote = api.get(f"/jobs/{exchange_id}").json()
+            assert remote["state"] == "completed" and remote["acknowledged_at"] is None
+            assert not pacs_results(pacs, study)
+
+            filler.unlink()
+            assert gateway.wait_until(
+                lambda: [job["state"] for job in gateway.jobs()] == ["delivered"], timeout=120
+            ), gateway.jobs()
+            [job] = gateway.jobs()
+            assert job["results_delivered"] == 1
+        finally:
+            gateway.stop()
+            vendor.close()
+    assert len(pacs_results(pacs, study)) == 1
+    with national.api() as api:
+        wait_for(
+            lambda: api.get(f"/jobs/{exchange_id}").json()["acknowledged_at"] is not None,
+            30,
+            "the gateway to acknowledge the job it brought home",
+        )
+
+
+def pacs_results(pacs: OrthancPeer, study_uid: str) -> list[dict[str, Any]]:
+    """The structured reports the PACS holds in the original study."""
+    found = httpx.post(
+        pacs.url + "/tools/find",
+        json={"Level": "Instance", "Query": {"StudyInstanceUID": study_uid, "Modality": "SR"}},
+    ).json()
+    return list(found)
+
+
+def sr_to_restore(folder: Path) -> tuple[Path, Vault]:
+    """The reference product's SR for a pseudonymised CT, and a vault that knows its study."""
+    [ct] = pseudonymised_ct(folder / "ct", slices=1)
+    (folder / "out").mkdir()
+    result = tissue_volume.run(JobContext(job={}, inputs=[ct], output_dir=folder / "out"))
+    pseudonym = uid_of(ct, "StudyInstanceUID")
+    vault = Vault(folder / "vault.db")
+    original = {"StudyInstanceUID": "1.2.826.0.1.3680043.8.498.78", "PatientID": "HOSP-0100"}
+    vault.remember(
+        {original["StudyInstanceUID"]: pseudonym},
+        original_study_uid=original["StudyInstanceUID"],
+        pseudonym_study_uid=pseudonym,
+        patient_pseudonym="PSEUDO",
+        original_attributes=original,
+    )
+    return result.files[0].path, vault
+
+
+@pytest.mark.parametrize("writer", ["download", "re-identification"])
+def test_a_result_that_finds_no_room_leaves_no_half_written_file(
+    writer: str, tmp_path: Path
+) -> None:
+    """A half-written result would keep its room on the full disk; under its final name it
+    would pass for the result. Neither the download nor the re-identified copy leaves one."""
+    body = b"DICM" * 25_000
+    sr, vault = sr_to_restore(tmp_path / "result")
+    exchange = httpx.MockTransport(lambda _request: httpx.Response(200, content=body))
+    client = GatewayClient("http://exchange", "aifi_k", transport=exchange)
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        filler = fill(disk)
+        with pytest.raises(OSError, match="No space left on device"):
+            if writer == "download":
+                client.download_result("job-1", "sr.dcm", disk / "sr.dcm")
+            else:
+                reidentify_file(sr, disk / "reidentified-sr.dcm", vault)
+        assert sorted(path.name for path in disk.iterdir()) == ["filler"]
+        filler.unlink()
+        # With room again the same call writes the whole file, under its final name.
+        if writer == "download":
+            assert client.download_result("job-1", "sr.dcm", disk / "sr.dcm") == len(body)
+            assert (disk / "sr.dcm").read_bytes() == body
+        else:
+            reidentify_file(sr, disk / "reidentified-sr.dcm", vault)
+            restored = pydicom.dcmread(disk / "reidentified-sr.dcm")
+            assert restored.PatientID == "HOSP-0100"
+        assert len(list(disk.iterdir())) == 1
+    vault.close()
+    client.close()
+
+
+def test_a_disk_that_fills_while_a_job_is_sent_delays_the_job_and_doubles_nothing(
+    gateway_on_a_small_disk: tuple[Gateway, str],
+    national: National,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The exchange opens the job, and then the gateway's disk has no room to record it, nor
+    the pseudonymised copies, nor even the retry: the gateway keeps trying, and once there is
+    room the study goes out as the one job the exchange already opened."""
+    gateway, _ = gateway_on_a_small_disk
+    files = ct_study(tmp_path / "study", seed=69)
+    opened = gateway.client.create_job
+    filled: list[Path] = []
+
+    def open_then_fill(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        created = opened(*args, **kwargs)
+        if not filled:
+            filled.append(fill(gateway.config.workdir.parent))
+        return created
+
+    monkeypatch.setattr(gateway.client, "create_job", open_then_fill)
+    assert "Refused" not in send_by_c_store(files, gateway.port)
+    wait_for(
+        lambda: any("sending jobs failed" in record.getMessage() for record in caplog.records),
+        60,
+        "the gateway to find no room to record the job",
+    )
+    assert [job["state"] for job in gateway.jobs()] == ["pending"]
+    filled[0].unlink()
+    assert gateway.wait_until(
+        lambda: [job["state"] for job in gateway.jobs()] == ["delivered"], timeout=120
+    ), gateway.jobs()
+    with national.api() as api:
+        remote = api.get("/jobs").json()
+    assert [job["id"] for job in remote] == [gateway.jobs()[0]["exchange_job_id"]]
+    assert remote[0]["input_count"] == len(files)

@@ -94,6 +94,10 @@ def reidentify_file(source: Path, target: Path, vault: Vault) -> str:
     ds = pydicom.dcmread(source)
     reidentify(ds, vault)
     partial = target.with_name(target.name + ".part")
-    ds.save_as(partial, enforce_file_format=True)
+    try:
+        ds.save_as(partial, enforce_file_format=True)
+    except BaseException:  # a full disk: no half-written result stays to take up its room
+        partial.unlink(missing_ok=True)
+        raise
     partial.replace(target)
     return str(ds.SOPInstanceUID)

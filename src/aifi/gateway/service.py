@@ -71,6 +71,9 @@ RETENTION_SWEEP_SECONDS = 60.0
 #: moved: entries newer than the last anchor in the hospital's log collector could be cut off
 #: unseen, so this is the most a tampered log can hide.
 ANCHOR_SECONDS = 600.0
+#: What bringing a job home may meet and outlast: the exchange's refusal or absence, the
+#: gateway's own disk full or failing, a disclosure that cannot be recorded yet.
+PASSING_FAILURES = (ExchangeHTTPError, httpx.TransportError, OSError, sqlite3.Error, NotRecorded)
 
 
 class ResultsPurged(Exception):
@@ -126,6 +129,9 @@ class Gateway:
         self.refusals = Refusals()
         self.metrics: MetricsServer | None = None
         self._retry_at: dict[str, float] = {}
+        #: Failed tries at bringing a job home, by exchange job, should the disk that failed
+        #: them also refuse to record them.
+        self._collect_attempts: dict[str, int] = {}
         #: Studies an open association is still sending, by association: a study is not
         #: complete while its sender is connected, whatever the quiet timer says.
         self._sending: dict[int, set[str]] = {}
@@ -411,16 +417,24 @@ class Gateway:
 
     def _submit_loop(self) -> None:
         routes_reported = False
+        failures = 0
         while not self._stop.is_set():
             self._submit.clear()
-            if not routes_reported:
-                routes_reported = self.report_routes()
-            self.report_uptake()
-            for job in self.state.pending_jobs(time.time()):
-                if self._stop.is_set():
-                    return
-                self.submit(job)
-            due = self.state.next_pending_at()
+            try:
+                if not routes_reported:
+                    routes_reported = self.report_routes()
+                self.report_uptake()
+                for job in self.state.pending_jobs(time.time()):
+                    if self._stop.is_set():
+                        return
+                    self.submit(job)
+                due = self.state.next_pending_at()
+            except Exception:  # a full disk refusing even the retry's record: wait, go on
+                failures += 1
+                log.exception("sending jobs failed; trying again in %.0f s", backoff(failures))
+                self._stop.wait(backoff(failures))
+                continue
+            failures = 0
             timeout = 3600.0 if due is None else max(0.0, due - time.time())
             self._submit.wait(timeout)
 
@@ -534,8 +548,10 @@ class Gateway:
                 self._refuse(job_id, f"the exchange refused the job: {exc.detail}")
             else:
                 self._retry(job, str(exc))
-        except (httpx.TransportError, OSError) as exc:
+        except httpx.TransportError as exc:
             self._retry(job, f"exchange unreachable: {exc}")
+        except (OSError, sqlite3.Error) as exc:  # the gateway's own disk: full, or failing
+            self._retry(job, f"the gateway's storage refused a write: {exc}")
         except NotRecorded as exc:
             # Sent, but not on record: sent again later (the exchange takes it once), and
             # recorded then; it does not count as submitted until it is.
@@ -570,9 +586,13 @@ class Gateway:
                 if waiting is not None:
                     self._wait_for_news(*waiting)
                 failures = 0
-            except (ExchangeHTTPError, httpx.TransportError, OSError) as exc:
+            except (ExchangeHTTPError, httpx.TransportError, OSError, sqlite3.Error) as exc:
                 failures += 1
                 log.warning("result poll failed: %s", exc)
+                self._stop.wait(backoff(failures))
+            except Exception:  # never let results stop coming home for good: log, wait, go on
+                failures += 1
+                log.exception("result poll failed")
                 self._stop.wait(backoff(failures))
 
     def _wait_for_news(self, retry_at: float, last: str) -> None:
@@ -655,14 +675,14 @@ class Gateway:
             # records it, so that no result comes back for a disclosure the log lacks.
             self._retry_at[exchange_id] = max(float(local["next_attempt_at"]), time.time()) + 1
             return False
-        if local["result_seen_at"] is None:
-            ended = job.get("ended_at")
-            self.state.update_job(
-                int(local["id"]),
-                result_seen_at=time.time(),
-                exchange_ended_at=datetime.fromisoformat(ended).timestamp() if ended else None,
-            )
         try:
+            if local["result_seen_at"] is None:
+                ended = job.get("ended_at")
+                self.state.update_job(
+                    int(local["id"]),
+                    result_seen_at=time.time(),
+                    exchange_ended_at=datetime.fromisoformat(ended).timestamp() if ended else None,
+                )
             if job["state"] == "completed":
                 delivered = self._deliver(int(local["id"]), exchange_id, job)
                 if delivered is None:
@@ -682,15 +702,25 @@ class Gateway:
                 int(local["id"]), state="ended", exchange_state="completed", reason=str(exc),
                 ended_at=time.time(),
             )  # fmt: skip
-        except (ExchangeHTTPError, httpx.TransportError, OSError, NotRecorded) as exc:
-            attempts = int(local["attempts"]) + 1
-            self.state.update_job(int(local["id"]), attempts=attempts, reason=str(exc))
+        except PASSING_FAILURES as exc:
+            # A full disk refuses the result, and may refuse this record of it too: the
+            # attempts are counted here as well, so that the retries still spread out.
+            attempts = max(int(local["attempts"]), self._collect_attempts.get(exchange_id, 0)) + 1
+            self._collect_attempts[exchange_id] = attempts
             self._retry_at[exchange_id] = time.time() + backoff(attempts)
-            log.warning("job %s: collecting results failed: %s", exchange_id, exc)
+            log.warning(
+                "job %s: collecting results failed (attempt %d, next in %.0f s): %s",
+                exchange_id, attempts, backoff(attempts), exc,
+            )  # fmt: skip
+            try:
+                self.state.update_job(int(local["id"]), attempts=attempts, reason=str(exc))
+            except sqlite3.Error as unrecorded:
+                log.warning("job %s: the failure is not on record: %s", exchange_id, unrecorded)
             return False
         finally:
             self._notify()
         self._retry_at.pop(exchange_id, None)
+        self._collect_attempts.pop(exchange_id, None)
         return True
 
     def _deliver(self, local_id: int, exchange_id: str, job: dict[str, Any]) -> int | None:

@@ -1,14 +1,19 @@
-"""A blob store that runs out of space: the uploader gets a clear 507, and nothing that was
-already accepted is lost. The store sits on a real 2 MiB tmpfs, so the disk really fills."""
+"""A blob store or a database that runs out of space: the uploader gets a clear 507, and
+nothing that was already accepted is lost. Each sits on a real tmpfs, so the disk really
+fills: SQLite's file, or a PostgreSQL tablespace holding the exchange's every table."""
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+import shutil
+import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pydicom
 import pytest
 from fastapi.testclient import TestClient
@@ -23,6 +28,7 @@ from aifi.exchange.errors import StorageFull
 from aifi.exchange.settings import ExchangeSettings
 from scale.conftest import set_up_parties
 from scale.exchange_api import OPERATOR_KEY, Exchange
+from scale.servers import PostgresServer
 from support.peers import fill, small_disk
 
 
@@ -140,3 +146,84 @@ def test_a_database_with_no_room_refuses_with_507_and_keeps_what_it_had(tmp_path
             assert again.status_code == 201, again.text
             listed = client.get("/jobs", headers=hospital.headers).json()
             assert sorted(job["id"] for job in listed) == sorted([before["id"], again.json()["id"]])
+
+
+@contextmanager
+def database_on_a_small_disk(postgres: PostgresServer, disk: Path) -> Iterator[str]:
+    """A new PostgreSQL database whose tables and indexes all live on `disk` (a tablespace
+    there; the server's own files and its WAL stay on its data disk); yields its URL."""
+    folder = disk / "tablespace"
+    folder.mkdir(mode=0o700)
+    if postgres.as_user:
+        shutil.chown(folder, "postgres", "postgres")
+    name = f"on_a_small_disk_{secrets.token_hex(4)}"
+    with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+        conn.execute(f"CREATE TABLESPACE {name} LOCATION '{folder}'")
+        conn.execute(f"CREATE DATABASE {name} TABLESPACE {name}")
+    try:
+        yield postgres.url(name)
+    finally:
+        with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            conn.execute(f"DROP TABLESPACE IF EXISTS {name}")
+
+
+@pytest.fixture
+def disk_for_postgres() -> Iterator[Path]:
+    """A real 32 MiB disk mounted under /tmp, not in the test's own folder: the server runs
+    as `postgres`, which may not enter the folders above a test's."""
+    mount_point = Path(tempfile.mkdtemp(prefix="aifi-pg-disk-"))
+    try:
+        with small_disk(mount_point, "32m") as disk:
+            yield disk
+    finally:
+        mount_point.rmdir()
+
+
+def test_a_postgresql_database_with_no_room_refuses_with_507_and_keeps_what_it_had(
+    postgres: PostgresServer, disk_for_postgres: Path, tmp_path: Path
+) -> None:
+    """PostgreSQL's tables on a real 32 MiB disk that fills: the write that must grow a table
+    gets the server's disk_full (SQLSTATE 53100), and the exchange refuses it with 507, not the
+    503 of a database that is merely unavailable; the job opened before stays, the refused one
+    is not half there, and once there is room the same request succeeds."""
+    with database_on_a_small_disk(postgres, disk_for_postgres) as database_url:
+        settings = ExchangeSettings(
+            data_dir=tmp_path / "exchange", operator_key=OPERATOR_KEY, database_url=database_url
+        )
+        with TestClient(create_app(settings)) as client:
+            exchange = Exchange(client)
+            hospital = set_up_parties(exchange)["hospital"]
+            before = exchange.job(hospital, "product-a", "1.2.826.0.1.3680043.8.498.1")
+            ballast = fill(disk_for_postgres)
+            body = {
+                "product_id": "product-a",
+                "study_uid": "1.2.826.0.1.3680043.8.498.2",
+                "patient_pseudonym": "PTEST",
+                "idempotency_key": "after-the-disk-filled",
+            }
+            # Each job costs a few hundred bytes of the tables' free pages; when they are used
+            # up, a table must grow.
+            accepted = [before["id"]]
+            for number in range(3, 1000):
+                refused = client.post("/jobs", json=body, headers=hospital.headers)
+                if refused.status_code != 201:
+                    break
+                accepted.append(refused.json()["id"])
+                body = {
+                    **body,
+                    "study_uid": f"1.2.826.0.1.3680043.8.498.{number}",
+                    "idempotency_key": f"after-the-disk-filled-{number}",
+                }
+            assert refused.status_code == 507, refused.text
+            assert "database has no room to write" in refused.json()["detail"]
+            assert (
+                'aifi_exchange_errors_total{kind="storage_full"} 1.0' in client.get("/metrics").text
+            )
+            ballast.unlink()
+            listed = client.get("/jobs?limit=1000", headers=hospital.headers).json()
+            assert sorted(job["id"] for job in listed) == sorted(accepted)
+            again = client.post("/jobs", json=body, headers=hospital.headers)
+            assert again.status_code == 201, again.text
+            listed = client.get("/jobs?limit=1000", headers=hospital.headers).json()
+            assert sorted(job["id"] for job in listed) == sorted([*accepted, again.json()["id"]])

@@ -108,6 +108,11 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
                 "0x30 2x30"
             ),
             'aifi_exchange_purged_objects_total{kind="input", instance="r2"}': "0+5x60",
+            # hospital-b's gateway stops collecting at 0m; hospital-a's outcomes wait seconds.
+            'aifi_exchange_hospital_unacknowledged_age_seconds{hospital="hospital-b", '
+            'instance="r1"}': "0+60x60",
+            'aifi_exchange_hospital_unacknowledged_age_seconds{hospital="hospital-a", '
+            'instance="r2"}': "5x60",
         },
         [
             quiet("ExchangeReplicaDown", "2m"),  # down for a minute only
@@ -136,6 +141,10 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
                   "Product slow: the oldest ready job has waited 25m 0s", product="slow"),
             quiet("JobsExpiring", "39m"),
             fires("JobsExpiring", "45m", "Jobs expired in the last hour"),
+            quiet("HospitalNotCollecting", "38m"),  # over half an hour, not yet for ten
+            fires("HospitalNotCollecting", "42m",
+                  "Hospital hospital-b: outcomes have waited 42m 0s for its gateway to "
+                  "collect them", hospital="hospital-b"),
             quiet("ResultsNeverFetched", "29m"),
             fires("ResultsNeverFetched", "35m",
                   "Results were purged without ever being fetched"),

@@ -11,9 +11,11 @@ from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import update
 
 from aifi.exchange.clock import utcnow
 from aifi.exchange.metrics import SETTLED_AFTER, EndedTally
+from aifi.exchange.models import Job
 from aifi.exchange.settings import ExchangeSettings
 from aifi.gateway.metrics import start_metrics_server
 from aifi.gateway.receipt import OUT_OF_RESOURCES, STUDY_MISMATCH, Refusals
@@ -257,3 +259,47 @@ def test_refusals_at_receipt_are_told_even_when_the_state_cannot_be_read(tmp_pat
     )
     assert figures[(refused, (("reason", "wrong-study"), ("sender", "VNA"), ("way", "stow")))] == 1
     assert figures[("aifi_gateway_stow_refused_requests_total", (("status", "401"),))] == 1
+
+
+def test_exchange_metrics_name_the_hospital_a_backlog_holds_up_and_the_one_not_collecting(
+    exchange_on: ExchangeFactory, make_ct: Any, tmp_path: Path
+) -> None:
+    """Per hospital: its jobs waiting for a vendor, and its outcomes not yet acknowledged with
+    how long the oldest has waited — a gateway that stopped collecting (down, cut off, a full
+    disk) shows within the hour, not when retention purges its results."""
+    exchange = exchange_on()
+    orgs = set_up_parties(exchange)
+    hospital_a, vendor = orgs["hospital"], orgs["vendor"]
+    hospital_b = exchange.org("hospital-b", "hospital")
+    exchange.subscribe(hospital_b, "product-a")
+    done = exchange.ready_job(hospital_b, "product-a", make_ct(slices=1))
+    finish_job(exchange, vendor, exchange.claim(vendor), tmp_path / "w")
+    for _ in range(2):
+        exchange.ready_job(hospital_a, "product-a", make_ct(slices=1))
+    # hospital-b's gateway has not collected for two hours.
+    services = exchange.client.app.state.services
+    with services.db.session() as session:
+        session.execute(
+            update(Job).where(Job.id == done["id"]).values(ended_at=utcnow() - timedelta(hours=2))
+        )
+
+    figures = samples(exchange.client.get("/metrics").text)
+    a, b = (("hospital", "hospital-a"),), (("hospital", "hospital-b"),)
+    assert figures[("aifi_exchange_hospital_waiting", a)] == 2.0
+    assert ("aifi_exchange_hospital_waiting", b) not in figures
+    assert (
+        figures[("aifi_exchange_queue_depth", (("priority", "routine"), ("product", "product-a")))]
+        == 2.0
+    )
+    assert figures[("aifi_exchange_hospital_unacknowledged", b)] == 1.0
+    assert ("aifi_exchange_hospital_unacknowledged", a) not in figures
+    assert 7200.0 <= figures[("aifi_exchange_hospital_unacknowledged_age_seconds", b)] < 7300.0
+    assert figures[("aifi_exchange_jobs_unacknowledged", ())] == 1.0
+
+    acknowledged = exchange.client.post(
+        f"/jobs/{done['id']}/acknowledge", headers=hospital_b.headers
+    )
+    assert acknowledged.status_code == 200, acknowledged.text
+    after = samples(exchange.client.get("/metrics").text)
+    assert ("aifi_exchange_hospital_unacknowledged_age_seconds", b) not in after
+    assert after[("aifi_exchange_jobs_unacknowledged", ())] == 0.0

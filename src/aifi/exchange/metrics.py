@@ -123,15 +123,21 @@ class JobTableCollector(Collector):
             }
             by_state.update(self._ended.counts(session, now))
             queue = session.execute(
-                select(Job.product_id, Job.priority, func.count(), func.min(Job.ready_at))
-                .where(Job.state == JobState.requested.value, Job.inputs_complete.is_(True))
-                .group_by(Job.product_id, Job.priority)
-            ).all()
-            unacknowledged = session.scalar(
-                select(func.count()).where(
-                    Job.state.in_([s.value for s in _ENDED]), Job.acknowledged_at.is_(None)
+                select(
+                    Job.hospital_id,
+                    Job.product_id,
+                    Job.priority,
+                    func.count(),
+                    func.min(Job.ready_at),
                 )
-            )
+                .where(Job.state == JobState.requested.value, Job.inputs_complete.is_(True))
+                .group_by(Job.hospital_id, Job.product_id, Job.priority)
+            ).all()
+            unacknowledged = session.execute(
+                select(Job.hospital_id, func.count(), func.min(Job.ended_at))
+                .where(Job.state.in_([s.value for s in _ENDED]), Job.acknowledged_at.is_(None))
+                .group_by(Job.hospital_id)
+            ).all()
             recent = session.execute(
                 select(Job.ready_at, Job.ended_at, Job.priority)
                 .where(
@@ -160,19 +166,52 @@ class JobTableCollector(Collector):
             "Age of the oldest ready, unclaimed job, per product and priority",
             labels=["product", "priority"],
         )
-        for product_id, priority, count, oldest in queue:
+        by_product: dict[tuple[str, str], tuple[int, float]] = {}
+        by_hospital: dict[str, int] = {}
+        for hospital_id, product_id, priority, count, oldest in queue:
+            waited = max(0.0, (now - as_utc(oldest)).total_seconds()) if oldest else 0.0
+            before, longest = by_product.get((product_id, priority), (0, 0.0))
+            by_product[(product_id, priority)] = (before + count, max(longest, waited))
+            by_hospital[hospital_id] = by_hospital.get(hospital_id, 0) + count
+        for (product_id, priority), (count, longest) in by_product.items():
             depth.add_metric([product_id, priority], float(count))
-            waited = (now - as_utc(oldest)).total_seconds() if oldest is not None else 0.0
-            age.add_metric([product_id, priority], max(0.0, waited))
+            age.add_metric([product_id, priority], longest)
         yield depth
         yield age
+        # Whose studies a backlog holds up: the vendor's queue is shared, its wait is not.
+        held_up = GaugeMetricFamily(
+            "aifi_exchange_hospital_waiting",
+            "Jobs ready for a vendor and not yet claimed, per hospital",
+            labels=["hospital"],
+        )
+        for hospital_id, count in by_hospital.items():
+            held_up.add_metric([hospital_id], float(count))
+        yield held_up
 
         waiting = GaugeMetricFamily(
             "aifi_exchange_jobs_unacknowledged",
             "Ended jobs whose hospital has not yet acknowledged the outcome",
         )
-        waiting.add_metric([], float(unacknowledged or 0))
+        waiting.add_metric([], float(sum(count for _hospital, count, _ended in unacknowledged)))
         yield waiting
+        # A gateway that stopped collecting (down, cut off, its disk full) shows here within
+        # the hour, not when retention purges its results a month later.
+        uncollected = GaugeMetricFamily(
+            "aifi_exchange_hospital_unacknowledged",
+            "Ended jobs the hospital has not yet acknowledged, per hospital",
+            labels=["hospital"],
+        )
+        uncollected_age = GaugeMetricFamily(
+            "aifi_exchange_hospital_unacknowledged_age_seconds",
+            "Time since the oldest ended job the hospital has not acknowledged ended",
+            labels=["hospital"],
+        )
+        for hospital_id, count, oldest in unacknowledged:
+            uncollected.add_metric([hospital_id], float(count))
+            waited = max(0.0, (now - as_utc(oldest)).total_seconds()) if oldest else 0.0
+            uncollected_age.add_metric([hospital_id], waited)
+        yield uncollected
+        yield uncollected_age
 
         timed = [
             ((as_utc(ended) - as_utc(ready)).total_seconds(), priority)

@@ -271,6 +271,47 @@ def test_a_vendor_failure_reaches_the_hospital_with_its_reason(
     assert seen["state"] == "failed" and seen["reason"] == "no brain in field of view"
 
 
+def test_a_job_handed_back_is_claimable_at_once_and_never_expires_for_it(
+    exchange: Any, parties: dict[str, Any], make_ct: Any
+) -> None:
+    """A worker whose own disk is full hands the job back: the next claim gets it now, not
+    after its hour-long lease runs out; the old lease is dead; a hand-back is not a failed
+    attempt, so handing back again and again never expires the job; another vendor cannot
+    hand it back; the access log says why."""
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    exchange.product(vendor, "product-a2")
+    exchange.subscribe(hospital, "product-a2")
+    older = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
+    handed = exchange.ready_job(hospital, "product-a2", make_ct(slices=1))
+
+    def hand_back(claim: dict[str, Any], by: Any = vendor) -> Any:
+        return exchange.client.post(
+            f"/jobs/{claim['job']['id']}/release",
+            json={"lease_token": claim["lease_token"], "reason": "the worker's disk is full"},
+            headers=by.headers,
+        )
+
+    for _ in range(4):  # more than max_attempts (3)
+        claim = exchange.claim(vendor, product_ids=["product-a2"], lease_seconds=3600)
+        assert claim["job"]["id"] == handed["id"] and claim["job"]["attempts"] == 1
+        assert hand_back(claim, parties["vendor_b"]).status_code == 404
+        released = hand_back(claim)
+        assert released.status_code == 200, released.text
+        assert released.json()["state"] == "requested" and released.json()["attempts"] == 0
+    assert hand_back(claim).status_code == 409
+    late = exchange.client.post(
+        f"/jobs/{handed['id']}/heartbeat",
+        json={"lease_token": claim["lease_token"]},
+        headers=vendor.headers,
+    )
+    assert late.status_code == 409
+    # Back in the queue at its head, beside the job that waited meanwhile.
+    assert {exchange.claim(vendor)["job"]["id"] for _ in range(2)} == {handed["id"], older["id"]}
+    audit = exchange.client.get("/audit", params={"limit": 5000}, headers=OPERATOR).json()
+    said = [e["detail"] for e in audit if e["object_id"] == handed["id"]]
+    assert said.count("handed back: the worker's disk is full") == 4
+
+
 def test_completing_without_results_is_refused(
     exchange: Any, parties: dict[str, Any], make_ct: Any
 ) -> None:

@@ -15,6 +15,7 @@ from aifi.phantoms import write_study
 from aifi.products import tissue_volume
 from aifi.vendor import JobContext, ProductError, ProductResult, ResultFile, VendorClient, Worker
 from support.national import HOSPITAL, VENDOR, National, national_path
+from support.peers import fill, small_disk
 
 PRODUCT = "worker-test-product"
 
@@ -97,3 +98,40 @@ def test_a_product_that_raises_fails_the_job_and_not_the_worker(
     job = run_one(national, broken, tmp_path)
     assert job["state"] == "failed" and job["reason"] == expected
     assert job["hospital_id"] == HOSPITAL
+
+
+@pytest.mark.parametrize("where", ["downloading the inputs", "in the product"])
+def test_a_worker_whose_disk_is_full_hands_the_job_back_at_once(
+    national: National, tmp_path: Path, where: str
+) -> None:
+    """The worker's own disk (a real tmpfs) fills: the job goes back to the queue at once,
+    not failed (the study is fine) and not held until the lease runs out, and the worker's
+    half-written files are gone; with room again a worker does the job."""
+    job_id = submit_study(national, tmp_path / "study")
+    client = VendorClient(national.exchange.url, national.vendor_key)
+
+    def writes_scratch(context: JobContext) -> ProductResult:
+        (context.output_dir / "scratch").write_bytes(b"\0" * 3_000_000)
+        return tissue_volume.run(context)
+
+    with small_disk(tmp_path / "disk", "4m") as disk:
+        worker = Worker(
+            client, writes_scratch, product_ids=[PRODUCT], lease_seconds=3600, workdir=disk
+        )
+        if where == "downloading the inputs":
+            filler = fill(disk)
+        else:  # room for the inputs, not for the product's scratch file
+            filler = disk / "filler"
+            filler.write_bytes(b"\0" * 1_500_000)
+        assert worker.run_once(wait_seconds=10) == job_id
+        with national.api() as api:
+            job = api.get(f"/jobs/{job_id}").json()
+        assert job["state"] == "requested" and job["attempts"] == 0, job
+        assert job["reason"] is None  # the hospital is told nothing went wrong with its study
+        assert sorted(path.name for path in disk.iterdir()) == ["filler"]
+        filler.unlink()
+        assert worker.run_once(wait_seconds=10) == job_id
+    client.close()
+    with national.api() as api:
+        job = api.get(f"/jobs/{job_id}").json()
+    assert job["state"] == "completed" and job["attempts"] == 1, job

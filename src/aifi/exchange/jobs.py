@@ -877,6 +877,44 @@ class JobService:
         self._notifier.notify(organisations=parties(job))
         return job
 
+    def release(self, actor: Actor, job_id: str, token: str, reason: str) -> Job:
+        """Hand a held job back: the worker's own trouble (its disk full, no GPU free), not
+        the study's. The job goes back to the head of the queue now, not when the lease runs
+        out — a STAT study must not wait out a lease for a worker that already knows.
+
+        The claim's attempt is taken back: attempts count the tries that ended without a
+        word (a study that crashes workers), which `max_attempts` stops. A job that is only
+        ever handed back ends as unfinished (`expire_unfinished_seconds`).
+        """
+        with self._db.session() as session:
+            self.held(session, actor, job_id, token)
+            job = _transition(
+                session,
+                (Job.id == job_id, Job.lease_token == token, Job.state.in_(HELD_STATES)),
+                {
+                    "state": JobState.requested.value,
+                    "queue_place": REQUEUED_PLACE,
+                    "lease_token": None,
+                    "lease_expires_at": None,
+                    "attempts": Job.attempts - 1,
+                    "updated_at": utcnow(),
+                },
+            )
+            if job is None:
+                raise Conflict(f"job {job_id} changed state meanwhile; not handed back")
+            self._announce(session, job=job, claimable=True)
+            self._audit.record_in(
+                session, actor, "update", "job", job_id,
+                patient_pseudonym=job.patient_pseudonym, detail=f"handed back: {reason}",
+            )  # fmt: skip
+        self._notifier.notify(
+            claimable=True,
+            vendor_id=job.vendor_id,
+            product_id=job.product_id,
+            organisations=parties(job),
+        )
+        return job
+
     # both ----------------------------------------------------------------------------------
 
     @staticmethod

@@ -259,6 +259,10 @@ class FailIn(LeaseIn):
     reason: str = Field(min_length=1, max_length=2000)
 
 
+class ReleaseIn(FailIn):
+    """The lease, and why the worker hands the job back (kept in the access log)."""
+
+
 class CancelIn(BaseModel):
     reason: str = Field(default="cancelled by the hospital", max_length=2000)
 

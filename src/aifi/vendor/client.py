@@ -128,6 +128,12 @@ class VendorClient(ApiClient):
         body = {"lease_token": lease.token, "reason": reason[:2000]}
         return dict(self.request("POST", f"/jobs/{lease.job_id}/fail", json=body).json())
 
+    def release(self, lease: Lease, reason: str) -> dict[str, Any]:
+        """Hand the job back for any worker to claim now: the trouble is this worker's (its
+        disk full, no GPU free), not the study's, which `fail` would tell the hospital."""
+        body = {"lease_token": lease.token, "reason": reason[:2000]}
+        return dict(self.request("POST", f"/jobs/{lease.job_id}/release", json=body).json())
+
 
 def _completing(complete: bool) -> dict[str, str]:
     return {"complete": "true"} if complete else {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
 import tempfile
@@ -19,6 +20,12 @@ log = logging.getLogger(__name__)
 
 #: Exchange answers that mean "this result is not acceptable" rather than "try again".
 REFUSALS = frozenset({400, 413, 415, 422})
+#: What a product's own run may meet that is the worker's trouble, not the study's: the job
+#: is handed back rather than failed.
+WORKER_TROUBLE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.ENOMEM})
+#: Seconds a worker that handed a job back waits before it claims again, so that it does not
+#: take the same job straight back while a healthy worker could have it.
+HAND_BACK_PAUSE = 30.0
 
 
 class ProductError(Exception):
@@ -98,17 +105,25 @@ class Worker:
         self.lease_seconds = lease_seconds
         self.workdir = workdir
         self.processed = 0
+        self.hand_back_pause = HAND_BACK_PAUSE
+        self._handed_back = False
 
     def run(self, stop: threading.Event, wait_seconds: float = 5.0) -> None:
         """Process jobs until `stop` is set; a failing exchange is retried, never fatal."""
         while not stop.is_set():
             try:
                 self.run_once(wait_seconds=wait_seconds)
+                if self._handed_back:
+                    self._handed_back = False
+                    stop.wait(self.hand_back_pause)
             except ExchangeHTTPError as exc:
                 log.warning("exchange error: %s", exc)
                 stop.wait(1.0)
-            except (OSError, httpx.TransportError) as exc:
+            except httpx.TransportError as exc:
                 log.warning("exchange unreachable: %s", exc)
+                stop.wait(1.0)
+            except OSError as exc:
+                log.warning("the worker's own files: %s", exc)
                 stop.wait(1.0)
 
     def run_once(self, wait_seconds: float = 0.0) -> str | None:
@@ -126,7 +141,13 @@ class Worker:
         return lease.job_id
 
     def process(self, lease: Lease) -> None:
-        folder = Path(tempfile.mkdtemp(prefix=f"aifi-job-{lease.job_id[:8]}-", dir=self.workdir))
+        try:
+            folder = Path(
+                tempfile.mkdtemp(prefix=f"aifi-job-{lease.job_id[:8]}-", dir=self.workdir)
+            )
+        except OSError as exc:
+            self._hand_back(lease, f"the worker has no folder to work in: {exc}")
+            return
         try:
             with _Heartbeat(self.client, lease, self.lease_seconds / 3) as beat:
                 if lease.job.get("state") != "in-progress":  # claimed without `start`
@@ -142,6 +163,9 @@ class Worker:
                     self._fail(lease, str(exc) or "the product refused the study")
                     return
                 except Exception as exc:  # a product bug must fail the job, not the worker
+                    if isinstance(exc, OSError) and exc.errno in WORKER_TROUBLE:
+                        self._hand_back(lease, f"the product could not run here: {exc}")
+                        return
                     log.exception("job %s: product raised", lease.job_id)
                     self._fail(lease, f"{type(exc).__name__}: {exc}")
                     return
@@ -160,8 +184,22 @@ class Worker:
             log.warning(
                 "job %s: lease lost (%s); another worker will take it", lease.job_id, exc.detail
             )
+        except OSError as exc:  # this worker's own disk (its inputs, its results): not the study
+            self._hand_back(lease, f"the worker could not read or write its files: {exc}")
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+    def _hand_back(self, lease: Lease, reason: str) -> None:
+        """Give the job back for any worker to claim now, and pause before claiming again."""
+        log.warning("job %s handed back: %s", lease.job_id, reason)
+        self._handed_back = True
+        try:
+            self.client.release(lease, reason)
+        except (ExchangeHTTPError, httpx.TransportError) as exc:
+            log.warning(
+                "job %s: not handed back (%s); it is offered again when its lease runs out",
+                lease.job_id, exc,
+            )  # fmt: skip
 
     def _hand_in(self, lease: Lease, result: ProductResult) -> None:
         """Upload every result; the last upload also completes the job (one request fewer)."""

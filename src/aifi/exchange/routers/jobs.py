@@ -1,4 +1,4 @@
-"""/jobs: create, watch, claim, heartbeat, complete, fail, cancel, acknowledge."""
+"""/jobs: create, watch, claim, heartbeat, complete, fail, release, cancel, acknowledge."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from aifi.exchange.schemas import (
     JobState,
     LeaseIn,
     OrganisationKind,
+    ReleaseIn,
     ResultOut,
 )
 from aifi.exchange.services import Services
@@ -164,3 +165,8 @@ def complete_job(job_id: str, body: CompleteIn, caller: CallerDep, services: Ser
 @router.post("/{job_id}/fail", response_model=JobOut)
 def fail_job(job_id: str, body: FailIn, caller: CallerDep, services: ServicesDep) -> JobOut:
     return job_out(services.jobs.fail(caller, job_id, body.lease_token, body.reason))
+
+
+@router.post("/{job_id}/release", response_model=JobOut)
+def release_job(job_id: str, body: ReleaseIn, caller: CallerDep, services: ServicesDep) -> JobOut:
+    return job_out(services.jobs.release(caller, job_id, body.lease_token, body.reason))

@@ -273,16 +273,16 @@ def test_a_result_that_comes_home_to_a_full_disk_waits_at_the_exchange_and_arriv
             ), gateway.jobs()
             [job] = gateway.jobs()
             assert job["results_delivered"] == 1
+            with national.api() as api:
+                wait_for(
+                    lambda: api.get(f"/jobs/{exchange_id}").json()["acknowledged_at"] is not None,
+                    30,
+                    "the gateway to acknowledge the job it brought home",
+                )
         finally:
             gateway.stop()
             vendor.close()
     assert len(pacs_results(pacs, study)) == 1
-    with national.api() as api:
-        wait_for(
-            lambda: api.get(f"/jobs/{exchange_id}").json()["acknowledged_at"] is not None,
-            30,
-            "the gateway to acknowledge the job it brought home",
-        )
 
 
 def pacs_results(pacs: OrthancPeer, study_uid: str) -> list[dict[str, Any]]:

@@ -85,8 +85,11 @@ def test_a_result_the_exchange_refuses_fails_the_job_with_its_reason(
     [
         (ProductError("no brain in the field of view"), "no brain in the field of view"),
         (ZeroDivisionError("division by zero"), "ZeroDivisionError: division by zero"),
+        # Not the worker's disk: a bug, which handing back would send round for ever.
+        (FileNotFoundError(2, "No such file or directory"),
+         "FileNotFoundError: [Errno 2] No such file or directory"),
     ],
-)
+)  # fmt: skip
 def test_a_product_that_raises_fails_the_job_and_not_the_worker(
     national: National, tmp_path: Path, error: Exception, expected: str
 ) -> None:

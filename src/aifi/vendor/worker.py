@@ -20,8 +20,9 @@ log = logging.getLogger(__name__)
 
 #: Exchange answers that mean "this result is not acceptable" rather than "try again".
 REFUSALS = frozenset({400, 413, 415, 422})
-#: What a product's own run may meet that is the worker's trouble, not the study's: the job
-#: is handed back rather than failed.
+#: What the worker or the product may meet that is the worker's trouble, not the study's: the
+#: job is handed back rather than failed. Other errors are not: a job handed back is not a
+#: failed attempt, so a bug handed back would go round for ever.
 WORKER_TROUBLE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.ENOMEM})
 #: Seconds a worker that handed a job back waits before it claims again, so that it does not
 #: take the same job straight back while a healthy worker could have it.
@@ -146,6 +147,8 @@ class Worker:
                 tempfile.mkdtemp(prefix=f"aifi-job-{lease.job_id[:8]}-", dir=self.workdir)
             )
         except OSError as exc:
+            if exc.errno not in WORKER_TROUBLE:
+                raise
             self._hand_back(lease, f"the worker has no folder to work in: {exc}")
             return
         try:
@@ -184,8 +187,11 @@ class Worker:
             log.warning(
                 "job %s: lease lost (%s); another worker will take it", lease.job_id, exc.detail
             )
-        except OSError as exc:  # this worker's own disk (its inputs, its results): not the study
-            self._hand_back(lease, f"the worker could not read or write its files: {exc}")
+        except OSError as exc:
+            if exc.errno not in WORKER_TROUBLE:
+                raise
+            # This worker's own disk (its inputs, its results): not the study's fault.
+            self._hand_back(lease, f"the worker could not write its files: {exc}")
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 

@@ -4,6 +4,7 @@ as a failed job with a reason, and the worker lives on."""
 from __future__ import annotations
 
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from aifi.dicom.deid import Deidentifier, PseudonymKey
 from aifi.phantoms import write_study
 from aifi.products import tissue_volume
 from aifi.vendor import JobContext, ProductError, ProductResult, ResultFile, VendorClient, Worker
+from aifi.vendor.worker import HAND_BACK_PAUSE
 from support.national import HOSPITAL, VENDOR, National, national_path
 from support.peers import fill, small_disk
 
@@ -103,13 +105,28 @@ def test_a_product_that_raises_fails_the_job_and_not_the_worker(
     assert job["hospital_id"] == HOSPITAL
 
 
+class StopAtFirstPause(threading.Event):
+    """A worker loop's stop signal that ends the loop at its first pause, noting how long the
+    pause would have been."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pauses: list[float | None] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.pauses.append(timeout)
+        self.set()
+        return True
+
+
 @pytest.mark.parametrize("where", ["downloading the inputs", "in the product"])
 def test_a_worker_whose_disk_is_full_hands_the_job_back_at_once(
     national: National, tmp_path: Path, where: str
 ) -> None:
     """The worker's own disk (a real tmpfs) fills: the job goes back to the queue at once,
     not failed (the study is fine) and not held until the lease runs out, and the worker's
-    half-written files are gone; with room again a worker does the job."""
+    half-written files are gone; the worker pauses before it claims again; with room again a
+    worker does the job."""
     job_id = submit_study(national, tmp_path / "study")
     client = VendorClient(national.exchange.url, national.vendor_key)
 
@@ -126,7 +143,9 @@ def test_a_worker_whose_disk_is_full_hands_the_job_back_at_once(
         else:  # room for the inputs, not for the product's scratch file
             filler = disk / "filler"
             filler.write_bytes(b"\0" * 1_500_000)
-        assert worker.run_once(wait_seconds=10) == job_id
+        stop = StopAtFirstPause()
+        worker.run(stop, wait_seconds=10)
+        assert stop.pauses == [HAND_BACK_PAUSE]  # not straight back to claim the job again
         with national.api() as api:
             job = api.get(f"/jobs/{job_id}").json()
         assert job["state"] == "requested" and job["attempts"] == 0, job

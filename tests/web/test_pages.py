@@ -152,6 +152,11 @@ def test_the_operator_sees_the_nation(browser: Any, site: dict[str, Any]) -> Non
     visit(page, site["url"] + "/ui/", "operator-overview")
     assert "Map of hospitals and products" in page.content()
     assert page.locator("td", has_text="Hospital-A").count() == 1
+    # Hospital-A's triage result is done and its gateway has not collected it (there is
+    # none here); nothing of it waits for a vendor.
+    row = page.locator("tr", has=page.locator("td", has_text="Hospital-A"))
+    assert re.fullmatch(r"1 \(\d+ (s|min)\)", row.locator("td.uncollected").inner_text())
+    assert row.locator("td.waiting").inner_text() == "–"
     visit(page, site["url"] + "/ui/catalogue", "operator-catalogue")
     assert (
         page.locator("a", has_text="Intracranial").count() >= 1 or "ich" in page.content().lower()

@@ -11,6 +11,7 @@ Two kinds of figure, kept apart on purpose:
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -23,6 +24,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from aifi.exchange import backlog
 from aifi.exchange.clock import as_utc, utcnow
 from aifi.exchange.db import Database
 from aifi.exchange.models import Job
@@ -36,6 +38,8 @@ TURNAROUND_SAMPLE = 5000
 #: Jobs that ended longer ago than this are settled: no transaction still under way can add
 #: one (its end time is set in it), nor a replica whose clock is behind by less.
 SETTLED_AFTER = timedelta(minutes=10)
+
+log = logging.getLogger(__name__)
 
 _ENDED = (JobState.completed, JobState.failed, JobState.cancelled, JobState.expired)
 
@@ -102,7 +106,8 @@ class JobTableCollector(Collector):
         )
         try:
             families = list(self._families())
-        except Exception:
+        except Exception:  # the database down, mostly: said in the figure, and why in the log
+            log.warning("the job figures could not be read", exc_info=True)
             up.add_metric([], 0.0)
             yield up
             return
@@ -123,21 +128,11 @@ class JobTableCollector(Collector):
             }
             by_state.update(self._ended.counts(session, now))
             queue = session.execute(
-                select(
-                    Job.hospital_id,
-                    Job.product_id,
-                    Job.priority,
-                    func.count(),
-                    func.min(Job.ready_at),
-                )
+                select(Job.product_id, Job.priority, func.count(), func.min(Job.ready_at))
                 .where(Job.state == JobState.requested.value, Job.inputs_complete.is_(True))
-                .group_by(Job.hospital_id, Job.product_id, Job.priority)
+                .group_by(Job.product_id, Job.priority)
             ).all()
-            unacknowledged = session.execute(
-                select(Job.hospital_id, func.count(), func.min(Job.ended_at))
-                .where(Job.state.in_([s.value for s in _ENDED]), Job.acknowledged_at.is_(None))
-                .group_by(Job.hospital_id)
-            ).all()
+            hospitals = backlog.by_hospital(session, now)
             recent = session.execute(
                 select(Job.ready_at, Job.ended_at, Job.priority)
                 .where(
@@ -166,52 +161,13 @@ class JobTableCollector(Collector):
             "Age of the oldest ready, unclaimed job, per product and priority",
             labels=["product", "priority"],
         )
-        by_product: dict[tuple[str, str], tuple[int, float]] = {}
-        by_hospital: dict[str, int] = {}
-        for hospital_id, product_id, priority, count, oldest in queue:
-            waited = max(0.0, (now - as_utc(oldest)).total_seconds()) if oldest else 0.0
-            before, longest = by_product.get((product_id, priority), (0, 0.0))
-            by_product[(product_id, priority)] = (before + count, max(longest, waited))
-            by_hospital[hospital_id] = by_hospital.get(hospital_id, 0) + count
-        for (product_id, priority), (count, longest) in by_product.items():
+        for product_id, priority, count, oldest in queue:
             depth.add_metric([product_id, priority], float(count))
-            age.add_metric([product_id, priority], longest)
+            waited = (now - as_utc(oldest)).total_seconds() if oldest is not None else 0.0
+            age.add_metric([product_id, priority], max(0.0, waited))
         yield depth
         yield age
-        # Whose studies a backlog holds up: the vendor's queue is shared, its wait is not.
-        held_up = GaugeMetricFamily(
-            "aifi_exchange_hospital_waiting",
-            "Jobs ready for a vendor and not yet claimed, per hospital",
-            labels=["hospital"],
-        )
-        for hospital_id, count in by_hospital.items():
-            held_up.add_metric([hospital_id], float(count))
-        yield held_up
-
-        waiting = GaugeMetricFamily(
-            "aifi_exchange_jobs_unacknowledged",
-            "Ended jobs whose hospital has not yet acknowledged the outcome",
-        )
-        waiting.add_metric([], float(sum(count for _hospital, count, _ended in unacknowledged)))
-        yield waiting
-        # A gateway that stopped collecting (down, cut off, its disk full) shows here within
-        # the hour, not when retention purges its results a month later.
-        uncollected = GaugeMetricFamily(
-            "aifi_exchange_hospital_unacknowledged",
-            "Ended jobs the hospital has not yet acknowledged, per hospital",
-            labels=["hospital"],
-        )
-        uncollected_age = GaugeMetricFamily(
-            "aifi_exchange_hospital_unacknowledged_age_seconds",
-            "Time since the oldest ended job the hospital has not acknowledged ended",
-            labels=["hospital"],
-        )
-        for hospital_id, count, oldest in unacknowledged:
-            uncollected.add_metric([hospital_id], float(count))
-            waited = max(0.0, (now - as_utc(oldest)).total_seconds()) if oldest else 0.0
-            uncollected_age.add_metric([hospital_id], waited)
-        yield uncollected
-        yield uncollected_age
+        yield from _by_hospital(hospitals)
 
         timed = [
             ((as_utc(ended) - as_utc(ready)).total_seconds(), priority)
@@ -236,6 +192,41 @@ class JobTableCollector(Collector):
         )
         completed.add_metric([], float(len(durations)))
         yield completed
+
+
+def _by_hospital(hospitals: dict[str, backlog.HospitalBacklog]) -> Iterator[GaugeMetricFamily]:
+    """Whose studies a vendor's shared queue holds up, and which gateway stopped collecting;
+    hospitals with nothing waiting are left out."""
+    waiting = GaugeMetricFamily(
+        "aifi_exchange_hospital_waiting",
+        "Jobs ready for a vendor and not yet claimed, per hospital",
+        labels=["hospital"],
+    )
+    total = GaugeMetricFamily(
+        "aifi_exchange_jobs_unacknowledged",
+        "Ended jobs whose hospital has not yet acknowledged the outcome",
+    )
+    uncollected = GaugeMetricFamily(
+        "aifi_exchange_hospital_unacknowledged",
+        "Ended jobs the hospital has not yet acknowledged, per hospital",
+        labels=["hospital"],
+    )
+    uncollected_for = GaugeMetricFamily(
+        "aifi_exchange_hospital_unacknowledged_age_seconds",
+        "Time since the oldest ended job the hospital has not acknowledged ended",
+        labels=["hospital"],
+    )
+    for hospital_id, held in hospitals.items():
+        if held.waiting:
+            waiting.add_metric([hospital_id], float(held.waiting))
+        if held.uncollected:
+            uncollected.add_metric([hospital_id], float(held.uncollected))
+            uncollected_for.add_metric([hospital_id], held.uncollected_for)
+    total.add_metric([], float(sum(held.uncollected for held in hospitals.values())))
+    yield waiting
+    yield total
+    yield uncollected
+    yield uncollected_for
 
 
 def _quantiles(name: str, documentation: str, durations: list[float]) -> GaugeMetricFamily:

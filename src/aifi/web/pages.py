@@ -16,6 +16,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
+from aifi.exchange import backlog
 from aifi.exchange.audit import check_chain, newest_anchor
 from aifi.exchange.audit_search import (
     PAGE_SECONDS,
@@ -34,12 +35,14 @@ from aifi.exchange.months import Months
 from aifi.exchange.schemas import ENDED_STATES, JobState, OrganisationKind
 from aifi.exchange.services import Services
 from aifi.governance import AreaScore, allowed_actions
+from aifi.governance.templating import duration
 from aifi.results.key_image import render_result_key_image
 from aifi.web import p_charts
 from aifi.web.deps import ClinicalDep
 from aifi.web.session import UserDep, WebUser
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+templates.env.filters["duration"] = duration
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
 AGREEMENTS = ("agree", "partly", "disagree")
@@ -120,7 +123,9 @@ def home(request: Request, user: UserDep, services: ServicesDep) -> HTMLResponse
 
 def _national_overview(request: Request, user: WebUser, services: Services) -> HTMLResponse:
     """Jobs under way, and jobs ended in the last `OVERVIEW_DAYS` per hospital and product,
-    counted in the database: the table keeps every job ever (about ten million a year)."""
+    counted in the database: the table keeps every job ever (about ten million a year). Beside
+    each hospital, what it has waiting now: jobs no vendor has claimed, outcomes its gateway
+    has not collected."""
     since = utcnow() - timedelta(days=OVERVIEW_DAYS)
     with services.db.session() as session:
         hospitals = list(
@@ -138,6 +143,7 @@ def _national_overview(request: Request, user: WebUser, services: Services) -> H
         under_way = session.execute(
             select(Job.state, func.count()).where(Job.state.in_(UNDER_WAY)).group_by(Job.state)
         ).all()
+        held = backlog.by_hospital(session, utcnow())
     grid: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
     states: Counter[str] = Counter()
     for hospital_id, product_id, state, count in ended:
@@ -148,7 +154,8 @@ def _national_overview(request: Request, user: WebUser, services: Services) -> H
     return page(
         request, "operator_home.html", user,
         hospitals=hospitals, products=services.catalogue.list_products(), grid=grid,
-        states=states, days=OVERVIEW_DAYS,
+        states=states, days=OVERVIEW_DAYS, held=held,
+        not_collecting=backlog.NOT_COLLECTING_SECONDS,
     )  # fmt: skip
 
 

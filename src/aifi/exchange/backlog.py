@@ -13,12 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, true
 from sqlalchemy.orm import Session
 
 from aifi.exchange.clock import as_utc
+from aifi.exchange.fair_share import WAITING_STATE
 from aifi.exchange.models import Job
-from aifi.exchange.schemas import ENDED_STATES, JobState
+from aifi.exchange.schemas import ENDED_STATES
 
 #: Outcomes uncollected this long mean the gateway has stopped collecting (a gateway collects
 #: within seconds of a job's end); the `HospitalNotCollecting` alert uses the same figure.
@@ -40,7 +41,8 @@ def by_hospital(session: Session, now: datetime) -> dict[str, HospitalBacklog]:
     waiting = dict(
         session.execute(
             select(Job.hospital_id, func.count())
-            .where(Job.state == JobState.requested.value, Job.inputs_complete.is_(True))
+            # As fair_share reads them: through `ix_jobs_waiting`, which holds waiting jobs only.
+            .where(Job.state == WAITING_STATE, Job.inputs_complete == true())
             .group_by(Job.hospital_id)
         )
         .tuples()

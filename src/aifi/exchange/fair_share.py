@@ -38,7 +38,7 @@ _waiting = aliased(Job, name="waiting")
 
 #: A literal, not a bound value: `ix_jobs_waiting` holds only waiting jobs, and PostgreSQL uses
 #: such an index only when it can see the condition in the statement it plans once and reuses.
-_WAITING_STATE: ColumnElement[str] = literal_column(f"'{JobState.requested.value}'")
+WAITING_STATE: ColumnElement[str] = literal_column(f"'{JobState.requested.value}'")
 #: `LIMIT 1` as a literal too: with the limit a parameter, a plan PostgreSQL makes once for
 #: any value may sort every waiting job to find the first.
 ONE: ColumnElement[int] = literal_column("1")
@@ -62,7 +62,7 @@ def _waiting_with_this_job(*conditions: ColumnElement[bool]) -> ColumnElement[bo
     return and_(
         _waiting.vendor_id == Job.vendor_id,
         _waiting.priority_rank == Job.priority_rank,
-        _waiting.state == _WAITING_STATE,
+        _waiting.state == WAITING_STATE,
         # `= true`, not `IS true`: PostgreSQL seeks an index by the first, not the second.
         _waiting.inputs_complete == true(),
         *conditions,

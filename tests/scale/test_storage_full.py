@@ -115,37 +115,50 @@ def test_an_audit_archive_that_finds_the_store_full_moves_nothing(
 
 
 def test_a_database_with_no_room_refuses_with_507_and_keeps_what_it_had(tmp_path: Path) -> None:
-    """The exchange's SQLite file on a real 8 MiB disk that fills: a write is refused with
-    507 (counted as storage_full, which pages), not the 503 of a database that is merely
-    unavailable; what was stored stays, and once there is room the same request succeeds."""
+    """The exchange's SQLite file on a real 8 MiB disk that fills."""
     with small_disk(tmp_path / "db", "8m") as disk:
         settings = ExchangeSettings(
             data_dir=disk / "exchange",  # the blobs are elsewhere: only the database is short
             operator_key=OPERATOR_KEY,
             blob_url=f"file://{tmp_path / 'blobs'}",
         )
-        with TestClient(create_app(settings)) as client:
-            exchange = Exchange(client)
-            hospital = set_up_parties(exchange)["hospital"]
-            before = exchange.job(hospital, "product-a", "1.2.826.0.1.3680043.8.498.1")
-            ballast = fill(disk)
+        refuses_with_507_and_keeps_what_it_had(settings, disk)
+
+
+def refuses_with_507_and_keeps_what_it_had(settings: ExchangeSettings, disk: Path) -> None:
+    """With `disk`, which holds the exchange's database, full: jobs are opened until one finds
+    no room and is refused with 507 (counted as storage_full, which pages), not the 503 of a
+    database that is merely unavailable; every job answered 201, the one opened before among
+    them, is there and the refused one is not half there; with room again the same request
+    succeeds."""
+    with TestClient(create_app(settings)) as client:
+        exchange = Exchange(client)
+        hospital = set_up_parties(exchange)["hospital"]
+        accepted = [exchange.job(hospital, "product-a", "1.2.826.0.1.3680043.8.498.1")["id"]]
+        ballast = fill(disk)
+        # A job costs a few hundred bytes: SQLite's journal finds no room at once, PostgreSQL
+        # fills the tables' last free pages first, until one of them must grow.
+        for number in range(2, 1000):
             body = {
                 "product_id": "product-a",
-                "study_uid": "1.2.826.0.1.3680043.8.498.2",
+                "study_uid": f"1.2.826.0.1.3680043.8.498.{number}",
                 "patient_pseudonym": "PTEST",
-                "idempotency_key": "after-the-disk-filled",
+                "idempotency_key": f"after-the-disk-filled-{number}",
             }
             refused = client.post("/jobs", json=body, headers=hospital.headers)
-            assert refused.status_code == 507, refused.text
-            assert "database has no room to write" in refused.json()["detail"]
-            assert (
-                'aifi_exchange_errors_total{kind="storage_full"} 1.0' in client.get("/metrics").text
-            )
-            ballast.unlink()
-            again = client.post("/jobs", json=body, headers=hospital.headers)
-            assert again.status_code == 201, again.text
-            listed = client.get("/jobs", headers=hospital.headers).json()
-            assert sorted(job["id"] for job in listed) == sorted([before["id"], again.json()["id"]])
+            if refused.status_code != 201:
+                break
+            accepted.append(refused.json()["id"])
+        assert refused.status_code == 507, refused.text
+        assert "database has no room to write" in refused.json()["detail"]
+        assert 'aifi_exchange_errors_total{kind="storage_full"} 1.0' in client.get("/metrics").text
+        ballast.unlink()
+        listed = client.get("/jobs?limit=1000", headers=hospital.headers).json()
+        assert sorted(job["id"] for job in listed) == sorted(accepted)
+        again = client.post("/jobs", json=body, headers=hospital.headers)
+        assert again.status_code == 201, again.text
+        listed = client.get("/jobs?limit=1000", headers=hospital.headers).json()
+        assert sorted(job["id"] for job in listed) == sorted([*accepted, again.json()["id"]])
 
 
 @contextmanager
@@ -184,46 +197,9 @@ def test_a_postgresql_database_with_no_room_refuses_with_507_and_keeps_what_it_h
     postgres: PostgresServer, disk_for_postgres: Path, tmp_path: Path
 ) -> None:
     """PostgreSQL's tables on a real 32 MiB disk that fills: the write that must grow a table
-    gets the server's disk_full (SQLSTATE 53100), and the exchange refuses it with 507, not the
-    503 of a database that is merely unavailable; the job opened before stays, the refused one
-    is not half there, and once there is room the same request succeeds."""
+    gets the server's disk_full (SQLSTATE 53100)."""
     with database_on_a_small_disk(postgres, disk_for_postgres) as database_url:
         settings = ExchangeSettings(
             data_dir=tmp_path / "exchange", operator_key=OPERATOR_KEY, database_url=database_url
         )
-        with TestClient(create_app(settings)) as client:
-            exchange = Exchange(client)
-            hospital = set_up_parties(exchange)["hospital"]
-            before = exchange.job(hospital, "product-a", "1.2.826.0.1.3680043.8.498.1")
-            ballast = fill(disk_for_postgres)
-            body = {
-                "product_id": "product-a",
-                "study_uid": "1.2.826.0.1.3680043.8.498.2",
-                "patient_pseudonym": "PTEST",
-                "idempotency_key": "after-the-disk-filled",
-            }
-            # Each job costs a few hundred bytes of the tables' free pages; when they are used
-            # up, a table must grow.
-            accepted = [before["id"]]
-            for number in range(3, 1000):
-                refused = client.post("/jobs", json=body, headers=hospital.headers)
-                if refused.status_code != 201:
-                    break
-                accepted.append(refused.json()["id"])
-                body = {
-                    **body,
-                    "study_uid": f"1.2.826.0.1.3680043.8.498.{number}",
-                    "idempotency_key": f"after-the-disk-filled-{number}",
-                }
-            assert refused.status_code == 507, refused.text
-            assert "database has no room to write" in refused.json()["detail"]
-            assert (
-                'aifi_exchange_errors_total{kind="storage_full"} 1.0' in client.get("/metrics").text
-            )
-            ballast.unlink()
-            listed = client.get("/jobs?limit=1000", headers=hospital.headers).json()
-            assert sorted(job["id"] for job in listed) == sorted(accepted)
-            again = client.post("/jobs", json=body, headers=hospital.headers)
-            assert again.status_code == 201, again.text
-            listed = client.get("/jobs?limit=1000", headers=hospital.headers).json()
-            assert sorted(job["id"] for job in listed) == sorted([*accepted, again.json()["id"]])
+        refuses_with_507_and_keeps_what_it_had(settings, disk_for_postgres)

@@ -781,6 +781,18 @@ class JobService:
             raise Conflict(f"the lease on job {job.id} has expired")
         return job
 
+    def _move_held(
+        self, session: Session, actor: Actor, job_id: str, token: str, values: dict[str, Any]
+    ) -> Job | None:
+        """Set `values` on the job `token` holds: checked first, for a refusal that says why,
+        and again in the compare-and-set (None: it changed meanwhile)."""
+        self.held(session, actor, job_id, token)
+        return _transition(
+            session,
+            (Job.id == job_id, Job.lease_token == token, Job.state.in_(HELD_STATES)),
+            values,
+        )
+
     def check_lease(self, actor: Actor, job_id: str, token: str) -> Job:
         with self._db.session() as session:
             return self.held(session, actor, job_id, token)
@@ -791,17 +803,13 @@ class JobService:
         """Extend the lease; the first heartbeat moves the job to in-progress."""
         lease = timedelta(seconds=lease_seconds or self._settings.lease_seconds)
         now = utcnow()
+        extended = {
+            "state": JobState.in_progress.value,
+            "lease_expires_at": now + lease,
+            "updated_at": now,
+        }
         with self._db.session() as session:
-            self.held(session, actor, job_id, token)
-            job = _transition(
-                session,
-                (Job.id == job_id, Job.lease_token == token, Job.state.in_(HELD_STATES)),
-                {
-                    "state": JobState.in_progress.value,
-                    "lease_expires_at": now + lease,
-                    "updated_at": now,
-                },
-            )
+            job = self._move_held(session, actor, job_id, token, extended)
         if job is None:
             raise Conflict(f"job {job_id} is not held by this lease")
         return job
@@ -886,20 +894,16 @@ class JobService:
         word (a study that crashes workers), which `max_attempts` stops. A job that is only
         ever handed back ends as unfinished (`expire_unfinished_seconds`).
         """
+        requeued = {
+            "state": JobState.requested.value,
+            "queue_place": REQUEUED_PLACE,
+            "lease_token": None,
+            "lease_expires_at": None,
+            "attempts": Job.attempts - 1,
+            "updated_at": utcnow(),
+        }
         with self._db.session() as session:
-            self.held(session, actor, job_id, token)
-            job = _transition(
-                session,
-                (Job.id == job_id, Job.lease_token == token, Job.state.in_(HELD_STATES)),
-                {
-                    "state": JobState.requested.value,
-                    "queue_place": REQUEUED_PLACE,
-                    "lease_token": None,
-                    "lease_expires_at": None,
-                    "attempts": Job.attempts - 1,
-                    "updated_at": utcnow(),
-                },
-            )
+            job = self._move_held(session, actor, job_id, token, requeued)
             if job is None:
                 raise Conflict(f"job {job_id} changed state meanwhile; not handed back")
             self._announce(session, job=job, claimable=True)

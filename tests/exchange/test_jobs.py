@@ -310,6 +310,9 @@ def test_a_job_handed_back_is_claimable_at_once_and_never_expires_for_it(
     audit = exchange.client.get("/audit", params={"limit": 5000}, headers=OPERATOR).json()
     said = [e["detail"] for e in audit if e["object_id"] == handed["id"]]
     assert said.count("handed back: the worker's disk is full") == 4
+    # The operator counts them per product (VendorHandingBack).
+    metrics = exchange.client.get("/metrics").text
+    assert 'aifi_exchange_handed_back_jobs_total{product="product-a2"} 4.0' in metrics
 
 
 def test_completing_without_results_is_refused(

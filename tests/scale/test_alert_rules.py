@@ -108,6 +108,9 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
                 "0x30 2x30"
             ),
             'aifi_exchange_purged_objects_total{kind="input", instance="r2"}': "0+5x60",
+            # slow's workers hand back a job a minute from 10m; brisk's one now and then.
+            'aifi_exchange_handed_back_jobs_total{product="slow", instance="r1"}': "0x10 1+1x40",
+            'aifi_exchange_handed_back_jobs_total{product="brisk", instance="r2"}': "0x20 1x40",
             # hospital-b's gateway stops collecting at 0m; hospital-a's outcomes wait seconds.
             'aifi_exchange_hospital_unacknowledged_age_seconds{hospital="hospital-b", '
             'instance="r1"}': "0+60x60",
@@ -141,6 +144,9 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
                   "Product slow: the oldest ready job has waited 25m 0s", product="slow"),
             quiet("JobsExpiring", "39m"),
             fires("JobsExpiring", "45m", "Jobs expired in the last hour"),
+            quiet("VendorHandingBack", "25m"),  # fifteen handed back, not yet over twenty
+            fires("VendorHandingBack", "40m",
+                  "Product slow: its workers handed back 30 jobs in 30 minutes", product="slow"),
             quiet("HospitalNotCollecting", "38m"),  # over half an hour, not yet for ten
             fires("HospitalNotCollecting", "42m",
                   "Hospital hospital-b: outcomes have waited 42m 0s for its gateway to "

@@ -38,23 +38,22 @@ class HospitalBacklog:
 
 def by_hospital(session: Session, now: datetime) -> dict[str, HospitalBacklog]:
     """Each hospital with anything waiting or uncollected (others are left out)."""
-    waiting = dict(
-        session.execute(
+    waiting = {
+        hospital_id: count
+        for hospital_id, count in session.execute(
             select(Job.hospital_id, func.count())
             # As fair_share reads them: through `ix_jobs_waiting`, which holds waiting jobs only.
             .where(Job.state == WAITING_STATE, Job.inputs_complete == true())
             .group_by(Job.hospital_id)
         )
-        .tuples()
-        .all()
-    )
+    }
     uncollected = {
         hospital_id: (count, oldest)
         for hospital_id, count, oldest in session.execute(
             select(Job.hospital_id, func.count(), func.min(Job.ended_at))
             .where(Job.state.in_([s.value for s in ENDED_STATES]), Job.acknowledged_at.is_(None))
             .group_by(Job.hospital_id)
-        ).tuples()
+        )
     }
     held = {}
     for hospital_id in sorted(waiting.keys() | uncollected.keys()):

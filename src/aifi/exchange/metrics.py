@@ -287,6 +287,12 @@ class ExchangeMetrics:
             ["kind"],
             registry=self.registry,
         )
+        self.handed_back = Counter(
+            "aifi_exchange_handed_back_jobs",
+            "Jobs a vendor's worker handed back for trouble of its own (a full disk), by product",
+            ["product"],
+            registry=self.registry,
+        )
         self.audit_archived = Counter(
             "aifi_exchange_audit_archived_entries",
             "Access-log entries this replica moved to archive files in the blob store",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from aifi.exchange.audit import Actor
@@ -168,5 +168,9 @@ def fail_job(job_id: str, body: FailIn, caller: CallerDep, services: ServicesDep
 
 
 @router.post("/{job_id}/release", response_model=JobOut)
-def release_job(job_id: str, body: ReleaseIn, caller: CallerDep, services: ServicesDep) -> JobOut:
-    return job_out(services.jobs.release(caller, job_id, body.lease_token, body.reason))
+def release_job(
+    job_id: str, body: ReleaseIn, request: Request, caller: CallerDep, services: ServicesDep
+) -> JobOut:
+    job = services.jobs.release(caller, job_id, body.lease_token, body.reason)
+    request.app.state.metrics.handed_back.labels(job.product_id).inc()
+    return job_out(job)

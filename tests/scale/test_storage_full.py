@@ -5,14 +5,17 @@ fills: SQLite's file, or a PostgreSQL tablespace holding the exchange's every ta
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pydicom
 import pytest
@@ -25,10 +28,13 @@ from aifi.exchange.blobs import open_blob_store
 from aifi.exchange.clock import utcnow
 from aifi.exchange.db import Database, upgrade_schema
 from aifi.exchange.errors import StorageFull
+from aifi.exchange.server import ExchangeThread
 from aifi.exchange.settings import ExchangeSettings
+from aifi.products import tissue_volume
+from aifi.vendor import VendorClient, Worker
 from scale.conftest import set_up_parties
 from scale.exchange_api import OPERATOR_KEY, Exchange
-from scale.servers import PostgresServer
+from scale.servers import PostgresServer, wait_for
 from support.peers import fill, small_disk
 
 
@@ -203,3 +209,41 @@ def test_a_postgresql_database_with_no_room_refuses_with_507_and_keeps_what_it_h
             data_dir=tmp_path / "exchange", operator_key=OPERATOR_KEY, database_url=database_url
         )
         refuses_with_507_and_keeps_what_it_had(settings, disk_for_postgres)
+
+
+def test_a_result_the_full_store_refuses_is_kept_and_handed_in_once_there_is_room(
+    tiny_disk: Path, tmp_path: Path, make_ct: Any
+) -> None:
+    """A vendor's result finds the exchange's blob store full (507). The worker keeps it and
+    tries again, its heartbeats going on, rather than let the lease run out and the study be
+    analysed again (and the attempt counted): once the operator frees room, the job completes
+    on its first attempt."""
+    settings = ExchangeSettings(
+        data_dir=tmp_path / "exchange", operator_key=OPERATOR_KEY, blob_url=f"file://{tiny_disk}"
+    )
+    with ExchangeThread(settings) as server, httpx.Client(base_url=server.url) as http:
+        exchange = Exchange(http)  # an httpx client, as a TestClient is
+        orgs = set_up_parties(exchange)
+        job = exchange.ready_job(orgs["hospital"], "product-a", make_ct(slices=1))
+        ballast = fill(tiny_disk)
+        vendor = VendorClient(server.url, orgs["vendor"].key)
+        worker = Worker(
+            vendor, tissue_volume.run, product_ids=["product-a"], lease_seconds=30, workdir=tmp_path
+        )
+        done: list[str | None] = []
+        thread = threading.Thread(target=lambda: done.append(worker.run_once(wait_seconds=10)))
+        thread.start()
+
+        def refused_for_room() -> float:
+            found = re.search(
+                r'errors_total\{kind="storage_full"\} (\S+)', http.get("/metrics").text
+            )
+            return float(found.group(1)) if found else 0.0
+
+        wait_for(lambda: refused_for_room() >= 1, 60, "the result to find the store full")
+        ballast.unlink()
+        thread.join(timeout=120)
+        vendor.close()
+        assert done == [job["id"]]
+        seen = http.get(f"/jobs/{job['id']}", headers=orgs["hospital"].headers).json()
+        assert seen["state"] == "completed" and seen["attempts"] == 1, seen

@@ -7,6 +7,7 @@ import logging
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,11 @@ WORKER_TROUBLE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.ENOMEM})
 #: Seconds a worker that handed a job back waits before it claims again, so that it does not
 #: take the same job straight back while a healthy worker could have it.
 HAND_BACK_PAUSE = 30.0
+#: Seconds a finished result is kept and offered again while the exchange's storage is full
+#: (507), and the first and longest pauses between tries.
+STORAGE_WAIT_SECONDS = 900.0
+STORAGE_FIRST_PAUSE = 1.0
+STORAGE_LONGEST_PAUSE = 60.0
 
 
 class ProductError(Exception):
@@ -107,6 +113,7 @@ class Worker:
         self.workdir = workdir
         self.processed = 0
         self.hand_back_pause = HAND_BACK_PAUSE
+        self.storage_wait_seconds = STORAGE_WAIT_SECONDS
         self._handed_back = False
 
     def run(self, stop: threading.Event, wait_seconds: float = 5.0) -> None:
@@ -176,7 +183,7 @@ class Worker:
                     log.warning("job %s: lease lost while running; result dropped", lease.job_id)
                     return
                 try:
-                    self._hand_in(lease, result)
+                    self._hand_in_patiently(lease, result, beat.lost)
                 except ExchangeHTTPError as exc:
                     if isinstance(exc, LeaseLost) or exc.status not in REFUSALS:
                         raise
@@ -206,6 +213,36 @@ class Worker:
                 "job %s: not handed back (%s); it is offered again when its lease runs out",
                 lease.job_id, exc,
             )  # fmt: skip
+
+    def _hand_in_patiently(
+        self, lease: Lease, result: ProductResult, lost: threading.Event
+    ) -> None:
+        """Hand the results in; while the exchange's storage is full (507), keep them and try
+        again, heartbeats going on, for up to `storage_wait_seconds`.
+
+        The operator is paged (BlobStoreFull) and frees room; the result is ready, so running
+        the product again on another worker, after the lease ran out, would only repeat the
+        work and count attempts against the job.
+        """
+        deadline = time.monotonic() + self.storage_wait_seconds
+        pause = STORAGE_FIRST_PAUSE
+        while True:
+            try:
+                self._hand_in(lease, result)
+                return
+            except ExchangeHTTPError as exc:
+                if exc.status != 507 or lost.is_set() or time.monotonic() + pause > deadline:
+                    raise
+                log.warning(
+                    "job %s: the exchange has no room for the result (%s); trying again in "
+                    "%.0f s", lease.job_id, exc.detail, pause,
+                )  # fmt: skip
+            if lost.wait(pause):  # the lease went meanwhile: another worker has the job
+                raise LeaseLost(
+                    409, "the lease ran out while the exchange had no room for the result",
+                    "PUT", f"/jobs/{lease.job_id}/results",
+                )  # fmt: skip
+            pause = min(pause * 2, STORAGE_LONGEST_PAUSE)
 
     def _hand_in(self, lease: Lease, result: ProductResult) -> None:
         """Upload every result; the last upload also completes the job (one request fewer)."""

@@ -148,8 +148,8 @@ def visible_to(query: Q, actor: Actor) -> Q:
 def watched_by(actor: Actor) -> str | None:
     """Whose job changes wake the actor's long-polls, as `visible_to` walls them: a hospital's
     or a vendor's own organisation; None (anyone's) for the operator."""
-    parties = (OrganisationKind.hospital, OrganisationKind.vendor)
-    return actor.organisation_id if actor.role in parties else None
+    own_only = (OrganisationKind.hospital, OrganisationKind.vendor)
+    return actor.organisation_id if actor.role in own_only else None
 
 
 def walled(statement: Q) -> dict[str, Q]:
@@ -911,12 +911,7 @@ class JobService:
                 session, actor, "update", "job", job_id,
                 patient_pseudonym=job.patient_pseudonym, detail=f"handed back: {reason}",
             )  # fmt: skip
-        self._notifier.notify(
-            claimable=True,
-            vendor_id=job.vendor_id,
-            product_id=job.product_id,
-            organisations=parties(job),
-        )
+        self.opened(job)  # back in the queue: opened to vendors again
         return job
 
     # both ----------------------------------------------------------------------------------

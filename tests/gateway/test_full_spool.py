@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from aifi.gateway.config import load_config
+from aifi.gateway.dimse import NoDelayAE
 from aifi.gateway.exchange_client import GatewayClient
 from aifi.gateway.reidentify import reidentify_file
 from aifi.gateway.service import Gateway
@@ -36,6 +37,7 @@ from support.peers import OrthancPeer, fill, free_port, require_executable, smal
 pytestmark = pytest.mark.peer
 
 SENDER = "VNA"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
 
 def ct_study(folder: Path, seed: int) -> list[Path]:
@@ -187,9 +189,11 @@ def test_an_instance_that_fits_but_cannot_be_indexed_is_refused_and_not_kept(
 
 
 def test_a_study_held_up_by_the_full_disk_shows_in_the_figures_until_it_goes_on(
-    gateway_on_a_small_disk: tuple[Gateway, str], tmp_path: Path
+    gateway_on_a_small_disk: tuple[Gateway, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Before any job exists no job figure sees a study; `GatewayNotAssembling` watches this."""
+    """Before any job exists no job figure sees a study; `GatewayNotAssembling` watches this.
+    The assembler waits between tries, rather than trying again at once for as long as the
+    disk is full (and filling the journal as fast as it can)."""
     gateway, _ = gateway_on_a_small_disk
     study = ct_study(tmp_path / "study", seed=67)
     uid = uid_of(study[0], "StudyInstanceUID")
@@ -203,11 +207,40 @@ def test_a_study_held_up_by_the_full_disk_shows_in_the_figures_until_it_goes_on(
     wait_for(lambda: overdue() > 1.0, timeout=30, what="the study to show as overdue")
     (row,) = gateway.state.query("SELECT state FROM studies WHERE study_uid = ?", (uid,))
     assert row["state"] == "receiving" and not gateway.jobs()
+    tries = [r for r in caplog.records if r.getMessage().startswith("study assembly failed")]
+    assert 1 <= len(tries) <= 3, f"{len(tries)} tries in the study's first second overdue"
     filler.unlink()
     assert gateway.wait_until(
         lambda: [job["state"] for job in gateway.jobs()] == ["delivered"], timeout=60
     ), gateway.jobs()
     assert overdue() == 0.0
+
+
+def test_a_sender_that_leaves_while_the_disk_is_full_still_has_its_study_assembled(
+    gateway_on_a_small_disk: tuple[Gateway, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sender's leaving restarts its studies' quiet timers, a write. Refused by the full disk,
+    the study keeps the timer it had, and the assembler still hears that its sender left:
+    before, it slept for an hour, since it had last seen the study being sent."""
+    gateway, _ = gateway_on_a_small_disk
+    files = ct_study(tmp_path / "study", seed=68)
+    modality = NoDelayAE(ae_title="CT_SCANNER")
+    modality.add_requested_context(uid_of(files[0], "SOPClassUID"), [EXPLICIT_LE])
+    association = modality.associate("127.0.0.1", gateway.port, ae_title="AIFI_GW")
+    assert association.is_established
+    for file in files:
+        assert association.send_c_store(file).Status == 0
+    filler = fill(gateway.config.workdir.parent)
+    association.release()
+    wait_for(
+        lambda: any("quiet timer could not restart" in r.getMessage() for r in caplog.records),
+        timeout=30,
+        what="the sender's leaving to find the disk full",
+    )
+    filler.unlink()
+    assert gateway.wait_until(lambda: len(gateway.jobs()) == 1, timeout=60), gateway.jobs()
+    [job] = gateway.jobs()
+    assert job["study_uid"] == uid_of(files[0], "StudyInstanceUID")
 
 
 #: A product no worker serves until the test does its job, so the job waits while the disk fills.

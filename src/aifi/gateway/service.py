@@ -81,6 +81,11 @@ class ResultsPurged(Exception):
     asking again cannot bring them back."""
 
 
+#: The longest a study waits for assembly to be tried again after a failure (a full disk):
+#: short, as a stroke study waits with it.
+ASSEMBLY_RETRY_SECONDS = 30.0
+
+
 def backoff(attempts: int) -> float:
     return float(min(2 ** min(attempts, 8), 300))
 
@@ -338,7 +343,10 @@ class Gateway:
         if not studies:
             return
         for study_uid in studies:
-            self.state.restart_quiet_timer(study_uid, self.config.dicom.quiet_for(sender))
+            try:
+                self.state.restart_quiet_timer(study_uid, self.config.dicom.quiet_for(sender))
+            except (OSError, sqlite3.Error) as exc:  # its old timer stands: due, not forgotten
+                log.error("study %s: its quiet timer could not restart (%s)", study_uid, exc)
         self._assemble.set()
 
     def _still_sending(self) -> set[str]:
@@ -378,23 +386,33 @@ class Gateway:
     # assembly and routing ------------------------------------------------------------------
 
     def _assemble_loop(self) -> None:
+        failures = 0
         while not self._stop.is_set():
             self._assemble.clear()
             try:
                 self.assemble_due(time.time())
-            except Exception:
-                log.exception("study assembly failed; retrying")
-            sending = self._still_sending()
-            waiting = [
-                row["due_at"]
-                for row in self.state.query(
-                    "SELECT study_uid, due_at FROM studies WHERE state = 'receiving'"
-                )
-                if row["study_uid"] not in sending
-            ]
-            # Studies still being sent wait for their association's end, which wakes us.
-            timeout = 3600.0 if not waiting else max(0.0, min(waiting) - time.time())
-            self._assemble.wait(timeout)
+                timeout = self._next_assembly_in()
+                failures = 0
+            except Exception:  # a full or failing disk: the due study is due again at once
+                failures += 1
+                timeout = min(backoff(failures), ASSEMBLY_RETRY_SECONDS)
+                log.exception("study assembly failed; trying again in %.0f s", timeout)
+            self._assemble.wait(timeout)  # new instances, or a sender leaving, try sooner
+
+    def _next_assembly_in(self) -> float:
+        """Seconds until the next study's quiet timer runs out.
+
+        Studies still being sent wait for their association's end, which wakes the assembler.
+        """
+        sending = self._still_sending()
+        waiting = [
+            row["due_at"]
+            for row in self.state.query(
+                "SELECT study_uid, due_at FROM studies WHERE state = 'receiving'"
+            )
+            if row["study_uid"] not in sending
+        ]
+        return 3600.0 if not waiting else max(0.0, min(waiting) - time.time())
 
     def assemble_due(self, now: float) -> int:
         """Route every study whose quiet timer has run out; returns how many jobs were made."""

@@ -161,7 +161,32 @@ def worker(
     register: Annotated[
         str | None, typer.Option(help="Register the product's manifest for this vendor id first.")
     ] = None,
-    lease_seconds: float = 60.0,
+    lease_seconds: Annotated[
+        float, typer.Option(help="Seconds a claim holds a job between heartbeats.", min=1)
+    ] = 60.0,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for each job's inputs and outputs while it runs (default: the "
+            "system's temporary folder); on a disk with room for a few studies.",
+            file_okay=False,
+        ),
+    ] = None,
+    hand_back_pause: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds to wait after handing a job back for want of room (default 30 s).",
+            min=0,
+        ),
+    ] = None,
+    storage_wait: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds to keep offering a result the exchange has no room for (507) "
+            "(default 900 s).",
+            min=0,
+        ),
+    ] = None,
     proxy: Annotated[
         str | None, typer.Option(help="HTTP proxy to the exchange (default: HTTPS_PROXY).")
     ] = None,
@@ -187,8 +212,16 @@ def worker(
     if register:
         client.register_product(products[product].manifest(register))
     stop = _wait_for_signal()
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+    patience = {"hand_back_pause": hand_back_pause, "storage_wait_seconds": storage_wait}
     Worker(
-        client, products[product].handler, product_ids=[product], lease_seconds=lease_seconds
+        client,
+        products[product].handler,
+        product_ids=[product],
+        lease_seconds=lease_seconds,
+        workdir=workdir,
+        **{name: seconds for name, seconds in patience.items() if seconds is not None},
     ).run(stop)
     client.close()
 

@@ -3,19 +3,26 @@ as a failed job with a reason, and the worker lives on."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pydicom
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from aifi.dicom.deid import Deidentifier, PseudonymKey
 from aifi.phantoms import write_study
-from aifi.products import tissue_volume
+from aifi.products import ich_triage, tissue_volume
 from aifi.vendor import JobContext, ProductError, ProductResult, ResultFile, VendorClient, Worker
-from aifi.vendor.worker import HAND_BACK_PAUSE
+from aifi.vendor.worker import HAND_BACK_PAUSE, STORAGE_WAIT_SECONDS
+from scale.servers import wait_for
 from support.national import HOSPITAL, VENDOR, National, national_path
 from support.peers import fill, small_disk
 
@@ -33,7 +40,7 @@ def national(tmp_path: Path) -> Iterator[National]:
         yield path
 
 
-def submit_study(national: National, folder: Path) -> str:
+def submit_study(national: National, folder: Path, product: str = PRODUCT) -> str:
     """A pseudonymised phantom uploaded as a ready job, as a gateway would; returns its id."""
     write_study("ct-head", folder / "raw", seed=1, size="small")
     engine = Deidentifier(PseudonymKey(b"k" * 32))
@@ -46,7 +53,7 @@ def submit_study(national: National, folder: Path) -> str:
     study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
     with national.api() as api:
         job = api.post(
-            "/jobs", json={"product_id": PRODUCT, "study_uid": study_uid, "idempotency_key": "k"}
+            "/jobs", json={"product_id": product, "study_uid": study_uid, "idempotency_key": "k"}
         ).json()
         for path in files:
             uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
@@ -136,7 +143,12 @@ def test_a_worker_whose_disk_is_full_hands_the_job_back_at_once(
 
     with small_disk(tmp_path / "disk", "4m") as disk:
         worker = Worker(
-            client, writes_scratch, product_ids=[PRODUCT], lease_seconds=3600, workdir=disk
+            client,
+            writes_scratch,
+            product_ids=[PRODUCT],
+            lease_seconds=3600,
+            workdir=disk,
+            hand_back_pause=HAND_BACK_PAUSE / 2,
         )
         if where == "downloading the inputs":
             filler = fill(disk)
@@ -145,7 +157,7 @@ def test_a_worker_whose_disk_is_full_hands_the_job_back_at_once(
             filler.write_bytes(b"\0" * 1_500_000)
         stop = StopAtFirstPause()
         worker.run(stop, wait_seconds=10)
-        assert stop.pauses == [HAND_BACK_PAUSE]  # not straight back to claim the job again
+        assert stop.pauses == [HAND_BACK_PAUSE / 2]  # not straight back to claim the job again
         with national.api() as api:
             job = api.get(f"/jobs/{job_id}").json()
         assert job["state"] == "requested" and job["attempts"] == 0, job
@@ -157,3 +169,73 @@ def test_a_worker_whose_disk_is_full_hands_the_job_back_at_once(
     with national.api() as api:
         job = api.get(f"/jobs/{job_id}").json()
     assert job["state"] == "completed" and job["attempts"] == 1, job
+
+
+def test_the_worker_command_works_on_the_disk_it_is_given(
+    national: National, tmp_path: Path
+) -> None:
+    """`aifi worker --workdir` keeps each job's files on the folder named (a real tmpfs here):
+    full, the job is handed back and nothing is left there; with room, the job is done."""
+    vendor = VendorClient(national.exchange.url, national.vendor_key)
+    vendor.register_product(ich_triage.manifest(VENDOR))
+    vendor.close()
+    with national.api() as api:
+        api.post("/subscriptions", json={"product_id": ich_triage.PRODUCT_ID}).raise_for_status()
+    job_id = submit_study(national, tmp_path / "study", ich_triage.PRODUCT_ID)
+    key = tmp_path / "vendor.key"
+    key.write_text(national.vendor_key)
+    aifi = Path(sys.executable).with_name("aifi")
+    help_text = subprocess.run(
+        [aifi, "worker", "--help"], capture_output=True, text=True, check=True,
+        env={**os.environ, "COLUMNS": "200"},
+    ).stdout  # fmt: skip
+    assert f"(default {HAND_BACK_PAUSE:.0f} s)" in help_text
+    assert f"(default {STORAGE_WAIT_SECONDS:.0f} s)" in help_text
+
+    def worker_on(disk: Path) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [aifi, "worker", "--product", ich_triage.PRODUCT_ID, "--exchange",
+             national.exchange.url, "--api-key-file", str(key), "--workdir", str(disk / "jobs"),
+             "--hand-back-pause", "3600"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+
+    def handed_back() -> float:
+        metrics = httpx.get(f"{national.exchange.url}/metrics").text
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(metrics)
+            for sample in family.samples
+            if sample.name == "aifi_exchange_handed_back_jobs_total"
+            and sample.labels["product"] == ich_triage.PRODUCT_ID
+        )
+
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        (disk / "jobs").mkdir()
+        filler = fill(disk)
+        worker = worker_on(disk)
+        try:
+            wait_for(lambda: handed_back() == 1, timeout=60, what="the job to be handed back")
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            said = worker.communicate(timeout=60)[0]
+        assert worker.returncode == 0, said
+        assert f"job {job_id} handed back" in said and "No space left on device" in said, said
+        with national.api() as api:
+            job = api.get(f"/jobs/{job_id}").json()
+        assert job["state"] == "requested" and job["attempts"] == 0, job
+        assert not list((disk / "jobs").iterdir())  # nothing half-written left behind
+        filler.unlink()
+        worker = worker_on(disk)
+        try:
+            with national.api() as api:
+                wait_for(
+                    lambda: api.get(f"/jobs/{job_id}").json()["state"] == "completed",
+                    timeout=120,
+                    what="the job to be done with room on the disk",
+                )
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            said = worker.communicate(timeout=60)[0]
+        assert worker.returncode == 0, said
+        assert not list((disk / "jobs").iterdir())

@@ -105,15 +105,21 @@ class Worker:
         product_ids: list[str] | None = None,
         lease_seconds: float = 60.0,
         workdir: Path | None = None,
+        hand_back_pause: float = HAND_BACK_PAUSE,
+        storage_wait_seconds: float = STORAGE_WAIT_SECONDS,
     ) -> None:
+        """`workdir` holds each job's inputs and outputs while it runs (the system's temporary
+        folder if None): put it on a disk with room for a few studies."""
+        if hand_back_pause < 0 or storage_wait_seconds < 0:
+            raise ValueError("the hand-back pause and the storage wait are seconds, not negative")
         self.client = client
         self.handler = handler
         self.product_ids = product_ids or []
         self.lease_seconds = lease_seconds
         self.workdir = workdir
         self.processed = 0
-        self.hand_back_pause = HAND_BACK_PAUSE
-        self.storage_wait_seconds = STORAGE_WAIT_SECONDS
+        self.hand_back_pause = hand_back_pause
+        self.storage_wait_seconds = storage_wait_seconds
         self._handed_back = False
 
     def run(self, stop: threading.Event, wait_seconds: float = 5.0) -> None:

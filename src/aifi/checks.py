@@ -4,9 +4,11 @@ what to change, instead of one at a time in a log."""
 
 from __future__ import annotations
 
+import stat
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -17,6 +19,20 @@ class Check:
     name: str
     ok: bool
     detail: str
+
+
+#: Permission bits that let others than the owner in: a secret, or identifiable data, must
+#: have none of them.
+OTHERS = 0o077
+
+
+def private_problem(path: Path) -> str | None:
+    """What is wrong with `path`'s permissions for a secret (or identifiable data), if anything."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if not mode & OTHERS:
+        return None
+    wanted = 0o700 if path.is_dir() else 0o600
+    return f"mode {mode:04o}: others may read it; make it {wanted:04o}"
 
 
 def show(title: str, checks: Sequence[Check]) -> bool:

@@ -157,10 +157,23 @@ def gateway(
 def worker(
     product: Annotated[str, typer.Option(help="Reference product id to run.")],
     exchange_url: Annotated[str, typer.Option("--exchange", help="Exchange base URL.")],
-    api_key_file: Annotated[Path, typer.Option(help="File holding the vendor's API key.")],
+    api_key_file: Annotated[
+        Path,
+        typer.Option(
+            help="File holding the vendor's API key.", exists=True, dir_okay=False, readable=True
+        ),
+    ],
     register: Annotated[
         str | None, typer.Option(help="Register the product's manifest for this vendor id first.")
     ] = None,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Try everything the worker needs (key, folder, exchange, product) without "
+            "claiming a job or registering anything; exit 1 if anything fails.",
+        ),
+    ] = False,
     lease_seconds: Annotated[
         float, typer.Option(help="Seconds a claim holds a job between heartbeats.", min=1)
     ] = 60.0,
@@ -196,8 +209,11 @@ def worker(
     verbose: bool = False,
 ) -> None:
     """Run a vendor worker for one of AIFI's reference products (not for clinical use)."""
+    import httpx
+
+    from aifi.http import RETRIES
     from aifi.products import reference_products
-    from aifi.vendor import VendorClient, Worker
+    from aifi.vendor import ExchangeHTTPError, VendorClient, Worker
 
     _logging(verbose)
     products = reference_products()
@@ -207,10 +223,25 @@ def worker(
         )
         raise typer.Exit(2)
     client = VendorClient(
-        exchange_url, api_key_file.read_text().strip(), proxy=proxy, ca_file=ca_file
+        exchange_url,
+        api_key_file.read_text().strip(),
+        proxy=proxy,
+        ca_file=ca_file,
+        retries=0 if check else RETRIES,
     )
+    if check:
+        from aifi.checks import show
+        from aifi.vendor.preflight import preflight
+
+        passed = show(f"worker for {product}", preflight(client, product, api_key_file, workdir))
+        client.close()
+        raise typer.Exit(0 if passed else 1)
     if register:
-        client.register_product(products[product].manifest(register))
+        try:
+            client.register_product(products[product].manifest(register))
+        except (ExchangeHTTPError, httpx.TransportError) as exc:
+            typer.echo(f"error: {product} could not be registered as {register}'s: {exc}", err=True)
+            raise typer.Exit(1) from exc
     stop = _wait_for_signal()
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)

@@ -12,12 +12,11 @@ import errno
 import os
 import socket
 import ssl
-import stat
 from pathlib import Path
 
 import httpx
 
-from aifi.checks import Check
+from aifi.checks import Check, private_problem
 from aifi.dicom.pseudonym import PseudonymKey
 from aifi.gateway.config import DicomWebListener, GatewayConfig, PacsDestination
 from aifi.gateway.dimse import echo
@@ -25,9 +24,6 @@ from aifi.gateway.exchange_client import GatewayClient
 from aifi.gateway.notify.fhir import endpoint_verify
 from aifi.gateway.notify.settings import FhirEndpoint, Hl7Endpoint, WebhookEndpoint
 from aifi.http import ExchangeHTTPError, ExchangeNotTrusted, proxy_for, without_password
-
-#: Identifiable data (spool, vault) and the pseudonymisation secret: the service account's alone.
-PRIVATE = 0o077
 
 
 def preflight(config: GatewayConfig, client: GatewayClient | None = None) -> list[Check]:
@@ -61,14 +57,6 @@ def preflight(config: GatewayConfig, client: GatewayClient | None = None) -> lis
     return checks
 
 
-def _private(path: Path) -> str | None:
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if not mode & PRIVATE:
-        return None
-    wanted = 0o700 if path.is_dir() else 0o600
-    return f"mode {mode:04o}: others may read it; make it {wanted:04o}"
-
-
 def _workdir(workdir: Path) -> Check:
     name = "workdir"
     if not workdir.exists():
@@ -78,7 +66,7 @@ def _workdir(workdir: Path) -> Check:
         return Check(name, True, f"{workdir} will be created (mode 0700)")
     if not workdir.is_dir() or not os.access(workdir, os.W_OK | os.X_OK):
         return Check(name, False, f"{workdir} is not a folder this user can write")
-    problem = _private(workdir)
+    problem = private_problem(workdir)
     if problem:
         return Check(name, False, f"{workdir}: {problem} (it holds identifiable studies)")
     return Check(name, True, f"{workdir}, writable, private")
@@ -98,7 +86,7 @@ def _secret(path: Path) -> Check:
         return Check(name, False, f"{path}: cannot read it ({exc.strerror})")
     except ValueError as exc:
         return Check(name, False, f"{path}: {exc}")
-    problem = _private(path)
+    problem = private_problem(path)
     if problem:
         return Check(name, False, f"{path}: {problem}")
     return Check(name, True, f"{path}, private")
@@ -131,7 +119,7 @@ def _stow(web: DicomWebListener) -> list[Check]:
     else:
         checks = [Check(name, True, f"can serve http://{where}/dicom-web (plain HTTP)")]
     for sender in web.senders:
-        private = _private(sender.password_file)
+        private = private_problem(sender.password_file)
         checks.append(
             Check(
                 f"STOW-RS sender {sender.name}",

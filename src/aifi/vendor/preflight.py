@@ -1,0 +1,115 @@
+"""`aifi worker --check`: what a vendor's worker needs, tried before it claims a job.
+
+A worker that cannot do its work otherwise says so one way at a time, in its log: a key the
+exchange refuses (a warning a second), a product registered under another vendor or not yet
+admitted (no job ever comes), a folder without room (each job handed back). Each check here
+says what it tried and what to change. None of them changes anything.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import httpx
+
+from aifi.checks import Check, private_problem
+from aifi.http import ExchangeHTTPError, ExchangeNotTrusted, without_password
+from aifi.vendor.client import VendorClient
+
+#: Free space a worker's folder should have: a large study's inputs and the product's outputs.
+ROOM_WANTED = 2 * 1024**3
+
+
+def preflight(
+    client: VendorClient, product_id: str, api_key_file: Path, workdir: Path | None
+) -> list[Check]:
+    """Every check, in the order the vendor guide sets a worker up."""
+    checks = [_api_key_file(api_key_file), _workdir(workdir)]
+    reached, vendor = _exchange(client)
+    checks.append(reached)
+    if vendor is not None:
+        checks.append(_product(client, product_id, vendor))
+    return checks
+
+
+def _api_key_file(path: Path) -> Check:
+    name = "API key file"
+    try:
+        problem = private_problem(path)
+    except OSError as exc:
+        return Check(name, False, f"{path}: cannot read it ({exc.strerror})")
+    if problem:
+        return Check(name, False, f"{path}: {problem}")
+    return Check(name, True, f"{path}, private")
+
+
+def _workdir(workdir: Path | None) -> Check:
+    name = "workdir"
+    folder = workdir or Path(tempfile.gettempdir())
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        return Check(name, False, f"{folder}: {existing} is not a folder this user can write")
+    free = shutil.disk_usage(existing).free
+    room = f"{free / 1024**3:.1f} GiB free"
+    if free < ROOM_WANTED:
+        return Check(
+            name,
+            False,
+            f"{folder}: {room}; a large study and its results need {ROOM_WANTED // 1024**3} "
+            "GiB, or jobs are handed back (choose another with --workdir)",
+        )
+    made = "" if existing == folder else " (created at start)"
+    return Check(name, True, f"{folder}{made}, writable, {room}")
+
+
+def _exchange(client: VendorClient) -> tuple[Check, str | None]:
+    """Whether the exchange takes the key, and as which vendor."""
+    name = "exchange"
+    proxy = f" through proxy {without_password(client.proxy)}" if client.proxy else ""
+    route = client.base_url + proxy
+    try:
+        found = client.request("GET", "/organisations").json()
+    except ExchangeNotTrusted as exc:
+        return Check(name, False, str(exc)), None
+    except httpx.TransportError as exc:
+        problem = f"cannot reach {route}: {exc or type(exc).__name__} (DNS, firewall, proxy?)"
+        return Check(name, False, problem), None
+    except ExchangeHTTPError as exc:
+        if exc.status == 401:
+            return Check(name, False, f"{route} refused the API key (401): {exc.detail}"), None
+        return Check(name, False, f"{route} answered {exc.status}: {exc.detail}"), None
+    vendors = [str(org["id"]) for org in found if org["kind"] == "vendor"]
+    if len(vendors) != 1:
+        holders = ", ".join(f"{org['id']} ({org['kind']})" for org in found) or "nobody"
+        return Check(name, False, f"the API key belongs to {holders}, not to a vendor"), None
+    return Check(name, True, f"{route}, as vendor {vendors[0]}"), vendors[0]
+
+
+def _product(client: VendorClient, product_id: str, vendor: str) -> Check:
+    name = f"product {product_id}"
+    try:
+        product = client.request("GET", f"/products/{product_id}").json()
+    except ExchangeHTTPError as exc:
+        if exc.status == 404:
+            return Check(name, False, f"not in the catalogue: register it (--register {vendor})")
+        return Check(name, False, f"the exchange answered {exc.status}: {exc.detail}")
+    except httpx.TransportError as exc:
+        return Check(name, False, f"could not be read: {exc}")
+    label = f"{product['name']} {product['version']}"
+    if product["vendor"] != vendor:
+        return Check(
+            name,
+            False,
+            f"{label} is {product['vendor']}'s: this worker would never be offered its jobs",
+        )
+    if product["status"] != "admitted":
+        return Check(
+            name,
+            False,
+            f"{label} is {product['status']}: no hospital can send it studies until the "
+            "national operator admits it",
+        )
+    return Check(name, True, f"{label}, admitted")

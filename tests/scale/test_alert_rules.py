@@ -87,6 +87,9 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             'aifi_exchange_errors_total{kind="unavailable", instance="r2"}': "0+600x20",
             'aifi_exchange_errors_total{kind="storage_full", instance="r1"}': "0x20 1x20",
             'aifi_exchange_errors_total{kind="audit_archive", instance="r2"}': "0x30 1x10",
+            # Linking pauses for four minutes at 6m (a replica restarting), then stops at 22m.
+            'aifi_exchange_audit_unlinked_age_seconds{instance="r1"}':
+                "0.5x5 120x3 0.5x11 0+60x40",
             'aifi_exchange_queue_age_seconds{product="slow", priority="routine", instance="r1"}':
                 "0+60x30",
             'aifi_exchange_queue_age_seconds{product="brisk", priority="routine", instance="r1"}':
@@ -130,6 +133,10 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             quiet("BlobStoreFull", "30m"),  # five quiet minutes since
             quiet("AuditArchiveFailing", "30m"),
             fires("AuditArchiveFailing", "31m", "An access-log archiving round failed"),
+            quiet("AuditChainStalled", "8m"),
+            quiet("AuditChainStalled", "32m"),  # over five minutes old, not yet for five
+            fires("AuditChainStalled", "34m",
+                  "Access-log entries have waited 12m 0s to be linked into the hash chain"),
             quiet("StatJobWaiting", "8m"),  # two minutes old: not over yet
             fires("StatJobWaiting", "10m",
                   "Product triage: a STAT job has waited 4m 0s for a vendor", product="triage"),

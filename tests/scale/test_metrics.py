@@ -10,10 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import update
 
+from aifi.exchange.audit import linked_count, unlinked_count
 from aifi.exchange.clock import utcnow
+from aifi.exchange.db import CHAIN_LOCK
 from aifi.exchange.metrics import SETTLED_AFTER, EndedTally
 from aifi.exchange.models import Job
 from aifi.exchange.settings import ExchangeSettings
@@ -21,6 +25,7 @@ from aifi.gateway.metrics import start_metrics_server
 from aifi.gateway.receipt import OUT_OF_RESOURCES, STUDY_MISMATCH, Refusals
 from aifi.gateway.state import GatewayState, ReceivedInstance, RoutedJob
 from scale.conftest import ExchangeFactory, finish_job, set_up_parties
+from scale.servers import wait_for
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -303,3 +308,34 @@ def test_exchange_metrics_name_the_hospital_a_backlog_holds_up_and_the_one_not_c
     after = samples(exchange.client.get("/metrics").text)
     assert ("aifi_exchange_hospital_unacknowledged_age_seconds", b) not in after
     assert after[("aifi_exchange_jobs_unacknowledged", ())] == 0.0
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_entries_kept_out_of_the_hash_chain_show_until_it_takes_them(
+    exchange_on: ExchangeFactory,
+) -> None:
+    """A database session holding the chain's advisory lock (a stuck replica, a transaction
+    left open by hand) keeps every replica from linking: the figures show the entries waiting
+    and how long (AuditChainStalled); once the lock is free the chain takes them all."""
+    exchange = exchange_on()
+    services = exchange.client.app.state.services
+    entries, age = (
+        "aifi_exchange_audit_unlinked_entries",
+        "aifi_exchange_audit_unlinked_age_seconds",
+    )
+
+    def figure(name: str) -> float:
+        return samples(exchange.client.get("/metrics").text)[(name, ())]
+
+    wait_for(lambda: figure(entries) == 0.0, 30, "the exchange's first entries to be linked")
+    dsn = services.db.url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (CHAIN_LOCK,))
+        set_up_parties(exchange)  # organisations, a product, a subscription: audited
+        wait_for(lambda: figure(age) > 2.0, 30, "the unlinked entries to age")
+        assert figure(entries) >= 4
+        assert services.audit.chain() == 0  # this replica, too, leaves the round to the holder
+    wait_for(lambda: figure(entries) == 0.0, 30, "the chain to take the entries")
+    assert figure(age) == 0.0
+    with services.db.session() as session:
+        assert unlinked_count(session) == 0 and linked_count(session) >= 4

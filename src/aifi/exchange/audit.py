@@ -27,6 +27,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Select, Table, bindparam, event, func, insert, select, text, update
@@ -392,11 +393,28 @@ def linked_count(session: Session) -> int:
     )
 
 
+@dataclass(frozen=True)
+class Unlinked:
+    """The entries stored but not linked into the chain yet: normally the last second's."""
+
+    entries: int
+    #: When the oldest of them was written, if any.
+    oldest: datetime | None
+
+
+def unlinked(session: Session) -> Unlinked:
+    """Read through the chain's index (its position is null until linked): a few rows."""
+    entries, oldest = session.execute(
+        select(func.count(AuditEntry.id), func.min(AuditEntry.at)).where(
+            AuditEntry.chain_seq.is_(None)
+        )
+    ).one()
+    return Unlinked(int(entries or 0), as_utc(oldest) if oldest is not None else None)
+
+
 def unlinked_count(session: Session) -> int:
     """Entries stored but not linked yet (normally those of the last second)."""
-    return int(
-        session.scalar(select(func.count(AuditEntry.id)).where(AuditEntry.chain_seq.is_(None))) or 0
-    )
+    return unlinked(session).entries
 
 
 def verify_chain(entries: Iterable[Any]) -> list[str]:

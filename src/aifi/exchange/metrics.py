@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from aifi.exchange import backlog
+from aifi.exchange import audit, backlog
 from aifi.exchange.clock import as_utc, utcnow
 from aifi.exchange.db import Database
 from aifi.exchange.models import Job
@@ -133,6 +133,7 @@ class JobTableCollector(Collector):
                 .group_by(Job.product_id, Job.priority)
             ).all()
             hospitals = backlog.by_hospital(session, now)
+            chain = audit.unlinked(session)
             recent = session.execute(
                 select(Job.ready_at, Job.ended_at, Job.priority)
                 .where(
@@ -168,6 +169,7 @@ class JobTableCollector(Collector):
         yield depth
         yield age
         yield from _by_hospital(hospitals)
+        yield from _audit_chain(chain, now)
 
         timed = [
             ((as_utc(ended) - as_utc(ready)).total_seconds(), priority)
@@ -192,6 +194,24 @@ class JobTableCollector(Collector):
         )
         completed.add_metric([], float(len(durations)))
         yield completed
+
+
+def _audit_chain(chain: audit.Unlinked, now: datetime) -> Iterator[GaugeMetricFamily]:
+    """Entries not yet in the hash chain are not yet tamper-evident: linking normally takes
+    them within a second, so an old one means no replica is linking (AuditChainStalled)."""
+    entries = GaugeMetricFamily(
+        "aifi_exchange_audit_unlinked_entries",
+        "Access-log entries stored but not linked into the hash chain yet",
+    )
+    entries.add_metric([], float(chain.entries))
+    yield entries
+    age = GaugeMetricFamily(
+        "aifi_exchange_audit_unlinked_age_seconds",
+        "How long the oldest access-log entry not linked into the hash chain has waited",
+    )
+    waited = (now - chain.oldest).total_seconds() if chain.oldest is not None else 0.0
+    age.add_metric([], max(0.0, waited))
+    yield age
 
 
 def _by_hospital(hospitals: dict[str, backlog.HospitalBacklog]) -> Iterator[GaugeMetricFamily]:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pydicom
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from aifi.gateway.config import load_config
 from aifi.gateway.notify.receivers import Hl7Listener
@@ -55,3 +57,43 @@ def test_each_result_sends_an_oru_with_the_original_identity(
     assert "P" + "HOSP-9" not in text  # never the pseudonym
     obx = [segment for segment in text.split("\r") if segment.startswith("OBX")]
     assert any("mL" in segment for segment in obx)
+
+
+def test_a_notice_the_ris_refuses_is_counted_for_the_hospitals_monitoring(
+    national: National, tmp_path: Path
+) -> None:
+    """The RIS answers AE (content refused: resending cannot help): the result still goes on
+    (delivered), and the exporter counts a routine HL7 notice failed for good, which
+    `GatewayNoticesFailing` watches."""
+    with Hl7Listener(ack_code="AE", ack_text="unknown patient") as listener:
+        port = free_port()
+        path = gateway_config(tmp_path, national, port, 1)
+        config = yaml.safe_load(path.read_text())
+        config.update(pacs=[], metrics_port=0)
+        config["notifications"] = {
+            "hl7": {"host": "127.0.0.1", "port": listener.port, "processing_id": "T"}
+        }
+        path.write_text(yaml.safe_dump(config))
+        folder = tmp_path / "study"
+        write_study("ct-head", folder, seed=22, size="small")
+        gateway = Gateway(load_config(path))
+        gateway.start()
+        try:
+            storescu(sorted(folder.rglob("*.dcm")), port)
+            assert gateway.wait_until(
+                lambda: [j["state"] for j in gateway.jobs()] == ["delivered"], timeout=90
+            ), gateway.jobs()
+            assert gateway.metrics is not None
+            scraped = httpx.get(gateway.metrics.url, timeout=10).text
+        finally:
+            gateway.stop()
+        assert listener.received.get(timeout=10)  # it did arrive, and was refused
+    notices = {
+        (s.labels["channel"], s.labels["priority"], s.labels["outcome"]): s.value
+        for family in text_string_to_metric_families(scraped)
+        for s in family.samples
+        if s.name == "aifi_gateway_notices"
+    }
+    assert notices[("hl7", "routine", "failed")] == 1.0
+    assert notices[("hl7", "routine", "sent")] == 0.0
+    assert notices[("hl7", "routine", "retrying")] == 0.0

@@ -193,6 +193,19 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             ),
             'aifi_gateway_deliveries{state="failed", job="aifi-gateway", instance="g2"}': "1x40",
             'aifi_gateway_jobs{state="refused", job="aifi-gateway", instance="g1"}': "0x10 1x70",
+            # g1's pager is down from 31m: its STAT notice is retried, then fails for good at
+            # 33m. g2's RIS missed one STAT notice at 10m, taken at the next try; it refuses a
+            # routine one at 41m.
+            'aifi_gateway_notices{channel="webhook", priority="stat", outcome="retrying", '
+            'job="aifi-gateway", instance="g1"}': "0x30 1x2 0x30",
+            'aifi_gateway_notices{channel="webhook", priority="stat", outcome="failed", '
+            'job="aifi-gateway", instance="g1"}': "0x32 1x30",
+            'aifi_gateway_notices{channel="hl7", priority="stat", outcome="retrying", '
+            'job="aifi-gateway", instance="g2"}': "0x9 1 0x50",
+            'aifi_gateway_notices{channel="hl7", priority="stat", outcome="sent", '
+            'job="aifi-gateway", instance="g2"}': "0+1x60",
+            'aifi_gateway_notices{channel="hl7", priority="routine", outcome="failed", '
+            'job="aifi-gateway", instance="g2"}': "0x40 1x30",
             # g1's disk fills at 20m (the counter starts there); g2 refused two files before
             # the test began and none since; g1's PACS sends one broken file at 16m, two at 24m.
             'aifi_gateway_refused_instances_total{way="dimse", sender="PACS", '
@@ -237,6 +250,19 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             fires("GatewayDeliveryFailing", "35m",
                   "AI results are not reaching the PACS from g2",
                   job="aifi-gateway", instance="g2", state="failed"),
+            quiet("GatewayStatNoticeFailing", "11m"),  # retried once, and taken
+            quiet("GatewayStatNoticeFailing", "31m"),  # retrying, not yet for a minute
+            fires("GatewayStatNoticeFailing", "32m",
+                  "A STAT result notice from g1 has not reached its webhook receiver",
+                  channel="webhook", instance="g1"),
+            fires("GatewayStatNoticeFailing", "45m",  # failed for good at 33m
+                  "A STAT result notice from g1 has not reached its webhook receiver",
+                  channel="webhook", instance="g1"),
+            quiet("GatewayStatNoticeFailing", "50m"),
+            quiet("GatewayNoticesFailing", "40m"),
+            fires("GatewayNoticesFailing", "42m",
+                  "Result notices from g2 to hl7 failed in the last hour",
+                  channel="hl7", instance="g2"),
             quiet("GatewayJobsRefused", "9m"),
             fires("GatewayJobsRefused", "30m",
                   "The exchange refused studies from g1 in the last hour",

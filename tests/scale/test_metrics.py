@@ -23,7 +23,7 @@ from aifi.exchange.models import Job
 from aifi.exchange.settings import ExchangeSettings
 from aifi.gateway.metrics import start_metrics_server
 from aifi.gateway.receipt import OUT_OF_RESOURCES, STUDY_MISMATCH, Refusals
-from aifi.gateway.state import GatewayState, ReceivedInstance, RoutedJob
+from aifi.gateway.state import MAX_NOTICE_ATTEMPTS, GatewayState, ReceivedInstance, RoutedJob
 from scale.conftest import ExchangeFactory, finish_job, set_up_parties
 from scale.servers import wait_for
 
@@ -160,6 +160,18 @@ def test_gateway_exporter_reads_the_gateway_state(tmp_path: Path) -> None:
     state.update_job(second["id"], state="submitted", submitted_at=now - 30)
     state.record_delivery(first["id"], "sr.dcm", "pacs", "1.2.9", None)
     state.record_delivery(first["id"], "seg.dcm", "pacs", None, "association refused")
+    # The first job's STAT notice reached the RIS; the pager is being retried. The second
+    # job's notice was refused by the RIS (for good), and the FHIR server was down every try.
+    notice = {"seconds": 0.1}
+    state.record_notification(first["id"], "hl7", ok=True, retryable=False, stat=True,
+                              detail=None, **notice)  # fmt: skip
+    state.record_notification(first["id"], "webhook", ok=False, retryable=True, stat=True,
+                              detail="connection refused", **notice)  # fmt: skip
+    state.record_notification(second["id"], "hl7", ok=False, retryable=False, stat=False,
+                              detail="AE: unknown patient", **notice)  # fmt: skip
+    for _ in range(MAX_NOTICE_ATTEMPTS):
+        state.record_notification(second["id"], "fhir", ok=False, retryable=True, stat=False,
+                                  detail="503", **notice)  # fmt: skip
 
     server = start_metrics_server(state, 0)
     try:
@@ -186,6 +198,17 @@ def test_gateway_exporter_reads_the_gateway_state(tmp_path: Path) -> None:
     assert figures[("aifi_gateway_studies", (("state", "receiving"),))] == 1.0
     assert figures[("aifi_gateway_deliveries", (("state", "delivered"),))] == 1.0
     assert figures[("aifi_gateway_deliveries", (("state", "failed"),))] == 1.0
+
+    def notices(channel: str, priority: str, outcome: str) -> float:
+        labels = (("channel", channel), ("outcome", outcome), ("priority", priority))
+        return figures[("aifi_gateway_notices", labels)]
+
+    assert notices("hl7", "stat", "sent") == 1.0
+    assert notices("webhook", "stat", "retrying") == 1.0
+    assert notices("hl7", "routine", "failed") == 1.0
+    assert notices("fhir", "routine", "failed") == 1.0
+    assert notices("fhir", "routine", "retrying") == 0.0
+    assert notices("webhook", "routine", "failed") == 0.0  # there from the start, at 0
     assert figures[("aifi_gateway_awaiting_result_age_seconds", ())] >= 30.0
     assert figures[("aifi_gateway_received_bytes", ())] == 650.0
     assert figures[("aifi_gateway_uploaded_study_bytes", ())] == 600.0

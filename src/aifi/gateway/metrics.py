@@ -24,6 +24,10 @@ from aifi.gateway.state import GatewayState
 JOB_STATES = ("pending", "submitted", "ended", "delivered", "refused")
 STUDY_STATES = ("receiving", "routed", "unrouted", "purged")
 DELIVERY_STATES = ("delivered", "failed")
+#: Every channel and outcome is reported from the start, at 0: an alert on the change of a
+#: series cannot see a first failure that creates it.
+NOTICE_CHANNELS = ("hl7", "fhir", "webhook")
+NOTICE_OUTCOMES = ("sent", "retrying", "failed")
 #: Jobs delivered this recently make up the turnaround figures.
 TURNAROUND_WINDOW_SECONDS = 3600.0
 TURNAROUND_QUANTILES = (0.5, 0.9, 0.99)
@@ -117,6 +121,23 @@ class GatewayCollector(Collector):
         )
         for state in DELIVERY_STATES:
             family.add_metric([state], float(deliveries.get(state, 0)))
+        yield family
+
+        notices = {
+            (row["channel"], "stat" if row["stat"] else "routine", row["outcome"]): int(row["n"])
+            for row in self._state.notice_counts()
+        }
+        family = GaugeMetricFamily(
+            "aifi_gateway_notices",
+            "Result notices (HL7, FHIR, webhook) by channel, priority and outcome: sent, "
+            "retrying, or failed for good",
+            labels=["channel", "priority", "outcome"],
+        )
+        for channel in NOTICE_CHANNELS:
+            for priority in ("stat", "routine"):
+                for outcome in NOTICE_OUTCOMES:
+                    count = notices.get((channel, priority, outcome), 0)
+                    family.add_metric([channel, priority, outcome], float(count))
         yield family
 
         # A study whose quiet time is over becomes jobs within moments; one that stays is held

@@ -46,7 +46,7 @@ from aifi.gateway.receipt import (
 )
 from aifi.gateway.reidentify import ReidentificationError, reidentify_file
 from aifi.gateway.routing import route_study
-from aifi.gateway.state import GatewayState, ReceivedInstance
+from aifi.gateway.state import GatewayState, ReceivedInstance, notice_settled
 from aifi.gateway.stow import BASE as STOW_BASE
 from aifi.gateway.stow import stow_app
 from aifi.gateway.vault import Vault
@@ -63,8 +63,6 @@ HEADER_TAGS = [
 ]  # fmt: skip
 #: An exchange refusal (4xx but these) will not change on retry: the job is refused for good.
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
-#: Tries per notice channel before its failure is left on record and the job moves on.
-MAX_NOTICE_ATTEMPTS = 5
 #: Seconds between looks for studies past `retain_hours`.
 RETENTION_SWEEP_SECONDS = 60.0
 #: Seconds between looks at the disclosure log's newest entry, written to the journal when it
@@ -823,7 +821,8 @@ class Gateway:
         """Send the result notice on every configured channel not yet done; True when done.
 
         A channel is done when it succeeded, when resending cannot help, or after
-        MAX_NOTICE_ATTEMPTS tries (then the failure stays recorded for the hospital to see).
+        a few tries (then the failure stays recorded for the hospital to see, and counted in
+        `aifi_gateway_notices`).
         """
         if not self.config.notifications.configured:
             return True
@@ -854,10 +853,7 @@ class Gateway:
             completed_at=datetime.fromisoformat(job["ended_at"]) if job.get("ended_at") else None,
         )
         before = self.state.notification_outcomes(local_id)
-        done = {
-            channel for channel, row in before.items()
-            if row["ok"] or not row["retryable"] or row["attempts"] >= MAX_NOTICE_ATTEMPTS
-        }  # fmt: skip
+        done = {channel for channel, row in before.items() if notice_settled(row)}
         patient, study = str(known[1].get("PatientID", "")), known[0]
         for outcome in self.notifier.notify(notice, skip=done):
             self.state.record_notification(
@@ -887,11 +883,7 @@ class Gateway:
                 log.warning(
                     "job %s: %s notice failed: %s", job["id"], outcome.channel, outcome.detail
                 )
-        after = self.state.notification_outcomes(local_id)
-        return all(
-            row["ok"] or not row["retryable"] or row["attempts"] >= MAX_NOTICE_ATTEMPTS
-            for row in after.values()
-        )
+        return all(map(notice_settled, self.state.notification_outcomes(local_id).values()))
 
     def _key_image(self, local_id: int, results: list[Path], target: Path) -> None:
         """Keep a key image for the web pages; a failure here never holds up delivery."""

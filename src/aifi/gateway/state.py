@@ -178,6 +178,20 @@ def _round_failed(db: sqlite3.Connection, study_uid: str) -> bool:
     )
 
 
+#: Tries per notice channel before its failure is left on record and the job moves on.
+MAX_NOTICE_ATTEMPTS = 5
+
+
+def notice_settled(outcome: dict[str, Any]) -> bool:
+    """Whether a channel's notice needs no more tries: sent, refused for good (resending
+    cannot help), or tried MAX_NOTICE_ATTEMPTS times."""
+    return (
+        bool(outcome["ok"])
+        or not outcome["retryable"]
+        or (outcome["attempts"] >= MAX_NOTICE_ATTEMPTS)
+    )
+
+
 class GatewayState:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -523,6 +537,16 @@ class GatewayState:
     def notification_outcomes(self, job_id: int) -> dict[str, dict[str, Any]]:
         rows = self.query("SELECT * FROM notifications WHERE job_id = ?", (job_id,))
         return {row["channel"]: row for row in rows}
+
+    def notice_counts(self) -> list[dict[str, Any]]:
+        """Notices by channel, priority (`stat`: 1 or 0) and outcome (`sent`, `retrying`,
+        `failed`: for good), with `n` of each."""
+        return self.query(
+            "SELECT channel, stat, CASE WHEN ok THEN 'sent' "
+            "WHEN retryable AND attempts < ? THEN 'retrying' ELSE 'failed' END AS outcome, "
+            "COUNT(*) AS n FROM notifications GROUP BY channel, stat, outcome",
+            (MAX_NOTICE_ATTEMPTS,),
+        )
 
     def record_notification(
         self,

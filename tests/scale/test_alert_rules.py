@@ -87,6 +87,15 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             'aifi_exchange_errors_total{kind="unavailable", instance="r2"}': "0+600x20",
             'aifi_exchange_errors_total{kind="storage_full", instance="r1"}': "0x20 1x20",
             'aifi_exchange_errors_total{kind="audit_archive", instance="r2"}': "0x30 1x10",
+            # r1's retention sweep fails from 20m on; r2's linking failed for three minutes at
+            # 41m and then went on.
+            'aifi_exchange_background_failures_total{task="retention", instance="r1"}':
+                "0x20 0+1x40",
+            'aifi_exchange_background_failures_total{task="audit_chain", instance="r2"}':
+                "0x40 0+50x3 150x30",
+            # Everything fails while the database is down (from 2m, last seen at 9m).
+            'aifi_exchange_background_failures_total{task="lease_expiry", instance="r1"}':
+                "0x2 0+60x12 720x60",
             # Linking pauses for four minutes at 6m (a replica restarting), then stops at 22m.
             'aifi_exchange_audit_unlinked_age_seconds{instance="r1"}':
                 "0.5x5 120x3 0.5x11 0+60x40",
@@ -133,6 +142,10 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             quiet("BlobStoreFull", "30m"),  # five quiet minutes since
             quiet("AuditArchiveFailing", "30m"),
             fires("AuditArchiveFailing", "31m", "An access-log archiving round failed"),
+            quiet("ExchangeBackgroundFailing", "29m"),  # failing, not yet for ten minutes
+            fires("ExchangeBackgroundFailing", "32m",
+                  "The exchange's background task retention keeps failing", task="retention"),
+            quiet("ExchangeBackgroundFailing", "15m"),  # the database was down: its own alert
             quiet("AuditChainStalled", "8m"),
             quiet("AuditChainStalled", "32m"),  # over five minutes old, not yet for five
             fires("AuditChainStalled", "34m",

@@ -362,3 +362,49 @@ def test_entries_kept_out_of_the_hash_chain_show_until_it_takes_them(
     assert figure(age) == 0.0
     with services.db.session() as session:
         assert unlinked_count(session) == 0 and linked_count(session) >= 4
+
+
+def test_a_background_task_that_fails_is_counted_until_it_works_again(
+    exchange_on: ExchangeFactory,
+) -> None:
+    """The database refuses the audit chain's links (a trigger stands in for a broken grant
+    or a DBA's mistake): each failed round is counted under its task, the entries wait
+    unlinked, and once the database takes links again the chain catches up."""
+    exchange = exchange_on()
+    db = exchange.client.app.state.services.db
+    failed = ("aifi_exchange_background_failures_total", (("task", "audit_chain"),))
+
+    def figures() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return samples(exchange.client.get("/metrics").text)
+
+    assert figures()[failed] == 0.0  # there from the start
+    assert figures()[("aifi_exchange_background_failures_total", (("task", "retention"),))] == 0
+    with db.engine.begin() as connection:
+        if db.is_postgresql:
+            connection.exec_driver_sql(
+                "CREATE FUNCTION refuse_links() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'links refused'; END $$"
+            )
+            connection.exec_driver_sql(
+                "CREATE TRIGGER refuse_links BEFORE UPDATE ON audit_log "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_links()"
+            )
+        else:
+            connection.exec_driver_sql(
+                "CREATE TRIGGER refuse_links BEFORE UPDATE ON audit_log "
+                "BEGIN SELECT RAISE(ABORT, 'links refused'); END"
+            )
+    set_up_parties(exchange)  # audited: entries to link
+    wait_for(lambda: figures()[failed] >= 2, 30, "linking rounds to fail")
+    assert figures()[("aifi_exchange_audit_unlinked_entries", ())] >= 4
+    with db.engine.begin() as connection:
+        connection.exec_driver_sql(
+            "DROP TRIGGER refuse_links ON audit_log"
+            if db.is_postgresql
+            else "DROP TRIGGER refuse_links"
+        )
+    wait_for(
+        lambda: figures()[("aifi_exchange_audit_unlinked_entries", ())] == 0,
+        30,
+        "the chain to catch up",
+    )

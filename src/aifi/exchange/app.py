@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import Counter
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.concurrency import run_in_threadpool
@@ -71,18 +72,19 @@ def create_app(
         if services.db.is_postgresql:
             listener = ReplicaChanges(services.db.url, services.notifier)
             listener.start()
+        sweep = services.settings.retention_sweep_seconds
+        background: list[tuple[str, float, Callable[[], object]]] = [
+            ("lease_expiry", LEASE_SWEEP_SECONDS, services.jobs.expire_leases),
+            ("unfinished_expiry", sweep, services.jobs.expire_unfinished),
+            ("retention", sweep, retention.sweep),
+            ("audit_archive", sweep, archiver.sweep),
+            ("triage_flags", sweep, services.jobs.read_triage_flags),
+            ("audit_chain", AUDIT_LINK_SECONDS, services.audit.chain),
+            ("audit_anchor", ANCHOR_SECONDS, anchors.write),
+        ]
         sweepers = [
-            asyncio.create_task(_every(LEASE_SWEEP_SECONDS, services.jobs.expire_leases)),
-            asyncio.create_task(
-                _every(services.settings.retention_sweep_seconds, services.jobs.expire_unfinished)
-            ),
-            asyncio.create_task(_every(services.settings.retention_sweep_seconds, retention.sweep)),
-            asyncio.create_task(_every(services.settings.retention_sweep_seconds, archiver.sweep)),
-            asyncio.create_task(
-                _every(services.settings.retention_sweep_seconds, services.jobs.read_triage_flags)
-            ),
-            asyncio.create_task(_every(AUDIT_LINK_SECONDS, services.audit.chain)),
-            asyncio.create_task(_every(ANCHOR_SECONDS, anchors.write)),
+            asyncio.create_task(_every(seconds, task, metrics.background_failures.labels(name)))
+            for name, seconds, task in background
         ]
         with contextlib.suppress(Exception):  # where the chain stood at start, for the journal
             await run_in_threadpool(anchors.write)
@@ -166,11 +168,13 @@ def database_full(exc: BaseException) -> bool:
     )
 
 
-async def _every(seconds: float, task: Callable[[], object]) -> None:
-    """Run `task` in a worker thread every `seconds`; a failure waits for the next round."""
+async def _every(seconds: float, task: Callable[[], object], failures: Counter) -> None:
+    """Run `task` in a worker thread every `seconds`; a failure is counted, and waits for the
+    next round."""
     while True:
         await asyncio.sleep(seconds)
         try:
             await run_in_threadpool(task)
         except Exception:
+            failures.inc()
             log.warning("periodic %s failed", getattr(task, "__qualname__", task), exc_info=True)

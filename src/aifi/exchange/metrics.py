@@ -318,6 +318,15 @@ class ExchangeMetrics:
             "Access-log entries this replica moved to archive files in the blob store",
             registry=self.registry,
         )
+        #: Each task's series exists from the start, so that its first failure shows.
+        self.background_failures = Counter(
+            "aifi_exchange_background_failures",
+            "Failed rounds of this replica's background work, by task (lease_expiry, "
+            "unfinished_expiry, retention, audit_archive, triage_flags, audit_chain, "
+            "audit_anchor)",
+            ["task"],
+            registry=self.registry,
+        )
         self.registry.register(JobTableCollector(db))
 
     def render(self) -> tuple[bytes, str]:

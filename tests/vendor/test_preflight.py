@@ -3,6 +3,7 @@ what to change, against a real exchange; nothing is registered or claimed by loo
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -125,6 +126,7 @@ def test_the_worker_command_says_why_it_cannot_start(national: National, tmp_pat
     missing = subprocess.run(
         [*base, "--api-key-file", str(tmp_path / "nowhere.key")],
         capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "COLUMNS": "400"},  # the path on one line of the error's box
     )  # fmt: skip
     assert missing.returncode == 2
     assert "nowhere.key" in missing.stderr and "does not exist" in missing.stderr

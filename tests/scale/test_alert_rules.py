@@ -206,6 +206,12 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             ),
             'aifi_gateway_deliveries{state="failed", job="aifi-gateway", instance="g2"}': "1x40",
             'aifi_gateway_jobs{state="refused", job="aifi-gateway", instance="g1"}': "0x10 1x70",
+            # g2's retention sweep fails from 10m (a study due then stays); g1's purges a
+            # study a minute late at most.
+            'aifi_gateway_retention_overdue_seconds{job="aifi-gateway", instance="g2"}':
+                "0x10 0+60x80",
+            'aifi_gateway_retention_overdue_seconds{job="aifi-gateway", instance="g1"}':
+                "0 50 0 30 0x80",
             # g1's pager is down from 31m: its STAT notice is retried, then fails for good at
             # 33m. g2's RIS missed one STAT notice at 10m, taken at the next try; it refuses a
             # routine one at 41m.
@@ -263,6 +269,10 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             fires("GatewayDeliveryFailing", "35m",
                   "AI results are not reaching the PACS from g2",
                   job="aifi-gateway", instance="g2", state="failed"),
+            quiet("GatewayRetentionOverdue", "86m"),  # an hour overdue, not yet for 15 minutes
+            fires("GatewayRetentionOverdue", "88m",
+                  "The gateway g2 has kept a study 1h 17m 0s past its retention time",
+                  job="aifi-gateway", instance="g2"),
             quiet("GatewayStatNoticeFailing", "11m"),  # retried once, and taken
             quiet("GatewayStatNoticeFailing", "31m"),  # retrying, not yet for a minute
             fires("GatewayStatNoticeFailing", "32m",
@@ -366,7 +376,7 @@ def exported_families(exchange_on: ExchangeFactory, folder: Path) -> dict[str, s
     """Every metric family a fresh exchange and a fresh gateway export, with its type."""
     exposition = exchange_on().client.get("/metrics").text
     state = GatewayState(folder / "state.db")
-    server = start_metrics_server(state, 0)
+    server = start_metrics_server(state, 0, retain_seconds=24 * 3600.0)  # as a gateway starts it
     try:
         exposition += httpx.get(server.url, timeout=10).text
     finally:

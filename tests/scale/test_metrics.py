@@ -215,6 +215,38 @@ def test_gateway_exporter_reads_the_gateway_state(tmp_path: Path) -> None:
     assert figures[("aifi_gateway_turnaround_seconds", (("quantile", "0.5"),))] > 0.0
 
 
+def test_the_gateway_tells_how_long_past_its_retention_time_it_keeps_a_study(
+    tmp_path: Path,
+) -> None:
+    """A study done with three hours ago, kept one hour: two hours overdue, which only a
+    failing sweep explains (GatewayRetentionOverdue). A study with a job under way is not
+    done with, however old; purged, nothing is overdue."""
+    state = GatewayState(tmp_path / "state.db")
+    hour = 3600.0
+    now = time.time()
+    for study in ("1.4.1", "1.4.2"):
+        state.record_instance(instance(f"{study}.0", study, tmp_path, 10), 0.0)
+        row = next(r for r in state.due_studies(now + 1) if r["study_uid"] == study)
+        routed = RoutedJob("product-a", None, frozenset({study + ".1"}))
+        assert state.route_study(study, row["round"], row["due_at"], [routed]) == 1
+    with state.transaction() as db:  # both arrived and were routed four hours ago
+        db.execute("UPDATE studies SET last_at = ?, routed_at = ?", (now - 4 * hour,) * 2)
+    done, busy = state.query("SELECT id FROM jobs ORDER BY study_uid")
+    state.update_job(done["id"], state="delivered", ended_at=now - 3 * hour)
+    state.update_job(busy["id"], state="submitted", submitted_at=now - 4 * hour)
+    server = start_metrics_server(state, 0, retain_seconds=hour)
+    overdue = ("aifi_gateway_retention_overdue_seconds", ())
+    try:
+        kept = samples(httpx.get(server.url, timeout=10).text)[overdue]
+        assert state.purge_study("1.4.1", time.time(), hour) is not None
+        purged = samples(httpx.get(server.url, timeout=10).text)[overdue]
+    finally:
+        server.close()
+        state.close()
+    assert 2 * hour <= kept < 2 * hour + 60
+    assert purged == 0.0  # the other study's job is under way: not done with
+
+
 def test_the_gateway_tells_how_long_its_oldest_stat_study_has_waited(tmp_path: Path) -> None:
     state = GatewayState(tmp_path / "state.db")
     for study in ("1.3.1", "1.3.2"):

@@ -50,12 +50,15 @@ class GatewayCollector(Collector):
         refusals: Refusals | None = None,
         hospital: str = "",
         sending: Callable[[], Collection[str]] = frozenset,
+        retain_seconds: float | None = None,
     ) -> None:
         self._state = state
         self._refusals = refusals or Refusals()
         self._hospital = hospital
         #: The studies an open association or request is still sending (they wait for it).
         self._sending = sending
+        #: How long a study is kept after it was done with (None: not reported).
+        self._retain_seconds = retain_seconds
 
     def collect(self) -> Iterator[Any]:
         up = GaugeMetricFamily("aifi_gateway_state_up", "1 when the gateway's state answered")
@@ -185,6 +188,17 @@ class GatewayCollector(Collector):
             now,
         )
 
+        if self._retain_seconds is not None:
+            # Identifiable instances kept past the hospital's retention time: the sweep that
+            # purges them every minute is failing (minimum necessary, GatewayRetentionOverdue).
+            done = self._state.longest_done_at()
+            yield _since(
+                "aifi_gateway_retention_overdue_seconds",
+                "How long past its retention time the spool has kept a study (0 when none)",
+                done + self._retain_seconds if done is not None else 0.0,
+                now,
+            )
+
         family = GaugeMetricFamily(
             "aifi_gateway_jobs_retrying",
             "Jobs waiting to retry a failed upload or delivery (errors the gateway is riding out)",
@@ -275,9 +289,12 @@ def gateway_registry(
     state: GatewayState,
     refusals: Refusals | None = None,
     sending: Callable[[], Collection[str]] = frozenset,
+    retain_seconds: float | None = None,
 ) -> CollectorRegistry:
     registry = CollectorRegistry()
-    registry.register(GatewayCollector(state, refusals, sending=sending))
+    registry.register(
+        GatewayCollector(state, refusals, sending=sending, retain_seconds=retain_seconds)
+    )
     return registry
 
 
@@ -287,13 +304,14 @@ def start_metrics_server(
     host: str = "127.0.0.1",
     refusals: Refusals | None = None,
     sending: Callable[[], Collection[str]] = frozenset,
+    retain_seconds: float | None = None,
 ) -> MetricsServer:
     """Serve `/metrics` for Prometheus on `host:port` (port 0: any free port) from `state`.
 
     Bind to the hospital's monitoring network only; the figures carry no patient data but
     are nobody else's business.
     """
-    registry = gateway_registry(state, refusals, sending)
+    registry = gateway_registry(state, refusals, sending, retain_seconds)
     server, thread = start_http_server(port, addr=host, registry=registry)
     return MetricsServer(host, int(server.server_address[1]), registry, server, thread)
 

@@ -174,6 +174,7 @@ class Gateway:
                 self.config.metrics_host,
                 self.refusals,
                 self.studies_being_sent,
+                self.config.retain_hours * 3600,
             )
         for name, target in (
             ("assembler", self._assemble_loop),

@@ -144,16 +144,20 @@ class PurgedStudy:
 #: A study whose instances and results may go: routed (or matched no route), no job of any of
 #: its rounds still to send or under way, and its last job ended — or, unrouted, its routing
 #: happened — at or before the one parameter (now − the retention time).
-_PURGEABLE = """
+_SETTLED = """
     s.state IN ('routed', 'unrouted')
     AND NOT EXISTS (
         SELECT 1 FROM jobs j WHERE j.study_uid = s.study_uid AND j.state IN ('pending', 'submitted')
     )
-    AND MAX(
+"""
+#: When a settled study was done with: its last job's end, or its routing.
+_DONE_AT = """
+    MAX(
         COALESCE(s.routed_at, s.last_at),
         COALESCE((SELECT MAX(j.ended_at) FROM jobs j WHERE j.study_uid = s.study_uid), 0)
-    ) <= ?
+    )
 """
+_PURGEABLE = f"{_SETTLED} AND {_DONE_AT} <= ?"
 
 
 @dataclass(frozen=True)
@@ -310,6 +314,12 @@ class GatewayState:
             (now - retain_seconds,),
         )
         return [row["study_uid"] for row in rows]
+
+    def longest_done_at(self) -> float | None:
+        """When the study held longest after it was done with was done with (retention
+        purges it `retain_hours` after that); None when the spool holds none."""
+        rows = self.query(f"SELECT MIN({_DONE_AT}) AS done FROM studies s WHERE {_SETTLED}")
+        return float(rows[0]["done"]) if rows and rows[0]["done"] is not None else None
 
     def purge_study(
         self,

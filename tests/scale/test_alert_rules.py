@@ -410,3 +410,28 @@ def test_the_rules_read_only_exported_metrics_each_as_its_type(
                 assert (kind == "counter") == (function != "delta"), (
                     f"{alert}: {function}() of {metric}, a {kind}"
                 )
+
+
+#: Where each side's alerts are explained to whoever receives them, and how they are listed
+#: there: the operator's as a table with each one's severity, the hospital's as a paragraph.
+GUIDES = {
+    "exchange": ("deploy.md", r"(?m)^\| `(\w+)` \|.*\| (?:page|ticket) \|$"),
+    "gateway": ("hospital-guide.md", r"(?ms)^Alerting rules for these rows ship.*?```"),
+}
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_each_alert_is_explained_in_its_guide(side: str, tmp_path: Path) -> None:
+    """The operator reads docs/deploy.md, the hospital's engineer docs/hospital-guide.md:
+    every alert they may receive is named there, and every alert named there ships."""
+    name, listing = GUIDES[side]
+    guide = (Path(__file__).parents[2] / "docs" / name).read_text()
+    found = re.findall(listing, guide)
+    named = (
+        set(found)
+        if side == "exchange"
+        else {word for text in found for word in re.findall(r"`(\w+)`", text)}
+    )
+    shipped = set(rules_of(shipped_rules(side, tmp_path)))
+    assert shipped - named == set(), f"not explained in docs/{name}"
+    assert named - shipped == set(), f"named in docs/{name} but not shipped"

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from aifi.gateway.notify.notifier import FHIR, HL7, WEBHOOK
 from aifi.gateway.receipt import Refusals
 from aifi.gateway.state import GatewayState
 
@@ -26,7 +27,7 @@ STUDY_STATES = ("receiving", "routed", "unrouted", "purged")
 DELIVERY_STATES = ("delivered", "failed")
 #: Every channel and outcome is reported from the start, at 0: an alert on the change of a
 #: series cannot see a first failure that creates it.
-NOTICE_CHANNELS = ("hl7", "fhir", "webhook")
+NOTICE_CHANNELS = (HL7, FHIR, WEBHOOK)
 NOTICE_OUTCOMES = ("sent", "retrying", "failed")
 #: Jobs delivered this recently make up the turnaround figures.
 TURNAROUND_WINDOW_SECONDS = 3600.0

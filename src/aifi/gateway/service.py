@@ -65,6 +65,9 @@ HEADER_TAGS = [
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
 #: Seconds between looks for studies past `retain_hours`.
 RETENTION_SWEEP_SECONDS = 60.0
+#: The longest a study waits for assembly to be tried again after a failure (a full disk):
+#: short, as a stroke study waits with it.
+ASSEMBLY_RETRY_SECONDS = 30.0
 #: Seconds between looks at the disclosure log's newest entry, written to the journal when it
 #: moved: entries newer than the last anchor in the hospital's log collector could be cut off
 #: unseen, so this is the most a tampered log can hide.
@@ -77,11 +80,6 @@ PASSING_FAILURES = (ExchangeHTTPError, httpx.TransportError, OSError, sqlite3.Er
 class ResultsPurged(Exception):
     """The exchange purged a job's results before this gateway fetched them: waiting and
     asking again cannot bring them back."""
-
-
-#: The longest a study waits for assembly to be tried again after a failure (a full disk):
-#: short, as a stroke study waits with it.
-ASSEMBLY_RETRY_SECONDS = 30.0
 
 
 def backoff(attempts: int) -> float:

@@ -91,6 +91,9 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             # 41m and then went on.
             'aifi_exchange_background_failures_total{task="retention", instance="r1"}':
                 "0x20 0+1x40",
+            # Archiving fails from 30m as well: AuditArchiveFailing says so, not this one.
+            'aifi_exchange_background_failures_total{task="audit_archive", instance="r2"}':
+                "0x30 0+1x30",
             'aifi_exchange_background_failures_total{task="audit_chain", instance="r2"}':
                 "0x40 0+50x3 150x30",
             # Everything fails while the database is down (from 2m, last seen at 9m).
@@ -144,6 +147,8 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             fires("AuditArchiveFailing", "31m", "An access-log archiving round failed"),
             quiet("ExchangeBackgroundFailing", "29m"),  # failing, not yet for ten minutes
             fires("ExchangeBackgroundFailing", "32m",
+                  "The exchange's background task retention keeps failing", task="retention"),
+            fires("ExchangeBackgroundFailing", "45m",  # retention alone, not archiving too
                   "The exchange's background task retention keeps failing", task="retention"),
             quiet("ExchangeBackgroundFailing", "15m"),  # the database was down: its own alert
             quiet("AuditChainStalled", "8m"),

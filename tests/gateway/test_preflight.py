@@ -81,6 +81,7 @@ def _by_name(checks: list[Check]) -> dict[str, Check]:
 def test_a_hospital_set_up_as_the_guide_says_passes_every_check(
     site: dict[str, Any], proxy: Proxy, tmp_path: Path
 ) -> None:
+    site["metrics_port"] = free_port()  # section 8: the hospital's monitoring scrapes it
     config = _write(tmp_path, site)
     ran = _check(config)
     assert ran.returncode == 0, ran.stdout + ran.stderr
@@ -88,12 +89,13 @@ def test_a_hospital_set_up_as_the_guide_says_passes_every_check(
         "workdir",
         "pseudonymisation secret",
         "DICOM listener",
+        "metrics exporter",
         "exchange",
         f"product {tissue_volume.PRODUCT_ID}",
         "PACS main",
     ):
         assert name in ran.stdout
-    assert "all 6 checks passed" in ran.stdout
+    assert "all 7 checks passed" in ran.stdout
     assert f"through proxy {proxy.url}" in ran.stdout
     assert proxy.tunnels(), "the check did not go through the proxy"
 
@@ -103,14 +105,15 @@ def test_each_wrong_setting_fails_with_what_to_change(site: dict[str, Any], tmp_
     Path(site["secret_file"]).chmod(0o644)
     site["exchange"]["api_key"] = "aifi_not-a-key-the-operator-issued"
     site["pacs"][0]["port"] = free_port()  # nothing listens there
-    with socket.socket() as taken:  # another program holds the DICOM port
+    with socket.socket() as taken:  # another program holds the DICOM and exporter ports
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        site["dicom"]["port"] = taken.getsockname()[1]
+        site["dicom"]["port"] = site["metrics_port"] = taken.getsockname()[1]
         ran = _check(_write(tmp_path, site))
+        checks = _by_name(preflight(load_config(_write(tmp_path, site))))
     assert ran.returncode == 1, ran.stdout + ran.stderr
-    assert "5 of 5 checks failed" in ran.stdout, ran.stdout
-    checks = _by_name(preflight(load_config(_write(tmp_path, site))))
+    assert "6 of 6 checks failed" in ran.stdout, ran.stdout
+    assert "another program listens there" in checks["metrics exporter"].detail
     assert "make it 0700" in checks["workdir"].detail
     assert "make it 0600" in checks["pseudonymisation secret"].detail
     assert "refused the API key (401)" in checks["exchange"].detail

@@ -29,6 +29,8 @@ from aifi.http import ExchangeHTTPError, ExchangeNotTrusted, proxy_for, without_
 def preflight(config: GatewayConfig, client: GatewayClient | None = None) -> list[Check]:
     """Every check, in the order the guide sets the gateway up."""
     checks = [_workdir(config.workdir), _secret(config.resolved_secret_file), _listener(config)]
+    if config.metrics_port is not None:
+        checks.append(_exporter(config.metrics_host, config.metrics_port))
     if config.dicomweb is not None:
         checks += _stow(config.dicomweb)
     own = client is None
@@ -99,6 +101,14 @@ def _listener(config: GatewayConfig) -> Check:
     if problem:
         return Check("DICOM listener", False, f"cannot listen on {where}: {problem}")
     return Check("DICOM listener", True, f"{dicom.ae_title} can listen on {where}")
+
+
+def _exporter(host: str, port: int) -> Check:
+    name = "metrics exporter"
+    problem = _cannot_listen(host, port)
+    if problem:
+        return Check(name, False, f"cannot listen on {host}:{port}: {problem}")
+    return Check(name, True, f"can serve http://{host}:{port}/metrics to the monitoring")
 
 
 def _stow(web: DicomWebListener) -> list[Check]:

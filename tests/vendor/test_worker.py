@@ -21,7 +21,7 @@ from aifi.dicom.deid import Deidentifier, PseudonymKey
 from aifi.phantoms import write_study
 from aifi.products import ich_triage, tissue_volume
 from aifi.vendor import JobContext, ProductError, ProductResult, ResultFile, VendorClient, Worker
-from aifi.vendor.worker import HAND_BACK_PAUSE, STORAGE_WAIT_SECONDS
+from aifi.vendor.worker import HAND_BACK_PAUSE, NOT_LET_IN_PAUSE, STORAGE_WAIT_SECONDS
 from scale.servers import wait_for
 from support.national import HOSPITAL, VENDOR, National, national_path
 from support.peers import fill, small_disk
@@ -239,3 +239,19 @@ def test_the_worker_command_works_on_the_disk_it_is_given(
             said = worker.communicate(timeout=60)[0]
         assert worker.returncode == 0, said
         assert not list((disk / "jobs").iterdir())
+
+
+def test_a_worker_the_exchange_does_not_let_in_knocks_once_a_minute(
+    national: National, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A wrong or revoked key: each try is a refusal in the exchange's access log, and none
+    a second later would be let in. The worker says so, and waits a minute, not a second."""
+    client = VendorClient(national.exchange.url, "aifi_a-key-the-operator-revoked")
+    stop = StopAtFirstPause()
+    Worker(client, tissue_volume.run, product_ids=[PRODUCT]).run(stop, wait_seconds=1)
+    client.close()
+    assert stop.pauses == [NOT_LET_IN_PAUSE]
+    [said] = [
+        r.getMessage() for r in caplog.records if "does not let this worker in" in r.getMessage()
+    ]
+    assert "401" in said and "aifi worker --check" in said

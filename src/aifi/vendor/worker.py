@@ -28,6 +28,12 @@ WORKER_TROUBLE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.ENOMEM})
 #: Seconds a worker that handed a job back waits before it claims again, so that it does not
 #: take the same job straight back while a healthy worker could have it.
 HAND_BACK_PAUSE = 30.0
+#: Exchange answers that the worker itself is not let in (its key wrong or revoked, its
+#: organisation suspended): no retry a second later changes them.
+NOT_LET_IN = frozenset({401, 403})
+#: Seconds between tries while the exchange does not let the worker in: each refusal is an
+#: entry in the exchange's access log, so a wrong key must not knock every second.
+NOT_LET_IN_PAUSE = 60.0
 #: Seconds a finished result is kept and offered again while the exchange's storage is full
 #: (507), and the first and longest pauses between tries.
 STORAGE_WAIT_SECONDS = 900.0
@@ -131,8 +137,15 @@ class Worker:
                     self._handed_back = False
                     stop.wait(self.hand_back_pause)
             except ExchangeHTTPError as exc:
-                log.warning("exchange error: %s", exc)
-                stop.wait(1.0)
+                if exc.status in NOT_LET_IN:
+                    log.error(
+                        "the exchange does not let this worker in (%s); trying again in %.0f s "
+                        "(aifi worker --check shows what to change)", exc, NOT_LET_IN_PAUSE,
+                    )  # fmt: skip
+                    stop.wait(NOT_LET_IN_PAUSE)
+                else:
+                    log.warning("exchange error: %s", exc)
+                    stop.wait(1.0)
             except httpx.TransportError as exc:
                 log.warning("exchange unreachable: %s", exc)
                 stop.wait(1.0)

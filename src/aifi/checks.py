@@ -10,8 +10,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 from rich.console import Console
 from rich.table import Table
+
+from aifi.http import ApiClient, ExchangeHTTPError, ExchangeNotTrusted, without_password
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,23 @@ def private_problem(path: Path) -> str | None:
         return None
     wanted = 0o700 if path.is_dir() else 0o600
     return f"mode {mode:04o}: others may read it; make it {wanted:04o}"
+
+
+def exchange_route(client: ApiClient) -> str:
+    """The exchange's address as the checks name it, with the proxy on the way, if any."""
+    proxy = f" through proxy {without_password(client.proxy)}" if client.proxy else ""
+    return client.base_url + proxy
+
+
+def exchange_problem(exc: ExchangeHTTPError | httpx.TransportError, route: str) -> str:
+    """What went wrong asking the exchange at `route`, put as what to look at."""
+    if isinstance(exc, ExchangeNotTrusted):
+        return str(exc)
+    if isinstance(exc, httpx.TransportError):
+        return f"cannot reach {route}: {exc or type(exc).__name__} (DNS, firewall, proxy?)"
+    if exc.status == 401:
+        return f"{route} refused the API key (401): {exc.detail}"
+    return f"{route} answered {exc.status}: {exc.detail}"
 
 
 def show(title: str, checks: Sequence[Check]) -> bool:

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import httpx
 
-from aifi.checks import Check, private_problem
+from aifi.checks import Check, exchange_problem, exchange_route, private_problem
 from aifi.dicom.pseudonym import PseudonymKey
 from aifi.gateway.config import DicomWebListener, GatewayConfig, PacsDestination
 from aifi.gateway.dimse import echo
 from aifi.gateway.exchange_client import GatewayClient
 from aifi.gateway.notify.fhir import endpoint_verify
 from aifi.gateway.notify.settings import FhirEndpoint, Hl7Endpoint, WebhookEndpoint
-from aifi.http import ExchangeHTTPError, ExchangeNotTrusted, proxy_for, without_password
+from aifi.http import ExchangeHTTPError, proxy_for
 
 
 def preflight(config: GatewayConfig, client: GatewayClient | None = None) -> list[Check]:
@@ -159,22 +159,11 @@ def _cannot_listen(host: str, port: int) -> str | None:
 
 def _exchange(config: GatewayConfig, client: GatewayClient) -> Check:
     name = "exchange"
-    proxy = f" through proxy {without_password(client.proxy)}" if client.proxy else ""
-    route = client.base_url + proxy
+    route = exchange_route(client)
     try:
         found = client.request("GET", "/organisations").json()
-    except ExchangeNotTrusted as exc:
-        return Check(name, False, str(exc))
-    except httpx.TransportError as exc:
-        return Check(
-            name,
-            False,
-            f"cannot reach {route}: {exc or type(exc).__name__} (DNS, firewall, proxy?)",
-        )
-    except ExchangeHTTPError as exc:
-        if exc.status == 401:
-            return Check(name, False, f"{route} refused the API key (401): {exc.detail}")
-        return Check(name, False, f"{route} answered {exc.status}: {exc.detail}")
+    except (ExchangeHTTPError, httpx.TransportError) as exc:
+        return Check(name, False, exchange_problem(exc, route))
     mine = {str(org["id"]): str(org["kind"]) for org in found}
     if mine.get(config.hospital) != "hospital":
         holders = ", ".join(f"{org} ({kind})" for org, kind in mine.items()) or "nobody"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import httpx
 
-from aifi.checks import Check, private_problem
-from aifi.http import ExchangeHTTPError, ExchangeNotTrusted, without_password
+from aifi.checks import Check, exchange_problem, exchange_route, private_problem
+from aifi.http import ExchangeHTTPError
 from aifi.vendor.client import VendorClient
 
 #: Free space a worker's folder should have: a large study's inputs and the product's outputs.
@@ -68,19 +68,11 @@ def _workdir(workdir: Path | None) -> Check:
 def _exchange(client: VendorClient) -> tuple[Check, str | None]:
     """Whether the exchange takes the key, and as which vendor."""
     name = "exchange"
-    proxy = f" through proxy {without_password(client.proxy)}" if client.proxy else ""
-    route = client.base_url + proxy
+    route = exchange_route(client)
     try:
         found = client.request("GET", "/organisations").json()
-    except ExchangeNotTrusted as exc:
-        return Check(name, False, str(exc)), None
-    except httpx.TransportError as exc:
-        problem = f"cannot reach {route}: {exc or type(exc).__name__} (DNS, firewall, proxy?)"
-        return Check(name, False, problem), None
-    except ExchangeHTTPError as exc:
-        if exc.status == 401:
-            return Check(name, False, f"{route} refused the API key (401): {exc.detail}"), None
-        return Check(name, False, f"{route} answered {exc.status}: {exc.detail}"), None
+    except (ExchangeHTTPError, httpx.TransportError) as exc:
+        return Check(name, False, exchange_problem(exc, route)), None
     vendors = [str(org["id"]) for org in found if org["kind"] == "vendor"]
     if len(vendors) != 1:
         holders = ", ".join(f"{org['id']} ({org['kind']})" for org in found) or "nobody"

@@ -9,13 +9,12 @@ import httpx
 import pydicom
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from aifi.gateway.config import load_config
 from aifi.gateway.notify.receivers import Hl7Listener
 from aifi.gateway.service import Gateway
 from aifi.phantoms import write_study
-from support.national import National, gateway_config
+from support.national import National, gateway_config, samples
 from support.peers import free_port, storescu
 
 pytestmark = pytest.mark.peer
@@ -88,12 +87,12 @@ def test_a_notice_the_ris_refuses_is_counted_for_the_hospitals_monitoring(
         finally:
             gateway.stop()
         assert listener.received.get(timeout=10)  # it did arrive, and was refused
-    notices = {
-        (s.labels["channel"], s.labels["priority"], s.labels["outcome"]): s.value
-        for family in text_string_to_metric_families(scraped)
-        for s in family.samples
-        if s.name == "aifi_gateway_notices"
-    }
-    assert notices[("hl7", "routine", "failed")] == 1.0
-    assert notices[("hl7", "routine", "sent")] == 0.0
-    assert notices[("hl7", "routine", "retrying")] == 0.0
+    figures = samples(scraped)
+
+    def hl7_routine(outcome: str) -> float:
+        labels = (("channel", "hl7"), ("outcome", outcome), ("priority", "routine"))
+        return figures[("aifi_gateway_notices", labels)]
+
+    assert hl7_routine("failed") == 1.0
+    assert hl7_routine("sent") == 0.0
+    assert hl7_routine("retrying") == 0.0

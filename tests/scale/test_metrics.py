@@ -26,15 +26,7 @@ from aifi.gateway.receipt import OUT_OF_RESOURCES, STUDY_MISMATCH, Refusals
 from aifi.gateway.state import MAX_NOTICE_ATTEMPTS, GatewayState, ReceivedInstance, RoutedJob
 from scale.conftest import ExchangeFactory, finish_job, set_up_parties
 from scale.servers import wait_for
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample by (name, sorted labels)."""
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
+from support.national import samples
 
 
 def test_exchange_metrics_follow_the_jobs(

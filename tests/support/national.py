@@ -42,6 +42,15 @@ class National:
         )
 
 
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a Prometheus exposition by (name, sorted labels)."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
 def gateway_gauge(gateway: Gateway, name: str) -> float:
     """A gauge's one value, as Prometheus scrapes it from the gateway's exporter."""
     assert gateway.metrics is not None, "start the gateway with metrics_port"

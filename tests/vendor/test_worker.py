@@ -15,7 +15,6 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from aifi.dicom.deid import Deidentifier, PseudonymKey
 from aifi.phantoms import write_study
@@ -23,7 +22,7 @@ from aifi.products import ich_triage, tissue_volume
 from aifi.vendor import JobContext, ProductError, ProductResult, ResultFile, VendorClient, Worker
 from aifi.vendor.worker import HAND_BACK_PAUSE, NOT_LET_IN_PAUSE, STORAGE_WAIT_SECONDS
 from scale.servers import wait_for
-from support.national import HOSPITAL, VENDOR, National, national_path
+from support.national import HOSPITAL, VENDOR, National, national_path, samples
 from support.peers import fill, small_disk
 
 PRODUCT = "worker-test-product"
@@ -201,14 +200,9 @@ def test_the_worker_command_works_on_the_disk_it_is_given(
         )  # fmt: skip
 
     def handed_back() -> float:
-        metrics = httpx.get(f"{national.exchange.url}/metrics").text
-        return sum(
-            sample.value
-            for family in text_string_to_metric_families(metrics)
-            for sample in family.samples
-            if sample.name == "aifi_exchange_handed_back_jobs_total"
-            and sample.labels["product"] == ich_triage.PRODUCT_ID
-        )
+        figures = samples(httpx.get(f"{national.exchange.url}/metrics").text)
+        counter = "aifi_exchange_handed_back_jobs_total"
+        return figures.get((counter, (("product", ich_triage.PRODUCT_ID),)), 0.0)
 
     with small_disk(tmp_path / "disk", "1m") as disk:
         (disk / "jobs").mkdir()

@@ -23,10 +23,11 @@ from aifi.exchange.models import Job
 from aifi.exchange.settings import ExchangeSettings
 from aifi.gateway.metrics import start_metrics_server
 from aifi.gateway.receipt import OUT_OF_RESOURCES, STUDY_MISMATCH, Refusals
-from aifi.gateway.state import MAX_NOTICE_ATTEMPTS, GatewayState, ReceivedInstance, RoutedJob
+from aifi.gateway.state import MAX_NOTICE_ATTEMPTS, GatewayState, RoutedJob
 from scale.conftest import ExchangeFactory, finish_job, set_up_parties
 from scale.servers import wait_for
 from support.national import samples
+from support.spool import received
 
 
 def test_exchange_metrics_follow_the_jobs(
@@ -89,24 +90,6 @@ def test_exchange_metrics_follow_the_jobs(
     assert ("aifi_exchange_queue_depth", stat) not in done
 
 
-def instance(uid: str, study: str, folder: Path, size: int) -> ReceivedInstance:
-    """An instance as the SCP indexes it, its spool file written first."""
-    (folder / f"{uid}.dcm").write_bytes(b"\0" * size)
-    return ReceivedInstance(
-        sop_instance_uid=uid,
-        study_uid=study,
-        series_uid=study + ".1",
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-        modality="CT",
-        body_part="HEAD",
-        study_description="",
-        series_description="",
-        path=folder / f"{uid}.dcm",
-        size=size,
-        calling_ae="CT1",
-    )
-
-
 def test_ended_jobs_are_counted_once_as_they_settle_and_anew_by_a_new_replica(
     exchange_on: ExchangeFactory, make_ct: Any
 ) -> None:
@@ -140,7 +123,7 @@ def test_gateway_exporter_reads_the_gateway_state(tmp_path: Path) -> None:
     state = GatewayState(tmp_path / "state.db")
     for study, sizes in (("1.2.1", (100, 200)), ("1.2.2", (300,)), ("1.2.3", (50,))):
         for n, size in enumerate(sizes):
-            state.record_instance(instance(f"{study}.{n}", study, tmp_path, size), 0.0)
+            state.record_instance(received(f"{study}.{n}", study, tmp_path, size), 0.0)
     job = RoutedJob("product-a", None, frozenset({"x"}))
     for study in ("1.2.1", "1.2.2"):
         due = state.due_studies(time.time() + 1)
@@ -217,7 +200,7 @@ def test_the_gateway_tells_how_long_past_its_retention_time_it_keeps_a_study(
     hour = 3600.0
     now = time.time()
     for study in ("1.4.1", "1.4.2"):
-        state.record_instance(instance(f"{study}.0", study, tmp_path, 10), 0.0)
+        state.record_instance(received(f"{study}.0", study, tmp_path, 10), 0.0)
         row = next(r for r in state.due_studies(now + 1) if r["study_uid"] == study)
         routed = RoutedJob("product-a", None, frozenset({study + ".1"}))
         assert state.route_study(study, row["round"], row["due_at"], [routed]) == 1
@@ -242,7 +225,7 @@ def test_the_gateway_tells_how_long_past_its_retention_time_it_keeps_a_study(
 def test_the_gateway_tells_how_long_its_oldest_stat_study_has_waited(tmp_path: Path) -> None:
     state = GatewayState(tmp_path / "state.db")
     for study in ("1.3.1", "1.3.2"):
-        state.record_instance(instance(f"{study}.0", study, tmp_path, 10), 0.0)
+        state.record_instance(received(f"{study}.0", study, tmp_path, 10), 0.0)
     for study, priority in (("1.3.1", "routine"), ("1.3.2", "stat")):
         row = next(r for r in state.due_studies(time.time() + 1) if r["study_uid"] == study)
         routed = RoutedJob(f"product-{priority}", priority, frozenset({study + ".1"}))

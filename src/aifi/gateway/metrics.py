@@ -4,6 +4,11 @@ The gateway's SQLite state already records every study, job and delivery, so the
 keeps no counters of its own: a restarted gateway reports the same figures it had before, and
 the numbers can never disagree with what the gateway will actually do next. The exception is
 what was refused at receipt, which leaves nothing in the state (`Refusals`).
+
+A scrape reads one snapshot on a connection of its own, so it never holds up receipt or
+delivery. Counts by state come from tallies the state's triggers keep, and every other
+figure reads only what is under way or in the spool, so a scrape costs the same in a
+gateway's third year as on its first day.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from prometheus_client.registry import Collector
 
 from aifi.gateway.notify.notifier import FHIR, HL7, WEBHOOK
 from aifi.gateway.receipt import Refusals
-from aifi.gateway.state import GatewayState
+from aifi.gateway.state import GatewayState, StateReads
 
 JOB_STATES = ("pending", "submitted", "ended", "delivered", "refused")
 STUDY_STATES = ("receiving", "routed", "unrouted", "purged")
@@ -64,7 +69,8 @@ class GatewayCollector(Collector):
     def collect(self) -> Iterator[Any]:
         up = GaugeMetricFamily("aifi_gateway_state_up", "1 when the gateway's state answered")
         try:
-            families = list(self._families(time.time()))
+            with self._state.snapshot() as view:
+                families = list(self._families(view, time.time()))
         except Exception:
             up.add_metric([], 0.0)
             yield up
@@ -94,22 +100,19 @@ class GatewayCollector(Collector):
             requests.add_metric([status], float(count))
         yield requests
 
-    def _counts(self, sql: str) -> dict[str, int]:
-        return {row["state"]: int(row["n"]) for row in self._state.query(sql)}
+    def _families(self, view: StateReads, now: float) -> Iterator[GaugeMetricFamily]:
+        def scalar(sql: str, params: tuple[Any, ...] = ()) -> float:
+            rows = view.query(sql, params)
+            value = next(iter(rows[0].values())) if rows else None
+            return float(value) if value is not None else 0.0
 
-    def _scalar(self, sql: str, params: tuple[Any, ...] = ()) -> float:
-        rows = self._state.query(sql, params)
-        value = next(iter(rows[0].values())) if rows else None
-        return float(value) if value is not None else 0.0
-
-    def _families(self, now: float) -> Iterator[GaugeMetricFamily]:
-        jobs = self._counts("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+        jobs = view.tally("jobs")
         family = GaugeMetricFamily("aifi_gateway_jobs", "Jobs by gateway state", labels=["state"])
         for state in JOB_STATES:
             family.add_metric([state], float(jobs.get(state, 0)))
         yield family
 
-        studies = self._counts("SELECT state, COUNT(*) AS n FROM studies GROUP BY state")
+        studies = view.tally("studies")
         family = GaugeMetricFamily(
             "aifi_gateway_studies", "Studies by assembly state", labels=["state"]
         )
@@ -117,7 +120,7 @@ class GatewayCollector(Collector):
             family.add_metric([state], float(studies.get(state, 0)))
         yield family
 
-        deliveries = self._counts("SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state")
+        deliveries = view.tally("deliveries")
         family = GaugeMetricFamily(
             "aifi_gateway_deliveries",
             "Result deliveries to PACS destinations by outcome (failed ones are retried)",
@@ -127,10 +130,7 @@ class GatewayCollector(Collector):
             family.add_metric([state], float(deliveries.get(state, 0)))
         yield family
 
-        notices = {
-            (row["channel"], "stat" if row["stat"] else "routine", row["outcome"]): int(row["n"])
-            for row in self._state.notice_counts()
-        }
+        notices = view.tally("notices")  # keyed channel/priority/outcome
         family = GaugeMetricFamily(
             "aifi_gateway_notices",
             "Result notices (HL7, FHIR, webhook) by channel, priority and outcome: sent, "
@@ -140,8 +140,8 @@ class GatewayCollector(Collector):
         for channel in NOTICE_CHANNELS:
             for priority in ("stat", "routine"):
                 for outcome in NOTICE_OUTCOMES:
-                    count = notices.get((channel, priority, outcome), 0)
-                    family.add_metric([channel, priority, outcome], float(count))
+                    count = notices.get(f"{channel}/{priority}/{outcome}", 0.0)
+                    family.add_metric([channel, priority, outcome], count)
         yield family
 
         # A study whose quiet time is over becomes jobs within moments; one that stays is held
@@ -151,7 +151,7 @@ class GatewayCollector(Collector):
         sending = self._sending()
         overdue = [
             row["due_at"]
-            for row in self._state.query(
+            for row in view.query(
                 "SELECT study_uid, due_at FROM studies WHERE state = 'receiving' AND due_at < ?",
                 (now,),
             )
@@ -167,7 +167,7 @@ class GatewayCollector(Collector):
         yield _since(
             "aifi_gateway_upload_queue_age_seconds",
             "Age of the oldest job not yet handed to the exchange",
-            self._scalar("SELECT MIN(created_at) FROM jobs WHERE state = 'pending'"),
+            scalar("SELECT MIN(created_at) FROM jobs WHERE state = 'pending'"),
             now,
         )
         # Acute triage has minutes, not the quarter of an hour the other figures allow: the
@@ -176,7 +176,7 @@ class GatewayCollector(Collector):
             "aifi_gateway_stat_waiting_seconds",
             "Time since the last instance arrived of the oldest STAT study whose AI result is "
             "not yet in the PACS (0 when none waits)",
-            self._scalar(
+            scalar(
                 "SELECT MIN(study_last_at) FROM jobs "
                 "WHERE priority = 'stat' AND state IN ('pending', 'submitted')"
             ),
@@ -185,14 +185,14 @@ class GatewayCollector(Collector):
         yield _since(
             "aifi_gateway_awaiting_result_age_seconds",
             "Age of the oldest job sent to the exchange whose outcome has not come back",
-            self._scalar("SELECT MIN(submitted_at) FROM jobs WHERE state = 'submitted'"),
+            scalar("SELECT MIN(submitted_at) FROM jobs WHERE state = 'submitted'"),
             now,
         )
 
         if self._retain_seconds is not None:
             # Identifiable instances kept past the hospital's retention time: the sweep that
             # purges them every minute is failing (minimum necessary, GatewayRetentionOverdue).
-            done = self._state.longest_done_at()
+            done = view.longest_done_at()
             yield _since(
                 "aifi_gateway_retention_overdue_seconds",
                 "How long past its retention time the spool has kept a study (0 when none)",
@@ -206,14 +206,14 @@ class GatewayCollector(Collector):
         )
         family.add_metric(
             [],
-            self._scalar(
+            scalar(
                 "SELECT COUNT(*) FROM jobs WHERE attempts > 0 AND state IN ('pending', 'ended')"
             ),
         )
         yield family
 
-        totals = self._state.totals()
-        held = self._scalar("SELECT COALESCE(SUM(size), 0) FROM instances")
+        totals = view.totals()
+        held = view.tally("spool_bytes").get("", 0.0)
         family = GaugeMetricFamily(
             "aifi_gateway_spool_bytes",
             "Bytes of received instances the spool holds now (until `retain_hours` after "
@@ -236,9 +236,14 @@ class GatewayCollector(Collector):
         )
         family.add_metric(
             [],
-            self._scalar(
+            # Only studies still in the spool hold instances: their jobs, not every job ever
+            # sent, are what is looked up.
+            scalar(
                 "SELECT COALESCE(SUM(size), 0) FROM instances WHERE study_uid IN "
-                "(SELECT study_uid FROM jobs WHERE state IN ('submitted', 'ended', 'delivered'))"
+                "(SELECT s.study_uid FROM studies s "
+                "WHERE s.state IN ('receiving', 'routed', 'unrouted') "
+                "AND EXISTS (SELECT 1 FROM jobs j WHERE j.study_uid = s.study_uid "
+                "AND j.state IN ('submitted', 'ended', 'delivered')))"
             )
             + totals.get("purged_uploaded_bytes", 0.0),
         )
@@ -250,7 +255,7 @@ class GatewayCollector(Collector):
         family.add_metric([], totals.get("purged_studies", 0.0))
         yield family
 
-        rows = self._state.query(
+        rows = view.query(
             "SELECT delivered_at - study_last_at AS seconds FROM jobs "
             "WHERE state = 'delivered' AND delivered_at >= ?",
             (now - TURNAROUND_WINDOW_SECONDS,),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -17,6 +18,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from aifi.gateway import tallies
+from aifi.gateway.tallies import Tally
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -71,6 +77,8 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS ix_jobs_state ON jobs(state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS ix_jobs_study ON jobs(study_uid);  -- a study's jobs: retention, re-sends
+-- the last hour's deliveries (turnaround), without reading every job ever delivered
+CREATE INDEX IF NOT EXISTS ix_jobs_delivered ON jobs(state, delivered_at);
 CREATE TABLE IF NOT EXISTS eligibility (
     study_uid TEXT NOT NULL,
     round INTEGER NOT NULL,
@@ -113,6 +121,15 @@ CREATE TABLE IF NOT EXISTS deliveries (
     PRIMARY KEY (job_id, result_name, destination)
 );
 """
+
+
+_TAKE_NEW_INSTANCE = ", ".join(
+    f"{column} = excluded.{column}"
+    for column in (
+        "study_uid", "series_uid", "sop_class_uid", "modality", "body_part",
+        "study_description", "series_description", "path", "size", "calling_ae", "received_at",
+    )
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -196,19 +213,116 @@ def notice_settled(outcome: dict[str, Any]) -> bool:
     )
 
 
-class GatewayState:
+#: A notice's outcome, from its row: sent, still to be tried again, or failed for good.
+_NOTICE_OUTCOME = (
+    "CASE WHEN {row}.ok THEN 'sent' "
+    f"WHEN {{row}}.retryable AND {{row}}.attempts < {MAX_NOTICE_ATTEMPTS} THEN 'retrying' "
+    "ELSE 'failed' END"
+)
+#: What the exporter reports by state, kept by triggers (see `aifi.gateway.tallies`).
+TALLIES = (
+    Tally("jobs", "jobs", "{row}.state"),
+    Tally("studies", "studies", "{row}.state"),
+    Tally("deliveries", "deliveries", "{row}.state"),
+    # channel/stat|routine/outcome
+    Tally(
+        "notices",
+        "notifications",
+        "{row}.channel || '/' || CASE WHEN {row}.stat THEN 'stat' ELSE 'routine' END "
+        f"|| '/' || {_NOTICE_OUTCOME}",
+    ),
+    Tally("spool_instances", "instances", "''"),
+    Tally("spool_bytes", "instances", "''", "{row}.size"),
+)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+class StateReads:
+    """Reads both the gateway's own connection and the exporter's snapshot answer."""
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def tally(self, name: str) -> dict[str, float]:
+        """A count kept by triggers (`TALLIES`), by key: one lookup, however long the
+        gateway's history."""
+        rows = self.query("SELECT key, value FROM tallies WHERE name = ?", (name,))
+        return {row["key"]: float(row["value"]) for row in rows}
+
+    def totals(self) -> dict[str, float]:
+        return {row["name"]: float(row["value"]) for row in self.query("SELECT * FROM totals")}
+
+    def longest_done_at(self) -> float | None:
+        """When the study held longest after it was done with was done with (retention
+        purges it `retain_hours` after that); None when the spool holds none."""
+        rows = self.query(f"SELECT MIN({_DONE_AT}) AS done FROM studies s WHERE {_SETTLED}")
+        return float(rows[0]["done"]) if rows and rows[0]["done"] is not None else None
+
+
+class Snapshot(StateReads):
+    """One consistent, read-only view of the state, on a connection of the reader's own."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        return [dict(row) for row in self._conn.execute(sql, params)]
+
+
+class GatewayState(StateReads):
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
         self._lock = threading.RLock()
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._conn.row_factory = sqlite3.Row
+        self._conn = _connect(path)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.executescript(SCHEMA)
+        self._conn.executescript(SCHEMA + tallies.SCHEMA)
+        started = time.monotonic()
+        with self.transaction() as db:
+            if tallies.install(db, TALLIES):
+                log.info(
+                    "counted the state's rows for the exporter's tallies in %.1f s (once, on "
+                    "a first start or after an upgrade)",
+                    time.monotonic() - started,
+                )
+        #: The exporter's connection, opened at its first scrape (`snapshot`).
+        self._read_lock = threading.Lock()
+        self._reader: sqlite3.Connection | None = None
+        self._closed = False
 
     def close(self) -> None:
+        with self._read_lock:
+            self._closed = True
+            if self._reader is not None:
+                self._reader.close()
         with self._lock:
             self._conn.close()
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Snapshot]:
+        """A read-only view for the exporter, consistent across its queries.
+
+        It reads on a connection of its own, outside the state's lock: in WAL mode it never
+        waits for, nor holds up, receipt, assembly or delivery, so a scrape costs the
+        gateway's work nothing but CPU.
+        """
+        with self._read_lock:
+            if self._closed:
+                raise sqlite3.ProgrammingError("the gateway's state is closed")
+            if self._reader is None:
+                self._reader = _connect(self._path)
+                self._reader.execute("PRAGMA query_only = ON")
+            self._reader.execute("BEGIN")
+            try:
+                yield Snapshot(self._reader)
+            finally:
+                self._reader.execute("ROLLBACK")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -247,8 +361,11 @@ class GatewayState:
                 "SELECT 1 FROM instances WHERE sop_instance_uid = ? AND study_uid = ?",
                 (item.sop_instance_uid, item.study_uid),
             ).fetchone()
+            # An upsert, not INSERT OR REPLACE: a replaced row would leave the spool's
+            # tallies without their DELETE trigger (SQLite fires it only if recursive).
             db.execute(
-                "INSERT OR REPLACE INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
+                f"ON CONFLICT (sop_instance_uid) DO UPDATE SET {_TAKE_NEW_INSTANCE}",
                 (
                     item.sop_instance_uid, item.study_uid, item.series_uid, item.sop_class_uid,
                     item.modality, item.body_part, item.study_description,
@@ -314,12 +431,6 @@ class GatewayState:
             (now - retain_seconds,),
         )
         return [row["study_uid"] for row in rows]
-
-    def longest_done_at(self) -> float | None:
-        """When the study held longest after it was done with was done with (retention
-        purges it `retain_hours` after that); None when the spool holds none."""
-        rows = self.query(f"SELECT MIN({_DONE_AT}) AS done FROM studies s WHERE {_SETTLED}")
-        return float(rows[0]["done"]) if rows and rows[0]["done"] is not None else None
 
     def purge_study(
         self,
@@ -394,9 +505,6 @@ class GatewayState:
             with contextlib.suppress(OSError):  # not empty: an instance arrived meanwhile
                 folder.rmdir()
         return PurgedStudy(study_uid, len(paths), removed, jobs)
-
-    def totals(self) -> dict[str, float]:
-        return {row["name"]: float(row["value"]) for row in self.query("SELECT * FROM totals")}
 
     def known_paths(self) -> set[str]:
         return {row["path"] for row in self.query("SELECT path FROM instances")}
@@ -547,16 +655,6 @@ class GatewayState:
     def notification_outcomes(self, job_id: int) -> dict[str, dict[str, Any]]:
         rows = self.query("SELECT * FROM notifications WHERE job_id = ?", (job_id,))
         return {row["channel"]: row for row in rows}
-
-    def notice_counts(self) -> list[dict[str, Any]]:
-        """Notices by channel, priority (`stat`: 1 or 0) and outcome (`sent`, `retrying`,
-        `failed`: for good), with `n` of each."""
-        return self.query(
-            "SELECT channel, stat, CASE WHEN ok THEN 'sent' "
-            "WHEN retryable AND attempts < ? THEN 'retrying' ELSE 'failed' END AS outcome, "
-            "COUNT(*) AS n FROM notifications GROUP BY channel, stat, outcome",
-            (MAX_NOTICE_ATTEMPTS,),
-        )
 
     def record_notification(
         self,

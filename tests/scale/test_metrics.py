@@ -251,6 +251,45 @@ def test_the_gateway_tells_how_long_its_oldest_stat_study_has_waited(tmp_path: P
     assert delivered[("aifi_gateway_stat_waiting_seconds", ())] == 0.0
 
 
+def test_the_gateway_counts_as_retrying_only_the_jobs_it_will_try_again(tmp_path: Path) -> None:
+    """`aifi_gateway_jobs_retrying` (GatewayBacklog pages at over 10): an upload tried again,
+    and a result whose delivery to the PACS failed, count until they get through. A job
+    whose upload needed a second try, and that the exchange then failed, is done with: it
+    counted for ever before, so that every such job brought the page nearer."""
+    state = GatewayState(tmp_path / "state.db")
+    for study in ("1.5.1", "1.5.2"):
+        state.record_instance(received(f"{study}.0", study, tmp_path, 10), 0.0)
+        row = next(r for r in state.due_studies(time.time() + 1) if r["study_uid"] == study)
+        routed = RoutedJob("product-a", None, frozenset({study + ".1"}))
+        assert state.route_study(study, row["round"], row["due_at"], [routed]) == 1
+    failing, delivering = (row["id"] for row in state.query("SELECT id FROM jobs ORDER BY id"))
+    server = start_metrics_server(state, 0)
+    retrying = ("aifi_gateway_jobs_retrying", ())
+
+    def now_retrying() -> float:
+        return samples(httpx.get(server.url, timeout=10).text)[retrying]
+
+    counts = []
+    try:
+        # As the gateway's sending and collecting record them (GatewayService).
+        state.retry_job_later(failing, "exchange unreachable", 0)
+        counts.append(now_retrying())  # 1: the upload is tried again
+        assert state.mark_submitted(failing, None)
+        state.mark_submitted(delivering, None)
+        counts.append(now_retrying())  # 0: both sent, waiting for the vendor
+        state.update_job(delivering, result_seen_at=time.time())
+        state.update_job(delivering, attempts=1, reason="delivery to the PACS failed")
+        state.update_job(failing, result_seen_at=time.time())
+        state.update_job(failing, state="ended", exchange_state="failed", reason="bad input")
+        counts.append(now_retrying())  # 1: the delivery is tried again; the failed job is done
+        state.update_job(delivering, state="delivered", delivered_at=time.time())
+        counts.append(now_retrying())  # 0
+    finally:
+        server.close()
+        state.close()
+    assert counts == [1.0, 0.0, 1.0, 0.0]
+
+
 DEPLOY = Path(__file__).resolve().parents[2] / "docs" / "deploy.md"
 
 

@@ -204,10 +204,14 @@ class GatewayCollector(Collector):
             "aifi_gateway_jobs_retrying",
             "Jobs waiting to retry a failed upload or delivery (errors the gateway is riding out)",
         )
+        # Uploads tried again, and outcomes the exchange has ended whose results or notices
+        # did not all get through (a job's attempts restart when it is sent). A job the
+        # exchange failed is done with, not retried: it does not count, however it got there.
         family.add_metric(
             [],
             scalar(
-                "SELECT COUNT(*) FROM jobs WHERE attempts > 0 AND state IN ('pending', 'ended')"
+                "SELECT COUNT(*) FROM jobs WHERE attempts > 0 AND (state = 'pending' "
+                "OR (state = 'submitted' AND result_seen_at IS NOT NULL))"
             ),
         )
         yield family

@@ -601,12 +601,14 @@ class GatewayState(StateReads):
 
         A job sent by an attempt that then failed (its disclosure could not be written, the
         exchange's answer was lost) may end, and be brought home, before the retry that
-        records it: that retry must not take it back to 'submitted'.
+        records it: that retry must not take it back to 'submitted'. Its attempts start again
+        from 0: from now on they count tries to bring its results home, whose back-off must
+        not begin where the upload's left off.
         """
         with self.transaction() as db:
             changed = db.execute(
                 "UPDATE jobs SET state = 'submitted', submitted_at = ?, reason = ?, "
-                "exchange_state = 'requested' WHERE id = ? AND state = 'pending'",
+                "exchange_state = 'requested', attempts = 0 WHERE id = ? AND state = 'pending'",
                 (time.time(), note, job_id),
             ).rowcount
         return bool(changed)

@@ -39,7 +39,10 @@ CREATE TABLE IF NOT EXISTS instances (
     calling_ae TEXT NOT NULL,
     received_at REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS ix_instances_study ON instances(study_uid);
+-- a study's instances; with their sizes, so that the bytes of the spool's studies are
+-- summed from the index alone
+CREATE INDEX IF NOT EXISTS ix_instances_study_size ON instances(study_uid, size);
+DROP INDEX IF EXISTS ix_instances_study;
 CREATE TABLE IF NOT EXISTS studies (
     study_uid TEXT PRIMARY KEY,
     calling_ae TEXT NOT NULL,

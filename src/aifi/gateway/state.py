@@ -82,6 +82,9 @@ CREATE INDEX IF NOT EXISTS ix_jobs_state ON jobs(state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS ix_jobs_study ON jobs(study_uid);  -- a study's jobs: retention, re-sends
 -- the last hour's deliveries (turnaround), without reading every job ever delivered
 CREATE INDEX IF NOT EXISTS ix_jobs_delivered ON jobs(state, delivered_at);
+-- a result coming home finds its job by the exchange's id: one lookup, not a scan of every job
+CREATE INDEX IF NOT EXISTS ix_jobs_exchange ON jobs(exchange_job_id)
+    WHERE exchange_job_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS eligibility (
     study_uid TEXT NOT NULL,
     round INTEGER NOT NULL,
@@ -89,6 +92,8 @@ CREATE TABLE IF NOT EXISTS eligibility (
     counted INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (study_uid, round)
 );
+-- the studies still to count for uptake, found without reading those counted long ago
+CREATE INDEX IF NOT EXISTS ix_eligibility_uncounted ON eligibility(counted) WHERE counted = 0;
 CREATE TABLE IF NOT EXISTS eligible_counts (
     product_id TEXT NOT NULL,
     month TEXT NOT NULL,

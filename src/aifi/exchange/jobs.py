@@ -1005,9 +1005,13 @@ class JobService:
         with self._db.session() as session:
             for stage, stopped in _UNFINISHED:
                 reason = f"not ended {after} after it was created: {stopped}"
+                # Not ended: always so in these states, and it reads only the jobs under
+                # way (ix_jobs_ended, at NULL), not every job older than the cut-off.
                 rows = session.execute(
                     update(Job)
-                    .where(self._sweepable(*stage, Job.created_at <= cutoff))
+                    .where(
+                        self._sweepable(*stage, Job.ended_at.is_(None), Job.created_at <= cutoff)
+                    )
                     .values(
                         state=JobState.expired.value,
                         reason=reason,

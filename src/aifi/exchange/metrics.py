@@ -122,7 +122,12 @@ class JobTableCollector(Collector):
                 state: int(count)
                 for state, count in session.execute(
                     select(Job.state, func.count())
-                    .where(Job.state.in_([s.value for s in JobState if s not in _ENDED]))
+                    .where(
+                        # Always so for these states: it lets the count read only the jobs
+                        # under way (ix_jobs_ended, at NULL), not every job ever.
+                        Job.ended_at.is_(None),
+                        Job.state.in_([s.value for s in JobState if s not in _ENDED]),
+                    )
                     .group_by(Job.state)
                 )
             }

@@ -123,6 +123,15 @@ class Job(Base):
             postgresql_where=text("triage_flag IS NULL AND summary IS NOT NULL"),
             sqlite_where=text("triage_flag IS NULL AND summary IS NOT NULL"),
         ),
+        # The lease sweep (every second, on every replica): only held jobs have a lease, so
+        # it reads those, not every job ever claimed. (Jobs not ended are found by
+        # ix_jobs_ended, as `ended_at IS NULL`.)
+        Index(
+            "ix_jobs_lease",
+            "lease_expires_at",
+            postgresql_where=text("lease_expires_at IS NOT NULL"),
+            sqlite_where=text("lease_expires_at IS NOT NULL"),
+        ),
         Index(
             "ix_jobs_unacknowledged",
             "state",

@@ -1,0 +1,142 @@
+"""The exchange keeps a row for every job it ever held (about 11 million a year, nationally).
+What every replica does over and over — the lease sweep each second, the unfinished-expiry
+sweep, the scrape — must read the jobs under way, not that history.
+
+Ten times the history leaves their work as it was: counted in the virtual machine's steps
+on SQLite, and in the pages their plans read on PostgreSQL (the table's statistics taken),
+the same on any machine. Before, the lease sweep read every job each second (0.6–1.2 s a
+round with a million, holding SQLite's write lock); the unfinished-expiry sweep read every
+job older than a week, and the scrape's count of jobs under way read every job.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import event, insert
+
+from aifi.exchange.clock import utcnow
+from aifi.exchange.db import Database
+from aifi.exchange.models import Job
+from scale.conftest import ExchangeFactory, set_up_parties
+from scale.exchange_api import Exchange, Org
+
+
+def add_history(db: Database, orgs: dict[str, Org], jobs: int) -> None:
+    """Jobs done with long ago: completed, fetched and acknowledged, their files purged."""
+    long_ago = utcnow() - timedelta(days=400)
+    rows = [
+        {
+            "id": str(uuid.uuid4()), "hospital_id": orgs["hospital"].id,
+            "vendor_id": orgs["vendor"].id, "product_id": "product-a",
+            "idempotency_key": f"history-{n}-{uuid.uuid4()}", "study_uid": f"2.25.{n}",
+            "state": "completed", "inputs_complete": True, "input_count": 1, "attempts": 1,
+            "created_at": long_ago, "ready_at": long_ago, "claimed_at": long_ago,
+            "ended_at": long_ago, "acknowledged_at": long_ago, "updated_at": long_ago,
+            "inputs_swept_at": long_ago, "results_swept_at": long_ago, "triage_flag": "none",
+            "summary": {"triage": {"flag": "none"}},
+        }
+        for n in range(jobs)
+    ]  # fmt: skip
+    with db.session() as session:
+        session.execute(insert(Job), rows)
+
+
+@contextmanager
+def statements_of(db: Database) -> Iterator[list[tuple[str, Any, int]]]:
+    """The statements run meanwhile on `db`, with their parameters and, on SQLite, their
+    virtual-machine steps (in tens)."""
+    seen: list[tuple[str, Any, int]] = []
+    steps = [0]
+
+    def tick() -> int:
+        steps[0] += 1
+        return 0
+
+    def before(conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
+        steps[0] = 0
+        if not db.is_postgresql:
+            conn.connection.dbapi_connection.set_progress_handler(tick, 10)
+
+    def after(conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
+        if not db.is_postgresql:
+            conn.connection.dbapi_connection.set_progress_handler(None, 10)
+        seen.append((statement, params, steps[0]))
+
+    event.listen(db.engine, "before_cursor_execute", before)
+    event.listen(db.engine, "after_cursor_execute", after)
+    try:
+        yield seen
+    finally:
+        event.remove(db.engine, "before_cursor_execute", before)
+        event.remove(db.engine, "after_cursor_execute", after)
+
+
+def blocks_read(db: Database, statements: list[tuple[str, Any, int]]) -> int:
+    """The pages PostgreSQL's plans read to run these statements again (statistics taken),
+    each in a transaction rolled back."""
+    blocks = 0
+    with db.engine.connect() as conn:
+        conn.exec_driver_sql("ANALYZE jobs")
+        conn.commit()
+        for statement, params, _ in statements:
+            if not statement.lstrip().upper().startswith(("SELECT", "UPDATE", "WITH")):
+                continue
+            with conn.begin() as transaction:
+                [(plan,)] = conn.exec_driver_sql(
+                    "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statement, params
+                ).all()
+                transaction.rollback()
+            top = (plan if isinstance(plan, list) else json.loads(plan))[0]["Plan"]
+            blocks += int(top["Shared Hit Blocks"]) + int(top["Shared Read Blocks"])
+    return blocks
+
+
+def cost(db: Database, run: Callable[[], object]) -> int:
+    """What `run` costs the database: virtual-machine steps (in tens) on SQLite, pages read
+    on PostgreSQL."""
+    with statements_of(db) as seen:
+        run()
+    if db.is_postgresql:
+        return blocks_read(db, seen)
+    return sum(steps for _, _, steps in seen)
+
+
+def repeated_work(exchange: Exchange) -> dict[str, Callable[[], object]]:
+    services = exchange.client.app.state.services
+    return {
+        "lease sweep": services.jobs.expire_leases,
+        "unfinished-expiry sweep": services.jobs.expire_unfinished,
+        "scrape": lambda: exchange.client.get("/metrics"),
+    }
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+def test_what_every_replica_repeats_reads_the_jobs_under_way_not_the_history(
+    exchange_on: ExchangeFactory, make_ct: Any, backend: str
+) -> None:
+    exchange = exchange_on()
+    orgs = set_up_parties(exchange)
+    services = exchange.client.app.state.services
+    # Today's work: a job waiting, and one a vendor holds.
+    exchange.ready_job(orgs["hospital"], "product-a", make_ct(slices=1))
+    exchange.ready_job(orgs["hospital"], "product-a", make_ct(slices=1))
+    assert exchange.claim(orgs["vendor"], product_id="product-a") is not None
+    work = repeated_work(exchange)
+    add_history(services.db, orgs, 2000)
+    for run in work.values():
+        run()  # the first scrape counts the jobs that ended long ago, once by design
+    costs = {name: [cost(services.db, run)] for name, run in work.items()}
+    add_history(services.db, orgs, 18000)
+    for name, run in work.items():
+        costs[name].append(cost(services.db, run))
+    grown = {name: both for name, both in costs.items() if both[1] > both[0] * 1.1 + 5}
+    print("COSTS", costs)
+    assert grown == {}, costs
+    assert all(before > 0 for before, _ in costs.values()), costs

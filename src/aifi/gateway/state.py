@@ -239,7 +239,6 @@ TALLIES = (
         "{row}.channel || '/' || CASE WHEN {row}.stat THEN 'stat' ELSE 'routine' END "
         f"|| '/' || {_NOTICE_OUTCOME}",
     ),
-    Tally("spool_instances", "instances", "''"),
     Tally("spool_bytes", "instances", "''", "{row}.size"),
 )
 

@@ -4,6 +4,7 @@ watches (jobs by state, queue depth and age, turnaround, bytes, errors) match wh
 from __future__ import annotations
 
 import re
+import threading
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -117,6 +118,55 @@ def test_ended_jobs_are_counted_once_as_they_settle_and_anew_by_a_new_replica(
     scraped = samples(exchange.client.get("/metrics").text)
     assert scraped[("aifi_exchange_jobs", (("state", "expired"),))] == 3
     assert scraped[("aifi_exchange_jobs", (("state", "requested"),))] == 0
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # a race of threads
+def test_two_scrapes_at_once_add_the_jobs_that_settled_once(
+    exchange_on: ExchangeFactory, make_ct: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two Prometheus servers (a pair, for availability) scrape each replica on their own
+    clocks, so two scrapes may add the same newly settled jobs at once. Each must be in the
+    figure once: before, both added them, and the replica reported them twice until it
+    restarted."""
+    exchange = exchange_on(expire_unfinished_seconds=3600)
+    orgs = set_up_parties(exchange)
+    for _ in range(3):
+        exchange.ready_job(orgs["hospital"], "product-a", make_ct(slices=1))
+    services = exchange.client.app.state.services
+    ended = utcnow() + timedelta(hours=2)
+    assert services.jobs.expire_unfinished(now=ended) == 3
+    tally = EndedTally()
+    with services.db.session() as session:
+        assert tally.counts(session, ended).get("expired") == 3  # none settled yet
+    settled = ended + SETTLED_AFTER + timedelta(seconds=1)
+    count = EndedTally._count
+    inside, go = threading.Event(), threading.Event()
+
+    def adding(session: Any, *where: Any) -> dict[str, int]:
+        if len(where) == 2 and not inside.is_set():  # the first scrape adds what settled
+            inside.set()
+            go.wait(timeout=30)
+        return count(session, *where)
+
+    monkeypatch.setattr(EndedTally, "_count", staticmethod(adding))
+    results: list[int] = []
+
+    def scrape() -> None:
+        with services.db.session() as session:
+            results.append(tally.counts(session, settled).get("expired", 0))
+
+    first = threading.Thread(target=scrape)
+    first.start()
+    assert inside.wait(timeout=30)
+    second = threading.Thread(target=scrape)
+    second.start()
+    second.join(timeout=1)  # done at once when nothing stops it adding the same jobs too
+    go.set()
+    first.join(timeout=30)
+    second.join(timeout=30)
+    with services.db.session() as session:
+        results.append(tally.counts(session, settled + timedelta(minutes=1)).get("expired", 0))
+    assert results == [3, 3, 3]
 
 
 def test_gateway_exporter_reads_the_gateway_state(tmp_path: Path) -> None:

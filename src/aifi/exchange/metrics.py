@@ -12,6 +12,7 @@ Two kinds of figure, kept apart on purpose:
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -67,8 +68,15 @@ class EndedTally:
     def __init__(self) -> None:
         self._until: datetime | None = None
         self._settled: dict[str, int] = {}
+        #: Scrapes run on request threads, and two Prometheus servers may scrape at once:
+        #: one at a time adds what settled, or both would add it.
+        self._lock = threading.Lock()
 
     def counts(self, session: Session, now: datetime) -> dict[str, int]:
+        with self._lock:
+            return self._counts(session, now)
+
+    def _counts(self, session: Session, now: datetime) -> dict[str, int]:
         settled = now - SETTLED_AFTER
         if self._until is None:
             self._settled = self._count(session, Job.ended_at < settled)

@@ -16,16 +16,20 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import event, insert
 
+from aifi.exchange.app import create_app
 from aifi.exchange.clock import utcnow
 from aifi.exchange.db import Database
 from aifi.exchange.models import Job
+from aifi.web import mount
 from scale.conftest import ExchangeFactory, set_up_parties
-from scale.exchange_api import Exchange, Org
+from scale.exchange_api import Exchange, Org, backend_settings
 
 
 def add_history(db: Database, orgs: dict[str, Org], jobs: int) -> None:
@@ -137,6 +141,59 @@ def test_what_every_replica_repeats_reads_the_jobs_under_way_not_the_history(
     for name, run in work.items():
         costs[name].append(cost(services.db, run))
     grown = {name: both for name, both in costs.items() if both[1] > both[0] * 1.1 + 5}
-    print("COSTS", costs)
     assert grown == {}, costs
     assert all(before > 0 for before, _ in costs.values()), costs
+
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+def test_the_home_pages_read_the_jobs_under_way_and_the_latest_not_the_history(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest, make_ct: Any
+) -> None:
+    """Each user's home page: the operator's national overview (jobs under way, the last
+    days' ends), a radiologist's and a vendor engineer's live list of their latest jobs."""
+    chosen = backend_settings(backend, tmp_path, request.config)
+    try:
+        with TestClient(create_app(chosen.settings, extensions=[mount])) as client:
+            exchange = Exchange(client)
+            orgs = set_up_parties(exchange)
+            users = {"olivia": "operator", "rita": orgs["hospital"].id, "victor": orgs["vendor"].id}
+            roles = {"olivia": "operator", "rita": "radiologist", "victor": "vendor-engineer"}
+            for username, organisation in users.items():
+                created = client.post(
+                    "/users",
+                    json={
+                        "organisation_id": organisation, "username": username,
+                        "password": PASSWORD, "display_name": username.title(),
+                        "role": roles[username],
+                    },
+                    headers=exchange.operator.headers,
+                )  # fmt: skip
+                assert created.status_code == 201, created.text
+            exchange.ready_job(orgs["hospital"], "product-a", make_ct(slices=1))
+            services = client.app.state.services
+
+            def home(username: str) -> Callable[[], object]:
+                def visit() -> None:
+                    page = client.get("/ui/")
+                    assert page.status_code == 200, page.text
+
+                def logged_in() -> None:
+                    client.cookies.clear()
+                    form = {"username": username, "password": PASSWORD}
+                    assert client.post("/ui/login", data=form).status_code in (200, 303)
+
+                return lambda: (logged_in(), cost(services.db, visit))[1]
+
+            pages = {username: home(username) for username in users}
+            add_history(services.db, orgs, 2000)
+            costs = {name: [int(visit())] for name, visit in pages.items()}  # type: ignore[call-overload]
+            add_history(services.db, orgs, 18000)
+            for name, visit in pages.items():
+                costs[name].append(int(visit()))  # type: ignore[call-overload]
+    finally:
+        chosen.close()
+    grown = {name: both for name, both in costs.items() if both[1] > both[0] * 1.1 + 5}
+    assert grown == {}, costs

@@ -22,8 +22,8 @@ from sqlalchemy import (
     bindparam,
     inspect,
     literal_column,
-    or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.orm import Session
@@ -406,9 +406,8 @@ class JobService:
                 )
                 if last is None:
                     raise NotFound(f"no job {after!r} to list after")
-                query = query.where(
-                    or_(Job.created_at > last, and_(Job.created_at == last, Job.id > after))
-                )
+                # As a row value, so that the index reads on from it.
+                query = query.where(tuple_(Job.created_at, Job.id) > tuple_(last, after))
             jobs = list(read.session.scalars(query))
             read.succeeded(object_id=f"{len(jobs)} jobs")
         return jobs

@@ -123,6 +123,11 @@ class Job(Base):
             postgresql_where=text("triage_flag IS NULL AND summary IS NOT NULL"),
             sqlite_where=text("triage_flag IS NULL AND summary IS NOT NULL"),
         ),
+        # A hospital's and a vendor's latest jobs (their live lists, their pages through the
+        # jobs in creation order), read in order from where the page starts, not sorted out
+        # of every job the organisation ever had.
+        Index("ix_jobs_hospital_created", "hospital_id", "created_at", "id"),
+        Index("ix_jobs_vendor_created", "vendor_id", "created_at", "id"),
         # The lease sweep (every second, on every replica): only held jobs have a lease, so
         # it reads those, not every job ever claimed. (Jobs not ended are found by
         # ix_jobs_ended, as `ended_at IS NULL`.)

@@ -135,13 +135,22 @@ def _national_overview(request: Request, user: WebUser, services: Services) -> H
                 .order_by(Organisation.id)
             )
         )
-        ended = session.execute(
-            select(Job.hospital_id, Job.product_id, Job.state, func.count())
+        # The last days' ends first, then grouped: asked in one statement, SQLite (without
+        # statistics) read every job in the grouping's order instead, 0.65 s against 1 ms
+        # with a million.
+        recent = (
+            select(Job.hospital_id, Job.product_id, Job.state)
             .where(Job.ended_at >= since)
-            .group_by(Job.hospital_id, Job.product_id, Job.state)
-        ).all()
+            .cte("recent")
+            .prefix_with("MATERIALIZED")
+        )
+        groups = (recent.c.hospital_id, recent.c.product_id, recent.c.state)
+        ended = session.execute(select(*groups, func.count()).group_by(*groups)).all()
         under_way = session.execute(
-            select(Job.state, func.count()).where(Job.state.in_(UNDER_WAY)).group_by(Job.state)
+            select(Job.state, func.count())
+            # Always so under way: it reads those jobs only (ix_jobs_ended at NULL).
+            .where(Job.ended_at.is_(None), Job.state.in_(UNDER_WAY))
+            .group_by(Job.state)
         ).all()
         held = backlog.by_hospital(session, utcnow())
     grid: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)

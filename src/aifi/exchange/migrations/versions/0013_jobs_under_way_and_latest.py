@@ -31,6 +31,13 @@ depends_on = None
 
 
 def upgrade() -> None:
+    for organisation in ("hospital", "vendor"):
+        op.create_index(
+            f"ix_jobs_{organisation}_created",
+            "jobs",
+            [f"{organisation}_id", "created_at", "id"],
+            if_not_exists=True,
+        )
     op.create_index(
         "ix_jobs_lease",
         "jobs",
@@ -43,3 +50,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_jobs_lease", table_name="jobs")
+    op.drop_index("ix_jobs_vendor_created", table_name="jobs")
+    op.drop_index("ix_jobs_hospital_created", table_name="jobs")

@@ -109,6 +109,29 @@ def test_a_state_from_before_the_tallies_is_counted_once_on_its_first_start(
         state.close()
 
 
+def test_the_spool_is_counted_afresh_at_each_start_after_an_earlier_version_ran(
+    tmp_path: Path,
+) -> None:
+    """A gateway rolled back to an earlier version replaces a re-sent instance's row, which
+    fires no trigger: the spool's bytes drift, and the triggers' digest cannot tell. The next
+    start counts the spool again (the spool only, not the history)."""
+    path = tmp_path / "state.db"
+    state = GatewayState(path)
+    play(state, tmp_path / "spool", random.Random(9), 60)
+    state.close()
+    with sqlite3.connect(path) as old:  # as the earlier version's receipt did
+        row = old.execute("SELECT * FROM instances LIMIT 1").fetchone()
+        old.execute(
+            "INSERT OR REPLACE INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (*row[:9], row[9] + 1000, *row[10:]),
+        )
+    state = GatewayState(path)
+    try:
+        assert_tallies_hold(state)
+    finally:
+        state.close()
+
+
 def test_changed_tallies_are_counted_afresh_and_unchanged_ones_are_not(tmp_path: Path) -> None:
     state = GatewayState(tmp_path / "state.db")
     play(state, tmp_path / "spool", random.Random(3), 80)
@@ -144,10 +167,25 @@ def scrape_steps(state: GatewayState, monkeypatch: pytest.MonkeyPatch) -> int:
         finally:
             self._conn.set_progress_handler(None, 100)
 
-    with monkeypatch.context() as patched:
-        patched.setattr(Snapshot, "query", counted)
-        figures = list(GatewayCollector(state, retain_seconds=3600.0).collect())
+    own = [0]  # steps on the gateway's own, locked connection: a scrape must take none
+
+    def counted_own() -> int:
+        own[0] += 1
+        return 0
+
+    with state.transaction() as db:
+        db.set_progress_handler(counted_own, 1)
+    own[0] = 0
+    try:
+        with monkeypatch.context() as patched:
+            patched.setattr(Snapshot, "query", counted)
+            figures = list(GatewayCollector(state, retain_seconds=3600.0).collect())
+        taken = own[0]
+    finally:
+        with state.transaction() as db:
+            db.set_progress_handler(None, 1)
     assert figures[0].name == "aifi_gateway_state_up" and figures[0].samples[0].value == 1.0
+    assert taken == 0, "the scrape read through the gateway's own, locked connection"
     return steps[0]
 
 

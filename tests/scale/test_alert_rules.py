@@ -187,7 +187,12 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             'up{job="aifi-gateway", instance="g2"}': "1x9",
             'aifi_gateway_state_up{job="aifi-gateway", instance="g2"}': "1 1 0x8",
             'aifi_gateway_upload_queue_age_seconds{job="aifi-gateway", instance="g1"}': "0+60x30",
-            'aifi_gateway_jobs_retrying{job="aifi-gateway", instance="g2"}': "3x10 11x20",
+            'aifi_gateway_jobs_retrying{step="upload", job="aifi-gateway", instance="g2"}':
+                "3x10 11x20",
+            # g1's PACS refuses its results for an hour: GatewayDeliveryFailing's trouble,
+            # not studies held up on their way out.
+            'aifi_gateway_jobs_retrying{step="result", job="aifi-gateway", instance="g1"}':
+                "40x60",
             # g2's disk fills at 10m with a study past its quiet time: it is held for half an
             # hour; g1's studies pass their quiet time by a few seconds each.
             'aifi_gateway_assembly_overdue_seconds{job="aifi-gateway", instance="g2"}': (

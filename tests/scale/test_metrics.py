@@ -302,10 +302,11 @@ def test_the_gateway_tells_how_long_its_oldest_stat_study_has_waited(tmp_path: P
 
 
 def test_the_gateway_counts_as_retrying_only_the_jobs_it_will_try_again(tmp_path: Path) -> None:
-    """`aifi_gateway_jobs_retrying` (GatewayBacklog pages at over 10): an upload tried again,
-    and a result whose delivery to the PACS failed, count until they get through. A job
-    whose upload needed a second try, and that the exchange then failed, is done with: it
-    counted for ever before, so that every such job brought the page nearer."""
+    """`aifi_gateway_jobs_retrying{step}`: an upload tried again, and a result whose delivery
+    to the PACS failed, count until they get through, each under its step (GatewayBacklog
+    pages on uploads only). A job whose upload needed a second try, and that the exchange
+    then failed after its collection failed once, is done with: before, it counted for
+    ever, each such job bringing the page nearer, and a failed delivery did not count."""
     state = GatewayState(tmp_path / "state.db")
     for study in ("1.5.1", "1.5.2"):
         state.record_instance(received(f"{study}.0", study, tmp_path, 10), 0.0)
@@ -314,30 +315,36 @@ def test_the_gateway_counts_as_retrying_only_the_jobs_it_will_try_again(tmp_path
         assert state.route_study(study, row["round"], row["due_at"], [routed]) == 1
     failing, delivering = (row["id"] for row in state.query("SELECT id FROM jobs ORDER BY id"))
     server = start_metrics_server(state, 0)
-    retrying = ("aifi_gateway_jobs_retrying", ())
 
-    def now_retrying() -> float:
-        return samples(httpx.get(server.url, timeout=10).text)[retrying]
+    def now_retrying() -> tuple[float, float]:
+        figures = samples(httpx.get(server.url, timeout=10).text)
+        return tuple(  # type: ignore[return-value]
+            figures[("aifi_gateway_jobs_retrying", (("step", step),))]
+            for step in ("upload", "result")
+        )
 
     counts = []
     try:
         # As the gateway's sending and collecting record them (GatewayService).
         state.retry_job_later(failing, "exchange unreachable", 0)
-        counts.append(now_retrying())  # 1: the upload is tried again
+        counts.append(now_retrying())  # the upload is tried again
         assert state.mark_submitted(failing, None)
         state.mark_submitted(delivering, None)
-        counts.append(now_retrying())  # 0: both sent, waiting for the vendor
-        state.update_job(delivering, result_seen_at=time.time())
+        counts.append(now_retrying())  # both sent, waiting for the vendor
+        for job in (delivering, failing):
+            state.update_job(job, result_seen_at=time.time())
+        counts.append(now_retrying())  # both come home: the upload's try no longer counts
         state.update_job(delivering, attempts=1, reason="delivery to the PACS failed")
-        state.update_job(failing, result_seen_at=time.time())
+        state.update_job(failing, attempts=2, reason="collecting results failed")
+        counts.append(now_retrying())  # both tried again
         state.update_job(failing, state="ended", exchange_state="failed", reason="bad input")
-        counts.append(now_retrying())  # 1: the delivery is tried again; the failed job is done
+        counts.append(now_retrying())  # the failed job is done with
         state.update_job(delivering, state="delivered", delivered_at=time.time())
-        counts.append(now_retrying())  # 0
+        counts.append(now_retrying())
     finally:
         server.close()
         state.close()
-    assert counts == [1.0, 0.0, 1.0, 0.0]
+    assert counts == [(1, 0), (0, 0), (0, 0), (0, 2), (0, 1), (0, 0)]
 
 
 DEPLOY = Path(__file__).resolve().parents[2] / "docs" / "deploy.md"

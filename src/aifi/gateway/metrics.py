@@ -34,6 +34,12 @@ DELIVERY_STATES = ("delivered", "failed")
 #: series cannot see a first failure that creates it.
 NOTICE_CHANNELS = (HL7, FHIR, WEBHOOK)
 NOTICE_OUTCOMES = ("sent", "retrying", "failed")
+#: Jobs waiting to try a step again, by step: an upload, and an outcome come home whose
+#: results or notices did not all get through.
+RETRYING = {
+    "upload": "state = 'pending' AND attempts > 0",
+    "result": "state = 'submitted' AND result_seen_at IS NOT NULL AND attempts > 0",
+}
 #: Jobs delivered this recently make up the turnaround figures.
 TURNAROUND_WINDOW_SECONDS = 3600.0
 TURNAROUND_QUANTILES = (0.5, 0.9, 0.99)
@@ -202,18 +208,14 @@ class GatewayCollector(Collector):
 
         family = GaugeMetricFamily(
             "aifi_gateway_jobs_retrying",
-            "Jobs waiting to retry a failed upload or delivery (errors the gateway is riding out)",
+            "Jobs waiting to try a failed step again (errors the gateway is riding out), by "
+            "step: upload to the exchange, or result (delivery to the PACS, or a notice)",
+            labels=["step"],
         )
-        # Uploads tried again, and outcomes the exchange has ended whose results or notices
-        # did not all get through (a job's attempts restart when it is sent). A job the
-        # exchange failed is done with, not retried: it does not count, however it got there.
-        family.add_metric(
-            [],
-            scalar(
-                "SELECT COUNT(*) FROM jobs WHERE attempts > 0 AND (state = 'pending' "
-                "OR (state = 'submitted' AND result_seen_at IS NOT NULL))"
-            ),
-        )
+        # A job's attempts restart when it is sent. A job the exchange failed is done with,
+        # not retried: it does not count, however it got there.
+        for step, where in RETRYING.items():
+            family.add_metric([step], scalar(f"SELECT COUNT(*) FROM jobs WHERE {where}"))
         yield family
 
         totals = view.totals()

@@ -142,7 +142,7 @@ def _national_overview(request: Request, user: WebUser, services: Services) -> H
             select(Job.hospital_id, Job.product_id, Job.state)
             .where(Job.ended_at >= since)
             .cte("recent")
-            .prefix_with("MATERIALIZED")
+            .prefix_with("MATERIALIZED", dialect="sqlite")  # SQLite 3.35 or later
         )
         groups = (recent.c.hospital_id, recent.c.product_id, recent.c.state)
         ended = session.execute(select(*groups, func.count()).group_by(*groups)).all()

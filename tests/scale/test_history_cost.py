@@ -1,6 +1,7 @@
 """The exchange keeps a row for every job it ever held (about 11 million a year, nationally).
 What every replica does over and over — the lease sweep each second, the unfinished-expiry
-sweep, the scrape — must read the jobs under way, not that history.
+sweep, the scrape, a gateway's page through its jobs — must read the jobs under way or the
+latest, not that history.
 
 Ten times the history leaves their work as it was: counted in the virtual machine's steps
 on SQLite, and in the pages their plans read on PostgreSQL (the table's statistics taken),
@@ -112,12 +113,18 @@ def cost(db: Database, run: Callable[[], object]) -> int:
     return sum(steps for _, _, steps in seen)
 
 
-def repeated_work(exchange: Exchange) -> dict[str, Callable[[], object]]:
+def repeated_work(exchange: Exchange, hospital: Org, first: str) -> dict[str, Callable[[], object]]:
     services = exchange.client.app.state.services
+
+    def next_page() -> None:  # a gateway's page through its jobs, after today's first
+        page = exchange.client.get("/jobs", params={"after": first}, headers=hospital.headers)
+        assert page.status_code == 200 and len(page.json()) == 1, page.text
+
     return {
         "lease sweep": services.jobs.expire_leases,
         "unfinished-expiry sweep": services.jobs.expire_unfinished,
         "scrape": lambda: exchange.client.get("/metrics"),
+        "a page of jobs": next_page,
     }
 
 
@@ -129,10 +136,10 @@ def test_what_every_replica_repeats_reads_the_jobs_under_way_not_the_history(
     orgs = set_up_parties(exchange)
     services = exchange.client.app.state.services
     # Today's work: a job waiting, and one a vendor holds.
-    exchange.ready_job(orgs["hospital"], "product-a", make_ct(slices=1))
+    first = exchange.ready_job(orgs["hospital"], "product-a", make_ct(slices=1))
     exchange.ready_job(orgs["hospital"], "product-a", make_ct(slices=1))
     assert exchange.claim(orgs["vendor"], product_id="product-a") is not None
-    work = repeated_work(exchange)
+    work = repeated_work(exchange, orgs["hospital"], first["id"])
     add_history(services.db, orgs, 2000)
     for run in work.values():
         run()  # the first scrape counts the jobs that ended long ago, once by design

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from aifi.gateway.state import GatewayState
-from support.spool import add_history, play, received
+from support.spool import add_history, play, received, steps_on
 
 #: Per step, what the gateway's threads ask of its state (GatewayService).
 Step = Callable[[GatewayState, dict[str, Any]], object]
@@ -48,20 +48,9 @@ STEPS: dict[str, Step] = {
 
 def steps_of(state: GatewayState, step: Step, today: dict[str, Any]) -> int:
     """SQLite's virtual-machine steps (in tens) one step takes."""
-    count = [0]
-
-    def tick() -> int:
-        count[0] += 1
-        return 0
-
-    with state.transaction() as db:  # the state's own connection
-        db.set_progress_handler(tick, 10)
-    try:
+    with steps_on(state, 10) as steps:
         step(state, today)
-    finally:
-        with state.transaction() as db:
-            db.set_progress_handler(None, 10)
-    return count[0]
+    return steps[0]
 
 
 @pytest.fixture

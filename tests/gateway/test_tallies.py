@@ -19,7 +19,7 @@ from aifi.gateway.metrics import GatewayCollector, start_metrics_server
 from aifi.gateway.state import MAX_NOTICE_ATTEMPTS, TALLIES, GatewayState, RoutedJob, Snapshot
 from aifi.gateway.tallies import Tally
 from support.national import samples
-from support.spool import add_history, play, received
+from support.spool import add_history, play, received, steps_on
 
 
 def kept_and_counted(state: GatewayState) -> dict[str, tuple[dict[str, float], dict[str, float]]]:
@@ -167,23 +167,11 @@ def scrape_steps(state: GatewayState, monkeypatch: pytest.MonkeyPatch) -> int:
         finally:
             self._conn.set_progress_handler(None, 100)
 
-    own = [0]  # steps on the gateway's own, locked connection: a scrape must take none
-
-    def counted_own() -> int:
-        own[0] += 1
-        return 0
-
-    with state.transaction() as db:
-        db.set_progress_handler(counted_own, 1)
-    own[0] = 0
-    try:
-        with monkeypatch.context() as patched:
-            patched.setattr(Snapshot, "query", counted)
-            figures = list(GatewayCollector(state, retain_seconds=3600.0).collect())
-        taken = own[0]
-    finally:
-        with state.transaction() as db:
-            db.set_progress_handler(None, 1)
+    # Steps on the gateway's own, locked connection: a scrape must take none.
+    with steps_on(state, 1) as own, monkeypatch.context() as patched:
+        patched.setattr(Snapshot, "query", counted)
+        figures = list(GatewayCollector(state, retain_seconds=3600.0).collect())
+    taken = own[0]
     assert figures[0].name == "aifi_gateway_state_up" and figures[0].samples[0].value == 1.0
     assert taken == 0, "the scrape read through the gateway's own, locked connection"
     return steps[0]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from aifi.gateway.state import GatewayState, ReceivedInstance, RoutedJob
@@ -43,9 +45,9 @@ def add_history(state: GatewayState, first: int, studies: int) -> None:
             job = db.execute(
                 "INSERT INTO jobs (study_uid, round, product_id, priority, idempotency_key, "
                 "state, study_last_at, created_at, submitted_at, ended_at, delivered_at, "
-                "result_seen_at) VALUES (?, 1, 'product-a', NULL, ?, 'delivered', ?, ?, ?, ?, "
-                "?, ?)",
-                (uid, f"{uid}:product-a:1", *(long_ago,) * 6),
+                "result_seen_at, exchange_job_id) VALUES (?, 1, 'product-a', NULL, ?, "
+                "'delivered', ?, ?, ?, ?, ?, ?, ?)",
+                (uid, f"{uid}:product-a:1", *(long_ago,) * 6, f"x-{uid}"),
             ).lastrowid
             db.execute(
                 "INSERT INTO deliveries VALUES (?, 'sr.dcm', 'pacs', NULL, 'delivered', 1, "
@@ -104,3 +106,25 @@ def play(state: GatewayState, spool: Path, rng: random.Random, steps: int) -> se
             for study in state.purgeable_studies(time.time() + 1, 0):
                 state.purge_study(study, time.time() + 1, 0)
     return {row["state"] for row in state.query("SELECT DISTINCT state FROM jobs")}
+
+
+@contextmanager
+def steps_on(state: GatewayState, every: int) -> Iterator[list[int]]:
+    """SQLite's virtual-machine steps (in `every`s) taken meanwhile on the state's own,
+    locked connection: the work done, counted the same on any machine."""
+    steps = [0]
+    counting = [False]
+
+    def tick() -> int:
+        steps[0] += counting[0]
+        return 0
+
+    with state.transaction() as db:
+        db.set_progress_handler(tick, every)
+    counting[0] = True
+    try:
+        yield steps
+    finally:
+        counting[0] = False
+        with state.transaction() as db:
+            db.set_progress_handler(None, every)

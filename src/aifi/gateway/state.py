@@ -227,6 +227,10 @@ _NOTICE_OUTCOME = (
     f"WHEN {{row}}.retryable AND {{row}}.attempts < {MAX_NOTICE_ATTEMPTS} THEN 'retrying' "
     "ELSE 'failed' END"
 )
+#: Counted afresh at every start, as it is cheap (the spool, not the history): a gateway of
+#: an earlier version, run after a rollback, replaced a re-sent instance's row, which fires
+#: no trigger, and the tallies' digest would not tell.
+_SPOOL_TALLY = Tally("spool_bytes", "instances", "''", "{row}.size")
 #: What the exporter reports by state, kept by triggers (see `aifi.gateway.tallies`).
 TALLIES = (
     Tally("jobs", "jobs", "{row}.state"),
@@ -239,12 +243,8 @@ TALLIES = (
         "{row}.channel || '/' || CASE WHEN {row}.stat THEN 'stat' ELSE 'routine' END "
         f"|| '/' || {_NOTICE_OUTCOME}",
     ),
-    Tally("spool_bytes", "instances", "''", "{row}.size"),
+    _SPOOL_TALLY,
 )
-#: Counted afresh at every start, as it is cheap (the spool, not the history): a gateway of
-#: an earlier version, run after a rollback, replaced a re-sent instance's row, which fires
-#: no trigger, and the tallies' digest would not tell.
-_SPOOL_TALLY = TALLIES[-1]
 
 
 def _connect(path: Path) -> sqlite3.Connection:

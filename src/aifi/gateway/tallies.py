@@ -107,20 +107,22 @@ def install(db: sqlite3.Connection, tallies: Sequence[Tally]) -> bool:
     return True
 
 
+def _counted(tally: Tally) -> str:
+    """The tally counted from its rows: key, value."""
+    return (
+        f"SELECT {tally.key_of('t')}, SUM({tally.amount_of('t')}) FROM {tally.table} t "
+        f"GROUP BY {tally.key_of('t')}"
+    )
+
+
 def refresh(db: sqlite3.Connection, tally: Tally) -> None:
     """Count one tally afresh from its rows (inside a write transaction)."""
     db.execute("DELETE FROM tallies WHERE name = ?", (tally.name,))
     db.execute(
-        f"INSERT INTO tallies (name, key, value) SELECT '{tally.name}', "
-        f"{tally.key_of('t')}, SUM({tally.amount_of('t')}) FROM {tally.table} t "
-        f"GROUP BY {tally.key_of('t')}"
+        f"INSERT INTO tallies (name, key, value) SELECT '{tally.name}', * FROM ({_counted(tally)})"
     )
 
 
 def recount(db: sqlite3.Connection, tally: Tally) -> dict[str, float]:
     """The tally counted from the rows, as the triggers should have it: for checks."""
-    rows = db.execute(
-        f"SELECT {tally.key_of('t')}, SUM({tally.amount_of('t')}) FROM {tally.table} t "
-        f"GROUP BY {tally.key_of('t')}"
-    )
-    return {str(key): float(value) for key, value in rows}
+    return {str(key): float(value) for key, value in db.execute(_counted(tally))}

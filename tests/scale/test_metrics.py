@@ -105,8 +105,7 @@ def test_ended_jobs_are_counted_once_as_they_settle_and_anew_by_a_new_replica(
     tally = EndedTally()
 
     def expired(tally: EndedTally, now: datetime) -> int:
-        with services.db.session() as session:
-            return tally.counts(session, now).get("expired", 0)
+        return tally.counts(services.db, now).get("expired", 0)
 
     assert expired(tally, start) == 0
     ended = start + timedelta(hours=2)
@@ -136,8 +135,7 @@ def test_two_scrapes_at_once_add_the_jobs_that_settled_once(
     ended = utcnow() + timedelta(hours=2)
     assert services.jobs.expire_unfinished(now=ended) == 3
     tally = EndedTally()
-    with services.db.session() as session:
-        assert tally.counts(session, ended).get("expired") == 3  # none settled yet
+    assert tally.counts(services.db, ended).get("expired") == 3  # none settled yet
     settled = ended + SETTLED_AFTER + timedelta(seconds=1)
     count = EndedTally._count
     inside, go = threading.Event(), threading.Event()
@@ -152,8 +150,7 @@ def test_two_scrapes_at_once_add_the_jobs_that_settled_once(
     results: list[int] = []
 
     def scrape() -> None:
-        with services.db.session() as session:
-            results.append(tally.counts(session, settled).get("expired", 0))
+        results.append(tally.counts(services.db, settled).get("expired", 0))
 
     first = threading.Thread(target=scrape)
     first.start()
@@ -164,8 +161,7 @@ def test_two_scrapes_at_once_add_the_jobs_that_settled_once(
     go.set()
     first.join(timeout=30)
     second.join(timeout=30)
-    with services.db.session() as session:
-        results.append(tally.counts(session, settled + timedelta(minutes=1)).get("expired", 0))
+    results.append(tally.counts(services.db, settled + timedelta(minutes=1)).get("expired", 0))
     assert results == [3, 3, 3]
 
 

@@ -86,14 +86,16 @@ def create_app(
             asyncio.create_task(_every(seconds, task, metrics.background_failures.labels(name)))
             for name, seconds, task in background
         ]
+        # The scrape's one read that grows with the history, taken before Prometheus asks.
+        warming = asyncio.create_task(_warm(metrics))
         with contextlib.suppress(Exception):  # where the chain stood at start, for the journal
             await run_in_threadpool(anchors.write)
         try:
             yield
         finally:
-            for sweeper in sweepers:
+            for sweeper in (*sweepers, warming):
                 sweeper.cancel()
-            for sweeper in sweepers:
+            for sweeper in (*sweepers, warming):
                 with contextlib.suppress(asyncio.CancelledError):
                     await sweeper
             if listener is not None:
@@ -166,6 +168,15 @@ def database_full(exc: BaseException) -> bool:
         getattr(cause, "sqlstate", None) == "53100"
         or getattr(cause, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
     )
+
+
+async def _warm(metrics: ExchangeMetrics) -> None:
+    """Count the jobs that ended long ago; if the database cannot answer yet, the first
+    scrape counts them instead."""
+    try:
+        await run_in_threadpool(metrics.warm)
+    except Exception:
+        log.warning("the ended jobs could not be counted at start", exc_info=True)
 
 
 async def _every(seconds: float, task: Callable[[], object], failures: Counter) -> None:

@@ -83,7 +83,7 @@ def test_result_reaches_orthanc_under_original_identifiers(
     finally:
         gateway.stop()
     # The re-identified result the gateway wrote is a valid object of its IOD.
-    [restored] = (gateway.results_dir / str(job["id"])).glob("reidentified-*.dcm")
+    [restored] = (gateway.results_dir / str(job["id"]) / "reidentified").glob("*.dcm")
     report = verify_iod(restored)
     assert report.ok, report.errors
 

@@ -9,7 +9,7 @@ import pydicom
 import pytest
 
 from aifi.dicom.dciodvfy import verify_iod
-from aifi.gateway.reidentify import reidentify_file
+from aifi.gateway.reidentify import ReidentificationError, reidentify_file
 from aifi.gateway.vault import Vault
 from aifi.products import tissue_volume
 from aifi.vendor import JobContext
@@ -84,3 +84,72 @@ def test_an_ascii_name_leaves_the_results_character_set_alone(
     restored = _restored(tmp_path, sr, study, "Jansen^Anna", None, "Tissue volumes")
     assert str(restored.PatientName) == "Jansen^Anna"
     assert "SpecificCharacterSet" not in restored
+
+
+ORIGINAL_CT = "1.2.826.0.1.3680043.8.498.78"
+ORIGINAL_SERIES = "1.2.826.0.1.3680043.8.498.79"
+
+
+def _vault_for(tmp_path: Path, ct: Path) -> Vault:
+    """The vault as the gateway left it after sending `ct`: its study, series and instance."""
+    sent = pydicom.dcmread(ct, stop_before_pixels=True)
+    vault = Vault(tmp_path / "vault.db")
+    vault.remember(
+        {
+            ORIGINAL_STUDY: str(sent.StudyInstanceUID),
+            ORIGINAL_SERIES: str(sent.SeriesInstanceUID),
+            ORIGINAL_CT: str(sent.SOPInstanceUID),
+        },
+        original_study_uid=ORIGINAL_STUDY,
+        pseudonym_study_uid=str(sent.StudyInstanceUID),
+        patient_pseudonym="PSEUDO",
+        original_attributes={"PatientID": "HOSP-0099", "StudyInstanceUID": ORIGINAL_STUDY},
+    )
+    return vault
+
+
+@pytest.mark.parametrize(
+    ("keyword", "what"), [("SOPInstanceUID", "an instance"), ("SeriesInstanceUID", "a series")]
+)
+def test_a_result_with_an_input_s_uid_is_refused_not_mapped_onto_the_hospital_s_image(
+    tmp_path: Path, keyword: str, what: str
+) -> None:
+    """A product that copied the source's header into its result: mapped back, the result
+    would carry the hospital's CT image's UID (the PACS keeps one of the two) or sit among
+    the images as they were acquired."""
+    [ct] = pseudonymised_ct(tmp_path / "ct", slices=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    sr = tissue_volume.run(JobContext(job={}, inputs=[ct], output_dir=out)).files[0].path
+    vault = _vault_for(tmp_path, ct)
+    ds = pydicom.dcmread(sr)
+    setattr(ds, keyword, pydicom.dcmread(ct, stop_before_pixels=True).get(keyword))
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(sr, enforce_file_format=True)
+    target = tmp_path / "restored.dcm"
+    with pytest.raises(ReidentificationError, match=f"{keyword} is that of {what}"):
+        reidentify_file(sr, target, vault)
+    assert not target.exists()
+    # The product's own UIDs, as it should have made them, are taken.
+    ds[keyword].value = pydicom.uid.generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(sr, enforce_file_format=True)
+    reidentify_file(sr, target, vault, original_study_uid=ORIGINAL_STUDY)
+    restored = pydicom.dcmread(target)
+    assert restored.StudyInstanceUID == ORIGINAL_STUDY and restored.PatientID == "HOSP-0099"
+    vault.close()
+
+
+def test_a_result_about_another_study_than_its_job_s_is_refused(tmp_path: Path) -> None:
+    """Identity comes from the result's own study: one listed with another job would be filed
+    under that study's patient, while the disclosure log named the job's."""
+    [ct] = pseudonymised_ct(tmp_path / "ct", slices=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    sr = tissue_volume.run(JobContext(job={}, inputs=[ct], output_dir=out)).files[0].path
+    vault = _vault_for(tmp_path, ct)
+    target = tmp_path / "restored.dcm"
+    with pytest.raises(ReidentificationError, match="not the study of the job it came with"):
+        reidentify_file(sr, target, vault, original_study_uid="1.2.826.0.1.3680043.8.498.80")
+    assert not target.exists()
+    vault.close()

@@ -18,7 +18,7 @@ from aifi.exchange.settings import ExchangeSettings
 from aifi.gateway.config import load_config
 from aifi.gateway.service import Gateway
 from aifi.products import tissue_volume
-from aifi.vendor import VendorClient, Worker
+from aifi.vendor import Handler, VendorClient, Worker
 from aifi.web import mount
 from support.peers import free_port
 
@@ -110,7 +110,9 @@ def gateway_without_pacs(folder: Path, national: National, **settings: Any) -> I
 
 
 @contextmanager
-def national_path(tmp_path: Path) -> Iterator[National]:
+def national_path(tmp_path: Path, product: Handler = tissue_volume.run) -> Iterator[National]:
+    """The exchange and one worker running `product` (the reference product's code unless a
+    test gives a vendor's own) as the reference product."""
     settings = ExchangeSettings(data_dir=tmp_path / "exchange", operator_key=OPERATOR_KEY)
     with ExchangeThread(settings, extensions=[mount]) as exchange:
         operator = httpx.Client(
@@ -128,7 +130,7 @@ def national_path(tmp_path: Path) -> Iterator[National]:
         stop = threading.Event()
         worker = Worker(
             vendor,
-            tissue_volume.run,
+            product,
             product_ids=[tissue_volume.PRODUCT_ID],
             lease_seconds=30,
             workdir=tmp_path,

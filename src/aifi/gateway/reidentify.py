@@ -64,19 +64,28 @@ def _in_utf8(ds: Dataset) -> None:
     ds.SpecificCharacterSet = "ISO_IR 192"
 
 
-def reidentify(ds: Dataset, vault: Vault) -> Dataset:
-    """Map `ds` (a result for a study this gateway sent) back to the original study, in place."""
+def reidentify(ds: Dataset, vault: Vault, *, original_study_uid: str | None = None) -> Dataset:
+    """Map `ds` (a result for a study this gateway sent) back to the original study, in place.
+
+    `original_study_uid`: the study of the job the result came with. A result must be about
+    that study: re-identified as another, it would be filed under another patient.
+    """
     pseudo_study = str(ds.get("StudyInstanceUID", ""))
     known = vault.study(pseudo_study)
     if known is None:
         raise ReidentificationError(
             f"result study {pseudo_study} is not a study this gateway pseudonymised"
         )
-    original_study_uid, attributes = known
+    study_uid, attributes = known
+    if original_study_uid is not None and study_uid != original_study_uid:
+        raise ReidentificationError(
+            f"result study {pseudo_study} is not the study of the job it came with"
+        )
     found: set[str] = set()
     _uid_values(ds, found)
     mapping = vault.original_uids(found)
-    mapping[pseudo_study] = original_study_uid
+    _refuse_reused_uids(ds, mapping)
+    mapping[pseudo_study] = study_uid
     _replace_uids(ds, mapping)
     restored = {k: v for k, v in attributes.items() if k != "StudyInstanceUID"}
     if not all(value.isascii() for value in restored.values()):
@@ -89,10 +98,25 @@ def reidentify(ds: Dataset, vault: Vault) -> Dataset:
     return ds
 
 
-def reidentify_file(source: Path, target: Path, vault: Vault) -> str:
+def _refuse_reused_uids(ds: Dataset, mapping: dict[str, str]) -> None:
+    """A result is a new object in a series of its own. One that took an input's SOP Instance
+    UID would be mapped onto the hospital's image (the PACS keeps one of the two, or shows an
+    AI object as part of the acquisition); one in an input's series would be filed among the
+    images as they were acquired."""
+    for keyword, what in (("SOPInstanceUID", "an instance"), ("SeriesInstanceUID", "a series")):
+        if str(ds.get(keyword, "")) in mapping:
+            raise ReidentificationError(
+                f"the result's {keyword} is that of {what} of the study as sent: a result "
+                "needs UIDs of its own"
+            )
+
+
+def reidentify_file(
+    source: Path, target: Path, vault: Vault, *, original_study_uid: str | None = None
+) -> str:
     """Write the re-identified copy of `source` to `target`; returns its SOP Instance UID."""
     ds = pydicom.dcmread(source)
-    reidentify(ds, vault)
+    reidentify(ds, vault, original_study_uid=original_study_uid)
     partial = target.with_name(target.name + ".part")
     try:
         ds.save_as(partial, enforce_file_format=True)

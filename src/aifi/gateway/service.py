@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import sqlite3
 import threading
@@ -44,7 +45,7 @@ from aifi.gateway.receipt import (
     Receipt,
     Refusals,
 )
-from aifi.gateway.reidentify import ReidentificationError, reidentify_file
+from aifi.gateway.reidentify import reidentify_file
 from aifi.gateway.routing import route_study
 from aifi.gateway.state import GatewayState, ReceivedInstance, notice_settled
 from aifi.gateway.stow import BASE as STOW_BASE
@@ -80,6 +81,16 @@ PASSING_FAILURES = (ExchangeHTTPError, httpx.TransportError, OSError, sqlite3.Er
 class ResultsPurged(Exception):
     """The exchange purged a job's results before this gateway fetched them: waiting and
     asking again cannot bring them back."""
+
+
+class ResultsRefused(Exception):
+    """A job's results cannot be filed in the hospital's PACS as they are (unreadable, about
+    another study, reusing the study's own UIDs): fetched again they would be the same, so the
+    job ends with the reason and nothing of it is delivered."""
+
+
+#: A result's name as the exchange allows it; the gateway keeps it as a file name.
+RESULT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def backoff(attempts: int) -> float:
@@ -699,7 +710,7 @@ class Gateway:
                     exchange_ended_at=datetime.fromisoformat(ended).timestamp() if ended else None,
                 )
             if job["state"] == "completed":
-                delivered = self._deliver(int(local["id"]), exchange_id, job)
+                delivered = self._deliver(local, exchange_id, job)
                 if delivered is None:
                     return False
                 self.state.update_job(
@@ -711,26 +722,18 @@ class Gateway:
                     int(local["id"]), state="ended", exchange_state=job["state"],
                     reason=job.get("reason") or job["state"], ended_at=time.time(),
                 )  # fmt: skip
-        except ResultsPurged as exc:
+        except (ResultsPurged, ResultsRefused) as exc:
             log.error("job %s: %s", exchange_id, exc)
             self.state.update_job(
                 int(local["id"]), state="ended", exchange_state="completed", reason=str(exc),
                 ended_at=time.time(),
             )  # fmt: skip
         except PASSING_FAILURES as exc:
-            # A full disk refuses the result, and may refuse this record of it too: the
-            # attempts are counted here as well, so that the retries still spread out.
-            attempts = max(int(local["attempts"]), self._collect_attempts.get(exchange_id, 0)) + 1
-            self._collect_attempts[exchange_id] = attempts
-            self._retry_at[exchange_id] = time.time() + backoff(attempts)
-            log.warning(
-                "job %s: collecting results failed (attempt %d, next in %.0f s): %s",
-                exchange_id, attempts, backoff(attempts), exc,
-            )  # fmt: skip
-            try:
-                self.state.update_job(int(local["id"]), attempts=attempts, reason=str(exc))
-            except sqlite3.Error as unrecorded:
-                log.warning("job %s: the failure is not on record: %s", exchange_id, unrecorded)
+            self._collect_later(local, exchange_id, exc)
+            return False
+        except Exception as exc:  # never let one job's trouble hold up the jobs behind it
+            log.exception("job %s: collecting results failed unexpectedly", exchange_id)
+            self._collect_later(local, exchange_id, exc)
             return False
         finally:
             self._notify()
@@ -738,18 +741,53 @@ class Gateway:
         self._collect_attempts.pop(exchange_id, None)
         return True
 
-    def _deliver(self, local_id: int, exchange_id: str, job: dict[str, Any]) -> int | None:
+    def _collect_later(self, local: dict[str, Any], exchange_id: str, exc: Exception) -> None:
+        """Try the job again after a back-off, the jobs behind it meanwhile.
+
+        A full disk refuses the result, and may refuse this record of it too: the attempts
+        are counted in memory as well, so that the retries still spread out.
+        """
+        attempts = max(int(local["attempts"]), self._collect_attempts.get(exchange_id, 0)) + 1
+        self._collect_attempts[exchange_id] = attempts
+        self._retry_at[exchange_id] = time.time() + backoff(attempts)
+        log.warning(
+            "job %s: collecting results failed (attempt %d, next in %.0f s): %s",
+            exchange_id, attempts, backoff(attempts), exc,
+        )  # fmt: skip
+        try:
+            self.state.update_job(int(local["id"]), attempts=attempts, reason=str(exc))
+        except sqlite3.Error as unrecorded:
+            log.warning("job %s: the failure is not on record: %s", exchange_id, unrecorded)
+
+    def _deliver(self, local: dict[str, Any], exchange_id: str, job: dict[str, Any]) -> int | None:
         """Re-identify each DICOM result, send the result notices (STAT alerts first), then
-        C-STORE the results to every PACS; None while a notice or a destination still fails."""
+        C-STORE the results to every PACS; None while a notice or a destination still fails.
+
+        Every result is re-identified before anything is sent, so a job with one result that
+        cannot be filed (:class:`ResultsRefused`) delivers none of them.
+        """
+        local_id = int(local["id"])
         folder = self.results_dir / str(local_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        patient, study = self._patient_of(str(job["study_uid"]), str(job["study_uid"]))
+        # What the exchange sent and what goes to the PACS apart: a result's name is the
+        # vendor's, and no name may stand for another result's re-identified copy.
+        fetched, restored_dir = folder / "from-exchange", folder / "reidentified"
+        fetched.mkdir(parents=True, exist_ok=True)
+        restored_dir.mkdir(exist_ok=True)
+        known = self.vault.study(str(job["study_uid"]))
+        if known is None or known[0] != local["study_uid"]:
+            raise ResultsRefused(
+                f"the exchange lists job {exchange_id} for study {job['study_uid']}, which is "
+                "not the study this gateway sent it for; nothing was delivered"
+            )
+        patient, study = str(known[1].get("PatientID", "")), known[0]
         product = f"{job['product_id']} (exchange job {exchange_id})"
         ready: list[tuple[str, Path]] = []
         listed = job.get("results")
         for result in listed if listed is not None else self.client.results(exchange_id):
             name = str(result["name"])
-            downloaded = folder / name
+            if not RESULT_NAME.fullmatch(name):
+                raise ResultsRefused(f"result name {name!r} is not one a result may have")
+            downloaded = fetched / name
             if not downloaded.exists():
                 if result.get("purged_at"):
                     raise ResultsPurged(
@@ -760,13 +798,17 @@ class Gateway:
                 self.client.download_result(exchange_id, name, downloaded)
             if not str(result["media_type"]).startswith("application/dicom"):
                 continue
-            restored = folder / f"reidentified-{name}"
+            restored = restored_dir / name
             if not restored.exists():
                 try:
-                    reidentify_file(downloaded, restored, self.vault)
-                except (ReidentificationError, ValueError, AttributeError) as exc:
-                    self.state.update_job(local_id, reason=f"result {name}: {exc}")
-                    continue
+                    reidentify_file(downloaded, restored, self.vault, original_study_uid=study)
+                except (OSError, sqlite3.Error, MemoryError):
+                    raise  # this gateway's disk or vault: tried again
+                except Exception as exc:  # what the vendor made: the same when fetched again
+                    raise ResultsRefused(
+                        f"result {name} cannot be filed in the PACS "
+                        f"({type(exc).__name__}: {exc}); nothing of this job was delivered"
+                    ) from exc
                 try:
                     self.disclosures.record(
                         Action.reidentified,

@@ -19,7 +19,7 @@ from aifi.gateway.service import Gateway
 from aifi.phantoms import write_study
 from aifi.products import tissue_volume
 from aifi.vendor import JobContext, ProductResult, ResultFile
-from support.national import National, gateway_config, national_path
+from support.national import National, gateway_config, gateway_gauge, national_path
 from support.peers import OrthancPeer, free_port, storescu
 
 pytestmark = pytest.mark.peer
@@ -96,7 +96,8 @@ def run_gateway(
     each after the one before became a job, so the vendor runs them in that order."""
     port = free_port()
     pacs: OrthancPeer = orthanc_factory({"aifi": ("AIFI_GW", port)})
-    gateway = Gateway(load_config(gateway_config(tmp_path, national, port, pacs.dicom_port)))
+    config = load_config(gateway_config(tmp_path, national, port, pacs.dicom_port))
+    gateway = Gateway(config.model_copy(update={"metrics_port": 0}))
     gateway.start()
     for n, files in enumerate(sent, start=1):
         storescu(files, port)
@@ -117,6 +118,7 @@ def test_a_result_the_gateway_cannot_read_ends_its_job_and_holds_up_none_behind_
     try:
         assert gateway.wait_until(lambda: settled(gateway), timeout=120), gateway.jobs()
         refused, delivered = sorted(gateway.jobs(), key=lambda job: job["id"])
+        assert gateway_gauge(gateway, "aifi_gateway_jobs_undelivered") == 1
     finally:
         gateway.stop()
     assert refused["state"] == "ended" and refused["exchange_state"] == "completed"
@@ -142,6 +144,7 @@ def test_results_whose_names_clash_with_the_gateway_s_own_files_are_each_filed_o
     try:
         assert gateway.wait_until(lambda: settled(gateway), timeout=120), gateway.jobs()
         [job] = gateway.jobs()
+        assert gateway_gauge(gateway, "aifi_gateway_jobs_undelivered") == 0
     finally:
         gateway.stop()
     assert job["state"] == "delivered" and job["results_delivered"] == 2, job

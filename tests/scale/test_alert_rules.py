@@ -216,6 +216,9 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             ),
             'aifi_gateway_deliveries{state="failed", job="aifi-gateway", instance="g2"}': "1x40",
             'aifi_gateway_jobs{state="refused", job="aifi-gateway", instance="g1"}': "0x10 1x70",
+            # g2 refuses a vendor's result at 20m; g1 delivers every one.
+            'aifi_gateway_jobs_undelivered{job="aifi-gateway", instance="g1"}': "0x90",
+            'aifi_gateway_jobs_undelivered{job="aifi-gateway", instance="g2"}': "0x20 1x70",
             # g2's retention sweep fails from 10m (a study due then stays); g1's purges a
             # study a minute late at most.
             'aifi_gateway_retention_overdue_seconds{job="aifi-gateway", instance="g2"}':
@@ -296,6 +299,11 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             fires("GatewayNoticesFailing", "42m",
                   "Result notices from g2 to hl7 failed in the last hour",
                   channel="hl7", instance="g2"),
+            quiet("GatewayResultsUndelivered", "19m"),
+            fires("GatewayResultsUndelivered", "30m",
+                  "AI results for g2 were completed but not delivered in the last hour",
+                  job="aifi-gateway", instance="g2"),
+            quiet("GatewayResultsUndelivered", "85m"),  # an hour without another
             quiet("GatewayJobsRefused", "9m"),
             fires("GatewayJobsRefused", "30m",
                   "The exchange refused studies from g1 in the last hour",

@@ -117,6 +117,14 @@ class GatewayCollector(Collector):
         for state in JOB_STATES:
             family.add_metric([state], float(jobs.get(state, 0)))
         yield family
+        family = GaugeMetricFamily(
+            "aifi_gateway_jobs_undelivered",
+            "Jobs the AI product completed whose results this gateway did not deliver: "
+            "refused as they could not be filed in the PACS, or purged at the exchange before "
+            "they were fetched (each job's reason says which)",
+        )
+        family.add_metric([], float(view.tally("undelivered").get("", 0)))
+        yield family
 
         studies = view.tally("studies")
         family = GaugeMetricFamily(

@@ -234,6 +234,13 @@ _SPOOL_TALLY = Tally("spool_bytes", "instances", "''", "{row}.size")
 #: What the exporter reports by state, kept by triggers (see `aifi.gateway.tallies`).
 TALLIES = (
     Tally("jobs", "jobs", "{row}.state"),
+    # Completed by the product, but its results not delivered: refused, or purged unfetched.
+    Tally(
+        "undelivered",
+        "jobs",
+        "''",
+        "({row}.state = 'ended' AND {row}.exchange_state IS 'completed')",
+    ),
     Tally("studies", "studies", "{row}.state"),
     Tally("deliveries", "deliveries", "{row}.state"),
     # channel/stat|routine/outcome

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Executable, Row, and_, bindparam, delete, select
+from sqlalchemy import Executable, Row, and_, bindparam, delete, or_, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -120,6 +120,30 @@ class _Recording:
         if not self.stored:
             self.blobs.commit(temp, self.key)
             self.stored = True
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """What the result check learned: the result's row's columns, the summary if it is one,
+    and a DICOM result's own SOP Instance and Series UIDs."""
+
+    columns: dict[str, Any]
+    summary: dict[str, Any] | None
+    uids: tuple[str, str] | None
+
+
+#: An input of the job whose SOP Instance UID or series a result took as its own.
+_INPUT_UIDS = (
+    select(JobInput.sop_instance_uid, JobInput.series_uid)
+    .where(
+        JobInput.job_id == bindparam("job_id"),
+        or_(
+            JobInput.sop_instance_uid == bindparam("sop"),
+            JobInput.series_uid == bindparam("series"),
+        ),
+    )
+    .limit(1)
+)
 
 
 class Transfers:
@@ -413,7 +437,7 @@ class Transfers:
         job_id: str,
         upload: ResultUpload,
         temp: TempBlob,
-        early: tuple[dict[str, Any], dict[str, Any] | None] | None,
+        early: _Checked | None,
         recorded: _Recording,
     ) -> tuple[JobResult, Job]:
         """The result's row (and the job's end, with `complete`) in the caller's transaction,
@@ -422,7 +446,10 @@ class Transfers:
         # The lease may have run out while the bytes arrived: checked in the transaction that
         # records the result.
         job = self._jobs.held(session, actor, job_id, upload.lease_token)
-        checked, summary = early or self._checked_result(actor, job, upload, temp)
+        checked = early or self._checked_result(actor, job, upload, temp)
+        if checked.uids is not None:
+            self._refuse_input_uids(session, actor, job, upload.name, *checked.uids)
+        summary = checked.summary
         recorded.store(temp)
         replaced = _take_out(session, _REPLACED_RESULT, {"job_id": job.id, "name": upload.name})
         recorded.replaced = replaced.blob_key if replaced is not None else None
@@ -434,7 +461,7 @@ class Transfers:
             sha256=temp.sha256,
             blob_key=recorded.key,
             created_at=utcnow(),
-            **checked,
+            **checked.columns,
         )
         insert_new(session, row)
         self._audit.record_in(
@@ -454,29 +481,18 @@ class Transfers:
 
     def _checked_result(
         self, actor: Actor, job: Job, upload: ResultUpload, temp: TempBlob
-    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        """What the result check learned (as JobResult columns), and the summary if it is one.
-
-        A refusal is audited with the rule it broke.
-        """
+    ) -> _Checked:
+        """What the result check learned. A refusal is audited with the rule it broke."""
         try:
             if upload.is_summary:
                 body = temp.path.read_bytes()
                 check_summary(body, job_id=job.id, name=upload.name)
-                return {**_SUMMARY_COLUMNS, "notes": []}, json.loads(body)
+                return _Checked({**_SUMMARY_COLUMNS, "notes": []}, json.loads(body), None)
             check = check_result_file(
                 temp.path, job_id=job.id, name=upload.name, study_uid=job.study_uid
             )
         except Invalid as exc:
-            self._audit.record(
-                actor,
-                "create",
-                "result",
-                f"{job.id}/{upload.name}",
-                outcome="refused",
-                patient_pseudonym=job.patient_pseudonym,
-                detail=exc.message,
-            )
+            self._refused(actor, job, upload.name, exc)
             raise
         columns = {
             "kind": check.kind,
@@ -485,7 +501,41 @@ class Transfers:
             "air_conformant": check.air_conformant,
             "notes": check.notes,
         }
-        return columns, None
+        return _Checked(columns, None, (check.sop_instance_uid, check.series_instance_uid))
+
+    def _refuse_input_uids(
+        self, session: Session, actor: Actor, job: Job, name: str, sop_uid: str, series_uid: str
+    ) -> None:
+        """A result is a new object in a series of its own. One that took an input's SOP
+        Instance UID would be mapped back onto the hospital's own image (the PACS keeps one of
+        the two); one in an input's series would be filed among the images as acquired."""
+        clash = session.execute(
+            _INPUT_UIDS, {"job_id": job.id, "sop": sop_uid, "series": series_uid}
+        ).first()
+        if clash is None:
+            return
+        keyword, tag, what = (
+            ("SOP Instance UID", "(0008,0018)", "an input instance's")
+            if clash.sop_instance_uid == sop_uid
+            else ("Series Instance UID", "(0020,000E)", "an input series'")
+        )
+        exc = Invalid(
+            f"job {job.id} result {name}: rule 'own-uids', {keyword} {tag} is {what}: a "
+            "result is a new object in a series of its own, with UIDs of its own"
+        )
+        self._refused(actor, job, name, exc)
+        raise exc
+
+    def _refused(self, actor: Actor, job: Job, name: str, exc: Invalid) -> None:
+        self._audit.record(
+            actor,
+            "create",
+            "result",
+            f"{job.id}/{name}",
+            outcome="refused",
+            patient_pseudonym=job.patient_pseudonym,
+            detail=exc.message,
+        )
 
     def _results_visible(
         self, session: Session, actor: Actor, job: Job, lease_token: str | None

@@ -77,6 +77,7 @@ class ResultHeader:
     kind: str
     sop_class_uid: str
     sop_instance_uid: str
+    series_instance_uid: str
     air_conformant: bool
     notes: list[str]
 
@@ -95,6 +96,7 @@ def check_result_file(path: Path, *, job_id: str, name: str, study_uid: str) -> 
         kind=check.kind,
         sop_class_uid=check.sop_class_uid,
         sop_instance_uid=check.sop_instance_uid,
+        series_instance_uid=check.series_instance_uid,
         air_conformant=check.air_conformant,
         notes=list(check.notes),
     )

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -19,7 +20,16 @@ import pytest
 from aifi.dicom.deid import Deidentifier, PseudonymKey
 from aifi.phantoms import write_study
 from aifi.products import ich_triage, tissue_volume
-from aifi.vendor import JobContext, ProductError, ProductResult, ResultFile, VendorClient, Worker
+from aifi.vendor import (
+    JobContext,
+    Lease,
+    ProductError,
+    ProductResult,
+    Renewal,
+    ResultFile,
+    VendorClient,
+    Worker,
+)
 from aifi.vendor.worker import HAND_BACK_PAUSE, NOT_LET_IN_PAUSE, STORAGE_WAIT_SECONDS
 from scale.servers import wait_for
 from support.national import HOSPITAL, VENDOR, National, national_path, samples
@@ -109,6 +119,61 @@ def test_a_product_that_raises_fails_the_job_and_not_the_worker(
     job = run_one(national, broken, tmp_path)
     assert job["state"] == "failed" and job["reason"] == expected
     assert job["hospital_id"] == HOSPITAL
+
+
+def test_a_heartbeat_renews_the_lease_for_as_long_as_its_claim_asked(
+    national: National, tmp_path: Path
+) -> None:
+    """A lease claimed for ten minutes stays ten minutes at every heartbeat, not the
+    exchange's default minute: a product that runs for five minutes keeps its job."""
+    submit_study(national, tmp_path / "study")
+    with VendorClient(national.exchange.url, national.vendor_key) as client:
+        lease = client.claim([PRODUCT], lease_seconds=600, wait_seconds=10, start=True)
+        assert lease is not None
+        renewal = client.heartbeat(lease)
+    assert renewal.lease_seconds == 600
+    left = datetime.fromisoformat(renewal.lease_expires_at) - datetime.now(UTC)
+    assert timedelta(seconds=590) < left <= timedelta(seconds=600)
+
+
+class RecordsRenewals(VendorClient):
+    """A vendor client that tells when its worker's heartbeat has been answered."""
+
+    def __init__(self, url: str, key: str) -> None:
+        super().__init__(url, key)
+        self.renewals: list[Renewal] = []
+        self.renewed = threading.Event()
+
+    def heartbeat(self, lease: Lease) -> Renewal:
+        renewal = super().heartbeat(lease)
+        self.renewals.append(renewal)
+        self.renewed.set()
+        return renewal
+
+
+def test_a_worker_beats_for_the_lease_it_claimed(national: National, tmp_path: Path) -> None:
+    """The worker's own heartbeats ask for its lease length, not the exchange's default (60 s
+    here): the job's lease, as the exchange keeps it, ends within the worker's."""
+    job_id = submit_study(national, tmp_path / "study")
+    client = RecordsRenewals(national.exchange.url, national.vendor_key)
+    ends: list[datetime] = []
+
+    def waits_for_a_heartbeat(context: JobContext) -> ProductResult:
+        assert client.renewed.wait(timeout=30), "no heartbeat while the product ran"
+        with national.api() as api:
+            kept = api.get(f"/jobs/{job_id}").json()["lease_expires_at"]
+        ends.append(datetime.fromisoformat(kept))
+        return tissue_volume.run(context)
+
+    worker = Worker(
+        client, waits_for_a_heartbeat, product_ids=[PRODUCT], lease_seconds=6, workdir=tmp_path
+    )
+    assert worker.run_once(wait_seconds=10) == job_id
+    client.close()
+    assert client.renewals[0].lease_seconds == 6
+    assert ends[0] - datetime.now(UTC) < timedelta(seconds=6)
+    with national.api() as api:
+        assert api.get(f"/jobs/{job_id}").json()["state"] == "completed"
 
 
 class StopAtFirstPause(threading.Event):

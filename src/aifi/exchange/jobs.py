@@ -709,7 +709,7 @@ class JobService:
             raise Forbidden("only vendors claim jobs")
         # Expired leases are put back by the app's sweeper every second, not on every claim:
         # two writes fewer per claim on the busiest path.
-        lease = timedelta(seconds=body.lease_seconds or self._settings.lease_seconds)
+        lease = self.lease_length(body.lease_seconds)
         some = bool(body.product_ids)
         wanted = {"claiming_vendor": actor.organisation_id, "product_ids": body.product_ids}
         token = secrets.token_urlsafe(24)
@@ -732,6 +732,12 @@ class JobService:
                 detail=f"claimed, attempt {job.attempts}; its {len(inputs)} inputs listed",
             )
         return job, token, inputs
+
+    def lease_length(self, asked: float | None) -> timedelta:
+        """The lease a claim or a heartbeat grants: as long as the worker asked, else the
+        exchange's default. A heartbeat must grant what its claim did, or a worker that
+        claimed a long lease loses its job between two beats."""
+        return timedelta(seconds=asked or self._settings.lease_seconds)
 
     @staticmethod
     def _lease_values(token: str, lease: timedelta, start: bool) -> dict[str, Any]:
@@ -799,8 +805,9 @@ class JobService:
     def heartbeat(
         self, actor: Actor, job_id: str, token: str, lease_seconds: float | None = None
     ) -> Job:
-        """Extend the lease; the first heartbeat moves the job to in-progress."""
-        lease = timedelta(seconds=lease_seconds or self._settings.lease_seconds)
+        """Extend the lease by `lease_seconds` (the exchange's default if None); the first
+        heartbeat moves the job to in-progress."""
+        lease = self.lease_length(lease_seconds)
         now = utcnow()
         extended = {
             "state": JobState.in_progress.value,

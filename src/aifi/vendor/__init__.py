@@ -4,7 +4,7 @@ A vendor's adapter is a function from a :class:`JobContext` to a :class:`Product
 :class:`Worker` does the claiming, heartbeats, downloads, uploads and failure reporting.
 """
 
-from aifi.vendor.client import ExchangeHTTPError, Lease, LeaseLost, VendorClient
+from aifi.vendor.client import ExchangeHTTPError, Lease, LeaseLost, Renewal, VendorClient
 from aifi.vendor.worker import Handler, JobContext, ProductError, ProductResult, ResultFile, Worker
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "LeaseLost",
     "ProductError",
     "ProductResult",
+    "Renewal",
     "ResultFile",
     "VendorClient",
     "Worker",

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from aifi.vendor.client import ExchangeHTTPError, Lease, LeaseLost, VendorClient
+from aifi.vendor.client import ExchangeHTTPError, Lease, LeaseLost, Renewal, VendorClient
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +92,25 @@ class _Heartbeat:
         self._thread.join()
 
     def _run(self) -> None:
-        while not self._stop.wait(self._every):
+        wait = self._every
+        while not self._stop.wait(wait):
             try:
-                self._client.heartbeat(self._lease)
+                renewal = self._client.heartbeat(self._lease)
             except LeaseLost:
                 self.lost.set()
                 return
             except Exception:  # a missed beat is retried at the next tick
                 log.warning("heartbeat for job %s failed", self._lease.job_id, exc_info=True)
+                continue
+            wait = self._next_beat(renewal)
+
+    def _next_beat(self, renewal: Renewal) -> float:
+        """Seconds to the next beat: sooner than usual if the exchange granted a shorter lease
+        than asked. Judged by the length granted, not by its end, so that the worker's clock
+        and the exchange's need not agree."""
+        if renewal.lease_seconds is None:
+            return self._every
+        return min(self._every, renewal.lease_seconds / 3)
 
 
 class Worker:

@@ -3,6 +3,7 @@ as a failed job with a reason, and the worker lives on."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -32,7 +33,7 @@ from aifi.vendor import (
 )
 from aifi.vendor.worker import HAND_BACK_PAUSE, NOT_LET_IN_PAUSE, STORAGE_WAIT_SECONDS
 from scale.servers import wait_for
-from support.national import HOSPITAL, VENDOR, National, national_path, samples
+from support.national import HOSPITAL, OPERATOR_KEY, VENDOR, National, national_path, samples
 from support.peers import fill, small_disk
 
 PRODUCT = "worker-test-product"
@@ -233,6 +234,80 @@ def test_a_worker_whose_disk_is_full_hands_the_job_back_at_once(
     with national.api() as api:
         job = api.get(f"/jobs/{job_id}").json()
     assert job["state"] == "completed" and job["attempts"] == 1, job
+
+
+def handed_back_reasons(national: National, job_id: str) -> list[str]:
+    """Why the job was handed back, as the exchange's access log keeps it."""
+    with national.api(OPERATOR_KEY) as api:
+        audit = api.get("/audit", params={"limit": 5000}).json()
+    said = [entry["detail"] for entry in audit if entry["object_id"] == job_id]
+    return [detail for detail in said if detail.startswith("handed back: ")]
+
+
+def test_a_worker_whose_folder_is_unusable_hands_the_job_back_and_says_so(
+    national: National, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not a full disk but a folder the worker cannot work in at all (here not a folder; a
+    read-only or failing disk alike): the job goes back to the queue now rather than stay
+    held until its lease runs out while the worker claims the next, and the worker logs an
+    error, since no job will fare better on it until an engineer looks."""
+    job_id = submit_study(national, tmp_path / "study")
+    not_a_folder = tmp_path / "not-a-folder"
+    not_a_folder.write_text("")
+    client = VendorClient(national.exchange.url, national.vendor_key)
+    worker = Worker(client, tissue_volume.run, product_ids=[PRODUCT], workdir=not_a_folder)
+    stop = StopAtFirstPause()
+    worker.run(stop, wait_seconds=10)
+    client.close()
+    assert stop.pauses == [HAND_BACK_PAUSE]
+    with national.api() as api:
+        job = api.get(f"/jobs/{job_id}").json()
+    assert job["state"] == "requested" and job["attempts"] == 0, job
+    [reason] = handed_back_reasons(national, job_id)
+    assert "the worker has no folder to work in" in reason and "Not a directory" in reason
+    logged = [r.levelno for r in caplog.records if f"job {job_id} handed back" in r.getMessage()]
+    assert logged == [logging.ERROR]
+
+
+def input_blobs(national_folder: Path, job_id: str) -> list[Path]:
+    """The exchange's stored copies of the job's inputs (its local blob store)."""
+    return sorted((national_folder / "exchange" / "blobs" / "inputs" / job_id).iterdir())
+
+
+def test_an_input_the_exchange_no_longer_holds_fails_the_job_naming_it(
+    national: National, tmp_path: Path
+) -> None:
+    """No worker can run a job one of whose inputs is gone (a blob store restored from an older
+    copy): the hospital hears so now, told which input, not after the lease ran out."""
+    job_id = submit_study(national, tmp_path / "study")
+    gone = input_blobs(tmp_path, job_id)[0]
+    sop_uid = gone.name.rsplit(".", 2)[0]  # the key is UID.random.dcm
+    gone.unlink()
+    job = run_one(national, tissue_volume.run, tmp_path)
+    assert job["state"] == "failed", job
+    assert f"input {sop_uid} is no longer at the exchange" in str(job["reason"])
+
+
+def test_an_exchange_that_cannot_give_an_input_gets_the_job_back(
+    national: National, tmp_path: Path
+) -> None:
+    """The exchange fails on an input (a 500, after the client's own retries): the job goes
+    back to the queue at once, its attempt not counted, for a worker that may fare better."""
+    job_id = submit_study(national, tmp_path / "study")
+    unreadable = input_blobs(tmp_path, job_id)[0]
+    unreadable.unlink()
+    unreadable.mkdir()  # the exchange's read of it fails: IsADirectoryError, a 500
+    client = VendorClient(national.exchange.url, national.vendor_key)
+    worker = Worker(client, tissue_volume.run, product_ids=[PRODUCT], workdir=tmp_path)
+    stop = StopAtFirstPause()
+    worker.run(stop, wait_seconds=10)
+    client.close()
+    assert stop.pauses == [HAND_BACK_PAUSE]
+    with national.api() as api:
+        job = api.get(f"/jobs/{job_id}").json()
+    assert job["state"] == "requested" and job["attempts"] == 0, job
+    [reason] = handed_back_reasons(national, job_id)
+    assert "the exchange did not give the job's inputs" in reason and "500" in reason
 
 
 def test_the_worker_command_works_on_the_disk_it_is_given(

@@ -4,12 +4,20 @@ A vendor's adapter is a function from a :class:`JobContext` to a :class:`Product
 :class:`Worker` does the claiming, heartbeats, downloads, uploads and failure reporting.
 """
 
-from aifi.vendor.client import ExchangeHTTPError, Lease, LeaseLost, Renewal, VendorClient
+from aifi.vendor.client import (
+    ExchangeHTTPError,
+    InputGone,
+    Lease,
+    LeaseLost,
+    Renewal,
+    VendorClient,
+)
 from aifi.vendor.worker import Handler, JobContext, ProductError, ProductResult, ResultFile, Worker
 
 __all__ = [
     "ExchangeHTTPError",
     "Handler",
+    "InputGone",
     "JobContext",
     "Lease",
     "LeaseLost",

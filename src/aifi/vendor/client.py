@@ -9,7 +9,16 @@ from typing import Any
 
 from aifi.http import ApiClient, ExchangeHTTPError, LeaseLost
 
-__all__ = ["ExchangeHTTPError", "Lease", "LeaseLost", "Renewal", "VendorClient"]
+__all__ = ["ExchangeHTTPError", "InputGone", "Lease", "LeaseLost", "Renewal", "VendorClient"]
+
+
+class InputGone(ExchangeHTTPError):
+    """404 for one of a held job's inputs: the exchange no longer holds it (purged, or lost
+    from its store), so no worker can run the job."""
+
+    def __init__(self, sop_instance_uid: str, detail: str, path: str) -> None:
+        super().__init__(404, detail, "GET", path)
+        self.sop_instance_uid = sop_instance_uid
 
 
 @dataclass(frozen=True)
@@ -93,16 +102,22 @@ class VendorClient(ApiClient):
         return list(response.json())
 
     def download_inputs(self, lease: Lease, folder: Path) -> list[Path]:
-        """Stream every input instance to `folder`; returns the files in upload order."""
+        """Stream every input instance to `folder`; returns the files in upload order.
+
+        Raises InputGone for an input the exchange no longer holds."""
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
         listed = lease.inputs if lease.inputs is not None else self.list_inputs(lease)
         for item in listed:
             uid = item["sop_instance_uid"]
             target = folder / f"{uid}.dcm"
-            self.download(
-                f"/jobs/{lease.job_id}/inputs/{uid}", target, {"X-Lease-Token": lease.token}
-            )
+            path = f"/jobs/{lease.job_id}/inputs/{uid}"
+            try:
+                self.download(path, target, {"X-Lease-Token": lease.token})
+            except ExchangeHTTPError as exc:
+                if exc.status != 404:
+                    raise
+                raise InputGone(uid, exc.detail, path) from exc
             paths.append(target)
         return paths
 

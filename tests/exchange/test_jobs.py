@@ -255,6 +255,40 @@ def test_an_expired_lease_puts_the_job_back_and_then_ends_it(
     assert late.status_code == 409
 
 
+def test_a_heartbeat_renews_the_lease_for_as_long_as_the_worker_asks(
+    exchange: Any, parties: dict[str, Any], make_ct: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that claimed ten minutes must not be cut to the exchange's default minute at
+    its first heartbeat; a heartbeat that names no length (an older client) still gets the
+    default; the answer says what was granted."""
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    job = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
+    default = exchange.client.app.state.services.settings.lease_seconds
+    now = utcnow()
+    monkeypatch.setattr(jobs_module, "utcnow", lambda: now)
+    claim = exchange.claim(vendor, lease_seconds=600)
+
+    def beat(**body: Any) -> Any:
+        return exchange.client.post(
+            f"/jobs/{job['id']}/heartbeat",
+            json={"lease_token": claim["lease_token"], **body},
+            headers=vendor.headers,
+        )
+
+    def lease_end(answer: Any) -> timedelta:
+        return datetime.fromisoformat(answer.json()["lease_expires_at"]) - now
+
+    asked = beat(lease_seconds=600)
+    assert asked.status_code == 200, asked.text
+    assert lease_end(asked) == timedelta(seconds=600) and asked.json()["lease_seconds"] == 600
+    older_client = beat()
+    assert older_client.status_code == 200, older_client.text
+    assert lease_end(older_client) == timedelta(seconds=default)
+    assert older_client.json()["lease_seconds"] == default
+    for refused in (0, 4000):  # the claim's bounds
+        assert beat(lease_seconds=refused).status_code == 422
+
+
 def test_a_vendor_failure_reaches_the_hospital_with_its_reason(
     exchange: Any, parties: dict[str, Any], make_ct: Any
 ) -> None:

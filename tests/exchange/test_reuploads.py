@@ -19,22 +19,9 @@ from fastapi.testclient import TestClient
 
 from aifi.exchange.app import create_app
 from aifi.exchange.blob_keys import input_folder
-from aifi.exchange.blobs import LocalBlobStore
 from aifi.exchange.services import build_services
 from aifi.exchange.settings import ExchangeSettings
-from scale.exchange_api import Exchange
-
-
-def blobs_under(blobs: Any, folder: str) -> list[str]:
-    """The keys a blob store holds under `folder`, whichever store it is."""
-    if isinstance(blobs, LocalBlobStore):
-        top = blobs.local_path(folder)
-        assert top is not None
-        if not top.is_dir():
-            return []
-        return sorted(str(path.relative_to(blobs.root.resolve())) for path in top.rglob("*"))
-    answer = blobs.client.list_objects_v2(Bucket=blobs.bucket, Prefix=blobs.object_key(folder))
-    return sorted(item["Key"] for item in answer.get("Contents", []))
+from scale.exchange_api import Exchange, blobs_under
 
 
 def corrected(path: Path, folder: Path) -> Path:

@@ -15,6 +15,7 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from aifi.dicom.deid import DEIDENTIFICATION_METHOD_PREFIX
+from aifi.exchange.blobs import LocalBlobStore
 from aifi.exchange.settings import ExchangeSettings
 from scale.servers import PostgresServer, shared_postgres, shared_s3
 
@@ -109,6 +110,18 @@ class Exchange:
             return None
         assert response.status_code == 200, response.text
         return dict(response.json())
+
+
+def blobs_under(blobs: Any, folder: str) -> list[str]:
+    """The keys a blob store holds under `folder`, whichever store it is."""
+    if isinstance(blobs, LocalBlobStore):
+        top = blobs.local_path(folder)
+        assert top is not None
+        if not top.is_dir():
+            return []
+        return sorted(str(path.relative_to(blobs.root.resolve())) for path in top.rglob("*"))
+    answer = blobs.client.list_objects_v2(Bucket=blobs.bucket, Prefix=blobs.object_key(folder))
+    return sorted(item["Key"] for item in answer.get("Contents", []))
 
 
 def pseudonymised_ct(

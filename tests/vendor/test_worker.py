@@ -3,6 +3,7 @@ as a failed job with a reason, and the worker lives on."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -19,10 +21,19 @@ import pytest
 from aifi.dicom.deid import Deidentifier, PseudonymKey
 from aifi.phantoms import write_study
 from aifi.products import ich_triage, tissue_volume
-from aifi.vendor import JobContext, ProductError, ProductResult, ResultFile, VendorClient, Worker
+from aifi.vendor import (
+    JobContext,
+    Lease,
+    ProductError,
+    ProductResult,
+    Renewal,
+    ResultFile,
+    VendorClient,
+    Worker,
+)
 from aifi.vendor.worker import HAND_BACK_PAUSE, NOT_LET_IN_PAUSE, STORAGE_WAIT_SECONDS
 from scale.servers import wait_for
-from support.national import HOSPITAL, VENDOR, National, national_path, samples
+from support.national import HOSPITAL, OPERATOR_KEY, VENDOR, National, national_path, samples
 from support.peers import fill, small_disk
 
 PRODUCT = "worker-test-product"
@@ -111,6 +122,61 @@ def test_a_product_that_raises_fails_the_job_and_not_the_worker(
     assert job["hospital_id"] == HOSPITAL
 
 
+def test_a_heartbeat_renews_the_lease_for_as_long_as_its_claim_asked(
+    national: National, tmp_path: Path
+) -> None:
+    """A lease claimed for ten minutes stays ten minutes at every heartbeat, not the
+    exchange's default minute: a product that runs for five minutes keeps its job."""
+    submit_study(national, tmp_path / "study")
+    with VendorClient(national.exchange.url, national.vendor_key) as client:
+        lease = client.claim([PRODUCT], lease_seconds=600, wait_seconds=10, start=True)
+        assert lease is not None
+        renewal = client.heartbeat(lease)
+    assert renewal.lease_seconds == 600
+    left = datetime.fromisoformat(renewal.lease_expires_at) - datetime.now(UTC)
+    assert timedelta(seconds=590) < left <= timedelta(seconds=600)
+
+
+class RecordsRenewals(VendorClient):
+    """A vendor client that tells when its worker's heartbeat has been answered."""
+
+    def __init__(self, url: str, key: str) -> None:
+        super().__init__(url, key)
+        self.renewals: list[Renewal] = []
+        self.renewed = threading.Event()
+
+    def heartbeat(self, lease: Lease) -> Renewal:
+        renewal = super().heartbeat(lease)
+        self.renewals.append(renewal)
+        self.renewed.set()
+        return renewal
+
+
+def test_a_worker_beats_for_the_lease_it_claimed(national: National, tmp_path: Path) -> None:
+    """The worker's own heartbeats ask for its lease length, not the exchange's default (60 s
+    here): the job's lease, as the exchange keeps it, ends within the worker's."""
+    job_id = submit_study(national, tmp_path / "study")
+    client = RecordsRenewals(national.exchange.url, national.vendor_key)
+    ends: list[datetime] = []
+
+    def waits_for_a_heartbeat(context: JobContext) -> ProductResult:
+        assert client.renewed.wait(timeout=30), "no heartbeat while the product ran"
+        with national.api() as api:
+            kept = api.get(f"/jobs/{job_id}").json()["lease_expires_at"]
+        ends.append(datetime.fromisoformat(kept))
+        return tissue_volume.run(context)
+
+    worker = Worker(
+        client, waits_for_a_heartbeat, product_ids=[PRODUCT], lease_seconds=6, workdir=tmp_path
+    )
+    assert worker.run_once(wait_seconds=10) == job_id
+    client.close()
+    assert client.renewals[0].lease_seconds == 6
+    assert ends[0] - datetime.now(UTC) < timedelta(seconds=6)
+    with national.api() as api:
+        assert api.get(f"/jobs/{job_id}").json()["state"] == "completed"
+
+
 class StopAtFirstPause(threading.Event):
     """A worker loop's stop signal that ends the loop at its first pause, noting how long the
     pause would have been."""
@@ -168,6 +234,80 @@ def test_a_worker_whose_disk_is_full_hands_the_job_back_at_once(
     with national.api() as api:
         job = api.get(f"/jobs/{job_id}").json()
     assert job["state"] == "completed" and job["attempts"] == 1, job
+
+
+def handed_back_reasons(national: National, job_id: str) -> list[str]:
+    """Why the job was handed back, as the exchange's access log keeps it."""
+    with national.api(OPERATOR_KEY) as api:
+        audit = api.get("/audit", params={"limit": 5000}).json()
+    said = [entry["detail"] for entry in audit if entry["object_id"] == job_id]
+    return [detail for detail in said if detail.startswith("handed back: ")]
+
+
+def test_a_worker_whose_folder_is_unusable_hands_the_job_back_and_says_so(
+    national: National, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not a full disk but a folder the worker cannot work in at all (here not a folder; a
+    read-only or failing disk alike): the job goes back to the queue now rather than stay
+    held until its lease runs out while the worker claims the next, and the worker logs an
+    error, since no job will fare better on it until an engineer looks."""
+    job_id = submit_study(national, tmp_path / "study")
+    not_a_folder = tmp_path / "not-a-folder"
+    not_a_folder.write_text("")
+    client = VendorClient(national.exchange.url, national.vendor_key)
+    worker = Worker(client, tissue_volume.run, product_ids=[PRODUCT], workdir=not_a_folder)
+    stop = StopAtFirstPause()
+    worker.run(stop, wait_seconds=10)
+    client.close()
+    assert stop.pauses == [HAND_BACK_PAUSE]
+    with national.api() as api:
+        job = api.get(f"/jobs/{job_id}").json()
+    assert job["state"] == "requested" and job["attempts"] == 0, job
+    [reason] = handed_back_reasons(national, job_id)
+    assert "the worker has no folder to work in" in reason and "Not a directory" in reason
+    logged = [r.levelno for r in caplog.records if f"job {job_id} handed back" in r.getMessage()]
+    assert logged == [logging.ERROR]
+
+
+def input_blobs(national_folder: Path, job_id: str) -> list[Path]:
+    """The exchange's stored copies of the job's inputs (its local blob store)."""
+    return sorted((national_folder / "exchange" / "blobs" / "inputs" / job_id).iterdir())
+
+
+def test_an_input_the_exchange_no_longer_holds_fails_the_job_naming_it(
+    national: National, tmp_path: Path
+) -> None:
+    """No worker can run a job one of whose inputs is gone (a blob store restored from an older
+    copy): the hospital hears so now, told which input, not after the lease ran out."""
+    job_id = submit_study(national, tmp_path / "study")
+    gone = input_blobs(tmp_path, job_id)[0]
+    sop_uid = gone.name.rsplit(".", 2)[0]  # the key is UID.random.dcm
+    gone.unlink()
+    job = run_one(national, tissue_volume.run, tmp_path)
+    assert job["state"] == "failed", job
+    assert f"input {sop_uid} is no longer at the exchange" in str(job["reason"])
+
+
+def test_an_exchange_that_cannot_give_an_input_gets_the_job_back(
+    national: National, tmp_path: Path
+) -> None:
+    """The exchange fails on an input (a 500, after the client's own retries): the job goes
+    back to the queue at once, its attempt not counted, for a worker that may fare better."""
+    job_id = submit_study(national, tmp_path / "study")
+    unreadable = input_blobs(tmp_path, job_id)[0]
+    unreadable.unlink()
+    unreadable.mkdir()  # the exchange's read of it fails: IsADirectoryError, a 500
+    client = VendorClient(national.exchange.url, national.vendor_key)
+    worker = Worker(client, tissue_volume.run, product_ids=[PRODUCT], workdir=tmp_path)
+    stop = StopAtFirstPause()
+    worker.run(stop, wait_seconds=10)
+    client.close()
+    assert stop.pauses == [HAND_BACK_PAUSE]
+    with national.api() as api:
+        job = api.get(f"/jobs/{job_id}").json()
+    assert job["state"] == "requested" and job["attempts"] == 0, job
+    [reason] = handed_back_reasons(national, job_id)
+    assert "the exchange did not give the job's inputs" in reason and "500" in reason
 
 
 def test_the_worker_command_works_on_the_disk_it_is_given(

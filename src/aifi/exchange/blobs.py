@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import logging
 import os
 import tempfile
 import time
@@ -20,6 +21,8 @@ from urllib.parse import urlparse
 
 from aifi.durable import replace_durably
 from aifi.exchange.errors import ExchangeError, StorageFull
+
+log = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024
 
@@ -62,6 +65,16 @@ class BlobStore(Protocol):
     def delete(self, key: str) -> None: ...
 
     def delete_under(self, folder: str) -> int: ...
+
+
+def forget(blobs: BlobStore, key: str) -> None:
+    """Delete a blob whose row is gone, once the change that took the row out has committed
+    (before, a rollback would leave a row naming nothing). A blob that cannot be deleted now
+    stays behind, harmless: no row names it, and retention empties its job's folder."""
+    try:
+        blobs.delete(key)
+    except Exception:  # the change that took the row out stands
+        log.warning("could not delete blob %s; it goes when its job is purged", key)
 
 
 #: An upload (or archive) file in the spool that nothing has written to for this long belongs

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Update,
     and_,
     bindparam,
+    delete,
     inspect,
     literal_column,
     select,
@@ -29,6 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from aifi.exchange.audit import SYSTEM, Actor, AuditLog
+from aifi.exchange.blobs import BlobStore, forget
 from aifi.exchange.catalogue import OPEN_PRODUCT_STATES, Catalogue, subscribed_product
 from aifi.exchange.clock import as_utc, utcnow
 from aifi.exchange.db import Database, execute_core, insert_unless_taken
@@ -207,6 +209,13 @@ _COUNT_LAST_INPUT = _COUNT_INPUT.values(
     inputs_complete=True, queue_place=OPENING_PLACE, ready_at=bindparam("now")
 )
 
+#: A job's results, taken out, with the blobs they name (deleted once the change commits). An
+#: upload takes out the one it replaces by name (aifi.exchange.transfers); a new attempt at a
+#: job takes out every result an attempt that did not finish left.
+TAKE_OUT_RESULTS = (
+    delete(JobResult).where(JobResult.job_id == bindparam("job_id")).returning(JobResult.blob_key)
+)
+
 _HAS_RESULT = select(JobResult.id).where(JobResult.job_id == bindparam("job_id")).limit(1)
 
 _BY_IDEMPOTENCY_KEY = select(Job).where(
@@ -308,12 +317,14 @@ class JobService:
     def __init__(
         self,
         db: Database,
+        blobs: BlobStore,
         catalogue: Catalogue,
         audit: AuditLog,
         notifier: ChangeNotifier,
         settings: ExchangeSettings,
     ) -> None:
         self._db = db
+        self._blobs = blobs
         self._catalogue = catalogue
         self._audit = audit
         self._notifier = notifier
@@ -709,7 +720,7 @@ class JobService:
             raise Forbidden("only vendors claim jobs")
         # Expired leases are put back by the app's sweeper every second, not on every claim:
         # two writes fewer per claim on the busiest path.
-        lease = timedelta(seconds=body.lease_seconds or self._settings.lease_seconds)
+        lease = self.lease_length(body.lease_seconds)
         some = bool(body.product_ids)
         wanted = {"claiming_vendor": actor.organisation_id, "product_ids": body.product_ids}
         token = secrets.token_urlsafe(24)
@@ -721,6 +732,14 @@ class JobService:
                 job = self._take_compare_and_set(session, some, wanted, taken)
             if job is None:
                 return None
+            # Only a job whose lease ran out before may hold an unfinished attempt's results
+            # (a job handed back loses them then: `release`), so the first claim, by far the
+            # most common, sends no statement for them.
+            abandoned = (
+                self._discard_results(session, job, f"before attempt {job.attempts}")
+                if job.attempts > 1
+                else ()
+            )
             inputs = list(session.scalars(_INPUTS_OF_JOB, {"job_id": job.id}))
             self._audit.record_in(
                 session,
@@ -731,7 +750,34 @@ class JobService:
                 patient_pseudonym=job.patient_pseudonym,
                 detail=f"claimed, attempt {job.attempts}; its {len(inputs)} inputs listed",
             )
+        self._forget(abandoned)
         return job, token, inputs
+
+    def _discard_results(self, session: Session, job: Job, when: str) -> Sequence[str]:
+        """Take out, in the caller's transaction, the results an attempt that did not finish
+        left on `job`: the hospital gets what the attempt that completes made, not that topped
+        up with another's, and a job is never completed on them alone. Returns their blobs,
+        for `_forget` once the transaction commits."""
+        blobs = list(execute_core(session, TAKE_OUT_RESULTS, {"job_id": job.id}).scalars())
+        if blobs:
+            self._audit.record_in(
+                session, SYSTEM, "delete", "result", job.id,
+                patient_pseudonym=job.patient_pseudonym,
+                detail=f"discarded {len(blobs)} result(s) of job {job.id} left by an attempt "
+                f"that did not finish, {when}",
+            )  # fmt: skip
+        return blobs
+
+    def _forget(self, blobs: Sequence[str]) -> None:
+        """After the commit that took their rows out: the blobs of discarded results."""
+        for key in blobs:
+            forget(self._blobs, key)
+
+    def lease_length(self, asked: float | None) -> timedelta:
+        """The lease a claim or a heartbeat grants: as long as the worker asked, else the
+        exchange's default. A heartbeat must grant what its claim did, or a worker that
+        claimed a long lease loses its job between two beats."""
+        return timedelta(seconds=asked or self._settings.lease_seconds)
 
     @staticmethod
     def _lease_values(token: str, lease: timedelta, start: bool) -> dict[str, Any]:
@@ -799,8 +845,9 @@ class JobService:
     def heartbeat(
         self, actor: Actor, job_id: str, token: str, lease_seconds: float | None = None
     ) -> Job:
-        """Extend the lease; the first heartbeat moves the job to in-progress."""
-        lease = timedelta(seconds=lease_seconds or self._settings.lease_seconds)
+        """Extend the lease by `lease_seconds` (the exchange's default if None); the first
+        heartbeat moves the job to in-progress."""
+        lease = self.lease_length(lease_seconds)
         now = utcnow()
         extended = {
             "state": JobState.in_progress.value,
@@ -910,6 +957,10 @@ class JobService:
                 session, actor, "update", "job", job_id,
                 patient_pseudonym=job.patient_pseudonym, detail=f"handed back: {reason}",
             )  # fmt: skip
+            # The attempt is taken back, so the next claim is not told by `attempts` that
+            # one came before: what this one uploaded goes now.
+            abandoned = self._discard_results(session, job, "as it was handed back")
+        self._forget(abandoned)
         self.opened(job)  # back in the queue: opened to vendors again
         return job
 

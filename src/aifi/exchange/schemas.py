@@ -246,9 +246,22 @@ class LeaseIn(BaseModel):
     lease_token: str
 
 
+class HeartbeatIn(LeaseIn):
+    lease_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        le=3600,
+        description="renew the lease for this long (the exchange's default if left out): a "
+        "worker that claimed a long lease keeps it at every heartbeat",
+    )
+
+
 class HeartbeatOut(BaseModel):
     lease_expires_at: UtcDateTime
     state: JobState
+    lease_seconds: float = Field(
+        description="the lease this heartbeat granted: beat again well within it"
+    )
 
 
 class CompleteIn(LeaseIn):

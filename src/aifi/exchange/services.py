@@ -49,7 +49,7 @@ def build_services(settings: ExchangeSettings) -> Services:
     audit = AuditLog(db)
     notifier = ChangeNotifier()
     catalogue = Catalogue(db, audit, admit_on_register=settings.admit_on_register)
-    jobs = JobService(db, catalogue, audit, notifier, settings)
+    jobs = JobService(db, blobs, catalogue, audit, notifier, settings)
     transfers = Transfers(db, blobs, jobs, audit, TransferThreads(settings.transfer_threads))
     services = Services(settings, db, blobs, audit, notifier, catalogue, jobs, transfers)
     with db.one_replica_at_a_time():

@@ -7,7 +7,6 @@ the same object twice stores it once, so a gateway or worker may retry after any
 from __future__ import annotations
 
 import json
-import logging
 import re
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
@@ -20,11 +19,11 @@ from starlette.concurrency import run_in_threadpool
 
 from aifi.exchange.audit import Actor, AuditLog
 from aifi.exchange.blob_keys import input_key, result_key
-from aifi.exchange.blobs import BlobStore, TempBlob
+from aifi.exchange.blobs import BlobStore, TempBlob, forget
 from aifi.exchange.clock import as_utc, utcnow
 from aifi.exchange.db import Database, execute_core, insert_new
 from aifi.exchange.errors import Conflict, Forbidden, Invalid, NotFound
-from aifi.exchange.jobs import JobService, walled
+from aifi.exchange.jobs import TAKE_OUT_RESULTS, JobService, walled
 from aifi.exchange.models import Job, JobInput, JobResult
 from aifi.exchange.schemas import JobState, OrganisationKind
 from aifi.exchange.threads import TransferThreads
@@ -34,8 +33,6 @@ from aifi.exchange.validation import (
     check_result_file,
     check_summary,
 )
-
-log = logging.getLogger(__name__)
 
 UID = re.compile(r"^[0-9.]{1,64}$")
 RESULT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
@@ -96,11 +93,7 @@ _REPLACED_INPUT = (
     .where(JobInput.job_id == bindparam("job_id"), JobInput.sop_instance_uid == bindparam("uid"))
     .returning(JobInput.size, JobInput.blob_key)
 )
-_REPLACED_RESULT = (
-    delete(JobResult)
-    .where(JobResult.job_id == bindparam("job_id"), JobResult.name == bindparam("name"))
-    .returning(JobResult.blob_key)
-)
+_REPLACED_RESULT = TAKE_OUT_RESULTS.where(JobResult.name == bindparam("name"))
 
 
 @dataclass
@@ -247,16 +240,10 @@ class Transfers:
             yield recording
         except BaseException:
             if recording.stored and not recording.done:
-                self._forget(key)
+                forget(self._blobs, key)
             raise
         if recording.replaced is not None and recording.replaced != key:
-            self._forget(recording.replaced)
-
-    def _forget(self, key: str) -> None:
-        try:
-            self._blobs.delete(key)
-        except Exception:  # the upload's answer stands; retention removes the job's folder
-            log.warning("could not delete blob %s; it goes when its job is purged", key)
+            forget(self._blobs, recording.replaced)
 
     def _record_input(
         self,

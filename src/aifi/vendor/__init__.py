@@ -4,17 +4,26 @@ A vendor's adapter is a function from a :class:`JobContext` to a :class:`Product
 :class:`Worker` does the claiming, heartbeats, downloads, uploads and failure reporting.
 """
 
-from aifi.vendor.client import ExchangeHTTPError, Lease, LeaseLost, VendorClient
+from aifi.vendor.client import (
+    ExchangeHTTPError,
+    InputGone,
+    Lease,
+    LeaseLost,
+    Renewal,
+    VendorClient,
+)
 from aifi.vendor.worker import Handler, JobContext, ProductError, ProductResult, ResultFile, Worker
 
 __all__ = [
     "ExchangeHTTPError",
     "Handler",
+    "InputGone",
     "JobContext",
     "Lease",
     "LeaseLost",
     "ProductError",
     "ProductResult",
+    "Renewal",
     "ResultFile",
     "VendorClient",
     "Worker",

@@ -9,7 +9,16 @@ from typing import Any
 
 from aifi.http import ApiClient, ExchangeHTTPError, LeaseLost
 
-__all__ = ["ExchangeHTTPError", "Lease", "LeaseLost", "VendorClient"]
+__all__ = ["ExchangeHTTPError", "InputGone", "Lease", "LeaseLost", "Renewal", "VendorClient"]
+
+
+class InputGone(ExchangeHTTPError):
+    """404 for one of a held job's inputs: the exchange no longer holds it (purged, or lost
+    from its store), so no worker can run the job."""
+
+    def __init__(self, sop_instance_uid: str, detail: str, path: str) -> None:
+        super().__init__(404, detail, "GET", path)
+        self.sop_instance_uid = sop_instance_uid
 
 
 @dataclass(frozen=True)
@@ -18,10 +27,23 @@ class Lease:
     token: str
     #: The job's inputs as the claim listed them (None from an exchange that does not).
     inputs: list[dict[str, Any]] | None = None
+    #: The lease length the claim asked for (None: the exchange's default); every heartbeat
+    #: asks for it again, so the job stays held as long between beats as the claim promised.
+    lease_seconds: float | None = None
 
     @property
     def job_id(self) -> str:
         return str(self.job["id"])
+
+
+@dataclass(frozen=True)
+class Renewal:
+    """What a heartbeat got: the lease's new end (the exchange's clock) and its length."""
+
+    lease_expires_at: str
+    #: Seconds the exchange granted (None from an exchange that does not say): the next beat
+    #: is due well within it, whatever the worker asked for.
+    lease_seconds: float | None
 
 
 class VendorClient(ApiClient):
@@ -54,13 +76,24 @@ class VendorClient(ApiClient):
         if response.status_code == 204:
             return None
         data = response.json()
-        return Lease(job=data["job"], token=data["lease_token"], inputs=data.get("inputs"))
-
-    def heartbeat(self, lease: Lease) -> str:
-        response = self.request(
-            "POST", f"/jobs/{lease.job_id}/heartbeat", json={"lease_token": lease.token}
+        return Lease(
+            job=data["job"],
+            token=data["lease_token"],
+            inputs=data.get("inputs"),
+            lease_seconds=lease_seconds,
         )
-        return str(response.json()["lease_expires_at"])
+
+    def heartbeat(self, lease: Lease) -> Renewal:
+        """Renew the lease for as long as its claim asked."""
+        body: dict[str, Any] = {"lease_token": lease.token}
+        if lease.lease_seconds is not None:
+            body["lease_seconds"] = lease.lease_seconds
+        data = self.request("POST", f"/jobs/{lease.job_id}/heartbeat", json=body).json()
+        granted = data.get("lease_seconds")
+        return Renewal(
+            lease_expires_at=str(data["lease_expires_at"]),
+            lease_seconds=float(granted) if granted is not None else None,
+        )
 
     def list_inputs(self, lease: Lease) -> list[dict[str, Any]]:
         response = self.request(
@@ -69,16 +102,22 @@ class VendorClient(ApiClient):
         return list(response.json())
 
     def download_inputs(self, lease: Lease, folder: Path) -> list[Path]:
-        """Stream every input instance to `folder`; returns the files in upload order."""
+        """Stream every input instance to `folder`; returns the files in upload order.
+
+        Raises InputGone for an input the exchange no longer holds."""
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
         listed = lease.inputs if lease.inputs is not None else self.list_inputs(lease)
         for item in listed:
             uid = item["sop_instance_uid"]
             target = folder / f"{uid}.dcm"
-            self.download(
-                f"/jobs/{lease.job_id}/inputs/{uid}", target, {"X-Lease-Token": lease.token}
-            )
+            path = f"/jobs/{lease.job_id}/inputs/{uid}"
+            try:
+                self.download(path, target, {"X-Lease-Token": lease.token})
+            except ExchangeHTTPError as exc:
+                if exc.status != 404:
+                    raise
+                raise InputGone(uid, exc.detail, path) from exc
             paths.append(target)
         return paths
 

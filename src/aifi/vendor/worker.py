@@ -15,7 +15,14 @@ from typing import Any
 
 import httpx
 
-from aifi.vendor.client import ExchangeHTTPError, Lease, LeaseLost, VendorClient
+from aifi.vendor.client import (
+    ExchangeHTTPError,
+    InputGone,
+    Lease,
+    LeaseLost,
+    Renewal,
+    VendorClient,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +99,25 @@ class _Heartbeat:
         self._thread.join()
 
     def _run(self) -> None:
-        while not self._stop.wait(self._every):
+        wait = self._every
+        while not self._stop.wait(wait):
             try:
-                self._client.heartbeat(self._lease)
+                renewal = self._client.heartbeat(self._lease)
             except LeaseLost:
                 self.lost.set()
                 return
             except Exception:  # a missed beat is retried at the next tick
                 log.warning("heartbeat for job %s failed", self._lease.job_id, exc_info=True)
+                continue
+            wait = self._next_beat(renewal)
+
+    def _next_beat(self, renewal: Renewal) -> float:
+        """Seconds to the next beat: sooner than usual if the exchange granted a shorter lease
+        than asked. Judged by the length granted, not by its end, so that the worker's clock
+        and the exchange's need not agree."""
+        if renewal.lease_seconds is None:
+            return self._every
+        return min(self._every, renewal.lease_seconds / 3)
 
 
 class Worker:
@@ -173,17 +191,16 @@ class Worker:
                 tempfile.mkdtemp(prefix=f"aifi-job-{lease.job_id[:8]}-", dir=self.workdir)
             )
         except OSError as exc:
-            if exc.errno not in WORKER_TROUBLE:
-                raise
-            self._hand_back(lease, f"the worker has no folder to work in: {exc}")
+            self._hand_back_for_own_disk(lease, f"the worker has no folder to work in: {exc}", exc)
             return
         try:
             with _Heartbeat(self.client, lease, self.lease_seconds / 3) as beat:
                 if lease.job.get("state") != "in-progress":  # claimed without `start`
                     self.client.heartbeat(lease)  # moves the job to in-progress
-                inputs = self.client.download_inputs(lease, folder / "inputs")
-                output_dir = folder / "outputs"
-                output_dir.mkdir()
+                prepared = self._prepare(lease, folder)
+                if prepared is None:
+                    return
+                inputs, output_dir = prepared
                 try:
                     result = self.handler(
                         JobContext(job=lease.job, inputs=inputs, output_dir=output_dir)
@@ -221,9 +238,42 @@ class Worker:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-    def _hand_back(self, lease: Lease, reason: str) -> None:
+    def _prepare(self, lease: Lease, folder: Path) -> tuple[list[Path], Path] | None:
+        """The job's inputs in `folder` and an empty folder for the product's outputs; None
+        when the job could not be prepared and was failed or handed back, so that it is not
+        left held, unfinished, until its lease runs out while this worker claims the next."""
+        try:
+            inputs = self.client.download_inputs(lease, folder / "inputs")
+            output_dir = folder / "outputs"
+            output_dir.mkdir()
+        except InputGone as exc:  # no worker could run the job
+            self._fail(
+                lease, f"input {exc.sop_instance_uid} is no longer at the exchange: {exc.detail}"
+            )
+            return None
+        except ExchangeHTTPError as exc:
+            if isinstance(exc, LeaseLost):
+                raise
+            # After the client's own retries: another worker, or this one later, may fare
+            # better; the study is not at fault.
+            self._hand_back(lease, f"the exchange did not give the job's inputs: {exc}")
+            return None
+        except OSError as exc:
+            self._hand_back_for_own_disk(lease, f"the worker could not write its files: {exc}", exc)
+            return None
+        return inputs, output_dir
+
+    def _hand_back_for_own_disk(self, lease: Lease, reason: str, error: OSError) -> None:
+        """The worker's own folder failed it: hand the job back, not fail it (the study is
+        fine). A full disk clears by itself; anything else (read-only, no permission, an I/O
+        error, not a folder) will fail every job until an engineer sees to it, so it is logged
+        as an error."""
+        full = error.errno in WORKER_TROUBLE
+        self._hand_back(lease, reason, level=logging.WARNING if full else logging.ERROR)
+
+    def _hand_back(self, lease: Lease, reason: str, *, level: int = logging.WARNING) -> None:
         """Give the job back for any worker to claim now, and pause before claiming again."""
-        log.warning("job %s handed back: %s", lease.job_id, reason)
+        log.log(level, "job %s handed back: %s", lease.job_id, reason)
         self._handed_back = True
         try:
             self.client.release(lease, reason)

@@ -20,13 +20,13 @@ from aifi.exchange.schemas import (
     ClaimIn,
     CompleteIn,
     FailIn,
+    HeartbeatIn,
     HeartbeatOut,
     InputOut,
     JobIn,
     JobOut,
     JobReady,
     JobState,
-    LeaseIn,
     OrganisationKind,
     ReleaseIn,
     ResultOut,
@@ -149,12 +149,18 @@ def acknowledge_job(job_id: str, caller: CallerDep, services: ServicesDep) -> Jo
 
 
 @router.post("/{job_id}/heartbeat", response_model=HeartbeatOut)
-def heartbeat(job_id: str, body: LeaseIn, caller: CallerDep, services: ServicesDep) -> HeartbeatOut:
-    job = services.jobs.heartbeat(caller, job_id, body.lease_token)
-    assert job.lease_expires_at is not None
+def heartbeat(
+    job_id: str, body: HeartbeatIn, caller: CallerDep, services: ServicesDep
+) -> HeartbeatOut:
+    job = services.jobs.heartbeat(caller, job_id, body.lease_token, body.lease_seconds)
     out = job_out(job)
     assert out.lease_expires_at is not None
-    return HeartbeatOut(lease_expires_at=out.lease_expires_at, state=out.state)
+    granted = services.jobs.lease_length(body.lease_seconds)
+    return HeartbeatOut(
+        lease_expires_at=out.lease_expires_at,
+        state=out.state,
+        lease_seconds=granted.total_seconds(),
+    )
 
 
 @router.post("/{job_id}/complete", response_model=JobOut)

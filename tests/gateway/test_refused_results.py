@@ -151,3 +151,36 @@ def test_results_whose_names_clash_with_the_gateway_s_own_files_are_each_filed_o
     filed = pacs_instances(pacs, study_uid)
     assert sorted(tags["PatientID"] for tags in filed) == ["HOSP-0", "HOSP-0"]
     assert len({tags["SOPInstanceUID"] for tags in filed}) == 2
+
+
+def test_an_unexpected_error_on_one_job_retries_it_after_the_jobs_behind_it(
+    national: National,
+    orthanc_factory: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whatever goes wrong with one job (here a fault in the notices, once), the jobs behind
+    it come home, and it is tried again after its back-off, not dropped."""
+    send_notices = Gateway._send_notices
+    failed: list[str] = []
+
+    def once_failing(gateway: Gateway, local_id: int, job: dict[str, Any], results: Any) -> bool:
+        if not failed:
+            failed.append(str(job["id"]))
+            raise RuntimeError("a fault no handler expects")
+        return send_notices(gateway, local_id, job, results)
+
+    monkeypatch.setattr(Gateway, "_send_notices", once_failing)
+    (first, first_study), (second, second_study) = studies(tmp_path / "studies", 2)
+    gateway, pacs = run_gateway(national, orthanc_factory, tmp_path, [first, second])
+    try:
+        assert gateway.wait_until(
+            lambda: [job["state"] for job in gateway.jobs()] == ["delivered"] * 2, timeout=120
+        ), gateway.jobs()
+        retried, other = sorted(gateway.jobs(), key=lambda job: job["id"])
+    finally:
+        gateway.stop()
+    assert failed == [retried["exchange_job_id"]]
+    assert retried["delivered_at"] > other["delivered_at"]  # after the job behind it
+    assert [tags["PatientID"] for tags in pacs_instances(pacs, first_study)] == ["HOSP-0"]
+    assert [tags["PatientID"] for tags in pacs_instances(pacs, second_study)] == ["HOSP-1"]

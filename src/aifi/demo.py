@@ -623,7 +623,7 @@ def _product_figures(gateways: dict[str, Gateway], sent: list[SentStudy]) -> dic
         for job in gateway.jobs():
             if job["state"] != "delivered" or job["product_id"] not in cases:
                 continue
-            folder = gateway.results_dir / str(job["id"])
+            folder = gateway.fetched_results(int(job["id"]))
             summary = json.loads((folder / "summary.json").read_text())
             findings[job["product_id"]] += sum(1 for f in summary["findings"] if f["measurements"])
             cases[job["product_id"]].append(

@@ -294,7 +294,8 @@ def test_a_result_that_comes_home_to_a_full_disk_waits_at_the_exchange_and_arriv
             )
             # Nothing half-written stays to fill the disk or pass for the result later.
             results = gateway.results_dir / str(job["id"])
-            assert not [path.name for path in results.glob("*")], list(results.glob("*"))
+            written = [path for path in results.rglob("*") if path.is_file()]
+            assert not written, written
             with national.api() as api:
                 remote = api.get(f"/jobs/{exchange_id}").json()
             assert remote["state"] == "completed" and remote["acknowledged_at"] is None

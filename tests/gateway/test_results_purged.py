@@ -67,7 +67,7 @@ def test_results_purged_before_the_gateway_fetched_them_end_its_job_with_that_re
         ), gateway.jobs()
         [job] = gateway.jobs()
         assert "purged at the exchange" in job["reason"], job["reason"]
-        assert not any((gateway.results_dir / str(job["id"])).glob("*.dcm"))
+        assert not any((gateway.results_dir / str(job["id"])).rglob("*.dcm"))
     with national.api() as api:
         wait_for(
             lambda: api.get(f"/jobs/{exchange_id}").json()["acknowledged_at"] is not None,

@@ -90,7 +90,7 @@ class ResultsRefused(Exception):
 
 
 #: A result's name as the exchange allows it; the gateway keeps it as a file name.
-RESULT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+RESULT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 
 def backoff(attempts: int) -> float:
@@ -741,6 +741,11 @@ class Gateway:
         self._collect_attempts.pop(exchange_id, None)
         return True
 
+    def fetched_results(self, job_id: int) -> Path:
+        """Where a job's results are kept as the exchange sent them (pseudonymised), until
+        the study's retention ends; their re-identified copies are kept beside them."""
+        return self.results_dir / str(job_id) / "from-exchange"
+
     def _collect_later(self, local: dict[str, Any], exchange_id: str, exc: Exception) -> None:
         """Try the job again after a back-off, the jobs behind it meanwhile.
 
@@ -770,7 +775,7 @@ class Gateway:
         folder = self.results_dir / str(local_id)
         # What the exchange sent and what goes to the PACS apart: a result's name is the
         # vendor's, and no name may stand for another result's re-identified copy.
-        fetched, restored_dir = folder / "from-exchange", folder / "reidentified"
+        fetched, restored_dir = self.fetched_results(local_id), folder / "reidentified"
         fetched.mkdir(parents=True, exist_ok=True)
         restored_dir.mkdir(exist_ok=True)
         known = self.vault.study(str(job["study_uid"]))

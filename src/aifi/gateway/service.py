@@ -83,6 +83,11 @@ class ResultsPurged(Exception):
     asking again cannot bring them back."""
 
 
+class AlreadyOpen(Exception):
+    """The exchange's job for this round was opened by an earlier attempt, with the instances
+    the study had then: nothing is to be uploaded to it any more."""
+
+
 class ResultsRefused(Exception):
     """A job's results cannot be filed in the hospital's PACS as they are (unreadable, about
     another study, reusing the study's own UIDs): fetched again they would be the same, so the
@@ -515,8 +520,8 @@ class Gateway:
                 return
             opened: dict[str, Any] = {}
 
-            def open_job(study_uid: str, patient: str, count: int) -> str:
-                created = self.client.create_job(
+            def create(study_uid: str, patient: str, count: int | None) -> dict[str, Any]:
+                return self.client.create_job(
                     job["product_id"],
                     study_uid,
                     patient,
@@ -524,6 +529,23 @@ class Gateway:
                     job["priority"],
                     instances=count,
                 )
+
+            def open_job(study_uid: str, patient: str, count: int) -> str:
+                try:
+                    created = create(study_uid, patient, count)
+                except ExchangeHTTPError as exc:
+                    if exc.status != 409:
+                        raise
+                    # An earlier attempt opened the job and its end went unrecorded (its
+                    # answer lost, the disclosure log full), and an instance that came since
+                    # made the count another: the job stands as it opened, and the late
+                    # instance goes with the study's next round.
+                    created = create(study_uid, patient, None)
+                    if not created.get("inputs_complete"):
+                        raise exc from None
+                    opened.update(created)
+                    self.state.update_job(job_id, exchange_job_id=created["id"])
+                    raise AlreadyOpen(str(created["id"])) from exc
                 opened.update(created)
                 self.state.update_job(job_id, exchange_job_id=created["id"])
                 return str(created["id"])
@@ -532,28 +554,37 @@ class Gateway:
                 # A job that holds nothing yet (the usual case: just created) needs no asking.
                 return self.client.input_uids(exchange_id) if opened["input_count"] else set()
 
-            exchange_id, prepared = pseudonymise_and_send(
-                key=self.key,
-                vault=self.vault,
-                instances=instances,
-                options=frozenset(manifest.get("data_needed", [])),
-                clean_pixel_regions=list(self.config.clean_pixel_regions) or None,
-                outbox=self.outbox / str(job_id),
-                threads=self.config.upload_threads,
-                open_job=open_job,
-                already_uploaded=already_uploaded,
-                upload=self.client.put_input,
-            )
-            if not (opened.get("instances") == prepared.sent and prepared.uploaded):
-                # The last upload did not open the job by itself (nothing was left to upload,
-                # or the exchange holds another count): say that all inputs are there.
-                self.client.mark_ready(exchange_id, prepared.sent)
-            note = (
-                f"{len(prepared.refused)} instance(s) not sent: "
-                + "; ".join(sorted(set(prepared.refused.values())))
-                if prepared.refused
-                else None
-            )
+            try:
+                exchange_id, prepared = pseudonymise_and_send(
+                    key=self.key,
+                    vault=self.vault,
+                    instances=instances,
+                    options=frozenset(manifest.get("data_needed", [])),
+                    clean_pixel_regions=list(self.config.clean_pixel_regions) or None,
+                    outbox=self.outbox / str(job_id),
+                    threads=self.config.upload_threads,
+                    open_job=open_job,
+                    already_uploaded=already_uploaded,
+                    upload=self.client.put_input,
+                )
+            except AlreadyOpen as exc:
+                shutil.rmtree(self.outbox / str(job_id), ignore_errors=True)
+                exchange_id, sent = str(exc), int(opened["input_count"])
+                note: str | None = (
+                    "opened by an earlier attempt; later instances go with the study's next round"
+                )
+            else:
+                sent = prepared.sent
+                if not (opened.get("instances") == sent and prepared.uploaded):
+                    # The last upload did not open the job by itself (nothing was left to
+                    # upload, or the exchange holds another count): say all inputs are there.
+                    self.client.mark_ready(exchange_id, sent)
+                note = (
+                    f"{len(prepared.refused)} instance(s) not sent: "
+                    + "; ".join(sorted(set(prepared.refused.values())))
+                    if prepared.refused
+                    else None
+                )
             patient, study = self._patient_of(str(opened["study_uid"]), job["study_uid"])
             options = ", ".join(sorted(manifest.get("data_needed", []))) or "none"
             self.disclosures.record(
@@ -562,7 +593,7 @@ class Gateway:
                 study_uid=study,
                 recipient=f"{job['product_id']} {product['version']} of {product['vendor']}, "
                 "through the exchange",
-                detail=f"exchange job {exchange_id}: {prepared.sent} instance(s) as study "
+                detail=f"exchange job {exchange_id}: {sent} instance(s) as study "
                 f"{opened['study_uid']} of patient {opened['patient_pseudonym']}; Annex E "
                 f"options beyond the basic profile: {options}" + (f"; {note}" if note else ""),
             )

@@ -78,7 +78,7 @@ def test_a_resend_opens_a_round_only_where_that_helps(
         _store(state, tmp_path, FIRST)
         [row] = state.query("SELECT round, due_at FROM studies")
         jobs = [] if job_state is None else [RoutedJob("product-a", None, frozenset())]
-        state.route_study(STUDY, row["round"], row["due_at"], jobs)
+        state.route_study(STUDY, row["round"], row["due_at"], jobs, study_pseudonym=STUDY)
         if job_state is not None:
             [job] = state.query("SELECT id FROM jobs")
             state.update_job(job["id"], state=job_state)
@@ -96,7 +96,8 @@ def test_a_new_instance_after_a_delivered_result_opens_a_follow_up_round(
     try:
         _store(state, tmp_path, FIRST)
         [row] = state.query("SELECT round, due_at FROM studies")
-        state.route_study(STUDY, 1, row["due_at"], [RoutedJob("product-a", None, frozenset())])
+        routed = [RoutedJob("product-a", None, frozenset())]
+        state.route_study(STUDY, 1, row["due_at"], routed, study_pseudonym=STUDY)
         [job] = state.query("SELECT id FROM jobs")
         state.update_job(job["id"], state="delivered")
         _store(state, tmp_path, SECOND)

@@ -107,7 +107,7 @@ def _instance(folder: Path, sop: str) -> ReceivedInstance:
 
 def _route(state: GatewayState, jobs: list[RoutedJob]) -> None:
     [study] = state.query("SELECT round, due_at FROM studies WHERE study_uid = ?", (STUDY,))
-    state.route_study(STUDY, study["round"], study["due_at"], jobs)
+    state.route_study(STUDY, study["round"], study["due_at"], jobs, study_pseudonym=STUDY)
 
 
 def test_a_study_with_a_job_not_ended_is_kept_whatever_its_age(tmp_path: Path) -> None:

@@ -71,7 +71,7 @@ def test_a_notice_tried_the_last_time_moves_from_retrying_to_failed(tmp_path: Pa
         state.record_instance(received("1.2.1.0", "1.2.1", tmp_path, 10), 0.0)
         [due] = state.due_studies(time.time() + 1)
         routed = [RoutedJob("p", "stat", frozenset())]
-        state.route_study("1.2.1", due["round"], due["due_at"], routed)
+        state.route_study("1.2.1", due["round"], due["due_at"], routed, study_pseudonym="1.2.1")
         [job] = state.query("SELECT id FROM jobs")
         counts = []
         for _ in range(MAX_NOTICE_ATTEMPTS):

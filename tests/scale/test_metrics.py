@@ -174,7 +174,9 @@ def test_gateway_exporter_reads_the_gateway_state(tmp_path: Path) -> None:
     for study in ("1.2.1", "1.2.2"):
         due = state.due_studies(time.time() + 1)
         row = next(r for r in due if r["study_uid"] == study)
-        assert state.route_study(study, row["round"], row["due_at"], [job]) == 1
+        assert (
+            state.route_study(study, row["round"], row["due_at"], [job], study_pseudonym=study) == 1
+        )
     first, second = state.query("SELECT id FROM jobs ORDER BY id")
     now = time.time()
     state.update_job(first["id"], state="delivered", submitted_at=now - 5, delivered_at=now)
@@ -249,7 +251,10 @@ def test_the_gateway_tells_how_long_past_its_retention_time_it_keeps_a_study(
         state.record_instance(received(f"{study}.0", study, tmp_path, 10), 0.0)
         row = next(r for r in state.due_studies(now + 1) if r["study_uid"] == study)
         routed = RoutedJob("product-a", None, frozenset({study + ".1"}))
-        assert state.route_study(study, row["round"], row["due_at"], [routed]) == 1
+        assert (
+            state.route_study(study, row["round"], row["due_at"], [routed], study_pseudonym=study)
+            == 1
+        )
     with state.transaction() as db:  # both arrived and were routed four hours ago
         db.execute("UPDATE studies SET last_at = ?, routed_at = ?", (now - 4 * hour,) * 2)
     done, busy = state.query("SELECT id FROM jobs ORDER BY study_uid")
@@ -275,7 +280,10 @@ def test_the_gateway_tells_how_long_its_oldest_stat_study_has_waited(tmp_path: P
     for study, priority in (("1.3.1", "routine"), ("1.3.2", "stat")):
         row = next(r for r in state.due_studies(time.time() + 1) if r["study_uid"] == study)
         routed = RoutedJob(f"product-{priority}", priority, frozenset({study + ".1"}))
-        assert state.route_study(study, row["round"], row["due_at"], [routed]) == 1
+        assert (
+            state.route_study(study, row["round"], row["due_at"], [routed], study_pseudonym=study)
+            == 1
+        )
     [stat_job] = state.query("SELECT id, study_last_at FROM jobs WHERE priority = 'stat'")
     server = start_metrics_server(state, 0)
     try:
@@ -308,7 +316,10 @@ def test_the_gateway_counts_as_retrying_only_the_jobs_it_will_try_again(tmp_path
         state.record_instance(received(f"{study}.0", study, tmp_path, 10), 0.0)
         row = next(r for r in state.due_studies(time.time() + 1) if r["study_uid"] == study)
         routed = RoutedJob("product-a", None, frozenset({study + ".1"}))
-        assert state.route_study(study, row["round"], row["due_at"], [routed]) == 1
+        assert (
+            state.route_study(study, row["round"], row["due_at"], [routed], study_pseudonym=study)
+            == 1
+        )
     failing, delivering = (row["id"] for row in state.query("SELECT id FROM jobs ORDER BY id"))
     server = start_metrics_server(state, 0)
 

@@ -78,7 +78,13 @@ def play(state: GatewayState, spool: Path, rng: random.Random, steps: int) -> se
             for due in state.due_studies(time.time() + 1):
                 products = rng.sample(("product-a", "product-b", "product-c"), rng.randrange(3))
                 routed = [RoutedJob(p, rng.choice((None, "stat")), frozenset()) for p in products]
-                state.route_study(due["study_uid"], due["round"], due["due_at"], routed)
+                state.route_study(
+                    due["study_uid"],
+                    due["round"],
+                    due["due_at"],
+                    routed,
+                    study_pseudonym=due["study_uid"],
+                )
         jobs = [int(row["id"]) for row in state.query("SELECT id FROM jobs")]
         if not jobs:
             continue

@@ -436,8 +436,9 @@ class Gateway:
             instances = self.state.study_instances(study["study_uid"])
             jobs = route_study(self.config.routes, instances, study["calling_ae"])
             made += self.state.route_study(
-                study["study_uid"], study["round"], study["due_at"], jobs
-            )
+                study["study_uid"], study["round"], study["due_at"], jobs,
+                study_pseudonym=self.key.uid(study["study_uid"]),
+            )  # fmt: skip
         if due:
             self._submit.set()  # jobs to send, and studies to count for uptake
         if made:

@@ -554,11 +554,21 @@ class GatewayState(StateReads):
             (study_uid,),
         )
 
-    def route_study(self, study_uid: str, round_: int, due_at: float, jobs: list[RoutedJob]) -> int:
+    def route_study(
+        self,
+        study_uid: str,
+        round_: int,
+        due_at: float,
+        jobs: list[RoutedJob],
+        *,
+        study_pseudonym: str,
+    ) -> int:
         """Close the study's round and create its jobs (product, priority) in one transaction.
 
         Returns how many jobs were created; 0 when the study changed meanwhile (a new instance
-        arrived), in which case it stays open.
+        arrived), in which case it stays open. A job's idempotency key, which the exchange
+        keeps, names the study by `study_pseudonym`: the hospital's own Study Instance UID
+        never leaves it.
         """
         now = time.time()
         with self.transaction() as db:
@@ -588,7 +598,7 @@ class GatewayState(StateReads):
                     (
                         study_uid, round_, job.product_id, job.priority,
                         json.dumps(sorted(job.series_uids)),
-                        f"{study_uid}:{job.product_id}:{round_}", row["last_at"], now,
+                        f"{study_pseudonym}:{job.product_id}:{round_}", row["last_at"], now,
                     ),
                 )  # fmt: skip
         return len(jobs)

@@ -3,12 +3,15 @@ inputs that are not de-identified, results from a vendor that does not hold the 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pydicom
 import pytest
 
+from aifi.products.tissue_volume import run as tissue_volume
+from aifi.vendor import JobContext
 from scale.exchange_api import OPERATOR_KEY
 
 
@@ -268,3 +271,37 @@ def test_asking_for_an_input_that_is_not_there_is_a_404_and_audited(
         e for e in audit if e["object_id"] == f"{job['id']}/2.25.404" and e["action"] == "read"
     ]
     assert [e["outcome"] for e in refused] == ["refused"]
+
+
+def test_the_operator_sees_a_completed_job_without_its_findings(
+    exchange: Any, parties: dict[str, Any], make_ct: Any, tmp_path: Path
+) -> None:
+    """The job's summary is the product's findings: a result. The operator, who never reads
+    results (`/results/summary.json` answers 403), must not read it on the job either."""
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    study = make_ct(slices=1)
+    job = exchange.ready_job(hospital, "product-a", study)
+    claim = exchange.claim(vendor)
+    assert claim is not None
+    out = tmp_path / "out"
+    out.mkdir()
+    findings = tissue_volume(JobContext(job={}, inputs=study, output_dir=out)).summary
+    assert findings["findings"]
+    completed = exchange.client.put(
+        f"/jobs/{job['id']}/results/summary.json",
+        params={"complete": "true"},
+        content=json.dumps(findings).encode(),
+        headers={"Content-Type": "application/json", "X-Lease-Token": claim["lease_token"],
+                 **vendor.headers},
+    )  # fmt: skip
+    assert completed.status_code == 201, completed.text
+    operator = exchange.operator.headers
+    assert exchange.client.get(
+        f"/jobs/{job['id']}/results/summary.json", headers=operator
+    ).status_code == 403  # fmt: skip
+    seen = exchange.client.get(f"/jobs/{job['id']}", headers=operator).json()
+    listed = exchange.client.get("/jobs", headers=operator).json()
+    assert seen["state"] == "completed" and seen["summary"] is None
+    assert [(j["id"], j["summary"]) for j in listed] == [(job["id"], None)]
+    own = exchange.client.get(f"/jobs/{job['id']}", headers=hospital.headers).json()
+    assert own["summary"] == findings  # the hospital's own result

@@ -110,8 +110,12 @@ def parties(job: Job) -> tuple[str, str]:
     return (job.hospital_id, job.vendor_id)
 
 
-def job_out(job: Job) -> JobOut:
-    """The API's view of a job; its times are put in UTC by the schema (`UtcDateTime`)."""
+def job_out(job: Job, actor: Actor) -> JobOut:
+    """The job as `actor` sees it; its times are put in UTC by the schema (`UtcDateTime`).
+
+    The summary is the product's findings, a result: the operator sees a job's metadata,
+    never its results, as `GET /jobs/{id}/results/summary.json` answers it 403.
+    """
     return JobOut(
         id=job.id,
         hospital_id=job.hospital_id,
@@ -128,7 +132,7 @@ def job_out(job: Job) -> JobOut:
         attempts=job.attempts,
         lease_expires_at=job.lease_expires_at,
         reason=job.reason,
-        summary=job.summary,
+        summary=None if actor.role == OrganisationKind.operator else job.summary,
         created_at=job.created_at,
         ready_at=job.ready_at,
         claimed_at=job.claimed_at,

@@ -109,7 +109,9 @@ def home(request: Request, user: UserDep, services: ServicesDep) -> HTMLResponse
         return _national_overview(request, user, services)
     jobs = services.jobs.list(actor, limit=LIVE_JOBS, newest_first=True)
     if user.organisation_role == OrganisationKind.hospital:
-        return page(request, "hospital_home.html", user, jobs=[job_out(j) for j in jobs])
+        return page(
+            request, "hospital_home.html", user, jobs=[job_out(j, user.actor) for j in jobs]
+        )
     own = [
         product_out(p)
         for p in services.catalogue.list_products()
@@ -117,7 +119,7 @@ def home(request: Request, user: UserDep, services: ServicesDep) -> HTMLResponse
     ]
     return page(
         request, "vendor_home.html", user, products=own,
-        jobs=[job_out(j) for j in jobs],
+        jobs=[job_out(j, user.actor) for j in jobs],
     )  # fmt: skip
 
 
@@ -245,7 +247,10 @@ def _product_or_404(services: Any, user: WebUser | None, product_id: str) -> Any
 
 @router.get("/jobs", response_class=HTMLResponse)
 def jobs_page(request: Request, user: UserDep, services: ServicesDep) -> HTMLResponse:
-    jobs = [job_out(j) for j in services.jobs.list(user.actor, limit=LIVE_JOBS, newest_first=True)]
+    jobs = [
+        job_out(j, user.actor)
+        for j in services.jobs.list(user.actor, limit=LIVE_JOBS, newest_first=True)
+    ]
     return page(request, "jobs.html", user, jobs=jobs)
 
 
@@ -254,7 +259,7 @@ def job_page(
     request: Request, job_id: str, user: UserDep, services: ServicesDep, clinical: ClinicalDep
 ) -> HTMLResponse:
     try:
-        job = job_out(services.jobs.get(user.actor, job_id))
+        job = job_out(services.jobs.get(user.actor, job_id), user.actor)
     except NotFound as exc:
         raise HTTPException(404, exc.message) from exc
     results: list[Any] = []

@@ -44,7 +44,7 @@ def create_job(body: JobIn, caller: CallerDep, services: ServicesDep, response: 
     job, created = services.jobs.create(caller, body)
     if not created:
         response.status_code = 200
-    return job_out(job)
+    return job_out(job, caller)
 
 
 @router.get("", response_model=list[JobOut])
@@ -87,7 +87,7 @@ async def list_jobs(
         if jobs and with_results:
             return await run_in_threadpool(_with_results, services, caller, jobs)
         if jobs or remaining <= 0:
-            return [job_out(j) for j in jobs]
+            return [job_out(j, caller) for j in jobs]
         await services.notifier.wait(min(remaining, RECHECK_SECONDS), watched)
 
 
@@ -95,7 +95,7 @@ def _with_results(services: Services, caller: Actor, jobs: list[Job]) -> list[Jo
     results = services.transfers.results_of(caller, jobs)
     listed = []
     for job in jobs:
-        out = job_out(job)
+        out = job_out(job, caller)
         if job.id in results:
             out.results = [ResultOut.model_validate(row) for row in results[job.id]]
         listed.append(out)
@@ -110,7 +110,7 @@ async def claim_job(body: ClaimIn, caller: CallerDep, services: ServicesDep) -> 
         if claimed is not None:
             job, token, inputs = claimed
             return Claim(
-                job=job_out(job),
+                job=job_out(job, caller),
                 lease_token=token,
                 inputs=[InputOut.model_validate(row) for row in inputs],
             )
@@ -125,27 +125,27 @@ async def claim_job(body: ClaimIn, caller: CallerDep, services: ServicesDep) -> 
 @router.post("/acknowledge", response_model=list[JobOut])
 def acknowledge_jobs(body: AcknowledgeIn, caller: CallerDep, services: ServicesDep) -> list[JobOut]:
     """Acknowledge several ended jobs at once: all of them, or none (the first refusal says why)."""
-    return [job_out(job) for job in services.jobs.acknowledge_many(caller, body.job_ids)]
+    return [job_out(job, caller) for job in services.jobs.acknowledge_many(caller, body.job_ids)]
 
 
 @router.get("/{job_id}", response_model=JobOut)
 def get_job(job_id: str, caller: CallerDep, services: ServicesDep) -> JobOut:
-    return job_out(services.jobs.get(caller, job_id))
+    return job_out(services.jobs.get(caller, job_id), caller)
 
 
 @router.post("/{job_id}/ready", response_model=JobOut)
 def mark_ready(job_id: str, body: JobReady, caller: CallerDep, services: ServicesDep) -> JobOut:
-    return job_out(services.jobs.mark_ready(caller, job_id, body.instances))
+    return job_out(services.jobs.mark_ready(caller, job_id, body.instances), caller)
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
 def cancel_job(job_id: str, body: CancelIn, caller: CallerDep, services: ServicesDep) -> JobOut:
-    return job_out(services.jobs.cancel(caller, job_id, body.reason))
+    return job_out(services.jobs.cancel(caller, job_id, body.reason), caller)
 
 
 @router.post("/{job_id}/acknowledge", response_model=JobOut)
 def acknowledge_job(job_id: str, caller: CallerDep, services: ServicesDep) -> JobOut:
-    return job_out(services.jobs.acknowledge(caller, job_id))
+    return job_out(services.jobs.acknowledge(caller, job_id), caller)
 
 
 @router.post("/{job_id}/heartbeat", response_model=HeartbeatOut)
@@ -153,7 +153,7 @@ def heartbeat(
     job_id: str, body: HeartbeatIn, caller: CallerDep, services: ServicesDep
 ) -> HeartbeatOut:
     job = services.jobs.heartbeat(caller, job_id, body.lease_token, body.lease_seconds)
-    out = job_out(job)
+    out = job_out(job, caller)
     assert out.lease_expires_at is not None
     granted = services.jobs.lease_length(body.lease_seconds)
     return HeartbeatOut(
@@ -165,12 +165,12 @@ def heartbeat(
 
 @router.post("/{job_id}/complete", response_model=JobOut)
 def complete_job(job_id: str, body: CompleteIn, caller: CallerDep, services: ServicesDep) -> JobOut:
-    return job_out(services.jobs.complete(caller, job_id, body.lease_token, body.summary))
+    return job_out(services.jobs.complete(caller, job_id, body.lease_token, body.summary), caller)
 
 
 @router.post("/{job_id}/fail", response_model=JobOut)
 def fail_job(job_id: str, body: FailIn, caller: CallerDep, services: ServicesDep) -> JobOut:
-    return job_out(services.jobs.fail(caller, job_id, body.lease_token, body.reason))
+    return job_out(services.jobs.fail(caller, job_id, body.lease_token, body.reason), caller)
 
 
 @router.post("/{job_id}/release", response_model=JobOut)
@@ -179,4 +179,4 @@ def release_job(
 ) -> JobOut:
     job = services.jobs.release(caller, job_id, body.lease_token, body.reason)
     request.app.state.metrics.handed_back.labels(job.product_id).inc()
-    return job_out(job)
+    return job_out(job, caller)

@@ -30,7 +30,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, bindparam, event, func, insert, select, text, update
+from sqlalchemy import (
+    Select,
+    String,
+    Table,
+    bindparam,
+    event,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from aifi.chain_anchor import Anchor
@@ -248,18 +259,37 @@ def _row(
 ) -> dict[str, Any]:
     return {
         "at": utcnow(),
-        "organisation_id": actor.organisation_id,
-        "role": actor.role,
-        "action": action,
-        "object_type": object_type,
-        "object_id": object_id,
-        "patient_pseudonym": patient_pseudonym,
-        "outcome": outcome,
+        "organisation_id": _fit(actor.organisation_id, "organisation_id"),
+        "role": _fit(actor.role, "role"),
+        "action": _fit(action, "action"),
+        "object_type": _fit(object_type, "object_type"),
+        "object_id": _fit(object_id, "object_id"),
+        "patient_pseudonym": _fit(patient_pseudonym, "patient_pseudonym"),
+        "outcome": _fit(outcome, "outcome"),
         "detail": detail[:2000],
         "prev_hash": "",
         "entry_hash": "",
         "chain_seq": None,
     }
+
+
+#: The longest text each column of an entry holds (PostgreSQL refuses longer; SQLite not).
+_LENGTHS: dict[str, int] = {
+    column.name: column.type.length
+    for column in AuditEntry.__table__.columns
+    if isinstance(column.type, String) and column.type.length is not None
+}
+
+
+def _fit(value: str, column: str) -> str:
+    """`value` cut to its column's length, the cut marked with "…".
+
+    An entry's text comes partly from callers (a 200-character result name after its job's
+    id; a login form's user name): one too long for its column would fail on PostgreSQL,
+    and with it every entry group-committed beside it, changes already made among them.
+    """
+    longest = _LENGTHS[column]
+    return value if len(value) <= longest else value[: longest - 1] + "…"
 
 
 _HEAD = (

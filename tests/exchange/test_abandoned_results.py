@@ -4,6 +4,7 @@ the attempt that completed made, and completing with nothing new is refused."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -14,6 +15,7 @@ import pytest
 from sqlalchemy import event
 
 from aifi.exchange import jobs as jobs_module
+from aifi.exchange import transfers as transfers_module
 from aifi.exchange.blob_keys import result_folder
 from aifi.exchange.clock import utcnow
 from aifi.products.tissue_volume import run as tissue_volume
@@ -153,3 +155,42 @@ def test_a_job_claimed_again_is_not_completed_on_an_earlier_attempts_results(
     second = attempts.claim()
     refused = attempts.complete(second)
     assert refused.status_code == 422 and "no results" in refused.json()["detail"]
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)  # SQLite: one writer
+def test_a_result_recorded_as_its_lease_runs_out_is_not_delivered_with_the_next_attempt(
+    attempts: Attempts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upload's lease is checked a moment before it runs out; the lease sweep and the next
+    claim (which drops what an attempt that did not finish left) must not run between that
+    check and the upload's commit, or its result lands in the next attempt and is delivered
+    with it. The upload keeps the job's row until it commits: the sweep, which skips rows
+    in use, takes the job at its next round, and the claim then drops the result."""
+    first = attempts.claim()
+    inside, go = threading.Event(), threading.Event()
+    check = transfers_module.check_result_file
+
+    def held_up(*args: Any, **kwargs: Any) -> Any:  # inside the upload's transaction
+        inside.set()
+        assert go.wait(timeout=60)
+        return check(*args, **kwargs)
+
+    monkeypatch.setattr(transfers_module, "check_result_file", held_up)
+    upload = threading.Thread(target=attempts.upload, args=(first, "a.dcm"))
+    upload.start()
+    assert inside.wait(timeout=60)
+    attempts.now += timedelta(seconds=31)
+    swept = attempts.services.jobs.expire_leases()
+    second = attempts.claim() if swept else None  # a vendor waiting claims at once
+    go.set()
+    upload.join(timeout=60)
+    assert not upload.is_alive()
+    if second is None:  # the sweep's next round
+        assert attempts.services.jobs.expire_leases() == 1
+        second = attempts.claim()
+    assert second["job"]["attempts"] == 2
+    listed = attempts.exchange.client.get(
+        f"/jobs/{attempts.job['id']}/results",
+        headers={"X-Lease-Token": second["lease_token"], **attempts.vendor.headers},
+    ).json()
+    assert listed == []

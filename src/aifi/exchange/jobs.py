@@ -175,6 +175,8 @@ def walled(statement: Q) -> dict[str, Q]:
 
 
 _VISIBLE_JOB = walled(select(Job).where(Job.id == bindparam("job_id")))
+#: The job, its row kept from changing until the transaction ends (SQLite: one writer does).
+_KEPT_JOB = walled(select(Job).where(Job.id == bindparam("job_id")).with_for_update(read=True))
 
 _INPUTS_OF_JOB = (
     select(JobInput).where(JobInput.job_id == bindparam("job_id")).order_by(JobInput.id)
@@ -817,9 +819,25 @@ class JobService:
                     return won
         return None
 
-    def held(self, session: Session, actor: Actor, job_id: str, token: str) -> Job:
-        """The job, if `token` is its live lease (read in the caller's transaction)."""
-        return self.held_by(self.visible(session, actor, job_id), token)
+    def held(
+        self, session: Session, actor: Actor, job_id: str, token: str, *, keep: bool = False
+    ) -> Job:
+        """The job, if `token` is its live lease (read in the caller's transaction).
+
+        `keep`: the lease may not end until the transaction does (PostgreSQL's `FOR SHARE`).
+        A result recorded under a lease checked a moment before it ran out would otherwise
+        land after the lease sweep and the next claim, which drops what an attempt that did
+        not finish left, and be delivered with the next attempt's results.
+        """
+        if not keep:
+            return self.held_by(self.visible(session, actor, job_id), token)
+        statement = _KEPT_JOB.get(actor.role, _KEPT_JOB[""])
+        job = session.scalars(
+            statement, {"job_id": job_id, "organisation_id": actor.organisation_id}
+        ).first()
+        if job is None:
+            raise NotFound(f"no job {job_id!r}")
+        return self.held_by(job, token)
 
     @staticmethod
     def held_by(job: Job, token: str) -> Job:

@@ -432,7 +432,7 @@ class Transfers:
         done before (`early`)."""
         # The lease may have run out while the bytes arrived: checked in the transaction that
         # records the result.
-        job = self._jobs.held(session, actor, job_id, upload.lease_token)
+        job = self._jobs.held(session, actor, job_id, upload.lease_token, keep=True)
         checked = early or self._checked_result(actor, job, upload, temp)
         if checked.uids is not None:
             self._refuse_input_uids(session, actor, job, upload.name, *checked.uids)

@@ -15,7 +15,7 @@ from aifi.dicom.deid.iod import (
     conditional_action,
     iod_attribute_types,
 )
-from aifi.dicom.deid.table import Action, load_table, parse_rows
+from aifi.dicom.deid.table import SUPPLEMENT, Action, load_table, parse_rows
 
 
 def test_whole_table_ships_with_its_licence() -> None:
@@ -24,7 +24,8 @@ def test_whole_table_ships_with_its_licence() -> None:
         "Permission is hereby granted"
         in data.joinpath("annex-e-table-e1-1.LICENSE.txt").read_text()
     )
-    table = load_table()
+    shipped = json.loads(data.joinpath("annex-e-table-e1-1.json").read_text("utf-8"))
+    table = parse_rows(shipped)
     assert len(table.rows) == 621
     # The Basic Profile counts of the 2024b edition (PS3.15 Table E.1-1).
     assert Counter(row.basic.value for row in table.rows) == {
@@ -40,6 +41,16 @@ def test_whole_table_ships_with_its_licence() -> None:
     }
 
 
+def test_what_the_edition_leaves_unlisted_and_names_a_patient_is_removed() -> None:
+    """Unlisted standard attributes are kept; these date or describe the patient as the
+    listed Patient's Birth Date and Ethnic Group do, and are removed as theirs are."""
+    table = load_table()
+    assert len(table.rows) == 621 + len(SUPPLEMENT) == 624
+    for tag in (0x00100033, 0x00100034, 0x00102161):
+        assert table.by_tag[tag].basic is Action.X
+    assert table.by_tag[0x00102161].action_for({"retain-patient-characteristics"}) is Action.K
+
+
 def test_every_option_column_is_read() -> None:
     table = load_table()
     columns = Counter(option for row in table.rows for option in row.by_option)
@@ -49,7 +60,7 @@ def test_every_option_column_is_read() -> None:
         "clean-descriptors": 125,
         "retain-uids": 59,
         "retain-device-identity": 57,
-        "retain-patient-characteristics": 13,
+        "retain-patient-characteristics": 14,  # 13 and the supplement's Ethnic Group Code
         "retain-institution-identity": 10,
         "clean-graphics": 4,
         "clean-structured-content": 3,

@@ -117,8 +117,26 @@ def parse_rows(raw: list[dict[str, str]]) -> ProfileTable:
     )
 
 
+#: Attributes that name or date a patient and that the shipped edition does not list. Unlisted
+#: standard attributes are kept, so these would leave the hospital as sent; they are removed,
+#: as their counterparts the table does list are (Patient's Birth Date is Z, a dummy date, in
+#: the Basic Profile; these are free text in the calendar named, and Type 3).
+SUPPLEMENT: tuple[dict[str, str], ...] = (
+    {"id": "00100033", "tag": "(0010,0033)", "basicProfile": "X",
+     "name": "Patient's Birth Date in Alternative Calendar"},
+    {"id": "00100034", "tag": "(0010,0034)", "basicProfile": "X",
+     "name": "Patient's Death Date in Alternative Calendar"},
+    # Ethnic Group (0010,2160) is X, kept under Retain Patient Characteristics: so is its code.
+    {"id": "00102161", "tag": "(0010,2161)", "basicProfile": "X", "rtnPatCharsOpt": "K",
+     "name": "Ethnic Group Code Sequence"},
+)  # fmt: skip
+
+
 @lru_cache(maxsize=1)
 def load_table() -> ProfileTable:
-    """The Table E.1-1 shipped with the package (read once per process)."""
+    """The Table E.1-1 shipped with the package, with :data:`SUPPLEMENT` (read once per
+    process)."""
     text = resources.files("aifi.dicom.deid").joinpath("data", TABLE_RESOURCE).read_text("utf-8")
-    return parse_rows(json.loads(text))
+    shipped: list[dict[str, str]] = json.loads(text)
+    listed = {row["tag"] for row in shipped}
+    return parse_rows(shipped + [row for row in SUPPLEMENT if row["tag"] not in listed])

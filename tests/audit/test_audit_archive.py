@@ -26,6 +26,7 @@ from fhir.resources.R4B.operationoutcome import OperationOutcome
 from sqlalchemy import delete, event, func, select, update
 
 from aifi.chain_anchor import Anchor
+from aifi.exchange import audit as audit_module
 from aifi.exchange import audit_archive, audit_search
 from aifi.exchange.app import create_app
 from aifi.exchange.audit import Actor, AuditAnchors, AuditLog, check_chain, newest_anchor
@@ -666,3 +667,24 @@ def test_one_round_at_a_time_across_processes_on_sqlite(tmp_path: Path) -> None:
     finally:
         exchange.dispose()
         command.dispose()
+
+
+def test_an_archive_spans_its_entries_earliest_to_latest_time_not_its_first_and_last(
+    log: Log, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry's time is taken when it is made, before its transaction commits; entries are
+    linked as they commit, so times within a run are not in chain order. A period search
+    passes over an archive whose span misses its entries, as this one's did: the entry of
+    10:00:05 sat between entries of 10:00:00 and 10:00:02."""
+    start = utcnow().replace(microsecond=0) - timedelta(days=30)
+    for seconds, patient in ((0, "a"), (5, "wanted"), (2, "b"), (40, "newest")):
+        made = start + timedelta(seconds=seconds)
+        monkeypatch.setattr(audit_module, "utcnow", lambda made=made: made)
+        log.audit.record(HOSPITAL, "read", "job", f"job-{patient}", patient_pseudonym=patient)
+        log.audit.chain()
+    monkeypatch.undo()
+    [archive] = log.archiver().archive_before(start + timedelta(seconds=10))
+    assert (archive.first_at, archive.last_at) == (start, start + timedelta(seconds=5))
+    question = AuditQuery(patient_pseudonym="wanted", since=start + timedelta(seconds=3))
+    found = [(where, entry.object_id) for where, entry in search(log.db, log.blobs, question)]
+    assert found == [(archive.blob_key, "job-wanted")]

@@ -197,6 +197,11 @@ class AuditArchiver:
         first: Any = None
         last: Any = None
         count = 0
+        # An entry's time is taken when it is made, and entries are linked as their
+        # transactions commit: times are not in chain order, so the run's span is their least
+        # and greatest, or a search by period would pass over this file.
+        earliest: datetime | None = None
+        latest: datetime | None = None
         fd, name = tempfile.mkstemp(dir=self._blobs.incoming, suffix=".part")
         path = Path(name)
         try:
@@ -213,6 +218,9 @@ class AuditArchiver:
                         first = row
                     last = row
                     count += 1
+                    at = as_utc(row.at)
+                    earliest = at if earliest is None or at < earliest else earliest
+                    latest = at if latest is None or at > latest else latest
                     if on_entries is not None and count % READ_BATCH == 0:
                         on_entries(READ_BATCH)
             if on_entries is not None and count % READ_BATCH:
@@ -237,8 +245,8 @@ class AuditArchiver:
             first_prev_hash=first.prev_hash,
             last_hash=last.entry_hash,
             entries=count,
-            first_at=as_utc(first.at),
-            last_at=as_utc(last.at),
+            first_at=earliest or as_utc(first.at),
+            last_at=latest or as_utc(last.at),
             temp=temp,
         )
 

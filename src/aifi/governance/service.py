@@ -301,7 +301,10 @@ class ClinicalService:
         self, actor: Actor, product_id: str, hospital_id: str | None = None
     ) -> RecordOfProcessing:
         """The record of processing for a hospital's DPIA (the hospital's own, or any for the
-        operator)."""
+        operator). It lists the hospital's routing rules (its modalities' AE titles, what it
+        sends): the hospital's business and its supervisor's, not a vendor's."""
+        if actor.role not in (OrganisationKind.hospital, OrganisationKind.operator):
+            raise Forbidden("a record of processing is read by its hospital and the operator")
         product = self._product(product_id)
         hospital = hospital_id or actor.organisation_id
         if actor.role == OrganisationKind.hospital and hospital != actor.organisation_id:

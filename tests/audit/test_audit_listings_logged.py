@@ -17,8 +17,8 @@ from fhir.resources.R4B.operationoutcome import OperationOutcome
 from sqlalchemy import select
 
 from aifi.exchange.app import create_app
-from aifi.exchange.audit import Actor, AuditLog
-from aifi.exchange.db import Database, upgrade_schema
+from aifi.exchange.audit import _STORE_ENTRIES, SYSTEM, Actor, AuditLog, _row
+from aifi.exchange.db import Database, execute_core, upgrade_schema
 from aifi.exchange.models import AuditEntry
 from aifi.exchange.settings import ExchangeSettings
 from aifi.web import mount
@@ -162,3 +162,48 @@ def test_each_fhir_entry_has_a_full_url_that_reads_it_and_the_read_is_logged(
     assert [(e.action, e.object_type, e.patient_pseudonym) for e in reads] == [
         ("read", "audit", "p3")
     ]
+
+
+@pytest.mark.parametrize("settings", ["postgresql"], indirect=True)
+def test_a_page_by_chain_position_misses_no_entry_written_while_it_was_read(
+    settings: ExchangeSettings,
+) -> None:
+    """An entry's id is handed out when it is written and seen when its transaction commits:
+    an export paging by ids passed an entry whose transaction committed after a later one.
+    Paging by chain position (`after_seq`) takes entries as they are seen."""
+    with TestClient(create_app(settings, extensions=[mount])) as client:
+        services = client.app.state.services
+        seen = client.get("/audit", headers=OPERATOR).json()
+        position = max(entry["chain_seq"] for entry in seen)
+        slow = services.db.sessions()
+        slow.begin()  # an entry stored, its transaction not committed yet
+        execute_core(
+            slow, _STORE_ENTRIES, [_row(SYSTEM, "delete", "input", "slow-job", "success", "p", "")]
+        )
+        try:
+            later = client.post(
+                "/organisations", json={"id": "hospital-z", "name": "Z", "kind": "hospital"},
+                headers=OPERATOR,
+            )  # fmt: skip
+            assert later.status_code == 201, later.text
+            page = client.get("/audit", params={"after_seq": position}, headers=OPERATOR).json()
+            by_id = client.get(
+                "/audit", params={"after_id": max(e["id"] for e in seen)}, headers=OPERATOR
+            ).json()
+        finally:
+            slow.commit()
+            slow.close()
+        listed = [entry["object_id"] for entry in page]
+        assert "hospital-z" in listed and "slow-job" not in listed
+        cursor_by_id = max(entry["id"] for entry in by_id)
+        position = max(entry["chain_seq"] for entry in page)
+        rest = client.get("/audit", params={"after_seq": position}, headers=OPERATOR).json()
+        assert "slow-job" in [entry["object_id"] for entry in rest]
+        assert "hospital-z" not in [entry["object_id"] for entry in rest]  # listed before
+        ids_after = client.get("/audit", params={"after_id": cursor_by_id}, headers=OPERATOR)
+        assert "slow-job" not in [entry["object_id"] for entry in ids_after.json()]  # passed
+
+        fhir = client.get("/audit/fhir", params={"after_seq": 0, "limit": 2}, headers=OPERATOR)
+        bundle = Bundle.model_validate_json(fhir.content)
+        [onwards] = [link.url for link in bundle.link or [] if link.relation == "next"]
+        assert "after_seq=" in str(onwards) and "limit=2" in str(onwards)

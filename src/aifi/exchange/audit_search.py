@@ -299,18 +299,32 @@ def log_listing(audit: AuditLog, actor: Actor, entries: Sequence[Any], *, where:
 
 
 def list_entries(
-    db: Database, audit: AuditLog, actor: Actor, *, after_id: int, limit: int, where: str
+    db: Database,
+    audit: AuditLog,
+    actor: Actor,
+    *,
+    after_id: int,
+    limit: int,
+    where: str,
+    after_seq: int | None = None,
 ) -> list[AuditEntry]:
     """The entries still in the table after id `after_id`, oldest first, `limit` at most;
-    logged as shown to `actor` (see :func:`log_listing`)."""
-    with db.session() as session:
-        entries = list(
-            session.scalars(
-                select(AuditEntry)
-                .where(AuditEntry.id > after_id)
-                .order_by(AuditEntry.id)
-                .limit(limit)
-            )
+    logged as shown to `actor` (see :func:`log_listing`).
+
+    With `after_seq`, the linked entries after that position of the chain, in chain order:
+    what an export that reads the log page after page must use. An id is handed out when an
+    entry is written and seen when its transaction commits, so on PostgreSQL a page by ids
+    can pass an entry still being written; the chain takes entries as they are seen.
+    """
+    if after_seq is not None:
+        query = (
+            select(AuditEntry)
+            .where(AuditEntry.chain_seq > after_seq)
+            .order_by(AuditEntry.chain_seq)
         )
+    else:
+        query = select(AuditEntry).where(AuditEntry.id > after_id).order_by(AuditEntry.id)
+    with db.session() as session:
+        entries = list(session.scalars(query.limit(limit)))
     log_listing(audit, actor, entries, where=where)
     return entries

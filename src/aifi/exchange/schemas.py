@@ -308,6 +308,8 @@ class AuditOut(BaseModel):
     detail: str
     prev_hash: str
     entry_hash: str
+    #: The entry's place in the hash chain: page on it (`after_seq`).
+    chain_seq: int | None = None
 
 
 class AuditFound(AuditOut):
@@ -320,7 +322,7 @@ class AuditFound(AuditOut):
     @classmethod
     def of(cls, kept: str, entry: Any) -> AuditFound:
         fields = {name: getattr(entry, name) for name in AuditOut.model_fields}
-        return cls(**fields, chain_seq=entry.chain_seq, kept_in=kept)
+        return cls(**fields, kept_in=kept)
 
 
 class AuditSearchPage(BaseModel):

@@ -200,15 +200,24 @@ def audit_fhir(
     services: ServicesDep,
     after_id: int = 0,
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
+    after_seq: Annotated[int | None, Query(ge=0)] = None,
 ) -> Response:
     """The access log as a FHIR R4 Bundle of AuditEvents (NEN 7513 fields mapped), a page
-    at a time (`after_id`: the last entry of the page before): the log runs to billions.
-    The listing is itself logged: which entries it gave out, and to whom."""
+    at a time (`after_id`: the last entry of the page before; better, `after_seq`: the last
+    entry's chain position, as ids can pass an entry still being written): the log runs to
+    billions. The listing is itself logged: which entries it gave out, and to whom."""
     require_role(caller, "operator")
+    if after_seq is not None:
+        services.audit.chain()
     entries = list_entries(
-        services.db, services.audit, caller, after_id=after_id, limit=limit, where="GET /audit/fhir"
-    )
-    bundle = audit_bundle(entries, _fhir_base(request))
+        services.db, services.audit, caller, after_id=after_id, limit=limit,
+        where="GET /audit/fhir", after_seq=after_seq,
+    )  # fmt: skip
+    onwards = None
+    if after_seq is not None:  # from the last entry's chain position, or this one again
+        last = entries[-1].chain_seq if entries else after_seq
+        onwards = str(request.url.include_query_params(after_seq=last, limit=limit))
+    bundle = audit_bundle(entries, _fhir_base(request), onwards)
     return Response(bundle.model_dump_json(exclude_none=True), media_type=FHIR_JSON)
 
 

@@ -125,11 +125,13 @@ def bundle_entry(entry: AuditEntry | Any, base: str, **more: Any) -> BundleEntry
     )
 
 
-def audit_bundle(entries: Iterable[AuditEntry], base: str) -> Bundle:
+def audit_bundle(entries: Iterable[AuditEntry], base: str, next_url: str | None = None) -> Bundle:
+    """A page of the log; `next_url`, where the next page is read from."""
     return Bundle.model_validate(
         {
             "resourceType": "Bundle",
             "type": "collection",
+            **({"link": [{"relation": "next", "url": next_url}]} if next_url else {}),
             "entry": [bundle_entry(e, base) for e in entries],
         }
     )

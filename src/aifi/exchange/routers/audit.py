@@ -22,14 +22,17 @@ def list_audit(
     services: ServicesDep,
     after_id: int = 0,
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
+    after_seq: Annotated[int | None, Query(ge=0)] = None,
 ) -> list[AuditOut]:
-    """The entries after `after_id`, oldest first. The listing is itself logged: which
-    entries it gave out, and to whom."""
+    """The entries after `after_id`, oldest first; with `after_seq`, those after that chain
+    position, in chain order (page on it: a page by ids can pass an entry still being
+    written). The listing is itself logged: which entries it gave out, and to whom."""
     require_role(caller, "operator")
     services.audit.chain()  # the operator sees entries linked, hashes and all
     entries = list_entries(
-        services.db, services.audit, caller, after_id=after_id, limit=limit, where="GET /audit"
-    )
+        services.db, services.audit, caller, after_id=after_id, limit=limit,
+        where="GET /audit", after_seq=after_seq,
+    )  # fmt: skip
     return [AuditOut.model_validate(entry) for entry in entries]
 
 

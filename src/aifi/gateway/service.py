@@ -375,6 +375,13 @@ class Gateway:
                 continue
             try:
                 header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
+                indexed = self.state.study_of_instance(str(header.SOPInstanceUID))
+                if indexed is not None and indexed != str(header.StudyInstanceUID):
+                    # Indexed under another study since (the PACS moved it): this copy was
+                    # left behind by a crash, and no sender was told it was stored.
+                    log.warning("spool file %s: its instance is now another study's", path.name)
+                    path.unlink(missing_ok=True)
+                    continue
                 self.state.record_instance(
                     ReceivedInstance(
                         sop_instance_uid=str(header.SOPInstanceUID),

@@ -379,10 +379,11 @@ class GatewayState(StateReads):
                 # A purge of its study removed the file between its receipt and now (the purge
                 # deletes under this lock): refuse it, so the sender sends it again.
                 raise FileNotFoundError(f"spool file {item.path} vanished before it was indexed")
-            known = db.execute(
-                "SELECT 1 FROM instances WHERE sop_instance_uid = ? AND study_uid = ?",
-                (item.sop_instance_uid, item.study_uid),
+            before = db.execute(
+                "SELECT study_uid, path FROM instances WHERE sop_instance_uid = ?",
+                (item.sop_instance_uid,),
             ).fetchone()
+            known = before is not None and before["study_uid"] == item.study_uid
             # An upsert, not INSERT OR REPLACE: a replaced row would leave the spool's
             # tallies without their DELETE trigger (SQLite fires it only if recursive).
             db.execute(
@@ -424,6 +425,17 @@ class GatewayState(StateReads):
                     "due_at = ?, note = ? WHERE study_uid = ?",
                     (now, now + quiet_seconds, note, item.study_uid),
                 )
+        if before is not None and before["path"] != str(item.path):
+            # The instance moved to another study (the PACS corrected it): its file under the
+            # old one belongs to no row now, and would outlive the study's retention, or be
+            # taken back to it by the next start's recovery.
+            Path(before["path"]).unlink(missing_ok=True)
+
+    def study_of_instance(self, sop_instance_uid: str) -> str | None:
+        rows = self.query(
+            "SELECT study_uid FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
+        )
+        return str(rows[0]["study_uid"]) if rows else None
 
     def drop_unindexed(self, path: Path, sop_instance_uid: str, study_uid: str) -> None:
         """Delete the spool file of an instance that could not be indexed, unless an index row

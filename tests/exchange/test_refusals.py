@@ -305,3 +305,21 @@ def test_the_operator_sees_a_completed_job_without_its_findings(
     assert [(j["id"], j["summary"]) for j in listed] == [(job["id"], None)]
     own = exchange.client.get(f"/jobs/{job['id']}", headers=hospital.headers).json()
     assert own["summary"] == findings  # the hospital's own result
+
+
+def test_a_vendor_sees_who_subscribes_to_its_product_not_their_routing_rules(
+    exchange: Any, parties: dict[str, Any]
+) -> None:
+    """A hospital's routing rules name its modalities and what it sends: its own business
+    (and its DPIA's), as the record of processing is, not the vendor's."""
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    rules = [{"modalities": ["CT"], "calling_ae_titles": ["CT_ROOM_3"]}]
+    reported = exchange.client.put(
+        "/subscriptions/product-a/routes", json={"routes": rules}, headers=hospital.headers
+    )
+    assert reported.status_code == 200, reported.text
+    own = exchange.client.get("/subscriptions", headers=hospital.headers).json()
+    assert [s["routes"] for s in own if s["product_id"] == "product-a"] == [rules]
+    theirs = exchange.client.get("/subscriptions", headers=vendor.headers).json()
+    assert [s["hospital_id"] for s in theirs if s["product_id"] == "product-a"] == ["hospital-a"]
+    assert all(s["routes"] is None for s in theirs)

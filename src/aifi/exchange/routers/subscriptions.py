@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from aifi.exchange.deps import CallerDep, ServicesDep
-from aifi.exchange.schemas import RoutesIn, SubscriptionIn, SubscriptionOut
+from aifi.exchange.schemas import OrganisationKind, RoutesIn, SubscriptionIn, SubscriptionOut
 
 router = APIRouter(prefix="/subscriptions", tags=["subscriptions"])
 
@@ -17,9 +17,15 @@ def subscribe(body: SubscriptionIn, caller: CallerDep, services: ServicesDep) ->
 
 @router.get("", response_model=list[SubscriptionOut])
 def list_subscriptions(caller: CallerDep, services: ServicesDep) -> list[SubscriptionOut]:
-    return [
+    """A hospital's subscriptions; a vendor's, which hospitals take its products, without
+    their routing rules (a hospital's modalities and what it sends are not the vendor's to
+    read, as the record of processing is not)."""
+    listed = [
         SubscriptionOut.model_validate(s) for s in services.catalogue.list_subscriptions(caller)
     ]
+    if caller.role == OrganisationKind.vendor:
+        return [s.model_copy(update={"routes": None}) for s in listed]
+    return listed
 
 
 @router.put("/{product_id}/routes", response_model=SubscriptionOut)

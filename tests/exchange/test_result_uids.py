@@ -48,17 +48,20 @@ def test_a_result_with_an_input_s_uid_is_refused_with_its_rule(
         block = report.private_block(0x0011, "AIFI TEST", create=True)
         block.add_new(0x01, "OB", b"\0" * (2 << 20))
     own = report[keyword].value
-    report[keyword].value = source[keyword].value
-    report.file_meta.MediaStorageSOPInstanceUID = report.SOPInstanceUID
-    copied = tmp_path / "copied.dcm"
-    report.save_as(copied, enforce_file_format=True)
 
-    refused = exchange.client.put(
-        f"/jobs/{job['id']}/results/sr.dcm",
-        params={"complete": "true"},
-        content=copied.read_bytes(),
-        headers=lease,
-    )
+    def upload(uid: str) -> Any:
+        """The report under `uid`, completing the job."""
+        report[keyword].value = uid
+        report.file_meta.MediaStorageSOPInstanceUID = report.SOPInstanceUID
+        report.save_as(tmp_path / "sr.dcm", enforce_file_format=True)
+        return exchange.client.put(
+            f"/jobs/{job['id']}/results/sr.dcm",
+            params={"complete": "true"},
+            content=(tmp_path / "sr.dcm").read_bytes(),
+            headers=lease,
+        )
+
+    refused = upload(source[keyword].value)
     assert refused.status_code == 422, refused.text
     assert f"rule 'own-uids', {named}" in refused.json()["detail"]
     held = exchange.client.get(f"/jobs/{job['id']}", headers=hospital.headers).json()
@@ -66,15 +69,7 @@ def test_a_result_with_an_input_s_uid_is_refused_with_its_rule(
     listed = exchange.client.get(f"/jobs/{job['id']}/results", headers=lease).json()
     assert listed == []
 
-    report[keyword].value = own
-    report.file_meta.MediaStorageSOPInstanceUID = report.SOPInstanceUID
-    report.save_as(copied, enforce_file_format=True)
-    stored = exchange.client.put(
-        f"/jobs/{job['id']}/results/sr.dcm",
-        params={"complete": "true"},
-        content=copied.read_bytes(),
-        headers=lease,
-    )
+    stored = upload(own)
     assert stored.status_code == 201, stored.text
     done = exchange.client.get(f"/jobs/{job['id']}", headers=hospital.headers).json()
     assert done["state"] == "completed"

@@ -358,9 +358,16 @@ class JobService:
 
     # reading -------------------------------------------------------------------------------
 
-    def visible(self, session: Session, actor: Actor, job_id: str) -> Job:
-        """The job if the caller may see it; other tenants' jobs do not exist for them."""
-        statement = _VISIBLE_JOB.get(actor.role, _VISIBLE_JOB[""])
+    def visible(
+        self,
+        session: Session,
+        actor: Actor,
+        job_id: str,
+        statements: dict[str, Select[Any]] = _VISIBLE_JOB,
+    ) -> Job:
+        """The job if the caller may see it; other tenants' jobs do not exist for them.
+        `statements`: how to read it, per role (see :func:`walled`)."""
+        statement = statements.get(actor.role, statements[""])
         job = session.scalars(
             statement, {"job_id": job_id, "organisation_id": actor.organisation_id}
         ).first()
@@ -829,15 +836,8 @@ class JobService:
         land after the lease sweep and the next claim, which drops what an attempt that did
         not finish left, and be delivered with the next attempt's results.
         """
-        if not keep:
-            return self.held_by(self.visible(session, actor, job_id), token)
-        statement = _KEPT_JOB.get(actor.role, _KEPT_JOB[""])
-        job = session.scalars(
-            statement, {"job_id": job_id, "organisation_id": actor.organisation_id}
-        ).first()
-        if job is None:
-            raise NotFound(f"no job {job_id!r}")
-        return self.held_by(job, token)
+        read = _KEPT_JOB if keep else _VISIBLE_JOB
+        return self.held_by(self.visible(session, actor, job_id, read), token)
 
     @staticmethod
     def held_by(job: Job, token: str) -> Job:

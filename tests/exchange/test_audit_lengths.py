@@ -10,21 +10,14 @@ from typing import Any
 
 from aifi.exchange.audit import Actor
 from aifi.exchange.schemas import OrganisationKind
-from aifi.products.tissue_volume import run as tissue_volume
-from aifi.vendor import JobContext
 
 
 def test_a_result_with_the_longest_name_allowed_is_stored_and_audited(
     exchange: Any, parties: dict[str, Any], make_ct: Any, tmp_path: Path
 ) -> None:
     hospital, vendor = parties["hospital_a"], parties["vendor_a"]
-    study = make_ct(slices=1)
-    job = exchange.ready_job(hospital, "product-a", study)
-    claim = exchange.claim(vendor)
-    assert claim is not None
-    out = tmp_path / "out"
-    out.mkdir()
-    sr = tissue_volume(JobContext(job={}, inputs=study, output_dir=out)).files[0].path
+    job, claim, made = exchange.worked_on(hospital, vendor, make_ct(slices=1), tmp_path / "out")
+    sr = made.files[0].path
     name = "r" * 196 + ".dcm"  # 200 characters: the longest the exchange takes
     stored = exchange.client.put(
         f"/jobs/{job['id']}/results/{name}",

@@ -10,8 +10,6 @@ from typing import Any
 import pydicom
 import pytest
 
-from aifi.products.tissue_volume import run as tissue_volume
-from aifi.vendor import JobContext
 from scale.exchange_api import OPERATOR_KEY
 
 
@@ -279,13 +277,8 @@ def test_the_operator_sees_a_completed_job_without_its_findings(
     """The job's summary is the product's findings: a result. The operator, who never reads
     results (`/results/summary.json` answers 403), must not read it on the job either."""
     hospital, vendor = parties["hospital_a"], parties["vendor_a"]
-    study = make_ct(slices=1)
-    job = exchange.ready_job(hospital, "product-a", study)
-    claim = exchange.claim(vendor)
-    assert claim is not None
-    out = tmp_path / "out"
-    out.mkdir()
-    findings = tissue_volume(JobContext(job={}, inputs=study, output_dir=out)).summary
+    job, claim, made = exchange.worked_on(hospital, vendor, make_ct(slices=1), tmp_path / "out")
+    findings = made.summary
     assert findings["findings"]
     completed = exchange.client.put(
         f"/jobs/{job['id']}/results/summary.json",

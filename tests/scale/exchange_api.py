@@ -111,6 +111,20 @@ class Exchange:
         assert response.status_code == 200, response.text
         return dict(response.json())
 
+    def worked_on(
+        self, hospital: Org, vendor: Org, study: list[Path], folder: Path
+    ) -> tuple[dict[str, Any], dict[str, Any], Any]:
+        """A job of `study` (for product-a), claimed by `vendor`, and what the reference
+        product made of it in `folder`: the job, the claim, the ProductResult."""
+        from aifi.products.tissue_volume import run
+        from aifi.vendor import JobContext
+
+        job = self.ready_job(hospital, "product-a", study)
+        claim = self.claim(vendor)
+        assert claim is not None and claim["job"]["id"] == job["id"]
+        folder.mkdir(parents=True)
+        return job, claim, run(JobContext(job={}, inputs=study, output_dir=folder))
+
 
 def blobs_under(blobs: Any, folder: str) -> list[str]:
     """The keys a blob store holds under `folder`, whichever store it is."""

@@ -8,9 +8,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import httpx
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import event
 
+from aifi.vendor import VendorClient
 from scale.exchange_api import Exchange, Org
 
 KEY = "a-claim-key_0123456789"
@@ -91,3 +94,44 @@ def test_a_first_claim_with_a_key_sends_no_more_statements(
     with statements(exchange) as keyed:
         assert exchange.claim(vendor, claim_key=KEY) is not None
     assert keyed == keyless
+
+
+class LosesFirstClaimAnswer(httpx.BaseTransport):
+    """The in-process exchange, reached as over a network that breaks off once: the first
+    claim reaches the exchange and commits, and its answer never comes back."""
+
+    def __init__(self, exchange: TestClient) -> None:
+        self._exchange = exchange
+        self.claims = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self._exchange.request(
+            request.method,
+            request.url.raw_path.decode(),
+            content=request.read(),
+            headers={k: v for k, v in request.headers.items() if k.lower() != "host"},
+        )
+        if request.url.path == "/jobs/claim":
+            self.claims += 1
+            if self.claims == 1:
+                raise httpx.ReadError("the connection broke off", request=request)
+        return httpx.Response(
+            response.status_code, headers=response.headers, content=response.content
+        )
+
+
+def test_the_sdk_gets_the_job_a_claim_whose_answer_was_lost_took(
+    exchange: Exchange, parties: dict[str, Org], make_ct: Any
+) -> None:
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    two_ready_jobs(exchange, hospital, make_ct)
+    network = LosesFirstClaimAnswer(exchange.client)
+    with VendorClient("http://exchange", vendor.key, transport=network) as client:
+        lease = client.claim(["product-a"], wait_seconds=0)
+    assert lease is not None and network.claims == 2
+    [held] = held_jobs(exchange, vendor)
+    assert held["id"] == lease.job_id and held["attempts"] == 1
+    heartbeat = exchange.client.post(
+        f"/jobs/{lease.job_id}/heartbeat", json={"lease_token": lease.token}, headers=vendor.headers
+    )
+    assert heartbeat.status_code == 200, heartbeat.text

@@ -140,15 +140,24 @@ class ApiClient:
         self.close()
 
     def request(
-        self, method: str, path: str, *, body_path: Path | None = None, **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        body_path: Path | None = None,
+        retries: int | None = None,
+        **kwargs: Any,
     ) -> httpx.Response:
         """Send, retrying connection failures and 502/503/504 with backoff.
 
-        Only idempotent calls go through here (every exchange call is, by key), so a retry
-        never doubles anything. A file body is given as `body_path` and streamed afresh on
-        every attempt (a generator would be spent after the first).
+        The retry sends the very same request, so it suits idempotent calls only (nearly
+        every exchange call is, by key). A call that is not, such as a claim, passes
+        `retries=0` and retries itself, saying it is a retry (the default: the client's
+        `retries`). A file body is given as `body_path` and streamed afresh on every attempt
+        (a generator would be spent after the first).
         """
-        for attempt in range(self._retries + 1):
+        retries = self._retries if retries is None else retries
+        for attempt in range(retries + 1):
             if body_path is not None:
                 kwargs["content"] = file_chunks(body_path)
             try:
@@ -156,13 +165,13 @@ class ApiClient:
             except httpx.ConnectError as exc:
                 if untrusted := _untrusted(exc, self.base_url):
                     raise untrusted from exc
-                if attempt == self._retries:
+                if attempt == retries:
                     raise
             except httpx.TransportError:
-                if attempt == self._retries:
+                if attempt == retries:
                     raise
             else:
-                if response.status_code not in TRANSIENT or attempt == self._retries:
+                if response.status_code not in TRANSIENT or attempt == retries:
                     return checked(response, method, path)
             time.sleep(pause(attempt))
         raise AssertionError("unreachable")

@@ -289,6 +289,13 @@ _TAKE_LOCKED = {
     some: update(Job).where(Job.id == candidate, _REQUESTED).values(_LEASE).returning(*_JOB_COLUMNS)
     for some, candidate in _LOCKED_CANDIDATE.items()
 }
+#: The job a vendor's claim took under its claim key, while the lease holds (see `_resumed`).
+_HELD_UNDER_KEY = select(Job).where(
+    Job.vendor_id == bindparam("organisation_id"),
+    Job.lease_token == bindparam("token"),
+    Job.state.in_(HELD_STATES),
+    Job.lease_expires_at > bindparam("now"),
+)
 #: SQLite: take this candidate, if it is still waiting.
 _TAKE_CANDIDATE = (
     update(Job)
@@ -728,6 +735,10 @@ class JobService:
 
         The job's inputs come with it, read in the same transaction: the worker's next step is
         fetching them, and it need not ask for the list first.
+
+        A claim is not idempotent, so a worker that lost its answer asks again with the same
+        `claim_key` (the lease token) and `resume`: the job it already took is answered
+        again. Only such a retry looks first; a first claim sends no more statements.
         """
         if actor.role != OrganisationKind.vendor:
             raise Forbidden("only vendors claim jobs")
@@ -736,9 +747,13 @@ class JobService:
         lease = self.lease_length(body.lease_seconds)
         some = bool(body.product_ids)
         wanted = {"claiming_vendor": actor.organisation_id, "product_ids": body.product_ids}
-        token = secrets.token_urlsafe(24)
+        token = body.claim_key or secrets.token_urlsafe(24)
         taken = self._lease_values(token, lease, body.start)
         with self._db.session() as session:
+            if body.resume and body.claim_key:
+                resumed = self._resumed(session, actor, body.claim_key)
+                if resumed is not None:
+                    return resumed
             if self._db.is_postgresql:
                 job = self._take_locked(session, some, wanted, taken)
             else:
@@ -765,6 +780,31 @@ class JobService:
             )
         self._forget(abandoned)
         return job, token, inputs
+
+    def _resumed(
+        self, session: Session, actor: Actor, key: str
+    ) -> tuple[Job, str, Sequence[JobInput]] | None:
+        """The claim whose answer was lost, answered again: the job the vendor holds under
+        `key`, if the lease still holds. A retry that claimed afresh would leave that job held
+        by a token nobody has until its lease ran out, one of its attempts spent."""
+        job = session.scalars(
+            _HELD_UNDER_KEY,
+            {"organisation_id": actor.organisation_id, "token": key, "now": utcnow()},
+        ).first()
+        if job is None:
+            return None
+        inputs = list(session.scalars(_INPUTS_OF_JOB, {"job_id": job.id}))
+        self._audit.record_in(
+            session,
+            actor,
+            "update",
+            "job",
+            job.id,
+            patient_pseudonym=job.patient_pseudonym,
+            detail=f"claim of attempt {job.attempts} answered again, its answer lost; "
+            f"its {len(inputs)} inputs listed",
+        )
+        return job, key, inputs
 
     def _discard_results(self, session: Session, job: Job, when: str) -> Sequence[str]:
         """Take out, in the caller's transaction, the results an attempt that did not finish

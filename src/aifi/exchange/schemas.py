@@ -231,6 +231,17 @@ class ClaimIn(BaseModel):
         description="the worker starts on the job at once: it goes straight to in-progress, "
         "without a first heartbeat",
     )
+    claim_key: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_-]{16,64}$",
+        description="a random key the worker makes for one claim and sends again on its "
+        "retries; the job's lease token is this key",
+    )
+    resume: bool = Field(
+        default=False,
+        description="this request repeats a claim whose answer was lost: the job held under "
+        "`claim_key` is answered again, if there is one, before any other is claimed",
+    )
 
 
 class Claim(BaseModel):

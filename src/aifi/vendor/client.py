@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import json
+import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aifi.http import ApiClient, ExchangeHTTPError, LeaseLost
+import httpx
+
+from aifi.http import (
+    TRANSIENT,
+    ApiClient,
+    ExchangeHTTPError,
+    ExchangeNotTrusted,
+    LeaseLost,
+    pause,
+)
 
 __all__ = ["ExchangeHTTPError", "InputGone", "Lease", "LeaseLost", "Renewal", "VendorClient"]
 
@@ -71,8 +82,9 @@ class VendorClient(ApiClient):
             "lease_seconds": lease_seconds,
             "wait_seconds": wait_seconds,
             "start": start,
+            "claim_key": secrets.token_urlsafe(24),
         }
-        response = self.request("POST", "/jobs/claim", json=body, timeout=wait_seconds + 30)
+        response = self._claim_until_answered(body, timeout=wait_seconds + 30)
         if response.status_code == 204:
             return None
         data = response.json()
@@ -82,6 +94,25 @@ class VendorClient(ApiClient):
             inputs=data.get("inputs"),
             lease_seconds=lease_seconds,
         )
+
+    def _claim_until_answered(self, body: dict[str, Any], timeout: float) -> httpx.Response:
+        """Send the claim, retried as `request` retries, but each retry with `resume`: the
+        exchange may have committed a claim whose answer was lost, and a plain retry would
+        take a second job, the first held by a lease nobody has until it ran out."""
+        for attempt in range(self._retries + 1):
+            try:
+                return self.request("POST", "/jobs/claim", json=body, timeout=timeout, retries=0)
+            except ExchangeNotTrusted:
+                raise
+            except httpx.TransportError:
+                if attempt == self._retries:
+                    raise
+            except ExchangeHTTPError as exc:
+                if exc.status not in TRANSIENT or attempt == self._retries:
+                    raise
+            time.sleep(pause(attempt))
+            body = {**body, "resume": True}
+        raise AssertionError("unreachable")
 
     def heartbeat(self, lease: Lease) -> Renewal:
         """Renew the lease for as long as its claim asked."""

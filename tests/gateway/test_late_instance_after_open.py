@@ -10,10 +10,8 @@ import shutil
 import time
 from pathlib import Path
 
-import pydicom
 import pytest
 import yaml
-from pydicom.uid import generate_uid
 
 from aifi.gateway.config import load_config
 from aifi.gateway.disclosures import NotRecorded
@@ -80,52 +78,6 @@ def test_a_late_instance_before_the_retry_leaves_the_opened_job_as_it_opened(
         assert gateway.assemble_due(time.time() + 5) == 1  # the late slice's round
         second = gateway.state.pending_jobs(time.time() + 1)
         assert [row["round"] for row in second] == [2]
-    finally:
-        gateway.client.close()
-        gateway.state.close()
-        gateway.vault.close()
-        gateway.disclosures.close()
-
-
-def test_a_late_instance_before_its_round_was_sent_goes_with_it(
-    national: National, tmp_path: Path
-) -> None:
-    """The exchange was away, or the job waited its turn: a late slice of a series the
-    round's jobs take goes with them, as they read the spool when they are sent. A round of
-    its own would send the same instances to the same product twice, and two results would
-    come back. A slice of a series the jobs do not take still opens a round of its own."""
-    write_study("ct-head", tmp_path / "study", seed=6, size="small")
-    *files, late = sorted((tmp_path / "study").rglob("*.dcm"))
-    path = gateway_config(tmp_path, national, free_port(), 1, quiet_seconds=0.0)
-    config = yaml.safe_load(path.read_text())
-    config["pacs"] = []
-    path.write_text(yaml.safe_dump(config))
-    gateway = Gateway(load_config(path))  # not started: nothing is sent
-    gateway.incoming.mkdir(exist_ok=True)
-
-    def receive(dataset: pydicom.Dataset, name: str) -> None:
-        arrived = gateway.incoming / name
-        dataset.save_as(arrived, enforce_file_format=True)
-        assert gateway.receive(arrived, "CT_SCANNER", 1).stored
-        gateway.sending_ended(1, "CT_SCANNER")
-
-    try:
-        for number, file in enumerate(files):
-            receive(pydicom.dcmread(file), f"{number}.dcm")
-        assert gateway.assemble_due(time.time() + 5) == 1
-        [job] = gateway.jobs()
-        receive(pydicom.dcmread(late), "late.dcm")
-        assert gateway.assemble_due(time.time() + 5) == 0  # no round of its own
-        [study] = gateway.state.query("SELECT round, note FROM studies")
-        assert study["round"] == 1 and "goes with it" in study["note"]
-        assert len(gateway.state.study_instances(job["study_uid"])) == len(files) + 1
-
-        other = pydicom.dcmread(late)  # a series the round's job does not take
-        other.SeriesInstanceUID = generate_uid()
-        other.SOPInstanceUID = generate_uid()
-        receive(other, "other-series.dcm")
-        [study] = gateway.state.query("SELECT round FROM studies")
-        assert study["round"] == 2
     finally:
         gateway.client.close()
         gateway.state.close()

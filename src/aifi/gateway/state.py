@@ -194,25 +194,6 @@ class RoutedJob:
     series_uids: frozenset[str]
 
 
-def _round_unsent(db: sqlite3.Connection, study_uid: str, series_uid: str) -> bool:
-    """Whether every job of the study's latest round is still waiting to be sent, none has
-    reached the exchange yet, and each takes `series_uid`: a late instance of that series then
-    goes with them (a job reads the spool as it is sent), not in a round of its own, which
-    would send the same instances to the same products twice."""
-    jobs = db.execute(
-        "SELECT j.state, j.exchange_job_id, j.series_uids FROM jobs j "
-        "JOIN studies s ON s.study_uid = j.study_uid AND j.round = s.round "
-        "WHERE j.study_uid = ?",
-        (study_uid,),
-    ).fetchall()
-    return bool(jobs) and all(
-        job["state"] == "pending"
-        and job["exchange_job_id"] is None
-        and series_uid in json.loads(job["series_uids"])
-        for job in jobs
-    )
-
-
 def _round_failed(db: sqlite3.Connection, study_uid: str) -> bool:
     """Whether a job of the study's latest round ended without its results (failed,
     expired or cancelled at the exchange, or refused)."""
@@ -386,8 +367,7 @@ class GatewayState(StateReads):
         """Index a stored instance and restart its study's quiet timer.
 
         A new instance for a study already routed opens a new round: the study is assembled
-        again and sent as a follow-up job, never silently dropped; unless the round's jobs
-        have not been sent yet and take the instance's series: it then goes with them. An instance the study already
+        again and sent as a follow-up job, never silently dropped. An instance the study already
         holds (same SOP Instance UID: the PACS or the modality sending the study again) opens
         one only if the round's jobs did not all succeed, or the study matched no route: a
         re-send then tries again. A re-send of a study whose results were delivered, or are on
@@ -433,14 +413,6 @@ class GatewayState(StateReads):
                 db.execute(
                     "UPDATE studies SET note = ? WHERE study_uid = ?",
                     (f"sent again: already in round {row['round']}, nothing new", item.study_uid),
-                )
-            elif row["state"] == "routed" and _round_unsent(db, item.study_uid, item.series_uid):
-                db.execute(
-                    "UPDATE studies SET note = ? WHERE study_uid = ?",
-                    (
-                        f"late instance before round {row['round']} was sent: it goes with it",
-                        item.study_uid,
-                    ),
                 )
             else:
                 note = (

@@ -428,8 +428,22 @@ class GatewayState(StateReads):
         if before is not None and before["path"] != str(item.path):
             # The instance moved to another study (the PACS corrected it): its file under the
             # old one belongs to no row now, and would outlive the study's retention, or be
-            # taken back to it by the next start's recovery.
-            Path(before["path"]).unlink(missing_ok=True)
+            # taken back to it by the next start's recovery. Deleted once the move committed,
+            # under the lock receipt checks its file under, unless a row names it again by then
+            # (the instance sent under its old study once more); a file written but not yet
+            # indexed is then refused at its indexing, and sent again.
+            with self._lock:
+                self._drop_if_unnamed(Path(before["path"]), item.sop_instance_uid)
+
+    def _drop_if_unnamed(self, path: Path, sop_instance_uid: str) -> None:
+        """Delete `path`, a spool file of the instance, unless its row names it (call holding
+        the lock)."""
+        named = self._conn.execute(
+            "SELECT 1 FROM instances WHERE sop_instance_uid = ? AND path = ?",
+            (sop_instance_uid, str(path)),
+        ).fetchone()
+        if named is None:
+            path.unlink(missing_ok=True)
 
     def study_of_instance(self, sop_instance_uid: str) -> str | None:
         rows = self.query(

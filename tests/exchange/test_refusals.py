@@ -316,3 +316,18 @@ def test_a_vendor_sees_who_subscribes_to_its_product_not_their_routing_rules(
     theirs = exchange.client.get("/subscriptions", headers=vendor.headers).json()
     assert [s["hospital_id"] for s in theirs if s["product_id"] == "product-a"] == ["hospital-a"]
     assert all(s["routes"] is None for s in theirs)
+
+
+def test_a_result_name_ending_in_a_newline_is_refused(
+    exchange: Any, parties: dict[str, Any], make_ct: Any, tmp_path: Path
+) -> None:
+    """Names are matched whole: `$` took `a.dcm` followed by a newline, which the gateway,
+    keeping names as file names, then refused with the whole job's results."""
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    job, claim, made = exchange.worked_on(hospital, vendor, make_ct(slices=1), tmp_path / "out")
+    refused = exchange.client.put(
+        f"/jobs/{job['id']}/results/a.dcm%0A",
+        content=made.files[0].path.read_bytes(),
+        headers={"X-Lease-Token": claim["lease_token"], **vendor.headers},
+    )
+    assert refused.status_code == 422, refused.text

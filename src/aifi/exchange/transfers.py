@@ -34,8 +34,9 @@ from aifi.exchange.validation import (
     check_summary,
 )
 
-UID = re.compile(r"^[0-9.]{1,64}$")
-RESULT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+#: Matched whole (`fullmatch`): `$` would also take a name ending in a newline.
+UID = re.compile(r"[0-9.]{1,64}")
+RESULT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 #: Uploads up to this size are read before the job is looked at, and the job is checked once,
 #: in the transaction that stores them. Larger ones are refused before their bytes are read.
 CHECK_FIRST_BYTES = 1024 * 1024
@@ -172,7 +173,7 @@ class Transfers:
         connection waits while it goes to the object store; a small one is read first and the
         job checked once, in the transaction that stores it.
         """
-        if not UID.match(sop_uid):
+        if not UID.fullmatch(sop_uid):
             raise Invalid(f"job {job_id}: {sop_uid!r} is not a SOP Instance UID")
         checked = None
         if length is None or length > CHECK_FIRST_BYTES:
@@ -370,7 +371,7 @@ class Transfers:
         Completing here saves the worker a request, and the result and the job's end share one
         transaction: a result refused or lost is never followed by a completed job.
         """
-        if not RESULT_NAME.match(name):
+        if not RESULT_NAME.fullmatch(name):
             raise Invalid(
                 f"job {job_id}: result name {name!r} is not allowed (letters, digits, . _ -)"
             )

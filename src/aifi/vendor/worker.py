@@ -252,8 +252,8 @@ class Worker:
             )
             return None
         except ExchangeHTTPError as exc:
-            if isinstance(exc, LeaseLost):
-                raise
+            if isinstance(exc, LeaseLost) or exc.status in NOT_LET_IN:
+                raise  # the run loop says what the worker must change, and waits
             # After the client's own retries: another worker, or this one later, may fare
             # better; the study is not at fault.
             self._hand_back(lease, f"the exchange did not give the job's inputs: {exc}")

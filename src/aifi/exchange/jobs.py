@@ -768,16 +768,7 @@ class JobService:
                 if job.attempts > 1
                 else ()
             )
-            inputs = list(session.scalars(_INPUTS_OF_JOB, {"job_id": job.id}))
-            self._audit.record_in(
-                session,
-                actor,
-                "update",
-                "job",
-                job.id,
-                patient_pseudonym=job.patient_pseudonym,
-                detail=f"claimed, attempt {job.attempts}; its {len(inputs)} inputs listed",
-            )
+            inputs = self._answered(session, actor, job, f"claimed, attempt {job.attempts}")
         self._forget(abandoned)
         return job, token, inputs
 
@@ -793,6 +784,11 @@ class JobService:
         ).first()
         if job is None:
             return None
+        said = f"claim of attempt {job.attempts} answered again, its answer lost"
+        return job, key, self._answered(session, actor, job, said)
+
+    def _answered(self, session: Session, actor: Actor, job: Job, said: str) -> Sequence[JobInput]:
+        """The job's inputs, listed with the claim's answer, and the claim audited (`said`)."""
         inputs = list(session.scalars(_INPUTS_OF_JOB, {"job_id": job.id}))
         self._audit.record_in(
             session,
@@ -801,10 +797,9 @@ class JobService:
             "job",
             job.id,
             patient_pseudonym=job.patient_pseudonym,
-            detail=f"claim of attempt {job.attempts} answered again, its answer lost; "
-            f"its {len(inputs)} inputs listed",
+            detail=f"{said}; its {len(inputs)} inputs listed",
         )
-        return job, key, inputs
+        return inputs
 
     def _discard_results(self, session: Session, job: Job, when: str) -> Sequence[str]:
         """Take out, in the caller's transaction, the results an attempt that did not finish

@@ -164,11 +164,11 @@ def test_an_unexpected_error_on_one_job_retries_it_after_the_jobs_behind_it(
     send_notices = Gateway._send_notices
     failed: list[str] = []
 
-    def once_failing(gateway: Gateway, local_id: int, job: dict[str, Any], results: Any) -> bool:
+    def once_failing(gateway: Gateway, local_id: int, job: dict[str, Any], *more: Any) -> bool:
         if not failed:
             failed.append(str(job["id"]))
             raise RuntimeError("a fault no handler expects")
-        return send_notices(gateway, local_id, job, results)
+        return send_notices(gateway, local_id, job, *more)
 
     monkeypatch.setattr(Gateway, "_send_notices", once_failing)
     (first, first_study), (second, second_study) = studies(tmp_path / "studies", 2)

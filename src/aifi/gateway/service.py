@@ -380,7 +380,9 @@ class Gateway:
                     # Indexed under another study since (the PACS moved it): this copy was
                     # left behind by a crash, and no sender was told it was stored.
                     log.warning("spool file %s: its instance is now another study's", path.name)
-                    path.unlink(missing_ok=True)
+                    self.state.drop_unindexed(
+                        path, str(header.SOPInstanceUID), str(header.StudyInstanceUID)
+                    )
                     continue
                 self.state.record_instance(
                     ReceivedInstance(
@@ -539,6 +541,7 @@ class Gateway:
                 )
 
             def open_job(study_uid: str, patient: str, count: int) -> str:
+                refused: ExchangeHTTPError | None = None
                 try:
                     created = create(study_uid, patient, count)
                 except ExchangeHTTPError as exc:
@@ -548,14 +551,13 @@ class Gateway:
                     # answer lost, the disclosure log full), and an instance that came since
                     # made the count another: the job stands as it opened, and the late
                     # instance goes with the study's next round.
-                    created = create(study_uid, patient, None)
+                    refused, created = exc, create(study_uid, patient, None)
                     if not created.get("inputs_complete"):
                         raise exc from None
-                    opened.update(created)
-                    self.state.update_job(job_id, exchange_job_id=created["id"])
-                    raise AlreadyOpen(str(created["id"])) from exc
                 opened.update(created)
                 self.state.update_job(job_id, exchange_job_id=created["id"])
+                if refused is not None:
+                    raise AlreadyOpen(str(created["id"])) from refused
                 return str(created["id"])
 
             def already_uploaded(exchange_id: str) -> set[str]:
@@ -865,7 +867,7 @@ class Gateway:
                     restored.unlink(missing_ok=True)  # re-identified, and recorded, next time
                     raise
             ready.append((name, restored))
-        notified = self._send_notices(local_id, job, [path for _name, path in ready])
+        notified = self._send_notices(local_id, job, known, [path for _name, path in ready])
         self._key_image(local_id, [path for _name, path in ready], folder / "key-image.png")
         complete = notified
         for destination in self.config.pacs:
@@ -902,18 +904,21 @@ class Gateway:
             return None
         return len(ready)
 
-    def _send_notices(self, local_id: int, job: dict[str, Any], results: list[Path]) -> bool:
+    def _send_notices(
+        self,
+        local_id: int,
+        job: dict[str, Any],
+        known: tuple[str, dict[str, str]],
+        results: list[Path],
+    ) -> bool:
         """Send the result notice on every configured channel not yet done; True when done.
 
         A channel is done when it succeeded, when resending cannot help, or after
         a few tries (then the failure stays recorded for the hospital to see, and counted in
-        `aifi_gateway_notices`).
+        `aifi_gateway_notices`). `known`: the job's study as the vault holds it, which the
+        delivery has already looked up and checked.
         """
         if not self.config.notifications.configured:
-            return True
-        known = self.vault.study(str(job["study_uid"]))
-        if known is None:
-            log.error("job %s: study not in the vault; no notice sent", job["id"])
             return True
         summary = None
         if job.get("summary"):

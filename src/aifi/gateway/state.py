@@ -432,18 +432,7 @@ class GatewayState(StateReads):
             # under the lock receipt checks its file under, unless a row names it again by then
             # (the instance sent under its old study once more); a file written but not yet
             # indexed is then refused at its indexing, and sent again.
-            with self._lock:
-                self._drop_if_unnamed(Path(before["path"]), item.sop_instance_uid)
-
-    def _drop_if_unnamed(self, path: Path, sop_instance_uid: str) -> None:
-        """Delete `path`, a spool file of the instance, unless its row names it (call holding
-        the lock)."""
-        named = self._conn.execute(
-            "SELECT 1 FROM instances WHERE sop_instance_uid = ? AND path = ?",
-            (sop_instance_uid, str(path)),
-        ).fetchone()
-        if named is None:
-            path.unlink(missing_ok=True)
+            self.drop_unindexed(Path(before["path"]), item.sop_instance_uid, before["study_uid"])
 
     def study_of_instance(self, sop_instance_uid: str) -> str | None:
         rows = self.query(

@@ -134,7 +134,9 @@ def test_a_place_in_the_queue_is_found_by_index_however_long_the_queue(
     sent: list[tuple[str, Any]] = []
 
     def keep(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if statement.startswith("UPDATE jobs SET") and "queue_place" in statement:
+        # An opening reads the hospital's last place (`… DESC`); the replica's lease sweep,
+        # which may run meanwhile, puts jobs back at the head only.
+        if statement.startswith("UPDATE jobs SET") and "waiting.queue_place DESC" in statement:
             sent.append((statement, parameters))
 
     event.listen(db.engine, "before_cursor_execute", keep)

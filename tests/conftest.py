@@ -68,3 +68,15 @@ def fsynced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(durable.os, "fsync", recording_fsync)
     return flushed
+
+
+@pytest.fixture
+def quiet_replica(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exchange replicas started in this test run none of their own rounds for an hour: no
+    lease sweep (each second), no audit-chain link (each half second). For tests that count
+    the statements a request sends, which a round running meanwhile would add to; such a test
+    runs the rounds it needs itself. Name it before the exchange's fixture."""
+    from aifi.exchange import app
+
+    monkeypatch.setattr(app, "LEASE_SWEEP_SECONDS", 3600.0)
+    monkeypatch.setattr(app, "AUDIT_LINK_SECONDS", 3600.0)

@@ -84,6 +84,7 @@ def test_a_claim_key_of_the_wrong_shape_is_refused(
     assert refused.status_code == 422, refused.text
 
 
+@pytest.mark.usefixtures("quiet_replica")
 def test_a_first_claim_with_a_key_sends_no_more_statements(
     exchange: Exchange, parties: dict[str, Org], make_ct: Any
 ) -> None:

@@ -24,7 +24,6 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import event, insert
 
-from aifi.exchange import app as exchange_app
 from aifi.exchange.app import create_app
 from aifi.exchange.clock import utcnow
 from aifi.exchange.db import Database
@@ -33,14 +32,8 @@ from aifi.web import mount
 from scale.conftest import ExchangeFactory, set_up_parties
 from scale.exchange_api import Exchange, Org, backend_settings
 
-
-@pytest.fixture(autouse=True)
-def no_background_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The replicas' own rounds (the lease sweep each second, the audit chain's links) would
-    otherwise run now and then inside a measurement, adding their statements to it; the
-    tests run the rounds they measure themselves."""
-    monkeypatch.setattr(exchange_app, "LEASE_SWEEP_SECONDS", 3600.0)
-    monkeypatch.setattr(exchange_app, "AUDIT_LINK_SECONDS", 3600.0)
+#: A round running meanwhile would add its statements to what a test measures.
+pytestmark = pytest.mark.usefixtures("quiet_replica")
 
 
 def add_history(db: Database, orgs: dict[str, Org], jobs: int) -> None:

@@ -18,6 +18,7 @@ from aifi.gateway.config import load_config
 from aifi.gateway.service import Gateway
 from aifi.phantoms import write_study
 from aifi.products import tissue_volume
+from aifi.results import check
 from aifi.vendor import JobContext, ProductResult, ResultFile
 from support.national import National, gateway_config, gateway_gauge, national_path
 from support.peers import OrthancPeer, free_port, storescu
@@ -30,8 +31,8 @@ _SHORT_FD = (b"\x18\x00\x87\x90FD\x08\x00", b"\x18\x00\x87\x90FD\x04\x00")
 
 
 def short_element(result: ProductResult, _context: JobContext) -> ProductResult:
-    """One element whose length its VR cannot have: the exchange's check reads the result
-    lazily and takes it; the gateway, which must walk every UID, cannot read it."""
+    """One element whose length its VR cannot have: pydicom cannot read it, and the gateway
+    must read every value as it walks the result for UIDs."""
     sr = result.files[0].path
     ds = pydicom.dcmread(sr)
     ds.DiffusionBValue = 1.0
@@ -109,9 +110,41 @@ def settled(gateway: Gateway) -> bool:
     return all(job["state"] in ("delivered", "ended") for job in gateway.jobs())
 
 
-def test_a_result_the_gateway_cannot_read_ends_its_job_and_holds_up_none_behind_it(
+def test_a_result_with_a_value_nobody_can_read_is_refused_at_upload_and_its_job_fails(
     national: National, spoiling: list[Spoiler], orthanc_factory: Any, tmp_path: Path
 ) -> None:
+    """The exchange reads every value's length as it checks a result: the vendor's worker
+    hears which attribute is broken, and the job fails with it; the hospital hears why."""
+    spoiling.append(short_element)
+    (bad, bad_study), (good, good_study) = studies(tmp_path / "studies", 2)
+    gateway, pacs = run_gateway(national, orthanc_factory, tmp_path, [bad, good])
+    try:
+        assert gateway.wait_until(lambda: settled(gateway), timeout=120), gateway.jobs()
+        failed, delivered = sorted(gateway.jobs(), key=lambda job: job["id"])
+        assert gateway_gauge(gateway, "aifi_gateway_jobs_undelivered") == 0
+    finally:
+        gateway.stop()
+    assert failed["state"] == "ended" and failed["exchange_state"] == "failed"
+    assert "the exchange refused a result" in failed["reason"], failed["reason"]
+    assert "readable-values" in failed["reason"], failed["reason"]
+    assert "DiffusionBValue (0018,9087)" in failed["reason"], failed["reason"]
+    assert delivered["state"] == "delivered" and delivered["results_delivered"] == 1
+    assert pacs_instances(pacs, bad_study) == []
+    [result] = pacs_instances(pacs, good_study)
+    assert result["PatientID"] == "HOSP-1"
+
+
+def test_a_result_the_gateway_cannot_read_ends_its_job_and_holds_up_none_behind_it(
+    national: National,
+    spoiling: list[Spoiler],
+    orthanc_factory: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An exchange from before it read every value's length took such a result (and a value
+    a later pydicom cannot read could reach a gateway the same way): the gateway refuses it,
+    and no job behind it waits."""
+    monkeypatch.setattr(check, "check_values_readable", lambda _dataset: None)
     spoiling.append(short_element)
     (bad, bad_study), (good, good_study) = studies(tmp_path / "studies", 2)
     gateway, pacs = run_gateway(national, orthanc_factory, tmp_path, [bad, good])

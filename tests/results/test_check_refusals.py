@@ -259,6 +259,52 @@ def test_a_reference_to_another_study_in_an_implicit_vr_file_is_refused(
     )
 
 
+#: Diffusion Gradient Orientation (0018,9089), three FD values, in Explicit and in Implicit VR
+#: Little Endian: the element as written (8 bytes of header, 24 of values), and its header as
+#: spoiled to 12 bytes, one and a half values. The 12 bytes left over become a private
+#: creator element, so that every length around it still holds.
+_FD = {
+    False: (
+        b"\x18\x00\x89\x90FD\x18\x00",
+        b"\x18\x00\x89\x90FD\x0c\x00",
+        b"\x19\x00\x10\x00LO\x04\x00",
+    ),
+    True: (
+        b"\x18\x00\x89\x90\x18\x00\x00\x00",
+        b"\x18\x00\x89\x90\x0c\x00\x00\x00",
+        b"\x19\x00\x10\x00\x04\x00\x00\x00",
+    ),
+}
+
+
+@pytest.mark.parametrize("implicit_vr", [False, True], ids=["explicit-vr", "implicit-vr"])
+def test_a_number_cut_short_deep_in_a_sequence_is_refused(
+    report: hd.sr.Comprehensive3DSR, tmp_path: Path, study_uid: str, implicit_vr: bool
+):
+    """A binary value no rule reads is still read by the hospital's gateway as it
+    re-identifies the result; pydicom cannot read half a value, so the vendor learns at upload
+    which attribute is broken, not from the operator once the hospital refused the result."""
+    item = report.CurrentRequestedProcedureEvidenceSequence[0]
+    item.add_new(0x00189089, "FD", [0.0, 0.0, 1.0])
+    if implicit_vr:
+        report.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    path = tmp_path / "sr.dcm"
+    report.save_as(path, implicit_vr=implicit_vr, little_endian=True, enforce_file_format=True)
+    assert check_result(path, study_instance_uid=study_uid).sop_instance_uid  # whole: accepted
+    data = path.read_bytes()
+    written, spoiled, creator = _FD[implicit_vr]
+    at = data.index(written) + len(written)
+    path.write_bytes(data[: at - len(written)] + spoiled + data[at : at + 12] + creator + b"AIFI"
+                     + data[at + 24 :])  # fmt: skip
+    refusal = _refusal(path, study_uid)
+    assert (refusal.rule, refusal.attribute) == (
+        "readable-values",
+        "DiffusionGradientOrientation (0018,9089) in CurrentRequestedProcedureEvidenceSequence "
+        "(0040,A375) item 1",
+    )
+    assert "FD value of 12 bytes" in refusal.message
+
+
 def _strip(item: Dataset, code_value: str) -> None:
     if "ContentSequence" not in item:
         return

@@ -20,6 +20,9 @@ Rules, in the order they are applied; each refusal names its rule and the offend
     Every study referenced anywhere in the data set is the job's study.
 ``algorithm-identification``
     The result names the algorithm that made it (see :mod:`aifi.results.conformance`).
+``readable-values``
+    Every value can be read: no binary number of the wrong length, no sequence that does not
+    parse, anywhere in the data set (see :mod:`aifi.results.values`).
 
 A result that passes is accepted; :attr:`ResultCheck.air_conformant` and
 :attr:`ResultCheck.notes` tell whether it is an IHE AIR result object and, if not, why.
@@ -49,6 +52,7 @@ from aifi.results.sr_tree import (
     concept_of,
     read_content_tree,
 )
+from aifi.results.values import check_values_readable
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,7 @@ def _check_dataset(dataset: Dataset, study_instance_uid: str) -> ResultCheck:
     check_study_references(dataset, study_instance_uid)
     content = _content_tree(dataset, kind)
     algorithm = identify_algorithm(dataset, kind, content)
+    check_values_readable(dataset)
     gaps = air_conformance(dataset, kind, content)
     return ResultCheck(
         sop_class_uid=sop_class_uid,

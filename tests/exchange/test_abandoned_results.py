@@ -25,6 +25,9 @@ from scale.exchange_api import OPERATOR_KEY, Exchange, Org, blobs_under
 OPERATOR = {"Authorization": f"Bearer {OPERATOR_KEY}"}
 DISCARDS = "DELETE FROM job_results"
 
+#: The tests move the exchange's clock and run its lease sweep themselves.
+pytestmark = pytest.mark.usefixtures("quiet_replica")
+
 
 class Attempts:
     """One job, claimed and worked on attempt after attempt, on a clock the test moves."""

@@ -15,6 +15,9 @@ from aifi.exchange.clock import utcnow
 from scale.exchange_api import Exchange, Org
 from support.plans import plan_of
 
+#: The tests move the exchange's clock and run its lease sweep themselves.
+pytestmark = pytest.mark.usefixtures("quiet_replica")
+
 
 @pytest.fixture
 def hospitals(exchange: Exchange, parties: dict[str, Any]) -> dict[str, Org]:

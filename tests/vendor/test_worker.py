@@ -389,3 +389,44 @@ def test_a_worker_the_exchange_does_not_let_in_knocks_once_a_minute(
         r.getMessage() for r in caplog.records if "does not let this worker in" in r.getMessage()
     ]
     assert "401" in said and "aifi worker --check" in said
+
+
+class LosesTheCompletingAnswer(httpx.HTTPTransport):
+    """The network to the exchange breaks off once, just after the exchange took the upload
+    that completes the job: its answer never comes back, and the client sends it again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        completing = request.method == "PUT" and request.url.params.get("complete") == "true"
+        if completing and not self.lost:
+            self.lost += 1
+            response.read()
+            response.close()
+            raise httpx.ReadError("the connection broke off", request=request)
+        return response
+
+
+def test_a_job_whose_completing_answer_was_lost_is_logged_as_completed(
+    national: National, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The upload that completed the job is sent again, and the exchange refuses it (409): the
+    job ended with the first. The worker says the job completed, not that its lease was lost
+    and another worker will take it, which would send an engineer looking for a fault."""
+    job_id = submit_study(national, tmp_path / "study")
+    network = LosesTheCompletingAnswer()
+    client = VendorClient(national.exchange.url, national.vendor_key, transport=network)
+    worker = Worker(client, tissue_volume.run, product_ids=[PRODUCT], workdir=tmp_path)
+    with caplog.at_level(logging.INFO, logger="aifi.vendor.worker"):
+        assert worker.run_once(wait_seconds=10) == job_id
+    client.close()
+    assert network.lost == 1
+    with national.api() as api:
+        job = api.get(f"/jobs/{job_id}").json()
+    assert job["state"] == "completed" and job["attempts"] == 1, job
+    said = [r.getMessage() for r in caplog.records if f"job {job_id}" in r.getMessage()]
+    assert not [line for line in said if "another worker will take it" in line], said
+    assert [line for line in said if "completed" in line and "answer" in line], said

@@ -114,6 +114,10 @@ class VendorClient(ApiClient):
             body = {**body, "resume": True}
         raise AssertionError("unreachable")
 
+    def job(self, job_id: str) -> dict[str, Any]:
+        """The job as the exchange has it now: its state, attempts and reason."""
+        return dict(self.request("GET", f"/jobs/{job_id}").json())
+
     def heartbeat(self, lease: Lease) -> Renewal:
         """Renew the lease for as long as its claim asked."""
         body: dict[str, Any] = {"lease_token": lease.token}

@@ -47,7 +47,7 @@ from aifi.gateway.receipt import (
 )
 from aifi.gateway.reidentify import reidentify_file
 from aifi.gateway.routing import route_study
-from aifi.gateway.state import GatewayState, ReceivedInstance, notice_settled
+from aifi.gateway.state import GatewayState, ReceivedInstance, inputs_digest, notice_settled
 from aifi.gateway.stow import BASE as STOW_BASE
 from aifi.gateway.stow import stow_app
 from aifi.gateway.vault import Vault
@@ -515,7 +515,20 @@ class Gateway:
             log.warning("uptake counts not reported yet: %s", exc)
 
     def submit(self, job: Any) -> None:
-        """Pseudonymise and upload one job; refusals end it with a reason, outages retry."""
+        """Pseudonymise and upload one job; refusals end it with a reason, outages retry.
+
+        A job reads its study's instances from the spool as it is sent. If another job of the
+        study for the same product took exactly these instances, and its send went through and
+        did not fail, nothing is sent: the job ends 'skipped', with the reason, and no
+        disclosure (nothing was disclosed). So a job sent late, after a late instance opened
+        the study's next round, and that round's job do not run the product twice on the same
+        instances (`GatewayState.skip_if_sent_before`).
+
+        Jobs are sent by one thread, the submitter (`_submit_loop`), one at a time: between the
+        check for such a job and this job's send, no other job is sent, so two jobs with the
+        same instances cannot both pass the check. A second sender would need the check and
+        the send held together under a lock of their own.
+        """
         job_id = int(job["id"])
         try:
             product = self.client.product(job["product_id"])
@@ -528,7 +541,14 @@ class Gateway:
             if not instances:
                 self._refuse(job_id, f"no series of the study is accepted by {job['product_id']}")
                 return
+            digest = inputs_digest(row["sop_instance_uid"] for row in instances)
+            skipped = self.state.skip_if_sent_before(job_id, digest, len(instances))
+            if skipped is not None:
+                log.info("job %s skipped, nothing sent: %s", job_id, skipped)
+                self._notify()
+                return
             opened: dict[str, Any] = {}
+            sent_with: str | None = digest  # what the job is sent with, once on record
 
             def create(study_uid: str, patient: str, count: int | None) -> dict[str, Any]:
                 return self.client.create_job(
@@ -580,6 +600,7 @@ class Gateway:
             except AlreadyOpen as exc:
                 shutil.rmtree(self.outbox / str(job_id), ignore_errors=True)
                 exchange_id, sent = str(exc), int(opened["input_count"])
+                sent_with = None  # opened with the instances the study had then: not known
                 note: str | None = (
                     "opened by an earlier attempt; later instances go with the study's next round"
                 )
@@ -607,7 +628,7 @@ class Gateway:
                 f"{opened['study_uid']} of patient {opened['patient_pseudonym']}; Annex E "
                 f"options beyond the basic profile: {options}" + (f"; {note}" if note else ""),
             )
-            self.state.mark_submitted(job_id, note)
+            self.state.mark_submitted(job_id, note, sent_with)
         except NothingToSend as exc:
             self._refuse(job_id, str(exc))
         except ExchangeHTTPError as exc:

@@ -15,6 +15,7 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,16 +41,22 @@ PRODUCT = tissue_volume.PRODUCT_ID
 
 class Network(httpx.BaseTransport):
     """The way from the gateway to the exchange, which the test can break: the exchange
-    `away` (no connection)."""
+    `away` (no connection), or the answer to a job's creation lost on its way back."""
 
     def __init__(self) -> None:
         self._inner = httpx.HTTPTransport()
         self.away = False
+        self.lose_creation_answers = False
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if self.away:
             raise httpx.ConnectError("the exchange is unreachable", request=request)
-        return self._inner.handle_request(request)
+        response = self._inner.handle_request(request)
+        if self.lose_creation_answers and (request.method, request.url.path) == ("POST", "/jobs"):
+            response.read()
+            response.close()
+            raise httpx.ReadError("the connection broke before the answer", request=request)
+        return response
 
     def close(self) -> None:
         self._inner.close()
@@ -346,6 +353,41 @@ def test_a_gateway_starts_on_a_state_from_before_the_inputs_digest(hospital: Hos
     assert third["state"] == "skipped", third["reason"]
     assert f"job {second['id']} (round 2)" in third["reason"]
     assert len(hospital.exchange_jobs()) == 2
+
+
+def test_a_skipped_job_opened_at_the_exchange_by_a_lost_answer_is_acknowledged(
+    hospital: Hospital, national: National
+) -> None:
+    """Round 1's first try opened its job at the exchange, but the answer never came back;
+    round 2 went first with every instance and round 1 was skipped. The exchange's job,
+    empty, expires: it is round 1's, acknowledged, not left as a job nobody knows."""
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    [first] = hospital.jobs()
+    hospital.network.lose_creation_answers = True
+    assert hospital.send_due() == [first["id"]]
+    hospital.network.lose_creation_answers = False
+    assert hospital.jobs()[0]["exchange_job_id"] is None
+    hospital.fail_to_send(first["id"], until=time.time() + 30)  # then the exchange was away
+    hospital.receive(hospital.late)
+    assert hospital.route() == 1
+    second = hospital.jobs()[1]
+    assert hospital.send_due() == [second["id"]]
+    assert hospital.send_due(time.time() + 600) == [first["id"]]
+    assert [job["state"] for job in hospital.jobs()] == ["skipped", "submitted"]
+    orphan, sent = hospital.exchange_jobs()
+    assert orphan["input_count"] == 0 and not orphan["inputs_complete"]
+
+    national.exchange.services.jobs.expire_unfinished(now=datetime.now(UTC) + timedelta(days=60))
+    [ended] = [
+        job for job in hospital.gateway.client.ended_jobs(wait=0) if job["id"] == orphan["id"]
+    ]
+    assert ended["state"] == "expired"
+    assert hospital.gateway.collect(ended)
+
+    first = hospital.jobs()[0]
+    assert first["state"] == "skipped"
+    assert (first["exchange_job_id"], first["exchange_state"]) == (orphan["id"], "expired")
 
 
 def test_the_whole_study_again_after_its_purge_has_nothing_new(tmp_path: Path) -> None:

@@ -750,7 +750,7 @@ class Gateway:
         The caller acknowledges the jobs brought home, a poll's worth together.
         """
         exchange_id = str(job["id"])
-        local = self.state.job_by_exchange_id(exchange_id)
+        local = self.state.job_by_exchange_id(exchange_id) or self._skipped_twin(job)
         if local is None:
             log.error(
                 "ended job %s is not one this gateway knows; left unacknowledged", exchange_id
@@ -763,6 +763,21 @@ class Gateway:
             # records it, so that no result comes back for a disclosure the log lacks.
             self._retry_at[exchange_id] = max(float(local["next_attempt_at"]), time.time()) + 1
             return False
+        if local["state"] == "skipped":
+            if job.get("input_count"):  # a skipped job uploaded nothing: not its job after all
+                log.error(
+                    "ended job %s holds inputs, yet its job %s was skipped; left unacknowledged",
+                    exchange_id, local["id"],
+                )  # fmt: skip
+                self._retry_at[exchange_id] = time.time() + 300
+                return False
+            log.info(
+                "job %s: the exchange's job %s, which an attempt opened before the job was "
+                "skipped, ended %s with nothing uploaded; nothing to bring home",
+                local["id"], exchange_id, job["state"],
+            )  # fmt: skip
+            self.state.update_job(int(local["id"]), exchange_state=job["state"])
+            return True
         try:
             if local["result_seen_at"] is None:
                 ended = job.get("ended_at")
@@ -802,6 +817,22 @@ class Gateway:
         self._retry_at.pop(exchange_id, None)
         self._collect_attempts.pop(exchange_id, None)
         return True
+
+    def _skipped_twin(self, job: dict[str, Any]) -> dict[str, Any] | None:
+        """The skipped job an ended job the gateway does not know by its id was opened for.
+
+        An attempt opened it, its answer was lost (so its id is not on record), and a later
+        one found the instances taken by another job and skipped the job: the exchange's job
+        was left with nothing uploaded, never reached a vendor, and ends expired. Found by the
+        study's pseudonym and the product, its id is recorded, and it is acknowledged.
+        """
+        if job.get("input_count"):  # a skipped job's attempts uploaded nothing
+            return None
+        local = self.state.skipped_job_of(str(job.get("study_uid")), str(job.get("product_id")))
+        if local is None:
+            return None
+        self.state.update_job(int(local["id"]), exchange_job_id=str(job["id"]))
+        return self.state.job(int(local["id"]))
 
     def fetched_results(self, job_id: int) -> Path:
         """Where a job's results are kept as the exchange sent them (pseudonymised), until

@@ -743,6 +743,21 @@ class GatewayState(StateReads):
             )
         return reason
 
+    def skipped_job_of(self, study_pseudonym: str, product_id: str) -> dict[str, Any] | None:
+        """A skipped job of the study (by its pseudonym, as the exchange knows it) and product
+        with no exchange job on record, if any: one whose earlier attempt may have opened a job
+        at the exchange whose answer was lost (see `Gateway.collect`)."""
+        # The idempotency key is "<study pseudonym>:<product>:<round>": its unique index finds
+        # the study's keys by their prefix (";" sorts right after ":"), not the index of every
+        # skipped job ever ("+state").
+        prefix = f"{study_pseudonym}:{product_id}:"
+        rows = self.query(
+            "SELECT * FROM jobs WHERE idempotency_key > ? AND idempotency_key < ? "
+            "AND +state = 'skipped' AND exchange_job_id IS NULL ORDER BY id LIMIT 1",
+            (prefix, prefix[:-1] + ";"),
+        )
+        return rows[0] if rows else None
+
     def retry_job_later(self, job_id: int, reason: str, delay: float) -> None:
         """Try a pending job again after `delay` seconds (one that moved on is left as is)."""
         with self.transaction() as db:

@@ -27,7 +27,8 @@ from aifi.gateway.notify.notifier import FHIR, HL7, WEBHOOK
 from aifi.gateway.receipt import Refusals
 from aifi.gateway.state import GatewayState, StateReads
 
-JOB_STATES = ("pending", "submitted", "ended", "delivered", "refused")
+#: skipped: not sent, as another job of the study took the same instances for the product.
+JOB_STATES = ("pending", "submitted", "ended", "delivered", "refused", "skipped")
 STUDY_STATES = ("receiving", "routed", "unrouted", "purged")
 DELIVERY_STATES = ("delivered", "failed")
 #: Every channel and outcome is reported from the start, at 0: an alert on the change of a

@@ -47,7 +47,7 @@ from aifi.gateway.receipt import (
 )
 from aifi.gateway.reidentify import reidentify_file
 from aifi.gateway.routing import route_study
-from aifi.gateway.state import GatewayState, ReceivedInstance, notice_settled
+from aifi.gateway.state import GatewayState, ReceivedInstance, inputs_digest, notice_settled
 from aifi.gateway.stow import BASE as STOW_BASE
 from aifi.gateway.stow import stow_app
 from aifi.gateway.vault import Vault
@@ -515,7 +515,20 @@ class Gateway:
             log.warning("uptake counts not reported yet: %s", exc)
 
     def submit(self, job: Any) -> None:
-        """Pseudonymise and upload one job; refusals end it with a reason, outages retry."""
+        """Pseudonymise and upload one job; refusals end it with a reason, outages retry.
+
+        A job reads its study's instances from the spool as it is sent. If another job of the
+        study for the same product took exactly these instances, and its send went through and
+        did not fail, nothing is sent: the job ends 'skipped', with the reason, and no
+        disclosure (nothing was disclosed). So a job sent late, after a late instance opened
+        the study's next round, and that round's job do not run the product twice on the same
+        instances (`GatewayState.skip_if_sent_before`).
+
+        Jobs are sent by one thread, the submitter (`_submit_loop`), one at a time: between the
+        check for such a job and this job's send, no other job is sent, so two jobs with the
+        same instances cannot both pass the check. A second sender would need the check and
+        the send held together under a lock of their own.
+        """
         job_id = int(job["id"])
         try:
             product = self.client.product(job["product_id"])
@@ -528,7 +541,14 @@ class Gateway:
             if not instances:
                 self._refuse(job_id, f"no series of the study is accepted by {job['product_id']}")
                 return
+            digest = inputs_digest(row["sop_instance_uid"] for row in instances)
+            skipped = self.state.skip_if_sent_before(job_id, digest, len(instances))
+            if skipped is not None:
+                log.info("job %s skipped, nothing sent: %s", job_id, skipped)
+                self._notify()
+                return
             opened: dict[str, Any] = {}
+            sent_with: str | None = digest  # what the job is sent with, once on record
 
             def create(study_uid: str, patient: str, count: int | None) -> dict[str, Any]:
                 return self.client.create_job(
@@ -580,6 +600,7 @@ class Gateway:
             except AlreadyOpen as exc:
                 shutil.rmtree(self.outbox / str(job_id), ignore_errors=True)
                 exchange_id, sent = str(exc), int(opened["input_count"])
+                sent_with = None  # opened with the instances the study had then: not known
                 note: str | None = (
                     "opened by an earlier attempt; later instances go with the study's next round"
                 )
@@ -607,7 +628,7 @@ class Gateway:
                 f"{opened['study_uid']} of patient {opened['patient_pseudonym']}; Annex E "
                 f"options beyond the basic profile: {options}" + (f"; {note}" if note else ""),
             )
-            self.state.mark_submitted(job_id, note)
+            self.state.mark_submitted(job_id, note, sent_with)
         except NothingToSend as exc:
             self._refuse(job_id, str(exc))
         except ExchangeHTTPError as exc:
@@ -729,7 +750,7 @@ class Gateway:
         The caller acknowledges the jobs brought home, a poll's worth together.
         """
         exchange_id = str(job["id"])
-        local = self.state.job_by_exchange_id(exchange_id)
+        local = self.state.job_by_exchange_id(exchange_id) or self._skipped_twin(job)
         if local is None:
             log.error(
                 "ended job %s is not one this gateway knows; left unacknowledged", exchange_id
@@ -742,6 +763,21 @@ class Gateway:
             # records it, so that no result comes back for a disclosure the log lacks.
             self._retry_at[exchange_id] = max(float(local["next_attempt_at"]), time.time()) + 1
             return False
+        if local["state"] == "skipped":
+            if job.get("input_count"):  # a skipped job uploaded nothing: not its job after all
+                log.error(
+                    "ended job %s holds inputs, yet its job %s was skipped; left unacknowledged",
+                    exchange_id, local["id"],
+                )  # fmt: skip
+                self._retry_at[exchange_id] = time.time() + 300
+                return False
+            log.info(
+                "job %s: the exchange's job %s, which an attempt opened before the job was "
+                "skipped, ended %s with nothing uploaded; nothing to bring home",
+                local["id"], exchange_id, job["state"],
+            )  # fmt: skip
+            self.state.update_job(int(local["id"]), exchange_state=job["state"])
+            return True
         try:
             if local["result_seen_at"] is None:
                 ended = job.get("ended_at")
@@ -781,6 +817,22 @@ class Gateway:
         self._retry_at.pop(exchange_id, None)
         self._collect_attempts.pop(exchange_id, None)
         return True
+
+    def _skipped_twin(self, job: dict[str, Any]) -> dict[str, Any] | None:
+        """The skipped job an ended job the gateway does not know by its id was opened for.
+
+        An attempt opened it, its answer was lost (so its id is not on record), and a later
+        one found the instances taken by another job and skipped the job: the exchange's job
+        was left with nothing uploaded, never reached a vendor, and ends expired. Found by the
+        study's pseudonym and the product, its id is recorded, and it is acknowledged.
+        """
+        if job.get("input_count"):  # a skipped job's attempts uploaded nothing
+            return None
+        local = self.state.skipped_job_of(str(job.get("study_uid")), str(job.get("product_id")))
+        if local is None:
+            return None
+        self.state.update_job(int(local["id"]), exchange_job_id=str(job["id"]))
+        return self.state.job(int(local["id"]))
 
     def fetched_results(self, job_id: int) -> Path:
         """Where a job's results are kept as the exchange sent them (pseudonymised), until

@@ -8,12 +8,13 @@ delivered — each exactly once, because every step is keyed.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +64,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     priority TEXT,
     series_uids TEXT NOT NULL DEFAULT '[]',  -- JSON: the series the routing rule selected
     idempotency_key TEXT NOT NULL UNIQUE,
-    state TEXT NOT NULL,     -- pending | submitted | ended | delivered | refused
+    state TEXT NOT NULL,     -- pending | submitted | ended | delivered | refused | skipped
     exchange_job_id TEXT,
     exchange_state TEXT,
     reason TEXT,
@@ -76,7 +77,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     delivered_at REAL,
     exchange_ended_at REAL,  -- when the exchange says the job ended (its clock)
     result_seen_at REAL,     -- when this gateway first saw the ended job
-    results_delivered INTEGER NOT NULL DEFAULT 0
+    results_delivered INTEGER NOT NULL DEFAULT 0,
+    inputs_digest TEXT       -- what it was sent with (`inputs_digest`); NULL: not known
 );
 CREATE INDEX IF NOT EXISTS ix_jobs_state ON jobs(state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS ix_jobs_study ON jobs(study_uid);  -- a study's jobs: retention, re-sends
@@ -130,6 +132,40 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 """
 
+
+#: Columns added since a table was first created, by table: `CREATE TABLE IF NOT EXISTS` leaves
+#: an existing table as it is, so a state of an older version gets them at start (their rows
+#: NULL). A gateway of the older version, run after a rollback, names the columns it writes
+#: and so leaves them alone.
+COLUMNS: dict[str, dict[str, str]] = {"jobs": {"inputs_digest": "TEXT"}}
+
+
+def _add_columns(db: sqlite3.Connection) -> list[str]:
+    """Add the columns of `COLUMNS` the tables lack; returns those added (table.column)."""
+    added = []
+    for table, columns in COLUMNS.items():
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for column, kind in columns.items():
+            if column not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                added.append(f"{table}.{column}")
+    return added
+
+
+def inputs_digest(sop_instance_uids: Iterable[str]) -> str:
+    """What a job is sent with, as one value: a SHA-256 over its instances' SOP Instance UIDs,
+    sorted (the hospital's own UIDs: it never leaves the gateway)."""
+    uids = sorted(sop_instance_uids)
+    return hashlib.sha256("\n".join([str(len(uids)), *uids]).encode()).hexdigest()
+
+
+#: Another job of `{job}`'s study and product sent with the same instances, whose send went
+#: through and did not fail: its results are delivered, or on their way. Ended or refused
+#: jobs are not such a job: a round opened again after a failure is sent again.
+_TOOK_THE_SAME = """
+    c.study_uid = {job}.study_uid AND c.product_id = {job}.product_id AND c.id != {job}.id
+    AND c.inputs_digest = {digest} AND c.state IN ('submitted', 'delivered')
+"""
 
 _TAKE_NEW_INSTANCE = ", ".join(
     f"{column} = excluded.{column}"
@@ -196,11 +232,15 @@ class RoutedJob:
 
 def _round_failed(db: sqlite3.Connection, study_uid: str) -> bool:
     """Whether a job of the study's latest round ended without its results (failed,
-    expired or cancelled at the exchange, or refused)."""
+    expired or cancelled at the exchange, or refused), or was skipped for another job that
+    took the same instances and has since failed so."""
+    took_the_same = _TOOK_THE_SAME.format(job="j", digest="j.inputs_digest")
     return (
         db.execute(
             "SELECT 1 FROM jobs j JOIN studies s ON s.study_uid = j.study_uid "
-            "WHERE j.study_uid = ? AND j.round = s.round AND j.state IN ('ended', 'refused')",
+            "WHERE j.study_uid = ? AND j.round = s.round AND (j.state IN ('ended', 'refused') "
+            "OR (j.state = 'skipped' AND NOT EXISTS "
+            f"(SELECT 1 FROM jobs c WHERE {took_the_same})))",
             (study_uid,),
         ).fetchone()
         is not None
@@ -303,6 +343,8 @@ class GatewayState(StateReads):
         started = time.monotonic()
         self._conn.executescript(SCHEMA + tallies.SCHEMA)
         with self.transaction() as db:
+            if added := _add_columns(db):
+                log.info("state of an earlier version: added %s", ", ".join(added))
             if not tallies.install(db, TALLIES):
                 tallies.refresh(db, _SPOOL_TALLY)
             else:
@@ -643,8 +685,12 @@ class GatewayState(StateReads):
         with self.transaction() as db:
             db.execute(f"UPDATE jobs SET {columns} WHERE id = ?", (*values.values(), job_id))
 
-    def mark_submitted(self, job_id: int, note: str | None) -> bool:
+    def mark_submitted(self, job_id: int, note: str | None, digest: str | None = None) -> bool:
         """A pending job is sent and on record; False when it moved on meanwhile.
+
+        `digest`: what it was sent with (`inputs_digest`), for `skip_if_sent_before`; None
+        when that is not known (the job was opened by an earlier attempt), and nothing is
+        ever skipped for it.
 
         A job sent by an attempt that then failed (its disclosure could not be written, the
         exchange's answer was lost) may end, and be brought home, before the retry that
@@ -655,10 +701,62 @@ class GatewayState(StateReads):
         with self.transaction() as db:
             changed = db.execute(
                 "UPDATE jobs SET state = 'submitted', submitted_at = ?, reason = ?, "
-                "exchange_state = 'requested', attempts = 0 WHERE id = ? AND state = 'pending'",
-                (time.time(), note, job_id),
+                "exchange_state = 'requested', attempts = 0, inputs_digest = ? "
+                "WHERE id = ? AND state = 'pending'",
+                (time.time(), note, digest, job_id),
             ).rowcount
         return bool(changed)
+
+    def skip_if_sent_before(self, job_id: int, digest: str, count: int) -> str | None:
+        """End a pending job as 'skipped' if another job of its study and product took the
+        same instances (`digest`, of `count` instances) and its send went through and did not
+        fail; returns the reason then, else None and the job is left as it is.
+
+        A job sent at last after a late instance opened its study's next round takes the late
+        instance too (it reads the spool when it is sent): the next round's job then holds
+        exactly the same instances, and sent it would run the product on them twice and bring
+        two results to the PACS. Whichever of the two is sent second is skipped.
+
+        Never a job an earlier attempt opened at the exchange (its id on record): that job is
+        the exchange's already, and is completed as it opened. Checked and written in one
+        transaction; the one sender thread sends jobs one at a time (see `Gateway.submit`), so
+        no job of the same study is being sent meanwhile.
+        """
+        took_the_same = _TOOK_THE_SAME.format(job="j", digest="?")
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT j.product_id, c.id, c.round FROM jobs j JOIN jobs c "
+                f"ON {took_the_same} WHERE j.id = ? AND j.state = 'pending' "
+                "AND j.exchange_job_id IS NULL ORDER BY c.id LIMIT 1",
+                (digest, job_id),
+            ).fetchone()
+            if row is None:
+                return None
+            reason = (
+                f"nothing new for {row['product_id']}: job {row['id']} (round {row['round']}) "
+                f"took these same {count} instance(s)"
+            )
+            db.execute(
+                "UPDATE jobs SET state = 'skipped', reason = ?, inputs_digest = ?, ended_at = ? "
+                "WHERE id = ?",
+                (reason, digest, time.time(), job_id),
+            )
+        return reason
+
+    def skipped_job_of(self, study_pseudonym: str, product_id: str) -> dict[str, Any] | None:
+        """A skipped job of the study (by its pseudonym, as the exchange knows it) and product
+        with no exchange job on record, if any: one whose earlier attempt may have opened a job
+        at the exchange whose answer was lost (see `Gateway.collect`)."""
+        # The idempotency key is "<study pseudonym>:<product>:<round>": its unique index finds
+        # the study's keys by their prefix (";" sorts right after ":"), not the index of every
+        # skipped job ever ("+state").
+        prefix = f"{study_pseudonym}:{product_id}:"
+        rows = self.query(
+            "SELECT * FROM jobs WHERE idempotency_key > ? AND idempotency_key < ? "
+            "AND +state = 'skipped' AND exchange_job_id IS NULL ORDER BY id LIMIT 1",
+            (prefix, prefix[:-1] + ";"),
+        )
+        return rows[0] if rows else None
 
     def retry_job_later(self, job_id: int, reason: str, delay: float) -> None:
         """Try a pending job again after `delay` seconds (one that moved on is left as is)."""

@@ -1,0 +1,433 @@
+"""A late instance opens a study's next round while a job of the round before has not been
+sent yet (the exchange away, the job waiting its turn or its back-off). That job reads the
+spool when it is sent, so it takes the late instance too, and the next round's job holds
+exactly the same instances: sent, the product would run twice on them and two results come
+back to the PACS. Whichever of the two goes second is skipped — never a follow-up with
+something new, never a round sent again because the one before failed.
+
+The gateway is driven as its sender thread drives it (`send_due`), against a real exchange
+and vendor worker; the exchange is taken away at the network, as an outage would.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pydicom
+import pytest
+import yaml
+
+from aifi.gateway.config import load_config
+from aifi.gateway.exchange_client import GatewayClient
+from aifi.gateway.service import Gateway
+from aifi.gateway.state import GatewayState, ReceivedInstance, RoutedJob, inputs_digest
+from aifi.phantoms import write_study
+from aifi.products import tissue_volume
+from aifi.vendor import JobContext, ProductError, ProductResult
+from support.national import National, gateway_config, national_path
+from support.peers import free_port
+
+pytestmark = pytest.mark.peer
+
+PRODUCT = tissue_volume.PRODUCT_ID
+
+
+class Network(httpx.BaseTransport):
+    """The way from the gateway to the exchange, which the test can break: the exchange
+    `away` (no connection), or the answer to a job's creation lost on its way back."""
+
+    def __init__(self) -> None:
+        self._inner = httpx.HTTPTransport()
+        self.away = False
+        self.lose_creation_answers = False
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self.away:
+            raise httpx.ConnectError("the exchange is unreachable", request=request)
+        response = self._inner.handle_request(request)
+        if self.lose_creation_answers and (request.method, request.url.path) == ("POST", "/jobs"):
+            response.read()
+            response.close()
+            raise httpx.ReadError("the connection broke before the answer", request=request)
+        return response
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class Hospital:
+    """A gateway not started (the test turns its wheels), the study its modality sends, and
+    the network between the gateway and the exchange."""
+
+    def __init__(self, national: National, tmp_path: Path) -> None:
+        write_study("ct-head", tmp_path / "study", seed=6, size="small")
+        *self.files, self.late = sorted((tmp_path / "study").rglob("*.dcm"))
+        path = gateway_config(tmp_path, national, free_port(), 1, quiet_seconds=0.0)
+        config = yaml.safe_load(path.read_text())
+        config["pacs"] = []
+        path.write_text(yaml.safe_dump(config))
+        self.path = path
+        self.national = national
+        self.network = Network()
+        self.gateway = self.open()
+
+    def open(self) -> Gateway:
+        self.network = Network()
+        client = GatewayClient(
+            self.national.exchange.url,
+            self.national.hospital_key,
+            transport=self.network,
+            retries=0,  # the test decides when the exchange is back
+        )
+        gateway = Gateway(load_config(self.path), client=client)
+        gateway.incoming.mkdir(exist_ok=True)
+        return gateway
+
+    def close(self) -> None:
+        self.gateway.client.close()
+        self.gateway.state.close()
+        self.gateway.vault.close()
+        self.gateway.disclosures.close()
+
+    def receive(self, *files: Path) -> None:
+        for file in files:
+            arrived = self.gateway.incoming / file.name
+            shutil.copy(file, arrived)
+            assert self.gateway.receive(arrived, "CT_SCANNER", 1).stored
+        self.gateway.sending_ended(1, "CT_SCANNER")
+
+    def route(self) -> int:
+        """The quiet time is over: route what is due; returns how many jobs were made."""
+        return self.gateway.assemble_due(time.time() + 5)
+
+    def send_due(self, now: float | None = None) -> list[int]:
+        """One pass of the sender thread (`Gateway._submit_loop`) at `now`: the jobs due, in
+        their order; returns their ids."""
+        due = self.gateway.state.pending_jobs(time.time() if now is None else now)
+        for job in due:
+            self.gateway.submit(job)
+        return [int(job["id"]) for job in due]
+
+    def fail_to_send(self, job_id: int, until: float) -> None:
+        """The exchange is away: the job is tried and fails, again and again, until its next
+        try is `until` or later."""
+        self.network.away = True
+        while (job := self.gateway.state.job(job_id))["next_attempt_at"] < until:
+            assert job_id in self.send_due(max(job["next_attempt_at"], time.time()))
+        self.network.away = False
+        assert self.gateway.state.job(job_id)["state"] == "pending"
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return self.gateway.jobs()
+
+    def exchange_jobs(self) -> list[dict[str, Any]]:
+        """The jobs the exchange holds for this hospital and the product, oldest first."""
+        with self.national.api() as api:
+            jobs = api.get("/jobs", params={"product_id": PRODUCT, "limit": 1000}).json()
+        return sorted(jobs, key=lambda job: job["created_at"])
+
+    def inputs(self, exchange_job_id: str) -> set[str]:
+        with self.national.api() as api:
+            rows = api.get(f"/jobs/{exchange_job_id}/inputs").json()
+        return {row["sop_instance_uid"] for row in rows}
+
+    def pseudonyms(self, *files: Path) -> set[str]:
+        """The SOP Instance UIDs the exchange knows `files` by."""
+        return {
+            self.gateway.key.uid(str(pydicom.dcmread(file, stop_before_pixels=True).SOPInstanceUID))
+            for file in files
+        }
+
+    def disclosed(self) -> list[str]:
+        entries = self.gateway.disclosures.entries()
+        return [entry.detail for entry in entries if entry.action == "disclosed"]
+
+    def bring_home_failed(self, exchange_job_id: str) -> None:
+        """Wait for the vendor to fail the job, and bring its end home as the results thread
+        does."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ended = {job["id"]: job for job in self.gateway.client.ended_jobs(wait=1)}
+            if exchange_job_id in ended:
+                assert ended[exchange_job_id]["state"] == "failed"
+                assert self.gateway.collect(ended[exchange_job_id])
+                return
+        raise AssertionError(f"exchange job {exchange_job_id} did not fail within 60 s")
+
+
+@pytest.fixture
+def hospital(national: National, tmp_path: Path) -> Iterator[Hospital]:
+    opened = Hospital(national, tmp_path)
+    yield opened
+    opened.close()
+
+
+def refuses(context: JobContext) -> ProductResult:
+    raise ProductError("the product cannot read this study")
+
+
+@pytest.fixture
+def failing(tmp_path: Path) -> Iterator[Hospital]:
+    """A hospital whose product fails every study it is sent."""
+    with national_path(tmp_path, product=refuses) as national:
+        opened = Hospital(national, tmp_path)
+        yield opened
+        opened.close()
+
+
+def test_a_round_sent_after_a_late_instance_leaves_the_next_round_nothing_new(
+    hospital: Hospital,
+) -> None:
+    """The exchange is away when round 1 is due; a late slice opens round 2. Sent in order,
+    round 1 takes every instance, the late slice too, and round 2 is skipped."""
+    everything = [*hospital.files, hospital.late]
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    [first] = hospital.jobs()
+    hospital.fail_to_send(first["id"], until=time.time() + 0.5)
+    hospital.receive(hospital.late)
+    assert hospital.route() == 1
+    second = hospital.jobs()[1]
+    assert second["round"] == 2
+
+    assert hospital.send_due(time.time() + 600) == [first["id"], second["id"]]
+
+    # One job at the exchange, with every instance: the product runs once.
+    at_the_exchange = hospital.exchange_jobs()
+    assert len(at_the_exchange) == 1, [job["instances"] for job in at_the_exchange]
+    [sent] = at_the_exchange
+    assert hospital.inputs(sent["id"]) == hospital.pseudonyms(*everything)
+    first, second = hospital.jobs()
+    assert first["state"] == "submitted", first["reason"]
+    assert sent["id"] == first["exchange_job_id"]
+    assert second["state"] == "skipped"
+    assert second["reason"] == (
+        f"nothing new for {PRODUCT}: job {first['id']} (round 1) took these same "
+        f"{len(everything)} instance(s)"
+    )
+    assert second["exchange_job_id"] is None and second["ended_at"] is not None
+    [disclosed] = hospital.disclosed()
+    assert f"{len(everything)} instance(s)" in disclosed
+
+    # The PACS sends the study again: nothing failed, so nothing is sent again.
+    hospital.receive(*everything)
+    assert hospital.route() == 0
+    [study] = hospital.gateway.state.query("SELECT round, state, note FROM studies")
+    assert study["round"] == 2 and study["state"] == "routed", study["note"]
+
+
+def test_a_round_in_back_off_while_the_next_is_sent_is_skipped(hospital: Hospital) -> None:
+    """Round 1 waits out its back-off while round 2 is due and sent with every instance; when
+    round 1's turn comes, it has nothing new."""
+    everything = [*hospital.files, hospital.late]
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    [first] = hospital.jobs()
+    hospital.fail_to_send(first["id"], until=time.time() + 30)
+    hospital.receive(hospital.late)
+    assert hospital.route() == 1
+    second = hospital.jobs()[1]
+
+    assert hospital.send_due() == [second["id"]]  # round 1 is still waiting
+    assert hospital.send_due(time.time() + 600) == [first["id"]]
+
+    at_the_exchange = hospital.exchange_jobs()
+    assert len(at_the_exchange) == 1, [job["instances"] for job in at_the_exchange]
+    [sent] = at_the_exchange
+    assert hospital.inputs(sent["id"]) == hospital.pseudonyms(*everything)
+    first, second = hospital.jobs()
+    assert second["state"] == "submitted", second["reason"]
+    assert sent["id"] == second["exchange_job_id"]
+    assert first["state"] == "skipped"
+    assert first["reason"] == (
+        f"nothing new for {PRODUCT}: job {second['id']} (round 2) took these same "
+        f"{len(everything)} instance(s)"
+    )
+    assert len(hospital.disclosed()) == 1
+
+
+def test_a_late_instance_after_its_round_was_sent_is_a_follow_up(hospital: Hospital) -> None:
+    """Round 1 went before the late slice came: round 2 has something new, and is sent."""
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    assert len(hospital.send_due()) == 1
+    hospital.receive(hospital.late)
+    assert hospital.route() == 1
+    assert len(hospital.send_due()) == 1
+
+    assert [(job["round"], job["state"]) for job in hospital.jobs()] == [
+        (1, "submitted"),
+        (2, "submitted"),
+    ]
+    first, second = hospital.exchange_jobs()
+    assert hospital.inputs(first["id"]) == hospital.pseudonyms(*hospital.files)
+    assert hospital.inputs(second["id"]) == hospital.pseudonyms(*hospital.files, hospital.late)
+    assert len(hospital.disclosed()) == 2
+
+
+def test_a_study_sent_again_after_its_round_failed_is_sent_again(failing: Hospital) -> None:
+    """The product failed round 1; the PACS sends the study again to have it tried again: the
+    same instances go again, in round 2."""
+    failing.receive(*failing.files)
+    assert failing.route() == 1
+    assert len(failing.send_due()) == 1
+    [first] = failing.jobs()
+    failing.bring_home_failed(first["exchange_job_id"])
+    assert failing.jobs()[0]["state"] == "ended"
+
+    failing.receive(*failing.files)
+    assert failing.route() == 1
+    assert len(failing.send_due()) == 1
+
+    first, second = failing.jobs()
+    assert (second["round"], second["state"]) == (2, "submitted"), second["reason"]
+    tried, again = failing.exchange_jobs()
+    assert again["id"] == second["exchange_job_id"] != tried["id"]
+    assert failing.inputs(again["id"]) == failing.inputs(tried["id"])
+    assert failing.inputs(again["id"]) == failing.pseudonyms(*failing.files)
+
+
+def test_a_study_sent_again_after_the_job_a_round_was_skipped_for_failed(
+    failing: Hospital,
+) -> None:
+    """Round 2 was skipped for round 1, which then failed: the study's rounds did not succeed,
+    so the PACS sending the study again has it tried again."""
+    everything = [*failing.files, failing.late]
+    failing.receive(*failing.files)
+    assert failing.route() == 1
+    [first] = failing.jobs()
+    failing.fail_to_send(first["id"], until=time.time() + 0.5)
+    failing.receive(failing.late)
+    assert failing.route() == 1
+    failing.send_due(time.time() + 600)
+    assert [job["state"] for job in failing.jobs()] == ["submitted", "skipped"]
+    failing.bring_home_failed(failing.jobs()[0]["exchange_job_id"])
+
+    failing.receive(*everything)
+    assert failing.route() == 1
+    assert len(failing.send_due()) == 1
+
+    assert [(job["round"], job["state"]) for job in failing.jobs()] == [
+        (1, "ended"),
+        (2, "skipped"),
+        (3, "submitted"),
+    ]
+    tried, again = failing.exchange_jobs()
+    assert again["id"] == failing.jobs()[2]["exchange_job_id"]
+    assert failing.inputs(again["id"]) == failing.pseudonyms(*everything)
+
+
+def test_a_gateway_starts_on_a_state_from_before_the_inputs_digest(hospital: Hospital) -> None:
+    """A gateway of the version before stopped with round 1 sent, and rounds 2 and 3 (late
+    slices) still to send; the new version starts on its state file and goes on."""
+    extra = hospital.files.pop()  # a second late slice
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    assert len(hospital.send_due()) == 1
+    for late in (hospital.late, extra):
+        hospital.receive(late)
+        assert hospital.route() == 1
+    hospital.close()
+    with sqlite3.connect(hospital.gateway.config.workdir / "state.db") as db:
+        db.execute("ALTER TABLE jobs DROP COLUMN inputs_digest")  # as the version before
+        columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    db.close()
+    assert "inputs_digest" not in columns
+
+    hospital.gateway = hospital.open()
+
+    first, second, third = hospital.jobs()
+    assert first["state"] == "submitted" and first["inputs_digest"] is None
+    assert hospital.send_due() == [second["id"], third["id"]]
+    first, second, third = hospital.jobs()
+    # Round 2 took both late slices; round 3 has nothing new for it. Round 1, sent by the
+    # version before, is not known to have taken them, and nothing is skipped for it.
+    assert second["state"] == "submitted" and second["inputs_digest"] is not None
+    assert third["state"] == "skipped", third["reason"]
+    assert f"job {second['id']} (round 2)" in third["reason"]
+    assert len(hospital.exchange_jobs()) == 2
+
+
+def test_a_skipped_job_opened_at_the_exchange_by_a_lost_answer_is_acknowledged(
+    hospital: Hospital, national: National
+) -> None:
+    """Round 1's first try opened its job at the exchange, but the answer never came back;
+    round 2 went first with every instance and round 1 was skipped. The exchange's job,
+    empty, expires: it is round 1's, acknowledged, not left as a job nobody knows."""
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    [first] = hospital.jobs()
+    hospital.network.lose_creation_answers = True
+    assert hospital.send_due() == [first["id"]]
+    hospital.network.lose_creation_answers = False
+    assert hospital.jobs()[0]["exchange_job_id"] is None
+    hospital.fail_to_send(first["id"], until=time.time() + 30)  # then the exchange was away
+    hospital.receive(hospital.late)
+    assert hospital.route() == 1
+    second = hospital.jobs()[1]
+    assert hospital.send_due() == [second["id"]]
+    assert hospital.send_due(time.time() + 600) == [first["id"]]
+    assert [job["state"] for job in hospital.jobs()] == ["skipped", "submitted"]
+    orphan, sent = hospital.exchange_jobs()
+    assert orphan["input_count"] == 0 and not orphan["inputs_complete"]
+
+    national.exchange.services.jobs.expire_unfinished(now=datetime.now(UTC) + timedelta(days=60))
+    [ended] = [
+        job for job in hospital.gateway.client.ended_jobs(wait=0) if job["id"] == orphan["id"]
+    ]
+    assert ended["state"] == "expired"
+    assert hospital.gateway.collect(ended)
+
+    first = hospital.jobs()[0]
+    assert first["state"] == "skipped"
+    assert (first["exchange_job_id"], first["exchange_state"]) == (orphan["id"], "expired")
+
+
+def test_the_whole_study_again_after_its_purge_has_nothing_new(tmp_path: Path) -> None:
+    """Retention purged a study whose job was delivered; the PACS sends all of it again: a new
+    round, whose job holds what the delivered job was sent with, and is skipped."""
+    study, series = "1.2.826.0.1.3680043.10.1.9", "1.2.826.0.1.3680043.10.1.9.1"
+    uids = [f"{series}.{n}" for n in (1, 2)]
+
+    def receive(state: GatewayState) -> None:
+        for uid in uids:
+            path = tmp_path / "spool" / study / f"{uid}.dcm"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"\0" * 100)
+            state.record_instance(
+                ReceivedInstance(
+                    sop_instance_uid=uid, study_uid=study, series_uid=series,
+                    sop_class_uid="1.2", modality="CT", body_part="HEAD",
+                    study_description="", series_description="", path=path, size=100,
+                    calling_ae="CT_SCANNER",
+                ),
+                quiet_seconds=0,
+            )  # fmt: skip
+        [row] = state.query("SELECT round, due_at FROM studies")
+        routed = [RoutedJob("product-a", None, frozenset({series}))]
+        assert state.route_study(study, row["round"], row["due_at"], routed, study_pseudonym=study)
+
+    state = GatewayState(tmp_path / "state.db")
+    try:
+        receive(state)
+        [first] = state.pending_jobs(time.time())
+        assert state.mark_submitted(first["id"], None, inputs_digest(uids))
+        state.update_job(first["id"], state="delivered", ended_at=time.time())
+        assert state.purge_study(study, time.time() + 1, 0) is not None
+        receive(state)
+        [second] = state.pending_jobs(time.time())
+        assert second["round"] == 2
+        reason = state.skip_if_sent_before(second["id"], inputs_digest(reversed(uids)), 2)
+        assert reason == (
+            f"nothing new for product-a: job {first['id']} (round 1) took these same 2 instance(s)"
+        )
+        assert state.job(second["id"])["state"] == "skipped"
+    finally:
+        state.close()

@@ -545,7 +545,6 @@ class Gateway:
             skipped = self.state.skip_if_sent_before(job_id, digest, len(instances))
             if skipped is not None:
                 log.info("job %s skipped, nothing sent: %s", job_id, skipped)
-                self._notify()
                 return
             opened: dict[str, Any] = {}
             sent_with: str | None = digest  # what the job is sent with, once on record
@@ -644,7 +643,8 @@ class Gateway:
             # Sent, but not on record: sent again later (the exchange takes it once), and
             # recorded then; it does not count as submitted until it is.
             self._retry(job, str(exc))
-        self._notify()
+        finally:
+            self._notify()  # whatever became of the job, those waiting on a change hear of it
 
     def _patient_of(self, pseudonym_study_uid: str, fallback_study_uid: str) -> tuple[str, str]:
         """The hospital's Patient ID and Study Instance UID behind a pseudonymised study, for

@@ -7,7 +7,7 @@ import gzip
 import json
 import sqlite3
 from collections.abc import Callable
-from datetime import date, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from aifi.exchange.app import create_app
 from aifi.exchange.audit_cli import app as audit_app
+from aifi.exchange.clock import utcnow
 from aifi.exchange.settings import ExchangeSettings
 
 KEY = "aifi_audit-test-operator-key-0123456789abc"
@@ -98,7 +99,7 @@ def run(*args: str) -> tuple[int, str]:
 
 
 def test_archived_entries_leave_the_table_and_still_verify(data_dir: Path) -> None:
-    tomorrow = f"{date.today() + timedelta(days=1):%Y-%m-%d}"
+    tomorrow = f"{utcnow() + timedelta(days=1):%Y-%m-%d}"  # --before is read as UTC
     code, output = run("archive", "--before", tomorrow, "--data-dir", str(data_dir))
     assert code == 0, output
     assert "entries archived" in output and "audit/000000000001.jsonl.gz" in output
@@ -144,7 +145,7 @@ def test_a_malformed_moment_is_refused(data_dir: Path) -> None:
 
 
 def test_a_search_reads_the_archives_and_the_table(data_dir: Path, tmp_path: Path) -> None:
-    tomorrow = f"{date.today() + timedelta(days=1):%Y-%m-%d}"
+    tomorrow = f"{utcnow() + timedelta(days=1):%Y-%m-%d}"  # --before is read as UTC
     assert run("archive", "--before", tomorrow, "--data-dir", str(data_dir))[0] == 0
     found = tmp_path / "found.json"
     code, output = run(
@@ -198,7 +199,7 @@ def test_an_anchor_in_an_archived_run_is_checked_in_its_file(data_dir: Path) -> 
             "SELECT entry_hash FROM audit_log WHERE chain_seq = ?", (seq - 2,)
         ).fetchone()
     inside = f"{seq - 2}:{digest}"
-    tomorrow = f"{date.today() + timedelta(days=1):%Y-%m-%d}"
+    tomorrow = f"{utcnow() + timedelta(days=1):%Y-%m-%d}"  # --before is read as UTC
     assert run("archive", "--before", tomorrow, "--data-dir", str(data_dir))[0] == 0
     code, output = run("verify", "--anchor", inside, "--data-dir", str(data_dir))
     assert code == 0 and f"not checked: the anchors at {seq - 2} fall in archived runs" in output

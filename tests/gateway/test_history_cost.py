@@ -36,9 +36,6 @@ STEPS: dict[str, Step] = {
     "sending: studies to count for uptake": lambda state, today: state.uncounted_studies(),
     "sending: counts to report": lambda state, today: state.unreported_counts(),
     "results: the job of an outcome": lambda state, today: state.job_by_exchange_id("x-today"),
-    "results: the skipped job of an outcome not known": lambda state, today: state.skipped_job_of(
-        "2.25.1", "product-a"
-    ),
     "results: notices sent": lambda state, today: state.notification_outcomes(today["job"]),
     "results: delivered already": lambda state, today: state.delivered(
         today["job"], "sr.dcm", "pacs"

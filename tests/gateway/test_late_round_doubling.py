@@ -15,7 +15,6 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -117,12 +116,18 @@ class Hospital:
 
     def fail_to_send(self, job_id: int, until: float) -> None:
         """The exchange is away: the job is tried and fails, again and again, until its next
-        try is `until` or later."""
+        try is `until` or later. The product's entry is at hand (the gateway keeps it a
+        minute), so each try goes as far as the request that opens the job, which never
+        leaves: whether the exchange may hold the job is as it was."""
+        self.gateway.client.product(PRODUCT)
+        may_be_open = self.gateway.state.job(job_id)["may_be_open"]
         self.network.away = True
         while (job := self.gateway.state.job(job_id))["next_attempt_at"] < until:
             assert job_id in self.send_due(max(job["next_attempt_at"], time.time()))
         self.network.away = False
-        assert self.gateway.state.job(job_id)["state"] == "pending"
+        job = self.gateway.state.job(job_id)
+        assert job["state"] == "pending" and "unreachable" in job["reason"], job["reason"]
+        assert job["may_be_open"] == may_be_open
 
     def jobs(self) -> list[dict[str, Any]]:
         return self.gateway.jobs()
@@ -336,10 +341,11 @@ def test_a_gateway_starts_on_a_state_from_before_the_inputs_digest(hospital: Hos
         assert hospital.route() == 1
     hospital.close()
     with sqlite3.connect(hospital.gateway.config.workdir / "state.db") as db:
-        db.execute("ALTER TABLE jobs DROP COLUMN inputs_digest")  # as the version before
+        for column in ("inputs_digest", "may_be_open"):  # as the version before
+            db.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
         columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
     db.close()
-    assert "inputs_digest" not in columns
+    assert not {"inputs_digest", "may_be_open"} & columns
 
     hospital.gateway = hospital.open()
 
@@ -355,39 +361,65 @@ def test_a_gateway_starts_on_a_state_from_before_the_inputs_digest(hospital: Hos
     assert len(hospital.exchange_jobs()) == 2
 
 
-def test_a_skipped_job_opened_at_the_exchange_by_a_lost_answer_is_acknowledged(
-    hospital: Hospital, national: National
-) -> None:
+def test_a_job_the_exchange_may_hold_already_is_sent_not_skipped(hospital: Hospital) -> None:
     """Round 1's first try opened its job at the exchange, but the answer never came back;
-    round 2 went first with every instance and round 1 was skipped. The exchange's job,
-    empty, expires: it is round 1's, acknowledged, not left as a job nobody knows."""
+    then the exchange was away, a late slice came, and round 2 went first with every
+    instance. Skipped, round 1's job would wait at the exchange, empty, until it expired,
+    counted against the product: round 1 is sent, and completes the job it opened."""
     hospital.receive(*hospital.files)
     assert hospital.route() == 1
     [first] = hospital.jobs()
     hospital.network.lose_creation_answers = True
     assert hospital.send_due() == [first["id"]]
     hospital.network.lose_creation_answers = False
-    assert hospital.jobs()[0]["exchange_job_id"] is None
+    first = hospital.jobs()[0]
+    assert first["exchange_job_id"] is None and first["may_be_open"] == 1
+    [opened] = hospital.exchange_jobs()
     hospital.fail_to_send(first["id"], until=time.time() + 30)  # then the exchange was away
     hospital.receive(hospital.late)
     assert hospital.route() == 1
     second = hospital.jobs()[1]
     assert hospital.send_due() == [second["id"]]
     assert hospital.send_due(time.time() + 600) == [first["id"]]
-    assert [job["state"] for job in hospital.jobs()] == ["skipped", "submitted"]
-    orphan, sent = hospital.exchange_jobs()
-    assert orphan["input_count"] == 0 and not orphan["inputs_complete"]
 
-    national.exchange.services.jobs.expire_unfinished(now=datetime.now(UTC) + timedelta(days=60))
-    [ended] = [
-        job for job in hospital.gateway.client.ended_jobs(wait=0) if job["id"] == orphan["id"]
+    assert [job["state"] for job in hospital.jobs()] == ["submitted", "submitted"]
+    everything = hospital.pseudonyms(*hospital.files, hospital.late)
+    jobs = hospital.exchange_jobs()
+    assert [job["id"] for job in jobs][0] == opened["id"] == hospital.jobs()[0]["exchange_job_id"]
+    assert all(job["inputs_complete"] for job in jobs)  # none left empty to expire
+    assert [hospital.inputs(job["id"]) for job in jobs] == [everything, everything]
+
+
+def test_an_instance_the_job_could_not_send_goes_with_the_next_round(
+    hospital: Hospital,
+) -> None:
+    """Round 1, sent at last, could not read the late slice at that moment (its spool file
+    damaged, say) and went without it: round 2 holds something round 1 did not send, and is
+    sent, not skipped as if round 1 had taken every instance it read."""
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    [first] = hospital.jobs()
+    hospital.fail_to_send(first["id"], until=time.time() + 0.5)
+    hospital.receive(hospital.late)
+    assert hospital.route() == 1
+    late_uid = str(pydicom.dcmread(hospital.late, stop_before_pixels=True).SOPInstanceUID)
+    [spooled] = [
+        Path(row["path"])
+        for row in hospital.gateway.state.study_instances(first["study_uid"])
+        if row["sop_instance_uid"] == late_uid
     ]
-    assert ended["state"] == "expired"
-    assert hospital.gateway.collect(ended)
-
+    whole = spooled.read_bytes()
+    spooled.write_bytes(whole[:200])  # unreadable while round 1 is sent
+    hospital.gateway.submit(hospital.gateway.state.job(first["id"]))
+    spooled.write_bytes(whole)
     first = hospital.jobs()[0]
-    assert first["state"] == "skipped"
-    assert (first["exchange_job_id"], first["exchange_state"]) == (orphan["id"], "expired")
+    assert first["state"] == "submitted" and "1 instance(s) not sent" in first["reason"]
+
+    assert hospital.send_due(time.time() + 600) == [hospital.jobs()[1]["id"]]
+    assert [job["state"] for job in hospital.jobs()] == ["submitted", "submitted"]
+    round_1, round_2 = hospital.exchange_jobs()
+    assert hospital.inputs(round_1["id"]) == hospital.pseudonyms(*hospital.files)
+    assert hospital.inputs(round_2["id"]) == hospital.pseudonyms(*hospital.files, hospital.late)
 
 
 def test_the_whole_study_again_after_its_purge_has_nothing_new(tmp_path: Path) -> None:
@@ -429,5 +461,42 @@ def test_the_whole_study_again_after_its_purge_has_nothing_new(tmp_path: Path) -
             f"nothing new for product-a: job {first['id']} (round 1) took these same 2 instance(s)"
         )
         assert state.job(second["id"])["state"] == "skipped"
+    finally:
+        state.close()
+
+
+def test_a_job_an_older_version_tried_to_send_is_never_skipped(tmp_path: Path) -> None:
+    """An older version's state: of two jobs still to send, one it tried (its request to open
+    the job may have reached the exchange) and one it did not. At start the first is marked
+    as one the exchange may hold; the second may be skipped."""
+    state = GatewayState(tmp_path / "state.db")
+    study = "1.2.826.0.1.3680043.10.1.7"
+    for round_ in (1, 2):
+        path = tmp_path / "spool" / f"{round_}.dcm"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"\0" * 100)
+        state.record_instance(
+            ReceivedInstance(
+                sop_instance_uid=f"{study}.{round_}", study_uid=study, series_uid=f"{study}.0",
+                sop_class_uid="1.2", modality="CT", body_part="HEAD", study_description="",
+                series_description="", path=path, size=100, calling_ae="CT_SCANNER",
+            ),
+            quiet_seconds=0,
+        )  # fmt: skip
+        [row] = state.query("SELECT round, due_at FROM studies")
+        routed = [RoutedJob("product-a", None, frozenset({f"{study}.0"}))]
+        assert state.route_study(study, row["round"], row["due_at"], routed, study_pseudonym=study)
+    tried, untried = state.pending_jobs(time.time())
+    state.retry_job_later(tried["id"], "exchange unreachable: the answer was lost", 60)
+    state.close()
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        for column in ("inputs_digest", "may_be_open"):  # as the version before
+            db.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
+    db.close()
+
+    state = GatewayState(tmp_path / "state.db")
+    try:
+        assert state.job(tried["id"])["may_be_open"] == 1
+        assert state.job(untried["id"])["may_be_open"] == 0
     finally:
         state.close()

@@ -541,13 +541,13 @@ class Gateway:
             if not instances:
                 self._refuse(job_id, f"no series of the study is accepted by {job['product_id']}")
                 return
-            digest = inputs_digest(row["sop_instance_uid"] for row in instances)
-            skipped = self.state.skip_if_sent_before(job_id, digest, len(instances))
+            uids = [str(row["sop_instance_uid"]) for row in instances]
+            skipped = self.state.skip_if_sent_before(job_id, inputs_digest(uids), len(uids))
             if skipped is not None:
                 log.info("job %s skipped, nothing sent: %s", job_id, skipped)
                 return
             opened: dict[str, Any] = {}
-            sent_with: str | None = digest  # what the job is sent with, once on record
+            may_be_open = bool(job["may_be_open"])
 
             def create(study_uid: str, patient: str, count: int | None) -> dict[str, Any]:
                 return self.client.create_job(
@@ -561,8 +561,17 @@ class Gateway:
 
             def open_job(study_uid: str, patient: str, count: int) -> str:
                 refused: ExchangeHTTPError | None = None
+                if not may_be_open:
+                    # On record before the request: a lost answer, or the gateway stopped
+                    # mid-request, may leave the job open at the exchange, and such a job
+                    # is never skipped (`skip_if_sent_before`).
+                    self.state.update_job(job_id, may_be_open=1)
                 try:
                     created = create(study_uid, patient, count)
+                except httpx.ConnectError:
+                    if not may_be_open:  # the request never left: nothing opened by it
+                        self.state.update_job(job_id, may_be_open=0)
+                    raise
                 except ExchangeHTTPError as exc:
                     if exc.status != 409:
                         raise
@@ -599,12 +608,15 @@ class Gateway:
             except AlreadyOpen as exc:
                 shutil.rmtree(self.outbox / str(job_id), ignore_errors=True)
                 exchange_id, sent = str(exc), int(opened["input_count"])
-                sent_with = None  # opened with the instances the study had then: not known
+                sent_with: str | None = None  # opened with the instances the study had then
                 note: str | None = (
                     "opened by an earlier attempt; later instances go with the study's next round"
                 )
             else:
                 sent = prepared.sent
+                # What went, not what was read: an instance refused on the way (unreadable
+                # at that moment, say) is not taken, and a later job with it is sent.
+                sent_with = inputs_digest(uid for uid in uids if uid not in prepared.refused)
                 if not (opened.get("instances") == sent and prepared.uploaded):
                     # The last upload did not open the job by itself (nothing was left to
                     # upload, or the exchange holds another count): say all inputs are there.
@@ -750,7 +762,7 @@ class Gateway:
         The caller acknowledges the jobs brought home, a poll's worth together.
         """
         exchange_id = str(job["id"])
-        local = self.state.job_by_exchange_id(exchange_id) or self._skipped_twin(job)
+        local = self.state.job_by_exchange_id(exchange_id)
         if local is None:
             log.error(
                 "ended job %s is not one this gateway knows; left unacknowledged", exchange_id
@@ -763,21 +775,6 @@ class Gateway:
             # records it, so that no result comes back for a disclosure the log lacks.
             self._retry_at[exchange_id] = max(float(local["next_attempt_at"]), time.time()) + 1
             return False
-        if local["state"] == "skipped":
-            if job.get("input_count"):  # a skipped job uploaded nothing: not its job after all
-                log.error(
-                    "ended job %s holds inputs, yet its job %s was skipped; left unacknowledged",
-                    exchange_id, local["id"],
-                )  # fmt: skip
-                self._retry_at[exchange_id] = time.time() + 300
-                return False
-            log.info(
-                "job %s: the exchange's job %s, which an attempt opened before the job was "
-                "skipped, ended %s with nothing uploaded; nothing to bring home",
-                local["id"], exchange_id, job["state"],
-            )  # fmt: skip
-            self.state.update_job(int(local["id"]), exchange_state=job["state"])
-            return True
         try:
             if local["result_seen_at"] is None:
                 ended = job.get("ended_at")
@@ -817,22 +814,6 @@ class Gateway:
         self._retry_at.pop(exchange_id, None)
         self._collect_attempts.pop(exchange_id, None)
         return True
-
-    def _skipped_twin(self, job: dict[str, Any]) -> dict[str, Any] | None:
-        """The skipped job an ended job the gateway does not know by its id was opened for.
-
-        An attempt opened it, its answer was lost (so its id is not on record), and a later
-        one found the instances taken by another job and skipped the job: the exchange's job
-        was left with nothing uploaded, never reached a vendor, and ends expired. Found by the
-        study's pseudonym and the product, its id is recorded, and it is acknowledged.
-        """
-        if job.get("input_count"):  # a skipped job's attempts uploaded nothing
-            return None
-        local = self.state.skipped_job_of(str(job.get("study_uid")), str(job.get("product_id")))
-        if local is None:
-            return None
-        self.state.update_job(int(local["id"]), exchange_job_id=str(job["id"]))
-        return self.state.job(int(local["id"]))
 
     def fetched_results(self, job_id: int) -> Path:
         """Where a job's results are kept as the exchange sent them (pseudonymised), until

@@ -78,7 +78,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     exchange_ended_at REAL,  -- when the exchange says the job ended (its clock)
     result_seen_at REAL,     -- when this gateway first saw the ended job
     results_delivered INTEGER NOT NULL DEFAULT 0,
-    inputs_digest TEXT       -- what it was sent with (`inputs_digest`); NULL: not known
+    inputs_digest TEXT,      -- what it was sent with (`inputs_digest`); NULL: not known
+    -- 1 once a request to open it may have reached the exchange (`skip_if_sent_before`)
+    may_be_open INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS ix_jobs_state ON jobs(state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS ix_jobs_study ON jobs(study_uid);  -- a study's jobs: retention, re-sends
@@ -134,10 +136,19 @@ CREATE TABLE IF NOT EXISTS deliveries (
 
 
 #: Columns added since a table was first created, by table: `CREATE TABLE IF NOT EXISTS` leaves
-#: an existing table as it is, so a state of an older version gets them at start (their rows
-#: NULL). A gateway of the older version, run after a rollback, names the columns it writes
-#: and so leaves them alone.
-COLUMNS: dict[str, dict[str, str]] = {"jobs": {"inputs_digest": "TEXT"}}
+#: an existing table as it is, so a state of an older version gets them at start: each column
+#: with its definition, and what its rows hold then (None: the default). A gateway of the older
+#: version, run after a rollback, names the columns it writes and so leaves them alone.
+COLUMNS: dict[str, dict[str, tuple[str, str | None]]] = {
+    "jobs": {
+        "inputs_digest": ("TEXT", None),  # not known: nothing is skipped for the job
+        # A job an older version tried to send may be open at the exchange: never skipped.
+        "may_be_open": (
+            "INTEGER NOT NULL DEFAULT 0",
+            "UPDATE jobs SET may_be_open = 1 WHERE state = 'pending' AND attempts > 0",
+        ),
+    }
+}
 
 
 def _add_columns(db: sqlite3.Connection) -> list[str]:
@@ -145,9 +156,11 @@ def _add_columns(db: sqlite3.Connection) -> list[str]:
     added = []
     for table, columns in COLUMNS.items():
         have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-        for column, kind in columns.items():
+        for column, (definition, backfill) in columns.items():
             if column not in have:
-                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+                if backfill:
+                    db.execute(backfill)
                 added.append(f"{table}.{column}")
     return added
 
@@ -717,17 +730,19 @@ class GatewayState(StateReads):
         exactly the same instances, and sent it would run the product on them twice and bring
         two results to the PACS. Whichever of the two is sent second is skipped.
 
-        Never a job an earlier attempt opened at the exchange (its id on record): that job is
-        the exchange's already, and is completed as it opened. Checked and written in one
-        transaction; the one sender thread sends jobs one at a time (see `Gateway.submit`), so
-        no job of the same study is being sent meanwhile.
+        Never a job an earlier attempt may have opened at the exchange: its id on record, or
+        a request to open it sent and its answer lost, or the gateway stopped meanwhile
+        (`may_be_open`). That job is the exchange's already; skipped, it would wait there,
+        empty, until it expired, counted against the product. Sent, it is completed. Checked
+        and written in one transaction; the one sender thread sends jobs one at a time (see
+        `Gateway.submit`), so no job of the same study is being sent meanwhile.
         """
         took_the_same = _TOOK_THE_SAME.format(job="j", digest="?")
         with self.transaction() as db:
             row = db.execute(
                 "SELECT j.product_id, c.id, c.round FROM jobs j JOIN jobs c "
                 f"ON {took_the_same} WHERE j.id = ? AND j.state = 'pending' "
-                "AND j.exchange_job_id IS NULL ORDER BY c.id LIMIT 1",
+                "AND j.exchange_job_id IS NULL AND j.may_be_open = 0 ORDER BY c.id LIMIT 1",
                 (digest, job_id),
             ).fetchone()
             if row is None:
@@ -742,21 +757,6 @@ class GatewayState(StateReads):
                 (reason, digest, time.time(), job_id),
             )
         return reason
-
-    def skipped_job_of(self, study_pseudonym: str, product_id: str) -> dict[str, Any] | None:
-        """A skipped job of the study (by its pseudonym, as the exchange knows it) and product
-        with no exchange job on record, if any: one whose earlier attempt may have opened a job
-        at the exchange whose answer was lost (see `Gateway.collect`)."""
-        # The idempotency key is "<study pseudonym>:<product>:<round>": its unique index finds
-        # the study's keys by their prefix (";" sorts right after ":"), not the index of every
-        # skipped job ever ("+state").
-        prefix = f"{study_pseudonym}:{product_id}:"
-        rows = self.query(
-            "SELECT * FROM jobs WHERE idempotency_key > ? AND idempotency_key < ? "
-            "AND +state = 'skipped' AND exchange_job_id IS NULL ORDER BY id LIMIT 1",
-            (prefix, prefix[:-1] + ";"),
-        )
-        return rows[0] if rows else None
 
     def retry_job_later(self, job_id: int, reason: str, delay: float) -> None:
         """Try a pending job again after `delay` seconds (one that moved on is left as is)."""

@@ -305,6 +305,40 @@ def test_a_number_cut_short_deep_in_a_sequence_is_refused(
     assert "FD value of 12 bytes" in refusal.message
 
 
+def test_a_number_cut_short_under_an_unknown_vr_is_refused_as_pydicom_reads_it(
+    report: hd.sr.Comprehensive3DSR, write_dataset, study_uid: str
+):
+    """Written as UN ("unknown"), a standard attribute is read with its dictionary VR all the
+    same; four bytes of an FD are half a value there too."""
+    report.DiffusionBValue = 1000.0
+    path = write_dataset(report, "sr.dcm")
+    data = path.read_bytes()
+    written = b"\x18\x00\x87\x90FD\x08\x00"
+    at = data.index(written) + len(written)
+    unknown = b"\x18\x00\x87\x90UN\x00\x00\x04\x00\x00\x00"  # UN: 4-byte length
+    path.write_bytes(data[: at - len(written)] + unknown + data[at : at + 4] + data[at + 8 :])
+    refusal = _refusal(path, study_uid)
+    assert (refusal.rule, refusal.attribute) == ("readable-values", "DiffusionBValue (0018,9087)")
+
+
+def test_a_private_number_cut_short_in_implicit_vr_is_refused(
+    report: hd.sr.Comprehensive3DSR, tmp_path: Path, study_uid: str
+):
+    """Implicit VR names no VRs; pydicom knows some private attributes' by their creator (here
+    an SS of GE's), and reads one byte of it as it reads half a value."""
+    report.private_block(0x0043, "GEMS_PARM_01", create=True).add_new(0x01, "SS", 5)
+    report.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    path = tmp_path / "implicit.dcm"
+    report.save_as(path, implicit_vr=True, little_endian=True, enforce_file_format=True)
+    assert check_result(path, study_instance_uid=study_uid).sop_instance_uid  # whole: accepted
+    data = path.read_bytes()
+    written = b"\x43\x00\x01\x10\x02\x00\x00\x00\x05\x00"
+    assert data.count(written) == 1
+    path.write_bytes(data.replace(written, b"\x43\x00\x01\x10\x01\x00\x00\x00\x05"))
+    refusal = _refusal(path, study_uid)
+    assert (refusal.rule, refusal.attribute) == ("readable-values", "(0043,1001)")
+
+
 def _strip(item: Dataset, code_value: str) -> None:
     if "ContentSequence" not in item:
         return

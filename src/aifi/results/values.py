@@ -12,9 +12,12 @@ milliseconds a result, looking at its elements' lengths a small part of that.
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 from pydicom import Dataset
-from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.hooks import raw_element_vr
 from pydicom.tag import BaseTag
 
 from aifi.results.errors import ResultRejected
@@ -35,12 +38,14 @@ def check_values_readable(dataset: Dataset) -> None:
     ResultRejected
         ``readable-values`` naming the attribute and its sequence path.
     """
-    _check(dataset, trail=())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an unknown tag: pydicom reads it as bytes
+        _check(dataset, trail=())
 
 
 def _check(dataset: Dataset, trail: Trail) -> None:
     for tag, element in dataset.items():
-        vr = element.VR or _dictionary_vr(tag)
+        vr = _vr_of(dataset, element)
         if vr == "SQ":
             try:
                 items = dataset[tag].value or []
@@ -51,7 +56,7 @@ def _check(dataset: Dataset, trail: Trail) -> None:
             for number, item in enumerate(items, start=1):
                 _check(item, (*trail, (tag, number)))
         elif isinstance(element, RawDataElement):
-            size = BYTES_PER_VALUE.get(vr or "")
+            size = _bytes_per_value(vr)
             if size and element.length % size:
                 raise _refusal(
                     tag,
@@ -61,17 +66,23 @@ def _check(dataset: Dataset, trail: Trail) -> None:
                 )
 
 
-def _dictionary_vr(tag: BaseTag) -> str | None:
-    """The VR of an implicit-VR element; one every alternative agrees on ('US or SS': both
-    two bytes), or None for a private or unknown tag (pydicom reads those as bytes)."""
-    try:
-        alternatives = dictionary_VR(tag).split(" or ")
-    except KeyError:
-        return None
-    sizes = {BYTES_PER_VALUE.get(vr) for vr in alternatives}
-    if len(alternatives) == 1 or (len(sizes) == 1 and None not in sizes):
-        return alternatives[0]
-    return None
+def _vr_of(dataset: Dataset, element: DataElement | RawDataElement) -> str | None:
+    """The VR pydicom reads `element` with: as written; or from its dictionaries, for
+    implicit VR, for an explicit 'UN' of a known attribute, and for private tags whose
+    creator it knows (pydicom's own lookup, so that the two agree)."""
+    if not isinstance(element, RawDataElement) or element.VR not in (None, "UN"):
+        return str(element.VR)
+    found: dict[str, Any] = {}
+    raw_element_vr(element, found, ds=dataset)
+    vr = found.get("VR")
+    return str(vr) if vr else None
+
+
+def _bytes_per_value(vr: str | None) -> int | None:
+    """The bytes of one value of `vr`; for an ambiguous VR ('US or SS'), the size every
+    alternative agrees on, else None (pydicom reads 'OB or OW' and the like as bytes)."""
+    sizes = {BYTES_PER_VALUE.get(alternative) for alternative in (vr or "").split(" or ")}
+    return sizes.pop() if len(sizes) == 1 else None
 
 
 def _refusal(tag: BaseTag, trail: Trail, message: str) -> ResultRejected:

@@ -242,7 +242,7 @@ class Worker:
         spares an engineer a search for a fault that did not happen."""
         try:
             job = self.client.job(lease.job_id)
-        except (ExchangeHTTPError, httpx.TransportError):
+        except (ExchangeHTTPError, httpx.TransportError, ValueError):  # ValueError: not JSON
             job = {}
         if job.get("state") == "completed" and job.get("attempts") == lease.job.get("attempts"):
             log.info(

@@ -129,6 +129,19 @@ class Hospital:
         assert job["state"] == "pending" and "unreachable" in job["reason"], job["reason"]
         assert job["may_be_open"] == may_be_open
 
+    def late_slice_while_unsent(self, back_off: float) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Round 1 is routed, and tried while the exchange is away until its next try is
+        `back_off` seconds off; then the late slice comes and opens round 2. Their jobs."""
+        self.receive(*self.files)
+        assert self.route() == 1
+        [first] = self.jobs()
+        self.fail_to_send(first["id"], until=time.time() + back_off)
+        self.receive(self.late)
+        assert self.route() == 1
+        first, second = self.jobs()
+        assert second["round"] == 2
+        return first, second
+
     def jobs(self) -> list[dict[str, Any]]:
         return self.gateway.jobs()
 
@@ -187,39 +200,39 @@ def failing(tmp_path: Path) -> Iterator[Hospital]:
         opened.close()
 
 
+def only_one_went(
+    hospital: Hospital, went: dict[str, Any], skipped: dict[str, Any], everything: list[Path]
+) -> None:
+    """One job at the exchange, `went`'s, with every instance: the product runs once;
+    `skipped` was not sent, its reason naming `went`, and nothing of it was disclosed."""
+    at_the_exchange = hospital.exchange_jobs()
+    assert len(at_the_exchange) == 1, [job["instances"] for job in at_the_exchange]
+    [sent] = at_the_exchange
+    assert hospital.inputs(sent["id"]) == hospital.pseudonyms(*everything)
+    assert went["state"] == "submitted", went["reason"]
+    assert sent["id"] == went["exchange_job_id"]
+    assert skipped["state"] == "skipped"
+    assert skipped["reason"] == (
+        f"nothing new for {PRODUCT}: job {went['id']} (round {went['round']}) took these same "
+        f"{len(everything)} instance(s)"
+    )
+    assert skipped["exchange_job_id"] is None and skipped["ended_at"] is not None
+    [disclosed] = hospital.disclosed()
+    assert f"{len(everything)} instance(s)" in disclosed
+
+
 def test_a_round_sent_after_a_late_instance_leaves_the_next_round_nothing_new(
     hospital: Hospital,
 ) -> None:
     """The exchange is away when round 1 is due; a late slice opens round 2. Sent in order,
     round 1 takes every instance, the late slice too, and round 2 is skipped."""
     everything = [*hospital.files, hospital.late]
-    hospital.receive(*hospital.files)
-    assert hospital.route() == 1
-    [first] = hospital.jobs()
-    hospital.fail_to_send(first["id"], until=time.time() + 0.5)
-    hospital.receive(hospital.late)
-    assert hospital.route() == 1
-    second = hospital.jobs()[1]
-    assert second["round"] == 2
+    first, second = hospital.late_slice_while_unsent(back_off=0.5)
 
     assert hospital.send_due(time.time() + 600) == [first["id"], second["id"]]
 
-    # One job at the exchange, with every instance: the product runs once.
-    at_the_exchange = hospital.exchange_jobs()
-    assert len(at_the_exchange) == 1, [job["instances"] for job in at_the_exchange]
-    [sent] = at_the_exchange
-    assert hospital.inputs(sent["id"]) == hospital.pseudonyms(*everything)
     first, second = hospital.jobs()
-    assert first["state"] == "submitted", first["reason"]
-    assert sent["id"] == first["exchange_job_id"]
-    assert second["state"] == "skipped"
-    assert second["reason"] == (
-        f"nothing new for {PRODUCT}: job {first['id']} (round 1) took these same "
-        f"{len(everything)} instance(s)"
-    )
-    assert second["exchange_job_id"] is None and second["ended_at"] is not None
-    [disclosed] = hospital.disclosed()
-    assert f"{len(everything)} instance(s)" in disclosed
+    only_one_went(hospital, went=first, skipped=second, everything=everything)
 
     # The PACS sends the study again: nothing failed, so nothing is sent again.
     hospital.receive(*everything)
@@ -232,30 +245,13 @@ def test_a_round_in_back_off_while_the_next_is_sent_is_skipped(hospital: Hospita
     """Round 1 waits out its back-off while round 2 is due and sent with every instance; when
     round 1's turn comes, it has nothing new."""
     everything = [*hospital.files, hospital.late]
-    hospital.receive(*hospital.files)
-    assert hospital.route() == 1
-    [first] = hospital.jobs()
-    hospital.fail_to_send(first["id"], until=time.time() + 30)
-    hospital.receive(hospital.late)
-    assert hospital.route() == 1
-    second = hospital.jobs()[1]
+    first, second = hospital.late_slice_while_unsent(back_off=30)
 
     assert hospital.send_due() == [second["id"]]  # round 1 is still waiting
     assert hospital.send_due(time.time() + 600) == [first["id"]]
 
-    at_the_exchange = hospital.exchange_jobs()
-    assert len(at_the_exchange) == 1, [job["instances"] for job in at_the_exchange]
-    [sent] = at_the_exchange
-    assert hospital.inputs(sent["id"]) == hospital.pseudonyms(*everything)
     first, second = hospital.jobs()
-    assert second["state"] == "submitted", second["reason"]
-    assert sent["id"] == second["exchange_job_id"]
-    assert first["state"] == "skipped"
-    assert first["reason"] == (
-        f"nothing new for {PRODUCT}: job {second['id']} (round 2) took these same "
-        f"{len(everything)} instance(s)"
-    )
-    assert len(hospital.disclosed()) == 1
+    only_one_went(hospital, went=second, skipped=first, everything=everything)
 
 
 def test_a_late_instance_after_its_round_was_sent_is_a_follow_up(hospital: Hospital) -> None:

@@ -110,28 +110,39 @@ def settled(gateway: Gateway) -> bool:
     return all(job["state"] in ("delivered", "ended") for job in gateway.jobs())
 
 
-def test_a_result_with_a_value_nobody_can_read_is_refused_at_upload_and_its_job_fails(
+def bad_then_good(
     national: National, spoiling: list[Spoiler], orthanc_factory: Any, tmp_path: Path
-) -> None:
-    """The exchange reads every value's length as it checks a result: the vendor's worker
-    hears which attribute is broken, and the job fails with it; the hospital hears why."""
+) -> tuple[dict[str, Any], dict[str, Any], float]:
+    """Two studies, the product spoiling the first one's result (`short_element`), brought
+    home by a gateway to a real Orthanc: the first job, which nothing of may reach the PACS,
+    and the second, whose one result must, as it is; and the jobs-undelivered gauge."""
     spoiling.append(short_element)
     (bad, bad_study), (good, good_study) = studies(tmp_path / "studies", 2)
     gateway, pacs = run_gateway(national, orthanc_factory, tmp_path, [bad, good])
     try:
         assert gateway.wait_until(lambda: settled(gateway), timeout=120), gateway.jobs()
-        failed, delivered = sorted(gateway.jobs(), key=lambda job: job["id"])
-        assert gateway_gauge(gateway, "aifi_gateway_jobs_undelivered") == 0
+        first, delivered = sorted(gateway.jobs(), key=lambda job: job["id"])
+        undelivered = gateway_gauge(gateway, "aifi_gateway_jobs_undelivered")
     finally:
         gateway.stop()
-    assert failed["state"] == "ended" and failed["exchange_state"] == "failed"
-    assert "the exchange refused a result" in failed["reason"], failed["reason"]
-    assert "readable-values" in failed["reason"], failed["reason"]
-    assert "DiffusionBValue (0018,9087)" in failed["reason"], failed["reason"]
     assert delivered["state"] == "delivered" and delivered["results_delivered"] == 1
     assert pacs_instances(pacs, bad_study) == []
     [result] = pacs_instances(pacs, good_study)
     assert result["PatientID"] == "HOSP-1"
+    return first, delivered, undelivered
+
+
+def test_a_result_with_a_value_nobody_can_read_is_refused_at_upload_and_its_job_fails(
+    national: National, spoiling: list[Spoiler], orthanc_factory: Any, tmp_path: Path
+) -> None:
+    """The exchange reads every value's length as it checks a result: the vendor's worker
+    hears which attribute is broken, and the job fails with it; the hospital hears why."""
+    failed, _, undelivered = bad_then_good(national, spoiling, orthanc_factory, tmp_path)
+    assert undelivered == 0  # the product's job failed: nothing came back to refuse
+    assert failed["state"] == "ended" and failed["exchange_state"] == "failed"
+    assert "the exchange refused a result" in failed["reason"], failed["reason"]
+    assert "readable-values" in failed["reason"], failed["reason"]
+    assert "DiffusionBValue (0018,9087)" in failed["reason"], failed["reason"]
 
 
 def test_a_result_the_gateway_cannot_read_ends_its_job_and_holds_up_none_behind_it(
@@ -145,22 +156,11 @@ def test_a_result_the_gateway_cannot_read_ends_its_job_and_holds_up_none_behind_
     a later pydicom cannot read could reach a gateway the same way): the gateway refuses it,
     and no job behind it waits."""
     monkeypatch.setattr(check, "check_values_readable", lambda _dataset: None)
-    spoiling.append(short_element)
-    (bad, bad_study), (good, good_study) = studies(tmp_path / "studies", 2)
-    gateway, pacs = run_gateway(national, orthanc_factory, tmp_path, [bad, good])
-    try:
-        assert gateway.wait_until(lambda: settled(gateway), timeout=120), gateway.jobs()
-        refused, delivered = sorted(gateway.jobs(), key=lambda job: job["id"])
-        assert gateway_gauge(gateway, "aifi_gateway_jobs_undelivered") == 1
-    finally:
-        gateway.stop()
+    refused, _, undelivered = bad_then_good(national, spoiling, orthanc_factory, tmp_path)
+    assert undelivered == 1
     assert refused["state"] == "ended" and refused["exchange_state"] == "completed"
     assert "cannot be filed in the PACS" in refused["reason"], refused["reason"]
     assert "BytesLengthException" in refused["reason"], refused["reason"]
-    assert delivered["state"] == "delivered" and delivered["results_delivered"] == 1
-    assert pacs_instances(pacs, bad_study) == []
-    [result] = pacs_instances(pacs, good_study)
-    assert result["PatientID"] == "HOSP-1"
     with national.api() as api:  # both are home: the exchange does not list them again
         waiting = api.get("/jobs", params={"acknowledged": "false", "limit": 10}).json()
     assert waiting == []

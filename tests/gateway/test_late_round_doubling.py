@@ -46,6 +46,8 @@ class Network(httpx.BaseTransport):
         self._inner = httpx.HTTPTransport()
         self.away = False
         self.lose_creation_answers = False
+        #: The exchange goes away as soon as it has lost an answer (restarting, say).
+        self.away_once_lost = False
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if self.away:
@@ -54,6 +56,7 @@ class Network(httpx.BaseTransport):
         if self.lose_creation_answers and (request.method, request.url.path) == ("POST", "/jobs"):
             response.read()
             response.close()
+            self.away = self.away or self.away_once_lost
             raise httpx.ReadError("the connection broke before the answer", request=request)
         return response
 
@@ -65,7 +68,8 @@ class Hospital:
     """A gateway not started (the test turns its wheels), the study its modality sends, and
     the network between the gateway and the exchange."""
 
-    def __init__(self, national: National, tmp_path: Path) -> None:
+    def __init__(self, national: National, tmp_path: Path, retries: int = 0) -> None:
+        self.retries = retries  # the client's own; 0: the test decides when the exchange is back
         write_study("ct-head", tmp_path / "study", seed=6, size="small")
         *self.files, self.late = sorted((tmp_path / "study").rglob("*.dcm"))
         path = gateway_config(tmp_path, national, free_port(), 1, quiet_seconds=0.0)
@@ -83,7 +87,7 @@ class Hospital:
             self.national.exchange.url,
             self.national.hospital_key,
             transport=self.network,
-            retries=0,  # the test decides when the exchange is back
+            retries=self.retries,
         )
         gateway = Gateway(load_config(self.path), client=client)
         gateway.incoming.mkdir(exist_ok=True)
@@ -254,6 +258,23 @@ def test_a_round_in_back_off_while_the_next_is_sent_is_skipped(hospital: Hospita
     only_one_went(hospital, went=second, skipped=first, everything=everything)
 
 
+def test_an_instance_refused_every_time_leaves_the_next_round_nothing_new(
+    hospital: Hospital,
+) -> None:
+    """An instance de-identification refuses whenever it is sent (text burned into its
+    pixels): both rounds would send the same others, and the second is skipped all the same,
+    compared on what each sends, not on what each read."""
+    burned = pydicom.dcmread(hospital.files[0])
+    burned.BurnedInAnnotation = "YES"
+    burned.save_as(hospital.files[0])
+    first, second = hospital.late_slice_while_unsent(back_off=0.5)
+    assert hospital.send_due(time.time() + 600) == [first["id"], second["id"]]
+    first, second = hospital.jobs()
+    assert "1 instance(s) not sent" in first["reason"], first["reason"]
+    sent = [*hospital.files[1:], hospital.late]
+    only_one_went(hospital, went=first, skipped=second, everything=sent)
+
+
 def test_a_late_instance_after_its_round_was_sent_is_a_follow_up(hospital: Hospital) -> None:
     """Round 1 went before the late slice came: round 2 has something new, and is sent."""
     hospital.receive(*hospital.files)
@@ -357,21 +378,35 @@ def test_a_gateway_starts_on_a_state_from_before_the_inputs_digest(hospital: Hos
     assert len(hospital.exchange_jobs()) == 2
 
 
-def test_a_job_the_exchange_may_hold_already_is_sent_not_skipped(hospital: Hospital) -> None:
-    """Round 1's first try opened its job at the exchange, but the answer never came back;
-    then the exchange was away, a late slice came, and round 2 went first with every
-    instance. Skipped, round 1's job would wait at the exchange, empty, until it expired,
-    counted against the product: round 1 is sent, and completes the job it opened."""
+def test_a_job_the_exchange_may_hold_already_is_sent_not_skipped(
+    national: National, tmp_path: Path
+) -> None:
+    """Round 1's first try opened its job at the exchange, but the answer never came back,
+    and the exchange went away (the client's own retries of that try would have met a
+    connection refused, which says nothing of the try before); then a late slice came, and
+    round 2 went first with every instance. Skipped, round 1's job would wait at the
+    exchange, empty, until it expired, counted against the product: round 1 is sent, and
+    completes the job it opened."""
+    hospital = Hospital(national, tmp_path, retries=2)
+    try:
+        sent_after_a_lost_answer(hospital)
+    finally:
+        hospital.close()
+
+
+def sent_after_a_lost_answer(hospital: Hospital) -> None:
+    """The test's course, on a hospital whose client retries as a gateway's does."""
     hospital.receive(*hospital.files)
     assert hospital.route() == 1
     [first] = hospital.jobs()
-    hospital.network.lose_creation_answers = True
+    hospital.gateway.client.product(PRODUCT)  # at hand: the first request opens the job
+    hospital.network.lose_creation_answers = hospital.network.away_once_lost = True
     assert hospital.send_due() == [first["id"]]
-    hospital.network.lose_creation_answers = False
+    hospital.network.lose_creation_answers = hospital.network.away = False
     first = hospital.jobs()[0]
     assert first["exchange_job_id"] is None and first["may_be_open"] == 1
     [opened] = hospital.exchange_jobs()
-    hospital.fail_to_send(first["id"], until=time.time() + 30)  # then the exchange was away
+    hospital.fail_to_send(first["id"], until=time.time() + 30)  # the exchange still away
     hospital.receive(hospital.late)
     assert hospital.route() == 1
     second = hospital.jobs()[1]

@@ -50,11 +50,15 @@ class GatewayClient(ApiClient):
         idempotency_key: str,
         priority: str | None,
         instances: int | None = None,
+        *,
+        retries: int | None = None,
     ) -> dict[str, Any]:
         """Open (or, by the idempotency key, find again) a job for `instances` inputs.
 
         With the count declared, the exchange opens the job to vendors when the last input is
-        stored, and no separate "ready" request is needed.
+        stored, and no separate "ready" request is needed. `retries=0`: one try only, so that
+        a connection refused means this request never reached the exchange (the client's
+        retries raise the last try's error, which says nothing of the tries before).
         """
         body = {
             "product_id": product_id,
@@ -64,7 +68,7 @@ class GatewayClient(ApiClient):
             "priority": priority,
             "instances": instances,
         }
-        return dict(self.request("POST", "/jobs", json=body).json())
+        return dict(self.request("POST", "/jobs", json=body, retries=retries).json())
 
     def input_uids(self, job_id: str) -> set[str]:
         rows = self.request("GET", f"/jobs/{job_id}/inputs").json()

@@ -51,13 +51,14 @@ def pseudonymise_and_send(
     clean_pixel_regions: list[tuple[int, int, int, int]] | None,
     outbox: Path,
     threads: int,
-    open_job: Callable[[str, str, int], str],
+    open_job: Callable[[str, str, list[str]], str],
     already_uploaded: Callable[[str], set[str]],
     upload: Callable[[str, str, Path], None],
 ) -> tuple[str, PreparedStudy]:
     """Pseudonymise `instances`, create the job, upload.
 
-    `open_job(study, patient, instances) -> job id` is told how many instances will be sent.
+    `open_job(study, patient, sending) -> job id` is told which instances will be sent (their
+    SOP Instance UIDs, as the hospital knows them): those that were not refused on the way.
 
     The vault learns every mapping before this returns, and before the caller marks the job
     ready, so no result can come back that the vault cannot re-identify.
@@ -94,7 +95,8 @@ def pseudonymise_and_send(
             patient_pseudonym=first.patient_pseudonym,
             original_attributes=first.original_patient,
         )
-        job_id = open_job(prepared.study_uid, prepared.patient_pseudonym, len(results))
+        sending = [str(row["sop_instance_uid"]) for row, _res, _path in results]
+        job_id = open_job(prepared.study_uid, prepared.patient_pseudonym, sending)
         present = already_uploaded(job_id)
 
         def send(item: tuple[Mapping[str, Any], DeidResult | str, Path]) -> bool:

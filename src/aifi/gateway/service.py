@@ -98,6 +98,11 @@ class ResultsRefused(Exception):
 RESULT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 
+class NothingNew(Exception):
+    """The job was skipped: another job of its study took the same instances for its product
+    (`GatewayState.skip_if_sent_before`); the message is the reason on record."""
+
+
 def backoff(attempts: int) -> float:
     return float(min(2 ** min(attempts, 8), 300))
 
@@ -518,11 +523,12 @@ class Gateway:
         """Pseudonymise and upload one job; refusals end it with a reason, outages retry.
 
         A job reads its study's instances from the spool as it is sent. If another job of the
-        study for the same product took exactly these instances, and its send went through and
-        did not fail, nothing is sent: the job ends 'skipped', with the reason, and no
-        disclosure (nothing was disclosed). So a job sent late, after a late instance opened
-        the study's next round, and that round's job do not run the product twice on the same
-        instances (`GatewayState.skip_if_sent_before`).
+        study for the same product sent exactly the instances this one would send (those not
+        refused on the way), and did not fail, nothing is sent: the job ends 'skipped', with
+        the reason, and no disclosure (nothing was disclosed). So a job sent late, after a late
+        instance opened the study's next round, and that round's job do not run the product
+        twice on the same instances (`GatewayState.skip_if_sent_before`). The check comes
+        after pseudonymisation, just before the job is opened: what would be sent is known.
 
         Jobs are sent by one thread, the submitter (`_submit_loop`), one at a time: between the
         check for such a job and this job's send, no other job is sent, so two jobs with the
@@ -541,15 +547,13 @@ class Gateway:
             if not instances:
                 self._refuse(job_id, f"no series of the study is accepted by {job['product_id']}")
                 return
-            uids = [str(row["sop_instance_uid"]) for row in instances]
-            skipped = self.state.skip_if_sent_before(job_id, inputs_digest(uids), len(uids))
-            if skipped is not None:
-                log.info("job %s skipped, nothing sent: %s", job_id, skipped)
-                return
             opened: dict[str, Any] = {}
             may_be_open = bool(job["may_be_open"])
+            sent_with: str | None = None  # what the job is sent with, for later jobs' check
 
-            def create(study_uid: str, patient: str, count: int | None) -> dict[str, Any]:
+            def create(
+                study_uid: str, patient: str, count: int | None, retries: int | None = None
+            ) -> dict[str, Any]:
                 return self.client.create_job(
                     job["product_id"],
                     study_uid,
@@ -557,9 +561,16 @@ class Gateway:
                     job["idempotency_key"],
                     job["priority"],
                     instances=count,
+                    retries=retries,
                 )
 
-            def open_job(study_uid: str, patient: str, count: int) -> str:
+            def open_job(study_uid: str, patient: str, sending: list[str]) -> str:
+                nonlocal sent_with
+                digest = inputs_digest(sending)
+                skipped = self.state.skip_if_sent_before(job_id, digest, len(sending))
+                if skipped is not None:
+                    raise NothingNew(skipped)
+                sent_with, count = digest, len(sending)
                 refused: ExchangeHTTPError | None = None
                 if not may_be_open:
                     # On record before the request: a lost answer, or the gateway stopped
@@ -567,7 +578,9 @@ class Gateway:
                     # is never skipped (`skip_if_sent_before`).
                     self.state.update_job(job_id, may_be_open=1)
                 try:
-                    created = create(study_uid, patient, count)
+                    # One try while nothing may be open yet: a connection refused then
+                    # means the request never left, whatever tries before it met.
+                    created = create(study_uid, patient, count, 0 if not may_be_open else None)
                 except httpx.ConnectError:
                     if not may_be_open:  # the request never left: nothing opened by it
                         self.state.update_job(job_id, may_be_open=0)
@@ -608,15 +621,12 @@ class Gateway:
             except AlreadyOpen as exc:
                 shutil.rmtree(self.outbox / str(job_id), ignore_errors=True)
                 exchange_id, sent = str(exc), int(opened["input_count"])
-                sent_with: str | None = None  # opened with the instances the study had then
+                sent_with = None  # opened with the instances the study had then
                 note: str | None = (
                     "opened by an earlier attempt; later instances go with the study's next round"
                 )
             else:
                 sent = prepared.sent
-                # What went, not what was read: an instance refused on the way (unreadable
-                # at that moment, say) is not taken, and a later job with it is sent.
-                sent_with = inputs_digest(uid for uid in uids if uid not in prepared.refused)
                 if not (opened.get("instances") == sent and prepared.uploaded):
                     # The last upload did not open the job by itself (nothing was left to
                     # upload, or the exchange holds another count): say all inputs are there.
@@ -640,6 +650,9 @@ class Gateway:
                 f"options beyond the basic profile: {options}" + (f"; {note}" if note else ""),
             )
             self.state.mark_submitted(job_id, note, sent_with)
+        except NothingNew as exc:
+            shutil.rmtree(self.outbox / str(job_id), ignore_errors=True)
+            log.info("job %s skipped, nothing sent: %s", job_id, exc)
         except NothingToSend as exc:
             self._refuse(job_id, str(exc))
         except ExchangeHTTPError as exc:

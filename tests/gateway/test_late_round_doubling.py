@@ -275,6 +275,32 @@ def test_an_instance_refused_every_time_leaves_the_next_round_nothing_new(
     only_one_went(hospital, went=first, skipped=second, everything=sent)
 
 
+def test_an_image_corrected_under_its_uid_is_something_new(
+    hospital: Hospital, tmp_path: Path
+) -> None:
+    """Round 1, sent at last, took the late slice too; then the modality sent an image again
+    under its SOP Instance UID, corrected, before round 2 was routed. Round 2 holds the same
+    UIDs, but not the same image: it is sent."""
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    [first] = hospital.jobs()
+    hospital.fail_to_send(first["id"], until=time.time() + 0.5)
+    hospital.receive(hospital.late)
+    assert hospital.send_due(time.time() + 600) == [first["id"]]  # round 2 still receiving
+    corrected = pydicom.dcmread(hospital.files[0])
+    corrected.PixelData = bytes(len(corrected.PixelData))
+    (tmp_path / "corrected").mkdir()
+    corrected.save_as(tmp_path / "corrected" / hospital.files[0].name)
+    hospital.receive(tmp_path / "corrected" / hospital.files[0].name)
+    assert hospital.route() == 1
+    second = hospital.jobs()[1]
+    assert hospital.send_due() == [second["id"]]
+
+    assert [job["state"] for job in hospital.jobs()] == ["submitted", "submitted"]
+    everything = hospital.pseudonyms(*hospital.files, hospital.late)
+    assert [hospital.inputs(job["id"]) for job in hospital.exchange_jobs()] == [everything] * 2
+
+
 def test_a_late_instance_after_its_round_was_sent_is_a_follow_up(hospital: Hospital) -> None:
     """Round 1 went before the late slice came: round 2 has something new, and is sent."""
     hospital.receive(*hospital.files)
@@ -348,7 +374,9 @@ def test_a_study_sent_again_after_the_job_a_round_was_skipped_for_failed(
 
 def test_a_gateway_starts_on_a_state_from_before_the_inputs_digest(hospital: Hospital) -> None:
     """A gateway of the version before stopped with round 1 sent, and rounds 2 and 3 (late
-    slices) still to send; the new version starts on its state file and goes on."""
+    slices) still to send; the new version starts on its state file and goes on. The version
+    before may have begun to send rounds 2 and 3 (their requests to open them answered or
+    not): neither is skipped, and nothing is skipped for round 1, whose digest is unknown."""
     extra = hospital.files.pop()  # a second late slice
     hospital.receive(*hospital.files)
     assert hospital.route() == 1
@@ -368,14 +396,12 @@ def test_a_gateway_starts_on_a_state_from_before_the_inputs_digest(hospital: Hos
 
     first, second, third = hospital.jobs()
     assert first["state"] == "submitted" and first["inputs_digest"] is None
+    assert (second["may_be_open"], third["may_be_open"]) == (1, 1)
     assert hospital.send_due() == [second["id"], third["id"]]
     first, second, third = hospital.jobs()
-    # Round 2 took both late slices; round 3 has nothing new for it. Round 1, sent by the
-    # version before, is not known to have taken them, and nothing is skipped for it.
-    assert second["state"] == "submitted" and second["inputs_digest"] is not None
-    assert third["state"] == "skipped", third["reason"]
-    assert f"job {second['id']} (round 2)" in third["reason"]
-    assert len(hospital.exchange_jobs()) == 2
+    assert second["state"] == third["state"] == "submitted", third["reason"]
+    assert second["inputs_digest"] == third["inputs_digest"] is not None
+    assert len(hospital.exchange_jobs()) == 3
 
 
 def test_a_job_the_exchange_may_hold_already_is_sent_not_skipped(
@@ -453,9 +479,11 @@ def test_an_instance_the_job_could_not_send_goes_with_the_next_round(
     assert hospital.inputs(round_2["id"]) == hospital.pseudonyms(*hospital.files, hospital.late)
 
 
-def test_the_whole_study_again_after_its_purge_has_nothing_new(tmp_path: Path) -> None:
+def test_the_whole_study_again_after_its_purge_is_sent_again(tmp_path: Path) -> None:
     """Retention purged a study whose job was delivered; the PACS sends all of it again: a new
-    round, whose job holds what the delivered job was sent with, and is skipped."""
+    round with the same instances, received anew (they may have changed meanwhile), and its
+    job is sent, as it always was; while the first round's instances still stood as they
+    were sent, a job with them would have been skipped."""
     study, series = "1.2.826.0.1.3680043.10.1.9", "1.2.826.0.1.3680043.10.1.9.1"
     uids = [f"{series}.{n}" for n in (1, 2)]
 
@@ -481,25 +509,29 @@ def test_the_whole_study_again_after_its_purge_has_nothing_new(tmp_path: Path) -
     try:
         receive(state)
         [first] = state.pending_jobs(time.time())
-        assert state.mark_submitted(first["id"], None, inputs_digest(uids))
+        sent = state.study_instances(study)
+        assert state.mark_submitted(first["id"], None, inputs_digest(sent))
         state.update_job(first["id"], state="delivered", ended_at=time.time())
         assert state.purge_study(study, time.time() + 1, 0) is not None
         receive(state)
         [second] = state.pending_jobs(time.time())
         assert second["round"] == 2
-        reason = state.skip_if_sent_before(second["id"], inputs_digest(reversed(uids)), 2)
+        again = state.study_instances(study)
+        assert [row["sop_instance_uid"] for row in again] == uids
+        assert state.skip_if_sent_before(second["id"], inputs_digest(again), 2) is None
+        assert state.job(second["id"])["state"] == "pending"
+        reason = state.skip_if_sent_before(second["id"], inputs_digest(reversed(sent)), 2)
         assert reason == (
             f"nothing new for product-a: job {first['id']} (round 1) took these same 2 instance(s)"
         )
-        assert state.job(second["id"])["state"] == "skipped"
     finally:
         state.close()
 
 
 def test_a_job_an_older_version_tried_to_send_is_never_skipped(tmp_path: Path) -> None:
     """An older version's state: of two jobs still to send, one it tried (its request to open
-    the job may have reached the exchange) and one it did not. At start the first is marked
-    as one the exchange may hold; the second may be skipped."""
+    the job may have reached the exchange), and one it may have begun to try as it stopped
+    (its attempts still 0). At start both are marked as ones the exchange may hold."""
     state = GatewayState(tmp_path / "state.db")
     study = "1.2.826.0.1.3680043.10.1.7"
     for round_ in (1, 2):
@@ -527,7 +559,53 @@ def test_a_job_an_older_version_tried_to_send_is_never_skipped(tmp_path: Path) -
 
     state = GatewayState(tmp_path / "state.db")
     try:
-        assert state.job(tried["id"])["may_be_open"] == 1
-        assert state.job(untried["id"])["may_be_open"] == 0
+        assert state.job(tried["id"])["may_be_open"] == state.job(untried["id"])["may_be_open"] == 1
+        assert state.job(tried["id"])["attempts"] == 1
     finally:
         state.close()
+
+
+def test_an_instance_moved_away_after_part_of_the_job_went_is_not_sent_as_this_study(
+    hospital: Hospital, tmp_path: Path
+) -> None:
+    """The first try of a job uploaded part of the study and broke off; then the PACS
+    corrected the study, moving an uploaded instance to another study (another patient's,
+    perhaps). The exchange's job must not open with it, nor wait for ever for the instance
+    left: it is cancelled before any vendor took it, and the job goes again as a new one."""
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    [job] = hospital.jobs()
+    broken, moving = (next(iter(hospital.pseudonyms(file))) for file in hospital.files[:2])
+    network, passing = hospital.network, hospital.network.handle_request
+
+    def breaks_off(request: httpx.Request) -> httpx.Response:
+        if request.method == "PUT" and broken in request.url.path:
+            raise httpx.ReadError("the connection broke off", request=request)
+        return passing(request)
+
+    network.handle_request = breaks_off  # type: ignore[method-assign]
+    assert hospital.send_due() == [job["id"]]
+    network.handle_request = passing  # type: ignore[method-assign]
+    [first] = hospital.exchange_jobs()
+    assert moving in hospital.inputs(first["id"]) and broken not in hospital.inputs(first["id"])
+
+    corrected = pydicom.dcmread(hospital.files[1])
+    corrected.StudyInstanceUID = f"{corrected.StudyInstanceUID}.9"
+    (tmp_path / "corrected").mkdir()
+    corrected.save_as(tmp_path / "corrected" / hospital.files[1].name)
+    hospital.receive(tmp_path / "corrected" / hospital.files[1].name)
+
+    assert hospital.send_due(time.time() + 600) == [job["id"]]  # the exchange's job cancelled
+    assert hospital.send_due() == [job["id"]]  # and the job sent again, as a new one
+    [job] = hospital.jobs()
+    assert job["state"] == "submitted", job["reason"]
+    cancelled, sent = hospital.exchange_jobs()
+    assert cancelled["id"] == first["id"] and cancelled["state"] == "cancelled"
+    assert "no longer in the study" in cancelled["reason"]
+    assert cancelled["acknowledged_at"] is not None  # nothing for the gateway to bring home
+    assert sent["id"] == job["exchange_job_id"] and sent["inputs_complete"]
+    staying = [file for file in hospital.files if file != hospital.files[1]]
+    assert hospital.inputs(sent["id"]) == hospital.pseudonyms(*staying)
+    earlier, new = hospital.disclosed()
+    assert f"exchange job {first['id']}" in earlier and "cancelled before any vendor" in earlier
+    assert f"exchange job {sent['id']}: {len(staying)} instance(s)" in new

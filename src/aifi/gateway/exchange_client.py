@@ -82,6 +82,12 @@ class GatewayClient(ApiClient):
             headers={"Content-Type": "application/dicom"},
         )
 
+    def cancel_job(self, job_id: str, reason: str) -> dict[str, Any]:
+        """End a job the hospital no longer wants, before any vendor took it."""
+        return dict(
+            self.request("POST", f"/jobs/{job_id}/cancel", json={"reason": reason[:2000]}).json()
+        )
+
     def mark_ready(self, job_id: str, instances: int) -> dict[str, Any]:
         return dict(
             self.request("POST", f"/jobs/{job_id}/ready", json={"instances": instances}).json()

@@ -31,6 +31,21 @@ class PreparedStudy:
     refused: dict[str, str] = field(default_factory=dict)  # original SOP UID -> reason
 
 
+class StrayInputs(Exception):
+    """The exchange's job holds instances this job no longer sends: an earlier attempt
+    uploaded them, and the PACS has since moved them to another study. The job must not open
+    with them (a product would read them as this study's), nor wait for ever for the count
+    it was given; `held` is how many instances the exchange's job holds."""
+
+    def __init__(self, exchange_job_id: str, stray: int, held: int) -> None:
+        super().__init__(
+            f"exchange job {exchange_job_id} holds {stray} instance(s) no longer in the study "
+            "(moved to another study since an earlier attempt sent them)"
+        )
+        self.exchange_job_id = exchange_job_id
+        self.held = held
+
+
 class NothingToSend(Exception):
     """Every instance of the job was refused; the message says why (for the hospital)."""
 
@@ -51,14 +66,14 @@ def pseudonymise_and_send(
     clean_pixel_regions: list[tuple[int, int, int, int]] | None,
     outbox: Path,
     threads: int,
-    open_job: Callable[[str, str, list[str]], str],
+    open_job: Callable[[str, str, list[Mapping[str, Any]]], str],
     already_uploaded: Callable[[str], set[str]],
     upload: Callable[[str, str, Path], None],
 ) -> tuple[str, PreparedStudy]:
     """Pseudonymise `instances`, create the job, upload.
 
     `open_job(study, patient, sending) -> job id` is told which instances will be sent (their
-    SOP Instance UIDs, as the hospital knows them): those that were not refused on the way.
+    rows of `instances`): those that were not refused on the way.
 
     The vault learns every mapping before this returns, and before the caller marks the job
     ready, so no result can come back that the vault cannot re-identify.
@@ -95,9 +110,16 @@ def pseudonymise_and_send(
             patient_pseudonym=first.patient_pseudonym,
             original_attributes=first.original_patient,
         )
-        sending = [str(row["sop_instance_uid"]) for row, _res, _path in results]
+        sending = [row for row, _res, _path in results]
         job_id = open_job(prepared.study_uid, prepared.patient_pseudonym, sending)
         present = already_uploaded(job_id)
+        pseudonyms = {
+            res.uid_map[str(row["sop_instance_uid"])]
+            for row, res, _path in results
+            if isinstance(res, DeidResult)
+        }
+        if stray := present - pseudonyms:
+            raise StrayInputs(job_id, len(stray), len(present))
 
         def send(item: tuple[Mapping[str, Any], DeidResult | str, Path]) -> bool:
             row, res, path = item

@@ -11,6 +11,7 @@ import shutil
 import sqlite3
 import threading
 import time
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from aifi.gateway.disclosures import Action, Anchor, DisclosureLog, NotRecorded
 from aifi.gateway.exchange_client import ENDED_PAGE, GatewayClient
 from aifi.gateway.metrics import MetricsServer, start_metrics_server
 from aifi.gateway.notify import Notifier, OriginalStudy, build_notice
-from aifi.gateway.pseudonymise import NothingToSend, pseudonymise_and_send
+from aifi.gateway.pseudonymise import NothingToSend, StrayInputs, pseudonymise_and_send
 from aifi.gateway.receipt import (
     CANNOT_UNDERSTAND,
     OUT_OF_RESOURCES,
@@ -564,7 +565,7 @@ class Gateway:
                     retries=retries,
                 )
 
-            def open_job(study_uid: str, patient: str, sending: list[str]) -> str:
+            def open_job(study_uid: str, patient: str, sending: list[Mapping[str, Any]]) -> str:
                 nonlocal sent_with
                 digest = inputs_digest(sending)
                 skipped = self.state.skip_if_sent_before(job_id, digest, len(sending))
@@ -653,6 +654,9 @@ class Gateway:
         except NothingNew as exc:
             shutil.rmtree(self.outbox / str(job_id), ignore_errors=True)
             log.info("job %s skipped, nothing sent: %s", job_id, exc)
+        except StrayInputs as exc:
+            shutil.rmtree(self.outbox / str(job_id), ignore_errors=True)
+            self._start_over(job, opened, exc)
         except NothingToSend as exc:
             self._refuse(job_id, str(exc))
         except ExchangeHTTPError as exc:
@@ -670,6 +674,40 @@ class Gateway:
             self._retry(job, str(exc))
         finally:
             self._notify()  # whatever became of the job, those waiting on a change hear of it
+
+    def _start_over(self, job: Any, opened: dict[str, Any], exc: StrayInputs) -> None:
+        """Cancel the exchange's job that holds instances this job no longer sends, and send
+        the job again as a new one. Before any vendor took it: a job opens only once every
+        declared instance is stored. What the earlier attempts sent is on record all the same
+        (disclosed to the exchange, which purges it with the cancelled job)."""
+        job_id, exchange_id = int(job["id"]), exc.exchange_job_id
+        log.warning("job %s: %s; cancelling it, and sending the job as a new one", job_id, exc)
+        try:
+            try:
+                self.client.cancel_job(exchange_id, str(exc))
+            except ExchangeHTTPError as refused:
+                if refused.status != 409:  # 409: ended already, by an attempt before this one
+                    raise
+            self.client.acknowledge(exchange_id)  # nothing to bring home from it
+        except (ExchangeHTTPError, httpx.TransportError) as failed:
+            self._retry(job, f"{exc}; cancelling it failed: {failed}")
+            return
+        patient, study = self._patient_of(str(opened["study_uid"]), job["study_uid"])
+        try:
+            self.disclosures.record(
+                Action.disclosed,
+                patient_id=patient,
+                study_uid=study,
+                recipient="the exchange",
+                detail=f"exchange job {exchange_id}: {exc.held} instance(s) as study "
+                f"{opened['study_uid']} of patient {opened['patient_pseudonym']}, sent by "
+                f"earlier attempts; cancelled before any vendor took it ({exc}), purged with it",
+            )
+        except NotRecorded:
+            # The job is cancelled at the exchange: sent again under its old key, it would
+            # meet the cancelled job. The new job's entry will list what it sends.
+            log.error("job %s: the cancelled exchange job %s is not on record", job_id, exchange_id)
+        self.state.start_over(job_id, f"{exc}: cancelled, sent again as a new job")
 
     def _patient_of(self, pseudonym_study_uid: str, fallback_study_uid: str) -> tuple[str, str]:
         """The hospital's Patient ID and Study Instance UID behind a pseudonymised study, for

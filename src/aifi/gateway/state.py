@@ -14,7 +14,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,10 +142,11 @@ CREATE TABLE IF NOT EXISTS deliveries (
 COLUMNS: dict[str, dict[str, tuple[str, str | None]]] = {
     "jobs": {
         "inputs_digest": ("TEXT", None),  # not known: nothing is skipped for the job
-        # A job an older version tried to send may be open at the exchange: never skipped.
+        # A job an older version may have begun to send (stopped mid-request, its attempts
+        # still 0) may be open at the exchange: none still to send is ever skipped.
         "may_be_open": (
             "INTEGER NOT NULL DEFAULT 0",
-            "UPDATE jobs SET may_be_open = 1 WHERE state = 'pending' AND attempts > 0",
+            "UPDATE jobs SET may_be_open = 1 WHERE state = 'pending'",
         ),
     }
 }
@@ -165,11 +166,16 @@ def _add_columns(db: sqlite3.Connection) -> list[str]:
     return added
 
 
-def inputs_digest(sop_instance_uids: Iterable[str]) -> str:
+def inputs_digest(instances: Iterable[Mapping[str, Any]]) -> str:
     """What a job is sent with, as one value: a SHA-256 over its instances' SOP Instance UIDs,
-    sorted (the hospital's own UIDs: it never leaves the gateway)."""
-    uids = sorted(sop_instance_uids)
-    return hashlib.sha256("\n".join([str(len(uids)), *uids]).encode()).hexdigest()
+    sizes and times of receipt, in UID order (the hospital's own UIDs: it never leaves the
+    gateway). An image corrected and sent again under its UID is received anew: a job with it
+    has something new."""
+    keys = sorted(
+        f"{row['sop_instance_uid']} {row['size']} {float(row['received_at'])!r}"
+        for row in instances
+    )
+    return hashlib.sha256("\n".join([str(len(keys)), *keys]).encode()).hexdigest()
 
 
 #: Another job of `{job}`'s study and product sent with the same instances, whose send went
@@ -757,6 +763,18 @@ class GatewayState(StateReads):
                 (reason, digest, time.time(), job_id),
             )
         return reason
+
+    def start_over(self, job_id: int, reason: str) -> None:
+        """Send a pending job again as a new job at the exchange: the one it had was cancelled
+        (see `Gateway.submit`). A new idempotency key, so that the exchange does not answer
+        with the cancelled job; no exchange job on record; due now."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET idempotency_key = idempotency_key || ':again', "
+                "exchange_job_id = NULL, may_be_open = 0, reason = ?, next_attempt_at = 0 "
+                "WHERE id = ? AND state = 'pending'",
+                (reason, job_id),
+            )
 
     def retry_job_later(self, job_id: int, reason: str, delay: float) -> None:
         """Try a pending job again after `delay` seconds (one that moved on is left as is)."""

@@ -22,8 +22,10 @@ import httpx
 import pydicom
 import pytest
 import yaml
+from pydicom.uid import generate_uid
 
 from aifi.gateway.config import load_config
+from aifi.gateway.disclosures import NotRecorded
 from aifi.gateway.exchange_client import GatewayClient
 from aifi.gateway.service import Gateway
 from aifi.gateway.state import GatewayState, ReceivedInstance, RoutedJob, inputs_digest
@@ -279,8 +281,8 @@ def test_an_image_corrected_under_its_uid_is_something_new(
     hospital: Hospital, tmp_path: Path
 ) -> None:
     """Round 1, sent at last, took the late slice too; then the modality sent an image again
-    under its SOP Instance UID, corrected, before round 2 was routed. Round 2 holds the same
-    UIDs, but not the same image: it is sent."""
+    under its SOP Instance UID, its header corrected, before round 2 was routed. Round 2 holds
+    the same UIDs, but not the same image: it is sent."""
     hospital.receive(*hospital.files)
     assert hospital.route() == 1
     [first] = hospital.jobs()
@@ -288,7 +290,7 @@ def test_an_image_corrected_under_its_uid_is_something_new(
     hospital.receive(hospital.late)
     assert hospital.send_due(time.time() + 600) == [first["id"]]  # round 2 still receiving
     corrected = pydicom.dcmread(hospital.files[0])
-    corrected.PixelData = bytes(len(corrected.PixelData))
+    corrected.ImageComments = "body part corrected"  # under its UID, a header corrected
     (tmp_path / "corrected").mkdir()
     corrected.save_as(tmp_path / "corrected" / hospital.files[0].name)
     hospital.receive(tmp_path / "corrected" / hospital.files[0].name)
@@ -479,11 +481,10 @@ def test_an_instance_the_job_could_not_send_goes_with_the_next_round(
     assert hospital.inputs(round_2["id"]) == hospital.pseudonyms(*hospital.files, hospital.late)
 
 
-def test_the_whole_study_again_after_its_purge_is_sent_again(tmp_path: Path) -> None:
-    """Retention purged a study whose job was delivered; the PACS sends all of it again: a new
-    round with the same instances, received anew (they may have changed meanwhile), and its
-    job is sent, as it always was; while the first round's instances still stood as they
-    were sent, a job with them would have been skipped."""
+def test_the_whole_study_again_after_its_purge_has_nothing_new(tmp_path: Path) -> None:
+    """Retention purged a study whose job was delivered; the PACS sends all of it again,
+    unchanged: a new round, whose job holds what the delivered job was sent with, and is
+    skipped (one study, one result)."""
     study, series = "1.2.826.0.1.3680043.10.1.9", "1.2.826.0.1.3680043.10.1.9.1"
     uids = [f"{series}.{n}" for n in (1, 2)]
 
@@ -518,12 +519,11 @@ def test_the_whole_study_again_after_its_purge_is_sent_again(tmp_path: Path) -> 
         assert second["round"] == 2
         again = state.study_instances(study)
         assert [row["sop_instance_uid"] for row in again] == uids
-        assert state.skip_if_sent_before(second["id"], inputs_digest(again), 2) is None
-        assert state.job(second["id"])["state"] == "pending"
-        reason = state.skip_if_sent_before(second["id"], inputs_digest(reversed(sent)), 2)
+        reason = state.skip_if_sent_before(second["id"], inputs_digest(reversed(again)), 2)
         assert reason == (
             f"nothing new for product-a: job {first['id']} (round 1) took these same 2 instance(s)"
         )
+        assert state.job(second["id"])["state"] == "skipped"
     finally:
         state.close()
 
@@ -609,3 +609,123 @@ def test_an_instance_moved_away_after_part_of_the_job_went_is_not_sent_as_this_s
     earlier, new = hospital.disclosed()
     assert f"exchange job {first['id']}" in earlier and "cancelled before any vendor" in earlier
     assert f"exchange job {sent['id']}: {len(staying)} instance(s)" in new
+
+
+def test_the_late_slice_sent_again_unchanged_is_still_nothing_new(hospital: Hospital) -> None:
+    """Round 2 went with every instance while round 1 waited out its back-off; the modality
+    then sent the late slice again, unchanged (its own retry): round 1 has nothing new."""
+    first, second = hospital.late_slice_while_unsent(back_off=30)
+    assert hospital.send_due() == [second["id"]]
+    hospital.receive(hospital.late)
+    assert hospital.route() == 0  # nothing new for the study either
+    assert hospital.send_due(time.time() + 600) == [first["id"]]
+    first, second = hospital.jobs()
+    only_one_went(hospital, went=second, skipped=first, everything=[*hospital.files, hospital.late])
+
+
+def part_sent_then_broken_off(hospital: Hospital) -> dict[str, Any]:
+    """The job's first try uploads all but the study's first instance, then breaks off; the
+    exchange's job it opened."""
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    [job] = hospital.jobs()
+    broken = next(iter(hospital.pseudonyms(hospital.files[0])))
+    network, passing = hospital.network, hospital.network.handle_request
+
+    def breaks_off(request: httpx.Request) -> httpx.Response:
+        if request.method == "PUT" and broken in request.url.path:
+            raise httpx.ReadError("the connection broke off", request=request)
+        return passing(request)
+
+    network.handle_request = breaks_off  # type: ignore[method-assign]
+    assert hospital.send_due() == [job["id"]]
+    network.handle_request = passing  # type: ignore[method-assign]
+    [opened] = hospital.exchange_jobs()
+    return opened
+
+
+def moved_to_another_study(hospital: Hospital, tmp_path: Path, files: list[Path]) -> None:
+    """The PACS corrects the study of `files`: they arrive again under another study."""
+    (tmp_path / "corrected").mkdir(exist_ok=True)
+    for file in files:
+        corrected = pydicom.dcmread(file)
+        corrected.StudyInstanceUID = f"{corrected.StudyInstanceUID}.9"
+        corrected.save_as(tmp_path / "corrected" / file.name)
+        hospital.receive(tmp_path / "corrected" / file.name)
+
+
+def test_more_moved_away_than_the_job_has_left_to_send_cancels_its_exchange_job(
+    hospital: Hospital, tmp_path: Path
+) -> None:
+    """A whole series' worth moved away after the first try: the exchange's job holds more
+    instances than the job now sends, and will not take the lower count (409). It is
+    cancelled and the job goes as a new one, not retried against the 409 for ever."""
+    first = part_sent_then_broken_off(hospital)
+    moved_to_another_study(hospital, tmp_path, hospital.files[1:10])
+    [job] = hospital.jobs()
+    assert hospital.send_due(time.time() + 600) == [job["id"]]
+    assert hospital.send_due() == [job["id"]]
+    [job] = hospital.jobs()
+    assert job["state"] == "submitted", job["reason"]
+    cancelled, sent = hospital.exchange_jobs()
+    assert (cancelled["id"], cancelled["state"]) == (first["id"], "cancelled")
+    staying = [hospital.files[0], *hospital.files[10:]]
+    assert hospital.inputs(sent["id"]) == hospital.pseudonyms(*staying)
+
+
+def test_a_cancelled_exchange_job_whose_acknowledgement_failed_is_acknowledged_later(
+    hospital: Hospital, tmp_path: Path
+) -> None:
+    first = part_sent_then_broken_off(hospital)
+    moved_to_another_study(hospital, tmp_path, hospital.files[1:2])
+    network, passing = hospital.network, hospital.network.handle_request
+
+    def no_acknowledgements(request: httpx.Request) -> httpx.Response:
+        if "acknowledge" in request.url.path:
+            raise httpx.ConnectError("the exchange is unreachable", request=request)
+        return passing(request)
+
+    network.handle_request = no_acknowledgements  # type: ignore[method-assign]
+    [job] = hospital.jobs()
+    assert hospital.send_due(time.time() + 600) == [job["id"]]
+    network.handle_request = passing  # type: ignore[method-assign]
+    assert hospital.send_due() == [job["id"]]  # sent as a new job all the same
+    [cancelled] = [j for j in hospital.gateway.client.ended_jobs(wait=0) if j["id"] == first["id"]]
+    assert cancelled["state"] == "cancelled"
+    assert hospital.gateway.collect(cancelled)  # no job's: acknowledged with the poll's others
+
+
+def test_a_job_opened_to_vendors_stands_as_it_opened_whatever_moved_since(
+    hospital: Hospital, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every instance went and the exchange opened the job, but its end was not on record
+    (the disclosure log's disk full); the vendor ran it. Then the PACS moved an instance away
+    and added another: the job stands as it opened (its results come home), never cancelled
+    as if no vendor had taken it."""
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    [job] = hospital.jobs()
+
+    def disk_full(*_args: object, **_kwargs: object) -> None:
+        raise NotRecorded("the disclosure log cannot be written: disk full")
+
+    with monkeypatch.context() as full:
+        full.setattr(hospital.gateway.disclosures, "record", disk_full)
+        assert hospital.send_due() == [job["id"]]
+    [opened] = hospital.exchange_jobs()
+    deadline = time.monotonic() + 60
+    while opened["id"] not in {j["id"] for j in hospital.gateway.client.ended_jobs(wait=1)}:
+        assert time.monotonic() < deadline, "the vendor did not complete the job"
+    moved_to_another_study(hospital, tmp_path, hospital.files[1:2])
+    added = pydicom.dcmread(hospital.files[2])
+    added.SOPInstanceUID = generate_uid()
+    added.file_meta.MediaStorageSOPInstanceUID = added.SOPInstanceUID
+    added.save_as(tmp_path / "added.dcm")
+    hospital.receive(tmp_path / "added.dcm")
+
+    assert hospital.send_due(time.time() + 600) == [job["id"]]
+    [job] = hospital.jobs()
+    assert job["state"] == "submitted" and job["exchange_job_id"] == opened["id"], job["reason"]
+    [completed] = hospital.exchange_jobs()
+    assert completed["state"] == "completed" and completed["acknowledged_at"] is None
+    assert not [entry for entry in hospital.disclosed() if "cancelled" in entry]

@@ -32,15 +32,15 @@ class PreparedStudy:
 
 
 class StrayInputs(Exception):
-    """The exchange's job holds instances this job no longer sends: an earlier attempt
-    uploaded them, and the PACS has since moved them to another study. The job must not open
-    with them (a product would read them as this study's), nor wait for ever for the count
-    it was given; `held` is how many instances the exchange's job holds."""
+    """The exchange's job, not opened yet, holds instances this job no longer sends: an
+    earlier attempt uploaded them, and the PACS has since moved them to another study. The
+    job must not open with them (a product would read them as this study's), nor wait for
+    ever for the count it was given; `held`: how many instances the exchange's job holds."""
 
-    def __init__(self, exchange_job_id: str, stray: int, held: int) -> None:
+    def __init__(self, exchange_job_id: str, held: int) -> None:
         super().__init__(
-            f"exchange job {exchange_job_id} holds {stray} instance(s) no longer in the study "
-            "(moved to another study since an earlier attempt sent them)"
+            f"exchange job {exchange_job_id} holds instances no longer in the study (moved to "
+            "another study since an earlier attempt sent them)"
         )
         self.exchange_job_id = exchange_job_id
         self.held = held
@@ -118,8 +118,8 @@ def pseudonymise_and_send(
             for row, res, _path in results
             if isinstance(res, DeidResult)
         }
-        if stray := present - pseudonyms:
-            raise StrayInputs(job_id, len(stray), len(present))
+        if present - pseudonyms:
+            raise StrayInputs(job_id, len(present))
 
         def send(item: tuple[Mapping[str, Any], DeidResult | str, Path]) -> bool:
             row, res, path = item

@@ -589,17 +589,20 @@ class Gateway:
                 except ExchangeHTTPError as exc:
                     if exc.status != 409:
                         raise
-                    # An earlier attempt opened the job and its end went unrecorded (its
-                    # answer lost, the disclosure log full), and an instance that came since
-                    # made the count another: the job stands as it opened, and the late
-                    # instance goes with the study's next round.
+                    # The exchange's job, opened by an earlier attempt, will not take this
+                    # count: it opened (below), or it holds more instances than this job
+                    # sends, some of them no longer the study's (moved to another study).
                     refused, created = exc, create(study_uid, patient, None)
-                    if not created.get("inputs_complete"):
-                        raise exc from None
                 opened.update(created)
                 self.state.update_job(job_id, exchange_job_id=created["id"])
-                if refused is not None:
+                if created.get("inputs_complete"):
+                    # An earlier attempt opened it to vendors and its end went unrecorded
+                    # (its answer lost, the disclosure log full): the job stands as it
+                    # opened, whatever came or went since; a late instance goes with the
+                    # study's next round.
                     raise AlreadyOpen(str(created["id"])) from refused
+                if refused is not None:
+                    raise StrayInputs(str(created["id"]), int(created["input_count"]))
                 return str(created["id"])
 
             def already_uploaded(exchange_id: str) -> set[str]:
@@ -677,18 +680,17 @@ class Gateway:
 
     def _start_over(self, job: Any, opened: dict[str, Any], exc: StrayInputs) -> None:
         """Cancel the exchange's job that holds instances this job no longer sends, and send
-        the job again as a new one. Before any vendor took it: a job opens only once every
-        declared instance is stored. What the earlier attempts sent is on record all the same
-        (disclosed to the exchange, which purges it with the cancelled job)."""
+        the job again as a new one. It never opened (a job whose inputs were complete stands
+        as it opened: `AlreadyOpen`), so no vendor took it. What the earlier attempts sent is
+        put on record all the same: disclosed to the exchange, purged there with the job."""
         job_id, exchange_id = int(job["id"]), exc.exchange_job_id
         log.warning("job %s: %s; cancelling it, and sending the job as a new one", job_id, exc)
         try:
             try:
                 self.client.cancel_job(exchange_id, str(exc))
             except ExchangeHTTPError as refused:
-                if refused.status != 409:  # 409: ended already, by an attempt before this one
+                if refused.status != 409:  # 409: ended already (cancelled by a try before)
                     raise
-            self.client.acknowledge(exchange_id)  # nothing to bring home from it
         except (ExchangeHTTPError, httpx.TransportError) as failed:
             self._retry(job, f"{exc}; cancelling it failed: {failed}")
             return
@@ -703,11 +705,18 @@ class Gateway:
                 f"{opened['study_uid']} of patient {opened['patient_pseudonym']}, sent by "
                 f"earlier attempts; cancelled before any vendor took it ({exc}), purged with it",
             )
-        except NotRecorded:
-            # The job is cancelled at the exchange: sent again under its old key, it would
-            # meet the cancelled job. The new job's entry will list what it sends.
-            log.error("job %s: the cancelled exchange job %s is not on record", job_id, exchange_id)
+        except NotRecorded as failed:
+            # Tried again later: the cancelled job, found again by its key, is cancelled
+            # again (409) and put on record then.
+            self._retry(job, f"{exc}; cancelled, not on record yet: {failed}")
+            return
         self.state.start_over(job_id, f"{exc}: cancelled, sent again as a new job")
+        try:
+            self.client.acknowledge(exchange_id)  # nothing to bring home from it
+        except (ExchangeHTTPError, httpx.TransportError) as failed:
+            log.warning(
+                "job %s: cancelled job %s not acknowledged yet (%s)", job_id, exchange_id, failed
+            )
 
     def _patient_of(self, pseudonym_study_uid: str, fallback_study_uid: str) -> tuple[str, str]:
         """The hospital's Patient ID and Study Instance UID behind a pseudonymised study, for
@@ -814,6 +823,12 @@ class Gateway:
         """
         exchange_id = str(job["id"])
         local = self.state.job_by_exchange_id(exchange_id)
+        if local is None and job.get("reason") == str(StrayInputs(exchange_id, 0)):
+            # Cancelled by a gateway as it started a job over (`_start_over`), its
+            # acknowledgement not through: nothing came of it to bring home. Other jobs this
+            # gateway does not know are left for whoever made them.
+            log.info("ended job %s was cancelled to start its job over; acknowledged", exchange_id)
+            return True
         if local is None:
             log.error(
                 "ended job %s is not one this gateway knows; left unacknowledged", exchange_id

@@ -167,14 +167,12 @@ def _add_columns(db: sqlite3.Connection) -> list[str]:
 
 
 def inputs_digest(instances: Iterable[Mapping[str, Any]]) -> str:
-    """What a job is sent with, as one value: a SHA-256 over its instances' SOP Instance UIDs,
-    sizes and times of receipt, in UID order (the hospital's own UIDs: it never leaves the
-    gateway). An image corrected and sent again under its UID is received anew: a job with it
-    has something new."""
-    keys = sorted(
-        f"{row['sop_instance_uid']} {row['size']} {float(row['received_at'])!r}"
-        for row in instances
-    )
+    """What a job is sent with, as one value: a SHA-256 over its instances' SOP Instance UIDs
+    and sizes, in UID order (the hospital's own UIDs: it never leaves the gateway). The same
+    instance sent again unchanged (a sender's retry) is nothing new; DICOM gives an image
+    whose pixels change a new UID, and a header corrected under its UID mostly changes its
+    size."""
+    keys = sorted(f"{row['sop_instance_uid']} {row['size']}" for row in instances)
     return hashlib.sha256("\n".join([str(len(keys)), *keys]).encode()).hexdigest()
 
 
@@ -766,14 +764,21 @@ class GatewayState(StateReads):
 
     def start_over(self, job_id: int, reason: str) -> None:
         """Send a pending job again as a new job at the exchange: the one it had was cancelled
-        (see `Gateway.submit`). A new idempotency key, so that the exchange does not answer
-        with the cancelled job; no exchange job on record; due now."""
+        (see `Gateway.submit`). A new idempotency key (`<key>:again<N>`, within the exchange's
+        128 characters), so that the exchange does not answer with the cancelled job; no
+        exchange job on record; due now."""
         with self.transaction() as db:
+            row = db.execute(
+                "SELECT idempotency_key FROM jobs WHERE id = ? AND state = 'pending'", (job_id,)
+            ).fetchone()
+            if row is None:
+                return
+            base, _, again = str(row["idempotency_key"]).partition(":again")
+            key = f"{base}:again{int(again or 0) + 1}"
             db.execute(
-                "UPDATE jobs SET idempotency_key = idempotency_key || ':again', "
-                "exchange_job_id = NULL, may_be_open = 0, reason = ?, next_attempt_at = 0 "
-                "WHERE id = ? AND state = 'pending'",
-                (reason, job_id),
+                "UPDATE jobs SET idempotency_key = ?, exchange_job_id = NULL, may_be_open = 0, "
+                "reason = ?, next_attempt_at = 0 WHERE id = ?",
+                (key, reason, job_id),
             )
 
     def retry_job_later(self, job_id: int, reason: str, delay: float) -> None:

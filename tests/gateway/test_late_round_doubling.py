@@ -572,28 +572,11 @@ def test_an_instance_moved_away_after_part_of_the_job_went_is_not_sent_as_this_s
     corrected the study, moving an uploaded instance to another study (another patient's,
     perhaps). The exchange's job must not open with it, nor wait for ever for the instance
     left: it is cancelled before any vendor took it, and the job goes again as a new one."""
-    hospital.receive(*hospital.files)
-    assert hospital.route() == 1
-    [job] = hospital.jobs()
+    first = part_sent_then_broken_off(hospital)
     broken, moving = (next(iter(hospital.pseudonyms(file))) for file in hospital.files[:2])
-    network, passing = hospital.network, hospital.network.handle_request
-
-    def breaks_off(request: httpx.Request) -> httpx.Response:
-        if request.method == "PUT" and broken in request.url.path:
-            raise httpx.ReadError("the connection broke off", request=request)
-        return passing(request)
-
-    network.handle_request = breaks_off  # type: ignore[method-assign]
-    assert hospital.send_due() == [job["id"]]
-    network.handle_request = passing  # type: ignore[method-assign]
-    [first] = hospital.exchange_jobs()
     assert moving in hospital.inputs(first["id"]) and broken not in hospital.inputs(first["id"])
-
-    corrected = pydicom.dcmread(hospital.files[1])
-    corrected.StudyInstanceUID = f"{corrected.StudyInstanceUID}.9"
-    (tmp_path / "corrected").mkdir()
-    corrected.save_as(tmp_path / "corrected" / hospital.files[1].name)
-    hospital.receive(tmp_path / "corrected" / hospital.files[1].name)
+    moved_to_another_study(hospital, tmp_path, hospital.files[1:2])
+    [job] = hospital.jobs()
 
     assert hospital.send_due(time.time() + 600) == [job["id"]]  # the exchange's job cancelled
     assert hospital.send_due() == [job["id"]]  # and the job sent again, as a new one

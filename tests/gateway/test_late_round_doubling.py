@@ -712,3 +712,23 @@ def test_a_job_opened_to_vendors_stands_as_it_opened_whatever_moved_since(
     [completed] = hospital.exchange_jobs()
     assert completed["state"] == "completed" and completed["acknowledged_at"] is None
     assert not [entry for entry in hospital.disclosed() if "cancelled" in entry]
+
+
+def test_a_job_whose_end_was_not_on_record_still_covers_the_next_round(
+    hospital: Hospital, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Round 1, sent at last with the late slice, opened its exchange job, but its end could
+    not be put on record (the disclosure log's disk full). Its retry finds the job holding
+    exactly what it sends, records it with what it sent, and round 2 has nothing new."""
+    first, second = hospital.late_slice_while_unsent(back_off=0.5)
+
+    def disk_full(*_args: object, **_kwargs: object) -> None:
+        raise NotRecorded("the disclosure log cannot be written: disk full")
+
+    with monkeypatch.context() as full:
+        full.setattr(hospital.gateway.disclosures, "record", disk_full)
+        hospital.gateway.submit(hospital.gateway.state.job(first["id"]))
+    assert hospital.jobs()[0]["state"] == "pending"
+    assert hospital.send_due(time.time() + 600) == [first["id"], second["id"]]
+    first, second = hospital.jobs()
+    only_one_went(hospital, went=first, skipped=second, everything=[*hospital.files, hospital.late])

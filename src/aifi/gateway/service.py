@@ -99,6 +99,11 @@ class ResultsRefused(Exception):
 RESULT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 
+class ExchangeEnded(Exception):
+    """The exchange ended the job an earlier attempt created before it opened (unfinished for
+    too long, or cancelled by its operator): not for this gateway to open again."""
+
+
 class NothingNew(Exception):
     """The job was skipped: another job of its study took the same instances for its product
     (`GatewayState.skip_if_sent_before`); the message is the reason on record."""
@@ -595,15 +600,21 @@ class Gateway:
                     refused, created = exc, create(study_uid, patient, None)
                 opened.update(created)
                 self.state.update_job(job_id, exchange_job_id=created["id"])
+                if refused is None:
+                    return str(created["id"])
                 if created.get("inputs_complete"):
                     # An earlier attempt opened it to vendors and its end went unrecorded
                     # (its answer lost, the disclosure log full): the job stands as it
-                    # opened, whatever came or went since; a late instance goes with the
-                    # study's next round.
+                    # opened; a late instance goes with the study's next round.
                     raise AlreadyOpen(str(created["id"])) from refused
-                if refused is not None:
+                if created.get("state") != "requested":
+                    raise ExchangeEnded(
+                        f"the exchange ended job {created['id']} before it opened "
+                        f"({created.get('state')}: {created.get('reason') or 'no reason'})"
+                    ) from refused
+                if int(created["input_count"]) > count:
                     raise StrayInputs(str(created["id"]), int(created["input_count"]))
-                return str(created["id"])
+                raise refused
 
             def already_uploaded(exchange_id: str) -> set[str]:
                 # A job that holds nothing yet (the usual case: just created) needs no asking.
@@ -622,9 +633,13 @@ class Gateway:
                     already_uploaded=already_uploaded,
                     upload=self.client.put_input,
                 )
-            except AlreadyOpen as exc:
+            except (AlreadyOpen, StrayInputs) as exc:
+                if isinstance(exc, StrayInputs) and not opened.get("inputs_complete"):
+                    raise  # not opened yet: cancelled, and the job sent as a new one
+                # Opened by an earlier attempt, whatever came or went since (an instance
+                # moved to another study, another added): it stands as it opened.
                 shutil.rmtree(self.outbox / str(job_id), ignore_errors=True)
-                exchange_id, sent = str(exc), int(opened["input_count"])
+                exchange_id, sent = str(opened["id"]), int(opened["input_count"])
                 sent_with = None  # opened with the instances the study had then
                 note: str | None = (
                     "opened by an earlier attempt; later instances go with the study's next round"
@@ -654,6 +669,8 @@ class Gateway:
                 f"options beyond the basic profile: {options}" + (f"; {note}" if note else ""),
             )
             self.state.mark_submitted(job_id, note, sent_with)
+        except ExchangeEnded as exc:
+            self._refuse(job_id, str(exc))
         except NothingNew as exc:
             shutil.rmtree(self.outbox / str(job_id), ignore_errors=True)
             log.info("job %s skipped, nothing sent: %s", job_id, exc)

@@ -31,17 +31,39 @@ class PreparedStudy:
     refused: dict[str, str] = field(default_factory=dict)  # original SOP UID -> reason
 
 
-class StrayInputs(Exception):
+class Halted(Exception):
+    """This attempt at the job goes no further (its pseudonymised copies are dropped): the
+    exchange's job stands as an earlier attempt opened it, another job sent the same, or the
+    exchange's job holds instances this one no longer sends."""
+
+
+class AlreadyOpen(Halted):
+    """The exchange's job for this round was opened by an earlier attempt, with the instances
+    the study had then: nothing is to be uploaded to it any more."""
+
+
+class NothingNew(Halted):
+    """The job was skipped: another job of its study took the same instances for its product
+    (`GatewayState.skip_if_sent_before`); the message is the reason on record."""
+
+
+def stray_inputs_reason(exchange_job_id: str) -> str:
+    """Why the gateway cancels an exchange job holding stray inputs: the reason the exchange
+    keeps, by which the gateway knows the job again (`Gateway.collect`)."""
+    return (
+        f"exchange job {exchange_job_id} holds instances no longer in the study (moved to "
+        "another study since an earlier attempt sent them)"
+    )
+
+
+class StrayInputs(Halted):
     """The exchange's job, not opened yet, holds instances this job no longer sends: an
     earlier attempt uploaded them, and the PACS has since moved them to another study. The
     job must not open with them (a product would read them as this study's), nor wait for
     ever for the count it was given; `held`: how many instances the exchange's job holds."""
 
     def __init__(self, exchange_job_id: str, held: int) -> None:
-        super().__init__(
-            f"exchange job {exchange_job_id} holds instances no longer in the study (moved to "
-            "another study since an earlier attempt sent them)"
-        )
+        super().__init__(stray_inputs_reason(exchange_job_id))
         self.exchange_job_id = exchange_job_id
         self.held = held
 
@@ -111,15 +133,19 @@ def pseudonymise_and_send(
             original_attributes=first.original_patient,
         )
         sending = [row for row, _res, _path in results]
-        job_id = open_job(prepared.study_uid, prepared.patient_pseudonym, sending)
-        present = already_uploaded(job_id)
-        pseudonyms = {
-            res.uid_map[str(row["sop_instance_uid"])]
-            for row, res, _path in results
-            if isinstance(res, DeidResult)
-        }
-        if present - pseudonyms:
-            raise StrayInputs(job_id, len(present))
+        try:
+            job_id = open_job(prepared.study_uid, prepared.patient_pseudonym, sending)
+            present = already_uploaded(job_id)
+            pseudonyms = {
+                res.uid_map[str(row["sop_instance_uid"])]
+                for row, res, _path in results
+                if isinstance(res, DeidResult)
+            }
+            if present - pseudonyms:
+                raise StrayInputs(job_id, len(present))
+        except Halted:
+            shutil.rmtree(outbox, ignore_errors=True)
+            raise
 
         def send(item: tuple[Mapping[str, Any], DeidResult | str, Path]) -> bool:
             row, res, path = item

@@ -36,7 +36,14 @@ from aifi.gateway.disclosures import Action, Anchor, DisclosureLog, NotRecorded
 from aifi.gateway.exchange_client import ENDED_PAGE, GatewayClient
 from aifi.gateway.metrics import MetricsServer, start_metrics_server
 from aifi.gateway.notify import Notifier, OriginalStudy, build_notice
-from aifi.gateway.pseudonymise import NothingToSend, StrayInputs, pseudonymise_and_send
+from aifi.gateway.pseudonymise import (
+    AlreadyOpen,
+    NothingNew,
+    NothingToSend,
+    StrayInputs,
+    pseudonymise_and_send,
+    stray_inputs_reason,
+)
 from aifi.gateway.receipt import (
     CANNOT_UNDERSTAND,
     OUT_OF_RESOURCES,
@@ -84,11 +91,6 @@ class ResultsPurged(Exception):
     asking again cannot bring them back."""
 
 
-class AlreadyOpen(Exception):
-    """The exchange's job for this round was opened by an earlier attempt, with the instances
-    the study had then: nothing is to be uploaded to it any more."""
-
-
 class ResultsRefused(Exception):
     """A job's results cannot be filed in the hospital's PACS as they are (unreadable, about
     another study, reusing the study's own UIDs): fetched again they would be the same, so the
@@ -102,11 +104,6 @@ RESULT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 class ExchangeEnded(Exception):
     """The exchange ended the job an earlier attempt created before it opened (unfinished for
     too long, or cancelled by its operator): not for this gateway to open again."""
-
-
-class NothingNew(Exception):
-    """The job was skipped: another job of its study took the same instances for its product
-    (`GatewayState.skip_if_sent_before`); the message is the reason on record."""
 
 
 def backoff(attempts: int) -> float:
@@ -638,7 +635,6 @@ class Gateway:
                     raise  # not opened yet: cancelled, and the job sent as a new one
                 # Opened by an earlier attempt, whatever came or went since (an instance
                 # moved to another study, another added): it stands as it opened.
-                shutil.rmtree(self.outbox / str(job_id), ignore_errors=True)
                 exchange_id, sent = str(opened["id"]), int(opened["input_count"])
                 sent_with = None  # opened with the instances the study had then
                 note: str | None = (
@@ -672,10 +668,8 @@ class Gateway:
         except ExchangeEnded as exc:
             self._refuse(job_id, str(exc))
         except NothingNew as exc:
-            shutil.rmtree(self.outbox / str(job_id), ignore_errors=True)
             log.info("job %s skipped, nothing sent: %s", job_id, exc)
         except StrayInputs as exc:
-            shutil.rmtree(self.outbox / str(job_id), ignore_errors=True)
             self._start_over(job, opened, exc)
         except NothingToSend as exc:
             self._refuse(job_id, str(exc))
@@ -840,7 +834,7 @@ class Gateway:
         """
         exchange_id = str(job["id"])
         local = self.state.job_by_exchange_id(exchange_id)
-        if local is None and job.get("reason") == str(StrayInputs(exchange_id, 0)):
+        if local is None and job.get("reason") == stray_inputs_reason(exchange_id):
             # Cancelled by a gateway as it started a job over (`_start_over`), its
             # acknowledgement not through: nothing came of it to bring home. Other jobs this
             # gateway does not know are left for whoever made them.

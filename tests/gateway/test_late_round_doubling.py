@@ -11,7 +11,6 @@ and vendor worker; the exchange is taken away at the network, as an outage would
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -21,169 +20,15 @@ from typing import Any
 import httpx
 import pydicom
 import pytest
-import yaml
 from pydicom.uid import generate_uid
 
-from aifi.gateway.config import load_config
 from aifi.gateway.disclosures import NotRecorded
-from aifi.gateway.exchange_client import GatewayClient
-from aifi.gateway.service import Gateway
 from aifi.gateway.state import GatewayState, ReceivedInstance, RoutedJob, inputs_digest
-from aifi.phantoms import write_study
-from aifi.products import tissue_volume
 from aifi.vendor import JobContext, ProductError, ProductResult
-from support.national import National, gateway_config, national_path
-from support.peers import free_port
+from support.hospital import PRODUCT, Hospital
+from support.national import National, national_path
 
 pytestmark = pytest.mark.peer
-
-PRODUCT = tissue_volume.PRODUCT_ID
-
-
-class Network(httpx.BaseTransport):
-    """The way from the gateway to the exchange, which the test can break: the exchange
-    `away` (no connection), or the answer to a job's creation lost on its way back."""
-
-    def __init__(self) -> None:
-        self._inner = httpx.HTTPTransport()
-        self.away = False
-        self.lose_creation_answers = False
-        #: The exchange goes away as soon as it has lost an answer (restarting, say).
-        self.away_once_lost = False
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if self.away:
-            raise httpx.ConnectError("the exchange is unreachable", request=request)
-        response = self._inner.handle_request(request)
-        if self.lose_creation_answers and (request.method, request.url.path) == ("POST", "/jobs"):
-            response.read()
-            response.close()
-            self.away = self.away or self.away_once_lost
-            raise httpx.ReadError("the connection broke before the answer", request=request)
-        return response
-
-    def close(self) -> None:
-        self._inner.close()
-
-
-class Hospital:
-    """A gateway not started (the test turns its wheels), the study its modality sends, and
-    the network between the gateway and the exchange."""
-
-    def __init__(self, national: National, tmp_path: Path, retries: int = 0) -> None:
-        self.retries = retries  # the client's own; 0: the test decides when the exchange is back
-        write_study("ct-head", tmp_path / "study", seed=6, size="small")
-        *self.files, self.late = sorted((tmp_path / "study").rglob("*.dcm"))
-        path = gateway_config(tmp_path, national, free_port(), 1, quiet_seconds=0.0)
-        config = yaml.safe_load(path.read_text())
-        config["pacs"] = []
-        path.write_text(yaml.safe_dump(config))
-        self.path = path
-        self.national = national
-        self.network = Network()
-        self.gateway = self.open()
-
-    def open(self) -> Gateway:
-        self.network = Network()
-        client = GatewayClient(
-            self.national.exchange.url,
-            self.national.hospital_key,
-            transport=self.network,
-            retries=self.retries,
-        )
-        gateway = Gateway(load_config(self.path), client=client)
-        gateway.incoming.mkdir(exist_ok=True)
-        return gateway
-
-    def close(self) -> None:
-        self.gateway.client.close()
-        self.gateway.state.close()
-        self.gateway.vault.close()
-        self.gateway.disclosures.close()
-
-    def receive(self, *files: Path) -> None:
-        for file in files:
-            arrived = self.gateway.incoming / file.name
-            shutil.copy(file, arrived)
-            assert self.gateway.receive(arrived, "CT_SCANNER", 1).stored
-        self.gateway.sending_ended(1, "CT_SCANNER")
-
-    def route(self) -> int:
-        """The quiet time is over: route what is due; returns how many jobs were made."""
-        return self.gateway.assemble_due(time.time() + 5)
-
-    def send_due(self, now: float | None = None) -> list[int]:
-        """One pass of the sender thread (`Gateway._submit_loop`) at `now`: the jobs due, in
-        their order; returns their ids."""
-        due = self.gateway.state.pending_jobs(time.time() if now is None else now)
-        for job in due:
-            self.gateway.submit(job)
-        return [int(job["id"]) for job in due]
-
-    def fail_to_send(self, job_id: int, until: float) -> None:
-        """The exchange is away: the job is tried and fails, again and again, until its next
-        try is `until` or later. The product's entry is at hand (the gateway keeps it a
-        minute), so each try goes as far as the request that opens the job, which never
-        leaves: whether the exchange may hold the job is as it was."""
-        self.gateway.client.product(PRODUCT)
-        may_be_open = self.gateway.state.job(job_id)["may_be_open"]
-        self.network.away = True
-        while (job := self.gateway.state.job(job_id))["next_attempt_at"] < until:
-            assert job_id in self.send_due(max(job["next_attempt_at"], time.time()))
-        self.network.away = False
-        job = self.gateway.state.job(job_id)
-        assert job["state"] == "pending" and "unreachable" in job["reason"], job["reason"]
-        assert job["may_be_open"] == may_be_open
-
-    def late_slice_while_unsent(self, back_off: float) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Round 1 is routed, and tried while the exchange is away until its next try is
-        `back_off` seconds off; then the late slice comes and opens round 2. Their jobs."""
-        self.receive(*self.files)
-        assert self.route() == 1
-        [first] = self.jobs()
-        self.fail_to_send(first["id"], until=time.time() + back_off)
-        self.receive(self.late)
-        assert self.route() == 1
-        first, second = self.jobs()
-        assert second["round"] == 2
-        return first, second
-
-    def jobs(self) -> list[dict[str, Any]]:
-        return self.gateway.jobs()
-
-    def exchange_jobs(self) -> list[dict[str, Any]]:
-        """The jobs the exchange holds for this hospital and the product, oldest first."""
-        with self.national.api() as api:
-            jobs = api.get("/jobs", params={"product_id": PRODUCT, "limit": 1000}).json()
-        return sorted(jobs, key=lambda job: job["created_at"])
-
-    def inputs(self, exchange_job_id: str) -> set[str]:
-        with self.national.api() as api:
-            rows = api.get(f"/jobs/{exchange_job_id}/inputs").json()
-        return {row["sop_instance_uid"] for row in rows}
-
-    def pseudonyms(self, *files: Path) -> set[str]:
-        """The SOP Instance UIDs the exchange knows `files` by."""
-        return {
-            self.gateway.key.uid(str(pydicom.dcmread(file, stop_before_pixels=True).SOPInstanceUID))
-            for file in files
-        }
-
-    def disclosed(self) -> list[str]:
-        entries = self.gateway.disclosures.entries()
-        return [entry.detail for entry in entries if entry.action == "disclosed"]
-
-    def bring_home_failed(self, exchange_job_id: str) -> None:
-        """Wait for the vendor to fail the job, and bring its end home as the results thread
-        does."""
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            ended = {job["id"]: job for job in self.gateway.client.ended_jobs(wait=1)}
-            if exchange_job_id in ended:
-                assert ended[exchange_job_id]["state"] == "failed"
-                assert self.gateway.collect(ended[exchange_job_id])
-                return
-        raise AssertionError(f"exchange job {exchange_job_id} did not fail within 60 s")
 
 
 @pytest.fixture
@@ -572,7 +417,7 @@ def test_an_instance_moved_away_after_part_of_the_job_went_is_not_sent_as_this_s
     corrected the study, moving an uploaded instance to another study (another patient's,
     perhaps). The exchange's job must not open with it, nor wait for ever for the instance
     left: it is cancelled before any vendor took it, and the job goes again as a new one."""
-    first = part_sent_then_broken_off(hospital)
+    first = hospital.part_sent_then_broken_off()
     broken, moving = (next(iter(hospital.pseudonyms(file))) for file in hospital.files[:2])
     assert moving in hospital.inputs(first["id"]) and broken not in hospital.inputs(first["id"])
     moved_to_another_study(hospital, tmp_path, hospital.files[1:2])
@@ -606,27 +451,6 @@ def test_the_late_slice_sent_again_unchanged_is_still_nothing_new(hospital: Hosp
     only_one_went(hospital, went=second, skipped=first, everything=[*hospital.files, hospital.late])
 
 
-def part_sent_then_broken_off(hospital: Hospital) -> dict[str, Any]:
-    """The job's first try uploads all but the study's first instance, then breaks off; the
-    exchange's job it opened."""
-    hospital.receive(*hospital.files)
-    assert hospital.route() == 1
-    [job] = hospital.jobs()
-    broken = next(iter(hospital.pseudonyms(hospital.files[0])))
-    network, passing = hospital.network, hospital.network.handle_request
-
-    def breaks_off(request: httpx.Request) -> httpx.Response:
-        if request.method == "PUT" and broken in request.url.path:
-            raise httpx.ReadError("the connection broke off", request=request)
-        return passing(request)
-
-    network.handle_request = breaks_off  # type: ignore[method-assign]
-    assert hospital.send_due() == [job["id"]]
-    network.handle_request = passing  # type: ignore[method-assign]
-    [opened] = hospital.exchange_jobs()
-    return opened
-
-
 def moved_to_another_study(hospital: Hospital, tmp_path: Path, files: list[Path]) -> None:
     """The PACS corrects the study of `files`: they arrive again under another study."""
     (tmp_path / "corrected").mkdir(exist_ok=True)
@@ -643,7 +467,7 @@ def test_more_moved_away_than_the_job_has_left_to_send_cancels_its_exchange_job(
     """A whole series' worth moved away after the first try: the exchange's job holds more
     instances than the job now sends, and will not take the lower count (409). It is
     cancelled and the job goes as a new one, not retried against the 409 for ever."""
-    first = part_sent_then_broken_off(hospital)
+    first = hospital.part_sent_then_broken_off()
     moved_to_another_study(hospital, tmp_path, hospital.files[1:10])
     [job] = hospital.jobs()
     assert hospital.send_due(time.time() + 600) == [job["id"]]
@@ -659,7 +483,7 @@ def test_more_moved_away_than_the_job_has_left_to_send_cancels_its_exchange_job(
 def test_a_cancelled_exchange_job_whose_acknowledgement_failed_is_acknowledged_later(
     hospital: Hospital, tmp_path: Path
 ) -> None:
-    first = part_sent_then_broken_off(hospital)
+    first = hospital.part_sent_then_broken_off()
     moved_to_another_study(hospital, tmp_path, hospital.files[1:2])
     network, passing = hospital.network, hospital.network.handle_request
 

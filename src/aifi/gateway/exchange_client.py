@@ -82,6 +82,9 @@ class GatewayClient(ApiClient):
             headers={"Content-Type": "application/dicom"},
         )
 
+    def job(self, job_id: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/jobs/{job_id}").json())
+
     def cancel_job(self, job_id: str, reason: str) -> dict[str, Any]:
         """End a job the hospital no longer wants, before any vendor took it."""
         return dict(

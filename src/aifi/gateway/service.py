@@ -539,6 +539,7 @@ class Gateway:
         the send held together under a lock of their own.
         """
         job_id = int(job["id"])
+        opened: dict[str, Any] = {}  # the exchange's job, once this attempt made or found it
         try:
             product = self.client.product(job["product_id"])
             manifest = product["manifest"]
@@ -548,9 +549,10 @@ class Gateway:
                 if row["series_uid"] in series and _accepted(manifest, row)
             ]  # fmt: skip
             if not instances:
-                self._refuse(job_id, f"no series of the study is accepted by {job['product_id']}")
+                self._refuse_sent(
+                    job, opened, f"no series of the study is accepted by {job['product_id']}"
+                )
                 return
-            opened: dict[str, Any] = {}
             may_be_open = bool(job["may_be_open"])
             sent_with: str | None = None  # what the job is sent with, for later jobs' check
 
@@ -597,6 +599,12 @@ class Gateway:
                     refused, created = exc, create(study_uid, patient, None)
                 opened.update(created)
                 self.state.update_job(job_id, exchange_job_id=created["id"])
+                if not created.get("inputs_complete") and created.get("state") != "requested":
+                    # Found again by its key, whatever the count: it takes no inputs now.
+                    raise ExchangeEnded(
+                        f"the exchange ended job {created['id']} before it opened "
+                        f"({created.get('state')}: {created.get('reason') or 'no reason'})"
+                    ) from refused
                 if refused is None:
                     return str(created["id"])
                 if created.get("inputs_complete"):
@@ -604,11 +612,6 @@ class Gateway:
                     # (its answer lost, the disclosure log full): the job stands as it
                     # opened; a late instance goes with the study's next round.
                     raise AlreadyOpen(str(created["id"])) from refused
-                if created.get("state") != "requested":
-                    raise ExchangeEnded(
-                        f"the exchange ended job {created['id']} before it opened "
-                        f"({created.get('state')}: {created.get('reason') or 'no reason'})"
-                    ) from refused
                 if int(created["input_count"]) > count:
                     raise StrayInputs(str(created["id"]), int(created["input_count"]))
                 raise refused
@@ -665,17 +668,15 @@ class Gateway:
                 f"options beyond the basic profile: {options}" + (f"; {note}" if note else ""),
             )
             self.state.mark_submitted(job_id, note, sent_with)
-        except ExchangeEnded as exc:
-            self._refuse(job_id, str(exc))
+        except (ExchangeEnded, NothingToSend) as exc:
+            self._refuse_sent(job, opened, str(exc))
         except NothingNew as exc:
             log.info("job %s skipped, nothing sent: %s", job_id, exc)
         except StrayInputs as exc:
             self._start_over(job, opened, exc)
-        except NothingToSend as exc:
-            self._refuse(job_id, str(exc))
         except ExchangeHTTPError as exc:
             if 400 <= exc.status < 500 and exc.status not in RETRYABLE_STATUSES:
-                self._refuse(job_id, f"the exchange refused the job: {exc.detail}")
+                self._refuse_sent(job, opened, f"the exchange refused the job: {exc.detail}")
             else:
                 self._retry(job, str(exc))
         except httpx.TransportError as exc:
@@ -728,6 +729,92 @@ class Gateway:
             log.warning(
                 "job %s: cancelled job %s not acknowledged yet (%s)", job_id, exchange_id, failed
             )
+
+    def _refuse_sent(self, job: Any, opened: Mapping[str, Any], reason: str) -> None:
+        """Refuse a job, first settling what its attempts left at the exchange.
+
+        An earlier attempt, or this one before the refusal, may have made the exchange's job
+        and uploaded instances to it. Left as it is, a job still taking inputs would wait at
+        the exchange for a week and then expire, and the instances it holds would be missing
+        from the disclosure log. So a job still taking inputs is cancelled, with the reason;
+        what it holds, or what a job the exchange ended itself holds, is put on record; and
+        the ended job is acknowledged: nothing of it is to be brought home.
+
+        A job an earlier attempt opened to vendors (its end not on record: the answer lost,
+        the log full) stands as it opened: it is recorded and submitted, not refused, and its
+        results come home. An exchange or a log that cannot be reached now: tried again.
+        """
+        job_id = int(job["id"])
+        exchange_id = str(opened.get("id") or job["exchange_job_id"] or "")
+        if not exchange_id:
+            if job["may_be_open"]:
+                log.warning(
+                    "job %s: refused; a request that may have made its exchange job had no "
+                    "answer, so that job, if made, is left for the exchange to expire",
+                    job_id,
+                )
+            self._refuse(job_id, reason)
+            return
+        try:
+            try:
+                held = self.client.job(exchange_id)
+            except ExchangeHTTPError as gone:
+                if gone.status != 404:
+                    raise
+                self._refuse(job_id, reason)  # the exchange holds nothing of it any more
+                return
+            if held.get("inputs_complete"):
+                self._stands_as_opened(job, held, reason)
+                return
+            if held["state"] == "requested":
+                try:
+                    held = self.client.cancel_job(exchange_id, reason)
+                except ExchangeHTTPError as ended:
+                    if ended.status != 409:  # 409: it ended meanwhile
+                        raise
+                    held = self.client.job(exchange_id)
+            if int(held["input_count"]):
+                patient, study = self._patient_of(str(held["study_uid"]), job["study_uid"])
+                self.disclosures.record(
+                    Action.disclosed,
+                    patient_id=patient,
+                    study_uid=study,
+                    recipient="the exchange",
+                    detail=f"exchange job {exchange_id}: {held['input_count']} instance(s) as "
+                    f"study {held['study_uid']} of patient {held['patient_pseudonym']}, sent "
+                    f"before the job was refused ({reason}); ended ({held['state']}) before "
+                    "any vendor took it, purged with it",
+                )
+        except (ExchangeHTTPError, httpx.TransportError) as failed:
+            self._retry(job, f"{reason}; settling exchange job {exchange_id} failed: {failed}")
+            return
+        except NotRecorded as failed:
+            self._retry(job, f"{reason}; exchange job {exchange_id} not on record yet: {failed}")
+            return
+        self._refuse(job_id, reason)
+        try:
+            self.client.acknowledge(exchange_id)  # nothing to bring home from it
+        except (ExchangeHTTPError, httpx.TransportError) as failed:
+            log.warning(
+                "job %s: ended job %s not acknowledged yet (%s)", job_id, exchange_id, failed
+            )
+
+    def _stands_as_opened(self, job: Any, held: Mapping[str, Any], reason: str) -> None:
+        """An earlier attempt opened the exchange's job to vendors, and this one cannot send
+        the job (`reason`): the job stands as it opened, on record and submitted."""
+        product = self.client.product(job["product_id"])
+        patient, study = self._patient_of(str(held["study_uid"]), job["study_uid"])
+        note = f"opened by an earlier attempt; this one could not send it: {reason}"
+        self.disclosures.record(
+            Action.disclosed,
+            patient_id=patient,
+            study_uid=study,
+            recipient=f"{job['product_id']} {product['version']} of {product['vendor']}, "
+            "through the exchange",
+            detail=f"exchange job {held['id']}: {held['input_count']} instance(s) as study "
+            f"{held['study_uid']} of patient {held['patient_pseudonym']}; {note}",
+        )
+        self.state.mark_submitted(int(job["id"]), note)
 
     def _patient_of(self, pseudonym_study_uid: str, fallback_study_uid: str) -> tuple[str, str]:
         """The hospital's Patient ID and Study Instance UID behind a pseudonymised study, for
@@ -852,6 +939,11 @@ class Gateway:
             # records it, so that no result comes back for a disclosure the log lacks.
             self._retry_at[exchange_id] = max(float(local["next_attempt_at"]), time.time()) + 1
             return False
+        if local["state"] == "refused" and job["state"] != "completed":
+            # Refused here, its exchange job ended before it opened (`_refuse_sent`), the
+            # acknowledgement not through: nothing to bring home; the refusal stands.
+            log.info("ended job %s is refused job %s's; acknowledged", exchange_id, local["id"])
+            return True
         try:
             if local["result_seen_at"] is None:
                 ended = job.get("ended_at")

@@ -1,0 +1,171 @@
+"""A job refused after some of its instances reached the exchange (by an earlier attempt that
+broke off, or by this one before the exchange refused an instance): the exchange's job, not
+yet opened to vendors, is cancelled rather than left to expire there, and what it holds is
+on the gateway's disclosure log, as every instance that left the hospital must be.
+
+The gateway is driven as its sender and results threads drive it, against a real exchange
+and vendor worker; the exchange's refusal is its own, of bytes changed on the way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from aifi.gateway.disclosures import NotRecorded
+from aifi.products import tissue_volume
+from aifi.vendor import VendorClient
+from support.hospital import PRODUCT, Hospital
+from support.national import OPERATOR_KEY, VENDOR, National
+
+pytestmark = pytest.mark.peer
+
+
+@pytest.fixture
+def hospital(national: National, tmp_path: Path) -> Iterator[Hospital]:
+    opened = Hospital(national, tmp_path)
+    yield opened
+    opened.close()
+
+
+def garbled_on_the_way(hospital: Hospital, sop_uid: str) -> None:
+    """From now on the upload of `sop_uid` reaches the exchange as bytes that are not DICOM
+    (a proxy that mangles bodies, say): the exchange refuses it (422)."""
+    passing = hospital.network.handle_request
+
+    def garbles(request: httpx.Request) -> httpx.Response:
+        if request.method == "PUT" and sop_uid in request.url.path:
+            request.read()
+            framing = {"content-length", "transfer-encoding"}
+            headers = {k: v for k, v in request.headers.items() if k.lower() not in framing}
+            request = httpx.Request("PUT", request.url, headers=headers, content=b"garbled" * 40)
+        return passing(request)
+
+    hospital.network.handle_request = garbles  # type: ignore[method-assign]
+
+
+def exchange_job(hospital: Hospital, exchange_job_id: str) -> dict[str, Any]:
+    with hospital.national.api() as api:
+        return dict(api.get(f"/jobs/{exchange_job_id}").json())
+
+
+def nothing_left_to_bring_home(hospital: Hospital) -> None:
+    """The results thread's poll finds nothing of the job: it was acknowledged."""
+    assert hospital.gateway.client.ended_jobs(wait=0) == []
+
+
+def test_an_instance_the_exchange_refuses_cancels_what_earlier_attempts_sent(
+    hospital: Hospital,
+) -> None:
+    """The first try sent some instances and broke off; on the retry the exchange refuses
+    the one it broke off at. The job is refused with the exchange's reason; the exchange's job,
+    holding the others, is cancelled, not left `requested` for a week; the instances it holds
+    are on the disclosure log."""
+    opened = hospital.part_sent_then_broken_off()
+    held = opened["input_count"]
+    assert 0 < held < len(hospital.files) and hospital.disclosed() == []
+    garbled_on_the_way(hospital, next(iter(hospital.pseudonyms(hospital.files[0]))))
+    [job] = hospital.jobs()
+    assert hospital.send_due(time.time() + 600) == [job["id"]]
+
+    [job] = hospital.jobs()
+    assert job["state"] == "refused", job["reason"]
+    assert job["reason"].startswith("the exchange refused the job: "), job["reason"]
+    ended = exchange_job(hospital, opened["id"])
+    assert ended["state"] == "cancelled", ended
+    assert held <= ended["input_count"] < len(hospital.files)  # the retry sent more
+    assert job["reason"] in ended["reason"]
+    [disclosed] = hospital.disclosed()
+    assert f"exchange job {opened['id']}: {ended['input_count']} instance(s)" in disclosed
+    assert "ended (cancelled) before any vendor took it" in disclosed
+    nothing_left_to_bring_home(hospital)
+
+
+def test_a_job_the_exchange_ended_before_it_opened_has_what_it_held_on_record(
+    hospital: Hospital,
+) -> None:
+    """The operator cancelled the exchange's job between the broken-off first try and the
+    retry: the job is refused with the exchange's reason, and the instances the exchange
+    held are on the disclosure log; the ended job is acknowledged."""
+    opened = hospital.part_sent_then_broken_off()
+    with hospital.national.api(OPERATOR_KEY) as operator:
+        operator.post(
+            f"/jobs/{opened['id']}/cancel", json={"reason": "maintenance of the product"}
+        ).raise_for_status()
+    [job] = hospital.jobs()
+    assert hospital.send_due(time.time() + 600) == [job["id"]]
+
+    [job] = hospital.jobs()
+    assert job["state"] == "refused", job["reason"]
+    assert "maintenance of the product" in job["reason"]
+    [disclosed] = hospital.disclosed()
+    assert f"exchange job {opened['id']}: {opened['input_count']} instance(s)" in disclosed
+    nothing_left_to_bring_home(hospital)
+
+
+def test_a_refused_job_whose_cancellation_was_not_acknowledged_is_acknowledged_later(
+    hospital: Hospital,
+) -> None:
+    """The acknowledgement of the cancelled job did not get through: the results thread finds
+    the job among the ended ones, acknowledges it and keeps the refusal as it was."""
+    opened = hospital.part_sent_then_broken_off()
+    garbled_on_the_way(hospital, next(iter(hospital.pseudonyms(hospital.files[0]))))
+    passing = hospital.network.handle_request
+
+    def acknowledgements_lost(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/acknowledge"):
+            raise httpx.ConnectError("the exchange is unreachable", request=request)
+        return passing(request)
+
+    hospital.network.handle_request = acknowledgements_lost  # type: ignore[method-assign]
+    [job] = hospital.jobs()
+    assert hospital.send_due(time.time() + 600) == [job["id"]]
+    hospital.network.handle_request = passing  # type: ignore[method-assign]
+    [refused] = hospital.jobs()
+    assert refused["state"] == "refused"
+
+    [ended] = hospital.gateway.client.ended_jobs(wait=0)
+    assert ended["id"] == opened["id"] and ended["state"] == "cancelled"
+    assert hospital.gateway.collect(ended)  # acknowledged with the poll's others
+    assert hospital.jobs() == [refused]
+
+
+def test_a_job_an_earlier_attempt_opened_stands_when_the_retry_cannot_send_it(
+    hospital: Hospital, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first try opened the exchange's job with every instance, but its disclosure could
+    not be written (the log's disk full). Before the retry the vendor published a version of
+    the product that takes MR only, so the retry finds nothing to send. The job stands as it
+    opened: on record and submitted, its results to come home; nothing is cancelled."""
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    [job] = hospital.jobs()
+
+    def disk_full(*_args: object, **_kwargs: object) -> None:
+        raise NotRecorded("the disclosure log cannot be written: disk full")
+
+    with monkeypatch.context() as full:
+        full.setattr(hospital.gateway.disclosures, "record", disk_full)
+        assert hospital.send_due() == [job["id"]]
+    [opened] = hospital.exchange_jobs()
+    assert opened["inputs_complete"] and hospital.jobs()[0]["state"] == "pending"
+    mr_only = tissue_volume.manifest(VENDOR)
+    mr_only.update(version="2.0.0", accepts={**mr_only["accepts"], "modalities": ["MR"]})
+    VendorClient(hospital.national.exchange.url, hospital.national.vendor_key).register_product(
+        mr_only
+    )
+    hospital.gateway.client.product(PRODUCT, max_age=0)  # the gateway sees the new version
+    assert hospital.send_due(time.time() + 600) == [job["id"]]
+
+    [job] = hospital.jobs()
+    assert job["state"] == "submitted", job["reason"]
+    assert job["reason"].startswith("opened by an earlier attempt; this one could not send it")
+    assert "no series of the study is accepted" in job["reason"]
+    assert exchange_job(hospital, opened["id"])["state"] != "cancelled"
+    [disclosed] = hospital.disclosed()
+    assert f"exchange job {opened['id']}: {len(hospital.files)} instance(s)" in disclosed

@@ -135,6 +135,28 @@ def test_same_idempotency_key_gives_the_same_job(exchange: Any, parties: dict[st
     assert clash.status_code == 409
 
 
+def test_a_hospital_finds_its_job_by_idempotency_key_without_making_it(
+    exchange: Any, parties: dict[str, Any]
+) -> None:
+    """A gateway whose create had no answer asks whether it made the job: its own job with
+    that key, or none; never another hospital's; only hospitals ask."""
+    hospital, other = parties["hospital_a"], parties["hospital_b"]
+    made = exchange.job(hospital, "product-a", "2.25.1", key="lost-answer")
+    exchange.job(hospital, "product-a", "2.25.2", key="another")
+
+    def by_key(party: Any, key: str) -> Any:
+        return exchange.client.get("/jobs", params={"idempotency_key": key}, headers=party.headers)
+
+    found = by_key(hospital, "lost-answer")
+    assert found.status_code == 200 and [job["id"] for job in found.json()] == [made["id"]]
+    assert by_key(hospital, "never-sent").json() == []
+    assert by_key(other, "lost-answer").json() == []  # the tenant wall
+    vendor = by_key(parties["vendor_a"], "lost-answer")
+    assert vendor.status_code == 403 and "only hospitals" in vendor.json()["detail"]
+    listed = exchange.client.get("/jobs", headers=hospital.headers).json()
+    assert len(listed) == 2  # looking made nothing
+
+
 def test_jobs_are_listed_a_page_at_a_time_after_the_last_of_the_page(
     exchange: Any, parties: dict[str, Any]
 ) -> None:

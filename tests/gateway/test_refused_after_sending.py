@@ -169,3 +169,36 @@ def test_a_job_an_earlier_attempt_opened_stands_when_the_retry_cannot_send_it(
     assert exchange_job(hospital, opened["id"])["state"] != "cancelled"
     [disclosed] = hospital.disclosed()
     assert f"exchange job {opened['id']}: {len(hospital.files)} instance(s)" in disclosed
+
+
+def test_a_job_whose_creation_had_no_answer_is_found_by_its_key_and_cancelled(
+    hospital: Hospital,
+) -> None:
+    """The request that made the exchange's job lost its answer, so the gateway does not know
+    the job's id. Before the retry the product's new version takes none of the study's
+    series: the job is refused, and the exchange's job, found by the job's key, cancelled
+    rather than left there empty for a week."""
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    [job] = hospital.jobs()
+    hospital.gateway.client.product(PRODUCT)
+    hospital.network.lose_creation_answers = True
+    assert hospital.send_due() == [job["id"]]
+    hospital.network.lose_creation_answers = False
+    [job] = hospital.jobs()
+    assert job["may_be_open"] and job["exchange_job_id"] is None, job
+    [made] = hospital.exchange_jobs()
+    mr_only = tissue_volume.manifest(VENDOR)
+    mr_only.update(version="2.0.0", accepts={**mr_only["accepts"], "modalities": ["MR"]})
+    VendorClient(hospital.national.exchange.url, hospital.national.vendor_key).register_product(
+        mr_only
+    )
+    hospital.gateway.client.product(PRODUCT, max_age=0)
+    assert hospital.send_due(time.time() + 600) == [job["id"]]
+
+    [job] = hospital.jobs()
+    assert job["state"] == "refused" and "no series" in job["reason"], job["reason"]
+    ended = exchange_job(hospital, made["id"])
+    assert ended["state"] == "cancelled" and ended["input_count"] == 0
+    assert hospital.disclosed() == []  # nothing of the study went
+    nothing_left_to_bring_home(hospital)

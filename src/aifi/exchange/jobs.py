@@ -414,11 +414,14 @@ class JobService:
         limit: int = 100,
         after: str | None = None,
         newest_first: bool = False,
+        idempotency_key: str | None = None,
     ) -> list[Job]:
         """Jobs in creation order, `limit` at a time; `after` (the last job of a page) gives
         the next page, so that jobs a client cannot finish yet never hide those behind them.
         `newest_first`: the latest `limit` jobs, latest first, as a live list shows them."""
         query = visible_to(select(Job), actor)
+        if idempotency_key is not None:
+            query = query.where(Job.idempotency_key == idempotency_key)
         if states:
             query = query.where(Job.state.in_(states))
         if acknowledged is not None:

@@ -85,6 +85,12 @@ class GatewayClient(ApiClient):
     def job(self, job_id: str) -> dict[str, Any]:
         return dict(self.request("GET", f"/jobs/{job_id}").json())
 
+    def job_by_key(self, idempotency_key: str) -> dict[str, Any] | None:
+        """The job created with this key, if the exchange has one: whether a create that had
+        no answer made it, found out without making it."""
+        found = self.request("GET", "/jobs", params={"idempotency_key": idempotency_key}).json()
+        return dict(found[0]) if found else None
+
     def cancel_job(self, job_id: str, reason: str) -> dict[str, Any]:
         """End a job the hospital no longer wants, before any vendor took it."""
         return dict(

@@ -742,20 +742,19 @@ class Gateway:
 
         A job an earlier attempt opened to vendors (its end not on record: the answer lost,
         the log full) stands as it opened: it is recorded and submitted, not refused, and its
-        results come home. An exchange or a log that cannot be reached now: tried again.
+        results come home. An exchange or a log that cannot be reached now: tried again. A job
+        whose only creating request had no answer (`may_be_open`) is looked up by its key.
         """
         job_id = int(job["id"])
         exchange_id = str(opened.get("id") or job["exchange_job_id"] or "")
-        if not exchange_id:
-            if job["may_be_open"]:
-                log.warning(
-                    "job %s: refused; a request that may have made its exchange job had no "
-                    "answer, so that job, if made, is left for the exchange to expire",
-                    job_id,
-                )
-            self._refuse(job_id, reason)
-            return
         try:
+            if not exchange_id and job["may_be_open"]:
+                # A request that may have made it had no answer: ask by the job's key.
+                made = self.client.job_by_key(job["idempotency_key"])
+                exchange_id = str(made["id"]) if made is not None else ""
+            if not exchange_id:
+                self._refuse(job_id, reason)  # nothing of it at the exchange
+                return
             try:
                 held = self.client.job(exchange_id)
             except ExchangeHTTPError as gone:
@@ -786,7 +785,8 @@ class Gateway:
                     "any vendor took it, purged with it",
                 )
         except (ExchangeHTTPError, httpx.TransportError) as failed:
-            self._retry(job, f"{reason}; settling exchange job {exchange_id} failed: {failed}")
+            which = f"exchange job {exchange_id}" if exchange_id else "its exchange job"
+            self._retry(job, f"{reason}; settling {which} failed: {failed}")
             return
         except NotRecorded as failed:
             self._retry(job, f"{reason}; exchange job {exchange_id} not on record yet: {failed}")

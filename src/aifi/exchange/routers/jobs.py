@@ -67,9 +67,19 @@ async def list_jobs(
         bool,
         Query(description="hospitals: give each completed job's results with it"),
     ] = False,
+    idempotency_key: Annotated[
+        str | None,
+        Query(
+            max_length=128,
+            description="hospitals: the job created with this key, if any (a gateway whose "
+            "create had no answer finds out whether it made the job, without making it)",
+        ),
+    ] = None,
 ) -> list[JobOut]:
     if with_results and caller.role != OrganisationKind.hospital:
         raise Forbidden("only hospitals list jobs with their results")
+    if idempotency_key is not None and caller.role != OrganisationKind.hospital:
+        raise Forbidden("only hospitals look their jobs up by idempotency key")
     deadline = time.monotonic() + min(wait, services.settings.max_wait_seconds)
     states = [s.value for s in state] if state else None
     watched = watched_by(caller)
@@ -82,6 +92,7 @@ async def list_jobs(
             product_id=product_id,
             limit=limit,
             after=after,
+            idempotency_key=idempotency_key,
         )
         remaining = deadline - time.monotonic()
         if jobs and with_results:

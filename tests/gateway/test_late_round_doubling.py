@@ -439,6 +439,49 @@ def test_an_instance_moved_away_after_part_of_the_job_went_is_not_sent_as_this_s
     assert f"exchange job {sent['id']}: {len(staying)} instance(s)" in new
 
 
+@pytest.mark.parametrize("moved", [1, 9], ids=["one-moved", "more-than-left"])
+@pytest.mark.parametrize("failure", ["record-failed", "cancel-answer-lost"])
+def test_a_start_over_cut_short_after_the_cancel_starts_over_on_the_retry(
+    hospital: Hospital, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moved: int, failure: str
+) -> None:
+    """Starting over, the gateway cancelled the exchange's job, and then went no further:
+    the disclosure log could not be written, or the cancel's answer was lost. The retry finds
+    the job it cancelled by its key, and starts over as that attempt would have: it is not
+    taken for a job the exchange ended, and the study is not refused."""
+    first = hospital.part_sent_then_broken_off()
+    moved_to_another_study(hospital, tmp_path, hospital.files[1 : 1 + moved])
+    [job] = hospital.jobs()
+    passing = hospital.network.handle_request
+
+    def cancel_answer_lost(request: httpx.Request) -> httpx.Response:
+        response = passing(request)
+        if request.url.path.endswith("/cancel"):
+            response.read()
+            raise httpx.ReadError("the connection broke before the answer", request=request)
+        return response
+
+    def disk_full(*_args: object, **_kwargs: object) -> None:
+        raise NotRecorded("the disclosure log cannot be written: disk full")
+
+    with monkeypatch.context() as cut_short:
+        if failure == "record-failed":
+            cut_short.setattr(hospital.gateway.disclosures, "record", disk_full)
+        else:
+            cut_short.setattr(hospital.network, "handle_request", cancel_answer_lost)
+        assert hospital.send_due(time.time() + 600) == [job["id"]]
+    [cancelled] = hospital.exchange_jobs()
+    assert cancelled["state"] == "cancelled" and hospital.jobs()[0]["state"] == "pending"
+
+    assert hospital.send_due(time.time() + 600) == [job["id"]]  # starts over
+    assert hospital.send_due() == [job["id"]]  # sent as a new job
+    [job] = hospital.jobs()
+    assert job["state"] == "submitted", job["reason"]
+    cancelled, sent = hospital.exchange_jobs()
+    assert cancelled["id"] == first["id"] and sent["inputs_complete"]
+    earlier, new = hospital.disclosed()  # each exchange job once
+    assert f"exchange job {first['id']}:" in earlier and f"exchange job {sent['id']}:" in new
+
+
 def test_the_late_slice_sent_again_unchanged_is_still_nothing_new(hospital: Hospital) -> None:
     """Round 2 went with every instance while round 1 waited out its back-off; the modality
     then sent the late slice again, unchanged (its own retry): round 1 has nothing new."""

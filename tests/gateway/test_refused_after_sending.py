@@ -9,6 +9,7 @@ and vendor worker; the exchange's refusal is its own, of bytes changed on the wa
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -202,3 +203,58 @@ def test_a_job_whose_creation_had_no_answer_is_found_by_its_key_and_cancelled(
     assert ended["state"] == "cancelled" and ended["input_count"] == 0
     assert hospital.disclosed() == []  # nothing of the study went
     nothing_left_to_bring_home(hospital)
+
+
+def test_a_job_an_older_version_refused_has_what_it_left_put_on_record_when_it_ends(
+    hospital: Hospital,
+) -> None:
+    """An older version refused a part-sent job and left its exchange job taking inputs,
+    its instances off the record. When the exchange ends that job, bringing it home puts
+    them on record, once however often it comes, and keeps the refusal."""
+    opened = hospital.part_sent_then_broken_off()
+    [job] = hospital.jobs()
+    reason = "the exchange refused the job: as an older version refused it"
+    hospital.gateway.state.update_job(job["id"], state="refused", reason=reason)
+    with hospital.national.api(OPERATOR_KEY) as operator:
+        operator.post(
+            f"/jobs/{opened['id']}/cancel", json={"reason": "unfinished for seven days"}
+        ).raise_for_status()
+
+    [ended] = hospital.gateway.client.ended_jobs(wait=0)
+    assert hospital.gateway.collect(ended) and hospital.gateway.collect(ended)
+
+    [disclosed] = hospital.disclosed()
+    assert f"exchange job {opened['id']}: {opened['input_count']} instance(s)" in disclosed
+    assert reason in disclosed
+    [job] = hospital.jobs()
+    assert (job["state"], job["reason"]) == ("refused", reason)
+
+
+def test_a_refusal_whose_state_write_failed_is_put_on_record_once(
+    hospital: Hospital, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The exchange's job was cancelled and its instances put on record, and then the
+    gateway's own state could not take the refusal (the database locked). The retry settles
+    the same job again: the refusal stands, and the log has one entry for it, not two."""
+    opened = hospital.part_sent_then_broken_off()
+    garbled_on_the_way(hospital, next(iter(hospital.pseudonyms(hospital.files[0]))))
+    [job] = hospital.jobs()
+    state, update_job = hospital.gateway.state, hospital.gateway.state.update_job
+
+    def locked_for_refusals(job_id: int, **changes: Any) -> None:
+        if changes.get("state") == "refused":
+            raise sqlite3.OperationalError("database is locked")
+        update_job(job_id, **changes)
+
+    with monkeypatch.context() as locked:
+        locked.setattr(state, "update_job", locked_for_refusals)
+        with pytest.raises(sqlite3.OperationalError):  # the sender loop's to wait out
+            hospital.send_due(time.time() + 600)
+    assert hospital.jobs()[0]["state"] == "pending"
+    assert exchange_job(hospital, opened["id"])["state"] == "cancelled"
+
+    assert hospital.send_due(time.time() + 600) == [job["id"]]
+    [job] = hospital.jobs()
+    assert job["state"] == "refused", job["reason"]
+    [disclosed] = hospital.disclosed()
+    assert f"exchange job {opened['id']}:" in disclosed

@@ -599,6 +599,13 @@ class Gateway:
                     refused, created = exc, create(study_uid, patient, None)
                 opened.update(created)
                 self.state.update_job(job_id, exchange_job_id=created["id"])
+                cancelled_to_start_over = created.get("reason") == stray_inputs_reason(
+                    str(created["id"])
+                )
+                if not created.get("inputs_complete") and cancelled_to_start_over:
+                    # An earlier attempt cancelled it to start the job over (`_start_over`),
+                    # and went no further: this one starts over, as that one would have.
+                    raise StrayInputs(str(created["id"]), int(created["input_count"]))
                 if not created.get("inputs_complete") and created.get("state") != "requested":
                     # Found again by its key, whatever the count: it takes no inputs now.
                     raise ExchangeEnded(
@@ -657,8 +664,8 @@ class Gateway:
                 )
             patient, study = self._patient_of(str(opened["study_uid"]), job["study_uid"])
             options = ", ".join(sorted(manifest.get("data_needed", []))) or "none"
-            self.disclosures.record(
-                Action.disclosed,
+            self._disclose_sent(
+                exchange_id,
                 patient_id=patient,
                 study_uid=study,
                 recipient=f"{job['product_id']} {product['version']} of {product['vendor']}, "
@@ -708,8 +715,8 @@ class Gateway:
             return
         patient, study = self._patient_of(str(opened["study_uid"]), job["study_uid"])
         try:
-            self.disclosures.record(
-                Action.disclosed,
+            self._disclose_sent(
+                exchange_id,
                 patient_id=patient,
                 study_uid=study,
                 recipient="the exchange",
@@ -772,18 +779,7 @@ class Gateway:
                     if ended.status != 409:  # 409: it ended meanwhile
                         raise
                     held = self.client.job(exchange_id)
-            if int(held["input_count"]):
-                patient, study = self._patient_of(str(held["study_uid"]), job["study_uid"])
-                self.disclosures.record(
-                    Action.disclosed,
-                    patient_id=patient,
-                    study_uid=study,
-                    recipient="the exchange",
-                    detail=f"exchange job {exchange_id}: {held['input_count']} instance(s) as "
-                    f"study {held['study_uid']} of patient {held['patient_pseudonym']}, sent "
-                    f"before the job was refused ({reason}); ended ({held['state']}) before "
-                    "any vendor took it, purged with it",
-                )
+            self._disclose_unopened(job, held, reason)
         except (ExchangeHTTPError, httpx.TransportError) as failed:
             which = f"exchange job {exchange_id}" if exchange_id else "its exchange job"
             self._retry(job, f"{reason}; settling {which} failed: {failed}")
@@ -805,8 +801,8 @@ class Gateway:
         product = self.client.product(job["product_id"])
         patient, study = self._patient_of(str(held["study_uid"]), job["study_uid"])
         note = f"opened by an earlier attempt; this one could not send it: {reason}"
-        self.disclosures.record(
-            Action.disclosed,
+        self._disclose_sent(
+            str(held["id"]),
             patient_id=patient,
             study_uid=study,
             recipient=f"{job['product_id']} {product['version']} of {product['vendor']}, "
@@ -815,6 +811,52 @@ class Gateway:
             f"{held['study_uid']} of patient {held['patient_pseudonym']}; {note}",
         )
         self.state.mark_submitted(int(job["id"]), note)
+
+    def _disclose_unopened(self, job: Any, held: Mapping[str, Any], reason: str) -> None:
+        """Put on record what a refused job's exchange job holds, ended before it opened."""
+        if not int(held["input_count"]):
+            return  # nothing of the study went: the job was made, never filled
+        patient, study = self._patient_of(str(held["study_uid"]), job["study_uid"])
+        self._disclose_sent(
+            str(held["id"]),
+            patient_id=patient,
+            study_uid=study,
+            recipient="the exchange",
+            detail=f"exchange job {held['id']}: {held['input_count']} instance(s) as study "
+            f"{held['study_uid']} of patient {held['patient_pseudonym']}, sent before the job "
+            f"was refused ({reason}); ended ({held['state']}) before any vendor took it, "
+            "purged with it",
+        )
+
+    def _disclose_sent(
+        self, exchange_id: str, *, patient_id: str, study_uid: str, recipient: str, detail: str
+    ) -> None:
+        """Put what went to an exchange job on the disclosure log, once per exchange job.
+
+        A retry after a later step failed (the job's state not written, the cancel's answer
+        lost) reaches the same exchange job again, and finds its entry: the log says what
+        left the hospital, not how many tries it took to say so.
+
+        Raises
+        ------
+        NotRecorded
+            When the log cannot be written.
+        """
+        prefix = f"exchange job {exchange_id}:"
+        try:
+            earlier = self.disclosures.entries(study_uid=study_uid)
+        except sqlite3.Error as exc:  # the write says why, if it fails too
+            log.warning("disclosure log not read before writing to it: %s", exc)
+            earlier = []
+        if any(e.action == Action.disclosed and e.detail.startswith(prefix) for e in earlier):
+            return
+        self.disclosures.record(
+            Action.disclosed,
+            patient_id=patient_id,
+            study_uid=study_uid,
+            recipient=recipient,
+            detail=detail,
+        )
 
     def _patient_of(self, pseudonym_study_uid: str, fallback_study_uid: str) -> tuple[str, str]:
         """The hospital's Patient ID and Study Instance UID behind a pseudonymised study, for
@@ -940,8 +982,15 @@ class Gateway:
             self._retry_at[exchange_id] = max(float(local["next_attempt_at"]), time.time()) + 1
             return False
         if local["state"] == "refused" and job["state"] != "completed":
-            # Refused here, its exchange job ended before it opened (`_refuse_sent`), the
-            # acknowledgement not through: nothing to bring home; the refusal stands.
+            # Refused here, its exchange job ended before it opened (`_refuse_sent`, or an
+            # older version's refusal, which left it to expire): nothing to bring home; what
+            # it holds goes on record if it is not yet; the refusal stands.
+            try:
+                self._disclose_unopened(local, job, str(local["reason"]))
+            except NotRecorded as exc:
+                log.warning("ended job %s: %s; acknowledged later", exchange_id, exc)
+                self._retry_at[exchange_id] = time.time() + 60
+                return False
             log.info("ended job %s is refused job %s's; acknowledged", exchange_id, local["id"])
             return True
         try:

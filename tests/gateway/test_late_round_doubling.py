@@ -22,10 +22,9 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from aifi.gateway.disclosures import NotRecorded
 from aifi.gateway.state import GatewayState, ReceivedInstance, RoutedJob, inputs_digest
 from aifi.vendor import JobContext, ProductError, ProductResult
-from support.hospital import PRODUCT, Hospital
+from support.hospital import PRODUCT, Hospital, disclosure_log_full
 from support.national import National, national_path
 
 pytestmark = pytest.mark.peer
@@ -460,12 +459,9 @@ def test_a_start_over_cut_short_after_the_cancel_starts_over_on_the_retry(
             raise httpx.ReadError("the connection broke before the answer", request=request)
         return response
 
-    def disk_full(*_args: object, **_kwargs: object) -> None:
-        raise NotRecorded("the disclosure log cannot be written: disk full")
-
     with monkeypatch.context() as cut_short:
         if failure == "record-failed":
-            cut_short.setattr(hospital.gateway.disclosures, "record", disk_full)
+            cut_short.setattr(hospital.gateway.disclosures, "record", disclosure_log_full)
         else:
             cut_short.setattr(hospital.network, "handle_request", cancel_answer_lost)
         assert hospital.send_due(time.time() + 600) == [job["id"]]
@@ -556,11 +552,8 @@ def test_a_job_opened_to_vendors_stands_as_it_opened_whatever_moved_since(
     assert hospital.route() == 1
     [job] = hospital.jobs()
 
-    def disk_full(*_args: object, **_kwargs: object) -> None:
-        raise NotRecorded("the disclosure log cannot be written: disk full")
-
     with monkeypatch.context() as full:
-        full.setattr(hospital.gateway.disclosures, "record", disk_full)
+        full.setattr(hospital.gateway.disclosures, "record", disclosure_log_full)
         assert hospital.send_due() == [job["id"]]
     [opened] = hospital.exchange_jobs()
     deadline = time.monotonic() + 60
@@ -589,11 +582,8 @@ def test_a_job_whose_end_was_not_on_record_still_covers_the_next_round(
     exactly what it sends, records it with what it sent, and round 2 has nothing new."""
     first, second = hospital.late_slice_while_unsent(back_off=0.5)
 
-    def disk_full(*_args: object, **_kwargs: object) -> None:
-        raise NotRecorded("the disclosure log cannot be written: disk full")
-
     with monkeypatch.context() as full:
-        full.setattr(hospital.gateway.disclosures, "record", disk_full)
+        full.setattr(hospital.gateway.disclosures, "record", disclosure_log_full)
         hospital.gateway.submit(hospital.gateway.state.job(first["id"]))
     assert hospital.jobs()[0]["state"] == "pending"
     assert hospital.send_due(time.time() + 600) == [first["id"], second["id"]]

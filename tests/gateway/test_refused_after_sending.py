@@ -18,10 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-from aifi.gateway.disclosures import NotRecorded
 from aifi.products import tissue_volume
 from aifi.vendor import VendorClient
-from support.hospital import PRODUCT, Hospital
+from support.hospital import PRODUCT, Hospital, disclosure_log_full
 from support.national import OPERATOR_KEY, VENDOR, National
 
 pytestmark = pytest.mark.peer
@@ -147,11 +146,8 @@ def test_a_job_an_earlier_attempt_opened_stands_when_the_retry_cannot_send_it(
     assert hospital.route() == 1
     [job] = hospital.jobs()
 
-    def disk_full(*_args: object, **_kwargs: object) -> None:
-        raise NotRecorded("the disclosure log cannot be written: disk full")
-
     with monkeypatch.context() as full:
-        full.setattr(hospital.gateway.disclosures, "record", disk_full)
+        full.setattr(hospital.gateway.disclosures, "record", disclosure_log_full)
         assert hospital.send_due() == [job["id"]]
     [opened] = hospital.exchange_jobs()
     assert opened["inputs_complete"] and hospital.jobs()[0]["state"] == "pending"

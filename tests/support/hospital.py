@@ -14,6 +14,7 @@ import pydicom
 import yaml
 
 from aifi.gateway.config import load_config
+from aifi.gateway.disclosures import NotRecorded
 from aifi.gateway.exchange_client import GatewayClient
 from aifi.gateway.service import Gateway
 from aifi.phantoms import write_study
@@ -22,6 +23,11 @@ from support.national import National, gateway_config
 from support.peers import free_port
 
 PRODUCT = tissue_volume.PRODUCT_ID
+
+
+def disclosure_log_full(*_args: object, **_kwargs: object) -> None:
+    """In place of `DisclosureLog.record`: the log's disk is full."""
+    raise NotRecorded("the disclosure log cannot be written: disk full")
 
 
 class Network(httpx.BaseTransport):

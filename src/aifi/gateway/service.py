@@ -730,12 +730,7 @@ class Gateway:
             self._retry(job, f"{exc}; cancelled, not on record yet: {failed}")
             return
         self.state.start_over(job_id, f"{exc}: cancelled, sent again as a new job")
-        try:
-            self.client.acknowledge(exchange_id)  # nothing to bring home from it
-        except (ExchangeHTTPError, httpx.TransportError) as failed:
-            log.warning(
-                "job %s: cancelled job %s not acknowledged yet (%s)", job_id, exchange_id, failed
-            )
+        self._acknowledge_unopened(job_id, exchange_id)
 
     def _refuse_sent(self, job: Any, opened: Mapping[str, Any], reason: str) -> None:
         """Refuse a job, first settling what its attempts left at the exchange.
@@ -788,8 +783,13 @@ class Gateway:
             self._retry(job, f"{reason}; exchange job {exchange_id} not on record yet: {failed}")
             return
         self._refuse(job_id, reason)
+        self._acknowledge_unopened(job_id, exchange_id)
+
+    def _acknowledge_unopened(self, job_id: int, exchange_id: str) -> None:
+        """Tell the exchange a job that ended before it opened is settled: nothing of it is
+        to be brought home. If that fails, the results thread acknowledges it (`collect`)."""
         try:
-            self.client.acknowledge(exchange_id)  # nothing to bring home from it
+            self.client.acknowledge(exchange_id)
         except (ExchangeHTTPError, httpx.TransportError) as failed:
             log.warning(
                 "job %s: ended job %s not acknowledged yet (%s)", job_id, exchange_id, failed

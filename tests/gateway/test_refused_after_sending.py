@@ -19,9 +19,9 @@ import httpx
 import pytest
 
 from aifi.products import tissue_volume
-from aifi.vendor import VendorClient
+from aifi.vendor import JobContext, ProductError, ProductResult, VendorClient
 from support.hospital import PRODUCT, Hospital, disclosure_log_full
-from support.national import OPERATOR_KEY, VENDOR, National
+from support.national import OPERATOR_KEY, VENDOR, National, national_path
 
 pytestmark = pytest.mark.peer
 
@@ -191,14 +191,25 @@ def test_a_job_whose_creation_had_no_answer_is_found_by_its_key_and_cancelled(
         mr_only
     )
     hospital.gateway.client.product(PRODUCT, max_age=0)
+    passing = hospital.network.handle_request
+
+    def acknowledgements_lost(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/acknowledge"):
+            raise httpx.ConnectError("the exchange is unreachable", request=request)
+        return passing(request)
+
+    hospital.network.handle_request = acknowledgements_lost  # type: ignore[method-assign]
     assert hospital.send_due(time.time() + 600) == [job["id"]]
+    hospital.network.handle_request = passing  # type: ignore[method-assign]
 
     [job] = hospital.jobs()
     assert job["state"] == "refused" and "no series" in job["reason"], job["reason"]
+    assert job["exchange_job_id"] == made["id"]  # known now, to the results thread too
     ended = exchange_job(hospital, made["id"])
     assert ended["state"] == "cancelled" and ended["input_count"] == 0
     assert hospital.disclosed() == []  # nothing of the study went
-    nothing_left_to_bring_home(hospital)
+    [listed] = hospital.gateway.client.ended_jobs(wait=0)
+    assert listed["id"] == made["id"] and hospital.gateway.collect(listed)
 
 
 def test_a_job_an_older_version_refused_has_what_it_left_put_on_record_when_it_ends(
@@ -254,3 +265,47 @@ def test_a_refusal_whose_state_write_failed_is_put_on_record_once(
     assert job["state"] == "refused", job["reason"]
     [disclosed] = hospital.disclosed()
     assert f"exchange job {opened['id']}:" in disclosed
+
+
+@pytest.mark.parametrize("product_fails", [False, True], ids=["completed", "failed"])
+def test_a_job_an_older_version_refused_after_it_opened_comes_home_on_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, product_fails: bool
+) -> None:
+    """An older version refused a job whose earlier attempt had opened the exchange's job to
+    vendors, unrecorded (the log full). The product ran it: bringing it home puts it on
+    record as sent to the product, before anything of it comes home, and it ends as the
+    exchange's job ended."""
+    with national_path(tmp_path, product=refuses if product_fails else tissue_volume.run) as n:
+        hospital = Hospital(n, tmp_path)
+        try:
+            hospital.receive(*hospital.files)
+            assert hospital.route() == 1
+            [job] = hospital.jobs()
+            with monkeypatch.context() as full:
+                full.setattr(hospital.gateway.disclosures, "record", disclosure_log_full)
+                assert hospital.send_due() == [job["id"]]
+            [opened] = hospital.exchange_jobs()
+            assert opened["inputs_complete"]
+            reason = "no series of the study is accepted, as an older version refused it"
+            hospital.gateway.state.update_job(job["id"], state="refused", reason=reason)
+            deadline = time.monotonic() + 60
+            while not (ended := hospital.gateway.client.ended_jobs(wait=1)):
+                assert time.monotonic() < deadline, "the vendor did not end the job"
+            [listed] = ended
+            assert hospital.gateway.collect(listed)
+
+            [job] = hospital.jobs()
+            assert job["state"] == ("ended" if product_fails else "delivered"), job["reason"]
+            entries = hospital.gateway.disclosures.entries()
+            assert entries[0].action == "disclosed"
+            assert entries[0].recipient.startswith(PRODUCT), entries[0].recipient
+            assert f"exchange job {opened['id']}: {len(hospital.files)} instance(s)" in (
+                entries[0].detail
+            )
+            assert [e.action for e in entries[1:]] == ([] if product_fails else ["reidentified"])
+        finally:
+            hospital.close()
+
+
+def refuses(context: JobContext) -> ProductResult:
+    raise ProductError("the product cannot read this study")

@@ -754,6 +754,8 @@ class Gateway:
                 # A request that may have made it had no answer: ask by the job's key.
                 made = self.client.job_by_key(job["idempotency_key"])
                 exchange_id = str(made["id"]) if made is not None else ""
+                if exchange_id:  # known from now on, to the results thread too
+                    self.state.update_job(job_id, exchange_job_id=exchange_id)
             if not exchange_id:
                 self._refuse(job_id, reason)  # nothing of it at the exchange
                 return
@@ -798,9 +800,15 @@ class Gateway:
     def _stands_as_opened(self, job: Any, held: Mapping[str, Any], reason: str) -> None:
         """An earlier attempt opened the exchange's job to vendors, and this one cannot send
         the job (`reason`): the job stands as it opened, on record and submitted."""
+        note = f"opened by an earlier attempt; this one could not send it: {reason}"
+        self._disclose_opened(job, held, note)
+        self.state.mark_submitted(int(job["id"]), note)
+
+    def _disclose_opened(self, job: Any, held: Mapping[str, Any], note: str) -> None:
+        """Put on record what an exchange job opened to vendors holds, by an attempt that
+        could not record it itself."""
         product = self.client.product(job["product_id"])
         patient, study = self._patient_of(str(held["study_uid"]), job["study_uid"])
-        note = f"opened by an earlier attempt; this one could not send it: {reason}"
         self._disclose_sent(
             str(held["id"]),
             patient_id=patient,
@@ -810,7 +818,6 @@ class Gateway:
             detail=f"exchange job {held['id']}: {held['input_count']} instance(s) as study "
             f"{held['study_uid']} of patient {held['patient_pseudonym']}; {note}",
         )
-        self.state.mark_submitted(int(job["id"]), note)
 
     def _disclose_unopened(self, job: Any, held: Mapping[str, Any], reason: str) -> None:
         """Put on record what a refused job's exchange job holds, ended before it opened."""
@@ -981,18 +988,10 @@ class Gateway:
             # records it, so that no result comes back for a disclosure the log lacks.
             self._retry_at[exchange_id] = max(float(local["next_attempt_at"]), time.time()) + 1
             return False
-        if local["state"] == "refused" and job["state"] != "completed":
-            # Refused here, its exchange job ended before it opened (`_refuse_sent`, or an
-            # older version's refusal, which left it to expire): nothing to bring home; what
-            # it holds goes on record if it is not yet; the refusal stands.
-            try:
-                self._disclose_unopened(local, job, str(local["reason"]))
-            except NotRecorded as exc:
-                log.warning("ended job %s: %s; acknowledged later", exchange_id, exc)
-                self._retry_at[exchange_id] = time.time() + 60
-                return False
-            log.info("ended job %s is refused job %s's; acknowledged", exchange_id, local["id"])
-            return True
+        if local["state"] == "refused":
+            settled = self._settle_refused(local, job)
+            if settled is not None:
+                return settled
         try:
             if local["result_seen_at"] is None:
                 ended = job.get("ended_at")
@@ -1032,6 +1031,30 @@ class Gateway:
         self._retry_at.pop(exchange_id, None)
         self._collect_attempts.pop(exchange_id, None)
         return True
+
+    def _settle_refused(self, local: Mapping[str, Any], job: Mapping[str, Any]) -> bool | None:
+        """An ended exchange job of a job refused here: True when settled (acknowledge it),
+        False to try later, None when it opened to vendors and is brought home as any other.
+
+        Refused here, its exchange job ended before it opened (`_refuse_sent`, or an older
+        version's refusal, which left it to expire): nothing to bring home, what it holds goes
+        on record if it is not yet, and the refusal stands. An older version could refuse a
+        job an earlier attempt had opened to vendors unrecorded: that job stands as it opened,
+        on record before anything of it comes home. The refusal's reason is kept either way.
+        """
+        exchange_id, reason = str(job["id"]), str(local["reason"])
+        try:
+            if not job.get("inputs_complete"):
+                self._disclose_unopened(local, job, reason)
+                log.info("ended job %s is refused job %s's; acknowledged", exchange_id, local["id"])
+                return True
+            note = f"opened by an earlier attempt, later refused: {reason}"
+            self._disclose_opened(local, job, note)
+        except (ExchangeHTTPError, httpx.TransportError, NotRecorded) as exc:
+            log.warning("ended job %s not on record yet (%s); tried again later", exchange_id, exc)
+            self._retry_at[exchange_id] = time.time() + 60
+            return False
+        return None
 
     def fetched_results(self, job_id: int) -> Path:
         """Where a job's results are kept as the exchange sent them (pseudonymised), until

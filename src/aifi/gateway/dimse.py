@@ -7,7 +7,9 @@ and caps a transfer near 20 instances/s.
 from __future__ import annotations
 
 import logging
+import select
 import socket
+import ssl
 import tempfile
 import threading
 import time
@@ -128,7 +130,31 @@ def _no_delay(sock: socket.socket | None) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-class WholeReadSocket(AssociationSocket):
+class PollingSocket(AssociationSocket):
+    """Asks whether data came with poll(), which watches any descriptor.
+
+    pynetdicom asks with select(), which cannot watch a descriptor numbered 1,024 or above
+    (FD_SETSIZE): it then takes the ValueError for a closed connection, and every association
+    of a process with that many files open is aborted as it begins.
+    """
+
+    @property
+    def ready(self) -> bool:
+        if self.socket is None or self._is_connected is False:
+            return False
+        try:
+            poller = select.poll()
+            poller.register(self.socket, select.POLLIN)
+            events = poller.poll(0)
+        except (OSError, ValueError):
+            self.event_queue.put("Evt17")  # the transport connection closed, as pynetdicom's
+            return False
+        if isinstance(self.socket, ssl.SSLSocket):  # data it holds decrypted already
+            return bool(events) or bool(self.socket.pending())
+        return bool(events)
+
+
+class WholeReadSocket(PollingSocket):
     """Reads a PDU in as few system calls as the kernel allows.
 
     pynetdicom reads 4 KiB per call and grows a bytearray, about 130 calls for each 512 KiB
@@ -253,6 +279,7 @@ class NoDelayAE(AE):
     def _create_socket(self, assoc: Any, address: Any, tls_args: Any) -> Any:
         assoc.__class__ = PromptAssociation
         sock = super()._create_socket(assoc, address, tls_args)
+        sock.__class__ = PollingSocket
         _no_delay(getattr(sock, "socket", None))
         return sock
 

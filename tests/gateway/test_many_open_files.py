@@ -15,13 +15,17 @@ import resource
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pydicom
 import pytest
 from pynetdicom import evt
 
+from aifi.exchange.server import ExchangeThread
+from aifi.exchange.settings import ExchangeSettings
 from aifi.gateway.dimse import send_files, start_scp, storage_scp_ae
 from aifi.phantoms import write_study
 from scale.servers import missing_peer
+from support.national import OPERATOR_KEY
 from support.peers import storescu
 
 pytestmark = pytest.mark.peer
@@ -61,14 +65,14 @@ def test_a_process_with_many_files_open_takes_and_sends_dicom(
     received: list[str] = []
 
     def handle_store(event: evt.Event) -> int:
-        received.append(str(event.request.AffectedSOPInstanceUID))
+        received.append(str(event.file_meta.MediaStorageSOPInstanceUID))
         return 0x0000
 
     (tmp_path / "incoming").mkdir()
     ae = storage_scp_ae("AIFI_GW", tmp_path / "incoming")
     server = start_scp(ae, "127.0.0.1", 0, [(evt.EVT_C_STORE, handle_store)])
     port = int(server.server_address[1])
-    assert server.socket.fileno() > 1024
+    assert server.socket is not None and server.socket.fileno() > 1024
     try:
         # A modality (dcmtk's storescu) sends to the gateway's acceptor: a socket above 1,024.
         storescu(files, port)
@@ -79,3 +83,28 @@ def test_a_process_with_many_files_open_takes_and_sends_dicom(
         assert sorted(received) == sorted([*uids, *uids])
     finally:
         server.shutdown()
+
+
+def test_an_exchange_served_in_process_leaves_no_file_open_when_it_stops(tmp_path: Path) -> None:
+    """The demo and a test serve the exchange in-process; each one stopped left its database's
+    connections to the garbage collector, holding the files open: a long run piled them up
+    towards the limit above."""
+    settings = ExchangeSettings(data_dir=tmp_path / "exchange", operator_key=OPERATOR_KEY)
+    with ExchangeThread(settings, port=0) as exchange:
+        headers = {"Authorization": f"Bearer {OPERATOR_KEY}"}
+        httpx.get(exchange.url + "/organisations", headers=headers).raise_for_status()
+        assert open_under(tmp_path / "exchange")  # it was using its database
+    assert open_under(tmp_path / "exchange") == []
+
+
+def open_under(folder: Path) -> list[str]:
+    """Files under `folder` this process holds open."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed meanwhile (the listing's own descriptor)
+            continue
+        if target.startswith(str(folder)):
+            held.append(target)
+    return held

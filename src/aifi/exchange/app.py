@@ -104,6 +104,9 @@ def create_app(
             with contextlib.suppress(Exception):
                 await run_in_threadpool(services.audit.chain)
                 await run_in_threadpool(anchors.write)  # the chain's end, for the journal
+            # Its connections closed, not left to the garbage collector: an exchange served
+            # in-process (the demo, `ExchangeThread`) stops without holding its files open.
+            services.db.dispose()
 
     app = FastAPI(
         title="AIFI exchange",

@@ -1040,7 +1040,9 @@ class Gateway:
         version's refusal, which left it to expire): nothing to bring home, what it holds goes
         on record if it is not yet, and the refusal stands. An older version could refuse a
         job an earlier attempt had opened to vendors unrecorded: that job stands as it opened,
-        on record before anything of it comes home. The refusal's reason is kept either way.
+        on record before anything of it comes home, and ends as its exchange job ended. While
+        the record cannot be written, the job waits as it is: a retry's error does not take
+        the refusal's reason (as `_collect_later` would).
         """
         exchange_id, reason = str(job["id"]), str(local["reason"])
         try:

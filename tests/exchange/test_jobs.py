@@ -157,6 +157,33 @@ def test_a_hospital_finds_its_job_by_idempotency_key_without_making_it(
     assert len(listed) == 2  # looking made nothing
 
 
+def test_a_cancel_of_unopened_jobs_only_leaves_a_job_open_to_vendors_alone(
+    exchange: Any, parties: dict[str, Any], make_ct: Any
+) -> None:
+    """A gateway withdrawing what an earlier attempt left asks to cancel only a job still
+    taking inputs: one open to vendors is refused (409) and stays as it is; one still taking
+    inputs is cancelled with the reason."""
+    hospital = parties["hospital_a"]
+
+    def cancel(job_id: str) -> Any:
+        body = {"reason": "refused at the hospital", "unopened_only": True}
+        return exchange.client.post(f"/jobs/{job_id}/cancel", json=body, headers=hospital.headers)
+
+    opened = exchange.ready_job(hospital, "product-a", make_ct(slices=2))
+    refused = cancel(opened["id"])
+    assert refused.status_code == 409 and "open to vendors" in refused.json()["detail"]
+    still = exchange.client.get(f"/jobs/{opened['id']}", headers=hospital.headers).json()
+    assert (still["state"], still["inputs_complete"]) == ("requested", True)
+    assert exchange.claim(parties["vendor_a"])["job"]["id"] == opened["id"]
+
+    waiting = exchange.job(hospital, "product-a", "2.25.77", key="taking-inputs", instances=3)
+    cancelled = cancel(waiting["id"])
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["state"] == "cancelled"
+    assert cancelled.json()["reason"] == "refused at the hospital"
+    assert cancel(waiting["id"]).status_code == 409  # ended already
+
+
 def test_jobs_are_listed_a_page_at_a_time_after_the_last_of_the_page(
     exchange: Any, parties: dict[str, Any]
 ) -> None:

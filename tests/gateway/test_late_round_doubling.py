@@ -478,6 +478,39 @@ def test_a_start_over_cut_short_after_the_cancel_starts_over_on_the_retry(
     assert f"exchange job {first['id']}:" in earlier and f"exchange job {sent['id']}:" in new
 
 
+def test_a_job_that_opens_while_it_is_being_started_over_stands_as_it_opened(
+    hospital: Hospital, tmp_path: Path
+) -> None:
+    """Starting over after an instance moved away, the gateway cancels the exchange's job;
+    just before the cancel arrives, that job opens to vendors (an earlier try's request
+    finished late). The cancel is refused, and the job stands as it opened: not cancelled
+    under a vendor, not sent a second time."""
+    first = hospital.part_sent_then_broken_off()
+    moved_to_another_study(hospital, tmp_path, hospital.files[1:2])
+    passing = hospital.network.handle_request
+
+    def opens_first(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/cancel"):
+            with hospital.national.api() as api:
+                held = api.get(f"/jobs/{first['id']}").json()["input_count"]
+                api.post(f"/jobs/{first['id']}/ready", json={"instances": held}).raise_for_status()
+        return passing(request)
+
+    hospital.network.handle_request = opens_first  # type: ignore[method-assign]
+    [job] = hospital.jobs()
+    assert hospital.send_due(time.time() + 600) == [job["id"]]
+    hospital.network.handle_request = passing  # type: ignore[method-assign]
+    assert "opened to vendors meanwhile" in hospital.jobs()[0]["reason"]
+    assert hospital.send_due(time.time() + 600) == [job["id"]]
+
+    [job] = hospital.jobs()
+    assert job["state"] == "submitted" and job["exchange_job_id"] == first["id"], job["reason"]
+    [only] = hospital.exchange_jobs()
+    assert only["id"] == first["id"] and only["inputs_complete"] and only["state"] != "cancelled"
+    [disclosed] = hospital.disclosed()
+    assert f"exchange job {first['id']}:" in disclosed
+
+
 def test_the_late_slice_sent_again_unchanged_is_still_nothing_new(hospital: Hospital) -> None:
     """Round 2 went with every instance while round 1 waited out its back-off; the modality
     then sent the late slice again, unchanged (its own retry): round 1 has nothing new."""

@@ -309,3 +309,35 @@ def test_a_job_an_older_version_refused_after_it_opened_comes_home_on_record(
 
 def refuses(context: JobContext) -> ProductResult:
     raise ProductError("the product cannot read this study")
+
+
+def test_a_job_that_opens_while_it_is_being_withdrawn_stands_as_it_opened(
+    hospital: Hospital,
+) -> None:
+    """The exchange refuses an instance, and the gateway withdraws the job; just before its
+    cancel arrives, the exchange's job opens to vendors (an earlier try's request finished
+    late, here a `ready` for what it holds). The cancel is refused, so no vendor loses a job
+    it may have taken; the job stands as it opened, on record as sent to the product."""
+    opened = hospital.part_sent_then_broken_off()
+    garbled_on_the_way(hospital, next(iter(hospital.pseudonyms(hospital.files[0]))))
+    passing = hospital.network.handle_request
+
+    def opens_first(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/cancel"):
+            held = exchange_job(hospital, opened["id"])["input_count"]
+            with hospital.national.api() as api:
+                api.post(f"/jobs/{opened['id']}/ready", json={"instances": held}).raise_for_status()
+        return passing(request)
+
+    hospital.network.handle_request = opens_first  # type: ignore[method-assign]
+    [job] = hospital.jobs()
+    assert hospital.send_due(time.time() + 600) == [job["id"]]
+
+    [job] = hospital.jobs()
+    assert job["state"] == "submitted", job["reason"]
+    assert "this one could not send it: the exchange refused the job" in job["reason"]
+    ended = exchange_job(hospital, opened["id"])
+    assert ended["inputs_complete"] and ended["state"] != "cancelled", ended
+    [disclosed] = hospital.disclosed()
+    assert f"exchange job {opened['id']}: {ended['input_count']} instance(s)" in disclosed
+    assert "the exchange refused the job" in disclosed

@@ -665,19 +665,52 @@ class JobService:
             organisations=parties(job),
         )
 
-    def cancel(self, actor: Actor, job_id: str, reason: str) -> Job:
+    def cancel(self, actor: Actor, job_id: str, reason: str, *, unopened_only: bool = False) -> Job:
+        """End a job before it runs its course. `unopened_only`: only while it still takes
+        inputs, checked in the statement that ends it, so that an upload opening the job to
+        vendors meanwhile wins (a gateway withdrawing what an earlier attempt left)."""
         with self._db.session() as session:
             job = self.visible(session, actor, job_id)
             if actor.role not in (OrganisationKind.hospital, OrganisationKind.operator):
                 raise Forbidden("only the hospital or the operator cancels a job")
             if job.state in ENDED_STATES:
                 raise Conflict(f"job {job_id} has already ended ({job.state})")
-            ended = self._end(session, job_id, JobState.cancelled, reason, from_states=(job.state,))
+            if unopened_only:
+                ended = self._cancel_unopened(session, job, reason)
+            else:
+                ended = self._end(
+                    session, job_id, JobState.cancelled, reason, from_states=(job.state,)
+                )
             self._announce(session, job=ended)
             self._audit.record_in(
                 session, actor, "update", "job", job_id, detail=f"cancelled: {reason}"
             )
         self._notifier.notify(organisations=parties(ended))
+        return ended
+
+    @staticmethod
+    def _cancel_unopened(session: Session, job: Job, reason: str) -> Job:
+        if job.inputs_complete:
+            raise Conflict(f"job {job.id} is open to vendors; it is not cancelled")
+        now = utcnow()
+        ended = _transition(
+            session,
+            (
+                Job.id == job.id,
+                Job.state == JobState.requested.value,
+                Job.inputs_complete.is_(False),
+            ),
+            {
+                "state": JobState.cancelled.value,
+                "reason": reason,
+                "ended_at": now,
+                "updated_at": now,
+                "lease_token": None,
+                "lease_expires_at": None,
+            },
+        )
+        if ended is None:
+            raise Conflict(f"job {job.id} opened or ended meanwhile; it is not cancelled")
         return ended
 
     def acknowledge(self, actor: Actor, job_id: str) -> Job:

@@ -289,6 +289,11 @@ class ReleaseIn(FailIn):
 
 class CancelIn(BaseModel):
     reason: str = Field(default="cancelled by the hospital", max_length=2000)
+    unopened_only: bool = Field(
+        default=False,
+        description="cancel only a job still taking inputs (409 once it opened to vendors): "
+        "a gateway withdrawing what an earlier attempt left",
+    )
 
 
 class MeteringRow(BaseModel):

@@ -92,10 +92,10 @@ class GatewayClient(ApiClient):
         return dict(found[0]) if found else None
 
     def cancel_job(self, job_id: str, reason: str) -> dict[str, Any]:
-        """End a job the hospital no longer wants, before any vendor took it."""
-        return dict(
-            self.request("POST", f"/jobs/{job_id}/cancel", json={"reason": reason[:2000]}).json()
-        )
+        """End a job the hospital no longer wants while it still takes inputs: one that
+        opened to vendors meanwhile is not cancelled (409)."""
+        body = {"reason": reason[:2000], "unopened_only": True}
+        return dict(self.request("POST", f"/jobs/{job_id}/cancel", json=body).json())
 
     def mark_ready(self, job_id: str, instances: int) -> dict[str, Any]:
         return dict(

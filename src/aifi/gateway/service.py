@@ -708,8 +708,14 @@ class Gateway:
             try:
                 self.client.cancel_job(exchange_id, str(exc))
             except ExchangeHTTPError as refused:
-                if refused.status != 409:  # 409: ended already (cancelled by a try before)
+                if refused.status != 409:
                     raise
+                # Ended already (cancelled by a try before), or opened to vendors meanwhile
+                # by an earlier try's upload the exchange finished late: that one stands as
+                # it opened, which the next try finds (`AlreadyOpen`).
+                if self.client.job(exchange_id).get("inputs_complete"):
+                    self._retry(job, f"{exc}; it opened to vendors meanwhile, and stands")
+                    return
         except (ExchangeHTTPError, httpx.TransportError) as failed:
             self._retry(job, f"{exc}; cancelling it failed: {failed}")
             return
@@ -773,9 +779,12 @@ class Gateway:
                 try:
                     held = self.client.cancel_job(exchange_id, reason)
                 except ExchangeHTTPError as ended:
-                    if ended.status != 409:  # 409: it ended meanwhile
+                    if ended.status != 409:  # 409: it ended, or opened, meanwhile
                         raise
                     held = self.client.job(exchange_id)
+                    if held.get("inputs_complete"):
+                        self._stands_as_opened(job, held, reason)
+                        return
             self._disclose_unopened(job, held, reason)
         except (ExchangeHTTPError, httpx.TransportError) as failed:
             which = f"exchange job {exchange_id}" if exchange_id else "its exchange job"

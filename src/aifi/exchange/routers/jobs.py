@@ -151,7 +151,8 @@ def mark_ready(job_id: str, body: JobReady, caller: CallerDep, services: Service
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
 def cancel_job(job_id: str, body: CancelIn, caller: CallerDep, services: ServicesDep) -> JobOut:
-    return job_out(services.jobs.cancel(caller, job_id, body.reason), caller)
+    cancelled = services.jobs.cancel(caller, job_id, body.reason, unopened_only=body.unopened_only)
+    return job_out(cancelled, caller)
 
 
 @router.post("/{job_id}/acknowledge", response_model=JobOut)

@@ -11,6 +11,7 @@ import pytest
 import trustme
 
 from scale.servers import Nginx, Proxy, start_proxy, start_tls_balancer
+from support.hospital import Hospital
 from support.national import National, national_path
 
 
@@ -18,6 +19,15 @@ from support.national import National, national_path
 def national(tmp_path: Path) -> Iterator[National]:
     with national_path(tmp_path) as path:
         yield path
+
+
+@pytest.fixture
+def hospital(national: National, tmp_path: Path) -> Iterator[Hospital]:
+    """A gateway driven step by step against `national`, the network to it in the test's
+    hands (support.hospital)."""
+    opened = Hospital(national, tmp_path)
+    yield opened
+    opened.close()
 
 
 @pytest.fixture

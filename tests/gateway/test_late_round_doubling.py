@@ -23,22 +23,10 @@ import pytest
 from pydicom.uid import generate_uid
 
 from aifi.gateway.state import GatewayState, ReceivedInstance, RoutedJob, inputs_digest
-from aifi.vendor import JobContext, ProductError, ProductResult
-from support.hospital import PRODUCT, Hospital, disclosure_log_full
+from support.hospital import PRODUCT, Hospital, disclosure_log_full, refuses
 from support.national import National, national_path
 
 pytestmark = pytest.mark.peer
-
-
-@pytest.fixture
-def hospital(national: National, tmp_path: Path) -> Iterator[Hospital]:
-    opened = Hospital(national, tmp_path)
-    yield opened
-    opened.close()
-
-
-def refuses(context: JobContext) -> ProductResult:
-    raise ProductError("the product cannot read this study")
 
 
 @pytest.fixture
@@ -575,20 +563,13 @@ def test_a_cancelled_exchange_job_whose_acknowledgement_failed_is_acknowledged_l
 
 
 def test_a_job_opened_to_vendors_stands_as_it_opened_whatever_moved_since(
-    hospital: Hospital, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    hospital: Hospital, tmp_path: Path
 ) -> None:
     """Every instance went and the exchange opened the job, but its end was not on record
     (the disclosure log's disk full); the vendor ran it. Then the PACS moved an instance away
     and added another: the job stands as it opened (its results come home), never cancelled
     as if no vendor had taken it."""
-    hospital.receive(*hospital.files)
-    assert hospital.route() == 1
-    [job] = hospital.jobs()
-
-    with monkeypatch.context() as full:
-        full.setattr(hospital.gateway.disclosures, "record", disclosure_log_full)
-        assert hospital.send_due() == [job["id"]]
-    [opened] = hospital.exchange_jobs()
+    job, opened = hospital.opened_unrecorded()
     deadline = time.monotonic() + 60
     while opened["id"] not in {j["id"] for j in hospital.gateway.client.ended_jobs(wait=1)}:
         assert time.monotonic() < deadline, "the vendor did not complete the job"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +18,16 @@ import httpx
 import pytest
 
 from aifi.products import tissue_volume
-from aifi.vendor import JobContext, ProductError, ProductResult, VendorClient
-from support.hospital import PRODUCT, Hospital, disclosure_log_full
-from support.national import OPERATOR_KEY, VENDOR, National, national_path
+from aifi.vendor import VendorClient
+from support.hospital import (
+    PRODUCT,
+    Hospital,
+    acknowledgements_lost,
+    refuses,
+)
+from support.national import OPERATOR_KEY, VENDOR, national_path
 
 pytestmark = pytest.mark.peer
-
-
-@pytest.fixture
-def hospital(national: National, tmp_path: Path) -> Iterator[Hospital]:
-    opened = Hospital(national, tmp_path)
-    yield opened
-    opened.close()
 
 
 def garbled_on_the_way(hospital: Hospital, sop_uid: str) -> None:
@@ -47,6 +44,17 @@ def garbled_on_the_way(hospital: Hospital, sop_uid: str) -> None:
         return passing(request)
 
     hospital.network.handle_request = garbles  # type: ignore[method-assign]
+
+
+def only_mr_from_now_on(hospital: Hospital) -> None:
+    """The vendor publishes a version of the product that takes MR only, and the gateway
+    sees it: the study's CT series are accepted no more."""
+    mr_only = tissue_volume.manifest(VENDOR)
+    mr_only.update(version="2.0.0", accepts={**mr_only["accepts"], "modalities": ["MR"]})
+    VendorClient(hospital.national.exchange.url, hospital.national.vendor_key).register_product(
+        mr_only
+    )
+    hospital.gateway.client.product(PRODUCT, max_age=0)
 
 
 def exchange_job(hospital: Hospital, exchange_job_id: str) -> dict[str, Any]:
@@ -116,13 +124,7 @@ def test_a_refused_job_whose_cancellation_was_not_acknowledged_is_acknowledged_l
     opened = hospital.part_sent_then_broken_off()
     garbled_on_the_way(hospital, next(iter(hospital.pseudonyms(hospital.files[0]))))
     passing = hospital.network.handle_request
-
-    def acknowledgements_lost(request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/acknowledge"):
-            raise httpx.ConnectError("the exchange is unreachable", request=request)
-        return passing(request)
-
-    hospital.network.handle_request = acknowledgements_lost  # type: ignore[method-assign]
+    acknowledgements_lost(hospital)
     [job] = hospital.jobs()
     assert hospital.send_due(time.time() + 600) == [job["id"]]
     hospital.network.handle_request = passing  # type: ignore[method-assign]
@@ -136,27 +138,14 @@ def test_a_refused_job_whose_cancellation_was_not_acknowledged_is_acknowledged_l
 
 
 def test_a_job_an_earlier_attempt_opened_stands_when_the_retry_cannot_send_it(
-    hospital: Hospital, monkeypatch: pytest.MonkeyPatch
+    hospital: Hospital,
 ) -> None:
     """The first try opened the exchange's job with every instance, but its disclosure could
     not be written (the log's disk full). Before the retry the vendor published a version of
     the product that takes MR only, so the retry finds nothing to send. The job stands as it
     opened: on record and submitted, its results to come home; nothing is cancelled."""
-    hospital.receive(*hospital.files)
-    assert hospital.route() == 1
-    [job] = hospital.jobs()
-
-    with monkeypatch.context() as full:
-        full.setattr(hospital.gateway.disclosures, "record", disclosure_log_full)
-        assert hospital.send_due() == [job["id"]]
-    [opened] = hospital.exchange_jobs()
-    assert opened["inputs_complete"] and hospital.jobs()[0]["state"] == "pending"
-    mr_only = tissue_volume.manifest(VENDOR)
-    mr_only.update(version="2.0.0", accepts={**mr_only["accepts"], "modalities": ["MR"]})
-    VendorClient(hospital.national.exchange.url, hospital.national.vendor_key).register_product(
-        mr_only
-    )
-    hospital.gateway.client.product(PRODUCT, max_age=0)  # the gateway sees the new version
+    job, opened = hospital.opened_unrecorded()
+    only_mr_from_now_on(hospital)
     assert hospital.send_due(time.time() + 600) == [job["id"]]
 
     [job] = hospital.jobs()
@@ -185,20 +174,9 @@ def test_a_job_whose_creation_had_no_answer_is_found_by_its_key_and_cancelled(
     [job] = hospital.jobs()
     assert job["may_be_open"] and job["exchange_job_id"] is None, job
     [made] = hospital.exchange_jobs()
-    mr_only = tissue_volume.manifest(VENDOR)
-    mr_only.update(version="2.0.0", accepts={**mr_only["accepts"], "modalities": ["MR"]})
-    VendorClient(hospital.national.exchange.url, hospital.national.vendor_key).register_product(
-        mr_only
-    )
-    hospital.gateway.client.product(PRODUCT, max_age=0)
+    only_mr_from_now_on(hospital)
     passing = hospital.network.handle_request
-
-    def acknowledgements_lost(request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/acknowledge"):
-            raise httpx.ConnectError("the exchange is unreachable", request=request)
-        return passing(request)
-
-    hospital.network.handle_request = acknowledgements_lost  # type: ignore[method-assign]
+    acknowledgements_lost(hospital)
     assert hospital.send_due(time.time() + 600) == [job["id"]]
     hospital.network.handle_request = passing  # type: ignore[method-assign]
 
@@ -269,7 +247,7 @@ def test_a_refusal_whose_state_write_failed_is_put_on_record_once(
 
 @pytest.mark.parametrize("product_fails", [False, True], ids=["completed", "failed"])
 def test_a_job_an_older_version_refused_after_it_opened_comes_home_on_record(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, product_fails: bool
+    tmp_path: Path, product_fails: bool
 ) -> None:
     """An older version refused a job whose earlier attempt had opened the exchange's job to
     vendors, unrecorded (the log full). The product ran it: bringing it home puts it on
@@ -278,14 +256,7 @@ def test_a_job_an_older_version_refused_after_it_opened_comes_home_on_record(
     with national_path(tmp_path, product=refuses if product_fails else tissue_volume.run) as n:
         hospital = Hospital(n, tmp_path)
         try:
-            hospital.receive(*hospital.files)
-            assert hospital.route() == 1
-            [job] = hospital.jobs()
-            with monkeypatch.context() as full:
-                full.setattr(hospital.gateway.disclosures, "record", disclosure_log_full)
-                assert hospital.send_due() == [job["id"]]
-            [opened] = hospital.exchange_jobs()
-            assert opened["inputs_complete"]
+            job, opened = hospital.opened_unrecorded()
             reason = "no series of the study is accepted, as an older version refused it"
             hospital.gateway.state.update_job(job["id"], state="refused", reason=reason)
             deadline = time.monotonic() + 60
@@ -305,10 +276,6 @@ def test_a_job_an_older_version_refused_after_it_opened_comes_home_on_record(
             assert [e.action for e in entries[1:]] == ([] if product_fails else ["reidentified"])
         finally:
             hospital.close()
-
-
-def refuses(context: JobContext) -> ProductResult:
-    raise ProductError("the product cannot read this study")
 
 
 def test_a_job_that_opens_while_it_is_being_withdrawn_stands_as_it_opened(

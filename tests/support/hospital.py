@@ -19,10 +19,28 @@ from aifi.gateway.exchange_client import GatewayClient
 from aifi.gateway.service import Gateway
 from aifi.phantoms import write_study
 from aifi.products import tissue_volume
+from aifi.vendor import JobContext, ProductError, ProductResult
 from support.national import National, gateway_config
 from support.peers import free_port
 
 PRODUCT = tissue_volume.PRODUCT_ID
+
+
+def refuses(context: JobContext) -> ProductResult:
+    """A product that fails every study it is sent."""
+    raise ProductError("the product cannot read this study")
+
+
+def acknowledgements_lost(hospital: Hospital) -> None:
+    """From now on the gateway's acknowledgements of ended jobs do not reach the exchange."""
+    passing = hospital.network.handle_request
+
+    def lost(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/acknowledge"):
+            raise httpx.ConnectError("the exchange is unreachable", request=request)
+        return passing(request)
+
+    hospital.network.handle_request = lost  # type: ignore[method-assign]
 
 
 def disclosure_log_full(*_args: object, **_kwargs: object) -> None:
@@ -162,6 +180,22 @@ class Hospital:
     def disclosed(self) -> list[str]:
         entries = self.gateway.disclosures.entries()
         return [entry.detail for entry in entries if entry.action == "disclosed"]
+
+    def opened_unrecorded(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The study is routed and its job sent whole: the exchange opened it to vendors,
+        but the disclosure could not be written (the log's disk full), so the job waits for
+        its retry. The job, and the exchange's job."""
+        self.receive(*self.files)
+        assert self.route() == 1
+        [job] = self.jobs()
+        self.gateway.disclosures.record = disclosure_log_full  # type: ignore[method-assign,assignment]
+        try:
+            assert self.send_due() == [job["id"]]
+        finally:
+            del self.gateway.disclosures.record
+        [opened] = self.exchange_jobs()
+        assert opened["inputs_complete"] and self.jobs()[0]["state"] == "pending"
+        return job, opened
 
     def part_sent_then_broken_off(self) -> dict[str, Any]:
         """The study is routed; its job's first try breaks off at the upload of the study's

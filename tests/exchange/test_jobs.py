@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import insert, update
 
 from aifi.exchange import jobs as jobs_module
+from aifi.exchange.audit import Actor
 from aifi.exchange.clock import utcnow
 from aifi.exchange.models import Job, Product
 from aifi.exchange.routers import jobs as jobs_router
@@ -182,6 +183,37 @@ def test_a_cancel_of_unopened_jobs_only_leaves_a_job_open_to_vendors_alone(
     assert cancelled.json()["state"] == "cancelled"
     assert cancelled.json()["reason"] == "refused at the hospital"
     assert cancel(waiting["id"]).status_code == 409  # ended already
+
+
+def test_a_ready_that_meets_a_cancel_committed_first_does_not_open_the_job(
+    exchange: Any, parties: dict[str, Any], make_ct: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An earlier try's `ready` arrives late: it reads the job still taking inputs, and the
+    gateway's cancel (`unopened_only`) commits before the ready's own update. The cancel
+    wins: the ready is refused (409), and the job stays cancelled, never open to vendors."""
+    hospital = parties["hospital_a"]
+    study = make_ct(slices=2)
+    study_uid = pydicom.dcmread(study[0], stop_before_pixels=True).StudyInstanceUID
+    job = exchange.job(hospital, "product-a", study_uid)
+    for path in study:
+        assert exchange.upload(hospital, job["id"], path).status_code == 201
+    services = exchange.client.app.state.services
+    as_hospital = Actor(organisation_id=hospital.id, role="hospital")
+    transition = jobs_module._transition
+
+    def cancel_first(session: Any, where: Any, values: dict[str, Any], *args: Any) -> Any:
+        if "ready_at" in values:  # the ready's update, after its read
+            services.jobs.cancel(as_hospital, job["id"], "withdrawn", unopened_only=True)
+        return transition(session, where, values, *args)
+
+    monkeypatch.setattr(jobs_module, "_transition", cancel_first)
+    ready = exchange.client.post(
+        f"/jobs/{job['id']}/ready", json={"instances": 2}, headers=hospital.headers
+    )
+    assert ready.status_code == 409 and "not opened" in ready.json()["detail"], ready.text
+    after = exchange.client.get(f"/jobs/{job['id']}", headers=hospital.headers).json()
+    assert (after["state"], after["inputs_complete"]) == ("cancelled", False)
+    assert exchange.claim(parties["vendor_a"]) is None
 
 
 def test_jobs_are_listed_a_page_at_a_time_after_the_last_of_the_page(

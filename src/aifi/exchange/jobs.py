@@ -522,7 +522,12 @@ class JobService:
             raise Conflict(f"job {job.id} holds {job.input_count} instances, more than {instances}")
         changed = _transition(
             session,
-            (Job.id == job.id, Job.inputs_complete.is_(False), Job.input_count <= instances),
+            (
+                Job.id == job.id,
+                Job.state == JobState.requested.value,
+                Job.inputs_complete.is_(False),
+                Job.input_count <= instances,
+            ),
             {"declared_instances": instances, "updated_at": utcnow()},
         )
         if changed is None:
@@ -577,7 +582,13 @@ class JobService:
             now = utcnow()
             changed = _transition(
                 session,
-                (Job.id == job_id, Job.inputs_complete.is_(False)),
+                # As read above: a cancel, or an upload, committed meanwhile wins.
+                (
+                    Job.id == job_id,
+                    Job.state == JobState.requested.value,
+                    Job.inputs_complete.is_(False),
+                    Job.input_count == instances,
+                ),
                 {
                     "inputs_complete": True,
                     "queue_place": OPENING_PLACE,
@@ -585,7 +596,15 @@ class JobService:
                     "updated_at": now,
                 },
             )
-            job = changed or self.visible(session, actor, job_id)
+            if changed is None:
+                session.refresh(job)
+                if job.inputs_complete:  # opened meanwhile by its last upload: as asked
+                    return job
+                raise Conflict(
+                    f"job {job_id} changed meanwhile ({job.state}, {job.input_count} "
+                    f"instances); it was not opened"
+                )
+            job = changed
             self._announce(session, claimable=True, job=job)
             self._audit.record_in(session, actor, "update", "job", job_id, detail="inputs complete")
         self.opened(job)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pydicom
 import pytest
 
 from aifi.products import tissue_volume
@@ -233,9 +234,10 @@ def test_a_refusal_whose_state_write_failed_is_put_on_record_once(
 
     with monkeypatch.context() as locked:
         locked.setattr(state, "update_job", locked_for_refusals)
-        with pytest.raises(sqlite3.OperationalError):  # the sender loop's to wait out
-            hospital.send_due(time.time() + 600)
-    assert hospital.jobs()[0]["state"] == "pending"
+        assert hospital.send_due(time.time() + 600) == [job["id"]]
+    [job] = hospital.jobs()
+    assert job["state"] == "pending", job["reason"]
+    assert "unexpectedly: OperationalError: database is locked" in job["reason"]
     assert exchange_job(hospital, opened["id"])["state"] == "cancelled"
 
     assert hospital.send_due(time.time() + 600) == [job["id"]]
@@ -308,3 +310,37 @@ def test_a_job_that_opens_while_it_is_being_withdrawn_stands_as_it_opened(
     [disclosed] = hospital.disclosed()
     assert f"exchange job {opened['id']}: {ended['input_count']} instance(s)" in disclosed
     assert "the exchange refused the job" in disclosed
+
+
+def test_a_job_whose_sending_fails_unexpectedly_holds_up_no_job_behind_it(
+    hospital: Hospital, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sending one job meets a fault the gateway did not expect (here its disclosure step
+    raises): that job waits for its retry, with the fault as its reason, and the job behind
+    it in the same pass is sent. Before, the fault ended the pass, and every pass after began
+    with the same job."""
+    (tmp_path / "other").mkdir()
+    for file in hospital.files[:3]:  # three instances of another study, of another patient
+        other = pydicom.dcmread(file)
+        other.StudyInstanceUID, other.PatientID = f"{other.StudyInstanceUID}.7", "OTHER-7"
+        other.save_as(tmp_path / "other" / file.name)
+    hospital.receive(*hospital.files[3:], *sorted((tmp_path / "other").iterdir()))
+    assert hospital.route() == 2
+    first, second = hospital.jobs()
+    patient_of = hospital.gateway._patient_of
+
+    def faulty_for_the_first(pseudonym_study_uid: str, study_uid: str) -> tuple[str, str]:
+        if study_uid == first["study_uid"]:
+            raise KeyError("a fault in the gateway")
+        return patient_of(pseudonym_study_uid, study_uid)
+
+    monkeypatch.setattr(hospital.gateway, "_patient_of", faulty_for_the_first)
+    assert hospital.send_due() == [first["id"], second["id"]]
+
+    first, second = hospital.jobs()
+    assert second["state"] == "submitted", second["reason"]
+    assert first["state"] == "pending"
+    assert "sending failed unexpectedly: KeyError" in first["reason"]
+    monkeypatch.undo()
+    assert hospital.send_due(time.time() + 600) == [first["id"]]
+    assert [job["state"] for job in hospital.jobs()] == ["submitted", "submitted"]

@@ -123,10 +123,7 @@ class Hospital:
     def send_due(self, now: float | None = None) -> list[int]:
         """One pass of the sender thread (`Gateway._submit_loop`) at `now`: the jobs due, in
         their order; returns their ids."""
-        due = self.gateway.state.pending_jobs(time.time() if now is None else now)
-        for job in due:
-            self.gateway.submit(job)
-        return [int(job["id"]) for job in due]
+        return self.gateway.send_pending(now)
 
     def fail_to_send(self, job_id: int, until: float) -> None:
         """The exchange is away: the job is tried and fails, again and again, until its next

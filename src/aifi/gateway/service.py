@@ -473,10 +473,9 @@ class Gateway:
                 if not routes_reported:
                     routes_reported = self.report_routes()
                 self.report_uptake()
-                for job in self.state.pending_jobs(time.time()):
-                    if self._stop.is_set():
-                        return
-                    self.submit(job)
+                self.send_pending()
+                if self._stop.is_set():
+                    return
                 due = self.state.next_pending_at()
             except Exception:  # a full disk refusing even the retry's record: wait, go on
                 failures += 1
@@ -486,6 +485,27 @@ class Gateway:
             failures = 0
             timeout = 3600.0 if due is None else max(0.0, due - time.time())
             self._submit.wait(timeout)
+
+    def send_pending(self, now: float | None = None) -> list[int]:
+        """One pass of the sender: every job due at `now` (default: now), in order; their ids.
+
+        A job whose sending fails unexpectedly (a fault in the gateway, a write refused where
+        none was expected) is tried again after its back-off, and the jobs behind it go on:
+        one job's trouble holds up no other, a STAT study among them. A retry that cannot even
+        be put on record (the gateway's disk full) ends the pass; the loop waits and tries
+        again.
+        """
+        sent: list[int] = []
+        for job in self.state.pending_jobs(time.time() if now is None else now):
+            if self._stop.is_set():
+                break
+            sent.append(int(job["id"]))
+            try:
+                self.submit(job)
+            except Exception as exc:
+                log.exception("job %s: sending failed unexpectedly", job["id"])
+                self._retry(job, f"sending failed unexpectedly: {type(exc).__name__}: {exc}")
+        return sent
 
     def report_routes(self) -> bool:
         """Tell the exchange which studies go to each product (its record of processing says

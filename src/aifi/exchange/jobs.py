@@ -306,12 +306,15 @@ _TAKE_CANDIDATE = (
 
 
 @functools.cache
-def _ending(with_token: bool, with_summary: bool) -> Update:
+def _ending(with_token: bool, with_summary: bool, unopened: bool = False) -> Update:
     """The statement that ends a job in one of `from_states` (held under `token`, if
-    `with_token`), clearing its lease (and setting its summary, if `with_summary`)."""
+    `with_token`; still taking inputs, if `unopened`), clearing its lease (and setting its
+    summary, if `with_summary`)."""
     where = [Job.id == bindparam("job_id"), Job.state.in_(bindparam("from_states", expanding=True))]
     if with_token:
         where.append(Job.lease_token == bindparam("token"))
+    if unopened:
+        where.append(Job.inputs_complete.is_(False))
     values: dict[str, Any] = {
         "state": bindparam("new_state"),
         "reason": bindparam("new_reason"),
@@ -694,42 +697,21 @@ class JobService:
                 raise Forbidden("only the hospital or the operator cancels a job")
             if job.state in ENDED_STATES:
                 raise Conflict(f"job {job_id} has already ended ({job.state})")
-            if unopened_only:
-                ended = self._cancel_unopened(session, job, reason)
-            else:
-                ended = self._end(
-                    session, job_id, JobState.cancelled, reason, from_states=(job.state,)
-                )
+            if unopened_only and job.inputs_complete:
+                raise Conflict(f"job {job_id} is open to vendors; it is not cancelled")
+            ended = self._end(
+                session,
+                job_id,
+                JobState.cancelled,
+                reason,
+                from_states=(job.state,),
+                unopened=unopened_only,
+            )
             self._announce(session, job=ended)
             self._audit.record_in(
                 session, actor, "update", "job", job_id, detail=f"cancelled: {reason}"
             )
         self._notifier.notify(organisations=parties(ended))
-        return ended
-
-    @staticmethod
-    def _cancel_unopened(session: Session, job: Job, reason: str) -> Job:
-        if job.inputs_complete:
-            raise Conflict(f"job {job.id} is open to vendors; it is not cancelled")
-        now = utcnow()
-        ended = _transition(
-            session,
-            (
-                Job.id == job.id,
-                Job.state == JobState.requested.value,
-                Job.inputs_complete.is_(False),
-            ),
-            {
-                "state": JobState.cancelled.value,
-                "reason": reason,
-                "ended_at": now,
-                "updated_at": now,
-                "lease_token": None,
-                "lease_expires_at": None,
-            },
-        )
-        if ended is None:
-            raise Conflict(f"job {job.id} opened or ended meanwhile; it is not cancelled")
         return ended
 
     def acknowledge(self, actor: Actor, job_id: str) -> Job:
@@ -1088,6 +1070,7 @@ class JobService:
         from_states: tuple[str, ...],
         token: str | None = None,
         summary: dict[str, Any] | None = None,
+        unopened: bool = False,
     ) -> Job:
         params: dict[str, Any] = {
             "job_id": job_id,
@@ -1100,7 +1083,7 @@ class JobService:
         if summary is not None:
             params["new_summary"] = summary
             params["new_flag"] = triage_flag(summary)
-        statement = _ending(token is not None, summary is not None)
+        statement = _ending(token is not None, summary is not None, unopened)
         job = _job_of(execute_core(session, statement, params).first())
         if job is None:
             raise Conflict(f"job {job_id} changed state meanwhile; {state.value} not applied")

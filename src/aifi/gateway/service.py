@@ -725,17 +725,11 @@ class Gateway:
         job_id, exchange_id = int(job["id"]), exc.exchange_job_id
         log.warning("job %s: %s; cancelling it, and sending the job as a new one", job_id, exc)
         try:
-            try:
-                self.client.cancel_job(exchange_id, str(exc))
-            except ExchangeHTTPError as refused:
-                if refused.status != 409:
-                    raise
-                # Ended already (cancelled by a try before), or opened to vendors meanwhile
-                # by an earlier try's upload the exchange finished late: that one stands as
-                # it opened, which the next try finds (`AlreadyOpen`).
-                if self.client.job(exchange_id).get("inputs_complete"):
-                    self._retry(job, f"{exc}; it opened to vendors meanwhile, and stands")
-                    return
+            if self._withdraw(exchange_id, str(exc)).get("inputs_complete"):
+                # Opened meanwhile: it stands as it opened, which the next try finds
+                # (`AlreadyOpen`).
+                self._retry(job, f"{exc}; it opened to vendors meanwhile, and stands")
+                return
         except (ExchangeHTTPError, httpx.TransportError) as failed:
             self._retry(job, f"{exc}; cancelling it failed: {failed}")
             return
@@ -796,15 +790,10 @@ class Gateway:
                 self._stands_as_opened(job, held, reason)
                 return
             if held["state"] == "requested":
-                try:
-                    held = self.client.cancel_job(exchange_id, reason)
-                except ExchangeHTTPError as ended:
-                    if ended.status != 409:  # 409: it ended, or opened, meanwhile
-                        raise
-                    held = self.client.job(exchange_id)
-                    if held.get("inputs_complete"):
-                        self._stands_as_opened(job, held, reason)
-                        return
+                held = self._withdraw(exchange_id, reason)
+                if held.get("inputs_complete"):
+                    self._stands_as_opened(job, held, reason)
+                    return
             self._disclose_unopened(job, held, reason)
         except (ExchangeHTTPError, httpx.TransportError) as failed:
             which = f"exchange job {exchange_id}" if exchange_id else "its exchange job"
@@ -815,6 +804,18 @@ class Gateway:
             return
         self._refuse(job_id, reason)
         self._acknowledge_unopened(job_id, exchange_id)
+
+    def _withdraw(self, exchange_id: str, reason: str) -> dict[str, Any]:
+        """Cancel the exchange's job while it still takes inputs; the job as it is then:
+        cancelled now, ended before (cancelled by a try before), or opened to vendors meanwhile
+        by an earlier try's request the exchange finished late (`inputs_complete`), which the
+        exchange does not cancel (409)."""
+        try:
+            return self.client.cancel_job(exchange_id, reason)
+        except ExchangeHTTPError as refused:
+            if refused.status != 409:
+                raise
+            return self.client.job(exchange_id)
 
     def _acknowledge_unopened(self, job_id: int, exchange_id: str) -> None:
         """Tell the exchange a job that ended before it opened is settled: nothing of it is

@@ -303,6 +303,7 @@ def _register_tools() -> None:
     from aifi.business.cli import business_case
     from aifi.dicom.deid.cli import deid
     from aifi.exchange.audit_cli import app as audit_app
+    from aifi.gateway.backup_cli import gateway_backup, gateway_restore
     from aifi.gateway.disclosures_cli import disclosures
     from aifi.governance.cli import conformance
     from aifi.phantoms.cli import phantom
@@ -315,6 +316,13 @@ def _register_tools() -> None:
     app.command("disclosures", help="What a gateway sent where, per patient (its disclosure log).")(
         disclosures
     )
+    app.command(
+        "gateway-backup",
+        help="Copy a gateway's databases while it runs, for the hospital's backup to keep.",
+    )(gateway_backup)
+    app.command(
+        "gateway-restore", help="Put a gateway backup back into its workdir (gateway stopped)."
+    )(gateway_restore)
     app.command("phantom", help="Write a synthetic study with known ground truth.")(phantom)
     app.command("business-case", help="Cost–benefit of central vs local AI procurement.")(
         business_case

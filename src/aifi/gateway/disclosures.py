@@ -89,6 +89,9 @@ class Action(StrEnum):
     reidentified = "reidentified"  # a product's result mapped back to the patient
     delivered = "delivered"  # a re-identified result stored in a PACS
     notified = "notified"  # a result notice sent (HL7 ORU, FHIR, webhook)
+    #: The log put back from a backup (`aifi gateway-restore`): what was written after the
+    #: backup, before the restore, is not in it. No patient's entry.
+    restored = "restored"
 
 
 @dataclass(frozen=True)
@@ -234,6 +237,15 @@ class DisclosureLog:
             rows = self._conn.execute(sql + " ORDER BY seq", params).fetchall()
         return [Disclosure(**dict(row)) for row in rows]
 
+    def restores(self) -> list[Disclosure]:
+        """The log's restores from backups, oldest first: around each, entries may be
+        missing (those written after its backup, before it)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT * FROM entries WHERE action = ? ORDER BY seq", (Action.restored.value,)
+            ).fetchall()
+        return [Disclosure(**dict(row)) for row in rows]
+
     def count(self) -> int:
         with self._lock:
             return int(self._conn.execute("SELECT count(*) FROM entries").fetchone()[0])
@@ -268,14 +280,23 @@ class DisclosureLog:
                 if seq == run.last_seq and archived.entry_hash != run.last_hash:
                     problems.append(f"entry {seq}: not the entry anchored as {archived}")
             previous, last_seq = run.last_hash, run.last_seq
+        restored: str | None = None  # the latest restore's entry, once the check passed it
         for batch in self._batches():
             for row in batch:
                 fields = dict(row)
+                if fields["action"] == Action.restored:
+                    restored = f"{fields['seq']} ({fields['at']})"
                 anchor = expected.pop(int(fields["seq"]), None)
                 if anchor is not None and anchor.entry_hash != fields["entry_hash"]:
                     problems.append(
                         f"entry {fields['seq']}: not the entry anchored as {anchor} "
-                        "(it, or one before it, was replaced)"
+                        + (
+                            "(it, or one before it, was replaced)"
+                            if restored is None
+                            else f"(the log was restored from a backup at entry {restored}: "
+                            "the anchored entry was written after that backup, and lost "
+                            "with the disk the backup replaced)"
+                        )
                     )
                 if fields["prev_hash"] != previous:
                     problems.append(
@@ -296,9 +317,14 @@ class DisclosureLog:
         for seq in sorted(expected):
             problems.append(
                 f"entry {seq}: anchored as {expected[seq]} but not in the log "
-                f"(entries after {last_seq} were removed)"
-                if seq > last_seq
-                else f"entry {seq}: anchored as {expected[seq]} but not in the log (removed)"
+                + (
+                    f"(the log was restored from a backup at entry {restored}: entries "
+                    "written after that backup were lost with the disk it replaced)"
+                    if seq > last_seq and restored is not None
+                    else f"(entries after {last_seq} were removed)"
+                    if seq > last_seq
+                    else "(removed)"
+                )
             )
         return problems
 

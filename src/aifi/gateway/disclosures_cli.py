@@ -117,8 +117,16 @@ def disclosures(
         }
         entries = [found[seq] for seq in sorted(found)]
         runs = log.archived()
+        restores = log.restores()
     finally:
         log.close()
+    for restore in restores:
+        # A patient's answer must say where it may be incomplete.
+        console.print(
+            f"[yellow]the log was restored from a backup on {restore.at[:10]} (entry "
+            f"{restore.seq}): {restore.detail}[/]",
+            soft_wrap=True,
+        )
     if runs and not archive:
         console.print(
             f"{sum(run.entries for run in runs)} entries written up to "

@@ -12,6 +12,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Mapping
+from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from pynetdicom import evt
 from aifi.app_thread import AppThread
 from aifi.dicom.pseudonym import PseudonymKey, create_secret_file
 from aifi.durable import replace_durably
+from aifi.file_lock import held_alone
+from aifi.gateway.backup import WORKDIR_LOCK
 from aifi.gateway.config import DicomWebListener, GatewayConfig
 from aifi.gateway.dimse import (
     handle_echo,
@@ -38,6 +41,7 @@ from aifi.gateway.metrics import MetricsServer, start_metrics_server
 from aifi.gateway.notify import Notifier, OriginalStudy, build_notice
 from aifi.gateway.pseudonymise import (
     AlreadyOpen,
+    Halted,
     NothingNew,
     NothingToSend,
     StrayInputs,
@@ -101,6 +105,19 @@ class ResultsRefused(Exception):
 RESULT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 
+class BroughtHome(Halted):
+    """The exchange's job was brought home, and acknowledged, by this gateway before it was
+    restored from a backup that did not know it: nothing is to be sent, or brought home,
+    again (its results are in the PACS)."""
+
+    WHEN = "the gateway was restored from a backup"
+
+
+def _gone_from_spool(instances: list[dict[str, Any]]) -> list[str]:
+    """The spool files of `instances` that are not there."""
+    return [str(row["path"]) for row in instances if not Path(row["path"]).is_file()]
+
+
 class ExchangeEnded(Exception):
     """The exchange ended the job an earlier attempt created before it opened (unfinished for
     too long, or cancelled by its operator): not for this gateway to open again."""
@@ -161,10 +178,14 @@ class Gateway:
         #: complete while its sender is connected, whatever the quiet timer says.
         self._sending: dict[int, set[str]] = {}
         self._sending_lock = threading.Lock()
+        self._workdir_lock = ExitStack()
+        #: Whether a restore's jobs were checked with the exchange (`reconcile_restore`).
+        self._reconciled = False
 
     # life cycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._hold_workdir()
         self.recover_spool()
         # What was arriving when the gateway stopped (by C-STORE or STOW-RS) was never
         # acknowledged: the sender sends it again.
@@ -253,6 +274,18 @@ class Gateway:
         self.vault.close()
         self._anchor_or_say_why()  # the last entries of this run, before the log closes
         self.disclosures.close()
+        self._workdir_lock.close()
+
+    def _hold_workdir(self) -> None:
+        """One gateway at a time on a workdir: a second would send every study twice, and a
+        restore (`aifi gateway-restore`) must not put databases back under a running one."""
+        lock = self.config.workdir / WORKDIR_LOCK
+        if not self._workdir_lock.enter_context(held_alone(lock)):
+            self._workdir_lock.close()
+            raise OSError(
+                f"another gateway, or a restore, is running on {self.config.workdir} "
+                f"(it holds {lock})"
+            )
 
     def _notify(self) -> None:
         with self.changed:
@@ -564,13 +597,28 @@ class Gateway:
             product = self.client.product(job["product_id"])
             manifest = product["manifest"]
             series = set(json.loads(job["series_uids"]))
-            instances = [
-                row for row in self.state.study_instances(job["study_uid"])
-                if row["series_uid"] in series and _accepted(manifest, row)
-            ]  # fmt: skip
+
+            def selected() -> list[dict[str, Any]]:
+                return [
+                    row for row in self.state.study_instances(job["study_uid"])
+                    if row["series_uid"] in series and _accepted(manifest, row)
+                ]  # fmt: skip
+
+            instances = selected()
             if not instances:
                 self._refuse_sent(
                     job, opened, f"no series of the study is accepted by {job['product_id']}"
+                )
+                return
+            if _gone_from_spool(instances) and (gone := _gone_from_spool(instances := selected())):
+                # Read twice: an instance the PACS moved to another study meanwhile leaves the
+                # study's list along with its file.
+                self._refuse_sent(
+                    job,
+                    opened,
+                    f"{len(gone)} of the study's {len(instances)} instance(s) are gone from the "
+                    f"spool (such as {gone[0]}): the gateway was restored from a backup without "
+                    "them, or they were removed by hand; send the study again from the PACS",
                 )
                 return
             may_be_open = bool(job["may_be_open"])
@@ -632,6 +680,10 @@ class Gateway:
                         f"the exchange ended job {created['id']} before it opened "
                         f"({created.get('state')}: {created.get('reason') or 'no reason'})"
                     ) from refused
+                if created.get("acknowledged_at"):
+                    # Sent and brought home by this gateway before it was restored from a
+                    # backup taken earlier (`aifi gateway-restore`): it stands as it opened.
+                    raise BroughtHome(str(created["id"]))
                 if refused is None:
                     return str(created["id"])
                 if created.get("inputs_complete"):
@@ -660,7 +712,7 @@ class Gateway:
                     already_uploaded=already_uploaded,
                     upload=self.client.put_input,
                 )
-            except (AlreadyOpen, StrayInputs) as exc:
+            except (AlreadyOpen, StrayInputs, BroughtHome) as exc:
                 if isinstance(exc, StrayInputs) and not opened.get("inputs_complete"):
                     raise  # not opened yet: cancelled, and the job sent as a new one
                 # Opened by an earlier attempt, whatever came or went since (an instance
@@ -668,7 +720,10 @@ class Gateway:
                 exchange_id, sent = str(opened["id"]), int(opened["input_count"])
                 sent_with = None  # opened with the instances the study had then
                 note: str | None = (
-                    "opened by an earlier attempt; later instances go with the study's next round"
+                    f"opened by an earlier attempt and brought home before {BroughtHome.WHEN}"
+                    if isinstance(exc, BroughtHome)
+                    else "opened by an earlier attempt; later instances go with the study's "
+                    "next round"
                 )
             else:
                 sent = prepared.sent
@@ -695,6 +750,8 @@ class Gateway:
                 f"options beyond the basic profile: {options}" + (f"; {note}" if note else ""),
             )
             self.state.mark_submitted(job_id, note, sent_with)
+            if opened.get("acknowledged_at"):
+                self._settle_brought_home(self.state.job(job_id), opened)
         except (ExchangeEnded, NothingToSend) as exc:
             self._refuse_sent(job, opened, str(exc))
         except NothingNew as exc:
@@ -833,6 +890,8 @@ class Gateway:
         note = f"opened by an earlier attempt; this one could not send it: {reason}"
         self._disclose_opened(job, held, note)
         self.state.mark_submitted(int(job["id"]), note)
+        if held.get("acknowledged_at"):  # and brought home, before a restore (`BroughtHome`)
+            self._settle_brought_home(self.state.job(int(job["id"])), held)
 
     def _disclose_opened(self, job: Any, held: Mapping[str, Any], note: str) -> None:
         """Put on record what an exchange job opened to vendors holds, by an attempt that
@@ -919,6 +978,8 @@ class Gateway:
         failures = 0
         while not self._stop.is_set():
             try:
+                if not self._reconciled:
+                    self.reconcile_restore()
                 waiting = self._bring_home()
                 if waiting is not None:
                     self._wait_for_news(*waiting)
@@ -931,6 +992,62 @@ class Gateway:
                 failures += 1
                 log.exception("result poll failed")
                 self._stop.wait(backoff(failures))
+
+    def reconcile_restore(self) -> None:
+        """After a restore from a backup (`aifi gateway-restore`), end the jobs the backup
+        held as sent that this gateway brought home after the backup, before the disk the
+        restore replaced was lost: the exchange lists only jobs not brought home yet, so they
+        would wait for ever. What the exchange's answers raise is tried again by the caller.
+        """
+        restore = self.state.restore_to_reconcile()
+        while restore is not None:
+            sent = self.state.query(
+                "SELECT * FROM jobs WHERE state = 'submitted' AND exchange_job_id IS NOT NULL"
+            )
+            for local in sent:
+                try:
+                    remote = self.client.job(str(local["exchange_job_id"]))
+                except ExchangeHTTPError as exc:
+                    if exc.status != 404:
+                        raise
+                    self.state.update_job(
+                        int(local["id"]), state="ended", ended_at=time.time(),
+                        reason=f"the exchange no longer knows job {local['exchange_job_id']} "
+                        f"(after {BroughtHome.WHEN}); send the study again from the PACS",
+                    )  # fmt: skip
+                    continue
+                if remote.get("acknowledged_at"):
+                    self._settle_brought_home(local, remote)
+            self.state.restore_reconciled(int(restore["id"]))
+            log.info(
+                "restored from a backup: %d job(s) it held as sent checked with the exchange",
+                len(sent),
+            )
+            restore = self.state.restore_to_reconcile()
+        self._reconciled = True
+        self._notify()
+
+    def _settle_brought_home(self, local: Mapping[str, Any], remote: Mapping[str, Any]) -> None:
+        """End a job the exchange says this gateway brought home already (acknowledged), as it
+        ended then: a restore from an earlier backup made the gateway forget it. Nothing is
+        brought home again: its results are in the PACS, and the RIS has had its notice."""
+        note = f"brought home before {BroughtHome.WHEN} (acknowledged {remote['acknowledged_at']})"
+        ended = remote.get("ended_at")
+        common = {
+            "exchange_state": remote["state"],
+            "exchange_ended_at": datetime.fromisoformat(ended).timestamp() if ended else None,
+            "ended_at": time.time(),
+        }
+        if remote["state"] == "completed":
+            acknowledged = datetime.fromisoformat(str(remote["acknowledged_at"])).timestamp()
+            self.state.update_job(
+                int(local["id"]), state="delivered", delivered_at=acknowledged, reason=note,
+                **common,
+            )  # fmt: skip
+        else:
+            reason = f"{remote.get('reason') or remote['state']}; {note}"
+            self.state.update_job(int(local["id"]), state="ended", reason=reason, **common)
+        log.info("job %s: %s", local["id"], note)
 
     def _wait_for_news(self, retry_at: float, last: str) -> None:
         """Every job listed waits for its retry (at `retry_at`): long-poll meanwhile for jobs

@@ -121,6 +121,15 @@ CREATE TABLE IF NOT EXISTS totals (
     name TEXT PRIMARY KEY,   -- purged_studies | purged_instances | purged_bytes | ...
     value REAL NOT NULL      -- ... purged_uploaded_bytes: what purged rows no longer count
 );
+-- a restore from a backup (`aifi gateway-restore`): the jobs it holds as submitted are checked
+-- against the exchange at the next start (`Gateway.reconcile_restore`), for those brought home
+-- between the backup and the restore
+CREATE TABLE IF NOT EXISTS restores (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    backup_taken_at REAL NOT NULL,
+    restored_at REAL NOT NULL,
+    reconciled_at REAL
+);
 CREATE TABLE IF NOT EXISTS deliveries (
     job_id INTEGER NOT NULL,
     result_name TEXT NOT NULL,
@@ -701,6 +710,29 @@ class GatewayState(StateReads):
         columns = ", ".join(f"{name} = ?" for name in values)
         with self.transaction() as db:
             db.execute(f"UPDATE jobs SET {columns} WHERE id = ?", (*values.values(), job_id))
+
+    def record_restore(self, backup_taken_at: float) -> None:
+        """This state was put back from a backup taken at `backup_taken_at`: its submitted
+        jobs are to be checked against the exchange (`Gateway.reconcile_restore`), and its
+        pending jobs may have been sent after the backup (`may_be_open`), so that none is
+        skipped for another, and a refused one's exchange job is looked up by its key."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO restores (backup_taken_at, restored_at) VALUES (?, ?)",
+                (backup_taken_at, time.time()),
+            )
+            db.execute("UPDATE jobs SET may_be_open = 1 WHERE state = 'pending'")
+
+    def restore_to_reconcile(self) -> dict[str, Any] | None:
+        """The oldest restore whose submitted jobs were not checked yet, if any."""
+        rows = self.query("SELECT * FROM restores WHERE reconciled_at IS NULL ORDER BY id LIMIT 1")
+        return rows[0] if rows else None
+
+    def restore_reconciled(self, restore_id: int) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE restores SET reconciled_at = ? WHERE id = ?", (time.time(), restore_id)
+            )
 
     def mark_submitted(self, job_id: int, note: str | None, digest: str | None = None) -> bool:
         """A pending job is sent and on record; False when it moved on meanwhile.

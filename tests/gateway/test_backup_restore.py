@@ -1,0 +1,475 @@
+"""A gateway's disk is lost and its databases are put back from a backup taken while it ran
+(`aifi gateway-backup`, `aifi gateway-restore`): what the backup held comes home under the
+patient's own identity, and what was done after the backup is neither lost nor done twice.
+
+Against a real exchange and vendor worker; the gateway driven as its threads drive it
+(support.hospital), or started whole with Orthanc as the PACS and dcmtk's storescu as the
+modality.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pydicom
+import pytest
+from typer.testing import CliRunner
+
+from aifi.cli import app
+from aifi.file_lock import held_alone
+from aifi.gateway.backup import (
+    MANIFEST,
+    WORKDIR_LOCK,
+    BackupError,
+    BackupManifest,
+    back_up,
+    restore,
+)
+from aifi.gateway.config import load_config
+from aifi.gateway.service import Gateway
+from aifi.gateway.state import ReceivedInstance
+from aifi.phantoms import write_study
+from aifi.products import tissue_volume
+from aifi.vendor import JobContext, ProductResult
+from support.hospital import Hospital
+from support.national import National, gateway_config, national_path
+from support.peers import OrthancPeer, free_port, storescu
+
+pytestmark = pytest.mark.peer
+
+IDENTITY = {"patient_id": "HOSP-0815", "patient_name": "de^Vries^Els", "accession_number": "ACC9"}
+
+
+def lose_the_disk(hospital: Hospital) -> Path:
+    """The gateway's disk is gone: its workdir moved out of reach. The secret comes back from
+    the key escrow, as the restore asks; returns where the old workdir went."""
+    hospital.close()
+    workdir = load_config(hospital.path).workdir
+    lost = workdir.with_name("lost-disk")
+    workdir.rename(lost)
+    workdir.mkdir(mode=0o700)
+    shutil.copy(lost / "secret.key", workdir / "secret.key")
+    return lost
+
+
+def restored(hospital: Hospital, backup: Path) -> Gateway:
+    """The backup put back into the hospital's workdir, and a gateway opened on it."""
+    restore(load_config(hospital.path), backup)
+    hospital.gateway = hospital.open()
+    return hospital.gateway
+
+
+def bring_home(hospital: Hospital, exchange_job_id: str) -> dict[str, Any]:
+    """Wait for the vendor to end the job, and bring it home as the results thread does:
+    collected, then acknowledged. The exchange's job as it ended."""
+    gateway = hospital.gateway
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ended = {job["id"]: job for job in gateway.client.ended_jobs(wait=1)}
+        if exchange_job_id in ended:
+            assert gateway.collect(ended[exchange_job_id])
+            gateway.client.acknowledge_many([exchange_job_id])
+            return ended[exchange_job_id]
+    raise AssertionError(f"exchange job {exchange_job_id} did not end within 60 s")
+
+
+def exchange_job(hospital: Hospital, exchange_job_id: str) -> dict[str, Any]:
+    with hospital.national.api() as api:
+        return dict(api.get(f"/jobs/{exchange_job_id}").json())
+
+
+def sent_entries(hospital: Hospital) -> list[str]:
+    return hospital.disclosed()
+
+
+# the backup itself ----------------------------------------------------------------------------
+
+
+def test_a_backup_taken_while_the_state_is_written_holds_one_moment_of_it(
+    hospital: Hospital, tmp_path: Path
+) -> None:
+    """A file copy of a WAL database misses what only its `-wal` holds; the backup does not,
+    and each copy passes SQLite's check while the gateway goes on writing."""
+    state = hospital.gateway.state
+    workdir = load_config(hospital.path).workdir
+    spool = hospital.gateway.spool / "1.2.3"
+    spool.mkdir(parents=True)
+    stop, enough = threading.Event(), threading.Event()
+    written = [0]
+
+    def receive_for_ever() -> None:
+        while not stop.is_set():
+            n = written[0]
+            path = spool / f"{n}.dcm"
+            path.write_bytes(b"\0" * 10)
+            state.record_instance(
+                ReceivedInstance(
+                    sop_instance_uid=f"1.2.3.{n}", study_uid="1.2.3", series_uid="1.2.3.0",
+                    sop_class_uid="1.2", modality="CT", body_part="", study_description="",
+                    series_description="", path=path, size=10, calling_ae="CT_SCANNER",
+                ),
+                quiet_seconds=60,
+            )  # fmt: skip
+            written[0] = n + 1
+            if n + 1 >= 200:
+                enough.set()
+
+    # A reader that stays (the exporter's, say) keeps SQLite from moving the pages written
+    # after it began into the database file: they stay in the `-wal`.
+    reader = sqlite3.connect(workdir / "state.db")
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM instances").fetchone()
+    writer = threading.Thread(target=receive_for_ever)
+    writer.start()
+    try:
+        assert enough.wait(60)
+        manifest = back_up(load_config(hospital.path), tmp_path / "backup")
+        during = written[0]
+        shutil.copy(workdir / "state.db", tmp_path / "file-copy.db")  # what a file backup takes
+    finally:
+        stop.set()
+        writer.join()
+        reader.close()
+    file_copy = sqlite3.connect(tmp_path / "file-copy.db")
+    copied = sqlite3.connect(tmp_path / "backup" / "state.db")
+    try:
+        # Not even the tables: a first start's schema is in the `-wal` too.
+        tables = file_copy.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        in_file_copy = (
+            file_copy.execute("SELECT count(*) FROM instances").fetchone()[0]
+            if ("instances",) in tables.fetchall()
+            else 0
+        )
+        in_backup = copied.execute("SELECT count(*) FROM instances").fetchone()[0]
+        assert copied.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert copied.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    finally:
+        file_copy.close()
+        copied.close()
+    assert in_file_copy == 0 and 200 <= in_backup <= during
+    assert not (tmp_path / "backup" / "state.db-wal").exists()
+    assert [item.name for item in manifest.databases] == ["state.db", "vault.db", "disclosures.db"]
+    assert BackupManifest.read(tmp_path / "backup") == manifest
+    assert oct((tmp_path / "backup" / "vault.db").stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_restore_refuses_what_would_lose_or_mix_up_data(
+    hospital: Hospital, tmp_path: Path
+) -> None:
+    config = load_config(hospital.path)
+    hospital.receive(*hospital.files)
+    backup = tmp_path / "backup"
+    back_up(config, backup)
+    workdir = config.workdir
+    before = {p.name: p.read_bytes() for p in workdir.glob("*.db")}
+
+    # Over the databases a workdir holds, only when told to, and then nothing is deleted.
+    with pytest.raises(BackupError, match="holds databases already .*--replace"):
+        restore(config, backup)
+    # Not under a running gateway.
+    with held_alone(workdir / WORKDIR_LOCK) as alone:
+        assert alone
+        with pytest.raises(BackupError, match="a gateway is running on"):
+            restore(config, backup, replace=True)
+    # Not another hospital's backup.
+    other = config.model_copy(update={"hospital": "another-hospital"})
+    with pytest.raises(BackupError, match="not of another-hospital's"):
+        restore(other, backup)
+    # Not beside another secret: every pseudonym would change.
+    secret = tmp_path / "other.key"
+    secret.write_text("ab" * 32)
+    with pytest.raises(BackupError, match="not the one this backup was made with"):
+        restore(config.model_copy(update={"secret_file": secret}), backup)
+    # Not a file changed since the backup wrote it.
+    vault = backup / "vault.db"
+    original = vault.read_bytes()
+    vault.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    with pytest.raises(BackupError, match="vault.db is not as the backup wrote it"):
+        restore(config, backup, replace=True)
+    vault.write_bytes(original)
+    # Not a backup cut off before its manifest.
+    cut_off = tmp_path / "cut-off"
+    shutil.copytree(backup, cut_off)
+    (cut_off / MANIFEST).unlink()
+    with pytest.raises(BackupError, match="holds no complete backup"):
+        restore(config, cut_off, replace=True)
+    assert {p.name: p.read_bytes() for p in workdir.glob("*.db")} == before
+
+    done = restore(config, backup, replace=True)
+    assert done.replaced is not None
+    assert {p.name for p in done.replaced.iterdir()} >= {"state.db", "vault.db", "disclosures.db"}
+
+
+# what the backup held, brought home -----------------------------------------------------------
+
+
+def test_a_job_sent_before_the_backup_comes_home_after_the_restore_under_the_patients_identity(
+    hospital: Hospital, tmp_path: Path
+) -> None:
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    [job] = hospital.jobs()
+    assert hospital.send_due() == [job["id"]]
+    backup = tmp_path / "backup"
+    back_up(load_config(hospital.path), backup)
+    lose_the_disk(hospital)
+    restored(hospital, backup)
+
+    [job] = hospital.jobs()
+    assert job["state"] == "submitted"
+    bring_home(hospital, job["exchange_job_id"])
+    [job] = hospital.jobs()
+    assert job["state"] == "delivered", job
+    # Mapped back with the restored vault: the result names the study's own UIDs.
+    [result] = (hospital.gateway.results_dir / str(job["id"]) / "reidentified").glob("*.dcm")
+    header = pydicom.dcmread(result, stop_before_pixels=True)
+    original = pydicom.dcmread(hospital.files[0], stop_before_pixels=True)
+    assert header.StudyInstanceUID == original.StudyInstanceUID
+    assert header.PatientID == original.PatientID
+    actions = [entry.action for entry in hospital.gateway.disclosures.entries()]
+    assert actions == ["disclosed", "restored", "reidentified"]
+
+
+def test_a_job_brought_home_after_the_backup_is_not_brought_home_again(
+    hospital: Hospital, tmp_path: Path
+) -> None:
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    [job] = hospital.jobs()
+    assert hospital.send_due() == [job["id"]]
+    backup = tmp_path / "backup"
+    back_up(load_config(hospital.path), backup)
+    [job] = hospital.jobs()
+    bring_home(hospital, job["exchange_job_id"])  # on the disk that is then lost
+    lose_the_disk(hospital)
+    gateway = restored(hospital, backup)
+    assert [j["state"] for j in hospital.jobs()] == ["submitted"]
+
+    gateway.reconcile_restore()
+    [job] = hospital.jobs()
+    assert job["state"] == "delivered"
+    assert "brought home before the gateway was restored from a backup" in job["reason"]
+    assert not (gateway.results_dir / str(job["id"])).exists()  # nothing fetched again
+    assert "reidentified" not in [entry.action for entry in gateway.disclosures.entries()]
+    gateway.reconcile_restore()  # once per restore
+    assert gateway.state.restore_to_reconcile() is None
+
+
+@pytest.mark.parametrize("spool", [True, False], ids=["with-spool", "spool-lost"])
+def test_a_job_sent_and_brought_home_after_the_backup_is_found_and_not_sent_again(
+    hospital: Hospital, tmp_path: Path, spool: bool
+) -> None:
+    """Found at the exchange by its key, whether its instances are back in the spool or not
+    (then the job cannot be sent, and stands as it opened)."""
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    backup = tmp_path / "backup"
+    back_up(load_config(hospital.path), backup, spool=spool)  # the job not sent yet
+    [job] = hospital.jobs()
+    assert hospital.send_due() == [job["id"]]
+    [job] = hospital.jobs()
+    bring_home(hospital, job["exchange_job_id"])
+    lose_the_disk(hospital)
+    gateway = restored(hospital, backup)
+    [pending] = hospital.jobs()
+    assert pending["state"] == "pending" and pending["may_be_open"] == 1
+
+    assert hospital.send_due() == [pending["id"]]
+    [settled] = hospital.jobs()
+    assert settled["state"] == "delivered", settled["reason"]
+    assert "brought home before the gateway was restored from a backup" in settled["reason"]
+    assert settled["exchange_job_id"] == job["exchange_job_id"]
+    assert len(hospital.exchange_jobs()) == 1  # not sent as a second job
+    # The restored log lacked the send; it has it once now.
+    [sent] = sent_entries(hospital)
+    assert f"exchange job {job['exchange_job_id']}: {len(hospital.files)} instance(s)" in sent
+    assert not (gateway.results_dir / str(settled["id"])).exists()
+
+
+def test_a_job_whose_instances_the_restore_lacks_is_refused_with_what_to_do(
+    hospital: Hospital, tmp_path: Path
+) -> None:
+    """Restored without the spool, and the study's files not put back: the job says to send
+    the study again, rather than failing on each try for ever."""
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    backup = tmp_path / "backup"
+    back_up(load_config(hospital.path), backup)
+    lose_the_disk(hospital)
+    restored(hospital, backup)
+    [job] = hospital.jobs()
+    assert hospital.send_due() == [job["id"]]
+    [job] = hospital.jobs()
+    assert job["state"] == "refused"
+    assert (
+        f"{len(hospital.files)} of the study's {len(hospital.files)} instance(s) are gone"
+        in (job["reason"])
+    )
+    assert "send the study again from the PACS" in job["reason"]
+    assert hospital.exchange_jobs() == []
+    # Sent again, the study opens a new round, which goes.
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    again = hospital.jobs()[-1]
+    assert again["round"] == 2
+    assert hospital.send_due() == [again["id"]]
+    assert hospital.gateway.state.job(again["id"])["state"] == "submitted"
+
+
+def test_a_backup_with_its_spool_needs_nothing_sent_again(
+    hospital: Hospital, tmp_path: Path
+) -> None:
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    backup = tmp_path / "backup"
+    manifest = back_up(load_config(hospital.path), backup, spool=True)
+    assert manifest.spool is not None and len(manifest.spool) == len(hospital.files)
+    lose_the_disk(hospital)
+    done = restore(load_config(hospital.path), backup)
+    assert done.instances_missing == 0
+    hospital.gateway = hospital.open()
+    [job] = hospital.jobs()
+    assert hospital.send_due() == [job["id"]]
+    [job] = hospital.jobs()
+    assert job["state"] == "submitted"
+    [remote] = hospital.exchange_jobs()
+    assert remote["input_count"] == len(hospital.files)
+
+
+def test_the_log_and_its_anchors_say_where_a_restore_lost_entries(
+    hospital: Hospital, tmp_path: Path
+) -> None:
+    """An anchor the journal has from after the backup names an entry the restored log
+    lacks: the check says so, and why, rather than calling it tampering."""
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    backup = tmp_path / "backup"
+    back_up(load_config(hospital.path), backup)
+    [job] = hospital.jobs()
+    assert hospital.send_due() == [job["id"]]
+    lost_anchor = hospital.gateway.disclosures.anchor()
+    assert lost_anchor is not None
+    lose_the_disk(hospital)
+    restored(hospital, backup)
+    hospital.close()
+    problems_run = CliRunner().invoke(
+        app, ["disclosures", "--config", str(hospital.path), "--anchor", str(lost_anchor)]
+    )
+    assert problems_run.exit_code == 1
+    assert "restored from a backup at entry 1" in " ".join(problems_run.output.split())
+    listed = CliRunner().invoke(app, ["disclosures", "--config", str(hospital.path)])
+    assert listed.exit_code == 0
+    assert "the log was restored from a backup on" in " ".join(listed.output.split())
+    hospital.gateway = hospital.open()
+
+
+# the whole gateway, with a PACS -----------------------------------------------------------------
+
+
+@pytest.fixture
+def held() -> Iterator[threading.Event]:
+    """Released by the test: until then the vendor's product holds each job it runs."""
+    release = threading.Event()
+    yield release
+    release.set()
+
+
+@pytest.fixture
+def held_national(tmp_path: Path, held: threading.Event) -> Iterator[National]:
+    def holds(context: JobContext) -> ProductResult:
+        assert held.wait(120)
+        return tissue_volume.run(context)
+
+    with national_path(tmp_path / "national", product=holds) as path:
+        yield path
+
+
+def pacs_results(pacs: OrthancPeer, study_uid: str) -> list[dict[str, Any]]:
+    found = httpx.post(
+        pacs.url + "/tools/find", json={"Level": "Study", "Query": {"StudyInstanceUID": study_uid}}
+    ).json()
+    assert len(found) == 1
+    instances = httpx.get(f"{pacs.url}/studies/{found[0]}/instances").json()
+    tags = [httpx.get(f"{pacs.url}/instances/{i['ID']}/simplified-tags").json() for i in instances]
+    return [t for t in tags if t["Modality"] == "SR"]
+
+
+def test_a_running_gateway_backed_up_and_restored_on_a_new_disk_delivers_its_result_once(
+    held_national: National, held: threading.Event, orthanc_factory: Any, tmp_path: Path
+) -> None:
+    gateway_port = free_port()
+    pacs: OrthancPeer = orthanc_factory(
+        {"aifi": ("AIFI_GW", gateway_port), "modality": ("CT_SCANNER", free_port())}
+    )
+    config_file = gateway_config(tmp_path, held_national, gateway_port, pacs.dicom_port)
+    write_study("ct-head", tmp_path / "study", seed=4, size="small", identity=IDENTITY)
+    files = sorted((tmp_path / "study").rglob("*.dcm"))
+    study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    storescu(files, pacs.dicom_port, called="ORTHANC")
+    runner = CliRunner()
+
+    gateway = Gateway(load_config(config_file))
+    gateway.start()
+    try:
+        storescu(files, gateway_port)
+        assert gateway.wait_until(
+            lambda: [job["state"] for job in gateway.jobs()] == ["submitted"], timeout=60
+        ), gateway.jobs()
+        # A second gateway on the same workdir would send everything twice: it cannot start.
+        with pytest.raises(OSError, match="another gateway, or a restore, is running"):
+            Gateway(load_config(config_file)).start()
+        backed_up = runner.invoke(
+            app, ["gateway-backup", "--config", str(config_file), "--to", str(tmp_path / "bk")]
+        )
+        assert backed_up.exit_code == 0, backed_up.output
+        assert "1 submitted" in backed_up.output
+        refused = runner.invoke(
+            app,
+            ["gateway-restore", "--config", str(config_file), "--from", str(tmp_path / "bk")],
+        )
+        assert refused.exit_code == 1 and "a gateway is running on" in refused.output
+    finally:
+        gateway.stop()
+
+    workdir = load_config(config_file).workdir
+    lost = workdir.with_name("lost-disk")
+    workdir.rename(lost)  # the disk is gone; the secret comes back from the key escrow
+    workdir.mkdir(mode=0o700)
+    shutil.copy(lost / "secret.key", workdir / "secret.key")
+    put_back = runner.invoke(
+        app, ["gateway-restore", "--config", str(config_file), "--from", str(tmp_path / "bk")]
+    )
+    assert put_back.exit_code == 0, put_back.output
+    assert "send the studies the PACS sent it after" in " ".join(put_back.output.split())
+
+    held.set()
+    gateway = Gateway(load_config(config_file))
+    gateway.start()
+    try:
+        assert gateway.wait_until(
+            lambda: [job["state"] for job in gateway.jobs()] == ["delivered"], timeout=120
+        ), gateway.jobs()
+    finally:
+        gateway.stop()
+    [sr] = pacs_results(pacs, study_uid)
+    assert sr["PatientID"] == IDENTITY["patient_id"]
+    assert sr["AccessionNumber"] == IDENTITY["accession_number"]
+    with held_national.api() as api:
+        [remote] = api.get("/jobs").json()
+    assert remote["acknowledged_at"] is not None
+    listed = runner.invoke(
+        app, ["disclosures", "--config", str(config_file), "--json", str(tmp_path / "d.json")]
+    )
+    assert listed.exit_code == 0, listed.output
+    entries = json.loads((tmp_path / "d.json").read_text())
+    assert [e["action"] for e in entries] == ["disclosed", "restored", "reidentified", "delivered"]
+    assert os.stat(workdir / "vault.db").st_mode & 0o777 == 0o600

@@ -324,6 +324,40 @@ def test_following_the_guide_brings_a_phantom_result_into_the_pacs(
         }
         named = set(re.findall(r"`(aifi_gateway_\w+)", _section(8)))
         assert named and named - exported == set(), sorted(exported)
+
+        # Section 9: the daily backup as printed, while the gateway runs.
+        backed_up = _run_printed(installed_aifi, 9, "gateway-backup", config_file, tmp_path / "bk")
+        assert "1 delivered" in backed_up, backed_up
     finally:
         gateway.send_signal(signal.SIGTERM)
         gateway.wait(timeout=60)
+    # Section 9: the disk lost, the secret kept in escrow; the restore as printed.
+    Path(config["workdir"]).rename(tmp_path / "lost-disk")
+    restored = _run_printed(installed_aifi, 9, "gateway-restore", config_file, tmp_path / "bk")
+    assert "restored" in restored and "send the studies" in " ".join(restored.split()), restored
+    assert (Path(config["workdir"]) / "vault.db").is_file()
+
+
+def _run_printed(
+    installed_aifi: Path, section: int, command: str, config_file: Path, folder: Path
+) -> str:
+    """The guide's `aifi <command>` line in a code block of `section`, run with the site's
+    configuration file and backup folder; its output."""
+    [line] = [
+        shlex.split(line)
+        for line in _section(section).splitlines()
+        if f"/bin/aifi {command} " in line
+    ]
+    arguments = line[line.index(f"{GUIDE_VENV}/bin/aifi") + 1 :]
+    arguments[arguments.index("/etc/aifi/gateway.yaml")] = str(config_file)
+    folder_option = next(option for option in ("--to", "--from") if option in arguments)
+    arguments[arguments.index(folder_option) + 1] = str(folder)
+    ran = subprocess.run(
+        [str(installed_aifi), *arguments],
+        env={**_outside_checkout(), "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    return ran.stdout

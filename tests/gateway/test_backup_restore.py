@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import sqlite3
 import threading
 import time
@@ -425,8 +426,10 @@ def test_a_running_gateway_backed_up_and_restored_on_a_new_disk_delivers_its_res
             lambda: [job["state"] for job in gateway.jobs()] == ["submitted"], timeout=60
         ), gateway.jobs()
         # A second gateway on the same workdir would send everything twice: it cannot start.
+        second = Gateway(load_config(config_file))
         with pytest.raises(OSError, match="another gateway, or a restore, is running"):
-            Gateway(load_config(config_file)).start()
+            second.start()
+        second.stop()
         backed_up = runner.invoke(
             app, ["gateway-backup", "--config", str(config_file), "--to", str(tmp_path / "bk")]
         )
@@ -473,3 +476,23 @@ def test_a_running_gateway_backed_up_and_restored_on_a_new_disk_delivers_its_res
     entries = json.loads((tmp_path / "d.json").read_text())
     assert [e["action"] for e in entries] == ["disclosed", "restored", "reidentified", "delivered"]
     assert os.stat(workdir / "vault.db").st_mode & 0o777 == 0o600
+
+
+def test_a_gateway_that_could_not_start_leaves_its_workdir_to_the_next(
+    national: National, tmp_path: Path
+) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    config_file = gateway_config(tmp_path, national, port, 1)
+    first = Gateway(load_config(config_file))
+    try:
+        with pytest.raises(OSError, match="[Aa]ddress already in use"):
+            first.start()
+    finally:
+        taken.close()
+    second = Gateway(load_config(config_file))
+    second.start()  # the port free now, and the workdir not held by the one that failed
+    second.stop()
+    first.stop()

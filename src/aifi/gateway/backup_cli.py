@@ -73,6 +73,8 @@ def gateway_backup(
         with _bar(console) as bar:
             task = bar.add_task("backing up", total=planned_bytes(settings, spool=spool))
             manifest = back_up(settings, to, spool=spool, progress=lambda n: bar.advance(task, n))
+            done = sum(item.size for item in manifest.files)  # a copy holds no free pages
+            bar.update(task, total=done, completed=done)
     except (BackupError, OSError) as exc:
         console.print(f"[red]error: {exc}[/]", soft_wrap=True)
         raise typer.Exit(1) from exc

@@ -186,6 +186,13 @@ class Gateway:
 
     def start(self) -> None:
         self._hold_workdir()
+        try:
+            self._start()
+        except BaseException:
+            self._workdir_lock.close()  # not started: the workdir is free again
+            raise
+
+    def _start(self) -> None:
         self.recover_spool()
         # What was arriving when the gateway stopped (by C-STORE or STOW-RS) was never
         # acknowledged: the sender sends it again.

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import threading
 import time
@@ -27,6 +26,7 @@ from typer.testing import CliRunner
 
 from aifi.cli import app
 from aifi.file_lock import held_alone
+from aifi.gateway import backup as backup_module
 from aifi.gateway.backup import (
     MANIFEST,
     WORKDIR_LOCK,
@@ -36,7 +36,7 @@ from aifi.gateway.backup import (
     restore,
 )
 from aifi.gateway.config import load_config
-from aifi.gateway.service import Gateway
+from aifi.gateway.service import SPOOL_GONE_TRIES, Gateway
 from aifi.gateway.state import ReceivedInstance
 from aifi.phantoms import write_study
 from aifi.products import tissue_volume
@@ -170,17 +170,16 @@ def test_a_restore_refuses_what_would_lose_or_mix_up_data(
     hospital.receive(*hospital.files)
     backup = tmp_path / "backup"
     back_up(config, backup)
+    # Not under a gateway, started or not: it holds its workdir from before its databases open.
+    with pytest.raises(BackupError, match="a gateway is running on"):
+        restore(config, backup, replace=True)
+    hospital.close()
     workdir = config.workdir
     before = {p.name: p.read_bytes() for p in workdir.glob("*.db")}
 
     # Over the databases a workdir holds, only when told to, and then nothing is deleted.
     with pytest.raises(BackupError, match="holds databases already .*--replace"):
         restore(config, backup)
-    # Not under a running gateway.
-    with held_alone(workdir / WORKDIR_LOCK) as alone:
-        assert alone
-        with pytest.raises(BackupError, match="a gateway is running on"):
-            restore(config, backup, replace=True)
     # Not another hospital's backup.
     other = config.model_copy(update={"hospital": "another-hospital"})
     with pytest.raises(BackupError, match="not of another-hospital's"):
@@ -205,9 +204,16 @@ def test_a_restore_refuses_what_would_lose_or_mix_up_data(
         restore(config, cut_off, replace=True)
     assert {p.name: p.read_bytes() for p in workdir.glob("*.db")} == before
 
+    assert not list(workdir.glob(".restore-*"))  # nor a staged copy left behind
+
+    (workdir / "results" / "1").mkdir(parents=True)  # a result of the lost timeline's job 1
     done = restore(config, backup, replace=True)
     assert done.replaced is not None
-    assert {p.name for p in done.replaced.iterdir()} >= {"state.db", "vault.db", "disclosures.db"}
+    assert {p.name for p in done.replaced.iterdir()} >= {
+        "state.db", "vault.db", "disclosures.db", "results"
+    }  # fmt: skip
+    assert {p.name: p.read_bytes() for p in done.replaced.glob("*.db")} == before
+    assert not (workdir / "results").exists() and not list(workdir.glob(".restore-*"))
 
 
 # what the backup held, brought home -----------------------------------------------------------
@@ -257,7 +263,7 @@ def test_a_job_brought_home_after_the_backup_is_not_brought_home_again(
 
     gateway.reconcile_restore()
     [job] = hospital.jobs()
-    assert job["state"] == "delivered"
+    assert job["state"] == "delivered" and job["exchange_state"] == "completed"
     assert "brought home before the gateway was restored from a backup" in job["reason"]
     assert not (gateway.results_dir / str(job["id"])).exists()  # nothing fetched again
     assert "reidentified" not in [entry.action for entry in gateway.disclosures.entries()]
@@ -282,7 +288,7 @@ def test_a_job_sent_and_brought_home_after_the_backup_is_found_and_not_sent_agai
     lose_the_disk(hospital)
     gateway = restored(hospital, backup)
     [pending] = hospital.jobs()
-    assert pending["state"] == "pending" and pending["may_be_open"] == 1
+    assert pending["state"] == "pending" and pending["exchange_job_id"] is None
 
     assert hospital.send_due() == [pending["id"]]
     [settled] = hospital.jobs()
@@ -294,6 +300,65 @@ def test_a_job_sent_and_brought_home_after_the_backup_is_found_and_not_sent_agai
     [sent] = sent_entries(hospital)
     assert f"exchange job {job['exchange_job_id']}: {len(hospital.files)} instance(s)" in sent
     assert not (gateway.results_dir / str(settled["id"])).exists()
+
+
+@pytest.mark.parametrize("lost_disk_sent", [False, True], ids=["nothing-sent", "round-1-sent"])
+def test_two_rounds_with_the_same_instances_run_the_product_once_after_a_restore(
+    hospital: Hospital, tmp_path: Path, lost_disk_sent: bool
+) -> None:
+    """Round 1 waits for the exchange while a late slice opens round 2: both would send the
+    same instances, and one is skipped. So after a restore too, whether the lost disk sent
+    nothing after the backup or sent round 1 (skipping round 2) and brought it home."""
+    hospital.late_slice_while_unsent(back_off=0.5)
+    backup = tmp_path / "backup"
+    back_up(load_config(hospital.path), backup, spool=True)
+    if lost_disk_sent:
+        first, second = hospital.jobs()
+        assert hospital.send_due(time.time() + 600) == [first["id"], second["id"]]
+        first, second = hospital.jobs()
+        assert (first["state"], second["state"]) == ("submitted", "skipped")
+        bring_home(hospital, first["exchange_job_id"])
+    lose_the_disk(hospital)
+    restored(hospital, backup)
+
+    first, second = hospital.jobs()
+    assert hospital.send_due(time.time() + 600) == [first["id"], second["id"]]
+    first, second = hospital.jobs()
+    assert second["state"] == "skipped", second
+    assert first["state"] == ("delivered" if lost_disk_sent else "submitted"), first
+    [remote] = hospital.exchange_jobs()
+    assert remote["input_count"] == len(hospital.files) + 1
+
+
+def test_results_left_under_a_job_id_the_restore_gives_out_again_are_never_delivered(
+    hospital: Hospital, tmp_path: Path
+) -> None:
+    """A restore gives the state's ids out again: a folder of the lost disk's job with the
+    same id (another patient's study) must not pass for this job's results."""
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    [job] = hospital.jobs()
+    assert hospital.send_due() == [job["id"]]
+    [job] = hospital.jobs()
+    exchange_id = job["exchange_job_id"]
+    gateway = hospital.gateway
+    deadline = time.monotonic() + 60
+    while exchange_id not in (ended := {j["id"]: j for j in gateway.client.ended_jobs(wait=1)}):
+        assert time.monotonic() < deadline, "the vendor did not end the job within 60 s"
+    write_study("ct-head", tmp_path / "other", seed=9, size="small", identity=IDENTITY)
+    someone_else = sorted((tmp_path / "other").rglob("*.dcm"))[0]
+    for result in gateway.client.results(exchange_id):  # as the lost disk's job 1 left them
+        for folder in (gateway.fetched_results(job["id"]), gateway.results_dir / str(job["id"])
+                       / "reidentified"):  # fmt: skip
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copy(someone_else, folder / result["name"])
+
+    assert gateway.collect(ended[exchange_id])
+    [result] = (gateway.results_dir / str(job["id"]) / "reidentified").glob("*.dcm")
+    header = pydicom.dcmread(result, stop_before_pixels=True)
+    original = pydicom.dcmread(hospital.files[0], stop_before_pixels=True)
+    assert header.PatientID == original.PatientID != IDENTITY["patient_id"]
+    assert header.Modality == "SR"
 
 
 def test_a_job_whose_instances_the_restore_lacks_is_refused_with_what_to_do(
@@ -310,7 +375,11 @@ def test_a_job_whose_instances_the_restore_lacks_is_refused_with_what_to_do(
     [job] = hospital.jobs()
     assert hospital.send_due() == [job["id"]]
     [job] = hospital.jobs()
-    assert job["state"] == "refused"
+    assert job["state"] == "pending" and "tried again in case they come back" in job["reason"]
+    while job["state"] == "pending":  # each try as it comes due
+        assert hospital.send_due(job["next_attempt_at"]) == [job["id"]]
+        [job] = hospital.jobs()
+    assert job["state"] == "refused" and job["attempts"] == SPOOL_GONE_TRIES
     assert (
         f"{len(hospital.files)} of the study's {len(hospital.files)} instance(s) are gone"
         in (job["reason"])
@@ -426,10 +495,8 @@ def test_a_running_gateway_backed_up_and_restored_on_a_new_disk_delivers_its_res
             lambda: [job["state"] for job in gateway.jobs()] == ["submitted"], timeout=60
         ), gateway.jobs()
         # A second gateway on the same workdir would send everything twice: it cannot start.
-        second = Gateway(load_config(config_file))
         with pytest.raises(OSError, match="another gateway, or a restore, is running"):
-            second.start()
-        second.stop()
+            Gateway(load_config(config_file))
         backed_up = runner.invoke(
             app, ["gateway-backup", "--config", str(config_file), "--to", str(tmp_path / "bk")]
         )
@@ -478,21 +545,42 @@ def test_a_running_gateway_backed_up_and_restored_on_a_new_disk_delivers_its_res
     assert os.stat(workdir / "vault.db").st_mode & 0o777 == 0o600
 
 
-def test_a_gateway_that_could_not_start_leaves_its_workdir_to_the_next(
-    national: National, tmp_path: Path
+def test_no_gateway_opens_a_workdir_a_restore_holds_or_was_cut_off_in(
+    hospital: Hospital, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    taken = socket.socket()
-    taken.bind(("127.0.0.1", 0))
-    taken.listen()
-    port = taken.getsockname()[1]
-    config_file = gateway_config(tmp_path, national, port, 1)
-    first = Gateway(load_config(config_file))
-    try:
-        with pytest.raises(OSError, match="[Aa]ddress already in use"):
-            first.start()
-    finally:
-        taken.close()
-    second = Gateway(load_config(config_file))
-    second.start()  # the port free now, and the workdir not held by the one that failed
-    second.stop()
-    first.stop()
+    """A gateway started while a restore works makes no database of its own there (it would be
+    put back over, and its `-wal` replayed into the restored one); a restore cut off while it
+    puts the backup in place keeps every gateway away until it is run again."""
+    config = load_config(hospital.path)
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    backup = tmp_path / "backup"
+    back_up(config, backup)
+    lose_the_disk(hospital)
+    workdir = config.workdir
+    with held_alone(workdir / WORKDIR_LOCK) as alone:  # as the restore holds it
+        assert alone
+        with pytest.raises(OSError, match="another gateway, or a restore, is running"):
+            Gateway(config)
+    assert sorted(p.name for p in workdir.iterdir()) == [WORKDIR_LOCK, "secret.key"]
+
+    real_replace = os.replace
+
+    def disk_full_at_the_vault(source: Any, target: Any) -> None:
+        if Path(target) == workdir / "vault.db":
+            raise OSError(28, "No space left on device")
+        real_replace(source, target)
+
+    monkeypatch.setattr(backup_module.os, "replace", disk_full_at_the_vault)
+    with pytest.raises(BackupError, match="cut off while it put the backup in place"):
+        restore(config, backup)
+    monkeypatch.undo()
+    with pytest.raises(OSError, match="a restore into .* was cut off: run `aifi gateway-restore"):
+        Gateway(config)
+    with pytest.raises(BackupError, match="was cut off"):
+        restore(config, backup)  # without --replace: it would replace what the first put back
+    restore(config, backup, replace=True)
+    hospital.gateway = hospital.open()
+    [job] = hospital.jobs()
+    assert job["state"] == "pending"
+    assert hospital.gateway.state.restore_to_reconcile() is not None

@@ -79,7 +79,4 @@ def test_a_late_instance_before_the_retry_leaves_the_opened_job_as_it_opened(
         second = gateway.state.pending_jobs(time.time() + 1)
         assert [row["round"] for row in second] == [2]
     finally:
-        gateway.client.close()
-        gateway.state.close()
-        gateway.vault.close()
-        gateway.disclosures.close()
+        gateway.close()

@@ -56,8 +56,7 @@ def test_an_instance_sent_again_under_another_study_is_that_study_s_alone(
     receive(first, moved, "b.dcm")
     assert per_study(first) == {old_study: 2, new_study: 1}
     assert len(list((first.spool / old_study).glob("*.dcm"))) == 2  # its old copy is gone
-    for closing in (first.client, first.state, first.vault, first.disclosures):
-        closing.close()
+    first.close()
     # A crash between the move's commit and the old copy's removal leaves the copy behind.
     left = first.spool / old_study / f"{moved.SOPInstanceUID}.dcm"
     moved.StudyInstanceUID = old_study
@@ -74,5 +73,4 @@ def test_an_instance_sent_again_under_another_study_is_that_study_s_alone(
             (old_study, 1), (new_study, 1)
         ]  # fmt: skip
     finally:
-        for closing in (again.client, again.state, again.vault, again.disclosures):
-            closing.close()
+        again.close()

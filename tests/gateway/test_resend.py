@@ -5,6 +5,7 @@ always open a follow-up round."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -103,5 +104,34 @@ def test_a_new_instance_after_a_delivered_result_opens_a_follow_up_round(
         _store(state, tmp_path, SECOND)
         assert _study(state) == ("receiving", 2)
         assert len(state.study_instances(STUDY)) == 2  # the follow-up sends the whole study
+    finally:
+        state.close()
+
+
+def test_a_study_indexed_from_the_spool_takes_its_sender_when_it_is_sent_again(
+    tmp_path: Path,
+) -> None:
+    """Recovered from the spool (after a crash, or a restore with the spool put back), a study
+    has no sender on record, and a route by sender matches nothing; sent again by the PACS,
+    it takes that sender for the rounds to come (a sender on record stays)."""
+    state = GatewayState(tmp_path / "state.db")
+    try:
+        path = tmp_path / STUDY / f"{FIRST}.dcm"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"\0" * 10)
+        recovered = ReceivedInstance(
+            sop_instance_uid=FIRST, study_uid=STUDY, series_uid=f"{STUDY}.1", sop_class_uid="1.2",
+            modality="CT", body_part="HEAD", study_description="", series_description="",
+            path=path, size=10, calling_ae="",
+        )  # fmt: skip
+        state.record_instance(recovered, quiet_seconds=0)
+        [study] = state.query("SELECT calling_ae FROM studies")
+        assert study["calling_ae"] == ""
+        state.record_instance(replace(recovered, calling_ae="PACS"), quiet_seconds=0)
+        [study] = state.query("SELECT calling_ae FROM studies")
+        assert study["calling_ae"] == "PACS"
+        state.record_instance(replace(recovered, calling_ae="OTHER"), quiet_seconds=0)
+        [study] = state.query("SELECT calling_ae FROM studies")
+        assert study["calling_ae"] == "PACS"  # a sender on record stays
     finally:
         state.close()

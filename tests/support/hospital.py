@@ -104,10 +104,7 @@ class Hospital:
         return gateway
 
     def close(self) -> None:
-        self.gateway.client.close()
-        self.gateway.state.close()
-        self.gateway.vault.close()
-        self.gateway.disclosures.close()
+        self.gateway.close()
 
     def receive(self, *files: Path) -> None:
         for file in files:

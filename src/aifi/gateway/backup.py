@@ -20,10 +20,11 @@ backup: it belongs in the hospital's key escrow. The backup names a fingerprint 
 a restore refuses to put the vault back beside another secret, which would give every patient
 new pseudonyms.
 
-`restore` puts a backup back into a gateway's workdir while no gateway runs there, and records
-the restore in the state (the next start checks the jobs it holds as sent against the exchange:
-`Gateway.reconcile_restore`) and in the disclosure log (the entries written after the backup
-are not in it; `aifi disclosures` says so).
+`restore` puts a backup back into a gateway's workdir while no gateway runs there: copied and
+checked beside the workdir, the restore recorded in the copy's state (the next start asks the
+exchange what the lost disk did after the backup: `Gateway.reconcile_restore`) and log (the
+entries written after the backup are not in it; `aifi disclosures` says so), then renamed into
+place.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Callable
@@ -275,21 +277,45 @@ def _sha256(path: Path, progress: Progress | None) -> str:
 
 # restore -------------------------------------------------------------------------------------
 
+#: Written before a restore changes the workdir, removed once it has: while it is there, no
+#: gateway starts on the workdir (`restore_cut_off`).
+RESTORING = "restore-in-progress.json"
+#: What a workdir holds of a gateway's own, moved aside by a restore: the databases, and the
+#: folders whose contents are named by local job ids the restored state may give to other jobs.
+_REPLACED = tuple(f"{name}{suffix}" for name in DATABASES for suffix in ("", "-wal", "-shm"))
+_REMADE = ("results", "outbox")
+
 
 @dataclass(frozen=True)
 class Restored:
     """What a restore put back, and what the hospital does next."""
 
     manifest: BackupManifest
-    replaced: Path | None  # where the databases it replaced were moved
+    replaced: Path | None  # where what it replaced was moved
     jobs: dict[str, int]
     instances_missing: int  # instances the state names whose spool file is not there
 
 
 def backup_bytes(backup: Path) -> int:
     """What `restore` reads: the total for a progress bar."""
-    manifest = BackupManifest.read(backup)
-    return 2 * sum(item.size for item in manifest.files)
+    return sum(item.size for item in BackupManifest.read(backup).files)
+
+
+def restore_cut_off(workdir: Path) -> str | None:
+    """Why no gateway may start on `workdir`: a restore into it was cut off part-way (its
+    databases may be partly the backup's), or None."""
+    marker = workdir / RESTORING
+    if not marker.exists():
+        return None
+    try:
+        started = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        started = {}
+    return (
+        f"a restore into {workdir} was cut off: run `aifi gateway-restore --from "
+        f"{started.get('backup', 'FOLDER')} --replace` again before starting the gateway "
+        f"(what the restore replaced is in {started.get('replaced', 'replaced-<time>/')})"
+    )
 
 
 def restore(
@@ -299,10 +325,16 @@ def restore(
     replace: bool = False,
     progress: Progress | None = None,
 ) -> Restored:
-    """Put `backup` back into the gateway's workdir. Refused while a gateway runs there, when
-    the backup is of another hospital or was made with another secret, when a file of it is
-    not as the manifest says, and (unless `replace`) when the workdir holds databases already:
-    `replace` moves those aside, into `replaced-<time>/`, and deletes nothing."""
+    """Put `backup` back into the gateway's workdir.
+
+    Refused while a gateway runs there, when the backup is of another hospital or was made
+    with another secret, when a file of it is not as the manifest says, and (unless
+    `replace`) when the workdir holds databases already. The backup is copied and checked
+    beside the workdir first, and the restore recorded in that copy; only then is the
+    workdir changed, by renames: what it held of the gateway's (databases, `results/`,
+    `outbox/`) goes into `replaced-<time>/`, deleting nothing, and the copy takes its place.
+    A restore cut off in that step leaves a marker that keeps gateways from starting until
+    it is run again (`restore_cut_off`)."""
     manifest = BackupManifest.read(backup)
     if manifest.hospital != config.hospital:
         raise BackupError(
@@ -320,12 +352,6 @@ def restore(
             "back from the key escrow (with another, results in flight could not be mapped "
             "back to their patients, and every patient would get new pseudonyms)"
         )
-    for item in manifest.files:
-        path = backup / item.name
-        if not path.is_file() or path.stat().st_size != item.size:
-            raise BackupError(f"{path} is missing or not the size the backup wrote")
-        if _sha256(path, progress) != item.sha256:
-            raise BackupError(f"{path} is not as the backup wrote it (its SHA-256 differs)")
     workdir = config.workdir
     workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
     with held_alone(workdir / WORKDIR_LOCK) as alone:
@@ -334,75 +360,169 @@ def restore(
                 f"a gateway is running on {workdir}: stop it before restoring (a restore "
                 "under a running gateway would be written over)"
             )
-        present = [
-            workdir / f"{name}{suffix}"
-            for name in DATABASES
-            for suffix in ("", "-wal", "-shm")
-            if (workdir / f"{name}{suffix}").exists()
-        ]
-        if present and not replace:
+        cut_off = restore_cut_off(workdir)
+        present = [workdir / name for name in _REPLACED if (workdir / name).exists()]
+        if (present or cut_off) and not replace:
             raise BackupError(
-                f"{workdir} holds databases already ({', '.join(p.name for p in present)}): "
-                "a restore would replace them; pass --replace to move them aside first"
+                (cut_off + "; ")
+                if cut_off
+                else f"{workdir} holds databases already "
+                f"({', '.join(path.name for path in present)}): a restore would replace them; "
+                "pass --replace to move them aside first"
             )
-        replaced = None
-        if present:
-            replaced = workdir / f"replaced-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
-            replaced.mkdir(mode=0o700)
-            for path in present:
-                os.replace(path, replaced / path.name)
-            fsync_path(replaced)
-        for item in manifest.files:
-            _put_back(backup / item.name, workdir / item.name, progress)
-        fsync_path(workdir)
-        state = GatewayState(workdir / "state.db")
+        for left in workdir.glob(".restore-*"):  # a cut-off restore's copy: made again
+            shutil.rmtree(left, ignore_errors=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        staging = workdir / f".restore-{stamp}"
+        replaced = _unused(workdir / f"replaced-{stamp}")
         try:
-            if manifest.workdir != str(workdir):
-                _move_paths(state, manifest.workdir, str(workdir))
-            state.record_restore(manifest.taken_at_seconds)
-            jobs = {
-                row["state"]: int(row["n"])
-                for row in state.query("SELECT state, count(*) AS n FROM jobs GROUP BY state")
-            }
-            missing = sum(
-                1
-                for row in state.query(
-                    "SELECT i.path FROM instances i JOIN studies s ON s.study_uid = i.study_uid "
-                    "WHERE s.state != 'purged'"
-                )
-                if not os.path.exists(row["path"])
-            )
-        finally:
-            state.close()
-        log = DisclosureLog(
-            workdir / "disclosures.db", config.hospital, f"gateway {config.dicom.ae_title}"
+            staging.mkdir(mode=0o700)
+            for item in manifest.files:
+                _put_back(backup / item.name, staging / item.name, item, progress)
+            jobs = _record_restore(config, manifest, staging)
+        except BaseException as exc:
+            shutil.rmtree(staging, ignore_errors=True)  # the workdir is as it was
+            if isinstance(exc, OSError | sqlite3.Error):
+                raise BackupError(
+                    f"the backup could not be copied beside the workdir ({exc}); the workdir "
+                    "is as it was"
+                ) from exc
+            raise
+        write_atomically(
+            workdir / RESTORING,
+            lambda out: out.write(
+                json.dumps({"backup": str(backup), "replaced": str(replaced)}).encode()
+            ),
+            fsync=True,
         )
         try:
-            log.record(
-                Action.restored,
-                patient_id="",
-                study_uid="",
-                recipient="this gateway's own disk",
-                detail=f"restored from the backup taken at {manifest.taken_at} (newest entry "
-                f"then {manifest.disclosure_anchor or 'none'}); entries written after that "
-                "backup, before this restore, are not in this log",
-            )
-        finally:
-            log.close()
-    return Restored(manifest, replaced, jobs, missing)
+            moved = _move_aside(workdir, replaced)
+            # The databases (a log the backup lacked is made new, with the restore's entry),
+            # then the spool's files the backup holds.
+            names = [name for name in DATABASES if (staging / name).exists()]
+            names += [item.name for item in manifest.spool or []]
+            for name in names:
+                (workdir / name).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                os.replace(staging / name, workdir / name)
+            for folder in {(workdir / name).parent for name in names}:
+                fsync_path(folder)
+        except OSError as exc:
+            raise BackupError(
+                f"the restore was cut off while it put the backup in place ({exc}); what it "
+                f"replaced is in {replaced}; run it again with --replace"
+            ) from exc
+        (workdir / RESTORING).unlink()
+        fsync_path(workdir)
+        shutil.rmtree(staging, ignore_errors=True)
+    missing = _instances_missing(workdir)
+    return Restored(manifest, replaced if moved else None, jobs, missing)
 
 
-def _put_back(source: Path, target: Path, progress: Progress | None) -> None:
+def _put_back(source: Path, target: Path, item: BackedUpFile, progress: Progress | None) -> None:
+    """Copy a file of the backup, checking it against the manifest as it goes."""
+    if not source.is_file() or source.stat().st_size != item.size:
+        raise BackupError(f"{source} is missing or not the size the backup wrote")
+    digest = hashlib.sha256()
+
     def copy(out: Any) -> None:
         with source.open("rb") as read:
             while chunk := read.read(_COPY_CHUNK):
                 out.write(chunk)
+                digest.update(chunk)
                 if progress is not None:
                     progress(len(chunk))
 
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     write_atomically(target, copy, fsync=True)
+    if digest.hexdigest() != item.sha256:
+        raise BackupError(f"{source} is not as the backup wrote it (its SHA-256 differs)")
     target.chmod(0o600)
+
+
+def _record_restore(
+    config: GatewayConfig, manifest: BackupManifest, staging: Path
+) -> dict[str, int]:
+    """Record the restore in the staged state and log; the state's jobs by state."""
+    state = GatewayState(staging / "state.db")
+    try:
+        if manifest.workdir != str(config.workdir):
+            _move_paths(state, manifest.workdir, str(config.workdir))
+        state.record_restore(manifest.taken_at_seconds)
+        jobs = {
+            row["state"]: int(row["n"])
+            for row in state.query("SELECT state, count(*) AS n FROM jobs GROUP BY state")
+        }
+    finally:
+        state.close()
+    log = DisclosureLog(
+        staging / "disclosures.db", config.hospital, f"gateway {config.dicom.ae_title}"
+    )
+    try:
+        log.record(
+            Action.restored,
+            patient_id="",
+            study_uid="",
+            recipient="this gateway's own disk",
+            detail=f"restored from the backup taken at {manifest.taken_at} (newest entry "
+            f"then {manifest.disclosure_anchor or 'none'}); entries written after that "
+            "backup, before this restore, are not in this log",
+        )
+    finally:
+        log.close()
+    # Single files, as the backup's: no `-wal` to carry across.
+    for name in ("state.db", "disclosures.db"):
+        conn = sqlite3.connect(staging / name)
+        try:
+            conn.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            conn.close()
+        (staging / name).chmod(0o600)
+    return jobs
+
+
+def _move_aside(workdir: Path, replaced: Path) -> bool:
+    """Move the workdir's databases, and its results and outbox, into `replaced`; whether
+    there was anything. Results are fetched from the exchange again, into folders named by
+    the restored state's job ids, which a folder left from the lost timeline must not be."""
+    present = [
+        workdir / name
+        for name in (*_REPLACED, *_REMADE)
+        if (workdir / name).exists() and not _empty_folder(workdir / name)
+    ]
+    if not present:
+        return False
+    replaced.mkdir(mode=0o700)
+    for path in present:
+        os.replace(path, replaced / path.name)
+    fsync_path(replaced)
+    return True
+
+
+def _unused(path: Path) -> Path:
+    """`path`, or `path-2`, `path-3`…: whichever is not there yet."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
+def _empty_folder(path: Path) -> bool:
+    return path.is_dir() and not any(path.iterdir())
+
+
+def _instances_missing(workdir: Path) -> int:
+    """Instances the restored state names, of studies not purged, whose spool file is not
+    there: put the spool back, or have the PACS send those studies again."""
+    state = sqlite3.connect(workdir / "state.db")
+    try:
+        rows = state.execute(
+            "SELECT i.path FROM instances i JOIN studies s ON s.study_uid = i.study_uid "
+            "WHERE s.state != 'purged'"
+        ).fetchall()
+    finally:
+        state.close()
+    return sum(1 for (path,) in rows if not os.path.exists(path))
 
 
 def _move_paths(state: GatewayState, old: str, new: str) -> None:

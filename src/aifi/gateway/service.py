@@ -11,7 +11,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
@@ -25,7 +25,7 @@ from aifi.app_thread import AppThread
 from aifi.dicom.pseudonym import PseudonymKey, create_secret_file
 from aifi.durable import replace_durably
 from aifi.file_lock import held_alone
-from aifi.gateway.backup import WORKDIR_LOCK
+from aifi.gateway.backup import WORKDIR_LOCK, restore_cut_off
 from aifi.gateway.config import DicomWebListener, GatewayConfig
 from aifi.gateway.dimse import (
     handle_echo,
@@ -123,6 +123,11 @@ class ExchangeEnded(Exception):
     too long, or cancelled by its operator): not for this gateway to open again."""
 
 
+#: Tries a job whose spool files are gone gets before it is refused: back-offs of 2 … 256 s,
+#: about eight minutes for a volume that was not mounted to come back.
+SPOOL_GONE_TRIES = 8
+
+
 def backoff(attempts: int) -> float:
     return float(min(2 ** min(attempts, 8), 300))
 
@@ -144,17 +149,24 @@ class Gateway:
         self.incoming = workdir / "incoming"
         # Identifiable studies and results live here: the service account's alone.
         workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        for folder in (self.spool, self.outbox, self.results_dir):
-            folder.mkdir(mode=0o700, exist_ok=True)
-        secret = config.resolved_secret_file
-        if not secret.exists():
-            create_secret_file(secret)
-        self.key = PseudonymKey.from_file(secret)
-        self.state = GatewayState(workdir / "state.db")
-        self.vault = Vault(workdir / "vault.db")
-        self.disclosures = DisclosureLog(
-            workdir / "disclosures.db", config.hospital, f"gateway {config.dicom.ae_title}"
-        )
+        #: Held from before the databases open until they close (`close`).
+        self._workdir_lock = ExitStack()
+        self._hold_workdir()
+        try:
+            for folder in (self.spool, self.outbox, self.results_dir):
+                folder.mkdir(mode=0o700, exist_ok=True)
+            secret = config.resolved_secret_file
+            if not secret.exists():
+                create_secret_file(secret)
+            self.key = PseudonymKey.from_file(secret)
+            self.state = GatewayState(workdir / "state.db")
+            self.vault = Vault(workdir / "vault.db")
+            self.disclosures = DisclosureLog(
+                workdir / "disclosures.db", config.hospital, f"gateway {config.dicom.ae_title}"
+            )
+        except BaseException:
+            self._workdir_lock.close()
+            raise
         self.client = client or GatewayClient.connecting(config.exchange)
         self.notifier = Notifier(config.notifications)
         self._stop = threading.Event()
@@ -178,21 +190,15 @@ class Gateway:
         #: complete while its sender is connected, whatever the quiet timer says.
         self._sending: dict[int, set[str]] = {}
         self._sending_lock = threading.Lock()
-        self._workdir_lock = ExitStack()
-        #: Whether a restore's jobs were checked with the exchange (`reconcile_restore`).
+        self._closed = False
+        #: Whether a restore's jobs were checked with the exchange (`reconcile_restore`), by
+        #: whichever of the sender and the results thread came first.
         self._reconciled = False
+        self._reconciling = threading.Lock()
 
     # life cycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._hold_workdir()
-        try:
-            self._start()
-        except BaseException:
-            self._workdir_lock.close()  # not started: the workdir is free again
-            raise
-
-    def _start(self) -> None:
         self.recover_spool()
         # What was arriving when the gateway stopped (by C-STORE or STOW-RS) was never
         # acknowledged: the sender sends it again.
@@ -275,6 +281,14 @@ class Gateway:
             thread.join(timeout=self.config.poll_wait_seconds + 35)
         if self.metrics is not None:
             self.metrics.close()
+        self.close()
+
+    def close(self) -> None:
+        """Close what the gateway holds open: its connections, its databases and, last, its
+        workdir. For a gateway stopped, or never started."""
+        if self._closed:
+            return
+        self._closed = True
         self.client.close()
         self.notifier.close()
         self.state.close()
@@ -284,15 +298,20 @@ class Gateway:
         self._workdir_lock.close()
 
     def _hold_workdir(self) -> None:
-        """One gateway at a time on a workdir: a second would send every study twice, and a
-        restore (`aifi gateway-restore`) must not put databases back under a running one."""
-        lock = self.config.workdir / WORKDIR_LOCK
+        """One gateway at a time on a workdir, from before it opens a database: a second would
+        send every study twice, and a restore (`aifi gateway-restore`) must not put databases
+        back under one, nor have one make new ones while it works. A restore that was cut off
+        must be run again first."""
+        workdir = self.config.workdir
+        lock = workdir / WORKDIR_LOCK
         if not self._workdir_lock.enter_context(held_alone(lock)):
             self._workdir_lock.close()
             raise OSError(
-                f"another gateway, or a restore, is running on {self.config.workdir} "
-                f"(it holds {lock})"
+                f"another gateway, or a restore, is running on {workdir} (it holds {lock})"
             )
+        if (cut_off := restore_cut_off(workdir)) is not None:
+            self._workdir_lock.close()
+            raise OSError(cut_off)
 
     def _notify(self) -> None:
         with self.changed:
@@ -535,6 +554,13 @@ class Gateway:
         be put on record (the gateway's disk full) ends the pass; the loop waits and tries
         again.
         """
+        if not self._reconciled:
+            try:
+                self.reconcile_restore()
+            except (ExchangeHTTPError, httpx.TransportError, OSError, sqlite3.Error) as exc:
+                # Nothing goes before the exchange has said what the lost disk sent.
+                log.warning("restored from a backup: the exchange not asked yet: %s", exc)
+                return []
         sent: list[int] = []
         for job in self.state.pending_jobs(time.time() if now is None else now):
             if self._stop.is_set():
@@ -620,13 +646,28 @@ class Gateway:
             if _gone_from_spool(instances) and (gone := _gone_from_spool(instances := selected())):
                 # Read twice: an instance the PACS moved to another study meanwhile leaves the
                 # study's list along with its file.
-                self._refuse_sent(
-                    job,
-                    opened,
+                gone_from_spool = (
                     f"{len(gone)} of the study's {len(instances)} instance(s) are gone from the "
-                    f"spool (such as {gone[0]}): the gateway was restored from a backup without "
-                    "them, or they were removed by hand; send the study again from the PACS",
+                    f"spool (such as {gone[0]})"
                 )
+                held = self.client.job(job["exchange_job_id"]) if job["exchange_job_id"] else {}
+                if held.get("inputs_complete"):
+                    # Opened by an attempt before a restore: nothing of the spool is needed.
+                    self._stands_as_opened(job, held, gone_from_spool)
+                elif int(job["attempts"]) < SPOOL_GONE_TRIES:
+                    # The spool's volume not mounted, say: tried again for some minutes.
+                    self._retry(
+                        job,
+                        f"{gone_from_spool}; tried again in case they come back, refused after "
+                        f"{SPOOL_GONE_TRIES} tries",
+                    )
+                else:
+                    self._refuse_sent(
+                        job,
+                        opened,
+                        f"{gone_from_spool}: the gateway was restored from a backup without "
+                        "them, or they were removed; send the study again from the PACS",
+                    )
                 return
             may_be_open = bool(job["may_be_open"])
             sent_with: str | None = None  # what the job is sent with, for later jobs' check
@@ -725,7 +766,11 @@ class Gateway:
                 # Opened by an earlier attempt, whatever came or went since (an instance
                 # moved to another study, another added): it stands as it opened.
                 exchange_id, sent = str(opened["id"]), int(opened["input_count"])
-                sent_with = None  # opened with the instances the study had then
+                sent_with = (  # opened with the instances the study had then
+                    self._digest_if_sent(exchange_id, sent, instances)
+                    if isinstance(exc, BroughtHome)
+                    else None
+                )
                 note: str | None = (
                     f"opened by an earlier attempt and brought home before {BroughtHome.WHEN}"
                     if isinstance(exc, BroughtHome)
@@ -1001,43 +1046,64 @@ class Gateway:
                 self._stop.wait(backoff(failures))
 
     def reconcile_restore(self) -> None:
-        """After a restore from a backup (`aifi gateway-restore`), end the jobs the backup
-        held as sent that this gateway brought home after the backup, before the disk the
-        restore replaced was lost: the exchange lists only jobs not brought home yet, so they
-        would wait for ever. What the exchange's answers raise is tried again by the caller.
+        """After a restore from a backup (`aifi gateway-restore`), ask the exchange what the
+        lost disk did after the backup, before anything is sent or brought home.
+
+        A pending job the lost disk sent is found by its key and linked to its exchange job:
+        it is not skipped for another job of its study (`skip_if_sent_before`), and its send
+        finds that job. A submitted job the lost disk brought home (acknowledged) is ended as
+        it ended: the exchange lists only jobs not brought home yet, so it would wait for
+        ever. Transport errors and the exchange's own trouble (5xx, 408, 429) are raised, for
+        the caller to try again; another refusal of one job is reported and that job left.
         """
-        restore = self.state.restore_to_reconcile()
-        while restore is not None:
-            sent = self.state.query(
-                "SELECT * FROM jobs WHERE state = 'submitted' AND exchange_job_id IS NOT NULL"
-            )
-            for local in sent:
-                try:
-                    remote = self.client.job(str(local["exchange_job_id"]))
-                except ExchangeHTTPError as exc:
-                    if exc.status != 404:
-                        raise
-                    self.state.update_job(
-                        int(local["id"]), state="ended", ended_at=time.time(),
-                        reason=f"the exchange no longer knows job {local['exchange_job_id']} "
-                        f"(after {BroughtHome.WHEN}); send the study again from the PACS",
-                    )  # fmt: skip
-                    continue
-                if remote.get("acknowledged_at"):
-                    self._settle_brought_home(local, remote)
-            self.state.restore_reconciled(int(restore["id"]))
-            log.info(
-                "restored from a backup: %d job(s) it held as sent checked with the exchange",
-                len(sent),
-            )
+        with self._reconciling:
             restore = self.state.restore_to_reconcile()
-        self._reconciled = True
+            while restore is not None:
+                for local in self.state.query(
+                    "SELECT * FROM jobs WHERE state = 'pending' AND exchange_job_id IS NULL"
+                ):
+                    made = self._asking(local, lambda job: self.client.job_by_key(
+                        str(job["idempotency_key"])))  # fmt: skip
+                    if made:
+                        self.state.update_job(
+                            int(local["id"]), exchange_job_id=str(made["id"]), may_be_open=1
+                        )
+                sent = self.state.query(
+                    "SELECT * FROM jobs WHERE state = 'submitted' AND exchange_job_id IS NOT NULL"
+                )
+                for local in sent:
+                    remote = self._asking(
+                        local, lambda job: self.client.job(str(job["exchange_job_id"]))
+                    )
+                    if remote is not None and remote.get("acknowledged_at"):
+                        self._settle_brought_home(local, remote)
+                self.state.restore_reconciled(int(restore["id"]))
+                log.info("restored from a backup: the jobs it held checked with the exchange")
+                restore = self.state.restore_to_reconcile()
+            self._reconciled = True
         self._notify()
+
+    def _asking(
+        self, local: Mapping[str, Any], ask: Callable[[Mapping[str, Any]], dict[str, Any] | None]
+    ) -> dict[str, Any] | None:
+        """The exchange's answer about one job, for `reconcile_restore`: None when it does
+        not know the job, or refuses to say (reported; the job is left as it is)."""
+        try:
+            return ask(local)
+        except ExchangeHTTPError as exc:
+            if exc.status >= 500 or exc.status in RETRYABLE_STATUSES:
+                raise
+            if exc.status != 404:
+                log.error("job %s: the exchange would not say how it stands: %s", local["id"], exc)
+            return None
 
     def _settle_brought_home(self, local: Mapping[str, Any], remote: Mapping[str, Any]) -> None:
         """End a job the exchange says this gateway brought home already (acknowledged), as it
         ended then: a restore from an earlier backup made the gateway forget it. Nothing is
-        brought home again: its results are in the PACS, and the RIS has had its notice."""
+        fetched or delivered again, which would put a second copy in the PACS and give the
+        RIS a second notice. A completed job is taken as delivered: a PACS that refused its
+        results then was reported then (the refusal is acknowledged too, and the restored
+        state cannot tell the two apart)."""
         note = f"brought home before {BroughtHome.WHEN} (acknowledged {remote['acknowledged_at']})"
         ended = remote.get("ended_at")
         common = {
@@ -1055,6 +1121,20 @@ class Gateway:
             reason = f"{remote.get('reason') or remote['state']}; {note}"
             self.state.update_job(int(local["id"]), state="ended", reason=reason, **common)
         log.info("job %s: %s", local["id"], note)
+
+    def _digest_if_sent(
+        self, exchange_id: str, count: int, instances: list[dict[str, Any]]
+    ) -> str | None:
+        """What a job brought home before a restore was sent with, as `inputs_digest`, when
+        it is these `instances`: its input UIDs at the exchange are theirs (or, once the
+        exchange purged the list, its count is theirs). Another job of the study with the
+        same instances is then skipped, not run a second time (`skip_if_sent_before`)."""
+        if count != len(instances):
+            return None
+        held = self.client.input_uids(exchange_id)
+        if held and held != {self.key.uid(str(row["sop_instance_uid"])) for row in instances}:
+            return None
+        return inputs_digest(instances)
 
     def _wait_for_news(self, retry_at: float, last: str) -> None:
         """Every job listed waits for its retry (at `retry_at`): long-poll meanwhile for jobs
@@ -1148,6 +1228,9 @@ class Gateway:
                 return settled
         try:
             if local["result_seen_at"] is None:
+                # Nothing of this job was fetched yet: a folder under its id is another job's,
+                # left from before a restore gave its id out again; never delivered as this.
+                shutil.rmtree(self.results_dir / str(local["id"]), ignore_errors=True)
                 ended = job.get("ended_at")
                 self.state.update_job(
                     int(local["id"]),

@@ -466,6 +466,13 @@ class GatewayState(StateReads):
             row = db.execute(
                 "SELECT state, round FROM studies WHERE study_uid = ?", (item.study_uid,)
             ).fetchone()
+            if row is not None and item.calling_ae:
+                # A study indexed from the spool after a crash or a restore has no sender on
+                # record: routes by sender (`calling_aes`) take the one that sends it again.
+                db.execute(
+                    "UPDATE studies SET calling_ae = ? WHERE study_uid = ? AND calling_ae = ''",
+                    (item.calling_ae, item.study_uid),
+                )
             if row is None:
                 db.execute(
                     "INSERT INTO studies (study_uid, calling_ae, state, round, first_at, last_at, "
@@ -712,16 +719,14 @@ class GatewayState(StateReads):
             db.execute(f"UPDATE jobs SET {columns} WHERE id = ?", (*values.values(), job_id))
 
     def record_restore(self, backup_taken_at: float) -> None:
-        """This state was put back from a backup taken at `backup_taken_at`: its submitted
-        jobs are to be checked against the exchange (`Gateway.reconcile_restore`), and its
-        pending jobs may have been sent after the backup (`may_be_open`), so that none is
-        skipped for another, and a refused one's exchange job is looked up by its key."""
+        """This state was put back from a backup taken at `backup_taken_at`: its jobs are to
+        be checked with the exchange before any is sent or brought home
+        (`Gateway.reconcile_restore`)."""
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO restores (backup_taken_at, restored_at) VALUES (?, ?)",
                 (backup_taken_at, time.time()),
             )
-            db.execute("UPDATE jobs SET may_be_open = 1 WHERE state = 'pending'")
 
     def restore_to_reconcile(self) -> dict[str, Any] | None:
         """The oldest restore whose submitted jobs were not checked yet, if any."""

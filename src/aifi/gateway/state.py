@@ -464,13 +464,14 @@ class GatewayState(StateReads):
                 ),
             )  # fmt: skip
             row = db.execute(
-                "SELECT state, round FROM studies WHERE study_uid = ?", (item.study_uid,)
+                "SELECT state, round, calling_ae FROM studies WHERE study_uid = ?",
+                (item.study_uid,),
             ).fetchone()
-            if row is not None and item.calling_ae:
+            if row is not None and item.calling_ae and not row["calling_ae"]:
                 # A study indexed from the spool after a crash or a restore has no sender on
                 # record: routes by sender (`calling_aes`) take the one that sends it again.
                 db.execute(
-                    "UPDATE studies SET calling_ae = ? WHERE study_uid = ? AND calling_ae = ''",
+                    "UPDATE studies SET calling_ae = ? WHERE study_uid = ?",
                     (item.calling_ae, item.study_uid),
                 )
             if row is None:

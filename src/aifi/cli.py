@@ -133,8 +133,8 @@ def gateway(
     from aifi.http import without_password
 
     stop = _wait_for_signal()
-    node = Gateway(settings)
     try:
+        node = Gateway(settings)  # refused on a workdir another gateway or a restore holds
         node.start()
     except OSError as exc:  # a port taken, an address this host lacks, a folder it cannot use
         typer.echo(

@@ -16,18 +16,23 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pydicom
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from aifi.cli import app
+from aifi.exchange.clock import utcnow
 from aifi.file_lock import held_alone
 from aifi.gateway import backup as backup_module
+from aifi.gateway import service as service_module
 from aifi.gateway.backup import (
+    COPY_LOCK,
     MANIFEST,
     WORKDIR_LOCK,
     BackupError,
@@ -36,8 +41,10 @@ from aifi.gateway.backup import (
     restore,
 )
 from aifi.gateway.config import load_config
-from aifi.gateway.service import SPOOL_GONE_TRIES, Gateway
+from aifi.gateway.preflight import preflight
+from aifi.gateway.service import Gateway
 from aifi.gateway.state import ReceivedInstance
+from aifi.http import ExchangeHTTPError
 from aifi.phantoms import write_study
 from aifi.products import tissue_volume
 from aifi.vendor import JobContext, ProductResult
@@ -208,11 +215,11 @@ def test_a_restore_refuses_what_would_lose_or_mix_up_data(
 
     (workdir / "results" / "1").mkdir(parents=True)  # a result of the lost timeline's job 1
     done = restore(config, backup, replace=True)
-    assert done.replaced is not None
-    assert {p.name for p in done.replaced.iterdir()} >= {
+    [replaced] = done.replaced
+    assert {p.name for p in replaced.iterdir()} >= {
         "state.db", "vault.db", "disclosures.db", "results"
     }  # fmt: skip
-    assert {p.name: p.read_bytes() for p in done.replaced.glob("*.db")} == before
+    assert {p.name: p.read_bytes() for p in replaced.glob("*.db")} == before
     assert not (workdir / "results").exists() and not list(workdir.glob(".restore-*"))
 
 
@@ -302,32 +309,47 @@ def test_a_job_sent_and_brought_home_after_the_backup_is_found_and_not_sent_agai
     assert not (gateway.results_dir / str(settled["id"])).exists()
 
 
-@pytest.mark.parametrize("lost_disk_sent", [False, True], ids=["nothing-sent", "round-1-sent"])
+@pytest.mark.parametrize(
+    ("lost_disk", "second_round"),
+    [
+        ("sent-nothing", "skipped"),
+        ("sent-round-1", "skipped"),
+        ("sent-round-1-purged", "submitted"),
+    ],
+)
 def test_two_rounds_with_the_same_instances_run_the_product_once_after_a_restore(
-    hospital: Hospital, tmp_path: Path, lost_disk_sent: bool
+    hospital: Hospital, tmp_path: Path, lost_disk: str, second_round: str
 ) -> None:
     """Round 1 waits for the exchange while a late slice opens round 2: both would send the
     same instances, and one is skipped. So after a restore too, whether the lost disk sent
-    nothing after the backup or sent round 1 (skipping round 2) and brought it home."""
+    nothing after the backup or sent round 1 (skipping round 2) and brought it home. Once the
+    exchange has purged round 1's inputs, what it was sent with cannot be known: round 2 is
+    sent, never skipped on a guess that could lose its result."""
     hospital.late_slice_while_unsent(back_off=0.5)
     backup = tmp_path / "backup"
     back_up(load_config(hospital.path), backup, spool=True)
-    if lost_disk_sent:
+    if lost_disk != "sent-nothing":
         first, second = hospital.jobs()
         assert hospital.send_due(time.time() + 600) == [first["id"], second["id"]]
         first, second = hospital.jobs()
         assert (first["state"], second["state"]) == ("submitted", "skipped")
         bring_home(hospital, first["exchange_job_id"])
+        if lost_disk == "sent-round-1-purged":
+            retention = hospital.national.exchange.app.state.retention
+            assert (
+                first["exchange_job_id"] in retention.sweep(now=utcnow() + timedelta(days=8)).jobs
+            )
     lose_the_disk(hospital)
     restored(hospital, backup)
 
     first, second = hospital.jobs()
     assert hospital.send_due(time.time() + 600) == [first["id"], second["id"]]
     first, second = hospital.jobs()
-    assert second["state"] == "skipped", second
-    assert first["state"] == ("delivered" if lost_disk_sent else "submitted"), first
-    [remote] = hospital.exchange_jobs()
-    assert remote["input_count"] == len(hospital.files) + 1
+    assert second["state"] == second_round, second
+    assert first["state"] == ("submitted" if lost_disk == "sent-nothing" else "delivered"), first
+    remote = hospital.exchange_jobs()
+    assert len(remote) == (2 if second_round == "submitted" else 1)
+    assert remote[-1]["input_count"] == len(hospital.files) + 1
 
 
 def test_results_left_under_a_job_id_the_restore_gives_out_again_are_never_delivered(
@@ -362,7 +384,7 @@ def test_results_left_under_a_job_id_the_restore_gives_out_again_are_never_deliv
 
 
 def test_a_job_whose_instances_the_restore_lacks_is_refused_with_what_to_do(
-    hospital: Hospital, tmp_path: Path
+    hospital: Hospital, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Restored without the spool, and the study's files not put back: the job says to send
     the study again, rather than failing on each try for ever."""
@@ -376,10 +398,14 @@ def test_a_job_whose_instances_the_restore_lacks_is_refused_with_what_to_do(
     assert hospital.send_due() == [job["id"]]
     [job] = hospital.jobs()
     assert job["state"] == "pending" and "tried again in case they come back" in job["reason"]
-    while job["state"] == "pending":  # each try as it comes due
-        assert hospital.send_due(job["next_attempt_at"]) == [job["id"]]
-        [job] = hospital.jobs()
-    assert job["state"] == "refused" and job["attempts"] == SPOOL_GONE_TRIES
+    assert hospital.send_due(job["next_attempt_at"]) == [job["id"]]
+    assert hospital.jobs()[0]["state"] == "pending"  # within the window, counted from then
+    # The window over (here at once), the next try refuses the job.
+    monkeypatch.setattr(service_module, "SPOOL_GONE_SECONDS", 0.0)
+    [job] = hospital.jobs()
+    assert hospital.send_due(job["next_attempt_at"]) == [job["id"]]
+    [job] = hospital.jobs()
+    assert job["state"] == "refused", job["reason"]
     assert (
         f"{len(hospital.files)} of the study's {len(hospital.files)} instance(s) are gone"
         in (job["reason"])
@@ -563,6 +589,8 @@ def test_no_gateway_opens_a_workdir_a_restore_holds_or_was_cut_off_in(
         with pytest.raises(OSError, match="another gateway, or a restore, is running"):
             Gateway(config)
     assert sorted(p.name for p in workdir.iterdir()) == [WORKDIR_LOCK, "secret.key"]
+    restore(config, backup)  # the disk's first restore: the databases are there now
+    originals = {p.name: p.read_bytes() for p in workdir.glob("*.db")}
 
     real_replace = os.replace
 
@@ -573,14 +601,134 @@ def test_no_gateway_opens_a_workdir_a_restore_holds_or_was_cut_off_in(
 
     monkeypatch.setattr(backup_module.os, "replace", disk_full_at_the_vault)
     with pytest.raises(BackupError, match="cut off while it put the backup in place"):
-        restore(config, backup)
+        restore(config, backup, replace=True)
     monkeypatch.undo()
     with pytest.raises(OSError, match="a restore into .* was cut off: run `aifi gateway-restore"):
         Gateway(config)
+    with pytest.raises(BackupError, match="nothing to back up: a restore into .* was cut off"):
+        back_up(config, tmp_path / "mixed")  # the daily backup would hold half of each
     with pytest.raises(BackupError, match="was cut off"):
         restore(config, backup)  # without --replace: it would replace what the first put back
-    restore(config, backup, replace=True)
+    done = restore(config, backup, replace=True)
+    # The workdir's own databases are in the folder the cut-off restore moved them to, and
+    # the restore says so first, before the folder of what it replaced itself.
+    first, second = done.replaced
+    assert {p.name: p.read_bytes() for p in first.glob("*.db")} == originals
+    assert second != first and (second / "state.db").exists()
     hospital.gateway = hospital.open()
     [job] = hospital.jobs()
     assert job["state"] == "pending"
     assert hospital.gateway.state.restore_to_reconcile() is not None
+
+
+def test_a_backup_and_a_restore_putting_files_in_place_never_overlap(
+    hospital: Hospital, tmp_path: Path
+) -> None:
+    config = load_config(hospital.path)
+    with held_alone(config.workdir / COPY_LOCK) as alone:  # as a restore's renames hold it
+        assert alone
+        with pytest.raises(BackupError, match="another backup, or a restore putting files"):
+            back_up(config, tmp_path / "backup")
+    back_up(config, tmp_path / "backup")
+    hospital.close()
+    with held_alone(config.workdir / COPY_LOCK) as alone:  # as a backup's copying holds it
+        assert alone
+        with pytest.raises(BackupError, match="a backup of .* is running"):
+            restore(config, tmp_path / "backup", replace=True)
+    assert not list(config.workdir.glob(".restore-*"))  # its copy gone, the workdir as it was
+    assert not list(config.workdir.glob("replaced-*"))
+
+
+def test_a_restore_killed_while_it_copied_leaves_no_copy_of_the_vault_behind(
+    hospital: Hospital, tmp_path: Path
+) -> None:
+    """A copy of the vault (patients' identities) left by a restore killed before it changed
+    the workdir is removed when a gateway next opens the workdir."""
+    config = load_config(hospital.path)
+    hospital.close()
+    left = config.workdir / ".restore-20261205T000000"
+    left.mkdir()
+    shutil.copy(config.workdir / "vault.db", left / "vault.db")
+    hospital.gateway = hospital.open()
+    assert not left.exists()
+
+
+def test_the_gateway_command_and_its_check_say_why_a_workdir_is_not_free(
+    hospital: Hospital,
+) -> None:
+    """While the harness's gateway holds the workdir: a second `aifi gateway` says why it
+    cannot start (no traceback), and `aifi gateway --check` fails the workdir's row."""
+    ran = CliRunner().invoke(app, ["gateway", "--config", str(hospital.path)])
+    assert ran.exit_code == 1
+    assert "cannot start: another gateway, or a restore, is running" in " ".join(ran.output.split())
+    [row] = [check for check in preflight(load_config(hospital.path)) if check.name == "workdir"]
+    assert not row.ok and "a gateway, or a restore, is running on it" in row.detail
+
+
+def test_a_study_the_spool_brings_back_without_its_sender_is_not_run_twice(
+    hospital: Hospital, tmp_path: Path
+) -> None:
+    """Routes by sender; the spool put back from a file backup taken after the gateway's
+    holds a study received after that backup, which the lost disk sent and brought home.
+    Indexed from the spool it has no sender, so no route matches; sent again from the PACS,
+    it takes its sender and is routed as the same round, whose key finds the job at the
+    exchange: one job, one result."""
+    config = yaml.safe_load(hospital.path.read_text())
+    config["routes"] = [{**config["routes"][0], "calling_aes": ["CT_SCANNER"]}]
+    hospital.path.write_text(yaml.safe_dump(config))
+    hospital.close()
+    hospital.gateway = hospital.open()
+    backup = tmp_path / "backup"
+    back_up(load_config(hospital.path), backup)  # before the study came
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    [job] = hospital.jobs()
+    assert hospital.send_due() == [job["id"]]
+    bring_home(hospital, hospital.jobs()[0]["exchange_job_id"])
+    file_backup = tmp_path / "spool-backup"
+    shutil.copytree(hospital.gateway.spool, file_backup)  # the hospital's, after the gateway's
+    lose_the_disk(hospital)
+    workdir = load_config(hospital.path).workdir
+    shutil.copytree(file_backup, workdir / "spool")
+    gateway = restored(hospital, backup)
+
+    assert gateway.recover_spool() == len(hospital.files)  # as its start does
+    assert hospital.route() == 0  # no sender on record: no route matches
+    hospital.receive(*hospital.files)  # the PACS sends it again (guide, section 9)
+    assert hospital.route() == 1
+    [job] = hospital.jobs()
+    assert job["round"] == 1
+    assert hospital.send_due() == [job["id"]]
+    assert hospital.jobs()[0]["state"] == "delivered"  # brought home before the restore
+    assert len(hospital.exchange_jobs()) == 1
+
+
+def test_nothing_is_sent_before_the_exchange_said_what_the_lost_disk_did(
+    hospital: Hospital, tmp_path: Path
+) -> None:
+    """The exchange, asked after a restore, answers 429: the sender's pass sends nothing and
+    raises, for the sender loop's back-off (not a pass that returns at once, again and again)."""
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    backup = tmp_path / "backup"
+    back_up(load_config(hospital.path), backup, spool=True)
+    lose_the_disk(hospital)
+    restored(hospital, backup)
+    passing = hospital.network.handle_request
+    asked = []
+
+    def busy(request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("idempotency_key"):
+            asked.append(request.url)
+            return httpx.Response(429, json={"detail": "slow down"}, request=request)
+        return passing(request)
+
+    hospital.network.handle_request = busy  # type: ignore[method-assign]
+    with pytest.raises(ExchangeHTTPError):
+        hospital.send_due()
+    assert len(asked) == 1 and hospital.exchange_jobs() == []
+    assert hospital.jobs()[0]["state"] == "pending"
+    hospital.network.handle_request = passing  # type: ignore[method-assign]
+    [job] = hospital.jobs()
+    assert hospital.send_due() == [job["id"]]
+    assert hospital.jobs()[0]["state"] == "submitted", hospital.jobs()[0]["reason"]

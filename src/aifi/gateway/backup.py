@@ -52,8 +52,13 @@ from aifi.gateway.state import GatewayState
 #: The databases a backup holds, in the order they are copied (see the module's docstring).
 DATABASES = ("state.db", "vault.db", "disclosures.db")
 MANIFEST = "aifi-gateway-backup.json"
-#: The lock a running gateway holds on its workdir (`Gateway.start`), which a restore takes.
+#: The lock a gateway holds on its workdir while its databases are open, which a restore takes.
 WORKDIR_LOCK = "gateway.lock"
+#: Held while a backup copies and while a restore renames its files into place: a backup never
+#: mixes files from before and after a restore.
+COPY_LOCK = "backup.lock"
+#: Where a restore copies the backup inside the workdir, before it renames it into place.
+RESTORE_STAGING = ".restore-"
 _COPY_CHUNK = 1024 * 1024
 
 
@@ -147,6 +152,8 @@ def back_up(
     """Copy the gateway's databases (and with `spool` its spool) into the new folder `to`,
     while the gateway runs or not; the manifest last."""
     workdir = config.workdir
+    if (cut_off := restore_cut_off(workdir)) is not None:
+        raise BackupError(f"nothing to back up: {cut_off}")
     for name in ("state.db", "vault.db"):
         if not (workdir / name).is_file():
             raise BackupError(
@@ -158,15 +165,22 @@ def back_up(
     secret = config.resolved_secret_file
     if not secret.is_file():
         raise BackupError(f"no pseudonymisation secret at {secret}")
-    to.mkdir(mode=0o700, parents=True, exist_ok=True)
-    taken_at = datetime.now(UTC).isoformat()
-    copied = [_copy_database(workdir / name, to / name, progress) for name in DATABASES
-              if (workdir / name).is_file()]  # fmt: skip
-    jobs, anchor = _summary(to)
-    spooled = None
-    if spool:
-        spooled = _copy_spool(workdir / "spool", to / "spool", progress)
-        fsync_path(to / "spool")
+    with held_alone(workdir / COPY_LOCK) as alone:
+        if not alone:
+            raise BackupError(
+                f"another backup, or a restore putting files in place, is running on {workdir}"
+            )
+        if (cut_off := restore_cut_off(workdir)) is not None:  # begun meanwhile
+            raise BackupError(f"nothing to back up: {cut_off}")
+        to.mkdir(mode=0o700, parents=True, exist_ok=True)
+        taken_at = datetime.now(UTC).isoformat()
+        copied = [_copy_database(workdir / name, to / name, progress) for name in DATABASES
+                  if (workdir / name).is_file()]  # fmt: skip
+        jobs, anchor = _summary(to)
+        spooled = None
+        if spool:
+            spooled = _copy_spool(workdir / "spool", to / "spool", progress)
+            fsync_path(to / "spool")
     manifest = BackupManifest(
         taken_at=taken_at,
         hospital=config.hospital,
@@ -291,7 +305,9 @@ class Restored:
     """What a restore put back, and what the hospital does next."""
 
     manifest: BackupManifest
-    replaced: Path | None  # where what it replaced was moved
+    #: Where what it replaced was moved: the workdir's own databases are in the first (a
+    #: restore run again after one was cut off names that one's folder too).
+    replaced: list[Path]
     jobs: dict[str, int]
     instances_missing: int  # instances the state names whose spool file is not there
 
@@ -361,6 +377,7 @@ def restore(
                 "under a running gateway would be written over)"
             )
         cut_off = restore_cut_off(workdir)
+        earlier = _replaced_by_cut_off(workdir) if cut_off else None
         present = [workdir / name for name in _REPLACED if (workdir / name).exists()]
         if (present or cut_off) and not replace:
             raise BackupError(
@@ -370,10 +387,10 @@ def restore(
                 f"({', '.join(path.name for path in present)}): a restore would replace them; "
                 "pass --replace to move them aside first"
             )
-        for left in workdir.glob(".restore-*"):  # a cut-off restore's copy: made again
+        for left in workdir.glob(f"{RESTORE_STAGING}*"):  # a cut-off restore's copy
             shutil.rmtree(left, ignore_errors=True)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        staging = workdir / f".restore-{stamp}"
+        staging = workdir / f"{RESTORE_STAGING}{stamp}"
         replaced = _unused(workdir / f"replaced-{stamp}")
         try:
             staging.mkdir(mode=0o700)
@@ -388,34 +405,49 @@ def restore(
                     "is as it was"
                 ) from exc
             raise
-        write_atomically(
-            workdir / RESTORING,
-            lambda out: out.write(
-                json.dumps({"backup": str(backup), "replaced": str(replaced)}).encode()
-            ),
-            fsync=True,
-        )
-        try:
-            moved = _move_aside(workdir, replaced)
-            # The databases (a log the backup lacked is made new, with the restore's entry),
-            # then the spool's files the backup holds.
-            names = [name for name in DATABASES if (staging / name).exists()]
-            names += [item.name for item in manifest.spool or []]
-            for name in names:
-                (workdir / name).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                os.replace(staging / name, workdir / name)
-            for folder in {(workdir / name).parent for name in names}:
-                fsync_path(folder)
-        except OSError as exc:
-            raise BackupError(
-                f"the restore was cut off while it put the backup in place ({exc}); what it "
-                f"replaced is in {replaced}; run it again with --replace"
-            ) from exc
-        (workdir / RESTORING).unlink()
-        fsync_path(workdir)
+        with held_alone(workdir / COPY_LOCK) as free:
+            if not free:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise BackupError(
+                    f"a backup of {workdir} is running: restore when it is done (the workdir "
+                    "is as it was)"
+                )
+            marker = {"backup": str(backup), "replaced": str(earlier or replaced)}
+            write_atomically(
+                workdir / RESTORING, lambda out: out.write(json.dumps(marker).encode()), fsync=True
+            )
+            try:
+                moved = _move_aside(workdir, replaced)
+                # The databases (a log the backup lacked is made new, with the restore's
+                # entry), then the spool's files the backup holds.
+                names = [name for name in DATABASES if (staging / name).exists()]
+                names += [item.name for item in manifest.spool or []]
+                for name in names:
+                    (workdir / name).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                    os.replace(staging / name, workdir / name)
+                for folder in {(workdir / name).parent for name in names}:
+                    fsync_path(folder)
+            except OSError as exc:
+                raise BackupError(
+                    f"the restore was cut off while it put the backup in place ({exc}); what "
+                    f"it replaced is in {earlier or replaced}; run it again with --replace"
+                ) from exc
+            (workdir / RESTORING).unlink()
+            fsync_path(workdir)
         shutil.rmtree(staging, ignore_errors=True)
     missing = _instances_missing(workdir)
-    return Restored(manifest, replaced if moved else None, jobs, missing)
+    folders = [earlier] if earlier is not None else []
+    return Restored(manifest, [*folders, *([replaced] if moved else [])], jobs, missing)
+
+
+def _replaced_by_cut_off(workdir: Path) -> Path | None:
+    """The folder a cut-off restore moved the workdir's own databases into, as its marker
+    names it."""
+    try:
+        named = json.loads((workdir / RESTORING).read_text()).get("replaced")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(named) if named and Path(named).is_dir() else None
 
 
 def _put_back(source: Path, target: Path, item: BackedUpFile, progress: Progress | None) -> None:

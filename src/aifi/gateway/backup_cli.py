@@ -122,8 +122,12 @@ def gateway_restore(
         raise typer.Exit(1) from exc
     taken = restored.manifest.taken_at[:19].replace("T", " ")
     console.print(f"restored {settings.workdir} from the backup taken at {taken} UTC")
-    if restored.replaced is not None:
-        console.print(f"the databases it replaced are in {restored.replaced}", soft_wrap=True)
+    if restored.replaced:
+        console.print(
+            "what it replaced (never deleted) is in "
+            + ", then ".join(str(folder) for folder in restored.replaced),
+            soft_wrap=True,
+        )
     jobs = ", ".join(f"{n} {state}" for state, n in sorted(restored.jobs.items())) or "none"
     console.print(f"jobs: {jobs}", soft_wrap=True)
     if restored.instances_missing:

@@ -18,6 +18,8 @@ import httpx
 
 from aifi.checks import Check, exchange_problem, exchange_route, private_problem
 from aifi.dicom.pseudonym import PseudonymKey
+from aifi.file_lock import held_alone
+from aifi.gateway.backup import WORKDIR_LOCK, restore_cut_off
 from aifi.gateway.config import DicomWebListener, GatewayConfig, PacsDestination
 from aifi.gateway.dimse import echo
 from aifi.gateway.exchange_client import GatewayClient
@@ -71,6 +73,11 @@ def _workdir(workdir: Path) -> Check:
     problem = private_problem(workdir)
     if problem:
         return Check(name, False, f"{workdir}: {problem} (it holds identifiable studies)")
+    if (cut_off := restore_cut_off(workdir)) is not None:
+        return Check(name, False, cut_off)
+    with held_alone(workdir / WORKDIR_LOCK) as alone:
+        if not alone:
+            return Check(name, False, f"{workdir}: a gateway, or a restore, is running on it")
     return Check(name, True, f"{workdir}, writable, private")
 
 

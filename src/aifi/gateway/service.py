@@ -25,7 +25,7 @@ from aifi.app_thread import AppThread
 from aifi.dicom.pseudonym import PseudonymKey, create_secret_file
 from aifi.durable import replace_durably
 from aifi.file_lock import held_alone
-from aifi.gateway.backup import WORKDIR_LOCK, restore_cut_off
+from aifi.gateway.backup import RESTORE_STAGING, WORKDIR_LOCK, restore_cut_off
 from aifi.gateway.config import DicomWebListener, GatewayConfig
 from aifi.gateway.dimse import (
     handle_echo,
@@ -123,9 +123,10 @@ class ExchangeEnded(Exception):
     too long, or cancelled by its operator): not for this gateway to open again."""
 
 
-#: Tries a job whose spool files are gone gets before it is refused: back-offs of 2 … 256 s,
-#: about eight minutes for a volume that was not mounted to come back.
-SPOOL_GONE_TRIES = 8
+#: How long a job whose spool files are gone is tried again before it is refused: time for a
+#: volume that was not mounted to come back, counted from the first try that missed them (in
+#: this run of the gateway: a restart gives them the time again).
+SPOOL_GONE_SECONDS = 600.0
 
 
 def backoff(attempts: int) -> float:
@@ -195,6 +196,8 @@ class Gateway:
         #: whichever of the sender and the results thread came first.
         self._reconciled = False
         self._reconciling = threading.Lock()
+        #: When each job's spool files were first missed (`submit`).
+        self._spool_gone_since: dict[int, float] = {}
 
     # life cycle ----------------------------------------------------------------------------
 
@@ -312,6 +315,8 @@ class Gateway:
         if (cut_off := restore_cut_off(workdir)) is not None:
             self._workdir_lock.close()
             raise OSError(cut_off)
+        for left in workdir.glob(f"{RESTORE_STAGING}*"):  # a restore killed while it copied
+            shutil.rmtree(left, ignore_errors=True)
 
     def _notify(self) -> None:
         with self.changed:
@@ -555,12 +560,9 @@ class Gateway:
         again.
         """
         if not self._reconciled:
-            try:
-                self.reconcile_restore()
-            except (ExchangeHTTPError, httpx.TransportError, OSError, sqlite3.Error) as exc:
-                # Nothing goes before the exchange has said what the lost disk sent.
-                log.warning("restored from a backup: the exchange not asked yet: %s", exc)
-                return []
+            # Nothing goes before the exchange has said what the lost disk sent; what it
+            # raises meets the sender loop's back-off.
+            self.reconcile_restore()
         sent: list[int] = []
         for job in self.state.pending_jobs(time.time() if now is None else now):
             if self._stop.is_set():
@@ -651,24 +653,28 @@ class Gateway:
                     f"spool (such as {gone[0]})"
                 )
                 held = self.client.job(job["exchange_job_id"]) if job["exchange_job_id"] else {}
+                first_seen = self._spool_gone_since.setdefault(job_id, time.time())
                 if held.get("inputs_complete"):
                     # Opened by an attempt before a restore: nothing of the spool is needed.
+                    self._spool_gone_since.pop(job_id, None)
                     self._stands_as_opened(job, held, gone_from_spool)
-                elif int(job["attempts"]) < SPOOL_GONE_TRIES:
+                elif time.time() - first_seen < SPOOL_GONE_SECONDS:
                     # The spool's volume not mounted, say: tried again for some minutes.
                     self._retry(
                         job,
-                        f"{gone_from_spool}; tried again in case they come back, refused after "
-                        f"{SPOOL_GONE_TRIES} tries",
+                        f"{gone_from_spool}; tried again in case they come back, refused "
+                        f"{SPOOL_GONE_SECONDS // 60:.0f} minutes after they were first missed",
                     )
                 else:
+                    self._spool_gone_since.pop(job_id, None)
                     self._refuse_sent(
                         job,
                         opened,
-                        f"{gone_from_spool}: the gateway was restored from a backup without "
-                        "them, or they were removed; send the study again from the PACS",
+                        f"{gone_from_spool}: removed, or not put back with a restore of the "
+                        "gateway; send the study again from the PACS",
                     )
                 return
+            self._spool_gone_since.pop(job_id, None)
             may_be_open = bool(job["may_be_open"])
             sent_with: str | None = None  # what the job is sent with, for later jobs' check
 
@@ -1087,14 +1093,13 @@ class Gateway:
         self, local: Mapping[str, Any], ask: Callable[[Mapping[str, Any]], dict[str, Any] | None]
     ) -> dict[str, Any] | None:
         """The exchange's answer about one job, for `reconcile_restore`: None when it does
-        not know the job, or refuses to say (reported; the job is left as it is)."""
+        not know the job. Any other refusal is raised: the restore is checked whole, or
+        tried again, never taken as checked with a job skipped."""
         try:
             return ask(local)
         except ExchangeHTTPError as exc:
-            if exc.status >= 500 or exc.status in RETRYABLE_STATUSES:
-                raise
             if exc.status != 404:
-                log.error("job %s: the exchange would not say how it stands: %s", local["id"], exc)
+                raise
             return None
 
     def _settle_brought_home(self, local: Mapping[str, Any], remote: Mapping[str, Any]) -> None:
@@ -1126,13 +1131,15 @@ class Gateway:
         self, exchange_id: str, count: int, instances: list[dict[str, Any]]
     ) -> str | None:
         """What a job brought home before a restore was sent with, as `inputs_digest`, when
-        it is these `instances`: its input UIDs at the exchange are theirs (or, once the
-        exchange purged the list, its count is theirs). Another job of the study with the
-        same instances is then skipped, not run a second time (`skip_if_sent_before`)."""
+        it is these `instances`: its input UIDs at the exchange are theirs. Another job of the
+        study with the same instances is then skipped, not run a second time
+        (`skip_if_sent_before`). None when that cannot be known (the exchange purged the list
+        after its retention): a count alone could skip a round with other instances, and lose
+        its result, where None at worst runs the product twice."""
         if count != len(instances):
             return None
         held = self.client.input_uids(exchange_id)
-        if held and held != {self.key.uid(str(row["sop_instance_uid"])) for row in instances}:
+        if held != {self.key.uid(str(row["sop_instance_uid"])) for row in instances}:
             return None
         return inputs_digest(instances)
 

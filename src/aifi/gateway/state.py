@@ -474,7 +474,22 @@ class GatewayState(StateReads):
                     "UPDATE studies SET calling_ae = ? WHERE study_uid = ?",
                     (item.calling_ae, item.study_uid),
                 )
-            if row is None:
+            sender_found = (
+                row is not None
+                and item.calling_ae
+                and not row["calling_ae"]
+                and row["state"] == "unrouted"
+            )
+            if sender_found:
+                # Routed again as the same round, which made no job for want of a sender: its
+                # jobs take the round's key, by which the exchange knows a job a lost disk
+                # sent for it (the state restored from a backup, the spool after it).
+                db.execute(
+                    "UPDATE studies SET state = 'receiving', last_at = ?, due_at = ?, "
+                    "note = 'its sender known now: routed again' WHERE study_uid = ?",
+                    (now, now + quiet_seconds, item.study_uid),
+                )
+            elif row is None:
                 db.execute(
                     "INSERT INTO studies (study_uid, calling_ae, state, round, first_at, last_at, "
                     "due_at) VALUES (?, ?, 'receiving', 1, ?, ?, ?)",

@@ -90,13 +90,15 @@ def bring_home(hospital: Hospital, exchange_job_id: str) -> dict[str, Any]:
     raise AssertionError(f"exchange job {exchange_job_id} did not end within 60 s")
 
 
-def exchange_job(hospital: Hospital, exchange_job_id: str) -> dict[str, Any]:
-    with hospital.national.api() as api:
-        return dict(api.get(f"/jobs/{exchange_job_id}").json())
-
-
-def sent_entries(hospital: Hospital) -> list[str]:
-    return hospital.disclosed()
+def sent_then_backed_up(hospital: Hospital, tmp_path: Path) -> Path:
+    """The study received, routed and its job sent; then the gateway backed up. The backup."""
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    [job] = hospital.jobs()
+    assert hospital.send_due() == [job["id"]]
+    backup = tmp_path / "backup"
+    back_up(load_config(hospital.path), backup)
+    return backup
 
 
 # the backup itself ----------------------------------------------------------------------------
@@ -229,12 +231,7 @@ def test_a_restore_refuses_what_would_lose_or_mix_up_data(
 def test_a_job_sent_before_the_backup_comes_home_after_the_restore_under_the_patients_identity(
     hospital: Hospital, tmp_path: Path
 ) -> None:
-    hospital.receive(*hospital.files)
-    assert hospital.route() == 1
-    [job] = hospital.jobs()
-    assert hospital.send_due() == [job["id"]]
-    backup = tmp_path / "backup"
-    back_up(load_config(hospital.path), backup)
+    backup = sent_then_backed_up(hospital, tmp_path)
     lose_the_disk(hospital)
     restored(hospital, backup)
 
@@ -256,12 +253,7 @@ def test_a_job_sent_before_the_backup_comes_home_after_the_restore_under_the_pat
 def test_a_job_brought_home_after_the_backup_is_not_brought_home_again(
     hospital: Hospital, tmp_path: Path
 ) -> None:
-    hospital.receive(*hospital.files)
-    assert hospital.route() == 1
-    [job] = hospital.jobs()
-    assert hospital.send_due() == [job["id"]]
-    backup = tmp_path / "backup"
-    back_up(load_config(hospital.path), backup)
+    backup = sent_then_backed_up(hospital, tmp_path)
     [job] = hospital.jobs()
     bring_home(hospital, job["exchange_job_id"])  # on the disk that is then lost
     lose_the_disk(hospital)
@@ -304,7 +296,7 @@ def test_a_job_sent_and_brought_home_after_the_backup_is_found_and_not_sent_agai
     assert settled["exchange_job_id"] == job["exchange_job_id"]
     assert len(hospital.exchange_jobs()) == 1  # not sent as a second job
     # The restored log lacked the send; it has it once now.
-    [sent] = sent_entries(hospital)
+    [sent] = hospital.disclosed()
     assert f"exchange job {job['exchange_job_id']}: {len(hospital.files)} instance(s)" in sent
     assert not (gateway.results_dir / str(settled["id"])).exists()
 

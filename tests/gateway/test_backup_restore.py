@@ -389,7 +389,7 @@ def test_a_job_whose_instances_the_restore_lacks_is_refused_with_what_to_do(
     [job] = hospital.jobs()
     assert hospital.send_due() == [job["id"]]
     [job] = hospital.jobs()
-    assert job["state"] == "pending" and "tried again in case they come back" in job["reason"]
+    assert job["state"] == "pending" and "in case the spool is put back" in job["reason"]
     assert hospital.send_due(job["next_attempt_at"]) == [job["id"]]
     assert hospital.jobs()[0]["state"] == "pending"  # within the window, counted from then
     # The window over (here at once), the next try refuses the job.
@@ -724,3 +724,50 @@ def test_nothing_is_sent_before_the_exchange_said_what_the_lost_disk_did(
     [job] = hospital.jobs()
     assert hospital.send_due() == [job["id"]]
     assert hospital.jobs()[0]["state"] == "submitted", hospital.jobs()[0]["reason"]
+
+
+@pytest.mark.parametrize("brought_home", [False, True], ids=["open", "brought-home"])
+def test_a_later_round_the_lost_disk_sent_first_keeps_the_earlier_one_from_going_too(
+    hospital: Hospital, tmp_path: Path, brought_home: bool
+) -> None:
+    """Round 1 in a long back-off when a late slice opens round 2; the backup holds both. The
+    lost disk sent round 2 (round 1 still waiting), then skipped round 1. After the restore
+    round 2 is sent first, found at the exchange, so round 1 is skipped again: one job."""
+    first, second = hospital.late_slice_while_unsent(back_off=120)
+    backup = tmp_path / "backup"
+    back_up(load_config(hospital.path), backup, spool=True)
+    assert hospital.send_due() == [second["id"]]
+    if brought_home:
+        bring_home(hospital, hospital.gateway.state.job(second["id"])["exchange_job_id"])
+    assert hospital.send_due(time.time() + 600) == [first["id"]]
+    assert hospital.gateway.state.job(first["id"])["state"] == "skipped"
+    lose_the_disk(hospital)
+    restored(hospital, backup)
+
+    assert hospital.send_due(time.time() + 600) == [second["id"], first["id"]]
+    first, second = hospital.jobs()
+    assert first["state"] == "skipped", first["reason"]
+    assert second["state"] == ("delivered" if brought_home else "submitted"), second["reason"]
+    assert len(hospital.exchange_jobs()) == 1
+
+
+def test_spool_files_missing_without_a_restore_keep_their_job_waiting_not_refused(
+    hospital: Hospital, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spool volume not mounted, say: the job waits with the reason, however long, and goes
+    once the files are back; only a restore's lost spool leads to a refusal."""
+    monkeypatch.setattr(service_module, "SPOOL_GONE_SECONDS", 0.0)
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    [job] = hospital.jobs()
+    spool = hospital.gateway.spool
+    spool.rename(spool.with_name("spool-unmounted"))
+    spool.mkdir()
+    for _ in range(3):
+        assert hospital.send_due(time.time() + 3600) == [job["id"]]
+        [job] = hospital.jobs()
+        assert job["state"] == "pending" and "tried again until they are back" in job["reason"]
+    spool.rmdir()
+    spool.with_name("spool-unmounted").rename(spool)
+    assert hospital.send_due(time.time() + 3600) == [job["id"]]
+    assert hospital.jobs()[0]["state"] == "submitted"

@@ -5,11 +5,14 @@ always open a follow-up round."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from aifi.gateway.config import Route
+from aifi.gateway.routing import route_study
 from aifi.gateway.state import GatewayState, ReceivedInstance, RoutedJob
 from aifi.phantoms import write_study
 from support.national import National, gateway_without_pacs
@@ -133,5 +136,44 @@ def test_a_study_indexed_from_the_spool_takes_its_sender_when_it_is_sent_again(
         state.record_instance(replace(recovered, calling_ae="OTHER"), quiet_seconds=0)
         [study] = state.query("SELECT calling_ae FROM studies")
         assert study["calling_ae"] == "PACS"  # a sender on record stays
+    finally:
+        state.close()
+
+
+def test_a_study_routed_without_its_sender_is_routed_again_as_the_same_round_when_sent_again(
+    tmp_path: Path,
+) -> None:
+    """Routes for two products, one by sender: a study indexed from the spool went to the one
+    that needs no sender only. Sent again by its sender, the same round is routed again: the
+    other product's job is made with the round's key (which finds a job a lost disk sent for
+    it), and the first product's job is not made twice."""
+    routes = [Route(product="any-ct", modalities=["CT"]),
+              Route(product="from-pacs", modalities=["CT"], calling_aes=["PACS"])]  # fmt: skip
+    state = GatewayState(tmp_path / "state.db")
+
+    def route_due() -> None:
+        for study in state.due_studies(time.time() + 5):
+            jobs = route_study(routes, state.study_instances(STUDY), study["calling_ae"])
+            state.route_study(STUDY, study["round"], study["due_at"], jobs, study_pseudonym="P")
+
+    try:
+        path = tmp_path / STUDY / f"{FIRST}.dcm"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"\0" * 10)
+        recovered = ReceivedInstance(
+            sop_instance_uid=FIRST, study_uid=STUDY, series_uid=f"{STUDY}.1", sop_class_uid="1.2",
+            modality="CT", body_part="HEAD", study_description="", series_description="",
+            path=path, size=10, calling_ae="",
+        )  # fmt: skip
+        state.record_instance(recovered, quiet_seconds=0)
+        route_due()
+        assert [row["idempotency_key"] for row in state.query("SELECT * FROM jobs")] == [
+            "P:any-ct:1"
+        ]
+        state.record_instance(replace(recovered, calling_ae="PACS"), quiet_seconds=0)
+        route_due()
+        keys = [row["idempotency_key"] for row in state.query("SELECT * FROM jobs ORDER BY id")]
+        assert keys == ["P:any-ct:1", "P:from-pacs:1"]
+        assert _study(state) == ("routed", 1)
     finally:
         state.close()

@@ -123,9 +123,10 @@ class ExchangeEnded(Exception):
     too long, or cancelled by its operator): not for this gateway to open again."""
 
 
-#: How long a job whose spool files are gone is tried again before it is refused: time for a
-#: volume that was not mounted to come back, counted from the first try that missed them (in
-#: this run of the gateway: a restart gives them the time again).
+#: How long a job made before a restore, whose spool files are gone, is tried again before it
+#: is refused: time to put the spool back, counted from the first try that missed them (in this
+#: run of the gateway: a restart gives them the time again). Other jobs missing spool files are
+#: tried again until the files are back (a volume not mounted, say).
 SPOOL_GONE_SECONDS = 600.0
 
 
@@ -165,10 +166,10 @@ class Gateway:
             self.disclosures = DisclosureLog(
                 workdir / "disclosures.db", config.hospital, f"gateway {config.dicom.ae_title}"
             )
+            self.client = client or GatewayClient.connecting(config.exchange)
         except BaseException:
             self._workdir_lock.close()
             raise
-        self.client = client or GatewayClient.connecting(config.exchange)
         self.notifier = Notifier(config.notifications)
         self._stop = threading.Event()
         self._anchored: Anchor | None = None
@@ -654,24 +655,30 @@ class Gateway:
                 )
                 held = self.client.job(job["exchange_job_id"]) if job["exchange_job_id"] else {}
                 first_seen = self._spool_gone_since.setdefault(job_id, time.time())
+                restored = self.state.restored_after(float(job["created_at"]))
                 if held.get("inputs_complete"):
                     # Opened by an attempt before a restore: nothing of the spool is needed.
                     self._spool_gone_since.pop(job_id, None)
                     self._stands_as_opened(job, held, gone_from_spool)
+                elif not restored:
+                    # Not a disk lost and put back: the spool's volume not mounted, say, or
+                    # failing. Tried again, never refused for it: the study is the hospital's.
+                    self._retry(job, f"{gone_from_spool}; tried again until they are back")
                 elif time.time() - first_seen < SPOOL_GONE_SECONDS:
-                    # The spool's volume not mounted, say: tried again for some minutes.
+                    # Restored without them, or the spool not put back yet.
                     self._retry(
                         job,
-                        f"{gone_from_spool}; tried again in case they come back, refused "
-                        f"{SPOOL_GONE_SECONDS // 60:.0f} minutes after they were first missed",
+                        f"{gone_from_spool} since the gateway was restored from a backup; tried "
+                        f"again for {SPOOL_GONE_SECONDS / 60:.0f} minutes in case the spool is "
+                        "put back, then refused",
                     )
                 else:
                     self._spool_gone_since.pop(job_id, None)
                     self._refuse_sent(
                         job,
                         opened,
-                        f"{gone_from_spool}: removed, or not put back with a restore of the "
-                        "gateway; send the study again from the PACS",
+                        f"{gone_from_spool}: not put back with the restore of the gateway; send "
+                        "the study again from the PACS",
                     )
                 return
             self._spool_gone_since.pop(job_id, None)

@@ -478,12 +478,13 @@ class GatewayState(StateReads):
                 row is not None
                 and item.calling_ae
                 and not row["calling_ae"]
-                and row["state"] == "unrouted"
+                and row["state"] in ("unrouted", "routed")
             )
             if sender_found:
-                # Routed again as the same round, which made no job for want of a sender: its
-                # jobs take the round's key, by which the exchange knows a job a lost disk
-                # sent for it (the state restored from a backup, the spool after it).
+                # Routed again as the same round, routed before without a sender, so that no
+                # route by sender matched: the jobs it makes now take the round's keys, by
+                # which the exchange knows a job a lost disk sent for it (the state restored
+                # from a backup, the spool after it); jobs it made already stay as they are.
                 db.execute(
                     "UPDATE studies SET state = 'receiving', last_at = ?, due_at = ?, "
                     "note = 'its sender known now: routed again' WHERE study_uid = ?",
@@ -713,8 +714,11 @@ class GatewayState(StateReads):
 
     def pending_jobs(self, now: float) -> list[dict[str, Any]]:
         return self.query(
+            # A job the exchange holds already before one it does not: after a restore, a
+            # later round the lost disk sent must be on record before an earlier round with
+            # the same instances is weighed (`skip_if_sent_before`).
             "SELECT * FROM jobs WHERE state = 'pending' AND next_attempt_at <= ? "
-            "ORDER BY CASE priority WHEN 'stat' THEN 0 ELSE 1 END, id",
+            "ORDER BY CASE priority WHEN 'stat' THEN 0 ELSE 1 END, exchange_job_id IS NULL, id",
             (now,),
         )
 
@@ -743,6 +747,11 @@ class GatewayState(StateReads):
                 "INSERT INTO restores (backup_taken_at, restored_at) VALUES (?, ?)",
                 (backup_taken_at, time.time()),
             )
+
+    def restored_after(self, at: float) -> bool:
+        """Whether this state was put back from a backup after `at` (a job made then was on
+        the disk the restore replaced)."""
+        return bool(self.query("SELECT 1 FROM restores WHERE restored_at > ? LIMIT 1", (at,)))
 
     def restore_to_reconcile(self) -> dict[str, Any] | None:
         """The oldest restore whose submitted jobs were not checked yet, if any."""

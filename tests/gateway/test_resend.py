@@ -5,16 +5,19 @@ always open a follow-up round."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from aifi.gateway.config import Route
 from aifi.gateway.routing import route_study
 from aifi.gateway.state import GatewayState, ReceivedInstance, RoutedJob
 from aifi.phantoms import write_study
+from support.hospital import Hospital
 from support.national import National, gateway_without_pacs
 from support.peers import storescu
 
@@ -140,13 +143,13 @@ def test_a_study_indexed_from_the_spool_takes_its_sender_when_it_is_sent_again(
         state.close()
 
 
-def test_a_study_routed_without_its_sender_is_routed_again_as_the_same_round_when_sent_again(
+def test_a_study_routed_without_its_sender_goes_again_as_a_new_round_when_sent_again(
     tmp_path: Path,
 ) -> None:
     """Routes for two products, one by sender: a study indexed from the spool went to the one
-    that needs no sender only. Sent again by its sender, the same round is routed again: the
-    other product's job is made with the round's key (which finds a job a lost disk sent for
-    it), and the first product's job is not made twice."""
+    that needs no sender only. Sent again by its sender, it opens a new round, routed to both
+    (the first product's job for it is skipped when it is sent, if it takes nothing new); a
+    round that made jobs is never reopened, since they hold the instances they read."""
     routes = [Route(product="any-ct", modalities=["CT"]),
               Route(product="from-pacs", modalities=["CT"], calling_aes=["PACS"])]  # fmt: skip
     state = GatewayState(tmp_path / "state.db")
@@ -173,7 +176,32 @@ def test_a_study_routed_without_its_sender_is_routed_again_as_the_same_round_whe
         state.record_instance(replace(recovered, calling_ae="PACS"), quiet_seconds=0)
         route_due()
         keys = [row["idempotency_key"] for row in state.query("SELECT * FROM jobs ORDER BY id")]
-        assert keys == ["P:any-ct:1", "P:from-pacs:1"]
-        assert _study(state) == ("routed", 1)
+        assert keys == ["P:any-ct:1", "P:any-ct:2", "P:from-pacs:2"]
+        assert _study(state) == ("routed", 2)
     finally:
         state.close()
+
+
+@pytest.mark.peer
+def test_a_study_whose_first_instance_a_crash_left_unindexed_goes_whole_when_sent_again(
+    hospital: Hospital,
+) -> None:
+    """The gateway stopped after a study's first instance reached the spool, before its index
+    row: at start it is indexed without a sender, routed alone and sent. The PACS, never
+    acknowledged, sends the whole study again: it goes as the next round, all of it."""
+    first = hospital.files[0]
+    header = pydicom.dcmread(first, stop_before_pixels=True)
+    left = hospital.gateway.spool / str(header.StudyInstanceUID) / first.name
+    left.parent.mkdir(parents=True)
+    shutil.copy(first, left)
+    assert hospital.gateway.recover_spool() == 1
+    assert hospital.route() == 1
+    [job] = hospital.jobs()
+    assert hospital.send_due() == [job["id"]]
+    hospital.receive(*hospital.files)  # the recovered instance first, as a PACS re-sends
+    assert hospital.route() == 1
+    jobs = hospital.jobs()
+    assert [row["round"] for row in jobs] == [1, 2]
+    assert hospital.send_due() == [jobs[1]["id"]]
+    sent = sorted(remote["input_count"] for remote in hospital.exchange_jobs())
+    assert sent == [1, len(hospital.files)]

@@ -474,17 +474,13 @@ class GatewayState(StateReads):
                     "UPDATE studies SET calling_ae = ? WHERE study_uid = ?",
                     (item.calling_ae, item.study_uid),
                 )
-            sender_found = (
-                row is not None
-                and item.calling_ae
-                and not row["calling_ae"]
-                and row["state"] in ("unrouted", "routed")
-            )
-            if sender_found:
-                # Routed again as the same round, routed before without a sender, so that no
-                # route by sender matched: the jobs it makes now take the round's keys, by
-                # which the exchange knows a job a lost disk sent for it (the state restored
-                # from a backup, the spool after it); jobs it made already stay as they are.
+            sender_found = row is not None and bool(item.calling_ae) and not row["calling_ae"]
+            if sender_found and row["state"] == "unrouted":
+                # Routed again as the same round, which made no job for want of a sender: its
+                # jobs take the round's keys, by which the exchange knows a job a lost disk
+                # sent for it (the state restored from a backup, the spool after it). A round
+                # that made jobs is not reopened: its jobs hold the instances they read, and
+                # what arrives now goes with a new round (below).
                 db.execute(
                     "UPDATE studies SET state = 'receiving', last_at = ?, due_at = ?, "
                     "note = 'its sender known now: routed again' WHERE study_uid = ?",
@@ -501,7 +497,12 @@ class GatewayState(StateReads):
                     "UPDATE studies SET last_at = ?, due_at = ? WHERE study_uid = ?",
                     (now, now + quiet_seconds, item.study_uid),
                 )
-            elif known and row["state"] == "routed" and not _round_failed(db, item.study_uid):
+            elif (
+                known
+                and row["state"] == "routed"
+                and not sender_found  # routed without it: routes by sender may match now
+                and not _round_failed(db, item.study_uid)
+            ):
                 db.execute(
                     "UPDATE studies SET note = ? WHERE study_uid = ?",
                     (f"sent again: already in round {row['round']}, nothing new", item.study_uid),

@@ -21,7 +21,7 @@ a restore refuses to put the vault back beside another secret, which would give 
 new pseudonyms.
 
 `restore` puts a backup back into a gateway's workdir while no gateway runs there: copied and
-checked beside the workdir, the restore recorded in the copy's state (the next start asks the
+checked inside the workdir (`.restore-<time>/`), the restore recorded in the copy's state (the next start asks the
 exchange what the lost disk did after the backup: `Gateway.reconcile_restore`) and log (the
 entries written after the backup are not in it; `aifi disclosures` says so), then renamed into
 place.

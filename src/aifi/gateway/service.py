@@ -113,6 +113,16 @@ class BroughtHome(Halted):
     WHEN = "the gateway was restored from a backup"
 
 
+def _unless_unknown(ask: Callable[[str], dict[str, Any] | None], job: str) -> dict[str, Any] | None:
+    """The exchange's answer about a job; None when it does not know it (404)."""
+    try:
+        return ask(job)
+    except ExchangeHTTPError as exc:
+        if exc.status != 404:
+            raise
+        return None
+
+
 def _gone_from_spool(instances: list[dict[str, Any]]) -> list[str]:
     """The spool files of `instances` that are not there."""
     return [str(row["path"]) for row in instances if not Path(row["path"]).is_file()]
@@ -1066,8 +1076,8 @@ class Gateway:
         it is not skipped for another job of its study (`skip_if_sent_before`), and its send
         finds that job. A submitted job the lost disk brought home (acknowledged) is ended as
         it ended: the exchange lists only jobs not brought home yet, so it would wait for
-        ever. Transport errors and the exchange's own trouble (5xx, 408, 429) are raised, for
-        the caller to try again; another refusal of one job is reported and that job left.
+        ever. Every answer but "not known" (404) that is not one is raised, for the caller to
+        try again after its back-off: the restore is checked whole, never with a job skipped.
         """
         with self._reconciling:
             restore = self.state.restore_to_reconcile()
@@ -1075,8 +1085,7 @@ class Gateway:
                 for local in self.state.query(
                     "SELECT * FROM jobs WHERE state = 'pending' AND exchange_job_id IS NULL"
                 ):
-                    made = self._asking(local, lambda job: self.client.job_by_key(
-                        str(job["idempotency_key"])))  # fmt: skip
+                    made = _unless_unknown(self.client.job_by_key, str(local["idempotency_key"]))
                     if made:
                         self.state.update_job(
                             int(local["id"]), exchange_job_id=str(made["id"]), may_be_open=1
@@ -1085,9 +1094,7 @@ class Gateway:
                     "SELECT * FROM jobs WHERE state = 'submitted' AND exchange_job_id IS NOT NULL"
                 )
                 for local in sent:
-                    remote = self._asking(
-                        local, lambda job: self.client.job(str(job["exchange_job_id"]))
-                    )
+                    remote = _unless_unknown(self.client.job, str(local["exchange_job_id"]))
                     if remote is not None and remote.get("acknowledged_at"):
                         self._settle_brought_home(local, remote)
                 self.state.restore_reconciled(int(restore["id"]))
@@ -1095,19 +1102,6 @@ class Gateway:
                 restore = self.state.restore_to_reconcile()
             self._reconciled = True
         self._notify()
-
-    def _asking(
-        self, local: Mapping[str, Any], ask: Callable[[Mapping[str, Any]], dict[str, Any] | None]
-    ) -> dict[str, Any] | None:
-        """The exchange's answer about one job, for `reconcile_restore`: None when it does
-        not know the job. Any other refusal is raised: the restore is checked whole, or
-        tried again, never taken as checked with a job skipped."""
-        try:
-            return ask(local)
-        except ExchangeHTTPError as exc:
-            if exc.status != 404:
-                raise
-            return None
 
     def _settle_brought_home(self, local: Mapping[str, Any], remote: Mapping[str, Any]) -> None:
         """End a job the exchange says this gateway brought home already (acknowledged), as it

@@ -20,11 +20,11 @@ backup: it belongs in the hospital's key escrow. The backup names a fingerprint 
 a restore refuses to put the vault back beside another secret, which would give every patient
 new pseudonyms.
 
-`restore` puts a backup back into a gateway's workdir while no gateway runs there: copied and
-checked inside the workdir (`.restore-<time>/`), the restore recorded in the copy's state (the next start asks the
-exchange what the lost disk did after the backup: `Gateway.reconcile_restore`) and log (the
-entries written after the backup are not in it; `aifi disclosures` says so), then renamed into
-place.
+`restore` puts a backup back into a gateway's workdir while no gateway runs there. It copies
+and checks it inside the workdir (`.restore-<time>/`), records the restore in the copy's state
+(the next start asks the exchange what the lost disk did after the backup:
+`Gateway.reconcile_restore`) and log (the entries written after the backup are not in it;
+`aifi disclosures` says so), then renames the copy into place.
 """
 
 from __future__ import annotations

@@ -132,7 +132,6 @@ def gateway(
         return
     from aifi.http import without_password
 
-    stop = _wait_for_signal()
     try:
         node = Gateway(settings)  # refused on a workdir another gateway or a restore holds
         node.start()
@@ -143,6 +142,7 @@ def gateway(
             err=True,
         )
         raise typer.Exit(1) from exc
+    stop = _wait_for_signal()  # once started: a gateway that could not start installs none
     typer.echo(
         f"gateway {settings.hospital}: {settings.dicom.ae_title} listening on "
         f"{settings.dicom.host}:{node.port}, exchange {settings.exchange.url}"

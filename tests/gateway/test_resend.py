@@ -47,18 +47,21 @@ def test_a_study_sent_again_after_its_result_was_delivered_is_not_analysed_again
         assert len(api.get("/jobs").json()) == 1
 
 
-def _store(state: GatewayState, folder: Path, sop: str) -> None:
+def _instance(folder: Path, sop: str, calling_ae: str = "PACS") -> ReceivedInstance:
+    """An instance of the study received from `calling_ae` (none: as the gateway's start
+    indexes it from the spool)."""
     path = folder / STUDY / f"{sop}.dcm"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"\0" * 10)
-    state.record_instance(
-        ReceivedInstance(
-            sop_instance_uid=sop, study_uid=STUDY, series_uid=f"{STUDY}.1", sop_class_uid="1.2",
-            modality="CT", body_part="HEAD", study_description="", series_description="",
-            path=path, size=10, calling_ae="PACS",
-        ),
-        quiet_seconds=0,
+    return ReceivedInstance(
+        sop_instance_uid=sop, study_uid=STUDY, series_uid=f"{STUDY}.1", sop_class_uid="1.2",
+        modality="CT", body_part="HEAD", study_description="", series_description="",
+        path=path, size=10, calling_ae=calling_ae,
     )  # fmt: skip
+
+
+def _store(state: GatewayState, folder: Path, sop: str) -> None:
+    state.record_instance(_instance(folder, sop), quiet_seconds=0)
 
 
 def _study(state: GatewayState) -> tuple[str, int]:
@@ -122,14 +125,7 @@ def test_a_study_indexed_from_the_spool_takes_its_sender_when_it_is_sent_again(
     it takes that sender for the rounds to come (a sender on record stays)."""
     state = GatewayState(tmp_path / "state.db")
     try:
-        path = tmp_path / STUDY / f"{FIRST}.dcm"
-        path.parent.mkdir(parents=True)
-        path.write_bytes(b"\0" * 10)
-        recovered = ReceivedInstance(
-            sop_instance_uid=FIRST, study_uid=STUDY, series_uid=f"{STUDY}.1", sop_class_uid="1.2",
-            modality="CT", body_part="HEAD", study_description="", series_description="",
-            path=path, size=10, calling_ae="",
-        )  # fmt: skip
+        recovered = _instance(tmp_path, FIRST, calling_ae="")
         state.record_instance(recovered, quiet_seconds=0)
         [study] = state.query("SELECT calling_ae FROM studies")
         assert study["calling_ae"] == ""
@@ -160,14 +156,7 @@ def test_a_study_routed_without_its_sender_goes_again_as_a_new_round_when_sent_a
             state.route_study(STUDY, study["round"], study["due_at"], jobs, study_pseudonym="P")
 
     try:
-        path = tmp_path / STUDY / f"{FIRST}.dcm"
-        path.parent.mkdir(parents=True)
-        path.write_bytes(b"\0" * 10)
-        recovered = ReceivedInstance(
-            sop_instance_uid=FIRST, study_uid=STUDY, series_uid=f"{STUDY}.1", sop_class_uid="1.2",
-            modality="CT", body_part="HEAD", study_description="", series_description="",
-            path=path, size=10, calling_ae="",
-        )  # fmt: skip
+        recovered = _instance(tmp_path, FIRST, calling_ae="")
         state.record_instance(recovered, quiet_seconds=0)
         route_due()
         assert [row["idempotency_key"] for row in state.query("SELECT * FROM jobs")] == [

@@ -139,13 +139,14 @@ def test_a_study_indexed_from_the_spool_takes_its_sender_when_it_is_sent_again(
         state.close()
 
 
-def test_a_study_routed_without_its_sender_goes_again_as_a_new_round_when_sent_again(
+def test_a_study_routed_without_its_sender_sent_again_by_it_is_nothing_new(
     tmp_path: Path,
 ) -> None:
     """Routes for two products, one by sender: a study indexed from the spool went to the one
-    that needs no sender only. Sent again by its sender, it opens a new round, routed to both
-    (the first product's job for it is skipped when it is sent, if it takes nothing new); a
-    round that made jobs is never reopened, since they hold the instances they read."""
+    that needs no sender only. Sent again, unchanged, by its sender, it takes the sender but
+    is nothing new: a second round would run the first product again wherever what it was
+    sent with is not known (a brought-home job whose inputs the exchange purged), and a
+    routed round is never reopened, since its jobs hold the instances they read."""
     routes = [Route(product="any-ct", modalities=["CT"]),
               Route(product="from-pacs", modalities=["CT"], calling_aes=["PACS"])]  # fmt: skip
     state = GatewayState(tmp_path / "state.db")
@@ -159,14 +160,13 @@ def test_a_study_routed_without_its_sender_goes_again_as_a_new_round_when_sent_a
         recovered = _instance(tmp_path, FIRST, calling_ae="")
         state.record_instance(recovered, quiet_seconds=0)
         route_due()
-        assert [row["idempotency_key"] for row in state.query("SELECT * FROM jobs")] == [
-            "P:any-ct:1"
-        ]
         state.record_instance(replace(recovered, calling_ae="PACS"), quiet_seconds=0)
         route_due()
         keys = [row["idempotency_key"] for row in state.query("SELECT * FROM jobs ORDER BY id")]
-        assert keys == ["P:any-ct:1", "P:any-ct:2", "P:from-pacs:2"]
-        assert _study(state) == ("routed", 2)
+        assert keys == ["P:any-ct:1"]
+        [study] = state.query("SELECT state, round, calling_ae, note FROM studies")
+        assert (study["state"], study["round"], study["calling_ae"]) == ("routed", 1, "PACS")
+        assert "nothing new" in study["note"]
     finally:
         state.close()
 

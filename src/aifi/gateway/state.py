@@ -479,8 +479,9 @@ class GatewayState(StateReads):
                 # Routed again as the same round, which made no job for want of a sender: its
                 # jobs take the round's keys, by which the exchange knows a job a lost disk
                 # sent for it (the state restored from a backup, the spool after it). A round
-                # that made jobs is not reopened: its jobs hold the instances they read, and
-                # what arrives now goes with a new round (below).
+                # that made jobs is not reopened: its jobs hold the instances they read. An
+                # instance it holds, sent again, is nothing new (below), whatever its sender;
+                # one it does not hold opens a new round, as any late instance does.
                 db.execute(
                     "UPDATE studies SET state = 'receiving', last_at = ?, due_at = ?, "
                     "note = 'its sender known now: routed again' WHERE study_uid = ?",
@@ -497,12 +498,7 @@ class GatewayState(StateReads):
                     "UPDATE studies SET last_at = ?, due_at = ? WHERE study_uid = ?",
                     (now, now + quiet_seconds, item.study_uid),
                 )
-            elif (
-                known
-                and row["state"] == "routed"
-                and not sender_found  # routed without it: routes by sender may match now
-                and not _round_failed(db, item.study_uid)
-            ):
+            elif known and row["state"] == "routed" and not _round_failed(db, item.study_uid):
                 db.execute(
                     "UPDATE studies SET note = ? WHERE study_uid = ?",
                     (f"sent again: already in round {row['round']}, nothing new", item.study_uid),

@@ -39,9 +39,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import BinaryIO
 
 from aifi import __version__
+from aifi.chain_anchor import Anchor
 from aifi.dicom.pseudonym import PseudonymKey
 from aifi.durable import fsync_path, write_atomically
 from aifi.file_lock import held_alone
@@ -221,7 +222,7 @@ def _copy_database(source: Path, target: Path, progress: Progress | None) -> Bac
         part.unlink(missing_ok=True)
         raise BackupError(f"{source}: its copy fails SQLite's check ({checked}); see the journal")
     part.chmod(0o600)
-    digest = _sha256(part, progress)
+    digest = _stream(part, progress)
     fsync_path(part)
     os.replace(part, target)
     fsync_path(target.parent)
@@ -239,11 +240,12 @@ def _summary(folder: Path) -> tuple[dict[str, int], str | None]:
     if (folder / "disclosures.db").is_file():
         log = sqlite3.connect(folder / "disclosures.db")
         try:
-            row = log.execute("SELECT seq, entry_hash FROM entries ORDER BY seq DESC LIMIT 1")
-            newest = row.fetchone()
+            newest = log.execute("SELECT seq, entry_hash FROM entries ORDER BY seq DESC LIMIT 1")
+            row = newest.fetchone()
         finally:
             log.close()
-        anchor = f"{newest[0]}:{newest[1]}" if newest else None
+        # As the journal and `aifi disclosures --anchor` write it.
+        anchor = str(Anchor(int(row[0]), str(row[1]))) if row else None
     return jobs, anchor
 
 
@@ -257,32 +259,28 @@ def _copy_spool(spool: Path, to: Path, progress: Progress | None) -> list[Backed
         target = to / path.parent.name / path.name
         target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
-            with path.open("rb") as source, target.open("wb") as out:
-                digest = hashlib.sha256()
-                while chunk := source.read(_COPY_CHUNK):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    if progress is not None:
-                        progress(len(chunk))
+            with target.open("wb") as out:
+                digest = _stream(path, progress, out)
                 out.flush()
                 os.fsync(out.fileno())
         except FileNotFoundError:  # purged by retention meanwhile: no job needs it
             target.unlink(missing_ok=True)
             continue
         copied.append(
-            BackedUpFile(
-                f"spool/{path.parent.name}/{path.name}", target.stat().st_size, digest.hexdigest()
-            )
+            BackedUpFile(f"spool/{path.parent.name}/{path.name}", target.stat().st_size, digest)
         )
     for folder in {target.parent for target in to.glob("*/")}:
         fsync_path(folder)
     return copied
 
 
-def _sha256(path: Path, progress: Progress | None) -> str:
+def _stream(path: Path, progress: Progress | None, out: BinaryIO | None = None) -> str:
+    """Read `path` a run of bytes at a time, written on to `out` if given; its SHA-256."""
     digest = hashlib.sha256()
     with path.open("rb") as source:
         while chunk := source.read(_COPY_CHUNK):
+            if out is not None:
+                out.write(chunk)
             digest.update(chunk)
             if progress is not None:
                 progress(len(chunk))
@@ -454,19 +452,10 @@ def _put_back(source: Path, target: Path, item: BackedUpFile, progress: Progress
     """Copy a file of the backup, checking it against the manifest as it goes."""
     if not source.is_file() or source.stat().st_size != item.size:
         raise BackupError(f"{source} is missing or not the size the backup wrote")
-    digest = hashlib.sha256()
-
-    def copy(out: Any) -> None:
-        with source.open("rb") as read:
-            while chunk := read.read(_COPY_CHUNK):
-                out.write(chunk)
-                digest.update(chunk)
-                if progress is not None:
-                    progress(len(chunk))
-
+    digests: list[str] = []
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    write_atomically(target, copy, fsync=True)
-    if digest.hexdigest() != item.sha256:
+    write_atomically(target, lambda out: digests.append(_stream(source, progress, out)), fsync=True)
+    if digests != [item.sha256]:
         raise BackupError(f"{source} is not as the backup wrote it (its SHA-256 differs)")
     target.chmod(0o600)
 

@@ -659,37 +659,7 @@ class Gateway:
             if _gone_from_spool(instances) and (gone := _gone_from_spool(instances := selected())):
                 # Read twice: an instance the PACS moved to another study meanwhile leaves the
                 # study's list along with its file.
-                gone_from_spool = (
-                    f"{len(gone)} of the study's {len(instances)} instance(s) are gone from the "
-                    f"spool (such as {gone[0]})"
-                )
-                held = self.client.job(job["exchange_job_id"]) if job["exchange_job_id"] else {}
-                first_seen = self._spool_gone_since.setdefault(job_id, time.time())
-                restored = self.state.restored_after(float(job["created_at"]))
-                if held.get("inputs_complete"):
-                    # Opened by an attempt before a restore: nothing of the spool is needed.
-                    self._spool_gone_since.pop(job_id, None)
-                    self._stands_as_opened(job, held, gone_from_spool)
-                elif not restored:
-                    # Not a disk lost and put back: the spool's volume not mounted, say, or
-                    # failing. Tried again, never refused for it: the study is the hospital's.
-                    self._retry(job, f"{gone_from_spool}; tried again until they are back")
-                elif time.time() - first_seen < SPOOL_GONE_SECONDS:
-                    # Restored without them, or the spool not put back yet.
-                    self._retry(
-                        job,
-                        f"{gone_from_spool} since the gateway was restored from a backup; tried "
-                        f"again for {SPOOL_GONE_SECONDS / 60:.0f} minutes in case the spool is "
-                        "put back, then refused",
-                    )
-                else:
-                    self._spool_gone_since.pop(job_id, None)
-                    self._refuse_sent(
-                        job,
-                        opened,
-                        f"{gone_from_spool}: not put back with the restore of the gateway; send "
-                        "the study again from the PACS",
-                    )
+                self._spool_gone(job, opened, gone, len(instances))
                 return
             self._spool_gone_since.pop(job_id, None)
             may_be_open = bool(job["may_be_open"])
@@ -848,6 +818,45 @@ class Gateway:
             self._retry(job, str(exc))
         finally:
             self._notify()  # whatever became of the job, those waiting on a change hear of it
+
+    def _spool_gone(
+        self, job: Any, opened: dict[str, Any], gone: list[str], instances: int
+    ) -> None:
+        """A job some of whose spool files are gone (`gone`, of its `instances`): a job the
+        exchange opened needs none of them and stands as it opened; a job made before a
+        restore that left them behind is refused after `SPOOL_GONE_SECONDS`, to be sent again
+        from the PACS; any other waits until they are back (a volume not mounted, say)."""
+        job_id = int(job["id"])
+        gone_from_spool = (
+            f"{len(gone)} of the study's {instances} instance(s) are gone from the spool "
+            f"(such as {gone[0]})"
+        )
+        held = self.client.job(job["exchange_job_id"]) if job["exchange_job_id"] else {}
+        first_seen = self._spool_gone_since.setdefault(job_id, time.time())
+        if held.get("inputs_complete"):
+            # Opened by an attempt before a restore: nothing of the spool is needed.
+            self._spool_gone_since.pop(job_id, None)
+            self._stands_as_opened(job, held, gone_from_spool)
+        elif not self.state.restored_after(float(job["created_at"])):
+            # Not a disk lost and put back: the spool's volume not mounted, say, or failing.
+            # Tried again, never refused for it: the study is the hospital's.
+            self._retry(job, f"{gone_from_spool}; tried again until they are back")
+        elif time.time() - first_seen < SPOOL_GONE_SECONDS:
+            # Restored without them, or the spool not put back yet.
+            self._retry(
+                job,
+                f"{gone_from_spool} since the gateway was restored from a backup; tried again "
+                f"for {SPOOL_GONE_SECONDS / 60:.0f} minutes in case the spool is put back, "
+                "then refused",
+            )
+        else:
+            self._spool_gone_since.pop(job_id, None)
+            self._refuse_sent(
+                job,
+                opened,
+                f"{gone_from_spool}: not put back with the restore of the gateway; send the "
+                "study again from the PACS",
+            )
 
     def _start_over(self, job: Any, opened: dict[str, Any], exc: StrayInputs) -> None:
         """Cancel the exchange's job that holds instances this job no longer sends, and send

@@ -467,14 +467,14 @@ class GatewayState(StateReads):
                 "SELECT state, round, calling_ae FROM studies WHERE study_uid = ?",
                 (item.study_uid,),
             ).fetchone()
-            if row is not None and item.calling_ae and not row["calling_ae"]:
+            sender_found = row is not None and bool(item.calling_ae) and not row["calling_ae"]
+            if sender_found:
                 # A study indexed from the spool after a crash or a restore has no sender on
                 # record: routes by sender (`calling_aes`) take the one that sends it again.
                 db.execute(
                     "UPDATE studies SET calling_ae = ? WHERE study_uid = ?",
                     (item.calling_ae, item.study_uid),
                 )
-            sender_found = row is not None and bool(item.calling_ae) and not row["calling_ae"]
             if sender_found and row["state"] == "unrouted":
                 # Routed again as the same round, which made no job for want of a sender: its
                 # jobs take the round's keys, by which the exchange knows a job a lost disk

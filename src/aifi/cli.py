@@ -305,6 +305,7 @@ def _register_tools() -> None:
     from aifi.exchange.audit_cli import app as audit_app
     from aifi.gateway.backup_cli import gateway_backup, gateway_restore
     from aifi.gateway.disclosures_cli import disclosures
+    from aifi.gateway.unknown_jobs_cli import gateway_unknown_jobs
     from aifi.governance.cli import conformance
     from aifi.phantoms.cli import phantom
 
@@ -323,6 +324,10 @@ def _register_tools() -> None:
     app.command(
         "gateway-restore", help="Put a gateway backup back into its workdir (gateway stopped)."
     )(gateway_restore)
+    app.command(
+        "gateway-unknown-jobs",
+        help="Exchange jobs of this hospital the gateway has no record of: adopt or let go.",
+    )(gateway_unknown_jobs)
     app.command("phantom", help="Write a synthetic study with known ground truth.")(phantom)
     app.command("business-case", help="Cost–benefit of central vs local AI procurement.")(
         business_case

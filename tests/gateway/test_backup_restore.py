@@ -51,43 +51,11 @@ from aifi.vendor import JobContext, ProductResult
 from support.hospital import Hospital
 from support.national import National, gateway_config, national_path
 from support.peers import OrthancPeer, free_port, storescu
+from support.restore import bring_home, lose_the_disk, restored
 
 pytestmark = pytest.mark.peer
 
 IDENTITY = {"patient_id": "HOSP-0815", "patient_name": "de^Vries^Els", "accession_number": "ACC9"}
-
-
-def lose_the_disk(hospital: Hospital) -> Path:
-    """The gateway's disk is gone: its workdir moved out of reach. The secret comes back from
-    the key escrow, as the restore asks; returns where the old workdir went."""
-    hospital.close()
-    workdir = load_config(hospital.path).workdir
-    lost = workdir.with_name("lost-disk")
-    workdir.rename(lost)
-    workdir.mkdir(mode=0o700)
-    shutil.copy(lost / "secret.key", workdir / "secret.key")
-    return lost
-
-
-def restored(hospital: Hospital, backup: Path) -> Gateway:
-    """The backup put back into the hospital's workdir, and a gateway opened on it."""
-    restore(load_config(hospital.path), backup)
-    hospital.gateway = hospital.open()
-    return hospital.gateway
-
-
-def bring_home(hospital: Hospital, exchange_job_id: str) -> dict[str, Any]:
-    """Wait for the vendor to end the job, and bring it home as the results thread does:
-    collected, then acknowledged. The exchange's job as it ended."""
-    gateway = hospital.gateway
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        ended = {job["id"]: job for job in gateway.client.ended_jobs(wait=1)}
-        if exchange_job_id in ended:
-            assert gateway.collect(ended[exchange_job_id])
-            gateway.client.acknowledge_many([exchange_job_id])
-            return ended[exchange_job_id]
-    raise AssertionError(f"exchange job {exchange_job_id} did not end within 60 s")
 
 
 def sent_then_backed_up(hospital: Hospital, tmp_path: Path) -> Path:

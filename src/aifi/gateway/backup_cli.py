@@ -26,17 +26,7 @@ from aifi.gateway.backup import (
     planned_bytes,
     restore,
 )
-from aifi.gateway.config import ConfigError, GatewayConfig, load_config
-
-Config = Annotated[Path, typer.Option("--config", "-c", help="The hospital's gateway YAML.")]
-
-
-def _settings(config: Path) -> GatewayConfig:
-    try:
-        return load_config(config)
-    except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+from aifi.gateway.cli_options import ConfigOption, settings_or_exit
 
 
 def _bar(console: Console) -> Progress:
@@ -51,7 +41,7 @@ def _bar(console: Console) -> Progress:
 
 
 def gateway_backup(
-    config: Config,
+    config: ConfigOption,
     to: Annotated[
         Path, typer.Option(help="A new, or empty, folder for this backup (one per backup).")
     ],
@@ -67,7 +57,7 @@ def gateway_backup(
     """Copy a gateway's databases (state, vault, disclosure log), each as one consistent
     moment, while the gateway runs; the hospital's backup then keeps the folder. The
     pseudonymisation secret is never copied: it belongs in the key escrow."""
-    settings = _settings(config)
+    settings = settings_or_exit(config)
     console = Console()
     try:
         with _bar(console) as bar:
@@ -97,7 +87,7 @@ def gateway_backup(
 
 
 def gateway_restore(
-    config: Config,
+    config: ConfigOption,
     backup: Annotated[Path, typer.Option("--from", help="A folder `aifi gateway-backup` wrote.")],
     replace: Annotated[
         bool,
@@ -109,7 +99,7 @@ def gateway_restore(
     """Put a backup back into the gateway's workdir (the gateway stopped). At its next start
     the gateway checks the jobs the backup held as sent with the exchange; send the studies
     received after the backup again from the PACS."""
-    settings = _settings(config)
+    settings = settings_or_exit(config)
     console = Console()
     try:
         with _bar(console) as bar:

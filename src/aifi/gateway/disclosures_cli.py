@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from aifi.gateway.config import ConfigError, load_config
+from aifi.gateway.cli_options import ConfigOption, settings_or_exit
 from aifi.gateway.disclosure_archive import archive_disclosures, read_archive, verify_archive
 from aifi.gateway.disclosures import (
     Anchor,
@@ -33,7 +33,7 @@ from aifi.gateway.disclosures import (
 
 
 def disclosures(
-    config: Annotated[Path, typer.Option("--config", "-c", help="The hospital's gateway YAML.")],
+    config: ConfigOption,
     patient: Annotated[
         str | None, typer.Option(help="Only this Patient ID (the hospital's own).")
     ] = None,
@@ -78,11 +78,7 @@ def disclosures(
     """Show the gateway's disclosure log: each study sent to an AI product (to whom, when, as
     which pseudonym), each result re-identified, stored in a PACS or sent as a notice."""
     console = Console()
-    try:
-        settings = load_config(config)
-    except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+    settings = settings_or_exit(config)
     try:
         anchors = [Anchor.parse(text) for text in anchor or []]
     except ValueError as exc:

@@ -113,6 +113,12 @@ class BroughtHome(Halted):
     WHEN = "the gateway was restored from a backup"
 
 
+class LetGo(Halted):
+    """The exchange's job for this round is one the hospital let go unbrought, when this
+    gateway had no record of it (`aifi gateway-unknown-jobs --let-go`): the study sent again
+    now goes as a new job, for its results to come home this time."""
+
+
 def _unless_unknown(ask: Callable[[str], dict[str, Any] | None], job: str) -> dict[str, Any] | None:
     """The exchange's answer about a job; None when it does not know it (404)."""
     try:
@@ -195,6 +201,8 @@ class Gateway:
         self.refusals = Refusals()
         self.metrics: MetricsServer | None = None
         self._retry_at: dict[str, float] = {}
+        #: Ended exchange jobs this gateway has no record of, left for now: when last met.
+        self._unknown_met: dict[str, float] = {}
         #: Failed tries at bringing a job home, by exchange job, should the disk that failed
         #: them also refuse to record them.
         self._collect_attempts: dict[str, int] = {}
@@ -721,6 +729,8 @@ class Gateway:
                         f"the exchange ended job {created['id']} before it opened "
                         f"({created.get('state')}: {created.get('reason') or 'no reason'})"
                     ) from refused
+                if created.get("acknowledged_at") and self.state.was_let_go(str(created["id"])):
+                    raise LetGo(str(created["id"]))
                 if created.get("acknowledged_at"):
                     # Sent and brought home by this gateway before it was restored from a
                     # backup taken earlier (`aifi gateway-restore`): it stands as it opened.
@@ -803,6 +813,13 @@ class Gateway:
             log.info("job %s skipped, nothing sent: %s", job_id, exc)
         except StrayInputs as exc:
             self._start_over(job, opened, exc)
+        except LetGo as exc:
+            reason = (
+                f"its exchange job {exc} was let go unbrought (`aifi gateway-unknown-jobs`); "
+                "the study sent again goes as a new job"
+            )
+            log.warning("job %s: %s", job_id, reason)
+            self.state.start_over(job_id, reason)
         except ExchangeHTTPError as exc:
             if 400 <= exc.status < 500 and exc.status not in RETRYABLE_STATUSES:
                 self._refuse_sent(job, opened, f"the exchange refused the job: {exc.detail}")
@@ -1174,6 +1191,9 @@ class Gateway:
         last = ""
         retries: list[float] = []
         collected = False
+        if self._unknown_met:  # decided for by the hospital since they were met: now
+            for exchange_id in self.state.decided_since(self._unknown_met):
+                self._retry_at.pop(exchange_id, None)
         while not self._stop.is_set():
             page = self.client.ended_jobs(
                 wait=self.config.poll_wait_seconds if after is None else 0, after=after
@@ -1228,11 +1248,10 @@ class Gateway:
             log.info("ended job %s was cancelled to start its job over; acknowledged", exchange_id)
             return True
         if local is None:
-            log.error(
-                "ended job %s is not one this gateway knows; left unacknowledged", exchange_id
-            )
-            self._retry_at[exchange_id] = time.time() + 300
-            return False
+            unknown = self._unknown_job(job)
+            if not isinstance(unknown, dict):
+                return unknown
+            local = unknown
         if local["state"] == "pending":
             # Sent by an attempt that is not on record yet (its disclosure could not be
             # written, or the exchange's answer was lost): brought home after the retry that
@@ -1285,6 +1304,89 @@ class Gateway:
         self._retry_at.pop(exchange_id, None)
         self._collect_attempts.pop(exchange_id, None)
         return True
+
+    def _unknown_job(self, job: dict[str, Any]) -> dict[str, Any] | bool:
+        """An ended exchange job of this hospital that this gateway has no record of: made by
+        a disk a restore replaced, say, or by another gateway on the hospital's account. It is
+        left unacknowledged until the hospital decides (`aifi gateway-unknown-jobs`): adopted,
+        it is this gateway's job from now on (returned, to be brought home as any other);
+        let go, it is acknowledged unbrought (True). False: left for now.
+
+        Either way what went to it is put on the disclosure log first, if the log lacks it
+        (lost with the restore): the hospital now knows it left.
+        """
+        exchange_id = str(job["id"])
+        decision = self.state.unknown_decision(exchange_id)
+        if decision is None:
+            log.error(
+                "ended job %s is not one this gateway knows; left unacknowledged "
+                "(`aifi gateway-unknown-jobs` lists such jobs, to adopt or let go)",
+                exchange_id,
+            )
+            return self._leave_unknown(exchange_id)
+        if any(
+            pending["product_id"] == job["product_id"]
+            and self.key.uid(str(pending["study_uid"])) == job["study_uid"]
+            for pending in self.state.query("SELECT * FROM jobs WHERE state = 'pending'")
+        ):
+            # Its key may be this pending job's, whose send has not found it yet: it is
+            # linked then, and adopted or let go it would be brought home twice, or not at all.
+            return self._leave_unknown(
+                exchange_id,
+                "a job of its study for this product is waiting to be sent, and may be this "
+                "one: decided again once that job is sent",
+            )
+        known = self.vault.study(str(job["study_uid"]))
+        if decision["decision"] == "adopt" and known is None:
+            return self._leave_unknown(
+                exchange_id,
+                "its study is not in the vault, so its results cannot be mapped back: send "
+                "the study again from the PACS, or let the job go",
+            )
+        let_go = decision["decision"] == "let_go"
+        try:
+            product = self.client.product(str(job["product_id"]))
+            recipient = f"{job['product_id']} {product['version']} of {product['vendor']}"
+        except (ExchangeHTTPError, httpx.TransportError):
+            recipient = str(job["product_id"])  # withdrawn from the catalogue since, say
+        try:
+            self._disclose_sent(
+                exchange_id,
+                patient_id=str(known[1].get("PatientID", "")) if known else "(not in the vault)",
+                study_uid=known[0] if known else str(job["study_uid"]),
+                recipient=f"{recipient}, through the exchange",
+                detail=f"exchange job {exchange_id}: {job['input_count']} instance(s) as study "
+                f"{job['study_uid']} of patient {job['patient_pseudonym']}; a job this gateway "
+                "had no record of (its entry lost with a restore from a backup, say), "
+                + ("let go: its results are not brought home" if let_go else "adopted")
+                + f" (decided by {decision['decided_by']})",
+            )
+        except NotRecorded as exc:
+            return self._leave_unknown(exchange_id, str(exc))
+        if let_go:
+            self.state.let_go(exchange_id)
+            self._unknown_met.pop(exchange_id, None)
+            log.warning("ended job %s, not one this gateway knew, let go", exchange_id)
+            return True
+        assert known is not None  # an adoption waits for the vault, above
+        adopted = self.state.adopt(
+            exchange_id, known[0], str(job["product_id"]), job.get("priority")
+        )
+        self._unknown_met.pop(exchange_id, None)
+        log.warning(
+            "ended job %s, not one this gateway knew, adopted as job %s", exchange_id, adopted["id"]
+        )
+        return adopted
+
+    def _leave_unknown(self, exchange_id: str, why: str | None = None) -> bool:
+        """Leave an unknown exchange job unacknowledged for now: met again in five minutes,
+        or as soon as the hospital decides for it (`decided_since`)."""
+        if why is not None:
+            log.warning("ended job %s, not one this gateway knows: %s", exchange_id, why)
+            self.state.unknown_not_yet(exchange_id, why)
+        self._retry_at[exchange_id] = time.time() + 300
+        self._unknown_met[exchange_id] = time.time()
+        return False
 
     def _settle_refused(self, local: Mapping[str, Any], job: Mapping[str, Any]) -> bool | None:
         """An ended exchange job of a job refused here: True when settled (acknowledge it),

@@ -25,7 +25,22 @@ from aifi.gateway.tallies import Tally
 
 log = logging.getLogger(__name__)
 
-SCHEMA = """
+UNKNOWN_JOBS_SCHEMA = """
+-- ended exchange jobs of this hospital that this gateway has no record of (made by a disk a
+-- restore replaced, say), and what the hospital decided for each (`aifi gateway-unknown-jobs`):
+-- the gateway does it when it next meets the job (`Gateway.collect`)
+CREATE TABLE IF NOT EXISTS unknown_jobs (
+    exchange_job_id TEXT PRIMARY KEY,
+    decision TEXT NOT NULL,   -- adopt | let_go
+    decided_at REAL NOT NULL,
+    decided_by TEXT NOT NULL,
+    settled_at REAL,          -- when the gateway did it
+    note TEXT NOT NULL DEFAULT ''  -- why it has not yet
+);
+"""
+
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS instances (
     sop_instance_uid TEXT PRIMARY KEY,
     study_uid TEXT NOT NULL,
@@ -142,6 +157,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     PRIMARY KEY (job_id, result_name, destination)
 );
 """
+    + UNKNOWN_JOBS_SCHEMA
+)
 
 
 #: Columns added since a table was first created, by table: `CREATE TABLE IF NOT EXISTS` leaves
@@ -318,6 +335,78 @@ TALLIES = (
     ),
     _SPOOL_TALLY,
 )
+
+
+#: The reason an adopted job carries (`GatewayState.adopt`).
+ADOPTED = "adopted: an exchange job this gateway had no record of (`aifi gateway-unknown-jobs`)"
+#: What the hospital may decide for an exchange job its gateway has no record of.
+DECISIONS = ("adopt", "let_go")
+
+
+def decide_unknown_jobs(path: Path, decisions: Mapping[str, str], by: str) -> None:
+    """Record what the hospital decided for exchange jobs its gateway has no record of
+    (`DECISIONS`, by exchange job), for the gateway to do when it next meets each.
+
+    Written by the command, beside a gateway that may be running: on a connection of its
+    own, in one transaction, waiting for the gateway's writes (SQLite's busy timeout). A
+    decision already done stands.
+    """
+    conn = _connect(path)
+    try:
+        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.executescript(UNKNOWN_JOBS_SCHEMA)  # a gateway of this version not started yet
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for exchange_job_id, decision in decisions.items():
+                if decision not in DECISIONS:
+                    raise ValueError(f"no such decision: {decision!r}")
+                conn.execute(
+                    "INSERT INTO unknown_jobs (exchange_job_id, decision, decided_at, "
+                    "decided_by) VALUES (?, ?, ?, ?) ON CONFLICT (exchange_job_id) DO UPDATE "
+                    "SET decision = excluded.decision, decided_at = excluded.decided_at, "
+                    "decided_by = excluded.decided_by, note = '' WHERE settled_at IS NULL",
+                    (exchange_job_id, decision, time.time(), by),
+                )
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+def unknown_job_records(
+    path: Path, exchange_job_ids: Iterable[str]
+) -> tuple[set[str], dict[str, dict[str, Any]]]:
+    """Of these exchange jobs, those the gateway's state at `path` knows, and the hospital's
+    decisions for the others: read on a connection of its own, beside a running gateway."""
+    ids = list(exchange_job_ids)
+    marks = ",".join("?" * len(ids))
+    conn = _connect(path)
+    try:
+        conn.execute("PRAGMA busy_timeout = 10000")
+        known = {
+            str(row[0])
+            for row in conn.execute(
+                f"SELECT exchange_job_id FROM jobs WHERE exchange_job_id IN ({marks})", ids
+            )
+        }
+        have = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'unknown_jobs'"
+        ).fetchone()
+        decided = (
+            {
+                str(row["exchange_job_id"]): dict(row)
+                for row in conn.execute(
+                    f"SELECT * FROM unknown_jobs WHERE exchange_job_id IN ({marks})", ids
+                )
+            }
+            if have
+            else {}
+        )
+    finally:
+        conn.close()
+    return known, decided
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -760,6 +849,91 @@ class GatewayState(StateReads):
             db.execute(
                 "UPDATE restores SET reconciled_at = ? WHERE id = ?", (time.time(), restore_id)
             )
+
+    # exchange jobs this gateway has no record of ----------------------------------------------
+
+    def unknown_decision(self, exchange_job_id: str) -> dict[str, Any] | None:
+        """What the hospital decided for an exchange job this gateway does not know, if it
+        decided and the gateway has not done it yet."""
+        rows = self.query(
+            "SELECT * FROM unknown_jobs WHERE exchange_job_id = ? AND settled_at IS NULL",
+            (exchange_job_id,),
+        )
+        return rows[0] if rows else None
+
+    def decided_since(self, met: Mapping[str, float]) -> list[str]:
+        """Of the unknown exchange jobs met (by when they were last met), those the hospital
+        decided for since: to be done now, not when their retry comes round."""
+        marks = ",".join("?" * len(met))
+        rows = self.query(
+            "SELECT exchange_job_id, decided_at FROM unknown_jobs "
+            f"WHERE settled_at IS NULL AND exchange_job_id IN ({marks})",
+            tuple(met),
+        )
+        return [
+            row["exchange_job_id"]
+            for row in rows
+            if row["decided_at"] >= met[row["exchange_job_id"]]
+        ]
+
+    def unknown_not_yet(self, exchange_job_id: str, note: str) -> None:
+        """Why a decision for an unknown exchange job could not be done yet (shown by the
+        command)."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE unknown_jobs SET note = ? WHERE exchange_job_id = ?",
+                (note, exchange_job_id),
+            )
+
+    def adopt(
+        self, exchange_job_id: str, study_uid: str, product_id: str, priority: str | None
+    ) -> dict[str, Any]:
+        """Make an exchange job this gateway had no record of one of its jobs, submitted, and
+        the decision done: in one transaction, so that it is adopted once.
+
+        Its round is 0, outside the study's rounds: it was made by a round this state does
+        not know, and no round of the study is weighed against it (`skip_if_sent_before`)
+        or reopened for it.
+        """
+        now = time.time()
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT * FROM jobs WHERE exchange_job_id = ?", (exchange_job_id,)
+            ).fetchone()
+            if row is None:
+                cursor = db.execute(
+                    "INSERT INTO jobs (study_uid, round, product_id, priority, idempotency_key, "
+                    "state, exchange_job_id, exchange_state, reason, study_last_at, created_at, "
+                    "submitted_at) VALUES (?, 0, ?, ?, ?, 'submitted', ?, 'requested', ?, ?, ?, ?)",
+                    (
+                        study_uid, product_id, priority, f"adopted:{exchange_job_id}",
+                        exchange_job_id, ADOPTED, now, now, now,
+                    ),
+                )  # fmt: skip
+                row = db.execute("SELECT * FROM jobs WHERE id = ?", (cursor.lastrowid,)).fetchone()
+            db.execute(
+                "UPDATE unknown_jobs SET settled_at = ?, note = '' WHERE exchange_job_id = ?",
+                (now, exchange_job_id),
+            )
+        return dict(row)
+
+    def let_go(self, exchange_job_id: str) -> None:
+        """The hospital let an exchange job it has no record of go: done."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE unknown_jobs SET settled_at = ?, note = '' WHERE exchange_job_id = ?",
+                (time.time(), exchange_job_id),
+            )
+
+    def was_let_go(self, exchange_job_id: str) -> bool:
+        """Whether the hospital let this exchange job go unbrought (`let_go`)."""
+        return bool(
+            self.query(
+                "SELECT 1 FROM unknown_jobs WHERE exchange_job_id = ? AND decision = 'let_go' "
+                "AND settled_at IS NOT NULL",
+                (exchange_job_id,),
+            )
+        )
 
     def mark_submitted(self, job_id: int, note: str | None, digest: str | None = None) -> bool:
         """A pending job is sent and on record; False when it moved on meanwhile.

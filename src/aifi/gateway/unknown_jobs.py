@@ -1,0 +1,159 @@
+"""Ended exchange jobs of this hospital that its gateway has no record of, and what the
+hospital decides for each.
+
+After a restore from a backup, the exchange may hold jobs the lost disk made that the
+restored gateway never links (a round it then skips, a study not sent again), and a hospital
+with two gateways on one account sees the other's. The gateway leaves them unacknowledged and
+names them in its journal. Here the hospital sees them, with the patient and study the vault
+knows them by, and decides: adopt one (its results come home to the PACS as any job's do) or
+let it go (acknowledged unbrought). The gateway, running or at its next start, does what was
+decided when it next meets the job (`Gateway.collect`); the command itself writes nothing but
+the decision, so that one code path brings results home.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from aifi.file_lock import held_alone
+from aifi.gateway.backup import COPY_LOCK, RESTORE_STAGING, restore_cut_off
+from aifi.gateway.config import GatewayConfig
+from aifi.gateway.exchange_client import ENDED_PAGE, GatewayClient
+from aifi.gateway.state import decide_unknown_jobs, unknown_job_records
+from aifi.gateway.vault import Vault
+
+
+class UnknownJobsError(Exception):
+    """The decision cannot be taken as asked; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class UnknownJob:
+    """An ended exchange job this gateway has no record of."""
+
+    exchange_job_id: str
+    product_id: str
+    state: str
+    ended_at: str
+    instances: int
+    #: The hospital's own Study Instance UID, Patient ID and accession number, when the vault
+    #: knows the study (the job can be adopted); None otherwise.
+    study_uid: str | None
+    patient_id: str | None
+    accession_number: str | None
+    #: What the hospital decided, not done yet (adopt | let_go), and why not yet.
+    decision: str | None
+    note: str
+
+
+@contextmanager
+def _workdir(config: GatewayConfig) -> Iterator[tuple[Path, Path]]:
+    """The gateway's state and vault, refused while a restore is putting them in place or was
+    cut off (they may be the backup's, or about to be moved aside), or before a first start.
+    Held against a restore's renames (`backup.lock`) for as long as the caller works."""
+    workdir = config.workdir
+    with held_alone(workdir / COPY_LOCK) as alone:
+        if not alone:
+            raise UnknownJobsError(
+                f"a backup or a restore is running on {workdir}; try again when it is done"
+            )
+        if (cut_off := restore_cut_off(workdir)) is not None:
+            raise UnknownJobsError(cut_off)
+        if any(workdir.glob(f"{RESTORE_STAGING}*")):
+            raise UnknownJobsError(
+                f"a restore is copying a backup into {workdir}; try again when it is done"
+            )
+        state, vault = workdir / "state.db", workdir / "vault.db"
+        for database in (state, vault):
+            if not database.exists():
+                raise UnknownJobsError(
+                    f"{database} does not exist: start the gateway once, or restore it first"
+                )
+        yield state, vault
+
+
+def unknown_jobs(config: GatewayConfig, client: GatewayClient | None = None) -> list[UnknownJob]:
+    """The ended exchange jobs of this hospital, not acknowledged, that the gateway has no
+    record of, oldest first."""
+    own = client is None
+    exchange = client or GatewayClient.connecting(config.exchange)
+    try:
+        ended, after = [], None
+        while True:  # every page: the unknown jobs may sit behind any number of others
+            page = exchange.ended_jobs(wait=0, after=after)
+            ended += page
+            if len(page) < ENDED_PAGE:
+                break
+            after = str(page[-1]["id"])
+    finally:
+        if own:
+            exchange.close()
+    with _workdir(config) as (state, vault_path):
+        known, decided = unknown_job_records(state, [str(job["id"]) for job in ended])
+        vault = Vault(vault_path)
+        try:
+            found = []
+            for job in ended:
+                exchange_id = str(job["id"])
+                if exchange_id in known:
+                    continue
+                study = vault.study(str(job["study_uid"]))
+                decision = decided.get(exchange_id)
+                settled = decision is not None and decision["settled_at"] is not None
+                found.append(
+                    UnknownJob(
+                        exchange_job_id=exchange_id,
+                        product_id=str(job["product_id"]),
+                        state=str(job["state"]),
+                        ended_at=str(job.get("ended_at") or ""),
+                        instances=int(job["input_count"]),
+                        study_uid=study[0] if study else None,
+                        patient_id=str(study[1].get("PatientID", "")) if study else None,
+                        accession_number=(
+                            str(study[1].get("AccessionNumber", "")) if study else None
+                        ),
+                        decision=None if decision is None or settled else decision["decision"],
+                        note="" if decision is None or settled else str(decision["note"]),
+                    )
+                )
+        finally:
+            vault.close()
+    return found
+
+
+def decide(
+    config: GatewayConfig,
+    *,
+    adopt: list[str],
+    let_go: list[str],
+    by: str,
+    client: GatewayClient | None = None,
+) -> list[UnknownJob]:
+    """Record the hospital's decisions (`by` whom) for these unknown exchange jobs, for the
+    gateway to do; returns the jobs decided for. Refused whole, with nothing recorded, when
+    one is not an unknown ended job of this hospital, is named twice, or is to be adopted
+    while the vault does not know its study (send the study again from the PACS first)."""
+    twice = set(adopt) & set(let_go)
+    if twice:
+        raise UnknownJobsError(f"both adopted and let go: {', '.join(sorted(twice))}")
+    found = {job.exchange_job_id: job for job in unknown_jobs(config, client)}
+    missing = [job for job in [*adopt, *let_go] if job not in found]
+    if missing:
+        raise UnknownJobsError(
+            f"not an ended job of this hospital that the gateway has no record of: "
+            f"{', '.join(missing)} (it may be known, acknowledged already, or not ended yet)"
+        )
+    unmappable = [job for job in adopt if found[job].study_uid is None]
+    if unmappable:
+        raise UnknownJobsError(
+            f"the vault does not know the study of {', '.join(unmappable)}, so its results "
+            "cannot be mapped back to the patient: send the study again from the PACS and "
+            "run this again, or let the job go"
+        )
+    decisions = {job: "adopt" for job in adopt} | {job: "let_go" for job in let_go}
+    with _workdir(config) as (state, _vault):
+        decide_unknown_jobs(state, decisions, by)
+    return [found[job] for job in decisions]

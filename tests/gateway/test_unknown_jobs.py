@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pydicom
@@ -18,14 +19,22 @@ import pytest
 from typer.testing import CliRunner
 
 from aifi.cli import app
+from aifi.gateway import unknown_jobs as unknown_jobs_module
 from aifi.gateway.backup import RESTORING, back_up
 from aifi.gateway.config import load_config
 from aifi.gateway.state import ADOPTED
 from aifi.gateway.unknown_jobs import UnknownJobsError, decide, unknown_jobs
-from support.hospital import Hospital
+from support.hospital import Hospital, acknowledgements_lost
 from support.restore import bring_home, lose_the_disk, restored, until_ended
 
 pytestmark = pytest.mark.peer
+
+
+@pytest.fixture(autouse=True)
+def decided_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The jobs here ended moments ago; a hospital waits an hour before deciding
+    (`DECIDE_AFTER_SECONDS`), which one test keeps."""
+    monkeypatch.setattr(unknown_jobs_module, "DECIDE_AFTER_SECONDS", 0.0)
 
 
 def command(hospital: Hospital, *options: str) -> tuple[int, str]:
@@ -93,6 +102,9 @@ def test_a_round_the_lost_disk_made_is_listed_and_once_adopted_comes_home_once(
     [job] = adopted
     assert (job["state"], job["round"], job["reason"]) == ("delivered", 0, ADOPTED)
     assert job["study_uid"] == original.StudyInstanceUID
+    # Its turnaround counts from when the lost disk made it, not from the adoption.
+    made = datetime.fromisoformat(listed.ended_at).timestamp()
+    assert job["study_last_at"] < made
     [result] = (gateway.results_dir / str(job["id"]) / "reidentified").glob("*.dcm")
     header = pydicom.dcmread(result, stop_before_pixels=True)
     assert (header.StudyInstanceUID, header.PatientID) == (
@@ -211,3 +223,142 @@ def test_no_decision_is_taken_while_a_restore_holds_the_workdir(
     with pytest.raises(UnknownJobsError, match="state.db does not exist"):
         decide(config, adopt=[exchange_id], let_go=[], by="test", client=hospital.gateway.client)
     assert not (config.workdir / "state.db").exists()  # not made by the command
+
+
+def test_a_job_let_go_is_acknowledged_again_if_its_acknowledgement_was_lost(
+    hospital: Hospital, tmp_path: Path
+) -> None:
+    """Done, a decision stands: the job let go is acknowledged at every pass until the
+    exchange has it, listed meanwhile as done, and not to be decided again."""
+    exchange_id = late_round_made_by_the_lost_disk(hospital, tmp_path)
+    gateway, config = hospital.gateway, load_config(hospital.path)
+    decide(config, adopt=[], let_go=[exchange_id], by="pacs admin", client=gateway.client)
+    acknowledgements_lost(hospital)
+    gateway._bring_home()
+    del hospital.network.handle_request  # the exchange reachable again
+    [listed] = unknown_jobs(config, gateway.client)
+    assert listed.decision == "let_go" and "acknowledgement has not reached" in listed.note
+    with pytest.raises(UnknownJobsError, match=r"let go \(decided by pacs admin\) is done"):
+        decide(config, adopt=[exchange_id], let_go=[], by="someone else", client=gateway.client)
+
+    gateway._retry_at.clear()
+    gateway._bring_home()
+    [remote] = [job for job in hospital.exchange_jobs() if job["id"] == exchange_id]
+    assert remote["acknowledged_at"] is not None
+    assert unknown_jobs(config, gateway.client) == []
+    assert len([e for e in gateway.disclosures.entries() if exchange_id in e.detail]) == 1
+
+
+def test_a_decision_the_gateway_has_begun_to_do_is_not_changed(
+    hospital: Hospital, tmp_path: Path
+) -> None:
+    """Changed while the gateway does it (between its read and its record), a decision would
+    be done one way and recorded the other: adopted, yet taken as let go when the round is
+    sent again (run twice); or let go, yet taken as brought home (never delivered)."""
+    exchange_id = late_round_made_by_the_lost_disk(hospital, tmp_path)
+    gateway, config = hospital.gateway, load_config(hospital.path)
+    decide(config, adopt=[exchange_id], let_go=[], by="pacs admin", client=gateway.client)
+    looked_up = gateway.client.product
+    refused: list[str] = []
+
+    def second_thoughts(product_id: str) -> dict[str, object]:
+        try:
+            decide(config, adopt=[], let_go=[exchange_id], by="later", client=gateway.client)
+        except UnknownJobsError as exc:
+            refused.append(str(exc))
+        return looked_up(product_id)
+
+    gateway.client.product = second_thoughts  # type: ignore[method-assign]
+    try:
+        gateway._bring_home()
+    finally:
+        del gateway.client.product
+    assert refused and "is being done by the gateway" in refused[0], refused
+    [adopted] = [job for job in hospital.jobs() if job["exchange_job_id"] == exchange_id]
+    assert adopted["state"] == "delivered"
+    assert not gateway.state.was_let_go(exchange_id)
+
+
+def test_a_job_let_go_that_never_opened_went_to_the_exchange_alone_and_its_study_goes_anew(
+    hospital: Hospital, tmp_path: Path
+) -> None:
+    """The lost disk's job broke off half-uploaded and ended unopened (expired, say): let
+    go, the log says its instances went to the exchange, not to a vendor; the study sent
+    again goes as a new job, not refused for the one that ended."""
+    backup = tmp_path / "backup"
+    back_up(load_config(hospital.path), backup)
+    opened = hospital.part_sent_then_broken_off()
+    exchange_id = str(opened["id"])
+    lose_the_disk(hospital)
+    gateway = restored(hospital, backup)
+    gateway.reconcile_restore()
+    gateway.client.cancel_job(exchange_id, "expired: its inputs never completed")
+    ended = until_ended(hospital, exchange_id)
+    assert not ended["inputs_complete"] and int(ended["input_count"]) > 0
+    config = load_config(hospital.path)
+    decide(config, adopt=[], let_go=[exchange_id], by="pacs admin", client=gateway.client)
+    gateway._bring_home()
+    [entry] = [e for e in gateway.disclosures.entries() if e.action == "disclosed"]
+    assert entry.recipient == "the exchange" and "before it opened" in entry.detail, entry
+
+    hospital.receive(*hospital.files)  # sent again from the PACS
+    assert hospital.route() == 1
+    [job] = hospital.jobs()
+    assert hospital.send_due() == [job["id"]]
+    assert "was let go unbrought" in gateway.state.job(job["id"])["reason"]
+    assert hospital.send_due() == [job["id"]]
+    sent = gateway.state.job(job["id"])
+    assert sent["state"] == "submitted" and sent["exchange_job_id"] != exchange_id, sent
+    disclosed = [e for e in gateway.disclosures.entries() if e.action == "disclosed"]
+    assert [e.detail.split(":")[0] for e in disclosed] == [
+        f"exchange job {exchange_id}",
+        f"exchange job {sent['exchange_job_id']}",
+    ]
+
+
+def test_a_job_is_left_while_its_study_is_received_again(
+    hospital: Hospital, tmp_path: Path
+) -> None:
+    """The late slice sent again, not yet routed: its round's job may be the unknown one, and
+    the decision waits."""
+    exchange_id = late_round_made_by_the_lost_disk(hospital, tmp_path)
+    gateway, config = hospital.gateway, load_config(hospital.path)
+    decide(config, adopt=[exchange_id], let_go=[], by="pacs admin", client=gateway.client)
+    hospital.receive(hospital.late)  # the study is being received again
+    gateway._bring_home()
+    assert not [job for job in hospital.jobs() if job["exchange_job_id"] == exchange_id]
+    [listed] = unknown_jobs(config, gateway.client)
+    assert "being received again" in listed.note
+
+
+def test_a_round_sent_after_its_job_was_adopted_is_skipped_not_linked_twice(
+    hospital: Hospital, tmp_path: Path
+) -> None:
+    exchange_id = late_round_made_by_the_lost_disk(hospital, tmp_path)
+    gateway, config = hospital.gateway, load_config(hospital.path)
+    decide(config, adopt=[exchange_id], let_go=[], by="pacs admin", client=gateway.client)
+    acknowledgements_lost(hospital)  # the adopted job's end not acknowledged yet, too
+    gateway._bring_home()
+    del hospital.network.handle_request
+    [adopted] = [job for job in hospital.jobs() if job["exchange_job_id"] == exchange_id]
+
+    hospital.receive(hospital.late)  # sent again from the PACS after the adoption
+    assert hospital.route() == 1
+    again = hospital.jobs()[-1]
+    assert hospital.send_due() == [again["id"]]
+    again = gateway.state.job(again["id"])
+    assert again["state"] == "skipped" and f"job {adopted['id']}'s, adopted" in again["reason"]
+    assert again["exchange_job_id"] is None
+    assert len(hospital.exchange_jobs()) == 2  # round 1's and the adopted one: none new
+
+
+def test_no_job_is_decided_for_within_an_hour_of_its_end(
+    hospital: Hospital, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second gateway on the hospital's account brings its own jobs home moments after
+    they end; until then this one lists them too, and must not take them."""
+    exchange_id = late_round_made_by_the_lost_disk(hospital, tmp_path)
+    monkeypatch.setattr(unknown_jobs_module, "DECIDE_AFTER_SECONDS", 3600.0)
+    code, shown = command(hospital, "--let-go", exchange_id)
+    assert code == 1 and "ended less than 60 minutes ago" in shown, shown
+    assert unknown_jobs(load_config(hospital.path), hospital.gateway.client)[0].decision is None

@@ -714,8 +714,20 @@ class Gateway:
                     # count: it opened (below), or it holds more instances than this job
                     # sends, some of them no longer the study's (moved to another study).
                     refused, created = exc, create(study_uid, patient, None)
+                owner = self.state.job_by_exchange_id(str(created["id"]))
+                if owner is not None and int(owner["id"]) != job_id:
+                    # Adopted (`aifi gateway-unknown-jobs`) before this round found it by its
+                    # key: that job brings it home.
+                    reason = (
+                        f"its exchange job {created['id']} is job {owner['id']}'s, adopted "
+                        "before this round was sent"
+                    )
+                    self.state.skip_taken(job_id, reason)
+                    raise NothingNew(reason)
                 opened.update(created)
                 self.state.update_job(job_id, exchange_job_id=created["id"])
+                if created.get("acknowledged_at") and self.state.was_let_go(str(created["id"])):
+                    raise LetGo(str(created["id"]))
                 cancelled_to_start_over = created.get("reason") == stray_inputs_reason(
                     str(created["id"])
                 )
@@ -729,8 +741,6 @@ class Gateway:
                         f"the exchange ended job {created['id']} before it opened "
                         f"({created.get('state')}: {created.get('reason') or 'no reason'})"
                     ) from refused
-                if created.get("acknowledged_at") and self.state.was_let_go(str(created["id"])):
-                    raise LetGo(str(created["id"]))
                 if created.get("acknowledged_at"):
                     # Sent and brought home by this gateway before it was restored from a
                     # backup taken earlier (`aifi gateway-restore`): it stands as it opened.
@@ -1248,7 +1258,12 @@ class Gateway:
             log.info("ended job %s was cancelled to start its job over; acknowledged", exchange_id)
             return True
         if local is None:
-            unknown = self._unknown_job(job)
+            try:
+                unknown = self._unknown_job(job)
+            except (OSError, sqlite3.Error) as exc:  # the gateway's disk: tried again later
+                log.warning("ended job %s, not one this gateway knows: %s", exchange_id, exc)
+                self._retry_at[exchange_id] = time.time() + 60
+                return False
             if not isinstance(unknown, dict):
                 return unknown
             local = unknown
@@ -1307,15 +1322,16 @@ class Gateway:
 
     def _unknown_job(self, job: dict[str, Any]) -> dict[str, Any] | bool:
         """An ended exchange job of this hospital that this gateway has no record of: made by
-        a disk a restore replaced, say, or by another gateway on the hospital's account. It is
-        left unacknowledged until the hospital decides (`aifi gateway-unknown-jobs`): adopted,
-        it is this gateway's job from now on (returned, to be brought home as any other);
-        let go, it is acknowledged unbrought (True). False: left for now.
+        a disk a restore replaced, say. It is left unacknowledged until the hospital decides
+        (`aifi gateway-unknown-jobs`): adopted, it is this gateway's job from now on
+        (returned, to be brought home as any other); let go, it is acknowledged unbrought
+        (True, and again should the acknowledgement not get through). False: left for now.
 
-        Either way what went to it is put on the disclosure log first, if the log lacks it
-        (lost with the restore): the hospital now knows it left.
+        The decision is taken before anything is done (`take_unknown_decision`), so that the
+        command cannot change it half-done. What went to the job is put on the disclosure log
+        first, if the log lacks it (lost with the restore): the hospital now knows it left.
         """
-        exchange_id = str(job["id"])
+        exchange_id, met = str(job["id"]), time.time()
         decision = self.state.unknown_decision(exchange_id)
         if decision is None:
             log.error(
@@ -1323,69 +1339,110 @@ class Gateway:
                 "(`aifi gateway-unknown-jobs` lists such jobs, to adopt or let go)",
                 exchange_id,
             )
-            return self._leave_unknown(exchange_id)
-        if any(
-            pending["product_id"] == job["product_id"]
-            and self.key.uid(str(pending["study_uid"])) == job["study_uid"]
-            for pending in self.state.query("SELECT * FROM jobs WHERE state = 'pending'")
-        ):
-            # Its key may be this pending job's, whose send has not found it yet: it is
-            # linked then, and adopted or let go it would be brought home twice, or not at all.
-            return self._leave_unknown(
-                exchange_id,
-                "a job of its study for this product is waiting to be sent, and may be this "
-                "one: decided again once that job is sent",
-            )
+            return self._leave_unknown(exchange_id, met)
+        if decision["settled_at"] is not None:  # let go; its acknowledgement did not get through
+            return decision["decision"] == "let_go" or self._leave_unknown(exchange_id, met)
+        if (linking := self._may_link(job)) is not None:
+            return self._leave_unknown(exchange_id, met, linking)
         known = self.vault.study(str(job["study_uid"]))
-        if decision["decision"] == "adopt" and known is None:
+        let_go = decision["decision"] == "let_go"
+        if not let_go and known is None:
             return self._leave_unknown(
                 exchange_id,
+                met,
                 "its study is not in the vault, so its results cannot be mapped back: send "
                 "the study again from the PACS, or let the job go",
             )
-        let_go = decision["decision"] == "let_go"
+        if not self.state.take_unknown_decision(exchange_id, decision["decision"]):
+            return self._leave_unknown(exchange_id, 0.0)  # changed meanwhile: met again now
         try:
-            product = self.client.product(str(job["product_id"]))
-            recipient = f"{job['product_id']} {product['version']} of {product['vendor']}"
-        except (ExchangeHTTPError, httpx.TransportError):
-            recipient = str(job["product_id"])  # withdrawn from the catalogue since, say
-        try:
-            self._disclose_sent(
-                exchange_id,
-                patient_id=str(known[1].get("PatientID", "")) if known else "(not in the vault)",
-                study_uid=known[0] if known else str(job["study_uid"]),
-                recipient=f"{recipient}, through the exchange",
-                detail=f"exchange job {exchange_id}: {job['input_count']} instance(s) as study "
-                f"{job['study_uid']} of patient {job['patient_pseudonym']}; a job this gateway "
-                "had no record of (its entry lost with a restore from a backup, say), "
-                + ("let go: its results are not brought home" if let_go else "adopted")
-                + f" (decided by {decision['decided_by']})",
-            )
+            self._disclose_unknown(job, known, decision)
         except NotRecorded as exc:
-            return self._leave_unknown(exchange_id, str(exc))
+            return self._leave_unknown(exchange_id, met, str(exc))
+        self._unknown_met.pop(exchange_id, None)
         if let_go:
             self.state.let_go(exchange_id)
-            self._unknown_met.pop(exchange_id, None)
             log.warning("ended job %s, not one this gateway knew, let go", exchange_id)
             return True
         assert known is not None  # an adoption waits for the vault, above
+        made = datetime.fromisoformat(str(job["created_at"])).timestamp()
         adopted = self.state.adopt(
-            exchange_id, known[0], str(job["product_id"]), job.get("priority")
+            exchange_id, known[0], str(job["product_id"]), job.get("priority"), made
         )
-        self._unknown_met.pop(exchange_id, None)
         log.warning(
             "ended job %s, not one this gateway knew, adopted as job %s", exchange_id, adopted["id"]
         )
         return adopted
 
-    def _leave_unknown(self, exchange_id: str, why: str | None = None) -> bool:
+    def _may_link(self, job: Mapping[str, Any]) -> str | None:
+        """Why an unknown exchange job may yet be linked by a job of its study (None if it
+        cannot): a pending job for its product, or a study still being received, whose send
+        may find it by its key. Adopted or let go meanwhile, it would come home twice, or be
+        taken as brought home when it was not."""
+        for pending in self.state.query("SELECT * FROM jobs WHERE state = 'pending'"):
+            if pending["product_id"] == job["product_id"] and (
+                self.key.uid(str(pending["study_uid"])) == job["study_uid"]
+            ):
+                return (
+                    f"job {pending['id']} of its study for this product is waiting to be sent, "
+                    "and may be this one: decided again once that job is sent"
+                )
+        for study in self.state.query("SELECT study_uid FROM studies WHERE state = 'receiving'"):
+            if self.key.uid(str(study["study_uid"])) == job["study_uid"]:
+                return (
+                    "its study is being received again, and its job may be this one: decided "
+                    "again once that job is sent"
+                )
+        return None
+
+    def _disclose_unknown(
+        self,
+        job: Mapping[str, Any],
+        known: tuple[str, dict[str, str]] | None,
+        decision: Mapping[str, Any],
+    ) -> None:
+        """Put what went to an unknown exchange job on the disclosure log, once: to the
+        product's vendor if the job opened, else to the exchange alone (nothing, if nothing
+        went)."""
+        exchange_id, sent = str(job["id"]), int(job["input_count"])
+        if not sent:
+            return
+        if job.get("inputs_complete"):
+            try:
+                product = self.client.product(str(job["product_id"]))
+                recipient = (
+                    f"{job['product_id']} {product['version']} of {product['vendor']}, "
+                    "through the exchange"
+                )
+            except (ExchangeHTTPError, httpx.TransportError):
+                recipient = f"{job['product_id']}, through the exchange"  # withdrawn since, say
+        else:
+            recipient = "the exchange"
+        done = (
+            "let go: its results are not brought home"
+            if decision["decision"] == "let_go"
+            else "adopted"
+        )
+        self._disclose_sent(
+            exchange_id,
+            patient_id=str(known[1].get("PatientID", "")) if known else "(not in the vault)",
+            study_uid=known[0] if known else str(job["study_uid"]),
+            recipient=recipient,
+            detail=f"exchange job {exchange_id}: {sent} instance(s) as study {job['study_uid']} "
+            f"of patient {job['patient_pseudonym']}"
+            + ("" if job.get("inputs_complete") else f"; ended ({job['state']}) before it opened")
+            + "; a job this gateway had no record of (its entry lost with a restore from a "
+            f"backup, say), {done} (decided by {decision['decided_by']})",
+        )
+
+    def _leave_unknown(self, exchange_id: str, met: float, why: str | None = None) -> bool:
         """Leave an unknown exchange job unacknowledged for now: met again in five minutes,
-        or as soon as the hospital decides for it (`decided_since`)."""
+        or as soon as the hospital decides for it after `met` (`decided_since`)."""
         if why is not None:
             log.warning("ended job %s, not one this gateway knows: %s", exchange_id, why)
             self.state.unknown_not_yet(exchange_id, why)
         self._retry_at[exchange_id] = time.time() + 300
-        self._unknown_met[exchange_id] = time.time()
+        self._unknown_met[exchange_id] = met
         return False
 
     def _settle_refused(self, local: Mapping[str, Any], job: Mapping[str, Any]) -> bool | None:

@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS unknown_jobs (
     decision TEXT NOT NULL,   -- adopt | let_go
     decided_at REAL NOT NULL,
     decided_by TEXT NOT NULL,
+    taken_at REAL,            -- when the gateway began to do it: no longer to be changed
     settled_at REAL,          -- when the gateway did it
     note TEXT NOT NULL DEFAULT ''  -- why it has not yet
 );
@@ -343,13 +344,19 @@ ADOPTED = "adopted: an exchange job this gateway had no record of (`aifi gateway
 DECISIONS = ("adopt", "let_go")
 
 
+class DecidedAlready(Exception):
+    """A decision for an unknown exchange job that the gateway has begun to do, or done:
+    it is no longer to be changed."""
+
+
 def decide_unknown_jobs(path: Path, decisions: Mapping[str, str], by: str) -> None:
     """Record what the hospital decided for exchange jobs its gateway has no record of
     (`DECISIONS`, by exchange job), for the gateway to do when it next meets each.
 
     Written by the command, beside a gateway that may be running: on a connection of its
     own, in one transaction, waiting for the gateway's writes (SQLite's busy timeout). A
-    decision already done stands.
+    decision may be changed until the gateway begins to do it (`take_unknown_decision`);
+    after that, one of them refuses them all (`DecidedAlready`), recording nothing.
     """
     conn = _connect(path)
     try:
@@ -360,11 +367,23 @@ def decide_unknown_jobs(path: Path, decisions: Mapping[str, str], by: str) -> No
             for exchange_job_id, decision in decisions.items():
                 if decision not in DECISIONS:
                     raise ValueError(f"no such decision: {decision!r}")
+                held = conn.execute(
+                    "SELECT decision, decided_by, settled_at FROM unknown_jobs WHERE "
+                    "exchange_job_id = ? AND (taken_at IS NOT NULL OR settled_at IS NOT NULL)",
+                    (exchange_job_id,),
+                ).fetchone()
+                if held is not None:
+                    raise DecidedAlready(
+                        f"exchange job {exchange_job_id}: {held['decision'].replace('_', ' ')} "
+                        f"(decided by {held['decided_by']}) is "
+                        + ("done" if held["settled_at"] is not None else "being done")
+                        + " by the gateway, and stands"
+                    )
                 conn.execute(
                     "INSERT INTO unknown_jobs (exchange_job_id, decision, decided_at, "
                     "decided_by) VALUES (?, ?, ?, ?) ON CONFLICT (exchange_job_id) DO UPDATE "
                     "SET decision = excluded.decision, decided_at = excluded.decided_at, "
-                    "decided_by = excluded.decided_by, note = '' WHERE settled_at IS NULL",
+                    "decided_by = excluded.decided_by, note = ''",
                     (exchange_job_id, decision, time.time(), by),
                 )
         except BaseException:
@@ -854,10 +873,9 @@ class GatewayState(StateReads):
 
     def unknown_decision(self, exchange_job_id: str) -> dict[str, Any] | None:
         """What the hospital decided for an exchange job this gateway does not know, if it
-        decided and the gateway has not done it yet."""
+        decided: done (`settled_at`) or not."""
         rows = self.query(
-            "SELECT * FROM unknown_jobs WHERE exchange_job_id = ? AND settled_at IS NULL",
-            (exchange_job_id,),
+            "SELECT * FROM unknown_jobs WHERE exchange_job_id = ?", (exchange_job_id,)
         )
         return rows[0] if rows else None
 
@@ -876,24 +894,44 @@ class GatewayState(StateReads):
             if row["decided_at"] >= met[row["exchange_job_id"]]
         ]
 
+    def take_unknown_decision(self, exchange_job_id: str, decision: str) -> bool:
+        """Begin to do a decision for an unknown exchange job: from now on the command cannot
+        change it (`decide_unknown_jobs`). False when it is no longer `decision` (changed
+        since it was read), or done."""
+        with self.transaction() as db:
+            return bool(
+                db.execute(
+                    "UPDATE unknown_jobs SET taken_at = ? WHERE exchange_job_id = ? "
+                    "AND decision = ? AND settled_at IS NULL",
+                    (time.time(), exchange_job_id, decision),
+                ).rowcount
+            )
+
     def unknown_not_yet(self, exchange_job_id: str, note: str) -> None:
-        """Why a decision for an unknown exchange job could not be done yet (shown by the
-        command)."""
+        """A decision for an unknown exchange job could not be done yet (`note`, shown by
+        the command): given back, to be changed if need be."""
         with self.transaction() as db:
             db.execute(
-                "UPDATE unknown_jobs SET note = ? WHERE exchange_job_id = ?",
+                "UPDATE unknown_jobs SET note = ?, taken_at = NULL "
+                "WHERE exchange_job_id = ? AND settled_at IS NULL",
                 (note, exchange_job_id),
             )
 
     def adopt(
-        self, exchange_job_id: str, study_uid: str, product_id: str, priority: str | None
+        self,
+        exchange_job_id: str,
+        study_uid: str,
+        product_id: str,
+        priority: str | None,
+        made_at: float,
     ) -> dict[str, Any]:
         """Make an exchange job this gateway had no record of one of its jobs, submitted, and
         the decision done: in one transaction, so that it is adopted once.
 
         Its round is 0, outside the study's rounds: it was made by a round this state does
         not know, and no round of the study is weighed against it (`skip_if_sent_before`)
-        or reopened for it.
+        or reopened for it. `made_at` (when the exchange made it) stands for when its study
+        was complete, for the turnaround.
         """
         now = time.time()
         with self.transaction() as db:
@@ -907,7 +945,7 @@ class GatewayState(StateReads):
                     "submitted_at) VALUES (?, 0, ?, ?, ?, 'submitted', ?, 'requested', ?, ?, ?, ?)",
                     (
                         study_uid, product_id, priority, f"adopted:{exchange_job_id}",
-                        exchange_job_id, ADOPTED, now, now, now,
+                        exchange_job_id, ADOPTED, made_at, now, now,
                     ),
                 )  # fmt: skip
                 row = db.execute("SELECT * FROM jobs WHERE id = ?", (cursor.lastrowid,)).fetchone()
@@ -934,6 +972,16 @@ class GatewayState(StateReads):
                 (exchange_job_id,),
             )
         )
+
+    def skip_taken(self, job_id: int, reason: str) -> None:
+        """End a pending job as 'skipped': the exchange job its key finds is another job's
+        of this gateway (one adopted, `adopt`), which brings it home."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = 'skipped', reason = ?, ended_at = ? "
+                "WHERE id = ? AND state = 'pending'",
+                (reason, time.time(), job_id),
+            )
 
     def mark_submitted(self, job_id: int, note: str | None, digest: str | None = None) -> bool:
         """A pending job is sent and on record; False when it moved on meanwhile.

@@ -16,14 +16,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from aifi.file_lock import held_alone
 from aifi.gateway.backup import COPY_LOCK, RESTORE_STAGING, restore_cut_off
 from aifi.gateway.config import GatewayConfig
 from aifi.gateway.exchange_client import ENDED_PAGE, GatewayClient
-from aifi.gateway.state import decide_unknown_jobs, unknown_job_records
+from aifi.gateway.state import DecidedAlready, decide_unknown_jobs, unknown_job_records
 from aifi.gateway.vault import Vault
+
+#: A job is decided for once it ended this long ago: a hospital running a second gateway on
+#: its account would see that gateway's jobs listed here for the moments between their end and
+#: their coming home (seconds; longer while that gateway restarts), and must not take them.
+DECIDE_AFTER_SECONDS = 3600.0
 
 
 class UnknownJobsError(Exception):
@@ -103,6 +109,12 @@ def unknown_jobs(config: GatewayConfig, client: GatewayClient | None = None) -> 
                 study = vault.study(str(job["study_uid"]))
                 decision = decided.get(exchange_id)
                 settled = decision is not None and decision["settled_at"] is not None
+                if settled and decision is not None and decision["decision"] == "let_go":
+                    note = "done; its acknowledgement has not reached the exchange yet"
+                elif decision is not None and not settled:
+                    note = str(decision["note"])
+                else:
+                    note, decision = "", None  # adopted jobs are known: not listed
                 found.append(
                     UnknownJob(
                         exchange_job_id=exchange_id,
@@ -115,13 +127,22 @@ def unknown_jobs(config: GatewayConfig, client: GatewayClient | None = None) -> 
                         accession_number=(
                             str(study[1].get("AccessionNumber", "")) if study else None
                         ),
-                        decision=None if decision is None or settled else decision["decision"],
-                        note="" if decision is None or settled else str(decision["note"]),
+                        decision=None if decision is None else str(decision["decision"]),
+                        note=note,
                     )
                 )
         finally:
             vault.close()
     return found
+
+
+def _ended_ago(job: UnknownJob) -> float:
+    """Seconds since the job ended, by the exchange's clock (UTC)."""
+    if not job.ended_at:
+        return 0.0
+    ended = datetime.fromisoformat(job.ended_at)
+    ended = ended if ended.tzinfo else ended.replace(tzinfo=UTC)
+    return (datetime.now(UTC) - ended).total_seconds()
 
 
 def decide(
@@ -146,6 +167,13 @@ def decide(
             f"not an ended job of this hospital that the gateway has no record of: "
             f"{', '.join(missing)} (it may be known, acknowledged already, or not ended yet)"
         )
+    recent = [job for job in [*adopt, *let_go] if _ended_ago(found[job]) < DECIDE_AFTER_SECONDS]
+    if recent:
+        raise UnknownJobsError(
+            f"ended less than {DECIDE_AFTER_SECONDS / 60:.0f} minutes ago: {', '.join(recent)}; "
+            "another gateway of the hospital's may still bring it home: decide once that "
+            "time has passed"
+        )
     unmappable = [job for job in adopt if found[job].study_uid is None]
     if unmappable:
         raise UnknownJobsError(
@@ -155,5 +183,8 @@ def decide(
         )
     decisions = {job: "adopt" for job in adopt} | {job: "let_go" for job in let_go}
     with _workdir(config) as (state, _vault):
-        decide_unknown_jobs(state, decisions, by)
+        try:
+            decide_unknown_jobs(state, decisions, by)
+        except DecidedAlready as exc:
+            raise UnknownJobsError(str(exc)) from exc
     return [found[job] for job in decisions]

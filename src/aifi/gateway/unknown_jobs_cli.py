@@ -5,6 +5,7 @@ that its gateway has no record of, and `--adopt` / `--let-go` to decide for them
 from __future__ import annotations
 
 import getpass
+import os
 from typing import Annotated
 
 import httpx
@@ -17,6 +18,12 @@ from aifi.gateway.unknown_jobs import UnknownJob, UnknownJobsError, decide, unkn
 from aifi.http import ExchangeHTTPError
 
 _DECISION = {"adopt": "adopt", "let_go": "let go"}
+
+
+def _who() -> str:
+    """Who runs the command: the login behind `sudo -u aifi`, as the guide runs it, not the
+    service account."""
+    return os.environ.get("SUDO_USER") or getpass.getuser()
 
 
 def _table(jobs: list[UnknownJob]) -> Table:
@@ -61,7 +68,8 @@ def gateway_unknown_jobs(
         ),
     ] = None,
     by: Annotated[
-        str, typer.Option(help="Who decides, for the record (default: the login name).")
+        str,
+        typer.Option(help="Who decides, for the record (default: the login name, or sudo's)."),
     ] = "",
 ) -> None:
     """List the ended exchange jobs of this hospital that the gateway has no record of (made
@@ -72,9 +80,7 @@ def gateway_unknown_jobs(
     console = Console()
     try:
         if adopt or let_go:
-            decided = decide(
-                settings, adopt=adopt or [], let_go=let_go or [], by=by or getpass.getuser()
-            )
+            decided = decide(settings, adopt=adopt or [], let_go=let_go or [], by=by or _who())
             for job in decided:
                 verb = "adopt" if job.exchange_job_id in (adopt or []) else "let go"
                 console.print(f"decided: {verb} exchange job {job.exchange_job_id}")

@@ -336,13 +336,17 @@ def test_following_the_guide_brings_a_phantom_result_into_the_pacs(
     restored = _run_printed(installed_aifi, 9, "gateway-restore", config_file, tmp_path / "bk")
     assert "restored" in restored and "send the studies" in " ".join(restored.split()), restored
     assert (Path(config["workdir"]) / "vault.db").is_file()
+    # Step 5: the exchange's jobs the restored gateway has no record of; the one job was
+    # brought home before the backup, and is known.
+    unknown = _run_printed(installed_aifi, 9, "gateway-unknown-jobs", config_file)
+    assert "none: every ended job" in unknown, unknown
 
 
 def _run_printed(
-    installed_aifi: Path, section: int, command: str, config_file: Path, folder: Path
+    installed_aifi: Path, section: int, command: str, config_file: Path, folder: Path | None = None
 ) -> str:
     """The guide's `aifi <command>` line in a code block of `section`, run with the site's
-    configuration file and backup folder; its output."""
+    configuration file and backup folder (for a command that names one); its output."""
     [line] = [
         shlex.split(line)
         for line in _section(section).splitlines()
@@ -350,8 +354,9 @@ def _run_printed(
     ]
     arguments = line[line.index(f"{GUIDE_VENV}/bin/aifi") + 1 :]
     arguments[arguments.index("/etc/aifi/gateway.yaml")] = str(config_file)
-    folder_option = next(option for option in ("--to", "--from") if option in arguments)
-    arguments[arguments.index(folder_option) + 1] = str(folder)
+    if folder is not None:
+        folder_option = next(option for option in ("--to", "--from") if option in arguments)
+        arguments[arguments.index(folder_option) + 1] = str(folder)
     ran = subprocess.run(
         [str(installed_aifi), *arguments],
         env={**_outside_checkout(), "COLUMNS": "200"},

@@ -10,12 +10,14 @@ Against a real exchange and vendor worker, the gateway driven as its threads dri
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from datetime import datetime
 from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.uid import generate_uid
 from typer.testing import CliRunner
 
 from aifi.cli import app
@@ -240,6 +242,15 @@ def test_a_job_let_go_is_acknowledged_again_if_its_acknowledgement_was_lost(
     assert listed.decision == "let_go" and "acknowledgement has not reached" in listed.note
     with pytest.raises(UnknownJobsError, match=r"let go \(decided by pacs admin\) is done"):
         decide(config, adopt=[exchange_id], let_go=[], by="someone else", client=gateway.client)
+    code, shown = command(hospital, "--let-go", exchange_id)  # as decided: it stands
+    assert code == 0 and f"decided: let go exchange job {exchange_id}" in shown, shown
+    # The late slice sent again meanwhile: its round's key finds the job let go, not yet
+    # acknowledged, and goes as a new job rather than take it.
+    hospital.receive(hospital.late)
+    assert hospital.route() == 1
+    again = hospital.jobs()[-1]
+    assert hospital.send_due() == [again["id"]]
+    assert "was let go unbrought" in gateway.state.job(again["id"])["reason"]
 
     gateway._retry_at.clear()
     gateway._bring_home()
@@ -247,6 +258,8 @@ def test_a_job_let_go_is_acknowledged_again_if_its_acknowledgement_was_lost(
     assert remote["acknowledged_at"] is not None
     assert unknown_jobs(config, gateway.client) == []
     assert len([e for e in gateway.disclosures.entries() if exchange_id in e.detail]) == 1
+    assert hospital.send_due() == [again["id"]]
+    assert gateway.state.job(again["id"])["exchange_job_id"] not in (None, exchange_id)
 
 
 def test_a_decision_the_gateway_has_begun_to_do_is_not_changed(
@@ -350,6 +363,98 @@ def test_a_round_sent_after_its_job_was_adopted_is_skipped_not_linked_twice(
     assert again["state"] == "skipped" and f"job {adopted['id']}'s, adopted" in again["reason"]
     assert again["exchange_job_id"] is None
     assert len(hospital.exchange_jobs()) == 2  # round 1's and the adopted one: none new
+    # Sent again unchanged, the study is nothing new, as after any round that succeeded.
+    hospital.receive(*hospital.files, hospital.late)
+    assert hospital.route() == 0
+    assert len(hospital.exchange_jobs()) == 2
+
+
+def test_a_round_with_more_instances_than_its_adopted_job_goes_as_a_new_job(
+    hospital: Hospital, tmp_path: Path
+) -> None:
+    """Skipped, the round's extra instance would never be sent."""
+    exchange_id = late_round_made_by_the_lost_disk(hospital, tmp_path)
+    gateway, config = hospital.gateway, load_config(hospital.path)
+    decide(config, adopt=[exchange_id], let_go=[], by="pacs admin", client=gateway.client)
+    gateway._bring_home()
+    extra = pydicom.dcmread(hospital.late)
+    extra.SOPInstanceUID = extra.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    extra.InstanceNumber = int(extra.InstanceNumber) + 1
+    extra.save_as(tmp_path / "extra.dcm")
+    hospital.receive(hospital.late, tmp_path / "extra.dcm")
+    assert hospital.route() == 1
+    again = hospital.jobs()[-1]
+    assert hospital.send_due() == [again["id"]]
+    assert "holds other instances" in gateway.state.job(again["id"])["reason"]
+    assert hospital.send_due() == [again["id"]]
+    sent = gateway.state.job(again["id"])
+    assert sent["state"] == "submitted" and sent["exchange_job_id"] != exchange_id
+    assert hospital.pseudonyms(tmp_path / "extra.dcm") <= hospital.inputs(sent["exchange_job_id"])
+
+
+def test_what_is_kept_of_jobs_another_gateway_brought_home_goes(
+    hospital: Hospital, tmp_path: Path
+) -> None:
+    """Met here, brought home by another gateway on the hospital's account: forgotten at
+    the next full listing, not kept for ever (nor named in a query that would outgrow
+    SQLite's limit)."""
+    exchange_id = late_round_made_by_the_lost_disk(hospital, tmp_path)
+    gateway = hospital.gateway
+    gateway._bring_home()
+    assert exchange_id in gateway._unknown_met and exchange_id in gateway._retry_at
+    gateway.client.acknowledge(exchange_id)  # the other gateway brought it home
+    gateway._unknown_met.update({f"other-{n}": 1.0 for n in range(40_000)})
+    gateway._bring_home()
+    assert gateway._unknown_met == {} and exchange_id not in gateway._retry_at
+
+
+def test_a_decision_the_disk_refuses_is_tried_once_a_minute_not_in_a_loop(
+    hospital: Hospital, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exchange_id = late_round_made_by_the_lost_disk(hospital, tmp_path)
+    gateway, config = hospital.gateway, load_config(hospital.path)
+    gateway._bring_home()  # met
+    decide(config, adopt=[exchange_id], let_go=[], by="pacs admin", client=gateway.client)
+    tries: list[str] = []
+
+    def disk_full(exchange_job_id: str, decision: str) -> bool:
+        tries.append(exchange_job_id)
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(gateway.state, "take_unknown_decision", disk_full)
+    for _ in range(3):
+        gateway._bring_home()
+    assert tries == [exchange_id]
+    assert gateway._retry_at[exchange_id] > time.time() + 30
+
+
+def test_a_decision_begun_and_cut_short_is_finished_not_changed(
+    hospital: Hospital, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The adoption's entry written, its job row refused by the disk: the decision stays
+    begun (its entry names it), the command cannot change it, and the next pass finishes it,
+    even with a round of the study now waiting to be sent."""
+    exchange_id = late_round_made_by_the_lost_disk(hospital, tmp_path)
+    gateway, config = hospital.gateway, load_config(hospital.path)
+    decide(config, adopt=[exchange_id], let_go=[], by="pacs admin", client=gateway.client)
+    with monkeypatch.context() as full:
+        full.setattr(
+            gateway.state,
+            "adopt",
+            lambda *args: (_ for _ in ()).throw(sqlite3.OperationalError("disk is full")),
+        )
+        gateway._bring_home()
+    assert gateway.state.unknown_decision(exchange_id)["taken_at"] is not None
+    code, shown = command(hospital, "--let-go", exchange_id)
+    assert code == 1 and "is being done by the gateway" in shown, shown
+    hospital.receive(hospital.late)
+    assert hospital.route() == 1  # a round whose key is the job's, waiting to be sent
+    gateway._retry_at.clear()
+    gateway._bring_home()
+    [adopted] = [job for job in hospital.jobs() if job["exchange_job_id"] == exchange_id]
+    assert adopted["state"] == "delivered" and adopted["round"] == 0
+    assert hospital.send_due() == [hospital.jobs()[-2]["id"]]
+    assert hospital.jobs()[-2]["state"] == "skipped"
 
 
 def test_no_job_is_decided_for_within_an_hour_of_its_end(

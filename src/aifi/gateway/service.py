@@ -11,7 +11,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
@@ -113,10 +113,18 @@ class BroughtHome(Halted):
     WHEN = "the gateway was restored from a backup"
 
 
-class LetGo(Halted):
-    """The exchange's job for this round is one the hospital let go unbrought, when this
-    gateway had no record of it (`aifi gateway-unknown-jobs --let-go`): the study sent again
-    now goes as a new job, for its results to come home this time."""
+#: Why an adoption waits.
+NOT_IN_VAULT = (
+    "its study is not in the vault, so its results cannot be mapped back: send the study "
+    "again from the PACS, or let the job go"
+)
+
+
+class StartsAnew(Halted):
+    """The exchange's job this round's key finds is not this round's to take: the hospital let
+    it go unbrought, or adopted it as another job, which ended without results or holds other
+    instances (`aifi gateway-unknown-jobs`). The round goes as a new job (the message: why),
+    for its results to come home."""
 
 
 def _unless_unknown(ask: Callable[[str], dict[str, Any] | None], job: str) -> dict[str, Any] | None:
@@ -716,18 +724,14 @@ class Gateway:
                     refused, created = exc, create(study_uid, patient, None)
                 owner = self.state.job_by_exchange_id(str(created["id"]))
                 if owner is not None and int(owner["id"]) != job_id:
-                    # Adopted (`aifi gateway-unknown-jobs`) before this round found it by its
-                    # key: that job brings it home.
-                    reason = (
-                        f"its exchange job {created['id']} is job {owner['id']}'s, adopted "
-                        "before this round was sent"
-                    )
-                    self.state.skip_taken(job_id, reason)
-                    raise NothingNew(reason)
+                    self._adopted_before(job_id, owner, created, sending, digest)
                 opened.update(created)
                 self.state.update_job(job_id, exchange_job_id=created["id"])
-                if created.get("acknowledged_at") and self.state.was_let_go(str(created["id"])):
-                    raise LetGo(str(created["id"]))
+                if self.state.was_let_go(str(created["id"])):  # after the link: see its doc
+                    raise StartsAnew(
+                        f"its exchange job {created['id']} was let go unbrought (`aifi "
+                        "gateway-unknown-jobs`); the study sent again goes as a new job"
+                    )
                 cancelled_to_start_over = created.get("reason") == stray_inputs_reason(
                     str(created["id"])
                 )
@@ -823,13 +827,9 @@ class Gateway:
             log.info("job %s skipped, nothing sent: %s", job_id, exc)
         except StrayInputs as exc:
             self._start_over(job, opened, exc)
-        except LetGo as exc:
-            reason = (
-                f"its exchange job {exc} was let go unbrought (`aifi gateway-unknown-jobs`); "
-                "the study sent again goes as a new job"
-            )
-            log.warning("job %s: %s", job_id, reason)
-            self.state.start_over(job_id, reason)
+        except StartsAnew as exc:
+            log.warning("job %s: %s", job_id, exc)
+            self.state.start_over(job_id, str(exc))
         except ExchangeHTTPError as exc:
             if 400 <= exc.status < 500 and exc.status not in RETRYABLE_STATUSES:
                 self._refuse_sent(job, opened, f"the exchange refused the job: {exc.detail}")
@@ -845,6 +845,40 @@ class Gateway:
             self._retry(job, str(exc))
         finally:
             self._notify()  # whatever became of the job, those waiting on a change hear of it
+
+    def _adopted_before(
+        self,
+        job_id: int,
+        owner: Mapping[str, Any],
+        held: Mapping[str, Any],
+        sending: list[Mapping[str, Any]],
+        digest: str,
+    ) -> None:
+        """This round's key finds an exchange job adopted as another job (`owner`) before the
+        round was sent. Holding the same instances, and not ended without results, the owner
+        brings them home, and the round is skipped (`NothingNew`); else the round goes as a
+        new job (`StartsAnew`). Never linked to the exchange job a second time: one of the
+        two would never be brought home."""
+        exchange_id = str(held["id"])
+        adopted = (
+            f"its exchange job {exchange_id} is job {owner['id']}'s, adopted before this round "
+            "was sent"
+        )
+        if owner["state"] in ("submitted", "delivered") and (
+            self._digest_if_sent(exchange_id, int(held["input_count"]), sending) == digest
+        ):
+            reason = f"{adopted}, with these same {len(sending)} instance(s)"
+            self.state.skip_taken(job_id, int(owner["id"]), digest, reason)
+            raise NothingNew(reason)
+        raise StartsAnew(
+            f"{adopted}, which "
+            + (
+                "ended without results"
+                if owner["state"] not in ("submitted", "delivered")
+                else "holds other instances, or no longer lists them"
+            )
+            + "; this round goes as a new job"
+        )
 
     def _spool_gone(
         self, job: Any, opened: dict[str, Any], gone: list[str], instances: int
@@ -1165,7 +1199,7 @@ class Gateway:
         log.info("job %s: %s", local["id"], note)
 
     def _digest_if_sent(
-        self, exchange_id: str, count: int, instances: list[dict[str, Any]]
+        self, exchange_id: str, count: int, instances: Sequence[Mapping[str, Any]]
     ) -> str | None:
         """What a job brought home before a restore was sent with, as `inputs_digest`, when
         it is these `instances`: its input UIDs at the exchange are theirs. Another job of the
@@ -1204,12 +1238,16 @@ class Gateway:
         if self._unknown_met:  # decided for by the hospital since they were met: now
             for exchange_id in self.state.decided_since(self._unknown_met):
                 self._retry_at.pop(exchange_id, None)
+        listed: set[str] = set()
         while not self._stop.is_set():
             page = self.client.ended_jobs(
                 wait=self.config.poll_wait_seconds if after is None else 0, after=after
             )
             now = time.time()
             last = str(page[-1]["id"]) if page else last
+            listed.update(str(job["id"]) for job in page)
+            if len(page) < ENDED_PAGE:
+                self._forget_unlisted(listed)
             brought_home: list[str] = []
             for job in page:
                 if self._stop.is_set():
@@ -1226,6 +1264,14 @@ class Gateway:
                 break
             after = last
         return (min(retries), last) if retries and not collected else None
+
+    def _forget_unlisted(self, listed: set[str]) -> None:
+        """The exchange listed every ended job not brought home (`listed`): what this gateway
+        keeps of others (a retry due, an unknown job met) is of jobs brought home since, by
+        another gateway on the hospital's account say, and goes; it would grow for ever."""
+        for kept in (self._retry_at, self._unknown_met):
+            for exchange_id in [held for held in kept if held not in listed]:
+                del kept[exchange_id]
 
     def _acknowledge(self, exchange_ids: list[str]) -> None:
         """Tell the exchange these jobs are home, in one request.
@@ -1263,6 +1309,7 @@ class Gateway:
             except (OSError, sqlite3.Error) as exc:  # the gateway's disk: tried again later
                 log.warning("ended job %s, not one this gateway knows: %s", exchange_id, exc)
                 self._retry_at[exchange_id] = time.time() + 60
+                self._unknown_met[exchange_id] = time.time()  # not before its retry
                 return False
             if not isinstance(unknown, dict):
                 return unknown
@@ -1342,23 +1389,25 @@ class Gateway:
             return self._leave_unknown(exchange_id, met)
         if decision["settled_at"] is not None:  # let go; its acknowledgement did not get through
             return decision["decision"] == "let_go" or self._leave_unknown(exchange_id, met)
-        if (linking := self._may_link(job)) is not None:
-            return self._leave_unknown(exchange_id, met, linking)
-        known = self.vault.study(str(job["study_uid"]))
         let_go = decision["decision"] == "let_go"
-        if not let_go and known is None:
-            return self._leave_unknown(
-                exchange_id,
-                met,
-                "its study is not in the vault, so its results cannot be mapped back: send "
-                "the study again from the PACS, or let the job go",
-            )
-        if not self.state.take_unknown_decision(exchange_id, decision["decision"]):
-            return self._leave_unknown(exchange_id, 0.0)  # changed meanwhile: met again now
+        known = self.vault.study(str(job["study_uid"]))
+        if decision["taken_at"] is None:  # not begun: the checks it waits for
+            if (linking := self._may_link(job)) is not None:
+                return self._leave_unknown(exchange_id, met, linking)
+            if not let_go and known is None:
+                return self._leave_unknown(exchange_id, met, NOT_IN_VAULT)
+            if not self.state.take_unknown_decision(exchange_id, decision["decision"]):
+                return self._leave_unknown(exchange_id, 0.0)  # changed or linked: met again now
+        elif not let_go and known is None:  # begun, and the vault has forgotten the study since
+            self.state.unknown_not_yet(exchange_id, NOT_IN_VAULT, release=True)
+            return self._leave_unknown(exchange_id, met)
+        # Begun, it is finished whatever comes meanwhile: given back only before its entry is
+        # written, which names the decision.
         try:
             self._disclose_unknown(job, known, decision)
         except NotRecorded as exc:
-            return self._leave_unknown(exchange_id, met, str(exc))
+            self.state.unknown_not_yet(exchange_id, str(exc), release=True)
+            return self._leave_unknown(exchange_id, met)
         self._unknown_met.pop(exchange_id, None)
         if let_go:
             self.state.let_go(exchange_id)
@@ -1437,7 +1486,8 @@ class Gateway:
 
     def _leave_unknown(self, exchange_id: str, met: float, why: str | None = None) -> bool:
         """Leave an unknown exchange job unacknowledged for now: met again in five minutes,
-        or as soon as the hospital decides for it after `met` (`decided_since`)."""
+        or as soon as the hospital decides for it after `met` (`decided_since`); `why` a
+        decision waits, for the command to show."""
         if why is not None:
             log.warning("ended job %s, not one this gateway knows: %s", exchange_id, why)
             self.state.unknown_not_yet(exchange_id, why)

@@ -356,7 +356,8 @@ def decide_unknown_jobs(path: Path, decisions: Mapping[str, str], by: str) -> No
     Written by the command, beside a gateway that may be running: on a connection of its
     own, in one transaction, waiting for the gateway's writes (SQLite's busy timeout). A
     decision may be changed until the gateway begins to do it (`take_unknown_decision`);
-    after that, one of them refuses them all (`DecidedAlready`), recording nothing.
+    after that, one changed refuses them all (`DecidedAlready`), recording nothing; one made
+    again is left as it is.
     """
     conn = _connect(path)
     try:
@@ -372,6 +373,8 @@ def decide_unknown_jobs(path: Path, decisions: Mapping[str, str], by: str) -> No
                     "exchange_job_id = ? AND (taken_at IS NOT NULL OR settled_at IS NOT NULL)",
                     (exchange_job_id,),
                 ).fetchone()
+                if held is not None and held["decision"] == decision:
+                    continue  # as decided already: it stands
                 if held is not None:
                     raise DecidedAlready(
                         f"exchange job {exchange_job_id}: {held['decision'].replace('_', ' ')} "
@@ -881,39 +884,45 @@ class GatewayState(StateReads):
 
     def decided_since(self, met: Mapping[str, float]) -> list[str]:
         """Of the unknown exchange jobs met (by when they were last met), those the hospital
-        decided for since: to be done now, not when their retry comes round."""
-        marks = ",".join("?" * len(met))
+        decided for since: to be done now, not when their retry comes round. Decisions not
+        done are few; the jobs met may be many (another gateway's, on the hospital's
+        account), so they are not named in the query."""
         rows = self.query(
             "SELECT exchange_job_id, decided_at FROM unknown_jobs "
-            f"WHERE settled_at IS NULL AND exchange_job_id IN ({marks})",
-            tuple(met),
+            "WHERE settled_at IS NULL AND decided_at >= ?",
+            (min(met.values()),),
         )
         return [
             row["exchange_job_id"]
             for row in rows
-            if row["decided_at"] >= met[row["exchange_job_id"]]
+            if row["exchange_job_id"] in met and row["decided_at"] >= met[row["exchange_job_id"]]
         ]
 
     def take_unknown_decision(self, exchange_job_id: str, decision: str) -> bool:
         """Begin to do a decision for an unknown exchange job: from now on the command cannot
-        change it (`decide_unknown_jobs`). False when it is no longer `decision` (changed
-        since it was read), or done."""
+        change it (`decide_unknown_jobs`), and a job of this gateway's sent meanwhile does not
+        take that exchange job (`was_let_go`). False when it is no longer `decision` (changed
+        since it was read), is done, or a job of this gateway's took the exchange job first:
+        in one transaction, so that one of the two wins."""
         with self.transaction() as db:
             return bool(
                 db.execute(
                     "UPDATE unknown_jobs SET taken_at = ? WHERE exchange_job_id = ? "
-                    "AND decision = ? AND settled_at IS NULL",
-                    (time.time(), exchange_job_id, decision),
+                    "AND decision = ? AND settled_at IS NULL AND NOT EXISTS "
+                    "(SELECT 1 FROM jobs WHERE exchange_job_id = ?)",
+                    (time.time(), exchange_job_id, decision, exchange_job_id),
                 ).rowcount
             )
 
-    def unknown_not_yet(self, exchange_job_id: str, note: str) -> None:
+    def unknown_not_yet(self, exchange_job_id: str, note: str, *, release: bool = False) -> None:
         """A decision for an unknown exchange job could not be done yet (`note`, shown by
-        the command): given back, to be changed if need be."""
+        the command); `release`: given back after it was begun, to be changed if need be
+        (only before anything named it)."""
         with self.transaction() as db:
             db.execute(
-                "UPDATE unknown_jobs SET note = ?, taken_at = NULL "
-                "WHERE exchange_job_id = ? AND settled_at IS NULL",
+                "UPDATE unknown_jobs SET note = ?"
+                + (", taken_at = NULL" if release else "")
+                + " WHERE exchange_job_id = ? AND settled_at IS NULL",
                 (note, exchange_job_id),
             )
 
@@ -964,23 +973,31 @@ class GatewayState(StateReads):
             )
 
     def was_let_go(self, exchange_job_id: str) -> bool:
-        """Whether the hospital let this exchange job go unbrought (`let_go`)."""
+        """Whether the hospital let this exchange job go unbrought (`let_go`), or the gateway
+        has begun to (its acknowledgement may not be through yet): no job of this gateway's
+        is to take it."""
         return bool(
             self.query(
                 "SELECT 1 FROM unknown_jobs WHERE exchange_job_id = ? AND decision = 'let_go' "
-                "AND settled_at IS NOT NULL",
+                "AND (taken_at IS NOT NULL OR settled_at IS NOT NULL)",
                 (exchange_job_id,),
             )
         )
 
-    def skip_taken(self, job_id: int, reason: str) -> None:
+    def skip_taken(self, job_id: int, owner_id: int, digest: str, reason: str) -> None:
         """End a pending job as 'skipped': the exchange job its key finds is another job's
-        of this gateway (one adopted, `adopt`), which brings it home."""
+        of this gateway (`owner_id`, one adopted), which took the same instances (`digest`)
+        and brings them home. The owner takes the digest, so that the study sent again
+        unchanged is nothing new, as after any round whose job succeeded (`_round_failed`)."""
         with self.transaction() as db:
             db.execute(
-                "UPDATE jobs SET state = 'skipped', reason = ?, ended_at = ? "
+                "UPDATE jobs SET inputs_digest = ? WHERE id = ? AND inputs_digest IS NULL",
+                (digest, owner_id),
+            )
+            db.execute(
+                "UPDATE jobs SET state = 'skipped', reason = ?, inputs_digest = ?, ended_at = ? "
                 "WHERE id = ? AND state = 'pending'",
-                (reason, time.time(), job_id),
+                (reason, digest, time.time(), job_id),
             )
 
     def mark_submitted(self, job_id: int, note: str | None, digest: str | None = None) -> bool:

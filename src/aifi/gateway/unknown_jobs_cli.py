@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import sqlite3
 from typing import Annotated
 
 import httpx
@@ -31,7 +32,7 @@ def _table(jobs: list[UnknownJob]) -> Table:
     table.add_column("exchange job", no_wrap=True)  # whole, to be copied into --adopt
     for column in ("product", "ended", "instances", "study (from the vault)"):
         table.add_column(column, overflow="fold")
-    table.add_column("decided, not done yet", overflow="fold")
+    table.add_column("decided", overflow="fold")
     for job in jobs:
         study = (
             f"{job.study_uid}\npatient {job.patient_id}, accession {job.accession_number or '-'}"
@@ -78,18 +79,22 @@ def gateway_unknown_jobs(
     next start. What went to each job is put on the disclosure log then."""
     settings = settings_or_exit(config)
     console = Console()
+    decided = False
     try:
         if adopt or let_go:
-            decided = decide(settings, adopt=adopt or [], let_go=let_go or [], by=by or _who())
-            for job in decided:
+            for job in decide(settings, adopt=adopt or [], let_go=let_go or [], by=by or _who()):
                 verb = "adopt" if job.exchange_job_id in (adopt or []) else "let go"
                 console.print(f"decided: {verb} exchange job {job.exchange_job_id}")
+            decided = True
         jobs = unknown_jobs(settings)
     except UnknownJobsError as exc:
         console.print(f"[red]error: {exc}[/]", soft_wrap=True)
         raise typer.Exit(1) from exc
-    except (ExchangeHTTPError, httpx.TransportError, OSError) as exc:
-        console.print(f"[red]error: the exchange or the workdir: {exc}[/]", soft_wrap=True)
+    except (ExchangeHTTPError, httpx.TransportError, OSError, sqlite3.Error) as exc:
+        done = "the decisions are recorded; " if decided else ""
+        console.print(
+            f"[red]error: {done}the exchange or the workdir failed: {exc}[/]", soft_wrap=True
+        )
         raise typer.Exit(1) from exc
     if not jobs:
         console.print("none: every ended job the exchange lists for this hospital is known here")

@@ -24,6 +24,8 @@ from aifi.cli import app
 from aifi.gateway import unknown_jobs as unknown_jobs_module
 from aifi.gateway.backup import RESTORING, back_up
 from aifi.gateway.config import load_config
+from aifi.gateway.metrics import gateway_registry
+from aifi.gateway.service import Gateway
 from aifi.gateway.state import ADOPTED
 from aifi.gateway.unknown_jobs import UnknownJobsError, decide, unknown_jobs
 from support.hospital import Hospital, acknowledgements_lost
@@ -48,6 +50,12 @@ def command(hospital: Hospital, *options: str) -> tuple[int, str]:
         env={"COLUMNS": "200"},
     )
     return result.exit_code, " ".join(result.output.split())
+
+
+def exported_unknown(gateway: Gateway) -> float | None:
+    """What the gateway's exporter says of the exchange jobs it has no record of."""
+    registry = gateway_registry(gateway.state, unknown_jobs=gateway.unknown_jobs_left)
+    return registry.get_sample_value("aifi_gateway_unknown_exchange_jobs")
 
 
 def late_round_made_by_the_lost_disk(hospital: Hospital, tmp_path: Path) -> str:
@@ -85,6 +93,7 @@ def test_a_round_the_lost_disk_made_is_listed_and_once_adopted_comes_home_once(
     gateway._bring_home()
     assert all(job["exchange_job_id"] != exchange_id for job in hospital.jobs())
     assert gateway._retry_at[exchange_id] > time.time() + 200  # met again in five minutes
+    assert exported_unknown(gateway) == 1.0  # the monitoring sees it
     [listed] = unknown_jobs(config, gateway.client)
     assert listed.exchange_job_id == exchange_id and listed.decision is None
     assert (listed.study_uid, listed.patient_id) == (original.StudyInstanceUID, original.PatientID)
@@ -122,6 +131,7 @@ def test_a_round_the_lost_disk_made_is_listed_and_once_adopted_comes_home_once(
     assert "adopted (decided by pacs admin)" in disclosed.detail
     assert [e.action for e in entries][-2:] == ["disclosed", "reidentified"]
 
+    assert exported_unknown(gateway) == 0.0
     gateway._bring_home()  # nothing more: adopted once, brought home once
     assert len([j for j in hospital.jobs() if j["exchange_job_id"] == exchange_id]) == 1
     assert unknown_jobs(config, gateway.client) == []

@@ -64,8 +64,11 @@ class GatewayCollector(Collector):
         hospital: str = "",
         sending: Callable[[], Collection[str]] = frozenset,
         retain_seconds: float | None = None,
+        unknown_jobs: Callable[[], int] = lambda: 0,
     ) -> None:
         self._state = state
+        #: Ended exchange jobs the gateway has no record of, left unacknowledged.
+        self._unknown_jobs = unknown_jobs
         self._refusals = refusals or Refusals()
         self._hospital = hospital
         #: The studies an open association or request is still sending (they wait for it).
@@ -86,7 +89,18 @@ class GatewayCollector(Collector):
         up.add_metric([], 1.0)
         yield up
         yield from families
+        yield self._unknown()
         yield from self._refused()
+
+    def _unknown(self) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(
+            "aifi_gateway_unknown_exchange_jobs",
+            "Ended exchange jobs of the hospital's that this gateway has no record of (made by "
+            "a disk a restore replaced, say), left unacknowledged until the hospital adopts "
+            "them or lets them go (aifi gateway-unknown-jobs)",
+        )
+        family.add_metric([], float(self._unknown_jobs()))
+        return family
 
     def _refused(self) -> Iterator[CounterMetricFamily]:
         instances = CounterMetricFamily(
@@ -311,10 +325,17 @@ def gateway_registry(
     refusals: Refusals | None = None,
     sending: Callable[[], Collection[str]] = frozenset,
     retain_seconds: float | None = None,
+    unknown_jobs: Callable[[], int] = lambda: 0,
 ) -> CollectorRegistry:
     registry = CollectorRegistry()
     registry.register(
-        GatewayCollector(state, refusals, sending=sending, retain_seconds=retain_seconds)
+        GatewayCollector(
+            state,
+            refusals,
+            sending=sending,
+            retain_seconds=retain_seconds,
+            unknown_jobs=unknown_jobs,
+        )
     )
     return registry
 
@@ -326,13 +347,14 @@ def start_metrics_server(
     refusals: Refusals | None = None,
     sending: Callable[[], Collection[str]] = frozenset,
     retain_seconds: float | None = None,
+    unknown_jobs: Callable[[], int] = lambda: 0,
 ) -> MetricsServer:
     """Serve `/metrics` for Prometheus on `host:port` (port 0: any free port) from `state`.
 
     Bind to the hospital's monitoring network only; the figures carry no patient data but
     are nobody else's business.
     """
-    registry = gateway_registry(state, refusals, sending, retain_seconds)
+    registry = gateway_registry(state, refusals, sending, retain_seconds, unknown_jobs)
     server, thread = start_http_server(port, addr=host, registry=registry)
     return MetricsServer(host, int(server.server_address[1]), registry, server, thread)
 

@@ -261,6 +261,7 @@ class Gateway:
                 self.refusals,
                 self.studies_being_sent,
                 self.config.retain_hours * 3600,
+                self.unknown_jobs_left,
             )
         for name, target in (
             ("assembler", self._assemble_loop),
@@ -1265,6 +1266,12 @@ class Gateway:
             after = last
         return (min(retries), last) if retries and not collected else None
 
+    def unknown_jobs_left(self) -> int:
+        """Ended exchange jobs this gateway has no record of, left unacknowledged (until the
+        hospital decides, or while a decision waits), as of the last listing: for the
+        exporter."""
+        return len(self._unknown_met)
+
     def _forget_unlisted(self, listed: set[str]) -> None:
         """The exchange listed every ended job not brought home (`listed`): what this gateway
         keeps of others (a retry due, an unknown job met) is of jobs brought home since, by
@@ -1303,7 +1310,9 @@ class Gateway:
             # gateway does not know are left for whoever made them.
             log.info("ended job %s was cancelled to start its job over; acknowledged", exchange_id)
             return True
-        if local is None:
+        if local is not None:
+            self._unknown_met.pop(exchange_id, None)  # linked by a job sent since, say
+        else:
             try:
                 unknown = self._unknown_job(job)
             except (OSError, sqlite3.Error) as exc:  # the gateway's disk: tried again later

@@ -26,9 +26,10 @@ from aifi.gateway.backup import RESTORING, back_up
 from aifi.gateway.config import load_config
 from aifi.gateway.metrics import gateway_registry
 from aifi.gateway.service import Gateway
-from aifi.gateway.state import ADOPTED
+from aifi.gateway.state import ADOPTED, GatewayState
 from aifi.gateway.unknown_jobs import UnknownJobsError, decide, unknown_jobs
-from support.hospital import Hospital, acknowledgements_lost
+from support.hospital import Hospital, acknowledgements_lost, disclosure_log_full, refuses
+from support.national import national_path
 from support.restore import bring_home, lose_the_disk, restored, until_ended
 
 pytestmark = pytest.mark.peer
@@ -477,3 +478,98 @@ def test_no_job_is_decided_for_within_an_hour_of_its_end(
     code, shown = command(hospital, "--let-go", exchange_id)
     assert code == 1 and "ended less than 60 minutes ago" in shown, shown
     assert unknown_jobs(load_config(hospital.path), hospital.gateway.client)[0].decision is None
+
+
+def test_a_let_go_begun_is_never_given_back_as_a_round_may_have_gone_anew_for_it(
+    hospital: Hospital, tmp_path: Path
+) -> None:
+    """The log's disk full as the let-go is written: it stays begun (a round sent meanwhile
+    went as a new job for it, and an adoption now would run the product twice), and is
+    finished once the log can be written."""
+    exchange_id = late_round_made_by_the_lost_disk(hospital, tmp_path)
+    gateway, config = hospital.gateway, load_config(hospital.path)
+    decide(config, adopt=[], let_go=[exchange_id], by="pacs admin", client=gateway.client)
+    gateway.disclosures.record = disclosure_log_full  # type: ignore[method-assign,assignment]
+    try:
+        gateway._bring_home()
+    finally:
+        del gateway.disclosures.record
+    assert gateway.state.unknown_decision(exchange_id)["taken_at"] is not None
+    code, shown = command(hospital, "--adopt", exchange_id)
+    assert code == 1 and "is being done by the gateway" in shown, shown
+    gateway._retry_at.clear()
+    gateway._bring_home()
+    [remote] = [job for job in hospital.exchange_jobs() if job["id"] == exchange_id]
+    assert remote["acknowledged_at"] is not None
+
+
+def test_an_adoption_cut_short_whose_study_left_the_vault_is_let_go_with_one_entry(
+    hospital: Hospital, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its entry written, its job row refused by the disk, and before the next pass the
+    study's retention ends: its results can no longer be mapped back. Let go instead, and
+    acknowledged; the log keeps the one entry, naming the adoption."""
+    exchange_id = late_round_made_by_the_lost_disk(hospital, tmp_path)
+    gateway, config = hospital.gateway, load_config(hospital.path)
+    decide(config, adopt=[exchange_id], let_go=[], by="pacs admin", client=gateway.client)
+    with monkeypatch.context() as full:
+        full.setattr(
+            gateway.state,
+            "adopt",
+            lambda *args: (_ for _ in ()).throw(sqlite3.OperationalError("disk is full")),
+        )
+        gateway._bring_home()
+    [study] = {job["study_uid"] for job in hospital.jobs()}
+    gateway.vault.forget_study(study)  # its retention ended
+    gateway._retry_at.clear()
+    gateway._bring_home()
+    assert not [job for job in hospital.jobs() if job["exchange_job_id"] == exchange_id]
+    [remote] = [job for job in hospital.exchange_jobs() if job["id"] == exchange_id]
+    assert remote["acknowledged_at"] is not None
+    [entry] = [d for d in hospital.disclosed() if d.startswith(f"exchange job {exchange_id}:")]
+    assert "adopted (decided by pacs admin)" in entry
+    assert gateway.state.was_let_go(exchange_id)
+    assert "left the vault" in gateway.state.unknown_decision(exchange_id)["note"]
+
+
+def test_a_round_is_not_skipped_for_an_adopted_job_the_exchange_failed(tmp_path: Path) -> None:
+    """The adopted job's end not recorded yet (its collect cut short by the disk), but failed
+    at the exchange: a round sent meanwhile goes as a new job, not skipped for it."""
+    with national_path(tmp_path, product=refuses) as national:
+        hospital = Hospital(national, tmp_path)
+        try:
+            exchange_id = late_round_made_by_the_lost_disk(hospital, tmp_path)
+            gateway, config = hospital.gateway, load_config(hospital.path)
+            decide(config, adopt=[exchange_id], let_go=[], by="pacs admin", client=gateway.client)
+            updating = gateway.state.update_job
+
+            def disk_hiccup(job_id: int, **values: object) -> None:
+                if "result_seen_at" in values:
+                    raise sqlite3.OperationalError("disk I/O error")
+                updating(job_id, **values)
+
+            gateway.state.update_job = disk_hiccup  # type: ignore[method-assign]
+            try:
+                gateway._bring_home()
+            finally:
+                del gateway.state.update_job
+            [adopted] = [j for j in hospital.jobs() if j["exchange_job_id"] == exchange_id]
+            assert adopted["state"] == "submitted"
+            hospital.receive(hospital.late)
+            assert hospital.route() == 1
+            again = hospital.jobs()[-1]
+            assert hospital.send_due() == [again["id"]]
+            assert "ended without results" in gateway.state.job(again["id"])["reason"]
+            assert gateway.state.job(again["id"])["state"] == "pending"
+        finally:
+            hospital.close()
+
+
+def test_the_count_of_unknown_jobs_is_exported_when_the_state_does_not_answer(
+    tmp_path: Path,
+) -> None:
+    state = GatewayState(tmp_path / "state.db")
+    state.close()  # a state that does not answer (its disk failing, say)
+    registry = gateway_registry(state, unknown_jobs=lambda: 3)
+    assert registry.get_sample_value("aifi_gateway_state_up") == 0.0
+    assert registry.get_sample_value("aifi_gateway_unknown_exchange_jobs") == 3.0

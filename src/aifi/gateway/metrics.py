@@ -84,6 +84,7 @@ class GatewayCollector(Collector):
         except Exception:
             up.add_metric([], 0.0)
             yield up
+            yield self._unknown()  # kept in memory: an alert on it must not go quiet
             yield from self._refused()  # a failing disk is when "cannot-store" matters most
             return
         up.add_metric([], 1.0)

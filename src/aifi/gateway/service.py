@@ -723,11 +723,10 @@ class Gateway:
                     # count: it opened (below), or it holds more instances than this job
                     # sends, some of them no longer the study's (moved to another study).
                     refused, created = exc, create(study_uid, patient, None)
-                owner = self.state.job_by_exchange_id(str(created["id"]))
-                if owner is not None and int(owner["id"]) != job_id:
+                owner = self.state.link_exchange_job(job_id, str(created["id"]))
+                if owner is not None:
                     self._adopted_before(job_id, owner, created, sending, digest)
                 opened.update(created)
-                self.state.update_job(job_id, exchange_job_id=created["id"])
                 if self.state.was_let_go(str(created["id"])):  # after the link: see its doc
                     raise StartsAnew(
                         f"its exchange job {created['id']} was let go unbrought (`aifi "
@@ -865,8 +864,10 @@ class Gateway:
             f"its exchange job {exchange_id} is job {owner['id']}'s, adopted before this round "
             "was sent"
         )
-        if owner["state"] in ("submitted", "delivered") and (
-            self._digest_if_sent(exchange_id, int(held["input_count"]), sending) == digest
+        if (
+            held["state"] == "completed"
+            and owner["state"] in ("submitted", "delivered")
+            and self._digest_if_sent(exchange_id, int(held["input_count"]), sending) == digest
         ):
             reason = f"{adopted}, with these same {len(sending)} instance(s)"
             self.state.skip_taken(job_id, int(owner["id"]), digest, reason)
@@ -875,7 +876,7 @@ class Gateway:
             f"{adopted}, which "
             + (
                 "ended without results"
-                if owner["state"] not in ("submitted", "delivered")
+                if held["state"] != "completed" or owner["state"] not in ("submitted", "delivered")
                 else "holds other instances, or no longer lists them"
             )
             + "; this round goes as a new job"
@@ -1157,10 +1158,12 @@ class Gateway:
                     "SELECT * FROM jobs WHERE state = 'pending' AND exchange_job_id IS NULL"
                 ):
                     made = _unless_unknown(self.client.job_by_key, str(local["idempotency_key"]))
-                    if made:
-                        self.state.update_job(
-                            int(local["id"]), exchange_job_id=str(made["id"]), may_be_open=1
-                        )
+                    if (
+                        made
+                        and self.state.link_exchange_job(int(local["id"]), str(made["id"])) is None
+                    ):
+                        # (Adopted as another job, it is left: the job's send finds that.)
+                        self.state.update_job(int(local["id"]), may_be_open=1)
                 sent = self.state.query(
                     "SELECT * FROM jobs WHERE state = 'submitted' AND exchange_job_id IS NOT NULL"
                 )
@@ -1407,16 +1410,17 @@ class Gateway:
                 return self._leave_unknown(exchange_id, met, NOT_IN_VAULT)
             if not self.state.take_unknown_decision(exchange_id, decision["decision"]):
                 return self._leave_unknown(exchange_id, 0.0)  # changed or linked: met again now
-        elif not let_go and known is None:  # begun, and the vault has forgotten the study since
-            self.state.unknown_not_yet(exchange_id, NOT_IN_VAULT, release=True)
-            return self._leave_unknown(exchange_id, met)
-        # Begun, it is finished whatever comes meanwhile: given back only before its entry is
-        # written, which names the decision.
+        elif not let_go and known is None:
+            return self._adoption_cut_off(job, decision)
+        # Begun, a decision is finished whatever comes meanwhile. An adoption is given back if
+        # its entry could not be written (nothing has read it yet); a let-go never is: a round
+        # sent meanwhile may have gone as a new job for it (`was_let_go`).
         try:
             self._disclose_unknown(job, known, decision)
         except NotRecorded as exc:
-            self.state.unknown_not_yet(exchange_id, str(exc), release=True)
+            self.state.unknown_not_yet(exchange_id, str(exc), release=not let_go)
             return self._leave_unknown(exchange_id, met)
+        self.state.unknown_disclosed(exchange_id)
         self._unknown_met.pop(exchange_id, None)
         if let_go:
             self.state.let_go(exchange_id)
@@ -1431,6 +1435,24 @@ class Gateway:
             "ended job %s, not one this gateway knew, adopted as job %s", exchange_id, adopted["id"]
         )
         return adopted
+
+    def _adoption_cut_off(self, job: Mapping[str, Any], decision: Mapping[str, Any]) -> bool:
+        """An adoption begun and cut short (the disk), whose study has left the vault since
+        (its retention): its results can no longer be mapped back, so it is let go instead,
+        and acknowledged. Its entry names the adoption if it was written; else one is written
+        now, saying what became of it."""
+        exchange_id = str(job["id"])
+        note = "adopted, but its study left the vault before its results came home: let go"
+        if decision["disclosed_at"] is None:
+            try:
+                self._disclose_unknown(job, None, {**decision, "decision": "let_go"}, note)
+            except NotRecorded as exc:
+                self.state.unknown_not_yet(exchange_id, str(exc))
+                return self._leave_unknown(exchange_id, time.time())
+        self.state.let_go(exchange_id, note)
+        self._unknown_met.pop(exchange_id, None)
+        log.error("ended job %s, not one this gateway knew: %s", exchange_id, note)
+        return True
 
     def _may_link(self, job: Mapping[str, Any]) -> str | None:
         """Why an unknown exchange job may yet be linked by a job of its study (None if it
@@ -1458,6 +1480,7 @@ class Gateway:
         job: Mapping[str, Any],
         known: tuple[str, dict[str, str]] | None,
         decision: Mapping[str, Any],
+        done: str | None = None,
     ) -> None:
         """Put what went to an unknown exchange job on the disclosure log, once: to the
         product's vendor if the job opened, else to the exchange alone (nothing, if nothing
@@ -1476,7 +1499,7 @@ class Gateway:
                 recipient = f"{job['product_id']}, through the exchange"  # withdrawn since, say
         else:
             recipient = "the exchange"
-        done = (
+        done = done or (
             "let go: its results are not brought home"
             if decision["decision"] == "let_go"
             else "adopted"

@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS unknown_jobs (
     decided_at REAL NOT NULL,
     decided_by TEXT NOT NULL,
     taken_at REAL,            -- when the gateway began to do it: no longer to be changed
+    disclosed_at REAL,        -- when its disclosure entry was written (`Gateway._disclose_unknown`)
     settled_at REAL,          -- when the gateway did it
     note TEXT NOT NULL DEFAULT ''  -- why it has not yet
 );
@@ -964,13 +965,42 @@ class GatewayState(StateReads):
             )
         return dict(row)
 
-    def let_go(self, exchange_job_id: str) -> None:
-        """The hospital let an exchange job it has no record of go: done."""
+    def unknown_disclosed(self, exchange_job_id: str) -> None:
+        """The disclosure entry of an unknown exchange job's decision is written: from now on
+        the decision is never given back (the entry names it)."""
         with self.transaction() as db:
             db.execute(
-                "UPDATE unknown_jobs SET settled_at = ?, note = '' WHERE exchange_job_id = ?",
+                "UPDATE unknown_jobs SET disclosed_at = ? WHERE exchange_job_id = ?",
                 (time.time(), exchange_job_id),
             )
+
+    def let_go(self, exchange_job_id: str, note: str = "") -> None:
+        """The hospital let an exchange job it has no record of go: done. With a `note`, an
+        adoption begun that could not be finished, let go instead (the note says why)."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE unknown_jobs SET decision = 'let_go', settled_at = ?, note = ? "
+                "WHERE exchange_job_id = ?",
+                (time.time(), note, exchange_job_id),
+            )
+
+    def link_exchange_job(self, job_id: int, exchange_job_id: str) -> dict[str, Any] | None:
+        """Link a job to the exchange job its key found, unless another job of this gateway's
+        has it (one adopted meanwhile, `adopt`): then that job, and nothing is changed. In one
+        statement, so that an exchange job is never linked twice."""
+        with self.transaction() as db:
+            linked = db.execute(
+                "UPDATE jobs SET exchange_job_id = ? WHERE id = ? AND NOT EXISTS "
+                "(SELECT 1 FROM jobs WHERE exchange_job_id = ? AND id != ?)",
+                (exchange_job_id, job_id, exchange_job_id, job_id),
+            ).rowcount
+            if linked:
+                return None
+            row = db.execute(
+                "SELECT * FROM jobs WHERE exchange_job_id = ? AND id != ?",
+                (exchange_job_id, job_id),
+            ).fetchone()
+        return dict(row) if row is not None else None
 
     def was_let_go(self, exchange_job_id: str) -> bool:
         """Whether the hospital let this exchange job go unbrought (`let_go`), or the gateway

@@ -87,14 +87,16 @@ def gateway_unknown_jobs(
                 console.print(f"decided: {verb} exchange job {job.exchange_job_id}")
             decided = True
         jobs = unknown_jobs(settings)
-    except UnknownJobsError as exc:
-        console.print(f"[red]error: {exc}[/]", soft_wrap=True)
-        raise typer.Exit(1) from exc
-    except (ExchangeHTTPError, httpx.TransportError, OSError, sqlite3.Error) as exc:
-        done = "the decisions are recorded; " if decided else ""
-        console.print(
-            f"[red]error: {done}the exchange or the workdir failed: {exc}[/]", soft_wrap=True
-        )
+    except (
+        UnknownJobsError,
+        ExchangeHTTPError,
+        httpx.TransportError,
+        OSError,
+        sqlite3.Error,
+    ) as exc:
+        done = "the decisions are recorded, but listing the jobs failed: " if decided else ""
+        failed = "" if isinstance(exc, UnknownJobsError) else "the exchange or the workdir: "
+        console.print(f"[red]error: {done}{failed}{exc}[/]", soft_wrap=True)
         raise typer.Exit(1) from exc
     if not jobs:
         console.print("none: every ended job the exchange lists for this hospital is known here")

@@ -82,6 +82,20 @@ def late_round_made_by_the_lost_disk(hospital: Hospital, tmp_path: Path) -> str:
     return exchange_id
 
 
+def decided(hospital: Hospital, tmp_path: Path, decision: str) -> str:
+    """The lost disk's round 2 (`late_round_made_by_the_lost_disk`), and the hospital's
+    decision for it (adopt | let_go) recorded by "pacs admin". That exchange job."""
+    exchange_id = late_round_made_by_the_lost_disk(hospital, tmp_path)
+    decide(
+        load_config(hospital.path),
+        adopt=[exchange_id] if decision == "adopt" else [],
+        let_go=[exchange_id] if decision == "let_go" else [],
+        by="pacs admin",
+        client=hospital.gateway.client,
+    )
+    return exchange_id
+
+
 def test_a_round_the_lost_disk_made_is_listed_and_once_adopted_comes_home_once(
     hospital: Hospital, tmp_path: Path
 ) -> None:
@@ -243,9 +257,8 @@ def test_a_job_let_go_is_acknowledged_again_if_its_acknowledgement_was_lost(
 ) -> None:
     """Done, a decision stands: the job let go is acknowledged at every pass until the
     exchange has it, listed meanwhile as done, and not to be decided again."""
-    exchange_id = late_round_made_by_the_lost_disk(hospital, tmp_path)
+    exchange_id = decided(hospital, tmp_path, "let_go")
     gateway, config = hospital.gateway, load_config(hospital.path)
-    decide(config, adopt=[], let_go=[exchange_id], by="pacs admin", client=gateway.client)
     acknowledgements_lost(hospital)
     gateway._bring_home()
     del hospital.network.handle_request  # the exchange reachable again
@@ -279,9 +292,8 @@ def test_a_decision_the_gateway_has_begun_to_do_is_not_changed(
     """Changed while the gateway does it (between its read and its record), a decision would
     be done one way and recorded the other: adopted, yet taken as let go when the round is
     sent again (run twice); or let go, yet taken as brought home (never delivered)."""
-    exchange_id = late_round_made_by_the_lost_disk(hospital, tmp_path)
+    exchange_id = decided(hospital, tmp_path, "adopt")
     gateway, config = hospital.gateway, load_config(hospital.path)
-    decide(config, adopt=[exchange_id], let_go=[], by="pacs admin", client=gateway.client)
     looked_up = gateway.client.product
     refused: list[str] = []
 
@@ -345,9 +357,8 @@ def test_a_job_is_left_while_its_study_is_received_again(
 ) -> None:
     """The late slice sent again, not yet routed: its round's job may be the unknown one, and
     the decision waits."""
-    exchange_id = late_round_made_by_the_lost_disk(hospital, tmp_path)
+    exchange_id = decided(hospital, tmp_path, "adopt")
     gateway, config = hospital.gateway, load_config(hospital.path)
-    decide(config, adopt=[exchange_id], let_go=[], by="pacs admin", client=gateway.client)
     hospital.receive(hospital.late)  # the study is being received again
     gateway._bring_home()
     assert not [job for job in hospital.jobs() if job["exchange_job_id"] == exchange_id]
@@ -358,9 +369,8 @@ def test_a_job_is_left_while_its_study_is_received_again(
 def test_a_round_sent_after_its_job_was_adopted_is_skipped_not_linked_twice(
     hospital: Hospital, tmp_path: Path
 ) -> None:
-    exchange_id = late_round_made_by_the_lost_disk(hospital, tmp_path)
-    gateway, config = hospital.gateway, load_config(hospital.path)
-    decide(config, adopt=[exchange_id], let_go=[], by="pacs admin", client=gateway.client)
+    exchange_id = decided(hospital, tmp_path, "adopt")
+    gateway = hospital.gateway
     acknowledgements_lost(hospital)  # the adopted job's end not acknowledged yet, too
     gateway._bring_home()
     del hospital.network.handle_request
@@ -384,9 +394,8 @@ def test_a_round_with_more_instances_than_its_adopted_job_goes_as_a_new_job(
     hospital: Hospital, tmp_path: Path
 ) -> None:
     """Skipped, the round's extra instance would never be sent."""
-    exchange_id = late_round_made_by_the_lost_disk(hospital, tmp_path)
-    gateway, config = hospital.gateway, load_config(hospital.path)
-    decide(config, adopt=[exchange_id], let_go=[], by="pacs admin", client=gateway.client)
+    exchange_id = decided(hospital, tmp_path, "adopt")
+    gateway = hospital.gateway
     gateway._bring_home()
     extra = pydicom.dcmread(hospital.late)
     extra.SOPInstanceUID = extra.file_meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -445,9 +454,8 @@ def test_a_decision_begun_and_cut_short_is_finished_not_changed(
     """The adoption's entry written, its job row refused by the disk: the decision stays
     begun (its entry names it), the command cannot change it, and the next pass finishes it,
     even with a round of the study now waiting to be sent."""
-    exchange_id = late_round_made_by_the_lost_disk(hospital, tmp_path)
-    gateway, config = hospital.gateway, load_config(hospital.path)
-    decide(config, adopt=[exchange_id], let_go=[], by="pacs admin", client=gateway.client)
+    exchange_id = decided(hospital, tmp_path, "adopt")
+    gateway = hospital.gateway
     with monkeypatch.context() as full:
         full.setattr(
             gateway.state,
@@ -486,9 +494,8 @@ def test_a_let_go_begun_is_never_given_back_as_a_round_may_have_gone_anew_for_it
     """The log's disk full as the let-go is written: it stays begun (a round sent meanwhile
     went as a new job for it, and an adoption now would run the product twice), and is
     finished once the log can be written."""
-    exchange_id = late_round_made_by_the_lost_disk(hospital, tmp_path)
-    gateway, config = hospital.gateway, load_config(hospital.path)
-    decide(config, adopt=[], let_go=[exchange_id], by="pacs admin", client=gateway.client)
+    exchange_id = decided(hospital, tmp_path, "let_go")
+    gateway = hospital.gateway
     gateway.disclosures.record = disclosure_log_full  # type: ignore[method-assign,assignment]
     try:
         gateway._bring_home()
@@ -509,9 +516,8 @@ def test_an_adoption_cut_short_whose_study_left_the_vault_is_let_go_with_one_ent
     """Its entry written, its job row refused by the disk, and before the next pass the
     study's retention ends: its results can no longer be mapped back. Let go instead, and
     acknowledged; the log keeps the one entry, naming the adoption."""
-    exchange_id = late_round_made_by_the_lost_disk(hospital, tmp_path)
-    gateway, config = hospital.gateway, load_config(hospital.path)
-    decide(config, adopt=[exchange_id], let_go=[], by="pacs admin", client=gateway.client)
+    exchange_id = decided(hospital, tmp_path, "adopt")
+    gateway = hospital.gateway
     with monkeypatch.context() as full:
         full.setattr(
             gateway.state,
@@ -538,9 +544,8 @@ def test_a_round_is_not_skipped_for_an_adopted_job_the_exchange_failed(tmp_path:
     with national_path(tmp_path, product=refuses) as national:
         hospital = Hospital(national, tmp_path)
         try:
-            exchange_id = late_round_made_by_the_lost_disk(hospital, tmp_path)
-            gateway, config = hospital.gateway, load_config(hospital.path)
-            decide(config, adopt=[exchange_id], let_go=[], by="pacs admin", client=gateway.client)
+            exchange_id = decided(hospital, tmp_path, "adopt")
+            gateway = hospital.gateway
             updating = gateway.state.update_job
 
             def disk_hiccup(job_id: int, **values: object) -> None:

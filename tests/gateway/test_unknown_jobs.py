@@ -96,6 +96,23 @@ def decided(hospital: Hospital, tmp_path: Path, decision: str) -> str:
     return exchange_id
 
 
+def adoption_cut_short(hospital: Hospital, tmp_path: Path) -> str:
+    """Adopted (`decided`), the adoption begun and its entry written, and its job row then
+    refused by the disk. That exchange job."""
+    exchange_id = decided(hospital, tmp_path, "adopt")
+    state = hospital.gateway.state
+
+    def disk_full(*_args: object) -> dict[str, object]:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    state.adopt = disk_full  # type: ignore[method-assign]
+    try:
+        hospital.gateway._bring_home()
+    finally:
+        del state.adopt
+    return exchange_id
+
+
 def test_a_round_the_lost_disk_made_is_listed_and_once_adopted_comes_home_once(
     hospital: Hospital, tmp_path: Path
 ) -> None:
@@ -449,20 +466,13 @@ def test_a_decision_the_disk_refuses_is_tried_once_a_minute_not_in_a_loop(
 
 
 def test_a_decision_begun_and_cut_short_is_finished_not_changed(
-    hospital: Hospital, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    hospital: Hospital, tmp_path: Path
 ) -> None:
     """The adoption's entry written, its job row refused by the disk: the decision stays
     begun (its entry names it), the command cannot change it, and the next pass finishes it,
     even with a round of the study now waiting to be sent."""
-    exchange_id = decided(hospital, tmp_path, "adopt")
+    exchange_id = adoption_cut_short(hospital, tmp_path)
     gateway = hospital.gateway
-    with monkeypatch.context() as full:
-        full.setattr(
-            gateway.state,
-            "adopt",
-            lambda *args: (_ for _ in ()).throw(sqlite3.OperationalError("disk is full")),
-        )
-        gateway._bring_home()
     assert gateway.state.unknown_decision(exchange_id)["taken_at"] is not None
     code, shown = command(hospital, "--let-go", exchange_id)
     assert code == 1 and "is being done by the gateway" in shown, shown
@@ -511,20 +521,13 @@ def test_a_let_go_begun_is_never_given_back_as_a_round_may_have_gone_anew_for_it
 
 
 def test_an_adoption_cut_short_whose_study_left_the_vault_is_let_go_with_one_entry(
-    hospital: Hospital, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    hospital: Hospital, tmp_path: Path
 ) -> None:
     """Its entry written, its job row refused by the disk, and before the next pass the
     study's retention ends: its results can no longer be mapped back. Let go instead, and
     acknowledged; the log keeps the one entry, naming the adoption."""
-    exchange_id = decided(hospital, tmp_path, "adopt")
+    exchange_id = adoption_cut_short(hospital, tmp_path)
     gateway = hospital.gateway
-    with monkeypatch.context() as full:
-        full.setattr(
-            gateway.state,
-            "adopt",
-            lambda *args: (_ for _ in ()).throw(sqlite3.OperationalError("disk is full")),
-        )
-        gateway._bring_home()
     [study] = {job["study_uid"] for job in hospital.jobs()}
     gateway.vault.forget_study(study)  # its retention ended
     gateway._retry_at.clear()

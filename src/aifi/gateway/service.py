@@ -855,7 +855,7 @@ class Gateway:
         digest: str,
     ) -> None:
         """This round's key finds an exchange job adopted as another job (`owner`) before the
-        round was sent. Holding the same instances, and not ended without results, the owner
+        round was sent. Holding the same instances, and completed at the exchange, the owner
         brings them home, and the round is skipped (`NothingNew`); else the round goes as a
         new job (`StartsAnew`). Never linked to the exchange job a second time: one of the
         two would never be brought home."""

@@ -21,6 +21,7 @@ from pydicom.uid import generate_uid
 from typer.testing import CliRunner
 
 from aifi.cli import app
+from aifi.gateway import service as service_module
 from aifi.gateway import unknown_jobs as unknown_jobs_module
 from aifi.gateway.backup import RESTORING, back_up
 from aifi.gateway.config import load_config
@@ -454,7 +455,7 @@ def test_a_decision_the_disk_refuses_is_tried_once_a_minute_not_in_a_loop(
     decide(config, adopt=[exchange_id], let_go=[], by="pacs admin", client=gateway.client)
     tries: list[str] = []
 
-    def disk_full(exchange_job_id: str, decision: str) -> bool:
+    def disk_full(exchange_job_id: str, decision: str, study_uid: str | None) -> bool:
         tries.append(exchange_job_id)
         raise sqlite3.OperationalError("database or disk is full")
 
@@ -581,3 +582,87 @@ def test_the_count_of_unknown_jobs_is_exported_when_the_state_does_not_answer(
     registry = gateway_registry(state, unknown_jobs=lambda: 3)
     assert registry.get_sample_value("aifi_gateway_state_up") == 0.0
     assert registry.get_sample_value("aifi_gateway_unknown_exchange_jobs") == 3.0
+
+
+def sent_again_then_refused(hospital: Hospital, monkeypatch: pytest.MonkeyPatch) -> int:
+    """The late slice sent again: its round's first create has no answer, and before its
+    retry the product's manifest no longer takes the study, so the job is refused, looking
+    up by its key what the lost answer may have made. That job."""
+    hospital.receive(hospital.late)
+    assert hospital.route() == 1
+    again = hospital.jobs()[-1]
+    hospital.network.lose_creation_answers = True
+    assert hospital.send_due() == [again["id"]]
+    hospital.network.lose_creation_answers = False
+    row = hospital.gateway.state.job(again["id"])
+    assert (row["state"], row["may_be_open"], row["exchange_job_id"]) == ("pending", 1, None)
+    monkeypatch.setattr(service_module, "_accepted", lambda *_args: False)
+    assert hospital.send_due(time.time() + 86400) == [again["id"]]
+    return int(again["id"])
+
+
+@pytest.mark.parametrize("decision", ["adopt", "let_go"])
+def test_a_refused_round_does_not_take_an_exchange_job_adopted_or_let_go(
+    hospital: Hospital, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, decision: str
+) -> None:
+    """Its key finds the exchange job the hospital decided for: taken, it would stay
+    submitted for ever (adopted), or count as brought home (let go). It is refused with
+    nothing of its own at the exchange."""
+    exchange_id = decided(hospital, tmp_path, decision)
+    gateway = hospital.gateway
+    gateway._bring_home()
+    again = sent_again_then_refused(hospital, monkeypatch)
+    refused = gateway.state.job(again)
+    assert refused["state"] == "refused" and refused["exchange_job_id"] is None, refused
+    assert len([j for j in hospital.jobs() if j["exchange_job_id"] == exchange_id]) == (
+        1 if decision == "adopt" else 0
+    )
+
+
+def test_an_adoption_whose_entry_was_written_but_not_marked_gets_no_second_entry(
+    hospital: Hospital, tmp_path: Path
+) -> None:
+    """The entry written, the state's record of it not (its disk): when the study then leaves
+    the vault, the adoption is let go under the study it was taken for, where the entry is
+    found."""
+    exchange_id = decided(hospital, tmp_path, "adopt")
+    gateway, state = hospital.gateway, hospital.gateway.state
+
+    def disk_full(*_args: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    state.unknown_disclosed = disk_full  # type: ignore[method-assign]
+    try:
+        gateway._bring_home()
+    finally:
+        del state.unknown_disclosed
+    held = state.unknown_decision(exchange_id)
+    assert held["taken_at"] is not None and held["disclosed_at"] is None
+    [study] = {job["study_uid"] for job in hospital.jobs()}
+    gateway.vault.forget_study(study)
+    gateway._retry_at.clear()
+    gateway._bring_home()
+    [entry] = [d for d in hospital.disclosed() if d.startswith(f"exchange job {exchange_id}:")]
+    assert "adopted (decided by pacs admin)" in entry
+    assert gateway.state.was_let_go(exchange_id)
+
+
+def test_a_state_of_an_earlier_version_gets_the_decisions_columns(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    GatewayState(path).close()
+    db = sqlite3.connect(path)
+    for column in ("taken_at", "disclosed_at", "study_uid"):
+        db.execute(f"ALTER TABLE unknown_jobs DROP COLUMN {column}")
+    db.execute(
+        "INSERT INTO unknown_jobs (exchange_job_id, decision, decided_at, decided_by) "
+        "VALUES ('x', 'let_go', 0, 'pacs admin')"
+    )
+    db.commit()
+    db.close()
+    state = GatewayState(path)
+    try:
+        assert state.take_unknown_decision("x", "let_go", None)
+        state.unknown_disclosed("x")
+        assert state.unknown_decision("x")["disclosed_at"] is not None
+    finally:
+        state.close()

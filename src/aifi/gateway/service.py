@@ -978,8 +978,14 @@ class Gateway:
                 # A request that may have made it had no answer: ask by the job's key.
                 made = self.client.job_by_key(job["idempotency_key"])
                 exchange_id = str(made["id"]) if made is not None else ""
-                if exchange_id:  # known from now on, to the results thread too
-                    self.state.update_job(job_id, exchange_job_id=exchange_id)
+                if exchange_id and (
+                    self.state.link_exchange_job(job_id, exchange_id) is not None
+                    or self.state.was_let_go(exchange_id)
+                ):
+                    # Adopted as another job, or let go (`aifi gateway-unknown-jobs`): not
+                    # this job's, which has nothing of its own at the exchange.
+                    self.state.update_job(job_id, exchange_job_id=None)
+                    exchange_id = ""
             if not exchange_id:
                 self._refuse(job_id, reason)  # nothing of it at the exchange
                 return
@@ -1408,19 +1414,23 @@ class Gateway:
                 return self._leave_unknown(exchange_id, met, linking)
             if not let_go and known is None:
                 return self._leave_unknown(exchange_id, met, NOT_IN_VAULT)
-            if not self.state.take_unknown_decision(exchange_id, decision["decision"]):
+            study = known[0] if known else None
+            if not self.state.take_unknown_decision(exchange_id, decision["decision"], study):
                 return self._leave_unknown(exchange_id, 0.0)  # changed or linked: met again now
+            decision = {**decision, "study_uid": study}
         elif not let_go and known is None:
             return self._adoption_cut_off(job, decision)
         # Begun, a decision is finished whatever comes meanwhile. An adoption is given back if
         # its entry could not be written (nothing has read it yet); a let-go never is: a round
         # sent meanwhile may have gone as a new job for it (`was_let_go`).
-        try:
-            self._disclose_unknown(job, known, decision)
-        except NotRecorded as exc:
-            self.state.unknown_not_yet(exchange_id, str(exc), release=not let_go)
-            return self._leave_unknown(exchange_id, met)
-        self.state.unknown_disclosed(exchange_id)
+        if decision["disclosed_at"] is None:
+            patient = str(known[1].get("PatientID", "")) if known else "(not in the vault)"
+            try:
+                self._disclose_unknown(job, patient, decision)
+            except NotRecorded as exc:
+                self.state.unknown_not_yet(exchange_id, str(exc), release=not let_go)
+                return self._leave_unknown(exchange_id, met)
+            self.state.unknown_disclosed(exchange_id)
         self._unknown_met.pop(exchange_id, None)
         if let_go:
             self.state.let_go(exchange_id)
@@ -1445,7 +1455,9 @@ class Gateway:
         note = "adopted, but its study left the vault before its results came home: let go"
         if decision["disclosed_at"] is None:
             try:
-                self._disclose_unknown(job, None, {**decision, "decision": "let_go"}, note)
+                # Under the study the adoption was taken for: an entry written for it before
+                # its record was (`unknown_disclosed`) is found, not written twice.
+                self._disclose_unknown(job, "(not in the vault)", decision, note)
             except NotRecorded as exc:
                 self.state.unknown_not_yet(exchange_id, str(exc))
                 return self._leave_unknown(exchange_id, time.time())
@@ -1478,13 +1490,14 @@ class Gateway:
     def _disclose_unknown(
         self,
         job: Mapping[str, Any],
-        known: tuple[str, dict[str, str]] | None,
+        patient_id: str,
         decision: Mapping[str, Any],
         done: str | None = None,
     ) -> None:
         """Put what went to an unknown exchange job on the disclosure log, once: to the
         product's vendor if the job opened, else to the exchange alone (nothing, if nothing
-        went)."""
+        went). Under the hospital's study the decision was taken for, or the pseudonymised
+        one when the vault did not know it."""
         exchange_id, sent = str(job["id"]), int(job["input_count"])
         if not sent:
             return
@@ -1506,8 +1519,8 @@ class Gateway:
         )
         self._disclose_sent(
             exchange_id,
-            patient_id=str(known[1].get("PatientID", "")) if known else "(not in the vault)",
-            study_uid=known[0] if known else str(job["study_uid"]),
+            patient_id=patient_id,
+            study_uid=str(decision["study_uid"] or job["study_uid"]),
             recipient=recipient,
             detail=f"exchange job {exchange_id}: {sent} instance(s) as study {job['study_uid']} "
             f"of patient {job['patient_pseudonym']}"

@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS unknown_jobs (
     decided_by TEXT NOT NULL,
     taken_at REAL,            -- when the gateway began to do it: no longer to be changed
     disclosed_at REAL,        -- when its disclosure entry was written (`Gateway._disclose_unknown`)
+    study_uid TEXT,           -- the hospital's, as the vault knew it when the decision was taken
     settled_at REAL,          -- when the gateway did it
     note TEXT NOT NULL DEFAULT ''  -- why it has not yet
 );
@@ -176,7 +177,11 @@ COLUMNS: dict[str, dict[str, tuple[str, str | None]]] = {
             "INTEGER NOT NULL DEFAULT 0",
             "UPDATE jobs SET may_be_open = 1 WHERE state = 'pending'",
         ),
-    }
+    },
+    "unknown_jobs": {
+        column: ("TEXT" if column == "study_uid" else "REAL", None)
+        for column in ("taken_at", "disclosed_at", "study_uid")
+    },
 }
 
 
@@ -899,19 +904,23 @@ class GatewayState(StateReads):
             if row["exchange_job_id"] in met and row["decided_at"] >= met[row["exchange_job_id"]]
         ]
 
-    def take_unknown_decision(self, exchange_job_id: str, decision: str) -> bool:
+    def take_unknown_decision(
+        self, exchange_job_id: str, decision: str, study_uid: str | None
+    ) -> bool:
         """Begin to do a decision for an unknown exchange job: from now on the command cannot
         change it (`decide_unknown_jobs`), and a job of this gateway's sent meanwhile does not
         take that exchange job (`was_let_go`). False when it is no longer `decision` (changed
         since it was read), is done, or a job of this gateway's took the exchange job first:
-        in one transaction, so that one of the two wins."""
+        in one transaction, so that one of the two wins. `study_uid`: the hospital's, as the
+        vault knows it now, which names the decision's disclosure entry however long it takes
+        to finish."""
         with self.transaction() as db:
             return bool(
                 db.execute(
-                    "UPDATE unknown_jobs SET taken_at = ? WHERE exchange_job_id = ? "
+                    "UPDATE unknown_jobs SET taken_at = ?, study_uid = ? WHERE exchange_job_id = ? "
                     "AND decision = ? AND settled_at IS NULL AND NOT EXISTS "
                     "(SELECT 1 FROM jobs WHERE exchange_job_id = ?)",
-                    (time.time(), exchange_job_id, decision, exchange_job_id),
+                    (time.time(), study_uid, exchange_job_id, decision, exchange_job_id),
                 ).rowcount
             )
 

@@ -439,11 +439,11 @@ def test_what_is_kept_of_jobs_another_gateway_brought_home_goes(
     exchange_id = late_round_made_by_the_lost_disk(hospital, tmp_path)
     gateway = hospital.gateway
     gateway._bring_home()
-    assert exchange_id in gateway._unknown_met and exchange_id in gateway._retry_at
+    assert exchange_id in gateway.adoptions.met and exchange_id in gateway._retry_at
     gateway.client.acknowledge(exchange_id)  # the other gateway brought it home
-    gateway._unknown_met.update({f"other-{n}": 1.0 for n in range(40_000)})
+    gateway.adoptions.met.update({f"other-{n}": 1.0 for n in range(40_000)})
     gateway._bring_home()
-    assert gateway._unknown_met == {} and exchange_id not in gateway._retry_at
+    assert gateway.adoptions.met == {} and exchange_id not in gateway._retry_at
 
 
 def test_a_decision_the_disk_refuses_is_tried_once_a_minute_not_in_a_loop(

@@ -25,6 +25,7 @@ from aifi.app_thread import AppThread
 from aifi.dicom.pseudonym import PseudonymKey, create_secret_file
 from aifi.durable import replace_durably
 from aifi.file_lock import held_alone
+from aifi.gateway.adoption import Adoptions
 from aifi.gateway.backup import RESTORE_STAGING, WORKDIR_LOCK, restore_cut_off
 from aifi.gateway.config import DicomWebListener, GatewayConfig
 from aifi.gateway.dimse import (
@@ -111,13 +112,6 @@ class BroughtHome(Halted):
     again (its results are in the PACS)."""
 
     WHEN = "the gateway was restored from a backup"
-
-
-#: Why an adoption waits.
-NOT_IN_VAULT = (
-    "its study is not in the vault, so its results cannot be mapped back: send the study "
-    "again from the PACS, or let the job go"
-)
 
 
 class StartsAnew(Halted):
@@ -209,8 +203,10 @@ class Gateway:
         self.refusals = Refusals()
         self.metrics: MetricsServer | None = None
         self._retry_at: dict[str, float] = {}
-        #: Ended exchange jobs this gateway has no record of, left for now: when last met.
-        self._unknown_met: dict[str, float] = {}
+        #: Ended exchange jobs this gateway has no record of, and the hospital's decisions.
+        self.adoptions = Adoptions(
+            self.state, self.vault, self.key, self.client, self._disclose_sent, self._retry_at
+        )
         #: Failed tries at bringing a job home, by exchange job, should the disk that failed
         #: them also refuse to record them.
         self._collect_attempts: dict[str, int] = {}
@@ -1245,9 +1241,8 @@ class Gateway:
         last = ""
         retries: list[float] = []
         collected = False
-        if self._unknown_met:  # decided for by the hospital since they were met: now
-            for exchange_id in self.state.decided_since(self._unknown_met):
-                self._retry_at.pop(exchange_id, None)
+        for exchange_id in self.adoptions.decided_since_met():  # now, not in five minutes
+            self._retry_at.pop(exchange_id, None)
         listed: set[str] = set()
         while not self._stop.is_set():
             page = self.client.ended_jobs(
@@ -1279,15 +1274,15 @@ class Gateway:
         """Ended exchange jobs this gateway has no record of, left unacknowledged (until the
         hospital decides, or while a decision waits), as of the last listing: for the
         exporter."""
-        return len(self._unknown_met)
+        return len(self.adoptions)
 
     def _forget_unlisted(self, listed: set[str]) -> None:
         """The exchange listed every ended job not brought home (`listed`): what this gateway
         keeps of others (a retry due, an unknown job met) is of jobs brought home since, by
         another gateway on the hospital's account say, and goes; it would grow for ever."""
-        for kept in (self._retry_at, self._unknown_met):
-            for exchange_id in [held for held in kept if held not in listed]:
-                del kept[exchange_id]
+        for exchange_id in [held for held in self._retry_at if held not in listed]:
+            del self._retry_at[exchange_id]
+        self.adoptions.forget_unlisted(listed)
 
     def _acknowledge(self, exchange_ids: list[str]) -> None:
         """Tell the exchange these jobs are home, in one request.
@@ -1320,14 +1315,12 @@ class Gateway:
             log.info("ended job %s was cancelled to start its job over; acknowledged", exchange_id)
             return True
         if local is not None:
-            self._unknown_met.pop(exchange_id, None)  # linked by a job sent since, say
+            self.adoptions.known(exchange_id)
         else:
             try:
-                unknown = self._unknown_job(job)
+                unknown = self.adoptions.meet(job)
             except (OSError, sqlite3.Error) as exc:  # the gateway's disk: tried again later
-                log.warning("ended job %s, not one this gateway knows: %s", exchange_id, exc)
-                self._retry_at[exchange_id] = time.time() + 60
-                self._unknown_met[exchange_id] = time.time()  # not before its retry
+                self.adoptions.failed(exchange_id, exc)
                 return False
             if not isinstance(unknown, dict):
                 return unknown
@@ -1384,161 +1377,6 @@ class Gateway:
         self._retry_at.pop(exchange_id, None)
         self._collect_attempts.pop(exchange_id, None)
         return True
-
-    def _unknown_job(self, job: dict[str, Any]) -> dict[str, Any] | bool:
-        """An ended exchange job of this hospital that this gateway has no record of: made by
-        a disk a restore replaced, say. It is left unacknowledged until the hospital decides
-        (`aifi gateway-unknown-jobs`): adopted, it is this gateway's job from now on
-        (returned, to be brought home as any other); let go, it is acknowledged unbrought
-        (True, and again should the acknowledgement not get through). False: left for now.
-
-        The decision is taken before anything is done (`take_unknown_decision`), so that the
-        command cannot change it half-done. What went to the job is put on the disclosure log
-        first, if the log lacks it (lost with the restore): the hospital now knows it left.
-        """
-        exchange_id, met = str(job["id"]), time.time()
-        decision = self.state.unknown_decision(exchange_id)
-        if decision is None:
-            log.error(
-                "ended job %s is not one this gateway knows; left unacknowledged "
-                "(`aifi gateway-unknown-jobs` lists such jobs, to adopt or let go)",
-                exchange_id,
-            )
-            return self._leave_unknown(exchange_id, met)
-        if decision["settled_at"] is not None:  # let go; its acknowledgement did not get through
-            return decision["decision"] == "let_go" or self._leave_unknown(exchange_id, met)
-        let_go = decision["decision"] == "let_go"
-        known = self.vault.study(str(job["study_uid"]))
-        if decision["taken_at"] is None:  # not begun: the checks it waits for
-            if (linking := self._may_link(job)) is not None:
-                return self._leave_unknown(exchange_id, met, linking)
-            if not let_go and known is None:
-                return self._leave_unknown(exchange_id, met, NOT_IN_VAULT)
-            study = known[0] if known else None
-            if not self.state.take_unknown_decision(exchange_id, decision["decision"], study):
-                return self._leave_unknown(exchange_id, 0.0)  # changed or linked: met again now
-            decision = {**decision, "study_uid": study}
-        elif not let_go and known is None:
-            return self._adoption_cut_off(job, decision)
-        # Begun, a decision is finished whatever comes meanwhile. An adoption is given back if
-        # its entry could not be written (nothing has read it yet); a let-go never is: a round
-        # sent meanwhile may have gone as a new job for it (`was_let_go`).
-        if decision["disclosed_at"] is None:
-            patient = str(known[1].get("PatientID", "")) if known else "(not in the vault)"
-            try:
-                self._disclose_unknown(job, patient, decision)
-            except NotRecorded as exc:
-                self.state.unknown_not_yet(exchange_id, str(exc), release=not let_go)
-                return self._leave_unknown(exchange_id, met)
-            self.state.unknown_disclosed(exchange_id)
-        self._unknown_met.pop(exchange_id, None)
-        if let_go:
-            self.state.let_go(exchange_id)
-            log.warning("ended job %s, not one this gateway knew, let go", exchange_id)
-            return True
-        assert known is not None  # an adoption waits for the vault, above
-        made = datetime.fromisoformat(str(job["created_at"])).timestamp()
-        adopted = self.state.adopt(
-            exchange_id, known[0], str(job["product_id"]), job.get("priority"), made
-        )
-        log.warning(
-            "ended job %s, not one this gateway knew, adopted as job %s", exchange_id, adopted["id"]
-        )
-        return adopted
-
-    def _adoption_cut_off(self, job: Mapping[str, Any], decision: Mapping[str, Any]) -> bool:
-        """An adoption begun and cut short (the disk), whose study has left the vault since
-        (its retention): its results can no longer be mapped back, so it is let go instead,
-        and acknowledged. Its entry names the adoption if it was written; else one is written
-        now, saying what became of it."""
-        exchange_id = str(job["id"])
-        note = "adopted, but its study left the vault before its results came home: let go"
-        if decision["disclosed_at"] is None:
-            try:
-                # Under the study the adoption was taken for: an entry written for it before
-                # its record was (`unknown_disclosed`) is found, not written twice.
-                self._disclose_unknown(job, "(not in the vault)", decision, note)
-            except NotRecorded as exc:
-                self.state.unknown_not_yet(exchange_id, str(exc))
-                return self._leave_unknown(exchange_id, time.time())
-        self.state.let_go(exchange_id, note)
-        self._unknown_met.pop(exchange_id, None)
-        log.error("ended job %s, not one this gateway knew: %s", exchange_id, note)
-        return True
-
-    def _may_link(self, job: Mapping[str, Any]) -> str | None:
-        """Why an unknown exchange job may yet be linked by a job of its study (None if it
-        cannot): a pending job for its product, or a study still being received, whose send
-        may find it by its key. Adopted or let go meanwhile, it would come home twice, or be
-        taken as brought home when it was not."""
-        for pending in self.state.query("SELECT * FROM jobs WHERE state = 'pending'"):
-            if pending["product_id"] == job["product_id"] and (
-                self.key.uid(str(pending["study_uid"])) == job["study_uid"]
-            ):
-                return (
-                    f"job {pending['id']} of its study for this product is waiting to be sent, "
-                    "and may be this one: decided again once that job is sent"
-                )
-        for study in self.state.query("SELECT study_uid FROM studies WHERE state = 'receiving'"):
-            if self.key.uid(str(study["study_uid"])) == job["study_uid"]:
-                return (
-                    "its study is being received again, and its job may be this one: decided "
-                    "again once that job is sent"
-                )
-        return None
-
-    def _disclose_unknown(
-        self,
-        job: Mapping[str, Any],
-        patient_id: str,
-        decision: Mapping[str, Any],
-        done: str | None = None,
-    ) -> None:
-        """Put what went to an unknown exchange job on the disclosure log, once: to the
-        product's vendor if the job opened, else to the exchange alone (nothing, if nothing
-        went). Under the hospital's study the decision was taken for, or the pseudonymised
-        one when the vault did not know it."""
-        exchange_id, sent = str(job["id"]), int(job["input_count"])
-        if not sent:
-            return
-        if job.get("inputs_complete"):
-            try:
-                product = self.client.product(str(job["product_id"]))
-                recipient = (
-                    f"{job['product_id']} {product['version']} of {product['vendor']}, "
-                    "through the exchange"
-                )
-            except (ExchangeHTTPError, httpx.TransportError):
-                recipient = f"{job['product_id']}, through the exchange"  # withdrawn since, say
-        else:
-            recipient = "the exchange"
-        done = done or (
-            "let go: its results are not brought home"
-            if decision["decision"] == "let_go"
-            else "adopted"
-        )
-        self._disclose_sent(
-            exchange_id,
-            patient_id=patient_id,
-            study_uid=str(decision["study_uid"] or job["study_uid"]),
-            recipient=recipient,
-            detail=f"exchange job {exchange_id}: {sent} instance(s) as study {job['study_uid']} "
-            f"of patient {job['patient_pseudonym']}"
-            + ("" if job.get("inputs_complete") else f"; ended ({job['state']}) before it opened")
-            + "; a job this gateway had no record of (its entry lost with a restore from a "
-            f"backup, say), {done} (decided by {decision['decided_by']})",
-        )
-
-    def _leave_unknown(self, exchange_id: str, met: float, why: str | None = None) -> bool:
-        """Leave an unknown exchange job unacknowledged for now: met again in five minutes,
-        or as soon as the hospital decides for it after `met` (`decided_since`); `why` a
-        decision waits, for the command to show."""
-        if why is not None:
-            log.warning("ended job %s, not one this gateway knows: %s", exchange_id, why)
-            self.state.unknown_not_yet(exchange_id, why)
-        self._retry_at[exchange_id] = time.time() + 300
-        self._unknown_met[exchange_id] = met
-        return False
 
     def _settle_refused(self, local: Mapping[str, Any], job: Mapping[str, Any]) -> bool | None:
         """An ended exchange job of a job refused here: True when settled (acknowledge it),

@@ -28,14 +28,14 @@ log = logging.getLogger(__name__)
 UNKNOWN_JOBS_SCHEMA = """
 -- ended exchange jobs of this hospital that this gateway has no record of (made by a disk a
 -- restore replaced, say), and what the hospital decided for each (`aifi gateway-unknown-jobs`):
--- the gateway does it when it next meets the job (`Gateway.collect`)
+-- the gateway does it when it next meets the job (`aifi.gateway.adoption`)
 CREATE TABLE IF NOT EXISTS unknown_jobs (
     exchange_job_id TEXT PRIMARY KEY,
     decision TEXT NOT NULL,   -- adopt | let_go
     decided_at REAL NOT NULL,
     decided_by TEXT NOT NULL,
     taken_at REAL,            -- when the gateway began to do it: no longer to be changed
-    disclosed_at REAL,        -- when its disclosure entry was written (`Gateway._disclose_unknown`)
+    disclosed_at REAL,        -- when its disclosure entry was written (`Adoptions._disclose`)
     study_uid TEXT,           -- the hospital's, as the vault knew it when the decision was taken
     settled_at REAL,          -- when the gateway did it
     note TEXT NOT NULL DEFAULT ''  -- why it has not yet

@@ -10,6 +10,7 @@ Against a real exchange and vendor worker, the gateway driven as its threads dri
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import time
 from datetime import datetime
@@ -27,7 +28,7 @@ from aifi.gateway.backup import RESTORING, back_up
 from aifi.gateway.config import load_config
 from aifi.gateway.metrics import gateway_registry
 from aifi.gateway.service import Gateway
-from aifi.gateway.state import ADOPTED, GatewayState
+from aifi.gateway.state import ADOPTED, GatewayState, decide_unknown_jobs
 from aifi.gateway.unknown_jobs import UnknownJobsError, decide, unknown_jobs
 from support.hospital import Hospital, acknowledgements_lost, disclosure_log_full, refuses
 from support.national import national_path
@@ -659,10 +660,64 @@ def test_a_state_of_an_earlier_version_gets_the_decisions_columns(tmp_path: Path
     )
     db.commit()
     db.close()
+    decide_unknown_jobs(path, {"y": "adopt"}, "pacs admin")  # the command, before a start
     state = GatewayState(path)
     try:
-        assert state.take_unknown_decision("x", "let_go", None)
+        assert state.take_unknown_decision("x", "let_go", "2.25.1")
         state.unknown_disclosed("x")
         assert state.unknown_decision("x")["disclosed_at"] is not None
+        assert state.unknown_decision("y")["decision"] == "adopt"
     finally:
         state.close()
+
+
+def test_an_adoption_taken_by_an_earlier_version_keeps_its_one_entry(
+    hospital: Hospital, tmp_path: Path
+) -> None:
+    """Begun before the decision kept its study (NULL once the column is added), its entry
+    written but not marked: it is found under the study the earlier version wrote it under."""
+    exchange_id = decided(hospital, tmp_path, "adopt")
+    gateway, state = hospital.gateway, hospital.gateway.state
+
+    def disk_full(*_args: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    state.unknown_disclosed = disk_full  # type: ignore[method-assign]
+    try:
+        gateway._bring_home()
+    finally:
+        del state.unknown_disclosed
+    with state.transaction() as db:
+        db.execute("UPDATE unknown_jobs SET study_uid = NULL")  # as the column is added
+    gateway._retry_at.clear()
+    gateway._bring_home()
+    assert (
+        len([d for d in hospital.disclosed() if d.startswith(f"exchange job {exchange_id}:")]) == 1
+    )
+    [adopted] = [job for job in hospital.jobs() if job["exchange_job_id"] == exchange_id]
+    assert adopted["state"] == "delivered"
+
+
+def test_a_job_a_second_restore_links_to_a_job_let_go_is_not_taken_as_brought_home(
+    hospital: Hospital, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The late slice received again after a let-go: its round's key is the let-go job's. A
+    second restore, from a backup holding that round unsent, must not link it to the let-go
+    job, which a refusal would then take as brought home (delivered, with nothing in the
+    PACS)."""
+    exchange_id = decided(hospital, tmp_path, "let_go")
+    hospital.gateway._bring_home()
+    assert hospital.gateway.state.was_let_go(exchange_id)
+    hospital.receive(hospital.late)
+    assert hospital.route() == 1
+    again = hospital.jobs()[-1]
+    second = tmp_path / "second-backup"
+    back_up(load_config(hospital.path), second, spool=True)
+    shutil.rmtree(load_config(hospital.path).workdir.with_name("lost-disk"))
+    lose_the_disk(hospital)
+    restored(hospital, second).reconcile_restore()
+    assert hospital.gateway.state.job(again["id"])["exchange_job_id"] is None
+    monkeypatch.setattr(service_module, "_accepted", lambda *_args: False)
+    assert hospital.send_due(time.time() + 86400) == [again["id"]]
+    refused = hospital.gateway.state.job(again["id"])
+    assert refused["state"] == "refused" and refused["exchange_job_id"] is None, refused

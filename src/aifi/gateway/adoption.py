@@ -112,11 +112,13 @@ class Adoptions:
                 return self._leave(exchange_id, met, linking)
             if not let_go and known is None:
                 return self._leave(exchange_id, met, NOT_IN_VAULT)
-            study = known[0] if known else None
+            study = known[0] if known else str(job["study_uid"])
             if not self.state.take_unknown_decision(exchange_id, decision["decision"], study):
                 return self._leave(exchange_id, 0.0)  # changed or linked: met again now
             decision = {**decision, "study_uid": study}
-        elif not let_go and known is None:
+        elif decision["study_uid"] is None:  # taken by an older version: its rule
+            decision = {**decision, "study_uid": known[0] if known else str(job["study_uid"])}
+        if decision["taken_at"] is not None and not let_go and known is None:
             return self._cut_off(job, decision)
         # Begun, a decision is finished whatever comes meanwhile. An adoption is given back if
         # its entry could not be written (nothing has read it yet); a let-go never is: a round
@@ -218,7 +220,7 @@ class Adoptions:
         self._disclose_sent(
             exchange_id,
             patient_id=patient_id,
-            study_uid=str(decision["study_uid"] or job["study_uid"]),
+            study_uid=str(decision["study_uid"]),
             recipient=recipient,
             detail=f"exchange job {exchange_id}: {sent} instance(s) as study {job['study_uid']} "
             f"of patient {job['patient_pseudonym']}"

@@ -969,6 +969,12 @@ class Gateway:
         """
         job_id = int(job["id"])
         exchange_id = str(opened.get("id") or job["exchange_job_id"] or "")
+        if exchange_id and self.state.was_let_go(exchange_id):
+            # Let go by the hospital (`aifi gateway-unknown-jobs`): not this job's, which has
+            # nothing of its own at the exchange (its send would have gone as a new job).
+            self.state.update_job(job_id, exchange_job_id=None)
+            self._refuse(job_id, reason)
+            return
         try:
             if not exchange_id and job["may_be_open"]:
                 # A request that may have made it had no answer: ask by the job's key.
@@ -1165,7 +1171,10 @@ class Gateway:
                         and self.state.link_exchange_job(int(local["id"]), str(made["id"])) is None
                     ):
                         # (Adopted as another job, it is left: the job's send finds that.)
-                        self.state.update_job(int(local["id"]), may_be_open=1)
+                        if self.state.was_let_go(str(made["id"])):  # not this job's: as `submit`
+                            self.state.update_job(int(local["id"]), exchange_job_id=None)
+                        else:
+                            self.state.update_job(int(local["id"]), may_be_open=1)
                 sent = self.state.query(
                     "SELECT * FROM jobs WHERE state = 'submitted' AND exchange_job_id IS NOT NULL"
                 )

@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS unknown_jobs (
     taken_at REAL,            -- when the gateway began to do it: no longer to be changed
     disclosed_at REAL,        -- when its disclosure entry was written (`Adoptions._disclose`)
     study_uid TEXT,           -- the hospital's, as the vault knew it when the decision was taken
+                              -- (else the pseudonymised one); NULL: taken by an older version
     settled_at REAL,          -- when the gateway did it
     note TEXT NOT NULL DEFAULT ''  -- why it has not yet
 );
@@ -185,10 +186,11 @@ COLUMNS: dict[str, dict[str, tuple[str, str | None]]] = {
 }
 
 
-def _add_columns(db: sqlite3.Connection) -> list[str]:
-    """Add the columns of `COLUMNS` the tables lack; returns those added (table.column)."""
+def _add_columns(db: sqlite3.Connection, tables: Iterable[str] = COLUMNS) -> list[str]:
+    """Add the columns of `COLUMNS` the `tables` lack; returns those added (table.column)."""
     added = []
-    for table, columns in COLUMNS.items():
+    for table in tables:
+        columns = COLUMNS[table]
         have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
         for column, (definition, backfill) in columns.items():
             if column not in have:
@@ -371,6 +373,7 @@ def decide_unknown_jobs(path: Path, decisions: Mapping[str, str], by: str) -> No
         conn.executescript(UNKNOWN_JOBS_SCHEMA)  # a gateway of this version not started yet
         conn.execute("BEGIN IMMEDIATE")
         try:
+            _add_columns(conn, ["unknown_jobs"])  # nor since an upgrade
             for exchange_job_id, decision in decisions.items():
                 if decision not in DECISIONS:
                     raise ValueError(f"no such decision: {decision!r}")
@@ -904,16 +907,14 @@ class GatewayState(StateReads):
             if row["exchange_job_id"] in met and row["decided_at"] >= met[row["exchange_job_id"]]
         ]
 
-    def take_unknown_decision(
-        self, exchange_job_id: str, decision: str, study_uid: str | None
-    ) -> bool:
+    def take_unknown_decision(self, exchange_job_id: str, decision: str, study_uid: str) -> bool:
         """Begin to do a decision for an unknown exchange job: from now on the command cannot
         change it (`decide_unknown_jobs`), and a job of this gateway's sent meanwhile does not
         take that exchange job (`was_let_go`). False when it is no longer `decision` (changed
         since it was read), is done, or a job of this gateway's took the exchange job first:
         in one transaction, so that one of the two wins. `study_uid`: the hospital's, as the
-        vault knows it now, which names the decision's disclosure entry however long it takes
-        to finish."""
+        vault knows it now (else the pseudonymised one), which names the decision's disclosure
+        entry however long it takes to finish."""
         with self.transaction() as db:
             return bool(
                 db.execute(

@@ -115,6 +115,23 @@ def adoption_cut_short(hospital: Hospital, tmp_path: Path) -> str:
     return exchange_id
 
 
+def entry_written_not_marked(hospital: Hospital, tmp_path: Path) -> str:
+    """Adopted (`decided`), the adoption begun and its disclosure entry written, the state's
+    record of that entry refused by the disk. That exchange job."""
+    exchange_id = decided(hospital, tmp_path, "adopt")
+    state = hospital.gateway.state
+
+    def disk_full(*_args: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    state.unknown_disclosed = disk_full  # type: ignore[method-assign]
+    try:
+        hospital.gateway._bring_home()
+    finally:
+        del state.unknown_disclosed
+    return exchange_id
+
+
 def test_a_round_the_lost_disk_made_is_listed_and_once_adopted_comes_home_once(
     hospital: Hospital, tmp_path: Path
 ) -> None:
@@ -626,17 +643,8 @@ def test_an_adoption_whose_entry_was_written_but_not_marked_gets_no_second_entry
     """The entry written, the state's record of it not (its disk): when the study then leaves
     the vault, the adoption is let go under the study it was taken for, where the entry is
     found."""
-    exchange_id = decided(hospital, tmp_path, "adopt")
+    exchange_id = entry_written_not_marked(hospital, tmp_path)
     gateway, state = hospital.gateway, hospital.gateway.state
-
-    def disk_full(*_args: object) -> None:
-        raise sqlite3.OperationalError("database or disk is full")
-
-    state.unknown_disclosed = disk_full  # type: ignore[method-assign]
-    try:
-        gateway._bring_home()
-    finally:
-        del state.unknown_disclosed
     held = state.unknown_decision(exchange_id)
     assert held["taken_at"] is not None and held["disclosed_at"] is None
     [study] = {job["study_uid"] for job in hospital.jobs()}
@@ -676,17 +684,8 @@ def test_an_adoption_taken_by_an_earlier_version_keeps_its_one_entry(
 ) -> None:
     """Begun before the decision kept its study (NULL once the column is added), its entry
     written but not marked: it is found under the study the earlier version wrote it under."""
-    exchange_id = decided(hospital, tmp_path, "adopt")
+    exchange_id = entry_written_not_marked(hospital, tmp_path)
     gateway, state = hospital.gateway, hospital.gateway.state
-
-    def disk_full(*_args: object) -> None:
-        raise sqlite3.OperationalError("database or disk is full")
-
-    state.unknown_disclosed = disk_full  # type: ignore[method-assign]
-    try:
-        gateway._bring_home()
-    finally:
-        del state.unknown_disclosed
     with state.transaction() as db:
         db.execute("UPDATE unknown_jobs SET study_uid = NULL")  # as the column is added
     gateway._retry_at.clear()

@@ -98,37 +98,21 @@ def decided(hospital: Hospital, tmp_path: Path, decision: str) -> str:
     return exchange_id
 
 
-def adoption_cut_short(hospital: Hospital, tmp_path: Path) -> str:
-    """Adopted (`decided`), the adoption begun and its entry written, and its job row then
-    refused by the disk. That exchange job."""
-    exchange_id = decided(hospital, tmp_path, "adopt")
-    state = hospital.gateway.state
-
-    def disk_full(*_args: object) -> dict[str, object]:
-        raise sqlite3.OperationalError("database or disk is full")
-
-    state.adopt = disk_full  # type: ignore[method-assign]
-    try:
-        hospital.gateway._bring_home()
-    finally:
-        del state.adopt
-    return exchange_id
-
-
-def entry_written_not_marked(hospital: Hospital, tmp_path: Path) -> str:
-    """Adopted (`decided`), the adoption begun and its disclosure entry written, the state's
-    record of that entry refused by the disk. That exchange job."""
+def adopted_then_refused_by_the_disk(hospital: Hospital, tmp_path: Path, write: str) -> str:
+    """Adopted (`decided`), the adoption begun, and then the state's disk refuses `write`:
+    `adopt` (the job row; its disclosure entry is written and marked) or `unknown_disclosed`
+    (the mark of the entry, written). That exchange job."""
     exchange_id = decided(hospital, tmp_path, "adopt")
     state = hospital.gateway.state
 
     def disk_full(*_args: object) -> None:
         raise sqlite3.OperationalError("database or disk is full")
 
-    state.unknown_disclosed = disk_full  # type: ignore[method-assign]
+    setattr(state, write, disk_full)
     try:
         hospital.gateway._bring_home()
     finally:
-        del state.unknown_disclosed
+        delattr(state, write)
     return exchange_id
 
 
@@ -490,7 +474,7 @@ def test_a_decision_begun_and_cut_short_is_finished_not_changed(
     """The adoption's entry written, its job row refused by the disk: the decision stays
     begun (its entry names it), the command cannot change it, and the next pass finishes it,
     even with a round of the study now waiting to be sent."""
-    exchange_id = adoption_cut_short(hospital, tmp_path)
+    exchange_id = adopted_then_refused_by_the_disk(hospital, tmp_path, "adopt")
     gateway = hospital.gateway
     assert gateway.state.unknown_decision(exchange_id)["taken_at"] is not None
     code, shown = command(hospital, "--let-go", exchange_id)
@@ -545,7 +529,7 @@ def test_an_adoption_cut_short_whose_study_left_the_vault_is_let_go_with_one_ent
     """Its entry written, its job row refused by the disk, and before the next pass the
     study's retention ends: its results can no longer be mapped back. Let go instead, and
     acknowledged; the log keeps the one entry, naming the adoption."""
-    exchange_id = adoption_cut_short(hospital, tmp_path)
+    exchange_id = adopted_then_refused_by_the_disk(hospital, tmp_path, "adopt")
     gateway = hospital.gateway
     [study] = {job["study_uid"] for job in hospital.jobs()}
     gateway.vault.forget_study(study)  # its retention ended
@@ -643,7 +627,7 @@ def test_an_adoption_whose_entry_was_written_but_not_marked_gets_no_second_entry
     """The entry written, the state's record of it not (its disk): when the study then leaves
     the vault, the adoption is let go under the study it was taken for, where the entry is
     found."""
-    exchange_id = entry_written_not_marked(hospital, tmp_path)
+    exchange_id = adopted_then_refused_by_the_disk(hospital, tmp_path, "unknown_disclosed")
     gateway, state = hospital.gateway, hospital.gateway.state
     held = state.unknown_decision(exchange_id)
     assert held["taken_at"] is not None and held["disclosed_at"] is None
@@ -684,7 +668,7 @@ def test_an_adoption_taken_by_an_earlier_version_keeps_its_one_entry(
 ) -> None:
     """Begun before the decision kept its study (NULL once the column is added), its entry
     written but not marked: it is found under the study the earlier version wrote it under."""
-    exchange_id = entry_written_not_marked(hospital, tmp_path)
+    exchange_id = adopted_then_refused_by_the_disk(hospital, tmp_path, "unknown_disclosed")
     gateway, state = hospital.gateway, hospital.gateway.state
     with state.transaction() as db:
         db.execute("UPDATE unknown_jobs SET study_uid = NULL")  # as the column is added

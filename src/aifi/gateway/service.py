@@ -719,15 +719,15 @@ class Gateway:
                     # count: it opened (below), or it holds more instances than this job
                     # sends, some of them no longer the study's (moved to another study).
                     refused, created = exc, create(study_uid, patient, None)
-                owner = self.state.link_exchange_job(job_id, str(created["id"]))
-                if owner is not None:
-                    self._adopted_before(job_id, owner, created, sending, digest)
-                opened.update(created)
-                if self.state.was_let_go(str(created["id"])):  # after the link: see its doc
+                not_ours = self.state.link_exchange_job(job_id, str(created["id"]))
+                if not_ours == "let_go":
                     raise StartsAnew(
                         f"its exchange job {created['id']} was let go unbrought (`aifi "
                         "gateway-unknown-jobs`); the study sent again goes as a new job"
                     )
+                if not_ours is not None:
+                    self._adopted_before(job_id, not_ours, created, sending, digest)
+                opened.update(created)
                 cancelled_to_start_over = created.get("reason") == stray_inputs_reason(
                     str(created["id"])
                 )
@@ -969,24 +969,14 @@ class Gateway:
         """
         job_id = int(job["id"])
         exchange_id = str(opened.get("id") or job["exchange_job_id"] or "")
-        if exchange_id and self.state.was_let_go(exchange_id):
-            # Let go by the hospital (`aifi gateway-unknown-jobs`): not this job's, which has
-            # nothing of its own at the exchange (its send would have gone as a new job).
-            self.state.update_job(job_id, exchange_job_id=None)
-            self._refuse(job_id, reason)
-            return
         try:
             if not exchange_id and job["may_be_open"]:
                 # A request that may have made it had no answer: ask by the job's key.
                 made = self.client.job_by_key(job["idempotency_key"])
                 exchange_id = str(made["id"]) if made is not None else ""
-                if exchange_id and (
-                    self.state.link_exchange_job(job_id, exchange_id) is not None
-                    or self.state.was_let_go(exchange_id)
-                ):
+                if exchange_id and self.state.link_exchange_job(job_id, exchange_id) is not None:
                     # Adopted as another job, or let go (`aifi gateway-unknown-jobs`): not
                     # this job's, which has nothing of its own at the exchange.
-                    self.state.update_job(job_id, exchange_job_id=None)
                     exchange_id = ""
             if not exchange_id:
                 self._refuse(job_id, reason)  # nothing of it at the exchange
@@ -1170,11 +1160,9 @@ class Gateway:
                         made
                         and self.state.link_exchange_job(int(local["id"]), str(made["id"])) is None
                     ):
-                        # (Adopted as another job, it is left: the job's send finds that.)
-                        if self.state.was_let_go(str(made["id"])):  # not this job's: as `submit`
-                            self.state.update_job(int(local["id"]), exchange_job_id=None)
-                        else:
-                            self.state.update_job(int(local["id"]), may_be_open=1)
+                        # (Adopted as another job, or let go, it is left: the job's send
+                        # finds that.)
+                        self.state.update_job(int(local["id"]), may_be_open=1)
                 sent = self.state.query(
                     "SELECT * FROM jobs WHERE state = 'submitted' AND exchange_job_id IS NOT NULL"
                 )

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from aifi.gateway import tallies
 from aifi.gateway.tallies import Tally
@@ -348,6 +348,11 @@ TALLIES = (
 
 #: The reason an adopted job carries (`GatewayState.adopt`).
 ADOPTED = "adopted: an exchange job this gateway had no record of (`aifi gateway-unknown-jobs`)"
+#: An exchange job (the parameter) the hospital let go, or whose let-go the gateway began.
+_LET_GO = (
+    "exchange_job_id = ? AND decision = 'let_go' "
+    "AND (taken_at IS NOT NULL OR settled_at IS NOT NULL)"
+)
 #: What the hospital may decide for an exchange job its gateway has no record of.
 DECISIONS = ("adopt", "let_go")
 
@@ -994,15 +999,20 @@ class GatewayState(StateReads):
                 (time.time(), note, exchange_job_id),
             )
 
-    def link_exchange_job(self, job_id: int, exchange_job_id: str) -> dict[str, Any] | None:
-        """Link a job to the exchange job its key found, unless another job of this gateway's
-        has it (one adopted meanwhile, `adopt`): then that job, and nothing is changed. In one
-        statement, so that an exchange job is never linked twice."""
+    def link_exchange_job(
+        self, job_id: int, exchange_job_id: str
+    ) -> dict[str, Any] | Literal["let_go"] | None:
+        """Link a job to the exchange job its key found (None), unless it is not the job's to
+        take: another job of this gateway's has it (one adopted, `adopt`: that job is
+        returned), or the hospital let it go ("let_go", `was_let_go`); then nothing changes.
+        In one statement, so that an exchange job is never linked twice, and a let-go taken
+        (`take_unknown_decision`, which checks for a link) and a link exclude each other."""
         with self.transaction() as db:
             linked = db.execute(
                 "UPDATE jobs SET exchange_job_id = ? WHERE id = ? AND NOT EXISTS "
-                "(SELECT 1 FROM jobs WHERE exchange_job_id = ? AND id != ?)",
-                (exchange_job_id, job_id, exchange_job_id, job_id),
+                "(SELECT 1 FROM jobs WHERE exchange_job_id = ? AND id != ?) "
+                f"AND NOT EXISTS (SELECT 1 FROM unknown_jobs WHERE {_LET_GO})",
+                (exchange_job_id, job_id, exchange_job_id, job_id, exchange_job_id),
             ).rowcount
             if linked:
                 return None
@@ -1010,19 +1020,13 @@ class GatewayState(StateReads):
                 "SELECT * FROM jobs WHERE exchange_job_id = ? AND id != ?",
                 (exchange_job_id, job_id),
             ).fetchone()
-        return dict(row) if row is not None else None
+        return dict(row) if row is not None else "let_go"
 
     def was_let_go(self, exchange_job_id: str) -> bool:
         """Whether the hospital let this exchange job go unbrought (`let_go`), or the gateway
         has begun to (its acknowledgement may not be through yet): no job of this gateway's
-        is to take it."""
-        return bool(
-            self.query(
-                "SELECT 1 FROM unknown_jobs WHERE exchange_job_id = ? AND decision = 'let_go' "
-                "AND (taken_at IS NOT NULL OR settled_at IS NOT NULL)",
-                (exchange_job_id,),
-            )
-        )
+        is to take it (`link_exchange_job`)."""
+        return bool(self.query(f"SELECT 1 FROM unknown_jobs WHERE {_LET_GO}", (exchange_job_id,)))
 
     def skip_taken(self, job_id: int, owner_id: int, digest: str, reason: str) -> None:
         """End a pending job as 'skipped': the exchange job its key finds is another job's

@@ -107,14 +107,11 @@ def unknown_jobs(config: GatewayConfig, client: GatewayClient | None = None) -> 
                 if exchange_id in known:
                     continue
                 study = vault.study(str(job["study_uid"]))
-                decision = decided.get(exchange_id)
-                settled = decision is not None and decision["settled_at"] is not None
-                if settled and decision is not None and decision["decision"] == "let_go":
-                    note = "done; its acknowledgement has not reached the exchange yet"
-                elif decision is not None and not settled:
+                decision, note = decided.get(exchange_id), ""
+                if decision is not None and decision["settled_at"] is None:
                     note = str(decision["note"])
-                else:
-                    note, decision = "", None  # adopted jobs are known: not listed
+                elif decision is not None and decision["decision"] == "let_go":
+                    note = "done; its acknowledgement has not reached the exchange yet"
                 found.append(
                     UnknownJob(
                         exchange_job_id=exchange_id,

@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from aifi.gateway.cli_options import ConfigOption, settings_or_exit
+
 app = typer.Typer(
     help="AIFI: a vendor-neutral national path from the hospital PACS to radiology AI and back.",
     no_args_is_help=True,
@@ -100,7 +102,7 @@ def exchange(
 
 @app.command()
 def gateway(
-    config: Annotated[Path, typer.Option("--config", "-c", help="The hospital's gateway YAML.")],
+    config: ConfigOption,
     check: Annotated[
         bool,
         typer.Option(
@@ -112,15 +114,10 @@ def gateway(
     verbose: bool = False,
 ) -> None:
     """Run a hospital gateway: DICOM in, pseudonymised jobs out, results back to the PACS."""
-    from aifi.gateway.config import ConfigError, load_config
     from aifi.gateway.service import Gateway
 
     _logging(verbose)
-    try:
-        settings = load_config(config)
-    except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+    settings = settings_or_exit(config)
     if check:
         from aifi.checks import show
         from aifi.gateway.preflight import preflight

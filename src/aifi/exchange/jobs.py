@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import secrets
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -20,6 +20,7 @@ from sqlalchemy import (
     Update,
     and_,
     bindparam,
+    case,
     delete,
     inspect,
     literal_column,
@@ -51,6 +52,7 @@ from aifi.exchange.schemas import (
 )
 from aifi.exchange.settings import ExchangeSettings
 from aifi.exchange.triage import read_unread_flags, triage_flag
+from aifi.results.delivery import Delivery
 
 Q = TypeVar("Q", bound=Select)  # type: ignore[type-arg]
 
@@ -68,6 +70,15 @@ _UNFINISHED: tuple[tuple[tuple[Any, ...], str], ...] = (
     ),
     ((Job.state.in_(HELD_STATES),), "its vendor held it without finishing it"),
 )
+
+
+@dataclass(frozen=True)
+class Acknowledged:
+    """The jobs an acknowledgement named (`jobs`, as asked), and those it acknowledged now
+    (`fresh`: not acknowledged before)."""
+
+    jobs: list[Job]
+    fresh: list[Job]
 
 
 @dataclass(frozen=True)
@@ -138,6 +149,7 @@ def job_out(job: Job, actor: Actor) -> JobOut:
         claimed_at=job.claimed_at,
         ended_at=job.ended_at,
         acknowledged_at=job.acknowledged_at,
+        delivery=Delivery(job.delivery) if job.delivery else None,
         inputs_purged_at=job.inputs_swept_at,
     )
 
@@ -716,15 +728,23 @@ class JobService:
 
     def acknowledge(self, actor: Actor, job_id: str) -> Job:
         """The hospital has what it needs from an ended job (results delivered, or failure seen)."""
-        return self.acknowledge_many(actor, [job_id])[0]
+        return self.acknowledge_many(actor, [job_id]).jobs[0]
 
-    def acknowledge_many(self, actor: Actor, job_ids: Sequence[str]) -> Sequence[Job]:
+    def acknowledge_many(
+        self,
+        actor: Actor,
+        job_ids: Sequence[str],
+        not_delivered: Mapping[str, str] | None = None,
+    ) -> Acknowledged:
         """Acknowledge several ended jobs in one transaction: all of them, or none.
 
         A gateway that brought a poll's worth of results home says so once instead of once per
-        job. Acknowledging twice is harmless: a job keeps its first acknowledgement time.
+        job. Acknowledging twice is harmless: a job keeps its first acknowledgement, and what
+        it said of the results (`not_delivered`: job id → why a completed job's results did
+        not reach the PACS; a completed job it does not name counts as delivered).
         """
         wanted = list(dict.fromkeys(job_ids))
+        undelivered = dict(not_delivered or {})
         touched: set[str] = {actor.organisation_id}
         with self._db.session() as session:
             found = {
@@ -742,10 +762,16 @@ class JobService:
             fresh = [job_id for job_id in wanted if found[job_id].acknowledged_at is None]
             if fresh:
                 now = utcnow()
+                said = {job_id: undelivered[job_id] for job_id in fresh if job_id in undelivered}
+                results: Any = Delivery.delivered.value
+                if said:
+                    results = case(said, value=Job.id, else_=results)
+                # Only a completed job has results to say anything of.
+                delivery = case((Job.state == JobState.completed.value, results), else_=None)
                 statement = (
                     update(Job)
                     .where(Job.id.in_(fresh), Job.acknowledged_at.is_(None))
-                    .values(acknowledged_at=now, updated_at=now)
+                    .values(acknowledged_at=now, updated_at=now, delivery=delivery)
                     .returning(Job)
                     .execution_options(synchronize_session=False, populate_existing=True)
                 )
@@ -753,12 +779,15 @@ class JobService:
                 touched.update(found[job_id].vendor_id for job_id in fresh)
                 self._announce(session, organisations=touched)
                 for job_id in fresh:
-                    self._audit.record_in(
-                        session, actor, "update", "job", job_id, detail="acknowledged"
-                    )
+                    detail = "acknowledged"
+                    if found[job_id].delivery not in (None, Delivery.delivered):
+                        detail += f"; results not delivered: {found[job_id].delivery}"
+                    self._audit.record_in(session, actor, "update", "job", job_id, detail=detail)
         if fresh:
             self._notifier.notify(organisations=touched)
-        return [found[job_id] for job_id in wanted]
+        return Acknowledged(
+            [found[job_id] for job_id in wanted], [found[job_id] for job_id in fresh]
+        )
 
     # vendor side ---------------------------------------------------------------------------
 

@@ -335,6 +335,13 @@ class ExchangeMetrics:
             ["product"],
             registry=self.registry,
         )
+        self.undelivered = Counter(
+            "aifi_exchange_undelivered_results",
+            "Completed jobs whose results their gateway could not put in the PACS, as it said "
+            "when it acknowledged them, by product and reason (unfileable, purged, let_go)",
+            ["product", "reason"],
+            registry=self.registry,
+        )
         self.audit_archived = Counter(
             "aifi_exchange_audit_archived_entries",
             "Access-log entries this replica moved to archive files in the blob store",

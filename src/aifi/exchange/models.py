@@ -177,6 +177,10 @@ class Job(Base):
     claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     acknowledged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: What became of its results at the hospital (aifi.results.delivery.Delivery), as the
+    #: gateway said when it acknowledged the job: `delivered` for a completed job unless it
+    #: said otherwise; null for another job it said nothing of.
+    delivery: Mapped[str | None] = mapped_column(String(16), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     #: When retention emptied the job's input (result) folder: the job is not visited again.
     inputs_swept_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

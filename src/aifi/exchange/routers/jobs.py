@@ -32,6 +32,7 @@ from aifi.exchange.schemas import (
     ResultOut,
 )
 from aifi.exchange.services import Services
+from aifi.results.delivery import Delivery
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -134,9 +135,18 @@ async def claim_job(body: ClaimIn, caller: CallerDep, services: ServicesDep) -> 
 
 
 @router.post("/acknowledge", response_model=list[JobOut])
-def acknowledge_jobs(body: AcknowledgeIn, caller: CallerDep, services: ServicesDep) -> list[JobOut]:
-    """Acknowledge several ended jobs at once: all of them, or none (the first refusal says why)."""
-    return [job_out(job, caller) for job in services.jobs.acknowledge_many(caller, body.job_ids)]
+def acknowledge_jobs(
+    body: AcknowledgeIn, request: Request, caller: CallerDep, services: ServicesDep
+) -> list[JobOut]:
+    """Acknowledge several ended jobs at once: all of them, or none (the first refusal says why).
+    A completed job's results count as delivered to the PACS unless `not_delivered` says why
+    they were not."""
+    acknowledged = services.jobs.acknowledge_many(caller, body.job_ids, body.not_delivered)
+    undelivered = request.app.state.metrics.undelivered
+    for job in acknowledged.fresh:
+        if job.delivery not in (None, Delivery.delivered):
+            undelivered.labels(job.product_id, job.delivery).inc()
+    return [job_out(job, caller) for job in acknowledged.jobs]
 
 
 @router.get("/{job_id}", response_model=JobOut)

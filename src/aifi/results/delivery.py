@@ -1,0 +1,38 @@
+"""What became of a completed job's results at the hospital, as its gateway tells the exchange
+when it acknowledges the job: the exchange's only view past its own door.
+
+Shared by the exchange, which keeps it on the job, and the gateway, which says it; the national
+operator counts the results that never reached a radiologist by product, and a gateway restored
+from an earlier backup reads back what it did with a job it forgot.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+
+class Delivery(StrEnum):
+    """A completed job's results at the hospital. Only `delivered` put them in the PACS."""
+
+    #: Filed in every PACS the hospital configured (the default of an acknowledgement).
+    delivered = "delivered"
+    #: They could not be filed as they are (unreadable, about another study, reusing the
+    #: study's own UIDs): fetched again they would be the same.
+    unfileable = "unfileable"
+    #: The exchange purged them, after its retention time, before the gateway fetched them.
+    purged = "purged"
+    #: The hospital chose not to bring the job home (`aifi gateway-unknown-jobs --let-go`).
+    let_go = "let_go"
+
+
+#: What a gateway may say of results that did not reach the PACS.
+#: (Spelled out, so that a refusal names the values as they are sent.)
+NotDelivered = Literal["unfileable", "purged", "let_go"]
+
+#: Why results did not reach the PACS, in words for the hospital's records.
+NOT_DELIVERED_BECAUSE = {
+    Delivery.unfileable: "they could not be filed in the PACS as they are",
+    Delivery.purged: "the exchange purged them before the gateway fetched them",
+    Delivery.let_go: "the hospital let the job go without bringing it home",
+}

@@ -1,0 +1,146 @@
+"""What became of a completed job's results at the hospital, as its gateway says when it
+acknowledges the job: kept on the job for the hospital, its vendor and the operator, counted
+for the operator's monitoring, written in the access log, and never changed once said.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, get_args
+
+from aifi.results.delivery import NOT_DELIVERED_BECAUSE, Delivery, NotDelivered
+from scale.exchange_api import OPERATOR_KEY
+
+OPERATOR = {"Authorization": f"Bearer {OPERATOR_KEY}"}
+
+
+def _completed(exchange: Any, parties: dict[str, Any], study: list[Path], folder: Path) -> str:
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    job, claim, made = exchange.worked_on(hospital, vendor, study, folder)
+    put = exchange.client.put(
+        f"/jobs/{job['id']}/results/sr.dcm",
+        params={"complete": "true"},
+        content=made.files[0].path.read_bytes(),
+        headers={"X-Lease-Token": claim["lease_token"], **vendor.headers},
+    )
+    assert put.status_code == 201, put.text
+    return str(job["id"])
+
+
+def _failed(exchange: Any, parties: dict[str, Any], study: list[Path]) -> str:
+    job = exchange.ready_job(parties["hospital_a"], "product-a", study)
+    claim = exchange.claim(parties["vendor_a"])
+    assert claim is not None and claim["job"]["id"] == job["id"]
+    failed = exchange.client.post(
+        f"/jobs/{job['id']}/fail",
+        json={"lease_token": claim["lease_token"], "reason": "no brain in field of view"},
+        headers=parties["vendor_a"].headers,
+    )
+    assert failed.status_code == 200
+    return str(job["id"])
+
+
+def _undelivered_counts(exchange: Any) -> dict[str, float]:
+    counts = {}
+    for line in exchange.client.get("/metrics").text.splitlines():
+        if line.startswith("aifi_exchange_undelivered_results_total{"):
+            labels, value = line.rsplit(" ", 1)
+            counts[labels.split("reason=")[1].strip('"}')] = float(value)
+    return counts
+
+
+def test_an_acknowledgement_says_which_results_did_not_reach_the_pacs_and_why(
+    exchange: Any, parties: dict[str, Any], make_ct: Any, tmp_path: Path
+) -> None:
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    unfileable, purged, delivered = (
+        _completed(exchange, parties, make_ct(slices=1), tmp_path / f"out{n}") for n in range(3)
+    )
+    failed = _failed(exchange, parties, make_ct(slices=1))
+    ids = [unfileable, purged, delivered, failed]
+    said = {unfileable: "unfileable", purged: "purged", failed: "let_go"}
+
+    acked = exchange.client.post(
+        "/jobs/acknowledge", json={"job_ids": ids, "not_delivered": said}, headers=hospital.headers
+    )
+
+    assert acked.status_code == 200, acked.text
+    expected = {unfileable: "unfileable", purged: "purged", delivered: "delivered", failed: None}
+    assert {j["id"]: j["delivery"] for j in acked.json()} == expected
+    for org in (hospital, vendor):  # the vendor learns its results did not reach the PACS
+        seen = exchange.client.get(f"/jobs/{unfileable}", headers=org.headers).json()
+        assert seen["delivery"] == "unfileable"
+    # A failed job has no results: what the gateway said of it is not kept, nor counted.
+    assert _undelivered_counts(exchange) == {"unfileable": 1.0, "purged": 1.0}
+    audit = exchange.client.get("/audit", params={"limit": 5000}, headers=OPERATOR).json()
+    acks = {
+        e["object_id"]: e["detail"]
+        for e in audit
+        if e["object_type"] == "job" and str(e["detail"]).startswith("acknowledged")
+    }
+    assert acks == {
+        unfileable: "acknowledged; results not delivered: unfileable",
+        purged: "acknowledged; results not delivered: purged",
+        delivered: "acknowledged",
+        failed: "acknowledged",
+    }
+
+    # What was said stands: an acknowledgement again changes nothing and counts nothing.
+    again = exchange.client.post(
+        "/jobs/acknowledge",
+        json={"job_ids": [delivered, unfileable], "not_delivered": {delivered: "purged"}},
+        headers=hospital.headers,
+    )
+    assert again.status_code == 200
+    assert [j["delivery"] for j in again.json()] == ["delivered", "unfileable"]
+    assert _undelivered_counts(exchange) == {"unfileable": 1.0, "purged": 1.0}
+
+
+def test_the_one_job_endpoint_and_a_plain_acknowledgement_count_results_delivered(
+    exchange: Any, parties: dict[str, Any], make_ct: Any, tmp_path: Path
+) -> None:
+    hospital = parties["hospital_a"]
+    one = _completed(exchange, parties, make_ct(slices=1), tmp_path / "one")
+    other = _completed(exchange, parties, make_ct(slices=1), tmp_path / "other")
+    before = exchange.client.get(f"/jobs/{one}", headers=hospital.headers).json()
+    assert before["delivery"] is None  # nothing said yet
+
+    single = exchange.client.post(f"/jobs/{one}/acknowledge", headers=hospital.headers)
+    plain = exchange.client.post(
+        "/jobs/acknowledge", json={"job_ids": [other]}, headers=hospital.headers
+    )
+
+    assert single.json()["delivery"] == "delivered"
+    assert plain.json()[0]["delivery"] == "delivered"
+    assert _undelivered_counts(exchange) == {}
+
+
+def test_an_acknowledgement_that_misstates_delivery_is_refused_whole(
+    exchange: Any, parties: dict[str, Any], make_ct: Any, tmp_path: Path
+) -> None:
+    hospital = parties["hospital_a"]
+    job = _completed(exchange, parties, make_ct(slices=1), tmp_path / "out")
+    stranger = "not-in-this-acknowledgement"
+
+    for not_delivered, says in (
+        ({stranger: "purged"}, f"not_delivered names jobs not in job_ids: {stranger}"),
+        ({job: "delivered"}, "'unfileable', 'purged' or 'let_go'"),
+        ({job: "lost in the post"}, "'unfileable', 'purged' or 'let_go'"),
+    ):
+        refused = exchange.client.post(
+            "/jobs/acknowledge",
+            json={"job_ids": [job], "not_delivered": not_delivered},
+            headers=hospital.headers,
+        )
+        assert refused.status_code == 422
+        assert says in refused.text
+
+    seen = exchange.client.get(f"/jobs/{job}", headers=hospital.headers).json()
+    assert seen["acknowledged_at"] is None and seen["delivery"] is None
+
+
+def test_what_a_gateway_may_say_is_every_way_results_can_miss_the_pacs() -> None:
+    """The request's spelled-out values and the shared vocabulary stay one list."""
+    missed = {kind.value for kind in Delivery} - {Delivery.delivered.value}
+    assert set(get_args(NotDelivered)) == missed
+    assert {kind.value for kind in NOT_DELIVERED_BECAUSE} == missed

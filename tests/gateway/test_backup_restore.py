@@ -238,6 +238,38 @@ def test_a_job_brought_home_after_the_backup_is_not_brought_home_again(
     assert gateway.state.restore_to_reconcile() is None
 
 
+def test_a_job_whose_results_the_lost_disk_could_not_file_is_not_taken_as_delivered(
+    hospital: Hospital, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lost disk brought the job home without its results (they could not be filed),
+    and said so with its acknowledgement: the restored gateway reads that back, and the job
+    ends undelivered, not delivered with nothing in the PACS."""
+    backup = sent_then_backed_up(hospital, tmp_path)
+    [job] = hospital.jobs()
+
+    def unfileable(*_args: Any, **_kwargs: Any) -> None:
+        raise ValueError("a result this gateway cannot read")
+
+    with monkeypatch.context() as patched:  # on the disk that is then lost
+        patched.setattr(service_module, "reidentify_file", unfileable)
+        bring_home(hospital, job["exchange_job_id"])
+    [lost] = hospital.jobs()
+    assert lost["state"] == "ended" and "cannot be filed in the PACS" in lost["reason"]
+    assert hospital.gateway.client.job(job["exchange_job_id"])["delivery"] == "unfileable"
+    lose_the_disk(hospital)
+    gateway = restored(hospital, backup)
+
+    gateway.reconcile_restore()
+    [job] = hospital.jobs()
+    assert job["state"] == "ended" and job["exchange_state"] == "completed", job
+    assert job["delivered_at"] is None
+    assert job["reason"].startswith(
+        "results not delivered: they could not be filed in the PACS as they are; brought "
+        "home before the gateway was restored from a backup"
+    ), job["reason"]
+    assert not (gateway.results_dir / str(job["id"])).exists()  # nothing fetched again
+
+
 @pytest.mark.parametrize("spool", [True, False], ids=["with-spool", "spool-lost"])
 def test_a_job_sent_and_brought_home_after_the_backup_is_found_and_not_sent_again(
     hospital: Hospital, tmp_path: Path, spool: bool

@@ -156,14 +156,21 @@ def test_a_result_the_gateway_cannot_read_ends_its_job_and_holds_up_none_behind_
     a later pydicom cannot read could reach a gateway the same way): the gateway refuses it,
     and no job behind it waits."""
     monkeypatch.setattr(check, "check_values_readable", lambda _dataset: None)
-    refused, _, undelivered = bad_then_good(national, spoiling, orthanc_factory, tmp_path)
+    refused, delivered, undelivered = bad_then_good(national, spoiling, orthanc_factory, tmp_path)
     assert undelivered == 1
     assert refused["state"] == "ended" and refused["exchange_state"] == "completed"
     assert "cannot be filed in the PACS" in refused["reason"], refused["reason"]
     assert "BytesLengthException" in refused["reason"], refused["reason"]
     with national.api() as api:  # both are home: the exchange does not list them again
         waiting = api.get("/jobs", params={"acknowledged": "false", "limit": 10}).json()
+        listed = api.get("/jobs", params={"limit": 10}).json()
     assert waiting == []
+    # And knows which results reached the PACS.
+    delivery = {job["id"]: job["delivery"] for job in listed}
+    assert delivery == {
+        refused["exchange_job_id"]: "unfileable",
+        delivered["exchange_job_id"]: "delivered",
+    }
 
 
 def test_results_whose_names_clash_with_the_gateway_s_own_files_are_each_filed_once(

@@ -74,3 +74,4 @@ def test_results_purged_before_the_gateway_fetched_them_end_its_job_with_that_re
             30,
             "the gateway to acknowledge the job it ended",
         )
+        assert api.get(f"/jobs/{exchange_id}").json()["delivery"] == "purged"

@@ -211,6 +211,7 @@ def test_a_job_whose_study_the_vault_lacks_is_let_go_and_its_study_sent_again_ru
     assert hospital.jobs() == []
     [remote] = hospital.exchange_jobs()
     assert remote["acknowledged_at"] is not None
+    assert remote["delivery"] == "let_go"  # the exchange knows its results stayed there
     [entry] = [e for e in gateway.disclosures.entries() if e.action == "disclosed"]
     assert (entry.patient_id, entry.study_uid) == ("(not in the vault)", remote["study_uid"])
     assert "let go: its results are not brought home (decided by pacs admin)" in entry.detail
@@ -299,7 +300,7 @@ def test_a_job_let_go_is_acknowledged_again_if_its_acknowledgement_was_lost(
     gateway._retry_at.clear()
     gateway._bring_home()
     [remote] = [job for job in hospital.exchange_jobs() if job["id"] == exchange_id]
-    assert remote["acknowledged_at"] is not None
+    assert remote["acknowledged_at"] is not None and remote["delivery"] == "let_go"
     assert unknown_jobs(config, gateway.client) == []
     assert len([e for e in gateway.disclosures.entries() if exchange_id in e.detail]) == 1
     assert hospital.send_due() == [again["id"]]
@@ -537,7 +538,7 @@ def test_an_adoption_cut_short_whose_study_left_the_vault_is_let_go_with_one_ent
     gateway._bring_home()
     assert not [job for job in hospital.jobs() if job["exchange_job_id"] == exchange_id]
     [remote] = [job for job in hospital.exchange_jobs() if job["id"] == exchange_id]
-    assert remote["acknowledged_at"] is not None
+    assert remote["acknowledged_at"] is not None and remote["delivery"] == "let_go"
     [entry] = [d for d in hospital.disclosed() if d.startswith(f"exchange job {exchange_id}:")]
     assert "adopted (decided by pacs admin)" in entry
     assert gateway.state.was_let_go(exchange_id)

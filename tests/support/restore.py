@@ -49,5 +49,6 @@ def bring_home(hospital: Hospital, exchange_job_id: str) -> dict[str, Any]:
     collected, then acknowledged. The exchange's job as it ended."""
     job = until_ended(hospital, exchange_job_id)
     assert hospital.gateway.collect(job)
-    hospital.gateway.client.acknowledge_many([exchange_job_id])
+    hospital.gateway.acknowledge([exchange_job_id])
+    assert hospital.gateway.client.job(exchange_job_id)["acknowledged_at"] is not None
     return job

@@ -21,6 +21,7 @@ from aifi.gateway.exchange_client import GatewayClient
 from aifi.gateway.state import GatewayState
 from aifi.gateway.vault import Vault
 from aifi.http import ExchangeHTTPError
+from aifi.results.delivery import Delivery
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,9 @@ class Adoptions:
     `retry_at` is the results thread's own (when each job listed is next to be tried): a job
     left is tried again in five minutes, or as soon as the hospital decides for it after it
     was met (`decided_since_met`). `disclose_sent` puts what went to an exchange job on the
-    disclosure log, once (`Gateway._disclose_sent`).
+    disclosure log, once (`Gateway._disclose_sent`). `not_delivered` is the results thread's
+    too: a job let go goes in it, so that its acknowledgement tells the exchange its results
+    were not brought home.
     """
 
     def __init__(
@@ -48,6 +51,7 @@ class Adoptions:
         client: GatewayClient,
         disclose_sent: Callable[..., None],
         retry_at: dict[str, float],
+        not_delivered: dict[str, Delivery],
     ) -> None:
         self.state = state
         self.vault = vault
@@ -55,6 +59,7 @@ class Adoptions:
         self.client = client
         self._disclose_sent = disclose_sent
         self._retry_at = retry_at
+        self._not_delivered = not_delivered
         #: The jobs left for now, by exchange job: when last met.
         self.met: dict[str, float] = {}
 
@@ -104,7 +109,9 @@ class Adoptions:
             )
             return self._leave(exchange_id, met)
         if decision["settled_at"] is not None:  # let go; its acknowledgement did not get through
-            return decision["decision"] == "let_go" or self._leave(exchange_id, met)
+            if decision["decision"] != "let_go":
+                return self._leave(exchange_id, met)
+            return self._acknowledge_let_go(exchange_id)
         let_go = decision["decision"] == "let_go"
         known = self.vault.study(str(job["study_uid"]))
         if decision["taken_at"] is None:  # not begun: the checks it waits for
@@ -135,7 +142,7 @@ class Adoptions:
         if let_go:
             self.state.let_go(exchange_id)
             log.warning("ended job %s, not one this gateway knew, let go", exchange_id)
-            return True
+            return self._acknowledge_let_go(exchange_id)
         assert known is not None  # an adoption waits for the vault, above
         made = datetime.fromisoformat(str(job["created_at"])).timestamp()
         adopted = self.state.adopt(
@@ -164,6 +171,11 @@ class Adoptions:
         self.state.let_go(exchange_id, note)
         self.met.pop(exchange_id, None)
         log.error("ended job %s, not one this gateway knew: %s", exchange_id, note)
+        return self._acknowledge_let_go(exchange_id)
+
+    def _acknowledge_let_go(self, exchange_id: str) -> bool:
+        """A job let go is acknowledged (True) as brought home without its results."""
+        self._not_delivered[exchange_id] = Delivery.let_go
         return True
 
     def _may_link(self, job: Mapping[str, Any]) -> str | None:

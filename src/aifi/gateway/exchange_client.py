@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aifi.http import ApiClient
+from aifi.results.delivery import Delivery
 
 if TYPE_CHECKING:
     from aifi.gateway.config import ExchangeConnection
@@ -131,6 +133,12 @@ class GatewayClient(ApiClient):
     def acknowledge(self, job_id: str) -> None:
         self.request("POST", f"/jobs/{job_id}/acknowledge")
 
-    def acknowledge_many(self, job_ids: list[str]) -> None:
-        """Acknowledge a poll's worth of jobs brought home, in one request."""
-        self.request("POST", "/jobs/acknowledge", json={"job_ids": job_ids})
+    def acknowledge_many(
+        self, job_ids: list[str], not_delivered: Mapping[str, Delivery] | None = None
+    ) -> None:
+        """Acknowledge a poll's worth of jobs brought home, in one request; `not_delivered`:
+        those among them whose results did not reach the PACS, and why."""
+        body: dict[str, Any] = {"job_ids": job_ids}
+        if not_delivered:
+            body["not_delivered"] = {job_id: str(why) for job_id, why in not_delivered.items()}
+        self.request("POST", "/jobs/acknowledge", json=body)

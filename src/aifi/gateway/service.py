@@ -65,6 +65,7 @@ from aifi.gateway.stow import BASE as STOW_BASE
 from aifi.gateway.stow import stow_app
 from aifi.gateway.vault import Vault
 from aifi.http import ExchangeHTTPError
+from aifi.results.delivery import NOT_DELIVERED_BECAUSE, Delivery
 from aifi.results.key_image import render_result_key_image
 from aifi.results.summary import ResultSummary
 
@@ -95,11 +96,15 @@ class ResultsPurged(Exception):
     """The exchange purged a job's results before this gateway fetched them: waiting and
     asking again cannot bring them back."""
 
+    delivery = Delivery.purged
+
 
 class ResultsRefused(Exception):
     """A job's results cannot be filed in the hospital's PACS as they are (unreadable, about
     another study, reusing the study's own UIDs): fetched again they would be the same, so the
     job ends with the reason and nothing of it is delivered."""
+
+    delivery = Delivery.unfileable
 
 
 #: A result's name as the exchange allows it; the gateway keeps it as a file name.
@@ -203,9 +208,18 @@ class Gateway:
         self.refusals = Refusals()
         self.metrics: MetricsServer | None = None
         self._retry_at: dict[str, float] = {}
+        #: Jobs brought home whose results did not reach the PACS, by exchange job, and why:
+        #: said to the exchange with their acknowledgement.
+        self._not_delivered: dict[str, Delivery] = {}
         #: Ended exchange jobs this gateway has no record of, and the hospital's decisions.
         self.adoptions = Adoptions(
-            self.state, self.vault, self.key, self.client, self._disclose_sent, self._retry_at
+            self.state,
+            self.vault,
+            self.key,
+            self.client,
+            self._disclose_sent,
+            self._retry_at,
+            self._not_delivered,
         )
         #: Failed tries at bringing a job home, by exchange job, should the disk that failed
         #: them also refuse to record them.
@@ -1180,9 +1194,9 @@ class Gateway:
         """End a job the exchange says this gateway brought home already (acknowledged), as it
         ended then: a restore from an earlier backup made the gateway forget it. Nothing is
         fetched or delivered again, which would put a second copy in the PACS and give the
-        RIS a second notice. A completed job is taken as delivered: a PACS that refused its
-        results then was reported then (the refusal is acknowledged too, and the restored
-        state cannot tell the two apart)."""
+        RIS a second notice. A completed job counts as delivered unless the acknowledgement
+        said its results did not reach the PACS, and why (`acknowledge`); an exchange job
+        acknowledged by a gateway too old to say so counts as delivered."""
         note = f"brought home before {BroughtHome.WHEN} (acknowledged {remote['acknowledged_at']})"
         ended = remote.get("ended_at")
         common = {
@@ -1190,7 +1204,12 @@ class Gateway:
             "exchange_ended_at": datetime.fromisoformat(ended).timestamp() if ended else None,
             "ended_at": time.time(),
         }
-        if remote["state"] == "completed":
+        missed = remote.get("delivery") not in (None, Delivery.delivered)
+        if remote["state"] == "completed" and missed:
+            why = NOT_DELIVERED_BECAUSE.get(remote["delivery"], remote["delivery"])
+            reason = f"results not delivered: {why}; {note}"
+            self.state.update_job(int(local["id"]), state="ended", reason=reason, **common)
+        elif remote["state"] == "completed":
             acknowledged = datetime.fromisoformat(str(remote["acknowledged_at"])).timestamp()
             self.state.update_job(
                 int(local["id"]), state="delivered", delivered_at=acknowledged, reason=note,
@@ -1261,7 +1280,7 @@ class Gateway:
                 collected = True
                 if self.collect(job):
                     brought_home.append(job_id)
-            self._acknowledge(brought_home)
+            self.acknowledge(brought_home)
             if len(page) < ENDED_PAGE or len(brought_home) == len(page):
                 break
             after = last
@@ -1277,31 +1296,42 @@ class Gateway:
         """The exchange listed every ended job not brought home (`listed`): what this gateway
         keeps of others (a retry due, an unknown job met) is of jobs brought home since, by
         another gateway on the hospital's account say, and goes; it would grow for ever."""
-        for exchange_id in [held for held in self._retry_at if held not in listed]:
-            del self._retry_at[exchange_id]
+        for held in (self._retry_at, self._not_delivered):
+            for exchange_id in [exchange_id for exchange_id in held if exchange_id not in listed]:
+                del held[exchange_id]
         self.adoptions.forget_unlisted(listed)
 
-    def _acknowledge(self, exchange_ids: list[str]) -> None:
-        """Tell the exchange these jobs are home, in one request.
+    def acknowledge(self, exchange_ids: list[str]) -> None:
+        """Tell the exchange these jobs are home, in one request, and which of them brought
+        no results to the PACS, and why: the operator counts them, and this gateway reads it
+        back should a restore make it forget the job (`_settle_brought_home`).
 
         If that fails the jobs come back in the next poll; bringing them home again finds
-        every result delivered and every notice sent already, and only the acknowledgement is
-        repeated.
+        every result delivered and every notice sent already (or the same reason they cannot
+        be), and only the acknowledgement is repeated.
         """
         if not exchange_ids:
             return
+        said = {
+            exchange_id: self._not_delivered[exchange_id]
+            for exchange_id in exchange_ids
+            if exchange_id in self._not_delivered
+        }
         try:
-            self.client.acknowledge_many(exchange_ids)
+            self.client.acknowledge_many(exchange_ids, said)
         except (ExchangeHTTPError, httpx.TransportError, OSError) as exc:
             log.warning(
                 "%d job(s) brought home but not acknowledged yet: %s", len(exchange_ids), exc
             )
+            return
+        for exchange_id in said:
+            del self._not_delivered[exchange_id]
 
     def collect(self, job: dict[str, Any]) -> bool:
         """Bring an ended job home: deliver its results to every PACS (True when done). A job
         whose results the exchange purged before they were fetched is ended with that reason.
 
-        The caller acknowledges the jobs brought home, a poll's worth together.
+        The caller acknowledges the jobs brought home, a poll's worth together (`acknowledge`).
         """
         exchange_id = str(job["id"])
         local = self.state.job_by_exchange_id(exchange_id)
@@ -1362,6 +1392,7 @@ class Gateway:
                 int(local["id"]), state="ended", exchange_state="completed", reason=str(exc),
                 ended_at=time.time(),
             )  # fmt: skip
+            self._not_delivered[exchange_id] = exc.delivery
         except PASSING_FAILURES as exc:
             self._collect_later(local, exchange_id, exc)
             return False

@@ -126,6 +126,12 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             # slow's workers hand back a job a minute from 10m; brisk's one now and then.
             'aifi_exchange_handed_back_jobs_total{product="slow", instance="r1"}': "0x10 1+1x40",
             'aifi_exchange_handed_back_jobs_total{product="brisk", instance="r2"}': "0x20 1x40",
+            # Gateways cannot file one of flawed's results at 20m; brisk's are all filed,
+            # though a hospital let one of its jobs go (its results not brought home).
+            'aifi_exchange_undelivered_results_total{product="flawed", reason="unfileable", '
+            'instance="r1"}': "0x20 1x40",
+            'aifi_exchange_undelivered_results_total{product="brisk", reason="let_go", '
+            'instance="r2"}': "0x10 1x50",
             # hospital-b's gateway stops collecting at 0m; hospital-a's outcomes wait seconds.
             'aifi_exchange_hospital_unacknowledged_age_seconds{hospital="hospital-b", '
             'instance="r1"}': "0+60x60",
@@ -176,6 +182,14 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             fires("HospitalNotCollecting", "42m",
                   "Hospital hospital-b: outcomes have waited 42m 0s for its gateway to "
                   "collect them", hospital="hospital-b"),
+            quiet("ResultsNotFileable", "19m"),
+            fires("ResultsNotFileable", "21m",
+                  "Product flawed: hospitals could not file its results in their PACS",
+                  product="flawed"),
+            fires("ResultsNotFileable", "79m",
+                  "Product flawed: hospitals could not file its results in their PACS",
+                  product="flawed"),
+            quiet("ResultsNotFileable", "81m"),  # an hour since
             quiet("ResultsNeverFetched", "29m"),
             fires("ResultsNeverFetched", "35m",
                   "Results were purged without ever being fetched"),

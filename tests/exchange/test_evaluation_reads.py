@@ -102,6 +102,9 @@ def random_jobs(rng: random.Random) -> tuple[list[dict[str, Any]], ...]:
         took = rng.choice([30.0, 60.0, rng.uniform(5, 900)])
         ready = None if rng.random() < 0.05 else ended - timedelta(seconds=took)
         product, vendor = rng.choice([("product-a", "vendor-a"), ("product-b", "vendor-b")])
+        # What the gateway said of the results, for any state (it is kept for completed jobs
+        # alone, but evaluation must not count it for others either).
+        delivery = rng.choice([None, "delivered", "delivered", "unfileable", "purged", "let_go"])
         job = {
             "id": f"job-{n:04d}",
             "hospital_id": rng.choice(["hospital-a", "hospital-b"]),
@@ -115,6 +118,7 @@ def random_jobs(rng: random.Random) -> tuple[list[dict[str, Any]], ...]:
             "ready_at": ready,
             "ended_at": ended if state in ("completed", "failed", "expired", "cancelled") else None,
             "updated_at": ended,
+            "delivery": delivery,
         }
         jobs.append(job)
         if rng.random() < 0.6:
@@ -153,7 +157,10 @@ def one_by_one(
     """The same rows as the row-by-row definitions take them."""
     records = [
         JobRecord(
-            **{k: job[k] for k in ("product_id", "hospital_id", "state", "ready_at", "ended_at")},
+            **{
+                k: job[k]
+                for k in ("product_id", "hospital_id", "state", "ready_at", "ended_at", "delivery")
+            },
             job_id=job["id"],
             ai_positive=triage_call(job["summary"]),
         )
@@ -204,6 +211,7 @@ def test_the_database_counts_the_figures_as_rows_counted_one_by_one_do(
     assert_same_evaluation(counted, expected)
     assert any(r.sensitivity.denominator > 0 for r in counted)
     assert any(r.uptake is not None for r in counted)
+    assert all(0 < r.undelivered.numerator < r.undelivered.denominator for r in counted)
 
     for granularity in ("month", "week"):
         want_charts = drift_charts(records, granularity=granularity)

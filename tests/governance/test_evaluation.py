@@ -27,6 +27,7 @@ def job(
     state: str,
     seconds: float | None = None,
     positive: bool | None = None,
+    delivery: str | None = None,
 ) -> JobRecord:
     return JobRecord(
         job_id=job_id,
@@ -36,18 +37,19 @@ def job(
         ready_at=T0,
         ended_at=None if seconds is None else T0 + timedelta(seconds=seconds),
         ai_positive=positive,
+        delivery=delivery,
     )
 
 
 JOBS = [
-    job("a1", "h-a", "completed", 10, True),  # radiologist: positive  -> TP
-    job("a2", "h-a", "completed", 20, True),  # radiologist: negative  -> FP
-    job("a3", "h-a", "completed", 30, False),  # radiologist: positive -> FN
-    job("a4", "h-a", "completed", 40, False),  # radiologist: negative -> TN
+    job("a1", "h-a", "completed", 10, True, "delivered"),  # radiologist: positive  -> TP
+    job("a2", "h-a", "completed", 20, True, "unfileable"),  # radiologist: negative  -> FP
+    job("a3", "h-a", "completed", 30, False, "delivered"),  # radiologist: positive -> FN
+    job("a4", "h-a", "completed", 40, False),  # radiologist: negative -> TN; not said
     job("a5", "h-a", "failed", 5),
     job("a6", "h-a", "cancelled", 1),
-    job("b1", "h-b", "completed", 50, True),  # TP
-    job("b2", "h-b", "completed", 60, True),  # TP
+    job("b1", "h-b", "completed", 50, True, "let_go"),  # TP
+    job("b2", "h-b", "completed", 60, True, "purged"),  # TP
     job("b3", "h-b", "expired"),
 ]
 FEEDBACK = [
@@ -79,6 +81,15 @@ def test_volume_uptake_and_failure_rate(rows: dict) -> None:
     # Nationally, uptake pools only the hospitals that report eligible studies.
     assert national.volume == 9 and national.uptake.value == 0.5
     assert national.failure_rate.value == 2 / 8
+
+
+def test_results_not_delivered(rows: dict) -> None:
+    """Of the completed jobs whose gateway said what became of their results: a job let go
+    is the hospital's choice, and a job it said nothing of is not counted either way."""
+    a, b, national = rows["h-a"], rows["h-b"], rows[NATIONAL]
+    assert (a.undelivered.numerator, a.undelivered.denominator) == (1, 3)
+    assert (b.undelivered.numerator, b.undelivered.denominator) == (1, 1)
+    assert (national.undelivered.numerator, national.undelivered.denominator) == (2, 4)
 
 
 def test_turnaround_percentiles(rows: dict) -> None:

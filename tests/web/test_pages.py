@@ -274,8 +274,10 @@ def test_a_radiologists_feedback_shows_up_in_the_metrics(
     assert "Recorded: disagree" in page.inner_text("main")
     visit(page, site["url"] + "/ui/evaluation", "hospital-metrics")
     row = page.locator("tr", has_text="hospital-a").first
-    cells = row.locator("td").all_inner_texts()
-    assert cells[7].startswith("0 %") and cells[9].startswith("100 %")  # agree 0/1, disagree 1/1
+    headers = page.locator("tr").first.locator("th").all_inner_texts()
+    cells = dict(zip(headers, row.locator("td").all_inner_texts(), strict=True))
+    assert cells["Agree"].startswith("0 %") and cells["Disagree"].startswith("100 %")  # 0/1, 1/1
+    assert cells["Not delivered"] == "–"  # the job is not acknowledged: nothing said yet
     # A hospital sees its own drift charts beside the national ones.
     captions = page.locator("figure.p-chart figcaption").all_inner_texts()
     assert sorted(captions) == sorted(

@@ -27,7 +27,7 @@ from aifi.exchange.schemas import JobState
 from aifi.exchange.sql_time import iso_week_label, month_label, seconds_between
 from aifi.exchange.triage import CALLS
 from aifi.governance.drift import Granularity, PeriodCount
-from aifi.governance.evaluation import NATIONAL, Agreement, Tally
+from aifi.governance.evaluation import DELIVERY_SAID, NATIONAL, UNDELIVERED, Agreement, Tally
 from aifi.governance.evaluation import EligibleCount as EligibleIn
 
 _COMPLETED = JobState.completed.value
@@ -41,6 +41,8 @@ _COUNTS = (
     "completed",
     "failed",
     "ended",
+    "undelivered",
+    "delivery_said",
     "feedback",
     "agree",
     "partly",
@@ -64,6 +66,8 @@ def tallies(session: Session, months: Months = Months()) -> list[Tally]:
             count().filter(Job.state == _COMPLETED),
             count().filter(Job.state.in_(_FAILED)),
             count().filter(Job.state.in_((*_FAILED, _COMPLETED))),
+            count().filter(Job.state == _COMPLETED, Job.delivery.in_(sorted(UNDELIVERED))),
+            count().filter(Job.state == _COMPLETED, Job.delivery.in_(sorted(DELIVERY_SAID))),
             count(JobFeedback.job_id),
             *(count().filter(JobFeedback.agreement == a.value) for a in Agreement),
             count().filter(verdict.is_(True), _POSITIVE),

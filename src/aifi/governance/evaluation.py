@@ -15,6 +15,12 @@ uptake
     criteria). National uptake pools only hospitals that report an eligible count.
 failure rate
     (failed + expired) / ended jobs; cancelled jobs are the hospital's choice and left out.
+results not delivered
+    Completed jobs whose results the hospital's gateway could not put in the PACS (it could
+    not file them as they are, or the exchange purged them before it fetched them) / completed
+    jobs whose gateway said, as it acknowledged them, what became of their results. Jobs the
+    hospital let go are its choice and left out, as are jobs not acknowledged yet or
+    acknowledged by a gateway too old to say.
 turnaround
     Seconds from the job being ready (all inputs uploaded) to its completion, over completed
     jobs; p50 and p95 by linear interpolation between order statistics (numpy's default).
@@ -41,6 +47,7 @@ from pydantic import BaseModel, Field
 
 from aifi.exchange.schemas import JobState
 from aifi.exchange.triage import triage_call
+from aifi.results.delivery import Delivery
 
 #: Label of the pooled rows in place of a hospital id.
 NATIONAL = "national"
@@ -49,6 +56,9 @@ NATIONAL = "national"
 _Z95 = NormalDist().inv_cdf(0.975)
 _FAILED = frozenset({JobState.failed.value, JobState.expired.value})
 _ENDED = _FAILED | {JobState.completed.value}
+#: What a gateway said of a completed job's results that evaluation counts (not a let-go).
+UNDELIVERED = frozenset({Delivery.unfileable.value, Delivery.purged.value})
+DELIVERY_SAID = UNDELIVERED | {Delivery.delivered.value}
 
 
 class Agreement(StrEnum):
@@ -71,6 +81,11 @@ class JobRecord(BaseModel):
     ai_positive: bool | None = Field(
         default=None, description="The product's triage flag; None when it gives none."
     )
+    delivery: str | None = Field(
+        default=None,
+        description="What became of its results at the hospital, as its gateway said "
+        "(aifi.results.delivery); None before then.",
+    )
 
     @classmethod
     def from_job(cls, job: Mapping[str, Any]) -> JobRecord:
@@ -83,6 +98,7 @@ class JobRecord(BaseModel):
             ready_at=job.get("ready_at"),
             ended_at=job.get("ended_at"),
             ai_positive=triage_call(job.get("summary")),
+            delivery=job.get("delivery"),
         )
 
 
@@ -150,6 +166,10 @@ class ProductEvaluation(BaseModel):
     completed: int
     failed: int
     failure_rate: Proportion
+    undelivered: Proportion = Field(
+        description="completed jobs whose results did not reach the PACS, of those whose "
+        "gateway said what became of them"
+    )
     turnaround_p50_seconds: float | None
     turnaround_p95_seconds: float | None
     feedback: int
@@ -189,6 +209,8 @@ class Tally:
     completed: int = 0
     failed: int = 0
     ended: int = 0
+    undelivered: int = 0
+    delivery_said: int = 0
     feedback: int = 0
     agree: int = 0
     partly: int = 0
@@ -258,6 +280,8 @@ def tally(
         completed=sum(1 for j in jobs if j.state == JobState.completed.value),
         failed=sum(1 for j in jobs if j.state in _FAILED),
         ended=sum(1 for j in jobs if j.state in _ENDED),
+        undelivered=sum(1 for j in jobs if _completed_as(j, UNDELIVERED)),
+        delivery_said=sum(1 for j in jobs if _completed_as(j, DELIVERY_SAID)),
         feedback=len(notes),
         agree=sum(1 for f in notes if f.agreement == Agreement.agree),
         partly=sum(1 for f in notes if f.agreement == Agreement.partly),
@@ -278,6 +302,10 @@ def tally(
     return counted
 
 
+def _completed_as(job: JobRecord, said: frozenset[str]) -> bool:
+    return job.state == JobState.completed.value and job.delivery in said
+
+
 def _evaluation(counted: Tally, eligible: int | None) -> ProductEvaluation:
     tp, fn, fp = counted.true_positives, counted.false_negatives, counted.false_positives
     return ProductEvaluation(
@@ -289,6 +317,7 @@ def _evaluation(counted: Tally, eligible: int | None) -> ProductEvaluation:
         completed=counted.completed,
         failed=counted.failed,
         failure_rate=Proportion.of(counted.failed, counted.ended),
+        undelivered=Proportion.of(counted.undelivered, counted.delivery_said),
         turnaround_p50_seconds=counted.turnaround_p50_seconds,
         turnaround_p95_seconds=counted.turnaround_p95_seconds,
         feedback=counted.feedback,

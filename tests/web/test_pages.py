@@ -274,8 +274,7 @@ def test_a_radiologists_feedback_shows_up_in_the_metrics(
     assert "Recorded: disagree" in page.inner_text("main")
     visit(page, site["url"] + "/ui/evaluation", "hospital-metrics")
     row = page.locator("tr", has_text="hospital-a").first
-    headers = page.locator("tr").first.locator("th").all_inner_texts()
-    cells = dict(zip(headers, row.locator("td").all_inner_texts(), strict=True))
+    cells = dict(zip(headers_of(page), row.locator("td").all_inner_texts(), strict=True))
     assert cells["Agree"].startswith("0 %") and cells["Disagree"].startswith("100 %")  # 0/1, 1/1
     assert cells["Not delivered"] == "–"  # the job is not acknowledged: nothing said yet
     # A hospital sees its own drift charts beside the national ones.
@@ -289,6 +288,29 @@ def test_a_radiologists_feedback_shows_up_in_the_metrics(
     page.click("text=Save score")
     assert "fracture detection on radiographs" in page.content()
     assert visit(page, site["url"] + "/ui/audit", "hospital-audit-refused").status == 403
+    # The gateway could not file the results: the job page and the evaluation say so.
+    headers = {"Authorization": f"Bearer {site['hospital_key']}"}
+    acknowledged = httpx.post(
+        site["url"] + "/jobs/acknowledge",
+        json={"job_ids": [site["job_id"]], "not_delivered": {site["job_id"]: "unfileable"}},
+        headers=headers,
+    )
+    assert acknowledged.status_code == 200, acknowledged.text
+    visit(page, site["url"] + f"/ui/jobs/{site['job_id']}", "hospital-job-not-delivered")
+    said = page.locator("dd.delivery")
+    assert (
+        said.inner_text()
+        == "results not delivered: they could not be filed in the PACS as they are"
+    )
+    assert "bad" in str(said.get_attribute("class"))
+    visit(page, site["url"] + "/ui/evaluation", "hospital-metrics-not-delivered")
+    row = page.locator("tr", has_text="hospital-a").first
+    cells = dict(zip(headers_of(page), row.locator("td").all_inner_texts(), strict=True))
+    assert cells["Not delivered"] == "100 % (1/1)"
+
+
+def headers_of(page: Any) -> list[str]:
+    return list(page.locator("tr").first.locator("th").all_inner_texts())
 
 
 def test_vendors_see_their_own_products_only(browser: Any, site: dict[str, Any]) -> None:

@@ -36,6 +36,7 @@ from aifi.exchange.schemas import ENDED_STATES, JobState, OrganisationKind
 from aifi.exchange.services import Services
 from aifi.governance import AreaScore, allowed_actions
 from aifi.governance.templating import duration
+from aifi.results.delivery import NOT_DELIVERED_BECAUSE, Delivery
 from aifi.results.key_image import render_result_key_image
 from aifi.web import p_charts
 from aifi.web.deps import ClinicalDep
@@ -46,6 +47,11 @@ templates.env.filters["duration"] = duration
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
 AGREEMENTS = ("agree", "partly", "disagree")
+#: What became of a completed job's results at the hospital, in the job page's words.
+DELIVERY_SAID = {
+    Delivery.delivered: "results delivered to the PACS",
+    **{kind: f"results not delivered: {why}" for kind, why in NOT_DELIVERED_BECAUSE.items()},
+}
 #: Jobs a live list shows, latest first.
 LIVE_JOBS = 200
 #: The national overview counts the jobs that ended this many days back.
@@ -270,7 +276,7 @@ def job_page(
     has_seg = any(r.kind == "seg" for r in results)
     return page(
         request, "job.html", user, job=job, results=results, feedback=feedback,
-        has_seg=has_seg, agreements=AGREEMENTS,
+        has_seg=has_seg, agreements=AGREEMENTS, delivery_said=DELIVERY_SAID,
     )  # fmt: skip
 
 

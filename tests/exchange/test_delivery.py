@@ -96,22 +96,30 @@ def test_an_acknowledgement_says_which_results_did_not_reach_the_pacs_and_why(
     assert _undelivered_counts(exchange) == {"unfileable": 1.0, "purged": 1.0}
 
 
-def test_the_one_job_endpoint_and_a_plain_acknowledgement_count_results_delivered(
+def test_an_acknowledgement_that_says_nothing_of_the_results_is_not_taken_as_delivered(
     exchange: Any, parties: dict[str, Any], make_ct: Any, tmp_path: Path
 ) -> None:
+    """A gateway too old to say, and the one-job endpoint, leave it unknown; one that says
+    (even that nothing went wrong) has every completed job it does not name delivered."""
     hospital = parties["hospital_a"]
-    one = _completed(exchange, parties, make_ct(slices=1), tmp_path / "one")
-    other = _completed(exchange, parties, make_ct(slices=1), tmp_path / "other")
+    one, old, new = (
+        _completed(exchange, parties, make_ct(slices=1), tmp_path / name)
+        for name in ("one", "old", "new")
+    )
     before = exchange.client.get(f"/jobs/{one}", headers=hospital.headers).json()
     assert before["delivery"] is None  # nothing said yet
 
     single = exchange.client.post(f"/jobs/{one}/acknowledge", headers=hospital.headers)
-    plain = exchange.client.post(
-        "/jobs/acknowledge", json={"job_ids": [other]}, headers=hospital.headers
+    unsaid = exchange.client.post(
+        "/jobs/acknowledge", json={"job_ids": [old]}, headers=hospital.headers
+    )
+    said = exchange.client.post(
+        "/jobs/acknowledge", json={"job_ids": [new], "not_delivered": {}}, headers=hospital.headers
     )
 
-    assert single.json()["delivery"] == "delivered"
-    assert plain.json()[0]["delivery"] == "delivered"
+    assert single.json()["delivery"] is None and single.json()["acknowledged_at"]
+    assert unsaid.json()[0]["delivery"] is None
+    assert said.json()[0]["delivery"] == "delivered"
     assert _undelivered_counts(exchange) == {}
 
 

@@ -132,6 +132,9 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             'instance="r1"}': "0x20 1x40",
             'aifi_exchange_undelivered_results_total{product="brisk", reason="let_go", '
             'instance="r2"}': "0x10 1x50",
+            # A replica's first unfileable result of fresh, at 45m: its series starts at 1.
+            'aifi_exchange_undelivered_results_total{product="fresh", reason="unfileable", '
+            'instance="r2"}': "_x44 1x80",
             # hospital-b's gateway stops collecting at 0m; hospital-a's outcomes wait seconds.
             'aifi_exchange_hospital_unacknowledged_age_seconds{hospital="hospital-b", '
             'instance="r1"}': "0+60x60",
@@ -183,13 +186,13 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
                   "Hospital hospital-b: outcomes have waited 42m 0s for its gateway to "
                   "collect them", hospital="hospital-b"),
             quiet("ResultsNotFileable", "19m"),
-            fires("ResultsNotFileable", "21m",
+            fires("ResultsNotFileable", "30m",
                   "Product flawed: hospitals could not file its results in their PACS",
                   product="flawed"),
-            fires("ResultsNotFileable", "79m",
-                  "Product flawed: hospitals could not file its results in their PACS",
-                  product="flawed"),
-            quiet("ResultsNotFileable", "81m"),  # an hour since
+            fires("ResultsNotFileable", "90m",  # born at 1 at 45m: no sample before it
+                  "Product fresh: hospitals could not file its results in their PACS",
+                  product="fresh"),
+            quiet("ResultsNotFileable", "110m"),  # over an hour since, and no more
             quiet("ResultsNeverFetched", "29m"),
             fires("ResultsNeverFetched", "35m",
                   "Results were purged without ever being fetched"),

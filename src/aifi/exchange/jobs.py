@@ -149,7 +149,7 @@ def job_out(job: Job, actor: Actor) -> JobOut:
         claimed_at=job.claimed_at,
         ended_at=job.ended_at,
         acknowledged_at=job.acknowledged_at,
-        delivery=Delivery(job.delivery) if job.delivery else None,
+        delivery=job.delivery,
         inputs_purged_at=job.inputs_swept_at,
     )
 
@@ -727,7 +727,8 @@ class JobService:
         return ended
 
     def acknowledge(self, actor: Actor, job_id: str) -> Job:
-        """The hospital has what it needs from an ended job (results delivered, or failure seen)."""
+        """The hospital has what it needs from an ended job (results delivered, or failure
+        seen); of a completed job's results it says nothing."""
         return self.acknowledge_many(actor, [job_id]).jobs[0]
 
     def acknowledge_many(
@@ -741,7 +742,8 @@ class JobService:
         A gateway that brought a poll's worth of results home says so once instead of once per
         job. Acknowledging twice is harmless: a job keeps its first acknowledgement, and what
         it said of the results (`not_delivered`: job id → why a completed job's results did
-        not reach the PACS; a completed job it does not name counts as delivered).
+        not reach the PACS; given, a completed job it does not name counts as delivered; None:
+        nothing is said of any, as by a gateway too old to say).
         """
         wanted = list(dict.fromkeys(job_ids))
         undelivered = dict(not_delivered or {})
@@ -763,11 +765,13 @@ class JobService:
             if fresh:
                 now = utcnow()
                 said = {job_id: undelivered[job_id] for job_id in fresh if job_id in undelivered}
-                results: Any = Delivery.delivered.value
-                if said:
-                    results = case(said, value=Job.id, else_=results)
-                # Only a completed job has results to say anything of.
-                delivery = case((Job.state == JobState.completed.value, results), else_=None)
+                delivery: Any = None  # nothing said (a gateway too old to say)
+                if not_delivered is not None:
+                    results: Any = Delivery.delivered.value
+                    if said:
+                        results = case(said, value=Job.id, else_=results)
+                    # Only a completed job has results to say anything of.
+                    delivery = case((Job.state == JobState.completed.value, results), else_=None)
                 statement = (
                     update(Job)
                     .where(Job.id.in_(fresh), Job.acknowledged_at.is_(None))

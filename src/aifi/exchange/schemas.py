@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from aifi.exchange.clock import as_utc
-from aifi.results.delivery import Delivery, NotDelivered
+from aifi.results.delivery import NotDelivered
 
 #: A time as the API gives it: in UTC, with its offset, whichever database it was read from
 #: (SQLite hands times back naive, PostgreSQL in its server's time zone).
@@ -178,15 +178,16 @@ class AcknowledgeIn(BaseModel):
     """Ended jobs the hospital has brought home, acknowledged together."""
 
     job_ids: list[str] = Field(min_length=1, max_length=1000)
-    not_delivered: dict[str, NotDelivered] = Field(
-        default_factory=dict,
+    not_delivered: dict[str, NotDelivered] | None = Field(
+        default=None,
         description="completed jobs among job_ids whose results did not reach the PACS, and "
-        "why; the other completed jobs count as delivered",
+        "why; given (even empty), the other completed jobs count as delivered, and left out, "
+        "nothing is known of any (a gateway too old to say)",
     )
 
     @model_validator(mode="after")
     def _only_jobs_acknowledged(self) -> AcknowledgeIn:
-        stray = sorted(set(self.not_delivered) - set(self.job_ids))
+        stray = sorted(set(self.not_delivered or {}) - set(self.job_ids))
         if stray:
             raise ValueError(f"not_delivered names jobs not in job_ids: {', '.join(stray)}")
         return self
@@ -214,10 +215,12 @@ class JobOut(BaseModel):
     claimed_at: UtcDateTime | None
     ended_at: UtcDateTime | None
     acknowledged_at: UtcDateTime | None
-    delivery: Delivery | None = Field(
+    delivery: str | None = Field(
         default=None,
         description="what became of a completed job's results at the hospital, as its "
-        "gateway said when it acknowledged the job (null before then)",
+        "gateway said when it acknowledged the job: delivered, unfileable, purged or let_go "
+        "(aifi.results.delivery; a later release may add others); null before then, or "
+        "when the gateway did not say",
     )
     inputs_purged_at: UtcDateTime | None = Field(
         default=None,

@@ -138,7 +138,7 @@ class GatewayClient(ApiClient):
     ) -> None:
         """Acknowledge a poll's worth of jobs brought home, in one request; `not_delivered`:
         those among them whose results did not reach the PACS, and why."""
-        body: dict[str, Any] = {"job_ids": job_ids}
-        if not_delivered:
-            body["not_delivered"] = {job_id: str(why) for job_id, why in not_delivered.items()}
-        self.request("POST", "/jobs/acknowledge", json=body)
+        said = {job_id: str(why) for job_id, why in (not_delivered or {}).items()}
+        # Always sent, empty too: the exchange then counts the others as delivered (from a
+        # gateway that says nothing, it cannot tell).
+        self.request("POST", "/jobs/acknowledge", json={"job_ids": job_ids, "not_delivered": said})

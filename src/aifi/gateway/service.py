@@ -1362,6 +1362,12 @@ class Gateway:
             settled = self._settle_refused(local, job)
             if settled is not None:
                 return settled
+        if local["state"] in ("delivered", "ended") and local["result_seen_at"] is not None:
+            # Brought home on an earlier pass whose acknowledgement did not get through: said
+            # again as it ended, not done again (its study may have left the vault since).
+            if local["delivery"]:
+                self._not_delivered[exchange_id] = Delivery(local["delivery"])
+            return True
         try:
             if local["result_seen_at"] is None:
                 # Nothing of this job was fetched yet: a folder under its id is another job's,
@@ -1390,7 +1396,7 @@ class Gateway:
             log.error("job %s: %s", exchange_id, exc)
             self.state.update_job(
                 int(local["id"]), state="ended", exchange_state="completed", reason=str(exc),
-                ended_at=time.time(),
+                ended_at=time.time(), delivery=exc.delivery.value,
             )  # fmt: skip
             self._not_delivered[exchange_id] = exc.delivery
         except PASSING_FAILURES as exc:

@@ -99,7 +99,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     results_delivered INTEGER NOT NULL DEFAULT 0,
     inputs_digest TEXT,      -- what it was sent with (`inputs_digest`); NULL: not known
     -- 1 once a request to open it may have reached the exchange (`skip_if_sent_before`)
-    may_be_open INTEGER NOT NULL DEFAULT 0
+    may_be_open INTEGER NOT NULL DEFAULT 0,
+    -- why its results did not reach the PACS (aifi.results.delivery), said with its
+    -- acknowledgement; NULL: delivered, or not brought home
+    delivery TEXT
 );
 CREATE INDEX IF NOT EXISTS ix_jobs_state ON jobs(state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS ix_jobs_study ON jobs(study_uid);  -- a study's jobs: retention, re-sends
@@ -178,6 +181,8 @@ COLUMNS: dict[str, dict[str, tuple[str, str | None]]] = {
             "INTEGER NOT NULL DEFAULT 0",
             "UPDATE jobs SET may_be_open = 1 WHERE state = 'pending'",
         ),
+        # Brought home by an older version: its acknowledgement went without a reason.
+        "delivery": ("TEXT", None),
     },
     "unknown_jobs": {
         column: ("TEXT" if column == "study_uid" else "REAL", None)

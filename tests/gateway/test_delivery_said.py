@@ -1,0 +1,75 @@
+"""What the gateway tells the exchange of a job's results when it acknowledges the job: said
+again as the job ended when an acknowledgement is lost, whatever happened since — the study
+gone from the vault, the gateway restarted — never found anew."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from aifi.gateway import service as service_module
+from support.hospital import Hospital, acknowledgements_lost
+from support.restore import until_ended
+
+
+def _sent(hospital: Hospital) -> str:
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    [job] = hospital.jobs()
+    assert hospital.send_due() == [job["id"]]
+    return str(hospital.gateway.state.job(job["id"])["exchange_job_id"])
+
+
+def _acknowledged_unheard(hospital: Hospital, exchange_id: str) -> None:
+    """Brought home, and its acknowledgement lost on the way."""
+    passing = hospital.network.handle_request
+    acknowledgements_lost(hospital)
+    assert hospital.gateway.collect(until_ended(hospital, exchange_id))
+    hospital.gateway.acknowledge([exchange_id])
+    hospital.network.handle_request = passing  # type: ignore[method-assign]
+    assert hospital.gateway.client.job(exchange_id)["acknowledged_at"] is None
+
+
+def test_a_job_filed_is_said_delivered_though_its_study_left_the_vault_before_it_was_heard(
+    hospital: Hospital,
+) -> None:
+    """The exchange unreachable for longer than the study is kept: bringing the job home
+    again must not find its study missing and take the results for unfileable."""
+    exchange_id = _sent(hospital)
+    _acknowledged_unheard(hospital, exchange_id)
+    gateway = hospital.gateway
+    assert gateway.purge_expired(time.time() + 25 * 3600) == 1  # the study's retention ended
+
+    assert gateway.collect(until_ended(hospital, exchange_id))
+    gateway.acknowledge([exchange_id])
+
+    [job] = hospital.jobs()
+    assert job["state"] == "delivered", job["reason"]
+    held = gateway.client.job(exchange_id)
+    assert held["acknowledged_at"] is not None and held["delivery"] == "delivered"
+
+
+def test_results_that_could_not_be_filed_are_said_so_after_a_restart(
+    hospital: Hospital, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the gateway holds in memory to say goes with a restart: the job's row says it."""
+
+    def unfileable(*_args: Any, **_kwargs: Any) -> None:
+        raise ValueError("a result this gateway cannot read")
+
+    exchange_id = _sent(hospital)
+    with monkeypatch.context() as patched:
+        patched.setattr(service_module, "reidentify_file", unfileable)
+        _acknowledged_unheard(hospital, exchange_id)
+    hospital.close()
+    hospital.gateway = hospital.open()  # restarted: nothing held in memory
+
+    assert hospital.gateway.collect(until_ended(hospital, exchange_id))
+    hospital.gateway.acknowledge([exchange_id])
+
+    [job] = hospital.jobs()
+    assert job["state"] == "ended" and "cannot be filed in the PACS" in job["reason"]
+    held = hospital.gateway.client.job(exchange_id)
+    assert held["acknowledged_at"] is not None and held["delivery"] == "unfileable"

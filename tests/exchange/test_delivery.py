@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, get_args
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from aifi.results.delivery import NOT_DELIVERED_BECAUSE, Delivery, NotDelivered
 from scale.exchange_api import OPERATOR_KEY
 
@@ -40,13 +42,20 @@ def _failed(exchange: Any, parties: dict[str, Any], study: list[Path]) -> str:
     return str(job["id"])
 
 
-def _undelivered_counts(exchange: Any) -> dict[str, float]:
-    counts = {}
-    for line in exchange.client.get("/metrics").text.splitlines():
-        if line.startswith("aifi_exchange_undelivered_results_total{"):
-            labels, value = line.rsplit(" ", 1)
-            counts[labels.split("reason=")[1].strip('"}')] = float(value)
-    return counts
+def _undelivered_counts(exchange: Any) -> dict[tuple[str, str], float]:
+    """The replica's counts by product and reason, as Prometheus reads them."""
+    text = exchange.client.get("/metrics").text
+    return {
+        (sample.labels["product"], sample.labels["reason"]): sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "aifi_exchange_undelivered_results"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }
+
+
+def _counted(exchange: Any) -> dict[tuple[str, str], float]:
+    return {key: value for key, value in _undelivered_counts(exchange).items() if value}
 
 
 def test_an_acknowledgement_says_which_results_did_not_reach_the_pacs_and_why(
@@ -71,7 +80,7 @@ def test_an_acknowledgement_says_which_results_did_not_reach_the_pacs_and_why(
         seen = exchange.client.get(f"/jobs/{unfileable}", headers=org.headers).json()
         assert seen["delivery"] == "unfileable"
     # A failed job has no results: what the gateway said of it is not kept, nor counted.
-    assert _undelivered_counts(exchange) == {"unfileable": 1.0, "purged": 1.0}
+    assert _counted(exchange) == {("product-a", "unfileable"): 1.0, ("product-a", "purged"): 1.0}
     audit = exchange.client.get("/audit", params={"limit": 5000}, headers=OPERATOR).json()
     acks = {
         e["object_id"]: e["detail"]
@@ -93,7 +102,7 @@ def test_an_acknowledgement_says_which_results_did_not_reach_the_pacs_and_why(
     )
     assert again.status_code == 200
     assert [j["delivery"] for j in again.json()] == ["delivered", "unfileable"]
-    assert _undelivered_counts(exchange) == {"unfileable": 1.0, "purged": 1.0}
+    assert _counted(exchange) == {("product-a", "unfileable"): 1.0, ("product-a", "purged"): 1.0}
 
 
 def test_an_acknowledgement_that_says_nothing_of_the_results_is_not_taken_as_delivered(
@@ -120,7 +129,19 @@ def test_an_acknowledgement_that_says_nothing_of_the_results_is_not_taken_as_del
     assert single.json()["delivery"] is None and single.json()["acknowledged_at"]
     assert unsaid.json()[0]["delivery"] is None
     assert said.json()[0]["delivery"] == "delivered"
-    assert _undelivered_counts(exchange) == {}
+    assert _counted(exchange) == {}
+
+
+def test_every_product_s_undelivered_results_are_exported_from_zero(
+    exchange: Any, parties: dict[str, Any]
+) -> None:
+    """Before any count, and for a product registered after the replica started: an alert
+    on increase() sees the first count only if a sample came before it."""
+    exchange.product(parties["vendor_b"], "product-late")
+    counts = _undelivered_counts(exchange)
+    for product in ("product-a", "product-b", "product-late"):
+        for reason in ("unfileable", "unmapped", "purged", "let_go"):
+            assert counts[(product, reason)] == 0.0
 
 
 def test_an_acknowledgement_that_misstates_delivery_is_refused_whole(
@@ -132,8 +153,8 @@ def test_an_acknowledgement_that_misstates_delivery_is_refused_whole(
 
     for not_delivered, says in (
         ({stranger: "purged"}, f"not_delivered names jobs not in job_ids: {stranger}"),
-        ({job: "delivered"}, "'unfileable', 'purged' or 'let_go'"),
-        ({job: "lost in the post"}, "'unfileable', 'purged' or 'let_go'"),
+        ({job: "delivered"}, "'unfileable', 'unmapped', 'purged' or 'let_go'"),
+        ({job: "lost in the post"}, "'unfileable', 'unmapped', 'purged' or 'let_go'"),
     ):
         refused = exchange.client.post(
             "/jobs/acknowledge",

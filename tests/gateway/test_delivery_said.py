@@ -73,3 +73,43 @@ def test_results_that_could_not_be_filed_are_said_so_after_a_restart(
     assert job["state"] == "ended" and "cannot be filed in the PACS" in job["reason"]
     held = hospital.gateway.client.job(exchange_id)
     assert held["acknowledged_at"] is not None and held["delivery"] == "unfileable"
+
+
+def test_a_job_an_older_version_ended_undelivered_is_brought_home_again_not_said_delivered(
+    hospital: Hospital, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its row has no reason (an older version kept none): taking it for delivered would tell
+    the exchange, and the radiologist, that its results are in the PACS."""
+
+    def unfileable(*_args: Any, **_kwargs: Any) -> None:
+        raise ValueError("a result this gateway cannot read")
+
+    exchange_id = _sent(hospital)
+    monkeypatch.setattr(service_module, "reidentify_file", unfileable)
+    _acknowledged_unheard(hospital, exchange_id)
+    [job] = hospital.jobs()
+    hospital.gateway.state.update_job(job["id"], delivery=None)  # as an older version left it
+    hospital.close()
+    hospital.gateway = hospital.open()
+
+    assert hospital.gateway.collect(until_ended(hospital, exchange_id))
+    hospital.gateway.acknowledge([exchange_id])
+
+    assert hospital.gateway.state.job(job["id"])["delivery"] == "unfileable"
+    assert hospital.gateway.client.job(exchange_id)["delivery"] == "unfileable"
+
+
+def test_results_whose_study_left_the_vault_are_said_unmapped_not_the_vendor_s_fault(
+    hospital: Hospital,
+) -> None:
+    exchange_id = _sent(hospital)
+    [job] = hospital.jobs()
+    hospital.gateway.vault.forget_study(job["study_uid"])  # lost with a restore, say
+
+    assert hospital.gateway.collect(until_ended(hospital, exchange_id))
+    hospital.gateway.acknowledge([exchange_id])
+
+    [job] = hospital.jobs()
+    assert job["state"] == "ended" and "the vault no longer knows study" in job["reason"]
+    assert job["delivery"] == "unmapped"
+    assert hospital.gateway.client.job(exchange_id)["delivery"] == "unmapped"

@@ -132,9 +132,13 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             'instance="r1"}': "0x20 1x40",
             'aifi_exchange_undelivered_results_total{product="brisk", reason="let_go", '
             'instance="r2"}': "0x10 1x50",
-            # A replica's first unfileable result of fresh, at 45m: its series starts at 1.
+            # r2 restarts at 70m (its series from 0 again at 76m, as each replica exports
+            # them) and counts one of fresh's results at 81m: not the same count as before.
             'aifi_exchange_undelivered_results_total{product="fresh", reason="unfileable", '
-            'instance="r2"}': "_x44 1x80",
+            'instance="r2"}': "1x69 _x5 0x4 1x60",
+            # Prometheus misses r1 for ten minutes at 61m: steady's count has not changed.
+            'aifi_exchange_undelivered_results_total{product="steady", reason="unfileable", '
+            'instance="r1"}': "3x60 _x10 3x80",
             # hospital-b's gateway stops collecting at 0m; hospital-a's outcomes wait seconds.
             'aifi_exchange_hospital_unacknowledged_age_seconds{hospital="hospital-b", '
             'instance="r1"}': "0+60x60",
@@ -189,10 +193,13 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             fires("ResultsNotFileable", "30m",
                   "Product flawed: hospitals could not file its results in their PACS",
                   product="flawed"),
-            fires("ResultsNotFileable", "90m",  # born at 1 at 45m: no sample before it
+            fires("ResultsNotFileable", "100m",
                   "Product fresh: hospitals could not file its results in their PACS",
                   product="fresh"),
-            quiet("ResultsNotFileable", "110m"),  # over an hour since, and no more
+            fires("ResultsNotFileable", "128m",  # fresh alone: steady's gap is no count
+                  "Product fresh: hospitals could not file its results in their PACS",
+                  product="fresh"),
+            quiet("ResultsNotFileable", "150m"),  # over an hour since, and no more
             quiet("ResultsNeverFetched", "29m"),
             fires("ResultsNeverFetched", "35m",
                   "Results were purged without ever being fetched"),

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, get_args
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client import generate_latest as _render
@@ -28,8 +28,9 @@ from sqlalchemy.orm import Session
 from aifi.exchange import audit, backlog
 from aifi.exchange.clock import as_utc, utcnow
 from aifi.exchange.db import Database
-from aifi.exchange.models import Job
+from aifi.exchange.models import Job, Product
 from aifi.exchange.schemas import JobState, Priority
+from aifi.results.delivery import NotDelivered
 
 #: Completed jobs this recent make up the turnaround figures.
 TURNAROUND_WINDOW = timedelta(hours=1)
@@ -338,7 +339,8 @@ class ExchangeMetrics:
         self.undelivered = Counter(
             "aifi_exchange_undelivered_results",
             "Completed jobs whose results their gateway could not put in the PACS, as it said "
-            "when it acknowledged them, by product and reason (unfileable, purged, let_go)",
+            "when it acknowledged them, by product and reason (unfileable, unmapped, purged, "
+            "let_go)",
             ["product", "reason"],
             registry=self.registry,
         )
@@ -363,6 +365,21 @@ class ExchangeMetrics:
         """Count the jobs that ended long ago, as a replica starts: the one scrape-time read
         that grows with the exchange's history, done before Prometheus asks."""
         self._jobs.ended.counts(self._jobs.db, utcnow())
+        self._undelivered_from_zero()
+
+    def _undelivered_from_zero(self) -> None:
+        """Every product's undelivered-results series exists at 0 before its first count,
+        on every replica and after every restart: increase() needs a sample before the first
+        count to see it, and an alert (ResultsNotFileable) must not wait an hour for one."""
+        try:
+            with self._jobs.db.session() as session:
+                products = list(session.scalars(select(Product.id)))
+        except Exception:  # the database down: the job figures say so (database_up)
+            log.debug("products not read for the undelivered-results series", exc_info=True)
+            return
+        for product in products:
+            for reason in get_args(NotDelivered):
+                self.undelivered.labels(product, reason)
 
     @property
     def warmed(self) -> threading.Event:
@@ -371,6 +388,7 @@ class ExchangeMetrics:
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""
+        self._undelivered_from_zero()  # a product admitted since the last scrape
         return _render(self.registry), CONTENT_TYPE_LATEST
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:

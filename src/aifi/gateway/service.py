@@ -107,6 +107,13 @@ class ResultsRefused(Exception):
     delivery = Delivery.unfileable
 
 
+class ResultsUnmapped(ResultsRefused):
+    """A job's results cannot be mapped back to the patient's study: the vault no longer
+    knows it, or the exchange names another study for the job. Not the vendor's doing."""
+
+    delivery = Delivery.unmapped
+
+
 #: A result's name as the exchange allows it; the gateway keeps it as a file name.
 RESULT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
@@ -124,6 +131,19 @@ class StartsAnew(Halted):
     it go unbrought, or adopted it as another job, which ended without results or holds other
     instances (`aifi gateway-unknown-jobs`). The round goes as a new job (the message: why),
     for its results to come home."""
+
+
+def _brought_home(local: Mapping[str, Any]) -> bool:
+    """Whether a job's end was brought home on an earlier pass: delivered, or ended with what
+    became of its results on its row. A completed job an older version ended undelivered has
+    no reason there (NULL, as for one delivered): it is brought home again, as it was then."""
+    if local["result_seen_at"] is None:
+        return False
+    if local["state"] == "delivered":
+        return True
+    return local["state"] == "ended" and (
+        local["exchange_state"] != "completed" or local["delivery"] is not None
+    )
 
 
 def _unless_unknown(ask: Callable[[str], dict[str, Any] | None], job: str) -> dict[str, Any] | None:
@@ -1208,7 +1228,10 @@ class Gateway:
         if remote["state"] == "completed" and missed:
             why = NOT_DELIVERED_BECAUSE.get(remote["delivery"], remote["delivery"])
             reason = f"results not delivered: {why}; {note}"
-            self.state.update_job(int(local["id"]), state="ended", reason=reason, **common)
+            self.state.update_job(
+                int(local["id"]), state="ended", reason=reason, delivery=remote["delivery"],
+                **common,
+            )  # fmt: skip
         elif remote["state"] == "completed":
             acknowledged = datetime.fromisoformat(str(remote["acknowledged_at"])).timestamp()
             self.state.update_job(
@@ -1362,7 +1385,7 @@ class Gateway:
             settled = self._settle_refused(local, job)
             if settled is not None:
                 return settled
-        if local["state"] in ("delivered", "ended") and local["result_seen_at"] is not None:
+        if _brought_home(local):
             # Brought home on an earlier pass whose acknowledgement did not get through: said
             # again as it ended, not done again (its study may have left the vault since).
             if local["delivery"]:
@@ -1476,8 +1499,14 @@ class Gateway:
         fetched.mkdir(parents=True, exist_ok=True)
         restored_dir.mkdir(exist_ok=True)
         known = self.vault.study(str(job["study_uid"]))
-        if known is None or known[0] != local["study_uid"]:
-            raise ResultsRefused(
+        if known is None:
+            raise ResultsUnmapped(
+                f"the vault no longer knows study {job['study_uid']} of job {exchange_id} "
+                "(its retention ended, or a restore lost it): its results cannot be mapped "
+                "back to the patient; nothing was delivered"
+            )
+        if known[0] != local["study_uid"]:
+            raise ResultsUnmapped(
                 f"the exchange lists job {exchange_id} for study {job['study_uid']}, which is "
                 "not the study this gateway sent it for; nothing was delivered"
             )

@@ -17,7 +17,8 @@ failure rate
     (failed + expired) / ended jobs; cancelled jobs are the hospital's choice and left out.
 results not delivered
     Completed jobs whose results the hospital's gateway could not put in the PACS (it could
-    not file them as they are, or the exchange purged them before it fetched them) / completed
+    not file them as they are, nor map them back to the patient's study, or the exchange
+    purged them before it fetched them) / completed
     jobs whose gateway said, as it acknowledged them, what became of their results. Jobs the
     hospital let go are its choice and left out, as are jobs not acknowledged yet or
     acknowledged by a gateway too old to say.
@@ -57,7 +58,7 @@ _Z95 = NormalDist().inv_cdf(0.975)
 _FAILED = frozenset({JobState.failed.value, JobState.expired.value})
 _ENDED = _FAILED | {JobState.completed.value}
 #: What a gateway said of a completed job's results that evaluation counts (not a let-go).
-UNDELIVERED = frozenset({Delivery.unfileable.value, Delivery.purged.value})
+UNDELIVERED = frozenset({Delivery.unfileable.value, Delivery.unmapped.value, Delivery.purged.value})
 DELIVERY_SAID = UNDELIVERED | {Delivery.delivered.value}
 
 

@@ -17,9 +17,13 @@ class Delivery(StrEnum):
 
     #: Filed in every PACS the hospital configured (the default of an acknowledgement).
     delivered = "delivered"
-    #: They could not be filed as they are (unreadable, about another study, reusing the
-    #: study's own UIDs): fetched again they would be the same.
+    #: They could not be filed as they are (unreadable, reusing the study's own UIDs, a
+    #: name no result may have): what the vendor made, the same when fetched again.
     unfileable = "unfileable"
+    #: The gateway could not map them back to the patient's study: its vault no longer knows
+    #: the study, or the exchange names another study for the job. The hospital's side (or
+    #: the exchange's), not the vendor's results.
+    unmapped = "unmapped"
     #: The exchange purged them, after its retention time, before the gateway fetched them.
     purged = "purged"
     #: The hospital chose not to bring the job home (`aifi gateway-unknown-jobs --let-go`).
@@ -28,11 +32,12 @@ class Delivery(StrEnum):
 
 #: What a gateway may say of results that did not reach the PACS.
 #: (Spelled out, so that a refusal names the values as they are sent.)
-NotDelivered = Literal["unfileable", "purged", "let_go"]
+NotDelivered = Literal["unfileable", "unmapped", "purged", "let_go"]
 
 #: Why results did not reach the PACS, in words for the hospital's records.
 NOT_DELIVERED_BECAUSE = {
     Delivery.unfileable: "they could not be filed in the PACS as they are",
+    Delivery.unmapped: "they could not be mapped back to the patient's study",
     Delivery.purged: "the exchange purged them before the gateway fetched them",
     Delivery.let_go: "the hospital let the job go without bringing it home",
 }

@@ -100,9 +100,9 @@ class ResultsPurged(Exception):
 
 
 class ResultsRefused(Exception):
-    """A job's results cannot be filed in the hospital's PACS as they are (unreadable, about
-    another study, reusing the study's own UIDs): fetched again they would be the same, so the
-    job ends with the reason and nothing of it is delivered."""
+    """A job's results cannot be filed in the hospital's PACS as they are (unreadable, reusing
+    the study's own UIDs, a name no result may have): fetched again they would be the same, so
+    the job ends with the reason and nothing of it is delivered."""
 
     delivery = Delivery.unfileable
 

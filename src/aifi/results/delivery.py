@@ -15,7 +15,8 @@ from typing import Literal
 class Delivery(StrEnum):
     """A completed job's results at the hospital. Only `delivered` put them in the PACS."""
 
-    #: Filed in every PACS the hospital configured (the default of an acknowledgement).
+    #: Filed in every PACS the hospital configured (a completed job an acknowledgement that
+    #: says what became of results does not name).
     delivered = "delivered"
     #: They could not be filed as they are (unreadable, reusing the study's own UIDs, a
     #: name no result may have): what the vendor made, the same when fetched again.

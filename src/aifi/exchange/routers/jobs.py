@@ -139,8 +139,8 @@ def acknowledge_jobs(
     body: AcknowledgeIn, request: Request, caller: CallerDep, services: ServicesDep
 ) -> list[JobOut]:
     """Acknowledge several ended jobs at once: all of them, or none (the first refusal says why).
-    A completed job's results count as delivered to the PACS unless `not_delivered` says why
-    they were not."""
+    Given `not_delivered`, a completed job's results count as delivered to the PACS unless it
+    says why they were not; without it, nothing is known of them."""
     acknowledged = services.jobs.acknowledge_many(caller, body.job_ids, body.not_delivered)
     undelivered = request.app.state.metrics.undelivered
     for job in acknowledged.fresh:

@@ -104,7 +104,9 @@ def random_jobs(rng: random.Random) -> tuple[list[dict[str, Any]], ...]:
         product, vendor = rng.choice([("product-a", "vendor-a"), ("product-b", "vendor-b")])
         # What the gateway said of the results, for any state (it is kept for completed jobs
         # alone, but evaluation must not count it for others either).
-        delivery = rng.choice([None, "delivered", "delivered", "unfileable", "purged", "let_go"])
+        delivery = rng.choice(
+            [None, "delivered", "delivered", "unfileable", "unmapped", "purged", "let_go"]
+        )
         job = {
             "id": f"job-{n:04d}",
             "hospital_id": rng.choice(["hospital-a", "hospital-b"]),

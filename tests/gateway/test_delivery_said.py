@@ -4,12 +4,15 @@ gone from the vault, the gateway restarted — never found anew."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from typing import Any
 
+import httpx
 import pytest
 
 from aifi.gateway import service as service_module
+from aifi.gateway.config import load_config
 from support.hospital import Hospital, acknowledgements_lost
 from support.restore import until_ended
 
@@ -75,28 +78,63 @@ def test_results_that_could_not_be_filed_are_said_so_after_a_restart(
     assert held["acknowledged_at"] is not None and held["delivery"] == "unfileable"
 
 
-def test_a_job_an_older_version_ended_undelivered_is_brought_home_again_not_said_delivered(
+def test_a_job_an_older_version_ended_undelivered_is_said_so_as_it_ended(
     hospital: Hospital, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Its row has no reason (an older version kept none): taking it for delivered would tell
-    the exchange, and the radiologist, that its results are in the PACS."""
+    """Its state has no column for the reason: the upgrade reads it from the words the job
+    ended with. Not said delivered (the radiologist would be told its results are in the
+    PACS), and not found anew once its study left the vault (it would be 'unmapped', and
+    the vendor's fault never heard of)."""
 
     def unfileable(*_args: Any, **_kwargs: Any) -> None:
         raise ValueError("a result this gateway cannot read")
 
     exchange_id = _sent(hospital)
-    monkeypatch.setattr(service_module, "reidentify_file", unfileable)
-    _acknowledged_unheard(hospital, exchange_id)
-    [job] = hospital.jobs()
-    hospital.gateway.state.update_job(job["id"], delivery=None)  # as an older version left it
+    with monkeypatch.context() as patched:
+        patched.setattr(service_module, "reidentify_file", unfileable)
+        _acknowledged_unheard(hospital, exchange_id)
+    assert hospital.gateway.purge_expired(time.time() + 25 * 3600) == 1
     hospital.close()
-    hospital.gateway = hospital.open()
+    state = sqlite3.connect(load_config(hospital.path).workdir / "state.db")
+    with state:  # as an older version left it
+        state.execute("ALTER TABLE jobs DROP COLUMN delivery")
+    state.close()
+    hospital.gateway = hospital.open()  # the upgrade
 
+    [job] = hospital.jobs()
+    assert job["delivery"] == "unfileable"
     assert hospital.gateway.collect(until_ended(hospital, exchange_id))
     hospital.gateway.acknowledge([exchange_id])
 
-    assert hospital.gateway.state.job(job["id"])["delivery"] == "unfileable"
+    [job] = hospital.jobs()
+    assert job["state"] == "ended" and "cannot be filed in the PACS" in job["reason"]
     assert hospital.gateway.client.job(exchange_id)["delivery"] == "unfileable"
+
+
+def test_an_exchange_that_refuses_the_reason_still_has_the_job_acknowledged(
+    hospital: Hospital,
+) -> None:
+    """An exchange older than the gateway, which does not know a reason it is told: the job
+    is acknowledged without saying, not left at the exchange for ever."""
+    exchange_id = _sent(hospital)
+    hospital.gateway.vault.forget_study(hospital.jobs()[0]["study_uid"])
+    passing = hospital.network.handle_request
+    refused: list[bytes] = []
+
+    def older_exchange(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/jobs/acknowledge" and b"unmapped" in request.content:
+            refused.append(request.content)
+            return httpx.Response(422, json={"detail": "unknown reason"}, request=request)
+        return passing(request)
+
+    hospital.network.handle_request = older_exchange  # type: ignore[method-assign]
+    assert hospital.gateway.collect(until_ended(hospital, exchange_id))
+    hospital.gateway.acknowledge([exchange_id])
+
+    assert len(refused) == 1
+    held = hospital.gateway.client.job(exchange_id)
+    assert held["acknowledged_at"] is not None and held["delivery"] is None
+    assert hospital.jobs()[0]["delivery"] == "unmapped"  # the hospital's own record keeps it
 
 
 def test_results_whose_study_left_the_vault_are_said_unmapped_not_the_vendor_s_fault(

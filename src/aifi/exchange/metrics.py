@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any, get_args
 
@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 _ENDED = (JobState.completed, JobState.failed, JobState.cancelled, JobState.expired)
 
 Scope = dict[str, Any]
+
+
+def _product_ids(session: Session) -> list[str]:
+    return list(session.scalars(select(Product.id)))
 
 
 def quantile(sorted_values: list[float], q: float) -> float:
@@ -113,9 +117,12 @@ class EndedTally:
 class JobTableCollector(Collector):
     """Jobs by state, the ready queue and turnaround, read from the database per scrape."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, products: Callable[[list[str]], None] | None = None) -> None:
         self.db = db
         self.ended = EndedTally()
+        #: Told the products at each scrape, read in the scrape's own session (no second
+        #: wait on a database that does not answer).
+        self.products = products
 
     def collect(self) -> Iterator[Any]:
         up = GaugeMetricFamily(
@@ -149,6 +156,8 @@ class JobTableCollector(Collector):
                     .group_by(Job.state)
                 )
             }
+            if self.products is not None:
+                self.products(_product_ids(session))
             by_state.update(ended)
             queue = session.execute(
                 select(Job.product_id, Job.priority, func.count(), func.min(Job.ready_at))
@@ -286,6 +295,10 @@ class ExchangeMetrics:
 
     def __init__(self, db: Database) -> None:
         self.registry = CollectorRegistry()
+        # First, so that a product it reads (for the undelivered-results series) is exported
+        # by the counters collected after it in the same scrape.
+        self._jobs = JobTableCollector(db, products=self._undelivered_from_zero)
+        self.registry.register(self._jobs)
         self.requests = Counter(
             "aifi_exchange_http_requests",
             "HTTP requests answered, by method, route template and status",
@@ -358,25 +371,19 @@ class ExchangeMetrics:
             ["task"],
             registry=self.registry,
         )
-        self._jobs = JobTableCollector(db)
-        self.registry.register(self._jobs)
 
     def warm(self) -> None:
         """Count the jobs that ended long ago, as a replica starts: the one scrape-time read
-        that grows with the exchange's history, done before Prometheus asks."""
+        that grows with the exchange's history, done before Prometheus asks. And export every
+        product's undelivered-results series from 0 before any count comes."""
         self._jobs.ended.counts(self._jobs.db, utcnow())
-        self._undelivered_from_zero()
+        with self._jobs.db.session() as session:
+            self._undelivered_from_zero(_product_ids(session))
 
-    def _undelivered_from_zero(self) -> None:
+    def _undelivered_from_zero(self, products: list[str]) -> None:
         """Every product's undelivered-results series exists at 0 before its first count,
         on every replica and after every restart: increase() needs a sample before the first
         count to see it, and an alert (ResultsNotFileable) must not wait an hour for one."""
-        try:
-            with self._jobs.db.session() as session:
-                products = list(session.scalars(select(Product.id)))
-        except Exception:  # the database down: the job figures say so (database_up)
-            log.debug("products not read for the undelivered-results series", exc_info=True)
-            return
         for product in products:
             for reason in get_args(NotDelivered):
                 self.undelivered.labels(product, reason)
@@ -388,7 +395,6 @@ class ExchangeMetrics:
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""
-        self._undelivered_from_zero()  # a product admitted since the last scrape
         return _render(self.registry), CONTENT_TYPE_LATEST
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:

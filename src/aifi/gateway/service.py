@@ -1341,7 +1341,15 @@ class Gateway:
             if exchange_id in self._not_delivered
         }
         try:
-            self.client.acknowledge_many(exchange_ids, said)
+            try:
+                self.client.acknowledge_many(exchange_ids, said)
+            except ExchangeHTTPError as refused:
+                if refused.status != 422 or not said:
+                    raise
+                # An exchange older than this gateway, which does not know a reason: the jobs
+                # are acknowledged without saying, rather than left at the exchange for ever.
+                log.warning("the exchange refused the reasons (%s): acknowledged without", refused)
+                self.client.acknowledge_many(exchange_ids, None, say=False)
         except (ExchangeHTTPError, httpx.TransportError, OSError) as exc:
             log.warning(
                 "%d job(s) brought home but not acknowledged yet: %s", len(exchange_ids), exc

@@ -100,9 +100,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     inputs_digest TEXT,      -- what it was sent with (`inputs_digest`); NULL: not known
     -- 1 once a request to open it may have reached the exchange (`skip_if_sent_before`)
     may_be_open INTEGER NOT NULL DEFAULT 0,
-    -- why its results did not reach the PACS (aifi.results.delivery), said with its
-    -- acknowledgement; NULL: delivered, or not brought home
-    delivery TEXT
+    delivery TEXT  -- why its results did not reach the PACS (aifi.results.delivery);
+    -- said with its acknowledgement; NULL: delivered, or not brought home
 );
 CREATE INDEX IF NOT EXISTS ix_jobs_state ON jobs(state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS ix_jobs_study ON jobs(study_uid);  -- a study's jobs: retention, re-sends
@@ -181,8 +180,18 @@ COLUMNS: dict[str, dict[str, tuple[str, str | None]]] = {
             "INTEGER NOT NULL DEFAULT 0",
             "UPDATE jobs SET may_be_open = 1 WHERE state = 'pending'",
         ),
-        # Brought home by an older version: its acknowledgement went without a reason.
-        "delivery": ("TEXT", None),
+        # A completed job an older version ended undelivered: its reason, read from the words
+        # it ended with (`Gateway.collect`'s own), so that it is said as it ended and never
+        # found anew (its study may have left the vault since). Anything else stays NULL.
+        "delivery": (
+            "TEXT",
+            "UPDATE jobs SET delivery = CASE"
+            " WHEN reason LIKE '%cannot be filed in the PACS%' THEN 'unfileable'"
+            " WHEN reason LIKE '%not the study this gateway sent it for%' THEN 'unmapped'"
+            " WHEN reason LIKE '%was purged at the exchange%' THEN 'purged' END"
+            " WHERE state = 'ended' AND exchange_state = 'completed'"
+            " AND result_seen_at IS NOT NULL",
+        ),
     },
     "unknown_jobs": {
         column: ("TEXT" if column == "study_uid" else "REAL", None)

@@ -35,6 +35,19 @@ def _acknowledged_unheard(hospital: Hospital, exchange_id: str) -> None:
     assert hospital.gateway.client.job(exchange_id)["acknowledged_at"] is None
 
 
+def _unfileable_and_unheard(
+    hospital: Hospital, exchange_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Brought home with results this gateway cannot read, the acknowledgement lost."""
+
+    def unfileable(*_args: Any, **_kwargs: Any) -> None:
+        raise ValueError("a result this gateway cannot read")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(service_module, "reidentify_file", unfileable)
+        _acknowledged_unheard(hospital, exchange_id)
+
+
 def test_a_job_filed_is_said_delivered_though_its_study_left_the_vault_before_it_was_heard(
     hospital: Hospital,
 ) -> None:
@@ -59,13 +72,8 @@ def test_results_that_could_not_be_filed_are_said_so_after_a_restart(
 ) -> None:
     """What the gateway holds in memory to say goes with a restart: the job's row says it."""
 
-    def unfileable(*_args: Any, **_kwargs: Any) -> None:
-        raise ValueError("a result this gateway cannot read")
-
     exchange_id = _sent(hospital)
-    with monkeypatch.context() as patched:
-        patched.setattr(service_module, "reidentify_file", unfileable)
-        _acknowledged_unheard(hospital, exchange_id)
+    _unfileable_and_unheard(hospital, exchange_id, monkeypatch)
     hospital.close()
     hospital.gateway = hospital.open()  # restarted: nothing held in memory
 
@@ -86,13 +94,8 @@ def test_a_job_an_older_version_ended_undelivered_is_said_so_as_it_ended(
     PACS), and not found anew once its study left the vault (it would be 'unmapped', and
     the vendor's fault never heard of)."""
 
-    def unfileable(*_args: Any, **_kwargs: Any) -> None:
-        raise ValueError("a result this gateway cannot read")
-
     exchange_id = _sent(hospital)
-    with monkeypatch.context() as patched:
-        patched.setattr(service_module, "reidentify_file", unfileable)
-        _acknowledged_unheard(hospital, exchange_id)
+    _unfileable_and_unheard(hospital, exchange_id, monkeypatch)
     assert hospital.gateway.purge_expired(time.time() + 25 * 3600) == 1
     hospital.close()
     state = sqlite3.connect(load_config(hospital.path).workdir / "state.db")

@@ -178,8 +178,9 @@ class Job(Base):
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     acknowledged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     #: What became of its results at the hospital (aifi.results.delivery.Delivery), as the
-    #: gateway said when it acknowledged the job: `delivered` for a completed job unless it
-    #: said otherwise; null for another job it said nothing of.
+    #: gateway said when it acknowledged the job: `delivered` for a completed job that an
+    #: acknowledgement saying what became of results does not name; null when nothing was
+    #: said (an older gateway, the one-job endpoint), or the job did not complete.
     delivery: Mapped[str | None] = mapped_column(String(16), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     #: When retention emptied the job's input (result) folder: the job is not visited again.

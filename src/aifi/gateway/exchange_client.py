@@ -134,18 +134,12 @@ class GatewayClient(ApiClient):
         self.request("POST", f"/jobs/{job_id}/acknowledge")
 
     def acknowledge_many(
-        self,
-        job_ids: list[str],
-        not_delivered: Mapping[str, Delivery] | None = None,
-        *,
-        say: bool = True,
+        self, job_ids: list[str], not_delivered: Mapping[str, Delivery] | None
     ) -> None:
         """Acknowledge a poll's worth of jobs brought home, in one request; `not_delivered`:
-        those among them whose results did not reach the PACS, and why. `say=False` says
-        nothing of any job's results (the exchange then knows nothing of them)."""
+        those among them whose results did not reach the PACS, and why (empty: none), or None
+        to say nothing of any job's results (the exchange then knows nothing of them)."""
         body: dict[str, Any] = {"job_ids": job_ids}
-        if say:
-            # Sent empty too: the exchange then counts the others as delivered (from a
-            # gateway that says nothing, it cannot tell).
-            body["not_delivered"] = {job: str(why) for job, why in (not_delivered or {}).items()}
+        if not_delivered is not None:
+            body["not_delivered"] = {job: str(why) for job, why in not_delivered.items()}
         self.request("POST", "/jobs/acknowledge", json=body)

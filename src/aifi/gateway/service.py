@@ -1349,7 +1349,7 @@ class Gateway:
                 # An exchange older than this gateway, which does not know a reason: the jobs
                 # are acknowledged without saying, rather than left at the exchange for ever.
                 log.warning("the exchange refused the reasons (%s): acknowledged without", refused)
-                self.client.acknowledge_many(exchange_ids, None, say=False)
+                self.client.acknowledge_many(exchange_ids, None)
         except (ExchangeHTTPError, httpx.TransportError, OSError) as exc:
             log.warning(
                 "%d job(s) brought home but not acknowledged yet: %s", len(exchange_ids), exc

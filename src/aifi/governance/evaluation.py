@@ -18,10 +18,10 @@ failure rate
 results not delivered
     Completed jobs whose results the hospital's gateway could not put in the PACS (it could
     not file them as they are, nor map them back to the patient's study, or the exchange
-    purged them before it fetched them) / completed
-    jobs whose gateway said, as it acknowledged them, what became of their results. Jobs the
-    hospital let go are its choice and left out, as are jobs not acknowledged yet or
-    acknowledged by a gateway too old to say.
+    purged them before it fetched them) / completed jobs whose gateway said, as it
+    acknowledged them, what became of their results. Jobs the hospital let go are its choice
+    and left out, as are jobs not acknowledged yet or acknowledged by a gateway too old to
+    say.
 turnaround
     Seconds from the job being ready (all inputs uploaded) to its completion, over completed
     jobs; p50 and p95 by linear interpolation between order statistics (numpy's default).

@@ -19,7 +19,14 @@ from aifi.gateway.disclosure_archive import archive_disclosures, read_archive, v
 from aifi.gateway.disclosures import Action, Anchor, NotRecorded
 from gateway.test_disclosures import filled, offline_gateway_config
 
-LATER = datetime.now(UTC) + timedelta(days=1)
+
+def later() -> datetime:
+    """A moment after every entry the test has written.
+
+    Read when it is used, not when the module is imported: a run that crosses
+    midnight would otherwise ask for the entries before a day they were written in.
+    """
+    return datetime.now(UTC) + timedelta(days=1)
 
 
 def test_old_entries_move_to_files_and_the_chain_holds_across_them(
@@ -27,7 +34,7 @@ def test_old_entries_move_to_files_and_the_chain_holds_across_them(
 ) -> None:
     monkeypatch.setattr(disclosure_archive, "RUN_ENTRIES", 2)
     log = filled(tmp_path / "disclosures.db")  # six entries
-    runs = archive_disclosures(log, LATER, tmp_path / "archive")
+    runs = archive_disclosures(log, later(), tmp_path / "archive")
     assert [(run.first_seq, run.last_seq) for run in runs] == [(1, 2), (3, 4), (5, 5)]
     assert [entry.seq for entry in log.entries()] == [6], "the newest entry stays"
     files = sorted((tmp_path / "archive").iterdir())
@@ -50,7 +57,7 @@ def test_old_entries_move_to_files_and_the_chain_holds_across_them(
 
 def test_an_edited_file_a_removed_record_and_a_cut_are_found(tmp_path: Path) -> None:
     log = filled(tmp_path / "disclosures.db")
-    (run,) = archive_disclosures(log, LATER, tmp_path / "archive")
+    (run,) = archive_disclosures(log, later(), tmp_path / "archive")
     file = Path(run.file)
     content = gzip.decompress(file.read_bytes())
     file.write_bytes(gzip.compress(content.replace(b"step 2", b"step 9")))
@@ -71,7 +78,7 @@ def test_a_broken_chain_is_not_archived_and_nothing_leaves(tmp_path: Path) -> No
     with sqlite3.connect(log.path) as db:
         db.execute("UPDATE entries SET patient_id = 'HOSP-9' WHERE seq = 3")
     with pytest.raises(NotRecorded, match="entry 3: its content was changed"):
-        archive_disclosures(log, LATER, tmp_path / "archive")
+        archive_disclosures(log, later(), tmp_path / "archive")
     assert len(log.entries()) == 6
     assert log.archived() == []
     assert not (tmp_path / "archive").exists() or not list((tmp_path / "archive").iterdir())
@@ -82,7 +89,7 @@ def test_a_file_that_cannot_be_written_moves_nothing(tmp_path: Path) -> None:
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the folder should be")
     with pytest.raises(OSError):
-        archive_disclosures(log, LATER, blocked)
+        archive_disclosures(log, later(), blocked)
     assert len(log.entries()) == 6 and log.archived() == []
 
 
@@ -90,7 +97,7 @@ def test_anchors_are_checked_in_the_log_and_in_the_files(tmp_path: Path) -> None
     log = filled(tmp_path / "disclosures.db")
     inside = next(e for e in log.entries() if e.seq == 3)
     anchors = [Anchor(3, inside.entry_hash), Anchor(5, log.entries()[4].entry_hash)]
-    (run,) = archive_disclosures(log, LATER, tmp_path / "archive")
+    (run,) = archive_disclosures(log, later(), tmp_path / "archive")
     assert log.verify(anchors=anchors) == []  # 5 is the run's last: its record holds it
     assert log.verify(anchors=[Anchor(5, "0" * 64)]) == [
         f"entry 5: not the entry anchored as 5:{'0' * 64}"
@@ -118,7 +125,7 @@ def test_the_command_archives_finds_archived_entries_and_checks_the_files(
         )
         return result.exit_code, result.output
 
-    tomorrow = f"{LATER:%Y-%m-%d}"
+    tomorrow = f"{later():%Y-%m-%d}"
     code, output = run("--archive-before", tomorrow, "--to", str(tmp_path / "archive"))
     assert code == 0 and "5 entries archived" in output, output
     (file,) = (tmp_path / "archive").iterdir()
@@ -157,9 +164,9 @@ def test_one_archiving_at_a_time_and_a_file_left_by_a_crash_is_written_over(
     with open(f"{log.path}.archiving", "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         with pytest.raises(NotRecorded, match="another archiving of .* is under way"):
-            archive_disclosures(log, LATER, folder)
+            archive_disclosures(log, later(), folder)
         fcntl.flock(held, fcntl.LOCK_UN)
     assert len(log.entries()) == 6
-    (run,) = archive_disclosures(log, LATER, folder)
+    (run,) = archive_disclosures(log, later(), folder)
     assert [file.name for file in folder.iterdir()] == ["disclosures-000000001.jsonl.gz"]
     assert verify_archive(log, Path(run.file))[1] == []

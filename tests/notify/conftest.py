@@ -1,6 +1,6 @@
-"""Fixtures for notification tests: notices for a positive and a negative result, and the three
-loopback receivers (hl7apy's MLLP server, a FHIR server and a webhook receiver, both FastAPI
-under uvicorn)."""
+"""Fixtures for notification tests: notices for a positive and a negative result and for a job
+that brings none, and the three loopback receivers (hl7apy's MLLP server, a FHIR server and a
+webhook receiver, both FastAPI under uvicorn)."""
 
 from __future__ import annotations
 
@@ -98,6 +98,38 @@ def make_notice(
         result_sop_instance_uids=RESULT_UIDS,
         completed_at=datetime(2025, 3, 1, 10, 30, 0, tzinfo=UTC),
     )
+
+
+#: What the gateway says when the job failed at the vendor (one sentence, no patient data).
+REASON = "the product failed: could not find the brain in the series"
+
+
+def make_unavailable(
+    reason: str = REASON,
+    *,
+    job: str = "job-0001",
+    attributes: dict[str, str] | None = None,
+) -> ResultNotice:
+    """The notice that `job` will bring no result: same job, product and study as the result
+    notices above, no summary and no result UIDs."""
+    return build_notice(
+        hospital="rivierenland",
+        exchange_job_id=job,
+        product_id="aifi-ich",
+        product_name="AIFI ICH",
+        product_version="1.2.0",
+        summary=None,
+        study=OriginalStudy.from_vault(
+            ORIGINAL_STUDY_UID, ORIGINAL_ATTRIBUTES if attributes is None else attributes
+        ),
+        completed_at=datetime(2025, 3, 1, 10, 45, 0, tzinfo=UTC),
+        unavailable=reason,
+    )
+
+
+@pytest.fixture
+def unavailable() -> ResultNotice:
+    return make_unavailable()
 
 
 @pytest.fixture

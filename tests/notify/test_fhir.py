@@ -25,7 +25,14 @@ from aifi.gateway.notify.codes import UCUM_URI
 from aifi.gateway.notify.receivers import FhirReceiver
 from aifi.results.summary import TriageFlag
 
-from .conftest import ORIGINAL_ATTRIBUTES, ORIGINAL_STUDY_UID, make_notice, make_summary
+from .conftest import (
+    ORIGINAL_ATTRIBUTES,
+    ORIGINAL_STUDY_UID,
+    REASON,
+    make_notice,
+    make_summary,
+    make_unavailable,
+)
 
 PATIENT_SYSTEM = "urn:oid:2.16.528.1.1007.3.3.1234"
 
@@ -207,3 +214,64 @@ def test_an_oid_issuer_is_the_patient_identifier_system() -> None:
     configured, _ = build_diagnostic_report(notice, endpoint())
     assert configured.subject is not None and configured.subject.identifier is not None
     assert configured.subject.identifier.system == PATIENT_SYSTEM
+
+
+# a job that brings no result ------------------------------------------------------------------
+
+
+def test_no_result_is_one_cancelled_report_in_a_valid_bundle(unavailable: ResultNotice) -> None:
+    sent = build_transaction(unavailable, endpoint())
+    # what goes on the wire parses back as a valid R4 transaction
+    bundle = Bundle.model_validate_json(sent.model_dump_json(exclude_none=True))
+    assert bundle.type == "transaction"
+    (entry,) = bundle.entry or []
+    report = entry.resource
+    assert isinstance(report, DiagnosticReport)
+    assert report.status == "cancelled"
+    assert report.conclusion == f"No AI result: {REASON}"
+    assert report.result is None and report.conclusionCode is None
+    assert entry.request is not None and entry.request.url == "DiagnosticReport"
+
+
+def test_no_result_keeps_the_report_identifier_subject_and_study(
+    unavailable: ResultNotice, positive: ResultNotice
+) -> None:
+    """The same identifier as the result's report: the conditional create keeps one per job."""
+    none, _ = build_diagnostic_report(unavailable, endpoint())
+    result, _ = build_diagnostic_report(positive, endpoint())
+    assert none.identifier is not None and result.identifier is not None
+    assert [(i.system, i.value) for i in none.identifier] == [
+        (i.system, i.value) for i in result.identifier
+    ]
+    assert none.subject is not None and none.subject.identifier is not None
+    assert (none.subject.identifier.system, none.subject.identifier.value) == (
+        PATIENT_SYSTEM,
+        ORIGINAL_ATTRIBUTES["PatientID"],
+    )
+    kept = ("subject", "imagingStudy", "category", "code", "effectiveDateTime")
+    said, would_have = (r.model_dump(mode="json", exclude_none=True) for r in (none, result))
+    assert {key: said[key] for key in kept} == {key: would_have[key] for key in kept}
+    study = (none.imagingStudy or [])[0].identifier
+    assert study is not None and study.value == f"urn:oid:{ORIGINAL_STUDY_UID}"
+
+
+def test_no_result_has_no_observations_not_even_triage(unavailable: ResultNotice) -> None:
+    report, observations = build_diagnostic_report(unavailable, endpoint())
+    assert observations == []
+    assert "triage" not in (report.conclusion or "").lower()
+    assert "not for clinical use" not in (report.conclusion or "")
+
+
+def test_the_server_validates_and_stores_the_cancelled_report(
+    fhir_receiver: FhirReceiver, unavailable: ResultNotice
+) -> None:
+    target = endpoint(fhir_receiver.base_url)
+    receipt = post_fhir(build_transaction(unavailable, target), target)
+    assert receipt.entry_statuses == ("201 Created",)
+    (stored,) = fhir_receiver.resources("DiagnosticReport")
+    assert (stored["status"], stored["conclusion"]) == ("cancelled", f"No AI result: {REASON}")
+    assert "result" not in stored
+    assert fhir_receiver.resources("Observation") == []
+    again = post_fhir(build_transaction(make_unavailable(), target), target)
+    assert again.entry_statuses == ("200 OK",)
+    assert len(fhir_receiver.resources("DiagnosticReport")) == 1

@@ -127,6 +127,22 @@ def test_an_ar_is_a_clear_error_marked_retryable(
     assert caught.value.retryable
 
 
+def test_hl7apys_server_files_a_no_result_oru(
+    hl7_listener: Hl7Listener, unavailable: ResultNotice
+) -> None:
+    """The strict ORU_R01 parse on the receiving side takes a cancelled order (OBR-25 X)."""
+    target = endpoint(hl7_listener.port)
+    ack = send_mllp(build_oru_r01(unavailable, target), target)
+    assert (ack.code, ack.control_id) == ("AA", message_control_id(unavailable))
+    got = hl7_listener.received.get(timeout=5)
+    assert hl7_listener.errors.empty()
+    order = got.message.oru_r01_patient_result.oru_r01_order_observation
+    assert (order.orc.orc_5.to_er7(), order.obr.obr_25.to_er7()) == ("CA", "X")
+    (observation,) = order.oru_r01_observation
+    assert observation.obx.obx_3.to_er7() == "NO_AI_RESULT^AI result unavailable^99AIFI"
+    assert observation.obx.obx_11.to_er7() == "X"
+
+
 # failures that are retried --------------------------------------------------------------------
 
 

@@ -18,7 +18,15 @@ from aifi.gateway.notify import (
 from aifi.gateway.notify.receivers import Hl7Listener
 from aifi.results.summary import TriageFlag
 
-from .conftest import ORIGINAL_ATTRIBUTES, ORIGINAL_STUDY_UID, make_notice, make_summary
+from .conftest import (
+    ORIGINAL_ATTRIBUTES,
+    ORIGINAL_STUDY_UID,
+    REASON,
+    RESULT_UIDS,
+    make_notice,
+    make_summary,
+    make_unavailable,
+)
 
 
 def reidentified_result() -> Dataset:
@@ -103,3 +111,68 @@ def test_a_name_beyond_ascii_arrives_intact(hl7_listener: Hl7Listener) -> None:
     assert send_mllp(build_oru_r01(notice, target), target).accepted
     pid = hl7_listener.received.get(timeout=5).message.oru_r01_patient_result.oru_r01_patient.pid
     assert pid.pid_5.to_er7() == "Müller^Jürgen"
+
+
+# a job that brings no result ------------------------------------------------------------------
+
+
+def test_a_notice_without_result_carries_the_reason_and_is_never_stat(
+    unavailable: ResultNotice, positive: ResultNotice
+) -> None:
+    assert (unavailable.unavailable, unavailable.available, unavailable.stat) == (
+        REASON,
+        False,
+        False,
+    )
+    assert unavailable.no_result_statement == f"No AI result: {REASON}"
+    assert unavailable.summary is None and unavailable.result_sop_instance_uids == ()
+    assert (positive.unavailable, positive.available, positive.no_result_statement) == (
+        None,
+        True,
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"unavailable": ""}, "must give the reason"),
+        ({"unavailable": "  \t"}, "must give the reason"),
+        ({"summary": make_summary()}, "no summary and no result UIDs"),
+        ({"result_sop_instance_uids": RESULT_UIDS}, "no summary and no result UIDs"),
+    ],
+)
+def test_a_notice_without_result_refuses_what_contradicts_it(
+    change: dict[str, object], message: str
+) -> None:
+    fields = {
+        "hospital": "rivierenland",
+        "exchange_job_id": "job-0001",
+        "product_id": "aifi-ich",
+        "product_name": "AIFI ICH",
+        "product_version": "1.2.0",
+        "study": OriginalStudy.from_vault(ORIGINAL_STUDY_UID, ORIGINAL_ATTRIBUTES),
+        "summary": None,
+        "unavailable": REASON,
+    }
+    with pytest.raises(ValueError, match=message):
+        ResultNotice(**(fields | change))  # type: ignore[arg-type]
+
+
+def test_a_positive_summary_with_a_reason_is_refused_not_made_stat() -> None:
+    with pytest.raises(ValueError, match="no summary"):
+        build_notice(
+            hospital="h",
+            exchange_job_id="j",
+            product_id="p",
+            summary=make_summary(TriageFlag.POSITIVE),
+            study=OriginalStudy(study_instance_uid="1.2.3", patient_id="P"),
+            unavailable=REASON,
+        )
+
+
+def test_the_repr_of_a_notice_without_result_leaves_the_identity_out() -> None:
+    text = repr(make_unavailable())
+    assert REASON in text
+    for private in ("MRN-000123", "Jansen", "19620314", "ACC-2025-0042"):
+        assert private not in text

@@ -13,9 +13,11 @@ from aifi.gateway.notify import (
     ResultNotice,
     WebhookEndpoint,
 )
+from aifi.gateway.notify.oru import message_control_id
 from aifi.gateway.notify.receivers import FhirReceiver, Hl7Listener, WebhookReceiver
+from aifi.gateway.notify.webhook import delivery_id
 
-from .conftest import ORIGINAL_ATTRIBUTES, WEBHOOK_KEY, make_notice, make_summary
+from .conftest import ORIGINAL_ATTRIBUTES, REASON, WEBHOOK_KEY, make_notice, make_summary
 
 FAST: dict[str, Any] = {"retries": 1, "retry_backoff_seconds": 0.01, "timeout_seconds": 2.0}
 
@@ -129,3 +131,60 @@ def test_nothing_configured_sends_nothing(positive: ResultNotice) -> None:
     assert not empty.configured
     with Notifier(empty) as notifier:
         assert notifier.notify(positive) == []
+
+
+# a job that brings no result ------------------------------------------------------------------
+
+
+def test_no_result_skips_a_stat_only_webhook_and_goes_to_every_channel_otherwise(
+    unavailable: ResultNotice,
+) -> None:
+    """Never STAT, so a webhook that takes STAT notices only does not get it."""
+    stat_only = settings(2575, "http://127.0.0.1:9/fhir", "http://127.0.0.1:9/alerts")
+    every_result = settings(
+        2575, "http://127.0.0.1:9/fhir", "http://127.0.0.1:9/alerts", only_stat=False
+    )
+    with Notifier(stat_only) as notifier:
+        assert notifier.channels(unavailable) == ["hl7", "fhir"]
+    with Notifier(every_result) as notifier:
+        assert notifier.channels(unavailable) == ["hl7", "fhir", "webhook"]
+
+
+def test_no_result_reaches_the_ris_and_the_fhir_server(
+    hl7_listener: Hl7Listener,
+    fhir_receiver: FhirReceiver,
+    webhook_receiver: WebhookReceiver,
+    unavailable: ResultNotice,
+    positive: ResultNotice,
+) -> None:
+    configured = settings(hl7_listener.port, fhir_receiver.base_url, webhook_receiver.url)
+    with Notifier(configured) as notifier:
+        outcomes = notifier.notify(unavailable)
+    assert [(o.channel, o.ok, o.stat) for o in outcomes] == [
+        ("hl7", True, False),
+        ("fhir", True, False),
+    ], [o.detail for o in outcomes]
+    # the same message ids a result for this job would have had
+    assert outcomes[0].message_id == message_control_id(positive)
+    assert outcomes[1].message_id == "urn:aifi:exchange-job|job-0001-report"
+
+    hl7 = hl7_listener.received.get(timeout=5)
+    assert hl7_listener.errors.empty()
+    obr = hl7.message.oru_r01_patient_result.oru_r01_order_observation.obr
+    assert (obr.obr_5.to_er7(), obr.obr_25.to_er7()) == ("R", "X")
+    (report,) = fhir_receiver.resources("DiagnosticReport")
+    assert report["status"] == "cancelled"
+    assert report["conclusion"] == f"No AI result: {REASON}"
+    assert webhook_receiver.received.empty()
+
+
+def test_no_result_goes_to_a_webhook_for_every_result(
+    webhook_receiver: WebhookReceiver, unavailable: ResultNotice
+) -> None:
+    configured = settings(webhook_url=webhook_receiver.url, only_stat=False)
+    with Notifier(configured) as notifier:
+        (outcome,) = notifier.notify(unavailable)
+    assert (outcome.channel, outcome.ok, outcome.stat) == ("webhook", True, False)
+    assert outcome.message_id == delivery_id(unavailable)
+    payload = webhook_receiver.received.get(timeout=5).payload
+    assert (payload["status"], payload["reason"]) == ("unavailable", REASON)

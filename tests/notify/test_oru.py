@@ -23,9 +23,11 @@ from aifi.results.summary import FindingSummary, MeasuredValue, TriageFlag
 from .conftest import (
     ORIGINAL_ATTRIBUTES,
     ORIGINAL_STUDY_UID,
+    REASON,
     RESULT_UIDS,
     make_notice,
     make_summary,
+    make_unavailable,
 )
 
 ENDPOINT = Hl7Endpoint(
@@ -288,3 +290,59 @@ def test_a_long_issuer_that_is_no_oid_is_left_out_and_the_id_kept() -> None:
     pid = next(seg for seg in text.split("\r") if seg.startswith("PID"))
     assert ORIGINAL_ATTRIBUTES["PatientID"] in pid
     assert "Rivierenland" not in pid
+
+
+# a job that brings no result ------------------------------------------------------------------
+
+
+def test_no_result_is_a_cancelled_order_with_one_observation(unavailable: ResultNotice) -> None:
+    message = received(unavailable)
+    orc, obr = order(message).orc, order(message).obr
+    assert (orc.orc_1.to_er7(), orc.orc_5.to_er7()) == ("RE", "CA")
+    assert obr.obr_25.to_er7() == "X"  # table 0123: no results available; order canceled
+    assert obr.obr_5.to_er7() == "R"
+    assert order(message).oru_r01_timing_qty.tq1.tq1_9.to_er7() == "R"
+    assert observations(message) == [
+        {
+            "type": "ST",
+            "code": "NO_AI_RESULT^AI result unavailable^99AIFI",
+            "sub_id": "",
+            "value": f"No AI result: {REASON}",
+            "units": "",
+            "flag": "",
+            "status": "X",
+        }
+    ]
+
+
+def test_no_result_names_the_same_patient_order_and_study_as_a_result(
+    unavailable: ResultNotice, positive: ResultNotice
+) -> None:
+    """Same job, same control id: a receiver files it where the result would have gone."""
+    none, result = received(unavailable), received(positive)
+    assert none.msh.msh_10.to_er7() == message_control_id(positive)
+    assert none.msh.msh_10.to_er7() == result.msh.msh_10.to_er7()
+    pid = none.oru_r01_patient_result.oru_r01_patient.pid
+    assert pid.to_er7() == result.oru_r01_patient_result.oru_r01_patient.pid.to_er7()
+    for field in ("obr_3", "obr_4", "obr_18"):
+        said, would_have = (getattr(order(m).obr, field).to_er7() for m in (none, result))
+        assert said == would_have, field
+    assert order(none).obr.obr_18.to_er7() == ORIGINAL_ATTRIBUTES["AccessionNumber"]
+
+
+def test_no_result_carries_no_finding_label_or_result_uid(unavailable: ResultNotice) -> None:
+    text = encoded(unavailable)
+    segments = [line.split("|")[0] for line in text.strip("\r").split("\r")]
+    assert segments == ["MSH", "PID", "ORC", "OBR", "TQ1", "OBX"]
+    for absent in ("121071^Finding", "AI_TRIAGE", "RESULT_UID", "INTENDED_USE", "not for clinical"):
+        assert absent not in text
+
+
+def test_a_hostile_or_long_reason_cannot_break_the_message() -> None:
+    reason = "failed|x^y\rPID|||EVIL " + "z" * 400
+    text = encoded(make_unavailable(reason))
+    segments = [line.split("|")[0] for line in text.strip("\r").split("\r")]
+    assert segments.count("PID") == 1 and segments.count("OBX") == 1
+    (row,) = observations(received(make_unavailable(reason)))
+    assert row["value"].startswith("No AI result: failed\\F\\x\\S\\y PID\\F\\")
+    assert len(row["value"]) <= 199

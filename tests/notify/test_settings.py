@@ -32,6 +32,19 @@ def test_the_documented_example_is_a_valid_configuration() -> None:
     assert settings.webhook.secret_file == Path("/etc/aifi/webhook.key")
 
 
+def test_no_result_notices_are_announced_unless_the_hospital_turns_them_off() -> None:
+    assert NotificationSettings().announce_unavailable is True
+    documented = NotificationSettings.model_validate(documented_example()["notifications"])
+    assert documented.announce_unavailable is True
+    off = NotificationSettings.model_validate(
+        {"hl7": {"host": "ris", "port": 2575}, "announce_unavailable": False}
+    )
+    assert off.announce_unavailable is False
+    assert off.resolve_paths(Path("/etc/aifi")).announce_unavailable is False
+    with pytest.raises(ValidationError, match="announce_unavailable"):
+        NotificationSettings.model_validate({"announce_unavailable": "sometimes"})
+
+
 def test_nothing_configured_by_default() -> None:
     assert not NotificationSettings().configured
     assert not NotificationSettings.model_validate({}).configured

@@ -20,9 +20,15 @@ from aifi.gateway.notify import (
     webhook_payload,
 )
 from aifi.gateway.notify.receivers import WebhookReceiver
-from aifi.gateway.notify.webhook import SIGNATURE_HEADER, STAT_EVENT, TIMESTAMP_HEADER
+from aifi.gateway.notify.webhook import (
+    EVENT_HEADER,
+    SIGNATURE_HEADER,
+    STAT_EVENT,
+    TIMESTAMP_HEADER,
+    UNAVAILABLE_EVENT,
+)
 
-from .conftest import ORIGINAL_ATTRIBUTES, ORIGINAL_STUDY_UID, WEBHOOK_KEY
+from .conftest import ORIGINAL_ATTRIBUTES, ORIGINAL_STUDY_UID, REASON, WEBHOOK_KEY
 
 
 def endpoint(url: str, **overrides: Any) -> WebhookEndpoint:
@@ -122,3 +128,42 @@ def test_exactly_one_secret_must_be_configured(tmp_path: Path) -> None:
         WebhookEndpoint(url="http://x/alerts")
     with pytest.raises(ValueError, match="exactly one"):
         WebhookEndpoint(url="http://x/alerts", secret="a", secret_file=tmp_path / "k")
+
+
+# a job that brings no result ------------------------------------------------------------------
+
+
+def test_a_result_says_it_is_available(positive: ResultNotice, negative: ResultNotice) -> None:
+    for notice in (positive, negative):
+        payload = webhook_payload(notice, endpoint("http://x/alerts"))
+        assert (payload["status"], payload["reason"]) == ("available", None)
+        assert payload["findings"] and payload["label"]
+
+
+def test_no_result_says_unavailable_and_why(unavailable: ResultNotice) -> None:
+    payload = webhook_payload(unavailable, endpoint("http://x/alerts"))
+    assert (payload["status"], payload["reason"]) == ("unavailable", REASON)
+    assert (payload["event"], payload["priority"]) == (UNAVAILABLE_EVENT, "routine")
+    assert payload["triage"] == {"flag": "none", "priority": None}
+    assert payload["findings"] == [] and payload["result_sop_instance_uids"] == []
+    assert payload["label"] is None
+    assert payload["study"] == {
+        "study_instance_uid": ORIGINAL_STUDY_UID,
+        "accession_number": ORIGINAL_ATTRIBUTES["AccessionNumber"],
+    }
+    assert payload["exchange_job_id"] == unavailable.exchange_job_id
+
+
+def test_no_result_arrives_signed_under_its_own_event(
+    webhook_receiver: WebhookReceiver, unavailable: ResultNotice, positive: ResultNotice
+) -> None:
+    receipt = send_webhook(unavailable, endpoint(webhook_receiver.url, only_stat=False))
+    got = webhook_receiver.received.get(timeout=5)
+    assert got.headers[EVENT_HEADER.lower()] == UNAVAILABLE_EVENT
+    assert (got.payload["status"], got.payload["reason"]) == ("unavailable", REASON)
+    # the same delivery id a result for this job would have had: one or the other is sent
+    assert got.headers["x-aifi-delivery"] == receipt.delivery_id
+    assert receipt.delivery_id == webhook_payload(positive, endpoint("http://x"))["delivery_id"]
+    text = json.dumps(got.payload)
+    for private in ("MRN-000123", "Jansen", "19620314"):
+        assert private not in text

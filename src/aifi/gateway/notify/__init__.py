@@ -2,8 +2,10 @@
 signed webhook alert for triage-positive (STAT) results.
 
 The gateway builds a :class:`ResultNotice` once a job's results are re-identified and calls
-:meth:`Notifier.notify`; each configured channel reports a :class:`NoticeOutcome`.
-See docs/notifications.md.
+:meth:`Notifier.notify`; each configured channel reports a :class:`NoticeOutcome`. When a job
+will bring no result (failed, expired, cancelled, not filed), the same channels carry a notice
+that says so (``ResultNotice.unavailable``, the reason), so that the radiologist does not wait
+for it. See docs/notifications.md.
 """
 
 from aifi.gateway.notify.errors import (

@@ -16,6 +16,12 @@ Mapping (after the TID 1500 -> FHIR imaging-measurement pattern):
   a component per measurement (valueQuantity in UCUM) and per qualitative evaluation,
   identifier the finding's tracking UID, device the algorithm, note the label.
 - Observation for the triage: value and interpretation POS/NEG (v3 ObservationInterpretation).
+
+When there will be no result (``notice.unavailable``) the Bundle holds the DiagnosticReport
+alone: status *cancelled* (R4: "the report is unavailable because the measurement was not
+started or not completed"), conclusion ``No AI result: <reason>``, no observations; same
+identifier, subject and imagingStudy as the result's report would have, so the conditional
+create still keeps one report per job.
 """
 
 from __future__ import annotations
@@ -83,7 +89,8 @@ def build_diagnostic_report(
     notice: ResultNotice, endpoint: FhirEndpoint | None = None
 ) -> tuple[DiagnosticReport, list[Observation]]:
     """The report and its observations; the report's `result` points at the observations'
-    fullUrls (:func:`full_url`), as a transaction Bundle resolves them.
+    fullUrls (:func:`full_url`), as a transaction Bundle resolves them. A notice that there is
+    no result gives a *cancelled* report and no observations.
 
     Raises
     ------
@@ -94,7 +101,7 @@ def build_diagnostic_report(
     try:
         context = _Context(notice, settings)
         observations: list[tuple[str, Observation]] = []
-        summary = notice.summary
+        summary = notice.summary  # None when there is no result: no observations
         if summary is not None and summary.triage.flag is not TriageFlag.NONE:
             observations.append((full_url(notice, "triage"), context.triage()))
         for index, finding in enumerate(summary.findings if summary else [], start=1):
@@ -243,7 +250,7 @@ class _Context:
         fields: dict[str, Any] = {
             "resourceType": "DiagnosticReport",
             "identifier": self.identifier("report"),
-            "status": "preliminary",
+            "status": "preliminary" if notice.available else "cancelled",
             "category": [_codeable(DIAGNOSTIC_SERVICE_SECTIONS, "RAD", "Radiology")],
             "code": code,
             "subject": self.subject,
@@ -290,6 +297,9 @@ def _device_name(notice: ResultNotice) -> str:
 
 
 def _conclusion(notice: ResultNotice) -> str:
+    statement = notice.no_result_statement
+    if statement is not None:  # no label: there is no result for it to qualify
+        return statement
     summary = notice.summary
     parts: list[str] = []
     if summary is not None:

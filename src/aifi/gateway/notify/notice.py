@@ -4,6 +4,10 @@ A notice joins three things the gateway holds after re-identification: the produ
 summary (findings, measurements, triage), the original identity of the study from the vault,
 and the UIDs of the result objects now in the PACS. It lives only inside the hospital; its
 `repr` leaves the identity out so that a log line can never leak it.
+
+A notice may instead say that there will be no result (`unavailable`, the reason): a
+radiologist who relies on the product must not wait for it, nor read its silence as a
+negative finding.
 """
 
 from __future__ import annotations
@@ -82,7 +86,8 @@ _KEYWORDS = {
 
 @dataclass(frozen=True)
 class ResultNotice:
-    """One job's result, ready to be announced to the hospital's systems.
+    """One job's result, or the news that it will not come, ready to be announced to the
+    hospital's systems.
 
     Parameters
     ----------
@@ -101,12 +106,19 @@ class ResultNotice:
     result_sop_instance_uids:
         The re-identified result objects (SR, SEG, ...) now stored in the PACS.
     completed_at:
-        When the result reached the gateway (timezone-aware).
+        When the result reached the gateway (timezone-aware); for a notice that there is no
+        result, when the gateway learned that the job had ended.
+    unavailable:
+        None for a result. Otherwise the reason there will be no result, one sentence from the
+        gateway without patient data (``"the job failed at the exchange: no brain tissue
+        found in the series"``); such a notice has no summary and no result UIDs, and is
+        never STAT.
 
     Raises
     ------
     ValueError
-        If `completed_at` has no timezone, or the job id or product id is empty.
+        If `completed_at` has no timezone, the job id or product id is empty, or `unavailable`
+        is blank or comes with a summary or result UIDs (a job has a result or none, not both).
     """
 
     hospital: str
@@ -118,6 +130,7 @@ class ResultNotice:
     summary: ResultSummary | None
     result_sop_instance_uids: tuple[str, ...] = ()
     completed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    unavailable: str | None = None
 
     def __post_init__(self) -> None:
         if self.completed_at.tzinfo is None:
@@ -125,11 +138,37 @@ class ResultNotice:
         for name in ("exchange_job_id", "product_id"):
             if not getattr(self, name).strip():
                 raise ValueError(f"ResultNotice.{name} must not be empty")
+        if self.unavailable is not None:
+            if not self.unavailable.strip():
+                raise ValueError("ResultNotice.unavailable must give the reason, not be blank")
+            if self.summary is not None or self.result_sop_instance_uids:
+                raise ValueError(
+                    "ResultNotice.unavailable: a notice that there is no result carries no "
+                    "summary and no result UIDs"
+                )
+
+    @property
+    def available(self) -> bool:
+        """There is a result to announce (False: the notice says there will be none)."""
+        return self.unavailable is None
 
     @property
     def stat(self) -> bool:
-        """Triage-positive: the result must reach the radiologist at once (STAT)."""
-        return self.summary is not None and self.summary.triage.flag is TriageFlag.POSITIVE
+        """Triage-positive: the result must reach the radiologist at once (STAT). Never for a
+        notice that there is no result: it has no triage to be positive."""
+        return (
+            self.available
+            and self.summary is not None
+            and self.summary.triage.flag is TriageFlag.POSITIVE
+        )
+
+    @property
+    def no_result_statement(self) -> str | None:
+        """What HL7 and FHIR say instead of a result, ``No AI result: <reason>``, worded here
+        once so that both read the same; None for a result."""
+        if self.unavailable is None:
+            return None
+        return f"No AI result: {self.unavailable.strip()}"
 
     @property
     def label(self) -> str:
@@ -150,12 +189,15 @@ def build_notice(
     product_name: str | None = None,
     product_version: str | None = None,
     completed_at: datetime | None = None,
+    unavailable: str | None = None,
 ) -> ResultNotice:
     """The notice for a job, from what the gateway holds after re-identification.
 
     `study` comes from a re-identified result (:meth:`OriginalStudy.from_dataset`) or from the
     vault (:meth:`OriginalStudy.from_vault`); the product's name and version default to the
-    summary's algorithm and product version.
+    summary's algorithm and product version. With `unavailable` (the reason) it is the notice
+    that there will be no result: `summary` None, no result UIDs, and the product's name
+    worth passing, since there is no summary to take it from.
     """
     algorithm = summary.algorithm if summary is not None else None
     return ResultNotice(
@@ -168,4 +210,5 @@ def build_notice(
         summary=summary,
         result_sop_instance_uids=tuple(result_sop_instance_uids),
         completed_at=completed_at or datetime.now(UTC),
+        unavailable=unavailable,
     )

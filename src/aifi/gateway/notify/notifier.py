@@ -1,4 +1,5 @@
-"""Send one result notice to every configured channel and report how each one went.
+"""Send one result notice (or a notice that there will be no result) to every configured
+channel and report how each one went.
 
 Channels run side by side (one thread each), so a receiver that is down and being retried
 never holds up another: a STAT alert reaches the webhook while the FHIR server is still
@@ -83,7 +84,11 @@ class Notifier:
         self.close()
 
     def channels(self, notice: ResultNotice) -> list[str]:
-        """The channels `notice` goes to, in the order they are started (STAT ones first)."""
+        """The channels `notice` goes to, in the order they are started (STAT ones first).
+
+        The webhook takes STAT notices only, unless its `only_stat` is False. A notice that
+        there is no result is never STAT, so by default it goes to HL7 and FHIR only.
+        """
         settings = self.settings
         hl7 = [HL7] if settings.hl7 else []
         fhir = [FHIR] if settings.fhir else []
@@ -138,7 +143,7 @@ class Notifier:
         log.log(
             level,
             "%s%s notice for job %s: %s",
-            "STAT " if notice.stat else "",
+            "STAT " if notice.stat else ("no-result " if not notice.available else ""),
             channel,
             notice.exchange_job_id,
             detail,

@@ -16,6 +16,11 @@ Layout (one order, one observation group per OBX)::
          finding, site, measurements (NM + UCUM), evaluations; algorithm name, version and
          manufacturer (TID 4019 codes); each result SOP Instance UID; the intended-use label (TX)
 
+When there will be no result (``notice.unavailable``) the same message, with the same control
+id, PID, OBR-3, OBR-4 and OBR-18, says so instead: ORC-5 CA (order canceled), OBR-25 and
+OBX-11 X (HL7 table 0123/0085: no results available), priority R, and one OBX
+``NO_AI_RESULT^AI result unavailable^99AIFI`` whose value is ``No AI result: <reason>``.
+
 Every text that comes from a vendor or a DICOM header is escaped by the library (``\\F\\``,
 ``\\S\\`` ...) and stripped of line breaks, so it can never end a field or start a segment.
 """
@@ -79,6 +84,8 @@ class Observation:
     sub_id: str = ""
     units: str = ""
     abnormal_flag: str = ""
+    #: OBX-11: P (preliminary) for a result, X (results cannot be obtained) when there is none.
+    result_status: str = "P"
 
 
 def message_control_id(notice: ResultNotice) -> str:
@@ -165,8 +172,26 @@ def _local(name: str, code: str | None = None) -> Concept:
     return Concept(code or local_code(name), LOCAL_HL7_SYSTEM, name)
 
 
+#: OBR-25 / OBX-11 when there will be no result: table 0123 "No results available; Order
+#: canceled", table 0085 "Results cannot be obtained for this observation".
+NO_RESULT_STATUS = "X"
+#: OBX-3 of the one observation of a notice that there will be no result.
+NO_AI_RESULT = _local("AI result unavailable", "NO_AI_RESULT")
+
+
 def observations(notice: ResultNotice) -> list[Observation]:
-    """The OBX content of the notice, in message order."""
+    """The OBX content of the notice, in message order.
+
+    A notice that there will be no result has one observation, the reason, and nothing else:
+    no Study Instance UID (PID, OBR-18 Accession Number and OBR-3 the job name the study as
+    for a result) and no intended-use label, since there is no result for the label to
+    qualify, and a label next to "no result" would read as if something had been found.
+    """
+    statement = notice.no_result_statement
+    if statement is not None:
+        return [
+            Observation("ST", NO_AI_RESULT, hl7_text(statement), result_status=NO_RESULT_STATUS)
+        ]
     study_uid = hl7_identifier(notice.study.study_instance_uid, "OBX-5 Study Instance UID", 64)
     result = [Observation("ST", STUDY_INSTANCE_UID, study_uid)]
     summary = notice.summary
@@ -220,7 +245,8 @@ def build_oru_r01(
 ) -> Message:
     """The ORU^R01 for `notice`, validated against the HL7 v2.5 message structure.
 
-    `sent_at` is MSH-7 (now by default); the control id depends only on the job.
+    `sent_at` is MSH-7 (now by default); the control id depends only on the job, so a notice
+    that there is no result has the one a result would have had (a job gets one or the other).
 
     Raises
     ------
@@ -321,7 +347,7 @@ def _person_name(dicom_name: str) -> str:
 def _order(orc: Any, notice: ResultNotice) -> None:
     orc.orc_1 = "RE"
     orc.orc_3 = _filler_number(notice)
-    orc.orc_5 = "CM"
+    orc.orc_5 = "CM" if notice.available else "CA"
     orc.orc_9.ts_1 = hl7_datetime(notice.completed_at)
 
 
@@ -345,7 +371,7 @@ def _request(obr: Any, notice: ResultNotice, priority: str) -> None:
         obr.obr_18 = hl7_identifier(notice.study.accession_number, "OBR-18 Accession Number", 64)
     obr.obr_22.ts_1 = hl7_datetime(notice.completed_at)
     obr.obr_24 = "RAD"
-    obr.obr_25 = "P"
+    obr.obr_25 = "P" if notice.available else NO_RESULT_STATUS
 
 
 def _study_datetime(notice: ResultNotice) -> str | None:
@@ -367,4 +393,4 @@ def _observation(obx: Any, set_id: int, item: Observation) -> None:
         obx.obx_6 = item.units
     if item.abnormal_flag:
         obx.obx_8 = item.abnormal_flag
-    obx.obx_11 = "P"
+    obx.obx_11 = item.result_status

@@ -103,6 +103,11 @@ class NotificationSettings(_Settings):
     hl7: Hl7Endpoint | None = None
     fhir: FhirEndpoint | None = None
     webhook: WebhookEndpoint | None = None
+    #: Also announce "no AI result" for a job that ended without one (failed, expired,
+    #: cancelled, or its results could not be filed), so nobody waits for it or takes the
+    #: silence for a negative finding. The hospital may turn it off if its RIS cannot take an
+    #: ORU with a canceled order (OBR-25 X) or its FHIR server a cancelled report.
+    announce_unavailable: bool = True
 
     @property
     def configured(self) -> bool:

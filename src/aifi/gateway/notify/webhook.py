@@ -6,6 +6,12 @@ Patient ID only when the hospital asks for it. It is signed with HMAC-SHA256 ove
 ``<timestamp>.<body>`` with a shared key, so the receiver can check who sent it and reject an
 old one replayed (:func:`verify_signature`). ``X-AIFI-Delivery`` is the same for every resend
 of one job's alert, so the receiver can drop a repeat.
+
+``status`` says whether there is a result (``available``) or there will be none
+(``unavailable``, with the gateway's ``reason``). A notice that there is no result is never
+STAT, so under the default ``only_stat: true`` the :class:`~aifi.gateway.notify.Notifier` sends
+it by HL7 and FHIR only; a webhook gets it (event ``aifi.result.unavailable``) only with
+``only_stat: false``.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from aifi.gateway.notify.settings import WebhookEndpoint
 
 STAT_EVENT = "aifi.triage.positive"
 RESULT_EVENT = "aifi.result.available"
+UNAVAILABLE_EVENT = "aifi.result.unavailable"
 SIGNATURE_HEADER = "X-AIFI-Signature"
 TIMESTAMP_HEADER = "X-AIFI-Timestamp"
 EVENT_HEADER = "X-AIFI-Event"
@@ -47,7 +54,11 @@ def delivery_id(notice: ResultNotice) -> str:
 
 
 def webhook_payload(notice: ResultNotice, endpoint: WebhookEndpoint) -> dict[str, Any]:
-    """The JSON body of the alert for `notice` (see the module docstring for what is left out)."""
+    """The JSON body of the alert for `notice` (see the module docstring for what is left out).
+
+    For a notice that there is no result: `status` ``unavailable`` with the `reason`, no
+    findings, triage ``none`` and no `label` (there is no result for it to qualify).
+    """
     summary = notice.summary
     study: dict[str, Any] = {
         "study_instance_uid": notice.study.study_instance_uid,
@@ -68,8 +79,13 @@ def webhook_payload(notice: ResultNotice, endpoint: WebhookEndpoint) -> dict[str
         }
         for finding in (summary.findings if summary else [])
     ]
+    event = STAT_EVENT if notice.stat else RESULT_EVENT
+    if not notice.available:
+        event = UNAVAILABLE_EVENT
     return {
-        "event": STAT_EVENT if notice.stat else RESULT_EVENT,
+        "event": event,
+        "status": "available" if notice.available else "unavailable",
+        "reason": notice.unavailable,
         "priority": "stat" if notice.stat else "routine",
         "delivery_id": delivery_id(notice),
         "hospital": notice.hospital,
@@ -88,7 +104,7 @@ def webhook_payload(notice: ResultNotice, endpoint: WebhookEndpoint) -> dict[str
         },
         "findings": findings,
         "result_sop_instance_uids": list(notice.result_sop_instance_uids),
-        "label": notice.label,
+        "label": notice.label if notice.available else None,
         "completed_at": notice.completed_at.isoformat(),
     }
 

@@ -39,7 +39,7 @@ from aifi.gateway.dimse import (
 from aifi.gateway.disclosures import Action, Anchor, DisclosureLog, NotRecorded
 from aifi.gateway.exchange_client import ENDED_PAGE, GatewayClient
 from aifi.gateway.metrics import MetricsServer, start_metrics_server
-from aifi.gateway.notify import Notifier, OriginalStudy, build_notice
+from aifi.gateway.notify import Notifier, OriginalStudy, ResultNotice, build_notice
 from aifi.gateway.pseudonymise import (
     AlreadyOpen,
     Halted,
@@ -1411,25 +1411,36 @@ class Gateway:
                     exchange_ended_at=datetime.fromisoformat(ended).timestamp() if ended else None,
                 )
             if job["state"] == "completed":
-                delivered = self._deliver(local, exchange_id, job)
-                if delivered is None:
+                try:
+                    delivered = self._deliver(local, exchange_id, job)
+                except (ResultsPurged, ResultsRefused) as exc:
+                    log.error("job %s: %s", exchange_id, exc)
+                    if not self._unavailable_announced(local, exchange_id, job, str(exc)):
+                        return False
+                    self.state.update_job(
+                        int(local["id"]), state="ended", exchange_state="completed",
+                        reason=str(exc), ended_at=time.time(), delivery=exc.delivery.value,
+                    )  # fmt: skip
+                    self._not_delivered[exchange_id] = exc.delivery
+                else:
+                    if delivered is None:
+                        return False
+                    self.state.update_job(
+                        int(local["id"]), state="delivered", exchange_state="completed",
+                        delivered_at=time.time(), ended_at=time.time(),
+                        results_delivered=delivered,
+                    )  # fmt: skip
+            else:
+                reason = job.get("reason") or job["state"]
+                said = f"the job {job['state']} at the exchange" + (
+                    f": {job['reason']}" if job.get("reason") else ""
+                )
+                if not self._unavailable_announced(local, exchange_id, job, said):
                     return False
                 self.state.update_job(
-                    int(local["id"]), state="delivered", exchange_state="completed",
-                    delivered_at=time.time(), ended_at=time.time(), results_delivered=delivered,
-                )  # fmt: skip
-            else:
-                self.state.update_job(
                     int(local["id"]), state="ended", exchange_state=job["state"],
-                    reason=job.get("reason") or job["state"], ended_at=time.time(),
+                    reason=reason, ended_at=time.time(),
                 )  # fmt: skip
-        except (ResultsPurged, ResultsRefused) as exc:
-            log.error("job %s: %s", exchange_id, exc)
-            self.state.update_job(
-                int(local["id"]), state="ended", exchange_state="completed", reason=str(exc),
-                ended_at=time.time(), delivery=exc.delivery.value,
-            )  # fmt: skip
-            self._not_delivered[exchange_id] = exc.delivery
         except PASSING_FAILURES as exc:
             self._collect_later(local, exchange_id, exc)
             return False
@@ -1635,6 +1646,53 @@ class Gateway:
             result_sop_instance_uids=uids,
             completed_at=datetime.fromisoformat(job["ended_at"]) if job.get("ended_at") else None,
         )
+        return self._announce(local_id, job, known, notice)
+
+    def _unavailable_announced(
+        self, local: Mapping[str, Any], exchange_id: str, job: dict[str, Any], reason: str
+    ) -> bool:
+        """Tell the radiologist's systems that this job will bring no result, and why; True
+        when every channel is done (or there is nothing to tell), False to try again later.
+
+        A radiologist who waits for a product's finding, or reads a triage product's silence
+        as a negative, must hear that none is coming. A study the vault no longer knows (or
+        not as the job's) cannot be named to anyone: nothing is sent for it.
+        """
+        settings = self.config.notifications
+        if not settings.configured or not settings.announce_unavailable:
+            return True
+        known = self.vault.study(str(job["study_uid"]))
+        if known is None or known[0] != local["study_uid"]:
+            log.warning(
+                "job %s: no notice that no result will come: its study cannot be mapped back",
+                exchange_id,
+            )
+            return True
+        notice = build_notice(
+            hospital=self.config.hospital,
+            exchange_job_id=exchange_id,
+            product_id=str(job["product_id"]),
+            summary=None,
+            study=OriginalStudy.from_vault(*known),
+            unavailable=reason,
+        )
+        local_id = int(local["id"])
+        if self._announce(local_id, job, known, notice):
+            return True
+        attempts = int(self.state.job(local_id)["attempts"]) + 1
+        self.state.update_job(local_id, attempts=attempts, reason="a no-result notice failed")
+        self._retry_at[exchange_id] = time.time() + backoff(attempts)
+        return False
+
+    def _announce(
+        self,
+        local_id: int,
+        job: dict[str, Any],
+        known: tuple[str, dict[str, str]],
+        notice: ResultNotice,
+    ) -> bool:
+        """Send `notice` on every configured channel not yet done, each outcome recorded and
+        disclosed; True when every channel is done."""
         before = self.state.notification_outcomes(local_id)
         done = {channel for channel, row in before.items() if notice_settled(row)}
         patient, study = str(known[1].get("PatientID", "")), known[0]
@@ -1643,7 +1701,8 @@ class Gateway:
                 local_id, outcome.channel, ok=outcome.ok, retryable=outcome.retryable,
                 stat=outcome.stat, detail=outcome.detail, seconds=outcome.seconds,
             )  # fmt: skip
-            detail = f"result of {job['product_id']} (exchange job {job['id']})" + (
+            what = "result" if notice.unavailable is None else "no result"
+            detail = f"{what} of {job['product_id']} (exchange job {job['id']})" + (
                 f": {outcome.detail}" if outcome.detail and not outcome.ok else ""
             )
             try:

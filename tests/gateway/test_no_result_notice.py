@@ -1,6 +1,7 @@
 """A job that brings no result tells the radiologist so: the RIS gets an ORU^R01 whose order
-was cancelled (OBR-25 X) with the reason, under the patient's own identity, so that nobody
-waits for a finding that will not come, or reads a triage product's silence as a negative."""
+was cancelled (OBR-25 X), with a reason in the gateway's own words, under the patient's own
+identity, so that nobody waits for a finding that will not come, or reads a triage product's
+silence as a negative. The job ends at once; only its acknowledgement waits for the notice."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ import pytest
 import yaml
 
 from aifi.gateway.config import load_config
-from aifi.gateway.notify.receivers import Hl7Listener, ReceivedHl7
-from aifi.gateway.service import Gateway
+from aifi.gateway.notify.receivers import Hl7Listener, ReceivedHl7, WebhookReceiver
+from aifi.gateway.service import NO_RESULT_BECAUSE, Gateway
 from aifi.phantoms import write_study
 from aifi.products import tissue_volume
 from aifi.results import check
+from aifi.results.delivery import Delivery
 from aifi.vendor import JobContext, ProductError, ProductResult
 from gateway.test_refused_results import short_element
 from support.national import National, gateway_config, national_path
@@ -25,20 +27,23 @@ from support.peers import free_port, storescu
 
 pytestmark = pytest.mark.peer
 
-NO_BRAIN = "no brain tissue found in the series"
+#: The vendor's words, naming what it was given: they stay in the hospital's job list.
+NO_BRAIN = "no brain tissue found in series {series}"
+WEBHOOK_KEY = b"pager-secret"
+FAILED_SAID = NO_RESULT_BECAUSE["failed"]
 
 
 @pytest.fixture
 def national(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[National]:
-    """The exchange and a worker whose product fails the first job (`fails`), spoils its
-    result so that the gateway cannot file it (`unfileable`), or runs as it should."""
+    """The exchange and a worker whose product fails every job (`fails`), or spoils its
+    result so that the gateway cannot file it (`unfileable`)."""
     spoil = getattr(request, "param", "fails")
 
     def product(context: JobContext) -> ProductResult:
         if spoil == "fails":
-            raise ProductError(NO_BRAIN)
-        result = tissue_volume.run(context)
-        return short_element(result, context) if spoil == "unfileable" else result
+            series = pydicom.dcmread(context.inputs[0], stop_before_pixels=True).SeriesInstanceUID
+            raise ProductError(NO_BRAIN.format(series=series))
+        return short_element(tissue_volume.run(context), context)
 
     with national_path(tmp_path, product) as path:
         yield path
@@ -48,37 +53,51 @@ def segments(message: ReceivedHl7, kind: str) -> list[list[str]]:
     return [s.split("|") for s in message.text.split("\r") if s.startswith(kind + "|")]
 
 
-def run_one_study(
-    national: National, tmp_path: Path, listener: Hl7Listener, **notifications: Any
-) -> tuple[Gateway, str]:
-    """A started gateway whose RIS is `listener`, one study sent to it; and its accession."""
-    port = free_port()
+def configure(
+    national: National, tmp_path: Path, port: int, notifications: dict[str, Any], **route: Any
+) -> Path:
     path = gateway_config(tmp_path, national, port, 1)
     config = yaml.safe_load(path.read_text())
     config["pacs"] = []
-    config["notifications"] = {
-        "hl7": {"host": "127.0.0.1", "port": listener.port, "processing_id": "T", "retries": 0},
-        **notifications,
-    }
+    config["notifications"] = notifications
+    config["routes"][0].update(route)
     path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def hl7(listener: Hl7Listener) -> dict[str, Any]:
+    return {"host": "127.0.0.1", "port": listener.port, "processing_id": "T", "retries": 0}
+
+
+def a_study(tmp_path: Path) -> tuple[list[Path], str]:
+    """One study of patient HOSP-31; its files and its Study Instance UID."""
     folder = tmp_path / "study"
     write_study("ct-head", folder, seed=31, size="small", identity={"patient_id": "HOSP-31"})
     files = sorted(folder.rglob("*.dcm"))
+    return files, str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+
+
+def started(path: Path) -> Gateway:
     gateway = Gateway(load_config(path))
     gateway.start()
-    storescu(files, port)
-    return gateway, str(pydicom.dcmread(files[0], stop_before_pixels=True).AccessionNumber)
+    return gateway
 
 
-def ended(gateway: Gateway) -> bool:
-    return [job["state"] for job in gateway.jobs()] == ["ended"]
+def ended(gateway: Gateway, count: int = 1) -> bool:
+    return [job["state"] for job in gateway.jobs()] == ["ended"] * count
+
+
+def unacknowledged(national: National) -> list[str]:
+    with national.api() as api:
+        waiting = api.get("/jobs", params={"acknowledged": "false", "limit": 10}).json()
+    return [job["id"] for job in waiting if job["state"] in ("completed", "failed", "expired")]
 
 
 @pytest.mark.parametrize(
     ("national", "exchange_state", "said"),
     [
-        ("fails", "failed", NO_BRAIN),
-        ("unfileable", "completed", "cannot be filed in the PACS"),
+        ("fails", "failed", FAILED_SAID),
+        ("unfileable", "completed", NO_RESULT_BECAUSE[Delivery.unfileable]),
     ],
     indirect=["national"],
 )
@@ -91,13 +110,19 @@ def test_a_job_without_a_result_sends_the_ris_a_cancelled_order_with_the_reason(
 ) -> None:
     # As an exchange from before it read every value's length would let the result through.
     monkeypatch.setattr(check, "check_values_readable", lambda _dataset: None)
+    files, study_uid = a_study(tmp_path)
+    accession = str(pydicom.dcmread(files[0], stop_before_pixels=True).AccessionNumber)
     with Hl7Listener() as listener:
-        gateway, accession = run_one_study(national, tmp_path, listener)
+        port = free_port()
+        gateway = started(configure(national, tmp_path, port, {"hl7": hl7(listener)}))
         try:
+            storescu(files, port)
             assert gateway.wait_until(lambda: ended(gateway), timeout=90), gateway.jobs()
+            assert gateway.wait_until(lambda: not unacknowledged(national), timeout=30)
             [job] = gateway.jobs()
             outcomes = gateway.state.notification_outcomes(int(job["id"]))
             entries = [e for e in gateway.disclosures.entries() if e.recipient == "hl7 notice"]
+            pseudonyms = [gateway.key.patient_id("HOSP-31"), gateway.key.uid(study_uid)]
         finally:
             gateway.stop()
         received = listener.received.get(timeout=10)
@@ -106,53 +131,125 @@ def test_a_job_without_a_result_sends_the_ris_a_cancelled_order_with_the_reason(
     assert job["exchange_state"] == exchange_state
     assert outcomes["hl7"]["ok"] == 1
     [pid] = segments(received, "PID")
-    assert "HOSP-31" in pid[3] and "PHOSP-31" not in received.text  # never the pseudonym
+    assert "HOSP-31" in pid[3]
+    for pseudonym in pseudonyms:  # what the exchange knows never reaches the RIS
+        assert pseudonym not in received.text
     [orc], [obr] = segments(received, "ORC"), segments(received, "OBR")
     assert orc[5] == "CA" and obr[25] == "X" and obr[5] == "R"
     assert obr[3].startswith(job["exchange_job_id"]) and obr[18] == accession
+    assert obr[4].split("^")[1] == tissue_volume.manifest("v")["name"]  # named, not its id
     [obx] = segments(received, "OBX")  # the reason only: no findings, no measurements
-    assert obx[11] == "X" and said in obx[5] and obx[5].startswith("No AI result")
+    assert obx[11] == "X" and obx[5] == f"No AI result: {said}"
+    # The vendor's own words stay in the hospital's job list.
+    if exchange_state == "failed":
+        assert "no brain tissue found in series" in job["reason"]
+        assert "no brain" not in received.text
     # The identity went to the RIS: on record, as every notice is.
     [entry] = entries
     assert entry.outcome == "success" and entry.patient_id == "HOSP-31"
     assert entry.detail.startswith(f"no result of {tissue_volume.PRODUCT_ID}")
 
 
-def test_a_ris_that_rejects_for_now_gets_the_notice_again_before_the_job_ends(
+def test_a_ris_that_rejects_for_now_holds_the_acknowledgement_not_the_job(
     national: National, tmp_path: Path
 ) -> None:
-    """AR (application reject) may pass: the job stays open at the gateway, and is tried
-    again after its back-off, until the RIS takes the notice; then it ends, with one
-    notice taken."""
+    """AR (application reject) may pass: the job ends at once (so the study sent again is a
+    new round), while the exchange's job stays unacknowledged and the notice is tried again
+    until the RIS takes it."""
+    files, _ = a_study(tmp_path)
     with Hl7Listener(ack_code="AR", ack_text="interface paused") as listener:
-        gateway, _ = run_one_study(national, tmp_path, listener)
+        port = free_port()
+        gateway = started(configure(national, tmp_path, port, {"hl7": hl7(listener)}))
         try:
-
-            def refused_once() -> bool:
-                jobs = gateway.jobs()
-                return bool(jobs) and jobs[0]["reason"] == "a no-result notice failed"
-
-            assert gateway.wait_until(refused_once, timeout=90), gateway.jobs()
-            [waiting] = gateway.jobs()
-            assert waiting["state"] != "ended"
-            listener.ack_code = "AA"
-            assert gateway.wait_until(lambda: ended(gateway), timeout=60), gateway.jobs()
+            storescu(files, port)
+            assert gateway.wait_until(lambda: ended(gateway), timeout=90), gateway.jobs()
             [job] = gateway.jobs()
+
+            def refused() -> bool:
+                row = gateway.state.notification_outcomes(int(job["id"])).get("hl7")
+                return row is not None and row["attempts"] >= 1
+
+            assert gateway.wait_until(refused, timeout=30)
+            assert unacknowledged(national) == [job["exchange_job_id"]]
+            # The technologist sends the study again: a new round, not "nothing new".
+            storescu(files, port)
+            assert gateway.wait_until(lambda: ended(gateway, 2), timeout=90), gateway.jobs()
+            listener.ack_code = "AA"
+            assert gateway.wait_until(lambda: not unacknowledged(national), timeout=60)
             outcomes = gateway.state.notification_outcomes(int(job["id"]))
         finally:
             gateway.stop()
     assert outcomes["hl7"]["ok"] == 1 and outcomes["hl7"]["attempts"] >= 2
-    assert job["exchange_state"] == "failed" and NO_BRAIN in job["reason"]
+    assert "no brain tissue found" in job["reason"]
+
+
+def test_a_channel_taken_out_of_the_configuration_is_not_waited_for(
+    national: National, tmp_path: Path
+) -> None:
+    """The RIS keeps rejecting; the engineer takes `hl7` out of the configuration and
+    restarts: the job is acknowledged, not held for a channel no longer there."""
+    files, _ = a_study(tmp_path)
+    port = free_port()
+    with Hl7Listener(ack_code="AR") as listener:
+        path = configure(national, tmp_path, port, {"hl7": hl7(listener)})
+        gateway = started(path)
+        try:
+            storescu(files, port)
+            assert gateway.wait_until(lambda: ended(gateway), timeout=90), gateway.jobs()
+            [job] = gateway.jobs()
+            assert gateway.wait_until(
+                lambda: "hl7" in gateway.state.notification_outcomes(int(job["id"])), 30
+            )
+        finally:
+            gateway.stop()
+    assert unacknowledged(national) == [job["exchange_job_id"]]
+    with WebhookReceiver(WEBHOOK_KEY) as pager:
+        webhook = {"url": pager.url, "secret": WEBHOOK_KEY.decode(), "only_stat": False}
+        gateway = started(configure(national, tmp_path, port, {"webhook": webhook}))
+        try:
+            assert gateway.wait_until(lambda: not unacknowledged(national), timeout=60)
+        finally:
+            gateway.stop()
+        assert pager.received.get(timeout=5).payload["status"] == "unavailable"
+
+
+def test_a_study_routed_stat_pages_that_no_result_will_come(
+    national: National, tmp_path: Path
+) -> None:
+    """The acute-triage pager takes STAT alerts only: for a study routed STAT, it hears at
+    once that the product's alert will not come."""
+    files, _ = a_study(tmp_path)
+    with WebhookReceiver(WEBHOOK_KEY) as pager:
+        port = free_port()
+        webhook = {"url": pager.url, "secret": WEBHOOK_KEY.decode()}  # only_stat by default
+        path = configure(national, tmp_path, port, {"webhook": webhook}, priority="stat")
+        gateway = started(path)
+        try:
+            storescu(files, port)
+            assert gateway.wait_until(lambda: ended(gateway), timeout=90), gateway.jobs()
+            alert = pager.received.get(timeout=30).payload
+        finally:
+            gateway.stop()
+    assert (alert["event"], alert["priority"], alert["reason"]) == (
+        "aifi.result.unavailable",
+        "stat",
+        FAILED_SAID,
+    )
 
 
 def test_a_hospital_can_turn_no_result_notices_off(national: National, tmp_path: Path) -> None:
+    files, _ = a_study(tmp_path)
     with Hl7Listener() as listener:
-        gateway, _ = run_one_study(national, tmp_path, listener, announce_unavailable=False)
+        port = free_port()
+        notifications = {"hl7": hl7(listener), "announce_unavailable": False}
+        gateway = started(configure(national, tmp_path, port, notifications))
         try:
+            storescu(files, port)
             assert gateway.wait_until(lambda: ended(gateway), timeout=90), gateway.jobs()
+            assert gateway.wait_until(lambda: not unacknowledged(national), timeout=30)
             [job] = gateway.jobs()
             outcomes = gateway.state.notification_outcomes(int(job["id"]))
         finally:
             gateway.stop()
         assert listener.received.empty()
-    assert outcomes == {} and NO_BRAIN in job["reason"]
+    assert outcomes == {} and "no brain tissue found" in job["reason"]

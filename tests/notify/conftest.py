@@ -100,8 +100,8 @@ def make_notice(
     )
 
 
-#: What the gateway says when the job failed at the vendor (one sentence, no patient data).
-REASON = "the product failed: could not find the brain in the series"
+#: What the gateway says when the job failed at the vendor (its own words, no patient data).
+REASON = "the product could not analyse the study"
 
 
 def make_unavailable(
@@ -109,9 +109,10 @@ def make_unavailable(
     *,
     job: str = "job-0001",
     attributes: dict[str, str] | None = None,
+    stat_study: bool = False,
 ) -> ResultNotice:
     """The notice that `job` will bring no result: same job, product and study as the result
-    notices above, no summary and no result UIDs."""
+    notices above, no summary and no result UIDs; `stat_study`: the study was routed STAT."""
     return build_notice(
         hospital="rivierenland",
         exchange_job_id=job,
@@ -124,6 +125,7 @@ def make_unavailable(
         ),
         completed_at=datetime(2025, 3, 1, 10, 45, 0, tzinfo=UTC),
         unavailable=reason,
+        stat_study=stat_study,
     )
 
 

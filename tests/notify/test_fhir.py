@@ -230,13 +230,15 @@ def test_no_result_is_one_cancelled_report_in_a_valid_bundle(unavailable: Result
     assert report.status == "cancelled"
     assert report.conclusion == f"No AI result: {REASON}"
     assert report.result is None and report.conclusionCode is None
-    assert entry.request is not None and entry.request.url == "DiagnosticReport"
+    # A conditional update: the job's report says cancelled even if a result's was made.
+    assert entry.request is not None and entry.request.method == "PUT"
+    assert entry.request.url == "DiagnosticReport?identifier=urn:aifi:exchange-job|job-0001-report"
 
 
 def test_no_result_keeps_the_report_identifier_subject_and_study(
     unavailable: ResultNotice, positive: ResultNotice
 ) -> None:
-    """The same identifier as the result's report: the conditional create keeps one per job."""
+    """The same identifier as the result's report: the conditional update keeps one per job."""
     none, _ = build_diagnostic_report(unavailable, endpoint())
     result, _ = build_diagnostic_report(positive, endpoint())
     assert none.identifier is not None and result.identifier is not None

@@ -176,3 +176,15 @@ def test_the_repr_of_a_notice_without_result_leaves_the_identity_out() -> None:
     assert REASON in text
     for private in ("MRN-000123", "Jansen", "19620314", "ACC-2025-0042"):
         assert private not in text
+
+
+def test_a_result_is_stat_by_its_triage_not_by_its_route() -> None:
+    with pytest.raises(ValueError, match="STAT by its triage"):
+        build_notice(
+            hospital="rivierenland",
+            exchange_job_id="job-0001",
+            product_id="aifi-ich",
+            summary=make_summary(TriageFlag.NEGATIVE),
+            study=OriginalStudy.from_vault(ORIGINAL_STUDY_UID, ORIGINAL_ATTRIBUTES),
+            stat_study=True,
+        )

@@ -17,7 +17,14 @@ from aifi.gateway.notify.oru import message_control_id
 from aifi.gateway.notify.receivers import FhirReceiver, Hl7Listener, WebhookReceiver
 from aifi.gateway.notify.webhook import delivery_id
 
-from .conftest import ORIGINAL_ATTRIBUTES, REASON, WEBHOOK_KEY, make_notice, make_summary
+from .conftest import (
+    ORIGINAL_ATTRIBUTES,
+    REASON,
+    WEBHOOK_KEY,
+    make_notice,
+    make_summary,
+    make_unavailable,
+)
 
 FAST: dict[str, Any] = {"retries": 1, "retry_backoff_seconds": 0.01, "timeout_seconds": 2.0}
 
@@ -139,7 +146,7 @@ def test_nothing_configured_sends_nothing(positive: ResultNotice) -> None:
 def test_no_result_skips_a_stat_only_webhook_and_goes_to_every_channel_otherwise(
     unavailable: ResultNotice,
 ) -> None:
-    """Never STAT, so a webhook that takes STAT notices only does not get it."""
+    """Routine for a routine study, so a webhook that takes STAT notices only does not get it."""
     stat_only = settings(2575, "http://127.0.0.1:9/fhir", "http://127.0.0.1:9/alerts")
     every_result = settings(
         2575, "http://127.0.0.1:9/fhir", "http://127.0.0.1:9/alerts", only_stat=False
@@ -164,8 +171,9 @@ def test_no_result_reaches_the_ris_and_the_fhir_server(
         ("hl7", True, False),
         ("fhir", True, False),
     ], [o.detail for o in outcomes]
-    # the same message ids a result for this job would have had
-    assert outcomes[0].message_id == message_control_id(positive)
+    # an MSH-10 of its own, never dropped as the repeat of the job's result notice
+    assert outcomes[0].message_id != message_control_id(positive)
+    assert outcomes[0].message_id == message_control_id(unavailable)
     assert outcomes[1].message_id == "urn:aifi:exchange-job|job-0001-report"
 
     hl7 = hl7_listener.received.get(timeout=5)
@@ -188,3 +196,46 @@ def test_no_result_goes_to_a_webhook_for_every_result(
     assert outcome.message_id == delivery_id(unavailable)
     payload = webhook_receiver.received.get(timeout=5).payload
     assert (payload["status"], payload["reason"]) == ("unavailable", REASON)
+
+
+def test_no_result_for_a_study_routed_stat_pages_first(
+    hl7_listener: Hl7Listener, fhir_receiver: FhirReceiver, webhook_receiver: WebhookReceiver
+) -> None:
+    """Whoever waits for an acute-triage alert hears at once that none will come: STAT, so
+    the pager webhook that takes STAT notices only gets it, first, and the ORU is priority S."""
+    acute = make_unavailable(stat_study=True)
+    configured = settings(hl7_listener.port, fhir_receiver.base_url, webhook_receiver.url)
+    with Notifier(configured) as notifier:
+        assert notifier.channels(acute) == ["hl7", "webhook", "fhir"]
+        outcomes = notifier.notify(acute)
+    assert [(o.channel, o.ok, o.stat) for o in outcomes] == [
+        ("hl7", True, True),
+        ("webhook", True, True),
+        ("fhir", True, True),
+    ], [o.detail for o in outcomes]
+    obr = hl7_listener.received.get(timeout=5).message.oru_r01_patient_result
+    obr = obr.oru_r01_order_observation.obr
+    assert (obr.obr_5.to_er7(), obr.obr_25.to_er7()) == ("S", "X")
+    alert = webhook_receiver.received.get(timeout=5).payload
+    assert (alert["event"], alert["priority"], alert["status"]) == (
+        "aifi.result.unavailable",
+        "stat",
+        "unavailable",
+    )
+
+
+def test_no_result_cancels_a_report_the_job_already_has(
+    fhir_receiver: FhirReceiver, positive: ResultNotice, unavailable: ResultNotice
+) -> None:
+    """A result's report got through, then its results could not be filed: the notice that
+    there is no result replaces it (a conditional update), not skipped as already there."""
+    configured = settings(fhir_url=fhir_receiver.base_url)
+    with Notifier(configured) as notifier:
+        [made] = notifier.notify(positive)
+        [cancelled] = notifier.notify(unavailable)
+        [again] = notifier.notify(unavailable)  # a resend changes nothing
+    assert made.ok and cancelled.ok and again.ok, (made.detail, cancelled.detail, again.detail)
+    (report,) = fhir_receiver.resources("DiagnosticReport")
+    assert report["status"] == "cancelled"
+    assert report["conclusion"] == f"No AI result: {REASON}"
+    assert "result" not in report

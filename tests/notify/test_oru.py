@@ -318,10 +318,11 @@ def test_no_result_is_a_cancelled_order_with_one_observation(unavailable: Result
 def test_no_result_names_the_same_patient_order_and_study_as_a_result(
     unavailable: ResultNotice, positive: ResultNotice
 ) -> None:
-    """Same job, same control id: a receiver files it where the result would have gone."""
+    """Same job, same order: a receiver files it where the result would have gone, under a
+    control id of its own, so that it is not taken for a repeat of the job's result notice."""
     none, result = received(unavailable), received(positive)
-    assert none.msh.msh_10.to_er7() == message_control_id(positive)
-    assert none.msh.msh_10.to_er7() == result.msh.msh_10.to_er7()
+    assert none.msh.msh_10.to_er7() == message_control_id(unavailable)
+    assert none.msh.msh_10.to_er7() != result.msh.msh_10.to_er7()
     pid = none.oru_r01_patient_result.oru_r01_patient.pid
     assert pid.to_er7() == result.oru_r01_patient_result.oru_r01_patient.pid.to_er7()
     for field in ("obr_3", "obr_4", "obr_18"):

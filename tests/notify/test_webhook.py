@@ -161,9 +161,13 @@ def test_no_result_arrives_signed_under_its_own_event(
     got = webhook_receiver.received.get(timeout=5)
     assert got.headers[EVENT_HEADER.lower()] == UNAVAILABLE_EVENT
     assert (got.payload["status"], got.payload["reason"]) == ("unavailable", REASON)
-    # the same delivery id a result for this job would have had: one or the other is sent
+    # a delivery id of its own: not dropped as the repeat of the job's result alert
     assert got.headers["x-aifi-delivery"] == receipt.delivery_id
-    assert receipt.delivery_id == webhook_payload(positive, endpoint("http://x"))["delivery_id"]
+    assert receipt.delivery_id != webhook_payload(positive, endpoint("http://x"))["delivery_id"]
+    assert (
+        receipt.delivery_id
+        == send_webhook(unavailable, endpoint(webhook_receiver.url, only_stat=False)).delivery_id
+    )
     text = json.dumps(got.payload)
     for private in ("MRN-000123", "Jansen", "19620314"):
         assert private not in text

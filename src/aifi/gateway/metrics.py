@@ -236,8 +236,8 @@ class GatewayCollector(Collector):
             "step: upload to the exchange, or result (delivery to the PACS, or a notice)",
             labels=["step"],
         )
-        # A job's attempts restart when it is sent. A job the exchange failed is not
-        # retried: it counts only while its notice that no result will come is tried again.
+        # A job's attempts restart when it is sent. A job the exchange failed is done with,
+        # not retried: it does not count, however it got there.
         for step, where in RETRYING.items():
             family.add_metric([step], scalar(f"SELECT COUNT(*) FROM jobs WHERE {where}"))
         yield family

@@ -146,6 +146,25 @@ def _brought_home(local: Mapping[str, Any]) -> bool:
     )
 
 
+#: What a notice that no result will come says, by how the job ended: the gateway's own
+#: words, never the vendor's (which may name the study's pseudonyms).
+NO_RESULT_BECAUSE = {
+    "failed": "the product could not analyse the study",
+    "expired": "the product did not finish the analysis in time",
+    "cancelled": "the analysis was cancelled",
+    Delivery.unfileable: "the product's results could not be filed in the PACS",
+    Delivery.purged: "the results were deleted at the exchange before they could be fetched",
+}
+
+
+def no_result_reason(exchange_state: str, delivery: str | None) -> str | None:
+    """The reason a notice gives for a job that ended without its results in the PACS; None
+    when there is nothing to tell (delivered, let go, or not mapped back to anyone)."""
+    if exchange_state == "completed":
+        return NO_RESULT_BECAUSE.get(delivery) if delivery else None
+    return NO_RESULT_BECAUSE.get(exchange_state)
+
+
 def _unless_unknown(ask: Callable[[str], dict[str, Any] | None], job: str) -> dict[str, Any] | None:
     """The exchange's answer about a job; None when it does not know it (404)."""
     try:
@@ -1394,10 +1413,15 @@ class Gateway:
             if settled is not None:
                 return settled
         if _brought_home(local):
-            # Brought home on an earlier pass whose acknowledgement did not get through: said
-            # again as it ended, not done again (its study may have left the vault since).
+            # Brought home on an earlier pass whose acknowledgement did not get through, or
+            # held for its notice that no result will come: said again as it ended, not done
+            # again (its study may have left the vault since); the notice tried again.
             if local["delivery"]:
                 self._not_delivered[exchange_id] = Delivery(local["delivery"])
+            if local["state"] == "ended" and not self._unavailable_announced(local, job):
+                return False
+            self._retry_at.pop(exchange_id, None)
+            self._collect_attempts.pop(exchange_id, None)
             return True
         try:
             if local["result_seen_at"] is None:
@@ -1415,13 +1439,13 @@ class Gateway:
                     delivered = self._deliver(local, exchange_id, job)
                 except (ResultsPurged, ResultsRefused) as exc:
                     log.error("job %s: %s", exchange_id, exc)
-                    if not self._unavailable_announced(local, exchange_id, job, str(exc)):
-                        return False
                     self.state.update_job(
                         int(local["id"]), state="ended", exchange_state="completed",
                         reason=str(exc), ended_at=time.time(), delivery=exc.delivery.value,
                     )  # fmt: skip
                     self._not_delivered[exchange_id] = exc.delivery
+                    if not self._unavailable_announced(self._row(local), job):
+                        return False
                 else:
                     if delivered is None:
                         return False
@@ -1431,16 +1455,12 @@ class Gateway:
                         results_delivered=delivered,
                     )  # fmt: skip
             else:
-                reason = job.get("reason") or job["state"]
-                said = f"the job {job['state']} at the exchange" + (
-                    f": {job['reason']}" if job.get("reason") else ""
-                )
-                if not self._unavailable_announced(local, exchange_id, job, said):
-                    return False
                 self.state.update_job(
                     int(local["id"]), state="ended", exchange_state=job["state"],
-                    reason=reason, ended_at=time.time(),
+                    reason=job.get("reason") or job["state"], ended_at=time.time(),
                 )  # fmt: skip
+                if not self._unavailable_announced(self._row(local), job):
+                    return False
         except PASSING_FAILURES as exc:
             self._collect_later(local, exchange_id, exc)
             return False
@@ -1648,41 +1668,69 @@ class Gateway:
         )
         return self._announce(local_id, job, known, notice)
 
-    def _unavailable_announced(
-        self, local: Mapping[str, Any], exchange_id: str, job: dict[str, Any], reason: str
-    ) -> bool:
-        """Tell the radiologist's systems that this job will bring no result, and why; True
-        when every channel is done (or there is nothing to tell), False to try again later.
+    def _row(self, local: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The job's row as it stands now (an adopted job's too), after an update."""
+        return self.state.job(int(local["id"]))
+
+    def _unavailable_announced(self, local: Mapping[str, Any], job: dict[str, Any]) -> bool:
+        """Tell the radiologist's systems that this ended job brings no result, and why; True
+        when every channel is done (or there is nothing to tell), False to try again later
+        (the job stays ended; only its acknowledgement waits).
 
         A radiologist who waits for a product's finding, or reads a triage product's silence
-        as a negative, must hear that none is coming. A study the vault no longer knows (or
-        not as the job's) cannot be named to anyone: nothing is sent for it.
+        as a negative, must hear that none is coming. The reason is the gateway's own words
+        (`NO_RESULT_BECAUSE`): the vendor's may name the study's pseudonyms, which have no
+        place beside the patient's identity. A study the vault no longer knows (or not as the
+        job's) cannot be named to anyone: nothing is sent for it.
         """
+        exchange_id = str(job["id"])
         settings = self.config.notifications
-        if not settings.configured or not settings.announce_unavailable:
+        reason = no_result_reason(str(local["exchange_state"]), local["delivery"])
+        if reason is None or not settings.configured or not settings.announce_unavailable:
             return True
-        known = self.vault.study(str(job["study_uid"]))
-        if known is None or known[0] != local["study_uid"]:
-            log.warning(
-                "job %s: no notice that no result will come: its study cannot be mapped back",
-                exchange_id,
+        try:
+            known = self.vault.study(str(job["study_uid"]))
+            if known is None or known[0] != local["study_uid"]:
+                log.warning(
+                    "job %s: no notice that no result will come: its study cannot be mapped back",
+                    exchange_id,
+                )
+                return True
+            ended = job.get("ended_at")
+            notice = build_notice(
+                hospital=self.config.hospital,
+                exchange_job_id=exchange_id,
+                product_id=str(job["product_id"]),
+                summary=None,
+                study=OriginalStudy.from_vault(*known),
+                completed_at=datetime.fromisoformat(ended) if ended else None,
+                unavailable=reason,
+                stat_study=local["priority"] == "stat",
+                **self._product_names(str(job["product_id"])),
             )
-            return True
-        notice = build_notice(
-            hospital=self.config.hospital,
-            exchange_job_id=exchange_id,
-            product_id=str(job["product_id"]),
-            summary=None,
-            study=OriginalStudy.from_vault(*known),
-            unavailable=reason,
-        )
-        local_id = int(local["id"])
-        if self._announce(local_id, job, known, notice):
-            return True
-        attempts = int(self.state.job(local_id)["attempts"]) + 1
-        self.state.update_job(local_id, attempts=attempts, reason="a no-result notice failed")
+            if self._announce(int(local["id"]), job, known, notice):
+                return True
+            failure = "a channel did not take it"
+        except PASSING_FAILURES as exc:
+            failure = f"{type(exc).__name__}: {exc}"
+        attempts = self._collect_attempts.get(exchange_id, 0) + 1
+        self._collect_attempts[exchange_id] = attempts
         self._retry_at[exchange_id] = time.time() + backoff(attempts)
+        log.warning(
+            "job %s: the notice that no result will come is tried again in %.0f s (%s)",
+            exchange_id, backoff(attempts), failure,
+        )  # fmt: skip
         return False
+
+    def _product_names(self, product_id: str) -> dict[str, str]:
+        """The product's name and version from the catalogue, for a notice without a summary
+        to take them from; nothing (the id stands for them) if the exchange cannot say."""
+        try:
+            entry = self.client.product(product_id)
+        except (ExchangeHTTPError, httpx.TransportError) as exc:
+            log.info("product %s: name not known for its notice (%s)", product_id, exc)
+            return {}
+        return {"product_name": str(entry["name"]), "product_version": str(entry["version"])}
 
     def _announce(
         self,
@@ -1725,7 +1773,13 @@ class Gateway:
                 log.warning(
                     "job %s: %s notice failed: %s", job["id"], outcome.channel, outcome.detail
                 )
-        return all(map(notice_settled, self.state.notification_outcomes(local_id).values()))
+        # The channels this notice goes to now: one taken out of the configuration since an
+        # earlier try is not waited for.
+        outcomes = self.state.notification_outcomes(local_id)
+        return all(
+            channel in outcomes and notice_settled(outcomes[channel])
+            for channel in self.notifier.channels(notice)
+        )
 
     def _key_image(self, local_id: int, results: list[Path], target: Path) -> None:
         """Keep a key image for the web pages; a failure here never holds up delivery."""

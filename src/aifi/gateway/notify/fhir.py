@@ -20,8 +20,9 @@ Mapping (after the TID 1500 -> FHIR imaging-measurement pattern):
 When there will be no result (``notice.unavailable``) the Bundle holds the DiagnosticReport
 alone: status *cancelled* (R4: "the report is unavailable because the measurement was not
 started or not completed"), conclusion ``No AI result: <reason>``, no observations; same
-identifier, subject and imagingStudy as the result's report would have, so the conditional
-create still keeps one report per job.
+identifier, subject and imagingStudy as the result's report would have. It is a conditional
+update (``PUT DiagnosticReport?identifier=…``): one report per job, cancelled even if a
+result's report for the job was made before.
 """
 
 from __future__ import annotations
@@ -116,7 +117,8 @@ def build_diagnostic_report(
 
 
 def build_transaction(notice: ResultNotice, endpoint: FhirEndpoint | None = None) -> Bundle:
-    """A transaction Bundle: the observations and the report, each a conditional create."""
+    """A transaction Bundle: the observations and the report, each a conditional create;
+    the cancelled report of a notice that there is no result a conditional update."""
     settings = endpoint or _DEFAULT_ENDPOINT
     report, observations = build_diagnostic_report(notice, settings)
     entries: list[dict[str, Any]] = []
@@ -124,22 +126,35 @@ def build_transaction(notice: ResultNotice, endpoint: FhirEndpoint | None = None
         [ref.reference for ref in report.result or []], observations, strict=True
     ):
         entries.append(_entry(url, observation, settings.identifier_system))
-    entries.append(_entry(full_url(notice, "report"), report, settings.identifier_system))
+    entries.append(
+        _entry(
+            full_url(notice, "report"),
+            report,
+            settings.identifier_system,
+            replace=not notice.available,
+        )
+    )
     return Bundle.model_validate(
         {"resourceType": "Bundle", "type": "transaction", "entry": entries}
     )
 
 
-def _entry(url: str | None, resource: Any, system: str) -> dict[str, Any]:
+def _entry(url: str | None, resource: Any, system: str, *, replace: bool = False) -> dict[str, Any]:
+    """A conditional create: a resend finds what the first send made. `replace`: a conditional
+    update instead, so the report says *cancelled* even where the job's report was made
+    before (a result notice whose answer was lost, then results that could not be filed)."""
     own = next(i for i in resource.identifier if i.system == system)
+    kind = resource.get_resource_type()
+    search = f"identifier={quote(system, safe=':/')}|{quote(own.value, safe='')}"
+    request = (
+        {"method": "PUT", "url": f"{kind}?{search}"}
+        if replace
+        else {"method": "POST", "url": kind, "ifNoneExist": search}
+    )
     return {
         "fullUrl": url,
         "resource": resource.model_dump(mode="json", exclude_none=True),
-        "request": {
-            "method": "POST",
-            "url": resource.get_resource_type(),
-            "ifNoneExist": f"identifier={quote(system, safe=':/')}|{quote(own.value, safe='')}",
-        },
+        "request": request,
     }
 
 

@@ -107,18 +107,23 @@ class ResultNotice:
         The re-identified result objects (SR, SEG, ...) now stored in the PACS.
     completed_at:
         When the result reached the gateway (timezone-aware); for a notice that there is no
-        result, when the gateway learned that the job had ended.
+        result, when the job ended at the exchange.
     unavailable:
-        None for a result. Otherwise the reason there will be no result, one sentence from the
-        gateway without patient data (``"the job failed at the exchange: no brain tissue
-        found in the series"``); such a notice has no summary and no result UIDs, and is
-        never STAT.
+        None for a result. Otherwise the reason there will be no result, one sentence the
+        gateway words itself (``"the product could not analyse the study"``), never the
+        vendor's text, which may name the study's pseudonyms; such a notice has no summary
+        and no result UIDs.
+    stat_study:
+        For a notice that there is no result: the study was routed STAT (acute triage). The
+        notice is then STAT itself: whoever waits for the product's alert must hear at once
+        that none will come.
 
     Raises
     ------
     ValueError
-        If `completed_at` has no timezone, the job id or product id is empty, or `unavailable`
-        is blank or comes with a summary or result UIDs (a job has a result or none, not both).
+        If `completed_at` has no timezone, the job id or product id is empty, `unavailable`
+        is blank or comes with a summary or result UIDs (a job has a result or none, not
+        both), or `stat_study` is set on a result (a result is STAT by its triage).
     """
 
     hospital: str
@@ -131,6 +136,7 @@ class ResultNotice:
     result_sop_instance_uids: tuple[str, ...] = ()
     completed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     unavailable: str | None = None
+    stat_study: bool = False
 
     def __post_init__(self) -> None:
         if self.completed_at.tzinfo is None:
@@ -146,6 +152,8 @@ class ResultNotice:
                     "ResultNotice.unavailable: a notice that there is no result carries no "
                     "summary and no result UIDs"
                 )
+        elif self.stat_study:
+            raise ValueError("ResultNotice.stat_study: a result is STAT by its triage")
 
     @property
     def available(self) -> bool:
@@ -154,13 +162,11 @@ class ResultNotice:
 
     @property
     def stat(self) -> bool:
-        """Triage-positive: the result must reach the radiologist at once (STAT). Never for a
-        notice that there is no result: it has no triage to be positive."""
-        return (
-            self.available
-            and self.summary is not None
-            and self.summary.triage.flag is TriageFlag.POSITIVE
-        )
+        """The notice must reach the radiologist at once: a triage-positive result, or no
+        result for a study routed STAT."""
+        if not self.available:
+            return self.stat_study
+        return self.summary is not None and self.summary.triage.flag is TriageFlag.POSITIVE
 
     @property
     def no_result_statement(self) -> str | None:
@@ -190,6 +196,7 @@ def build_notice(
     product_version: str | None = None,
     completed_at: datetime | None = None,
     unavailable: str | None = None,
+    stat_study: bool = False,
 ) -> ResultNotice:
     """The notice for a job, from what the gateway holds after re-identification.
 
@@ -211,4 +218,5 @@ def build_notice(
         result_sop_instance_uids=tuple(result_sop_instance_uids),
         completed_at=completed_at or datetime.now(UTC),
         unavailable=unavailable,
+        stat_study=stat_study,
     )

@@ -87,7 +87,7 @@ class Notifier:
         """The channels `notice` goes to, in the order they are started (STAT ones first).
 
         The webhook takes STAT notices only, unless its `only_stat` is False. A notice that
-        there is no result is never STAT, so by default it goes to HL7 and FHIR only.
+        there is no result is STAT only for a study routed STAT.
         """
         settings = self.settings
         hl7 = [HL7] if settings.hl7 else []
@@ -143,7 +143,7 @@ class Notifier:
         log.log(
             level,
             "%s%s notice for job %s: %s",
-            "STAT " if notice.stat else ("no-result " if not notice.available else ""),
+            ("STAT " if notice.stat else "") + ("no-result " if not notice.available else ""),
             channel,
             notice.exchange_job_id,
             detail,

@@ -16,10 +16,11 @@ Layout (one order, one observation group per OBX)::
          finding, site, measurements (NM + UCUM), evaluations; algorithm name, version and
          manufacturer (TID 4019 codes); each result SOP Instance UID; the intended-use label (TX)
 
-When there will be no result (``notice.unavailable``) the same message, with the same control
-id, PID, OBR-3, OBR-4 and OBR-18, says so instead: ORC-5 CA (order canceled), OBR-25 and
-OBX-11 X (HL7 table 0123/0085: no results available), priority R, and one OBX
-``NO_AI_RESULT^AI result unavailable^99AIFI`` whose value is ``No AI result: <reason>``.
+When there will be no result (``notice.unavailable``) the same message, with the same PID,
+OBR-3, OBR-4 and OBR-18 (and a control id of its own), says so instead: ORC-5 CA (order
+canceled), OBR-25 and OBX-11 X (HL7 table 0123/0085: no results available), priority S for a
+study routed STAT (R otherwise), and one OBX ``NO_AI_RESULT^AI result unavailable^99AIFI``
+whose value is ``No AI result: <reason>``.
 
 Every text that comes from a vendor or a DICOM header is escaped by the library (``\\F\\``,
 ``\\S\\`` ...) and stripped of line breaks, so it can never end a field or start a segment.
@@ -89,11 +90,14 @@ class Observation:
 
 
 def message_control_id(notice: ResultNotice) -> str:
-    """MSH-10: the same for every resend of this job's ORU, so a receiver can drop a repeat.
+    """MSH-10: the same for every resend of this job's ORU, so a receiver can drop a repeat;
+    another for a notice that there is no result, so that one is never dropped as the repeat
+    of a result notice the receiver took before.
 
     20 characters at most (ST 20 in v2.5): ``AIFI`` and a digest of the exchange job id.
     """
-    digest = hashlib.sha256(f"oru:{notice.exchange_job_id}".encode()).hexdigest()
+    kind = "oru" if notice.available else "oru-no-result"
+    digest = hashlib.sha256(f"{kind}:{notice.exchange_job_id}".encode()).hexdigest()
     return "AIFI" + digest[:16].upper()
 
 
@@ -245,8 +249,8 @@ def build_oru_r01(
 ) -> Message:
     """The ORU^R01 for `notice`, validated against the HL7 v2.5 message structure.
 
-    `sent_at` is MSH-7 (now by default); the control id depends only on the job, so a notice
-    that there is no result has the one a result would have had (a job gets one or the other).
+    `sent_at` is MSH-7 (now by default); the control id depends only on the job (and on
+    whether there is a result).
 
     Raises
     ------

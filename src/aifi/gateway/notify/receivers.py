@@ -199,12 +199,13 @@ class FhirReceiver(_HttpReceiver):
     """A minimal FHIR R4 server for transaction Bundles POSTed to its base URL.
 
     It refuses (400, with an OperationOutcome) a body that is not a valid R4B Bundle of type
-    transaction, an entry without fullUrl or POST request, a status outside its value set,
-    and a ``urn:uuid`` reference that no entry of the Bundle defines. It honours
-    ``ifNoneExist=identifier=system|value``, replaces ``urn:uuid`` references by the ids it
-    assigns, and answers a transaction-response Bundle. With `bearer_token` it answers 401 to
-    a request without that token. Put HTTP statuses on :attr:`fail_with` to answer the next
-    requests with them instead.
+    transaction, an entry without fullUrl or with a request other than a POST or a conditional
+    PUT, a status outside its value set, and a ``urn:uuid`` reference that no entry of the
+    Bundle defines. It honours ``ifNoneExist=identifier=system|value`` and the conditional
+    update ``PUT <type>?identifier=system|value`` (replaces the match, or creates), replaces
+    ``urn:uuid`` references by the ids it assigns, and answers a transaction-response Bundle.
+    With `bearer_token` it answers 401 to a request without that token. Put HTTP statuses on
+    :attr:`fail_with` to answer the next requests with them instead.
     """
 
     def __init__(self, bearer_token: str | None = None) -> None:
@@ -273,12 +274,17 @@ class FhirReceiver(_HttpReceiver):
             assert entry.resource is not None and entry.request is not None  # checked before
             resource = entry.resource.model_dump(mode="json", exclude_none=True)
             kind = str(resource["resourceType"])
-            existing = self._existing(kind, entry.request.ifNoneExist)
+            update = entry.request.method == "PUT"  # conditional: the match, or a new one
+            condition = str(entry.request.url).partition("?")[2] if update else None
+            existing = self._existing(kind, condition or entry.request.ifNoneExist)
             if existing is not None:
                 assigned[str(entry.fullUrl)] = f"{kind}/{existing}"
                 responses.append(
                     {"response": {"status": "200 OK", "location": f"{kind}/{existing}"}}
                 )
+                if update:
+                    resource["id"] = existing
+                    created.append((kind, existing, resource))
                 continue
             new_id = str(self.store.next_id)
             self.store.next_id += 1
@@ -321,8 +327,15 @@ def _transaction_problem(bundle: Bundle) -> str | None:
         if entry.resource is None or not entry.fullUrl:
             return f"{where}: a transaction entry needs a resource and a fullUrl"
         kind = entry.resource.get_resource_type()
-        if entry.request is None or entry.request.method != "POST" or entry.request.url != kind:
-            return f"{where}: request must be POST {kind}"
+        request = entry.request
+        posted = request is not None and request.method == "POST" and request.url == kind
+        replaced = (
+            request is not None
+            and request.method == "PUT"
+            and str(request.url).startswith(f"{kind}?identifier=")
+        )
+        if not (posted or replaced):
+            return f"{where}: request must be POST {kind} or PUT {kind}?identifier=…"
         status = getattr(entry.resource, "status", None)
         allowed = {"DiagnosticReport": REPORT_STATUSES, "Observation": OBSERVATION_STATUSES}
         if kind in allowed and status not in allowed[kind]:

@@ -8,10 +8,9 @@ old one replayed (:func:`verify_signature`). ``X-AIFI-Delivery`` is the same for
 of one job's alert, so the receiver can drop a repeat.
 
 ``status`` says whether there is a result (``available``) or there will be none
-(``unavailable``, with the gateway's ``reason``). A notice that there is no result is never
-STAT, so under the default ``only_stat: true`` the :class:`~aifi.gateway.notify.Notifier` sends
-it by HL7 and FHIR only; a webhook gets it (event ``aifi.result.unavailable``) only with
-``only_stat: false``.
+(``unavailable``, with the gateway's ``reason``, event ``aifi.result.unavailable``). Such a
+notice is STAT only for a study routed STAT; otherwise, under the default ``only_stat: true``,
+the :class:`~aifi.gateway.notify.Notifier` sends it by HL7 and FHIR only.
 """
 
 from __future__ import annotations
@@ -50,7 +49,8 @@ class WebhookReceipt:
 
 
 def delivery_id(notice: ResultNotice) -> str:
-    return str(uuid.uuid5(_DELIVERY_NAMESPACE, f"webhook/{notice.exchange_job_id}"))
+    kind = "webhook" if notice.available else "webhook-no-result"
+    return str(uuid.uuid5(_DELIVERY_NAMESPACE, f"{kind}/{notice.exchange_job_id}"))
 
 
 def webhook_payload(notice: ResultNotice, endpoint: WebhookEndpoint) -> dict[str, Any]:

@@ -93,6 +93,18 @@ def unacknowledged(national: National) -> list[str]:
     return [job["id"] for job in waiting if job["state"] in ("completed", "failed", "expired")]
 
 
+def brought_home(
+    national: National, gateway: Gateway, files: list[Path], port: int
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Send the study; once its one job ended and is acknowledged at the exchange, the job
+    and its notices' outcomes."""
+    storescu(files, port)
+    assert gateway.wait_until(lambda: ended(gateway), timeout=90), gateway.jobs()
+    assert gateway.wait_until(lambda: not unacknowledged(national), timeout=30)
+    [job] = gateway.jobs()
+    return job, gateway.state.notification_outcomes(int(job["id"]))
+
+
 @pytest.mark.parametrize(
     ("national", "exchange_state", "said"),
     [
@@ -116,11 +128,7 @@ def test_a_job_without_a_result_sends_the_ris_a_cancelled_order_with_the_reason(
         port = free_port()
         gateway = started(configure(national, tmp_path, port, {"hl7": hl7(listener)}))
         try:
-            storescu(files, port)
-            assert gateway.wait_until(lambda: ended(gateway), timeout=90), gateway.jobs()
-            assert gateway.wait_until(lambda: not unacknowledged(national), timeout=30)
-            [job] = gateway.jobs()
-            outcomes = gateway.state.notification_outcomes(int(job["id"]))
+            job, outcomes = brought_home(national, gateway, files, port)
             entries = [e for e in gateway.disclosures.entries() if e.recipient == "hl7 notice"]
             pseudonyms = [gateway.key.patient_id("HOSP-31"), gateway.key.uid(study_uid)]
         finally:
@@ -244,11 +252,7 @@ def test_a_hospital_can_turn_no_result_notices_off(national: National, tmp_path:
         notifications = {"hl7": hl7(listener), "announce_unavailable": False}
         gateway = started(configure(national, tmp_path, port, notifications))
         try:
-            storescu(files, port)
-            assert gateway.wait_until(lambda: ended(gateway), timeout=90), gateway.jobs()
-            assert gateway.wait_until(lambda: not unacknowledged(national), timeout=30)
-            [job] = gateway.jobs()
-            outcomes = gateway.state.notification_outcomes(int(job["id"]))
+            job, outcomes = brought_home(national, gateway, files, port)
         finally:
             gateway.stop()
         assert listener.received.empty()

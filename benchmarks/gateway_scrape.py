@@ -147,7 +147,8 @@ def build(path: Path, history: int) -> None:
             ((n + 1, at + 300) for n, _, state, at in rows if state == "delivered"),
         )
         db.executemany(
-            "INSERT INTO notifications VALUES (?, ?, 1, 0, 0, NULL, 0.1, 1, ?)",
+            "INSERT INTO notifications (job_id, channel, ok, retryable, stat, detail, seconds, "
+            "attempts, at) VALUES (?, ?, 1, 0, 0, NULL, 0.1, 1, ?)",
             (
                 (n + 1, channel, at + 300)
                 for n, _, state, at in rows

@@ -5,6 +5,7 @@ silence as a negative. The job ends at once; only its acknowledgement waits for 
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,11 @@ import pydicom
 import pytest
 import yaml
 
+from aifi.gateway import service
 from aifi.gateway.config import load_config
 from aifi.gateway.notify.receivers import Hl7Listener, ReceivedHl7, WebhookReceiver
 from aifi.gateway.service import NO_RESULT_BECAUSE, Gateway
+from aifi.gateway.state import GatewayState
 from aifi.phantoms import write_study
 from aifi.products import tissue_volume
 from aifi.results import check
@@ -34,13 +37,21 @@ FAILED_SAID = NO_RESULT_BECAUSE["failed"]
 
 
 @pytest.fixture
-def national(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[National]:
-    """The exchange and a worker whose product fails every job (`fails`), or spoils its
-    result so that the gateway cannot file it (`unfileable`)."""
+def national(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[National]:
+    """The exchange and a worker whose product fails every job (`fails`, or `fails-stat`: a
+    product that runs STAT unless a route says otherwise), or spoils its result so that the
+    gateway cannot file it (`unfileable`)."""
     spoil = getattr(request, "param", "fails")
+    if spoil == "fails-stat":
+        manifest = tissue_volume.manifest
+        monkeypatch.setattr(
+            tissue_volume, "manifest", lambda vendor: {**manifest(vendor), "priority": "stat"}
+        )
 
     def product(context: JobContext) -> ProductResult:
-        if spoil == "fails":
+        if spoil.startswith("fails"):
             series = pydicom.dcmread(context.inputs[0], stop_before_pixels=True).SeriesInstanceUID
             raise ProductError(NO_BRAIN.format(series=series))
         return short_element(tissue_volume.run(context), context)
@@ -216,21 +227,34 @@ def test_a_channel_taken_out_of_the_configuration_is_not_waited_for(
         gateway = started(configure(national, tmp_path, port, {"webhook": webhook}))
         try:
             assert gateway.wait_until(lambda: not unacknowledged(national), timeout=60)
+            outcomes = gateway.state.notification_outcomes(int(job["id"]))
+            notices = gateway.state.tally("notices")
         finally:
             gateway.stop()
         assert pager.received.get(timeout=5).payload["status"] == "unavailable"
+    # What the RIS was still to be sent is given up, once (a failure the alert sees once),
+    # not left retrying for ever.
+    assert outcomes["hl7"]["retryable"] == 0 and outcomes["hl7"]["detail"].startswith("given up")
+    assert notices.get("hl7/routine/retrying", 0) == 0 and notices["hl7/routine/failed"] == 1
 
 
-def test_a_study_routed_stat_pages_that_no_result_will_come(
-    national: National, tmp_path: Path
+@pytest.mark.parametrize(
+    ("national", "route"),
+    [("fails", {"priority": "stat"}), ("fails-stat", {})],
+    ids=["routed-stat", "product-stat"],
+    indirect=["national"],
+)
+def test_a_study_run_stat_pages_that_no_result_will_come(
+    national: National, route: dict[str, str], tmp_path: Path
 ) -> None:
-    """The acute-triage pager takes STAT alerts only: for a study routed STAT, it hears at
-    once that the product's alert will not come."""
+    """The acute-triage pager takes STAT alerts only: for a study run STAT (its route says
+    so, or its product does by default), it hears at once that the product's alert will not
+    come."""
     files, _ = a_study(tmp_path)
     with WebhookReceiver(WEBHOOK_KEY) as pager:
         port = free_port()
         webhook = {"url": pager.url, "secret": WEBHOOK_KEY.decode()}  # only_stat by default
-        path = configure(national, tmp_path, port, {"webhook": webhook}, priority="stat")
+        path = configure(national, tmp_path, port, {"webhook": webhook}, **route)
         gateway = started(path)
         try:
             storescu(files, port)
@@ -257,3 +281,63 @@ def test_a_hospital_can_turn_no_result_notices_off(national: National, tmp_path:
             gateway.stop()
         assert listener.received.empty()
     assert outcomes == {} and "no brain tissue found" in job["reason"]
+
+
+def test_a_notice_that_fails_unexpectedly_holds_up_no_other_job(
+    national: National, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in building one notice: that job keeps its reason and is tried again; the job
+    behind it still ends and is told."""
+    built = service.build_notice
+    broken = [True]
+
+    def build_once_broken(**fields: Any) -> Any:
+        if broken:
+            broken.clear()
+            raise ValueError("a value the notice cannot take")
+        return built(**fields)
+
+    monkeypatch.setattr(service, "build_notice", build_once_broken)
+    files, _ = a_study(tmp_path)
+    with Hl7Listener() as listener:
+        port = free_port()
+        gateway = started(configure(national, tmp_path, port, {"hl7": hl7(listener)}))
+        try:
+            job, outcomes = brought_home(national, gateway, files, port)
+        finally:
+            gateway.stop()
+        assert listener.received.get(timeout=5).text.count("No AI result") == 1
+    assert not broken and outcomes["hl7"]["ok"] == 1
+    assert "no brain tissue found" in job["reason"]  # not the error's words
+
+
+def test_a_channel_row_is_of_one_notice(tmp_path: Path) -> None:
+    """A notice that there is no result is not taken as done where the job's result notice
+    went out: it takes the row over, its tries counted afresh."""
+    state = GatewayState(tmp_path / "state.db")
+    sent = {"ok": True, "retryable": False, "stat": False, "detail": "AA", "seconds": 0.1}
+    state.record_notification(7, "hl7", **sent)
+    assert state.notification_outcomes(7, "no-result") == {}
+    refused = {**sent, "ok": False, "retryable": True, "detail": "AR"}
+    state.record_notification(7, "hl7", kind="no-result", **refused)
+    row = state.notification_outcomes(7, "no-result")["hl7"]
+    assert (row["attempts"], row["ok"], row["kind"]) == (1, 0, "no-result")
+    assert state.notification_outcomes(7, "result") == {}
+    state.record_notification(7, "hl7", kind="no-result", **refused)
+    assert state.notification_outcomes(7)["hl7"]["attempts"] == 2
+
+
+def test_an_older_versions_notice_rows_are_result_notices(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    state = GatewayState(path)
+    sent = {"ok": True, "retryable": False, "stat": False, "detail": "AA", "seconds": 0.1}
+    state.record_notification(7, "hl7", **sent)
+    state.close()
+    db = sqlite3.connect(path)  # as the version before `kind` left it
+    db.execute("ALTER TABLE notifications DROP COLUMN kind")
+    db.commit()
+    db.close()
+    state = GatewayState(path)
+    assert state.notification_outcomes(7, "result")["hl7"]["ok"] == 1
+    assert state.notification_outcomes(7, "no-result") == {}
+    state.close()

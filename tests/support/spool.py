@@ -56,7 +56,8 @@ def add_history(state: GatewayState, first: int, studies: int) -> None:
             )
             for channel in ("hl7", "fhir"):
                 db.execute(
-                    "INSERT INTO notifications VALUES (?, ?, 1, 0, 0, NULL, 0.1, 1, ?)",
+                    "INSERT INTO notifications (job_id, channel, ok, retryable, stat, detail, "
+                    "seconds, attempts, at) VALUES (?, ?, 1, 0, 0, NULL, 0.1, 1, ?)",
                     (job, channel, long_ago),
                 )
             db.execute("INSERT INTO eligibility VALUES (?, 1, '2025-10', 1)", (uid,))

@@ -146,6 +146,9 @@ def _brought_home(local: Mapping[str, Any]) -> bool:
     )
 
 
+#: Why a notice still to be retried is given up: nobody will send it again.
+NO_LONGER_SENT = "given up: this notice no longer goes to this channel (configuration changed)"
+
 #: What a notice that no result will come says, by how the job ended: the gateway's own
 #: words, never the vendor's (which may name the study's pseudonyms).
 NO_RESULT_BECAUSE = {
@@ -1643,6 +1646,7 @@ class Gateway:
         delivery has already looked up and checked.
         """
         if not self.config.notifications.configured:
+            self.state.give_up_notifications(local_id, (), NO_LONGER_SENT)
             return True
         summary = None
         if job.get("summary"):
@@ -1683,18 +1687,22 @@ class Gateway:
         place beside the patient's identity. A study the vault no longer knows (or not as the
         job's) cannot be named to anyone: nothing is sent for it.
         """
-        exchange_id = str(job["id"])
+        exchange_id, local_id = str(job["id"]), int(local["id"])
         settings = self.config.notifications
         reason = no_result_reason(str(local["exchange_state"]), local["delivery"])
-        if reason is None or not settings.configured or not settings.announce_unavailable:
+        if reason is None:
             return True
         try:
+            if not settings.configured or not settings.announce_unavailable:
+                self.state.give_up_notifications(local_id, (), NO_LONGER_SENT)
+                return True
             known = self.vault.study(str(job["study_uid"]))
             if known is None or known[0] != local["study_uid"]:
                 log.warning(
                     "job %s: no notice that no result will come: its study cannot be mapped back",
                     exchange_id,
                 )
+                self.state.give_up_notifications(local_id, (), "its study cannot be mapped back")
                 return True
             ended = job.get("ended_at")
             notice = build_notice(
@@ -1705,13 +1713,17 @@ class Gateway:
                 study=OriginalStudy.from_vault(*known),
                 completed_at=datetime.fromisoformat(ended) if ended else None,
                 unavailable=reason,
-                stat_study=local["priority"] == "stat",
+                # As the job ran: the exchange gives the route's priority or the product's.
+                stat_study=(job.get("priority") or local["priority"]) == "stat",
                 **self._product_names(str(job["product_id"])),
             )
-            if self._announce(int(local["id"]), job, known, notice):
+            if self._announce(local_id, job, known, notice):
                 return True
             failure = "a channel did not take it"
         except PASSING_FAILURES as exc:
+            failure = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # never let one job's notice hold up the jobs behind it
+            log.exception("job %s: the notice that no result will come failed", exchange_id)
             failure = f"{type(exc).__name__}: {exc}"
         attempts = self._collect_attempts.get(exchange_id, 0) + 1
         self._collect_attempts[exchange_id] = attempts
@@ -1740,16 +1752,23 @@ class Gateway:
         notice: ResultNotice,
     ) -> bool:
         """Send `notice` on every configured channel not yet done, each outcome recorded and
-        disclosed; True when every channel is done."""
-        before = self.state.notification_outcomes(local_id)
+        disclosed; True when every channel is done.
+
+        A channel's row is of one notice (`kind`): a notice that there is no result, after a
+        result notice went out (its results purged before a restored gateway fetched them
+        again), is sent where the result notice was. A channel no longer configured is not
+        waited for, and what it still had to retry is given up, so that it pages once.
+        """
+        kind = "result" if notice.available else "no-result"
+        before = self.state.notification_outcomes(local_id, kind)
         done = {channel for channel, row in before.items() if notice_settled(row)}
         patient, study = str(known[1].get("PatientID", "")), known[0]
         for outcome in self.notifier.notify(notice, skip=done):
             self.state.record_notification(
                 local_id, outcome.channel, ok=outcome.ok, retryable=outcome.retryable,
-                stat=outcome.stat, detail=outcome.detail, seconds=outcome.seconds,
+                stat=outcome.stat, detail=outcome.detail, seconds=outcome.seconds, kind=kind,
             )  # fmt: skip
-            what = "result" if notice.unavailable is None else "no result"
+            what = "result" if notice.available else "no result"
             detail = f"{what} of {job['product_id']} (exchange job {job['id']})" + (
                 f": {outcome.detail}" if outcome.detail and not outcome.ok else ""
             )
@@ -1773,12 +1792,11 @@ class Gateway:
                 log.warning(
                     "job %s: %s notice failed: %s", job["id"], outcome.channel, outcome.detail
                 )
-        # The channels this notice goes to now: one taken out of the configuration since an
-        # earlier try is not waited for.
-        outcomes = self.state.notification_outcomes(local_id)
+        channels = self.notifier.channels(notice)
+        self.state.give_up_notifications(local_id, channels, NO_LONGER_SENT)
+        outcomes = self.state.notification_outcomes(local_id, kind)
         return all(
-            channel in outcomes and notice_settled(outcomes[channel])
-            for channel in self.notifier.channels(notice)
+            channel in outcomes and notice_settled(outcomes[channel]) for channel in channels
         )
 
     def _key_image(self, local_id: int, results: list[Path], target: Path) -> None:

@@ -136,6 +136,7 @@ CREATE TABLE IF NOT EXISTS notifications (
     seconds REAL,
     attempts INTEGER NOT NULL DEFAULT 1,
     at REAL NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'result',  -- result | no-result: which notice the row is of
     PRIMARY KEY (job_id, channel)
 );
 CREATE TABLE IF NOT EXISTS totals (
@@ -193,6 +194,8 @@ COLUMNS: dict[str, dict[str, tuple[str, str | None]]] = {
             " AND result_seen_at IS NOT NULL",
         ),
     },
+    # Which notice a channel's row is of: an older version sent result notices only.
+    "notifications": {"kind": ("TEXT NOT NULL DEFAULT 'result'", None)},
     "unknown_jobs": {
         column: ("TEXT" if column == "study_uid" else "REAL", None)
         for column in ("taken_at", "disclosed_at", "study_uid")
@@ -1178,9 +1181,30 @@ class GatewayState(StateReads):
 
     # notifications -------------------------------------------------------------------------
 
-    def notification_outcomes(self, job_id: int) -> dict[str, dict[str, Any]]:
+    def notification_outcomes(
+        self, job_id: int, kind: str | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Each channel's last outcome for the job, by channel; `kind`: of that notice only."""
         rows = self.query("SELECT * FROM notifications WHERE job_id = ?", (job_id,))
-        return {row["channel"]: row for row in rows}
+        return {row["channel"]: row for row in rows if kind is None or row["kind"] == kind}
+
+    def give_up_notifications(self, job_id: int, keep: Iterable[str], why: str) -> None:
+        """End, as failed, the job's notices still to be retried on any channel but `keep`:
+        nobody will retry them (the channel left the configuration, or such notices were
+        turned off), and a notice left `retrying` would page for ever."""
+        kept = sorted(keep)
+        pending = (
+            f"job_id = ? AND NOT ok AND retryable AND attempts < ? "
+            f"AND channel NOT IN ({', '.join('?' for _ in kept)})"
+        )
+        values = (job_id, MAX_NOTICE_ATTEMPTS, *kept)
+        if not self.query(f"SELECT 1 FROM notifications WHERE {pending} LIMIT 1", values):
+            return  # the usual case: a read, no write
+        with self.transaction() as db:
+            db.execute(
+                f"UPDATE notifications SET retryable = 0, detail = ? WHERE {pending}",
+                (why, *values),
+            )
 
     def record_notification(
         self,
@@ -1192,16 +1216,23 @@ class GatewayState(StateReads):
         stat: bool,
         detail: str | None,
         seconds: float,
+        kind: str = "result",
     ) -> None:
+        """Record a try; a notice of another `kind` than the row's (no result, after a result
+        notice went out) takes the row over, its tries counted afresh."""
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO notifications (job_id, channel, ok, retryable, stat, detail, seconds, "
-                "attempts, at) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?) "
+                "attempts, at, kind) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?) "
                 "ON CONFLICT (job_id, channel) DO UPDATE SET ok = excluded.ok, "
-                "retryable = excluded.retryable, detail = excluded.detail, "
-                "seconds = excluded.seconds, attempts = attempts + 1, at = excluded.at",
-                (job_id, channel, int(ok), int(retryable), int(stat), detail, seconds, time.time()),
-            )
+                "retryable = excluded.retryable, detail = excluded.detail, stat = excluded.stat, "
+                "seconds = excluded.seconds, at = excluded.at, kind = excluded.kind, "
+                "attempts = CASE WHEN kind = excluded.kind THEN attempts + 1 ELSE 1 END",
+                (
+                    job_id, channel, int(ok), int(retryable), int(stat), detail, seconds,
+                    time.time(), kind,
+                ),
+            )  # fmt: skip
 
     # deliveries ----------------------------------------------------------------------------
 

@@ -114,9 +114,9 @@ class ResultNotice:
         vendor's text, which may name the study's pseudonyms; such a notice has no summary
         and no result UIDs.
     stat_study:
-        For a notice that there is no result: the study was routed STAT (acute triage). The
-        notice is then STAT itself: whoever waits for the product's alert must hear at once
-        that none will come.
+        For a notice that there is no result: the job ran STAT (acute triage: its route or
+        its product said so). The notice is then STAT itself: whoever waits for the
+        product's alert must hear at once that none will come.
 
     Raises
     ------
@@ -163,7 +163,7 @@ class ResultNotice:
     @property
     def stat(self) -> bool:
         """The notice must reach the radiologist at once: a triage-positive result, or no
-        result for a study routed STAT."""
+        result for a study run STAT."""
         if not self.available:
             return self.stat_study
         return self.summary is not None and self.summary.triage.flag is TriageFlag.POSITIVE

@@ -87,7 +87,7 @@ class Notifier:
         """The channels `notice` goes to, in the order they are started (STAT ones first).
 
         The webhook takes STAT notices only, unless its `only_stat` is False. A notice that
-        there is no result is STAT only for a study routed STAT.
+        there is no result is STAT only for a study run STAT.
         """
         settings = self.settings
         hl7 = [HL7] if settings.hl7 else []

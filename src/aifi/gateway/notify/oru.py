@@ -19,7 +19,7 @@ Layout (one order, one observation group per OBX)::
 When there will be no result (``notice.unavailable``) the same message, with the same PID,
 OBR-3, OBR-4 and OBR-18 (and a control id of its own), says so instead: ORC-5 CA (order
 canceled), OBR-25 and OBX-11 X (HL7 table 0123/0085: no results available), priority S for a
-study routed STAT (R otherwise), and one OBX ``NO_AI_RESULT^AI result unavailable^99AIFI``
+study run STAT (R otherwise), and one OBX ``NO_AI_RESULT^AI result unavailable^99AIFI``
 whose value is ``No AI result: <reason>``.
 
 Every text that comes from a vendor or a DICOM header is escaped by the library (``\\F\\``,

@@ -9,7 +9,7 @@ of one job's alert, so the receiver can drop a repeat.
 
 ``status`` says whether there is a result (``available``) or there will be none
 (``unavailable``, with the gateway's ``reason``, event ``aifi.result.unavailable``). Such a
-notice is STAT only for a study routed STAT; otherwise, under the default ``only_stat: true``,
+notice is STAT only for a study run STAT; otherwise, under the default ``only_stat: true``,
 the :class:`~aifi.gateway.notify.Notifier` sends it by HL7 and FHIR only.
 """
 

@@ -24,6 +24,7 @@ from aifi.products import tissue_volume
 from aifi.results import check
 from aifi.results.delivery import Delivery
 from aifi.vendor import JobContext, ProductError, ProductResult
+from gateway.test_disclosures import offline_gateway_config
 from gateway.test_refused_results import short_element
 from support.national import National, gateway_config, national_path
 from support.peers import free_port, storescu
@@ -341,3 +342,22 @@ def test_an_older_versions_notice_rows_are_result_notices(tmp_path: Path) -> Non
     assert state.notification_outcomes(7, "result")["hl7"]["ok"] == 1
     assert state.notification_outcomes(7, "no-result") == {}
     state.close()
+
+
+def test_a_job_ending_with_nothing_to_announce_gives_up_what_was_left_to_retry(
+    tmp_path: Path,
+) -> None:
+    """A result notice the RIS refused for now, then the study left the vault (a restore):
+    the job ends unmapped, nothing more will be sent, and the STAT notice must not be left
+    `retrying`, paging for ever."""
+    gateway = Gateway(load_config(offline_gateway_config(tmp_path)))
+    try:
+        refused = {"ok": False, "retryable": True, "stat": True, "detail": "AR", "seconds": 1.0}
+        gateway.state.record_notification(1, "hl7", **refused)
+        assert gateway.state.tally("notices") == {"hl7/stat/retrying": 1.0}
+        ended = {"id": 1, "exchange_state": "completed", "delivery": Delivery.unmapped.value}
+        assert gateway._unavailable_announced(ended, {"id": "exchange-job-1"})
+        notices = gateway.state.tally("notices")
+        assert (notices["hl7/stat/retrying"], notices["hl7/stat/failed"]) == (0.0, 1.0)
+    finally:
+        gateway.close()

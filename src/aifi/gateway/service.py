@@ -1690,9 +1690,10 @@ class Gateway:
         exchange_id, local_id = str(job["id"]), int(local["id"])
         settings = self.config.notifications
         reason = no_result_reason(str(local["exchange_state"]), local["delivery"])
-        if reason is None:
-            return True
         try:
+            if reason is None:  # nothing to tell; what a result notice still had to retry
+                self.state.give_up_notifications(local_id, (), "given up: no result to announce")
+                return True
             if not settings.configured or not settings.announce_unavailable:
                 self.state.give_up_notifications(local_id, (), NO_LONGER_SENT)
                 return True

@@ -142,7 +142,8 @@ def build_transaction(notice: ResultNotice, endpoint: FhirEndpoint | None = None
 def _entry(url: str | None, resource: Any, system: str, *, replace: bool = False) -> dict[str, Any]:
     """A conditional create: a resend finds what the first send made. `replace`: a conditional
     update instead, so the report says *cancelled* even where the job's report was made
-    before (a result notice whose answer was lost, then results that could not be filed)."""
+    before (a result notice got through, then a gateway restored from a backup found the
+    results purged or unfileable)."""
     own = next(i for i in resource.identifier if i.system == system)
     kind = resource.get_resource_type()
     search = f"identifier={quote(system, safe=':/')}|{quote(own.value, safe='')}"

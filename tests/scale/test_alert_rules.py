@@ -262,6 +262,12 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             'job="aifi-gateway", instance="g2"}': "0+1x60",
             'aifi_gateway_notices{channel="hl7", priority="routine", outcome="failed", '
             'job="aifi-gateway", instance="g2"}': "0x40 1x30",
+            # g1's FHIR server is down from 21m to 36m; g2's RIS missed one notice at 11m,
+            # and took the next one tried, five minutes later.
+            'aifi_gateway_notice_receiver_down{channel="fhir", job="aifi-gateway", '
+            'instance="g1"}': "0x20 1x15 0x30",
+            'aifi_gateway_notice_receiver_down{channel="hl7", job="aifi-gateway", '
+            'instance="g2"}': "0x10 1x5 0x50",
             # g1's disk fills at 20m (the counter starts there); g2 refused two files before
             # the test began and none since; g1's PACS sends one broken file at 16m, two at 24m.
             'aifi_gateway_refused_instances_total{way="dimse", sender="PACS", '
@@ -323,6 +329,12 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             fires("GatewayNoticesFailing", "42m",
                   "Result notices from g2 to hl7 failed in the last hour",
                   channel="hl7", instance="g2"),
+            quiet("GatewayNoticeReceiverDown", "14m"),  # g2's RIS, down for four minutes
+            quiet("GatewayNoticeReceiverDown", "29m"),
+            fires("GatewayNoticeReceiverDown", "31m",
+                  "The fhir receiver has not taken a notice from g1 for 10 minutes",
+                  job="aifi-gateway", instance="g1", channel="fhir"),
+            quiet("GatewayNoticeReceiverDown", "38m"),  # it took one again at 37m
             quiet("GatewayResultsUndelivered", "19m"),
             fires("GatewayResultsUndelivered", "30m",
                   "AI results for g2 were completed but not delivered in the last hour",

@@ -65,8 +65,11 @@ class GatewayCollector(Collector):
         sending: Callable[[], Collection[str]] = frozenset,
         retain_seconds: float | None = None,
         unknown_jobs: Callable[[], int] = lambda: 0,
+        receivers_down: Callable[[], Collection[str]] = frozenset,
     ) -> None:
         self._state = state
+        #: The notice receivers whose last notice failed (`Notifier.outages`).
+        self._receivers_down = receivers_down
         #: Ended exchange jobs the gateway has no record of, left unacknowledged.
         self._unknown_jobs = unknown_jobs
         self._refusals = refusals or Refusals()
@@ -85,12 +88,14 @@ class GatewayCollector(Collector):
             up.add_metric([], 0.0)
             yield up
             yield self._unknown()  # kept in memory: an alert on it must not go quiet
+            yield self._receivers()
             yield from self._refused()  # a failing disk is when "cannot-store" matters most
             return
         up.add_metric([], 1.0)
         yield up
         yield from families
         yield self._unknown()
+        yield self._receivers()
         yield from self._refused()
 
     def _unknown(self) -> GaugeMetricFamily:
@@ -101,6 +106,19 @@ class GatewayCollector(Collector):
             "them or lets them go (aifi gateway-unknown-jobs)",
         )
         family.add_metric([], float(self._unknown_jobs()))
+        return family
+
+    def _receivers(self) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(
+            "aifi_gateway_notice_receiver_down",
+            "1 while a notice receiver (hl7, fhir, webhook) failed the last notice tried on it "
+            "(unreachable, no answer in time, or failing every retry); routine notices then "
+            "hold off trying it for a while. Known since the gateway started.",
+            labels=["channel"],
+        )
+        down = self._receivers_down()
+        for channel in NOTICE_CHANNELS:
+            family.add_metric([channel], 1.0 if channel in down else 0.0)
         return family
 
     def _refused(self) -> Iterator[CounterMetricFamily]:
@@ -327,6 +345,7 @@ def gateway_registry(
     sending: Callable[[], Collection[str]] = frozenset,
     retain_seconds: float | None = None,
     unknown_jobs: Callable[[], int] = lambda: 0,
+    receivers_down: Callable[[], Collection[str]] = frozenset,
 ) -> CollectorRegistry:
     registry = CollectorRegistry()
     registry.register(
@@ -336,6 +355,7 @@ def gateway_registry(
             sending=sending,
             retain_seconds=retain_seconds,
             unknown_jobs=unknown_jobs,
+            receivers_down=receivers_down,
         )
     )
     return registry
@@ -349,13 +369,16 @@ def start_metrics_server(
     sending: Callable[[], Collection[str]] = frozenset,
     retain_seconds: float | None = None,
     unknown_jobs: Callable[[], int] = lambda: 0,
+    receivers_down: Callable[[], Collection[str]] = frozenset,
 ) -> MetricsServer:
     """Serve `/metrics` for Prometheus on `host:port` (port 0: any free port) from `state`.
 
     Bind to the hospital's monitoring network only; the figures carry no patient data but
     are nobody else's business.
     """
-    registry = gateway_registry(state, refusals, sending, retain_seconds, unknown_jobs)
+    registry = gateway_registry(
+        state, refusals, sending, retain_seconds, unknown_jobs, receivers_down
+    )
     server, thread = start_http_server(port, addr=host, registry=registry)
     return MetricsServer(host, int(server.server_address[1]), registry, server, thread)
 

@@ -168,6 +168,16 @@ def no_result_reason(exchange_state: str, delivery: str | None) -> str | None:
     return NO_RESULT_BECAUSE.get(exchange_state)
 
 
+def _urgent(job: Mapping[str, Any]) -> bool:
+    """An ended job the radiologist must hear of first: run STAT, or its result triage
+    positive (`ResultNotice.stat`). What the listing holds is only read here: a summary
+    that is not what it should be reads as not urgent, and `_send_notices` says why."""
+    summary = job.get("summary")
+    triage = summary.get("triage") if isinstance(summary, dict) else None
+    flag = triage.get("flag") if isinstance(triage, dict) else None
+    return job.get("priority") == "stat" or flag == "positive"
+
+
 def _unless_unknown(ask: Callable[[str], dict[str, Any] | None], job: str) -> dict[str, Any] | None:
     """The exchange's answer about a job; None when it does not know it (404)."""
     try:
@@ -314,6 +324,7 @@ class Gateway:
                 self.studies_being_sent,
                 self.config.retain_hours * 3600,
                 self.unknown_jobs_left,
+                self.notifier.outages.down,
             )
         for name, target in (
             ("assembler", self._assemble_loop),
@@ -1315,7 +1326,7 @@ class Gateway:
             if len(page) < ENDED_PAGE:
                 self._forget_unlisted(listed)
             brought_home: list[str] = []
-            for job in page:
+            for job in sorted(page, key=_urgent, reverse=True):  # a stroke result first
                 if self._stop.is_set():
                     break
                 job_id = str(job["id"])
@@ -1768,7 +1779,10 @@ class Gateway:
             self.state.record_notification(
                 local_id, outcome.channel, ok=outcome.ok, retryable=outcome.retryable,
                 stat=outcome.stat, detail=outcome.detail, seconds=outcome.seconds, kind=kind,
+                tried=outcome.tried,
             )  # fmt: skip
+            if not outcome.tried:
+                continue  # held off a receiver that is down: nothing left the gateway
             what = "result" if notice.available else "no result"
             detail = f"{what} of {job['product_id']} (exchange job {job['id']})" + (
                 f": {outcome.detail}" if outcome.detail and not outcome.ok else ""

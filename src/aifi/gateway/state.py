@@ -1217,20 +1217,23 @@ class GatewayState(StateReads):
         detail: str | None,
         seconds: float,
         kind: str = "result",
+        tried: bool = True,
     ) -> None:
-        """Record a try; a notice of another `kind` than the row's (no result, after a result
+        """Record a try, or (`tried` False) why the notice was not tried this time, which
+        counts no try; a notice of another `kind` than the row's (no result, after a result
         notice went out) takes the row over, its tries counted afresh."""
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO notifications (job_id, channel, ok, retryable, stat, detail, seconds, "
-                "attempts, at, kind) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?) "
+                "attempts, at, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (job_id, channel) DO UPDATE SET ok = excluded.ok, "
                 "retryable = excluded.retryable, detail = excluded.detail, stat = excluded.stat, "
                 "seconds = excluded.seconds, at = excluded.at, kind = excluded.kind, "
-                "attempts = CASE WHEN kind = excluded.kind THEN attempts + 1 ELSE 1 END",
+                "attempts = CASE WHEN kind = excluded.kind THEN attempts + excluded.attempts "
+                "ELSE excluded.attempts END",
                 (
                     job_id, channel, int(ok), int(retryable), int(stat), detail, seconds,
-                    time.time(), kind,
+                    int(tried), time.time(), kind,
                 ),
             )  # fmt: skip
 

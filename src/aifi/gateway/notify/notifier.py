@@ -5,7 +5,9 @@ Channels run side by side (one thread each), so a receiver that is down and bein
 never holds up another: a STAT alert reaches the webhook while the FHIR server is still
 timing out. STAT channels (HL7 with priority S, the webhook) are started first. Nothing here
 raises because one channel failed: each outcome says what happened and whether a later attempt
-may help, and the gateway decides whether to retry or record.
+may help, and the gateway decides whether to retry or record. A receiver that failed to take a
+notice is not tried by routine notices for a while (`Outages`), so that one receiver down does
+not cost every job its timeout.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from types import TracebackType
 
 import httpx
 
-from aifi.gateway.notify.errors import NotificationError
+from aifi.gateway.notify.errors import DeliveryFailed, NotificationError
 from aifi.gateway.notify.fhir import (
     FhirBuildError,
     build_transaction,
@@ -30,6 +32,7 @@ from aifi.gateway.notify.fhir import (
 from aifi.gateway.notify.mllp import send_mllp
 from aifi.gateway.notify.notice import ResultNotice
 from aifi.gateway.notify.oru import OruBuildError, build_oru_r01, message_control_id
+from aifi.gateway.notify.outages import Outages
 from aifi.gateway.notify.settings import NotificationSettings
 from aifi.gateway.notify.webhook import delivery_id, send_webhook
 
@@ -45,7 +48,8 @@ class NoticeOutcome:
     `message_id` is what the receiver can deduplicate on (HL7 control id, the report's
     conditional-create identifier, the webhook delivery id); `detail` is the receiver's answer
     (``AA``, ``201 Created``) or the error; `retryable` is False when resending the same message
-    cannot help (content rejected, or the notice cannot be encoded).
+    cannot help (content rejected, or the notice cannot be encoded). `tried` is False for a
+    routine notice held off a receiver that is down: nothing was sent, and it is no try.
     """
 
     channel: str
@@ -55,6 +59,7 @@ class NoticeOutcome:
     detail: str
     retryable: bool
     seconds: float
+    tried: bool = True
 
 
 class Notifier:
@@ -62,6 +67,7 @@ class Notifier:
 
     def __init__(self, settings: NotificationSettings) -> None:
         self.settings = settings
+        self.outages = Outages(settings.hold_off_seconds)
         #: FHIR may need the hospital's own CA; the webhook goes wherever its URL says.
         self._fhir_http = httpx.Client(
             verify=endpoint_verify(settings.fhir) if settings.fhir else True
@@ -101,19 +107,35 @@ class Notifier:
 
     def notify(self, notice: ResultNotice, skip: Collection[str] = ()) -> list[NoticeOutcome]:
         """Send `notice` on every channel it goes to but those in `skip` (already delivered);
-        one outcome per channel, never raises for a channel's failure."""
+        one outcome per channel, never raises for a channel's failure. A routine notice is
+        not sent to a receiver being held off (`Outages`); its outcome says so."""
         channels = [channel for channel in self.channels(notice) if channel not in skip]
-        if not channels:
-            return []
-        senders = {HL7: self._send_hl7, FHIR: self._send_fhir, WEBHOOK: self._send_webhook}
-        with ThreadPoolExecutor(
-            max_workers=len(channels), thread_name_prefix="aifi-notify"
-        ) as pool:
-            futures = [
-                pool.submit(self._attempt, channel, senders[channel], notice)
-                for channel in channels
-            ]
-            return [future.result() for future in futures]
+        outcomes: dict[str, NoticeOutcome] = {}
+        for channel in channels:
+            outage = None if notice.stat else self.outages.holding_off(channel)
+            if outage is not None:
+                outcomes[channel] = NoticeOutcome(
+                    channel=channel,
+                    ok=False,
+                    stat=notice.stat,
+                    message_id=self._message_id(channel, notice),
+                    detail=outage.describe(),
+                    retryable=True,
+                    seconds=0.0,
+                    tried=False,
+                )
+        tried = [channel for channel in channels if channel not in outcomes]
+        if tried:
+            senders = {HL7: self._send_hl7, FHIR: self._send_fhir, WEBHOOK: self._send_webhook}
+            with ThreadPoolExecutor(
+                max_workers=len(tried), thread_name_prefix="aifi-notify"
+            ) as pool:
+                futures = {
+                    channel: pool.submit(self._attempt, channel, senders[channel], notice)
+                    for channel in tried
+                }
+                outcomes.update((channel, future.result()) for channel, future in futures.items())
+        return [outcomes[channel] for channel in channels]
 
     def _attempt(
         self, channel: str, send: Callable[[ResultNotice], str], notice: ResultNotice
@@ -123,8 +145,13 @@ class Notifier:
         try:
             detail = send(notice)
             ok, retryable = True, False
-        except NotificationError as exc:
+            self.outages.answered(channel)
+        except DeliveryFailed as exc:
             detail, ok, retryable = str(exc), False, exc.retryable
+            self.outages.failed(channel, detail)
+        except NotificationError as exc:  # refused: the receiver answered, so it is up
+            detail, ok, retryable = str(exc), False, exc.retryable
+            self.outages.answered(channel)
         except (OruBuildError, FhirBuildError) as exc:
             detail, ok, retryable = str(exc), False, False
         except Exception as exc:  # one channel's bug must not stop the others

@@ -1,0 +1,122 @@
+"""Which notice receivers are down, and when routine notices try each of them again.
+
+A receiver that is down (a RIS being restarted, a FHIR server behind a dead proxy) costs a
+notice its whole timeout and every retry, 20 to 30 s with the defaults, and the gateway sends
+notices on its results thread before it stores the job's results in the PACS. Were every job
+to try such a receiver, a stroke result would reach the PACS only after every routine job
+before it had timed out. So once a receiver has failed to take a notice, routine notices hold
+off trying it for a while, twice as long after each further failure (up to ten times the
+first pause); the first notice after the pause tries it again, and one notice taken ends the
+outage. A notice held off is not a try: it does not count towards the notice's five.
+
+STAT notices always try: an alert is never held back on a guess that its receiver is down.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+log = logging.getLogger(__name__)
+
+#: The longest pause, as a multiple of the first.
+LONGEST_PAUSE_FACTOR = 10
+
+
+@dataclass(frozen=True)
+class Outage:
+    """A receiver that failed to take the last notice tried on it.
+
+    `since` and `retry_from` are wall-clock times, for people; `failures` counts the notices
+    it failed in a row; `detail` is the last failure (the endpoint and what went wrong, never
+    the patient)."""
+
+    channel: str
+    since: float
+    failures: int
+    detail: str
+    retry_from: float
+
+    def describe(self) -> str:
+        """Why a notice was not tried, for the job's notice row and the hospital's engineer."""
+        return (
+            f"not tried: the {self.channel} receiver has failed {self.failures} notice(s) in a "
+            f"row since {_clock(self.since)}; tried again from {_clock(self.retry_from)}. "
+            f"Last failure: {self.detail}"
+        )
+
+
+def _clock(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).strftime("%H:%M:%S UTC")
+
+
+class Outages:
+    """The receivers down, by channel; shared by the threads that send one notice's channels
+    side by side, and read by the metrics exporter."""
+
+    def __init__(
+        self,
+        hold_off_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.hold_off_seconds = hold_off_seconds
+        #: When a pause ends is kept on `clock`, which a change of the system's time leaves
+        #: alone; `wall` only says when, to people.
+        self._clock, self._wall = clock, wall
+        self._lock = threading.Lock()
+        self._down: dict[str, Outage] = {}
+        self._due: dict[str, float] = {}
+
+    def holding_off(self, channel: str) -> Outage | None:
+        """The channel's outage while routine notices hold off trying it; None when it may be
+        tried (it is up, or its pause is over)."""
+        with self._lock:
+            outage, due = self._down.get(channel), self._due.get(channel, 0.0)
+        if outage is None or self._clock() >= due:
+            return None
+        return outage
+
+    def failed(self, channel: str, detail: str) -> Outage:
+        """The receiver did not take a notice tried on it (unreachable, no answer in time, or
+        failing with every retry): hold off, longer than last time if it was down already."""
+        now, wall = self._clock(), self._wall()
+        with self._lock:
+            before = self._down.get(channel)
+            failures = 1 if before is None else before.failures + 1
+            pause = self.hold_off_seconds * min(2 ** (failures - 1), LONGEST_PAUSE_FACTOR)
+            outage = Outage(
+                channel=channel,
+                since=wall if before is None else before.since,
+                failures=failures,
+                detail=detail,
+                retry_from=wall + pause,
+            )
+            self._down[channel], self._due[channel] = outage, now + pause
+        if self.hold_off_seconds > 0:
+            log.warning(
+                "the %s receiver is down (%d notice(s) failed in a row); routine notices hold "
+                "off trying it for %.0f s: %s",
+                channel, failures, pause, detail,
+            )  # fmt: skip
+        return outage
+
+    def answered(self, channel: str) -> None:
+        """The receiver answered a notice (took it, or refused its content): it is up."""
+        with self._lock:
+            outage = self._down.pop(channel, None)
+            self._due.pop(channel, None)
+        if outage is not None:
+            log.warning(
+                "the %s receiver answers again, after %d failed notice(s) since %s",
+                channel, outage.failures, _clock(outage.since),
+            )  # fmt: skip
+
+    def down(self) -> dict[str, Outage]:
+        """Every receiver whose last notice failed, by channel (held off or due a try)."""
+        with self._lock:
+            return dict(self._down)

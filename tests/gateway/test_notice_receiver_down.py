@@ -15,7 +15,9 @@ import httpx
 import pytest
 import yaml
 
+from aifi.gateway import service
 from aifi.gateway.config import load_config
+from aifi.gateway.notify import FrameDecoder, frame
 from aifi.gateway.notify.receivers import Hl7Listener
 from aifi.gateway.service import Gateway
 from gateway.test_refused_results import pacs_instances, studies
@@ -27,10 +29,12 @@ pytestmark = pytest.mark.peer
 
 class SilentRis:
     """A RIS that takes connections and never acknowledges (hung after a restart, say):
-    each notice tried on it costs the sender its whole timeout. Counts the connections."""
+    each notice tried on it costs the sender its whole timeout, until it is `up` and
+    answers AA. Counts the connections."""
 
     def __init__(self) -> None:
         self.connections = 0
+        self.up = threading.Event()
         self._server = socket.socket()
         self._server.bind(("127.0.0.1", 0))
         self._server.listen(8)
@@ -46,8 +50,19 @@ class SilentRis:
                 return
             self.connections += 1
             with conn:
-                while conn.recv(65536):  # until the sender gives up and hangs up
+                if self.up.is_set():
+                    self._acknowledge(conn)
+                while conn.recv(65536):  # until the sender gives up, or is done, and hangs up
                     pass
+
+    @staticmethod
+    def _acknowledge(conn: socket.socket) -> None:
+        decoder, blocks = FrameDecoder(), []
+        while not blocks:
+            blocks = decoder.feed(conn.recv(65536))
+        control = blocks[0].decode().split("\r")[0].split("|")[9]
+        header = "MSH|^~\\&|RIS|H|AIFI|H|20250301||ACK^R01^ACK"
+        conn.sendall(frame(f"{header}|A{control}|T|2.5\rMSA|AA|{control}\r"))
 
     def close(self) -> None:
         self._server.shutdown(socket.SHUT_RDWR)
@@ -62,7 +77,9 @@ def silent_ris() -> Iterator[SilentRis]:
     ris.close()
 
 
-def configure(path: Path, ris_port: int) -> None:
+def configure(path: Path, ris_port: int, hold_off_seconds: float = 600) -> None:
+    """Notices to the RIS at `ris_port`; by default a pause longer than the test, so that no
+    notice after the first tries the RIS while it is down."""
     config = yaml.safe_load(path.read_text())
     config["metrics_port"] = 0
     config["notifications"] = {
@@ -73,8 +90,7 @@ def configure(path: Path, ris_port: int) -> None:
             "timeout_seconds": 1,
             "retries": 0,
         },
-        # Longer than the test: no notice after the first tries the RIS while it is down.
-        "hold_off_seconds": 600,
+        "hold_off_seconds": hold_off_seconds,
     }
     path.write_text(yaml.safe_dump(config))
 
@@ -105,9 +121,7 @@ def test_a_ris_down_holds_up_no_result_and_loses_no_notice(
         for n, (files, _study) in enumerate(sent, start=1):
             storescu(files, port)
             assert gateway.wait_until(lambda n=n: len(gateway.jobs()) == n, timeout=60)
-        assert gateway.wait_until(lambda: len(hl7_rows(gateway)) == 3, timeout=120), (
-            gateway.jobs()
-        )
+        assert gateway.wait_until(lambda: len(hl7_rows(gateway)) == 3, timeout=120), gateway.jobs()
         rows = hl7_rows(gateway)
         jobs = gateway.jobs()
         entries = [e for e in gateway.disclosures.entries() if e.recipient == "hl7 notice"]
@@ -158,3 +172,41 @@ def test_a_ris_down_holds_up_no_result_and_loses_no_notice(
         study: 1 for _f, study in sent
     }
     assert silent_ris.connections == 1
+
+
+def test_once_the_ris_takes_a_notice_the_jobs_waiting_for_theirs_go_at_once(
+    national: National,
+    orthanc_factory: Any,
+    silent_ris: SilentRis,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The jobs held for their notices would next try in an hour (their back-off, made long
+    here); the RIS takes a new job's notice, and theirs go in the same pass."""
+    monkeypatch.setattr(service, "backoff", lambda _attempts: 3600.0)
+    sent = studies(tmp_path / "studies", 3)
+    port = free_port()
+    pacs: OrthancPeer = orthanc_factory({"aifi": ("AIFI_GW", port)})
+    path = gateway_config(tmp_path, national, port, pacs.dicom_port)
+    configure(path, silent_ris.port, hold_off_seconds=0.2)
+    gateway = Gateway(load_config(path))
+    gateway.start()
+    try:
+        for n, (files, _study) in enumerate(sent[:2], start=1):
+            storescu(files, port)
+            assert gateway.wait_until(lambda n=n: len(hl7_rows(gateway)) == n, timeout=120)
+        assert [job["state"] for job in gateway.jobs()] == ["submitted"] * 2
+        silent_ris.up.set()
+        # The pause is over, so the next notice tries the RIS.
+        assert gateway.wait_until(
+            lambda: gateway.notifier.outages.holding_off("hl7") is None, timeout=30
+        )
+        storescu(sent[2][0], port)
+        assert gateway.wait_until(
+            lambda: [job["state"] for job in gateway.jobs()] == ["delivered"] * 3, timeout=120
+        ), gateway.jobs()
+        rows = hl7_rows(gateway)
+    finally:
+        gateway.stop()
+    assert all(row["ok"] for row in rows)
+    assert gateway.notifier.outages.down() == {}

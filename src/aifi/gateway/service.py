@@ -276,6 +276,11 @@ class Gateway:
         #: Failed tries at bringing a job home, by exchange job, should the disk that failed
         #: them also refuse to record them.
         self._collect_attempts: dict[str, int] = {}
+        #: Jobs whose retry waits for a notice a receiver did not take, by exchange job: tried
+        #: again as soon as a receiver that was down takes a notice (`_after_recovery`), not
+        #: when their back-off, up to five minutes by then, comes round.
+        self._notice_waits: set[str] = set()
+        self._recoveries_seen = 0
         #: Studies an open association is still sending, by association: a study is not
         #: complete while its sender is connected, whatever the quiet timer says.
         self._sending: dict[int, set[str]] = {}
@@ -1330,6 +1335,7 @@ class Gateway:
                 if self._stop.is_set():
                     break
                 job_id = str(job["id"])
+                self._after_recovery()
                 if self._retry_at.get(job_id, 0) > now:
                     retries.append(self._retry_at[job_id])
                     continue
@@ -1341,6 +1347,16 @@ class Gateway:
                 break
             after = last
         return (min(retries), last) if retries and not collected else None
+
+    def _after_recovery(self) -> None:
+        """A receiver that was down took a notice: the jobs waiting for theirs are due now."""
+        recoveries = self.notifier.outages.recoveries
+        if recoveries == self._recoveries_seen:
+            return
+        self._recoveries_seen = recoveries
+        for exchange_id in self._notice_waits:
+            self._retry_at.pop(exchange_id, None)
+        self._notice_waits.clear()
 
     def unknown_jobs_left(self) -> int:
         """Ended exchange jobs this gateway has no record of, left unacknowledged (until the
@@ -1355,6 +1371,7 @@ class Gateway:
         for held in (self._retry_at, self._not_delivered):
             for exchange_id in [exchange_id for exchange_id in held if exchange_id not in listed]:
                 del held[exchange_id]
+        self._notice_waits &= listed
         self.adoptions.forget_unlisted(listed)
 
     def acknowledge(self, exchange_ids: list[str]) -> None:
@@ -1434,8 +1451,7 @@ class Gateway:
                 self._not_delivered[exchange_id] = Delivery(local["delivery"])
             if local["state"] == "ended" and not self._unavailable_announced(local, job):
                 return False
-            self._retry_at.pop(exchange_id, None)
-            self._collect_attempts.pop(exchange_id, None)
+            self._settled(exchange_id)
             return True
         try:
             if local["result_seen_at"] is None:
@@ -1484,9 +1500,14 @@ class Gateway:
             return False
         finally:
             self._notify()
+        self._settled(exchange_id)
+        return True
+
+    def _settled(self, exchange_id: str) -> None:
+        """The job is brought home: nothing of it waits for a retry any more."""
         self._retry_at.pop(exchange_id, None)
         self._collect_attempts.pop(exchange_id, None)
-        return True
+        self._notice_waits.discard(exchange_id)
 
     def _settle_refused(self, local: Mapping[str, Any], job: Mapping[str, Any]) -> bool | None:
         """An ended exchange job of a job refused here: True when settled (acknowledge it),
@@ -1639,6 +1660,8 @@ class Gateway:
             reason = "delivery to the PACS failed" if notified else "a result notice failed"
             self.state.update_job(local_id, attempts=attempts, reason=reason)
             self._retry_at[exchange_id] = time.time() + backoff(attempts)
+            if not notified:
+                self._notice_waits.add(exchange_id)
             return None
         return len(ready)
 
@@ -1732,6 +1755,7 @@ class Gateway:
             if self._announce(local_id, job, known, notice):
                 return True
             failure = "a channel did not take it"
+            self._notice_waits.add(exchange_id)
         except PASSING_FAILURES as exc:
             failure = f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # never let one job's notice hold up the jobs behind it

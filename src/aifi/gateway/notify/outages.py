@@ -71,6 +71,9 @@ class Outages:
         self._lock = threading.Lock()
         self._down: dict[str, Outage] = {}
         self._due: dict[str, float] = {}
+        #: Outages ended so far: whoever held work back for a receiver sees it change, and
+        #: sends that work now rather than when its own retry comes round.
+        self.recoveries = 0
 
     def holding_off(self, channel: str) -> Outage | None:
         """The channel's outage while routine notices hold off trying it; None when it may be
@@ -110,6 +113,8 @@ class Outages:
         with self._lock:
             outage = self._down.pop(channel, None)
             self._due.pop(channel, None)
+            if outage is not None:
+                self.recoveries += 1
         if outage is not None:
             log.warning(
                 "the %s receiver answers again, after %d failed notice(s) since %s",

@@ -496,7 +496,9 @@ def _wait_for_results(
         return sum(1 for g in gateways.values() for job in g.jobs() if job["state"] in final)
 
     def unfinished() -> int:
-        return sum(1 for g in gateways.values() for job in g.jobs() if job["state"] not in final)
+        """Jobs not ended, and notices not yet sent: the STAT alerts' figures read them."""
+        jobs = sum(1 for g in gateways.values() for job in g.jobs() if job["state"] not in final)
+        return jobs + sum(g.notices_queued() for g in gateways.values())
 
     deadline = time.monotonic() + timeout
     with Progress(

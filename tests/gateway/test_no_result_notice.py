@@ -1,7 +1,8 @@
 """A job that brings no result tells the radiologist so: the RIS gets an ORU^R01 whose order
 was cancelled (OBR-25 X), with a reason in the gateway's own words, under the patient's own
 identity, so that nobody waits for a finding that will not come, or reads a triage product's
-silence as a negative. The job ends at once; only its acknowledgement waits for the notice."""
+silence as a negative. The job ends, and is acknowledged, at once: the notice is queued and
+sent on a thread of its own until the RIS takes it."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pydicom
 import pytest
 import yaml
 
-from aifi.gateway import service
+from aifi.gateway import notice_queue
 from aifi.gateway.config import load_config
 from aifi.gateway.notify.receivers import Hl7Listener, ReceivedHl7, WebhookReceiver
 from aifi.gateway.service import NO_RESULT_BECAUSE, Gateway
@@ -108,11 +109,12 @@ def unacknowledged(national: National) -> list[str]:
 def brought_home(
     national: National, gateway: Gateway, files: list[Path], port: int
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """Send the study; once its one job ended and is acknowledged at the exchange, the job
-    and its notices' outcomes."""
+    """Send the study; once its one job ended and is acknowledged at the exchange, and its
+    notices are done with, the job and its notices' outcomes."""
     storescu(files, port)
     assert gateway.wait_until(lambda: ended(gateway), timeout=90), gateway.jobs()
     assert gateway.wait_until(lambda: not unacknowledged(national), timeout=30)
+    assert gateway.wait_until(lambda: not gateway.notices_queued(), timeout=30)
     [job] = gateway.jobs()
     return job, gateway.state.notification_outcomes(int(job["id"]))
 
@@ -170,12 +172,12 @@ def test_a_job_without_a_result_sends_the_ris_a_cancelled_order_with_the_reason(
     assert entry.detail.startswith(f"no result of {tissue_volume.PRODUCT_ID}")
 
 
-def test_a_ris_that_rejects_for_now_holds_the_acknowledgement_not_the_job(
+def test_a_ris_that_rejects_for_now_holds_neither_the_job_nor_its_acknowledgement(
     national: National, tmp_path: Path
 ) -> None:
     """AR (application reject) may pass: the job ends at once (so the study sent again is a
-    new round), while the exchange's job stays unacknowledged and the notice is tried again
-    until the RIS takes it."""
+    new round) and the exchange's job is acknowledged, while the queued notice is tried
+    again until the RIS takes it."""
     files, _ = a_study(tmp_path)
     with Hl7Listener(ack_code="AR", ack_text="interface paused") as listener:
         port = free_port()
@@ -190,12 +192,13 @@ def test_a_ris_that_rejects_for_now_holds_the_acknowledgement_not_the_job(
                 return row is not None and row["attempts"] >= 1
 
             assert gateway.wait_until(refused, timeout=30)
-            assert unacknowledged(national) == [job["exchange_job_id"]]
+            assert gateway.wait_until(lambda: not unacknowledged(national), timeout=30)
+            assert gateway.notices_queued() == 1
             # The technologist sends the study again: a new round, not "nothing new".
             storescu(files, port)
             assert gateway.wait_until(lambda: ended(gateway, 2), timeout=90), gateway.jobs()
             listener.ack_code = "AA"
-            assert gateway.wait_until(lambda: not unacknowledged(national), timeout=60)
+            assert gateway.wait_until(lambda: not gateway.notices_queued(), timeout=60)
             outcomes = gateway.state.notification_outcomes(int(job["id"]))
         finally:
             gateway.stop()
@@ -207,7 +210,8 @@ def test_a_channel_taken_out_of_the_configuration_is_not_waited_for(
     national: National, tmp_path: Path
 ) -> None:
     """The RIS keeps rejecting; the engineer takes `hl7` out of the configuration and
-    restarts: the job is acknowledged, not held for a channel no longer there."""
+    restarts: the queued notice goes to the channels configured now, and what the RIS was
+    still to be sent is given up, not retried for a channel no longer there."""
     files, _ = a_study(tmp_path)
     port = free_port()
     with Hl7Listener(ack_code="AR") as listener:
@@ -220,14 +224,15 @@ def test_a_channel_taken_out_of_the_configuration_is_not_waited_for(
             assert gateway.wait_until(
                 lambda: "hl7" in gateway.state.notification_outcomes(int(job["id"])), 30
             )
+            queued = gateway.notices_queued()
         finally:
             gateway.stop()
-    assert unacknowledged(national) == [job["exchange_job_id"]]
+    assert queued == 1 and not unacknowledged(national)
     with WebhookReceiver(WEBHOOK_KEY) as pager:
         webhook = {"url": pager.url, "secret": WEBHOOK_KEY.decode(), "only_stat": False}
         gateway = started(configure(national, tmp_path, port, {"webhook": webhook}))
         try:
-            assert gateway.wait_until(lambda: not unacknowledged(national), timeout=60)
+            assert gateway.wait_until(lambda: not gateway.notices_queued(), timeout=60)
             outcomes = gateway.state.notification_outcomes(int(job["id"]))
             notices = gateway.state.tally("notices")
         finally:
@@ -284,12 +289,12 @@ def test_a_hospital_can_turn_no_result_notices_off(national: National, tmp_path:
     assert outcomes == {} and "no brain tissue found" in job["reason"]
 
 
-def test_a_notice_that_fails_unexpectedly_holds_up_no_other_job(
+def test_a_notice_that_fails_unexpectedly_is_tried_again(
     national: National, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A bug in building one notice: that job keeps its reason and is tried again; the job
-    behind it still ends and is told."""
-    built = service.build_notice
+    """A bug in building one notice: it stays queued and is tried again; the job keeps its
+    reason."""
+    built = notice_queue.build_notice
     broken = [True]
 
     def build_once_broken(**fields: Any) -> Any:
@@ -298,7 +303,7 @@ def test_a_notice_that_fails_unexpectedly_holds_up_no_other_job(
             raise ValueError("a value the notice cannot take")
         return built(**fields)
 
-    monkeypatch.setattr(service, "build_notice", build_once_broken)
+    monkeypatch.setattr(notice_queue, "build_notice", build_once_broken)
     files, _ = a_study(tmp_path)
     with Hl7Listener() as listener:
         port = free_port()
@@ -356,7 +361,7 @@ def test_a_job_ending_with_nothing_to_announce_gives_up_what_was_left_to_retry(
         gateway.state.record_notification(1, "hl7", **refused)
         assert gateway.state.tally("notices") == {"hl7/stat/retrying": 1.0}
         ended = {"id": 1, "exchange_state": "completed", "delivery": Delivery.unmapped.value}
-        assert gateway._unavailable_announced(ended, {"id": "exchange-job-1"})
+        assert gateway._queue_no_result(ended, {"id": "exchange-job-1"})
         notices = gateway.state.tally("notices")
         assert (notices["hl7/stat/retrying"], notices["hl7/stat/failed"]) == (0.0, 1.0)
     finally:

@@ -1,7 +1,7 @@
-"""A RIS that is down costs one job its timeout, not every job: each job's results reach the
-PACS at once, the other jobs' routine notices hold off the RIS (no try counted, nothing
-disclosed, the exporter says it is down), and once the RIS is back each notice is sent once
-and the jobs are acknowledged at the exchange."""
+"""A RIS that is down holds no result back from the PACS: notices are queued and sent on
+threads of their own. It costs one notice its timeout, not every notice: the others hold off
+the RIS (no try counted, nothing disclosed, the exporter says it is down), a study run STAT
+still tries it at once, and once the RIS is back each notice is sent once."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from aifi.gateway import service
+from aifi.gateway import notice_queue
 from aifi.gateway.config import load_config
 from aifi.gateway.notify import FrameDecoder, frame
 from aifi.gateway.notify.receivers import Hl7Listener
@@ -77,11 +77,12 @@ def silent_ris() -> Iterator[SilentRis]:
     ris.close()
 
 
-def configure(path: Path, ris_port: int, hold_off_seconds: float = 600) -> None:
+def configure(path: Path, ris_port: int, hold_off_seconds: float = 600, **route: Any) -> None:
     """Notices to the RIS at `ris_port`; by default a pause longer than the test, so that no
-    notice after the first tries the RIS while it is down."""
+    routine notice after the first tries the RIS while it is down."""
     config = yaml.safe_load(path.read_text())
     config["metrics_port"] = 0
+    config["routes"][0].update(route)
     config["notifications"] = {
         "hl7": {
             "host": "127.0.0.1",
@@ -106,6 +107,29 @@ def unacknowledged(national: National) -> int:
     return sum(job["state"] == "completed" for job in waiting)
 
 
+def settled(gateway: Gateway, jobs: int) -> bool:
+    """Every job's results in the PACS and each job's notice tried, or held off, once."""
+    states = [job["state"] for job in gateway.jobs()]
+    return states == ["delivered"] * jobs and len(hl7_rows(gateway)) == jobs
+
+
+def send(gateway: Gateway, port: int, studies: list[tuple[list[Path], str]]) -> None:
+    """Send the studies one after the other, each once the one before has had its notice
+    tried (or held off), so that the notices go in the studies' order."""
+    for files, _study in studies:
+        expected = len(gateway.jobs()) + 1
+        storescu(files, port)
+        assert gateway.wait_until(
+            lambda n=expected: len(gateway.jobs()) == n and len(hl7_rows(gateway)) == n,
+            timeout=120,
+        ), gateway.jobs()
+
+
+def scrape(gateway: Gateway) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    assert gateway.metrics is not None
+    return samples(httpx.get(gateway.metrics.url, timeout=10).text)
+
+
 def test_a_ris_down_holds_up_no_result_and_loses_no_notice(
     national: National, orthanc_factory: Any, silent_ris: SilentRis, tmp_path: Path
 ) -> None:
@@ -118,22 +142,19 @@ def test_a_ris_down_holds_up_no_result_and_loses_no_notice(
     gateway = Gateway(load_config(path))
     gateway.start()
     try:
-        for n, (files, _study) in enumerate(sent, start=1):
-            storescu(files, port)
-            assert gateway.wait_until(lambda n=n: len(gateway.jobs()) == n, timeout=60)
-        assert gateway.wait_until(lambda: len(hl7_rows(gateway)) == 3, timeout=120), gateway.jobs()
+        send(gateway, port, sent)
+        assert gateway.wait_until(lambda: settled(gateway, 3), timeout=60), gateway.jobs()
+        assert gateway.wait_until(lambda: not unacknowledged(national), timeout=60)
         rows = hl7_rows(gateway)
-        jobs = gateway.jobs()
         entries = [e for e in gateway.disclosures.entries() if e.recipient == "hl7 notice"]
-        assert gateway.metrics is not None
-        figures = samples(httpx.get(gateway.metrics.url, timeout=10).text)
+        figures = scrape(gateway)
     finally:
         gateway.stop()
     filed = {study: pacs_instances(pacs, study) for _files, study in sent}
 
-    # Every job's result is in the PACS while the RIS is down.
+    # Every job's result is in the PACS, and the job acknowledged, while the RIS is down.
     assert all(len(instances) == 1 for instances in filed.values()), filed
-    # One job tried the RIS; the two after it held off, which is no try and sent nothing.
+    # One notice tried the RIS; the two after it held off, which is no try and sent nothing.
     assert silent_ris.connections == 1
     assert sorted(row["attempts"] for row in rows) == [0, 0, 1]
     for row in rows:
@@ -144,22 +165,17 @@ def test_a_ris_down_holds_up_no_result_and_loses_no_notice(
     assert [entry.outcome for entry in entries] == ["failure"]  # only the try is disclosed
     assert figures[("aifi_gateway_notice_receiver_down", (("channel", "hl7"),))] == 1.0
     assert figures[("aifi_gateway_notice_receiver_down", (("channel", "fhir"),))] == 0.0
-    # Their notices not taken, the jobs wait for them, unacknowledged at the exchange.
-    assert [job["state"] for job in jobs] == ["submitted"] * 3
-    assert unacknowledged(national) == 3
+    assert figures[("aifi_gateway_notices_queued", (("priority", "routine"),))] == 3.0
+    assert figures[("aifi_gateway_notice_queue_age_seconds", (("priority", "routine"),))] > 0
 
-    # The RIS is back (at another address, say): each notice is sent once, nothing is filed
-    # twice, and the jobs are acknowledged.
+    # The RIS is back (at another address, say): each notice is sent once, from the queue
+    # the gateway kept, and nothing is filed twice.
     with Hl7Listener() as listener:
         configure(path, listener.port)
         gateway = Gateway(load_config(path))
         gateway.start()
         try:
-            assert gateway.wait_until(
-                lambda: [job["state"] for job in gateway.jobs()] == ["delivered"] * 3,
-                timeout=120,
-            ), gateway.jobs()
-            assert gateway.wait_until(lambda: unacknowledged(national) == 0, timeout=30)
+            assert gateway.wait_until(lambda: not gateway.notices_queued(), timeout=120)
             rows = hl7_rows(gateway)
         finally:
             gateway.stop()
@@ -174,16 +190,45 @@ def test_a_ris_down_holds_up_no_result_and_loses_no_notice(
     assert silent_ris.connections == 1
 
 
-def test_once_the_ris_takes_a_notice_the_jobs_waiting_for_theirs_go_at_once(
+def test_a_study_run_stat_tries_a_ris_held_off_and_does_not_wait_for_it(
+    national: National, orthanc_factory: Any, silent_ris: SilentRis, tmp_path: Path
+) -> None:
+    """A study routed STAT whose result is not triage-positive: its notice is a routine
+    message, yet it goes on the STAT thread and tries the RIS every time, and the job counts
+    as done for the STAT figures once its result is in the PACS."""
+    sent = studies(tmp_path / "studies", 2)
+    port = free_port()
+    pacs: OrthancPeer = orthanc_factory({"aifi": ("AIFI_GW", port)})
+    path = gateway_config(tmp_path, national, port, pacs.dicom_port)
+    configure(path, silent_ris.port, priority="stat")
+    gateway = Gateway(load_config(path))
+    gateway.start()
+    try:
+        send(gateway, port, sent)
+        assert gateway.wait_until(lambda: settled(gateway, 2), timeout=60), gateway.jobs()
+        rows = hl7_rows(gateway)
+        figures = scrape(gateway)
+    finally:
+        gateway.stop()
+    assert silent_ris.connections >= 2  # each tried the RIS, held off or not
+    assert all(row["detail"].startswith("HL7 message") for row in rows), rows
+    assert [row["stat"] for row in rows] == [0, 0]  # the message itself is routine
+    assert figures[("aifi_gateway_notices_queued", (("priority", "stat"),))] == 2.0
+    assert figures[("aifi_gateway_stat_waiting_seconds", ())] == 0.0
+    # Tries on a RIS known to be down count no try: the outage spends none of the five.
+    assert sorted(row["attempts"] for row in rows)[0] <= 1
+
+
+def test_once_the_ris_takes_a_notice_the_notices_waiting_go_at_once(
     national: National,
     orthanc_factory: Any,
     silent_ris: SilentRis,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The jobs held for their notices would next try in an hour (their back-off, made long
-    here); the RIS takes a new job's notice, and theirs go in the same pass."""
-    monkeypatch.setattr(service, "backoff", lambda _attempts: 3600.0)
+    """The notices queued while the RIS was down would next be tried in an hour (made long
+    here); the RIS takes a new job's notice, and theirs go at once."""
+    monkeypatch.setattr(notice_queue, "retry_in", lambda _passes: 3600.0)
     sent = studies(tmp_path / "studies", 3)
     port = free_port()
     pacs: OrthancPeer = orthanc_factory({"aifi": ("AIFI_GW", port)})
@@ -192,10 +237,8 @@ def test_once_the_ris_takes_a_notice_the_jobs_waiting_for_theirs_go_at_once(
     gateway = Gateway(load_config(path))
     gateway.start()
     try:
-        for n, (files, _study) in enumerate(sent[:2], start=1):
-            storescu(files, port)
-            assert gateway.wait_until(lambda n=n: len(hl7_rows(gateway)) == n, timeout=120)
-        assert [job["state"] for job in gateway.jobs()] == ["submitted"] * 2
+        send(gateway, port, sent[:2])
+        assert gateway.notices_queued() == 2
         silent_ris.up.set()
         # The pause is over, so the next notice tries the RIS.
         assert gateway.wait_until(
@@ -203,10 +246,10 @@ def test_once_the_ris_takes_a_notice_the_jobs_waiting_for_theirs_go_at_once(
         )
         storescu(sent[2][0], port)
         assert gateway.wait_until(
-            lambda: [job["state"] for job in gateway.jobs()] == ["delivered"] * 3, timeout=120
+            lambda: len(gateway.jobs()) == 3 and not gateway.notices_queued(), timeout=120
         ), gateway.jobs()
         rows = hl7_rows(gateway)
     finally:
         gateway.stop()
-    assert all(row["ok"] for row in rows)
+    assert len(rows) == 3 and all(row["ok"] for row in rows)
     assert gateway.notifier.outages.down() == {}

@@ -42,7 +42,9 @@ def test_each_result_sends_an_oru_with_the_original_identity(
         try:
             storescu(files, port)
             assert gateway.wait_until(
-                lambda: [j["state"] for j in gateway.jobs()] == ["delivered"], timeout=90
+                lambda: [j["state"] for j in gateway.jobs()] == ["delivered"]
+                and not gateway.notices_queued(),
+                timeout=90,
             ), gateway.jobs()
             [job] = gateway.jobs()
             outcomes = gateway.state.notification_outcomes(int(job["id"]))
@@ -80,7 +82,9 @@ def test_a_notice_the_ris_refuses_is_counted_for_the_hospitals_monitoring(
         try:
             storescu(sorted(folder.rglob("*.dcm")), port)
             assert gateway.wait_until(
-                lambda: [j["state"] for j in gateway.jobs()] == ["delivered"], timeout=90
+                lambda: [j["state"] for j in gateway.jobs()] == ["delivered"]
+                and not gateway.notices_queued(),
+                timeout=90,
             ), gateway.jobs()
             assert gateway.metrics is not None
             scraped = httpx.get(gateway.metrics.url, timeout=10).text

@@ -199,18 +199,18 @@ def test_an_unexpected_error_on_one_job_retries_it_after_the_jobs_behind_it(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Whatever goes wrong with one job (here a fault in the notices, once), the jobs behind
-    it come home, and it is tried again after its back-off, not dropped."""
-    send_notices = Gateway._send_notices
+    """Whatever goes wrong with one job (here a fault in queueing its notice, once), the jobs
+    behind it come home, and it is tried again after its back-off, not dropped."""
+    queue_notice = Gateway._queue_result_notice
     failed: list[str] = []
 
-    def once_failing(gateway: Gateway, local_id: int, job: dict[str, Any], *more: Any) -> bool:
+    def once_failing(gateway: Gateway, local: Any, job: dict[str, Any], *more: Any) -> None:
         if not failed:
             failed.append(str(job["id"]))
             raise RuntimeError("a fault no handler expects")
-        return send_notices(gateway, local_id, job, *more)
+        queue_notice(gateway, local, job, *more)
 
-    monkeypatch.setattr(Gateway, "_send_notices", once_failing)
+    monkeypatch.setattr(Gateway, "_queue_result_notice", once_failing)
     (first, first_study), (second, second_study) = studies(tmp_path / "studies", 2)
     gateway, pacs = run_gateway(national, orthanc_factory, tmp_path, [first, second])
     try:

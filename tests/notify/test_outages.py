@@ -77,12 +77,13 @@ def test_routine_notices_hold_off_a_ris_that_is_down_and_count_no_try(raw_peer: 
     with Notifier(hl7_settings(ris.port)) as notifier:
         with_clock(notifier, clock)
         [first] = notifier.notify(routine("job-1"))
-        assert not first.ok and first.retryable and first.tried
+        assert not first.ok and first.retryable and first.tried and first.counted
         assert ris.connections == 2  # the try and its one retry
         later = [notifier.notify(routine(f"job-{n}"))[0] for n in range(2, 6)]
         down = notifier.outages.down()
     assert ris.connections == 2  # four more jobs, not one more connection
     assert all(not o.ok and o.retryable and not o.tried and o.seconds == 0.0 for o in later)
+    assert not any(o.counted for o in later)
     assert {o.message_id for o in later} == {
         message_control_id(routine(f"job-{n}")) for n in range(2, 6)
     }
@@ -114,10 +115,11 @@ def test_the_pause_doubles_while_the_ris_stays_down_and_ends_when_it_answers(
     ris, clock = Ris(raw_peer), Clock()
     with Notifier(hl7_settings(ris.port, hold_off_seconds=30)) as notifier:
         with_clock(notifier, clock)
-        pauses = []
+        pauses, counted = [], []
         for n in range(6):
             [outcome] = notifier.notify(routine(f"job-{n}"))
             assert outcome.tried and not outcome.ok  # every pause is over: each one tries
+            counted.append(outcome.counted)
             outage = notifier.outages.down()["hl7"]
             pauses.append(outage.retry_from - clock.now)
             clock.now += pauses[-1] - 1
@@ -125,6 +127,8 @@ def test_the_pause_doubles_while_the_ris_stays_down_and_ends_when_it_answers(
             assert not held.tried, f"tried {held.detail} with {pauses[-1] - 1} s of {pauses[-1]}"
             clock.now += 1
         assert pauses == [30, 60, 120, 240, 300, 300]  # up to ten times the first
+        # Only the failure that began the outage counts towards a notice's five tries.
+        assert counted == [True, False, False, False, False, False]
         assert ris.connections == 6 * 2
         ris.up.set()
         [back] = notifier.notify(routine("job-back"))

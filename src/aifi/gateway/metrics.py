@@ -191,6 +191,25 @@ class GatewayCollector(Collector):
                     count = notices.get(f"{channel}/{priority}/{outcome}", 0.0)
                     family.add_metric([channel, priority, outcome], count)
         yield family
+        queued = view.queued_notices()
+        family = GaugeMetricFamily(
+            "aifi_gateway_notices_queued",
+            "Notices queued to be sent, or sent again, by priority (stat: a triage-positive "
+            "result, or any notice of a study run STAT)",
+            labels=["priority"],
+        )
+        oldest = GaugeMetricFamily(
+            "aifi_gateway_notice_queue_age_seconds",
+            "How long the oldest notice queued has waited to be done with, by priority "
+            "(0 when none)",
+            labels=["priority"],
+        )
+        for priority, urgent in (("stat", True), ("routine", False)):
+            count, since = queued.get(urgent, (0, None))
+            family.add_metric([priority], float(count))
+            oldest.add_metric([priority], max(0.0, now - since) if since else 0.0)
+        yield family
+        yield oldest
 
         # A study whose quiet time is over becomes jobs within moments; one that stays is held
         # up before any job exists, where the job figures below cannot see it (a full disk:

@@ -39,7 +39,8 @@ from aifi.gateway.dimse import (
 from aifi.gateway.disclosures import Action, Anchor, DisclosureLog, NotRecorded
 from aifi.gateway.exchange_client import ENDED_PAGE, GatewayClient
 from aifi.gateway.metrics import MetricsServer, start_metrics_server
-from aifi.gateway.notify import Notifier, OriginalStudy, ResultNotice, build_notice
+from aifi.gateway.notice_queue import NO_LONGER_SENT, NoticeSender, QueuedNotice
+from aifi.gateway.notify import Notifier
 from aifi.gateway.pseudonymise import (
     AlreadyOpen,
     Halted,
@@ -60,7 +61,7 @@ from aifi.gateway.receipt import (
 )
 from aifi.gateway.reidentify import reidentify_file
 from aifi.gateway.routing import route_study
-from aifi.gateway.state import GatewayState, ReceivedInstance, inputs_digest, notice_settled
+from aifi.gateway.state import GatewayState, ReceivedInstance, inputs_digest
 from aifi.gateway.stow import BASE as STOW_BASE
 from aifi.gateway.stow import stow_app
 from aifi.gateway.vault import Vault
@@ -146,9 +147,6 @@ def _brought_home(local: Mapping[str, Any]) -> bool:
     )
 
 
-#: Why a notice still to be retried is given up: nobody will send it again.
-NO_LONGER_SENT = "given up: this notice no longer goes to this channel (configuration changed)"
-
 #: What a notice that no result will come says, by how the job ended: the gateway's own
 #: words, never the vendor's (which may name the study's pseudonyms).
 NO_RESULT_BECAUSE = {
@@ -171,11 +169,17 @@ def no_result_reason(exchange_state: str, delivery: str | None) -> str | None:
 def _urgent(job: Mapping[str, Any]) -> bool:
     """An ended job the radiologist must hear of first: run STAT, or its result triage
     positive (`ResultNotice.stat`). What the listing holds is only read here: a summary
-    that is not what it should be reads as not urgent, and `_send_notices` says why."""
+    that is not what it should be reads as not urgent, and `_queue_result_notice` says why."""
     summary = job.get("summary")
     triage = summary.get("triage") if isinstance(summary, dict) else None
     flag = triage.get("flag") if isinstance(triage, dict) else None
     return job.get("priority") == "stat" or flag == "positive"
+
+
+def _ran_stat(local: Mapping[str, Any], job: Mapping[str, Any]) -> bool:
+    """The job ran STAT: the exchange gives the route's priority or its product's default;
+    a job from before it listed one, the route's as this gateway recorded it."""
+    return (job.get("priority") or local["priority"]) == "stat"
 
 
 def _unless_unknown(ask: Callable[[str], dict[str, Any] | None], job: str) -> dict[str, Any] | None:
@@ -253,6 +257,16 @@ class Gateway:
         #: Notified on every job change, for whoever waits on the gateway (tests, the demo).
         #: Several gateways in one process (the demo) may share one, to be watched together.
         self.changed = changed or threading.Condition()
+        #: Result notices and notices that no result will come, sent on threads of their own.
+        self.notices = NoticeSender(
+            hospital=config.hospital,
+            state=self.state,
+            vault=self.vault,
+            notifier=self.notifier,
+            disclosures=self.disclosures,
+            stop=self._stop,
+            changed=self._notify,
+        )
         self._threads: list[threading.Thread] = []
         self._server: Any = None
         self._stow: AppThread | None = None
@@ -276,11 +290,6 @@ class Gateway:
         #: Failed tries at bringing a job home, by exchange job, should the disk that failed
         #: them also refuse to record them.
         self._collect_attempts: dict[str, int] = {}
-        #: Jobs whose retry waits for a notice a receiver did not take, by exchange job: tried
-        #: again as soon as a receiver that was down takes a notice (`_after_recovery`), not
-        #: when their back-off, up to five minutes by then, comes round.
-        self._notice_waits: set[str] = set()
-        self._recoveries_seen = 0
         #: Studies an open association is still sending, by association: a study is not
         #: complete while its sender is connected, whatever the quiet timer says.
         self._sending: dict[int, set[str]] = {}
@@ -335,6 +344,8 @@ class Gateway:
             ("assembler", self._assemble_loop),
             ("submitter", self._submit_loop),
             ("results", self._results_loop),
+            ("stat-notices", lambda: self.notices.run(urgent=True)),
+            ("notices", lambda: self.notices.run(urgent=False)),
             ("retention", self._retention_loop),
             ("anchors", self._anchor_loop),
         ):
@@ -372,6 +383,7 @@ class Gateway:
         self._stop.set()
         self._assemble.set()
         self._submit.set()
+        self.notices.wake()
         if self._server is not None:
             self._server.shutdown()
         if self._stow is not None:
@@ -1335,7 +1347,6 @@ class Gateway:
                 if self._stop.is_set():
                     break
                 job_id = str(job["id"])
-                self._after_recovery()
                 if self._retry_at.get(job_id, 0) > now:
                     retries.append(self._retry_at[job_id])
                     continue
@@ -1348,15 +1359,9 @@ class Gateway:
             after = last
         return (min(retries), last) if retries and not collected else None
 
-    def _after_recovery(self) -> None:
-        """A receiver that was down took a notice: the jobs waiting for theirs are due now."""
-        recoveries = self.notifier.outages.recoveries
-        if recoveries == self._recoveries_seen:
-            return
-        self._recoveries_seen = recoveries
-        for exchange_id in self._notice_waits:
-            self._retry_at.pop(exchange_id, None)
-        self._notice_waits.clear()
+    def notices_queued(self) -> int:
+        """Notices queued and not yet done with (sent, refused, or given up)."""
+        return sum(count for count, _oldest in self.state.queued_notices().values())
 
     def unknown_jobs_left(self) -> int:
         """Ended exchange jobs this gateway has no record of, left unacknowledged (until the
@@ -1371,7 +1376,6 @@ class Gateway:
         for held in (self._retry_at, self._not_delivered):
             for exchange_id in [exchange_id for exchange_id in held if exchange_id not in listed]:
                 del held[exchange_id]
-        self._notice_waits &= listed
         self.adoptions.forget_unlisted(listed)
 
     def acknowledge(self, exchange_ids: list[str]) -> None:
@@ -1380,8 +1384,9 @@ class Gateway:
         back should a restore make it forget the job (`_settle_brought_home`).
 
         If that fails the jobs come back in the next poll; bringing them home again finds
-        every result delivered and every notice sent already (or the same reason they cannot
-        be), and only the acknowledgement is repeated.
+        every result delivered and every notice queued already (or the same reason they
+        cannot be), and only the acknowledgement is repeated. A job's notices do not hold its
+        acknowledgement: they are queued in the state, sent whatever the exchange says.
         """
         if not exchange_ids:
             return
@@ -1445,11 +1450,12 @@ class Gateway:
                 return settled
         if _brought_home(local):
             # Brought home on an earlier pass whose acknowledgement did not get through, or
-            # held for its notice that no result will come: said again as it ended, not done
-            # again (its study may have left the vault since); the notice tried again.
+            # held as its notice that no result will come could not be queued: said again as
+            # it ended, not done again (its study may have left the vault since). A notice
+            # queued already stays as it is.
             if local["delivery"]:
                 self._not_delivered[exchange_id] = Delivery(local["delivery"])
-            if local["state"] == "ended" and not self._unavailable_announced(local, job):
+            if local["state"] == "ended" and not self._queue_no_result(local, job):
                 return False
             self._settled(exchange_id)
             return True
@@ -1474,7 +1480,7 @@ class Gateway:
                         reason=str(exc), ended_at=time.time(), delivery=exc.delivery.value,
                     )  # fmt: skip
                     self._not_delivered[exchange_id] = exc.delivery
-                    if not self._unavailable_announced(self._row(local), job):
+                    if not self._queue_no_result(self._row(local), job):
                         return False
                 else:
                     if delivered is None:
@@ -1489,7 +1495,7 @@ class Gateway:
                     int(local["id"]), state="ended", exchange_state=job["state"],
                     reason=job.get("reason") or job["state"], ended_at=time.time(),
                 )  # fmt: skip
-                if not self._unavailable_announced(self._row(local), job):
+                if not self._queue_no_result(self._row(local), job):
                     return False
         except PASSING_FAILURES as exc:
             self._collect_later(local, exchange_id, exc)
@@ -1507,7 +1513,6 @@ class Gateway:
         """The job is brought home: nothing of it waits for a retry any more."""
         self._retry_at.pop(exchange_id, None)
         self._collect_attempts.pop(exchange_id, None)
-        self._notice_waits.discard(exchange_id)
 
     def _settle_refused(self, local: Mapping[str, Any], job: Mapping[str, Any]) -> bool | None:
         """An ended exchange job of a job refused here: True when settled (acknowledge it),
@@ -1559,8 +1564,9 @@ class Gateway:
             log.warning("job %s: the failure is not on record: %s", exchange_id, unrecorded)
 
     def _deliver(self, local: dict[str, Any], exchange_id: str, job: dict[str, Any]) -> int | None:
-        """Re-identify each DICOM result, send the result notices (STAT alerts first), then
-        C-STORE the results to every PACS; None while a notice or a destination still fails.
+        """Re-identify each DICOM result, queue the result notice (sent on its own thread, a
+        STAT alert at once), then C-STORE the results to every PACS; None while a
+        destination still fails.
 
         Every result is re-identified before anything is sent, so a job with one result that
         cannot be filed (:class:`ResultsRefused`) delivers none of them.
@@ -1626,9 +1632,9 @@ class Gateway:
                     restored.unlink(missing_ok=True)  # re-identified, and recorded, next time
                     raise
             ready.append((name, restored))
-        notified = self._send_notices(local_id, job, known, [path for _name, path in ready])
+        self._queue_result_notice(local, job, known, [path for _name, path in ready])
         self._key_image(local_id, [path for _name, path in ready], folder / "key-image.png")
-        complete = notified
+        complete = True
         for destination in self.config.pacs:
             pending = [
                 (name, path) for name, path in ready
@@ -1657,31 +1663,27 @@ class Gateway:
                 complete = complete and outcome.ok
         if not complete:
             attempts = int(self.state.job(local_id)["attempts"]) + 1
-            reason = "delivery to the PACS failed" if notified else "a result notice failed"
-            self.state.update_job(local_id, attempts=attempts, reason=reason)
+            self.state.update_job(local_id, attempts=attempts, reason="delivery to the PACS failed")
             self._retry_at[exchange_id] = time.time() + backoff(attempts)
-            if not notified:
-                self._notice_waits.add(exchange_id)
             return None
         return len(ready)
 
-    def _send_notices(
+    def _queue_result_notice(
         self,
-        local_id: int,
+        local: Mapping[str, Any],
         job: dict[str, Any],
         known: tuple[str, dict[str, str]],
         results: list[Path],
-    ) -> bool:
-        """Send the result notice on every configured channel not yet done; True when done.
+    ) -> None:
+        """Queue the result notice for every configured channel (`aifi.gateway.notice_queue`).
 
-        A channel is done when it succeeded, when resending cannot help, or after
-        a few tries (then the failure stays recorded for the hospital to see, and counted in
-        `aifi_gateway_notices`). `known`: the job's study as the vault holds it, which the
-        delivery has already looked up and checked.
+        `known`: the job's study as the vault holds it, which the delivery has already looked
+        up and checked. Queued again as a delivery is retried, it stays as first queued.
         """
+        local_id = int(local["id"])
         if not self.config.notifications.configured:
             self.state.give_up_notifications(local_id, (), NO_LONGER_SENT)
-            return True
+            return
         summary = None
         if job.get("summary"):
             try:
@@ -1695,25 +1697,28 @@ class Gateway:
                 .SOPInstanceUID)
             for path in results
         ]  # fmt: skip
-        notice = build_notice(
-            hospital=self.config.hospital,
+        ended = job.get("ended_at")
+        queued = QueuedNotice(
+            kind="result",
             exchange_job_id=str(job["id"]),
             product_id=str(job["product_id"]),
             summary=summary,
-            study=OriginalStudy.from_vault(*known),
             result_sop_instance_uids=uids,
-            completed_at=datetime.fromisoformat(job["ended_at"]) if job.get("ended_at") else None,
+            completed_at=datetime.fromisoformat(ended) if ended else None,
+            urgent=_ran_stat(local, job),
+            pseudonym_study_uid=str(job["study_uid"]),
+            original_study_uid=known[0],
         )
-        return self._announce(local_id, job, known, notice)
+        self.notices.queue(local_id, queued)
 
     def _row(self, local: Mapping[str, Any]) -> Mapping[str, Any]:
         """The job's row as it stands now (an adopted job's too), after an update."""
         return self.state.job(int(local["id"]))
 
-    def _unavailable_announced(self, local: Mapping[str, Any], job: dict[str, Any]) -> bool:
-        """Tell the radiologist's systems that this ended job brings no result, and why; True
-        when every channel is done (or there is nothing to tell), False to try again later
-        (the job stays ended; only its acknowledgement waits).
+    def _queue_no_result(self, local: Mapping[str, Any], job: dict[str, Any]) -> bool:
+        """Queue the notice that this ended job brings no result, and why (sent on its own
+        thread, `aifi.gateway.notice_queue`); True when queued (or there is nothing to tell),
+        False to try again later.
 
         A radiologist who waits for a product's finding, or reads a triage product's silence
         as a negative, must hear that none is coming. The reason is the gateway's own words
@@ -1740,22 +1745,24 @@ class Gateway:
                 self.state.give_up_notifications(local_id, (), "its study cannot be mapped back")
                 return True
             ended = job.get("ended_at")
-            notice = build_notice(
-                hospital=self.config.hospital,
+            # As the job ran: the exchange gives the route's priority or the product's.
+            stat = _ran_stat(local, job)
+            name, version = self._product_names(str(job["product_id"]))
+            queued = QueuedNotice(
+                kind="no-result",
                 exchange_job_id=exchange_id,
                 product_id=str(job["product_id"]),
-                summary=None,
-                study=OriginalStudy.from_vault(*known),
+                product_name=name,
+                product_version=version,
                 completed_at=datetime.fromisoformat(ended) if ended else None,
                 unavailable=reason,
-                # As the job ran: the exchange gives the route's priority or the product's.
-                stat_study=(job.get("priority") or local["priority"]) == "stat",
-                **self._product_names(str(job["product_id"])),
+                stat_study=stat,
+                urgent=stat,
+                pseudonym_study_uid=str(job["study_uid"]),
+                original_study_uid=known[0],
             )
-            if self._announce(local_id, job, known, notice):
-                return True
-            failure = "a channel did not take it"
-            self._notice_waits.add(exchange_id)
+            self.notices.queue(local_id, queued)
+            return True
         except PASSING_FAILURES as exc:
             failure = f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # never let one job's notice hold up the jobs behind it
@@ -1765,78 +1772,20 @@ class Gateway:
         self._collect_attempts[exchange_id] = attempts
         self._retry_at[exchange_id] = time.time() + backoff(attempts)
         log.warning(
-            "job %s: the notice that no result will come is tried again in %.0f s (%s)",
+            "job %s: the notice that no result will come is queued again in %.0f s (%s)",
             exchange_id, backoff(attempts), failure,
         )  # fmt: skip
         return False
 
-    def _product_names(self, product_id: str) -> dict[str, str]:
+    def _product_names(self, product_id: str) -> tuple[str | None, str | None]:
         """The product's name and version from the catalogue, for a notice without a summary
-        to take them from; nothing (the id stands for them) if the exchange cannot say."""
+        to take them from; None (the id stands for them) if the exchange cannot say."""
         try:
             entry = self.client.product(product_id)
         except (ExchangeHTTPError, httpx.TransportError) as exc:
             log.info("product %s: name not known for its notice (%s)", product_id, exc)
-            return {}
-        return {"product_name": str(entry["name"]), "product_version": str(entry["version"])}
-
-    def _announce(
-        self,
-        local_id: int,
-        job: dict[str, Any],
-        known: tuple[str, dict[str, str]],
-        notice: ResultNotice,
-    ) -> bool:
-        """Send `notice` on every configured channel not yet done, each outcome recorded and
-        disclosed; True when every channel is done.
-
-        A channel's row is of one notice (`kind`): a notice that there is no result, after a
-        result notice went out (its results purged before a restored gateway fetched them
-        again), is sent where the result notice was. A channel no longer configured is not
-        waited for, and what it still had to retry is given up, so that it pages once.
-        """
-        kind = "result" if notice.available else "no-result"
-        before = self.state.notification_outcomes(local_id, kind)
-        done = {channel for channel, row in before.items() if notice_settled(row)}
-        patient, study = str(known[1].get("PatientID", "")), known[0]
-        for outcome in self.notifier.notify(notice, skip=done):
-            self.state.record_notification(
-                local_id, outcome.channel, ok=outcome.ok, retryable=outcome.retryable,
-                stat=outcome.stat, detail=outcome.detail, seconds=outcome.seconds, kind=kind,
-                tried=outcome.tried,
-            )  # fmt: skip
-            if not outcome.tried:
-                continue  # held off a receiver that is down: nothing left the gateway
-            what = "result" if notice.available else "no result"
-            detail = f"{what} of {job['product_id']} (exchange job {job['id']})" + (
-                f": {outcome.detail}" if outcome.detail and not outcome.ok else ""
-            )
-            try:
-                self.disclosures.record(
-                    Action.notified,
-                    patient_id=patient,
-                    study_uid=study,
-                    recipient=f"{outcome.channel} notice",
-                    ok=outcome.ok,
-                    detail=detail,
-                )
-            except NotRecorded as exc:
-                # Sending the notice again to record it would give the RIS two messages; the
-                # notice stays on record in state.db (its notifications), the journal says so.
-                log.error(
-                    "%s: job %s's %s notice is recorded in state.db only", exc, local_id,
-                    outcome.channel,
-                )  # fmt: skip
-            if not outcome.ok:
-                log.warning(
-                    "job %s: %s notice failed: %s", job["id"], outcome.channel, outcome.detail
-                )
-        channels = self.notifier.channels(notice)
-        self.state.give_up_notifications(local_id, channels, NO_LONGER_SENT)
-        outcomes = self.state.notification_outcomes(local_id, kind)
-        return all(
-            channel in outcomes and notice_settled(outcomes[channel]) for channel in channels
-        )
+            return None, None
+        return str(entry["name"]), str(entry["version"])
 
     def _key_image(self, local_id: int, results: list[Path], target: Path) -> None:
         """Keep a key image for the web pages; a failure here never holds up delivery."""

@@ -163,6 +163,19 @@ CREATE TABLE IF NOT EXISTS deliveries (
     at REAL NOT NULL,
     PRIMARY KEY (job_id, result_name, destination)
 );
+-- notices to send (`aifi.gateway.notice_queue`): queued as a job's results come home, sent on
+-- threads of their own, the row gone once every channel is done with the notice
+CREATE TABLE IF NOT EXISTS queued_notices (
+    job_id INTEGER NOT NULL,
+    kind TEXT NOT NULL,       -- result | no-result
+    notice TEXT NOT NULL,     -- JSON (QueuedNotice): all but the patient's identity
+    urgent INTEGER NOT NULL,  -- STAT: sent on a thread of its own, never held off
+    passes INTEGER NOT NULL DEFAULT 0,  -- passes that left a channel to try again
+    due_at REAL NOT NULL,
+    queued_at REAL NOT NULL,
+    PRIMARY KEY (job_id, kind)
+);
+CREATE INDEX IF NOT EXISTS ix_queued_notices_due ON queued_notices(urgent, due_at);
 """
     + UNKNOWN_JOBS_SCHEMA
 )
@@ -479,6 +492,14 @@ class StateReads:
         gateway's history."""
         rows = self.query("SELECT key, value FROM tallies WHERE name = ?", (name,))
         return {row["key"]: float(row["value"]) for row in rows}
+
+    def queued_notices(self) -> dict[bool, tuple[int, float | None]]:
+        """By lane (urgent or not): how many notices are queued, and since when the oldest."""
+        rows = self.query(
+            "SELECT urgent, COUNT(*) AS n, MIN(queued_at) AS oldest FROM queued_notices "
+            "GROUP BY urgent"
+        )
+        return {bool(row["urgent"]): (int(row["n"]), row["oldest"]) for row in rows}
 
     def totals(self) -> dict[str, float]:
         return {row["name"]: float(row["value"]) for row in self.query("SELECT * FROM totals")}
@@ -1217,11 +1238,13 @@ class GatewayState(StateReads):
         detail: str | None,
         seconds: float,
         kind: str = "result",
-        tried: bool = True,
+        counted: bool = True,
     ) -> None:
-        """Record a try, or (`tried` False) why the notice was not tried this time, which
-        counts no try; a notice of another `kind` than the row's (no result, after a result
-        notice went out) takes the row over, its tries counted afresh."""
+        """Record a try; one that does not count towards the notice's `MAX_NOTICE_ATTEMPTS`
+        (`counted` False: held off a receiver that is down, or tried on one known down) says
+        where the notice stands all the same. A notice of another `kind` than the row's (no
+        result, after a result notice went out) takes the row over, its tries counted
+        afresh."""
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO notifications (job_id, channel, ok, retryable, stat, detail, seconds, "
@@ -1233,9 +1256,51 @@ class GatewayState(StateReads):
                 "ELSE excluded.attempts END",
                 (
                     job_id, channel, int(ok), int(retryable), int(stat), detail, seconds,
-                    int(tried), time.time(), kind,
+                    int(counted), time.time(), kind,
                 ),
             )  # fmt: skip
+
+    def queue_notice(self, job_id: int, kind: str, notice: str, *, urgent: bool) -> None:
+        """Queue the job's notice (`kind`), due now; a notice already queued stays as it is."""
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO queued_notices (job_id, kind, notice, urgent, due_at, "
+                "queued_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (job_id, kind, notice, int(urgent), now, now),
+            )
+
+    def due_notices(self, urgent: bool, now: float, limit: int = 50) -> list[dict[str, Any]]:
+        """The queued notices of one lane due by `now`, longest due first."""
+        return self.query(
+            "SELECT * FROM queued_notices WHERE urgent = ? AND due_at <= ? "
+            "ORDER BY due_at, queued_at LIMIT ?",
+            (int(urgent), now, limit),
+        )
+
+    def next_notice_due(self, urgent: bool) -> float | None:
+        rows = self.query(
+            "SELECT MIN(due_at) AS due FROM queued_notices WHERE urgent = ?", (int(urgent),)
+        )
+        return float(rows[0]["due"]) if rows and rows[0]["due"] is not None else None
+
+    def notice_later(self, job_id: int, kind: str, passes: int, due_at: float) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE queued_notices SET passes = ?, due_at = ? WHERE job_id = ? AND kind = ?",
+                (passes, due_at, job_id, kind),
+            )
+
+    def notice_done(self, job_id: int, kind: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "DELETE FROM queued_notices WHERE job_id = ? AND kind = ?", (job_id, kind)
+            )
+
+    def notices_due_now(self) -> None:
+        """Every queued notice is due (a receiver that was down takes notices again)."""
+        with self.transaction() as db:
+            db.execute("UPDATE queued_notices SET due_at = 0 WHERE due_at > 0")
 
     # deliveries ----------------------------------------------------------------------------
 

@@ -49,7 +49,9 @@ class NoticeOutcome:
     conditional-create identifier, the webhook delivery id); `detail` is the receiver's answer
     (``AA``, ``201 Created``) or the error; `retryable` is False when resending the same message
     cannot help (content rejected, or the notice cannot be encoded). `tried` is False for a
-    routine notice held off a receiver that is down: nothing was sent, and it is no try.
+    routine notice held off a receiver that is down: nothing was sent. `counted` is False for
+    that, and for a try on a receiver that had failed already and failed again: neither counts
+    towards the notice's tries, so that an outage, however long, spends none of them.
     """
 
     channel: str
@@ -60,6 +62,7 @@ class NoticeOutcome:
     retryable: bool
     seconds: float
     tried: bool = True
+    counted: bool = True
 
 
 class Notifier:
@@ -95,24 +98,29 @@ class Notifier:
         The webhook takes STAT notices only, unless its `only_stat` is False. A notice that
         there is no result is STAT only for a study run STAT.
         """
+        return self.channels_of(notice.stat)
+
+    def channels_of(self, stat: bool) -> list[str]:
+        """The channels a notice goes to, by whether it is STAT (`channels`)."""
         settings = self.settings
         hl7 = [HL7] if settings.hl7 else []
         fhir = [FHIR] if settings.fhir else []
         webhook = (
-            [WEBHOOK]
-            if settings.webhook and (notice.stat or not settings.webhook.only_stat)
-            else []
+            [WEBHOOK] if settings.webhook and (stat or not settings.webhook.only_stat) else []
         )
-        return hl7 + webhook + fhir if notice.stat else hl7 + fhir + webhook
+        return hl7 + webhook + fhir if stat else hl7 + fhir + webhook
 
-    def notify(self, notice: ResultNotice, skip: Collection[str] = ()) -> list[NoticeOutcome]:
+    def notify(
+        self, notice: ResultNotice, skip: Collection[str] = (), *, urgent: bool = False
+    ) -> list[NoticeOutcome]:
         """Send `notice` on every channel it goes to but those in `skip` (already delivered);
-        one outcome per channel, never raises for a channel's failure. A routine notice is
-        not sent to a receiver being held off (`Outages`); its outcome says so."""
+        one outcome per channel, never raises for a channel's failure. A notice neither STAT
+        nor `urgent` (of a study run STAT) is not sent to a receiver being held off
+        (`Outages`); its outcome says so."""
         channels = [channel for channel in self.channels(notice) if channel not in skip]
         outcomes: dict[str, NoticeOutcome] = {}
         for channel in channels:
-            outage = None if notice.stat else self.outages.holding_off(channel)
+            outage = None if notice.stat or urgent else self.outages.holding_off(channel)
             if outage is not None:
                 outcomes[channel] = NoticeOutcome(
                     channel=channel,
@@ -123,6 +131,7 @@ class Notifier:
                     retryable=True,
                     seconds=0.0,
                     tried=False,
+                    counted=False,
                 )
         tried = [channel for channel in channels if channel not in outcomes]
         if tried:
@@ -142,12 +151,14 @@ class Notifier:
     ) -> NoticeOutcome:
         started = time.monotonic()
         message_id = self._message_id(channel, notice)
+        counted = True
         try:
             detail = send(notice)
             ok, retryable = True, False
             self.outages.answered(channel)
         except DeliveryFailed as exc:
             detail, ok, retryable = str(exc), False, exc.retryable
+            counted = channel not in self.outages.down()  # only the failure that began it
             self.outages.failed(channel, detail)
         except NotificationError as exc:  # refused: the receiver answered, so it is up
             detail, ok, retryable = str(exc), False, exc.retryable
@@ -165,6 +176,7 @@ class Notifier:
             detail=detail,
             retryable=retryable,
             seconds=time.monotonic() - started,
+            counted=counted,
         )
         level = logging.INFO if ok else logging.WARNING
         log.log(

@@ -46,7 +46,7 @@ class Outage:
         return (
             f"not tried: the {self.channel} receiver has failed {self.failures} notice(s) in a "
             f"row since {_clock(self.since)}; tried again from {_clock(self.retry_from)}. "
-            f"Last failure: {self.detail}"
+            f"Last failure on it: {self.detail}"
         )
 
 

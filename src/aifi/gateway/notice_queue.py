@@ -1,0 +1,271 @@
+"""The gateway's notices, queued and sent on threads of their own.
+
+A notice (a result is in the PACS; or no result will come) is queued in the state as its
+job comes home, and the results thread goes straight on to store the results in the PACS
+and to the next job: a RIS that is slow or down never holds a result back from the PACS,
+nor a stroke result behind a routine job's notice. Two threads send: one for STAT notices
+(a triage-positive result, or any notice of a study run STAT) and one for the rest, so an
+alert never waits for a routine notice's timeout.
+
+A queued notice holds all but the patient's identity, which is read from the vault at each
+send, as the patient's identity is kept nowhere else. It is sent until every configured
+channel is done with it: taken, refused for good, or tried five times (`MAX_NOTICE_ATTEMPTS`,
+where tries on a receiver known to be down do not count: an outage spends none of them). A
+notice whose study left the vault (its retention ended) before it could be sent is given up:
+nobody can be named.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from aifi.gateway.disclosures import Action, DisclosureLog, NotRecorded
+from aifi.gateway.notify import Notifier, OriginalStudy, ResultNotice, build_notice
+from aifi.gateway.state import GatewayState, notice_settled
+from aifi.gateway.vault import Vault
+from aifi.results.summary import ResultSummary, TriageFlag
+
+log = logging.getLogger(__name__)
+
+#: Why a notice still to be retried is given up: nobody will send it again.
+NO_LONGER_SENT = "given up: this notice no longer goes to this channel (configuration changed)"
+#: Why a queued notice was not sent at all.
+STUDY_GONE = "given up: its study left the vault (retention) before the notice could be sent"
+#: The longest wait between two passes of a lane with nothing due.
+IDLE_SECONDS = 60.0
+
+
+def retry_in(passes: int) -> float:
+    """Seconds to the next pass of a notice that left a channel to try again."""
+    return float(min(2 ** min(passes, 8), 300))
+
+
+class QueuedNotice(BaseModel):
+    """A notice as queued: `build_notice`'s fields but the hospital and the patient's study,
+    and the study as the exchange and as the hospital know it, to map it back at each send."""
+
+    kind: Literal["result", "no-result"]
+    exchange_job_id: str
+    product_id: str
+    product_name: str | None = None
+    product_version: str | None = None
+    summary: ResultSummary | None = None
+    result_sop_instance_uids: list[str] = []
+    completed_at: datetime | None = None
+    unavailable: str | None = None
+    stat_study: bool = False
+    #: The job ran STAT (its route or its product said so): its notices go on the STAT
+    #: thread and are never held off, whatever the result's triage.
+    urgent: bool = False
+    pseudonym_study_uid: str
+    original_study_uid: str
+
+    def notice(self, hospital: str, known: tuple[str, Mapping[str, str]]) -> ResultNotice:
+        return build_notice(
+            hospital=hospital,
+            exchange_job_id=self.exchange_job_id,
+            product_id=self.product_id,
+            product_name=self.product_name,
+            product_version=self.product_version,
+            summary=self.summary,
+            study=OriginalStudy.from_vault(known[0], dict(known[1])),
+            result_sop_instance_uids=self.result_sop_instance_uids,
+            completed_at=self.completed_at,
+            unavailable=self.unavailable,
+            stat_study=self.stat_study,
+        )
+
+    @property
+    def stat(self) -> bool:
+        """On the STAT thread: the notice is STAT (`ResultNotice.stat`), or the job ran STAT."""
+        if self.urgent:
+            return True
+        if self.unavailable is not None:
+            return self.stat_study
+        return self.summary is not None and self.summary.triage.flag is TriageFlag.POSITIVE
+
+
+class NoticeSender:
+    """Sends the queued notices; one per gateway, its two lanes run by `run`."""
+
+    def __init__(
+        self,
+        *,
+        hospital: str,
+        state: GatewayState,
+        vault: Vault,
+        notifier: Notifier,
+        disclosures: DisclosureLog,
+        stop: threading.Event,
+        changed: Callable[[], None],
+    ) -> None:
+        self._hospital = hospital
+        self._state = state
+        self._vault = vault
+        self._notifier = notifier
+        self._disclosures = disclosures
+        self._stop = stop
+        self._changed = changed
+        self._wake = {True: threading.Event(), False: threading.Event()}
+        self._recoveries_seen = 0
+        self._recoveries_lock = threading.Lock()
+
+    def queue(self, job_id: int, queued: QueuedNotice) -> None:
+        """Queue the job's notice (durably: the caller may go on as if it were sent) and wake
+        its lane. A notice of the job's already queued stays as it was."""
+        self._state.queue_notice(
+            job_id, queued.kind, queued.model_dump_json(), urgent=queued.stat
+        )
+        self._wake[queued.stat].set()
+
+    def wake(self) -> None:
+        """Both lanes look again now (the gateway stops, say)."""
+        for event in self._wake.values():
+            event.set()
+
+    def run(self, urgent: bool) -> None:
+        """One lane's thread: send what is due, sleep until the next is due or one is
+        queued."""
+        failures = 0
+        while not self._stop.is_set():
+            self._wake[urgent].clear()
+            try:
+                wait = self.send_due(urgent)
+                failures = 0
+            except Exception:  # the state's disk, or a fault: never stop sending for good
+                failures += 1
+                log.exception("sending %s notices failed", "STAT" if urgent else "routine")
+                wait = retry_in(failures)
+            self._wake[urgent].wait(wait)
+
+    def send_due(self, urgent: bool, now: float | None = None) -> float:
+        """Send the lane's notices due by `now`; the seconds until its next is due."""
+        while not self._stop.is_set():
+            due = self._state.due_notices(urgent, time.time() if now is None else now)
+            for row in due:
+                if self._stop.is_set():
+                    break
+                self._send(row)
+                self._after_recovery()
+            if len(due) < 50 or now is not None:
+                break
+        following = self._state.next_notice_due(urgent)
+        if following is None:
+            return IDLE_SECONDS
+        return min(IDLE_SECONDS, max(0.0, following - time.time()))
+
+    def _after_recovery(self) -> None:
+        """A receiver that was down took a notice: every queued notice is due now, not when
+        its own retry comes round (by then up to five minutes apart)."""
+        with self._recoveries_lock:
+            recoveries = self._notifier.outages.recoveries
+            if recoveries == self._recoveries_seen:
+                return
+            self._recoveries_seen = recoveries
+        self._state.notices_due_now()
+        self.wake()
+
+    def _send(self, row: Mapping[str, Any]) -> None:
+        job_id, kind, passes = int(row["job_id"]), str(row["kind"]), int(row["passes"])
+        try:
+            queued = QueuedNotice.model_validate_json(row["notice"])
+            known = self._vault.study(queued.pseudonym_study_uid)
+            if known is None or known[0] != queued.original_study_uid:
+                self._cannot_name(job_id, queued)
+                done = True
+            else:
+                done = self.announce(job_id, queued, known, queued.notice(self._hospital, known))
+            failure = "a channel did not take it"
+        except (OSError, sqlite3.Error, NotRecorded) as exc:
+            done, failure = False, f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # one notice's fault must not hold up the others
+            log.exception("job %s: its %s notice failed unexpectedly", job_id, kind)
+            done, failure = False, f"{type(exc).__name__}: {exc}"
+        if done:
+            self._state.notice_done(job_id, kind)
+        else:
+            self._state.notice_later(job_id, kind, passes + 1, time.time() + retry_in(passes + 1))
+            log.info(
+                "job %s: its %s notice is tried again in %.0f s (%s)",
+                job_id, kind, retry_in(passes + 1), failure,
+            )  # fmt: skip
+        self._changed()
+
+    def _cannot_name(self, job_id: int, queued: QueuedNotice) -> None:
+        """The study left the vault before its notice went: nobody can be named, so every
+        channel not done with it gives it up, as a failure the hospital's monitoring sees."""
+        log.warning("job %s: its %s notice is given up: %s", job_id, queued.kind, STUDY_GONE)
+        outcomes = self._state.notification_outcomes(job_id, queued.kind)
+        for channel in self._notifier.channels_of(queued.stat):
+            if channel in outcomes and notice_settled(outcomes[channel]):
+                continue
+            self._state.record_notification(
+                job_id, channel, ok=False, retryable=False, stat=queued.stat,
+                detail=STUDY_GONE, seconds=0.0, kind=queued.kind, counted=False,
+            )  # fmt: skip
+
+    def announce(
+        self,
+        job_id: int,
+        queued: QueuedNotice,
+        known: tuple[str, Mapping[str, str]],
+        notice: ResultNotice,
+    ) -> bool:
+        """Send `notice` on every configured channel not yet done, each outcome recorded and
+        each try disclosed; True when every channel is done.
+
+        A channel's row is of one notice (`kind`): a notice that there is no result, after a
+        result notice went out (its results purged before a restored gateway fetched them
+        again), is sent where the result notice was. A channel no longer configured is not
+        waited for, and what it still had to retry is given up, so that it pages once.
+        """
+        kind = queued.kind
+        rows = self._state.notification_outcomes(job_id)
+        done = {c for c, row in rows.items() if row["kind"] == kind and notice_settled(row)}
+        patient, study = str(known[1].get("PatientID", "")), known[0]
+        what = "result" if notice.available else "no result"
+        for outcome in self._notifier.notify(notice, skip=done, urgent=queued.urgent):
+            other = rows.get(outcome.channel)
+            if not outcome.tried and other is not None and other["kind"] != kind:
+                continue  # nothing sent: the row keeps what the job's other notice did
+            self._state.record_notification(
+                job_id, outcome.channel, ok=outcome.ok, retryable=outcome.retryable,
+                stat=outcome.stat, detail=outcome.detail, seconds=outcome.seconds, kind=kind,
+                counted=outcome.counted,
+            )  # fmt: skip
+            if not outcome.tried:
+                continue  # held off a receiver that is down: nothing left the gateway
+            detail = f"{what} of {queued.product_id} (exchange job {queued.exchange_job_id})" + (
+                f": {outcome.detail}" if outcome.detail and not outcome.ok else ""
+            )
+            try:
+                self._disclosures.record(
+                    Action.notified,
+                    patient_id=patient,
+                    study_uid=study,
+                    recipient=f"{outcome.channel} notice",
+                    ok=outcome.ok,
+                    detail=detail,
+                )
+            except NotRecorded as exc:
+                # Sending the notice again to record it would give the RIS two messages; the
+                # notice stays on record in state.db (its notifications), the journal says so.
+                log.error(
+                    "%s: job %s's %s notice is recorded in state.db only", exc, job_id,
+                    outcome.channel,
+                )  # fmt: skip
+        channels = self._notifier.channels(notice)
+        self._state.give_up_notifications(job_id, channels, NO_LONGER_SENT)
+        outcomes = self._state.notification_outcomes(job_id, kind)
+        return all(
+            channel in outcomes and notice_settled(outcomes[channel]) for channel in channels
+        )
+

@@ -1,8 +1,8 @@
 """A job that brings no result tells the radiologist so: the RIS gets an ORU^R01 whose order
 was cancelled (OBR-25 X), with a reason in the gateway's own words, under the patient's own
 identity, so that nobody waits for a finding that will not come, or reads a triage product's
-silence as a negative. The job ends, and is acknowledged, at once: the notice is queued and
-sent on a thread of its own until the RIS takes it."""
+silence as a negative. The job ends at once; the notice is queued and sent on a thread of its
+own until the RIS takes it, and only the job's acknowledgement waits for it."""
 
 from __future__ import annotations
 
@@ -172,12 +172,12 @@ def test_a_job_without_a_result_sends_the_ris_a_cancelled_order_with_the_reason(
     assert entry.detail.startswith(f"no result of {tissue_volume.PRODUCT_ID}")
 
 
-def test_a_ris_that_rejects_for_now_holds_neither_the_job_nor_its_acknowledgement(
+def test_a_ris_that_rejects_for_now_holds_the_acknowledgement_not_the_job(
     national: National, tmp_path: Path
 ) -> None:
     """AR (application reject) may pass: the job ends at once (so the study sent again is a
-    new round) and the exchange's job is acknowledged, while the queued notice is tried
-    again until the RIS takes it."""
+    new round), while the queued notice is tried again until the RIS takes it, and the
+    exchange's job stays unacknowledged until then."""
     files, _ = a_study(tmp_path)
     with Hl7Listener(ack_code="AR", ack_text="interface paused") as listener:
         port = free_port()
@@ -192,13 +192,14 @@ def test_a_ris_that_rejects_for_now_holds_neither_the_job_nor_its_acknowledgemen
                 return row is not None and row["attempts"] >= 1
 
             assert gateway.wait_until(refused, timeout=30)
-            assert gateway.wait_until(lambda: not unacknowledged(national), timeout=30)
+            assert unacknowledged(national) == [job["exchange_job_id"]]
             assert gateway.notices_queued() == 1
             # The technologist sends the study again: a new round, not "nothing new".
             storescu(files, port)
             assert gateway.wait_until(lambda: ended(gateway, 2), timeout=90), gateway.jobs()
             listener.ack_code = "AA"
-            assert gateway.wait_until(lambda: not gateway.notices_queued(), timeout=60)
+            assert gateway.wait_until(lambda: not unacknowledged(national), timeout=60)
+            assert not gateway.notices_queued()
             outcomes = gateway.state.notification_outcomes(int(job["id"]))
         finally:
             gateway.stop()
@@ -210,8 +211,9 @@ def test_a_channel_taken_out_of_the_configuration_is_not_waited_for(
     national: National, tmp_path: Path
 ) -> None:
     """The RIS keeps rejecting; the engineer takes `hl7` out of the configuration and
-    restarts: the queued notice goes to the channels configured now, and what the RIS was
-    still to be sent is given up, not retried for a channel no longer there."""
+    restarts: the queued notice goes to the channels configured now, what the RIS was still
+    to be sent is given up, and the job is acknowledged, not held for a channel no longer
+    there."""
     files, _ = a_study(tmp_path)
     port = free_port()
     with Hl7Listener(ack_code="AR") as listener:
@@ -227,12 +229,13 @@ def test_a_channel_taken_out_of_the_configuration_is_not_waited_for(
             queued = gateway.notices_queued()
         finally:
             gateway.stop()
-    assert queued == 1 and not unacknowledged(national)
+    assert queued == 1 and unacknowledged(national) == [job["exchange_job_id"]]
     with WebhookReceiver(WEBHOOK_KEY) as pager:
         webhook = {"url": pager.url, "secret": WEBHOOK_KEY.decode(), "only_stat": False}
         gateway = started(configure(national, tmp_path, port, {"webhook": webhook}))
         try:
-            assert gateway.wait_until(lambda: not gateway.notices_queued(), timeout=60)
+            assert gateway.wait_until(lambda: not unacknowledged(national), timeout=60)
+            assert not gateway.notices_queued()
             outcomes = gateway.state.notification_outcomes(int(job["id"]))
             notices = gateway.state.tally("notices")
         finally:

@@ -36,7 +36,7 @@ DELIVERY_STATES = ("delivered", "failed")
 NOTICE_CHANNELS = (HL7, FHIR, WEBHOOK)
 NOTICE_OUTCOMES = ("sent", "retrying", "failed")
 #: Jobs waiting to try a step again, by step: an upload, and an outcome come home whose
-#: results or notices did not all get through.
+#: results did not all reach the PACS.
 RETRYING = {
     "upload": "state = 'pending' AND attempts > 0",
     "result": "state = 'submitted' AND result_seen_at IS NOT NULL AND attempts > 0",
@@ -112,7 +112,7 @@ class GatewayCollector(Collector):
         family = GaugeMetricFamily(
             "aifi_gateway_notice_receiver_down",
             "1 while a notice receiver (hl7, fhir, webhook) failed the last notice tried on it "
-            "(unreachable, no answer in time, or failing every retry); routine notices then "
+            "(unreachable, no answer in time, or failing every retry); notices then "
             "hold off trying it for a while. Known since the gateway started.",
             labels=["channel"],
         )
@@ -270,7 +270,7 @@ class GatewayCollector(Collector):
         family = GaugeMetricFamily(
             "aifi_gateway_jobs_retrying",
             "Jobs waiting to try a failed step again (errors the gateway is riding out), by "
-            "step: upload to the exchange, or result (delivery to the PACS, or a notice)",
+            "step: upload to the exchange, or result (delivery to the PACS)",
             labels=["step"],
         )
         # A job's attempts restart when it is sent. A job the exchange failed is done with,

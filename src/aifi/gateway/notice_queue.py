@@ -12,7 +12,9 @@ send, as the patient's identity is kept nowhere else. It is sent until every con
 channel is done with it: taken, refused for good, or tried five times (`MAX_NOTICE_ATTEMPTS`,
 where tries on a receiver known to be down do not count: an outage spends none of them). A
 notice whose study left the vault (its retention ended) before it could be sent is given up:
-nobody can be named.
+nobody can be named. The job's acknowledgement at the exchange waits until its notices are
+done with (`Gateway.collect`): a gateway restored from a backup asks the exchange what it
+did since, and an acknowledged job must mean one whose notices went out.
 """
 
 from __future__ import annotations
@@ -44,8 +46,9 @@ IDLE_SECONDS = 60.0
 
 
 def retry_in(passes: int) -> float:
-    """Seconds to the next pass of a notice that left a channel to try again."""
-    return float(min(2 ** min(passes, 8), 300))
+    """Seconds to the next pass of a notice that left a channel to try again: 2, 4, 8 …
+    up to five minutes."""
+    return float(min(2 ** min(passes, 9), 300))
 
 
 class QueuedNotice(BaseModel):
@@ -84,13 +87,17 @@ class QueuedNotice(BaseModel):
         )
 
     @property
-    def stat(self) -> bool:
-        """On the STAT thread: the notice is STAT (`ResultNotice.stat`), or the job ran STAT."""
-        if self.urgent:
-            return True
+    def message_stat(self) -> bool:
+        """The message itself is STAT (`ResultNotice.stat`): a triage-positive result, or no
+        result for a study run STAT. Its channels, and how it is counted, follow this."""
         if self.unavailable is not None:
             return self.stat_study
         return self.summary is not None and self.summary.triage.flag is TriageFlag.POSITIVE
+
+    @property
+    def stat(self) -> bool:
+        """On the STAT thread: the message is STAT, or the job ran STAT."""
+        return self.urgent or self.message_stat
 
 
 class NoticeSender:
@@ -106,6 +113,7 @@ class NoticeSender:
         disclosures: DisclosureLog,
         stop: threading.Event,
         changed: Callable[[], None],
+        done: Callable[[str], None] = lambda _exchange_job_id: None,
     ) -> None:
         self._hospital = hospital
         self._state = state
@@ -114,6 +122,8 @@ class NoticeSender:
         self._disclosures = disclosures
         self._stop = stop
         self._changed = changed
+        #: Told each exchange job whose notice is done with: its acknowledgement waits for it.
+        self._done = done
         self._wake = {True: threading.Event(), False: threading.Event()}
         self._recoveries_seen = 0
         self._recoveries_lock = threading.Lock()
@@ -121,9 +131,7 @@ class NoticeSender:
     def queue(self, job_id: int, queued: QueuedNotice) -> None:
         """Queue the job's notice (durably: the caller may go on as if it were sent) and wake
         its lane. A notice of the job's already queued stays as it was."""
-        self._state.queue_notice(
-            job_id, queued.kind, queued.model_dump_json(), urgent=queued.stat
-        )
+        self._state.queue_notice(job_id, queued.kind, queued.model_dump_json(), urgent=queued.stat)
         self._wake[queued.stat].set()
 
     def wake(self) -> None:
@@ -177,26 +185,63 @@ class NoticeSender:
         job_id, kind, passes = int(row["job_id"]), str(row["kind"]), int(row["passes"])
         try:
             queued = QueuedNotice.model_validate_json(row["notice"])
+        except ValueError as exc:  # written by another version, or damaged: cannot be sent
+            self._unreadable(job_id, kind, exc)
+            return
+        try:
             known = self._vault.study(queued.pseudonym_study_uid)
             if known is None or known[0] != queued.original_study_uid:
                 self._cannot_name(job_id, queued)
                 done = True
             else:
-                done = self.announce(job_id, queued, known, queued.notice(self._hospital, known))
-            failure = "a channel did not take it"
+                notice = queued.notice(self._hospital, known)
+                done = self.announce(job_id, queued, known, notice, first=passes == 0)
+            failure = ""
         except (OSError, sqlite3.Error, NotRecorded) as exc:
             done, failure = False, f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # one notice's fault must not hold up the others
             log.exception("job %s: its %s notice failed unexpectedly", job_id, kind)
             done, failure = False, f"{type(exc).__name__}: {exc}"
+        if failure:
+            self._not_sent(job_id, queued, failure)
         if done:
             self._state.notice_done(job_id, kind)
+            self._done(queued.exchange_job_id)
         else:
             self._state.notice_later(job_id, kind, passes + 1, time.time() + retry_in(passes + 1))
             log.info(
                 "job %s: its %s notice is tried again in %.0f s (%s)",
-                job_id, kind, retry_in(passes + 1), failure,
+                job_id, kind, retry_in(passes + 1), failure or "a channel did not take it",
             )  # fmt: skip
+        self._changed()
+
+    def _not_sent(self, job_id: int, queued: QueuedNotice, failure: str) -> None:
+        """A pass that failed before it could send: each channel not done says so, as a
+        notice still to be retried (not a try), so that the hospital's monitoring sees a STAT
+        notice held up by the gateway's own trouble as it sees one a receiver holds up."""
+        try:
+            outcomes = self._state.notification_outcomes(job_id, queued.kind)
+            for channel in self._notifier.channels_of(queued.message_stat):
+                if channel in outcomes and notice_settled(outcomes[channel]):
+                    continue
+                self._state.record_notification(
+                    job_id, channel, ok=False, retryable=True, stat=queued.message_stat,
+                    detail=f"not sent: {failure}", seconds=0.0, kind=queued.kind, counted=False,
+                )  # fmt: skip
+        except sqlite3.Error as exc:
+            log.warning("job %s: why its notice was not sent is not on record: %s", job_id, exc)
+
+    def _unreadable(self, job_id: int, kind: str, exc: Exception) -> None:
+        """A queued row that cannot be read is given up, counted failed on every channel
+        (routine: what it was is not known), and leaves the queue: it would fail for ever."""
+        log.error("job %s: its queued %s notice cannot be read, given up: %s", job_id, kind, exc)
+        why = f"given up: the queued notice cannot be read ({type(exc).__name__})"
+        for channel in self._notifier.channels_of(False):
+            self._state.record_notification(
+                job_id, channel, ok=False, retryable=False, stat=False, detail=why,
+                seconds=0.0, kind=kind, counted=False,
+            )  # fmt: skip
+        self._state.notice_done(job_id, kind)
         self._changed()
 
     def _cannot_name(self, job_id: int, queued: QueuedNotice) -> None:
@@ -204,11 +249,11 @@ class NoticeSender:
         channel not done with it gives it up, as a failure the hospital's monitoring sees."""
         log.warning("job %s: its %s notice is given up: %s", job_id, queued.kind, STUDY_GONE)
         outcomes = self._state.notification_outcomes(job_id, queued.kind)
-        for channel in self._notifier.channels_of(queued.stat):
+        for channel in self._notifier.channels_of(queued.message_stat):
             if channel in outcomes and notice_settled(outcomes[channel]):
                 continue
             self._state.record_notification(
-                job_id, channel, ok=False, retryable=False, stat=queued.stat,
+                job_id, channel, ok=False, retryable=False, stat=queued.message_stat,
                 detail=STUDY_GONE, seconds=0.0, kind=queued.kind, counted=False,
             )  # fmt: skip
 
@@ -218,9 +263,13 @@ class NoticeSender:
         queued: QueuedNotice,
         known: tuple[str, Mapping[str, str]],
         notice: ResultNotice,
+        first: bool = True,
     ) -> bool:
         """Send `notice` on every configured channel not yet done, each outcome recorded and
-        each try disclosed; True when every channel is done.
+        each try disclosed; True when every channel is done. The `first` pass of a STAT
+        notice, or of any notice of a study run STAT, tries every receiver; later passes hold
+        off a receiver that is down, as routine ones do, so that retries to it never hold up
+        a new alert.
 
         A channel's row is of one notice (`kind`): a notice that there is no result, after a
         result notice went out (its results purged before a restored gateway fetched them
@@ -232,7 +281,8 @@ class NoticeSender:
         done = {c for c, row in rows.items() if row["kind"] == kind and notice_settled(row)}
         patient, study = str(known[1].get("PatientID", "")), known[0]
         what = "result" if notice.available else "no result"
-        for outcome in self._notifier.notify(notice, skip=done, urgent=queued.urgent):
+        always = first and (notice.stat or queued.urgent)
+        for outcome in self._notifier.notify(notice, skip=done, always_try=always):
             other = rows.get(outcome.channel)
             if not outcome.tried and other is not None and other["kind"] != kind:
                 continue  # nothing sent: the row keeps what the job's other notice did
@@ -268,4 +318,3 @@ class NoticeSender:
         return all(
             channel in outcomes and notice_settled(outcomes[channel]) for channel in channels
         )
-

@@ -266,6 +266,7 @@ class Gateway:
             disclosures=self.disclosures,
             stop=self._stop,
             changed=self._notify,
+            done=self._notice_done,
         )
         self._threads: list[threading.Thread] = []
         self._server: Any = None
@@ -290,6 +291,9 @@ class Gateway:
         #: Failed tries at bringing a job home, by exchange job, should the disk that failed
         #: them also refuse to record them.
         self._collect_attempts: dict[str, int] = {}
+        #: Jobs whose notices the notice threads are done with, for the results thread.
+        self._notices_done: set[str] = set()
+        self._notices_done_lock = threading.Lock()
         #: Studies an open association is still sending, by association: a study is not
         #: complete while its sender is connected, whatever the quiet timer says.
         self._sending: dict[int, set[str]] = {}
@@ -388,8 +392,12 @@ class Gateway:
             self._server.shutdown()
         if self._stow is not None:
             self._stow.stop()
+        # A notice thread may be in the middle of a send: waited for, up to two minutes, so
+        # that its outcome is recorded and the notice is not sent again after a restart.
+        notices = min(120.0, self.notifier.longest_send_seconds() + 5)
         for thread in self._threads:
-            thread.join(timeout=self.config.poll_wait_seconds + 35)
+            waits = notices if thread.name.endswith("notices") else 0.0
+            thread.join(timeout=max(self.config.poll_wait_seconds + 35, waits))
         if self.metrics is not None:
             self.metrics.close()
         self.close()
@@ -1291,6 +1299,9 @@ class Gateway:
         else:
             reason = f"{remote.get('reason') or remote['state']}; {note}"
             self.state.update_job(int(local["id"]), state="ended", reason=reason, **common)
+        # Acknowledged, so its notices went out (the acknowledgement waits for them): one the
+        # backup still held queued is not sent a second time.
+        self.state.notice_done(int(local["id"]))
         log.info("job %s: %s", local["id"], note)
 
     def _digest_if_sent(
@@ -1347,6 +1358,7 @@ class Gateway:
                 if self._stop.is_set():
                     break
                 job_id = str(job["id"])
+                self._take_notices_done()
                 if self._retry_at.get(job_id, 0) > now:
                     retries.append(self._retry_at[job_id])
                     continue
@@ -1384,9 +1396,8 @@ class Gateway:
         back should a restore make it forget the job (`_settle_brought_home`).
 
         If that fails the jobs come back in the next poll; bringing them home again finds
-        every result delivered and every notice queued already (or the same reason they
-        cannot be), and only the acknowledgement is repeated. A job's notices do not hold its
-        acknowledgement: they are queued in the state, sent whatever the exchange says.
+        every result delivered and every notice sent already (or the same reason they cannot
+        be), and only the acknowledgement is repeated.
         """
         if not exchange_ids:
             return
@@ -1457,6 +1468,8 @@ class Gateway:
                 self._not_delivered[exchange_id] = Delivery(local["delivery"])
             if local["state"] == "ended" and not self._queue_no_result(local, job):
                 return False
+            if self._notices_waiting(int(local["id"]), exchange_id):
+                return False
             self._settled(exchange_id)
             return True
         try:
@@ -1506,9 +1519,34 @@ class Gateway:
             return False
         finally:
             self._notify()
+        if self._notices_waiting(int(local["id"]), exchange_id):
+            return False
         self._settled(exchange_id)
         return True
 
+    def _notices_waiting(self, local_id: int, exchange_id: str) -> bool:
+        """The job's notices are still queued: its acknowledgement waits for them (an
+        acknowledged job is one whose notices went out, as `_settle_brought_home` takes it),
+        looked at again when they are done with (`_notice_done`) or next due."""
+        queued = self.state.queued_notices_of(local_id)
+        if not queued:
+            return False
+        due = min(float(row["due_at"]) for row in queued)
+        self._retry_at[exchange_id] = max(due, time.time()) + 1
+        return True
+
+    def _notice_done(self, exchange_id: str) -> None:
+        """A job's notice is done with (said by a notice thread): its acknowledgement goes at
+        the next look, not at the retry `_notices_waiting` set (`_take_notices_done`)."""
+        with self._notices_done_lock:
+            self._notices_done.add(exchange_id)
+
+    def _take_notices_done(self) -> None:
+        """On the results thread, which alone keeps the retries."""
+        with self._notices_done_lock:
+            done, self._notices_done = self._notices_done, set()
+        for exchange_id in done:
+            self._retry_at.pop(exchange_id, None)
     def _settled(self, exchange_id: str) -> None:
         """The job is brought home: nothing of it waits for a retry any more."""
         self._retry_at.pop(exchange_id, None)

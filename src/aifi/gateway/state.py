@@ -164,7 +164,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     PRIMARY KEY (job_id, result_name, destination)
 );
 -- notices to send (`aifi.gateway.notice_queue`): queued as a job's results come home, sent on
--- threads of their own, the row gone once every channel is done with the notice
+-- threads of their own, `done_at` set once every channel is done with the notice (the row
+-- stays, so that the job brought home again does not queue it again)
 CREATE TABLE IF NOT EXISTS queued_notices (
     job_id INTEGER NOT NULL,
     kind TEXT NOT NULL,       -- result | no-result
@@ -173,9 +174,12 @@ CREATE TABLE IF NOT EXISTS queued_notices (
     passes INTEGER NOT NULL DEFAULT 0,  -- passes that left a channel to try again
     due_at REAL NOT NULL,
     queued_at REAL NOT NULL,
+    done_at REAL,
     PRIMARY KEY (job_id, kind)
 );
-CREATE INDEX IF NOT EXISTS ix_queued_notices_due ON queued_notices(urgent, due_at);
+-- the notices still to send: a few, however many were sent before
+CREATE INDEX IF NOT EXISTS ix_queued_notices_due ON queued_notices(urgent, due_at)
+    WHERE done_at IS NULL;
 """
     + UNKNOWN_JOBS_SCHEMA
 )
@@ -497,7 +501,7 @@ class StateReads:
         """By lane (urgent or not): how many notices are queued, and since when the oldest."""
         rows = self.query(
             "SELECT urgent, COUNT(*) AS n, MIN(queued_at) AS oldest FROM queued_notices "
-            "GROUP BY urgent"
+            "WHERE done_at IS NULL GROUP BY urgent"
         )
         return {bool(row["urgent"]): (int(row["n"]), row["oldest"]) for row in rows}
 
@@ -1261,9 +1265,18 @@ class GatewayState(StateReads):
             )  # fmt: skip
 
     def queue_notice(self, job_id: int, kind: str, notice: str, *, urgent: bool) -> None:
-        """Queue the job's notice (`kind`), due now; a notice already queued stays as it is."""
+        """Queue the job's notice (`kind`), due now; a notice queued before, still to send or
+        done with, stays as it is. A notice that there is no result takes the place of a
+        result notice still to send: both would take over the job's rows on each channel in
+        turn, sending each other again."""
         now = time.time()
         with self.transaction() as db:
+            if kind == "no-result":
+                db.execute(
+                    "UPDATE queued_notices SET done_at = ? "
+                    "WHERE job_id = ? AND kind = 'result' AND done_at IS NULL",
+                    (now, job_id),
+                )
             db.execute(
                 "INSERT OR IGNORE INTO queued_notices (job_id, kind, notice, urgent, due_at, "
                 "queued_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -1271,16 +1284,24 @@ class GatewayState(StateReads):
             )
 
     def due_notices(self, urgent: bool, now: float, limit: int = 50) -> list[dict[str, Any]]:
-        """The queued notices of one lane due by `now`, longest due first."""
+        """The queued notices of one lane due by `now`: those never sent first (a new alert
+        never waits behind retries to a receiver that is down), then the longest due."""
         return self.query(
-            "SELECT * FROM queued_notices WHERE urgent = ? AND due_at <= ? "
-            "ORDER BY due_at, queued_at LIMIT ?",
+            "SELECT * FROM queued_notices WHERE urgent = ? AND done_at IS NULL AND due_at <= ? "
+            "ORDER BY passes > 0, due_at, queued_at LIMIT ?",
             (int(urgent), now, limit),
+        )
+
+    def queued_notices_of(self, job_id: int) -> list[dict[str, Any]]:
+        """The job's notices still to send."""
+        return self.query(
+            "SELECT * FROM queued_notices WHERE job_id = ? AND done_at IS NULL", (job_id,)
         )
 
     def next_notice_due(self, urgent: bool) -> float | None:
         rows = self.query(
-            "SELECT MIN(due_at) AS due FROM queued_notices WHERE urgent = ?", (int(urgent),)
+            "SELECT MIN(due_at) AS due FROM queued_notices WHERE urgent = ? AND done_at IS NULL",
+            (int(urgent),),
         )
         return float(rows[0]["due"]) if rows and rows[0]["due"] is not None else None
 
@@ -1291,16 +1312,20 @@ class GatewayState(StateReads):
                 (passes, due_at, job_id, kind),
             )
 
-    def notice_done(self, job_id: int, kind: str) -> None:
+    def notice_done(self, job_id: int, kind: str | None = None) -> None:
+        """The job's notice of `kind` (or every notice of the job) is done with."""
+        kinds = ("result", "no-result") if kind is None else (kind,)
         with self.transaction() as db:
             db.execute(
-                "DELETE FROM queued_notices WHERE job_id = ? AND kind = ?", (job_id, kind)
+                f"UPDATE queued_notices SET done_at = ? WHERE job_id = ? AND done_at IS NULL "
+                f"AND kind IN ({', '.join('?' for _ in kinds)})",
+                (time.time(), job_id, *kinds),
             )
 
     def notices_due_now(self) -> None:
         """Every queued notice is due (a receiver that was down takes notices again)."""
         with self.transaction() as db:
-            db.execute("UPDATE queued_notices SET due_at = 0 WHERE due_at > 0")
+            db.execute("UPDATE queued_notices SET due_at = 0 WHERE done_at IS NULL AND due_at > 0")
 
     # deliveries ----------------------------------------------------------------------------
 

@@ -92,6 +92,17 @@ class Notifier:
     ) -> None:
         self.close()
 
+    def longest_send_seconds(self) -> float:
+        """The longest one notice may take on its slowest channel, all retries and pauses
+        counted (an HTTP timeout is per phase: connecting, then answering)."""
+        spans = [
+            2 * endpoint.timeout_seconds * (endpoint.retries + 1)
+            + endpoint.retry_backoff_seconds * (2**endpoint.retries - 1)
+            for endpoint in (self.settings.hl7, self.settings.fhir, self.settings.webhook)
+            if endpoint is not None
+        ]
+        return max(spans, default=0.0)
+
     def channels(self, notice: ResultNotice) -> list[str]:
         """The channels `notice` goes to, in the order they are started (STAT ones first).
 
@@ -105,22 +116,21 @@ class Notifier:
         settings = self.settings
         hl7 = [HL7] if settings.hl7 else []
         fhir = [FHIR] if settings.fhir else []
-        webhook = (
-            [WEBHOOK] if settings.webhook and (stat or not settings.webhook.only_stat) else []
-        )
+        webhook = [WEBHOOK] if settings.webhook and (stat or not settings.webhook.only_stat) else []
         return hl7 + webhook + fhir if stat else hl7 + fhir + webhook
 
     def notify(
-        self, notice: ResultNotice, skip: Collection[str] = (), *, urgent: bool = False
+        self, notice: ResultNotice, skip: Collection[str] = (), *, always_try: bool | None = None
     ) -> list[NoticeOutcome]:
         """Send `notice` on every channel it goes to but those in `skip` (already delivered);
-        one outcome per channel, never raises for a channel's failure. A notice neither STAT
-        nor `urgent` (of a study run STAT) is not sent to a receiver being held off
+        one outcome per channel, never raises for a channel's failure. Unless `always_try`
+        (by default: a STAT notice), it is not sent to a receiver being held off
         (`Outages`); its outcome says so."""
         channels = [channel for channel in self.channels(notice) if channel not in skip]
+        always = notice.stat if always_try is None else always_try
         outcomes: dict[str, NoticeOutcome] = {}
         for channel in channels:
-            outage = None if notice.stat or urgent else self.outages.holding_off(channel)
+            outage = None if always else self.outages.holding_off(channel)
             if outage is not None:
                 outcomes[channel] = NoticeOutcome(
                     channel=channel,

@@ -1,15 +1,16 @@
-"""Which notice receivers are down, and when routine notices try each of them again.
+"""Which notice receivers are down, and when notices try each of them again.
 
 A receiver that is down (a RIS being restarted, a FHIR server behind a dead proxy) costs a
-notice its whole timeout and every retry, 20 to 30 s with the defaults, and the gateway sends
-notices on its results thread before it stores the job's results in the PACS. Were every job
-to try such a receiver, a stroke result would reach the PACS only after every routine job
-before it had timed out. So once a receiver has failed to take a notice, routine notices hold
-off trying it for a while, twice as long after each further failure (up to ten times the
-first pause); the first notice after the pause tries it again, and one notice taken ends the
-outage. A notice held off is not a try: it does not count towards the notice's five.
+notice its whole timeout and every retry, 20 to 30 s with the defaults, and the queued notices
+(`aifi.gateway.notice_queue`) are sent one after another. Were every notice to try such a
+receiver, each would wait half a minute for the one before. So once a receiver has failed to
+take a notice, notices hold off trying it for a while, twice as long after each further
+failure (up to ten times the first pause); the first notice after the pause tries it again,
+and one notice taken, or refused, ends the outage. A notice held off is not a try: it does
+not count towards the notice's five.
 
-STAT notices always try: an alert is never held back on a guess that its receiver is down.
+A STAT notice's first try always goes: an alert is never held back on a guess that its
+receiver is down.
 """
 
 from __future__ import annotations

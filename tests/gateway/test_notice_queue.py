@@ -1,0 +1,261 @@
+"""The notice queue on its own: real state, vault, disclosure log and notifier, the RIS a
+loopback listener or a closed port. What a pass does when the gateway's own parts fail, when
+the study left the vault, when a job has two notices, and after a restore."""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aifi.gateway.config import load_config
+from aifi.gateway.disclosures import DisclosureLog
+from aifi.gateway.notice_queue import STUDY_GONE, NoticeSender, QueuedNotice
+from aifi.gateway.notify import Hl7Endpoint, NotificationSettings, Notifier, WebhookEndpoint
+from aifi.gateway.notify.receivers import Hl7Listener, WebhookReceiver
+from aifi.gateway.service import Gateway
+from aifi.gateway.state import GatewayState
+from aifi.gateway.vault import Vault
+from aifi.results.summary import AlgorithmSummary, ResultSummary, Triage, TriageFlag
+from gateway.test_disclosures import offline_gateway_config
+
+PSEUDONYM, ORIGINAL = "2.25.77", "1.2.826.0.1.3680043.8.498.77"
+KEY = "pager-key"
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
+
+
+class Parts:
+    """A gateway's notice parts in `folder`, sending to `settings`."""
+
+    def __init__(self, folder: Path, settings: NotificationSettings) -> None:
+        self.state = GatewayState(folder / "state.db")
+        self.vault = Vault(folder / "vault.db")
+        self.vault.remember(
+            {},
+            original_study_uid=ORIGINAL,
+            pseudonym_study_uid=PSEUDONYM,
+            patient_pseudonym="P1",
+            original_attributes={
+                "PatientID": "HOSP-77",
+                "PatientName": "Jansen^Anna",
+                "PatientBirthDate": "19620314",
+                "PatientSex": "F",
+                "AccessionNumber": "ACC-77",
+                "StudyInstanceUID": ORIGINAL,
+            },
+        )
+        self.disclosures = DisclosureLog(folder / "disclosures.db", "hospital-a", "gateway")
+        self.notifier = Notifier(settings)
+        self.done: list[str] = []
+        self.sender = NoticeSender(
+            hospital="hospital-a",
+            state=self.state,
+            vault=self.vault,
+            notifier=self.notifier,
+            disclosures=self.disclosures,
+            stop=threading.Event(),
+            changed=lambda: None,
+            done=self.done.append,
+        )
+
+    def close(self) -> None:
+        self.notifier.close()
+        self.state.close()
+        self.vault.close()
+
+
+@pytest.fixture
+def parts(tmp_path: Path) -> Iterator[Any]:
+    made: list[Parts] = []
+
+    def make(settings: NotificationSettings) -> Parts:
+        made.append(Parts(tmp_path / str(len(made)), settings))
+        return made[-1]
+
+    yield make
+    for each in made:
+        each.close()
+
+
+def hl7(port: int) -> Hl7Endpoint:
+    return Hl7Endpoint(host="127.0.0.1", port=port, timeout_seconds=1, retries=0)
+
+
+def summary(flag: TriageFlag) -> ResultSummary:
+    return ResultSummary(
+        product_id="aifi-ich",
+        product_version="1.2.0",
+        study_instance_uid=PSEUDONYM,
+        algorithm=AlgorithmSummary(name="AIFI ICH", version="1.2.0", manufacturer="AIFI"),
+        findings=[],
+        triage=Triage(flag=flag),
+    )
+
+
+def result(job: str = "x-1", flag: TriageFlag = TriageFlag.NEGATIVE, **more: Any) -> QueuedNotice:
+    return QueuedNotice(
+        kind="result",
+        exchange_job_id=job,
+        product_id="aifi-ich",
+        summary=summary(flag),
+        result_sop_instance_uids=["2.25.9"],
+        completed_at=datetime(2026, 12, 6, 3, 0, tzinfo=UTC),
+        pseudonym_study_uid=PSEUDONYM,
+        original_study_uid=ORIGINAL,
+        **more,
+    )
+
+
+def no_result(job: str = "x-1", **more: Any) -> QueuedNotice:
+    return QueuedNotice(
+        kind="no-result",
+        exchange_job_id=job,
+        product_id="aifi-ich",
+        unavailable="the product could not analyse the study",
+        completed_at=datetime(2026, 12, 6, 3, 0, tzinfo=UTC),
+        pseudonym_study_uid=PSEUDONYM,
+        original_study_uid=ORIGINAL,
+        **more,
+    )
+
+
+def test_a_pass_the_gateway_itself_fails_shows_as_a_notice_retrying(
+    parts: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The vault cannot be read: nothing is sent, and each channel says why, as a STAT
+    notice still to be retried (no try spent), which the STAT alert sees."""
+    with Hl7Listener() as ris:
+        made = parts(NotificationSettings(hl7=hl7(ris.port)))
+
+        def unreadable(_uid: str) -> None:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        monkeypatch.setattr(made.vault, "study", unreadable)
+        made.sender.queue(1, result(flag=TriageFlag.POSITIVE))
+        made.sender.send_due(urgent=True)
+        row = made.state.notification_outcomes(1)["hl7"]
+        assert ris.received.empty()
+    assert (row["ok"], row["retryable"], row["stat"], row["attempts"]) == (0, 1, 1, 0)
+    assert row["detail"] == "not sent: OperationalError: disk I/O error"
+    assert made.state.tally("notices") == {"hl7/stat/retrying": 1.0}
+    assert len(made.state.queued_notices_of(1)) == 1 and made.done == []
+
+
+def test_a_queued_row_that_cannot_be_read_is_given_up_once(parts: Any, closed_port: int) -> None:
+    made = parts(NotificationSettings(hl7=hl7(closed_port)))
+    made.state.queue_notice(1, "result", '{"kind": "result"}', urgent=False)
+    made.sender.send_due(urgent=False)
+    row = made.state.notification_outcomes(1)["hl7"]
+    assert (row["ok"], row["retryable"]) == (0, 0)
+    assert row["detail"].startswith("given up: the queued notice cannot be read")
+    assert made.state.queued_notices_of(1) == []
+    assert made.state.tally("notices") == {"hl7/routine/failed": 1.0}
+
+
+def test_a_study_run_stat_whose_study_left_the_vault_is_given_up_as_its_message_was(
+    parts: Any, closed_port: int
+) -> None:
+    """A negative result of a study run STAT: a routine message, which the STAT-only pager
+    would never have had; given up on the RIS alone, counted routine, paging nobody."""
+    webhook = WebhookEndpoint(url=f"http://127.0.0.1:{closed_port}/", secret=KEY)
+    made = parts(NotificationSettings(hl7=hl7(closed_port), webhook=webhook))
+    made.vault.forget_study(ORIGINAL)
+    made.sender.queue(1, result(urgent=True))
+    made.sender.send_due(urgent=True)
+    rows = made.state.notification_outcomes(1)
+    assert list(rows) == ["hl7"] and rows["hl7"]["detail"] == STUDY_GONE
+    assert made.state.tally("notices") == {"hl7/routine/failed": 1.0}
+    assert made.done == ["x-1"]
+
+
+def test_a_new_alert_goes_before_retries_of_older_ones(parts: Any, closed_port: int) -> None:
+    """Older STAT notices wait for a receiver that is down; the new alert is sent first, and
+    their retries, held off the receiver, cost no timeout."""
+    with WebhookReceiver(KEY.encode()) as pager:
+        webhook = WebhookEndpoint(url=pager.url, secret=KEY, retries=0)
+        made = parts(NotificationSettings(hl7=hl7(closed_port), webhook=webhook))
+        for n in range(3):
+            made.sender.queue(n, result(f"old-{n}", TriageFlag.POSITIVE))
+        made.sender.send_due(urgent=True)  # the RIS down: each first try fails at once
+        for n in range(3):
+            made.state.notice_later(n, "result", 1, 0.0)  # due again now
+        made.sender.queue(9, result("new", TriageFlag.POSITIVE))
+        order = [row["job_id"] for row in made.state.due_notices(True, 1e12)]
+        made.sender.send_due(urgent=True)
+        hl7_rows = {n: made.state.notification_outcomes(n)["hl7"] for n in (0, 1, 2, 9)}
+        paged = [pager.received.get(timeout=5).payload["delivery_id"] for _ in range(4)]
+    assert order == [9, 0, 1, 2]
+    # The retries of the older ones held off the RIS: not tried, none of their tries spent.
+    assert [hl7_rows[n]["detail"].startswith("not tried") for n in (0, 1, 2)] == [True] * 3
+    assert len(set(paged)) == 4
+
+
+def test_a_no_result_notice_takes_the_place_of_a_result_notice_still_queued(
+    parts: Any,
+) -> None:
+    with Hl7Listener() as ris:
+        made = parts(NotificationSettings(hl7=hl7(ris.port)))
+        made.state.queue_notice(1, "result", result().model_dump_json(), urgent=False)
+        made.sender.queue(1, no_result())
+        made.sender.send_due(urgent=False)
+        message = ris.received.get(timeout=5)
+        assert ris.received.empty()
+    assert "No AI result" in message.text
+    assert made.state.queued_notices_of(1) == []
+
+
+def test_a_notice_done_with_is_not_queued_again(parts: Any) -> None:
+    """The job brought home again (its acknowledgement lost) queues its notice again: it is
+    not sent a second time."""
+    with Hl7Listener() as ris:
+        made = parts(NotificationSettings(hl7=hl7(ris.port)))
+        made.sender.queue(1, no_result())
+        made.sender.send_due(urgent=False)
+        made.sender.queue(1, no_result())
+        made.sender.send_due(urgent=False)
+        assert ris.received.get(timeout=5)
+        assert ris.received.empty()
+    assert made.state.queued_notices_of(1) == [] and made.done == ["x-1"]
+
+
+def test_a_job_acknowledged_before_a_restore_does_not_send_its_queued_notice_again(
+    tmp_path: Path,
+) -> None:
+    """The backup held the job with its notice queued; the lost disk sent it, and the job
+    was acknowledged (which waits for its notices). After the restore the exchange says so,
+    and the notice the backup held queued is done with, not sent a second time."""
+    gateway = Gateway(load_config(offline_gateway_config(tmp_path)))
+    try:
+        with gateway.state.transaction() as db:
+            job = db.execute(
+                "INSERT INTO jobs (study_uid, round, product_id, idempotency_key, state, "
+                "exchange_job_id, study_last_at, created_at) "
+                "VALUES (?, 1, 'aifi-ich', 'k', 'submitted', 'x-1', 0, 0)",
+                (ORIGINAL,),
+            ).lastrowid
+        assert job is not None
+        gateway.state.queue_notice(job, "result", result().model_dump_json(), urgent=False)
+        remote = {
+            "state": "completed",
+            "acknowledged_at": "2026-12-06T03:00:00+00:00",
+            "ended_at": "2026-12-06T02:59:00+00:00",
+            "delivery": "delivered",
+        }
+        gateway._settle_brought_home(gateway.state.job(job), remote)
+        assert gateway.state.job(job)["state"] == "delivered"
+        assert gateway.state.queued_notices_of(job) == []
+        assert gateway.notices_queued() == 0
+    finally:
+        gateway.close()

@@ -302,6 +302,7 @@ def _register_tools() -> None:
     from aifi.exchange.audit_cli import app as audit_app
     from aifi.gateway.backup_cli import gateway_backup, gateway_restore
     from aifi.gateway.disclosures_cli import disclosures
+    from aifi.gateway.jobs_cli import gateway_jobs
     from aifi.gateway.unknown_jobs_cli import gateway_unknown_jobs
     from aifi.governance.cli import conformance
     from aifi.phantoms.cli import phantom
@@ -321,6 +322,9 @@ def _register_tools() -> None:
     app.command(
         "gateway-restore", help="Put a gateway backup back into its workdir (gateway stopped)."
     )(gateway_restore)
+    app.command(
+        "gateway-jobs", help="The jobs the gateway has not done with: waiting for what, and why."
+    )(gateway_jobs)
     app.command(
         "gateway-unknown-jobs",
         help="Exchange jobs of this hospital the gateway has no record of: adopt or let go.",

@@ -19,12 +19,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from aifi.file_lock import held_alone
-from aifi.gateway.backup import COPY_LOCK, RESTORE_STAGING, restore_cut_off
 from aifi.gateway.config import GatewayConfig
 from aifi.gateway.exchange_client import ENDED_PAGE, GatewayClient
 from aifi.gateway.state import DecidedAlready, decide_unknown_jobs, unknown_job_records
 from aifi.gateway.vault import Vault
+from aifi.gateway.workdir_reads import databases_in_place
 
 #: A job is decided for once it ended this long ago: a hospital running a second gateway on
 #: its account would see that gateway's jobs listed here for the moments between their end and
@@ -57,27 +56,11 @@ class UnknownJob:
 
 @contextmanager
 def _workdir(config: GatewayConfig) -> Iterator[tuple[Path, Path]]:
-    """The gateway's state and vault, refused while a restore is putting them in place or was
-    cut off (they may be the backup's, or about to be moved aside), or before a first start.
-    Held against a restore's renames (`backup.lock`) for as long as the caller works."""
-    workdir = config.workdir
-    with held_alone(workdir / COPY_LOCK) as alone:
-        if not alone:
-            raise UnknownJobsError(
-                f"a backup or a restore is running on {workdir}; try again when it is done"
-            )
-        if (cut_off := restore_cut_off(workdir)) is not None:
-            raise UnknownJobsError(cut_off)
-        if any(workdir.glob(f"{RESTORE_STAGING}*")):
-            raise UnknownJobsError(
-                f"a restore is copying a backup into {workdir}; try again when it is done"
-            )
-        state, vault = workdir / "state.db", workdir / "vault.db"
-        for database in (state, vault):
-            if not database.exists():
-                raise UnknownJobsError(
-                    f"{database} does not exist: start the gateway once, or restore it first"
-                )
+    """The gateway's state and vault, as `databases_in_place` lets them be read."""
+    with databases_in_place(config.workdir, ("state.db", "vault.db"), UnknownJobsError) as (
+        state,
+        vault,
+    ):
         yield state, vault
 
 

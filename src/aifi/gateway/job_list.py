@@ -1,0 +1,210 @@
+"""What the gateway's jobs are doing, for the hospital's engineer: which wait, for what, and
+why; what reached the PACS and which notices went out. Read from the gateway's state on a
+connection of its own, beside a running gateway, and never written.
+
+An alert says that something waits (`GatewayBacklog`, `GatewayNoticeReceiverDown`); this says
+which jobs, without reading the journal.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from aifi.gateway.state import MAX_NOTICE_ATTEMPTS
+
+#: Jobs not done with: to be sent, at the exchange, or brought home and not yet in every PACS;
+#: and any job whose notice is still queued.
+_WAITING = "j.state IN ('pending', 'submitted') OR q.job_id IS NOT NULL"
+_QUEUED = "LEFT JOIN (SELECT DISTINCT job_id FROM queued_notices) q ON q.job_id = j.id"
+
+
+@dataclass(frozen=True)
+class NoticeStatus:
+    """One channel's notice of a job: `outcome` is sent, retrying, not tried (held off a
+    receiver that is down), or failed (for good)."""
+
+    channel: str
+    kind: str
+    outcome: str
+    tries: int
+    detail: str
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """One job as the engineer needs it; `waiting_for` is empty for a job done with."""
+
+    id: int
+    exchange_job_id: str | None
+    study_uid: str
+    product_id: str
+    priority: str
+    state: str
+    created_at: float
+    attempts: int
+    reason: str
+    waiting_for: str
+    pacs: list[str]
+    notices: list[NoticeStatus]
+    notices_queued: int
+
+
+def job_statuses(
+    state: Path,
+    *,
+    everything: bool = False,
+    study_uid: str | None = None,
+    limit: int = 50,
+    now: float | None = None,
+) -> list[JobStatus]:
+    """The jobs not done with (STAT first, then oldest first); with `everything`, the latest
+    jobs whatever their state; with `study_uid`, that study's jobs. At most `limit`."""
+    now = time.time() if now is None else now
+    conn = sqlite3.connect(f"file:{state}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        conn.execute("PRAGMA busy_timeout = 10000")
+        queued = _has_table(conn, "queued_notices")
+        join = _QUEUED if queued else "LEFT JOIN (SELECT NULL AS job_id) q ON 0"
+        params: tuple[str, ...] = ()
+        if study_uid is not None:
+            where, order, params = "j.study_uid = ?", "j.created_at, j.id", (study_uid,)
+        elif everything:
+            where, order = "1", "j.created_at DESC, j.id DESC"
+        else:
+            where, order = _WAITING, "j.priority = 'stat' DESC, j.created_at, j.id"
+        jobs = [
+            dict(row)
+            for row in conn.execute(
+                f"SELECT j.* FROM jobs j {join} WHERE {where} ORDER BY {order} LIMIT ?",
+                (*params, limit),
+            )
+        ]
+        ids = [int(job["id"]) for job in jobs]
+        notices = _by_job(conn, "SELECT * FROM notifications", ids)
+        deliveries = _by_job(conn, "SELECT * FROM deliveries", ids)
+        waiting = (
+            _by_job(conn, "SELECT job_id FROM queued_notices", ids) if queued else defaultdict(list)
+        )
+    finally:
+        conn.close()
+    return [
+        _status(job, notices[job["id"]], deliveries[job["id"]], len(waiting[job["id"]]), now)
+        for job in jobs
+    ]
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    found = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+    ).fetchone()
+    return found is not None
+
+
+def _by_job(
+    conn: sqlite3.Connection, select: str, ids: list[int]
+) -> defaultdict[int, list[dict[str, Any]]]:
+    rows: defaultdict[int, list[dict[str, Any]]] = defaultdict(list)
+    for start in range(0, len(ids), 500):  # SQLite's limit on bound values, kept well under
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        for row in conn.execute(f"{select} WHERE job_id IN ({marks})", chunk):
+            rows[int(row["job_id"])].append(dict(row))
+    return rows
+
+
+def _status(
+    job: dict[str, Any],
+    notices: list[dict[str, Any]],
+    deliveries: list[dict[str, Any]],
+    queued: int,
+    now: float,
+) -> JobStatus:
+    return JobStatus(
+        id=int(job["id"]),
+        exchange_job_id=job["exchange_job_id"],
+        study_uid=str(job["study_uid"]),
+        product_id=str(job["product_id"]),
+        priority=str(job["priority"] or "routine"),
+        state=str(job["state"]),
+        created_at=float(job["created_at"]),
+        attempts=int(job["attempts"]),
+        reason=str(job["reason"] or ""),
+        waiting_for=_waiting_for(job, queued, now),
+        pacs=_pacs(deliveries),
+        notices=[_notice(row) for row in sorted(notices, key=lambda row: row["channel"])],
+        notices_queued=queued,
+    )
+
+
+def _waiting_for(job: dict[str, Any], queued: int, now: float) -> str:
+    """What the job waits for, in words; empty when it is done with."""
+    state, attempts = job["state"], int(job["attempts"])
+    if state == "pending":
+        if attempts == 0:
+            return "to be sent to the exchange"
+        due = float(job["next_attempt_at"])
+        when = "now" if due <= now else f"at {clock(due)}"
+        return f"sending to the exchange again {when} (try {attempts + 1})"
+    if state == "submitted":
+        if job["result_seen_at"] is None:
+            return f"the product's outcome (sent {ago(now - float(job['submitted_at'] or now))})"
+        return f"storing its results in the PACS again (try {attempts + 1})"
+    if queued:
+        return "its notice, queued"
+    return ""
+
+
+def _pacs(deliveries: list[dict[str, Any]]) -> list[str]:
+    """Per PACS: how many results it stored, and what it refused, with the last error."""
+    by_destination: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in deliveries:
+        by_destination[str(row["destination"])].append(row)
+    said = []
+    for destination, rows in sorted(by_destination.items()):
+        stored = sum(1 for row in rows if row["state"] == "delivered")
+        failed = [row for row in rows if row["state"] != "delivered"]
+        text = f"{destination}: {stored} stored"
+        if failed:
+            text += f", {len(failed)} failed ({failed[-1]['last_error'] or 'no reason given'})"
+        said.append(text)
+    return said
+
+
+def _notice(row: dict[str, Any]) -> NoticeStatus:
+    attempts, detail = int(row["attempts"]), str(row["detail"] or "")
+    if row["ok"]:
+        outcome = "sent"
+    elif row["retryable"] and attempts < MAX_NOTICE_ATTEMPTS:
+        outcome = "not tried" if detail.startswith("not tried") else "retrying"
+    else:
+        outcome = "failed"
+    return NoticeStatus(
+        channel=str(row["channel"]),
+        kind=str(row.get("kind") or "result"),
+        outcome=outcome,
+        tries=attempts,
+        detail=detail,
+    )
+
+
+def clock(moment: float) -> str:
+    """A moment in the host's local time, as the hospital's engineer reads it."""
+    return datetime.fromtimestamp(moment).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f} h ago"
+    return f"{seconds / 86400:.0f} days ago"

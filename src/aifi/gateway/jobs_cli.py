@@ -1,0 +1,112 @@
+"""`aifi gateway-jobs --config gateway.yaml`: the jobs the gateway has not done with, what each
+waits for and why; `--all` the latest jobs, `--study UID` one study's (`aifi.gateway.job_list`).
+
+It reads the gateway's state in its workdir, on the gateway's host, as the gateway's service
+account, beside a running gateway; it writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from aifi.gateway.cli_options import ConfigOption, settings_or_exit
+from aifi.gateway.job_list import JobStatus, NoticeStatus, ago, job_statuses
+from aifi.gateway.workdir_reads import WorkdirNotReady, databases_in_place
+
+_STATE_STYLE = {
+    "pending": "yellow",
+    "submitted": "yellow",
+    "delivered": "green",
+    "ended": "red",
+    "refused": "red",
+    "skipped": "dim",
+}
+_NOTICE_STYLE = {"sent": "green", "retrying": "yellow", "not tried": "yellow", "failed": "red"}
+
+
+def _notices(notices: list[NoticeStatus]) -> str:
+    lines = []
+    for notice in notices:
+        what = "no result" if notice.kind == "no-result" else "result"
+        style = _NOTICE_STYLE[notice.outcome]
+        tries = f", {notice.tries} tr{'y' if notice.tries == 1 else 'ies'}" if notice.tries else ""
+        line = f"{notice.channel} ({what}): [{style}]{notice.outcome}[/]{tries}"
+        if notice.outcome != "sent" and notice.detail:
+            line += f"\n  {notice.detail}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _table(jobs: list[JobStatus], title: str, now: float) -> Table:
+    table = Table(title=title, show_lines=True)
+    table.add_column("job", no_wrap=True)
+    for column in ("product", "state", "waiting for, or how it ended", "PACS", "notices"):
+        table.add_column(column, overflow="fold")
+    for job in jobs:
+        state = job.state + (" (STAT)" if job.priority == "stat" else "")
+        said = job.waiting_for or job.reason
+        if job.waiting_for and job.reason:
+            said += f"\nlast: {job.reason}"
+        exchange_job = job.exchange_job_id or "(not at the exchange)"
+        table.add_row(
+            f"{job.id}  {ago(now - job.created_at)}\n{exchange_job}\nstudy {job.study_uid}",
+            job.product_id,
+            f"[{_STATE_STYLE.get(job.state, '')}]{state}[/]",
+            said,
+            "\n".join(job.pacs),
+            _notices(job.notices),
+        )
+    return table
+
+
+def gateway_jobs(
+    config: ConfigOption,
+    everything: Annotated[
+        bool, typer.Option("--all", help="The latest jobs, whatever their state.")
+    ] = False,
+    study: Annotated[
+        str | None, typer.Option(help="Only this Study Instance UID (the hospital's own).")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="At most this many jobs.", min=1)] = 50,
+    json_file: Annotated[
+        Path | None, typer.Option("--json", help="Also write the jobs here as JSON.")
+    ] = None,
+) -> None:
+    """List the jobs the gateway has not done with: to be sent, at the exchange, or home and
+    not yet in every PACS, or with a notice still queued; what each waits for, and why. STAT
+    jobs first, then the oldest. With --all, the latest jobs whatever their state."""
+    settings = settings_or_exit(config)
+    console = Console()
+    now = time.time()
+    try:
+        with databases_in_place(settings.workdir, ("state.db",)) as (state,):
+            jobs = job_statuses(state, everything=everything, study_uid=study, limit=limit, now=now)
+    except (WorkdirNotReady, OSError, sqlite3.Error) as exc:
+        console.print(f"[red]error: {exc}[/]", soft_wrap=True)
+        raise typer.Exit(1) from exc
+    if json_file is not None:
+        json_file.write_text(json.dumps([asdict(job) for job in jobs], indent=2))
+    if not jobs:
+        console.print(
+            "no jobs" if everything or study else "none: every job is done with", soft_wrap=True
+        )
+        return
+    title = (
+        f"jobs of study {study}"
+        if study
+        else "the latest jobs"
+        if everything
+        else "jobs not done with (STAT first, then the oldest)"
+    )
+    console.print(_table(jobs, title, now))
+    if len(jobs) == limit:
+        console.print(f"the first {limit} shown: --limit N for more", soft_wrap=True)

@@ -1,0 +1,181 @@
+"""`aifi gateway-jobs`: the jobs a gateway has not done with, what each waits for and why,
+read from its state beside it, and nothing written."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from aifi.cli import app
+from aifi.gateway.backup import RESTORE_STAGING
+from aifi.gateway.job_list import job_statuses
+from aifi.gateway.state import GatewayState
+from gateway.test_disclosures import offline_gateway_config
+from support.spool import add_history
+
+NOW = time.time()
+
+
+def add_job(state: GatewayState, study: str, job_state: str, **columns: object) -> int:
+    values = {
+        "study_uid": study,
+        "round": 1,
+        "product_id": "aifi-tissue-volume",
+        "idempotency_key": f"{study}:aifi-tissue-volume:1",
+        "state": job_state,
+        "study_last_at": NOW - 600,
+        "created_at": NOW - 600,
+        **columns,
+    }
+    names = ", ".join(values)
+    with state.transaction() as db:
+        cursor = db.execute(
+            f"INSERT INTO jobs ({names}) VALUES ({', '.join('?' * len(values))})",
+            tuple(values.values()),
+        )
+    assert cursor.lastrowid is not None
+    return int(cursor.lastrowid)
+
+
+def a_gateways_day(state: GatewayState) -> dict[str, int]:
+    """Jobs in each of the states an engineer meets, and three done with long ago."""
+    add_history(state, 0, 3)
+    jobs = {
+        "sending": add_job(
+            state, "1.2.1", "pending", attempts=2, next_attempt_at=NOW + 120,
+            reason="the exchange is unreachable: connection refused", created_at=NOW - 500,
+        ),
+        "at the exchange": add_job(
+            state, "1.2.2", "submitted", priority="stat", exchange_job_id="x-2",
+            submitted_at=NOW - 300, created_at=NOW - 400,
+        ),
+        "pacs": add_job(
+            state, "1.2.3", "submitted", exchange_job_id="x-3", submitted_at=NOW - 300,
+            result_seen_at=NOW - 200, attempts=1, reason="delivery to the PACS failed",
+            created_at=NOW - 300,
+        ),
+        "notice": add_job(
+            state, "1.2.4", "delivered", exchange_job_id="x-4", submitted_at=NOW - 300,
+            result_seen_at=NOW - 200, delivered_at=NOW - 190, created_at=NOW - 200,
+        ),
+    }  # fmt: skip
+    state.record_delivery(jobs["pacs"], "sr.dcm", "pacs", "2.25.1", None)
+    state.record_delivery(jobs["pacs"], "seg.dcm", "pacs", None, "association refused")
+    state.record_delivery(jobs["notice"], "sr.dcm", "pacs", "2.25.2", None)
+    state.queue_notice(jobs["notice"], "result", "{}", urgent=False)
+    state.record_notification(
+        jobs["notice"], "hl7", ok=False, retryable=True, stat=False, seconds=0.0,
+        detail="not tried: the hl7 receiver has failed 1 notice(s) in a row", counted=False,
+    )  # fmt: skip
+    state.record_notification(
+        jobs["notice"], "fhir", ok=True, retryable=False, stat=False, seconds=0.2,
+        detail="201 Created",
+    )  # fmt: skip
+    return jobs
+
+
+def test_the_jobs_not_done_with_stat_first_with_what_each_waits_for(tmp_path: Path) -> None:
+    state = GatewayState(tmp_path / "state.db")
+    jobs = a_gateways_day(state)
+    listed = job_statuses(tmp_path / "state.db", now=NOW)
+    state.close()
+    assert [job.id for job in listed] == [
+        jobs["at the exchange"],  # STAT first
+        jobs["sending"],
+        jobs["pacs"],
+        jobs["notice"],
+    ]
+    by_id = {job.id: job for job in listed}
+    sending = by_id[jobs["sending"]]
+    assert sending.waiting_for.startswith("sending to the exchange again at ")
+    assert sending.waiting_for.endswith("(try 3)")
+    assert "connection refused" in sending.reason
+    assert by_id[jobs["at the exchange"]].waiting_for == "the product's outcome (sent 5 min ago)"
+    pacs = by_id[jobs["pacs"]]
+    assert pacs.waiting_for == "storing its results in the PACS again (try 2)"
+    assert pacs.pacs == ["pacs: 1 stored, 1 failed (association refused)"]
+    notice = by_id[jobs["notice"]]
+    assert (notice.state, notice.waiting_for, notice.notices_queued) == (
+        "delivered",
+        "its notice, queued",
+        1,
+    )
+    assert [(n.channel, n.outcome, n.tries) for n in notice.notices] == [
+        ("fhir", "sent", 1),
+        ("hl7", "not tried", 0),
+    ]
+
+
+def test_all_lists_the_latest_jobs_and_a_study_its_own(tmp_path: Path) -> None:
+    state = GatewayState(tmp_path / "state.db")
+    jobs = a_gateways_day(state)
+    state.close()
+    latest = job_statuses(tmp_path / "state.db", everything=True, limit=2, now=NOW)
+    assert [job.id for job in latest] == [jobs["notice"], jobs["pacs"]]
+    [old] = job_statuses(tmp_path / "state.db", study_uid="1.9.1", now=NOW)
+    assert (old.state, old.waiting_for, old.pacs) == ("delivered", "", ["pacs: 1 stored"])
+    assert [(n.channel, n.outcome) for n in old.notices] == [("fhir", "sent"), ("hl7", "sent")]
+
+
+def test_the_command_shows_the_jobs_and_writes_them_as_json(tmp_path: Path) -> None:
+    config = offline_gateway_config(tmp_path)
+    path = tmp_path / "gateway" / "state.db"
+    state = GatewayState(path)
+    jobs = a_gateways_day(state)
+    files = [path, path.with_name("state.db-wal")]
+    before = [file.read_bytes() for file in files]
+    result = CliRunner().invoke(
+        app,
+        ["gateway-jobs", "--config", str(config), "--json", str(tmp_path / "jobs.json")],
+        env={"COLUMNS": "200"},
+    )
+    after = [file.read_bytes() for file in files]  # beside the gateway's open state
+    state.close()
+    assert result.exit_code == 0, result.output
+    shown = " ".join(result.output.split())
+    assert "jobs not done with" in shown
+    assert "submitted (STAT)" in shown and "its notice, queued" in shown
+    assert "hl7 (result): not tried" in shown
+    written = json.loads((tmp_path / "jobs.json").read_text())
+    assert [job["id"] for job in written] == [
+        jobs["at the exchange"], jobs["sending"], jobs["pacs"], jobs["notice"]
+    ]  # fmt: skip
+    assert written[2]["pacs"] == ["pacs: 1 stored, 1 failed (association refused)"]
+    assert written[3]["notices"][1] == {
+        "channel": "hl7",
+        "kind": "result",
+        "outcome": "not tried",
+        "tries": 0,
+        "detail": "not tried: the hl7 receiver has failed 1 notice(s) in a row",
+    }
+    assert after == before  # read, never written
+
+
+def test_the_command_says_why_it_cannot_read_the_state(tmp_path: Path) -> None:
+    config = offline_gateway_config(tmp_path)
+    runner = CliRunner()
+    missing = runner.invoke(app, ["gateway-jobs", "--config", str(config)])
+    assert missing.exit_code == 1
+    assert "does not exist: start the gateway once" in " ".join(missing.output.split())
+    GatewayState(tmp_path / "gateway" / "state.db").close()
+    (tmp_path / "gateway" / f"{RESTORE_STAGING}-1").mkdir()
+    restoring = runner.invoke(app, ["gateway-jobs", "--config", str(config)])
+    assert restoring.exit_code == 1
+    assert "a restore is copying a backup" in " ".join(restoring.output.split())
+
+
+def test_nothing_waiting_is_said_so(tmp_path: Path) -> None:
+    config = offline_gateway_config(tmp_path)
+    state = GatewayState(tmp_path / "gateway" / "state.db")
+    add_history(state, 0, 2)
+    state.close()
+    result = CliRunner().invoke(app, ["gateway-jobs", "--config", str(config)])
+    assert result.exit_code == 0
+    assert "none: every job is done with" in result.output
+    everything = CliRunner().invoke(
+        app, ["gateway-jobs", "--config", str(config), "--all"], env={"COLUMNS": "200"}
+    )
+    assert everything.output.count("pacs: 1 stored") == 2

@@ -100,7 +100,7 @@ def test_the_jobs_not_done_with_stat_first_with_what_each_waits_for(tmp_path: Pa
     notice = by_id[jobs["notice"]]
     assert (notice.state, notice.waiting_for, notice.notices_queued) == (
         "delivered",
-        "its notice, queued",
+        "its notice (its acknowledgement at the exchange waits for it)",
         1,
     )
     assert [(n.channel, n.outcome, n.tries) for n in notice.notices] == [
@@ -137,7 +137,7 @@ def test_the_command_shows_the_jobs_and_writes_them_as_json(tmp_path: Path) -> N
     assert result.exit_code == 0, result.output
     shown = " ".join(result.output.split())
     assert "jobs not done with" in shown
-    assert "submitted (STAT)" in shown and "its notice, queued" in shown
+    assert "submitted (STAT)" in shown and "its notice (its acknowledgement" in shown
     assert "hl7 (result): not tried" in shown
     written = json.loads((tmp_path / "jobs.json").read_text())
     assert [job["id"] for job in written] == [
@@ -179,3 +179,14 @@ def test_nothing_waiting_is_said_so(tmp_path: Path) -> None:
         app, ["gateway-jobs", "--config", str(config), "--all"], env={"COLUMNS": "200"}
     )
     assert everything.output.count("pacs: 1 stored") == 2
+
+
+def test_a_notice_done_with_leaves_its_job_done_with(tmp_path: Path) -> None:
+    state = GatewayState(tmp_path / "state.db")
+    jobs = a_gateways_day(state)
+    state.notice_done(jobs["notice"])
+    state.close()
+    listed = job_statuses(tmp_path / "state.db", now=NOW)
+    assert jobs["notice"] not in [job.id for job in listed]
+    [done] = job_statuses(tmp_path / "state.db", study_uid="1.2.4", now=NOW)
+    assert (done.waiting_for, done.notices_queued) == ("", 0)

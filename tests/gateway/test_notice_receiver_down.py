@@ -18,6 +18,7 @@ import yaml
 
 from aifi.gateway import notice_queue
 from aifi.gateway.config import load_config
+from aifi.gateway.job_list import job_statuses
 from aifi.gateway.notify import FrameDecoder, frame
 from aifi.gateway.notify.receivers import Hl7Listener
 from aifi.gateway.service import Gateway
@@ -148,9 +149,14 @@ def test_a_ris_down_holds_up_no_result_and_loses_no_notice(
         rows = hl7_rows(gateway)
         entries = [e for e in gateway.disclosures.entries() if e.recipient == "hl7 notice"]
         figures = scrape(gateway)
+        listed = job_statuses(gateway.config.workdir / "state.db")  # `aifi gateway-jobs`
     finally:
         gateway.stop()
     filed = {study: pacs_instances(pacs, study) for _files, study in sent}
+    # What the engineer is shown: three jobs in the PACS, each waiting for its notice.
+    assert [(job.state, job.notices_queued) for job in listed] == [("delivered", 1)] * 3
+    assert {job.notices[0].outcome for job in listed} <= {"retrying", "not tried"}
+    assert all(job.waiting_for.startswith("its notice") for job in listed)
 
     # Every job's result is in the PACS while the RIS is down; the exchange's jobs wait.
     assert all(len(instances) == 1 for instances in filed.values()), filed

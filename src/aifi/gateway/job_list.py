@@ -21,7 +21,10 @@ from aifi.gateway.state import MAX_NOTICE_ATTEMPTS
 #: Jobs not done with: to be sent, at the exchange, or brought home and not yet in every PACS;
 #: and any job whose notice is still queued.
 _WAITING = "j.state IN ('pending', 'submitted') OR q.job_id IS NOT NULL"
-_QUEUED = "LEFT JOIN (SELECT DISTINCT job_id FROM queued_notices) q ON q.job_id = j.id"
+_QUEUED = (
+    "LEFT JOIN (SELECT DISTINCT job_id FROM queued_notices WHERE done_at IS NULL) q "
+    "ON q.job_id = j.id"
+)
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,9 @@ def job_statuses(
         notices = _by_job(conn, "SELECT * FROM notifications", ids)
         deliveries = _by_job(conn, "SELECT * FROM deliveries", ids)
         waiting = (
-            _by_job(conn, "SELECT job_id FROM queued_notices", ids) if queued else defaultdict(list)
+            _by_job(conn, "SELECT job_id FROM queued_notices WHERE done_at IS NULL AND", ids)
+            if queued
+            else defaultdict(list)
         )
     finally:
         conn.close()
@@ -110,11 +115,13 @@ def _has_table(conn: sqlite3.Connection, name: str) -> bool:
 def _by_job(
     conn: sqlite3.Connection, select: str, ids: list[int]
 ) -> defaultdict[int, list[dict[str, Any]]]:
+    """`select`'s rows of these jobs, by job; `select` may end in `WHERE … AND`."""
     rows: defaultdict[int, list[dict[str, Any]]] = defaultdict(list)
+    where = "" if select.endswith(" AND") else " WHERE"
     for start in range(0, len(ids), 500):  # SQLite's limit on bound values, kept well under
         chunk = ids[start : start + 500]
         marks = ",".join("?" * len(chunk))
-        for row in conn.execute(f"{select} WHERE job_id IN ({marks})", chunk):
+        for row in conn.execute(f"{select}{where} job_id IN ({marks})", chunk):
             rows[int(row["job_id"])].append(dict(row))
     return rows
 
@@ -157,7 +164,7 @@ def _waiting_for(job: dict[str, Any], queued: int, now: float) -> str:
             return f"the product's outcome (sent {ago(now - float(job['submitted_at'] or now))})"
         return f"storing its results in the PACS again (try {attempts + 1})"
     if queued:
-        return "its notice, queued"
+        return "its notice (its acknowledgement at the exchange waits for it)"
     return ""
 
 

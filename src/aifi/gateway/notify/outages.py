@@ -77,7 +77,7 @@ class Outages:
         self.recoveries = 0
 
     def holding_off(self, channel: str) -> Outage | None:
-        """The channel's outage while routine notices hold off trying it; None when it may be
+        """The channel's outage while notices hold off trying it; None when it may be
         tried (it is up, or its pause is over)."""
         with self._lock:
             outage, due = self._down.get(channel), self._due.get(channel, 0.0)
@@ -103,8 +103,8 @@ class Outages:
             self._down[channel], self._due[channel] = outage, now + pause
         if self.hold_off_seconds > 0:
             log.warning(
-                "the %s receiver is down (%d notice(s) failed in a row); routine notices hold "
-                "off trying it for %.0f s: %s",
+                "the %s receiver is down (%d notice(s) failed in a row); notices hold off "
+                "trying it for %.0f s, but for a STAT notice's first try: %s",
                 channel, failures, pause, detail,
             )  # fmt: skip
         return outage

@@ -108,10 +108,10 @@ class NotificationSettings(_Settings):
     #: silence for a negative finding. The hospital may turn it off if its RIS cannot take an
     #: ORU with a canceled order (OBR-25 X) or its FHIR server a cancelled report.
     announce_unavailable: bool = True
-    #: Once a receiver has failed to take a notice (after its retries), routine notices do
-    #: not try it for this long, twice as long after each further failure, up to ten times
-    #: this: a receiver that is down then costs one timeout per pause, not one per job, and
-    #: the results go on to the PACS. STAT notices always try. 0 tries every notice.
+    #: Once a receiver has failed to take a notice (after its retries), notices do not try
+    #: it for this long, twice as long after each further failure, up to ten times this: a
+    #: receiver that is down then costs one timeout per pause, not one per notice. A STAT
+    #: notice's first try always goes. 0 tries every notice.
     hold_off_seconds: float = Field(default=30.0, ge=0, le=3600)
 
     @property

@@ -95,7 +95,7 @@ def test_the_jobs_not_done_with_stat_first_with_what_each_waits_for(tmp_path: Pa
     assert "connection refused" in sending.reason
     assert by_id[jobs["at the exchange"]].waiting_for == "the product's outcome (sent 5 min ago)"
     pacs = by_id[jobs["pacs"]]
-    assert pacs.waiting_for == "storing its results in the PACS again (try 2)"
+    assert pacs.waiting_for == "bringing its results home again (try 2)"
     assert pacs.pacs == ["pacs: 1 stored, 1 failed (association refused)"]
     notice = by_id[jobs["notice"]]
     assert (notice.state, notice.waiting_for, notice.notices_queued) == (
@@ -190,3 +190,19 @@ def test_a_notice_done_with_leaves_its_job_done_with(tmp_path: Path) -> None:
     assert jobs["notice"] not in [job.id for job in listed]
     [done] = job_statuses(tmp_path / "state.db", study_uid="1.2.4", now=NOW)
     assert (done.waiting_for, done.notices_queued) == ("", 0)
+
+
+def test_a_stat_notice_of_a_routine_job_is_listed_first(tmp_path: Path) -> None:
+    """A triage-positive result of a routine job: its notice is on the STAT thread, and its
+    job goes with the STAT ones, however many older jobs wait."""
+    state = GatewayState(tmp_path / "state.db")
+    older = [
+        add_job(state, f"1.3.{n}", "submitted", idempotency_key=f"k{n}", created_at=NOW - 900 + n)
+        for n in range(5)
+    ]
+    alert = add_job(state, "1.3.9", "delivered", created_at=NOW - 10)
+    state.queue_notice(alert, "result", "{}", urgent=True)
+    state.close()
+    listed = job_statuses(tmp_path / "state.db", limit=3, now=NOW)
+    assert [job.id for job in listed] == [alert, *older[:2]]
+    assert [job.priority for job in listed] == ["stat", "routine", "routine"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -257,5 +258,36 @@ def test_a_job_acknowledged_before_a_restore_does_not_send_its_queued_notice_aga
         assert gateway.state.job(job)["state"] == "delivered"
         assert gateway.state.queued_notices_of(job) == []
         assert gateway.notices_queued() == 0
+    finally:
+        gateway.close()
+
+
+def test_a_job_waiting_for_its_notice_is_looked_at_again_within_a_poll_not_every_second(
+    tmp_path: Path,
+) -> None:
+    """Its notice due now, but its thread busy with a receiver that hangs: the job waits a
+    poll's wait before the results thread lists the exchange for it again, unless its notice
+    is done with first."""
+    gateway = Gateway(load_config(offline_gateway_config(tmp_path)))
+    try:
+        with gateway.state.transaction() as db:
+            job = db.execute(
+                "INSERT INTO jobs (study_uid, round, product_id, idempotency_key, state, "
+                "exchange_job_id, study_last_at, created_at) "
+                "VALUES (?, 1, 'aifi-ich', 'k', 'delivered', 'x-1', 0, 0)",
+                (ORIGINAL,),
+            ).lastrowid
+        assert job is not None
+        gateway.state.queue_notice(job, "result", result().model_dump_json(), urgent=False)
+        before = time.time()
+        assert gateway._notices_waiting(job, "x-1")
+        assert gateway._retry_at["x-1"] >= before + gateway.config.poll_wait_seconds
+        gateway._notice_done("x-1")  # as a notice thread says
+        gateway._take_notices_done()  # on the results thread
+        assert "x-1" not in gateway._retry_at
+        gateway.state.notice_done(job)
+        assert not gateway._notices_waiting(job, "x-1")
+        [row] = gateway.state.query("SELECT notice FROM queued_notices")
+        assert row["notice"] == ""  # done with: what it said, its UIDs among it, goes
     finally:
         gateway.close()

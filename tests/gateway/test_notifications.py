@@ -42,8 +42,10 @@ def test_each_result_sends_an_oru_with_the_original_identity(
         try:
             storescu(files, port)
             assert gateway.wait_until(
-                lambda: [j["state"] for j in gateway.jobs()] == ["delivered"]
-                and not gateway.notices_queued(),
+                lambda: (
+                    [j["state"] for j in gateway.jobs()] == ["delivered"]
+                    and not gateway.notices_queued()
+                ),
                 timeout=90,
             ), gateway.jobs()
             [job] = gateway.jobs()
@@ -82,8 +84,10 @@ def test_a_notice_the_ris_refuses_is_counted_for_the_hospitals_monitoring(
         try:
             storescu(sorted(folder.rglob("*.dcm")), port)
             assert gateway.wait_until(
-                lambda: [j["state"] for j in gateway.jobs()] == ["delivered"]
-                and not gateway.notices_queued(),
+                lambda: (
+                    [j["state"] for j in gateway.jobs()] == ["delivered"]
+                    and not gateway.notices_queued()
+                ),
                 timeout=90,
             ), gateway.jobs()
             assert gateway.metrics is not None

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aifi.gateway.notify import (
+    FhirEndpoint,
     Hl7Endpoint,
     NotificationSettings,
     Notifier,
@@ -188,3 +189,26 @@ def test_held_off_channels_leave_the_others_alone(hl7_listener: Hl7Listener) -> 
         ("webhook", False, False),
     ]
     assert hl7_listener.received.qsize() == 2
+
+
+def test_a_stat_notice_holds_off_a_receiver_down_only_while_another_takes_it(
+    raw_peer: RawPeer, hl7_listener: Hl7Listener
+) -> None:
+    """FHIR down, the RIS up: a second alert is not held up by FHIR's timeout (it is held
+    off), yet reaches the RIS; with the RIS held off too, it tries both rather than nobody."""
+    fhir, clock = Ris(raw_peer), Clock()  # a silent peer: FHIR's POST is never answered
+    endpoint = FhirEndpoint(
+        base_url=f"http://127.0.0.1:{fhir.port}/fhir", timeout_seconds=1, retries=0
+    )
+    settings = NotificationSettings(hl7=Hl7Endpoint(host="127.0.0.1", port=hl7_listener.port),
+                                    fhir=endpoint)  # fmt: skip
+    with Notifier(settings) as notifier:
+        with_clock(notifier, clock)
+        first = {o.channel: o for o in notifier.notify(make_notice(make_summary(), job="a"))}
+        second = {o.channel: o for o in notifier.notify(make_notice(make_summary(), job="b"))}
+        notifier.outages.failed("hl7", "as if the RIS had failed too")
+        third = {o.channel: o for o in notifier.notify(make_notice(make_summary(), job="c"))}
+    assert first["hl7"].ok and first["fhir"].tried and not first["fhir"].ok
+    assert second["hl7"].ok and not second["fhir"].tried
+    assert fhir.connections == 2  # the first alert's, and the third's
+    assert third["fhir"].tried and third["hl7"].tried and third["hl7"].ok

@@ -18,12 +18,15 @@ from typing import Any
 
 from aifi.gateway.state import MAX_NOTICE_ATTEMPTS
 
-#: Jobs not done with: to be sent, at the exchange, or brought home and not yet in every PACS;
-#: and any job whose notice is still queued.
-_WAITING = "j.state IN ('pending', 'submitted') OR q.job_id IS NOT NULL"
-_QUEUED = (
-    "LEFT JOIN (SELECT DISTINCT job_id FROM queued_notices WHERE done_at IS NULL) q "
-    "ON q.job_id = j.id"
+#: Jobs not done with: to be sent, at the exchange, or brought home and not yet in every PACS
+#: (by the state's index); and any job whose notice is still queued (by the queue's index of
+#: notices still to send, however many were sent before), with whether it is STAT.
+_UNDER_WAY = (
+    "SELECT *, priority = 'stat' AS urgent FROM jobs WHERE state IN ('pending', 'submitted')"
+)
+_NOTICE_QUEUED = (
+    "SELECT j.*, MAX(q.urgent) AS urgent FROM queued_notices q JOIN jobs j ON j.id = q.job_id "
+    "WHERE q.done_at IS NULL GROUP BY j.id"
 )
 
 
@@ -74,21 +77,22 @@ def job_statuses(
     try:
         conn.execute("PRAGMA busy_timeout = 10000")
         queued = _has_table(conn, "queued_notices")
-        join = _QUEUED if queued else "LEFT JOIN (SELECT NULL AS job_id) q ON 0"
-        params: tuple[str, ...] = ()
         if study_uid is not None:
-            where, order, params = "j.study_uid = ?", "j.created_at, j.id", (study_uid,)
+            select = "SELECT * FROM jobs WHERE study_uid = ? ORDER BY created_at, id LIMIT ?"
+            jobs = [dict(row) for row in conn.execute(select, (study_uid, limit))]
         elif everything:
-            where, order = "1", "j.created_at DESC, j.id DESC"
+            select = "SELECT * FROM jobs ORDER BY id DESC LIMIT ?"  # ids grow with time
+            jobs = [dict(row) for row in conn.execute(select, (limit,))]
         else:
-            where, order = _WAITING, "j.priority = 'stat' DESC, j.created_at, j.id"
-        jobs = [
-            dict(row)
-            for row in conn.execute(
-                f"SELECT j.* FROM jobs j {join} WHERE {where} ORDER BY {order} LIMIT ?",
-                (*params, limit),
-            )
-        ]
+            found: dict[int, dict[str, Any]] = {}
+            for select in (_UNDER_WAY, _NOTICE_QUEUED) if queued else (_UNDER_WAY,):
+                for row in conn.execute(select):
+                    job = dict(row)
+                    held = found.setdefault(int(job["id"]), job)
+                    held["urgent"] = bool(held["urgent"]) or bool(job["urgent"])
+            jobs = sorted(
+                found.values(), key=lambda job: (not job["urgent"], job["created_at"], job["id"])
+            )[:limit]
         ids = [int(job["id"]) for job in jobs]
         notices = _by_job(conn, "SELECT * FROM notifications", ids)
         deliveries = _by_job(conn, "SELECT * FROM deliveries", ids)
@@ -133,12 +137,13 @@ def _status(
     queued: int,
     now: float,
 ) -> JobStatus:
+    stat = job["priority"] == "stat" or bool(job.get("urgent"))
     return JobStatus(
         id=int(job["id"]),
         exchange_job_id=job["exchange_job_id"],
         study_uid=str(job["study_uid"]),
         product_id=str(job["product_id"]),
-        priority=str(job["priority"] or "routine"),
+        priority="stat" if stat else "routine",
         state=str(job["state"]),
         created_at=float(job["created_at"]),
         attempts=int(job["attempts"]),
@@ -162,7 +167,9 @@ def _waiting_for(job: dict[str, Any], queued: int, now: float) -> str:
     if state == "submitted":
         if job["result_seen_at"] is None:
             return f"the product's outcome (sent {ago(now - float(job['submitted_at'] or now))})"
-        return f"storing its results in the PACS again (try {attempts + 1})"
+        if attempts == 0:
+            return "bringing its results home"
+        return f"bringing its results home again (try {attempts + 1})"
     if queued:
         return "its notice (its acknowledgement at the exchange waits for it)"
     return ""

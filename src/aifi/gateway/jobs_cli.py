@@ -94,7 +94,11 @@ def gateway_jobs(
         console.print(f"[red]error: {exc}[/]", soft_wrap=True)
         raise typer.Exit(1) from exc
     if json_file is not None:
-        json_file.write_text(json.dumps([asdict(job) for job in jobs], indent=2))
+        try:
+            json_file.write_text(json.dumps([asdict(job) for job in jobs], indent=2))
+        except OSError as exc:
+            console.print(f"[red]error: --json {json_file}: {exc}[/]", soft_wrap=True)
+            raise typer.Exit(1) from exc
     if not jobs:
         console.print(
             "no jobs" if everything or study else "none: every job is done with", soft_wrap=True

@@ -183,6 +183,7 @@ class NoticeSender:
 
     def _send(self, row: Mapping[str, Any]) -> None:
         job_id, kind, passes = int(row["job_id"]), str(row["kind"]), int(row["passes"])
+        first = int(row["tries"]) == 0
         try:
             queued = QueuedNotice.model_validate_json(row["notice"])
         except ValueError as exc:  # written by another version, or damaged: cannot be sent
@@ -195,7 +196,7 @@ class NoticeSender:
                 done = True
             else:
                 notice = queued.notice(self._hospital, known)
-                done = self.announce(job_id, queued, known, notice, first=passes == 0)
+                done = self.announce(job_id, queued, known, notice, first=first)
             failure = ""
         except (OSError, sqlite3.Error, NotRecorded) as exc:
             done, failure = False, f"{type(exc).__name__}: {exc}"
@@ -208,7 +209,8 @@ class NoticeSender:
             self._state.notice_done(job_id, kind)
             self._done(queued.exchange_job_id)
         else:
-            self._state.notice_later(job_id, kind, passes + 1, time.time() + retry_in(passes + 1))
+            due = time.time() + retry_in(passes + 1)
+            self._state.notice_later(job_id, kind, passes + 1, due, tried=not failure)
             log.info(
                 "job %s: its %s notice is tried again in %.0f s (%s)",
                 job_id, kind, retry_in(passes + 1), failure or "a channel did not take it",
@@ -266,10 +268,10 @@ class NoticeSender:
         first: bool = True,
     ) -> bool:
         """Send `notice` on every configured channel not yet done, each outcome recorded and
-        each try disclosed; True when every channel is done. The `first` pass of a STAT
-        notice, or of any notice of a study run STAT, tries every receiver; later passes hold
-        off a receiver that is down, as routine ones do, so that retries to it never hold up
-        a new alert.
+        each try disclosed; True when every channel is done. On the `first` pass of a STAT
+        notice, or of any notice of a study run STAT, receivers all held off are all tried
+        (`Notifier.notify`); later passes hold off as routine ones do, so that retries to a
+        receiver that is down never hold up a new alert.
 
         A channel's row is of one notice (`kind`): a notice that there is no result, after a
         result notice went out (its results purged before a restored gateway fetched them

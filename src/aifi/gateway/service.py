@@ -1466,6 +1466,8 @@ class Gateway:
             # queued already stays as it is.
             if local["delivery"]:
                 self._not_delivered[exchange_id] = Delivery(local["delivery"])
+            if self._notices_waiting(int(local["id"]), exchange_id):
+                return False  # before queueing again: nothing to queue while one waits
             if local["state"] == "ended" and not self._queue_no_result(local, job):
                 return False
             if self._notices_waiting(int(local["id"]), exchange_id):
@@ -1527,12 +1529,15 @@ class Gateway:
     def _notices_waiting(self, local_id: int, exchange_id: str) -> bool:
         """The job's notices are still queued: its acknowledgement waits for them (an
         acknowledged job is one whose notices went out, as `_settle_brought_home` takes it),
-        looked at again when they are done with (`_notice_done`) or next due."""
+        looked at again once they are done with (`_notice_done`), and otherwise not before
+        their next try is due, nor within a poll's wait: a notice thread busy with a receiver
+        that hangs must not make the results thread list the exchange every second."""
         queued = self.state.queued_notices_of(local_id)
         if not queued:
             return False
         due = min(float(row["due_at"]) for row in queued)
-        self._retry_at[exchange_id] = max(due, time.time()) + 1
+        now = time.time()
+        self._retry_at[exchange_id] = max(due, now + max(self.config.poll_wait_seconds, 1.0))
         return True
 
     def _notice_done(self, exchange_id: str) -> None:
@@ -1547,6 +1552,7 @@ class Gateway:
             done, self._notices_done = self._notices_done, set()
         for exchange_id in done:
             self._retry_at.pop(exchange_id, None)
+
     def _settled(self, exchange_id: str) -> None:
         """The job is brought home: nothing of it waits for a retry any more."""
         self._retry_at.pop(exchange_id, None)

@@ -164,14 +164,16 @@ CREATE TABLE IF NOT EXISTS deliveries (
     PRIMARY KEY (job_id, result_name, destination)
 );
 -- notices to send (`aifi.gateway.notice_queue`): queued as a job's results come home, sent on
--- threads of their own, `done_at` set once every channel is done with the notice (the row
--- stays, so that the job brought home again does not queue it again)
+-- threads of their own, `done_at` set once every channel is done with the notice, and the
+-- notice itself blanked (the row stays, so that the job brought home again does not queue it
+-- again; what the notice said, its UIDs among it, does not)
 CREATE TABLE IF NOT EXISTS queued_notices (
     job_id INTEGER NOT NULL,
     kind TEXT NOT NULL,       -- result | no-result
     notice TEXT NOT NULL,     -- JSON (QueuedNotice): all but the patient's identity
-    urgent INTEGER NOT NULL,  -- STAT: sent on a thread of its own, never held off
+    urgent INTEGER NOT NULL,  -- STAT: sent on a thread of its own, its first try never held off
     passes INTEGER NOT NULL DEFAULT 0,  -- passes that left a channel to try again
+    tries INTEGER NOT NULL DEFAULT 0,   -- of those, passes that reached the receivers
     due_at REAL NOT NULL,
     queued_at REAL NOT NULL,
     done_at REAL,
@@ -1273,7 +1275,7 @@ class GatewayState(StateReads):
         with self.transaction() as db:
             if kind == "no-result":
                 db.execute(
-                    "UPDATE queued_notices SET done_at = ? "
+                    "UPDATE queued_notices SET done_at = ?, notice = '' "
                     "WHERE job_id = ? AND kind = 'result' AND done_at IS NULL",
                     (now, job_id),
                 )
@@ -1284,11 +1286,11 @@ class GatewayState(StateReads):
             )
 
     def due_notices(self, urgent: bool, now: float, limit: int = 50) -> list[dict[str, Any]]:
-        """The queued notices of one lane due by `now`: those never sent first (a new alert
-        never waits behind retries to a receiver that is down), then the longest due."""
+        """The queued notices of one lane due by `now`: those never tried on a receiver first
+        (a new alert never waits behind retries to one that is down), then the longest due."""
         return self.query(
             "SELECT * FROM queued_notices WHERE urgent = ? AND done_at IS NULL AND due_at <= ? "
-            "ORDER BY passes > 0, due_at, queued_at LIMIT ?",
+            "ORDER BY tries > 0, due_at, queued_at LIMIT ?",
             (int(urgent), now, limit),
         )
 
@@ -1305,11 +1307,15 @@ class GatewayState(StateReads):
         )
         return float(rows[0]["due"]) if rows and rows[0]["due"] is not None else None
 
-    def notice_later(self, job_id: int, kind: str, passes: int, due_at: float) -> None:
+    def notice_later(
+        self, job_id: int, kind: str, passes: int, due_at: float, *, tried: bool = True
+    ) -> None:
+        """Try the notice again at `due_at`; `tried`: this pass reached the receivers."""
         with self.transaction() as db:
             db.execute(
-                "UPDATE queued_notices SET passes = ?, due_at = ? WHERE job_id = ? AND kind = ?",
-                (passes, due_at, job_id, kind),
+                "UPDATE queued_notices SET passes = ?, due_at = ?, tries = tries + ? "
+                "WHERE job_id = ? AND kind = ?",
+                (passes, due_at, int(tried), job_id, kind),
             )
 
     def notice_done(self, job_id: int, kind: str | None = None) -> None:
@@ -1317,8 +1323,8 @@ class GatewayState(StateReads):
         kinds = ("result", "no-result") if kind is None else (kind,)
         with self.transaction() as db:
             db.execute(
-                f"UPDATE queued_notices SET done_at = ? WHERE job_id = ? AND done_at IS NULL "
-                f"AND kind IN ({', '.join('?' for _ in kinds)})",
+                f"UPDATE queued_notices SET done_at = ?, notice = '' WHERE job_id = ? "
+                f"AND done_at IS NULL AND kind IN ({', '.join('?' for _ in kinds)})",
                 (time.time(), job_id, *kinds),
             )
 

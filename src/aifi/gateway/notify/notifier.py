@@ -123,14 +123,19 @@ class Notifier:
         self, notice: ResultNotice, skip: Collection[str] = (), *, always_try: bool | None = None
     ) -> list[NoticeOutcome]:
         """Send `notice` on every channel it goes to but those in `skip` (already delivered);
-        one outcome per channel, never raises for a channel's failure. Unless `always_try`
-        (by default: a STAT notice), it is not sent to a receiver being held off
-        (`Outages`); its outcome says so."""
+        one outcome per channel, never raises for a channel's failure. It is not sent to a
+        receiver being held off (`Outages`), its outcome says so; but with `always_try` (by
+        default: a STAT notice) every receiver is tried when all of them are held off, so
+        that an alert never reaches nobody on a guess. A receiver down among others that
+        are up is held off even then: it would hold up the next alert by its timeout."""
         channels = [channel for channel in self.channels(notice) if channel not in skip]
         always = notice.stat if always_try is None else always_try
+        held = {channel: self.outages.holding_off(channel) for channel in channels}
+        if always and all(outage is not None for outage in held.values()):
+            held = dict.fromkeys(channels)
         outcomes: dict[str, NoticeOutcome] = {}
         for channel in channels:
-            outage = None if always else self.outages.holding_off(channel)
+            outage = held[channel]
             if outage is not None:
                 outcomes[channel] = NoticeOutcome(
                     channel=channel,

@@ -9,8 +9,8 @@ failure (up to ten times the first pause); the first notice after the pause trie
 and one notice taken, or refused, ends the outage. A notice held off is not a try: it does
 not count towards the notice's five.
 
-A STAT notice's first try always goes: an alert is never held back on a guess that its
-receiver is down.
+A STAT notice's first try goes to every receiver when all of them are held off: an alert
+never reaches nobody on a guess (`Notifier.notify`).
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ class Outages:
         if self.hold_off_seconds > 0:
             log.warning(
                 "the %s receiver is down (%d notice(s) failed in a row); notices hold off "
-                "trying it for %.0f s, but for a STAT notice's first try: %s",
+                "trying it for %.0f s: %s",
                 channel, failures, pause, detail,
             )  # fmt: skip
         return outage

@@ -111,7 +111,7 @@ class NotificationSettings(_Settings):
     #: Once a receiver has failed to take a notice (after its retries), notices do not try
     #: it for this long, twice as long after each further failure, up to ten times this: a
     #: receiver that is down then costs one timeout per pause, not one per notice. A STAT
-    #: notice's first try always goes. 0 tries every notice.
+    #: notice whose receivers are all held off tries them all. 0 tries every notice.
     hold_off_seconds: float = Field(default=30.0, ge=0, le=3600)
 
     @property

@@ -231,6 +231,19 @@ def test_a_notice_done_with_is_not_queued_again(parts: Any) -> None:
     assert made.state.queued_notices_of(1) == [] and made.done == ["x-1"]
 
 
+def a_job(state: GatewayState, job_state: str) -> int:
+    """Exchange job x-1 of the study, in `job_state` at the gateway."""
+    with state.transaction() as db:
+        job = db.execute(
+            "INSERT INTO jobs (study_uid, round, product_id, idempotency_key, state, "
+            "exchange_job_id, study_last_at, created_at) "
+            "VALUES (?, 1, 'aifi-ich', 'k', ?, 'x-1', 0, 0)",
+            (ORIGINAL, job_state),
+        ).lastrowid
+    assert job is not None
+    return int(job)
+
+
 def test_a_job_acknowledged_before_a_restore_does_not_send_its_queued_notice_again(
     tmp_path: Path,
 ) -> None:
@@ -239,14 +252,7 @@ def test_a_job_acknowledged_before_a_restore_does_not_send_its_queued_notice_aga
     and the notice the backup held queued is done with, not sent a second time."""
     gateway = Gateway(load_config(offline_gateway_config(tmp_path)))
     try:
-        with gateway.state.transaction() as db:
-            job = db.execute(
-                "INSERT INTO jobs (study_uid, round, product_id, idempotency_key, state, "
-                "exchange_job_id, study_last_at, created_at) "
-                "VALUES (?, 1, 'aifi-ich', 'k', 'submitted', 'x-1', 0, 0)",
-                (ORIGINAL,),
-            ).lastrowid
-        assert job is not None
+        job = a_job(gateway.state, "submitted")
         gateway.state.queue_notice(job, "result", result().model_dump_json(), urgent=False)
         remote = {
             "state": "completed",
@@ -270,14 +276,7 @@ def test_a_job_waiting_for_its_notice_is_looked_at_again_within_a_poll_not_every
     is done with first."""
     gateway = Gateway(load_config(offline_gateway_config(tmp_path)))
     try:
-        with gateway.state.transaction() as db:
-            job = db.execute(
-                "INSERT INTO jobs (study_uid, round, product_id, idempotency_key, state, "
-                "exchange_job_id, study_last_at, created_at) "
-                "VALUES (?, 1, 'aifi-ich', 'k', 'delivered', 'x-1', 0, 0)",
-                (ORIGINAL,),
-            ).lastrowid
-        assert job is not None
+        job = a_job(gateway.state, "delivered")
         gateway.state.queue_notice(job, "result", result().model_dump_json(), urgent=False)
         before = time.time()
         assert gateway._notices_waiting(job, "x-1")

@@ -109,6 +109,20 @@ def unacknowledged(national: National) -> int:
     return sum(job["state"] == "completed" for job in waiting)
 
 
+def started(
+    national: National, orthanc_factory: Any, tmp_path: Path, ris_port: int, **settings: Any
+) -> tuple[Gateway, OrthancPeer, int, Path]:
+    """A gateway delivering to a real Orthanc, its notices to the RIS at `ris_port`
+    (`configure`'s `settings`): the gateway, the PACS, the gateway's port and its YAML."""
+    port = free_port()
+    pacs: OrthancPeer = orthanc_factory({"aifi": ("AIFI_GW", port)})
+    path = gateway_config(tmp_path, national, port, pacs.dicom_port)
+    configure(path, ris_port, **settings)
+    gateway = Gateway(load_config(path))
+    gateway.start()
+    return gateway, pacs, port, path
+
+
 def settled(gateway: Gateway, jobs: int) -> bool:
     """Every job's results in the PACS and each job's notice tried, or held off, once."""
     states = [job["state"] for job in gateway.jobs()]
@@ -136,13 +150,7 @@ def test_a_ris_down_holds_up_no_result_and_loses_no_notice(
     national: National, orthanc_factory: Any, silent_ris: SilentRis, tmp_path: Path
 ) -> None:
     sent = studies(tmp_path / "studies", 3)
-    port = free_port()
-    pacs: OrthancPeer = orthanc_factory({"aifi": ("AIFI_GW", port)})
-    path = gateway_config(tmp_path, national, port, pacs.dicom_port)
-    configure(path, silent_ris.port)
-
-    gateway = Gateway(load_config(path))
-    gateway.start()
+    gateway, pacs, port, path = started(national, orthanc_factory, tmp_path, silent_ris.port)
     try:
         send(gateway, port, sent)
         assert gateway.wait_until(lambda: settled(gateway, 3), timeout=60), gateway.jobs()
@@ -205,12 +213,9 @@ def test_a_study_run_stat_tries_a_ris_held_off_and_does_not_wait_for_it(
     message, yet it goes on the STAT thread and its first pass tries the RIS held off, and
     the job counts as done for the STAT figures once its result is in the PACS."""
     sent = studies(tmp_path / "studies", 2)
-    port = free_port()
-    pacs: OrthancPeer = orthanc_factory({"aifi": ("AIFI_GW", port)})
-    path = gateway_config(tmp_path, national, port, pacs.dicom_port)
-    configure(path, silent_ris.port, priority="stat")
-    gateway = Gateway(load_config(path))
-    gateway.start()
+    gateway, _pacs, port, _path = started(
+        national, orthanc_factory, tmp_path, silent_ris.port, priority="stat"
+    )
     try:
         send(gateway, port, sent)
         assert gateway.wait_until(lambda: settled(gateway, 2), timeout=60), gateway.jobs()
@@ -239,12 +244,9 @@ def test_once_the_ris_takes_a_notice_the_notices_waiting_go_at_once(
     here); the RIS takes a new job's notice, and theirs go at once."""
     monkeypatch.setattr(notice_queue, "retry_in", lambda _passes: 3600.0)
     sent = studies(tmp_path / "studies", 3)
-    port = free_port()
-    pacs: OrthancPeer = orthanc_factory({"aifi": ("AIFI_GW", port)})
-    path = gateway_config(tmp_path, national, port, pacs.dicom_port)
-    configure(path, silent_ris.port, hold_off_seconds=0.2)
-    gateway = Gateway(load_config(path))
-    gateway.start()
+    gateway, _pacs, port, _path = started(
+        national, orthanc_factory, tmp_path, silent_ris.port, hold_off_seconds=0.2
+    )
     try:
         send(gateway, port, sent[:2])
         assert gateway.notices_queued() == 2

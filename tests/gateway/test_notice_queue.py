@@ -290,3 +290,23 @@ def test_a_job_waiting_for_its_notice_is_looked_at_again_within_a_poll_not_every
         assert row["notice"] == ""  # done with: what it said, its UIDs among it, goes
     finally:
         gateway.close()
+
+
+def test_a_queue_from_before_its_tries_were_kept_is_brought_up_to_this_version(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    state = GatewayState(path)
+    state.queue_notice(1, "result", result().model_dump_json(), urgent=True)
+    state.notice_later(1, "result", 2, 0.0)
+    state.close()
+    db = sqlite3.connect(path)  # as a version without `tries` left it
+    db.execute("ALTER TABLE queued_notices DROP COLUMN tries")
+    db.commit()
+    db.close()
+    state = GatewayState(path)
+    try:
+        [row] = state.due_notices(True, time.time())
+        assert (row["passes"], row["tries"]) == (2, 2)  # its passes taken for tries
+    finally:
+        state.close()

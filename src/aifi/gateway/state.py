@@ -215,6 +215,11 @@ COLUMNS: dict[str, dict[str, tuple[str, str | None]]] = {
     },
     # Which notice a channel's row is of: an older version sent result notices only.
     "notifications": {"kind": ("TEXT NOT NULL DEFAULT 'result'", None)},
+    # A queue from before these: nothing was done with yet; each pass it had was a try.
+    "queued_notices": {
+        "done_at": ("REAL", None),
+        "tries": ("INTEGER NOT NULL DEFAULT 0", "UPDATE queued_notices SET tries = passes"),
+    },
     "unknown_jobs": {
         column: ("TEXT" if column == "study_uid" else "REAL", None)
         for column in ("taken_at", "disclosed_at", "study_uid")

@@ -97,7 +97,7 @@ def job_statuses(
         notices = _by_job(conn, "SELECT * FROM notifications", ids)
         deliveries = _by_job(conn, "SELECT * FROM deliveries", ids)
         waiting = (
-            _by_job(conn, "SELECT job_id FROM queued_notices WHERE done_at IS NULL AND", ids)
+            _by_job(conn, "SELECT job_id FROM queued_notices", ids, "done_at IS NULL")
             if queued
             else defaultdict(list)
         )
@@ -117,15 +117,15 @@ def _has_table(conn: sqlite3.Connection, name: str) -> bool:
 
 
 def _by_job(
-    conn: sqlite3.Connection, select: str, ids: list[int]
+    conn: sqlite3.Connection, select: str, ids: list[int], condition: str = ""
 ) -> defaultdict[int, list[dict[str, Any]]]:
-    """`select`'s rows of these jobs, by job; `select` may end in `WHERE … AND`."""
+    """`select`'s rows of these jobs (those meeting `condition`, too), by job."""
     rows: defaultdict[int, list[dict[str, Any]]] = defaultdict(list)
-    where = "" if select.endswith(" AND") else " WHERE"
+    also = f" AND {condition}" if condition else ""
     for start in range(0, len(ids), 500):  # SQLite's limit on bound values, kept well under
         chunk = ids[start : start + 500]
         marks = ",".join("?" * len(chunk))
-        for row in conn.execute(f"{select}{where} job_id IN ({marks})", chunk):
+        for row in conn.execute(f"{select} WHERE job_id IN ({marks}){also}", chunk):
             rows[int(row["job_id"])].append(dict(row))
     return rows
 

@@ -222,14 +222,7 @@ class NoticeSender:
         notice still to be retried (not a try), so that the hospital's monitoring sees a STAT
         notice held up by the gateway's own trouble as it sees one a receiver holds up."""
         try:
-            outcomes = self._state.notification_outcomes(job_id, queued.kind)
-            for channel in self._notifier.channels_of(queued.message_stat):
-                if channel in outcomes and notice_settled(outcomes[channel]):
-                    continue
-                self._state.record_notification(
-                    job_id, channel, ok=False, retryable=True, stat=queued.message_stat,
-                    detail=f"not sent: {failure}", seconds=0.0, kind=queued.kind, counted=False,
-                )  # fmt: skip
+            self._say_on_unsettled(job_id, queued, f"not sent: {failure}", retryable=True)
         except sqlite3.Error as exc:
             log.warning("job %s: why its notice was not sent is not on record: %s", job_id, exc)
 
@@ -250,13 +243,20 @@ class NoticeSender:
         """The study left the vault before its notice went: nobody can be named, so every
         channel not done with it gives it up, as a failure the hospital's monitoring sees."""
         log.warning("job %s: its %s notice is given up: %s", job_id, queued.kind, STUDY_GONE)
+        self._say_on_unsettled(job_id, queued, STUDY_GONE, retryable=False)
+
+    def _say_on_unsettled(
+        self, job_id: int, queued: QueuedNotice, detail: str, *, retryable: bool
+    ) -> None:
+        """Record `detail` on each channel of the notice's message not done with it, as no
+        try: still to be retried (`retryable`) or given up."""
         outcomes = self._state.notification_outcomes(job_id, queued.kind)
         for channel in self._notifier.channels_of(queued.message_stat):
             if channel in outcomes and notice_settled(outcomes[channel]):
                 continue
             self._state.record_notification(
-                job_id, channel, ok=False, retryable=False, stat=queued.message_stat,
-                detail=STUDY_GONE, seconds=0.0, kind=queued.kind, counted=False,
+                job_id, channel, ok=False, retryable=retryable, stat=queued.message_stat,
+                detail=detail, seconds=0.0, kind=queued.kind, counted=False,
             )  # fmt: skip
 
     def announce(

@@ -1,17 +1,22 @@
 """Every read of pixels or results leaves exactly one entry, naming the patient pseudonym;
-a refused read leaves a refusal and nothing else. On PostgreSQL a read's entry is stored in
-the read's own transaction, on SQLite just after it: the log must read the same on both."""
+a refused read leaves a refusal and nothing else. On PostgreSQL a read runs in autocommit and
+its entry is stored before it answers, on SQLite just after its transaction: the log must read
+the same on both."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pydicom
+import pytest
+from sqlalchemy import text
 
+from aifi.exchange.db import Database
 from aifi.products.tissue_volume import run as tissue_volume
 from aifi.vendor import JobContext
-from scale.exchange_api import OPERATOR_KEY
+from scale.exchange_api import OPERATOR_KEY, backend_settings
 
 OPERATOR = {"Authorization": f"Bearer {OPERATOR_KEY}"}
 
@@ -72,3 +77,37 @@ def test_each_read_is_audited_once_and_a_refused_read_as_refused(
     )
     verified = exchange.client.get("/audit/verify", headers=OPERATOR).json()
     assert verified["ok"], verified
+
+
+def _transaction_state(database: Database, pid: int) -> str:
+    """What PostgreSQL says backend `pid` is doing, asked on a connection of its own."""
+    dsn = database.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(dsn, autocommit=True) as other:
+        row = other.execute("SELECT state FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def test_on_postgresql_a_read_holds_no_transaction_and_its_connection_goes_back_transactional(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A read costs no BEGIN and COMMIT, and holds no snapshot while it runs; the same pooled
+    connection must then run the next change in a transaction again, or a change's statements
+    and its audit entry would commit one by one."""
+    chosen = backend_settings("postgresql", tmp_path, request.config)
+    database = Database(str(chosen.settings.database_url), pool_size=1)
+    try:
+        with database.reading() as session:
+            session.execute(text("SELECT 1"))
+            reader = session.connection().connection.dbapi_connection
+            assert reader is not None
+            pid = reader.info.backend_pid
+            assert _transaction_state(database, pid) == "idle"
+        with database.session() as session:
+            session.execute(text("SELECT 1"))
+            writer = session.connection().connection.dbapi_connection
+            assert writer is not None and writer.info.backend_pid == pid  # the same connection
+            assert _transaction_state(database, pid) == "idle in transaction"
+    finally:
+        database.dispose()
+        chosen.close()

@@ -147,17 +147,18 @@ class AuditLog:
     def reading(
         self, actor: Actor, action: str, object_type: str, object_id: str
     ) -> Iterator[Read]:
-        """A read in a transaction of its own, audited however it ends.
+        """A read in a session of its own, audited however it ends.
 
         The body reads in `Read.session` and calls `Read.succeeded` for what it gave out; a
         refusal (an :class:`ExchangeError`) is stored as such and raised on. On PostgreSQL
-        the read's entries join its own transaction, which saves each read a transaction of
-        its own (three round trips). On SQLite any insert would make the read wait for the
-        one writer, so its entries are group-committed just after it (`record`).
+        the read runs in autocommit (:meth:`Database.reading`) and its session stores its
+        entries, one INSERT, before it answers: no transaction of their own, and no BEGIN or
+        COMMIT round trips. On SQLite any insert would make the read wait for the one
+        writer, so its entries are group-committed just after it (`record`).
         """
         joins = self._db.is_postgresql
         try:
-            with self._db.session() as session:
+            with self._db.reading() as session:
                 read = Read(session, actor, action, object_type, object_id)
                 yield read
                 if joins and read.rows:

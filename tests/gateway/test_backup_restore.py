@@ -232,6 +232,7 @@ def test_a_job_brought_home_after_the_backup_is_not_brought_home_again(
     [job] = hospital.jobs()
     assert job["state"] == "delivered" and job["exchange_state"] == "completed"
     assert "brought home before the gateway was restored from a backup" in job["reason"]
+    assert job["acknowledged_at"] is not None  # not listed as waiting (`aifi gateway-jobs`)
     assert not (gateway.results_dir / str(job["id"])).exists()  # nothing fetched again
     assert "reidentified" not in [entry.action for entry in gateway.disclosures.entries()]
     gateway.reconcile_restore()  # once per restore

@@ -4,6 +4,7 @@ read from its state beside it, and nothing written."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from pathlib import Path
 
@@ -11,12 +12,16 @@ from typer.testing import CliRunner
 
 from aifi.cli import app
 from aifi.gateway.backup import RESTORE_STAGING
+from aifi.gateway.config import load_config
 from aifi.gateway.job_list import job_statuses
 from aifi.gateway.state import GatewayState
 from gateway.test_disclosures import offline_gateway_config
+from support.hospital import Hospital, acknowledgements_lost
+from support.restore import bring_home, until_ended
 from support.spool import add_history
 
 NOW = time.time()
+ACKNOWLEDGEMENT = "its acknowledgement at the exchange (tried again; the gateway's log says why)"
 
 
 def add_job(state: GatewayState, study: str, job_state: str, **columns: object) -> int:
@@ -181,15 +186,126 @@ def test_nothing_waiting_is_said_so(tmp_path: Path) -> None:
     assert everything.output.count("pacs: 1 stored") == 2
 
 
-def test_a_notice_done_with_leaves_its_job_done_with(tmp_path: Path) -> None:
+def test_a_notice_done_with_leaves_its_job_to_its_acknowledgement(tmp_path: Path) -> None:
     state = GatewayState(tmp_path / "state.db")
     jobs = a_gateways_day(state)
     state.notice_done(jobs["notice"])
+    [waiting] = job_statuses(tmp_path / "state.db", study_uid="1.2.4", now=NOW)
+    assert (waiting.waiting_for, waiting.notices_queued) == (ACKNOWLEDGEMENT, 0)
+    state.acknowledged(["x-4"])
     state.close()
     listed = job_statuses(tmp_path / "state.db", now=NOW)
     assert jobs["notice"] not in [job.id for job in listed]
     [done] = job_statuses(tmp_path / "state.db", study_uid="1.2.4", now=NOW)
     assert (done.waiting_for, done.notices_queued) == ("", 0)
+
+
+def test_ended_jobs_the_exchange_still_waits_on_are_listed_until_acknowledged(
+    tmp_path: Path,
+) -> None:
+    """The exchange's `HospitalNotCollecting` counts the ended jobs a hospital has not
+    acknowledged: the list names each, whatever keeps it, and no job acknowledged."""
+    state = GatewayState(tmp_path / "state.db")
+    add_history(state, 0, 3)
+    refused = add_job(
+        state, "1.4.1", "refused", exchange_job_id="x-41", reason="burned-in annotation",
+        created_at=NOW - 300,
+    )  # fmt: skip
+    no_result = add_job(
+        state, "1.4.2", "ended", exchange_job_id="x-42", exchange_state="failed",
+        reason="the product failed", priority="stat", created_at=NOW - 200,
+    )  # fmt: skip
+    add_job(
+        state, "1.4.3", "ended", exchange_job_id="x-43", exchange_state="failed",
+        acknowledged_at=NOW - 100, created_at=NOW - 100,
+    )  # fmt: skip
+    add_job(state, "1.4.4", "skipped", reason="sent before", created_at=NOW - 50)
+    listed = job_statuses(tmp_path / "state.db", now=NOW)
+    assert [(job.id, job.priority) for job in listed] == [
+        (no_result, "stat"),
+        (refused, "routine"),
+    ]
+    assert listed[0].waiting_for == ACKNOWLEDGEMENT
+    assert listed[1].waiting_for == (
+        "its refusal to go on record at the exchange, then its acknowledgement"
+    )
+    state.acknowledged(["x-41", "x-42"])
+    state.close()
+    assert job_statuses(tmp_path / "state.db", now=NOW) == []
+
+
+def test_a_state_from_before_acknowledgements_were_noted_takes_its_ended_jobs_as_acknowledged(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    state = GatewayState(path)
+    jobs = a_gateways_day(state)
+    ended = add_job(state, "1.4.2", "ended", exchange_job_id="x-42", ended_at=NOW - 60)
+    state.close()
+    db = sqlite3.connect(path)  # as a version that did not note acknowledgements left it
+    db.execute("DROP INDEX ix_jobs_unacknowledged")
+    db.execute("ALTER TABLE jobs DROP COLUMN acknowledged_at")
+    db.commit()
+    db.close()
+    # A gateway of that version still running: the list reads its state as it is.
+    assert jobs["notice"] in [job.id for job in job_statuses(path, now=NOW)]
+    state = GatewayState(path)  # the upgrade
+    try:
+        assert state.job(ended)["acknowledged_at"] == NOW - 60
+        assert state.job(jobs["at the exchange"])["acknowledged_at"] is None
+        listed = [job.id for job in job_statuses(path, now=NOW)]
+        assert ended not in listed
+        assert sorted(listed) == sorted(jobs.values())  # as before, the notice's job too
+    finally:
+        state.close()
+
+
+def test_a_job_is_listed_until_the_exchange_takes_its_acknowledgement(
+    hospital: Hospital,
+) -> None:
+    """Brought home, its acknowledgement lost on the way: listed as waiting for it, and no
+    longer once a later poll's acknowledgement goes through."""
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    [job] = hospital.jobs()
+    assert hospital.send_due() == [job["id"]]
+    exchange_id = str(hospital.gateway.state.job(job["id"])["exchange_job_id"])
+    path = load_config(hospital.path).workdir / "state.db"
+    passing = hospital.network.handle_request
+    acknowledgements_lost(hospital)
+    assert hospital.gateway.collect(until_ended(hospital, exchange_id))
+    hospital.gateway.acknowledge([exchange_id])
+    hospital.network.handle_request = passing  # type: ignore[method-assign]
+
+    [waiting] = job_statuses(path)
+    assert (waiting.state, waiting.waiting_for) == ("delivered", ACKNOWLEDGEMENT)
+    assert hospital.gateway.collect(until_ended(hospital, exchange_id))
+    hospital.gateway.acknowledge([exchange_id])
+    assert job_statuses(path) == []
+    assert hospital.gateway.client.job(exchange_id)["acknowledged_at"] is not None
+
+
+def test_a_job_the_exchange_no_longer_lists_is_taken_as_acknowledged(hospital: Hospital) -> None:
+    """The acknowledgement reached the exchange and its answer was lost, or a restore put back
+    a state from before it: the exchange lists the job no longer, and the list must not keep
+    it for ever. A job refused here stays: its exchange job may not have ended yet."""
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    [job] = hospital.jobs()
+    assert hospital.send_due() == [job["id"]]
+    exchange_id = str(hospital.gateway.state.job(job["id"])["exchange_job_id"])
+    bring_home(hospital, exchange_id)
+    state = hospital.gateway.state
+    state.update_job(job["id"], acknowledged_at=None)  # as a backup taken before it held it
+    refused = add_job(
+        state, "1.4.1", "refused", exchange_job_id="x-41", reason="burned-in annotation"
+    )
+    path = load_config(hospital.path).workdir / "state.db"
+    assert sorted(j.id for j in job_statuses(path)) == sorted([job["id"], refused])
+
+    hospital.gateway._bring_home()  # a listing with nothing in it
+    assert [j.id for j in job_statuses(path)] == [refused]
+    assert state.job(job["id"])["acknowledged_at"] is not None
 
 
 def test_a_stat_notice_of_a_routine_job_is_listed_first(tmp_path: Path) -> None:

@@ -45,9 +45,9 @@ def add_history(state: GatewayState, first: int, studies: int) -> None:
             job = db.execute(
                 "INSERT INTO jobs (study_uid, round, product_id, priority, idempotency_key, "
                 "state, study_last_at, created_at, submitted_at, ended_at, delivered_at, "
-                "result_seen_at, exchange_job_id) VALUES (?, 1, 'product-a', NULL, ?, "
-                "'delivered', ?, ?, ?, ?, ?, ?, ?)",
-                (uid, f"{uid}:product-a:1", *(long_ago,) * 6, f"x-{uid}"),
+                "result_seen_at, acknowledged_at, exchange_job_id) VALUES (?, 1, 'product-a', "
+                "NULL, ?, 'delivered', ?, ?, ?, ?, ?, ?, ?, ?)",
+                (uid, f"{uid}:product-a:1", *(long_ago,) * 7, f"x-{uid}"),
             ).lastrowid
             db.execute(
                 "INSERT INTO deliveries VALUES (?, 'sr.dcm', 'pacs', NULL, 'delivered', 1, "

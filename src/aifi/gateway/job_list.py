@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from aifi.gateway.state import MAX_NOTICE_ATTEMPTS
+from aifi.gateway.state import MAX_NOTICE_ATTEMPTS, UNACKNOWLEDGED
 
 #: Jobs not done with: to be sent, at the exchange, or brought home and not yet in every PACS
 #: (by the state's index); and any job whose notice is still queued (by the queue's index of
@@ -28,6 +28,10 @@ _NOTICE_QUEUED = (
     "SELECT j.*, MAX(q.urgent) AS urgent FROM queued_notices q JOIN jobs j ON j.id = q.job_id "
     "WHERE q.done_at IS NULL GROUP BY j.id"
 )
+#: Jobs ended here that the exchange still lists to this gateway, not acknowledged (by the
+#: index of those): the acknowledgement failed, or waits for the job's refusal to go on record
+#: or for its notice that no result will come to be queued.
+_UNACKNOWLEDGED = UNACKNOWLEDGED.format(columns="*, priority = 'stat' AS urgent")
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,7 @@ def job_statuses(
     conn.row_factory = sqlite3.Row
     try:
         conn.execute("PRAGMA busy_timeout = 10000")
-        queued = _has_table(conn, "queued_notices")
+        queued = _in_schema(conn, "table", "queued_notices")
         if study_uid is not None:
             select = "SELECT * FROM jobs WHERE study_uid = ? ORDER BY created_at, id LIMIT ?"
             jobs = [dict(row) for row in conn.execute(select, (study_uid, limit))]
@@ -85,7 +89,12 @@ def job_statuses(
             jobs = [dict(row) for row in conn.execute(select, (limit,))]
         else:
             found: dict[int, dict[str, Any]] = {}
-            for select in (_UNDER_WAY, _NOTICE_QUEUED) if queued else (_UNDER_WAY,):
+            selects = [_UNDER_WAY]
+            if queued:
+                selects.append(_NOTICE_QUEUED)
+            if _in_schema(conn, "index", "ix_jobs_unacknowledged"):  # a gateway of this version ran
+                selects.append(_UNACKNOWLEDGED)
+            for select in selects:
                 for row in conn.execute(select):
                     job = dict(row)
                     held = found.setdefault(int(job["id"]), job)
@@ -109,9 +118,10 @@ def job_statuses(
     ]
 
 
-def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+def _in_schema(conn: sqlite3.Connection, kind: str, name: str) -> bool:
+    """Whether the state has this table or index: one written by an earlier version may not."""
     found = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        "SELECT 1 FROM sqlite_master WHERE type = ? AND name = ?", (kind, name)
     ).fetchone()
     return found is not None
 
@@ -172,6 +182,13 @@ def _waiting_for(job: dict[str, Any], queued: int, now: float) -> str:
         return f"bringing its results home again (try {attempts + 1})"
     if queued:
         return "its notice (its acknowledgement at the exchange waits for it)"
+    if job.get("acknowledged_at") is None and job["exchange_job_id"] is not None:
+        if state == "refused":
+            return "its refusal to go on record at the exchange, then its acknowledgement"
+        if state in ("ended", "delivered"):
+            # The acknowledgement failed, or an ended job's notice that no result will come
+            # could not be queued yet: both are tried again, and the log says which.
+            return "its acknowledgement at the exchange (tried again; the gateway's log says why)"
     return ""
 
 

@@ -1120,6 +1120,8 @@ class Gateway:
             log.warning(
                 "job %s: ended job %s not acknowledged yet (%s)", job_id, exchange_id, failed
             )
+            return
+        self._record_acknowledged([exchange_id])
 
     def _stands_as_opened(self, job: Any, held: Mapping[str, Any], reason: str) -> None:
         """An earlier attempt opened the exchange's job to vendors, and this one cannot send
@@ -1276,6 +1278,7 @@ class Gateway:
         said its results did not reach the PACS, and why (`acknowledge`); an exchange job
         acknowledged by a gateway too old to say so counts as delivered."""
         note = f"brought home before {BroughtHome.WHEN} (acknowledged {remote['acknowledged_at']})"
+        acknowledged = datetime.fromisoformat(str(remote["acknowledged_at"])).timestamp()
         ended = remote.get("ended_at")
         common = {
             "exchange_state": remote["state"],
@@ -1291,7 +1294,6 @@ class Gateway:
                 **common,
             )  # fmt: skip
         elif remote["state"] == "completed":
-            acknowledged = datetime.fromisoformat(str(remote["acknowledged_at"])).timestamp()
             self.state.update_job(
                 int(local["id"]), state="delivered", delivered_at=acknowledged, reason=note,
                 **common,
@@ -1302,6 +1304,7 @@ class Gateway:
         # Acknowledged, so its notices went out (the acknowledgement waits for them): one the
         # backup still held queued is not sent a second time.
         self.state.notice_done(int(local["id"]))
+        self._record_acknowledged([str(local["exchange_job_id"])], acknowledged)
         log.info("job %s: %s", local["id"], note)
 
     def _digest_if_sent(
@@ -1389,6 +1392,11 @@ class Gateway:
             for exchange_id in [exchange_id for exchange_id in held if exchange_id not in listed]:
                 del held[exchange_id]
         self.adoptions.forget_unlisted(listed)
+        try:
+            if settled := self.state.settle_unlisted(listed):
+                log.info("%d job(s) brought home are acknowledged at the exchange", settled)
+        except (OSError, sqlite3.Error) as exc:  # only `aifi gateway-jobs` reads it
+            log.warning("acknowledged jobs not noted in the state (%s)", exc)
 
     def acknowledge(self, exchange_ids: list[str]) -> None:
         """Tell the exchange these jobs are home, in one request, and which of them brought
@@ -1423,6 +1431,15 @@ class Gateway:
             return
         for exchange_id in said:
             del self._not_delivered[exchange_id]
+        self._record_acknowledged(exchange_ids)
+
+    def _record_acknowledged(self, exchange_ids: list[str], at: float | None = None) -> None:
+        """Note that the exchange took these jobs' acknowledgement, for `aifi gateway-jobs`.
+        Only that list reads it: the disk failing here loses no job, and the note is left."""
+        try:
+            self.state.acknowledged(exchange_ids, at)
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("acknowledged jobs not noted in the state (%s)", exc)
 
     def collect(self, job: dict[str, Any]) -> bool:
         """Bring an ended job home: deliver its results to every PACS (True when done). A job

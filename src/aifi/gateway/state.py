@@ -14,7 +14,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +100,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     inputs_digest TEXT,      -- what it was sent with (`inputs_digest`); NULL: not known
     -- 1 once a request to open it may have reached the exchange (`skip_if_sent_before`)
     may_be_open INTEGER NOT NULL DEFAULT 0,
+    -- when the exchange took its acknowledgement (brought home, or settled)
+    acknowledged_at REAL,
     delivery TEXT  -- why its results did not reach the PACS (aifi.results.delivery);
     -- said with its acknowledgement; NULL: delivered, or not brought home
 );
@@ -187,6 +189,23 @@ CREATE INDEX IF NOT EXISTS ix_queued_notices_due ON queued_notices(urgent, due_a
 )
 
 
+#: Indexes on columns that `COLUMNS` may have had to add first.
+AFTER_COLUMNS = """
+-- the jobs the exchange still waits on this gateway to acknowledge: a few, however many ended
+CREATE INDEX IF NOT EXISTS ix_jobs_unacknowledged ON jobs(created_at)
+    WHERE acknowledged_at IS NULL AND exchange_job_id IS NOT NULL
+    AND state IN ('ended', 'delivered', 'refused');
+"""
+
+
+#: The jobs of `ix_jobs_unacknowledged`, read by it: a few rows, however many jobs ended (left
+#: to itself, SQLite would read every delivered job by `ix_jobs_delivered`).
+UNACKNOWLEDGED = (
+    "SELECT {columns} FROM jobs INDEXED BY ix_jobs_unacknowledged WHERE acknowledged_at IS NULL"
+    " AND exchange_job_id IS NOT NULL AND state IN ('ended', 'delivered', 'refused')"
+)
+
+
 #: Columns added since a table was first created, by table: `CREATE TABLE IF NOT EXISTS` leaves
 #: an existing table as it is, so a state of an older version gets them at start: each column
 #: with its definition, and what its rows hold then (None: the default). A gateway of the older
@@ -211,6 +230,15 @@ COLUMNS: dict[str, dict[str, tuple[str, str | None]]] = {
             " WHEN reason LIKE '%was purged at the exchange%' THEN 'purged' END"
             " WHERE state = 'ended' AND exchange_state = 'completed'"
             " AND result_seen_at IS NOT NULL",
+        ),
+        # An older version did not record its acknowledgements: a job it brought home, or
+        # ended, is taken as acknowledged when it ended (as it mostly was). One still waiting
+        # is acknowledged at its next poll all the same; only `aifi gateway-jobs` does not
+        # list it meanwhile.
+        "acknowledged_at": (
+            "REAL",
+            "UPDATE jobs SET acknowledged_at = COALESCE(delivered_at, ended_at, created_at)"
+            " WHERE state IN ('ended', 'delivered', 'refused', 'skipped')",
         ),
     },
     # Which notice a channel's row is of: an older version sent result notices only.
@@ -545,6 +573,9 @@ class GatewayState(StateReads):
         with self.transaction() as db:
             if added := _add_columns(db):
                 log.info("state of an earlier version: added %s", ", ".join(added))
+            for statement in AFTER_COLUMNS.split(";"):
+                if statement.strip():
+                    db.execute(statement)
             if not tallies.install(db, TALLIES):
                 tallies.refresh(db, _SPOOL_TALLY)
             else:
@@ -908,6 +939,37 @@ class GatewayState(StateReads):
         columns = ", ".join(f"{name} = ?" for name in values)
         with self.transaction() as db:
             db.execute(f"UPDATE jobs SET {columns} WHERE id = ?", (*values.values(), job_id))
+
+    def acknowledged(self, exchange_job_ids: Sequence[str], at: float | None = None) -> None:
+        """The exchange took these jobs' acknowledgement (at `at`, now by default): it no
+        longer lists them to this gateway, and `aifi gateway-jobs` no longer does either."""
+        moment = time.time() if at is None else at
+        with self.transaction() as db:
+            db.executemany(
+                "UPDATE jobs SET acknowledged_at = ? WHERE exchange_job_id = ?"
+                " AND acknowledged_at IS NULL",
+                [(moment, exchange_job_id) for exchange_job_id in exchange_job_ids],
+            )
+
+    def settle_unlisted(self, listed: set[str]) -> int:
+        """Jobs brought home here that the exchange no longer lists as ended and not
+        acknowledged (`listed`: the whole listing) are acknowledged there: by this gateway
+        before a restore put back a state that did not know it yet, say. Only jobs brought
+        home count, not one refused here: its exchange job may not have ended yet."""
+        waiting = self.query(UNACKNOWLEDGED.format(columns="id, state, exchange_job_id"))
+        gone = [
+            int(row["id"])
+            for row in waiting
+            if row["state"] != "refused" and row["exchange_job_id"] not in listed
+        ]
+        if gone:
+            now = time.time()
+            with self.transaction() as db:
+                db.executemany(
+                    "UPDATE jobs SET acknowledged_at = ? WHERE id = ? AND acknowledged_at IS NULL",
+                    [(now, job_id) for job_id in gone],
+                )
+        return len(gone)
 
     def record_restore(self, backup_taken_at: float) -> None:
         """This state was put back from a backup taken at `backup_taken_at`: its jobs are to

@@ -231,6 +231,28 @@ def test_a_notice_done_with_is_not_queued_again(parts: Any) -> None:
     assert made.state.queued_notices_of(1) == [] and made.done == ["x-1"]
 
 
+def test_a_no_result_notice_queued_before_announcing_was_turned_off_is_not_sent(
+    parts: Any,
+) -> None:
+    """The hospital turned `announce_unavailable` off (and restarted) while a notice that no
+    result will come waited for the RIS: it leaves the queue unsent, and its job goes on to
+    its acknowledgement. A result notice still goes."""
+    with Hl7Listener() as ris:
+        made = parts(NotificationSettings(hl7=hl7(ris.port), announce_unavailable=False))
+        made.state.queue_notice(1, "no-result", no_result().model_dump_json(), urgent=False)
+        made.sender.queue(2, result("x-2"))
+        made.sender.send_due(urgent=False)
+        message = ris.received.get(timeout=5)
+        assert ris.received.empty()
+    assert "No AI result" not in message.text
+    assert made.state.queued_notices_of(1) == [] and made.state.queued_notices_of(2) == []
+    assert sorted(made.done) == ["x-1", "x-2"]
+    assert made.state.notification_outcomes(1) == {}  # nothing sent, nothing to retry
+    assert made.disclosures.entries() and all(
+        "x-2" in entry.detail for entry in made.disclosures.entries()
+    )
+
+
 def a_job(state: GatewayState, job_state: str) -> int:
     """Exchange job x-1 of the study, in `job_state` at the gateway."""
     with state.transaction() as db:
@@ -284,6 +306,13 @@ def test_a_job_waiting_for_its_notice_is_looked_at_again_within_a_poll_not_every
         gateway._notice_done("x-1")  # as a notice thread says
         gateway._take_notices_done()  # on the results thread
         assert "x-1" not in gateway._retry_at
+        # A PACS back-off set after the wait for the notice keeps its time.
+        assert gateway._notices_waiting(job, "x-1")
+        gateway._collect_later(gateway.state.job(job), "x-1", OSError("the PACS refused"))
+        backing_off = gateway._retry_at["x-1"]
+        gateway._notice_done("x-1")
+        gateway._take_notices_done()
+        assert gateway._retry_at["x-1"] == backing_off
         gateway.state.notice_done(job)
         assert not gateway._notices_waiting(job, "x-1")
         [row] = gateway.state.query("SELECT notice FROM queued_notices")

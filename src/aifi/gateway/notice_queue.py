@@ -189,6 +189,9 @@ class NoticeSender:
         except ValueError as exc:  # written by another version, or damaged: cannot be sent
             self._unreadable(job_id, kind, exc)
             return
+        if kind == "no-result" and not self._notifier.settings.announce_unavailable:
+            self._no_longer_announced(job_id, queued)
+            return
         try:
             known = self._vault.study(queued.pseudonym_study_uid)
             if known is None or known[0] != queued.original_study_uid:
@@ -215,6 +218,15 @@ class NoticeSender:
                 "job %s: its %s notice is tried again in %.0f s (%s)",
                 job_id, kind, retry_in(passes + 1), failure or "a channel did not take it",
             )  # fmt: skip
+        self._changed()
+
+    def _no_longer_announced(self, job_id: int, queued: QueuedNotice) -> None:
+        """Queued before `announce_unavailable` was turned off: the hospital no longer wants
+        these notices, so it leaves the queue unsent, as one not yet queued would be."""
+        log.info("job %s: its notice that no result will come is no longer sent", job_id)
+        self._state.give_up_notifications(job_id, (), NO_LONGER_SENT)
+        self._state.notice_done(job_id, queued.kind)
+        self._done(queued.exchange_job_id)
         self._changed()
 
     def _not_sent(self, job_id: int, queued: QueuedNotice, failure: str) -> None:

@@ -294,6 +294,9 @@ class Gateway:
         #: Jobs whose notices the notice threads are done with, for the results thread.
         self._notices_done: set[str] = set()
         self._notices_done_lock = threading.Lock()
+        #: The retries set to wait for a job's notices (`_notices_waiting`): only these end
+        #: early when a notice is done with, not a back-off set since. Results thread only.
+        self._notices_awaited: dict[str, float] = {}
         #: Studies an open association is still sending, by association: a study is not
         #: complete while its sender is connected, whatever the quiet timer says.
         self._sending: dict[int, set[str]] = {}
@@ -1388,7 +1391,7 @@ class Gateway:
         """The exchange listed every ended job not brought home (`listed`): what this gateway
         keeps of others (a retry due, an unknown job met) is of jobs brought home since, by
         another gateway on the hospital's account say, and goes; it would grow for ever."""
-        for held in (self._retry_at, self._not_delivered):
+        for held in (self._retry_at, self._not_delivered, self._notices_awaited):
             for exchange_id in [exchange_id for exchange_id in held if exchange_id not in listed]:
                 del held[exchange_id]
         self.adoptions.forget_unlisted(listed)
@@ -1554,7 +1557,8 @@ class Gateway:
             return False
         due = min(float(row["due_at"]) for row in queued)
         now = time.time()
-        self._retry_at[exchange_id] = max(due, now + max(self.config.poll_wait_seconds, 1.0))
+        retry = max(due, now + max(self.config.poll_wait_seconds, 1.0))
+        self._retry_at[exchange_id] = self._notices_awaited[exchange_id] = retry
         return True
 
     def _notice_done(self, exchange_id: str) -> None:
@@ -1564,16 +1568,20 @@ class Gateway:
             self._notices_done.add(exchange_id)
 
     def _take_notices_done(self) -> None:
-        """On the results thread, which alone keeps the retries."""
+        """On the results thread, which alone keeps the retries. Only a retry set to wait
+        for the job's notices ends early: a PACS back-off set since keeps its time."""
         with self._notices_done_lock:
             done, self._notices_done = self._notices_done, set()
         for exchange_id in done:
-            self._retry_at.pop(exchange_id, None)
+            awaited = self._notices_awaited.pop(exchange_id, None)
+            if awaited is not None and self._retry_at.get(exchange_id) == awaited:
+                del self._retry_at[exchange_id]
 
     def _settled(self, exchange_id: str) -> None:
         """The job is brought home: nothing of it waits for a retry any more."""
         self._retry_at.pop(exchange_id, None)
         self._collect_attempts.pop(exchange_id, None)
+        self._notices_awaited.pop(exchange_id, None)
 
     def _settle_refused(self, local: Mapping[str, Any], job: Mapping[str, Any]) -> bool | None:
         """An ended exchange job of a job refused here: True when settled (acknowledge it),

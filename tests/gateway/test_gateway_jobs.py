@@ -288,7 +288,8 @@ def test_a_job_is_listed_until_the_exchange_takes_its_acknowledgement(
 def test_a_job_the_exchange_no_longer_lists_is_taken_as_acknowledged(hospital: Hospital) -> None:
     """The acknowledgement reached the exchange and its answer was lost, or a restore put back
     a state from before it: the exchange lists the job no longer, and the list must not keep
-    it for ever. A job refused here stays: its exchange job may not have ended yet."""
+    it for ever. A job refused here counts once it was refused before the listing was asked
+    for (its exchange job ended first); one refused since may not be listed yet, and stays."""
     hospital.receive(*hospital.files)
     assert hospital.route() == 1
     [job] = hospital.jobs()
@@ -297,15 +298,22 @@ def test_a_job_the_exchange_no_longer_lists_is_taken_as_acknowledged(hospital: H
     bring_home(hospital, exchange_id)
     state = hospital.gateway.state
     state.update_job(job["id"], acknowledged_at=None)  # as a backup taken before it held it
-    refused = add_job(
-        state, "1.4.1", "refused", exchange_job_id="x-41", reason="burned-in annotation"
-    )
+    refused_before = add_job(
+        state, "1.4.1", "refused", exchange_job_id="x-41", reason="burned-in annotation",
+        ended_at=time.time() - 5, idempotency_key="k-41",
+    )  # fmt: skip
+    refused_since = add_job(
+        state, "1.4.2", "refused", exchange_job_id="x-42", reason="burned-in annotation",
+        ended_at=time.time() + 3600, idempotency_key="k-42",
+    )  # fmt: skip
     path = load_config(hospital.path).workdir / "state.db"
-    assert sorted(j.id for j in job_statuses(path)) == sorted([job["id"], refused])
+    listed = sorted(j.id for j in job_statuses(path))
+    assert listed == sorted([job["id"], refused_before, refused_since])
 
     hospital.gateway._bring_home()  # a listing with nothing in it
-    assert [j.id for j in job_statuses(path)] == [refused]
+    assert [j.id for j in job_statuses(path)] == [refused_since]
     assert state.job(job["id"])["acknowledged_at"] is not None
+    assert state.job(refused_before)["acknowledged_at"] is not None
 
 
 def test_a_stat_notice_of_a_routine_job_is_listed_first(tmp_path: Path) -> None:

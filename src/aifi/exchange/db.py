@@ -286,7 +286,8 @@ class Database:
         Under READ COMMITTED every statement of a transaction sees a snapshot of its own
         anyway, so a read sees nothing it would not have seen in one; and its audit entries
         are stored, one statement, before the read is answered. SQLite keeps its deferred
-        transaction, which costs no round trip.
+        transaction, which costs no round trip. Nothing but the audit entry may be written
+        here: on PostgreSQL a write would commit on its own, apart from what records it.
         """
         with self.sessions() as session, session.begin():
             if self.is_postgresql:

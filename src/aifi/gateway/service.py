@@ -1350,6 +1350,7 @@ class Gateway:
         for exchange_id in self.adoptions.decided_since_met():  # now, not in five minutes
             self._retry_at.pop(exchange_id, None)
         listed: set[str] = set()
+        asked = time.time()
         while not self._stop.is_set():
             page = self.client.ended_jobs(
                 wait=self.config.poll_wait_seconds if after is None else 0, after=after
@@ -1358,7 +1359,7 @@ class Gateway:
             last = str(page[-1]["id"]) if page else last
             listed.update(str(job["id"]) for job in page)
             if len(page) < ENDED_PAGE:
-                self._forget_unlisted(listed)
+                self._forget_unlisted(listed, asked)
             brought_home: list[str] = []
             for job in sorted(page, key=_urgent, reverse=True):  # a stroke result first
                 if self._stop.is_set():
@@ -1387,7 +1388,7 @@ class Gateway:
         exporter."""
         return len(self.adoptions)
 
-    def _forget_unlisted(self, listed: set[str]) -> None:
+    def _forget_unlisted(self, listed: set[str], asked: float) -> None:
         """The exchange listed every ended job not brought home (`listed`): what this gateway
         keeps of others (a retry due, an unknown job met) is of jobs brought home since, by
         another gateway on the hospital's account say, and goes; it would grow for ever."""
@@ -1396,8 +1397,8 @@ class Gateway:
                 del held[exchange_id]
         self.adoptions.forget_unlisted(listed)
         try:
-            if settled := self.state.settle_unlisted(listed):
-                log.info("%d job(s) brought home are acknowledged at the exchange", settled)
+            if settled := self.state.settle_unlisted(listed, asked):
+                log.info("%d job(s) ended here are acknowledged at the exchange", settled)
         except (OSError, sqlite3.Error) as exc:  # only `aifi gateway-jobs` reads it
             log.warning("acknowledged jobs not noted in the state (%s)", exc)
 

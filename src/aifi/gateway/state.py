@@ -951,16 +951,19 @@ class GatewayState(StateReads):
                 [(moment, exchange_job_id) for exchange_job_id in exchange_job_ids],
             )
 
-    def settle_unlisted(self, listed: set[str]) -> int:
-        """Jobs brought home here that the exchange no longer lists as ended and not
-        acknowledged (`listed`: the whole listing) are acknowledged there: by this gateway
-        before a restore put back a state that did not know it yet, say. Only jobs brought
-        home count, not one refused here: its exchange job may not have ended yet."""
-        waiting = self.query(UNACKNOWLEDGED.format(columns="id, state, exchange_job_id"))
+    def settle_unlisted(self, listed: set[str], since: float) -> int:
+        """Jobs ended here that the exchange no longer lists as ended and not acknowledged
+        (`listed`: the whole listing, asked for from `since` on) are acknowledged there, or
+        gone: their acknowledgement's answer was lost, or a restore put back a state that did
+        not know it yet. A job brought home was listed as ended; a job refused here counts
+        once it was refused before the listing was asked for, as its exchange job had ended
+        by then (`Gateway._refuse_sent` refuses it after ending it)."""
+        waiting = self.query(UNACKNOWLEDGED.format(columns="id, state, exchange_job_id, ended_at"))
         gone = [
             int(row["id"])
             for row in waiting
-            if row["state"] != "refused" and row["exchange_job_id"] not in listed
+            if row["exchange_job_id"] not in listed
+            and (row["state"] != "refused" or float(row["ended_at"] or since) < since)
         ]
         if gone:
             now = time.time()

@@ -156,8 +156,11 @@ def test_a_pass_the_gateway_itself_fails_shows_as_a_notice_retrying(
 
 def test_a_queued_row_that_cannot_be_read_is_given_up_once(parts: Any, closed_port: int) -> None:
     made = parts(NotificationSettings(hl7=hl7(closed_port)))
+    job = a_job(made.state, "delivered")
+    assert job == 1
     made.state.queue_notice(1, "result", '{"kind": "result"}', urgent=False)
     made.sender.send_due(urgent=False)
+    assert made.done == ["x-1"]  # its acknowledgement goes at the next look
     row = made.state.notification_outcomes(1)["hl7"]
     assert (row["ok"], row["retryable"]) == (0, 0)
     assert row["detail"].startswith("given up: the queued notice cannot be read")

@@ -249,6 +249,9 @@ class NoticeSender:
                 seconds=0.0, kind=kind, counted=False,
             )  # fmt: skip
         self._state.notice_done(job_id, kind)
+        job = self._state.job_or_none(job_id)
+        if job is not None and job["exchange_job_id"]:  # its acknowledgement waits no more
+            self._done(str(job["exchange_job_id"]))
         self._changed()
 
     def _cannot_name(self, job_id: int, queued: QueuedNotice) -> None:

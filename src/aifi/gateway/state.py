@@ -929,7 +929,14 @@ class GatewayState(StateReads):
         return rows[0]["due"] if rows and rows[0]["due"] is not None else None
 
     def job(self, job_id: int) -> dict[str, Any]:
-        return self.query("SELECT * FROM jobs WHERE id = ?", (job_id,))[0]
+        found = self.job_or_none(job_id)
+        if found is None:
+            raise IndexError(f"no job {job_id} in the state")
+        return found
+
+    def job_or_none(self, job_id: int) -> dict[str, Any] | None:
+        rows = self.query("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return rows[0] if rows else None
 
     def job_by_exchange_id(self, exchange_job_id: str) -> dict[str, Any] | None:
         rows = self.query("SELECT * FROM jobs WHERE exchange_job_id = ?", (exchange_job_id,))

@@ -247,8 +247,12 @@ def test_a_state_from_before_acknowledgements_were_noted_takes_its_ended_jobs_as
     db.execute("ALTER TABLE jobs DROP COLUMN acknowledged_at")
     db.commit()
     db.close()
-    # A gateway of that version still running: the list reads its state as it is.
+    # A gateway of that version still running: the list reads its state as it is, and says
+    # of no job that it waits for an acknowledgement it cannot know of.
     assert jobs["notice"] in [job.id for job in job_statuses(path, now=NOW)]
+    latest = job_statuses(path, everything=True, now=NOW)
+    assert ended in [job.id for job in latest]
+    assert not any("acknowledgement at the exchange (tried" in job.waiting_for for job in latest)
     state = GatewayState(path)  # the upgrade
     try:
         assert state.job(ended)["acknowledged_at"] == NOW - 60
@@ -330,3 +334,29 @@ def test_a_stat_notice_of_a_routine_job_is_listed_first(tmp_path: Path) -> None:
     listed = job_statuses(tmp_path / "state.db", limit=3, now=NOW)
     assert [job.id for job in listed] == [alert, *older[:2]]
     assert [job.priority for job in listed] == ["stat", "routine", "routine"]
+
+
+def test_a_job_the_exchange_still_lists_is_not_taken_as_acknowledged(hospital: Hospital) -> None:
+    """Its acknowledgements lost, the job is listed at every poll: it stays on the list, and
+    so does one an upgrade from an older version took for acknowledged."""
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    [job] = hospital.jobs()
+    assert hospital.send_due() == [job["id"]]
+    exchange_id = str(hospital.gateway.state.job(job["id"])["exchange_job_id"])
+    until_ended(hospital, exchange_id)
+    acknowledgements_lost(hospital)
+    path = load_config(hospital.path).workdir / "state.db"
+    state = hospital.gateway.state
+
+    hospital.gateway._bring_home()  # brought home, its acknowledgement lost
+    assert state.job(job["id"])["state"] == "delivered"
+    assert [j.id for j in job_statuses(path)] == [job["id"]]
+    hospital.gateway._bring_home()  # listed again: not settled
+    assert [j.id for j in job_statuses(path)] == [job["id"]]
+
+    state.update_job(job["id"], acknowledged_at=time.time() - 60)  # as the upgrade takes it
+    assert job_statuses(path) == []
+    hospital.gateway._bring_home()  # the exchange lists it: not acknowledged after all
+    [listed] = job_statuses(path)
+    assert (listed.id, listed.waiting_for) == (job["id"], ACKNOWLEDGEMENT)

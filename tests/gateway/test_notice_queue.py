@@ -17,7 +17,7 @@ import pytest
 
 from aifi.gateway.config import load_config
 from aifi.gateway.disclosures import DisclosureLog
-from aifi.gateway.notice_queue import STUDY_GONE, NoticeSender, QueuedNotice
+from aifi.gateway.notice_queue import NO_LONGER_SENT, STUDY_GONE, NoticeSender, QueuedNotice
 from aifi.gateway.notify import Hl7Endpoint, NotificationSettings, Notifier, WebhookEndpoint
 from aifi.gateway.notify.receivers import Hl7Listener, WebhookReceiver
 from aifi.gateway.service import Gateway
@@ -235,25 +235,37 @@ def test_a_notice_done_with_is_not_queued_again(parts: Any) -> None:
 
 
 def test_a_no_result_notice_queued_before_announcing_was_turned_off_is_not_sent(
-    parts: Any,
+    parts: Any, closed_port: int
 ) -> None:
     """The hospital turned `announce_unavailable` off (and restarted) while a notice that no
     result will come waited for the RIS: it leaves the queue unsent, and its job goes on to
     its acknowledgement. A result notice still goes."""
     with Hl7Listener() as ris:
-        made = parts(NotificationSettings(hl7=hl7(ris.port), announce_unavailable=False))
-        made.state.queue_notice(1, "no-result", no_result().model_dump_json(), urgent=False)
-        made.sender.queue(2, result("x-2"))
-        made.sender.send_due(urgent=False)
-        message = ris.received.get(timeout=5)
-        assert ris.received.empty()
+        down = parts(NotificationSettings(hl7=hl7(closed_port), hold_off_seconds=0))
+        down.sender.queue(1, no_result())
+        down.sender.send_due(urgent=False)  # the RIS down: a try failed, to be retried
+        assert down.state.notification_outcomes(1)["hl7"]["retryable"] == 1
+        down.notifier.close()
+        turned_off = NotificationSettings(hl7=hl7(ris.port), announce_unavailable=False)
+        sender = NoticeSender(
+            hospital="hospital-a", state=down.state, vault=down.vault,
+            notifier=(notifier := Notifier(turned_off)), disclosures=down.disclosures,
+            stop=threading.Event(), changed=lambda: None, done=down.done.append,
+        )  # fmt: skip
+        try:
+            down.state.notice_later(1, "no-result", 1, 0.0)  # due again now
+            sender.queue(2, result("x-2"))
+            sender.send_due(urgent=False)
+            message = ris.received.get(timeout=5)
+            assert ris.received.empty()
+        finally:
+            notifier.close()
     assert "No AI result" not in message.text
-    assert made.state.queued_notices_of(1) == [] and made.state.queued_notices_of(2) == []
-    assert sorted(made.done) == ["x-1", "x-2"]
-    assert made.state.notification_outcomes(1) == {}  # nothing sent, nothing to retry
-    assert made.disclosures.entries() and all(
-        "x-2" in entry.detail for entry in made.disclosures.entries()
-    )
+    assert down.state.queued_notices_of(1) == [] and down.state.queued_notices_of(2) == []
+    assert sorted(down.done) == ["x-1", "x-2"]
+    given_up = down.state.notification_outcomes(1)["hl7"]  # not left retrying for ever
+    assert (given_up["retryable"], given_up["detail"]) == (0, NO_LONGER_SENT)
+    assert [entry.detail.count("x-2") for entry in down.disclosures.entries()][-1] == 1
 
 
 def a_job(state: GatewayState, job_state: str) -> int:

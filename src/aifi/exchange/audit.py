@@ -6,8 +6,9 @@ patient pseudonym, time, outcome).
 
 An entry is written in two steps. It is stored with the change it records, in the same
 transaction (`record_in`: a transaction's entries go in one INSERT just before it commits) — a
-read's entry with the read (`reading`), and a refusal in a short transaction of its own
-(`record`) — and so it is never lost, nor left behind by a change that rolled back. Moments
+read's entry before the read answers (`reading`: on PostgreSQL by the read's own session,
+which runs in autocommit; on SQLite just after it), and a refusal in a short transaction of
+its own (`record`) — and so it is never lost, nor left behind by a change that rolled back. Moments
 later `chain` links the entries stored since the last round into the hash chain, one replica
 at a time. Requests thus never wait for each other (or for other replicas) to extend the
 chain; an entry is tamper-evident from the round that links it, within a second of its write.

@@ -28,9 +28,10 @@ _NOTICE_QUEUED = (
     "SELECT j.*, MAX(q.urgent) AS urgent FROM queued_notices q JOIN jobs j ON j.id = q.job_id "
     "WHERE q.done_at IS NULL GROUP BY j.id"
 )
-#: Jobs ended here that the exchange still lists to this gateway, not acknowledged (by the
-#: index of those): the acknowledgement failed, or waits for the job's refusal to go on record
-#: or for its notice that no result will come to be queued.
+#: Jobs ended here whose acknowledgement the exchange has not taken, as far as the gateway
+#: knows (by the index of those): it failed, or waits for the job's refusal to go on record or
+#: for its notice that no result will come to be queued. The gateway's next complete listing
+#: of the exchange's ended jobs settles one the exchange took after all (`match_listing`).
 _UNACKNOWLEDGED = UNACKNOWLEDGED.format(columns="*, priority = 'stat' AS urgent")
 
 
@@ -182,7 +183,8 @@ def _waiting_for(job: dict[str, Any], queued: int, now: float) -> str:
         return f"bringing its results home again (try {attempts + 1})"
     if queued:
         return "its notice (its acknowledgement at the exchange waits for it)"
-    if job.get("acknowledged_at") is None and job["exchange_job_id"] is not None:
+    # A state of an older version, its gateway still running, has no column: nothing said.
+    if "acknowledged_at" in job and job["acknowledged_at"] is None and job["exchange_job_id"]:
         if state == "refused":
             return "its refusal to go on record at the exchange, then its acknowledgement"
         if state in ("ended", "delivered"):

@@ -225,9 +225,7 @@ class NoticeSender:
         these notices, so it leaves the queue unsent, as one not yet queued would be."""
         log.info("job %s: its notice that no result will come is no longer sent", job_id)
         self._state.give_up_notifications(job_id, (), NO_LONGER_SENT)
-        self._state.notice_done(job_id, queued.kind)
-        self._done(queued.exchange_job_id)
-        self._changed()
+        self._leave_queue(job_id, queued.kind, queued.exchange_job_id)
 
     def _not_sent(self, job_id: int, queued: QueuedNotice, failure: str) -> None:
         """A pass that failed before it could send: each channel not done says so, as a
@@ -248,10 +246,14 @@ class NoticeSender:
                 job_id, channel, ok=False, retryable=False, stat=False, detail=why,
                 seconds=0.0, kind=kind, counted=False,
             )  # fmt: skip
-        self._state.notice_done(job_id, kind)
         job = self._state.job_or_none(job_id)
-        if job is not None and job["exchange_job_id"]:  # its acknowledgement waits no more
-            self._done(str(job["exchange_job_id"]))
+        self._leave_queue(job_id, kind, str(job["exchange_job_id"] or "") if job else "")
+
+    def _leave_queue(self, job_id: int, kind: str, exchange_job_id: str) -> None:
+        """The notice is done with, unsent: its job's acknowledgement waits for it no more."""
+        self._state.notice_done(job_id, kind)
+        if exchange_job_id:
+            self._done(exchange_job_id)
         self._changed()
 
     def _cannot_name(self, job_id: int, queued: QueuedNotice) -> None:

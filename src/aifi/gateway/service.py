@@ -11,8 +11,8 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -1307,7 +1307,8 @@ class Gateway:
         # Acknowledged, so its notices went out (the acknowledgement waits for them): one the
         # backup still held queued is not sent a second time.
         self.state.notice_done(int(local["id"]))
-        self._record_acknowledged([str(local["exchange_job_id"])], acknowledged)
+        if exchange_id := remote.get("id") or local["exchange_job_id"]:
+            self._record_acknowledged([str(exchange_id)], acknowledged)
         log.info("job %s: %s", local["id"], note)
 
     def _digest_if_sent(
@@ -1396,11 +1397,13 @@ class Gateway:
             for exchange_id in [exchange_id for exchange_id in held if exchange_id not in listed]:
                 del held[exchange_id]
         self.adoptions.forget_unlisted(listed)
-        try:
-            if settled := self.state.settle_unlisted(listed, asked):
-                log.info("%d job(s) ended here are acknowledged at the exchange", settled)
-        except (OSError, sqlite3.Error) as exc:  # only `aifi gateway-jobs` reads it
-            log.warning("acknowledged jobs not noted in the state (%s)", exc)
+        with self._noting_acknowledgements():
+            settled, reopened = self.state.match_listing(listed, asked)
+            if settled or reopened:
+                log.info(
+                    "acknowledged at the exchange, as its listing shows: %d job(s) ended here;"
+                    " not acknowledged: %d taken for acknowledged", settled, reopened,
+                )  # fmt: skip
 
     def acknowledge(self, exchange_ids: list[str]) -> None:
         """Tell the exchange these jobs are home, in one request, and which of them brought
@@ -1438,12 +1441,18 @@ class Gateway:
         self._record_acknowledged(exchange_ids)
 
     def _record_acknowledged(self, exchange_ids: list[str], at: float | None = None) -> None:
-        """Note that the exchange took these jobs' acknowledgement, for `aifi gateway-jobs`.
-        Only that list reads it: the disk failing here loses no job, and the note is left."""
-        try:
+        """Note that the exchange took these jobs' acknowledgement, for `aifi gateway-jobs`."""
+        with self._noting_acknowledgements():
             self.state.acknowledged(exchange_ids, at)
+
+    @contextmanager
+    def _noting_acknowledgements(self) -> Iterator[None]:
+        """Only `aifi gateway-jobs` reads what is noted of acknowledgements: the disk failing
+        here loses no job, and the note is left (the next complete listing mends it)."""
+        try:
+            yield
         except (OSError, sqlite3.Error) as exc:
-            log.warning("acknowledged jobs not noted in the state (%s)", exc)
+            log.warning("acknowledgements not noted in the state (%s)", exc)
 
     def collect(self, job: dict[str, Any]) -> bool:
         """Bring an ended job home: deliver its results to every PACS (True when done). A job

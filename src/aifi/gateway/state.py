@@ -232,9 +232,8 @@ COLUMNS: dict[str, dict[str, tuple[str, str | None]]] = {
             " AND result_seen_at IS NOT NULL",
         ),
         # An older version did not record its acknowledgements: a job it brought home, or
-        # ended, is taken as acknowledged when it ended (as it mostly was). One still waiting
-        # is acknowledged at its next poll all the same; only `aifi gateway-jobs` does not
-        # list it meanwhile.
+        # ended, is taken as acknowledged when it ended (as it mostly was). One the exchange
+        # still lists is taken as not acknowledged at the next poll (`match_listing`).
         "acknowledged_at": (
             "REAL",
             "UPDATE jobs SET acknowledged_at = COALESCE(delivered_at, ended_at, created_at)"
@@ -958,28 +957,48 @@ class GatewayState(StateReads):
                 [(moment, exchange_job_id) for exchange_job_id in exchange_job_ids],
             )
 
-    def settle_unlisted(self, listed: set[str], since: float) -> int:
-        """Jobs ended here that the exchange no longer lists as ended and not acknowledged
-        (`listed`: the whole listing, asked for from `since` on) are acknowledged there, or
-        gone: their acknowledgement's answer was lost, or a restore put back a state that did
-        not know it yet. A job brought home was listed as ended; a job refused here counts
-        once it was refused before the listing was asked for, as its exchange job had ended
-        by then (`Gateway._refuse_sent` refuses it after ending it)."""
+    def match_listing(self, listed: set[str], asked_at: float) -> tuple[int, int]:
+        """Bring what this state says of acknowledgements in line with the exchange's whole
+        listing of ended jobs not acknowledged (`listed`, asked for at `asked_at`); how many
+        jobs it took as acknowledged, and how many as not.
+
+        A job ended here that the listing no longer holds is acknowledged there, or gone: its
+        acknowledgement's answer was lost, or a restore put back a state that did not know it
+        yet. A job brought home was listed as ended; a job refused here counts once it was
+        refused before the listing was asked for, as its exchange job had ended by then
+        (`Gateway._refuse_sent` refuses it after ending it). A job the listing holds is not
+        acknowledged, whatever this state says of it from before the listing was asked for:
+        the upgrade from an older version took every ended job as acknowledged.
+        """
         waiting = self.query(UNACKNOWLEDGED.format(columns="id, state, exchange_job_id, ended_at"))
         gone = [
             int(row["id"])
             for row in waiting
             if row["exchange_job_id"] not in listed
-            and (row["state"] != "refused" or float(row["ended_at"] or since) < since)
+            and (row["state"] != "refused" or float(row["ended_at"] or asked_at) < asked_at)
         ]
-        if gone:
+        ids = sorted(listed)
+        still_listed: list[int] = []
+        for start in range(0, len(ids), 500):  # by `ix_jobs_exchange`; SQLite's bound values
+            chunk = ids[start : start + 500]
+            rows = self.query(
+                f"SELECT id FROM jobs WHERE exchange_job_id IN ({','.join('?' * len(chunk))})"
+                " AND acknowledged_at < ? AND state IN ('ended', 'delivered', 'refused')",
+                (*chunk, asked_at),
+            )
+            still_listed += [int(row["id"]) for row in rows]
+        if gone or still_listed:
             now = time.time()
             with self.transaction() as db:
                 db.executemany(
                     "UPDATE jobs SET acknowledged_at = ? WHERE id = ? AND acknowledged_at IS NULL",
                     [(now, job_id) for job_id in gone],
                 )
-        return len(gone)
+                db.executemany(
+                    "UPDATE jobs SET acknowledged_at = NULL WHERE id = ? AND acknowledged_at < ?",
+                    [(job_id, asked_at) for job_id in still_listed],
+                )
+        return len(gone), len(still_listed)
 
     def record_restore(self, backup_taken_at: float) -> None:
         """This state was put back from a backup taken at `backup_taken_at`: its jobs are to

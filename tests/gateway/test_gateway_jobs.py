@@ -7,6 +7,7 @@ import json
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 from typer.testing import CliRunner
 
@@ -264,16 +265,21 @@ def test_a_state_from_before_acknowledgements_were_noted_takes_its_ended_jobs_as
         state.close()
 
 
+def sent(hospital: Hospital) -> tuple[dict[str, Any], str]:
+    """The hospital's study received, routed and sent: its job, and its exchange job's id."""
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    [job] = hospital.jobs()
+    assert hospital.send_due() == [job["id"]]
+    return job, str(hospital.gateway.state.job(job["id"])["exchange_job_id"])
+
+
 def test_a_job_is_listed_until_the_exchange_takes_its_acknowledgement(
     hospital: Hospital,
 ) -> None:
     """Brought home, its acknowledgement lost on the way: listed as waiting for it, and no
     longer once a later poll's acknowledgement goes through."""
-    hospital.receive(*hospital.files)
-    assert hospital.route() == 1
-    [job] = hospital.jobs()
-    assert hospital.send_due() == [job["id"]]
-    exchange_id = str(hospital.gateway.state.job(job["id"])["exchange_job_id"])
+    job, exchange_id = sent(hospital)
     path = load_config(hospital.path).workdir / "state.db"
     passing = hospital.network.handle_request
     acknowledgements_lost(hospital)
@@ -294,11 +300,7 @@ def test_a_job_the_exchange_no_longer_lists_is_taken_as_acknowledged(hospital: H
     a state from before it: the exchange lists the job no longer, and the list must not keep
     it for ever. A job refused here counts once it was refused before the listing was asked
     for (its exchange job ended first); one refused since may not be listed yet, and stays."""
-    hospital.receive(*hospital.files)
-    assert hospital.route() == 1
-    [job] = hospital.jobs()
-    assert hospital.send_due() == [job["id"]]
-    exchange_id = str(hospital.gateway.state.job(job["id"])["exchange_job_id"])
+    job, exchange_id = sent(hospital)
     bring_home(hospital, exchange_id)
     state = hospital.gateway.state
     state.update_job(job["id"], acknowledged_at=None)  # as a backup taken before it held it
@@ -339,11 +341,7 @@ def test_a_stat_notice_of_a_routine_job_is_listed_first(tmp_path: Path) -> None:
 def test_a_job_the_exchange_still_lists_is_not_taken_as_acknowledged(hospital: Hospital) -> None:
     """Its acknowledgements lost, the job is listed at every poll: it stays on the list, and
     so does one an upgrade from an older version took for acknowledged."""
-    hospital.receive(*hospital.files)
-    assert hospital.route() == 1
-    [job] = hospital.jobs()
-    assert hospital.send_due() == [job["id"]]
-    exchange_id = str(hospital.gateway.state.job(job["id"])["exchange_job_id"])
+    job, exchange_id = sent(hospital)
     until_ended(hospital, exchange_id)
     acknowledgements_lost(hospital)
     path = load_config(hospital.path).workdir / "state.db"

@@ -4,7 +4,6 @@ gone from the vault, the gateway restarted — never found anew."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 from aifi.gateway import service as service_module
 from aifi.gateway.config import load_config
 from support.hospital import Hospital, acknowledgements_lost
+from support.older_state import as_left_by_older_version
 from support.restore import until_ended
 
 
@@ -98,10 +98,9 @@ def test_a_job_an_older_version_ended_undelivered_is_said_so_as_it_ended(
     _unfileable_and_unheard(hospital, exchange_id, monkeypatch)
     assert hospital.gateway.purge_expired(time.time() + 25 * 3600) == 1
     hospital.close()
-    state = sqlite3.connect(load_config(hospital.path).workdir / "state.db")
-    with state:  # as an older version left it
-        state.execute("ALTER TABLE jobs DROP COLUMN delivery")
-    state.close()
+    as_left_by_older_version(
+        load_config(hospital.path).workdir / "state.db", "ALTER TABLE jobs DROP COLUMN delivery"
+    )
     hospital.gateway = hospital.open()  # the upgrade
 
     [job] = hospital.jobs()

@@ -4,7 +4,6 @@ read from its state beside it, and nothing written."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from aifi.gateway.job_list import job_statuses
 from aifi.gateway.state import GatewayState
 from gateway.test_disclosures import offline_gateway_config
 from support.hospital import Hospital, acknowledgements_lost
+from support.older_state import as_left_by_older_version
 from support.restore import bring_home, until_ended
 from support.spool import add_history
 
@@ -243,11 +243,9 @@ def test_a_state_from_before_acknowledgements_were_noted_takes_its_ended_jobs_as
     jobs = a_gateways_day(state)
     ended = add_job(state, "1.4.2", "ended", exchange_job_id="x-42", ended_at=NOW - 60)
     state.close()
-    db = sqlite3.connect(path)  # as a version that did not note acknowledgements left it
-    db.execute("DROP INDEX ix_jobs_unacknowledged")
-    db.execute("ALTER TABLE jobs DROP COLUMN acknowledged_at")
-    db.commit()
-    db.close()
+    as_left_by_older_version(
+        path, "DROP INDEX ix_jobs_unacknowledged", "ALTER TABLE jobs DROP COLUMN acknowledged_at"
+    )
     # A gateway of that version still running: the list reads its state as it is, and says
     # of no job that it waits for an acknowledgement it cannot know of.
     assert jobs["notice"] in [job.id for job in job_statuses(path, now=NOW)]

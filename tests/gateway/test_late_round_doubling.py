@@ -25,6 +25,12 @@ from pydicom.uid import generate_uid
 from aifi.gateway.state import GatewayState, ReceivedInstance, RoutedJob, inputs_digest
 from support.hospital import PRODUCT, Hospital, disclosure_log_full, refuses
 from support.national import National, national_path
+from support.older_state import as_left_by_older_version
+
+#: The columns a state of the version before lacked.
+BEFORE_INPUTS_DIGEST = tuple(
+    f"ALTER TABLE jobs DROP COLUMN {column}" for column in ("inputs_digest", "may_be_open")
+)
 
 pytestmark = pytest.mark.peer
 
@@ -219,9 +225,9 @@ def test_a_gateway_starts_on_a_state_from_before_the_inputs_digest(hospital: Hos
         hospital.receive(late)
         assert hospital.route() == 1
     hospital.close()
-    with sqlite3.connect(hospital.gateway.config.workdir / "state.db") as db:
-        for column in ("inputs_digest", "may_be_open"):  # as the version before
-            db.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
+    path = hospital.gateway.config.workdir / "state.db"
+    as_left_by_older_version(path, *BEFORE_INPUTS_DIGEST)
+    with sqlite3.connect(path) as db:
         columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
     db.close()
     assert not {"inputs_digest", "may_be_open"} & columns
@@ -384,10 +390,7 @@ def test_a_job_an_older_version_tried_to_send_is_never_skipped(tmp_path: Path) -
     tried, untried = state.pending_jobs(time.time())
     state.retry_job_later(tried["id"], "exchange unreachable: the answer was lost", 60)
     state.close()
-    with sqlite3.connect(tmp_path / "state.db") as db:
-        for column in ("inputs_digest", "may_be_open"):  # as the version before
-            db.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
-    db.close()
+    as_left_by_older_version(tmp_path / "state.db", *BEFORE_INPUTS_DIGEST)
 
     state = GatewayState(tmp_path / "state.db")
     try:

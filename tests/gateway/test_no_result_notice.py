@@ -6,7 +6,6 @@ own until the RIS takes it, and only the job's acknowledgement waits for it."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from aifi.vendor import JobContext, ProductError, ProductResult
 from gateway.test_disclosures import offline_gateway_config
 from gateway.test_refused_results import short_element
 from support.national import National, gateway_config, national_path
+from support.older_state import as_left_by_older_version
 from support.peers import free_port, storescu
 
 pytestmark = pytest.mark.peer
@@ -342,10 +342,7 @@ def test_an_older_versions_notice_rows_are_result_notices(tmp_path: Path) -> Non
     sent = {"ok": True, "retryable": False, "stat": False, "detail": "AA", "seconds": 0.1}
     state.record_notification(7, "hl7", **sent)
     state.close()
-    db = sqlite3.connect(path)  # as the version before `kind` left it
-    db.execute("ALTER TABLE notifications DROP COLUMN kind")
-    db.commit()
-    db.close()
+    as_left_by_older_version(path, "ALTER TABLE notifications DROP COLUMN kind")
     state = GatewayState(path)
     assert state.notification_outcomes(7, "result")["hl7"]["ok"] == 1
     assert state.notification_outcomes(7, "no-result") == {}

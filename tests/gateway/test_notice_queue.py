@@ -25,6 +25,7 @@ from aifi.gateway.state import GatewayState
 from aifi.gateway.vault import Vault
 from aifi.results.summary import AlgorithmSummary, ResultSummary, Triage, TriageFlag
 from gateway.test_disclosures import offline_gateway_config
+from support.older_state import as_left_by_older_version
 
 PSEUDONYM, ORIGINAL = "2.25.77", "1.2.826.0.1.3680043.8.498.77"
 KEY = "pager-key"
@@ -344,10 +345,7 @@ def test_a_queue_from_before_its_tries_were_kept_is_brought_up_to_this_version(
     state.queue_notice(1, "result", result().model_dump_json(), urgent=True)
     state.notice_later(1, "result", 2, 0.0)
     state.close()
-    db = sqlite3.connect(path)  # as a version without `tries` left it
-    db.execute("ALTER TABLE queued_notices DROP COLUMN tries")
-    db.commit()
-    db.close()
+    as_left_by_older_version(path, "ALTER TABLE queued_notices DROP COLUMN tries")
     state = GatewayState(path)
     try:
         [row] = state.due_notices(True, time.time())

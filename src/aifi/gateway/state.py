@@ -189,13 +189,14 @@ CREATE INDEX IF NOT EXISTS ix_queued_notices_due ON queued_notices(urgent, due_a
 )
 
 
-#: Indexes on columns that `COLUMNS` may have had to add first.
-AFTER_COLUMNS = """
--- the jobs the exchange still waits on this gateway to acknowledge: a few, however many ended
-CREATE INDEX IF NOT EXISTS ix_jobs_unacknowledged ON jobs(created_at)
-    WHERE acknowledged_at IS NULL AND exchange_job_id IS NOT NULL
-    AND state IN ('ended', 'delivered', 'refused');
-"""
+#: Indexes on columns that `COLUMNS` may have had to add first, one statement each.
+AFTER_COLUMNS = (
+    # the jobs the exchange still waits on this gateway to acknowledge: a few, however many
+    # ended
+    "CREATE INDEX IF NOT EXISTS ix_jobs_unacknowledged ON jobs(created_at)"
+    " WHERE acknowledged_at IS NULL AND exchange_job_id IS NOT NULL"
+    " AND state IN ('ended', 'delivered', 'refused')",
+)
 
 
 #: The jobs of `ix_jobs_unacknowledged`, read by it: a few rows, however many jobs ended (left
@@ -572,9 +573,8 @@ class GatewayState(StateReads):
         with self.transaction() as db:
             if added := _add_columns(db):
                 log.info("state of an earlier version: added %s", ", ".join(added))
-            for statement in AFTER_COLUMNS.split(";"):
-                if statement.strip():
-                    db.execute(statement)
+            for statement in AFTER_COLUMNS:
+                db.execute(statement)
             if not tallies.install(db, TALLIES):
                 tallies.refresh(db, _SPOOL_TALLY)
             else:

@@ -92,7 +92,9 @@ def parts(tmp_path: Path) -> Iterator[Any]:
 
 
 def hl7(port: int) -> Hl7Endpoint:
-    return Hl7Endpoint(host="127.0.0.1", port=port, timeout_seconds=1, retries=0)
+    """A RIS at `port`, tried once: a closed port refuses at once, and a listener that is
+    slow to answer on a loaded machine is waited for rather than sent the notice again."""
+    return Hl7Endpoint(host="127.0.0.1", port=port, timeout_seconds=30, retries=0)
 
 
 def summary(flag: TriageFlag) -> ResultSummary:

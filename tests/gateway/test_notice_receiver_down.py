@@ -79,9 +79,16 @@ def silent_ris() -> Iterator[SilentRis]:
     ris.close()
 
 
-def configure(path: Path, ris_port: int, hold_off_seconds: float = 600, **route: Any) -> None:
+def configure(
+    path: Path,
+    ris_port: int,
+    hold_off_seconds: float = 600,
+    timeout_seconds: float = 1,
+    **route: Any,
+) -> None:
     """Notices to the RIS at `ris_port`; by default a pause longer than the test, so that no
-    routine notice after the first tries the RIS while it is down."""
+    routine notice after the first tries the RIS while it is down, and a short wait for an
+    acknowledgement, so that a RIS that is silent fails a notice quickly."""
     config = yaml.safe_load(path.read_text())
     config["metrics_port"] = 0
     config["routes"][0].update(route)
@@ -90,7 +97,7 @@ def configure(path: Path, ris_port: int, hold_off_seconds: float = 600, **route:
             "host": "127.0.0.1",
             "port": ris_port,
             "processing_id": "T",
-            "timeout_seconds": 1,
+            "timeout_seconds": timeout_seconds,
             "retries": 0,
         },
         "hold_off_seconds": hold_off_seconds,
@@ -186,7 +193,8 @@ def test_a_ris_down_holds_up_no_result_and_loses_no_notice(
     # The RIS is back (at another address, say): each notice is sent once, from the queue
     # the gateway kept, nothing is filed twice, and the jobs are acknowledged.
     with Hl7Listener() as listener:
-        configure(path, listener.port)
+        # A RIS that answers gets time to: a late ACK would send a notice again.
+        configure(path, listener.port, timeout_seconds=30)
         gateway = Gateway(load_config(path))
         gateway.start()
         try:

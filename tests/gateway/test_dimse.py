@@ -91,7 +91,7 @@ def test_a_response_is_never_taken_by_a_reactor_held_in_its_pause_gap(
     write_study("ct-head", tmp_path / "study", seed=9, size="small")
     files = sorted((tmp_path / "study").rglob("*.dcm"))[:3]
     ae = NoDelayAE(ae_title="SLOW_CT")
-    ae.dimse_timeout = 5  # what the send would wait out if its response were taken
+    ae.dimse_timeout = 30  # what the send would wait out if its response were taken
     ae.add_requested_context(CT, [EXPLICIT_LE])
     assoc = ae.associate("127.0.0.1", scp_port, ae_title="AIFI_GW")
     assert assoc.is_established

@@ -182,7 +182,7 @@ def test_gateway_killed_between_receipt_and_upload_completes_the_job_once(
     gateway_port = free_port()
     pacs = start_pacs(orthanc_factory, gateway_port)
     config_path = gateway_config(
-        tmp_path, national, gateway_port, pacs.dicom_port, quiet_seconds=3.0
+        tmp_path, national, gateway_port, pacs.dicom_port, quiet_seconds=10.0
     )
     files, study_uid = phantom(tmp_path / "study", seed=5)
     command = [sys.executable, "-m", "aifi.cli", "gateway", "--config", str(config_path)]

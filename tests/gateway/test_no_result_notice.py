@@ -79,7 +79,15 @@ def configure(
 
 
 def hl7(listener: Hl7Listener) -> dict[str, Any]:
-    return {"host": "127.0.0.1", "port": listener.port, "processing_id": "T", "retries": 0}
+    """The RIS, tried once, and waited for: a loaded machine's late ACK must not fail the
+    notice, or its retry would file it twice."""
+    return {
+        "host": "127.0.0.1",
+        "port": listener.port,
+        "processing_id": "T",
+        "retries": 0,
+        "timeout_seconds": 30,
+    }
 
 
 def a_study(tmp_path: Path) -> tuple[list[Path], str]:

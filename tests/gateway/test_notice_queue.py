@@ -191,7 +191,7 @@ def test_a_new_alert_goes_before_retries_of_older_ones(parts: Any, closed_port: 
     """Older STAT notices wait for a receiver that is down; the new alert is sent first, and
     their retries, held off the receiver, cost no timeout."""
     with WebhookReceiver(KEY.encode()) as pager:
-        webhook = WebhookEndpoint(url=pager.url, secret=KEY, retries=0)
+        webhook = WebhookEndpoint(url=pager.url, secret=KEY, retries=0, timeout_seconds=30)
         made = parts(NotificationSettings(hl7=hl7(closed_port), webhook=webhook))
         for n in range(3):
             made.sender.queue(n, result(f"old-{n}", TriageFlag.POSITIVE))

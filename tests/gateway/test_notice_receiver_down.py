@@ -32,9 +32,12 @@ pytestmark = pytest.mark.peer
 class SilentRis:
     """A RIS that takes connections and never acknowledges (hung after a restart, say):
     each notice tried on it costs the sender its whole timeout, until it is `up` and
-    answers AA. Counts the connections."""
+    answers AA. Counts the connections. With `hang_up`, it closes each connection at once
+    while down instead (a RIS whose interface is restarting), so a notice fails without
+    waiting for its timeout."""
 
-    def __init__(self) -> None:
+    def __init__(self, hang_up: bool = False) -> None:
+        self.hang_up = hang_up
         self.connections = 0
         self.up = threading.Event()
         self._server = socket.socket()
@@ -54,6 +57,8 @@ class SilentRis:
             with conn:
                 if self.up.is_set():
                     self._acknowledge(conn)
+                elif self.hang_up:
+                    continue
                 while conn.recv(65536):  # until the sender gives up, or is done, and hangs up
                     pass
 
@@ -244,7 +249,6 @@ def test_a_study_run_stat_tries_a_ris_held_off_and_does_not_wait_for_it(
 def test_once_the_ris_takes_a_notice_the_notices_waiting_go_at_once(
     national: National,
     orthanc_factory: Any,
-    silent_ris: SilentRis,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -252,8 +256,16 @@ def test_once_the_ris_takes_a_notice_the_notices_waiting_go_at_once(
     here); the RIS takes a new job's notice, and theirs go at once."""
     monkeypatch.setattr(notice_queue, "retry_in", lambda _passes: 3600.0)
     sent = studies(tmp_path / "studies", 3)
+    # The RIS hangs up while down, so the wait for an acknowledgement can be long enough for
+    # a loaded machine once it answers: a late one would queue its notice again for an hour.
+    silent_ris = SilentRis(hang_up=True)
     gateway, _pacs, port, _path = started(
-        national, orthanc_factory, tmp_path, silent_ris.port, hold_off_seconds=0.2
+        national,
+        orthanc_factory,
+        tmp_path,
+        silent_ris.port,
+        hold_off_seconds=0.2,
+        timeout_seconds=30,
     )
     try:
         send(gateway, port, sent[:2])
@@ -270,5 +282,6 @@ def test_once_the_ris_takes_a_notice_the_notices_waiting_go_at_once(
         rows = hl7_rows(gateway)
     finally:
         gateway.stop()
+        silent_ris.close()
     assert len(rows) == 3 and all(row["ok"] for row in rows)
     assert gateway.notifier.outages.down() == {}

@@ -29,7 +29,12 @@ def test_each_result_sends_an_oru_with_the_original_identity(
         config = yaml.safe_load(path.read_text())
         config["pacs"] = []
         config["notifications"] = {
-            "hl7": {"host": "127.0.0.1", "port": listener.port, "processing_id": "T"}
+            "hl7": {
+                "host": "127.0.0.1",
+                "port": listener.port,
+                "processing_id": "T",
+                "timeout_seconds": 30,  # a late ACK on a loaded machine: no second message
+            }
         }
         path.write_text(yaml.safe_dump(config))
         folder = tmp_path / "study"
@@ -74,7 +79,12 @@ def test_a_notice_the_ris_refuses_is_counted_for_the_hospitals_monitoring(
         config = yaml.safe_load(path.read_text())
         config.update(pacs=[], metrics_port=0)
         config["notifications"] = {
-            "hl7": {"host": "127.0.0.1", "port": listener.port, "processing_id": "T"}
+            "hl7": {
+                "host": "127.0.0.1",
+                "port": listener.port,
+                "processing_id": "T",
+                "timeout_seconds": 30,  # a late ACK on a loaded machine: no second message
+            }
         }
         path.write_text(yaml.safe_dump(config))
         folder = tmp_path / "study"

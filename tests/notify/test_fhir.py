@@ -43,7 +43,8 @@ def endpoint(base_url: str = "http://127.0.0.1:9/fhir", **overrides: Any) -> Fhi
         "patient_identifier_system": PATIENT_SYSTEM,
         "retries": 2,
         "retry_backoff_seconds": 0.01,
-        "timeout_seconds": 5,
+        # Long: a late answer would have the bundle sent again (and answered 200, not 201).
+        "timeout_seconds": 30,
     }
     return FhirEndpoint(**(settings | overrides))
 

@@ -107,7 +107,7 @@ def test_a_name_beyond_ascii_arrives_intact(hl7_listener: Hl7Listener) -> None:
         summary=make_summary(),
         study=OriginalStudy.from_dataset(reidentified_result()),
     )
-    target = Hl7Endpoint(host="127.0.0.1", port=hl7_listener.port, retries=0)
+    target = Hl7Endpoint(host="127.0.0.1", port=hl7_listener.port, retries=0, timeout_seconds=30)
     assert send_mllp(build_oru_r01(notice, target), target).accepted
     pid = hl7_listener.received.get(timeout=5).message.oru_r01_patient_result.oru_r01_patient.pid
     assert pid.pid_5.to_er7() == "Müller^Jürgen"

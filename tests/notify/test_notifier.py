@@ -26,7 +26,9 @@ from .conftest import (
     make_unavailable,
 )
 
-FAST: dict[str, Any] = {"retries": 1, "retry_backoff_seconds": 0.01, "timeout_seconds": 2.0}
+#: Quick retries; a long wait for answers, which every receiver here gives (or refuses the
+#: connection at once), so that a loaded machine's late answer is not taken for none.
+FAST: dict[str, Any] = {"retries": 1, "retry_backoff_seconds": 0.01, "timeout_seconds": 30.0}
 
 
 def settings(

@@ -37,6 +37,7 @@ def endpoint(url: str, **overrides: Any) -> WebhookEndpoint:
         "secret": WEBHOOK_KEY.decode(),
         "retries": 2,
         "retry_backoff_seconds": 0.01,
+        "timeout_seconds": 30,  # the receivers here answer; a late answer is not sent twice
     }
     return WebhookEndpoint(**(settings | overrides))
 

@@ -76,7 +76,7 @@ def test_a_worker_outlives_a_broken_connection() -> None:
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    second.wait(timeout=5)
+    second.wait(timeout=30)
     stop.set()
     thread.join(timeout=10)
     assert failures == [] and second.is_set(), failures

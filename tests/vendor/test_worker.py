@@ -166,13 +166,15 @@ def test_a_worker_beats_for_the_lease_it_claimed(national: National, tmp_path: P
         ends.append(datetime.fromisoformat(kept))
         return tissue_volume.run(context)
 
+    # A lease far shorter than the default (60 s), yet long enough that a loaded machine's
+    # stall between two heartbeats (one a third of it) does not let it run out.
     worker = Worker(
-        client, waits_for_a_heartbeat, product_ids=[PRODUCT], lease_seconds=6, workdir=tmp_path
+        client, waits_for_a_heartbeat, product_ids=[PRODUCT], lease_seconds=15, workdir=tmp_path
     )
     assert worker.run_once(wait_seconds=10) == job_id
     client.close()
-    assert client.renewals[0].lease_seconds == 6
-    assert ends[0] - datetime.now(UTC) < timedelta(seconds=6)
+    assert client.renewals[0].lease_seconds == 15
+    assert ends[0] - datetime.now(UTC) < timedelta(seconds=15)
     with national.api() as api:
         assert api.get(f"/jobs/{job_id}").json()["state"] == "completed"
 

@@ -19,7 +19,7 @@ import yaml
 from aifi.gateway import notice_queue
 from aifi.gateway.config import load_config
 from aifi.gateway.job_list import job_statuses
-from aifi.gateway.notify import FrameDecoder, frame
+from aifi.gateway.notify import FrameDecoder, frame, outages
 from aifi.gateway.notify.receivers import Hl7Listener
 from aifi.gateway.service import Gateway
 from gateway.test_refused_results import pacs_instances, studies
@@ -34,17 +34,24 @@ class SilentRis:
     each notice tried on it costs the sender its whole timeout, until it is `up` and
     answers AA. Counts the connections. With `hang_up`, it closes each connection at once
     while down instead (a RIS whose interface is restarting), so a notice fails without
-    waiting for its timeout."""
+    waiting for its timeout. Without `listening`, its port refuses connections until
+    `listen()` (a RIS whose host is up and its interface not yet started). `messages` are
+    those it acknowledged; `empty` counts connections closed with nothing sent."""
 
-    def __init__(self, hang_up: bool = False) -> None:
+    def __init__(self, hang_up: bool = False, listening: bool = True) -> None:
         self.hang_up = hang_up
-        self.connections = 0
+        self.connections = self.empty = 0
+        self.messages: list[str] = []
         self.up = threading.Event()
         self._server = socket.socket()
         self._server.bind(("127.0.0.1", 0))
-        self._server.listen(8)
         self.port = int(self._server.getsockname()[1])
         self._thread = threading.Thread(target=self._serve, daemon=True)
+        if listening:
+            self.listen()
+
+    def listen(self) -> None:
+        self._server.listen(8)
         self._thread.start()
 
     def _serve(self) -> None:
@@ -62,19 +69,25 @@ class SilentRis:
                 while conn.recv(65536):  # until the sender gives up, or is done, and hangs up
                     pass
 
-    @staticmethod
-    def _acknowledge(conn: socket.socket) -> None:
+    def _acknowledge(self, conn: socket.socket) -> None:
         decoder, blocks = FrameDecoder(), []
         while not blocks:
-            blocks = decoder.feed(conn.recv(65536))
+            chunk = conn.recv(65536)
+            if not chunk:
+                self.empty += 1
+                return
+            blocks = decoder.feed(chunk)
+        self.messages.append(blocks[0].decode())
         control = blocks[0].decode().split("\r")[0].split("|")[9]
         header = "MSH|^~\\&|RIS|H|AIFI|H|20250301||ACK^R01^ACK"
         conn.sendall(frame(f"{header}|A{control}|T|2.5\rMSA|AA|{control}\r"))
 
     def close(self) -> None:
-        self._server.shutdown(socket.SHUT_RDWR)
+        if self._thread.is_alive():
+            self._server.shutdown(socket.SHUT_RDWR)
         self._server.close()
-        self._thread.join(timeout=10)
+        if self._thread.ident is not None:
+            self._thread.join(timeout=10)
 
 
 @pytest.fixture
@@ -285,3 +298,40 @@ def test_once_the_ris_takes_a_notice_the_notices_waiting_go_at_once(
         silent_ris.close()
     assert len(rows) == 3 and all(row["ok"] for row in rows)
     assert gateway.notifier.outages.down() == {}
+
+
+def test_a_ris_that_refused_connections_is_seen_back_with_no_new_job(
+    national: National,
+    orthanc_factory: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The RIS's port was closed when the notice was tried, and the notice's retry is an hour
+    off (made long here). Once the port takes connections, the gateway's check of it (a
+    connection, nothing sent) ends the outage, so the exporter says the RIS is up and the
+    notice goes at once, with no other job's notice to try the RIS first."""
+    monkeypatch.setattr(notice_queue, "retry_in", lambda _passes: 3600.0)
+    monkeypatch.setattr(outages, "CHECKS_APART_SECONDS", 0.5)
+    sent = studies(tmp_path / "studies", 1)
+    ris = SilentRis(listening=False)
+    gateway, pacs, port, _path = started(
+        national, orthanc_factory, tmp_path, ris.port, hold_off_seconds=0.2, timeout_seconds=30
+    )
+    try:
+        send(gateway, port, sent)
+        assert gateway.notices_queued() == 1
+        down = gateway.notifier.outages.down()["hl7"]
+        assert down.unreached and "connection refused" in down.detail
+        assert scrape(gateway)[("aifi_gateway_notice_receiver_down", (("channel", "hl7"),))] == 1
+        ris.up.set()
+        ris.listen()
+        assert gateway.wait_until(lambda: not gateway.notices_queued(), timeout=60)
+        figures = scrape(gateway)
+        rows = hl7_rows(gateway)
+    finally:
+        gateway.stop()
+        ris.close()
+    assert figures[("aifi_gateway_notice_receiver_down", (("channel", "hl7"),))] == 0
+    assert [row["ok"] for row in rows] == [1]
+    assert ris.empty >= 1 and len(ris.messages) == 1  # the check sent nothing; the notice, once
+    assert len(pacs_instances(pacs, sent[0][1])) == 1

@@ -113,7 +113,10 @@ class GatewayCollector(Collector):
             "aifi_gateway_notice_receiver_down",
             "1 while a notice receiver (hl7, fhir, webhook) failed the last notice tried on it "
             "(unreachable, no answer in time, or failing every retry); notices then "
-            "hold off trying it for a while. Known since the gateway started.",
+            "hold off trying it for a while. One that could not be connected to is 0 again "
+            "once it takes a connection (checked after each pause, nothing sent); one that "
+            "took the connection, once a notice gets through. Known since the gateway "
+            "started.",
             labels=["channel"],
         )
         down = self._receivers_down()

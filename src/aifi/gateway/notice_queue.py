@@ -141,12 +141,15 @@ class NoticeSender:
 
     def run(self, urgent: bool) -> None:
         """One lane's thread: send what is due, sleep until the next is due or one is
-        queued."""
+        queued. The routine lane also checks the receivers that could not be connected to
+        (`Notifier.check_unreached`), so that one back is seen without a notice to try it."""
         failures = 0
         while not self._stop.is_set():
             self._wake[urgent].clear()
             try:
                 wait = self.send_due(urgent)
+                if not urgent:
+                    wait = self.check_receivers(wait)
                 failures = 0
             except Exception:  # the state's disk, or a fault: never stop sending for good
                 failures += 1
@@ -169,6 +172,13 @@ class NoticeSender:
         if following is None:
             return IDLE_SECONDS
         return min(IDLE_SECONDS, max(0.0, following - time.time()))
+
+    def check_receivers(self, wait: float) -> float:
+        """Check the unreached receivers that are due a check; the seconds until the lane
+        should look again (`wait`, or sooner for the next check)."""
+        following = self._notifier.check_unreached()
+        self._after_recovery()
+        return wait if following is None else min(wait, following)
 
     def _after_recovery(self) -> None:
         """A receiver that was down took a notice: every queued notice is due now, not when

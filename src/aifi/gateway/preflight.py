@@ -24,8 +24,9 @@ from aifi.gateway.config import DicomWebListener, GatewayConfig, PacsDestination
 from aifi.gateway.dimse import echo
 from aifi.gateway.exchange_client import GatewayClient
 from aifi.gateway.notify.fhir import endpoint_verify
+from aifi.gateway.notify.reach import cannot_connect, connect_target
 from aifi.gateway.notify.settings import FhirEndpoint, Hl7Endpoint, WebhookEndpoint
-from aifi.http import ExchangeHTTPError, proxy_for
+from aifi.http import ExchangeHTTPError
 
 
 def preflight(config: GatewayConfig, client: GatewayClient | None = None) -> list[Check]:
@@ -225,12 +226,11 @@ def _pacs(destination: PacsDestination, calling_ae: str) -> Check:
 
 def _hl7(endpoint: Hl7Endpoint) -> Check:
     """A connection only: a test message would land in the RIS."""
-    where = f"{endpoint.host}:{endpoint.port}"
-    try:
-        socket.create_connection((endpoint.host, endpoint.port), endpoint.timeout_seconds).close()
-    except OSError as exc:
-        return Check("HL7 v2 (MLLP)", False, f"cannot connect to {where}: {exc.strerror or exc}")
-    return Check("HL7 v2 (MLLP)", True, f"{where} accepts connections (no message sent)")
+    host, port = connect_target(endpoint)
+    problem = cannot_connect(host, port, endpoint.timeout_seconds)
+    if problem is not None:
+        return Check("HL7 v2 (MLLP)", False, problem)
+    return Check("HL7 v2 (MLLP)", True, f"{host}:{port} accepts connections (no message sent)")
 
 
 def _fhir(endpoint: FhirEndpoint) -> Check:
@@ -268,11 +268,9 @@ def _webhook(endpoint: WebhookEndpoint) -> Check:
     name = "STAT webhook"
     if endpoint.secret_file is not None and not endpoint.secret_file.is_file():
         return Check(name, False, f"signing key file {endpoint.secret_file} is missing")
-    target = httpx.URL(proxy_for(endpoint.url) or endpoint.url)
-    port = target.port or (443 if target.scheme == "https" else 80)
-    via = " (its proxy)" if target.host != httpx.URL(endpoint.url).host else ""
-    try:
-        socket.create_connection((target.host, port), endpoint.timeout_seconds).close()
-    except OSError as exc:
-        return Check(name, False, f"cannot connect to {target.host}:{port}{via}: {exc.strerror}")
-    return Check(name, True, f"{target.host}:{port}{via} accepts connections (no alert sent)")
+    host, port = connect_target(endpoint)
+    via = " (its proxy)" if host != httpx.URL(endpoint.url).host else ""
+    problem = cannot_connect(host, port, endpoint.timeout_seconds)
+    if problem is not None:
+        return Check(name, False, problem + via)
+    return Check(name, True, f"{host}:{port}{via} accepts connections (no alert sent)")

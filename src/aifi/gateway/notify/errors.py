@@ -19,10 +19,15 @@ class NotificationError(RuntimeError):
 
 
 class DeliveryFailed(NotificationError):
-    """The receiver could not be reached, did not answer in time, or answered garbled."""
+    """The receiver could not be reached, did not answer in time, or answered garbled.
 
-    def __init__(self, channel: str, message: str) -> None:
+    `unreached` is True when no attempt got as far as a connection (refused, no route, a
+    name that does not resolve): a connection made later shows the receiver back
+    (`aifi.gateway.notify.reach`)."""
+
+    def __init__(self, channel: str, message: str, *, unreached: bool = False) -> None:
         super().__init__(channel, message, retryable=True)
+        self.unreached = unreached
 
 
 class Hl7Rejected(NotificationError):

@@ -50,6 +50,7 @@ from aifi.gateway.notify.codes import (
 )
 from aifi.gateway.notify.errors import DeliveryFailed, HttpRejected
 from aifi.gateway.notify.notice import ResultNotice
+from aifi.gateway.notify.reach import never_connected
 from aifi.gateway.notify.settings import FhirEndpoint
 from aifi.results.summary import FindingSummary, TriageFlag
 
@@ -361,6 +362,7 @@ def post_fhir(
     own = client or httpx.Client(verify=endpoint_verify(endpoint))
     attempts = endpoint.retries + 1
     problem = "not sent"
+    connected = False
     try:
         for attempt in range(attempts):
             if attempt:
@@ -371,7 +373,9 @@ def post_fhir(
                 )
             except httpx.TransportError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
+                connected = connected or not never_connected(exc)
                 continue
+            connected = True
             if response.status_code in RETRYABLE_STATUSES:
                 problem = f"HTTP {response.status_code} {_outcome_text(response)}"
                 continue
@@ -385,7 +389,9 @@ def post_fhir(
     finally:
         if client is None:
             own.close()
-    raise DeliveryFailed("fhir", f"{where}: failed after {attempts} attempt(s): {problem}")
+    raise DeliveryFailed(
+        "fhir", f"{where}: failed after {attempts} attempt(s): {problem}", unreached=not connected
+    )
 
 
 def endpoint_verify(endpoint: FhirEndpoint) -> bool | str:

@@ -136,7 +136,8 @@ def send_mllp(message: Message | str, endpoint: Hl7Endpoint) -> Ack:
     Hl7Rejected
         The receiver answered AE/AR (or CE/CR); not resent.
     DeliveryFailed
-        No acknowledgement for the message after every attempt.
+        No acknowledgement for the message after every attempt; `unreached` when none of
+        them could connect.
     """
     if isinstance(message, Message):
         control_id, text = control_id_of(message), str(message.to_er7()) + "\r"
@@ -147,11 +148,22 @@ def send_mllp(message: Message | str, endpoint: Hl7Endpoint) -> Ack:
     where = f"HL7 message {control_id} to {endpoint.host}:{endpoint.port}"
     attempts = endpoint.retries + 1
     problem = "not sent"
+    connected = False
     for attempt in range(attempts):
         if attempt:
             time.sleep(endpoint.retry_backoff_seconds * 2 ** (attempt - 1))
+        deadline = time.monotonic() + endpoint.timeout_seconds
         try:
-            ack = parse_ack(_exchange(framed, endpoint))
+            sock = socket.create_connection(
+                (endpoint.host, endpoint.port), timeout=endpoint.timeout_seconds
+            )
+        except OSError as exc:
+            problem = _describe(exc)
+            continue
+        connected = True
+        try:
+            with sock:
+                ack = parse_ack(_exchange(sock, framed, deadline, endpoint))
         except (OSError, FramingError) as exc:
             problem = _describe(exc)
             continue
@@ -168,7 +180,9 @@ def send_mllp(message: Message | str, endpoint: Hl7Endpoint) -> Ack:
             text=ack.text,
         )
     raise DeliveryFailed(
-        "hl7", f"{where}: no acknowledgement after {attempts} attempt(s): {problem}"
+        "hl7",
+        f"{where}: no acknowledgement after {attempts} attempt(s): {problem}",
+        unreached=not connected,
     )
 
 
@@ -182,31 +196,25 @@ def _control_id_of_text(text: str) -> str:
         raise ValueError(f"not an HL7 v2 message: {exc}") from exc
 
 
-def _exchange(framed: bytes, endpoint: Hl7Endpoint) -> bytes:
-    """One connection: send the block, read until one block has come back."""
-    deadline = time.monotonic() + endpoint.timeout_seconds
-    with socket.create_connection(
-        (endpoint.host, endpoint.port), timeout=endpoint.timeout_seconds
-    ) as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.sendall(framed)
-        decoder = FrameDecoder()
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"no acknowledgement within {endpoint.timeout_seconds} s")
-            sock.settimeout(remaining)
-            try:
-                chunk = sock.recv(65536)
-            except TimeoutError as exc:
-                raise TimeoutError(
-                    f"no acknowledgement within {endpoint.timeout_seconds} s"
-                ) from exc
-            if not chunk:
-                raise ConnectionError("the receiver closed the connection before acknowledging")
-            blocks = decoder.feed(chunk)
-            if blocks:
-                return blocks[0]
+def _exchange(sock: socket.socket, framed: bytes, deadline: float, endpoint: Hl7Endpoint) -> bytes:
+    """On one connection: send the block, read until one block has come back."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(framed)
+    decoder = FrameDecoder()
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"no acknowledgement within {endpoint.timeout_seconds} s")
+        sock.settimeout(remaining)
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError as exc:
+            raise TimeoutError(f"no acknowledgement within {endpoint.timeout_seconds} s") from exc
+        if not chunk:
+            raise ConnectionError("the receiver closed the connection before acknowledging")
+        blocks = decoder.feed(chunk)
+        if blocks:
+            return blocks[0]
 
 
 def _describe(exc: BaseException) -> str:

@@ -33,6 +33,7 @@ from aifi.gateway.notify.mllp import send_mllp
 from aifi.gateway.notify.notice import ResultNotice
 from aifi.gateway.notify.oru import OruBuildError, build_oru_r01, message_control_id
 from aifi.gateway.notify.outages import Outages
+from aifi.gateway.notify.reach import cannot_connect, connect_target
 from aifi.gateway.notify.settings import NotificationSettings
 from aifi.gateway.notify.webhook import delivery_id, send_webhook
 
@@ -174,7 +175,7 @@ class Notifier:
         except DeliveryFailed as exc:
             detail, ok, retryable = str(exc), False, exc.retryable
             counted = channel not in self.outages.down()  # only the failure that began it
-            self.outages.failed(channel, detail)
+            self.outages.failed(channel, detail, unreached=exc.unreached)
         except NotificationError as exc:  # refused: the receiver answered, so it is up
             detail, ok, retryable = str(exc), False, exc.retryable
             self.outages.answered(channel)
@@ -203,6 +204,28 @@ class Notifier:
             detail,
         )
         return outcome
+
+    def check_unreached(self) -> float | None:
+        """Check the connection of each receiver that could not be connected to, its pause
+        over; one that takes it is up again. Sends nothing. The seconds until the next check
+        is due, None while no receiver is unreached."""
+        endpoints = {
+            HL7: self.settings.hl7,
+            FHIR: self.settings.fhir,
+            WEBHOOK: self.settings.webhook,
+        }
+        for outage in self.outages.unreached_due():
+            endpoint = endpoints[outage.channel]
+            if endpoint is None:  # not configured (any more): nothing will try it
+                self.outages.connected(outage)
+                continue
+            host, port = connect_target(endpoint)
+            problem = cannot_connect(host, port, endpoint.timeout_seconds)
+            if problem is None:
+                self.outages.connected(outage)
+            else:
+                self.outages.still_unreached(outage, problem)
+        return self.outages.next_check_in()
 
     def _message_id(self, channel: str, notice: ResultNotice) -> str:
         if channel == HL7:

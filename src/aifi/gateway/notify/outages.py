@@ -11,6 +11,10 @@ not count towards the notice's five.
 
 A STAT notice's first try goes to every receiver when all of them are held off: an alert
 never reaches nobody on a guess (`Notifier.notify`).
+
+A receiver that could not even be connected to is checked when its pause is over, by a
+connection that sends nothing (`aifi.gateway.notify.reach`): one it takes ends the outage,
+so the gateway's monitoring sees the receiver back even when no notice waits to try it.
 """
 
 from __future__ import annotations
@@ -19,13 +23,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 log = logging.getLogger(__name__)
 
 #: The longest pause, as a multiple of the first.
 LONGEST_PAUSE_FACTOR = 10
+#: Checks of an unreached receiver's connection are at least this far apart, whatever the
+#: pause (`hold_off_seconds: 0` has none).
+CHECKS_APART_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -34,13 +41,15 @@ class Outage:
 
     `since` and `retry_from` are wall-clock times, for people; `failures` counts the notices
     it failed in a row; `detail` is the last failure (the endpoint and what went wrong, never
-    the patient)."""
+    the patient); `unreached` says no connection to it could be made, so that one made later
+    shows it back."""
 
     channel: str
     since: float
     failures: int
     detail: str
     retry_from: float
+    unreached: bool = False
 
     def describe(self) -> str:
         """Why a notice was not tried, for the job's notice row and the hospital's engineer."""
@@ -72,6 +81,8 @@ class Outages:
         self._lock = threading.Lock()
         self._down: dict[str, Outage] = {}
         self._due: dict[str, float] = {}
+        #: When each unreached receiver's connection is next checked.
+        self._check_at: dict[str, float] = {}
         #: Outages ended so far: whoever held work back for a receiver sees it change, and
         #: sends that work now rather than when its own retry comes round.
         self.recoveries = 0
@@ -85,22 +96,24 @@ class Outages:
             return None
         return outage
 
-    def failed(self, channel: str, detail: str) -> Outage:
+    def failed(self, channel: str, detail: str, unreached: bool = False) -> Outage:
         """The receiver did not take a notice tried on it (unreachable, no answer in time, or
         failing with every retry): hold off, longer than last time if it was down already."""
         now, wall = self._clock(), self._wall()
         with self._lock:
             before = self._down.get(channel)
             failures = 1 if before is None else before.failures + 1
-            pause = self.hold_off_seconds * min(2 ** (failures - 1), LONGEST_PAUSE_FACTOR)
+            pause = self._pause(failures)
             outage = Outage(
                 channel=channel,
                 since=wall if before is None else before.since,
                 failures=failures,
                 detail=detail,
                 retry_from=wall + pause,
+                unreached=unreached,
             )
             self._down[channel], self._due[channel] = outage, now + pause
+            self._schedule_check(outage, now + pause)
         if self.hold_off_seconds > 0:
             log.warning(
                 "the %s receiver is down (%d notice(s) failed in a row); notices hold off "
@@ -114,6 +127,7 @@ class Outages:
         with self._lock:
             outage = self._down.pop(channel, None)
             self._due.pop(channel, None)
+            self._check_at.pop(channel, None)
             if outage is not None:
                 self.recoveries += 1
         if outage is not None:
@@ -121,6 +135,62 @@ class Outages:
                 "the %s receiver answers again, after %d failed notice(s) since %s",
                 channel, outage.failures, _clock(outage.since),
             )  # fmt: skip
+
+    def unreached_due(self) -> list[Outage]:
+        """The outages of receivers that could not be connected to, their pause over: each
+        is due a check of its connection (`connected`, `still_unreached`)."""
+        now = self._clock()
+        with self._lock:
+            return [self._down[c] for c, at in self._check_at.items() if now >= at]
+
+    def next_check_in(self) -> float | None:
+        """Seconds until the next such check is due; None while no receiver is unreached."""
+        now = self._clock()
+        with self._lock:
+            dues = list(self._check_at.values())
+        return max(0.0, min(dues) - now) if dues else None
+
+    def connected(self, checked: Outage) -> bool:
+        """A receiver that could not be connected to takes connections again: its outage
+        ends, unless a notice has changed it since `checked` was read (a notice that then
+        failed in another way knows better than a connection). True when it ended."""
+        with self._lock:
+            if self._down.get(checked.channel) is not checked:
+                return False
+            del self._down[checked.channel], self._due[checked.channel]
+            del self._check_at[checked.channel]
+            self.recoveries += 1
+        log.warning(
+            "the %s receiver takes connections again, after %d failed notice(s) since %s",
+            checked.channel, checked.failures, _clock(checked.since),
+        )  # fmt: skip
+        return True
+
+    def still_unreached(self, checked: Outage, detail: str) -> None:
+        """A check found the receiver still not taking connections: notices hold off it for
+        another pause as long as the last, which counts no further failure of a notice."""
+        now, wall = self._clock(), self._wall()
+        with self._lock:
+            if self._down.get(checked.channel) is not checked:
+                return
+            pause = self._pause(checked.failures)
+            outage = replace(
+                checked, detail=f"{detail} (checked {_clock(wall)})", retry_from=wall + pause
+            )
+            self._down[checked.channel], self._due[checked.channel] = outage, now + pause
+            self._schedule_check(outage, now + pause)
+        log.info("the %s receiver is still down: %s", checked.channel, detail)
+
+    def _pause(self, failures: int) -> float:
+        return self.hold_off_seconds * min(2 ** (failures - 1), LONGEST_PAUSE_FACTOR)
+
+    def _schedule_check(self, outage: Outage, pause_over: float) -> None:
+        """Under the lock: an unreached receiver's check when its pause is over; none for
+        one that took the connection."""
+        if outage.unreached:
+            self._check_at[outage.channel] = max(pause_over, self._clock() + CHECKS_APART_SECONDS)
+        else:
+            self._check_at.pop(outage.channel, None)
 
     def down(self) -> dict[str, Outage]:
         """Every receiver whose last notice failed, by channel (held off or due a try)."""

@@ -28,6 +28,7 @@ import httpx
 
 from aifi.gateway.notify.errors import DeliveryFailed, HttpRejected
 from aifi.gateway.notify.notice import ResultNotice
+from aifi.gateway.notify.reach import never_connected
 from aifi.gateway.notify.settings import WebhookEndpoint
 
 STAT_EVENT = "aifi.triage.positive"
@@ -159,6 +160,7 @@ def send_webhook(
     own = client or httpx.Client()
     attempts = endpoint.retries + 1
     problem = "not sent"
+    connected = False
     try:
         for attempt in range(attempts):
             if attempt:
@@ -177,7 +179,9 @@ def send_webhook(
                 )
             except httpx.TransportError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
+                connected = connected or not never_connected(exc)
                 continue
+            connected = True
             if response.status_code in RETRYABLE_STATUSES:
                 problem = f"HTTP {response.status_code}"
                 continue
@@ -191,4 +195,8 @@ def send_webhook(
     finally:
         if client is None:
             own.close()
-    raise DeliveryFailed("webhook", f"{where}: failed after {attempts} attempt(s): {problem}")
+    raise DeliveryFailed(
+        "webhook",
+        f"{where}: failed after {attempts} attempt(s): {problem}",
+        unreached=not connected,
+    )

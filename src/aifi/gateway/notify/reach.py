@@ -1,0 +1,59 @@
+"""Whether a notice receiver takes connections: told apart from whether it answers.
+
+A receiver that could not even be connected to (its port closed while a RIS restarts, no
+route, a name that does not resolve) is back as soon as it takes a connection again, and a
+connection is something the gateway can check without sending anything: no message lands in
+the RIS, no alert pages anyone. A receiver that took the connection and then did not answer
+in time, or answered with errors, is another matter: only a notice that gets through shows
+it is back. So the senders say which of the two a failure was (`DeliveryFailed.unreached`),
+and the notice lanes check an unreached receiver's connection when its pause is over
+(`Notifier.check_unreached`), so that the gateway's monitoring sees it come back even when no
+notice is waiting to try it.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+
+import httpx
+
+from aifi.gateway.notify.settings import FhirEndpoint, Hl7Endpoint, WebhookEndpoint
+from aifi.http import proxy_for
+
+
+def connect_target(endpoint: Hl7Endpoint | FhirEndpoint | WebhookEndpoint) -> tuple[str, int]:
+    """The host and port a notice to `endpoint` connects to first: the receiver's own, or,
+    for FHIR and the webhook, the proxy the environment names for its URL."""
+    if isinstance(endpoint, Hl7Endpoint):
+        return endpoint.host, endpoint.port
+    url = endpoint.base_url if isinstance(endpoint, FhirEndpoint) else endpoint.url
+    target = httpx.URL(proxy_for(url) or url)
+    return str(target.host), target.port or (443 if target.scheme == "https" else 80)
+
+
+def cannot_connect(host: str, port: int, timeout: float) -> str | None:
+    """Why a TCP connection to `host:port` cannot be made, or None when one can. The
+    connection is closed at once: nothing is sent on it."""
+    try:
+        socket.create_connection((host, port), timeout).close()
+    except OSError as exc:
+        if isinstance(exc, ConnectionRefusedError):
+            return f"cannot connect to {host}:{port}: connection refused"
+        return f"cannot connect to {host}:{port}: {exc.strerror or exc}"
+    return None
+
+
+def never_connected(exc: httpx.TransportError) -> bool:
+    """True when an HTTP request failed before its TCP connection was made. A TLS handshake
+    that failed (httpx says ConnectError for it too) came after: the receiver was reached."""
+    if not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return False
+    cause: BaseException | None = exc
+    seen: set[int] = set()
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, ssl.SSLError):
+            return False
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return True

@@ -46,12 +46,18 @@ class ExchangeNotTrusted(httpx.ConnectError):
 
 
 def proxy_for(url: str) -> str | None:
-    """The proxy the environment names for `url`: HTTPS_PROXY (HTTP_PROXY for http://), unless
-    NO_PROXY covers its host — read as curl, pip and the standard library read them."""
+    """The proxy the environment names for `url`: HTTPS_PROXY (HTTP_PROXY for http://), else
+    ALL_PROXY, unless NO_PROXY covers its host — read as curl, pip and the standard library
+    read them. A proxy named without a scheme (``proxy.hospital.local:3128``) is an http://
+    one, as curl takes it."""
     parts = urllib.parse.urlsplit(url)
     if parts.hostname and urllib.request.proxy_bypass(parts.hostname):
         return None
-    return urllib.request.getproxies().get(parts.scheme)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if proxy and "://" not in proxy:
+        proxy = f"http://{proxy}"
+    return proxy or None
 
 
 def without_password(url: str) -> str:

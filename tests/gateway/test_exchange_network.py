@@ -88,9 +88,12 @@ def test_a_proxy_password_is_never_shown() -> None:
 
 
 def test_proxy_for_reads_the_environment_as_curl_does(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"):
+    names = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY")
+    for name in names + tuple(name.lower() for name in names):
         monkeypatch.delenv(name, raising=False)
     assert proxy_for("https://exchange.aifi.example") is None
+    monkeypatch.setenv("ALL_PROXY", "proxy.hospital.local:3128")  # no scheme: http://, as curl
+    assert proxy_for("https://exchange.aifi.example") == "http://proxy.hospital.local:3128"
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.hospital.local:3128")
     monkeypatch.setenv("HTTP_PROXY", "http://plain.hospital.local:8080")
     assert proxy_for("https://exchange.aifi.example") == "http://proxy.hospital.local:3128"

@@ -5,6 +5,8 @@ judged by a connection."""
 from __future__ import annotations
 
 import socket
+import struct
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,11 +25,9 @@ from aifi.gateway.notify import (
 )
 from aifi.gateway.notify.fhir import build_transaction, post_fhir
 from aifi.gateway.notify.oru import build_oru_r01
-from aifi.gateway.notify.outages import Outages
-from aifi.gateway.notify.reach import never_connected
-from aifi.gateway.notify.receivers import WebhookReceiver
+from aifi.gateway.notify.outages import CHECKS_APART_SECONDS, Outages
+from aifi.gateway.notify.reach import connect_target, never_connected
 
-from .conftest import WEBHOOK_KEY
 from .test_outages import Clock, hl7_settings, routine, with_clock
 
 RawPeer = Callable[[Callable[[socket.socket], Any]], int]
@@ -50,17 +50,18 @@ def test_a_ris_that_refused_connections_is_seen_back_once_it_takes_one(
     with Notifier(hl7_settings(port, hold_off_seconds=30)) as notifier:
         with_clock(notifier, clock)
         [failed] = notifier.notify(routine("job-1"))
-        assert not failed.ok and notifier.outages.down()["hl7"].unreached
+        outage = notifier.outages.down()["hl7"]
+        assert not failed.ok and outage.unreached
         assert notifier.check_unreached() == 30  # the pause is not over: no check yet
 
-        clock.now += 30  # still closed: down, for another pause, and no notice's failure more
-        assert notifier.check_unreached() == 30
-        outage = notifier.outages.down()["hl7"]
-        assert outage.failures == 1 and "connection refused (checked" in outage.detail
-        assert notifier.outages.holding_off("hl7") is outage
+        clock.now += 30  # still closed: the next check twice as far off
+        assert notifier.check_unreached() == 60
+        # The outage is as the notice left it, and notices may try after their pause.
+        assert notifier.outages.down()["hl7"] is outage
+        assert notifier.outages.holding_off("hl7") is None
 
         restarting_ris.listen(1)
-        clock.now += 29
+        clock.now += 59
         assert notifier.check_unreached() == 1  # not before its time
         clock.now += 1
         assert notifier.check_unreached() is None
@@ -71,6 +72,37 @@ def test_a_ris_that_refused_connections_is_seen_back_once_it_takes_one(
     with checked:
         checked.settimeout(10)
         assert checked.recv(65536) == b""
+
+
+def test_a_ris_whose_port_opens_before_it_answers_goes_on_being_down(
+    restarting_ris: socket.socket,
+) -> None:
+    """The check ends the outage, the next notice fails all the same (the port is open, the
+    RIS's engine not yet started): the outage goes on where it was, and that failure spends
+    none of the notice's tries. A failure long after is a new outage."""
+    clock = Clock()
+    port = int(restarting_ris.getsockname()[1])
+    with Notifier(hl7_settings(port, hold_off_seconds=30, timeout_seconds=0.5)) as notifier:
+        with_clock(notifier, clock)
+        notifier.notify(routine("job-1"))
+        since = notifier.outages.down()["hl7"].since
+        restarting_ris.listen(8)  # the kernel takes connections; nobody answers on them
+        clock.now += 30
+        assert notifier.check_unreached() is None and notifier.outages.down() == {}
+        [again] = notifier.notify(routine("job-2"))
+        outage = notifier.outages.down()["hl7"]
+        assert not again.ok and not again.counted
+        assert (outage.failures, outage.since, outage.unreached) == (2, since, False)
+        clock.now += 3600
+        assert notifier.check_unreached() is None  # took the connection: no more checks
+
+        notifier.outages.answered("hl7")
+        notifier.outages.failed("hl7", "refused", unreached=True)
+        clock.now += 30
+        assert notifier.check_unreached() is None  # ended by a check again
+        clock.now += 301  # longer than the longest pause: what fails now is a new outage
+        [later] = notifier.notify(routine("job-3"))
+    assert later.counted and notifier.outages.down()["hl7"].failures == 1
 
 
 def test_a_ris_that_took_the_connection_is_not_judged_by_one(raw_peer: RawPeer) -> None:
@@ -103,10 +135,7 @@ def test_a_receiver_no_longer_configured_is_not_kept_down(restarting_ris: socket
 
 
 def test_the_senders_tell_a_refused_connection_from_a_failure_after_one(
-    closed_port: int,
-    raw_peer: RawPeer,
-    positive: ResultNotice,
-    webhook_receiver: WebhookReceiver,
+    closed_port: int, raw_peer: RawPeer, positive: ResultNotice
 ) -> None:
     hl7 = hl7_settings(closed_port).hl7
     assert hl7 is not None
@@ -125,33 +154,153 @@ def test_the_senders_tell_a_refused_connection_from_a_failure_after_one(
         post_fhir(build_transaction(positive, closed), closed)
     assert fhir_refused.value.unreached
 
-    webhook_receiver.fail_with = [502, 502]
-    failing = WebhookEndpoint(
-        url=webhook_receiver.url, secret=WEBHOOK_KEY.decode(), retries=1, timeout_seconds=30
+    pager = WebhookEndpoint(url=f"http://127.0.0.1:{closed_port}/alerts", secret="k", retries=1)
+    with pytest.raises(DeliveryFailed) as webhook_refused:
+        send_webhook(positive, pager)
+    assert webhook_refused.value.unreached
+
+    busy = FhirEndpoint(base_url=f"http://127.0.0.1:{raw_peer(answer_503)}/fhir", retries=1)
+    with pytest.raises(DeliveryFailed) as answered_503:
+        post_fhir(build_transaction(positive, busy), busy)
+    assert "HTTP 503" in str(answered_503.value) and not answered_503.value.unreached
+
+
+def answer_503(conn: socket.socket) -> None:
+    conn.recv(65536)
+    conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+
+
+class ClosesAfterOne:
+    """A receiver that takes one connection, hangs up on it, and closes its port: the retry
+    after it is refused."""
+
+    def __init__(self, answer: Callable[[socket.socket], None]) -> None:
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._server.getsockname()[1])
+        self._answer = answer
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self._server.accept()
+        self._server.close()
+        with conn:
+            self._answer(conn)
+
+    def join(self) -> None:
+        self._thread.join(timeout=30)
+
+
+def test_a_failure_after_any_connection_is_not_unreached(positive: ResultNotice) -> None:
+    """The first attempt connected, the retry was refused: the receiver was reached (a
+    connection now would prove nothing), whichever attempt came last."""
+    ris = ClosesAfterOne(lambda conn: conn.recv(65536))
+    hl7 = hl7_settings(ris.port).hl7
+    assert hl7 is not None
+    with pytest.raises(DeliveryFailed, match="connection refused") as after_one:
+        send_mllp(build_oru_r01(positive, hl7), hl7)
+    ris.join()
+    assert not after_one.value.unreached
+
+    fhir = ClosesAfterOne(answer_503)
+    endpoint = FhirEndpoint(
+        base_url=f"http://127.0.0.1:{fhir.port}/fhir", retries=1, timeout_seconds=30
     )
-    with pytest.raises(DeliveryFailed) as answered_502:
-        send_webhook(positive, failing)
-    assert not answered_502.value.unreached
+    with pytest.raises(DeliveryFailed, match="ConnectError") as after_503:
+        post_fhir(build_transaction(positive, endpoint), endpoint)
+    fhir.join()
+    assert not after_503.value.unreached
 
 
 def test_a_tls_handshake_that_fails_came_after_the_connection(raw_peer: RawPeer) -> None:
-    """httpx calls a failed handshake a ConnectError too: the server was reached, and a
-    connection to it would say nothing of whether its certificate is right now."""
+    """httpx calls a failed, reset or unanswered handshake a ConnectError or ConnectTimeout
+    too: the server was reached, and a connection to it would say nothing of whether it
+    will now take a notice."""
 
     def plain_http(conn: socket.socket) -> None:
         conn.recv(65536)
         conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
 
-    port = raw_peer(plain_http)
-    with pytest.raises(httpx.ConnectError) as handshake:
-        httpx.get(f"https://127.0.0.1:{port}/metadata", timeout=30)
-    assert not never_connected(handshake.value)
+    def reset(conn: socket.socket) -> None:
+        conn.recv(65536)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    released = threading.Event()
+
+    def silent(conn: socket.socket) -> None:
+        released.wait(30)
+
+    try:
+        for serve, kind in (
+            (plain_http, httpx.ConnectError),
+            (reset, httpx.ConnectError),
+            (silent, httpx.ConnectTimeout),
+        ):
+            with pytest.raises(kind) as handshake:
+                httpx.get(f"https://127.0.0.1:{raw_peer(serve)}/metadata", timeout=0.5)
+            assert not never_connected(handshake.value), serve.__name__
+        with pytest.raises(httpx.ReadTimeout) as unanswered:
+            httpx.get(f"http://127.0.0.1:{raw_peer(silent)}/metadata", timeout=0.5)
+        assert not never_connected(unanswered.value)
+    finally:
+        released.set()
 
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         with pytest.raises(httpx.ConnectError) as refused:
             httpx.get(f"https://127.0.0.1:{closed.getsockname()[1]}/metadata", timeout=30)
     assert never_connected(refused.value)
+    with pytest.raises(httpx.ConnectError) as unknown:
+        httpx.get("https://no-such-host.invalid/metadata", timeout=30)
+    assert never_connected(unknown.value)
+
+
+def test_with_no_pause_checks_are_still_apart() -> None:
+    clock = Clock()
+    outages = Outages(0, clock=clock, wall=clock)
+    outages.failed("hl7", "connection refused", unreached=True)
+    assert outages.holding_off("hl7") is None  # notices try every time, as configured
+    assert outages.next_check_in() == CHECKS_APART_SECONDS
+    clock.now += CHECKS_APART_SECONDS
+    [due] = outages.unreached_due()
+    outages.still_unreached(due, "connection refused")
+    assert outages.next_check_in() == CHECKS_APART_SECONDS  # the longest pause is no longer
+
+
+def test_notices_and_checks_go_through_the_same_proxy(
+    monkeypatch: pytest.MonkeyPatch, raw_peer: RawPeer, positive: ResultNotice
+) -> None:
+    """A proxy named without a scheme, as many hospitals' environments do: the check
+    connects to it, and the webhook goes through it (the proxy answers its CONNECT)."""
+    asked: list[bytes] = []
+
+    def proxy(conn: socket.socket) -> None:
+        asked.append(conn.recv(65536))
+        conn.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+
+    port = raw_peer(proxy)
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", f"127.0.0.1:{port}")
+    monkeypatch.setenv("https_proxy", f"127.0.0.1:{port}")
+    pager = WebhookEndpoint(url="https://pager.example/alerts", secret="k", retries=0)
+    assert connect_target(pager) == ("127.0.0.1", port)
+    with Notifier(NotificationSettings(webhook=pager)) as notifier:
+        [outcome] = notifier.notify(positive)
+    assert not outcome.ok and not notifier.outages.down()["webhook"].unreached
+    assert len(asked) == 1 and asked[0].startswith(b"CONNECT pager.example:443")
+
+    # NO_PROXY names the pager's domain: checks and notices go to it directly, not one of
+    # them to the proxy (httpx, left to read the environment itself, would take
+    # `.hospital.invalid` not to cover `hospital.invalid`; curl and Python take it to).
+    monkeypatch.setenv("NO_PROXY", ".hospital.invalid")
+    monkeypatch.setenv("no_proxy", ".hospital.invalid")
+    inside = WebhookEndpoint(url="https://hospital.invalid/alerts", secret="k", retries=0)
+    assert connect_target(inside) == ("hospital.invalid", 443)
+    with Notifier(NotificationSettings(webhook=inside)) as notifier:
+        [direct] = notifier.notify(positive)
+    assert not direct.ok and notifier.outages.down()["webhook"].unreached  # no such name
+    assert len(asked) == 1
 
 
 def test_a_check_gives_way_to_a_notice_that_failed_meanwhile() -> None:

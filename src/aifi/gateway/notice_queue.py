@@ -150,6 +150,8 @@ class NoticeSender:
                 wait = self.send_due(urgent)
                 if not urgent:
                     wait = self.check_receivers(wait)
+                elif self._notifier.outages.next_check_in() is not None:
+                    self._wake[False].set()  # a check to schedule, perhaps from this lane's sends
                 failures = 0
             except Exception:  # the state's disk, or a fault: never stop sending for good
                 failures += 1

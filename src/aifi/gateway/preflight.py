@@ -24,7 +24,7 @@ from aifi.gateway.config import DicomWebListener, GatewayConfig, PacsDestination
 from aifi.gateway.dimse import echo
 from aifi.gateway.exchange_client import GatewayClient
 from aifi.gateway.notify.fhir import endpoint_verify
-from aifi.gateway.notify.reach import cannot_connect, connect_target
+from aifi.gateway.notify.reach import cannot_connect, connect_target, http_client
 from aifi.gateway.notify.settings import FhirEndpoint, Hl7Endpoint, WebhookEndpoint
 from aifi.http import ExchangeHTTPError
 
@@ -245,12 +245,10 @@ def _fhir(endpoint: FhirEndpoint) -> Check:
             return Check(name, False, f"{endpoint.bearer_token_file}: {exc.strerror or exc}")
     url = endpoint.base_url.rstrip("/") + "/metadata"
     try:
-        response = httpx.get(
-            url,
-            headers={"Accept": "application/fhir+json"},
-            timeout=endpoint.timeout_seconds,
-            verify=endpoint_verify(endpoint),
-        )
+        with http_client(endpoint.base_url, endpoint_verify(endpoint)) as client:
+            response = client.get(
+                url, headers={"Accept": "application/fhir+json"}, timeout=endpoint.timeout_seconds
+            )
         statement = response.json() if response.status_code == 200 else {}
     except (httpx.HTTPError, ValueError) as exc:
         return Check(name, False, f"{url}: {exc}")

@@ -50,7 +50,7 @@ from aifi.gateway.notify.codes import (
 )
 from aifi.gateway.notify.errors import DeliveryFailed, HttpRejected
 from aifi.gateway.notify.notice import ResultNotice
-from aifi.gateway.notify.reach import never_connected
+from aifi.gateway.notify.reach import http_client, never_connected
 from aifi.gateway.notify.settings import FhirEndpoint
 from aifi.results.summary import FindingSummary, TriageFlag
 
@@ -359,7 +359,7 @@ def post_fhir(
         headers["Authorization"] = f"Bearer {token}"
     body = bundle.model_dump_json(exclude_none=True).encode()
     where = f"FHIR transaction Bundle to {url}"
-    own = client or httpx.Client(verify=endpoint_verify(endpoint))
+    own = client or http_client(endpoint.base_url, endpoint_verify(endpoint))
     attempts = endpoint.retries + 1
     problem = "not sent"
     connected = False

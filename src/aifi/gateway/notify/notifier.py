@@ -33,7 +33,7 @@ from aifi.gateway.notify.mllp import send_mllp
 from aifi.gateway.notify.notice import ResultNotice
 from aifi.gateway.notify.oru import OruBuildError, build_oru_r01, message_control_id
 from aifi.gateway.notify.outages import Outages
-from aifi.gateway.notify.reach import cannot_connect, connect_target
+from aifi.gateway.notify.reach import cannot_connect, connect_target, http_client
 from aifi.gateway.notify.settings import NotificationSettings
 from aifi.gateway.notify.webhook import delivery_id, send_webhook
 
@@ -72,11 +72,13 @@ class Notifier:
     def __init__(self, settings: NotificationSettings) -> None:
         self.settings = settings
         self.outages = Outages(settings.hold_off_seconds)
-        #: FHIR may need the hospital's own CA; the webhook goes wherever its URL says.
-        self._fhir_http = httpx.Client(
-            verify=endpoint_verify(settings.fhir) if settings.fhir else True
+        #: FHIR may need the hospital's own CA; each goes through the proxy, if any, that
+        #: the checks of an unreached receiver connect to.
+        fhir, webhook = settings.fhir, settings.webhook
+        self._fhir_http = (
+            http_client(fhir.base_url, endpoint_verify(fhir)) if fhir else httpx.Client()
         )
-        self._webhook_http = httpx.Client()
+        self._webhook_http = http_client(webhook.url) if webhook else httpx.Client()
 
     def close(self) -> None:
         self._fhir_http.close()
@@ -174,7 +176,7 @@ class Notifier:
             self.outages.answered(channel)
         except DeliveryFailed as exc:
             detail, ok, retryable = str(exc), False, exc.retryable
-            counted = channel not in self.outages.down()  # only the failure that began it
+            counted = not self.outages.standing(channel)  # only the failure that began it
             self.outages.failed(channel, detail, unreached=exc.unreached)
         except NotificationError as exc:  # refused: the receiver answered, so it is up
             detail, ok, retryable = str(exc), False, exc.retryable

@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,16 @@ def _clock(moment: float) -> str:
     return datetime.fromtimestamp(moment, UTC).strftime("%H:%M:%S UTC")
 
 
+@dataclass
+class _Check:
+    """When an unreached receiver's connection is next checked, how long checks are apart
+    (doubling while they fail), and the last failure a check logged."""
+
+    at: float
+    every: float
+    said: str = ""
+
+
 class Outages:
     """The receivers down, by channel; shared by the threads that send one notice's channels
     side by side, and read by the metrics exporter."""
@@ -81,8 +91,12 @@ class Outages:
         self._lock = threading.Lock()
         self._down: dict[str, Outage] = {}
         self._due: dict[str, float] = {}
-        #: When each unreached receiver's connection is next checked.
-        self._check_at: dict[str, float] = {}
+        self._checks: dict[str, _Check] = {}
+        #: Outages a check ended, with when, until a notice bears it out or the longest pause
+        #: has passed: a RIS whose port opens before its engine is ready fails the next
+        #: notice, and that continues the outage (its failures, its start) rather than
+        #: beginning one that spends a notice's try.
+        self._ended_by_check: dict[str, tuple[Outage, float]] = {}
         #: Outages ended so far: whoever held work back for a receiver sees it change, and
         #: sends that work now rather than when its own retry comes round.
         self.recoveries = 0
@@ -96,12 +110,26 @@ class Outages:
             return None
         return outage
 
+    def standing(self, channel: str) -> bool:
+        """An outage stands for the channel, or one a check ended that no notice has yet
+        borne out: a notice failing now continues it, and does not count as a try."""
+        with self._lock:
+            return channel in self._down or self._just_ended(channel) is not None
+
+    def _just_ended(self, channel: str) -> Outage | None:
+        """Under the lock: the outage a check ended lately, not yet borne out by a notice."""
+        ended = self._ended_by_check.get(channel)
+        if ended is None or self._clock() - ended[1] > self._longest_pause():
+            return None
+        return ended[0]
+
     def failed(self, channel: str, detail: str, unreached: bool = False) -> Outage:
         """The receiver did not take a notice tried on it (unreachable, no answer in time, or
         failing with every retry): hold off, longer than last time if it was down already."""
         now, wall = self._clock(), self._wall()
         with self._lock:
-            before = self._down.get(channel)
+            before = self._down.get(channel) or self._just_ended(channel)
+            self._ended_by_check.pop(channel, None)
             failures = 1 if before is None else before.failures + 1
             pause = self._pause(failures)
             outage = Outage(
@@ -113,7 +141,11 @@ class Outages:
                 unreached=unreached,
             )
             self._down[channel], self._due[channel] = outage, now + pause
-            self._schedule_check(outage, now + pause)
+            if unreached:  # checked when the pause is over, whether or not a notice waits
+                every = max(pause, CHECKS_APART_SECONDS)
+                self._checks[channel] = _Check(at=now + every, every=every)
+            else:  # it took the connection: only a notice shows it back
+                self._checks.pop(channel, None)
         if self.hold_off_seconds > 0:
             log.warning(
                 "the %s receiver is down (%d notice(s) failed in a row); notices hold off "
@@ -127,7 +159,8 @@ class Outages:
         with self._lock:
             outage = self._down.pop(channel, None)
             self._due.pop(channel, None)
-            self._check_at.pop(channel, None)
+            self._checks.pop(channel, None)
+            self._ended_by_check.pop(channel, None)
             if outage is not None:
                 self.recoveries += 1
         if outage is not None:
@@ -137,60 +170,62 @@ class Outages:
             )  # fmt: skip
 
     def unreached_due(self) -> list[Outage]:
-        """The outages of receivers that could not be connected to, their pause over: each
-        is due a check of its connection (`connected`, `still_unreached`)."""
+        """The outages of receivers that could not be connected to and are due a check of
+        their connection (`connected`, `still_unreached`)."""
         now = self._clock()
         with self._lock:
-            return [self._down[c] for c, at in self._check_at.items() if now >= at]
+            return [self._down[c] for c, check in self._checks.items() if now >= check.at]
 
     def next_check_in(self) -> float | None:
         """Seconds until the next such check is due; None while no receiver is unreached."""
         now = self._clock()
         with self._lock:
-            dues = list(self._check_at.values())
+            dues = [check.at for check in self._checks.values()]
         return max(0.0, min(dues) - now) if dues else None
 
     def connected(self, checked: Outage) -> bool:
         """A receiver that could not be connected to takes connections again: its outage
         ends, unless a notice has changed it since `checked` was read (a notice that then
         failed in another way knows better than a connection). True when it ended."""
+        channel = checked.channel
         with self._lock:
-            if self._down.get(checked.channel) is not checked:
+            if self._down.get(channel) is not checked:
                 return False
-            del self._down[checked.channel], self._due[checked.channel]
-            del self._check_at[checked.channel]
+            del self._down[channel], self._due[channel], self._checks[channel]
+            self._ended_by_check[channel] = (checked, self._clock())
             self.recoveries += 1
         log.warning(
             "the %s receiver takes connections again, after %d failed notice(s) since %s",
-            checked.channel, checked.failures, _clock(checked.since),
+            channel, checked.failures, _clock(checked.since),
         )  # fmt: skip
         return True
 
     def still_unreached(self, checked: Outage, detail: str) -> None:
-        """A check found the receiver still not taking connections: notices hold off it for
-        another pause as long as the last, which counts no further failure of a notice."""
-        now, wall = self._clock(), self._wall()
+        """A check found the receiver still not taking connections. The next check is twice
+        as far off (up to the longest pause); the notices' own pause is left as it was, so a
+        check that cannot help (a proxy it does not know of, say) never holds them back. The
+        journal hears of it when what the check met changes."""
+        channel, now = checked.channel, self._clock()
         with self._lock:
-            if self._down.get(checked.channel) is not checked:
+            check = self._checks.get(channel)
+            if self._down.get(channel) is not checked or check is None:
                 return
-            pause = self._pause(checked.failures)
-            outage = replace(
-                checked, detail=f"{detail} (checked {_clock(wall)})", retry_from=wall + pause
-            )
-            self._down[checked.channel], self._due[checked.channel] = outage, now + pause
-            self._schedule_check(outage, now + pause)
-        log.info("the %s receiver is still down: %s", checked.channel, detail)
+            check.every = min(check.every * 2, self._longest_pause())
+            check.at = now + check.every
+            news, check.said = detail != check.said, detail
+        log.log(
+            logging.INFO if news else logging.DEBUG,
+            "the %s receiver is still down, checked again in %.0f s: %s",
+            channel, check.every, detail,
+        )  # fmt: skip
 
     def _pause(self, failures: int) -> float:
         return self.hold_off_seconds * min(2 ** (failures - 1), LONGEST_PAUSE_FACTOR)
 
-    def _schedule_check(self, outage: Outage, pause_over: float) -> None:
-        """Under the lock: an unreached receiver's check when its pause is over; none for
-        one that took the connection."""
-        if outage.unreached:
-            self._check_at[outage.channel] = max(pause_over, self._clock() + CHECKS_APART_SECONDS)
-        else:
-            self._check_at.pop(outage.channel, None)
+    def _longest_pause(self) -> float:
+        """The longest pause between notices' tries, or between checks (never under
+        `CHECKS_APART_SECONDS`)."""
+        return max(self.hold_off_seconds * LONGEST_PAUSE_FACTOR, CHECKS_APART_SECONDS)
 
     def down(self) -> dict[str, Outage]:
         """Every receiver whose last notice failed, by channel (held off or due a try)."""

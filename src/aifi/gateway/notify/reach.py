@@ -13,6 +13,7 @@ notice is waiting to try it.
 
 from __future__ import annotations
 
+import errno
 import socket
 import ssl
 
@@ -20,6 +21,9 @@ import httpx
 
 from aifi.gateway.notify.settings import FhirEndpoint, Hl7Endpoint, WebhookEndpoint
 from aifi.http import proxy_for
+
+#: What the operating system says of a connection that could not be made.
+NOT_CONNECTED_ERRNOS = frozenset({errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH})
 
 
 def connect_target(endpoint: Hl7Endpoint | FhirEndpoint | WebhookEndpoint) -> tuple[str, int]:
@@ -30,6 +34,12 @@ def connect_target(endpoint: Hl7Endpoint | FhirEndpoint | WebhookEndpoint) -> tu
     url = endpoint.base_url if isinstance(endpoint, FhirEndpoint) else endpoint.url
     target = httpx.URL(proxy_for(url) or url)
     return str(target.host), target.port or (443 if target.scheme == "https" else 80)
+
+
+def http_client(url: str, verify: bool | str = True) -> httpx.Client:
+    """A client for the receiver at `url` that goes through the proxy `connect_target` names
+    (`aifi.http.proxy_for`) and no other: what a check connects to is where notices go."""
+    return httpx.Client(transport=httpx.HTTPTransport(proxy=proxy_for(url), verify=verify))
 
 
 def cannot_connect(host: str, port: int, timeout: float) -> str | None:
@@ -45,15 +55,29 @@ def cannot_connect(host: str, port: int, timeout: float) -> str | None:
 
 
 def never_connected(exc: httpx.TransportError) -> bool:
-    """True when an HTTP request failed before its TCP connection was made. A TLS handshake
-    that failed (httpx says ConnectError for it too) came after: the receiver was reached."""
-    if not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+    """True only when an HTTP request surely failed before its TCP connection was made: the
+    connection refused, no route to the host, or a name that does not resolve; or, for a
+    plain http:// URL, no answer to the connection in time. httpx says ConnectError and
+    ConnectTimeout also for a TLS handshake that failed, was reset or was not answered, which
+    come after the connection: a receiver reached, which a connection would wrongly show back.
+    Anything not surely before the connection counts as after it."""
+    if isinstance(exc, httpx.ConnectTimeout):
+        try:
+            return exc.request.url.scheme == "http"
+        except RuntimeError:  # no request recorded: say nothing it cannot know
+            return False
+    if not isinstance(exc, httpx.ConnectError):
         return False
     cause: BaseException | None = exc
     seen: set[int] = set()
     while cause is not None and id(cause) not in seen:
         if isinstance(cause, ssl.SSLError):
             return False
+        if isinstance(cause, socket.gaierror) or (
+            isinstance(cause, OSError) and cause.errno in NOT_CONNECTED_ERRNOS
+        ):
+            return True
         seen.add(id(cause))
+        # httpcore raises its own error with `from None`: the OS's is its context.
         cause = cause.__cause__ or cause.__context__
-    return True
+    return False

@@ -28,7 +28,7 @@ import httpx
 
 from aifi.gateway.notify.errors import DeliveryFailed, HttpRejected
 from aifi.gateway.notify.notice import ResultNotice
-from aifi.gateway.notify.reach import never_connected
+from aifi.gateway.notify.reach import http_client, never_connected
 from aifi.gateway.notify.settings import WebhookEndpoint
 
 STAT_EVENT = "aifi.triage.positive"
@@ -157,7 +157,7 @@ def send_webhook(
     body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
     event = str(payload["event"])
     where = f"webhook {event} for job {notice.exchange_job_id} to {endpoint.url}"
-    own = client or httpx.Client()
+    own = client or http_client(endpoint.url)
     attempts = endpoint.retries + 1
     problem = "not sent"
     connected = False

@@ -198,7 +198,8 @@ def worker(
         ),
     ] = None,
     proxy: Annotated[
-        str | None, typer.Option(help="HTTP proxy to the exchange (default: HTTPS_PROXY).")
+        str | None,
+        typer.Option(help="HTTP proxy to the exchange (default: HTTPS_PROXY, else ALL_PROXY)."),
     ] = None,
     ca_file: Annotated[
         Path | None, typer.Option(help="A CA to trust besides the public roots (a TLS proxy's).")

@@ -47,17 +47,27 @@ class ExchangeNotTrusted(httpx.ConnectError):
 
 def proxy_for(url: str) -> str | None:
     """The proxy the environment names for `url`: HTTPS_PROXY (HTTP_PROXY for http://), else
-    ALL_PROXY, unless NO_PROXY covers its host — read as curl, pip and the standard library
-    read them. A proxy named without a scheme (``proxy.hospital.local:3128``) is an http://
-    one, as curl takes it."""
+    an http(s) ALL_PROXY, unless NO_PROXY covers its host (a name, a domain, or a host:port)
+    — read as curl, pip and the standard library read them. A proxy named without a scheme
+    (``proxy.hospital.local:3128``) is an http:// one, as curl takes it; an ALL_PROXY of
+    another kind (socks5://) is not one these clients can use, and is passed by."""
     parts = urllib.parse.urlsplit(url)
-    if parts.hostname and urllib.request.proxy_bypass(parts.hostname):
-        return None
+    if parts.hostname:
+        plain = parts.port is None or ":" in parts.hostname  # an IPv6 address: by itself
+        host = parts.hostname if plain else f"{parts.hostname}:{parts.port}"
+        if urllib.request.proxy_bypass(host):  # matches entries with and without a port
+            return None
     proxies = urllib.request.getproxies()
-    proxy = proxies.get(parts.scheme) or proxies.get("all")
-    if proxy and "://" not in proxy:
-        proxy = f"http://{proxy}"
-    return proxy or None
+    everything = _with_scheme(proxies.get("all"))
+    if everything and not everything.startswith(("http://", "https://")):
+        everything = None
+    return _with_scheme(proxies.get(parts.scheme)) or everything
+
+
+def _with_scheme(proxy: str | None) -> str | None:
+    if not proxy:
+        return None
+    return proxy if "://" in proxy else f"http://{proxy}"
 
 
 def without_password(url: str) -> str:

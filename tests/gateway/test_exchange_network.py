@@ -92,8 +92,14 @@ def test_proxy_for_reads_the_environment_as_curl_does(monkeypatch: pytest.Monkey
     for name in names + tuple(name.lower() for name in names):
         monkeypatch.delenv(name, raising=False)
     assert proxy_for("https://exchange.aifi.example") is None
+    monkeypatch.setenv("ALL_PROXY", "socks5://127.0.0.1:1080")  # not a proxy these clients use
+    assert proxy_for("https://exchange.aifi.example") is None
     monkeypatch.setenv("ALL_PROXY", "proxy.hospital.local:3128")  # no scheme: http://, as curl
     assert proxy_for("https://exchange.aifi.example") == "http://proxy.hospital.local:3128"
+    monkeypatch.setenv("NO_PROXY", "fhir.hospital.local:8443")  # a host and port
+    assert proxy_for("https://fhir.hospital.local:8443/fhir") is None
+    assert proxy_for("https://fhir.hospital.local/fhir") == "http://proxy.hospital.local:3128"
+    monkeypatch.delenv("NO_PROXY")
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.hospital.local:3128")
     monkeypatch.setenv("HTTP_PROXY", "http://plain.hospital.local:8080")
     assert proxy_for("https://exchange.aifi.example") == "http://proxy.hospital.local:3128"
@@ -155,3 +161,16 @@ def test_links_the_exchange_writes_behind_the_tls_balancer_say_https(
         assert second.status_code == 200, second.text
         [one], [two] = first.json()["entry"], second.json()["entry"]
         assert one["resource"]["id"] != two["resource"]["id"]
+
+
+@pytest.mark.parametrize("name", ["missing.pem", "gateway.yaml"])
+def test_a_fhir_ca_file_that_is_not_pem_is_refused_by_name(tmp_path: Path, name: str) -> None:
+    """Named in the configuration, not found out when the first notice goes."""
+    path = _config(tmp_path)
+    config = yaml.safe_load(path.read_text())
+    config["notifications"] = {
+        "fhir": {"base_url": "https://fhir.hospital.local/fhir", "verify_tls": name}
+    }
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match="notifications.fhir.verify_tls: .*not a readable PEM"):
+        load_config(path)

@@ -300,32 +300,45 @@ def test_once_the_ris_takes_a_notice_the_notices_waiting_go_at_once(
     assert gateway.notifier.outages.down() == {}
 
 
+@pytest.mark.parametrize("priority", ["routine", "stat"])
 def test_a_ris_that_refused_connections_is_seen_back_with_no_new_job(
     national: National,
     orthanc_factory: Any,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    priority: str,
 ) -> None:
     """The RIS's port was closed when the notice was tried, and the notice's retry is an hour
     off (made long here). Once the port takes connections, the gateway's check of it (a
     connection, nothing sent) ends the outage, so the exporter says the RIS is up and the
-    notice goes at once, with no other job's notice to try the RIS first."""
+    notice goes at once, with no other job's notice to try the RIS first. The check is made
+    on the routine notices' thread, also when the STAT one met the RIS down; well before
+    that thread's idle minute is up."""
     monkeypatch.setattr(notice_queue, "retry_in", lambda _passes: 3600.0)
     monkeypatch.setattr(outages, "CHECKS_APART_SECONDS", 0.5)
     sent = studies(tmp_path / "studies", 1)
     ris = SilentRis(listening=False)
     gateway, pacs, port, _path = started(
-        national, orthanc_factory, tmp_path, ris.port, hold_off_seconds=0.2, timeout_seconds=30
+        national,
+        orthanc_factory,
+        tmp_path,
+        ris.port,
+        hold_off_seconds=0.2,
+        timeout_seconds=30,
+        priority=priority,
     )
+    assert notice_queue.IDLE_SECONDS >= 60
     try:
         send(gateway, port, sent)
         assert gateway.notices_queued() == 1
         down = gateway.notifier.outages.down()["hl7"]
         assert down.unreached and "connection refused" in down.detail
-        assert scrape(gateway)[("aifi_gateway_notice_receiver_down", (("channel", "hl7"),))] == 1
+        queued = scrape(gateway)
+        assert queued[("aifi_gateway_notice_receiver_down", (("channel", "hl7"),))] == 1
+        assert queued[("aifi_gateway_notices_queued", (("priority", priority),))] == 1
         ris.up.set()
         ris.listen()
-        assert gateway.wait_until(lambda: not gateway.notices_queued(), timeout=60)
+        assert gateway.wait_until(lambda: not gateway.notices_queued(), timeout=30)
         figures = scrape(gateway)
         rows = hl7_rows(gateway)
     finally:

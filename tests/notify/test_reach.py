@@ -5,13 +5,16 @@ judged by a connection."""
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import trustme
 
 from aifi.gateway.notify import (
     DeliveryFailed,
@@ -323,3 +326,85 @@ def test_a_check_gives_way_to_a_notice_that_failed_meanwhile() -> None:
     )
     assert outages.unreached_due() == [] and outages.next_check_in() is None
     assert outages.recoveries == 0
+
+
+def test_a_try_that_began_soon_after_the_check_continues_the_outage_however_long_it_took() -> None:
+    """A notice to a RIS whose port is open and engine not (yet) answering waits out its
+    timeouts and retries: judged by when it began, not when it gave up."""
+    clock = Clock()
+    outages = Outages(0, clock=clock, wall=clock)  # the longest pause: 10 s, the least
+    first = outages.failed("hl7", "connection refused", unreached=True)
+    clock.now += CHECKS_APART_SECONDS
+    [due] = outages.unreached_due()
+    assert outages.connected(due)
+    began = clock.now + 1
+    clock.now += 30  # the try's four timeouts and its back-offs
+    assert outages.standing("hl7", began) and not outages.standing("hl7")
+    outage = outages.failed("hl7", "no acknowledgement within 5 s", began=began)
+    assert (outage.failures, outage.since) == (2, first.since)
+
+
+def test_a_notice_taken_after_a_check_leaves_nothing_to_continue() -> None:
+    clock = Clock()
+    outages = Outages(30, clock=clock, wall=clock)
+    outages.failed("hl7", "connection refused", unreached=True)
+    clock.now += 30
+    [due] = outages.unreached_due()
+    outages.connected(due)
+    outages.answered("hl7")  # a notice got through: the check was borne out
+    assert not outages.standing("hl7") and outages.recoveries == 1
+    outage = outages.failed("hl7", "no acknowledgement within 5 s")
+    assert (outage.failures, outage.since) == (1, clock.now)
+
+
+def test_a_further_failure_reschedules_the_check_by_its_own_pause() -> None:
+    clock = Clock()
+    outages = Outages(30, clock=clock, wall=clock)
+    outages.failed("hl7", "connection refused", unreached=True)
+    clock.now += 30
+    [due] = outages.unreached_due()
+    outages.still_unreached(due, "cannot connect: connection refused")
+    assert outages.next_check_in() == 60
+    outages.failed("hl7", "connection refused", unreached=True)  # a notice's try: 60 s
+    clock.now += 10
+    outages.failed("hl7", "connection refused", unreached=True)  # a STAT try: 120 s
+    assert outages.next_check_in() == 120
+
+
+@pytest.fixture
+def untrusted_https(raw_peer: RawPeer, tmp_path: Path) -> tuple[int, Path]:
+    """An https server whose certificate a CA of the test's own issued, answering 503: its
+    port, and that CA's file (which nothing trusts unless told)."""
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.configure_cert(context)
+
+    def serve(conn: socket.socket) -> None:
+        try:
+            with context.wrap_socket(conn, server_side=True) as tls:
+                tls.recv(65536)
+                tls.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+        except (ssl.SSLError, OSError):
+            pass  # the client would not trust it
+
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    return raw_peer(serve), tmp_path / "ca.pem"
+
+
+def test_notices_verify_the_receivers_certificate(
+    untrusted_https: tuple[int, Path], positive: ResultNotice
+) -> None:
+    port, ca_file = untrusted_https
+    pager = WebhookEndpoint(url=f"https://127.0.0.1:{port}/alerts", secret="k", retries=0)
+    fhir = FhirEndpoint(base_url=f"https://127.0.0.1:{port}/fhir", retries=0)
+    with Notifier(NotificationSettings(webhook=pager, fhir=fhir)) as notifier:
+        outcomes = {o.channel: o for o in notifier.notify(positive)}
+    for channel in ("webhook", "fhir"):
+        assert "CERTIFICATE_VERIFY_FAILED" in outcomes[channel].detail, channel
+    assert not any(outage.unreached for outage in notifier.outages.down().values())
+
+    trusted = fhir.model_copy(update={"verify_tls": ca_file})
+    with Notifier(NotificationSettings(fhir=trusted)) as notifier:
+        [outcome] = notifier.notify(positive)
+    assert "HTTP 503" in outcome.detail  # through TLS to the server's own answer

@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from aifi.gateway.notify import NotificationSettings
+from aifi.gateway.notify.fhir import endpoint_verify
 from aifi.http import trusting
 
 AE_TITLE = r"^[ -~]{1,16}$"
@@ -102,7 +103,8 @@ class ExchangeConnection(BaseModel):
     url: str
     api_key: str | None = None
     api_key_file: Path | None = None
-    #: The hospital's HTTP proxy to the internet; default: HTTPS_PROXY (and NO_PROXY).
+    #: The hospital's HTTP proxy to the internet; default: HTTPS_PROXY, else ALL_PROXY (and
+    #: NO_PROXY), as `aifi.http.proxy_for` reads them.
     proxy: str | None = Field(default=None, pattern=r"^https?://")
     #: A CA to trust besides the public roots: that of a proxy which inspects TLS.
     ca_file: Path | None = None
@@ -172,6 +174,11 @@ def load_config(path: Path) -> GatewayConfig:
     if config.secret_file is not None and not config.secret_file.is_absolute():
         config.secret_file = (base / config.secret_file).resolve()
     config.notifications = config.notifications.resolve_paths(base)
+    if config.notifications.fhir is not None:
+        try:
+            endpoint_verify(config.notifications.fhir)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: notifications.fhir.verify_tls: {exc}") from exc
     if config.dicomweb is not None:
         web = config.dicomweb
         for sender in web.senders:

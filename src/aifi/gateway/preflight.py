@@ -268,7 +268,7 @@ def _webhook(endpoint: WebhookEndpoint) -> Check:
         return Check(name, False, f"signing key file {endpoint.secret_file} is missing")
     host, port = connect_target(endpoint)
     via = " (its proxy)" if host != httpx.URL(endpoint.url).host else ""
-    problem = cannot_connect(host, port, endpoint.timeout_seconds)
+    problem = cannot_connect(host, port, endpoint.timeout_seconds, via)
     if problem is not None:
-        return Check(name, False, problem + via)
+        return Check(name, False, problem)
     return Check(name, True, f"{host}:{port}{via} accepts connections (no alert sent)")

@@ -27,6 +27,7 @@ result's report for the job was made before.
 
 from __future__ import annotations
 
+import ssl
 import time
 import uuid
 from dataclasses import dataclass
@@ -394,10 +395,24 @@ def post_fhir(
     )
 
 
-def endpoint_verify(endpoint: FhirEndpoint) -> bool | str:
-    """What httpx verifies the server's certificate against: `verify_tls` as configured."""
+def endpoint_verify(endpoint: FhirEndpoint) -> bool | ssl.SSLContext:
+    """What httpx verifies the server's certificate against: `verify_tls` as configured (a
+    CA bundle file, or a folder of them, is the only CA trusted).
+
+    Raises
+    ------
+    ValueError
+        The file cannot be read as PEM CA certificates.
+    """
     verify = endpoint.verify_tls
-    return verify if isinstance(verify, bool) else str(verify)
+    if isinstance(verify, bool):
+        return verify
+    try:
+        if verify.is_dir():
+            return ssl.create_default_context(capath=str(verify))
+        return ssl.create_default_context(cafile=str(verify))
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"{verify}: not a readable PEM file of CA certificates ({exc})") from exc
 
 
 def _receipt(response: httpx.Response, where: str) -> FhirReceipt:

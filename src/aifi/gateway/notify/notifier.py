@@ -40,6 +40,9 @@ from aifi.gateway.notify.webhook import delivery_id, send_webhook
 log = logging.getLogger(__name__)
 
 HL7, FHIR, WEBHOOK = "hl7", "fhir", "webhook"
+#: The longest a check of an unreached receiver's connection waits: checks run on the routine
+#: lane, and one behind a firewall that drops packets must not hold its notices up long.
+CHECK_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,7 @@ class Notifier:
     def _attempt(
         self, channel: str, send: Callable[[ResultNotice], str], notice: ResultNotice
     ) -> NoticeOutcome:
-        started = time.monotonic()
+        started, began = time.monotonic(), self.outages.now()
         message_id = self._message_id(channel, notice)
         counted = True
         try:
@@ -176,8 +179,9 @@ class Notifier:
             self.outages.answered(channel)
         except DeliveryFailed as exc:
             detail, ok, retryable = str(exc), False, exc.retryable
-            counted = not self.outages.standing(channel)  # only the failure that began it
-            self.outages.failed(channel, detail, unreached=exc.unreached)
+            # Only the failure that began an outage counts.
+            counted = not self.outages.standing(channel, began)
+            self.outages.failed(channel, detail, unreached=exc.unreached, began=began)
         except NotificationError as exc:  # refused: the receiver answered, so it is up
             detail, ok, retryable = str(exc), False, exc.retryable
             self.outages.answered(channel)
@@ -222,7 +226,7 @@ class Notifier:
                 self.outages.connected(outage)
                 continue
             host, port = connect_target(endpoint)
-            problem = cannot_connect(host, port, endpoint.timeout_seconds)
+            problem = cannot_connect(host, port, min(endpoint.timeout_seconds, CHECK_SECONDS))
             if problem is None:
                 self.outages.connected(outage)
             else:

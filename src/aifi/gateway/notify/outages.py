@@ -110,25 +110,37 @@ class Outages:
             return None
         return outage
 
-    def standing(self, channel: str) -> bool:
-        """An outage stands for the channel, or one a check ended that no notice has yet
-        borne out: a notice failing now continues it, and does not count as a try."""
-        with self._lock:
-            return channel in self._down or self._just_ended(channel) is not None
+    def now(self) -> float:
+        """The time on the clock pauses are kept on: when a try began, for `standing` and
+        `failed`."""
+        return self._clock()
 
-    def _just_ended(self, channel: str) -> Outage | None:
-        """Under the lock: the outage a check ended lately, not yet borne out by a notice."""
+    def standing(self, channel: str, began: float | None = None) -> bool:
+        """An outage stands for the channel, or one a check ended that no notice has yet
+        borne out: a notice whose try `began` then (by default now) and failed continues it,
+        and does not count as a try."""
+        with self._lock:
+            return channel in self._down or self._just_ended(channel, began) is not None
+
+    def _just_ended(self, channel: str, began: float | None) -> Outage | None:
+        """Under the lock: the outage a check ended lately, not yet borne out by a notice,
+        for a try that `began` within the longest pause of that check (a try that waits out
+        its timeouts may end long after)."""
         ended = self._ended_by_check.get(channel)
-        if ended is None or self._clock() - ended[1] > self._longest_pause():
+        moment = self._clock() if began is None else began
+        if ended is None or moment - ended[1] > self._longest_pause():
             return None
         return ended[0]
 
-    def failed(self, channel: str, detail: str, unreached: bool = False) -> Outage:
+    def failed(
+        self, channel: str, detail: str, unreached: bool = False, began: float | None = None
+    ) -> Outage:
         """The receiver did not take a notice tried on it (unreachable, no answer in time, or
-        failing with every retry): hold off, longer than last time if it was down already."""
+        failing with every retry): hold off, longer than last time if it was down already.
+        `began`: when the try began (`standing`)."""
         now, wall = self._clock(), self._wall()
         with self._lock:
-            before = self._down.get(channel) or self._just_ended(channel)
+            before = self._down.get(channel) or self._just_ended(channel, began)
             self._ended_by_check.pop(channel, None)
             failures = 1 if before is None else before.failures + 1
             pause = self._pause(failures)

@@ -36,21 +36,20 @@ def connect_target(endpoint: Hl7Endpoint | FhirEndpoint | WebhookEndpoint) -> tu
     return str(target.host), target.port or (443 if target.scheme == "https" else 80)
 
 
-def http_client(url: str, verify: bool | str = True) -> httpx.Client:
+def http_client(url: str, verify: bool | ssl.SSLContext = True) -> httpx.Client:
     """A client for the receiver at `url` that goes through the proxy `connect_target` names
     (`aifi.http.proxy_for`) and no other: what a check connects to is where notices go."""
     return httpx.Client(transport=httpx.HTTPTransport(proxy=proxy_for(url), verify=verify))
 
 
-def cannot_connect(host: str, port: int, timeout: float) -> str | None:
+def cannot_connect(host: str, port: int, timeout: float, via: str = "") -> str | None:
     """Why a TCP connection to `host:port` cannot be made, or None when one can. The
-    connection is closed at once: nothing is sent on it."""
+    connection is closed at once: nothing is sent on it. `via` says what the address is
+    (" (its proxy)")."""
     try:
         socket.create_connection((host, port), timeout).close()
     except OSError as exc:
-        if isinstance(exc, ConnectionRefusedError):
-            return f"cannot connect to {host}:{port}: connection refused"
-        return f"cannot connect to {host}:{port}: {exc.strerror or exc}"
+        return f"cannot connect to {host}:{port}{via}: {exc.strerror or exc}"
     return None
 
 

@@ -28,7 +28,7 @@ from aifi.gateway.notify import (
 )
 from aifi.gateway.notify.fhir import build_transaction, post_fhir
 from aifi.gateway.notify.oru import build_oru_r01
-from aifi.gateway.notify.outages import CHECKS_APART_SECONDS, Outages
+from aifi.gateway.notify.outages import CHECKS_APART_SECONDS, Outage, Outages
 from aifi.gateway.notify.reach import connect_target, never_connected
 
 from .test_outages import Clock, hl7_settings, routine, with_clock
@@ -306,15 +306,22 @@ def test_notices_and_checks_go_through_the_same_proxy(
     assert len(asked) == 1
 
 
+def due_for_a_check(hold_off_seconds: float = 30) -> tuple[Clock, Outages, Outage]:
+    """Outages on a test clock, with the RIS's connection refused and its pause over: the
+    clock, the outages and the outage due a check."""
+    clock = Clock()
+    outages = Outages(hold_off_seconds, clock=clock, wall=clock)
+    outages.failed("hl7", "connection refused", unreached=True)
+    clock.now += max(hold_off_seconds, CHECKS_APART_SECONDS)
+    [due] = outages.unreached_due()
+    return clock, outages, due
+
+
 def test_a_check_gives_way_to_a_notice_that_failed_meanwhile() -> None:
     """A notice that got as far as a connection, and failed, while a check was under way
     knows more than the check: the outage stays as that notice left it, and is no longer
     one for a connection to end."""
-    clock = Clock()
-    outages = Outages(30, clock=clock, wall=clock)
-    outages.failed("hl7", "connection refused", unreached=True)
-    clock.now += 30
-    [due] = outages.unreached_due()
+    clock, outages, due = due_for_a_check()
     outages.failed("hl7", "no acknowledgement within 5 s")
     assert not outages.connected(due)
     outages.still_unreached(due, "cannot connect: connection refused")
@@ -331,11 +338,8 @@ def test_a_check_gives_way_to_a_notice_that_failed_meanwhile() -> None:
 def test_a_try_that_began_soon_after_the_check_continues_the_outage_however_long_it_took() -> None:
     """A notice to a RIS whose port is open and engine not (yet) answering waits out its
     timeouts and retries: judged by when it began, not when it gave up."""
-    clock = Clock()
-    outages = Outages(0, clock=clock, wall=clock)  # the longest pause: 10 s, the least
-    first = outages.failed("hl7", "connection refused", unreached=True)
-    clock.now += CHECKS_APART_SECONDS
-    [due] = outages.unreached_due()
+    clock, outages, due = due_for_a_check(0)  # the longest pause: 10 s, the least
+    first = outages.down()["hl7"]
     assert outages.connected(due)
     began = clock.now + 1
     clock.now += 30  # the try's four timeouts and its back-offs
@@ -345,11 +349,7 @@ def test_a_try_that_began_soon_after_the_check_continues_the_outage_however_long
 
 
 def test_a_notice_taken_after_a_check_leaves_nothing_to_continue() -> None:
-    clock = Clock()
-    outages = Outages(30, clock=clock, wall=clock)
-    outages.failed("hl7", "connection refused", unreached=True)
-    clock.now += 30
-    [due] = outages.unreached_due()
+    clock, outages, due = due_for_a_check()
     outages.connected(due)
     outages.answered("hl7")  # a notice got through: the check was borne out
     assert not outages.standing("hl7") and outages.recoveries == 1
@@ -358,11 +358,7 @@ def test_a_notice_taken_after_a_check_leaves_nothing_to_continue() -> None:
 
 
 def test_a_further_failure_reschedules_the_check_by_its_own_pause() -> None:
-    clock = Clock()
-    outages = Outages(30, clock=clock, wall=clock)
-    outages.failed("hl7", "connection refused", unreached=True)
-    clock.now += 30
-    [due] = outages.unreached_due()
+    clock, outages, due = due_for_a_check()
     outages.still_unreached(due, "cannot connect: connection refused")
     assert outages.next_check_in() == 60
     outages.failed("hl7", "connection refused", unreached=True)  # a notice's try: 60 s

@@ -13,7 +13,15 @@ from typing import Any
 
 import pytest
 
-from aifi.gateway.notify import OriginalStudy, ResultNotice, build_notice
+from aifi.gateway.notify import (
+    Hl7Endpoint,
+    NotificationSettings,
+    Notifier,
+    OriginalStudy,
+    ResultNotice,
+    build_notice,
+)
+from aifi.gateway.notify.outages import Outages
 from aifi.gateway.notify.receivers import FhirReceiver, Hl7Listener, WebhookReceiver
 from aifi.results.summary import (
     AlgorithmSummary,
@@ -206,3 +214,48 @@ def raw_peer() -> Iterator[Callable[[Callable[[socket.socket], Any]], int]]:
         server.close()
     for thread in threads:
         thread.join(timeout=5)
+
+
+RawPeer = Callable[[Callable[[socket.socket], Any]], int]
+
+
+class Clock:
+    """A clock the test moves: the pauses are minutes long, and no test waits for them."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def hl7_settings(
+    port: int, hold_off_seconds: float = 30.0, timeout_seconds: float = 30.0
+) -> NotificationSettings:
+    """The RIS at `port`. Its peers here answer or hang up at once, so the long wait for an
+    acknowledgement costs nothing, and a loaded machine's late ACK is not taken for a RIS
+    that is down (the message would be sent again, and the counts be off)."""
+    endpoint = Hl7Endpoint(
+        host="127.0.0.1",
+        port=port,
+        timeout_seconds=timeout_seconds,
+        retries=1,
+        retry_backoff_seconds=0.01,
+    )
+    return NotificationSettings(hl7=endpoint, hold_off_seconds=hold_off_seconds)
+
+
+def messages_taken(listener: Hl7Listener) -> list[str]:
+    """The control ids of the messages the listener filed, in order."""
+    taken = []
+    while not listener.received.empty():
+        taken.append(str(listener.received.get_nowait().message.msh.msh_10.to_er7()))
+    return taken
+
+
+def routine(job: str) -> ResultNotice:
+    return make_notice(make_summary(TriageFlag.NEGATIVE), job=job)
+
+
+def with_clock(notifier: Notifier, clock: Clock) -> None:
+    notifier.outages = Outages(notifier.settings.hold_off_seconds, clock=clock, wall=clock)

@@ -4,13 +4,13 @@ judged by a connection."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 import struct
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -31,9 +31,7 @@ from aifi.gateway.notify.oru import build_oru_r01
 from aifi.gateway.notify.outages import CHECKS_APART_SECONDS, Outage, Outages
 from aifi.gateway.notify.reach import connect_target, never_connected
 
-from .test_outages import Clock, hl7_settings, routine, with_clock
-
-RawPeer = Callable[[Callable[[socket.socket], Any]], int]
+from .conftest import Clock, RawPeer, hl7_settings, routine, with_clock
 
 
 @pytest.fixture
@@ -125,18 +123,6 @@ def test_a_ris_that_took_the_connection_is_not_judged_by_one(raw_peer: RawPeer) 
     assert not down["hl7"].unreached and len(connections) == tried
 
 
-def test_a_receiver_no_longer_configured_is_not_kept_down(restarting_ris: socket.socket) -> None:
-    port = int(restarting_ris.getsockname()[1])
-    clock = Clock()
-    with Notifier(hl7_settings(port, hold_off_seconds=30)) as notifier:
-        with_clock(notifier, clock)
-        notifier.notify(routine("job-1"))
-        notifier.settings = NotificationSettings(hold_off_seconds=30)
-        clock.now += 30
-        assert notifier.check_unreached() is None
-        assert notifier.outages.down() == {}
-
-
 def test_the_senders_tell_a_refused_connection_from_a_failure_after_one(
     closed_port: int, raw_peer: RawPeer, positive: ResultNotice
 ) -> None:
@@ -167,9 +153,47 @@ def test_the_senders_tell_a_refused_connection_from_a_failure_after_one(
         post_fhir(build_transaction(positive, busy), busy)
     assert "HTTP 503" in str(answered_503.value) and not answered_503.value.unreached
 
+    busy_pager = WebhookEndpoint(
+        url=f"http://127.0.0.1:{raw_peer(answer_503)}/alerts", secret="k", retries=1
+    )
+    with pytest.raises(DeliveryFailed) as paged_503:
+        send_webhook(positive, busy_pager)
+    assert "HTTP 503" in str(paged_503.value) and not paged_503.value.unreached
+
+
+def test_only_a_plain_connection_that_timed_out_is_unreached() -> None:
+    """Over https, httpx's connect timeout covers the TLS handshake too: a server that took
+    the connection and never answered the handshake times out just the same."""
+    for scheme, unreached in (("http", True), ("https", False)):
+        request = httpx.Request("POST", f"{scheme}://fhir.hospital.local/fhir")
+        assert never_connected(httpx.ConnectTimeout("timed out", request=request)) is unreached
+
+
+def read_request(conn: socket.socket) -> bytes:
+    """An HTTP request's head and its body (by Content-Length): answering before the body
+    is read would have the kernel reset the connection under the answer."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
 
 def answer_503(conn: socket.socket) -> None:
-    conn.recv(65536)
+    read_request(conn)
     conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
 
 
@@ -274,7 +298,8 @@ def test_notices_and_checks_go_through_the_same_proxy(
     monkeypatch: pytest.MonkeyPatch, raw_peer: RawPeer, positive: ResultNotice
 ) -> None:
     """A proxy named without a scheme, as many hospitals' environments do: the check
-    connects to it, and the webhook goes through it (the proxy answers its CONNECT)."""
+    connects to it, and the webhook and FHIR go through it (the proxy answers each CONNECT
+    502)."""
     asked: list[bytes] = []
 
     def proxy(conn: socket.socket) -> None:
@@ -287,11 +312,19 @@ def test_notices_and_checks_go_through_the_same_proxy(
     monkeypatch.setenv("HTTPS_PROXY", f"127.0.0.1:{port}")
     monkeypatch.setenv("https_proxy", f"127.0.0.1:{port}")
     pager = WebhookEndpoint(url="https://pager.example/alerts", secret="k", retries=0)
-    assert connect_target(pager) == ("127.0.0.1", port)
-    with Notifier(NotificationSettings(webhook=pager)) as notifier:
-        [outcome] = notifier.notify(positive)
-    assert not outcome.ok and not notifier.outages.down()["webhook"].unreached
-    assert len(asked) == 1 and asked[0].startswith(b"CONNECT pager.example:443")
+    fhir = FhirEndpoint(base_url="https://fhir.example/fhir", retries=0)
+    assert connect_target(pager) == connect_target(fhir) == ("127.0.0.1", port)
+    with Notifier(NotificationSettings(webhook=pager, fhir=fhir)) as notifier:
+        outcomes = notifier.notify(positive)
+    assert not any(outcome.ok for outcome in outcomes) and len(outcomes) == 2
+    assert not any(outage.unreached for outage in notifier.outages.down().values())
+    with pytest.raises(DeliveryFailed):
+        post_fhir(build_transaction(positive, fhir), fhir)  # with a client of its own
+    assert sorted(request.split(b"\r\n")[0] for request in asked) == [
+        b"CONNECT fhir.example:443 HTTP/1.1",
+        b"CONNECT fhir.example:443 HTTP/1.1",
+        b"CONNECT pager.example:443 HTTP/1.1",
+    ]
 
     # NO_PROXY names the pager's domain: checks and notices go to it directly, not one of
     # them to the proxy (httpx, left to read the environment itself, would take
@@ -303,7 +336,7 @@ def test_notices_and_checks_go_through_the_same_proxy(
     with Notifier(NotificationSettings(webhook=inside)) as notifier:
         [direct] = notifier.notify(positive)
     assert not direct.ok and notifier.outages.down()["webhook"].unreached  # no such name
-    assert len(asked) == 1
+    assert len(asked) == 3
 
 
 def due_for_a_check(hold_off_seconds: float = 30) -> tuple[Clock, Outages, Outage]:
@@ -379,7 +412,7 @@ def untrusted_https(raw_peer: RawPeer, tmp_path: Path) -> tuple[int, Path]:
     def serve(conn: socket.socket) -> None:
         try:
             with context.wrap_socket(conn, server_side=True) as tls:
-                tls.recv(65536)
+                read_request(tls)
                 tls.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
         except (ssl.SSLError, OSError):
             pass  # the client would not trust it
@@ -404,3 +437,14 @@ def test_notices_verify_the_receivers_certificate(
     with Notifier(NotificationSettings(fhir=trusted)) as notifier:
         [outcome] = notifier.notify(positive)
     assert "HTTP 503" in outcome.detail  # through TLS to the server's own answer
+
+
+def test_a_check_that_meets_the_same_tells_the_journal_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock, outages, due = due_for_a_check()
+    with caplog.at_level(logging.DEBUG, logger="aifi.gateway.notify.outages"):
+        for problem in ("connection refused", "connection refused", "no route to host"):
+            outages.still_unreached(due, f"cannot connect to ris:2575: {problem}")
+    levels = [record.levelno for record in caplog.records if "still down" in record.message]
+    assert levels == [logging.INFO, logging.DEBUG, logging.INFO]

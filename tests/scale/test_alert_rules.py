@@ -332,7 +332,7 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             quiet("GatewayNoticeReceiverDown", "14m"),  # g2's RIS, down for four minutes
             quiet("GatewayNoticeReceiverDown", "29m"),
             fires("GatewayNoticeReceiverDown", "31m",
-                  "The fhir receiver has not taken a notice from g1 for 10 minutes",
+                  "The fhir receiver of g1 has been down for 10 minutes",
                   job="aifi-gateway", instance="g1", channel="fhir"),
             quiet("GatewayNoticeReceiverDown", "38m"),  # it took one again at 37m
             quiet("GatewayResultsUndelivered", "19m"),

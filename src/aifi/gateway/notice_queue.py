@@ -148,7 +148,7 @@ class NoticeSender:
             self._wake[urgent].clear()
             try:
                 wait = self.send_due(urgent)
-                if not urgent:
+                if not urgent and not self._stop.is_set():
                     wait = self.check_receivers(wait)
                 elif self._notifier.outages.next_check_in() is not None:
                     self._wake[False].set()  # a check to schedule, perhaps from this lane's sends

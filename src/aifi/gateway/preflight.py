@@ -24,7 +24,7 @@ from aifi.gateway.config import DicomWebListener, GatewayConfig, PacsDestination
 from aifi.gateway.dimse import echo
 from aifi.gateway.exchange_client import GatewayClient
 from aifi.gateway.notify.fhir import endpoint_verify
-from aifi.gateway.notify.reach import cannot_connect, connect_target, http_client
+from aifi.gateway.notify.reach import check_connection, connect_target, http_client
 from aifi.gateway.notify.settings import FhirEndpoint, Hl7Endpoint, WebhookEndpoint
 from aifi.http import ExchangeHTTPError
 
@@ -226,10 +226,10 @@ def _pacs(destination: PacsDestination, calling_ae: str) -> Check:
 
 def _hl7(endpoint: Hl7Endpoint) -> Check:
     """A connection only: a test message would land in the RIS."""
-    host, port = connect_target(endpoint)
-    problem = cannot_connect(host, port, endpoint.timeout_seconds)
+    problem = check_connection(endpoint, endpoint.timeout_seconds)
     if problem is not None:
         return Check("HL7 v2 (MLLP)", False, problem)
+    host, port = connect_target(endpoint)
     return Check("HL7 v2 (MLLP)", True, f"{host}:{port} accepts connections (no message sent)")
 
 
@@ -266,9 +266,9 @@ def _webhook(endpoint: WebhookEndpoint) -> Check:
     name = "STAT webhook"
     if endpoint.secret_file is not None and not endpoint.secret_file.is_file():
         return Check(name, False, f"signing key file {endpoint.secret_file} is missing")
-    host, port = connect_target(endpoint)
-    via = " (its proxy)" if host != httpx.URL(endpoint.url).host else ""
-    problem = cannot_connect(host, port, endpoint.timeout_seconds, via)
+    problem = check_connection(endpoint, endpoint.timeout_seconds)
     if problem is not None:
         return Check(name, False, problem)
+    host, port = connect_target(endpoint)
+    via = " (its proxy)" if host != httpx.URL(endpoint.url).host else ""
     return Check(name, True, f"{host}:{port}{via} accepts connections (no alert sent)")

@@ -22,7 +22,8 @@ class DeliveryFailed(NotificationError):
     """The receiver could not be reached, did not answer in time, or answered garbled.
 
     `unreached` is True when no attempt got as far as a connection (refused, no route, a
-    name that does not resolve): a connection made later shows the receiver back
+    name that does not resolve, no answer to it in time): a connection made later shows the
+    receiver back
     (`aifi.gateway.notify.reach`)."""
 
     def __init__(self, channel: str, message: str, *, unreached: bool = False) -> None:

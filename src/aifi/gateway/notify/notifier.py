@@ -33,7 +33,7 @@ from aifi.gateway.notify.mllp import send_mllp
 from aifi.gateway.notify.notice import ResultNotice
 from aifi.gateway.notify.oru import OruBuildError, build_oru_r01, message_control_id
 from aifi.gateway.notify.outages import Outages
-from aifi.gateway.notify.reach import cannot_connect, connect_target, http_client
+from aifi.gateway.notify.reach import check_connection, http_client
 from aifi.gateway.notify.settings import NotificationSettings
 from aifi.gateway.notify.webhook import delivery_id, send_webhook
 
@@ -54,8 +54,9 @@ class NoticeOutcome:
     (``AA``, ``201 Created``) or the error; `retryable` is False when resending the same message
     cannot help (content rejected, or the notice cannot be encoded). `tried` is False for a
     routine notice held off a receiver that is down: nothing was sent. `counted` is False for
-    that, and for a try on a receiver that had failed already and failed again: neither counts
-    towards the notice's tries, so that an outage, however long, spends none of them.
+    that, and for a try on a receiver that had failed already and failed again (or that a
+    check of its connection had just seen back): neither counts towards the notice's tries,
+    so that an outage, however long, spends none of them.
     """
 
     channel: str
@@ -222,11 +223,9 @@ class Notifier:
         }
         for outage in self.outages.unreached_due():
             endpoint = endpoints[outage.channel]
-            if endpoint is None:  # not configured (any more): nothing will try it
-                self.outages.connected(outage)
+            if endpoint is None:  # never: only a configured channel is tried and fails
                 continue
-            host, port = connect_target(endpoint)
-            problem = cannot_connect(host, port, min(endpoint.timeout_seconds, CHECK_SECONDS))
+            problem = check_connection(endpoint, min(endpoint.timeout_seconds, CHECK_SECONDS))
             if problem is None:
                 self.outages.connected(outage)
             else:

@@ -1,7 +1,8 @@
 """Whether a notice receiver takes connections: told apart from whether it answers.
 
 A receiver that could not even be connected to (its port closed while a RIS restarts, no
-route, a name that does not resolve) is back as soon as it takes a connection again, and a
+route, a name that does not resolve, or no answer to the connection at all, as behind a
+firewall that drops it) is back as soon as it takes a connection again, and a
 connection is something the gateway can check without sending anything: no message lands in
 the RIS, no alert pages anyone. A receiver that took the connection and then did not answer
 in time, or answered with errors, is another matter: only a notice that gets through shows
@@ -31,7 +32,7 @@ def connect_target(endpoint: Hl7Endpoint | FhirEndpoint | WebhookEndpoint) -> tu
     for FHIR and the webhook, the proxy the environment names for its URL."""
     if isinstance(endpoint, Hl7Endpoint):
         return endpoint.host, endpoint.port
-    url = endpoint.base_url if isinstance(endpoint, FhirEndpoint) else endpoint.url
+    url = _url_of(endpoint)
     target = httpx.URL(proxy_for(url) or url)
     return str(target.host), target.port or (443 if target.scheme == "https" else 80)
 
@@ -40,6 +41,21 @@ def http_client(url: str, verify: bool | ssl.SSLContext = True) -> httpx.Client:
     """A client for the receiver at `url` that goes through the proxy `connect_target` names
     (`aifi.http.proxy_for`) and no other: what a check connects to is where notices go."""
     return httpx.Client(transport=httpx.HTTPTransport(proxy=proxy_for(url), verify=verify))
+
+
+def check_connection(
+    endpoint: Hl7Endpoint | FhirEndpoint | WebhookEndpoint, timeout: float
+) -> str | None:
+    """Why a connection to where notices to `endpoint` go first cannot be made (naming a
+    proxy as such), or None when one can. Nothing is sent."""
+    host, port = connect_target(endpoint)
+    url = None if isinstance(endpoint, Hl7Endpoint) else httpx.URL(_url_of(endpoint))
+    via = " (its proxy)" if url is not None and url.host != host else ""
+    return cannot_connect(host, port, timeout, via)
+
+
+def _url_of(endpoint: FhirEndpoint | WebhookEndpoint) -> str:
+    return endpoint.base_url if isinstance(endpoint, FhirEndpoint) else endpoint.url
 
 
 def cannot_connect(host: str, port: int, timeout: float, via: str = "") -> str | None:

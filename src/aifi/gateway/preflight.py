@@ -24,7 +24,7 @@ from aifi.gateway.config import DicomWebListener, GatewayConfig, PacsDestination
 from aifi.gateway.dimse import echo
 from aifi.gateway.exchange_client import GatewayClient
 from aifi.gateway.notify.fhir import endpoint_verify
-from aifi.gateway.notify.reach import check_connection, connect_target, http_client
+from aifi.gateway.notify.reach import check_connection, http_client, target_label
 from aifi.gateway.notify.settings import FhirEndpoint, Hl7Endpoint, WebhookEndpoint
 from aifi.http import ExchangeHTTPError
 
@@ -229,8 +229,8 @@ def _hl7(endpoint: Hl7Endpoint) -> Check:
     problem = check_connection(endpoint, endpoint.timeout_seconds)
     if problem is not None:
         return Check("HL7 v2 (MLLP)", False, problem)
-    host, port = connect_target(endpoint)
-    return Check("HL7 v2 (MLLP)", True, f"{host}:{port} accepts connections (no message sent)")
+    where = target_label(endpoint)
+    return Check("HL7 v2 (MLLP)", True, f"{where} accepts connections (no message sent)")
 
 
 def _fhir(endpoint: FhirEndpoint) -> Check:
@@ -269,6 +269,4 @@ def _webhook(endpoint: WebhookEndpoint) -> Check:
     problem = check_connection(endpoint, endpoint.timeout_seconds)
     if problem is not None:
         return Check(name, False, problem)
-    host, port = connect_target(endpoint)
-    via = " (its proxy)" if host != httpx.URL(endpoint.url).host else ""
-    return Check(name, True, f"{host}:{port}{via} accepts connections (no alert sent)")
+    return Check(name, True, f"{target_label(endpoint)} accepts connections (no alert sent)")

@@ -23,8 +23,7 @@ class DeliveryFailed(NotificationError):
 
     `unreached` is True when no attempt got as far as a connection (refused, no route, a
     name that does not resolve, no answer to it in time): a connection made later shows the
-    receiver back
-    (`aifi.gateway.notify.reach`)."""
+    receiver back (`aifi.gateway.notify.reach`)."""
 
     def __init__(self, channel: str, message: str, *, unreached: bool = False) -> None:
         super().__init__(channel, message, retryable=True)

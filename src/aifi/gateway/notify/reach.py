@@ -43,30 +43,27 @@ def http_client(url: str, verify: bool | ssl.SSLContext = True) -> httpx.Client:
     return httpx.Client(transport=httpx.HTTPTransport(proxy=proxy_for(url), verify=verify))
 
 
+def target_label(endpoint: Hl7Endpoint | FhirEndpoint | WebhookEndpoint) -> str:
+    """`connect_target` for people: ``host:port``, a proxy named as such."""
+    host, port = connect_target(endpoint)
+    own = isinstance(endpoint, Hl7Endpoint) or httpx.URL(_url_of(endpoint)).host == host
+    return f"{host}:{port}" + ("" if own else " (its proxy)")
+
+
 def check_connection(
     endpoint: Hl7Endpoint | FhirEndpoint | WebhookEndpoint, timeout: float
 ) -> str | None:
-    """Why a connection to where notices to `endpoint` go first cannot be made (naming a
-    proxy as such), or None when one can. Nothing is sent."""
-    host, port = connect_target(endpoint)
-    url = None if isinstance(endpoint, Hl7Endpoint) else httpx.URL(_url_of(endpoint))
-    via = " (its proxy)" if url is not None and url.host != host else ""
-    return cannot_connect(host, port, timeout, via)
+    """Why a TCP connection to where notices to `endpoint` go first cannot be made, or None
+    when one can. The connection is closed at once: nothing is sent on it."""
+    try:
+        socket.create_connection(connect_target(endpoint), timeout).close()
+    except OSError as exc:
+        return f"cannot connect to {target_label(endpoint)}: {exc.strerror or exc}"
+    return None
 
 
 def _url_of(endpoint: FhirEndpoint | WebhookEndpoint) -> str:
     return endpoint.base_url if isinstance(endpoint, FhirEndpoint) else endpoint.url
-
-
-def cannot_connect(host: str, port: int, timeout: float, via: str = "") -> str | None:
-    """Why a TCP connection to `host:port` cannot be made, or None when one can. The
-    connection is closed at once: nothing is sent on it. `via` says what the address is
-    (" (its proxy)")."""
-    try:
-        socket.create_connection((host, port), timeout).close()
-    except OSError as exc:
-        return f"cannot connect to {host}:{port}{via}: {exc.strerror or exc}"
-    return None
 
 
 def never_connected(exc: httpx.TransportError) -> bool:

@@ -4,6 +4,8 @@ the attempt that completed made, and completing with nothing new is refused."""
 
 from __future__ import annotations
 
+import sqlite3
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, text
+from sqlalchemy.exc import OperationalError
 
 from aifi.exchange import jobs as jobs_module
 from aifi.exchange import transfers as transfers_module
@@ -40,6 +43,8 @@ class Attempts:
         self.job = exchange.ready_job(self.hospital, "product-a", study)
         self.study = study
         self.folder = folder
+        folder.mkdir(parents=True)
+        self.failed_uploads: list[str] = []
         self.now = utcnow()
         self.services = exchange.client.app.state.services
 
@@ -49,15 +54,17 @@ class Attempts:
         return claim
 
     def upload(self, claim: dict[str, Any], name: str) -> None:
-        """A real result (the reference product's SR) under `name`."""
-        output = self.folder / name
-        output.mkdir(parents=True)
+        """A real result (the reference product's SR) under `name`; a refusal is kept in
+        `failed_uploads` too (an upload may run on a thread of its own)."""
+        output = Path(tempfile.mkdtemp(dir=self.folder, prefix=name))
         made = tissue_volume(JobContext(job={}, inputs=self.study, output_dir=output))
         put = self.exchange.client.put(
             f"/jobs/{self.job['id']}/results/{name}",
             content=made.files[0].path.read_bytes(),
             headers={"X-Lease-Token": claim["lease_token"], **self.vendor.headers},
         )
+        if put.status_code != 201:
+            self.failed_uploads.append(f"{put.status_code} {put.text}")
         assert put.status_code == 201, put.text
 
     def complete(self, claim: dict[str, Any]) -> Any:
@@ -82,6 +89,31 @@ class Attempts:
 
     def result_blobs(self) -> list[str]:
         return blobs_under(self.services.blobs, result_folder(self.job["id"]))
+
+    def job_is_held(self) -> bool:
+        """Whether another transaction that wants the job's row for writing must wait: on
+        PostgreSQL a shared row lock, asked for without waiting (it stands beside another
+        shared one); on SQLite the database's write lock, asked for without waiting."""
+        db = self.services.db
+        if db.is_postgresql:
+            with db.engine.connect() as other:
+                try:
+                    other.execute(
+                        text("SELECT id FROM jobs WHERE id = :id FOR SHARE NOWAIT"),
+                        {"id": self.job["id"]},
+                    )
+                except OperationalError:
+                    return True
+                return False
+        other = sqlite3.connect(db.url.removeprefix("sqlite:///"), timeout=0)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            assert "locked" in str(exc)
+            return True
+        finally:
+            other.close()
+        return False
 
     @contextmanager
     def statements(self) -> Iterator[list[str]]:
@@ -160,40 +192,138 @@ def test_a_job_claimed_again_is_not_completed_on_an_earlier_attempts_results(
     assert refused.status_code == 422 and "no results" in refused.json()["detail"]
 
 
-@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)  # SQLite: one writer
-def test_a_result_recorded_as_its_lease_runs_out_is_not_delivered_with_the_next_attempt(
+class HeldUp:
+    """An upload stopped at `step` (a function of the transfers module) until the test lets
+    it go: at the result check, before the upload holds the job; or at the result row's
+    insert, after."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, step: str) -> None:
+        self.entered, self.go = threading.Semaphore(0), threading.Event()
+        self._step = getattr(transfers_module, step)
+        monkeypatch.setattr(transfers_module, step, self)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.entered.release()
+        assert self.go.wait(timeout=60)
+        return self._step(*args, **kwargs)
+
+    def inside(self, uploads: int = 1) -> bool:
+        return all(self.entered.acquire(timeout=60) for _ in range(uploads))
+
+
+CHECKING, RECORDING = "check_result_file", "insert_new"
+
+
+def test_an_upload_holds_the_job_from_its_last_lease_check_to_its_commit(
     attempts: Attempts, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An upload's lease is checked a moment before it runs out; the lease sweep and the next
-    claim (which drops what an attempt that did not finish left) must not run between that
-    check and the upload's commit, or its result lands in the next attempt and is delivered
-    with it. The upload keeps the job's row until it commits: the sweep, which skips rows
-    in use, takes the job at its next round, and the claim then drops the result."""
+    """No sweep, release, claim or other upload can change the job between the upload's last
+    look at its lease and its commit. SQLite's reads take no lock: the upload takes the
+    write lock first. PostgreSQL's lock must keep out a second upload to the job too."""
     first = attempts.claim()
-    inside, go = threading.Event(), threading.Event()
-    check = transfers_module.check_result_file
-
-    def held_up(*args: Any, **kwargs: Any) -> Any:  # inside the upload's transaction
-        inside.set()
-        assert go.wait(timeout=60)
-        return check(*args, **kwargs)
-
-    monkeypatch.setattr(transfers_module, "check_result_file", held_up)
+    held = HeldUp(monkeypatch, RECORDING)
+    assert not attempts.job_is_held()
     upload = threading.Thread(target=attempts.upload, args=(first, "a.dcm"))
     upload.start()
-    assert inside.wait(timeout=60)
-    attempts.now += timedelta(seconds=31)
-    swept = attempts.services.jobs.expire_leases()
-    second = attempts.claim() if swept else None  # a vendor waiting claims at once
-    go.set()
-    upload.join(timeout=60)
-    assert not upload.is_alive()
-    if second is None:  # the sweep's next round
-        assert attempts.services.jobs.expire_leases() == 1
+    try:
+        assert held.inside()
+        assert attempts.job_is_held()
+    finally:
+        held.go.set()
+        upload.join(timeout=60)
+    assert not upload.is_alive() and attempts.failed_uploads == []
+    assert not attempts.job_is_held()
+
+
+@pytest.mark.parametrize("how", ["its lease ran out", "handed back"])
+def test_an_attempt_that_ended_while_its_result_was_checked_does_not_record_it(
+    attempts: Attempts, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """The sweep (or the worker's release) and the next claim commit while a result is being
+    checked: the upload is refused, saying the lease is gone, and nothing of it stays."""
+    first = attempts.claim()
+    held = HeldUp(monkeypatch, CHECKING)
+    upload = threading.Thread(target=attempts.upload, args=(first, "a.dcm"))
+    upload.start()
+    try:
+        assert held.inside()
+        attempts.abandon(first, how)
         second = attempts.claim()
-    assert second["job"]["attempts"] == 2
-    listed = attempts.exchange.client.get(
+    finally:
+        held.go.set()
+        upload.join(timeout=60)
+    assert not upload.is_alive()
+    [refused] = attempts.failed_uploads
+    assert refused.startswith("409 ") and "not held by this lease" in refused
+    assert results_of(attempts, second) == []
+    assert attempts.result_blobs() == []
+
+
+@pytest.mark.parametrize("how", ["its lease ran out", "handed back"])
+def test_an_attempt_ended_while_its_result_is_recorded_leaves_it_out_of_the_next(
+    attempts: Attempts, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """The sweep (or the release) and the next claim, tried while a result is being
+    recorded: the upload, whose lease held, commits first; the next claim drops it."""
+    first = attempts.claim()
+    held = HeldUp(monkeypatch, RECORDING)
+    upload = threading.Thread(target=attempts.upload, args=(first, "a.dcm"))
+    upload.start()
+    assert held.inside()
+    claims: list[dict[str, Any]] = []
+
+    def end_and_claim_again() -> None:
+        if how == "handed back":
+            attempts.abandon(first, how)  # waits for the upload's commit
+        elif attempts.services.jobs.expire_leases() == 0:
+            # PostgreSQL's sweep passes over a row in use (SQLite's waits for the write
+            # lock): the job is taken at the sweep's next round.
+            upload.join(timeout=60)
+            assert attempts.services.jobs.expire_leases() == 1
+        claims.append(attempts.claim())
+
+    if how == "its lease ran out":
+        attempts.now += timedelta(seconds=31)
+    ending = threading.Thread(target=end_and_claim_again)
+    ending.start()
+    held.go.set()
+    upload.join(timeout=60)
+    ending.join(timeout=60)
+    assert not upload.is_alive() and not ending.is_alive()
+    [second] = claims
+    assert attempts.failed_uploads == []
+    assert second["lease_token"] != first["lease_token"]
+    assert results_of(attempts, second) == []
+    assert attempts.result_blobs() == []
+
+
+def test_two_uploads_of_one_result_take_turns(
+    attempts: Attempts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker sent a result again (the answer to the first seemed lost) while the first was
+    still being checked: the second waits for the first and replaces it, instead of failing
+    on the name."""
+    claim = attempts.claim()
+    held = HeldUp(monkeypatch, CHECKING)
+    uploads = [threading.Thread(target=attempts.upload, args=(claim, "a.dcm")) for _ in "ab"]
+    for upload in uploads:
+        upload.start()
+    try:
+        assert held.inside(uploads=2)
+    finally:
+        held.go.set()
+        for upload in uploads:
+            upload.join(timeout=60)
+    assert not any(upload.is_alive() for upload in uploads)
+    assert attempts.failed_uploads == []
+    assert [result["name"] for result in results_of(attempts, claim)] == ["a.dcm"]
+    assert len(attempts.result_blobs()) == 1
+
+
+def results_of(attempts: Attempts, claim: dict[str, Any]) -> list[dict[str, Any]]:
+    """The job's results as the holder of `claim` sees them."""
+    listed: list[dict[str, Any]] = attempts.exchange.client.get(
         f"/jobs/{attempts.job['id']}/results",
-        headers={"X-Lease-Token": second["lease_token"], **attempts.vendor.headers},
+        headers={"X-Lease-Token": claim["lease_token"], **attempts.vendor.headers},
     ).json()
-    assert listed == []
+    return listed

@@ -20,19 +20,10 @@ from aifi.exchange.audit import Actor
 from aifi.exchange.clock import utcnow
 from aifi.exchange.models import Job, Product
 from aifi.exchange.routers import jobs as jobs_router
-from aifi.products.tissue_volume import run as tissue_volume
-from aifi.vendor import JobContext
-from scale.exchange_api import OPERATOR_KEY
+from scale.exchange_api import OPERATOR_KEY, SUMMARY, sr_for
 from scale.servers import wait_for
 
 OPERATOR = {"Authorization": f"Bearer {OPERATOR_KEY}"}
-
-
-def sr_for(inputs: list[Path], folder: Path) -> Path:
-    """A real TID 1500 result for `inputs`, made by the reference product."""
-    folder.mkdir(parents=True, exist_ok=True)
-    result = tissue_volume(JobContext(job={}, inputs=inputs, output_dir=folder))
-    return result.files[0].path
 
 
 def test_a_job_runs_from_upload_to_result(
@@ -75,10 +66,11 @@ def test_a_job_runs_from_upload_to_result(
     assert put.json()["kind"] == "sr-tid1500" and put.json()["air_conformant"] is True
     done = exchange.client.post(
         f"/jobs/{job['id']}/complete",
-        json={"lease_token": claim["lease_token"], "summary": {"volume_ml": 1}},
+        json={"lease_token": claim["lease_token"], "summary": SUMMARY},
         headers=vendor.headers,
     )
     assert done.status_code == 200 and done.json()["state"] == "completed"
+    assert done.json()["summary"] == SUMMARY
 
     ended = exchange.client.get(
         "/jobs", params={"state": "completed", "acknowledged": False}, headers=hospital.headers

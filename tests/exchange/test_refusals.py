@@ -10,7 +10,16 @@ from typing import Any
 import pydicom
 import pytest
 
-from scale.exchange_api import OPERATOR_KEY
+from scale.exchange_api import OPERATOR_KEY, SUMMARY, sr_for
+
+#: A finding as a summary lists it, and a measurement that is not a number.
+FINDING = {
+    "finding": "Hemorrhage",
+    "finding_code": "SCT:50960005",
+    "tracking_id": "lesion 1",
+    "tracking_uid": "2.25.1",
+}
+NAN_ML = {"value": float("nan"), "unit": "mL"}
 
 
 @pytest.mark.parametrize(
@@ -252,6 +261,72 @@ def test_an_invalid_result_is_refused_with_rule_and_attribute(
     )
     assert wrong_shape.status_code == 422
     assert "rule 'summary-json': product_id: Field required" in wrong_shape.json()["detail"]
+    assert exchange.client.get(f"/jobs/{job['id']}/results", headers=lease).json() == []
+
+
+@pytest.mark.parametrize(
+    ("summary", "named"),
+    [
+        ({"triage": {"flag": "positive"}, "score": 0.9}, "product_id: Field required"),
+        (
+            {**SUMMARY, "findings": [{**FINDING, "measurements": {"volume": NAN_ML}}]},
+            "findings.0.measurements.volume.value: Input should be a finite number",
+        ),
+    ],
+)
+def test_a_completion_with_a_summary_that_is_not_one_is_refused_and_the_job_stays_held(
+    exchange: Any,
+    parties: dict[str, Any],
+    make_ct: Any,
+    tmp_path: Path,
+    summary: dict[str, Any],
+    named: str,
+) -> None:
+    """The summary sent with the completion feeds the worklist flag and the evaluation as
+    one uploaded as a result does, and is checked alike (a NaN also broke PostgreSQL)."""
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    study = make_ct(slices=1)
+    job = exchange.ready_job(hospital, "product-a", study)
+    claim = exchange.claim(vendor)
+    lease = {"X-Lease-Token": claim["lease_token"], **vendor.headers}
+    sr = sr_for(study, tmp_path / "sr")
+    put = exchange.client.put(
+        f"/jobs/{job['id']}/results/sr.dcm", content=sr.read_bytes(), headers=lease
+    )
+    assert put.status_code == 201, put.text
+    complete = f"/jobs/{job['id']}/complete"
+    refused = exchange.client.post(
+        complete,  # as json.dumps writes it: NaN as a bare word, which Python reads back
+        content=json.dumps({"lease_token": claim["lease_token"], "summary": summary}),
+        headers={"Content-Type": "application/json", **vendor.headers},
+    )
+    assert refused.status_code == 422
+    assert f"completion's summary: rule 'summary-json': {named}" in refused.json()["detail"]
+    held = exchange.client.get(f"/jobs/{job['id']}", headers=vendor.headers).json()
+    assert held["state"] in ("accepted", "in-progress") and held["summary"] is None
+    done = exchange.client.post(
+        complete,
+        json={"lease_token": claim["lease_token"], "summary": SUMMARY},
+        headers=vendor.headers,
+    )
+    assert done.status_code == 200 and done.json()["summary"] == SUMMARY
+
+
+def test_a_summary_result_with_a_nan_is_refused(
+    exchange: Any, parties: dict[str, Any], make_ct: Any
+) -> None:
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    job = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
+    claim = exchange.claim(vendor)
+    lease = {"X-Lease-Token": claim["lease_token"], **vendor.headers}
+    body = {**SUMMARY, "findings": [{**FINDING, "measurements": {"volume": NAN_ML}}]}
+    refused = exchange.client.put(
+        f"/jobs/{job['id']}/results/summary.json",
+        content=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **lease},
+    )
+    assert refused.status_code == 422
+    assert "Input should be a finite number" in refused.json()["detail"]
     assert exchange.client.get(f"/jobs/{job['id']}/results", headers=lease).json() == []
 
 

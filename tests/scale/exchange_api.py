@@ -17,12 +17,28 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from aifi.dicom.deid import DEIDENTIFICATION_METHOD_PREFIX
 from aifi.exchange.blobs import LocalBlobStore
 from aifi.exchange.settings import ExchangeSettings
+from aifi.products.tissue_volume import run as tissue_volume
+from aifi.vendor import JobContext
 from scale.servers import PostgresServer, shared_postgres, shared_s3
 
 BACKENDS = ["sqlite", "postgresql", "postgresql-s3"]
 
 OPERATOR_KEY = "aifi_test-operator-key-0123456789abcdef"
 CT = "1.2.840.10008.5.1.4.1.1.2"
+#: The least a ResultSummary holds, for the test products' jobs.
+SUMMARY = {
+    "product_id": "product-a",
+    "product_version": "1.0",
+    "algorithm": {"name": "Tissue volume", "version": "1.0", "manufacturer": "Vendor A"},
+    "triage": {"flag": "positive", "priority": "high"},
+}
+
+
+def sr_for(inputs: list[Path], folder: Path) -> Path:
+    """A real TID 1500 result for `inputs`, made by the reference product."""
+    folder.mkdir(parents=True, exist_ok=True)
+    result = tissue_volume(JobContext(job={}, inputs=inputs, output_dir=folder))
+    return result.files[0].path
 
 
 @dataclass

@@ -24,6 +24,7 @@ from sqlalchemy import (
     delete,
     inspect,
     literal_column,
+    or_,
     select,
     tuple_,
     update,
@@ -52,6 +53,7 @@ from aifi.exchange.schemas import (
 )
 from aifi.exchange.settings import ExchangeSettings
 from aifi.exchange.triage import read_unread_flags, triage_flag
+from aifi.exchange.validation import check_summary
 from aifi.results.delivery import Delivery
 
 Q = TypeVar("Q", bound=Select)  # type: ignore[type-arg]
@@ -187,8 +189,26 @@ def walled(statement: Q) -> dict[str, Q]:
 
 
 _VISIBLE_JOB = walled(select(Job).where(Job.id == bindparam("job_id")))
-#: The job, its row kept from changing until the transaction ends (SQLite: one writer does).
-_KEPT_JOB = walled(select(Job).where(Job.id == bindparam("job_id")).with_for_update(read=True))
+#: The job's lease, if it still holds, its row kept until the transaction ends: on PostgreSQL
+#: a row lock, which the lease sweep skips and a second upload to the job waits for.
+_KEEP_LEASE = (
+    select(Job.id)
+    .where(
+        Job.id == bindparam("job_id"),
+        Job.lease_token == bindparam("token"),
+        Job.state.in_(HELD_STATES),
+        or_(Job.lease_expires_at.is_(None), Job.lease_expires_at >= bindparam("now")),
+    )
+    .with_for_update(key_share=True)
+)
+#: SQLite has no row locks, and reads before a transaction's first write take none: a write
+#: that changes nothing takes its one write lock (and this process's writer turn) first.
+_HOLD_WRITES = (
+    update(Job)
+    .where(Job.id == bindparam("job_id"))
+    .values(updated_at=Job.updated_at)
+    .execution_options(synchronize_session=False)
+)
 
 _INPUTS_OF_JOB = (
     select(JobInput).where(JobInput.job_id == bindparam("job_id")).order_by(JobInput.id)
@@ -931,18 +951,26 @@ class JobService:
                     return won
         return None
 
-    def held(
-        self, session: Session, actor: Actor, job_id: str, token: str, *, keep: bool = False
-    ) -> Job:
-        """The job, if `token` is its live lease (read in the caller's transaction).
+    def held(self, session: Session, actor: Actor, job_id: str, token: str) -> Job:
+        """The job, if `token` is its live lease (read in the caller's transaction)."""
+        return self.held_by(self.visible(session, actor, job_id), token)
 
-        `keep`: the lease may not end until the transaction does (PostgreSQL's `FOR SHARE`).
+    def keep_lease(self, session: Session, job: Job, token: str) -> None:
+        """Check the lease again and keep it, and every other write to the job, off until the
+        caller's transaction ends; call it just before the transaction's first write.
+
         A result recorded under a lease checked a moment before it ran out would otherwise
         land after the lease sweep and the next claim, which drops what an attempt that did
-        not finish left, and be delivered with the next attempt's results.
+        not finish left, and be delivered with the next attempt's results; and two uploads of
+        one result would both take out the copy before them, and one fail on the name.
         """
-        read = _KEPT_JOB if keep else _VISIBLE_JOB
-        return self.held_by(self.visible(session, actor, job_id, read), token)
+        if not self._db.is_postgresql:
+            execute_core(session, _HOLD_WRITES, {"job_id": job.id})
+        params = {"job_id": job.id, "token": token, "now": utcnow()}
+        if execute_core(session, _KEEP_LEASE, params).first() is None:
+            session.refresh(job)  # as it stands now, to say what changed
+            self.held_by(job, token)
+            raise Conflict(f"job {job.id} is not held by this lease")
 
     @staticmethod
     def held_by(job: Job, token: str) -> Job:
@@ -990,6 +1018,10 @@ class JobService:
     def complete(
         self, actor: Actor, job_id: str, token: str, summary: dict[str, Any] | None
     ) -> Job:
+        """End a held job that holds a result; a `summary` sent with it is checked as one
+        uploaded as a result would be: it feeds the worklist flag and the evaluation."""
+        if summary is not None:
+            check_summary(summary, job_id=job_id, name="completion's summary")
         with self._db.session() as session:
             self.held(session, actor, job_id, token)
             job = self.complete_in(session, actor, job_id, token, summary)

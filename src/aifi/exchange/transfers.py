@@ -432,13 +432,15 @@ class Transfers:
         and the job as it now stands; the result is checked and stored here unless that was
         done before (`early`)."""
         # The lease may have run out while the bytes arrived: checked in the transaction that
-        # records the result.
-        job = self._jobs.held(session, actor, job_id, upload.lease_token, keep=True)
+        # records the result, and kept from the first write on. A refusal is audited in a
+        # transaction of its own, before this one holds the job (on SQLite, the database).
+        job = self._jobs.held(session, actor, job_id, upload.lease_token)
         checked = early or self._checked_result(actor, job, upload, temp)
         if checked.uids is not None:
             self._refuse_input_uids(session, actor, job, upload.name, *checked.uids)
         summary = checked.summary
         recorded.store(temp)
+        self._jobs.keep_lease(session, job, upload.lease_token)
         replaced = _take_out(session, _REPLACED_RESULT, {"job_id": job.id, "name": upload.name})
         recorded.replaced = replaced.blob_key if replaced is not None else None
         row = JobResult(
@@ -474,7 +476,7 @@ class Transfers:
         try:
             if upload.is_summary:
                 body = temp.path.read_bytes()
-                check_summary(body, job_id=job.id, name=upload.name)
+                check_summary(body, job_id=job.id, name=f"result {upload.name}")
                 return _Checked({**_SUMMARY_COLUMNS, "notes": []}, json.loads(body), None)
             check = check_result_file(
                 temp.path, job_id=job.id, name=upload.name, study_uid=job.study_uid

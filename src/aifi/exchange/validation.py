@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from pydicom.errors import InvalidDicomError
@@ -102,19 +103,24 @@ def check_result_file(path: Path, *, job_id: str, name: str, study_uid: str) -> 
     )
 
 
-def check_summary(body: bytes, *, job_id: str, name: str) -> None:
+def check_summary(body: bytes | dict[str, Any], *, job_id: str, name: str) -> None:
     """Refuse a summary that is not the ResultSummary the dashboards, notices and evaluation
-    read; the message names the first field that does not fit."""
+    read, whether uploaded as a result (`body`: its bytes, `name`: the result's) or sent with
+    the job's completion (`body`: the parsed document); the message names the first field
+    that does not fit."""
     from pydantic import ValidationError
 
     from aifi.results.summary import ResultSummary
 
     try:
-        ResultSummary.model_validate_json(body)
+        if isinstance(body, bytes):
+            ResultSummary.model_validate_json(body)
+        else:
+            ResultSummary.model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "the document"
         raise Invalid(
-            f"job {job_id} result {name}: rule 'summary-json': {where}: {first['msg']} "
+            f"job {job_id} {name}: rule 'summary-json': {where}: {first['msg']} "
             f"({exc.error_count()} problem(s); see aifi.results.ResultSummary)"
         ) from exc

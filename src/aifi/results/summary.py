@@ -37,7 +37,8 @@ class Priority(StrEnum):
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # A NaN or infinite measurement is no measurement, and PostgreSQL's JSON refuses it.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class MeasuredValue(_Frozen):

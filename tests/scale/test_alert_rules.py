@@ -123,6 +123,8 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
                 "0x30 2x30"
             ),
             'aifi_exchange_purged_objects_total{kind="input", instance="r2"}': "0+5x60",
+            # The store refuses one job's inputs at 40m and 41m, then lets retention be.
+            'aifi_exchange_purge_failures_total{kind="input", instance="r2"}': "0x40 1 2x80",
             # slow's workers hand back a job a minute from 10m; brisk's one now and then.
             'aifi_exchange_handed_back_jobs_total{product="slow", instance="r1"}': "0x10 1+1x40",
             'aifi_exchange_handed_back_jobs_total{product="brisk", instance="r2"}': "0x20 1x40",
@@ -203,6 +205,10 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             quiet("ResultsNeverFetched", "29m"),
             fires("ResultsNeverFetched", "35m",
                   "Results were purged without ever being fetched"),
+            quiet("RetentionCannotPurge", "39m"),
+            fires("RetentionCannotPurge", "45m",
+                  "The blob store would not delete data retention came for"),
+            quiet("RetentionCannotPurge", "110m"),  # over an hour since the last refusal
         ],
     ),
     "gateway": (

@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from aifi.exchange.blobs import TempBlob, open_blob_store
-from aifi.exchange.blobs_s3 import MIB, S3BlobStore, S3Location
+from aifi.exchange.blobs_s3 import MIB, NotDeleted, S3BlobStore, S3Location
 from aifi.exchange.errors import StorageFull
 from aifi.exchange.services import build_services
 from aifi.exchange.settings import ExchangeSettings
@@ -88,6 +88,48 @@ def test_deleting_a_folder_takes_every_object_under_it_and_nothing_else(
             store.size(f"inputs/job-5/{number}.dcm")
     assert store.size("inputs/job-50/0.dcm") == 1
     assert store.delete_under("inputs/job-6/") == 0
+
+
+def test_objects_the_store_keeps_on_a_folder_delete_are_an_error_naming_them(
+    store: S3BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """S3 answers a batch delete 200 and lists the keys it kept (no permission, an object
+    lock): retention must not take that for done."""
+    for number in range(2):
+        stored(store, b"x", f"inputs/job-7/{number}.dcm")
+    real_delete = store.client.delete_objects
+
+    def keeps_one(**kwargs: Any) -> Any:
+        objects = kwargs["Delete"]["Objects"]
+        kwargs["Delete"]["Objects"] = objects[1:]
+        answer = real_delete(**kwargs)
+        kept = {"Key": objects[0]["Key"], "Code": "AccessDenied", "Message": "Access Denied"}
+        return {**answer, "Errors": [kept]}
+
+    monkeypatch.setattr(store.client, "delete_objects", keeps_one)
+    with pytest.raises(NotDeleted) as kept:
+        store.delete_under("inputs/job-7/")
+    assert "kept 1 of 2 object(s)" in str(kept.value)
+    assert "inputs/job-7/0.dcm" in str(kept.value) and "AccessDenied" in str(kept.value)
+    assert store.size("inputs/job-7/0.dcm") == 1
+
+
+def test_a_full_store_is_reported_as_full_even_when_the_upload_cannot_be_aborted(
+    store: S3BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(**_: Any) -> Any:
+        raise ClientError({"Error": {"Code": "XMinioStorageFull"}}, "UploadPart")
+
+    def unreachable(**_: Any) -> Any:
+        raise ClientError({"Error": {"Code": "InternalError"}}, "AbortMultipartUpload")
+
+    monkeypatch.setattr(store.client, "upload_part", full)
+    monkeypatch.setattr(store.client, "abort_multipart_upload", unreachable)
+    temp = asyncio.run(store.receive(chunks_of(os.urandom(6 * MIB))))
+    with pytest.raises(StorageFull) as refused:
+        store.commit(temp, "inputs/job-8/1.2.dcm")
+    assert refused.value.status == 507
+    store.discard(temp)
 
 
 def test_a_failed_multipart_upload_is_aborted(

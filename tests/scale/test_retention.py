@@ -229,6 +229,53 @@ def test_a_purge_empties_the_folders_of_ended_jobs_no_row_names_anything_in(
     assert again.jobs == set(), "each ended job is swept once"
 
 
+def test_a_job_whose_folder_the_store_keeps_is_neither_audited_nor_marked_and_tried_again(
+    exchange_on: ExchangeFactory, make_ct: Any, monkeypatch: Any
+) -> None:
+    """An object store that refuses to delete one job's inputs (a permission, an object
+    lock): the other jobs are purged; that one stays due, is not audited as purged, is
+    counted for the alert, and goes at the next sweep once the store lets it."""
+    exchange = exchange_on(retain_inputs_seconds=HOUR, retention_sweep_seconds=HOUR)
+    orgs = set_up_parties(exchange)
+    hospital, vendor = orgs["hospital"], orgs["vendor"]
+    kept, purged = (failed_job(exchange, hospital, vendor, make_ct) for _ in range(2))
+    kept_keys = input_keys(exchange, kept["id"])
+    blobs = exchange.client.app.state.services.blobs
+    delete_under = blobs.delete_under
+
+    def refusing(folder: str) -> int:
+        if kept["id"] in folder:
+            raise OSError(f"the object store kept 1 of 1 object(s) under {folder!r}")
+        return int(delete_under(folder))
+
+    monkeypatch.setattr(blobs, "delete_under", refusing)
+    retention = exchange.client.app.state.retention
+    later = utcnow() + timedelta(days=365)
+    report = retention.sweep(now=later)
+    assert report.jobs == {purged["id"]} and report.not_purged == {kept["id"]}
+    assert kept_keys and all(blob_exists(exchange, key) for key in kept_keys)
+    assert input_keys(exchange, kept["id"]) == kept_keys, "its rows still name its instances"
+    failures = exchange.client.app.state.metrics.purge_failures.labels("input")
+    assert failures._value.get() == 1
+
+    def purges_of(job_id: str) -> list[str]:
+        audit = exchange.client.get(
+            "/audit", params={"limit": 5000}, headers=exchange.operator.headers
+        ).json()
+        return [
+            e["detail"]
+            for e in audit
+            if (e["action"], e["object_type"], e["object_id"]) == ("delete", "input", job_id)
+        ]
+
+    assert purges_of(kept["id"]) == [] and len(purges_of(purged["id"])) == 1
+    monkeypatch.setattr(blobs, "delete_under", delete_under)
+    again = retention.sweep(now=later)
+    assert again.jobs == {kept["id"]} and again.not_purged == set()
+    assert not any(blob_exists(exchange, key) for key in kept_keys)
+    assert len(purges_of(kept["id"])) == 1 and len(purges_of(purged["id"])) == 1
+
+
 def test_retention_can_be_switched_off(
     exchange_on: ExchangeFactory, make_ct: Any, tmp_path: Path
 ) -> None:

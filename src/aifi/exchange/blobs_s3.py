@@ -12,6 +12,7 @@ replica's memory stays flat however large the study.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from s3transfer.utils import ReadFileChunk
 
 from aifi.exchange.blobs import CHUNK, TempBlob, spool
 from aifi.exchange.errors import StorageFull
+
+log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 #: S3 refuses parts under 5 MiB (except the last); 8 MiB keeps memory and requests modest.
@@ -171,9 +174,17 @@ class S3BlobStore:
                 MultipartUpload={"Parts": parts},
             )
         except BaseException:
-            self.client.abort_multipart_upload(
-                Bucket=self.bucket, Key=object_key, UploadId=upload_id
-            )
+            try:
+                self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=object_key, UploadId=upload_id
+                )
+            except Exception:  # the store's first answer (full, say) is the caller's
+                log.warning(
+                    "could not abort the multipart upload of %s (the store's lifecycle rule "
+                    "for incomplete uploads removes its parts)",
+                    object_key,
+                    exc_info=True,
+                )
             raise
 
     def discard(self, temp: TempBlob) -> None:
@@ -229,11 +240,23 @@ class S3BlobStore:
         for page in pages:
             objects = [{"Key": item["Key"]} for item in page.get("Contents", [])]
             if objects:
-                self.client.delete_objects(
+                answer = self.client.delete_objects(
                     Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True}
                 )
+                # A 200 answer may still list keys the store kept (no permission, a lock).
+                if kept := answer.get("Errors", []):
+                    first = kept[0]
+                    raise NotDeleted(
+                        f"the object store kept {len(kept)} of {len(objects)} object(s) under "
+                        f"{prefix!r}, such as {first.get('Key')!r}: {first.get('Code')} "
+                        f"{first.get('Message', '')}".rstrip()
+                    )
                 deleted += len(objects)
         return deleted
+
+
+class NotDeleted(OSError):
+    """The object store answered a delete, keeping some of the objects."""
 
 
 #: Error codes S3 answers for a key it does not hold (HEAD has no body, so only "404").

@@ -343,6 +343,13 @@ class ExchangeMetrics:
             ["kind"],
             registry=self.registry,
         )
+        self.purge_failures = Counter(
+            "aifi_exchange_purge_failures",
+            "Jobs whose inputs or results the blob store would not delete when retention "
+            "came for them (tried again at the next sweep; kind as for purged objects)",
+            ["kind"],
+            registry=self.registry,
+        )
         self.handed_back = Counter(
             "aifi_exchange_handed_back_jobs",
             "Jobs a vendor's worker handed back for trouble of its own (a full disk), by product",

@@ -54,6 +54,8 @@ class PurgeReport:
     jobs: set[str] = field(default_factory=set)
     #: Spooled uploads that no request will commit any more (see `clear_stale_uploads`).
     stale_uploads: int = 0
+    #: Jobs whose folder the blob store would not empty: tried again at the next sweep.
+    not_purged: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -144,8 +146,9 @@ class Retention:
     def _purge(self, kind: _Kind, cutoff: datetime, now: datetime, report: PurgeReport) -> None:
         """Empty the input (result) folder of every job due, whether or not rows name what is
         in it, and mark the job swept, so that each job is visited once."""
+        refused: list[str] = []  # by the blob store, in this sweep
         while True:
-            jobs = self._due(kind, cutoff)
+            jobs = self._due(kind, cutoff, refused)
             if not jobs:
                 return
             held = self._held(kind.table, [job.id for job in jobs])
@@ -156,7 +159,19 @@ class Retention:
                 rows, size = held.get(job.id, (0, 0))
                 # Every blob the job's rows name is in its folder, with anything a crash left
                 # there unnamed: one listing deletes them all.
-                deleted = self._blobs.delete_under(kind.folder(job.id))
+                try:
+                    deleted = self._blobs.delete_under(kind.folder(job.id))
+                except OSError as exc:
+                    # Neither audited nor marked swept: the data is still there.
+                    log.error(
+                        "retention: could not purge job %s's %ss: %s; tried again at the "
+                        "next sweep", job.id, kind.name, exc,
+                    )  # fmt: skip
+                    refused.append(job.id)
+                    report.not_purged.add(job.id)
+                    if self._metrics is not None:
+                        self._metrics.purge_failures.labels(kind.label).inc()
+                    continue
                 if not rows and not deleted:
                     continue
                 self._audit.record(
@@ -187,7 +202,7 @@ class Retention:
                     session.execute(delete(kind.table).where(*unpurged))
                 session.execute(
                     update(Job)
-                    .where(Job.id.in_([job.id for job in jobs]))
+                    .where(Job.id.in_([job.id for job in jobs if job.id not in refused]))
                     .values({kind.swept.key: now})
                     .execution_options(synchronize_session=False)
                 )
@@ -202,12 +217,14 @@ class Retention:
             if len(jobs) < BATCH:
                 return
 
-    def _due(self, kind: _Kind, cutoff: datetime) -> list[_DueJob]:
-        """Ended jobs not yet swept whose retention time ran out before `cutoff`."""
+    def _due(self, kind: _Kind, cutoff: datetime, passed_by: list[str]) -> list[_DueJob]:
+        """Ended jobs not yet swept whose retention time ran out before `cutoff`, but for
+        those the sweep `passed_by`."""
         query = (
             select(Job.id, Job.patient_pseudonym, Job.state, kind.since)
             .where(
                 kind.swept.is_(None),
+                Job.id.not_in(passed_by),
                 Job.state.in_(_ENDED),
                 Job.ended_at.is_not(None),
                 kind.since.is_not(None),

@@ -330,6 +330,40 @@ def test_a_summary_result_with_a_nan_is_refused(
     assert exchange.client.get(f"/jobs/{job['id']}/results", headers=lease).json() == []
 
 
+def test_a_result_with_a_content_type_too_long_to_keep_is_refused(
+    exchange: Any, parties: dict[str, Any], make_ct: Any, tmp_path: Path
+) -> None:
+    """PostgreSQL answered a bare 500 (SQLite kept it whole): the limit is said up front."""
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    study = make_ct(slices=1)
+    job = exchange.ready_job(hospital, "product-a", study)
+    claim = exchange.claim(vendor)
+    sr = sr_for(study, tmp_path / "sr").read_bytes()
+    long_type = "application/dicom; transfer-syntax=1.2.840.10008.1.2.1; " + "x" * 80
+    refused = exchange.client.put(
+        f"/jobs/{job['id']}/results/sr.dcm",
+        content=sr,
+        headers={
+            "Content-Type": long_type,
+            "X-Lease-Token": claim["lease_token"],
+            **vendor.headers,
+        },
+    )
+    assert refused.status_code == 422
+    assert f"Content-Type is {len(long_type)} characters long; at most 100" in refused.json()["detail"]
+    accepted = exchange.client.put(
+        f"/jobs/{job['id']}/results/sr.dcm",
+        content=sr,
+        headers={
+            "Content-Type": long_type[:100],
+            "X-Lease-Token": claim["lease_token"],
+            **vendor.headers,
+        },
+    )
+    assert accepted.status_code == 201, accepted.text
+    assert accepted.json()["media_type"] == long_type[:100]
+
+
 def test_asking_for_an_input_that_is_not_there_is_a_404_and_audited(
     exchange: Any, parties: dict[str, Any], make_ct: Any
 ) -> None:

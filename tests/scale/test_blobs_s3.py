@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
-from aifi.exchange.blobs import TempBlob, open_blob_store
+from aifi.exchange.blobs import TempBlob, clear_stale_uploads, open_blob_store
 from aifi.exchange.blobs_s3 import MIB, NotDeleted, S3BlobStore, S3Location
 from aifi.exchange.errors import StorageFull
 from aifi.exchange.services import build_services
@@ -130,6 +131,29 @@ def test_a_full_store_is_reported_as_full_even_when_the_upload_cannot_be_aborted
         store.commit(temp, "inputs/job-8/1.2.dcm")
     assert refused.value.status == 507
     store.discard(temp)
+
+
+def test_a_slow_multipart_upload_keeps_its_spool_file_from_the_stale_sweep(
+    store: S3BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hours after its last byte arrived an upload may still be on its way to a slow store:
+    its spool file is not taken for one a stopped replica left."""
+    temp = asyncio.run(store.receive(chunks_of(os.urandom(11 * MIB))))
+    real_upload_part = store.client.upload_part
+    cleared: list[int] = []
+
+    def slow_upload_part(**kwargs: Any) -> Any:
+        if kwargs["PartNumber"] == 1:  # two hours go by while the first part is sent
+            hours_ago = time.time() - 2 * 3600
+            os.utime(temp.path, (hours_ago, hours_ago))
+        else:
+            cleared.append(clear_stale_uploads(store.incoming)[0])
+        return real_upload_part(**kwargs)
+
+    monkeypatch.setattr(store.client, "upload_part", slow_upload_part)
+    store.commit(temp, "inputs/job-9/1.2.dcm")
+    assert cleared == [0, 0]
+    assert store.size("inputs/job-9/1.2.dcm") == temp.size
 
 
 def test_a_failed_multipart_upload_is_aborted(

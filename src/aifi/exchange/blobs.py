@@ -88,9 +88,9 @@ def clear_stale_uploads(folder: Path, older_than: float = STALE_UPLOAD_SECONDS) 
 
     A replica killed while an upload arrived, or before the store took it, left its file; no
     request will ever commit it, and it holds pseudonymised patient data past any retention.
-    An upload under way writes to its file all the time, and the store takes it within
-    moments of its last byte, so age tells the dead from the living, whichever replica (or
-    command) owns the folder.
+    An upload under way writes to its file all the time, and an object store's multipart
+    upload touches it before each part it sends, so age tells the dead from the living,
+    whichever replica (or command) owns the folder.
     """
     cutoff = time.time() - older_than
     cleared, size = 0, 0

@@ -157,6 +157,9 @@ class S3BlobStore:
         try:
             for number, start in enumerate(range(0, temp.size, self.location.part_bytes), 1):
                 length = min(self.location.part_bytes, temp.size - start)
+                # Alive: a spool file not written to for an hour is taken for one a stopped
+                # replica left (`clear_stale_uploads`), and a slow store may take that long.
+                temp.path.touch()
                 with ReadFileChunk.from_filename(str(temp.path), start, length) as body:
                     answer = self.client.upload_part(
                         Bucket=self.bucket,

@@ -42,6 +42,8 @@ RESULT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 CHECK_FIRST_BYTES = 1024 * 1024
 #: The JSON summary beside the DICOM results: small, parsed whole.
 SUMMARY_LIMIT = 1024 * 1024
+#: The longest Content-Type a result's row keeps: `JobResult.media_type`, String(100).
+MEDIA_TYPE_CHARACTERS = 100
 
 
 @dataclass(frozen=True)
@@ -374,6 +376,12 @@ class Transfers:
         if not RESULT_NAME.fullmatch(name):
             raise Invalid(
                 f"job {job_id}: result name {name!r} is not allowed (letters, digits, . _ -)"
+            )
+        if len(media_type) > MEDIA_TYPE_CHARACTERS:
+            raise Invalid(
+                f"job {job_id} result {name}: the Content-Type is {len(media_type)} characters "
+                f"long; at most {MEDIA_TYPE_CHARACTERS} are kept (application/dicom or "
+                "application/json, with parameters)"
             )
         if actor.role != OrganisationKind.vendor:
             raise Forbidden("only the vendor holding a job uploads its results")

@@ -12,6 +12,8 @@ import pytest
 
 from scale.exchange_api import OPERATOR_KEY, SUMMARY, sr_for
 
+OPERATOR = {"Authorization": f"Bearer {OPERATOR_KEY}"}
+
 #: A finding as a summary lists it, and a measurement that is not a number.
 FINDING = {
     "finding": "Hemorrhage",
@@ -350,7 +352,9 @@ def test_a_result_with_a_content_type_too_long_to_keep_is_refused(
         },
     )
     assert refused.status_code == 422
-    assert f"Content-Type is {len(long_type)} characters long; at most 100" in refused.json()["detail"]
+    assert (
+        f"Content-Type is {len(long_type)} characters long; at most 100" in refused.json()["detail"]
+    )
     accepted = exchange.client.put(
         f"/jobs/{job['id']}/results/sr.dcm",
         content=sr,
@@ -362,6 +366,87 @@ def test_a_result_with_a_content_type_too_long_to_keep_is_refused(
     )
     assert accepted.status_code == 201, accepted.text
     assert accepted.json()["media_type"] == long_type[:100]
+
+
+def refusals_by(exchange: Any, organisation_id: str) -> list[tuple[str, str, str, str]]:
+    """The refused accesses of one organisation in the access log: (action, object type,
+    object id, detail)."""
+    audit = exchange.client.get("/audit", params={"limit": 5000}, headers=OPERATOR)
+    return [
+        (e["action"], e["object_type"], e["object_id"], e["detail"])
+        for e in audit.json()
+        if e["organisation_id"] == organisation_id and e["outcome"] == "refused"
+    ]
+
+
+def test_changes_refused_to_another_tenant_are_in_the_access_log(
+    exchange: Any, parties: dict[str, Any], make_ct: Any, tmp_path: Path
+) -> None:
+    """A hospital writing to another's job, or a vendor to another's: each gets the answer a
+    job that does not exist gets, and the operator sees the probe."""
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    other_hospital, other_vendor = parties["hospital_b"], parties["vendor_b"]
+    study = make_ct(slices=1)
+    job = exchange.ready_job(hospital, "product-a", study)
+    claim = exchange.claim(vendor)
+    job_id, uid = job["id"], pydicom.dcmread(study[0]).SOPInstanceUID
+    probes = [
+        ("put", f"/jobs/{job_id}/inputs/{uid}", other_hospital, {"content": study[0].read_bytes()}),
+        ("post", f"/jobs/{job_id}/cancel", other_hospital, {"json": {"reason": "mine now"}}),
+        (
+            "put",
+            f"/jobs/{job_id}/results/sr.dcm",
+            other_vendor,
+            {
+                "content": sr_for(study, tmp_path / "sr").read_bytes(),
+                "headers": {"X-Lease-Token": claim["lease_token"]},
+            },
+        ),
+        ("post", f"/jobs/{job_id}/heartbeat", other_vendor, {"json": {"lease_token": "x"}}),
+    ]
+    for method, path, org, kwargs in probes:
+        headers = {**kwargs.pop("headers", {}), **org.headers}
+        answer = exchange.client.request(method.upper(), path, headers=headers, **kwargs)
+        assert answer.status_code == 404, (path, answer.text)
+    assert refusals_by(exchange, other_hospital.id) == [
+        (
+            "create",
+            "input",
+            f"{job_id}/{uid}",
+            f"PUT /jobs/{{job_id}}/inputs/{{sop_instance_uid}}: no job {job_id!r}",
+        ),
+        ("update", "job", job_id, f"POST /jobs/{{job_id}}/cancel: no job {job_id!r}"),
+    ]
+    assert refusals_by(exchange, other_vendor.id) == [
+        (
+            "create",
+            "result",
+            f"{job_id}/sr.dcm",
+            f"PUT /jobs/{{job_id}}/results/{{name}}: no job {job_id!r}",
+        ),
+        ("update", "job", job_id, f"POST /jobs/{{job_id}}/heartbeat: no job {job_id!r}"),
+    ]
+    # The job is as it was.
+    held = exchange.client.get(f"/jobs/{job_id}", headers=vendor.headers).json()
+    assert held["state"] == "accepted"
+
+
+def test_a_refusal_a_service_logs_itself_is_logged_once(
+    exchange: Any, parties: dict[str, Any], make_ct: Any
+) -> None:
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    study = make_ct(slices=1)
+    job = exchange.ready_job(hospital, "product-a", study)
+    claim = exchange.claim(vendor)
+    echo = exchange.client.put(  # an input sent back names no algorithm
+        f"/jobs/{job['id']}/results/echo.dcm",
+        content=study[0].read_bytes(),
+        headers={"X-Lease-Token": claim["lease_token"], **vendor.headers},
+    )
+    assert echo.status_code == 422
+    [(action, kind, object_id, detail)] = refusals_by(exchange, vendor.id)
+    assert (action, kind, object_id) == ("create", "result", f"{job['id']}/echo.dcm")
+    assert detail == echo.json()["detail"]
 
 
 def test_asking_for_an_input_that_is_not_there_is_a_404_and_audited(

@@ -16,10 +16,11 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.concurrency import run_in_threadpool
 
 import aifi
-from aifi.exchange.audit import ANCHOR_SECONDS, AuditAnchors
+from aifi.exchange.audit import ANCHOR_SECONDS, Actor, AuditAnchors
 from aifi.exchange.audit_archive import AuditArchiver
 from aifi.exchange.errors import ExchangeError
 from aifi.exchange.metrics import ExchangeMetrics, MetricsMiddleware
+from aifi.exchange.refused_changes import CHANGES, refused_change
 from aifi.exchange.replica_changes import ReplicaChanges
 from aifi.exchange.retention import Retention
 from aifi.exchange.routers import (
@@ -122,7 +123,10 @@ def create_app(
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     @app.exception_handler(ExchangeError)
-    async def _exchange_error(_request: Request, exc: ExchangeError) -> JSONResponse:
+    async def _exchange_error(request: Request, exc: ExchangeError) -> JSONResponse:
+        caller = getattr(request.state, "caller", None)
+        if not exc.audited and caller is not None and request.method in CHANGES:
+            await run_in_threadpool(_audit_refused_change, services, request, caller, exc)
         return JSONResponse({"detail": exc.message}, status_code=exc.status)
 
     async def _database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
@@ -161,6 +165,26 @@ def create_app(
     for extend in extensions:
         extend(app, services)
     return app
+
+
+def _audit_refused_change(
+    services: Services, request: Request, caller: Actor, exc: ExchangeError
+) -> None:
+    """Store a refused change the services did not store themselves (see
+    :mod:`aifi.exchange.refused_changes`); the caller gets its answer even if this fails."""
+    route = getattr(request.scope.get("route"), "path", request.url.path)
+    entry = refused_change(request.method, route, request.path_params, exc.message)
+    try:
+        services.audit.record(
+            caller,
+            entry.action,
+            entry.object_type,
+            entry.object_id,
+            outcome="refused",
+            detail=entry.detail,
+        )
+    except Exception:
+        log.exception("could not store a refused change in the access log: %s", entry)
 
 
 def database_full(exc: BaseException) -> bool:

@@ -144,6 +144,29 @@ class AuditLog:
             [_row(actor, action, object_type, object_id, outcome, patient_pseudonym, detail)]
         )
 
+    def refused(
+        self,
+        actor: Actor,
+        action: str,
+        object_type: str,
+        object_id: str,
+        exc: ExchangeError,
+        *,
+        patient_pseudonym: str = "",
+    ) -> None:
+        """Store the refusal `exc` of an access, in a transaction of its own (the refused
+        one's is rolled back), and mark it stored."""
+        self.record(
+            actor,
+            action,
+            object_type,
+            object_id,
+            outcome="refused",
+            patient_pseudonym=patient_pseudonym,
+            detail=exc.message,
+        )
+        exc.audited = True
+
     @contextmanager
     def reading(
         self, actor: Actor, action: str, object_type: str, object_id: str
@@ -165,9 +188,7 @@ class AuditLog:
                 if joins and read.rows:
                     session.info.setdefault(_PENDING, []).extend(read.rows)
         except ExchangeError as exc:
-            self.record(
-                actor, action, object_type, object_id, outcome="refused", detail=exc.message
-            )
+            self.refused(actor, action, object_type, object_id, exc)
             raise
         if not joins and read.rows:
             self._store(read.rows)

@@ -28,18 +28,22 @@ bearer = HTTPBearer(
 
 
 async def get_caller(
+    request: Request,
     services: Annotated[Services, Depends(get_services)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Actor:
     """The caller; a key verified in the last seconds is answered without leaving the loop.
+    Kept on the request too, for the access-log entry of a change refused later.
 
     Dependencies are coroutines so that FastAPI does not hand each one to a worker thread; only
     a key the cache does not know costs a thread (and a database lookup).
     """
     key_hash = key_hash_of(credentials.credentials if credentials is not None else None)
-    if (known := services.keys.get(key_hash)) is not None:
-        return known
-    return await run_in_threadpool(verified_actor, services.db, key_hash, services.keys)
+    known = services.keys.get(key_hash)
+    if known is None:
+        known = await run_in_threadpool(verified_actor, services.db, key_hash, services.keys)
+    request.state.caller = known
+    return known
 
 
 async def get_months(

@@ -11,6 +11,9 @@ class ExchangeError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        #: Whether the refusal is in the access log already (with what it concerned): the
+        #: app logs any other refused change itself, from the request's route.
+        self.audited = False
 
 
 class NotFound(ExchangeError):

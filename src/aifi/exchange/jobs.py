@@ -516,7 +516,7 @@ class JobService:
                 return self._repeated(session, existing, body), False
         if refusal is None:  # the insert yielded, yet no job holds the key: a clash of ids
             raise Conflict("the job could not be stored; send the create again")
-        self._audit.record(actor, "create", "job", body.product_id, outcome="refused")
+        self._audit.refused(actor, "create", "job", body.product_id, refusal)
         raise refusal
 
     @staticmethod

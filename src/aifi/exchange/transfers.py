@@ -300,14 +300,13 @@ class Transfers:
                 temp.path, job_id=job.id, study_uid=job.study_uid, sop_instance_uid=sop_uid
             )
         except Invalid as exc:
-            self._audit.record(
+            self._audit.refused(
                 actor,
                 "create",
                 "input",
                 f"{job.id}/{sop_uid}",
-                outcome="refused",
+                exc,
                 patient_pseudonym=job.patient_pseudonym,
-                detail=exc.message,
             )
             raise
 
@@ -525,14 +524,13 @@ class Transfers:
         raise exc
 
     def _refused(self, actor: Actor, job: Job, name: str, exc: Invalid) -> None:
-        self._audit.record(
+        self._audit.refused(
             actor,
             "create",
             "result",
             f"{job.id}/{name}",
-            outcome="refused",
+            exc,
             patient_pseudonym=job.patient_pseudonym,
-            detail=exc.message,
         )
 
     def _results_visible(

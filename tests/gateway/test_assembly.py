@@ -9,7 +9,7 @@ import pytest
 
 from aifi.gateway.dimse import NoDelayAE
 from aifi.phantoms import write_study
-from support.national import National, gateway_gauge, gateway_without_pacs
+from support.national import National, gateway_gauge, started_gateway
 
 pytestmark = pytest.mark.peer
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -21,7 +21,7 @@ def test_a_pause_inside_one_association_does_not_cut_the_study(
 ) -> None:
     write_study("ct-head", tmp_path / "study", seed=9, size="small")
     files = sorted((tmp_path / "study").rglob("*.dcm"))
-    with gateway_without_pacs(tmp_path, national, metrics_port=0) as gateway:
+    with started_gateway(tmp_path, national, metrics_port=0) as gateway:
         ae = NoDelayAE(ae_title="SLOW_CT")
         ae.add_requested_context(CT, [EXPLICIT_LE])
         assoc = ae.associate("127.0.0.1", gateway.port, ae_title="AIFI_GW")

@@ -215,7 +215,7 @@ def test_a_job_sent_before_the_backup_comes_home_after_the_restore_under_the_pat
     assert header.StudyInstanceUID == original.StudyInstanceUID
     assert header.PatientID == original.PatientID
     actions = [entry.action for entry in hospital.gateway.disclosures.entries()]
-    assert actions == ["disclosed", "restored", "reidentified"]
+    assert actions == ["disclosed", "restored", "reidentified", "delivered"]
 
 
 def test_a_job_brought_home_after_the_backup_is_not_brought_home_again(
@@ -412,6 +412,47 @@ def test_a_job_whose_instances_the_restore_lacks_is_refused_with_what_to_do(
     assert again["round"] == 2
     assert hospital.send_due() == [again["id"]]
     assert hospital.gateway.state.job(again["id"])["state"] == "submitted"
+
+
+def test_a_job_refused_for_its_lost_spool_tells_the_exchange_nothing_of_the_hospital_s(
+    hospital: Hospital, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job's try broke off half uploaded after the backup, and the restore came without
+    the spool: the exchange's job is cancelled with a reason in the gateway's own words. The
+    spool path that says what is missing (it holds the study's own UIDs) stays in the local
+    reason; nothing the exchange keeps names the hospital's study."""
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    backup = tmp_path / "backup"
+    back_up(load_config(hospital.path), backup)
+    opened = hospital.send_broken_off()
+    assert 0 < opened["input_count"] < len(hospital.files)
+    lose_the_disk(hospital)
+    restored(hospital, backup)
+    monkeypatch.setattr(service_module, "SPOOL_GONE_SECONDS", 0.0)
+    [job] = hospital.jobs()
+    assert hospital.send_due() == [job["id"]]
+
+    [job] = hospital.jobs()
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in hospital.files]
+    study_uid = str(headers[0].StudyInstanceUID)
+    assert job["state"] == "refused", job["reason"]
+    assert f"gone from the spool (such as {hospital.gateway.spool / study_uid}" in job["reason"]
+    [cancelled] = hospital.exchange_jobs()
+    assert cancelled["id"] == opened["id"] and cancelled["state"] == "cancelled", cancelled
+    assert cancelled["reason"] == "instances missing at the gateway after a restore"
+    identifiers = {
+        study_uid, str(headers[0].SeriesInstanceUID), str(headers[0].PatientID),
+        *(str(header.SOPInstanceUID) for header in headers),
+    }  # fmt: skip
+    data = hospital.national.exchange.app.state.services.settings.data_dir
+    database = sqlite3.connect(data / "exchange.db")
+    try:
+        kept = "\n".join(database.iterdump())
+    finally:
+        database.close()
+    assert "instances missing at the gateway after a restore" in kept
+    assert {name for name in identifiers if name in kept} == set()
 
 
 def test_a_backup_with_its_spool_needs_nothing_sent_again(

@@ -47,10 +47,9 @@ def run_gateway(
     with national.api() as api:
         api.post("/subscriptions", json={"product_id": product["id"]}).raise_for_status()
     port = free_port()
-    path = gateway_config(tmp_path, national, port, 1)
+    path = gateway_config(tmp_path, national, port, national.pacs().dicom_port)
     config = yaml.safe_load(path.read_text())
     config["routes"] = [{"product": product["id"], "modalities": ["OT"]}]
-    config["pacs"] = []
     config["clean_pixel_regions"] = regions
     path.write_text(yaml.safe_dump(config))
     gateway = Gateway(load_config(path))

@@ -21,8 +21,10 @@ from aifi.gateway.config import load_config
 from aifi.gateway.disclosures import Action, Anchor, DisclosureLog, entry_digest
 from aifi.gateway.service import Gateway
 from aifi.phantoms import write_study
-from support.national import National, gateway_without_pacs
+from support.hospital import Hospital
+from support.national import National, started_gateway
 from support.peers import storescu
+from support.restore import until_ended
 
 PATIENTS = ("HOSP-1", "HOSP-2")
 
@@ -104,7 +106,7 @@ def offline_gateway_config(tmp_path: Path) -> Path:
                 "exchange": {"url": "https://exchange.invalid", "api_key": "aifi_unused"},
                 "dicom": {"ae_title": "AIFI_GW", "port": 11112},
                 "routes": [],
-                "pacs": [],
+                "pacs": [{"name": "main", "ae_title": "PACS", "host": "127.0.0.1", "port": 104}],
             }
         )
     )
@@ -150,7 +152,7 @@ def test_a_study_whose_disclosure_cannot_be_written_waits_then_is_recorded_once(
     write_study("ct-head", tmp_path / "study", seed=7, size="small")
     files = sorted((tmp_path / "study").rglob("*.dcm"))
     patient = str(pydicom.dcmread(files[0], stop_before_pixels=True).PatientID)
-    with gateway_without_pacs(tmp_path, national) as gateway:
+    with started_gateway(tmp_path, national) as gateway:
         path = gateway.disclosures.path
         gateway.disclosures.close()  # as a full disk would have it: nothing can be written
         storescu(files, gateway.port)
@@ -172,7 +174,7 @@ def test_a_study_whose_disclosure_cannot_be_written_waits_then_is_recorded_once(
         assert gateway.wait_until(
             lambda: (
                 [j["state"] for j in gateway.jobs()] == ["delivered"]
-                and recorded() == ["disclosed", "reidentified"]
+                and recorded() == ["disclosed", "reidentified", "delivered"]
             ),
             timeout=60,
         ), (gateway.jobs(), recorded())
@@ -182,12 +184,55 @@ def test_a_study_whose_disclosure_cannot_be_written_waits_then_is_recorded_once(
     with sqlite3.connect(tmp_path / "gateway" / "state.db") as db:
         assert db.execute("SELECT state FROM jobs").fetchall() == [("delivered",)]
     log = DisclosureLog(path, "hospital-a", "gateway AIFI_GW")
-    assert [e.action for e in log.entries()] == ["disclosed", "reidentified"]
+    assert [e.action for e in log.entries()] == ["disclosed", "reidentified", "delivered"]
     assert log.verify() == []
     log.close()
     with national.api() as api:
         sent = api.get(f"/jobs/{job['exchange_job_id']}").json()
     assert sent["input_count"] == len(files)  # sent again, taken once
+
+
+class Killed(BaseException):
+    """The gateway's process ends here (a power cut, `kill -9`): nothing after it runs."""
+
+
+def test_a_result_re_identified_just_before_a_crash_is_on_record_once(
+    hospital: Hospital,
+) -> None:
+    """The result's re-identified copy was kept, and the gateway stopped before its entry
+    was written: reopened, it writes the entry then, once, and delivers the result."""
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    assert len(hospital.send_due()) == 1
+    [job] = hospital.jobs()
+    ended = until_ended(hospital, job["exchange_job_id"])
+    assert ended["state"] == "completed"
+    recording = hospital.gateway.disclosures.record
+
+    def killed_once(action: Action, **entry: Any) -> Any:
+        if action == Action.reidentified:
+            hospital.gateway.disclosures.record = recording  # type: ignore[method-assign]
+            raise Killed()
+        return recording(action, **entry)
+
+    hospital.gateway.disclosures.record = killed_once  # type: ignore[method-assign]
+    with pytest.raises(Killed):
+        hospital.gateway.collect(ended)
+    kept = list((hospital.gateway.fetched_results(job["id"]).parent / "reidentified").iterdir())
+    assert kept, "the re-identified copy was written before the crash"
+    assert [e.action for e in hospital.gateway.disclosures.entries()] == ["disclosed"]
+
+    hospital.close()
+    hospital.gateway = hospital.open()
+    assert hospital.gateway.collect(ended)
+    [job] = hospital.jobs()
+    assert job["state"] == "delivered", job["reason"]
+    actions = [e.action for e in hospital.gateway.disclosures.entries()]
+    assert actions.count("reidentified") == len(kept) == 1, actions
+    assert actions == ["disclosed", "reidentified", "delivered"]
+    # Brought home again (its acknowledgement lost, say): nothing more is recorded.
+    assert hospital.gateway.collect(ended)
+    assert [e.action for e in hospital.gateway.disclosures.entries()] == actions
 
 
 def forge_newest(path: Path, detail: str) -> None:

@@ -117,6 +117,7 @@ def _config(folder: Path, **exchange: str) -> Path:
                 "hospital": "h",
                 "workdir": "work",
                 "exchange": {"url": "https://x.example", "api_key": "k", **exchange},
+                "pacs": [{"name": "main", "ae_title": "PACS", "host": "pacs.local", "port": 104}],
             }
         )
     )

@@ -31,7 +31,7 @@ from aifi.products import tissue_volume
 from aifi.vendor import JobContext, VendorClient, Worker
 from scale.exchange_api import pseudonymised_ct
 from scale.servers import wait_for
-from support.national import VENDOR, National, gateway_config, gateway_gauge, gateway_without_pacs
+from support.national import VENDOR, National, gateway_config, gateway_gauge, started_gateway
 from support.peers import OrthancPeer, fill, free_port, require_executable, small_disk
 
 pytestmark = pytest.mark.peer
@@ -74,7 +74,7 @@ def gateway_on_a_small_disk(national: National, tmp_path: Path) -> Iterator[tupl
         "port": 0,
         "senders": [{"name": SENDER, "password_file": str(password_file)}],
     }
-    with small_disk(tmp_path / "disk", "4m") as disk, gateway_without_pacs(
+    with small_disk(tmp_path / "disk", "4m") as disk, started_gateway(
         tmp_path / "gw", national, workdir=str(disk / "gateway"), dicomweb=web,
         metrics_port=0,
     ) as gateway:  # fmt: skip
@@ -153,7 +153,7 @@ def test_instances_arrive_in_the_gateways_own_folder_not_the_systems_temporary_o
     the spool's disk, never into the system's temporary folder: with that folder gone, every
     instance is still stored."""
     files = ct_study(tmp_path / "study", seed=64)
-    with gateway_without_pacs(tmp_path / "gw", national) as gateway:
+    with started_gateway(tmp_path / "gw", national) as gateway:
         with monkeypatch.context() as patched:
             patched.setattr(tempfile, "tempdir", str(tmp_path / "no-such-folder"))
             log = send_by_c_store(files, gateway.port)

@@ -31,10 +31,9 @@ def test_a_positive_triage_result_gets_a_key_image(national: National, tmp_path:
     thread = threading.Thread(target=worker.run, args=(stop, 1.0), daemon=True)
     thread.start()
     port = free_port()
-    path = gateway_config(tmp_path, national, port, 1)
+    path = gateway_config(tmp_path, national, port, national.pacs().dicom_port)
     config = yaml.safe_load(path.read_text())
     config["routes"] = [{"product": ich_triage.PRODUCT_ID, "modalities": ["CT"]}]
-    config["pacs"] = []
     path.write_text(yaml.safe_dump(config))
     folder = tmp_path / "study"
     write_study("ct-head", folder, seed=2, size="default", haemorrhage_ml=20.0)

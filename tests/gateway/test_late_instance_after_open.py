@@ -28,9 +28,10 @@ def test_a_late_instance_before_the_retry_leaves_the_opened_job_as_it_opened(
 ) -> None:
     write_study("ct-head", tmp_path / "study", seed=6, size="small")
     *files, late = sorted((tmp_path / "study").rglob("*.dcm"))
-    path = gateway_config(tmp_path, national, free_port(), 1, quiet_seconds=0.0)
+    path = gateway_config(
+        tmp_path, national, free_port(), national.pacs().dicom_port, quiet_seconds=0.0
+    )
     config = yaml.safe_load(path.read_text())
-    config["pacs"] = []
     path.write_text(yaml.safe_dump(config))
     gateway = Gateway(load_config(path))  # not started: the test turns its wheels
     gateway.incoming.mkdir(exist_ok=True)

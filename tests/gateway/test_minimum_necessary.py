@@ -36,13 +36,12 @@ def test_only_the_product_that_asked_for_patient_sex_receives_it(
     with national.api() as api:
         api.post("/subscriptions", json={"product_id": NEEDS_CHARACTERISTICS}).raise_for_status()
     port = free_port()
-    path = gateway_config(tmp_path, national, port, 1, quiet_seconds=0.2)
+    path = gateway_config(tmp_path, national, port, national.pacs().dicom_port, quiet_seconds=0.2)
     config = yaml.safe_load(path.read_text())
     config["routes"] = [
         {"product": tissue_volume.PRODUCT_ID, "modalities": ["CT"]},
         {"product": NEEDS_CHARACTERISTICS, "modalities": ["CT"]},
     ]
-    config["pacs"] = []
     path.write_text(yaml.safe_dump(config))
     folder = tmp_path / "study"
     write_study("ct-head", folder, seed=4, size="small", identity={"sex": "F"})

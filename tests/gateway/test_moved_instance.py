@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-import yaml
 
 from aifi.gateway.config import load_config
 from aifi.gateway.service import Gateway
@@ -27,10 +26,7 @@ def test_an_instance_sent_again_under_another_study_is_that_study_s_alone(
     datasets = [pydicom.dcmread(f) for f in sorted((tmp_path / "study").rglob("*.dcm"))[:3]]
     old_study = str(datasets[0].StudyInstanceUID)
     new_study = old_study + ".99"
-    path = gateway_config(tmp_path, national, 0, 1, quiet_seconds=0.0)
-    config = yaml.safe_load(path.read_text())
-    config["pacs"] = []
-    path.write_text(yaml.safe_dump(config))
+    path = gateway_config(tmp_path, national, 0, national.pacs().dicom_port, quiet_seconds=0.0)
 
     def gateway() -> Gateway:  # not started: the test turns its wheels
         made = Gateway(load_config(path))

@@ -69,9 +69,8 @@ def segments(message: ReceivedHl7, kind: str) -> list[list[str]]:
 def configure(
     national: National, tmp_path: Path, port: int, notifications: dict[str, Any], **route: Any
 ) -> Path:
-    path = gateway_config(tmp_path, national, port, 1)
+    path = gateway_config(tmp_path, national, port, national.pacs().dicom_port)
     config = yaml.safe_load(path.read_text())
-    config["pacs"] = []
     config["notifications"] = notifications
     config["routes"][0].update(route)
     path.write_text(yaml.safe_dump(config))

@@ -25,9 +25,8 @@ def test_each_result_sends_an_oru_with_the_original_identity(
 ) -> None:
     with Hl7Listener() as listener:
         port = free_port()
-        path = gateway_config(tmp_path, national, port, 1)
+        path = gateway_config(tmp_path, national, port, national.pacs().dicom_port)
         config = yaml.safe_load(path.read_text())
-        config["pacs"] = []
         config["notifications"] = {
             "hl7": {
                 "host": "127.0.0.1",
@@ -75,9 +74,9 @@ def test_a_notice_the_ris_refuses_is_counted_for_the_hospitals_monitoring(
     `GatewayNoticesFailing` watches."""
     with Hl7Listener(ack_code="AE", ack_text="unknown patient") as listener:
         port = free_port()
-        path = gateway_config(tmp_path, national, port, 1)
+        path = gateway_config(tmp_path, national, port, national.pacs().dicom_port)
         config = yaml.safe_load(path.read_text())
-        config.update(pacs=[], metrics_port=0)
+        config["metrics_port"] = 0
         config["notifications"] = {
             "hl7": {
                 "host": "127.0.0.1",

@@ -151,6 +151,7 @@ def test_the_gateway_makes_its_workdir_private(national: National, tmp_path: Pat
                 "hospital": HOSPITAL,
                 "workdir": str(workdir),
                 "exchange": {"url": national.exchange.url, "api_key": national.hospital_key},
+                "pacs": [{"name": "main", "ae_title": "PACS", "host": "127.0.0.1", "port": 104}],
             },
         )
     )

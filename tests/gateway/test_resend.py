@@ -18,7 +18,7 @@ from aifi.gateway.routing import route_study
 from aifi.gateway.state import GatewayState, ReceivedInstance, RoutedJob
 from aifi.phantoms import write_study
 from support.hospital import Hospital
-from support.national import National, gateway_without_pacs
+from support.national import National, started_gateway
 from support.peers import storescu
 
 STUDY = "1.2.826.0.1.3680043.10.1.2"
@@ -31,7 +31,7 @@ def test_a_study_sent_again_after_its_result_was_delivered_is_not_analysed_again
 ) -> None:
     write_study("ct-head", tmp_path / "study", seed=6, size="small")
     files = sorted((tmp_path / "study").rglob("*.dcm"))
-    with gateway_without_pacs(tmp_path, national) as gateway:
+    with started_gateway(tmp_path, national) as gateway:
         storescu(files, gateway.port)
         assert gateway.wait_until(
             lambda: [j["state"] for j in gateway.jobs()] == ["delivered"], timeout=60

@@ -11,7 +11,7 @@ import pytest
 from aifi.gateway.exchange_client import ENDED_PAGE
 from aifi.phantoms import write_study
 from aifi.products import tissue_volume
-from support.national import National, gateway_without_pacs
+from support.national import National, started_gateway
 from support.peers import storescu
 
 
@@ -37,7 +37,7 @@ def test_a_page_of_jobs_the_gateway_cannot_bring_home_holds_back_no_result(
             ).raise_for_status()
     write_study("ct-head", tmp_path / "study", seed=3, size="small")
 
-    with gateway_without_pacs(tmp_path, national) as gateway:
+    with started_gateway(tmp_path, national) as gateway:
         # The gateway has met every one of them, and waits five minutes to look at them again.
         assert gateway.wait_until(
             lambda: caplog.text.count("is not one this gateway knows") >= unknown, timeout=30

@@ -15,7 +15,7 @@ from aifi.phantoms import write_study
 from aifi.products import tissue_volume
 from aifi.vendor import VendorClient, Worker
 from scale.servers import wait_for
-from support.national import VENDOR, National, gateway_without_pacs
+from support.national import VENDOR, National, started_gateway
 from support.peers import storescu
 
 #: A product no worker serves until the test starts one, so the job waits while it likes.
@@ -33,7 +33,7 @@ def test_results_purged_before_the_gateway_fetched_them_end_its_job_with_that_re
     write_study("ct-head", tmp_path / "study", seed=7, size="small")
     routes = [{"product": PRODUCT, "modalities": ["CT"]}]
 
-    with gateway_without_pacs(tmp_path, national, routes=routes) as gateway:
+    with started_gateway(tmp_path, national, routes=routes) as gateway:
         storescu(sorted((tmp_path / "study").rglob("*.dcm")), gateway.port)
         assert gateway.wait_until(
             lambda: [j["state"] for j in gateway.jobs()] == ["submitted"], timeout=60
@@ -61,7 +61,7 @@ def test_results_purged_before_the_gateway_fetched_them_end_its_job_with_that_re
     purged = retention.sweep(now=utcnow() + timedelta(days=31))
     assert purged.jobs == {exchange_id} and purged.results > 0
 
-    with gateway_without_pacs(tmp_path, national, routes=routes) as gateway:
+    with started_gateway(tmp_path, national, routes=routes) as gateway:
         assert gateway.wait_until(
             lambda: [j["state"] for j in gateway.jobs()] == ["ended"], timeout=60
         ), gateway.jobs()

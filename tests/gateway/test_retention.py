@@ -16,7 +16,7 @@ from aifi.gateway.service import Gateway
 from aifi.gateway.state import GatewayState, ReceivedInstance, RoutedJob
 from aifi.gateway.vault import Forgotten, Vault
 from aifi.phantoms import write_study
-from support.national import National, gateway_without_pacs
+from support.national import National, started_gateway
 from support.peers import storescu
 
 HOUR = 3600.0
@@ -44,7 +44,7 @@ def test_a_study_leaves_the_gateway_retain_hours_after_its_job_ended(
 ) -> None:
     write_study("ct-head", tmp_path / "study", seed=5, size="small")
     files = sorted((tmp_path / "study").rglob("*.dcm"))
-    with gateway_without_pacs(tmp_path, national, retain_hours=2) as gateway:
+    with started_gateway(tmp_path, national, retain_hours=2) as gateway:
         storescu(files, gateway.port)
         assert gateway.wait_until(
             lambda: [j["state"] for j in gateway.jobs()] == ["delivered"], timeout=60
@@ -75,7 +75,7 @@ def test_a_study_leaves_the_gateway_retain_hours_after_its_job_ended(
         # So does the disclosure log, by the patient it names: it outlives the study.
         patient = str(pydicom.dcmread(files[0], stop_before_pixels=True).PatientID)
         logged = gateway.disclosures.entries(patient_id=patient)
-        assert [e.action for e in logged] == ["disclosed", "reidentified"]
+        assert [e.action for e in logged] == ["disclosed", "reidentified", "delivered"]
         assert gateway.disclosures.verify() == []
         totals = gateway.state.totals()
         assert totals["purged_bytes"] == totals["purged_uploaded_bytes"] == held

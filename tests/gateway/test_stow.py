@@ -25,7 +25,7 @@ from aifi.gateway.config import load_config
 from aifi.gateway.service import Gateway
 from aifi.phantoms import write_study
 from aifi.products import tissue_volume
-from support.national import National, gateway_config, gateway_without_pacs
+from support.national import National, gateway_config, started_gateway
 from support.peers import free_port, storescu
 
 pytestmark = pytest.mark.peer
@@ -80,7 +80,7 @@ def stow_gateway(national: National, tmp_path: Path) -> Iterator[tuple[Gateway, 
         "port": 0,
         "senders": [{"name": SENDER, "password_file": str(path)}],
     }
-    with gateway_without_pacs(tmp_path / "gw", national, dicomweb=web, metrics_port=0) as gateway:
+    with started_gateway(tmp_path / "gw", national, dicomweb=web, metrics_port=0) as gateway:
         yield gateway, password
 
 
@@ -353,7 +353,7 @@ def test_over_tls_a_sender_that_trusts_the_certificate_is_served(
     files = ct_study(tmp_path / "a", seed=71)
     boundary = "tls" + secrets.token_hex(6)
     body = multipart([("application/dicom", f.read_bytes()) for f in files], boundary)
-    with gateway_without_pacs(tmp_path / "gw", national, dicomweb=web) as gateway:
+    with started_gateway(tmp_path / "gw", national, dicomweb=web) as gateway:
         assert gateway.stow_url is not None and gateway.stow_url.startswith("https://")
         trust = ssl.create_default_context()
         ca.configure_trust(trust)

@@ -164,7 +164,7 @@ def test_a_round_the_lost_disk_made_is_listed_and_once_adopted_comes_home_once(
     [disclosed] = [e for e in entries if e.detail.startswith(f"exchange job {exchange_id}:")]
     assert disclosed.action == "disclosed" and disclosed.patient_id == original.PatientID
     assert "adopted (decided by pacs admin)" in disclosed.detail
-    assert [e.action for e in entries][-2:] == ["disclosed", "reidentified"]
+    assert [e.action for e in entries][-3:] == ["disclosed", "reidentified", "delivered"]
 
     assert exported_unknown(gateway) == 0.0
     gateway._bring_home()  # nothing more: adopted once, brought home once
@@ -349,7 +349,8 @@ def test_a_job_let_go_that_never_opened_went_to_the_exchange_alone_and_its_study
     lose_the_disk(hospital)
     gateway = restored(hospital, backup)
     gateway.reconcile_restore()
-    gateway.client.cancel_job(exchange_id, "expired: its inputs never completed")
+    with hospital.national.api() as api:  # ended at the exchange, its inputs never complete
+        api.post(f"/jobs/{exchange_id}/cancel", json={"reason": "expired"}).raise_for_status()
     ended = until_ended(hospital, exchange_id)
     assert not ended["inputs_complete"] and int(ended["input_count"]) > 0
     config = load_config(hospital.path)

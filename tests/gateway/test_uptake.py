@@ -22,14 +22,13 @@ def test_routing_rules_and_eligible_studies_reach_the_exchange(
     national: National, tmp_path: Path
 ) -> None:
     port = free_port()
-    path = gateway_config(tmp_path, national, port, 1)
+    path = gateway_config(tmp_path, national, port, national.pacs().dicom_port)
     config = yaml.safe_load(path.read_text())
     # Only axial head series are routed; a chest CT is eligible (the product reads any CT)
     # but not routed, so uptake is one in two.
     config["routes"] = [
         {"product": tissue_volume.PRODUCT_ID, "modalities": ["CT"], "body_parts": ["HEAD"]}
     ]
-    config["pacs"] = []
     path.write_text(yaml.safe_dump(config))
     write_study("ct-head", tmp_path / "head", seed=1, size="small")
     write_study("ct-chest", tmp_path / "chest", seed=1, size="small")

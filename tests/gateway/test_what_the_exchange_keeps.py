@@ -11,7 +11,7 @@ import pydicom
 import pytest
 
 from aifi.phantoms import write_study
-from support.national import National, gateway_without_pacs
+from support.national import National, started_gateway
 from support.peers import storescu
 
 pytestmark = pytest.mark.peer
@@ -30,7 +30,7 @@ def test_the_exchange_keeps_no_identifier_of_the_hospital_s(
         *(str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files),
         *IDENTITY.values(), "Jansen",
     }  # fmt: skip
-    with gateway_without_pacs(tmp_path, national) as gateway:
+    with started_gateway(tmp_path, national) as gateway:
         storescu(files, gateway.port)
         assert gateway.wait_until(
             lambda: [job["state"] for job in gateway.jobs()] == ["delivered"], timeout=120

@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import pydicom
-import yaml
 
 from aifi.gateway.config import load_config
 from aifi.gateway.disclosures import NotRecorded
@@ -75,18 +74,17 @@ class Network(httpx.BaseTransport):
 
 
 class Hospital:
-    """A gateway not started (the test turns its wheels), the study its modality sends, and
-    the network between the gateway and the exchange."""
+    """A gateway not started (the test turns its wheels), delivering to the national path's
+    PACS (`National.pacs`), the study its modality sends, and the network between the gateway
+    and the exchange."""
 
     def __init__(self, national: National, tmp_path: Path, retries: int = 0) -> None:
         self.retries = retries  # the client's own; 0: the test decides when the exchange is back
         write_study("ct-head", tmp_path / "study", seed=6, size="small")
         *self.files, self.late = sorted((tmp_path / "study").rglob("*.dcm"))
-        path = gateway_config(tmp_path, national, free_port(), 1, quiet_seconds=0.0)
-        config = yaml.safe_load(path.read_text())
-        config["pacs"] = []
-        path.write_text(yaml.safe_dump(config))
-        self.path = path
+        self.path = gateway_config(
+            tmp_path, national, free_port(), national.pacs().dicom_port, quiet_seconds=0.0
+        )
         self.national = national
         self.network = Network()
         self.gateway = self.open()
@@ -197,6 +195,11 @@ class Hospital:
         made, holding those."""
         self.receive(*self.files)
         assert self.route() == 1
+        return self.send_broken_off()
+
+    def send_broken_off(self) -> dict[str, Any]:
+        """The routed study's job is tried, and the try breaks off at the upload of the
+        study's first instance (`part_sent_then_broken_off`). The exchange's job it made."""
         [job] = self.jobs()
         broken = next(iter(self.pseudonyms(self.files[0])))
         passing = self.network.handle_request

@@ -20,7 +20,7 @@ from aifi.gateway.service import Gateway
 from aifi.products import tissue_volume
 from aifi.vendor import Handler, VendorClient, Worker
 from aifi.web import mount
-from support.peers import free_port
+from support.peers import OrthancPeer, free_port, start_orthanc
 
 OPERATOR_KEY = "aifi_gateway-test-operator-key-0123456789"
 HOSPITAL = "hospital-1"
@@ -33,6 +33,24 @@ class National:
     hospital_key: str
     vendor_key: str
     workers: list[threading.Thread] = field(default_factory=list)
+    #: Where the hospital's PACS keeps what it is sent (`pacs`).
+    folder: Path | None = None
+    _pacs: OrthancPeer | None = None
+
+    def pacs(self) -> OrthancPeer:
+        """The hospital's PACS: a real Orthanc that takes results from the gateway's AE title
+        (`AIFI_GW`), started when a test first needs it and stopped with the national path.
+        A gateway always has one to deliver to."""
+        if self._pacs is None:
+            assert self.folder is not None, "a national path made by `national_path`"
+            self._pacs = start_orthanc(
+                self.folder / "hospital-pacs", {"gateway": ("AIFI_GW", 11112)}
+            )
+        return self._pacs
+
+    def close(self) -> None:
+        if self._pacs is not None:
+            self._pacs.kill()
 
     def api(self, key: str | None = None) -> httpx.Client:
         return httpx.Client(
@@ -94,12 +112,12 @@ def gateway_config(
 
 
 @contextmanager
-def gateway_without_pacs(folder: Path, national: National, **settings: Any) -> Iterator[Gateway]:
-    """A started gateway on a free port with no PACS to deliver to (a job is done once its
-    results are home) and a 0.3 s quiet timer, `settings` laid over `gateway_config`'s."""
-    path = gateway_config(folder, national, free_port(), 1, quiet_seconds=0.3)
+def started_gateway(folder: Path, national: National, **settings: Any) -> Iterator[Gateway]:
+    """A started gateway on a free port delivering to the national path's PACS
+    (`National.pacs`), with a 0.3 s quiet timer, `settings` laid over `gateway_config`'s."""
+    path = gateway_config(folder, national, free_port(), national.pacs().dicom_port, 0.3)
     config = yaml.safe_load(path.read_text())
-    config.update(pacs=[], **settings)
+    config.update(**settings)
     path.write_text(yaml.safe_dump(config))
     gateway = Gateway(load_config(path))
     gateway.start()
@@ -137,7 +155,11 @@ def national_path(tmp_path: Path, product: Handler = tissue_volume.run) -> Itera
         )
         thread = threading.Thread(target=worker.run, args=(stop, 1.0), daemon=True)
         thread.start()
-        yield National(exchange, hospital_key, vendor_key, [thread])
+        national = National(exchange, hospital_key, vendor_key, [thread], tmp_path)
+        try:
+            yield national
+        finally:
+            national.close()
         stop.set()
         thread.join(timeout=30)
         vendor.close()

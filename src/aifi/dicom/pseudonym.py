@@ -12,6 +12,8 @@ import hmac
 import secrets
 from pathlib import Path
 
+from aifi.durable import fsync_path, make_folders, write_atomically
+
 #: Largest integer a `2.25.` UID may carry while staying within the 64-character UID limit.
 _UID_ROOT = "2.25."
 _UID_BITS = 128
@@ -71,9 +73,21 @@ class PseudonymKey:
 
 
 def create_secret_file(path: Path) -> None:
-    """Write a new 256-bit secret as hex, readable by its owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd_path = path.with_suffix(path.suffix + ".tmp")
-    fd_path.write_text(secrets.token_hex(32) + "\n")
-    fd_path.chmod(0o600)
-    fd_path.replace(path)
+    """Write a new 256-bit secret as hex, readable by its owner only from its first byte, and
+    durable when this returns: its bytes, its name and the folders made for it are on the
+    disk. A power cut just after must not take back a secret the gateway has begun to
+    pseudonymise with: every pseudonym made under it would be lost with it.
+
+    Raises
+    ------
+    FileExistsError
+        When `path` holds a secret already: a new one would give every patient new
+        pseudonyms (see docs/pseudonymisation.md, "Rotation").
+    """
+    if path.exists():
+        raise FileExistsError(f"{path} holds a pseudonymisation secret already")
+    made = make_folders(path.parent)
+    # A temporary file is made 0600, so the secret is never readable by others on the way.
+    write_atomically(path, lambda out: out.write(f"{secrets.token_hex(32)}\n".encode()), fsync=True)
+    for folder in made:
+        fsync_path(folder.parent)

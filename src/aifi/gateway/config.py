@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from aifi.gateway.notify import NotificationSettings
 from aifi.gateway.notify.fhir import endpoint_verify
@@ -15,7 +25,14 @@ from aifi.http import trusting
 AE_TITLE = r"^[ -~]{1,16}$"
 
 
-class DicomListener(BaseModel):
+class _Section(BaseModel):
+    """A part of the configuration. A key it does not know is refused, not ignored: `PACS:`
+    for `pacs:` would otherwise load as no PACS at all, and a mistyped timer as its default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class DicomListener(_Section):
     """Where modalities and the PACS send studies (the gateway's C-STORE SCP)."""
 
     ae_title: str = Field(default="AIFI_GW", pattern=AE_TITLE)
@@ -33,7 +50,7 @@ class DicomListener(BaseModel):
         return self.quiet_seconds_by_calling_ae.get(calling_ae.strip(), self.quiet_seconds)
 
 
-class StowSender(BaseModel):
+class StowSender(_Section):
     """A PACS or router allowed to send by STOW-RS, with HTTP Basic credentials."""
 
     #: The HTTP Basic user name (printable, no colon: Basic ends the name at the first); it
@@ -47,7 +64,7 @@ class StowSender(BaseModel):
         return self.password_file.read_text().strip()
 
 
-class DicomWebListener(BaseModel):
+class DicomWebListener(_Section):
     """Where a PACS or router that speaks DICOMweb sends studies: STOW-RS at
     `<scheme>://host:port/dicom-web/studies`."""
 
@@ -67,7 +84,7 @@ class DicomWebListener(BaseModel):
         return self
 
 
-class Route(BaseModel):
+class Route(_Section):
     """A routing rule: studies that match every given criterion go to `product`."""
 
     product: str
@@ -90,7 +107,7 @@ class Route(BaseModel):
         return value
 
 
-class PacsDestination(BaseModel):
+class PacsDestination(_Section):
     """A DICOM node that receives re-identified results by C-STORE."""
 
     name: str
@@ -99,7 +116,7 @@ class PacsDestination(BaseModel):
     port: int = Field(ge=1, le=65535)
 
 
-class ExchangeConnection(BaseModel):
+class ExchangeConnection(_Section):
     url: str
     api_key: str | None = None
     api_key_file: Path | None = None
@@ -117,7 +134,7 @@ class ExchangeConnection(BaseModel):
         raise ValueError("exchange.api_key or exchange.api_key_file must be set")
 
 
-class GatewayConfig(BaseModel):
+class GatewayConfig(_Section):
     hospital: str
     workdir: Path
     exchange: ExchangeConnection
@@ -125,8 +142,10 @@ class GatewayConfig(BaseModel):
     #: STOW-RS as well as C-STORE; off unless configured.
     dicomweb: DicomWebListener | None = None
     routes: list[Route] = Field(default_factory=list)
-    pacs: list[PacsDestination] = Field(default_factory=list)
-    #: The hospital's pseudonymisation secret; created (0600) on first start when missing.
+    #: Where re-identified results go, each in turn; at least one (`_results_go_somewhere`).
+    pacs: list[PacsDestination] = Field(default_factory=list, validate_default=True)
+    #: The hospital's pseudonymisation secret; made (0600) at the first start in a new
+    #: workdir, never over one holding the gateway's databases (`aifi.gateway.secret`).
     secret_file: Path | None = None
     #: Pixel regions (x, y, width, height) blanked when a product asks for Clean Pixel Data;
     #: without them, instances that may carry burned-in text are never sent.
@@ -147,6 +166,20 @@ class GatewayConfig(BaseModel):
     #: to be sent with the rest of its study, no longer than needed. 0: at the next sweep.
     retain_hours: float = Field(default=24.0, ge=0)
 
+    @field_validator("pacs")
+    @classmethod
+    def _results_go_somewhere(cls, pacs: list[PacsDestination]) -> list[PacsDestination]:
+        """A gateway with no PACS would take every result home to nowhere and acknowledge
+        it to the exchange as delivered: such a configuration is refused, not run."""
+        if not pacs:
+            raise PydanticCustomError(
+                "no_result_destination",
+                "no PACS to deliver results to: list at least one destination under `pacs` "
+                "(name, ae_title, host, port); without one, every result would be taken for "
+                "delivered and reach nobody",
+            )
+        return pacs
+
     @property
     def resolved_secret_file(self) -> Path:
         return self.secret_file or self.workdir / "secret.key"
@@ -154,6 +187,17 @@ class GatewayConfig(BaseModel):
 
 class ConfigError(ValueError):
     """The configuration file cannot be used; the message says which entry and why."""
+
+
+def _problem(error: Mapping[str, Any]) -> str:
+    """One validation error as the engineer reads it: where in the file, and what is wrong."""
+    where = ".".join(str(part) for part in error["loc"]) or "(the file as a whole)"
+    if error["type"] == "extra_forbidden":
+        return (
+            f"{where}: not a key the gateway knows (mistyped, or in the wrong section?); the "
+            "keys: docs/hospital-guide.md, section 3"
+        )
+    return f"{where}: {error['msg']}"
 
 
 def load_config(path: Path) -> GatewayConfig:
@@ -164,9 +208,7 @@ def load_config(path: Path) -> GatewayConfig:
     try:
         config = GatewayConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(_problem(err) for err in exc.errors())
         raise ConfigError(f"{path}: {problems}") from exc
     base = path.parent
     if not config.workdir.is_absolute():

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from aifi.gateway.pseudonymise import stray_inputs_reason
 from aifi.http import ApiClient
 from aifi.results.delivery import Delivery
 
@@ -16,6 +18,34 @@ if TYPE_CHECKING:
 ENDED = ("completed", "failed", "cancelled", "expired")
 #: Ended jobs listed at a time.
 ENDED_PAGE = 50
+
+
+class CancelReason(StrEnum):
+    """Why the gateway cancels an exchange job, as the exchange is told and keeps it.
+
+    The exchange only ever reads one of these phrases, the gateway's own words: a reason
+    written for the hospital (the job's local reason) may name a spool file, whose path holds
+    the study's own UIDs, or a de-identification error about an instance, and no identifier of
+    the hospital's may leave it. What is missing, and where, stays in the local reason.
+    """
+
+    nothing_accepted = "no series of the study is accepted by the product"
+    nothing_to_send = "no instance of the study could be pseudonymised for the product"
+    spool_gone = "instances missing at the gateway after a restore"
+    exchange_ended = "the exchange ended the job before it opened"
+    exchange_refused = "the exchange refused the job"
+    #: Said as `stray_inputs_reason` of the job: the gateway knows such a job again by it.
+    stray_inputs = "the job holds instances no longer in the study"
+
+
+def said_on_cancel(exchange_job_id: str, why: CancelReason) -> str:
+    """The text the exchange keeps for a job the gateway cancels: `why`'s phrase, or for
+    stray inputs the phrase that names the exchange's own job id (`Gateway.collect` knows the
+    job again by it). Nothing else goes: no text of the caller's can reach the exchange."""
+    why = CancelReason(why)  # a reason that is not one of the phrases is refused here
+    if why is CancelReason.stray_inputs:
+        return stray_inputs_reason(exchange_job_id)
+    return why.value
 
 
 class GatewayClient(ApiClient):
@@ -93,10 +123,11 @@ class GatewayClient(ApiClient):
         found = self.request("GET", "/jobs", params={"idempotency_key": idempotency_key}).json()
         return dict(found[0]) if found else None
 
-    def cancel_job(self, job_id: str, reason: str) -> dict[str, Any]:
+    def cancel_job(self, job_id: str, why: CancelReason) -> dict[str, Any]:
         """End a job the hospital no longer wants while it still takes inputs: one that
-        opened to vendors meanwhile is not cancelled (409)."""
-        body = {"reason": reason[:2000], "unopened_only": True}
+        opened to vendors meanwhile is not cancelled (409). The exchange is told `why` in the
+        gateway's own words (`said_on_cancel`), never a reason written for the hospital."""
+        body = {"reason": said_on_cancel(job_id, why), "unopened_only": True}
         return dict(self.request("POST", f"/jobs/{job_id}/cancel", json=body).json())
 
     def mark_ready(self, job_id: str, instances: int) -> dict[str, Any]:
@@ -141,5 +172,6 @@ class GatewayClient(ApiClient):
         to say nothing of any job's results (the exchange then knows nothing of them)."""
         body: dict[str, Any] = {"job_ids": job_ids}
         if not_delivered is not None:
-            body["not_delivered"] = {job: str(why) for job, why in not_delivered.items()}
+            # A closed set of words (`Delivery`): nothing of the hospital's goes with them.
+            body["not_delivered"] = {job: Delivery(why).value for job, why in not_delivered.items()}
         self.request("POST", "/jobs/acknowledge", json=body)

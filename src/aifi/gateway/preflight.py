@@ -26,12 +26,17 @@ from aifi.gateway.exchange_client import GatewayClient
 from aifi.gateway.notify.fhir import endpoint_verify
 from aifi.gateway.notify.reach import check_connection, http_client, target_label
 from aifi.gateway.notify.settings import FhirEndpoint, Hl7Endpoint, WebhookEndpoint
+from aifi.gateway.secret import missing_secret_problem
 from aifi.http import ExchangeHTTPError
 
 
 def preflight(config: GatewayConfig, client: GatewayClient | None = None) -> list[Check]:
     """Every check, in the order the guide sets the gateway up."""
-    checks = [_workdir(config.workdir), _secret(config.resolved_secret_file), _listener(config)]
+    checks = [
+        _workdir(config.workdir),
+        _secret(config.resolved_secret_file, config.workdir),
+        _listener(config),
+    ]
     if config.metrics_port is not None:
         checks.append(_exporter(config.metrics_host, config.metrics_port))
     if config.dicomweb is not None:
@@ -82,13 +87,17 @@ def _workdir(workdir: Path) -> Check:
     return Check(name, True, f"{workdir}, writable, private")
 
 
-def _secret(path: Path) -> Check:
+def _secret(path: Path, workdir: Path) -> Check:
     name = "pseudonymisation secret"
+    if (problem := missing_secret_problem(path, workdir)) is not None:
+        return Check(name, False, problem)
     if not path.exists():
         if not os.access(path.parent, os.W_OK | os.X_OK):
             return Check(name, False, f"{path} and its folder are missing, or not writable")
         return Check(
-            name, True, f"{path} is created at the first start (mode 0600): escrow it then"
+            name,
+            True,
+            f"{path} is created at the first start in this new workdir (mode 0600): escrow it then",
         )
     try:
         PseudonymKey.from_file(path)

@@ -15,19 +15,18 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import httpx
 import pydicom
 from pynetdicom import evt
 
 from aifi.app_thread import AppThread
-from aifi.dicom.pseudonym import PseudonymKey, create_secret_file
 from aifi.durable import replace_durably
 from aifi.file_lock import held_alone
 from aifi.gateway.adoption import Adoptions
 from aifi.gateway.backup import RESTORE_STAGING, WORKDIR_LOCK, restore_cut_off
-from aifi.gateway.config import DicomWebListener, GatewayConfig
+from aifi.gateway.config import ConfigError, DicomWebListener, GatewayConfig
 from aifi.gateway.dimse import (
     handle_echo,
     send_files,
@@ -37,7 +36,7 @@ from aifi.gateway.dimse import (
     unwritten,
 )
 from aifi.gateway.disclosures import Action, Anchor, DisclosureLog, NotRecorded
-from aifi.gateway.exchange_client import ENDED_PAGE, GatewayClient
+from aifi.gateway.exchange_client import ENDED_PAGE, CancelReason, GatewayClient
 from aifi.gateway.metrics import MetricsServer, start_metrics_server
 from aifi.gateway.notice_queue import NO_LONGER_SENT, NoticeSender, QueuedNotice
 from aifi.gateway.notify import Notifier
@@ -61,6 +60,7 @@ from aifi.gateway.receipt import (
 )
 from aifi.gateway.reidentify import reidentify_file
 from aifi.gateway.routing import route_study
+from aifi.gateway.secret import open_secret
 from aifi.gateway.state import GatewayState, ReceivedInstance, inputs_digest
 from aifi.gateway.stow import BASE as STOW_BASE
 from aifi.gateway.stow import stow_app
@@ -77,8 +77,13 @@ HEADER_TAGS = [
     "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality",
     "BodyPartExamined", "StudyDescription", "SeriesDescription",
 ]  # fmt: skip
+#: The exchange does not take the gateway's API key (revoked, expired, rotated and not
+#: replaced, mistyped): an outage of the gateway's credentials, which says nothing about any
+#: job. Jobs wait for the key, as for an exchange that is down. (A 403 is the exchange's
+#: answer about the job: its product suspended, the hospital not subscribed to it.)
+KEY_REFUSED = 401
 #: An exchange refusal (4xx but these) will not change on retry: the job is refused for good.
-RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
+RETRYABLE_STATUSES = frozenset({KEY_REFUSED, 408, 409, 425, 429})
 #: Seconds between looks for studies past `retain_hours`.
 RETENTION_SWEEP_SECONDS = 60.0
 #: The longest a study waits for assembly to be tried again after a failure (a full disk):
@@ -213,6 +218,20 @@ def backoff(attempts: int) -> float:
     return float(min(2 ** min(attempts, 8), 300))
 
 
+def key_refused(exc: BaseException) -> TypeGuard[ExchangeHTTPError]:
+    """Whether the exchange refused the gateway's API key rather than answered the request."""
+    return isinstance(exc, ExchangeHTTPError) and exc.status == KEY_REFUSED
+
+
+def key_refused_reason(exc: ExchangeHTTPError) -> str:
+    """What the engineer must do when the exchange does not take the gateway's API key."""
+    return (
+        f"the exchange does not accept the gateway's API key ({exc}): revoked, expired or "
+        "mistyped; put the hospital's current key in exchange.api_key_file and restart the "
+        "gateway. Nothing is lost: jobs wait and are tried again"
+    )
+
+
 class Gateway:
     def __init__(
         self,
@@ -220,6 +239,10 @@ class Gateway:
         client: GatewayClient | None = None,
         changed: threading.Condition | None = None,
     ) -> None:
+        if not config.pacs:
+            # `GatewayConfig` refuses this; a configuration copied or built past it too: every
+            # result would be taken for delivered and acknowledged, and reach nobody.
+            raise ConfigError("no PACS to deliver results to: list at least one under `pacs`")
         self.config = config
         workdir = config.workdir
         self.spool = workdir / "spool"
@@ -234,12 +257,10 @@ class Gateway:
         self._workdir_lock = ExitStack()
         self._hold_workdir()
         try:
+            # First: a workdir whose secret is gone is left as it is found (`SecretMissing`).
+            self.key = open_secret(config.resolved_secret_file, workdir)
             for folder in (self.spool, self.outbox, self.results_dir):
                 folder.mkdir(mode=0o700, exist_ok=True)
-            secret = config.resolved_secret_file
-            if not secret.exists():
-                create_secret_file(secret)
-            self.key = PseudonymKey.from_file(secret)
             self.state = GatewayState(workdir / "state.db")
             self.vault = Vault(workdir / "vault.db")
             self.disclosures = DisclosureLog(
@@ -761,7 +782,10 @@ class Gateway:
             instances = selected()
             if not instances:
                 self._refuse_sent(
-                    job, opened, f"no series of the study is accepted by {job['product_id']}"
+                    job,
+                    opened,
+                    f"no series of the study is accepted by {job['product_id']}",
+                    CancelReason.nothing_accepted,
                 )
                 return
             if _gone_from_spool(instances) and (gone := _gone_from_spool(instances := selected())):
@@ -912,8 +936,10 @@ class Gateway:
             self.state.mark_submitted(job_id, note, sent_with)
             if opened.get("acknowledged_at"):
                 self._settle_brought_home(self.state.job(job_id), opened)
-        except (ExchangeEnded, NothingToSend) as exc:
-            self._refuse_sent(job, opened, str(exc))
+        except ExchangeEnded as exc:
+            self._refuse_sent(job, opened, str(exc), CancelReason.exchange_ended)
+        except NothingToSend as exc:
+            self._refuse_sent(job, opened, str(exc), CancelReason.nothing_to_send)
         except NothingNew as exc:
             log.info("job %s skipped, nothing sent: %s", job_id, exc)
         except StrayInputs as exc:
@@ -922,8 +948,15 @@ class Gateway:
             log.warning("job %s: %s", job_id, exc)
             self.state.start_over(job_id, str(exc))
         except ExchangeHTTPError as exc:
-            if 400 <= exc.status < 500 and exc.status not in RETRYABLE_STATUSES:
-                self._refuse_sent(job, opened, f"the exchange refused the job: {exc.detail}")
+            if key_refused(exc):
+                self._retry(job, key_refused_reason(exc), level=logging.ERROR)
+            elif 400 <= exc.status < 500 and exc.status not in RETRYABLE_STATUSES:
+                self._refuse_sent(
+                    job,
+                    opened,
+                    f"the exchange refused the job: {exc.detail}",
+                    CancelReason.exchange_refused,
+                )
             else:
                 self._retry(job, str(exc))
         except httpx.TransportError as exc:
@@ -1010,6 +1043,7 @@ class Gateway:
                 opened,
                 f"{gone_from_spool}: not put back with the restore of the gateway; send the "
                 "study again from the PACS",
+                CancelReason.spool_gone,
             )
 
     def _start_over(self, job: Any, opened: dict[str, Any], exc: StrayInputs) -> None:
@@ -1020,7 +1054,7 @@ class Gateway:
         job_id, exchange_id = int(job["id"]), exc.exchange_job_id
         log.warning("job %s: %s; cancelling it, and sending the job as a new one", job_id, exc)
         try:
-            if self._withdraw(exchange_id, str(exc)).get("inputs_complete"):
+            if self._withdraw(exchange_id, CancelReason.stray_inputs).get("inputs_complete"):
                 # Opened meanwhile: it stands as it opened, which the next try finds
                 # (`AlreadyOpen`).
                 self._retry(job, f"{exc}; it opened to vendors meanwhile, and stands")
@@ -1047,8 +1081,12 @@ class Gateway:
         self.state.start_over(job_id, f"{exc}: cancelled, sent again as a new job")
         self._acknowledge_unopened(job_id, exchange_id)
 
-    def _refuse_sent(self, job: Any, opened: Mapping[str, Any], reason: str) -> None:
-        """Refuse a job, first settling what its attempts left at the exchange.
+    def _refuse_sent(
+        self, job: Any, opened: Mapping[str, Any], reason: str, why: CancelReason
+    ) -> None:
+        """Refuse a job, first settling what its attempts left at the exchange. `reason` is
+        the hospital's (it may name spool files and so the study's own UIDs); the exchange is
+        told `why` alone.
 
         An earlier attempt, or this one before the refusal, may have made the exchange's job
         and uploaded instances to it. Left as it is, a job still taking inputs would wait at
@@ -1087,7 +1125,7 @@ class Gateway:
                 self._stands_as_opened(job, held, reason)
                 return
             if held["state"] == "requested":
-                held = self._withdraw(exchange_id, reason)
+                held = self._withdraw(exchange_id, why)
                 if held.get("inputs_complete"):
                     self._stands_as_opened(job, held, reason)
                     return
@@ -1102,13 +1140,13 @@ class Gateway:
         self._refuse(job_id, reason)
         self._acknowledge_unopened(job_id, exchange_id)
 
-    def _withdraw(self, exchange_id: str, reason: str) -> dict[str, Any]:
+    def _withdraw(self, exchange_id: str, why: CancelReason) -> dict[str, Any]:
         """Cancel the exchange's job while it still takes inputs; the job as it is then:
         cancelled now, ended before (cancelled by a try before), or opened to vendors meanwhile
         by an earlier try's request the exchange finished late (`inputs_complete`), which the
         exchange does not cancel (409)."""
         try:
-            return self.client.cancel_job(exchange_id, reason)
+            return self.client.cancel_job(exchange_id, why)
         except ExchangeHTTPError as refused:
             if refused.status != 409:
                 raise
@@ -1209,9 +1247,9 @@ class Gateway:
         log.warning("job %s refused: %s", job_id, reason)
         self.state.update_job(job_id, state="refused", reason=reason, ended_at=time.time())
 
-    def _retry(self, job: Any, reason: str) -> None:
+    def _retry(self, job: Any, reason: str, level: int = logging.WARNING) -> None:
         delay = backoff(int(job["attempts"]))
-        log.warning("job %s: %s; retrying in %.0f s", job["id"], reason, delay)
+        log.log(level, "job %s: %s; retrying in %.0f s", job["id"], reason, delay)
         self.state.retry_job_later(int(job["id"]), reason, delay)
 
     # results -------------------------------------------------------------------------------
@@ -1228,7 +1266,10 @@ class Gateway:
                 failures = 0
             except (ExchangeHTTPError, httpx.TransportError, OSError, sqlite3.Error) as exc:
                 failures += 1
-                log.warning("result poll failed: %s", exc)
+                if key_refused(exc):
+                    log.error("results not brought home: %s", key_refused_reason(exc))
+                else:
+                    log.warning("result poll failed: %s", exc)
                 self._stop.wait(backoff(failures))
             except Exception:  # never let results stop coming home for good: log, wait, go on
                 failures += 1
@@ -1699,17 +1740,9 @@ class Gateway:
                         f"result {name} cannot be filed in the PACS "
                         f"({type(exc).__name__}: {exc}); nothing of this job was delivered"
                     ) from exc
-                try:
-                    self.disclosures.record(
-                        Action.reidentified,
-                        patient_id=patient,
-                        study_uid=study,
-                        recipient="this gateway",
-                        detail=f"result {name} of {product}",
-                    )
-                except NotRecorded:
-                    restored.unlink(missing_ok=True)  # re-identified, and recorded, next time
-                    raise
+            # Whether re-identified now or on an earlier pass (which may have stopped before
+            # its entry was written: a crash, the log's disk full).
+            self._disclose_reidentified(patient, study, f"result {name} of {product}")
             ready.append((name, restored))
         self._queue_result_notice(local, job, known, [path for _name, path in ready])
         self._key_image(local_id, [path for _name, path in ready], folder / "key-image.png")
@@ -1746,6 +1779,31 @@ class Gateway:
             self._retry_at[exchange_id] = time.time() + backoff(attempts)
             return None
         return len(ready)
+
+    def _disclose_reidentified(self, patient_id: str, study_uid: str, detail: str) -> None:
+        """Put a result's re-identification on the disclosure log, once.
+
+        The re-identified copy is kept before its entry is written, and a pass that stopped
+        in between (the gateway killed, the log's disk full) leaves the copy without one: the
+        next pass finds the copy, and writes the entry then. So the entry is looked for first,
+        and written only when the log does not hold it; a log that cannot be read raises
+        (tried again later) rather than risk a second entry.
+
+        Raises
+        ------
+        NotRecorded
+            When the log cannot be written.
+        """
+        earlier = self.disclosures.entries(study_uid=study_uid)
+        if any(e.action == Action.reidentified and e.detail == detail for e in earlier):
+            return
+        self.disclosures.record(
+            Action.reidentified,
+            patient_id=patient_id,
+            study_uid=study_uid,
+            recipient="this gateway",
+            detail=detail,
+        )
 
     def _queue_result_notice(
         self,

@@ -1,0 +1,110 @@
+"""The pseudonymisation secret: made once, durably, for a new workdir; never made again over a
+workdir that earlier runs keyed with it (every pseudonym would change, and jobs the exchange
+holds under their keys could not go on). Such a gateway refuses to start and says where the
+secret comes back from: the hospital's key escrow."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from aifi.cli import app
+from aifi.dicom.pseudonym import PseudonymKey, create_secret_file
+from aifi.gateway.config import load_config
+from aifi.gateway.preflight import preflight
+from aifi.gateway.secret import SecretMissing
+from aifi.gateway.service import Gateway
+from gateway.test_disclosures import offline_gateway_config
+
+
+def started_once(tmp_path: Path) -> tuple[Path, str]:
+    """A gateway opened on a new workdir and closed again, as after its first run; its
+    configuration, and what a UID is pseudonymised to under the secret it made."""
+    path = offline_gateway_config(tmp_path)
+    gateway = Gateway(load_config(path))
+    try:
+        pseudonym = gateway.key.uid("1.2.826.0.1.3680043.8.498.1")
+    finally:
+        gateway.close()
+    return path, pseudonym
+
+
+def contents(folder: Path) -> dict[str, int]:
+    """Every file and folder under `folder`, with its size (0 for folders)."""
+    return {
+        str(path.relative_to(folder)): path.stat().st_size if path.is_file() else 0
+        for path in folder.rglob("*")
+    }
+
+
+def test_a_new_workdir_gets_a_secret_private_and_on_the_disk(
+    tmp_path: Path, fsynced: list[str]
+) -> None:
+    path, _ = started_once(tmp_path)
+    secret = load_config(path).resolved_secret_file
+    assert secret.stat().st_mode & 0o777 == 0o600
+    assert len(bytes.fromhex(secret.read_text().strip())) == 32
+    # Its bytes flushed before the folder that holds its name.
+    assert str(secret.parent) in fsynced, fsynced
+    written = fsynced.index(str(secret.parent))
+    assert any(Path(p).parent == secret.parent for p in fsynced[:written]), fsynced
+
+
+def test_a_workdir_whose_secret_is_gone_is_not_started_and_left_as_it_was(
+    tmp_path: Path,
+) -> None:
+    """The secret's volume not mounted, say: no new secret, no new folder; the gateway's
+    command, and its check, say to put the escrowed one back."""
+    path, pseudonym = started_once(tmp_path)
+    config = load_config(path)
+    secret = config.resolved_secret_file
+    escrow = tmp_path / "key-escrow.key"
+    shutil.move(secret, escrow)
+    before = contents(config.workdir)
+
+    with pytest.raises(SecretMissing) as refused:
+        Gateway(config)
+    message = str(refused.value)
+    assert f"the pseudonymisation secret {secret} is missing" in message
+    assert "state.db, vault.db, disclosures.db" in message
+    assert "put the hospital's secret back from its key escrow" in message
+    assert not secret.exists()
+    assert contents(config.workdir) == before
+
+    result = CliRunner().invoke(app, ["gateway", "--config", str(path)])
+    assert result.exit_code == 1, result.output
+    assert "cannot start: the pseudonymisation secret" in result.output
+    assert not secret.exists() and contents(config.workdir) == before
+
+    [check] = [c for c in preflight(config) if c.name == "pseudonymisation secret"]
+    assert not check.ok and "key escrow" in check.detail, check
+
+    # Put back from the escrow: the gateway starts, and pseudonymises as before.
+    shutil.move(escrow, secret)
+    gateway = Gateway(config)
+    try:
+        assert gateway.key.uid("1.2.826.0.1.3680043.8.498.1") == pseudonym
+    finally:
+        gateway.close()
+
+
+def test_the_check_tells_a_new_workdir_its_secret_comes_at_the_first_start(
+    tmp_path: Path,
+) -> None:
+    config = load_config(offline_gateway_config(tmp_path))
+    config.workdir.mkdir(mode=0o700)  # as the guide has it made at installation
+    [check] = [c for c in preflight(config) if c.name == "pseudonymisation secret"]
+    assert check.ok and "created at the first start" in check.detail, check
+    assert not config.resolved_secret_file.exists()
+
+
+def test_a_secret_is_never_written_over(tmp_path: Path) -> None:
+    secret = tmp_path / "pseudonym.key"
+    create_secret_file(secret)
+    kept = PseudonymKey.from_file(secret).uid("1.2.3")
+    with pytest.raises(FileExistsError, match="holds a pseudonymisation secret already"):
+        create_secret_file(secret)
+    assert PseudonymKey.from_file(secret).uid("1.2.3") == kept

@@ -173,12 +173,16 @@ def test_an_api_key_file_that_is_not_there_is_named(site: dict[str, Any], tmp_pa
 def test_a_secret_that_cannot_be_created_fails_before_the_first_start(
     site: dict[str, Any], tmp_path: Path
 ) -> None:
-    site["secret_file"] = str(tmp_path / "no-such-folder" / "pseudonym.key")
+    (tmp_path / "a-file").write_text("not a folder")
+    site["secret_file"] = str(tmp_path / "a-file" / "keys" / "pseudonym.key")
     checks = _by_name(preflight(load_config(_write(tmp_path, site))))
     secret = checks["pseudonymisation secret"]
-    assert not secret.ok and "missing" in secret.detail
-    site["secret_file"] = str(tmp_path / "pseudonym-new.key")
-    assert _by_name(preflight(load_config(_write(tmp_path, site))))["pseudonymisation secret"].ok
+    assert not secret.ok and "is missing and" in secret.detail and "a-file" in secret.detail
+    # A folder still to be made (on the first start, with the secret) is no trouble.
+    for path in (tmp_path / "pseudonym-new.key", tmp_path / "keys" / "pseudonym.key"):
+        site["secret_file"] = str(path)
+        checks = _by_name(preflight(load_config(_write(tmp_path, site))))
+        assert checks["pseudonymisation secret"].ok, checks["pseudonymisation secret"]
 
 
 def test_the_result_notice_channels_are_tried_without_sending_a_notice(

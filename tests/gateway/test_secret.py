@@ -95,10 +95,12 @@ def test_the_check_tells_a_new_workdir_its_secret_comes_at_the_first_start(
     tmp_path: Path,
 ) -> None:
     config = load_config(offline_gateway_config(tmp_path))
-    config.workdir.mkdir(mode=0o700)  # as the guide has it made at installation
-    [check] = [c for c in preflight(config) if c.name == "pseudonymisation secret"]
-    assert check.ok and "created at the first start" in check.detail, check
-    assert not config.resolved_secret_file.exists()
+    for made in (False, True):  # before the workdir is made, and once it is (still empty)
+        if made:
+            config.workdir.mkdir(mode=0o700)
+        [check] = [c for c in preflight(config) if c.name == "pseudonymisation secret"]
+        assert check.ok and "created at the first start" in check.detail, check
+        assert not config.resolved_secret_file.exists()
 
 
 def test_a_secret_is_never_written_over(tmp_path: Path) -> None:

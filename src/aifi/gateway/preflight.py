@@ -92,8 +92,10 @@ def _secret(path: Path, workdir: Path) -> Check:
     if (problem := missing_secret_problem(path, workdir)) is not None:
         return Check(name, False, problem)
     if not path.exists():
-        if not os.access(path.parent, os.W_OK | os.X_OK):
-            return Check(name, False, f"{path} and its folder are missing, or not writable")
+        # Its folders are made with it (the workdir's, say, on a first start).
+        nearest = next(folder for folder in path.parents if folder.exists())
+        if not nearest.is_dir() or not os.access(nearest, os.W_OK | os.X_OK):
+            return Check(name, False, f"{path} is missing and {nearest} is not writable")
         return Check(
             name,
             True,

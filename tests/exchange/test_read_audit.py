@@ -111,3 +111,60 @@ def test_on_postgresql_a_read_holds_no_transaction_and_its_connection_goes_back_
     finally:
         database.dispose()
         chosen.close()
+
+
+@pytest.mark.parametrize("size", [16, 1024], ids=["small", "large"])
+def test_a_blob_gone_before_it_is_read_is_a_404_on_record_as_refused(
+    exchange: Any, parties: dict[str, Any], make_ct: Any, size: int
+) -> None:
+    """The row is found but its blob is gone (lost with a restored store, taken meanwhile):
+    the caller gets 404 saying so, and the log does not say the pixels were read."""
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    study = make_ct(slices=1, size=size)
+    job = exchange.ready_job(hospital, "product-a", study)
+    claim = exchange.claim(vendor)
+    [item] = claim["inputs"]
+    services = exchange.client.app.state.services
+    with services.db.session() as session:
+        [key] = session.execute(
+            text("SELECT blob_key FROM job_inputs WHERE job_id = :id"), {"id": job["id"]}
+        ).scalars()
+    services.blobs.delete(key)
+    got = exchange.client.get(
+        f"/jobs/{job['id']}/inputs/{item['sop_instance_uid']}",
+        headers={"X-Lease-Token": claim["lease_token"], **vendor.headers},
+    )
+    assert got.status_code == 404 and "is no longer held" in got.json()["detail"]
+    reads = [e for e in _entries(exchange, job["id"]) if e[:2] == ("read", "input")]
+    assert [outcome for _action, _kind, _id, outcome, _p in reads] == ["refused"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)  # files
+def test_a_large_file_taken_while_it_is_sent_still_arrives_whole(
+    exchange: Any, parties: dict[str, Any], make_ct: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large input in the local store, deleted (retention, a newer copy) once its download
+    began: the download, which opened it, sends it whole."""
+    from aifi.exchange.routers import data as data_module
+
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    study = make_ct(slices=1, size=1024)
+    assert study[0].stat().st_size > data_module.INLINE_BYTES
+    job = exchange.ready_job(hospital, "product-a", study)
+    claim = exchange.claim(vendor)
+    [item] = claim["inputs"]
+    fetched = data_module._fetched
+
+    def then_deleted(services: Any, key: str, *args: Any) -> Any:
+        blob = fetched(services, key, *args)
+        services.blobs.delete(key)
+        return blob
+
+    monkeypatch.setattr(data_module, "_fetched", then_deleted)
+    got = exchange.client.get(
+        f"/jobs/{job['id']}/inputs/{item['sop_instance_uid']}",
+        headers={"X-Lease-Token": claim["lease_token"], **vendor.headers},
+    )
+    assert got.status_code == 200
+    assert got.content == study[0].read_bytes()
+    assert got.headers["content-length"] == str(len(got.content))

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Executable, Row, and_, bindparam, delete, or_, select
 from sqlalchemy.orm import Session
@@ -44,6 +44,9 @@ CHECK_FIRST_BYTES = 1024 * 1024
 SUMMARY_LIMIT = 1024 * 1024
 #: The longest Content-Type a result's row keeps: `JobResult.media_type`, String(100).
 MEDIA_TYPE_CHARACTERS = 100
+
+#: What a download makes of a blob it may read.
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -336,8 +339,16 @@ class Transfers:
         return rows
 
     def input_blob(
-        self, actor: Actor, job_id: str, sop_uid: str, lease_token: str | None
-    ) -> JobInput:
+        self,
+        actor: Actor,
+        job_id: str,
+        sop_uid: str,
+        lease_token: str | None,
+        fetch: Callable[[JobInput], T],
+    ) -> T:
+        """What `fetch` makes of the input's blob (its bytes, or a stream begun), if the
+        caller may read it; fetched inside the audited read, so that a blob gone meanwhile is
+        on record as refused, not as read."""
         with self._audit.reading(actor, "read", "input", f"{job_id}/{sop_uid}") as read:
             job, row = self._jobs.visible_with(
                 read.session, actor, job_id, _INPUT_OF_JOB, sop_uid=sop_uid
@@ -350,8 +361,9 @@ class Transfers:
                 )
             if row is None or row.purged_at is not None:
                 raise NotFound(f"job {job_id} has no input {sop_uid}")
+            fetched = fetch(row)
             read.succeeded(patient_pseudonym=job.patient_pseudonym)
-        return row
+        return fetched
 
     # results -------------------------------------------------------------------------------
 
@@ -576,8 +588,14 @@ class Transfers:
         return found
 
     def result_blob(
-        self, actor: Actor, job_id: str, name: str, lease_token: str | None
-    ) -> JobResult:
+        self,
+        actor: Actor,
+        job_id: str,
+        name: str,
+        lease_token: str | None,
+        fetch: Callable[[JobResult], T],
+    ) -> T:
+        """What `fetch` makes of the result's blob, as :meth:`input_blob`."""
         with self._audit.reading(actor, "read", "result", f"{job_id}/{name}") as read:
             job, row = self._jobs.visible_with(
                 read.session, actor, job_id, _RESULT_OF_JOB, name=name
@@ -590,5 +608,6 @@ class Transfers:
                 )
             if row is None:
                 raise NotFound(f"job {job_id} has no result {name!r}")
+            fetched = fetch(row)
             read.succeeded(patient_pseudonym=job.patient_pseudonym)
-        return row
+        return fetched

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, BinaryIO
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from aifi.exchange.blobs import CHUNK
 from aifi.exchange.deps import CallerDep, LeaseHeader, ServicesDep
 from aifi.exchange.errors import NotFound
 from aifi.exchange.schemas import InputOut, ResultOut
@@ -27,33 +29,44 @@ INLINE_BYTES = 1024 * 1024
 
 @dataclass(frozen=True)
 class Blob:
-    """A blob the caller may read: where it is, and its bytes when it is small."""
+    """A blob the caller may read: its bytes when it is small, else its stream, begun."""
 
-    key: str
     media_type: str
     filename: str
     body: bytes | None
-    #: A large blob in an object store: its stream, its first chunk already fetched.
+    #: A large blob: its stream (from the object store, its first chunk already fetched; from
+    #: a file, opened), and its size when known before it is sent.
     chunks: Iterator[bytes] | None = None
+    size: int | None = None
 
 
 def _fetched(services: Services, key: str, size: int, media_type: str, filename: str) -> Blob:
     """Read a small blob now (on the caller's worker thread). A large one streams, but only
     once the store has shown it holds it: a stream cannot turn into a 404 after it began. A
-    file is asked with a stat; an object store by its first chunk, which the stream then
-    starts with (a separate HEAD cost 70 % of a 2 MiB download from a loopback S3 server)."""
+    file is opened here (deleted afterwards, by retention or a newer copy, it is still read
+    whole); an object store is asked for its first chunk, which the stream then starts with
+    (a separate HEAD cost 70 % of a 2 MiB download from a loopback S3 server)."""
     try:
         path = services.blobs.local_path(key)
         if size <= INLINE_BYTES:
             body = path.read_bytes() if path is not None else b"".join(services.blobs.read(key))
-            return Blob(key, media_type, filename, body)
+            return Blob(media_type, filename, body)
         if path is not None:
-            path.stat()
-            return Blob(key, media_type, filename, None)
+            opened = path.open("rb")
+            return Blob(
+                media_type, filename, None, _read(opened), os.fstat(opened.fileno()).st_size
+            )
         chunks = services.blobs.read(key)
-        return Blob(key, media_type, filename, None, _begun(next(chunks, b""), chunks))
+        return Blob(media_type, filename, None, _begun(next(chunks, b""), chunks))
     except FileNotFoundError as exc:  # purged meanwhile, or lost with a restored store
         raise NotFound(f"{filename} is no longer held") from exc
+
+
+def _read(opened: BinaryIO) -> Iterator[bytes]:
+    """An open file's bytes, a chunk at a time; closed when the stream ends or is closed."""
+    with opened:
+        while chunk := opened.read(CHUNK):
+            yield chunk
 
 
 def _begun(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
@@ -63,17 +76,16 @@ def _begun(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
 
 
 def _blob_response(services: Services, blob: Blob) -> Response:
-    disposition = {"Content-Disposition": f'attachment; filename="{blob.filename}"'}
+    headers = {"Content-Disposition": f'attachment; filename="{blob.filename}"'}
     if blob.body is not None:
-        return Response(blob.body, media_type=blob.media_type, headers=disposition)
-    if blob.chunks is None:
-        path = services.blobs.local_path(blob.key)
-        assert path is not None, "a large blob of an object store comes with its stream"
-        return FileResponse(path, media_type=blob.media_type, filename=blob.filename)
+        return Response(blob.body, media_type=blob.media_type, headers=headers)
+    assert blob.chunks is not None, "a large blob comes with its stream"
+    if blob.size is not None:
+        headers["Content-Length"] = str(blob.size)
     return StreamingResponse(
         services.transfers.threads.stream(blob.chunks),
         media_type=blob.media_type,
-        headers=disposition,
+        headers=headers,
     )
 
 
@@ -111,9 +123,14 @@ async def get_input(
     lease: LeaseHeader = None,
 ) -> Response:
     def fetch() -> Blob:
-        row = services.transfers.input_blob(caller, job_id, sop_instance_uid, lease)
-        return _fetched(
-            services, row.blob_key, row.size, "application/dicom", f"{sop_instance_uid}.dcm"
+        return services.transfers.input_blob(
+            caller,
+            job_id,
+            sop_instance_uid,
+            lease,
+            lambda row: _fetched(
+                services, row.blob_key, row.size, "application/dicom", f"{sop_instance_uid}.dcm"
+            ),
         )
 
     return _blob_response(services, await run_in_threadpool(fetch))
@@ -163,7 +180,12 @@ async def get_result(
     job_id: str, name: str, caller: CallerDep, services: ServicesDep, lease: LeaseHeader = None
 ) -> Response:
     def fetch() -> Blob:
-        row = services.transfers.result_blob(caller, job_id, name, lease)
-        return _fetched(services, row.blob_key, row.size, row.media_type, name)
+        return services.transfers.result_blob(
+            caller,
+            job_id,
+            name,
+            lease,
+            lambda row: _fetched(services, row.blob_key, row.size, row.media_type, name),
+        )
 
     return _blob_response(services, await run_in_threadpool(fetch))

@@ -91,21 +91,23 @@ class Attempts:
         return blobs_under(self.services.blobs, result_folder(self.job["id"]))
 
     def job_is_held(self) -> bool:
-        """Whether another transaction that wants the job's row for writing must wait: on
-        PostgreSQL a shared row lock, asked for without waiting (it stands beside another
-        shared one); on SQLite the database's write lock, asked for without waiting."""
+        """Whether another transaction that wants the job's row for writing is kept waiting:
+        on PostgreSQL a shared row lock (it stands beside another shared one), on SQLite the
+        database's write lock. Each is waited for up to two seconds, past the moments the
+        exchange's own sweeps hold it."""
         db = self.services.db
         if db.is_postgresql:
             with db.engine.connect() as other:
+                other.execute(text("SET lock_timeout = '2s'"))
                 try:
                     other.execute(
-                        text("SELECT id FROM jobs WHERE id = :id FOR SHARE NOWAIT"),
+                        text("SELECT id FROM jobs WHERE id = :id FOR SHARE"),
                         {"id": self.job["id"]},
                     )
                 except OperationalError:
                     return True
                 return False
-        other = sqlite3.connect(db.url.removeprefix("sqlite:///"), timeout=0)
+        other = sqlite3.connect(db.url.removeprefix("sqlite:///"), timeout=2)
         try:
             other.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,6 +40,29 @@ def test_deleting_a_folder_takes_every_blob_under_it_and_nothing_else(tmp_path: 
     assert not (tmp_path / "blobs" / "inputs" / "job-1").exists()
     assert store.size("inputs/job-10/c.dcm") == 1
     assert store.delete_under("inputs/job-2/") == 0
+
+
+def test_a_folder_that_cannot_be_listed_is_an_error_not_an_empty_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retention takes what `delete_under` answers for done: a folder it could not read
+    (a permission, a disk error) must not pass for one with nothing in it."""
+    store = LocalBlobStore(tmp_path / "blobs")
+    path = store.local_path("inputs/job-3/series/a.dcm")
+    assert path is not None
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"x")
+    scandir = os.scandir
+
+    def unreadable(folder: Any = ".") -> Any:
+        if Path(folder).name == "series":
+            raise PermissionError(13, "Permission denied", str(folder))
+        return scandir(folder)
+
+    monkeypatch.setattr(os, "scandir", unreadable)
+    with pytest.raises(PermissionError):
+        store.delete_under("inputs/job-3/")
+    assert path.exists()
 
 
 async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:

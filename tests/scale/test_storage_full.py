@@ -86,6 +86,9 @@ def test_a_full_blob_store_refuses_with_507_and_keeps_what_it_had(
             )
         metrics = client.get("/metrics").text
         assert 'aifi_exchange_errors_total{kind="storage_full"} 1.0' in metrics
+        # The exchange's own trouble, not a refusal of the hospital: not in its access log.
+        audit = client.get("/audit", params={"limit": 5000}, headers=exchange.operator.headers)
+        assert [e for e in audit.json() if e["outcome"] == "refused"] == []
 
         # Space freed: the same upload now succeeds (the uploader's retry is all it takes).
         (tiny_disk / "ballast").unlink()

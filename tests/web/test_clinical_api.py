@@ -77,6 +77,15 @@ def test_only_an_admitted_product_takes_subscriptions_and_jobs(
         )
     with pillar.api("other-vendor") as other:
         assert other.get(f"/products/{PRODUCT}/dossier").status_code == 404
+    with pillar.api("operator") as operator:  # the refused admission is on record, once
+        audit = operator.get("/audit", params={"limit": 5000}).json()
+        refusals = [
+            (e["action"], e["object_type"], e["object_id"])
+            for e in audit
+            if e["organisation_id"] == "hospital-a" and e["outcome"] == "refused"
+        ]
+        assert refusals.count(("update", "admission", PRODUCT)) == 1, refusals
+        assert ("update", "product", PRODUCT) not in refusals, refusals
     admit(pillar, tmp_path)
     with pillar.api("hospital-a") as hospital:
         assert hospital.post("/subscriptions", json={"product_id": PRODUCT}).status_code == 201

@@ -125,7 +125,9 @@ def create_app(
     @app.exception_handler(ExchangeError)
     async def _exchange_error(request: Request, exc: ExchangeError) -> JSONResponse:
         caller = getattr(request.state, "caller", None)
-        if not exc.audited and caller is not None and request.method in CHANGES:
+        # A 5xx (a full store) is the exchange's trouble, not a refusal of the caller.
+        refusal = exc.status < 500 and not exc.audited
+        if refusal and caller is not None and request.method in CHANGES:
             await run_in_threadpool(_audit_refused_change, services, request, caller, exc)
         return JSONResponse({"detail": exc.message}, status_code=exc.status)
 

@@ -197,7 +197,8 @@ class LocalBlobStore:
         if not top.is_dir():
             return 0
         deleted = 0
-        for parent, folders, files in os.walk(top, topdown=False):
+        # A folder that cannot be listed would be passed by in silence, and taken for empty.
+        for parent, folders, files in os.walk(top, topdown=False, onerror=_raise):
             for name in files:
                 Path(parent, name).unlink(missing_ok=True)
                 deleted += 1
@@ -207,6 +208,10 @@ class LocalBlobStore:
         with contextlib.suppress(OSError):
             top.rmdir()
         return deleted
+
+
+def _raise(error: OSError) -> None:
+    raise error
 
 
 def open_blob_store(url: str, spool: Path | None = None) -> BlobStore:

@@ -38,6 +38,9 @@ from aifi.exchange.schemas import ENDED_STATES
 from aifi.exchange.settings import ExchangeSettings
 
 BATCH = 500
+#: Jobs the blob store may refuse in one sweep before it stops: each is passed by in the
+#: next query by id, one parameter each.
+MOST_REFUSED = 1000
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +151,14 @@ class Retention:
         in it, and mark the job swept, so that each job is visited once."""
         refused: list[str] = []  # by the blob store, in this sweep
         while True:
+            if len(refused) >= MOST_REFUSED:
+                # A store refusing this many refuses them all (a bucket-wide lock, a lost
+                # permission): the rest waits for the next sweep, and the alert is firing.
+                log.error(
+                    "retention: the blob store refused %d jobs' %ss in this sweep; the rest "
+                    "wait for the next", len(refused), kind.name,
+                )  # fmt: skip
+                return
             jobs = self._due(kind, cutoff, refused)
             if not jobs:
                 return

@@ -388,17 +388,17 @@ class Transfers:
             raise Invalid(
                 f"job {job_id}: result name {name!r} is not allowed (letters, digits, . _ -)"
             )
-        if len(media_type) > MEDIA_TYPE_CHARACTERS:
-            raise Invalid(
-                f"job {job_id} result {name}: the Content-Type is {len(media_type)} characters "
-                f"long; at most {MEDIA_TYPE_CHARACTERS} are kept (application/dicom or "
-                "application/json, with parameters)"
-            )
         if actor.role != OrganisationKind.vendor:
             raise Forbidden("only the vendor holding a job uploads its results")
         if lease_token is None:
             raise Conflict(
                 f"job {job_id}: present the lease token (X-Lease-Token) to upload results"
+            )
+        if len(media_type) > MEDIA_TYPE_CHARACTERS:
+            raise Invalid(
+                f"job {job_id} result {name}: the Content-Type is {len(media_type)} characters "
+                f"long; at most {MEDIA_TYPE_CHARACTERS} are kept (application/dicom or "
+                "application/json, with parameters)"
             )
         leased = None
         if length is None or length > CHECK_FIRST_BYTES:

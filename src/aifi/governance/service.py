@@ -244,10 +244,9 @@ class ClinicalService:
         try:
             new = transition(product.status, action, actor_role=actor.role, product_id=product_id)
         except AdmissionError as exc:
-            self._audit.record(
-                actor, "update", "admission", product_id, outcome="refused", detail=str(exc)
-            )
-            raise (Forbidden if exc.rule == "admission-role" else Conflict)(str(exc)) from exc
+            refusal = (Forbidden if exc.rule == "admission-role" else Conflict)(str(exc))
+            self._audit.refused(actor, "update", "admission", product_id, refusal)
+            raise refusal from exc
         except ValueError as exc:
             raise Invalid(str(exc)) from exc
         if AdmissionAction(action) in (AdmissionAction.submit, AdmissionAction.admit):

@@ -54,8 +54,8 @@ class Attempts:
         return claim
 
     def upload(self, claim: dict[str, Any], name: str) -> None:
-        """A real result (the reference product's SR) under `name`; a refusal is kept in
-        `failed_uploads` too (an upload may run on a thread of its own)."""
+        """A real result (the reference product's SR) under `name`. A refusal is kept in
+        `failed_uploads`, for the test to judge when the upload ran on a thread of its own."""
         output = Path(tempfile.mkdtemp(dir=self.folder, prefix=name))
         made = tissue_volume(JobContext(job={}, inputs=self.study, output_dir=output))
         put = self.exchange.client.put(
@@ -65,7 +65,8 @@ class Attempts:
         )
         if put.status_code != 201:
             self.failed_uploads.append(f"{put.status_code} {put.text}")
-        assert put.status_code == 201, put.text
+        if threading.current_thread() is threading.main_thread():
+            assert put.status_code == 201, put.text
 
     def complete(self, claim: dict[str, Any]) -> Any:
         return self.exchange.client.post(

@@ -254,9 +254,10 @@ def test_a_measurement_that_does_not_fit_refuses_the_message() -> None:
         finding_code="SCT:1",
         tracking_id="t",
         tracking_uid="2.25.1",
-        measurements={"Volume": MeasuredValue(value=float("inf"), unit="mL")},
+        # A summary refuses a number that is not finite; one too long for NM it holds.
+        measurements={"Volume": MeasuredValue(value=1e20, unit="mL")},
     )
-    with pytest.raises(OruBuildError, match="finite"):
+    with pytest.raises(OruBuildError, match="does not fit an HL7 NM"):
         build_oru_r01(make_notice(make_summary(findings=[finding])), ENDPOINT)
 
 

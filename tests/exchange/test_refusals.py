@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pydicom
 import pytest
@@ -13,6 +13,14 @@ import pytest
 from scale.exchange_api import OPERATOR_KEY, SUMMARY, sr_for
 
 OPERATOR = {"Authorization": f"Bearer {OPERATOR_KEY}"}
+
+
+class Claimed(NamedTuple):
+    study: list[Path]
+    job: dict[str, Any]
+    claim: dict[str, Any]
+    lease: dict[str, str]
+
 
 #: A finding as a summary lists it, and a measurement that is not a number.
 FINDING = {
@@ -236,14 +244,20 @@ def test_an_input_of_another_study_or_not_dicom_is_refused(
     assert truncated.status_code == 422
 
 
-def test_an_invalid_result_is_refused_with_rule_and_attribute(
-    exchange: Any, parties: dict[str, Any], make_ct: Any
-) -> None:
+def claimed(exchange: Any, parties: dict[str, Any], make_ct: Any) -> Claimed:
+    """Hospital A's one-instance study, its job claimed by vendor A, and the vendor's headers
+    with the lease."""
     hospital, vendor = parties["hospital_a"], parties["vendor_a"]
     study = make_ct(slices=1)
     job = exchange.ready_job(hospital, "product-a", study)
     claim = exchange.claim(vendor)
-    lease = {"X-Lease-Token": claim["lease_token"], **vendor.headers}
+    return Claimed(study, job, claim, {"X-Lease-Token": claim["lease_token"], **vendor.headers})
+
+
+def test_an_invalid_result_is_refused_with_rule_and_attribute(
+    exchange: Any, parties: dict[str, Any], make_ct: Any
+) -> None:
+    study, job, claim, lease = claimed(exchange, parties, make_ct)
     # An input image sent back is a valid DICOM file but names no algorithm.
     response = exchange.client.put(
         f"/jobs/{job['id']}/results/echo.dcm", content=study[0].read_bytes(), headers=lease
@@ -286,11 +300,8 @@ def test_a_completion_with_a_summary_that_is_not_one_is_refused_and_the_job_stay
 ) -> None:
     """The summary sent with the completion feeds the worklist flag and the evaluation as
     one uploaded as a result does, and is checked alike (a NaN also broke PostgreSQL)."""
-    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
-    study = make_ct(slices=1)
-    job = exchange.ready_job(hospital, "product-a", study)
-    claim = exchange.claim(vendor)
-    lease = {"X-Lease-Token": claim["lease_token"], **vendor.headers}
+    vendor = parties["vendor_a"]
+    study, job, claim, lease = claimed(exchange, parties, make_ct)
     sr = sr_for(study, tmp_path / "sr")
     put = exchange.client.put(
         f"/jobs/{job['id']}/results/sr.dcm", content=sr.read_bytes(), headers=lease
@@ -317,10 +328,7 @@ def test_a_completion_with_a_summary_that_is_not_one_is_refused_and_the_job_stay
 def test_a_summary_result_with_a_nan_is_refused(
     exchange: Any, parties: dict[str, Any], make_ct: Any
 ) -> None:
-    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
-    job = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
-    claim = exchange.claim(vendor)
-    lease = {"X-Lease-Token": claim["lease_token"], **vendor.headers}
+    _study, job, _claim, lease = claimed(exchange, parties, make_ct)
     body = {**SUMMARY, "findings": [{**FINDING, "measurements": {"volume": NAN_ML}}]}
     refused = exchange.client.put(
         f"/jobs/{job['id']}/results/summary.json",
@@ -336,20 +344,13 @@ def test_a_result_with_a_content_type_too_long_to_keep_is_refused(
     exchange: Any, parties: dict[str, Any], make_ct: Any, tmp_path: Path
 ) -> None:
     """PostgreSQL answered a bare 500 (SQLite kept it whole): the limit is said up front."""
-    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
-    study = make_ct(slices=1)
-    job = exchange.ready_job(hospital, "product-a", study)
-    claim = exchange.claim(vendor)
+    study, job, _claim, lease = claimed(exchange, parties, make_ct)
     sr = sr_for(study, tmp_path / "sr").read_bytes()
     long_type = "application/dicom; transfer-syntax=1.2.840.10008.1.2.1; " + "x" * 80
     refused = exchange.client.put(
         f"/jobs/{job['id']}/results/sr.dcm",
         content=sr,
-        headers={
-            "Content-Type": long_type,
-            "X-Lease-Token": claim["lease_token"],
-            **vendor.headers,
-        },
+        headers={"Content-Type": long_type, **lease},
     )
     assert refused.status_code == 422
     assert (
@@ -358,11 +359,7 @@ def test_a_result_with_a_content_type_too_long_to_keep_is_refused(
     accepted = exchange.client.put(
         f"/jobs/{job['id']}/results/sr.dcm",
         content=sr,
-        headers={
-            "Content-Type": long_type[:100],
-            "X-Lease-Token": claim["lease_token"],
-            **vendor.headers,
-        },
+        headers={"Content-Type": long_type[:100], **lease},
     )
     assert accepted.status_code == 201, accepted.text
     assert accepted.json()["media_type"] == long_type[:100]
@@ -390,42 +387,32 @@ def test_changes_refused_to_another_tenant_are_in_the_access_log(
     job = exchange.ready_job(hospital, "product-a", study)
     claim = exchange.claim(vendor)
     job_id, uid = job["id"], pydicom.dcmread(study[0]).SOPInstanceUID
+    sr = sr_for(study, tmp_path / "sr").read_bytes()
+    lease = {"X-Lease-Token": claim["lease_token"]}
+    # Who tries what, and what the access log must say of it: (action, object type, object
+    # id, route).
     probes = [
-        ("put", f"/jobs/{job_id}/inputs/{uid}", other_hospital, {"content": study[0].read_bytes()}),
-        ("post", f"/jobs/{job_id}/cancel", other_hospital, {"json": {"reason": "mine now"}}),
-        (
-            "put",
-            f"/jobs/{job_id}/results/sr.dcm",
-            other_vendor,
-            {
-                "content": sr_for(study, tmp_path / "sr").read_bytes(),
-                "headers": {"X-Lease-Token": claim["lease_token"]},
-            },
-        ),
-        ("post", f"/jobs/{job_id}/heartbeat", other_vendor, {"json": {"lease_token": "x"}}),
-    ]
-    for method, path, org, kwargs in probes:
+        (other_hospital, "PUT", f"inputs/{uid}", {"content": study[0].read_bytes()},
+         ("create", "input", f"{job_id}/{uid}", "PUT /jobs/{job_id}/inputs/{sop_instance_uid}")),
+        (other_hospital, "POST", "cancel", {"json": {"reason": "mine now"}},
+         ("update", "job", job_id, "POST /jobs/{job_id}/cancel")),
+        (other_vendor, "PUT", "results/sr.dcm", {"content": sr, "headers": lease},
+         ("create", "result", f"{job_id}/sr.dcm", "PUT /jobs/{job_id}/results/{name}")),
+        (other_vendor, "POST", "heartbeat", {"json": {"lease_token": "x"}},
+         ("update", "job", job_id, "POST /jobs/{job_id}/heartbeat")),
+    ]  # fmt: skip
+    for org, method, path, kwargs, _logged in probes:
         headers = {**kwargs.pop("headers", {}), **org.headers}
-        answer = exchange.client.request(method.upper(), path, headers=headers, **kwargs)
+        answer = exchange.client.request(
+            method, f"/jobs/{job_id}/{path}", headers=headers, **kwargs
+        )
         assert answer.status_code == 404, (path, answer.text)
-    assert refusals_by(exchange, other_hospital.id) == [
-        (
-            "create",
-            "input",
-            f"{job_id}/{uid}",
-            f"PUT /jobs/{{job_id}}/inputs/{{sop_instance_uid}}: no job {job_id!r}",
-        ),
-        ("update", "job", job_id, f"POST /jobs/{{job_id}}/cancel: no job {job_id!r}"),
-    ]
-    assert refusals_by(exchange, other_vendor.id) == [
-        (
-            "create",
-            "result",
-            f"{job_id}/sr.dcm",
-            f"PUT /jobs/{{job_id}}/results/{{name}}: no job {job_id!r}",
-        ),
-        ("update", "job", job_id, f"POST /jobs/{{job_id}}/heartbeat: no job {job_id!r}"),
-    ]
+    for org in (other_hospital, other_vendor):
+        assert refusals_by(exchange, org.id) == [
+            (action, kind, object_id, f"{route}: no job {job_id!r}")
+            for by, _method, _path, _kwargs, (action, kind, object_id, route) in probes
+            if by is org
+        ]
     # The job is as it was.
     held = exchange.client.get(f"/jobs/{job_id}", headers=vendor.headers).json()
     assert held["state"] == "accepted"
@@ -434,17 +421,12 @@ def test_changes_refused_to_another_tenant_are_in_the_access_log(
 def test_a_refusal_a_service_logs_itself_is_logged_once(
     exchange: Any, parties: dict[str, Any], make_ct: Any
 ) -> None:
-    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
-    study = make_ct(slices=1)
-    job = exchange.ready_job(hospital, "product-a", study)
-    claim = exchange.claim(vendor)
+    study, job, _claim, lease = claimed(exchange, parties, make_ct)
     echo = exchange.client.put(  # an input sent back names no algorithm
-        f"/jobs/{job['id']}/results/echo.dcm",
-        content=study[0].read_bytes(),
-        headers={"X-Lease-Token": claim["lease_token"], **vendor.headers},
+        f"/jobs/{job['id']}/results/echo.dcm", content=study[0].read_bytes(), headers=lease
     )
     assert echo.status_code == 422
-    [(action, kind, object_id, detail)] = refusals_by(exchange, vendor.id)
+    [(action, kind, object_id, detail)] = refusals_by(exchange, parties["vendor_a"].id)
     assert (action, kind, object_id) == ("create", "result", f"{job['id']}/echo.dcm")
     assert detail == echo.json()["detail"]
 

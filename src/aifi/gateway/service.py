@@ -1156,6 +1156,7 @@ class Gateway:
         """Tell the exchange a job that ended before it opened is settled: nothing of it is
         to be brought home. If that fails, the results thread acknowledges it (`collect`)."""
         try:
+            self.state.make_durable()
             self.client.acknowledge(exchange_id)
         except (ExchangeHTTPError, httpx.TransportError) as failed:
             log.warning(
@@ -1457,6 +1458,7 @@ class Gateway:
         """
         if not exchange_ids:
             return
+        self.state.make_durable()  # what was brought home, before the exchange forgets it
         said = {
             exchange_id: self._not_delivered[exchange_id]
             for exchange_id in exchange_ids

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from aifi.durable import fsync_path
 from aifi.gateway import tallies
 from aifi.gateway.tallies import Tally
 
@@ -617,6 +618,21 @@ class GatewayState(StateReads):
             finally:
                 if self._reader.in_transaction:  # SQLite may have ended it on an error
                     self._reader.execute("ROLLBACK")
+
+    def make_durable(self) -> None:
+        """Put every commit so far on the disk.
+
+        The state runs in WAL mode with `synchronous=NORMAL`: a commit survives the gateway
+        being killed, but only a checkpoint syncs the log, so a power cut could take back the
+        last commits. Before the exchange is told what follows from them and cannot be taken
+        back (a job brought home), the log is synced: else a job marked delivered, and
+        acknowledged, could wake up submitted, waiting for ever for a job the exchange no
+        longer lists, its identifiable spool never purged.
+        """
+        with self._lock:
+            log_file = self._path.with_name(self._path.name + "-wal")
+            if log_file.exists():
+                fsync_path(log_file)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

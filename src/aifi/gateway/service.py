@@ -82,8 +82,9 @@ HEADER_TAGS = [
 #: job. Jobs wait for the key, as for an exchange that is down. (A 403 is the exchange's
 #: answer about the job: its product suspended, the hospital not subscribed to it.)
 KEY_REFUSED = 401
-#: An exchange refusal (4xx but these) will not change on retry: the job is refused for good.
-RETRYABLE_STATUSES = frozenset({KEY_REFUSED, 408, 409, 425, 429})
+#: An exchange refusal (4xx but these and `KEY_REFUSED`) will not change on retry: the job is
+#: refused for good.
+RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
 #: Seconds between looks for studies past `retain_hours`.
 RETENTION_SWEEP_SECONDS = 60.0
 #: The longest a study waits for assembly to be tried again after a failure (a full disk):

@@ -629,10 +629,11 @@ class GatewayState(StateReads):
         acknowledged, could wake up submitted, waiting for ever for a job the exchange no
         longer lists, its identifiable spool never purged.
         """
-        with self._lock:
-            log_file = self._path.with_name(self._path.name + "-wal")
-            if log_file.exists():
-                fsync_path(log_file)
+        # Without the state's lock: what was committed before this call is in the log's file,
+        # and instances arriving meanwhile need not wait for the disk.
+        log_file = self._path.with_name(self._path.name + "-wal")
+        if log_file.exists():
+            fsync_path(log_file)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

@@ -241,13 +241,9 @@ class S3Server:
 def shared_s3(config: pytest.Config) -> S3Server:
     server = config.stash.get(_S3, None)
     if server is None:
-        from moto.server import ThreadedMotoServer
-
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)
         os.environ.update(S3_CREDENTIALS)
         port = free_port()
-        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        moto.start()
+        moto = start_moto(port)
         server = S3Server(port, moto)
         config.stash[_S3] = server
         config.add_cleanup(moto.stop)
@@ -255,6 +251,17 @@ def shared_s3(config: pytest.Config) -> S3Server:
 
 
 _S3 = pytest.StashKey[S3Server]()
+
+
+def start_moto(port: int) -> Any:
+    """An S3 server (moto) answering on loopback `port`. Every server of this process keeps
+    its buckets in one place, so one stopped and started again on its port still has them."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    moto.start()
+    return moto
 
 
 # exchange replicas and nginx ---------------------------------------------------------------

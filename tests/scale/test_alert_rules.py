@@ -86,6 +86,10 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             'aifi_exchange_errors_total{kind="server", instance="r1"}': "0+60x20",
             'aifi_exchange_errors_total{kind="unavailable", instance="r2"}': "0+600x20",
             'aifi_exchange_errors_total{kind="storage_full", instance="r1"}': "0x20 1x20",
+            # r2 cannot reach the object store once at 3m (a store restarting), then from 26m
+            # to 41m; ExchangeErrors leaves these to their own alert.
+            'aifi_exchange_errors_total{kind="blob_store_unavailable", instance="r2"}':
+                "0x2 1x22 1+30x15 451x40",
             'aifi_exchange_errors_total{kind="audit_archive", instance="r2"}': "0x30 1x10",
             # r1's retention sweep fails from 20m on; r2's linking failed for three minutes at
             # 41m and then went on.
@@ -158,6 +162,11 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             quiet("BlobStoreFull", "20m"),
             fires("BlobStoreFull", "22m", "The exchange refused writes for lack of space"),
             quiet("BlobStoreFull", "30m"),  # five quiet minutes since
+            quiet("BlobStoreUnavailable", "8m"),  # the blip at 3m
+            quiet("BlobStoreUnavailable", "30m"),  # not yet for five minutes
+            fires("BlobStoreUnavailable", "33m", "The exchange cannot reach its object store"),
+            quiet("BlobStoreUnavailable", "50m"),  # back at 41m
+            quiet("ExchangeErrors", "38m"),  # the store's outage alone
             quiet("AuditArchiveFailing", "30m"),
             fires("AuditArchiveFailing", "31m", "An access-log archiving round failed"),
             quiet("ExchangeBackgroundFailing", "29m"),  # failing, not yet for ten minutes

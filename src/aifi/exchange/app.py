@@ -19,7 +19,7 @@ import aifi
 from aifi.exchange.audit import ANCHOR_SECONDS, Actor, AuditAnchors
 from aifi.exchange.audit_archive import AuditArchiver
 from aifi.exchange.errors import ExchangeError
-from aifi.exchange.metrics import ExchangeMetrics, MetricsMiddleware
+from aifi.exchange.metrics import ERROR_KIND, ExchangeMetrics, MetricsMiddleware
 from aifi.exchange.refused_changes import CHANGES, refused_change
 from aifi.exchange.replica_changes import ReplicaChanges
 from aifi.exchange.retention import Retention
@@ -129,7 +129,10 @@ def create_app(
         refusal = exc.status < 500 and not exc.audited
         if refusal and caller is not None and request.method in CHANGES:
             await run_in_threadpool(_audit_refused_change, services, request, caller, exc)
-        return JSONResponse({"detail": exc.message}, status_code=exc.status)
+        if exc.error_kind is not None:
+            request.scope[ERROR_KIND] = exc.error_kind
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+        return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=headers)
 
     async def _database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
         # A database restart or failover, a busy SQLite file, an exhausted pool: transient.

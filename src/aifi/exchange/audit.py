@@ -188,7 +188,8 @@ class AuditLog:
                 if joins and read.rows:
                     session.info.setdefault(_PENDING, []).extend(read.rows)
         except ExchangeError as exc:
-            self.refused(actor, action, object_type, object_id, exc)
+            if exc.status < 500:  # a store that is down is the exchange's trouble, not a refusal
+                self.refused(actor, action, object_type, object_id, exc)
             raise
         if not joins and read.rows:
             self._store(read.rows)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,12 @@ from urllib.parse import parse_qs, urlparse
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as StoreConnectionError
 from s3transfer.utils import ReadFileChunk
 
 from aifi.exchange.blobs import CHUNK, TempBlob, spool
-from aifi.exchange.errors import StorageFull
+from aifi.exchange.errors import BlobStoreUnavailable, StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,32 @@ class S3Location:
 def storage_full(exc: ClientError) -> bool:
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     return _code(exc) in FULL_CODES or status == 507
+
+
+def store_unavailable(exc: BotoCoreError | ClientError) -> bool:
+    """Whether `exc` says the store could not be reached or had trouble of its own (a 5xx
+    other than no room), rather than anything about the request."""
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return int(status) >= 500 and not storage_full(exc)
+    return isinstance(exc, StoreConnectionError | HTTPClientError)
+
+
+@contextmanager
+def answering(doing: str) -> Iterator[None]:
+    """The store's outage, once boto3's own retries are spent, as the exchange's 503
+    (:class:`BlobStoreUnavailable`): the gateway and the vendor SDK wait and try again, and
+    `aifi_exchange_errors_total{kind="blob_store_unavailable"}` tells the operator. The
+    caller learns what was being done, not the store's address."""
+    try:
+        yield
+    except (BotoCoreError, ClientError) as exc:
+        if not store_unavailable(exc):
+            raise
+        log.warning("the object store is unavailable (%s): %s", doing, exc)
+        raise BlobStoreUnavailable(
+            f"the exchange's object store is unavailable ({doing}); retry shortly"
+        ) from exc
 
 
 def s3_client(location: S3Location) -> Any:
@@ -135,11 +163,14 @@ class S3BlobStore:
     def commit(self, temp: TempBlob, key: str) -> None:
         """Send the spooled upload to the bucket under `key`; the object appears whole or not."""
         try:
-            if temp.size <= self.location.part_bytes:
-                with temp.path.open("rb") as body:
-                    self.client.put_object(Bucket=self.bucket, Key=self.object_key(key), Body=body)
-            else:
-                self._multipart(temp, self.object_key(key))
+            with answering("storing an upload; nothing was stored"):
+                if temp.size <= self.location.part_bytes:
+                    with temp.path.open("rb") as body:
+                        self.client.put_object(
+                            Bucket=self.bucket, Key=self.object_key(key), Body=body
+                        )
+                else:
+                    self._multipart(temp, self.object_key(key))
         except ClientError as exc:
             if storage_full(exc):
                 raise StorageFull(
@@ -203,9 +234,12 @@ class S3BlobStore:
         start, total = 0, None
         while total is None or start < total:
             try:
-                answer = self.client.get_object(
-                    Bucket=self.bucket, Key=object_key, Range=f"bytes={start}-{start + step - 1}"
-                )
+                with answering("reading"):
+                    answer = self.client.get_object(
+                        Bucket=self.bucket,
+                        Key=object_key,
+                        Range=f"bytes={start}-{start + step - 1}",
+                    )
             except ClientError as exc:
                 if start == 0 and _code(exc) == "InvalidRange":
                     return  # an empty object has no first byte to ask for
@@ -215,15 +249,17 @@ class S3BlobStore:
             total = _total_size(answer, start)
             body = answer["Body"]
             try:
-                for chunk in body.iter_chunks(CHUNK):
-                    start += len(chunk)
-                    yield chunk
+                with answering("reading"):
+                    for chunk in body.iter_chunks(CHUNK):
+                        start += len(chunk)
+                        yield chunk
             finally:
                 body.close()
 
     def size(self, key: str) -> int:
         try:
-            head = self.client.head_object(Bucket=self.bucket, Key=self.object_key(key))
+            with answering("reading"):
+                head = self.client.head_object(Bucket=self.bucket, Key=self.object_key(key))
         except ClientError as exc:
             if _code(exc) in MISSING:
                 raise FileNotFoundError(f"no object {self.object_key(key)!r}") from exc
@@ -231,11 +267,18 @@ class S3BlobStore:
         return int(head["ContentLength"])
 
     def delete(self, key: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
+        with answering("deleting"):
+            self.client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
 
     def delete_under(self, folder: str) -> int:
         """Delete every object under `folder`, a page (up to 1,000) at a time; how many went."""
         prefix = self.object_key(folder)
+        deleted = 0
+        with answering("purging"):
+            deleted = self._delete_pages(prefix)
+        return deleted
+
+    def _delete_pages(self, prefix: str) -> int:
         deleted = 0
         pages = self.client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=prefix

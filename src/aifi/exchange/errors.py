@@ -7,6 +7,12 @@ class ExchangeError(Exception):
     """Base: `status` is the HTTP status the caller gets, the message is the detail it reads."""
 
     status = 400
+    #: Seconds the caller is told to wait before trying again (`Retry-After`), for an answer
+    #: that is the exchange's trouble and will pass.
+    retry_after: int | None = None
+    #: The `aifi_exchange_errors_total` kind of an answer that is the exchange's trouble, when
+    #: its status alone does not say it.
+    error_kind: str | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -36,3 +42,14 @@ class Invalid(ExchangeError):
 
 class StorageFull(ExchangeError):
     status = 507
+    retry_after = 60
+
+
+class BlobStoreUnavailable(ExchangeError):
+    """The object store could not be reached, or answered with trouble of its own, after the
+    client's own retries: nothing was stored or read, and a retry shortly is expected to work.
+    Not the database's 503 (`unavailable`): its own alert names the store."""
+
+    status = 503
+    retry_after = 5
+    error_kind = "blob_store_unavailable"

@@ -404,10 +404,16 @@ class ExchangeMetrics:
         """The exposition text and its content type."""
         return _render(self.registry), CONTENT_TYPE_LATEST
 
-    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+    def observe(
+        self, method: str, route: str, status: int, seconds: float, kind: str | None = None
+    ) -> None:
+        """Count a request; `kind`: its error kind when its status alone does not say it (an
+        object store that is down answers 503, as a database that is down does)."""
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(method, route).observe(seconds)
-        if status == 507:
+        if kind is not None:
+            self.errors.labels(kind).inc()
+        elif status == 507:
             self.errors.labels("storage_full").inc()
         elif status == 503:
             self.errors.labels("unavailable").inc()
@@ -421,6 +427,10 @@ def data_kind(path: str) -> str | None:
     if len(parts) == 4 and parts[0] == "jobs" and parts[2] in ("inputs", "results"):
         return parts[2].removesuffix("s")
     return None
+
+
+#: The scope key under which the app's error handler leaves an answer's error kind.
+ERROR_KIND = "aifi.error_kind"
 
 
 class MetricsMiddleware:
@@ -463,7 +473,9 @@ class MetricsMiddleware:
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
             method = scope.get("method", "GET")
-            self.metrics.observe(method, route, status, time.perf_counter() - started)
+            self.metrics.observe(
+                method, route, status, time.perf_counter() - started, scope.get(ERROR_KIND)
+            )
             if kind and status < 400:
                 if method == "PUT":
                     self.metrics.upload_bytes.labels(kind).inc(received)

@@ -41,8 +41,11 @@ NOT_LET_IN = frozenset({401, 403})
 #: Seconds between tries while the exchange does not let the worker in: each refusal is an
 #: entry in the exchange's access log, so a wrong key must not knock every second.
 NOT_LET_IN_PAUSE = 60.0
-#: Seconds a finished result is kept and offered again while the exchange's storage is full
-#: (507), and the first and longest pauses between tries.
+#: The exchange's storage has no room (507), or is down (503: its object store or database,
+#: past the client's own retries of about 20 s): a finished result is kept and offered again.
+STORAGE_TROUBLE = {507: "has no room for", 503: "cannot store"}
+#: Seconds a finished result is kept and offered again while the exchange's storage is in
+#: trouble (`STORAGE_TROUBLE`), and the first and longest pauses between tries.
 STORAGE_WAIT_SECONDS = 900.0
 STORAGE_FIRST_PAUSE = 1.0
 STORAGE_LONGEST_PAUSE = 60.0
@@ -302,12 +305,12 @@ class Worker:
     def _hand_in_patiently(
         self, lease: Lease, result: ProductResult, lost: threading.Event
     ) -> None:
-        """Hand the results in; while the exchange's storage is full (507), keep them and try
-        again, heartbeats going on, for up to `storage_wait_seconds`.
+        """Hand the results in; while the exchange's storage is full (507) or down (503), keep
+        them and try again, heartbeats going on, for up to `storage_wait_seconds`.
 
-        The operator is paged (BlobStoreFull) and frees room; the result is ready, so running
-        the product again on another worker, after the lease ran out, would only repeat the
-        work and count attempts against the job.
+        The operator is paged (BlobStoreFull, BlobStoreUnavailable, ExchangeDatabaseDown) and
+        sees to it; the result is ready, so running the product again on another worker, after
+        the lease ran out, would only repeat the work and count attempts against the job.
         """
         deadline = time.monotonic() + self.storage_wait_seconds
         pause = STORAGE_FIRST_PAUSE
@@ -316,15 +319,16 @@ class Worker:
                 self._hand_in(lease, result)
                 return
             except ExchangeHTTPError as exc:
-                if exc.status != 507 or lost.is_set() or time.monotonic() + pause > deadline:
+                trouble = STORAGE_TROUBLE.get(exc.status)
+                if trouble is None or lost.is_set() or time.monotonic() + pause > deadline:
                     raise
                 log.warning(
-                    "job %s: the exchange has no room for the result (%s); trying again in "
-                    "%.0f s", lease.job_id, exc.detail, pause,
+                    "job %s: the exchange %s the result (%s); trying again in %.0f s",
+                    lease.job_id, trouble, exc.detail, pause,
                 )  # fmt: skip
             if lost.wait(pause):  # the lease went meanwhile: another worker has the job
                 raise LeaseLost(
-                    409, "the lease ran out while the exchange had no room for the result",
+                    409, f"the lease ran out while the exchange {trouble} the result",
                     "PUT", f"/jobs/{lease.job_id}/results",
                 )  # fmt: skip
             pause = min(pause * 2, STORAGE_LONGEST_PAUSE)

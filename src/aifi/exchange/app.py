@@ -9,9 +9,9 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import Counter
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import InterfaceError, InternalError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.concurrency import run_in_threadpool
 
@@ -152,8 +152,19 @@ def create_app(
             headers={"Retry-After": "1"},
         )
 
+    async def _database_refused(request: Request, exc: Exception) -> Response:
+        # A server that cannot write now though it answers: one in recovery, which the
+        # database URL still leads to during a switchover (the old primary come back as a
+        # standby before DNS or the floating address moved). Retried as a database that is
+        # down; any other internal error is the exchange's own, as it would be unhandled.
+        if database_read_only(exc):
+            return await _database_unavailable(request, exc)
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return PlainTextResponse("Internal Server Error", status_code=500)
+
     for transient in (OperationalError, InterfaceError, PoolTimeout):
         app.add_exception_handler(transient, _database_unavailable)
+    app.add_exception_handler(InternalError, _database_refused)
 
     @app.get("/metrics", tags=["health"], response_class=Response)
     def prometheus_metrics() -> Response:
@@ -190,6 +201,12 @@ def _audit_refused_change(
         )
     except Exception:
         log.exception("could not store a refused change in the access log: %s", entry)
+
+
+def database_read_only(exc: BaseException) -> bool:
+    """Whether PostgreSQL refused a write because the server is read-only: SQLSTATE 25006
+    (read_only_sql_transaction), as a standby answers every write."""
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) == "25006"
 
 
 def database_full(exc: BaseException) -> bool:

@@ -123,7 +123,7 @@ def test_old_entries_move_to_archives_and_the_chain_holds_across_them(
     assert [(a.first_seq, a.last_seq) for a in written] == [
         (1, 7), (8, 14), (15, 21), (22, 28), (29, 30),
     ]  # fmt: skip
-    assert [a.blob_key for a in written] == [archive_key(a.first_seq) for a in written]
+    assert [a.blob_key for a in written] == [archive_key(a.first_seq, a.last_seq) for a in written]
     assert log.in_table() == [f"job-{n}" for n in range(30, 40)]
     archived = [entry for a in archives(log.db) for entry in log.archived(a)]
     assert [entry["object_id"] for entry in archived] == [f"job-{n}" for n in range(30)]
@@ -142,7 +142,7 @@ def test_old_entries_move_to_archives_and_the_chain_holds_across_them(
         said = list(session.scalars(select(AuditEntry).where(AuditEntry.action == "archive")))
     assert [entry.object_id for entry in said] == ["1-7", "8-14", "15-21", "22-28", "29-30"]
     assert all(entry.organisation_id == "exchange" for entry in said)
-    assert f"moved to {archive_key(29)}" in said[-1].detail
+    assert f"moved to {archive_key(29, 30)}" in said[-1].detail
 
     # Entries written afterwards link on, and a second round finds nothing before the moment.
     log.write(3, start=40)
@@ -256,11 +256,12 @@ def test_a_stop_between_the_file_and_its_record_loses_and_doubles_nothing(log: L
         )
     assert len(log.in_table()) == 6  # every entry still in the table
     assert archives(log.db) == []
-    assert len(log.archived_file(archive_key(1))) == 5  # a file no row names
+    assert len(log.archived_file(archive_key(1, 5))) == 5  # a file no row names
 
     log.write(3, start=6)  # the next round reaches further, from the same first position
     (archive,) = log.archiver().archive_before(utcnow() + timedelta(days=1))
-    assert archive.blob_key == archive_key(1)  # written over the one left behind
+    assert archive.blob_key == archive_key(1, 8)
+    assert log.blobs.keys_under("audit/") == [archive_key(1, 8)]  # the one left behind went
     assert [entry["object_id"] for entry in log.archived(archive)] == [f"job-{n}" for n in range(8)]
     assert log.in_table() == ["job-8"]
     log.audit.chain()

@@ -91,6 +91,27 @@ def test_deleting_a_folder_takes_every_object_under_it_and_nothing_else(
     assert store.delete_under("inputs/job-6/") == 0
 
 
+@pytest.mark.parametrize("prefix", ["", "deep/er"])
+def test_the_keys_under_a_folder_are_listed_as_the_store_names_them(
+    s3: S3Server, tmp_path: Path, prefix: str
+) -> None:
+    url = s3.blob_url(spool=str(tmp_path / "spool"))
+    opened = open_blob_store(url + (f"&prefix={prefix}" if prefix else ""))
+    assert isinstance(opened, S3BlobStore)
+    for key in (
+        "audit/000000000008-000000000014.jsonl.gz",
+        "audit/000000000001-000000000007.jsonl.gz",
+        "audits/x",
+        "inputs/job-1/a.dcm",
+    ):
+        stored(opened, b"z", key)
+    assert opened.keys_under("audit/") == [
+        "audit/000000000001-000000000007.jsonl.gz",
+        "audit/000000000008-000000000014.jsonl.gz",
+    ]
+    assert opened.keys_under("outputs/") == []
+
+
 def test_objects_the_store_keeps_on_a_folder_delete_are_an_error_naming_them(
     store: S3BlobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -16,10 +16,17 @@ as it is written: an archive is never made of a broken chain.
 Nothing is lost or doubled. One round runs at a time (`Database.turn`: an advisory lock on
 PostgreSQL, a lock file beside SQLite's). A run's file is stored before its entries leave
 the table, and they leave in the transaction that records the archive, which makes sure it
-removes exactly the entries written (else the file no record names is deleted again). A
-crash in between leaves the entries in the table and the file; the next round starts at the
-same position and so writes over that file (a file is named by its first position), however
-far it reaches. The newest linked entry always stays in the table: the next link is made
+removes exactly the entries written (else the file no record names is deleted again).
+
+The turn alone does not make that safe: PostgreSQL restarting ends the advisory lock's
+session, the replica archiving goes on unaware on its other connections, and another takes
+the lock and archives too. So a file is named by its first *and last* position: two rounds
+never write over each other's file unless they hold the same entries, and of two rounds
+over the same entries only the first to record removes them. A crash between the file and
+its record leaves the entries in the table and the file; the next round starts at the same
+position, and once it has recorded its own file, it deletes every file no record names that
+begins at or before it: their entries are in recorded files now, and no round can record
+them any more. The newest linked entry always stays in the table: the next link is made
 from it.
 """
 
@@ -71,11 +78,17 @@ class ArchiveRefused(ExchangeError):
     status = 409
 
 
-def archive_key(first_seq: int) -> str:
-    """The file of the run that starts at chain position `first_seq`. A round that follows a
-    crash starts where the crashed one did, so it writes over the file left behind instead of
-    leaving two copies, whatever run it takes."""
-    return f"{ARCHIVE_FOLDER}{first_seq:012d}.jsonl.gz"
+def archive_key(first_seq: int, last_seq: int) -> str:
+    """The file of the run from chain position `first_seq` to `last_seq`: of two rounds
+    only those holding the same entries, the same bytes, write the same file."""
+    return f"{ARCHIVE_FOLDER}{first_seq:012d}-{last_seq:012d}.jsonl.gz"
+
+
+def first_position(key: str) -> int | None:
+    """The chain position an archive file begins at, from its name (None: not one)."""
+    name = key.removeprefix(ARCHIVE_FOLDER)
+    digits = name[:12]
+    return int(digits) if len(digits) == 12 and digits.isdigit() else None
 
 
 @dataclass(frozen=True)
@@ -164,17 +177,31 @@ class AuditArchiver:
         run = self._write(after, previous, last_allowed, before, on_entries)
         if run is None:
             return None
-        key = archive_key(run.first_seq)
+        key = archive_key(run.first_seq, run.last_seq)
         try:
             self._blobs.commit(run.temp, key)
         finally:
             self._blobs.discard(run.temp)
         try:
             with self._db.session() as session:
-                return self._record(session, run, key)
+                archive = self._record(session, run, key)
         except ArchiveRefused:
             self._forget_unrecorded(key)
             raise
+        self._clear_leftovers(run.first_seq)
+        return archive
+
+    def _clear_leftovers(self, first_seq: int) -> None:
+        """Delete the files no record names that begin at or before `first_seq`: a crashed
+        round's, or one of a replica that lost its turn. The entries they hold are in
+        recorded files now, so no round that wrote them can record them any more. A file
+        left by a failure here is deleted by the next round."""
+        with self._db.session() as session:
+            named = set(session.scalars(select(AuditArchive.blob_key)))
+        for key in self._blobs.keys_under(ARCHIVE_FOLDER):
+            first = first_position(key)
+            if key not in named and first is not None and first <= first_seq:
+                self._forget_unrecorded(key)
 
     def _forget_unrecorded(self, key: str) -> None:
         """Delete the file `key` unless an archive names it (never another round's file)."""

@@ -66,6 +66,8 @@ class BlobStore(Protocol):
 
     def delete_under(self, folder: str) -> int: ...
 
+    def keys_under(self, folder: str) -> list[str]: ...
+
 
 def forget(blobs: BlobStore, key: str) -> None:
     """Delete a blob whose row is gone, once the change that took the row out has committed
@@ -208,6 +210,16 @@ class LocalBlobStore:
         with contextlib.suppress(OSError):
             top.rmdir()
         return deleted
+
+    def keys_under(self, folder: str) -> list[str]:
+        """The keys of the blobs under `folder`, sorted."""
+        top = self._path(folder)
+        keys = [
+            Path(parent, name).relative_to(self._inside).as_posix()
+            for parent, _folders, files in os.walk(top, onerror=_raise)
+            for name in files
+        ] if top.is_dir() else []  # fmt: skip
+        return sorted(keys)
 
 
 def _raise(error: OSError) -> None:

@@ -278,6 +278,16 @@ class S3BlobStore:
             deleted = self._delete_pages(prefix)
         return deleted
 
+    def keys_under(self, folder: str) -> list[str]:
+        """The keys of the objects under `folder`, sorted (S3 lists them in key order)."""
+        prefix = self.object_key(folder)
+        strip = len(self.location.prefix) + 1 if self.location.prefix else 0
+        with answering("listing"):
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix
+            )
+            return [item["Key"][strip:] for page in pages for item in page.get("Contents", [])]
+
     def _delete_pages(self, prefix: str) -> int:
         deleted = 0
         pages = self.client.get_paginator("list_objects_v2").paginate(

@@ -8,6 +8,7 @@ changes. The few places where the two differ ask :attr:`Database.is_postgresql`.
 from __future__ import annotations
 
 import functools
+import logging
 import select
 import threading
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import (
+    Connection,
     CursorResult,
     Engine,
     Executable,
@@ -32,10 +34,12 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from aifi.file_lock import held_alone
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -331,8 +335,7 @@ class Database:
                 yield mine
             finally:
                 if mine:
-                    connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                    connection.commit()
+                    _unlock(connection, key)
 
     @contextmanager
     def _sqlite_turn(self, key: int) -> Iterator[bool]:
@@ -346,3 +349,13 @@ class Database:
     def dispose(self) -> None:
         """Close pooled connections (a replica shutting down, a test tearing down)."""
         self.engine.dispose()
+
+
+def _unlock(connection: Connection, key: int) -> None:
+    """Let go of a turn's advisory lock. A connection the server closed meanwhile (a restart)
+    took the lock with it: nothing is left to let go of, and the round's work stands."""
+    try:
+        connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        connection.commit()
+    except DBAPIError as exc:
+        log.info("turn %x: its lock went with its connection (%s)", key, exc.orig)

@@ -115,9 +115,17 @@ def _with_results(services: Services, caller: Actor, jobs: list[Job]) -> list[Jo
 
 
 @router.post("/claim", response_model=Claim, responses={204: {"description": "no job to claim"}})
-async def claim_job(body: ClaimIn, caller: CallerDep, services: ServicesDep) -> Claim | Response:
+async def claim_job(
+    body: ClaimIn, request: Request, caller: CallerDep, services: ServicesDep
+) -> Claim | Response:
     deadline = time.monotonic() + min(body.wait_seconds, services.settings.max_wait_seconds)
+    waited = False
     while True:
+        # A worker killed or cut off while it waited leaves its request waiting here: a job
+        # claimed for it would be held by nobody until its lease ran out (a STAT study a
+        # minute late), one of its attempts spent.
+        if waited and await request.is_disconnected():
+            return Response(status_code=204)
         claimed = await run_in_threadpool(services.jobs.claim, caller, body)
         if claimed is not None:
             job, token, inputs = claimed
@@ -132,6 +140,7 @@ async def claim_job(body: ClaimIn, caller: CallerDep, services: ServicesDep) -> 
         await services.notifier.wait_claimable(
             min(remaining, RECHECK_SECONDS), caller.organisation_id, body.product_ids
         )
+        waited = True
 
 
 @router.post("/acknowledge", response_model=list[JobOut])

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,9 +16,10 @@ from typing import Any
 import pydicom
 from sqlalchemy import text
 
-from aifi.exchange.blob_keys import input_key, result_key
+from aifi.exchange.blob_keys import input_folder, input_key, result_key
 from aifi.exchange.blobs import STALE_UPLOAD_SECONDS, TempBlob
 from aifi.exchange.clock import utcnow
+from aifi.exchange.retention import Retention
 from scale.conftest import ExchangeFactory, finish_job, lease_headers, set_up_parties
 from scale.servers import wait_for
 
@@ -274,6 +278,62 @@ def test_a_job_whose_folder_the_store_keeps_is_neither_audited_nor_marked_and_tr
     assert again.jobs == {kept["id"]} and again.not_purged == set()
     assert not any(blob_exists(exchange, key) for key in kept_keys)
     assert len(purges_of(kept["id"])) == 1 and len(purges_of(purged["id"])) == 1
+
+
+def test_two_sweeps_at_once_purge_and_audit_each_job_once(
+    exchange_on: ExchangeFactory, make_ct: Any, monkeypatch: Any
+) -> None:
+    """Two replicas sweeping the same jobs at once: a database restart ends the advisory lock
+    of the one sweeping, and another takes it (tests/scale/test_archive_turn_lost.py shows
+    that with a real restart; here both are told it is their turn). Both empty the jobs'
+    folders, harmlessly; only the sweep that marks a job may audit and count its purge."""
+    exchange = exchange_on(retain_inputs_seconds=HOUR, retention_sweep_seconds=HOUR)
+    orgs = set_up_parties(exchange)
+    jobs = [failed_job(exchange, orgs["hospital"], orgs["vendor"], make_ct) for _ in range(3)]
+    services = exchange.client.app.state.services
+
+    @contextmanager
+    def always_mine(_key: int) -> Iterator[bool]:
+        yield True
+
+    monkeypatch.setattr(services.db, "turn", always_mine)
+    both_due = threading.Barrier(2, timeout=30)
+    delete_under = services.blobs.delete_under
+    first_folder = input_folder(jobs[0]["id"])
+
+    def meeting(folder: str) -> int:
+        if folder == first_folder:  # both sweeps have read the same due jobs
+            both_due.wait()
+        return int(delete_under(folder))
+
+    monkeypatch.setattr(services.blobs, "delete_under", meeting)
+    sweeps = [exchange.client.app.state.retention, Retention(
+        services.db, services.blobs, services.audit, services.settings
+    )]  # fmt: skip
+    later = utcnow() + timedelta(days=365)
+    reports: list[Any] = [None, None]
+
+    def sweep(n: int) -> None:
+        reports[n] = sweeps[n].sweep(now=later)
+
+    threads = [threading.Thread(target=sweep, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert None not in reports, "a sweep failed"
+    purged = [job_id for report in reports for job_id in report.jobs]
+    assert sorted(purged) == sorted(job["id"] for job in jobs), "each job once, in one sweep"
+    assert sum(report.inputs for report in reports) == 3
+    audit = exchange.client.get(
+        "/audit", params={"limit": 5000}, headers=exchange.operator.headers
+    ).json()
+    audited = [
+        e["object_id"] for e in audit if (e["action"], e["object_type"]) == ("delete", "input")
+    ]
+    assert sorted(audited) == sorted(job["id"] for job in jobs)
+    for job in jobs:
+        assert input_keys(exchange, job["id"]) == []
 
 
 def test_retention_can_be_switched_off(

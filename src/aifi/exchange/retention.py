@@ -9,11 +9,13 @@ unfinished is ended first, see `JobService.expire_unfinished`).
 Each ended job is visited once for its inputs and once for its results. The purge deletes the
 blobs first (the job's folder: those the rows name, and anything else left there, such as the
 blob of an upload that crashed before it was recorded, also in a job no row names anything
-of), then writes an audit entry ("delete", who: the exchange itself) saying what went and why,
-then marks the rows purged and the job swept. A crash in between repeats the purge at the next
-sweep (deleting twice is harmless), so nothing is purged without being audited. An input's row
-goes with its blob (the job keeps its count and bytes); a result's stays, marked purged.
-With replicas on PostgreSQL one replica sweeps at a time (a session advisory lock).
+of), then, in one transaction, marks the rows purged and the job swept and writes an audit
+entry ("delete", who: the exchange itself) saying what went and why. A crash in between
+repeats the purge at the next sweep (deleting twice is harmless), so no row is purged without
+being audited. An input's row goes with its blob (the job keeps its count and bytes); a
+result's stays, marked purged. With replicas on PostgreSQL one replica sweeps at a time (a
+session advisory lock); should a database restart end that lock mid-sweep and another replica
+sweep beside it, only the sweep that marks a job audits it.
 Every replica's sweep also clears the uploads a killed replica left in its spool
 (`clear_stale_uploads`): never accepted, so not audited, only logged.
 """
@@ -105,6 +107,16 @@ class _DueJob:
     since: datetime
 
 
+@dataclass(frozen=True)
+class _Emptied:
+    """A due job whose folder the store emptied: its rows and bytes, and the blobs deleted."""
+
+    job: _DueJob
+    rows: int
+    size: int
+    deleted: int
+
+
 class Retention:
     def __init__(
         self,
@@ -163,11 +175,8 @@ class Retention:
             if not jobs:
                 return
             held = self._held(kind.table, [job.id for job in jobs])
-            holding: list[str] = []
-            purged = 0
-            purged_bytes = 0
+            emptied: list[_Emptied] = []
             for job in jobs:
-                rows, size = held.get(job.id, (0, 0))
                 # Every blob the job's rows name is in its folder, with anything a crash left
                 # there unnamed: one listing deletes them all.
                 try:
@@ -183,40 +192,12 @@ class Retention:
                     if self._metrics is not None:
                         self._metrics.purge_failures.labels(kind.label).inc()
                     continue
-                if not rows and not deleted:
-                    continue
-                self._audit.record(
-                    SYSTEM,
-                    "delete",
-                    kind.name,
-                    job.id,
-                    patient_pseudonym=job.patient_pseudonym,
-                    detail=(
-                        f"retention: purged {rows} {kind.name}(s), {size} bytes "
-                        f"({deleted} blob(s) deleted from the job's folder), at "
-                        f"{now.isoformat()}; job {job.state}, {kind.event} at "
-                        f"{job.since.isoformat()}"
-                    ),
-                )
-                report.jobs.add(job.id)
-                if rows:
-                    holding.append(job.id)
-                purged += rows
-                purged_bytes += size
-            with self._db.session() as session:
-                # By job, not by row: a batch of CT jobs holds hundreds of thousands of rows,
-                # more than the parameters one statement may carry (65,535 in PostgreSQL).
-                unpurged = (kind.table.job_id.in_(holding), kind.table.purged_at.is_(None))
-                if holding and kind.keep_rows:
-                    session.execute(update(kind.table).where(*unpurged).values(purged_at=now))
-                elif holding:
-                    session.execute(delete(kind.table).where(*unpurged))
-                session.execute(
-                    update(Job)
-                    .where(Job.id.in_([job.id for job in jobs if job.id not in refused]))
-                    .values({kind.swept.key: now})
-                    .execution_options(synchronize_session=False)
-                )
+                rows, size = held.get(job.id, (0, 0))
+                emptied.append(_Emptied(job, rows, size, deleted))
+            marked = self._mark(kind, emptied, now)
+            purged = sum(e.rows for e in marked)
+            purged_bytes = sum(e.size for e in marked)
+            report.jobs.update(e.job.id for e in marked if e.rows or e.deleted)
             report.bytes += purged_bytes
             if kind is _INPUTS:
                 report.inputs += purged
@@ -227,6 +208,50 @@ class Retention:
                 self._metrics.purged_bytes.labels(kind.label).inc(purged_bytes)
             if len(jobs) < BATCH:
                 return
+
+    def _mark(self, kind: _Kind, emptied: list[_Emptied], now: datetime) -> list[_Emptied]:
+        """Mark the emptied jobs swept and their rows purged, and audit each purge, in one
+        transaction; the jobs this sweep marked (not another sweep first: a replica that lost
+        its turn to a database restart may be sweeping beside it). So a purge is audited
+        once, and never without its mark."""
+        if not emptied:
+            return []
+        with self._db.session() as session:
+            marked = set(
+                session.scalars(
+                    update(Job)
+                    .where(Job.id.in_([e.job.id for e in emptied]), kind.swept.is_(None))
+                    .values({kind.swept.key: now})
+                    .returning(Job.id)
+                    .execution_options(synchronize_session=False)
+                )
+            )
+            mine = [e for e in emptied if e.job.id in marked]
+            # By job, not by row: a batch of CT jobs holds hundreds of thousands of rows,
+            # more than the parameters one statement may carry (65,535 in PostgreSQL).
+            holding = [e.job.id for e in mine if e.rows]
+            unpurged = (kind.table.job_id.in_(holding), kind.table.purged_at.is_(None))
+            if holding and kind.keep_rows:
+                session.execute(update(kind.table).where(*unpurged).values(purged_at=now))
+            elif holding:
+                session.execute(delete(kind.table).where(*unpurged))
+            for e in mine:
+                if e.rows or e.deleted:
+                    self._audit.record_in(
+                        session,
+                        SYSTEM,
+                        "delete",
+                        kind.name,
+                        e.job.id,
+                        patient_pseudonym=e.job.patient_pseudonym,
+                        detail=(
+                            f"retention: purged {e.rows} {kind.name}(s), {e.size} bytes "
+                            f"({e.deleted} blob(s) deleted from the job's folder), at "
+                            f"{now.isoformat()}; job {e.job.state}, {kind.event} at "
+                            f"{e.job.since.isoformat()}"
+                        ),
+                    )
+        return mine
 
     def _due(self, kind: _Kind, cutoff: datetime, passed_by: list[str]) -> list[_DueJob]:
         """Ended jobs not yet swept whose retention time ran out before `cutoff`, but for

@@ -5,10 +5,13 @@ for the operator's monitoring, written in the access log, and never changed once
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any, get_args
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import event
 
 from aifi.results.delivery import NOT_DELIVERED_BECAUSE, Delivery, NotDelivered
 from scale.exchange_api import OPERATOR_KEY
@@ -173,3 +176,51 @@ def test_what_a_gateway_may_say_is_every_way_results_can_miss_the_pacs() -> None
     missed = {kind.value for kind in Delivery} - {Delivery.delivered.value}
     assert set(get_args(NotDelivered)) == missed
     assert {kind.value for kind in NOT_DELIVERED_BECAUSE} == missed
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])  # SQLite has one writer at a time
+def test_two_acknowledgements_at_once_leave_the_first_and_one_entry(
+    exchange: Any, parties: dict[str, Any], make_ct: Any, tmp_path: Path
+) -> None:
+    """A gateway that retried an acknowledgement whose answer was slow sends it twice at once.
+    On PostgreSQL the second waits at the job's row for the first: it must then find the job
+    acknowledged, audit and count nothing, and answer the job as the first left it."""
+    hospital = parties["hospital_a"]
+    job_id = _completed(exchange, parties, make_ct(slices=1), tmp_path / "job")
+    engine = exchange.client.app.state.services.db.engine
+    both_read = threading.Barrier(2, timeout=30)
+
+    def meet(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.startswith("UPDATE jobs SET acknowledged_at"):
+            both_read.wait()  # each has found the job unacknowledged
+
+    bodies = [
+        {"job_ids": [job_id], "not_delivered": {job_id: "unfileable"}},
+        {"job_ids": [job_id], "not_delivered": {job_id: "unfileable"}},
+    ]
+    answers: list[Any] = [None, None]
+
+    def acknowledge(n: int) -> None:
+        answers[n] = exchange.client.post(
+            "/jobs/acknowledge", json=bodies[n], headers=hospital.headers
+        )
+
+    event.listen(engine, "before_cursor_execute", meet)
+    try:
+        threads = [threading.Thread(target=acknowledge, args=(n,)) for n in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        event.remove(engine, "before_cursor_execute", meet)
+    assert [answer.status_code for answer in answers] == [200, 200]
+    seen = [answer.json()[0] for answer in answers]
+    assert seen[0]["acknowledged_at"] == seen[1]["acknowledged_at"] is not None
+    assert [job["delivery"] for job in seen] == ["unfileable", "unfileable"]
+    audit = exchange.client.get("/audit", params={"limit": 5000}, headers=OPERATOR).json()
+    acknowledged = [
+        e for e in audit if e["object_id"] == job_id and e["detail"].startswith("acknowledged")
+    ]
+    assert len(acknowledged) == 1, acknowledged
+    assert _counted(exchange) == {("product-a", "unfileable"): 1.0}

@@ -799,7 +799,15 @@ class JobService:
                     .returning(Job)
                     .execution_options(synchronize_session=False, populate_existing=True)
                 )
-                found.update({job.id: job for job in session.scalars(statement)})
+                updated = {job.id: job for job in session.scalars(statement)}
+                # Another acknowledgement of a job may have come first (on PostgreSQL this one
+                # waited for it at the row): it keeps its first, and is audited once.
+                for job_id in fresh:
+                    if job_id not in updated:
+                        session.refresh(found[job_id])
+                found.update(updated)
+                fresh = [job_id for job_id in fresh if job_id in updated]
+            if fresh:
                 touched.update(found[job_id].vendor_id for job_id in fresh)
                 self._announce(session, organisations=touched)
                 for job_id in fresh:

@@ -322,6 +322,20 @@ def test_an_expired_lease_puts_the_job_back_and_then_ends_it(
     final = exchange.client.get(f"/jobs/{job['id']}", headers=hospital.headers).json()
     assert final["state"] == "expired"
     assert "lease ran out 3 times" in final["reason"]
+    # The exchange's own changes to the job are on record, with the patient they concern.
+    audit = exchange.client.get(
+        "/audit", params={"limit": 5000}, headers=exchange.operator.headers
+    ).json()
+    by_exchange = [
+        (e["detail"], e["patient_pseudonym"])
+        for e in audit
+        if e["object_id"] == job["id"] and e["organisation_id"] == "exchange"
+    ]
+    assert by_exchange == [
+        ("offered again: the lease of attempt 1 ran out", "PTEST"),
+        ("offered again: the lease of attempt 2 ran out", "PTEST"),
+        ("expired: the vendor's lease ran out 3 times without a result", "PTEST"),
+    ]
     late = exchange.client.post(
         f"/jobs/{job['id']}/heartbeat", json={"lease_token": tokens[-1]}, headers=vendor.headers
     )

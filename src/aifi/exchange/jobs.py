@@ -92,11 +92,6 @@ class InputTurn:
     declared: int | None
 
 
-def _changed(session: Session, statement: Any) -> int:
-    """Rows an UPDATE changed: the compare-and-set's verdict."""
-    return int(getattr(session.execute(statement), "rowcount", 0))
-
-
 def _transition(
     session: Session,
     where: tuple[Any, ...],
@@ -1172,9 +1167,9 @@ class JobService:
         now = utcnow()
         max_attempts = self._settings.max_attempts
         lapsed = (Job.state.in_(HELD_STATES), Job.lease_expires_at < now)
+        reason = f"the vendor's lease ran out {max_attempts} times without a result"
         with self._db.session() as session:
-            requeued = _changed(
-                session,
+            offered_again = session.execute(
                 update(Job)
                 .where(self._sweepable(*lapsed, Job.attempts < max_attempts))
                 .values(
@@ -1183,21 +1178,37 @@ class JobService:
                     lease_token=None,
                     lease_expires_at=None,
                     updated_at=now,
-                ),
-            )
-            expired = _changed(
-                session,
+                )
+                .returning(Job.id, Job.patient_pseudonym, Job.attempts)
+                .execution_options(synchronize_session=False)
+            ).all()
+            ended = session.execute(
                 update(Job)
                 .where(self._sweepable(*lapsed, Job.attempts >= max_attempts))
                 .values(
                     state=JobState.expired.value,
-                    reason=f"the vendor's lease ran out {max_attempts} times without a result",
+                    reason=reason,
                     lease_token=None,
                     lease_expires_at=None,
                     ended_at=now,
                     updated_at=now,
-                ),
-            )
+                )
+                .returning(Job.id, Job.patient_pseudonym, Job.attempts)
+                .execution_options(synchronize_session=False)
+            ).all()
+            # The system's own changes to a job are on record as the parties' are: which
+            # attempt was lost, and why a job ended.
+            for job_id, pseudonym, attempts in offered_again:
+                self._audit.record_in(
+                    session, SYSTEM, "update", "job", job_id, patient_pseudonym=pseudonym,
+                    detail=f"offered again: the lease of attempt {attempts} ran out",
+                )  # fmt: skip
+            for job_id, pseudonym, _attempts in ended:
+                self._audit.record_in(
+                    session, SYSTEM, "update", "job", job_id,
+                    patient_pseudonym=pseudonym, detail=f"expired: {reason}",
+                )  # fmt: skip
+            requeued, expired = len(offered_again), len(ended)
             if requeued or expired:
                 self._announce(session, claimable=requeued > 0)
         if requeued or expired:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
@@ -291,6 +293,43 @@ def test_a_failure_while_hearing_a_change_does_not_leave_the_replica_deaf(
             # The listener survives the failure and listens again, waking waiters to look.
             await asyncio.wait_for(waiting, 30)
             assert notifier.failed
+
+    asyncio.run(scenario())
+    postgres.drop_database(url)
+
+
+def _sockets_to(port: int) -> list[socket.socket]:
+    """This process's TCP connections to `port` on loopback (duplicates, to be closed)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            opened = socket.socket(fileno=os.dup(int(fd)))
+        except OSError:
+            continue  # not a socket
+        try:
+            if opened.type == socket.SOCK_STREAM and opened.getpeername()[1:2] == (port,):
+                found.append(opened)
+                continue
+        except OSError:
+            pass  # not connected
+        opened.close()
+    return found
+
+
+def test_the_listening_connection_notices_a_silent_loss(postgres: PostgresServer) -> None:
+    """It only reads: a connection lost without a word (an address moved by a failover, a
+    firewall dropping an idle flow) must not leave the replica deaf for hours. TCP keepalives
+    probe it after 30 s idle, every 10 s, three times."""
+    url = postgres.create_database("keepalive")
+
+    async def scenario() -> None:
+        async with _listening(url, ChangeNotifier()):
+            [connection] = _sockets_to(postgres.port)
+            with connection:
+                assert connection.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+                tcp = (socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL, socket.TCP_KEEPCNT)
+                probes = [connection.getsockopt(socket.IPPROTO_TCP, option) for option in tcp]
+                assert probes == [30, 10, 3]
 
     asyncio.run(scenario())
     postgres.drop_database(url)

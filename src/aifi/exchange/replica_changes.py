@@ -34,6 +34,17 @@ REPLICA = secrets.token_hex(8)
 CLAIMABLE, CHANGED = "claimable", "changed"
 #: Seconds between attempts to listen again after the database went away.
 RECONNECT_SECONDS = 1.0
+#: TCP keepalives for the listening connection (libpq's names), unless the database URL sets
+#: them: it only ever reads, so a connection lost without a word (a failover that moved the
+#: address, a firewall dropping an idle flow) would otherwise leave the replica deaf to the
+#: others for hours, its long-polls woken only by their one-second re-check. With these it
+#: notices within about a minute and listens again.
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
 
 
 #: Built once: it runs in nearly every transaction that changes a job.
@@ -82,7 +93,7 @@ class ReplicaChanges:
         url = make_url(normalised_url(database_url))
         _, arguments = url.get_dialect()().create_connect_args(url)
         arguments.pop("context", None)
-        self._arguments: dict[str, Any] = dict(arguments)
+        self._arguments: dict[str, Any] = {**KEEPALIVES, **arguments}
         self._notifier = notifier
         self._stop = threading.Event()
         # The listener sleeps until the database sends something or `stop` writes here: an

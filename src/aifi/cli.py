@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from aifi.gateway.cli_options import ConfigOption, settings_or_exit
+from aifi.vendor.client import LONGEST_LEASE_SECONDS
 
 app = typer.Typer(
     help="AIFI: a vendor-neutral national path from the hospital PACS to radiology AI and back.",
@@ -172,7 +173,13 @@ def worker(
         ),
     ] = False,
     lease_seconds: Annotated[
-        float, typer.Option(help="Seconds a claim holds a job between heartbeats.", min=1)
+        float,
+        typer.Option(
+            help="Seconds a claim holds a job between heartbeats (the exchange grants at most "
+            f"{LONGEST_LEASE_SECONDS:.0f}).",
+            min=1,
+            max=LONGEST_LEASE_SECONDS,
+        ),
     ] = 60.0,
     workdir: Annotated[
         Path | None,
@@ -192,8 +199,8 @@ def worker(
     storage_wait: Annotated[
         float | None,
         typer.Option(
-            help="Seconds to keep offering a result the exchange has no room for (507) "
-            "(default 900 s).",
+            help="Seconds to keep offering a result the exchange cannot take (its storage full "
+            "or down, or out of reach) before handing the job back (default 900 s).",
             min=0,
         ),
     ] = None,

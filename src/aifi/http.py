@@ -25,19 +25,37 @@ CHUNK = 1024 * 1024
 #: 5 s) they span about 20 s: a replica or the exchange restarting, not a long outage, which
 #: the gateway's job retry and the worker's loop ride out instead.
 RETRIES = 8
+#: The longest a retry waits for the exchange's `Retry-After`: it is a hint from a server in
+#: trouble, and a request still has to end within the span its caller plans around.
+LONGEST_RETRY_AFTER = 30.0
+#: Characters of an unexpected answer's body quoted in its error: enough to recognise a
+#: proxy's or a load balancer's page, not enough to carry a page into the logs.
+QUOTED_BODY = 80
 
 
 class ExchangeHTTPError(RuntimeError):
-    """The exchange answered with an error; `detail` is its explanation."""
+    """The exchange answered with an error; `detail` is its explanation, `retry_after` the
+    seconds its `Retry-After` asked the caller to wait (None when it did not say)."""
 
-    def __init__(self, status: int, detail: str, method: str, path: str) -> None:
+    def __init__(
+        self, status: int, detail: str, method: str, path: str, retry_after: float | None = None
+    ) -> None:
         super().__init__(f"{method} {path}: {status} {detail}")
         self.status = status
         self.detail = detail
+        self.retry_after = retry_after
 
 
 class LeaseLost(ExchangeHTTPError):
     """409: the object changed meanwhile (a lease expired, a job ended)."""
+
+
+class UnexpectedAnswer(ExchangeHTTPError):
+    """A redirect, or a success whose body is not the JSON the call expects: something in
+    front of the exchange answered in its place (a load balancer's maintenance page, a
+    proxy's own page), or the address is not an exchange's. Nothing says the request was
+    carried out, so it is the exchange's trouble, to try again later; `detail` describes the
+    answer in a few words and never quotes it whole."""
 
 
 class ExchangeNotTrusted(httpx.ConnectError):
@@ -110,6 +128,20 @@ def pause(attempt: int) -> float:
     return min(0.2 * 2**attempt, 5.0)
 
 
+def retry_after(response: httpx.Response) -> float | None:
+    """The seconds an answer's `Retry-After` asks for, or None. Only a number of seconds is
+    read: the other form, an HTTP date, would need the two clocks to agree."""
+    value = response.headers.get("Retry-After", "").strip()
+    return float(value) if value.isascii() and value.isdigit() else None
+
+
+def retry_pause(attempt: int, asked: float | None) -> float:
+    """Seconds to wait after failed attempt `attempt`: the back-off, or longer when the
+    exchange asked for longer (up to `LONGEST_RETRY_AFTER`), so that every client does not
+    knock again at once on an exchange that said when it could answer."""
+    return max(pause(attempt), min(asked or 0.0, LONGEST_RETRY_AFTER))
+
+
 def file_chunks(path: Path) -> Iterator[bytes]:
     with path.open("rb") as source:
         while chunk := source.read(CHUNK):
@@ -176,6 +208,7 @@ class ApiClient:
         for attempt in range(retries + 1):
             if body_path is not None:
                 kwargs["content"] = file_chunks(body_path)
+            wait = pause(attempt)
             try:
                 response = self._http.request(method, path, **kwargs)
             except httpx.ConnectError as exc:
@@ -189,7 +222,8 @@ class ApiClient:
             else:
                 if response.status_code not in TRANSIENT or attempt == retries:
                     return checked(response, method, path)
-            time.sleep(pause(attempt))
+                wait = retry_pause(attempt, retry_after(response))
+            time.sleep(wait)
         raise AssertionError("unreachable")
 
     def download(self, path: str, target: Path, headers: dict[str, str] | None = None) -> int:
@@ -202,7 +236,7 @@ class ApiClient:
             size = 0
             try:
                 with self._http.stream("GET", path, headers=headers) as response:
-                    if response.status_code >= 400:
+                    if response.status_code >= 300:  # a redirect's page is not the file
                         response.read()
                         if response.status_code in TRANSIENT and attempt < self._retries:
                             raise httpx.TransportError(f"{response.status_code} from the exchange")
@@ -230,11 +264,63 @@ class ApiClient:
 
 
 def checked(response: httpx.Response, method: str, path: str) -> httpx.Response:
-    if response.status_code < 400:
+    """The response if it is a success; otherwise the error it stands for. A redirect is not
+    followed: the exchange's API never redirects, so one comes from something in front of
+    it (a maintenance page), and its page is not the answer the caller waits for."""
+    if response.status_code < 300:
         return response
+    if response.status_code < 400:
+        where = response.headers.get("Location", "nowhere")[:QUOTED_BODY]
+        raise UnexpectedAnswer(response.status_code, f"a redirect to {where}", method, path)
     try:
         detail = str(response.json().get("detail", response.text))
     except (ValueError, AttributeError):
         detail = response.text
     error = LeaseLost if response.status_code == 409 else ExchangeHTTPError
-    raise error(response.status_code, detail, method, path)
+    raise error(response.status_code, detail, method, path, retry_after(response))
+
+
+def unexpected(response: httpx.Response, what: str) -> UnexpectedAnswer:
+    """The error for an answer that is not what the call expects; `what` says what it was."""
+    request = response.request
+    return UnexpectedAnswer(
+        response.status_code, what, request.method, request.url.path, retry_after(response)
+    )
+
+
+def json_object(response: httpx.Response, *fields: str) -> dict[str, Any]:
+    """The answer's JSON object, which must hold at least `fields`: the shape every caller
+    reads from. Anything else raises UnexpectedAnswer, not a KeyError or a JSON error deep in
+    the caller, so that whoever runs the client sees in one place that the answer was wrong."""
+    data = _parsed(response)
+    if not isinstance(data, dict):
+        raise unexpected(response, f"JSON that is not an object: {_quoted(response)}")
+    if missing := [name for name in fields if name not in data]:
+        raise unexpected(response, f"a JSON object without {', '.join(missing)}")
+    return data
+
+
+def json_list(response: httpx.Response, *fields: str) -> list[dict[str, Any]]:
+    """The answer's JSON list of objects, each holding at least `fields` (see json_object)."""
+    data = _parsed(response)
+    if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+        raise unexpected(response, f"JSON that is not a list of objects: {_quoted(response)}")
+    if any(name not in item for item in data for name in fields):
+        raise unexpected(response, f"a list of objects without {', '.join(fields)}")
+    return data
+
+
+def _parsed(response: httpx.Response) -> Any:
+    if not response.content:
+        raise unexpected(response, "an empty answer, not the JSON expected")
+    try:
+        return response.json()
+    except ValueError:  # not JSON, or not text at all
+        kind = response.headers.get("Content-Type", "no Content-Type")
+        raise unexpected(response, f"{kind}, not the JSON expected: {_quoted(response)}") from None
+
+
+def _quoted(response: httpx.Response) -> str:
+    """The start of the body on one line, to recognise whose page it is."""
+    text = " ".join(response.content[:QUOTED_BODY].decode(errors="replace").split())
+    return repr(text + ("…" if len(response.content) > QUOTED_BODY else ""))

@@ -32,6 +32,7 @@ from aifi.exchange.server import ExchangeThread
 from aifi.exchange.settings import ExchangeSettings
 from aifi.products import tissue_volume
 from aifi.vendor import VendorClient, Worker
+from aifi.vendor import worker as worker_module
 from scale.conftest import set_up_parties
 from scale.exchange_api import OPERATOR_KEY, Exchange
 from scale.servers import PostgresServer, wait_for
@@ -215,7 +216,7 @@ def test_a_postgresql_database_with_no_room_refuses_with_507_and_keeps_what_it_h
 
 
 def test_a_result_the_full_store_refuses_is_kept_and_handed_in_once_there_is_room(
-    tiny_disk: Path, tmp_path: Path, make_ct: Any
+    tiny_disk: Path, tmp_path: Path, make_ct: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A vendor's result finds the exchange's blob store full (507). The worker keeps it and
     tries again, its heartbeats going on, rather than let the lease run out and the study be
@@ -230,6 +231,8 @@ def test_a_result_the_full_store_refuses_is_kept_and_handed_in_once_there_is_roo
         job = exchange.ready_job(orgs["hospital"], "product-a", make_ct(slices=1))
         ballast = fill(tiny_disk)
         vendor = VendorClient(server.url, orgs["vendor"].key)
+        # The exchange asks for a minute (Retry-After: 60); this test does not wait that long.
+        monkeypatch.setattr(worker_module, "STORAGE_LONGEST_PAUSE", 1.0)
         worker = Worker(
             vendor, tissue_volume.run, product_ids=["product-a"], lease_seconds=30, workdir=tmp_path
         )

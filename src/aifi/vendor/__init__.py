@@ -10,6 +10,7 @@ from aifi.vendor.client import (
     Lease,
     LeaseLost,
     Renewal,
+    UnexpectedAnswer,
     VendorClient,
 )
 from aifi.vendor.worker import Handler, JobContext, ProductError, ProductResult, ResultFile, Worker
@@ -25,6 +26,7 @@ __all__ = [
     "ProductResult",
     "Renewal",
     "ResultFile",
+    "UnexpectedAnswer",
     "VendorClient",
     "Worker",
 ]

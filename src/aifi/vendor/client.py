@@ -17,10 +17,28 @@ from aifi.http import (
     ExchangeHTTPError,
     ExchangeNotTrusted,
     LeaseLost,
-    pause,
+    UnexpectedAnswer,
+    json_list,
+    json_object,
+    retry_pause,
+    unexpected,
 )
 
-__all__ = ["ExchangeHTTPError", "InputGone", "Lease", "LeaseLost", "Renewal", "VendorClient"]
+__all__ = [
+    "LONGEST_LEASE_SECONDS",
+    "ExchangeHTTPError",
+    "InputGone",
+    "Lease",
+    "LeaseLost",
+    "Renewal",
+    "UnexpectedAnswer",
+    "VendorClient",
+]
+
+#: The longest lease the exchange grants: its API refuses a claim or heartbeat asking for more
+#: (`lease_seconds` at most 3600 in POST /jobs/claim and /jobs/{id}/heartbeat, api.md). The
+#: SDK keeps its own copy, as a vendor's client would, rather than import the exchange.
+LONGEST_LEASE_SECONDS = 3600.0
 
 
 class InputGone(ExchangeHTTPError):
@@ -61,7 +79,7 @@ class VendorClient(ApiClient):
     # catalogue -----------------------------------------------------------------------------
 
     def register_product(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        return dict(self.request("POST", "/products", json=manifest).json())
+        return json_object(self.request("POST", "/products", json=manifest))
 
     # jobs ----------------------------------------------------------------------------------
 
@@ -87,11 +105,16 @@ class VendorClient(ApiClient):
         response = self._claim_until_answered(body, timeout=wait_seconds + 30)
         if response.status_code == 204:
             return None
-        data = response.json()
+        data = json_object(response, "job", "lease_token")
+        job, inputs = data["job"], data.get("inputs")
+        if not isinstance(job, dict) or "id" not in job:
+            raise unexpected(response, "a claim whose job has no id")
+        if inputs is not None and not isinstance(inputs, list):
+            raise unexpected(response, "a claim whose inputs are not a list")
         return Lease(
-            job=data["job"],
-            token=data["lease_token"],
-            inputs=data.get("inputs"),
+            job=job,
+            token=str(data["lease_token"]),
+            inputs=inputs,
             lease_seconds=lease_seconds,
         )
 
@@ -107,23 +130,26 @@ class VendorClient(ApiClient):
             except httpx.TransportError:
                 if attempt == self._retries:
                     raise
+                wait = retry_pause(attempt, None)
             except ExchangeHTTPError as exc:
                 if exc.status not in TRANSIENT or attempt == self._retries:
                     raise
-            time.sleep(pause(attempt))
+                wait = retry_pause(attempt, exc.retry_after)
+            time.sleep(wait)
             body = {**body, "resume": True}
         raise AssertionError("unreachable")
 
     def job(self, job_id: str) -> dict[str, Any]:
         """The job as the exchange has it now: its state, attempts and reason."""
-        return dict(self.request("GET", f"/jobs/{job_id}").json())
+        return json_object(self.request("GET", f"/jobs/{job_id}"), "state")
 
     def heartbeat(self, lease: Lease) -> Renewal:
         """Renew the lease for as long as its claim asked."""
         body: dict[str, Any] = {"lease_token": lease.token}
         if lease.lease_seconds is not None:
             body["lease_seconds"] = lease.lease_seconds
-        data = self.request("POST", f"/jobs/{lease.job_id}/heartbeat", json=body).json()
+        answer = self.request("POST", f"/jobs/{lease.job_id}/heartbeat", json=body)
+        data = json_object(answer, "lease_expires_at")
         granted = data.get("lease_seconds")
         return Renewal(
             lease_expires_at=str(data["lease_expires_at"]),
@@ -134,7 +160,7 @@ class VendorClient(ApiClient):
         response = self.request(
             "GET", f"/jobs/{lease.job_id}/inputs", headers={"X-Lease-Token": lease.token}
         )
-        return list(response.json())
+        return json_list(response, "sop_instance_uid")
 
     def download_inputs(self, lease: Lease, folder: Path) -> list[Path]:
         """Stream every input instance to `folder`; returns the files in upload order.
@@ -174,7 +200,7 @@ class VendorClient(ApiClient):
             headers={"X-Lease-Token": lease.token, "Content-Type": media_type},
             params=_completing(complete),
         )
-        return dict(response.json())
+        return json_object(response)
 
     def upload_summary(
         self,
@@ -192,21 +218,21 @@ class VendorClient(ApiClient):
             headers={"X-Lease-Token": lease.token, "Content-Type": "application/json"},
             params=_completing(complete),
         )
-        return dict(response.json())
+        return json_object(response)
 
     def complete(self, lease: Lease, summary: dict[str, Any] | None = None) -> dict[str, Any]:
         body = {"lease_token": lease.token, "summary": summary}
-        return dict(self.request("POST", f"/jobs/{lease.job_id}/complete", json=body).json())
+        return json_object(self.request("POST", f"/jobs/{lease.job_id}/complete", json=body))
 
     def fail(self, lease: Lease, reason: str) -> dict[str, Any]:
         body = {"lease_token": lease.token, "reason": reason[:2000]}
-        return dict(self.request("POST", f"/jobs/{lease.job_id}/fail", json=body).json())
+        return json_object(self.request("POST", f"/jobs/{lease.job_id}/fail", json=body))
 
     def release(self, lease: Lease, reason: str) -> dict[str, Any]:
         """Hand the job back for any worker to claim now: the trouble is this worker's (its
         disk full, no GPU free), not the study's, which `fail` would tell the hospital."""
         body = {"lease_token": lease.token, "reason": reason[:2000]}
-        return dict(self.request("POST", f"/jobs/{lease.job_id}/release", json=body).json())
+        return json_object(self.request("POST", f"/jobs/{lease.job_id}/release", json=body))
 
 
 def _completing(complete: bool) -> dict[str, str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 
 from aifi.checks import Check, exchange_problem, exchange_route, private_problem
-from aifi.http import ExchangeHTTPError
+from aifi.http import ExchangeHTTPError, UnexpectedAnswer, json_list, json_object
 from aifi.vendor.client import VendorClient
 
 #: Free space a worker's folder should have: a large study's inputs and the product's outputs.
@@ -70,8 +70,14 @@ def _exchange(client: VendorClient) -> tuple[Check, str | None]:
     name = "exchange"
     route = exchange_route(client)
     try:
-        found = client.request("GET", "/organisations").json()
+        found = json_list(client.request("GET", "/organisations"), "id", "kind")
+    except UnexpectedAnswer as exc:
+        # A typo in --exchange landing on some web server, a captive portal, a TLS proxy's
+        # block page: each answers, but not as the exchange's API does.
+        return Check(name, False, _not_an_exchange(route, exc.detail)), None
     except (ExchangeHTTPError, httpx.TransportError) as exc:
+        if isinstance(exc, ExchangeHTTPError) and exc.status == 404:  # every exchange has it
+            return Check(name, False, _not_an_exchange(route, "404 Not Found")), None
         return Check(name, False, exchange_problem(exc, route)), None
     vendors = [str(org["id"]) for org in found if org["kind"] == "vendor"]
     if len(vendors) != 1:
@@ -80,10 +86,18 @@ def _exchange(client: VendorClient) -> tuple[Check, str | None]:
     return Check(name, True, f"{route}, as vendor {vendors[0]}"), vendors[0]
 
 
+def _not_an_exchange(route: str, answer: str) -> str:
+    return (
+        f"{route} is not an AIFI exchange: GET /organisations answered {answer} "
+        "(check --exchange, and any proxy on the way)"
+    )
+
+
 def _product(client: VendorClient, product_id: str, vendor: str) -> Check:
     name = f"product {product_id}"
     try:
-        product = client.request("GET", f"/products/{product_id}").json()
+        answer = client.request("GET", f"/products/{product_id}")
+        product = json_object(answer, "name", "version", "vendor", "status")
     except ExchangeHTTPError as exc:
         if exc.status == 404:
             return Check(name, False, f"not in the catalogue: register it (--register {vendor})")

@@ -15,12 +15,15 @@ from typing import Any
 
 import httpx
 
+from aifi.http import ExchangeNotTrusted
 from aifi.vendor.client import (
+    LONGEST_LEASE_SECONDS,
     ExchangeHTTPError,
     InputGone,
     Lease,
     LeaseLost,
     Renewal,
+    UnexpectedAnswer,
     VendorClient,
 )
 
@@ -41,14 +44,28 @@ NOT_LET_IN = frozenset({401, 403})
 #: Seconds between tries while the exchange does not let the worker in: each refusal is an
 #: entry in the exchange's access log, so a wrong key must not knock every second.
 NOT_LET_IN_PAUSE = 60.0
-#: The exchange's storage has no room (507), or is down (503: its object store or database,
-#: past the client's own retries of about 20 s): a finished result is kept and offered again.
-STORAGE_TROUBLE = {507: "has no room for", 503: "cannot store"}
-#: Seconds a finished result is kept and offered again while the exchange's storage is in
-#: trouble (`STORAGE_TROUBLE`), and the first and longest pauses between tries.
+#: The exchange cannot take a finished result for now, past the client's own retries of about
+#: 20 s: its storage has no room (507) or is down (503: its object store or database), or it
+#: is out of reach (502/504 from its load balancer; a connection that fails is the same
+#: trouble). The result is kept and offered again. Not a 500: that is a fault in the
+#: exchange which the same result may meet every time, so waiting would only hold the job.
+STORAGE_TROUBLE = {
+    507: "has no room for",
+    503: "cannot store",
+    502: "cannot be reached to take",
+    504: "cannot be reached to take",
+}
+#: Seconds a finished result is kept and offered again while the exchange cannot take it
+#: (`STORAGE_TROUBLE`), and the first and longest pauses between tries.
 STORAGE_WAIT_SECONDS = 900.0
 STORAGE_FIRST_PAUSE = 1.0
 STORAGE_LONGEST_PAUSE = 60.0
+#: Seconds to the next heartbeat after one failed (after the client's own retries): soon, so
+#: that an exchange back from an outage renews the lease before it runs out.
+BEAT_AGAIN_AFTER = 1.0
+#: Seconds the run loop waits after trouble at the exchange, or an error nobody foresaw,
+#: before it claims again.
+TROUBLE_PAUSE = 1.0
 
 
 class ProductError(Exception):
@@ -109,8 +126,15 @@ class _Heartbeat:
             except LeaseLost:
                 self.lost.set()
                 return
-            except Exception:  # a missed beat is retried at the next tick
-                log.warning("heartbeat for job %s failed", self._lease.job_id, exc_info=True)
+            except Exception as exc:
+                # Not a whole interval to the next try: counted from the failure, it could
+                # come after the lease ran out, though the exchange was back well before.
+                wait = min(self._every, BEAT_AGAIN_AFTER)
+                foreseen = isinstance(exc, ExchangeHTTPError | httpx.TransportError)
+                log.warning(
+                    "heartbeat for job %s failed (%s); trying again in %.0f s",
+                    self._lease.job_id, exc, wait, exc_info=not foreseen,
+                )  # fmt: skip
                 continue
             wait = self._next_beat(renewal)
 
@@ -139,6 +163,13 @@ class Worker:
         folder if None): put it on a disk with room for a few studies."""
         if hand_back_pause < 0 or storage_wait_seconds < 0:
             raise ValueError("the hand-back pause and the storage wait are seconds, not negative")
+        if not 0 < lease_seconds <= LONGEST_LEASE_SECONDS:
+            # Refused now: the exchange would refuse every claim (422), and the worker would
+            # only log it, once a second, for ever.
+            raise ValueError(
+                f"a lease of {lease_seconds:g} s: the exchange grants more than 0 and at most "
+                f"{LONGEST_LEASE_SECONDS:.0f} s; a slower product keeps its job by heartbeats"
+            )
         self.client = client
         self.handler = handler
         self.product_ids = product_ids or []
@@ -150,7 +181,12 @@ class Worker:
         self._handed_back = False
 
     def run(self, stop: threading.Event, wait_seconds: float = 5.0) -> None:
-        """Process jobs until `stop` is set; a failing exchange is retried, never fatal."""
+        """Process jobs until `stop` is set; a failing exchange is retried, never fatal.
+
+        A product's own errors fail its job (`process`); what reaches this loop is trouble at
+        the exchange, on the way to it, or in the worker's own files, and, last, anything
+        nobody foresaw: each is logged and the worker claims again after a pause, since a
+        worker that ends leaves its vendor's queue unserved until someone restarts it."""
         while not stop.is_set():
             try:
                 self.run_once(wait_seconds=wait_seconds)
@@ -164,15 +200,24 @@ class Worker:
                         "(aifi worker --check shows what to change)", exc, NOT_LET_IN_PAUSE,
                     )  # fmt: skip
                     stop.wait(NOT_LET_IN_PAUSE)
+                elif isinstance(exc, UnexpectedAnswer):
+                    log.warning(
+                        "the exchange's answer was not the API's (%s): something in front of "
+                        "it answered, or --exchange is not its address", exc,
+                    )  # fmt: skip
+                    stop.wait(TROUBLE_PAUSE)
                 else:
                     log.warning("exchange error: %s", exc)
-                    stop.wait(1.0)
+                    stop.wait(TROUBLE_PAUSE)
             except httpx.TransportError as exc:
                 log.warning("exchange unreachable: %s", exc)
-                stop.wait(1.0)
+                stop.wait(TROUBLE_PAUSE)
             except OSError as exc:
                 log.warning("the worker's own files: %s", exc)
-                stop.wait(1.0)
+                stop.wait(TROUBLE_PAUSE)
+            except Exception:  # the last resort: a bug in the worker or a library it uses
+                log.exception("the worker met an error nobody foresaw; claiming again shortly")
+                stop.wait(TROUBLE_PAUSE)
 
     def run_once(self, wait_seconds: float = 0.0) -> str | None:
         """Claim and process one job; returns its id, or None when there was none."""
@@ -240,22 +285,47 @@ class Worker:
             shutil.rmtree(folder, ignore_errors=True)
 
     def _say_lease_lost(self, lease: Lease, exc: LeaseLost) -> None:
-        """The lease is gone, or the job ended with this attempt: an upload that completed it,
-        whose answer was lost, is sent again by the client and refused. Telling the two apart
-        spares an engineer a search for a fault that did not happen."""
-        try:
-            job = self.client.job(lease.job_id)
-        except (ExchangeHTTPError, httpx.TransportError, ValueError):  # ValueError: not JSON
-            job = {}
-        if job.get("state") == "completed" and job.get("attempts") == lease.job.get("attempts"):
-            log.info(
-                "job %s completed: the exchange ended it with this worker's results; its "
-                "answer to the last upload was lost on the way", lease.job_id,
-            )  # fmt: skip
-            return
+        """The lease is gone, or the job ended with this attempt: a call that ended it (the
+        upload that completed it, a `fail`), whose answer was lost, is sent again by the
+        client and refused. Telling the two apart spares an engineer a search for a fault
+        that did not happen."""
+        job = self._job_now(lease)
+        if job.get("attempts") == lease.job.get("attempts"):
+            if job.get("state") == "completed":
+                log.info(
+                    "job %s completed: the exchange ended it with this worker's results; its "
+                    "answer to the last upload was lost on the way", lease.job_id,
+                )  # fmt: skip
+                return
+            if job.get("state") == "failed":
+                log.info(
+                    "job %s failed, as this worker told the exchange (%s); its answer was "
+                    "lost on the way", lease.job_id, job.get("reason"),
+                )  # fmt: skip
+                return
         log.warning(
             "job %s: lease lost (%s); another worker will take it", lease.job_id, exc.detail
         )
+
+    def _job_now(self, lease: Lease) -> dict[str, Any]:
+        """The job as the exchange has it now; empty when it cannot be asked."""
+        try:
+            return self.client.job(lease.job_id)
+        except (ExchangeHTTPError, httpx.TransportError):
+            return {}
+
+    def _was_handed_back(self, lease: Lease) -> bool:
+        """Whether the job was handed back at this worker's attempt, though the exchange's
+        answer to `release` was lost: the hand-back takes the claim's attempt back, so the
+        job stands at one attempt fewer, waiting, or at the same attempt held anew by the
+        worker that claimed it next (a lease that ran out would leave it one more)."""
+        job = self._job_now(lease)
+        ours, now = lease.job.get("attempts"), job.get("attempts")
+        if not isinstance(ours, int) or not isinstance(now, int):
+            return False
+        waiting = job.get("state") == "requested" and now == ours - 1
+        taken_again = job.get("state") in ("claimed", "in-progress") and now == ours
+        return waiting or taken_again
 
     def _prepare(self, lease: Lease, folder: Path) -> tuple[list[Path], Path] | None:
         """The job's inputs in `folder` and an empty folder for the product's outputs; None
@@ -297,6 +367,12 @@ class Worker:
         try:
             self.client.release(lease, reason)
         except (ExchangeHTTPError, httpx.TransportError) as exc:
+            if isinstance(exc, LeaseLost) and self._was_handed_back(lease):
+                log.info(
+                    "job %s: the exchange took the hand-back; its answer was lost on the way",
+                    lease.job_id,
+                )  # fmt: skip
+                return
             log.warning(
                 "job %s: not handed back (%s); it is offered again when its lease runs out",
                 lease.job_id, exc,
@@ -305,33 +381,44 @@ class Worker:
     def _hand_in_patiently(
         self, lease: Lease, result: ProductResult, lost: threading.Event
     ) -> None:
-        """Hand the results in; while the exchange's storage is full (507) or down (503), keep
-        them and try again, heartbeats going on, for up to `storage_wait_seconds`.
+        """Hand the results in; while the exchange cannot take them (`STORAGE_TROUBLE`, or
+        it cannot be reached), keep them and try again, heartbeats going on, for up to
+        `storage_wait_seconds`, never sooner than its `Retry-After`. If it still cannot, hand
+        the job back, for this worker or another to run when the exchange is back.
 
-        The operator is paged (BlobStoreFull, BlobStoreUnavailable, ExchangeDatabaseDown) and
-        sees to it; the result is ready, so running the product again on another worker, after
-        the lease ran out, would only repeat the work and count attempts against the job.
+        The operator is paged (BlobStoreFull, BlobStoreUnavailable, ExchangeDatabaseDown,
+        ExchangeReplicaDown) and sees to it; the result is ready, so running the product
+        again on another worker, after the lease ran out, would only repeat the work and
+        count attempts against the job.
         """
         deadline = time.monotonic() + self.storage_wait_seconds
-        pause = STORAGE_FIRST_PAUSE
+        backoff = STORAGE_FIRST_PAUSE
         while True:
             try:
                 self._hand_in(lease, result)
                 return
-            except ExchangeHTTPError as exc:
-                trouble = STORAGE_TROUBLE.get(exc.status)
-                if trouble is None or lost.is_set() or time.monotonic() + pause > deadline:
+            except (ExchangeHTTPError, httpx.TransportError) as exc:
+                trouble = _hand_in_trouble(exc)
+                if trouble is None or lost.is_set():
                     raise
+                wait = _storage_pause(backoff, exc)
+                if time.monotonic() + wait > deadline:
+                    self._hand_back(
+                        lease,
+                        f"the exchange {trouble} the result for {self.storage_wait_seconds:.0f} "
+                        f"s: {exc}",
+                    )
+                    return
                 log.warning(
                     "job %s: the exchange %s the result (%s); trying again in %.0f s",
-                    lease.job_id, trouble, exc.detail, pause,
+                    lease.job_id, trouble, exc, wait,
                 )  # fmt: skip
-            if lost.wait(pause):  # the lease went meanwhile: another worker has the job
+            if lost.wait(wait):  # the lease went meanwhile: another worker has the job
                 raise LeaseLost(
                     409, f"the lease ran out while the exchange {trouble} the result",
                     "PUT", f"/jobs/{lease.job_id}/results",
                 )  # fmt: skip
-            pause = min(pause * 2, STORAGE_LONGEST_PAUSE)
+            backoff = min(backoff * 2, STORAGE_LONGEST_PAUSE)
 
     def _hand_in(self, lease: Lease, result: ProductResult) -> None:
         """Upload every result; the last upload also completes the job (one request fewer)."""
@@ -349,3 +436,25 @@ class Worker:
     def _fail(self, lease: Lease, reason: str) -> None:
         log.info("job %s failed: %s", lease.job_id, reason)
         self.client.fail(lease, reason)
+
+
+def _hand_in_trouble(exc: ExchangeHTTPError | httpx.TransportError) -> str | None:
+    """What keeps the exchange from taking a finished result for now, put for the log; None
+    when waiting would not help: a refusal, a lost lease, a certificate that does not verify,
+    a fault in the exchange (500) that the same result may meet every time."""
+    if isinstance(exc, ExchangeNotTrusted):
+        return None
+    if isinstance(exc, httpx.TransportError):
+        return "cannot be reached to take"
+    if isinstance(exc, UnexpectedAnswer):
+        return "did not answer as its API does when offered"
+    return STORAGE_TROUBLE.get(exc.status)
+
+
+def _storage_pause(backoff: float, exc: ExchangeHTTPError | httpx.TransportError) -> float:
+    """Seconds before the result is offered again: the back-off, or what the exchange's
+    `Retry-After` asked if that is longer, at most `STORAGE_LONGEST_PAUSE`. Every worker
+    offering its results again at once to a store that said when it could take them only
+    adds to its trouble."""
+    asked = exc.retry_after if isinstance(exc, ExchangeHTTPError) else None
+    return max(backoff, min(asked or 0.0, STORAGE_LONGEST_PAUSE))

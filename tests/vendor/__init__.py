@@ -1,0 +1,1 @@
+"""Tests of the vendor SDK: its client, its worker loop and `aifi worker`."""

@@ -67,7 +67,7 @@ def exchange(
     import uvicorn
 
     from aifi.exchange.app import create_app
-    from aifi.exchange.settings import ExchangeSettings
+    from aifi.exchange.settings import SettingsRefused, read_settings
     from aifi.gc_tuning import tune_for_serving
     from aifi.web import mount
 
@@ -80,7 +80,11 @@ def exchange(
         except NoSuchCore as exc:
             typer.echo(f"error: --cpu: {exc}", err=True)
             raise typer.Exit(2) from exc
-    settings = ExchangeSettings() if data_dir is None else ExchangeSettings(data_dir=data_dir)
+    try:
+        settings = read_settings(data_dir)
+    except SettingsRefused as exc:
+        typer.echo(f"error: the exchange's settings:\n{exc}", err=True)
+        raise typer.Exit(2) from None
     if check:
         from aifi.checks import show
         from aifi.exchange.preflight import preflight

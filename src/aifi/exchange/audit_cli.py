@@ -42,7 +42,7 @@ from aifi.exchange.db import Database
 from aifi.exchange.errors import ExchangeError
 from aifi.exchange.models import AuditArchive
 from aifi.exchange.services import OPERATOR_ID
-from aifi.exchange.settings import ExchangeSettings
+from aifi.exchange.settings import ExchangeSettings, SettingsRefused, read_settings
 
 app = typer.Typer(help="The exchange's audit log.", no_args_is_help=True)
 #: Who a search run on the exchange host is logged as: the national operator (the entry's
@@ -71,7 +71,11 @@ def audit() -> None:
 
 
 def _settings(data_dir: Path | None) -> ExchangeSettings:
-    return ExchangeSettings() if data_dir is None else ExchangeSettings(data_dir=data_dir)
+    try:
+        return read_settings(data_dir)
+    except SettingsRefused as exc:
+        typer.echo(f"error: the exchange's settings:\n{exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _database(settings: ExchangeSettings, database_url: str | None) -> Database:

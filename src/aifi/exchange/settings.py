@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from aifi.exchange.threads import REQUEST_THREADS, TRANSFER_THREADS
@@ -72,6 +73,24 @@ class ExchangeSettings(BaseSettings):
     #: Key that signs the web pages' session cookies; replicas must share it.
     session_secret: str | None = None
 
+    @field_validator(
+        "database_pool_size",
+        "retain_inputs_seconds",
+        "retain_results_seconds",
+        "retain_undelivered_seconds",
+        "expire_unfinished_seconds",
+        "archive_audit_after_seconds",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        """`AIFI_RETAIN_INPUTS_SECONDS=` (empty) means None: keep, never, as docs/deploy.md
+        says, and as a unit file or an .env line writes "no value"; a number's parser would
+        refuse it."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
     def resolved_pool_size(self) -> int:
         """The pool a replica keeps: as set, or twice its worker threads, so that raising a
         thread count never leaves threads waiting for a connection (a fixed 40 would have:
@@ -96,3 +115,27 @@ class ExchangeSettings(BaseSettings):
         """Where uploads to an object store wait while they are checked, unless
         `AIFI_BLOB_URL` names a folder (`spool=`)."""
         return self.data_dir / "spool"
+
+
+class SettingsRefused(ValueError):
+    """An AIFI_* variable holds what its setting cannot take; the message names each one."""
+
+
+def read_settings(data_dir: Path | None = None) -> ExchangeSettings:
+    """The exchange's settings from the environment (`data_dir` given on the command line).
+
+    Raises
+    ------
+    SettingsRefused
+        naming every variable that does not fit and why, in a line each: what an operator
+        reads instead of pydantic's traceback.
+    """
+    try:
+        return ExchangeSettings() if data_dir is None else ExchangeSettings(data_dir=data_dir)
+    except ValidationError as exc:
+        lines = [
+            f"AIFI_{'_'.join(str(part) for part in error['loc']).upper()}="
+            f"{error.get('input', '')!s}: {error['msg']}"
+            for error in exc.errors()
+        ]
+        raise SettingsRefused("\n".join(lines)) from None

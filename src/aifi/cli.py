@@ -28,6 +28,9 @@ def _logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # A line for every request (a gateway's idle long-polls alone made some 8,640 a day) buries
+    # what the journal is read for; its own failures and retries are logged by the clients.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def _wait_for_signal() -> threading.Event:

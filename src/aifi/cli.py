@@ -318,6 +318,7 @@ def _register_tools() -> None:
     from aifi.gateway.backup_cli import gateway_backup, gateway_restore
     from aifi.gateway.disclosures_cli import disclosures
     from aifi.gateway.jobs_cli import gateway_jobs
+    from aifi.gateway.subscriptions_cli import gateway_subscriptions
     from aifi.gateway.unknown_jobs_cli import gateway_unknown_jobs
     from aifi.governance.cli import conformance
     from aifi.phantoms.cli import phantom
@@ -340,6 +341,10 @@ def _register_tools() -> None:
     app.command(
         "gateway-jobs", help="The jobs the gateway has not done with: waiting for what, and why."
     )(gateway_jobs)
+    app.command(
+        "gateway-subscriptions",
+        help="The products the hospital subscribes to at the exchange; subscribe or end one.",
+    )(gateway_subscriptions)
     app.command(
         "gateway-unknown-jobs",
         help="Exchange jobs of this hospital the gateway has no record of: adopt or let go.",

@@ -246,6 +246,10 @@ def test_following_the_guide_brings_a_phantom_result_into_the_pacs(
     config_file = etc / "gateway.yaml"
     config_file.write_text(yaml.safe_dump(config))
 
+    # Section 2: the subscription, as printed (already there: the command is idempotent and
+    # lists it), then the check before the first start passes, every row of it.
+    listed = _run_printed(installed_aifi, 2, "gateway-subscriptions", config_file)
+    assert "aifi-tissue-volume" in listed and "refused" not in listed, listed
     # Section 2: the check before the first start passes, every row of it.
     [check] = [shlex.split(line) for line in _section(2).splitlines() if line.endswith("--check")]
     arguments = check[check.index(f"{GUIDE_VENV}/bin/aifi") + 1 :]

@@ -215,7 +215,8 @@ def _products(config: GatewayConfig, client: GatewayClient) -> list[Check]:
                     name,
                     False,
                     f"{label}: the hospital does not subscribe to it; its studies would be "
-                    "refused (ask the national operator)",
+                    f"refused (subscribe: aifi gateway-subscriptions --config … --subscribe "
+                    f"{product_id})",
                 )
             )
         else:

@@ -318,6 +318,7 @@ def _register_tools() -> None:
     from aifi.gateway.backup_cli import gateway_backup, gateway_restore
     from aifi.gateway.disclosures_cli import disclosures
     from aifi.gateway.jobs_cli import gateway_jobs
+    from aifi.gateway.secret_cli import gateway_secret
     from aifi.gateway.subscriptions_cli import gateway_subscriptions
     from aifi.gateway.unknown_jobs_cli import gateway_unknown_jobs
     from aifi.governance.cli import conformance
@@ -341,6 +342,10 @@ def _register_tools() -> None:
     app.command(
         "gateway-jobs", help="The jobs the gateway has not done with: waiting for what, and why."
     )(gateway_jobs)
+    app.command(
+        "gateway-secret",
+        help="The pseudonymisation secret's fingerprint and the vault's; adopt a new secret.",
+    )(gateway_secret)
     app.command(
         "gateway-subscriptions",
         help="The products the hospital subscribes to at the exchange; subscribe or end one.",

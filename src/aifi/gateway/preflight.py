@@ -19,14 +19,18 @@ import httpx
 from aifi.checks import Check, exchange_problem, exchange_route, private_problem
 from aifi.dicom.pseudonym import PseudonymKey
 from aifi.file_lock import held_alone
-from aifi.gateway.backup import WORKDIR_LOCK, restore_cut_off
+from aifi.gateway.backup import WORKDIR_LOCK, restore_cut_off, secret_fingerprint
 from aifi.gateway.config import DicomWebListener, GatewayConfig, PacsDestination
 from aifi.gateway.dimse import echo
 from aifi.gateway.exchange_client import GatewayClient
 from aifi.gateway.notify.fhir import endpoint_verify
 from aifi.gateway.notify.reach import check_connection, http_client, target_label
 from aifi.gateway.notify.settings import FhirEndpoint, Hl7Endpoint, WebhookEndpoint
-from aifi.gateway.secret import missing_secret_problem
+from aifi.gateway.secret import (
+    changed_secret_problem,
+    missing_secret_problem,
+    vault_keyed_with,
+)
 from aifi.http import ExchangeHTTPError
 
 
@@ -102,15 +106,16 @@ def _secret(path: Path, workdir: Path) -> Check:
             f"{path} is created at the first start in this new workdir (mode 0600): escrow it then",
         )
     try:
-        PseudonymKey.from_file(path)
+        key = PseudonymKey.from_file(path)
     except OSError as exc:
         return Check(name, False, f"{path}: cannot read it ({exc.strerror})")
     except ValueError as exc:
         return Check(name, False, f"{path}: {exc}")
-    problem = private_problem(path)
-    if problem:
+    if problem := private_problem(path):
         return Check(name, False, f"{path}: {problem}")
-    return Check(name, True, f"{path}, private")
+    if problem := changed_secret_problem(key, path, vault_keyed_with(workdir)):
+        return Check(name, False, problem)
+    return Check(name, True, f"{path}, private, fingerprint {secret_fingerprint(key)}")
 
 
 def _listener(config: GatewayConfig) -> Check:

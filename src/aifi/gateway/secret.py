@@ -7,15 +7,27 @@ secret that went missing (a volume not mounted, a file lost) and was quietly mad
 give every patient new pseudonyms, and jobs the exchange holds under their old keys could no
 longer be sent (the exchange refuses a key it knows with other content). So a gateway whose
 workdir holds what earlier runs kept refuses to start without it, and says where to get it
-back: the hospital's key escrow.
+back: the hospital's key escrow. And since a copy from the escrow may be the wrong one (another
+hospital's, an old one), the vault keeps the fingerprint of the secret its pseudonyms were
+made under: a gateway given another secret refuses to start too, until the engineer puts the
+right one back or says the change is meant (`aifi gateway-secret --adopt`).
 """
 
 from __future__ import annotations
 
+import logging
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 from aifi.dicom.pseudonym import PseudonymKey, create_secret_file
-from aifi.gateway.backup import DATABASES
+from aifi.gateway.backup import DATABASES, secret_fingerprint
+from aifi.gateway.vault import Vault
+
+log = logging.getLogger(__name__)
+
+#: The vault's file in a workdir.
+VAULT = "vault.db"
 
 
 class SecretMissing(FileNotFoundError):
@@ -61,3 +73,62 @@ def open_secret(secret: Path, workdir: Path) -> PseudonymKey:
             raise SecretMissing(problem)
         create_secret_file(secret)
     return PseudonymKey.from_file(secret)
+
+
+class SecretChanged(ValueError):
+    """The secret is not the one the workdir's vault was keyed with; the message says what to
+    do."""
+
+
+def changed_secret_problem(key: PseudonymKey, secret: Path, keyed_with: str | None) -> str | None:
+    """Why the gateway must not start with `key` over a vault keyed with `keyed_with`, or None."""
+    fingerprint = secret_fingerprint(key)
+    if keyed_with is None or keyed_with == fingerprint:
+        return None
+    return (
+        f"the pseudonymisation secret {secret} (fingerprint {fingerprint}) is not the one "
+        f"this workdir's vault was made under (fingerprint {keyed_with}): put the hospital's "
+        "secret back from its key escrow (the escrowed copy's fingerprint is shown by "
+        "`aifi gateway-secret`). To change the secret on purpose, which gives every patient "
+        "new pseudonyms, run `aifi gateway-secret --config … --adopt` with the gateway stopped "
+        "(docs/hospital-guide.md, section 7)"
+    )
+
+
+def keep_fingerprint(vault: Vault, key: PseudonymKey, secret: Path, created: bool) -> None:
+    """Check `key` against the secret the vault was keyed with, and record it in a vault that
+    does not say yet (new, or kept by an earlier release).
+
+    Raises
+    ------
+    SecretChanged
+        When the vault was keyed with another secret; nothing is recorded.
+    """
+    keyed_with = vault.keyed_with()
+    if (problem := changed_secret_problem(key, secret, keyed_with)) is not None:
+        raise SecretChanged(problem)
+    if keyed_with is None:
+        fingerprint = secret_fingerprint(key)
+        vault.key_with(fingerprint)
+        if created:
+            log.warning(
+                "created the pseudonymisation secret %s (fingerprint %s): put a copy in the "
+                "hospital's key escrow now (docs/hospital-guide.md, section 7)",
+                secret, fingerprint,
+            )  # fmt: skip
+
+
+def vault_keyed_with(workdir: Path) -> str | None:
+    """The fingerprint a workdir's vault was keyed with, read without changing the vault (for
+    `--check` and `aifi gateway-secret`); None when there is no vault or it does not say."""
+    path = workdir / VAULT
+    if not path.exists():
+        return None
+    try:
+        with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as connection:
+            row = connection.execute(
+                "SELECT fingerprint FROM keyed_with ORDER BY rowid DESC LIMIT 1"
+            ).fetchone()
+    except sqlite3.OperationalError:  # a vault from before the fingerprint was kept
+        return None
+    return str(row[0]) if row else None

@@ -60,7 +60,7 @@ from aifi.gateway.receipt import (
 )
 from aifi.gateway.reidentify import reidentify_file
 from aifi.gateway.routing import route_study
-from aifi.gateway.secret import open_secret
+from aifi.gateway.secret import VAULT, SecretChanged, keep_fingerprint, open_secret
 from aifi.gateway.state import GatewayState, ReceivedInstance, inputs_digest
 from aifi.gateway.stow import BASE as STOW_BASE
 from aifi.gateway.stow import stow_app
@@ -258,12 +258,20 @@ class Gateway:
         self._workdir_lock = ExitStack()
         self._hold_workdir()
         try:
-            # First: a workdir whose secret is gone is left as it is found (`SecretMissing`).
-            self.key = open_secret(config.resolved_secret_file, workdir)
+            # First: a workdir whose secret is gone is left as it is found (`SecretMissing`),
+            # and one given another secret than its vault was keyed with (`SecretChanged`).
+            secret = config.resolved_secret_file
+            created = not secret.exists()
+            self.key = open_secret(secret, workdir)
+            self.vault = Vault(workdir / VAULT)
+            try:
+                keep_fingerprint(self.vault, self.key, secret, created)
+            except SecretChanged:
+                self.vault.close()
+                raise
             for folder in (self.spool, self.outbox, self.results_dir):
                 folder.mkdir(mode=0o700, exist_ok=True)
             self.state = GatewayState(workdir / "state.db")
-            self.vault = Vault(workdir / "vault.db")
             self.disclosures = DisclosureLog(
                 workdir / "disclosures.db", config.hospital, f"gateway {config.dicom.ae_title}"
             )

@@ -11,6 +11,7 @@ import sqlite3
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 SCHEMA = """
@@ -32,6 +33,12 @@ CREATE TABLE IF NOT EXISTS uid_studies (
     PRIMARY KEY (original_study_uid, pseudonym)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ix_uid_studies_pseudonym ON uid_studies (pseudonym);
+-- The secret every pseudonym here was made under, by its fingerprint (`secret_fingerprint`),
+-- newest last: a rotation adds a row, the rows before it tell when the pseudonyms changed.
+CREATE TABLE IF NOT EXISTS keyed_with (
+    fingerprint TEXT NOT NULL,
+    since TEXT NOT NULL
+);
 """
 
 
@@ -55,6 +62,23 @@ class Vault:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+    def keyed_with(self) -> str | None:
+        """The fingerprint of the secret the vault's pseudonyms are made under now; None for a
+        vault that does not say (new, or from before the gateway kept it)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT fingerprint FROM keyed_with ORDER BY rowid DESC LIMIT 1"
+            ).fetchone()
+        return str(row[0]) if row else None
+
+    def key_with(self, fingerprint: str) -> None:
+        """Record that the pseudonyms from now on are made under the secret `fingerprint`."""
+        with self._lock, self._conn:
+            self._conn.execute(
+                "INSERT INTO keyed_with (fingerprint, since) VALUES (?, ?)",
+                (fingerprint, datetime.now(UTC).isoformat(timespec="seconds")),
+            )
 
     def remember(
         self,

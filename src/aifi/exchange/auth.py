@@ -6,6 +6,7 @@ import hashlib
 import secrets
 import threading
 import time
+from collections.abc import Callable
 
 from sqlalchemy import select
 
@@ -16,6 +17,11 @@ from aifi.exchange.errors import ExchangeError, Forbidden
 from aifi.exchange.models import ApiKey, Organisation
 
 KEY_PREFIX = "aifi_"
+#: Seconds a replica answers a verified key from memory. The bound on a revocation: the
+#: replica that revokes a key forgets it at once, every other replica within this time. Short,
+#: because a leaked key works for this long after it is revoked; long enough that a busy
+#: gateway's or worker's requests need one database lookup per key in that time, not each.
+KEY_CACHE_SECONDS = 10.0
 
 
 class Unauthorised(ExchangeError):
@@ -52,19 +58,26 @@ class KeyCache:
     """Recently verified keys, so a busy worker's every request needs no database lookup.
 
     Only successes are kept, for `ttl` seconds: a key revoked in the database stops working
-    within that time on every replica.
+    within that time on every replica, and at once on the one that revoked it (`forget`).
+    `clock` is the monotonic time the lifetime is measured on (a test moves its own on).
     """
 
-    def __init__(self, ttl: float = 10.0, size: int = 10_000) -> None:
+    def __init__(
+        self,
+        ttl: float = KEY_CACHE_SECONDS,
+        size: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._ttl = ttl
         self._size = size
+        self._clock = clock
         self._known: dict[str, tuple[float, Actor]] = {}
         self._lock = threading.Lock()
 
     def get(self, key_hash: str) -> Actor | None:
         with self._lock:
             found = self._known.get(key_hash)
-        if found is None or found[0] < time.monotonic():
+        if found is None or found[0] < self._clock():
             return None
         return found[1]
 
@@ -72,7 +85,14 @@ class KeyCache:
         with self._lock:
             if len(self._known) >= self._size:
                 self._known.clear()
-            self._known[key_hash] = (time.monotonic() + self._ttl, actor)
+            self._known[key_hash] = (self._clock() + self._ttl, actor)
+
+    def forget(self, key_hash: str) -> None:
+        """Answer for the key no more: it was revoked here. A request that read it from the
+        database just before the revocation committed may still put it back; it then goes,
+        like on every other replica, when its `ttl` runs out."""
+        with self._lock:
+            self._known.pop(key_hash, None)
 
 
 def key_hash_of(key: str | None) -> str:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, bindparam, select
+from sqlalchemy import and_, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from aifi.exchange.audit import Actor, AuditLog
-from aifi.exchange.auth import new_api_key, require_role, store_api_key
+from aifi.exchange.auth import KeyCache, new_api_key, require_role, store_api_key
 from aifi.exchange.clock import utcnow
 from aifi.exchange.db import Database
 from aifi.exchange.errors import Conflict, Forbidden, NotFound
-from aifi.exchange.models import Organisation, Product, Subscription
+from aifi.exchange.models import ApiKey, Organisation, Product, Subscription
 from aifi.exchange.schemas import (
     OrganisationIn,
     OrganisationKind,
@@ -37,10 +37,32 @@ def product_out(product: Product) -> ProductOut:
     )
 
 
+#: An organisation's row held until the transaction ends, changing nothing: on PostgreSQL a
+#: row lock (a job's insert, which only shares the row's key, does not wait for it), on SQLite
+#: the one write lock. Two revocations of an organisation's last two keys thus take turns, and
+#: the second sees the first's: they cannot both pass the last-key check and lock it out.
+_HOLD_ORGANISATION = (
+    update(Organisation)
+    .where(Organisation.id == bindparam("organisation_id"))
+    .values(name=Organisation.name)
+    .returning(Organisation.id)
+    .execution_options(synchronize_session=False)
+)
+
+
 class Catalogue:
-    def __init__(self, db: Database, audit: AuditLog, *, admit_on_register: bool = False) -> None:
+    def __init__(
+        self,
+        db: Database,
+        audit: AuditLog,
+        *,
+        admit_on_register: bool = False,
+        keys: KeyCache | None = None,
+    ) -> None:
         self._db = db
         self._audit = audit
+        #: This replica's verified keys, which a revocation here clears of the key at once.
+        self._keys = keys if keys is not None else KeyCache()
         self._first_state = "admitted" if admit_on_register else "draft"
 
     # organisations -------------------------------------------------------------------------
@@ -65,9 +87,9 @@ class Catalogue:
         return org, key
 
     def rotate_key(self, actor: Actor, organisation_id: str) -> str:
-        """A new key for an organisation; old keys stay valid until revoked (clean hand-over)."""
-        if actor.role != OrganisationKind.operator and actor.organisation_id != organisation_id:
-            raise NotFound(f"no organisation {organisation_id!r}")
+        """A new key for an organisation; old keys stay valid until revoked (`revoke_key`), so
+        a gateway or worker changes over with no gap."""
+        _own_keys(actor, organisation_id)
         with self._db.session() as session:
             if session.get(Organisation, organisation_id) is None:
                 raise NotFound(f"no organisation {organisation_id!r}")
@@ -75,6 +97,67 @@ class Catalogue:
         store_api_key(self._db, organisation_id, key, label="rotated")
         self._audit.record(actor, "create", "api-key", organisation_id)
         return key
+
+    def list_keys(self, actor: Actor, organisation_id: str) -> list[ApiKey]:
+        """An organisation's keys, revoked ones too, oldest first: what a hand-over needs to
+        tell the new key from the old. For the operator, and for an organisation its own (as
+        rotating is); to any other, 404, as if the organisation did not exist."""
+        with self._audit.reading(actor, "search", "api-key", organisation_id) as read:
+            _own_keys(actor, organisation_id)
+            if read.session.get(Organisation, organisation_id) is None:
+                raise NotFound(f"no organisation {organisation_id!r}")
+            keys = list(read.session.scalars(_KEYS_OF, {"organisation_id": organisation_id}))
+            read.succeeded()
+        return keys
+
+    def revoke_key(self, actor: Actor, organisation_id: str, key_id: int) -> ApiKey:
+        """Revoke one of an organisation's keys, for good: a leaked key otherwise works for
+        ever. Revoking a revoked key answers it again, unchanged (a retry is harmless).
+
+        Refused with 409 when it is the organisation's last live key: the hospital's gateway
+        (or the operator) would be locked out with no key to rotate with, and only the
+        operator could let it back in; rotate first. Who may revoke is who may rotate. This
+        replica stops taking the key at once; other replicas within
+        :data:`~aifi.exchange.auth.KEY_CACHE_SECONDS`, when their cache of it runs out.
+        """
+        subject = f"{organisation_id}/{key_id}"
+        try:
+            key, revoked_now = self._revoke(actor, organisation_id, key_id)
+        except (NotFound, Conflict) as exc:
+            self._audit.refused(actor, "delete", "api-key", subject, exc)
+            raise
+        if revoked_now:
+            self._keys.forget(key.key_hash)
+        return key
+
+    def _revoke(self, actor: Actor, organisation_id: str, key_id: int) -> tuple[ApiKey, bool]:
+        """The key, revoked in one transaction with its audit entry; whether this call did."""
+        _own_keys(actor, organisation_id)
+        subject = f"{organisation_id}/{key_id}"
+        with self._db.session() as session:
+            held = session.execute(_HOLD_ORGANISATION, {"organisation_id": organisation_id})
+            if held.first() is None:
+                raise NotFound(f"no organisation {organisation_id!r}")
+            key = session.scalars(
+                select(ApiKey).where(ApiKey.id == key_id, ApiKey.organisation_id == organisation_id)
+            ).first()
+            if key is None:
+                raise NotFound(f"no API key {key_id} of organisation {organisation_id!r}")
+            if key.revoked_at is not None:
+                self._audit.record_in(
+                    session, actor, "delete", "api-key", subject, detail="already revoked"
+                )
+                return key, False
+            if not _other_live_keys(session, organisation_id, key_id):
+                raise Conflict(
+                    f"API key {key_id} is the last live key of organisation "
+                    f"{organisation_id!r}: revoking it would lock the organisation out; "
+                    f"rotate first (POST /organisations/{organisation_id}/keys), then revoke "
+                    "this one"
+                )
+            key.revoked_at = utcnow()
+            self._audit.record_in(session, actor, "delete", "api-key", subject, detail="revoked")
+        return key, True
 
     def list_organisations(self, actor: Actor) -> list[Organisation]:
         with self._db.session() as session:
@@ -199,6 +282,33 @@ class Catalogue:
     def is_subscribed(self, hospital_id: str, product_id: str) -> bool:
         with self._db.session() as session:
             return has_subscription(session, hospital_id, product_id)
+
+
+#: An organisation's keys, in the order they were made.
+_KEYS_OF = (
+    select(ApiKey).where(ApiKey.organisation_id == bindparam("organisation_id")).order_by(ApiKey.id)
+)
+
+
+def _own_keys(actor: Actor, organisation_id: str) -> None:
+    """The operator manages every organisation's keys, an organisation its own; any other
+    caller gets the 404 of an organisation that does not exist, and so learns nothing."""
+    if actor.role != OrganisationKind.operator and actor.organisation_id != organisation_id:
+        raise NotFound(f"no organisation {organisation_id!r}")
+
+
+def _other_live_keys(session: Session, organisation_id: str, key_id: int) -> int:
+    """How many of the organisation's keys other than `key_id` are not revoked."""
+    return int(
+        session.scalar(
+            select(func.count(ApiKey.id)).where(
+                ApiKey.organisation_id == organisation_id,
+                ApiKey.id != key_id,
+                ApiKey.revoked_at.is_(None),
+            )
+        )
+        or 0
+    )
 
 
 def find_product(session: Session, product_id: str) -> Product:

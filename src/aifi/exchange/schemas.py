@@ -70,6 +70,18 @@ class OrganisationCreated(BaseModel):
     api_key: str = Field(description="Shown once; the exchange keeps only its hash.")
 
 
+class ApiKeyOut(BaseModel):
+    """One of an organisation's API keys, as its owner and the operator see it: never the key
+    itself (the exchange keeps only its hash), so that a listing gives nothing to steal."""
+
+    model_config = ConfigDict(from_attributes=True)
+    id: int = Field(description="What `DELETE /organisations/{id}/keys/{key_id}` names.")
+    organisation_id: str
+    label: str = Field(description="`initial`, `rotated` or `configured` (AIFI_OPERATOR_KEY).")
+    created_at: UtcDateTime
+    revoked_at: UtcDateTime | None = Field(description="Null while the key is live.")
+
+
 class StudyCriteria(BaseModel):
     """Which studies a product accepts; an empty list accepts any value."""
 

@@ -48,10 +48,11 @@ def build_services(settings: ExchangeSettings) -> Services:
     blobs = open_blob_store(settings.resolved_blob_url(), settings.upload_spool)
     audit = AuditLog(db)
     notifier = ChangeNotifier()
-    catalogue = Catalogue(db, audit, admit_on_register=settings.admit_on_register)
+    keys = KeyCache()  # one per replica: the catalogue clears a key it revokes from it
+    catalogue = Catalogue(db, audit, admit_on_register=settings.admit_on_register, keys=keys)
     jobs = JobService(db, blobs, catalogue, audit, notifier, settings)
     transfers = Transfers(db, blobs, jobs, audit, TransferThreads(settings.transfer_threads))
-    services = Services(settings, db, blobs, audit, notifier, catalogue, jobs, transfers)
+    services = Services(settings, db, blobs, audit, notifier, catalogue, jobs, transfers, keys)
     with db.one_replica_at_a_time():
         ensure_operator(services)
     return services
@@ -79,15 +80,24 @@ def ensure_operator(services: Services) -> None:
 
 
 def _ensure_key(services: Services, key: str) -> None:
+    """Store the configured operator key unless it is known: a revoked one stays revoked (a
+    leaked AIFI_OPERATOR_KEY must not come back with the next restart), and is said so."""
     from aifi.exchange.auth import hash_api_key
     from aifi.exchange.models import ApiKey
 
     with services.db.session() as session:
-        known = session.scalars(
-            select(ApiKey.id).where(ApiKey.key_hash == hash_api_key(key))
+        known = session.execute(
+            select(ApiKey.id, ApiKey.revoked_at).where(ApiKey.key_hash == hash_api_key(key))
         ).first()
     if known is None:
         store_api_key(services.db, OPERATOR_ID, key, label="configured")
+    elif known.revoked_at is not None:
+        log.warning(
+            "AIFI_OPERATOR_KEY is API key %s, revoked at %s: the exchange does not take it; "
+            "configure the operator's live key instead",
+            known.id,
+            known.revoked_at,
+        )
 
 
 def _write_secret(path: Path, value: str) -> None:

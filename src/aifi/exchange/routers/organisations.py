@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from aifi.exchange.deps import CallerDep, ServicesDep
-from aifi.exchange.schemas import OrganisationCreated, OrganisationIn, OrganisationOut
+from aifi.exchange.schemas import ApiKeyOut, OrganisationCreated, OrganisationIn, OrganisationOut
 
 router = APIRouter(prefix="/organisations", tags=["organisations"])
 
@@ -28,3 +28,24 @@ def list_organisations(caller: CallerDep, services: ServicesDep) -> list[Organis
 @router.post("/{organisation_id}/keys", status_code=201)
 def rotate_key(organisation_id: str, caller: CallerDep, services: ServicesDep) -> dict[str, str]:
     return {"api_key": services.catalogue.rotate_key(caller, organisation_id)}
+
+
+@router.get("/{organisation_id}/keys", response_model=list[ApiKeyOut])
+def list_keys(organisation_id: str, caller: CallerDep, services: ServicesDep) -> list[ApiKeyOut]:
+    """The organisation's keys, oldest first, revoked ones too, never the keys themselves:
+    the operator's for any organisation, an organisation's for its own (404 to any other)."""
+    return [
+        ApiKeyOut.model_validate(key)
+        for key in services.catalogue.list_keys(caller, organisation_id)
+    ]
+
+
+@router.delete("/{organisation_id}/keys/{key_id}", response_model=ApiKeyOut)
+def revoke_key(
+    organisation_id: str, key_id: int, caller: CallerDep, services: ServicesDep
+) -> ApiKeyOut:
+    """Revoke a key: answered with the key, its `revoked_at` set; again alike when it was
+    revoked already. DELETE, as `DELETE /subscriptions/{product}` ends a subscription: the key
+    goes out of use though its row stays on record, and DELETE is idempotent as this is.
+    409 for the organisation's last live key (rotate first); 404 for another's key."""
+    return ApiKeyOut.model_validate(services.catalogue.revoke_key(caller, organisation_id, key_id))

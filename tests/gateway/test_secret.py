@@ -19,7 +19,7 @@ from aifi.file_lock import held_alone
 from aifi.gateway.backup import WORKDIR_LOCK, secret_fingerprint
 from aifi.gateway.config import load_config
 from aifi.gateway.preflight import preflight
-from aifi.gateway.secret import SecretChanged, SecretMissing, vault_keyed_with
+from aifi.gateway.secret import SecretChanged, SecretMissing, vault_keying
 from aifi.gateway.service import Gateway
 from gateway.test_disclosures import offline_gateway_config
 
@@ -168,11 +168,11 @@ def test_a_deliberate_rotation_is_adopted_with_the_gateway_stopped(tmp_path: Pat
     with held_alone(config.workdir / WORKDIR_LOCK):  # the gateway still running
         code, said = gateway_secret(path, "--adopt")
     assert code == 1 and "stop it first" in said
-    assert vault_keyed_with(config.workdir) != new
+    assert vault_keying(config.workdir).fingerprint != new
 
     code, said = gateway_secret(path, "--adopt")
     assert code == 0 and f"keyed with {new} from now on" in said, said
-    assert vault_keyed_with(config.workdir) == new
+    assert vault_keying(config.workdir).fingerprint == new
     gateway = Gateway(config)
     try:
         assert gateway.key.uid("1.2.826.0.1.3680043.8.498.1") != pseudonym
@@ -201,8 +201,8 @@ def test_a_vault_from_before_the_fingerprint_takes_the_secret_it_has(tmp_path: P
     config = load_config(path)
     with closing(sqlite3.connect(config.workdir / "vault.db")) as vault, vault:
         vault.execute("DROP TABLE keyed_with")
-    assert vault_keyed_with(config.workdir) is None
+    assert vault_keying(config.workdir).fingerprint is None
     Gateway(config).close()
-    assert vault_keyed_with(config.workdir) == secret_fingerprint(
+    assert vault_keying(config.workdir).fingerprint == secret_fingerprint(
         PseudonymKey.from_file(config.resolved_secret_file)
     )

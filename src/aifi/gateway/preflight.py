@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import sqlite3
 import ssl
 from pathlib import Path
 
@@ -27,9 +28,10 @@ from aifi.gateway.notify.fhir import endpoint_verify
 from aifi.gateway.notify.reach import check_connection, http_client, target_label
 from aifi.gateway.notify.settings import FhirEndpoint, Hl7Endpoint, WebhookEndpoint
 from aifi.gateway.secret import (
+    VAULT,
     changed_secret_problem,
     missing_secret_problem,
-    vault_keyed_with,
+    vault_keying,
 )
 from aifi.http import ExchangeHTTPError
 
@@ -113,7 +115,11 @@ def _secret(path: Path, workdir: Path) -> Check:
         return Check(name, False, f"{path}: {exc}")
     if problem := private_problem(path):
         return Check(name, False, f"{path}: {problem}")
-    if problem := changed_secret_problem(key, path, vault_keyed_with(workdir)):
+    try:
+        keying = vault_keying(workdir)
+    except sqlite3.Error as exc:
+        return Check(name, False, f"{workdir / VAULT}: cannot read it to check the secret ({exc})")
+    if problem := changed_secret_problem(key, path, keying):
         return Check(name, False, problem)
     return Check(name, True, f"{path}, private, fingerprint {secret_fingerprint(key)}")
 

@@ -19,10 +19,11 @@ import logging
 import sqlite3
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 from aifi.dicom.pseudonym import PseudonymKey, create_secret_file
 from aifi.gateway.backup import DATABASES, secret_fingerprint
-from aifi.gateway.vault import Vault
+from aifi.gateway.vault import KEYED_WITH_NOW, ONE_UID_PAIR, Keying, Vault
 
 log = logging.getLogger(__name__)
 
@@ -80,34 +81,43 @@ class SecretChanged(ValueError):
     do."""
 
 
-def changed_secret_problem(key: PseudonymKey, secret: Path, keyed_with: str | None) -> str | None:
-    """Why the gateway must not start with `key` over a vault keyed with `keyed_with`, or None."""
+def changed_secret_problem(key: PseudonymKey, secret: Path, keying: Keying) -> str | None:
+    """Why the gateway must not start with `key` over a vault keyed as `keying` says, or None."""
     fingerprint = secret_fingerprint(key)
-    if keyed_with is None or keyed_with == fingerprint:
+    if keying.fingerprint is not None:
+        if keying.fingerprint == fingerprint:
+            return None
+        made_under = f"was made under (fingerprint {keying.fingerprint})"
+    elif keying.sample is not None:
+        pseudonym, original = keying.sample
+        if key.uid(original) == pseudonym:
+            return None
+        made_under = "was made under another secret: its pseudonyms are not this one's"
+    else:
         return None
     return (
         f"the pseudonymisation secret {secret} (fingerprint {fingerprint}) is not the one "
-        f"this workdir's vault was made under (fingerprint {keyed_with}): put the hospital's "
-        "secret back from its key escrow (the escrowed copy's fingerprint is shown by "
-        "`aifi gateway-secret`). To change the secret on purpose, which gives every patient "
-        "new pseudonyms, run `aifi gateway-secret --config … --adopt` with the gateway stopped "
+        f"this workdir's vault {made_under}: put the hospital's secret back from its key "
+        "escrow (the escrowed copy's fingerprint is shown by `aifi gateway-secret`). To change "
+        "the secret on purpose, which gives every patient new pseudonyms, run `aifi "
+        "gateway-secret --config … --adopt` with the gateway stopped "
         "(docs/hospital-guide.md, section 7)"
     )
 
 
 def keep_fingerprint(vault: Vault, key: PseudonymKey, secret: Path, created: bool) -> None:
     """Check `key` against the secret the vault was keyed with, and record it in a vault that
-    does not say yet (new, or kept by an earlier release).
+    does not say yet (new, or kept by an earlier release, whose pseudonyms it must have made).
 
     Raises
     ------
     SecretChanged
         When the vault was keyed with another secret; nothing is recorded.
     """
-    keyed_with = vault.keyed_with()
-    if (problem := changed_secret_problem(key, secret, keyed_with)) is not None:
+    keying = vault.keying()
+    if (problem := changed_secret_problem(key, secret, keying)) is not None:
         raise SecretChanged(problem)
-    if keyed_with is None:
+    if keying.fingerprint is None:
         fingerprint = secret_fingerprint(key)
         vault.key_with(fingerprint)
         if created:
@@ -118,17 +128,31 @@ def keep_fingerprint(vault: Vault, key: PseudonymKey, secret: Path, created: boo
             )  # fmt: skip
 
 
-def vault_keyed_with(workdir: Path) -> str | None:
-    """The fingerprint a workdir's vault was keyed with, read without changing the vault (for
-    `--check` and `aifi gateway-secret`); None when there is no vault or it does not say."""
+def vault_keying(workdir: Path) -> Keying:
+    """What a workdir's vault says of its secret, read without changing the vault (for
+    `--check` and `aifi gateway-secret`); nothing when there is no vault yet.
+
+    Raises
+    ------
+    sqlite3.Error
+        When the vault cannot be read (not when it lacks the table an earlier release lacked).
+    """
     path = workdir / VAULT
     if not path.exists():
-        return None
+        return Keying()
+    with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as connection:
+        return Keying(_first(connection, KEYED_WITH_NOW), _first(connection, ONE_UID_PAIR))
+
+
+def _first(connection: sqlite3.Connection, query: str) -> Any:
+    """The query's first row (a lone column as itself), None when there is none or its table
+    is one an earlier release did not have."""
     try:
-        with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as connection:
-            row = connection.execute(
-                "SELECT fingerprint FROM keyed_with ORDER BY rowid DESC LIMIT 1"
-            ).fetchone()
-    except sqlite3.OperationalError:  # a vault from before the fingerprint was kept
+        row = connection.execute(query).fetchone()
+    except sqlite3.OperationalError as exc:
+        if "no such table" not in str(exc):
+            raise
         return None
-    return str(row[0]) if row else None
+    if row is None:
+        return None
+    return str(row[0]) if len(row) == 1 else (str(row[0]), str(row[1]))

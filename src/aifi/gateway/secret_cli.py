@@ -9,6 +9,7 @@ start over a vault made under another.
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Annotated
 
 import typer
@@ -17,7 +18,7 @@ from aifi.dicom.pseudonym import PseudonymKey
 from aifi.file_lock import held_alone
 from aifi.gateway.backup import WORKDIR_LOCK, secret_fingerprint
 from aifi.gateway.cli_options import ConfigOption, settings_or_exit
-from aifi.gateway.secret import VAULT, vault_keyed_with
+from aifi.gateway.secret import VAULT, changed_secret_problem, vault_keying
 from aifi.gateway.vault import Vault
 
 
@@ -42,15 +43,20 @@ def gateway_secret(
     except (OSError, ValueError) as exc:
         typer.echo(f"error: the secret {secret}: {exc}", err=True)
         raise typer.Exit(1) from exc
-    keyed_with = vault_keyed_with(workdir)
+    try:
+        keying = vault_keying(workdir)
+    except sqlite3.Error as exc:
+        typer.echo(f"error: the vault {workdir / VAULT}: {exc}", err=True)
+        raise typer.Exit(1) from exc
     typer.echo(f"secret {secret}: fingerprint {fingerprint}")
-    typer.echo(f"vault {workdir / VAULT}: keyed with {keyed_with or 'nothing recorded yet'}")
+    recorded = keying.fingerprint or "nothing recorded yet"
+    typer.echo(f"vault {workdir / VAULT}: keyed with {recorded}")
     if not adopt:
-        if keyed_with is not None and keyed_with != fingerprint:
+        if changed_secret_problem(PseudonymKey.from_file(secret), secret, keying) is not None:
             typer.echo("they differ: the gateway will not start (put the escrowed secret back)")
             raise typer.Exit(1)
         return
-    if keyed_with == fingerprint:
+    if keying.fingerprint == fingerprint:
         typer.echo("the vault is keyed with this secret already")
         return
     with held_alone(workdir / WORKDIR_LOCK) as alone:

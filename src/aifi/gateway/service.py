@@ -60,7 +60,7 @@ from aifi.gateway.receipt import (
 )
 from aifi.gateway.reidentify import reidentify_file
 from aifi.gateway.routing import route_study
-from aifi.gateway.secret import VAULT, SecretChanged, keep_fingerprint, open_secret
+from aifi.gateway.secret import VAULT, keep_fingerprint, open_secret
 from aifi.gateway.state import GatewayState, ReceivedInstance, inputs_digest
 from aifi.gateway.stow import BASE as STOW_BASE
 from aifi.gateway.stow import stow_app
@@ -257,6 +257,7 @@ class Gateway:
         #: Held from before the databases open until they close (`close`).
         self._workdir_lock = ExitStack()
         self._hold_workdir()
+        opened = ExitStack()
         try:
             # First: a workdir whose secret is gone is left as it is found (`SecretMissing`),
             # and one given another secret than its vault was keyed with (`SecretChanged`).
@@ -264,21 +265,22 @@ class Gateway:
             created = not secret.exists()
             self.key = open_secret(secret, workdir)
             self.vault = Vault(workdir / VAULT)
-            try:
-                keep_fingerprint(self.vault, self.key, secret, created)
-            except SecretChanged:
-                self.vault.close()
-                raise
+            opened.callback(self.vault.close)
+            keep_fingerprint(self.vault, self.key, secret, created)
             for folder in (self.spool, self.outbox, self.results_dir):
                 folder.mkdir(mode=0o700, exist_ok=True)
             self.state = GatewayState(workdir / "state.db")
+            opened.callback(self.state.close)
             self.disclosures = DisclosureLog(
                 workdir / "disclosures.db", config.hospital, f"gateway {config.dicom.ae_title}"
             )
+            opened.callback(self.disclosures.close)
             self.client = client or GatewayClient.connecting(config.exchange)
         except BaseException:
+            opened.close()  # what this start opened, newest first, then the workdir's lock
             self._workdir_lock.close()
             raise
+        opened.pop_all()  # kept: `close` closes them
         self.notifier = Notifier(config.notifications)
         self._stop = threading.Event()
         self._anchored: Anchor | None = None

@@ -43,6 +43,21 @@ CREATE TABLE IF NOT EXISTS keyed_with (
 
 
 @dataclass(frozen=True)
+class Keying:
+    """What a vault says of the secret its pseudonyms were made under: the fingerprint it
+    recorded, and one (pseudonym, original) UID pair of its own, which shows the secret of a
+    vault from a release that did not record it (each pseudonym is `key.uid(original)`)."""
+
+    fingerprint: str | None = None
+    sample: tuple[str, str] | None = None
+
+
+#: The fingerprint a vault records now, and one of its UID pairs.
+KEYED_WITH_NOW = "SELECT fingerprint FROM keyed_with ORDER BY rowid DESC LIMIT 1"
+ONE_UID_PAIR = "SELECT pseudonym, original FROM uids LIMIT 1"
+
+
+@dataclass(frozen=True)
 class Forgotten:
     """What the vault dropped for a purged study."""
 
@@ -63,14 +78,15 @@ class Vault:
         with self._lock:
             self._conn.close()
 
-    def keyed_with(self) -> str | None:
-        """The fingerprint of the secret the vault's pseudonyms are made under now; None for a
-        vault that does not say (new, or from before the gateway kept it)."""
+    def keying(self) -> Keying:
+        """What the vault says of the secret its pseudonyms are made under (`Keying`)."""
         with self._lock:
-            row = self._conn.execute(
-                "SELECT fingerprint FROM keyed_with ORDER BY rowid DESC LIMIT 1"
-            ).fetchone()
-        return str(row[0]) if row else None
+            fingerprint = self._conn.execute(KEYED_WITH_NOW).fetchone()
+            pair = self._conn.execute(ONE_UID_PAIR).fetchone()
+        return Keying(
+            str(fingerprint[0]) if fingerprint else None,
+            (str(pair[0]), str(pair[1])) if pair else None,
+        )
 
     def key_with(self, fingerprint: str) -> None:
         """Record that the pseudonyms from now on are made under the secret `fingerprint`."""

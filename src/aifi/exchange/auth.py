@@ -72,6 +72,8 @@ class KeyCache:
         self._size = size
         self._clock = clock
         self._known: dict[str, tuple[float, Actor]] = {}
+        #: Keys revoked here, until when they are not taken back into the cache.
+        self._revoked: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def get(self, key_hash: str) -> Actor | None:
@@ -83,16 +85,22 @@ class KeyCache:
 
     def put(self, key_hash: str, actor: Actor) -> None:
         with self._lock:
+            now = self._clock()
+            if self._revoked.get(key_hash, now) > now:
+                return  # revoked here a moment ago (`forget`)
             if len(self._known) >= self._size:
                 self._known.clear()
-            self._known[key_hash] = (self._clock() + self._ttl, actor)
+                self._revoked = {h: t for h, t in self._revoked.items() if t > now}
+            self._known[key_hash] = (now + self._ttl, actor)
 
     def forget(self, key_hash: str) -> None:
-        """Answer for the key no more: it was revoked here. A request that read it from the
-        database just before the revocation committed may still put it back; it then goes,
-        like on every other replica, when its `ttl` runs out."""
+        """Answer for the key no more: it was revoked here. For `ttl`, the key is not taken
+        back either: a request that read it from the database just before the revocation
+        committed would otherwise put it back, and the revoking replica, which says it
+        refuses the key from the next request on, would take it for up to `ttl` more."""
         with self._lock:
             self._known.pop(key_hash, None)
+            self._revoked[key_hash] = self._clock() + self._ttl
 
 
 def key_hash_of(key: str | None) -> str:

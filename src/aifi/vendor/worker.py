@@ -127,9 +127,11 @@ class _Heartbeat:
                 self.lost.set()
                 return
             except Exception as exc:
-                # Not a whole interval to the next try: counted from the failure, it could
-                # come after the lease ran out, though the exchange was back well before.
-                wait = min(self._every, BEAT_AGAIN_AFTER)
+                # The exchange out of reach or in trouble: not a whole interval to the next try
+                # (counted from the failure, it could come after the lease ran out, though the
+                # exchange was back well before). A refusal (a revoked key, a 4xx, a 500) is
+                # not knocked on every second: each may be an entry in the access log.
+                wait = min(self._every, BEAT_AGAIN_AFTER) if _passing(exc) else self._every
                 foreseen = isinstance(exc, ExchangeHTTPError | httpx.TransportError)
                 log.warning(
                     "heartbeat for job %s failed (%s); trying again in %.0f s",
@@ -436,6 +438,16 @@ class Worker:
     def _fail(self, lease: Lease, reason: str) -> None:
         log.info("job %s failed: %s", lease.job_id, reason)
         self.client.fail(lease, reason)
+
+
+def _passing(exc: Exception) -> bool:
+    """Whether a failed call met trouble that passes by itself (the exchange or the way to it
+    down, a page not the API's), rather than a refusal the same call meets again."""
+    if isinstance(exc, ExchangeNotTrusted):
+        return False
+    if isinstance(exc, httpx.TransportError | UnexpectedAnswer):
+        return True
+    return isinstance(exc, ExchangeHTTPError) and exc.status in (502, 503, 504)
 
 
 def _hand_in_trouble(exc: ExchangeHTTPError | httpx.TransportError) -> str | None:

@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+import pytest
 from sqlalchemy import text
 
 from aifi.exchange.blob_keys import input_folder, input_key, result_key
 from aifi.exchange.blobs import STALE_UPLOAD_SECONDS, TempBlob
 from aifi.exchange.clock import utcnow
+from aifi.exchange.errors import BlobStoreUnavailable
 from aifi.exchange.retention import Retention
 from scale.conftest import ExchangeFactory, finish_job, lease_headers, set_up_parties
 from scale.servers import wait_for
@@ -278,6 +280,49 @@ def test_a_job_whose_folder_the_store_keeps_is_neither_audited_nor_marked_and_tr
     assert again.jobs == {kept["id"]} and again.not_purged == set()
     assert not any(blob_exists(exchange, key) for key in kept_keys)
     assert len(purges_of(kept["id"])) == 1 and len(purges_of(purged["id"])) == 1
+
+
+def test_a_store_lost_mid_sweep_leaves_what_was_emptied_marked_and_audited(
+    exchange_on: ExchangeFactory, make_ct: Any, monkeypatch: Any
+) -> None:
+    """The object store becomes unreachable after the sweep emptied one job's folder: the
+    sweep stops (every job would meet it), and the job it emptied is marked and audited with
+    the blobs it deleted, not left for the next sweep to find empty and report none."""
+    exchange = exchange_on(retain_inputs_seconds=HOUR, retention_sweep_seconds=HOUR)
+    orgs = set_up_parties(exchange)
+    jobs = [failed_job(exchange, orgs["hospital"], orgs["vendor"], make_ct) for _ in range(2)]
+    blobs = exchange.client.app.state.services.blobs
+    delete_under = blobs.delete_under
+    emptied: list[str] = []
+
+    def lost_after_one(folder: str) -> int:
+        if emptied:
+            raise BlobStoreUnavailable("the exchange's object store is unavailable (purging)")
+        emptied.append(folder)
+        return int(delete_under(folder))
+
+    monkeypatch.setattr(blobs, "delete_under", lost_after_one)
+    retention = exchange.client.app.state.retention
+    later = utcnow() + timedelta(days=365)
+    with pytest.raises(BlobStoreUnavailable):
+        retention.sweep(now=later)
+    [first] = [job["id"] for job in jobs if input_folder(job["id"]) == emptied[0]]
+    [second] = [job["id"] for job in jobs if job["id"] != first]
+
+    audit = exchange.client.get(
+        "/audit", params={"limit": 5000}, headers=exchange.operator.headers
+    ).json()
+    purges = {
+        e["object_id"]: e["detail"]
+        for e in audit
+        if (e["action"], e["object_type"]) == ("delete", "input")
+    }
+    assert list(purges) == [first]
+    assert "1 blob(s) deleted" in purges[first], purges
+    assert input_keys(exchange, first) == [] and input_keys(exchange, second) != []
+
+    monkeypatch.setattr(blobs, "delete_under", delete_under)  # the store back
+    assert retention.sweep(now=later).jobs == {second}
 
 
 def test_two_sweeps_at_once_purge_and_audit_each_job_once(

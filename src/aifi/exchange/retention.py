@@ -35,6 +35,7 @@ from aifi.exchange.blob_keys import input_folder, result_folder
 from aifi.exchange.blobs import BlobStore, clear_stale_uploads
 from aifi.exchange.clock import as_utc, utcnow
 from aifi.exchange.db import RETENTION_LOCK, Database
+from aifi.exchange.errors import BlobStoreUnavailable
 from aifi.exchange.models import Job, JobInput, JobResult
 from aifi.exchange.schemas import ENDED_STATES
 from aifi.exchange.settings import ExchangeSettings
@@ -181,6 +182,12 @@ class Retention:
                 # there unnamed: one listing deletes them all.
                 try:
                     deleted = self._blobs.delete_under(kind.folder(job.id))
+                except BlobStoreUnavailable:
+                    # The store is gone for every job: the sweep stops, but what it emptied
+                    # already is marked and audited now, with the blobs it deleted (the next
+                    # sweep would find those folders empty and say so).
+                    self._count(kind, self._mark(kind, emptied, now), report)
+                    raise
                 except OSError as exc:
                     # Neither audited nor marked swept: the data is still there.
                     log.error(
@@ -194,20 +201,23 @@ class Retention:
                     continue
                 rows, size = held.get(job.id, (0, 0))
                 emptied.append(_Emptied(job, rows, size, deleted))
-            marked = self._mark(kind, emptied, now)
-            purged = sum(e.rows for e in marked)
-            purged_bytes = sum(e.size for e in marked)
-            report.jobs.update(e.job.id for e in marked if e.rows or e.deleted)
-            report.bytes += purged_bytes
-            if kind is _INPUTS:
-                report.inputs += purged
-            else:
-                report.results += purged
-            if self._metrics is not None:
-                self._metrics.purged.labels(kind.label).inc(purged)
-                self._metrics.purged_bytes.labels(kind.label).inc(purged_bytes)
+            self._count(kind, self._mark(kind, emptied, now), report)
             if len(jobs) < BATCH:
                 return
+
+    def _count(self, kind: _Kind, marked: list[_Emptied], report: PurgeReport) -> None:
+        """Add the jobs this sweep marked to its report and to the replica's figures."""
+        purged = sum(e.rows for e in marked)
+        purged_bytes = sum(e.size for e in marked)
+        report.jobs.update(e.job.id for e in marked if e.rows or e.deleted)
+        report.bytes += purged_bytes
+        if kind is _INPUTS:
+            report.inputs += purged
+        else:
+            report.results += purged
+        if self._metrics is not None:
+            self._metrics.purged.labels(kind.label).inc(purged)
+            self._metrics.purged_bytes.labels(kind.label).inc(purged_bytes)
 
     def _mark(self, kind: _Kind, emptied: list[_Emptied], now: datetime) -> list[_Emptied]:
         """Mark the emptied jobs swept and their rows purged, and audit each purge, in one

@@ -298,22 +298,36 @@ def test_a_failure_while_hearing_a_change_does_not_leave_the_replica_deaf(
     postgres.drop_database(url)
 
 
-def _sockets_to(port: int) -> list[socket.socket]:
-    """This process's TCP connections to `port` on loopback (duplicates, to be closed)."""
-    found = []
+def _socket_from(local_port: int, server_port: int) -> socket.socket:
+    """This process's TCP connection from `local_port` to `server_port` on loopback (a
+    duplicate, to be closed)."""
     for fd in os.listdir("/proc/self/fd"):
         try:
             opened = socket.socket(fileno=os.dup(int(fd)))
         except OSError:
             continue  # not a socket
+        tcp = opened.family == socket.AF_INET and opened.type == socket.SOCK_STREAM
         try:
-            if opened.type == socket.SOCK_STREAM and opened.getpeername()[1:2] == (port,):
-                found.append(opened)
-                continue
+            if tcp and (opened.getsockname()[1], opened.getpeername()[1]) == (
+                local_port,
+                server_port,
+            ):
+                return opened
         except OSError:
             pass  # not connected
         opened.close()
-    return found
+    raise AssertionError(f"no connection from port {local_port} to {server_port}")
+
+
+def _listener_port(postgres: PostgresServer, database: str) -> int:
+    """The client port of the session listening on the database (other connections of this
+    process, a pool earlier tests left, go to the same server port)."""
+    with psycopg.connect(postgres.dsn(), autocommit=True) as admin:
+        [(port,)] = admin.execute(
+            "SELECT client_port FROM pg_stat_activity WHERE datname = %s AND query = %s",
+            (database, f"LISTEN {CHANNEL}"),
+        ).fetchall()
+    return int(port)
 
 
 def test_the_listening_connection_notices_a_silent_loss(postgres: PostgresServer) -> None:
@@ -324,8 +338,8 @@ def test_the_listening_connection_notices_a_silent_loss(postgres: PostgresServer
 
     async def scenario() -> None:
         async with _listening(url, ChangeNotifier()):
-            [connection] = _sockets_to(postgres.port)
-            with connection:
+            local = _listener_port(postgres, url.rsplit("/", 1)[1])
+            with _socket_from(local, postgres.port) as connection:
                 assert connection.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
                 tcp = (socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL, socket.TCP_KEEPCNT)
                 probes = [connection.getsockopt(socket.IPPROTO_TCP, option) for option in tcp]

@@ -19,11 +19,10 @@ import logging
 import sqlite3
 from contextlib import closing
 from pathlib import Path
-from typing import Any
 
 from aifi.dicom.pseudonym import PseudonymKey, create_secret_file
 from aifi.gateway.backup import DATABASES, secret_fingerprint
-from aifi.gateway.vault import KEYED_WITH_NOW, ONE_UID_PAIR, Keying, Vault
+from aifi.gateway.vault import Keying, Vault, read_keying
 
 log = logging.getLogger(__name__)
 
@@ -141,18 +140,4 @@ def vault_keying(workdir: Path) -> Keying:
     if not path.exists():
         return Keying()
     with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as connection:
-        return Keying(_first(connection, KEYED_WITH_NOW), _first(connection, ONE_UID_PAIR))
-
-
-def _first(connection: sqlite3.Connection, query: str) -> Any:
-    """The query's first row (a lone column as itself), None when there is none or its table
-    is one an earlier release did not have."""
-    try:
-        row = connection.execute(query).fetchone()
-    except sqlite3.OperationalError as exc:
-        if "no such table" not in str(exc):
-            raise
-        return None
-    if row is None:
-        return None
-    return str(row[0]) if len(row) == 1 else (str(row[0]), str(row[1]))
+        return read_keying(connection)

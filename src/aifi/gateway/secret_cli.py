@@ -39,7 +39,7 @@ def gateway_secret(
     settings = settings_or_exit(config)
     secret, workdir = settings.resolved_secret_file, settings.workdir
     try:
-        fingerprint = secret_fingerprint(PseudonymKey.from_file(secret))
+        key = PseudonymKey.from_file(secret)
     except (OSError, ValueError) as exc:
         typer.echo(f"error: the secret {secret}: {exc}", err=True)
         raise typer.Exit(1) from exc
@@ -48,11 +48,12 @@ def gateway_secret(
     except sqlite3.Error as exc:
         typer.echo(f"error: the vault {workdir / VAULT}: {exc}", err=True)
         raise typer.Exit(1) from exc
+    fingerprint = secret_fingerprint(key)
     typer.echo(f"secret {secret}: fingerprint {fingerprint}")
     recorded = keying.fingerprint or "nothing recorded yet"
     typer.echo(f"vault {workdir / VAULT}: keyed with {recorded}")
     if not adopt:
-        if changed_secret_problem(PseudonymKey.from_file(secret), secret, keying) is not None:
+        if changed_secret_problem(key, secret, keying) is not None:
             typer.echo("they differ: the gateway will not start (put the escrowed secret back)")
             raise typer.Exit(1)
         return

@@ -52,9 +52,22 @@ class Keying:
     sample: tuple[str, str] | None = None
 
 
-#: The fingerprint a vault records now, and one of its UID pairs.
-KEYED_WITH_NOW = "SELECT fingerprint FROM keyed_with ORDER BY rowid DESC LIMIT 1"
-ONE_UID_PAIR = "SELECT pseudonym, original FROM uids LIMIT 1"
+def read_keying(connection: sqlite3.Connection) -> Keying:
+    """What the vault on `connection` says of its secret. A vault from a release that did not
+    record the fingerprint lacks its table: it says nothing of it then."""
+    try:
+        recorded = connection.execute(
+            "SELECT fingerprint FROM keyed_with ORDER BY rowid DESC LIMIT 1"
+        ).fetchone()
+    except sqlite3.OperationalError as exc:
+        if "no such table" not in str(exc):
+            raise
+        recorded = None
+    pair = connection.execute("SELECT pseudonym, original FROM uids LIMIT 1").fetchone()
+    return Keying(
+        str(recorded[0]) if recorded else None,
+        (str(pair[0]), str(pair[1])) if pair else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -81,12 +94,7 @@ class Vault:
     def keying(self) -> Keying:
         """What the vault says of the secret its pseudonyms are made under (`Keying`)."""
         with self._lock:
-            fingerprint = self._conn.execute(KEYED_WITH_NOW).fetchone()
-            pair = self._conn.execute(ONE_UID_PAIR).fetchone()
-        return Keying(
-            str(fingerprint[0]) if fingerprint else None,
-            (str(pair[0]), str(pair[1])) if pair else None,
-        )
+            return read_keying(self._conn)
 
     def key_with(self, fingerprint: str) -> None:
         """Record that the pseudonyms from now on are made under the secret `fingerprint`."""

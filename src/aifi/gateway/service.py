@@ -37,6 +37,7 @@ from aifi.gateway.dimse import (
 )
 from aifi.gateway.disclosures import Action, Anchor, DisclosureLog, NotRecorded
 from aifi.gateway.exchange_client import ENDED_PAGE, CancelReason, GatewayClient
+from aifi.gateway.lost_jobs import ASK_AFTER_SECONDS, SubmittedWatch
 from aifi.gateway.metrics import MetricsServer, start_metrics_server
 from aifi.gateway.notice_queue import NO_LONGER_SENT, NoticeSender, QueuedNotice
 from aifi.gateway.notify import Notifier
@@ -340,6 +341,8 @@ class Gateway:
         self._reconciling = threading.Lock()
         #: When each job's spool files were first missed (`submit`).
         self._spool_gone_since: dict[int, float] = {}
+        #: When the results thread last asked about each sent job (`ask_about_submitted`).
+        self._submitted_watch = SubmittedWatch()
 
     # life cycle ----------------------------------------------------------------------------
 
@@ -1273,6 +1276,8 @@ class Gateway:
                 if not self._reconciled:
                     self.reconcile_restore()
                 waiting = self._bring_home()
+                if self._submitted_watch.due(time.time()):
+                    self.ask_about_submitted()
                 if waiting is not None:
                     self._wait_for_news(*waiting)
                 failures = 0
@@ -1325,6 +1330,55 @@ class Gateway:
                 restore = self.state.restore_to_reconcile()
             self._reconciled = True
         self._notify()
+
+    def ask_about_submitted(self, now: float | None = None) -> list[int]:
+        """Ask the exchange about jobs sent a while ago that have not come home
+        (`lost_jobs`), and send again what it lost; the jobs taken back to be sent.
+
+        A job the exchange does not know (404: it was restored to a moment before the job was
+        made) is sent again under the same key, as a new exchange job. A job it holds unopened
+        with inputs missing (restored to a moment before the last of them arrived) takes the
+        rest: the send finds it by its key and uploads what it does not hold. A job it says
+        this gateway brought home already ends as it ended then (`_settle_brought_home`).
+        Whatever else it says, the listing of ended jobs brings the job home in its time.
+        """
+        now = time.time() if now is None else now
+        sent = self.state.query(
+            "SELECT * FROM jobs WHERE state = 'submitted' AND exchange_job_id IS NOT NULL "
+            "AND submitted_at <= ?",
+            (now - ASK_AFTER_SECONDS,),
+        )
+        again: list[int] = []
+        for local in self._submitted_watch.pick(sent, now):
+            if self._stop.is_set():
+                break
+            job_id, exchange_id = int(local["id"]), str(local["exchange_job_id"])
+            remote = _unless_unknown(self.client.job, exchange_id)
+            self._submitted_watch.asked(job_id, now)
+            if remote is None:
+                forgotten = True
+                reason = (
+                    f"sent again: the exchange no longer knows its job {exchange_id} (restored "
+                    "to an earlier moment?)"
+                )
+            elif remote.get("acknowledged_at"):
+                self._settle_brought_home(local, remote)
+                continue
+            elif remote["state"] == "requested" and not remote["inputs_complete"]:
+                forgotten = False
+                reason = (
+                    f"inputs sent again: the exchange holds {remote['input_count']} of them "
+                    f"for its job {exchange_id}, unopened (restored to an earlier moment?)"
+                )
+            else:
+                continue
+            if self.state.send_again(job_id, exchange_id, reason, forgotten=forgotten):
+                log.warning("job %s: %s", job_id, reason)
+                again.append(job_id)
+        if again:
+            self._submit.set()
+            self._notify()
+        return again
 
     def _settle_brought_home(self, local: Mapping[str, Any], remote: Mapping[str, Any]) -> None:
         """End a job the exchange says this gateway brought home already (acknowledged), as it

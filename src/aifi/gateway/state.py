@@ -1280,6 +1280,28 @@ class GatewayState(StateReads):
                 (key, reason, job_id),
             )
 
+    def send_again(
+        self, job_id: int, exchange_job_id: str, reason: str, *, forgotten: bool
+    ) -> bool:
+        """Take a sent job back to 'pending', due now: the exchange lost it (`forgotten`: it
+        does not know the job, whose send makes it again under the same key) or lost inputs
+        of it (the job is still its own and takes the rest). False when the job moved on
+        meanwhile (it is no longer sent, or linked to another exchange job).
+
+        Never skipped for another job of its study (`may_be_open`): it is sent as it was.
+        What it was sent with goes until it is sent again (`mark_submitted`): a job the
+        exchange does not hold took nothing there.
+        """
+        with self.transaction() as db:
+            changed = db.execute(
+                "UPDATE jobs SET state = 'pending', exchange_job_id = CASE WHEN ? THEN NULL "
+                "ELSE exchange_job_id END, exchange_state = NULL, may_be_open = 1, "
+                "inputs_digest = NULL, submitted_at = NULL, attempts = 0, next_attempt_at = 0, "
+                "reason = ? WHERE id = ? AND state = 'submitted' AND exchange_job_id = ?",
+                (forgotten, reason, job_id, exchange_job_id),
+            ).rowcount
+        return bool(changed)
+
     def retry_job_later(self, job_id: int, reason: str, delay: float) -> None:
         """Try a pending job again after `delay` seconds (one that moved on is left as is)."""
         with self.transaction() as db:

@@ -252,7 +252,8 @@ class Worker:
                     return
                 inputs, output_dir = prepared
                 try:
-                    result = self.handler(
+                    # `object`: a vendor's product is any callable, typed or not.
+                    result: object = self.handler(
                         JobContext(job=lease.job, inputs=inputs, output_dir=output_dir)
                     )
                 except ProductError as exc:
@@ -264,6 +265,13 @@ class Worker:
                         return
                     log.exception("job %s: product raised", lease.job_id)
                     self._fail(lease, f"{type(exc).__name__}: {exc}")
+                    return
+                if not isinstance(result, ProductResult):
+                    # A bug in the product, as an exception is: the job fails now, so the
+                    # hospital hears of it at once rather than after the lease runs out.
+                    reason = _not_a_result(result)
+                    log.error("job %s: %s", lease.job_id, reason)
+                    self._fail(lease, reason)
                     return
                 if beat.lost.is_set():
                     log.warning("job %s: lease lost while running; result dropped", lease.job_id)
@@ -438,6 +446,17 @@ class Worker:
     def _fail(self, lease: Lease, reason: str) -> None:
         log.info("job %s failed: %s", lease.job_id, reason)
         self.client.fail(lease, reason)
+
+
+def _not_a_result(returned: object) -> str:
+    """The reason for a job whose product returned something other than a ProductResult:
+    what it returned, by its type only (its content may be large, or hold what the log and
+    the hospital should not see), and what it should have returned."""
+    kind = "None" if returned is None else f"a value of type {type(returned).__qualname__}"
+    return (
+        f"the product returned {kind}, not the ProductResult (aifi.vendor.ProductResult) a "
+        "product must return"
+    )
 
 
 def _passing(exc: Exception) -> bool:

@@ -226,10 +226,20 @@ class ApiClient:
             time.sleep(wait)
         raise AssertionError("unreachable")
 
-    def download(self, path: str, target: Path, headers: dict[str, str] | None = None) -> int:
+    def download(
+        self,
+        path: str,
+        target: Path,
+        headers: dict[str, str] | None = None,
+        media_types: frozenset[str] | None = None,
+    ) -> int:
         """Stream a response body to `target` (written whole or not at all); returns its size.
 
         A broken connection or a 502/503/504 starts the download again from the beginning.
+        `media_types`: the Content-Types the exchange serves this file with; a success with
+        another (a proxy's HTML page answered 200) is not the file but an UnexpectedAnswer,
+        and nothing is written. An answer without a Content-Type is taken: nothing says it
+        is not the file.
         """
         partial = target.with_name(target.name + ".part")
         for attempt in range(self._retries + 1):
@@ -241,6 +251,8 @@ class ApiClient:
                         if response.status_code in TRANSIENT and attempt < self._retries:
                             raise httpx.TransportError(f"{response.status_code} from the exchange")
                         checked(response, "GET", path)
+                    if media_types is not None:
+                        _served_as(response, media_types)
                     with partial.open("wb") as out:
                         for chunk in response.iter_bytes(CHUNK):
                             out.write(chunk)
@@ -278,6 +290,17 @@ def checked(response: httpx.Response, method: str, path: str) -> httpx.Response:
         detail = response.text
     error = LeaseLost if response.status_code == 409 else ExchangeHTTPError
     raise error(response.status_code, detail, method, path, retry_after(response))
+
+
+def _served_as(response: httpx.Response, media_types: frozenset[str]) -> None:
+    """Raise UnexpectedAnswer unless the answer's Content-Type, if it has one, is among
+    `media_types`: a page that something in front of the exchange answered 200 in its place
+    would otherwise be saved, and used, as the file."""
+    kind = response.headers.get("Content-Type")
+    if kind is None or kind.split(";")[0].strip().lower() in media_types:
+        return
+    expected = " or ".join(sorted(media_types))
+    raise unexpected(response, f"{kind[:QUOTED_BODY]}, not the {expected} expected")
 
 
 def unexpected(response: httpx.Response, what: str) -> UnexpectedAnswer:

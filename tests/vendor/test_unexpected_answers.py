@@ -19,7 +19,14 @@ import httpx
 import pytest
 
 from aifi.products import tissue_volume
-from aifi.vendor import ExchangeHTTPError, UnexpectedAnswer, VendorClient, Worker
+from aifi.vendor import (
+    ExchangeHTTPError,
+    JobContext,
+    ProductResult,
+    UnexpectedAnswer,
+    VendorClient,
+    Worker,
+)
 from scale.servers import wait_for
 from vendor.network import (
     PRODUCT,
@@ -153,3 +160,50 @@ def test_an_error_nobody_foresaw_is_logged_and_the_worker_goes_on(
     assert logged.exc_info is not None  # the traceback, for whoever finds the bug
     assert "a fault in a library on the way" in caplog.text
     assert exchange.job(job_id)["state"] == "completed"
+
+
+def is_input_download(request: httpx.Request) -> bool:
+    return request.method == "GET" and "/inputs/" in request.url.path
+
+
+def is_dicom(path: Path) -> bool:
+    """Whether the file is a DICOM Part 10 file: the 'DICM' prefix after its preamble."""
+    with path.open("rb") as file:
+        return file.read(132)[128:] == b"DICM"
+
+
+def test_an_input_answered_by_a_page_is_never_given_to_the_product(
+    exchange: Exchange, tmp_path: Path
+) -> None:
+    """For two seconds a proxy answers the input downloads with its HTML page, 200: it is an
+    UnexpectedAnswer, the job is handed back, and once the exchange answers again the same
+    worker does the job, its product given DICOM only. The page used to be saved as the
+    input and given to the product, which failed the job on it."""
+    job_id = exchange.submit(tmp_path / "study")
+    network = Interposed(is_input_download, html_page, seconds=2.0)
+    client = VendorClient(exchange.url, exchange.vendor_key, transport=network)
+    given: list[bool] = []
+
+    def product(context: JobContext) -> ProductResult:
+        given.extend(is_dicom(path) for path in context.inputs)
+        return tissue_volume.run(context)
+
+    worker = Worker(client, product, product_ids=[PRODUCT], workdir=tmp_path, hand_back_pause=0.5)
+    with WorkerThread(worker.run) as running:
+        wait_for(
+            lambda: (
+                exchange.job(job_id)["state"] in ("completed", "failed") or not running.is_alive()
+            ),
+            timeout=60,
+            what="the job to end",
+            every=0.2,
+        )
+        assert running.ended_by == [] and running.is_alive()
+    client.close()
+    assert network.answered >= 1 and network.passed.is_set()
+    assert given and all(given)
+    job = exchange.job(job_id)
+    assert (job["state"], job["attempts"]) == ("completed", 1), job
+    reasons = exchange.handed_back_reasons(job_id)
+    assert reasons and all("text/html, not the application/dicom" in r for r in reasons), reasons
+    assert not any("back soon" in r for r in reasons)  # a few words, not the page

@@ -39,6 +39,10 @@ __all__ = [
 #: (`lease_seconds` at most 3600 in POST /jobs/claim and /jobs/{id}/heartbeat, api.md). The
 #: SDK keeps its own copy, as a vendor's client would, rather than import the exchange.
 LONGEST_LEASE_SECONDS = 3600.0
+#: The Content-Types an input is taken with: the exchange serves each as application/dicom
+#: (a proxy may relabel a binary as application/octet-stream). Anything else, such as a
+#: proxy's HTML page answered 200, is not the input and never reaches the product.
+INPUT_MEDIA_TYPES = frozenset({"application/dicom", "application/octet-stream"})
 
 
 class InputGone(ExchangeHTTPError):
@@ -165,7 +169,8 @@ class VendorClient(ApiClient):
     def download_inputs(self, lease: Lease, folder: Path) -> list[Path]:
         """Stream every input instance to `folder`; returns the files in upload order.
 
-        Raises InputGone for an input the exchange no longer holds."""
+        Raises InputGone for an input the exchange no longer holds, and UnexpectedAnswer for
+        an answer that is not an input (`INPUT_MEDIA_TYPES`)."""
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
         listed = lease.inputs if lease.inputs is not None else self.list_inputs(lease)
@@ -174,7 +179,7 @@ class VendorClient(ApiClient):
             target = folder / f"{uid}.dcm"
             path = f"/jobs/{lease.job_id}/inputs/{uid}"
             try:
-                self.download(path, target, {"X-Lease-Token": lease.token})
+                self.download(path, target, {"X-Lease-Token": lease.token}, INPUT_MEDIA_TYPES)
             except ExchangeHTTPError as exc:
                 if exc.status != 404:
                     raise

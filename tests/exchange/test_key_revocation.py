@@ -87,6 +87,33 @@ def test_a_hospital_rotates_then_revokes_its_old_key_which_stops_working_at_once
     assert listings.count((old.id, "search", "success", "")) == 2
 
 
+def test_a_rotation_answers_the_new_keys_id_by_which_the_old_ones_are_revoked(
+    exchange: Exchange, parties: dict[str, Org]
+) -> None:
+    """After a second rotation two listed keys are `rotated`: the id the rotation answered
+    tells which one is new, and every other key is revoked by its listed id."""
+    old = parties["hospital_a"]
+    between = rotated(exchange, old)
+    answer = exchange.client.post(f"/organisations/{old.id}/keys", headers=old.headers)
+    assert answer.status_code == 201, answer.text
+    assert set(answer.json()) == {"api_key", "id"}
+    new, new_id = Org(old.id, answer.json()["api_key"]), answer.json()["id"]
+
+    listed = keys_of(exchange, old.id, new)
+    assert [k["label"] for k in listed] == ["initial", "rotated", "rotated"]
+    assert [k["id"] for k in listed].count(new_id) == 1
+    assert listed[-1]["id"] == new_id  # the newest, as the listing goes oldest first
+    for key in listed:
+        if key["id"] != new_id:
+            answered = revoke(exchange, old.id, key["id"], new)
+            assert answered.status_code == 200, answered.text
+
+    assert not works(exchange.client, old) and not works(exchange.client, between)
+    assert works(exchange.client, new)
+    live = [k["id"] for k in keys_of(exchange, old.id, new) if k["revoked_at"] is None]
+    assert live == [new_id]
+
+
 def test_the_key_making_the_request_may_revoke_itself_while_another_is_live(
     exchange: Exchange, parties: dict[str, Org]
 ) -> None:

@@ -8,7 +8,13 @@ from sqlalchemy import and_, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from aifi.exchange.audit import Actor, AuditLog
-from aifi.exchange.auth import KeyCache, new_api_key, require_role, store_api_key
+from aifi.exchange.auth import (
+    KeyCache,
+    hash_api_key,
+    new_api_key,
+    require_role,
+    store_api_key,
+)
 from aifi.exchange.clock import utcnow
 from aifi.exchange.db import Database
 from aifi.exchange.errors import Conflict, Forbidden, NotFound
@@ -86,17 +92,22 @@ class Catalogue:
             self._audit.record(actor, "create", "organisation", org.id)
         return org, key
 
-    def rotate_key(self, actor: Actor, organisation_id: str) -> str:
-        """A new key for an organisation; old keys stay valid until revoked (`revoke_key`), so
-        a gateway or worker changes over with no gap."""
+    def rotate_key(self, actor: Actor, organisation_id: str) -> tuple[str, int]:
+        """A new key for an organisation, and its id in `list_keys`: the id tells the new key
+        from the old ones, which stay valid until revoked (`revoke_key`), so a gateway or
+        worker changes over with no gap."""
         _own_keys(actor, organisation_id)
         with self._db.session() as session:
             if session.get(Organisation, organisation_id) is None:
                 raise NotFound(f"no organisation {organisation_id!r}")
         key = new_api_key()
         store_api_key(self._db, organisation_id, key, label="rotated")
+        with self._db.session() as session:  # its hash is unique: the row is the new key's
+            key_id = session.scalars(
+                select(ApiKey.id).where(ApiKey.key_hash == hash_api_key(key))
+            ).one()
         self._audit.record(actor, "create", "api-key", organisation_id)
-        return key
+        return key, key_id
 
     def list_keys(self, actor: Actor, organisation_id: str) -> list[ApiKey]:
         """An organisation's keys, revoked ones too, oldest first: what a hand-over needs to

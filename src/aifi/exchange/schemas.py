@@ -70,6 +70,14 @@ class OrganisationCreated(BaseModel):
     api_key: str = Field(description="Shown once; the exchange keeps only its hash.")
 
 
+class RotatedKey(BaseModel):
+    """A new API key, and its id as the key listing shows it: the id tells the new key from
+    the old ones in `GET /organisations/{id}/keys`, so that the old can be revoked."""
+
+    api_key: str = Field(description="Shown once; the exchange keeps only its hash.")
+    id: int = Field(description="The new key's `id` in `GET /organisations/{id}/keys`.")
+
+
 class ApiKeyOut(BaseModel):
     """One of an organisation's API keys, as its owner and the operator see it: never the key
     itself (the exchange keeps only its hash), so that a listing gives nothing to steal."""

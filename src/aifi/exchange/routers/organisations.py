@@ -5,7 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from aifi.exchange.deps import CallerDep, ServicesDep
-from aifi.exchange.schemas import ApiKeyOut, OrganisationCreated, OrganisationIn, OrganisationOut
+from aifi.exchange.schemas import (
+    ApiKeyOut,
+    OrganisationCreated,
+    OrganisationIn,
+    OrganisationOut,
+    RotatedKey,
+)
 
 router = APIRouter(prefix="/organisations", tags=["organisations"])
 
@@ -25,9 +31,13 @@ def list_organisations(caller: CallerDep, services: ServicesDep) -> list[Organis
     ]
 
 
-@router.post("/{organisation_id}/keys", status_code=201)
-def rotate_key(organisation_id: str, caller: CallerDep, services: ServicesDep) -> dict[str, str]:
-    return {"api_key": services.catalogue.rotate_key(caller, organisation_id)}
+@router.post("/{organisation_id}/keys", status_code=201, response_model=RotatedKey)
+def rotate_key(organisation_id: str, caller: CallerDep, services: ServicesDep) -> RotatedKey:
+    """A new key, shown once, with its id as the key listing shows it: the operator (or the
+    organisation) who revokes the old keys afterwards can tell which listed key is the new
+    one, which the labels alone do not tell after a second rotation."""
+    key, key_id = services.catalogue.rotate_key(caller, organisation_id)
+    return RotatedKey(api_key=key, id=key_id)
 
 
 @router.get("/{organisation_id}/keys", response_model=list[ApiKeyOut])

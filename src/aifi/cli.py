@@ -136,7 +136,9 @@ def gateway(
             raise typer.Exit(1)
         return
     from aifi.http import without_password
+    from aifi.results.key_image import use_matplotlib_folder
 
+    use_matplotlib_folder(settings.workdir)  # the service account may have no home
     try:
         node = Gateway(settings)  # refused on a workdir another gateway or a restore holds
         node.start()

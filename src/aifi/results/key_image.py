@@ -4,29 +4,54 @@ The exchange's and the gateway's pages show what a product found without a DICOM
 picture is made with matplotlib's Agg canvas directly (no pyplot, so no global state and no
 display), at a fixed size whatever the matrix, with the intended-use label burned in so a
 screenshot cannot be mistaken for a clinical result.
+
+matplotlib is imported only when a picture is drawn: the gateway imports this module, and every
+`aifi gateway` command (`--check` too) would otherwise load matplotlib, which for a service
+account without a home it can write makes a temporary folder and warns of it each time.
+:func:`use_matplotlib_folder` gives it a folder of its own for the drawing gateway.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pydicom
-from matplotlib import colormaps
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from pydicom import Dataset
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut
 
 from aifi.results.algorithm import NOT_FOR_CLINICAL_USE
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
 #: Edge of the PNG in pixels.
 KEY_IMAGE_PIXELS = 512
 _DPI = 128
 _FILL_ALPHA = 0.35
+#: matplotlib's folder (its font cache) in a workdir, for a service account without a home.
+MATPLOTLIB_FOLDER = "matplotlib"
+
+
+def use_matplotlib_folder(workdir: Path) -> None:
+    """Have matplotlib keep its configuration and font cache in `workdir`'s own folder when
+    MPLCONFIGDIR is unset and the home is no folder this user can write (the guide's service
+    account has none): matplotlib would otherwise build its font cache in a temporary folder at
+    every start of the service, and warn of it in the journal. Call it before the first key
+    image is drawn; a home that can be written to is left to matplotlib as it is."""
+    if os.environ.get("MPLCONFIGDIR"):
+        return
+    try:
+        home: Path | None = Path.home()
+    except RuntimeError:  # no HOME, and no home in the password database
+        home = None
+    if home is not None and home.is_dir() and os.access(home, os.W_OK | os.X_OK):
+        return
+    os.environ["MPLCONFIGDIR"] = str(workdir / MATPLOTLIB_FOLDER)
 
 
 def render_key_image(
@@ -66,6 +91,8 @@ def render_key_image(
             "(Rows (0028,0010), Columns (0028,0011))"
         )
     shown = _windowed(values, window or _window_of(image, values))
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # only when drawing: see above
+    from matplotlib.figure import Figure
 
     figure = Figure(figsize=(KEY_IMAGE_PIXELS / _DPI,) * 2, dpi=_DPI, facecolor="black")
     FigureCanvasAgg(figure)
@@ -119,6 +146,8 @@ def _aspect(image: Dataset) -> float:
 
 
 def _overlay(axes: Axes, mask: np.ndarray, aspect: float) -> None:
+    from matplotlib import colormaps
+
     palette = colormaps["tab10"]
     labels = [int(v) for v in np.unique(mask) if v != 0]
     fill = np.zeros((*mask.shape, 4))

@@ -127,6 +127,11 @@ def gateway_restore(
             "the gateway, or send those studies again from the PACS[/]",
             soft_wrap=True,
         )
+    else:  # said either way: the engineer need not wonder whether the spool was looked at
+        console.print(
+            "0 instances missing: every instance of the studies still held is in the spool",
+            soft_wrap=True,
+        )
     console.print(
         f"[bold]next:[/] start the gateway, then send the studies the PACS sent it after "
         f"{taken} UTC again (the exchange keeps what was sent then, and the gateway finds it)",

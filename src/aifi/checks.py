@@ -38,6 +38,20 @@ def private_problem(path: Path) -> str | None:
     return f"mode {mode:04o}: others may read it; make it {wanted:04o}"
 
 
+def api_key_file_check(path: Path) -> Check:
+    """The API key's file, held to a secret's rule: a key others on the host can read lets them
+    act as the hospital or vendor at the exchange. The gateway's and the worker's checks say it
+    in the same words."""
+    name = "API key file"
+    try:
+        problem = private_problem(path)
+    except OSError as exc:
+        return Check(name, False, f"{path}: cannot read it ({exc.strerror})")
+    if problem:
+        return Check(name, False, f"{path}: {problem}")
+    return Check(name, True, f"{path}, private")
+
+
 def exchange_route(client: ApiClient) -> str:
     """The exchange's address as the checks name it, with the proxy on the way, if any."""
     proxy = f" through proxy {without_password(client.proxy)}" if client.proxy else ""

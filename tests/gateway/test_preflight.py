@@ -170,6 +170,28 @@ def test_an_api_key_file_that_is_not_there_is_named(site: dict[str, Any], tmp_pa
     assert not exchange.ok and "exchange.key" in exchange.detail, exchange
 
 
+def test_an_api_key_file_others_may_read_fails_as_the_workers_check_says_it(
+    site: dict[str, Any], tmp_path: Path
+) -> None:
+    """The key works, yet anyone on the host who can read it can act as the hospital: the
+    check fails on the file's mode alone, in the words of `aifi worker --check`."""
+    key = tmp_path / "exchange.key"
+    key.write_text(site["exchange"].pop("api_key") + "\n")
+    key.chmod(0o640)
+    site["exchange"]["api_key_file"] = str(key)
+    config = _write(tmp_path, site)
+    checks = _by_name(preflight(load_config(config)))
+    assert checks["exchange"].ok, checks["exchange"]
+    loose = checks["API key file"]
+    assert not loose.ok
+    assert loose.detail == f"{key}: mode 0640: others may read it; make it 0600"
+    ran = _check(config)
+    assert ran.returncode == 1 and "1 of 7 checks failed: API key file" in ran.stdout, ran.stdout
+    key.chmod(0o600)
+    private = _by_name(preflight(load_config(config)))["API key file"]
+    assert private.ok and private.detail == f"{key}, private", private
+
+
 def test_a_secret_that_cannot_be_created_fails_before_the_first_start(
     site: dict[str, Any], tmp_path: Path
 ) -> None:

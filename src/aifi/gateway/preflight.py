@@ -17,7 +17,13 @@ from pathlib import Path
 
 import httpx
 
-from aifi.checks import Check, exchange_problem, exchange_route, private_problem
+from aifi.checks import (
+    Check,
+    api_key_file_check,
+    exchange_problem,
+    exchange_route,
+    private_problem,
+)
 from aifi.dicom.pseudonym import PseudonymKey
 from aifi.file_lock import held_alone
 from aifi.gateway.backup import WORKDIR_LOCK, restore_cut_off, secret_fingerprint
@@ -47,6 +53,8 @@ def preflight(config: GatewayConfig, client: GatewayClient | None = None) -> lis
         checks.append(_exporter(config.metrics_host, config.metrics_port))
     if config.dicomweb is not None:
         checks += _stow(config.dicomweb)
+    if config.exchange.api_key_file is not None:  # an `api_key` in the YAML has no file
+        checks.append(api_key_file_check(config.exchange.api_key_file))
     own = client is None
     if client is None:
         try:

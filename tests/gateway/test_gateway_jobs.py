@@ -160,6 +160,47 @@ def test_the_command_shows_the_jobs_and_writes_them_as_json(tmp_path: Path) -> N
     assert after == before  # read, never written
 
 
+def test_the_command_is_read_in_an_80_column_terminal(tmp_path: Path) -> None:
+    """An SSH session's 80 columns: every line fits, and each job's id, state, product, study,
+    exchange job and reason are there whole, not cut into columns a few characters wide."""
+    config = offline_gateway_config(tmp_path)
+    state = GatewayState(tmp_path / "gateway" / "state.db")
+    jobs = a_gateways_day(state)
+    study = "1.2.826.0.1.3680043.8.498." + "1234567890" * 3 + "12345678"  # 64 characters
+    exchange_job = "3f2b8c1e-6d4a-4e2f-9b7c-0a1d2e3f4a5b"
+    jobs["ended"] = add_job(
+        state, study, "ended", exchange_job_id=exchange_job, exchange_state="failed",
+        reason="the product failed: no intracranial volume found in the series sent",
+        created_at=NOW - 100,
+    )  # fmt: skip
+    state.close()
+    result = CliRunner().invoke(
+        app, ["gateway-jobs", "--config", str(config)], env={"COLUMNS": "80"}
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert max(len(line) for line in lines) <= 80, result.output
+    for name, state_shown in (
+        ("sending", "pending"),
+        ("at the exchange", "submitted (STAT)"),
+        ("pacs", "submitted"),
+        ("notice", "delivered"),
+        ("ended", "ended"),
+    ):
+        [heading] = [line for line in lines if line.startswith(f"job {jobs[name]} ")]
+        assert f" {state_shown} " in heading and "aifi-tissue-volume" in heading, heading
+    assert any(study in line for line in lines) and any(exchange_job in line for line in lines)
+    shown = " ".join(result.output.split())
+    for reason in (
+        "last the exchange is unreachable: connection refused",
+        "last delivery to the PACS failed",
+        "last the product failed: no intracranial volume found in the series sent",
+        "pacs: 1 stored, 1 failed (association refused)",
+        "hl7 (result): not tried",
+    ):
+        assert reason in shown, result.output
+
+
 def test_the_command_says_why_it_cannot_read_the_state(tmp_path: Path) -> None:
     config = offline_gateway_config(tmp_path)
     runner = CliRunner()

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
+from rich.padding import Padding
 from rich.table import Table
+from rich.text import Text
 
 from aifi.gateway.cli_options import ConfigOption, settings_or_exit
 from aifi.gateway.job_list import JobStatus, NoticeStatus, ago, job_statuses
@@ -46,26 +48,75 @@ def _notices(notices: list[NoticeStatus]) -> str:
     return "\n".join(lines)
 
 
+#: The narrowest a column beside the job's still reads at: a product id, "submitted (STAT)",
+#: a few words of a reason to a line. A terminal with less room for them than this (an
+#: 80-column SSH session) gets a block per job instead of the table: the job column, the
+#: study's UID unwrapped, would leave them a few characters each, or none.
+READABLE_COLUMN = 20
+
+
+def _state(job: JobStatus) -> str:
+    state = job.state + (" (STAT)" if job.priority == "stat" else "")
+    return f"[{_STATE_STYLE.get(job.state, '')}]{state}[/]"
+
+
+def _job_cell(job: JobStatus, now: float) -> str:
+    exchange_job = job.exchange_job_id or "(not at the exchange)"
+    return f"{job.id}  {ago(now - job.created_at)}\n{exchange_job}\nstudy {job.study_uid}"
+
+
+def _table_fits(jobs: list[JobStatus], now: float, width: int) -> bool:
+    """Whether the table, its job column never wrapped, leaves each of the other five columns
+    READABLE_COLUMN characters (each column's padding and border take 3 more, the last 1)."""
+    job_column = max(len(line) for job in jobs for line in _job_cell(job, now).splitlines())
+    return width >= job_column + 5 * READABLE_COLUMN + 6 * 3 + 1
+
+
 def _table(jobs: list[JobStatus], title: str, now: float) -> Table:
     table = Table(title=title, show_lines=True)
     table.add_column("job", no_wrap=True)
     for column in ("product", "state", "waiting for, or how it ended", "PACS", "notices"):
         table.add_column(column, overflow="fold")
     for job in jobs:
-        state = job.state + (" (STAT)" if job.priority == "stat" else "")
         said = job.waiting_for or job.reason
         if job.waiting_for and job.reason:
             said += f"\nlast: {job.reason}"
-        exchange_job = job.exchange_job_id or "(not at the exchange)"
         table.add_row(
-            f"{job.id}  {ago(now - job.created_at)}\n{exchange_job}\nstudy {job.study_uid}",
+            _job_cell(job, now),
             job.product_id,
-            f"[{_STATE_STYLE.get(job.state, '')}]{state}[/]",
+            _state(job),
             said,
             "\n".join(job.pacs),
             _notices(job.notices),
         )
     return table
+
+
+def _blocks(jobs: list[JobStatus], title: str, now: float) -> Group:
+    """The table's facts folded for a narrow terminal: a heading line per job (its id, state,
+    product and age), then one labelled line per fact, long values folded under their label."""
+    shown: list[RenderableType] = [Text(title, style="italic", justify="center")]
+    for job in jobs:
+        facts = Table.grid(padding=(0, 2))
+        facts.add_column(style="dim", no_wrap=True)
+        facts.add_column(overflow="fold")
+        facts.add_row("exchange job", job.exchange_job_id or "(not at the exchange)")
+        facts.add_row("study", job.study_uid)
+        if job.waiting_for:
+            facts.add_row("waiting for", job.waiting_for)
+        if job.reason:
+            facts.add_row("last" if job.waiting_for else "how it ended", job.reason)
+        if job.pacs:
+            facts.add_row("PACS", "\n".join(job.pacs))
+        if job.notices:
+            facts.add_row("notices", _notices(job.notices))
+        heading = f"[bold]job {job.id}[/]  {_state(job)}  {job.product_id}"
+        shown += [
+            Text(""),
+            Text.from_markup(f"{heading}  [dim]{ago(now - job.created_at)}[/]", overflow="fold"),
+            Padding(facts, (0, 0, 0, 2)),
+        ]
+    return Group(*shown)
 
 
 def gateway_jobs(
@@ -111,6 +162,9 @@ def gateway_jobs(
         if everything
         else "jobs not done with (STAT first, then the oldest)"
     )
-    console.print(_table(jobs, title, now))
+    if _table_fits(jobs, now, console.width):
+        console.print(_table(jobs, title, now))
+    else:
+        console.print(_blocks(jobs, title, now))
     if len(jobs) == limit:
         console.print(f"the first {limit} shown: --limit N for more", soft_wrap=True)

@@ -258,6 +258,11 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             # g2 refuses a vendor's result at 20m; g1 delivers every one.
             'aifi_gateway_jobs_undelivered{job="aifi-gateway", instance="g1"}': "0x90",
             'aifi_gateway_jobs_undelivered{job="aifi-gateway", instance="g2"}': "0x20 1x70",
+            # g1 after a restore: two jobs of the lost disk's, undecided; g2 sees a second
+            # gateway's job for the minutes before that gateway brings it home.
+            'aifi_gateway_unknown_exchange_jobs{job="aifi-gateway", instance="g1"}': "0x10 2x80",
+            'aifi_gateway_unknown_exchange_jobs{job="aifi-gateway", instance="g2"}':
+                "0x5 1x3 0x82",
             # g2's retention sweep fails from 10m (a study due then stays); g1's purges a
             # study a minute late at most.
             'aifi_gateway_retention_overdue_seconds{job="aifi-gateway", instance="g2"}':
@@ -355,6 +360,11 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
                   "AI results for g2 were completed but not delivered in the last hour",
                   job="aifi-gateway", instance="g2"),
             quiet("GatewayResultsUndelivered", "85m"),  # an hour without another
+            quiet("GatewayUnknownExchangeJobs", "70m"),  # undecided since 11m, not yet for an hour
+            fires("GatewayUnknownExchangeJobs", "71m",
+                  "2 ended exchange jobs unknown to the gateway g1 have waited an hour for the "
+                  "hospital's decision",
+                  job="aifi-gateway", instance="g1"),
             quiet("GatewayJobsRefused", "9m"),
             fires("GatewayJobsRefused", "30m",
                   "The exchange refused studies from g1 in the last hour",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from aifi.checks import Check, exchange_problem, exchange_route, private_problem
+from aifi.checks import Check, api_key_file_check, exchange_problem, exchange_route
 from aifi.http import ExchangeHTTPError, UnexpectedAnswer, json_list, json_object
 from aifi.vendor.client import VendorClient
 
@@ -27,23 +27,12 @@ def preflight(
     client: VendorClient, product_id: str, api_key_file: Path, workdir: Path | None
 ) -> list[Check]:
     """Every check, in the order the vendor guide sets a worker up."""
-    checks = [_api_key_file(api_key_file), _workdir(workdir)]
+    checks = [api_key_file_check(api_key_file), _workdir(workdir)]
     reached, vendor = _exchange(client)
     checks.append(reached)
     if vendor is not None:
         checks.append(_product(client, product_id, vendor))
     return checks
-
-
-def _api_key_file(path: Path) -> Check:
-    name = "API key file"
-    try:
-        problem = private_problem(path)
-    except OSError as exc:
-        return Check(name, False, f"{path}: cannot read it ({exc.strerror})")
-    if problem:
-        return Check(name, False, f"{path}: {problem}")
-    return Check(name, True, f"{path}, private")
 
 
 def _workdir(workdir: Path | None) -> Check:

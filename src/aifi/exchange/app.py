@@ -18,9 +18,11 @@ from starlette.concurrency import run_in_threadpool
 import aifi
 from aifi.exchange.audit import ANCHOR_SECONDS, Actor, AuditAnchors
 from aifi.exchange.audit_archive import AuditArchiver
+from aifi.exchange.auth import Unauthorised
 from aifi.exchange.errors import ExchangeError
 from aifi.exchange.metrics import ERROR_KIND, ExchangeMetrics, MetricsMiddleware
 from aifi.exchange.refused_changes import CHANGES, refused_change
+from aifi.exchange.refused_keys import FLUSH_SECONDS, RefusedKeys
 from aifi.exchange.replica_changes import ReplicaChanges
 from aifi.exchange.retention import Retention
 from aifi.exchange.routers import (
@@ -64,6 +66,7 @@ def create_app(
         services.db, services.blobs, services.audit, services.settings, metrics=metrics
     )
     anchors = AuditAnchors(services.db)
+    refused_keys = RefusedKeys(services.audit)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -82,6 +85,7 @@ def create_app(
             ("triage_flags", sweep, services.jobs.read_triage_flags),
             ("audit_chain", AUDIT_LINK_SECONDS, services.audit.chain),
             ("audit_anchor", ANCHOR_SECONDS, anchors.write),
+            ("refused_keys", FLUSH_SECONDS, refused_keys.flush),
         ]
         sweepers = [
             asyncio.create_task(_every(seconds, task, metrics.background_failures.labels(name)))
@@ -101,8 +105,10 @@ def create_app(
                     await sweeper
             if listener is not None:
                 listener.stop()
-            # A replica that stops leaves no entry of its own waiting to be linked.
+            # A replica that stops leaves no entry of its own waiting to be linked, nor
+            # refused keys only counted.
             with contextlib.suppress(Exception):
+                await run_in_threadpool(refused_keys.flush, True)
                 await run_in_threadpool(services.audit.chain)
                 await run_in_threadpool(anchors.write)  # the chain's end, for the journal
             # Its connections closed, not left to the garbage collector: an exchange served
@@ -120,6 +126,7 @@ def create_app(
     app.state.retention = retention
     app.state.archiver = archiver
     app.state.anchors = anchors
+    app.state.refused_keys = refused_keys
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     @app.exception_handler(ExchangeError)
@@ -129,6 +136,10 @@ def create_app(
         refusal = exc.status < 500 and not exc.audited
         if refusal and caller is not None and request.method in CHANGES:
             await run_in_threadpool(_audit_refused_change, services, request, caller, exc)
+        elif isinstance(exc, Unauthorised):  # no caller: the key is the refusal
+            entries = refused_keys.refused(f"{request.method} {_route(request)}", exc)
+            if entries:  # not one only counted: no thread for those
+                await run_in_threadpool(refused_keys.store, entries)
         if exc.error_kind is not None:
             request.scope[ERROR_KIND] = exc.error_kind
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
@@ -188,8 +199,7 @@ def _audit_refused_change(
 ) -> None:
     """Store a refused change the services did not store themselves (see
     :mod:`aifi.exchange.refused_changes`); the caller gets its answer even if this fails."""
-    route = getattr(request.scope.get("route"), "path", request.url.path)
-    entry = refused_change(request.method, route, request.path_params, exc.message)
+    entry = refused_change(request.method, _route(request), request.path_params, exc.message)
     try:
         services.audit.record(
             caller,
@@ -201,6 +211,11 @@ def _audit_refused_change(
         )
     except Exception:
         log.exception("could not store a refused change in the access log: %s", entry)
+
+
+def _route(request: Request) -> str:
+    """The request's route template (``/jobs/{job_id}``), else its path."""
+    return str(getattr(request.scope.get("route"), "path", request.url.path))
 
 
 def database_read_only(exc: BaseException) -> bool:

@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from aifi.exchange.audit import Actor
 from aifi.exchange.clock import utcnow
@@ -25,12 +25,23 @@ KEY_CACHE_SECONDS = 10.0
 
 
 class Unauthorised(ExchangeError):
-    """Wrong or missing key: the caller learns nothing more than that."""
+    """Wrong or missing key: the caller learns nothing more than that.
+
+    The access log learns more (:mod:`aifi.exchange.refused_keys`): why (`reason`), which key
+    (`key`: a revoked key's `organisation/id`, as its revocation names it; an unknown key's
+    fingerprint) and, for a revoked key, whose it was (`holder`). Never the key, nor its
+    stored hash.
+    """
 
     status = 401
 
-    def __init__(self) -> None:
+    def __init__(
+        self, reason: str = "no API key", key: str = "none", holder: Actor | None = None
+    ) -> None:
         super().__init__("unauthorised")
+        self.reason = reason
+        self.key = key
+        self.holder = holder
 
 
 def new_api_key() -> str:
@@ -105,24 +116,48 @@ class KeyCache:
 
 def key_hash_of(key: str | None) -> str:
     """The stored form of a presented key, or :class:`Unauthorised` if it cannot be one."""
-    if not key or not key.strip().startswith(KEY_PREFIX):
+    if not key or not key.strip():
         raise Unauthorised()
+    if not key.strip().startswith(KEY_PREFIX):
+        # No fingerprint: what was sent may be another system's password, not a random key.
+        raise Unauthorised("not an AIFI API key", "not-an-api-key")
     return hash_api_key(key.strip())
 
 
+def key_fingerprint(key_hash: str) -> str:
+    """What the access log names an unknown key by: the first 8 hex digits of its SHA-256
+    (`printf %s KEY | sha256sum | cut -c1-8`). Enough to tell one probing key from another,
+    or to match a key thought leaked; of a 256-bit random key, 32 bits give nothing to use."""
+    return f"sha256:{key_hash[:8]}"
+
+
+#: A key's organisation, and whether it is revoked (built once: it runs at each cache miss).
+_KEY = (
+    select(Organisation.id, Organisation.kind, ApiKey.id.label("key_id"), ApiKey.revoked_at)
+    .join(ApiKey, ApiKey.organisation_id == Organisation.id)
+    .where(ApiKey.key_hash == bindparam("key_hash"))
+)
+
+
 def verified_actor(db: Database, key_hash: str, cache: KeyCache | None = None) -> Actor:
-    """The organisation whose live key has this hash (cached for a few seconds)."""
+    """The organisation whose live key has this hash (cached for a few seconds).
+
+    A revoked key is read by the same lookup as a live one, so that its refusal can name the
+    key and its organisation in the access log without a second query.
+    """
     if cache is not None and (known := cache.get(key_hash)) is not None:
         return known
     with db.session() as session:
-        row = session.execute(
-            select(Organisation.id, Organisation.kind)
-            .join(ApiKey, ApiKey.organisation_id == Organisation.id)
-            .where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
-        ).first()
+        row = session.execute(_KEY, {"key_hash": key_hash}).first()
     if row is None:
-        raise Unauthorised()
+        raise Unauthorised("unknown API key", key_fingerprint(key_hash))
     actor = Actor(organisation_id=row.id, role=row.kind)
+    if row.revoked_at is not None:
+        raise Unauthorised(
+            f"revoked API key {row.key_id} of organisation {row.id!r}",
+            f"{row.id}/{row.key_id}",
+            actor,
+        )
     if cache is not None:
         cache.put(key_hash, actor)
     return actor

@@ -374,7 +374,7 @@ class ExchangeMetrics:
             "aifi_exchange_background_failures",
             "Failed rounds of this replica's background work, by task (lease_expiry, "
             "unfinished_expiry, retention, audit_archive, triage_flags, audit_chain, "
-            "audit_anchor)",
+            "audit_anchor, refused_keys)",
             ["task"],
             registry=self.registry,
         )

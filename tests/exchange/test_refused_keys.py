@@ -1,5 +1,5 @@
 """Requests refused before any route ran are in the access log: a missing, unknown or revoked
-key (401).
+key (401), and a body the exchange could not even parse (422).
 
 A refused key names the key as the operator knows it (a revoked key's id, an unknown key's
 short fingerprint), never the key or the hash it is stored by; a flood of refused keys is
@@ -35,6 +35,15 @@ def refused_keys(exchange: Exchange) -> list[tuple[str, str, str, str]]:
         (e["organisation_id"], e["role"], e["object_id"], e["detail"])
         for e in entries(exchange)
         if (e["action"], e["object_type"], e["outcome"]) == ("login", "credential", "refused")
+    ]
+
+
+def refusals_by(exchange: Exchange, organisation_id: str) -> list[tuple[str, str, str, str]]:
+    """(action, object type, object id, detail) of an organisation's refused accesses."""
+    return [
+        (e["action"], e["object_type"], e["object_id"], e["detail"])
+        for e in entries(exchange)
+        if e["organisation_id"] == organisation_id and e["outcome"] == "refused"
     ]
 
 
@@ -145,3 +154,35 @@ def test_a_flood_of_different_bad_keys_is_bounded_too(exchange: Exchange) -> Non
     )
     assert count[3].startswith("refused 9 more times")
     assert count[3].endswith(": GET /jobs (unknown API key) ×9")
+
+
+def test_a_body_that_does_not_parse_is_a_refusal_naming_the_caller(
+    exchange: Exchange, parties: dict[str, Org]
+) -> None:
+    hospital = parties["hospital_a"]
+    headers = {**hospital.headers, "Content-Type": "application/json"}
+    broken = exchange.client.post("/jobs", content=b'{"product_id": ', headers=headers)
+    assert broken.status_code == 422, broken.text
+    invalid = exchange.client.post("/jobs", json={"product_id": "product-a"}, headers=headers)
+    assert invalid.status_code == 422, invalid.text
+    job = exchange.job(hospital, "product-a", "2.25.7")
+    cancel = f"/jobs/{job['id']}/cancel"
+    assert exchange.client.post(cancel, content=b"{", headers=headers).status_code == 422
+    assert refusals_by(exchange, hospital.id) == [
+        ("create", "job", "", "POST /jobs: invalid request: body.15: JSON decode error"),
+        (
+            "create",
+            "job",
+            "",
+            "POST /jobs: invalid request: body.study_uid: Field required; "
+            "body.idempotency_key: Field required",
+        ),
+        ("update", "job", job["id"], "POST /jobs/{job_id}/cancel: invalid request: "
+         "body.1: JSON decode error"),
+    ]  # fmt: skip
+    # A key that is none is refused as such, whatever the body.
+    stranger = {"Authorization": f"Bearer {a_stranger()}", "Content-Type": "application/json"}
+    assert exchange.client.post("/jobs", content=b"{", headers=stranger).status_code == 401
+    assert [detail for *_, detail in refused_keys(exchange)] == [
+        "POST /jobs: unauthorised: unknown API key"
+    ]

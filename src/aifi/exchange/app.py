@@ -9,6 +9,9 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 
 from fastapi import FastAPI, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import Counter
 from sqlalchemy.exc import InterfaceError, InternalError, OperationalError
@@ -19,7 +22,8 @@ import aifi
 from aifi.exchange.audit import ANCHOR_SECONDS, Actor, AuditAnchors
 from aifi.exchange.audit_archive import AuditArchiver
 from aifi.exchange.auth import Unauthorised
-from aifi.exchange.errors import ExchangeError
+from aifi.exchange.deps import bearer, get_caller
+from aifi.exchange.errors import ExchangeError, Invalid
 from aifi.exchange.metrics import ERROR_KIND, ExchangeMetrics, MetricsMiddleware
 from aifi.exchange.refused_changes import CHANGES, refused_change
 from aifi.exchange.refused_keys import FLUSH_SECONDS, RefusedKeys
@@ -173,6 +177,25 @@ def create_app(
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
         return PlainTextResponse("Internal Server Error", status_code=500)
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        # FastAPI refuses a body (or query) it cannot parse or validate before the route
+        # runs: a body that is not JSON even before the caller's key is read. Such a refusal
+        # is logged as the route's own would be, once the key is known to be a caller's; a
+        # key that is none is refused as such (401), as it is when the body does parse.
+        caller = getattr(request.state, "caller", None)
+        if caller is None and _takes_key(getattr(request.scope.get("route"), "dependant", None)):
+            try:
+                caller = await get_caller(request, services, await bearer(request))
+            except Unauthorised as refused:
+                return await _exchange_error(request, refused)
+            except Exception:  # the database down: the caller still learns what was wrong
+                log.warning("the caller of an invalid request was not found", exc_info=True)
+        if caller is not None:
+            invalid = Invalid(f"invalid request: {_invalid_fields(exc)}")
+            await run_in_threadpool(_audit_refused_change, services, request, caller, invalid)
+        return await request_validation_exception_handler(request, exc)
+
     for transient in (OperationalError, InterfaceError, PoolTimeout):
         app.add_exception_handler(transient, _database_unavailable)
     app.add_exception_handler(InternalError, _database_refused)
@@ -198,7 +221,8 @@ def _audit_refused_change(
     services: Services, request: Request, caller: Actor, exc: ExchangeError
 ) -> None:
     """Store a refused change the services did not store themselves (see
-    :mod:`aifi.exchange.refused_changes`); the caller gets its answer even if this fails."""
+    :mod:`aifi.exchange.refused_changes`), or a request refused before its route ran; the
+    caller gets its answer even if this fails."""
     entry = refused_change(request.method, _route(request), request.path_params, exc.message)
     try:
         services.audit.record(
@@ -216,6 +240,24 @@ def _audit_refused_change(
 def _route(request: Request) -> str:
     """The request's route template (``/jobs/{job_id}``), else its path."""
     return str(getattr(request.scope.get("route"), "path", request.url.path))
+
+
+def _takes_key(dependant: Dependant | None) -> bool:
+    """Whether a route (its dependencies, theirs...) asks for the caller's API key."""
+    if dependant is None:
+        return False
+    return dependant.call is get_caller or any(_takes_key(d) for d in dependant.dependencies)
+
+
+def _invalid_fields(exc: RequestValidationError, named: int = 3) -> str:
+    """What FastAPI found wrong, for the access log: where and what (``body.12: JSON decode
+    error``), never the value sent (a body's values may be a patient's)."""
+    errors = list(exc.errors())
+    found = "; ".join(
+        f"{'.'.join(str(part) for part in error.get('loc', ()))}: {error.get('msg', '')}"
+        for error in errors[:named]
+    )
+    return found + (f"; and {len(errors) - named} more" if len(errors) > named else "")
 
 
 def database_read_only(exc: BaseException) -> bool:

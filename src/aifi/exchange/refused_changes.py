@@ -36,14 +36,17 @@ def refused_change(
     method: str, route: str, path_params: Mapping[str, object], message: str
 ) -> RefusedChange:
     """The access-log entry for a change refused with `message` on `route`, a route's path
-    template such as ``/jobs/{job_id}/results/{name}``."""
+    template such as ``/jobs/{job_id}/results/{name}`` (or for a read refused before its
+    route could log it)."""
     segments = [segment for segment in route.split("/") if segment]
     first = segments[0] if segments else ""
     if "inputs" in segments or "results" in segments:
         object_type = "input" if "inputs" in segments else "result"
     else:
         object_type = _OBJECTS.get(first, first)
-    if method == "DELETE":
+    if method not in CHANGES:  # a read refused before its route ran (an invalid query)
+        action = "read"
+    elif method == "DELETE":
         action = "delete"
     elif object_type in ("input", "result") or (method == "POST" and segments == [first]):
         action = "create"

@@ -4,8 +4,6 @@ what the exchange lost. Each study still comes home once, as one result in the P
 
 from __future__ import annotations
 
-import shutil
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,12 +12,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from aifi.exchange.server import ExchangeThread
 from aifi.gateway.lost_jobs import ASK_AFTER_SECONDS, ASK_EVERY_SECONDS
 from aifi.phantoms import write_study
 from aifi.products import tissue_volume
 from aifi.vendor import JobContext, ProductResult
 from aifi.web import mount
+from support.exchange_restore import backed_up, restored
 from support.hospital import Hospital
 from support.national import National, national_path, started_gateway
 from support.peers import storescu
@@ -28,29 +26,9 @@ from support.restore import bring_home, until_ended
 pytestmark = pytest.mark.peer
 
 
-def _database(national: National) -> Path:
-    return national.exchange.services.settings.data_dir / "exchange.db"
-
-
-def backed_up(national: National, backup: Path) -> Path:
-    """A consistent copy of the exchange's database as it is now, as its backup takes one."""
-    with sqlite3.connect(_database(national)) as live, sqlite3.connect(backup) as copy:
-        live.backup(copy)
-    return backup
-
-
 def restore_exchange(national: National, backup: Path) -> None:
-    """The exchange stopped, its database put back from `backup`, and started again on the
-    same address: everything made after the backup is gone from it."""
-    settings = national.exchange.services.settings
-    port = national.exchange.port
-    national.exchange.stop()
-    database = _database(national)
-    for leftover in (database, database.with_name(database.name + "-wal")):
-        leftover.unlink(missing_ok=True)
-    database.with_name(database.name + "-shm").unlink(missing_ok=True)
-    shutil.copy(backup, database)
-    national.exchange = ExchangeThread(settings, port=port, extensions=[mount]).start()
+    """The national path's exchange put back from `backup` (`support.exchange_restore`)."""
+    national.exchange = restored(national.exchange, backup, extensions=[mount])
 
 
 @pytest.fixture
@@ -81,7 +59,7 @@ def test_a_job_the_exchange_no_longer_knows_is_sent_again_and_comes_home_once(
     restartable: National, hospital: Hospital, tmp_path: Path
 ) -> None:
     national = restartable
-    backup = backed_up(national, tmp_path / "exchange-backup.db")
+    backup = backed_up(national.exchange, tmp_path / "exchange-backup.db")
     hospital.receive(*hospital.files, hospital.late)
     assert hospital.route() == 1
     [job] = hospital.jobs()
@@ -123,7 +101,7 @@ def test_a_job_whose_inputs_the_exchange_lost_takes_the_rest(
     _after_first(
         hospital,
         lambda request: request.method == "PUT" and "/inputs/" in request.url.path,
-        lambda: backed_up(national, backup),  # the job made, none of its inputs yet
+        lambda: backed_up(national.exchange, backup),  # the job made, none of its inputs yet
     )
     hospital.receive(*hospital.files, hospital.late)
     assert hospital.route() == 1
@@ -183,7 +161,7 @@ def test_a_running_gateway_sends_again_what_a_restored_exchange_lost(
     files = sorted((tmp_path / "study").rglob("*.dcm"))
     with national_path(tmp_path / "national", product=held_back) as national:
         try:
-            backup = backed_up(national, tmp_path / "exchange-backup.db")
+            backup = backed_up(national.exchange, tmp_path / "exchange-backup.db")
             with started_gateway(tmp_path / "hospital", national) as gateway:
                 storescu(files, gateway.port)
                 assert gateway.wait_until(

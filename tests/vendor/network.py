@@ -39,6 +39,8 @@ class Exchange:
     url: str
     hospital_key: str
     vendor_key: str
+    #: The server, for a test that stops it or puts its database back.
+    server: ExchangeThread
 
     def api(self, key: str | None = None) -> httpx.Client:
         return httpx.Client(
@@ -99,7 +101,7 @@ def vendor_exchange(folder: Path) -> Iterator[Exchange]:
                 keys[kind] = answer.json()["api_key"]
         with VendorClient(exchange.url, keys["vendor"]) as vendor:
             vendor.register_product({**tissue_volume.manifest(VENDOR), "id": PRODUCT})
-        ours = Exchange(exchange.url, keys["hospital"], keys["vendor"])
+        ours = Exchange(exchange.url, keys["hospital"], keys["vendor"], exchange)
         with ours.api() as hospital:
             hospital.post("/subscriptions", json={"product_id": PRODUCT}).raise_for_status()
         yield ours

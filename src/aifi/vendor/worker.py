@@ -106,6 +106,8 @@ class _Heartbeat:
         self._every = every
         self._stop = threading.Event()
         self.lost = threading.Event()
+        #: The exchange no longer knows the job at all (`_job_gone`); `lost` is set too.
+        self.gone = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"heartbeat-{lease.job_id}", daemon=True
         )
@@ -127,6 +129,11 @@ class _Heartbeat:
                 self.lost.set()
                 return
             except Exception as exc:
+                if _job_gone(exc):
+                    _say_job_gone(self._lease, "its heartbeat was answered 404", "will be")
+                    self.gone.set()
+                    self.lost.set()
+                    return
                 # The exchange out of reach or in trouble: not a whole interval to the next try
                 # (counted from the failure, it could come after the lease ran out, though the
                 # exchange was back well before). A refusal (a revoked key, a 4xx, a 500) is
@@ -273,12 +280,17 @@ class Worker:
                     log.error("job %s: %s", lease.job_id, reason)
                     self._fail(lease, reason)
                     return
+                if beat.gone.is_set():  # said when it was found
+                    return
                 if beat.lost.is_set():
                     log.warning("job %s: lease lost while running; result dropped", lease.job_id)
                     return
                 try:
                     self._hand_in_patiently(lease, result, beat.lost)
                 except ExchangeHTTPError as exc:
+                    if _job_gone(exc):
+                        _say_job_gone(lease, str(exc), "is")
+                        return
                     if isinstance(exc, LeaseLost) or exc.status not in REFUSALS:
                         raise
                     # The exchange refused what the product made: the hospital should hear
@@ -456,6 +468,29 @@ def _not_a_result(returned: object) -> str:
     return (
         f"the product returned {kind}, not the ProductResult (aifi.vendor.ProductResult) a "
         "product must return"
+    )
+
+
+def _say_job_gone(lease: Lease, answer: str, dropped: str) -> None:
+    """The exchange no longer knows the job: it was restored to a moment before the job was
+    made. The result has nowhere to go and is dropped; the hospital's gateway sends the study
+    again as a new job, which any worker claims. Nothing to fail or hand back."""
+    log.warning(
+        "job %s: the exchange no longer knows the job (%s; restored to an earlier moment?); "
+        "its result %s dropped, the hospital's gateway sends the study again",
+        lease.job_id, answer, dropped,
+    )  # fmt: skip
+
+
+def _job_gone(exc: Exception) -> bool:
+    """Whether the exchange answered that it does not know the job (404 "no job"): a job
+    it forgot, its database restored to an earlier moment. Another 404 (a page of
+    something in front of the exchange) says nothing of the job."""
+    return (
+        isinstance(exc, ExchangeHTTPError)
+        and not isinstance(exc, UnexpectedAnswer)
+        and exc.status == 404
+        and exc.detail.startswith("no job ")
     )
 
 

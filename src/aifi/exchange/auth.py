@@ -53,16 +53,18 @@ def hash_api_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def store_api_key(db: Database, organisation_id: str, key: str, label: str = "") -> None:
+def store_api_key(db: Database, organisation_id: str, key: str, label: str = "") -> int:
+    """Store a key's hash for an organisation; its id, as the key listing names it."""
     with db.session() as session:
-        session.add(
-            ApiKey(
-                organisation_id=organisation_id,
-                key_hash=hash_api_key(key),
-                label=label,
-                created_at=utcnow(),
-            )
+        row = ApiKey(
+            organisation_id=organisation_id,
+            key_hash=hash_api_key(key),
+            label=label,
+            created_at=utcnow(),
         )
+        session.add(row)
+        session.flush()
+        return int(row.id)
 
 
 class KeyCache:

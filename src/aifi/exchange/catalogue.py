@@ -8,13 +8,7 @@ from sqlalchemy import and_, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from aifi.exchange.audit import Actor, AuditLog
-from aifi.exchange.auth import (
-    KeyCache,
-    hash_api_key,
-    new_api_key,
-    require_role,
-    store_api_key,
-)
+from aifi.exchange.auth import KeyCache, new_api_key, require_role, store_api_key
 from aifi.exchange.clock import utcnow
 from aifi.exchange.db import Database
 from aifi.exchange.errors import Conflict, Forbidden, NotFound
@@ -101,11 +95,7 @@ class Catalogue:
             if session.get(Organisation, organisation_id) is None:
                 raise NotFound(f"no organisation {organisation_id!r}")
         key = new_api_key()
-        store_api_key(self._db, organisation_id, key, label="rotated")
-        with self._db.session() as session:  # its hash is unique: the row is the new key's
-            key_id = session.scalars(
-                select(ApiKey.id).where(ApiKey.key_hash == hash_api_key(key))
-            ).one()
+        key_id = store_api_key(self._db, organisation_id, key, label="rotated")
         self._audit.record(actor, "create", "api-key", organisation_id)
         return key, key_id
 

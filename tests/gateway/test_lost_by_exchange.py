@@ -11,16 +11,18 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
+from aifi.gateway.exchange_client import GatewayClient
 from aifi.gateway.lost_jobs import ASK_AFTER_SECONDS, ASK_EVERY_SECONDS
 from aifi.phantoms import write_study
 from aifi.products import tissue_volume
 from aifi.vendor import JobContext, ProductResult
 from aifi.web import mount
 from support.exchange_restore import backed_up, restored
-from support.hospital import Hospital
-from support.national import National, national_path, started_gateway
-from support.peers import storescu
+from support.hospital import PRODUCT, Hospital
+from support.national import OPERATOR_KEY, National, national_path, started_gateway
+from support.peers import OrthancPeer, free_port, start_orthanc, storescu
 from support.restore import bring_home, until_ended
 
 pytestmark = pytest.mark.peer
@@ -182,3 +184,138 @@ def test_a_running_gateway_sends_again_what_a_restored_exchange_lost(
             assert len(national.pacs().get("/instances")) == job["results_delivered"]  # type: ignore[arg-type]
         finally:
             national.exchange.stop()
+
+
+def _pacs_instances(pacs: OrthancPeer) -> int:
+    return len(pacs.get("/instances"))  # type: ignore[arg-type]
+
+
+def test_results_that_came_home_before_the_exchange_forgot_them_are_not_made_again(
+    tmp_path: Path,
+) -> None:
+    """The job's results came home and reached PACS A; PACS B was down, so the job waits to
+    deliver them. The exchange then forgets the job. The product is not run again, nor are
+    the results filed in A twice: once B is reachable, they go there from the copy kept."""
+    runs: list[str] = []
+
+    def counted(context: JobContext) -> ProductResult:
+        runs.append(str(context.job["id"]))
+        return tissue_volume.run(context)
+
+    with national_path(tmp_path / "national", product=counted) as national:
+        pacs_b = start_orthanc(tmp_path / "pacs-b", {"gateway": ("AIFI_GW", 11112)})
+        backup = backed_up(national.exchange, tmp_path / "exchange-backup.db")
+        hospital = Hospital(national, tmp_path)
+        try:
+            hospital.close()
+            config = yaml.safe_load(hospital.path.read_text())
+            b = {"name": "pacs-b", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": free_port()}
+            config["pacs"].append(b)  # at an address nothing answers on
+            hospital.path.write_text(yaml.safe_dump(config))
+            hospital.gateway = hospital.open()
+            hospital.receive(*hospital.files)
+            assert hospital.route() == 1
+            [job] = hospital.jobs()
+            assert hospital.send_due() == [job["id"]]
+            first = str(hospital.jobs()[0]["exchange_job_id"])
+            assert not hospital.gateway.collect(until_ended(hospital, first))  # B down
+            assert _pacs_instances(national.pacs()) == 1
+            restore_exchange(national, backup)
+
+            later = time.time() + ASK_AFTER_SECONDS
+            assert hospital.gateway.ask_about_submitted(now=later) == []
+            [held] = hospital.jobs()
+            assert held["state"] == "submitted" and held["exchange_job_id"] == first
+            # B is put right (its address corrected) and the gateway started again.
+            hospital.close()
+            b["port"] = pacs_b.dicom_port
+            hospital.path.write_text(yaml.safe_dump(config))
+            hospital.gateway = hospital.open()
+            assert hospital.gateway.ask_about_submitted(now=later) == []
+            [home] = hospital.jobs()
+            assert home["state"] == "delivered" and home["exchange_job_id"] == first, home
+            assert _pacs_instances(national.pacs()) == 1 == _pacs_instances(pacs_b)
+            assert hospital.exchange_jobs() == []  # nothing sent again
+        finally:
+            hospital.close()
+            pacs_b.kill()
+            national.exchange.stop()
+    assert runs == [first]
+
+
+def test_rounds_the_exchange_lost_are_not_sent_twice_with_the_same_instances(
+    restartable: National, hospital: Hospital, tmp_path: Path
+) -> None:
+    """Round 1 went with the study's first instances, round 2 (a late instance) with all of
+    them; the exchange loses both. Sent again, round 1 takes the study as it is now, the late
+    instance too: round 2 would be the same instances, and is skipped, not run twice."""
+    national = restartable
+    backup = backed_up(national.exchange, tmp_path / "exchange-backup.db")
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    [first] = hospital.jobs()
+    assert hospital.send_due() == [first["id"]]
+    hospital.receive(hospital.late)
+    assert hospital.route() == 1
+    _, second = hospital.jobs()
+    assert hospital.send_due() == [second["id"]]
+    restore_exchange(national, backup)
+
+    later = time.time() + ASK_AFTER_SECONDS
+    assert hospital.gateway.ask_about_submitted(now=later) == [first["id"], second["id"]]
+    assert hospital.send_due() == [first["id"], second["id"]]
+    [remote] = hospital.exchange_jobs()
+    assert hospital.inputs(remote["id"]) == hospital.pseudonyms(*hospital.files, hospital.late)
+    sent, skipped = hospital.jobs()
+    assert sent["state"] == "submitted" and sent["exchange_job_id"] == remote["id"]
+    assert skipped["state"] == "skipped" and f"job {first['id']}" in skipped["reason"]
+
+
+def test_with_another_hospitals_key_nothing_is_sent_again(
+    national: National, hospital: Hospital, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Keys mixed up between two hospitals: every job of this one is unknown to the other's
+    key (the tenant wall answers 404). Nothing is taken for lost, nor sent under the other
+    hospital's account."""
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    [job] = hospital.jobs()
+    assert hospital.send_due() == [job["id"]]
+    with national.api(OPERATOR_KEY) as operator:
+        made = operator.post(
+            "/organisations", json={"id": "hospital-2", "name": "hospital-2", "kind": "hospital"}
+        )
+        made.raise_for_status()
+        other_key = str(made.json()["api_key"])
+    with national.api(other_key) as other:
+        other.post("/subscriptions", json={"product_id": PRODUCT}).raise_for_status()
+    hospital.gateway.client = GatewayClient(
+        national.exchange.url, other_key, transport=hospital.network, retries=0
+    )
+    assert hospital.gateway.ask_about_submitted(now=time.time() + ASK_AFTER_SECONDS) == []
+    assert hospital.send_due() == []
+    with national.api(other_key) as other:
+        assert other.get("/jobs").json() == []
+    assert hospital.jobs()[0]["state"] == "submitted"
+    assert "the API key belongs to hospital-2 (hospital), not to hospital 'hospital-1'" in (
+        caplog.text
+    )
+
+
+def test_an_adopted_job_the_exchange_lost_ends_saying_so(
+    national: National, hospital: Hospital
+) -> None:
+    """An adopted job (`aifi gateway-unknown-jobs --adopt`) has no round of the study to send
+    again: it ends, saying the exchange lost it and that the study is to be sent again."""
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    [job] = hospital.jobs()
+    lost = "00000000-0000-4000-8000-000000000000"  # an exchange job the exchange forgot
+    adopted = hospital.gateway.state.adopt(
+        lost, job["study_uid"], PRODUCT, None, made_at=time.time() - 3600
+    )
+    assert hospital.gateway.ask_about_submitted(now=time.time() + ASK_AFTER_SECONDS) == []
+    ended = hospital.gateway.state.job(int(adopted["id"]))
+    assert ended["state"] == "ended", ended
+    assert f"no longer knows its job {lost}" in ended["reason"]
+    assert "send the study again from the PACS" in ended["reason"]

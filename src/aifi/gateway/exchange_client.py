@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aifi.gateway.pseudonymise import stray_inputs_reason
-from aifi.http import ApiClient
+from aifi.http import ApiClient, ExchangeHTTPError, UnexpectedAnswer
 from aifi.results.delivery import Delivery
 
 if TYPE_CHECKING:
@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 ENDED = ("completed", "failed", "cancelled", "expired")
 #: Ended jobs listed at a time.
 ENDED_PAGE = 50
+#: Jobs not acknowledged listed at a time (`unacknowledged_jobs`): the most the API gives.
+UNACKNOWLEDGED_PAGE = 1000
 
 
 class CancelReason(StrEnum):
@@ -122,6 +124,36 @@ class GatewayClient(ApiClient):
         no answer made it, found out without making it."""
         found = self.request("GET", "/jobs", params={"idempotency_key": idempotency_key}).json()
         return dict(found[0]) if found else None
+
+    def job_unless_forgotten(self, job_id: str) -> dict[str, Any] | None:
+        """The job, or None when the exchange says it has no such job ("no job", 404): it
+        forgot it, restored to an earlier moment. Any other answer is raised, a 404 of
+        something in front of the exchange among them: it says nothing of the job."""
+        try:
+            return self.job(job_id)
+        except ExchangeHTTPError as exc:
+            api_said = exc.status == 404 and not isinstance(exc, UnexpectedAnswer)
+            if api_said and exc.detail.startswith("no job "):
+                return None
+            raise
+
+    def unacknowledged_jobs(self) -> dict[str, dict[str, Any]]:
+        """Every job of this hospital's the exchange holds and it has not acknowledged (under
+        way, or ended and not brought home yet), by id: a request per `UNACKNOWLEDGED_PAGE`."""
+        held: dict[str, dict[str, Any]] = {}
+        params: dict[str, str | int] = {"acknowledged": "false", "limit": UNACKNOWLEDGED_PAGE}
+        while True:
+            page = self.request("GET", "/jobs", params=params).json()
+            held.update((str(job["id"]), dict(job)) for job in page)
+            if len(page) < UNACKNOWLEDGED_PAGE:
+                return held
+            params["after"] = str(page[-1]["id"])
+
+    def organisations(self) -> dict[str, str]:
+        """The organisations the key acts for, and their kinds: this hospital alone, for a
+        hospital's key."""
+        found = self.request("GET", "/organisations").json()
+        return {str(org["id"]): str(org["kind"]) for org in found}
 
     def cancel_job(self, job_id: str, why: CancelReason) -> dict[str, Any]:
         """End a job the hospital no longer wants while it still takes inputs: one that

@@ -37,7 +37,7 @@ from aifi.gateway.dimse import (
 )
 from aifi.gateway.disclosures import Action, Anchor, DisclosureLog, NotRecorded
 from aifi.gateway.exchange_client import ENDED_PAGE, CancelReason, GatewayClient
-from aifi.gateway.lost_jobs import ASK_AFTER_SECONDS, SubmittedWatch
+from aifi.gateway.lost_jobs import ASK_AFTER_SECONDS, LISTED_JOB, SubmittedWatch
 from aifi.gateway.metrics import MetricsServer, start_metrics_server
 from aifi.gateway.notice_queue import NO_LONGER_SENT, NoticeSender, QueuedNotice
 from aifi.gateway.notify import Notifier
@@ -1277,6 +1277,7 @@ class Gateway:
                     self.reconcile_restore()
                 waiting = self._bring_home()
                 if self._submitted_watch.due(time.time()):
+                    self._submitted_watch.asked(time.time())
                     self.ask_about_submitted()
                 if waiting is not None:
                     self._wait_for_news(*waiting)
@@ -1333,52 +1334,106 @@ class Gateway:
 
     def ask_about_submitted(self, now: float | None = None) -> list[int]:
         """Ask the exchange about jobs sent a while ago that have not come home
-        (`lost_jobs`), and send again what it lost; the jobs taken back to be sent.
+        (`lost_jobs`), and see to what it lost; the jobs taken back to be sent again.
 
-        A job the exchange does not know (404: it was restored to a moment before the job was
-        made) is sent again under the same key, as a new exchange job. A job it holds unopened
-        with inputs missing (restored to a moment before the last of them arrived) takes the
-        rest: the send finds it by its key and uploads what it does not hold. A job it says
-        this gateway brought home already ends as it ended then (`_settle_brought_home`).
-        Whatever else it says, the listing of ended jobs brings the job home in its time.
+        One listing of the hospital's jobs not acknowledged, a page of up to 1,000 a request,
+        holds every job the exchange still has under way or ended; only a sent job missing
+        from it is asked about by itself. Nothing is done unless the key is this hospital's:
+        with another's, every job of this one's is unknown (404), and sent again it would go
+        under the other's account. What the exchange lost (`_forgotten`, `send_again`):
+
+        - a job it does not know ("no job", 404: restored to a moment before the job was
+          made) is sent again as a new exchange job, or, if its results came home before and
+          reached not every PACS yet, delivered from the copy kept here; an adopted job
+          (`aifi gateway-unknown-jobs`) cannot be sent again and ends, saying so;
+        - a job it holds unopened with inputs missing (restored to a moment before the last
+          of them arrived) takes the rest;
+        - a job it says this gateway brought home already ends as it ended
+          (`_settle_brought_home`).
         """
         now = time.time() if now is None else now
         sent = self.state.query(
             "SELECT * FROM jobs WHERE state = 'submitted' AND exchange_job_id IS NOT NULL "
-            "AND submitted_at <= ?",
+            "AND submitted_at <= ? ORDER BY id",
             (now - ASK_AFTER_SECONDS,),
         )
+        if not sent or not self._key_is_ours():
+            return []
+        held = self.client.unacknowledged_jobs()
         again: list[int] = []
-        for local in self._submitted_watch.pick(sent, now):
+        for local in sent:
             if self._stop.is_set():
                 break
             job_id, exchange_id = int(local["id"]), str(local["exchange_job_id"])
-            remote = _unless_unknown(self.client.job, exchange_id)
-            self._submitted_watch.asked(job_id, now)
+            remote = held.get(exchange_id)
             if remote is None:
-                forgotten = True
-                reason = (
-                    f"sent again: the exchange no longer knows its job {exchange_id} (restored "
-                    "to an earlier moment?)"
-                )
+                remote = self.client.job_unless_forgotten(exchange_id)
+            if remote is None:
+                if self._forgotten(local, exchange_id):
+                    again.append(job_id)
             elif remote.get("acknowledged_at"):
                 self._settle_brought_home(local, remote)
-                continue
             elif remote["state"] == "requested" and not remote["inputs_complete"]:
-                forgotten = False
                 reason = (
                     f"inputs sent again: the exchange holds {remote['input_count']} of them "
                     f"for its job {exchange_id}, unopened (restored to an earlier moment?)"
                 )
-            else:
-                continue
-            if self.state.send_again(job_id, exchange_id, reason, forgotten=forgotten):
-                log.warning("job %s: %s", job_id, reason)
-                again.append(job_id)
+                if self.state.send_again(job_id, exchange_id, reason, forgotten=False):
+                    log.warning("job %s: %s", job_id, reason)
+                    again.append(job_id)
         if again:
             self._submit.set()
-            self._notify()
+        self._notify()
         return again
+
+    def _key_is_ours(self) -> bool:
+        """Whether the exchange takes the gateway's key for this hospital's (`--check` says
+        the same); logged as an error when it does not."""
+        mine = self.client.organisations()
+        if mine.get(self.config.hospital) == "hospital":
+            return True
+        holders = ", ".join(f"{org} ({kind})" for org, kind in mine.items()) or "nobody"
+        log.error(
+            "the API key belongs to %s, not to hospital %r: jobs the exchange may have lost "
+            "are not sent again until the key is this hospital's", holders, self.config.hospital,
+        )  # fmt: skip
+        return False
+
+    def _forgotten(self, local: Mapping[str, Any], exchange_id: str) -> bool:
+        """See to a job the exchange does not know (`ask_about_submitted`); whether it is to
+        be sent again."""
+        job_id = int(local["id"])
+        lost = (
+            f"the exchange no longer knows its job {exchange_id} (restored to an earlier moment?)"
+        )
+        if local["result_seen_at"] is not None and (listed := self._kept_whole(job_id)):
+            # Fetched, and filed in some PACS but not all: the product is not run again.
+            log.warning("job %s: %s: its results go on from the copy kept here", job_id, lost)
+            self.collect(listed)
+            return False
+        if int(local["round"]) == 0:  # adopted: no round of the study to send again
+            reason = f"{lost}; adopted, it cannot be sent again: send the study again from the PACS"
+            if self.state.end_forgotten(job_id, exchange_id, reason):
+                log.error("job %s: %s", job_id, reason)
+            return False
+        reason = f"sent again: {lost}"
+        if not self.state.send_again(job_id, exchange_id, reason, forgotten=True):
+            return False
+        log.warning("job %s: %s", job_id, reason)
+        return True
+
+    def _kept_whole(self, job_id: int) -> dict[str, Any] | None:
+        """The exchange's listing of a job brought home, as `collect` kept it, when every
+        result it lists was fetched: its delivery needs nothing of the exchange's."""
+        try:
+            listed = dict(json.loads(self._listed_job(job_id).read_text()))
+        except (OSError, ValueError, TypeError):
+            return None  # fetched by an earlier release, or not at all
+        fetched = self.fetched_results(job_id)
+        names = [str(result["name"]) for result in listed.get("results") or []]
+        if not names or not all((fetched / name).is_file() for name in names):
+            return None
+        return listed
 
     def _settle_brought_home(self, local: Mapping[str, Any], remote: Mapping[str, Any]) -> None:
         """End a job the exchange says this gateway brought home already (acknowledged), as it
@@ -1617,6 +1672,11 @@ class Gateway:
                 # Nothing of this job was fetched yet: a folder under its id is another job's,
                 # left from before a restore gave its id out again; never delivered as this.
                 shutil.rmtree(self.results_dir / str(local["id"]), ignore_errors=True)
+                # The job as listed, kept beside its results: should the exchange forget it
+                # before every PACS has them, they are delivered from here (`_forgotten`).
+                saved = self._listed_job(int(local["id"]))
+                saved.parent.mkdir(parents=True, exist_ok=True)
+                saved.write_text(json.dumps(job))
                 ended = job.get("ended_at")
                 self.state.update_job(
                     int(local["id"]),
@@ -1726,6 +1786,10 @@ class Gateway:
             self._retry_at[exchange_id] = time.time() + 60
             return False
         return None
+
+    def _listed_job(self, job_id: int) -> Path:
+        """Where a job brought home keeps the exchange's listing of it (`collect`)."""
+        return self.results_dir / str(job_id) / LISTED_JOB
 
     def fetched_results(self, job_id: int) -> Path:
         """Where a job's results are kept as the exchange sent them (pseudonymised), until

@@ -1288,17 +1288,39 @@ class GatewayState(StateReads):
         of it (the job is still its own and takes the rest). False when the job moved on
         meanwhile (it is no longer sent, or linked to another exchange job).
 
-        Never skipped for another job of its study (`may_be_open`): it is sent as it was.
-        What it was sent with goes until it is sent again (`mark_submitted`): a job the
-        exchange does not hold took nothing there.
+        A forgotten job is sent as any job not at the exchange is: with the instances its
+        study has now, skipped if another job of the study took the same and was sent
+        (`skip_if_sent_before`: its next round, lost with it and sent again first, say). What
+        it was sent with goes until it is sent again (`mark_submitted`), and what was fetched
+        of its results (`result_seen_at`: they go with the job the exchange lost). A job that
+        takes the rest of its inputs is the exchange's already, and never skipped
+        (`may_be_open`).
         """
         with self.transaction() as db:
             changed = db.execute(
-                "UPDATE jobs SET state = 'pending', exchange_job_id = CASE WHEN ? THEN NULL "
-                "ELSE exchange_job_id END, exchange_state = NULL, may_be_open = 1, "
-                "inputs_digest = NULL, submitted_at = NULL, attempts = 0, next_attempt_at = 0, "
-                "reason = ? WHERE id = ? AND state = 'submitted' AND exchange_job_id = ?",
-                (forgotten, reason, job_id, exchange_job_id),
+                "UPDATE jobs SET state = 'pending', exchange_job_id = CASE WHEN :forgotten "
+                "THEN NULL ELSE exchange_job_id END, may_be_open = NOT :forgotten, "
+                "result_seen_at = CASE WHEN :forgotten THEN NULL ELSE result_seen_at END, "
+                "exchange_state = NULL, inputs_digest = NULL, submitted_at = NULL, "
+                "attempts = 0, next_attempt_at = 0, reason = :reason "
+                "WHERE id = :id AND state = 'submitted' AND exchange_job_id = :exchange",
+                {
+                    "forgotten": forgotten,
+                    "reason": reason,
+                    "id": job_id,
+                    "exchange": exchange_job_id,
+                },
+            ).rowcount
+        return bool(changed)
+
+    def end_forgotten(self, job_id: int, exchange_job_id: str, reason: str) -> bool:
+        """End a sent job the exchange no longer knows and that cannot be sent again (one
+        adopted); False when it moved on meanwhile."""
+        with self.transaction() as db:
+            changed = db.execute(
+                "UPDATE jobs SET state = 'ended', reason = ?, ended_at = ? "
+                "WHERE id = ? AND state = 'submitted' AND exchange_job_id = ?",
+                (reason, time.time(), job_id, exchange_job_id),
             ).rowcount
         return bool(changed)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from aifi.products import tissue_volume
-from aifi.vendor import JobContext, ProductResult, VendorClient, Worker
+from aifi.vendor import JobContext, ProductError, ProductResult, VendorClient, Worker
 from scale.servers import wait_for
 from support.exchange_restore import backed_up, restored
 from vendor.network import PRODUCT, Exchange, WorkerThread, vendor_exchange
@@ -97,3 +97,54 @@ def test_a_job_the_exchange_forgot_is_dropped_and_the_next_one_done(
     ]
     assert not [m for m in others if "failed" in m or "handed back" in m or "404" in m], others
     assert not [r for r in caplog.records if "exchange error" in r.getMessage()]
+
+
+def test_a_forgotten_job_its_product_refuses_is_dropped_not_failed(
+    exchange: Exchange, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The heartbeat finds the job gone while the product runs; the product then refuses the
+    study. There is no job to fail: the worker says so once and goes on."""
+    backup = backed_up(exchange.server, tmp_path / "exchange-backup.db")
+    forgotten = exchange.submit(tmp_path / "forgotten")
+    running_first = threading.Event()
+    release = threading.Event()
+    ran: list[str] = []
+
+    def product(context: JobContext) -> ProductResult:
+        ran.append(str(context.job["id"]))
+        if len(ran) == 1:
+            running_first.set()
+            assert release.wait(60)
+            raise ProductError("the product cannot read this study")
+        return tissue_volume.run(context)
+
+    caplog.set_level(logging.INFO, logger="aifi.vendor")
+    client = VendorClient(exchange.url, exchange.vendor_key, retries=5)
+    worker = Worker(client, product, product_ids=[PRODUCT], lease_seconds=3.0, workdir=tmp_path)
+    server = exchange.server
+    try:
+        with WorkerThread(worker.run) as running:
+            assert running_first.wait(30)
+            server = restored(server, backup)
+            wait_for(
+                lambda: any(GONE in r.getMessage() for r in caplog.records),
+                timeout=30,
+                what="a heartbeat to find the job gone",
+                every=0.1,
+            )
+            release.set()
+            following = exchange.submit(tmp_path / "following")
+            wait_for(
+                lambda: exchange.job(following)["state"] == "completed" or not running.is_alive(),
+                timeout=60,
+                what="the next job to be done",
+                every=0.2,
+            )
+            assert running.ended_by == [] and running.is_alive()
+    finally:
+        client.close()
+        server.stop()
+    assert ran == [forgotten, following]
+    assert len([r for r in caplog.records if GONE in r.getMessage()]) == 1
+    assert not [r for r in caplog.records if "exchange error" in r.getMessage()]
+    assert not [r for r in caplog.records if f"job {forgotten} failed" in r.getMessage()]

@@ -264,14 +264,19 @@ class Worker:
                         JobContext(job=lease.job, inputs=inputs, output_dir=output_dir)
                     )
                 except ProductError as exc:
-                    self._fail(lease, str(exc) or "the product refused the study")
+                    if not beat.gone.is_set():  # else said when found: nothing to fail
+                        self._fail(lease, str(exc) or "the product refused the study")
                     return
                 except Exception as exc:  # a product bug must fail the job, not the worker
                     if isinstance(exc, OSError) and exc.errno in WORKER_TROUBLE:
-                        self._hand_back(lease, f"the product could not run here: {exc}")
+                        if not beat.gone.is_set():
+                            self._hand_back(lease, f"the product could not run here: {exc}")
                         return
                     log.exception("job %s: product raised", lease.job_id)
-                    self._fail(lease, f"{type(exc).__name__}: {exc}")
+                    if not beat.gone.is_set():
+                        self._fail(lease, f"{type(exc).__name__}: {exc}")
+                    return
+                if beat.gone.is_set():  # said when it was found: nothing to hand in or fail
                     return
                 if not isinstance(result, ProductResult):
                     # A bug in the product, as an exception is: the job fails now, so the
@@ -279,8 +284,6 @@ class Worker:
                     reason = _not_a_result(result)
                     log.error("job %s: %s", lease.job_id, reason)
                     self._fail(lease, reason)
-                    return
-                if beat.gone.is_set():  # said when it was found
                     return
                 if beat.lost.is_set():
                     log.warning("job %s: lease lost while running; result dropped", lease.job_id)
@@ -389,6 +392,9 @@ class Worker:
         try:
             self.client.release(lease, reason)
         except (ExchangeHTTPError, httpx.TransportError) as exc:
+            if _job_gone(exc):
+                _say_job_gone(lease, str(exc), "is")
+                return
             if isinstance(exc, LeaseLost) and self._was_handed_back(lease):
                 log.info(
                     "job %s: the exchange took the hand-back; its answer was lost on the way",
@@ -457,7 +463,12 @@ class Worker:
 
     def _fail(self, lease: Lease, reason: str) -> None:
         log.info("job %s failed: %s", lease.job_id, reason)
-        self.client.fail(lease, reason)
+        try:
+            self.client.fail(lease, reason)
+        except ExchangeHTTPError as exc:
+            if not _job_gone(exc):
+                raise
+            _say_job_gone(lease, str(exc), "is")
 
 
 def _not_a_result(returned: object) -> str:

@@ -109,10 +109,11 @@ def create_app(
                     await sweeper
             if listener is not None:
                 listener.stop()
-            # A replica that stops leaves no entry of its own waiting to be linked, nor
-            # refused keys only counted.
+            # A replica that stops leaves no refused keys only counted, nor an entry of its
+            # own waiting to be linked (the chain's link is made whatever became of the other).
             with contextlib.suppress(Exception):
                 await run_in_threadpool(refused_keys.flush, True)
+            with contextlib.suppress(Exception):
                 await run_in_threadpool(services.audit.chain)
                 await run_in_threadpool(anchors.write)  # the chain's end, for the journal
             # Its connections closed, not left to the garbage collector: an exchange served

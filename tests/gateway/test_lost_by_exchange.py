@@ -8,13 +8,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import yaml
 
 from aifi.gateway.exchange_client import GatewayClient
-from aifi.gateway.lost_jobs import ASK_AFTER_SECONDS, ASK_EVERY_SECONDS
+from aifi.gateway.lost_jobs import ASK_AFTER_SECONDS, ASK_EVERY_SECONDS, LISTED_JOB
 from aifi.phantoms import write_study
 from aifi.products import tissue_volume
 from aifi.vendor import JobContext, ProductResult
@@ -207,12 +208,7 @@ def test_results_that_came_home_before_the_exchange_forgot_them_are_not_made_aga
         backup = backed_up(national.exchange, tmp_path / "exchange-backup.db")
         hospital = Hospital(national, tmp_path)
         try:
-            hospital.close()
-            config = yaml.safe_load(hospital.path.read_text())
-            b = {"name": "pacs-b", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": free_port()}
-            config["pacs"].append(b)  # at an address nothing answers on
-            hospital.path.write_text(yaml.safe_dump(config))
-            hospital.gateway = hospital.open()
+            b = _with_pacs_b_down(hospital)
             hospital.receive(*hospital.files)
             assert hospital.route() == 1
             [job] = hospital.jobs()
@@ -226,11 +222,7 @@ def test_results_that_came_home_before_the_exchange_forgot_them_are_not_made_aga
             assert hospital.gateway.ask_about_submitted(now=later) == []
             [held] = hospital.jobs()
             assert held["state"] == "submitted" and held["exchange_job_id"] == first
-            # B is put right (its address corrected) and the gateway started again.
-            hospital.close()
-            b["port"] = pacs_b.dicom_port
-            hospital.path.write_text(yaml.safe_dump(config))
-            hospital.gateway = hospital.open()
+            _pacs_b_put_right(hospital, b, pacs_b)  # its address corrected, the gateway restarted
             assert hospital.gateway.ask_about_submitted(now=later) == []
             [home] = hospital.jobs()
             assert home["state"] == "delivered" and home["exchange_job_id"] == first, home
@@ -319,3 +311,110 @@ def test_an_adopted_job_the_exchange_lost_ends_saying_so(
     assert ended["state"] == "ended", ended
     assert f"no longer knows its job {lost}" in ended["reason"]
     assert "send the study again from the PACS" in ended["reason"]
+
+
+def _with_pacs_b_down(hospital: Hospital) -> dict[str, Any]:
+    """The hospital's gateway reopened with a second PACS, B, at an address nothing answers
+    on; B's entry in the configuration, for the test to put right."""
+    hospital.close()
+    config = yaml.safe_load(hospital.path.read_text())
+    b = {"name": "pacs-b", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": free_port()}
+    config["pacs"].append(b)
+    hospital.path.write_text(yaml.safe_dump(config))
+    hospital.gateway = hospital.open()
+    return b
+
+
+def _pacs_b_put_right(hospital: Hospital, b: dict[str, Any], pacs_b: OrthancPeer) -> None:
+    hospital.close()
+    config = yaml.safe_load(hospital.path.read_text())
+    [entry] = [pacs for pacs in config["pacs"] if pacs["name"] == b["name"]]
+    entry["port"] = pacs_b.dicom_port
+    hospital.path.write_text(yaml.safe_dump(config))
+    hospital.gateway = hospital.open()
+
+
+def test_results_home_before_the_exchange_lost_the_jobs_inputs_are_not_made_again(
+    tmp_path: Path,
+) -> None:
+    """Restored to a moment after the job was made but before its inputs came: the exchange
+    holds it unopened. Its results had come home (A has them, B was down): delivered from
+    the copy, the exchange's job withdrawn, the product not run again."""
+    runs: list[str] = []
+
+    def counted(context: JobContext) -> ProductResult:
+        runs.append(str(context.job["id"]))
+        return tissue_volume.run(context)
+
+    with national_path(tmp_path / "national", product=counted) as national:
+        pacs_b = start_orthanc(tmp_path / "pacs-b", {"gateway": ("AIFI_GW", 11112)})
+        hospital = Hospital(national, tmp_path)
+        try:
+            b = _with_pacs_b_down(hospital)
+            backup = tmp_path / "exchange-backup.db"
+            _after_first(
+                hospital,
+                lambda request: request.method == "PUT" and "/inputs/" in request.url.path,
+                lambda: backed_up(national.exchange, backup),
+            )
+            hospital.receive(*hospital.files)
+            assert hospital.route() == 1
+            [job] = hospital.jobs()
+            assert hospital.send_due() == [job["id"]]
+            first = str(hospital.jobs()[0]["exchange_job_id"])
+            assert not hospital.gateway.collect(until_ended(hospital, first))  # B down
+            restore_exchange(national, backup)
+            _pacs_b_put_right(hospital, b, pacs_b)
+
+            assert hospital.gateway.ask_about_submitted(now=time.time() + ASK_AFTER_SECONDS) == []
+            [home] = hospital.jobs()
+            assert home["state"] == "delivered" and home["exchange_job_id"] == first, home
+            assert _pacs_instances(national.pacs()) == 1 == _pacs_instances(pacs_b)
+            [withdrawn] = hospital.exchange_jobs()
+            assert withdrawn["id"] == first and withdrawn["state"] == "cancelled"
+        finally:
+            hospital.close()
+            pacs_b.kill()
+            national.exchange.stop()
+    assert runs == [first]
+
+
+def test_a_job_fetched_without_a_kept_listing_gets_one_when_collected_again(
+    tmp_path: Path,
+) -> None:
+    """A job fetched by the release before this one (or again after a restore of the
+    gateway) has no copy of its listing; collected again, it gets one, and the exchange
+    forgetting it then runs the product no second time."""
+    runs: list[str] = []
+
+    def counted(context: JobContext) -> ProductResult:
+        runs.append(str(context.job["id"]))
+        return tissue_volume.run(context)
+
+    with national_path(tmp_path / "national", product=counted) as national:
+        pacs_b = start_orthanc(tmp_path / "pacs-b", {"gateway": ("AIFI_GW", 11112)})
+        backup = backed_up(national.exchange, tmp_path / "exchange-backup.db")
+        hospital = Hospital(national, tmp_path)
+        try:
+            b = _with_pacs_b_down(hospital)
+            hospital.receive(*hospital.files)
+            assert hospital.route() == 1
+            [job] = hospital.jobs()
+            assert hospital.send_due() == [job["id"]]
+            first = str(hospital.jobs()[0]["exchange_job_id"])
+            listed = until_ended(hospital, first)
+            assert not hospital.gateway.collect(listed)  # B down
+            kept = hospital.gateway.results_dir / str(job["id"]) / LISTED_JOB
+            kept.unlink()
+            assert not hospital.gateway.collect(listed)  # the listing brings it again
+            assert kept.is_file()
+            restore_exchange(national, backup)
+            _pacs_b_put_right(hospital, b, pacs_b)
+            assert hospital.gateway.ask_about_submitted(now=time.time() + ASK_AFTER_SECONDS) == []
+            assert hospital.jobs()[0]["state"] == "delivered"
+            assert _pacs_instances(pacs_b) == 1
+        finally:
+            hospital.close()
+            pacs_b.kill()
+            national.exchange.stop()
+    assert runs == [first]

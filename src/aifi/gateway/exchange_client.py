@@ -38,6 +38,7 @@ class CancelReason(StrEnum):
     exchange_refused = "the exchange refused the job"
     #: Said as `stray_inputs_reason` of the job: the gateway knows such a job again by it.
     stray_inputs = "the job holds instances no longer in the study"
+    results_home = "its results came home before the exchange lost inputs of it"
 
 
 def said_on_cancel(exchange_job_id: str, why: CancelReason) -> str:

@@ -1374,6 +1374,12 @@ class Gateway:
             elif remote.get("acknowledged_at"):
                 self._settle_brought_home(local, remote)
             elif remote["state"] == "requested" and not remote["inputs_complete"]:
+                unopened = "the exchange holds it unopened, inputs lost"
+                if self._home_already(local, exchange_id, unopened):
+                    # Not run again: withdrawn, it ends at the exchange, and is acknowledged
+                    # as brought home when next listed.
+                    self._withdraw(exchange_id, CancelReason.results_home)
+                    continue
                 reason = (
                     f"inputs sent again: the exchange holds {remote['input_count']} of them "
                     f"for its job {exchange_id}, unopened (restored to an earlier moment?)"
@@ -1406,10 +1412,7 @@ class Gateway:
         lost = (
             f"the exchange no longer knows its job {exchange_id} (restored to an earlier moment?)"
         )
-        if local["result_seen_at"] is not None and (listed := self._kept_whole(job_id)):
-            # Fetched, and filed in some PACS but not all: the product is not run again.
-            log.warning("job %s: %s: its results go on from the copy kept here", job_id, lost)
-            self.collect(listed)
+        if self._home_already(local, exchange_id, lost):
             return False
         if int(local["round"]) == 0:  # adopted: no round of the study to send again
             reason = f"{lost}; adopted, it cannot be sent again: send the study again from the PACS"
@@ -1422,13 +1425,29 @@ class Gateway:
         log.warning("job %s: %s", job_id, reason)
         return True
 
-    def _kept_whole(self, job_id: int) -> dict[str, Any] | None:
-        """The exchange's listing of a job brought home, as `collect` kept it, when every
-        result it lists was fetched: its delivery needs nothing of the exchange's."""
+    def _home_already(self, local: Mapping[str, Any], exchange_id: str, lost: str) -> bool:
+        """A job whose results came home before the exchange lost it (`lost` says how), each
+        of them fetched, and filed in some PACS but not all: delivered from the copy kept
+        here, the product not run again. False when its results are not all here."""
+        if local["result_seen_at"] is None:
+            return False
+        listed = self._kept_whole(int(local["id"]), exchange_id)
+        if listed is None:
+            return False
+        log.warning("job %s: %s: its results go on from the copy kept here", local["id"], lost)
+        self.collect(listed)
+        return True
+
+    def _kept_whole(self, job_id: int, exchange_id: str) -> dict[str, Any] | None:
+        """The exchange's listing of a job brought home, as `collect` kept it, when it is of
+        `exchange_id` and every result it lists was fetched: its delivery needs nothing of
+        the exchange's."""
         try:
             listed = dict(json.loads(self._listed_job(job_id).read_text()))
         except (OSError, ValueError, TypeError):
-            return None  # fetched by an earlier release, or not at all
+            return None  # not brought home, or before a restore moved its folder aside
+        if str(listed.get("id")) != exchange_id:
+            return None
         fetched = self.fetched_results(job_id)
         names = [str(result["name"]) for result in listed.get("results") or []]
         if not names or not all((fetched / name).is_file() for name in names):
@@ -1672,11 +1691,6 @@ class Gateway:
                 # Nothing of this job was fetched yet: a folder under its id is another job's,
                 # left from before a restore gave its id out again; never delivered as this.
                 shutil.rmtree(self.results_dir / str(local["id"]), ignore_errors=True)
-                # The job as listed, kept beside its results: should the exchange forget it
-                # before every PACS has them, they are delivered from here (`_forgotten`).
-                saved = self._listed_job(int(local["id"]))
-                saved.parent.mkdir(parents=True, exist_ok=True)
-                saved.write_text(json.dumps(job))
                 ended = job.get("ended_at")
                 self.state.update_job(
                     int(local["id"]),
@@ -1684,6 +1698,7 @@ class Gateway:
                     exchange_ended_at=datetime.fromisoformat(ended).timestamp() if ended else None,
                 )
             if job["state"] == "completed":
+                self._keep_listing(int(local["id"]), job)
                 try:
                     delivered = self._deliver(local, exchange_id, job)
                 except (ResultsPurged, ResultsRefused) as exc:
@@ -1790,6 +1805,19 @@ class Gateway:
     def _listed_job(self, job_id: int) -> Path:
         """Where a job brought home keeps the exchange's listing of it (`collect`)."""
         return self.results_dir / str(job_id) / LISTED_JOB
+
+    def _keep_listing(self, job_id: int, job: Mapping[str, Any]) -> None:
+        """Keep the exchange's listing of a completed job beside its results, unless kept
+        already: should the exchange forget the job before every PACS has them, they are
+        delivered from here (`_home_already`). Kept at every pass that lacks it: a job
+        fetched before this release, or again after a restore of the gateway, gets it too."""
+        saved = self._listed_job(job_id)
+        if saved.is_file():
+            return
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        partial = saved.with_name(saved.name + ".part")
+        partial.write_text(json.dumps(job))
+        partial.replace(saved)
 
     def fetched_results(self, job_id: int) -> Path:
         """Where a job's results are kept as the exchange sent them (pseudonymised), until

@@ -1292,15 +1292,15 @@ class GatewayState(StateReads):
         study has now, skipped if another job of the study took the same and was sent
         (`skip_if_sent_before`: its next round, lost with it and sent again first, say). What
         it was sent with goes until it is sent again (`mark_submitted`), and what was fetched
-        of its results (`result_seen_at`: they go with the job the exchange lost). A job that
-        takes the rest of its inputs is the exchange's already, and never skipped
-        (`may_be_open`).
+        of its results (`result_seen_at`: they are not the results the product makes now,
+        whose first fetch clears the folder). A job that takes the rest of its inputs is the
+        exchange's already, and never skipped (`may_be_open`).
         """
         with self.transaction() as db:
             changed = db.execute(
                 "UPDATE jobs SET state = 'pending', exchange_job_id = CASE WHEN :forgotten "
                 "THEN NULL ELSE exchange_job_id END, may_be_open = NOT :forgotten, "
-                "result_seen_at = CASE WHEN :forgotten THEN NULL ELSE result_seen_at END, "
+                "result_seen_at = NULL, "
                 "exchange_state = NULL, inputs_digest = NULL, submitted_at = NULL, "
                 "attempts = 0, next_attempt_at = 0, reason = :reason "
                 "WHERE id = :id AND state = 'submitted' AND exchange_job_id = :exchange",

@@ -148,3 +148,62 @@ def test_a_forgotten_job_its_product_refuses_is_dropped_not_failed(
     assert len([r for r in caplog.records if GONE in r.getMessage()]) == 1
     assert not [r for r in caplog.records if "exchange error" in r.getMessage()]
     assert not [r for r in caplog.records if f"job {forgotten} failed" in r.getMessage()]
+
+
+def test_a_job_gone_while_its_result_waits_to_be_handed_in_is_dropped_once(
+    exchange: Exchange, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The exchange goes down as the product finishes (its restore begins), so the worker
+    keeps the result and tries again; it comes back without the job. The worker says once
+    that the job is gone, not that another worker will take it, and goes on."""
+    backup = backed_up(exchange.server, tmp_path / "exchange-backup.db")
+    forgotten = exchange.submit(tmp_path / "forgotten")
+    running_first = threading.Event()
+    release = threading.Event()
+    ran: list[str] = []
+
+    def product(context: JobContext) -> ProductResult:
+        ran.append(str(context.job["id"]))
+        if len(ran) == 1:
+            running_first.set()
+            assert release.wait(60)
+        return tissue_volume.run(context)
+
+    caplog.set_level(logging.INFO, logger="aifi.vendor")
+    client = VendorClient(exchange.url, exchange.vendor_key, retries=0)
+    worker = Worker(client, product, product_ids=[PRODUCT], lease_seconds=3.0, workdir=tmp_path)
+    server = exchange.server
+    try:
+        with WorkerThread(worker.run) as running:
+            assert running_first.wait(30)
+            server.stop()
+            release.set()
+            wait_for(
+                lambda: any("trying again" in r.getMessage() for r in caplog.records),
+                timeout=30,
+                what="the worker to keep the result while the exchange is down",
+                every=0.1,
+            )
+            server = restored(server, backup)
+            wait_for(
+                lambda: any(GONE in r.getMessage() for r in caplog.records),
+                timeout=30,
+                what="the worker to find the job gone",
+                every=0.1,
+            )
+            following = exchange.submit(tmp_path / "following")
+            wait_for(
+                lambda: exchange.job(following)["state"] == "completed" or not running.is_alive(),
+                timeout=60,
+                what="the next job to be done",
+                every=0.2,
+            )
+            assert running.ended_by == [] and running.is_alive()
+    finally:
+        client.close()
+        server.stop()
+    assert ran == [forgotten, following]
+    said = [r.getMessage() for r in caplog.records]
+    assert len([m for m in said if GONE in m]) == 1, said
+    assert not [m for m in said if "another worker will take it" in m], said
+    assert not [m for m in said if f"job {forgotten} handed back" in m], said

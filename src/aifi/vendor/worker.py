@@ -289,7 +289,7 @@ class Worker:
                     log.warning("job %s: lease lost while running; result dropped", lease.job_id)
                     return
                 try:
-                    self._hand_in_patiently(lease, result, beat.lost)
+                    self._hand_in_patiently(lease, result, beat)
                 except ExchangeHTTPError as exc:
                     if _job_gone(exc):
                         _say_job_gone(lease, str(exc), "is")
@@ -406,9 +406,7 @@ class Worker:
                 lease.job_id, exc,
             )  # fmt: skip
 
-    def _hand_in_patiently(
-        self, lease: Lease, result: ProductResult, lost: threading.Event
-    ) -> None:
+    def _hand_in_patiently(self, lease: Lease, result: ProductResult, beat: _Heartbeat) -> None:
         """Hand the results in; while the exchange cannot take them (`STORAGE_TROUBLE`, or
         it cannot be reached), keep them and try again, heartbeats going on, for up to
         `storage_wait_seconds`, never sooner than its `Retry-After`. If it still cannot, hand
@@ -417,7 +415,8 @@ class Worker:
         The operator is paged (BlobStoreFull, BlobStoreUnavailable, ExchangeDatabaseDown,
         ExchangeReplicaDown) and sees to it; the result is ready, so running the product
         again on another worker, after the lease ran out, would only repeat the work and
-        count attempts against the job.
+        count attempts against the job. A job the heartbeat found gone (`_job_gone`: said
+        then) has nowhere to take the result: it is dropped quietly.
         """
         deadline = time.monotonic() + self.storage_wait_seconds
         backoff = STORAGE_FIRST_PAUSE
@@ -427,7 +426,9 @@ class Worker:
                 return
             except (ExchangeHTTPError, httpx.TransportError) as exc:
                 trouble = _hand_in_trouble(exc)
-                if trouble is None or lost.is_set():
+                if beat.gone.is_set():
+                    return
+                if trouble is None or beat.lost.is_set():
                     raise
                 wait = _storage_pause(backoff, exc)
                 if time.monotonic() + wait > deadline:
@@ -441,7 +442,9 @@ class Worker:
                     "job %s: the exchange %s the result (%s); trying again in %.0f s",
                     lease.job_id, trouble, exc, wait,
                 )  # fmt: skip
-            if lost.wait(wait):  # the lease went meanwhile: another worker has the job
+            if beat.lost.wait(wait):  # the lease went meanwhile: another worker has the job
+                if beat.gone.is_set():
+                    return
                 raise LeaseLost(
                     409, f"the lease ran out while the exchange {trouble} the result",
                     "PUT", f"/jobs/{lease.job_id}/results",

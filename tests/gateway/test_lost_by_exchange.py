@@ -67,7 +67,7 @@ def test_a_job_the_exchange_no_longer_knows_is_sent_again_and_comes_home_once(
     assert hospital.route() == 1
     [job] = hospital.jobs()
     assert hospital.send_due() == [job["id"]]
-    lost = str(hospital.jobs()[0]["exchange_job_id"])
+    lost, first_sent = (hospital.jobs()[0][key] for key in ("exchange_job_id", "submitted_at"))
     restore_exchange(national, backup)
     assert hospital.exchange_jobs() == []
 
@@ -84,6 +84,7 @@ def test_a_job_the_exchange_no_longer_knows_is_sent_again_and_comes_home_once(
     assert hospital.send_due() == [job["id"]]
     [sent] = hospital.jobs()
     assert sent["state"] == "submitted" and sent["exchange_job_id"] != lost
+    assert sent["submitted_at"] == first_sent  # waited for since it was first sent
     [remote] = hospital.exchange_jobs()
     assert remote["id"] == sent["exchange_job_id"]
     assert hospital.inputs(remote["id"]) == hospital.pseudonyms(*hospital.files, hospital.late)

@@ -1212,11 +1212,13 @@ class GatewayState(StateReads):
         exchange's answer was lost) may end, and be brought home, before the retry that
         records it: that retry must not take it back to 'submitted'. Its attempts start again
         from 0: from now on they count tries to bring its results home, whose back-off must
-        not begin where the upload's left off.
+        not begin where the upload's left off. A job sent again (`send_again`) keeps when it
+        was first sent: the hospital has waited for its outcome since then.
         """
         with self.transaction() as db:
             changed = db.execute(
-                "UPDATE jobs SET state = 'submitted', submitted_at = ?, reason = ?, "
+                "UPDATE jobs SET state = 'submitted', submitted_at = COALESCE(submitted_at, ?), "
+                "reason = ?, "
                 "exchange_state = 'requested', attempts = 0, inputs_digest = ? "
                 "WHERE id = ? AND state = 'pending'",
                 (time.time(), note, digest, job_id),
@@ -1301,7 +1303,7 @@ class GatewayState(StateReads):
                 "UPDATE jobs SET state = 'pending', exchange_job_id = CASE WHEN :forgotten "
                 "THEN NULL ELSE exchange_job_id END, may_be_open = NOT :forgotten, "
                 "result_seen_at = NULL, "
-                "exchange_state = NULL, inputs_digest = NULL, submitted_at = NULL, "
+                "exchange_state = NULL, inputs_digest = NULL, "
                 "attempts = 0, next_attempt_at = 0, reason = :reason "
                 "WHERE id = :id AND state = 'submitted' AND exchange_job_id = :exchange",
                 {

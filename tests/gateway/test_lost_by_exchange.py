@@ -365,14 +365,25 @@ def test_results_home_before_the_exchange_lost_the_jobs_inputs_are_not_made_agai
             first = str(hospital.jobs()[0]["exchange_job_id"])
             assert not hospital.gateway.collect(until_ended(hospital, first))  # B down
             restore_exchange(national, backup)
-            _pacs_b_put_right(hospital, b, pacs_b)
+            later = time.time() + ASK_AFTER_SECONDS
 
-            assert hospital.gateway.ask_about_submitted(now=time.time() + ASK_AFTER_SECONDS) == []
+            # B still down: nothing is sent, and the exchange's job is left as it is, its
+            # end not to be taken for the job's.
+            assert hospital.gateway.ask_about_submitted(now=later) == []
+            [held] = hospital.exchange_jobs()
+            assert held["state"] == "requested" and hospital.jobs()[0]["state"] == "submitted"
+
+            _pacs_b_put_right(hospital, b, pacs_b)
+            assert hospital.gateway.ask_about_submitted(now=later) == []
             [home] = hospital.jobs()
             assert home["state"] == "delivered" and home["exchange_job_id"] == first, home
             assert _pacs_instances(national.pacs()) == 1 == _pacs_instances(pacs_b)
             [withdrawn] = hospital.exchange_jobs()
             assert withdrawn["id"] == first and withdrawn["state"] == "cancelled"
+            # Listed as ended, it is acknowledged as brought home, as it was delivered.
+            assert hospital.gateway.collect(until_ended(hospital, first))
+            hospital.gateway.acknowledge([first])
+            assert hospital.jobs()[0]["state"] == "delivered"
         finally:
             hospital.close()
             pacs_b.kill()

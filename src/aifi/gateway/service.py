@@ -341,7 +341,7 @@ class Gateway:
         self._reconciling = threading.Lock()
         #: When each job's spool files were first missed (`submit`).
         self._spool_gone_since: dict[int, float] = {}
-        #: When the results thread last asked about each sent job (`ask_about_submitted`).
+        #: When the results thread next asks about the jobs it sent (`ask_about_submitted`).
         self._submitted_watch = SubmittedWatch()
 
     # life cycle ----------------------------------------------------------------------------
@@ -1376,9 +1376,11 @@ class Gateway:
             elif remote["state"] == "requested" and not remote["inputs_complete"]:
                 unopened = "the exchange holds it unopened, inputs lost"
                 if self._home_already(local, exchange_id, unopened):
-                    # Not run again: withdrawn, it ends at the exchange, and is acknowledged
-                    # as brought home when next listed.
-                    self._withdraw(exchange_id, CancelReason.results_home)
+                    if self.state.job(job_id)["state"] == "delivered":
+                        # Withdrawn once every PACS has the results (before, its end would
+                        # be taken for the job's): listed as ended, it is acknowledged as a
+                        # job brought home.
+                        self._withdraw(exchange_id, CancelReason.results_home)
                     continue
                 reason = (
                     f"inputs sent again: the exchange holds {remote['input_count']} of them "

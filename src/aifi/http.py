@@ -275,6 +275,19 @@ class ApiClient:
         raise AssertionError("unreachable")
 
 
+def no_such_job(exc: BaseException) -> bool:
+    """Whether the exchange answered that it has no such job (404 "no job …"): a job it
+    forgot, its database restored to a moment before the job was made, or, for a key of
+    another organisation, one it does not show. A 404 of something in front of the exchange
+    says nothing of the job."""
+    return (
+        isinstance(exc, ExchangeHTTPError)
+        and not isinstance(exc, UnexpectedAnswer)
+        and exc.status == 404
+        and exc.detail.startswith("no job ")
+    )
+
+
 def checked(response: httpx.Response, method: str, path: str) -> httpx.Response:
     """The response if it is a success; otherwise the error it stands for. A redirect is not
     followed: the exchange's API never redirects, so one comes from something in front of

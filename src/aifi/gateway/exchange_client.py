@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aifi.gateway.pseudonymise import stray_inputs_reason
-from aifi.http import ApiClient, ExchangeHTTPError, UnexpectedAnswer
+from aifi.http import ApiClient, ExchangeHTTPError, no_such_job
 from aifi.results.delivery import Delivery
 
 if TYPE_CHECKING:
@@ -133,8 +133,7 @@ class GatewayClient(ApiClient):
         try:
             return self.job(job_id)
         except ExchangeHTTPError as exc:
-            api_said = exc.status == 404 and not isinstance(exc, UnexpectedAnswer)
-            if api_said and exc.detail.startswith("no job "):
+            if no_such_job(exc):
                 return None
             raise
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from aifi.http import ExchangeNotTrusted
+from aifi.http import ExchangeNotTrusted, no_such_job
 from aifi.vendor.client import (
     LONGEST_LEASE_SECONDS,
     ExchangeHTTPError,
@@ -106,7 +106,7 @@ class _Heartbeat:
         self._every = every
         self._stop = threading.Event()
         self.lost = threading.Event()
-        #: The exchange no longer knows the job at all (`_job_gone`); `lost` is set too.
+        #: The exchange no longer knows the job at all (`no_such_job`); `lost` is set too.
         self.gone = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"heartbeat-{lease.job_id}", daemon=True
@@ -129,7 +129,7 @@ class _Heartbeat:
                 self.lost.set()
                 return
             except Exception as exc:
-                if _job_gone(exc):
+                if no_such_job(exc):
                     _say_job_gone(self._lease, "its heartbeat was answered 404", "will be")
                     self.gone.set()
                     self.lost.set()
@@ -291,7 +291,7 @@ class Worker:
                 try:
                     self._hand_in_patiently(lease, result, beat)
                 except ExchangeHTTPError as exc:
-                    if _job_gone(exc):
+                    if no_such_job(exc):
                         _say_job_gone(lease, str(exc), "is")
                         return
                     if isinstance(exc, LeaseLost) or exc.status not in REFUSALS:
@@ -392,7 +392,7 @@ class Worker:
         try:
             self.client.release(lease, reason)
         except (ExchangeHTTPError, httpx.TransportError) as exc:
-            if _job_gone(exc):
+            if no_such_job(exc):
                 _say_job_gone(lease, str(exc), "is")
                 return
             if isinstance(exc, LeaseLost) and self._was_handed_back(lease):
@@ -415,7 +415,7 @@ class Worker:
         The operator is paged (BlobStoreFull, BlobStoreUnavailable, ExchangeDatabaseDown,
         ExchangeReplicaDown) and sees to it; the result is ready, so running the product
         again on another worker, after the lease ran out, would only repeat the work and
-        count attempts against the job. A job the heartbeat found gone (`_job_gone`: said
+        count attempts against the job. A job the heartbeat found gone (`no_such_job`: said
         then) has nowhere to take the result: it is dropped quietly.
         """
         deadline = time.monotonic() + self.storage_wait_seconds
@@ -469,7 +469,7 @@ class Worker:
         try:
             self.client.fail(lease, reason)
         except ExchangeHTTPError as exc:
-            if not _job_gone(exc):
+            if not no_such_job(exc):
                 raise
             _say_job_gone(lease, str(exc), "is")
 
@@ -494,18 +494,6 @@ def _say_job_gone(lease: Lease, answer: str, dropped: str) -> None:
         "its result %s dropped, the hospital's gateway sends the study again",
         lease.job_id, answer, dropped,
     )  # fmt: skip
-
-
-def _job_gone(exc: Exception) -> bool:
-    """Whether the exchange answered that it does not know the job (404 "no job"): a job
-    it forgot, its database restored to an earlier moment. Another 404 (a page of
-    something in front of the exchange) says nothing of the job."""
-    return (
-        isinstance(exc, ExchangeHTTPError)
-        and not isinstance(exc, UnexpectedAnswer)
-        and exc.status == 404
-        and exc.detail.startswith("no job ")
-    )
 
 
 def _passing(exc: Exception) -> bool:

@@ -16,13 +16,14 @@ import yaml
 
 from aifi.gateway.exchange_client import GatewayClient
 from aifi.gateway.lost_jobs import ASK_AFTER_SECONDS, ASK_EVERY_SECONDS, LISTED_JOB
+from aifi.gateway.metrics import gateway_registry
 from aifi.phantoms import write_study
 from aifi.products import tissue_volume
 from aifi.vendor import JobContext, ProductResult
 from aifi.web import mount
 from support.exchange_restore import backed_up, restored
 from support.hospital import PRODUCT, Hospital
-from support.national import OPERATOR_KEY, National, national_path, started_gateway
+from support.national import OPERATOR_KEY, National, national_path, samples, started_gateway
 from support.peers import OrthancPeer, free_port, start_orthanc, storescu
 from support.restore import bring_home, until_ended
 
@@ -166,7 +167,7 @@ def test_a_running_gateway_sends_again_what_a_restored_exchange_lost(
     with national_path(tmp_path / "national", product=held_back) as national:
         try:
             backup = backed_up(national.exchange, tmp_path / "exchange-backup.db")
-            with started_gateway(tmp_path / "hospital", national) as gateway:
+            with started_gateway(tmp_path / "hospital", national, metrics_port=0) as gateway:
                 storescu(files, gateway.port)
                 assert gateway.wait_until(
                     lambda: [job["state"] for job in gateway.jobs()] == ["submitted"], 60
@@ -178,6 +179,19 @@ def test_a_running_gateway_sends_again_what_a_restored_exchange_lost(
                     lambda: [job["state"] for job in gateway.jobs()] == ["delivered"], 120
                 ), gateway.jobs()
                 [job] = gateway.jobs()
+                assert gateway.metrics is not None
+                counted = samples(httpx.get(gateway.metrics.url).text)
+            lost_by_exchange = {
+                labels[0][1]: value
+                for (name, labels), value in counted.items()
+                if name == "aifi_gateway_jobs_lost_by_exchange_total"
+            }
+            assert lost_by_exchange == {
+                "sent_again": 1.0,
+                "inputs_sent_again": 0.0,
+                "delivered_from_copy": 0.0,
+                "ended": 0.0,
+            }
             with national.api() as api:
                 [remote] = api.get("/jobs").json()
             assert remote["id"] == job["exchange_job_id"] != lost
@@ -312,6 +326,12 @@ def test_an_adopted_job_the_exchange_lost_ends_saying_so(
     assert ended["state"] == "ended", ended
     assert f"no longer knows its job {lost}" in ended["reason"]
     assert "send the study again from the PACS" in ended["reason"]
+    registry = gateway_registry(
+        hospital.gateway.state, lost_by_exchange=hospital.gateway._submitted_watch.outcomes
+    )
+    counted = "aifi_gateway_jobs_lost_by_exchange_total"
+    assert registry.get_sample_value(counted, {"outcome": "ended"}) == 1.0  # GatewayLostJobEnded
+    assert registry.get_sample_value(counted, {"outcome": "sent_again"}) == 0.0
 
 
 def _with_pacs_b_down(hospital: Hospital) -> dict[str, Any]:

@@ -263,6 +263,16 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             'aifi_gateway_unknown_exchange_jobs{job="aifi-gateway", instance="g1"}': "0x10 2x80",
             'aifi_gateway_unknown_exchange_jobs{job="aifi-gateway", instance="g2"}':
                 "0x5 1x3 0x82",
+            # After an exchange restore at 30m, g1's adopted job cannot be sent again (one
+            # ended at 31m) and another is sent again; g2 sends one again, nothing ends.
+            'aifi_gateway_jobs_lost_by_exchange_total{outcome="ended", job="aifi-gateway", '
+            'instance="g1"}': "0x30 1x50",
+            'aifi_gateway_jobs_lost_by_exchange_total{outcome="sent_again", job="aifi-gateway", '
+            'instance="g1"}': "0x30 1x50",
+            'aifi_gateway_jobs_lost_by_exchange_total{outcome="ended", job="aifi-gateway", '
+            'instance="g2"}': "0x80",
+            'aifi_gateway_jobs_lost_by_exchange_total{outcome="sent_again", job="aifi-gateway", '
+            'instance="g2"}': "0x30 1x50",
             # g2's retention sweep fails from 10m (a study due then stays); g1's purges a
             # study a minute late at most.
             'aifi_gateway_retention_overdue_seconds{job="aifi-gateway", instance="g2"}':
@@ -365,6 +375,11 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
                   "2 ended exchange jobs unknown to the gateway g1 have waited an hour for the "
                   "hospital's decision",
                   job="aifi-gateway", instance="g1"),
+            quiet("GatewayLostJobEnded", "30m"),  # g2's job sent again: nothing to do
+            fires("GatewayLostJobEnded", "31m",
+                  "A job the exchange lost could not be sent again by the gateway g1",
+                  job="aifi-gateway", instance="g1", outcome="ended"),
+            quiet("GatewayLostJobEnded", "95m"),  # an hour after, nothing new
             quiet("GatewayJobsRefused", "9m"),
             fires("GatewayJobsRefused", "30m",
                   "The exchange refused studies from g1 in the last hour",

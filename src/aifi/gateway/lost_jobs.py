@@ -12,6 +12,10 @@ long queue at a slow product costs the exchange a request or two a round.
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
+from enum import StrEnum
+
 #: A job sent more recently than this is not asked about: it is being read, and the listing
 #: brings it home when it ends.
 ASK_AFTER_SECONDS = 120.0
@@ -24,12 +28,33 @@ ASK_EVERY_SECONDS = 300.0
 LISTED_JOB = "exchange-job.json"
 
 
+class Outcome(StrEnum):
+    """What became of a job the exchange lost, as the exporter counts it."""
+
+    sent_again = "sent_again"  # the exchange did not know it: sent as a new exchange job
+    inputs_sent_again = "inputs_sent_again"  # held unopened, inputs lost: the rest sent
+    delivered_from_copy = "delivered_from_copy"  # its results were home: no second run
+    ended = "ended"  # adopted: cannot be sent again, ended saying so
+
+
 class SubmittedWatch:
-    """When the results thread asks next. Kept in memory: after a restart it asks at once,
-    which costs a listing and loses nothing."""
+    """When the results thread asks next, and what became of the jobs the exchange lost
+    since the gateway started (`aifi_gateway_jobs_lost_by_exchange_total`). Kept in memory:
+    after a restart it asks at once, which costs a listing and loses nothing."""
 
     def __init__(self) -> None:
         self._next_round = 0.0
+        self._outcomes: Counter[Outcome] = Counter()
+        self._lock = threading.Lock()  # counted by the results thread, read by the exporter
+
+    def count(self, outcome: Outcome) -> None:
+        with self._lock:
+            self._outcomes[outcome] += 1
+
+    def outcomes(self) -> dict[str, int]:
+        """Every outcome, 0 for those not met: an alert sees the series from the start."""
+        with self._lock:
+            return {outcome.value: self._outcomes[outcome] for outcome in Outcome}
 
     def due(self, now: float) -> bool:
         return now >= self._next_round

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,8 +66,11 @@ class GatewayCollector(Collector):
         retain_seconds: float | None = None,
         unknown_jobs: Callable[[], int] = lambda: 0,
         receivers_down: Callable[[], Collection[str]] = frozenset,
+        lost_by_exchange: Callable[[], Mapping[str, int]] = dict,
     ) -> None:
         self._state = state
+        #: What became of the jobs the exchange lost (`lost_jobs.Outcome`), since the start.
+        self._lost_by_exchange = lost_by_exchange
         #: The notice receivers whose last notice failed (`Notifier.outages`).
         self._receivers_down = receivers_down
         #: Ended exchange jobs the gateway has no record of, left unacknowledged.
@@ -89,6 +92,7 @@ class GatewayCollector(Collector):
             yield up
             yield self._unknown()  # kept in memory: an alert on it must not go quiet
             yield self._receivers()
+            yield self._lost()
             yield from self._refused()  # a failing disk is when "cannot-store" matters most
             return
         up.add_metric([], 1.0)
@@ -96,7 +100,22 @@ class GatewayCollector(Collector):
         yield from families
         yield self._unknown()
         yield self._receivers()
+        yield self._lost()
         yield from self._refused()
+
+    def _lost(self) -> CounterMetricFamily:
+        family = CounterMetricFamily(
+            "aifi_gateway_jobs_lost_by_exchange",
+            "Sent jobs the exchange no longer held as sent (it was restored to an earlier "
+            "moment), by what the gateway did: sent_again (as a new exchange job), "
+            "inputs_sent_again (the rest of its inputs), delivered_from_copy (its results had "
+            "come home: the product not run again), ended (adopted: the study to be sent "
+            "again from the PACS). Since the gateway started.",
+            labels=["outcome"],
+        )
+        for outcome, count in sorted(self._lost_by_exchange().items()):
+            family.add_metric([outcome], float(count))
+        return family
 
     def _unknown(self) -> GaugeMetricFamily:
         family = GaugeMetricFamily(
@@ -368,6 +387,7 @@ def gateway_registry(
     retain_seconds: float | None = None,
     unknown_jobs: Callable[[], int] = lambda: 0,
     receivers_down: Callable[[], Collection[str]] = frozenset,
+    lost_by_exchange: Callable[[], Mapping[str, int]] = dict,
 ) -> CollectorRegistry:
     registry = CollectorRegistry()
     registry.register(
@@ -378,6 +398,7 @@ def gateway_registry(
             retain_seconds=retain_seconds,
             unknown_jobs=unknown_jobs,
             receivers_down=receivers_down,
+            lost_by_exchange=lost_by_exchange,
         )
     )
     return registry
@@ -392,6 +413,7 @@ def start_metrics_server(
     retain_seconds: float | None = None,
     unknown_jobs: Callable[[], int] = lambda: 0,
     receivers_down: Callable[[], Collection[str]] = frozenset,
+    lost_by_exchange: Callable[[], Mapping[str, int]] = dict,
 ) -> MetricsServer:
     """Serve `/metrics` for Prometheus on `host:port` (port 0: any free port) from `state`.
 
@@ -399,7 +421,7 @@ def start_metrics_server(
     are nobody else's business.
     """
     registry = gateway_registry(
-        state, refusals, sending, retain_seconds, unknown_jobs, receivers_down
+        state, refusals, sending, retain_seconds, unknown_jobs, receivers_down, lost_by_exchange
     )
     server, thread = start_http_server(port, addr=host, registry=registry)
     return MetricsServer(host, int(server.server_address[1]), registry, server, thread)

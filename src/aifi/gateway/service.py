@@ -37,7 +37,7 @@ from aifi.gateway.dimse import (
 )
 from aifi.gateway.disclosures import Action, Anchor, DisclosureLog, NotRecorded
 from aifi.gateway.exchange_client import ENDED_PAGE, CancelReason, GatewayClient
-from aifi.gateway.lost_jobs import ASK_AFTER_SECONDS, LISTED_JOB, SubmittedWatch
+from aifi.gateway.lost_jobs import ASK_AFTER_SECONDS, LISTED_JOB, Outcome, SubmittedWatch
 from aifi.gateway.metrics import MetricsServer, start_metrics_server
 from aifi.gateway.notice_queue import NO_LONGER_SENT, NoticeSender, QueuedNotice
 from aifi.gateway.notify import Notifier
@@ -341,7 +341,8 @@ class Gateway:
         self._reconciling = threading.Lock()
         #: When each job's spool files were first missed (`submit`).
         self._spool_gone_since: dict[int, float] = {}
-        #: When the results thread next asks about the jobs it sent (`ask_about_submitted`).
+        #: When the results thread next asks about the jobs it sent (`ask_about_submitted`),
+        #: and what became of those the exchange lost.
         self._submitted_watch = SubmittedWatch()
 
     # life cycle ----------------------------------------------------------------------------
@@ -381,6 +382,7 @@ class Gateway:
                 self.config.retain_hours * 3600,
                 self.unknown_jobs_left,
                 self.notifier.outages.down,
+                self._submitted_watch.outcomes,
             )
         for name, target in (
             ("assembler", self._assemble_loop),
@@ -1388,6 +1390,7 @@ class Gateway:
                 )
                 if self.state.send_again(job_id, exchange_id, reason, forgotten=False):
                     log.warning("job %s: %s", job_id, reason)
+                    self._submitted_watch.count(Outcome.inputs_sent_again)
                     again.append(job_id)
         if again:
             self._submit.set()
@@ -1420,11 +1423,13 @@ class Gateway:
             reason = f"{lost}; adopted, it cannot be sent again: send the study again from the PACS"
             if self.state.end_forgotten(job_id, exchange_id, reason):
                 log.error("job %s: %s", job_id, reason)
+                self._submitted_watch.count(Outcome.ended)
             return False
         reason = f"sent again: {lost}"
         if not self.state.send_again(job_id, exchange_id, reason, forgotten=True):
             return False
         log.warning("job %s: %s", job_id, reason)
+        self._submitted_watch.count(Outcome.sent_again)
         return True
 
     def _home_already(self, local: Mapping[str, Any], exchange_id: str, lost: str) -> bool:
@@ -1437,7 +1442,8 @@ class Gateway:
         if listed is None:
             return False
         log.warning("job %s: %s: its results go on from the copy kept here", local["id"], lost)
-        self.collect(listed)
+        if self.collect(listed):  # once: delivered, it is no longer asked about
+            self._submitted_watch.count(Outcome.delivered_from_copy)
         return True
 
     def _kept_whole(self, job_id: int, exchange_id: str) -> dict[str, Any] | None:

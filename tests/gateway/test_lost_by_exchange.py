@@ -7,6 +7,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -206,50 +208,6 @@ def _pacs_instances(pacs: OrthancPeer) -> int:
     return len(pacs.get("/instances"))  # type: ignore[arg-type]
 
 
-def test_results_that_came_home_before_the_exchange_forgot_them_are_not_made_again(
-    tmp_path: Path,
-) -> None:
-    """The job's results came home and reached PACS A; PACS B was down, so the job waits to
-    deliver them. The exchange then forgets the job. The product is not run again, nor are
-    the results filed in A twice: once B is reachable, they go there from the copy kept."""
-    runs: list[str] = []
-
-    def counted(context: JobContext) -> ProductResult:
-        runs.append(str(context.job["id"]))
-        return tissue_volume.run(context)
-
-    with national_path(tmp_path / "national", product=counted) as national:
-        pacs_b = start_orthanc(tmp_path / "pacs-b", {"gateway": ("AIFI_GW", 11112)})
-        backup = backed_up(national.exchange, tmp_path / "exchange-backup.db")
-        hospital = Hospital(national, tmp_path)
-        try:
-            b = _with_pacs_b_down(hospital)
-            hospital.receive(*hospital.files)
-            assert hospital.route() == 1
-            [job] = hospital.jobs()
-            assert hospital.send_due() == [job["id"]]
-            first = str(hospital.jobs()[0]["exchange_job_id"])
-            assert not hospital.gateway.collect(until_ended(hospital, first))  # B down
-            assert _pacs_instances(national.pacs()) == 1
-            restore_exchange(national, backup)
-
-            later = time.time() + ASK_AFTER_SECONDS
-            assert hospital.gateway.ask_about_submitted(now=later) == []
-            [held] = hospital.jobs()
-            assert held["state"] == "submitted" and held["exchange_job_id"] == first
-            _pacs_b_put_right(hospital, b, pacs_b)  # its address corrected, the gateway restarted
-            assert hospital.gateway.ask_about_submitted(now=later) == []
-            [home] = hospital.jobs()
-            assert home["state"] == "delivered" and home["exchange_job_id"] == first, home
-            assert _pacs_instances(national.pacs()) == 1 == _pacs_instances(pacs_b)
-            assert hospital.exchange_jobs() == []  # nothing sent again
-        finally:
-            hospital.close()
-            pacs_b.kill()
-            national.exchange.stop()
-    assert runs == [first]
-
-
 def test_rounds_the_exchange_lost_are_not_sent_twice_with_the_same_instances(
     restartable: National, hospital: Hospital, tmp_path: Path
 ) -> None:
@@ -346,13 +304,82 @@ def _with_pacs_b_down(hospital: Hospital) -> dict[str, Any]:
     return b
 
 
-def _pacs_b_put_right(hospital: Hospital, b: dict[str, Any], pacs_b: OrthancPeer) -> None:
-    hospital.close()
-    config = yaml.safe_load(hospital.path.read_text())
-    [entry] = [pacs for pacs in config["pacs"] if pacs["name"] == b["name"]]
-    entry["port"] = pacs_b.dicom_port
-    hospital.path.write_text(yaml.safe_dump(config))
-    hospital.gateway = hospital.open()
+@dataclass
+class TwoPacs:
+    """A hospital delivering to two PACS, B down for now, on a national path whose product
+    notes each exchange job it runs (`runs`)."""
+
+    national: National
+    hospital: Hospital
+    pacs_b: OrthancPeer
+    b: dict[str, Any]
+    runs: list[str]
+
+    def put_b_right(self) -> None:
+        """B's address corrected, and the gateway started again."""
+        self.hospital.close()
+        config = yaml.safe_load(self.hospital.path.read_text())
+        [entry] = [pacs for pacs in config["pacs"] if pacs["name"] == self.b["name"]]
+        entry["port"] = self.pacs_b.dicom_port
+        self.hospital.path.write_text(yaml.safe_dump(config))
+        self.hospital.gateway = self.hospital.open()
+
+    def sent_and_home_in_a_only(self) -> tuple[dict[str, Any], str, dict[str, Any]]:
+        """The study sent and its results brought home, filed in A, B down: the job, its
+        exchange job, and the exchange's listing of it."""
+        hospital = self.hospital
+        hospital.receive(*hospital.files)
+        assert hospital.route() == 1
+        [job] = hospital.jobs()
+        assert hospital.send_due() == [job["id"]]
+        exchange_id = str(hospital.jobs()[0]["exchange_job_id"])
+        listed = until_ended(hospital, exchange_id)
+        assert not hospital.gateway.collect(listed)  # B down
+        assert _pacs_instances(self.national.pacs()) == 1
+        return job, exchange_id, listed
+
+
+@contextmanager
+def two_pacs(tmp_path: Path) -> Iterator[TwoPacs]:
+    runs: list[str] = []
+
+    def counted(context: JobContext) -> ProductResult:
+        runs.append(str(context.job["id"]))
+        return tissue_volume.run(context)
+
+    with national_path(tmp_path / "national", product=counted) as national:
+        pacs_b = start_orthanc(tmp_path / "pacs-b", {"gateway": ("AIFI_GW", 11112)})
+        hospital = Hospital(national, tmp_path)
+        try:
+            yield TwoPacs(national, hospital, pacs_b, _with_pacs_b_down(hospital), runs)
+        finally:
+            hospital.close()
+            pacs_b.kill()
+            national.exchange.stop()
+
+
+def test_results_that_came_home_before_the_exchange_forgot_them_are_not_made_again(
+    tmp_path: Path,
+) -> None:
+    """The job's results came home and reached PACS A; PACS B was down, so the job waits to
+    deliver them. The exchange then forgets the job. The product is not run again, nor are
+    the results filed in A twice: once B is reachable, they go there from the copy kept."""
+    with two_pacs(tmp_path) as site:
+        backup = backed_up(site.national.exchange, tmp_path / "exchange-backup.db")
+        _job, first, _listed = site.sent_and_home_in_a_only()
+        restore_exchange(site.national, backup)
+
+        later = time.time() + ASK_AFTER_SECONDS
+        assert site.hospital.gateway.ask_about_submitted(now=later) == []
+        [held] = site.hospital.jobs()
+        assert held["state"] == "submitted" and held["exchange_job_id"] == first
+        site.put_b_right()
+        assert site.hospital.gateway.ask_about_submitted(now=later) == []
+        [home] = site.hospital.jobs()
+        assert home["state"] == "delivered" and home["exchange_job_id"] == first, home
+        assert _pacs_instances(site.national.pacs()) == 1 == _pacs_instances(site.pacs_b)
+        assert site.hospital.exchange_jobs() == []  # nothing sent again
+        assert site.runs == [first]
 
 
 def test_results_home_before_the_exchange_lost_the_jobs_inputs_are_not_made_again(
@@ -361,54 +388,36 @@ def test_results_home_before_the_exchange_lost_the_jobs_inputs_are_not_made_agai
     """Restored to a moment after the job was made but before its inputs came: the exchange
     holds it unopened. Its results had come home (A has them, B was down): delivered from
     the copy, the exchange's job withdrawn, the product not run again."""
-    runs: list[str] = []
+    with two_pacs(tmp_path) as site:
+        hospital, backup = site.hospital, tmp_path / "exchange-backup.db"
+        _after_first(
+            hospital,
+            lambda request: request.method == "PUT" and "/inputs/" in request.url.path,
+            lambda: backed_up(site.national.exchange, backup),
+        )
+        _job, first, _listed = site.sent_and_home_in_a_only()
+        restore_exchange(site.national, backup)
+        later = time.time() + ASK_AFTER_SECONDS
 
-    def counted(context: JobContext) -> ProductResult:
-        runs.append(str(context.job["id"]))
-        return tissue_volume.run(context)
+        # B still down: nothing is sent, and the exchange's job is left as it is, its
+        # end not to be taken for the job's.
+        assert hospital.gateway.ask_about_submitted(now=later) == []
+        [held] = hospital.exchange_jobs()
+        assert held["state"] == "requested" and hospital.jobs()[0]["state"] == "submitted"
 
-    with national_path(tmp_path / "national", product=counted) as national:
-        pacs_b = start_orthanc(tmp_path / "pacs-b", {"gateway": ("AIFI_GW", 11112)})
-        hospital = Hospital(national, tmp_path)
-        try:
-            b = _with_pacs_b_down(hospital)
-            backup = tmp_path / "exchange-backup.db"
-            _after_first(
-                hospital,
-                lambda request: request.method == "PUT" and "/inputs/" in request.url.path,
-                lambda: backed_up(national.exchange, backup),
-            )
-            hospital.receive(*hospital.files)
-            assert hospital.route() == 1
-            [job] = hospital.jobs()
-            assert hospital.send_due() == [job["id"]]
-            first = str(hospital.jobs()[0]["exchange_job_id"])
-            assert not hospital.gateway.collect(until_ended(hospital, first))  # B down
-            restore_exchange(national, backup)
-            later = time.time() + ASK_AFTER_SECONDS
-
-            # B still down: nothing is sent, and the exchange's job is left as it is, its
-            # end not to be taken for the job's.
-            assert hospital.gateway.ask_about_submitted(now=later) == []
-            [held] = hospital.exchange_jobs()
-            assert held["state"] == "requested" and hospital.jobs()[0]["state"] == "submitted"
-
-            _pacs_b_put_right(hospital, b, pacs_b)
-            assert hospital.gateway.ask_about_submitted(now=later) == []
-            [home] = hospital.jobs()
-            assert home["state"] == "delivered" and home["exchange_job_id"] == first, home
-            assert _pacs_instances(national.pacs()) == 1 == _pacs_instances(pacs_b)
-            [withdrawn] = hospital.exchange_jobs()
-            assert withdrawn["id"] == first and withdrawn["state"] == "cancelled"
-            # Listed as ended, it is acknowledged as brought home, as it was delivered.
-            assert hospital.gateway.collect(until_ended(hospital, first))
-            hospital.gateway.acknowledge([first])
-            assert hospital.jobs()[0]["state"] == "delivered"
-        finally:
-            hospital.close()
-            pacs_b.kill()
-            national.exchange.stop()
-    assert runs == [first]
+        site.put_b_right()
+        hospital = site.hospital
+        assert hospital.gateway.ask_about_submitted(now=later) == []
+        [home] = hospital.jobs()
+        assert home["state"] == "delivered" and home["exchange_job_id"] == first, home
+        assert _pacs_instances(site.national.pacs()) == 1 == _pacs_instances(site.pacs_b)
+        [withdrawn] = hospital.exchange_jobs()
+        assert withdrawn["id"] == first and withdrawn["state"] == "cancelled"
+        # Listed as ended, it is acknowledged as brought home, as it was delivered.
+        assert hospital.gateway.collect(until_ended(hospital, first))
+        hospital.gateway.acknowledge([first])
+        assert hospital.jobs()[0]["state"] == "delivered"
+        assert site.runs == [first]
 
 
 def test_a_job_fetched_without_a_kept_listing_gets_one_when_collected_again(
@@ -417,36 +426,16 @@ def test_a_job_fetched_without_a_kept_listing_gets_one_when_collected_again(
     """A job fetched by the release before this one (or again after a restore of the
     gateway) has no copy of its listing; collected again, it gets one, and the exchange
     forgetting it then runs the product no second time."""
-    runs: list[str] = []
-
-    def counted(context: JobContext) -> ProductResult:
-        runs.append(str(context.job["id"]))
-        return tissue_volume.run(context)
-
-    with national_path(tmp_path / "national", product=counted) as national:
-        pacs_b = start_orthanc(tmp_path / "pacs-b", {"gateway": ("AIFI_GW", 11112)})
-        backup = backed_up(national.exchange, tmp_path / "exchange-backup.db")
-        hospital = Hospital(national, tmp_path)
-        try:
-            b = _with_pacs_b_down(hospital)
-            hospital.receive(*hospital.files)
-            assert hospital.route() == 1
-            [job] = hospital.jobs()
-            assert hospital.send_due() == [job["id"]]
-            first = str(hospital.jobs()[0]["exchange_job_id"])
-            listed = until_ended(hospital, first)
-            assert not hospital.gateway.collect(listed)  # B down
-            kept = hospital.gateway.results_dir / str(job["id"]) / LISTED_JOB
-            kept.unlink()
-            assert not hospital.gateway.collect(listed)  # the listing brings it again
-            assert kept.is_file()
-            restore_exchange(national, backup)
-            _pacs_b_put_right(hospital, b, pacs_b)
-            assert hospital.gateway.ask_about_submitted(now=time.time() + ASK_AFTER_SECONDS) == []
-            assert hospital.jobs()[0]["state"] == "delivered"
-            assert _pacs_instances(pacs_b) == 1
-        finally:
-            hospital.close()
-            pacs_b.kill()
-            national.exchange.stop()
-    assert runs == [first]
+    with two_pacs(tmp_path) as site:
+        backup = backed_up(site.national.exchange, tmp_path / "exchange-backup.db")
+        job, first, listed = site.sent_and_home_in_a_only()
+        kept = site.hospital.gateway.results_dir / str(job["id"]) / LISTED_JOB
+        kept.unlink()
+        assert not site.hospital.gateway.collect(listed)  # the listing brings it again
+        assert kept.is_file()
+        restore_exchange(site.national, backup)
+        site.put_b_right()
+        assert site.hospital.gateway.ask_about_submitted(now=time.time() + ASK_AFTER_SECONDS) == []
+        assert site.hospital.jobs()[0]["state"] == "delivered"
+        assert _pacs_instances(site.pacs_b) == 1
+        assert site.runs == [first]

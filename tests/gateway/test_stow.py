@@ -250,7 +250,7 @@ def test_refused_requests_say_why_and_store_nothing(
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(httpx.get(gateway.metrics.url).text)
         for sample in family.samples
-        if sample.name.startswith("aifi_gateway_") and sample.name.endswith("_total")
+        if sample.name.startswith("aifi_gateway_") and "refused" in sample.name
     }
     requests = "aifi_gateway_stow_refused_requests_total"
     assert scraped == {

@@ -133,8 +133,10 @@ def national_path(tmp_path: Path, product: Handler = tissue_volume.run) -> Itera
     test gives a vendor's own) as the reference product."""
     settings = ExchangeSettings(data_dir=tmp_path / "exchange", operator_key=OPERATOR_KEY)
     with ExchangeThread(settings, extensions=[mount]) as exchange:
-        operator = httpx.Client(
-            base_url=exchange.url, headers={"Authorization": f"Bearer {OPERATOR_KEY}"}
+        operator = httpx.Client(  # as patient as `National.api`: the suite loads both cores
+            base_url=exchange.url,
+            headers={"Authorization": f"Bearer {OPERATOR_KEY}"},
+            timeout=60,
         )
         hospital_key = _org(operator, HOSPITAL, "hospital")
         vendor_key = _org(operator, VENDOR, "vendor")
@@ -144,6 +146,7 @@ def national_path(tmp_path: Path, product: Handler = tissue_volume.run) -> Itera
             exchange.url + "/subscriptions",
             json={"product_id": tissue_volume.PRODUCT_ID},
             headers={"Authorization": f"Bearer {hospital_key}"},
+            timeout=60,
         ).raise_for_status()
         stop = threading.Event()
         worker = Worker(

@@ -13,7 +13,16 @@ from pathlib import Path
 import pytest
 
 from aifi.products import tissue_volume
-from aifi.vendor import JobContext, ProductError, ProductResult, VendorClient, Worker
+from aifi.vendor import (
+    Handler,
+    JobContext,
+    Lease,
+    ProductError,
+    ProductResult,
+    VendorClient,
+    Worker,
+)
+from aifi.vendor.worker import HAND_BACK_PAUSE
 from scale.servers import wait_for
 from support.exchange_restore import backed_up, restored
 from vendor.network import PRODUCT, Exchange, WorkerThread, vendor_exchange
@@ -25,6 +34,47 @@ GONE = "the exchange no longer knows the job"
 def exchange(tmp_path: Path) -> Iterator[Exchange]:
     with vendor_exchange(tmp_path) as exchange:
         yield exchange
+
+
+def _worker(
+    exchange: Exchange,
+    product: Handler,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    *,
+    lease: float,
+    retries: int = 5,
+    hand_back_pause: float = HAND_BACK_PAUSE,
+) -> tuple[VendorClient, Worker]:
+    """A worker of `product` at the exchange, what it logs kept by `caplog`; and its client."""
+    caplog.set_level(logging.INFO, logger="aifi.vendor")
+    client = VendorClient(exchange.url, exchange.vendor_key, retries=retries)
+    worker = Worker(
+        client,
+        product,
+        product_ids=[PRODUCT],
+        lease_seconds=lease,
+        workdir=tmp_path,
+        hand_back_pause=hand_back_pause,
+    )
+    return client, worker
+
+
+def _said_gone(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if GONE in r.getMessage()]
+
+
+def _next_job_done(exchange: Exchange, running: WorkerThread, tmp_path: Path) -> str:
+    """A job sent now is done by the same worker, still running: the job's id."""
+    following = exchange.submit(tmp_path / "following")
+    wait_for(
+        lambda: exchange.job(following)["state"] == "completed" or not running.is_alive(),
+        timeout=60,
+        what="the next job to be done",
+        every=0.2,
+    )
+    assert running.ended_by == [] and running.is_alive()
+    return following
 
 
 @pytest.mark.parametrize(
@@ -54,9 +104,7 @@ def test_a_job_the_exchange_forgot_is_dropped_and_the_next_one_done(
             assert release.wait(60)
         return tissue_volume.run(context)
 
-    caplog.set_level(logging.INFO, logger="aifi.vendor")
-    client = VendorClient(exchange.url, exchange.vendor_key, retries=5)
-    worker = Worker(client, product, product_ids=[PRODUCT], lease_seconds=lease, workdir=tmp_path)
+    client, worker = _worker(exchange, product, tmp_path, caplog, lease=lease)
     server = exchange.server
     try:
         with WorkerThread(worker.run) as running:
@@ -64,31 +112,24 @@ def test_a_job_the_exchange_forgot_is_dropped_and_the_next_one_done(
             server = restored(server, backup)
             if found_by == "its heartbeat":
                 wait_for(
-                    lambda: any(GONE in r.getMessage() for r in caplog.records),
+                    lambda: bool(_said_gone(caplog)),
                     timeout=30,
                     what="a heartbeat to find the job gone",
                     every=0.1,
                 )
             release.set()
             wait_for(
-                lambda: any(GONE in r.getMessage() for r in caplog.records),
+                lambda: bool(_said_gone(caplog)),
                 timeout=30,
                 what="the worker to find the job gone",
                 every=0.1,
             )
-            following = exchange.submit(tmp_path / "following")
-            wait_for(
-                lambda: exchange.job(following)["state"] == "completed" or not running.is_alive(),
-                timeout=60,
-                what="the next job to be done",
-                every=0.2,
-            )
-            assert running.ended_by == [] and running.is_alive()
+            following = _next_job_done(exchange, running, tmp_path)
     finally:
         client.close()
         server.stop()
     assert ran == [forgotten, following]
-    [said] = [r for r in caplog.records if GONE in r.getMessage()]
+    [said] = _said_gone(caplog)
     assert said.levelno == logging.WARNING and forgotten in said.getMessage()
     assert found_by in said.getMessage()
     # Nothing else was tried for the job: no fail, no hand-back, no "exchange error".
@@ -118,34 +159,25 @@ def test_a_forgotten_job_its_product_refuses_is_dropped_not_failed(
             raise ProductError("the product cannot read this study")
         return tissue_volume.run(context)
 
-    caplog.set_level(logging.INFO, logger="aifi.vendor")
-    client = VendorClient(exchange.url, exchange.vendor_key, retries=5)
-    worker = Worker(client, product, product_ids=[PRODUCT], lease_seconds=3.0, workdir=tmp_path)
+    client, worker = _worker(exchange, product, tmp_path, caplog, lease=3.0)
     server = exchange.server
     try:
         with WorkerThread(worker.run) as running:
             assert running_first.wait(30)
             server = restored(server, backup)
             wait_for(
-                lambda: any(GONE in r.getMessage() for r in caplog.records),
+                lambda: bool(_said_gone(caplog)),
                 timeout=30,
                 what="a heartbeat to find the job gone",
                 every=0.1,
             )
             release.set()
-            following = exchange.submit(tmp_path / "following")
-            wait_for(
-                lambda: exchange.job(following)["state"] == "completed" or not running.is_alive(),
-                timeout=60,
-                what="the next job to be done",
-                every=0.2,
-            )
-            assert running.ended_by == [] and running.is_alive()
+            following = _next_job_done(exchange, running, tmp_path)
     finally:
         client.close()
         server.stop()
     assert ran == [forgotten, following]
-    assert len([r for r in caplog.records if GONE in r.getMessage()]) == 1
+    assert len(_said_gone(caplog)) == 1
     assert not [r for r in caplog.records if "exchange error" in r.getMessage()]
     assert not [r for r in caplog.records if f"job {forgotten} failed" in r.getMessage()]
 
@@ -169,9 +201,7 @@ def test_a_job_gone_while_its_result_waits_to_be_handed_in_is_dropped_once(
             assert release.wait(60)
         return tissue_volume.run(context)
 
-    caplog.set_level(logging.INFO, logger="aifi.vendor")
-    client = VendorClient(exchange.url, exchange.vendor_key, retries=0)
-    worker = Worker(client, product, product_ids=[PRODUCT], lease_seconds=3.0, workdir=tmp_path)
+    client, worker = _worker(exchange, product, tmp_path, caplog, lease=3.0, retries=0)
     server = exchange.server
     try:
         with WorkerThread(worker.run) as running:
@@ -186,19 +216,12 @@ def test_a_job_gone_while_its_result_waits_to_be_handed_in_is_dropped_once(
             )
             server = restored(server, backup)
             wait_for(
-                lambda: any(GONE in r.getMessage() for r in caplog.records),
+                lambda: bool(_said_gone(caplog)),
                 timeout=30,
                 what="the worker to find the job gone",
                 every=0.1,
             )
-            following = exchange.submit(tmp_path / "following")
-            wait_for(
-                lambda: exchange.job(following)["state"] == "completed" or not running.is_alive(),
-                timeout=60,
-                what="the next job to be done",
-                every=0.2,
-            )
-            assert running.ended_by == [] and running.is_alive()
+            following = _next_job_done(exchange, running, tmp_path)
     finally:
         client.close()
         server.stop()
@@ -207,3 +230,62 @@ def test_a_job_gone_while_its_result_waits_to_be_handed_in_is_dropped_once(
     assert len([m for m in said if GONE in m]) == 1, said
     assert not [m for m in said if "another worker will take it" in m], said
     assert not [m for m in said if f"job {forgotten} handed back" in m], said
+
+
+def test_a_job_forgotten_before_its_inputs_were_fetched_is_dropped_and_the_next_one_done(
+    exchange: Exchange,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The exchange is restored between the claim and the download of the job's inputs: the
+    download is answered 404 "no job". There is nothing to fail, hand back or run: the worker
+    says once that the job is gone, and claims the next job at once (a hand-back's pause
+    would keep the next job waiting past this test's patience)."""
+    backup = backed_up(exchange.server, tmp_path / "exchange-backup.db")
+    forgotten = exchange.submit(tmp_path / "forgotten")
+    ran: list[str] = []
+
+    def product(context: JobContext) -> ProductResult:
+        ran.append(str(context.job["id"]))
+        return tissue_volume.run(context)
+
+    client, worker = _worker(
+        exchange, product, tmp_path, caplog, lease=3600.0, hand_back_pause=3600.0
+    )
+    server = exchange.server
+    restored_for: list[str] = []
+    download_inputs = client.download_inputs
+
+    def restored_first(lease: Lease, folder: Path) -> list[Path]:
+        """The exchange's restore happens once, just after the first claim."""
+        nonlocal server
+        if not restored_for:
+            restored_for.append(lease.job_id)
+            server = restored(server, backup)
+        return download_inputs(lease, folder)
+
+    monkeypatch.setattr(client, "download_inputs", restored_first)
+    try:
+        with WorkerThread(worker.run) as running:
+            wait_for(
+                lambda: bool(_said_gone(caplog)) or not running.is_alive(),
+                timeout=30,
+                what="the worker to find the job gone",
+                every=0.1,
+            )
+            following = _next_job_done(exchange, running, tmp_path)
+    finally:
+        client.close()
+        server.stop()
+    assert restored_for == [forgotten]
+    assert ran == [following]  # never the forgotten job's
+    [said] = _said_gone(caplog)
+    assert said.levelno == logging.WARNING and forgotten in said.getMessage()
+    assert "404 no job" in said.getMessage() and "the product was not run" in said.getMessage()
+    # Nothing else was tried for the job: no fail, no hand-back, no "exchange error".
+    others = [
+        r.getMessage() for r in caplog.records if r is not said and forgotten in r.getMessage()
+    ]
+    assert not [m for m in others if "failed" in m or "handed back" in m or "404" in m], others
+    assert not [r for r in caplog.records if "exchange error" in r.getMessage()]

@@ -130,7 +130,9 @@ class _Heartbeat:
                 return
             except Exception as exc:
                 if no_such_job(exc):
-                    _say_job_gone(self._lease, "its heartbeat was answered 404", "will be")
+                    _say_job_gone(
+                        self._lease, "its heartbeat was answered 404", "its result will be dropped"
+                    )
                     self.gone.set()
                     self.lost.set()
                     return
@@ -292,7 +294,7 @@ class Worker:
                     self._hand_in_patiently(lease, result, beat)
                 except ExchangeHTTPError as exc:
                     if no_such_job(exc):
-                        _say_job_gone(lease, str(exc), "is")
+                        _say_job_gone(lease, str(exc), "its result is dropped")
                         return
                     if isinstance(exc, LeaseLost) or exc.status not in REFUSALS:
                         raise
@@ -360,12 +362,16 @@ class Worker:
             inputs = self.client.download_inputs(lease, folder / "inputs")
             output_dir = folder / "outputs"
             output_dir.mkdir()
-        except InputGone as exc:  # no worker could run the job
-            self._fail(
-                lease, f"input {exc.sop_instance_uid} is no longer at the exchange: {exc.detail}"
-            )
-            return None
         except ExchangeHTTPError as exc:
+            if no_such_job(exc):  # not an input gone but the job itself: nothing to fail
+                _say_job_gone(lease, str(exc), "the product was not run")
+                return None
+            if isinstance(exc, InputGone):  # no worker could run the job
+                self._fail(
+                    lease,
+                    f"input {exc.sop_instance_uid} is no longer at the exchange: {exc.detail}",
+                )
+                return None
             if isinstance(exc, LeaseLost) or exc.status in NOT_LET_IN:
                 raise  # the run loop says what the worker must change, and waits
             # After the client's own retries: another worker, or this one later, may fare
@@ -393,7 +399,7 @@ class Worker:
             self.client.release(lease, reason)
         except (ExchangeHTTPError, httpx.TransportError) as exc:
             if no_such_job(exc):
-                _say_job_gone(lease, str(exc), "is")
+                _say_job_gone(lease, str(exc), "there is nothing to hand back")
                 return
             if isinstance(exc, LeaseLost) and self._was_handed_back(lease):
                 log.info(
@@ -471,7 +477,7 @@ class Worker:
         except ExchangeHTTPError as exc:
             if not no_such_job(exc):
                 raise
-            _say_job_gone(lease, str(exc), "is")
+            _say_job_gone(lease, str(exc), "its failure has nowhere to go")
 
 
 def _not_a_result(returned: object) -> str:
@@ -485,14 +491,15 @@ def _not_a_result(returned: object) -> str:
     )
 
 
-def _say_job_gone(lease: Lease, answer: str, dropped: str) -> None:
+def _say_job_gone(lease: Lease, answer: str, outcome: str) -> None:
     """The exchange no longer knows the job: it was restored to a moment before the job was
-    made. The result has nowhere to go and is dropped; the hospital's gateway sends the study
-    again as a new job, which any worker claims. Nothing to fail or hand back."""
+    made. Whatever the worker made of it has nowhere to go (`outcome` says what); the
+    hospital's gateway sends the study again as a new job, which any worker claims. Nothing
+    to fail or hand back."""
     log.warning(
         "job %s: the exchange no longer knows the job (%s; restored to an earlier moment?); "
-        "its result %s dropped, the hospital's gateway sends the study again",
-        lease.job_id, answer, dropped,
+        "%s, the hospital's gateway sends the study again",
+        lease.job_id, answer, outcome,
     )  # fmt: skip
 
 

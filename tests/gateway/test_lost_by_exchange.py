@@ -13,12 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pydicom
 import pytest
 import yaml
 
 from aifi.gateway.exchange_client import GatewayClient
 from aifi.gateway.lost_jobs import ASK_AFTER_SECONDS, ASK_EVERY_SECONDS, LISTED_JOB
 from aifi.gateway.metrics import gateway_registry
+from aifi.gateway.notify.receivers import Hl7Listener
+from aifi.gateway.service import LOST_BY_EXCHANGE
 from aifi.phantoms import write_study
 from aifi.products import tissue_volume
 from aifi.vendor import JobContext, ProductResult
@@ -290,6 +293,48 @@ def test_an_adopted_job_the_exchange_lost_ends_saying_so(
     counted = "aifi_gateway_jobs_lost_by_exchange_total"
     assert registry.get_sample_value(counted, {"outcome": "ended"}) == 1.0  # GatewayLostJobEnded
     assert registry.get_sample_value(counted, {"outcome": "sent_again"}) == 0.0
+
+
+def test_an_adopted_job_the_exchange_lost_tells_the_ris_no_result_will_come(
+    national: National, hospital: Hospital
+) -> None:
+    """The radiologist waiting for the adopted job's finding hears that none is coming, and
+    why, under the patient's own identity: the notice is queued with the job's end, once."""
+    hospital.close()
+    config = yaml.safe_load(hospital.path.read_text())
+    with Hl7Listener() as listener:
+        config["notifications"] = {
+            "hl7": {"host": "127.0.0.1", "port": listener.port, "processing_id": "T"}
+        }
+        hospital.path.write_text(yaml.safe_dump(config))
+        hospital.gateway = hospital.open()
+        hospital.receive(*hospital.files)
+        assert hospital.route() == 1
+        [job] = hospital.jobs()
+        assert hospital.send_due() == [job["id"]]  # the vault knows the study from here
+        lost = "00000000-0000-4000-8000-000000000000"
+        adopted = hospital.gateway.state.adopt(
+            lost, job["study_uid"], PRODUCT, None, made_at=time.time() - 3600
+        )
+        later = time.time() + ASK_AFTER_SECONDS
+        assert hospital.gateway.ask_about_submitted(now=later) == []
+        assert hospital.gateway.state.job(int(adopted["id"]))["state"] == "ended"
+        assert hospital.gateway.notices_queued() == 1
+        # Asked again, the ended job is not asked about, nor its notice queued again.
+        assert hospital.gateway.ask_about_submitted(now=later + ASK_EVERY_SECONDS) == []
+        assert hospital.gateway.notices_queued() == 1
+        hospital.gateway.notices.send_due(urgent=False)
+        received = listener.received.get(timeout=10)
+        assert listener.errors.empty()  # a valid ORU^R01
+    assert hospital.gateway.notices_queued() == 0
+    assert hospital.gateway.state.job(int(job["id"]))["state"] == "submitted"  # left alone
+    sent = pydicom.dcmread(hospital.files[0], stop_before_pixels=True)
+    fields = {segment[:3]: segment.split("|") for segment in received.text.split("\r")}
+    assert str(sent.PatientID) in fields["PID"][3]
+    assert fields["OBR"][3].startswith(lost) and fields["OBR"][25] == "X"
+    assert fields["OBR"][18] == str(sent.AccessionNumber)
+    assert fields["OBX"][5] == f"No AI result: {LOST_BY_EXCHANGE}"
+    assert hospital.gateway.key.uid(job["study_uid"]) not in received.text
 
 
 def _with_pacs_b_down(hospital: Hospital) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeGuard
 
@@ -163,6 +163,12 @@ NO_RESULT_BECAUSE = {
     Delivery.unfileable: "the product's results could not be filed in the PACS",
     Delivery.purged: "the results were deleted at the exchange before they could be fetched",
 }
+
+
+#: What the notice says of an adopted job the exchange lost (restored to an earlier moment).
+LOST_BY_EXCHANGE = (
+    "the national exchange lost the job; send the study again from the PACS to have it analysed"
+)
 
 
 def no_result_reason(exchange_state: str, delivery: str | None) -> str | None:
@@ -1421,9 +1427,17 @@ class Gateway:
             return False
         if int(local["round"]) == 0:  # adopted: no round of the study to send again
             reason = f"{lost}; adopted, it cannot be sent again: send the study again from the PACS"
-            if self.state.end_forgotten(job_id, exchange_id, reason):
+            notice = self._lost_notice(local, exchange_id)
+            if self.state.end_forgotten(
+                job_id,
+                exchange_id,
+                reason,
+                notice.model_dump_json() if notice else None,
+                urgent=notice is not None and notice.stat,
+            ):
                 log.error("job %s: %s", job_id, reason)
                 self._submitted_watch.count(Outcome.ended)
+                self.notices.wake()
             return False
         reason = f"sent again: {lost}"
         if not self.state.send_again(job_id, exchange_id, reason, forgotten=True):
@@ -2048,24 +2062,7 @@ class Gateway:
                 )
                 self.state.give_up_notifications(local_id, (), "its study cannot be mapped back")
                 return True
-            ended = job.get("ended_at")
-            # As the job ran: the exchange gives the route's priority or the product's.
-            stat = _ran_stat(local, job)
-            name, version = self._product_names(str(job["product_id"]))
-            queued = QueuedNotice(
-                kind="no-result",
-                exchange_job_id=exchange_id,
-                product_id=str(job["product_id"]),
-                product_name=name,
-                product_version=version,
-                completed_at=datetime.fromisoformat(ended) if ended else None,
-                unavailable=reason,
-                stat_study=stat,
-                urgent=stat,
-                pseudonym_study_uid=str(job["study_uid"]),
-                original_study_uid=known[0],
-            )
-            self.notices.queue(local_id, queued)
+            self.notices.queue(local_id, self._no_result_notice(local, job, reason))
             return True
         except PASSING_FAILURES as exc:
             failure = f"{type(exc).__name__}: {exc}"
@@ -2080,6 +2077,52 @@ class Gateway:
             exchange_id, backoff(attempts), failure,
         )  # fmt: skip
         return False
+
+    def _no_result_notice(
+        self, local: Mapping[str, Any], job: Mapping[str, Any], reason: str
+    ) -> QueuedNotice:
+        """The notice that the job `job` (as the exchange lists it) brings no result, and
+        `reason` why; its study mapped back already."""
+        ended = job.get("ended_at")
+        # As the job ran: the exchange gives the route's priority or the product's.
+        stat = _ran_stat(local, job)
+        name, version = self._product_names(str(job["product_id"]))
+        return QueuedNotice(
+            kind="no-result",
+            exchange_job_id=str(job["id"]),
+            product_id=str(job["product_id"]),
+            product_name=name,
+            product_version=version,
+            completed_at=datetime.fromisoformat(ended) if ended else None,
+            unavailable=reason,
+            stat_study=stat,
+            urgent=stat,
+            pseudonym_study_uid=str(job["study_uid"]),
+            original_study_uid=str(local["study_uid"]),
+        )
+
+    def _lost_notice(self, local: Mapping[str, Any], exchange_id: str) -> QueuedNotice | None:
+        """The notice that an adopted job the exchange lost brings no result: its study must
+        be sent again from the PACS, and the radiologist who waits for the product's finding
+        must not wait on. None when the hospital hears of no such thing, or the vault no
+        longer knows the study (nothing can name it)."""
+        settings = self.config.notifications
+        if not settings.configured or not settings.announce_unavailable:
+            return None
+        pseudonym = self.vault.pseudonym_of(str(local["study_uid"]))
+        if pseudonym is None:
+            log.warning(
+                "job %s: no notice that no result will come: its study left the vault",
+                local["id"],
+            )
+            return None
+        lost = {
+            "id": exchange_id,
+            "product_id": local["product_id"],
+            "study_uid": pseudonym,
+            "ended_at": datetime.now(UTC).isoformat(),
+        }
+        return self._no_result_notice(local, lost, LOST_BY_EXCHANGE)
 
     def _product_names(self, product_id: str) -> tuple[str | None, str | None]:
         """The product's name and version from the catalogue, for a notice without a summary

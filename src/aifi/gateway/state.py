@@ -515,6 +515,23 @@ def unknown_job_records(
     return known, decided
 
 
+def _insert_notice(
+    db: sqlite3.Connection, job_id: int, kind: str, notice: str, *, urgent: bool, now: float
+) -> None:
+    """`GatewayState.queue_notice` within a transaction of the caller's."""
+    if kind == "no-result":
+        db.execute(
+            "UPDATE queued_notices SET done_at = ?, notice = '' "
+            "WHERE job_id = ? AND kind = 'result' AND done_at IS NULL",
+            (now, job_id),
+        )
+    db.execute(
+        "INSERT OR IGNORE INTO queued_notices (job_id, kind, notice, urgent, due_at, "
+        "queued_at) VALUES (?, ?, ?, ?, ?, ?)",
+        (job_id, kind, notice, int(urgent), now, now),
+    )
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     conn.row_factory = sqlite3.Row
@@ -1315,15 +1332,28 @@ class GatewayState(StateReads):
             ).rowcount
         return bool(changed)
 
-    def end_forgotten(self, job_id: int, exchange_job_id: str, reason: str) -> bool:
+    def end_forgotten(
+        self,
+        job_id: int,
+        exchange_job_id: str,
+        reason: str,
+        notice: str | None = None,
+        *,
+        urgent: bool = False,
+    ) -> bool:
         """End a sent job the exchange no longer knows and that cannot be sent again (one
-        adopted); False when it moved on meanwhile."""
+        adopted), and queue its `notice` that no result will come (`queue_notice`) in the
+        same transaction: a crash between the two neither leaves the radiologist untold nor
+        tells them twice. False when it moved on meanwhile (and nothing is queued)."""
+        now = time.time()
         with self.transaction() as db:
             changed = db.execute(
                 "UPDATE jobs SET state = 'ended', reason = ?, ended_at = ? "
                 "WHERE id = ? AND state = 'submitted' AND exchange_job_id = ?",
-                (reason, time.time(), job_id, exchange_job_id),
+                (reason, now, job_id, exchange_job_id),
             ).rowcount
+            if changed and notice is not None:
+                _insert_notice(db, job_id, "no-result", notice, urgent=urgent, now=now)
         return bool(changed)
 
     def retry_job_later(self, job_id: int, reason: str, delay: float) -> None:
@@ -1430,19 +1460,8 @@ class GatewayState(StateReads):
         done with, stays as it is. A notice that there is no result takes the place of a
         result notice still to send: both would take over the job's rows on each channel in
         turn, sending each other again."""
-        now = time.time()
         with self.transaction() as db:
-            if kind == "no-result":
-                db.execute(
-                    "UPDATE queued_notices SET done_at = ?, notice = '' "
-                    "WHERE job_id = ? AND kind = 'result' AND done_at IS NULL",
-                    (now, job_id),
-                )
-            db.execute(
-                "INSERT OR IGNORE INTO queued_notices (job_id, kind, notice, urgent, due_at, "
-                "queued_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (job_id, kind, notice, int(urgent), now, now),
-            )
+            _insert_notice(db, job_id, kind, notice, urgent=urgent, now=time.time())
 
     def due_notices(self, urgent: bool, now: float, limit: int = 50) -> list[dict[str, Any]]:
         """The queued notices of one lane due by `now`: those never tried on a receiver first

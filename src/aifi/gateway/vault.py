@@ -180,6 +180,17 @@ class Vault:
             )
         return Forgotten(studies, uids)
 
+    def pseudonym_of(self, original_study_uid: str) -> str | None:
+        """The pseudonym the hospital's study was last sent under; None when the vault no
+        longer knows the study (its retention ran out)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT pseudonym_study_uid FROM studies WHERE original_study_uid = ? "
+                "ORDER BY rowid DESC LIMIT 1",
+                (original_study_uid,),
+            ).fetchone()
+        return str(row[0]) if row else None
+
     def study(self, pseudonym_study_uid: str) -> tuple[str, dict[str, str]] | None:
         """The original Study Instance UID and patient attributes behind a pseudonymised study."""
         with self._lock:

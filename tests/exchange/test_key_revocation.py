@@ -287,6 +287,21 @@ def test_another_replica_stops_taking_a_revoked_key_within_the_cache_lifetime(
         assert works(fresh, new)
 
 
+def test_a_replica_told_to_keep_no_keys_refuses_a_key_revoked_elsewhere_at_once(
+    exchange: Exchange, parties: dict[str, Org], settings: ExchangeSettings
+) -> None:
+    """`AIFI_KEY_CACHE_SECONDS=0`: the operator who wants no window after a revocation gets
+    none, at the price of a lookup per request."""
+    old = parties["hospital_a"]
+    new = rotated(exchange, old)
+    first = keys_of(exchange, old.id, new)[0]["id"]
+    with replica(settings.model_copy(update={"key_cache_seconds": 0.0})) as other:
+        assert works(other, old)
+        assert revoke(exchange, old.id, first, new).status_code == 200
+        assert not works(other, old)  # no memory of it to answer from
+        assert works(other, new)
+
+
 def test_a_revoked_operator_key_stays_revoked_when_the_exchange_restarts(
     exchange: Exchange, settings: ExchangeSettings, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -118,8 +118,8 @@ class Catalogue:
         Refused with 409 when it is the organisation's last live key: the hospital's gateway
         (or the operator) would be locked out with no key to rotate with, and only the
         operator could let it back in; rotate first. Who may revoke is who may rotate. This
-        replica stops taking the key at once; other replicas within
-        :data:`~aifi.exchange.auth.KEY_CACHE_SECONDS`, when their cache of it runs out.
+        replica stops taking the key at once; other replicas within their
+        `key_cache_seconds`, when their cache of it runs out.
         """
         subject = f"{organisation_id}/{key_id}"
         try:

@@ -48,7 +48,8 @@ def build_services(settings: ExchangeSettings) -> Services:
     blobs = open_blob_store(settings.resolved_blob_url(), settings.upload_spool)
     audit = AuditLog(db)
     notifier = ChangeNotifier()
-    keys = KeyCache()  # one per replica: the catalogue clears a key it revokes from it
+    # One per replica: the catalogue clears a key it revokes from it.
+    keys = KeyCache(ttl=settings.key_cache_seconds)
     catalogue = Catalogue(db, audit, admit_on_register=settings.admit_on_register, keys=keys)
     jobs = JobService(db, blobs, catalogue, audit, notifier, settings)
     transfers = Transfers(db, blobs, jobs, audit, TransferThreads(settings.transfer_threads))

@@ -41,6 +41,10 @@ class ExchangeSettings(BaseSettings):
     max_attempts: int = 3
     #: Longest a long-poll request waits for a change before answering with nothing.
     max_wait_seconds: float = 30.0
+    #: Seconds a replica answers an API key it verified from memory: the bound on how long a
+    #: revoked key still works at the replicas that did not revoke it. 0 looks every
+    #: request's key up in the database.
+    key_cache_seconds: float = Field(default=10.0, ge=0, le=300)
     #: If set, the operator organisation's API key (otherwise one is created and written to
     #: `data_dir/operator.key` on first start).
     operator_key: str | None = None

@@ -91,6 +91,8 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             'aifi_exchange_errors_total{kind="blob_store_unavailable", instance="r2"}':
                 "0x2 1x22 1+30x15 451x40",
             'aifi_exchange_errors_total{kind="audit_archive", instance="r2"}': "0x30 1x10",
+            # Two reads at 35m find a result gone from the store: each one is paged.
+            'aifi_exchange_errors_total{kind="blob_missing", instance="r1"}': "0x35 2x20",
             # r1's retention sweep fails from 20m on; r2's linking failed for three minutes at
             # 41m and then went on.
             'aifi_exchange_background_failures_total{task="retention", instance="r1"}':
@@ -166,7 +168,11 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             quiet("BlobStoreUnavailable", "30m"),  # not yet for five minutes
             fires("BlobStoreUnavailable", "33m", "The exchange cannot reach its object store"),
             quiet("BlobStoreUnavailable", "50m"),  # back at 41m
-            quiet("ExchangeErrors", "38m"),  # the store's outage alone
+            quiet("ExchangeErrors", "38m"),  # the store's outage alone (and missing blobs)
+            quiet("BlobsMissing", "34m"),
+            fires("BlobsMissing", "36m",
+                  "Inputs or results the exchange holds are missing from its object store"),
+            quiet("BlobsMissing", "50m"),  # none for ten minutes since
             quiet("AuditArchiveFailing", "30m"),
             fires("AuditArchiveFailing", "31m", "An access-log archiving round failed"),
             quiet("ExchangeBackgroundFailing", "29m"),  # failing, not yet for ten minutes

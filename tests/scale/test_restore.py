@@ -101,6 +101,7 @@ def test_the_restore_drill(
             services.blobs.delete(_blob_key(services, JobResult, lost))
             missing = exchange.client.get(f"/jobs/{lost}/results/sr.dcm", headers=hospital.headers)
             assert missing.status_code == 404, missing.text
+            assert "missing from the exchange's blob store" in missing.json()["detail"]
 
             # The same for a large object, which is streamed: the answer is 404 before any byte.
             where = f"/jobs/{held['job']['id']}/inputs/{held_input['sop_instance_uid']}"

@@ -53,3 +53,12 @@ class BlobStoreUnavailable(ExchangeError):
     status = 503
     retry_after = 5
     error_kind = "blob_store_unavailable"
+
+
+class BlobMissing(NotFound):
+    """A blob the database says the exchange holds is not in the blob store, and retention
+    did not take it: the store was restored to an earlier moment, or something other than
+    the exchange deleted it (a bucket's lifecycle rule). A 404 to the caller, as for any
+    blob gone (nobody can read it); its own kind to the operator, who is paged."""
+
+    error_kind = "blob_missing"

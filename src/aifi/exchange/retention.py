@@ -118,6 +118,23 @@ class _Emptied:
     deleted: int
 
 
+def purge_due(job: Job, kind: str, settings: ExchangeSettings, now: datetime) -> bool:
+    """Whether retention has purged, or may be purging now, the job's inputs (`kind` is
+    ``input``) or results (``result``): a blob of it found gone is taken for purged, not for
+    lost. The same rule as the sweep's (`_INPUTS`, `_RESULTS`, `_UNDELIVERED`), for one job."""
+    if (job.inputs_swept_at if kind == "input" else job.results_swept_at) is not None:
+        return True
+    if job.state not in _ENDED or job.ended_at is None:
+        return False  # never touched, whatever its age
+    if kind == "input":
+        since, keep = job.ended_at, settings.retain_inputs_seconds
+    elif job.acknowledged_at is not None:
+        since, keep = job.acknowledged_at, settings.retain_results_seconds
+    else:
+        since, keep = job.ended_at, settings.retain_undelivered_seconds
+    return keep is not None and as_utc(since) + timedelta(seconds=keep) <= now
+
+
 class Retention:
     def __init__(
         self,

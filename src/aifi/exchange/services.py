@@ -52,7 +52,9 @@ def build_services(settings: ExchangeSettings) -> Services:
     keys = KeyCache(ttl=settings.key_cache_seconds)
     catalogue = Catalogue(db, audit, admit_on_register=settings.admit_on_register, keys=keys)
     jobs = JobService(db, blobs, catalogue, audit, notifier, settings)
-    transfers = Transfers(db, blobs, jobs, audit, TransferThreads(settings.transfer_threads))
+    transfers = Transfers(
+        db, blobs, jobs, audit, TransferThreads(settings.transfer_threads), settings
+    )
     services = Services(settings, db, blobs, audit, notifier, catalogue, jobs, transfers, keys)
     with db.one_replica_at_a_time():
         ensure_operator(services)

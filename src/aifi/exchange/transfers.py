@@ -7,6 +7,7 @@ the same object twice stores it once, so a gateway or worker may retry after any
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -22,10 +23,12 @@ from aifi.exchange.blob_keys import input_key, result_key
 from aifi.exchange.blobs import BlobStore, TempBlob, forget
 from aifi.exchange.clock import as_utc, utcnow
 from aifi.exchange.db import Database, execute_core, insert_new
-from aifi.exchange.errors import Conflict, Forbidden, Invalid, NotFound
+from aifi.exchange.errors import BlobMissing, Conflict, Forbidden, Invalid, NotFound
 from aifi.exchange.jobs import TAKE_OUT_RESULTS, JobService, walled
 from aifi.exchange.models import Job, JobInput, JobResult
+from aifi.exchange.retention import purge_due
 from aifi.exchange.schemas import JobState, OrganisationKind
+from aifi.exchange.settings import ExchangeSettings
 from aifi.exchange.threads import TransferThreads
 from aifi.exchange.validation import (
     InputHeader,
@@ -72,6 +75,8 @@ _SUMMARY_COLUMNS: dict[str, Any] = {
 
 #: A job with one of its inputs (`sop_uid`), or with one of its results (`name`), walled per
 #: role: a download's checks and its row in one statement.
+log = logging.getLogger(__name__)
+
 _INPUT_OF_JOB = walled(
     select(Job, JobInput)
     .outerjoin(
@@ -153,11 +158,13 @@ class Transfers:
         jobs: JobService,
         audit: AuditLog,
         threads: TransferThreads,
+        settings: ExchangeSettings,
     ) -> None:
         self._db = db
         self._blobs = blobs
         self._jobs = jobs
         self._audit = audit
+        self._settings = settings
         #: Where large uploads are stored and large downloads streamed.
         self.threads = threads
 
@@ -361,9 +368,31 @@ class Transfers:
                 )
             if row is None or row.purged_at is not None:
                 raise NotFound(f"job {job_id} has no input {sop_uid}")
-            fetched = fetch(row)
+            try:
+                fetched = fetch(row)
+            except FileNotFoundError:
+                raise self._blob_gone(job_id, "input", f"input {sop_uid}") from None
             read.succeeded(patient_pseudonym=job.patient_pseudonym)
         return fetched
+
+    def _blob_gone(self, job_id: str, kind: str, what: str) -> NotFound:
+        """The answer for a blob the read found held and the store no longer has: purged by
+        retention meanwhile (it deletes the blobs, then marks the rows), or lost, which the
+        operator must hear of (`BlobMissing`)."""
+        with self._db.session() as session:
+            job = session.get(Job, job_id)
+            purged = job is None or purge_due(job, kind, self._settings, utcnow())
+        if purged:
+            return NotFound(f"job {job_id}'s {what} is no longer held (retention)")
+        log.error(
+            "job %s: its %s is missing from the blob store, though the database holds it and "
+            "retention did not take it: the store restored to an earlier moment, or its "
+            "objects deleted by something else (a lifecycle rule?)", job_id, what,
+        )  # fmt: skip
+        return BlobMissing(
+            f"job {job_id}'s {what} is missing from the exchange's blob store; the exchange's "
+            "operator is alerted"
+        )
 
     # results -------------------------------------------------------------------------------
 
@@ -608,6 +637,9 @@ class Transfers:
                 )
             if row is None:
                 raise NotFound(f"job {job_id} has no result {name!r}")
-            fetched = fetch(row)
+            try:
+                fetched = fetch(row)
+            except FileNotFoundError:
+                raise self._blob_gone(job_id, "result", f"result {name!r}") from None
             read.succeeded(patient_pseudonym=job.patient_pseudonym)
         return fetched

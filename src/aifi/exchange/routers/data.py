@@ -14,7 +14,6 @@ from starlette.responses import Response
 
 from aifi.exchange.blobs import CHUNK
 from aifi.exchange.deps import CallerDep, LeaseHeader, ServicesDep
-from aifi.exchange.errors import NotFound
 from aifi.exchange.schemas import InputOut, ResultOut
 from aifi.exchange.services import Services
 
@@ -45,21 +44,17 @@ def _fetched(services: Services, key: str, size: int, media_type: str, filename:
     once the store has shown it holds it: a stream cannot turn into a 404 after it began. A
     file is opened here (deleted afterwards, by retention or a newer copy, it is still read
     whole); an object store is asked for its first chunk, which the stream then starts with
-    (a separate HEAD cost 70 % of a 2 MiB download from a loopback S3 server)."""
-    try:
-        path = services.blobs.local_path(key)
-        if size <= INLINE_BYTES:
-            body = path.read_bytes() if path is not None else b"".join(services.blobs.read(key))
-            return Blob(media_type, filename, body)
-        if path is not None:
-            opened = path.open("rb")
-            return Blob(
-                media_type, filename, None, _read(opened), os.fstat(opened.fileno()).st_size
-            )
-        chunks = services.blobs.read(key)
-        return Blob(media_type, filename, None, _begun(next(chunks, b""), chunks))
-    except FileNotFoundError as exc:  # purged meanwhile, or lost with a restored store
-        raise NotFound(f"{filename} is no longer held") from exc
+    (a separate HEAD cost 70 % of a 2 MiB download from a loopback S3 server). A blob not in
+    the store raises FileNotFoundError, for the read to say why (`Transfers._blob_gone`)."""
+    path = services.blobs.local_path(key)
+    if size <= INLINE_BYTES:
+        body = path.read_bytes() if path is not None else b"".join(services.blobs.read(key))
+        return Blob(media_type, filename, body)
+    if path is not None:
+        opened = path.open("rb")
+        return Blob(media_type, filename, None, _read(opened), os.fstat(opened.fileno()).st_size)
+    chunks = services.blobs.read(key)
+    return Blob(media_type, filename, None, _begun(next(chunks, b""), chunks))
 
 
 def _read(opened: BinaryIO) -> Iterator[bytes]:

@@ -289,3 +289,57 @@ def test_a_job_forgotten_before_its_inputs_were_fetched_is_dropped_and_the_next_
     ]
     assert not [m for m in others if "failed" in m or "handed back" in m or "404" in m], others
     assert not [r for r in caplog.records if "exchange error" in r.getMessage()]
+
+
+def test_a_job_its_heartbeat_finds_gone_while_its_inputs_come_is_said_gone_once(
+    exchange: Exchange,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A large study: the heartbeat finds the job gone before its inputs are in, and says so;
+    the download's own 404 "no job" that follows says nothing more."""
+    backup = backed_up(exchange.server, tmp_path / "exchange-backup.db")
+    forgotten = exchange.submit(tmp_path / "forgotten")
+    ran: list[str] = []
+
+    def product(context: JobContext) -> ProductResult:
+        ran.append(str(context.job["id"]))
+        return tissue_volume.run(context)
+
+    client, worker = _worker(exchange, product, tmp_path, caplog, lease=3.0)
+    server = exchange.server
+    download_inputs = client.download_inputs
+
+    def slow_download(lease: Lease, folder: Path) -> list[Path]:
+        """Still downloading when the exchange is restored and the next heartbeat beats."""
+        nonlocal server
+        if lease.job_id == forgotten:
+            server = restored(server, backup)
+            wait_for(
+                lambda: bool(_said_gone(caplog)),
+                timeout=30,
+                what="the heartbeat to find the job gone",
+                every=0.1,
+            )
+        return download_inputs(lease, folder)
+
+    monkeypatch.setattr(client, "download_inputs", slow_download)
+    try:
+        with WorkerThread(worker.run) as running:
+            wait_for(
+                lambda: bool(_said_gone(caplog)) or not running.is_alive(),
+                timeout=30,
+                what="the worker to find the job gone",
+                every=0.1,
+            )
+            # Claimed once the forgotten job's download has met its 404 and been dropped.
+            following = _next_job_done(exchange, running, tmp_path)
+    finally:
+        client.close()
+        server.stop()
+    assert ran == [following]
+    [said] = _said_gone(caplog)
+    assert "its heartbeat was answered 404" in said.getMessage()
+    assert "its work stops" in said.getMessage()
+    assert not [r for r in caplog.records if f"job {forgotten} failed" in r.getMessage()]

@@ -130,9 +130,7 @@ class _Heartbeat:
                 return
             except Exception as exc:
                 if no_such_job(exc):
-                    _say_job_gone(
-                        self._lease, "its heartbeat was answered 404", "its result will be dropped"
-                    )
+                    _say_job_gone(self._lease, "its heartbeat was answered 404", "its work stops")
                     self.gone.set()
                     self.lost.set()
                     return
@@ -256,7 +254,7 @@ class Worker:
             with _Heartbeat(self.client, lease, self.lease_seconds / 3) as beat:
                 if lease.job.get("state") != "in-progress":  # claimed without `start`
                     self.client.heartbeat(lease)  # moves the job to in-progress
-                prepared = self._prepare(lease, folder)
+                prepared = self._prepare(lease, folder, beat.gone)
                 if prepared is None:
                     return
                 inputs, output_dir = prepared
@@ -354,17 +352,21 @@ class Worker:
         taken_again = job.get("state") in ("claimed", "in-progress") and now == ours
         return waiting or taken_again
 
-    def _prepare(self, lease: Lease, folder: Path) -> tuple[list[Path], Path] | None:
+    def _prepare(
+        self, lease: Lease, folder: Path, gone: threading.Event
+    ) -> tuple[list[Path], Path] | None:
         """The job's inputs in `folder` and an empty folder for the product's outputs; None
         when the job could not be prepared and was failed or handed back, so that it is not
-        left held, unfinished, until its lease runs out while this worker claims the next."""
+        left held, unfinished, until its lease runs out while this worker claims the next, or
+        is gone (`gone`: its heartbeat found it so, and said it)."""
         try:
             inputs = self.client.download_inputs(lease, folder / "inputs")
             output_dir = folder / "outputs"
             output_dir.mkdir()
         except ExchangeHTTPError as exc:
             if no_such_job(exc):  # not an input gone but the job itself: nothing to fail
-                _say_job_gone(lease, str(exc), "the product was not run")
+                if not gone.is_set():
+                    _say_job_gone(lease, str(exc), "the product was not run")
                 return None
             if isinstance(exc, InputGone):  # no worker could run the job
                 self._fail(

@@ -117,7 +117,8 @@ class KeyCache:
         refuses the key from the next request on, would take it for up to `ttl` more."""
         with self._lock:
             self._known.pop(key_hash, None)
-            self._revoked[key_hash] = self._clock() + self._ttl
+            if self._ttl > 0:  # else nothing is ever taken back, nor kept
+                self._revoked[key_hash] = self._clock() + self._ttl
 
 
 def key_hash_of(key: str | None) -> str:

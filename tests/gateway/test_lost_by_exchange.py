@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from aifi.gateway.exchange_client import GatewayClient
+from aifi.gateway.job_list import job_statuses
 from aifi.gateway.lost_jobs import ASK_AFTER_SECONDS, ASK_EVERY_SECONDS, LISTED_JOB
 from aifi.gateway.metrics import gateway_registry
 from aifi.gateway.notify.receivers import Hl7Listener
@@ -196,6 +197,7 @@ def test_a_running_gateway_sends_again_what_a_restored_exchange_lost(
                 "inputs_sent_again": 0.0,
                 "delivered_from_copy": 0.0,
                 "ended": 0.0,
+                "covered": 0.0,
             }
             with national.api() as api:
                 [remote] = api.get("/jobs").json()
@@ -270,29 +272,76 @@ def test_with_another_hospitals_key_nothing_is_sent_again(
     )
 
 
-def test_an_adopted_job_the_exchange_lost_ends_saying_so(
-    national: National, hospital: Hospital
-) -> None:
-    """An adopted job (`aifi gateway-unknown-jobs --adopt`) has no round of the study to send
-    again: it ends, saying the exchange lost it and that the study is to be sent again."""
+#: An exchange job adopted (`aifi gateway-unknown-jobs --adopt`) that the exchange forgot.
+LOST = "00000000-0000-4000-8000-000000000000"
+
+
+def _with_ris(hospital: Hospital, port: int) -> None:
+    """The hospital's gateway reopened with its RIS (HL7) on `port`."""
+    hospital.close()
+    config = yaml.safe_load(hospital.path.read_text())
+    config["notifications"] = {"hl7": {"host": "127.0.0.1", "port": port, "processing_id": "T"}}
+    hospital.path.write_text(yaml.safe_dump(config))
+    hospital.gateway = hospital.open()
+
+
+def _adopted_and_lost(
+    hospital: Hospital, own: str, *, priority: str | None = None, own_ended: float | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The study sent, its job then `own` (ended without a result, or delivered; at
+    `own_ended`, now by default), and a job of the same study and product adopted (run at
+    `priority`), which the exchange lost, asked about: the study's own job and the adopted
+    one, as they stand then."""
     hospital.receive(*hospital.files)
     assert hospital.route() == 1
     [job] = hospital.jobs()
-    lost = "00000000-0000-4000-8000-000000000000"  # an exchange job the exchange forgot
+    assert hospital.send_due() == [job["id"]]  # the vault knows the study from here
+    ended_at = time.time() if own_ended is None else own_ended
+    hospital.gateway.state.update_job(int(job["id"]), state=own, ended_at=ended_at)
     adopted = hospital.gateway.state.adopt(
-        lost, job["study_uid"], PRODUCT, None, made_at=time.time() - 3600
+        LOST, job["study_uid"], PRODUCT, priority, made_at=time.time() - 3600
     )
     assert hospital.gateway.ask_about_submitted(now=time.time() + ASK_AFTER_SECONDS) == []
-    ended = hospital.gateway.state.job(int(adopted["id"]))
-    assert ended["state"] == "ended", ended
-    assert f"no longer knows its job {lost}" in ended["reason"]
-    assert "send the study again from the PACS" in ended["reason"]
+    return job, hospital.gateway.state.job(int(adopted["id"]))
+
+
+def _lost_counted(hospital: Hospital, outcome: str) -> float | None:
     registry = gateway_registry(
         hospital.gateway.state, lost_by_exchange=hospital.gateway._submitted_watch.outcomes
     )
-    counted = "aifi_gateway_jobs_lost_by_exchange_total"
-    assert registry.get_sample_value(counted, {"outcome": "ended"}) == 1.0  # GatewayLostJobEnded
-    assert registry.get_sample_value(counted, {"outcome": "sent_again"}) == 0.0
+    return registry.get_sample_value(
+        "aifi_gateway_jobs_lost_by_exchange_total", {"outcome": outcome}
+    )
+
+
+def test_an_adopted_job_the_exchange_lost_ends_saying_so(
+    national: National, hospital: Hospital
+) -> None:
+    """An adopted job has no round of the study to send again, and the study's own job ended
+    without a result: it ends, saying the exchange lost it and that the study is to be sent
+    again."""
+    _job, ended = _adopted_and_lost(hospital, "ended")
+    assert ended["state"] == "ended", ended
+    assert f"no longer knows its job {LOST}" in ended["reason"]
+    assert "send the study again from the PACS" in ended["reason"]
+    assert _lost_counted(hospital, "ended") == 1.0  # GatewayLostJobEnded
+    assert _lost_counted(hospital, "sent_again") == 0.0
+
+
+def test_an_adopted_job_the_exchange_lost_beside_a_delivered_one_ends_quietly(
+    national: National, hospital: Hospital
+) -> None:
+    """The study's own job for the same product was delivered: its result is in the PACS, so
+    nobody is told to send the study again, neither the hospital's engineer (no ticket) nor
+    the radiologist (no notice)."""
+    with Hl7Listener() as listener:
+        _with_ris(hospital, listener.port)
+        job, ended = _adopted_and_lost(hospital, "delivered")
+        assert hospital.gateway.notices_queued() == 0
+    assert ended["state"] == "ended", ended
+    assert ended["reason"].endswith(f"adopted, its study's job {job['id']} stands for it")
+    assert _lost_counted(hospital, "covered") == 1.0
+    assert _lost_counted(hospital, "ended") == 0.0
 
 
 def test_an_adopted_job_the_exchange_lost_tells_the_ris_no_result_will_come(
@@ -300,41 +349,78 @@ def test_an_adopted_job_the_exchange_lost_tells_the_ris_no_result_will_come(
 ) -> None:
     """The radiologist waiting for the adopted job's finding hears that none is coming, and
     why, under the patient's own identity: the notice is queued with the job's end, once."""
-    hospital.close()
-    config = yaml.safe_load(hospital.path.read_text())
     with Hl7Listener() as listener:
-        config["notifications"] = {
-            "hl7": {"host": "127.0.0.1", "port": listener.port, "processing_id": "T"}
-        }
-        hospital.path.write_text(yaml.safe_dump(config))
-        hospital.gateway = hospital.open()
-        hospital.receive(*hospital.files)
-        assert hospital.route() == 1
-        [job] = hospital.jobs()
-        assert hospital.send_due() == [job["id"]]  # the vault knows the study from here
-        lost = "00000000-0000-4000-8000-000000000000"
-        adopted = hospital.gateway.state.adopt(
-            lost, job["study_uid"], PRODUCT, None, made_at=time.time() - 3600
-        )
-        later = time.time() + ASK_AFTER_SECONDS
-        assert hospital.gateway.ask_about_submitted(now=later) == []
-        assert hospital.gateway.state.job(int(adopted["id"]))["state"] == "ended"
+        _with_ris(hospital, listener.port)
+        job, ended = _adopted_and_lost(hospital, "ended")
+        assert ended["state"] == "ended"
         assert hospital.gateway.notices_queued() == 1
+        # Nothing is left at the exchange to acknowledge: `aifi gateway-jobs` waits for
+        # the notice alone.
+        assert _waiting_for(hospital, int(ended["id"])) == "its notice"
         # Asked again, the ended job is not asked about, nor its notice queued again.
-        assert hospital.gateway.ask_about_submitted(now=later + ASK_EVERY_SECONDS) == []
+        later = time.time() + ASK_AFTER_SECONDS + ASK_EVERY_SECONDS
+        assert hospital.gateway.ask_about_submitted(now=later) == []
         assert hospital.gateway.notices_queued() == 1
         hospital.gateway.notices.send_due(urgent=False)
         received = listener.received.get(timeout=10)
         assert listener.errors.empty()  # a valid ORU^R01
     assert hospital.gateway.notices_queued() == 0
-    assert hospital.gateway.state.job(int(job["id"]))["state"] == "submitted"  # left alone
+    assert _waiting_for(hospital, int(ended["id"])) == ""
     sent = pydicom.dcmread(hospital.files[0], stop_before_pixels=True)
     fields = {segment[:3]: segment.split("|") for segment in received.text.split("\r")}
     assert str(sent.PatientID) in fields["PID"][3]
-    assert fields["OBR"][3].startswith(lost) and fields["OBR"][25] == "X"
+    assert fields["OBR"][3].startswith(LOST) and fields["OBR"][25] == "X"
     assert fields["OBR"][18] == str(sent.AccessionNumber)
     assert fields["OBX"][5] == f"No AI result: {LOST_BY_EXCHANGE}"
     assert hospital.gateway.key.uid(job["study_uid"]) not in received.text
+
+
+def test_a_stat_adopted_job_the_exchange_lost_is_told_on_the_stat_lane_and_disclosed(
+    national: National, hospital: Hospital
+) -> None:
+    """Run STAT, its notice goes on the STAT lane (never behind routine ones) as a STAT
+    message, and the identity it carries to the RIS is on record, as every notice's is."""
+    with Hl7Listener() as listener:
+        _with_ris(hospital, listener.port)
+        _job, ended = _adopted_and_lost(hospital, "ended", priority="stat")
+        [row] = hospital.gateway.state.queued_notices_of(int(ended["id"]))
+        assert row["urgent"] == 1 and row["kind"] == "no-result"
+        hospital.gateway.notices.send_due(urgent=False)
+        assert listener.received.empty()  # not on the routine lane
+        hospital.gateway.notices.send_due(urgent=True)
+        received = listener.received.get(timeout=10)
+    fields = {segment[:3]: segment.split("|") for segment in received.text.split("\r")}
+    assert fields["TQ1"][9] == "S"
+    outcomes = hospital.gateway.state.notification_outcomes(int(ended["id"]))
+    assert outcomes["hl7"]["ok"] and outcomes["hl7"]["stat"]
+    notified = [e for e in hospital.gateway.disclosures.entries() if e.action == "notified"]
+    assert [(e.recipient, LOST in e.detail) for e in notified] == [("hl7 notice", True)]
+
+
+def test_the_vault_keeps_the_study_for_a_lost_jobs_notice(
+    national: National, hospital: Hospital
+) -> None:
+    """The study's own job ended long ago, past `retain_hours`: the adopted job ended now
+    starts its retention again, so the sweep leaves the vault entry the queued notice needs."""
+    long_ago = time.time() - 3 * hospital.gateway.config.retain_hours * 3600
+    with Hl7Listener() as listener:
+        _with_ris(hospital, listener.port)
+        job, ended = _adopted_and_lost(hospital, "ended", own_ended=long_ago)
+        assert hospital.gateway.purge_expired() == 0
+        assert hospital.gateway.vault.pseudonym_of(job["study_uid"]) is not None
+        hospital.gateway.notices.send_due(urgent=False)
+        assert listener.received.get(timeout=10)
+    assert hospital.gateway.notices_queued() == 0
+
+
+def _waiting_for(hospital: Hospital, job_id: int) -> str:
+    """What `aifi gateway-jobs` says the job waits for."""
+    [status] = [
+        s
+        for s in job_statuses(hospital.gateway.config.workdir / "state.db", everything=True)
+        if s.id == job_id
+    ]
+    return status.waiting_for
 
 
 def _with_pacs_b_down(hospital: Hospital) -> dict[str, Any]:

@@ -182,6 +182,8 @@ def _waiting_for(job: dict[str, Any], queued: int, now: float) -> str:
             return "bringing its results home"
         return f"bringing its results home again (try {attempts + 1})"
     if queued:
+        if job.get("acknowledged_at") is not None:  # none to wait: the exchange lost the job
+            return "its notice"
         return "its notice (its acknowledgement at the exchange waits for it)"
     # A state of an older version, its gateway still running, has no column: nothing said.
     if "acknowledged_at" in job and job["acknowledged_at"] is None and job["exchange_job_id"]:

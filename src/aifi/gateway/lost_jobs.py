@@ -35,6 +35,7 @@ class Outcome(StrEnum):
     inputs_sent_again = "inputs_sent_again"  # held unopened, inputs lost: the rest sent
     delivered_from_copy = "delivered_from_copy"  # its results were home: no second run
     ended = "ended"  # adopted: cannot be sent again, ended saying so
+    covered = "covered"  # adopted, and another job of its study brings the product's result
 
 
 class SubmittedWatch:

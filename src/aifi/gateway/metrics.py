@@ -110,7 +110,8 @@ class GatewayCollector(Collector):
             "moment), by what the gateway did: sent_again (as a new exchange job), "
             "inputs_sent_again (the rest of its inputs), delivered_from_copy (its results had "
             "come home: the product not run again), ended (adopted: the study to be sent "
-            "again from the PACS). Since the gateway started.",
+            "again from the PACS), covered (adopted, and another job of the study brings the "
+            "product's result). Since the gateway started.",
             labels=["outcome"],
         )
         for outcome, count in sorted(self._lost_by_exchange().items()):

@@ -1426,6 +1426,13 @@ class Gateway:
         if self._home_already(local, exchange_id, lost):
             return False
         if int(local["round"]) == 0:  # adopted: no round of the study to send again
+            covering = self.state.covering_job(job_id)
+            if covering is not None:  # the radiologist gets the product's result from it
+                reason = f"{lost}; adopted, its study's job {covering['id']} stands for it"
+                if self.state.end_forgotten(job_id, exchange_id, reason):
+                    log.warning("job %s: %s", job_id, reason)
+                    self._submitted_watch.count(Outcome.covered)
+                return False
             reason = f"{lost}; adopted, it cannot be sent again: send the study again from the PACS"
             notice = self._lost_notice(local, exchange_id)
             if self.state.end_forgotten(

@@ -1332,6 +1332,19 @@ class GatewayState(StateReads):
             ).rowcount
         return bool(changed)
 
+    def covering_job(self, job_id: int) -> dict[str, Any] | None:
+        """Another job of the job's study and product that brings the product's result home,
+        or brought it: to be sent, under way, or delivered; the newest. None when none does."""
+        rows = self.query(
+            "SELECT other.* FROM jobs AS job JOIN jobs AS other "
+            "ON other.study_uid = job.study_uid AND other.product_id = job.product_id "
+            "AND other.id != job.id WHERE job.id = ? "
+            "AND other.state IN ('pending', 'submitted', 'delivered') "
+            "ORDER BY other.id DESC LIMIT 1",
+            (job_id,),
+        )
+        return rows[0] if rows else None
+
     def end_forgotten(
         self,
         job_id: int,
@@ -1347,10 +1360,12 @@ class GatewayState(StateReads):
         tells them twice. False when it moved on meanwhile (and nothing is queued)."""
         now = time.time()
         with self.transaction() as db:
+            # Nothing is left at the exchange to acknowledge: settled, as `match_listing`
+            # settles a job gone from the exchange's listing.
             changed = db.execute(
-                "UPDATE jobs SET state = 'ended', reason = ?, ended_at = ? "
+                "UPDATE jobs SET state = 'ended', reason = ?, ended_at = ?, acknowledged_at = ? "
                 "WHERE id = ? AND state = 'submitted' AND exchange_job_id = ?",
-                (reason, now, job_id, exchange_job_id),
+                (reason, now, now, job_id, exchange_job_id),
             ).rowcount
             if changed and notice is not None:
                 _insert_notice(db, job_id, "no-result", notice, urgent=urgent, now=now)

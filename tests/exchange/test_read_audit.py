@@ -5,7 +5,6 @@ the same on both."""
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from sqlalchemy import text
 from aifi.exchange.db import Database
 from aifi.products.tissue_volume import run as tissue_volume
 from aifi.vendor import JobContext
+from exchange.test_blob_gone import blob_missing_counted
 from scale.exchange_api import OPERATOR_KEY, backend_settings
 
 OPERATOR = {"Authorization": f"Bearer {OPERATOR_KEY}"}
@@ -114,14 +114,6 @@ def test_on_postgresql_a_read_holds_no_transaction_and_its_connection_goes_back_
         chosen.close()
 
 
-def _missing_counted(exchange: Any) -> float:
-    metrics = exchange.client.get("/metrics").text
-    line = 'aifi_exchange_errors_total{kind="blob_missing"} '
-    return sum(
-        float(row.removeprefix(line)) for row in metrics.splitlines() if row.startswith(line)
-    )
-
-
 @pytest.mark.parametrize("size", [16, 1024], ids=["small", "large"])
 def test_a_blob_gone_before_it_is_read_is_a_404_on_record_as_refused(
     exchange: Any,
@@ -155,51 +147,9 @@ def test_a_blob_gone_before_it_is_read_is_a_404_on_record_as_refused(
     )
     reads = [e for e in _entries(exchange, job["id"]) if e[:2] == ("read", "input")]
     assert [outcome for _action, _kind, _id, outcome, _p in reads] == ["refused"]
-    assert _missing_counted(exchange) == 1
+    assert blob_missing_counted(exchange) == 1
     [said] = [r for r in caplog.records if "missing from the blob store" in r.getMessage()]
     assert said.levelname == "ERROR" and job["id"] in said.getMessage()
-
-
-def test_a_result_purged_as_it_is_read_is_no_alert(
-    exchange: Any,
-    parties: dict[str, Any],
-    make_ct: Any,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Retention deletes a job's blobs before it marks the job swept: a read between the two
-    finds the row held and the blob gone. The job is past its retention time, so that is a
-    purge, said as one, and nobody is paged."""
-    from aifi.exchange import transfers
-
-    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
-    study = make_ct(slices=1)
-    job = exchange.ready_job(hospital, "product-a", study)
-    claim = exchange.claim(vendor)
-    (tmp_path / "out").mkdir()
-    sr = tissue_volume(JobContext(job={}, inputs=study, output_dir=tmp_path / "out")).files[0]
-    put = exchange.client.put(
-        f"/jobs/{job['id']}/results/sr.dcm",
-        params={"complete": "true"},
-        content=sr.path.read_bytes(),
-        headers={"X-Lease-Token": claim["lease_token"], **vendor.headers},
-    )
-    assert put.status_code == 201
-    services = exchange.client.app.state.services
-    with services.db.session() as session:
-        [key] = session.execute(
-            text("SELECT blob_key FROM job_results WHERE job_id = :id"), {"id": job["id"]}
-        ).scalars()
-    services.blobs.delete(key)
-    # Never acknowledged: its results go `retain_undelivered_seconds` after the job ended.
-    later = transfers.utcnow() + timedelta(seconds=services.settings.retain_undelivered_seconds)
-    monkeypatch.setattr(transfers, "utcnow", lambda: later)
-    got = exchange.client.get(f"/jobs/{job['id']}/results/sr.dcm", headers=hospital.headers)
-    assert got.status_code == 404
-    assert (
-        got.json()["detail"] == f"job {job['id']}'s result 'sr.dcm' is no longer held (retention)"
-    )
-    assert _missing_counted(exchange) == 0
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)  # files

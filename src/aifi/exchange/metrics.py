@@ -318,6 +318,10 @@ class ExchangeMetrics:
             ["kind"],
             registry=self.registry,
         )
+        # Kinds whose alert fires on their first one: exported at 0 from the start, or
+        # `increase()` would not see the series' first value (it appears at 1).
+        for kind in ("blob_missing", "audit_archive"):
+            self.errors.labels(kind)
         self.upload_bytes = Counter(
             "aifi_exchange_upload_bytes",
             "Bytes received in input and result uploads",

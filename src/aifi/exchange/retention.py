@@ -126,13 +126,23 @@ def purge_due(job: Job, kind: str, settings: ExchangeSettings, now: datetime) ->
         return True
     if job.state not in _ENDED or job.ended_at is None:
         return False  # never touched, whatever its age
+    ended = as_utc(job.ended_at)
     if kind == "input":
-        since, keep = job.ended_at, settings.retain_inputs_seconds
-    elif job.acknowledged_at is not None:
-        since, keep = job.acknowledged_at, settings.retain_results_seconds
-    else:
-        since, keep = job.ended_at, settings.retain_undelivered_seconds
-    return keep is not None and as_utc(since) + timedelta(seconds=keep) <= now
+        keep = settings.retain_inputs_seconds
+        return keep is not None and ended + timedelta(seconds=keep) <= now
+    acknowledged = as_utc(job.acknowledged_at) if job.acknowledged_at is not None else None
+    if settings.retain_undelivered_seconds is not None:
+        due = ended + timedelta(seconds=settings.retain_undelivered_seconds)
+        # Taken by the undelivered sweep as it stood when it came due: one acknowledged since
+        # may still be in that sweep's hands (it deletes the blobs, then marks the job).
+        if due <= now and (acknowledged is None or acknowledged > due):
+            return True
+    keep = settings.retain_results_seconds
+    return (
+        acknowledged is not None
+        and keep is not None
+        and acknowledged + timedelta(seconds=keep) <= now
+    )
 
 
 class Retention:

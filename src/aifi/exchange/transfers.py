@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Executable, Row, and_, bindparam, delete, or_, select
+from sqlalchemy import Executable, Row, Select, and_, bindparam, delete, or_, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -73,10 +73,10 @@ _SUMMARY_COLUMNS: dict[str, Any] = {
 }
 
 
-#: A job with one of its inputs (`sop_uid`), or with one of its results (`name`), walled per
-#: role: a download's checks and its row in one statement.
 log = logging.getLogger(__name__)
 
+#: A job with one of its inputs (`sop_uid`), or with one of its results (`name`), walled per
+#: role: a download's checks and its row in one statement.
 _INPUT_OF_JOB = walled(
     select(Job, JobInput)
     .outerjoin(
@@ -371,15 +371,25 @@ class Transfers:
             try:
                 fetched = fetch(row)
             except FileNotFoundError:
-                raise self._blob_gone(job_id, "input", f"input {sop_uid}") from None
+                now_held = select(JobInput.blob_key).where(
+                    JobInput.job_id == job_id, JobInput.sop_instance_uid == sop_uid
+                )
+                raise self._blob_gone(
+                    job_id, "input", f"input {sop_uid}", row.blob_key, now_held
+                ) from None
             read.succeeded(patient_pseudonym=job.patient_pseudonym)
         return fetched
 
-    def _blob_gone(self, job_id: str, kind: str, what: str) -> NotFound:
-        """The answer for a blob the read found held and the store no longer has: purged by
-        retention meanwhile (it deletes the blobs, then marks the rows), or lost, which the
-        operator must hear of (`BlobMissing`)."""
+    def _blob_gone(
+        self, job_id: str, kind: str, what: str, blob_key: str, now_held: Select[str]
+    ) -> NotFound:
+        """The answer for a blob `blob_key` the read found held and the store no longer has:
+        replaced meanwhile (`now_held`, the row's key now, names another or none: sent again,
+        or taken out), purged by retention meanwhile (it deletes the blobs, then marks the
+        rows), or lost, which the operator must hear of (`BlobMissing`)."""
         with self._db.session() as session:
+            if session.scalar(now_held) != blob_key:
+                return NotFound(f"job {job_id}'s {what} was replaced as it was read; read it again")
             job = session.get(Job, job_id)
             purged = job is None or purge_due(job, kind, self._settings, utcnow())
         if purged:
@@ -640,6 +650,11 @@ class Transfers:
             try:
                 fetched = fetch(row)
             except FileNotFoundError:
-                raise self._blob_gone(job_id, "result", f"result {name!r}") from None
+                now_held = select(JobResult.blob_key).where(
+                    JobResult.job_id == job_id, JobResult.name == name
+                )
+                raise self._blob_gone(
+                    job_id, "result", f"result {name!r}", row.blob_key, now_held
+                ) from None
             read.succeeded(patient_pseudonym=job.patient_pseudonym)
         return fetched

@@ -1,0 +1,137 @@
+"""A blob the database holds and the store does not: purged by retention as it was read,
+replaced by a newer copy as it was read, or lost (a store restored to an earlier moment). Only
+a loss pages the operator (`BlobsMissing`); the others are said for what they are."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+
+from aifi.exchange.models import Job
+from aifi.products.tissue_volume import run as tissue_volume
+from aifi.vendor import JobContext
+
+
+def blob_missing_counted(exchange: Any) -> float:
+    metrics = exchange.client.get("/metrics").text
+    line = 'aifi_exchange_errors_total{kind="blob_missing"} '
+    return sum(
+        float(row.removeprefix(line)) for row in metrics.splitlines() if row.startswith(line)
+    )
+
+
+def _completed_with_result(
+    exchange: Any, parties: dict[str, Any], make_ct: Any, tmp_path: Path
+) -> dict[str, Any]:
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    study = make_ct(slices=1)
+    job = exchange.ready_job(hospital, "product-a", study)
+    claim = exchange.claim(vendor)
+    (tmp_path / "out").mkdir()
+    sr = tissue_volume(JobContext(job={}, inputs=study, output_dir=tmp_path / "out")).files[0]
+    put = exchange.client.put(
+        f"/jobs/{job['id']}/results/sr.dcm",
+        params={"complete": "true"},
+        content=sr.path.read_bytes(),
+        headers={"X-Lease-Token": claim["lease_token"], **vendor.headers},
+    )
+    assert put.status_code == 201, put.text
+    return job
+
+
+@pytest.mark.parametrize("acknowledged", [False, True], ids=["unacknowledged", "acknowledged"])
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+def test_a_result_the_undelivered_sweep_is_purging_is_no_alert_even_if_acknowledged_meanwhile(
+    exchange: Any,
+    parties: dict[str, Any],
+    make_ct: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    acknowledged: bool,
+) -> None:
+    """The real sweep (`_UNDELIVERED`) deletes a never-acknowledged job's result blob; before
+    it marks the job swept, the hospital reads the result (having acknowledged the job just
+    then, or not). Retention took the blob: said so, and nobody is paged, whatever the job's
+    acknowledgement says by then."""
+    hospital = parties["hospital_a"]
+    job = _completed_with_result(exchange, parties, make_ct, tmp_path)
+    services = exchange.client.app.state.services
+    with services.db.session() as session:  # the job ended 31 days ago, never acknowledged
+        row = session.get(Job, job["id"])
+        row.ended_at = row.ended_at - timedelta(days=31)
+    retention = exchange.client.app.state.retention
+    original = retention._mark
+    seen: dict[str, Any] = {}
+
+    def mark(kind: Any, emptied: list[Any], now: Any) -> Any:
+        if emptied and kind.label == "undelivered_result" and "got" not in seen:
+            # Between the sweep's delete and its mark: the hospital acknowledges, then reads.
+            if acknowledged:
+                ack = exchange.client.post(
+                    f"/jobs/{job['id']}/acknowledge", headers=hospital.headers
+                )
+                assert ack.status_code == 200, ack.text
+            seen["got"] = exchange.client.get(
+                f"/jobs/{job['id']}/results/sr.dcm", headers=hospital.headers
+            )
+        return original(kind, emptied, now)
+
+    monkeypatch.setattr(retention, "_mark", mark)
+    report = retention.sweep()
+    assert report.results == 1  # retention did purge it
+    got = seen["got"]
+    assert got.status_code == 404
+    assert got.json()["detail"].endswith("is no longer held (retention)"), got.json()["detail"]
+    assert blob_missing_counted(exchange) == 0
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+def test_an_input_read_while_its_hospital_sends_it_again_is_no_alert(
+    exchange: Any,
+    parties: dict[str, Any],
+    make_ct: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A hospital reads an input of its job while its gateway (or a retry) uploads the same
+    instance again: the upload replaces the row and deletes the old blob after it commits
+    (`Transfers._recording`). The read found the old row, whose blob is gone: nothing was lost,
+    the caller is told to read it again, and nobody is paged."""
+    from aifi.exchange.routers import data as data_module
+
+    hospital = parties["hospital_a"]
+    study = make_ct(slices=2)
+    study_uid = str(pydicom.dcmread(study[0], stop_before_pixels=True).StudyInstanceUID)
+    sop_uid = str(pydicom.dcmread(study[0], stop_before_pixels=True).SOPInstanceUID)
+    job = exchange.job(hospital, "product-a", study_uid, instances=2)
+    assert exchange.upload(hospital, job["id"], study[0]).status_code == 201
+    fetched = data_module._fetched
+    raced = []
+
+    def sent_again_first(services: Any, key: str, *args: Any) -> Any:
+        if not raced:  # the second upload of the instance commits between row and blob
+            raced.append(exchange.upload(hospital, job["id"], study[0]).status_code)
+        return fetched(services, key, *args)
+
+    monkeypatch.setattr(data_module, "_fetched", sent_again_first)
+    got = exchange.client.get(f"/jobs/{job['id']}/inputs/{sop_uid}", headers=hospital.headers)
+    assert raced == [201]
+    assert got.status_code == 404
+    assert got.json()["detail"] == (
+        f"job {job['id']}'s input {sop_uid} was replaced as it was read; read it again"
+    )
+    assert blob_missing_counted(exchange) == 0
+    again = exchange.client.get(f"/jobs/{job['id']}/inputs/{sop_uid}", headers=hospital.headers)
+    assert again.status_code == 200 and again.content == study[0].read_bytes()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_fresh_exchange_exports_the_blob_missing_series_at_zero(exchange: Any) -> None:
+    """BlobsMissing is `increase(...{kind="blob_missing"}[10m]) > 0`. increase() cannot see a
+    series' first value: unless the series is exported at 0 from the replica's start, the
+    first missing blob a replica meets (1 where there was no series) never fires the page."""
+    metrics = exchange.client.get("/metrics").text
+    assert 'aifi_exchange_errors_total{kind="blob_missing"} 0.0' in metrics

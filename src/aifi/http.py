@@ -288,6 +288,21 @@ def no_such_job(exc: BaseException) -> bool:
     )
 
 
+def blob_gone(exc: BaseException) -> bool:
+    """Whether the exchange answered that a blob it listed is gone for good (404): purged by
+    its retention, or missing from its store (restored to an earlier moment). Not one replaced
+    as it was read, which is there when asked again."""
+    return (
+        isinstance(exc, ExchangeHTTPError)
+        and not isinstance(exc, UnexpectedAnswer)
+        and exc.status == 404
+        and (
+            exc.detail.endswith("is no longer held (retention)")
+            or "is missing from the exchange's blob store" in exc.detail
+        )
+    )
+
+
 def checked(response: httpx.Response, method: str, path: str) -> httpx.Response:
     """The response if it is a success; otherwise the error it stands for. A redirect is not
     followed: the exchange's API never redirects, so one comes from something in front of

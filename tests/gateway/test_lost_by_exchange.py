@@ -16,7 +16,9 @@ import httpx
 import pydicom
 import pytest
 import yaml
+from sqlalchemy import select
 
+from aifi.exchange.models import JobResult
 from aifi.gateway.exchange_client import GatewayClient
 from aifi.gateway.job_list import job_statuses
 from aifi.gateway.lost_jobs import ASK_AFTER_SECONDS, ASK_EVERY_SECONDS, LISTED_JOB
@@ -421,6 +423,32 @@ def _waiting_for(hospital: Hospital, job_id: int) -> str:
         if s.id == job_id
     ]
     return status.waiting_for
+
+
+def test_a_result_the_exchanges_store_lost_ends_its_job_once(
+    national: National, hospital: Hospital
+) -> None:
+    """The exchange's object store restored to a moment before the job's result was stored:
+    the result can never be fetched. The job ends saying so (not asked for again at every
+    back-off, each time paging the national operator), and is done with like a job whose
+    results were purged."""
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    [job] = hospital.jobs()
+    assert hospital.send_due() == [job["id"]]
+    exchange_id = hospital.gateway.state.job(int(job["id"]))["exchange_job_id"]
+    listed = until_ended(hospital, exchange_id)
+    services = national.exchange.app.state.services
+    with services.db.session() as session:
+        keys = session.scalars(select(JobResult.blob_key).where(JobResult.job_id == exchange_id))
+        for key in list(keys):
+            services.blobs.delete(key)
+    hospital.gateway.collect(listed)
+    ended = hospital.gateway.state.job(int(job["id"]))
+    assert (ended["state"], ended["delivery"]) == ("ended", "purged"), ended
+    assert "missing from the exchange's blob store" in ended["reason"]
+    metrics = httpx.get(f"{national.exchange.url}/metrics", timeout=30).text
+    assert 'aifi_exchange_errors_total{kind="blob_missing"} 1.0' in metrics  # asked once
 
 
 def _with_pacs_b_down(hospital: Hospital) -> dict[str, Any]:

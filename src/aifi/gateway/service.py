@@ -66,7 +66,7 @@ from aifi.gateway.state import GatewayState, ReceivedInstance, inputs_digest
 from aifi.gateway.stow import BASE as STOW_BASE
 from aifi.gateway.stow import stow_app
 from aifi.gateway.vault import Vault
-from aifi.http import ExchangeHTTPError
+from aifi.http import ExchangeHTTPError, blob_gone
 from aifi.results.delivery import NOT_DELIVERED_BECAUSE, Delivery
 from aifi.results.key_image import render_result_key_image
 from aifi.results.summary import ResultSummary
@@ -1914,7 +1914,15 @@ class Gateway:
                         "before this gateway fetched it (not fetched within the exchange's "
                         "retention time); nothing was delivered"
                     )
-                self.client.download_result(exchange_id, name, downloaded)
+                try:
+                    self.client.download_result(exchange_id, name, downloaded)
+                except ExchangeHTTPError as exc:
+                    if not blob_gone(exc):  # else asked again would be gone again
+                        raise
+                    raise ResultsPurged(
+                        f"result {name} is gone from the exchange ({exc.detail}); nothing was "
+                        "delivered"
+                    ) from exc
             if not str(result["media_type"]).startswith("application/dicom"):
                 continue
             restored = restored_dir / name

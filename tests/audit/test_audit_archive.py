@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import html
 import json
 import logging
 import tempfile
@@ -532,6 +533,51 @@ def test_the_api_search_pages_through_archives_and_table_and_is_logged(log: Log)
         "operator", "audit", "p2",
     )  # fmt: skip
     assert searches[-1].object_id.startswith("patient, since=")
+
+
+def test_a_search_over_an_archive_missing_from_the_store_names_it_and_pages(log: Log) -> None:
+    """The object store restored to a moment before an archive file was written: a search
+    that reaches the file says which one is missing and how to list them all, on the API and
+    in FHIR, and each is counted as a missing blob (`BlobsMissing` pages); never a bare 500."""
+    operator = {"Authorization": f"Bearer {OPERATOR_KEY}"}
+    log.write(6)
+    with TestClient(create_app(log.settings, extensions=[mount])) as client:
+        (archive,) = log.archiver().archive_before(utcnow() + timedelta(days=1))
+        log.blobs.delete(archive.blob_key)
+        said = (
+            f"the access-log archive {archive.blob_key} (positions {archive.first_seq}–"
+            f"{archive.last_seq}) is missing from the exchange's blob store"
+        )
+        answer = client.get("/audit/search", params={"patient": "p1"}, headers=operator)
+        assert answer.status_code == 500
+        assert answer.json()["detail"].startswith(said)
+        assert "aifi audit verify --archives" in answer.json()["detail"]
+        fhir = client.get(
+            "/audit/fhir/AuditEvent",
+            params={"patient.identifier": "urn:aifi:patient-pseudonym|p1"},
+            headers=operator,
+        )
+        assert fhir.status_code == 500
+        [issue] = OperationOutcome.model_validate_json(fhir.text).issue
+        assert issue.code == "exception" and (issue.diagnostics or "").startswith(said)
+        # The privacy officer's page says the same, above the log's newest entries.
+        olga = {"username": "olga", "password": "correct horse battery"}
+        created = client.post(
+            "/users",
+            json={
+                **olga,
+                "organisation_id": "operator",
+                "display_name": "Olga",
+                "role": "operator",
+            },
+            headers=operator,
+        )
+        assert created.status_code == 201, created.text
+        assert client.post("/ui/login", data=olga).status_code in (200, 303)
+        shown = client.get("/ui/audit", params={"patient": "p1"})
+        assert shown.status_code == 500 and said in html.unescape(shown.text)
+        metrics = client.get("/metrics").text
+    assert 'aifi_exchange_errors_total{kind="blob_missing"} 3.0' in metrics
 
 
 def test_a_fhir_search_pages_through_archives_and_table_by_its_next_links(log: Log) -> None:

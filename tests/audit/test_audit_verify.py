@@ -177,6 +177,14 @@ def test_a_search_reads_the_archives_and_the_table(data_dir: Path, tmp_path: Pat
     assert logged["detail"].startswith("0 entries, from the command line by ")
     code, output = run("search", "--data-dir", str(data_dir))
     assert code == 2 and "name a --patient, an --organisation or an --object" in output
+    # The blob store restored to a moment before the archive was written: the search shows
+    # the file it cannot read, and fails.
+    [archive] = [place for place in kept if place.startswith("audit/")]
+    (data_dir / "blobs" / archive).unlink()
+    code, output = run("search", "--organisation", "operator", "--data-dir", str(data_dir))
+    assert code == 1
+    assert f"the access-log archive {archive} (positions 1–" in output
+    assert "is missing from the exchange's blob store" in output
 
 
 def test_the_check_holds_the_chain_to_anchors_from_the_journal(data_dir: Path) -> None:

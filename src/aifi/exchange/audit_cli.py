@@ -39,7 +39,7 @@ from aifi.exchange.audit_search import AuditQuery, search
 from aifi.exchange.blobs import BlobStore, open_blob_store
 from aifi.exchange.clock import as_utc
 from aifi.exchange.db import Database
-from aifi.exchange.errors import ExchangeError
+from aifi.exchange.errors import ArchiveMissing, ExchangeError
 from aifi.exchange.models import AuditArchive
 from aifi.exchange.services import OPERATOR_ID
 from aifi.exchange.settings import ExchangeSettings, SettingsRefused, read_settings
@@ -260,6 +260,7 @@ def search_log(
     for column in ("organisation", "role", "action", "object", "outcome", "kept in"):
         table.add_column(column, overflow="fold")
     found = 0
+    missing = None
     try:
         with _json_writer(json_file) as write, console.status("searching the access log"):
             for kept, entry in search(database, _blobs(settings, blob_url), query):
@@ -275,6 +276,8 @@ def search_log(
                         entry.outcome,
                         kept,
                     )
+    except ArchiveMissing as exc:  # what was found before it is shown, then the trouble
+        missing = exc.message
     finally:
         # Reading the log reads others' accesses to a patient's data: the search is itself
         # an access, logged as the API's are, naming who ran it on which host.
@@ -286,14 +289,17 @@ def search_log(
             patient_pseudonym=patient or "",
             detail=f"{found} entries, from the command line by {_who()}",
         )
+    if found:
+        console.print(table)
+        shown = f", the first {SHOWN} shown" if found > SHOWN else ""
+        console.print(
+            f"{found} entries{shown}" + (f"; all written to {json_file}" if json_file else "")
+        )
+    if missing is not None:
+        console.print(f"[red]{missing}[/]")
+        raise typer.Exit(1)
     if not found:
         console.print("no entry matches")
-        return
-    console.print(table)
-    shown = f", the first {SHOWN} shown" if found > SHOWN else ""
-    console.print(
-        f"{found} entries{shown}" + (f"; all written to {json_file}" if json_file else "")
-    )
 
 
 def _who() -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,10 @@ from aifi.exchange.audit_archive import archives, read_archive
 from aifi.exchange.blobs import BlobStore
 from aifi.exchange.clock import as_utc
 from aifi.exchange.db import Database
+from aifi.exchange.errors import ArchiveMissing
 from aifi.exchange.models import AuditEntry
+
+log = logging.getLogger(__name__)
 
 #: Where a found entry is still kept in the database.
 IN_DATABASE = "database"
@@ -165,17 +169,27 @@ def search(
             if archive.last_seq <= position:
                 continue
             if query.overlaps(archive.first_at, archive.last_at):
-                for entry in read_archive(blobs, archive.blob_key):
-                    # A page that goes on inside a file reads its start again: at most one
-                    # file (ARCHIVE_ENTRIES, under a second), not counted as progress.
-                    if entry.chain_seq <= position:
-                        continue
-                    scan.position = entry.chain_seq
-                    if query.matches(entry):
-                        yield archive.blob_key, entry
-                    read += 1
-                    if read % CLOCK_EVERY == 0 and out_of_time():
-                        return
+                try:
+                    for entry in read_archive(blobs, archive.blob_key):
+                        # A page that goes on inside a file reads its start again: at most
+                        # one file (ARCHIVE_ENTRIES, under a second), not counted as progress.
+                        if entry.chain_seq <= position:
+                            continue
+                        scan.position = entry.chain_seq
+                        if query.matches(entry):
+                            yield archive.blob_key, entry
+                        read += 1
+                        if read % CLOCK_EVERY == 0 and out_of_time():
+                            return
+                except FileNotFoundError:
+                    log.error("audit search: archive %s is missing from the blob store",
+                              archive.blob_key)  # fmt: skip
+                    raise ArchiveMissing(
+                        f"the access-log archive {archive.blob_key} (positions "
+                        f"{archive.first_seq}–{archive.last_seq}) is missing from the "
+                        "exchange's blob store: the search cannot go past it until it is put "
+                        "back (`aifi audit verify --archives` lists every file missing)"
+                    ) from None
             scan.position = position = archive.last_seq
         moved = False
         more = True  # the table may hold more than one batch from here

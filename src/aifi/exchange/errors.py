@@ -62,3 +62,12 @@ class BlobMissing(NotFound):
     blob gone (nobody can read it); its own kind to the operator, who is paged."""
 
     error_kind = "blob_missing"
+
+
+class ArchiveMissing(ExchangeError):
+    """An access-log archive file the database records is not in the blob store (restored
+    to an earlier moment, or deleted by something else): the entries it holds cannot be
+    searched until it is put back. The exchange's trouble, paged as a missing blob."""
+
+    status = 500
+    error_kind = "blob_missing"

@@ -13,6 +13,8 @@ from aifi.exchange.audit_search import list_entries, search_page
 from aifi.exchange.auth import require_role
 from aifi.exchange.clock import as_utc
 from aifi.exchange.deps import CallerDep, MonthsDep, ServicesDep
+from aifi.exchange.errors import ArchiveMissing
+from aifi.exchange.metrics import ERROR_KIND
 from aifi.exchange.models import AuditEntry
 from aifi.governance import AreaScore, PriorityList, ProductEvaluation
 from aifi.governance.conformance.report import ConformanceReport
@@ -280,15 +282,20 @@ def audit_fhir_search(request: Request, caller: CallerDep, services: ServicesDep
     except SearchRefused as refused:
         outcome = operation_outcome(str(refused), refused.code)
         return Response(outcome.model_dump_json(), status_code=400, media_type=FHIR_JSON)
-    page = search_page(
-        services.db,
-        services.blobs,
-        services.audit,
-        caller,
-        asked.query,
-        after=asked.after,
-        limit=asked.count,
-    )
+    try:
+        page = search_page(
+            services.db,
+            services.blobs,
+            services.audit,
+            caller,
+            asked.query,
+            after=asked.after,
+            limit=asked.count,
+        )
+    except ArchiveMissing as exc:
+        request.scope[ERROR_KIND] = exc.error_kind  # counted, and paged, as a missing blob
+        outcome = operation_outcome(exc.message, "exception")
+        return Response(outcome.model_dump_json(), status_code=500, media_type=FHIR_JSON)
     next_url = (
         str(request.url.include_query_params(_after=page.next_after))
         if page.next_after is not None

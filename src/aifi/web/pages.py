@@ -28,8 +28,9 @@ from aifi.exchange.audit_search import (
 from aifi.exchange.catalogue import product_out
 from aifi.exchange.clock import utcnow
 from aifi.exchange.deps import ServicesDep
-from aifi.exchange.errors import ExchangeError, Invalid, NotFound
+from aifi.exchange.errors import ArchiveMissing, ExchangeError, Invalid, NotFound
 from aifi.exchange.jobs import job_out
+from aifi.exchange.metrics import ERROR_KIND
 from aifi.exchange.models import AuditEntry, Job, Organisation
 from aifi.exchange.months import Months
 from aifi.exchange.schemas import ENDED_STATES, JobState, OrganisationKind
@@ -450,7 +451,7 @@ def audit(
     typed = {"patient": patient, "organisation": organisation, "object": object_id}
     typed |= {"since": since, "until": until}
     found: SearchPage | None = None
-    refusal = None
+    refusal = missing = None
     if any(typed.values()):
         try:
             query = AuditQuery(
@@ -465,10 +466,14 @@ def audit(
         else:
             refusal = query.refusal()
             if refusal is None:
-                found = search_page(
-                    services.db, services.blobs, services.audit, user.actor, query,
-                    after=after, limit=AUDIT_FOUND_PAGE,
-                )  # fmt: skip
+                try:
+                    found = search_page(
+                        services.db, services.blobs, services.audit, user.actor, query,
+                        after=after, limit=AUDIT_FOUND_PAGE,
+                    )  # fmt: skip
+                except ArchiveMissing as exc:
+                    missing = exc.message
+                    request.scope[ERROR_KIND] = exc.error_kind  # paged as a missing blob
     services.audit.chain()
     with services.db.session() as session:
         latest = list(
@@ -483,8 +488,8 @@ def audit(
     check = check_chain(services.db)  # a batch at a time: the log runs to billions
     more = urlencode({**typed, "after": found.next_after}) if found and found.next_after else None
     return page(
-        request, "audit.html", user, status_code=422 if refusal else 200,
-        entries=latest, total=check.entries, problems=check.problems,
+        request, "audit.html", user, status_code=422 if refusal else 500 if missing else 200,
+        entries=latest, total=check.entries, problems=check.problems, missing=missing,
         archives=check.archives, archived=check.archived_entries,
         anchor=newest_anchor(services.db), typed=typed, refusal=refusal, found=found,
         more=more, after=after, page_seconds=PAGE_SECONDS,

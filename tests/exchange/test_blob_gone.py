@@ -10,7 +10,9 @@ from typing import Any
 
 import pydicom
 import pytest
+from sqlalchemy import text
 
+from aifi.exchange.clock import utcnow
 from aifi.exchange.models import Job
 from aifi.products.tissue_volume import run as tissue_volume
 from aifi.vendor import JobContext
@@ -135,3 +137,34 @@ def test_a_fresh_exchange_exports_the_blob_missing_series_at_zero(exchange: Any)
     first missing blob a replica meets (1 where there was no series) never fires the page."""
     metrics = exchange.client.get("/metrics").text
     assert 'aifi_exchange_errors_total{kind="blob_missing"} 0.0' in metrics
+
+
+@pytest.mark.parametrize("lost", ["purged", "missing"])
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # local_path: files only
+def test_the_web_key_image_of_a_seg_no_longer_in_the_store_is_no_500(
+    exchange: Any, parties: dict[str, Any], make_ct: Any, tmp_path: Path, lost: str
+) -> None:
+    """The web page's key image (`/ui/jobs/{id}/key-image.png`) of a job whose SEG was purged
+    by retention (its row stays, marked purged) or is missing from the store: there is none
+    to draw (404), not a server error on every view of the job's page. The row's kind is set
+    by hand, as a SEG-making product (brain volumetry) would have it."""
+    from aifi.web.pages import _render_key_image
+    from aifi.web.session import WebUser
+
+    job = _completed_with_result(exchange, parties, make_ct, tmp_path)
+    services = exchange.client.app.state.services
+    with services.db.session() as session:
+        session.execute(
+            text("UPDATE job_results SET kind = 'seg' WHERE job_id = :id"), {"id": job["id"]}
+        )
+    if lost == "purged":
+        report = exchange.client.app.state.retention.sweep(now=utcnow() + timedelta(days=31))
+        assert report.results == 1
+    else:
+        with services.db.session() as session:
+            [key] = session.execute(
+                text("SELECT blob_key FROM job_results WHERE job_id = :id"), {"id": job["id"]}
+            ).scalars()
+        services.blobs.delete(key)
+    user = WebUser("radiologist", "R", "clinician", "hospital-a", "hospital")
+    assert _render_key_image(services, user, job["id"]) is None

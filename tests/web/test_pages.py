@@ -265,6 +265,14 @@ def test_a_radiologists_feedback_shows_up_in_the_metrics(
     assert "Triage positive" in page.content()
     image = page.locator("img.key")
     assert image.evaluate("img => img.complete && img.naturalWidth") > 0
+    # Drawn from pixels: on record as a read of the job's results.
+    entries = httpx.get(
+        site["url"] + "/audit", params={"limit": 5000}, headers={"Authorization": f"Bearer {KEY}"}
+    ).json()
+    drawn = [e for e in entries if e["object_id"] == f"{site['job_id']}/key-image.png"]
+    assert drawn and {(e["action"], e["organisation_id"]) for e in drawn} == {
+        ("read", "hospital-a")
+    }
     page.check("input[name=agreement][value=disagree]")
     page.check("input[name=radiologist_positive][value=no]")
     page.fill("textarea[name=correction]", "calcification, not blood")

@@ -274,7 +274,7 @@ def job_page(
     if user.organisation_role == OrganisationKind.hospital and job.state == "completed":
         results = services.transfers.list_results(user.actor, job_id, None)
         feedback = clinical.feedback_for(user.actor, job_id)
-    has_seg = any(r.kind == "seg" for r in results)
+    has_seg = any(r.kind == "seg" and r.purged_at is None for r in results)
     return page(
         request, "job.html", user, job=job, results=results, feedback=feedback,
         has_seg=has_seg, agreements=AGREEMENTS, delivery_said=DELIVERY_SAID,
@@ -293,7 +293,11 @@ async def key_image(job_id: str, user: UserDep, services: ServicesDep) -> Respon
 
 
 def _render_key_image(services: Any, user: WebUser, job_id: str) -> bytes | None:
+    """The key image, or None when there is none to draw: no SEG, or its SEG or inputs no
+    longer held (purged by retention, or missing from the store). Drawn from pixels, it is on
+    record as a read of the job's results, naming the patient pseudonym."""
     try:
+        job = services.jobs.get(user.actor, job_id)
         results = services.transfers.list_results(user.actor, job_id, None)
         inputs = {
             i.sop_instance_uid: i for i in services.transfers.list_inputs(user.actor, job_id, None)
@@ -301,7 +305,9 @@ def _render_key_image(services: Any, user: WebUser, job_id: str) -> bytes | None
     except ExchangeError:
         return None
     paths = [
-        services.blobs.local_path(r.blob_key) for r in results if r.kind == "seg"
+        services.blobs.local_path(r.blob_key)
+        for r in results
+        if r.kind == "seg" and r.purged_at is None
     ]  # fmt: skip
     paths = [p for p in paths if p is not None]
 
@@ -313,10 +319,17 @@ def _render_key_image(services: Any, user: WebUser, job_id: str) -> bytes | None
     import tempfile
 
     with tempfile.TemporaryDirectory() as folder:
-        out = render_result_key_image(paths, source, Path(folder) / "key.png")
+        try:
+            out = render_result_key_image(paths, source, Path(folder) / "key.png")
+        except FileNotFoundError:  # taken by retention meanwhile, or lost from the store
+            return None
         if out is None:
             return None
         target.write(out.read_bytes())
+    services.audit.record(
+        user.actor, "read", "result", f"{job_id}/key-image.png",
+        patient_pseudonym=job.patient_pseudonym, detail="key image drawn from the SEG",
+    )  # fmt: skip
     return target.getvalue()
 
 

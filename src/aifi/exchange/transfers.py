@@ -50,6 +50,8 @@ MEDIA_TYPE_CHARACTERS = 100
 
 #: What a download makes of a blob it may read.
 T = TypeVar("T")
+#: A row naming a blob: an input or a result.
+HeldRow = TypeVar("HeldRow", JobInput, JobResult)
 
 
 @dataclass(frozen=True)
@@ -368,17 +370,28 @@ class Transfers:
                 )
             if row is None or row.purged_at is not None:
                 raise NotFound(f"job {job_id} has no input {sop_uid}")
-            try:
-                fetched = fetch(row)
-            except FileNotFoundError:
-                now_held = select(JobInput.blob_key).where(
-                    JobInput.job_id == job_id, JobInput.sop_instance_uid == sop_uid
-                )
-                raise self._blob_gone(
-                    job_id, "input", f"input {sop_uid}", row.blob_key, now_held
-                ) from None
+            now_held = select(JobInput.blob_key).where(
+                JobInput.job_id == job_id, JobInput.sop_instance_uid == sop_uid
+            )
+            fetched = self._fetched(fetch, row, job_id, "input", f"input {sop_uid}", now_held)
             read.succeeded(patient_pseudonym=job.patient_pseudonym)
         return fetched
+
+    def _fetched(
+        self,
+        fetch: Callable[[HeldRow], T],
+        row: HeldRow,
+        job_id: str,
+        kind: str,
+        what: str,
+        now_held: Select[str],
+    ) -> T:
+        """What `fetch` makes of the row's blob; a blob the store no longer has is answered
+        as `_blob_gone` says."""
+        try:
+            return fetch(row)
+        except FileNotFoundError:
+            raise self._blob_gone(job_id, kind, what, row.blob_key, now_held) from None
 
     def _blob_gone(
         self, job_id: str, kind: str, what: str, blob_key: str, now_held: Select[str]
@@ -647,14 +660,9 @@ class Transfers:
                 )
             if row is None:
                 raise NotFound(f"job {job_id} has no result {name!r}")
-            try:
-                fetched = fetch(row)
-            except FileNotFoundError:
-                now_held = select(JobResult.blob_key).where(
-                    JobResult.job_id == job_id, JobResult.name == name
-                )
-                raise self._blob_gone(
-                    job_id, "result", f"result {name!r}", row.blob_key, now_held
-                ) from None
+            now_held = select(JobResult.blob_key).where(
+                JobResult.job_id == job_id, JobResult.name == name
+            )
+            fetched = self._fetched(fetch, row, job_id, "result", f"result {name!r}", now_held)
             read.succeeded(patient_pseudonym=job.patient_pseudonym)
         return fetched

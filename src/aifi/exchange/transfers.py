@@ -370,10 +370,7 @@ class Transfers:
                 )
             if row is None or row.purged_at is not None:
                 raise NotFound(f"job {job_id} has no input {sop_uid}")
-            now_held = select(JobInput.blob_key).where(
-                JobInput.job_id == job_id, JobInput.sop_instance_uid == sop_uid
-            )
-            fetched = self._fetched(fetch, row, job_id, "input", f"input {sop_uid}", now_held)
+            fetched = self._fetched(fetch, row, job_id, "input", f"input {sop_uid}")
             read.succeeded(patient_pseudonym=job.patient_pseudonym)
         return fetched
 
@@ -384,13 +381,20 @@ class Transfers:
         job_id: str,
         kind: str,
         what: str,
-        now_held: Select[str],
     ) -> T:
         """What `fetch` makes of the row's blob; a blob the store no longer has is answered
         as `_blob_gone` says."""
         try:
             return fetch(row)
         except FileNotFoundError:
+            if isinstance(row, JobInput):
+                now_held = select(JobInput.blob_key).where(
+                    JobInput.job_id == job_id, JobInput.sop_instance_uid == row.sop_instance_uid
+                )
+            else:
+                now_held = select(JobResult.blob_key).where(
+                    JobResult.job_id == job_id, JobResult.name == row.name
+                )
             raise self._blob_gone(job_id, kind, what, row.blob_key, now_held) from None
 
     def _blob_gone(
@@ -660,9 +664,6 @@ class Transfers:
                 )
             if row is None:
                 raise NotFound(f"job {job_id} has no result {name!r}")
-            now_held = select(JobResult.blob_key).where(
-                JobResult.job_id == job_id, JobResult.name == name
-            )
-            fetched = self._fetched(fetch, row, job_id, "result", f"result {name!r}", now_held)
+            fetched = self._fetched(fetch, row, job_id, "result", f"result {name!r}")
             read.succeeded(patient_pseudonym=job.patient_pseudonym)
         return fetched

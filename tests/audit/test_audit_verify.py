@@ -177,14 +177,32 @@ def test_a_search_reads_the_archives_and_the_table(data_dir: Path, tmp_path: Pat
     assert logged["detail"].startswith("0 entries, from the command line by ")
     code, output = run("search", "--data-dir", str(data_dir))
     assert code == 2 and "name a --patient, an --organisation or an --object" in output
-    # The blob store restored to a moment before the archive was written: the search shows
-    # the file it cannot read, and fails.
-    [archive] = [place for place in kept if place.startswith("audit/")]
-    (data_dir / "blobs" / archive).unlink()
-    code, output = run("search", "--organisation", "operator", "--data-dir", str(data_dir))
+
+
+def test_a_search_stops_at_an_archive_missing_from_the_store(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """The blob store restored to a moment before the second archive was written: the search
+    shows and writes (as a whole JSON file) what it found before that file, names the file,
+    and fails."""
+    tomorrow = f"{utcnow() + timedelta(days=1):%Y-%m-%d}"  # --before is read as UTC
+    assert run("archive", "--before", tomorrow, "--data-dir", str(data_dir))[0] == 0
+    with TestClient(create_app(ExchangeSettings(data_dir=data_dir, operator_key=KEY))) as client:
+        client.get("/jobs", headers={"Authorization": f"Bearer {KEY}"})  # more entries
+    assert run("archive", "--before", tomorrow, "--data-dir", str(data_dir))[0] == 0
+    code, listed = run("archives", "--data-dir", str(data_dir))
+    first, second = re.findall(r"audit/\d{12}-\d{12}\.jsonl\.gz", listed)
+    (data_dir / "blobs" / second).unlink()
+    found = tmp_path / "found.json"
+    code, output = run(
+        "search", "--organisation", "operator", "--json", str(found), "--data-dir", str(data_dir)
+    )
     assert code == 1
-    assert f"the access-log archive {archive} (positions 1–" in output
+    assert f"the access-log archive {second} (positions " in output
     assert "is missing from the exchange's blob store" in output
+    written = json.loads(found.read_text())
+    assert written and {entry["kept_in"] for entry in written} == {first}
+    assert f"{len(written)} entries; those found before it stopped written to" in output
 
 
 def test_the_check_holds_the_chain_to_anchors_from_the_journal(data_dir: Path) -> None:

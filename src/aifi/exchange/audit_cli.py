@@ -292,8 +292,9 @@ def search_log(
     if found:
         console.print(table)
         shown = f", the first {SHOWN} shown" if found > SHOWN else ""
+        whole = "all" if missing is None else "those found before it stopped"
         console.print(
-            f"{found} entries{shown}" + (f"; all written to {json_file}" if json_file else "")
+            f"{found} entries{shown}" + (f"; {whole} written to {json_file}" if json_file else "")
         )
     if missing is not None:
         console.print(f"[red]{missing}[/]")
@@ -329,8 +330,10 @@ def _json_writer(path: Path | None) -> Iterator[Callable[[str, Any], None]]:
             out.write(("\n" if first else ",\n") + json.dumps(record))
             first = False
 
-        yield write
-        out.write("\n]\n")
+        try:
+            yield write
+        finally:  # what was found before a failure is a valid file too
+            out.write("\n]\n")
 
 
 def _show(console: Console, written: list[AuditArchive], title: str) -> None:

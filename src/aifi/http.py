@@ -297,7 +297,7 @@ def blob_gone(exc: BaseException) -> bool:
         and not isinstance(exc, UnexpectedAnswer)
         and exc.status == 404
         and (
-            exc.detail.endswith("is no longer held (retention)")
+            exc.detail.endswith("(retention)")  # "is no longer held", "was purged at …"
             or "is missing from the exchange's blob store" in exc.detail
         )
     )

@@ -8,12 +8,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pydicom
 import pytest
 from sqlalchemy import text
 
 from aifi.exchange.clock import utcnow
 from aifi.exchange.models import Job
+from aifi.http import ExchangeHTTPError, UnexpectedAnswer, blob_gone, checked
 from aifi.products.tissue_volume import run as tissue_volume
 from aifi.vendor import JobContext
 
@@ -111,7 +113,7 @@ def test_an_input_read_while_its_hospital_sends_it_again_is_no_alert(
     job = exchange.job(hospital, "product-a", study_uid, instances=2)
     assert exchange.upload(hospital, job["id"], study[0]).status_code == 201
     fetched = data_module._fetched
-    raced = []
+    raced: list[int] = []
 
     def sent_again_first(services: Any, key: str, *args: Any) -> Any:
         if not raced:  # the second upload of the instance commits between row and blob
@@ -168,3 +170,34 @@ def test_the_web_key_image_of_a_seg_no_longer_in_the_store_is_no_500(
         services.blobs.delete(key)
     user = WebUser("radiologist", "R", "clinician", "hospital-a", "hospital")
     assert _render_key_image(services, user, job["id"]) is None
+
+
+@pytest.mark.parametrize("gone", ["purged", "missing"])
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_gateway_takes_a_result_gone_for_good_as_gone(
+    exchange: Any, parties: dict[str, Any], make_ct: Any, tmp_path: Path, gone: str
+) -> None:
+    """The exchange's own answers for a result purged by retention (its row marked between a
+    gateway's listing and its download) or missing from the store are what the gateway reads
+    as gone for good (`aifi.http.blob_gone`), so that it ends the job rather than asking
+    again; one replaced as it was read, or a proxy's page, is not."""
+    hospital = parties["hospital_a"]
+    job = _completed_with_result(exchange, parties, make_ct, tmp_path)
+    services = exchange.client.app.state.services
+    if gone == "purged":
+        report = exchange.client.app.state.retention.sweep(now=utcnow() + timedelta(days=31))
+        assert report.results == 1
+    else:
+        with services.db.session() as session:
+            [key] = session.execute(
+                text("SELECT blob_key FROM job_results WHERE job_id = :id"), {"id": job["id"]}
+            ).scalars()
+        services.blobs.delete(key)
+    got = exchange.client.get(f"/jobs/{job['id']}/results/sr.dcm", headers=hospital.headers)
+    answer = httpx.Response(got.status_code, content=got.content, headers=dict(got.headers))
+    with pytest.raises(ExchangeHTTPError) as caught:
+        checked(answer, "GET", f"/jobs/{job['id']}/results/sr.dcm")
+    assert blob_gone(caught.value), caught.value.detail
+    replaced = f"job {job['id']}'s result 'sr.dcm' was replaced as it was read; read it again"
+    assert not blob_gone(ExchangeHTTPError(404, replaced, "GET", "/"))
+    assert not blob_gone(UnexpectedAnswer(404, caught.value.detail, "GET", "/"))

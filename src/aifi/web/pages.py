@@ -297,7 +297,7 @@ def _render_key_image(services: Any, user: WebUser, job_id: str) -> bytes | None
     longer held (purged by retention, or missing from the store). Drawn from pixels, it is on
     record as a read of the job's results, naming the patient pseudonym."""
     try:
-        job = services.jobs.get(user.actor, job_id)
+        job = services.jobs.get(user.actor, job_id, audit=False)  # the page read it
         results = services.transfers.list_results(user.actor, job_id, None)
         inputs = {
             i.sop_instance_uid: i for i in services.transfers.list_inputs(user.actor, job_id, None)

@@ -47,6 +47,21 @@ def _completed_with_result(
     return job
 
 
+def _result_gone(exchange: Any, job_id: str, how: str) -> None:
+    """The completed job's result gone: `purged` by retention a month on, or `missing` from
+    the store."""
+    if how == "purged":
+        report = exchange.client.app.state.retention.sweep(now=utcnow() + timedelta(days=31))
+        assert report.results == 1
+        return
+    services = exchange.client.app.state.services
+    with services.db.session() as session:
+        [key] = session.execute(
+            text("SELECT blob_key FROM job_results WHERE job_id = :id"), {"id": job_id}
+        ).scalars()
+    services.blobs.delete(key)
+
+
 @pytest.mark.parametrize("acknowledged", [False, True], ids=["unacknowledged", "acknowledged"])
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 def test_a_result_the_undelivered_sweep_is_purging_is_no_alert_even_if_acknowledged_meanwhile(
@@ -159,15 +174,7 @@ def test_the_web_key_image_of_a_seg_no_longer_in_the_store_is_no_500(
         session.execute(
             text("UPDATE job_results SET kind = 'seg' WHERE job_id = :id"), {"id": job["id"]}
         )
-    if lost == "purged":
-        report = exchange.client.app.state.retention.sweep(now=utcnow() + timedelta(days=31))
-        assert report.results == 1
-    else:
-        with services.db.session() as session:
-            [key] = session.execute(
-                text("SELECT blob_key FROM job_results WHERE job_id = :id"), {"id": job["id"]}
-            ).scalars()
-        services.blobs.delete(key)
+    _result_gone(exchange, job["id"], lost)
     user = WebUser("radiologist", "R", "clinician", "hospital-a", "hospital")
     assert _render_key_image(services, user, job["id"]) is None
 
@@ -183,16 +190,7 @@ def test_a_gateway_takes_a_result_gone_for_good_as_gone(
     again; one replaced as it was read, or a proxy's page, is not."""
     hospital = parties["hospital_a"]
     job = _completed_with_result(exchange, parties, make_ct, tmp_path)
-    services = exchange.client.app.state.services
-    if gone == "purged":
-        report = exchange.client.app.state.retention.sweep(now=utcnow() + timedelta(days=31))
-        assert report.results == 1
-    else:
-        with services.db.session() as session:
-            [key] = session.execute(
-                text("SELECT blob_key FROM job_results WHERE job_id = :id"), {"id": job["id"]}
-            ).scalars()
-        services.blobs.delete(key)
+    _result_gone(exchange, job["id"], gone)
     got = exchange.client.get(f"/jobs/{job['id']}/results/sr.dcm", headers=hospital.headers)
     answer = httpx.Response(got.status_code, content=got.content, headers=dict(got.headers))
     with pytest.raises(ExchangeHTTPError) as caught:

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Executable, Row, Select, and_, bindparam, delete, or_, select
+from sqlalchemy import Executable, Row, and_, bindparam, delete, or_, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -370,42 +370,35 @@ class Transfers:
                 )
             if row is None or row.purged_at is not None:
                 raise NotFound(f"job {job_id} has no input {sop_uid}")
-            fetched = self._fetched(fetch, row, job_id, "input", f"input {sop_uid}")
+            fetched = self._fetched(fetch, row, job_id, f"input {sop_uid}")
             read.succeeded(patient_pseudonym=job.patient_pseudonym)
         return fetched
 
-    def _fetched(
-        self,
-        fetch: Callable[[HeldRow], T],
-        row: HeldRow,
-        job_id: str,
-        kind: str,
-        what: str,
-    ) -> T:
+    def _fetched(self, fetch: Callable[[HeldRow], T], row: HeldRow, job_id: str, what: str) -> T:
         """What `fetch` makes of the row's blob; a blob the store no longer has is answered
         as `_blob_gone` says."""
         try:
             return fetch(row)
         except FileNotFoundError:
-            if isinstance(row, JobInput):
-                now_held = select(JobInput.blob_key).where(
-                    JobInput.job_id == job_id, JobInput.sop_instance_uid == row.sop_instance_uid
-                )
-            else:
-                now_held = select(JobResult.blob_key).where(
-                    JobResult.job_id == job_id, JobResult.name == row.name
-                )
-            raise self._blob_gone(job_id, kind, what, row.blob_key, now_held) from None
+            raise self._blob_gone(job_id, row, what) from None
 
-    def _blob_gone(
-        self, job_id: str, kind: str, what: str, blob_key: str, now_held: Select[str]
-    ) -> NotFound:
-        """The answer for a blob `blob_key` the read found held and the store no longer has:
-        replaced meanwhile (`now_held`, the row's key now, names another or none: sent again,
-        or taken out), purged by retention meanwhile (it deletes the blobs, then marks the
+    def _blob_gone(self, job_id: str, row: JobInput | JobResult, what: str) -> NotFound:
+        """The answer for the row's blob, which the read found held and the store no longer
+        has: replaced meanwhile (the row now names another blob, or is gone: sent again, or
+        taken out), purged by retention meanwhile (it deletes the blobs, then marks the
         rows), or lost, which the operator must hear of (`BlobMissing`)."""
+        if isinstance(row, JobInput):
+            kind = "input"
+            now_held = select(JobInput.blob_key).where(
+                JobInput.job_id == job_id, JobInput.sop_instance_uid == row.sop_instance_uid
+            )
+        else:
+            kind = "result"
+            now_held = select(JobResult.blob_key).where(
+                JobResult.job_id == job_id, JobResult.name == row.name
+            )
         with self._db.session() as session:
-            if session.scalar(now_held) != blob_key:
+            if session.scalar(now_held) != row.blob_key:
                 return NotFound(f"job {job_id}'s {what} was replaced as it was read; read it again")
             job = session.get(Job, job_id)
             purged = job is None or purge_due(job, kind, self._settings, utcnow())
@@ -664,6 +657,6 @@ class Transfers:
                 )
             if row is None:
                 raise NotFound(f"job {job_id} has no result {name!r}")
-            fetched = self._fetched(fetch, row, job_id, "result", f"result {name!r}")
+            fetched = self._fetched(fetch, row, job_id, f"result {name!r}")
             read.succeeded(patient_pseudonym=job.patient_pseudonym)
         return fetched

@@ -254,7 +254,7 @@ class Worker:
             with _Heartbeat(self.client, lease, self.lease_seconds / 3) as beat:
                 if lease.job.get("state") != "in-progress":  # claimed without `start`
                     self.client.heartbeat(lease)  # moves the job to in-progress
-                prepared = self._prepare(lease, folder, beat.gone)
+                prepared = self._prepare(lease, folder, beat)
                 if prepared is None:
                     return
                 inputs, output_dir = prepared
@@ -353,19 +353,19 @@ class Worker:
         return waiting or taken_again
 
     def _prepare(
-        self, lease: Lease, folder: Path, gone: threading.Event
+        self, lease: Lease, folder: Path, beat: _Heartbeat
     ) -> tuple[list[Path], Path] | None:
         """The job's inputs in `folder` and an empty folder for the product's outputs; None
         when the job could not be prepared and was failed or handed back, so that it is not
         left held, unfinished, until its lease runs out while this worker claims the next, or
-        is gone (`gone`: its heartbeat found it so, and said it)."""
+        is gone (its heartbeat may have found it so first, and said it)."""
         try:
             inputs = self.client.download_inputs(lease, folder / "inputs")
             output_dir = folder / "outputs"
             output_dir.mkdir()
         except ExchangeHTTPError as exc:
             if no_such_job(exc):  # not an input gone but the job itself: nothing to fail
-                if not gone.is_set():
+                if not beat.gone.is_set():
                     _say_job_gone(lease, str(exc), "the product was not run")
                 return None
             if isinstance(exc, InputGone):  # no worker could run the job

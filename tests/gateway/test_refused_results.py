@@ -20,6 +20,7 @@ from aifi.phantoms import write_study
 from aifi.products import tissue_volume
 from aifi.results import check
 from aifi.vendor import JobContext, ProductResult, ResultFile
+from scale.servers import wait_for
 from support.national import National, gateway_config, gateway_gauge, national_path
 from support.peers import OrthancPeer, free_port, storescu
 
@@ -204,9 +205,17 @@ def test_an_unexpected_error_on_one_job_retries_it_after_the_jobs_behind_it(
     queue_notice = Gateway._queue_result_notice
     failed: list[str] = []
 
+    def both_ended() -> bool:
+        with national.api() as api:
+            listed = api.get("/jobs", params={"state": "completed"}).json()
+        return len(listed) == 2
+
     def once_failing(gateway: Gateway, local: Any, job: dict[str, Any], *more: Any) -> None:
         if not failed:
             failed.append(str(job["id"]))
+            # The job behind it ended too, before the fault: on a loaded machine the vendor
+            # may otherwise finish it after this job's back-off, and it would come home last.
+            wait_for(both_ended, timeout=60, what="the job behind it to end")
             raise RuntimeError("a fault no handler expects")
         queue_notice(gateway, local, job, *more)
 

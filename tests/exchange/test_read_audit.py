@@ -150,6 +150,11 @@ def test_a_blob_gone_before_it_is_read_is_a_404_on_record_as_refused(
     assert blob_missing_counted(exchange) == 1
     [said] = [r for r in caplog.records if "missing from the blob store" in r.getMessage()]
     assert said.levelname == "ERROR" and job["id"] in said.getMessage()
+    # The job cannot be run: its hospital and its vendor see that the exchange lost it, and
+    # the product's failure of it will not count against the product.
+    for party in (hospital, vendor):
+        listed = exchange.client.get(f"/jobs/{job['id']}", headers=party.headers).json()
+        assert listed["inputs_lost_at"] is not None
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)  # files

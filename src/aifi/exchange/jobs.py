@@ -148,6 +148,7 @@ def job_out(job: Job, actor: Actor) -> JobOut:
         acknowledged_at=job.acknowledged_at,
         delivery=job.delivery,
         inputs_purged_at=job.inputs_swept_at,
+        inputs_lost_at=job.inputs_lost_at,
     )
 
 

@@ -186,6 +186,10 @@ class Job(Base):
     #: When retention emptied the job's input (result) folder: the job is not visited again.
     inputs_swept_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     results_swept_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: When a read found one of its inputs missing from the blob store (not purged, not
+    #: replaced: lost, `aifi.exchange.errors.BlobMissing`). The job cannot be run; when it
+    #: ends without a result, that is the exchange's doing, not the product's.
+    inputs_lost_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class JobInput(Base):

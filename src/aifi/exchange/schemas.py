@@ -247,6 +247,12 @@ class JobOut(BaseModel):
         description="when retention purged the job's inputs (blobs and their list); "
         "input_count and input_bytes still say what was sent",
     )
+    inputs_lost_at: UtcDateTime | None = Field(
+        default=None,
+        description="when the exchange found one of the job's inputs missing from its blob "
+        "store (lost, not purged): the job cannot be run, and if it ends without a result "
+        "that is the exchange's doing, not the product's; the study must be sent again",
+    )
     results: list[ResultOut] | None = Field(
         default=None,
         description="a completed job's results, when a hospital lists jobs with "

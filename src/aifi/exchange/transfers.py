@@ -386,7 +386,8 @@ class Transfers:
         """The answer for the row's blob, which the read found held and the store no longer
         has: replaced meanwhile (the row now names another blob, or is gone: sent again, or
         taken out), purged by retention meanwhile (it deletes the blobs, then marks the
-        rows), or lost, which the operator must hear of (`BlobMissing`)."""
+        rows), or lost, which the operator must hear of (`BlobMissing`); a lost input marks
+        its job (`Job.inputs_lost_at`)."""
         if isinstance(row, JobInput):
             kind = "input"
             now_held = select(JobInput.blob_key).where(
@@ -402,6 +403,11 @@ class Transfers:
                 return NotFound(f"job {job_id}'s {what} was replaced as it was read; read it again")
             job = session.get(Job, job_id)
             purged = job is None or purge_due(job, kind, self._settings, utcnow())
+            if not purged and kind == "input" and job is not None and job.inputs_lost_at is None:
+                # The job cannot be run now: its end without a result is the exchange's doing,
+                # which the hospital's notice and the product's evaluation must not blame on
+                # the product.
+                job.inputs_lost_at = utcnow()
         if purged:
             return NotFound(f"job {job_id}'s {what} is no longer held (retention)")
         log.error(

@@ -18,13 +18,13 @@ import pytest
 import yaml
 from sqlalchemy import select
 
-from aifi.exchange.models import JobResult
+from aifi.exchange.models import JobInput, JobResult
 from aifi.gateway.exchange_client import GatewayClient
 from aifi.gateway.job_list import job_statuses
 from aifi.gateway.lost_jobs import ASK_AFTER_SECONDS, ASK_EVERY_SECONDS, LISTED_JOB
 from aifi.gateway.metrics import gateway_registry
 from aifi.gateway.notify.receivers import Hl7Listener
-from aifi.gateway.service import LOST_BY_EXCHANGE
+from aifi.gateway.service import INPUTS_LOST_BY_EXCHANGE, LOST_BY_EXCHANGE
 from aifi.phantoms import write_study
 from aifi.products import tissue_volume
 from aifi.vendor import JobContext, ProductResult
@@ -449,6 +449,54 @@ def test_a_result_the_exchanges_store_lost_ends_its_job_once(
     assert "missing from the exchange's blob store" in ended["reason"]
     metrics = httpx.get(f"{national.exchange.url}/metrics", timeout=30).text
     assert 'aifi_exchange_errors_total{kind="blob_missing"} 1.0' in metrics  # asked once
+
+
+def test_a_job_whose_image_the_exchanges_store_lost_tells_the_ris_the_exchange_lost_it(
+    national: National, hospital: Hospital, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The exchange's object store lost an image of the study before the product read it (a
+    store restored to an earlier moment): the vendor's worker fails the job, naming the image.
+    The radiologist hears that the exchange lost the study's images, not that the product
+    could not analyse the study, and that the study is to be sent again."""
+    services = national.exchange.app.state.services
+    read = services.transfers.input_blob
+    lost: list[str] = []
+
+    def lost_as_first_asked_for(actor: Any, job_id: str, sop_uid: str, *args: Any) -> Any:
+        if not lost:  # gone from the store before the worker's first download of the job
+            with services.db.session() as session:
+                key = session.scalar(
+                    select(JobInput.blob_key).where(
+                        JobInput.job_id == job_id, JobInput.sop_instance_uid == sop_uid
+                    )
+                )
+            assert key is not None
+            services.blobs.delete(key)
+            lost.append(sop_uid)
+        return read(actor, job_id, sop_uid, *args)
+
+    monkeypatch.setattr(services.transfers, "input_blob", lost_as_first_asked_for)
+    with Hl7Listener() as listener:
+        _with_ris(hospital, listener.port)
+        hospital.receive(*hospital.files)
+        assert hospital.route() == 1
+        [job] = hospital.jobs()
+        assert hospital.send_due() == [job["id"]]
+        exchange_id = hospital.gateway.state.job(int(job["id"]))["exchange_job_id"]
+        listed = until_ended(hospital, exchange_id)
+        assert listed["state"] == "failed" and listed["inputs_lost_at"] is not None
+        assert f"{lost[0]} is missing from the exchange's blob store" in listed["reason"]
+        hospital.gateway.collect(listed)
+        assert hospital.gateway.notices_queued() == 1
+        hospital.gateway.notices.send_due(urgent=False)
+        received = listener.received.get(timeout=10)
+        assert listener.errors.empty()  # a valid ORU^R01
+    fields = {segment[:3]: segment.split("|") for segment in received.text.split("\r")}
+    assert fields["OBR"][25] == "X"
+    assert fields["OBX"][5] == f"No AI result: {INPUTS_LOST_BY_EXCHANGE}"
+    [ended] = hospital.jobs()
+    assert ended["state"] == "ended"
+    assert "is missing from the exchange's blob store" in ended["reason"]  # the operator's list
 
 
 def _with_pacs_b_down(hospital: Hospital) -> dict[str, Any]:

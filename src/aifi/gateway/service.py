@@ -170,12 +170,24 @@ LOST_BY_EXCHANGE = (
     "the national exchange lost the job; send the study again from the PACS to have it analysed"
 )
 
+#: What the notice says of a job that failed or expired after the exchange lost images of its
+#: study from its store: the product could not be run on them, through no fault of its own.
+INPUTS_LOST_BY_EXCHANGE = (
+    "the national exchange lost images of the study before the product could analyse them; "
+    "send the study again from the PACS to have it analysed"
+)
 
-def no_result_reason(exchange_state: str, delivery: str | None) -> str | None:
+
+def no_result_reason(
+    exchange_state: str, delivery: str | None, *, inputs_lost: bool = False
+) -> str | None:
     """The reason a notice gives for a job that ended without its results in the PACS; None
-    when there is nothing to tell (delivered, let go, or not mapped back to anyone)."""
+    when there is nothing to tell (delivered, let go, or not mapped back to anyone).
+    `inputs_lost`: the exchange found images of the job's study missing from its store."""
     if exchange_state == "completed":
         return NO_RESULT_BECAUSE.get(delivery) if delivery else None
+    if inputs_lost and exchange_state in ("failed", "expired"):
+        return INPUTS_LOST_BY_EXCHANGE
     return NO_RESULT_BECAUSE.get(exchange_state)
 
 
@@ -2061,7 +2073,11 @@ class Gateway:
         """
         exchange_id, local_id = str(job["id"]), int(local["id"])
         settings = self.config.notifications
-        reason = no_result_reason(str(local["exchange_state"]), local["delivery"])
+        reason = no_result_reason(
+            str(local["exchange_state"]),
+            local["delivery"],
+            inputs_lost=job.get("inputs_lost_at") is not None,
+        )
         try:
             if reason is None:  # nothing to tell; what a result notice still had to retry
                 self.state.give_up_notifications(local_id, (), "given up: no result to announce")

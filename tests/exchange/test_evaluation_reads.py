@@ -121,6 +121,8 @@ def random_jobs(rng: random.Random) -> tuple[list[dict[str, Any]], ...]:
             "ended_at": ended if state in ("completed", "failed", "expired", "cancelled") else None,
             "updated_at": ended,
             "delivery": delivery,
+            # Images of the study the exchange lost: a failure then is not the product's.
+            "inputs_lost_at": ended if rng.random() < 0.15 else None,
         }
         jobs.append(job)
         if rng.random() < 0.6:
@@ -165,6 +167,7 @@ def one_by_one(
             },
             job_id=job["id"],
             ai_positive=triage_call(job["summary"]),
+            inputs_lost=job["inputs_lost_at"] is not None,
         )
         for job in jobs
     ]

@@ -83,6 +83,28 @@ def test_volume_uptake_and_failure_rate(rows: dict) -> None:
     assert national.failure_rate.value == 2 / 8
 
 
+def test_a_job_that_ended_after_the_exchange_lost_its_images_is_not_the_products_failure(
+    rows: dict,
+) -> None:
+    """The exchange lost images of the study from its store before the product read them: the
+    job failed (or expired) through no fault of the product. Its failure rate leaves it out,
+    as it leaves out a cancelled job; the job still counts as a study routed to it."""
+    lost = [
+        JobRecord(**{**job("a7", "h-a", "failed", 3).model_dump(), "inputs_lost": True}),
+        JobRecord(**{**job("a8", "h-a", "expired").model_dump(), "inputs_lost": True}),
+    ]
+    counted = {r.hospital_id: r for r in evaluate(JOBS + lost, FEEDBACK, ELIGIBLE)}
+    for hospital in ("h-a", NATIONAL):
+        before, after = rows[hospital], counted[hospital]
+        assert after.failure_rate == before.failure_rate
+        assert after.failed == before.failed
+        assert after.volume == before.volume + 2
+    api_job = {"id": "j", "product_id": "ich", "hospital_id": "h-a", "state": "failed"}
+    assert JobRecord.from_job(api_job).inputs_lost is False
+    lost_at = {**api_job, "inputs_lost_at": "2026-03-02T08:00:00Z"}
+    assert JobRecord.from_job(lost_at).inputs_lost is True
+
+
 def test_results_not_delivered(rows: dict) -> None:
     """Of the completed jobs whose gateway said what became of their results: a job let go
     is the hospital's choice, and a job it said nothing of is not counted either way."""

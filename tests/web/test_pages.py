@@ -14,11 +14,15 @@ from typing import Any
 import httpx
 import pydicom
 import pytest
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 from aifi.dicom.deid import Deidentifier, PseudonymKey
 from aifi.exchange.audit_cli import app as audit_app
+from aifi.exchange.blobs import open_blob_store
 from aifi.exchange.clock import utcnow
+from aifi.exchange.db import Database
+from aifi.exchange.models import JobInput
 from aifi.exchange.server import ExchangeThread
 from aifi.exchange.settings import ExchangeSettings
 from aifi.phantoms import write_study
@@ -94,6 +98,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             "url": exchange.url,
             "job_id": job["id"],
             "hospital_key": keys["hospital-a"],
+            "vendor_key": keys["aifi-reference"],
             "data_dir": tmp / "exchange",
         }
         for client in (operator, hospital, vendor):
@@ -365,3 +370,59 @@ def test_the_live_list_shows_the_latest_jobs_first(
     visit(page, site["url"] + "/ui/jobs", "hospital-jobs-latest-first")
     shown = page.locator("table tr td:first-child a").all_inner_texts()
     assert shown == [newer[2][:8], newer[1][:8]]
+
+
+def test_a_job_whose_images_the_exchange_lost_says_so_and_is_not_the_products_failure(
+    browser: Any, site: dict[str, Any], tmp_path: Path
+) -> None:
+    """An image of the study lost from the exchange's store before the product read it (the
+    store restored to an earlier moment): the vendor's worker fails the job, the job's page
+    says the exchange lost the images, and the product's evaluation does not count the
+    failure against it."""
+    settings = ExchangeSettings(data_dir=site["data_dir"], operator_key=KEY)
+    database = Database(settings.resolved_database_url())
+    blobs = open_blob_store(settings.resolved_blob_url(), settings.upload_spool)
+    write_study("ct-head", tmp_path / "raw", seed=5, size="small")
+    engine = Deidentifier(PseudonymKey(b"q" * 32))
+    files = []
+    for path in sorted((tmp_path / "raw").rglob("*.dcm")):
+        files.append(tmp_path / "pseudo" / path.name)
+        files[-1].parent.mkdir(parents=True, exist_ok=True)
+        engine.deidentify_file(path, files[-1])
+    study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    with (
+        httpx.Client(
+            base_url=site["url"], headers={"Authorization": f"Bearer {site['hospital_key']}"}
+        ) as hospital,
+        VendorClient(site["url"], site["vendor_key"]) as vendor,
+    ):
+        hospital.post("/subscriptions", json={"product_id": tissue_volume.PRODUCT_ID})
+        job = hospital.post(
+            "/jobs",
+            json={"product_id": tissue_volume.PRODUCT_ID, "study_uid": study,
+                  "idempotency_key": "lost-images", "instances": len(files)},
+        ).json()  # fmt: skip
+        first, *rest = files
+        uid = pydicom.dcmread(first, stop_before_pixels=True).SOPInstanceUID
+        hospital.put(f"/jobs/{job['id']}/inputs/{uid}", content=first.read_bytes())
+        with database.session() as session:
+            [key] = session.scalars(select(JobInput.blob_key).where(JobInput.job_id == job["id"]))
+        blobs.delete(key)  # lost before the job opened to vendors
+        for path in rest:
+            uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+            hospital.put(
+                f"/jobs/{job['id']}/inputs/{uid}", content=path.read_bytes()
+            ).raise_for_status()
+        worker = Worker(vendor, tissue_volume.run, workdir=tmp_path)
+        assert worker.run_once(wait_seconds=10) == job["id"]
+        failed = hospital.get(f"/jobs/{job['id']}").json()
+    database.dispose()
+    assert failed["state"] == "failed" and failed["inputs_lost_at"] is not None
+    page = logged_in(browser, site, "rita")
+    visit(page, site["url"] + f"/ui/jobs/{job['id']}", "hospital-job-images-lost")
+    said = page.locator("dd.inputs-lost")
+    assert said.inner_text().startswith("lost from the exchange's store")
+    visit(page, site["url"] + "/ui/evaluation", "hospital-metrics-images-lost")
+    row = page.locator("tr", has_text=tissue_volume.PRODUCT_ID).first
+    cells = dict(zip(headers_of(page), row.locator("td").all_inner_texts(), strict=True))
+    assert (cells["Volume"], cells["Failure rate"]) == ("1", "–")  # not the product's failure

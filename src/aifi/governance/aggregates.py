@@ -33,6 +33,9 @@ from aifi.governance.evaluation import EligibleCount as EligibleIn
 _COMPLETED = JobState.completed.value
 _FAILED = (JobState.failed.value, JobState.expired.value)
 _QUANTILES = {"p50": 0.5, "p95": 0.95}
+#: Failed or expired, but not after the exchange lost images of the study (evaluation's
+#: failure rate leaves those out).
+_FAILED_BY_PRODUCT = and_(Job.state.in_(_FAILED), Job.inputs_lost_at.is_(None))
 _POSITIVE = Job.triage_flag.in_([flag for flag, call in CALLS.items() if call])
 _NEGATIVE = Job.triage_flag.in_([flag for flag, call in CALLS.items() if not call])
 #: A tally's counts, in the order the tally query selects them.
@@ -64,8 +67,8 @@ def tallies(session: Session, months: Months = Months()) -> list[Tally]:
             Job.hospital_id,
             count(),
             count().filter(Job.state == _COMPLETED),
-            count().filter(Job.state.in_(_FAILED)),
-            count().filter(Job.state.in_((*_FAILED, _COMPLETED))),
+            count().filter(_FAILED_BY_PRODUCT),
+            count().filter(or_(Job.state == _COMPLETED, _FAILED_BY_PRODUCT)),
             count().filter(Job.state == _COMPLETED, Job.delivery.in_(sorted(UNDELIVERED))),
             count().filter(Job.state == _COMPLETED, Job.delivery.in_(sorted(DELIVERY_SAID))),
             count(JobFeedback.job_id),

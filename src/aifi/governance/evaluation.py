@@ -14,7 +14,9 @@ uptake
     Studies routed / studies eligible (the gateway's count of studies matching the product's
     criteria). National uptake pools only hospitals that report an eligible count.
 failure rate
-    (failed + expired) / ended jobs; cancelled jobs are the hospital's choice and left out.
+    (failed + expired) / ended jobs; cancelled jobs are the hospital's choice and left out,
+    and so are jobs that failed or expired after the exchange lost images of their study from
+    its store (`inputs_lost_at`): the product was never given them.
 results not delivered
     Completed jobs whose results the hospital's gateway could not put in the PACS (it could
     not file them as they are, nor map them back to the patient's study, or the exchange
@@ -87,6 +89,11 @@ class JobRecord(BaseModel):
         description="What became of its results at the hospital, as its gateway said "
         "(aifi.results.delivery); None before then.",
     )
+    inputs_lost: bool = Field(
+        default=False,
+        description="The exchange found images of its study missing from its store: if the "
+        "job failed or expired, that was the exchange's doing, not the product's.",
+    )
 
     @classmethod
     def from_job(cls, job: Mapping[str, Any]) -> JobRecord:
@@ -100,6 +107,7 @@ class JobRecord(BaseModel):
             ended_at=job.get("ended_at"),
             ai_positive=triage_call(job.get("summary")),
             delivery=job.get("delivery"),
+            inputs_lost=job.get("inputs_lost_at") is not None,
         )
 
 
@@ -279,8 +287,8 @@ def tally(
         hospital_id=hospital_id,
         volume=len(jobs),
         completed=sum(1 for j in jobs if j.state == JobState.completed.value),
-        failed=sum(1 for j in jobs if j.state in _FAILED),
-        ended=sum(1 for j in jobs if j.state in _ENDED),
+        failed=sum(1 for j in jobs if j.state in _FAILED and not j.inputs_lost),
+        ended=sum(1 for j in jobs if j.state in _ENDED and not _lost_by_exchange(j)),
         undelivered=sum(1 for j in jobs if _completed_as(j, UNDELIVERED)),
         delivery_said=sum(1 for j in jobs if _completed_as(j, DELIVERY_SAID)),
         feedback=len(notes),
@@ -301,6 +309,12 @@ def tally(
         elif job.ai_positive:
             counted.false_positives += 1
     return counted
+
+
+def _lost_by_exchange(job: JobRecord) -> bool:
+    """The job failed or expired because the exchange lost images of its study: not the
+    product's failure, nor one of its ends."""
+    return job.state in _FAILED and job.inputs_lost
 
 
 def _completed_as(job: JobRecord, said: frozenset[str]) -> bool:

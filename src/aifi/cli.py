@@ -70,7 +70,7 @@ def exchange(
     import uvicorn
 
     from aifi.exchange.app import create_app
-    from aifi.exchange.settings import SettingsRefused, read_settings
+    from aifi.exchange.cli_options import settings_or_exit as exchange_settings_or_exit
     from aifi.gc_tuning import tune_for_serving
     from aifi.web import mount
 
@@ -83,11 +83,7 @@ def exchange(
         except NoSuchCore as exc:
             typer.echo(f"error: --cpu: {exc}", err=True)
             raise typer.Exit(2) from exc
-    try:
-        settings = read_settings(data_dir)
-    except SettingsRefused as exc:
-        typer.echo(f"error: the exchange's settings:\n{exc}", err=True)
-        raise typer.Exit(2) from None
+    settings = exchange_settings_or_exit(data_dir)
     if check:
         from aifi.checks import show
         from aifi.exchange.preflight import preflight

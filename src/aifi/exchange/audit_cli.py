@@ -37,12 +37,13 @@ from aifi.exchange.audit import (
 from aifi.exchange.audit_archive import COLUMNS, AuditArchiver, archives, verify_archives
 from aifi.exchange.audit_search import AuditQuery, search
 from aifi.exchange.blobs import BlobStore, open_blob_store
+from aifi.exchange.cli_options import settings_or_exit
 from aifi.exchange.clock import as_utc
 from aifi.exchange.db import Database
 from aifi.exchange.errors import ArchiveMissing, ExchangeError
 from aifi.exchange.models import AuditArchive
 from aifi.exchange.services import OPERATOR_ID
-from aifi.exchange.settings import ExchangeSettings, SettingsRefused, read_settings
+from aifi.exchange.settings import ExchangeSettings
 
 app = typer.Typer(help="The exchange's audit log.", no_args_is_help=True)
 #: Who a search run on the exchange host is logged as: the national operator (the entry's
@@ -68,14 +69,6 @@ BlobUrl = Annotated[
 @app.callback()
 def audit() -> None:
     """The exchange's hash-chained access log (NEN 7513)."""
-
-
-def _settings(data_dir: Path | None) -> ExchangeSettings:
-    try:
-        return read_settings(data_dir)
-    except SettingsRefused as exc:
-        typer.echo(f"error: the exchange's settings:\n{exc}", err=True)
-        raise typer.Exit(2) from None
 
 
 def _database(settings: ExchangeSettings, database_url: str | None) -> Database:
@@ -111,7 +104,7 @@ def verify(
         anchors = [Anchor.parse(text) for text in anchor or []]
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--anchor") from exc
-    settings = _settings(data_dir)
+    settings = settings_or_exit(data_dir)
     console = Console()
     database = _database(settings, database_url)
     with database.session() as session:
@@ -185,7 +178,7 @@ def archive(
     The chain goes on across them (`verify` checks it); the newest linked entry always stays.
     A running exchange does the same on its own with AIFI_ARCHIVE_AUDIT_AFTER_SECONDS.
     """
-    settings = _settings(data_dir)
+    settings = settings_or_exit(data_dir)
     console = Console()
     database = _database(settings, database_url)
     log = AuditLog(database)
@@ -212,7 +205,7 @@ def archive(
 @app.command("archives")
 def list_archives(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
     """The archive files, oldest first: which entries each holds, and where it is."""
-    settings = _settings(data_dir)
+    settings = settings_or_exit(data_dir)
     console = Console()
     written = archives(_database(settings, database_url))
     if not written:
@@ -251,7 +244,7 @@ def search_log(
     """Find entries in the table and in the archive files alike, oldest first."""
     if patient is None and organisation is None and object_id is None:
         raise typer.BadParameter("name a --patient, an --organisation or an --object")
-    settings = _settings(data_dir)
+    settings = settings_or_exit(data_dir)
     console = Console()
     database = _database(settings, database_url)
     query = AuditQuery(patient, organisation, object_id, since=since, until=until)

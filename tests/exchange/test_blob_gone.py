@@ -15,9 +15,11 @@ from sqlalchemy import text
 
 from aifi.exchange.clock import utcnow
 from aifi.exchange.models import Job
+from aifi.governance import aggregates
 from aifi.http import ExchangeHTTPError, UnexpectedAnswer, blob_gone, checked
 from aifi.products.tissue_volume import run as tissue_volume
 from aifi.vendor import JobContext
+from scale.exchange_api import OPERATOR_KEY
 
 
 def blob_missing_counted(exchange: Any) -> float:
@@ -201,3 +203,115 @@ def test_a_gateway_takes_a_result_gone_for_good_as_gone(
     replaced = f"job {job['id']}'s result 'sr.dcm' was replaced as it was read; read it again"
     assert not blob_gone(ExchangeHTTPError(404, replaced, "GET", "/"))
     assert not blob_gone(UnexpectedAnswer(404, caught.value.detail, "GET", "/"))
+
+
+def _inputs_lost(exchange: Any, job_id: str) -> None:
+    """The job's inputs gone from the store, their rows kept (restored to an earlier moment)."""
+    services = exchange.client.app.state.services
+    with services.db.session() as session:
+        keys = session.scalars(
+            text("SELECT blob_key FROM job_inputs WHERE job_id = :id"), {"id": job_id}
+        ).all()
+    for key in keys:
+        services.blobs.delete(key)
+
+
+def _failure_counted(exchange: Any) -> tuple[int, int]:
+    """product-a's failed and ended jobs at hospital-a, as evaluation counts them."""
+    services = exchange.client.app.state.services
+    with services.db.session() as session:
+        [row] = [
+            t
+            for t in aggregates.tallies(session)
+            if (t.product_id, t.hospital_id) == ("product-a", "hospital-a")
+        ]
+    return row.failed, row.ended
+
+
+def _job_updates(exchange: Any, job_id: str) -> list[tuple[str, str]]:
+    """Who changed the job, and how, as the access log has it."""
+    audit = exchange.client.get(
+        "/audit", params={"limit": 5000}, headers={"Authorization": f"Bearer {OPERATOR_KEY}"}
+    ).json()
+    return [
+        (e["organisation_id"], e["detail"])
+        for e in audit
+        if (e["object_type"], e["object_id"], e["action"]) == ("job", job_id, "update")
+    ]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+def test_a_lost_input_marks_its_open_job_on_record_and_not_an_ended_one(
+    exchange: Any, parties: dict[str, Any], make_ct: Any
+) -> None:
+    """The worker's read of an input of the job it holds finds it lost: the job is marked, by
+    the exchange, on record. The product's own failure of another job, whose inputs a
+    hospital's read finds lost only after it ended, stays the product's: that job ended for
+    what it was, and is not marked."""
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    failed = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
+    claim = exchange.claim(vendor)
+    lease = {"X-Lease-Token": claim["lease_token"], **vendor.headers}
+    [item] = claim["inputs"]
+    read = f"/jobs/{failed['id']}/inputs/{item['sop_instance_uid']}"
+    assert exchange.client.get(read, headers=lease).status_code == 200
+    said = exchange.client.post(
+        f"/jobs/{failed['id']}/fail",
+        json={"lease_token": claim["lease_token"], "reason": "the model crashed"},
+        headers=vendor.headers,
+    )
+    assert said.status_code == 200, said.text
+    assert _failure_counted(exchange) == (1, 1)
+    _inputs_lost(exchange, failed["id"])
+    assert exchange.client.get(read, headers=hospital.headers).status_code == 404
+    listed = exchange.client.get(f"/jobs/{failed['id']}", headers=hospital.headers).json()
+    assert listed["state"] == "failed" and listed["inputs_lost_at"] is None
+    assert _failure_counted(exchange) == (1, 1)  # still the product's failure
+
+    held = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
+    claim = exchange.claim(vendor)
+    assert claim["job"]["id"] == held["id"]
+    _inputs_lost(exchange, held["id"])
+    [item] = claim["inputs"]
+    lease = {"X-Lease-Token": claim["lease_token"], **vendor.headers}
+    read = f"/jobs/{held['id']}/inputs/{item['sop_instance_uid']}"
+    assert exchange.client.get(read, headers=lease).status_code == 404
+    assert exchange.client.get(read, headers=lease).status_code == 404  # marked once
+    listed = exchange.client.get(f"/jobs/{held['id']}", headers=hospital.headers).json()
+    assert listed["inputs_lost_at"] is not None
+    assert [u for u in _job_updates(exchange, held["id"]) if u[0] == "exchange"] == [
+        ("exchange", f"inputs lost: its input {item['sop_instance_uid']} is missing from the "
+         "blob store"),
+    ]  # fmt: skip
+    said = exchange.client.post(
+        f"/jobs/{held['id']}/fail",
+        json={"lease_token": claim["lease_token"], "reason": "input missing"},
+        headers=vendor.headers,
+    )
+    assert said.status_code == 200, said.text
+    assert _failure_counted(exchange) == (1, 1)  # the exchange's doing, not the product's
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_an_input_lost_before_its_job_opened_is_sent_again_and_marks_nothing(
+    exchange: Any, parties: dict[str, Any], make_ct: Any
+) -> None:
+    """The job still takes inputs when a read finds one lost: the hospital's gateway can send
+    it again (it does, when the exchange holds a job unopened with inputs missing), and the
+    job then runs whole. It is not marked: a failure of it is the product's."""
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    study = make_ct(slices=2)
+    header = pydicom.dcmread(study[0], stop_before_pixels=True)
+    job = exchange.job(hospital, "product-a", str(header.StudyInstanceUID), instances=2)
+    assert exchange.upload(hospital, job["id"], study[0]).status_code == 201
+    _inputs_lost(exchange, job["id"])
+    read = f"/jobs/{job['id']}/inputs/{header.SOPInstanceUID}"
+    assert exchange.client.get(read, headers=hospital.headers).status_code == 404
+    assert exchange.upload(hospital, job["id"], study[0]).status_code == 201  # sent again
+    assert exchange.upload(hospital, job["id"], study[1]).status_code == 201  # opens it
+    claim = exchange.claim(vendor)
+    assert claim["job"]["id"] == job["id"]
+    lease = {"X-Lease-Token": claim["lease_token"], **vendor.headers}
+    assert exchange.client.get(read, headers=lease).status_code == 200
+    listed = exchange.client.get(f"/jobs/{job['id']}", headers=hospital.headers).json()
+    assert listed["inputs_lost_at"] is None

@@ -14,11 +14,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Executable, Row, and_, bindparam, delete, or_, select
+from sqlalchemy import Executable, Row, and_, bindparam, delete, or_, select, update
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from aifi.exchange.audit import Actor, AuditLog
+from aifi.exchange.audit import SYSTEM, Actor, AuditLog
 from aifi.exchange.blob_keys import input_key, result_key
 from aifi.exchange.blobs import BlobStore, TempBlob, forget
 from aifi.exchange.clock import as_utc, utcnow
@@ -403,11 +403,8 @@ class Transfers:
                 return NotFound(f"job {job_id}'s {what} was replaced as it was read; read it again")
             job = session.get(Job, job_id)
             purged = job is None or purge_due(job, kind, self._settings, utcnow())
-            if not purged and kind == "input" and job is not None and job.inputs_lost_at is None:
-                # The job cannot be run now: its end without a result is the exchange's doing,
-                # which the hospital's notice and the product's evaluation must not blame on
-                # the product.
-                job.inputs_lost_at = utcnow()
+            if not purged and kind == "input":
+                self._mark_inputs_lost(session, job_id, what)
         if purged:
             return NotFound(f"job {job_id}'s {what} is no longer held (retention)")
         log.error(
@@ -419,6 +416,31 @@ class Transfers:
             f"job {job_id}'s {what} is missing from the exchange's blob store; the exchange's "
             "operator is alerted"
         )
+
+    def _mark_inputs_lost(self, session: Session, job_id: str, what: str) -> None:
+        """Mark an open job, not ended, one of whose inputs the store lost: it cannot be run,
+        so its end without a result is the exchange's doing, which the hospital's notice and
+        the product's evaluation must not blame on the product. A job still taking inputs can
+        have the input sent again, and an ended one ended for what it was: neither is marked.
+        One statement, so that a fail or an expiry racing it wins or loses whole."""
+        now = utcnow()
+        marked = execute_core(
+            session,
+            update(Job)
+            .where(
+                Job.id == job_id,
+                Job.inputs_lost_at.is_(None),
+                Job.inputs_complete.is_(True),
+                Job.ended_at.is_(None),
+            )
+            .values(inputs_lost_at=now, updated_at=now)
+            .returning(Job.patient_pseudonym),
+        ).first()
+        if marked is not None:
+            self._audit.record_in(
+                session, SYSTEM, "update", "job", job_id, patient_pseudonym=marked[0],
+                detail=f"inputs lost: its {what} is missing from the blob store",
+            )  # fmt: skip
 
     # results -------------------------------------------------------------------------------
 

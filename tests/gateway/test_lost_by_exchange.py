@@ -200,6 +200,7 @@ def test_a_running_gateway_sends_again_what_a_restored_exchange_lost(
                 "delivered_from_copy": 0.0,
                 "ended": 0.0,
                 "covered": 0.0,
+                "images_sent_again": 0.0,
             }
             with national.api() as api:
                 [remote] = api.get("/jobs").json()
@@ -451,19 +452,17 @@ def test_a_result_the_exchanges_store_lost_ends_its_job_once(
     assert 'aifi_exchange_errors_total{kind="blob_missing"} 1.0' in metrics  # asked once
 
 
-def test_a_job_whose_image_the_exchanges_store_lost_tells_the_ris_the_exchange_lost_it(
-    national: National, hospital: Hospital, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The exchange's object store lost an image of the study before the product read it (a
-    store restored to an earlier moment): the vendor's worker fails the job, naming the image.
-    The radiologist hears that the exchange lost the study's images, not that the product
-    could not analyse the study, and that the study is to be sent again."""
+def _images_lost(national: National, monkeypatch: pytest.MonkeyPatch, times: int) -> dict[str, str]:
+    """The exchange's object store loses an image of the study of each of the first `times`
+    jobs, just before the vendor's worker first asks for one (a store restored to an earlier
+    moment): the worker fails each such job, naming the image. The image lost, by exchange
+    job, as they go."""
     services = national.exchange.app.state.services
     read = services.transfers.input_blob
-    lost: list[str] = []
+    lost: dict[str, str] = {}
 
     def lost_as_first_asked_for(actor: Any, job_id: str, sop_uid: str, *args: Any) -> Any:
-        if not lost:  # gone from the store before the worker's first download of the job
+        if job_id not in lost and len(lost) < times:
             with services.db.session() as session:
                 key = session.scalar(
                     select(JobInput.blob_key).where(
@@ -472,20 +471,77 @@ def test_a_job_whose_image_the_exchanges_store_lost_tells_the_ris_the_exchange_l
                 )
             assert key is not None
             services.blobs.delete(key)
-            lost.append(sop_uid)
+            lost[job_id] = sop_uid
         return read(actor, job_id, sop_uid, *args)
 
     monkeypatch.setattr(services.transfers, "input_blob", lost_as_first_asked_for)
+    return lost
+
+
+def _failed_for_lost_image(hospital: Hospital, lost: dict[str, str]) -> dict[str, Any]:
+    """The study's job, sent, as the exchange lists it once its worker failed it for the
+    image its store lost."""
+    [job] = [j for j in hospital.jobs() if j["state"] == "pending"]
+    assert hospital.send_due() == [job["id"]]
+    exchange_id = hospital.gateway.state.job(int(job["id"]))["exchange_job_id"]
+    listed = until_ended(hospital, exchange_id)
+    assert listed["state"] == "failed" and listed["inputs_lost_at"] is not None
+    said = f"{lost[exchange_id]} is missing from the exchange's blob store"
+    assert said in listed["reason"]
+    return listed
+
+
+def test_a_job_whose_image_the_exchanges_store_lost_is_sent_again_and_comes_home(
+    national: National, hospital: Hospital, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The exchange lost an image of the study before the product read it: the gateway sends
+    the study again by itself, from its spool, as a new exchange job, and the product's result
+    reaches the PACS, a little late, with no notice that none will come. The failed job is
+    acknowledged; listed again (its acknowledgement lost), it is known, not met as a job
+    of nobody's."""
+    lost = _images_lost(national, monkeypatch, times=1)
     with Hl7Listener() as listener:
         _with_ris(hospital, listener.port)
         hospital.receive(*hospital.files)
         assert hospital.route() == 1
-        [job] = hospital.jobs()
-        assert hospital.send_due() == [job["id"]]
-        exchange_id = hospital.gateway.state.job(int(job["id"]))["exchange_job_id"]
-        listed = until_ended(hospital, exchange_id)
-        assert listed["state"] == "failed" and listed["inputs_lost_at"] is not None
-        assert f"{lost[0]} is missing from the exchange's blob store" in listed["reason"]
+        listed = _failed_for_lost_image(hospital, lost)
+        assert hospital.gateway.collect(listed)
+        [again] = hospital.jobs()
+        assert again["state"] == "pending" and again["exchange_job_id"] is None
+        assert again["reason"].startswith("sent again: the exchange lost images of its study")
+        assert hospital.gateway.notices_queued() == 0
+        assert _lost_counted(hospital, "images_sent_again") == 1.0
+        assert hospital.gateway.collect(listed)  # listed again: known as the job sent again
+        assert hospital.gateway.unknown_jobs_left() == 0
+        assert hospital.send_due() == [again["id"]]
+        sent = hospital.gateway.state.job(int(again["id"]))["exchange_job_id"]
+        assert sent != listed["id"]
+        assert hospital.inputs(sent) == hospital.pseudonyms(*hospital.files)
+        hospital.gateway.collect(until_ended(hospital, sent))  # its notice then waits
+        [home] = hospital.jobs()
+        assert home["state"] == "delivered", home
+        assert len(national.pacs().get("/instances")) == home["results_delivered"] >= 1  # type: ignore[arg-type]
+        hospital.gateway.notices.send_due(urgent=False)
+        received = listener.received.get(timeout=10)  # the result's notice, not a no-result
+    assert "No AI result" not in received.text
+    assert listener.received.empty()
+    hospital.gateway.acknowledge([listed["id"]])
+    assert hospital.gateway.client.job(listed["id"])["acknowledged_at"] is not None
+
+
+def test_a_job_whose_image_the_exchanges_store_lost_twice_tells_the_ris_the_exchange_lost_it(
+    national: National, hospital: Hospital, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sent again, the study's images were lost again: the gateway sends it no third time.
+    The radiologist hears that the exchange lost the study's images, not that the product
+    could not analyse the study, and that the study is to be sent again."""
+    lost = _images_lost(national, monkeypatch, times=2)
+    with Hl7Listener() as listener:
+        _with_ris(hospital, listener.port)
+        hospital.receive(*hospital.files)
+        assert hospital.route() == 1
+        assert hospital.gateway.collect(_failed_for_lost_image(hospital, lost))
+        listed = _failed_for_lost_image(hospital, lost)
         hospital.gateway.collect(listed)
         assert hospital.gateway.notices_queued() == 1
         hospital.gateway.notices.send_due(urgent=False)
@@ -497,6 +553,7 @@ def test_a_job_whose_image_the_exchanges_store_lost_tells_the_ris_the_exchange_l
     [ended] = hospital.jobs()
     assert ended["state"] == "ended"
     assert "is missing from the exchange's blob store" in ended["reason"]  # the operator's list
+    assert _lost_counted(hospital, "images_sent_again") == 1.0
 
 
 def _with_pacs_b_down(hospital: Hospital) -> dict[str, Any]:

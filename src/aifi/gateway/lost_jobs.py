@@ -36,6 +36,8 @@ class Outcome(StrEnum):
     delivered_from_copy = "delivered_from_copy"  # its results were home: no second run
     ended = "ended"  # adopted: cannot be sent again, ended saying so
     covered = "covered"  # adopted, and another job of its study brings the product's result
+    #: It ended because the exchange lost images of its study: sent as a new exchange job.
+    images_sent_again = "images_sent_again"
 
 
 class SubmittedWatch:

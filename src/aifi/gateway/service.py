@@ -1691,6 +1691,13 @@ class Gateway:
             # gateway does not know are left for whoever made them.
             log.info("ended job %s was cancelled to start its job over; acknowledged", exchange_id)
             return True
+        if local is None and (again := self.state.job_replacing(exchange_id)) is not None:
+            # Sent again in its place (`_sent_again_for_lost_images`), its acknowledgement not
+            # through: its end was seen to then.
+            log.info(
+                "ended job %s was sent again as job %s; acknowledged", exchange_id, again["id"]
+            )
+            return True
         if local is not None:
             self.adoptions.known(exchange_id)
         else:
@@ -1759,7 +1766,7 @@ class Gateway:
                         delivered_at=time.time(), ended_at=time.time(),
                         results_delivered=delivered,
                     )  # fmt: skip
-            else:
+            elif not self._sent_again_for_lost_images(local, exchange_id, job):
                 self.state.update_job(
                     int(local["id"]), state="ended", exchange_state=job["state"],
                     reason=job.get("reason") or job["state"], ended_at=time.time(),
@@ -1778,6 +1785,29 @@ class Gateway:
         if self._notices_waiting(int(local["id"]), exchange_id):
             return False
         self._settled(exchange_id)
+        return True
+
+    def _sent_again_for_lost_images(
+        self, local: Mapping[str, Any], exchange_id: str, job: Mapping[str, Any]
+    ) -> bool:
+        """Whether a job that failed or expired because the exchange lost images of its study
+        from its store (`inputs_lost_at`) is taken back to be sent again, as a new exchange
+        job from the spool: the radiologist gets the product's result, late, rather than a
+        notice to send the study again. Once (`GatewayState.send_again_anew`), and never an
+        adopted job (no round of the study to send); those end with the notice."""
+        if job["state"] not in ("failed", "expired") or not job.get("inputs_lost_at"):
+            return False
+        if int(local["round"]) == 0:
+            return False
+        reason = (
+            f"sent again: the exchange lost images of its study before the product read them "
+            f"(its job {exchange_id} {job['state']}: {job.get('reason') or 'no reason given'})"
+        )
+        if not self.state.send_again_anew(int(local["id"]), exchange_id, reason):
+            return False
+        log.warning("job %s: %s", local["id"], reason)
+        self._submitted_watch.count(Outcome.images_sent_again)
+        self._submit.set()
         return True
 
     def _notices_waiting(self, local_id: int, exchange_id: str) -> bool:

@@ -103,8 +103,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     may_be_open INTEGER NOT NULL DEFAULT 0,
     -- when the exchange took its acknowledgement (brought home, or settled)
     acknowledged_at REAL,
-    delivery TEXT  -- why its results did not reach the PACS (aifi.results.delivery);
+    delivery TEXT,  -- why its results did not reach the PACS (aifi.results.delivery);
     -- said with its acknowledgement; NULL: delivered, or not brought home
+    -- the exchange job it was last sent again in place of (`send_again_anew`): that job's
+    -- listing, its acknowledgement not through, is known as this job's
+    replaced_exchange_job_id TEXT
 );
 CREATE INDEX IF NOT EXISTS ix_jobs_state ON jobs(state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS ix_jobs_study ON jobs(study_uid);  -- a study's jobs: retention, re-sends
@@ -197,6 +200,8 @@ AFTER_COLUMNS = (
     "CREATE INDEX IF NOT EXISTS ix_jobs_unacknowledged ON jobs(created_at)"
     " WHERE acknowledged_at IS NULL AND exchange_job_id IS NOT NULL"
     " AND state IN ('ended', 'delivered', 'refused')",
+    "CREATE INDEX IF NOT EXISTS ix_jobs_replaced ON jobs(replaced_exchange_job_id)"
+    " WHERE replaced_exchange_job_id IS NOT NULL",
 )
 
 
@@ -215,6 +220,7 @@ UNACKNOWLEDGED = (
 COLUMNS: dict[str, dict[str, tuple[str, str | None]]] = {
     "jobs": {
         "inputs_digest": ("TEXT", None),  # not known: nothing is skipped for the job
+        "replaced_exchange_job_id": ("TEXT", None),
         # A job an older version may have begun to send (stopped mid-request, its attempts
         # still 0) may be open at the exchange: none still to send is ever skipped.
         "may_be_open": (
@@ -975,6 +981,13 @@ class GatewayState(StateReads):
         rows = self.query("SELECT * FROM jobs WHERE exchange_job_id = ?", (exchange_job_id,))
         return rows[0] if rows else None
 
+    def job_replacing(self, exchange_job_id: str) -> dict[str, Any] | None:
+        """The job sent again in place of this exchange job (`send_again_anew`), if any."""
+        rows = self.query(
+            "SELECT * FROM jobs WHERE replaced_exchange_job_id = ?", (exchange_job_id,)
+        )
+        return rows[0] if rows else None
+
     def update_job(self, job_id: int, **values: Any) -> None:
         columns = ", ".join(f"{name} = ?" for name in values)
         with self.transaction() as db:
@@ -1298,6 +1311,31 @@ class GatewayState(StateReads):
                 "reason = ?, next_attempt_at = 0 WHERE id = ?",
                 (key, reason, job_id),
             )
+
+    def send_again_anew(self, job_id: int, exchange_job_id: str, reason: str) -> bool:
+        """Take a sent job whose exchange job ended because the exchange lost images of its
+        study back to 'pending', due now, to be sent as a new exchange job: under a new
+        idempotency key (`<key>:lost`), so that the exchange does not answer with the ended
+        job, and with the instances its study has now, as `send_again` sends a forgotten one.
+
+        Once: a job sent again for this before (its key says so, started over since or not)
+        is not, and neither is one
+        that moved on meanwhile (no longer sent, or linked to another exchange job); False
+        then, and the caller tells the radiologist that no result will come.
+        """
+        with self.transaction() as db:
+            changed = db.execute(
+                "UPDATE jobs SET state = 'pending', idempotency_key = idempotency_key || ':lost', "
+                "exchange_job_id = NULL, replaced_exchange_job_id = :exchange, "
+                "may_be_open = 0, result_seen_at = NULL, "
+                "exchange_ended_at = NULL, exchange_state = NULL, inputs_digest = NULL, "
+                "attempts = 0, next_attempt_at = 0, reason = :reason "
+                "WHERE id = :id AND state = 'submitted' AND exchange_job_id = :exchange "
+                "AND idempotency_key NOT LIKE '%:lost' "
+                "AND idempotency_key NOT LIKE '%:lost:again%'",
+                {"reason": reason, "id": job_id, "exchange": exchange_job_id},
+            ).rowcount
+        return bool(changed)
 
     def send_again(
         self, job_id: int, exchange_job_id: str, reason: str, *, forgotten: bool

@@ -16,7 +16,8 @@ uptake
 failure rate
     (failed + expired) / ended jobs; cancelled jobs are the hospital's choice and left out,
     and so are jobs that failed or expired after the exchange lost images of their study from
-    its store (`inputs_lost_at`): the product was never given them.
+    its store (`inputs_lost_at`): the product was never given them. Those are counted apart
+    (lost by the exchange), so that they are seen.
 results not delivered
     Completed jobs whose results the hospital's gateway could not put in the PACS (it could
     not file them as they are, nor map them back to the patient's study, or the exchange
@@ -175,6 +176,12 @@ class ProductEvaluation(BaseModel):
     completed: int
     failed: int
     failure_rate: Proportion
+    lost_by_exchange: int = Field(
+        default=0,
+        description="jobs that failed or expired after the exchange lost images of their "
+        "study from its store: left out of failed and failure_rate, counted here so that "
+        "they are seen",
+    )
     undelivered: Proportion = Field(
         description="completed jobs whose results did not reach the PACS, of those whose "
         "gateway said what became of them"
@@ -218,6 +225,7 @@ class Tally:
     completed: int = 0
     failed: int = 0
     ended: int = 0
+    lost_by_exchange: int = 0
     undelivered: int = 0
     delivery_said: int = 0
     feedback: int = 0
@@ -289,6 +297,7 @@ def tally(
         completed=sum(1 for j in jobs if j.state == JobState.completed.value),
         failed=sum(1 for j in jobs if j.state in _FAILED and not j.inputs_lost),
         ended=sum(1 for j in jobs if j.state in _ENDED and not _lost_by_exchange(j)),
+        lost_by_exchange=sum(1 for j in jobs if _lost_by_exchange(j)),
         undelivered=sum(1 for j in jobs if _completed_as(j, UNDELIVERED)),
         delivery_said=sum(1 for j in jobs if _completed_as(j, DELIVERY_SAID)),
         feedback=len(notes),
@@ -332,6 +341,7 @@ def _evaluation(counted: Tally, eligible: int | None) -> ProductEvaluation:
         completed=counted.completed,
         failed=counted.failed,
         failure_rate=Proportion.of(counted.failed, counted.ended),
+        lost_by_exchange=counted.lost_by_exchange,
         undelivered=Proportion.of(counted.undelivered, counted.delivery_said),
         turnaround_p50_seconds=counted.turnaround_p50_seconds,
         turnaround_p95_seconds=counted.turnaround_p95_seconds,

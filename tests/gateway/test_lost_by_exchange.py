@@ -25,6 +25,7 @@ from aifi.gateway.lost_jobs import ASK_AFTER_SECONDS, ASK_EVERY_SECONDS, LISTED_
 from aifi.gateway.metrics import gateway_registry
 from aifi.gateway.notify.receivers import Hl7Listener
 from aifi.gateway.service import INPUTS_LOST_BY_EXCHANGE, LOST_BY_EXCHANGE
+from aifi.gateway.state import GatewayState
 from aifi.phantoms import write_study
 from aifi.products import tissue_volume
 from aifi.vendor import JobContext, ProductResult
@@ -541,19 +542,102 @@ def test_a_job_whose_image_the_exchanges_store_lost_twice_tells_the_ris_the_exch
         hospital.receive(*hospital.files)
         assert hospital.route() == 1
         assert hospital.gateway.collect(_failed_for_lost_image(hospital, lost))
-        listed = _failed_for_lost_image(hospital, lost)
-        hospital.gateway.collect(listed)
-        assert hospital.gateway.notices_queued() == 1
-        hospital.gateway.notices.send_due(urgent=False)
-        received = listener.received.get(timeout=10)
-        assert listener.errors.empty()  # a valid ORU^R01
-    fields = {segment[:3]: segment.split("|") for segment in received.text.split("\r")}
-    assert fields["OBR"][25] == "X"
-    assert fields["OBX"][5] == f"No AI result: {INPUTS_LOST_BY_EXCHANGE}"
+        hospital.gateway.collect(_failed_for_lost_image(hospital, lost))
+        _lost_images_told(hospital, listener)
     [ended] = hospital.jobs()
     assert ended["state"] == "ended"
     assert "is missing from the exchange's blob store" in ended["reason"]  # the operator's list
     assert _lost_counted(hospital, "images_sent_again") == 1.0
+
+
+def _lost_images_told(hospital: Hospital, listener: Hl7Listener) -> None:
+    """The RIS hears, once, that no result will come because the exchange lost the study's
+    images, and that the study is to be sent again from the PACS."""
+    assert hospital.gateway.notices_queued() == 1
+    hospital.gateway.notices.send_due(urgent=False)
+    received = listener.received.get(timeout=10)
+    assert listener.errors.empty()  # a valid ORU^R01
+    fields = {segment[:3]: segment.split("|") for segment in received.text.split("\r")}
+    assert (fields["OBR"][25], fields["OBX"][5]) == (
+        "X",
+        f"No AI result: {INPUTS_LOST_BY_EXCHANGE}",
+    )
+    assert _lost_counted(hospital, "images_lost_ended") == 1.0  # GatewayLostJobEnded
+
+
+def test_a_job_whose_images_are_gone_from_the_spool_too_is_not_sent_again_and_the_ris_is_told(
+    national: National, hospital: Hospital, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The exchange lost images of the study, and the gateway's spool no longer holds them
+    (a restore without it, its volume not mounted): sent again, the job would wait for them
+    or be refused without a word. It ends, and the radiologist hears why."""
+    lost = _images_lost(national, monkeypatch, times=1)
+    with Hl7Listener() as listener:
+        _with_ris(hospital, listener.port)
+        hospital.receive(*hospital.files)
+        assert hospital.route() == 1
+        listed = _failed_for_lost_image(hospital, lost)
+        [job] = hospital.jobs()
+        (hospital.gateway.spool / job["study_uid"] / f"{_first_sop(hospital)}.dcm").unlink()
+        hospital.gateway.collect(listed)
+        [ended] = hospital.jobs()
+        assert ended["state"] == "ended", ended
+        _lost_images_told(hospital, listener)
+    assert _lost_counted(hospital, "images_sent_again") == 0.0
+
+
+def test_a_job_sent_again_for_lost_images_that_the_exchange_refuses_tells_the_ris(
+    national: National, hospital: Hospital, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sent again for images the exchange lost, the study cannot go: the product was
+    suspended meanwhile. The job is refused, and with the refusal the radiologist hears that
+    no result will come, and why."""
+    lost = _images_lost(national, monkeypatch, times=1)
+    with Hl7Listener() as listener:
+        _with_ris(hospital, listener.port)
+        hospital.receive(*hospital.files)
+        assert hospital.route() == 1
+        assert hospital.gateway.collect(_failed_for_lost_image(hospital, lost))
+        with national.api(OPERATOR_KEY) as operator:
+            suspended = operator.post(
+                f"/products/{PRODUCT}/admission", json={"action": "suspend", "note": "review"}
+            )
+            assert suspended.status_code == 200, suspended.text
+        [again] = hospital.jobs()
+        assert hospital.send_due() == [again["id"]]
+        [refused] = hospital.jobs()
+        assert refused["state"] == "refused", refused
+        _lost_images_told(hospital, listener)
+
+
+def _first_sop(hospital: Hospital) -> str:
+    return str(pydicom.dcmread(hospital.files[0], stop_before_pixels=True).SOPInstanceUID)
+
+
+def test_a_job_key_sent_again_for_lost_images_and_started_over_stays_one_of_its_own(
+    tmp_path: Path,
+) -> None:
+    """A job started over (`:again1`) whose exchange job then failed for lost images goes
+    under its round's key and `:lost`; started over after that, `:lost:again1`. Each key is
+    new to the exchange, and the job is never sent again for lost images twice."""
+    state = GatewayState(tmp_path / "state.db")
+    now = time.time()
+    with state.transaction() as db:
+        made = db.execute(
+            "INSERT INTO jobs (study_uid, round, product_id, idempotency_key, state, "
+            "exchange_job_id, study_last_at, created_at, submitted_at) "
+            "VALUES ('1.2.3', 1, 'p', '2.25.9:p:1:again1', 'submitted', 'X', ?, ?, ?)",
+            (now, now, now),
+        )
+        job_id = int(made.lastrowid or 0)
+    assert state.send_again_anew(job_id, "X", "lost")
+    assert state.job(job_id)["idempotency_key"] == "2.25.9:p:1:lost"
+    state.start_over(job_id, "stray inputs")
+    assert state.job(job_id)["idempotency_key"] == "2.25.9:p:1:lost:again1"
+    state.update_job(job_id, state="submitted", exchange_job_id="Y")
+    assert not state.send_again_anew(job_id, "Y", "lost again")
+    state.start_over(job_id, "not pending: left as it is")
+    assert state.job(job_id)["idempotency_key"] == "2.25.9:p:1:lost:again1"
 
 
 def _with_pacs_b_down(hospital: Hospital) -> dict[str, Any]:

@@ -280,6 +280,11 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             'instance="g2"}': "0x80",
             'aifi_gateway_jobs_lost_by_exchange_total{outcome="sent_again", job="aifi-gateway", '
             'instance="g2"}': "0x30 1x50",
+            # g2's exchange store loses images of a study twice: ended at 100m.
+            'aifi_gateway_jobs_lost_by_exchange_total{outcome="images_sent_again", '
+            'job="aifi-gateway", instance="g2"}': "0x90 1x20",
+            'aifi_gateway_jobs_lost_by_exchange_total{outcome="images_lost_ended", '
+            'job="aifi-gateway", instance="g2"}': "0x99 1x10",
             # g2's retention sweep fails from 10m (a study due then stays); g1's purges a
             # study a minute late at most.
             'aifi_gateway_retention_overdue_seconds{job="aifi-gateway", instance="g2"}':
@@ -387,6 +392,10 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
                   "A job the exchange lost could not be sent again by the gateway g1",
                   job="aifi-gateway", instance="g1", outcome="ended"),
             quiet("GatewayLostJobEnded", "95m"),  # an hour after, nothing new
+            quiet("GatewayLostJobEnded", "98m"),  # g2's study sent again: nothing to do
+            fires("GatewayLostJobEnded", "101m",
+                  "A job the exchange lost could not be sent again by the gateway g2",
+                  job="aifi-gateway", instance="g2", outcome="images_lost_ended"),
             quiet("GatewayJobsRefused", "9m"),
             fires("GatewayJobsRefused", "30m",
                   "The exchange refused studies from g1 in the last hour",

@@ -38,6 +38,9 @@ class Outcome(StrEnum):
     covered = "covered"  # adopted, and another job of its study brings the product's result
     #: It ended because the exchange lost images of its study: sent as a new exchange job.
     images_sent_again = "images_sent_again"
+    #: It ended because the exchange lost images of its study and could not be sent again
+    #: (lost a second time, adopted, or its images gone from the spool): the RIS is told.
+    images_lost_ended = "images_lost_ended"
 
 
 class SubmittedWatch:

@@ -1279,8 +1279,24 @@ class Gateway:
         return str(attributes.get("PatientID", "")), original_study
 
     def _refuse(self, job_id: int, reason: str) -> None:
+        """End a job unsent, with `reason`. One sent again because the exchange lost images of
+        its study (`_sent_again_for_lost_images`) was the radiologist's to hear of: its notice
+        that no result will come is queued with the refusal."""
         log.warning("job %s refused: %s", job_id, reason)
-        self.state.update_job(job_id, state="refused", reason=reason, ended_at=time.time())
+        local = self.state.job(job_id)
+        replaced = local["replaced_exchange_job_id"] if local else None
+        notice = None
+        if local is not None and replaced:
+            notice = self._lost_notice(local, str(replaced), INPUTS_LOST_BY_EXCHANGE)
+            self._submitted_watch.count(Outcome.images_lost_ended)
+        self.state.refuse(
+            job_id,
+            reason,
+            notice.model_dump_json() if notice else None,
+            urgent=notice is not None and notice.stat,
+        )
+        if notice is not None:
+            self.notices.wake()
 
     def _retry(self, job: Any, reason: str, level: int = logging.WARNING) -> None:
         delay = backoff(int(job["attempts"]))
@@ -1794,21 +1810,35 @@ class Gateway:
         from its store (`inputs_lost_at`) is taken back to be sent again, as a new exchange
         job from the spool: the radiologist gets the product's result, late, rather than a
         notice to send the study again. Once (`GatewayState.send_again_anew`), and never an
-        adopted job (no round of the study to send); those end with the notice."""
+        adopted job (no round of the study to send), nor one whose study's images are gone
+        from the spool; those end with the notice (`images_lost_ended`)."""
         if job["state"] not in ("failed", "expired") or not job.get("inputs_lost_at"):
             return False
-        if int(local["round"]) == 0:
+        if int(local["round"]) == 0 or self._spool_lacks(str(local["study_uid"])):
+            self._submitted_watch.count(Outcome.images_lost_ended)
             return False
         reason = (
             f"sent again: the exchange lost images of its study before the product read them "
             f"(its job {exchange_id} {job['state']}: {job.get('reason') or 'no reason given'})"
         )
         if not self.state.send_again_anew(int(local["id"]), exchange_id, reason):
+            self._submitted_watch.count(Outcome.images_lost_ended)
             return False
         log.warning("job %s: %s", local["id"], reason)
         self._submitted_watch.count(Outcome.images_sent_again)
         self._submit.set()
         return True
+
+    def _spool_lacks(self, study_uid: str) -> bool:
+        """Whether images of the study are gone from the spool (a restore without it, a
+        volume not mounted): sent again, the job would wait for them, or be refused."""
+        gone = _gone_from_spool(self.state.study_instances(study_uid))
+        if gone:
+            log.warning(
+                "study %s: not sent again: %d of its instance(s) are gone from the spool",
+                study_uid, len(gone),
+            )  # fmt: skip
+        return bool(gone)
 
     def _notices_waiting(self, local_id: int, exchange_id: str) -> bool:
         """The job's notices are still queued: its acknowledgement waits for them (an
@@ -2162,11 +2192,14 @@ class Gateway:
             original_study_uid=str(local["study_uid"]),
         )
 
-    def _lost_notice(self, local: Mapping[str, Any], exchange_id: str) -> QueuedNotice | None:
-        """The notice that an adopted job the exchange lost brings no result: its study must
-        be sent again from the PACS, and the radiologist who waits for the product's finding
-        must not wait on. None when the hospital hears of no such thing, or the vault no
-        longer knows the study (nothing can name it)."""
+    def _lost_notice(
+        self, local: Mapping[str, Any], exchange_id: str, reason: str = LOST_BY_EXCHANGE
+    ) -> QueuedNotice | None:
+        """The notice that a job the exchange lost (an adopted one, or its images: `reason`
+        says which) brings no result: its study must be sent again from the PACS, and the
+        radiologist who waits for the product's finding must not wait on. None when the
+        hospital hears of no such thing, or the vault no longer knows the study (nothing can
+        name it)."""
         settings = self.config.notifications
         if not settings.configured or not settings.announce_unavailable:
             return None
@@ -2183,7 +2216,7 @@ class Gateway:
             "study_uid": pseudonym,
             "ended_at": datetime.now(UTC).isoformat(),
         }
-        return self._no_result_notice(local, lost, LOST_BY_EXCHANGE)
+        return self._no_result_notice(local, lost, reason)
 
     def _product_names(self, product_id: str) -> tuple[str | None, str | None]:
         """The product's name and version from the catalogue, for a notice without a summary

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import sqlite3
 import threading
 import time
@@ -260,6 +261,18 @@ COLUMNS: dict[str, dict[str, tuple[str, str | None]]] = {
         for column in ("taken_at", "disclosed_at", "study_uid")
     },
 }
+
+
+#: A job's idempotency key: its round's (`<study>:<product>:<round>`, then `:lost` once sent
+#: again for images the exchange lost), and `:again<N>` once started over N times.
+_AGAIN = re.compile(r"(.*?)(?::again(\d+))?")
+
+
+def _started_over(key: str) -> tuple[str, int]:
+    """A job's key without its `:again<N>`, and N (0 when it was not started over)."""
+    match = _AGAIN.fullmatch(key)
+    assert match is not None  # every string matches
+    return match[1], int(match[2] or 0)
 
 
 def _add_columns(db: sqlite3.Connection, tables: Iterable[str] = COLUMNS) -> list[str]:
@@ -1304,8 +1317,8 @@ class GatewayState(StateReads):
             ).fetchone()
             if row is None:
                 return
-            base, _, again = str(row["idempotency_key"]).partition(":again")
-            key = f"{base}:again{int(again or 0) + 1}"
+            base, again = _started_over(str(row["idempotency_key"]))
+            key = f"{base}:again{again + 1}"
             db.execute(
                 "UPDATE jobs SET idempotency_key = ?, exchange_job_id = NULL, may_be_open = 0, "
                 "reason = ?, next_attempt_at = 0 WHERE id = ?",
@@ -1315,17 +1328,22 @@ class GatewayState(StateReads):
     def send_again_anew(self, job_id: int, exchange_job_id: str, reason: str) -> bool:
         """Take a sent job whose exchange job ended because the exchange lost images of its
         study back to 'pending', due now, to be sent as a new exchange job: under a new
-        idempotency key (`<key>:lost`), so that the exchange does not answer with the ended
-        job, and with the instances its study has now, as `send_again` sends a forgotten one.
+        idempotency key (its round's, `:lost`: one it never had, its `:again<N>` dropped), so
+        that the exchange does not answer with the ended job, and with the instances its study
+        has now, as `send_again` sends a forgotten one.
 
         Once: a job sent again for this before (its key says so, started over since or not)
-        is not, and neither is one
-        that moved on meanwhile (no longer sent, or linked to another exchange job); False
-        then, and the caller tells the radiologist that no result will come.
+        is not, and neither is one that moved on meanwhile (no longer sent, or linked to
+        another exchange job); False then, and the caller tells the radiologist that no
+        result will come.
         """
         with self.transaction() as db:
+            row = db.execute("SELECT idempotency_key FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return False
+            key = f"{_started_over(str(row['idempotency_key']))[0]}:lost"
             changed = db.execute(
-                "UPDATE jobs SET state = 'pending', idempotency_key = idempotency_key || ':lost', "
+                "UPDATE jobs SET state = 'pending', idempotency_key = :key, "
                 "exchange_job_id = NULL, replaced_exchange_job_id = :exchange, "
                 "may_be_open = 0, result_seen_at = NULL, "
                 "exchange_ended_at = NULL, exchange_state = NULL, inputs_digest = NULL, "
@@ -1333,7 +1351,7 @@ class GatewayState(StateReads):
                 "WHERE id = :id AND state = 'submitted' AND exchange_job_id = :exchange "
                 "AND idempotency_key NOT LIKE '%:lost' "
                 "AND idempotency_key NOT LIKE '%:lost:again%'",
-                {"reason": reason, "id": job_id, "exchange": exchange_job_id},
+                {"key": key, "reason": reason, "id": job_id, "exchange": exchange_job_id},
             ).rowcount
         return bool(changed)
 
@@ -1408,6 +1426,20 @@ class GatewayState(StateReads):
             if changed and notice is not None:
                 _insert_notice(db, job_id, "no-result", notice, urgent=urgent, now=now)
         return bool(changed)
+
+    def refuse(
+        self, job_id: int, reason: str, notice: str | None = None, *, urgent: bool = False
+    ) -> None:
+        """End a job unsent ('refused'), with its `notice` that no result will come queued in
+        the same transaction, if it has one."""
+        now = time.time()
+        with self.transaction() as db:
+            changed = db.execute(
+                "UPDATE jobs SET state = 'refused', reason = ?, ended_at = ? WHERE id = ?",
+                (reason, now, job_id),
+            ).rowcount
+            if changed and notice is not None:
+                _insert_notice(db, job_id, "no-result", notice, urgent=urgent, now=now)
 
     def retry_job_later(self, job_id: int, reason: str, delay: float) -> None:
         """Try a pending job again after `delay` seconds (one that moved on is left as is)."""

@@ -99,7 +99,7 @@ def test_a_job_that_ended_after_the_exchange_lost_its_images_is_not_the_products
         assert after.failure_rate == before.failure_rate
         assert after.failed == before.failed
         assert after.volume == before.volume + 2
-        assert (before.lost_by_exchange, after.lost_by_exchange) == (0, 2)  # seen, apart
+        assert (before.images_lost, after.images_lost) == (0, 2)  # seen, apart
     api_job = {"id": "j", "product_id": "ich", "hospital_id": "h-a", "state": "failed"}
     assert JobRecord.from_job(api_job).inputs_lost is False
     lost_at = {**api_job, "inputs_lost_at": "2026-03-02T08:00:00Z"}

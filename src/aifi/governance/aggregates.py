@@ -36,6 +36,8 @@ _QUANTILES = {"p50": 0.5, "p95": 0.95}
 #: Failed or expired, but not after the exchange lost images of the study (evaluation's
 #: failure rate leaves those out).
 _FAILED_BY_PRODUCT = and_(Job.state.in_(_FAILED), Job.inputs_lost_at.is_(None))
+#: Failed or expired after the exchange lost images of the study: counted apart.
+_IMAGES_LOST = and_(Job.state.in_(_FAILED), Job.inputs_lost_at.is_not(None))
 _POSITIVE = Job.triage_flag.in_([flag for flag, call in CALLS.items() if call])
 _NEGATIVE = Job.triage_flag.in_([flag for flag, call in CALLS.items() if not call])
 #: A tally's counts, in the order the tally query selects them.
@@ -44,7 +46,7 @@ _COUNTS = (
     "completed",
     "failed",
     "ended",
-    "lost_by_exchange",
+    "images_lost",
     "undelivered",
     "delivery_said",
     "feedback",
@@ -70,7 +72,7 @@ def tallies(session: Session, months: Months = Months()) -> list[Tally]:
             count().filter(Job.state == _COMPLETED),
             count().filter(_FAILED_BY_PRODUCT),
             count().filter(or_(Job.state == _COMPLETED, _FAILED_BY_PRODUCT)),
-            count().filter(Job.state.in_(_FAILED), Job.inputs_lost_at.is_not(None)),
+            count().filter(_IMAGES_LOST),
             count().filter(Job.state == _COMPLETED, Job.delivery.in_(sorted(UNDELIVERED))),
             count().filter(Job.state == _COMPLETED, Job.delivery.in_(sorted(DELIVERY_SAID))),
             count(JobFeedback.job_id),

@@ -17,7 +17,7 @@ failure rate
     (failed + expired) / ended jobs; cancelled jobs are the hospital's choice and left out,
     and so are jobs that failed or expired after the exchange lost images of their study from
     its store (`inputs_lost_at`): the product was never given them. Those are counted apart
-    (lost by the exchange), so that they are seen.
+    (images lost), so that they are seen.
 results not delivered
     Completed jobs whose results the hospital's gateway could not put in the PACS (it could
     not file them as they are, nor map them back to the patient's study, or the exchange
@@ -176,7 +176,7 @@ class ProductEvaluation(BaseModel):
     completed: int
     failed: int
     failure_rate: Proportion
-    lost_by_exchange: int = Field(
+    images_lost: int = Field(
         default=0,
         description="jobs that failed or expired after the exchange lost images of their "
         "study from its store: left out of failed and failure_rate, counted here so that "
@@ -225,7 +225,7 @@ class Tally:
     completed: int = 0
     failed: int = 0
     ended: int = 0
-    lost_by_exchange: int = 0
+    images_lost: int = 0
     undelivered: int = 0
     delivery_said: int = 0
     feedback: int = 0
@@ -296,8 +296,8 @@ def tally(
         volume=len(jobs),
         completed=sum(1 for j in jobs if j.state == JobState.completed.value),
         failed=sum(1 for j in jobs if j.state in _FAILED and not j.inputs_lost),
-        ended=sum(1 for j in jobs if j.state in _ENDED and not _lost_by_exchange(j)),
-        lost_by_exchange=sum(1 for j in jobs if _lost_by_exchange(j)),
+        ended=sum(1 for j in jobs if j.state in _ENDED and not _images_lost(j)),
+        images_lost=sum(1 for j in jobs if _images_lost(j)),
         undelivered=sum(1 for j in jobs if _completed_as(j, UNDELIVERED)),
         delivery_said=sum(1 for j in jobs if _completed_as(j, DELIVERY_SAID)),
         feedback=len(notes),
@@ -320,7 +320,7 @@ def tally(
     return counted
 
 
-def _lost_by_exchange(job: JobRecord) -> bool:
+def _images_lost(job: JobRecord) -> bool:
     """The job failed or expired because the exchange lost images of its study: not the
     product's failure, nor one of its ends."""
     return job.state in _FAILED and job.inputs_lost
@@ -341,7 +341,7 @@ def _evaluation(counted: Tally, eligible: int | None) -> ProductEvaluation:
         completed=counted.completed,
         failed=counted.failed,
         failure_rate=Proportion.of(counted.failed, counted.ended),
-        lost_by_exchange=counted.lost_by_exchange,
+        images_lost=counted.images_lost,
         undelivered=Proportion.of(counted.undelivered, counted.delivery_said),
         turnaround_p50_seconds=counted.turnaround_p50_seconds,
         turnaround_p95_seconds=counted.turnaround_p95_seconds,

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from aifi.exchange.cli_options import DataDir
 from aifi.gateway.cli_options import ConfigOption, settings_or_exit
 from aifi.vendor.client import LONGEST_LEASE_SECONDS
 
@@ -44,10 +45,7 @@ def _wait_for_signal() -> threading.Event:
 def exchange(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(help="State folder (default AIFI_DATA_DIR or ./aifi-data/exchange)."),
-    ] = None,
+    data_dir: DataDir = None,
     check: Annotated[
         bool,
         typer.Option(

@@ -37,7 +37,7 @@ from aifi.exchange.audit import (
 from aifi.exchange.audit_archive import COLUMNS, AuditArchiver, archives, verify_archives
 from aifi.exchange.audit_search import AuditQuery, search
 from aifi.exchange.blobs import BlobStore, open_blob_store
-from aifi.exchange.cli_options import settings_or_exit
+from aifi.exchange.cli_options import DataDir, settings_or_exit
 from aifi.exchange.clock import as_utc
 from aifi.exchange.db import Database
 from aifi.exchange.errors import ArchiveMissing, ExchangeError
@@ -52,9 +52,6 @@ HOST_OPERATOR = Actor(organisation_id=OPERATOR_ID, role="operator")
 #: How a moment is written on the command line (UTC).
 _MOMENT = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]
 
-DataDir = Annotated[
-    Path | None, typer.Option(help="The exchange's data folder (default AIFI_DATA_DIR).")
-]
 DatabaseUrl = Annotated[
     str | None, typer.Option(help="Or its database URL (default AIFI_DATABASE_URL).")
 ]

@@ -1,12 +1,22 @@
-"""What the exchange's commands share: reading its settings the way an operator can act on."""
+"""What the exchange's commands share: the `--data-dir` option and reading the settings the
+way an operator can act on."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from aifi.exchange.settings import ExchangeSettings, SettingsRefused, read_settings
+
+#: The `--data-dir` option of every exchange command.
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        help="The exchange's data folder (default AIFI_DATA_DIR or ./aifi-data/exchange)."
+    ),
+]
 
 
 def settings_or_exit(data_dir: Path | None) -> ExchangeSettings:

@@ -202,6 +202,7 @@ def test_a_running_gateway_sends_again_what_a_restored_exchange_lost(
                 "ended": 0.0,
                 "covered": 0.0,
                 "images_sent_again": 0.0,
+                "images_lost_ended": 0.0,
             }
             with national.api() as api:
                 [remote] = api.get("/jobs").json()
@@ -522,8 +523,11 @@ def test_a_job_whose_image_the_exchanges_store_lost_is_sent_again_and_comes_home
         [home] = hospital.jobs()
         assert home["state"] == "delivered", home
         assert len(national.pacs().get("/instances")) == home["results_delivered"] >= 1  # type: ignore[arg-type]
+        assert hospital.gateway.notices_queued() == 1  # the result's, on its lane
         hospital.gateway.notices.send_due(urgent=False)
+        hospital.gateway.notices.send_due(urgent=True)
         received = listener.received.get(timeout=10)  # the result's notice, not a no-result
+        assert hospital.gateway.notices_queued() == 0
     assert "No AI result" not in received.text
     assert listener.received.empty()
     hospital.gateway.acknowledge([listed["id"]])
@@ -565,12 +569,14 @@ def _lost_images_told(hospital: Hospital, listener: Hl7Listener) -> None:
     assert _lost_counted(hospital, "images_lost_ended") == 1.0  # GatewayLostJobEnded
 
 
+@pytest.mark.parametrize("covered", [False, True], ids=["alone", "covered"])
 def test_a_job_whose_images_are_gone_from_the_spool_too_is_not_sent_again_and_the_ris_is_told(
-    national: National, hospital: Hospital, monkeypatch: pytest.MonkeyPatch
+    national: National, hospital: Hospital, monkeypatch: pytest.MonkeyPatch, covered: bool
 ) -> None:
     """The exchange lost images of the study, and the gateway's spool no longer holds them
-    (a restore without it, its volume not mounted): sent again, the job would wait for them
-    or be refused without a word. It ends, and the radiologist hears why."""
+    (a restore without it, its volume not mounted): sent again, the job would wait for them.
+    It ends, and the radiologist hears why; unless another job of the study for the product
+    (here one adopted) brings its result, when sending the study again would make no job."""
     lost = _images_lost(national, monkeypatch, times=1)
     with Hl7Listener() as listener:
         _with_ris(hospital, listener.port)
@@ -579,10 +585,17 @@ def test_a_job_whose_images_are_gone_from_the_spool_too_is_not_sent_again_and_th
         listed = _failed_for_lost_image(hospital, lost)
         [job] = hospital.jobs()
         (hospital.gateway.spool / job["study_uid"] / f"{_first_sop(hospital)}.dcm").unlink()
+        if covered:
+            hospital.gateway.state.adopt("adopted", job["study_uid"], PRODUCT, None, time.time())
         hospital.gateway.collect(listed)
-        [ended] = hospital.jobs()
+        ended = hospital.gateway.state.job(int(job["id"]))
         assert ended["state"] == "ended", ended
-        _lost_images_told(hospital, listener)
+        if covered:
+            assert hospital.gateway.notices_queued() == 0
+            assert _lost_counted(hospital, "covered") == 1.0
+            assert _lost_counted(hospital, "images_lost_ended") == 0.0
+        else:
+            _lost_images_told(hospital, listener)
     assert _lost_counted(hospital, "images_sent_again") == 0.0
 
 
@@ -618,8 +631,8 @@ def test_a_job_key_sent_again_for_lost_images_and_started_over_stays_one_of_its_
     tmp_path: Path,
 ) -> None:
     """A job started over (`:again1`) whose exchange job then failed for lost images goes
-    under its round's key and `:lost`; started over after that, `:lost:again1`. Each key is
-    new to the exchange, and the job is never sent again for lost images twice."""
+    under its round's key and `:lost`, a key it never had; started over after that,
+    `:lost:again1`. The job is never sent again for lost images twice."""
     state = GatewayState(tmp_path / "state.db")
     now = time.time()
     with state.transaction() as db:
@@ -636,7 +649,6 @@ def test_a_job_key_sent_again_for_lost_images_and_started_over_stays_one_of_its_
     assert state.job(job_id)["idempotency_key"] == "2.25.9:p:1:lost:again1"
     state.update_job(job_id, state="submitted", exchange_job_id="Y")
     assert not state.send_again_anew(job_id, "Y", "lost again")
-    state.start_over(job_id, "not pending: left as it is")
     assert state.job(job_id)["idempotency_key"] == "2.25.9:p:1:lost:again1"
 
 

@@ -250,8 +250,9 @@ class JobOut(BaseModel):
     inputs_lost_at: UtcDateTime | None = Field(
         default=None,
         description="when the exchange found one of the job's inputs missing from its blob "
-        "store (lost, not purged): the job cannot be run, and if it ends without a result "
-        "that is the exchange's doing, not the product's; the study must be sent again",
+        "store (lost, not purged) while the job was open and not ended: the job cannot be "
+        "run, and if it ends without a result that is the exchange's doing, not the "
+        "product's; its gateway sends the study again, once",
     )
     results: list[ResultOut] | None = Field(
         default=None,

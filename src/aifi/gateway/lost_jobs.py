@@ -35,11 +35,14 @@ class Outcome(StrEnum):
     inputs_sent_again = "inputs_sent_again"  # held unopened, inputs lost: the rest sent
     delivered_from_copy = "delivered_from_copy"  # its results were home: no second run
     ended = "ended"  # adopted: cannot be sent again, ended saying so
-    covered = "covered"  # adopted, and another job of its study brings the product's result
+    #: Adopted (or its images lost and not sent again), and another job of its study brings
+    #: the product's result.
+    covered = "covered"
     #: It ended because the exchange lost images of its study: sent as a new exchange job.
     images_sent_again = "images_sent_again"
     #: It ended because the exchange lost images of its study and could not be sent again
-    #: (lost a second time, adopted, or its images gone from the spool): the RIS is told.
+    #: (lost a second time, adopted, its images gone from the spool, or the new job refused):
+    #: the RIS is told.
     images_lost_ended = "images_lost_ended"
 
 

@@ -110,8 +110,9 @@ class GatewayCollector(Collector):
             "moment, or its store lost images of the study), by what the gateway did: "
             "sent_again (as a new exchange job), inputs_sent_again (the rest of its inputs), "
             "delivered_from_copy (its results had come home: the product not run again), "
-            "ended (adopted: the study to be sent again from the PACS), covered (adopted, and "
-            "another job of the study brings the product's result), images_sent_again (its "
+            "ended (adopted: the study to be sent again from the PACS), covered (adopted, or "
+            "its images lost and not sent again, and another job of the study brings the "
+            "product's result), images_sent_again (its "
             "images lost: sent again as a new exchange job), images_lost_ended (its images "
             "lost, and it could not be sent again: the study to be sent again from the PACS). "
             "Since the gateway started.",

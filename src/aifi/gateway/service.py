@@ -1280,7 +1280,7 @@ class Gateway:
 
     def _refuse(self, job_id: int, reason: str) -> None:
         """End a job unsent, with `reason`. One sent again because the exchange lost images of
-        its study (`_sent_again_for_lost_images`) was the radiologist's to hear of: its notice
+        its study (`_send_again_for_lost_images`) was the radiologist's to hear of: its notice
         that no result will come is queued with the refusal."""
         log.warning("job %s refused: %s", job_id, reason)
         local = self.state.job(job_id)
@@ -1708,7 +1708,7 @@ class Gateway:
             log.info("ended job %s was cancelled to start its job over; acknowledged", exchange_id)
             return True
         if local is None and (again := self.state.job_replacing(exchange_id)) is not None:
-            # Sent again in its place (`_sent_again_for_lost_images`), its acknowledgement not
+            # Sent again in its place (`_send_again_for_lost_images`), its acknowledgement not
             # through: its end was seen to then.
             log.info(
                 "ended job %s was sent again as job %s; acknowledged", exchange_id, again["id"]
@@ -1782,7 +1782,7 @@ class Gateway:
                         delivered_at=time.time(), ended_at=time.time(),
                         results_delivered=delivered,
                     )  # fmt: skip
-            elif not self._sent_again_for_lost_images(local, exchange_id, job):
+            elif not self._send_again_for_lost_images(local, exchange_id, job):
                 self.state.update_job(
                     int(local["id"]), state="ended", exchange_state=job["state"],
                     reason=job.get("reason") or job["state"], ended_at=time.time(),
@@ -1803,19 +1803,21 @@ class Gateway:
         self._settled(exchange_id)
         return True
 
-    def _sent_again_for_lost_images(
+    def _send_again_for_lost_images(
         self, local: Mapping[str, Any], exchange_id: str, job: Mapping[str, Any]
     ) -> bool:
-        """Whether a job that failed or expired because the exchange lost images of its study
-        from its store (`inputs_lost_at`) is taken back to be sent again, as a new exchange
-        job from the spool: the radiologist gets the product's result, late, rather than a
-        notice to send the study again. Once (`GatewayState.send_again_anew`), and never an
-        adopted job (no round of the study to send), nor one whose study's images are gone
-        from the spool; those end with the notice (`images_lost_ended`)."""
+        """Take a job that failed or expired because the exchange lost images of its study
+        from its store (`inputs_lost_at`) back to be sent again, as a new exchange job from
+        the spool, and say whether it was: the radiologist gets the product's result, late,
+        rather than a notice to send the study again. Once (`GatewayState.send_again_anew`),
+        and never an adopted job (no round of the study to send), nor one whose study's
+        images are gone from the spool; those end (`images_lost_ended`), with the notice
+        unless another job of the study brings the product's result (`covered`)."""
         if job["state"] not in ("failed", "expired") or not job.get("inputs_lost_at"):
             return False
         if int(local["round"]) == 0 or self._spool_lacks(str(local["study_uid"])):
-            self._submitted_watch.count(Outcome.images_lost_ended)
+            covered = self.state.covering_job(int(local["id"])) is not None
+            self._submitted_watch.count(Outcome.covered if covered else Outcome.images_lost_ended)
             return False
         reason = (
             f"sent again: the exchange lost images of its study before the product read them "
@@ -1831,7 +1833,7 @@ class Gateway:
 
     def _spool_lacks(self, study_uid: str) -> bool:
         """Whether images of the study are gone from the spool (a restore without it, a
-        volume not mounted): sent again, the job would wait for them, or be refused."""
+        volume not mounted): sent again, the job would wait for them."""
         gone = _gone_from_spool(self.state.study_instances(study_uid))
         if gone:
             log.warning(
@@ -2141,6 +2143,15 @@ class Gateway:
         try:
             if reason is None:  # nothing to tell; what a result notice still had to retry
                 self.state.give_up_notifications(local_id, (), "given up: no result to announce")
+                return True
+            if reason == INPUTS_LOST_BY_EXCHANGE and (
+                covering := self.state.covering_job(local_id)
+            ):
+                # Sending the study again, as the notice would advise, makes no new job: the
+                # other one brings the product's result.
+                self.state.give_up_notifications(
+                    local_id, (), f"its study's job {covering['id']} brings the product's result"
+                )
                 return True
             if not settings.configured or not settings.announce_unavailable:
                 self.state.give_up_notifications(local_id, (), NO_LONGER_SENT)

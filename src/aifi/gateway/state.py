@@ -1334,8 +1334,7 @@ class GatewayState(StateReads):
 
         Once: a job sent again for this before (its key says so, started over since or not)
         is not, and neither is one that moved on meanwhile (no longer sent, or linked to
-        another exchange job); False then, and the caller tells the radiologist that no
-        result will come.
+        another exchange job); False then, and the caller ends it as the exchange did.
         """
         with self.transaction() as db:
             row = db.execute("SELECT idempotency_key FROM jobs WHERE id = ?", (job_id,)).fetchone()

@@ -226,15 +226,13 @@ def test_a_refusal_whose_state_write_failed_is_put_on_record_once(
     opened = hospital.part_sent_then_broken_off()
     garbled_on_the_way(hospital, next(iter(hospital.pseudonyms(hospital.files[0]))))
     [job] = hospital.jobs()
-    state, update_job = hospital.gateway.state, hospital.gateway.state.update_job
+    state = hospital.gateway.state
 
-    def locked_for_refusals(job_id: int, **changes: Any) -> None:
-        if changes.get("state") == "refused":
-            raise sqlite3.OperationalError("database is locked")
-        update_job(job_id, **changes)
+    def locked_for_refusals(job_id: int, reason: str, *args: Any, **kwargs: Any) -> None:
+        raise sqlite3.OperationalError("database is locked")
 
     with monkeypatch.context() as locked:
-        locked.setattr(state, "update_job", locked_for_refusals)
+        locked.setattr(state, "refuse", locked_for_refusals)
         assert hospital.send_due(time.time() + 600) == [job["id"]]
     [job] = hospital.jobs()
     assert job["state"] == "pending", job["reason"]

@@ -480,6 +480,21 @@ def _images_lost(national: National, monkeypatch: pytest.MonkeyPatch, times: int
     return lost
 
 
+@contextmanager
+def _sent_with_images_lost(
+    national: National, hospital: Hospital, monkeypatch: pytest.MonkeyPatch, times: int = 1
+) -> Iterator[tuple[Hl7Listener, dict[str, str]]]:
+    """The hospital's gateway with its RIS, the study received and routed, and the exchange's
+    store set to lose images of the first `times` jobs (`_images_lost`): the RIS, and the
+    images lost by exchange job as they go."""
+    lost = _images_lost(national, monkeypatch, times=times)
+    with Hl7Listener() as listener:
+        _with_ris(hospital, listener.port)
+        hospital.receive(*hospital.files)
+        assert hospital.route() == 1
+        yield listener, lost
+
+
 def _failed_for_lost_image(hospital: Hospital, lost: dict[str, str]) -> dict[str, Any]:
     """The study's job, sent, as the exchange lists it once its worker failed it for the
     image its store lost."""
@@ -501,11 +516,7 @@ def test_a_job_whose_image_the_exchanges_store_lost_is_sent_again_and_comes_home
     reaches the PACS, a little late, with no notice that none will come. The failed job is
     acknowledged; listed again (its acknowledgement lost), it is known, not met as a job
     of nobody's."""
-    lost = _images_lost(national, monkeypatch, times=1)
-    with Hl7Listener() as listener:
-        _with_ris(hospital, listener.port)
-        hospital.receive(*hospital.files)
-        assert hospital.route() == 1
+    with _sent_with_images_lost(national, hospital, monkeypatch) as (listener, lost):
         listed = _failed_for_lost_image(hospital, lost)
         assert hospital.gateway.collect(listed)
         [again] = hospital.jobs()
@@ -540,11 +551,7 @@ def test_a_job_whose_image_the_exchanges_store_lost_twice_tells_the_ris_the_exch
     """Sent again, the study's images were lost again: the gateway sends it no third time.
     The radiologist hears that the exchange lost the study's images, not that the product
     could not analyse the study, and that the study is to be sent again."""
-    lost = _images_lost(national, monkeypatch, times=2)
-    with Hl7Listener() as listener:
-        _with_ris(hospital, listener.port)
-        hospital.receive(*hospital.files)
-        assert hospital.route() == 1
+    with _sent_with_images_lost(national, hospital, monkeypatch, times=2) as (listener, lost):
         assert hospital.gateway.collect(_failed_for_lost_image(hospital, lost))
         hospital.gateway.collect(_failed_for_lost_image(hospital, lost))
         _lost_images_told(hospital, listener)
@@ -577,11 +584,7 @@ def test_a_job_whose_images_are_gone_from_the_spool_too_is_not_sent_again_and_th
     (a restore without it, its volume not mounted): sent again, the job would wait for them.
     It ends, and the radiologist hears why; unless another job of the study for the product
     (here one adopted) brings its result, when sending the study again would make no job."""
-    lost = _images_lost(national, monkeypatch, times=1)
-    with Hl7Listener() as listener:
-        _with_ris(hospital, listener.port)
-        hospital.receive(*hospital.files)
-        assert hospital.route() == 1
+    with _sent_with_images_lost(national, hospital, monkeypatch) as (listener, lost):
         listed = _failed_for_lost_image(hospital, lost)
         [job] = hospital.jobs()
         (hospital.gateway.spool / job["study_uid"] / f"{_first_sop(hospital)}.dcm").unlink()
@@ -605,11 +608,7 @@ def test_a_job_sent_again_for_lost_images_that_the_exchange_refuses_tells_the_ri
     """Sent again for images the exchange lost, the study cannot go: the product was
     suspended meanwhile. The job is refused, and with the refusal the radiologist hears that
     no result will come, and why."""
-    lost = _images_lost(national, monkeypatch, times=1)
-    with Hl7Listener() as listener:
-        _with_ris(hospital, listener.port)
-        hospital.receive(*hospital.files)
-        assert hospital.route() == 1
+    with _sent_with_images_lost(national, hospital, monkeypatch) as (listener, lost):
         assert hospital.gateway.collect(_failed_for_lost_image(hospital, lost))
         with national.api(OPERATOR_KEY) as operator:
             suspended = operator.post(

@@ -545,17 +545,30 @@ def test_a_job_whose_image_the_exchanges_store_lost_is_sent_again_and_comes_home
     assert hospital.gateway.client.job(listed["id"])["acknowledged_at"] is not None
 
 
+@pytest.mark.parametrize("covered", [False, True], ids=["alone", "covered"])
 def test_a_job_whose_image_the_exchanges_store_lost_twice_tells_the_ris_the_exchange_lost_it(
-    national: National, hospital: Hospital, monkeypatch: pytest.MonkeyPatch
+    national: National, hospital: Hospital, monkeypatch: pytest.MonkeyPatch, covered: bool
 ) -> None:
     """Sent again, the study's images were lost again: the gateway sends it no third time.
     The radiologist hears that the exchange lost the study's images, not that the product
-    could not analyse the study, and that the study is to be sent again."""
+    could not analyse the study, and that the study is to be sent again; unless another job
+    of the study for the product (here one adopted) brings its result."""
     with _sent_with_images_lost(national, hospital, monkeypatch, times=2) as (listener, lost):
         assert hospital.gateway.collect(_failed_for_lost_image(hospital, lost))
-        hospital.gateway.collect(_failed_for_lost_image(hospital, lost))
-        _lost_images_told(hospital, listener)
-    [ended] = hospital.jobs()
+        listed = _failed_for_lost_image(hospital, lost)
+        [job] = hospital.jobs()
+        if covered:
+            hospital.gateway.state.adopt("adopted", job["study_uid"], PRODUCT, None, time.time())
+        hospital.gateway.collect(listed)
+        if covered:
+            assert hospital.gateway.notices_queued() == 0
+            assert (
+                _lost_counted(hospital, "covered"),
+                _lost_counted(hospital, "images_lost_ended"),
+            ) == (1.0, 0.0)
+        else:
+            _lost_images_told(hospital, listener)
+    ended = hospital.gateway.state.job(int(job["id"]))
     assert ended["state"] == "ended"
     assert "is missing from the exchange's blob store" in ended["reason"]  # the operator's list
     assert _lost_counted(hospital, "images_sent_again") == 1.0

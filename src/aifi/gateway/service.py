@@ -1281,14 +1281,16 @@ class Gateway:
     def _refuse(self, job_id: int, reason: str) -> None:
         """End a job unsent, with `reason`. One sent again because the exchange lost images of
         its study (`_send_again_for_lost_images`) was the radiologist's to hear of: its notice
-        that no result will come is queued with the refusal."""
+        that no result will come is queued with the refusal, unless another job of its study
+        brings the product's result."""
         log.warning("job %s refused: %s", job_id, reason)
         local = self.state.job(job_id)
         replaced = local["replaced_exchange_job_id"] if local else None
         notice = None
         if local is not None and replaced:
-            notice = self._lost_notice(local, str(replaced), INPUTS_LOST_BY_EXCHANGE)
-            self._submitted_watch.count(Outcome.images_lost_ended)
+            self._count_images_lost_ended(job_id)
+            if self.state.covering_job(job_id) is None:
+                notice = self._lost_notice(local, str(replaced), INPUTS_LOST_BY_EXCHANGE)
         self.state.refuse(
             job_id,
             reason,
@@ -1815,21 +1817,28 @@ class Gateway:
         unless another job of the study brings the product's result (`covered`)."""
         if job["state"] not in ("failed", "expired") or not job.get("inputs_lost_at"):
             return False
-        if int(local["round"]) == 0 or self._spool_lacks(str(local["study_uid"])):
-            covered = self.state.covering_job(int(local["id"])) is not None
-            self._submitted_watch.count(Outcome.covered if covered else Outcome.images_lost_ended)
-            return False
         reason = (
             f"sent again: the exchange lost images of its study before the product read them "
             f"(its job {exchange_id} {job['state']}: {job.get('reason') or 'no reason given'})"
         )
-        if not self.state.send_again_anew(int(local["id"]), exchange_id, reason):
-            self._submitted_watch.count(Outcome.images_lost_ended)
-            return False
-        log.warning("job %s: %s", local["id"], reason)
-        self._submitted_watch.count(Outcome.images_sent_again)
-        self._submit.set()
-        return True
+        if (
+            int(local["round"]) != 0
+            and not self._spool_lacks(str(local["study_uid"]))
+            and self.state.send_again_anew(int(local["id"]), exchange_id, reason)
+        ):
+            log.warning("job %s: %s", local["id"], reason)
+            self._submitted_watch.count(Outcome.images_sent_again)
+            self._submit.set()
+            return True
+        self._count_images_lost_ended(int(local["id"]))
+        return False
+
+    def _count_images_lost_ended(self, job_id: int) -> None:
+        """Count a job that ended because the exchange lost images of its study, not sent
+        again: `covered` when another job of its study brings the product's result (its
+        notice is not sent, `_queue_no_result`), else `images_lost_ended`, which pages."""
+        covered = self.state.covering_job(job_id) is not None
+        self._submitted_watch.count(Outcome.covered if covered else Outcome.images_lost_ended)
 
     def _spool_lacks(self, study_uid: str) -> bool:
         """Whether images of the study are gone from the spool (a restore without it, a

@@ -1287,10 +1287,8 @@ class Gateway:
         local = self.state.job(job_id)
         replaced = local["replaced_exchange_job_id"] if local else None
         notice = None
-        if local is not None and replaced:
-            self._count_images_lost_ended(job_id)
-            if self.state.covering_job(job_id) is None:
-                notice = self._lost_notice(local, str(replaced), INPUTS_LOST_BY_EXCHANGE)
+        if local is not None and replaced and not self._count_images_lost_ended(job_id):
+            notice = self._lost_notice(local, str(replaced), INPUTS_LOST_BY_EXCHANGE)
         self.state.refuse(
             job_id,
             reason,
@@ -1833,12 +1831,13 @@ class Gateway:
         self._count_images_lost_ended(int(local["id"]))
         return False
 
-    def _count_images_lost_ended(self, job_id: int) -> None:
+    def _count_images_lost_ended(self, job_id: int) -> bool:
         """Count a job that ended because the exchange lost images of its study, not sent
         again: `covered` when another job of its study brings the product's result (its
-        notice is not sent, `_queue_no_result`), else `images_lost_ended`, which pages."""
+        notice is not sent), else `images_lost_ended`, which pages. Whether it was covered."""
         covered = self.state.covering_job(job_id) is not None
         self._submitted_watch.count(Outcome.covered if covered else Outcome.images_lost_ended)
+        return covered
 
     def _spool_lacks(self, study_uid: str) -> bool:
         """Whether images of the study are gone from the spool (a restore without it, a

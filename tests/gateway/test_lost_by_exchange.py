@@ -19,6 +19,8 @@ import yaml
 from sqlalchemy import select
 
 from aifi.exchange.models import JobInput, JobResult
+from aifi.gateway.backup import back_up
+from aifi.gateway.config import load_config
 from aifi.gateway.exchange_client import GatewayClient
 from aifi.gateway.job_list import job_statuses
 from aifi.gateway.lost_jobs import ASK_AFTER_SECONDS, ASK_EVERY_SECONDS, LISTED_JOB
@@ -34,7 +36,8 @@ from support.exchange_restore import backed_up, restored
 from support.hospital import PRODUCT, Hospital
 from support.national import OPERATOR_KEY, National, national_path, samples, started_gateway
 from support.peers import OrthancPeer, free_port, start_orthanc, storescu
-from support.restore import bring_home, until_ended
+from support.restore import bring_home, lose_the_disk, until_ended
+from support.restore import restored as restored_gateway
 
 pytestmark = pytest.mark.peer
 
@@ -500,7 +503,14 @@ def _failed_for_lost_image(hospital: Hospital, lost: dict[str, str]) -> dict[str
     image its store lost."""
     [job] = [j for j in hospital.jobs() if j["state"] == "pending"]
     assert hospital.send_due() == [job["id"]]
-    exchange_id = hospital.gateway.state.job(int(job["id"]))["exchange_job_id"]
+    return _failed_for_lost_image_sent(hospital, lost, int(job["id"]))
+
+
+def _failed_for_lost_image_sent(
+    hospital: Hospital, lost: dict[str, str], job_id: int
+) -> dict[str, Any]:
+    """`_failed_for_lost_image`, for the study's job sent already."""
+    exchange_id = hospital.gateway.state.job(job_id)["exchange_job_id"]
     listed = until_ended(hospital, exchange_id)
     assert listed["state"] == "failed" and listed["inputs_lost_at"] is not None
     said = f"{lost[exchange_id]} is missing from the exchange's blob store"
@@ -662,6 +672,74 @@ def test_a_job_key_sent_again_for_lost_images_and_started_over_stays_one_of_its_
     state.update_job(job_id, state="submitted", exchange_job_id="Y")
     assert not state.send_again_anew(job_id, "Y", "lost again")
     assert state.job(job_id)["idempotency_key"] == "2.25.9:p:1:lost:again1"
+
+
+@pytest.mark.parametrize("acknowledged", [True, False], ids=["acknowledged", "ack-lost"])
+@pytest.mark.parametrize("brought_home", [False, True], ids=["under-way", "brought-home"])
+def test_a_job_sent_again_for_lost_images_after_the_backup_comes_home_once_after_a_restore(
+    national: National,
+    hospital: Hospital,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    acknowledged: bool,
+    brought_home: bool,
+) -> None:
+    """The gateway backed up with its job sent; then the exchange lost an image of the study,
+    and the gateway sent the study again as a new job (that job brought home, or not), and
+    acknowledged the failed one (or its acknowledgement was lost); then its disk was lost.
+    Restored, the gateway finds the job it sent again by its key: the product is not run a
+    third time, its result reaches the PACS once, the RIS hears no "no result", and no job
+    waits as one of nobody's."""
+    with _sent_with_images_lost(national, hospital, monkeypatch) as (listener, lost):
+        [job] = hospital.jobs()
+        assert hospital.send_due() == [job["id"]]
+        backup = tmp_path / "backup"
+        back_up(load_config(hospital.path), backup)
+        failed = _failed_for_lost_image_sent(hospital, lost, int(job["id"]))
+        assert hospital.gateway.collect(failed)
+        if acknowledged:
+            hospital.gateway.acknowledge([failed["id"]])
+        assert hospital.send_due() == [job["id"]]
+        again = str(hospital.gateway.state.job(int(job["id"]))["exchange_job_id"])
+        if brought_home:
+            assert "No AI result" not in _home_with_its_notice(hospital, listener, again)
+            delivered = len(national.pacs().get("/instances"))  # type: ignore[arg-type]
+            assert delivered >= 1
+        lose_the_disk(hospital)
+        gateway = restored_gateway(hospital, backup)
+
+        gateway.reconcile_restore()
+        if not acknowledged:  # listed again, as the results thread would meet it
+            assert gateway.collect(until_ended(hospital, failed["id"]))
+            gateway.acknowledge([failed["id"]])
+        assert hospital.send_due() == [job["id"]]
+        [sent] = hospital.jobs()
+        assert sent["exchange_job_id"] == again, sent
+        if not brought_home:
+            assert "No AI result" not in _home_with_its_notice(hospital, listener, again)
+        [home] = hospital.jobs()
+        assert home["state"] == "delivered", home
+        assert len(hospital.exchange_jobs()) == 2  # the product not run a third time
+        pacs = len(national.pacs().get("/instances"))  # type: ignore[arg-type]
+        assert pacs == (delivered if brought_home else home["results_delivered"]) >= 1
+        assert gateway.unknown_jobs_left() == 0
+        assert gateway.client.unacknowledged_jobs() == {}
+        gateway.notices.send_due(urgent=False)
+        gateway.notices.send_due(urgent=True)
+        assert gateway.notices_queued() == 0
+        assert listener.received.empty()  # a result's notice once, and no "no result"
+
+
+def _home_with_its_notice(hospital: Hospital, listener: Hl7Listener, exchange_id: str) -> str:
+    """The job brought home as the results thread brings it: collected, its result's notice
+    sent (the RIS's message, returned), then collected again and acknowledged."""
+    hospital.gateway.collect(until_ended(hospital, exchange_id))  # its notice then waits
+    hospital.gateway.notices.send_due(urgent=False)
+    hospital.gateway.notices.send_due(urgent=True)
+    received = listener.received.get(timeout=10)
+    assert hospital.gateway.collect(until_ended(hospital, exchange_id))
+    hospital.gateway.acknowledge([exchange_id])
+    return str(received.text)
 
 
 def _with_pacs_b_down(hospital: Hospital) -> dict[str, Any]:

@@ -62,7 +62,7 @@ from aifi.gateway.receipt import (
 from aifi.gateway.reidentify import reidentify_file
 from aifi.gateway.routing import route_study
 from aifi.gateway.secret import VAULT, keep_fingerprint, open_secret
-from aifi.gateway.state import GatewayState, ReceivedInstance, inputs_digest
+from aifi.gateway.state import GatewayState, ReceivedInstance, images_lost_key, inputs_digest
 from aifi.gateway.stow import BASE as STOW_BASE
 from aifi.gateway.stow import stow_app
 from aifi.gateway.vault import Vault
@@ -215,6 +215,12 @@ def _unless_unknown(ask: Callable[[str], dict[str, Any] | None], job: str) -> di
         if exc.status != 404:
             raise
         return None
+
+
+def _images_lost(job: Mapping[str, Any]) -> bool:
+    """Whether the exchange `job` ended, unanalysed, because the exchange lost images of its
+    study from its store (`inputs_lost_at`)."""
+    return job["state"] in ("failed", "expired") and bool(job.get("inputs_lost_at"))
 
 
 def _gone_from_spool(instances: list[dict[str, Any]]) -> list[str]:
@@ -1334,39 +1340,47 @@ class Gateway:
         """After a restore from a backup (`aifi gateway-restore`), ask the exchange what the
         lost disk did after the backup, before anything is sent or brought home.
 
-        A pending job the lost disk sent is found by its key and linked to its exchange job:
-        it is not skipped for another job of its study (`skip_if_sent_before`), and its send
-        finds that job. A submitted job the lost disk brought home (acknowledged) is ended as
-        it ended: the exchange lists only jobs not brought home yet, so it would wait for
-        ever. Every answer but "not known" (404) that is not one is raised, for the caller to
-        try again after its back-off: the restore is checked whole, never with a job skipped.
+        A submitted job the lost disk brought home (acknowledged) is ended as it ended: the
+        exchange lists only jobs not brought home yet, so it would wait for ever. Unless the
+        exchange lost images of its study and the lost disk sent it again in its place
+        (`_sent_again_after_backup`): then it is taken back to be sent again, and found as a
+        pending job is. A pending job the lost disk sent is found by its key and linked to its
+        exchange job: it is not skipped for another job of its study (`skip_if_sent_before`),
+        and its send finds that job. Every answer but "not known" (404) that is not one is
+        raised, for the caller to try again after its back-off: the restore is checked whole,
+        never with a job skipped.
         """
         with self._reconciling:
             restore = self.state.restore_to_reconcile()
             while restore is not None:
-                for local in self.state.query(
-                    "SELECT * FROM jobs WHERE state = 'pending' AND exchange_job_id IS NULL"
-                ):
-                    made = _unless_unknown(self.client.job_by_key, str(local["idempotency_key"]))
-                    if (
-                        made
-                        and self.state.link_exchange_job(int(local["id"]), str(made["id"])) is None
-                    ):
-                        # (Adopted as another job, or let go, it is left: the job's send
-                        # finds that.)
-                        self.state.update_job(int(local["id"]), may_be_open=1)
                 sent = self.state.query(
                     "SELECT * FROM jobs WHERE state = 'submitted' AND exchange_job_id IS NOT NULL"
                 )
                 for local in sent:
                     remote = _unless_unknown(self.client.job, str(local["exchange_job_id"]))
-                    if remote is not None and remote.get("acknowledged_at"):
+                    if remote is None or not remote.get("acknowledged_at"):
+                        continue
+                    if not self._sent_again_after_backup(local, remote):
                         self._settle_brought_home(local, remote)
+                for local in self.state.query(
+                    "SELECT * FROM jobs WHERE state = 'pending' AND exchange_job_id IS NULL"
+                ):
+                    made = _unless_unknown(self.client.job_by_key, str(local["idempotency_key"]))
+                    if made:
+                        self._link_found(int(local["id"]), made)
                 self.state.restore_reconciled(int(restore["id"]))
                 log.info("restored from a backup: the jobs it held checked with the exchange")
                 restore = self.state.restore_to_reconcile()
             self._reconciled = True
         self._notify()
+
+    def _link_found(self, job_id: int, made: Mapping[str, Any]) -> None:
+        """Link a pending job to the exchange job its key found, made by a disk lost since
+        (`aifi gateway-restore`): its send finds that job, and it is never skipped for another
+        job of its study (`skip_if_sent_before`). Adopted as another job, or let go, it is
+        left: the job's send finds that."""
+        if self.state.link_exchange_job(job_id, str(made["id"])) is None:
+            self.state.update_job(job_id, may_be_open=1)
 
     def ask_about_submitted(self, now: float | None = None) -> list[int]:
         """Ask the exchange about jobs sent a while ago that have not come home
@@ -1782,7 +1796,7 @@ class Gateway:
                         delivered_at=time.time(), ended_at=time.time(),
                         results_delivered=delivered,
                     )  # fmt: skip
-            elif not self._send_again_for_lost_images(local, exchange_id, job):
+            elif not self._send_again_for_lost_images(local, job):
                 self.state.update_job(
                     int(local["id"]), state="ended", exchange_state=job["state"],
                     reason=job.get("reason") or job["state"], ended_at=time.time(),
@@ -1803,33 +1817,67 @@ class Gateway:
         self._settled(exchange_id)
         return True
 
-    def _send_again_for_lost_images(
-        self, local: Mapping[str, Any], exchange_id: str, job: Mapping[str, Any]
-    ) -> bool:
+    def _send_again_for_lost_images(self, local: Mapping[str, Any], job: Mapping[str, Any]) -> bool:
         """Take a job that failed or expired because the exchange lost images of its study
         from its store (`inputs_lost_at`) back to be sent again, as a new exchange job from
         the spool, and say whether it was: the radiologist gets the product's result, late,
         rather than a notice to send the study again. Once (`GatewayState.send_again_anew`),
         and never an adopted job (no round of the study to send), nor one whose study's
-        images are gone from the spool; those end (`images_lost_ended`), with the notice
-        unless another job of the study brings the product's result (`covered`)."""
-        if job["state"] not in ("failed", "expired") or not job.get("inputs_lost_at"):
+        images are gone from the spool (`_take_back_for_lost_images`); those end
+        (`images_lost_ended`), with the notice unless another job of the study brings the
+        product's result (`covered`)."""
+        if not _images_lost(job):
             return False
+        if int(local["round"]) != 0 and self._take_back_for_lost_images(local, job):
+            self._submitted_watch.count(Outcome.images_sent_again)
+            return True
+        self._count_images_lost_ended(int(local["id"]))
+        return False
+
+    def _take_back_for_lost_images(self, local: Mapping[str, Any], job: Mapping[str, Any]) -> bool:
+        """`GatewayState.send_again_anew` for a job whose exchange `job` ended because the
+        exchange lost images of its study; whether it was taken back. Not when the spool lacks
+        the study (a restore without it, a volume not mounted: sent again, the job would wait
+        for it), unless the exchange holds the job sent again already, made by a disk lost
+        since (`aifi gateway-restore`): found by its key, it stands as it opened."""
+        exchange_id = str(job["id"])
         reason = (
             f"sent again: the exchange lost images of its study before the product read them "
             f"(its job {exchange_id} {job['state']}: {job.get('reason') or 'no reason given'})"
         )
-        if (
-            int(local["round"]) != 0
-            and not self._spool_lacks(str(local["study_uid"]))
-            and self.state.send_again_anew(int(local["id"]), exchange_id, reason)
-        ):
-            log.warning("job %s: %s", local["id"], reason)
-            self._submitted_watch.count(Outcome.images_sent_again)
-            self._submit.set()
-            return True
-        self._count_images_lost_ended(int(local["id"]))
-        return False
+        study_uid = str(local["study_uid"])
+        made: dict[str, Any] | None = None
+        if gone := _gone_from_spool(self.state.study_instances(study_uid)):
+            made = _unless_unknown(
+                self.client.job_by_key, images_lost_key(str(local["idempotency_key"]))
+            )
+            if made is None:
+                log.warning(
+                    "study %s: not sent again: %d of its instance(s) are gone from the spool",
+                    study_uid, len(gone),
+                )  # fmt: skip
+                return False
+        if not self.state.send_again_anew(int(local["id"]), exchange_id, reason):
+            return False
+        log.warning("job %s: %s", local["id"], reason)
+        if made is not None:
+            self._link_found(int(local["id"]), made)
+        self._submit.set()
+        return True
+
+    def _sent_again_after_backup(self, local: Mapping[str, Any], job: Mapping[str, Any]) -> bool:
+        """After a restore, whether a job the lost disk brought home (its exchange `job`
+        acknowledged) is one the exchange lost images of, taken back now to be sent again
+        (`_take_back_for_lost_images`): the lost disk sent it again, and `reconcile_restore`
+        links it to the job that disk made, found by its key, rather than ending it as its
+        lost job ended and meeting that one as a job of nobody's. With no such job at the
+        exchange, the lost disk's resend never reached it (it stopped first), and it is sent
+        again as it would have been. Nothing is counted: the lost disk counted it."""
+        return (
+            _images_lost(job)
+            and int(local["round"]) != 0
+            and self._take_back_for_lost_images(local, job)
+        )
 
     def _count_images_lost_ended(self, job_id: int) -> bool:
         """Count a job that ended because the exchange lost images of its study, not sent
@@ -1838,17 +1886,6 @@ class Gateway:
         covered = self.state.covering_job(job_id) is not None
         self._submitted_watch.count(Outcome.covered if covered else Outcome.images_lost_ended)
         return covered
-
-    def _spool_lacks(self, study_uid: str) -> bool:
-        """Whether images of the study are gone from the spool (a restore without it, a
-        volume not mounted): sent again, the job would wait for them."""
-        gone = _gone_from_spool(self.state.study_instances(study_uid))
-        if gone:
-            log.warning(
-                "study %s: not sent again: %d of its instance(s) are gone from the spool",
-                study_uid, len(gone),
-            )  # fmt: skip
-        return bool(gone)
 
     def _notices_waiting(self, local_id: int, exchange_id: str) -> bool:
         """The job's notices are still queued: its acknowledgement waits for them (an

@@ -275,6 +275,12 @@ def _started_over(key: str) -> tuple[str, int]:
     return match[1], int(match[2] or 0)
 
 
+def images_lost_key(key: str) -> str:
+    """The key a job goes under once sent again because the exchange lost images of its
+    study (`GatewayState.send_again_anew`): its round's, `:lost` after it, never had before."""
+    return f"{_started_over(key)[0]}:lost"
+
+
 def _add_columns(db: sqlite3.Connection, tables: Iterable[str] = COLUMNS) -> list[str]:
     """Add the columns of `COLUMNS` the `tables` lack; returns those added (table.column)."""
     added = []
@@ -1340,7 +1346,7 @@ class GatewayState(StateReads):
             row = db.execute("SELECT idempotency_key FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 return False
-            key = f"{_started_over(str(row['idempotency_key']))[0]}:lost"
+            key = images_lost_key(str(row["idempotency_key"]))
             changed = db.execute(
                 "UPDATE jobs SET state = 'pending', idempotency_key = :key, "
                 "exchange_job_id = NULL, replaced_exchange_job_id = :exchange, "

@@ -298,8 +298,19 @@ def blob_gone(exc: BaseException) -> bool:
         and exc.status == 404
         and (
             exc.detail.endswith("(retention)")  # "is no longer held", "was purged at …"
-            or "is missing from the exchange's blob store" in exc.detail
+            or blob_lost(exc)
         )
+    )
+
+
+def blob_lost(exc: BaseException) -> bool:
+    """Whether the exchange answered that a blob it listed is missing from its store, though
+    retention did not take it (`BlobMissing`: the store restored to an earlier moment)."""
+    return (
+        isinstance(exc, ExchangeHTTPError)
+        and not isinstance(exc, UnexpectedAnswer)
+        and exc.status == 404
+        and "is missing from the exchange's blob store" in exc.detail
     )
 
 

@@ -143,7 +143,7 @@ def test_every_product_s_undelivered_results_are_exported_from_zero(
     exchange.product(parties["vendor_b"], "product-late")
     counts = _undelivered_counts(exchange)
     for product in ("product-a", "product-b", "product-late"):
-        for reason in ("unfileable", "unmapped", "purged", "let_go"):
+        for reason in ("unfileable", "unmapped", "purged", "let_go", "lost"):
             assert counts[(product, reason)] == 0.0
 
 
@@ -156,8 +156,8 @@ def test_an_acknowledgement_that_misstates_delivery_is_refused_whole(
 
     for not_delivered, says in (
         ({stranger: "purged"}, f"not_delivered names jobs not in job_ids: {stranger}"),
-        ({job: "delivered"}, "'unfileable', 'unmapped', 'purged' or 'let_go'"),
-        ({job: "lost in the post"}, "'unfileable', 'unmapped', 'purged' or 'let_go'"),
+        ({job: "delivered"}, "'unfileable', 'unmapped', 'purged', 'let_go' or 'lost'"),
+        ({job: "lost in the post"}, "'unfileable', 'unmapped', 'purged', 'let_go' or 'lost'"),
     ):
         refused = exchange.client.post(
             "/jobs/acknowledge",

@@ -26,10 +26,11 @@ from aifi.gateway.job_list import job_statuses
 from aifi.gateway.lost_jobs import ASK_AFTER_SECONDS, ASK_EVERY_SECONDS, LISTED_JOB
 from aifi.gateway.metrics import gateway_registry
 from aifi.gateway.notify.receivers import Hl7Listener
-from aifi.gateway.service import INPUTS_LOST_BY_EXCHANGE, LOST_BY_EXCHANGE
+from aifi.gateway.service import INPUTS_LOST_BY_EXCHANGE, LOST_BY_EXCHANGE, NO_RESULT_BECAUSE
 from aifi.gateway.state import GatewayState
 from aifi.phantoms import write_study
 from aifi.products import tissue_volume
+from aifi.results.delivery import Delivery
 from aifi.vendor import JobContext, ProductResult
 from aifi.web import mount
 from support.exchange_restore import backed_up, restored
@@ -206,6 +207,8 @@ def test_a_running_gateway_sends_again_what_a_restored_exchange_lost(
                 "covered": 0.0,
                 "images_sent_again": 0.0,
                 "images_lost_ended": 0.0,
+                "results_sent_again": 0.0,
+                "results_lost_ended": 0.0,
             }
             with national.api() as api:
                 [remote] = api.get("/jobs").json()
@@ -431,30 +434,156 @@ def _waiting_for(hospital: Hospital, job_id: int) -> str:
     return status.waiting_for
 
 
-def test_a_result_the_exchanges_store_lost_ends_its_job_once(
-    national: National, hospital: Hospital
-) -> None:
-    """The exchange's object store restored to a moment before the job's result was stored:
-    the result can never be fetched. The job ends saying so (not asked for again at every
-    back-off, each time paging the national operator), and is done with like a job whose
-    results were purged."""
-    hospital.receive(*hospital.files)
-    assert hospital.route() == 1
-    [job] = hospital.jobs()
-    assert hospital.send_due() == [job["id"]]
-    exchange_id = hospital.gateway.state.job(int(job["id"]))["exchange_job_id"]
-    listed = until_ended(hospital, exchange_id)
+def _results_lost(national: National, monkeypatch: pytest.MonkeyPatch, times: int) -> list[str]:
+    """The exchange's object store loses the results of each of the first `times` jobs whose
+    results are asked for, just before the gateway first asks (a store restored to a moment
+    before they were stored): they can never be fetched. The exchange jobs whose results were
+    lost, as they go."""
     services = national.exchange.app.state.services
-    with services.db.session() as session:
-        keys = session.scalars(select(JobResult.blob_key).where(JobResult.job_id == exchange_id))
-        for key in list(keys):
-            services.blobs.delete(key)
-    hospital.gateway.collect(listed)
-    ended = hospital.gateway.state.job(int(job["id"]))
-    assert (ended["state"], ended["delivery"]) == ("ended", "purged"), ended
-    assert "missing from the exchange's blob store" in ended["reason"]
+    read = services.transfers.result_blob
+    lost: list[str] = []
+
+    def lost_as_first_asked_for(actor: Any, job_id: str, name: str, *args: Any) -> Any:
+        if job_id not in lost and len(lost) < times:
+            with services.db.session() as session:
+                keys = list(
+                    session.scalars(select(JobResult.blob_key).where(JobResult.job_id == job_id))
+                )
+            for key in keys:
+                services.blobs.delete(key)
+            lost.append(job_id)
+        return read(actor, job_id, name, *args)
+
+    monkeypatch.setattr(services.transfers, "result_blob", lost_as_first_asked_for)
+    return lost
+
+
+def _blob_missing_counted(national: National) -> str:
+    """The exchange's count of blobs found missing from its store (`BlobMissing`), as its
+    /metrics says it."""
     metrics = httpx.get(f"{national.exchange.url}/metrics", timeout=30).text
-    assert 'aifi_exchange_errors_total{kind="blob_missing"} 1.0' in metrics  # asked once
+    [line] = [m for m in metrics.splitlines() if m.startswith("aifi_exchange_errors_total")
+              and 'kind="blob_missing"' in m]  # fmt: skip
+    return line.rsplit(" ", 1)[1]
+
+
+def test_a_result_the_exchanges_store_lost_is_made_again_and_comes_home(
+    national: National, hospital: Hospital, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The exchange's store lost the product's result before the gateway fetched it: the
+    gateway sends the study again by itself, from its spool, as a new exchange job, and the
+    product's result reaches the PACS, a little late, with no notice that none will come. The
+    job whose result was lost is acknowledged saying so (the operator counts it), and listed
+    again (its acknowledgement lost) it is known, not met as a job of nobody's."""
+    lost = _results_lost(national, monkeypatch, times=1)
+    with Hl7Listener() as listener:
+        _with_ris(hospital, listener.port)
+        hospital.receive(*hospital.files)
+        assert hospital.route() == 1
+        [job] = hospital.jobs()
+        assert hospital.send_due() == [job["id"]]
+        first = str(hospital.gateway.state.job(int(job["id"]))["exchange_job_id"])
+        listed = until_ended(hospital, first)
+        assert listed["state"] == "completed"
+        assert hospital.gateway.collect(listed)
+        assert lost == [first]
+        [again] = hospital.jobs()
+        assert again["state"] == "pending" and again["exchange_job_id"] is None, again
+        assert again["reason"].startswith("sent again: the exchange's store lost the product's")
+        assert (again["replaced_exchange_job_id"], again["replaced_for"]) == (first, "results")
+        assert hospital.gateway.notices_queued() == 0
+        assert _lost_counted(hospital, "results_sent_again") == 1.0
+        hospital.gateway.acknowledge([first])
+        assert hospital.gateway.client.job(first)["delivery"] == "lost"
+        assert hospital.gateway.collect(listed)  # listed again: known as the job sent again
+        assert hospital.gateway.unknown_jobs_left() == 0
+        assert hospital.send_due() == [again["id"]]
+        sent = str(hospital.gateway.state.job(int(again["id"]))["exchange_job_id"])
+        assert sent != first
+        assert "No AI result" not in _home_with_its_notice(hospital, listener, sent)
+        [home] = hospital.jobs()
+        assert home["state"] == "delivered", home
+        assert len(national.pacs().get("/instances")) == home["results_delivered"] >= 1  # type: ignore[arg-type]
+        hospital.gateway.notices.send_due(urgent=False)
+        hospital.gateway.notices.send_due(urgent=True)
+        assert listener.received.empty()
+    assert _blob_missing_counted(national) == "1.0"  # asked once, not at every back-off
+    metrics = httpx.get(f"{national.exchange.url}/metrics", timeout=30).text
+    assert (
+        f'aifi_exchange_undelivered_results_total{{product="{PRODUCT}",reason="lost"}} 1.0'
+        in metrics
+    )
+
+
+@pytest.mark.parametrize("covered", [False, True], ids=["alone", "covered"])
+def test_a_result_the_exchanges_store_lost_twice_ends_its_job_once_and_tells_the_ris(
+    national: National, hospital: Hospital, monkeypatch: pytest.MonkeyPatch, covered: bool
+) -> None:
+    """Made again, the product's result was lost again: the gateway sends the study no third
+    time. The job ends saying so (not asked for again at every back-off, each time paging the
+    national operator), and the radiologist hears that the exchange lost the product's
+    results and that the study is to be sent again; unless another job of the study for the
+    product (here one adopted) brings its result."""
+    lost = _results_lost(national, monkeypatch, times=2)
+    with Hl7Listener() as listener:
+        _with_ris(hospital, listener.port)
+        hospital.receive(*hospital.files)
+        assert hospital.route() == 1
+        [job] = hospital.jobs()
+        for _ in range(2):
+            assert hospital.send_due() == [job["id"]]
+            exchange_id = str(hospital.gateway.state.job(int(job["id"]))["exchange_job_id"])
+            listed = until_ended(hospital, exchange_id)
+            if covered and len(lost) == 1:
+                hospital.gateway.state.adopt(
+                    "adopted", job["study_uid"], PRODUCT, None, time.time()
+                )
+            hospital.gateway.collect(listed)
+        assert len(lost) == 2
+        ended = hospital.gateway.state.job(int(job["id"]))
+        assert (ended["state"], ended["delivery"]) == ("ended", "lost"), ended
+        assert "is missing from the exchange's blob store" in ended["reason"]  # the operator's
+        if covered:
+            assert hospital.gateway.notices_queued() == 0
+            assert (
+                _lost_counted(hospital, "covered"),
+                _lost_counted(hospital, "results_lost_ended"),
+            ) == (1.0, 0.0)
+        else:
+            _lost_told(hospital, listener, NO_RESULT_BECAUSE[Delivery.lost], "results")
+    assert _lost_counted(hospital, "results_sent_again") == 1.0
+    assert _blob_missing_counted(national) == "2.0"  # once for each job
+
+
+def test_a_job_sent_again_for_a_lost_result_that_the_exchange_refuses_tells_the_ris(
+    national: National, hospital: Hospital, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sent again for a result the exchange's store lost, the study cannot go: the product
+    was suspended meanwhile. The job is refused, and with the refusal the radiologist hears
+    that no result will come because the exchange lost the product's results."""
+    _results_lost(national, monkeypatch, times=1)
+    with Hl7Listener() as listener:
+        _with_ris(hospital, listener.port)
+        hospital.receive(*hospital.files)
+        assert hospital.route() == 1
+        [job] = hospital.jobs()
+        assert hospital.send_due() == [job["id"]]
+        first = str(hospital.gateway.state.job(int(job["id"]))["exchange_job_id"])
+        assert hospital.gateway.collect(until_ended(hospital, first))
+        _suspend(national)
+        assert hospital.send_due() == [job["id"]]
+        [refused] = hospital.jobs()
+        assert refused["state"] == "refused", refused
+        _lost_told(hospital, listener, NO_RESULT_BECAUSE[Delivery.lost], "results")
+
+
+def _suspend(national: National) -> None:
+    """The product suspended by the national operator."""
+    with national.api(OPERATOR_KEY) as operator:
+        suspended = operator.post(
+            f"/products/{PRODUCT}/admission", json={"action": "suspend", "note": "review"}
+        )
+        assert suspended.status_code == 200, suspended.text
 
 
 def _images_lost(national: National, monkeypatch: pytest.MonkeyPatch, times: int) -> dict[str, str]:
@@ -587,16 +716,20 @@ def test_a_job_whose_image_the_exchanges_store_lost_twice_tells_the_ris_the_exch
 def _lost_images_told(hospital: Hospital, listener: Hl7Listener) -> None:
     """The RIS hears, once, that no result will come because the exchange lost the study's
     images, and that the study is to be sent again from the PACS."""
+    _lost_told(hospital, listener, INPUTS_LOST_BY_EXCHANGE, "images")
+
+
+def _lost_told(hospital: Hospital, listener: Hl7Listener, reason: str, lost: str) -> None:
+    """The RIS hears, once, that no result will come for the `reason` given, as a valid ORU;
+    counted as `<lost>_lost_ended`, which pages (GatewayLostJobEnded)."""
     assert hospital.gateway.notices_queued() == 1
     hospital.gateway.notices.send_due(urgent=False)
     received = listener.received.get(timeout=10)
     assert listener.errors.empty()  # a valid ORU^R01
     fields = {segment[:3]: segment.split("|") for segment in received.text.split("\r")}
-    assert (fields["OBR"][25], fields["OBX"][5]) == (
-        "X",
-        f"No AI result: {INPUTS_LOST_BY_EXCHANGE}",
-    )
-    assert _lost_counted(hospital, "images_lost_ended") == 1.0  # GatewayLostJobEnded
+    assert (fields["OBR"][25], fields["OBX"][5]) == ("X", f"No AI result: {reason}")
+    assert _lost_counted(hospital, f"{lost}_lost_ended") == 1.0
+    assert listener.received.empty()
 
 
 @pytest.mark.parametrize("covered", [False, True], ids=["alone", "covered"])
@@ -633,11 +766,7 @@ def test_a_job_sent_again_for_lost_images_that_the_exchange_refuses_tells_the_ri
     no result will come, and why."""
     with _sent_with_images_lost(national, hospital, monkeypatch) as (listener, lost):
         assert hospital.gateway.collect(_failed_for_lost_image(hospital, lost))
-        with national.api(OPERATOR_KEY) as operator:
-            suspended = operator.post(
-                f"/products/{PRODUCT}/admission", json={"action": "suspend", "note": "review"}
-            )
-            assert suspended.status_code == 200, suspended.text
+        _suspend(national)
         [again] = hospital.jobs()
         assert hospital.send_due() == [again["id"]]
         [refused] = hospital.jobs()
@@ -665,12 +794,12 @@ def test_a_job_key_sent_again_for_lost_images_and_started_over_stays_one_of_its_
             (now, now, now),
         )
         job_id = int(made.lastrowid or 0)
-    assert state.send_again_anew(job_id, "X", "lost")
+    assert state.send_again_anew(job_id, "X", "lost", "images")
     assert state.job(job_id)["idempotency_key"] == "2.25.9:p:1:lost"
     state.start_over(job_id, "stray inputs")
     assert state.job(job_id)["idempotency_key"] == "2.25.9:p:1:lost:again1"
     state.update_job(job_id, state="submitted", exchange_job_id="Y")
-    assert not state.send_again_anew(job_id, "Y", "lost again")
+    assert not state.send_again_anew(job_id, "Y", "lost again", "results")
     assert state.job(job_id)["idempotency_key"] == "2.25.9:p:1:lost:again1"
 
 

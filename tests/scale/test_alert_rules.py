@@ -63,7 +63,13 @@ def test_the_rules_load_into_prometheus(side: str, tmp_path: Path) -> None:
 
 def fires(name: str, at: str, summary: str, **labels: str) -> dict[str, Any]:
     """A test case: at `at`, alert `name` fires once, with `labels` and `summary`."""
-    return {"name": name, "at": at, "summary": summary, "labels": labels}
+    return {"name": name, "at": at, "alerts": [(summary, labels)]}
+
+
+def fire_together(*cases: dict[str, Any]) -> dict[str, Any]:
+    """A test case: the alerts of `cases` (of one alert, at one moment) fire, and no other."""
+    [(name, at)] = {(case["name"], case["at"]) for case in cases}
+    return {"name": name, "at": at, "alerts": [alert for case in cases for alert in case["alerts"]]}
 
 
 def quiet(name: str, at: str) -> dict[str, Any]:
@@ -285,6 +291,11 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             'job="aifi-gateway", instance="g2"}': "0x90 1x20",
             'aifi_gateway_jobs_lost_by_exchange_total{outcome="images_lost_ended", '
             'job="aifi-gateway", instance="g2"}': "0x99 1x10",
+            # g3's lost the product's results twice: ended at 100m too.
+            'aifi_gateway_jobs_lost_by_exchange_total{outcome="results_sent_again", '
+            'job="aifi-gateway", instance="g3"}': "0x90 1x20",
+            'aifi_gateway_jobs_lost_by_exchange_total{outcome="results_lost_ended", '
+            'job="aifi-gateway", instance="g3"}': "0x99 1x10",
             # g2's retention sweep fails from 10m (a study due then stays); g1's purges a
             # study a minute late at most.
             'aifi_gateway_retention_overdue_seconds{job="aifi-gateway", instance="g2"}':
@@ -393,9 +404,14 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
                   job="aifi-gateway", instance="g1", outcome="ended"),
             quiet("GatewayLostJobEnded", "95m"),  # an hour after, nothing new
             quiet("GatewayLostJobEnded", "98m"),  # g2's study sent again: nothing to do
-            fires("GatewayLostJobEnded", "101m",
-                  "A job the exchange lost could not be sent again by the gateway g2",
-                  job="aifi-gateway", instance="g2", outcome="images_lost_ended"),
+            fire_together(
+                fires("GatewayLostJobEnded", "101m",
+                      "A job the exchange lost could not be sent again by the gateway g2",
+                      job="aifi-gateway", instance="g2", outcome="images_lost_ended"),
+                fires("GatewayLostJobEnded", "101m",
+                      "A job the exchange lost could not be sent again by the gateway g3",
+                      job="aifi-gateway", instance="g3", outcome="results_lost_ended"),
+            ),
             quiet("GatewayJobsRefused", "9m"),
             fires("GatewayJobsRefused", "30m",
                   "The exchange refused studies from g1 in the last hour",
@@ -440,7 +456,7 @@ def test_each_alert_fires_on_its_trouble_and_not_otherwise(side: str, tmp_path: 
     assert {case["name"] for case in cases} == set(rules), "every alert is tested"
     for alert in rules:
         said = [case for case in cases if case["name"] == alert]
-        assert {"summary" in case for case in said} == {True, False}, f"{alert}: fire and quiet"
+        assert {"alerts" in case for case in said} == {True, False}, f"{alert}: fire and quiet"
     tests = {
         "rule_files": [str(rules_file)],
         "evaluation_interval": "1m",
@@ -456,18 +472,17 @@ def test_each_alert_fires_on_its_trouble_and_not_otherwise(side: str, tmp_path: 
                             {
                                 "exp_labels": {
                                     "severity": rules[case["name"]]["labels"]["severity"],
-                                    **case["labels"],
+                                    **labels,
                                 },
                                 "exp_annotations": {
-                                    "summary": case["summary"],
+                                    "summary": summary,
                                     "description": rules[case["name"]]["annotations"][
                                         "description"
                                     ],
                                 },
                             }
-                        ]
-                        if "summary" in case
-                        else [],
+                            for summary, labels in case.get("alerts", [])
+                        ],
                     }
                     for case in cases
                 ],

@@ -364,7 +364,7 @@ class ExchangeMetrics:
             "aifi_exchange_undelivered_results",
             "Completed jobs whose results their gateway could not put in the PACS, as it said "
             "when it acknowledged them, by product and reason (unfileable, unmapped, purged, "
-            "let_go)",
+            "let_go, lost)",
             ["product", "reason"],
             registry=self.registry,
         )

@@ -238,9 +238,9 @@ class JobOut(BaseModel):
     delivery: str | None = Field(
         default=None,
         description="what became of a completed job's results at the hospital, as its "
-        "gateway said when it acknowledged the job: delivered, unfileable, unmapped, purged or "
-        "let_go (aifi.results.delivery; a later release may add others); null before then, "
-        "or when the gateway did not say",
+        "gateway said when it acknowledged the job: delivered, unfileable, unmapped, purged, "
+        "let_go or lost (aifi.results.delivery; a later release may add others); null before "
+        "then, or when the gateway did not say",
     )
     inputs_purged_at: UtcDateTime | None = Field(
         default=None,

@@ -35,8 +35,8 @@ class Outcome(StrEnum):
     inputs_sent_again = "inputs_sent_again"  # held unopened, inputs lost: the rest sent
     delivered_from_copy = "delivered_from_copy"  # its results were home: no second run
     ended = "ended"  # adopted: cannot be sent again, ended saying so
-    #: Adopted (or its images lost and not sent again), and another job of its study brings
-    #: the product's result.
+    #: Adopted (or its images or results lost and not sent again), and another job of its
+    #: study brings the product's result.
     covered = "covered"
     #: It ended because the exchange lost images of its study: sent as a new exchange job.
     images_sent_again = "images_sent_again"
@@ -44,6 +44,12 @@ class Outcome(StrEnum):
     #: (lost a second time, adopted, its images gone from the spool, or the new job refused):
     #: the RIS is told.
     images_lost_ended = "images_lost_ended"
+    #: It completed, and the exchange's store lost the product's result before the gateway
+    #: fetched it: sent as a new exchange job.
+    results_sent_again = "results_sent_again"
+    #: Its result lost so, and it could not be sent again (as for `images_lost_ended`): the
+    #: RIS is told.
+    results_lost_ended = "results_lost_ended"
 
 
 class SubmittedWatch:

@@ -107,15 +107,17 @@ class GatewayCollector(Collector):
         family = CounterMetricFamily(
             "aifi_gateway_jobs_lost_by_exchange",
             "Sent jobs the exchange no longer held as sent (it was restored to an earlier "
-            "moment, or its store lost images of the study), by what the gateway did: "
+            "moment, or its store lost images of the study or the product's results), by what "
+            "the gateway did: "
             "sent_again (as a new exchange job), inputs_sent_again (the rest of its inputs), "
             "delivered_from_copy (its results had come home: the product not run again), "
             "ended (adopted: the study to be sent again from the PACS), covered (adopted, or "
-            "its images lost and not sent again, and another job of the study brings the "
-            "product's result), images_sent_again (its "
-            "images lost: sent again as a new exchange job), images_lost_ended (its images "
-            "lost, and it could not be sent again: the study to be sent again from the PACS). "
-            "Since the gateway started.",
+            "its images or results lost and not sent again, and another job of the study "
+            "brings the product's result), images_sent_again (its images lost: sent again as "
+            "a new exchange job), images_lost_ended (its images lost, and it could not be "
+            "sent again: the study to be sent again from the PACS), results_sent_again and "
+            "results_lost_ended (the same, for the product's results lost before they were "
+            "fetched). Since the gateway started.",
             labels=["outcome"],
         )
         for outcome, count in sorted(self._lost_by_exchange().items()):

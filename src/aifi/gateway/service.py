@@ -62,11 +62,17 @@ from aifi.gateway.receipt import (
 from aifi.gateway.reidentify import reidentify_file
 from aifi.gateway.routing import route_study
 from aifi.gateway.secret import VAULT, keep_fingerprint, open_secret
-from aifi.gateway.state import GatewayState, ReceivedInstance, images_lost_key, inputs_digest
+from aifi.gateway.state import (
+    GatewayState,
+    LostByStore,
+    ReceivedInstance,
+    inputs_digest,
+    lost_by_store_key,
+)
 from aifi.gateway.stow import BASE as STOW_BASE
 from aifi.gateway.stow import stow_app
 from aifi.gateway.vault import Vault
-from aifi.http import ExchangeHTTPError, blob_gone
+from aifi.http import ExchangeHTTPError, blob_gone, blob_lost
 from aifi.results.delivery import NOT_DELIVERED_BECAUSE, Delivery
 from aifi.results.key_image import render_result_key_image
 from aifi.results.summary import ResultSummary
@@ -105,6 +111,14 @@ class ResultsPurged(Exception):
     asking again cannot bring them back."""
 
     delivery = Delivery.purged
+
+
+class ResultsLost(ResultsPurged):
+    """A job's result is missing from the exchange's blob store, though retention did not
+    take it (restored to an earlier moment): it cannot be fetched, and the gateway sends the
+    study again when it can (`_send_again_for_lost_results`)."""
+
+    delivery = Delivery.lost
 
 
 class ResultsRefused(Exception):
@@ -162,6 +176,10 @@ NO_RESULT_BECAUSE = {
     "cancelled": "the analysis was cancelled",
     Delivery.unfileable: "the product's results could not be filed in the PACS",
     Delivery.purged: "the results were deleted at the exchange before they could be fetched",
+    Delivery.lost: (
+        "the national exchange lost the product's results before they could be fetched; send "
+        "the study again from the PACS to have it analysed"
+    ),
 }
 
 
@@ -176,6 +194,14 @@ INPUTS_LOST_BY_EXCHANGE = (
     "the national exchange lost images of the study before the product could analyse them; "
     "send the study again from the PACS to have it analysed"
 )
+
+
+#: What the notice says of a job the gateway could not send again after the exchange's store
+#: lost images of its study, or the product's results.
+LOST_BY_STORE_NOTICE: dict[LostByStore, str] = {
+    "images": INPUTS_LOST_BY_EXCHANGE,
+    "results": NO_RESULT_BECAUSE[Delivery.lost],
+}
 
 
 def no_result_reason(
@@ -217,10 +243,15 @@ def _unless_unknown(ask: Callable[[str], dict[str, Any] | None], job: str) -> di
         return None
 
 
-def _images_lost(job: Mapping[str, Any]) -> bool:
-    """Whether the exchange `job` ended, unanalysed, because the exchange lost images of its
-    study from its store (`inputs_lost_at`)."""
-    return job["state"] in ("failed", "expired") and bool(job.get("inputs_lost_at"))
+def _lost_by_store(job: Mapping[str, Any]) -> LostByStore | None:
+    """What the exchange's store lost of the exchange `job`, as the exchange lists it: images
+    of its study, when it ended unanalysed for them (`inputs_lost_at`); the product's results,
+    when it completed and its gateway said so with its acknowledgement. None otherwise."""
+    if job["state"] in ("failed", "expired") and job.get("inputs_lost_at"):
+        return "images"
+    if job["state"] == "completed" and job.get("delivery") == Delivery.lost:
+        return "results"
+    return None
 
 
 def _gone_from_spool(instances: list[dict[str, Any]]) -> list[str]:
@@ -1285,16 +1316,18 @@ class Gateway:
         return str(attributes.get("PatientID", "")), original_study
 
     def _refuse(self, job_id: int, reason: str) -> None:
-        """End a job unsent, with `reason`. One sent again because the exchange lost images of
-        its study (`_send_again_for_lost_images`) was the radiologist's to hear of: its notice
-        that no result will come is queued with the refusal, unless another job of its study
-        brings the product's result."""
+        """End a job unsent, with `reason`. One sent again because the exchange's store lost
+        images of its study or the product's results (`_take_back_lost_by_store`) was the
+        radiologist's to hear of: its notice that no result will come is queued with the
+        refusal, unless another job of its study brings the product's result."""
         log.warning("job %s refused: %s", job_id, reason)
         local = self.state.job(job_id)
         replaced = local["replaced_exchange_job_id"] if local else None
         notice = None
-        if local is not None and replaced and not self._count_images_lost_ended(job_id):
-            notice = self._lost_notice(local, str(replaced), INPUTS_LOST_BY_EXCHANGE)
+        if local is not None and replaced:
+            lost: LostByStore = "results" if local["replaced_for"] == "results" else "images"
+            if not self._count_lost_ended(job_id, lost):
+                notice = self._lost_notice(local, str(replaced), LOST_BY_STORE_NOTICE[lost])
         self.state.refuse(
             job_id,
             reason,
@@ -1722,8 +1755,10 @@ class Gateway:
             log.info("ended job %s was cancelled to start its job over; acknowledged", exchange_id)
             return True
         if local is None and (again := self.state.job_replacing(exchange_id)) is not None:
-            # Sent again in its place (`_send_again_for_lost_images`), its acknowledgement not
+            # Sent again in its place (`_take_back_lost_by_store`), its acknowledgement not
             # through: its end was seen to then.
+            if again["replaced_for"] == "results":
+                self._not_delivered[exchange_id] = Delivery.lost
             log.info(
                 "ended job %s was sent again as job %s; acknowledged", exchange_id, again["id"]
             )
@@ -1780,14 +1815,17 @@ class Gateway:
                 try:
                     delivered = self._deliver(local, exchange_id, job)
                 except (ResultsPurged, ResultsRefused) as exc:
-                    log.error("job %s: %s", exchange_id, exc)
-                    self.state.update_job(
-                        int(local["id"]), state="ended", exchange_state="completed",
-                        reason=str(exc), ended_at=time.time(), delivery=exc.delivery.value,
-                    )  # fmt: skip
                     self._not_delivered[exchange_id] = exc.delivery
-                    if not self._queue_no_result(self._row(local), job):
-                        return False
+                    if not isinstance(exc, ResultsLost) or not self._send_again_for_lost_results(
+                        local, job, exc
+                    ):
+                        log.error("job %s: %s", exchange_id, exc)
+                        self.state.update_job(
+                            int(local["id"]), state="ended", exchange_state="completed",
+                            reason=str(exc), ended_at=time.time(), delivery=exc.delivery.value,
+                        )  # fmt: skip
+                        if not self._queue_no_result(self._row(local), job):
+                            return False
                 else:
                     if delivered is None:
                         return False
@@ -1821,35 +1859,55 @@ class Gateway:
         """Take a job that failed or expired because the exchange lost images of its study
         from its store (`inputs_lost_at`) back to be sent again, as a new exchange job from
         the spool, and say whether it was: the radiologist gets the product's result, late,
-        rather than a notice to send the study again. Once (`GatewayState.send_again_anew`),
-        and never an adopted job (no round of the study to send), nor one whose study's
-        images are gone from the spool (`_take_back_for_lost_images`); those end
-        (`images_lost_ended`), with the notice unless another job of the study brings the
-        product's result (`covered`)."""
-        if not _images_lost(job):
+        rather than a notice to send the study again (`_take_back_lost_by_store`). Those not
+        taken back end (`images_lost_ended`), with the notice unless another job of the study
+        brings the product's result (`covered`)."""
+        if _lost_by_store(job) != "images":
             return False
-        if int(local["round"]) != 0 and self._take_back_for_lost_images(local, job):
-            self._submitted_watch.count(Outcome.images_sent_again)
-            return True
-        self._count_images_lost_ended(int(local["id"]))
-        return False
-
-    def _take_back_for_lost_images(self, local: Mapping[str, Any], job: Mapping[str, Any]) -> bool:
-        """`GatewayState.send_again_anew` for a job whose exchange `job` ended because the
-        exchange lost images of its study; whether it was taken back. Not when the spool lacks
-        the study (a restore without it, a volume not mounted: sent again, the job would wait
-        for it), unless the exchange holds the job sent again already, made by a disk lost
-        since (`aifi gateway-restore`): found by its key, it stands as it opened."""
-        exchange_id = str(job["id"])
         reason = (
             f"sent again: the exchange lost images of its study before the product read them "
-            f"(its job {exchange_id} {job['state']}: {job.get('reason') or 'no reason given'})"
+            f"(its job {job['id']} {job['state']}: {job.get('reason') or 'no reason given'})"
         )
+        if self._take_back_lost_by_store(local, job, "images", reason):
+            self._submitted_watch.count(Outcome.images_sent_again)
+            return True
+        self._count_lost_ended(int(local["id"]), "images")
+        return False
+
+    def _send_again_for_lost_results(
+        self, local: Mapping[str, Any], job: Mapping[str, Any], lost: ResultsLost
+    ) -> bool:
+        """Take a completed job whose result the exchange's store lost before it was fetched
+        (`lost` says which) back to be sent again, as `_send_again_for_lost_images` does: the
+        product is run again, and its result reaches the PACS rather than a notice to send the
+        study again. Those not taken back end (`results_lost_ended`), with that notice unless
+        another job of the study brings the product's result (`covered`)."""
+        reason = (
+            f"sent again: the exchange's store lost the product's results of its job "
+            f"{job['id']} before they were fetched ({lost})"
+        )
+        if self._take_back_lost_by_store(local, job, "results", reason):
+            self._submitted_watch.count(Outcome.results_sent_again)
+            return True
+        self._count_lost_ended(int(local["id"]), "results")
+        return False
+
+    def _take_back_lost_by_store(
+        self, local: Mapping[str, Any], job: Mapping[str, Any], lost: LostByStore, reason: str
+    ) -> bool:
+        """`GatewayState.send_again_anew` for a job whose exchange `job` the exchange's store
+        `lost` the images or results of; whether it was taken back. Never an adopted job (no
+        round of the study to send), nor a job sent again for this before. Not when the spool
+        lacks the study (a restore without it, a volume not mounted: sent again, the job would
+        wait for it), unless the exchange holds the job sent again already, made by a disk
+        lost since (`aifi gateway-restore`): found by its key, it stands as it opened."""
+        if int(local["round"]) == 0:
+            return False
         study_uid = str(local["study_uid"])
         made: dict[str, Any] | None = None
         if gone := _gone_from_spool(self.state.study_instances(study_uid)):
             made = _unless_unknown(
-                self.client.job_by_key, images_lost_key(str(local["idempotency_key"]))
+                self.client.job_by_key, lost_by_store_key(str(local["idempotency_key"]))
             )
             if made is None:
                 log.warning(
@@ -1857,7 +1915,7 @@ class Gateway:
                     study_uid, len(gone),
                 )  # fmt: skip
                 return False
-        if not self.state.send_again_anew(int(local["id"]), exchange_id, reason):
+        if not self.state.send_again_anew(int(local["id"]), str(job["id"]), reason, lost):
             return False
         log.warning("job %s: %s", local["id"], reason)
         if made is not None:
@@ -1867,24 +1925,27 @@ class Gateway:
 
     def _sent_again_after_backup(self, local: Mapping[str, Any], job: Mapping[str, Any]) -> bool:
         """After a restore, whether a job the lost disk brought home (its exchange `job`
-        acknowledged) is one the exchange lost images of, taken back now to be sent again
-        (`_take_back_for_lost_images`): the lost disk sent it again, and `reconcile_restore`
-        links it to the job that disk made, found by its key, rather than ending it as its
-        lost job ended and meeting that one as a job of nobody's. With no such job at the
-        exchange, the lost disk's resend never reached it (it stopped first), and it is sent
-        again as it would have been. Nothing is counted: the lost disk counted it."""
-        return (
-            _images_lost(job)
-            and int(local["round"]) != 0
-            and self._take_back_for_lost_images(local, job)
-        )
+        acknowledged) is one whose images or results the exchange's store lost, taken back
+        now to be sent again (`_take_back_lost_by_store`): the lost disk sent it again, and
+        `reconcile_restore` links it to the job that disk made, found by its key, rather than
+        ending it as its lost job ended and meeting that one as a job of nobody's. With no
+        such job at the exchange, the lost disk's resend never reached it (it stopped first),
+        and it is sent again as it would have been. Nothing is counted: the lost disk counted
+        it."""
+        lost = _lost_by_store(job)
+        if lost is None:
+            return False
+        reason = f"sent again: the exchange's store lost the {lost} of its job {job['id']}"
+        return self._take_back_lost_by_store(local, job, lost, reason)
 
-    def _count_images_lost_ended(self, job_id: int) -> bool:
-        """Count a job that ended because the exchange lost images of its study, not sent
-        again: `covered` when another job of its study brings the product's result (its
-        notice is not sent), else `images_lost_ended`, which pages. Whether it was covered."""
+    def _count_lost_ended(self, job_id: int, lost: LostByStore) -> bool:
+        """Count a job that ended because the exchange's store `lost` its study's images or
+        the product's results, not sent again: `covered` when another job of its study brings
+        the product's result (its notice is not sent), else `images_lost_ended` or
+        `results_lost_ended`, which page. Whether it was covered."""
         covered = self.state.covering_job(job_id) is not None
-        self._submitted_watch.count(Outcome.covered if covered else Outcome.images_lost_ended)
+        ended = Outcome.images_lost_ended if lost == "images" else Outcome.results_lost_ended
+        self._submitted_watch.count(Outcome.covered if covered else ended)
         return covered
 
     def _notices_waiting(self, local_id: int, exchange_id: str) -> bool:
@@ -2038,6 +2099,11 @@ class Gateway:
                 except ExchangeHTTPError as exc:
                     if not blob_gone(exc):  # else asked again would be gone again
                         raise
+                    if blob_lost(exc):
+                        raise ResultsLost(
+                            f"result {name} is missing from the exchange's store, though its "
+                            f"retention did not take it ({exc.detail}); nothing was delivered"
+                        ) from exc
                     raise ResultsPurged(
                         f"result {name} is gone from the exchange ({exc.detail}); nothing was "
                         "delivered"
@@ -2189,7 +2255,7 @@ class Gateway:
             if reason is None:  # nothing to tell; what a result notice still had to retry
                 self.state.give_up_notifications(local_id, (), "given up: no result to announce")
                 return True
-            if reason == INPUTS_LOST_BY_EXCHANGE and (
+            if reason in LOST_BY_STORE_NOTICE.values() and (
                 covering := self.state.covering_job(local_id)
             ):
                 # Sending the study again, as the notice would advise, makes no new job: the
@@ -2251,8 +2317,8 @@ class Gateway:
     def _lost_notice(
         self, local: Mapping[str, Any], exchange_id: str, reason: str = LOST_BY_EXCHANGE
     ) -> QueuedNotice | None:
-        """The notice that a job the exchange lost (an adopted one, or its images: `reason`
-        says which) brings no result: its study must be sent again from the PACS, and the
+        """The notice that a job the exchange lost (an adopted one, or its images or results:
+        `reason` says which) brings no result: its study must be sent again from the PACS, and the
         radiologist who waits for the product's finding must not wait on. None when the
         hospital hears of no such thing, or the vault no longer knows the study (nothing can
         name it)."""

@@ -108,7 +108,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     -- said with its acknowledgement; NULL: delivered, or not brought home
     -- the exchange job it was last sent again in place of (`send_again_anew`): that job's
     -- listing, its acknowledgement not through, is known as this job's
-    replaced_exchange_job_id TEXT
+    replaced_exchange_job_id TEXT,
+    replaced_for TEXT  -- what the exchange's store lost of that job: images | results
 );
 CREATE INDEX IF NOT EXISTS ix_jobs_state ON jobs(state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS ix_jobs_study ON jobs(study_uid);  -- a study's jobs: retention, re-sends
@@ -222,6 +223,11 @@ COLUMNS: dict[str, dict[str, tuple[str, str | None]]] = {
     "jobs": {
         "inputs_digest": ("TEXT", None),  # not known: nothing is skipped for the job
         "replaced_exchange_job_id": ("TEXT", None),
+        # Sent again before results could be: for images the exchange's store lost.
+        "replaced_for": (
+            "TEXT",
+            "UPDATE jobs SET replaced_for = 'images' WHERE replaced_exchange_job_id IS NOT NULL",
+        ),
         # A job an older version may have begun to send (stopped mid-request, its attempts
         # still 0) may be open at the exchange: none still to send is ever skipped.
         "may_be_open": (
@@ -275,9 +281,14 @@ def _started_over(key: str) -> tuple[str, int]:
     return match[1], int(match[2] or 0)
 
 
-def images_lost_key(key: str) -> str:
-    """The key a job goes under once sent again because the exchange lost images of its
-    study (`GatewayState.send_again_anew`): its round's, `:lost` after it, never had before."""
+#: What the exchange's store lost of a job that the gateway sends again in its place.
+LostByStore = Literal["images", "results"]
+
+
+def lost_by_store_key(key: str) -> str:
+    """The key a job goes under once sent again because the exchange's store lost images of
+    its study, or the product's results (`GatewayState.send_again_anew`): its round's, `:lost`
+    after it, never had before."""
     return f"{_started_over(key)[0]}:lost"
 
 
@@ -1331,14 +1342,17 @@ class GatewayState(StateReads):
                 (key, reason, job_id),
             )
 
-    def send_again_anew(self, job_id: int, exchange_job_id: str, reason: str) -> bool:
-        """Take a sent job whose exchange job ended because the exchange lost images of its
-        study back to 'pending', due now, to be sent as a new exchange job: under a new
+    def send_again_anew(
+        self, job_id: int, exchange_job_id: str, reason: str, lost: LostByStore
+    ) -> bool:
+        """Take a sent job whose exchange job ended because the exchange's store `lost` images
+        of its study (the job failed or expired) or the product's results (it completed)
+        back to 'pending', due now, to be sent as a new exchange job: under a new
         idempotency key (its round's, `:lost`: one it never had, its `:again<N>` dropped), so
         that the exchange does not answer with the ended job, and with the instances its study
         has now, as `send_again` sends a forgotten one.
 
-        Once: a job sent again for this before (its key says so, started over since or not)
+        Once: a job sent again for either before (its key says so, started over since or not)
         is not, and neither is one that moved on meanwhile (no longer sent, or linked to
         another exchange job); False then, and the caller ends it as the exchange did.
         """
@@ -1346,17 +1360,24 @@ class GatewayState(StateReads):
             row = db.execute("SELECT idempotency_key FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 return False
-            key = images_lost_key(str(row["idempotency_key"]))
+            key = lost_by_store_key(str(row["idempotency_key"]))
             changed = db.execute(
                 "UPDATE jobs SET state = 'pending', idempotency_key = :key, "
                 "exchange_job_id = NULL, replaced_exchange_job_id = :exchange, "
+                "replaced_for = :lost, "
                 "may_be_open = 0, result_seen_at = NULL, "
                 "exchange_ended_at = NULL, exchange_state = NULL, inputs_digest = NULL, "
                 "attempts = 0, next_attempt_at = 0, reason = :reason "
                 "WHERE id = :id AND state = 'submitted' AND exchange_job_id = :exchange "
                 "AND idempotency_key NOT LIKE '%:lost' "
                 "AND idempotency_key NOT LIKE '%:lost:again%'",
-                {"key": key, "reason": reason, "id": job_id, "exchange": exchange_job_id},
+                {
+                    "key": key,
+                    "reason": reason,
+                    "id": job_id,
+                    "exchange": exchange_job_id,
+                    "lost": lost,
+                },
             ).rowcount
         return bool(changed)
 

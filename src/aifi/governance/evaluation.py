@@ -60,7 +60,8 @@ NATIONAL = "national"
 _Z95 = NormalDist().inv_cdf(0.975)
 _FAILED = frozenset({JobState.failed.value, JobState.expired.value})
 _ENDED = _FAILED | {JobState.completed.value}
-#: What a gateway said of a completed job's results that evaluation counts (not a let-go).
+#: What a gateway said of a completed job's results that evaluation counts: not a let-go (the
+#: hospital's choice), nor results the exchange's store lost (the study is sent again).
 UNDELIVERED = frozenset({Delivery.unfileable.value, Delivery.unmapped.value, Delivery.purged.value})
 DELIVERY_SAID = UNDELIVERED | {Delivery.delivered.value}
 

@@ -29,11 +29,15 @@ class Delivery(StrEnum):
     purged = "purged"
     #: The hospital chose not to bring the job home (`aifi gateway-unknown-jobs --let-go`).
     let_go = "let_go"
+    #: The exchange's blob store lost them before the gateway fetched them (restored to an
+    #: earlier moment, or emptied by something other than retention); the gateway sends the
+    #: study again when it can.
+    lost = "lost"
 
 
 #: What a gateway may say of results that did not reach the PACS.
 #: (Spelled out, so that a refusal names the values as they are sent.)
-NotDelivered = Literal["unfileable", "unmapped", "purged", "let_go"]
+NotDelivered = Literal["unfileable", "unmapped", "purged", "let_go", "lost"]
 
 #: Why results did not reach the PACS, in words for the hospital's records.
 NOT_DELIVERED_BECAUSE = {
@@ -41,4 +45,5 @@ NOT_DELIVERED_BECAUSE = {
     Delivery.unmapped: "they could not be mapped back to the patient's study",
     Delivery.purged: "the exchange purged them before the gateway fetched them",
     Delivery.let_go: "the hospital let the job go without bringing it home",
+    Delivery.lost: "the exchange's store lost them before the gateway fetched them",
 }

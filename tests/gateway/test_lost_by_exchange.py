@@ -805,27 +805,39 @@ def test_a_job_key_sent_again_for_lost_images_and_started_over_stays_one_of_its_
 
 @pytest.mark.parametrize("acknowledged", [True, False], ids=["acknowledged", "ack-lost"])
 @pytest.mark.parametrize("brought_home", [False, True], ids=["under-way", "brought-home"])
-def test_a_job_sent_again_for_lost_images_after_the_backup_comes_home_once_after_a_restore(
+@pytest.mark.parametrize("what", ["images", "results"])
+def test_a_job_sent_again_for_what_the_store_lost_after_the_backup_comes_home_once_after_a_restore(
     national: National,
     hospital: Hospital,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     acknowledged: bool,
     brought_home: bool,
+    what: str,
 ) -> None:
-    """The gateway backed up with its job sent; then the exchange lost an image of the study,
-    and the gateway sent the study again as a new job (that job brought home, or not), and
-    acknowledged the failed one (or its acknowledgement was lost); then its disk was lost.
-    Restored, the gateway finds the job it sent again by its key: the product is not run a
-    third time, its result reaches the PACS once, the RIS hears no "no result", and no job
-    waits as one of nobody's."""
-    with _sent_with_images_lost(national, hospital, monkeypatch) as (listener, lost):
+    """The gateway backed up with its job sent; then the exchange's store lost an image of
+    the study (the job failed) or the product's result (it completed), and the gateway sent
+    the study again as a new job (that job brought home, or not), and acknowledged the first
+    (or its acknowledgement was lost); then its disk was lost. Restored, the gateway finds
+    the job it sent again by its key: the product is not run a third time, its result
+    reaches the PACS once, the RIS hears no "no result", and no job waits as one of
+    nobody's."""
+    images_lost = _images_lost(national, monkeypatch, times=1) if what == "images" else {}
+    results_lost = _results_lost(national, monkeypatch, times=1) if what == "results" else []
+    with Hl7Listener() as listener:
+        _with_ris(hospital, listener.port)
+        hospital.receive(*hospital.files)
+        assert hospital.route() == 1
         [job] = hospital.jobs()
         assert hospital.send_due() == [job["id"]]
         backup = tmp_path / "backup"
         back_up(load_config(hospital.path), backup)
-        failed = _failed_for_lost_image_sent(hospital, lost, int(job["id"]))
+        if what == "images":
+            failed = _failed_for_lost_image_sent(hospital, images_lost, int(job["id"]))
+        else:
+            failed = until_ended(hospital, _exchange_id_of(hospital, int(job["id"])))
         assert hospital.gateway.collect(failed)
+        assert results_lost == ([failed["id"]] if what == "results" else [])
         if acknowledged:
             hospital.gateway.acknowledge([failed["id"]])
         assert hospital.send_due() == [job["id"]]
@@ -857,6 +869,12 @@ def test_a_job_sent_again_for_lost_images_after_the_backup_comes_home_once_after
         gateway.notices.send_due(urgent=True)
         assert gateway.notices_queued() == 0
         assert listener.received.empty()  # a result's notice once, and no "no result"
+        said = gateway.client.job(failed["id"])["delivery"]
+        assert said == ("lost" if what == "results" else None)
+
+
+def _exchange_id_of(hospital: Hospital, job_id: int) -> str:
+    return str(hospital.gateway.state.job(job_id)["exchange_job_id"])
 
 
 def _home_with_its_notice(hospital: Hospital, listener: Hl7Listener, exchange_id: str) -> str:

@@ -19,9 +19,10 @@ import yaml
 from sqlalchemy import select
 
 from aifi.exchange.models import JobInput, JobResult
+from aifi.gateway import service as service_module
 from aifi.gateway.backup import back_up
 from aifi.gateway.config import load_config
-from aifi.gateway.exchange_client import GatewayClient
+from aifi.gateway.exchange_client import CancelReason, GatewayClient
 from aifi.gateway.job_list import job_statuses
 from aifi.gateway.lost_jobs import ASK_AFTER_SECONDS, ASK_EVERY_SECONDS, LISTED_JOB
 from aifi.gateway.metrics import gateway_registry
@@ -104,7 +105,7 @@ def test_a_job_the_exchange_no_longer_knows_is_sent_again_and_comes_home_once(
     assert hospital.inputs(remote["id"]) == hospital.pseudonyms(*hospital.files, hospital.late)
     bring_home(hospital, remote["id"])
     [home] = hospital.jobs()
-    assert home["state"] == "delivered", home
+    assert home["state"] == "delivered", home["reason"]
     assert home["results_delivered"] >= 1
     assert len(national.pacs().get("/instances")) == home["results_delivered"]  # type: ignore[arg-type]
     # Disclosed twice, as it was sent twice: once to the job the exchange lost.
@@ -502,7 +503,7 @@ def test_a_result_the_exchanges_store_lost_is_made_again_and_comes_home(
         assert sent != first
         assert "No AI result" not in _home_with_its_notice(hospital, listener, sent)
         [home] = hospital.jobs()
-        assert home["state"] == "delivered", home
+        assert home["state"] == "delivered", home["reason"]
         assert len(national.pacs().get("/instances")) == home["results_delivered"] >= 1  # type: ignore[arg-type]
         hospital.gateway.notices.send_due(urgent=False)
         hospital.gateway.notices.send_due(urgent=True)
@@ -671,7 +672,7 @@ def test_a_job_whose_image_the_exchanges_store_lost_is_sent_again_and_comes_home
         assert hospital.inputs(sent) == hospital.pseudonyms(*hospital.files)
         hospital.gateway.collect(until_ended(hospital, sent))  # its notice then waits
         [home] = hospital.jobs()
-        assert home["state"] == "delivered", home
+        assert home["state"] == "delivered", home["reason"]
         assert len(national.pacs().get("/instances")) == home["results_delivered"] >= 1  # type: ignore[arg-type]
         assert hospital.gateway.notices_queued() == 1  # the result's, on its lane
         hospital.gateway.notices.send_due(urgent=False)
@@ -859,7 +860,7 @@ def test_a_job_sent_again_for_what_the_store_lost_after_the_backup_comes_home_on
         if not brought_home:
             assert "No AI result" not in _home_with_its_notice(hospital, listener, again)
         [home] = hospital.jobs()
-        assert home["state"] == "delivered", home
+        assert home["state"] == "delivered", home["reason"]
         assert len(hospital.exchange_jobs()) == 2  # the product not run a third time
         pacs = len(national.pacs().get("/instances"))  # type: ignore[arg-type]
         assert pacs == (delivered if brought_home else home["results_delivered"]) >= 1
@@ -1036,3 +1037,181 @@ def test_a_job_fetched_without_a_kept_listing_gets_one_when_collected_again(
         assert site.hospital.jobs()[0]["state"] == "delivered"
         assert _pacs_instances(site.pacs_b) == 1
         assert site.runs == [first]
+
+
+def _lost_and_taken_back(
+    hospital: Hospital, what: str, job_id: int, images_lost: dict[str, str]
+) -> dict[str, Any]:
+    """The study's job, sent, as the exchange lists it once its store lost `what` (its
+    worker failed it for a lost image, or it completed and its result was lost), collected:
+    the gateway took it back to be sent again."""
+    if what == "images":
+        ended = _failed_for_lost_image_sent(hospital, images_lost, job_id)
+    else:
+        ended = until_ended(hospital, _exchange_id_of(hospital, job_id))
+    assert hospital.gateway.collect(ended)
+    [again] = hospital.jobs()
+    assert again["state"] == "pending" and again["idempotency_key"].endswith(":lost"), again
+    return ended
+
+
+def _store_loses(national: National, monkeypatch: pytest.MonkeyPatch, what: str) -> dict[str, str]:
+    """The exchange's store set to lose `what` of the first job (`_images_lost`,
+    `_results_lost`); the images lost, by exchange job."""
+    if what == "images":
+        return _images_lost(national, monkeypatch, times=1)
+    _results_lost(national, monkeypatch, times=1)
+    return {}
+
+
+@pytest.mark.parametrize("what", ["images", "results"])
+def test_a_job_the_lost_disk_took_back_but_never_sent_again_is_told_after_a_restore_without_spool(
+    national: National,
+    hospital: Hospital,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    what: str,
+) -> None:
+    """The lost disk took the job back for what the exchange's store lost, and acknowledged
+    the exchange's first job, but was lost before the study went again. Restored without the
+    spool (`aifi gateway-backup`'s default), the gateway takes the job back again rather than
+    ending it as its first job ended: its send waits for the spool to be put back and, when
+    it is not, is refused, and the RIS hears why no result comes."""
+    monkeypatch.setattr(service_module, "SPOOL_GONE_SECONDS", 0.0)
+    images_lost = _store_loses(national, monkeypatch, what)
+    with Hl7Listener() as listener:
+        _with_ris(hospital, listener.port)
+        hospital.receive(*hospital.files)
+        assert hospital.route() == 1
+        [job] = hospital.jobs()
+        assert hospital.send_due() == [job["id"]]
+        backup = tmp_path / "backup"
+        back_up(load_config(hospital.path), backup)
+        first = _lost_and_taken_back(hospital, what, int(job["id"]), images_lost)
+        hospital.gateway.acknowledge([first["id"]])
+        assert hospital.gateway.notices_queued() == 0  # the lost disk told nobody
+        lose_the_disk(hospital)
+        gateway = restored_gateway(hospital, backup)
+        gateway.reconcile_restore()
+        [again] = hospital.jobs()
+        assert again["state"] == "pending" and again["exchange_job_id"] is None, again
+        assert again["replaced_for"] == what
+        assert hospital.send_due() == [job["id"]]
+        [refused] = hospital.jobs()
+        assert refused["state"] == "refused" and "gone from the spool" in refused["reason"]
+        reason = INPUTS_LOST_BY_EXCHANGE if what == "images" else NO_RESULT_BECAUSE[Delivery.lost]
+        _lost_told(hospital, listener, reason, what)
+    assert len(hospital.exchange_jobs()) == 1
+
+
+@pytest.mark.parametrize("what", ["images", "results"])
+def test_a_job_the_backup_held_unsent_that_the_lost_disk_sent_twice_comes_home_once(
+    national: National,
+    hospital: Hospital,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    what: str,
+) -> None:
+    """The backup was taken before the job was sent. The lost disk sent it, the exchange's
+    store lost `what`, and the disk sent the study again and acknowledged the first job.
+    Restored (without the spool), the job is found by its key, meets that first job
+    acknowledged, and is taken back to the job the lost disk sent again, which its send finds
+    by its own key: that job's result reaches the PACS, and it is not met as one of
+    nobody's. (Backed up with the spool: a backup without it lacks the pseudonyms of studies
+    first sent after it, and such a job's results cannot be mapped back.)"""
+    images_lost = _store_loses(national, monkeypatch, what)
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    [job] = hospital.jobs()
+    backup = tmp_path / "backup"
+    back_up(load_config(hospital.path), backup, spool=True)  # the job pending
+    assert hospital.send_due() == [job["id"]]
+    first = _lost_and_taken_back(hospital, what, int(job["id"]), images_lost)
+    hospital.gateway.acknowledge([first["id"]])
+    assert hospital.send_due() == [job["id"]]
+    again = _exchange_id_of(hospital, int(job["id"]))
+    lose_the_disk(hospital)
+    gateway = restored_gateway(hospital, backup)
+    gateway.reconcile_restore()
+    assert hospital.send_due() == [job["id"]]  # meets the first job, and takes the job back
+    [taken] = hospital.jobs()
+    assert taken["state"] == "pending" and taken["idempotency_key"].endswith(":lost"), taken
+    assert hospital.send_due() == [job["id"]]  # finds the job the lost disk sent again
+    assert hospital.jobs()[0]["exchange_job_id"] == again
+    bring_home(hospital, again)
+    [home] = hospital.jobs()
+    assert home["state"] == "delivered", home["reason"]
+    assert gateway.unknown_jobs_left() == 0
+    assert len(hospital.exchange_jobs()) == 2
+
+
+def test_a_job_the_lost_disk_sent_again_and_started_over_is_found_under_its_last_key(
+    national: National,
+    hospital: Hospital,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """The lost disk sent the study again for a result the store lost, met stray inputs
+    under the new key, cancelled that job and started over (`:lost:again1`). Restored
+    without the spool, the gateway follows the keys to the job that runs, not the one
+    cancelled, and brings its result home."""
+    _results_lost(national, monkeypatch, times=1)
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    [job] = hospital.jobs()
+    job_id = int(job["id"])
+    assert hospital.send_due() == [job_id]
+    backup = tmp_path / "backup"
+    back_up(load_config(hospital.path), backup)
+    first = _lost_and_taken_back(hospital, "results", job_id, {})
+    hospital.gateway.acknowledge([first["id"]])
+    gateway = hospital.gateway
+    key = str(gateway.state.job(job_id)["idempotency_key"])
+    stray = gateway.client.create_job(
+        first["product_id"], first["study_uid"], first["patient_pseudonym"], key, None,
+        instances=99,
+    )  # fmt: skip
+    gateway._withdraw(str(stray["id"]), CancelReason.stray_inputs)
+    gateway.state.start_over(job_id, "stray inputs: cancelled, sent again as a new job")
+    assert hospital.send_due() == [job_id]
+    again = _exchange_id_of(hospital, job_id)
+    assert again != stray["id"]
+    lose_the_disk(hospital)
+    gateway = restored_gateway(hospital, backup)
+    gateway.reconcile_restore()
+    [taken] = hospital.jobs()
+    assert taken["exchange_job_id"] == again, taken
+    assert taken["idempotency_key"] == f"{key}:again1"
+    assert hospital.send_due() == [job_id]
+    bring_home(hospital, again)
+    assert hospital.jobs()[0]["state"] == "delivered"
+    assert gateway.unknown_jobs_left() == 0
+
+
+def test_an_exchange_that_does_not_know_lost_hears_purged_rather_than_nothing(
+    national: National, hospital: Hospital, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exchange older than the gateway refuses the reason `lost` (422): the gateway says
+    `purged` instead (gone before it was fetched), so that the exchange still counts the
+    results as not delivered, and the page's other reasons go with it."""
+    _results_lost(national, monkeypatch, times=1)
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    [job] = hospital.jobs()
+    assert hospital.send_due() == [job["id"]]
+    first = _lost_and_taken_back(hospital, "results", int(job["id"]), {})
+    passing = hospital.network.handle_request
+    refused: list[bytes] = []
+
+    def older_exchange(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/jobs/acknowledge" and b'"lost"' in request.content:
+            refused.append(request.content)
+            return httpx.Response(422, json={"detail": "unknown reason"}, request=request)
+        return passing(request)
+
+    hospital.network.handle_request = older_exchange  # type: ignore[method-assign]
+    hospital.gateway.acknowledge([first["id"]])
+    hospital.network.handle_request = passing  # type: ignore[method-assign]
+    assert len(refused) == 1
+    said = hospital.gateway.client.job(first["id"])
+    assert said["acknowledged_at"] is not None and said["delivery"] == "purged"

@@ -183,8 +183,9 @@ class GatewayCollector(Collector):
         family = GaugeMetricFamily(
             "aifi_gateway_jobs_undelivered",
             "Jobs the AI product completed whose results this gateway did not deliver: "
-            "refused as they could not be filed in the PACS, or purged at the exchange before "
-            "they were fetched (each job's reason says which)",
+            "refused as they could not be filed in the PACS, purged at the exchange before "
+            "they were fetched, or lost from its store and not sent again (each job's reason "
+            "says which)",
         )
         family.add_metric([], float(view.tally("undelivered").get("", 0)))
         yield family

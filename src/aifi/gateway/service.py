@@ -68,6 +68,7 @@ from aifi.gateway.state import (
     ReceivedInstance,
     inputs_digest,
     lost_by_store_key,
+    started_over_key,
 )
 from aifi.gateway.stow import BASE as STOW_BASE
 from aifi.gateway.stow import stow_app
@@ -1373,15 +1374,13 @@ class Gateway:
         """After a restore from a backup (`aifi gateway-restore`), ask the exchange what the
         lost disk did after the backup, before anything is sent or brought home.
 
-        A submitted job the lost disk brought home (acknowledged) is ended as it ended: the
-        exchange lists only jobs not brought home yet, so it would wait for ever. Unless the
-        exchange lost images of its study and the lost disk sent it again in its place
-        (`_sent_again_after_backup`): then it is taken back to be sent again, and found as a
-        pending job is. A pending job the lost disk sent is found by its key and linked to its
-        exchange job: it is not skipped for another job of its study (`skip_if_sent_before`),
-        and its send finds that job. Every answer but "not known" (404) that is not one is
-        raised, for the caller to try again after its back-off: the restore is checked whole,
-        never with a job skipped.
+        A submitted job the lost disk brought home (acknowledged) is ended as it ended
+        (`_settle_brought_home`): the exchange lists only jobs not brought home yet, so it
+        would wait for ever. A pending job the lost disk sent is found by its key and linked
+        to its exchange job (`_found_by_key`): it is not skipped for another job of its study
+        (`skip_if_sent_before`), and its send finds that job. Every answer but "not known"
+        (404) that is not one is raised, for the caller to try again after its back-off: the
+        restore is checked whole, never with a job skipped.
         """
         with self._reconciling:
             restore = self.state.restore_to_reconcile()
@@ -1391,29 +1390,42 @@ class Gateway:
                 )
                 for local in sent:
                     remote = _unless_unknown(self.client.job, str(local["exchange_job_id"]))
-                    if remote is None or not remote.get("acknowledged_at"):
-                        continue
-                    if not self._sent_again_after_backup(local, remote):
+                    if remote is not None and remote.get("acknowledged_at"):
                         self._settle_brought_home(local, remote)
                 for local in self.state.query(
                     "SELECT * FROM jobs WHERE state = 'pending' AND exchange_job_id IS NULL"
                 ):
-                    made = _unless_unknown(self.client.job_by_key, str(local["idempotency_key"]))
-                    if made:
-                        self._link_found(int(local["id"]), made)
+                    if found := self._found_by_key(str(local["idempotency_key"])):
+                        self._link_found(int(local["id"]), *found)
                 self.state.restore_reconciled(int(restore["id"]))
                 log.info("restored from a backup: the jobs it held checked with the exchange")
                 restore = self.state.restore_to_reconcile()
             self._reconciled = True
         self._notify()
 
-    def _link_found(self, job_id: int, made: Mapping[str, Any]) -> None:
-        """Link a pending job to the exchange job its key found, made by a disk lost since
-        (`aifi gateway-restore`): its send finds that job, and it is never skipped for another
-        job of its study (`skip_if_sent_before`). Adopted as another job, or let go, it is
-        left: the job's send finds that."""
+    def _found_by_key(self, key: str) -> tuple[str, dict[str, Any]] | None:
+        """The exchange job `key` finds, made by a disk lost since (`aifi gateway-restore`),
+        and the key it goes under: one that disk cancelled to start its job over, unopened
+        (`_start_over`), gives way to the job it went on to make under the next key
+        (`:again<N>`), as far as the exchange holds them. None when the key finds nothing."""
+        made = _unless_unknown(self.client.job_by_key, key)
+        while made is not None:
+            cancelled = made.get("reason") == stray_inputs_reason(str(made["id"]))
+            if made.get("inputs_complete") or not cancelled:
+                break
+            after = _unless_unknown(self.client.job_by_key, started_over_key(key))
+            if after is None:
+                break
+            key, made = started_over_key(key), after
+        return (key, made) if made is not None else None
+
+    def _link_found(self, job_id: int, key: str, made: Mapping[str, Any]) -> None:
+        """Link a pending job to the exchange job found by its key (`_found_by_key`), under
+        that key: its send finds that job even if the spool lacks its study, and it is never
+        skipped for another job of its study (`skip_if_sent_before`). Adopted as another job,
+        or let go, it is left: the job's send finds that."""
         if self.state.link_exchange_job(job_id, str(made["id"])) is None:
-            self.state.update_job(job_id, may_be_open=1)
+            self.state.update_job(job_id, may_be_open=1, idempotency_key=key)
 
     def ask_about_submitted(self, now: float | None = None) -> list[int]:
         """Ask the exchange about jobs sent a while ago that have not come home
@@ -1560,11 +1572,15 @@ class Gateway:
 
     def _settle_brought_home(self, local: Mapping[str, Any], remote: Mapping[str, Any]) -> None:
         """End a job the exchange says this gateway brought home already (acknowledged), as it
-        ended then: a restore from an earlier backup made the gateway forget it. Nothing is
+        ended then: a restore from an earlier backup made the gateway forget it. Unless the
+        exchange's store lost its images or results, and it was sent again in its place
+        (`_sent_again_after_backup`): it is taken back to be sent again. Nothing is
         fetched or delivered again, which would put a second copy in the PACS and give the
         RIS a second notice. A completed job counts as delivered unless the acknowledgement
         said its results did not reach the PACS, and why (`acknowledge`); an exchange job
         acknowledged by a gateway too old to say so counts as delivered."""
+        if self._sent_again_after_backup(local, remote):
+            return
         note = f"brought home before {BroughtHome.WHEN} (acknowledged {remote['acknowledged_at']})"
         acknowledged = datetime.fromisoformat(str(remote["acknowledged_at"])).timestamp()
         ended = remote.get("ended_at")
@@ -1708,15 +1724,7 @@ class Gateway:
             if exchange_id in self._not_delivered
         }
         try:
-            try:
-                self.client.acknowledge_many(exchange_ids, said)
-            except ExchangeHTTPError as refused:
-                if refused.status != 422 or not said:
-                    raise
-                # An exchange older than this gateway, which does not know a reason: the jobs
-                # are acknowledged without saying, rather than left at the exchange for ever.
-                log.warning("the exchange refused the reasons (%s): acknowledged without", refused)
-                self.client.acknowledge_many(exchange_ids, None)
+            self._acknowledge_saying(exchange_ids, said)
         except (ExchangeHTTPError, httpx.TransportError, OSError) as exc:
             log.warning(
                 "%d job(s) brought home but not acknowledged yet: %s", len(exchange_ids), exc
@@ -1725,6 +1733,31 @@ class Gateway:
         for exchange_id in said:
             del self._not_delivered[exchange_id]
         self._record_acknowledged(exchange_ids)
+
+    def _acknowledge_saying(self, exchange_ids: list[str], said: dict[str, Delivery]) -> None:
+        """`acknowledge_many`, saying what became of results (`said`) as far as the exchange
+        understands it. An exchange older than this gateway refuses a reason it does not know
+        (422): results its store lost are said as purged (gone before they were fetched, a
+        reason every exchange knows), and failing that the jobs are acknowledged without
+        saying, rather than left at the exchange for ever."""
+        older: dict[str, Delivery] = {
+            job: Delivery.purged if why == Delivery.lost else why for job, why in said.items()
+        }
+        tries: list[dict[str, Delivery] | None] = [said]
+        if older != said:
+            tries.append(older)
+        tries.append(None)
+        for attempt, saying in enumerate(tries):
+            try:
+                self.client.acknowledge_many(exchange_ids, saying)
+                return
+            except ExchangeHTTPError as refused:
+                if refused.status != 422 or not said or attempt == len(tries) - 1:
+                    raise
+                log.warning(
+                    "the exchange refused the reasons (%s): acknowledged %s", refused,
+                    "with those it knows" if tries[attempt + 1] else "without",
+                )  # fmt: skip
 
     def _record_acknowledged(self, exchange_ids: list[str], at: float | None = None) -> None:
         """Note that the exchange took these jobs' acknowledgement, for `aifi gateway-jobs`."""
@@ -1893,23 +1926,32 @@ class Gateway:
         return False
 
     def _take_back_lost_by_store(
-        self, local: Mapping[str, Any], job: Mapping[str, Any], lost: LostByStore, reason: str
+        self,
+        local: Mapping[str, Any],
+        job: Mapping[str, Any],
+        lost: LostByStore,
+        reason: str,
+        *,
+        restored: bool = False,
     ) -> bool:
         """`GatewayState.send_again_anew` for a job whose exchange `job` the exchange's store
         `lost` the images or results of; whether it was taken back. Never an adopted job (no
-        round of the study to send), nor a job sent again for this before. Not when the spool
-        lacks the study (a restore without it, a volume not mounted: sent again, the job would
-        wait for it), unless the exchange holds the job sent again already, made by a disk
-        lost since (`aifi gateway-restore`): found by its key, it stands as it opened."""
+        round of the study to send), nor a job sent again for this before.
+
+        When the spool lacks the study (a restore without it, a volume not mounted), a job
+        the exchange holds under the key it goes under now, made by a disk lost since
+        (`_found_by_key`), is linked, and stands as it opened. With none, a job is not taken
+        back (sent again, it would wait for the study), unless `restored`: the lost disk took
+        it back before its backup was put back without the spool, and nobody heard of it; its
+        send then waits for the spool to be put back, and is refused with the notice if it
+        is not (`_spool_gone`)."""
         if int(local["round"]) == 0:
             return False
         study_uid = str(local["study_uid"])
-        made: dict[str, Any] | None = None
+        found: tuple[str, dict[str, Any]] | None = None
         if gone := _gone_from_spool(self.state.study_instances(study_uid)):
-            made = _unless_unknown(
-                self.client.job_by_key, lost_by_store_key(str(local["idempotency_key"]))
-            )
-            if made is None:
+            found = self._found_by_key(lost_by_store_key(str(local["idempotency_key"])))
+            if found is None and not restored:
                 log.warning(
                     "study %s: not sent again: %d of its instance(s) are gone from the spool",
                     study_uid, len(gone),
@@ -1918,25 +1960,24 @@ class Gateway:
         if not self.state.send_again_anew(int(local["id"]), str(job["id"]), reason, lost):
             return False
         log.warning("job %s: %s", local["id"], reason)
-        if made is not None:
-            self._link_found(int(local["id"]), made)
+        if found is not None:
+            self._link_found(int(local["id"]), *found)
         self._submit.set()
         return True
 
     def _sent_again_after_backup(self, local: Mapping[str, Any], job: Mapping[str, Any]) -> bool:
-        """After a restore, whether a job the lost disk brought home (its exchange `job`
-        acknowledged) is one whose images or results the exchange's store lost, taken back
-        now to be sent again (`_take_back_lost_by_store`): the lost disk sent it again, and
-        `reconcile_restore` links it to the job that disk made, found by its key, rather than
-        ending it as its lost job ended and meeting that one as a job of nobody's. With no
-        such job at the exchange, the lost disk's resend never reached it (it stopped first),
-        and it is sent again as it would have been. Nothing is counted: the lost disk counted
+        """Whether a job the exchange says this gateway brought home already (its exchange
+        `job` acknowledged: a restore made the gateway forget it) is one whose images or
+        results the exchange's store lost, taken back now to be sent again
+        (`_take_back_lost_by_store`): the lost disk took it back, and sent it again or was
+        about to, rather than ending it as its lost job ended. The job it sent is found by
+        its key, and not met as one of nobody's. Nothing is counted: the lost disk counted
         it."""
         lost = _lost_by_store(job)
         if lost is None:
             return False
         reason = f"sent again: the exchange's store lost the {lost} of its job {job['id']}"
-        return self._take_back_lost_by_store(local, job, lost, reason)
+        return self._take_back_lost_by_store(local, job, lost, reason, restored=True)
 
     def _count_lost_ended(self, job_id: int, lost: LostByStore) -> bool:
         """Count a job that ended because the exchange's store `lost` its study's images or

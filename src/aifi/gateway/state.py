@@ -281,6 +281,13 @@ def _started_over(key: str) -> tuple[str, int]:
     return match[1], int(match[2] or 0)
 
 
+def started_over_key(key: str) -> str:
+    """The key a job goes under once started over (`GatewayState.start_over`): `:again<N+1>`
+    in place of its `:again<N>`."""
+    base, again = _started_over(key)
+    return f"{base}:again{again + 1}"
+
+
 #: What the exchange's store lost of a job that the gateway sends again in its place.
 LostByStore = Literal["images", "results"]
 
@@ -1334,8 +1341,7 @@ class GatewayState(StateReads):
             ).fetchone()
             if row is None:
                 return
-            base, again = _started_over(str(row["idempotency_key"]))
-            key = f"{base}:again{again + 1}"
+            key = started_over_key(str(row["idempotency_key"]))
             db.execute(
                 "UPDATE jobs SET idempotency_key = ?, exchange_job_id = NULL, may_be_open = 0, "
                 "reason = ?, next_attempt_at = 0 WHERE id = ?",

@@ -804,6 +804,29 @@ def test_a_job_key_sent_again_for_lost_images_and_started_over_stays_one_of_its_
     assert state.job(job_id)["idempotency_key"] == "2.25.9:p:1:lost:again1"
 
 
+@contextmanager
+def _sent_backed_up_and_lost(
+    national: National,
+    hospital: Hospital,
+    monkeypatch: pytest.MonkeyPatch,
+    backup: Path,
+    what: str,
+) -> Iterator[tuple[Hl7Listener, dict[str, Any], dict[str, Any]]]:
+    """The hospital's gateway with its RIS, the study's job sent, the gateway backed up into
+    `backup`; then the exchange's store lost `what` of that job, and the gateway took it back
+    to be sent again (`_lost_and_taken_back`): the RIS, the job as sent, and the exchange's
+    first job as it ended."""
+    images_lost = _store_loses(national, monkeypatch, what)
+    with Hl7Listener() as listener:
+        _with_ris(hospital, listener.port)
+        hospital.receive(*hospital.files)
+        assert hospital.route() == 1
+        [job] = hospital.jobs()
+        assert hospital.send_due() == [job["id"]]
+        back_up(load_config(hospital.path), backup)
+        yield listener, job, _lost_and_taken_back(hospital, what, int(job["id"]), images_lost)
+
+
 @pytest.mark.parametrize("acknowledged", [True, False], ids=["acknowledged", "ack-lost"])
 @pytest.mark.parametrize("brought_home", [False, True], ids=["under-way", "brought-home"])
 @pytest.mark.parametrize("what", ["images", "results"])
@@ -823,22 +846,12 @@ def test_a_job_sent_again_for_what_the_store_lost_after_the_backup_comes_home_on
     the job it sent again by its key: the product is not run a third time, its result
     reaches the PACS once, the RIS hears no "no result", and no job waits as one of
     nobody's."""
-    images_lost = _images_lost(national, monkeypatch, times=1) if what == "images" else {}
-    results_lost = _results_lost(national, monkeypatch, times=1) if what == "results" else []
-    with Hl7Listener() as listener:
-        _with_ris(hospital, listener.port)
-        hospital.receive(*hospital.files)
-        assert hospital.route() == 1
-        [job] = hospital.jobs()
-        assert hospital.send_due() == [job["id"]]
-        backup = tmp_path / "backup"
-        back_up(load_config(hospital.path), backup)
-        if what == "images":
-            failed = _failed_for_lost_image_sent(hospital, images_lost, int(job["id"]))
-        else:
-            failed = until_ended(hospital, _exchange_id_of(hospital, int(job["id"])))
-        assert hospital.gateway.collect(failed)
-        assert results_lost == ([failed["id"]] if what == "results" else [])
+    backup = tmp_path / "backup"
+    with _sent_backed_up_and_lost(national, hospital, monkeypatch, backup, what) as (
+        listener,
+        job,
+        failed,
+    ):
         if acknowledged:
             hospital.gateway.acknowledge([failed["id"]])
         assert hospital.send_due() == [job["id"]]
@@ -1078,16 +1091,12 @@ def test_a_job_the_lost_disk_took_back_but_never_sent_again_is_told_after_a_rest
     ending it as its first job ended: its send waits for the spool to be put back and, when
     it is not, is refused, and the RIS hears why no result comes."""
     monkeypatch.setattr(service_module, "SPOOL_GONE_SECONDS", 0.0)
-    images_lost = _store_loses(national, monkeypatch, what)
-    with Hl7Listener() as listener:
-        _with_ris(hospital, listener.port)
-        hospital.receive(*hospital.files)
-        assert hospital.route() == 1
-        [job] = hospital.jobs()
-        assert hospital.send_due() == [job["id"]]
-        backup = tmp_path / "backup"
-        back_up(load_config(hospital.path), backup)
-        first = _lost_and_taken_back(hospital, what, int(job["id"]), images_lost)
+    backup = tmp_path / "backup"
+    with _sent_backed_up_and_lost(national, hospital, monkeypatch, backup, what) as (
+        listener,
+        job,
+        first,
+    ):
         hospital.gateway.acknowledge([first["id"]])
         assert hospital.gateway.notices_queued() == 0  # the lost disk told nobody
         lose_the_disk(hospital)
@@ -1188,18 +1197,23 @@ def test_a_job_the_lost_disk_sent_again_and_started_over_is_found_under_its_last
     assert gateway.unknown_jobs_left() == 0
 
 
-def test_an_exchange_that_does_not_know_lost_hears_purged_rather_than_nothing(
-    national: National, hospital: Hospital, monkeypatch: pytest.MonkeyPatch
+def test_an_exchange_that_does_not_know_lost_hears_purged_and_a_restore_still_finds_the_resend(
+    national: National, hospital: Hospital, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """An exchange older than the gateway refuses the reason `lost` (422): the gateway says
     `purged` instead (gone before it was fetched), so that the exchange still counts the
-    results as not delivered, and the page's other reasons go with it."""
+    results as not delivered. A restore from a backup taken before then still finds the job
+    sent again in its place, by its key, rather than ending the job as purged and meeting
+    that one as a job of nobody's."""
     _results_lost(national, monkeypatch, times=1)
     hospital.receive(*hospital.files)
     assert hospital.route() == 1
     [job] = hospital.jobs()
-    assert hospital.send_due() == [job["id"]]
-    first = _lost_and_taken_back(hospital, "results", int(job["id"]), {})
+    job_id = int(job["id"])
+    assert hospital.send_due() == [job_id]
+    backup = tmp_path / "backup"
+    back_up(load_config(hospital.path), backup)
+    first = _lost_and_taken_back(hospital, "results", job_id, {})
     passing = hospital.network.handle_request
     refused: list[bytes] = []
 
@@ -1215,3 +1229,14 @@ def test_an_exchange_that_does_not_know_lost_hears_purged_rather_than_nothing(
     assert len(refused) == 1
     said = hospital.gateway.client.job(first["id"])
     assert said["acknowledged_at"] is not None and said["delivery"] == "purged"
+    assert hospital.send_due() == [job_id]
+    again = _exchange_id_of(hospital, job_id)
+    lose_the_disk(hospital)
+    gateway = restored_gateway(hospital, backup)
+    gateway.reconcile_restore()
+    [taken] = hospital.jobs()
+    assert taken["exchange_job_id"] == again, (taken["state"], taken["reason"])
+    assert hospital.send_due() == [job_id]
+    bring_home(hospital, again)
+    assert hospital.jobs()[0]["state"] == "delivered"
+    assert gateway.unknown_jobs_left() == 0

@@ -68,6 +68,7 @@ from aifi.gateway.state import (
     ReceivedInstance,
     inputs_digest,
     lost_by_store_key,
+    sent_again_for_store_loss,
     started_over_key,
 )
 from aifi.gateway.stow import BASE as STOW_BASE
@@ -1007,7 +1008,7 @@ class Gateway:
             )
             self.state.mark_submitted(job_id, note, sent_with)
             if opened.get("acknowledged_at"):
-                self._settle_brought_home(self.state.job(job_id), opened)
+                self._settle_brought_home_or_later(self.state.job(job_id), opened)
         except ExchangeEnded as exc:
             self._refuse_sent(job, opened, str(exc), CancelReason.exchange_ended)
         except NothingToSend as exc:
@@ -1244,7 +1245,7 @@ class Gateway:
         self._disclose_opened(job, held, note)
         self.state.mark_submitted(int(job["id"]), note)
         if held.get("acknowledged_at"):  # and brought home, before a restore (`BroughtHome`)
-            self._settle_brought_home(self.state.job(int(job["id"])), held)
+            self._settle_brought_home_or_later(self.state.job(int(job["id"])), held)
 
     def _disclose_opened(self, job: Any, held: Mapping[str, Any], note: str) -> None:
         """Put on record what an exchange job opened to vendors holds, by an attempt that
@@ -1612,6 +1613,20 @@ class Gateway:
             self._record_acknowledged([str(exchange_id)], acknowledged)
         log.info("job %s: %s", local["id"], note)
 
+    def _settle_brought_home_or_later(
+        self, local: Mapping[str, Any], remote: Mapping[str, Any]
+    ) -> None:
+        """`_settle_brought_home` for a job just recorded as sent: when the exchange cannot
+        answer what it asks (the job sent again in its place), the job is left sent, and
+        `ask_about_submitted` settles it on its next round."""
+        try:
+            self._settle_brought_home(local, remote)
+        except (ExchangeHTTPError, httpx.TransportError) as exc:
+            log.warning(
+                "job %s: brought home before %s; settled later (%s)",
+                local["id"], BroughtHome.WHEN, exc,
+            )  # fmt: skip
+
     def _digest_if_sent(
         self, exchange_id: str, count: int, instances: Sequence[Mapping[str, Any]]
     ) -> str | None:
@@ -1901,11 +1916,7 @@ class Gateway:
             f"sent again: the exchange lost images of its study before the product read them "
             f"(its job {job['id']} {job['state']}: {job.get('reason') or 'no reason given'})"
         )
-        if self._take_back_lost_by_store(local, job, "images", reason):
-            self._submitted_watch.count(Outcome.images_sent_again)
-            return True
-        self._count_lost_ended(int(local["id"]), "images")
-        return False
+        return self._send_again_lost_by_store(local, job, "images", reason)
 
     def _send_again_for_lost_results(
         self, local: Mapping[str, Any], job: Mapping[str, Any], lost: ResultsLost
@@ -1919,10 +1930,19 @@ class Gateway:
             f"sent again: the exchange's store lost the product's results of its job "
             f"{job['id']} before they were fetched ({lost})"
         )
-        if self._take_back_lost_by_store(local, job, "results", reason):
-            self._submitted_watch.count(Outcome.results_sent_again)
+        return self._send_again_lost_by_store(local, job, "results", reason)
+
+    def _send_again_lost_by_store(
+        self, local: Mapping[str, Any], job: Mapping[str, Any], lost: LostByStore, reason: str
+    ) -> bool:
+        """Take the job back (`_take_back_lost_by_store`) and count it as sent again, or count
+        it as ended (`_count_lost_ended`); whether it was taken back."""
+        if self._take_back_lost_by_store(local, job, lost, reason):
+            self._submitted_watch.count(
+                Outcome.images_sent_again if lost == "images" else Outcome.results_sent_again
+            )
             return True
-        self._count_lost_ended(int(local["id"]), "results")
+        self._count_lost_ended(int(local["id"]), lost)
         return False
 
     def _take_back_lost_by_store(
@@ -1945,7 +1965,7 @@ class Gateway:
         it back before its backup was put back without the spool, and nobody heard of it; its
         send then waits for the spool to be put back, and is refused with the notice if it
         is not (`_spool_gone`)."""
-        if int(local["round"]) == 0:
+        if int(local["round"]) == 0 or sent_again_for_store_loss(str(local["idempotency_key"])):
             return False
         study_uid = str(local["study_uid"])
         found: tuple[str, dict[str, Any]] | None = None
@@ -1974,10 +1994,23 @@ class Gateway:
         its key, and not met as one of nobody's. Nothing is counted: the lost disk counted
         it."""
         lost = _lost_by_store(job)
+        if lost is None and self._said_purged_for_lost(local, job):
+            lost = "results"
         if lost is None:
             return False
         reason = f"sent again: the exchange's store lost the {lost} of its job {job['id']}"
         return self._take_back_lost_by_store(local, job, lost, reason, restored=True)
+
+    def _said_purged_for_lost(self, local: Mapping[str, Any], job: Mapping[str, Any]) -> bool:
+        """Whether a completed job acknowledged as `purged` was one whose results the
+        exchange's store lost, said so to an exchange that does not know `lost`
+        (`_acknowledge_saying`): the exchange holds the job sent again in its place."""
+        if job["state"] != "completed" or job.get("delivery") != Delivery.purged:
+            return False
+        key = str(local["idempotency_key"])
+        if int(local["round"]) == 0 or sent_again_for_store_loss(key):
+            return False
+        return self._found_by_key(lost_by_store_key(key)) is not None
 
     def _count_lost_ended(self, job_id: int, lost: LostByStore) -> bool:
         """Count a job that ended because the exchange's store `lost` its study's images or

@@ -288,6 +288,12 @@ def started_over_key(key: str) -> str:
     return f"{base}:again{again + 1}"
 
 
+def sent_again_for_store_loss(key: str) -> bool:
+    """Whether a job's key says it was sent again for what the exchange's store lost
+    (`lost_by_store_key`), started over since or not: it is never sent again for that twice."""
+    return _started_over(key)[0].endswith(":lost")
+
+
 #: What the exchange's store lost of a job that the gateway sends again in its place.
 LostByStore = Literal["images", "results"]
 

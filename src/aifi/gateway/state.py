@@ -223,7 +223,7 @@ COLUMNS: dict[str, dict[str, tuple[str, str | None]]] = {
     "jobs": {
         "inputs_digest": ("TEXT", None),  # not known: nothing is skipped for the job
         "replaced_exchange_job_id": ("TEXT", None),
-        # Sent again before results could be: for images the exchange's store lost.
+        # A job sent again before this column came was sent again for lost images.
         "replaced_for": (
             "TEXT",
             "UPDATE jobs SET replaced_for = 'images' WHERE replaced_exchange_job_id IS NOT NULL",

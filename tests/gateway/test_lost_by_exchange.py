@@ -1240,3 +1240,67 @@ def test_an_exchange_that_does_not_know_lost_hears_purged_and_a_restore_still_fi
     bring_home(hospital, again)
     assert hospital.jobs()[0]["state"] == "delivered"
     assert gateway.unknown_jobs_left() == 0
+
+
+def test_a_restored_job_whose_resend_cannot_be_looked_up_as_it_is_sent_is_settled_later(
+    national: National, hospital: Hospital, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The backup held the job unsent; the lost disk sent it, its result was lost (told
+    `purged` to an older exchange), and the study went again. Restored, the job's send meets
+    its first job brought home, and the exchange cannot answer the look-up for the job sent
+    again: the job is left sent, not ended, and the next ask about sent jobs takes it back
+    to the job sent again, whose result comes home."""
+    _results_lost(national, monkeypatch, times=1)
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    [job] = hospital.jobs()
+    job_id = int(job["id"])
+    backup = tmp_path / "backup"
+    back_up(load_config(hospital.path), backup, spool=True)  # the job pending
+    assert hospital.send_due() == [job_id]
+    first = _lost_and_taken_back(hospital, "results", job_id, {})
+    passing = hospital.network.handle_request
+
+    def older_exchange(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/jobs/acknowledge" and b'"lost"' in request.content:
+            return httpx.Response(422, json={"detail": "unknown reason"}, request=request)
+        return passing(request)
+
+    hospital.network.handle_request = older_exchange  # type: ignore[method-assign]
+    hospital.gateway.acknowledge([first["id"]])
+    hospital.network.handle_request = passing  # type: ignore[method-assign]
+    assert hospital.gateway.client.job(first["id"])["delivery"] == "purged"
+    assert hospital.send_due() == [job_id]
+    again = _exchange_id_of(hospital, job_id)
+    lose_the_disk(hospital)
+    gateway = restored_gateway(hospital, backup)
+    gateway.reconcile_restore()
+    [linked] = hospital.jobs()
+    assert linked["exchange_job_id"] == first["id"], linked
+
+    failed: list[str] = []
+
+    def lookup_down(request: httpx.Request) -> httpx.Response:
+        key = request.url.params.get("idempotency_key") or ""
+        if request.method == "GET" and key.endswith(":lost"):
+            failed.append(key)
+            raise httpx.ConnectError("down", request=request)
+        return passing(request)
+
+    hospital.network.handle_request = lookup_down  # type: ignore[method-assign]
+    hospital.send_due()
+    hospital.network.handle_request = passing  # type: ignore[method-assign]
+    assert failed
+    [left] = hospital.jobs()
+    assert left["state"] == "submitted" and left["exchange_job_id"] == first["id"], left
+
+    gateway.ask_about_submitted(time.time() + ASK_AFTER_SECONDS + 5)
+    [back] = hospital.jobs()
+    assert back["state"] == "pending" and back["idempotency_key"].endswith(":lost"), back
+    assert hospital.send_due() == [job_id]
+    assert _exchange_id_of(hospital, job_id) == again
+    bring_home(hospital, again)
+    [home] = hospital.jobs()
+    assert home["state"] == "delivered", home["reason"]
+    assert gateway.unknown_jobs_left() == 0
+    assert len(hospital.exchange_jobs()) == 2

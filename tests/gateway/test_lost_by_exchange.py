@@ -1154,6 +1154,42 @@ def test_a_job_the_backup_held_unsent_that_the_lost_disk_sent_twice_comes_home_o
     assert len(hospital.exchange_jobs()) == 2
 
 
+def _sent_backed_up_and_result_lost(
+    national: National, hospital: Hospital, monkeypatch: pytest.MonkeyPatch, backup: Path
+) -> tuple[int, dict[str, Any]]:
+    """The study's job sent, the gateway backed up into `backup` (without the spool); then
+    the exchange's store lost the product's result and the gateway took the job back to be
+    sent again: the job's id, and the exchange's first job as it ended."""
+    _results_lost(national, monkeypatch, times=1)
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    [job] = hospital.jobs()
+    job_id = int(job["id"])
+    assert hospital.send_due() == [job_id]
+    back_up(load_config(hospital.path), backup)
+    return job_id, _lost_and_taken_back(hospital, "results", job_id, {})
+
+
+def _acknowledged_by_an_older_exchange(hospital: Hospital, exchange_id: str) -> None:
+    """The job acknowledged to an exchange older than the gateway, which refuses the reason
+    `lost` (422), once."""
+    passing = hospital.network.handle_request
+    refused: list[bytes] = []
+
+    def older_exchange(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/jobs/acknowledge" and b'"lost"' in request.content:
+            refused.append(request.content)
+            return httpx.Response(422, json={"detail": "unknown reason"}, request=request)
+        return passing(request)
+
+    hospital.network.handle_request = older_exchange  # type: ignore[method-assign]
+    try:
+        hospital.gateway.acknowledge([exchange_id])
+    finally:
+        hospital.network.handle_request = passing  # type: ignore[method-assign]
+    assert len(refused) == 1
+
+
 def test_a_job_the_lost_disk_sent_again_and_started_over_is_found_under_its_last_key(
     national: National,
     hospital: Hospital,
@@ -1164,15 +1200,8 @@ def test_a_job_the_lost_disk_sent_again_and_started_over_is_found_under_its_last
     under the new key, cancelled that job and started over (`:lost:again1`). Restored
     without the spool, the gateway follows the keys to the job that runs, not the one
     cancelled, and brings its result home."""
-    _results_lost(national, monkeypatch, times=1)
-    hospital.receive(*hospital.files)
-    assert hospital.route() == 1
-    [job] = hospital.jobs()
-    job_id = int(job["id"])
-    assert hospital.send_due() == [job_id]
     backup = tmp_path / "backup"
-    back_up(load_config(hospital.path), backup)
-    first = _lost_and_taken_back(hospital, "results", job_id, {})
+    job_id, first = _sent_backed_up_and_result_lost(national, hospital, monkeypatch, backup)
     hospital.gateway.acknowledge([first["id"]])
     gateway = hospital.gateway
     key = str(gateway.state.job(job_id)["idempotency_key"])
@@ -1205,28 +1234,9 @@ def test_an_exchange_that_does_not_know_lost_hears_purged_and_a_restore_still_fi
     results as not delivered. A restore from a backup taken before then still finds the job
     sent again in its place, by its key, rather than ending the job as purged and meeting
     that one as a job of nobody's."""
-    _results_lost(national, monkeypatch, times=1)
-    hospital.receive(*hospital.files)
-    assert hospital.route() == 1
-    [job] = hospital.jobs()
-    job_id = int(job["id"])
-    assert hospital.send_due() == [job_id]
     backup = tmp_path / "backup"
-    back_up(load_config(hospital.path), backup)
-    first = _lost_and_taken_back(hospital, "results", job_id, {})
-    passing = hospital.network.handle_request
-    refused: list[bytes] = []
-
-    def older_exchange(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/jobs/acknowledge" and b'"lost"' in request.content:
-            refused.append(request.content)
-            return httpx.Response(422, json={"detail": "unknown reason"}, request=request)
-        return passing(request)
-
-    hospital.network.handle_request = older_exchange  # type: ignore[method-assign]
-    hospital.gateway.acknowledge([first["id"]])
-    hospital.network.handle_request = passing  # type: ignore[method-assign]
-    assert len(refused) == 1
+    job_id, first = _sent_backed_up_and_result_lost(national, hospital, monkeypatch, backup)
+    _acknowledged_by_an_older_exchange(hospital, first["id"])
     said = hospital.gateway.client.job(first["id"])
     assert said["acknowledged_at"] is not None and said["delivery"] == "purged"
     assert hospital.send_due() == [job_id]
@@ -1259,16 +1269,8 @@ def test_a_restored_job_whose_resend_cannot_be_looked_up_as_it_is_sent_is_settle
     back_up(load_config(hospital.path), backup, spool=True)  # the job pending
     assert hospital.send_due() == [job_id]
     first = _lost_and_taken_back(hospital, "results", job_id, {})
+    _acknowledged_by_an_older_exchange(hospital, first["id"])
     passing = hospital.network.handle_request
-
-    def older_exchange(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/jobs/acknowledge" and b'"lost"' in request.content:
-            return httpx.Response(422, json={"detail": "unknown reason"}, request=request)
-        return passing(request)
-
-    hospital.network.handle_request = older_exchange  # type: ignore[method-assign]
-    hospital.gateway.acknowledge([first["id"]])
-    hospital.network.handle_request = passing  # type: ignore[method-assign]
     assert hospital.gateway.client.job(first["id"])["delivery"] == "purged"
     assert hospital.send_due() == [job_id]
     again = _exchange_id_of(hospital, job_id)

@@ -1170,6 +1170,21 @@ def _sent_backed_up_and_result_lost(
     return job_id, _lost_and_taken_back(hospital, "results", job_id, {})
 
 
+def _restored_and_brought_home(hospital: Hospital, backup: Path, again: str) -> dict[str, Any]:
+    """The gateway restored from `backup` (its disk lost before) finds its job's exchange
+    job `again` as it checks the restore, and brings its result home: no job is left as one
+    of nobody's. The job as the check left it."""
+    gateway = restored_gateway(hospital, backup)
+    gateway.reconcile_restore()
+    [taken] = hospital.jobs()
+    assert taken["exchange_job_id"] == again, (taken["state"], taken["reason"])
+    assert hospital.send_due() == [taken["id"]]
+    bring_home(hospital, again)
+    assert hospital.jobs()[0]["state"] == "delivered"
+    assert gateway.unknown_jobs_left() == 0
+    return taken
+
+
 def _acknowledged_by_an_older_exchange(hospital: Hospital, exchange_id: str) -> None:
     """The job acknowledged to an exchange older than the gateway, which refuses the reason
     `lost` (422), once."""
@@ -1215,15 +1230,8 @@ def test_a_job_the_lost_disk_sent_again_and_started_over_is_found_under_its_last
     again = _exchange_id_of(hospital, job_id)
     assert again != stray["id"]
     lose_the_disk(hospital)
-    gateway = restored_gateway(hospital, backup)
-    gateway.reconcile_restore()
-    [taken] = hospital.jobs()
-    assert taken["exchange_job_id"] == again, taken
+    taken = _restored_and_brought_home(hospital, backup, again)
     assert taken["idempotency_key"] == f"{key}:again1"
-    assert hospital.send_due() == [job_id]
-    bring_home(hospital, again)
-    assert hospital.jobs()[0]["state"] == "delivered"
-    assert gateway.unknown_jobs_left() == 0
 
 
 def test_an_exchange_that_does_not_know_lost_hears_purged_and_a_restore_still_finds_the_resend(
@@ -1242,14 +1250,7 @@ def test_an_exchange_that_does_not_know_lost_hears_purged_and_a_restore_still_fi
     assert hospital.send_due() == [job_id]
     again = _exchange_id_of(hospital, job_id)
     lose_the_disk(hospital)
-    gateway = restored_gateway(hospital, backup)
-    gateway.reconcile_restore()
-    [taken] = hospital.jobs()
-    assert taken["exchange_job_id"] == again, (taken["state"], taken["reason"])
-    assert hospital.send_due() == [job_id]
-    bring_home(hospital, again)
-    assert hospital.jobs()[0]["state"] == "delivered"
-    assert gateway.unknown_jobs_left() == 0
+    _restored_and_brought_home(hospital, backup, again)
 
 
 def test_a_restored_job_whose_resend_cannot_be_looked_up_as_it_is_sent_is_settled_later(

@@ -459,6 +459,21 @@ def _results_lost(national: National, monkeypatch: pytest.MonkeyPatch, times: in
     return lost
 
 
+@contextmanager
+def _routed_with_results_lost(
+    national: National, hospital: Hospital, monkeypatch: pytest.MonkeyPatch, times: int = 1
+) -> Iterator[tuple[Hl7Listener, list[str]]]:
+    """The hospital's gateway with its RIS, the study received and routed, and the exchange's
+    store set to lose the results of the first `times` jobs (`_results_lost`): the RIS, and
+    the exchange jobs whose results were lost, as they go."""
+    lost = _results_lost(national, monkeypatch, times=times)
+    with Hl7Listener() as listener:
+        _with_ris(hospital, listener.port)
+        hospital.receive(*hospital.files)
+        assert hospital.route() == 1
+        yield listener, lost
+
+
 def _blob_missing_counted(national: National) -> str:
     """The exchange's count of blobs found missing from its store (`BlobMissing`), as its
     /metrics says it."""
@@ -476,11 +491,7 @@ def test_a_result_the_exchanges_store_lost_is_made_again_and_comes_home(
     product's result reaches the PACS, a little late, with no notice that none will come. The
     job whose result was lost is acknowledged saying so (the operator counts it), and listed
     again (its acknowledgement lost) it is known, not met as a job of nobody's."""
-    lost = _results_lost(national, monkeypatch, times=1)
-    with Hl7Listener() as listener:
-        _with_ris(hospital, listener.port)
-        hospital.receive(*hospital.files)
-        assert hospital.route() == 1
+    with _routed_with_results_lost(national, hospital, monkeypatch) as (listener, lost):
         [job] = hospital.jobs()
         assert hospital.send_due() == [job["id"]]
         first = str(hospital.gateway.state.job(int(job["id"]))["exchange_job_id"])
@@ -525,11 +536,7 @@ def test_a_result_the_exchanges_store_lost_twice_ends_its_job_once_and_tells_the
     national operator), and the radiologist hears that the exchange lost the product's
     results and that the study is to be sent again; unless another job of the study for the
     product (here one adopted) brings its result."""
-    lost = _results_lost(national, monkeypatch, times=2)
-    with Hl7Listener() as listener:
-        _with_ris(hospital, listener.port)
-        hospital.receive(*hospital.files)
-        assert hospital.route() == 1
+    with _routed_with_results_lost(national, hospital, monkeypatch, times=2) as (listener, lost):
         [job] = hospital.jobs()
         for _ in range(2):
             assert hospital.send_due() == [job["id"]]
@@ -562,11 +569,7 @@ def test_a_job_sent_again_for_a_lost_result_that_the_exchange_refuses_tells_the_
     """Sent again for a result the exchange's store lost, the study cannot go: the product
     was suspended meanwhile. The job is refused, and with the refusal the radiologist hears
     that no result will come because the exchange lost the product's results."""
-    _results_lost(national, monkeypatch, times=1)
-    with Hl7Listener() as listener:
-        _with_ris(hospital, listener.port)
-        hospital.receive(*hospital.files)
-        assert hospital.route() == 1
+    with _routed_with_results_lost(national, hospital, monkeypatch) as (listener, _lost):
         [job] = hospital.jobs()
         assert hospital.send_due() == [job["id"]]
         first = str(hospital.gateway.state.job(int(job["id"]))["exchange_job_id"])

@@ -1148,8 +1148,8 @@ def test_a_job_the_backup_held_unsent_that_the_lost_disk_sent_twice_comes_home_o
     assert hospital.send_due() == [job["id"]]  # meets the first job, and takes the job back
     [taken] = hospital.jobs()
     assert taken["state"] == "pending" and taken["idempotency_key"].endswith(":lost"), taken
-    assert hospital.send_due() == [job["id"]]  # finds the job the lost disk sent again
-    assert hospital.jobs()[0]["exchange_job_id"] == again
+    assert taken["exchange_job_id"] == again  # linked at once: never met as nobody's
+    assert hospital.send_due() == [job["id"]]  # stands as the lost disk opened it
     bring_home(hospital, again)
     [home] = hospital.jobs()
     assert home["state"] == "delivered", home["reason"]

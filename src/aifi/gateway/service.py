@@ -1953,6 +1953,7 @@ class Gateway:
         reason: str,
         *,
         restored: bool = False,
+        only_if_found: bool = False,
     ) -> bool:
         """`GatewayState.send_again_anew` for a job whose exchange `job` the exchange's store
         `lost` the images or results of; whether it was taken back. Never an adopted job (no
@@ -1965,7 +1966,8 @@ class Gateway:
         the spool lacking the study, a job is not taken back (sent again, it would wait for
         the study), unless `restored`: the lost disk took it back before its backup was put
         back without the spool, and nobody heard of it; its send then waits for the spool to
-        be put back, and is refused with the notice if it is not (`_spool_gone`)."""
+        be put back, and is refused with the notice if it is not (`_spool_gone`). With
+        `only_if_found`, a job is taken back only when the exchange holds such a job."""
         if int(local["round"]) == 0 or sent_again_for_store_loss(str(local["idempotency_key"])):
             return False
         study_uid = str(local["study_uid"])
@@ -1973,6 +1975,8 @@ class Gateway:
         gone = _gone_from_spool(self.state.study_instances(study_uid))
         if gone or restored:
             found = self._found_by_key(lost_by_store_key(str(local["idempotency_key"])))
+            if found is None and only_if_found:
+                return False
             if found is None and gone and not restored:
                 log.warning(
                     "study %s: not sent again: %d of its instance(s) are gone from the spool",
@@ -1994,25 +1998,20 @@ class Gateway:
         (`_take_back_lost_by_store`): the lost disk took it back, and sent it again or was
         about to, rather than ending it as its lost job ended. The job it sent is found by
         its key, and not met as one of nobody's. Nothing is counted: the lost disk counted
-        it."""
-        lost = _lost_by_store(job)
-        if lost is None and self._said_purged_for_lost(local, job):
-            lost = "results"
-        if lost is None:
-            return False
-        reason = f"sent again: the exchange's store lost the {lost} of its job {job['id']}"
-        return self._take_back_lost_by_store(local, job, lost, reason, restored=True)
+        it.
 
-    def _said_purged_for_lost(self, local: Mapping[str, Any], job: Mapping[str, Any]) -> bool:
-        """Whether a completed job acknowledged as `purged` was one whose results the
-        exchange's store lost, said so to an exchange that does not know `lost`
-        (`_acknowledge_saying`): the exchange holds the job sent again in its place."""
-        if job["state"] != "completed" or job.get("delivery") != Delivery.purged:
+        A completed job acknowledged as `purged` may be one whose results the store lost,
+        said so to an exchange that does not know `lost` (`_acknowledge_saying`): it is taken
+        back only if the exchange holds the job sent again in its place."""
+        lost = _lost_by_store(job)
+        purged = job["state"] == "completed" and job.get("delivery") == Delivery.purged
+        if lost is None and not purged:
             return False
-        key = str(local["idempotency_key"])
-        if int(local["round"]) == 0 or sent_again_for_store_loss(key):
-            return False
-        return self._found_by_key(lost_by_store_key(key)) is not None
+        lost = lost or "results"
+        reason = f"sent again: the exchange's store lost the {lost} of its job {job['id']}"
+        return self._take_back_lost_by_store(
+            local, job, lost, reason, restored=True, only_if_found=purged
+        )
 
     def _count_lost_ended(self, job_id: int, lost: LostByStore) -> bool:
         """Count a job that ended because the exchange's store `lost` its study's images or

@@ -70,7 +70,8 @@ def random_jobs(rng: random.Random) -> tuple[list[dict[str, Any]], ...]:
     """Jobs, feedback and eligible counts as the exchange stores them: every state, flag and
     verdict, jobs that never became ready, ties, and period edges (a month's last minutes,
     ISO weeks that belong to the year before or after, a job requested in one month and ended
-    in the next, one requested at a month's first moment)."""
+    in the next, one requested at a month's first moment), and studies sent again (a job of a
+    study an earlier job had, at its hospital to its product, a little later)."""
     edges = [
         datetime(2026, 1, 31, 23, 59, 59, 999_000, tzinfo=UTC),
         datetime(2027, 1, 1, 8, 0, tzinfo=UTC),  # a Friday: ISO week 2026-W53
@@ -102,18 +103,25 @@ def random_jobs(rng: random.Random) -> tuple[list[dict[str, Any]], ...]:
         took = rng.choice([30.0, 60.0, rng.uniform(5, 900)])
         ready = None if rng.random() < 0.05 else ended - timedelta(seconds=took)
         product, vendor = rng.choice([("product-a", "vendor-a"), ("product-b", "vendor-b")])
+        hospital, study = rng.choice(["hospital-a", "hospital-b"]), f"2.25.{n}"
+        if n >= 2 * len(edges) and rng.random() < 0.3:
+            earlier = jobs[rng.randrange(n)]
+            hospital, study = earlier["hospital_id"], earlier["study_uid"]
+            product, vendor = earlier["product_id"], earlier["vendor_id"]
+            ended = earlier["created_at"] + timedelta(hours=1, minutes=rng.randrange(1, 30))
+            ready = None if ready is None else ended - timedelta(seconds=took)
         # What the gateway said of the results, for any state (it is kept for completed jobs
         # alone, but evaluation must not count it for others either).
         delivery = rng.choice(
-            [None, "delivered", "delivered", "unfileable", "unmapped", "purged", "let_go"]
+            [None, "delivered", "delivered", "unfileable", "unmapped", "purged", "let_go", "lost"]
         )
         job = {
             "id": f"job-{n:04d}",
-            "hospital_id": rng.choice(["hospital-a", "hospital-b"]),
+            "hospital_id": hospital,
             "product_id": product,
             "vendor_id": vendor,
             "idempotency_key": f"k{n}",
-            "study_uid": f"2.25.{n}",
+            "study_uid": study,
             "state": state,
             "summary": summary,
             "created_at": ended - timedelta(hours=1),
@@ -168,6 +176,7 @@ def one_by_one(
             job_id=job["id"],
             ai_positive=triage_call(job["summary"]),
             inputs_lost=job["inputs_lost_at"] is not None,
+            study_uid=job["study_uid"],
         )
         for job in jobs
     ]
@@ -256,7 +265,9 @@ def test_a_period_counts_the_jobs_of_its_months_only(
     expected = evaluate(*one_by_one(requested, feedback, reported))
     counted = clinical.evaluation(OPERATOR, months)
     assert_same_evaluation(counted, expected)
-    assert sum(r.volume for r in counted if r.hospital_id == NATIONAL) == len(requested)
+    studies = {(j["hospital_id"], j["product_id"], j["study_uid"]) for j in requested}
+    assert sum(r.volume for r in counted if r.hospital_id == NATIONAL) == len(studies)
+    assert len(studies) < len(requested)  # studies sent again are in the data
 
     ended = [j for j in jobs if j["ended_at"] is not None and start <= j["ended_at"] < end]
     records, _notes, _counts = one_by_one(ended, [], [])

@@ -106,6 +106,30 @@ def test_a_job_that_ended_after_the_exchange_lost_its_images_is_not_the_products
     assert JobRecord.from_job(lost_at).inputs_lost is True
 
 
+def test_a_study_sent_again_is_one_study_routed(rows: dict) -> None:
+    """The exchange's store lost the images of a study and its gateway sent the study again as
+    a new job: two jobs, one study. Volume and uptake count it once, so that a loss at the
+    exchange does not make a hospital's uptake look higher; the same UID at another hospital
+    is that hospital's study."""
+
+    def of_study(record: JobRecord, **more: object) -> JobRecord:
+        return JobRecord(**{**record.model_dump(), "study_uid": "2.25.9", **more})
+
+    again = [
+        of_study(job("a9", "h-a", "failed", 3), inputs_lost=True),
+        of_study(job("a10", "h-a", "completed", 9, False, "delivered")),
+        of_study(job("b9", "h-b", "completed", 9)),
+    ]
+    counted = {r.hospital_id: r for r in evaluate(JOBS + again, FEEDBACK, ELIGIBLE)}
+    assert counted["h-a"].volume == rows["h-a"].volume + 1
+    assert counted["h-a"].uptake.numerator == rows["h-a"].uptake.numerator + 1
+    assert counted["h-a"].completed == rows["h-a"].completed + 1  # jobs: the run is real
+    assert counted["h-b"].volume == rows["h-b"].volume + 1
+    assert counted[NATIONAL].volume == rows[NATIONAL].volume + 2
+    api_job = {"id": "j", "product_id": "ich", "hospital_id": "h-a", "state": "failed"}
+    assert JobRecord.from_job({**api_job, "study_uid": "2.25.9"}).study_uid == "2.25.9"
+
+
 def test_results_not_delivered(rows: dict) -> None:
     """Of the completed jobs whose gateway said what became of their results: a job let go
     is the hospital's choice, and a job it said nothing of is not counted either way."""

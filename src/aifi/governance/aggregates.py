@@ -16,7 +16,7 @@ import math
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select
+from sqlalchemy import ColumnElement, and_, distinct, func, or_, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
@@ -68,7 +68,7 @@ def tallies(session: Session, months: Months = Months()) -> list[Tally]:
         select(
             Job.product_id,
             Job.hospital_id,
-            count(),
+            count(distinct(Job.study_uid)),
             count().filter(Job.state == _COMPLETED),
             count().filter(_FAILED_BY_PRODUCT),
             count().filter(or_(Job.state == _COMPLETED, _FAILED_BY_PRODUCT)),

@@ -9,7 +9,10 @@ large one's 92 % can be told apart honestly.
 Definitions
 -----------
 volume
-    Studies routed to the product: jobs created.
+    Studies routed to the product: the distinct studies of the jobs created. A study sent
+    again (the exchange's store lost its images or results, the gateway started a stuck job
+    over, or more images came) is one study however many jobs it took; each hospital's
+    studies are its own (their pseudonymised UIDs), and the national volume is the sum.
 uptake
     Studies routed / studies eligible (the gateway's count of studies matching the product's
     criteria). National uptake pools only hospitals that report an eligible count.
@@ -96,6 +99,11 @@ class JobRecord(BaseModel):
         description="The exchange found images of its study missing from its store: if the "
         "job failed or expired, that was the exchange's doing, not the product's.",
     )
+    study_uid: str = Field(
+        default="",
+        description="The study's (pseudonymised) UID, by which volume counts a study sent "
+        "again once; empty counts the job as a study of its own.",
+    )
 
     @classmethod
     def from_job(cls, job: Mapping[str, Any]) -> JobRecord:
@@ -110,6 +118,7 @@ class JobRecord(BaseModel):
             ai_positive=triage_call(job.get("summary")),
             delivery=job.get("delivery"),
             inputs_lost=job.get("inputs_lost_at") is not None,
+            study_uid=str(job.get("study_uid") or ""),
         )
 
 
@@ -294,7 +303,7 @@ def tally(
     counted = Tally(
         product_id=product_id,
         hospital_id=hospital_id,
-        volume=len(jobs),
+        volume=len({(j.hospital_id, j.study_uid or j.job_id) for j in jobs}),
         completed=sum(1 for j in jobs if j.state == JobState.completed.value),
         failed=sum(1 for j in jobs if j.state in _FAILED and not j.inputs_lost),
         ended=sum(1 for j in jobs if j.state in _ENDED and not _images_lost(j)),

@@ -46,6 +46,27 @@ def test_metered_volume_is_annualised_over_the_hospitals_months(tiny: dict[str, 
     ]
 
 
+def test_a_study_sent_again_is_one_study_of_the_volume(tiny: dict[str, Any]) -> None:
+    """An exchange that counts studies: 150 jobs completed, 146 studies (four sent again after
+    the exchange's store lost their results). The volume is the studies; the jobs are shown
+    beside them. Rows of an earlier release's exchange, without the count, use the jobs (the
+    test above)."""
+    counted = [
+        MeteringRow.model_validate({**row, "studies_completed": row["jobs_completed"] - lost})
+        for row, lost in zip(METERING_ROWS, (3, 1, 0, 0), strict=True)
+    ]
+    case, report = apply_metering(parse_case(tiny), counted, source="x")
+    h1 = case.metered("h1", "xr")
+    assert h1 is not None
+    assert (h1.jobs_completed, h1.studies_completed) == (150, 146)
+    assert h1.volume.value == pytest.approx(146 * 12 / 3)
+    assert "146 studies analysed (150 completed jobs)" in h1.volume.source
+    assert [(p.hospital, p.studies_completed, p.jobs_completed) for p in report.periods] == [
+        ("h1", 146, 150),
+        ("h2", 7, 7),
+    ]
+
+
 def test_a_pair_without_rows_of_its_own_is_metered_at_zero(tiny: dict[str, Any]) -> None:
     case, _ = apply_metering(parse_case(tiny), ROWS, source="x")
     h2 = case.metered("h2", "xr")

@@ -602,8 +602,10 @@ def test_metering_counts_what_the_rows_say_per_hospital_product_and_month(
     exchange: Any, parties: dict[str, Any]
 ) -> None:
     """The database counts the months; counted here row by row, the figures are the same:
-    each state, the bytes of completed jobs only, months' edges in UTC, and a month holding
-    only cancelled jobs (a row of zeros, so the hospital sees the product was in use)."""
+    each state, the bytes of completed jobs only, months' edges in UTC, a month holding
+    only cancelled jobs (a row of zeros, so the hospital sees the product was in use), and
+    studies sent again (a third of the jobs are of a study an earlier job had, at its
+    hospital, ending a little later: one study analysed in a month, or one in each of two)."""
     rng = random.Random(3)
     states = ["completed", "completed", "failed", "expired", "cancelled", "in-progress"]
     jobs: list[dict[str, Any]] = []
@@ -616,14 +618,19 @@ def test_metering_counts_what_the_rows_say_per_hospital_product_and_month(
             - rng.choice([timedelta(0), timedelta(microseconds=1)])
         )
         state = rng.choice(states)
+        hospital, study = rng.choice(["hospital-a", "hospital-b"]), f"2.25.{n}"
+        if n and rng.random() < 0.3:
+            earlier = jobs[rng.randrange(n)]
+            hospital, study = earlier["hospital_id"], earlier["study_uid"]
+            ended = (earlier["ended_at"] or ended) + timedelta(minutes=rng.randrange(1, 90))
         jobs.append(
             {
                 "id": f"job-{n}",
-                "hospital_id": rng.choice(["hospital-a", "hospital-b"]),
+                "hospital_id": hospital,
                 "product_id": "product-a",
                 "vendor_id": "vendor-a",
                 "idempotency_key": f"k{n}",
-                "study_uid": f"2.25.{n}",
+                "study_uid": study,
                 "state": state,
                 "input_bytes": rng.randrange(1, 10**9),
                 "created_at": ended - timedelta(hours=1),
@@ -635,28 +642,34 @@ def test_metering_counts_what_the_rows_say_per_hospital_product_and_month(
                  "ended_at": datetime(2027, 3, 3, tzinfo=UTC)})  # fmt: skip
     with exchange.client.app.state.services.db.session() as session:
         session.execute(insert(Job), jobs)
-    expected: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
+    expected: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    studies: dict[tuple[str, str], set[str]] = defaultdict(set)
     for job in jobs:
         if job["ended_at"] is None:
             continue
-        counts = expected[(job["hospital_id"], job["ended_at"].strftime("%Y-%m"))]
+        row = (job["hospital_id"], job["ended_at"].strftime("%Y-%m"))
+        counts = expected[row]
         if job["state"] == "completed":
             counts[0] += 1
-            counts[2] += job["input_bytes"]
+            counts[3] += job["input_bytes"]
+            studies[row].add(job["study_uid"])
+            counts[1] = len(studies[row])
         elif job["state"] in ("failed", "expired"):
-            counts[1] += 1
+            counts[2] += 1
+    assert sum(c[1] for c in expected.values()) < sum(c[0] for c in expected.values())
     response = exchange.client.get("/metering", headers=exchange.operator.headers)
     assert response.status_code == 200, response.text
     counted = {
         (row["hospital"], row["month"]): [
             row["jobs_completed"],
+            row["studies_completed"],
             row["jobs_failed"],
             row["input_bytes"],
         ]
         for row in response.json()["rows"]
     }
     assert counted == dict(expected)
-    assert counted[(jobs[0]["hospital_id"], "2027-03")] == [0, 0, 0]
+    assert counted[(jobs[0]["hospital_id"], "2027-03")] == [0, 0, 0, 0]
     mine = exchange.client.get("/metering", headers=parties["hospital_a"].headers).json()["rows"]
     assert {row["hospital"] for row in mine} == {"hospital-a"}
 

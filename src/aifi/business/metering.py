@@ -3,9 +3,13 @@
 The exchange answers ``GET {url}/metering`` (operator API key as a Bearer token, optional
 ``since``/``until`` months) with one row per hospital × product × month. `apply_metering` is
 pure: it matches rows to the case's hospitals and applications by their `exchange_id` and turns
-completed jobs into yearly volumes, so it can be checked without any exchange.
+studies analysed into yearly volumes, so it can be checked without any exchange.
 
-Annualisation: a hospital's volume for an application is its completed jobs over the months from
+A study analysed is counted once in a month however many jobs it took (sent again after the
+exchange's store lost its results, say): the exchange's `studies_completed`. An exchange of an
+earlier release does not send that figure, and its completed jobs are counted instead.
+
+Annualisation: a hospital's volume for an application is its studies analysed over the months from
 the hospital's first to its last month in the metering (inclusive, whatever the product), times
 12 / that number of months. A month inside that span without rows counts as a month without jobs.
 A pair is metered when both its hospital and its product appear in the metering; a pair with no
@@ -35,8 +39,15 @@ class MeteringRow(BaseModel):
     product: str
     month: str = Field(pattern=MONTH_PATTERN)
     jobs_completed: int = Field(ge=0)
+    studies_completed: int | None = Field(default=None, ge=0)
     jobs_failed: int = Field(ge=0)
     input_bytes: int = Field(ge=0)
+
+    @property
+    def studies(self) -> int:
+        """The studies analysed: the exchange's count, or (an earlier release's exchange
+        sends none) its completed jobs."""
+        return self.jobs_completed if self.studies_completed is None else self.studies_completed
 
 
 class MeteringResponse(BaseModel):
@@ -105,6 +116,7 @@ class HospitalPeriod:
     last_month: str
     months: int
     jobs_completed: int
+    studies_completed: int
     jobs_failed: int
     input_bytes: int
 
@@ -137,16 +149,19 @@ def apply_metering(
 
     months_by_hospital: dict[str, list[str]] = defaultdict(list)
     completed: dict[tuple[str, str], int] = defaultdict(int)
+    studies: dict[tuple[str, str], int] = defaultdict(int)
     failed: dict[tuple[str, str], int] = defaultdict(int)
-    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     for row in rows:
         months_by_hospital[row.hospital].append(row.month)
         completed[(row.hospital, row.product)] += row.jobs_completed
+        studies[(row.hospital, row.product)] += row.studies
         failed[(row.hospital, row.product)] += row.jobs_failed
         total = totals[row.hospital]
         total[0] += row.jobs_completed
-        total[1] += row.jobs_failed
-        total[2] += row.input_bytes
+        total[1] += row.studies
+        total[2] += row.jobs_failed
+        total[3] += row.input_bytes
 
     periods: dict[str, HospitalPeriod] = {}
     for exchange_id, hospital in hospitals.items():
@@ -154,7 +169,7 @@ def apply_metering(
         if not months:
             continue
         first, last = min(months), max(months)
-        jobs_completed, jobs_failed, input_bytes = totals[exchange_id]
+        jobs_completed, studies_completed, jobs_failed, input_bytes = totals[exchange_id]
         periods[exchange_id] = HospitalPeriod(
             hospital.id,
             exchange_id,
@@ -162,6 +177,7 @@ def apply_metering(
             last,
             months_inclusive(first, last),
             jobs_completed,
+            studies_completed,
             jobs_failed,
             input_bytes,
         )
@@ -177,12 +193,14 @@ def apply_metering(
                 continue
             assert hospital_ex is not None and product_ex is not None
             period = periods[hospital_ex]
-            done = completed.get((hospital_ex, product_ex), 0)
-            yearly = done * 12 / period.months
+            pair = (hospital_ex, product_ex)
+            analysed, done = studies.get(pair, 0), completed.get(pair, 0)
+            yearly = analysed * 12 / period.months
             span = f"{period.months} month(s) {period.first_month}..{period.last_month}"
             origin = (
-                f"Exchange metering ({source}): {done} completed jobs of product {product_ex} at "
-                f"organisation {hospital_ex} over {span}, annualised × 12/{period.months}"
+                f"Exchange metering ({source}): {analysed} studies analysed ({done} completed "
+                f"jobs) by product {product_ex} at organisation {hospital_ex} over {span}, "
+                f"annualised × 12/{period.months}"
             )
             metered.append(
                 MeteredVolume.model_validate(
@@ -191,7 +209,8 @@ def apply_metering(
                         "application": application.id,
                         "volume": {"value": yearly, "unit": "exams/year", "source": origin},
                         "jobs_completed": done,
-                        "jobs_failed": failed.get((hospital_ex, product_ex), 0),
+                        "studies_completed": analysed,
+                        "jobs_failed": failed.get(pair, 0),
                         "months": period.months,
                         "first_month": period.first_month,
                         "last_month": period.last_month,

@@ -242,6 +242,9 @@ class MeteredVolume(_Strict):
     application: str
     volume: ExamsPerYear
     jobs_completed: int = Field(ge=0)
+    #: The studies those jobs analysed, a study sent again counted once (the volume's count);
+    #: None when the exchange's release did not say, and the jobs were counted.
+    studies_completed: int | None = Field(default=None, ge=0)
     jobs_failed: int = Field(ge=0)
     months: int = Field(ge=1)
     first_month: str = Field(pattern=r"^\d{4}-\d{2}$")

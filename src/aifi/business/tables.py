@@ -294,7 +294,8 @@ def volumes_table(analysis: Analysis) -> TableSpec:
         ["hospital", *(a.name for a in apps)],
         rows,
         caption=(
-            "(metered) = annualised from the exchange's completed jobs; the others are assumed: "
+            "(metered) = annualised from the studies the exchange's jobs analysed; the others "
+            "are assumed: "
             "exams of the modality × eligible share × uptake."
         ),
         numeric=set(range(1, len(apps) + 1)),
@@ -310,6 +311,7 @@ def metering_table(analysis: Analysis) -> TableSpec:
             period.exchange_id,
             f"{period.first_month} … {period.last_month}",
             str(period.months),
+            count(period.studies_completed),
             count(period.jobs_completed),
             count(period.jobs_failed),
             f"× 12/{period.months}",
@@ -317,8 +319,9 @@ def metering_table(analysis: Analysis) -> TableSpec:
         for period in report.periods
     ]
     caption = (
-        f"From {report.source}: {report.rows} rows. A hospital's yearly volume is its completed "
-        f"jobs over the months from its first to its last month in the metering, × 12 / months."
+        f"From {report.source}: {report.rows} rows. A hospital's yearly volume is its studies "
+        f"analysed (by completed jobs, a study sent again counted once) over the months from "
+        f"its first to its last month in the metering, × 12 / months."
     )
     if report.assumed_pairs:
         caption += f" {len(report.assumed_pairs)} pair(s) kept their assumed volume."
@@ -327,8 +330,17 @@ def metering_table(analysis: Analysis) -> TableSpec:
     return TableSpec(
         "metering",
         "Metering used",
-        ["hospital", "exchange id", "months", "n", "jobs completed", "jobs failed", "annualised"],
+        [
+            "hospital",
+            "exchange id",
+            "months",
+            "n",
+            "studies analysed",
+            "jobs completed",
+            "jobs failed",
+            "annualised",
+        ],
         rows,
         caption=caption,
-        numeric={3, 4, 5},
+        numeric={3, 4, 5, 6},
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import distinct, func, select
 
 from aifi.exchange.audit import Actor
 from aifi.exchange.db import Database
@@ -15,7 +15,10 @@ from aifi.exchange.sql_time import month_label
 
 def metering_rows(db: Database, actor: Actor, months: Months) -> list[MeteringRow]:
     """Completed and failed jobs counted by the month they ended in (YYYY-MM, UTC), for
-    the jobs that ended in `months`.
+    the jobs that ended in `months`, and the studies the completed ones were of: a study
+    sent again (its results lost by the exchange's store, its job started over, more images
+    come) is one study analysed in a month however many jobs it took there, which is what
+    a business case's volume means.
 
     The database selects the months asked for (through the index on `ended_at`) and counts
     them: the jobs table keeps every job ever, about eleven million a year nationally, and
@@ -29,6 +32,7 @@ def metering_rows(db: Database, actor: Actor, months: Months) -> list[MeteringRo
         select(
             *groups,
             func.count().filter(completed),
+            func.count(distinct(Job.study_uid)).filter(completed),
             func.count().filter(failed),
             func.coalesce(func.sum(Job.input_bytes).filter(completed), 0),
         )
@@ -46,8 +50,9 @@ def metering_rows(db: Database, actor: Actor, months: Months) -> list[MeteringRo
             product=product,
             month=ended_in,
             jobs_completed=done,
+            studies_completed=studies,
             jobs_failed=failed_jobs,
             input_bytes=int(size),
         )
-        for hospital, name, product, ended_in, done, failed_jobs, size in sorted(rows)
+        for hospital, name, product, ended_in, done, studies, failed_jobs, size in sorted(rows)
     ]

@@ -350,6 +350,11 @@ class MeteringRow(BaseModel):
     product: str
     month: str
     jobs_completed: int
+    studies_completed: int = Field(
+        description="the distinct studies of the completed jobs: a study sent again (its "
+        "results lost by the exchange's store, its job started over, more images) counts "
+        "once in a month"
+    )
     jobs_failed: int
     input_bytes: int
 

@@ -118,7 +118,8 @@ def fill(db: Database, jobs: int, progress: Progress, label: str) -> None:
                     "product_id": rng.choice(PRODUCTS),
                     "vendor_id": "vendor",
                     "idempotency_key": str(n),
-                    "study_uid": f"2.25.{n}",
+                    # About one job in fifty is of a study sent again.
+                    "study_uid": f"2.25.{n if rng.random() >= 0.02 else rng.randrange(n + 1)}",
                     "state": state,
                     "summary": {"triage": {"flag": flag}} if state == "completed" else None,
                     "triage_flag": flag if state == "completed" else None,
@@ -173,6 +174,7 @@ def _records(
     db: Database, requested: Months = Months(), ended: Months = Months()
 ) -> tuple[list[JobRecord], list[Feedback], list[EligibleIn]]:
     columns = (Job.id, Job.product_id, Job.hospital_id, Job.state, Job.ready_at, Job.ended_at)
+    columns += (Job.study_uid,)
     in_months = (*requested.where(Job.created_at), *ended.where(Job.ended_at))
     with db.session() as session:
         jobs = session.execute(select(*columns, Job.triage_flag).where(*in_months)).all()
@@ -189,8 +191,9 @@ def _records(
                 ready_at=as_utc(ready) if ready else None,
                 ended_at=as_utc(ended) if ended else None,
                 ai_positive=CALLS.get(flag) if flag else None,
+                study_uid=study,
             )
-            for job_id, product_id, hospital_id, state, ready, ended, flag in jobs
+            for job_id, product_id, hospital_id, state, ready, ended, study, flag in jobs
         ]
         feedback = [
             Feedback(
@@ -216,22 +219,33 @@ def drift_in_python(db: Database, months: Months = Months()) -> list[Any]:
 
 
 def metering_in_python(db: Database) -> list[tuple[Any, ...]]:
-    counts: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
+    counts: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    studies: dict[tuple[str, str, str], set[str]] = defaultdict(set)
     with db.session() as session:
         rows = session.execute(
-            select(Job.hospital_id, Job.product_id, Job.state, Job.ended_at, Job.input_bytes)
+            select(
+                Job.hospital_id,
+                Job.product_id,
+                Job.state,
+                Job.ended_at,
+                Job.input_bytes,
+                Job.study_uid,
+            )
             .where(Job.ended_at.is_not(None))
             .execution_options(yield_per=10_000)
         )
-        for hospital, product, state, ended, size in rows:
+        for hospital, product, state, ended, size, study in rows:
             if ended is None:  # excluded in SQL; said again for the type checker
                 continue
-            bucket = counts[(hospital, product, as_utc(ended).strftime("%Y-%m"))]
+            key = (hospital, product, as_utc(ended).strftime("%Y-%m"))
+            bucket = counts[key]
             if state == "completed":
                 bucket[0] += 1
-                bucket[2] += size
+                studies[key].add(study)
+                bucket[1] = len(studies[key])
+                bucket[3] += size
             elif state in ("failed", "expired"):
-                bucket[1] += 1
+                bucket[2] += 1
     return sorted((*key, *value) for key, value in counts.items())
 
 
@@ -253,7 +267,15 @@ def drift_in_database(db: Database, months: Months = Months()) -> list[Any]:
 
 def metering_in_database(db: Database) -> list[tuple[Any, ...]]:
     return [
-        (r.hospital, r.product, r.month, r.jobs_completed, r.jobs_failed, r.input_bytes)
+        (
+            r.hospital,
+            r.product,
+            r.month,
+            r.jobs_completed,
+            r.studies_completed,
+            r.jobs_failed,
+            r.input_bytes,
+        )
         for r in metering_rows(db, OPERATOR, Months())
     ]
 

@@ -814,11 +814,13 @@ def _sent_backed_up_and_lost(
     monkeypatch: pytest.MonkeyPatch,
     backup: Path,
     what: str,
+    *,
+    spool: bool = False,
 ) -> Iterator[tuple[Hl7Listener, dict[str, Any], dict[str, Any]]]:
     """The hospital's gateway with its RIS, the study's job sent, the gateway backed up into
-    `backup`; then the exchange's store lost `what` of that job, and the gateway took it back
-    to be sent again (`_lost_and_taken_back`): the RIS, the job as sent, and the exchange's
-    first job as it ended."""
+    `backup` (with its `spool` or not); then the exchange's store lost `what` of that job,
+    and the gateway took it back to be sent again (`_lost_and_taken_back`): the RIS, the job
+    as sent, and the exchange's first job as it ended."""
     images_lost = _store_loses(national, monkeypatch, what)
     with Hl7Listener() as listener:
         _with_ris(hospital, listener.port)
@@ -826,7 +828,7 @@ def _sent_backed_up_and_lost(
         assert hospital.route() == 1
         [job] = hospital.jobs()
         assert hospital.send_due() == [job["id"]]
-        back_up(load_config(hospital.path), backup)
+        back_up(load_config(hospital.path), backup, spool=spool)
         yield listener, job, _lost_and_taken_back(hospital, what, int(job["id"]), images_lost)
 
 
@@ -888,6 +890,47 @@ def test_a_job_sent_again_for_what_the_store_lost_after_the_backup_comes_home_on
         assert listener.received.empty()  # a result's notice once, and no "no result"
         said = gateway.client.job(failed["id"])["delivery"]
         assert said == ("lost" if what == "results" else None)
+
+
+@pytest.mark.parametrize("what", ["images", "results"])
+def test_a_first_job_met_after_a_restore_with_the_spool_is_linked_to_the_resend_at_once(
+    national: National,
+    hospital: Hospital,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    what: str,
+) -> None:
+    """As above, the first job's acknowledgement lost, but the backup held the spool: the
+    study is there to be sent again. The restored gateway meets the first job ended and takes
+    its job back; it looks the job's new key up all the same, and links the job the lost disk
+    sent again at once, before any send. The results thread, listing that job (it may have
+    ended already), meets it as this job's, never as one of nobody's, and the product is not
+    run a third time."""
+    backup = tmp_path / "backup"
+    with _sent_backed_up_and_lost(national, hospital, monkeypatch, backup, what, spool=True) as (
+        listener,
+        job,
+        failed,
+    ):
+        assert hospital.send_due() == [job["id"]]
+        again = _exchange_id_of(hospital, int(job["id"]))
+        lose_the_disk(hospital)
+        gateway = restored_gateway(hospital, backup)
+        gateway.reconcile_restore()
+        assert gateway.collect(until_ended(hospital, failed["id"]))
+        [taken] = hospital.jobs()
+        assert (taken["state"], taken["exchange_job_id"]) == ("pending", again), taken
+        gateway.acknowledge([failed["id"]])
+        # The results thread meets the job sent again before the job's send: this job's,
+        # brought home once it is sent (its disclosure on record), not one of nobody's.
+        assert not gateway.collect(until_ended(hospital, again))
+        assert gateway.unknown_jobs_left() == 0
+        assert hospital.send_due() == [job["id"]]
+        assert "No AI result" not in _home_with_its_notice(hospital, listener, again)
+        assert gateway.unknown_jobs_left() == 0
+        [home] = hospital.jobs()
+        assert home["state"] == "delivered", home["reason"]
+        assert len(hospital.exchange_jobs()) == 2
 
 
 def _exchange_id_of(hospital: Hospital, job_id: int) -> str:

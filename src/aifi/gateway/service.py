@@ -1959,25 +1959,26 @@ class Gateway:
         `lost` the images or results of; whether it was taken back. Never an adopted job (no
         round of the study to send), nor a job sent again for this before.
 
-        When the spool lacks the study (a restore without it, a volume not mounted), or the
-        job is `restored` (a job the lost disk brought home), a job the exchange holds under
-        the key it goes under now, made by a disk lost since (`_found_by_key`), is linked at
-        once: it stands as it opened, and it is never met as a job of nobody's. With none and
-        the spool lacking the study, a job is not taken back (sent again, it would wait for
-        the study), unless `restored`: the lost disk took it back before its backup was put
-        back without the spool, and nobody heard of it; its send then waits for the spool to
-        be put back, and is refused with the notice if it is not (`_spool_gone`). With
-        `only_if_found`, a job is taken back only when the exchange holds such a job."""
+        A job the exchange holds under the key it goes under now, made by a disk lost since
+        (`_found_by_key`: one request, once per loss), is linked at once, whether the job
+        is `restored` (one the lost disk brought home) or met ended after a restore (its
+        acknowledgement was lost): it stands as it opened, even if the spool lacks the study,
+        and the results thread never meets it as a job of nobody's. With none and the spool
+        lacking the study (a restore without it, a volume not mounted), a job is not taken
+        back (sent again, it would wait for the study), unless `restored`: the lost disk took
+        it back before its backup was put back without the spool, and nobody heard of it; its
+        send then waits for the spool to be put back, and is refused with the notice if it
+        is not (`_spool_gone`). With `only_if_found`, a job is taken back only when the
+        exchange holds such a job."""
         if int(local["round"]) == 0 or sent_again_for_store_loss(str(local["idempotency_key"])):
             return False
         study_uid = str(local["study_uid"])
-        found: tuple[str, dict[str, Any]] | None = None
         gone = _gone_from_spool(self.state.study_instances(study_uid))
-        if gone or restored:
-            found = self._found_by_key(lost_by_store_key(str(local["idempotency_key"])))
-            if found is None and only_if_found:
+        found = self._found_by_key(lost_by_store_key(str(local["idempotency_key"])))
+        if found is None:
+            if only_if_found:
                 return False
-            if found is None and gone and not restored:
+            if gone and not restored:
                 log.warning(
                     "study %s: not sent again: %d of its instance(s) are gone from the spool",
                     study_uid, len(gone),

@@ -1159,6 +1159,55 @@ def test_a_job_the_lost_disk_took_back_but_never_sent_again_is_told_after_a_rest
     assert len(hospital.exchange_jobs()) == 1
 
 
+def _control_id_and_text(message: str) -> tuple[str, str]:
+    fields = {segment[:3]: segment.split("|") for segment in message.split("\r")}
+    return fields["MSH"][9], fields["OBX"][5]
+
+
+@pytest.mark.parametrize("what", ["images", "results"])
+def test_a_notice_the_lost_disk_sent_and_its_restore_sends_again_is_the_same_message(
+    national: National,
+    hospital: Hospital,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    what: str,
+) -> None:
+    """The lost disk could not send the study again either (its spool lacked it), and told
+    the RIS why no result comes. Restored without the spool, the gateway cannot tell that
+    from a disk lost before it sent the study, and tells the RIS again: the same message,
+    under the same control id (MSH-10), so a RIS that drops repeats drops it."""
+    monkeypatch.setattr(service_module, "SPOOL_GONE_SECONDS", 0.0)
+    backup = tmp_path / "backup"
+    images_lost = _store_loses(national, monkeypatch, what)
+    with Hl7Listener() as listener:
+        _with_ris(hospital, listener.port)
+        hospital.receive(*hospital.files)
+        assert hospital.route() == 1
+        [job] = hospital.jobs()
+        assert hospital.send_due() == [job["id"]]
+        back_up(load_config(hospital.path), backup)
+        (hospital.gateway.spool / job["study_uid"] / f"{_first_sop(hospital)}.dcm").unlink()
+        if what == "images":
+            first = _failed_for_lost_image_sent(hospital, images_lost, int(job["id"]))
+        else:
+            first = until_ended(hospital, _exchange_id_of(hospital, int(job["id"])))
+        assert not hospital.gateway.collect(first)  # ended; its notice waits to go
+        assert hospital.jobs()[0]["state"] == "ended"
+        hospital.gateway.notices.send_due(urgent=False)
+        told = _control_id_and_text(listener.received.get(timeout=10).text)
+        assert hospital.gateway.collect(first)
+        hospital.gateway.acknowledge([first["id"]])
+        lose_the_disk(hospital)
+        gateway = restored_gateway(hospital, backup)
+        gateway.reconcile_restore()
+        assert hospital.send_due() == [job["id"]]
+        assert hospital.jobs()[0]["state"] == "refused"
+        gateway.notices.send_due(urgent=False)
+        assert _control_id_and_text(listener.received.get(timeout=10).text) == told
+        assert listener.received.empty()
+    assert len(hospital.exchange_jobs()) == 1
+
+
 @pytest.mark.parametrize("what", ["images", "results"])
 def test_a_job_the_backup_held_unsent_that_the_lost_disk_sent_twice_comes_home_once(
     national: National,

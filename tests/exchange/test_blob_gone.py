@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import text
 
 from aifi.exchange.clock import utcnow
+from aifi.exchange.jobs import INPUTS_LOST_REASON as LOST
 from aifi.exchange.models import Job
 from aifi.governance import aggregates
 from aifi.http import ExchangeHTTPError, UnexpectedAnswer, blob_gone, checked
@@ -313,3 +314,56 @@ def test_an_input_lost_before_its_job_opened_is_sent_again_and_marks_nothing(
     assert exchange.client.get(read, headers=lease).status_code == 200
     listed = exchange.client.get(f"/jobs/{job['id']}", headers=hospital.headers).json()
     assert listed["inputs_lost_at"] is None
+
+
+@pytest.mark.parametrize("how", ["handed back", "lease ran out", "read in the queue"])
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+def test_a_job_whose_input_the_store_lost_is_never_queued_again(
+    exchange: Any, parties: dict[str, Any], make_ct: Any, how: str
+) -> None:
+    """A job marked for an input the store lost cannot be run: queued again, every worker
+    would claim it only to fail on it while the study waits. Its worker hands it back (taking
+    the missing input for its own trouble), its lease runs out, or it waits in the queue when
+    its hospital's read finds the input missing: it ends there, saying why, and its
+    hospital's gateway sends the study again at once. It is not the product's failure."""
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    job = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
+    services = exchange.client.app.state.services
+    [uid] = [i["sop_instance_uid"] for i in exchange.client.get(
+        f"/jobs/{job['id']}/inputs", headers=hospital.headers).json()]  # fmt: skip
+    read = f"/jobs/{job['id']}/inputs/{uid}"
+    _inputs_lost(exchange, job["id"])
+    if how == "read in the queue":
+        assert exchange.client.get(read, headers=hospital.headers).status_code == 404
+    else:
+        claim = exchange.claim(vendor)
+        assert claim is not None and claim["job"]["id"] == job["id"]
+        lease = {"X-Lease-Token": claim["lease_token"], **vendor.headers}
+        assert exchange.client.get(read, headers=lease).status_code == 404  # marks it
+        if how == "handed back":
+            released = exchange.client.post(
+                f"/jobs/{job['id']}/release",
+                json={"lease_token": claim["lease_token"], "reason": "cannot read the input"},
+                headers=vendor.headers,
+            )
+            assert released.status_code == 200, released.text
+            assert released.json()["state"] == "failed"
+        else:
+            with services.db.session() as session:
+                session.get(Job, job["id"]).lease_expires_at = utcnow() - timedelta(seconds=1)
+            assert services.jobs.expire_leases() == 1
+    listed = exchange.client.get(f"/jobs/{job['id']}", headers=hospital.headers).json()
+    assert listed["state"] == ("expired" if how == "lease ran out" else "failed")
+    assert listed["inputs_lost_at"] is not None
+    assert "missing from the exchange's blob store" in listed["reason"]
+    assert exchange.claim(vendor) is None  # not offered again
+    assert _failure_counted(exchange) == (0, 0)  # the exchange's doing, not the product's
+    ended_by = {
+        "handed back": ("vendor-a", f"failed: handed back (cannot read the input); {LOST}"),
+        "lease ran out": ("exchange", f"expired: the vendor's lease ran out; {LOST}"),
+        "read in the queue": ("exchange", f"failed: {LOST}"),
+    }
+    assert _job_updates(exchange, job["id"])[-1] == ended_by[how]
+    assert listed["reason"] == ended_by[how][1].split(": ", 1)[1].removeprefix(
+        "handed back (cannot read the input); "
+    )

@@ -60,6 +60,14 @@ Q = TypeVar("Q", bound=Select)  # type: ignore[type-arg]
 
 HELD_STATES = (JobState.accepted.value, JobState.in_progress.value)
 
+#: Why a job one of whose inputs the exchange's store lost (`Job.inputs_lost_at`) ends where
+#: it would go back in the queue: run again it fails the same way, and ended, its hospital's
+#: gateway sends the study again at once.
+INPUTS_LOST_REASON = (
+    "an input of its study is missing from the exchange's blob store (lost, not purged), so "
+    "no product can run it; its hospital's gateway sends the study again"
+)
+
 #: Where a job that never ended stopped, as its reason tells the hospital and the operator.
 _UNFINISHED: tuple[tuple[tuple[Any, ...], str], ...] = (
     (
@@ -1102,29 +1110,78 @@ class JobService:
         The claim's attempt is taken back: attempts count the tries that ended without a
         word (a study that crashes workers), which `max_attempts` stops. A job that is only
         ever handed back ends as unfinished (`expire_unfinished_seconds`).
+
+        A job one of whose inputs the exchange's store lost (`inputs_lost_at`: the worker's
+        read found it missing, and may take that for its own trouble) is not queued again,
+        where every worker would fail on it in turn while the study waits: it ends, failed,
+        with `INPUTS_LOST_REASON`, and its hospital's gateway sends the study again at once.
         """
+        now = utcnow()
         requeued = {
             "state": JobState.requested.value,
             "queue_place": REQUEUED_PLACE,
             "lease_token": None,
             "lease_expires_at": None,
             "attempts": Job.attempts - 1,
-            "updated_at": utcnow(),
+            "updated_at": now,
+        }
+        ended = {
+            "state": JobState.failed.value,
+            "reason": INPUTS_LOST_REASON,
+            "lease_token": None,
+            "lease_expires_at": None,
+            "ended_at": now,
+            "updated_at": now,
         }
         with self._db.session() as session:
-            job = self._move_held(session, actor, job_id, token, requeued)
+            self.held(session, actor, job_id, token)
+            held = (Job.id == job_id, Job.lease_token == token, Job.state.in_(HELD_STATES))
+            job = _transition(session, (*held, Job.inputs_lost_at.is_not(None)), ended)
+            lost = job is not None
+            if job is None:
+                job = _transition(session, (*held, Job.inputs_lost_at.is_(None)), requeued)
             if job is None:
                 raise Conflict(f"job {job_id} changed state meanwhile; not handed back")
-            self._announce(session, job=job, claimable=True)
+            self._announce(session, job=job, claimable=not lost)
+            detail = f"failed: handed back ({reason}); {INPUTS_LOST_REASON}" if lost else None
             self._audit.record_in(
                 session, actor, "update", "job", job_id,
-                patient_pseudonym=job.patient_pseudonym, detail=f"handed back: {reason}",
+                patient_pseudonym=job.patient_pseudonym, detail=detail or f"handed back: {reason}",
             )  # fmt: skip
             # The attempt is taken back, so the next claim is not told by `attempts` that
             # one came before: what this one uploaded goes now.
             abandoned = self._discard_results(session, job, "as it was handed back")
         self._forget(abandoned)
-        self.opened(job)  # back in the queue: opened to vendors again
+        if lost:
+            self._notifier.notify(organisations=parties(job))
+        else:
+            self.opened(job)  # back in the queue: opened to vendors again
+        return job
+
+    def end_lost_in_queue(self, session: Session, job_id: str) -> Job | None:
+        """End, failed with `INPUTS_LOST_REASON`, a job waiting in the queue that was just
+        marked for an input the exchange's store lost (a read by its hospital found it
+        missing): no worker should claim it only to fail on it. None when it is not queued
+        (held: its worker ends it, or its lease's end does). Its hospital's long-poll is
+        woken by the caller, after the commit (`completed`)."""
+        now = utcnow()
+        job = _transition(
+            session,
+            (
+                Job.id == job_id,
+                Job.state == JobState.requested.value,
+                Job.inputs_complete.is_(True),
+                Job.inputs_lost_at.is_not(None),
+            ),
+            {"state": JobState.failed.value, "reason": INPUTS_LOST_REASON, "ended_at": now,
+             "updated_at": now},
+        )  # fmt: skip
+        if job is not None:
+            self._announce(session, job=job)
+            self._audit.record_in(
+                session, SYSTEM, "update", "job", job_id,
+                patient_pseudonym=job.patient_pseudonym, detail=f"failed: {INPUTS_LOST_REASON}",
+            )  # fmt: skip
         return job
 
     # both ----------------------------------------------------------------------------------
@@ -1168,11 +1225,20 @@ class JobService:
         now = utcnow()
         max_attempts = self._settings.max_attempts
         lapsed = (Job.state.in_(HELD_STATES), Job.lease_expires_at < now)
-        reason = f"the vendor's lease ran out {max_attempts} times without a result"
+        tried = f"the vendor's lease ran out {max_attempts} times without a result"
+        # A job whose input the store lost ends at its first lapse: offered again, it would
+        # only fail again (see `release`).
+        lost = Job.inputs_lost_at.is_not(None)
+        lapsed_lost = f"the vendor's lease ran out; {INPUTS_LOST_REASON}"
+        reason = case((lost, lapsed_lost), else_=tried)
         with self._db.session() as session:
             offered_again = session.execute(
                 update(Job)
-                .where(self._sweepable(*lapsed, Job.attempts < max_attempts))
+                .where(
+                    self._sweepable(
+                        *lapsed, Job.attempts < max_attempts, Job.inputs_lost_at.is_(None)
+                    )
+                )
                 .values(
                     state=JobState.requested.value,
                     queue_place=REQUEUED_PLACE,
@@ -1185,7 +1251,7 @@ class JobService:
             ).all()
             ended = session.execute(
                 update(Job)
-                .where(self._sweepable(*lapsed, Job.attempts >= max_attempts))
+                .where(self._sweepable(*lapsed, or_(Job.attempts >= max_attempts, lost)))
                 .values(
                     state=JobState.expired.value,
                     reason=reason,
@@ -1194,7 +1260,7 @@ class JobService:
                     ended_at=now,
                     updated_at=now,
                 )
-                .returning(Job.id, Job.patient_pseudonym, Job.attempts)
+                .returning(Job.id, Job.patient_pseudonym, Job.reason)
                 .execution_options(synchronize_session=False)
             ).all()
             # The system's own changes to a job are on record as the parties' are: which
@@ -1204,10 +1270,10 @@ class JobService:
                     session, SYSTEM, "update", "job", job_id, patient_pseudonym=pseudonym,
                     detail=f"offered again: the lease of attempt {attempts} ran out",
                 )  # fmt: skip
-            for job_id, pseudonym, _attempts in ended:
+            for job_id, pseudonym, why in ended:
                 self._audit.record_in(
                     session, SYSTEM, "update", "job", job_id,
-                    patient_pseudonym=pseudonym, detail=f"expired: {reason}",
+                    patient_pseudonym=pseudonym, detail=f"expired: {why}",
                 )  # fmt: skip
             requeued, expired = len(offered_again), len(ended)
             if requeued or expired:

@@ -398,13 +398,16 @@ class Transfers:
             now_held = select(JobResult.blob_key).where(
                 JobResult.job_id == job_id, JobResult.name == row.name
             )
+        ended: Job | None = None
         with self._db.session() as session:
             if session.scalar(now_held) != row.blob_key:
                 return NotFound(f"job {job_id}'s {what} was replaced as it was read; read it again")
             job = session.get(Job, job_id)
             purged = job is None or purge_due(job, kind, self._settings, utcnow())
             if not purged and kind == "input":
-                self._mark_inputs_lost(session, job_id, what)
+                ended = self._mark_inputs_lost(session, job_id, what)
+        if ended is not None:
+            self._jobs.completed(ended)  # its hospital's gateway hears of it now
         if purged:
             return NotFound(f"job {job_id}'s {what} is no longer held (retention)")
         log.error(
@@ -417,12 +420,17 @@ class Transfers:
             "operator is alerted"
         )
 
-    def _mark_inputs_lost(self, session: Session, job_id: str, what: str) -> None:
+    def _mark_inputs_lost(self, session: Session, job_id: str, what: str) -> Job | None:
         """Mark an open job, not ended, one of whose inputs the store lost: it cannot be run,
         so its end without a result is the exchange's doing, which the hospital's notice and
         the product's evaluation must not blame on the product. A job still taking inputs can
         have the input sent again, and an ended one ended for what it was: neither is marked.
-        One statement, so that a fail or an expiry racing it wins or loses whole."""
+        One statement, so that a fail or an expiry racing it wins or loses whole.
+
+        A job marked as it waits in the queue (its hospital's read found the input missing)
+        ends there (`JobService.end_lost_in_queue`), returned: no worker should claim it only
+        to fail on it. A held one is ended by its worker, or where it would be queued again
+        (`JobService.release`, `expire_leases`)."""
         now = utcnow()
         marked = execute_core(
             session,
@@ -436,11 +444,13 @@ class Transfers:
             .values(inputs_lost_at=now, updated_at=now)
             .returning(Job.patient_pseudonym),
         ).first()
-        if marked is not None:
-            self._audit.record_in(
-                session, SYSTEM, "update", "job", job_id, patient_pseudonym=marked[0],
-                detail=f"inputs lost: its {what} is missing from the blob store",
-            )  # fmt: skip
+        if marked is None:
+            return None
+        self._audit.record_in(
+            session, SYSTEM, "update", "job", job_id, patient_pseudonym=marked[0],
+            detail=f"inputs lost: its {what} is missing from the blob store",
+        )  # fmt: skip
+        return self._jobs.end_lost_in_queue(session, job_id)
 
     # results -------------------------------------------------------------------------------
 

@@ -134,6 +134,14 @@ CREATE TABLE IF NOT EXISTS eligible_counts (
     reported INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (product_id, month)
 );
+-- the studies counted in eligible_counts: a study counts once a month for a product, however
+-- many rounds it takes (the exchange's volume counts it once, too)
+CREATE TABLE IF NOT EXISTS eligible_studies (
+    product_id TEXT NOT NULL,
+    month TEXT NOT NULL,
+    study_uid TEXT NOT NULL,
+    PRIMARY KEY (product_id, month, study_uid)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS notifications (
     job_id INTEGER NOT NULL,
     channel TEXT NOT NULL,   -- hl7 | fhir | webhook
@@ -1494,8 +1502,19 @@ class GatewayState(StateReads):
         return self.query("SELECT * FROM eligibility WHERE counted = 0 ORDER BY rowid LIMIT 200")
 
     def count_eligible(self, study_uid: str, round_: int, month: str, products: list[str]) -> None:
+        """Count the study's round as eligible for each of `products` in `month`: once a month
+        for a product, however many rounds the study takes (more images came after it was
+        sent), as the exchange's volume counts the studies routed, so that uptake compares
+        studies with studies."""
         with self.transaction() as db:
             for product_id in products:
+                first = db.execute(
+                    "INSERT OR IGNORE INTO eligible_studies (product_id, month, study_uid) "
+                    "VALUES (?, ?, ?)",
+                    (product_id, month, study_uid),
+                ).rowcount
+                if not first:
+                    continue
                 db.execute(
                     "INSERT INTO eligible_counts (product_id, month, studies) VALUES (?, ?, 1) "
                     "ON CONFLICT (product_id, month) DO UPDATE SET studies = studies + 1, "

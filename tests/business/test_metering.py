@@ -34,15 +34,19 @@ def test_metered_volume_is_annualised_over_the_hospitals_months(tiny: dict[str, 
     case, report = apply_metering(parse_case(tiny), ROWS, source="http://exchange/metering")
     h1 = case.metered("h1", "xr")
     assert h1 is not None
-    # 100 + 50 completed jobs over 2025-02..2025-04 (3 months, the empty March included).
-    assert h1.jobs_completed == 150
+    # 100 + 50 completed jobs over 2025-02..2025-04 (3 months, the empty March included):
+    # an exchange that does not count studies, whose jobs are used, as the source says.
+    assert (h1.jobs_completed, h1.studies_completed) == (150, None)
+    assert "150 completed jobs (the exchange does not count studies" in h1.volume.source
     assert h1.months == 3
     assert h1.volume.value == pytest.approx(150 * 12 / 3)
     assert "× 12/3" in h1.volume.source and "http://exchange/metering" in h1.volume.source
     assert h1.volume.path == "metered_volumes[h1/xr].volume"
-    assert [(p.hospital, p.months, p.jobs_completed) for p in report.periods] == [
-        ("h1", 3, 150),
-        ("h2", 1, 7),
+    assert [
+        (p.hospital, p.months, p.jobs_completed, p.studies_completed) for p in report.periods
+    ] == [
+        ("h1", 3, 150, None),
+        ("h2", 1, 7, None),
     ]
 
 

@@ -212,7 +212,7 @@ class _Builder:
                 application.id,
                 self.v(metered.volume) * self.scale,
                 "metered",
-                "studies analysed on the exchange, annualised",
+                "metered on the exchange, annualised",
                 (metered.volume.path,),
             )
         exams = hospital.exams_per_year[application.modality]

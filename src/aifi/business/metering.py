@@ -7,7 +7,8 @@ studies analysed into yearly volumes, so it can be checked without any exchange.
 
 A study analysed is counted once in a month however many jobs it took (sent again after the
 exchange's store lost its results, say): the exchange's `studies_completed`. An exchange of an
-earlier release does not send that figure, and its completed jobs are counted instead.
+earlier release does not send that figure: its completed jobs are counted instead, and the
+report says so (no studies for that hospital, and the volume's source names the jobs).
 
 Annualisation: a hospital's volume for an application is its studies analysed over the months from
 the hospital's first to its last month in the metering (inclusive, whatever the product), times
@@ -116,7 +117,8 @@ class HospitalPeriod:
     last_month: str
     months: int
     jobs_completed: int
-    studies_completed: int
+    #: None when the exchange did not count studies (an earlier release): its jobs were used.
+    studies_completed: int | None
     jobs_failed: int
     input_bytes: int
 
@@ -152,6 +154,7 @@ def apply_metering(
     studies: dict[tuple[str, str], int] = defaultdict(int)
     failed: dict[tuple[str, str], int] = defaultdict(int)
     totals: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    jobs_only = {row.hospital for row in rows if row.studies_completed is None}
     for row in rows:
         months_by_hospital[row.hospital].append(row.month)
         completed[(row.hospital, row.product)] += row.jobs_completed
@@ -177,7 +180,7 @@ def apply_metering(
             last,
             months_inclusive(first, last),
             jobs_completed,
-            studies_completed,
+            None if exchange_id in jobs_only else studies_completed,
             jobs_failed,
             input_bytes,
         )
@@ -197,10 +200,15 @@ def apply_metering(
             analysed, done = studies.get(pair, 0), completed.get(pair, 0)
             yearly = analysed * 12 / period.months
             span = f"{period.months} month(s) {period.first_month}..{period.last_month}"
+            counted = (
+                f"{done} completed jobs (the exchange does not count studies: a study sent "
+                f"again counts each time)"
+                if period.studies_completed is None
+                else f"{analysed} studies analysed ({done} completed jobs)"
+            )
             origin = (
-                f"Exchange metering ({source}): {analysed} studies analysed ({done} completed "
-                f"jobs) by product {product_ex} at organisation {hospital_ex} over {span}, "
-                f"annualised × 12/{period.months}"
+                f"Exchange metering ({source}): {counted} by product {product_ex} at "
+                f"organisation {hospital_ex} over {span}, annualised × 12/{period.months}"
             )
             metered.append(
                 MeteredVolume.model_validate(
@@ -209,7 +217,9 @@ def apply_metering(
                         "application": application.id,
                         "volume": {"value": yearly, "unit": "exams/year", "source": origin},
                         "jobs_completed": done,
-                        "studies_completed": analysed,
+                        "studies_completed": (
+                            None if period.studies_completed is None else analysed
+                        ),
                         "jobs_failed": failed.get(pair, 0),
                         "months": period.months,
                         "first_month": period.first_month,

@@ -311,7 +311,7 @@ def metering_table(analysis: Analysis) -> TableSpec:
             period.exchange_id,
             f"{period.first_month} … {period.last_month}",
             str(period.months),
-            count(period.studies_completed),
+            "—" if period.studies_completed is None else count(period.studies_completed),
             count(period.jobs_completed),
             count(period.jobs_failed),
             f"× 12/{period.months}",

@@ -892,6 +892,7 @@ def test_a_job_sent_again_for_what_the_store_lost_after_the_backup_comes_home_on
         assert said == ("lost" if what == "results" else None)
 
 
+@pytest.mark.parametrize("brought_home", [False, True], ids=["under-way", "brought-home"])
 @pytest.mark.parametrize("what", ["images", "results"])
 def test_a_first_job_met_after_a_restore_with_the_spool_is_linked_to_the_resend_at_once(
     national: National,
@@ -899,13 +900,15 @@ def test_a_first_job_met_after_a_restore_with_the_spool_is_linked_to_the_resend_
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     what: str,
+    brought_home: bool,
 ) -> None:
     """As above, the first job's acknowledgement lost, but the backup held the spool: the
     study is there to be sent again. The restored gateway meets the first job ended and takes
-    its job back; it looks the job's new key up all the same, and links the job the lost disk
-    sent again at once, before any send. The results thread, listing that job (it may have
-    ended already), meets it as this job's, never as one of nobody's, and the product is not
-    run a third time."""
+    its job back; restored since the job was made, it looks the job's new key up all the
+    same, and links the job the lost disk sent again (brought home by then, or not) at once,
+    before any send. The results thread, listing that job, meets it as this job's, never as
+    one of nobody's; the product is not run a third time, its result reaches the PACS once,
+    and the RIS hears of it once."""
     backup = tmp_path / "backup"
     with _sent_backed_up_and_lost(national, hospital, monkeypatch, backup, what, spool=True) as (
         listener,
@@ -914,6 +917,8 @@ def test_a_first_job_met_after_a_restore_with_the_spool_is_linked_to_the_resend_
     ):
         assert hospital.send_due() == [job["id"]]
         again = _exchange_id_of(hospital, int(job["id"]))
+        if brought_home:
+            assert "No AI result" not in _home_with_its_notice(hospital, listener, again)
         lose_the_disk(hospital)
         gateway = restored_gateway(hospital, backup)
         gateway.reconcile_restore()
@@ -921,16 +926,24 @@ def test_a_first_job_met_after_a_restore_with_the_spool_is_linked_to_the_resend_
         [taken] = hospital.jobs()
         assert (taken["state"], taken["exchange_job_id"]) == ("pending", again), taken
         gateway.acknowledge([failed["id"]])
-        # The results thread meets the job sent again before the job's send: this job's,
-        # brought home once it is sent (its disclosure on record), not one of nobody's.
-        assert not gateway.collect(until_ended(hospital, again))
-        assert gateway.unknown_jobs_left() == 0
+        if not brought_home:
+            # The results thread meets the job sent again before the job's send: this job's,
+            # brought home once it is sent (its disclosure on record), not one of nobody's.
+            assert not gateway.collect(until_ended(hospital, again))
+            assert gateway.unknown_jobs_left() == 0
         assert hospital.send_due() == [job["id"]]
-        assert "No AI result" not in _home_with_its_notice(hospital, listener, again)
-        assert gateway.unknown_jobs_left() == 0
+        if not brought_home:
+            assert "No AI result" not in _home_with_its_notice(hospital, listener, again)
         [home] = hospital.jobs()
         assert home["state"] == "delivered", home["reason"]
         assert len(hospital.exchange_jobs()) == 2
+        assert len(national.pacs().get("/instances")) == 1  # type: ignore[arg-type]
+        assert gateway.unknown_jobs_left() == 0
+        assert gateway.client.unacknowledged_jobs() == {}
+        gateway.notices.send_due(urgent=False)
+        gateway.notices.send_due(urgent=True)
+        assert gateway.notices_queued() == 0
+        assert listener.received.empty()
 
 
 def _exchange_id_of(hospital: Hospital, job_id: int) -> str:
@@ -1157,6 +1170,35 @@ def test_a_job_the_lost_disk_took_back_but_never_sent_again_is_told_after_a_rest
         reason = INPUTS_LOST_BY_EXCHANGE if what == "images" else NO_RESULT_BECAUSE[Delivery.lost]
         _lost_told(hospital, listener, reason, what)
     assert len(hospital.exchange_jobs()) == 1
+
+
+@pytest.mark.parametrize("what", ["images", "results"])
+def test_a_gateway_never_restored_sends_again_without_looking_for_a_lost_disks_job(
+    national: National, hospital: Hospital, monkeypatch: pytest.MonkeyPatch, what: str
+) -> None:
+    """Only a disk lost since could have sent the study again under its `:lost` key, and this
+    gateway was never restored: it takes the job back without asking the exchange, so a
+    look-up that would fail (a proxy refusing it) holds nothing up, and the lost result is
+    read, and reported missing, once."""
+    images_lost = _store_loses(national, monkeypatch, what)
+    hospital.receive(*hospital.files)
+    assert hospital.route() == 1
+    [job] = hospital.jobs()
+    passing = hospital.network.handle_request
+    looked_up: list[str] = []
+
+    def no_look_ups(request: httpx.Request) -> httpx.Response:
+        key = request.url.params.get("idempotency_key") or ""
+        if request.method == "GET" and key.endswith(":lost"):
+            looked_up.append(key)
+            return httpx.Response(502, json={"detail": "refused by a proxy"}, request=request)
+        return passing(request)
+
+    hospital.network.handle_request = no_look_ups  # type: ignore[method-assign]
+    assert hospital.send_due() == [job["id"]]
+    _lost_and_taken_back(hospital, what, int(job["id"]), images_lost)
+    assert looked_up == []
+    assert _blob_missing_counted(national) == "1.0"
 
 
 def _control_id_and_text(message: str) -> tuple[str, str]:

@@ -1960,21 +1960,26 @@ class Gateway:
         round of the study to send), nor a job sent again for this before.
 
         A job the exchange holds under the key it goes under now, made by a disk lost since
-        (`_found_by_key`: one request, once per loss), is linked at once, whether the job
-        is `restored` (one the lost disk brought home) or met ended after a restore (its
-        acknowledgement was lost): it stands as it opened, even if the spool lacks the study,
-        and the results thread never meets it as a job of nobody's. With none and the spool
-        lacking the study (a restore without it, a volume not mounted), a job is not taken
-        back (sent again, it would wait for the study), unless `restored`: the lost disk took
-        it back before its backup was put back without the spool, and nobody heard of it; its
-        send then waits for the spool to be put back, and is refused with the notice if it
-        is not (`_spool_gone`). With `only_if_found`, a job is taken back only when the
-        exchange holds such a job."""
+        (`_found_by_key`), is linked at once, whether the job is `restored` (one the lost
+        disk brought home) or met ended after a restore (its acknowledgement was lost): it
+        stands as it opened, even if the spool lacks the study, and the results thread never
+        meets it as a job of nobody's. The exchange is asked only when such a disk may have
+        been: the gateway was restored since the job was made, or the job is `restored`, or
+        the spool lacks the study; a gateway never restored sends the study again without
+        a request that could fail (and, failing, have the lost result read again). With none
+        and the spool lacking the study (a restore without it, a volume not mounted), a job
+        is not taken back (sent again, it would wait for the study), unless `restored`: the
+        lost disk took it back before its backup was put back without the spool, and nobody
+        heard of it; its send then waits for the spool to be put back, and is refused with
+        the notice if it is not (`_spool_gone`). With `only_if_found`, a job is taken back
+        only when the exchange holds such a job."""
         if int(local["round"]) == 0 or sent_again_for_store_loss(str(local["idempotency_key"])):
             return False
         study_uid = str(local["study_uid"])
         gone = _gone_from_spool(self.state.study_instances(study_uid))
-        found = self._found_by_key(lost_by_store_key(str(local["idempotency_key"])))
+        found: tuple[str, dict[str, Any]] | None = None
+        if gone or restored or self.state.restored_after(float(local["created_at"])):
+            found = self._found_by_key(lost_by_store_key(str(local["idempotency_key"])))
         if found is None:
             if only_if_found:
                 return False

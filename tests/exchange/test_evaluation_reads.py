@@ -71,7 +71,8 @@ def random_jobs(rng: random.Random) -> tuple[list[dict[str, Any]], ...]:
     verdict, jobs that never became ready, ties, and period edges (a month's last minutes,
     ISO weeks that belong to the year before or after, a job requested in one month and ended
     in the next, one requested at a month's first moment), and studies sent again (a job of a
-    study an earlier job had, at its hospital to its product, a little later)."""
+    study an earlier job had, a little later: mostly at its hospital to its product, else at
+    the other hospital or to the other product, where it is a study of its own)."""
     edges = [
         datetime(2026, 1, 31, 23, 59, 59, 999_000, tzinfo=UTC),
         datetime(2027, 1, 1, 8, 0, tzinfo=UTC),  # a Friday: ISO week 2026-W53
@@ -106,8 +107,10 @@ def random_jobs(rng: random.Random) -> tuple[list[dict[str, Any]], ...]:
         hospital, study = rng.choice(["hospital-a", "hospital-b"]), f"2.25.{n}"
         if n >= 2 * len(edges) and rng.random() < 0.3:
             earlier = jobs[rng.randrange(n)]
-            hospital, study = earlier["hospital_id"], earlier["study_uid"]
-            product, vendor = earlier["product_id"], earlier["vendor_id"]
+            study = earlier["study_uid"]
+            if rng.random() < 0.8:  # else the same UID at a hospital or for a product: its own
+                hospital = earlier["hospital_id"]
+                product, vendor = earlier["product_id"], earlier["vendor_id"]
             ended = earlier["created_at"] + timedelta(hours=1, minutes=rng.randrange(1, 30))
             ready = None if ready is None else ended - timedelta(seconds=took)
         # What the gateway said of the results, for any state (it is kept for completed jobs

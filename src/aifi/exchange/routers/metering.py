@@ -1,4 +1,5 @@
-"""/metering: completed jobs per hospital × product × month, for the business case."""
+"""/metering: completed jobs, and the studies they analysed, per hospital × product × month, for
+the business case."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ a loss pages the operator (`BlobsMissing`); the others are said for what they ar
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from aifi.http import ExchangeHTTPError, UnexpectedAnswer, blob_gone, checked
 from aifi.products.tissue_volume import run as tissue_volume
 from aifi.vendor import JobContext
 from scale.exchange_api import OPERATOR_KEY
+from scale.servers import wait_for
 
 
 def blob_missing_counted(exchange: Any) -> float:
@@ -367,3 +369,48 @@ def test_a_job_whose_input_the_store_lost_is_never_queued_again(
     assert listed["reason"] == ended_by[how][1].split(": ", 1)[1].removeprefix(
         "handed back (cannot read the input); "
     )
+
+
+def _waiting_on_a_row_lock(services: Any) -> int:
+    """PostgreSQL sessions waiting on a lock (another transaction's row), as the server says."""
+    with services.db.engine.connect() as connection:
+        return int(
+            connection.execute(
+                text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+            ).scalar_one()
+        )
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_a_hand_back_that_waits_on_the_mark_sees_it_and_ends_the_job(
+    exchange: Any, parties: dict[str, Any], make_ct: Any
+) -> None:
+    """The worker hands the job back while a read (its hospital's, or the worker's own other
+    thread) marks it for a lost input, and the hand-back waits on the mark's row lock. Once
+    the mark commits, the hand-back sees it: the job fails, saying why, and is not queued
+    again; the worker's lease was live, so it is not refused."""
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    job = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
+    claim = exchange.claim(vendor)
+    assert claim is not None and claim["job"]["id"] == job["id"]
+    services = exchange.client.app.state.services
+    answers: dict[str, Any] = {}
+
+    def hand_back() -> None:
+        answers["release"] = exchange.client.post(
+            f"/jobs/{job['id']}/release",
+            json={"lease_token": claim["lease_token"], "reason": "no GPU free"},
+            headers=vendor.headers,
+        )
+
+    worker = threading.Thread(target=hand_back)
+    with services.db.session() as session:  # the mark, as a read that finds the input lost
+        assert services.transfers._mark_inputs_lost(session, job["id"], "input x") is None
+        worker.start()
+        wait_for(lambda: _waiting_on_a_row_lock(services) == 1, 30, "the hand-back to wait")
+    worker.join(30)
+    assert not worker.is_alive()
+    released = answers["release"]
+    assert released.status_code == 200, released.text
+    assert (released.json()["state"], released.json()["reason"]) == ("failed", LOST)
+    assert exchange.claim(vendor) is None

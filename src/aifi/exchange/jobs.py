@@ -23,7 +23,9 @@ from sqlalchemy import (
     case,
     delete,
     inspect,
+    literal,
     literal_column,
+    null,
     or_,
     select,
     tuple_,
@@ -1117,33 +1119,26 @@ class JobService:
         with `INPUTS_LOST_REASON`, and its hospital's gateway sends the study again at once.
         """
         now = utcnow()
-        requeued = {
-            "state": JobState.requested.value,
-            "queue_place": REQUEUED_PLACE,
+        # One statement decides between the two, so that a mark committed while it waits on
+        # the row (PostgreSQL re-reads the row then) is seen, never missed by both branches.
+        lost = Job.inputs_lost_at.is_not(None)
+        back = {
+            "state": case((lost, JobState.failed.value), else_=JobState.requested.value),
+            "queue_place": case((lost, Job.queue_place), else_=REQUEUED_PLACE),
+            "reason": case((lost, INPUTS_LOST_REASON), else_=Job.reason),
+            "ended_at": case((lost, literal(now, Job.ended_at.type)), else_=null()),
             "lease_token": None,
             "lease_expires_at": None,
             "attempts": Job.attempts - 1,
             "updated_at": now,
         }
-        ended = {
-            "state": JobState.failed.value,
-            "reason": INPUTS_LOST_REASON,
-            "lease_token": None,
-            "lease_expires_at": None,
-            "ended_at": now,
-            "updated_at": now,
-        }
         with self._db.session() as session:
-            self.held(session, actor, job_id, token)
-            held = (Job.id == job_id, Job.lease_token == token, Job.state.in_(HELD_STATES))
-            job = _transition(session, (*held, Job.inputs_lost_at.is_not(None)), ended)
-            lost = job is not None
-            if job is None:
-                job = _transition(session, (*held, Job.inputs_lost_at.is_(None)), requeued)
+            job = self._move_held(session, actor, job_id, token, back)
             if job is None:
                 raise Conflict(f"job {job_id} changed state meanwhile; not handed back")
-            self._announce(session, job=job, claimable=not lost)
-            detail = f"failed: handed back ({reason}); {INPUTS_LOST_REASON}" if lost else None
+            ended = job.state == JobState.failed.value
+            self._announce(session, job=job, claimable=not ended)
+            detail = f"failed: handed back ({reason}); {INPUTS_LOST_REASON}" if ended else None
             self._audit.record_in(
                 session, actor, "update", "job", job_id,
                 patient_pseudonym=job.patient_pseudonym, detail=detail or f"handed back: {reason}",
@@ -1152,7 +1147,7 @@ class JobService:
             # one came before: what this one uploaded goes now.
             abandoned = self._discard_results(session, job, "as it was handed back")
         self._forget(abandoned)
-        if lost:
+        if ended:
             self._notifier.notify(organisations=parties(job))
         else:
             self.opened(job)  # back in the queue: opened to vendors again

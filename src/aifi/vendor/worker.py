@@ -349,8 +349,10 @@ class Worker:
         if not isinstance(ours, int) or not isinstance(now, int):
             return False
         waiting = job.get("state") == "requested" and now == ours - 1
-        taken_again = job.get("state") in ("claimed", "in-progress") and now == ours
-        return waiting or taken_again
+        taken_again = job.get("state") in ("accepted", "in-progress") and now == ours
+        # A job whose input the exchange's store lost ends as it is handed back.
+        ended_for_lost = job.get("state") == "failed" and job.get("inputs_lost_at") is not None
+        return waiting or taken_again or ended_for_lost
 
     def _prepare(
         self, lease: Lease, folder: Path, beat: _Heartbeat
@@ -398,7 +400,10 @@ class Worker:
         log.log(level, "job %s handed back: %s", lease.job_id, reason)
         self._handed_back = True
         try:
-            self.client.release(lease, reason)
+            answer = self.client.release(lease, reason)
+            if answer.get("state") == "failed":  # not queued again: an input is lost
+                log.warning("job %s ended as it was handed back: %s", lease.job_id,
+                            answer.get("reason"))  # fmt: skip
         except (ExchangeHTTPError, httpx.TransportError) as exc:
             if no_such_job(exc):
                 _say_job_gone(lease, str(exc), "there is nothing to hand back")

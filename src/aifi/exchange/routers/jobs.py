@@ -209,5 +209,6 @@ def release_job(
     job_id: str, body: ReleaseIn, request: Request, caller: CallerDep, services: ServicesDep
 ) -> JobOut:
     job = services.jobs.release(caller, job_id, body.lease_token, body.reason)
-    request.app.state.metrics.handed_back.labels(job.product_id).inc()
+    if job.state == JobState.requested.value:  # not one that ended for a lost input
+        request.app.state.metrics.handed_back.labels(job.product_id).inc()
     return job_out(job, caller)

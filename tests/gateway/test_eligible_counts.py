@@ -31,11 +31,21 @@ def _routed(state: GatewayState) -> None:
     assert state.route_study(STUDY, study["round"], study["due_at"], routed, study_pseudonym=STUDY)
 
 
+def _next(month: str) -> str:
+    year, number = (int(part) for part in month.split("-"))
+    return f"{year + number // 12}-{number % 12 + 1:02d}"
+
+
+def _counts(state: GatewayState) -> dict[tuple[str, str], int]:
+    return {(c["product_id"], c["month"]): c["studies"] for c in state.unreported_counts()}
+
+
 def test_a_study_of_two_rounds_is_one_eligible_study_and_one_routed(tmp_path: Path) -> None:
     """More images came after the study was sent: a second round, a second job. Both sides of
     uptake count one study, so uptake is 100 %, not 50 % (nor, with jobs on one side, 200 %).
-    Another product the second round made it eligible for counts it too, and a new month
-    counts it again, as the exchange counts the jobs requested then."""
+    Another product the second round made it eligible for counts it too, and a round in a new
+    month counts it again, as the exchange counts the jobs requested then; what was counted
+    in months no longer being counted is forgotten."""
     state = GatewayState(tmp_path / "state.db")
     try:
         _received(state, tmp_path, f"{STUDY}.1.1")
@@ -44,18 +54,26 @@ def test_a_study_of_two_rounds_is_one_eligible_study_and_one_routed(tmp_path: Pa
         state.update_job(job["id"], state="delivered")
         _received(state, tmp_path, f"{STUDY}.1.2")  # a late instance: the study's round 2
         _routed(state)
-        rounds = state.uncounted_studies()
-        assert [r["round"] for r in rounds] == [1, 2]
-        state.count_eligible(STUDY, 1, "2026-03", ["product-a"])
-        state.count_eligible(STUDY, 2, "2026-03", ["product-a", "product-b"])
+        first, second = state.uncounted_studies()
+        assert (first["round"], second["round"]) == (1, 2)
+        month = first["month"]
+        state.count_eligible(STUDY, 1, month, ["product-a"])
+        state.count_eligible(STUDY, 2, month, ["product-a", "product-b"])
         assert state.uncounted_studies() == []
-        counted = {(c["product_id"], c["month"]): c["studies"] for c in state.unreported_counts()}
-        assert counted == {("product-a", "2026-03"): 1, ("product-b", "2026-03"): 1}
-        state.mark_reported("product-a", "2026-03", 1)
-        state.count_eligible(STUDY, 3, "2026-04", ["product-a"])
-        counted = {(c["product_id"], c["month"]): c["studies"] for c in state.unreported_counts()}
-        assert counted == {("product-b", "2026-03"): 1, ("product-a", "2026-04"): 1}
+        assert _counts(state) == {("product-a", month): 1, ("product-b", month): 1}
         jobs = state.query("SELECT id FROM jobs")
+        # Next month, a third round: counted again there, and this month's record forgotten.
+        state.mark_reported("product-a", month, 1)
+        [round_2] = state.query("SELECT id FROM jobs WHERE id != ?", (job["id"],))
+        state.update_job(round_2["id"], state="delivered")
+        _received(state, tmp_path, f"{STUDY}.1.3")
+        _routed(state)
+        with state.transaction() as db:
+            db.execute("UPDATE eligibility SET month = ? WHERE round = 3", (_next(month),))
+        state.count_eligible(STUDY, 3, _next(month), ["product-a"])
+        assert _counts(state) == {("product-b", month): 1, ("product-a", _next(month)): 1}
+        kept = state.query("SELECT month, product_id FROM eligible_studies")
+        assert [(r["month"], r["product_id"]) for r in kept] == [(_next(month), "product-a")]
     finally:
         state.close()
     assert len(jobs) == 2

@@ -135,12 +135,13 @@ CREATE TABLE IF NOT EXISTS eligible_counts (
     PRIMARY KEY (product_id, month)
 );
 -- the studies counted in eligible_counts: a study counts once a month for a product, however
--- many rounds it takes (the exchange's volume counts it once, too)
+-- many rounds it takes (the exchange's volume counts it once, too); kept for the months still
+-- being counted, so it holds about a month of studies
 CREATE TABLE IF NOT EXISTS eligible_studies (
-    product_id TEXT NOT NULL,
     month TEXT NOT NULL,
+    product_id TEXT NOT NULL,
     study_uid TEXT NOT NULL,
-    PRIMARY KEY (product_id, month, study_uid)
+    PRIMARY KEY (month, product_id, study_uid)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS notifications (
     job_id INTEGER NOT NULL,
@@ -1505,13 +1506,20 @@ class GatewayState(StateReads):
         """Count the study's round as eligible for each of `products` in `month`: once a month
         for a product, however many rounds the study takes (more images came after it was
         sent), as the exchange's volume counts the studies routed, so that uptake compares
-        studies with studies."""
+        studies with studies.
+
+        What was counted in months before the oldest still being counted is forgotten: a
+        round is counted in the month it was routed in, and rounds are counted in order."""
         with self.transaction() as db:
+            db.execute(
+                "DELETE FROM eligible_studies WHERE month < "
+                "(SELECT min(month) FROM eligibility WHERE counted = 0)"
+            )
             for product_id in products:
                 first = db.execute(
-                    "INSERT OR IGNORE INTO eligible_studies (product_id, month, study_uid) "
+                    "INSERT OR IGNORE INTO eligible_studies (month, product_id, study_uid) "
                     "VALUES (?, ?, ?)",
-                    (product_id, month, study_uid),
+                    (month, product_id, study_uid),
                 ).rowcount
                 if not first:
                     continue

@@ -264,9 +264,9 @@ def _json_safe(node: Any) -> Any:
 
 
 ANNUALISATION = (
-    "studies analysed (by completed jobs; a study sent again counted once a month) over the "
-    "months from the hospital's first to its last month in the metering (inclusive), × 12 / "
-    "that number of months"
+    "studies analysed (by completed jobs; a study sent again counted once a month; completed "
+    "jobs where the exchange does not count studies) over the months from the hospital's first "
+    "to its last month in the metering (inclusive), × 12 / that number of months"
 )
 
 METHOD = {

@@ -294,9 +294,9 @@ def volumes_table(analysis: Analysis) -> TableSpec:
         ["hospital", *(a.name for a in apps)],
         rows,
         caption=(
-            "(metered) = annualised from the studies the exchange's jobs analysed; the others "
-            "are assumed: "
-            "exams of the modality × eligible share × uptake."
+            "(metered) = annualised from the exchange's metering (the studies its jobs "
+            "analysed, or its completed jobs where it does not count studies); the others are "
+            "assumed: exams of the modality × eligible share × uptake."
         ),
         numeric=set(range(1, len(apps) + 1)),
     )
@@ -320,8 +320,9 @@ def metering_table(analysis: Analysis) -> TableSpec:
     ]
     caption = (
         f"From {report.source}: {report.rows} rows. A hospital's yearly volume is its studies "
-        f"analysed (by completed jobs, a study sent again counted once) over the months from "
-        f"its first to its last month in the metering, × 12 / months."
+        f"analysed (by completed jobs, a study sent again counted once a month; its completed "
+        f"jobs where the exchange does not count studies, shown as —) over the months from its "
+        f"first to its last month in the metering, × 12 / months."
     )
     if report.assumed_pairs:
         caption += f" {len(report.assumed_pairs)} pair(s) kept their assumed volume."

@@ -817,10 +817,30 @@ def _sent_backed_up_and_lost(
     *,
     spool: bool = False,
 ) -> Iterator[tuple[Hl7Listener, dict[str, Any], dict[str, Any]]]:
-    """The hospital's gateway with its RIS, the study's job sent, the gateway backed up into
-    `backup` (with its `spool` or not); then the exchange's store lost `what` of that job,
-    and the gateway took it back to be sent again (`_lost_and_taken_back`): the RIS, the job
-    as sent, and the exchange's first job as it ended."""
+    """`_sent_and_backed_up`; then the exchange's store lost `what` of that job, and the
+    gateway took it back to be sent again (`_lost_and_taken_back`): the RIS, the job as sent,
+    and the exchange's first job as it ended."""
+    with _sent_and_backed_up(national, hospital, monkeypatch, backup, what, spool=spool) as (
+        listener,
+        job,
+        images_lost,
+    ):
+        yield listener, job, _lost_and_taken_back(hospital, what, int(job["id"]), images_lost)
+
+
+@contextmanager
+def _sent_and_backed_up(
+    national: National,
+    hospital: Hospital,
+    monkeypatch: pytest.MonkeyPatch,
+    backup: Path,
+    what: str,
+    *,
+    spool: bool = False,
+) -> Iterator[tuple[Hl7Listener, dict[str, Any], dict[str, str]]]:
+    """The hospital's gateway with its RIS, the exchange's store set to lose `what` of the
+    study's first job (`_store_loses`), that job sent, and the gateway backed up into
+    `backup` (with its `spool` or not): the RIS, the job as sent, and the images lost."""
     images_lost = _store_loses(national, monkeypatch, what)
     with Hl7Listener() as listener:
         _with_ris(hospital, listener.port)
@@ -829,7 +849,7 @@ def _sent_backed_up_and_lost(
         [job] = hospital.jobs()
         assert hospital.send_due() == [job["id"]]
         back_up(load_config(hospital.path), backup, spool=spool)
-        yield listener, job, _lost_and_taken_back(hospital, what, int(job["id"]), images_lost)
+        yield listener, job, images_lost
 
 
 @pytest.mark.parametrize("acknowledged", [True, False], ids=["acknowledged", "ack-lost"])
@@ -1216,18 +1236,15 @@ def test_a_notice_the_lost_disk_sent_and_its_restore_sends_again_is_the_same_mes
 ) -> None:
     """The lost disk could not send the study again either (its spool lacked it), and told
     the RIS why no result comes. Restored without the spool, the gateway cannot tell that
-    from a disk lost before it sent the study, and tells the RIS again: the same message,
+    from a disk lost before it sent the study, and tells the RIS again, in the same words and
     under the same control id (MSH-10), so a RIS that drops repeats drops it."""
     monkeypatch.setattr(service_module, "SPOOL_GONE_SECONDS", 0.0)
     backup = tmp_path / "backup"
-    images_lost = _store_loses(national, monkeypatch, what)
-    with Hl7Listener() as listener:
-        _with_ris(hospital, listener.port)
-        hospital.receive(*hospital.files)
-        assert hospital.route() == 1
-        [job] = hospital.jobs()
-        assert hospital.send_due() == [job["id"]]
-        back_up(load_config(hospital.path), backup)
+    with _sent_and_backed_up(national, hospital, monkeypatch, backup, what) as (
+        listener,
+        job,
+        images_lost,
+    ):
         (hospital.gateway.spool / job["study_uid"] / f"{_first_sop(hospital)}.dcm").unlink()
         if what == "images":
             first = _failed_for_lost_image_sent(hospital, images_lost, int(job["id"]))

@@ -118,7 +118,8 @@ def fill(db: Database, jobs: int, progress: Progress, label: str) -> None:
                     "product_id": rng.choice(PRODUCTS),
                     "vendor_id": "vendor",
                     "idempotency_key": str(n),
-                    # About one job in fifty is of a study sent again.
+                    # One job in fifty takes an earlier job's study UID: a study sent again
+                    # when it drew that job's hospital and product, else a study of its own.
                     "study_uid": f"2.25.{n if rng.random() >= 0.02 else rng.randrange(n + 1)}",
                     "state": state,
                     "summary": {"triage": {"flag": flag}} if state == "completed" else None,
@@ -173,8 +174,15 @@ def fill(db: Database, jobs: int, progress: Progress, label: str) -> None:
 def _records(
     db: Database, requested: Months = Months(), ended: Months = Months()
 ) -> tuple[list[JobRecord], list[Feedback], list[EligibleIn]]:
-    columns = (Job.id, Job.product_id, Job.hospital_id, Job.state, Job.ready_at, Job.ended_at)
-    columns += (Job.study_uid,)
+    columns = (
+        Job.id,
+        Job.product_id,
+        Job.hospital_id,
+        Job.state,
+        Job.ready_at,
+        Job.ended_at,
+        Job.study_uid,
+    )
     in_months = (*requested.where(Job.created_at), *ended.where(Job.ended_at))
     with db.session() as session:
         jobs = session.execute(select(*columns, Job.triage_flag).where(*in_months)).all()

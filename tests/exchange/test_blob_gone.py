@@ -376,7 +376,10 @@ def _waiting_on_a_row_lock(services: Any) -> int:
     with services.db.engine.connect() as connection:
         return int(
             connection.execute(
-                text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+                text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                )
             ).scalar_one()
         )
 

@@ -108,7 +108,7 @@ def random_jobs(rng: random.Random) -> tuple[list[dict[str, Any]], ...]:
         if n >= 2 * len(edges) and rng.random() < 0.3:
             earlier = jobs[rng.randrange(n)]
             study = earlier["study_uid"]
-            if rng.random() < 0.8:  # else the same UID at a hospital or for a product: its own
+            if rng.random() < 0.8:  # else drawn anew: elsewhere, the same UID is its own study
                 hospital = earlier["hospital_id"]
                 product, vendor = earlier["product_id"], earlier["vendor_id"]
             ended = earlier["created_at"] + timedelta(hours=1, minutes=rng.randrange(1, 30))

@@ -61,6 +61,10 @@ def test_a_study_of_two_rounds_is_one_eligible_study_and_one_routed(tmp_path: Pa
         state.count_eligible(STUDY, 2, month, ["product-a", "product-b"])
         assert state.uncounted_studies() == []
         assert _counts(state) == {("product-a", month): 1, ("product-b", month): 1}
+        eligible = [
+            EligibleCount(product_id="product-a", hospital_id="h", studies=_counts(state)[key])
+            for key in [("product-a", month)]
+        ]
         jobs = state.query("SELECT id FROM jobs")
         # Next month, a third round: counted again there, and this month's record forgotten.
         state.mark_reported("product-a", month, 1)
@@ -84,6 +88,5 @@ def test_a_study_of_two_rounds_is_one_eligible_study_and_one_routed(tmp_path: Pa
         )
         for j in jobs
     ]  # fmt: skip
-    eligible = [EligibleCount(product_id="product-a", hospital_id="h", studies=1)]
     [row, _national] = evaluate(records, (), eligible)
     assert (row.volume, row.uptake.value) == (1, 1.0)

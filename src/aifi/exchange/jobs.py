@@ -1082,7 +1082,8 @@ class JobService:
         return read_unread_flags(self._db)
 
     def completed(self, job: Job) -> None:
-        """After the commit that completed `job`: wake its hospital's long-poll."""
+        """After the commit that completed `job` (or ended it otherwise): wake its hospital's
+        long-poll."""
         self._notifier.notify(organisations=parties(job))
 
     def fail(self, actor: Actor, job_id: str, token: str, reason: str) -> Job:
@@ -1211,7 +1212,8 @@ class JobService:
         return job
 
     def expire_leases(self) -> int:
-        """Put jobs whose lease ran out back in the queue, or end them after too many attempts.
+        """Put jobs whose lease ran out back in the queue, or end them after too many attempts
+        (a job whose input the exchange's store lost, at its first lapse).
 
         Every replica sweeps; on PostgreSQL each sweep takes only rows no one else holds
         (`FOR UPDATE SKIP LOCKED`), so sweeps and claims never wait on or deadlock with one

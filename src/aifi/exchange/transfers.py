@@ -387,7 +387,7 @@ class Transfers:
         has: replaced meanwhile (the row now names another blob, or is gone: sent again, or
         taken out), purged by retention meanwhile (it deletes the blobs, then marks the
         rows), or lost, which the operator must hear of (`BlobMissing`); a lost input marks
-        its job (`Job.inputs_lost_at`)."""
+        its job (`Job.inputs_lost_at`), and ends it if it waits in the queue."""
         if isinstance(row, JobInput):
             kind = "input"
             now_held = select(JobInput.blob_key).where(

@@ -121,7 +121,7 @@ CREATE INDEX IF NOT EXISTS ix_jobs_exchange ON jobs(exchange_job_id)
 CREATE TABLE IF NOT EXISTS eligibility (
     study_uid TEXT NOT NULL,
     round INTEGER NOT NULL,
-    month TEXT NOT NULL,         -- YYYY-MM the study was assembled in
+    month TEXT NOT NULL,         -- YYYY-MM the study's round was routed in
     counted INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (study_uid, round)
 );

@@ -342,8 +342,10 @@ class Worker:
     def _was_handed_back(self, lease: Lease) -> bool:
         """Whether the job was handed back at this worker's attempt, though the exchange's
         answer to `release` was lost: the hand-back takes the claim's attempt back, so the
-        job stands at one attempt fewer, waiting, or at the same attempt held anew by the
-        worker that claimed it next (a lease that ran out would leave it one more)."""
+        job stands at one attempt fewer, waiting (or failed, when the exchange's store lost
+        one of its inputs: such a job ends as it is handed back), or at the same attempt held
+        anew by the worker that claimed it next (a lease that ran out would leave it one
+        more)."""
         job = self._job_now(lease)
         ours, now = lease.job.get("attempts"), job.get("attempts")
         if not isinstance(ours, int) or not isinstance(now, int):
@@ -351,7 +353,11 @@ class Worker:
         waiting = job.get("state") == "requested" and now == ours - 1
         taken_again = job.get("state") in ("accepted", "in-progress") and now == ours
         # A job whose input the exchange's store lost ends as it is handed back.
-        ended_for_lost = job.get("state") == "failed" and job.get("inputs_lost_at") is not None
+        ended_for_lost = (
+            job.get("state") == "failed"
+            and job.get("inputs_lost_at") is not None
+            and now == ours - 1
+        )
         return waiting or taken_again or ended_for_lost
 
     def _prepare(

@@ -1508,13 +1508,11 @@ class GatewayState(StateReads):
         sent), as the exchange's volume counts the studies routed, so that uptake compares
         studies with studies.
 
-        What was counted in months before the oldest still being counted is forgotten: a
-        round is counted in the month it was routed in, and rounds are counted in order."""
+        What was counted in months before `month` is forgotten: a round is counted in the
+        month it was routed in, and rounds are counted in the order they were routed, so no
+        earlier month is counted again (a range of the key, not a scan of what waits)."""
         with self.transaction() as db:
-            db.execute(
-                "DELETE FROM eligible_studies WHERE month < "
-                "(SELECT min(month) FROM eligibility WHERE counted = 0)"
-            )
+            db.execute("DELETE FROM eligible_studies WHERE month < ?", (month,))
             for product_id in products:
                 first = db.execute(
                     "INSERT OR IGNORE INTO eligible_studies (month, product_id, study_uid) "

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from aifi.http import RETRIES
 from aifi.products import tissue_volume
 from aifi.vendor import ExchangeHTTPError, JobContext, ProductResult, VendorClient, Worker
 from scale.servers import wait_for
@@ -32,6 +33,7 @@ from vendor.network import (
     Exchange,
     Interposed,
     WorkerThread,
+    is_claim,
     is_heartbeat,
     is_upload,
     refused,
@@ -152,3 +154,20 @@ def test_a_heartbeat_outage_shorter_than_the_lease_keeps_the_job(
     assert network.answered >= 4  # the first beat and its retry, and the next beat, refused
     job = exchange.job(job_id)
     assert (job["state"], job["attempts"]) == ("completed", 1), job
+
+
+def test_a_worker_stopped_while_the_exchange_is_down_ends_without_its_back_off(
+    exchange: Exchange, tmp_path: Path
+) -> None:
+    """Asked to stop (SIGTERM) while its claims are refused, the worker ends at once: it
+    does not knock on the exchange for the rest of its back-off, nine tries over 20 s."""
+    network = Interposed(is_claim, refused, seconds=3600)
+    client = VendorClient(exchange.url, exchange.vendor_key, transport=network)
+    worker = Worker(client, tissue_volume.run, product_ids=[PRODUCT], workdir=tmp_path)
+    with WorkerThread(worker.run) as running:
+        wait_for(lambda: network.answered >= 1, timeout=30, what="a claim refused")
+    client.close()
+    assert not running.is_alive()
+    assert running.ended_by == []
+    # The first claim, and at most the retry already under way when the stop came.
+    assert 1 <= network.answered <= 2 < RETRIES + 1, network.answered

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,14 @@ class Renewal:
     lease_seconds: float | None
 
 
+def _stopped_during(seconds: float, stop: threading.Event | None) -> bool:
+    """Wait `seconds`, or less if `stop` is set meanwhile; whether it is set."""
+    if stop is None:
+        time.sleep(seconds)
+        return False
+    return stop.wait(seconds)
+
+
 class VendorClient(ApiClient):
     # catalogue -----------------------------------------------------------------------------
 
@@ -94,10 +103,14 @@ class VendorClient(ApiClient):
         lease_seconds: float | None = None,
         wait_seconds: float = 20.0,
         start: bool = False,
+        stop: threading.Event | None = None,
     ) -> Lease | None:
         """The most urgent job for these products, or None after `wait_seconds` without one.
 
-        `start`: the worker begins at once, so the job goes straight to in-progress.
+        `start`: the worker begins at once, so the job goes straight to in-progress. `stop`:
+        the worker was asked to stop; a claim that cannot get through is not tried again once
+        it is set, so a worker stopped while the exchange is down ends at once rather than
+        after its whole back-off (about 20 s), and takes no job it would have to leave.
         """
         body = {
             "product_ids": product_ids or [],
@@ -106,7 +119,7 @@ class VendorClient(ApiClient):
             "start": start,
             "claim_key": secrets.token_urlsafe(24),
         }
-        response = self._claim_until_answered(body, timeout=wait_seconds + 30)
+        response = self._claim_until_answered(body, timeout=wait_seconds + 30, stop=stop)
         if response.status_code == 204:
             return None
         data = json_object(response, "job", "lease_token")
@@ -122,24 +135,26 @@ class VendorClient(ApiClient):
             lease_seconds=lease_seconds,
         )
 
-    def _claim_until_answered(self, body: dict[str, Any], timeout: float) -> httpx.Response:
+    def _claim_until_answered(
+        self, body: dict[str, Any], timeout: float, stop: threading.Event | None
+    ) -> httpx.Response:
         """Send the claim, retried as `request` retries, but each retry with `resume`: the
         exchange may have committed a claim whose answer was lost, and a plain retry would
-        take a second job, the first held by a lease nobody has until it ran out."""
+        take a second job, the first held by a lease nobody has until it ran out. Once
+        `stop` is set, the error met is raised instead of waiting to try again."""
         for attempt in range(self._retries + 1):
             try:
                 return self.request("POST", "/jobs/claim", json=body, timeout=timeout, retries=0)
             except ExchangeNotTrusted:
                 raise
             except httpx.TransportError:
-                if attempt == self._retries:
+                if attempt == self._retries or _stopped_during(retry_pause(attempt, None), stop):
                     raise
-                wait = retry_pause(attempt, None)
             except ExchangeHTTPError as exc:
                 if exc.status not in TRANSIENT or attempt == self._retries:
                     raise
-                wait = retry_pause(attempt, exc.retry_after)
-            time.sleep(wait)
+                if _stopped_during(retry_pause(attempt, exc.retry_after), stop):
+                    raise
             body = {**body, "resume": True}
         raise AssertionError("unreachable")
 

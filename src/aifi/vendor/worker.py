@@ -198,7 +198,7 @@ class Worker:
         worker that ends leaves its vendor's queue unserved until someone restarts it."""
         while not stop.is_set():
             try:
-                self.run_once(wait_seconds=wait_seconds)
+                self.run_once(wait_seconds=wait_seconds, stop=stop)
                 if self._handed_back:
                     self._handed_back = False
                     stop.wait(self.hand_back_pause)
@@ -228,13 +228,18 @@ class Worker:
                 log.exception("the worker met an error nobody foresaw; claiming again shortly")
                 stop.wait(TROUBLE_PAUSE)
 
-    def run_once(self, wait_seconds: float = 0.0) -> str | None:
-        """Claim and process one job; returns its id, or None when there was none."""
+    def run_once(
+        self, wait_seconds: float = 0.0, stop: threading.Event | None = None
+    ) -> str | None:
+        """Claim and process one job; returns its id, or None when there was none. Once
+        `stop` is set, a claim that cannot get through gives up (`VendorClient.claim`); a
+        job already claimed is always seen through."""
         lease = self.client.claim(
             self.product_ids,
             lease_seconds=self.lease_seconds,
             wait_seconds=wait_seconds,
             start=True,
+            stop=stop,
         )
         if lease is None:
             return None

@@ -4,6 +4,7 @@ what the exchange lost. Each study still comes home once, as one result in the P
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -928,7 +929,8 @@ def test_a_first_job_met_after_a_restore_with_the_spool_is_linked_to_the_resend_
     same, and links the job the lost disk sent again (brought home by then, or not) at once,
     before any send. The results thread, listing that job, meets it as this job's, never as
     one of nobody's; the product is not run a third time, its result reaches the PACS once,
-    and the RIS hears of it once."""
+    and the RIS hears of it once. The job is taken back and linked in one transaction: the
+    sending thread never sees it to be sent and unlinked, which it would start over."""
     backup = tmp_path / "backup"
     with _sent_backed_up_and_lost(national, hospital, monkeypatch, backup, what, spool=True) as (
         listener,
@@ -942,9 +944,11 @@ def test_a_first_job_met_after_a_restore_with_the_spool_is_linked_to_the_resend_
         lose_the_disk(hospital)
         gateway = restored_gateway(hospital, backup)
         gateway.reconcile_restore()
+        committed = _committed(gateway.state, int(job["id"]), monkeypatch)
         assert gateway.collect(until_ended(hospital, failed["id"]))
         [taken] = hospital.jobs()
         assert (taken["state"], taken["exchange_job_id"]) == ("pending", again), taken
+        assert ("pending", None) not in committed and ("pending", again) in committed, committed
         gateway.acknowledge([failed["id"]])
         if not brought_home:
             # The results thread meets the job sent again before the job's send: this job's,
@@ -964,6 +968,25 @@ def test_a_first_job_met_after_a_restore_with_the_spool_is_linked_to_the_resend_
         gateway.notices.send_due(urgent=True)
         assert gateway.notices_queued() == 0
         assert listener.received.empty()
+
+
+def _committed(
+    state: GatewayState, job_id: int, monkeypatch: pytest.MonkeyPatch
+) -> list[tuple[str, str | None]]:
+    """The job's state and exchange job as each of `state`'s transactions from now on leaves
+    them: what the gateway's other threads may see."""
+    seen: list[tuple[str, str | None]] = []
+    opened = state.transaction
+
+    @contextmanager
+    def observed() -> Iterator[sqlite3.Connection]:
+        with opened() as db:
+            yield db
+        row = state.job(job_id)
+        seen.append((str(row["state"]), row["exchange_job_id"]))
+
+    monkeypatch.setattr(state, "transaction", observed)
+    return seen
 
 
 def _exchange_id_of(hospital: Hospital, job_id: int) -> str:

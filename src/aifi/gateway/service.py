@@ -1425,8 +1425,7 @@ class Gateway:
         that key: its send finds that job even if the spool lacks its study, and it is never
         skipped for another job of its study (`skip_if_sent_before`). Adopted as another job,
         or let go, it is left: the job's send finds that."""
-        if self.state.link_exchange_job(job_id, str(made["id"])) is None:
-            self.state.update_job(job_id, may_be_open=1, idempotency_key=key)
+        self.state.link_exchange_job(job_id, str(made["id"]), key)
 
     def ask_about_submitted(self, now: float | None = None) -> list[int]:
         """Ask the exchange about jobs sent a while ago that have not come home
@@ -1989,11 +1988,10 @@ class Gateway:
                     study_uid, len(gone),
                 )  # fmt: skip
                 return False
-        if not self.state.send_again_anew(int(local["id"]), str(job["id"]), reason, lost):
+        linked = (found[0], str(found[1]["id"])) if found is not None else None
+        if not self.state.send_again_anew(int(local["id"]), str(job["id"]), reason, lost, linked):
             return False
         log.warning("job %s: %s", local["id"], reason)
-        if found is not None:
-            self._link_found(int(local["id"]), *found)
         self._submit.set()
         return True
 

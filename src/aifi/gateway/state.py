@@ -485,6 +485,25 @@ _LET_GO = (
 DECISIONS = ("adopt", "let_go")
 
 
+def _link(
+    db: sqlite3.Connection, job_id: int, exchange_job_id: str, key: str | None
+) -> dict[str, Any] | Literal["let_go"] | None:
+    """`GatewayState.link_exchange_job` in the caller's transaction."""
+    linked = db.execute(
+        "UPDATE jobs SET exchange_job_id = ?, idempotency_key = COALESCE(?, idempotency_key), "
+        "may_be_open = CASE WHEN ? IS NULL THEN may_be_open ELSE 1 END "
+        "WHERE id = ? AND NOT EXISTS (SELECT 1 FROM jobs WHERE exchange_job_id = ? AND id != ?) "
+        f"AND NOT EXISTS (SELECT 1 FROM unknown_jobs WHERE {_LET_GO})",
+        (exchange_job_id, key, key, job_id, exchange_job_id, job_id, exchange_job_id),
+    ).rowcount
+    if linked:
+        return None
+    row = db.execute(
+        "SELECT * FROM jobs WHERE exchange_job_id = ? AND id != ?", (exchange_job_id, job_id)
+    ).fetchone()
+    return dict(row) if row is not None else "let_go"
+
+
 class DecidedAlready(Exception):
     """A decision for an unknown exchange job that the gateway has begun to do, or done:
     it is no longer to be changed."""
@@ -1239,27 +1258,17 @@ class GatewayState(StateReads):
             )
 
     def link_exchange_job(
-        self, job_id: int, exchange_job_id: str
+        self, job_id: int, exchange_job_id: str, key: str | None = None
     ) -> dict[str, Any] | Literal["let_go"] | None:
         """Link a job to the exchange job its key found (None), unless it is not the job's to
         take: another job of this gateway's has it (one adopted, `adopt`: that job is
         returned), or the hospital let it go ("let_go", `was_let_go`); then nothing changes.
         In one statement, so that an exchange job is never linked twice, and a let-go taken
-        (`take_unknown_decision`, which checks for a link) and a link exclude each other."""
+        (`take_unknown_decision`, which checks for a link) and a link exclude each other.
+        With `key`, the job goes under that key from now on, open at the exchange (a job a
+        lost disk made, found by the key, `Gateway._found_by_key`)."""
         with self.transaction() as db:
-            linked = db.execute(
-                "UPDATE jobs SET exchange_job_id = ? WHERE id = ? AND NOT EXISTS "
-                "(SELECT 1 FROM jobs WHERE exchange_job_id = ? AND id != ?) "
-                f"AND NOT EXISTS (SELECT 1 FROM unknown_jobs WHERE {_LET_GO})",
-                (exchange_job_id, job_id, exchange_job_id, job_id, exchange_job_id),
-            ).rowcount
-            if linked:
-                return None
-            row = db.execute(
-                "SELECT * FROM jobs WHERE exchange_job_id = ? AND id != ?",
-                (exchange_job_id, job_id),
-            ).fetchone()
-        return dict(row) if row is not None else "let_go"
+            return _link(db, job_id, exchange_job_id, key)
 
     def was_let_go(self, exchange_job_id: str) -> bool:
         """Whether the hospital let this exchange job go unbrought (`let_go`), or the gateway
@@ -1364,7 +1373,12 @@ class GatewayState(StateReads):
             )
 
     def send_again_anew(
-        self, job_id: int, exchange_job_id: str, reason: str, lost: LostByStore
+        self,
+        job_id: int,
+        exchange_job_id: str,
+        reason: str,
+        lost: LostByStore,
+        found: tuple[str, str] | None = None,
     ) -> bool:
         """Take a sent job whose exchange job ended because the exchange's store `lost` images
         of its study (the job failed or expired) or the product's results (it completed)
@@ -1376,6 +1390,10 @@ class GatewayState(StateReads):
         Once: a job sent again for either before (its key says so, started over since or not)
         is not, and neither is one that moved on meanwhile (no longer sent, or linked to
         another exchange job); False then, and the caller ends it as the exchange did.
+
+        `found`: the key and exchange job a lost disk sent it again under, found by its key
+        (after a restore); the job is linked to it (`link_exchange_job`) in the same
+        transaction, so its send never meets it unlinked and starts it over.
         """
         with self.transaction() as db:
             row = db.execute("SELECT idempotency_key FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -1400,6 +1418,8 @@ class GatewayState(StateReads):
                     "lost": lost,
                 },
             ).rowcount
+            if changed and found is not None:
+                _link(db, job_id, found[1], found[0])
         return bool(changed)
 
     def send_again(

@@ -95,3 +95,29 @@ def test_drift_alerts_per_hospital_and_nationally() -> None:
     # Nationally month 5 is 40 of 200 = 0.2, above 0.1 + 3 * sqrt(0.09 / 200) = 0.1636.
     [national] = charts[NATIONAL].alerts
     assert national.period == "2026-05" and national.limit == pytest.approx(0.16364, abs=1e-5)
+
+
+def test_a_study_analysed_twice_in_a_period_is_one_study_positive_if_either_call_was() -> None:
+    """Sent again (its images or results lost at the exchange, more images), a study is run
+    twice: the chart's n is studies, as the evaluation's volume."""
+    ended = datetime(2026, 3, 10, tzinfo=UTC)
+
+    def run(job_id: str, study: str, positive: bool, month: int = 3) -> JobRecord:
+        return JobRecord(
+            job_id=job_id, product_id="ich", hospital_id="h-a", study_uid=study,
+            state="completed", ended_at=ended.replace(month=month), ai_positive=positive,
+        )  # fmt: skip
+
+    jobs = [
+        run("1", "s-1", False),
+        run("2", "s-1", True),  # the same study again: one study, positive
+        run("3", "s-2", False),
+        run("4", "s-2", False),
+        run("5", "s-3", True, month=4),
+        run("6", "s-3", True, month=5),  # ended in another month: that month's study too
+    ]
+    assert positive_counts(jobs) == [
+        PeriodCount(period="2026-03", studies=2, positives=1),
+        PeriodCount(period="2026-04", studies=1, positives=1),
+        PeriodCount(period="2026-05", studies=1, positives=1),
+    ]

@@ -209,9 +209,9 @@ def period_counts(
     granularity: Granularity | str = Granularity.month,
     months: Months = Months(),
 ) -> dict[tuple[str, str], list[PeriodCount]]:
-    """Completed jobs with a triage flag, and how many were positive, per product × hospital
-    and period (by end), as :func:`aifi.governance.drift.positive_counts` counts them; of the
-    jobs that ended in `months`."""
+    """The studies of completed jobs with a triage flag, and how many were positive, per
+    product × hospital and period (by end), as :func:`aifi.governance.drift.positive_counts`
+    counts them; of the jobs that ended in `months`."""
     week = Granularity(granularity) == Granularity.week
     period = iso_week_label(Job.ended_at) if week else month_label(Job.ended_at)
     statement = (
@@ -219,8 +219,8 @@ def period_counts(
             Job.product_id,
             Job.hospital_id,
             period,
-            func.count(),
-            func.count().filter(_POSITIVE),
+            func.count(distinct(Job.study_uid)),
+            func.count(distinct(Job.study_uid)).filter(_POSITIVE),
         )
         .where(
             Job.state == _COMPLETED,

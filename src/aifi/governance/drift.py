@@ -102,19 +102,28 @@ def period_of(moment: datetime, granularity: Granularity | str = Granularity.mon
 def positive_counts(
     jobs: Iterable[JobRecord], granularity: Granularity | str = Granularity.month
 ) -> list[PeriodCount]:
-    """Completed jobs with a triage flag, and how many were positive, per period (by end)."""
-    studies: dict[str, int] = defaultdict(int)
-    positives: dict[str, int] = defaultdict(int)
+    """The studies of completed jobs with a triage flag, and how many were positive, per
+    period (by end); of one product at one hospital.
+
+    A study is counted once however many of its jobs the product completed (sent again after
+    the exchange's store lost its images or results, or with more images): a p-chart's n is
+    studies, and one study's two calls are not two observations of the case mix. It is
+    positive if any of its calls in the period was."""
+    studies: dict[str, set[str]] = defaultdict(set)
+    positives: dict[str, set[str]] = defaultdict(set)
     for job in jobs:
         if job.state != JobState.completed.value or job.ai_positive is None:
             continue
         if job.ended_at is None:
             continue
         period = period_of(job.ended_at, granularity)
-        studies[period] += 1
-        positives[period] += int(job.ai_positive)
+        study = job.study_uid or job.job_id
+        studies[period].add(study)
+        if job.ai_positive:
+            positives[period].add(study)
     return [
-        PeriodCount(period=p, studies=studies[p], positives=positives[p]) for p in sorted(studies)
+        PeriodCount(period=p, studies=len(studies[p]), positives=len(positives[p]))
+        for p in sorted(studies)
     ]
 
 

@@ -36,9 +36,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 
-# The suite runs on every core, a test file to a worker (files share their costly fixtures:
-# a built release, a PostgreSQL server). TEST_WORKERS=0 runs it in this one process.
-TEST_WORKERS ?= auto
+# The suite runs a test file to a worker (files share their costly fixtures: a built release,
+# a PostgreSQL server), one worker more than the machine has cores: most tests spend much of
+# their time waiting on a peer (Orthanc, PostgreSQL, a command they started), so a worker per
+# core left the cores a third idle. TEST_WORKERS=0 runs it in this one process.
+TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
 test: $(STAMP) peers lint
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 

@@ -18,9 +18,11 @@ the default.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from aifi.http import RETRIES
@@ -32,6 +34,7 @@ from vendor.network import (
     Answer,
     Exchange,
     Interposed,
+    LosesAnswer,
     WorkerThread,
     is_claim,
     is_heartbeat,
@@ -171,3 +174,36 @@ def test_a_worker_stopped_while_the_exchange_is_down_ends_without_its_back_off(
     assert running.ended_by == []
     # The first claim, and at most the retry already under way when the stop came.
     assert 1 <= network.answered <= 2 < RETRIES + 1, network.answered
+
+
+class _StopAsTheAnswerIsLost(LosesAnswer):
+    """The stop (SIGTERM) comes just as the exchange took a claim whose answer is lost."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        super().__init__(is_claim)
+        self._stop = stop
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return super().handle_request(request)
+        except httpx.ReadError:
+            self._stop.set()
+            raise
+
+
+def test_a_claim_that_may_have_taken_a_job_as_the_stop_came_takes_it_home(
+    exchange: Exchange, tmp_path: Path
+) -> None:
+    """The claim reached the exchange, which gave it the job; its answer was lost, and the
+    stop came meanwhile. The claim is still tried again (`resume`): the worker gets the job
+    it took and sees it through, rather than leave it under a lease nobody holds, which would
+    cost the study a whole lease and one of its attempts."""
+    job_id = exchange.submit(tmp_path / "study")
+    stop = threading.Event()
+    network = _StopAsTheAnswerIsLost(stop)
+    with VendorClient(exchange.url, exchange.vendor_key, transport=network) as client:
+        lease = client.claim([PRODUCT], lease_seconds=60, wait_seconds=0, start=True, stop=stop)
+    assert stop.is_set() and network.lost == 1
+    assert lease is not None and lease.job_id == job_id
+    job = exchange.job(job_id)
+    assert (job["state"], job["attempts"]) == ("in-progress", 1), job

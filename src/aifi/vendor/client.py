@@ -108,9 +108,11 @@ class VendorClient(ApiClient):
         """The most urgent job for these products, or None after `wait_seconds` without one.
 
         `start`: the worker begins at once, so the job goes straight to in-progress. `stop`:
-        the worker was asked to stop; a claim that cannot get through is not tried again once
-        it is set, so a worker stopped while the exchange is down ends at once rather than
-        after its whole back-off (about 20 s), and takes no job it would have to leave.
+        the worker was asked to stop; once it is set, a claim that could not connect is not
+        tried again, so a worker stopped while the exchange is down ends without waiting out
+        its back-off (about 20 s). A claim that may have reached the exchange (its answer
+        lost) is tried again as ever, with `resume`: it may have taken a job, which is then
+        seen through rather than left under a lease nobody holds.
         """
         body = {
             "product_ids": product_ids or [],
@@ -141,20 +143,30 @@ class VendorClient(ApiClient):
         """Send the claim, retried as `request` retries, but each retry with `resume`: the
         exchange may have committed a claim whose answer was lost, and a plain retry would
         take a second job, the first held by a lease nobody has until it ran out. Once
-        `stop` is set, the error met is raised instead of waiting to try again."""
+        `stop` is set, the error met is raised instead of waiting to try again, as long as
+        no attempt may have reached the exchange (each failed to connect)."""
+        reached = False  # whether an attempt may have got to the exchange
         for attempt in range(self._retries + 1):
             try:
                 return self.request("POST", "/jobs/claim", json=body, timeout=timeout, retries=0)
             except ExchangeNotTrusted:
                 raise
-            except httpx.TransportError:
-                if attempt == self._retries or _stopped_during(retry_pause(attempt, None), stop):
+            except (httpx.ConnectError, httpx.ConnectTimeout):
+                # Never sent, so it claimed nothing: a stop need not wait for it.
+                if attempt == self._retries:
                     raise
+                if _stopped_during(retry_pause(attempt, None), None if reached else stop):
+                    raise
+            except httpx.TransportError:
+                reached = True
+                if attempt == self._retries:
+                    raise
+                time.sleep(retry_pause(attempt, None))
             except ExchangeHTTPError as exc:
+                reached = True  # a proxy's 502/504 may have passed the claim on
                 if exc.status not in TRANSIENT or attempt == self._retries:
                     raise
-                if _stopped_during(retry_pause(attempt, exc.retry_after), stop):
-                    raise
+                time.sleep(retry_pause(attempt, exc.retry_after))
             body = {**body, "resume": True}
         raise AssertionError("unreachable")
 

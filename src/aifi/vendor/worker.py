@@ -232,8 +232,8 @@ class Worker:
         self, wait_seconds: float = 0.0, stop: threading.Event | None = None
     ) -> str | None:
         """Claim and process one job; returns its id, or None when there was none. Once
-        `stop` is set, a claim that cannot get through gives up (`VendorClient.claim`); a
-        job already claimed is always seen through."""
+        `stop` is set, a claim that cannot connect gives up (`VendorClient.claim`); a job
+        claimed is seen through."""
         lease = self.client.claim(
             self.product_ids,
             lease_seconds=self.lease_seconds,

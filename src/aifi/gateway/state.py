@@ -1392,8 +1392,9 @@ class GatewayState(StateReads):
         another exchange job); False then, and the caller ends it as the exchange did.
 
         `found`: the key and exchange job a lost disk sent it again under, found by its key
-        (after a restore); the job is linked to it (`link_exchange_job`) in the same
-        transaction, so its send never meets it unlinked and starts it over.
+        (after a restore); the job is linked to it in the same transaction, so its send never
+        meets it unlinked and starts it over, unless it is not the job's to take
+        (`link_exchange_job`: another job has it, or the hospital let it go).
         """
         with self.transaction() as db:
             row = db.execute("SELECT idempotency_key FROM jobs WHERE id = ?", (job_id,)).fetchone()

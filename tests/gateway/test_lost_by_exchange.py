@@ -195,7 +195,7 @@ def test_a_running_gateway_sends_again_what_a_restored_exchange_lost(
                 ), gateway.jobs()
                 [job] = gateway.jobs()
                 assert gateway.metrics is not None
-                counted = samples(httpx.get(gateway.metrics.url).text)
+                counted = samples(httpx.get(gateway.metrics.url, timeout=60).text)
             lost_by_exchange = {
                 labels[0][1]: value
                 for (name, labels), value in counted.items()

@@ -162,6 +162,7 @@ def test_good_and_bad_instances_in_one_request_each_get_their_answer(
         content=body,
         headers={"Content-Type": content_type(boundary), "Accept": "application/dicom+json"},
         auth=(SENDER, password),
+        timeout=60,
     )
     assert answer.status_code == 202, answer.text
     assert answer.headers["content-type"] == "application/dicom+json"
@@ -186,6 +187,7 @@ def test_good_and_bad_instances_in_one_request_each_get_their_answer(
         content=multipart([("application/dicom", f.read_bytes()) for f in files], boundary),
         headers={"Content-Type": content_type(boundary)},
         auth=(SENDER, password),
+        timeout=60,
     )
     assert again.status_code == 200 and FAILED not in again.json()
     assert len(gateway.state.study_instances(study_uid)) == len(files)
@@ -207,6 +209,7 @@ def test_refused_requests_say_why_and_store_nothing(
         kwargs.setdefault("content", body)
         kwargs.setdefault("auth", (SENDER, password))
         kwargs.setdefault("headers", {"Content-Type": content_type(boundary)})
+        kwargs.setdefault("timeout", 60)
         return httpx.post(kwargs.pop("url", url), **kwargs)
 
     cases = [
@@ -248,7 +251,9 @@ def test_refused_requests_say_why_and_store_nothing(
     assert gateway.metrics is not None
     scraped = {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(httpx.get(gateway.metrics.url).text)
+        for family in text_string_to_metric_families(
+            httpx.get(gateway.metrics.url, timeout=60).text
+        )
         for sample in family.samples
         if sample.name.startswith("aifi_gateway_") and "refused" in sample.name
     }
@@ -281,6 +286,7 @@ def test_a_body_cut_off_keeps_the_instances_that_came_whole(
         content=cut,
         headers={"Content-Type": content_type(boundary)},
         auth=(SENDER, password),
+        timeout=60,
     )
     assert answer.status_code == 400
     refusal = answer.json()
@@ -363,6 +369,7 @@ def test_over_tls_a_sender_that_trusts_the_certificate_is_served(
             headers={"Content-Type": content_type(boundary)},
             auth=(SENDER, password),
             verify=trust,
+            timeout=60,
         )
         assert answer.status_code == 200, answer.text
         assert len(answer.json()[REFERENCED]["Value"]) == len(files)

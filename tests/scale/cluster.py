@@ -220,12 +220,14 @@ def start_cluster(
         nginx.url + "/products",
         json=tissue_volume.manifest(VENDOR),
         headers={"Authorization": f"Bearer {vendor_key}"},
+        timeout=60,
     ).raise_for_status()
     for key in keys.values():
         httpx.post(
             nginx.url + "/subscriptions",
             json={"product_id": tissue_volume.PRODUCT_ID},
             headers={"Authorization": f"Bearer {key}"},
+            timeout=60,
         ).raise_for_status()
     operator.close()
     plans = make_plans(folder, names, jobs_each)

@@ -225,7 +225,7 @@ def test_a_result_the_full_store_refuses_is_kept_and_handed_in_once_there_is_roo
     settings = ExchangeSettings(
         data_dir=tmp_path / "exchange", operator_key=OPERATOR_KEY, blob_url=f"file://{tiny_disk}"
     )
-    with ExchangeThread(settings) as server, httpx.Client(base_url=server.url) as http:
+    with ExchangeThread(settings) as server, httpx.Client(base_url=server.url, timeout=60) as http:
         exchange = Exchange(http)  # an httpx client, as a TestClient is
         orgs = set_up_parties(exchange)
         job = exchange.ready_job(orgs["hospital"], "product-a", make_ct(slices=1))

@@ -71,7 +71,7 @@ def test_upload_and_download_of_a_large_instance_stay_flat(tmp_path: Path) -> No
     size = path.stat().st_size
     with ExchangeThread(settings) as exchange:
         operator = httpx.Client(
-            base_url=exchange.url, headers={"Authorization": f"Bearer {OPERATOR_KEY}"}
+            base_url=exchange.url, headers={"Authorization": f"Bearer {OPERATOR_KEY}"}, timeout=60
         )
         keys = {}
         for org, kind in (("h", "hospital"), ("v", "vendor")):
@@ -82,7 +82,9 @@ def test_upload_and_download_of_a_large_instance_stay_flat(tmp_path: Path) -> No
         )
         vendor = {"Authorization": f"Bearer {keys['v']}"}
         manifest = {"id": "p", "vendor": "v", "name": "p", "version": "1", "clinical_area": "x"}
-        httpx.post(exchange.url + "/products", json=manifest, headers=vendor).raise_for_status()
+        httpx.post(
+            exchange.url + "/products", json=manifest, headers=vendor, timeout=60
+        ).raise_for_status()
         hospital.post("/subscriptions", json={"product_id": "p"}).raise_for_status()
         job = hospital.post(
             "/jobs", json={"product_id": "p", "study_uid": study_uid, "idempotency_key": "k"}

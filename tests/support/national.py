@@ -74,7 +74,9 @@ def gateway_gauge(gateway: Gateway, name: str) -> float:
     assert gateway.metrics is not None, "start the gateway with metrics_port"
     (value,) = (
         sample.value
-        for family in text_string_to_metric_families(httpx.get(gateway.metrics.url).text)
+        for family in text_string_to_metric_families(
+            httpx.get(gateway.metrics.url, timeout=60).text
+        )
         for sample in family.samples
         if sample.name == name
     )

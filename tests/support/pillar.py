@@ -105,7 +105,7 @@ def pillar_exchange(tmp_path: Path) -> Iterator[Pillar]:
     )
     with ExchangeThread(settings, extensions=[mount]) as exchange:
         operator = httpx.Client(
-            base_url=exchange.url, headers={"Authorization": f"Bearer {OPERATOR_KEY}"}
+            base_url=exchange.url, headers={"Authorization": f"Bearer {OPERATOR_KEY}"}, timeout=60
         )
         keys = {}
         for org, kind in (

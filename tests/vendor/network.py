@@ -90,8 +90,10 @@ def vendor_exchange(folder: Path) -> Iterator[Exchange]:
     settings = ExchangeSettings(data_dir=folder / "exchange", operator_key=OPERATOR_KEY)
     with ExchangeThread(settings) as exchange:
         keys = {}
-        with httpx.Client(
-            base_url=exchange.url, headers={"Authorization": f"Bearer {OPERATOR_KEY}"}
+        with httpx.Client(  # as patient as the worker: the suite loads every core
+            base_url=exchange.url,
+            headers={"Authorization": f"Bearer {OPERATOR_KEY}"},
+            timeout=60,
         ) as operator:
             for org, kind in ((HOSPITAL, "hospital"), (VENDOR, "vendor")):
                 answer = operator.post(

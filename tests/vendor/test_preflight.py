@@ -45,7 +45,9 @@ def checks_of(
 
 def operator(national: National) -> httpx.Client:
     return httpx.Client(
-        base_url=national.exchange.url, headers={"Authorization": f"Bearer {OPERATOR_KEY}"}
+        base_url=national.exchange.url,
+        headers={"Authorization": f"Bearer {OPERATOR_KEY}"},
+        timeout=60,
     )
 
 

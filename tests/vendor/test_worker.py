@@ -342,7 +342,7 @@ def test_the_worker_command_works_on_the_disk_it_is_given(
         )  # fmt: skip
 
     def handed_back() -> float:
-        figures = samples(httpx.get(f"{national.exchange.url}/metrics").text)
+        figures = samples(httpx.get(f"{national.exchange.url}/metrics", timeout=60).text)
         counter = "aifi_exchange_handed_back_jobs_total"
         return figures.get((counter, (("product", ich_triage.PRODUCT_ID),)), 0.0)
 

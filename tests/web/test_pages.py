@@ -49,7 +49,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("pages")
     settings = ExchangeSettings(data_dir=tmp / "exchange", operator_key=KEY, admit_on_register=True)
     with ExchangeThread(settings, extensions=[mount]) as exchange:
-        operator = httpx.Client(base_url=exchange.url, headers={"Authorization": f"Bearer {KEY}"})
+        operator = httpx.Client(
+            base_url=exchange.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60
+        )
         keys = {}
         for org, kind in (
             ("hospital-a", "hospital"), ("aifi-reference", "vendor"), ("other-vendor", "vendor")
@@ -69,7 +71,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         vendor.register_product(ich_triage.manifest("aifi-reference"))
         vendor.register_product(tissue_volume.manifest("aifi-reference"))
         hospital = httpx.Client(
-            base_url=exchange.url, headers={"Authorization": f"Bearer {keys['hospital-a']}"}
+            base_url=exchange.url,
+            headers={"Authorization": f"Bearer {keys['hospital-a']}"},
+            timeout=60,
         )
         hospital.post(
             "/subscriptions", json={"product_id": ich_triage.PRODUCT_ID}

@@ -40,7 +40,7 @@ lint: $(STAMP)
 # a PostgreSQL server), one worker more than the machine has cores: most tests spend much of
 # their time waiting on a peer (Orthanc, PostgreSQL, a command they started), so a worker per
 # core left the cores a third idle. TEST_WORKERS=0 runs it in this one process.
-TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
+TEST_WORKERS ?= $(shell echo $$(( $$(nproc 2>/dev/null || echo 1) + 1 )))
 test: $(STAMP) peers lint
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 

@@ -109,10 +109,11 @@ class VendorClient(ApiClient):
 
         `start`: the worker begins at once, so the job goes straight to in-progress. `stop`:
         the worker was asked to stop; once it is set, a claim that could not connect is not
-        tried again, so a worker stopped while the exchange is down ends without waiting out
-        its back-off (about 20 s). A claim that may have reached the exchange (its answer
-        lost) is tried again as ever, with `resume`: it may have taken a job, which is then
-        seen through rather than left under a lease nobody holds.
+        tried again, so a worker stopped while the exchange's address refuses connections
+        ends without waiting out its back-off (about 20 s). A claim that may have reached the
+        exchange (its answer lost, or a load balancer's or proxy's 502/503/504 in its place)
+        is tried again as ever, with `resume`: it may have taken a job, which is then seen
+        through rather than left under a lease nobody holds.
         """
         body = {
             "product_ids": product_ids or [],

@@ -37,10 +37,10 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 # The suite runs a test file to a worker (files share their costly fixtures: a built release,
-# a PostgreSQL server), one worker more than the machine has cores: most tests spend much of
+# a PostgreSQL server), one worker more than the cores it may use: most tests spend much of
 # their time waiting on a peer (Orthanc, PostgreSQL, a command they started), so a worker per
 # core left the cores a third idle. TEST_WORKERS=0 runs it in this one process.
-TEST_WORKERS ?= $(shell echo $$(( $$(nproc 2>/dev/null || echo 1) + 1 )))
+TEST_WORKERS ?= $(shell echo $$(( $$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || echo 1) + 1 )))
 test: $(STAMP) peers lint
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 

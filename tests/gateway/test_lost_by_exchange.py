@@ -974,7 +974,7 @@ def _committed(
     state: GatewayState, job_id: int, monkeypatch: pytest.MonkeyPatch
 ) -> list[tuple[str, str | None]]:
     """The job's state and exchange job as each of `state`'s transactions from now on leaves
-    them: what the gateway's other threads may see."""
+    them (read as it is about to commit): what the gateway's other threads may see."""
     seen: list[tuple[str, str | None]] = []
     opened = state.transaction
 
@@ -982,8 +982,10 @@ def _committed(
     def observed() -> Iterator[sqlite3.Connection]:
         with opened() as db:
             yield db
-        row = state.job(job_id)
-        seen.append((str(row["state"]), row["exchange_job_id"]))
+            row = db.execute(
+                "SELECT state, exchange_job_id FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+            seen.append((str(row["state"]), row["exchange_job_id"]))
 
     monkeypatch.setattr(state, "transaction", observed)
     return seen

@@ -1988,8 +1988,8 @@ class Gateway:
                     study_uid, len(gone),
                 )  # fmt: skip
                 return False
-        linked = (found[0], str(found[1]["id"])) if found is not None else None
-        if not self.state.send_again_anew(int(local["id"]), str(job["id"]), reason, lost, linked):
+        to_link = (found[0], str(found[1]["id"])) if found is not None else None
+        if not self.state.send_again_anew(int(local["id"]), str(job["id"]), reason, lost, to_link):
             return False
         log.warning("job %s: %s", local["id"], reason)
         self._submit.set()

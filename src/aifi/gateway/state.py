@@ -1391,10 +1391,12 @@ class GatewayState(StateReads):
         is not, and neither is one that moved on meanwhile (no longer sent, or linked to
         another exchange job); False then, and the caller ends it as the exchange did.
 
-        `found`: the key and exchange job a lost disk sent it again under, found by its key
-        (after a restore); the job is linked to it in the same transaction, so its send never
-        meets it unlinked and starts it over, unless it is not the job's to take
-        (`link_exchange_job`: another job has it, or the hospital let it go).
+        `found`: the key and exchange job a lost disk already sent it again under (after a
+        restore; the key `:lost`, or one of its `:again<N>`); the job goes under that key,
+        linked to that job, in the same transaction, so its send never meets it unlinked and
+        starts it over. Unless it is not the job's to take (`link_exchange_job`: another job
+        has it, or the hospital let it go): then it stays pending under `:lost`, unlinked, and
+        its send finds that.
         """
         with self.transaction() as db:
             row = db.execute("SELECT idempotency_key FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -1420,7 +1422,8 @@ class GatewayState(StateReads):
                 },
             ).rowcount
             if changed and found is not None:
-                _link(db, job_id, found[1], found[0])
+                key, exchange_job = found
+                _link(db, job_id, exchange_job_id=exchange_job, key=key)
         return bool(changed)
 
     def send_again(

@@ -9,6 +9,7 @@ trusting the CA of a proxy that inspects TLS.
 from __future__ import annotations
 
 import ssl
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -142,6 +143,15 @@ def retry_pause(attempt: int, asked: float | None) -> float:
     return max(pause(attempt), min(asked or 0.0, LONGEST_RETRY_AFTER))
 
 
+def stopped_during(seconds: float, stop: threading.Event | None) -> bool:
+    """Wait `seconds` before trying again, or less if `stop` is set meanwhile; whether it is
+    set (then nothing is tried again)."""
+    if stop is None:
+        time.sleep(seconds)
+        return False
+    return stop.wait(seconds)
+
+
 def file_chunks(path: Path) -> Iterator[bytes]:
     with path.open("rb") as source:
         while chunk := source.read(CHUNK):
@@ -166,6 +176,7 @@ class ApiClient:
         `proxy_for`); `ca_file`: a CA to trust besides the public roots."""
         self.base_url = base_url.rstrip("/")
         self._retries = retries
+        self._give_up: threading.Event | None = None
         #: The proxy requests go through, if any (the gateway logs it at start).
         self.proxy = proxy or proxy_for(self.base_url)
         self._http = httpx.Client(
@@ -177,6 +188,14 @@ class ApiClient:
             # so one layer decides how long a request rides out an outage.
             transport=transport or httpx.HTTPTransport(proxy=self.proxy, verify=trusting(ca_file)),
         )
+
+    def give_up_when(self, stop: threading.Event) -> None:
+        """Once `stop` is set, a request that failed is not tried again: its error is raised
+        at once. For a service being stopped whose every call can be made again at its next
+        start (the gateway: its state says what is still to do), so that a stop during an
+        outage does not wait out each call's retries (about 20 s). Not for a call whose
+        work would be lost: a vendor worker hands its result in however it is stopped."""
+        self._give_up = stop
 
     def close(self) -> None:
         self._http.close()
@@ -214,16 +233,17 @@ class ApiClient:
             except httpx.ConnectError as exc:
                 if untrusted := _untrusted(exc, self.base_url):
                     raise untrusted from exc
-                if attempt == retries:
+                if attempt == retries or stopped_during(wait, self._give_up):
                     raise
             except httpx.TransportError:
-                if attempt == retries:
+                if attempt == retries or stopped_during(wait, self._give_up):
                     raise
             else:
                 if response.status_code not in TRANSIENT or attempt == retries:
                     return checked(response, method, path)
                 wait = retry_pause(attempt, retry_after(response))
-            time.sleep(wait)
+                if stopped_during(wait, self._give_up):
+                    return checked(response, method, path)
         raise AssertionError("unreachable")
 
     def download(
@@ -263,9 +283,8 @@ class ApiClient:
                     untrusted := _untrusted(exc, self.base_url)
                 ):
                     raise untrusted from exc
-                if attempt == self._retries:
+                if attempt == self._retries or stopped_during(pause(attempt), self._give_up):
                     raise
-                time.sleep(pause(attempt))
                 continue
             except BaseException:  # a full disk, a refusal, an interrupt: no half-file stays
                 partial.unlink(missing_ok=True)

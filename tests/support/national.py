@@ -36,6 +36,8 @@ class National:
     #: Where the hospital's PACS keeps what it is sent (`pacs`).
     folder: Path | None = None
     _pacs: OrthancPeer | None = None
+    #: Set, the national path's vendor workers stop (`stop_workers`).
+    worker_stop: threading.Event = field(default_factory=threading.Event)
 
     def pacs(self) -> OrthancPeer:
         """The hospital's PACS: a real Orthanc that takes results from the gateway's AE title
@@ -51,6 +53,13 @@ class National:
     def close(self) -> None:
         if self._pacs is not None:
             self._pacs.kill()
+
+    def stop_workers(self) -> None:
+        """The vendor workers stopped now, for a test that takes the exchange away: a claim
+        of theirs cut off by it may have been taken, and rides out its back-off."""
+        self.worker_stop.set()
+        for thread in self.workers:
+            thread.join(timeout=60)
 
     def api(self, key: str | None = None) -> httpx.Client:
         return httpx.Client(
@@ -150,7 +159,7 @@ def national_path(tmp_path: Path, product: Handler = tissue_volume.run) -> Itera
             headers={"Authorization": f"Bearer {hospital_key}"},
             timeout=60,
         ).raise_for_status()
-        stop = threading.Event()
+        stop = threading.Event()  # `National.worker_stop`
         worker = Worker(
             vendor,
             product,
@@ -160,7 +169,9 @@ def national_path(tmp_path: Path, product: Handler = tissue_volume.run) -> Itera
         )
         thread = threading.Thread(target=worker.run, args=(stop, 1.0), daemon=True)
         thread.start()
-        national = National(exchange, hospital_key, vendor_key, [thread], tmp_path)
+        national = National(
+            exchange, hospital_key, vendor_key, [thread], tmp_path, worker_stop=stop
+        )
         try:
             yield national
         finally:

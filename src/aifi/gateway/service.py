@@ -341,6 +341,9 @@ class Gateway:
         opened.pop_all()  # kept: `close` closes them
         self.notifier = Notifier(config.notifications)
         self._stop = threading.Event()
+        # Stopped, the gateway ends its calls to the exchange rather than ride out an outage:
+        # what they were doing is in its state, done again at the next start.
+        self.client.give_up_when(self._stop)
         self._anchored: Anchor | None = None
         self._assemble = threading.Event()
         self._submit = threading.Event()

@@ -22,6 +22,7 @@ from aifi.http import (
     json_list,
     json_object,
     retry_pause,
+    stopped_during,
     unexpected,
 )
 
@@ -78,14 +79,6 @@ class Renewal:
     #: Seconds the exchange granted (None from an exchange that does not say): the next beat
     #: is due well within it, whatever the worker asked for.
     lease_seconds: float | None
-
-
-def _stopped_during(seconds: float, stop: threading.Event | None) -> bool:
-    """Wait `seconds`, or less if `stop` is set meanwhile; whether it is set."""
-    if stop is None:
-        time.sleep(seconds)
-        return False
-    return stop.wait(seconds)
 
 
 class VendorClient(ApiClient):
@@ -156,7 +149,7 @@ class VendorClient(ApiClient):
                 # Never sent, so it claimed nothing: a stop need not wait for it.
                 if attempt == self._retries:
                     raise
-                if _stopped_during(retry_pause(attempt, None), None if reached else stop):
+                if stopped_during(retry_pause(attempt, None), None if reached else stop):
                     raise
             except httpx.TransportError:
                 reached = True

@@ -143,6 +143,14 @@ def retry_pause(attempt: int, asked: float | None) -> float:
     return max(pause(attempt), min(asked or 0.0, LONGEST_RETRY_AFTER))
 
 
+class _TransientAnswer(httpx.TransportError):
+    """A 502/503/504 answered to a download: started again, as a broken one is."""
+
+    def __init__(self, answer: httpx.Response) -> None:
+        super().__init__(f"{answer.status_code} from the exchange")
+        self.answer = answer
+
+
 def stopped_during(seconds: float, stop: threading.Event | None) -> bool:
     """Wait `seconds` before trying again, or less if `stop` is set meanwhile; whether it is
     set (then nothing is tried again)."""
@@ -269,7 +277,7 @@ class ApiClient:
                     if response.status_code >= 300:  # a redirect's page is not the file
                         response.read()
                         if response.status_code in TRANSIENT and attempt < self._retries:
-                            raise httpx.TransportError(f"{response.status_code} from the exchange")
+                            raise _TransientAnswer(response)
                         checked(response, "GET", path)
                     if media_types is not None:
                         _served_as(response, media_types)
@@ -284,6 +292,8 @@ class ApiClient:
                 ):
                     raise untrusted from exc
                 if attempt == self._retries or stopped_during(pause(attempt), self._give_up):
+                    if isinstance(exc, _TransientAnswer):  # said as when retries run out
+                        checked(exc.answer, "GET", path)
                     raise
                 continue
             except BaseException:  # a full disk, a refusal, an interrupt: no half-file stays

@@ -11,9 +11,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from aifi.gateway.config import load_config
 from aifi.gateway.service import Gateway
-from aifi.http import RETRIES
+from aifi.http import RETRIES, ApiClient, ExchangeHTTPError
 from scale.servers import wait_for
 from support.national import National, gateway_config
 from support.peers import free_port
@@ -27,11 +29,13 @@ class _Counted(socketserver.StreamRequestHandler):
         server: _BadGateway = self.server  # type: ignore[assignment]
         head = []
         while (line := self.rfile.readline()) not in (b"\r\n", b"\n", b""):
-            head.append(line)  # the gateway's calls here carry no body to wait for
+            head.append(line)  # the head says whose it is; a body is left unread
         if any(server.key in line for line in head):
             with server.lock:
                 server.requests += 1
-        self.wfile.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+        self.wfile.write(
+            b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
 
 
 class _BadGateway(socketserver.ThreadingTCPServer):
@@ -80,3 +84,24 @@ def test_a_gateway_stopped_while_the_exchange_is_down_tries_its_calls_no_more(
     # try in flight as the stop came and one begun as it was being asked for; not the rest
     # of a back-off of RETRIES tries each.
     assert after <= 4 < RETRIES, after
+
+
+@pytest.mark.parametrize("call", ["request", "download"])
+def test_a_call_given_up_at_a_stop_says_what_running_out_of_retries_says(
+    tmp_path: Path, call: str
+) -> None:
+    """A call the stop cuts short raises what it met, as it would after its last retry (502
+    here): callers tell the two apart no more than a short outage from a long one."""
+    stop = threading.Event()
+    stop.set()
+    with _bad_gateway(free_port(), "key-of-the-test") as balancer:
+        client = ApiClient(f"http://127.0.0.1:{balancer.server_address[1]}", "key-of-the-test")
+        client.give_up_when(stop)
+        with client, pytest.raises(ExchangeHTTPError) as given_up:
+            if call == "request":
+                client.request("GET", "/jobs")
+            else:
+                client.download("/jobs/j/results/r", tmp_path / "result.dcm")
+    assert given_up.value.status == 502
+    assert balancer.requests == 1  # one try, none again
+    assert not list(tmp_path.iterdir())  # no half-file

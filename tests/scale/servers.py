@@ -1,5 +1,6 @@
 """Real servers for scale-out tests, all on loopback: PostgreSQL, an S3 store, nginx, replicas,
-and the HTTP proxy a hospital reaches the exchange through.
+the HTTP proxy a hospital reaches the exchange through, and a load balancer with no exchange
+behind it.
 
 PostgreSQL comes from the Debian package: a throw-away cluster (initdb in a temporary folder,
 pg_ctl on a free port). PostgreSQL refuses to run as root, so under root (CI) it runs as the
@@ -16,11 +17,13 @@ import re
 import shutil
 import signal
 import socket
+import socketserver
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -533,3 +536,47 @@ def start_proxy(folder: Path) -> Proxy:
     if process.poll() is not None:
         raise RuntimeError(f"tinyproxy did not start; see {folder / 'tinyproxy.log'}")
     return proxy
+
+
+class _CountedBadGateway(socketserver.StreamRequestHandler):
+    """What a load balancer with no exchange behind it answers: 502, closing the connection.
+    Requests bearing the server's key are counted."""
+
+    def handle(self) -> None:
+        server: BadGateway = self.server  # type: ignore[assignment]
+        head = []
+        while (line := self.rfile.readline()) not in (b"\r\n", b"\n", b""):
+            head.append(line)  # the head says whose it is; a body is left unread
+        if any(server.key in line for line in head):
+            with server.lock:
+                server.requests += 1
+        self.wfile.write(
+            b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+
+
+class BadGateway(socketserver.ThreadingTCPServer):
+    """A load balancer on loopback with no exchange behind it (`bad_gateway`)."""
+
+    allow_reuse_address = True
+    daemon_threads = True
+
+    def __init__(self, port: int, key: str) -> None:
+        super().__init__(("127.0.0.1", port), _CountedBadGateway)
+        self.key = key.encode()
+        self.lock = threading.Lock()
+        self.requests = 0
+
+
+@contextlib.contextmanager
+def bad_gateway(port: int, key: str) -> Iterator[BadGateway]:
+    """`BadGateway` on `port`, serving until the block ends; `requests` counts those
+    bearing `key` (an API key)."""
+    server = BadGateway(port, key)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()

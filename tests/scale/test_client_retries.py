@@ -2,6 +2,7 @@
 retries must send the same bytes again, and a worker must outlive a broken connection.
 
 A retried upload streams the file afresh; a worker logs a broken connection and carries on.
+A call is tried once plus its retries, no more, and, once a stopping service gives up, once.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import httpx
 import pytest
 
 from aifi.gateway.exchange_client import GatewayClient
+from aifi.http import ApiClient, ExchangeHTTPError
 from aifi.vendor import Lease, ProductResult, VendorClient, Worker
+from scale.servers import bad_gateway
+from support.peers import free_port
 
 BODY = b"DICM" * 5000
 
@@ -117,3 +121,24 @@ def test_a_failing_request_is_tried_once_plus_the_retries_no_more(
     # One layer retries: no transport underneath multiplies the attempts (it did: 3 × 4).
     assert exchange.connections == 3
     assert not list(tmp_path.iterdir()), "a failed download left a file behind"
+
+
+@pytest.mark.parametrize("call", ["request", "download"])
+def test_a_call_given_up_at_a_stop_says_what_running_out_of_retries_says(
+    tmp_path: Path, call: str
+) -> None:
+    """A call the stop cuts short raises what it met, as it would after its last retry (502
+    here): callers tell the two apart no more than a short outage from a long one."""
+    stop = threading.Event()
+    stop.set()
+    with bad_gateway(free_port(), "key-of-the-test") as balancer:
+        client = ApiClient(f"http://127.0.0.1:{balancer.server_address[1]}", "key-of-the-test")
+        client.give_up_when(stop)
+        with client, pytest.raises(ExchangeHTTPError) as given_up:
+            if call == "request":
+                client.request("GET", "/jobs")
+            else:
+                client.download("/jobs/j/results/r", tmp_path / "result.dcm")
+    assert given_up.value.status == 502
+    assert balancer.requests == 1  # one try, none again
+    assert not list(tmp_path.iterdir())  # no half-file

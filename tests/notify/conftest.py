@@ -1,6 +1,6 @@
-"""Fixtures for notification tests: notices for a positive and a negative result and for a job
-that brings none, and the three loopback receivers (hl7apy's MLLP server, a FHIR server and a
-webhook receiver, both FastAPI under uvicorn)."""
+"""Fixtures for notification tests: notices for a positive and a negative result, for a job
+that brings none and for a STAT job late, and the three loopback receivers (hl7apy's MLLP
+server, a FHIR server and a webhook receiver, both FastAPI under uvicorn)."""
 
 from __future__ import annotations
 
@@ -94,6 +94,7 @@ def make_notice(
     *,
     job: str = "job-0001",
     attributes: dict[str, str] | None = None,
+    after_delay: bool = False,
 ) -> ResultNotice:
     return build_notice(
         hospital="rivierenland",
@@ -105,6 +106,7 @@ def make_notice(
         ),
         result_sop_instance_uids=RESULT_UIDS,
         completed_at=datetime(2025, 3, 1, 10, 30, 0, tzinfo=UTC),
+        after_delay=after_delay,
     )
 
 
@@ -118,9 +120,11 @@ def make_unavailable(
     job: str = "job-0001",
     attributes: dict[str, str] | None = None,
     stat_study: bool = False,
+    after_delay: bool = False,
 ) -> ResultNotice:
     """The notice that `job` will bring no result: same job, product and study as the result
-    notices above, no summary and no result UIDs; `stat_study`: the study was routed STAT."""
+    notices above, no summary and no result UIDs; `stat_study`: the study was routed STAT;
+    `after_delay`: its delay was told before."""
     return build_notice(
         hospital="rivierenland",
         exchange_job_id=job,
@@ -134,12 +138,43 @@ def make_unavailable(
         completed_at=datetime(2025, 3, 1, 10, 45, 0, tzinfo=UTC),
         unavailable=reason,
         stat_study=stat_study,
+        after_delay=after_delay,
     )
 
 
 @pytest.fixture
 def unavailable() -> ResultNotice:
     return make_unavailable()
+
+
+#: Why the gateway says a STAT study's result is late (its own words).
+WHY = "no result 10 minutes after the study was sent"
+
+
+def make_delayed(
+    why: str = WHY, *, job: str = "job-0001", attributes: dict[str, str] | None = None
+) -> ResultNotice:
+    """The notice that the result of `job`, a study run STAT, is late: same job, product and
+    study as the notices above, no summary and no result UIDs."""
+    return build_notice(
+        hospital="rivierenland",
+        exchange_job_id=job,
+        product_id="aifi-ich",
+        product_name="AIFI ICH",
+        product_version="1.2.0",
+        summary=None,
+        study=OriginalStudy.from_vault(
+            ORIGINAL_STUDY_UID, ORIGINAL_ATTRIBUTES if attributes is None else attributes
+        ),
+        completed_at=datetime(2025, 3, 1, 10, 20, 0, tzinfo=UTC),
+        stat_study=True,
+        delayed=why,
+    )
+
+
+@pytest.fixture
+def delayed() -> ResultNotice:
+    return make_delayed()
 
 
 @pytest.fixture

@@ -29,6 +29,8 @@ from .conftest import (
     ORIGINAL_ATTRIBUTES,
     ORIGINAL_STUDY_UID,
     REASON,
+    WHY,
+    make_delayed,
     make_notice,
     make_summary,
     make_unavailable,
@@ -278,3 +280,114 @@ def test_the_server_validates_and_stores_the_cancelled_report(
     again = post_fhir(build_transaction(make_unavailable(), target), target)
     assert again.entry_statuses == ("200 OK",)
     assert len(fhir_receiver.resources("DiagnosticReport")) == 1
+
+
+# a STAT study's result late ------------------------------------------------------------------
+
+REPORT_URL = "DiagnosticReport?identifier=urn:aifi:exchange-job|job-0001-report"
+REPORT_CONDITION = "identifier=urn:aifi:exchange-job|job-0001-report"
+
+
+def requests(bundle: Bundle) -> list[tuple[str, str, str | None]]:
+    """(method, url, ifNoneExist) of each entry, the report's last."""
+    return [
+        (str(e.request.method), str(e.request.url), e.request.ifNoneExist)
+        for e in bundle.entry or []
+        if e.request is not None
+    ]
+
+
+def test_a_delay_is_one_registered_report_put_in_a_valid_bundle(delayed: ResultNotice) -> None:
+    sent = build_transaction(delayed, endpoint())
+    bundle = Bundle.model_validate_json(sent.model_dump_json(exclude_none=True))
+    assert bundle.type == "transaction"
+    (entry,) = bundle.entry or []
+    report = entry.resource
+    assert isinstance(report, DiagnosticReport)
+    assert report.status == "registered"
+    assert report.conclusion == f"AI result delayed: {WHY}"
+    assert report.result is None and report.conclusionCode is None
+    assert requests(bundle) == [("PUT", REPORT_URL, None)]
+
+
+def test_a_delay_keeps_the_report_identifier_subject_and_study(
+    delayed: ResultNotice, positive: ResultNotice
+) -> None:
+    """The report the result will replace: the same identifier, subject and study."""
+    late, _ = build_diagnostic_report(delayed, endpoint())
+    result, _ = build_diagnostic_report(positive, endpoint())
+    kept = ("identifier", "subject", "imagingStudy", "category", "code", "effectiveDateTime")
+    said, will = (r.model_dump(mode="json", exclude_none=True) for r in (late, result))
+    assert {key: said[key] for key in kept} == {key: will[key] for key in kept}
+
+
+def test_a_result_after_a_delay_puts_its_report_and_creates_its_observations(
+    positive: ResultNotice,
+) -> None:
+    plain = build_transaction(positive, endpoint())
+    follows = build_transaction(make_notice(make_summary(), after_delay=True), endpoint())
+    observation = ("POST", "Observation")
+    assert [r[:2] for r in requests(plain)] == [observation] * 3 + [("POST", "DiagnosticReport")]
+    assert requests(plain)[-1][2] == REPORT_CONDITION
+    assert [r[:2] for r in requests(follows)[:-1]] == [observation] * 3
+    assert requests(follows)[:-1] == requests(plain)[:-1]  # the same conditional creates
+    assert requests(follows)[-1] == ("PUT", REPORT_URL, None)
+    # the same resources: only the report's request differs
+    assert [e.resource for e in follows.entry or []] == [e.resource for e in plain.entry or []]
+
+
+def test_no_result_after_a_delay_is_put_as_ever() -> None:
+    bundle = build_transaction(make_unavailable(stat_study=True, after_delay=True), endpoint())
+    assert requests(bundle) == [("PUT", REPORT_URL, None)]
+
+
+def test_the_server_ends_with_one_preliminary_report_after_a_delay(
+    fhir_receiver: FhirReceiver, delayed: ResultNotice
+) -> None:
+    target = endpoint(fhir_receiver.base_url)
+    assert post_fhir(build_transaction(delayed, target), target).entry_statuses == ("201 Created",)
+    (registered,) = fhir_receiver.resources("DiagnosticReport")
+    assert (registered["status"], registered["conclusion"]) == (
+        "registered",
+        f"AI result delayed: {WHY}",
+    )
+    again = post_fhir(build_transaction(make_delayed(), target), target)  # a resend
+    assert again.entry_statuses == ("200 OK",)
+
+    follows = make_notice(make_summary(), after_delay=True)
+    receipt = post_fhir(build_transaction(follows, target), target)
+    assert receipt.entry_statuses == ("201 Created",) * 3 + ("200 OK",)
+    (report,) = fhir_receiver.resources("DiagnosticReport")
+    assert report["id"] == registered["id"]
+    assert report["status"] == "preliminary"
+    assert "AI triage POSITIVE" in report["conclusion"]
+    observations = fhir_receiver.resources("Observation")
+    assert len(observations) == 3
+    assert {ref["reference"] for ref in report["result"]} == {
+        f"Observation/{o['id']}" for o in observations
+    }
+    DiagnosticReport.model_validate(report)
+
+
+def test_without_after_delay_the_registered_report_would_stay(
+    fhir_receiver: FhirReceiver, delayed: ResultNotice, positive: ResultNotice
+) -> None:
+    """Why a result after a delay must say so: its conditional create finds the registered
+    report and stores nothing in its place."""
+    target = endpoint(fhir_receiver.base_url)
+    post_fhir(build_transaction(delayed, target), target)
+    post_fhir(build_transaction(positive, target), target)
+    (report,) = fhir_receiver.resources("DiagnosticReport")
+    assert report["status"] == "registered"
+
+
+def test_the_server_ends_with_one_cancelled_report_after_a_delay(
+    fhir_receiver: FhirReceiver, delayed: ResultNotice
+) -> None:
+    target = endpoint(fhir_receiver.base_url)
+    post_fhir(build_transaction(delayed, target), target)
+    none = make_unavailable(stat_study=True, after_delay=True)
+    assert post_fhir(build_transaction(none, target), target).entry_statuses == ("200 OK",)
+    (report,) = fhir_receiver.resources("DiagnosticReport")
+    assert (report["status"], report["conclusion"]) == ("cancelled", f"No AI result: {REASON}")
+    assert fhir_receiver.resources("Observation") == []

@@ -23,6 +23,8 @@ from .conftest import (
     ORIGINAL_STUDY_UID,
     REASON,
     RESULT_UIDS,
+    WHY,
+    make_delayed,
     make_notice,
     make_summary,
     make_unavailable,
@@ -188,3 +190,61 @@ def test_a_result_is_stat_by_its_triage_not_by_its_route() -> None:
             study=OriginalStudy.from_vault(ORIGINAL_STUDY_UID, ORIGINAL_ATTRIBUTES),
             stat_study=True,
         )
+
+
+# a STAT study's result late ------------------------------------------------------------------
+
+
+def test_a_delay_notice_says_why_and_is_stat(delayed: ResultNotice) -> None:
+    assert (delayed.delayed, delayed.available, delayed.stat) == (WHY, False, True)
+    assert delayed.no_result_statement == f"AI result delayed: {WHY}"
+    assert delayed.unavailable is None and not delayed.after_delay
+    assert delayed.summary is None and delayed.result_sop_instance_uids == ()
+    assert make_delayed(f"  {WHY}\n").no_result_statement == f"AI result delayed: {WHY}"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"delayed": ""}, "must say why"),
+        ({"delayed": " \t"}, "must say why"),
+        ({"summary": make_summary()}, "result is late carries no summary and no result UIDs"),
+        ({"result_sop_instance_uids": RESULT_UIDS}, "result is late carries no summary"),
+        ({"unavailable": REASON}, "neither the news that no result will come"),
+        ({"after_delay": True}, "nor what follows a delay"),
+        ({"stat_study": False}, "only a study run STAT"),
+    ],
+)
+def test_a_delay_notice_refuses_what_contradicts_it(
+    change: dict[str, object], message: str
+) -> None:
+    fields = {
+        "hospital": "rivierenland",
+        "exchange_job_id": "job-0001",
+        "product_id": "aifi-ich",
+        "product_name": "AIFI ICH",
+        "product_version": "1.2.0",
+        "study": OriginalStudy.from_vault(ORIGINAL_STUDY_UID, ORIGINAL_ATTRIBUTES),
+        "summary": None,
+        "stat_study": True,
+        "delayed": WHY,
+    }
+    ResultNotice(**fields)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=message):
+        ResultNotice(**(fields | change))  # type: ignore[arg-type]
+
+
+def test_what_follows_a_delay_is_a_result_or_no_result_as_ever() -> None:
+    result = make_notice(make_summary(TriageFlag.NEGATIVE), after_delay=True)
+    assert (result.after_delay, result.available, result.stat) == (True, True, False)
+    assert result.no_result_statement is None
+    none = make_unavailable(stat_study=True, after_delay=True)
+    assert (none.after_delay, none.available, none.stat) == (True, False, True)
+    assert none.no_result_statement == f"No AI result: {REASON}"
+
+
+def test_the_repr_of_a_delay_notice_leaves_the_identity_out(delayed: ResultNotice) -> None:
+    text = repr(delayed)
+    assert WHY in text
+    for private in ("MRN-000123", "Jansen", "19620314", "ACC-2025-0042"):
+        assert private not in text

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
+
+import pytest
 
 from aifi.gateway.notify import (
     FhirEndpoint,
@@ -16,11 +19,14 @@ from aifi.gateway.notify import (
 from aifi.gateway.notify.oru import message_control_id
 from aifi.gateway.notify.receivers import FhirReceiver, Hl7Listener, WebhookReceiver
 from aifi.gateway.notify.webhook import delivery_id
+from aifi.results.summary import TriageFlag
 
 from .conftest import (
     ORIGINAL_ATTRIBUTES,
     REASON,
     WEBHOOK_KEY,
+    WHY,
+    make_delayed,
     make_notice,
     make_summary,
     make_unavailable,
@@ -241,3 +247,62 @@ def test_no_result_cancels_a_report_the_job_already_has(
     assert report["status"] == "cancelled"
     assert report["conclusion"] == f"No AI result: {REASON}"
     assert "result" not in report
+
+
+def test_a_delay_pages_first_and_its_result_replaces_it(
+    hl7_listener: Hl7Listener,
+    fhir_receiver: FhirReceiver,
+    webhook_receiver: WebhookReceiver,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A STAT study's result late: every channel, the pager first, each under an id of its
+    own; the log says what it is. The result that follows takes the report's place."""
+    late = make_delayed()
+    configured = settings(hl7_listener.port, fhir_receiver.base_url, webhook_receiver.url)
+    with Notifier(configured) as notifier, caplog.at_level(logging.INFO, "aifi.gateway.notify"):
+        assert notifier.channels(late) == ["hl7", "webhook", "fhir"]
+        outcomes = notifier.notify(late)
+        follows = notifier.notify(make_notice(make_summary(), after_delay=True))
+    assert [(o.channel, o.ok, o.stat) for o in outcomes] == [
+        ("hl7", True, True),
+        ("webhook", True, True),
+        ("fhir", True, True),
+    ], [o.detail for o in outcomes]
+    assert all(o.ok for o in follows), [o.detail for o in follows]
+    hl7, webhook = outcomes[0].message_id, outcomes[1].message_id
+    assert (hl7, webhook) == (message_control_id(late), delivery_id(late))
+    assert hl7 != follows[0].message_id and webhook != follows[1].message_id
+    said = [r.getMessage() for r in caplog.records if "notice for job job-0001" in r.getMessage()]
+    assert {line.split(" notice")[0] for line in said} == {
+        "STAT delayed hl7",
+        "STAT delayed webhook",
+        "STAT delayed fhir",
+        "STAT hl7",
+        "STAT webhook",
+        "STAT fhir",
+    }
+
+    obr = hl7_listener.received.get(timeout=5).message.oru_r01_patient_result
+    obr = obr.oru_r01_order_observation.obr
+    assert (obr.obr_5.to_er7(), obr.obr_25.to_er7()) == ("S", "I")
+    alert = webhook_receiver.received.get(timeout=5).payload
+    assert (alert["event"], alert["status"], alert["reason"]) == (
+        "aifi.result.delayed",
+        "delayed",
+        WHY,
+    )
+    (report,) = fhir_receiver.resources("DiagnosticReport")
+    assert report["status"] == "preliminary"
+
+
+def test_what_follows_a_delay_goes_where_the_delay_went() -> None:
+    """Under `only_stat`, the pager hears of a STAT study's delay, so it hears of the result
+    that ends it too, whatever its triage; a routine result without a delay before it does
+    not reach it."""
+    configured = settings(2575, "http://127.0.0.1:9/fhir", "http://127.0.0.1:9/alerts")
+    negative = make_summary(TriageFlag.NEGATIVE)
+    with Notifier(configured) as notifier:
+        assert "webhook" in notifier.channels(make_delayed())
+        assert "webhook" in notifier.channels(make_notice(negative, after_delay=True))
+        assert "webhook" in notifier.channels(make_unavailable(after_delay=True))
+        assert "webhook" not in notifier.channels(make_notice(negative))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -25,6 +26,8 @@ from .conftest import (
     ORIGINAL_STUDY_UID,
     REASON,
     RESULT_UIDS,
+    WHY,
+    make_delayed,
     make_notice,
     make_summary,
     make_unavailable,
@@ -347,4 +350,115 @@ def test_a_hostile_or_long_reason_cannot_break_the_message() -> None:
     assert segments.count("PID") == 1 and segments.count("OBX") == 1
     (row,) = observations(received(make_unavailable(reason)))
     assert row["value"].startswith("No AI result: failed\\F\\x\\S\\y PID\\F\\")
+    assert len(row["value"]) <= 199
+
+
+def test_the_control_ids_receivers_already_hold_are_kept(
+    positive: ResultNotice, unavailable: ResultNotice
+) -> None:
+    """Receivers deduplicate on MSH-10: a new kind of notice must not move the old ids."""
+    assert message_control_id(positive) == "AIFI9535F81790DFC399"
+    assert message_control_id(unavailable) == "AIFIFABCF0AF11E967FA"
+
+
+# a STAT study's result late ------------------------------------------------------------------
+
+
+def test_a_delay_is_an_order_in_process_with_one_observation(delayed: ResultNotice) -> None:
+    message = received(delayed)
+    orc, obr = order(message).orc, order(message).obr
+    assert (orc.orc_1.to_er7(), orc.orc_3.to_er7(), orc.orc_5.to_er7()) == (
+        "RE",
+        "job-0001^AIFI",
+        "IP",
+    )
+    assert obr.obr_25.to_er7() == "I"  # table 0123: specimen received, procedure incomplete
+    assert obr.obr_5.to_er7() == "S"
+    assert order(message).oru_r01_timing_qty.tq1.tq1_9.to_er7() == "S"
+    assert observations(message) == [
+        {
+            "type": "ST",
+            "code": "AI_RESULT_DELAYED^AI result delayed^99AIFI",
+            "sub_id": "",
+            "value": f"AI result delayed: {WHY}",
+            "units": "",
+            "flag": "",
+            "status": "I",
+        }
+    ]
+
+
+def test_a_delay_names_the_same_patient_order_and_study_as_a_result(
+    delayed: ResultNotice, positive: ResultNotice
+) -> None:
+    late, result = received(delayed), received(positive)
+    pid = late.oru_r01_patient_result.oru_r01_patient.pid
+    assert pid.to_er7() == result.oru_r01_patient_result.oru_r01_patient.pid.to_er7()
+    for field in ("obr_3", "obr_4", "obr_18"):
+        said, will = (getattr(order(m).obr, field).to_er7() for m in (late, result))
+        assert said == will, field
+    assert order(late).obr.obr_18.to_er7() == ORIGINAL_ATTRIBUTES["AccessionNumber"]
+
+
+def test_a_delay_carries_no_finding_label_or_result_uid(delayed: ResultNotice) -> None:
+    text = encoded(delayed)
+    segments = [line.split("|")[0] for line in text.strip("\r").split("\r")]
+    assert segments == ["MSH", "PID", "ORC", "OBR", "TQ1", "OBX"]
+    for absent in (
+        "121071^Finding",
+        "AI_TRIAGE",
+        "RESULT_UID",
+        "INTENDED_USE",
+        "not for clinical",
+        "NO_AI_RESULT",
+    ):
+        assert absent not in text
+
+
+def test_a_delay_has_a_control_id_of_its_own_stable_per_job(
+    delayed: ResultNotice, positive: ResultNotice, unavailable: ResultNotice
+) -> None:
+    """Neither the delay nor what follows it is dropped as the repeat of the other."""
+    late = message_control_id(delayed)
+    assert received(delayed).msh.msh_10.to_er7() == late
+    assert late == message_control_id(make_delayed("another wording"))
+    assert late != message_control_id(make_delayed(job="job-9999"))
+    assert late not in {message_control_id(positive), message_control_id(unavailable)}
+    assert late.startswith("AIFI") and len(late) <= 20
+
+
+@pytest.mark.parametrize(
+    ("follows", "status", "orc_5"),
+    [
+        (make_notice(make_summary(), after_delay=True), "P", "CM"),
+        (make_unavailable(stat_study=True, after_delay=True), "X", "CA"),
+    ],
+    ids=["result", "no-result"],
+)
+def test_what_follows_a_delay_is_filed_on_the_same_order(
+    follows: ResultNotice, status: str, orc_5: str, delayed: ResultNotice
+) -> None:
+    """The message it would have been anyway: the job's own control id, not the delay's,
+    and on the same order (OBR-3), whose status I it replaces."""
+    message, late = received(follows), received(delayed)
+    plain = make_notice(make_summary()) if follows.available else make_unavailable(stat_study=True)
+    at = datetime(2025, 3, 1, 10, 50, tzinfo=UTC)
+    assert build_oru_r01(follows, ENDPOINT, sent_at=at).to_er7() == (
+        build_oru_r01(plain, ENDPOINT, sent_at=at).to_er7()
+    )
+    assert message.msh.msh_10.to_er7() != late.msh.msh_10.to_er7()
+    assert order(message).obr.obr_3.to_er7() == order(late).obr.obr_3.to_er7()
+    assert (order(message).obr.obr_25.to_er7(), order(message).orc.orc_5.to_er7()) == (
+        status,
+        orc_5,
+    )
+
+
+def test_a_hostile_or_long_delay_reason_cannot_break_the_message() -> None:
+    why = "late|x^y\rPID|||EVIL " + "z" * 400
+    text = encoded(make_delayed(why))
+    segments = [line.split("|")[0] for line in text.strip("\r").split("\r")]
+    assert segments.count("PID") == 1 and segments.count("OBX") == 1
+    (row,) = observations(received(make_delayed(why)))
+    assert row["value"].startswith("AI result delayed: late\\F\\x\\S\\y PID\\F\\")
     assert len(row["value"]) <= 199

@@ -45,6 +45,16 @@ def test_no_result_notices_are_announced_unless_the_hospital_turns_them_off() ->
         NotificationSettings.model_validate({"announce_unavailable": "sometimes"})
 
 
+def test_late_stat_results_are_announced_after_the_products_turnaround_by_default() -> None:
+    default = NotificationSettings()
+    assert (default.announce_delayed, default.delayed_after_seconds) == (True, None)
+    documented = NotificationSettings.model_validate(documented_example()["notifications"])
+    assert (documented.announce_delayed, documented.delayed_after_seconds) == (True, 300)
+    for wrong in (0, -5, 86_401):  # a delay told at once, or after more than a day: a slip
+        with pytest.raises(ValidationError, match="delayed_after_seconds"):
+            NotificationSettings.model_validate({"delayed_after_seconds": wrong})
+
+
 def test_nothing_configured_by_default() -> None:
     assert not NotificationSettings().configured
     assert not NotificationSettings.model_validate({}).configured

@@ -21,14 +21,26 @@ from aifi.gateway.notify import (
 )
 from aifi.gateway.notify.receivers import WebhookReceiver
 from aifi.gateway.notify.webhook import (
+    DELAYED_EVENT,
     EVENT_HEADER,
     SIGNATURE_HEADER,
     STAT_EVENT,
     TIMESTAMP_HEADER,
     UNAVAILABLE_EVENT,
+    delivery_id,
 )
 
-from .conftest import ORIGINAL_ATTRIBUTES, ORIGINAL_STUDY_UID, REASON, WEBHOOK_KEY
+from .conftest import (
+    ORIGINAL_ATTRIBUTES,
+    ORIGINAL_STUDY_UID,
+    REASON,
+    WEBHOOK_KEY,
+    WHY,
+    make_delayed,
+    make_notice,
+    make_summary,
+    make_unavailable,
+)
 
 
 def endpoint(url: str, **overrides: Any) -> WebhookEndpoint:
@@ -172,3 +184,63 @@ def test_no_result_arrives_signed_under_its_own_event(
     text = json.dumps(got.payload)
     for private in ("MRN-000123", "Jansen", "19620314"):
         assert private not in text
+
+
+def test_the_delivery_ids_receivers_already_hold_are_kept(
+    positive: ResultNotice, unavailable: ResultNotice
+) -> None:
+    """Receivers drop repeats by delivery id: a new kind of notice must not move the old ids."""
+    assert delivery_id(positive) == "910ed8af-1a23-5ca3-91fd-857a82e0877a"
+    assert delivery_id(unavailable) == "0ca3b234-4553-51f6-96ca-70a7f0efde2c"
+
+
+# a STAT study's result late ------------------------------------------------------------------
+
+
+def test_a_delay_says_delayed_and_why(delayed: ResultNotice) -> None:
+    payload = webhook_payload(delayed, endpoint("http://x/alerts"))
+    assert (payload["status"], payload["reason"]) == ("delayed", WHY)
+    assert (payload["event"], payload["priority"]) == (DELAYED_EVENT, "stat")
+    assert payload["triage"] == {"flag": "none", "priority": None}
+    assert payload["findings"] == [] and payload["result_sop_instance_uids"] == []
+    assert payload["label"] is None
+    assert payload["study"] == {
+        "study_instance_uid": ORIGINAL_STUDY_UID,
+        "accession_number": ORIGINAL_ATTRIBUTES["AccessionNumber"],
+    }
+    assert payload["exchange_job_id"] == delayed.exchange_job_id
+
+
+def test_a_delay_arrives_signed_under_its_own_event_and_delivery_id(
+    webhook_receiver: WebhookReceiver,
+    delayed: ResultNotice,
+    positive: ResultNotice,
+    unavailable: ResultNotice,
+) -> None:
+    receipt = send_webhook(delayed, endpoint(webhook_receiver.url))
+    got = webhook_receiver.received.get(timeout=5)
+    assert got.headers[EVENT_HEADER.lower()] == DELAYED_EVENT == "aifi.result.delayed"
+    assert (got.payload["status"], got.payload["reason"]) == ("delayed", WHY)
+    timestamp = got.headers[TIMESTAMP_HEADER.lower()]
+    signature = got.headers[SIGNATURE_HEADER.lower()]
+    assert verify_signature(WEBHOOK_KEY, timestamp, got.body, signature)
+    # a delivery id of its own, the same for every resend: neither the delay nor what
+    # follows it is dropped as the repeat of the other
+    assert got.headers["x-aifi-delivery"] == receipt.delivery_id == delivery_id(delayed)
+    assert receipt.delivery_id == delivery_id(make_delayed("another wording"))
+    assert receipt.delivery_id != delivery_id(make_delayed(job="job-9999"))
+    assert receipt.delivery_id not in {delivery_id(positive), delivery_id(unavailable)}
+    text = json.dumps(got.payload)
+    for private in ("MRN-000123", "Jansen", "19620314"):
+        assert private not in text
+
+
+def test_what_follows_a_delay_is_the_alert_it_would_have_been(positive: ResultNotice) -> None:
+    """The result or no-result alert as ever, under the same job id as the delay's."""
+    target = endpoint("http://x/alerts")
+    for follows, plain in (
+        (make_notice(make_summary(), after_delay=True), positive),
+        (make_unavailable(stat_study=True, after_delay=True), make_unavailable(stat_study=True)),
+    ):
+        assert webhook_payload(follows, target) == webhook_payload(plain, target)
+        assert webhook_payload(follows, target)["exchange_job_id"] == "job-0001"

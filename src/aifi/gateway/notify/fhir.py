@@ -23,6 +23,13 @@ started or not completed"), conclusion ``No AI result: <reason>``, no observatio
 identifier, subject and imagingStudy as the result's report would have. It is a conditional
 update (``PUT DiagnosticReport?identifier=…``): one report per job, cancelled even if a
 result's report for the job was made before.
+
+When a STAT study's result is late (``notice.delayed``) the report alone likewise, status
+*registered* (R4: "the existence of the report is registered, but there is nothing yet
+available"), conclusion ``AI result delayed: <why>``, a conditional update too. The result
+that follows it (``after_delay``) puts its report the same way, since a conditional create
+would find the registered report and store nothing; its observations are new, so still
+created.
 """
 
 from __future__ import annotations
@@ -93,7 +100,8 @@ def build_diagnostic_report(
 ) -> tuple[DiagnosticReport, list[Observation]]:
     """The report and its observations; the report's `result` points at the observations'
     fullUrls (:func:`full_url`), as a transaction Bundle resolves them. A notice that there is
-    no result gives a *cancelled* report and no observations.
+    no result gives a *cancelled* report and no observations; one that it is late a
+    *registered* report and none.
 
     Raises
     ------
@@ -120,7 +128,8 @@ def build_diagnostic_report(
 
 def build_transaction(notice: ResultNotice, endpoint: FhirEndpoint | None = None) -> Bundle:
     """A transaction Bundle: the observations and the report, each a conditional create;
-    the cancelled report of a notice that there is no result a conditional update."""
+    the report a conditional update where it replaces one the job may have (no result, a
+    result late, a result after its delay)."""
     settings = endpoint or _DEFAULT_ENDPOINT
     report, observations = build_diagnostic_report(notice, settings)
     entries: list[dict[str, Any]] = []
@@ -133,7 +142,7 @@ def build_transaction(notice: ResultNotice, endpoint: FhirEndpoint | None = None
             full_url(notice, "report"),
             report,
             settings.identifier_system,
-            replace=not notice.available,
+            replace=not notice.available or notice.after_delay,
         )
     )
     return Bundle.model_validate(
@@ -145,7 +154,8 @@ def _entry(url: str | None, resource: Any, system: str, *, replace: bool = False
     """A conditional create: a resend finds what the first send made. `replace`: a conditional
     update instead, so the report says *cancelled* even where the job's report was made
     before (a result notice got through, then a gateway restored from a backup found the
-    results purged or unfileable)."""
+    results purged or unfileable), and the result of a late job takes the place of the
+    *registered* report that said it was late."""
     own = next(i for i in resource.identifier if i.system == system)
     kind = resource.get_resource_type()
     search = f"identifier={quote(system, safe=':/')}|{quote(own.value, safe='')}"
@@ -268,7 +278,7 @@ class _Context:
         fields: dict[str, Any] = {
             "resourceType": "DiagnosticReport",
             "identifier": self.identifier("report"),
-            "status": "preliminary" if notice.available else "cancelled",
+            "status": _report_status(notice),
             "category": [_codeable(DIAGNOSTIC_SERVICE_SECTIONS, "RAD", "Radiology")],
             "code": code,
             "subject": self.subject,
@@ -283,6 +293,10 @@ class _Context:
         if findings:
             fields["conclusionCode"] = [_concept(f.finding_code, f.finding) for f in findings]
         return DiagnosticReport.model_validate(fields)
+
+
+def _report_status(notice: ResultNotice) -> str:
+    return {"result": "preliminary", "delayed": "registered", "no-result": "cancelled"}[notice.kind]
 
 
 def _codeable(system: str, code: str, display: str) -> dict[str, Any]:

@@ -7,7 +7,10 @@ and the UIDs of the result objects now in the PACS. It lives only inside the hos
 
 A notice may instead say that there will be no result (`unavailable`, the reason): a
 radiologist who relies on the product must not wait for it, nor read its silence as a
-negative finding.
+negative finding. Or, for a study run STAT, that its result is late (`delayed`, why): acute
+triage cannot wait on a product that has not answered in its time, whatever the cause (the
+exchange out of reach, the study sent again, a product behind), and the result or the news
+that none will come follows as usual, under the same identifiers (`after_delay`).
 """
 
 from __future__ import annotations
@@ -117,6 +120,15 @@ class ResultNotice:
         For a notice that there is no result: the job ran STAT (acute triage: its route or
         its product said so). The notice is then STAT itself: whoever waits for the
         product's alert must hear at once that none will come.
+    delayed:
+        None, unless the notice says that the result of a study run STAT is late: why, one
+        sentence the gateway words itself (``"no result 10 minutes after the study was
+        sent"``). Such a notice has no summary, no result UIDs and no `unavailable`, and is
+        STAT (`stat_study` must be set): the job is still under way.
+    after_delay:
+        A result, or the notice that none will come, of a job whose delay was announced
+        before: each channel makes it replace what the delay notice made (the FHIR report is
+        updated, not created), as it goes under the same `exchange_job_id`.
 
     Raises
     ------
@@ -137,6 +149,8 @@ class ResultNotice:
     completed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     unavailable: str | None = None
     stat_study: bool = False
+    delayed: str | None = None
+    after_delay: bool = False
 
     def __post_init__(self) -> None:
         if self.completed_at.tzinfo is None:
@@ -152,26 +166,53 @@ class ResultNotice:
                     "ResultNotice.unavailable: a notice that there is no result carries no "
                     "summary and no result UIDs"
                 )
-        elif self.stat_study:
+        if self.delayed is not None:
+            if not self.delayed.strip():
+                raise ValueError("ResultNotice.delayed must say why, not be blank")
+            if self.unavailable is not None or self.after_delay:
+                raise ValueError(
+                    "ResultNotice.delayed: a delay notice is neither the news that no result "
+                    "will come nor what follows a delay"
+                )
+            if self.summary is not None or self.result_sop_instance_uids:
+                raise ValueError(
+                    "ResultNotice.delayed: a notice that the result is late carries no summary "
+                    "and no result UIDs"
+                )
+            if not self.stat_study:
+                raise ValueError("ResultNotice.delayed: only a study run STAT has its delay told")
+        elif self.unavailable is None and self.stat_study:
             raise ValueError("ResultNotice.stat_study: a result is STAT by its triage")
 
     @property
     def available(self) -> bool:
-        """There is a result to announce (False: the notice says there will be none)."""
-        return self.unavailable is None
+        """There is a result to announce (False: the notice says there will be none, or that
+        it is late)."""
+        return self.unavailable is None and self.delayed is None
+
+    @property
+    def kind(self) -> str:
+        """``result``, ``no-result`` or ``delayed``: what each channel's message says, and
+        what makes its id differ from the job's other notices'."""
+        if self.delayed is not None:
+            return "delayed"
+        return "result" if self.unavailable is None else "no-result"
 
     @property
     def stat(self) -> bool:
-        """The notice must reach the radiologist at once: a triage-positive result, or no
-        result for a study run STAT."""
+        """The notice must reach the radiologist at once: a triage-positive result, no result
+        for a study run STAT, or a STAT study's result late."""
         if not self.available:
             return self.stat_study
         return self.summary is not None and self.summary.triage.flag is TriageFlag.POSITIVE
 
     @property
     def no_result_statement(self) -> str | None:
-        """What HL7 and FHIR say instead of a result, ``No AI result: <reason>``, worded here
-        once so that both read the same; None for a result."""
+        """What HL7 and FHIR say instead of a result, ``No AI result: <reason>`` or ``AI
+        result delayed: <why>``, worded here once so that both read the same; None for a
+        result."""
+        if self.delayed is not None:
+            return f"AI result delayed: {self.delayed.strip()}"
         if self.unavailable is None:
             return None
         return f"No AI result: {self.unavailable.strip()}"
@@ -197,6 +238,8 @@ def build_notice(
     completed_at: datetime | None = None,
     unavailable: str | None = None,
     stat_study: bool = False,
+    delayed: str | None = None,
+    after_delay: bool = False,
 ) -> ResultNotice:
     """The notice for a job, from what the gateway holds after re-identification.
 
@@ -204,7 +247,8 @@ def build_notice(
     vault (:meth:`OriginalStudy.from_vault`); the product's name and version default to the
     summary's algorithm and product version. With `unavailable` (the reason) it is the notice
     that there will be no result: `summary` None, no result UIDs, and the product's name
-    worth passing, since there is no summary to take it from.
+    worth passing, since there is no summary to take it from; with `delayed` (why) the
+    notice that a STAT study's result is late, likewise.
     """
     algorithm = summary.algorithm if summary is not None else None
     return ResultNotice(
@@ -219,4 +263,6 @@ def build_notice(
         completed_at=completed_at or datetime.now(UTC),
         unavailable=unavailable,
         stat_study=stat_study,
+        delayed=delayed,
+        after_delay=after_delay,
     )

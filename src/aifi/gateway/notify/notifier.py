@@ -114,9 +114,10 @@ class Notifier:
         """The channels `notice` goes to, in the order they are started (STAT ones first).
 
         The webhook takes STAT notices only, unless its `only_stat` is False. A notice that
-        there is no result is STAT only for a study run STAT.
+        there is no result is STAT only for a study run STAT. What follows a delay notice goes
+        where the delay went, whatever the result's triage: the pager heard of the delay.
         """
-        return self.channels_of(notice.stat)
+        return self.channels_of(notice.stat or notice.after_delay)
 
     def channels_of(self, stat: bool) -> list[str]:
         """The channels a notice goes to, by whether it is STAT (`channels`)."""
@@ -205,7 +206,7 @@ class Notifier:
         log.log(
             level,
             "%s%s notice for job %s: %s",
-            ("STAT " if notice.stat else "") + ("no-result " if not notice.available else ""),
+            ("STAT " if notice.stat else "") + ("" if notice.available else f"{notice.kind} "),
             channel,
             notice.exchange_job_id,
             detail,

@@ -22,6 +22,14 @@ canceled), OBR-25 and OBX-11 X (HL7 table 0123/0085: no results available), prio
 study run STAT (R otherwise), and one OBX ``NO_AI_RESULT^AI result unavailable^99AIFI``
 whose value is ``No AI result: <reason>``.
 
+When a STAT study's result is late (``notice.delayed``) the same message again, under a
+control id of its own, says the order is still under way: ORC-5 IP (in process), OBR-25 and
+OBX-11 I (table 0123: specimen received, procedure incomplete; table 0085: results pending),
+priority S, and one OBX ``AI_RESULT_DELAYED^AI result delayed^99AIFI`` whose value is ``AI
+result delayed: <why>``. The result or no-result message that follows (``after_delay``) is the
+one it would have been anyway: its own control id, the same OBR-3, and a status (P, X) that
+takes the place of I at the receiver.
+
 Every text that comes from a vendor or a DICOM header is escaped by the library (``\\F\\``,
 ``\\S\\`` ...) and stripped of line breaks, so it can never end a field or start a segment.
 """
@@ -85,18 +93,20 @@ class Observation:
     sub_id: str = ""
     units: str = ""
     abnormal_flag: str = ""
-    #: OBX-11: P (preliminary) for a result, X (results cannot be obtained) when there is none.
+    #: OBX-11: P (preliminary) for a result, X (results cannot be obtained) when there is none,
+    #: I (results pending) when it is late.
     result_status: str = "P"
 
 
 def message_control_id(notice: ResultNotice) -> str:
     """MSH-10: the same for every resend of this job's ORU, so a receiver can drop a repeat;
-    another for a notice that there is no result, so that one is never dropped as the repeat
-    of a result notice the receiver took before.
+    another for a notice that there is no result, and another for a notice that it is late,
+    so that none is dropped as the repeat of another of the job's notices the receiver took
+    before.
 
     20 characters at most (ST 20 in v2.5): ``AIFI`` and a digest of the exchange job id.
     """
-    kind = "oru" if notice.available else "oru-no-result"
+    kind = "oru" if notice.available else f"oru-{notice.kind}"
     digest = hashlib.sha256(f"{kind}:{notice.exchange_job_id}".encode()).hexdigest()
     return "AIFI" + digest[:16].upper()
 
@@ -181,20 +191,32 @@ def _local(name: str, code: str | None = None) -> Concept:
 NO_RESULT_STATUS = "X"
 #: OBX-3 of the one observation of a notice that there will be no result.
 NO_AI_RESULT = _local("AI result unavailable", "NO_AI_RESULT")
+#: OBR-25 / OBX-11 when a STAT study's result is late: table 0123 "No results available;
+#: specimen received, procedure incomplete", table 0085 "Specimen in lab; results pending".
+DELAYED_STATUS = "I"
+#: OBX-3 of the one observation of a notice that the result is late.
+AI_RESULT_DELAYED = _local("AI result delayed", "AI_RESULT_DELAYED")
 
 
 def observations(notice: ResultNotice) -> list[Observation]:
     """The OBX content of the notice, in message order.
 
-    A notice that there will be no result has one observation, the reason, and nothing else:
-    no Study Instance UID (PID, OBR-18 Accession Number and OBR-3 the job name the study as
-    for a result) and no intended-use label, since there is no result for the label to
-    qualify, and a label next to "no result" would read as if something had been found.
+    A notice that there will be no result, or that it is late, has one observation, the
+    reason, and nothing else: no Study Instance UID (PID, OBR-18 Accession Number and OBR-3
+    the job name the study as for a result) and no intended-use label, since there is no
+    result for the label to qualify, and a label next to "no result" would read as if
+    something had been found.
     """
     statement = notice.no_result_statement
     if statement is not None:
+        late = notice.delayed is not None
         return [
-            Observation("ST", NO_AI_RESULT, hl7_text(statement), result_status=NO_RESULT_STATUS)
+            Observation(
+                "ST",
+                AI_RESULT_DELAYED if late else NO_AI_RESULT,
+                hl7_text(statement),
+                result_status=DELAYED_STATUS if late else NO_RESULT_STATUS,
+            )
         ]
     study_uid = hl7_identifier(notice.study.study_instance_uid, "OBX-5 Study Instance UID", 64)
     result = [Observation("ST", STUDY_INSTANCE_UID, study_uid)]
@@ -250,7 +272,7 @@ def build_oru_r01(
     """The ORU^R01 for `notice`, validated against the HL7 v2.5 message structure.
 
     `sent_at` is MSH-7 (now by default); the control id depends only on the job (and on
-    whether there is a result).
+    whether there is a result, none, or one late).
 
     Raises
     ------
@@ -351,7 +373,7 @@ def _person_name(dicom_name: str) -> str:
 def _order(orc: Any, notice: ResultNotice) -> None:
     orc.orc_1 = "RE"
     orc.orc_3 = _filler_number(notice)
-    orc.orc_5 = "CM" if notice.available else "CA"
+    orc.orc_5 = _status(notice, "CM", "IP", "CA")
     orc.orc_9.ts_1 = hl7_datetime(notice.completed_at)
 
 
@@ -375,7 +397,11 @@ def _request(obr: Any, notice: ResultNotice, priority: str) -> None:
         obr.obr_18 = hl7_identifier(notice.study.accession_number, "OBR-18 Accession Number", 64)
     obr.obr_22.ts_1 = hl7_datetime(notice.completed_at)
     obr.obr_24 = "RAD"
-    obr.obr_25 = "P" if notice.available else NO_RESULT_STATUS
+    obr.obr_25 = _status(notice, "P", DELAYED_STATUS, NO_RESULT_STATUS)
+
+
+def _status(notice: ResultNotice, result: str, delayed: str, no_result: str) -> str:
+    return {"result": result, "delayed": delayed, "no-result": no_result}[notice.kind]
 
 
 def _study_datetime(notice: ResultNotice) -> str | None:

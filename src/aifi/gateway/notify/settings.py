@@ -108,6 +108,15 @@ class NotificationSettings(_Settings):
     #: silence for a negative finding. The hospital may turn it off if its RIS cannot take an
     #: ORU with a canceled order (OBR-25 X) or its FHIR server a cancelled report.
     announce_unavailable: bool = True
+    #: Announce that the result of a study run STAT is late, once, when `delayed_after_seconds`
+    #: have passed since the gateway made its job and no result or news of none has come:
+    #: acute triage does not wait on a product that has not answered, whatever the cause. The
+    #: result follows under the same identifiers (an ORU with OBR-25 I, then P; a FHIR report
+    #: registered, then preliminary). Off for a RIS that cannot take an order in process.
+    announce_delayed: bool = True
+    #: How long a STAT job may take before its delay is announced; unset: the product's own
+    #: turnaround in the catalogue (`turnaround_sla_seconds`, what its vendor promises).
+    delayed_after_seconds: float | None = Field(default=None, gt=0, le=86_400)
     #: Once a receiver has failed to take a notice (after its retries), notices do not try
     #: it for this long, twice as long after each further failure, up to ten times this: a
     #: receiver that is down then costs one timeout per pause, not one per notice. A STAT

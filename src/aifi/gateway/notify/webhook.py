@@ -10,7 +10,10 @@ of one job's alert, so the receiver can drop a repeat.
 ``status`` says whether there is a result (``available``) or there will be none
 (``unavailable``, with the gateway's ``reason``, event ``aifi.result.unavailable``). Such a
 notice is STAT only for a study run STAT; otherwise, under the default ``only_stat: true``,
-the :class:`~aifi.gateway.notify.Notifier` sends it by HL7 and FHIR only.
+the :class:`~aifi.gateway.notify.Notifier` sends it by HL7 and FHIR only. A STAT study's
+result late is ``delayed`` (the ``reason`` why, event ``aifi.result.delayed``, always STAT):
+whoever waits on the alert hears that it has not come, and the result or its absence follows
+under the same ``exchange_job_id`` and a delivery id of its own.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from aifi.gateway.notify.settings import WebhookEndpoint
 STAT_EVENT = "aifi.triage.positive"
 RESULT_EVENT = "aifi.result.available"
 UNAVAILABLE_EVENT = "aifi.result.unavailable"
+DELAYED_EVENT = "aifi.result.delayed"
 SIGNATURE_HEADER = "X-AIFI-Signature"
 TIMESTAMP_HEADER = "X-AIFI-Timestamp"
 EVENT_HEADER = "X-AIFI-Event"
@@ -50,7 +54,9 @@ class WebhookReceipt:
 
 
 def delivery_id(notice: ResultNotice) -> str:
-    kind = "webhook" if notice.available else "webhook-no-result"
+    """The same for every resend of one job's alert; another for each kind of notice of the
+    job, so that none is dropped as the repeat of one the receiver took before."""
+    kind = "webhook" if notice.available else f"webhook-{notice.kind}"
     return str(uuid.uuid5(_DELIVERY_NAMESPACE, f"{kind}/{notice.exchange_job_id}"))
 
 
@@ -58,7 +64,8 @@ def webhook_payload(notice: ResultNotice, endpoint: WebhookEndpoint) -> dict[str
     """The JSON body of the alert for `notice` (see the module docstring for what is left out).
 
     For a notice that there is no result: `status` ``unavailable`` with the `reason`, no
-    findings, triage ``none`` and no `label` (there is no result for it to qualify).
+    findings, triage ``none`` and no `label` (there is no result for it to qualify); for one
+    that it is late the same, `status` ``delayed``.
     """
     summary = notice.summary
     study: dict[str, Any] = {
@@ -80,13 +87,16 @@ def webhook_payload(notice: ResultNotice, endpoint: WebhookEndpoint) -> dict[str
         }
         for finding in (summary.findings if summary else [])
     ]
-    event = STAT_EVENT if notice.stat else RESULT_EVENT
-    if not notice.available:
-        event = UNAVAILABLE_EVENT
+    if notice.available:
+        event, status = (STAT_EVENT if notice.stat else RESULT_EVENT), "available"
+    elif notice.delayed is not None:
+        event, status = DELAYED_EVENT, "delayed"
+    else:
+        event, status = UNAVAILABLE_EVENT, "unavailable"
     return {
         "event": event,
-        "status": "available" if notice.available else "unavailable",
-        "reason": notice.unavailable,
+        "status": status,
+        "reason": notice.delayed if notice.delayed is not None else notice.unavailable,
         "priority": "stat" if notice.stat else "routine",
         "delivery_id": delivery_id(notice),
         "hospital": notice.hospital,

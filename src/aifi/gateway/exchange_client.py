@@ -77,6 +77,12 @@ class GatewayClient(ApiClient):
         self._products[product_id] = (time.monotonic(), entry)
         return entry
 
+    def known_product(self, product_id: str) -> dict[str, Any] | None:
+        """The product's catalogue entry as last fetched, however long ago (None: never):
+        for what may be read from it without a request, as the exchange may be out of reach."""
+        cached = self._products.get(product_id)
+        return cached[1] if cached else None
+
     def create_job(
         self,
         product_id: str,

@@ -38,7 +38,7 @@ _NOTICE_STYLE = {"sent": "green", "retrying": "yellow", "not tried": "yellow", "
 def _notices(notices: list[NoticeStatus]) -> str:
     lines = []
     for notice in notices:
-        what = "no result" if notice.kind == "no-result" else "result"
+        what = {"no-result": "no result", "delayed": "delay"}.get(notice.kind, "result")
         style = _NOTICE_STYLE[notice.outcome]
         tries = f", {notice.tries} tr{'y' if notice.tries == 1 else 'ies'}" if notice.tries else ""
         line = f"{notice.channel} ({what}): [{style}]{notice.outcome}[/]{tries}"

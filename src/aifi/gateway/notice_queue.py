@@ -1,9 +1,10 @@
 """The gateway's notices, queued and sent on threads of their own.
 
 A notice (a result is in the PACS; or no result will come) is queued in the state as its
-job comes home, and the results thread goes straight on to store the results in the PACS
-and to the next job: a RIS that is slow or down never holds a result back from the PACS,
-nor a stroke result behind a routine job's notice. Two threads send: one for STAT notices
+job comes home (a STAT study's result is late: as its time runs out, `aifi.gateway.delays`),
+and the results thread goes straight on to store the results in the PACS and to the next
+job: a RIS that is slow or down never holds a result back from the PACS, nor a stroke result
+behind a routine job's notice. Two threads send: one for STAT notices
 (a triage-positive result, or any notice of a study run STAT) and one for the rest, so an
 alert never waits for a routine notice's timeout.
 
@@ -55,7 +56,7 @@ class QueuedNotice(BaseModel):
     """A notice as queued: `build_notice`'s fields but the hospital and the patient's study,
     and the study as the exchange and as the hospital know it, to map it back at each send."""
 
-    kind: Literal["result", "no-result"]
+    kind: Literal["result", "no-result", "delayed"]
     exchange_job_id: str
     product_id: str
     product_name: str | None = None
@@ -65,16 +66,26 @@ class QueuedNotice(BaseModel):
     completed_at: datetime | None = None
     unavailable: str | None = None
     stat_study: bool = False
+    #: For a delay notice: why the result is late (`ResultNotice.delayed`).
+    delayed: str | None = None
     #: The job ran STAT (its route or its product said so): its notices go on the STAT
     #: thread and are never held off, whatever the result's triage.
     urgent: bool = False
     pseudonym_study_uid: str
     original_study_uid: str
 
-    def notice(self, hospital: str, known: tuple[str, Mapping[str, str]]) -> ResultNotice:
+    def notice(
+        self,
+        hospital: str,
+        known: tuple[str, Mapping[str, str]],
+        announced_as: str | None = None,
+    ) -> ResultNotice:
+        """The notice to send; `announced_as`: the id the job's delay notice went under, which
+        a later notice goes under too, replacing what the delay notice made."""
+        after_delay = announced_as is not None and self.kind != "delayed"
         return build_notice(
             hospital=hospital,
-            exchange_job_id=self.exchange_job_id,
+            exchange_job_id=announced_as if after_delay and announced_as else self.exchange_job_id,
             product_id=self.product_id,
             product_name=self.product_name,
             product_version=self.product_version,
@@ -84,13 +95,16 @@ class QueuedNotice(BaseModel):
             completed_at=self.completed_at,
             unavailable=self.unavailable,
             stat_study=self.stat_study,
+            delayed=self.delayed,
+            after_delay=after_delay,
         )
 
     @property
     def message_stat(self) -> bool:
         """The message itself is STAT (`ResultNotice.stat`): a triage-positive result, or no
-        result for a study run STAT. Its channels, and how it is counted, follow this."""
-        if self.unavailable is not None:
+        result for a study run STAT, or its delay. Its channels, and how it is counted,
+        follow this."""
+        if self.unavailable is not None or self.delayed is not None:
             return self.stat_study
         return self.summary is not None and self.summary.triage.flag is TriageFlag.POSITIVE
 
@@ -131,8 +145,18 @@ class NoticeSender:
     def queue(self, job_id: int, queued: QueuedNotice) -> None:
         """Queue the job's notice (durably: the caller may go on as if it were sent) and wake
         its lane. A notice of the job's already queued stays as it was."""
-        self._state.queue_notice(job_id, queued.kind, queued.model_dump_json(), urgent=queued.stat)
-        self._wake[queued.stat].set()
+        urgent = self._state.queue_notice(
+            job_id, queued.kind, queued.model_dump_json(), urgent=queued.stat
+        )
+        self._wake[urgent].set()
+
+    def announce_delay(self, job_id: int, announced_as: str, queued: QueuedNotice) -> bool:
+        """Queue the job's delay notice, under `announced_as`, and wake the STAT lane; False
+        when its delay was told before or the job is no longer under way."""
+        if not self._state.announce_delay(job_id, announced_as, queued.model_dump_json()):
+            return False
+        self._wake[True].set()
+        return True
 
     def wake(self) -> None:
         """Both lanes look again now (the gateway stops, say)."""
@@ -204,13 +228,17 @@ class NoticeSender:
         if kind == "no-result" and not self._notifier.settings.announce_unavailable:
             self._no_longer_announced(job_id, queued)
             return
+        if kind == "delayed" and not self._delay_still_to_tell(job_id):
+            self._leave_queue(job_id, kind, "")
+            return
         try:
             known = self._vault.study(queued.pseudonym_study_uid)
             if known is None or known[0] != queued.original_study_uid:
                 self._cannot_name(job_id, queued)
                 done = True
             else:
-                notice = queued.notice(self._hospital, known)
+                announced_as = self._state.delay_announced_as(job_id)
+                notice = queued.notice(self._hospital, known, announced_as)
                 done = self.announce(job_id, queued, known, notice, first=first)
             failure = ""
         except (OSError, sqlite3.Error, NotRecorded) as exc:
@@ -231,6 +259,18 @@ class NoticeSender:
                 job_id, kind, retry_in(passes + 1), failure or "a channel did not take it",
             )  # fmt: skip
         self._changed()
+
+    def _delay_still_to_tell(self, job_id: int) -> bool:
+        """A delay notice goes while its job is under way and delays are announced: one whose
+        job ended since (its result or the news that none will come is sent instead, or there
+        is nothing to tell), or queued before the hospital turned delay notices off, leaves
+        the queue unsent."""
+        if not self._notifier.settings.announce_delayed:
+            log.info("job %s: its delay notice is no longer sent", job_id)
+            self._state.give_up_notifications(job_id, (), NO_LONGER_SENT)
+            return False
+        job = self._state.job_or_none(job_id)
+        return job is not None and job["state"] in ("pending", "submitted")
 
     def _no_longer_announced(self, job_id: int, queued: QueuedNotice) -> None:
         """Queued before `announce_unavailable` was turned off: the hospital no longer wants
@@ -311,7 +351,7 @@ class NoticeSender:
         rows = self._state.notification_outcomes(job_id)
         done = {c for c, row in rows.items() if row["kind"] == kind and notice_settled(row)}
         patient, study = str(known[1].get("PatientID", "")), known[0]
-        what = "result" if notice.available else "no result"
+        what = "result" if notice.available else "delay" if notice.delayed else "no result"
         always = first and (notice.stat or queued.urgent)
         for outcome in self._notifier.notify(notice, skip=done, always_try=always):
             other = rows.get(outcome.channel)

@@ -27,6 +27,7 @@ from aifi.file_lock import held_alone
 from aifi.gateway.adoption import Adoptions
 from aifi.gateway.backup import RESTORE_STAGING, WORKDIR_LOCK, restore_cut_off
 from aifi.gateway.config import ConfigError, DicomWebListener, GatewayConfig
+from aifi.gateway.delays import DelayWatch
 from aifi.gateway.dimse import (
     handle_echo,
     send_files,
@@ -361,6 +362,16 @@ class Gateway:
             changed=self._notify,
             done=self._notice_done,
         )
+        #: STAT jobs whose result is late: their delay is told, once.
+        self.delays = DelayWatch(
+            hospital=config.hospital,
+            state=self.state,
+            vault=self.vault,
+            settings=config.notifications,
+            catalogue=self._catalogue_entry,
+            announce=self.notices.announce_delay,
+            stop=self._stop,
+        )
         self._threads: list[threading.Thread] = []
         self._server: Any = None
         self._stow: AppThread | None = None
@@ -450,6 +461,7 @@ class Gateway:
             ("results", self._results_loop),
             ("stat-notices", lambda: self.notices.run(urgent=True)),
             ("notices", lambda: self.notices.run(urgent=False)),
+            ("delays", self.delays.run),
             ("retention", self._retention_loop),
             ("anchors", self._anchor_loop),
         ):
@@ -488,6 +500,7 @@ class Gateway:
         self._assemble.set()
         self._submit.set()
         self.notices.wake()
+        self.delays.wake()
         if self._server is not None:
             self._server.shutdown()
         if self._stow is not None:
@@ -739,6 +752,7 @@ class Gateway:
         if due:
             self._submit.set()  # jobs to send, and studies to count for uptake
         if made:
+            self.delays.wake()  # a STAT job's time to answer begins
             self._notify()
         return made
 
@@ -2036,7 +2050,8 @@ class Gateway:
         looked at again once they are done with (`_notice_done`), and otherwise not before
         their next try is due, nor within a poll's wait: a notice thread busy with a receiver
         that hangs must not make the results thread list the exchange every second."""
-        queued = self.state.queued_notices_of(local_id)
+        # A delay notice is of a job under way: one still queued is not sent once it ended.
+        queued = [row for row in self.state.queued_notices_of(local_id) if row["kind"] != "delayed"]
         if not queued:
             return False
         due = min(float(row["due_at"]) for row in queued)
@@ -2431,6 +2446,18 @@ class Gateway:
             log.info("product %s: name not known for its notice (%s)", product_id, exc)
             return None, None
         return str(entry["name"]), str(entry["version"])
+
+    def _catalogue_entry(self, product_id: str) -> dict[str, Any] | None:
+        """The product's catalogue entry as last read, else read now; None when the exchange
+        cannot say (its priority and turnaround are then not known)."""
+        entry = self.client.known_product(product_id)
+        if entry is not None:
+            return entry
+        try:
+            return self.client.product(product_id)
+        except (ExchangeHTTPError, httpx.TransportError) as exc:
+            log.info("product %s: not in the catalogue as read (%s)", product_id, exc)
+            return None
 
     def _key_image(self, local_id: int, results: list[Path], target: Path) -> None:
         """Keep a key image for the web pages; a failure here never holds up delivery."""

@@ -109,7 +109,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     -- the exchange job it was last sent again in place of (`send_again_anew`): that job's
     -- listing, its acknowledgement not through, is known as this job's
     replaced_exchange_job_id TEXT,
-    replaced_for TEXT  -- what the exchange's store lost of that job: images | results
+    replaced_for TEXT,  -- what the exchange's store lost of that job: images | results
+    -- the job ran STAT and its result was late: the id its delay notice went under, which
+    -- its later notice goes under too (`announce_delay`); NULL: no delay was told
+    delay_announced_as TEXT
 );
 CREATE INDEX IF NOT EXISTS ix_jobs_state ON jobs(state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS ix_jobs_study ON jobs(study_uid);  -- a study's jobs: retention, re-sends
@@ -231,6 +234,7 @@ UNACKNOWLEDGED = (
 COLUMNS: dict[str, dict[str, tuple[str, str | None]]] = {
     "jobs": {
         "inputs_digest": ("TEXT", None),  # not known: nothing is skipped for the job
+        "delay_announced_as": ("TEXT", None),  # no delay was told before
         "replaced_exchange_job_id": ("TEXT", None),
         # A job sent again before this column came was sent again for lost images.
         "replaced_for": (
@@ -594,19 +598,29 @@ def unknown_job_records(
 
 def _insert_notice(
     db: sqlite3.Connection, job_id: int, kind: str, notice: str, *, urgent: bool, now: float
-) -> None:
-    """`GatewayState.queue_notice` within a transaction of the caller's."""
-    if kind == "no-result":
+) -> bool:
+    """`GatewayState.queue_notice` within a transaction of the caller's; whether the notice
+    is on the STAT lane."""
+    if kind != "delayed":
+        # The job's delay notice, not yet sent, would now tell of a result that has come (or
+        # will not): it is not sent. What follows a delay told goes on the STAT lane, behind
+        # it, so that a RIS never gets the delay after the result.
+        replaced = "('result', 'delayed')" if kind == "no-result" else "('delayed')"
         db.execute(
             "UPDATE queued_notices SET done_at = ?, notice = '' "
-            "WHERE job_id = ? AND kind = 'result' AND done_at IS NULL",
+            f"WHERE job_id = ? AND kind IN {replaced} AND done_at IS NULL",
             (now, job_id),
         )
+        told = db.execute(
+            "SELECT 1 FROM jobs WHERE id = ? AND delay_announced_as IS NOT NULL", (job_id,)
+        ).fetchone()
+        urgent = urgent or told is not None
     db.execute(
         "INSERT OR IGNORE INTO queued_notices (job_id, kind, notice, urgent, due_at, "
         "queued_at) VALUES (?, ?, ?, ?, ?, ?)",
         (job_id, kind, notice, int(urgent), now, now),
     )
+    return urgent
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -1627,13 +1641,45 @@ class GatewayState(StateReads):
                 ),
             )  # fmt: skip
 
-    def queue_notice(self, job_id: int, kind: str, notice: str, *, urgent: bool) -> None:
+    def queue_notice(self, job_id: int, kind: str, notice: str, *, urgent: bool) -> bool:
         """Queue the job's notice (`kind`), due now; a notice queued before, still to send or
         done with, stays as it is. A notice that there is no result takes the place of a
         result notice still to send: both would take over the job's rows on each channel in
-        turn, sending each other again."""
+        turn, sending each other again; either takes the place of a delay notice still to
+        send. Whether it is on the STAT lane: `urgent`, or a delay of the job was told."""
         with self.transaction() as db:
-            _insert_notice(db, job_id, kind, notice, urgent=urgent, now=time.time())
+            return _insert_notice(db, job_id, kind, notice, urgent=urgent, now=time.time())
+
+    def delays_to_tell(self, created_before: float) -> list[dict[str, Any]]:
+        """Jobs under way (to be sent, or at the exchange) made before `created_before`
+        whose delay was not told and that may run STAT (their route says so, or leaves it to
+        the product): those whose result may be late (`announce_delay`)."""
+        return self.query(
+            "SELECT id, study_uid, product_id, priority, created_at, exchange_job_id, "
+            "idempotency_key FROM jobs WHERE state IN ('pending', 'submitted') "
+            "AND delay_announced_as IS NULL AND created_at < ? "
+            "AND (priority = 'stat' OR priority IS NULL) ORDER BY created_at",
+            (created_before,),
+        )
+
+    def announce_delay(self, job_id: int, announced_as: str, notice: str) -> bool:
+        """Queue the job's delay notice (on the STAT lane) and keep the id it goes under, in
+        one transaction: its later notice goes under that id, replacing what the delay notice
+        made. Once a job: False when its delay was told before, or it is no longer under way."""
+        with self.transaction() as db:
+            changed = db.execute(
+                "UPDATE jobs SET delay_announced_as = ? WHERE id = ? "
+                "AND state IN ('pending', 'submitted') AND delay_announced_as IS NULL",
+                (announced_as, job_id),
+            ).rowcount
+            if changed:
+                _insert_notice(db, job_id, "delayed", notice, urgent=True, now=time.time())
+        return bool(changed)
+
+    def delay_announced_as(self, job_id: int) -> str | None:
+        """The id the job's delay notice went under (None: no delay was told)."""
+        rows = self.query("SELECT delay_announced_as AS id FROM jobs WHERE id = ?", (job_id,))
+        return str(rows[0]["id"]) if rows and rows[0]["id"] else None
 
     def due_notices(self, urgent: bool, now: float, limit: int = 50) -> list[dict[str, Any]]:
         """The queued notices of one lane due by `now`: those never tried on a receiver first
@@ -1670,7 +1716,7 @@ class GatewayState(StateReads):
 
     def notice_done(self, job_id: int, kind: str | None = None) -> None:
         """The job's notice of `kind` (or every notice of the job) is done with."""
-        kinds = ("result", "no-result") if kind is None else (kind,)
+        kinds = ("result", "no-result", "delayed") if kind is None else (kind,)
         with self.transaction() as db:
             db.execute(
                 f"UPDATE queued_notices SET done_at = ?, notice = '' WHERE job_id = ? "

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 DEFAULT_TURNAROUND_SECONDS = 600.0
 #: The longest between two looks (a job made wakes the watch: `DelayWatch.wake`).
 LOOK_EVERY_SECONDS = 30.0
+#: The next look at a late job that could not be named yet (its study still being prepared).
+NAME_AGAIN_SECONDS = 2.0
 #: Ids of delay notices of jobs the exchange has not numbered yet (never sent).
 _ANNOUNCED_NAMESPACE = uuid.UUID("5d0c3f0e-8a51-4b4e-9d57-2f9b1c6a7e43")
 
@@ -129,7 +131,8 @@ class DelayWatch:
             if due > now:
                 look = min(look, due - now)
                 continue
-            self._tell(job, entry, now - float(job["created_at"]))
+            if not self._tell(job, entry, now - float(job["created_at"])):
+                look = min(look, NAME_AGAIN_SECONDS)
         return max(look, 0.1)
 
     def _late_after(self, job: Mapping[str, Any], entry: Mapping[str, Any] | None) -> float | None:
@@ -142,12 +145,13 @@ class DelayWatch:
             return self._settings.delayed_after_seconds
         return float(manifest.get("turnaround_sla_seconds") or DEFAULT_TURNAROUND_SECONDS)
 
-    def _tell(self, job: Mapping[str, Any], entry: Mapping[str, Any] | None, waited: float) -> None:
+    def _tell(self, job: Mapping[str, Any], entry: Mapping[str, Any] | None, waited: float) -> bool:
+        """Queue the job's delay notice; False when its study cannot be named yet."""
         job_id, study_uid = int(job["id"]), str(job["study_uid"])
         pseudonym = self._vault.pseudonym_of(study_uid)
         if pseudonym is None:  # not yet prepared for sending: nothing can name it yet
             log.info("job %s: its result is late, but its study cannot be named yet", job_id)
-            return
+            return False
         product_id = str(job["product_id"])
         name = str(entry["name"]) if entry is not None else None
         version = str(entry["version"]) if entry is not None else None
@@ -170,3 +174,4 @@ class DelayWatch:
                 "job %s: STAT result of %s late after %.0f s; its delay is announced",
                 job_id, product_id, waited,
             )  # fmt: skip
+        return True

@@ -1,43 +1,63 @@
 """A STAT study whose AI result is late tells the radiologist so, once: the RIS gets an
 ORU^R01 whose order is in process (OBR-25 I), the pager a `delayed` alert; the result then
-comes under the same order and replaces it. Jobs that are routine, ended, or told before are
-not told; a delay notice overtaken by its result is not sent."""
+comes under the same order and replaces it. Jobs that are routine, whose result came home,
+or told before are not told; a delay overtaken by its result is not sent; a job told late
+that then ends with nothing to tell closes its order."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from aifi.gateway.delays import DelayWatch, announced_as
+from aifi.gateway.config import load_config
+from aifi.gateway.delays import CLOSING_BECAUSE, DelayWatch, announced_as
+from aifi.gateway.job_list import job_statuses
 from aifi.gateway.notice_queue import QueuedNotice
-from aifi.gateway.notify import NotificationSettings
-from aifi.gateway.notify.receivers import Hl7Listener, WebhookReceiver
+from aifi.gateway.notify import FhirEndpoint, NotificationSettings
+from aifi.gateway.notify.receivers import FhirReceiver, Hl7Listener, ReceivedHl7, WebhookReceiver
+from aifi.gateway.service import Gateway
 from aifi.gateway.state import GatewayState
 from aifi.products import tissue_volume
+from aifi.results.summary import TriageFlag
 from aifi.vendor import JobContext, ProductResult
-from gateway.test_no_result_notice import a_study, configure, hl7, segments, started
-from gateway.test_notice_queue import ORIGINAL, PSEUDONYM, Parts
+from gateway.test_no_result_notice import (
+    WEBHOOK_KEY,
+    a_study,
+    configure,
+    hl7,
+    segments,
+    started,
+)
+from gateway.test_notice_queue import ORIGINAL, PSEUDONYM, Parts, result
 from gateway.test_notice_queue import hl7 as hl7_endpoint
 from support.national import National, national_path
 from support.peers import free_port, storescu
 
-WEBHOOK_KEY = b"pager-secret"
+pytestmark = pytest.mark.peer
+
+#: Far beyond any test's run: the gateway's own watch never finds a job late by itself, and
+#: each test looks at a moment of its own (`DelayWatch.announce_due(now=…)`).
+AN_HOUR = 3600.0
+ENTRY = {"name": "AIFI ICH", "version": "1.2.0", "manifest": {"priority": "stat"}}
 
 
 @pytest.fixture
 def held(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[National, Any]]:
     """The national path, its product holding each job until the test releases it; the
-    product's catalogue entry says it runs STAT and answers within a second."""
+    product's catalogue entry says it runs STAT, answering within the hour."""
     manifest = tissue_volume.manifest
     monkeypatch.setattr(
         tissue_volume,
         "manifest",
-        lambda vendor: {**manifest(vendor), "priority": "stat", "turnaround_sla_seconds": 1.0},
+        lambda vendor: {**manifest(vendor), "priority": "stat", "turnaround_sla_seconds": AN_HOUR},
     )
     release = threading.Event()
 
@@ -52,9 +72,18 @@ def held(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Nati
         release.set()
 
 
+def at_the_exchange(gateway: Gateway) -> dict[str, Any]:
+    """The gateway's one job, once it is at the exchange (its product holds it there)."""
+    assert gateway.wait_until(
+        lambda: [job["state"] for job in gateway.jobs()] == ["submitted"], timeout=90
+    ), gateway.jobs()
+    [job] = gateway.jobs()
+    return job
+
+
 @pytest.mark.parametrize(
     ("route", "after"),
-    [({"priority": "stat"}, {"delayed_after_seconds": 1}), ({}, {})],
+    [({"priority": "stat"}, {"delayed_after_seconds": AN_HOUR}), ({}, {})],
     ids=["routed-stat", "product-stat-its-turnaround"],
 )
 def test_a_late_stat_result_is_told_once_and_the_result_replaces_it(
@@ -75,14 +104,19 @@ def test_a_late_stat_result_is_told_once_and_the_result_replaces_it(
         gateway = started(configure(national, tmp_path, port, notifications, **route))
         try:
             storescu(files, port)
+            job = at_the_exchange(gateway)
+            # Within the hour: not late. Past it (the product's own turnaround, from when the
+            # job reached the exchange, or the hospital's bound from when it was made): late.
+            gateway.delays.announce_due(now=float(job["created_at"]) + AN_HOUR - 60)
+            assert gateway.state.queued_notices_of(int(job["id"])) == []
+            gateway.delays.announce_due(now=float(job["submitted_at"]) + AN_HOUR + 1)
+            gateway.delays.announce_due(now=float(job["submitted_at"]) + 2 * AN_HOUR)  # once
             delay = listener.received.get(timeout=60)
             alert = pager.received.get(timeout=30).payload
-            [job] = gateway.jobs()
-            assert job["state"] == "submitted"  # still under way: the product holds it
             release.set()
             result = listener.received.get(timeout=90)
             # The pager heard of the delay: it hears of the result too, whatever its triage.
-            after = pager.received.get(timeout=30).payload
+            then = pager.received.get(timeout=30).payload
             assert gateway.wait_until(lambda: gateway.jobs()[0]["state"] == "delivered", 60)
             assert gateway.wait_until(lambda: not gateway.notices_queued(), timeout=30)
             [job] = gateway.jobs()
@@ -94,21 +128,23 @@ def test_a_late_stat_result_is_told_once_and_the_result_replaces_it(
         assert listener.errors.empty()  # both valid ORU^R01 v2.5, strictly parsed
     [orc], [obr], [obx] = (segments(delay, kind) for kind in ("ORC", "OBR", "OBX"))
     assert (orc[5], obr[25], obr[5], obx[11]) == ("IP", "I", "S", "I")
-    # Where the study is depends on how far its sending got in a second: it says which.
+    name = tissue_volume.manifest("v")["name"]
     assert obx[5].startswith("AI result delayed: no result after ")
-    product = tissue_volume.manifest("v")["name"]
-    assert f"{product} has not answered" in obx[5] or "not yet reached the national" in obx[5]
+    assert f"minutes: no answer from {name} yet" in obx[5]
     assert obr[3].split("^")[0] == job["exchange_job_id"] == job["delay_announced_as"]
-    # The result goes under the same order, and completes it.
+    # The result goes under the same order, completes it, STAT as it was, the delay withdrawn.
     [result_obr] = segments(result, "OBR")
-    assert result_obr[3] == obr[3] and result_obr[25] == "P"
+    assert (result_obr[3], result_obr[25], result_obr[5]) == (obr[3], "P", "S")
+    assert result_obr[22] >= obr[22]  # its status changed after the delay's
+    withdrawn = segments(result, "OBX")[-1]
+    assert withdrawn[3].startswith("AI_RESULT_DELAYED^") and withdrawn[11] == "D"
     assert (alert["event"], alert["status"], alert["priority"]) == (
         "aifi.result.delayed",
         "delayed",
         "stat",
     )
     assert alert["reason"] == obx[5].removeprefix("AI result delayed: ")
-    assert (after["status"], after["delivery_id"] != alert["delivery_id"]) == ("available", True)
+    assert (then["status"], then["delivery_id"] != alert["delivery_id"]) == ("available", True)
     # Each notice took the patient's identity to the RIS: on record.
     assert [detail.split(" of ")[0] for detail in told] == ["delay", "result"]
 
@@ -116,94 +152,170 @@ def test_a_late_stat_result_is_told_once_and_the_result_replaces_it(
 def test_a_routine_job_or_a_hospital_that_turned_delays_off_is_not_told(
     held: tuple[National, threading.Event], tmp_path: Path
 ) -> None:
-    """However late: looked at an hour on, neither a routine job nor, with `announce_delayed`
-    off, a STAT one is told."""
+    """However late: looked at two hours on, neither a routine job nor, with
+    `announce_delayed` off, a STAT one is told."""
     national, release = held
     files, _ = a_study(tmp_path)
     with Hl7Listener() as listener:
         port = free_port()
-        notifications = {"hl7": hl7(listener), "delayed_after_seconds": 1}
+        notifications = {"hl7": hl7(listener), "delayed_after_seconds": AN_HOUR}
         gateway = started(configure(national, tmp_path, port, notifications, priority="routine"))
         try:
             storescu(files, port)
-            submitted = ["submitted"]
-            assert gateway.wait_until(
-                lambda: [job["state"] for job in gateway.jobs()] == submitted, timeout=60
-            )
-            gateway.delays.announce_due(now=time.time() + 3600)
-            [job] = gateway.jobs()
-            assert job["delay_announced_as"] is None
+            job = at_the_exchange(gateway)
+            later = time.time() + 2 * AN_HOUR
+            gateway.delays.announce_due(now=later)
+            assert gateway.jobs()[0]["delay_announced_as"] is None
             assert gateway.state.queued_notices_of(int(job["id"])) == []
             # The same job run STAT would be told: the look above could have told it.
-            # Turned off first: the gateway's own watch looks meanwhile too.
-            gateway.config.notifications.announce_delayed = False
             gateway.state.update_job(int(job["id"]), priority="stat")
-            gateway.delays.announce_due(now=time.time() + 3600)
+            gateway.config.notifications.announce_delayed = False
+            gateway.delays.announce_due(now=later)
             assert gateway.jobs()[0]["delay_announced_as"] is None
             gateway.config.notifications.announce_delayed = True
-            gateway.delays.announce_due(now=time.time() + 3600)
+            gateway.delays.announce_due(now=later)
             assert gateway.jobs()[0]["delay_announced_as"] == job["exchange_job_id"]
             told = listener.received.get(timeout=30)
         finally:
             release.set()
             gateway.stop()
-    [obx] = segments(told, "OBX")  # at the exchange, its product holding it
-    assert (
-        f"no result after 60 minutes: {tissue_volume.manifest('v')['name']} has not answered"
-        in obx[5]
-    )
+    [obr] = segments(told, "OBR")
+    assert obr[25] == "I"
 
 
-def unsent_job(state: GatewayState, priority: str | None, created_at: float, key: str = "") -> int:
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def out_of_reach(tmp_path: Path, port: int, listener: Hl7Listener) -> Path:
+    """A gateway whose exchange (and PACS) is out of reach, routing CT STAT."""
+    path = tmp_path / "gateway.yaml"
+    config = {
+        "hospital": "hospital-a",
+        "workdir": str(tmp_path / "gateway"),
+        "exchange": {"url": f"http://127.0.0.1:{closed_port()}", "api_key": "aifi_unused"},
+        "dicom": {"ae_title": "AIFI_GW", "host": "127.0.0.1", "port": port, "quiet_seconds": 0.3},
+        "routes": [{"product": "aifi-ich", "modalities": ["CT"], "priority": "stat"}],
+        "pacs": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": closed_port()}],
+        "notifications": {"hl7": hl7(listener), "delayed_after_seconds": AN_HOUR},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_a_stat_study_that_arrives_while_the_exchange_is_out_of_reach_is_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Never prepared for sending (the exchange could not be asked about its product), the
+    study is named from its spooled images, under an id the gateway makes; the late look
+    asks nothing of the exchange."""
+    files, study_uid = a_study(tmp_path)
+    with Hl7Listener() as listener:
+        port = free_port()
+        gateway = Gateway(load_config(out_of_reach(tmp_path, port, listener)))
+        gateway.start()
+        try:
+            storescu(files, port)
+            assert gateway.wait_until(lambda: len(gateway.jobs()) == 1, timeout=60)
+            asked: list[str] = []  # by this thread: the sender's own retries go on meanwhile
+            ask = gateway.client.request
+
+            def request(*args: Any, **kwargs: Any) -> Any:
+                if threading.current_thread() is threading.main_thread():
+                    asked.append(str(args[1]))
+                return ask(*args, **kwargs)
+
+            monkeypatch.setattr(gateway.client, "request", request)
+            gateway.delays.announce_due(now=time.time() + 2 * AN_HOUR)
+            [job] = gateway.jobs()
+            told = listener.received.get(timeout=30)
+            in_vault = gateway.vault.pseudonym_of(study_uid)
+        finally:
+            gateway.stop()
+        # The engineer finds the order the RIS holds among the gateway's jobs.
+        [listed] = job_statuses(gateway.config.workdir / "state.db")
+    assert (job["state"], job["exchange_job_id"], asked) == ("pending", None, [])
+    assert job["delay_announced_as"] == announced_as("hospital-a", job)
+    assert listed.delay_announced_as == job["delay_announced_as"]
+    [pid], [obr], [obx] = (segments(told, kind) for kind in ("PID", "OBR", "OBX"))
+    assert "HOSP-31" in pid[3]
+    assert obr[3].split("^")[0] == job["delay_announced_as"] and obr[25] == "I"
+    assert "the study has not yet reached the national exchange" in obx[5]
+    if in_vault is not None:  # prepared meanwhile: its pseudonym still never reaches the RIS
+        assert in_vault not in told.text
+
+
+def unsent_job(
+    state: GatewayState, priority: str | None, created_at: float, key: str = "", product: str = ""
+) -> int:
     """A job of the study still to be sent: the exchange has not numbered it."""
     with state.transaction() as db:
         job = db.execute(
             "INSERT INTO jobs (study_uid, round, product_id, priority, idempotency_key, state, "
-            "study_last_at, created_at) VALUES (?, 1, 'aifi-ich', ?, ?, 'pending', 0, ?)",
-            (ORIGINAL, priority, key or f"{PSEUDONYM}:aifi-ich:1", created_at),
+            "study_last_at, created_at) VALUES (?, 1, ?, ?, ?, 'pending', 0, ?)",
+            (
+                ORIGINAL,
+                product or "aifi-ich",
+                priority,
+                key or f"{PSEUDONYM}:aifi-ich:1",
+                created_at,
+            ),
         ).lastrowid
     assert job is not None
     return int(job)
 
 
-def watch(parts: Parts, settings: NotificationSettings, catalogue: dict[str, Any]) -> DelayWatch:
+def watch(
+    parts: Parts,
+    settings: NotificationSettings,
+    catalogue: Callable[[str], Any] = lambda _product: None,
+) -> DelayWatch:
     return DelayWatch(
         hospital="hospital-a",
         state=parts.state,
         vault=parts.vault,
         settings=settings,
-        catalogue=catalogue.get,
+        catalogue=catalogue,
         announce=parts.sender.announce_delay,
+        close=parts.sender.queue,
+        covered=lambda job_id: parts.state.covering_job(job_id) is not None,
         stop=threading.Event(),
     )
+
+
+def drained(listener: Hl7Listener) -> list[ReceivedHl7]:
+    return [listener.received.get() for _ in range(listener.received.qsize())]
 
 
 def test_a_study_that_never_reached_the_exchange_is_told_under_an_id_of_its_own(
     tmp_path: Path,
 ) -> None:
     """The exchange out of reach: the job has no exchange id yet. Its delay goes under one
-    made from its key, which its later notice goes under too; it says where the study is."""
+    made from its key, which its later notice goes under too, its time the later."""
     with Hl7Listener() as listener:
         settings = NotificationSettings(hl7=hl7_endpoint(listener.port))
         parts = Parts(tmp_path, settings)
         try:
             job = unsent_job(parts.state, None, created_at=1000.0)
-            entry = {"name": "AIFI ICH", "version": "1.2.0", "manifest": {"priority": "stat"}}
-            delays = watch(parts, settings, {"aifi-ich": entry})
+            delays = watch(parts, settings, {"aifi-ich": ENTRY}.get)
             # The product's turnaround (unset in its entry: the catalogue's default, 600 s).
             assert delays.announce_due(now=1500.0) == pytest.approx(30.0)
-            assert parts.state.delay_announced_as(job) is None
-            assert delays.announce_due(now=1601.0) == pytest.approx(30.0)
+            assert parts.state.queued_notices_of(job) == []
+            delays.announce_due(now=1601.0)
             parts.sender.send_due(urgent=True)
             told = listener.received.get(timeout=30)
             announced = parts.state.delay_announced_as(job)
-            # Sent at last, as exchange job x-9; it failed: the news goes under the delay's id.
+            # Sent at last, as exchange job x-9, whose product ended it five minutes before:
+            # the news goes under the delay's id, and is not dated before the delay.
             parts.state.update_job(job, state="ended", exchange_job_id="x-9")
             later = QueuedNotice(
                 kind="no-result",
                 exchange_job_id="x-9",
                 product_id="aifi-ich",
                 unavailable="the product could not analyse the study",
+                completed_at=datetime.now(UTC) - timedelta(minutes=5),
                 pseudonym_study_uid=PSEUDONYM,
                 original_study_uid=ORIGINAL,
             )
@@ -221,10 +333,11 @@ def test_a_study_that_never_reached_the_exchange_is_told_under_an_id_of_its_own(
     assert "10 minutes" in obx[5] and "has not yet reached the national exchange" in obx[5]
     assert PSEUDONYM not in told.text  # the pseudonym never reaches the RIS
     [follows_obr] = segments(follows, "OBR")
-    assert follows_obr[3] == obr[3] and follows_obr[25] == "X"
+    assert (follows_obr[3], follows_obr[25]) == (obr[3], "X")
+    assert follows_obr[22] >= obr[22]
 
 
-def test_a_delay_overtaken_by_its_result_is_not_sent_and_the_result_goes_stat(
+def test_a_delay_overtaken_by_its_result_is_not_sent_and_the_result_goes_as_its_own(
     tmp_path: Path,
 ) -> None:
     with Hl7Listener() as listener:
@@ -232,19 +345,13 @@ def test_a_delay_overtaken_by_its_result_is_not_sent_and_the_result_goes_stat(
         parts = Parts(tmp_path, settings)
         try:
             job = unsent_job(parts.state, "stat", created_at=0.0)
-            delays = watch(parts, settings, {})
-            delays.announce_due(now=3600.0)  # stat by its route: the catalogue is not needed
+            delays = watch(parts, settings)
+            delays.announce_due(now=3600.0)  # STAT by its route: the catalogue is not needed
             assert [row["kind"] for row in parts.state.queued_notices_of(job)] == ["delayed"]
             delays.announce_due(now=7200.0)  # told once
             assert len(parts.state.queued_notices_of(job)) == 1
-            routine = QueuedNotice(
-                kind="result",
-                exchange_job_id="x-1",
-                product_id="aifi-ich",
-                pseudonym_study_uid=PSEUDONYM,
-                original_study_uid=ORIGINAL,
-            )
-            parts.sender.queue(job, routine)
+            parts.state.update_job(job, state="submitted", exchange_job_id="x-1")
+            parts.sender.queue(job, result("x-1"))
             [queued] = parts.state.queued_notices_of(job)
             sent = parts.state.due_notices(urgent=True, now=time.time())
             # Another STAT job, told, that ended with nothing to tell before its delay went.
@@ -256,11 +363,133 @@ def test_a_delay_overtaken_by_its_result_is_not_sent_and_the_result_goes_stat(
         finally:
             parts.close()
         # The pass sent job 1's result and nothing else: neither delay went out.
-        result = listener.received.get(timeout=30)
-        assert listener.received.empty()
-    [obr] = segments(result, "OBR")
-    assert obr[25] == "P"
-    # The result, routine by itself, follows its delay's lane; the delay is done, unsent.
+        [message] = drained(listener)
+    # The result, routine by itself, follows its delay's lane; the delay is done, unsent;
+    # no receiver heard of a delay, so the result goes as its own, nothing withdrawn.
     assert (queued["kind"], queued["urgent"]) == ("result", 1)
     assert [row["kind"] for row in sent] == ["result"]
-    assert left == []  # the other's delay left the queue, unsent
+    assert left == []
+    [obr] = segments(message, "OBR")
+    assert (obr[3].split("^")[0], obr[25], obr[5]) == ("x-1", "P", "R")
+    assert not any(obx[3].startswith("AI_RESULT_DELAYED") for obx in segments(message, "OBX"))
+
+
+def at_the_exchange_for_an_hour(parts: Parts) -> int:
+    job = unsent_job(parts.state, "stat", created_at=time.time() - AN_HOUR)
+    parts.state.update_job(job, state="submitted", exchange_job_id="x-1")
+    return job
+
+
+def test_no_delay_once_the_result_came_home_or_its_notice_is_queued(tmp_path: Path) -> None:
+    """The gateway queues a result's notice, then stores it in the PACS: the job stays
+    'submitted' until every PACS took it (a slow or refusing PACS: hours). A delay then
+    would undo the result at the RIS (OBR-25 I after P; the FHIR report back to registered):
+    it is never told, neither after the notice went nor while it waits to go."""
+    with Hl7Listener() as listener, FhirReceiver() as fhir:
+        settings = NotificationSettings(
+            hl7=hl7_endpoint(listener.port),
+            fhir=FhirEndpoint(base_url=fhir.base_url, retries=0),
+            delayed_after_seconds=600,
+        )
+        parts = Parts(tmp_path, settings)
+        try:
+            sent = at_the_exchange_for_an_hour(parts)
+            parts.sender.queue(sent, result("x-1", TriageFlag.POSITIVE, urgent=True))
+            parts.sender.send_due(urgent=True)
+            waiting = unsent_job(parts.state, "stat", time.time() - AN_HOUR, key="k2")
+            parts.state.update_job(waiting, state="submitted", exchange_job_id="x-2")
+            parts.sender.queue(waiting, result("x-2"))  # on the routine lane, not yet sent
+            home = unsent_job(parts.state, "stat", time.time() - AN_HOUR, key="k3")
+            parts.state.update_job(home, state="submitted", result_seen_at=time.time())
+            watch(parts, settings).announce_due()
+            parts.sender.send_due(urgent=True)
+            parts.sender.send_due(urgent=False)
+            told = [parts.state.job(job)["delay_announced_as"] for job in (sent, waiting, home)]
+        finally:
+            parts.close()
+        statuses = [segments(message, "OBR")[0][25] for message in drained(listener)]
+        reports = fhir.resources("DiagnosticReport")
+    assert told == [None, None, None]
+    assert statuses == ["P", "P"]
+    assert sorted(report["status"] for report in reports) == ["preliminary", "preliminary"]
+
+
+def test_no_delay_is_told_before_a_restore_is_checked_with_the_exchange(tmp_path: Path) -> None:
+    """Restored from a backup, a STAT job stands 'submitted' as the backup held it; the lost
+    disk may have brought its result home and told the RIS since."""
+    with Hl7Listener() as listener:
+        settings = NotificationSettings(hl7=hl7_endpoint(listener.port), delayed_after_seconds=60)
+        parts = Parts(tmp_path, settings)
+        try:
+            job = at_the_exchange_for_an_hour(parts)
+            parts.state.record_restore(backup_taken_at=time.time() - 600)
+            delays = watch(parts, settings)
+            delays.announce_due()
+            before = parts.state.queued_notices_of(job)
+            restore = parts.state.restore_to_reconcile()
+            assert restore is not None
+            parts.state.restore_reconciled(int(restore["id"]))
+            delays.announce_due()
+            after = parts.state.queued_notices_of(job)
+        finally:
+            parts.close()
+    assert before == [] and [row["kind"] for row in after] == ["delayed"]
+
+
+def test_one_products_unreadable_catalogue_entry_keeps_no_other_delay_untold(
+    tmp_path: Path,
+) -> None:
+    with Hl7Listener() as listener:
+        settings = NotificationSettings(hl7=hl7_endpoint(listener.port))
+        parts = Parts(tmp_path, settings)
+        try:
+            unsent_job(parts.state, None, created_at=0.0, key="k0", product="other")  # made first
+            job = unsent_job(parts.state, None, created_at=10.0)
+
+            def catalogue(product: str) -> Any:
+                if product == "other":  # a proxy's page where the entry was
+                    raise ValueError("Expecting value: line 1 column 1 (char 0)")
+                return ENTRY
+
+            watch(parts, settings, catalogue).announce_due(now=AN_HOUR)
+            queued = parts.state.queued_notices_of(job)
+        finally:
+            parts.close()
+    assert [row["kind"] for row in queued] == ["delayed"]
+
+
+@pytest.mark.parametrize(
+    ("ends", "said"),
+    [
+        ("refused", CLOSING_BECAUSE["refused"]),
+        ("skipped", CLOSING_BECAUSE["skipped"]),
+    ],
+)
+def test_a_job_told_late_that_ends_with_nothing_to_tell_closes_its_order(
+    tmp_path: Path, ends: str, said: str
+) -> None:
+    """Told "the result, or news that none will come, follows"; then the exchange refused the
+    job, or it was found sent before: the order the RIS holds in process is closed under
+    the same id, with why, not left waiting for ever."""
+    with Hl7Listener() as listener:
+        settings = NotificationSettings(hl7=hl7_endpoint(listener.port), delayed_after_seconds=60)
+        parts = Parts(tmp_path, settings)
+        try:
+            job = unsent_job(parts.state, "stat", created_at=time.time() - AN_HOUR)
+            delays = watch(parts, settings)
+            delays.announce_due()
+            parts.sender.send_due(urgent=True)
+            if ends == "refused":  # as `Gateway._refuse` does, with no notice of its own
+                parts.state.refuse(job, "the exchange refused the job: product withdrawn")
+            else:
+                parts.state.update_job(job, state="skipped")
+            delays.announce_due()
+            delays.announce_due()  # closed once
+            parts.sender.send_due(urgent=True)
+        finally:
+            parts.close()
+        told, closed = drained(listener)
+    [obr], [closing_obr] = segments(told, "OBR"), segments(closed, "OBR")
+    assert (obr[25], closing_obr[25], closing_obr[3]) == ("I", "X", obr[3])
+    [obx, withdrawn] = segments(closed, "OBX")
+    assert obx[5] == f"No AI result: {said}" and withdrawn[11] == "D"

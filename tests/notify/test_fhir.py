@@ -297,7 +297,9 @@ def requests(bundle: Bundle) -> list[tuple[str, str, str | None]]:
     ]
 
 
-def test_a_delay_is_one_registered_report_put_in_a_valid_bundle(delayed: ResultNotice) -> None:
+def test_a_delay_is_one_registered_report_created_in_a_valid_bundle(
+    delayed: ResultNotice,
+) -> None:
     sent = build_transaction(delayed, endpoint())
     bundle = Bundle.model_validate_json(sent.model_dump_json(exclude_none=True))
     assert bundle.type == "transaction"
@@ -307,7 +309,8 @@ def test_a_delay_is_one_registered_report_put_in_a_valid_bundle(delayed: ResultN
     assert report.status == "registered"
     assert report.conclusion == f"AI result delayed: {WHY}"
     assert report.result is None and report.conclusionCode is None
-    assert requests(bundle) == [("PUT", REPORT_URL, None)]
+    # A conditional create: where the job's report exists, a delay changes nothing.
+    assert requests(bundle) == [("POST", "DiagnosticReport", REPORT_CONDITION)]
 
 
 def test_a_delay_keeps_the_report_identifier_subject_and_study(
@@ -391,3 +394,17 @@ def test_the_server_ends_with_one_cancelled_report_after_a_delay(
     (report,) = fhir_receiver.resources("DiagnosticReport")
     assert (report["status"], report["conclusion"]) == ("cancelled", f"No AI result: {REASON}")
     assert fhir_receiver.resources("Observation") == []
+
+
+def test_a_delay_that_comes_after_the_result_does_not_undo_its_report(
+    fhir_receiver: FhirReceiver,
+) -> None:
+    """Should a delay ever reach the server after the job's result (it is never told once
+    the result came home), the preliminary report and its observations stand."""
+    target = endpoint(fhir_receiver.base_url)
+    post_fhir(build_transaction(make_notice(make_summary()), target), target)
+    (before,) = fhir_receiver.resources("DiagnosticReport")
+    assert before["status"] == "preliminary" and before["result"]
+    post_fhir(build_transaction(make_delayed(), target), target)
+    (after,) = fhir_receiver.resources("DiagnosticReport")
+    assert after == before

@@ -249,14 +249,15 @@ def test_no_result_cancels_a_report_the_job_already_has(
     assert "result" not in report
 
 
-def test_a_delay_pages_first_and_its_result_replaces_it(
+def test_a_delay_goes_everywhere_stat_first_and_its_result_replaces_it(
     hl7_listener: Hl7Listener,
     fhir_receiver: FhirReceiver,
     webhook_receiver: WebhookReceiver,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A STAT study's result late: every channel, the pager first, each under an id of its
-    own; the log says what it is. The result that follows takes the report's place."""
+    """A STAT study's result late: every channel, the STAT ones (HL7, the pager) started
+    first, each under an id of its own; the log says what it is. The result that follows
+    takes the report's place."""
     late = make_delayed()
     configured = settings(hl7_listener.port, fhir_receiver.base_url, webhook_receiver.url)
     with Notifier(configured) as notifier, caplog.at_level(logging.INFO, "aifi.gateway.notify"):

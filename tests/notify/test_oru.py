@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -438,20 +437,30 @@ def test_a_delay_has_a_control_id_of_its_own_stable_per_job(
 def test_what_follows_a_delay_is_filed_on_the_same_order(
     follows: ResultNotice, status: str, orc_5: str, delayed: ResultNotice
 ) -> None:
-    """The message it would have been anyway: the job's own control id, not the delay's,
-    and on the same order (OBR-3), whose status I it replaces."""
+    """The message it would have been anyway (the job's own control id, not the delay's, on
+    the same order, OBR-3, whose status I it replaces), but that the order stays STAT and
+    the delay's observation is withdrawn (OBX-11 D), for a RIS that keeps observations by
+    their code rather than replacing the order's."""
     message, late = received(follows), received(delayed)
     plain = make_notice(make_summary()) if follows.available else make_unavailable(stat_study=True)
-    at = datetime(2025, 3, 1, 10, 50, tzinfo=UTC)
-    assert build_oru_r01(follows, ENDPOINT, sent_at=at).to_er7() == (
-        build_oru_r01(plain, ENDPOINT, sent_at=at).to_er7()
-    )
+    assert message.msh.msh_10.to_er7() == received(plain).msh.msh_10.to_er7()
     assert message.msh.msh_10.to_er7() != late.msh.msh_10.to_er7()
     assert order(message).obr.obr_3.to_er7() == order(late).obr.obr_3.to_er7()
     assert (order(message).obr.obr_25.to_er7(), order(message).orc.orc_5.to_er7()) == (
         status,
         orc_5,
     )
+    assert order(message).obr.obr_5.to_er7() == "S"
+    *kept, withdrawn = observations(message)
+    assert kept == observations(received(plain))
+    assert withdrawn["code"].startswith("AI_RESULT_DELAYED^") and withdrawn["status"] == "D"
+    assert withdrawn["value"] == ""
+
+
+def test_a_negative_result_after_a_delay_keeps_the_order_stat() -> None:
+    negative = make_summary(TriageFlag.NEGATIVE)
+    assert order(received(make_notice(negative))).obr.obr_5.to_er7() == "R"
+    assert order(received(make_notice(negative, after_delay=True))).obr.obr_5.to_er7() == "S"
 
 
 def test_a_hostile_or_long_delay_reason_cannot_break_the_message() -> None:

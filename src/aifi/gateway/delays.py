@@ -6,13 +6,17 @@ sent again after the exchange lost it, a product behind its queue, a worker kill
 gateway says so once, on the STAT lane, so that nobody goes on waiting or reads the silence
 as a negative finding. The result, or the news that none will come, follows as usual under
 the same identifiers, and replaces what the delay notice made at each receiver
-(`ResultNotice.after_delay`).
+(`ResultNotice.after_delay`); a job told late that then ends with nothing to tell (refused,
+found sent before) gets a closing notice, so that no order stays in process for ever.
 
-A job is late when `delayed_after_seconds` (or, unset, its product's turnaround in the
-catalogue) have passed since the gateway made it, and it is still to be sent or still at
-the exchange. Whether it runs STAT is its route's priority or, when the route leaves it to
-the product, the product's in the catalogue, read as last fetched: the exchange may be the
-very thing that is out of reach.
+A job is late `delayed_after_seconds` after the gateway made it (the hospital's own bound on
+the whole wait), or, unset, its product's turnaround in the catalogue after it reached the
+exchange (what the vendor promises, measured there; from when the gateway made it while it
+has not). Whether it runs STAT is its route's priority or, when the route leaves it to the
+product, the product's in the catalogue as the gateway last read it: never read here, as the
+exchange may be the very thing out of reach, and a lookup would wait out its retries.
+A delay is not told while a restore is still to be checked with the exchange, nor once the
+job's result came home or its notice was queued (`GatewayState.announce_delay`).
 """
 
 from __future__ import annotations
@@ -36,10 +40,18 @@ log = logging.getLogger(__name__)
 DEFAULT_TURNAROUND_SECONDS = 600.0
 #: The longest between two looks (a job made wakes the watch: `DelayWatch.wake`).
 LOOK_EVERY_SECONDS = 30.0
-#: The next look at a late job that could not be named yet (its study still being prepared).
-NAME_AGAIN_SECONDS = 2.0
 #: Ids of delay notices of jobs the exchange has not numbered yet (never sent).
 _ANNOUNCED_NAMESPACE = uuid.UUID("5d0c3f0e-8a51-4b4e-9d57-2f9b1c6a7e43")
+#: What a job told late says when it then ends with nothing to tell, by its state at the
+#: gateway: the gateway's own words, as every reason the RIS gets.
+CLOSING_BECAUSE = {
+    "refused": "the study could not be sent for analysis",
+    "skipped": "the product analysed these images before; its earlier result stands",
+    "ended": "the analysis ended without a result",
+    "delivered": "the analysis ended without a result",
+}
+#: ... and when another job of its study brings the product's result instead.
+COVERED = "the product's result comes with another order of the same study"
 
 #: A product's catalogue entry, as last read (None: never read).
 Catalogue = Callable[[str], Mapping[str, Any] | None]
@@ -56,12 +68,13 @@ def announced_as(hospital: str, job: Mapping[str, Any]) -> str:
 
 def why_late(job: Mapping[str, Any], product: str, waited: float) -> str:
     """The delay in the gateway's own words (never the vendor's, which may name
-    pseudonyms): how long, and whether the study has reached the exchange at all."""
+    pseudonyms): how long, and whether the study has reached the exchange at all. Which of
+    the exchange and the product is behind, the gateway cannot tell, and does not say."""
     span = f"{max(1, round(waited))} s" if waited < 120 else f"{round(waited / 60)} minutes"
     where = (
         "the study has not yet reached the national exchange"
         if job["exchange_job_id"] is None
-        else f"{product} has not answered"
+        else f"no answer from {product} yet"
     )
     return f"no result after {span}: {where}; the result, or news that none will come, follows"
 
@@ -79,6 +92,8 @@ class DelayWatch:
         settings: NotificationSettings,
         catalogue: Catalogue,
         announce: Callable[[int, str, QueuedNotice], bool],
+        close: Callable[[int, QueuedNotice], None],
+        covered: Callable[[int], bool],
         stop: threading.Event,
     ) -> None:
         self._hospital = hospital
@@ -87,6 +102,8 @@ class DelayWatch:
         self._settings = settings
         self._catalogue = catalogue
         self._announce = announce
+        self._close = close
+        self._covered = covered
         self._stop = stop
         self._wake = threading.Event()
 
@@ -109,52 +126,58 @@ class DelayWatch:
             self._wake.wait(wait)
 
     def announce_due(self, now: float | None = None) -> float:
-        """Queue the delay notice of every STAT job late by `now`; the seconds until the next
-        look (when the next job under way is due, at most `LOOK_EVERY_SECONDS`)."""
+        """Queue the delay notice of every STAT job late by `now`, and the closing notice of
+        every job told late that ended with nothing to tell; the seconds until the next look
+        (when the next job under way is due, at most `LOOK_EVERY_SECONDS`)."""
         configured = self._settings.delayed_after_seconds
         look = min(LOOK_EVERY_SECONDS, configured or LOOK_EVERY_SECONDS)
         if not self.enabled:
             return LOOK_EVERY_SECONDS
         now = time.time() if now is None else now
-        products: dict[str, Mapping[str, Any] | None] = {}
         for job in self._state.delays_to_tell(now):
             if self._stop.is_set():
                 break
-            product_id = str(job["product_id"])
-            if product_id not in products:
-                products[product_id] = self._catalogue(product_id)
-            entry = products[product_id]
-            after = self._late_after(job, entry)
-            if after is None:
-                continue
-            due = float(job["created_at"]) + after
-            if due > now:
-                look = min(look, due - now)
-                continue
-            if not self._tell(job, entry, now - float(job["created_at"])):
-                look = min(look, NAME_AGAIN_SECONDS)
+            try:
+                due = self._due(job)
+                if due is None:
+                    continue
+                if due > now:
+                    look = min(look, due - now)
+                    continue
+                self._tell(job, now - float(job["created_at"]))
+            except Exception:  # one job's fault must not keep the others untold
+                log.exception("job %s: its delay could not be told", job["id"])
+        for job in self._state.told_and_left():
+            try:
+                self._close_order(job)
+            except Exception:
+                log.exception("job %s: its order told late could not be closed", job["id"])
         return max(look, 0.1)
 
-    def _late_after(self, job: Mapping[str, Any], entry: Mapping[str, Any] | None) -> float | None:
-        """Seconds after which the job is late; None when it does not run STAT (or, its route
-        leaving it to the product, the product's priority has never been read)."""
+    def _due(self, job: Mapping[str, Any]) -> float | None:
+        """When the job is late; None when it does not run STAT (or, its route leaving it to
+        the product, the product's priority has never been read)."""
+        configured = self._settings.delayed_after_seconds
+        if job["priority"] == "stat" and configured is not None:
+            return float(job["created_at"]) + configured
+        entry = self._catalogue(str(job["product_id"]))
         manifest = entry.get("manifest", {}) if entry is not None else {}
         if (job["priority"] or manifest.get("priority")) != "stat":
             return None
-        if self._settings.delayed_after_seconds is not None:
-            return self._settings.delayed_after_seconds
-        return float(manifest.get("turnaround_sla_seconds") or DEFAULT_TURNAROUND_SECONDS)
+        if configured is not None:
+            return float(job["created_at"]) + configured
+        turnaround = float(manifest.get("turnaround_sla_seconds") or DEFAULT_TURNAROUND_SECONDS)
+        return float(job["submitted_at"] or job["created_at"]) + turnaround
 
-    def _tell(self, job: Mapping[str, Any], entry: Mapping[str, Any] | None, waited: float) -> bool:
-        """Queue the job's delay notice; False when its study cannot be named yet."""
-        job_id, study_uid = int(job["id"]), str(job["study_uid"])
-        pseudonym = self._vault.pseudonym_of(study_uid)
-        if pseudonym is None:  # not yet prepared for sending: nothing can name it yet
-            log.info("job %s: its result is late, but its study cannot be named yet", job_id)
-            return False
-        product_id = str(job["product_id"])
-        name = str(entry["name"]) if entry is not None else None
-        version = str(entry["version"]) if entry is not None else None
+    def _names(self, product_id: str) -> tuple[str | None, str | None]:
+        entry = self._catalogue(product_id)
+        if entry is None:
+            return None, None
+        return str(entry["name"]), str(entry["version"])
+
+    def _tell(self, job: Mapping[str, Any], waited: float) -> None:
+        job_id, product_id = int(job["id"]), str(job["product_id"])
+        name, version = self._names(product_id)
         key = announced_as(self._hospital, job)
         queued = QueuedNotice(
             kind="delayed",
@@ -166,12 +189,37 @@ class DelayWatch:
             delayed=why_late(job, name or product_id, waited),
             stat_study=True,
             urgent=True,
-            pseudonym_study_uid=pseudonym,
-            original_study_uid=study_uid,
+            # Not yet pseudonymised (the exchange out of reach before the gateway could
+            # prepare it): the sender names the patient from the spool.
+            pseudonym_study_uid=self._vault.pseudonym_of(str(job["study_uid"])) or "",
+            original_study_uid=str(job["study_uid"]),
         )
         if self._announce(job_id, key, queued):
             log.warning(
                 "job %s: STAT result of %s late after %.0f s; its delay is announced",
                 job_id, product_id, waited,
             )  # fmt: skip
-        return True
+
+    def _close_order(self, job: Mapping[str, Any]) -> None:
+        """The notice that no result will come under the id its delay went under, so that
+        the order the RIS holds in process is closed, with why."""
+        job_id, product_id = int(job["id"]), str(job["product_id"])
+        name, version = self._names(product_id)
+        reason = COVERED if self._covered(job_id) else CLOSING_BECAUSE[str(job["state"])]
+        self._close(
+            job_id,
+            QueuedNotice(
+                kind="no-result",
+                exchange_job_id=str(job["exchange_job_id"] or job["delay_announced_as"]),
+                product_id=product_id,
+                product_name=name,
+                product_version=version,
+                completed_at=datetime.now(UTC),
+                unavailable=reason,
+                stat_study=True,
+                urgent=True,
+                pseudonym_study_uid=self._vault.pseudonym_of(str(job["study_uid"])) or "",
+                original_study_uid=str(job["study_uid"]),
+            ),
+        )
+        log.info("job %s: told late, it ended with nothing to tell: %s", job_id, reason)

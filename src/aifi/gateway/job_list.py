@@ -64,6 +64,9 @@ class JobStatus:
     pacs: list[str]
     notices: list[NoticeStatus]
     notices_queued: int
+    #: The id the RIS knows the job's order by, when its STAT result was told late: the
+    #: exchange job's, or one the gateway made for a job not sent then (None: not told).
+    delay_announced_as: str | None = None
 
 
 def job_statuses(
@@ -163,6 +166,7 @@ def _status(
         pacs=_pacs(deliveries),
         notices=[_notice(row) for row in sorted(notices, key=lambda row: row["channel"])],
         notices_queued=queued,
+        delay_announced_as=job.get("delay_announced_as"),
     )
 
 

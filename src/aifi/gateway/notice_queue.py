@@ -25,7 +25,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -71,6 +71,8 @@ class QueuedNotice(BaseModel):
     #: The job ran STAT (its route or its product said so): its notices go on the STAT
     #: thread and are never held off, whatever the result's triage.
     urgent: bool = False
+    #: Empty for a delay notice of a study not yet pseudonymised (the exchange out of reach
+    #: before the gateway could prepare it): its identity is read from the spool instead.
     pseudonym_study_uid: str
     original_study_uid: str
 
@@ -92,7 +94,9 @@ class QueuedNotice(BaseModel):
             summary=self.summary,
             study=OriginalStudy.from_vault(known[0], dict(known[1])),
             result_sop_instance_uids=self.result_sop_instance_uids,
-            completed_at=self.completed_at,
+            # After a delay, the status change is now: a receiver keeping the newest by its
+            # time must not take the result, ended before the delay was told, for older.
+            completed_at=datetime.now(UTC) if after_delay else self.completed_at,
             unavailable=self.unavailable,
             stat_study=self.stat_study,
             delayed=self.delayed,
@@ -128,6 +132,7 @@ class NoticeSender:
         stop: threading.Event,
         changed: Callable[[], None],
         done: Callable[[str], None] = lambda _exchange_job_id: None,
+        spooled: Callable[[str], Mapping[str, str] | None] = lambda _study_uid: None,
     ) -> None:
         self._hospital = hospital
         self._state = state
@@ -138,6 +143,8 @@ class NoticeSender:
         self._changed = changed
         #: Told each exchange job whose notice is done with: its acknowledgement waits for it.
         self._done = done
+        #: The identity of a study the vault does not know yet, read from its spooled images.
+        self._spooled = spooled
         self._wake = {True: threading.Event(), False: threading.Event()}
         self._recoveries_seen = 0
         self._recoveries_lock = threading.Lock()
@@ -232,7 +239,7 @@ class NoticeSender:
             self._leave_queue(job_id, kind, "")
             return
         try:
-            known = self._vault.study(queued.pseudonym_study_uid)
+            known = self._known(queued)
             if known is None or known[0] != queued.original_study_uid:
                 self._cannot_name(job_id, queued)
                 done = True
@@ -260,17 +267,25 @@ class NoticeSender:
             )  # fmt: skip
         self._changed()
 
+    def _known(self, queued: QueuedNotice) -> tuple[str, Mapping[str, str]] | None:
+        """The study as the hospital knows it: from the vault, or for a study not yet
+        pseudonymised from its spooled images."""
+        if queued.pseudonym_study_uid:
+            return self._vault.study(queued.pseudonym_study_uid)
+        if (known := self._vault.pseudonym_of(queued.original_study_uid)) is not None:
+            return self._vault.study(known)  # prepared since
+        attributes = self._spooled(queued.original_study_uid)
+        return (queued.original_study_uid, attributes) if attributes is not None else None
+
     def _delay_still_to_tell(self, job_id: int) -> bool:
-        """A delay notice goes while its job is under way and delays are announced: one whose
-        job ended since (its result or the news that none will come is sent instead, or there
-        is nothing to tell), or queued before the hospital turned delay notices off, leaves
-        the queue unsent."""
+        """A delay notice goes while its job is under way, its result not come home nor its
+        notice queued, and delays are announced: otherwise it leaves the queue unsent (a
+        delay after the result would undo the result at the receiver)."""
         if not self._notifier.settings.announce_delayed:
             log.info("job %s: its delay notice is no longer sent", job_id)
             self._state.give_up_notifications(job_id, (), NO_LONGER_SENT)
             return False
-        job = self._state.job_or_none(job_id)
-        return job is not None and job["state"] in ("pending", "submitted")
+        return self._state.delay_still_to_tell(job_id)
 
     def _no_longer_announced(self, job_id: int, queued: QueuedNotice) -> None:
         """Queued before `announce_unavailable` was turned off: the hospital no longer wants
@@ -383,6 +398,11 @@ class NoticeSender:
                     "%s: job %s's %s notice is recorded in state.db only", exc, job_id,
                     outcome.channel,
                 )  # fmt: skip
+        if kind == "delayed" and any(
+            row["ok"] and row["kind"] == kind
+            for row in self._state.notification_outcomes(job_id).values()
+        ):
+            self._state.delay_told(job_id)  # what follows goes under its id, replacing it
         channels = self._notifier.channels(notice)
         self._state.give_up_notifications(job_id, channels, NO_LONGER_SENT)
         outcomes = self._state.notification_outcomes(job_id, kind)

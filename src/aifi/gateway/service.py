@@ -19,6 +19,7 @@ from typing import Any, TypeGuard
 
 import httpx
 import pydicom
+from pydicom.errors import InvalidDicomError
 from pynetdicom import evt
 
 from aifi.app_thread import AppThread
@@ -42,6 +43,7 @@ from aifi.gateway.lost_jobs import ASK_AFTER_SECONDS, LISTED_JOB, Outcome, Submi
 from aifi.gateway.metrics import MetricsServer, start_metrics_server
 from aifi.gateway.notice_queue import NO_LONGER_SENT, NoticeSender, QueuedNotice
 from aifi.gateway.notify import Notifier
+from aifi.gateway.notify.notice import IDENTITY_KEYWORDS
 from aifi.gateway.pseudonymise import (
     AlreadyOpen,
     Halted,
@@ -361,6 +363,7 @@ class Gateway:
             stop=self._stop,
             changed=self._notify,
             done=self._notice_done,
+            spooled=self._spooled_identity,
         )
         #: STAT jobs whose result is late: their delay is told, once.
         self.delays = DelayWatch(
@@ -368,8 +371,10 @@ class Gateway:
             state=self.state,
             vault=self.vault,
             settings=config.notifications,
-            catalogue=self._catalogue_entry,
+            catalogue=self.client.known_product,
             announce=self.notices.announce_delay,
+            close=self.notices.queue,
+            covered=lambda job_id: self.state.covering_job(job_id) is not None,
             stop=self._stop,
         )
         self._threads: list[threading.Thread] = []
@@ -2447,17 +2452,25 @@ class Gateway:
             return None, None
         return str(entry["name"]), str(entry["version"])
 
-    def _catalogue_entry(self, product_id: str) -> dict[str, Any] | None:
-        """The product's catalogue entry as last read, else read now; None when the exchange
-        cannot say (its priority and turnaround are then not known)."""
-        entry = self.client.known_product(product_id)
-        if entry is not None:
-            return entry
-        try:
-            return self.client.product(product_id)
-        except (ExchangeHTTPError, httpx.TransportError) as exc:
-            log.info("product %s: not in the catalogue as read (%s)", product_id, exc)
-            return None
+    def _spooled_identity(self, study_uid: str) -> dict[str, str] | None:
+        """The patient and study as the hospital's images name them, read from a spooled
+        instance: for a notice about a study the vault does not know yet (never prepared
+        for sending). None when no instance of it can be read."""
+        for row in self.state.query(
+            "SELECT path FROM instances WHERE study_uid = ? ORDER BY received_at LIMIT 3",
+            (study_uid,),
+        ):
+            try:
+                header = pydicom.dcmread(
+                    row["path"], stop_before_pixels=True, specific_tags=list(IDENTITY_KEYWORDS)
+                )
+            except (OSError, InvalidDicomError) as exc:
+                log.info("study's spooled instance cannot be read for a notice: %s", exc)
+                continue
+            return {
+                keyword: str(header.get(keyword, "") or "").strip() for keyword in IDENTITY_KEYWORDS
+            }
+        return None
 
     def _key_image(self, local_id: int, results: list[Path], target: Path) -> None:
         """Keep a key image for the web pages; a failure here never holds up delivery."""

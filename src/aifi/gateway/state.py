@@ -110,9 +110,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     -- listing, its acknowledgement not through, is known as this job's
     replaced_exchange_job_id TEXT,
     replaced_for TEXT,  -- what the exchange's store lost of that job: images | results
-    -- the job ran STAT and its result was late: the id its delay notice went under, which
-    -- its later notice goes under too (`announce_delay`); NULL: no delay was told
-    delay_announced_as TEXT
+    -- the job ran STAT and its result was late: the id its delay notice went under
+    -- (`announce_delay`); NULL: no delay was queued
+    delay_announced_as TEXT,
+    -- when a channel first took the delay notice: the job's later notice then goes under
+    -- `delay_announced_as`, replacing it (`delay_told`); NULL: no receiver heard of a delay
+    delay_told_at REAL
 );
 CREATE INDEX IF NOT EXISTS ix_jobs_state ON jobs(state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS ix_jobs_study ON jobs(study_uid);  -- a study's jobs: retention, re-sends
@@ -235,6 +238,7 @@ COLUMNS: dict[str, dict[str, tuple[str, str | None]]] = {
     "jobs": {
         "inputs_digest": ("TEXT", None),  # not known: nothing is skipped for the job
         "delay_announced_as": ("TEXT", None),  # no delay was told before
+        "delay_told_at": ("REAL", None),
         "replaced_exchange_job_id": ("TEXT", None),
         # A job sent again before this column came was sent again for lost images.
         "replaced_for": (
@@ -430,6 +434,15 @@ def _round_failed(db: sqlite3.Connection, study_uid: str) -> bool:
         is not None
     )
 
+
+#: A job whose delay may be told (`GatewayState.announce_delay`): under way (to be sent, or
+#: at the exchange), not told before, its result not come home, and no notice of its result
+#: or of none queued (a delay after the result would undo it at the receiver).
+_DELAY_TO_TELL = (
+    "{job}.state IN ('pending', 'submitted') AND {job}.delay_announced_as IS NULL "
+    "AND {job}.result_seen_at IS NULL AND NOT EXISTS (SELECT 1 FROM queued_notices q "
+    "WHERE q.job_id = {job}.id)"
+)
 
 #: Tries per notice channel before its failure is left on record and the job moves on.
 MAX_NOTICE_ATTEMPTS = 5
@@ -1651,35 +1664,72 @@ class GatewayState(StateReads):
             return _insert_notice(db, job_id, kind, notice, urgent=urgent, now=time.time())
 
     def delays_to_tell(self, created_before: float) -> list[dict[str, Any]]:
-        """Jobs under way (to be sent, or at the exchange) made before `created_before`
-        whose delay was not told and that may run STAT (their route says so, or leaves it to
-        the product): those whose result may be late (`announce_delay`)."""
+        """Jobs made before `created_before` whose delay may be told (`_DELAY_TO_TELL`) and
+        that may run STAT (their route says so, or leaves it to the product)."""
+        if self.query("SELECT 1 FROM restores WHERE reconciled_at IS NULL LIMIT 1"):
+            return []  # a restored job may have been brought home since: not until checked
         return self.query(
-            "SELECT id, study_uid, product_id, priority, created_at, exchange_job_id, "
-            "idempotency_key FROM jobs WHERE state IN ('pending', 'submitted') "
-            "AND delay_announced_as IS NULL AND created_at < ? "
-            "AND (priority = 'stat' OR priority IS NULL) ORDER BY created_at",
+            "SELECT id, study_uid, product_id, priority, created_at, submitted_at, "
+            "exchange_job_id, idempotency_key FROM jobs WHERE "
+            + _DELAY_TO_TELL.format(job="jobs")
+            + " AND created_at < ? AND (priority = 'stat' OR priority IS NULL) "
+            "ORDER BY created_at",
             (created_before,),
         )
 
     def announce_delay(self, job_id: int, announced_as: str, notice: str) -> bool:
         """Queue the job's delay notice (on the STAT lane) and keep the id it goes under, in
-        one transaction: its later notice goes under that id, replacing what the delay notice
-        made. Once a job: False when its delay was told before, or it is no longer under way."""
+        one transaction. Once a job, and only while its delay may be told: False when it was
+        told before, or the job's result came home or its notice was queued meanwhile."""
         with self.transaction() as db:
             changed = db.execute(
-                "UPDATE jobs SET delay_announced_as = ? WHERE id = ? "
-                "AND state IN ('pending', 'submitted') AND delay_announced_as IS NULL",
+                "UPDATE jobs SET delay_announced_as = ? WHERE id = ? AND "
+                + _DELAY_TO_TELL.format(job="jobs"),
                 (announced_as, job_id),
             ).rowcount
             if changed:
                 _insert_notice(db, job_id, "delayed", notice, urgent=True, now=time.time())
         return bool(changed)
 
+    def delay_still_to_tell(self, job_id: int) -> bool:
+        """Whether the job's queued delay notice may still go: its job under way, its result
+        not come home, and no notice of its result or of none queued (sent or not)."""
+        return bool(
+            self.query(
+                "SELECT 1 FROM jobs WHERE id = ? AND state IN ('pending', 'submitted') "
+                "AND result_seen_at IS NULL AND NOT EXISTS (SELECT 1 FROM queued_notices q "
+                "WHERE q.job_id = jobs.id AND q.kind != 'delayed')",
+                (job_id,),
+            )
+        )
+
+    def delay_told(self, job_id: int) -> None:
+        """A channel took the job's delay notice: what follows it goes under its id."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET delay_told_at = COALESCE(delay_told_at, ?) WHERE id = ?",
+                (time.time(), job_id),
+            )
+
     def delay_announced_as(self, job_id: int) -> str | None:
-        """The id the job's delay notice went under (None: no delay was told)."""
-        rows = self.query("SELECT delay_announced_as AS id FROM jobs WHERE id = ?", (job_id,))
+        """The id the job's delay notice went under, once a channel took it (None: no
+        receiver heard of a delay, and the job's notices go under its own id)."""
+        rows = self.query(
+            "SELECT delay_announced_as AS id FROM jobs WHERE id = ? AND delay_told_at IS NOT NULL",
+            (job_id,),
+        )
         return str(rows[0]["id"]) if rows and rows[0]["id"] else None
+
+    def told_and_left(self) -> list[dict[str, Any]]:
+        """Jobs whose delay a receiver heard of that then left without a notice to follow it
+        (refused, skipped as sent before, or settled with nothing to tell): their order would
+        stay in process at the RIS, and the radiologist would wait on."""
+        return self.query(
+            "SELECT * FROM jobs WHERE delay_told_at IS NOT NULL AND ("
+            "state IN ('refused', 'skipped') OR (state IN ('ended', 'delivered') "
+            "AND acknowledged_at IS NOT NULL)) AND NOT EXISTS (SELECT 1 FROM queued_notices q "
+            "WHERE q.job_id = jobs.id AND q.kind != 'delayed')"
+        )
 
     def due_notices(self, urgent: bool, now: float, limit: int = 50) -> list[dict[str, Any]]:
         """The queued notices of one lane due by `now`: those never tried on a receiver first

@@ -142,7 +142,9 @@ def build_transaction(notice: ResultNotice, endpoint: FhirEndpoint | None = None
             full_url(notice, "report"),
             report,
             settings.identifier_system,
-            replace=not notice.available or notice.after_delay,
+            # A delay is a conditional create: where the job's report exists (its result's,
+            # which a delay never follows, or the delay's own), it changes nothing.
+            replace=notice.kind == "no-result" or notice.after_delay,
         )
     )
     return Bundle.model_validate(

@@ -85,6 +85,8 @@ _KEYWORDS = {
     "study_time": "StudyTime",
     "study_description": "StudyDescription",
 }
+#: What a notice names of the patient and study (`OriginalStudy`), by DICOM keyword.
+IDENTITY_KEYWORDS = tuple(_KEYWORDS.values())
 
 
 @dataclass(frozen=True)

@@ -196,6 +196,8 @@ NO_AI_RESULT = _local("AI result unavailable", "NO_AI_RESULT")
 DELAYED_STATUS = "I"
 #: OBX-3 of the one observation of a notice that the result is late.
 AI_RESULT_DELAYED = _local("AI result delayed", "AI_RESULT_DELAYED")
+#: OBX-11 of that observation in what follows the delay: table 0085 "Deletes the OBX record".
+DELETED_STATUS = "D"
 
 
 def observations(notice: ResultNotice) -> list[Observation]:
@@ -207,6 +209,15 @@ def observations(notice: ResultNotice) -> list[Observation]:
     result for the label to qualify, and a label next to "no result" would read as if
     something had been found.
     """
+    found = _observations(notice)
+    if notice.after_delay:
+        # The delay's observation is withdrawn (table 0085 D: delete the OBX record), for a
+        # RIS that keeps an order's observations by OBX-3 rather than replacing them all.
+        found.append(Observation("ST", AI_RESULT_DELAYED, "", result_status=DELETED_STATUS))
+    return found
+
+
+def _observations(notice: ResultNotice) -> list[Observation]:
     statement = notice.no_result_statement
     if statement is not None:
         late = notice.delayed is not None
@@ -281,7 +292,8 @@ def build_oru_r01(
         (the message says which segment or field).
     """
     moment = sent_at or datetime.now(UTC)
-    priority = "S" if notice.stat else "R"
+    # An order told late stays STAT, whatever the result that ends it says.
+    priority = "S" if notice.stat or notice.after_delay else "R"
     try:
         message = Message("ORU_R01", version=VERSION, validation_level=VALIDATION_LEVEL.STRICT)
         _header(message, notice, endpoint, moment)

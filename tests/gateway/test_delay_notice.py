@@ -12,10 +12,14 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import MethodType, SimpleNamespace
 from typing import Any
 
+import pydicom
 import pytest
 import yaml
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from aifi.gateway.config import load_config
 from aifi.gateway.delays import CLOSING_BECAUSE, DelayWatch, announced_as
@@ -24,7 +28,7 @@ from aifi.gateway.notice_queue import QueuedNotice
 from aifi.gateway.notify import FhirEndpoint, NotificationSettings
 from aifi.gateway.notify.receivers import FhirReceiver, Hl7Listener, ReceivedHl7, WebhookReceiver
 from aifi.gateway.service import Gateway
-from aifi.gateway.state import GatewayState
+from aifi.gateway.state import _NOTICE_OUTCOME, GatewayState
 from aifi.products import tissue_volume
 from aifi.results.summary import TriageFlag
 from aifi.vendor import JobContext, ProductResult
@@ -159,7 +163,8 @@ def test_a_routine_job_or_a_hospital_that_turned_delays_off_is_not_told(
     with Hl7Listener() as listener:
         port = free_port()
         notifications = {"hl7": hl7(listener), "delayed_after_seconds": AN_HOUR}
-        gateway = started(configure(national, tmp_path, port, notifications, priority="routine"))
+        path = configure(national, tmp_path, port, notifications, priority="routine")
+        gateway = started(path)
         try:
             storescu(files, port)
             job = at_the_exchange(gateway)
@@ -181,6 +186,16 @@ def test_a_routine_job_or_a_hospital_that_turned_delays_off_is_not_told(
             gateway.stop()
     [obr] = segments(told, "OBR")
     assert obr[25] == "I"
+    # Restarted (while the exchange may be out of reach), the gateway still knows which
+    # products run STAT, and in what time, as it last read them: it asks nobody.
+    again = Gateway(load_config(path))
+    try:
+        assert again.client.known_product(tissue_volume.PRODUCT_ID) is None
+        kept = again._known_product(tissue_volume.PRODUCT_ID)
+    finally:
+        again.close()
+    assert kept is not None
+    assert kept["manifest"] == {"priority": "stat", "turnaround_sla_seconds": AN_HOUR}
 
 
 def closed_port() -> int:
@@ -380,7 +395,7 @@ def at_the_exchange_for_an_hour(parts: Parts) -> int:
     return job
 
 
-def test_no_delay_once_the_result_came_home_or_its_notice_is_queued(tmp_path: Path) -> None:
+def test_no_delay_once_the_results_notice_is_queued(tmp_path: Path) -> None:
     """The gateway queues a result's notice, then stores it in the PACS: the job stays
     'submitted' until every PACS took it (a slow or refusing PACS: hours). A delay then
     would undo the result at the RIS (OBR-25 I after P; the FHIR report back to registered):
@@ -399,17 +414,15 @@ def test_no_delay_once_the_result_came_home_or_its_notice_is_queued(tmp_path: Pa
             waiting = unsent_job(parts.state, "stat", time.time() - AN_HOUR, key="k2")
             parts.state.update_job(waiting, state="submitted", exchange_job_id="x-2")
             parts.sender.queue(waiting, result("x-2"))  # on the routine lane, not yet sent
-            home = unsent_job(parts.state, "stat", time.time() - AN_HOUR, key="k3")
-            parts.state.update_job(home, state="submitted", result_seen_at=time.time())
             watch(parts, settings).announce_due()
             parts.sender.send_due(urgent=True)
             parts.sender.send_due(urgent=False)
-            told = [parts.state.job(job)["delay_announced_as"] for job in (sent, waiting, home)]
+            told = [parts.state.job(job)["delay_announced_as"] for job in (sent, waiting)]
         finally:
             parts.close()
         statuses = [segments(message, "OBR")[0][25] for message in drained(listener)]
         reports = fhir.resources("DiagnosticReport")
-    assert told == [None, None, None]
+    assert told == [None, None]
     assert statuses == ["P", "P"]
     assert sorted(report["status"] for report in reports) == ["preliminary", "preliminary"]
 
@@ -493,3 +506,253 @@ def test_a_job_told_late_that_ends_with_nothing_to_tell_closes_its_order(
     assert (obr[25], closing_obr[25], closing_obr[3]) == ("I", "X", obr[3])
     [obx, withdrawn] = segments(closed, "OBX")
     assert obx[5] == f"No AI result: {said}" and withdrawn[11] == "D"
+
+
+def told_late(parts: Parts, settings: NotificationSettings, exchange_id: str = "x-1") -> int:
+    """A STAT job at the exchange for an hour, its delay told to the RIS."""
+    job = unsent_job(parts.state, "stat", created_at=time.time() - AN_HOUR)
+    parts.state.update_job(job, state="submitted", exchange_job_id=exchange_id)
+    watch(parts, settings).announce_due()
+    parts.sender.send_due(urgent=True)
+    assert parts.state.delay_announced_as(job) == exchange_id
+    return job
+
+
+def settler(parts: Parts) -> Any:
+    """Just what `Gateway._settle_brought_home` uses of the gateway (no exchange asked: the
+    job's exchange job completed, its store lost nothing)."""
+    stub = SimpleNamespace(state=parts.state)
+    stub._sent_again_after_backup = lambda _local, _remote: False
+    stub._noting_acknowledgements = MethodType(Gateway._noting_acknowledgements, stub)
+    stub._record_acknowledged = MethodType(Gateway._record_acknowledged, stub)
+    return stub
+
+
+def test_a_result_delivered_by_a_lost_disk_is_not_cancelled_by_a_closing_notice(
+    tmp_path: Path,
+) -> None:
+    """The delay was told before the backup; the disk lost since brought the result home and
+    told the RIS (OBR-25 P under the delay's id). Restored, the gateway settles the job as
+    delivered (`_settle_brought_home`): no result notice in this state, acknowledged. The
+    delay watch takes it for a job 'told and left' and cancels the order (OBR-25 X, "the
+    analysis ended without a result") over the result the RIS holds."""
+    with Hl7Listener() as listener:
+        settings = NotificationSettings(hl7=hl7_endpoint(listener.port), delayed_after_seconds=60)
+        parts = Parts(tmp_path, settings)
+        try:
+            job = told_late(parts, settings)
+            now = datetime.now(UTC).isoformat()
+            remote = {
+                "id": "x-1",
+                "state": "completed",
+                "acknowledged_at": now,
+                "ended_at": now,
+                "delivery": "delivered",
+            }
+            Gateway._settle_brought_home(settler(parts), parts.state.job(job), remote)
+            assert parts.state.job(job)["state"] == "delivered"
+            watch(parts, settings).announce_due()
+            parts.sender.send_due(urgent=True)
+            queued = [row["kind"] for row in parts.state.query(
+                "SELECT kind FROM queued_notices WHERE job_id = ? AND kind != 'delayed'", (job,)
+            )]  # fmt: skip
+        finally:
+            parts.close()
+        messages = drained(listener)
+    cancelled = [
+        (segments(m, "OBR")[0][3], segments(m, "OBX")[0][5])
+        for m in messages
+        if segments(m, "OBR")[0][25] == "X"
+    ]
+    assert cancelled == [], "a delivered result was cancelled at the RIS"
+    assert queued == []
+
+
+def test_turning_delays_off_does_not_leave_orders_told_late_in_process(tmp_path: Path) -> None:
+    """`announce_delayed: false` (the rollback procedure asks for it) stops new delays; an
+    order the RIS already holds in process must still be closed when its job is refused."""
+    with Hl7Listener() as listener:
+        settings = NotificationSettings(hl7=hl7_endpoint(listener.port), delayed_after_seconds=60)
+        parts = Parts(tmp_path, settings)
+        try:
+            job = told_late(parts, settings)
+            settings.announce_delayed = False
+            parts.state.refuse(job, "the exchange refused the job: product withdrawn")
+            watch(parts, settings).announce_due()
+            closing = [
+                row["kind"] for row in parts.state.query(
+                    "SELECT kind FROM queued_notices WHERE job_id = ?", (job,)
+                ) if row["kind"] == "no-result"
+            ]  # fmt: skip
+        finally:
+            parts.close()
+    assert closing == ["no-result"], "the order told late stays in process at the RIS for ever"
+
+
+def test_a_job_seen_ended_whose_results_cannot_be_fetched_is_still_told_late(
+    tmp_path: Path,
+) -> None:
+    """`result_seen_at` is set as `collect` first sees the job ended, before anything is
+    fetched. The exchange then goes out of reach mid-download (or the disk is full, or the
+    disclosure log): no result notice is queued, nothing is in the PACS, no delivery failed
+    (so GatewayDeliveryFailing cannot fire), and a product-STAT job (route priority NULL) is
+    not in aifi_gateway_stat_waiting_seconds either. The radiologist hears nothing."""
+    with Hl7Listener() as listener:
+        settings = NotificationSettings(hl7=hl7_endpoint(listener.port))
+        parts = Parts(tmp_path, settings)
+        try:
+            job = unsent_job(parts.state, None, created_at=time.time() - AN_HOUR)
+            parts.state.update_job(
+                job,
+                state="submitted",
+                exchange_job_id="x-1",
+                submitted_at=time.time() - AN_HOUR,
+                result_seen_at=time.time() - AN_HOUR / 2,
+            )
+            watch(parts, settings, {"aifi-ich": ENTRY}.get).announce_due()
+            failed = parts.state.query("SELECT 1 FROM deliveries WHERE job_id = ?", (job,))
+            kinds = [row["kind"] for row in parts.state.queued_notices_of(job)]
+        finally:
+            parts.close()
+    assert failed == []  # nothing for GatewayDeliveryFailing to see
+    assert kinds == ["delayed"], "a STAT job whose results never came home is never told late"
+
+
+def spooled(folder: Path, study_uid: str, series_uid: str, patient_id: str) -> Path:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+    ds.PatientID, ds.PatientName, ds.Modality = patient_id, f"{patient_id}^X", "CT"
+    path = folder / f"{ds.SOPInstanceUID}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize("other", ["OTHER-1", "HOSP-77"])
+def test_the_spool_names_one_patient_or_none(tmp_path: Path, other: str) -> None:
+    """A study never prepared for sending is named from its spooled images: from the first
+    in the order the vault would take it (by series, then instance), and only when every
+    image names the same patient. A series of another patient filed under the study (a
+    mis-filed series, received first) must not put that patient's name on the order."""
+    with Hl7Listener() as listener:
+        settings = NotificationSettings(hl7=hl7_endpoint(listener.port))
+        parts = Parts(tmp_path, settings)
+        try:
+            folder = tmp_path / "spool"
+            folder.mkdir()
+            study = "1.2.826.0.1.3680043.8.498.99"
+            rows = [  # received first: a series the route did not select, another patient's
+                ("1.2.9", spooled(folder, study, "1.2.9", other), 1.0),
+                ("1.2.1", spooled(folder, study, "1.2.1", "HOSP-77"), 2.0),
+            ]
+            with parts.state.transaction() as db:
+                for series, path, at in rows:
+                    uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+                    db.execute(
+                        "INSERT INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (uid, study, series, "1.2.840.10008.5.1.4.1.1.2", "CT", "", "", "",
+                         str(path), path.stat().st_size, "MOD", at),
+                    )  # fmt: skip
+            gateway: Any = SimpleNamespace(state=parts.state)  # what the method reads of it
+            named = Gateway._spooled_identity(gateway, study)
+        finally:
+            parts.close()
+    if other == "HOSP-77":
+        assert named is not None and named["PatientName"] == "HOSP-77^X"
+    else:
+        assert named is None
+
+
+def test_a_delay_that_leaves_the_queue_unsent_does_not_page_for_ever(tmp_path: Path) -> None:
+    """The RIS is down as the delay is tried: its row is 'retrying'. The job is then refused
+    before the delay's retry: the delay leaves the queue unsent, and what its row still had
+    to retry is given up, or GatewayStatNoticeFailing would page for ever."""
+    with socket.socket() as sock:  # a port nobody listens on: the RIS down
+        sock.bind(("127.0.0.1", 0))
+        down = int(sock.getsockname()[1])
+    settings = NotificationSettings(hl7=hl7_endpoint(down), delayed_after_seconds=60)
+    parts = Parts(tmp_path, settings)
+    try:
+        job = unsent_job(parts.state, "stat", created_at=time.time() - AN_HOUR)
+        watch(parts, settings).announce_due()
+        parts.sender.send_due(urgent=True)
+        parts.state.refuse(job, "the exchange refused the job: product withdrawn")
+        parts.sender.send_due(urgent=True, now=time.time() + AN_HOUR)  # its retry comes round
+        left = parts.state.queued_notices_of(job)
+        outcomes = parts.state.query(
+            f"SELECT channel, {_NOTICE_OUTCOME.format(row='notifications')} AS outcome "
+            "FROM notifications WHERE job_id = ?",
+            (job,),
+        )
+    finally:
+        parts.close()
+    assert left == []  # the delay left the queue
+    assert [row["outcome"] for row in outcomes] == ["failed"]
+
+
+def test_a_delay_queued_in_the_backup_is_not_sent_before_the_restore_is_checked(
+    tmp_path: Path,
+) -> None:
+    """The backup was taken while a STAT job's delay waited in the queue (the RIS down, say).
+    Restored, the STAT notice thread starts at once and sends it, before the results thread
+    checks the restore with the exchange: the disk lost since may have brought the result
+    home and told the RIS, which now gets the delay after the result (OBR-25 I after P).
+    `delays_to_tell` waits for the check; `delay_still_to_tell` does not."""
+    with Hl7Listener() as listener:
+        settings = NotificationSettings(hl7=hl7_endpoint(listener.port), delayed_after_seconds=60)
+        parts = Parts(tmp_path, settings)
+        try:
+            job = unsent_job(parts.state, "stat", created_at=time.time() - AN_HOUR)
+            parts.state.update_job(job, state="submitted", exchange_job_id="x-1")
+            watch(parts, settings).announce_due()  # queued; the backup is taken now
+            parts.state.record_restore(backup_taken_at=time.time())
+            parts.sender.send_due(urgent=True)
+            sent = drained(listener)
+        finally:
+            parts.close()
+    assert sent == [], "a delay from the backup went out before the restore was checked"
+
+
+def test_a_delay_that_cannot_name_its_study_yet_waits_and_shows_as_retrying(
+    tmp_path: Path,
+) -> None:
+    """Never prepared for sending, and its images do not name one patient: nobody is named
+    on a guess. The delay stays queued, STAT and retrying, so the hospital's monitoring sees
+    it held up; once the study is prepared (the vault knows it), it goes."""
+    with Hl7Listener() as listener:
+        settings = NotificationSettings(hl7=hl7_endpoint(listener.port), delayed_after_seconds=60)
+        parts = Parts(tmp_path, settings)
+        try:
+            unknown = "1.2.826.0.1.3680043.8.498.5"
+            with parts.state.transaction() as db:
+                job = db.execute(
+                    "INSERT INTO jobs (study_uid, round, product_id, priority, idempotency_key, "
+                    "state, study_last_at, created_at) VALUES (?, 1, 'aifi-ich', 'stat', 'k9', "
+                    "'pending', 0, ?)",
+                    (unknown, time.time() - AN_HOUR),
+                ).lastrowid
+            assert job is not None
+            watch(parts, settings).announce_due()
+            parts.sender.send_due(urgent=True)
+            waiting = parts.state.queued_notices_of(job)
+            [row] = parts.state.notification_outcomes(job).values()
+            parts.vault.remember(
+                {}, original_study_uid=unknown, pseudonym_study_uid="2.25.5",
+                patient_pseudonym="P5",
+                original_attributes={"PatientID": "HOSP-5", "PatientName": "Smit^Jan"},
+            )  # fmt: skip
+            parts.sender.send_due(urgent=True, now=time.time() + AN_HOUR)
+            told = listener.received.get(timeout=30)
+        finally:
+            parts.close()
+    assert [queued["kind"] for queued in waiting] == ["delayed"]
+    assert (row["ok"], row["retryable"], row["stat"]) == (0, 1, 1)
+    assert "cannot be named yet" in row["detail"]
+    [pid] = segments(told, "PID")
+    assert "HOSP-5" in pid[3] and "2.25.5" not in told.text

@@ -71,11 +71,12 @@ def why_late(job: Mapping[str, Any], product: str, waited: float) -> str:
     pseudonyms): how long, and whether the study has reached the exchange at all. Which of
     the exchange and the product is behind, the gateway cannot tell, and does not say."""
     span = f"{max(1, round(waited))} s" if waited < 120 else f"{round(waited / 60)} minutes"
-    where = (
-        "the study has not yet reached the national exchange"
-        if job["exchange_job_id"] is None
-        else f"no answer from {product} yet"
-    )
+    if job["exchange_job_id"] is None:
+        where = "the study has not yet reached the national exchange"
+    elif job["result_seen_at"] is not None:
+        where = f"{product} has answered, and the gateway is still bringing the answer home"
+    else:
+        where = f"no answer from {product} yet"
     return f"no result after {span}: {where}; the result, or news that none will come, follows"
 
 
@@ -92,7 +93,7 @@ class DelayWatch:
         settings: NotificationSettings,
         catalogue: Catalogue,
         announce: Callable[[int, str, QueuedNotice], bool],
-        close: Callable[[int, QueuedNotice], None],
+        close: Callable[[int, QueuedNotice], bool],
         covered: Callable[[int], bool],
         stop: threading.Event,
     ) -> None:
@@ -106,10 +107,6 @@ class DelayWatch:
         self._covered = covered
         self._stop = stop
         self._wake = threading.Event()
-
-    @property
-    def enabled(self) -> bool:
-        return self._settings.configured and self._settings.announce_delayed
 
     def wake(self) -> None:
         """Look again now: jobs were made (their time runs from now), or the gateway stops."""
@@ -131,7 +128,15 @@ class DelayWatch:
         (when the next job under way is due, at most `LOOK_EVERY_SECONDS`)."""
         configured = self._settings.delayed_after_seconds
         look = min(LOOK_EVERY_SECONDS, configured or LOOK_EVERY_SECONDS)
-        if not self.enabled:
+        if not self._settings.configured:
+            return LOOK_EVERY_SECONDS
+        # Orders told late are closed even once delays are no longer announced.
+        for job in self._state.told_and_left():
+            try:
+                self._close_order(job)
+            except Exception:
+                log.exception("job %s: its order told late could not be closed", job["id"])
+        if not self._settings.announce_delayed:
             return LOOK_EVERY_SECONDS
         now = time.time() if now is None else now
         for job in self._state.delays_to_tell(now):
@@ -147,11 +152,6 @@ class DelayWatch:
                 self._tell(job, now - float(job["created_at"]))
             except Exception:  # one job's fault must not keep the others untold
                 log.exception("job %s: its delay could not be told", job["id"])
-        for job in self._state.told_and_left():
-            try:
-                self._close_order(job)
-            except Exception:
-                log.exception("job %s: its order told late could not be closed", job["id"])
         return max(look, 0.1)
 
     def _due(self, job: Mapping[str, Any]) -> float | None:
@@ -206,7 +206,7 @@ class DelayWatch:
         job_id, product_id = int(job["id"]), str(job["product_id"])
         name, version = self._names(product_id)
         reason = COVERED if self._covered(job_id) else CLOSING_BECAUSE[str(job["state"])]
-        self._close(
+        closed = self._close(
             job_id,
             QueuedNotice(
                 kind="no-result",
@@ -222,4 +222,5 @@ class DelayWatch:
                 original_study_uid=str(job["study_uid"]),
             ),
         )
-        log.info("job %s: told late, it ended with nothing to tell: %s", job_id, reason)
+        if closed:
+            log.info("job %s: told late, it ended with nothing to tell: %s", job_id, reason)

@@ -166,7 +166,7 @@ def _status(
         pacs=_pacs(deliveries),
         notices=[_notice(row) for row in sorted(notices, key=lambda row: row["channel"])],
         notices_queued=queued,
-        delay_announced_as=job.get("delay_announced_as"),
+        delay_announced_as=job.get("delay_announced_as") if job.get("delay_told_at") else None,
     )
 
 

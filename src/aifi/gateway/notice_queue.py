@@ -40,6 +40,13 @@ log = logging.getLogger(__name__)
 
 #: Why a notice still to be retried is given up: nobody will send it again.
 NO_LONGER_SENT = "given up: this notice no longer goes to this channel (configuration changed)"
+#: Why a delay notice still to be retried is given up.
+DELAY_OVERTAKEN = "given up: the result, or the news that none will come, came first"
+#: Why a notice of a study never prepared for sending waits.
+CANNOT_NAME_YET = (
+    "its study cannot be named yet: not yet prepared for sending, and its spooled images do not "
+    "name one patient"
+)
 #: Why a queued notice was not sent at all.
 STUDY_GONE = "given up: its study left the vault (retention) before the notice could be sent"
 #: The longest wait between two passes of a lane with nothing due.
@@ -165,6 +172,14 @@ class NoticeSender:
         self._wake[True].set()
         return True
 
+    def close_told(self, job_id: int, queued: QueuedNotice) -> bool:
+        """Queue the notice that no result will come for a job told late that left without
+        one, and wake the STAT lane; False when a notice to follow was queued meanwhile."""
+        if not self._state.close_told(job_id, queued.model_dump_json()):
+            return False
+        self._wake[True].set()
+        return True
+
     def wake(self) -> None:
         """Both lanes look again now (the gateway stops, say)."""
         for event in self._wake.values():
@@ -236,18 +251,23 @@ class NoticeSender:
             self._no_longer_announced(job_id, queued)
             return
         if kind == "delayed" and not self._delay_still_to_tell(job_id):
+            # What a receiver down still had to retry of it is given up: it would page for ever.
+            self._state.give_up_notifications(job_id, (), DELAY_OVERTAKEN, kind=kind)
             self._leave_queue(job_id, kind, "")
             return
         try:
-            known = self._known(queued)
-            if known is None or known[0] != queued.original_study_uid:
+            known, failure = self._known(queued), ""
+            if known is None and not queued.pseudonym_study_uid:
+                # Not yet prepared for sending, and its images name no one patient: tried
+                # again (the vault learns it once sent), a STAT notice retrying meanwhile.
+                done, failure = False, CANNOT_NAME_YET
+            elif known is None or known[0] != queued.original_study_uid:
                 self._cannot_name(job_id, queued)
                 done = True
             else:
                 announced_as = self._state.delay_announced_as(job_id)
                 notice = queued.notice(self._hospital, known, announced_as)
                 done = self.announce(job_id, queued, known, notice, first=first)
-            failure = ""
         except (OSError, sqlite3.Error, NotRecorded) as exc:
             done, failure = False, f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # one notice's fault must not hold up the others
@@ -368,7 +388,9 @@ class NoticeSender:
         patient, study = str(known[1].get("PatientID", "")), known[0]
         what = "result" if notice.available else "delay" if notice.delayed else "no result"
         always = first and (notice.stat or queued.urgent)
+        reached = False
         for outcome in self._notifier.notify(notice, skip=done, always_try=always):
+            reached = reached or outcome.tried
             other = rows.get(outcome.channel)
             if not outcome.tried and other is not None and other["kind"] != kind:
                 continue  # nothing sent: the row keeps what the job's other notice did
@@ -398,11 +420,10 @@ class NoticeSender:
                     "%s: job %s's %s notice is recorded in state.db only", exc, job_id,
                     outcome.channel,
                 )  # fmt: skip
-        if kind == "delayed" and any(
-            row["ok"] and row["kind"] == kind
-            for row in self._state.notification_outcomes(job_id).values()
-        ):
-            self._state.delay_told(job_id)  # what follows goes under its id, replacing it
+        if kind == "delayed" and reached:
+            # Sent, if not taken: a receiver that timed out may have kept it. What follows goes
+            # under its id, replacing it (harmless where the delay never arrived).
+            self._state.delay_told(job_id)
         channels = self._notifier.channels(notice)
         self._state.give_up_notifications(job_id, channels, NO_LONGER_SENT)
         outcomes = self._state.notification_outcomes(job_id, kind)

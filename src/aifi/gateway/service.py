@@ -371,10 +371,10 @@ class Gateway:
             state=self.state,
             vault=self.vault,
             settings=config.notifications,
-            catalogue=self.client.known_product,
+            catalogue=self._known_product,
             announce=self.notices.announce_delay,
-            close=self.notices.queue,
-            covered=lambda job_id: self.state.covering_job(job_id) is not None,
+            close=self.notices.close_told,
+            covered=self._covered,
             stop=self._stop,
         )
         self._threads: list[threading.Thread] = []
@@ -411,6 +411,8 @@ class Gateway:
         self._sending: dict[int, set[str]] = {}
         self._sending_lock = threading.Lock()
         self._closed = False
+        #: What `_known_product` last kept in the state, by product.
+        self._products_kept: dict[str, dict[str, Any]] = {}
         #: Whether a restore's jobs were checked with the exchange (`reconcile_restore`), by
         #: whichever of the sender and the results thread came first.
         self._reconciled = False
@@ -1628,8 +1630,10 @@ class Gateway:
             reason = f"{remote.get('reason') or remote['state']}; {note}"
             self.state.update_job(int(local["id"]), state="ended", reason=reason, **common)
         # Acknowledged, so its notices went out (the acknowledgement waits for them): one the
-        # backup still held queued is not sent a second time.
+        # backup still held queued is not sent a second time, and a delay it told was
+        # followed there.
         self.state.notice_done(int(local["id"]))
+        self.state.delay_followed(int(local["id"]))
         if exchange_id := remote.get("id") or local["exchange_job_id"]:
             self._record_acknowledged([str(exchange_id)], acknowledged)
         log.info("job %s: %s", local["id"], note)
@@ -2453,11 +2457,14 @@ class Gateway:
         return str(entry["name"]), str(entry["version"])
 
     def _spooled_identity(self, study_uid: str) -> dict[str, str] | None:
-        """The patient and study as the hospital's images name them, read from a spooled
-        instance: for a notice about a study the vault does not know yet (never prepared
-        for sending). None when no instance of it can be read."""
+        """The patient and study as the hospital's images name them, read from the spool:
+        for a notice about a study the vault does not know yet (never prepared for sending).
+        From the first instance in the order the vault would take it (by series, then
+        instance), and only when every instance names the same patient: a series filed under
+        the wrong study must not put another patient's name on the order. None otherwise."""
+        identity: dict[str, str] | None = None
         for row in self.state.query(
-            "SELECT path FROM instances WHERE study_uid = ? ORDER BY received_at LIMIT 3",
+            "SELECT path FROM instances WHERE study_uid = ? ORDER BY series_uid, sop_instance_uid",
             (study_uid,),
         ):
             try:
@@ -2465,12 +2472,43 @@ class Gateway:
                     row["path"], stop_before_pixels=True, specific_tags=list(IDENTITY_KEYWORDS)
                 )
             except (OSError, InvalidDicomError) as exc:
-                log.info("study's spooled instance cannot be read for a notice: %s", exc)
-                continue
-            return {
+                log.info("a spooled instance cannot be read to name its study: %s", exc)
+                return None
+            read = {
                 keyword: str(header.get(keyword, "") or "").strip() for keyword in IDENTITY_KEYWORDS
             }
-        return None
+            if not read["PatientID"] or (identity and read["PatientID"] != identity["PatientID"]):
+                log.warning("a study's spooled instances do not name one patient: not named")
+                return None
+            identity = identity or read
+        return identity
+
+    def _known_product(self, product_id: str) -> dict[str, Any] | None:
+        """What a late STAT job needs of the product's catalogue entry, as last read: by
+        this run of the gateway, else as a run before kept it. Never asks the exchange."""
+        entry = self.client.known_product(product_id)
+        if entry is None:
+            return self.state.remembered_product(product_id)
+        manifest = entry.get("manifest") or {}
+        kept = {
+            "name": entry.get("name"),
+            "version": entry.get("version"),
+            "manifest": {
+                key: manifest[key]
+                for key in ("priority", "turnaround_sla_seconds")
+                if key in manifest
+            },
+        }
+        if self._products_kept.get(product_id) != kept:
+            self.state.remember_product(product_id, kept)
+            self._products_kept[product_id] = kept
+        return kept
+
+    def _covered(self, job_id: int) -> bool:
+        """Another job of the study for the product brings its result: sent, or delivered
+        (one still to be sent may be refused in its turn)."""
+        other = self.state.covering_job(job_id)
+        return other is not None and other["state"] in ("submitted", "delivered")
 
     def _key_image(self, local_id: int, results: list[Path], target: Path) -> None:
         """Keep a key image for the web pages; a failure here never holds up delivery."""

@@ -113,9 +113,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     -- the job ran STAT and its result was late: the id its delay notice went under
     -- (`announce_delay`); NULL: no delay was queued
     delay_announced_as TEXT,
-    -- when a channel first took the delay notice: the job's later notice then goes under
+    -- when the delay notice first went to a receiver: the job's later notice then goes under
     -- `delay_announced_as`, replacing it (`delay_told`); NULL: no receiver heard of a delay
-    delay_told_at REAL
+    delay_told_at REAL,
+    -- when a notice to follow the delay was queued (or, after a restore, the exchange said a
+    -- lost disk brought the job home): its order is not left in process (`told_and_left`)
+    delay_followed_at REAL
 );
 CREATE INDEX IF NOT EXISTS ix_jobs_state ON jobs(state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS ix_jobs_study ON jobs(study_uid);  -- a study's jobs: retention, re-sends
@@ -161,6 +164,14 @@ CREATE TABLE IF NOT EXISTS notifications (
     at REAL NOT NULL,
     kind TEXT NOT NULL DEFAULT 'result',  -- result | no-result: which notice the row is of
     PRIMARY KEY (job_id, channel)
+);
+-- what the gateway last read of each product's catalogue entry that a late STAT job needs
+-- (priority, turnaround, name, version): a gateway restarted while the exchange is out of
+-- reach still knows which products run STAT (`aifi.gateway.delays`)
+CREATE TABLE IF NOT EXISTS products_seen (
+    product_id TEXT PRIMARY KEY,
+    entry TEXT NOT NULL,  -- JSON
+    read_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS totals (
     name TEXT PRIMARY KEY,   -- purged_studies | purged_instances | purged_bytes | ...
@@ -219,9 +230,11 @@ AFTER_COLUMNS = (
     " AND state IN ('ended', 'delivered', 'refused')",
     "CREATE INDEX IF NOT EXISTS ix_jobs_replaced ON jobs(replaced_exchange_job_id)"
     " WHERE replaced_exchange_job_id IS NOT NULL",
-    # the jobs told late (`told_and_left`, at every look for late jobs): a few STAT jobs,
-    # however many the gateway made
-    "CREATE INDEX IF NOT EXISTS ix_jobs_told_late ON jobs(state) WHERE delay_told_at IS NOT NULL",
+    # the jobs told late and not yet followed (`told_and_left`, at every look for late jobs):
+    # a few, however many the gateway made
+    "DROP INDEX IF EXISTS ix_jobs_told_late",
+    "CREATE INDEX IF NOT EXISTS ix_jobs_told_unfollowed ON jobs(state)"
+    " WHERE delay_told_at IS NOT NULL AND delay_followed_at IS NULL",
 )
 
 
@@ -242,6 +255,7 @@ COLUMNS: dict[str, dict[str, tuple[str, str | None]]] = {
         "inputs_digest": ("TEXT", None),  # not known: nothing is skipped for the job
         "delay_announced_as": ("TEXT", None),  # no delay was told before
         "delay_told_at": ("REAL", None),
+        "delay_followed_at": ("REAL", None),
         "replaced_exchange_job_id": ("TEXT", None),
         # A job sent again before this column came was sent again for lost images.
         "replaced_for": (
@@ -438,13 +452,23 @@ def _round_failed(db: sqlite3.Connection, study_uid: str) -> bool:
     )
 
 
-#: A job whose delay may be told (`GatewayState.announce_delay`): under way (to be sent, or
-#: at the exchange), not told before, its result not come home, and no notice of its result
-#: or of none queued (a delay after the result would undo it at the receiver).
+#: A restore not yet checked with the exchange: its jobs may have been brought home since.
+_RESTORE_UNCHECKED = "EXISTS (SELECT 1 FROM restores WHERE reconciled_at IS NULL)"
+#: A job whose delay may be told (`GatewayState.announce_delay`): made here (not adopted,
+#: round 0: ended at the exchange already), under way (to be sent, or at the exchange), not
+#: told before, and no notice of its result or of none queued (a delay after the result
+#: would undo it at the receiver); no restore still to be checked.
 _DELAY_TO_TELL = (
-    "{job}.state IN ('pending', 'submitted') AND {job}.delay_announced_as IS NULL "
-    "AND {job}.result_seen_at IS NULL AND NOT EXISTS (SELECT 1 FROM queued_notices q "
-    "WHERE q.job_id = {job}.id)"
+    "{job}.state IN ('pending', 'submitted') AND {job}.round > 0 "
+    "AND {job}.delay_announced_as IS NULL AND NOT EXISTS (SELECT 1 FROM queued_notices q "
+    f"WHERE q.job_id = {{job}}.id) AND NOT {_RESTORE_UNCHECKED}"
+)
+#: A job told late that left without a notice to follow (refused, skipped as sent before, or
+#: settled with nothing to tell): its order would stay in process at the RIS.
+_TOLD_AND_LEFT = (
+    "delay_told_at IS NOT NULL AND delay_followed_at IS NULL AND (state IN ('refused', "
+    "'skipped') OR (state IN ('ended', 'delivered') AND acknowledged_at IS NOT NULL)) "
+    f"AND NOT {_RESTORE_UNCHECKED}"
 )
 
 #: Tries per notice channel before its failure is left on record and the job moves on.
@@ -631,6 +655,11 @@ def _insert_notice(
             "SELECT 1 FROM jobs WHERE id = ? AND delay_announced_as IS NOT NULL", (job_id,)
         ).fetchone()
         urgent = urgent or told is not None
+        db.execute(
+            "UPDATE jobs SET delay_followed_at = ? WHERE id = ? AND delay_followed_at IS NULL "
+            "AND delay_announced_as IS NOT NULL",
+            (now, job_id),
+        )
     db.execute(
         "INSERT OR IGNORE INTO queued_notices (job_id, kind, notice, urgent, due_at, "
         "queued_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -1606,16 +1635,20 @@ class GatewayState(StateReads):
         rows = self.query("SELECT * FROM notifications WHERE job_id = ?", (job_id,))
         return {row["channel"]: row for row in rows if kind is None or row["kind"] == kind}
 
-    def give_up_notifications(self, job_id: int, keep: Iterable[str], why: str) -> None:
-        """End, as failed, the job's notices still to be retried on any channel but `keep`:
-        nobody will retry them (the channel left the configuration, or such notices were
-        turned off), and a notice left `retrying` would page for ever."""
+    def give_up_notifications(
+        self, job_id: int, keep: Iterable[str], why: str, kind: str | None = None
+    ) -> None:
+        """End, as failed, the job's notices (of `kind`, or any) still to be retried on any
+        channel but `keep`: nobody will retry them (the channel left the configuration, such
+        notices were turned off, or a delay's job ended before it could be told), and a
+        notice left `retrying` would page for ever."""
         kept = sorted(keep)
         pending = (
             f"job_id = ? AND NOT ok AND retryable AND attempts < ? "
             f"AND channel NOT IN ({', '.join('?' for _ in kept)})"
+            + ("" if kind is None else " AND kind = ?")
         )
-        values = (job_id, MAX_NOTICE_ATTEMPTS, *kept)
+        values = (job_id, MAX_NOTICE_ATTEMPTS, *kept, *(() if kind is None else (kind,)))
         if not self.query(f"SELECT 1 FROM notifications WHERE {pending} LIMIT 1", values):
             return  # the usual case: a read, no write
         with self.transaction() as db:
@@ -1669,11 +1702,9 @@ class GatewayState(StateReads):
     def delays_to_tell(self, created_before: float) -> list[dict[str, Any]]:
         """Jobs made before `created_before` whose delay may be told (`_DELAY_TO_TELL`) and
         that may run STAT (their route says so, or leaves it to the product)."""
-        if self.query("SELECT 1 FROM restores WHERE reconciled_at IS NULL LIMIT 1"):
-            return []  # a restored job may have been brought home since: not until checked
         return self.query(
             "SELECT id, study_uid, product_id, priority, created_at, submitted_at, "
-            "exchange_job_id, idempotency_key FROM jobs WHERE "
+            "exchange_job_id, idempotency_key, result_seen_at FROM jobs WHERE "
             + _DELAY_TO_TELL.format(job="jobs")
             + " AND created_at < ? AND (priority = 'stat' OR priority IS NULL) "
             "ORDER BY created_at",
@@ -1683,7 +1714,7 @@ class GatewayState(StateReads):
     def announce_delay(self, job_id: int, announced_as: str, notice: str) -> bool:
         """Queue the job's delay notice (on the STAT lane) and keep the id it goes under, in
         one transaction. Once a job, and only while its delay may be told: False when it was
-        told before, or the job's result came home or its notice was queued meanwhile."""
+        told before, or the job's notice was queued meanwhile."""
         with self.transaction() as db:
             changed = db.execute(
                 "UPDATE jobs SET delay_announced_as = ? WHERE id = ? AND "
@@ -1695,16 +1726,32 @@ class GatewayState(StateReads):
         return bool(changed)
 
     def delay_still_to_tell(self, job_id: int) -> bool:
-        """Whether the job's queued delay notice may still go: its job under way, its result
-        not come home, and no notice of its result or of none queued (sent or not)."""
+        """Whether the job's queued delay notice may still go: its job under way, no notice
+        of its result or of none queued (sent or not), and no restore still to be checked
+        (the backup may have held it queued while the lost disk sent the result)."""
         return bool(
             self.query(
                 "SELECT 1 FROM jobs WHERE id = ? AND state IN ('pending', 'submitted') "
-                "AND result_seen_at IS NULL AND NOT EXISTS (SELECT 1 FROM queued_notices q "
-                "WHERE q.job_id = jobs.id AND q.kind != 'delayed')",
+                "AND NOT EXISTS (SELECT 1 FROM queued_notices q "
+                f"WHERE q.job_id = jobs.id AND q.kind != 'delayed') AND NOT {_RESTORE_UNCHECKED}",
                 (job_id,),
             )
         )
+
+    def remember_product(self, product_id: str, entry: Mapping[str, Any]) -> None:
+        """Keep what a late STAT job needs of the product's catalogue entry, as just read."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO products_seen (product_id, entry, read_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (product_id) DO UPDATE SET entry = excluded.entry, "
+                "read_at = excluded.read_at",
+                (product_id, json.dumps(dict(entry), sort_keys=True), time.time()),
+            )
+
+    def remembered_product(self, product_id: str) -> dict[str, Any] | None:
+        """The product's entry as `remember_product` kept it, however long ago (None: never)."""
+        rows = self.query("SELECT entry FROM products_seen WHERE product_id = ?", (product_id,))
+        return dict(json.loads(rows[0]["entry"])) if rows else None
 
     def delay_told(self, job_id: int) -> None:
         """A channel took the job's delay notice: what follows it goes under its id."""
@@ -1725,15 +1772,31 @@ class GatewayState(StateReads):
 
     def told_and_left(self) -> list[dict[str, Any]]:
         """Jobs whose delay a receiver heard of that then left without a notice to follow it
-        (refused, skipped as sent before, or settled with nothing to tell): their order would
-        stay in process at the RIS, and the radiologist would wait on. By the index of jobs
-        told late: left to itself, SQLite would read every job delivered."""
+        (`_TOLD_AND_LEFT`): the radiologist would wait on. By the index of those: a few."""
         return self.query(
-            "SELECT * FROM jobs INDEXED BY ix_jobs_told_late WHERE delay_told_at IS NOT NULL AND ("
-            "state IN ('refused', 'skipped') OR (state IN ('ended', 'delivered') "
-            "AND acknowledged_at IS NOT NULL)) AND NOT EXISTS (SELECT 1 FROM queued_notices q "
-            "WHERE q.job_id = jobs.id AND q.kind != 'delayed')"
+            f"SELECT * FROM jobs INDEXED BY ix_jobs_told_unfollowed WHERE {_TOLD_AND_LEFT}"
         )
+
+    def close_told(self, job_id: int, notice: str) -> bool:
+        """Queue the notice that no result will come for a job told late that left without
+        one (`told_and_left`), on the STAT lane, in one transaction with the check that it
+        still did: False when a notice to follow was queued meanwhile."""
+        with self.transaction() as db:
+            if not db.execute(
+                f"SELECT 1 FROM jobs WHERE id = ? AND {_TOLD_AND_LEFT}", (job_id,)
+            ).fetchone():
+                return False
+            _insert_notice(db, job_id, "no-result", notice, urgent=True, now=time.time())
+        return True
+
+    def delay_followed(self, job_id: int) -> None:
+        """The job's delay is followed elsewhere (a lost disk brought the job home and told
+        the RIS, as the exchange's acknowledgement says): nothing is to close it here."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET delay_followed_at = COALESCE(delay_followed_at, ?) WHERE id = ?",
+                (time.time(), job_id),
+            )
 
     def due_notices(self, urgent: bool, now: float, limit: int = 50) -> list[dict[str, Any]]:
         """The queued notices of one lane due by `now`: those never tried on a receiver first

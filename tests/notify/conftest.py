@@ -125,6 +125,18 @@ def make_unavailable(
     """The notice that `job` will bring no result: same job, product and study as the result
     notices above, no summary and no result UIDs; `stat_study`: the study was routed STAT;
     `after_delay`: its delay was told before."""
+    return _without_result(
+        job,
+        attributes,
+        completed_at=datetime(2025, 3, 1, 10, 45, 0, tzinfo=UTC),
+        unavailable=reason,
+        stat_study=stat_study,
+        after_delay=after_delay,
+    )
+
+
+def _without_result(job: str, attributes: dict[str, str] | None, **said: Any) -> ResultNotice:
+    """A notice of the job with no result in it (none will come, or it is late)."""
     return build_notice(
         hospital="rivierenland",
         exchange_job_id=job,
@@ -135,10 +147,7 @@ def make_unavailable(
         study=OriginalStudy.from_vault(
             ORIGINAL_STUDY_UID, ORIGINAL_ATTRIBUTES if attributes is None else attributes
         ),
-        completed_at=datetime(2025, 3, 1, 10, 45, 0, tzinfo=UTC),
-        unavailable=reason,
-        stat_study=stat_study,
-        after_delay=after_delay,
+        **said,
     )
 
 
@@ -156,16 +165,9 @@ def make_delayed(
 ) -> ResultNotice:
     """The notice that the result of `job`, a study run STAT, is late: same job, product and
     study as the notices above, no summary and no result UIDs."""
-    return build_notice(
-        hospital="rivierenland",
-        exchange_job_id=job,
-        product_id="aifi-ich",
-        product_name="AIFI ICH",
-        product_version="1.2.0",
-        summary=None,
-        study=OriginalStudy.from_vault(
-            ORIGINAL_STUDY_UID, ORIGINAL_ATTRIBUTES if attributes is None else attributes
-        ),
+    return _without_result(
+        job,
+        attributes,
         completed_at=datetime(2025, 3, 1, 10, 20, 0, tzinfo=UTC),
         stat_study=True,
         delayed=why,

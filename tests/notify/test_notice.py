@@ -135,6 +135,19 @@ def test_a_notice_without_result_carries_the_reason_and_is_never_stat(
     )
 
 
+def without_result() -> dict[str, object]:
+    """A notice's fields but what it says instead of a result."""
+    return {
+        "hospital": "rivierenland",
+        "exchange_job_id": "job-0001",
+        "product_id": "aifi-ich",
+        "product_name": "AIFI ICH",
+        "product_version": "1.2.0",
+        "study": OriginalStudy.from_vault(ORIGINAL_STUDY_UID, ORIGINAL_ATTRIBUTES),
+        "summary": None,
+    }
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -147,16 +160,7 @@ def test_a_notice_without_result_carries_the_reason_and_is_never_stat(
 def test_a_notice_without_result_refuses_what_contradicts_it(
     change: dict[str, object], message: str
 ) -> None:
-    fields = {
-        "hospital": "rivierenland",
-        "exchange_job_id": "job-0001",
-        "product_id": "aifi-ich",
-        "product_name": "AIFI ICH",
-        "product_version": "1.2.0",
-        "study": OriginalStudy.from_vault(ORIGINAL_STUDY_UID, ORIGINAL_ATTRIBUTES),
-        "summary": None,
-        "unavailable": REASON,
-    }
+    fields = without_result() | {"unavailable": REASON}
     with pytest.raises(ValueError, match=message):
         ResultNotice(**(fields | change))  # type: ignore[arg-type]
 
@@ -218,17 +222,7 @@ def test_a_delay_notice_says_why_and_is_stat(delayed: ResultNotice) -> None:
 def test_a_delay_notice_refuses_what_contradicts_it(
     change: dict[str, object], message: str
 ) -> None:
-    fields = {
-        "hospital": "rivierenland",
-        "exchange_job_id": "job-0001",
-        "product_id": "aifi-ich",
-        "product_name": "AIFI ICH",
-        "product_version": "1.2.0",
-        "study": OriginalStudy.from_vault(ORIGINAL_STUDY_UID, ORIGINAL_ATTRIBUTES),
-        "summary": None,
-        "stat_study": True,
-        "delayed": WHY,
-    }
+    fields = without_result() | {"stat_study": True, "delayed": WHY}
     ResultNotice(**fields)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=message):
         ResultNotice(**(fields | change))  # type: ignore[arg-type]

@@ -294,8 +294,8 @@ def watch(
         settings=settings,
         catalogue=catalogue,
         announce=parts.sender.announce_delay,
-        close=parts.sender.queue,
-        covered=lambda job_id: parts.state.covering_job(job_id) is not None,
+        close=parts.sender.close_told,
+        covered=parts.state.covered_by_another,
         stop=threading.Event(),
     )
 
@@ -533,9 +533,8 @@ def test_a_result_delivered_by_a_lost_disk_is_not_cancelled_by_a_closing_notice(
 ) -> None:
     """The delay was told before the backup; the disk lost since brought the result home and
     told the RIS (OBR-25 P under the delay's id). Restored, the gateway settles the job as
-    delivered (`_settle_brought_home`): no result notice in this state, acknowledged. The
-    delay watch takes it for a job 'told and left' and cancels the order (OBR-25 X, "the
-    analysis ended without a result") over the result the RIS holds."""
+    delivered (`_settle_brought_home`), with no result notice in this state: the job is
+    followed, and its order is not closed over the result the RIS holds."""
     with Hl7Listener() as listener:
         settings = NotificationSettings(hl7=hl7_endpoint(listener.port), delayed_after_seconds=60)
         parts = Parts(tmp_path, settings)
@@ -592,11 +591,10 @@ def test_turning_delays_off_does_not_leave_orders_told_late_in_process(tmp_path:
 def test_a_job_seen_ended_whose_results_cannot_be_fetched_is_still_told_late(
     tmp_path: Path,
 ) -> None:
-    """`result_seen_at` is set as `collect` first sees the job ended, before anything is
-    fetched. The exchange then goes out of reach mid-download (or the disk is full, or the
-    disclosure log): no result notice is queued, nothing is in the PACS, no delivery failed
-    (so GatewayDeliveryFailing cannot fire), and a product-STAT job (route priority NULL) is
-    not in aifi_gateway_stat_waiting_seconds either. The radiologist hears nothing."""
+    """`result_seen_at` is set as the gateway first sees the job ended, before anything is
+    fetched. The exchange then goes out of reach mid-download (or the disk is full): no
+    result notice is queued, nothing is in the PACS, no delivery failed, so no other alert
+    sees it. The delay is told, saying the answer is being brought home."""
     with Hl7Listener() as listener:
         settings = NotificationSettings(hl7=hl7_endpoint(listener.port))
         parts = Parts(tmp_path, settings)
@@ -612,10 +610,14 @@ def test_a_job_seen_ended_whose_results_cannot_be_fetched_is_still_told_late(
             watch(parts, settings, {"aifi-ich": ENTRY}.get).announce_due()
             failed = parts.state.query("SELECT 1 FROM deliveries WHERE job_id = ?", (job,))
             kinds = [row["kind"] for row in parts.state.queued_notices_of(job)]
+            parts.sender.send_due(urgent=True)
+            told = listener.received.get(timeout=30)
         finally:
             parts.close()
     assert failed == []  # nothing for GatewayDeliveryFailing to see
-    assert kinds == ["delayed"], "a STAT job whose results never came home is never told late"
+    assert kinds == ["delayed"]
+    [obx] = segments(told, "OBX")
+    assert "AIFI ICH has answered, and the gateway is still bringing the answer home" in obx[5]
 
 
 def spooled(folder: Path, study_uid: str, series_uid: str, patient_id: str) -> Path:
@@ -696,14 +698,13 @@ def test_a_delay_that_leaves_the_queue_unsent_does_not_page_for_ever(tmp_path: P
     assert [row["outcome"] for row in outcomes] == ["failed"]
 
 
-def test_a_delay_queued_in_the_backup_is_not_sent_before_the_restore_is_checked(
+def test_a_delay_the_backup_held_queued_waits_for_the_restore_to_be_checked(
     tmp_path: Path,
 ) -> None:
     """The backup was taken while a STAT job's delay waited in the queue (the RIS down, say).
-    Restored, the STAT notice thread starts at once and sends it, before the results thread
-    checks the restore with the exchange: the disk lost since may have brought the result
-    home and told the RIS, which now gets the delay after the result (OBR-25 I after P).
-    `delays_to_tell` waits for the check; `delay_still_to_tell` does not."""
+    Restored, the STAT lane starts before the restore is checked with the exchange (the disk
+    lost since may have brought the result home and told the RIS): the delay waits, then,
+    the job still under way once checked, goes; and the result that follows replaces it."""
     with Hl7Listener() as listener:
         settings = NotificationSettings(hl7=hl7_endpoint(listener.port), delayed_after_seconds=60)
         parts = Parts(tmp_path, settings)
@@ -713,10 +714,59 @@ def test_a_delay_queued_in_the_backup_is_not_sent_before_the_restore_is_checked(
             watch(parts, settings).announce_due()  # queued; the backup is taken now
             parts.state.record_restore(backup_taken_at=time.time())
             parts.sender.send_due(urgent=True)
-            sent = drained(listener)
+            before_check = drained(listener)
+            waiting = parts.state.queued_notices_of(job)
+            restore = parts.state.restore_to_reconcile()
+            assert restore is not None
+            parts.state.restore_reconciled(int(restore["id"]))  # the job still under way
+            parts.sender.send_due(urgent=True, now=time.time() + AN_HOUR)
+            [told] = drained(listener)
+            parts.sender.queue(job, result("x-1", urgent=True))
+            parts.sender.send_due(urgent=True)
+            [follows] = drained(listener)
         finally:
             parts.close()
-    assert sent == [], "a delay from the backup went out before the restore was checked"
+    assert before_check == [] and [row["tries"] for row in waiting] == [0]
+    assert segments(told, "OBR")[0][25] == "I"
+    assert segments(follows, "OBX")[-1][11] == "D"  # the result withdraws the delay
+
+
+def test_a_closing_nobody_can_name_any_more_is_given_up_not_retried_for_ever(
+    tmp_path: Path,
+) -> None:
+    """A study never prepared for sending, told late (named from its spool), then refused;
+    the RIS down past the spool's retention: its closing notice can name nobody any more,
+    and is given up (counted failed once), not left retrying."""
+    settings = NotificationSettings(hl7=hl7_endpoint(closed_port()), delayed_after_seconds=60)
+    parts = Parts(tmp_path, settings)
+    try:
+        never_prepared = "1.2.826.0.1.3680043.8.498.7"  # the vault never learnt it
+        with parts.state.transaction() as db:
+            job = db.execute(
+                "INSERT INTO jobs (study_uid, round, product_id, priority, idempotency_key, "
+                "state, study_last_at, created_at) VALUES (?, 1, 'aifi-ich', 'stat', 'k7', "
+                "'pending', 0, ?)",
+                (never_prepared, time.time() - AN_HOUR),
+            ).lastrowid
+        assert job is not None
+        delays = watch(parts, settings)
+        delays.announce_due()
+        parts.state.notice_done(job, "delayed")
+        parts.state.delay_told(job)  # as when its spooled images named the patient then
+        parts.state.refuse(job, "no series of the study is accepted by aifi-ich")
+        delays.announce_due()  # the closing notice; the spool holds nothing of the study
+        assert [r["kind"] for r in parts.state.queued_notices_of(job)] == ["no-result"]
+        parts.sender.send_due(urgent=True, now=time.time() + AN_HOUR)
+        left = parts.state.queued_notices_of(job)
+        outcomes = parts.state.query(
+            f"SELECT {_NOTICE_OUTCOME.format(row='notifications')} AS outcome, stat "
+            "FROM notifications WHERE job_id = ?",
+            (job,),
+        )
+    finally:
+        parts.close()
+    assert left == []
+    assert [(row["outcome"], row["stat"]) for row in outcomes] == [("failed", 1)]
 
 
 def test_a_delay_that_cannot_name_its_study_yet_waits_and_shows_as_retrying(
@@ -737,6 +787,11 @@ def test_a_delay_that_cannot_name_its_study_yet_waits_and_shows_as_retrying(
                     "'pending', 0, ?)",
                     (unknown, time.time() - AN_HOUR),
                 ).lastrowid
+                db.execute(  # its images, in the spool, naming no one patient
+                    "INSERT INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    ("2.25.51", unknown, "2.25.52", "1.2.840.10008.5.1.4.1.1.2", "CT", "",
+                     "", "", str(tmp_path / "x.dcm"), 1, "MOD", time.time()),
+                )  # fmt: skip
             assert job is not None
             watch(parts, settings).announce_due()
             parts.sender.send_due(urgent=True)

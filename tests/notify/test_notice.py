@@ -231,6 +231,8 @@ def test_a_delay_notice_refuses_what_contradicts_it(
 def test_what_follows_a_delay_is_a_result_or_no_result_as_ever() -> None:
     result = make_notice(make_summary(TriageFlag.NEGATIVE), after_delay=True)
     assert (result.after_delay, result.available, result.stat) == (True, True, False)
+    # The result is no alert, but its order stays STAT: its channels, priority and count.
+    assert result.goes_stat and not make_notice(make_summary(TriageFlag.NEGATIVE)).goes_stat
     assert result.no_result_statement is None
     none = make_unavailable(stat_study=True, after_delay=True)
     assert (none.after_delay, none.available, none.stat) == (True, False, True)

@@ -15,8 +15,8 @@ exchange (what the vendor promises, measured there; from when the gateway made i
 has not). Whether it runs STAT is its route's priority or, when the route leaves it to the
 product, the product's in the catalogue as the gateway last read it: never read here, as the
 exchange may be the very thing out of reach, and a lookup would wait out its retries.
-A delay is not told while a restore is still to be checked with the exchange, nor once the
-job's result came home or its notice was queued (`GatewayState.announce_delay`).
+A delay is not told while a restore is still to be checked with the exchange, nor once a
+notice of the job's result, or of none, is queued (`GatewayState.announce_delay`).
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ CLOSING_BECAUSE = {
     "refused": "the study could not be sent for analysis",
     "skipped": "the product analysed these images before; its earlier result stands",
     "ended": "the analysis ended without a result",
-    "delivered": "the analysis ended without a result",
 }
 #: ... and when another job of its study brings the product's result instead.
 COVERED = "the product's result comes with another order of the same study"
@@ -71,7 +70,9 @@ def why_late(job: Mapping[str, Any], product: str, waited: float) -> str:
     pseudonyms): how long, and whether the study has reached the exchange at all. Which of
     the exchange and the product is behind, the gateway cannot tell, and does not say."""
     span = f"{max(1, round(waited))} s" if waited < 120 else f"{round(waited / 60)} minutes"
-    if job["exchange_job_id"] is None:
+    if job["exchange_job_id"] is None and job.get("replaced_exchange_job_id"):
+        where = "the study is being sent to the national exchange again"
+    elif job["exchange_job_id"] is None:
         where = "the study has not yet reached the national exchange"
     elif job["result_seen_at"] is not None:
         where = f"{product} has answered, and the gateway is still bringing the answer home"

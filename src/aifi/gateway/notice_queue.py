@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 #: Why a notice still to be retried is given up: nobody will send it again.
 NO_LONGER_SENT = "given up: this notice no longer goes to this channel (configuration changed)"
 #: Why a delay notice still to be retried is given up.
-DELAY_OVERTAKEN = "given up: the result, or the news that none will come, came first"
+DELAY_NOT_SENT = "given up: its job ended, or its result or the news of none came, first"
 #: Why a notice of a study never prepared for sending waits.
 CANNOT_NAME_YET = (
     "its study cannot be named yet: not yet prepared for sending, and its spooled images do not "
@@ -91,10 +91,11 @@ class QueuedNotice(BaseModel):
     ) -> ResultNotice:
         """The notice to send; `announced_as`: the id the job's delay notice went under, which
         a later notice goes under too, replacing what the delay notice made."""
-        after_delay = announced_as is not None and self.kind != "delayed"
+        follows = announced_as if self.kind != "delayed" else None
+        after_delay = follows is not None
         return build_notice(
             hospital=hospital,
-            exchange_job_id=announced_as if after_delay and announced_as else self.exchange_job_id,
+            exchange_job_id=follows or self.exchange_job_id,
             product_id=self.product_id,
             product_name=self.product_name,
             product_version=self.product_version,
@@ -166,7 +167,8 @@ class NoticeSender:
 
     def announce_delay(self, job_id: int, announced_as: str, queued: QueuedNotice) -> bool:
         """Queue the job's delay notice, under `announced_as`, and wake the STAT lane; False
-        when its delay was told before or the job is no longer under way."""
+        when it may not be told (`GatewayState.announce_delay`: told before, no longer under
+        way, a notice of the job queued, or a restore still to be checked)."""
         if not self._state.announce_delay(job_id, announced_as, queued.model_dump_json()):
             return False
         self._wake[True].set()
@@ -250,14 +252,24 @@ class NoticeSender:
         if kind == "no-result" and not self._notifier.settings.announce_unavailable:
             self._no_longer_announced(job_id, queued)
             return
-        if kind == "delayed" and not self._delay_still_to_tell(job_id):
-            # What a receiver down still had to retry of it is given up: it would page for ever.
-            self._state.give_up_notifications(job_id, (), DELAY_OVERTAKEN, kind=kind)
-            self._leave_queue(job_id, kind, "")
-            return
+        if kind == "delayed":
+            still = self._delay_still_to_tell(job_id)
+            if still is None:  # a restore to check first: not a try, nor a failure
+                self._state.notice_later(job_id, kind, passes, time.time() + 30.0, tried=False)
+                return
+            if not still:
+                # What a receiver down still had to retry of it is given up, or it would
+                # page for ever.
+                self._state.give_up_notifications(job_id, (), DELAY_NOT_SENT, kind=kind)
+                self._leave_queue(job_id, kind, "")
+                return
         try:
             known, failure = self._known(queued), ""
-            if known is None and not queued.pseudonym_study_uid:
+            if (
+                known is None
+                and not queued.pseudonym_study_uid
+                and self._state.spooled(queued.original_study_uid)
+            ):
                 # Not yet prepared for sending, and its images name no one patient: tried
                 # again (the vault learns it once sent), a STAT notice retrying meanwhile.
                 done, failure = False, CANNOT_NAME_YET
@@ -297,13 +309,14 @@ class NoticeSender:
         attributes = self._spooled(queued.original_study_uid)
         return (queued.original_study_uid, attributes) if attributes is not None else None
 
-    def _delay_still_to_tell(self, job_id: int) -> bool:
-        """A delay notice goes while its job is under way, its result not come home nor its
-        notice queued, and delays are announced: otherwise it leaves the queue unsent (a
-        delay after the result would undo the result at the receiver)."""
+    def _delay_still_to_tell(self, job_id: int) -> bool | None:
+        """A delay notice goes while its job is under way, no notice of its result or of
+        none queued, and delays are announced: otherwise it leaves the queue unsent (a delay
+        after the result would undo the result at the receiver). None: not before a restore
+        is checked."""
         if not self._notifier.settings.announce_delayed:
             log.info("job %s: its delay notice is no longer sent", job_id)
-            self._state.give_up_notifications(job_id, (), NO_LONGER_SENT)
+            self._state.give_up_notifications(job_id, (), NO_LONGER_SENT, kind="delayed")
             return False
         return self._state.delay_still_to_tell(job_id)
 
@@ -355,11 +368,15 @@ class NoticeSender:
         """Record `detail` on each channel of the notice's message not done with it, as no
         try: still to be retried (`retryable`) or given up."""
         outcomes = self._state.notification_outcomes(job_id, queued.kind)
-        for channel in self._notifier.channels_of(queued.message_stat):
+        # What follows a delay told goes as STAT (`ResultNotice.goes_stat`).
+        stat = queued.message_stat or (
+            queued.kind != "delayed" and self._state.delay_announced_as(job_id) is not None
+        )
+        for channel in self._notifier.channels_of(stat):
             if channel in outcomes and notice_settled(outcomes[channel]):
                 continue
             self._state.record_notification(
-                job_id, channel, ok=False, retryable=retryable, stat=queued.message_stat,
+                job_id, channel, ok=False, retryable=retryable, stat=stat,
                 detail=detail, seconds=0.0, kind=queued.kind, counted=False,
             )  # fmt: skip
 
@@ -387,7 +404,7 @@ class NoticeSender:
         done = {c for c, row in rows.items() if row["kind"] == kind and notice_settled(row)}
         patient, study = str(known[1].get("PatientID", "")), known[0]
         what = "result" if notice.available else "delay" if notice.delayed else "no result"
-        always = first and (notice.stat or queued.urgent)
+        always = first and (notice.goes_stat or queued.urgent)
         reached = False
         for outcome in self._notifier.notify(notice, skip=done, always_try=always):
             reached = reached or outcome.tried

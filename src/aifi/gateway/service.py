@@ -374,7 +374,7 @@ class Gateway:
             catalogue=self._known_product,
             announce=self.notices.announce_delay,
             close=self.notices.close_told,
-            covered=self._covered,
+            covered=self.state.covered_by_another,
             stop=self._stop,
         )
         self._threads: list[threading.Thread] = []
@@ -2503,12 +2503,6 @@ class Gateway:
             self.state.remember_product(product_id, kept)
             self._products_kept[product_id] = kept
         return kept
-
-    def _covered(self, job_id: int) -> bool:
-        """Another job of the study for the product brings its result: sent, or delivered
-        (one still to be sent may be refused in its turn)."""
-        other = self.state.covering_job(job_id)
-        return other is not None and other["state"] in ("submitted", "delivered")
 
     def _key_image(self, local_id: int, results: list[Path], target: Path) -> None:
         """Keep a key image for the web pages; a failure here never holds up delivery."""

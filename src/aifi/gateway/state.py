@@ -232,7 +232,6 @@ AFTER_COLUMNS = (
     " WHERE replaced_exchange_job_id IS NOT NULL",
     # the jobs told late and not yet followed (`told_and_left`, at every look for late jobs):
     # a few, however many the gateway made
-    "DROP INDEX IF EXISTS ix_jobs_told_late",
     "CREATE INDEX IF NOT EXISTS ix_jobs_told_unfollowed ON jobs(state)"
     " WHERE delay_told_at IS NOT NULL AND delay_followed_at IS NULL",
 )
@@ -467,7 +466,7 @@ _DELAY_TO_TELL = (
 #: settled with nothing to tell): its order would stay in process at the RIS.
 _TOLD_AND_LEFT = (
     "delay_told_at IS NOT NULL AND delay_followed_at IS NULL AND (state IN ('refused', "
-    "'skipped') OR (state IN ('ended', 'delivered') AND acknowledged_at IS NOT NULL)) "
+    "'skipped') OR (state = 'ended' AND acknowledged_at IS NOT NULL)) "
     f"AND NOT {_RESTORE_UNCHECKED}"
 )
 
@@ -651,10 +650,10 @@ def _insert_notice(
             f"WHERE job_id = ? AND kind IN {replaced} AND done_at IS NULL",
             (now, job_id),
         )
-        told = db.execute(
+        announced = db.execute(
             "SELECT 1 FROM jobs WHERE id = ? AND delay_announced_as IS NOT NULL", (job_id,)
         ).fetchone()
-        urgent = urgent or told is not None
+        urgent = urgent or announced is not None
         db.execute(
             "UPDATE jobs SET delay_followed_at = ? WHERE id = ? AND delay_followed_at IS NULL "
             "AND delay_announced_as IS NOT NULL",
@@ -1695,7 +1694,7 @@ class GatewayState(StateReads):
         done with, stays as it is. A notice that there is no result takes the place of a
         result notice still to send: both would take over the job's rows on each channel in
         turn, sending each other again; either takes the place of a delay notice still to
-        send. Whether it is on the STAT lane: `urgent`, or a delay of the job was told."""
+        send. Whether it is on the STAT lane: `urgent`, or a delay of the job was queued."""
         with self.transaction() as db:
             return _insert_notice(db, job_id, kind, notice, urgent=urgent, now=time.time())
 
@@ -1704,7 +1703,8 @@ class GatewayState(StateReads):
         that may run STAT (their route says so, or leaves it to the product)."""
         return self.query(
             "SELECT id, study_uid, product_id, priority, created_at, submitted_at, "
-            "exchange_job_id, idempotency_key, result_seen_at FROM jobs WHERE "
+            "exchange_job_id, replaced_exchange_job_id, idempotency_key, result_seen_at "
+            "FROM jobs WHERE "
             + _DELAY_TO_TELL.format(job="jobs")
             + " AND created_at < ? AND (priority = 'stat' OR priority IS NULL) "
             "ORDER BY created_at",
@@ -1725,15 +1725,35 @@ class GatewayState(StateReads):
                 _insert_notice(db, job_id, "delayed", notice, urgent=True, now=time.time())
         return bool(changed)
 
-    def delay_still_to_tell(self, job_id: int) -> bool:
-        """Whether the job's queued delay notice may still go: its job under way, no notice
-        of its result or of none queued (sent or not), and no restore still to be checked
-        (the backup may have held it queued while the lost disk sent the result)."""
+    def delay_still_to_tell(self, job_id: int) -> bool | None:
+        """Whether the job's queued delay notice may still go: its job under way and no
+        notice of its result or of none queued (sent or not). None: not yet, a restore is
+        still to be checked (the backup may have held it queued while the lost disk sent the
+        result; the check settles which)."""
+        if self.query(f"SELECT 1 WHERE {_RESTORE_UNCHECKED}"):
+            return None
         return bool(
             self.query(
                 "SELECT 1 FROM jobs WHERE id = ? AND state IN ('pending', 'submitted') "
                 "AND NOT EXISTS (SELECT 1 FROM queued_notices q "
-                f"WHERE q.job_id = jobs.id AND q.kind != 'delayed') AND NOT {_RESTORE_UNCHECKED}",
+                "WHERE q.job_id = jobs.id AND q.kind != 'delayed')",
+                (job_id,),
+            )
+        )
+
+    def spooled(self, study_uid: str) -> bool:
+        """Whether the spool holds any instance of the study (retention has not taken it)."""
+        return bool(self.query("SELECT 1 FROM instances WHERE study_uid = ? LIMIT 1", (study_uid,)))
+
+    def covered_by_another(self, job_id: int) -> bool:
+        """Another job of the job's study and product brings the product's result: sent, or
+        delivered (one still to be sent may be refused in its turn)."""
+        return bool(
+            self.query(
+                "SELECT 1 FROM jobs AS job JOIN jobs AS other "
+                "ON other.study_uid = job.study_uid AND other.product_id = job.product_id "
+                "AND other.id != job.id WHERE job.id = ? "
+                "AND other.state IN ('submitted', 'delivered') LIMIT 1",
                 (job_id,),
             )
         )

@@ -26,10 +26,10 @@ result's report for the job was made before.
 
 When a STAT study's result is late (``notice.delayed``) the report alone likewise, status
 *registered* (R4: "the existence of the report is registered, but there is nothing yet
-available"), conclusion ``AI result delayed: <why>``, a conditional update too. The result
-that follows it (``after_delay``) puts its report the same way, since a conditional create
-would find the registered report and store nothing; its observations are new, so still
-created.
+available"), conclusion ``AI result delayed: <why>``, as a conditional create: where the
+job's report exists already, it changes nothing. The result that follows it (``after_delay``)
+puts its report as a conditional update, since a conditional create would find the
+registered report and store nothing; its observations are new, so still created.
 """
 
 from __future__ import annotations

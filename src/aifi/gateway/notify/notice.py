@@ -124,9 +124,10 @@ class ResultNotice:
         product's alert must hear at once that none will come.
     delayed:
         None, unless the notice says that the result of a study run STAT is late: why, one
-        sentence the gateway words itself (``"no result 10 minutes after the study was
-        sent"``). Such a notice has no summary, no result UIDs and no `unavailable`, and is
-        STAT (`stat_study` must be set): the job is still under way.
+        sentence the gateway words itself (``"no result after 12 minutes: no answer from
+        AIFI ICH yet; …"``, `aifi.gateway.delays.why_late`). Such a notice has no summary,
+        no result UIDs and no `unavailable`, and is STAT (`stat_study` must be set): the job
+        is still under way.
     after_delay:
         A result, or the notice that none will come, of a job whose delay was announced
         before: each channel makes it replace what the delay notice made (the FHIR report is
@@ -207,6 +208,13 @@ class ResultNotice:
         if not self.available:
             return self.stat_study
         return self.summary is not None and self.summary.triage.flag is TriageFlag.POSITIVE
+
+    @property
+    def goes_stat(self) -> bool:
+        """The message goes as STAT (its channels, its priority, how its outcome counts): a
+        STAT notice, or what follows a delay told, as the order stays STAT whatever the
+        result says (`stat` alone says whether the result itself is an alert)."""
+        return self.stat or self.after_delay
 
     @property
     def no_result_statement(self) -> str | None:

@@ -117,7 +117,7 @@ class Notifier:
         there is no result is STAT only for a study run STAT. What follows a delay notice goes
         where the delay went, whatever the result's triage: the pager heard of the delay.
         """
-        return self.channels_of(notice.stat or notice.after_delay)
+        return self.channels_of(notice.goes_stat)
 
     def channels_of(self, stat: bool) -> list[str]:
         """The channels a notice goes to, by whether it is STAT (`channels`)."""
@@ -137,7 +137,7 @@ class Notifier:
         that an alert never reaches nobody on a guess. A receiver down among others that
         are up is held off even then: it would hold up the next alert by its timeout."""
         channels = [channel for channel in self.channels(notice) if channel not in skip]
-        always = notice.stat if always_try is None else always_try
+        always = notice.goes_stat if always_try is None else always_try
         held = {channel: self.outages.holding_off(channel) for channel in channels}
         if always and all(outage is not None for outage in held.values()):
             held = dict.fromkeys(channels)
@@ -148,7 +148,7 @@ class Notifier:
                 outcomes[channel] = NoticeOutcome(
                     channel=channel,
                     ok=False,
-                    stat=notice.stat,
+                    stat=notice.goes_stat,
                     message_id=self._message_id(channel, notice),
                     detail=outage.describe(),
                     retryable=True,
@@ -195,7 +195,7 @@ class Notifier:
         outcome = NoticeOutcome(
             channel=channel,
             ok=ok,
-            stat=notice.stat,
+            stat=notice.goes_stat,
             message_id=message_id,
             detail=detail,
             retryable=retryable,
@@ -206,7 +206,7 @@ class Notifier:
         log.log(
             level,
             "%s%s notice for job %s: %s",
-            ("STAT " if notice.stat else "") + ("" if notice.available else f"{notice.kind} "),
+            ("STAT " if notice.goes_stat else "") + ("" if notice.available else f"{notice.kind} "),
             channel,
             notice.exchange_job_id,
             detail,

@@ -27,8 +27,10 @@ control id of its own, says the order is still under way: ORC-5 IP (in process),
 OBX-11 I (table 0123: specimen received, procedure incomplete; table 0085: results pending),
 priority S, and one OBX ``AI_RESULT_DELAYED^AI result delayed^99AIFI`` whose value is ``AI
 result delayed: <why>``. The result or no-result message that follows (``after_delay``) is the
-one it would have been anyway: its own control id, the same OBR-3, and a status (P, X) that
-takes the place of I at the receiver.
+one it would have been otherwise, under its own control id and the same OBR-3, with a status
+(P, X) that takes the place of I at the receiver; but priority S (the order stays STAT),
+OBR-22 the time it is sent (a receiver keeping the newest status must not take it for older
+than the delay), and one more OBX, the delay's, with OBX-11 D (delete the OBX record).
 
 Every text that comes from a vendor or a DICOM header is escaped by the library (``\\F\\``,
 ``\\S\\`` ...) and stripped of line breaks, so it can never end a field or start a segment.
@@ -207,7 +209,8 @@ def observations(notice: ResultNotice) -> list[Observation]:
     reason, and nothing else: no Study Instance UID (PID, OBR-18 Accession Number and OBR-3
     the job name the study as for a result) and no intended-use label, since there is no
     result for the label to qualify, and a label next to "no result" would read as if
-    something had been found.
+    something had been found. What follows a delay ends with the delay's observation,
+    withdrawn.
     """
     found = _observations(notice)
     if notice.after_delay:
@@ -293,7 +296,7 @@ def build_oru_r01(
     """
     moment = sent_at or datetime.now(UTC)
     # An order told late stays STAT, whatever the result that ends it says.
-    priority = "S" if notice.stat or notice.after_delay else "R"
+    priority = "S" if notice.goes_stat else "R"
     try:
         message = Message("ORU_R01", version=VERSION, validation_level=VALIDATION_LEVEL.STRICT)
         _header(message, notice, endpoint, moment)

@@ -97,7 +97,7 @@ def webhook_payload(notice: ResultNotice, endpoint: WebhookEndpoint) -> dict[str
         "event": event,
         "status": status,
         "reason": notice.delayed if notice.delayed is not None else notice.unavailable,
-        "priority": "stat" if notice.stat or notice.after_delay else "routine",
+        "priority": "stat" if notice.goes_stat else "routine",
         "delivery_id": delivery_id(notice),
         "hospital": notice.hospital,
         "exchange_job_id": notice.exchange_job_id,

@@ -24,10 +24,10 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from aifi.gateway.config import load_config
 from aifi.gateway.delays import CLOSING_BECAUSE, DelayWatch, announced_as
 from aifi.gateway.job_list import job_statuses
-from aifi.gateway.notice_queue import QueuedNotice
+from aifi.gateway.notice_queue import STUDY_LEFT_THE_SPOOL, QueuedNotice
 from aifi.gateway.notify import FhirEndpoint, NotificationSettings
 from aifi.gateway.notify.receivers import FhirReceiver, Hl7Listener, ReceivedHl7, WebhookReceiver
-from aifi.gateway.service import Gateway
+from aifi.gateway.service import SENT_BY_THE_LOST_DISK, Gateway
 from aifi.gateway.state import _NOTICE_OUTCOME, GatewayState
 from aifi.products import tissue_volume
 from aifi.results.summary import TriageFlag
@@ -534,12 +534,17 @@ def test_a_result_delivered_by_a_lost_disk_is_not_cancelled_by_a_closing_notice(
     """The delay was told before the backup; the disk lost since brought the result home and
     told the RIS (OBR-25 P under the delay's id). Restored, the gateway settles the job as
     delivered (`_settle_brought_home`), with no result notice in this state: the job is
-    followed, and its order is not closed over the result the RIS holds."""
+    followed, and its order is not closed over the result the RIS holds. What the backup
+    held still to retry (a webhook down then) is given up: the lost disk sent it."""
     with Hl7Listener() as listener:
         settings = NotificationSettings(hl7=hl7_endpoint(listener.port), delayed_after_seconds=60)
         parts = Parts(tmp_path, settings)
         try:
             job = told_late(parts, settings)
+            parts.state.record_notification(
+                job, "webhook", ok=False, retryable=True, stat=True, detail="HTTP 503",
+                seconds=0.1, kind="delayed",
+            )  # fmt: skip
             now = datetime.now(UTC).isoformat()
             remote = {
                 "id": "x-1",
@@ -555,6 +560,7 @@ def test_a_result_delivered_by_a_lost_disk_is_not_cancelled_by_a_closing_notice(
             queued = [row["kind"] for row in parts.state.query(
                 "SELECT kind FROM queued_notices WHERE job_id = ? AND kind != 'delayed'", (job,)
             )]  # fmt: skip
+            webhook = parts.state.notification_outcomes(job)["webhook"]
         finally:
             parts.close()
         messages = drained(listener)
@@ -565,6 +571,7 @@ def test_a_result_delivered_by_a_lost_disk_is_not_cancelled_by_a_closing_notice(
     ]
     assert cancelled == [], "a delivered result was cancelled at the RIS"
     assert queued == []
+    assert (webhook["retryable"], webhook["detail"]) == (0, SENT_BY_THE_LOST_DISK)
 
 
 def test_turning_delays_off_does_not_leave_orders_told_late_in_process(tmp_path: Path) -> None:
@@ -759,14 +766,16 @@ def test_a_closing_nobody_can_name_any_more_is_given_up_not_retried_for_ever(
         parts.sender.send_due(urgent=True, now=time.time() + AN_HOUR)
         left = parts.state.queued_notices_of(job)
         outcomes = parts.state.query(
-            f"SELECT {_NOTICE_OUTCOME.format(row='notifications')} AS outcome, stat "
+            f"SELECT {_NOTICE_OUTCOME.format(row='notifications')} AS outcome, stat, detail "
             "FROM notifications WHERE job_id = ?",
             (job,),
         )
     finally:
         parts.close()
     assert left == []
-    assert [(row["outcome"], row["stat"]) for row in outcomes] == [("failed", 1)]
+    assert [(row["outcome"], row["stat"], row["detail"]) for row in outcomes] == [
+        ("failed", 1, STUDY_LEFT_THE_SPOOL)
+    ]
 
 
 def test_a_delay_that_cannot_name_its_study_yet_waits_and_shows_as_retrying(
@@ -811,3 +820,32 @@ def test_a_delay_that_cannot_name_its_study_yet_waits_and_shows_as_retrying(
     assert "cannot be named yet" in row["detail"]
     [pid] = segments(told, "PID")
     assert "HOSP-5" in pid[3] and "2.25.5" not in told.text
+
+
+def test_only_a_job_of_the_same_round_or_later_covers_another(tmp_path: Path) -> None:
+    """A job told late and refused is closed as covered only by a job that brings the
+    product's result on the same images or newer: sent or delivered, not an earlier round's
+    (of other images), nor one still to be sent (it may be refused in its turn)."""
+    state = GatewayState(tmp_path / "state.db")
+    try:
+
+        def job(round_: int, job_state: str) -> int:
+            with state.transaction() as db:
+                made = db.execute(
+                    "INSERT INTO jobs (study_uid, round, product_id, idempotency_key, state, "
+                    "study_last_at, created_at) VALUES (?, ?, 'aifi-ich', ?, ?, 0, 0)",
+                    (ORIGINAL, round_, f"k{round_}{job_state}", job_state),
+                ).lastrowid
+            assert made is not None
+            return int(made)
+
+        refused = job(2, "refused")
+        job(1, "delivered")
+        earlier_only = state.covered_by_another(refused)
+        job(3, "pending")
+        pending_only = state.covered_by_another(refused)
+        job(2, "submitted")
+        covered = state.covered_by_another(refused)
+    finally:
+        state.close()
+    assert (earlier_only, pending_only, covered) == (False, False, True)

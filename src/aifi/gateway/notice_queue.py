@@ -47,6 +47,10 @@ CANNOT_NAME_YET = (
     "its study cannot be named yet: not yet prepared for sending, and its spooled images do not "
     "name one patient"
 )
+#: ... and of a study never prepared for sending.
+STUDY_LEFT_THE_SPOOL = (
+    "given up: its study left the spool (retention) before the notice could be sent"
+)
 #: Why a queued notice was not sent at all.
 STUDY_GONE = "given up: its study left the vault (retention) before the notice could be sent"
 #: The longest wait between two passes of a lane with nothing due.
@@ -115,14 +119,16 @@ class QueuedNotice(BaseModel):
     def message_stat(self) -> bool:
         """The message itself is STAT (`ResultNotice.stat`): a triage-positive result, or no
         result for a study run STAT, or its delay. Its channels, and how it is counted,
-        follow this."""
+        follow this, and what follows a delay told goes as STAT too
+        (`ResultNotice.goes_stat`)."""
         if self.unavailable is not None or self.delayed is not None:
             return self.stat_study
         return self.summary is not None and self.summary.triage.flag is TriageFlag.POSITIVE
 
     @property
     def stat(self) -> bool:
-        """On the STAT thread: the message is STAT, or the job ran STAT."""
+        """On the STAT thread: the message is STAT, or the job ran STAT (or, decided as it
+        is queued, a delay of the job was queued: `GatewayState.queue_notice`)."""
         return self.urgent or self.message_stat
 
 
@@ -357,10 +363,12 @@ class NoticeSender:
         self._changed()
 
     def _cannot_name(self, job_id: int, queued: QueuedNotice) -> None:
-        """The study left the vault before its notice went: nobody can be named, so every
-        channel not done with it gives it up, as a failure the hospital's monitoring sees."""
-        log.warning("job %s: its %s notice is given up: %s", job_id, queued.kind, STUDY_GONE)
-        self._say_on_unsettled(job_id, queued, STUDY_GONE, retryable=False)
+        """The study left the vault (or, never prepared for sending, the spool) before its
+        notice went: nobody can be named, so every channel not done with it gives it up, as
+        a failure the hospital's monitoring sees."""
+        why = STUDY_GONE if queued.pseudonym_study_uid else STUDY_LEFT_THE_SPOOL
+        log.warning("job %s: its %s notice is given up: %s", job_id, queued.kind, why)
+        self._say_on_unsettled(job_id, queued, why, retryable=False)
 
     def _say_on_unsettled(
         self, job_id: int, queued: QueuedNotice, detail: str, *, retryable: bool

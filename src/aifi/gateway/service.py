@@ -99,6 +99,9 @@ KEY_REFUSED = 401
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
 #: Seconds between looks for studies past `retain_hours`.
 RETENTION_SWEEP_SECONDS = 60.0
+#: Why a restored job's notice still to be retried is given up: the disk lost since brought
+#: the job home, and its notices went out then (its acknowledgement waited for them).
+SENT_BY_THE_LOST_DISK = "given up: sent by the gateway's disk that the restore replaced"
 #: The longest a study waits for assembly to be tried again after a failure (a full disk):
 #: short, as a stroke study waits with it.
 ASSEMBLY_RETRY_SECONDS = 30.0
@@ -1424,6 +1427,7 @@ class Gateway:
                         self._link_found(int(local["id"]), *found)
                 self.state.restore_reconciled(int(restore["id"]))
                 log.info("restored from a backup: the jobs it held checked with the exchange")
+                self.notices.wake()  # delays the backup held queued may go now
                 restore = self.state.restore_to_reconcile()
             self._reconciled = True
         self._notify()
@@ -1633,6 +1637,7 @@ class Gateway:
         # backup still held queued is not sent a second time, and a delay it told was
         # followed there.
         self.state.notice_done(int(local["id"]))
+        self.state.give_up_notifications(int(local["id"]), (), SENT_BY_THE_LOST_DISK)
         self.state.delay_followed(int(local["id"]))
         if exchange_id := remote.get("id") or local["exchange_job_id"]:
             self._record_acknowledged([str(exchange_id)], acknowledged)

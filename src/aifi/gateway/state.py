@@ -1746,13 +1746,14 @@ class GatewayState(StateReads):
         return bool(self.query("SELECT 1 FROM instances WHERE study_uid = ? LIMIT 1", (study_uid,)))
 
     def covered_by_another(self, job_id: int) -> bool:
-        """Another job of the job's study and product brings the product's result: sent, or
+        """Another job of the job's study and product, of its round or a later one (an
+        earlier round's result is of other images), brings the product's result: sent, or
         delivered (one still to be sent may be refused in its turn)."""
         return bool(
             self.query(
                 "SELECT 1 FROM jobs AS job JOIN jobs AS other "
                 "ON other.study_uid = job.study_uid AND other.product_id = job.product_id "
-                "AND other.id != job.id WHERE job.id = ? "
+                "AND other.id != job.id AND other.round >= job.round WHERE job.id = ? "
                 "AND other.state IN ('submitted', 'delivered') LIMIT 1",
                 (job_id,),
             )
@@ -1774,7 +1775,7 @@ class GatewayState(StateReads):
         return dict(json.loads(rows[0]["entry"])) if rows else None
 
     def delay_told(self, job_id: int) -> None:
-        """A channel took the job's delay notice: what follows it goes under its id."""
+        """The job's delay notice was sent to a receiver: what follows goes under its id."""
         with self.transaction() as db:
             db.execute(
                 "UPDATE jobs SET delay_told_at = COALESCE(delay_told_at, ?) WHERE id = ?",
@@ -1782,8 +1783,8 @@ class GatewayState(StateReads):
             )
 
     def delay_announced_as(self, job_id: int) -> str | None:
-        """The id the job's delay notice went under, once a channel took it (None: no
-        receiver heard of a delay, and the job's notices go under its own id)."""
+        """The id the job's delay notice went under, once it was sent to a receiver (None:
+        never sent, and the job's notices go under its own id)."""
         rows = self.query(
             "SELECT delay_announced_as AS id FROM jobs WHERE id = ? AND delay_told_at IS NOT NULL",
             (job_id,),

@@ -9,7 +9,8 @@ of one job's alert, so the receiver can drop a repeat.
 
 ``status`` says whether there is a result (``available``) or there will be none
 (``unavailable``, with the gateway's ``reason``, event ``aifi.result.unavailable``). Such a
-notice is STAT only for a study run STAT; otherwise, under the default ``only_stat: true``,
+notice is STAT only for a study run STAT (or after a delay told); otherwise, under the
+default ``only_stat: true``,
 the :class:`~aifi.gateway.notify.Notifier` sends it by HL7 and FHIR only. A STAT study's
 result late is ``delayed`` (the ``reason`` why, event ``aifi.result.delayed``, always STAT):
 whoever waits on the alert hears that it has not come, and the result or its absence follows

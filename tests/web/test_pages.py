@@ -302,7 +302,8 @@ def test_a_radiologists_feedback_shows_up_in_the_metrics(
     visit(page, site["url"] + "/ui/priorities", "hospital-priorities")
     page.fill("input[name=area]", "fracture detection on radiographs")
     page.select_option("select[name=benefit]", "5")
-    page.click("text=Save score")
+    with page.expect_navigation():  # the form posts and the page comes back with the score
+        page.click("text=Save score")
     assert "fracture detection on radiographs" in page.content()
     assert visit(page, site["url"] + "/ui/audit", "hospital-audit-refused").status == 403
     # The gateway could not file the results: the job page and the evaluation say so.

@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MethodType, SimpleNamespace
@@ -300,6 +301,20 @@ def watch(
     )
 
 
+@contextmanager
+def a_ris(
+    tmp_path: Path, **settings: Any
+) -> Iterator[tuple[Hl7Listener, Parts, NotificationSettings]]:
+    """A RIS on loopback and the gateway's notice parts sending to it, with `settings`."""
+    with Hl7Listener() as listener:
+        configured = NotificationSettings(hl7=hl7_endpoint(listener.port), **settings)
+        parts = Parts(tmp_path, configured)
+        try:
+            yield listener, parts, configured
+        finally:
+            parts.close()
+
+
 def drained(listener: Hl7Listener) -> list[ReceivedHl7]:
     return [listener.received.get() for _ in range(listener.received.qsize())]
 
@@ -309,37 +324,32 @@ def test_a_study_that_never_reached_the_exchange_is_told_under_an_id_of_its_own(
 ) -> None:
     """The exchange out of reach: the job has no exchange id yet. Its delay goes under one
     made from its key, which its later notice goes under too, its time the later."""
-    with Hl7Listener() as listener:
-        settings = NotificationSettings(hl7=hl7_endpoint(listener.port))
-        parts = Parts(tmp_path, settings)
-        try:
-            job = unsent_job(parts.state, None, created_at=1000.0)
-            delays = watch(parts, settings, {"aifi-ich": ENTRY}.get)
-            # The product's turnaround (unset in its entry: the catalogue's default, 600 s).
-            assert delays.announce_due(now=1500.0) == pytest.approx(30.0)
-            assert parts.state.queued_notices_of(job) == []
-            delays.announce_due(now=1601.0)
-            parts.sender.send_due(urgent=True)
-            told = listener.received.get(timeout=30)
-            announced = parts.state.delay_announced_as(job)
-            # Sent at last, as exchange job x-9, whose product ended it five minutes before:
-            # the news goes under the delay's id, and is not dated before the delay.
-            parts.state.update_job(job, state="ended", exchange_job_id="x-9")
-            later = QueuedNotice(
-                kind="no-result",
-                exchange_job_id="x-9",
-                product_id="aifi-ich",
-                unavailable="the product could not analyse the study",
-                completed_at=datetime.now(UTC) - timedelta(minutes=5),
-                pseudonym_study_uid=PSEUDONYM,
-                original_study_uid=ORIGINAL,
-            )
-            parts.sender.queue(job, later)
-            parts.sender.send_due(urgent=True)
-            follows = listener.received.get(timeout=30)
-            assert parts.done[-1] == "x-9"  # its acknowledgement is the exchange job's
-        finally:
-            parts.close()
+    with a_ris(tmp_path) as (listener, parts, settings):
+        job = unsent_job(parts.state, None, created_at=1000.0)
+        delays = watch(parts, settings, {"aifi-ich": ENTRY}.get)
+        # The product's turnaround (unset in its entry: the catalogue's default, 600 s).
+        assert delays.announce_due(now=1500.0) == pytest.approx(30.0)
+        assert parts.state.queued_notices_of(job) == []
+        delays.announce_due(now=1601.0)
+        parts.sender.send_due(urgent=True)
+        told = listener.received.get(timeout=30)
+        announced = parts.state.delay_announced_as(job)
+        # Sent at last, as exchange job x-9, whose product ended it five minutes before:
+        # the news goes under the delay's id, and is not dated before the delay.
+        parts.state.update_job(job, state="ended", exchange_job_id="x-9")
+        later = QueuedNotice(
+            kind="no-result",
+            exchange_job_id="x-9",
+            product_id="aifi-ich",
+            unavailable="the product could not analyse the study",
+            completed_at=datetime.now(UTC) - timedelta(minutes=5),
+            pseudonym_study_uid=PSEUDONYM,
+            original_study_uid=ORIGINAL,
+        )
+        parts.sender.queue(job, later)
+        parts.sender.send_due(urgent=True)
+        follows = listener.received.get(timeout=30)
+        assert parts.done[-1] == "x-9"  # its acknowledgement is the exchange job's
         assert listener.received.empty()
     key = {"exchange_job_id": None, "idempotency_key": f"{PSEUDONYM}:aifi-ich:1"}
     assert announced == announced_as("hospital-a", key)
@@ -355,28 +365,23 @@ def test_a_study_that_never_reached_the_exchange_is_told_under_an_id_of_its_own(
 def test_a_delay_overtaken_by_its_result_is_not_sent_and_the_result_goes_as_its_own(
     tmp_path: Path,
 ) -> None:
-    with Hl7Listener() as listener:
-        settings = NotificationSettings(hl7=hl7_endpoint(listener.port))
-        parts = Parts(tmp_path, settings)
-        try:
-            job = unsent_job(parts.state, "stat", created_at=0.0)
-            delays = watch(parts, settings)
-            delays.announce_due(now=3600.0)  # STAT by its route: the catalogue is not needed
-            assert [row["kind"] for row in parts.state.queued_notices_of(job)] == ["delayed"]
-            delays.announce_due(now=7200.0)  # told once
-            assert len(parts.state.queued_notices_of(job)) == 1
-            parts.state.update_job(job, state="submitted", exchange_job_id="x-1")
-            parts.sender.queue(job, result("x-1"))
-            [queued] = parts.state.queued_notices_of(job)
-            sent = parts.state.due_notices(urgent=True, now=time.time())
-            # Another STAT job, told, that ended with nothing to tell before its delay went.
-            other = unsent_job(parts.state, "stat", created_at=0.0, key="k2")
-            delays.announce_due(now=3600.0)
-            parts.state.update_job(other, state="ended")
-            parts.sender.send_due(urgent=True)
-            left = parts.state.queued_notices_of(other)
-        finally:
-            parts.close()
+    with a_ris(tmp_path) as (listener, parts, settings):
+        job = unsent_job(parts.state, "stat", created_at=0.0)
+        delays = watch(parts, settings)
+        delays.announce_due(now=3600.0)  # STAT by its route: the catalogue is not needed
+        assert [row["kind"] for row in parts.state.queued_notices_of(job)] == ["delayed"]
+        delays.announce_due(now=7200.0)  # told once
+        assert len(parts.state.queued_notices_of(job)) == 1
+        parts.state.update_job(job, state="submitted", exchange_job_id="x-1")
+        parts.sender.queue(job, result("x-1"))
+        [queued] = parts.state.queued_notices_of(job)
+        sent = parts.state.due_notices(urgent=True, now=time.time())
+        # Another STAT job, told, that ended with nothing to tell before its delay went.
+        other = unsent_job(parts.state, "stat", created_at=0.0, key="k2")
+        delays.announce_due(now=3600.0)
+        parts.state.update_job(other, state="ended")
+        parts.sender.send_due(urgent=True)
+        left = parts.state.queued_notices_of(other)
         # The pass sent job 1's result and nothing else: neither delay went out.
         [message] = drained(listener)
     # The result, routine by itself, follows its delay's lane; the delay is done, unsent;
@@ -430,44 +435,34 @@ def test_no_delay_once_the_results_notice_is_queued(tmp_path: Path) -> None:
 def test_no_delay_is_told_before_a_restore_is_checked_with_the_exchange(tmp_path: Path) -> None:
     """Restored from a backup, a STAT job stands 'submitted' as the backup held it; the lost
     disk may have brought its result home and told the RIS since."""
-    with Hl7Listener() as listener:
-        settings = NotificationSettings(hl7=hl7_endpoint(listener.port), delayed_after_seconds=60)
-        parts = Parts(tmp_path, settings)
-        try:
-            job = at_the_exchange_for_an_hour(parts)
-            parts.state.record_restore(backup_taken_at=time.time() - 600)
-            delays = watch(parts, settings)
-            delays.announce_due()
-            before = parts.state.queued_notices_of(job)
-            restore = parts.state.restore_to_reconcile()
-            assert restore is not None
-            parts.state.restore_reconciled(int(restore["id"]))
-            delays.announce_due()
-            after = parts.state.queued_notices_of(job)
-        finally:
-            parts.close()
+    with a_ris(tmp_path, delayed_after_seconds=60) as (listener, parts, settings):
+        job = at_the_exchange_for_an_hour(parts)
+        parts.state.record_restore(backup_taken_at=time.time() - 600)
+        delays = watch(parts, settings)
+        delays.announce_due()
+        before = parts.state.queued_notices_of(job)
+        restore = parts.state.restore_to_reconcile()
+        assert restore is not None
+        parts.state.restore_reconciled(int(restore["id"]))
+        delays.announce_due()
+        after = parts.state.queued_notices_of(job)
     assert before == [] and [row["kind"] for row in after] == ["delayed"]
 
 
 def test_one_products_unreadable_catalogue_entry_keeps_no_other_delay_untold(
     tmp_path: Path,
 ) -> None:
-    with Hl7Listener() as listener:
-        settings = NotificationSettings(hl7=hl7_endpoint(listener.port))
-        parts = Parts(tmp_path, settings)
-        try:
-            unsent_job(parts.state, None, created_at=0.0, key="k0", product="other")  # made first
-            job = unsent_job(parts.state, None, created_at=10.0)
+    with a_ris(tmp_path) as (listener, parts, settings):
+        unsent_job(parts.state, None, created_at=0.0, key="k0", product="other")  # made first
+        job = unsent_job(parts.state, None, created_at=10.0)
 
-            def catalogue(product: str) -> Any:
-                if product == "other":  # a proxy's page where the entry was
-                    raise ValueError("Expecting value: line 1 column 1 (char 0)")
-                return ENTRY
+        def catalogue(product: str) -> Any:
+            if product == "other":  # a proxy's page where the entry was
+                raise ValueError("Expecting value: line 1 column 1 (char 0)")
+            return ENTRY
 
-            watch(parts, settings, catalogue).announce_due(now=AN_HOUR)
-            queued = parts.state.queued_notices_of(job)
-        finally:
-            parts.close()
+        watch(parts, settings, catalogue).announce_due(now=AN_HOUR)
+        queued = parts.state.queued_notices_of(job)
     assert [row["kind"] for row in queued] == ["delayed"]
 
 
@@ -484,23 +479,18 @@ def test_a_job_told_late_that_ends_with_nothing_to_tell_closes_its_order(
     """Told "the result, or news that none will come, follows"; then the exchange refused the
     job, or it was found sent before: the order the RIS holds in process is closed under
     the same id, with why, not left waiting for ever."""
-    with Hl7Listener() as listener:
-        settings = NotificationSettings(hl7=hl7_endpoint(listener.port), delayed_after_seconds=60)
-        parts = Parts(tmp_path, settings)
-        try:
-            job = unsent_job(parts.state, "stat", created_at=time.time() - AN_HOUR)
-            delays = watch(parts, settings)
-            delays.announce_due()
-            parts.sender.send_due(urgent=True)
-            if ends == "refused":  # as `Gateway._refuse` does, with no notice of its own
-                parts.state.refuse(job, "the exchange refused the job: product withdrawn")
-            else:
-                parts.state.update_job(job, state="skipped")
-            delays.announce_due()
-            delays.announce_due()  # closed once
-            parts.sender.send_due(urgent=True)
-        finally:
-            parts.close()
+    with a_ris(tmp_path, delayed_after_seconds=60) as (listener, parts, settings):
+        job = unsent_job(parts.state, "stat", created_at=time.time() - AN_HOUR)
+        delays = watch(parts, settings)
+        delays.announce_due()
+        parts.sender.send_due(urgent=True)
+        if ends == "refused":  # as `Gateway._refuse` does, with no notice of its own
+            parts.state.refuse(job, "the exchange refused the job: product withdrawn")
+        else:
+            parts.state.update_job(job, state="skipped")
+        delays.announce_due()
+        delays.announce_due()  # closed once
+        parts.sender.send_due(urgent=True)
         told, closed = drained(listener)
     [obr], [closing_obr] = segments(told, "OBR"), segments(closed, "OBR")
     assert (obr[25], closing_obr[25], closing_obr[3]) == ("I", "X", obr[3])
@@ -536,33 +526,28 @@ def test_a_result_delivered_by_a_lost_disk_is_not_cancelled_by_a_closing_notice(
     delivered (`_settle_brought_home`), with no result notice in this state: the job is
     followed, and its order is not closed over the result the RIS holds. What the backup
     held still to retry (a webhook down then) is given up: the lost disk sent it."""
-    with Hl7Listener() as listener:
-        settings = NotificationSettings(hl7=hl7_endpoint(listener.port), delayed_after_seconds=60)
-        parts = Parts(tmp_path, settings)
-        try:
-            job = told_late(parts, settings)
-            parts.state.record_notification(
-                job, "webhook", ok=False, retryable=True, stat=True, detail="HTTP 503",
-                seconds=0.1, kind="delayed",
-            )  # fmt: skip
-            now = datetime.now(UTC).isoformat()
-            remote = {
-                "id": "x-1",
-                "state": "completed",
-                "acknowledged_at": now,
-                "ended_at": now,
-                "delivery": "delivered",
-            }
-            Gateway._settle_brought_home(settler(parts), parts.state.job(job), remote)
-            assert parts.state.job(job)["state"] == "delivered"
-            watch(parts, settings).announce_due()
-            parts.sender.send_due(urgent=True)
-            queued = [row["kind"] for row in parts.state.query(
-                "SELECT kind FROM queued_notices WHERE job_id = ? AND kind != 'delayed'", (job,)
-            )]  # fmt: skip
-            webhook = parts.state.notification_outcomes(job)["webhook"]
-        finally:
-            parts.close()
+    with a_ris(tmp_path, delayed_after_seconds=60) as (listener, parts, settings):
+        job = told_late(parts, settings)
+        parts.state.record_notification(
+            job, "webhook", ok=False, retryable=True, stat=True, detail="HTTP 503",
+            seconds=0.1, kind="delayed",
+        )  # fmt: skip
+        now = datetime.now(UTC).isoformat()
+        remote = {
+            "id": "x-1",
+            "state": "completed",
+            "acknowledged_at": now,
+            "ended_at": now,
+            "delivery": "delivered",
+        }
+        Gateway._settle_brought_home(settler(parts), parts.state.job(job), remote)
+        assert parts.state.job(job)["state"] == "delivered"
+        watch(parts, settings).announce_due()
+        parts.sender.send_due(urgent=True)
+        queued = [row["kind"] for row in parts.state.query(
+            "SELECT kind FROM queued_notices WHERE job_id = ? AND kind != 'delayed'", (job,)
+        )]  # fmt: skip
+        webhook = parts.state.notification_outcomes(job)["webhook"]
         messages = drained(listener)
     cancelled = [
         (segments(m, "OBR")[0][3], segments(m, "OBX")[0][5])
@@ -577,21 +562,16 @@ def test_a_result_delivered_by_a_lost_disk_is_not_cancelled_by_a_closing_notice(
 def test_turning_delays_off_does_not_leave_orders_told_late_in_process(tmp_path: Path) -> None:
     """`announce_delayed: false` (the rollback procedure asks for it) stops new delays; an
     order the RIS already holds in process must still be closed when its job is refused."""
-    with Hl7Listener() as listener:
-        settings = NotificationSettings(hl7=hl7_endpoint(listener.port), delayed_after_seconds=60)
-        parts = Parts(tmp_path, settings)
-        try:
-            job = told_late(parts, settings)
-            settings.announce_delayed = False
-            parts.state.refuse(job, "the exchange refused the job: product withdrawn")
-            watch(parts, settings).announce_due()
-            closing = [
-                row["kind"] for row in parts.state.query(
-                    "SELECT kind FROM queued_notices WHERE job_id = ?", (job,)
-                ) if row["kind"] == "no-result"
-            ]  # fmt: skip
-        finally:
-            parts.close()
+    with a_ris(tmp_path, delayed_after_seconds=60) as (listener, parts, settings):
+        job = told_late(parts, settings)
+        settings.announce_delayed = False
+        parts.state.refuse(job, "the exchange refused the job: product withdrawn")
+        watch(parts, settings).announce_due()
+        closing = [
+            row["kind"] for row in parts.state.query(
+                "SELECT kind FROM queued_notices WHERE job_id = ?", (job,)
+            ) if row["kind"] == "no-result"
+        ]  # fmt: skip
     assert closing == ["no-result"], "the order told late stays in process at the RIS for ever"
 
 
@@ -602,25 +582,20 @@ def test_a_job_seen_ended_whose_results_cannot_be_fetched_is_still_told_late(
     fetched. The exchange then goes out of reach mid-download (or the disk is full): no
     result notice is queued, nothing is in the PACS, no delivery failed, so no other alert
     sees it. The delay is told, saying the answer is being brought home."""
-    with Hl7Listener() as listener:
-        settings = NotificationSettings(hl7=hl7_endpoint(listener.port))
-        parts = Parts(tmp_path, settings)
-        try:
-            job = unsent_job(parts.state, None, created_at=time.time() - AN_HOUR)
-            parts.state.update_job(
-                job,
-                state="submitted",
-                exchange_job_id="x-1",
-                submitted_at=time.time() - AN_HOUR,
-                result_seen_at=time.time() - AN_HOUR / 2,
-            )
-            watch(parts, settings, {"aifi-ich": ENTRY}.get).announce_due()
-            failed = parts.state.query("SELECT 1 FROM deliveries WHERE job_id = ?", (job,))
-            kinds = [row["kind"] for row in parts.state.queued_notices_of(job)]
-            parts.sender.send_due(urgent=True)
-            told = listener.received.get(timeout=30)
-        finally:
-            parts.close()
+    with a_ris(tmp_path) as (listener, parts, settings):
+        job = unsent_job(parts.state, None, created_at=time.time() - AN_HOUR)
+        parts.state.update_job(
+            job,
+            state="submitted",
+            exchange_job_id="x-1",
+            submitted_at=time.time() - AN_HOUR,
+            result_seen_at=time.time() - AN_HOUR / 2,
+        )
+        watch(parts, settings, {"aifi-ich": ENTRY}.get).announce_due()
+        failed = parts.state.query("SELECT 1 FROM deliveries WHERE job_id = ?", (job,))
+        kinds = [row["kind"] for row in parts.state.queued_notices_of(job)]
+        parts.sender.send_due(urgent=True)
+        told = listener.received.get(timeout=30)
     assert failed == []  # nothing for GatewayDeliveryFailing to see
     assert kinds == ["delayed"]
     [obx] = segments(told, "OBX")
@@ -649,29 +624,24 @@ def test_the_spool_names_one_patient_or_none(tmp_path: Path, other: str) -> None
     in the order the vault would take it (by series, then instance), and only when every
     image names the same patient. A series of another patient filed under the study (a
     mis-filed series, received first) must not put that patient's name on the order."""
-    with Hl7Listener() as listener:
-        settings = NotificationSettings(hl7=hl7_endpoint(listener.port))
-        parts = Parts(tmp_path, settings)
-        try:
-            folder = tmp_path / "spool"
-            folder.mkdir()
-            study = "1.2.826.0.1.3680043.8.498.99"
-            rows = [  # received first: a series the route did not select, another patient's
-                ("1.2.9", spooled(folder, study, "1.2.9", other), 1.0),
-                ("1.2.1", spooled(folder, study, "1.2.1", "HOSP-77"), 2.0),
-            ]
-            with parts.state.transaction() as db:
-                for series, path, at in rows:
-                    uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
-                    db.execute(
-                        "INSERT INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                        (uid, study, series, "1.2.840.10008.5.1.4.1.1.2", "CT", "", "", "",
-                         str(path), path.stat().st_size, "MOD", at),
-                    )  # fmt: skip
-            gateway: Any = SimpleNamespace(state=parts.state)  # what the method reads of it
-            named = Gateway._spooled_identity(gateway, study)
-        finally:
-            parts.close()
+    with a_ris(tmp_path) as (listener, parts, settings):
+        folder = tmp_path / "spool"
+        folder.mkdir()
+        study = "1.2.826.0.1.3680043.8.498.99"
+        rows = [  # received first: a series the route did not select, another patient's
+            ("1.2.9", spooled(folder, study, "1.2.9", other), 1.0),
+            ("1.2.1", spooled(folder, study, "1.2.1", "HOSP-77"), 2.0),
+        ]
+        with parts.state.transaction() as db:
+            for series, path, at in rows:
+                uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+                db.execute(
+                    "INSERT INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (uid, study, series, "1.2.840.10008.5.1.4.1.1.2", "CT", "", "", "",
+                     str(path), path.stat().st_size, "MOD", at),
+                )  # fmt: skip
+        gateway: Any = SimpleNamespace(state=parts.state)  # what the method reads of it
+        named = Gateway._spooled_identity(gateway, study)
     if other == "HOSP-77":
         assert named is not None and named["PatientName"] == "HOSP-77^X"
     else:
@@ -712,27 +682,22 @@ def test_a_delay_the_backup_held_queued_waits_for_the_restore_to_be_checked(
     Restored, the STAT lane starts before the restore is checked with the exchange (the disk
     lost since may have brought the result home and told the RIS): the delay waits, then,
     the job still under way once checked, goes; and the result that follows replaces it."""
-    with Hl7Listener() as listener:
-        settings = NotificationSettings(hl7=hl7_endpoint(listener.port), delayed_after_seconds=60)
-        parts = Parts(tmp_path, settings)
-        try:
-            job = unsent_job(parts.state, "stat", created_at=time.time() - AN_HOUR)
-            parts.state.update_job(job, state="submitted", exchange_job_id="x-1")
-            watch(parts, settings).announce_due()  # queued; the backup is taken now
-            parts.state.record_restore(backup_taken_at=time.time())
-            parts.sender.send_due(urgent=True)
-            before_check = drained(listener)
-            waiting = parts.state.queued_notices_of(job)
-            restore = parts.state.restore_to_reconcile()
-            assert restore is not None
-            parts.state.restore_reconciled(int(restore["id"]))  # the job still under way
-            parts.sender.send_due(urgent=True, now=time.time() + AN_HOUR)
-            [told] = drained(listener)
-            parts.sender.queue(job, result("x-1", urgent=True))
-            parts.sender.send_due(urgent=True)
-            [follows] = drained(listener)
-        finally:
-            parts.close()
+    with a_ris(tmp_path, delayed_after_seconds=60) as (listener, parts, settings):
+        job = unsent_job(parts.state, "stat", created_at=time.time() - AN_HOUR)
+        parts.state.update_job(job, state="submitted", exchange_job_id="x-1")
+        watch(parts, settings).announce_due()  # queued; the backup is taken now
+        parts.state.record_restore(backup_taken_at=time.time())
+        parts.sender.send_due(urgent=True)
+        before_check = drained(listener)
+        waiting = parts.state.queued_notices_of(job)
+        restore = parts.state.restore_to_reconcile()
+        assert restore is not None
+        parts.state.restore_reconciled(int(restore["id"]))  # the job still under way
+        parts.sender.send_due(urgent=True, now=time.time() + AN_HOUR)
+        [told] = drained(listener)
+        parts.sender.queue(job, result("x-1", urgent=True))
+        parts.sender.send_due(urgent=True)
+        [follows] = drained(listener)
     assert before_check == [] and [row["tries"] for row in waiting] == [0]
     assert segments(told, "OBR")[0][25] == "I"
     assert segments(follows, "OBX")[-1][11] == "D"  # the result withdraws the delay
@@ -784,37 +749,32 @@ def test_a_delay_that_cannot_name_its_study_yet_waits_and_shows_as_retrying(
     """Never prepared for sending, and its images do not name one patient: nobody is named
     on a guess. The delay stays queued, STAT and retrying, so the hospital's monitoring sees
     it held up; once the study is prepared (the vault knows it), it goes."""
-    with Hl7Listener() as listener:
-        settings = NotificationSettings(hl7=hl7_endpoint(listener.port), delayed_after_seconds=60)
-        parts = Parts(tmp_path, settings)
-        try:
-            unknown = "1.2.826.0.1.3680043.8.498.5"
-            with parts.state.transaction() as db:
-                job = db.execute(
-                    "INSERT INTO jobs (study_uid, round, product_id, priority, idempotency_key, "
-                    "state, study_last_at, created_at) VALUES (?, 1, 'aifi-ich', 'stat', 'k9', "
-                    "'pending', 0, ?)",
-                    (unknown, time.time() - AN_HOUR),
-                ).lastrowid
-                db.execute(  # its images, in the spool, naming no one patient
-                    "INSERT INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                    ("2.25.51", unknown, "2.25.52", "1.2.840.10008.5.1.4.1.1.2", "CT", "",
-                     "", "", str(tmp_path / "x.dcm"), 1, "MOD", time.time()),
-                )  # fmt: skip
-            assert job is not None
-            watch(parts, settings).announce_due()
-            parts.sender.send_due(urgent=True)
-            waiting = parts.state.queued_notices_of(job)
-            [row] = parts.state.notification_outcomes(job).values()
-            parts.vault.remember(
-                {}, original_study_uid=unknown, pseudonym_study_uid="2.25.5",
-                patient_pseudonym="P5",
-                original_attributes={"PatientID": "HOSP-5", "PatientName": "Smit^Jan"},
+    with a_ris(tmp_path, delayed_after_seconds=60) as (listener, parts, settings):
+        unknown = "1.2.826.0.1.3680043.8.498.5"
+        with parts.state.transaction() as db:
+            job = db.execute(
+                "INSERT INTO jobs (study_uid, round, product_id, priority, idempotency_key, "
+                "state, study_last_at, created_at) VALUES (?, 1, 'aifi-ich', 'stat', 'k9', "
+                "'pending', 0, ?)",
+                (unknown, time.time() - AN_HOUR),
+            ).lastrowid
+            db.execute(  # its images, in the spool, naming no one patient
+                "INSERT INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                ("2.25.51", unknown, "2.25.52", "1.2.840.10008.5.1.4.1.1.2", "CT", "",
+                 "", "", str(tmp_path / "x.dcm"), 1, "MOD", time.time()),
             )  # fmt: skip
-            parts.sender.send_due(urgent=True, now=time.time() + AN_HOUR)
-            told = listener.received.get(timeout=30)
-        finally:
-            parts.close()
+        assert job is not None
+        watch(parts, settings).announce_due()
+        parts.sender.send_due(urgent=True)
+        waiting = parts.state.queued_notices_of(job)
+        [row] = parts.state.notification_outcomes(job).values()
+        parts.vault.remember(
+            {}, original_study_uid=unknown, pseudonym_study_uid="2.25.5",
+            patient_pseudonym="P5",
+            original_attributes={"PatientID": "HOSP-5", "PatientName": "Smit^Jan"},
+        )  # fmt: skip
+        parts.sender.send_due(urgent=True, now=time.time() + AN_HOUR)
+        told = listener.received.get(timeout=30)
     assert [queued["kind"] for queued in waiting] == ["delayed"]
     assert (row["ok"], row["retryable"], row["stat"]) == (0, 1, 1)
     assert "cannot be named yet" in row["detail"]

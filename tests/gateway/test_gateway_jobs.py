@@ -23,6 +23,8 @@ from support.spool import add_history
 
 NOW = time.time()
 ACKNOWLEDGEMENT = "its acknowledgement at the exchange (tried again; the gateway's log says why)"
+#: The order a STAT job's delay went under while the exchange was out of reach.
+ORDER_TOLD_LATE = "0531880f-d44f-567b-8b29-f68bc93071a2"
 
 
 def add_job(state: GatewayState, study: str, job_state: str, **columns: object) -> int:
@@ -53,6 +55,7 @@ def a_gateways_day(state: GatewayState) -> dict[str, int]:
         "sending": add_job(
             state, "1.2.1", "pending", attempts=2, next_attempt_at=NOW + 120,
             reason="the exchange is unreachable: connection refused", created_at=NOW - 500,
+            delay_announced_as=ORDER_TOLD_LATE, delay_told_at=NOW - 100,
         ),
         "at the exchange": add_job(
             state, "1.2.2", "submitted", priority="stat", exchange_job_id="x-2",
@@ -145,11 +148,13 @@ def test_the_command_shows_the_jobs_and_writes_them_as_json(tmp_path: Path) -> N
     assert "jobs not done with" in shown
     assert "submitted (STAT)" in shown and "its notice (its acknowledgement" in shown
     assert "hl7 (result): not tried" in shown
+    assert "told late: RIS order" in shown  # its id folded in the column, whole in the JSON
     written = json.loads((tmp_path / "jobs.json").read_text())
     assert [job["id"] for job in written] == [
         jobs["at the exchange"], jobs["sending"], jobs["pacs"], jobs["notice"]
     ]  # fmt: skip
     assert written[2]["pacs"] == ["pacs: 1 stored, 1 failed (association refused)"]
+    assert [job["delay_announced_as"] for job in written] == [None, ORDER_TOLD_LATE, None, None]
     assert written[3]["notices"][1] == {
         "channel": "hl7",
         "kind": "result",
@@ -197,6 +202,7 @@ def test_the_command_is_read_in_an_80_column_terminal(tmp_path: Path) -> None:
         "last the product failed: no intracranial volume found in the series sent",
         "pacs: 1 stored, 1 failed (association refused)",
         "hl7 (result): not tried",
+        f"told late RIS order {ORDER_TOLD_LATE}",
     ):
         assert reason in shown, result.output
 

@@ -87,9 +87,14 @@ def _table(jobs: list[JobStatus], title: str, now: float) -> Table:
             _state(job),
             said,
             "\n".join(job.pacs),
-            _notices(job.notices),
+            "\n".join(filter(None, (_notices(job.notices), _told_late(job)))),
         )
     return table
+
+
+def _told_late(job: JobStatus) -> str:
+    """The order the RIS holds for a job told late: an engineer looks it up by this id."""
+    return f"told late: RIS order {job.delay_announced_as}" if job.delay_announced_as else ""
 
 
 def _blocks(jobs: list[JobStatus], title: str, now: float) -> Group:
@@ -110,6 +115,8 @@ def _blocks(jobs: list[JobStatus], title: str, now: float) -> Group:
             facts.add_row("PACS", "\n".join(job.pacs))
         if job.notices:
             facts.add_row("notices", _notices(job.notices))
+        if job.delay_announced_as:
+            facts.add_row("told late", f"RIS order {job.delay_announced_as}")
         heading = f"[bold]job {job.id}[/]  {_state(job)}  {job.product_id}"
         shown += [
             Text(""),

@@ -2464,9 +2464,9 @@ class Gateway:
     def _spooled_identity(self, study_uid: str) -> dict[str, str] | None:
         """The patient and study as the hospital's images name them, read from the spool:
         for a notice about a study the vault does not know yet (never prepared for sending).
-        From the first instance in the order the vault would take it (by series, then
-        instance), and only when every instance names the same patient: a series filed under
-        the wrong study must not put another patient's name on the order. None otherwise."""
+        From the first instance by series, then instance, and only when every instance names
+        the same patient: a series filed under the wrong study must not put another
+        patient's name on the order. None otherwise."""
         identity: dict[str, str] | None = None
         for row in self.state.query(
             "SELECT path FROM instances WHERE study_uid = ? ORDER BY series_uid, sop_instance_uid",

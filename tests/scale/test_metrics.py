@@ -305,6 +305,29 @@ def test_the_gateway_tells_how_long_its_oldest_stat_study_has_waited(tmp_path: P
     assert delivered[("aifi_gateway_stat_waiting_seconds", ())] == 0.0
 
 
+def test_a_study_stat_by_its_products_priority_waits_as_stat(tmp_path: Path) -> None:
+    """A route that leaves the priority to the product: the study is STAT when the product's
+    catalogue entry, as the gateway last read it, says so (a routine product's is not)."""
+    state = GatewayState(tmp_path / "state.db")
+    for study in ("1.4.1", "1.4.2"):
+        state.record_instance(received(f"{study}.0", study, tmp_path, 10), 0.0)
+    for study, product in (("1.4.1", "product-routine"), ("1.4.2", "product-stat")):
+        row = next(r for r in state.due_studies(time.time() + 1) if r["study_uid"] == study)
+        routed = RoutedJob(product, None, frozenset({study + ".1"}))
+        state.route_study(study, row["round"], row["due_at"], [routed], study_pseudonym=study)
+    state.remember_product("product-routine", {"manifest": {"priority": "routine"}})
+    server = start_metrics_server(state, 0)
+    try:
+        unknown = samples(httpx.get(server.url, timeout=10).text)
+        state.remember_product("product-stat", {"manifest": {"priority": "stat"}})
+        known = samples(httpx.get(server.url, timeout=10).text)
+    finally:
+        server.close()
+        state.close()
+    assert unknown[("aifi_gateway_stat_waiting_seconds", ())] == 0.0  # not known to be STAT
+    assert known[("aifi_gateway_stat_waiting_seconds", ())] > 0.0
+
+
 def test_the_gateway_counts_as_retrying_only_the_jobs_it_will_try_again(tmp_path: Path) -> None:
     """`aifi_gateway_jobs_retrying{step}`: an upload tried again, and a result whose delivery
     to the PACS failed, count until they get through, each under its step (GatewayBacklog

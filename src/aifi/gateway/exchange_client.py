@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,6 +55,9 @@ class GatewayClient(ApiClient):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._products: dict[str, tuple[float, dict[str, Any]]] = {}
+        #: Told each catalogue entry as it is read from the exchange (the gateway keeps what
+        #: a late STAT job needs of it across restarts).
+        self.on_product_read: Callable[[str, dict[str, Any]], None] | None = None
 
     @classmethod
     def connecting(cls, exchange: ExchangeConnection, **options: Any) -> GatewayClient:
@@ -75,13 +78,9 @@ class GatewayClient(ApiClient):
             return cached[1]
         entry = dict(self.request("GET", f"/products/{product_id}").json())
         self._products[product_id] = (time.monotonic(), entry)
+        if self.on_product_read is not None:
+            self.on_product_read(product_id, entry)
         return entry
-
-    def known_product(self, product_id: str) -> dict[str, Any] | None:
-        """The product's catalogue entry as last fetched, however long ago (None: never):
-        for what may be read from it without a request, as the exchange may be out of reach."""
-        cached = self._products.get(product_id)
-        return cached[1] if cached else None
 
     def create_job(
         self,

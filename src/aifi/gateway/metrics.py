@@ -268,14 +268,17 @@ class GatewayCollector(Collector):
             now,
         )
         # Acute triage has minutes, not the quarter of an hour the other figures allow: the
-        # oldest STAT study whose result is not yet in the PACS, wherever it stands.
+        # oldest STAT study whose result is not yet in the PACS, wherever it stands; STAT by
+        # its route, or by its product's priority as the gateway last read the catalogue.
         yield _since(
             "aifi_gateway_stat_waiting_seconds",
             "Time since the last instance arrived of the oldest STAT study whose AI result is "
             "not yet in the PACS (0 when none waits)",
             scalar(
-                "SELECT MIN(study_last_at) FROM jobs "
-                "WHERE priority = 'stat' AND state IN ('pending', 'submitted')"
+                "SELECT MIN(j.study_last_at) FROM jobs AS j "
+                "LEFT JOIN products_seen AS p ON p.product_id = j.product_id "
+                "WHERE j.state IN ('pending', 'submitted') AND (j.priority = 'stat' OR "
+                "(j.priority IS NULL AND json_extract(p.entry, '$.manifest.priority') = 'stat'))"
             ),
             now,
         )

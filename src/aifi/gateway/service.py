@@ -350,6 +350,7 @@ class Gateway:
         # Stopped, the gateway ends its calls to the exchange rather than ride out an outage:
         # what they were doing is in its state, done again at the next start.
         self.client.give_up_when(self._stop)
+        self.client.on_product_read = self._keep_product
         self._anchored: Anchor | None = None
         self._assemble = threading.Event()
         self._submit = threading.Event()
@@ -2489,11 +2490,15 @@ class Gateway:
         return identity
 
     def _known_product(self, product_id: str) -> dict[str, Any] | None:
-        """What a late STAT job needs of the product's catalogue entry, as last read: by
-        this run of the gateway, else as a run before kept it. Never asks the exchange."""
-        entry = self.client.known_product(product_id)
-        if entry is None:
-            return self.state.remembered_product(product_id)
+        """What a late STAT job needs of the product's catalogue entry, as last read by this
+        gateway (`_keep_product`), however long ago: never asks the exchange."""
+        return self.state.remembered_product(product_id)
+
+    def _keep_product(self, product_id: str, entry: Mapping[str, Any]) -> None:
+        """Keep what a late STAT job (and the STAT waiting gauge) needs of a catalogue entry
+        just read: its priority, turnaround, name and version. In `state.db`, so a gateway
+        restarted while the exchange is out of reach still knows which products run STAT.
+        Written only when it changed; a failure to keep it never fails the read."""
         manifest = entry.get("manifest") or {}
         kept = {
             "name": entry.get("name"),
@@ -2504,10 +2509,14 @@ class Gateway:
                 if key in manifest
             },
         }
-        if self._products_kept.get(product_id) != kept:
+        if self._products_kept.get(product_id) == kept:
+            return
+        try:
             self.state.remember_product(product_id, kept)
-            self._products_kept[product_id] = kept
-        return kept
+        except sqlite3.Error as exc:
+            log.warning("product %s: its catalogue entry is not kept (%s)", product_id, exc)
+            return
+        self._products_kept[product_id] = kept
 
     def _key_image(self, local_id: int, results: list[Path], target: Path) -> None:
         """Keep a key image for the web pages; a failure here never holds up delivery."""

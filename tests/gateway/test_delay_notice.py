@@ -191,7 +191,7 @@ def test_a_routine_job_or_a_hospital_that_turned_delays_off_is_not_told(
     # products run STAT, and in what time, as it last read them: it asks nobody.
     again = Gateway(load_config(path))
     try:
-        kept = again._known_product(tissue_volume.PRODUCT_ID)
+        kept = again.state.remembered_product(tissue_volume.PRODUCT_ID)
     finally:
         again.close()
     assert kept is not None

@@ -375,7 +375,8 @@ class Gateway:
             state=self.state,
             vault=self.vault,
             settings=config.notifications,
-            catalogue=self._known_product,
+            # As last read (`_keep_product`), however long ago: the look never asks the exchange.
+            catalogue=self.state.remembered_product,
             announce=self.notices.announce_delay,
             close=self.notices.close_told,
             covered=self.state.covered_by_another,
@@ -415,7 +416,7 @@ class Gateway:
         self._sending: dict[int, set[str]] = {}
         self._sending_lock = threading.Lock()
         self._closed = False
-        #: What `_known_product` last kept in the state, by product.
+        #: What `_keep_product` last kept in the state, by product.
         self._products_kept: dict[str, dict[str, Any]] = {}
         #: Whether a restore's jobs were checked with the exchange (`reconcile_restore`), by
         #: whichever of the sender and the results thread came first.
@@ -2488,11 +2489,6 @@ class Gateway:
                 return None
             identity = identity or read
         return identity
-
-    def _known_product(self, product_id: str) -> dict[str, Any] | None:
-        """What a late STAT job needs of the product's catalogue entry, as last read by this
-        gateway (`_keep_product`), however long ago: never asks the exchange."""
-        return self.state.remembered_product(product_id)
 
     def _keep_product(self, product_id: str, entry: Mapping[str, Any]) -> None:
         """Keep what a late STAT job (and the STAT waiting gauge) needs of a catalogue entry

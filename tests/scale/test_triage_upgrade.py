@@ -1,6 +1,6 @@
-"""The upgrade that keeps each job's triage flag in a column of its own reads the flag of
-every job that already has a summary, on SQLite and on PostgreSQL, as a job completing after
-the upgrade gets it."""
+"""The upgrades that keep each job's triage flag, and the product version that ran it, in
+columns of their own read them from every job that already has a summary, on SQLite and on
+PostgreSQL, as a job completing after the upgrade gets them."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from alembic import command
 from sqlalchemy import create_engine, text
 
 from aifi.exchange.db import alembic_config
-from aifi.exchange.triage import triage_call, triage_flag
+from aifi.exchange.triage import summary_version, triage_call, triage_flag
 from aifi.results.summary import ResultSummary, Triage, TriageFlag
 from scale.servers import PostgresServer
 
@@ -40,29 +40,42 @@ SUMMARIES: dict[str, dict[str, Any] | None] = {
 }
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_jobs_with_a_summary_get_their_triage_flag_on_upgrade(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
+def upgraded(
+    backend: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    before: str,
+    summaries: dict[str, dict[str, Any] | None],
+    column: str,
+) -> dict[str, Any]:
+    """Jobs with `summaries` stored at revision `before`, then the upgrade to head: each
+    job's `column`."""
     if backend == "sqlite":
         url = f"sqlite:///{tmp_path / 'exchange.db'}"
     else:
         server: PostgresServer = request.getfixturevalue("postgres")
-        url = server.create_database("triage")
-    command.upgrade(alembic_config(url), "0007")
+        url = server.create_database("upgrade")
+    command.upgrade(alembic_config(url), before)
     engine = create_engine(url)
     t = "2026-11-01 10:00:00+00:00"
     with engine.begin() as connection:
         for statement in _PARTIES:
             connection.execute(text(statement), {"t": t})
-        for job, summary in SUMMARIES.items():
+        for job, summary in summaries.items():
             stored = None if summary is None else json.dumps(summary)
             connection.execute(text(_JOB), {"id": job, "summary": stored, "t": t})
     command.upgrade(alembic_config(url), "head")
     with engine.connect() as connection:
-        rows = connection.execute(text("SELECT id, triage_flag FROM jobs")).all()
-    flags: dict[str, str | None] = {job: flag for job, flag in rows}
+        rows = connection.execute(text(f"SELECT id, {column} FROM jobs")).all()  # noqa: S608
     engine.dispose()
+    return {job: value for job, value in rows}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_jobs_with_a_summary_get_their_triage_flag_on_upgrade(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    flags = upgraded(backend, tmp_path, request, "0007", SUMMARIES, "triage_flag")
     assert flags == {
         job: None if summary is None else triage_flag(summary) for job, summary in SUMMARIES.items()
     }
@@ -71,6 +84,30 @@ def test_jobs_with_a_summary_get_their_triage_flag_on_upgrade(
         "negative",
         "none",
     )
+
+
+#: What summaries stored before versions were kept named, and the version each job gets.
+VERSIONS: dict[str, tuple[dict[str, Any] | None, str | None]] = {
+    "named": ({"product_version": "2.1.0", "triage": {"flag": "positive"}}, "2.1.0"),
+    "longest": ({"product_version": "v" * 64}, "v" * 64),
+    "too-long": ({"product_version": "v" * 65}, None),
+    "empty": ({"product_version": ""}, None),
+    "none-named": ({"triage": {"flag": "negative"}}, None),
+    "no-summary": (None, None),
+}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_jobs_with_a_summary_get_the_version_it_names_on_upgrade(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The version that produced a job's result is kept where a job can keep it (what the
+    catalogue allows); other jobs' version was never kept, and is not guessed."""
+    summaries = {job: summary for job, (summary, _kept) in VERSIONS.items()}
+    versions = upgraded(backend, tmp_path, request, "0015", summaries, "product_version")
+    assert versions == {job: kept for job, (_summary, kept) in VERSIONS.items()}
+    # The rule the exchange keeps for a job completing now is the same.
+    assert {job: summary_version(s or {}) for job, s in summaries.items()} == versions
 
 
 def test_the_triage_call_reads_every_flag_the_summary_schema_has() -> None:

@@ -22,6 +22,7 @@ from sqlalchemy import (
     bindparam,
     case,
     delete,
+    func,
     inspect,
     literal,
     literal_column,
@@ -54,7 +55,7 @@ from aifi.exchange.schemas import (
     Priority,
 )
 from aifi.exchange.settings import ExchangeSettings
-from aifi.exchange.triage import read_unread_flags, triage_flag
+from aifi.exchange.triage import read_unread_flags, summary_version, triage_flag
 from aifi.exchange.validation import check_summary
 from aifi.results.delivery import Delivery
 
@@ -159,6 +160,7 @@ def job_out(job: Job, actor: Actor) -> JobOut:
         delivery=job.delivery,
         inputs_purged_at=job.inputs_swept_at,
         inputs_lost_at=job.inputs_lost_at,
+        product_version=job.product_version,
     )
 
 
@@ -364,6 +366,10 @@ def _ending(with_token: bool, with_summary: bool, unopened: bool = False) -> Upd
     if with_summary:
         values["summary"] = bindparam("new_summary", type_=Job.summary.type)
         values["triage_flag"] = bindparam("new_flag")
+        # The version that produced the result, else the one the job was created for.
+        values["product_version"] = func.coalesce(
+            bindparam("new_version", type_=Job.product_version.type), Job.product_version
+        )
     return update(Job).where(*where).values(values).returning(*_JOB_COLUMNS)
 
 
@@ -595,6 +601,7 @@ class JobService:
             patient_pseudonym=body.patient_pseudonym,
             priority=priority.value,
             priority_rank=PRIORITY_RANK[priority],
+            product_version=product.version,
             state=JobState.requested.value,
             inputs_complete=False,
             declared_instances=body.instances,
@@ -1205,6 +1212,7 @@ class JobService:
         if summary is not None:
             params["new_summary"] = summary
             params["new_flag"] = triage_flag(summary)
+            params["new_version"] = summary_version(summary)
         statement = _ending(token is not None, summary is not None, unopened)
         job = _job_of(execute_core(session, statement, params).first())
         if job is None:

@@ -172,6 +172,10 @@ class Job(Base):
     #: The triage flag of its summary: positive, negative or none; null until the job has a
     #: summary (see aifi.exchange.triage: evaluation and drift count it without parsing).
     triage_flag: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    #: The product version that ran it, for evaluation per version: the catalogue's when the
+    #: job was created, then the one its result summary names (the version that produced
+    #: the result). Null for jobs from before it was kept that ended without a summary.
+    product_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     ready_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

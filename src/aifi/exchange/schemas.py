@@ -254,6 +254,12 @@ class JobOut(BaseModel):
         "run, and if it ends without a result that is the exchange's doing, not the "
         "product's; its gateway sends the study again, once",
     )
+    product_version: str | None = Field(
+        default=None,
+        description="the product version that ran the job, as evaluation counts it per "
+        "version: the catalogue's when the job was created, then the one its result summary "
+        "names; null for a job from before the exchange kept it that ended without a summary",
+    )
     results: list[ResultOut] | None = Field(
         default=None,
         description="a completed job's results, when a hospital lists jobs with "

@@ -73,7 +73,12 @@ class ResultSummary(_Frozen):
 
     schema_version: int = 1
     product_id: str
-    product_version: str
+    product_version: str = Field(
+        min_length=1,
+        max_length=64,
+        description="the version that produced the result, as the catalogue names versions: "
+        "the exchange's evaluation counts each version apart",
+    )
     study_instance_uid: str | None = Field(
         default=None, description="the pseudonymised study the result belongs to"
     )

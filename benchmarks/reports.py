@@ -12,8 +12,9 @@ products, with feedback on some and monthly eligible counts, then times each rep
 times by each way and keeps the best, and records the peak of Python's heap (tracemalloc)
 during one more call. It checks that both ways give the same figures.
 
-Two more rows time evaluation and drift of one month of the year, as a page asks for a
-period: the database reads that month's jobs through the index on their times.
+One more row times evaluation per product version (each product runs version 1 until July and
+version 2 after). Two more time evaluation and drift of one month of the year, as a page asks
+for a period: the database reads that month's jobs through the index on their times.
 
 No issue sets a speed target for these reads, so the JSON's `targets` object is empty; the
 figures are there for planning and for comparing runs.
@@ -71,6 +72,8 @@ OPERATOR = Actor(organisation_id="operator", role="operator")
 HOSPITALS = [f"hospital-{n:02d}" for n in range(70)]
 PRODUCTS = [f"product-{n}" for n in range(8)]
 YEAR = datetime(2026, 1, 1, tzinfo=UTC)
+#: When each product's version 2 came into use.
+NEW_VERSION = datetime(2026, 7, 1, tzinfo=UTC)
 BATCH = 20_000
 
 
@@ -130,6 +133,8 @@ def fill(db: Database, jobs: int, progress: Progress, label: str) -> None:
                     "ready_at": ready,
                     "ended_at": ready + timedelta(seconds=rng.uniform(20, 600)),
                     "updated_at": ready,
+                    # Each product's version 2 from July on.
+                    "product_version": "2" if ready >= NEW_VERSION else "1",
                 }
             )
             if state == "completed" and rng.random() < 0.05:
@@ -182,6 +187,8 @@ def _records(
         Job.ready_at,
         Job.ended_at,
         Job.study_uid,
+        Job.created_at,
+        Job.product_version,
     )
     in_months = (*requested.where(Job.created_at), *ended.where(Job.ended_at))
     with db.session() as session:
@@ -200,8 +207,21 @@ def _records(
                 ended_at=as_utc(ended) if ended else None,
                 ai_positive=CALLS.get(flag) if flag else None,
                 study_uid=study,
+                created_at=as_utc(created),
+                product_version=version,
             )
-            for job_id, product_id, hospital_id, state, ready, ended, study, flag in jobs
+            for (
+                job_id,
+                product_id,
+                hospital_id,
+                state,
+                ready,
+                ended,
+                study,
+                created,
+                version,
+                flag,
+            ) in jobs
         ]
         feedback = [
             Feedback(
@@ -218,8 +238,10 @@ def _records(
     return records, feedback, eligible
 
 
-def evaluation_in_python(db: Database, months: Months = Months()) -> list[Any]:
-    return evaluate(*_records(db, requested=months))
+def evaluation_in_python(
+    db: Database, months: Months = Months(), by_version: bool = False
+) -> list[Any]:
+    return evaluate(*_records(db, requested=months), by_version=by_version)
 
 
 def drift_in_python(db: Database, months: Months = Months()) -> list[Any]:
@@ -260,10 +282,13 @@ def metering_in_python(db: Database) -> list[tuple[Any, ...]]:
 # The product's way: counted by the database. ----------------------------------------------
 
 
-def evaluation_in_database(db: Database, months: Months = Months()) -> list[Any]:
+def evaluation_in_database(
+    db: Database, months: Months = Months(), by_version: bool = False
+) -> list[Any]:
     with db.session() as session:
         return evaluations(
-            aggregates.tallies(session, months), aggregates.eligible(session, months)
+            aggregates.tallies(session, months, by_version=by_version),
+            aggregates.eligible(session, months),
         )
 
 
@@ -292,6 +317,10 @@ def metering_in_database(db: Database) -> list[tuple[Any, ...]]:
 MONTH = Months("2026-06", "2026-06")
 REPORTS: dict[str, tuple[Callable[[Database], Any], Callable[[Database], Any]]] = {
     "evaluation": (evaluation_in_python, evaluation_in_database),
+    "evaluation per version": (
+        partial(evaluation_in_python, by_version=True),
+        partial(evaluation_in_database, by_version=True),
+    ),
     "drift (monthly)": (drift_in_python, drift_in_database),
     "metering": (metering_in_python, metering_in_database),
     f"evaluation, {MONTH}": (

@@ -15,8 +15,16 @@ from aifi.exchange.audit import Actor
 from aifi.exchange.governance_models import EligibleCount, JobFeedback
 from aifi.exchange.models import Job
 from aifi.exchange.months import Months
-from aifi.exchange.triage import triage_call
-from aifi.governance import NATIONAL, Agreement, Feedback, JobRecord, drift_charts, evaluate
+from aifi.exchange.triage import summary_version, triage_call
+from aifi.governance import (
+    NATIONAL,
+    UNRECORDED,
+    Agreement,
+    Feedback,
+    JobRecord,
+    drift_charts,
+    evaluate,
+)
 from aifi.governance import EligibleCount as EligibleIn
 from aifi.governance.service import ClinicalService
 from aifi.results.summary import AlgorithmSummary, ResultSummary, Triage, TriageFlag
@@ -66,13 +74,97 @@ def test_the_triage_flag_in_each_summary_reaches_evaluation_and_drift(
         assert row.turnaround_p50_seconds is not None and row.turnaround_p50_seconds >= 0
 
 
+def versioned_summary(version: str, flag: str = "positive") -> dict[str, Any]:
+    return ResultSummary(
+        product_id="product-a",
+        product_version=version,
+        algorithm=AlgorithmSummary(name="a", version=version, manufacturer="vendor-a"),
+        triage=Triage(flag=TriageFlag(flag)),
+    ).model_dump(mode="json")
+
+
+def test_each_job_keeps_the_version_that_ran_it_and_evaluation_counts_versions_apart(
+    exchange: Any, parties: dict[str, Any], make_ct: Any
+) -> None:
+    """A job is created for the catalogue's version and keeps the version its result summary
+    names; evaluation per version counts each apart, in the order they came into use."""
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+
+    def job_of(job_id: str) -> dict[str, Any]:
+        answer = exchange.client.get(f"/jobs/{job_id}", headers=hospital.headers)
+        assert answer.status_code == 200, answer.text
+        return dict(answer.json())
+
+    first = complete(exchange, parties, make_ct, versioned_summary("1.0"))
+    failed = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
+    assert failed["product_version"] == "1.0"  # the catalogue's, as it was created
+    claim = exchange.claim(vendor, start=True)
+    assert claim is not None and claim["job"]["id"] == failed["id"]
+    fail = exchange.client.post(
+        f"/jobs/{failed['id']}/fail",
+        json={"lease_token": claim["lease_token"], "reason": "the model ran out of memory"},
+        headers=vendor.headers,
+    )
+    assert fail.status_code == 200, fail.text
+
+    # The vendor publishes 2.0; a worker still running 1.0 completes one job created for it.
+    exchange.product(vendor, "product-a", version="2.0")
+    second = complete(exchange, parties, make_ct, versioned_summary("2.0", "negative"))
+    late = complete(exchange, parties, make_ct, versioned_summary("1.0"))
+    assert [job_of(j)["product_version"] for j in (first, failed["id"], second, late)] == [
+        "1.0", "1.0", "2.0", "1.0",
+    ]  # fmt: skip
+
+    # A summary naming no version is refused, and the job stays held for a proper one.
+    held = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
+    claim = exchange.claim(vendor, start=True)
+    assert claim is not None and claim["job"]["id"] == held["id"]
+    refused = exchange.client.put(
+        f"/jobs/{held['id']}/results/summary.json",
+        json={**versioned_summary("2.0"), "product_version": ""},
+        params={"complete": "true"},
+        headers={"X-Lease-Token": claim["lease_token"], **vendor.headers},
+    )
+    assert refused.status_code == 422, refused.text
+    assert "product_version" in refused.json()["detail"]
+    assert job_of(held["id"])["state"] == "in-progress"
+    assert job_of(held["id"])["product_version"] == "2.0"
+
+    services = exchange.client.app.state.services
+    clinical = ClinicalService(services.db, services.catalogue, services.audit, services.settings)
+    rows = {
+        (r.hospital_id, r.product_version): r
+        for r in clinical.evaluation(OPERATOR, by_version=True)
+        if r.product_id == "product-a"
+    }
+    assert list(rows) == [
+        ("hospital-a", "1.0"), ("hospital-a", "2.0"), (NATIONAL, "1.0"), (NATIONAL, "2.0"),
+    ]  # fmt: skip
+    for hospital_id in ("hospital-a", NATIONAL):
+        old, new = rows[(hospital_id, "1.0")], rows[(hospital_id, "2.0")]
+        assert (old.completed, old.failed, old.volume) == (2, 1, 3)
+        # Volume counts the studies routed to it: the held job's too.
+        assert (new.completed, new.failed, new.volume) == (1, 0, 2)
+        assert old.failure_rate.denominator == 3 and new.uptake is None
+        assert old.first_requested_at and new.first_requested_at and old.last_requested_at
+        assert old.first_requested_at < new.first_requested_at <= old.last_requested_at
+    [overall] = [
+        r
+        for r in clinical.evaluation(OPERATOR)
+        if (r.product_id, r.hospital_id) == ("product-a", NATIONAL)
+    ]
+    assert overall.product_version is None and (overall.completed, overall.failed) == (3, 1)
+
+
 def random_jobs(rng: random.Random) -> tuple[list[dict[str, Any]], ...]:
     """Jobs, feedback and eligible counts as the exchange stores them: every state, flag and
     verdict, jobs that never became ready, ties, and period edges (a month's last minutes,
     ISO weeks that belong to the year before or after, a job requested in one month and ended
     in the next, one requested at a month's first moment), and studies sent again (a job of a
     study an earlier job had, a little later: mostly at its hospital to its product, else at
-    the other hospital or to the other product, where it is a study of its own)."""
+    the other hospital or to the other product, where it is a study of its own). Each job
+    has the version it was created for, or none (from before versions were kept), and a
+    summary may name another (the version that produced the result), or one no job can keep."""
     edges = [
         datetime(2026, 1, 31, 23, 59, 59, 999_000, tzinfo=UTC),
         datetime(2027, 1, 1, 8, 0, tzinfo=UTC),  # a Friday: ISO week 2026-W53
@@ -91,12 +183,17 @@ def random_jobs(rng: random.Random) -> tuple[list[dict[str, Any]], ...]:
         {"triage": "positive"},
         {"findings": []},
     ]
+    # The version a summary names: mostly a catalogue's, else none, empty or too long
+    # (summaries from before the schema required one a job can keep).
+    named = ["1.0", "2.0", "2.0", "2.1-rc", None, "", "v" * 65]
     jobs: list[dict[str, Any]] = []
     feedback: list[dict[str, Any]] = []
     for n in range(240):
         state = rng.choice(states)
         ended = rng.choice(edges) + timedelta(days=rng.choice([0, rng.randrange(400)]))
-        summary = rng.choice(summaries)
+        summary = dict(rng.choice(summaries))
+        if (version := rng.choice(named)) is not None:
+            summary["product_version"] = version
         if n < 2 * len(edges):  # each edge for certain: a positive and a negative call
             state, ended = "completed", edges[n % len(edges)]
             summary = {"triage": {"flag": ("positive", "negative")[n // len(edges)]}}
@@ -134,6 +231,7 @@ def random_jobs(rng: random.Random) -> tuple[list[dict[str, Any]], ...]:
             "delivery": delivery,
             # Images of the study the exchange lost: a failure then is not the product's.
             "inputs_lost_at": ended if rng.random() < 0.15 else None,
+            "product_version": rng.choice(["1.0", "1.0", "2.0", None]),
         }
         jobs.append(job)
         if rng.random() < 0.6:
@@ -169,17 +267,27 @@ def stored(exchange: Any, jobs: list[dict[str, Any]], *rows: list[dict[str, Any]
 def one_by_one(
     jobs: list[dict[str, Any]], feedback: list[dict[str, Any]], eligible: list[dict[str, Any]]
 ) -> tuple[list[JobRecord], list[Feedback], list[EligibleIn]]:
-    """The same rows as the row-by-row definitions take them."""
+    """The same rows as the row-by-row definitions take them; the version a job's summary
+    names, where a job can keep it, is the one it ran."""
     records = [
         JobRecord(
             **{
                 k: job[k]
-                for k in ("product_id", "hospital_id", "state", "ready_at", "ended_at", "delivery")
-            },
+                for k in (
+                    "product_id",
+                    "hospital_id",
+                    "state",
+                    "ready_at",
+                    "ended_at",
+                    "delivery",
+                    "created_at",
+                )
+            },  # fmt: skip
             job_id=job["id"],
             ai_positive=triage_call(job["summary"]),
             inputs_lost=job["inputs_lost_at"] is not None,
             study_uid=job["study_uid"],
+            product_version=summary_version(job["summary"] or {}) or job["product_version"],
         )
         for job in jobs
     ]
@@ -199,8 +307,8 @@ def one_by_one(
 
 
 def assert_same_evaluation(counted: list[Any], expected: list[Any]) -> None:
-    assert [(r.product_id, r.hospital_id) for r in counted] == [
-        (r.product_id, r.hospital_id) for r in expected
+    assert [(r.product_id, r.hospital_id, r.product_version) for r in counted] == [
+        (r.product_id, r.hospital_id, r.product_version) for r in expected
     ]
     for got, want in zip(counted, expected, strict=True):
         # SQLite's date functions count milliseconds: turnarounds agree to within one.
@@ -229,6 +337,23 @@ def test_the_database_counts_the_figures_as_rows_counted_one_by_one_do(
     assert any(r.sensitivity.denominator > 0 for r in counted)
     assert any(r.uptake is not None for r in counted)
     assert all(0 < r.undelivered.numerator < r.undelivered.denominator for r in counted)
+
+    # Per version: the same figures again, a row per version each job ran.
+    per_version = clinical.evaluation(OPERATOR, by_version=True)
+    assert_same_evaluation(per_version, evaluate(records, notes, counts, by_version=True))
+    versions = {(r.product_id, r.hospital_id): [] for r in counted}
+    for row in per_version:
+        versions[(row.product_id, row.hospital_id)].append(row)
+    for (product, hospital), rows in versions.items():
+        # Every version, and the jobs whose version was never kept, in the order each
+        # came into use; no uptake (eligible studies are counted per product).
+        assert {r.product_version for r in rows} == {"1.0", "2.0", "2.1-rc", UNRECORDED}
+        firsts = [r.first_requested_at for r in rows]
+        assert firsts == sorted(firsts) and all(r.uptake is None for r in rows)
+        [overall] = [r for r in counted if (r.product_id, r.hospital_id) == (product, hospital)]
+        for field in ("completed", "failed", "feedback", "images_lost"):
+            assert sum(getattr(r, field) for r in rows) == getattr(overall, field), field
+        assert min(firsts) == overall.first_requested_at
 
     for granularity in ("month", "week"):
         want_charts = drift_charts(records, granularity=granularity)
@@ -268,6 +393,8 @@ def test_a_period_counts_the_jobs_of_its_months_only(
     expected = evaluate(*one_by_one(requested, feedback, reported))
     counted = clinical.evaluation(OPERATOR, months)
     assert_same_evaluation(counted, expected)
+    per_version = evaluate(*one_by_one(requested, feedback, reported), by_version=True)
+    assert_same_evaluation(clinical.evaluation(OPERATOR, months, by_version=True), per_version)
     studies = {(j["hospital_id"], j["product_id"], j["study_uid"]) for j in requested}
     assert sum(r.volume for r in counted if r.hospital_id == NATIONAL) == len(studies)
     assert len(studies) < len(requested)  # studies sent again are in the data

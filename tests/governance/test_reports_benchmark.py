@@ -32,6 +32,7 @@ def test_the_reports_benchmark_counts_the_same_both_ways(tmp_path: Path) -> None
     figures = json.loads(out.read_text())
     assert {f["report"] for f in figures["figures"]} == {
         "evaluation",
+        "evaluation per version",
         "drift (monthly)",
         "metering",
         "evaluation, 2026-06",

@@ -134,6 +134,7 @@ def test_feedback_reaches_the_evaluation(pillar: Pillar, tmp_path: Path) -> None
         )
         assert given.status_code == 201, given.text
         rows = hospital.get("/evaluation").json()
+        per_version = hospital.get("/evaluation", params={"by_version": "true"}).json()
         weekly = hospital.get("/evaluation/drift", params={"granularity": "week"})
         daily = hospital.get("/evaluation/drift", params={"granularity": "day"})
     assert weekly.status_code == 200, weekly.text
@@ -144,11 +145,17 @@ def test_feedback_reaches_the_evaluation(pillar: Pillar, tmp_path: Path) -> None
     assert mine["volume"] == 1
     assert mine["feedback"] == 1
     assert (mine["partly"]["numerator"], mine["agree"]["numerator"]) == (1, 0)
+    # Per version: the one version that ran it, its hospital's row and the national one.
+    assert [(r["hospital_id"], r["product_version"], r["feedback"]) for r in per_version] == [
+        ("hospital-a", tissue_volume.VERSION, 1), ("national", tissue_volume.VERSION, 1),
+    ]  # fmt: skip
     with pillar.api("hospital-b") as other:
         assert (
             other.post(f"/jobs/{job_id}/feedback", json={"agreement": "agree"}).status_code == 404
         )
-        assert all(r["hospital_id"] != "hospital-a" for r in other.get("/evaluation").json())
+        for params in ({}, {"by_version": "true"}):
+            seen = other.get("/evaluation", params=params).json()
+            assert seen and all(r["hospital_id"] != "hospital-a" for r in seen)
 
 
 @pytest.mark.parametrize("report", ["/metering", "/evaluation", "/evaluation/drift"])

@@ -272,6 +272,8 @@ def test_a_radiologists_feedback_shows_up_in_the_metrics(
     assert "completed" in page.content()
     visit(page, site["url"] + f"/ui/jobs/{site['job_id']}", "hospital-job")
     assert "Triage positive" in page.content()
+    # The radiologist sees which version of the product read the study.
+    assert page.locator(".product-version").inner_text() == f"version {ich_triage.VERSION}"
     image = page.locator("img.key")
     assert image.evaluate("img => img.complete && img.naturalWidth") > 0
     # Drawn from pixels: on record as a read of the job's results.
@@ -348,6 +350,36 @@ def test_vendors_see_their_own_products_only(browser: Any, site: dict[str, Any])
     assert (
         visit(other, site["url"] + f"/ui/jobs/{site['job_id']}", "other-vendor-job").status == 404
     )
+
+
+def test_evaluation_per_version_names_the_version_that_ran_each_job(
+    browser: Any, site: dict[str, Any]
+) -> None:
+    """A vendor compares its versions in practice: ticked, the page has a row per version,
+    with when it ran, and the period shortcuts keep the choice."""
+    page = logged_in(browser, site, "victor")
+    visit(page, site["url"] + "/ui/evaluation", "vendor-evaluation")
+    assert "Version" not in headers_of(page)
+    page.check("input[name=by_version]")
+    with page.expect_navigation():
+        page.click("form.period button")
+    visit(page, page.url, "vendor-evaluation-per-version")
+    assert page.is_checked("input[name=by_version]")
+    rows = page.locator("tr", has_text=ich_triage.PRODUCT_ID)
+    assert rows.count() == 2  # hospital-a's and the national row, each of the one version
+    job = httpx.get(
+        site["url"] + f"/jobs/{site['job_id']}",
+        headers={"Authorization": f"Bearer {site['vendor_key']}"},
+    ).json()
+    day = job["created_at"][:10]
+    for n in range(2):
+        cells = dict(
+            zip(headers_of(page), rows.nth(n).locator("td").all_inner_texts(), strict=True)
+        )
+        assert cells["Version"] == f"{ich_triage.VERSION}\n{day}"  # its one day of jobs
+        assert cells["Uptake"] == "–"  # eligible studies are counted per product
+    shortcut = page.locator("nav.period-shortcuts a").first
+    assert "by_version=1" in str(shortcut.get_attribute("href"))
 
 
 def test_the_live_list_shows_the_latest_jobs_first(

@@ -34,6 +34,7 @@ from aifi.governance.dossier import (
 from aifi.governance.drift import DriftAlert, DriftChart, PChart, drift_charts, p_chart
 from aifi.governance.evaluation import (
     NATIONAL,
+    UNRECORDED,
     Agreement,
     EligibleCount,
     Feedback,
@@ -53,6 +54,7 @@ from aifi.governance.processing import (
 
 __all__ = [
     "NATIONAL",
+    "UNRECORDED",
     "AdmissionAction",
     "AdmissionError",
     "AdmissionState",

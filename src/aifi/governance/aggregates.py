@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, distinct, func, or_, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
+from aifi.exchange.clock import as_utc
 from aifi.exchange.governance_models import EligibleCount, JobFeedback
 from aifi.exchange.models import Job
 from aifi.exchange.months import Months
@@ -27,7 +29,14 @@ from aifi.exchange.schemas import JobState
 from aifi.exchange.sql_time import iso_week_label, month_label, seconds_between
 from aifi.exchange.triage import CALLS
 from aifi.governance.drift import Granularity, PeriodCount
-from aifi.governance.evaluation import DELIVERY_SAID, NATIONAL, UNDELIVERED, Agreement, Tally
+from aifi.governance.evaluation import (
+    DELIVERY_SAID,
+    NATIONAL,
+    UNDELIVERED,
+    UNRECORDED,
+    Agreement,
+    Tally,
+)
 from aifi.governance.evaluation import EligibleCount as EligibleIn
 
 _COMPLETED = JobState.completed.value
@@ -59,15 +68,23 @@ _COUNTS = (
 )
 
 
-def tallies(session: Session, months: Months = Months()) -> list[Tally]:
+#: A tally's scope: product, hospital (or NATIONAL), and version (None: all versions).
+Scope = tuple[str, str, str | None]
+
+
+def tallies(
+    session: Session, months: Months = Months(), *, by_version: bool = False
+) -> list[Tally]:
     """A tally per product × hospital and per product nationally (hospital NATIONAL), of the
-    jobs requested in `months` (by `created_at`, as volume counts them)."""
+    jobs requested in `months` (by `created_at`, as volume counts them); `by_version`: per
+    product version too."""
     verdict = JobFeedback.radiologist_positive
     count = func.count
     statement = (
         select(
-            Job.product_id,
-            Job.hospital_id,
+            *_groups(by_version, national=False),
+            func.min(Job.created_at),
+            func.max(Job.created_at),
             count(distinct(Job.study_uid)),
             count().filter(Job.state == _COMPLETED),
             count().filter(_FAILED_BY_PRODUCT),
@@ -83,34 +100,70 @@ def tallies(session: Session, months: Months = Months()) -> list[Tally]:
         )
         .outerjoin(JobFeedback, JobFeedback.job_id == Job.id)
         .where(*months.where(Job.created_at))
-        .group_by(Job.product_id, Job.hospital_id)
+        .group_by(*_groups(by_version, national=False))
     )
-    local = {
-        (product_id, hospital_id): Tally(
-            product_id, hospital_id, **dict(zip(_COUNTS, figures, strict=True))
+    local: dict[Scope, Tally] = {}
+    for row in session.execute(statement):
+        scope = _scope(row, by_version, national=False)
+        first, last, *figures = row[len(_groups(by_version, national=False)) :]
+        local[scope] = Tally(
+            *scope,
+            **dict(zip(_COUNTS, figures, strict=True)),
+            first_requested_at=as_utc(first),
+            last_requested_at=as_utc(last),
         )
-        for product_id, hospital_id, *figures in session.execute(statement)
-    }
-    national: dict[str, Tally] = {}
-    for (product_id, _hospital_id), counted in local.items():
-        pooled = national.setdefault(product_id, Tally(product_id, NATIONAL))
+    national: dict[Scope, Tally] = {}
+    for (product_id, _hospital_id, version), counted in local.items():
+        pooled = national.setdefault(
+            (product_id, NATIONAL, version), Tally(product_id, NATIONAL, version)
+        )
         for field in _COUNTS:
             setattr(pooled, field, getattr(pooled, field) + getattr(counted, field))
-    for scope, quantiles in _turnarounds(session, months, national=False).items():
-        local[scope].turnaround_p50_seconds, local[scope].turnaround_p95_seconds = quantiles
-    for (product_id, _national), quantiles in _turnarounds(session, months, national=True).items():
-        national[product_id].turnaround_p50_seconds = quantiles[0]
-        national[product_id].turnaround_p95_seconds = quantiles[1]
+        pooled.first_requested_at = _earliest(pooled.first_requested_at, counted.first_requested_at)
+        pooled.last_requested_at = _latest(pooled.last_requested_at, counted.last_requested_at)
+    for scoped, national_scope in ((local, False), (national, True)):
+        turnarounds = _turnarounds(session, months, by_version, national=national_scope)
+        for scope, (p50, p95) in turnarounds.items():
+            scoped[scope].turnaround_p50_seconds, scoped[scope].turnaround_p95_seconds = p50, p95
     return [*local.values(), *national.values()]
 
 
+def _groups(by_version: bool, *, national: bool) -> list[Any]:
+    """The columns a tally's rows are grouped by."""
+    groups: list[Any] = [Job.product_id]
+    if not national:
+        groups.append(Job.hospital_id)
+    if by_version:
+        groups.append(Job.product_version)  # null: not kept (UNRECORDED)
+    return groups
+
+
+def _scope(row: Any, by_version: bool, *, national: bool) -> Scope:
+    """The scope of a row that starts with `_groups`' columns."""
+    hospital = NATIONAL if national else row[1]
+    version = None
+    if by_version:
+        version = row[1 if national else 2]
+        version = UNRECORDED if version is None else version
+    return (row[0], hospital, version)
+
+
+def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
 def _turnarounds(
-    session: Session, months: Months, *, national: bool
-) -> dict[tuple[str, str], tuple[float, float]]:
-    """p50 and p95 of ready → completed per product × hospital (or per product), by linear
-    interpolation between order statistics, as :func:`aifi.governance.evaluation.percentile`
-    does and PostgreSQL's `percentile_cont` is defined."""
-    groups = [Job.product_id] if national else [Job.product_id, Job.hospital_id]
+    session: Session, months: Months, by_version: bool, *, national: bool
+) -> dict[Scope, tuple[float, float]]:
+    """p50 and p95 of ready → completed per product × hospital (or per product; and per
+    version, `by_version`), by linear interpolation between order statistics, as
+    :func:`aifi.governance.evaluation.percentile` does and PostgreSQL's `percentile_cont` is
+    defined."""
+    groups = _groups(by_version, national=national)
     completed = (
         Job.state == _COMPLETED,
         Job.ready_at.is_not(None),
@@ -126,13 +179,15 @@ def _turnarounds(
             .group_by(*groups)
         )
         return {
-            ((row[0], NATIONAL) if national else (row[0], row[1])): (
+            _scope(row, by_version, national=national): (
                 float(row.quantiles[0]),
                 float(row.quantiles[1]),
             )
             for row in session.execute(statement)
         }
-    return _turnarounds_by_rank(session, groups, completed, seconds, national=national)
+    return _turnarounds_by_rank(
+        session, groups, completed, seconds, by_version=by_version, national=national
+    )
 
 
 def _turnarounds_by_rank(
@@ -141,14 +196,16 @@ def _turnarounds_by_rank(
     completed: tuple[ColumnElement[bool], ...],
     seconds: seconds_between,
     *,
+    by_version: bool,
     national: bool,
-) -> dict[tuple[str, str], tuple[float, float]]:
+) -> dict[Scope, tuple[float, float]]:
     """Where the database has no `percentile_cont` (SQLite): it ranks each group's
     turnarounds and hands back only the few ranks around each percentile's position, and
     Python interpolates between the two it needs."""
+    labelled = [group.label(f"group_{n}") for n, group in enumerate(groups)]
     ranked = (
         select(
-            *groups,
+            *labelled,
             seconds.label("seconds"),
             (func.row_number().over(partition_by=groups, order_by=seconds) - 1).label("rank"),
             func.count().over(partition_by=groups).label("n"),
@@ -163,12 +220,12 @@ def _turnarounds_by_rank(
             for q in _QUANTILES.values()
         )
     )
-    keys = [ranked.c.product_id] if national else [ranked.c.product_id, ranked.c.hospital_id]
+    keys = [ranked.c[f"group_{n}"] for n in range(len(groups))]
     statement = select(*keys, ranked.c.n, ranked.c.rank, ranked.c.seconds).where(near)
-    picked: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
-    sizes: dict[tuple[str, str], int] = {}
+    picked: dict[Scope, dict[int, float]] = defaultdict(dict)
+    sizes: dict[Scope, int] = {}
     for row in session.execute(statement):
-        scope = (row[0], NATIONAL) if national else (row[0], row[1])
+        scope = _scope(row, by_version, national=national)
         n, rank, value = row[-3:]
         picked[scope][int(rank)] = float(value)
         sizes[scope] = int(n)

@@ -36,6 +36,16 @@ agreement
 sensitivity, PPV
     Against the radiologist's verdict, over jobs with both a verdict and a product flag:
     TP / (TP + FN) and TP / (TP + FP).
+
+Per version
+-----------
+Asked for, each figure is also counted per product version: the version that produced a
+job's result (its summary names it), else the catalogue's version when the job was created.
+A new version re-opens admission, and its figures in practice are its own: pooled with the
+version before, a change for the worse would be diluted by a year of the old one. A study that
+two versions read counts in the volume of each. Uptake is not counted per version: hospitals
+report eligible studies per product. Jobs from before the exchange kept versions that ended
+without a summary are counted under :data:`UNRECORDED`.
 """
 
 from __future__ import annotations
@@ -58,6 +68,8 @@ from aifi.results.delivery import Delivery
 
 #: Label of the pooled rows in place of a hospital id.
 NATIONAL = "national"
+#: The version of a row of jobs whose version was not kept (no catalogue version is empty).
+UNRECORDED = ""
 
 #: The normal quantile of a two-sided 95 % interval.
 _Z95 = NormalDist().inv_cdf(0.975)
@@ -104,6 +116,11 @@ class JobRecord(BaseModel):
         description="The study's (pseudonymised) UID, by which volume counts a study sent "
         "again once; empty counts the job as a study of its own.",
     )
+    product_version: str | None = Field(
+        default=None,
+        description="The product version that ran it (Job.product_version); None when not kept.",
+    )
+    created_at: datetime | None = Field(default=None, description="When the hospital requested it.")
 
     @classmethod
     def from_job(cls, job: Mapping[str, Any]) -> JobRecord:
@@ -119,6 +136,8 @@ class JobRecord(BaseModel):
             delivery=job.get("delivery"),
             inputs_lost=job.get("inputs_lost_at") is not None,
             study_uid=str(job.get("study_uid") or ""),
+            product_version=job.get("product_version"),
+            created_at=job.get("created_at"),
         )
 
 
@@ -176,10 +195,22 @@ class Proportion(BaseModel):
 
 
 class ProductEvaluation(BaseModel):
-    """One product at one hospital (or nationally, hospital_id == NATIONAL)."""
+    """One product at one hospital (or nationally, hospital_id == NATIONAL), over all its
+    versions or one of them."""
 
     product_id: str
     hospital_id: str
+    product_version: str | None = Field(
+        default=None,
+        description="the version these figures are of, when counted per version (empty: "
+        "jobs whose version was not kept); null: all versions",
+    )
+    first_requested_at: datetime | None = Field(
+        default=None, description="the first job counted here was requested then"
+    )
+    last_requested_at: datetime | None = Field(
+        default=None, description="the last job counted here was requested then"
+    )
     volume: int
     eligible: int | None
     uptake: Proportion | None
@@ -231,6 +262,8 @@ class Tally:
 
     product_id: str
     hospital_id: str
+    #: The version counted (UNRECORDED: not kept); None: all versions.
+    product_version: str | None = None
     volume: int = 0
     completed: int = 0
     failed: int = 0
@@ -247,20 +280,32 @@ class Tally:
     false_positives: int = 0
     turnaround_p50_seconds: float | None = None
     turnaround_p95_seconds: float | None = None
+    first_requested_at: datetime | None = None
+    last_requested_at: datetime | None = None
+
+    @property
+    def scope(self) -> tuple[str, str, str | None]:
+        return (self.product_id, self.hospital_id, self.product_version)
 
 
 def evaluate(
     jobs: Iterable[JobRecord],
     feedback: Iterable[Feedback] = (),
     eligible: Iterable[EligibleCount] = (),
+    *,
+    by_version: bool = False,
 ) -> list[ProductEvaluation]:
-    """Per product × hospital, then each product nationally; ordered by product, hospital."""
+    """Per product × hospital, then each product nationally (`by_version`: per product
+    version too); ordered as :func:`evaluations` orders them."""
     by_job = {f.job_id: f for f in feedback}
-    groups: dict[tuple[str, str], list[JobRecord]] = defaultdict(list)
+    groups: dict[tuple[str, str, str | None], list[JobRecord]] = defaultdict(list)
     for job in jobs:
-        groups[(job.product_id, job.hospital_id)].append(job)
-        groups[(job.product_id, NATIONAL)].append(job)
-    return evaluations([tally(p, h, scoped, by_job) for (p, h), scoped in groups.items()], eligible)
+        version = (job.product_version or UNRECORDED) if by_version else None
+        groups[(job.product_id, job.hospital_id, version)].append(job)
+        groups[(job.product_id, NATIONAL, version)].append(job)
+    return evaluations(
+        [tally(p, h, scoped, by_job, version=v) for (p, h, v), scoped in groups.items()], eligible
+    )
 
 
 def evaluations(
@@ -268,25 +313,25 @@ def evaluations(
 ) -> list[ProductEvaluation]:
     """The figures of each tally: hospitals by product and hospital, then each product's
     national row (hospital_id == NATIONAL), whose uptake pools only the hospitals that report
-    an eligible count."""
+    an eligible count. Per version, each product's versions follow one another in the order
+    they were first requested, and have no uptake (eligible studies are counted per
+    product)."""
     counts: dict[tuple[str, str], int] = defaultdict(int)
     for reported in eligible:
         counts[(reported.product_id, reported.hospital_id)] += reported.studies
     every = list(tallies)
-    local = sorted(
-        (t for t in every if t.hospital_id != NATIONAL), key=lambda t: (t.product_id, t.hospital_id)
-    )
-    rows = [_evaluation(t, counts.get((t.product_id, t.hospital_id))) for t in local]
-    for national in sorted(
-        (t for t in every if t.hospital_id == NATIONAL), key=lambda t: t.product_id
-    ):
+    local = sorted((t for t in every if t.hospital_id != NATIONAL), key=_order)
+    rows = [_evaluation(t, _eligible_of(t, counts)) for t in local]
+    for national in sorted((t for t in every if t.hospital_id == NATIONAL), key=_order):
         row = _evaluation(national, None)
         reporting = {h for (p, h) in counts if p == national.product_id}
-        if reporting:
+        if reporting and national.product_version is None:
             routed = sum(
                 t.volume
                 for t in local
-                if t.product_id == national.product_id and t.hospital_id in reporting
+                if t.product_id == national.product_id
+                and t.hospital_id in reporting
+                and t.product_version is None
             )
             row.eligible = sum(n for (p, _h), n in counts.items() if p == national.product_id)
             row.uptake = Proportion.of(routed, row.eligible)
@@ -294,15 +339,41 @@ def evaluations(
     return rows
 
 
+def _order(counted: Tally) -> tuple[Any, ...]:
+    """Products, hospitals, then a product's versions as they came into use."""
+    first = counted.first_requested_at
+    return (
+        counted.product_id,
+        counted.hospital_id,
+        first is None,
+        first or datetime.min,
+        counted.product_version or "",
+    )
+
+
+def _eligible_of(counted: Tally, counts: Mapping[tuple[str, str], int]) -> int | None:
+    if counted.product_version is not None:
+        return None  # counted per product, not per version
+    return counts.get((counted.product_id, counted.hospital_id))
+
+
 def tally(
-    product_id: str, hospital_id: str, jobs: Sequence[JobRecord], feedback: Mapping[str, Feedback]
+    product_id: str,
+    hospital_id: str,
+    jobs: Sequence[JobRecord],
+    feedback: Mapping[str, Feedback],
+    *,
+    version: str | None = None,
 ) -> Tally:
-    """Count `jobs` (one product's, at one hospital or all) with their feedback."""
+    """Count `jobs` (one product's, at one hospital or all; of one `version`, or of all when
+    None) with their feedback."""
     times = [t for j in jobs if (t := turnaround_seconds(j)) is not None]
     notes = [feedback[j.job_id] for j in jobs if j.job_id in feedback]
+    requested = [j.created_at for j in jobs if j.created_at is not None]
     counted = Tally(
         product_id=product_id,
         hospital_id=hospital_id,
+        product_version=version,
         volume=len({(j.hospital_id, j.study_uid or j.job_id) for j in jobs}),
         completed=sum(1 for j in jobs if j.state == JobState.completed.value),
         failed=sum(1 for j in jobs if j.state in _FAILED and not j.inputs_lost),
@@ -316,6 +387,8 @@ def tally(
         disagree=sum(1 for f in notes if f.agreement == Agreement.disagree),
         turnaround_p50_seconds=percentile(times, 50),
         turnaround_p95_seconds=percentile(times, 95),
+        first_requested_at=min(requested, default=None),
+        last_requested_at=max(requested, default=None),
     )
     for job in jobs:
         note = feedback.get(job.job_id)
@@ -345,6 +418,9 @@ def _evaluation(counted: Tally, eligible: int | None) -> ProductEvaluation:
     return ProductEvaluation(
         product_id=counted.product_id,
         hospital_id=counted.hospital_id,
+        product_version=counted.product_version,
+        first_requested_at=counted.first_requested_at,
+        last_requested_at=counted.last_requested_at,
         volume=counted.volume,
         eligible=eligible,
         uptake=None if eligible is None else Proportion.of(counted.volume, eligible),

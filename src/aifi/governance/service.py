@@ -421,15 +421,19 @@ class ClinicalService:
             )
         return [r for r in rows if r.product_id in own]
 
-    def evaluation(self, actor: Actor, months: Months = Months()) -> list[ProductEvaluation]:
+    def evaluation(
+        self, actor: Actor, months: Months = Months(), *, by_version: bool = False
+    ) -> list[ProductEvaluation]:
         """National figures are counted over every hospital, so the database counts them all
         (:mod:`aifi.governance.aggregates`); tenants' own rows are picked out afterwards.
-        `months`: the jobs requested in them, and the eligible counts of those months."""
+        `months`: the jobs requested in them, and the eligible counts of those months;
+        `by_version`: a row per product version instead of one over all."""
         with self._db.session() as session:
-            tallies = aggregates.tallies(session, months)
+            tallies = aggregates.tallies(session, months, by_version=by_version)
             eligible = aggregates.eligible(session, months)
         rows = self._visible_rows(actor, evaluations(tallies, eligible))
-        self._audit.record(actor, "search", "evaluation", f"{len(rows)} rows, {months}")
+        per = ", per version" if by_version else ""
+        self._audit.record(actor, "search", "evaluation", f"{len(rows)} rows, {months}{per}")
         return rows
 
     def drift(

@@ -165,11 +165,17 @@ def eligible(body: EligibleIn, caller: CallerDep, clinical: ClinicalDep) -> Resp
 
 @router.get("/evaluation", response_model=list[ProductEvaluation])
 def evaluation(
-    caller: CallerDep, clinical: ClinicalDep, months: MonthsDep
+    caller: CallerDep,
+    clinical: ClinicalDep,
+    months: MonthsDep,
+    by_version: Annotated[
+        bool,
+        Query(description="a row per product version (the version that ran each job)"),
+    ] = False,
 ) -> list[ProductEvaluation]:
     """The figures of the jobs requested in the months asked for (all time by default), with
-    the eligible counts reported for those months."""
-    return clinical.evaluation(caller, months)
+    the eligible counts reported for those months; per product version if asked."""
+    return clinical.evaluation(caller, months, by_version=by_version)
 
 
 @router.get("/evaluation/drift", response_model=list[DriftChart])

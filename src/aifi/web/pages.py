@@ -366,9 +366,10 @@ def evaluation(
     clinical: ClinicalDep,
     since: str | None = None,
     until: str | None = None,
+    by_version: bool = False,
 ) -> HTMLResponse:
     """`since`/`until` as YYYY-MM (the form's month fields); neither given: the last twelve
-    months; both left empty: all time."""
+    months; both left empty: all time. `by_version`: a row per product version."""
     try:
         if since is None and until is None:
             months = Months.last(EVALUATION_MONTHS, utcnow())
@@ -383,13 +384,14 @@ def evaluation(
             error=exc.message,
             # The months as typed, to correct; no figures under a period that was refused.
             typed={"since": since or "", "until": until or ""},
+            by_version=by_version,
             months=Months(),
             shortcuts=Months.shortcuts(utcnow()),
             rows=[],
             alerts=[],
             charts=[],
         )
-    rows = clinical.evaluation(user.actor, months)
+    rows = clinical.evaluation(user.actor, months, by_version=by_version)
     charts = clinical.drift(user.actor, months=months)
     alerts = [alert for chart in charts for alert in chart.alerts]
     hospital_user = user.organisation_role == OrganisationKind.hospital
@@ -403,6 +405,7 @@ def evaluation(
         user,
         error=None,
         months=months,
+        by_version=by_version,
         shortcuts=Months.shortcuts(utcnow()),
         rows=rows,
         alerts=alerts,

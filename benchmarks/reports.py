@@ -177,8 +177,14 @@ def fill(db: Database, jobs: int, progress: Progress, label: str) -> None:
 
 
 def _records(
-    db: Database, requested: Months = Months(), ended: Months = Months()
+    db: Database,
+    requested: Months = Months(),
+    ended: Months = Months(),
+    *,
+    evaluation: bool = False,
 ) -> tuple[list[JobRecord], list[Feedback], list[EligibleIn]]:
+    """The rows as evaluation (jobs `requested` in months) or drift (`ended` in months) needs
+    them: the request time and version only for `evaluation`, which alone reads them."""
     columns = (
         Job.id,
         Job.product_id,
@@ -187,12 +193,12 @@ def _records(
         Job.ready_at,
         Job.ended_at,
         Job.study_uid,
-        Job.created_at,
-        Job.product_version,
+        Job.triage_flag,
+        *((Job.created_at, Job.product_version) if evaluation else ()),
     )
     in_months = (*requested.where(Job.created_at), *ended.where(Job.ended_at))
     with db.session() as session:
-        jobs = session.execute(select(*columns, Job.triage_flag).where(*in_months)).all()
+        jobs = session.execute(select(*columns).where(*in_months)).all()
         notes = session.scalars(select(JobFeedback)).all()
         counts = session.scalars(
             select(EligibleCount).where(*requested.where_month(EligibleCount.month))
@@ -207,21 +213,10 @@ def _records(
                 ended_at=as_utc(ended) if ended else None,
                 ai_positive=CALLS.get(flag) if flag else None,
                 study_uid=study,
-                created_at=as_utc(created),
-                product_version=version,
+                created_at=as_utc(rest[0]) if rest else None,
+                product_version=rest[1] if rest else None,
             )
-            for (
-                job_id,
-                product_id,
-                hospital_id,
-                state,
-                ready,
-                ended,
-                study,
-                created,
-                version,
-                flag,
-            ) in jobs
+            for job_id, product_id, hospital_id, state, ready, ended, study, flag, *rest in jobs
         ]
         feedback = [
             Feedback(
@@ -241,7 +236,7 @@ def _records(
 def evaluation_in_python(
     db: Database, months: Months = Months(), by_version: bool = False
 ) -> list[Any]:
-    return evaluate(*_records(db, requested=months), by_version=by_version)
+    return evaluate(*_records(db, requested=months, evaluation=True), by_version=by_version)
 
 
 def drift_in_python(db: Database, months: Months = Months()) -> list[Any]:

@@ -15,7 +15,8 @@ from aifi.exchange.audit import Actor
 from aifi.exchange.governance_models import EligibleCount, JobFeedback
 from aifi.exchange.models import Job
 from aifi.exchange.months import Months
-from aifi.exchange.triage import summary_version, triage_call
+from aifi.exchange.triage import triage_call
+from aifi.exchange.versions import summary_version
 from aifi.governance import (
     NATIONAL,
     UNRECORDED,
@@ -87,7 +88,7 @@ def test_each_job_keeps_the_version_that_ran_it_and_evaluation_counts_versions_a
     exchange: Any, parties: dict[str, Any], make_ct: Any
 ) -> None:
     """A job is created for the catalogue's version and keeps the version its result summary
-    names; evaluation per version counts each apart, in the order they came into use."""
+    names; evaluation per version counts each apart, in the order each was first requested."""
     hospital, vendor = parties["hospital_a"], parties["vendor_a"]
 
     def job_of(job_id: str) -> dict[str, Any]:
@@ -115,18 +116,20 @@ def test_each_job_keeps_the_version_that_ran_it_and_evaluation_counts_versions_a
         "1.0", "1.0", "2.0", "1.0",
     ]  # fmt: skip
 
-    # A summary naming no version is refused, and the job stays held for a proper one.
+    # A summary naming no version a job can keep is refused, and the job stays held for a
+    # proper one.
     held = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
     claim = exchange.claim(vendor, start=True)
     assert claim is not None and claim["job"]["id"] == held["id"]
-    refused = exchange.client.put(
-        f"/jobs/{held['id']}/results/summary.json",
-        json={**versioned_summary("2.0"), "product_version": ""},
-        params={"complete": "true"},
-        headers={"X-Lease-Token": claim["lease_token"], **vendor.headers},
-    )
-    assert refused.status_code == 422, refused.text
-    assert "product_version" in refused.json()["detail"]
+    for bad in ("", "v" * 65, "2.0\x00"):  # none, too long for the catalogue, not printable
+        refused = exchange.client.put(
+            f"/jobs/{held['id']}/results/summary.json",
+            json={**versioned_summary("2.0"), "product_version": bad},
+            params={"complete": "true"},
+            headers={"X-Lease-Token": claim["lease_token"], **vendor.headers},
+        )
+        assert refused.status_code == 422, refused.text
+        assert "rule 'summary-json': product_version: must be 1 to 64" in refused.json()["detail"]
     assert job_of(held["id"])["state"] == "in-progress"
     assert job_of(held["id"])["product_version"] == "2.0"
 
@@ -146,8 +149,8 @@ def test_each_job_keeps_the_version_that_ran_it_and_evaluation_counts_versions_a
         # Volume counts the studies routed to it: the held job's too.
         assert (new.completed, new.failed, new.volume) == (1, 0, 2)
         assert old.failure_rate.denominator == 3 and new.uptake is None
-        assert old.first_requested_at and new.first_requested_at and old.last_requested_at
-        assert old.first_requested_at < new.first_requested_at <= old.last_requested_at
+        # All on one day: the days say when each version ran, no finer.
+        assert old.first_requested_on == new.first_requested_on == old.last_requested_on
     [overall] = [
         r
         for r in clinical.evaluation(OPERATOR)
@@ -253,7 +256,8 @@ def random_jobs(rng: random.Random) -> tuple[list[dict[str, Any]], ...]:
 
 def stored(exchange: Any, jobs: list[dict[str, Any]], *rows: list[dict[str, Any]]) -> Any:
     """The jobs, feedback and eligible counts written to the exchange's database, each job's
-    flag read by the sweep (as for rows of a replica of an earlier release); its services."""
+    flag and version read by the sweeps (as for rows of a replica of an earlier release); its
+    services."""
     feedback, eligible = rows
     services = exchange.client.app.state.services
     with services.db.session() as session:
@@ -261,6 +265,7 @@ def stored(exchange: Any, jobs: list[dict[str, Any]], *rows: list[dict[str, Any]
         session.execute(insert(JobFeedback), feedback)
         session.execute(insert(EligibleCount), eligible)
     assert services.jobs.read_triage_flags() == len(jobs)
+    assert services.jobs.read_product_versions() == len(jobs)  # each has a summary
     return services
 
 
@@ -346,14 +351,14 @@ def test_the_database_counts_the_figures_as_rows_counted_one_by_one_do(
         versions[(row.product_id, row.hospital_id)].append(row)
     for (product, hospital), rows in versions.items():
         # Every version, and the jobs whose version was never kept, in the order each
-        # came into use; no uptake (eligible studies are counted per product).
+        # was first requested; no uptake (eligible studies are counted per product).
         assert {r.product_version for r in rows} == {"1.0", "2.0", "2.1-rc", UNRECORDED}
-        firsts = [r.first_requested_at for r in rows]
+        firsts = [r.first_requested_on for r in rows]
         assert firsts == sorted(firsts) and all(r.uptake is None for r in rows)
         [overall] = [r for r in counted if (r.product_id, r.hospital_id) == (product, hospital)]
         for field in ("completed", "failed", "feedback", "images_lost"):
             assert sum(getattr(r, field) for r in rows) == getattr(overall, field), field
-        assert min(firsts) == overall.first_requested_at
+        assert min(firsts) == overall.first_requested_on
 
     for granularity in ("month", "week"):
         want_charts = drift_charts(records, granularity=granularity)

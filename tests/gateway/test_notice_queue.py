@@ -4,6 +4,7 @@ the study left the vault, when a job has two notices, and after a restore."""
 
 from __future__ import annotations
 
+import json
 import socket
 import sqlite3
 import threading
@@ -354,3 +355,30 @@ def test_a_queue_from_before_its_tries_were_kept_is_brought_up_to_this_version(
         assert (row["passes"], row["tries"]) == (2, 2)  # its passes taken for tries
     finally:
         state.close()
+
+
+@pytest.mark.parametrize("version", ["", "1.4.2+build." + "f" * 60])
+def test_a_queued_stat_notice_whose_summary_an_earlier_exchange_accepted_is_still_read(
+    version: str,
+) -> None:
+    """The exchange now refuses a summary whose product version is empty or longer than the
+    catalogue's 64 characters; the gateway still reads those an earlier exchange accepted,
+    queued or not, so a positive triage result keeps its findings and its STAT."""
+    summary = {
+        "schema_version": 1,
+        "product_id": "aifi-ich",
+        "product_version": version,
+        "algorithm": {"name": "ICH", "version": "1", "manufacturer": "V"},
+        "triage": {"flag": "positive", "priority": "high"},
+    }
+    assert ResultSummary.from_json(json.dumps(summary)).triage.flag is TriageFlag.POSITIVE
+    queued = {
+        "kind": "result",
+        "exchange_job_id": "x-1",
+        "product_id": "aifi-ich",
+        "summary": summary,
+        "completed_at": datetime(2026, 12, 6, tzinfo=UTC).isoformat(),
+        "pseudonym_study_uid": "2.25.1",
+        "original_study_uid": "2.25.2",
+    }
+    assert QueuedNotice.model_validate_json(json.dumps(queued)).message_stat

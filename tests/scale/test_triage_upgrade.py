@@ -10,10 +10,12 @@ from typing import Any
 
 import pytest
 from alembic import command
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
 
-from aifi.exchange.db import alembic_config
-from aifi.exchange.triage import summary_version, triage_call, triage_flag
+from aifi.exchange.db import Database, alembic_config
+from aifi.exchange.models import Job
+from aifi.exchange.triage import triage_call, triage_flag
+from aifi.exchange.versions import read_unread_versions
 from aifi.results.summary import ResultSummary, Triage, TriageFlag
 from scale.servers import PostgresServer
 
@@ -47,9 +49,9 @@ def upgraded(
     before: str,
     summaries: dict[str, dict[str, Any] | None],
     column: str,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], str]:
     """Jobs with `summaries` stored at revision `before`, then the upgrade to head: each
-    job's `column`."""
+    job's `column`, and the database's URL."""
     if backend == "sqlite":
         url = f"sqlite:///{tmp_path / 'exchange.db'}"
     else:
@@ -68,14 +70,14 @@ def upgraded(
     with engine.connect() as connection:
         rows = connection.execute(text(f"SELECT id, {column} FROM jobs")).all()  # noqa: S608
     engine.dispose()
-    return {job: value for job, value in rows}
+    return {job: value for job, value in rows}, url
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_jobs_with_a_summary_get_their_triage_flag_on_upgrade(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    flags = upgraded(backend, tmp_path, request, "0007", SUMMARIES, "triage_flag")
+    flags, _url = upgraded(backend, tmp_path, request, "0007", SUMMARIES, "triage_flag")
     assert flags == {
         job: None if summary is None else triage_flag(summary) for job, summary in SUMMARIES.items()
     }
@@ -86,28 +88,24 @@ def test_jobs_with_a_summary_get_their_triage_flag_on_upgrade(
     )
 
 
-#: What summaries stored before versions were kept named, and the version each job gets.
-VERSIONS: dict[str, tuple[dict[str, Any] | None, str | None]] = {
-    "named": ({"product_version": "2.1.0", "triage": {"flag": "positive"}}, "2.1.0"),
-    "longest": ({"product_version": "v" * 64}, "v" * 64),
-    "too-long": ({"product_version": "v" * 65}, None),
-    "empty": ({"product_version": ""}, None),
-    "none-named": ({"triage": {"flag": "negative"}}, None),
-    "no-summary": (None, None),
-}
-
-
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_jobs_with_a_summary_get_the_version_it_names_on_upgrade(
+def test_the_upgrade_that_keeps_versions_leaves_reading_them_to_the_sweep(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    """The version that produced a job's result is kept where a job can keep it (what the
-    catalogue allows); other jobs' version was never kept, and is not guessed."""
-    summaries = {job: summary for job, (summary, _kept) in VERSIONS.items()}
-    versions = upgraded(backend, tmp_path, request, "0015", summaries, "product_version")
-    assert versions == {job: kept for job, (_summary, kept) in VERSIONS.items()}
-    # The rule the exchange keeps for a job completing now is the same.
-    assert {job: summary_version(s or {}) for job, s in summaries.items()} == versions
+    """The upgrade rewrites no job: every job with a summary waits, in the partial index, for
+    the sweep, which reads the version it names (tests/exchange/test_product_versions.py);
+    jobs without one keep none, not a guess."""
+    summaries = {"named": {"product_version": "2.1.0"}, "no-summary": None}
+    before, url = upgraded(backend, tmp_path, request, "0015", summaries, "product_version")
+    assert before == {"named": None, "no-summary": None}
+    db = Database(url)
+    try:
+        assert read_unread_versions(db) == 1
+        with db.session() as session:
+            rows = session.execute(select(Job.id, Job.product_version, Job.version_read)).all()
+    finally:
+        db.dispose()
+    assert sorted(rows) == [("named", "2.1.0", True), ("no-summary", None, None)]
 
 
 def test_the_triage_call_reads_every_flag_the_summary_schema_has() -> None:

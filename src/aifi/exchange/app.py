@@ -87,6 +87,7 @@ def create_app(
             ("retention", sweep, retention.sweep),
             ("audit_archive", sweep, archiver.sweep),
             ("triage_flags", sweep, services.jobs.read_triage_flags),
+            ("product_versions", sweep, services.jobs.read_product_versions),
             ("audit_chain", AUDIT_LINK_SECONDS, services.audit.chain),
             ("audit_anchor", ANCHOR_SECONDS, anchors.write),
             ("refused_keys", FLUSH_SECONDS, refused_keys.flush),

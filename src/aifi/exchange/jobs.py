@@ -55,8 +55,9 @@ from aifi.exchange.schemas import (
     Priority,
 )
 from aifi.exchange.settings import ExchangeSettings
-from aifi.exchange.triage import read_unread_flags, summary_version, triage_flag
+from aifi.exchange.triage import read_unread_flags, triage_flag
 from aifi.exchange.validation import check_summary
+from aifi.exchange.versions import read_unread_versions, summary_version
 from aifi.results.delivery import Delivery
 
 Q = TypeVar("Q", bound=Select)  # type: ignore[type-arg]
@@ -370,6 +371,7 @@ def _ending(with_token: bool, with_summary: bool, unopened: bool = False) -> Upd
         values["product_version"] = func.coalesce(
             bindparam("new_version", type_=Job.product_version.type), Job.product_version
         )
+        values["version_read"] = True
     return update(Job).where(*where).values(values).returning(*_JOB_COLUMNS)
 
 
@@ -1087,6 +1089,11 @@ class JobService:
     def read_triage_flags(self) -> int:
         """Flags for jobs that a replica of an earlier release completed without one."""
         return read_unread_flags(self._db)
+
+    def read_product_versions(self) -> int:
+        """Versions of summaries stored before the exchange kept them, or by a replica of an
+        earlier release."""
+        return read_unread_versions(self._db)
 
     def completed(self, job: Job) -> None:
         """After the commit that completed `job` (or ended it otherwise): wake its hospital's

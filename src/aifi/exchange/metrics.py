@@ -377,7 +377,8 @@ class ExchangeMetrics:
         self.background_failures = Counter(
             "aifi_exchange_background_failures",
             "Failed rounds of this replica's background work, by task (lease_expiry, "
-            "unfinished_expiry, retention, audit_archive, triage_flags, audit_chain, "
+            "unfinished_expiry, retention, audit_archive, triage_flags, product_versions, "
+            "audit_chain, "
             "audit_anchor, refused_keys)",
             ["task"],
             registry=self.registry,

@@ -123,6 +123,13 @@ class Job(Base):
             postgresql_where=text("triage_flag IS NULL AND summary IS NOT NULL"),
             sqlite_where=text("triage_flag IS NULL AND summary IS NOT NULL"),
         ),
+        # Jobs with a summary whose version is not read yet: none, but after an upgrade's.
+        Index(
+            "ix_jobs_version_unread",
+            "id",
+            postgresql_where=text("summary IS NOT NULL AND version_read IS NULL"),
+            sqlite_where=text("summary IS NOT NULL AND version_read IS NULL"),
+        ),
         # A hospital's and a vendor's latest jobs (their live lists, their pages through the
         # jobs in creation order), read in order from where the page starts, not sorted out
         # of every job the organisation ever had.
@@ -174,8 +181,12 @@ class Job(Base):
     triage_flag: Mapped[str | None] = mapped_column(String(8), nullable=True)
     #: The product version that ran it, for evaluation per version: the catalogue's when the
     #: job was created, then the one its result summary names (the version that produced
-    #: the result). Null for jobs from before it was kept that ended without a summary.
+    #: the result; see aifi.exchange.versions). Null for jobs from before it was kept that
+    #: ended without a summary.
     product_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: True once the version its summary names was read (at completion, or by the sweep
+    #: for summaries stored before, or by a replica of an earlier release); null until then.
+    version_read: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     ready_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -258,7 +258,8 @@ class JobOut(BaseModel):
         default=None,
         description="the product version that ran the job, as evaluation counts it per "
         "version: the catalogue's when the job was created, then the one its result summary "
-        "names; null for a job from before the exchange kept it that ended without a summary",
+        "names; null for a job that ended without a summary and was created before the exchange "
+        "kept versions (or, during a rolling upgrade, by a replica of the previous release)",
     )
     results: list[ResultOut] | None = Field(
         default=None,

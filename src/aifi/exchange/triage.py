@@ -1,19 +1,16 @@
-"""What the exchange reads of a result summary into the job's own columns: the product's
-triage call, and the product version that produced the result.
+"""The product's triage call, read from a result summary as the exchange stores it.
 
-Evaluation (sensitivity, PPV, and each figure per version) and drift (the positive rate)
-count these over every job of a year, so each job keeps them in columns of its own
-(`Job.triage_flag`, `Job.product_version`) rather than have eleven million summaries parsed
-per page. The job gets them as it completes; a job completed by a replica of an earlier
-release (during a rolling upgrade) gets them from the next sweep.
+Evaluation (sensitivity, PPV) and drift (the positive rate) count this call over every job of
+a year, so each job keeps it in a column of its own (`Job.triage_flag`) rather than have
+eleven million summaries parsed per page. The job gets it as it completes; a job completed by
+a replica of an earlier release (during a rolling upgrade) gets it from the next sweep.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, func, update
+from sqlalchemy import case, update
 
 from aifi.exchange.db import Database
 from aifi.exchange.models import Job
@@ -22,8 +19,6 @@ from aifi.exchange.models import Job
 #: none, is kept as "none". Spelled out so the exchange need not import the results package.
 CALLS = {"positive": True, "negative": False}
 NO_CALL = "none"
-#: The longest product version a job keeps, as the catalogue allows it.
-VERSION_MAX = 64
 
 
 def triage_flag(summary: Mapping[str, object]) -> str:
@@ -39,32 +34,16 @@ def triage_call(summary: Mapping[str, object] | None) -> bool | None:
     return None if summary is None else CALLS.get(triage_flag(summary))
 
 
-def summary_version(summary: Mapping[str, object]) -> str | None:
-    """The product version a summary names, if it names one a job can keep (the summary
-    schema requires it; older summaries may not)."""
-    version = summary.get("product_version")
-    return version if isinstance(version, str) and 0 < len(version) <= VERSION_MAX else None
-
-
 def read_unread_flags(db: Database) -> int:
-    """Give every job that has a summary but no flag yet its flag and its summary's version,
-    read by the database; returns how many. Cheap when there are none: a partial index holds
-    only such jobs."""
+    """Give every job that has a summary but no flag yet its flag, read by the database;
+    returns how many. Cheap when there are none: a partial index holds only such jobs."""
     flag = Job.summary[("triage", "flag")].as_string()
     read = case(*((flag == call, call) for call in CALLS), else_=NO_CALL)
     with db.session() as session:
         result = session.execute(
             update(Job)
             .where(Job.triage_flag.is_(None), Job.summary.is_not(None))
-            .values(triage_flag=read, product_version=read_version())
+            .values(triage_flag=read)
             .execution_options(synchronize_session=False)
         )
         return int(getattr(result, "rowcount", 0) or 0)
-
-
-def read_version() -> ColumnElement[Any]:
-    """The version as the database reads it from the job's summary (`summary_version`'s rule),
-    else the one the job already has."""
-    named = Job.summary["product_version"].as_string()
-    fits = and_(func.length(named) > 0, func.length(named) <= VERSION_MAX)
-    return case((fits, named), else_=Job.product_version)

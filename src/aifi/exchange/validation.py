@@ -17,6 +17,7 @@ from pydicom.errors import InvalidDicomError
 from aifi.dicom.deid import DEIDENTIFICATION_METHOD_PREFIX
 from aifi.dicom.in_memory import parse_source
 from aifi.exchange.errors import Invalid
+from aifi.exchange.versions import VERSION_MAX, summary_version
 
 #: De-identification Method values the exchange accepts (prefixes of (0012,0063)).
 RECOGNISED_METHODS = (DEIDENTIFICATION_METHOD_PREFIX,)
@@ -114,9 +115,9 @@ def check_summary(body: bytes | dict[str, Any], *, job_id: str, name: str) -> No
 
     try:
         if isinstance(body, bytes):
-            ResultSummary.model_validate_json(body)
+            summary = ResultSummary.model_validate_json(body)
         else:
-            ResultSummary.model_validate(body)
+            summary = ResultSummary.model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "the document"
@@ -124,3 +125,9 @@ def check_summary(body: bytes | dict[str, Any], *, job_id: str, name: str) -> No
             f"job {job_id} {name}: rule 'summary-json': {where}: {first['msg']} "
             f"({exc.error_count()} problem(s); see aifi.results.ResultSummary)"
         ) from exc
+    if summary_version({"product_version": summary.product_version}) is None:
+        raise Invalid(
+            f"job {job_id} {name}: rule 'summary-json': product_version: must be 1 to "
+            f"{VERSION_MAX} printable characters, the version that produced the result as the "
+            f"catalogue names it (given {summary.product_version[:80]!r})"
+        )

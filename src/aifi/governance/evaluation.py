@@ -54,7 +54,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from statistics import NormalDist
 from typing import Any
@@ -120,7 +120,11 @@ class JobRecord(BaseModel):
         default=None,
         description="The product version that ran it (Job.product_version); None when not kept.",
     )
-    created_at: datetime | None = Field(default=None, description="When the hospital requested it.")
+    created_at: datetime | None = Field(
+        default=None,
+        description="When the hospital requested it: the first and last request of each row, "
+        "and the order of a product's versions, are read from it.",
+    )
 
     @classmethod
     def from_job(cls, job: Mapping[str, Any]) -> JobRecord:
@@ -205,11 +209,13 @@ class ProductEvaluation(BaseModel):
         description="the version these figures are of, when counted per version (empty: "
         "jobs whose version was not kept); null: all versions",
     )
-    first_requested_at: datetime | None = Field(
-        default=None, description="the first job counted here was requested then"
+    first_requested_on: date | None = Field(
+        default=None,
+        description="the day (UTC) the first job counted here was requested; a day, not a "
+        "moment: national rows are seen by every hospital",
     )
-    last_requested_at: datetime | None = Field(
-        default=None, description="the last job counted here was requested then"
+    last_requested_on: date | None = Field(
+        default=None, description="the day (UTC) the last job counted here was requested"
     )
     volume: int
     eligible: int | None
@@ -340,7 +346,8 @@ def evaluations(
 
 
 def _order(counted: Tally) -> tuple[Any, ...]:
-    """Products, hospitals, then a product's versions as they came into use."""
+    """Products, hospitals, then a product's versions in the order each was first requested
+    (ties: by name)."""
     first = counted.first_requested_at
     return (
         counted.product_id,
@@ -413,14 +420,18 @@ def _completed_as(job: JobRecord, said: frozenset[str]) -> bool:
     return job.state == JobState.completed.value and job.delivery in said
 
 
+def _day(moment: datetime | None) -> date | None:
+    return None if moment is None else moment.astimezone(UTC).date()
+
+
 def _evaluation(counted: Tally, eligible: int | None) -> ProductEvaluation:
     tp, fn, fp = counted.true_positives, counted.false_negatives, counted.false_positives
     return ProductEvaluation(
         product_id=counted.product_id,
         hospital_id=counted.hospital_id,
         product_version=counted.product_version,
-        first_requested_at=counted.first_requested_at,
-        last_requested_at=counted.last_requested_at,
+        first_requested_on=_day(counted.first_requested_at),
+        last_requested_on=_day(counted.last_requested_at),
         volume=counted.volume,
         eligible=eligible,
         uptake=None if eligible is None else Proportion.of(counted.volume, eligible),

@@ -74,10 +74,9 @@ class ResultSummary(_Frozen):
     schema_version: int = 1
     product_id: str
     product_version: str = Field(
-        min_length=1,
-        max_length=64,
-        description="the version that produced the result, as the catalogue names versions: "
-        "the exchange's evaluation counts each version apart",
+        description="the version that produced the result, as the catalogue names versions "
+        "(1 to 64 characters: the exchange refuses others, and its evaluation counts each "
+        "version apart); left lenient here, so that summaries stored before can still be read"
     )
     study_instance_uid: str | None = Field(
         default=None, description="the pseudonymised study the result belongs to"

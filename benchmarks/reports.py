@@ -184,7 +184,7 @@ def _records(
     evaluation: bool = False,
 ) -> tuple[list[JobRecord], list[Feedback], list[EligibleIn]]:
     """The rows as evaluation (jobs `requested` in months) or drift (`ended` in months) needs
-    them: the request time and version only for `evaluation`, which alone reads them."""
+    them: the request time only for `evaluation`, which alone reads it."""
     columns = (
         Job.id,
         Job.product_id,
@@ -194,7 +194,8 @@ def _records(
         Job.ended_at,
         Job.study_uid,
         Job.triage_flag,
-        *((Job.created_at, Job.product_version) if evaluation else ()),
+        Job.product_version,
+        *((Job.created_at,) if evaluation else ()),
     )
     in_months = (*requested.where(Job.created_at), *ended.where(Job.ended_at))
     with db.session() as session:
@@ -213,10 +214,21 @@ def _records(
                 ended_at=as_utc(ended) if ended else None,
                 ai_positive=CALLS.get(flag) if flag else None,
                 study_uid=study,
+                product_version=version,
                 created_at=as_utc(rest[0]) if rest else None,
-                product_version=rest[1] if rest else None,
             )
-            for job_id, product_id, hospital_id, state, ready, ended, study, flag, *rest in jobs
+            for (
+                job_id,
+                product_id,
+                hospital_id,
+                state,
+                ready,
+                ended,
+                study,
+                flag,
+                version,
+                *rest,
+            ) in jobs
         ]
         feedback = [
             Feedback(

@@ -121,3 +121,33 @@ def test_a_study_analysed_twice_in_a_period_is_one_study_positive_if_either_call
         PeriodCount(period="2026-04", studies=1, positives=1),
         PeriodCount(period="2026-05", studies=1, positives=1),
     ]
+
+
+def test_each_period_names_the_versions_that_ran_it_and_an_alert_says_them() -> None:
+    """A release is the first suspect of a signal: each period names the product versions
+    recorded for its studies (a job from before versions were kept names none), the nation's
+    those of every hospital, and an alert says them."""
+
+    def run(n: int, hospital: str, month: int, version: str | None, positive: bool) -> JobRecord:
+        return JobRecord(
+            job_id=f"{hospital}-{n}", product_id="ich", hospital_id=hospital,
+            study_uid=f"{hospital}-{n}", state="completed", product_version=version,
+            ended_at=datetime(2026, month, 10, tzinfo=UTC), ai_positive=positive,
+        )  # fmt: skip
+
+    jobs = [
+        run(n, "h-a", month, version, positive=n % 10 == 0)
+        for month, version in ((1, None), (2, "1.0"), (3, "1.0"), (4, "1.0"))
+        for n in range(100)
+    ]
+    # In May h-a runs 2.0, which calls a third positive; h-b still runs 1.0.
+    jobs += [run(n, "h-a", 5, "2.0", positive=n % 3 == 0) for n in range(100)]
+    jobs += [run(n, "h-b", 5, "1.0", positive=n % 10 == 0) for n in range(100)]
+    charts = {c.hospital_id: c for c in drift_charts(jobs, baseline=4)}
+    assert [p.versions for p in charts["h-a"].chart.points] == [
+        [], ["1.0"], ["1.0"], ["1.0"], ["2.0"],
+    ]  # fmt: skip
+    assert charts[NATIONAL].chart.points[-1].versions == ["1.0", "2.0"]
+    [alert] = charts["h-a"].alerts
+    assert alert.versions == ["2.0"] and alert.message.endswith("n=100; version 2.0)")
+    assert positive_counts(jobs[:100])[0].versions == []  # none recorded: none named

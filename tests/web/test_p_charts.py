@@ -43,3 +43,23 @@ def test_only_the_charts_that_matter_are_shown_to_the_nation() -> None:
     assert worth_showing(chart(NATIONAL, [(100, 10)]), hospital_user=False)
     single = draw(chart(NATIONAL, [(100, 10)]))
     assert len(single.dots) == 1 and single.dots[0].x == pytest.approx(single.width / 2)
+
+
+def test_a_line_marks_the_period_a_new_version_first_ran() -> None:
+    """After the first period, each period where a version not seen before ran gets a mark at
+    its dot, named; every dot's tip names its versions."""
+    ran = [["1.0"], ["1.0"], ["1.0", "2.0"], ["2.0"], ["2.0", "2.1"]]
+    counts = [
+        PeriodCount(period=f"2026-{m:02d}", studies=100, positives=10, versions=versions)
+        for m, versions in enumerate(ran, start=1)
+    ]
+    [drifting] = charts({("ich", NATIONAL): counts})
+    drawing = draw(drifting)
+    assert [(m.x, m.label) for m in drawing.versions] == [
+        (drawing.dots[2].x, "2.0"),
+        (drawing.dots[4].x, "2.1"),
+    ]
+    assert drawing.dots[2].tip.endswith("; version 1.0, 2.0")
+    # Near the right edge the name goes on the line's left, inside the chart.
+    assert [m.anchor for m in drawing.versions] == ["start", "end"]
+    assert draw(chart(NATIONAL, [(100, 10), (100, 11)])).versions == []  # none recorded

@@ -12,6 +12,7 @@ Seconds and periods are :mod:`aifi.exchange.sql_time`'s, the same on each databa
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from datetime import datetime
@@ -266,11 +267,17 @@ def period_counts(
     granularity: Granularity | str = Granularity.month,
     months: Months = Months(),
 ) -> dict[tuple[str, str], list[PeriodCount]]:
-    """The studies of completed jobs with a triage flag, and how many were positive, per
-    product × hospital and period (by end), as :func:`aifi.governance.drift.positive_counts`
-    counts them; of the jobs that ended in `months`."""
+    """The studies of completed jobs with a triage flag, how many were positive, and the
+    product versions that ran them, per product × hospital and period (by end), as
+    :func:`aifi.governance.drift.positive_counts` counts them; of the jobs that ended in
+    `months`."""
     week = Granularity(granularity) == Granularity.week
     period = iso_week_label(Job.ended_at) if week else month_label(Job.ended_at)
+    postgresql = session.get_bind().dialect.name == "postgresql"
+    # Each period's versions in the same pass: a list on PostgreSQL, a JSON array on SQLite.
+    versions = (func.array_agg if postgresql else func.json_group_array)(
+        distinct(Job.product_version)
+    )
     statement = (
         select(
             Job.product_id,
@@ -278,6 +285,7 @@ def period_counts(
             period,
             func.count(distinct(Job.study_uid)),
             func.count(distinct(Job.study_uid)).filter(_POSITIVE),
+            versions,
         )
         .where(
             Job.state == _COMPLETED,
@@ -288,12 +296,19 @@ def period_counts(
         .group_by(Job.product_id, Job.hospital_id, period)
     )
     counts: dict[tuple[str, str], list[PeriodCount]] = defaultdict(list)
+    rows = [(*row[:5], _versions(row[5], postgresql)) for row in session.execute(statement)]
     # In period order, sorted here: a server's collation may order labels otherwise.
-    for product_id, hospital_id, label, studies, positives in sorted(session.execute(statement)):
+    for product_id, hospital_id, label, studies, positives, ran in sorted(rows):
         counts[(product_id, hospital_id)].append(
-            PeriodCount(period=label, studies=studies, positives=positives)
+            PeriodCount(period=label, studies=studies, positives=positives, versions=ran)
         )
     return dict(counts)
+
+
+def _versions(aggregated: Any, postgresql: bool) -> list[str]:
+    """A period's recorded versions as `period_counts` aggregates them, sorted."""
+    named = aggregated if postgresql else json.loads(aggregated)
+    return sorted({str(v) for v in named if v is not None})
 
 
 __all__ = ["eligible", "period_counts", "tallies"]

@@ -7,7 +7,9 @@ and 3-sigma control limits that depend on each period's own number of studies:
     limits_i = p̄ ± 3 · sqrt(p̄ (1 − p̄) / n_i), clipped to [0, 1]
 
 A period outside its limits is a signal that the case mix, the scanners or the product changed.
-The baseline is the first `baseline` periods (phase I), or every period when not given.
+The baseline is the first `baseline` periods (phase I), or every period when not given. Each
+period names the product versions that ran its studies, so a signal can be laid beside the
+release that came before it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ class PeriodCount(BaseModel):
     period: str = Field(description="e.g. 2026-03 or 2026-W09")
     studies: int = Field(ge=0)
     positives: int = Field(ge=0)
+    versions: list[str] = Field(
+        default_factory=list,
+        description="the product versions recorded for them, sorted (jobs from before versions "
+        "were kept have none)",
+    )
 
 
 class Signal(StrEnum):
@@ -49,6 +56,10 @@ class ControlPoint(BaseModel):
     lower_limit: float
     upper_limit: float
     signal: Signal | None
+    versions: list[str] = Field(
+        default_factory=list,
+        description="the product versions recorded for the period's studies",
+    )
 
 
 class PChart(BaseModel):
@@ -71,15 +82,19 @@ class DriftAlert(BaseModel):
     centre: float
     studies: int
     signal: Signal
+    versions: list[str] = Field(
+        default_factory=list, description="the product versions that ran the period's studies"
+    )
 
     @property
     def message(self) -> str:
         side = "above the upper" if self.signal == Signal.above else "below the lower"
         where = "nationally" if self.hospital_id == NATIONAL else f"at {self.hospital_id}"
+        ran = f"; version {', '.join(self.versions)}" if self.versions else ""
         return (
             f"product {self.product_id} {where}: positive rate {self.rate:.3f} in {self.period} "
             f"is {side} control limit {self.limit:.3f} (centre {self.centre:.3f}, "
-            f"n={self.studies})"
+            f"n={self.studies}{ran})"
         )
 
 
@@ -111,6 +126,7 @@ def positive_counts(
     positive if any of its calls in the period was."""
     studies: dict[str, set[str]] = defaultdict(set)
     positives: dict[str, set[str]] = defaultdict(set)
+    versions: dict[str, set[str]] = defaultdict(set)
     for job in jobs:
         if job.state != JobState.completed.value or job.ai_positive is None:
             continue
@@ -119,10 +135,17 @@ def positive_counts(
         period = period_of(job.ended_at, granularity)
         study = job.study_uid or job.job_id
         studies[period].add(study)
+        if job.product_version:
+            versions[period].add(job.product_version)
         if job.ai_positive:
             positives[period].add(study)
     return [
-        PeriodCount(period=p, studies=len(studies[p]), positives=len(positives[p]))
+        PeriodCount(
+            period=p,
+            studies=len(studies[p]),
+            positives=len(positives[p]),
+            versions=sorted(versions[p]),
+        )
         for p in sorted(studies)
     ]
 
@@ -158,6 +181,7 @@ def p_chart(
                 lower_limit=lower,
                 upper_limit=upper,
                 signal=signal,
+                versions=count.versions,
             )
         )
     return PChart(
@@ -186,15 +210,22 @@ def with_national(
     """The hospitals' counts by (product, hospital), and each product's summed per period
     under (product, NATIONAL)."""
     pooled: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    ran: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
     for (product_id, _hospital_id), periods in counts.items():
         for count in periods:
             total = pooled[product_id][count.period]
             total[0] += count.studies
             total[1] += count.positives
+            ran[product_id][count.period].update(count.versions)
     every = {scope: list(periods) for scope, periods in counts.items()}
     for product_id, sums in pooled.items():
         every[(product_id, NATIONAL)] = [
-            PeriodCount(period=period, studies=studies, positives=positives)
+            PeriodCount(
+                period=period,
+                studies=studies,
+                positives=positives,
+                versions=sorted(ran[product_id][period]),
+            )
             for period, (studies, positives) in sorted(sums.items())
         ]
     return every
@@ -223,6 +254,7 @@ def charts(
                 centre=chart.centre,
                 studies=p.studies,
                 signal=p.signal,
+                versions=p.versions,
             )
             for p in chart.out_of_control
             if p.signal is not None

@@ -1,9 +1,11 @@
 """A drift p-chart as a small inline SVG: the positive rate per period against its centre line
-and 3-sigma limits, periods outside them marked. Drawn on the server so the page needs no
+and 3-sigma limits, periods outside them marked, and a line where a product version first ran
+(a signal just after one points at the release). Drawn on the server so the page needs no
 script; this module only places the marks, the template draws them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aifi.governance import NATIONAL
@@ -21,6 +23,23 @@ class Dot:
 
 
 @dataclass(frozen=True)
+class VersionMark:
+    """Where a version (or several) first ran in the chart's periods, after its first."""
+
+    x: float
+    label: str
+
+    @property
+    def label_x(self) -> float:
+        """The label beside the line, on its left near the chart's right edge."""
+        return self.x - 2 if self.x > WIDTH * 0.75 else self.x + 2
+
+    @property
+    def anchor(self) -> str:
+        return "end" if self.x > WIDTH * 0.75 else "start"
+
+
+@dataclass(frozen=True)
 class PChartDrawing:
     """Everything the template needs, in SVG user units."""
 
@@ -35,6 +54,7 @@ class PChartDrawing:
     dots: list[Dot]
     first_period: str
     last_period: str
+    versions: list[VersionMark]
     width: int = WIDTH
     height: int = HEIGHT
     left: int = PAD
@@ -78,13 +98,27 @@ def draw(chart: DriftChart) -> PChartDrawing:
                 y=y(p.rate),
                 signal=p.signal is not None,
                 tip=f"{p.period}: {p.positives}/{p.studies} positive ({p.rate:.1%}), "
-                f"limits {p.lower_limit:.1%}–{p.upper_limit:.1%}",
+                f"limits {p.lower_limit:.1%}–{p.upper_limit:.1%}"
+                + (f"; version {', '.join(p.versions)}" if p.versions else ""),
             )
             for i, p in enumerate(points)
         ],
         first_period=points[0].period if points else "",
         last_period=points[-1].period if points else "",
+        versions=_new_versions(chart, x),
     )
+
+
+def _new_versions(chart: DriftChart, x: Callable[[int], float]) -> list[VersionMark]:
+    """A mark at each period (after the first) where a version not seen before ran."""
+    seen: set[str] = set()
+    marks = []
+    for index, point in enumerate(chart.chart.points):
+        new = [v for v in point.versions if v not in seen]
+        if new and seen:
+            marks.append(VersionMark(x=x(index), label=", ".join(new)))
+        seen.update(point.versions)
+    return marks
 
 
 def worth_showing(chart: DriftChart, hospital_user: bool) -> bool:

@@ -11,7 +11,7 @@ from aifi.exchange.audit import Actor, AuditLog
 from aifi.exchange.auth import KeyCache, new_api_key, require_role, store_api_key
 from aifi.exchange.clock import utcnow
 from aifi.exchange.db import Database
-from aifi.exchange.errors import Conflict, Forbidden, NotFound
+from aifi.exchange.errors import Conflict, Forbidden, Invalid, NotFound
 from aifi.exchange.models import ApiKey, Organisation, Product, Subscription
 from aifi.exchange.schemas import (
     OrganisationIn,
@@ -19,6 +19,7 @@ from aifi.exchange.schemas import (
     ProductManifest,
     ProductOut,
 )
+from aifi.exchange.versions import summary_version
 
 #: Only an admitted product takes subscriptions and jobs (the admission rules themselves live in
 #: aifi.governance.admission); suspending a product stops its new jobs at once, everywhere.
@@ -176,6 +177,13 @@ class Catalogue:
             raise Forbidden(
                 f"vendor {actor.organisation_id!r} cannot register a product "
                 f"of vendor {manifest.vendor!r}"
+            )
+        if summary_version({"product_version": manifest.version}) is None:
+            # Each result's summary names the version, and the exchange keeps it per job.
+            raise Invalid(
+                f"product {manifest.id!r}: version {manifest.version!r} must hold printable "
+                "characters only (no tab, line break, control or invisible character): each "
+                "result's summary names it as its product_version"
             )
         now = utcnow()
         with self._db.session() as session:

@@ -129,5 +129,6 @@ def check_summary(body: bytes | dict[str, Any], *, job_id: str, name: str) -> No
         raise Invalid(
             f"job {job_id} {name}: rule 'summary-json': product_version: must be 1 to "
             f"{VERSION_MAX} printable characters, the version that produced the result as the "
-            f"catalogue names it (given {summary.product_version[:80]!r})"
+            f"catalogue names it (given {summary.product_version[:80]!r}, "
+            f"{len(summary.product_version)} characters)"
         )

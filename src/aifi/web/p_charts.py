@@ -1,7 +1,8 @@
 """A drift p-chart as a small inline SVG: the positive rate per period against its centre line
-and 3-sigma limits, periods outside them marked, and a line where a product version first ran
-(a signal just after one points at the release). Drawn on the server so the page needs no
-script; this module only places the marks, the template draws them."""
+and 3-sigma limits, periods outside them marked, and a line where a product version came in
+(a signal just after one points at the release; a return to an earlier version is marked
+too). Drawn on the server so the page needs no script; this module only places the marks,
+the template draws them."""
 
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ from aifi.governance import NATIONAL
 from aifi.governance.drift import DriftChart
 
 WIDTH, HEIGHT, PAD = 340, 120, 14
+#: About how wide a character of the 9-pixel labels is, to keep a label inside the chart.
+CHAR_WIDTH = 5.4
+#: The heights a version's label may take: the next when the first would overlap another.
+LABEL_ROWS = (20.0, 30.0)
 
 
 @dataclass(frozen=True)
@@ -24,19 +29,19 @@ class Dot:
 
 @dataclass(frozen=True)
 class VersionMark:
-    """Where a version (or several) first ran in the chart's periods, after its first."""
+    """A period (after the first) where a version ran that did not run in the period before.
+
+    `label` names the versions in full (the line's tooltip); `text` is what fits beside the
+    line inside the chart, shortened with "…" if need be, at (`text_x`, `text_y`) anchored
+    at `anchor`; `text_y` None where no row was free of other labels (the line and its
+    tooltip stay)."""
 
     x: float
     label: str
-
-    @property
-    def label_x(self) -> float:
-        """The label beside the line, on its left near the chart's right edge."""
-        return self.x - 2 if self.x > WIDTH * 0.75 else self.x + 2
-
-    @property
-    def anchor(self) -> str:
-        return "end" if self.x > WIDTH * 0.75 else "start"
+    text: str
+    text_x: float
+    text_y: float | None
+    anchor: str
 
 
 @dataclass(frozen=True)
@@ -110,15 +115,46 @@ def draw(chart: DriftChart) -> PChartDrawing:
 
 
 def _new_versions(chart: DriftChart, x: Callable[[int], float]) -> list[VersionMark]:
-    """A mark at each period (after the first) where a version not seen before ran."""
-    seen: set[str] = set()
-    marks = []
-    for index, point in enumerate(chart.chart.points):
-        new = [v for v in point.versions if v not in seen]
-        if new and seen:
-            marks.append(VersionMark(x=x(index), label=", ".join(new)))
-        seen.update(point.versions)
+    """A mark at each period (after the first) where a version ran that did not in the
+    period before: a release, or a return to an earlier version."""
+    marks: list[VersionMark] = []
+    taken: dict[float, list[tuple[float, float]]] = {row: [] for row in LABEL_ROWS}
+    points = chart.chart.points
+    for index in range(1, len(points)):
+        before = set(points[index - 1].versions)
+        came = [v for v in points[index].versions if v not in before]
+        if came:
+            marks.append(_mark(x(index), ", ".join(came), taken))
     return marks
+
+
+def _mark(at: float, label: str, taken: dict[float, list[tuple[float, float]]]) -> VersionMark:
+    """The mark at `at`, its text on the side of the line with room for it (shortened if
+    neither has), in the first row where it overlaps no label placed before."""
+    right, left = WIDTH - PAD - (at + 2), (at - 2) - PAD
+    fits = int(max(right, left) // CHAR_WIDTH)
+    text = label if len(label) <= fits else label[: max(fits - 1, 0)] + "…"
+    width = len(text) * CHAR_WIDTH
+    on_right = width <= right or (width > left and right >= left)
+    start = at + 2 if on_right else at - 2 - width
+    row = next(
+        (
+            y
+            for y, spans in taken.items()
+            if all(start + width + 3 <= a or b + 3 <= start for a, b in spans)
+        ),
+        None,
+    )
+    if row is not None:
+        taken[row].append((start, start + width))
+    return VersionMark(
+        x=at,
+        label=label,
+        text=text,
+        text_x=at + 2 if on_right else at - 2,
+        text_y=row,
+        anchor="start" if on_right else "end",
+    )
 
 
 def worth_showing(chart: DriftChart, hospital_user: bool) -> bool:

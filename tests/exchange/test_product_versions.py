@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import insert, select
 
 from aifi.exchange.models import Job
-from aifi.exchange.versions import read_unread_versions, summary_version
+from aifi.exchange.versions import BATCH, read_unread_versions, summary_version
 
 T = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
 
@@ -88,7 +88,7 @@ NAMED: dict[str, tuple[Any, str]] = {
 }
 
 
-@pytest.mark.parametrize("batch", [3, 5_000])
+@pytest.mark.parametrize("batch", [3, BATCH])
 def test_the_sweep_reads_a_version_as_a_completing_job_does(
     exchange: Any, parties: dict[str, Any], batch: int
 ) -> None:

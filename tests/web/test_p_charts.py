@@ -45,9 +45,9 @@ def test_only_the_charts_that_matter_are_shown_to_the_nation() -> None:
     assert len(single.dots) == 1 and single.dots[0].x == pytest.approx(single.width / 2)
 
 
-def test_a_line_marks_the_period_a_new_version_first_ran() -> None:
-    """After the first period, each period where a version not seen before ran gets a mark at
-    its dot, named; every dot's tip names its versions."""
+def test_a_line_marks_a_period_where_a_version_ran_that_did_not_the_period_before() -> None:
+    """After the first period, each period where a version ran that did not the period before
+    gets a mark at its dot, named; every dot's tip names its versions."""
     ran = [["1.0"], ["1.0"], ["1.0", "2.0"], ["2.0"], ["2.0", "2.1"]]
     counts = [
         PeriodCount(period=f"2026-{m:02d}", studies=100, positives=10, versions=versions)
@@ -59,7 +59,8 @@ def test_a_line_marks_the_period_a_new_version_first_ran() -> None:
         (drawing.dots[2].x, "2.0"),
         (drawing.dots[4].x, "2.1"),
     ]
-    assert drawing.dots[2].tip.endswith("; version 1.0, 2.0")
+    assert drawing.dots[2].tip.endswith("; versions 1.0, 2.0")
+    assert drawing.dots[3].tip.endswith("; version 2.0")
     # Near the right edge the name goes on the line's left, inside the chart.
     assert [m.anchor for m in drawing.versions] == ["start", "end"]
     assert draw(chart(NATIONAL, [(100, 10), (100, 11)])).versions == []  # none recorded

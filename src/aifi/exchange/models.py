@@ -181,11 +181,13 @@ class Job(Base):
     triage_flag: Mapped[str | None] = mapped_column(String(8), nullable=True)
     #: The product version that ran it, for evaluation per version: the catalogue's when the
     #: job was created, then the one its result summary names (the version that produced
-    #: the result; see aifi.exchange.versions). Null for jobs from before it was kept that
-    #: ended without a summary.
+    #: the result; see aifi.exchange.versions). Null for a job created before it was kept (or
+    #: by a replica of the previous release) until the sweep reads its summary's version, and
+    #: for good if it has no summary or one naming no version a job can keep.
     product_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    #: True once the version its summary names was read (at completion, or by the sweep
-    #: for summaries stored before, or by a replica of an earlier release); null until then.
+    #: True once the version its summary names was read: at completion, or by the sweep for
+    #: summaries stored before the upgrade or by a replica of the previous release (which
+    #: never sets it); null until then, and for jobs without a summary.
     version_read: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     ready_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -258,8 +258,9 @@ class JobOut(BaseModel):
         default=None,
         description="the product version that ran the job, as evaluation counts it per "
         "version: the catalogue's when the job was created, then the one its result summary "
-        "names; null for a job that ended without a summary and was created before the exchange "
-        "kept versions (or, during a rolling upgrade, by a replica of the previous release)",
+        "names; null for a job created before the exchange kept versions (or, during a rolling "
+        "upgrade, by a replica of the previous release) until the exchange reads its summary's "
+        "version, and for good if it has no summary or one naming no version a job can keep",
     )
     results: list[ResultOut] | None = Field(
         default=None,

@@ -6,7 +6,8 @@ version the summary names, the one that produced the result, and is marked read
 (`Job.version_read`). Summaries stored before the exchange kept versions, and those a replica
 of an earlier release stores during a rolling upgrade, are read afterwards by a sweep, a batch
 at a time, so that neither an upgrade nor a sweep rewrites a national table of jobs in one
-transaction. Each batch reads only the version's JSON value, and takes it by the same rule
+transaction. Each batch reads only the version's JSON value (whole summaries, `WHOLE` at a
+time, where the database cannot take it out), and takes it by the same rule
 (`summary_version`) as a job completing now. (SQLite hands a value back cut at a NUL: a
 version stored with one before summaries were checked is read up to it there.)
 """

@@ -1,9 +1,11 @@
 """Evaluation and drift counted by the database, so a national year of jobs (about eleven
 million) never crosses into Python one row at a time.
 
-What comes back is small: a tally per product × hospital, the turnaround percentiles per
-group (PostgreSQL's `percentile_cont`; on SQLite the few ranked turnarounds around each
-percentile), and a count per product × hospital × period. The figures themselves are then
+What comes back is small: a tally per product × hospital (and per version, when asked), the
+turnaround percentiles per group (PostgreSQL's `percentile_cont`; on SQLite the few ranked
+turnarounds around each percentile), and a count per product × hospital × period with the
+product versions that ran it (from the job's `product_version`, again without parsing a
+summary). The figures themselves are then
 made by :mod:`aifi.governance.evaluation` and :mod:`aifi.governance.drift`, from the same
 definitions as rows counted in Python. The product's triage call is read from the job's own
 column (`triage_flag`, see :mod:`aifi.exchange.triage`), so no summary is parsed here.

@@ -90,7 +90,7 @@ class DriftAlert(BaseModel):
     def message(self) -> str:
         side = "above the upper" if self.signal == Signal.above else "below the lower"
         where = "nationally" if self.hospital_id == NATIONAL else f"at {self.hospital_id}"
-        ran = f"; version {', '.join(self.versions)}" if self.versions else ""
+        ran = f"; {versions_named(self.versions)}" if self.versions else ""
         return (
             f"product {self.product_id} {where}: positive rate {self.rate:.3f} in {self.period} "
             f"is {side} control limit {self.limit:.3f} (centre {self.centre:.3f}, "
@@ -103,6 +103,11 @@ class DriftChart(BaseModel):
     hospital_id: str
     chart: PChart
     alerts: list[DriftAlert]
+
+
+def versions_named(versions: Sequence[str]) -> str:
+    """`version 2.0`, or `versions 1.0, 2.0`."""
+    return ("version " if len(versions) == 1 else "versions ") + ", ".join(versions)
 
 
 def period_of(moment: datetime, granularity: Granularity | str = Granularity.month) -> str:

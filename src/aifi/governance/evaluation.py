@@ -44,8 +44,10 @@ job's result (its summary names it), else the catalogue's version when the job w
 A new version re-opens admission, and its figures in practice are its own: pooled with the
 version before, a change for the worse would be diluted by a year of the old one. A study that
 two versions read counts in the volume of each. Uptake is not counted per version: hospitals
-report eligible studies per product. Jobs from before the exchange kept versions that ended
-without a summary are counted under :data:`UNRECORDED`.
+report eligible studies per product. Jobs without a version are counted under
+:data:`UNRECORDED`: created before the exchange kept versions (or by a replica of the previous
+release) and either without a summary, with one naming no version a job can keep, or with
+one the exchange's sweep has not read yet.
 """
 
 from __future__ import annotations
@@ -288,10 +290,6 @@ class Tally:
     turnaround_p95_seconds: float | None = None
     first_requested_at: datetime | None = None
     last_requested_at: datetime | None = None
-
-    @property
-    def scope(self) -> tuple[str, str, str | None]:
-        return (self.product_id, self.hospital_id, self.product_version)
 
 
 def evaluate(

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from aifi.governance import NATIONAL
-from aifi.governance.drift import DriftChart
+from aifi.governance.drift import DriftChart, versions_named
 
 WIDTH, HEIGHT, PAD = 340, 120, 14
 #: About how wide a character of the 9-pixel labels is, to keep a label inside the chart.
@@ -104,7 +104,7 @@ def draw(chart: DriftChart) -> PChartDrawing:
                 signal=p.signal is not None,
                 tip=f"{p.period}: {p.positives}/{p.studies} positive ({p.rate:.1%}), "
                 f"limits {p.lower_limit:.1%}–{p.upper_limit:.1%}"
-                + (f"; version {', '.join(p.versions)}" if p.versions else ""),
+                + (f"; {versions_named(p.versions)}" if p.versions else ""),
             )
             for i, p in enumerate(points)
         ],

@@ -263,15 +263,21 @@ def test_a_stat_study_that_arrives_while_the_exchange_is_out_of_reach_is_told(
 
 
 def unsent_job(
-    state: GatewayState, priority: str | None, created_at: float, key: str = "", product: str = ""
+    state: GatewayState,
+    priority: str | None,
+    created_at: float,
+    key: str = "",
+    product: str = "",
+    study: str = ORIGINAL,
 ) -> int:
-    """A job of the study still to be sent: the exchange has not numbered it."""
+    """A job of the study (by default the one every test sends) still to be sent: the
+    exchange has not numbered it."""
     with state.transaction() as db:
         job = db.execute(
             "INSERT INTO jobs (study_uid, round, product_id, priority, idempotency_key, state, "
             "study_last_at, created_at) VALUES (?, 1, ?, ?, ?, 'pending', 0, ?)",
             (
-                ORIGINAL,
+                study,
                 product or "aifi-ich",
                 priority,
                 key or f"{PSEUDONYM}:aifi-ich:1",
@@ -712,14 +718,7 @@ def test_a_closing_nobody_can_name_any_more_is_given_up_not_retried_for_ever(
     parts = Parts(tmp_path, settings)
     try:
         never_prepared = "1.2.826.0.1.3680043.8.498.7"  # the vault never learnt it
-        with parts.state.transaction() as db:
-            job = db.execute(
-                "INSERT INTO jobs (study_uid, round, product_id, priority, idempotency_key, "
-                "state, study_last_at, created_at) VALUES (?, 1, 'aifi-ich', 'stat', 'k7', "
-                "'pending', 0, ?)",
-                (never_prepared, time.time() - AN_HOUR),
-            ).lastrowid
-        assert job is not None
+        job = unsent_job(parts.state, "stat", time.time() - AN_HOUR, "k7", study=never_prepared)
         delays = watch(parts, settings)
         delays.announce_due()
         parts.state.notice_done(job, "delayed")
@@ -750,13 +749,8 @@ def test_a_delay_that_cannot_name_its_study_yet_waits_and_shows_as_retrying(
     it held up; once the study is prepared (the vault knows it), it goes."""
     with a_ris(tmp_path, delayed_after_seconds=60) as (listener, parts, settings):
         unknown = "1.2.826.0.1.3680043.8.498.5"
+        job = unsent_job(parts.state, "stat", time.time() - AN_HOUR, "k9", study=unknown)
         with parts.state.transaction() as db:
-            job = db.execute(
-                "INSERT INTO jobs (study_uid, round, product_id, priority, idempotency_key, "
-                "state, study_last_at, created_at) VALUES (?, 1, 'aifi-ich', 'stat', 'k9', "
-                "'pending', 0, ?)",
-                (unknown, time.time() - AN_HOUR),
-            ).lastrowid
             db.execute(  # its images, in the spool, naming no one patient
                 "INSERT INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 ("2.25.51", unknown, "2.25.52", "1.2.840.10008.5.1.4.1.1.2", "CT", "",

@@ -19,7 +19,7 @@ from aifi.exchange.schemas import (
     ProductManifest,
     ProductOut,
 )
-from aifi.exchange.versions import summary_version
+from aifi.exchange.versions import kept_version
 
 #: Only an admitted product takes subscriptions and jobs (the admission rules themselves live in
 #: aifi.governance.admission); suspending a product stops its new jobs at once, everywhere.
@@ -178,7 +178,7 @@ class Catalogue:
                 f"vendor {actor.organisation_id!r} cannot register a product "
                 f"of vendor {manifest.vendor!r}"
             )
-        if summary_version({"product_version": manifest.version}) is None:
+        if kept_version(manifest.version) is None:
             # Each result's summary names the version, and the exchange keeps it per job.
             raise Invalid(
                 f"product {manifest.id!r}: version {manifest.version!r} must hold printable "

@@ -17,7 +17,7 @@ from pydicom.errors import InvalidDicomError
 from aifi.dicom.deid import DEIDENTIFICATION_METHOD_PREFIX
 from aifi.dicom.in_memory import parse_source
 from aifi.exchange.errors import Invalid
-from aifi.exchange.versions import VERSION_MAX, summary_version
+from aifi.exchange.versions import VERSION_MAX, kept_version
 
 #: De-identification Method values the exchange accepts (prefixes of (0012,0063)).
 RECOGNISED_METHODS = (DEIDENTIFICATION_METHOD_PREFIX,)
@@ -125,7 +125,7 @@ def check_summary(body: bytes | dict[str, Any], *, job_id: str, name: str) -> No
             f"job {job_id} {name}: rule 'summary-json': {where}: {first['msg']} "
             f"({exc.error_count()} problem(s); see aifi.results.ResultSummary)"
         ) from exc
-    if summary_version({"product_version": summary.product_version}) is None:
+    if kept_version(summary.product_version) is None:
         raise Invalid(
             f"job {job_id} {name}: rule 'summary-json': product_version: must be 1 to "
             f"{VERSION_MAX} printable characters, the version that produced the result as the "

@@ -50,10 +50,14 @@ _READ = (
 
 
 def summary_version(summary: Mapping[str, object]) -> str | None:
-    """The product version a summary names, if it names one a job can keep: a string of 1 to
-    64 printable characters (the exchange refuses other summaries now; older ones may hold
-    anything, and PostgreSQL's text holds no NUL)."""
-    version = summary.get("product_version")
+    """The product version a summary names, if it names one a job can keep."""
+    return kept_version(summary.get("product_version"))
+
+
+def kept_version(version: object) -> str | None:
+    """`version` if a job can keep it: a string of 1 to 64 printable characters (the exchange
+    refuses other summaries and catalogue versions now; older summaries may hold anything, and
+    PostgreSQL's text holds no NUL)."""
     if not isinstance(version, str) or not 0 < len(version) <= VERSION_MAX:
         return None
     return version if version.isprintable() else None
@@ -104,4 +108,4 @@ def _read_batch(db: Database, batch: int, *, whole: bool) -> int:
 def _named(value: Any, whole: bool) -> str | None:
     if whole:
         return summary_version(value) if isinstance(value, Mapping) else None
-    return summary_version({"product_version": value})
+    return kept_version(value)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, distinct, func, or_, select
@@ -122,8 +121,10 @@ def tallies(
         )
         for field in _COUNTS:
             setattr(pooled, field, getattr(pooled, field) + getattr(counted, field))
-        pooled.first_requested_at = _earliest(pooled.first_requested_at, counted.first_requested_at)
-        pooled.last_requested_at = _latest(pooled.last_requested_at, counted.last_requested_at)
+        firsts = (pooled.first_requested_at, counted.first_requested_at)
+        lasts = (pooled.last_requested_at, counted.last_requested_at)
+        pooled.first_requested_at = min(filter(None, firsts), default=None)
+        pooled.last_requested_at = max(filter(None, lasts), default=None)
     for scoped, national_scope in ((local, False), (national, True)):
         turnarounds = _turnarounds(session, months, by_version, national=national_scope)
         for scope, (p50, p95) in turnarounds.items():
@@ -149,14 +150,6 @@ def _scope(row: Any, by_version: bool, *, national: bool) -> Scope:
         version = row[1 if national else 2]
         version = UNRECORDED if version is None else version
     return (row[0], hospital, version)
-
-
-def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
-    return b if a is None else a if b is None else min(a, b)
-
-
-def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
-    return b if a is None else a if b is None else max(a, b)
 
 
 def _turnarounds(

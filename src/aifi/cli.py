@@ -260,6 +260,7 @@ def worker(
         product_ids=[product],
         lease_seconds=lease_seconds,
         workdir=workdir,
+        product_versions={product: products[product].version},
         **{name: seconds for name, seconds in patience.items() if seconds is not None},
     ).run(stop)
     client.close()

@@ -247,7 +247,13 @@ def run_demo(
         workers = []
         for product_id, product in products.items():
             for index in range(2 if product_id == ich_triage.PRODUCT_ID else 1):
-                worker = Worker(vendor, product.handler, product_ids=[product_id], lease_seconds=60)
+                worker = Worker(
+                    vendor,
+                    product.handler,
+                    product_ids=[product_id],
+                    lease_seconds=60,
+                    product_versions={product_id: product.version},
+                )
                 thread = threading.Thread(
                     target=worker.run,
                     args=(stop_workers, 1.0),

@@ -159,6 +159,61 @@ def test_each_job_keeps_the_version_that_ran_it_and_evaluation_counts_versions_a
     assert overall.product_version is None and (overall.completed, overall.failed) == (3, 1)
 
 
+def test_a_failure_counts_under_the_version_the_worker_names(
+    exchange: Any, parties: dict[str, Any], make_ct: Any
+) -> None:
+    """After a release, workers still running the version before fail jobs created for the
+    new one: a worker that names its version has the failure counted under it, not against
+    the new version. A version no job could keep is refused, and the job stays held."""
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    exchange.product(vendor, "product-a", version="2.0")
+
+    def failed(version: str | None) -> dict[str, Any]:
+        job = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
+        assert job["product_version"] == "2.0"
+        claim = exchange.claim(vendor, start=True)
+        assert claim is not None and claim["job"]["id"] == job["id"]
+        body = {"lease_token": claim["lease_token"], "reason": "out of memory"}
+        for bad in ("", "v" * 65, "1.0\x00", "1.0\t", "1.0\u200b"):
+            refused = exchange.client.post(
+                f"/jobs/{job['id']}/fail",
+                json={**body, "product_version": bad},
+                headers=vendor.headers,
+            )
+            assert refused.status_code == 422, refused.text
+            assert (
+                f"job {job['id']}: rule 'product-version': product_version: must be 1 to 64 "
+                f"printable characters, the version that failed the job as the catalogue "
+                f"names it (given {bad!r}, {len(bad)} characters)"
+            ) == refused.json()["detail"]
+        held = exchange.client.get(f"/jobs/{job['id']}", headers=hospital.headers).json()
+        assert (held["state"], held["product_version"]) == ("in-progress", "2.0")
+        answer = exchange.client.post(
+            f"/jobs/{job['id']}/fail",
+            json=body if version is None else {**body, "product_version": version},
+            headers=vendor.headers,
+        )
+        assert answer.status_code == 200, answer.text
+        return dict(answer.json())
+
+    by_old_worker, by_unnamed = failed("1.0"), failed(None)
+    assert (by_old_worker["state"], by_old_worker["product_version"]) == ("failed", "1.0")
+    assert (by_unnamed["state"], by_unnamed["product_version"]) == ("failed", "2.0")
+    assert by_old_worker["reason"] == by_unnamed["reason"] == "out of memory"
+
+    services = exchange.client.app.state.services
+    clinical = ClinicalService(services.db, services.catalogue, services.audit, services.settings)
+    rows = {
+        (r.hospital_id, r.product_version): (r.volume, r.completed, r.failed)
+        for r in clinical.evaluation(OPERATOR, by_version=True)
+        if r.product_id == "product-a"
+    }
+    assert rows == {
+        ("hospital-a", "1.0"): (1, 0, 1), ("hospital-a", "2.0"): (1, 0, 1),
+        (NATIONAL, "1.0"): (1, 0, 1), (NATIONAL, "2.0"): (1, 0, 1),
+    }  # fmt: skip
+
+
 def random_jobs(rng: random.Random) -> tuple[list[dict[str, Any]], ...]:
     """Jobs, feedback and eligible counts as the exchange stores them: every state, flag and
     verdict, jobs that never became ready, ties, and period edges (a month's last minutes,

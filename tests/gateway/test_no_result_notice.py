@@ -36,6 +36,8 @@ pytestmark = pytest.mark.peer
 NO_BRAIN = "no brain tissue found in series {series}"
 WEBHOOK_KEY = b"pager-secret"
 FAILED_SAID = NO_RESULT_BECAUSE["failed"]
+#: The version the worker runs: the vendor published `tissue_volume.VERSION` since.
+WORKER_VERSION = "0.9.0"
 
 
 @pytest.fixture
@@ -44,7 +46,8 @@ def national(
 ) -> Iterator[National]:
     """The exchange and a worker whose product fails every job (`fails`, or `fails-stat`: a
     product that runs STAT unless a route says otherwise), or spoils its result so that the
-    gateway cannot file it (`unfileable`)."""
+    gateway cannot file it (`unfileable`). The worker runs the version before the
+    catalogue's (`WORKER_VERSION`), and says so."""
     spoil = getattr(request, "param", "fails")
     if spoil == "fails-stat":
         manifest = tissue_volume.manifest
@@ -58,7 +61,7 @@ def national(
             raise ProductError(NO_BRAIN.format(series=series))
         return short_element(tissue_volume.run(context), context)
 
-    with national_path(tmp_path, product) as path:
+    with national_path(tmp_path, product, WORKER_VERSION) as path:
         yield path
 
 
@@ -283,6 +286,13 @@ def test_a_study_run_stat_pages_that_no_result_will_come(
         "stat",
         FAILED_SAID,
     )
+    # The version that failed the job, not the one the catalogue names now.
+    assert alert["product"] == {
+        "id": tissue_volume.PRODUCT_ID,
+        "name": tissue_volume.manifest("v")["name"],
+        "version": WORKER_VERSION,
+    }
+    assert tissue_volume.VERSION != WORKER_VERSION
 
 
 def test_a_hospital_can_turn_no_result_notices_off(national: National, tmp_path: Path) -> None:

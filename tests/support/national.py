@@ -139,9 +139,12 @@ def started_gateway(folder: Path, national: National, **settings: Any) -> Iterat
 
 
 @contextmanager
-def national_path(tmp_path: Path, product: Handler = tissue_volume.run) -> Iterator[National]:
+def national_path(
+    tmp_path: Path, product: Handler = tissue_volume.run, version: str | None = None
+) -> Iterator[National]:
     """The exchange and one worker running `product` (the reference product's code unless a
-    test gives a vendor's own) as the reference product."""
+    test gives a vendor's own) as the reference product (as its `version`, if the worker
+    names one)."""
     settings = ExchangeSettings(data_dir=tmp_path / "exchange", operator_key=OPERATOR_KEY)
     with ExchangeThread(settings, extensions=[mount]) as exchange:
         operator = httpx.Client(  # as patient as `National.api`: the suite loads both cores
@@ -166,6 +169,7 @@ def national_path(tmp_path: Path, product: Handler = tissue_volume.run) -> Itera
             product_ids=[tissue_volume.PRODUCT_ID],
             lease_seconds=30,
             workdir=tmp_path,
+            product_versions={tissue_volume.PRODUCT_ID: version} if version else None,
         )
         thread = threading.Thread(target=worker.run, args=(stop, 1.0), daemon=True)
         thread.start()

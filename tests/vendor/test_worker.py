@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -120,6 +121,44 @@ def test_a_product_that_raises_fails_the_job_and_not_the_worker(
     job = run_one(national, broken, tmp_path)
     assert job["state"] == "failed" and job["reason"] == expected
     assert job["hospital_id"] == HOSPITAL
+
+
+def test_a_worker_that_names_its_version_has_its_failures_counted_under_it(
+    national: National, tmp_path: Path
+) -> None:
+    """The vendor published 2.0.0 while this worker still runs 1.0.0: the job it fails was
+    created for 2.0.0, and is counted under the version that failed it."""
+    vendor = VendorClient(national.exchange.url, national.vendor_key)
+    vendor.register_product({**tissue_volume.manifest(VENDOR), "id": PRODUCT, "version": "2.0.0"})
+    vendor.close()
+    job_id = submit_study(national, tmp_path / "study")
+    with national.api() as api:
+        assert api.get(f"/jobs/{job_id}").json()["product_version"] == "2.0.0"
+
+    def broken(_context: JobContext) -> ProductResult:
+        raise ProductError("no brain in the field of view")
+
+    client = VendorClient(national.exchange.url, national.vendor_key)
+    worker = Worker(
+        client, broken, product_ids=[PRODUCT], workdir=tmp_path,
+        product_versions={PRODUCT: "1.0.0"},
+    )  # fmt: skip
+    assert worker.run_once(wait_seconds=10) == job_id
+    client.close()
+    with national.api() as api:
+        job = api.get(f"/jobs/{job_id}").json()
+    assert (job["state"], job["product_version"]) == ("failed", "1.0.0")
+    assert job["reason"] == "no brain in the field of view"
+
+
+@pytest.mark.parametrize("version", ["", "1.0\t", "v" * 65])
+def test_a_worker_refuses_a_version_the_exchange_would_refuse(version: str) -> None:
+    """Refused at the start, not by the exchange at every failure the worker reports."""
+    client = VendorClient("http://127.0.0.1:9", "key")
+    said = f"product 'p': version {version!r} must be 1 to 64 printable characters"
+    with pytest.raises(ValueError, match=re.escape(said)):
+        Worker(client, tissue_volume.run, product_ids=["p"], product_versions={"p": version})
+    client.close()
 
 
 def test_a_heartbeat_renews_the_lease_for_as_long_as_its_claim_asked(

@@ -19,7 +19,7 @@ from aifi.exchange.schemas import (
     ProductManifest,
     ProductOut,
 )
-from aifi.exchange.versions import kept_version
+from aifi.product_versions import kept_version
 
 #: Only an admitted product takes subscriptions and jobs (the admission rules themselves live in
 #: aifi.governance.admission); suspending a product stops its new jobs at once, everywhere.

@@ -56,7 +56,7 @@ from aifi.exchange.schemas import (
 )
 from aifi.exchange.settings import ExchangeSettings
 from aifi.exchange.triage import read_unread_flags, triage_flag
-from aifi.exchange.validation import check_summary
+from aifi.exchange.validation import check_summary, version_problem
 from aifi.exchange.versions import read_unread_versions, summary_version
 from aifi.results.delivery import Delivery
 
@@ -347,10 +347,13 @@ _TAKE_CANDIDATE = (
 
 
 @functools.cache
-def _ending(with_token: bool, with_summary: bool, unopened: bool = False) -> Update:
+def _ending(
+    with_token: bool, with_summary: bool, unopened: bool = False, with_version: bool = False
+) -> Update:
     """The statement that ends a job in one of `from_states` (held under `token`, if
     `with_token`; still taking inputs, if `unopened`), clearing its lease (and setting its
-    summary, if `with_summary`)."""
+    summary, if `with_summary`; the version that ended it, if `with_version` or the summary
+    names one)."""
     where = [Job.id == bindparam("job_id"), Job.state.in_(bindparam("from_states", expanding=True))]
     if with_token:
         where.append(Job.lease_token == bindparam("token"))
@@ -364,13 +367,15 @@ def _ending(with_token: bool, with_summary: bool, unopened: bool = False) -> Upd
         "lease_token": None,
         "lease_expires_at": None,
     }
-    if with_summary:
-        values["summary"] = bindparam("new_summary", type_=Job.summary.type)
-        values["triage_flag"] = bindparam("new_flag")
-        # The version that produced the result, else the one the job was created for.
+    if with_summary or with_version:
+        # The version that produced the result or failed the job, else the one the job was
+        # created for.
         values["product_version"] = func.coalesce(
             bindparam("new_version", type_=Job.product_version.type), Job.product_version
         )
+    if with_summary:
+        values["summary"] = bindparam("new_summary", type_=Job.summary.type)
+        values["triage_flag"] = bindparam("new_flag")
         values["version_read"] = True
     return update(Job).where(*where).values(values).returning(*_JOB_COLUMNS)
 
@@ -1100,12 +1105,21 @@ class JobService:
         long-poll."""
         self._notifier.notify(organisations=parties(job))
 
-    def fail(self, actor: Actor, job_id: str, token: str, reason: str) -> Job:
+    def fail(
+        self, actor: Actor, job_id: str, token: str, reason: str, version: str | None = None
+    ) -> Job:
+        """End a held job, failed with the worker's `reason`. A worker that says which
+        `version` of the product failed it has the failure counted under that version (after
+        a release, the previous version's workers still fail jobs created for the new one);
+        otherwise it counts under the version the job was created for."""
+        if version is not None and (problem := version_problem(version, "failed the job")):
+            raise Invalid(f"job {job_id}: rule 'product-version': {problem}")
         with self._db.session() as session:
             self.held(session, actor, job_id, token)
             job = self._end(
-                session, job_id, JobState.failed, reason, from_states=HELD_STATES, token=token
-            )
+                session, job_id, JobState.failed, reason, from_states=HELD_STATES, token=token,
+                version=version,
+            )  # fmt: skip
             self._announce(session, job=job)
             self._audit.record_in(
                 session,
@@ -1207,6 +1221,7 @@ class JobService:
         token: str | None = None,
         summary: dict[str, Any] | None = None,
         unopened: bool = False,
+        version: str | None = None,
     ) -> Job:
         params: dict[str, Any] = {
             "job_id": job_id,
@@ -1220,7 +1235,9 @@ class JobService:
             params["new_summary"] = summary
             params["new_flag"] = triage_flag(summary)
             params["new_version"] = summary_version(summary)
-        statement = _ending(token is not None, summary is not None, unopened)
+        elif version is not None:
+            params["new_version"] = version
+        statement = _ending(token is not None, summary is not None, unopened, version is not None)
         job = _job_of(execute_core(session, statement, params).first())
         if job is None:
             raise Conflict(f"job {job_id} changed state meanwhile; {state.value} not applied")

@@ -337,10 +337,18 @@ class CompleteIn(LeaseIn):
 
 class FailIn(LeaseIn):
     reason: str = Field(min_length=1, max_length=2000)
+    product_version: str | None = Field(
+        default=None,
+        description="the product version that failed the job, as the catalogue names it (1 "
+        "to 64 printable characters): evaluation counts the failure under it; left out, under "
+        "the version the job was created for",
+    )
 
 
-class ReleaseIn(FailIn):
+class ReleaseIn(LeaseIn):
     """The lease, and why the worker hands the job back (kept in the access log)."""
+
+    reason: str = Field(min_length=1, max_length=2000)
 
 
 class CancelIn(BaseModel):

@@ -23,11 +23,10 @@ from sqlalchemy.exc import DBAPIError
 
 from aifi.exchange.db import Database, execute_core
 from aifi.exchange.models import Job
+from aifi.product_versions import VERSION_MAX, kept_version
 
 log = logging.getLogger(__name__)
 
-#: The longest version a job keeps, as the catalogue allows it.
-VERSION_MAX = 64
 #: Summaries read per transaction by the sweep: each batch's rows are held (on PostgreSQL)
 #: while their versions are read, milliseconds for summaries of a few kB.
 BATCH = 1_000
@@ -52,15 +51,6 @@ _READ = (
 def summary_version(summary: Mapping[str, object]) -> str | None:
     """The product version a summary names, if it names one a job can keep."""
     return kept_version(summary.get("product_version"))
-
-
-def kept_version(version: object) -> str | None:
-    """`version` if a job can keep it: a string of 1 to 64 printable characters (the exchange
-    refuses other summaries and catalogue versions now; older summaries may hold anything, and
-    PostgreSQL's text holds no NUL)."""
-    if not isinstance(version, str) or not 0 < len(version) <= VERSION_MAX:
-        return None
-    return version if version.isprintable() else None
 
 
 def read_unread_versions(db: Database, batch: int = BATCH) -> int:

@@ -2413,6 +2413,9 @@ class Gateway:
         # As the job ran: the exchange gives the route's priority or the product's.
         stat = _ran_stat(local, job)
         name, version = self._product_names(str(job["product_id"]))
+        # The version that ran the job, as the exchange kept it: the catalogue's may be a
+        # later one by now (the catalogue's stands in for a lost job, or an older exchange).
+        version = job.get("product_version") or version
         return QueuedNotice(
             kind="no-result",
             exchange_job_id=str(job["id"]),

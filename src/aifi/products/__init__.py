@@ -11,10 +11,12 @@ from aifi.vendor import Handler
 
 @dataclass(frozen=True)
 class ReferenceProduct:
-    """A product's manifest (for the exchange's catalogue) and its handler (for the worker)."""
+    """A product's manifest (for the exchange's catalogue), its handler and the version the
+    handler runs (for the worker)."""
 
     manifest: Callable[[str], dict[str, Any]]  # vendor id -> manifest
     handler: Handler
+    version: str
 
 
 def reference_products() -> dict[str, ReferenceProduct]:
@@ -22,6 +24,6 @@ def reference_products() -> dict[str, ReferenceProduct]:
     from aifi.products import brain_volumetry, ich_triage, lung_nodules, tissue_volume
 
     return {
-        module.PRODUCT_ID: ReferenceProduct(module.manifest, module.run)
+        module.PRODUCT_ID: ReferenceProduct(module.manifest, module.run, module.VERSION)
         for module in (tissue_volume, brain_volumetry, lung_nodules, ich_triage)
     }

@@ -250,8 +250,13 @@ class VendorClient(ApiClient):
         body = {"lease_token": lease.token, "summary": summary}
         return json_object(self.request("POST", f"/jobs/{lease.job_id}/complete", json=body))
 
-    def fail(self, lease: Lease, reason: str) -> dict[str, Any]:
-        body = {"lease_token": lease.token, "reason": reason[:2000]}
+    def fail(self, lease: Lease, reason: str, product_version: str | None = None) -> dict[str, Any]:
+        """Fail the job with `reason`, which its hospital reads; `product_version`, the
+        version that failed it, is what the exchange's evaluation counts the failure under
+        (the version the job was created for if None)."""
+        body: dict[str, Any] = {"lease_token": lease.token, "reason": reason[:2000]}
+        if product_version is not None:
+            body["product_version"] = product_version
         return json_object(self.request("POST", f"/jobs/{lease.job_id}/fail", json=body))
 
     def release(self, lease: Lease, reason: str) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from aifi.http import ExchangeNotTrusted, no_such_job
+from aifi.product_versions import VERSION_MAX, kept_version
 from aifi.vendor.client import (
     LONGEST_LEASE_SECONDS,
     ExchangeHTTPError,
@@ -167,11 +168,24 @@ class Worker:
         workdir: Path | None = None,
         hand_back_pause: float = HAND_BACK_PAUSE,
         storage_wait_seconds: float = STORAGE_WAIT_SECONDS,
+        product_versions: Mapping[str, str] | None = None,
     ) -> None:
         """`workdir` holds each job's inputs and outputs while it runs (the system's temporary
-        folder if None): put it on a disk with room for a few studies."""
+        folder if None): put it on a disk with room for a few studies.
+
+        `product_versions` names the version of each product this worker runs, as the
+        catalogue names it. A job it fails is then counted under that version by the
+        exchange's evaluation: a worker still running 1.0 after the vendor published 2.0
+        fails jobs created for 2.0. (A result's summary names its own version.)"""
         if hand_back_pause < 0 or storage_wait_seconds < 0:
             raise ValueError("the hand-back pause and the storage wait are seconds, not negative")
+        for product_id, version in (product_versions or {}).items():
+            if kept_version(version) is None:
+                # Refused now: the exchange would refuse every failure this worker reports.
+                raise ValueError(
+                    f"product {product_id!r}: version {version!r} must be 1 to {VERSION_MAX} "
+                    "printable characters, as the catalogue names it"
+                )
         if not 0 < lease_seconds <= LONGEST_LEASE_SECONDS:
             # Refused now: the exchange would refuse every claim (422), and the worker would
             # only log it, once a second, for ever.
@@ -187,6 +201,7 @@ class Worker:
         self.processed = 0
         self.hand_back_pause = hand_back_pause
         self.storage_wait_seconds = storage_wait_seconds
+        self.product_versions = dict(product_versions or {})
         self._handed_back = False
 
     def run(self, stop: threading.Event, wait_seconds: float = 5.0) -> None:
@@ -491,7 +506,8 @@ class Worker:
     def _fail(self, lease: Lease, reason: str) -> None:
         log.info("job %s failed: %s", lease.job_id, reason)
         try:
-            self.client.fail(lease, reason)
+            version = self.product_versions.get(str(lease.job.get("product_id")))
+            self.client.fail(lease, reason, product_version=version)
         except ExchangeHTTPError as exc:
             if not no_such_job(exc):
                 raise

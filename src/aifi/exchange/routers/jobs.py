@@ -201,7 +201,10 @@ def complete_job(job_id: str, body: CompleteIn, caller: CallerDep, services: Ser
 
 @router.post("/{job_id}/fail", response_model=JobOut)
 def fail_job(job_id: str, body: FailIn, caller: CallerDep, services: ServicesDep) -> JobOut:
-    return job_out(services.jobs.fail(caller, job_id, body.lease_token, body.reason), caller)
+    job = services.jobs.fail(
+        caller, job_id, body.lease_token, body.reason, version=body.product_version
+    )
+    return job_out(job, caller)
 
 
 @router.post("/{job_id}/release", response_model=JobOut)

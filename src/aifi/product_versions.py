@@ -1,0 +1,19 @@
+"""The rule for a product version's name, which the exchange, its catalogue and the vendor SDK
+share: evaluation counts each version apart by this name, so every place that takes one takes
+it by the same rule. (A module of its own, without imports, so that the vendor SDK does not
+load the result-building libraries to ask.)"""
+
+from __future__ import annotations
+
+#: The longest product version a job keeps, as the catalogue allows it.
+VERSION_MAX = 64
+
+
+def kept_version(version: object) -> str | None:
+    """`version` if a job can keep it as the version that ran it: a string of 1 to 64
+    printable characters. The exchange refuses other versions in summaries, failures and the
+    catalogue now; summaries stored earlier may hold anything, and PostgreSQL's text holds no
+    NUL."""
+    if not isinstance(version, str) or not 0 < len(version) <= VERSION_MAX:
+        return None
+    return version if version.isprintable() else None

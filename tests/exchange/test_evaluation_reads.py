@@ -9,11 +9,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 
 from aifi.exchange.audit import Actor
+from aifi.exchange.clock import as_utc
 from aifi.exchange.governance_models import EligibleCount, JobFeedback
-from aifi.exchange.models import Job
+from aifi.exchange.models import Job, ProductRelease
 from aifi.exchange.months import Months
 from aifi.exchange.triage import triage_call
 from aifi.exchange.versions import summary_version
@@ -23,10 +24,12 @@ from aifi.governance import (
     Agreement,
     Feedback,
     JobRecord,
+    aggregates,
     drift_charts,
     evaluate,
 )
 from aifi.governance import EligibleCount as EligibleIn
+from aifi.governance.evaluation import ProductEvaluation, with_releases
 from aifi.governance.service import ClinicalService
 from aifi.results.summary import AlgorithmSummary, ResultSummary, Triage, TriageFlag
 
@@ -214,6 +217,41 @@ def test_a_failure_counts_under_the_version_the_worker_names(
     }  # fmt: skip
 
 
+def test_evaluation_per_version_says_which_versions_the_catalogue_never_named(
+    exchange: Any, parties: dict[str, Any], make_ct: Any
+) -> None:
+    """A summary naming a version the vendor never published (a typo that splits a version
+    over two rows, or a version never put up for review) gets a row flagged so; a version
+    published, withdrawn and published again keeps the day it was first published."""
+    exchange.product(parties["vendor_a"], "product-a", version="2.0")
+    for version in ("1.0", "2.0", "v2.0"):
+        complete(exchange, parties, make_ct, versioned_summary(version))
+    exchange.product(parties["vendor_a"], "product-a", version="1.0")  # back to 1.0
+
+    services = exchange.client.app.state.services
+    clinical = ClinicalService(services.db, services.catalogue, services.audit, services.settings)
+    with services.db.session() as session:
+        published = session.execute(
+            select(ProductRelease.version, ProductRelease.published_at).where(
+                ProductRelease.product_id == "product-a"
+            )
+        ).all()
+    first = {version: as_utc(at) for version, at in published}
+    assert sorted(first) == ["1.0", "2.0"] and first["1.0"] <= first["2.0"]
+    rows = {
+        (r.hospital_id, r.product_version): (r.in_catalogue, r.published_on, r.completed)
+        for r in clinical.evaluation(OPERATOR, by_version=True)
+        if r.product_id == "product-a"
+    }
+    for hospital_id in ("hospital-a", NATIONAL):
+        assert rows[(hospital_id, "1.0")] == (True, first["1.0"].date(), 1)
+        assert rows[(hospital_id, "2.0")] == (True, first["2.0"].date(), 1)
+        assert rows[(hospital_id, "v2.0")] == (False, None, 1)
+    # Over all versions, nothing to say.
+    overall = [r for r in clinical.evaluation(OPERATOR) if r.product_id == "product-a"]
+    assert overall and all(r.in_catalogue is r.published_on is None for r in overall)
+
+
 def random_jobs(rng: random.Random) -> tuple[list[dict[str, Any]], ...]:
     """Jobs, feedback and eligible counts as the exchange stores them: every state, flag and
     verdict, jobs that never became ready, ties, and period edges (a month's last minutes,
@@ -366,6 +404,13 @@ def one_by_one(
     return records, notes, counts
 
 
+def catalogued(services: Any, *counted: Any) -> list[ProductEvaluation]:
+    """Evaluation per version counted row by row, with the versions the catalogue named."""
+    with services.db.session() as session:
+        published = aggregates.releases(session)
+    return with_releases(evaluate(*counted, by_version=True), published)
+
+
 def assert_same_evaluation(counted: list[Any], expected: list[Any]) -> None:
     assert [(r.product_id, r.hospital_id, r.product_version) for r in counted] == [
         (r.product_id, r.hospital_id, r.product_version) for r in expected
@@ -400,7 +445,11 @@ def test_the_database_counts_the_figures_as_rows_counted_one_by_one_do(
 
     # Per version: the same figures again, a row per version each job ran.
     per_version = clinical.evaluation(OPERATOR, by_version=True)
-    assert_same_evaluation(per_version, evaluate(records, notes, counts, by_version=True))
+    assert_same_evaluation(per_version, catalogued(services, records, notes, counts))
+    # The catalogue named 1.0 only; the summaries named the others.
+    assert {r.product_version: r.in_catalogue for r in per_version} == {
+        "1.0": True, "2.0": False, "2.1-rc": False, UNRECORDED: None,
+    }  # fmt: skip
     versions = {(r.product_id, r.hospital_id): [] for r in counted}
     for row in per_version:
         versions[(row.product_id, row.hospital_id)].append(row)
@@ -453,7 +502,7 @@ def test_a_period_counts_the_jobs_of_its_months_only(
     expected = evaluate(*one_by_one(requested, feedback, reported))
     counted = clinical.evaluation(OPERATOR, months)
     assert_same_evaluation(counted, expected)
-    per_version = evaluate(*one_by_one(requested, feedback, reported), by_version=True)
+    per_version = catalogued(services, *one_by_one(requested, feedback, reported))
     assert_same_evaluation(clinical.evaluation(OPERATOR, months, by_version=True), per_version)
     studies = {(j["hospital_id"], j["product_id"], j["study_uid"]) for j in requested}
     assert sum(r.volume for r in counted if r.hospital_id == NATIONAL) == len(studies)

@@ -4,6 +4,7 @@ feedback reaches the metrics, hospitals rank clinical areas, the audit log expor
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pydicom
@@ -149,6 +150,13 @@ def test_feedback_reaches_the_evaluation(pillar: Pillar, tmp_path: Path) -> None
     assert [(r["hospital_id"], r["product_version"], r["feedback"]) for r in per_version] == [
         ("hospital-a", tissue_volume.VERSION, 1), ("national", tissue_volume.VERSION, 1),
     ]  # fmt: skip
+    # The vendor published that version in the catalogue as the test began (a run may pass
+    # midnight); over all versions, no word.
+    [(in_catalogue, published_on)] = {(r["in_catalogue"], r["published_on"]) for r in per_version}
+    today = datetime.now(UTC).date()
+    assert in_catalogue is True
+    assert published_on in (today.isoformat(), (today - timedelta(days=1)).isoformat())
+    assert all(r["in_catalogue"] is r["published_on"] is None for r in rows)
     with pillar.api("hospital-b") as other:
         assert (
             other.post(f"/jobs/{job_id}/feedback", json={"agreement": "agree"}).status_code == 404

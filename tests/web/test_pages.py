@@ -27,7 +27,7 @@ from aifi.exchange.server import ExchangeThread
 from aifi.exchange.settings import ExchangeSettings
 from aifi.phantoms import write_study
 from aifi.products import ich_triage, tissue_volume
-from aifi.vendor import VendorClient, Worker
+from aifi.vendor import JobContext, ProductError, ProductResult, VendorClient, Worker
 from aifi.web import mount, pages
 from support.peers import require_executable
 
@@ -382,6 +382,67 @@ def test_evaluation_per_version_names_the_version_that_ran_each_job(
     assert "by_version=1" in str(shortcut.get_attribute("href"))
 
 
+def pseudonymised_study(folder: Path, seed: int) -> tuple[list[Path], str]:
+    """A small phantom study as a gateway sends it: its files and its Study Instance UID."""
+    write_study("ct-head", folder / "raw", seed=seed, size="small")
+    engine = Deidentifier(PseudonymKey(bytes([seed]) * 32))
+    files = []
+    for path in sorted((folder / "raw").rglob("*.dcm")):
+        files.append(folder / "pseudo" / path.name)
+        files[-1].parent.mkdir(parents=True, exist_ok=True)
+        engine.deidentify_file(path, files[-1])
+    return files, str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+
+
+def test_evaluation_per_version_flags_a_version_the_catalogue_never_named(
+    browser: Any, site: dict[str, Any], tmp_path: Path
+) -> None:
+    """A worker still running 0.9 fails a job of a product the vendor published as 1.0.0:
+    the failure is the old version's, and the page says that version was never published
+    in the catalogue, beside the published one's day."""
+    product = "version-check"
+    files, study = pseudonymised_study(tmp_path, seed=9)
+    with (
+        httpx.Client(
+            base_url=site["url"], headers={"Authorization": f"Bearer {site['hospital_key']}"}
+        ) as hospital,
+        VendorClient(site["url"], site["vendor_key"]) as vendor,
+    ):
+        vendor.register_product({**tissue_volume.manifest("aifi-reference"), "id": product})
+        hospital.post("/subscriptions", json={"product_id": product}).raise_for_status()
+        job = hospital.post(
+            "/jobs",
+            json={"product_id": product, "study_uid": study, "idempotency_key": "old-worker",
+                  "instances": len(files)},
+        ).json()  # fmt: skip
+        for path in files:
+            uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+            hospital.put(
+                f"/jobs/{job['id']}/inputs/{uid}", content=path.read_bytes()
+            ).raise_for_status()
+
+        def old_version(_context: JobContext) -> ProductResult:
+            raise ProductError("no brain in the field of view")
+
+        worker = Worker(vendor, old_version, workdir=tmp_path, product_versions={product: "0.9"})
+        assert worker.run_once(wait_seconds=10) == job["id"]
+    page = logged_in(browser, site, "victor")
+    visit(page, site["url"] + "/ui/evaluation?by_version=1", "vendor-evaluation-unpublished")
+    rows = page.locator("tr", has_text=product)
+    assert rows.count() == 2  # hospital-a's and the national row, of the one version that ran
+    for n in range(2):
+        version = rows.nth(n).locator("td.version")
+        assert version.inner_text().startswith("0.9 not in the catalogue")
+        flag = version.locator(".unpublished")
+        assert "never published this version" in str(flag.get_attribute("title"))
+        assert flag.is_visible()
+    # The published version's cell says when it was published, and has no flag.
+    published = page.locator("tr", has_text=ich_triage.PRODUCT_ID).first.locator("td.version")
+    assert published.locator(".unpublished").count() == 0
+    said = str(published.locator("span").first.get_attribute("title"))
+    assert said.startswith("published in the catalogue on 20")
+
+
 def test_the_live_list_shows_the_latest_jobs_first(
     browser: Any, site: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -419,14 +480,7 @@ def test_a_job_whose_images_the_exchange_lost_says_so_and_is_not_the_products_fa
     settings = ExchangeSettings(data_dir=site["data_dir"], operator_key=KEY)
     database = Database(settings.resolved_database_url())
     blobs = open_blob_store(settings.resolved_blob_url(), settings.upload_spool)
-    write_study("ct-head", tmp_path / "raw", seed=5, size="small")
-    engine = Deidentifier(PseudonymKey(b"q" * 32))
-    files = []
-    for path in sorted((tmp_path / "raw").rglob("*.dcm")):
-        files.append(tmp_path / "pseudo" / path.name)
-        files[-1].parent.mkdir(parents=True, exist_ok=True)
-        engine.deidentify_file(path, files[-1])
-    study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    files, study = pseudonymised_study(tmp_path, seed=5)
     with (
         httpx.Client(
             base_url=site["url"], headers={"Authorization": f"Bearer {site['hospital_key']}"}

@@ -12,7 +12,7 @@ from aifi.exchange.auth import KeyCache, new_api_key, require_role, store_api_ke
 from aifi.exchange.clock import utcnow
 from aifi.exchange.db import Database
 from aifi.exchange.errors import Conflict, Forbidden, Invalid, NotFound
-from aifi.exchange.models import ApiKey, Organisation, Product, Subscription
+from aifi.exchange.models import ApiKey, Organisation, Product, ProductRelease, Subscription
 from aifi.exchange.schemas import (
     OrganisationIn,
     OrganisationKind,
@@ -208,6 +208,13 @@ class Catalogue:
             product.clinical_area = manifest.clinical_area
             product.manifest = manifest.model_dump(mode="json")
             product.updated_at = now
+            if session.get(ProductRelease, (manifest.id, manifest.version)) is None:
+                # Kept from its first publication: a return to an earlier version is no new one.
+                session.add(
+                    ProductRelease(
+                        product_id=manifest.id, version=manifest.version, published_at=now
+                    )
+                )
         self._audit.record(
             actor, "update", "product", manifest.id, detail=f"version {manifest.version}"
         )

@@ -65,6 +65,20 @@ class Product(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class ProductRelease(Base):
+    """A version of a product as its vendor published it in the catalogue, and when first.
+
+    Result summaries name the version that produced them; evaluation per version tells a
+    version the catalogue named from one only summaries name (a vendor's typo that splits
+    one version over two rows, or a version never published for review)."""
+
+    __tablename__ = "product_releases"
+
+    product_id: Mapped[str] = mapped_column(ForeignKey("products.id"), primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    published_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class Subscription(Base):
     """A hospital's subscription to a product: without one, the hospital cannot send it jobs."""
 

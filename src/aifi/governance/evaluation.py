@@ -219,6 +219,17 @@ class ProductEvaluation(BaseModel):
     last_requested_on: date | None = Field(
         default=None, description="the day (UTC) the last job counted here was requested"
     )
+    in_catalogue: bool | None = Field(
+        default=None,
+        description="per version: whether the vendor published this version in the "
+        "catalogue (false: only result summaries name it, a version never put up for "
+        "review, or a name that splits one version over two rows); null: all versions, or "
+        "the version was not recorded",
+    )
+    published_on: date | None = Field(
+        default=None,
+        description="per version: the day (UTC) the vendor first published it in the catalogue",
+    )
     volume: int
     eligible: int | None
     uptake: Proportion | None
@@ -341,6 +352,21 @@ def evaluations(
             row.uptake = Proportion.of(routed, row.eligible)
         rows.append(row)
     return rows
+
+
+def with_releases(
+    rows: Iterable[ProductEvaluation], published: Mapping[tuple[str, str], datetime]
+) -> list[ProductEvaluation]:
+    """`rows` per version, each saying whether, and when first, the vendor published its
+    version in the catalogue (`published`: the first moment of each product's versions)."""
+    said = []
+    for row in rows:
+        if row.product_version:  # neither all versions nor not recorded
+            first = published.get((row.product_id, row.product_version))
+            row = row.model_copy(update={"in_catalogue": first is not None,
+                                         "published_on": _day(first)})  # fmt: skip
+        said.append(row)
+    return said
 
 
 def _order(counted: Tally) -> tuple[Any, ...]:

@@ -57,7 +57,7 @@ from aifi.governance import (
 from aifi.governance import AreaScore as AreaScoreIn
 from aifi.governance.dossier import ConformanceAttachment, Dossier, Gap
 from aifi.governance.drift import DriftChart, Granularity
-from aifi.governance.evaluation import evaluations
+from aifi.governance.evaluation import evaluations, with_releases
 
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 
@@ -431,7 +431,10 @@ class ClinicalService:
         with self._db.session() as session:
             tallies = aggregates.tallies(session, months, by_version=by_version)
             eligible = aggregates.eligible(session, months)
+            published = aggregates.releases(session) if by_version else {}
         rows = self._visible_rows(actor, evaluations(tallies, eligible))
+        if by_version:
+            rows = with_releases(rows, published)
         per = ", per version" if by_version else ""
         self._audit.record(actor, "search", "evaluation", f"{len(rows)} rows, {months}{per}")
         return rows

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import insert, select
 
-from aifi.exchange.models import Job
+from aifi.exchange.models import Job, ProductRelease
 from aifi.exchange.versions import BATCH, read_unread_versions, summary_version
 
 T = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
@@ -185,3 +185,34 @@ def test_the_catalogue_refuses_a_version_no_summary_may_name(
     assert "must hold printable characters only" in answer.json()["detail"]
     product = exchange.client.get("/products/product-b", headers=vendor.headers).json()
     assert product["version"] == "1.0"  # the catalogue kept the version it had
+
+
+def test_a_version_published_twice_at_once_is_one_release(exchange: Any, parties: Any) -> None:
+    """A vendor's deployment publishing the manifest from several workers at once: each is
+    answered, and the catalogue records the version once, at its first publication."""
+    vendor = parties["vendor_b"]
+    manifest = {
+        "id": "product-b", "vendor": vendor.id, "name": "Product product-b", "version": "3.0",
+        "clinical_area": "quantification",
+    }  # fmt: skip
+    start = threading.Barrier(4)
+    answers: list[int] = []
+
+    def publish() -> None:
+        start.wait()
+        answers.append(
+            exchange.client.post("/products", json=manifest, headers=vendor.headers).status_code
+        )
+
+    threads = [threading.Thread(target=publish) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert answers == [201] * 4
+    services = exchange.client.app.state.services
+    with services.db.session() as session:
+        releases = session.execute(
+            select(ProductRelease.version).where(ProductRelease.product_id == "product-b")
+        ).scalars()
+        assert sorted(releases) == ["1.0", "3.0"]

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from aifi.exchange.audit import Actor, AuditLog
 from aifi.exchange.auth import KeyCache, new_api_key, require_role, store_api_key
 from aifi.exchange.clock import utcnow
-from aifi.exchange.db import Database
+from aifi.exchange.db import Database, insert_unless_taken
 from aifi.exchange.errors import Conflict, Forbidden, Invalid, NotFound
 from aifi.exchange.models import ApiKey, Organisation, Product, ProductRelease, Subscription
 from aifi.exchange.schemas import (
@@ -208,13 +208,13 @@ class Catalogue:
             product.clinical_area = manifest.clinical_area
             product.manifest = manifest.model_dump(mode="json")
             product.updated_at = now
-            if session.get(ProductRelease, (manifest.id, manifest.version)) is None:
-                # Kept from its first publication: a return to an earlier version is no new one.
-                session.add(
-                    ProductRelease(
-                        product_id=manifest.id, version=manifest.version, published_at=now
-                    )
-                )
+            session.flush()  # the product's row first: its releases refer to it
+            # Kept from its first publication: a return to an earlier version is no new one,
+            # and the same version published twice at once is one.
+            insert_unless_taken(
+                session,
+                ProductRelease(product_id=manifest.id, version=manifest.version, published_at=now),
+            )
         self._audit.record(
             actor, "update", "product", manifest.id, detail=f"version {manifest.version}"
         )

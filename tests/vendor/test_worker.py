@@ -329,6 +329,30 @@ def test_an_input_the_exchange_no_longer_holds_fails_the_job_naming_it(
     assert f"input {sop_uid} is no longer at the exchange" in str(job["reason"])
 
 
+def test_a_job_whose_input_the_exchange_lost_keeps_its_version_when_a_worker_fails_it(
+    national: National, tmp_path: Path
+) -> None:
+    """No version of the product ran a job whose input the exchange's store lost: the
+    failure the worker reports, naming its version, leaves the job under the version it was
+    created for, as the same loss met by a hand-back or a lapsed lease does."""
+    vendor = VendorClient(national.exchange.url, national.vendor_key)
+    vendor.register_product({**tissue_volume.manifest(VENDOR), "id": PRODUCT, "version": "2.0.0"})
+    vendor.close()
+    job_id = submit_study(national, tmp_path / "study")
+    input_blobs(tmp_path, job_id)[0].unlink()
+    client = VendorClient(national.exchange.url, national.vendor_key)
+    worker = Worker(
+        client, tissue_volume.run, product_ids=[PRODUCT], workdir=tmp_path,
+        product_versions={PRODUCT: "1.0.0"},
+    )  # fmt: skip
+    assert worker.run_once(wait_seconds=10) == job_id
+    client.close()
+    with national.api() as api:
+        job = api.get(f"/jobs/{job_id}").json()
+    assert (job["state"], job["product_version"]) == ("failed", "2.0.0")
+    assert job["inputs_lost_at"] is not None
+
+
 def test_an_exchange_that_cannot_give_an_input_gets_the_job_back(
     national: National, tmp_path: Path
 ) -> None:

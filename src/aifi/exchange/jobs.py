@@ -367,11 +367,18 @@ def _ending(
         "lease_token": None,
         "lease_expires_at": None,
     }
-    if with_summary or with_version:
-        # The version that produced the result or failed the job, else the one the job was
-        # created for.
-        values["product_version"] = func.coalesce(
-            bindparam("new_version", type_=Job.product_version.type), Job.product_version
+    named = func.coalesce(
+        bindparam("new_version", type_=Job.product_version.type), Job.product_version
+    )
+    if with_summary:
+        # The version that produced the result, else the one the job was created for.
+        values["product_version"] = named
+    elif with_version:
+        # The version that failed the job; but no version ran a job whose input the store
+        # lost (its worker found it gone): it keeps the one it was created for, as it does
+        # when the loss ends it any other way.
+        values["product_version"] = case(
+            (Job.inputs_lost_at.is_not(None), Job.product_version), else_=named
         )
     if with_summary:
         values["summary"] = bindparam("new_summary", type_=Job.summary.type)

@@ -195,9 +195,10 @@ class Job(Base):
     triage_flag: Mapped[str | None] = mapped_column(String(8), nullable=True)
     #: The product version that ran it, for evaluation per version: the catalogue's when the
     #: job was created, then the one its result summary names (the version that produced
-    #: the result; see aifi.exchange.versions). Null for a job created before it was kept (or
+    #: the result; see aifi.exchange.versions), or the one its worker named failing it (unless
+    #: its input was lost: no version ran it). Null for a job created before it was kept (or
     #: by a replica of the previous release) until the sweep reads its summary's version, and
-    #: for good if it has no summary or one naming no version a job can keep.
+    #: for good if neither a summary nor a failing worker names a version a job can keep.
     product_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
     #: True once the version its summary names was read: at completion, or by the sweep for
     #: summaries stored before the upgrade or by a replica of the previous release (which

@@ -258,9 +258,11 @@ class JobOut(BaseModel):
         default=None,
         description="the product version that ran the job, as evaluation counts it per "
         "version: the catalogue's when the job was created, then the one its result summary "
-        "names; null for a job created before the exchange kept versions (or, during a rolling "
-        "upgrade, by a replica of the previous release) until the exchange reads its summary's "
-        "version, and for good if it has no summary or one naming no version a job can keep",
+        "names, or the one the worker named when it failed the job (not for a job whose input "
+        "the exchange lost: no version ran it); null for a job created before the exchange "
+        "kept versions (or, during a rolling upgrade, by a replica of the previous release) "
+        "until the exchange reads its summary's version, and for good if neither a summary "
+        "nor a failing worker names a version a job can keep",
     )
     results: list[ResultOut] | None = Field(
         default=None,

@@ -40,14 +40,15 @@ sensitivity, PPV
 Per version
 -----------
 Asked for, each figure is also counted per product version: the version that produced a
-job's result (its summary names it), else the catalogue's version when the job was created.
+job's result (its summary names it), or the one that failed it (its worker names it), else
+the catalogue's version when the job was created.
 A new version re-opens admission, and its figures in practice are its own: pooled with the
 version before, a change for the worse would be diluted by a year of the old one. A study that
 two versions read counts in the volume of each. Uptake is not counted per version: hospitals
 report eligible studies per product. Jobs without a version are counted under
 :data:`UNRECORDED`: created before the exchange kept versions (or by a replica of the previous
-release) and either without a summary, with one naming no version a job can keep, or with
-one the exchange's sweep has not read yet.
+release) and either without a summary or a failing worker naming a version a job can keep, or
+with a summary the exchange's sweep has not read yet.
 """
 
 from __future__ import annotations

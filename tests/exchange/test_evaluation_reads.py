@@ -24,12 +24,11 @@ from aifi.governance import (
     Agreement,
     Feedback,
     JobRecord,
-    aggregates,
     drift_charts,
     evaluate,
 )
 from aifi.governance import EligibleCount as EligibleIn
-from aifi.governance.evaluation import ProductEvaluation, with_releases
+from aifi.governance.evaluation import ProductEvaluation
 from aifi.governance.service import ClinicalService
 from aifi.results.summary import AlgorithmSummary, ResultSummary, Triage, TriageFlag
 
@@ -405,10 +404,17 @@ def one_by_one(
 
 
 def catalogued(services: Any, *counted: Any) -> list[ProductEvaluation]:
-    """Evaluation per version counted row by row, with the versions the catalogue named."""
-    with services.db.session() as session:
-        published = aggregates.releases(session)
-    return with_releases(evaluate(*counted, by_version=True), published)
+    """Evaluation per version counted row by row, with the versions the catalogue named: here
+    each product's one version, published when the product was registered."""
+    published = {(p.id, p.version): p.created_at for p in services.catalogue.list_products()}
+    rows = []
+    for row in evaluate(*counted, by_version=True):
+        if row.product_version:
+            first = published.get((row.product_id, row.product_version))
+            row.in_catalogue = first is not None
+            row.published_on = None if first is None else as_utc(first).date()
+        rows.append(row)
+    return rows
 
 
 def assert_same_evaluation(counted: list[Any], expected: list[Any]) -> None:

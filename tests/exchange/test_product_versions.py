@@ -9,12 +9,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 
-from aifi.exchange.models import Job, ProductRelease
+from aifi.exchange.audit import Actor
+from aifi.exchange.clock import as_utc
+from aifi.exchange.models import Job, Product, ProductRelease
 from aifi.exchange.versions import BATCH, read_unread_versions, summary_version
+from aifi.governance.service import ClinicalService
 
 T = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
+OPERATOR = Actor(organisation_id="operator", role="operator")
 
 
 def row(n: int, **extra: Any) -> dict[str, Any]:
@@ -185,6 +189,91 @@ def test_the_catalogue_refuses_a_version_no_summary_may_name(
     assert "must hold printable characters only" in answer.json()["detail"]
     product = exchange.client.get("/products/product-b", headers=vendor.headers).json()
     assert product["version"] == "1.0"  # the catalogue kept the version it had
+
+
+def test_a_product_published_several_times_at_once_is_one_product_and_one_release(
+    exchange: Any, parties: Any
+) -> None:
+    """A vendor's deployment starting several workers, each publishing the manifest of a new
+    product at once: each is answered, and the catalogue holds one product and records its
+    version once."""
+    vendor = parties["vendor_b"]
+    manifest = {
+        "id": "product-new", "vendor": vendor.id, "name": "Product new", "version": "3.0",
+        "clinical_area": "quantification",
+    }  # fmt: skip
+    start = threading.Barrier(4)
+    answers: list[int] = []
+
+    def publish() -> None:
+        start.wait()
+        answers.append(
+            exchange.client.post("/products", json=manifest, headers=vendor.headers).status_code
+        )
+
+    threads = [threading.Thread(target=publish) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert answers == [201] * 4
+    assert releases(exchange, "product-new") == ["3.0"]
+    product = exchange.client.get("/products/product-new", headers=vendor.headers).json()
+    assert (product["version"], product["vendor"]) == ("3.0", vendor.id)
+
+
+def releases(exchange: Any, product_id: str) -> list[str]:
+    services = exchange.client.app.state.services
+    with services.db.session() as session:
+        return sorted(
+            session.scalars(
+                select(ProductRelease.version).where(ProductRelease.product_id == product_id)
+            )
+        )
+
+
+def test_a_version_a_replica_of_the_previous_release_published_counts_as_published(
+    exchange: Any, parties: Any, make_ct: Any
+) -> None:
+    """During a rolling upgrade a replica of the previous release publishes 2.0: it changes the
+    product's row and records no release. Evaluation takes the catalogue's own version as
+    published all the same, and a replica of this release records 2.0 when the vendor
+    publishes 3.0."""
+    services = exchange.client.app.state.services
+    published = datetime.now(UTC).replace(microsecond=0) - timedelta(days=3)
+    with services.db.session() as session:
+        session.execute(
+            update(Product)
+            .where(Product.id == "product-a")
+            .values(version="2.0", updated_at=published)
+        )
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    job = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
+    assert job["product_version"] == "2.0"
+    claim = exchange.claim(vendor, start=True)
+    assert claim is not None
+    failed = exchange.client.post(
+        f"/jobs/{job['id']}/fail",
+        json={"lease_token": claim["lease_token"], "reason": "no brain in view"},
+        headers=vendor.headers,
+    )
+    assert failed.status_code == 200, failed.text
+    clinical = ClinicalService(services.db, services.catalogue, services.audit, services.settings)
+    rows = {
+        (r.hospital_id, r.product_version): (r.in_catalogue, r.published_on)
+        for r in clinical.evaluation(OPERATOR, by_version=True)
+        if r.product_id == "product-a"
+    }
+    said = (True, published.date())
+    assert rows == {("hospital-a", "2.0"): said, ("national", "2.0"): said}
+    assert releases(exchange, "product-a") == ["1.0"]
+    exchange.product(vendor, "product-a", version="3.0")  # on a replica of this release
+    assert releases(exchange, "product-a") == ["1.0", "2.0", "3.0"]
+    with services.db.session() as session:
+        [when] = session.scalars(
+            select(ProductRelease.published_at).where(ProductRelease.version == "2.0")
+        )
+    assert as_utc(when) == published
 
 
 def test_a_version_published_twice_at_once_is_one_release(exchange: Any, parties: Any) -> None:

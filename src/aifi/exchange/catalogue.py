@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, bindparam, func, select, update
@@ -192,16 +193,29 @@ class Catalogue:
                 raise NotFound(f"no vendor organisation {manifest.vendor!r}")
             product = session.get(Product, manifest.id)
             if product is None:
-                product = Product(id=manifest.id, created_at=now, status=self._first_state)
-                session.add(product)
-            elif product.vendor_id != manifest.vendor:
+                # The same new product published twice at once (a vendor's deployment starting
+                # several workers) is one: whichever came second goes on as a publication of it.
+                insert_unless_taken(session, self._new_product(manifest, now))
+                product = session.get(Product, manifest.id)
+                assert product is not None
+            if product.vendor_id != manifest.vendor:
                 raise Conflict(f"product id {manifest.id!r} belongs to another vendor")
-            elif product.version != manifest.version:
+            if product.version != manifest.version:
                 if product.status == "retired":
                     raise Conflict(f"product {manifest.id!r} is retired; register a new product")
                 if product.status == "admitted" and self._first_state != "admitted":
                     # A new version re-opens review; the admitted version's jobs stop meanwhile.
                     product.status = "under-review"
+                # The version it replaces, if a replica of the release before this one
+                # published it (it recorded no release): its last change is the latest its
+                # publication can have been.
+                insert_unless_taken(
+                    session,
+                    ProductRelease(
+                        product_id=product.id, version=product.version,
+                        published_at=product.updated_at,
+                    ),
+                )  # fmt: skip
             product.vendor_id = manifest.vendor
             product.name = manifest.name
             product.version = manifest.version
@@ -219,6 +233,19 @@ class Catalogue:
             actor, "update", "product", manifest.id, detail=f"version {manifest.version}"
         )
         return product
+
+    def _new_product(self, manifest: ProductManifest, now: datetime) -> Product:
+        return Product(
+            id=manifest.id,
+            vendor_id=manifest.vendor,
+            name=manifest.name,
+            version=manifest.version,
+            clinical_area=manifest.clinical_area,
+            status=self._first_state,
+            manifest=manifest.model_dump(mode="json"),
+            created_at=now,
+            updated_at=now,
+        )
 
     def get_product(self, product_id: str) -> Product:
         with self._db.session() as session:

@@ -10,11 +10,16 @@ them: each product's version now, the versions its admission events and dossier 
 access log's record of each publication ("version …" on a product's update), the earliest
 moment of each. A publication whose access log entry was archived out of the database before
 the upgrade, of a version no admission or dossier named, is not found: evaluation then shows
-that version as not in the catalogue, and an operator who knows better registers nothing (the
-vendor publishing it again records it).
+that version as not in the catalogue.
 
-The access log's read is one pass over its product entries (`object_type = 'product'`), under
-no lock that holds back writes.
+The access log's read is one pass over it, under no lock that holds back writes; the table is
+created after it, since its reference to the products holds back their changes (a
+publication, an admission) on PostgreSQL until the upgrade commits. The dates of versions
+published before it are the earliest the exchange still holds: a version published, replaced
+and published again, whose first publication's entry was archived, is dated by a later one.
+During a rolling upgrade a replica of the previous release records no publication: evaluation
+takes a product's current version as published, and a new replica records the version it
+replaces when the vendor publishes the next.
 """
 
 from __future__ import annotations
@@ -34,12 +39,6 @@ _PUBLISHED = "version "
 
 
 def upgrade() -> None:
-    op.create_table(
-        "product_releases",
-        sa.Column("product_id", sa.String(64), sa.ForeignKey("products.id"), primary_key=True),
-        sa.Column("version", sa.String(64), primary_key=True),
-        sa.Column("published_at", sa.DateTime(timezone=True), nullable=False),
-    )
     bind = op.get_bind()
     products = set(bind.execute(sa.text("SELECT id FROM products")).scalars())
     earliest: dict[tuple[str, str], datetime] = {}
@@ -63,6 +62,14 @@ def upgrade() -> None:
     for statement in sources:
         for product_id, version, at in bind.execute(sa.text(statement)):
             found(product_id, version, at)
+    # Created after the reads: its reference to the products holds back their changes (a
+    # publication, an admission) until the upgrade commits, which is moments from here.
+    op.create_table(
+        "product_releases",
+        sa.Column("product_id", sa.String(64), sa.ForeignKey("products.id"), primary_key=True),
+        sa.Column("version", sa.String(64), primary_key=True),
+        sa.Column("published_at", sa.DateTime(timezone=True), nullable=False),
+    )
     if earliest:
         releases = sa.table(
             "product_releases",

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 
 from aifi.exchange.audit import Actor
 from aifi.exchange.clock import as_utc
@@ -305,3 +305,72 @@ def test_a_version_published_twice_at_once_is_one_release(exchange: Any, parties
             select(ProductRelease.version).where(ProductRelease.product_id == "product-b")
         ).scalars()
         assert sorted(releases) == ["1.0", "3.0"]
+
+
+def test_a_version_an_old_replica_published_keeps_its_day_when_published_again(
+    exchange: Any, parties: Any
+) -> None:
+    """An old replica published 2.0 three days ago (no release recorded); a worker restarting
+    publishes the same 2.0 through a replica of this release: 2.0 is dated by the product's
+    last change, not by today."""
+    services = exchange.client.app.state.services
+    published = datetime.now(UTC).replace(microsecond=0) - timedelta(days=3)
+    with services.db.session() as session:
+        session.execute(
+            update(Product)
+            .where(Product.id == "product-a")
+            .values(version="2.0", updated_at=published)
+        )
+    exchange.product(parties["vendor_a"], "product-a", version="2.0")
+    with services.db.session() as session:
+        [when] = session.scalars(
+            select(ProductRelease.published_at).where(ProductRelease.version == "2.0")
+        )
+    assert as_utc(when) == published
+
+
+def test_a_new_version_and_the_current_one_published_at_once_are_both_answered(
+    exchange: Any, parties: Any
+) -> None:
+    """A vendor's rollout: a new worker publishes the next version while an old one, restarting,
+    publishes the current one again, whose release a replica of the previous release did not
+    record. Each takes the product's row in turn (no deadlock on PostgreSQL), in every round."""
+    services = exchange.client.app.state.services
+    vendor = parties["vendor_b"]
+    base = {"id": "product-b", "vendor": vendor.id, "name": "Product product-b",
+            "clinical_area": "quantification"}  # fmt: skip
+    current = "1.0"
+    for round_ in range(1, 6):
+        with services.db.session() as session:
+            session.execute(
+                delete(ProductRelease).where(
+                    ProductRelease.product_id == "product-b", ProductRelease.version == current
+                )
+            )
+        start = threading.Barrier(2)
+        answers: dict[str, int] = {}
+        following = f"{round_ + 1}.0"
+        threads = [
+            threading.Thread(target=publish_at, args=(exchange, vendor, {**base, "version": v},
+                                                      start, answers))
+            for v in (following, current)
+        ]  # fmt: skip
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert answers == {following: 201, current: 201}, round_
+        assert current in releases(exchange, "product-b")
+        current = exchange.client.get("/products/product-b", headers=vendor.headers).json()[
+            "version"
+        ]
+
+
+def publish_at(
+    exchange: Any, vendor: Any, manifest: dict[str, Any], start: Any, answers: dict[str, int]
+) -> None:
+    """Publish `manifest` as the others waiting on `start` do theirs; its answer's status."""
+    start.wait()
+    answers[manifest["version"]] = exchange.client.post(
+        "/products", json=manifest, headers=vendor.headers
+    ).status_code

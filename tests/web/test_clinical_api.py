@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
 from aifi.dicom.deid import Deidentifier, PseudonymKey
+from aifi.exchange.audit import Actor
+from aifi.governance.service import ClinicalService
 from aifi.phantoms import write_study
 from aifi.products import tissue_volume
 from aifi.vendor import VendorClient, Worker
@@ -20,8 +23,9 @@ from support.pillar import Pillar, complete_dossier, kit_report, tissue_manifest
 PRODUCT = tissue_volume.PRODUCT_ID
 
 
-def admit(pillar: Pillar, tmp_path: Path) -> None:
-    """The whole admission path: register, dossier, kit report, submit, review, admit."""
+def admit(pillar: Pillar, tmp_path: Path, *, until: str = "admit") -> None:
+    """The whole admission path: register, dossier, kit report, submit, review, admit (or up
+    to the action `until`)."""
     manifest = tissue_manifest()
     with pillar.api("aifi-reference") as vendor, pillar.api("operator") as operator:
         assert vendor.post("/products", json=manifest).json()["status"] == "draft"
@@ -34,7 +38,43 @@ def admit(pillar: Pillar, tmp_path: Path) -> None:
         for client, action in ((vendor, "submit"), (operator, "start-review"), (operator, "admit")):
             response = client.post(f"/products/{PRODUCT}/admission", json={"action": action})
             assert response.status_code == 200, response.text
-    assert response.json()["state"] == "admitted"
+            if action == until:
+                break
+    assert until != "admit" or response.json()["state"] == "admitted"
+
+
+def test_a_version_published_while_the_operator_admits_is_not_admitted_unreviewed(
+    pillar: Pillar, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator admits 1.0.0, checking its dossier; the vendor publishes 1.1.0 just then.
+    The admission was of 1.0.0: it is refused (409, on record), and 1.1.0 stays under
+    review instead of being admitted without one."""
+    admit(pillar, tmp_path, until="start-review")
+    newer = {**tissue_manifest(), "version": "1.1.0"}
+    published: list[int] = []
+    checked = ClinicalService.dossier
+
+    def published_meanwhile(self: ClinicalService, actor: Actor, product_id: str) -> Any:
+        answer = checked(self, actor, product_id)  # the operator's check of 1.0.0's dossier
+        if actor.role == "operator" and not published:
+            with pillar.api("aifi-reference") as vendor:
+                published.append(vendor.post("/products", json=newer).status_code)
+        return answer
+
+    monkeypatch.setattr(ClinicalService, "dossier", published_meanwhile)
+    with pillar.api("operator") as operator:
+        refused = operator.post(f"/products/{PRODUCT}/admission", json={"action": "admit"})
+        product = operator.get(f"/products/{PRODUCT}").json()
+        history = operator.get(f"/products/{PRODUCT}/admission").json()
+        audit = operator.get("/audit", params={"limit": 5000}).json()
+    assert published == [201]
+    assert refused.status_code == 409, refused.text
+    assert "changed meanwhile (version 1.1.0, under-review" in refused.json()["detail"]
+    assert (product["version"], product["status"]) == ("1.1.0", "under-review")
+    assert [h["to"] for h in history] == ["submitted", "under-review"]
+    assert [(e["object_id"], e["outcome"]) for e in audit if e["object_type"] == "admission"][
+        -1
+    ] == (PRODUCT, "refused")
 
 
 def submit_job(pillar: Pillar, folder: Path, hospital: str = "hospital-a") -> str:

@@ -52,6 +52,24 @@ _HOLD_ORGANISATION = (
 )
 
 
+#: A product's row held until the transaction ends, changing nothing (as
+#: `_HOLD_ORGANISATION`): a publication and an admission change of the product take turns,
+#: and each reads the row as the other left it. (A job's insert, which only shares the row's
+#: key, does not wait for it on PostgreSQL.)
+_HOLD_PRODUCT = (
+    update(Product)
+    .where(Product.id == bindparam("product_id"))
+    .values(status=Product.status)
+    .returning(Product.id)
+    .execution_options(synchronize_session=False)
+)
+
+
+def hold_product(session: Session, product_id: str) -> bool:
+    """Hold the product's row for the rest of `session`'s transaction; whether there is one."""
+    return session.execute(_HOLD_PRODUCT, {"product_id": product_id}).first() is not None
+
+
 class Catalogue:
     def __init__(
         self,
@@ -191,38 +209,36 @@ class Catalogue:
             vendor = session.get(Organisation, manifest.vendor)
             if vendor is None or vendor.kind != OrganisationKind.vendor:
                 raise NotFound(f"no vendor organisation {manifest.vendor!r}")
-            product = session.get(Product, manifest.id)
-            if product is None:
+            if not hold_product(session, manifest.id):
                 # The same new product published twice at once (a vendor's deployment starting
                 # several workers) is one: whichever came second goes on as a publication of it.
                 insert_unless_taken(session, self._new_product(manifest, now))
-                product = session.get(Product, manifest.id)
-                assert product is not None
+                hold_product(session, manifest.id)
+            # Read as held: an admission change made meanwhile is seen, not written over.
+            product = session.get(Product, manifest.id)
+            assert product is not None  # products are never deleted
             if product.vendor_id != manifest.vendor:
                 raise Conflict(f"product id {manifest.id!r} belongs to another vendor")
+            # The version it has, if a replica of the release before this one published it (it
+            # recorded no release): its last change is the latest its publication can have been.
+            insert_unless_taken(
+                session,
+                ProductRelease(
+                    product_id=product.id, version=product.version, published_at=product.updated_at
+                ),
+            )
             if product.version != manifest.version:
                 if product.status == "retired":
                     raise Conflict(f"product {manifest.id!r} is retired; register a new product")
                 if product.status == "admitted" and self._first_state != "admitted":
                     # A new version re-opens review; the admitted version's jobs stop meanwhile.
                     product.status = "under-review"
-                # The version it replaces, if a replica of the release before this one
-                # published it (it recorded no release): its last change is the latest its
-                # publication can have been.
-                insert_unless_taken(
-                    session,
-                    ProductRelease(
-                        product_id=product.id, version=product.version,
-                        published_at=product.updated_at,
-                    ),
-                )  # fmt: skip
             product.vendor_id = manifest.vendor
             product.name = manifest.name
             product.version = manifest.version
             product.clinical_area = manifest.clinical_area
             product.manifest = manifest.model_dump(mode="json")
             product.updated_at = now
-            session.flush()  # the product's row first: its releases refer to it
             # Kept from its first publication: a return to an earlier version is no new one,
             # and the same version published twice at once is one.
             insert_unless_taken(

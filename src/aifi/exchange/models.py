@@ -68,9 +68,9 @@ class Product(Base):
 class ProductRelease(Base):
     """A version of a product as its vendor published it in the catalogue, and when first.
 
-    Result summaries name the version that produced them; evaluation per version tells a
-    version the catalogue named from one only summaries name (a vendor's typo that splits
-    one version over two rows, or a version never published for review)."""
+    Result summaries and failing workers name the version that ran a job; evaluation per
+    version tells a version the catalogue named from one only they name (a vendor's typo that
+    splits one version over two rows, or a version never published for review)."""
 
     __tablename__ = "product_releases"
 

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import select
 
 from aifi.exchange.audit import Actor, AuditLog
-from aifi.exchange.catalogue import Catalogue
+from aifi.exchange.catalogue import Catalogue, hold_product
 from aifi.exchange.clock import utcnow
 from aifi.exchange.db import Database
 from aifi.exchange.errors import Conflict, Forbidden, Invalid, NotFound
@@ -255,15 +255,29 @@ class ClinicalService:
                 require_complete(dossier, ProductManifest.model_validate(product.manifest))
             except DossierIncomplete as exc:
                 raise Invalid(str(exc)) from exc
-        self._set_state(product, new, action, actor, note)
+        try:
+            self._set_state(product, new, action, actor, note)
+        except Conflict as exc:
+            self._audit.refused(actor, "update", "admission", product_id, exc)
+            raise
         return new.value
 
     def _set_state(
         self, product: Product, new: AdmissionState, action: str, actor: Actor, note: str
     ) -> None:
+        """Move `product`, as it was read and checked, to `new`; a Conflict if a publication
+        or another admission change came in between (held, the row is as this one left it
+        until the commit): an admission is of the version whose dossier was checked."""
         with self._db.session() as session:
+            hold_product(session, product.id)
             row = session.get(Product, product.id)
-            assert row is not None
+            assert row is not None  # products are never deleted
+            if (row.version, row.status) != (product.version, product.status):
+                raise Conflict(
+                    f"product {product.id!r} changed meanwhile (version {row.version}, "
+                    f"{row.status}; this {action} was of version {product.version}, "
+                    f"{product.status}): look at it again"
+                )
             previous = row.status
             row.status = new.value
             row.updated_at = utcnow()

@@ -5,12 +5,12 @@ Revises: 0016
 Create Date: 2026-12-07 15:00:00
 
 Evaluation per version tells a version the catalogue named from one that only result summaries
-name. The versions published before this release are read from what the exchange kept of
-them: each product's version now, the versions its admission events and dossier name, and the
-access log's record of each publication ("version …" on a product's update), the earliest
-moment of each. A publication whose access log entry was archived out of the database before
-the upgrade, of a version no admission or dossier named, is not found: evaluation then shows
-that version as not in the catalogue.
+or failing workers name. The versions published before this release are read from what the
+exchange kept of them: each product's version now, the versions its admission events and
+dossier name, and the access log's record of each publication ("version …" on a product's
+update), the earliest moment of each. A publication whose access log entry was archived out
+of the database before the upgrade, of a version no admission or dossier named, is not found:
+evaluation then shows that version as not in the catalogue.
 
 The access log's read is one pass over it, under no lock that holds back writes; the table is
 created after it, since its reference to the products holds back their changes (a
@@ -18,8 +18,8 @@ publication, an admission) on PostgreSQL until the upgrade commits. The dates of
 published before it are the earliest the exchange still holds: a version published, replaced
 and published again, whose first publication's entry was archived, is dated by a later one.
 During a rolling upgrade a replica of the previous release records no publication: evaluation
-takes a product's current version as published, and a new replica records the version it
-replaces when the vendor publishes the next.
+takes a product's current version as published, and a new replica records it (at the product's
+last change) when the vendor next publishes.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 
 from aifi.exchange.audit import Actor
 from aifi.exchange.clock import as_utc
@@ -249,6 +249,68 @@ def test_evaluation_per_version_says_which_versions_the_catalogue_never_named(
     # Over all versions, nothing to say.
     overall = [r for r in clinical.evaluation(OPERATOR) if r.product_id == "product-a"]
     assert overall and all(r.in_catalogue is r.published_on is None for r in overall)
+
+
+def per_version_of(exchange: Any, actor: Actor = OPERATOR) -> list[Any]:
+    services = exchange.client.app.state.services
+    clinical = ClinicalService(services.db, services.catalogue, services.audit, services.settings)
+    return clinical.evaluation(actor, by_version=True)
+
+
+def test_a_version_another_product_published_is_not_this_products(
+    exchange: Any, parties: dict[str, Any], make_ct: Any
+) -> None:
+    exchange.product(parties["vendor_b"], "product-b", version="2.0")
+    complete(exchange, parties, make_ct, versioned_summary("2.0"))  # product-a never had 2.0
+    rows = {
+        (r.hospital_id, r.product_version): r.in_catalogue
+        for r in per_version_of(exchange)
+        if r.product_id == "product-a"
+    }
+    assert rows == {("hospital-a", "2.0"): False, (NATIONAL, "2.0"): False}
+
+
+def test_a_version_published_again_keeps_its_first_day(
+    exchange: Any, parties: dict[str, Any], make_ct: Any
+) -> None:
+    services = exchange.client.app.state.services
+    long_ago = datetime.now(UTC).replace(microsecond=0) - timedelta(days=40)
+    with services.db.session() as session:
+        session.execute(
+            update(ProductRelease)
+            .where(ProductRelease.product_id == "product-a", ProductRelease.version == "1.0")
+            .values(published_at=long_ago)
+        )
+    exchange.product(parties["vendor_a"], "product-a", version="2.0")
+    exchange.product(parties["vendor_a"], "product-a", version="1.0")  # back to 1.0
+    complete(exchange, parties, make_ct, versioned_summary("1.0"))
+    rows = {
+        (r.hospital_id, r.product_version): r.published_on
+        for r in per_version_of(exchange)
+        if r.product_id == "product-a"
+    }
+    assert rows == {("hospital-a", "1.0"): long_ago.date(), (NATIONAL, "1.0"): long_ago.date()}
+
+
+def test_each_party_sees_the_flag_on_the_rows_it_may_see(
+    exchange: Any, parties: dict[str, Any], make_ct: Any
+) -> None:
+    """The hospital its own rows and the national one, another hospital the national one, the
+    vendor its product's, another vendor none."""
+    complete(exchange, parties, make_ct, versioned_summary("v1.0"))
+    seen = {}
+    for name, role in (("hospital_a", "hospital"), ("hospital_b", "hospital"),
+                       ("vendor_a", "vendor"), ("vendor_b", "vendor")):  # fmt: skip
+        actor = Actor(organisation_id=parties[name].id, role=role)
+        seen[name] = sorted(
+            (r.product_id, r.hospital_id, r.product_version, r.in_catalogue)
+            for r in per_version_of(exchange, actor)
+        )
+    flagged = ("product-a", NATIONAL, "v1.0", False)
+    assert seen["hospital_a"] == [("product-a", "hospital-a", "v1.0", False), flagged]
+    assert seen["hospital_b"] == [flagged]
+    assert seen["vendor_a"] == seen["hospital_a"]
+    assert seen["vendor_b"] == []
 
 
 def random_jobs(rng: random.Random) -> tuple[list[dict[str, Any]], ...]:

@@ -376,7 +376,8 @@ def test_evaluation_per_version_names_the_version_that_ran_each_job(
         cells = dict(
             zip(headers_of(page), rows.nth(n).locator("td").all_inner_texts(), strict=True)
         )
-        assert cells["Version"] == f"{ich_triage.VERSION}\n{day}"  # its one day of jobs
+        # Its one day of jobs, and the day the vendor published it (the site's first).
+        assert cells["Version"] == f"{ich_triage.VERSION}\n{day}\npublished {day}"
         assert cells["Uptake"] == "–"  # eligible studies are counted per product
     shortcut = page.locator("nav.period-shortcuts a").first
     assert "by_version=1" in str(shortcut.get_attribute("href"))
@@ -397,11 +398,12 @@ def pseudonymised_study(folder: Path, seed: int) -> tuple[list[Path], str]:
 def test_evaluation_per_version_flags_a_version_the_catalogue_never_named(
     browser: Any, site: dict[str, Any], tmp_path: Path
 ) -> None:
-    """A worker still running 0.9 fails a job of a product the vendor published as 1.0.0:
-    the failure is the old version's, and the page says that version was never published
-    in the catalogue, beside the published one's day."""
+    """Workers still running versions the vendor never published (0.9, and a 63-character
+    name ending in a space) fail jobs of a product published as 1.0.0: the page flags each
+    version as not in the catalogue, shows the space, stays within the window, and gives a
+    published version its publication day."""
     product = "version-check"
-    files, study = pseudonymised_study(tmp_path, seed=9)
+    versions = ["0.9", "1.0.0-" + "rc" * 28 + " "]
     with (
         httpx.Client(
             base_url=site["url"], headers={"Authorization": f"Bearer {site['hospital_key']}"}
@@ -410,37 +412,47 @@ def test_evaluation_per_version_flags_a_version_the_catalogue_never_named(
     ):
         vendor.register_product({**tissue_volume.manifest("aifi-reference"), "id": product})
         hospital.post("/subscriptions", json={"product_id": product}).raise_for_status()
-        job = hospital.post(
-            "/jobs",
-            json={"product_id": product, "study_uid": study, "idempotency_key": "old-worker",
-                  "instances": len(files)},
-        ).json()  # fmt: skip
-        for path in files:
-            uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
-            hospital.put(
-                f"/jobs/{job['id']}/inputs/{uid}", content=path.read_bytes()
-            ).raise_for_status()
+        for n, version in enumerate(versions):
+            files, study = pseudonymised_study(tmp_path / str(n), seed=9 + n)
+            job = hospital.post(
+                "/jobs",
+                json={"product_id": product, "study_uid": study, "idempotency_key": study,
+                      "instances": len(files)},
+            ).json()  # fmt: skip
+            for path in files:
+                uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+                hospital.put(
+                    f"/jobs/{job['id']}/inputs/{uid}", content=path.read_bytes()
+                ).raise_for_status()
 
-        def old_version(_context: JobContext) -> ProductResult:
-            raise ProductError("no brain in the field of view")
+            def old_version(_context: JobContext) -> ProductResult:
+                raise ProductError("no brain in the field of view")
 
-        worker = Worker(vendor, old_version, workdir=tmp_path, product_versions={product: "0.9"})
-        assert worker.run_once(wait_seconds=10) == job["id"]
+            worker = Worker(
+                vendor, old_version, workdir=tmp_path, product_versions={product: version}
+            )
+            assert worker.run_once(wait_seconds=10) == job["id"]
+        said = hospital.get("/evaluation", params={"by_version": "true"}).json()
     page = logged_in(browser, site, "victor")
     visit(page, site["url"] + "/ui/evaluation?by_version=1", "vendor-evaluation-unpublished")
     rows = page.locator("tr", has_text=product)
-    assert rows.count() == 2  # hospital-a's and the national row, of the one version that ran
-    for n in range(2):
-        version = rows.nth(n).locator("td.version")
-        assert version.inner_text().startswith("0.9 not in the catalogue")
-        flag = version.locator(".unpublished")
+    assert rows.count() == 4  # hospital-a's and the national row of each version that ran
+    shown = {"0.9": "0.9", versions[1]: f"“{versions[1]}”"}  # a space at the end is shown
+    for n in range(4):
+        cell = rows.nth(n).locator("td.version")
+        name = cell.locator(".name").inner_text()
+        assert name in shown.values()
+        flag = cell.locator(".unpublished")
+        assert flag.inner_text() == "not in the catalogue" and flag.is_visible()
         assert "never published this version" in str(flag.get_attribute("title"))
-        assert flag.is_visible()
-    # The published version's cell says when it was published, and has no flag.
+        assert cell.locator(".published").count() == 0
+    # However long a version's name, the page fits the window (a wide table scrolls in it).
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+    # The published version's cell shows its publication day, and has no flag.
+    [first] = {r["published_on"] for r in said if r["product_id"] == ich_triage.PRODUCT_ID}
     published = page.locator("tr", has_text=ich_triage.PRODUCT_ID).first.locator("td.version")
     assert published.locator(".unpublished").count() == 0
-    said = str(published.locator("span").first.get_attribute("title"))
-    assert said.startswith("published in the catalogue on 20")
+    assert published.locator(".published").inner_text() == f"published {first}"
 
 
 def test_the_live_list_shows_the_latest_jobs_first(

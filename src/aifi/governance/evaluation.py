@@ -223,9 +223,9 @@ class ProductEvaluation(BaseModel):
     in_catalogue: bool | None = Field(
         default=None,
         description="per version: whether the vendor published this version in the "
-        "catalogue (false: only result summaries name it, a version never put up for "
-        "review, or a name that splits one version over two rows); null: all versions, or "
-        "the version was not recorded",
+        "catalogue (false: only result summaries or failing workers name it, a version "
+        "never put up for review, or a name that splits one version over two rows); null: "
+        "all versions, or the version was not recorded",
     )
     published_on: date | None = Field(
         default=None,

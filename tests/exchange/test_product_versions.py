@@ -191,34 +191,23 @@ def test_the_catalogue_refuses_a_version_no_summary_may_name(
     assert product["version"] == "1.0"  # the catalogue kept the version it had
 
 
-def test_a_product_published_several_times_at_once_is_one_product_and_one_release(
-    exchange: Any, parties: Any
+@pytest.mark.parametrize(
+    ("product_id", "kept"), [("product-new", ["3.0"]), ("product-b", ["1.0", "3.0"])]
+)
+def test_a_version_published_several_times_at_once_is_one_release(
+    exchange: Any, parties: Any, product_id: str, kept: list[str]
 ) -> None:
-    """A vendor's deployment starting several workers, each publishing the manifest of a new
-    product at once: each is answered, and the catalogue holds one product and records its
-    version once."""
+    """A vendor's deployment starting several workers, each publishing the manifest at once (of
+    a new product, or a new version of product-b's 1.0): each is answered, and the catalogue
+    holds one product and records the version once."""
     vendor = parties["vendor_b"]
     manifest = {
-        "id": "product-new", "vendor": vendor.id, "name": "Product new", "version": "3.0",
+        "id": product_id, "vendor": vendor.id, "name": "Product", "version": "3.0",
         "clinical_area": "quantification",
     }  # fmt: skip
-    start = threading.Barrier(4)
-    answers: list[int] = []
-
-    def publish() -> None:
-        start.wait()
-        answers.append(
-            exchange.client.post("/products", json=manifest, headers=vendor.headers).status_code
-        )
-
-    threads = [threading.Thread(target=publish) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert answers == [201] * 4
-    assert releases(exchange, "product-new") == ["3.0"]
-    product = exchange.client.get("/products/product-new", headers=vendor.headers).json()
+    assert published_at_once(exchange, vendor, [manifest] * 4) == [201] * 4
+    assert releases(exchange, product_id) == kept
+    product = exchange.client.get(f"/products/{product_id}", headers=vendor.headers).json()
     assert (product["version"], product["vendor"]) == ("3.0", vendor.id)
 
 
@@ -232,6 +221,29 @@ def releases(exchange: Any, product_id: str) -> list[str]:
         )
 
 
+def published_by_a_previous_release(exchange: Any, product_id: str, version: str) -> datetime:
+    """What a replica of the previous release does publishing `version`, three days ago: it
+    changes the product's row and records no release. When it did so."""
+    published = datetime.now(UTC).replace(microsecond=0) - timedelta(days=3)
+    with exchange.client.app.state.services.db.session() as session:
+        session.execute(
+            update(Product)
+            .where(Product.id == product_id)
+            .values(version=version, updated_at=published)
+        )
+    return published
+
+
+def first_published(exchange: Any, product_id: str, version: str) -> datetime:
+    with exchange.client.app.state.services.db.session() as session:
+        [when] = session.scalars(
+            select(ProductRelease.published_at).where(
+                ProductRelease.product_id == product_id, ProductRelease.version == version
+            )
+        )
+    return as_utc(when)
+
+
 def test_a_version_a_replica_of_the_previous_release_published_counts_as_published(
     exchange: Any, parties: Any, make_ct: Any
 ) -> None:
@@ -240,13 +252,7 @@ def test_a_version_a_replica_of_the_previous_release_published_counts_as_publish
     published all the same, and a replica of this release records 2.0 when the vendor
     publishes 3.0."""
     services = exchange.client.app.state.services
-    published = datetime.now(UTC).replace(microsecond=0) - timedelta(days=3)
-    with services.db.session() as session:
-        session.execute(
-            update(Product)
-            .where(Product.id == "product-a")
-            .values(version="2.0", updated_at=published)
-        )
+    published = published_by_a_previous_release(exchange, "product-a", "2.0")
     hospital, vendor = parties["hospital_a"], parties["vendor_a"]
     job = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
     assert job["product_version"] == "2.0"
@@ -269,42 +275,7 @@ def test_a_version_a_replica_of_the_previous_release_published_counts_as_publish
     assert releases(exchange, "product-a") == ["1.0"]
     exchange.product(vendor, "product-a", version="3.0")  # on a replica of this release
     assert releases(exchange, "product-a") == ["1.0", "2.0", "3.0"]
-    with services.db.session() as session:
-        [when] = session.scalars(
-            select(ProductRelease.published_at).where(ProductRelease.version == "2.0")
-        )
-    assert as_utc(when) == published
-
-
-def test_a_version_published_twice_at_once_is_one_release(exchange: Any, parties: Any) -> None:
-    """A vendor's deployment publishing the manifest from several workers at once: each is
-    answered, and the catalogue records the version once, at its first publication."""
-    vendor = parties["vendor_b"]
-    manifest = {
-        "id": "product-b", "vendor": vendor.id, "name": "Product product-b", "version": "3.0",
-        "clinical_area": "quantification",
-    }  # fmt: skip
-    start = threading.Barrier(4)
-    answers: list[int] = []
-
-    def publish() -> None:
-        start.wait()
-        answers.append(
-            exchange.client.post("/products", json=manifest, headers=vendor.headers).status_code
-        )
-
-    threads = [threading.Thread(target=publish) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert answers == [201] * 4
-    services = exchange.client.app.state.services
-    with services.db.session() as session:
-        releases = session.execute(
-            select(ProductRelease.version).where(ProductRelease.product_id == "product-b")
-        ).scalars()
-        assert sorted(releases) == ["1.0", "3.0"]
+    assert first_published(exchange, "product-a", "2.0") == published
 
 
 def test_a_version_an_old_replica_published_keeps_its_day_when_published_again(
@@ -313,20 +284,9 @@ def test_a_version_an_old_replica_published_keeps_its_day_when_published_again(
     """An old replica published 2.0 three days ago (no release recorded); a worker restarting
     publishes the same 2.0 through a replica of this release: 2.0 is dated by the product's
     last change, not by today."""
-    services = exchange.client.app.state.services
-    published = datetime.now(UTC).replace(microsecond=0) - timedelta(days=3)
-    with services.db.session() as session:
-        session.execute(
-            update(Product)
-            .where(Product.id == "product-a")
-            .values(version="2.0", updated_at=published)
-        )
+    published = published_by_a_previous_release(exchange, "product-a", "2.0")
     exchange.product(parties["vendor_a"], "product-a", version="2.0")
-    with services.db.session() as session:
-        [when] = session.scalars(
-            select(ProductRelease.published_at).where(ProductRelease.version == "2.0")
-        )
-    assert as_utc(when) == published
+    assert first_published(exchange, "product-a", "2.0") == published
 
 
 def test_a_new_version_and_the_current_one_published_at_once_are_both_answered(
@@ -347,30 +307,32 @@ def test_a_new_version_and_the_current_one_published_at_once_are_both_answered(
                     ProductRelease.product_id == "product-b", ProductRelease.version == current
                 )
             )
-        start = threading.Barrier(2)
-        answers: dict[str, int] = {}
         following = f"{round_ + 1}.0"
-        threads = [
-            threading.Thread(target=publish_at, args=(exchange, vendor, {**base, "version": v},
-                                                      start, answers))
-            for v in (following, current)
-        ]  # fmt: skip
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert answers == {following: 201, current: 201}, round_
+        answers = published_at_once(
+            exchange, vendor, [{**base, "version": v} for v in (following, current)]
+        )
+        assert answers == [201, 201], round_
         assert current in releases(exchange, "product-b")
         current = exchange.client.get("/products/product-b", headers=vendor.headers).json()[
             "version"
         ]
 
 
-def publish_at(
-    exchange: Any, vendor: Any, manifest: dict[str, Any], start: Any, answers: dict[str, int]
-) -> None:
-    """Publish `manifest` as the others waiting on `start` do theirs; its answer's status."""
-    start.wait()
-    answers[manifest["version"]] = exchange.client.post(
-        "/products", json=manifest, headers=vendor.headers
-    ).status_code
+def published_at_once(exchange: Any, vendor: Any, manifests: list[dict[str, Any]]) -> list[int]:
+    """Publish every manifest at the same moment, one thread each; their answers' statuses,
+    in the order given."""
+    start = threading.Barrier(len(manifests))
+    answers = [0] * len(manifests)
+
+    def publish(n: int) -> None:
+        start.wait()
+        answers[n] = exchange.client.post(
+            "/products", json=manifests[n], headers=vendor.headers
+        ).status_code
+
+    threads = [threading.Thread(target=publish, args=(n,)) for n in range(len(manifests))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answers

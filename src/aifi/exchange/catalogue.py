@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import and_, bindparam, func, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import Update
 
 from aifi.exchange.audit import Actor, AuditLog
 from aifi.exchange.auth import KeyCache, new_api_key, require_role, store_api_key
@@ -39,30 +40,26 @@ def product_out(product: Product) -> ProductOut:
     )
 
 
-#: An organisation's row held until the transaction ends, changing nothing: on PostgreSQL a
-#: row lock (a job's insert, which only shares the row's key, does not wait for it), on SQLite
-#: the one write lock. Two revocations of an organisation's last two keys thus take turns, and
-#: the second sees the first's: they cannot both pass the last-key check and lock it out.
-_HOLD_ORGANISATION = (
-    update(Organisation)
-    .where(Organisation.id == bindparam("organisation_id"))
-    .values(name=Organisation.name)
-    .returning(Organisation.id)
-    .execution_options(synchronize_session=False)
-)
+def _holding(model: Any, kept: Any, key: str) -> Update:
+    """The statement that holds one row of `model` (its id given as `key`) until the
+    transaction ends, changing nothing (`kept` is set to itself): on PostgreSQL a row lock (a
+    job's insert, which only shares the row's key, does not wait for it), on SQLite the one
+    write lock. The row's id comes back if there is one."""
+    return (
+        update(model)
+        .where(model.id == bindparam(key))
+        .values({kept: kept})
+        .returning(model.id)
+        .execution_options(synchronize_session=False)
+    )
 
 
-#: A product's row held until the transaction ends, changing nothing (as
-#: `_HOLD_ORGANISATION`): a publication and an admission change of the product take turns,
-#: and each reads the row as the other left it. (A job's insert, which only shares the row's
-#: key, does not wait for it on PostgreSQL.)
-_HOLD_PRODUCT = (
-    update(Product)
-    .where(Product.id == bindparam("product_id"))
-    .values(status=Product.status)
-    .returning(Product.id)
-    .execution_options(synchronize_session=False)
-)
+#: Two revocations of an organisation's last two keys take turns, and the second sees the
+#: first's: they cannot both pass the last-key check and lock it out.
+_HOLD_ORGANISATION = _holding(Organisation, Organisation.name, "organisation_id")
+#: A publication and an admission change of a product take turns, and each reads the row as
+#: the other left it.
+_HOLD_PRODUCT = _holding(Product, Product.status, "product_id")
 
 
 def hold_product(session: Session, product_id: str) -> bool:

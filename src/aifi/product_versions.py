@@ -1,7 +1,7 @@
 """The rule for a product version's name, which the exchange, its catalogue and the vendor SDK
 share: evaluation counts each version apart by this name, so every place that takes one takes
 it by the same rule. (A module of its own, without imports, so that the vendor SDK does not
-load the result-building libraries to ask.)"""
+load the exchange's server code to ask.)"""
 
 from __future__ import annotations
 
@@ -17,3 +17,14 @@ def kept_version(version: object) -> str | None:
     if not isinstance(version, str) or not 0 < len(version) <= VERSION_MAX:
         return None
     return version if version.isprintable() else None
+
+
+def version_problem(version: str, act: str) -> str | None:
+    """Why a job cannot keep `version` as the version that `act` (produced its result, failed
+    it), or None if it can: evaluation counts each version apart, by the name it is given."""
+    if kept_version(version) is not None:
+        return None
+    return (
+        f"product_version: must be 1 to {VERSION_MAX} printable characters, the version that "
+        f"{act} as the catalogue names it (given {version[:80]!r}, {len(version)} characters)"
+    )

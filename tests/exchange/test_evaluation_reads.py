@@ -28,7 +28,7 @@ from aifi.governance import (
     evaluate,
 )
 from aifi.governance import EligibleCount as EligibleIn
-from aifi.governance.evaluation import ProductEvaluation
+from aifi.governance.evaluation import ProductEvaluation, with_releases
 from aifi.governance.service import ClinicalService
 from aifi.results.summary import AlgorithmSummary, ResultSummary, Triage, TriageFlag
 
@@ -161,6 +161,12 @@ def test_each_job_keeps_the_version_that_ran_it_and_evaluation_counts_versions_a
     assert overall.product_version is None and (overall.completed, overall.failed) == (3, 1)
 
 
+def per_version_of(exchange: Any, actor: Actor = OPERATOR) -> list[Any]:
+    services = exchange.client.app.state.services
+    clinical = ClinicalService(services.db, services.catalogue, services.audit, services.settings)
+    return clinical.evaluation(actor, by_version=True)
+
+
 def test_a_failure_counts_under_the_version_the_worker_names(
     exchange: Any, parties: dict[str, Any], make_ct: Any
 ) -> None:
@@ -203,11 +209,9 @@ def test_a_failure_counts_under_the_version_the_worker_names(
     assert (by_unnamed["state"], by_unnamed["product_version"]) == ("failed", "2.0")
     assert by_old_worker["reason"] == by_unnamed["reason"] == "out of memory"
 
-    services = exchange.client.app.state.services
-    clinical = ClinicalService(services.db, services.catalogue, services.audit, services.settings)
     rows = {
         (r.hospital_id, r.product_version): (r.volume, r.completed, r.failed)
-        for r in clinical.evaluation(OPERATOR, by_version=True)
+        for r in per_version_of(exchange)
         if r.product_id == "product-a"
     }
     assert rows == {
@@ -221,7 +225,7 @@ def test_evaluation_per_version_says_which_versions_the_catalogue_never_named(
 ) -> None:
     """A summary naming a version the vendor never published (a typo that splits a version
     over two rows, or a version never put up for review) gets a row flagged so; a version
-    published, withdrawn and published again keeps the day it was first published."""
+    published, replaced and published again keeps the day it was first published."""
     exchange.product(parties["vendor_a"], "product-a", version="2.0")
     for version in ("1.0", "2.0", "v2.0"):
         complete(exchange, parties, make_ct, versioned_summary(version))
@@ -239,7 +243,7 @@ def test_evaluation_per_version_says_which_versions_the_catalogue_never_named(
     assert sorted(first) == ["1.0", "2.0"] and first["1.0"] <= first["2.0"]
     rows = {
         (r.hospital_id, r.product_version): (r.in_catalogue, r.published_on, r.completed)
-        for r in clinical.evaluation(OPERATOR, by_version=True)
+        for r in per_version_of(exchange)
         if r.product_id == "product-a"
     }
     for hospital_id in ("hospital-a", NATIONAL):
@@ -249,12 +253,6 @@ def test_evaluation_per_version_says_which_versions_the_catalogue_never_named(
     # Over all versions, nothing to say.
     overall = [r for r in clinical.evaluation(OPERATOR) if r.product_id == "product-a"]
     assert overall and all(r.in_catalogue is r.published_on is None for r in overall)
-
-
-def per_version_of(exchange: Any, actor: Actor = OPERATOR) -> list[Any]:
-    services = exchange.client.app.state.services
-    clinical = ClinicalService(services.db, services.catalogue, services.audit, services.settings)
-    return clinical.evaluation(actor, by_version=True)
 
 
 def test_a_version_another_product_published_is_not_this_products(
@@ -468,15 +466,10 @@ def one_by_one(
 def catalogued(services: Any, *counted: Any) -> list[ProductEvaluation]:
     """Evaluation per version counted row by row, with the versions the catalogue named: here
     each product's one version, published when the product was registered."""
-    published = {(p.id, p.version): p.created_at for p in services.catalogue.list_products()}
-    rows = []
-    for row in evaluate(*counted, by_version=True):
-        if row.product_version:
-            first = published.get((row.product_id, row.product_version))
-            row.in_catalogue = first is not None
-            row.published_on = None if first is None else as_utc(first).date()
-        rows.append(row)
-    return rows
+    published = {
+        (p.id, p.version): as_utc(p.created_at) for p in services.catalogue.list_products()
+    }
+    return with_releases(evaluate(*counted, by_version=True), published)
 
 
 def assert_same_evaluation(counted: list[Any], expected: list[Any]) -> None:

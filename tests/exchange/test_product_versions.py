@@ -1,6 +1,8 @@
-"""The version a job keeps when its summary was stored by a replica of the previous release
-(during a rolling upgrade) or before the exchange kept versions: the sweep reads it, by the
-same rule as a job completing now, a batch at a time, on each backend."""
+"""The version a job keeps, and the catalogue's record of each version published. A summary
+stored by a replica of the previous release (during a rolling upgrade) or before the exchange
+kept versions: the sweep reads its version, by the same rule as a job completing now, a batch
+at a time, on each backend. Publications at once, and by replicas of the previous release,
+are recorded once, each at its first moment."""
 
 from __future__ import annotations
 

@@ -287,12 +287,12 @@ def test_a_study_run_stat_pages_that_no_result_will_come(
         FAILED_SAID,
     )
     # The version that failed the job, not the one the catalogue names now.
+    assert tissue_volume.VERSION != WORKER_VERSION
     assert alert["product"] == {
         "id": tissue_volume.PRODUCT_ID,
         "name": tissue_volume.manifest("v")["name"],
         "version": WORKER_VERSION,
     }
-    assert tissue_volume.VERSION != WORKER_VERSION
 
 
 def test_a_hospital_can_turn_no_result_notices_off(national: National, tmp_path: Path) -> None:

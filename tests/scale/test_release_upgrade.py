@@ -1,7 +1,7 @@
 """The upgrade that keeps each product's published versions (evaluation per version tells a
-version the catalogue named from one only result summaries name) finds the versions published
-before it in what the exchange kept of them, each at its earliest moment, on SQLite and on
-PostgreSQL."""
+version the catalogue named from one only result summaries or failing workers name) finds the
+versions published before it in what the exchange kept of them, each at its earliest moment,
+on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 

@@ -404,6 +404,10 @@ def test_evaluation_per_version_flags_a_version_the_catalogue_never_named(
     published version its publication day."""
     product = "version-check"
     versions = ["0.9", "1.0.0-" + "rc" * 28 + " "]
+
+    def old_version(_context: JobContext) -> ProductResult:
+        raise ProductError("no brain in the field of view")
+
     with (
         httpx.Client(
             base_url=site["url"], headers={"Authorization": f"Bearer {site['hospital_key']}"}
@@ -424,10 +428,6 @@ def test_evaluation_per_version_flags_a_version_the_catalogue_never_named(
                 hospital.put(
                     f"/jobs/{job['id']}/inputs/{uid}", content=path.read_bytes()
                 ).raise_for_status()
-
-            def old_version(_context: JobContext) -> ProductResult:
-                raise ProductError("no brain in the field of view")
-
             worker = Worker(
                 vendor, old_version, workdir=tmp_path, product_versions={product: version}
             )
@@ -444,7 +444,7 @@ def test_evaluation_per_version_flags_a_version_the_catalogue_never_named(
         assert name in shown.values()
         flag = cell.locator(".unpublished")
         assert flag.inner_text() == "not in the catalogue" and flag.is_visible()
-        assert "never published this version" in str(flag.get_attribute("title"))
+        assert "no record of this version's publication" in str(flag.get_attribute("title"))
         assert cell.locator(".published").count() == 0
     # However long a version's name, the page fits the window (a wide table scrolls in it).
     assert page.evaluate("document.documentElement.scrollWidth") <= 1280

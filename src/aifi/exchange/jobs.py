@@ -56,8 +56,9 @@ from aifi.exchange.schemas import (
 )
 from aifi.exchange.settings import ExchangeSettings
 from aifi.exchange.triage import read_unread_flags, triage_flag
-from aifi.exchange.validation import check_summary, version_problem
+from aifi.exchange.validation import check_summary
 from aifi.exchange.versions import read_unread_versions, summary_version
+from aifi.product_versions import version_problem
 from aifi.results.delivery import Delivery
 
 Q = TypeVar("Q", bound=Select)  # type: ignore[type-arg]
@@ -351,9 +352,9 @@ def _ending(
     with_token: bool, with_summary: bool, unopened: bool = False, with_version: bool = False
 ) -> Update:
     """The statement that ends a job in one of `from_states` (held under `token`, if
-    `with_token`; still taking inputs, if `unopened`), clearing its lease (and setting its
-    summary, if `with_summary`; the version that ended it, if `with_version` or the summary
-    names one)."""
+    `with_token`; still taking inputs, if `unopened`), clearing its lease (setting its summary
+    and the version the summary names, if `with_summary`; else the version that failed it, if
+    `with_version`, unless its input was lost)."""
     where = [Job.id == bindparam("job_id"), Job.state.in_(bindparam("from_states", expanding=True))]
     if with_token:
         where.append(Job.lease_token == bindparam("token"))
@@ -371,8 +372,11 @@ def _ending(
         bindparam("new_version", type_=Job.product_version.type), Job.product_version
     )
     if with_summary:
+        values["summary"] = bindparam("new_summary", type_=Job.summary.type)
+        values["triage_flag"] = bindparam("new_flag")
         # The version that produced the result, else the one the job was created for.
         values["product_version"] = named
+        values["version_read"] = True
     elif with_version:
         # The version that failed the job; but no version ran a job whose input the store
         # lost (its worker found it gone): it keeps the one it was created for, as it does
@@ -380,10 +384,6 @@ def _ending(
         values["product_version"] = case(
             (Job.inputs_lost_at.is_not(None), Job.product_version), else_=named
         )
-    if with_summary:
-        values["summary"] = bindparam("new_summary", type_=Job.summary.type)
-        values["triage_flag"] = bindparam("new_flag")
-        values["version_read"] = True
     return update(Job).where(*where).values(values).returning(*_JOB_COLUMNS)
 
 
@@ -1244,7 +1244,12 @@ class JobService:
             params["new_version"] = summary_version(summary)
         elif version is not None:
             params["new_version"] = version
-        statement = _ending(token is not None, summary is not None, unopened, version is not None)
+        statement = _ending(
+            token is not None,
+            summary is not None,
+            unopened,
+            summary is None and version is not None,
+        )
         job = _job_of(execute_core(session, statement, params).first())
         if job is None:
             raise Conflict(f"job {job_id} changed state meanwhile; {state.value} not applied")

@@ -17,7 +17,7 @@ from pydicom.errors import InvalidDicomError
 from aifi.dicom.deid import DEIDENTIFICATION_METHOD_PREFIX
 from aifi.dicom.in_memory import parse_source
 from aifi.exchange.errors import Invalid
-from aifi.product_versions import VERSION_MAX, kept_version
+from aifi.product_versions import version_problem
 
 #: De-identification Method values the exchange accepts (prefixes of (0012,0063)).
 RECOGNISED_METHODS = (DEIDENTIFICATION_METHOD_PREFIX,)
@@ -127,14 +127,3 @@ def check_summary(body: bytes | dict[str, Any], *, job_id: str, name: str) -> No
         ) from exc
     if problem := version_problem(summary.product_version, "produced the result"):
         raise Invalid(f"job {job_id} {name}: rule 'summary-json': {problem}")
-
-
-def version_problem(version: str, did: str) -> str | None:
-    """Why a job cannot keep `version` as the version that `did` (produced its result, failed
-    it), or None if it can: evaluation counts each version apart, by the name it is given."""
-    if kept_version(version) is not None:
-        return None
-    return (
-        f"product_version: must be 1 to {VERSION_MAX} printable characters, the version that "
-        f"{did} as the catalogue names it (given {version[:80]!r}, {len(version)} characters)"
-    )

@@ -2414,7 +2414,8 @@ class Gateway:
         stat = _ran_stat(local, job)
         name, version = self._product_names(str(job["product_id"]))
         # The version that ran the job, as the exchange kept it: the catalogue's may be a
-        # later one by now (the catalogue's stands in for a lost job, or an older exchange).
+        # later one by now (the catalogue's stands in where the exchange kept none: a job it
+        # lost, one from before it kept versions, or an exchange too old to say).
         version = job.get("product_version") or version
         return QueuedNotice(
             kind="no-result",

@@ -47,8 +47,9 @@ version before, a change for the worse would be diluted by a year of the old one
 two versions read counts in the volume of each. Uptake is not counted per version: hospitals
 report eligible studies per product. Jobs without a version are counted under
 :data:`UNRECORDED`: created before the exchange kept versions (or by a replica of the previous
-release) and either without a summary or a failing worker naming a version a job can keep, or
-with a summary the exchange's sweep has not read yet.
+release), with neither a summary nor a failing worker naming a version a job can keep, or with
+a summary the exchange's sweep has not read yet. Each version's row also says whether, and
+since when, the catalogue has a record of the vendor publishing it (:func:`with_releases`).
 """
 
 from __future__ import annotations
@@ -222,10 +223,11 @@ class ProductEvaluation(BaseModel):
     )
     in_catalogue: bool | None = Field(
         default=None,
-        description="per version: whether the vendor published this version in the "
-        "catalogue (false: only result summaries or failing workers name it, a version "
-        "never put up for review, or a name that splits one version over two rows); null: "
-        "all versions, or the version was not recorded",
+        description="per version: whether the catalogue has a record of the vendor "
+        "publishing this version (false: most often only result summaries or failing "
+        "workers name it, a version never put up for review, or a name that splits one "
+        "version over two rows; docs/clinical-pillar.md says when a publication left no "
+        "record); null: all versions, or the version was not recorded",
     )
     published_on: date | None = Field(
         default=None,

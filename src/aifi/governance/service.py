@@ -266,8 +266,9 @@ class ClinicalService:
         self, product: Product, new: AdmissionState, action: str, actor: Actor, note: str
     ) -> None:
         """Move `product`, as it was read and checked, to `new`; a Conflict if a publication
-        or another admission change came in between (held, the row is as this one left it
-        until the commit): an admission is of the version whose dossier was checked."""
+        or another admission change came in between (the row is held from this check to the
+        commit, so none can come in after it): an admission is of the version whose dossier
+        was checked."""
         with self._db.session() as session:
             hold_product(session, product.id)
             row = session.get(Product, product.id)
@@ -441,7 +442,8 @@ class ClinicalService:
         """National figures are counted over every hospital, so the database counts them all
         (:mod:`aifi.governance.aggregates`); tenants' own rows are picked out afterwards.
         `months`: the jobs requested in them, and the eligible counts of those months;
-        `by_version`: a row per product version instead of one over all."""
+        `by_version`: a row per product version instead of one over all, each saying whether
+        and since when the catalogue has a record of its publication."""
         with self._db.session() as session:
             tallies = aggregates.tallies(session, months, by_version=by_version)
             eligible = aggregates.eligible(session, months)

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from aifi.http import ExchangeNotTrusted, no_such_job
-from aifi.product_versions import VERSION_MAX, kept_version
+from aifi.product_versions import version_problem
 from aifi.vendor.client import (
     LONGEST_LEASE_SECONDS,
     ExchangeHTTPError,
@@ -180,12 +180,9 @@ class Worker:
         if hand_back_pause < 0 or storage_wait_seconds < 0:
             raise ValueError("the hand-back pause and the storage wait are seconds, not negative")
         for product_id, version in (product_versions or {}).items():
-            if kept_version(version) is None:
-                # Refused now: the exchange would refuse every failure this worker reports.
-                raise ValueError(
-                    f"product {product_id!r}: version {version!r} must be 1 to {VERSION_MAX} "
-                    "printable characters, as the catalogue names it"
-                )
+            # Refused now: the exchange would refuse every failure this worker reports.
+            if problem := version_problem(version, "this worker runs"):
+                raise ValueError(f"product {product_id!r}: {problem}")
         if not 0 < lease_seconds <= LONGEST_LEASE_SECONDS:
             # Refused now: the exchange would refuse every claim (422), and the worker would
             # only log it, once a second, for ever.

@@ -36,6 +36,8 @@ depends_on = None
 
 #: What a product's publication wrote in the access log, before the version.
 _PUBLISHED = "version "
+#: Where the version begins in it (SQL counts from 1).
+_AFTER = len(_PUBLISHED) + 1
 
 
 def upgrade() -> None:
@@ -55,9 +57,9 @@ def upgrade() -> None:
         "SELECT id, version, updated_at FROM products",
         "SELECT product_id, version, MIN(at) FROM admission_events GROUP BY product_id, version",
         "SELECT product_id, version, updated_at FROM product_dossiers",
-        "SELECT object_id, SUBSTR(detail, 9), MIN(at) FROM audit_log "
+        f"SELECT object_id, SUBSTR(detail, {_AFTER}), MIN(at) FROM audit_log "
         "WHERE object_type = 'product' AND action = 'update' AND outcome = 'success' "
-        "AND detail LIKE 'version %' GROUP BY object_id, SUBSTR(detail, 9)",
+        f"AND detail LIKE '{_PUBLISHED}%' GROUP BY object_id, SUBSTR(detail, {_AFTER})",
     )
     for statement in sources:
         for product_id, version, at in bind.execute(sa.text(statement)):

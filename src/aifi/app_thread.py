@@ -10,6 +10,8 @@ from typing import Any, Self
 
 import uvicorn
 
+from aifi.http import SERVER_KEEP_ALIVE_SECONDS
+
 
 class AppThread:
     """An ASGI app served by uvicorn on a daemon thread; a context manager that starts and
@@ -42,6 +44,7 @@ class AppThread:
             log_level="warning",
             lifespan="on",
             access_log=False,
+            timeout_keep_alive=SERVER_KEEP_ALIVE_SECONDS,
             ssl_certfile=ssl_certfile,
             ssl_keyfile=ssl_keyfile,
         )

@@ -70,6 +70,7 @@ def exchange(
     from aifi.exchange.app import create_app
     from aifi.exchange.cli_options import settings_or_exit as exchange_settings_or_exit
     from aifi.gc_tuning import tune_for_serving
+    from aifi.http import SERVER_KEEP_ALIVE_SECONDS
     from aifi.web import mount
 
     _logging(verbose)
@@ -99,6 +100,7 @@ def exchange(
         port=port,
         log_level="info" if verbose else "warning",
         access_log=verbose,
+        timeout_keep_alive=SERVER_KEEP_ALIVE_SECONDS,
     )
 
 

@@ -32,6 +32,11 @@ LONGEST_RETRY_AFTER = 30.0
 #: Characters of an unexpected answer's body quoted in its error: enough to recognise a
 #: proxy's or a load balancer's page, not enough to carry a page into the logs.
 QUOTED_BODY = 80
+#: Seconds our servers keep an idle connection open: longer than a client keeps one in its pool
+#: (httpx: 5 s; a load balancer's upstream pool, by its own setting), so that no client sends
+#: a request on a connection the server is closing at that moment, which the client sees as
+#: "server disconnected without sending a response" (uvicorn's default is 5 s, as httpx's).
+SERVER_KEEP_ALIVE_SECONDS = 65
 
 
 class ExchangeHTTPError(RuntimeError):

@@ -372,7 +372,7 @@ BALANCER = """
     upstream exchange {{
 {servers}
         keepalive 64;
-        keepalive_timeout 4s;  # below uvicorn's 5 s, so nginx never reuses a closed one
+        keepalive_timeout 4s;  # below a replica's 65 s, so nginx never reuses a closed one
     }}
     server {{
         listen 127.0.0.1:{port};

@@ -62,6 +62,18 @@ _HOLD_ORGANISATION = _holding(Organisation, Organisation.name, "organisation_id"
 _HOLD_PRODUCT = _holding(Product, Product.status, "product_id")
 
 
+def _published(manifest: ProductManifest, now: datetime) -> dict[str, Any]:
+    """A product's columns as its manifest, published `now`, sets them."""
+    return {
+        "vendor_id": manifest.vendor,
+        "name": manifest.name,
+        "version": manifest.version,
+        "clinical_area": manifest.clinical_area,
+        "manifest": manifest.model_dump(mode="json"),
+        "updated_at": now,
+    }
+
+
 def hold_product(session: Session, product_id: str) -> bool:
     """Hold the product's row for the rest of `session`'s transaction; whether there is one."""
     return session.execute(_HOLD_PRODUCT, {"product_id": product_id}).first() is not None
@@ -230,12 +242,8 @@ class Catalogue:
                 if product.status == "admitted" and self._first_state != "admitted":
                     # A new version re-opens review; the admitted version's jobs stop meanwhile.
                     product.status = "under-review"
-            product.vendor_id = manifest.vendor
-            product.name = manifest.name
-            product.version = manifest.version
-            product.clinical_area = manifest.clinical_area
-            product.manifest = manifest.model_dump(mode="json")
-            product.updated_at = now
+            for name, value in _published(manifest, now).items():
+                setattr(product, name, value)
             # Kept from its first publication: a return to an earlier version is no new one,
             # and the same version published twice at once is one.
             insert_unless_taken(
@@ -249,15 +257,7 @@ class Catalogue:
 
     def _new_product(self, manifest: ProductManifest, now: datetime) -> Product:
         return Product(
-            id=manifest.id,
-            vendor_id=manifest.vendor,
-            name=manifest.name,
-            version=manifest.version,
-            clinical_area=manifest.clinical_area,
-            status=self._first_state,
-            manifest=manifest.model_dump(mode="json"),
-            created_at=now,
-            updated_at=now,
+            id=manifest.id, status=self._first_state, created_at=now, **_published(manifest, now)
         )
 
     def get_product(self, product_id: str) -> Product:

@@ -11,7 +11,7 @@ from sqlalchemy.sql import Update
 
 from aifi.exchange.audit import Actor, AuditLog
 from aifi.exchange.auth import KeyCache, new_api_key, require_role, store_api_key
-from aifi.exchange.clock import utcnow
+from aifi.exchange.clock import as_utc, utcnow
 from aifi.exchange.db import Database, insert_unless_taken
 from aifi.exchange.errors import Conflict, Forbidden, Invalid, NotFound
 from aifi.exchange.models import ApiKey, Organisation, Product, ProductRelease, Subscription
@@ -77,6 +77,23 @@ def _published(manifest: ProductManifest, now: datetime) -> dict[str, Any]:
 def hold_product(session: Session, product_id: str) -> bool:
     """Hold the product's row for the rest of `session`'s transaction; whether there is one."""
     return session.execute(_HOLD_PRODUCT, {"product_id": product_id}).first() is not None
+
+
+def published_versions(session: Session) -> dict[tuple[str, str], datetime]:
+    """When each product's versions were first published in the catalogue: what evaluation
+    per version and the exchange's figures both call a version the catalogue knows. A
+    product's current version is published, recorded or not: during a rolling upgrade a
+    replica of the previous release publishes without recording it (then by its last change,
+    the latest its publication can have been)."""
+    rows = session.execute(
+        select(ProductRelease.product_id, ProductRelease.version, ProductRelease.published_at)
+    )
+    published = {(product, version): as_utc(at) for product, version, at in rows}
+    for product, version, changed in session.execute(
+        select(Product.id, Product.version, Product.updated_at)
+    ):
+        published.setdefault((product, version), as_utc(changed))
+    return published
 
 
 class Catalogue:

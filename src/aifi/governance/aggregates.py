@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, distinct, func, or_, select
@@ -26,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from aifi.exchange.clock import as_utc
 from aifi.exchange.governance_models import EligibleCount, JobFeedback
-from aifi.exchange.models import Job, Product, ProductRelease
+from aifi.exchange.models import Job
 from aifi.exchange.months import Months
 from aifi.exchange.schemas import JobState
 from aifi.exchange.sql_time import iso_week_label, month_label, seconds_between
@@ -242,22 +241,6 @@ def _interpolate(values: dict[int, float], n: int, q: float) -> float:
     above = min(below + 1, n - 1)
     fraction = position - below
     return values[below] + (values[above] - values[below]) * fraction
-
-
-def releases(session: Session) -> dict[tuple[str, str], datetime]:
-    """When each product's versions were first published in the catalogue. A product's
-    current version is published, recorded or not: during a rolling upgrade a replica of the
-    previous release publishes without recording it (then by its last change, the latest its
-    publication can have been)."""
-    rows = session.execute(
-        select(ProductRelease.product_id, ProductRelease.version, ProductRelease.published_at)
-    )
-    published = {(product, version): as_utc(at) for product, version, at in rows}
-    for product, version, changed in session.execute(
-        select(Product.id, Product.version, Product.updated_at)
-    ):
-        published.setdefault((product, version), as_utc(changed))
-    return published
 
 
 def eligible(session: Session, months: Months = Months()) -> list[EligibleIn]:

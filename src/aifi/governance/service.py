@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import select
 
 from aifi.exchange.audit import Actor, AuditLog
-from aifi.exchange.catalogue import Catalogue, hold_product
+from aifi.exchange.catalogue import Catalogue, hold_product, published_versions
 from aifi.exchange.clock import utcnow
 from aifi.exchange.db import Database
 from aifi.exchange.errors import Conflict, Forbidden, Invalid, NotFound
@@ -447,7 +447,7 @@ class ClinicalService:
         with self._db.session() as session:
             tallies = aggregates.tallies(session, months, by_version=by_version)
             eligible = aggregates.eligible(session, months)
-            published = aggregates.releases(session) if by_version else {}
+            published = published_versions(session) if by_version else {}
         rows = self._visible_rows(actor, evaluations(tallies, eligible))
         if by_version:
             rows = with_releases(rows, published)

@@ -1,6 +1,8 @@
 """The clinical pillar's evaluation and drift read what they need of every job from the
 database, and take the product's triage flag out of its summary there: on each backend, the
-flag reaches the figures as the product gave it."""
+flag reaches the figures as the product gave it. Each job keeps the product version that ran
+it, counted per version; a version the catalogue has no record of is flagged on the page and
+counted in the exchange's /metrics."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import pytest
 from sqlalchemy import insert, select, update
 
 from aifi.exchange.audit import Actor
-from aifi.exchange.clock import as_utc
+from aifi.exchange.clock import as_utc, utcnow
 from aifi.exchange.governance_models import EligibleCount, JobFeedback
 from aifi.exchange.models import Job, ProductRelease
 from aifi.exchange.months import Months
@@ -31,6 +33,7 @@ from aifi.governance import EligibleCount as EligibleIn
 from aifi.governance.evaluation import ProductEvaluation, with_releases
 from aifi.governance.service import ClinicalService
 from aifi.results.summary import AlgorithmSummary, ResultSummary, Triage, TriageFlag
+from support.national import samples
 
 OPERATOR = Actor(organisation_id="operator", role="operator")
 
@@ -266,6 +269,55 @@ def test_a_version_another_product_published_is_not_this_products(
         if r.product_id == "product-a"
     }
     assert rows == {("hospital-a", "2.0"): False, (NATIONAL, "2.0"): False}
+
+
+def test_the_exchange_counts_the_last_hours_jobs_under_a_version_it_has_no_record_of(
+    exchange: Any, parties: dict[str, Any], make_ct: Any
+) -> None:
+    """What the page flags reaches the operator's monitoring (the ProductVersionNotInCatalogue
+    alert reads it): the jobs that ended in the last hour under a version the catalogue has
+    no record of, completed or failed, per product. A version published since, and a job
+    that ended over an hour ago, no longer count."""
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    services = exchange.client.app.state.services
+    exchange.product(parties["vendor_b"], "product-b", version="3.0")  # not product-a's
+    exchange.product(vendor, "product-a", version="2.0")
+
+    def unrecorded() -> dict[tuple[tuple[str, str], ...], float]:
+        scraped = samples(exchange.client.get("/metrics").text)
+        return {
+            labels: value
+            for (name, labels), value in scraped.items()
+            if name == "aifi_exchange_unrecorded_version_jobs"
+        }
+
+    assert unrecorded() == {}
+    for version in ("1.0", "2.0"):  # published, the one before and the current one
+        complete(exchange, parties, make_ct, versioned_summary(version))
+    assert unrecorded() == {}
+    long_ago, *_ = [complete(exchange, parties, make_ct, versioned_summary(v))
+                    for v in ("v2.0", "v2.0", "3.0")]  # fmt: skip
+    job = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
+    claim = exchange.claim(vendor, start=True)
+    assert claim is not None and claim["job"]["id"] == job["id"]
+    failed = exchange.client.post(
+        f"/jobs/{job['id']}/fail",
+        json={"lease_token": claim["lease_token"], "reason": "crashed", "product_version": "2.1"},
+        headers=vendor.headers,
+    )
+    assert failed.status_code == 200, failed.text
+    product_a = (("product", "product-a"),)
+    assert unrecorded() == {product_a: 4.0}
+
+    with services.db.session() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == long_ago)
+            .values(ended_at=utcnow() - timedelta(hours=1, minutes=1))
+        )
+    assert unrecorded() == {product_a: 3.0}
+    exchange.product(vendor, "product-a", version="2.1")  # the version its worker ran
+    assert unrecorded() == {product_a: 2.0}
 
 
 def test_a_version_published_again_keeps_its_first_day(

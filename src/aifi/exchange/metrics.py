@@ -26,14 +26,15 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from aifi.exchange import audit, backlog
+from aifi.exchange.catalogue import published_versions
 from aifi.exchange.clock import as_utc, utcnow
 from aifi.exchange.db import Database
 from aifi.exchange.models import Job, Product
 from aifi.exchange.schemas import JobState, Priority
 from aifi.results.delivery import NotDelivered
 
-#: Completed jobs this recent make up the turnaround figures.
-TURNAROUND_WINDOW = timedelta(hours=1)
+#: Jobs that ended this recently make up the turnaround figures and the unrecorded versions.
+RECENT = timedelta(hours=1)
 TURNAROUND_QUANTILES = (0.5, 0.9, 0.99)
 #: At most this many recent jobs are read for the quantiles (a scrape must stay cheap).
 TURNAROUND_SAMPLE = 5000
@@ -170,12 +171,13 @@ class JobTableCollector(Collector):
                 select(Job.ready_at, Job.ended_at, Job.priority)
                 .where(
                     Job.state == JobState.completed.value,
-                    Job.ended_at >= now - TURNAROUND_WINDOW,
+                    Job.ended_at >= now - RECENT,
                     Job.ready_at.is_not(None),
                 )
                 .order_by(Job.ended_at.desc())
                 .limit(TURNAROUND_SAMPLE)
             ).all()
+            unrecorded = _unrecorded_versions(session, now)
 
         jobs = GaugeMetricFamily("aifi_exchange_jobs", "Jobs by IHE AIW-I state", labels=["state"])
         for state in JobState:
@@ -202,6 +204,7 @@ class JobTableCollector(Collector):
         yield age
         yield from _by_hospital(hospitals)
         yield from _audit_chain(chain, now)
+        yield unrecorded
 
         timed = [
             ((as_utc(ended) - as_utc(ready)).total_seconds(), priority)
@@ -226,6 +229,41 @@ class JobTableCollector(Collector):
         )
         completed.add_metric([], float(len(durations)))
         yield completed
+
+
+def _unrecorded_versions(session: Session, now: datetime) -> GaugeMetricFamily:
+    """Jobs that ended lately under a version the catalogue has no record of publishing: a
+    worker running a version nobody put up for review, or a summary's name that splits one
+    version over two (`v2.0` for `2.0`). The exchange takes such a result all the same (the
+    patient's radiologist waits for it), so the operator has to hear of it: evaluation per
+    version flags the same versions (`published_versions` is the rule for both). Products
+    with none are left out."""
+    family = GaugeMetricFamily(
+        "aifi_exchange_unrecorded_version_jobs",
+        "Jobs completed or failed in the last hour under a product version the catalogue has "
+        "no record of publishing (named by the result's summary or the failing worker), per "
+        "product",
+        labels=["product"],
+    )
+    ended = session.execute(
+        select(Job.product_id, Job.product_version, func.count())
+        .where(
+            Job.state.in_([JobState.completed.value, JobState.failed.value]),
+            Job.ended_at >= now - RECENT,
+            Job.product_version.is_not(None),
+        )
+        .group_by(Job.product_id, Job.product_version)
+    ).all()
+    if not ended:
+        return family
+    published = published_versions(session)
+    per_product: dict[str, int] = {}
+    for product_id, version, count in ended:
+        if (product_id, version) not in published:
+            per_product[product_id] = per_product.get(product_id, 0) + int(count)
+    for product_id, count in sorted(per_product.items()):
+        family.add_metric([product_id], float(count))
+    return family
 
 
 def _audit_chain(chain: audit.Unlinked, now: datetime) -> Iterator[GaugeMetricFamily]:

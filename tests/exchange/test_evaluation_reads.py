@@ -16,7 +16,7 @@ from sqlalchemy import insert, select, update
 from aifi.exchange.audit import Actor
 from aifi.exchange.clock import as_utc, utcnow
 from aifi.exchange.governance_models import EligibleCount, JobFeedback
-from aifi.exchange.models import Job, ProductRelease
+from aifi.exchange.models import Job, Product, ProductRelease
 from aifi.exchange.months import Months
 from aifi.exchange.triage import triage_call
 from aifi.exchange.versions import summary_version
@@ -271,30 +271,36 @@ def test_a_version_another_product_published_is_not_this_products(
     assert rows == {("hospital-a", "2.0"): False, (NATIONAL, "2.0"): False}
 
 
+def not_in_catalogue(exchange: Any) -> dict[str, float]:
+    """The exchange's jobs under a version the catalogue has no record of, per product, as
+    Prometheus scrapes them."""
+    scraped = samples(exchange.client.get("/metrics").text)
+    return {
+        dict(labels)["product"]: value
+        for (name, labels), value in scraped.items()
+        if name == "aifi_exchange_version_not_in_catalogue_jobs"
+    }
+
+
 def test_the_exchange_counts_the_last_hours_jobs_under_a_version_it_has_no_record_of(
     exchange: Any, parties: dict[str, Any], make_ct: Any
 ) -> None:
     """What the page flags reaches the operator's monitoring (the ProductVersionNotInCatalogue
     alert reads it): the jobs that ended in the last hour under a version the catalogue has
-    no record of, completed or failed, per product. A version published since, and a job
-    that ended over an hour ago, no longer count."""
+    no record of, completed or failed, per product. A job with no version kept is not one; a
+    version published since, and a job that ended over an hour ago, no longer count."""
     hospital, vendor = parties["hospital_a"], parties["vendor_a"]
     services = exchange.client.app.state.services
     exchange.product(parties["vendor_b"], "product-b", version="3.0")  # not product-a's
     exchange.product(vendor, "product-a", version="2.0")
 
-    def unrecorded() -> dict[tuple[tuple[str, str], ...], float]:
-        scraped = samples(exchange.client.get("/metrics").text)
-        return {
-            labels: value
-            for (name, labels), value in scraped.items()
-            if name == "aifi_exchange_unrecorded_version_jobs"
-        }
-
-    assert unrecorded() == {}
-    for version in ("1.0", "2.0"):  # published, the one before and the current one
-        complete(exchange, parties, make_ct, versioned_summary(version))
-    assert unrecorded() == {}
+    assert not_in_catalogue(exchange) == {}
+    unkept, *_ = [
+        complete(exchange, parties, make_ct, versioned_summary(v)) for v in ("1.0", "2.0")
+    ]  # fmt: skip  (published: the one before, the current)
+    with services.db.session() as session:  # as a job of an earlier release ended: no version
+        session.execute(update(Job).where(Job.id == unkept).values(product_version=None))
+    assert not_in_catalogue(exchange) == {}
     long_ago, *_ = [complete(exchange, parties, make_ct, versioned_summary(v))
                     for v in ("v2.0", "v2.0", "3.0")]  # fmt: skip
     job = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
@@ -306,8 +312,7 @@ def test_the_exchange_counts_the_last_hours_jobs_under_a_version_it_has_no_recor
         headers=vendor.headers,
     )
     assert failed.status_code == 200, failed.text
-    product_a = (("product", "product-a"),)
-    assert unrecorded() == {product_a: 4.0}
+    assert not_in_catalogue(exchange) == {"product-a": 4.0}
 
     with services.db.session() as session:
         session.execute(
@@ -315,9 +320,71 @@ def test_the_exchange_counts_the_last_hours_jobs_under_a_version_it_has_no_recor
             .where(Job.id == long_ago)
             .values(ended_at=utcnow() - timedelta(hours=1, minutes=1))
         )
-    assert unrecorded() == {product_a: 3.0}
+    assert not_in_catalogue(exchange) == {"product-a": 3.0}
     exchange.product(vendor, "product-a", version="2.1")  # the version its worker ran
-    assert unrecorded() == {product_a: 2.0}
+    assert not_in_catalogue(exchange) == {"product-a": 2.0}
+
+
+def test_a_version_a_rolling_upgrade_left_unrecorded_counts_for_the_jobs_it_was_to_run(
+    exchange: Any, parties: dict[str, Any], make_ct: Any
+) -> None:
+    """Replicas of the previous release publish without recording: a version they published
+    and replaced stays on the jobs created for it, as the page flags it. The jobs it ran or
+    ran out of time count (as evaluation counts them the product's), a cancelled one does not
+    (nothing ran it); the product's current version, unrecorded too, is published."""
+    hospital, vendor = parties["hospital_a"], parties["vendor_a"]
+    services = exchange.client.app.state.services
+
+    def published_by_a_previous_release(version: str) -> None:
+        with services.db.session() as session:
+            session.execute(
+                update(Product)
+                .where(Product.id == "product-a")
+                .values(version=version, updated_at=utcnow())
+            )
+
+    def claimed() -> tuple[str, str]:
+        job = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
+        claim = exchange.claim(vendor, start=True)
+        assert claim is not None and claim["job"]["id"] == job["id"]
+        return str(job["id"]), str(claim["lease_token"])
+
+    published_by_a_previous_release("1.5")
+    job, token = claimed()
+    failed = exchange.client.post(
+        f"/jobs/{job}/fail", json={"lease_token": token, "reason": "crashed"},
+        headers=vendor.headers,
+    )  # fmt: skip
+    assert failed.status_code == 200 and failed.json()["product_version"] == "1.5"
+    lapsed, _ = claimed()
+    with services.db.session() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == lapsed)
+            .values(
+                attempts=services.settings.max_attempts,
+                lease_expires_at=utcnow() - timedelta(seconds=1),
+            )
+        )
+    assert services.jobs.expire_leases() == 1
+    withdrawn = exchange.ready_job(hospital, "product-a", make_ct(slices=1))
+    cancelled = exchange.client.post(
+        f"/jobs/{withdrawn['id']}/cancel", json={"reason": "withdrawn"}, headers=hospital.headers
+    )
+    assert cancelled.status_code == 200, cancelled.text
+    published_by_a_previous_release("1.6")  # 1.5 is now neither current nor recorded
+    complete(exchange, parties, make_ct, versioned_summary("1.6"))
+
+    with services.db.session() as session:
+        kept = sorted(session.execute(select(Job.state, Job.product_version)).tuples())
+    assert kept == [("cancelled", "1.5"), ("completed", "1.6"), ("expired", "1.5"),
+                    ("failed", "1.5")]  # fmt: skip
+    assert not_in_catalogue(exchange) == {"product-a": 2.0}
+    flagged = {(r.hospital_id, r.product_version): r.in_catalogue for r in per_version_of(exchange)}
+    assert flagged == {
+        ("hospital-a", "1.5"): False, ("hospital-a", "1.6"): True,
+        (NATIONAL, "1.5"): False, (NATIONAL, "1.6"): True,
+    }  # fmt: skip
 
 
 def test_a_version_published_again_keeps_its_first_day(

@@ -154,14 +154,14 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             # Prometheus misses r1 for ten minutes at 61m: steady's count has not changed.
             'aifi_exchange_undelivered_results_total{product="steady", reason="unfileable", '
             'instance="r1"}': "3x60 _x10 3x80",
-            # renamed's summaries name "v2.0" from 11m (each replica reads the same figure from
-            # the database) until the jobs of the last hour no longer hold one, at 73m;
-            # prompt's workers run 1.1 from 31m, and the vendor publishes it three minutes on.
-            'aifi_exchange_unrecorded_version_jobs{product="renamed", instance="r1"}':
+            # renamed's summaries name "v2.0" from 10m (each replica reads the same figure from
+            # the database) until the jobs of the last hour no longer hold one, at 72m;
+            # prompt's workers run 1.1 from 30m, and the vendor publishes it three minutes on.
+            'aifi_exchange_version_not_in_catalogue_jobs{product="renamed", instance="r1"}':
                 "_x10 1 2x60 _x20",
-            'aifi_exchange_unrecorded_version_jobs{product="renamed", instance="r2"}':
+            'aifi_exchange_version_not_in_catalogue_jobs{product="renamed", instance="r2"}':
                 "_x10 1 2x60 _x20",
-            'aifi_exchange_unrecorded_version_jobs{product="prompt", instance="r1"}':
+            'aifi_exchange_version_not_in_catalogue_jobs{product="prompt", instance="r1"}':
                 "_x30 3x3 _x60",
             # hospital-b's gateway stops collecting at 0m; hospital-a's outcomes wait seconds.
             'aifi_exchange_hospital_unacknowledged_age_seconds{hospital="hospital-b", '
@@ -235,11 +235,11 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             quiet("ResultsNotFileable", "150m"),  # over an hour since, and no more
             quiet("ProductVersionNotInCatalogue", "19m"),  # not yet for ten minutes
             fires("ProductVersionNotInCatalogue", "22m",
-                  "Product renamed: 2 jobs of the last hour ran under a version the catalogue "
-                  "has no record of", product="renamed"),
+                  "Product renamed: a version the catalogue has no record of ran 2 of the last "
+                  "hour's jobs", product="renamed"),
             fires("ProductVersionNotInCatalogue", "40m",  # renamed alone: prompt published
-                  "Product renamed: 2 jobs of the last hour ran under a version the catalogue "
-                  "has no record of", product="renamed"),
+                  "Product renamed: a version the catalogue has no record of ran 2 of the last "
+                  "hour's jobs", product="renamed"),
             quiet("ProductVersionNotInCatalogue", "80m"),
             quiet("ResultsNeverFetched", "29m"),
             fires("ResultsNeverFetched", "35m",

@@ -3,6 +3,7 @@ watches (jobs by state, queue depth and age, turnaround, bytes, errors) match wh
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -16,6 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import update
 
+from aifi.exchange import metrics
 from aifi.exchange.audit import linked_count, unlinked_count
 from aifi.exchange.clock import utcnow
 from aifi.exchange.db import CHAIN_LOCK
@@ -163,6 +165,40 @@ def test_two_scrapes_at_once_add_the_jobs_that_settled_once(
     second.join(timeout=30)
     results.append(tally.counts(services.db, settled + timedelta(minutes=1)).get("expired", 0))
     assert results == [3, 3, 3]
+
+
+def test_a_fault_in_the_versions_figure_leaves_the_job_figures_and_the_database_up(
+    exchange_on: ExchangeFactory,
+    make_ct: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The jobs under versions not in the catalogue are a ticket's figure: a fault of its own
+    leaves it out and is logged, and does not read as the database down (which pages)."""
+    exchange = exchange_on()
+    orgs = set_up_parties(exchange)
+    exchange.ready_job(orgs["hospital"], "product-a", make_ct(slices=1))
+    finish_job(exchange, orgs["vendor"], exchange.claim(orgs["vendor"]), tmp_path / "w")
+    counted = samples(exchange.client.get("/metrics").text)
+    assert counted[("aifi_exchange_database_up", ())] == 1.0
+    families = {name for name, _ in counted}
+    assert "aifi_exchange_version_not_in_catalogue_jobs" not in families  # none to count
+
+    def broken(session: Any) -> dict[Any, Any]:
+        raise ValueError("a fault of the figure's own")
+
+    monkeypatch.setattr(metrics, "published_versions", broken)
+    with caplog.at_level(logging.WARNING, logger=metrics.__name__):
+        scraped = exchange.client.get("/metrics").text
+    assert "versions not in the catalogue could not be counted" in caplog.text
+    assert "a fault of the figure's own" in caplog.text
+    figures = samples(scraped)
+    assert figures[("aifi_exchange_database_up", ())] == 1.0
+    assert figures[("aifi_exchange_jobs", (("state", "completed"),))] == 1.0
+    exported = {family.name for family in text_string_to_metric_families(scraped)}
+    assert "aifi_exchange_version_not_in_catalogue_jobs" not in exported
+    assert "aifi_exchange_completed_last_hour" in exported
 
 
 def test_gateway_exporter_reads_the_gateway_state(tmp_path: Path) -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import select
 import socket
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hl7apy.core import Message
 
 from aifi.gateway.notify import (
     DeliveryFailed,
@@ -19,8 +23,11 @@ from aifi.gateway.notify import (
     message_control_id,
     send_mllp,
 )
-from aifi.gateway.notify.mllp import FramingError
+from aifi.gateway.notify.mllp import FramingError, StandingConnection, control_id_of
 from aifi.gateway.notify.receivers import Hl7Listener
+from aifi.results.summary import TriageFlag
+
+from .conftest import make_notice, make_summary
 
 RawPeer = Callable[[Callable[[socket.socket], Any]], int]
 
@@ -222,3 +229,143 @@ def test_a_message_split_across_tcp_segments_reaches_hl7apys_server(
     assert f"MSA|AA|{message_control_id(positive)}".encode() in answer
     got = hl7_listener.received.get(timeout=5)
     assert got.message.msh.msh_9.to_er7() == "ORU^R01^ORU_R01"
+
+
+# a standing connection (keep_open) ----------------------------------------------------------
+
+
+def ack_of(control_id: str) -> bytes:
+    return frame(f"MSH|^~\\&|RIS|H|AIFI|X|20250301||ACK^R01^ACK|A{control_id}|P|2.5\r"
+                 f"MSA|AA|{control_id}\r")  # fmt: skip
+
+
+def control_id_in(block: bytes) -> str:
+    return block.split(b"\r")[0].split(b"|")[9].decode()
+
+
+class StandingReceiver:
+    """An interface engine that keeps each connection: it answers every message AA on the
+    connection it came by, until the sender closes it. It records the control ids each
+    connection carried; `after(conn, taken)`, called once a message is answered, may send
+    more, or return False to close the connection."""
+
+    def __init__(self, after: Callable[[socket.socket, list[str]], bool] | None = None) -> None:
+        self.connections: list[list[str]] = []
+        self.sender_closed = threading.Event()
+        self._after = after
+
+    def __call__(self, conn: socket.socket) -> None:
+        taken: list[str] = []
+        self.connections.append(taken)
+        decoder = FrameDecoder()
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := conn.recv(65536):
+                for block in decoder.feed(chunk):
+                    taken.append(control_id_in(block))
+                    conn.sendall(ack_of(taken[-1]))
+                    if self._after is not None and not self._after(conn, taken):
+                        return
+        self.sender_closed.set()
+
+
+def notices(count: int) -> list[Message]:
+    target = endpoint(1)
+    return [build_oru_r01(make_notice(make_summary(TriageFlag.NEGATIVE), job=f"job-{n}"), target)
+            for n in range(count)]  # fmt: skip
+
+
+def until_readable(standing: StandingConnection) -> None:
+    """Wait (on the socket, not the clock) until what the receiver did reached the sender."""
+    # The test waits for the kernel to have it; nothing but a test needs the socket.
+    sock = standing._sock
+    assert sock is not None
+    readable, _, _ = select.select([sock], [], [], 30)
+    assert readable, "the receiver's close or bytes never arrived"
+
+
+def test_kept_open_every_message_goes_over_one_connection_in_order(raw_peer: RawPeer) -> None:
+    """Interface engines that expect a standing connection get one; without `keep_open`,
+    each message has a connection of its own, as before."""
+    receiver = StandingReceiver()
+    target = endpoint(raw_peer(receiver), keep_open=True)
+    messages = notices(3)
+    standing = StandingConnection(target)
+    for message in messages:
+        assert send_mllp(message, target, standing).accepted
+    assert receiver.connections == [[control_id_of(m) for m in messages]]
+    assert standing.opened == 1
+    standing.close()
+    assert receiver.sender_closed.wait(timeout=30)  # the gateway closes it as it stops
+
+    each_its_own = StandingReceiver()
+    per_message = endpoint(raw_peer(each_its_own))
+    for message in messages:
+        send_mllp(message, per_message)
+    assert each_its_own.connections == [[control_id_of(m)] for m in messages]
+
+
+def test_a_connection_the_receiver_closed_while_idle_is_replaced_before_sending(
+    raw_peer: RawPeer,
+) -> None:
+    """A receiver closing an idle connection costs no attempt: with none to spare, the next
+    message still goes, once, over a new connection."""
+    receiver = StandingReceiver(after=lambda conn, taken: False)  # closes after each message
+    target = endpoint(raw_peer(receiver), keep_open=True, retries=0)
+    first, second = notices(2)
+    standing = StandingConnection(target)
+    send_mllp(first, target, standing)
+    until_readable(standing)
+    assert send_mllp(second, target, standing).control_id == control_id_of(second)
+    assert receiver.connections == [[control_id_of(first)], [control_id_of(second)]]
+    assert standing.opened == 2
+    standing.close()
+
+
+def test_an_answer_nobody_asked_for_is_not_taken_for_the_next_messages(
+    raw_peer: RawPeer,
+) -> None:
+    """A receiver that acknowledges a message twice leaves an ACK waiting on the connection;
+    the next message is not sent into it (its ACK would be read first, for another control
+    id, and the attempt lost), but over a new connection."""
+
+    first_taken = threading.Event()
+
+    def acknowledge_again(conn: socket.socket, taken: list[str]) -> bool:
+        # Once the sender has read the first ACK: sent with it, the two would be read at once
+        # and the second dropped with the rest of that read.
+        assert first_taken.wait(timeout=30)
+        conn.sendall(ack_of(taken[-1]))
+        return True
+
+    receiver = StandingReceiver(after=acknowledge_again)
+    target = endpoint(raw_peer(receiver), keep_open=True, retries=0)
+    first, second = notices(2)
+    standing = StandingConnection(target)
+    send_mllp(first, target, standing)
+    first_taken.set()
+    until_readable(standing)
+    assert send_mllp(second, target, standing).control_id == control_id_of(second)
+    assert receiver.connections == [[control_id_of(first)], [control_id_of(second)]]
+    standing.close()
+
+
+def test_a_kept_connection_that_fails_an_attempt_is_closed_and_the_next_connects_anew(
+    raw_peer: RawPeer,
+) -> None:
+    """After an ACK for another message the stream is out of step: that connection is given
+    up, and the resend goes over a new one."""
+    answered: list[int] = []
+
+    def wrong_first(conn: socket.socket) -> None:
+        answered.append(len(answered))
+        decoder = FrameDecoder()
+        while chunk := conn.recv(65536):
+            for block in decoder.feed(chunk):
+                conn.sendall(ack_of("SOMEONE-ELSE" if len(answered) == 1 else control_id_in(block)))
+
+    target = endpoint(raw_peer(wrong_first), keep_open=True, retries=1)
+    [message] = notices(1)
+    standing = StandingConnection(target)
+    assert send_mllp(message, target, standing).control_id == control_id_of(message)
+    assert (len(answered), standing.opened) == (2, 2)
+    standing.close()

@@ -31,6 +31,7 @@ from .conftest import (
     make_summary,
     make_unavailable,
 )
+from .test_mllp import RawPeer, StandingReceiver
 
 #: Quick retries; a long wait for answers, which every receiver here gives (or refuses the
 #: connection at once), so that a loaded machine's late answer is not taken for none.
@@ -307,3 +308,23 @@ def test_what_follows_a_delay_goes_where_the_delay_went() -> None:
         assert "webhook" in notifier.channels(make_notice(negative, after_delay=True))
         assert "webhook" in notifier.channels(make_unavailable(after_delay=True))
         assert "webhook" not in notifier.channels(make_notice(negative))
+
+
+def test_kept_open_the_notices_share_one_connection_closed_with_the_notifier(
+    raw_peer: RawPeer,
+) -> None:
+    """`hl7.keep_open` from the configuration: the gateway's notices, STAT and routine, go over
+    one connection to the interface engine, which the gateway closes as it stops."""
+    receiver = StandingReceiver()
+    port = raw_peer(receiver)
+    configured = NotificationSettings.model_validate(
+        {"hl7": {"host": "127.0.0.1", "port": port, "keep_open": True, **FAST}}
+    )
+    sent = [make_notice(make_summary(TriageFlag.POSITIVE)), make_unavailable(job="job-0002")]
+    with Notifier(configured) as notifier:
+        for notice in sent:
+            [outcome] = notifier.notify(notice)
+            assert outcome.ok, outcome.detail
+        assert not receiver.sender_closed.is_set()
+    assert receiver.connections == [[message_control_id(notice) for notice in sent]]
+    assert receiver.sender_closed.wait(timeout=30)

@@ -29,7 +29,7 @@ from aifi.gateway.notify.fhir import (
     post_fhir,
     report_identifier,
 )
-from aifi.gateway.notify.mllp import send_mllp
+from aifi.gateway.notify.mllp import StandingConnection, send_mllp
 from aifi.gateway.notify.notice import ResultNotice
 from aifi.gateway.notify.oru import OruBuildError, build_oru_r01, message_control_id
 from aifi.gateway.notify.outages import Outages
@@ -83,10 +83,14 @@ class Notifier:
             http_client(fhir.base_url, endpoint_verify(fhir)) if fhir else httpx.Client()
         )
         self._webhook_http = http_client(webhook.url) if webhook else httpx.Client()
+        hl7 = settings.hl7
+        self._hl7_connection = StandingConnection(hl7) if hl7 and hl7.keep_open else None
 
     def close(self) -> None:
         self._fhir_http.close()
         self._webhook_http.close()
+        if self._hl7_connection is not None:
+            self._hl7_connection.close()
 
     def __enter__(self) -> Notifier:
         return self
@@ -243,7 +247,7 @@ class Notifier:
     def _send_hl7(self, notice: ResultNotice) -> str:
         endpoint = self.settings.hl7
         assert endpoint is not None
-        ack = send_mllp(build_oru_r01(notice, endpoint), endpoint)
+        ack = send_mllp(build_oru_r01(notice, endpoint), endpoint, self._hl7_connection)
         return ack.code
 
     def _send_fhir(self, notice: ResultNotice) -> str:

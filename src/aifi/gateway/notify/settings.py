@@ -37,6 +37,9 @@ class Hl7Endpoint(_Settings):
     retries: int = Field(default=3, ge=0, le=20)
     #: Wait before the first retry; doubled for each further one.
     retry_backoff_seconds: float = Field(default=0.5, ge=0, le=60)
+    #: Hold one connection open between messages (interface engines that expect a standing
+    #: connection) instead of one per message; messages then go one at a time, in order.
+    keep_open: bool = False
 
 
 class FhirEndpoint(_Settings):

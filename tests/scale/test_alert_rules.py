@@ -235,11 +235,11 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             quiet("ResultsNotFileable", "150m"),  # over an hour since, and no more
             quiet("ProductVersionNotInCatalogue", "19m"),  # not yet for ten minutes
             fires("ProductVersionNotInCatalogue", "22m",
-                  "Product renamed: a version the catalogue has no record of ran 2 of the last "
-                  "hour's jobs", product="renamed"),
-            fires("ProductVersionNotInCatalogue", "40m",  # renamed alone: prompt published
-                  "Product renamed: a version the catalogue has no record of ran 2 of the last "
-                  "hour's jobs", product="renamed"),
+                  "Product renamed: 2 of the last hour's jobs ended under a version the catalogue "
+                  "has no record of", product="renamed"),
+            fires("ProductVersionNotInCatalogue", "38m",  # renamed alone: prompt published
+                  "Product renamed: 2 of the last hour's jobs ended under a version the catalogue "
+                  "has no record of", product="renamed"),
             quiet("ProductVersionNotInCatalogue", "80m"),
             quiet("ResultsNeverFetched", "29m"),
             fires("ResultsNeverFetched", "35m",

@@ -15,7 +15,7 @@ import httpx
 import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import update
+from sqlalchemy import text, update
 
 from aifi.exchange import metrics
 from aifi.exchange.audit import linked_count, unlinked_count
@@ -175,7 +175,9 @@ def test_a_fault_in_the_versions_figure_leaves_the_job_figures_and_the_database_
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The jobs under versions not in the catalogue are a ticket's figure: a fault of its own
-    leaves it out and is logged, and does not read as the database down (which pages)."""
+    (here a statement the database refuses, which on PostgreSQL aborts the transaction) leaves
+    it out and is logged, does not read as the database down (which pages), and leaves the
+    connection fit for the next scrape."""
     exchange = exchange_on()
     orgs = set_up_parties(exchange)
     exchange.ready_job(orgs["hospital"], "product-a", make_ct(slices=1))
@@ -186,19 +188,24 @@ def test_a_fault_in_the_versions_figure_leaves_the_job_figures_and_the_database_
     assert "aifi_exchange_version_not_in_catalogue_jobs" not in families  # none to count
 
     def broken(session: Any) -> dict[Any, Any]:
-        raise ValueError("a fault of the figure's own")
+        session.execute(text("SELECT a_fault_of_the_figures_own FROM jobs"))
+        return {}
 
     monkeypatch.setattr(metrics, "published_versions", broken)
     with caplog.at_level(logging.WARNING, logger=metrics.__name__):
         scraped = exchange.client.get("/metrics").text
     assert "versions not in the catalogue could not be counted" in caplog.text
-    assert "a fault of the figure's own" in caplog.text
+    assert "a_fault_of_the_figures_own" in caplog.text
     figures = samples(scraped)
     assert figures[("aifi_exchange_database_up", ())] == 1.0
     assert figures[("aifi_exchange_jobs", (("state", "completed"),))] == 1.0
     exported = {family.name for family in text_string_to_metric_families(scraped)}
     assert "aifi_exchange_version_not_in_catalogue_jobs" not in exported
     assert "aifi_exchange_completed_last_hour" in exported
+    monkeypatch.undo()
+    again = exchange.client.get("/metrics").text
+    exported = {family.name for family in text_string_to_metric_families(again)}
+    assert "aifi_exchange_version_not_in_catalogue_jobs" in exported
 
 
 def test_gateway_exporter_reads_the_gateway_state(tmp_path: Path) -> None:

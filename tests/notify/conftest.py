@@ -14,12 +14,14 @@ from typing import Any
 import pytest
 
 from aifi.gateway.notify import (
+    FrameDecoder,
     Hl7Endpoint,
     NotificationSettings,
     Notifier,
     OriginalStudy,
     ResultNotice,
     build_notice,
+    frame,
 )
 from aifi.gateway.notify.outages import Outages
 from aifi.gateway.notify.receivers import FhirReceiver, Hl7Listener, WebhookReceiver
@@ -254,6 +256,40 @@ def raw_peer() -> Iterator[Callable[[Callable[[socket.socket], Any]], int]]:
 
 
 RawPeer = Callable[[Callable[[socket.socket], Any]], int]
+
+
+def ack_of(control_id: str) -> bytes:
+    return frame(f"MSH|^~\\&|RIS|H|AIFI|X|20250301||ACK^R01^ACK|A{control_id}|P|2.5\r"
+                 f"MSA|AA|{control_id}\r")  # fmt: skip
+
+
+def control_id_in(block: bytes) -> str:
+    return block.split(b"\r")[0].split(b"|")[9].decode()
+
+
+class StandingReceiver:
+    """An interface engine that keeps each connection: it answers every message AA on the
+    connection it came by, until the sender closes it. It records the control ids each
+    connection carried; `after(conn, taken)`, called once a message is answered, may send
+    more, or return False to close the connection."""
+
+    def __init__(self, after: Callable[[socket.socket, list[str]], bool] | None = None) -> None:
+        self.connections: list[list[str]] = []
+        self.sender_closed = threading.Event()
+        self._after = after
+
+    def __call__(self, conn: socket.socket) -> None:
+        taken: list[str] = []
+        self.connections.append(taken)
+        decoder = FrameDecoder()
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := conn.recv(65536):
+                for block in decoder.feed(chunk):
+                    taken.append(control_id_in(block))
+                    conn.sendall(ack_of(taken[-1]))
+                    if self._after is not None and not self._after(conn, taken):
+                        return
+        self.sender_closed.set()
 
 
 class Clock:

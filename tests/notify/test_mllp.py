@@ -23,11 +23,12 @@ from aifi.gateway.notify import (
     message_control_id,
     send_mllp,
 )
-from aifi.gateway.notify.mllp import FramingError, StandingConnection, control_id_of
+from aifi.gateway.notify.mllp import FramingError, control_id_of
+from aifi.gateway.notify.mllp_connections import StandingConnection
 from aifi.gateway.notify.receivers import Hl7Listener
 from aifi.results.summary import TriageFlag
 
-from .conftest import make_notice, make_summary
+from .conftest import StandingReceiver, ack_of, control_id_in, make_notice, make_summary
 
 RawPeer = Callable[[Callable[[socket.socket], Any]], int]
 
@@ -234,40 +235,6 @@ def test_a_message_split_across_tcp_segments_reaches_hl7apys_server(
 # a standing connection (keep_open) ----------------------------------------------------------
 
 
-def ack_of(control_id: str) -> bytes:
-    return frame(f"MSH|^~\\&|RIS|H|AIFI|X|20250301||ACK^R01^ACK|A{control_id}|P|2.5\r"
-                 f"MSA|AA|{control_id}\r")  # fmt: skip
-
-
-def control_id_in(block: bytes) -> str:
-    return block.split(b"\r")[0].split(b"|")[9].decode()
-
-
-class StandingReceiver:
-    """An interface engine that keeps each connection: it answers every message AA on the
-    connection it came by, until the sender closes it. It records the control ids each
-    connection carried; `after(conn, taken)`, called once a message is answered, may send
-    more, or return False to close the connection."""
-
-    def __init__(self, after: Callable[[socket.socket, list[str]], bool] | None = None) -> None:
-        self.connections: list[list[str]] = []
-        self.sender_closed = threading.Event()
-        self._after = after
-
-    def __call__(self, conn: socket.socket) -> None:
-        taken: list[str] = []
-        self.connections.append(taken)
-        decoder = FrameDecoder()
-        with contextlib.suppress(ConnectionResetError):
-            while chunk := conn.recv(65536):
-                for block in decoder.feed(chunk):
-                    taken.append(control_id_in(block))
-                    conn.sendall(ack_of(taken[-1]))
-                    if self._after is not None and not self._after(conn, taken):
-                        return
-        self.sender_closed.set()
-
-
 def notices(count: int) -> list[Message]:
     target = endpoint(1)
     return [build_oru_r01(make_notice(make_summary(TriageFlag.NEGATIVE), job=f"job-{n}"), target)
@@ -369,3 +336,199 @@ def test_a_kept_connection_that_fails_an_attempt_is_closed_and_the_next_connects
     assert send_mllp(message, target, standing).control_id == control_id_of(message)
     assert (len(answered), standing.opened) == (2, 2)
     standing.close()
+
+
+def test_a_late_second_ack_of_the_message_before_is_skipped_not_taken(raw_peer: RawPeer) -> None:
+    """A receiver acknowledging a message twice, the second time late (after the next message
+    left): that ACK is skipped, and the next message's own is taken, with no attempt spent.
+    Taken for the next message's answer, it had that message sent twice."""
+
+    connections: list[list[str]] = []
+
+    def late_duplicate(conn: socket.socket) -> None:
+        taken: list[str] = []
+        connections.append(taken)
+        decoder = FrameDecoder()
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := conn.recv(65536):
+                for block in decoder.feed(chunk):
+                    taken.append(control_id_in(block))
+                    if len(taken) == 2:
+                        conn.sendall(ack_of(taken[0]))
+                    conn.sendall(ack_of(taken[-1]))
+
+    target = endpoint(raw_peer(late_duplicate), keep_open=True, retries=0)
+    first, second = notices(2)
+    standing = StandingConnection(target)
+    send_mllp(first, target, standing)
+    assert send_mllp(second, target, standing).control_id == control_id_of(second)
+    standing.close()
+    assert connections == [[control_id_of(first), control_id_of(second)]]
+
+
+def test_a_half_answer_then_silence_drops_the_connection_and_the_next_message_is_clean(
+    raw_peer: RawPeer,
+) -> None:
+    """An attempt timed out with half an ACK read: the connection is given up, so the rest of
+    that ACK never reaches the next message."""
+    connections: list[list[str]] = []
+
+    def half_then_stall(conn: socket.socket) -> None:
+        taken: list[str] = []
+        connections.append(taken)
+        decoder = FrameDecoder()
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            while chunk := conn.recv(65536):
+                for block in decoder.feed(chunk):
+                    taken.append(control_id_in(block))
+                    answer = ack_of(taken[-1])
+                    if len(connections) == 1:
+                        conn.sendall(answer[:20])
+                        while conn.recv(65536):  # until the sender gives the connection up
+                            pass
+                        conn.sendall(answer[20:])
+                        return
+                    conn.sendall(answer)
+
+    target = endpoint(raw_peer(half_then_stall), keep_open=True, retries=1, timeout_seconds=0.5)
+    first, second = notices(2)
+    standing = StandingConnection(target)
+    assert send_mllp(first, target, standing).control_id == control_id_of(first)
+    assert send_mllp(second, target, standing).control_id == control_id_of(second)
+    standing.close()
+    assert standing.opened == 2
+    assert connections == [[control_id_of(first)], [control_id_of(first), control_id_of(second)]]
+
+
+def test_two_threads_at_once_share_the_connection_and_each_gets_its_own_answer(
+    raw_peer: RawPeer,
+) -> None:
+    """The gateway's STAT and routine notice threads send at once over the one connection."""
+    receiver = StandingReceiver()
+    target = endpoint(raw_peer(receiver), keep_open=True, retries=0)
+    standing = StandingConnection(target)
+    messages = notices(40)
+    lanes = [messages[::2], messages[1::2]]
+    answers: list[list[str]] = [[], []]
+    start = threading.Barrier(2)
+
+    def lane(n: int) -> None:
+        start.wait()
+        for message in lanes[n]:
+            answers[n].append(send_mllp(message, target, standing).control_id)
+
+    threads = [threading.Thread(target=lane, args=(n,)) for n in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    standing.close()
+    assert answers == [[control_id_of(m) for m in lane] for lane in lanes]
+    assert standing.opened == 1 and len(receiver.connections) == 1
+    assert sorted(receiver.connections[0]) == sorted(control_id_of(m) for m in messages)
+
+
+class WatchedTurn:
+    """The connection's lock, telling when a thread has to wait for it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.someone_waits = threading.Event()
+
+    def __enter__(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            self.someone_waits.set()
+            self._lock.acquire()
+
+    def __exit__(self, *_: object) -> None:
+        self._lock.release()
+
+
+def test_a_stat_message_goes_between_a_routine_ones_attempts(raw_peer: RawPeer) -> None:
+    """An attempt has the connection to itself, its retry pauses do not: a STAT notice waiting
+    behind a routine attempt goes as soon as that attempt fails, not after its retries."""
+    routine, stat = notices(2)
+    order: list[str] = []
+    turn = WatchedTurn()
+
+    def hangs_up_on_routine(conn: socket.socket) -> None:
+        decoder = FrameDecoder()
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := conn.recv(65536):
+                for block in decoder.feed(chunk):
+                    order.append(control_id_in(block))
+                    if order[-1] == control_id_of(routine):
+                        assert turn.someone_waits.wait(timeout=30)  # the STAT one, behind it
+                        return  # no ACK
+                    conn.sendall(ack_of(order[-1]))
+
+    target = endpoint(raw_peer(hangs_up_on_routine), keep_open=True, retries=1,
+                      retry_backoff_seconds=2.0)  # fmt: skip
+    standing = StandingConnection(target)
+    standing._lock = turn  # type: ignore[assignment]
+    failed: list[DeliveryFailed] = []
+
+    def send_routine() -> None:
+        with pytest.raises(DeliveryFailed) as caught:
+            send_mllp(routine, target, standing)
+        failed.append(caught.value)
+
+    routine_lane = threading.Thread(target=send_routine)
+    routine_lane.start()
+    assert send_mllp(stat, target, standing).control_id == control_id_of(stat)
+    routine_lane.join(timeout=60)
+    standing.close()
+    assert failed, "the routine notice's attempts did not fail as the receiver hung up"
+    assert order == [control_id_of(routine), control_id_of(stat), control_id_of(routine)]
+
+
+def test_a_closed_standing_connection_opens_no_other(raw_peer: RawPeer) -> None:
+    """Once the gateway closed it as it stops, a send still waiting for its turn fails (its
+    notice is tried again after the restart); nothing opens a connection nobody would close."""
+    receiver = StandingReceiver()
+    target = endpoint(raw_peer(receiver), keep_open=True, retries=0)
+    first, second = notices(2)
+    standing = StandingConnection(target)
+    send_mllp(first, target, standing)
+    standing.close()
+    with pytest.raises(DeliveryFailed, match="the gateway is stopping"):
+        send_mllp(second, target, standing)
+    assert standing.opened == 1
+    assert receiver.sender_closed.wait(timeout=30)
+    assert receiver.connections == [[control_id_of(first)]]
+
+
+def test_a_receiver_gone_silent_then_refusing_is_unreached(raw_peer: RawPeer) -> None:
+    """A receiver host gone without closing the connection, and refusing new ones: the
+    attempt on the old connection times out, the others are refused. The failure says
+    `unreached`, as sent per message, so the gateway checks the receiver's connection and
+    sees it back."""
+    answered = threading.Event()
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen(1)
+    held: list[socket.socket] = []
+
+    def answer_once_then_go_silent() -> None:
+        conn, _ = listening.accept()
+        held.append(conn)
+        block = read_block(conn)
+        conn.sendall(ack_of(control_id_in(block)))
+        answered.set()
+
+    serving = threading.Thread(target=answer_once_then_go_silent)
+    serving.start()
+    target = endpoint(int(listening.getsockname()[1]), keep_open=True, retries=1,
+                      timeout_seconds=0.5, retry_backoff_seconds=0.0)  # fmt: skip
+    first, second = notices(2)
+    standing = StandingConnection(target)
+    send_mllp(first, target, standing)
+    assert answered.wait(timeout=30)
+    serving.join(timeout=30)
+    listening.close()  # new connections refused; the old one open and silent
+    with pytest.raises(DeliveryFailed, match="connection refused") as caught:
+        send_mllp(second, target, standing)
+    standing.close()
+    for conn in held:
+        conn.close()
+    assert caught.value.unreached

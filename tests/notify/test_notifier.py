@@ -26,12 +26,13 @@ from .conftest import (
     REASON,
     WEBHOOK_KEY,
     WHY,
+    RawPeer,
+    StandingReceiver,
     make_delayed,
     make_notice,
     make_summary,
     make_unavailable,
 )
-from .test_mllp import RawPeer, StandingReceiver
 
 #: Quick retries; a long wait for answers, which every receiver here gives (or refuses the
 #: connection at once), so that a loaded machine's late answer is not taken for none.

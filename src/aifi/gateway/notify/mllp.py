@@ -6,7 +6,8 @@ AR reject; enhanced mode: CA, CE, CR). TCP may cut a block anywhere, so the read
 blocks from whatever arrives (:class:`FrameDecoder`). The ACK is parsed with hl7apy.
 
 The sender opens one connection per message, or (`keep_open`) holds one open between messages
-for interface engines that expect a standing connection (:class:`StandingConnection`). It
+for interface engines that expect a standing connection
+(:mod:`aifi.gateway.notify.mllp_connections`). It
 retries what may pass (refused or dropped connection, no ACK in time) with a doubling backoff;
 a negative ACK is not resent here, it is raised for the gateway to record (see
 :class:`~aifi.gateway.notify.errors.Hl7Rejected`).
@@ -14,10 +15,8 @@ a negative ACK is not resent here, it is raised for the gateway to record (see
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from hl7apy.exceptions import HL7apyException
 from hl7apy.parser import parse_message
 
 from aifi.gateway.notify.errors import DeliveryFailed, Hl7Rejected
+from aifi.gateway.notify.mllp_connections import ConnectionPerMessage, StandingConnection
 from aifi.gateway.notify.settings import Hl7Endpoint
 
 log = logging.getLogger(__name__)
@@ -132,103 +132,6 @@ def control_id_of(message: Message) -> str:
     return str(message.msh.msh_10.to_er7())
 
 
-#: A standing connection's keepalive probes (Linux): the first after this long idle, then every
-#: `_KEEPALIVE_EVERY` seconds, `_KEEPALIVE_PROBES` unanswered ones ending it. They keep a
-#: firewall's or NAT's idle timer from dropping the connection silently, and find a receiver
-#: that vanished without closing it, before a message is sent into it.
-_KEEPALIVE_IDLE = 60
-_KEEPALIVE_EVERY = 10
-_KEEPALIVE_PROBES = 3
-
-
-class StandingConnection:
-    """One connection to an HL7 receiver, held open between messages (`keep_open`).
-
-    Many interface engines expect a sender to keep its connection, or take one inbound
-    connection at a time, and log each connection opened and closed per message. Messages go
-    over it one at a time, whole (every attempt of one message before the next): MLLP has no
-    way to tell two messages' acknowledgements apart on one connection but their order. So a
-    STAT notice waits for a routine one being sent, normally milliseconds.
-
-    A connection the receiver closed while idle, or that holds bytes nobody asked for, is
-    replaced before the message is sent, not found out by a failed attempt; one that failed
-    an attempt, or answered for another message, is closed and the next attempt connects
-    anew.
-    """
-
-    def __init__(self, endpoint: Hl7Endpoint) -> None:
-        self.endpoint = endpoint
-        self._sock: socket.socket | None = None
-        self._lock = threading.Lock()
-        self._where = f"{endpoint.host}:{endpoint.port}"
-        #: Connections opened so far; each is logged, so a receiver that keeps closing the
-        #: connection shows in the gateway's log.
-        self.opened = 0
-
-    @contextlib.contextmanager
-    def turn(self) -> Iterator[None]:
-        """One message's turn on the connection, all its attempts."""
-        with self._lock:
-            yield
-
-    def connection(self) -> socket.socket:
-        """The open connection, or a new one if there is none fit to send on."""
-        if self._sock is not None and not _fit(self._sock):
-            log.info("HL7 receiver %s: the standing connection was closed by it, or holds "
-                     "bytes nobody asked for: connecting anew", self._where)  # fmt: skip
-            self.drop()
-        if self._sock is None:
-            self._sock = _connect(self.endpoint)
-            _keep_alive(self._sock)
-            self.opened += 1
-            log.info("HL7 receiver %s: standing connection opened (%d so far)",
-                     self._where, self.opened)  # fmt: skip
-        self._sock.settimeout(self.endpoint.timeout_seconds)  # as a new one's, to send
-        return self._sock
-
-    def drop(self) -> None:
-        """Close the connection (after a failed attempt: its stream may be out of step)."""
-        if self._sock is not None:
-            with contextlib.suppress(OSError):
-                self._sock.close()
-            self._sock = None
-
-    def close(self) -> None:
-        with self._lock:
-            self.drop()
-
-
-def _fit(sock: socket.socket) -> bool:
-    """Whether an idle standing connection can take the next message: still open, with
-    nothing waiting to be read (a second acknowledgement of an earlier message, or noise,
-    would be read as the next message's answer, and its attempt lost)."""
-    try:
-        sock.settimeout(0.0)
-        sock.recv(1, socket.MSG_PEEK)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    return False  # b"": the receiver closed it; bytes: something nobody asked for
-
-
-def _keep_alive(sock: socket.socket) -> None:
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for option, value in (
-        ("TCP_KEEPIDLE", _KEEPALIVE_IDLE),
-        ("TCP_KEEPINTVL", _KEEPALIVE_EVERY),
-        ("TCP_KEEPCNT", _KEEPALIVE_PROBES),
-    ):
-        if hasattr(socket, option):  # Linux; elsewhere the system's defaults
-            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
-
-
-def _connect(endpoint: Hl7Endpoint) -> socket.socket:
-    return socket.create_connection(
-        (endpoint.host, endpoint.port), timeout=endpoint.timeout_seconds
-    )
-
-
 def send_mllp(
     message: Message | str, endpoint: Hl7Endpoint, standing: StandingConnection | None = None
 ) -> Ack:
@@ -246,7 +149,7 @@ def send_mllp(
         The receiver answered AE/AR (or CE/CR); not resent.
     DeliveryFailed
         No acknowledgement for the message after every attempt; `unreached` when none of
-        them could connect.
+        them could connect, or reach the receiver over a connection kept open.
     """
     if isinstance(message, Message):
         control_id, text = control_id_of(message), str(message.to_er7()) + "\r"
@@ -255,34 +158,35 @@ def send_mllp(
         control_id = _control_id_of_text(message)
     framed = frame(text)
     where = f"HL7 message {control_id} to {endpoint.host}:{endpoint.port}"
+    line: StandingConnection | ConnectionPerMessage = standing or ConnectionPerMessage(endpoint)
     attempts = endpoint.retries + 1
     problem = "not sent"
     connected = False
-    with standing.turn() if standing is not None else contextlib.nullcontext():
-        for attempt in range(attempts):
-            if attempt:
-                time.sleep(endpoint.retry_backoff_seconds * 2 ** (attempt - 1))
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(endpoint.retry_backoff_seconds * 2 ** (attempt - 1))
+        with line.turn():
             deadline = time.monotonic() + endpoint.timeout_seconds
             try:
-                sock = standing.connection() if standing is not None else _connect(endpoint)
+                sock, new = line.open()
             except OSError as exc:
                 problem = _describe(exc)
                 continue
-            connected = True
+            connected = connected or new
+            answered = None
             try:
-                with sock if standing is None else contextlib.nullcontext():
-                    ack = parse_ack(_exchange(sock, framed, deadline, endpoint))
+                ack = _acknowledgement(sock, framed, deadline, endpoint, line)
+                connected = True
+                answered = ack.control_id if ack.control_id == control_id else None
             except (OSError, FramingError) as exc:
                 problem = _describe(exc)
-                if standing is not None:
-                    standing.drop()
                 continue
-            if ack.control_id != control_id:
-                problem = f"the acknowledgement answers control id {ack.control_id!r}"
-                if standing is not None:
-                    standing.drop()
-                continue
-            return _accepted(ack, where, control_id)
+            finally:
+                line.done(sock, answered)
+        if answered is None:
+            problem = f"the acknowledgement answers control id {ack.control_id!r}"
+            continue
+        return _accepted(ack, where, control_id)
     raise DeliveryFailed(
         "hl7",
         f"{where}: no acknowledgement after {attempts} attempt(s): {problem}",
@@ -291,8 +195,8 @@ def send_mllp(
 
 
 def _accepted(ack: Ack, where: str, control_id: str) -> Ack:
-    """The acknowledgement, if positive; else the receiver's refusal, raised (the connection
-    stays fit: the receiver answered the message it was sent)."""
+    """The acknowledgement, if positive; else the receiver's refusal, raised (a connection
+    kept open stays: the receiver answered the message it was sent)."""
     if ack.accepted:
         return ack
     raise Hl7Rejected(
@@ -314,10 +218,28 @@ def _control_id_of_text(text: str) -> str:
         raise ValueError(f"not an HL7 v2 message: {exc}") from exc
 
 
-def _exchange(sock: socket.socket, framed: bytes, deadline: float, endpoint: Hl7Endpoint) -> bytes:
-    """On one connection: send the block, read until one block has come back."""
+def _acknowledgement(
+    sock: socket.socket,
+    framed: bytes,
+    deadline: float,
+    endpoint: Hl7Endpoint,
+    line: StandingConnection | ConnectionPerMessage,
+) -> Ack:
+    """On one connection: send the block, and read the receiver's answer to it. A second
+    acknowledgement of a message the connection carried before is skipped."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.sendall(framed)
+    for block in _blocks(sock, deadline, endpoint):
+        ack = parse_ack(block)
+        if not line.answered_before(ack.control_id):
+            return ack
+        log.info("HL7 receiver %s:%s acknowledged message %s a second time: skipped",
+                 endpoint.host, endpoint.port, ack.control_id)  # fmt: skip
+    raise AssertionError("unreachable: the blocks end by raising")
+
+
+def _blocks(sock: socket.socket, deadline: float, endpoint: Hl7Endpoint) -> Iterator[bytes]:
+    """The MLLP blocks the receiver sends, as each is whole, until the deadline."""
     decoder = FrameDecoder()
     while True:
         remaining = deadline - time.monotonic()
@@ -330,9 +252,7 @@ def _exchange(sock: socket.socket, framed: bytes, deadline: float, endpoint: Hl7
             raise TimeoutError(f"no acknowledgement within {endpoint.timeout_seconds} s") from exc
         if not chunk:
             raise ConnectionError("the receiver closed the connection before acknowledging")
-        blocks = decoder.feed(chunk)
-        if blocks:
-            return blocks[0]
+        yield from decoder.feed(chunk)
 
 
 def _describe(exc: BaseException) -> str:

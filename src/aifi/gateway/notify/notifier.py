@@ -29,7 +29,8 @@ from aifi.gateway.notify.fhir import (
     post_fhir,
     report_identifier,
 )
-from aifi.gateway.notify.mllp import StandingConnection, send_mllp
+from aifi.gateway.notify.mllp import send_mllp
+from aifi.gateway.notify.mllp_connections import StandingConnection
 from aifi.gateway.notify.notice import ResultNotice
 from aifi.gateway.notify.oru import OruBuildError, build_oru_r01, message_control_id
 from aifi.gateway.notify.outages import Outages

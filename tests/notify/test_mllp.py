@@ -532,3 +532,28 @@ def test_a_receiver_gone_silent_then_refusing_is_unreached(raw_peer: RawPeer) ->
     for conn in held:
         conn.close()
     assert caught.value.unreached
+
+
+def test_a_message_refused_for_now_and_sent_again_takes_its_new_answer(raw_peer: RawPeer) -> None:
+    """A notice the receiver answered AR goes again later with the same control id, over the
+    same connection: its answer is taken, not skipped as a second ACK of the first send."""
+    said: list[str] = []
+
+    def refuse_once(conn: socket.socket) -> None:
+        decoder = FrameDecoder()
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := conn.recv(65536):
+                for block in decoder.feed(chunk):
+                    control_id = control_id_in(block)
+                    code = "AA" if control_id in said else "AR"
+                    said.append(control_id)
+                    conn.sendall(ack_of(control_id).replace(b"MSA|AA|", f"MSA|{code}|".encode()))
+
+    target = endpoint(raw_peer(refuse_once), keep_open=True, retries=0, timeout_seconds=5.0)
+    [message] = notices(1)
+    standing = StandingConnection(target)
+    with pytest.raises(Hl7Rejected, match="AR"):
+        send_mllp(message, target, standing)
+    assert send_mllp(message, target, standing).code == "AA"
+    standing.close()
+    assert standing.opened == 1 and said == [control_id_of(message)] * 2

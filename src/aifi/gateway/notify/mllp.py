@@ -175,7 +175,7 @@ def send_mllp(
             connected = connected or new
             answered = None
             try:
-                ack = _acknowledgement(sock, framed, deadline, endpoint, line)
+                ack = _acknowledgement(sock, framed, control_id, deadline, endpoint, line)
                 connected = True
                 answered = ack.control_id if ack.control_id == control_id else None
             except (OSError, FramingError) as exc:
@@ -221,17 +221,20 @@ def _control_id_of_text(text: str) -> str:
 def _acknowledgement(
     sock: socket.socket,
     framed: bytes,
+    control_id: str,
     deadline: float,
     endpoint: Hl7Endpoint,
     line: StandingConnection | ConnectionPerMessage,
 ) -> Ack:
-    """On one connection: send the block, and read the receiver's answer to it. A second
-    acknowledgement of a message the connection carried before is skipped."""
+    """On one connection: send the block (message `control_id`), and read the receiver's
+    answer to it. A second acknowledgement of another message the connection carried before
+    is skipped; one of this message is its answer, though it was sent before (a notice sent
+    again after an AR)."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.sendall(framed)
     for block in _blocks(sock, deadline, endpoint):
         ack = parse_ack(block)
-        if not line.answered_before(ack.control_id):
+        if ack.control_id == control_id or not line.answered_before(ack.control_id):
             return ack
         log.info("HL7 receiver %s:%s acknowledged message %s a second time: skipped",
                  endpoint.host, endpoint.port, ack.control_id)  # fmt: skip

@@ -6,10 +6,9 @@ AR reject; enhanced mode: CA, CE, CR). TCP may cut a block anywhere, so the read
 blocks from whatever arrives (:class:`FrameDecoder`). The ACK is parsed with hl7apy.
 
 The sender opens one connection per message, or (`keep_open`) holds one open between messages
-for interface engines that expect a standing connection
-(:mod:`aifi.gateway.notify.mllp_connections`). It
-retries what may pass (refused or dropped connection, no ACK in time) with a doubling backoff;
-a negative ACK is not resent here, it is raised for the gateway to record (see
+for interface engines that expect a standing connection (:mod:`.mllp_connections`). It retries
+what may pass (refused or dropped connection, no ACK in time) with a doubling backoff; a
+negative ACK is not resent here, it is raised for the gateway to record (see
 :class:`~aifi.gateway.notify.errors.Hl7Rejected`).
 """
 

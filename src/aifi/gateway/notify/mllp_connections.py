@@ -66,9 +66,9 @@ class StandingConnection:
     An idle connection the receiver closed, or that holds bytes nobody asked for, is replaced
     before the message is sent (when the receiver's close has arrived by then). One on which
     an attempt failed, or that answered for another message, is closed, and the next attempt
-    connects anew. A second acknowledgement of a message this connection carried, arriving
-    late, is skipped: taken for the next message's answer, it would have that message sent
-    twice.
+    connects anew. A second acknowledgement of another message this connection carried,
+    arriving late, is skipped (`send_mllp`): taken for the next message's answer, it would
+    have that message sent twice.
     """
 
     def __init__(self, endpoint: Hl7Endpoint) -> None:

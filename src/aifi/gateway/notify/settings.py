@@ -38,7 +38,7 @@ class Hl7Endpoint(_Settings):
     #: Wait before the first retry; doubled for each further one.
     retry_backoff_seconds: float = Field(default=0.5, ge=0, le=60)
     #: Hold one connection open between messages (interface engines that expect a standing
-    #: connection) instead of one per message; messages then go one at a time, in order.
+    #: connection) instead of one per message; one message is in flight on it at a time.
     keep_open: bool = False
 
 

@@ -302,9 +302,8 @@ def test_the_exchange_counts_the_last_hours_jobs_under_a_version_it_has_no_recor
     exchange.subscribe(parties["hospital_a"], "product-b")
 
     assert not_in_catalogue(exchange) == {}
-    unkept, *_ = [
-        complete(exchange, parties, make_ct, versioned_summary(v)) for v in ("1.0", "2.0")
-    ]  # fmt: skip  (published: the one before, the current)
+    published = ("1.0", "2.0")  # the one before, and the current
+    unkept, *_ = [complete(exchange, parties, make_ct, versioned_summary(v)) for v in published]
     with services.db.session() as session:  # as a job of an earlier release ended: no version
         session.execute(update(Job).where(Job.id == unkept).values(product_version=None))
     assert not_in_catalogue(exchange) == {}
@@ -377,7 +376,7 @@ def test_a_version_a_rolling_upgrade_left_unrecorded_counts_for_the_jobs_it_was_
     complete(exchange, parties, make_ct, versioned_summary("1.6"))
 
     with services.db.session() as session:
-        kept = sorted(session.execute(select(Job.state, Job.product_version)).tuples())
+        kept = sorted(tuple(row) for row in session.execute(select(Job.state, Job.product_version)))
     assert kept == [("cancelled", "1.5"), ("completed", "1.6"), ("expired", "1.5"),
                     ("failed", "1.5")]  # fmt: skip
     assert not_in_catalogue(exchange) == {"product-a": 2.0}

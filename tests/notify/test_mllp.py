@@ -450,6 +450,7 @@ def test_a_stat_message_goes_between_a_routine_ones_attempts(raw_peer: RawPeer) 
     routine, stat = notices(2)
     order: list[str] = []
     turn = WatchedTurn()
+    routine_in_flight = threading.Event()
 
     def hangs_up_on_routine(conn: socket.socket) -> None:
         decoder = FrameDecoder()
@@ -458,6 +459,7 @@ def test_a_stat_message_goes_between_a_routine_ones_attempts(raw_peer: RawPeer) 
                 for block in decoder.feed(chunk):
                     order.append(control_id_in(block))
                     if order[-1] == control_id_of(routine):
+                        routine_in_flight.set()
                         assert turn.someone_waits.wait(timeout=30)  # the STAT one, behind it
                         return  # no ACK
                     conn.sendall(ack_of(order[-1]))
@@ -475,6 +477,7 @@ def test_a_stat_message_goes_between_a_routine_ones_attempts(raw_peer: RawPeer) 
 
     routine_lane = threading.Thread(target=send_routine)
     routine_lane.start()
+    assert routine_in_flight.wait(timeout=30)  # the routine attempt has the connection
     assert send_mllp(stat, target, standing).control_id == control_id_of(stat)
     routine_lane.join(timeout=60)
     standing.close()

@@ -96,8 +96,8 @@ class StandingConnection:
             log.info("HL7 receiver %s: the standing connection was closed by it, or holds "
                      "bytes nobody asked for: connecting anew", self._where)  # fmt: skip
             self._drop()
-        new = self._sock is None
-        if self._sock is None:
+        sock, new = self._sock, self._sock is None
+        if sock is None:
             sock = connect(self.endpoint)
             try:
                 _keep_alive(sock)
@@ -108,8 +108,8 @@ class StandingConnection:
             self.opened += 1
             log.info("HL7 receiver %s: standing connection opened (%d so far)",
                      self._where, self.opened)  # fmt: skip
-        self._sock.settimeout(self.endpoint.timeout_seconds)  # as a new one's, to send
-        return self._sock, new
+        sock.settimeout(self.endpoint.timeout_seconds)  # as a new one's, to send
+        return sock, new
 
     def answered_before(self, control_id: str) -> bool:
         return control_id in self._answered

@@ -11,12 +11,13 @@ VERSION_MAX = 64
 
 def kept_version(version: object) -> str | None:
     """`version` if a job can keep it as the version that ran it: a string of 1 to 64
-    printable characters. The exchange refuses other versions in summaries, failures and the
-    catalogue now; summaries stored earlier may hold anything, and PostgreSQL's text holds no
-    NUL."""
+    printable characters with no space at either end ("2.0 " would be counted apart from
+    "2.0", and nobody reading the evaluation could tell them apart). The exchange refuses other
+    versions in summaries, failures and the catalogue now; summaries stored earlier may hold
+    anything, and PostgreSQL's text holds no NUL."""
     if not isinstance(version, str) or not 0 < len(version) <= VERSION_MAX:
         return None
-    return version if version.isprintable() else None
+    return version if version.isprintable() and version == version.strip() else None
 
 
 def version_problem(version: str, act: str) -> str | None:
@@ -25,6 +26,7 @@ def version_problem(version: str, act: str) -> str | None:
     if kept_version(version) is not None:
         return None
     return (
-        f"product_version: must be 1 to {VERSION_MAX} printable characters, the version that "
-        f"{act} as the catalogue names it (given {version[:80]!r}, {len(version)} characters)"
+        f"product_version: must be 1 to {VERSION_MAX} printable characters with no space at "
+        f"either end, the version that {act} as the catalogue names it (given "
+        f"{version[:80]!r}, {len(version)} characters)"
     )

@@ -134,7 +134,8 @@ def test_each_job_keeps_the_version_that_ran_it_and_evaluation_counts_versions_a
     # A summary naming no version a job can keep is refused, and the job stays held for a
     # proper one.
     held, claim = claimed(exchange, parties, make_ct)
-    for bad in ("", "v" * 65, "2.0\x00"):  # none, too long for the catalogue, not printable
+    # None, too long for the catalogue, not printable, a space at an end (counted apart).
+    for bad in ("", "v" * 65, "2.0\x00", "2.0 "):
         refused = exchange.client.put(
             f"/jobs/{held['id']}/results/summary.json",
             json={**versioned_summary("2.0"), "product_version": bad},
@@ -191,7 +192,7 @@ def test_a_failure_counts_under_the_version_the_worker_names(
         job, claim = claimed(exchange, parties, make_ct)
         assert job["product_version"] == "2.0"
         body = {"lease_token": claim["lease_token"], "reason": "out of memory"}
-        for bad in ("", "v" * 65, "1.0\x00", "1.0\t", "1.0\u200b"):
+        for bad in ("", "v" * 65, "1.0\x00", "1.0\t", "1.0\u200b", " 1.0", "1.0 "):
             refused = exchange.client.post(
                 f"/jobs/{job['id']}/fail",
                 json={**body, "product_version": bad},
@@ -200,8 +201,8 @@ def test_a_failure_counts_under_the_version_the_worker_names(
             assert refused.status_code == 422, refused.text
             assert (
                 f"job {job['id']}: rule 'product-version': product_version: must be 1 to 64 "
-                f"printable characters, the version that failed the job as the catalogue "
-                f"names it (given {bad!r}, {len(bad)} characters)"
+                f"printable characters with no space at either end, the version that failed "
+                f"the job as the catalogue names it (given {bad!r}, {len(bad)} characters)"
             ) == refused.json()["detail"]
         held = exchange.client.get(f"/jobs/{job['id']}", headers=hospital.headers).json()
         assert (held["state"], held["product_version"]) == ("in-progress", "2.0")

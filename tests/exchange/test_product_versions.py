@@ -87,6 +87,9 @@ NAMED: dict[str, tuple[Any, str]] = {
     "too-long": ("v" * 65, "1.0"),
     "empty": ("", "1.0"),
     "a-line-break": ("2.0\n", "1.0"),
+    "a-trailing-space": ("2.0 ", "1.0"),
+    "a-leading-space": (" 2.0", "1.0"),
+    "a-space-inside": ("2.0 beta", "2.0 beta"),
     "a-number": (2, "1.0"),
     "true": (True, "1.0"),
     "null": (None, "1.0"),
@@ -175,12 +178,13 @@ def test_replicas_sweeping_at_once_read_each_version_once(exchange: Any, parties
         assert sum(counts) == jobs
 
 
-@pytest.mark.parametrize("version", ["1.0\u00a0beta", "2.0\t", "1.0\u200b"])
+@pytest.mark.parametrize("version", ["1.0\u00a0beta", "2.0\t", "1.0\u200b", "2.0 ", " 2.0"])
 def test_the_catalogue_refuses_a_version_no_summary_may_name(
     exchange: Any, parties: Any, version: str
 ) -> None:
-    """Completion refuses a summary whose version is not printable, so the catalogue refuses
-    such a version first, saying why (else every completion of the product would fail)."""
+    """Completion refuses a summary whose version is not printable or has a space at either
+    end, so the catalogue refuses such a version first, saying why (else every completion of
+    the product would fail)."""
     vendor = parties["vendor_b"]
     manifest = {
         "id": "product-b", "vendor": vendor.id, "name": "Product product-b", "version": version,
@@ -188,7 +192,11 @@ def test_the_catalogue_refuses_a_version_no_summary_may_name(
     }  # fmt: skip
     answer = exchange.client.post("/products", json=manifest, headers=vendor.headers)
     assert answer.status_code == 422, answer.text
-    assert "must hold printable characters only" in answer.json()["detail"]
+    assert answer.json()["detail"] == (
+        f"product 'product-b': version {version!r} must hold printable characters only (no "
+        "tab, line break, control or invisible character) and no space at either end: each "
+        "result's summary names it as its product_version"
+    )
     product = exchange.client.get("/products/product-b", headers=vendor.headers).json()
     assert product["version"] == "1.0"  # the catalogue kept the version it had
 

@@ -151,13 +151,14 @@ def test_a_worker_that_names_its_version_has_its_failures_counted_under_it(
     assert job["reason"] == "no brain in the field of view"
 
 
-@pytest.mark.parametrize("version", ["", "1.0\t", "v" * 65])
+@pytest.mark.parametrize("version", ["", "1.0\t", "v" * 65, "1.0 "])
 def test_a_worker_refuses_a_version_the_exchange_would_refuse(version: str) -> None:
     """Refused at the start, not by the exchange at every failure the worker reports."""
     client = VendorClient("http://127.0.0.1:9", "key")
     said = (
-        f"product 'p': product_version: must be 1 to 64 printable characters, the version that "
-        f"this worker runs as the catalogue names it (given {version!r}, {len(version)} characters)"
+        f"product 'p': product_version: must be 1 to 64 printable characters with no space at "
+        f"either end, the version that this worker runs as the catalogue names it (given "
+        f"{version!r}, {len(version)} characters)"
     )
     with pytest.raises(ValueError, match=re.escape(said)):
         Worker(client, tissue_volume.run, product_ids=["p"], product_versions={"p": version})

@@ -227,8 +227,8 @@ class Catalogue:
             # Each result's summary names the version, and the exchange keeps it per job.
             raise Invalid(
                 f"product {manifest.id!r}: version {manifest.version!r} must hold printable "
-                "characters only (no tab, line break, control or invisible character): each "
-                "result's summary names it as its product_version"
+                "characters only (no tab, line break, control or invisible character) and no "
+                "space at either end: each result's summary names it as its product_version"
             )
         now = utcnow()
         with self._db.session() as session:

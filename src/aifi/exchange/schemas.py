@@ -342,8 +342,8 @@ class FailIn(LeaseIn):
     product_version: str | None = Field(
         default=None,
         description="the product version that failed the job, as the catalogue names it (1 "
-        "to 64 printable characters): evaluation counts the failure under it; left out, under "
-        "the version the job was created for",
+        "to 64 printable characters, no space at either end): evaluation counts the failure "
+        "under it; left out, under the version the job was created for",
     )
 
 

@@ -292,6 +292,44 @@ class StandingReceiver:
         self.sender_closed.set()
 
 
+class WatchedTurns(threading.Condition):
+    """A standing connection's turns (`StandingConnection._turns`), telling when a sender has
+    to wait for the connection: it has then counted itself among those waiting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.someone_waits = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.someone_waits.set()
+        return super().wait(timeout)
+
+
+class HangsUpOn:
+    """A receiver that answers every message AA but one (`control_id`): on that one it waits
+    until another sender waits for the connection (`turns`), then hangs up without an answer.
+    It records the control ids in the order they came, and `in_flight` is set while that
+    message's attempt holds the connection."""
+
+    def __init__(self, control_id: str, turns: WatchedTurns) -> None:
+        self.control_id = control_id
+        self.turns = turns
+        self.order: list[str] = []
+        self.in_flight = threading.Event()
+
+    def __call__(self, conn: socket.socket) -> None:
+        decoder = FrameDecoder()
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := conn.recv(65536):
+                for block in decoder.feed(chunk):
+                    self.order.append(control_id_in(block))
+                    if self.order[-1] == self.control_id:
+                        self.in_flight.set()
+                        assert self.turns.someone_waits.wait(timeout=30)
+                        return  # no ACK
+                    conn.sendall(ack_of(self.order[-1]))
+
+
 class Clock:
     """A clock the test moves: the pauses are minutes long, and no test waits for them."""
 

@@ -28,7 +28,15 @@ from aifi.gateway.notify.mllp_connections import StandingConnection
 from aifi.gateway.notify.receivers import Hl7Listener
 from aifi.results.summary import TriageFlag
 
-from .conftest import StandingReceiver, ack_of, control_id_in, make_notice, make_summary
+from .conftest import (
+    HangsUpOn,
+    StandingReceiver,
+    WatchedTurns,
+    ack_of,
+    control_id_in,
+    make_notice,
+    make_summary,
+)
 
 RawPeer = Callable[[Callable[[socket.socket], Any]], int]
 
@@ -428,46 +436,17 @@ def test_two_threads_at_once_share_the_connection_and_each_gets_its_own_answer(
     assert sorted(receiver.connections[0]) == sorted(control_id_of(m) for m in messages)
 
 
-class WatchedTurn:
-    """The connection's lock, telling when a thread has to wait for it."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.someone_waits = threading.Event()
-
-    def __enter__(self) -> None:
-        if not self._lock.acquire(blocking=False):
-            self.someone_waits.set()
-            self._lock.acquire()
-
-    def __exit__(self, *_: object) -> None:
-        self._lock.release()
-
-
-def test_a_stat_message_goes_between_a_routine_ones_attempts(raw_peer: RawPeer) -> None:
-    """An attempt has the connection to itself, its retry pauses do not: a STAT notice waiting
-    behind a routine attempt goes as soon as that attempt fails, not after its retries."""
+def test_a_stat_message_goes_before_a_routine_ones_next_attempt(raw_peer: RawPeer) -> None:
+    """An attempt has the connection to itself, its retry pauses do not, and a STAT attempt
+    waiting goes before a routine one: a STAT notice behind a routine attempt goes as soon as
+    that attempt fails, before its next attempt, even with no pause between them."""
     routine, stat = notices(2)
-    order: list[str] = []
-    turn = WatchedTurn()
-    routine_in_flight = threading.Event()
-
-    def hangs_up_on_routine(conn: socket.socket) -> None:
-        decoder = FrameDecoder()
-        with contextlib.suppress(ConnectionResetError):
-            while chunk := conn.recv(65536):
-                for block in decoder.feed(chunk):
-                    order.append(control_id_in(block))
-                    if order[-1] == control_id_of(routine):
-                        routine_in_flight.set()
-                        assert turn.someone_waits.wait(timeout=30)  # the STAT one, behind it
-                        return  # no ACK
-                    conn.sendall(ack_of(order[-1]))
-
-    target = endpoint(raw_peer(hangs_up_on_routine), keep_open=True, retries=1,
-                      retry_backoff_seconds=2.0)  # fmt: skip
+    turns = WatchedTurns()
+    receiver = HangsUpOn(control_id_of(routine), turns)
+    target = endpoint(raw_peer(receiver), keep_open=True, retries=1,
+                      retry_backoff_seconds=0.0)  # fmt: skip
     standing = StandingConnection(target)
-    standing._lock = turn  # type: ignore[assignment]
+    standing._turns = turns
     failed: list[DeliveryFailed] = []
 
     def send_routine() -> None:
@@ -475,14 +454,47 @@ def test_a_stat_message_goes_between_a_routine_ones_attempts(raw_peer: RawPeer) 
             send_mllp(routine, target, standing)
         failed.append(caught.value)
 
-    routine_lane = threading.Thread(target=send_routine)
+    routine_lane = threading.Thread(target=send_routine, daemon=True)
     routine_lane.start()
-    assert routine_in_flight.wait(timeout=30)  # the routine attempt has the connection
-    assert send_mllp(stat, target, standing).control_id == control_id_of(stat)
+    assert receiver.in_flight.wait(timeout=30)  # the routine attempt has the connection
+    assert send_mllp(stat, target, standing, urgent=True).control_id == control_id_of(stat)
     routine_lane.join(timeout=60)
     standing.close()
     assert failed, "the routine notice's attempts did not fail as the receiver hung up"
-    assert order == [control_id_of(routine), control_id_of(stat), control_id_of(routine)]
+    assert receiver.order == [control_id_of(routine), control_id_of(stat), control_id_of(routine)]
+
+
+def test_a_send_in_its_retry_pause_fails_at_once_when_the_gateway_stops(
+    raw_peer: RawPeer,
+) -> None:
+    """The gateway stopping closes the connection: a routine notice pausing before its next
+    attempt fails then, not after the pause (its notice is tried again after the restart)."""
+    message = notices(1)[0]
+    turns = WatchedTurns()
+    receiver = HangsUpOn(control_id_of(message), turns)
+    turns.someone_waits.set()  # the receiver hangs up at once
+    target = endpoint(raw_peer(receiver), keep_open=True, retries=3,
+                      retry_backoff_seconds=60.0)  # fmt: skip
+    standing = StandingConnection(target)
+    failed: list[DeliveryFailed] = []
+
+    def send() -> None:
+        with pytest.raises(DeliveryFailed) as caught:
+            send_mllp(message, target, standing)
+        failed.append(caught.value)
+
+    sending = threading.Thread(target=send, daemon=True)
+    sending.start()
+    assert receiver.in_flight.wait(timeout=30)
+    standing.close()
+    sending.join(timeout=30)
+    assert not sending.is_alive(), "the send slept out its retry pause after the stop"
+    assert [str(f) for f in failed] == [
+        f"HL7 message {control_id_of(message)} to 127.0.0.1:{target.port}: not sent: the "
+        "standing connection is closed: the gateway is stopping"
+    ]
+    assert not failed[0].unreached  # it had reached the receiver
+    assert standing.opened == 1 and receiver.order == [control_id_of(message)]
 
 
 def test_a_closed_standing_connection_opens_no_other(raw_peer: RawPeer) -> None:

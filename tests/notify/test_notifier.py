@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -26,8 +27,10 @@ from .conftest import (
     REASON,
     WEBHOOK_KEY,
     WHY,
+    HangsUpOn,
     RawPeer,
     StandingReceiver,
+    WatchedTurns,
     make_delayed,
     make_notice,
     make_summary,
@@ -329,3 +332,29 @@ def test_kept_open_the_notices_share_one_connection_closed_with_the_notifier(
         assert not receiver.sender_closed.is_set()
     assert receiver.connections == [[message_control_id(notice) for notice in sent]]
     assert receiver.sender_closed.wait(timeout=30)
+
+
+def test_kept_open_a_stat_notice_goes_before_a_routine_ones_next_attempt(
+    raw_peer: RawPeer,
+) -> None:
+    """The STAT lane's notice, waiting while a routine notice's attempt has the connection,
+    goes before that notice's next attempt: the notifier tells the connection which is STAT."""
+    routine = make_notice(make_summary(TriageFlag.NEGATIVE), job="job-0001")
+    stat = make_notice(make_summary(TriageFlag.POSITIVE), job="job-0002")
+    assert stat.goes_stat and not routine.goes_stat
+    turns = WatchedTurns()
+    receiver = HangsUpOn(message_control_id(routine), turns)
+    configured = NotificationSettings.model_validate(
+        {"hl7": {"host": "127.0.0.1", "port": raw_peer(receiver), "keep_open": True,
+                 **FAST, "retry_backoff_seconds": 0.0}}
+    )  # fmt: skip
+    with Notifier(configured) as notifier:
+        notifier._hl7_connection._turns = turns  # type: ignore[union-attr]
+        with ThreadPoolExecutor(max_workers=1) as routine_lane:
+            routine_outcome = routine_lane.submit(notifier.notify, routine)
+            assert receiver.in_flight.wait(timeout=30)
+            [stat_outcome] = notifier.notify(stat)
+            [routine_failed] = routine_outcome.result(timeout=60)
+    assert stat_outcome.ok, stat_outcome.detail
+    assert not routine_failed.ok
+    assert receiver.order == [message_control_id(n) for n in (routine, stat, routine)]

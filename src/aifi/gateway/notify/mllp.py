@@ -26,7 +26,11 @@ from hl7apy.exceptions import HL7apyException
 from hl7apy.parser import parse_message
 
 from aifi.gateway.notify.errors import DeliveryFailed, Hl7Rejected
-from aifi.gateway.notify.mllp_connections import ConnectionPerMessage, StandingConnection
+from aifi.gateway.notify.mllp_connections import (
+    ConnectionPerMessage,
+    LineClosed,
+    StandingConnection,
+)
 from aifi.gateway.notify.settings import Hl7Endpoint
 
 log = logging.getLogger(__name__)
@@ -132,7 +136,11 @@ def control_id_of(message: Message) -> str:
 
 
 def send_mllp(
-    message: Message | str, endpoint: Hl7Endpoint, standing: StandingConnection | None = None
+    message: Message | str,
+    endpoint: Hl7Endpoint,
+    standing: StandingConnection | None = None,
+    *,
+    urgent: bool = False,
 ) -> Ack:
     """Send one HL7 message and return the receiver's positive acknowledgement.
 
@@ -140,7 +148,8 @@ def send_mllp(
     connection or sends no ACK within ``endpoint.timeout_seconds``, waiting
     ``retry_backoff_seconds`` (doubling) in between; a resend keeps its control id.
     `standing`: send over that connection, kept open (`keep_open`), instead of one of the
-    message's own.
+    message's own; an `urgent` (STAT) message's attempts take it before routine ones waiting.
+    Once the gateway closes that connection (it is stopping), the send fails at once.
 
     Raises
     ------
@@ -163,11 +172,15 @@ def send_mllp(
     connected = False
     for attempt in range(attempts):
         if attempt:
-            time.sleep(endpoint.retry_backoff_seconds * 2 ** (attempt - 1))
-        with line.turn():
+            line.pause(endpoint.retry_backoff_seconds * 2 ** (attempt - 1))
+        with line.turn(urgent):
             deadline = time.monotonic() + endpoint.timeout_seconds
             try:
                 sock, new = line.open()
+            except LineClosed as exc:
+                raise DeliveryFailed(
+                    "hl7", f"{where}: not sent: {exc}", unreached=not connected
+                ) from exc
             except OSError as exc:
                 problem = _describe(exc)
                 continue

@@ -4,9 +4,10 @@ default), or one connection held open between messages (`keep_open`).
 Many interface engines expect a sender to keep its connection, take one inbound connection at
 a time, or log every connection opened and closed. On one connection MLLP tells
 acknowledgements apart only by their order, so an attempt has the connection to itself: one
-message in flight at a time, the next message's attempt (STAT or routine) going as soon as
-this one has its answer, failed, or timed out. A STAT notice therefore waits at most one
-routine attempt in flight, normally milliseconds, and never a routine notice's retry pauses.
+message in flight at a time, the next message's attempt going as soon as this one has its
+answer, failed, or timed out. A STAT attempt waiting takes the connection before any routine
+one, so a STAT notice waits at most one routine attempt in flight, normally milliseconds, and
+never a routine notice's retry pauses (nor its next attempt, however short the pause).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import logging
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 
@@ -34,6 +36,11 @@ _KEEPALIVE_PROBES = 3
 _REMEMBERED = 64
 
 
+class LineClosed(ConnectionError):
+    """The gateway closed its standing connection: it is stopping, and the send ends now
+    rather than after its retry pauses (the notice is tried again after the restart)."""
+
+
 def connect(endpoint: Hl7Endpoint) -> socket.socket:
     return socket.create_connection(
         (endpoint.host, endpoint.port), timeout=endpoint.timeout_seconds
@@ -46,8 +53,11 @@ class ConnectionPerMessage:
     def __init__(self, endpoint: Hl7Endpoint) -> None:
         self.endpoint = endpoint
 
-    def turn(self) -> contextlib.AbstractContextManager[None]:
+    def turn(self, urgent: bool = False) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
+
+    def pause(self, seconds: float) -> None:
+        time.sleep(seconds)
 
     def open(self) -> tuple[socket.socket, bool]:
         """A connection to send on, and whether it is new (it is)."""
@@ -74,8 +84,12 @@ class StandingConnection:
     def __init__(self, endpoint: Hl7Endpoint) -> None:
         self.endpoint = endpoint
         self._sock: socket.socket | None = None
-        self._lock = threading.Lock()
-        self._closed = False
+        #: Guards the turn: whether an attempt has the connection, and how many STAT attempts
+        #: wait for it (a routine one waits while any does).
+        self._turns = threading.Condition()
+        self._busy = False
+        self._urgent_waiting = 0
+        self._closed = threading.Event()
         self._answered: deque[str] = deque(maxlen=_REMEMBERED)
         self._where = f"{endpoint.host}:{endpoint.port}"
         #: Connections opened so far; each is logged, so a receiver that keeps closing the
@@ -83,15 +97,39 @@ class StandingConnection:
         self.opened = 0
 
     @contextlib.contextmanager
-    def turn(self) -> Iterator[None]:
-        """One attempt's turn on the connection: the connection is its alone meanwhile."""
-        with self._lock:
+    def turn(self, urgent: bool = False) -> Iterator[None]:
+        """One attempt's turn on the connection: the connection is its alone meanwhile. An
+        `urgent` (STAT) attempt goes before every routine one waiting."""
+        with self._turns:
+            self._urgent_waiting += urgent
+            try:
+                self._turns.wait_for(
+                    lambda: not self._busy and (urgent or not self._urgent_waiting)
+                )
+            finally:
+                self._urgent_waiting -= urgent
+            self._busy = True
+        try:
             yield
+        finally:
+            with self._turns:
+                self._busy = False
+                self._turns.notify_all()
+
+    def pause(self, seconds: float) -> None:
+        """A retry's pause, cut short when the gateway closes the connection."""
+        self._closed.wait(seconds)
 
     def open(self) -> tuple[socket.socket, bool]:
-        """The connection to send on, and whether it is new. Within :meth:`turn`."""
-        if self._closed:
-            raise ConnectionError("the standing connection is closed: the gateway is stopping")
+        """The connection to send on, and whether it is new. Within :meth:`turn`.
+
+        Raises
+        ------
+        LineClosed
+            The gateway closed the connection (it is stopping).
+        """
+        if self._closed.is_set():
+            raise LineClosed("the standing connection is closed: the gateway is stopping")
         if self._sock is not None and not _fit(self._sock):
             log.info("HL7 receiver %s: the standing connection was closed by it, or holds "
                      "bytes nobody asked for: connecting anew", self._where)  # fmt: skip
@@ -124,10 +162,11 @@ class StandingConnection:
             self._answered.append(answered)
 
     def close(self) -> None:
-        """Close the connection for good (the gateway stops); a send still waiting for its
-        turn fails, and its notice is tried again after the restart."""
-        with self._lock:
-            self._closed = True
+        """Close the connection for good (the gateway stops), once the attempt in flight, if
+        any, is over; a send waiting for its turn or in a retry's pause fails at once, and its
+        notice is tried again after the restart."""
+        self._closed.set()
+        with self.turn(urgent=True):
             self._drop()
 
     def _drop(self) -> None:

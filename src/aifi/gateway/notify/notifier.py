@@ -106,7 +106,9 @@ class Notifier:
 
     def longest_send_seconds(self) -> float:
         """The longest one notice may take on its slowest channel, all retries and pauses
-        counted (an HTTP timeout is per phase: connecting, then answering)."""
+        counted (an HTTP timeout is per phase: connecting, then answering; an MLLP attempt
+        takes one timeout, and with `hl7.keep_open` may first wait one attempt of the other
+        lane's on the shared connection)."""
         spans = [
             2 * endpoint.timeout_seconds * (endpoint.retries + 1)
             + endpoint.retry_backoff_seconds * (2**endpoint.retries - 1)
@@ -248,7 +250,12 @@ class Notifier:
     def _send_hl7(self, notice: ResultNotice) -> str:
         endpoint = self.settings.hl7
         assert endpoint is not None
-        ack = send_mllp(build_oru_r01(notice, endpoint), endpoint, self._hl7_connection)
+        ack = send_mllp(
+            build_oru_r01(notice, endpoint),
+            endpoint,
+            self._hl7_connection,
+            urgent=notice.goes_stat,
+        )
         return ack.code
 
     def _send_fhir(self, notice: ResultNotice) -> str:

@@ -186,6 +186,8 @@ def test_a_fault_in_the_versions_figure_leaves_the_job_figures_and_the_database_
     assert counted[("aifi_exchange_database_up", ())] == 1.0
     families = {name for name, _ in counted}
     assert "aifi_exchange_version_not_in_catalogue_jobs" not in families  # none to count
+    figure_failed = ("aifi_exchange_background_failures_total", (("task", "version_figure"),))
+    assert counted[figure_failed] == 0.0  # from the start, so that the first fault shows
 
     def broken(session: Any) -> dict[Any, Any]:
         session.execute(text("SELECT a_fault_of_the_figures_own FROM jobs"))
@@ -202,10 +204,14 @@ def test_a_fault_in_the_versions_figure_leaves_the_job_figures_and_the_database_
     exported = {family.name for family in text_string_to_metric_families(scraped)}
     assert "aifi_exchange_version_not_in_catalogue_jobs" not in exported
     assert "aifi_exchange_completed_last_hour" in exported
+    # Counted, so that a fault that lasts raises a ticket (ExchangeBackgroundFailing): the
+    # figure's absence alone reads as nothing to count.
+    assert figures[figure_failed] == 1.0
     monkeypatch.undo()
     again = exchange.client.get("/metrics").text
     exported = {family.name for family in text_string_to_metric_families(again)}
     assert "aifi_exchange_version_not_in_catalogue_jobs" in exported
+    assert samples(again)[figure_failed] == 1.0
 
 
 def test_gateway_exporter_reads_the_gateway_state(tmp_path: Path) -> None:

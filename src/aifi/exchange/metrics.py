@@ -42,6 +42,9 @@ TURNAROUND_SAMPLE = 5000
 #: Jobs that ended longer ago than this are settled: no transaction still under way can add
 #: one (its end time is set in it), nor a replica whose clock is behind by less.
 SETTLED_AFTER = timedelta(minutes=10)
+#: The task under which a scrape that could not count the jobs under versions not in the
+#: catalogue is counted among the background failures (ExchangeBackgroundFailing).
+VERSION_FIGURE = "version_figure"
 
 log = logging.getLogger(__name__)
 
@@ -122,12 +125,20 @@ class JobTableCollector(Collector):
     """Jobs by state, the ready queue, turnaround and the jobs under versions not in the
     catalogue, read from the database per scrape."""
 
-    def __init__(self, db: Database, products: Callable[[list[str]], None] | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        products: Callable[[list[str]], None] | None = None,
+        figure_failed: Callable[[], None] | None = None,
+    ) -> None:
         self.db = db
         self.ended = EndedTally()
         #: Told the products at each scrape, read in the scrape's own session (no second
         #: wait on a database that does not answer).
         self.products = products
+        #: Told each time the versions figure could not be counted: left out, the figure's
+        #: absence would read as nothing to count, and its ticket could not fire.
+        self.figure_failed = figure_failed
 
     def collect(self) -> Iterator[Any]:
         up = GaugeMetricFamily(
@@ -147,13 +158,16 @@ class JobTableCollector(Collector):
     def _not_in_catalogue(self, now: datetime) -> Iterator[GaugeMetricFamily]:
         """In a session of its own, after the others: a fault of this figure alone leaves it
         out and is logged, and neither drops the job figures nor reads as the database down
-        (ExchangeDatabaseDown pages; a version not in the catalogue is a ticket)."""
+        (ExchangeDatabaseDown pages; a version not in the catalogue is a ticket). The fault
+        is counted (`figure_failed`), so that one that lasts raises a ticket of its own."""
         try:
             with self.db.session() as session:
                 family = _versions_not_in_catalogue(session, now)
         except Exception:
             log.warning("the jobs under versions not in the catalogue could not be counted",
                         exc_info=True)  # fmt: skip
+            if self.figure_failed is not None:
+                self.figure_failed()
             return
         yield family
 
@@ -351,7 +365,11 @@ class ExchangeMetrics:
         self.registry = CollectorRegistry()
         # First, so that a product it reads (for the undelivered-results series) is exported
         # by the counters collected after it in the same scrape.
-        self._jobs = JobTableCollector(db, products=self._undelivered_from_zero)
+        self._jobs = JobTableCollector(
+            db,
+            products=self._undelivered_from_zero,
+            figure_failed=lambda: self.background_failures.labels(VERSION_FIGURE).inc(),
+        )
         self.registry.register(self._jobs)
         self.requests = Counter(
             "aifi_exchange_http_requests",
@@ -432,11 +450,12 @@ class ExchangeMetrics:
             "aifi_exchange_background_failures",
             "Failed rounds of this replica's background work, by task (lease_expiry, "
             "unfinished_expiry, retention, audit_archive, triage_flags, product_versions, "
-            "audit_chain, "
-            "audit_anchor, refused_keys)",
+            "audit_chain, audit_anchor, refused_keys; and version_figure, a scrape that could "
+            "not count the jobs under versions not in the catalogue)",
             ["task"],
             registry=self.registry,
         )
+        self.background_failures.labels(VERSION_FIGURE)
 
     def warm(self) -> None:
         """Count the jobs that ended long ago, as a replica starts: the one scrape-time read

@@ -20,10 +20,13 @@ def kept_version(version: object) -> str | None:
     return version if version.isprintable() and version == version.strip() else None
 
 
-def version_problem(version: str, act: str) -> str | None:
+def version_problem(version: str, act: str, created: str | None = None) -> str | None:
     """Why a job cannot keep `version` as the version that `act` (produced its result, failed
-    it), or None if it can: evaluation counts each version apart, by the name it is given."""
-    if kept_version(version) is not None:
+    it), or None if it can: evaluation counts each version apart, by the name it is given.
+    The version the job was created for (`created`, the catalogue's) always may be named: a
+    catalogue version with a space at an end, published before the exchange refused those,
+    still names the results of its jobs."""
+    if kept_version(version) is not None or version == created:
         return None
     return (
         f"product_version: must be 1 to {VERSION_MAX} printable characters with no space at "

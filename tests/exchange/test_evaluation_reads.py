@@ -230,6 +230,58 @@ def test_a_failure_counts_under_the_version_the_worker_names(
     }  # fmt: skip
 
 
+def test_a_catalogue_version_with_a_space_at_an_end_from_before_the_rule_goes_on(
+    exchange: Any, parties: dict[str, Any], make_ct: Any
+) -> None:
+    """A version published before the exchange refused a space at either end: its manifest
+    published again (a deployment starting) is taken, and its jobs' summaries and failures
+    name it as the catalogue does; it is never split from itself. A new such version, or a
+    result naming another one, is refused."""
+    vendor = parties["vendor_a"]
+    services = exchange.client.app.state.services
+    with services.db.session() as session:
+        session.execute(update(Product).where(Product.id == "product-a").values(version="2.0 "))
+    assert exchange.product(vendor, "product-a", version="2.0 ")["version"] == "2.0 "
+
+    done = complete(exchange, parties, make_ct, versioned_summary("2.0 "))
+    kept = exchange.client.get(f"/jobs/{done}", headers=parties["hospital_a"].headers).json()
+    assert kept["product_version"] == "2.0 "
+    job, claim = claimed(exchange, parties, make_ct)
+    body = {"lease_token": claim["lease_token"], "reason": "out of memory"}
+    for other in ("3.0 ", " 2.0"):
+        refused = exchange.client.put(
+            f"/jobs/{job['id']}/results/summary.json",
+            json=versioned_summary(other),
+            params={"complete": "true"},
+            headers={"X-Lease-Token": claim["lease_token"], **vendor.headers},
+        )
+        assert refused.status_code == 422, refused.text
+        refused = exchange.client.post(
+            f"/jobs/{job['id']}/fail", json={**body, "product_version": other},
+            headers=vendor.headers,
+        )  # fmt: skip
+        assert refused.status_code == 422, refused.text
+    failed = exchange.client.post(
+        f"/jobs/{job['id']}/fail", json={**body, "product_version": "2.0 "}, headers=vendor.headers
+    )
+    assert failed.status_code == 200, failed.text
+    assert (failed.json()["state"], failed.json()["product_version"]) == ("failed", "2.0 ")
+    rows = {
+        (r.product_version, r.completed, r.failed, r.in_catalogue)
+        for r in per_version_of(exchange)
+        if (r.product_id, r.hospital_id) == ("product-a", NATIONAL)
+    }
+    assert rows == {("2.0 ", 1, 1, True)}
+
+    manifest = {
+        "id": "product-a", "vendor": vendor.id, "name": "Product product-a", "version": "3.0 ",
+        "clinical_area": "quantification",
+    }  # fmt: skip
+    answer = exchange.client.post("/products", json=manifest, headers=vendor.headers)
+    assert answer.status_code == 422, answer.text
+    assert "no space at either end" in answer.json()["detail"]
+
+
 def test_evaluation_per_version_says_which_versions_the_catalogue_never_named(
     exchange: Any, parties: dict[str, Any], make_ct: Any
 ) -> None:

@@ -223,15 +223,10 @@ class Catalogue:
                 f"vendor {actor.organisation_id!r} cannot register a product "
                 f"of vendor {manifest.vendor!r}"
             )
-        if kept_version(manifest.version) is None:
-            # Each result's summary names the version, and the exchange keeps it per job.
-            raise Invalid(
-                f"product {manifest.id!r}: version {manifest.version!r} must hold printable "
-                "characters only (no tab, line break, control or invisible character) and no "
-                "space at either end: each result's summary names it as its product_version"
-            )
         now = utcnow()
         with self._db.session() as session:
+            if kept_version(manifest.version) is None:
+                _refuse_version(session, manifest)
             vendor = session.get(Organisation, manifest.vendor)
             if vendor is None or vendor.kind != OrganisationKind.vendor:
                 raise NotFound(f"no vendor organisation {manifest.vendor!r}")
@@ -446,3 +441,18 @@ def _own_subscription(session: Session, actor: Actor, product_id: str) -> Subscr
     if sub is None:
         raise NotFound(f"hospital {actor.organisation_id!r} has no subscription to {product_id!r}")
     return sub
+
+
+def _refuse_version(session: Session, manifest: ProductManifest) -> None:
+    """Refuse a version no result's summary could name (each names it as its
+    product_version, and the exchange keeps it per job), unless it is the version the product
+    already has: one published before the exchange refused such versions, its manifest
+    published again as a deployment starts, goes on as it was."""
+    published = session.get(Product, manifest.id)
+    if published is not None and published.version == manifest.version:
+        return
+    raise Invalid(
+        f"product {manifest.id!r}: version {manifest.version!r} must hold printable "
+        "characters only (no tab, line break, control or invisible character) and no "
+        "space at either end: each result's summary names it as its product_version"
+    )

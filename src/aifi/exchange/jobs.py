@@ -1055,10 +1055,15 @@ class JobService:
     ) -> Job:
         """End a held job that holds a result; a `summary` sent with it is checked as one
         uploaded as a result would be: it feeds the worklist flag and the evaluation."""
-        if summary is not None:
-            check_summary(summary, job_id=job_id, name="completion's summary")
         with self._db.session() as session:
-            self.held(session, actor, job_id, token)
+            held = self.held(session, actor, job_id, token)
+            if summary is not None:
+                check_summary(
+                    summary,
+                    job_id=job_id,
+                    name="completion's summary",
+                    created_version=held.product_version,
+                )
             job = self.complete_in(session, actor, job_id, token, summary)
         self.completed(job)
         return job
@@ -1119,10 +1124,12 @@ class JobService:
         `version` of the product failed it has the failure counted under that version (after
         a release, the previous version's workers still fail jobs created for the new one);
         otherwise it counts under the version the job was created for."""
-        if version is not None and (problem := version_problem(version, "failed the job")):
-            raise Invalid(f"job {job_id}: rule 'product-version': {problem}")
         with self._db.session() as session:
-            self.held(session, actor, job_id, token)
+            held = self.held(session, actor, job_id, token)
+            if version is not None and (
+                problem := version_problem(version, "failed the job", held.product_version)
+            ):
+                raise Invalid(f"job {job_id}: rule 'product-version': {problem}")
             job = self._end(
                 session, job_id, JobState.failed, reason, from_states=HELD_STATES, token=token,
                 version=version,

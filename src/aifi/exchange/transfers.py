@@ -582,7 +582,12 @@ class Transfers:
         try:
             if upload.is_summary:
                 body = temp.path.read_bytes()
-                check_summary(body, job_id=job.id, name=f"result {upload.name}")
+                check_summary(
+                    body,
+                    job_id=job.id,
+                    name=f"result {upload.name}",
+                    created_version=job.product_version,
+                )
                 return _Checked({**_SUMMARY_COLUMNS, "notes": []}, json.loads(body), None)
             check = check_result_file(
                 temp.path, job_id=job.id, name=upload.name, study_uid=job.study_uid

@@ -104,11 +104,14 @@ def check_result_file(path: Path, *, job_id: str, name: str, study_uid: str) -> 
     )
 
 
-def check_summary(body: bytes | dict[str, Any], *, job_id: str, name: str) -> None:
+def check_summary(
+    body: bytes | dict[str, Any], *, job_id: str, name: str, created_version: str | None = None
+) -> None:
     """Refuse a summary that is not the ResultSummary the dashboards, notices and evaluation
     read, whether uploaded as a result (`body`: its bytes, `name`: the result's) or sent with
     the job's completion (`body`: the parsed document); the message names the first field
-    that does not fit."""
+    that does not fit. The version the job was created for (`created_version`) may always
+    be named as the one that produced it."""
     from pydantic import ValidationError
 
     from aifi.results.summary import ResultSummary
@@ -125,5 +128,5 @@ def check_summary(body: bytes | dict[str, Any], *, job_id: str, name: str) -> No
             f"job {job_id} {name}: rule 'summary-json': {where}: {first['msg']} "
             f"({exc.error_count()} problem(s); see aifi.results.ResultSummary)"
         ) from exc
-    if problem := version_problem(summary.product_version, "produced the result"):
+    if problem := version_problem(summary.product_version, "produced the result", created_version):
         raise Invalid(f"job {job_id} {name}: rule 'summary-json': {problem}")

@@ -224,6 +224,27 @@ def test_a_no_result_notice_takes_the_place_of_a_result_notice_still_queued(
     assert made.state.queued_notices_of(1) == []
 
 
+def test_a_notice_on_the_stat_lane_is_sent_as_the_stat_lanes(
+    parts: Any, closed_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A negative result of a study run STAT is no alert, but it goes on the STAT lane, and
+    its send says so (with `hl7.keep_open` it goes before routine notices waiting)."""
+    made = parts(NotificationSettings(hl7=hl7(closed_port)))
+    asked: list[tuple[str, bool | None]] = []
+    notify = made.notifier.notify
+
+    def noting(notice: Any, *args: Any, urgent: bool | None = None, **kwargs: Any) -> Any:
+        asked.append((notice.exchange_job_id, urgent))
+        return notify(notice, *args, urgent=urgent, **kwargs)
+
+    monkeypatch.setattr(made.notifier, "notify", noting)
+    made.sender.queue(1, result("run-stat", TriageFlag.NEGATIVE, urgent=True))
+    made.sender.queue(2, result("routine", TriageFlag.NEGATIVE))
+    made.sender.send_due(urgent=True)
+    made.sender.send_due(urgent=False)
+    assert asked == [("run-stat", True), ("routine", False)]
+
+
 def test_a_notice_done_with_is_not_queued_again(parts: Any) -> None:
     """The job brought home again (its acknowledgement lost) queues its notice again: it is
     not sent a second time."""

@@ -461,21 +461,35 @@ def test_a_stat_message_goes_before_a_routine_ones_next_attempt(raw_peer: RawPee
     routine_lane.join(timeout=60)
     standing.close()
     assert failed, "the routine notice's attempts did not fail as the receiver hung up"
+    assert not receiver.nobody_waited
     assert receiver.order == [control_id_of(routine), control_id_of(stat), control_id_of(routine)]
+
+
+class PausingConnection(StandingConnection):
+    """A standing connection that tells when a send begins its retry pause."""
+
+    def __init__(self, target: Hl7Endpoint) -> None:
+        super().__init__(target)
+        self.pausing = threading.Event()
+
+    def pause(self, seconds: float) -> None:
+        self.pausing.set()
+        super().pause(seconds)
 
 
 def test_a_send_in_its_retry_pause_fails_at_once_when_the_gateway_stops(
     raw_peer: RawPeer,
 ) -> None:
     """The gateway stopping closes the connection: a routine notice pausing before its next
-    attempt fails then, not after the pause (its notice is tried again after the restart)."""
+    attempt fails then, not after the pause, saying what its attempts met and that the stop
+    cut it short (its notice is tried again after the restart)."""
     message = notices(1)[0]
     turns = WatchedTurns()
     receiver = HangsUpOn(control_id_of(message), turns)
     turns.someone_waits.set()  # the receiver hangs up at once
     target = endpoint(raw_peer(receiver), keep_open=True, retries=3,
                       retry_backoff_seconds=60.0)  # fmt: skip
-    standing = StandingConnection(target)
+    standing = PausingConnection(target)
     failed: list[DeliveryFailed] = []
 
     def send() -> None:
@@ -485,16 +499,83 @@ def test_a_send_in_its_retry_pause_fails_at_once_when_the_gateway_stops(
 
     sending = threading.Thread(target=send, daemon=True)
     sending.start()
-    assert receiver.in_flight.wait(timeout=30)
+    assert standing.pausing.wait(timeout=30)  # the first attempt failed; the pause began
     standing.close()
     sending.join(timeout=30)
     assert not sending.is_alive(), "the send slept out its retry pause after the stop"
     assert [str(f) for f in failed] == [
-        f"HL7 message {control_id_of(message)} to 127.0.0.1:{target.port}: not sent: the "
-        "standing connection is closed: the gateway is stopping"
+        f"HL7 message {control_id_of(message)} to 127.0.0.1:{target.port}: no acknowledgement "
+        "after 1 attempt(s) (the receiver closed the connection before acknowledging), then "
+        "the standing connection was closed as the gateway stopped"
     ]
-    assert not failed[0].unreached  # it had reached the receiver
+    assert failed[0].stopped and not failed[0].unreached
     assert standing.opened == 1 and receiver.order == [control_id_of(message)]
+
+
+def test_a_stat_waiter_cut_short_lets_the_routine_ones_behind_it_go() -> None:
+    """A STAT send leaving its wait for the connection by an exception (the thread
+    interrupted) wakes the routine sends it held back: none sleeps on with the connection
+    free."""
+    standing = StandingConnection(endpoint(1, keep_open=True))
+    turns = InterruptedStatTurns()
+    standing._turns = turns
+    routine_went = threading.Event()
+    stat_ended: list[BaseException] = []
+
+    def stat() -> None:
+        try:
+            with standing.turn(urgent=True):
+                pass
+        except Interrupted as exc:
+            stat_ended.append(exc)
+
+    def routine() -> None:
+        with standing.turn():
+            routine_went.set()
+
+    with standing.turn():  # an attempt in flight
+        stat_lane = threading.Thread(target=stat, daemon=True)
+        turns.stat_thread = stat_lane
+        stat_lane.start()
+        assert turns.stat_waits.wait(timeout=30)
+        routine_lane = threading.Thread(target=routine, daemon=True)
+        routine_lane.start()
+        assert turns.routine_waits.wait(timeout=30)
+    stat_lane.join(timeout=30)
+    routine_lane.join(timeout=30)
+    assert stat_ended and not stat_lane.is_alive()
+    assert routine_went.is_set() and not routine_lane.is_alive()
+    assert (standing._busy, standing._urgent_waiting) == (False, 0)
+
+
+class Interrupted(BaseException):
+    """Stands for an asynchronous exception (KeyboardInterrupt) in a wait for the connection."""
+
+
+class InterruptedStatTurns(threading.Condition):
+    """The STAT waiter, once woken, is interrupted, but only after the routine waiter has
+    looked (seeing a STAT attempt waiting) and gone back to wait."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stat_thread: threading.Thread | None = None
+        self.stat_waits = threading.Event()
+        self.routine_waits = threading.Event()
+        self.routine_waits_again = threading.Event()
+        self._routine_waits = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if threading.current_thread() is self.stat_thread:
+            self.stat_waits.set()
+            super().wait(timeout)
+            while not self.routine_waits_again.is_set():
+                super().wait()
+            raise Interrupted
+        self._routine_waits += 1
+        (self.routine_waits if self._routine_waits == 1 else self.routine_waits_again).set()
+        if self._routine_waits == 2:
+            self.notify_all()  # lets the interruption go on
+        return super().wait(timeout)
 
 
 def test_a_closed_standing_connection_opens_no_other(raw_peer: RawPeer) -> None:
@@ -506,8 +587,13 @@ def test_a_closed_standing_connection_opens_no_other(raw_peer: RawPeer) -> None:
     standing = StandingConnection(target)
     send_mllp(first, target, standing)
     standing.close()
-    with pytest.raises(DeliveryFailed, match="the gateway is stopping"):
+    with pytest.raises(DeliveryFailed) as caught:
         send_mllp(second, target, standing)
+    assert str(caught.value) == (
+        f"HL7 message {control_id_of(second)} to 127.0.0.1:{target.port}: not sent: the "
+        "standing connection was closed as the gateway stopped"
+    )
+    assert caught.value.stopped
     assert standing.opened == 1
     assert receiver.sender_closed.wait(timeout=30)
     assert receiver.connections == [[control_id_of(first)]]

@@ -334,14 +334,20 @@ def test_kept_open_the_notices_share_one_connection_closed_with_the_notifier(
     assert receiver.sender_closed.wait(timeout=30)
 
 
+@pytest.mark.parametrize(
+    ("flag", "urgent"),
+    [(TriageFlag.POSITIVE, None), (TriageFlag.NEGATIVE, True)],
+    ids=["an-alert", "a-study-run-stat"],
+)
 def test_kept_open_a_stat_notice_goes_before_a_routine_ones_next_attempt(
-    raw_peer: RawPeer,
+    raw_peer: RawPeer, flag: TriageFlag, urgent: bool | None
 ) -> None:
     """The STAT lane's notice, waiting while a routine notice's attempt has the connection,
-    goes before that notice's next attempt: the notifier tells the connection which is STAT."""
+    goes before that notice's next attempt: the notifier tells the connection which is STAT,
+    an alert by itself, or any notice of a study run STAT as the gateway's STAT lane says."""
     routine = make_notice(make_summary(TriageFlag.NEGATIVE), job="job-0001")
-    stat = make_notice(make_summary(TriageFlag.POSITIVE), job="job-0002")
-    assert stat.goes_stat and not routine.goes_stat
+    stat = make_notice(make_summary(flag), job="job-0002")
+    assert stat.goes_stat is (urgent is None) and not routine.goes_stat
     turns = WatchedTurns()
     receiver = HangsUpOn(message_control_id(routine), turns)
     configured = NotificationSettings.model_validate(
@@ -353,8 +359,29 @@ def test_kept_open_a_stat_notice_goes_before_a_routine_ones_next_attempt(
         with ThreadPoolExecutor(max_workers=1) as routine_lane:
             routine_outcome = routine_lane.submit(notifier.notify, routine)
             assert receiver.in_flight.wait(timeout=30)
-            [stat_outcome] = notifier.notify(stat)
+            [stat_outcome] = notifier.notify(stat, urgent=urgent)
             [routine_failed] = routine_outcome.result(timeout=60)
     assert stat_outcome.ok, stat_outcome.detail
-    assert not routine_failed.ok
+    assert not routine_failed.ok and not receiver.nobody_waited
     assert receiver.order == [message_control_id(n) for n in (routine, stat, routine)]
+
+
+def test_kept_open_a_send_the_stop_cut_short_says_nothing_of_the_receiver(
+    raw_peer: RawPeer,
+) -> None:
+    """A notice whose send the gateway's stop cut short (the standing connection closed) is
+    not counted among its tries, and the receiver is not taken for down: it is tried again
+    after the restart as if nothing had happened."""
+    receiver = StandingReceiver()
+    configured = NotificationSettings.model_validate(
+        {"hl7": {"host": "127.0.0.1", "port": raw_peer(receiver), "keep_open": True, **FAST}}
+    )
+    with Notifier(configured) as notifier:
+        notifier._hl7_connection.close()  # type: ignore[union-attr]  # as the stop does
+        [outcome] = notifier.notify(make_notice(make_summary(TriageFlag.NEGATIVE)))
+        assert (outcome.ok, outcome.retryable, outcome.counted) == (False, True, False)
+        assert outcome.detail.endswith(
+            "not sent: the standing connection was closed as the gateway stopped"
+        )
+        assert notifier.outages.holding_off("hl7") is None
+    assert receiver.connections == []

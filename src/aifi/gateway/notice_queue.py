@@ -414,7 +414,10 @@ class NoticeSender:
         what = "result" if notice.available else "delay" if notice.delayed else "no result"
         always = first and (notice.goes_stat or queued.urgent)
         reached = False
-        for outcome in self._notifier.notify(notice, skip=done, always_try=always):
+        sent = self._notifier.notify(
+            notice, skip=done, always_try=always, urgent=queued.stat or notice.goes_stat
+        )
+        for outcome in sent:
             reached = reached or outcome.tried
             other = rows.get(outcome.channel)
             if not outcome.tried and other is not None and other["kind"] != kind:

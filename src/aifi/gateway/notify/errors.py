@@ -23,11 +23,15 @@ class DeliveryFailed(NotificationError):
 
     `unreached` is True when no attempt got as far as a connection (refused, no route, a
     name that does not resolve, no answer to it in time): a connection made later shows the
-    receiver back (`aifi.gateway.notify.reach`)."""
+    receiver back (`aifi.gateway.notify.reach`). `stopped`: the gateway's stop cut the send
+    short, which says nothing of the receiver."""
 
-    def __init__(self, channel: str, message: str, *, unreached: bool = False) -> None:
+    def __init__(
+        self, channel: str, message: str, *, unreached: bool = False, stopped: bool = False
+    ) -> None:
         super().__init__(channel, message, retryable=True)
         self.unreached = unreached
+        self.stopped = stopped
 
 
 class Hl7Rejected(NotificationError):

@@ -178,9 +178,10 @@ def send_mllp(
             try:
                 sock, new = line.open()
             except LineClosed as exc:
-                raise DeliveryFailed(
-                    "hl7", f"{where}: not sent: {exc}", unreached=not connected
-                ) from exc
+                said = f"not sent: {exc}" if not attempt else (
+                    f"no acknowledgement after {attempt} attempt(s) ({problem}), then {exc}"
+                )  # fmt: skip
+                raise DeliveryFailed("hl7", f"{where}: {said}", stopped=True) from exc
             except OSError as exc:
                 problem = _describe(exc)
                 continue

@@ -40,6 +40,9 @@ class LineClosed(ConnectionError):
     """The gateway closed its standing connection: it is stopping, and the send ends now
     rather than after its retry pauses (the notice is tried again after the restart)."""
 
+    def __init__(self) -> None:
+        super().__init__("the standing connection was closed as the gateway stopped")
+
 
 def connect(endpoint: Hl7Endpoint) -> socket.socket:
     return socket.create_connection(
@@ -100,20 +103,23 @@ class StandingConnection:
     def turn(self, urgent: bool = False) -> Iterator[None]:
         """One attempt's turn on the connection: the connection is its alone meanwhile. An
         `urgent` (STAT) attempt goes before every routine one waiting."""
-        with self._turns:
-            self._urgent_waiting += urgent
-            try:
-                self._turns.wait_for(
-                    lambda: not self._busy and (urgent or not self._urgent_waiting)
-                )
-            finally:
-                self._urgent_waiting -= urgent
-            self._busy = True
+        taken = False
         try:
+            with self._turns:
+                self._urgent_waiting += urgent
+                try:
+                    self._turns.wait_for(
+                        lambda: not self._busy and (urgent or not self._urgent_waiting)
+                    )
+                finally:
+                    self._urgent_waiting -= urgent
+                self._busy = taken = True
             yield
         finally:
             with self._turns:
-                self._busy = False
+                if taken:
+                    self._busy = False
+                # Also after a wait cut short: routine waiters held back by it look again.
                 self._turns.notify_all()
 
     def pause(self, seconds: float) -> None:
@@ -129,7 +135,7 @@ class StandingConnection:
             The gateway closed the connection (it is stopping).
         """
         if self._closed.is_set():
-            raise LineClosed("the standing connection is closed: the gateway is stopping")
+            raise LineClosed()
         if self._sock is not None and not _fit(self._sock):
             log.info("HL7 receiver %s: the standing connection was closed by it, or holds "
                      "bytes nobody asked for: connecting anew", self._where)  # fmt: skip

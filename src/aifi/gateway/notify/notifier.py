@@ -12,6 +12,7 @@ not cost every job its timeout.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Collection
@@ -56,8 +57,9 @@ class NoticeOutcome:
     cannot help (content rejected, or the notice cannot be encoded). `tried` is False for a
     routine notice held off a receiver that is down: nothing was sent. `counted` is False for
     that, and for a try on a receiver that had failed already and failed again (or that a
-    check of its connection had just seen back): neither counts towards the notice's tries,
-    so that an outage, however long, spends none of them.
+    check of its connection had just seen back), and for a send the gateway's stop cut
+    short: none counts towards the notice's tries, so that an outage, however long, spends
+    none of them, nor does a stop.
     """
 
     channel: str
@@ -106,9 +108,10 @@ class Notifier:
 
     def longest_send_seconds(self) -> float:
         """The longest one notice may take on its slowest channel, all retries and pauses
-        counted (an HTTP timeout is per phase: connecting, then answering; an MLLP attempt
-        takes one timeout, and with `hl7.keep_open` may first wait one attempt of the other
-        lane's on the shared connection)."""
+        counted: an HTTP timeout is per phase (connecting, then answering), an MLLP attempt
+        takes one timeout, connecting and acknowledged, and the second one per attempt covers,
+        with `hl7.keep_open`, a STAT notice's attempts going first on the shared connection
+        (several STAT notices in a row can hold a routine one longer)."""
         spans = [
             2 * endpoint.timeout_seconds * (endpoint.retries + 1)
             + endpoint.retry_backoff_seconds * (2**endpoint.retries - 1)
@@ -135,14 +138,21 @@ class Notifier:
         return hl7 + webhook + fhir if stat else hl7 + fhir + webhook
 
     def notify(
-        self, notice: ResultNotice, skip: Collection[str] = (), *, always_try: bool | None = None
+        self,
+        notice: ResultNotice,
+        skip: Collection[str] = (),
+        *,
+        always_try: bool | None = None,
+        urgent: bool | None = None,
     ) -> list[NoticeOutcome]:
         """Send `notice` on every channel it goes to but those in `skip` (already delivered);
         one outcome per channel, never raises for a channel's failure. It is not sent to a
         receiver being held off (`Outages`), its outcome says so; but with `always_try` (by
         default: a STAT notice) every receiver is tried when all of them are held off, so
         that an alert never reaches nobody on a guess. A receiver down among others that
-        are up is held off even then: it would hold up the next alert by its timeout."""
+        are up is held off even then: it would hold up the next alert by its timeout.
+        `urgent` (by default: a STAT notice) says the notice is the STAT lane's: on a standing
+        HL7 connection (`hl7.keep_open`) it goes before routine notices waiting."""
         channels = [channel for channel in self.channels(notice) if channel not in skip]
         always = notice.goes_stat if always_try is None else always_try
         held = {channel: self.outages.holding_off(channel) for channel in channels}
@@ -165,7 +175,12 @@ class Notifier:
                 )
         tried = [channel for channel in channels if channel not in outcomes]
         if tried:
-            senders = {HL7: self._send_hl7, FHIR: self._send_fhir, WEBHOOK: self._send_webhook}
+            stat_lane = notice.goes_stat if urgent is None else urgent
+            senders: dict[str, Callable[[ResultNotice], str]] = {
+                HL7: functools.partial(self._send_hl7, urgent=stat_lane),
+                FHIR: self._send_fhir,
+                WEBHOOK: self._send_webhook,
+            }
             with ThreadPoolExecutor(
                 max_workers=len(tried), thread_name_prefix="aifi-notify"
             ) as pool:
@@ -188,9 +203,11 @@ class Notifier:
             self.outages.answered(channel)
         except DeliveryFailed as exc:
             detail, ok, retryable = str(exc), False, exc.retryable
-            # Only the failure that began an outage counts.
-            counted = not self.outages.standing(channel, began)
-            self.outages.failed(channel, detail, unreached=exc.unreached, began=began)
+            if exc.stopped:  # the gateway stopping: nothing said of the receiver
+                counted = False
+            else:  # only the failure that began an outage counts
+                counted = not self.outages.standing(channel, began)
+                self.outages.failed(channel, detail, unreached=exc.unreached, began=began)
         except NotificationError as exc:  # refused: the receiver answered, so it is up
             detail, ok, retryable = str(exc), False, exc.retryable
             self.outages.answered(channel)
@@ -247,14 +264,14 @@ class Notifier:
             return f"{self.settings.fhir.identifier_system}|{report_identifier(notice)}"
         return delivery_id(notice)
 
-    def _send_hl7(self, notice: ResultNotice) -> str:
+    def _send_hl7(self, notice: ResultNotice, urgent: bool) -> str:
         endpoint = self.settings.hl7
         assert endpoint is not None
         ack = send_mllp(
             build_oru_r01(notice, endpoint),
             endpoint,
             self._hl7_connection,
-            urgent=notice.goes_stat,
+            urgent=urgent,
         )
         return ack.code
 

@@ -436,6 +436,23 @@ def test_two_threads_at_once_share_the_connection_and_each_gets_its_own_answer(
     assert sorted(receiver.connections[0]) == sorted(control_id_of(m) for m in messages)
 
 
+def failing_on_a_lane(
+    message: Message, target: Hl7Endpoint, standing: StandingConnection
+) -> tuple[threading.Thread, list[DeliveryFailed]]:
+    """`message` sent on a thread of its own, as a notice lane sends, expected to fail: the
+    thread, started, and the list its failure lands in."""
+    failed: list[DeliveryFailed] = []
+
+    def send() -> None:
+        with pytest.raises(DeliveryFailed) as caught:
+            send_mllp(message, target, standing)
+        failed.append(caught.value)
+
+    lane = threading.Thread(target=send, daemon=True)
+    lane.start()
+    return lane, failed
+
+
 def test_a_stat_message_goes_before_a_routine_ones_next_attempt(raw_peer: RawPeer) -> None:
     """An attempt has the connection to itself, its retry pauses do not, and a STAT attempt
     waiting goes before a routine one: a STAT notice behind a routine attempt goes as soon as
@@ -447,15 +464,7 @@ def test_a_stat_message_goes_before_a_routine_ones_next_attempt(raw_peer: RawPee
                       retry_backoff_seconds=0.0)  # fmt: skip
     standing = StandingConnection(target)
     standing._turns = turns
-    failed: list[DeliveryFailed] = []
-
-    def send_routine() -> None:
-        with pytest.raises(DeliveryFailed) as caught:
-            send_mllp(routine, target, standing)
-        failed.append(caught.value)
-
-    routine_lane = threading.Thread(target=send_routine, daemon=True)
-    routine_lane.start()
+    routine_lane, failed = failing_on_a_lane(routine, target, standing)
     assert receiver.in_flight.wait(timeout=30)  # the routine attempt has the connection
     assert send_mllp(stat, target, standing, urgent=True).control_id == control_id_of(stat)
     routine_lane.join(timeout=60)
@@ -490,15 +499,7 @@ def test_a_send_in_its_retry_pause_fails_at_once_when_the_gateway_stops(
     target = endpoint(raw_peer(receiver), keep_open=True, retries=3,
                       retry_backoff_seconds=60.0)  # fmt: skip
     standing = PausingConnection(target)
-    failed: list[DeliveryFailed] = []
-
-    def send() -> None:
-        with pytest.raises(DeliveryFailed) as caught:
-            send_mllp(message, target, standing)
-        failed.append(caught.value)
-
-    sending = threading.Thread(target=send, daemon=True)
-    sending.start()
+    sending, failed = failing_on_a_lane(message, target, standing)
     assert standing.pausing.wait(timeout=30)  # the first attempt failed; the pause began
     standing.close()
     sending.join(timeout=30)

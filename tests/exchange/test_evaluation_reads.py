@@ -234,9 +234,9 @@ def test_a_catalogue_version_with_a_space_at_an_end_from_before_the_rule_goes_on
     exchange: Any, parties: dict[str, Any], make_ct: Any
 ) -> None:
     """A version published before the exchange refused a space at either end: its manifest
-    published again (a deployment starting) is taken, and its jobs' summaries and failures
-    name it as the catalogue does; it is never split from itself. A new such version, or a
-    result naming another one, is refused."""
+    published again (a deployment starting) is taken, and summaries and failures name it as
+    the catalogue does, after the next release too; it is never split from itself. A new such
+    version, or a result naming another one, is refused."""
     vendor = parties["vendor_a"]
     services = exchange.client.app.state.services
     with services.db.session() as session:
@@ -266,12 +266,20 @@ def test_a_catalogue_version_with_a_space_at_an_end_from_before_the_rule_goes_on
     )
     assert failed.status_code == 200, failed.text
     assert (failed.json()["state"], failed.json()["product_version"]) == ("failed", "2.0 ")
+
+    # After the next release, a worker still running "2.0 " names it for a job made for 2.1.
+    assert exchange.product(vendor, "product-a", version="2.1")["version"] == "2.1"
+    with services.db.session() as session:  # admitted again, as the operator would
+        session.execute(update(Product).where(Product.id == "product-a").values(status="admitted"))
+    late = complete(exchange, parties, make_ct, versioned_summary("2.0 "))
+    kept = exchange.client.get(f"/jobs/{late}", headers=parties["hospital_a"].headers).json()
+    assert kept["product_version"] == "2.0 "
     rows = {
-        (r.product_version, r.completed, r.failed, r.in_catalogue)
+        r.product_version: (r.completed, r.failed, r.in_catalogue)
         for r in per_version_of(exchange)
         if (r.product_id, r.hospital_id) == ("product-a", NATIONAL)
     }
-    assert rows == {("2.0 ", 1, 1, True)}
+    assert rows == {"2.0 ": (2, 1, True)}
 
     manifest = {
         "id": "product-a", "vendor": vendor.id, "name": "Product product-a", "version": "3.0 ",

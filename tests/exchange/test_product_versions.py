@@ -87,8 +87,9 @@ NAMED: dict[str, tuple[Any, str]] = {
     "too-long": ("v" * 65, "1.0"),
     "empty": ("", "1.0"),
     "a-line-break": ("2.0\n", "1.0"),
-    "a-trailing-space": ("2.0 ", "1.0"),
-    "a-leading-space": (" 2.0", "1.0"),
+    # Kept as named: refused anew, but stored before, or as the catalogue published it so.
+    "a-trailing-space": ("2.0 ", "2.0 "),
+    "a-leading-space": (" 2.0", " 2.0"),
     "a-space-inside": ("2.0 beta", "2.0 beta"),
     "a-number": (2, "1.0"),
     "true": (True, "1.0"),

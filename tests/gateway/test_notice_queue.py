@@ -60,9 +60,13 @@ class Parts:
             },
         )
         self.disclosures = DisclosureLog(folder / "disclosures.db", "hospital-a", "gateway")
-        self.notifier = Notifier(settings)
+        self.settings = settings
         self.done: list[str] = []
-        self.sender = NoticeSender(
+        self.notifier = Notifier(settings)
+        self.sender = self._sender()
+
+    def _sender(self) -> NoticeSender:
+        return NoticeSender(
             hospital="hospital-a",
             state=self.state,
             vault=self.vault,
@@ -72,6 +76,12 @@ class Parts:
             changed=lambda: None,
             done=self.done.append,
         )
+
+    def restart(self) -> None:
+        """The gateway started again on the same databases: a new notifier and sender."""
+        self.notifier.close()
+        self.notifier = Notifier(self.settings)
+        self.sender = self._sender()
 
     def close(self) -> None:
         self.notifier.close()
@@ -243,6 +253,43 @@ def test_a_notice_on_the_stat_lane_is_sent_as_the_stat_lanes(
     made.sender.send_due(urgent=True)
     made.sender.send_due(urgent=False)
     assert asked == [("run-stat", True), ("routine", False)]
+
+
+def test_an_alert_the_stop_kept_from_leaving_is_on_its_first_pass_after_the_restart(
+    parts: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway stopping closes its standing HL7 connection: an alert not yet sent fails,
+    nothing leaves the gateway and nothing is disclosed, and the pass is not counted. After
+    the restart it is still on its first pass, so it is tried though the RIS is held off."""
+    with Hl7Listener() as ris:
+        endpoint = Hl7Endpoint(host="127.0.0.1", port=ris.port, timeout_seconds=30, retries=0,
+                               keep_open=True)  # fmt: skip
+        made = parts(NotificationSettings(hl7=endpoint))
+        notify = made.notifier.notify
+
+        def stopping(*args: Any, **kwargs: Any) -> Any:
+            """The gateway's stop while the pass sends: its connection closed as the stop's
+            wait ran out, and the stop seen as the pass ends."""
+            made.notifier._hl7_connection.close()
+            outcomes = notify(*args, **kwargs)
+            made.sender._stop.set()
+            return outcomes
+
+        monkeypatch.setattr(made.notifier, "notify", stopping)
+        made.sender.queue(1, result("x-1", TriageFlag.POSITIVE))
+        made.sender.send_due(urgent=True)
+        [queued] = made.state.queued_notices_of(1)
+        cut_short = made.state.notification_outcomes(1)["hl7"]
+        assert (queued["tries"], cut_short["ok"], cut_short["attempts"]) == (0, 0, 0)
+        assert cut_short["detail"].endswith("closed as the gateway stopped")
+        assert made.disclosures.entries() == [] and ris.received.empty()
+
+        made.restart()
+        made.notifier.outages.failed("hl7", "connection refused", unreached=True)  # meanwhile
+        made.sender.send_due(urgent=True, now=float(queued["due_at"]) + 1)
+        assert made.state.notification_outcomes(1)["hl7"]["ok"] == 1
+        assert made.done == ["x-1"] and not ris.received.empty()
+        assert [entry.outcome for entry in made.disclosures.entries()] == ["success"]
 
 
 def test_a_notice_done_with_is_not_queued_again(parts: Any) -> None:

@@ -21,7 +21,7 @@ from aifi.exchange.schemas import (
     ProductManifest,
     ProductOut,
 )
-from aifi.product_versions import kept_version
+from aifi.product_versions import kept_version, new_version
 
 #: Only an admitted product takes subscriptions and jobs (the admission rules themselves live in
 #: aifi.governance.admission); suspending a product stops its new jobs at once, everywhere.
@@ -94,6 +94,17 @@ def published_versions(session: Session) -> dict[tuple[str, str], datetime]:
     ):
         published.setdefault((product, version), as_utc(changed))
     return published
+
+
+def published_as(session: Session, product_id: str, version: str) -> bool:
+    """Whether the catalogue published the product's version under exactly this name (its
+    current version, or one recorded): a version with a space at an end, published before the
+    exchange refused those, goes on as named (`aifi.product_versions`)."""
+    recorded = select(ProductRelease.version).where(
+        ProductRelease.product_id == product_id, ProductRelease.version == version
+    )
+    current = select(Product.version).where(Product.id == product_id, Product.version == version)
+    return session.execute(recorded.union_all(current).limit(1)).first() is not None
 
 
 class Catalogue:
@@ -225,8 +236,16 @@ class Catalogue:
             )
         now = utcnow()
         with self._db.session() as session:
-            if kept_version(manifest.version) is None:
-                _refuse_version(session, manifest)
+            if not new_version(manifest.version) and not (
+                kept_version(manifest.version) is not None
+                and published_as(session, manifest.id, manifest.version)
+            ):
+                raise Invalid(
+                    f"product {manifest.id!r}: version {manifest.version!r} must hold printable "
+                    "characters only (no tab, line break, control or invisible character) and "
+                    "no space at either end: each result's summary names it as its "
+                    "product_version"
+                )
             vendor = session.get(Organisation, manifest.vendor)
             if vendor is None or vendor.kind != OrganisationKind.vendor:
                 raise NotFound(f"no vendor organisation {manifest.vendor!r}")
@@ -441,18 +460,3 @@ def _own_subscription(session: Session, actor: Actor, product_id: str) -> Subscr
     if sub is None:
         raise NotFound(f"hospital {actor.organisation_id!r} has no subscription to {product_id!r}")
     return sub
-
-
-def _refuse_version(session: Session, manifest: ProductManifest) -> None:
-    """Refuse a version no result's summary could name (each names it as its
-    product_version, and the exchange keeps it per job), unless it is the version the product
-    already has: one published before the exchange refused such versions, its manifest
-    published again as a deployment starts, goes on as it was."""
-    published = session.get(Product, manifest.id)
-    if published is not None and published.version == manifest.version:
-        return
-    raise Invalid(
-        f"product {manifest.id!r}: version {manifest.version!r} must hold printable "
-        "characters only (no tab, line break, control or invisible character) and no "
-        "space at either end: each result's summary names it as its product_version"
-    )

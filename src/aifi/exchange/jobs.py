@@ -36,7 +36,12 @@ from sqlalchemy.orm import Session
 
 from aifi.exchange.audit import SYSTEM, Actor, AuditLog
 from aifi.exchange.blobs import BlobStore, forget
-from aifi.exchange.catalogue import OPEN_PRODUCT_STATES, Catalogue, subscribed_product
+from aifi.exchange.catalogue import (
+    OPEN_PRODUCT_STATES,
+    Catalogue,
+    published_as,
+    subscribed_product,
+)
 from aifi.exchange.clock import as_utc, utcnow
 from aifi.exchange.db import Database, execute_core, insert_unless_taken
 from aifi.exchange.errors import Conflict, Forbidden, Invalid, NotFound
@@ -1062,7 +1067,7 @@ class JobService:
                     summary,
                     job_id=job_id,
                     name="completion's summary",
-                    created_version=held.product_version,
+                    published=functools.partial(published_as, session, held.product_id),
                 )
             job = self.complete_in(session, actor, job_id, token, summary)
         self.completed(job)
@@ -1126,8 +1131,9 @@ class JobService:
         otherwise it counts under the version the job was created for."""
         with self._db.session() as session:
             held = self.held(session, actor, job_id, token)
+            published = functools.partial(published_as, session, held.product_id)
             if version is not None and (
-                problem := version_problem(version, "failed the job", held.product_version)
+                problem := version_problem(version, "failed the job", published)
             ):
                 raise Invalid(f"job {job_id}: rule 'product-version': {problem}")
             job = self._end(

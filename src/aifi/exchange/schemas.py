@@ -342,7 +342,8 @@ class FailIn(LeaseIn):
     product_version: str | None = Field(
         default=None,
         description="the product version that failed the job, as the catalogue names it (1 "
-        "to 64 printable characters, no space at either end): evaluation counts the failure "
+        "to 64 printable characters, no space at either end unless the catalogue published it "
+        "so): evaluation counts the failure "
         "under it; left out, under the version the job was created for",
     )
 

@@ -6,6 +6,7 @@ the same object twice stores it once, so a gateway or worker may retry after any
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -21,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from aifi.exchange.audit import SYSTEM, Actor, AuditLog
 from aifi.exchange.blob_keys import input_key, result_key
 from aifi.exchange.blobs import BlobStore, TempBlob, forget
+from aifi.exchange.catalogue import published_as
 from aifi.exchange.clock import as_utc, utcnow
 from aifi.exchange.db import Database, execute_core, insert_new
 from aifi.exchange.errors import BlobMissing, Conflict, Forbidden, Invalid, NotFound
@@ -586,7 +588,7 @@ class Transfers:
                     body,
                     job_id=job.id,
                     name=f"result {upload.name}",
-                    created_version=job.product_version,
+                    published=functools.partial(self._published_as, job.product_id),
                 )
                 return _Checked({**_SUMMARY_COLUMNS, "notes": []}, json.loads(body), None)
             check = check_result_file(
@@ -626,6 +628,12 @@ class Transfers:
         )
         self._refused(actor, job, name, exc)
         raise exc
+
+    def _published_as(self, product_id: str, version: str) -> bool:
+        """Whether the catalogue published the product's version so named (read only for a
+        summary naming a version with a space at an end)."""
+        with self._db.session() as session:
+            return published_as(session, product_id, version)
 
     def _refused(self, actor: Actor, job: Job, name: str, exc: Invalid) -> None:
         self._audit.refused(

@@ -7,6 +7,7 @@ attribute and the instance — never a patient's identity.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,13 +106,17 @@ def check_result_file(path: Path, *, job_id: str, name: str, study_uid: str) -> 
 
 
 def check_summary(
-    body: bytes | dict[str, Any], *, job_id: str, name: str, created_version: str | None = None
+    body: bytes | dict[str, Any],
+    *,
+    job_id: str,
+    name: str,
+    published: Callable[[str], bool] | None = None,
 ) -> None:
     """Refuse a summary that is not the ResultSummary the dashboards, notices and evaluation
     read, whether uploaded as a result (`body`: its bytes, `name`: the result's) or sent with
     the job's completion (`body`: the parsed document); the message names the first field
-    that does not fit. The version the job was created for (`created_version`) may always
-    be named as the one that produced it."""
+    that does not fit. `published(version)`: whether the catalogue published the job's
+    product's version so named (asked only of one with a space at an end)."""
     from pydantic import ValidationError
 
     from aifi.results.summary import ResultSummary
@@ -128,5 +133,5 @@ def check_summary(
             f"job {job_id} {name}: rule 'summary-json': {where}: {first['msg']} "
             f"({exc.error_count()} problem(s); see aifi.results.ResultSummary)"
         ) from exc
-    if problem := version_problem(summary.product_version, "produced the result", created_version):
+    if problem := version_problem(summary.product_version, "produced the result", published):
         raise Invalid(f"job {job_id} {name}: rule 'summary-json': {problem}")

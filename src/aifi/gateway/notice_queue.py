@@ -285,7 +285,9 @@ class NoticeSender:
             else:
                 announced_as = self._state.delay_announced_as(job_id)
                 notice = queued.notice(self._hospital, known, announced_as)
-                done = self.announce(job_id, queued, known, notice, first=first)
+                done = self.announce(
+                    job_id, queued, known, notice, first=first, stat_lane=bool(row["urgent"])
+                )
         except (OSError, sqlite3.Error, NotRecorded) as exc:
             done, failure = False, f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # one notice's fault must not hold up the others
@@ -298,7 +300,10 @@ class NoticeSender:
             self._done(queued.exchange_job_id)
         else:
             due = time.time() + retry_in(passes + 1)
-            self._state.notice_later(job_id, kind, passes + 1, due, tried=not failure)
+            # A pass the gateway's stop may have cut short is not counted: after the restart
+            # a STAT notice is still on its first pass, and tried whatever is held off.
+            tried = not failure and not self._stop.is_set()
+            self._state.notice_later(job_id, kind, passes + 1, due, tried=tried)
             log.info(
                 "job %s: its %s notice is tried again in %.0f s (%s)",
                 job_id, kind, retry_in(passes + 1), failure or "a channel did not take it",
@@ -395,12 +400,15 @@ class NoticeSender:
         known: tuple[str, Mapping[str, str]],
         notice: ResultNotice,
         first: bool = True,
+        stat_lane: bool | None = None,
     ) -> bool:
         """Send `notice` on every configured channel not yet done, each outcome recorded and
         each try disclosed; True when every channel is done. On the `first` pass of a STAT
         notice, or of any notice of a study run STAT, receivers all held off are all tried
         (`Notifier.notify`); later passes hold off as routine ones do, so that retries to a
-        receiver that is down never hold up a new alert.
+        receiver that is down never hold up a new alert. `stat_lane`: the notice is queued on
+        the STAT lane (by default, as it would be queued now), and goes first on a standing
+        HL7 connection.
 
         A channel's row is of one notice (`kind`): a notice that there is no result, after a
         result notice went out (its results purged before a restored gateway fetched them
@@ -414,9 +422,8 @@ class NoticeSender:
         what = "result" if notice.available else "delay" if notice.delayed else "no result"
         always = first and (notice.goes_stat or queued.urgent)
         reached = False
-        sent = self._notifier.notify(
-            notice, skip=done, always_try=always, urgent=queued.stat or notice.goes_stat
-        )
+        lane = queued.stat if stat_lane is None else stat_lane
+        sent = self._notifier.notify(notice, skip=done, always_try=always, urgent=lane)
         for outcome in sent:
             reached = reached or outcome.tried
             other = rows.get(outcome.channel)
@@ -428,7 +435,7 @@ class NoticeSender:
                 counted=outcome.counted,
             )  # fmt: skip
             if not outcome.tried:
-                continue  # held off a receiver that is down: nothing left the gateway
+                continue  # held off a receiver that is down, or the stop: nothing left
             detail = f"{what} of {queued.product_id} (exchange job {queued.exchange_job_id})" + (
                 f": {outcome.detail}" if outcome.detail and not outcome.ok else ""
             )

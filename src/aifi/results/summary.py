@@ -75,9 +75,10 @@ class ResultSummary(_Frozen):
     product_id: str
     product_version: str = Field(
         description="the version that produced the result, as the catalogue names versions "
-        "(1 to 64 printable characters with no space at either end: the exchange refuses "
-        "others, and its evaluation counts each version apart); left lenient here, so that "
-        "summaries stored before can still be read"
+        "(1 to 64 printable characters with no space at either end, unless the catalogue "
+        "published the version so: the exchange refuses others, and its evaluation counts "
+        "each version apart); left lenient here, so that summaries stored before can still "
+        "be read"
     )
     study_instance_uid: str | None = Field(
         default=None, description="the pseudonymised study the result belongs to"

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from aifi.http import ExchangeNotTrusted, no_such_job
-from aifi.product_versions import version_problem
+from aifi.product_versions import kept_version, new_version, version_problem
 from aifi.vendor.client import (
     LONGEST_LEASE_SECONDS,
     ExchangeHTTPError,
@@ -181,8 +181,16 @@ class Worker:
             raise ValueError("the hand-back pause and the storage wait are seconds, not negative")
         for product_id, version in (product_versions or {}).items():
             # Refused now: the exchange would refuse every failure this worker reports.
-            if problem := version_problem(version, "this worker runs"):
-                raise ValueError(f"product {product_id!r}: {problem}")
+            if kept_version(version) is None:
+                raise ValueError(
+                    f"product {product_id!r}: {version_problem(version, 'this worker runs')}"
+                )
+            if not new_version(version):
+                log.warning(
+                    "product %r: version %r has a space at an end: the exchange takes it only "
+                    "as the catalogue published it so, before it refused such versions",
+                    product_id, version,
+                )  # fmt: skip
         if not 0 < lease_seconds <= LONGEST_LEASE_SECONDS:
             # Refused now: the exchange would refuse every claim (422), and the worker would
             # only log it, once a second, for ever.

@@ -24,14 +24,21 @@ class DeliveryFailed(NotificationError):
     `unreached` is True when no attempt got as far as a connection (refused, no route, a
     name that does not resolve, no answer to it in time): a connection made later shows the
     receiver back (`aifi.gateway.notify.reach`). `stopped`: the gateway's stop cut the send
-    short, which says nothing of the receiver."""
+    short, which says nothing of the receiver; `sent` False: before the message left."""
 
     def __init__(
-        self, channel: str, message: str, *, unreached: bool = False, stopped: bool = False
+        self,
+        channel: str,
+        message: str,
+        *,
+        unreached: bool = False,
+        stopped: bool = False,
+        sent: bool = True,
     ) -> None:
         super().__init__(channel, message, retryable=True)
         self.unreached = unreached
         self.stopped = stopped
+        self.sent = sent
 
 
 class Hl7Rejected(NotificationError):

@@ -181,7 +181,9 @@ def send_mllp(
                 said = f"not sent: {exc}" if not attempt else (
                     f"no acknowledgement after {attempt} attempt(s) ({problem}), then {exc}"
                 )  # fmt: skip
-                raise DeliveryFailed("hl7", f"{where}: {said}", stopped=True) from exc
+                raise DeliveryFailed(
+                    "hl7", f"{where}: {said}", stopped=True, sent=attempt > 0
+                ) from exc
             except OSError as exc:
                 problem = _describe(exc)
                 continue

@@ -55,7 +55,8 @@ class NoticeOutcome:
     conditional-create identifier, the webhook delivery id); `detail` is the receiver's answer
     (``AA``, ``201 Created``) or the error; `retryable` is False when resending the same message
     cannot help (content rejected, or the notice cannot be encoded). `tried` is False for a
-    routine notice held off a receiver that is down: nothing was sent. `counted` is False for
+    routine notice held off a receiver that is down, and for one the gateway's stop kept from
+    leaving: nothing was sent. `counted` is False for
     that, and for a try on a receiver that had failed already and failed again (or that a
     check of its connection had just seen back), and for a send the gateway's stop cut
     short: none counts towards the notice's tries, so that an outage, however long, spends
@@ -196,7 +197,7 @@ class Notifier:
     ) -> NoticeOutcome:
         started, began = time.monotonic(), self.outages.now()
         message_id = self._message_id(channel, notice)
-        counted = True
+        counted = tried = True
         try:
             detail = send(notice)
             ok, retryable = True, False
@@ -204,7 +205,7 @@ class Notifier:
         except DeliveryFailed as exc:
             detail, ok, retryable = str(exc), False, exc.retryable
             if exc.stopped:  # the gateway stopping: nothing said of the receiver
-                counted = False
+                counted, tried = False, exc.sent
             else:  # only the failure that began an outage counts
                 counted = not self.outages.standing(channel, began)
                 self.outages.failed(channel, detail, unreached=exc.unreached, began=began)
@@ -224,6 +225,7 @@ class Notifier:
             detail=detail,
             retryable=retryable,
             seconds=time.monotonic() - started,
+            tried=tried,
             counted=counted,
         )
         level = logging.INFO if ok else logging.WARNING

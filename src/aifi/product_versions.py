@@ -1,7 +1,7 @@
 """The rule for a product version's name, which the exchange, its catalogue and the vendor SDK
 share: evaluation counts each version apart by this name, so every place that takes one takes
-it by the same rule. (A module of its own, without imports, so that the vendor SDK does not
-load the exchange's server code to ask.)
+it by the same rule. (A module of its own, importing nothing of the exchange, so that the
+vendor SDK does not load the exchange's server code to ask.)
 
 A version with a space at either end is refused as a new name ("2.0 " would be counted apart
 from "2.0", and nobody reading the evaluation could tell them apart). One the catalogue
@@ -27,7 +27,7 @@ def kept_version(version: object) -> str | None:
     return version if version.isprintable() else None
 
 
-def new_version(version: str) -> bool:
+def fit_as_new_version(version: str) -> bool:
     """Whether `version` may be named anew: one a job can keep, with no space at either end."""
     return kept_version(version) is not None and version == version.strip()
 
@@ -35,11 +35,11 @@ def new_version(version: str) -> bool:
 def version_problem(
     version: str, act: str, published: Callable[[str], bool] | None = None
 ) -> str | None:
-    """Why a job cannot keep `version` as the version that `act` (produced its result, failed
-    it), or None if it can: evaluation counts each version apart, by the name it is given.
+    """Why `version` may not be named as the version that `act` (produced the result, failed
+    the job), or None if it may: evaluation counts each version apart, by the name it is given.
     `published(version)` says whether the catalogue published the product's version so (asked
     only of a version with a space at an end, which goes on if it did)."""
-    if new_version(version) or (
+    if fit_as_new_version(version) or (
         kept_version(version) is not None and published is not None and published(version)
     ):
         return None

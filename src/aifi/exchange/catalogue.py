@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Any
 
@@ -21,7 +22,7 @@ from aifi.exchange.schemas import (
     ProductManifest,
     ProductOut,
 )
-from aifi.product_versions import kept_version, new_version
+from aifi.product_versions import version_problem
 
 #: Only an admitted product takes subscriptions and jobs (the admission rules themselves live in
 #: aifi.governance.admission); suspending a product stops its new jobs at once, everywhere.
@@ -236,10 +237,8 @@ class Catalogue:
             )
         now = utcnow()
         with self._db.session() as session:
-            if not new_version(manifest.version) and not (
-                kept_version(manifest.version) is not None
-                and published_as(session, manifest.id, manifest.version)
-            ):
+            published = functools.partial(published_as, session, manifest.id)
+            if version_problem(manifest.version, "the manifest publishes", published):
                 raise Invalid(
                     f"product {manifest.id!r}: version {manifest.version!r} must hold printable "
                     "characters only (no tab, line break, control or invisible character) and "

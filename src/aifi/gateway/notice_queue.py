@@ -300,8 +300,8 @@ class NoticeSender:
             self._done(queued.exchange_job_id)
         else:
             due = time.time() + retry_in(passes + 1)
-            # A pass the gateway's stop may have cut short is not counted: after the restart
-            # a STAT notice is still on its first pass, and tried whatever is held off.
+            # A pass the gateway's stop may have cut short is not counted as a try: a STAT
+            # notice whose first try it was is, after the restart, tried whatever is held off.
             tried = not failure and not self._stop.is_set()
             self._state.notice_later(job_id, kind, passes + 1, due, tried=tried)
             log.info(
@@ -400,15 +400,15 @@ class NoticeSender:
         known: tuple[str, Mapping[str, str]],
         notice: ResultNotice,
         first: bool = True,
-        stat_lane: bool | None = None,
+        *,
+        stat_lane: bool,
     ) -> bool:
         """Send `notice` on every configured channel not yet done, each outcome recorded and
         each try disclosed; True when every channel is done. On the `first` pass of a STAT
         notice, or of any notice of a study run STAT, receivers all held off are all tried
         (`Notifier.notify`); later passes hold off as routine ones do, so that retries to a
         receiver that is down never hold up a new alert. `stat_lane`: the notice is queued on
-        the STAT lane (by default, as it would be queued now), and goes first on a standing
-        HL7 connection.
+        the STAT lane, and goes first on a standing HL7 connection.
 
         A channel's row is of one notice (`kind`): a notice that there is no result, after a
         result notice went out (its results purged before a restored gateway fetched them
@@ -422,9 +422,8 @@ class NoticeSender:
         what = "result" if notice.available else "delay" if notice.delayed else "no result"
         always = first and (notice.goes_stat or queued.urgent)
         reached = False
-        lane = queued.stat if stat_lane is None else stat_lane
-        sent = self._notifier.notify(notice, skip=done, always_try=always, urgent=lane)
-        for outcome in sent:
+        told = self._notifier.notify(notice, skip=done, always_try=always, urgent=stat_lane)
+        for outcome in told:
             reached = reached or outcome.tried
             other = rows.get(outcome.channel)
             if not outcome.tried and other is not None and other["kind"] != kind:

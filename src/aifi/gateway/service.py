@@ -109,6 +109,9 @@ ASSEMBLY_RETRY_SECONDS = 30.0
 #: moved: entries newer than the last anchor in the hospital's log collector could be cut off
 #: unseen, so this is the most a tampered log can hide.
 ANCHOR_SECONDS = 600.0
+#: How long a closing gateway waits for a notice thread whose send the closed connections cut
+#: short to record how it went (milliseconds, normally).
+NOTICES_AFTER_CLOSE_SECONDS = 5.0
 #: What bringing a job home may meet and outlast: the exchange's refusal or absence, the
 #: gateway's own disk full or failing, a disclosure that cannot be recorded yet.
 PASSING_FAILURES = (ExchangeHTTPError, httpx.TransportError, OSError, sqlite3.Error, NotRecorded)
@@ -535,6 +538,11 @@ class Gateway:
         self._closed = True
         self.client.close()
         self.notifier.close()
+        # A notice thread the stop's wait gave up on, its send cut short by the connections
+        # closed, records how it went before the state closes (or its record would be lost).
+        for thread in self._threads:
+            if thread.name.endswith("notices") and thread.is_alive():
+                thread.join(timeout=NOTICES_AFTER_CLOSE_SECONDS)
         self.state.close()
         self.vault.close()
         self._anchor_or_say_why()  # the last entries of this run, before the log closes

@@ -1845,7 +1845,8 @@ class GatewayState(StateReads):
     def notice_later(
         self, job_id: int, kind: str, passes: int, due_at: float, *, tried: bool = True
     ) -> None:
-        """Try the notice again at `due_at`; `tried`: this pass reached the receivers."""
+        """Try the notice again at `due_at`; `tried`: this pass counts as a try (it reached the
+        receivers, and the gateway's stop did not cut it short)."""
         with self.transaction() as db:
             db.execute(
                 "UPDATE queued_notices SET passes = ?, due_at = ?, tries = tries + ? "

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from aifi.http import ExchangeNotTrusted, no_such_job
-from aifi.product_versions import kept_version, new_version, version_problem
+from aifi.product_versions import fit_as_new_version, kept_version, version_problem
 from aifi.vendor.client import (
     LONGEST_LEASE_SECONDS,
     ExchangeHTTPError,
@@ -185,7 +185,7 @@ class Worker:
                 raise ValueError(
                     f"product {product_id!r}: {version_problem(version, 'this worker runs')}"
                 )
-            if not new_version(version):
+            if not fit_as_new_version(version):
                 log.warning(
                     "product %r: version %r has a space at an end: the exchange takes it only "
                     "as the catalogue published it so, before it refused such versions",

@@ -24,7 +24,8 @@ class DeliveryFailed(NotificationError):
     `unreached` is True when no attempt got as far as a connection (refused, no route, a
     name that does not resolve, no answer to it in time): a connection made later shows the
     receiver back (`aifi.gateway.notify.reach`). `stopped`: the gateway's stop cut the send
-    short, which says nothing of the receiver; `sent` False: before the message left."""
+    short, which says nothing of the receiver; `sent` False: no attempt had a connection to
+    send the message on, so it never left the gateway."""
 
     def __init__(
         self,

@@ -157,7 +157,9 @@ def send_mllp(
         The receiver answered AE/AR (or CE/CR); not resent.
     DeliveryFailed
         No acknowledgement for the message after every attempt; `unreached` when none of
-        them could connect, or reach the receiver over a connection kept open.
+        them could connect, or reach the receiver over a connection kept open. Or `stopped`:
+        the gateway closed the connection kept open as it stopped (`sent` False when no
+        attempt had a connection to send on).
     """
     if isinstance(message, Message):
         control_id, text = control_id_of(message), str(message.to_er7()) + "\r"
@@ -169,7 +171,7 @@ def send_mllp(
     line: StandingConnection | ConnectionPerMessage = standing or ConnectionPerMessage(endpoint)
     attempts = endpoint.retries + 1
     problem = "not sent"
-    connected = False
+    connected = went = False
     for attempt in range(attempts):
         if attempt:
             line.pause(endpoint.retry_backoff_seconds * 2 ** (attempt - 1))
@@ -181,12 +183,11 @@ def send_mllp(
                 said = f"not sent: {exc}" if not attempt else (
                     f"no acknowledgement after {attempt} attempt(s) ({problem}), then {exc}"
                 )  # fmt: skip
-                raise DeliveryFailed(
-                    "hl7", f"{where}: {said}", stopped=True, sent=attempt > 0
-                ) from exc
+                raise DeliveryFailed("hl7", f"{where}: {said}", stopped=True, sent=went) from exc
             except OSError as exc:
                 problem = _describe(exc)
                 continue
+            went = True  # sent over a connection, or tried to be
             connected = connected or new
             answered = None
             try:

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pydicom
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from typer.testing import CliRunner
 
 from aifi.dicom.deid import Deidentifier, PseudonymKey
@@ -22,7 +22,7 @@ from aifi.exchange.audit_cli import app as audit_app
 from aifi.exchange.blobs import open_blob_store
 from aifi.exchange.clock import utcnow
 from aifi.exchange.db import Database
-from aifi.exchange.models import JobInput
+from aifi.exchange.models import Job, JobInput
 from aifi.exchange.server import ExchangeThread
 from aifi.exchange.settings import ExchangeSettings
 from aifi.phantoms import write_study
@@ -399,11 +399,13 @@ def test_evaluation_per_version_flags_a_version_the_catalogue_never_named(
     browser: Any, site: dict[str, Any], tmp_path: Path
 ) -> None:
     """Workers still running versions the vendor never published (0.9, and a 63-character
-    name ending in a space) fail jobs of a product published as 1.0.0: the page flags each
-    version as not in the catalogue, shows the space, stays within the window, and gives a
-    published version its publication day."""
+    name, ending in a space as a failure stored before the exchange refused such names had
+    it) fail jobs of a product published as 1.0.0: the page flags each version as not in the
+    catalogue, shows the space, stays within the window, and gives a published version its
+    publication day."""
     product = "version-check"
     versions = ["0.9", "1.0.0-" + "rc" * 28 + " "]
+    failed: list[str] = []
 
     def old_version(_context: JobContext) -> ProductResult:
         raise ProductError("no brain in the field of view")
@@ -429,9 +431,16 @@ def test_evaluation_per_version_flags_a_version_the_catalogue_never_named(
                     f"/jobs/{job['id']}/inputs/{uid}", content=path.read_bytes()
                 ).raise_for_status()
             worker = Worker(
-                vendor, old_version, workdir=tmp_path, product_versions={product: version}
+                vendor, old_version, workdir=tmp_path, product_versions={product: version.strip()}
             )
             assert worker.run_once(wait_seconds=10) == job["id"]
+            failed.append(job["id"])
+        database = Database(ExchangeSettings(data_dir=site["data_dir"]).resolved_database_url())
+        with database.session() as session:  # stored so before the rule
+            session.execute(
+                update(Job).where(Job.id == failed[1]).values(product_version=versions[1])
+            )
+        database.dispose()
         said = hospital.get("/evaluation", params={"by_version": "true"}).json()
     page = logged_in(browser, site, "victor")
     visit(page, site["url"] + "/ui/evaluation?by_version=1", "vendor-evaluation-unpublished")

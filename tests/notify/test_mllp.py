@@ -486,6 +486,21 @@ class PausingConnection(StandingConnection):
         super().pause(seconds)
 
 
+def stopped_in_its_pause(
+    message: Message, target: Hl7Endpoint
+) -> tuple[DeliveryFailed, PausingConnection]:
+    """`message` sent on a lane of its own until its first retry pause begins, when the
+    gateway stops (closes the connection): how it failed, at once, and the connection."""
+    standing = PausingConnection(target)
+    sending, failed = failing_on_a_lane(message, target, standing)
+    assert standing.pausing.wait(timeout=30)  # the first attempt failed; the pause began
+    standing.close()
+    sending.join(timeout=30)
+    assert not sending.is_alive(), "the send slept out its retry pause after the stop"
+    [failure] = failed
+    return failure, standing
+
+
 def test_a_send_in_its_retry_pause_fails_at_once_when_the_gateway_stops(
     raw_peer: RawPeer,
 ) -> None:
@@ -498,18 +513,13 @@ def test_a_send_in_its_retry_pause_fails_at_once_when_the_gateway_stops(
     turns.someone_waits.set()  # the receiver hangs up at once
     target = endpoint(raw_peer(receiver), keep_open=True, retries=3,
                       retry_backoff_seconds=60.0)  # fmt: skip
-    standing = PausingConnection(target)
-    sending, failed = failing_on_a_lane(message, target, standing)
-    assert standing.pausing.wait(timeout=30)  # the first attempt failed; the pause began
-    standing.close()
-    sending.join(timeout=30)
-    assert not sending.is_alive(), "the send slept out its retry pause after the stop"
-    assert [str(f) for f in failed] == [
+    failed, standing = stopped_in_its_pause(message, target)
+    assert str(failed) == (
         f"HL7 message {control_id_of(message)} to 127.0.0.1:{target.port}: no acknowledgement "
         "after 1 attempt(s) (the receiver closed the connection before acknowledging), then "
         "the standing connection was closed as the gateway stopped"
-    ]
-    assert failed[0].stopped and failed[0].sent and not failed[0].unreached
+    )
+    assert failed.stopped and failed.sent and not failed.unreached
     assert standing.opened == 1 and receiver.order == [control_id_of(message)]
 
 
@@ -518,18 +528,13 @@ def test_a_send_refused_until_the_stop_never_left_the_gateway(closed_port: int) 
     left (the notice is then not disclosed as sent)."""
     message = notices(1)[0]
     target = endpoint(closed_port, keep_open=True, retries=3, retry_backoff_seconds=60.0)
-    standing = PausingConnection(target)
-    sending, failed = failing_on_a_lane(message, target, standing)
-    assert standing.pausing.wait(timeout=30)
-    standing.close()
-    sending.join(timeout=30)
-    assert not sending.is_alive(), "the send slept out its retry pause after the stop"
-    assert [str(f) for f in failed] == [
+    failed, _ = stopped_in_its_pause(message, target)
+    assert str(failed) == (
         f"HL7 message {control_id_of(message)} to 127.0.0.1:{closed_port}: no acknowledgement "
         "after 1 attempt(s) (connection refused (is the receiver listening?)), then the "
         "standing connection was closed as the gateway stopped"
-    ]
-    assert failed[0].stopped and not failed[0].sent
+    )
+    assert failed.stopped and not failed.sent
 
 
 def test_a_stat_waiter_cut_short_lets_the_routine_ones_behind_it_go() -> None:

@@ -422,8 +422,9 @@ class NoticeSender:
         what = "result" if notice.available else "delay" if notice.delayed else "no result"
         always = first and (notice.goes_stat or queued.urgent)
         reached = False
-        told = self._notifier.notify(notice, skip=done, always_try=always, urgent=stat_lane)
-        for outcome in told:
+        for outcome in self._notifier.notify(
+            notice, skip=done, always_try=always, urgent=stat_lane
+        ):
             reached = reached or outcome.tried
             other = rows.get(outcome.channel)
             if not outcome.tried and other is not None and other["kind"] != kind:

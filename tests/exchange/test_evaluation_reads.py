@@ -362,12 +362,13 @@ def test_the_exchange_counts_the_last_hours_jobs_under_a_version_it_has_no_recor
     exchange.product(vendor, "product-a", version="2.0")
     exchange.subscribe(parties["hospital_a"], "product-b")
 
-    assert not_in_catalogue(exchange) == {}
+    none = {"product-a": 0.0, "product-b": 0.0}  # every product listed: missing is a fault
+    assert not_in_catalogue(exchange) == none
     published = ("1.0", "2.0")  # the one before, and the current
     unkept, *_ = [complete(exchange, parties, make_ct, versioned_summary(v)) for v in published]
     with services.db.session() as session:  # as a job of an earlier release ended: no version
         session.execute(update(Job).where(Job.id == unkept).values(product_version=None))
-    assert not_in_catalogue(exchange) == {}
+    assert not_in_catalogue(exchange) == none
     long_ago, *_ = [complete(exchange, parties, make_ct, versioned_summary(v))
                     for v in ("v2.0", "v2.0", "3.0")]  # fmt: skip
     job, claim = claimed(exchange, parties, make_ct)
@@ -440,7 +441,7 @@ def test_a_version_a_rolling_upgrade_left_unrecorded_counts_for_the_jobs_it_was_
         kept = sorted(tuple(row) for row in session.execute(select(Job.state, Job.product_version)))
     assert kept == [("cancelled", "1.5"), ("completed", "1.6"), ("expired", "1.5"),
                     ("failed", "1.5")]  # fmt: skip
-    assert not_in_catalogue(exchange) == {"product-a": 2.0}
+    assert not_in_catalogue(exchange) == {"product-a": 2.0, "product-b": 0.0}
     flagged = {(r.hospital_id, r.product_version): r.in_catalogue for r in per_version_of(exchange)}
     assert flagged == {
         ("hospital-a", "1.5"): False, ("hospital-a", "1.6"): True,

@@ -100,18 +100,28 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             # A read at 36m finds a result gone from the store: the first one is paged (the
             # series is exported at 0 from the start).
             'aifi_exchange_errors_total{kind="blob_missing", instance="r1"}': "0x35 1x20",
-            # r1's retention sweep fails from 20m on; r2's linking failed for three minutes at
-            # 41m and then went on.
-            'aifi_exchange_background_failures_total{task="retention", instance="r1"}':
-                "0x20 0+1x40",
+            # Background tasks' failed rounds in a row (one round a minute here is a scrape's
+            # view: a sweep's figure holds between its rounds). r1's retention sweep (every
+            # 5 minutes) fails for good from 20m; r1's anchor (every 10 minutes) from 40m.
+            'aifi_exchange_background_failing_rounds{task="retention", instance="r1"}':
+                "0x19 1x4 2x4 3x4 4x4 5x4 6x4 7x4 8x4",
+            'aifi_exchange_background_failing_rounds{task="audit_anchor", instance="r1"}':
+                "0x39 1x9 2x9 3",
+            # r2's anchor failed one round at 5m; the next one, at 15m, went well.
+            'aifi_exchange_background_failing_rounds{task="audit_anchor", instance="r2"}':
+                "0x4 1x9 0x45",
+            # r2 cannot count the versions figure on one scrape in six.
+            'aifi_exchange_background_failing_rounds{task="version_figure", instance="r2"}':
+                " ".join(["0 0 0 0 0 1"] * 11),
             # Archiving fails from 30m as well: AuditArchiveFailing says so, not this one.
-            'aifi_exchange_background_failures_total{task="audit_archive", instance="r2"}':
-                "0x30 0+1x30",
-            'aifi_exchange_background_failures_total{task="audit_chain", instance="r2"}':
-                "0x40 0+50x3 150x30",
-            # Everything fails while the database is down (from 2m, last seen at 9m).
-            'aifi_exchange_background_failures_total{task="lease_expiry", instance="r1"}':
-                "0x2 0+60x12 720x60",
+            'aifi_exchange_background_failing_rounds{task="audit_archive", instance="r2"}':
+                "0x29 1x4 2x4 3x4 4x4 5x4 6x4",
+            # r2's linking (every half second) failed for three minutes at 41m and then went on.
+            'aifi_exchange_background_failing_rounds{task="audit_chain", instance="r2"}':
+                "0x40 120 240 360 0x30",
+            # Everything fails while the database is down (from 2m), lease expiry until 16m.
+            'aifi_exchange_background_failing_rounds{task="lease_expiry", instance="r1"}':
+                "0x1 60+60x14 0x60",
             # Linking pauses for four minutes at 6m (a replica restarting), then stops at 22m.
             'aifi_exchange_audit_unlinked_age_seconds{instance="r1"}':
                 "0.5x5 120x3 0.5x11 0+60x40",
@@ -154,15 +164,16 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             # Prometheus misses r1 for ten minutes at 61m: steady's count has not changed.
             'aifi_exchange_undelivered_results_total{product="steady", reason="unfileable", '
             'instance="r1"}': "3x60 _x10 3x80",
-            # renamed's summaries name "v2.0" from 10m (each replica reads the same figure from
-            # the database) until the jobs of the last hour no longer hold one, at 72m;
-            # prompt's workers run 1.1 from 30m, and the vendor publishes it three minutes on.
+            # renamed's summaries name "v2.0" from 11m (each replica reads the same figure from
+            # the database) until the jobs of the last hour no longer hold one, at 73m; at 17m
+            # neither replica could count it (the scrape leaves the figure out). prompt's
+            # workers run 1.1 from 31m, and the vendor publishes it three minutes on.
             'aifi_exchange_version_not_in_catalogue_jobs{product="renamed", instance="r1"}':
-                "_x10 1 2x60 _x20",
+                "0x10 1 2x4 stale 2x54 0x20",
             'aifi_exchange_version_not_in_catalogue_jobs{product="renamed", instance="r2"}':
-                "_x10 1 2x60 _x20",
+                "0x10 1 2x4 stale 2x54 0x20",
             'aifi_exchange_version_not_in_catalogue_jobs{product="prompt", instance="r1"}':
-                "_x30 3x3 _x60",
+                "0x30 3x3 0x60",
             # hospital-b's gateway stops collecting at 0m; hospital-a's outcomes wait seconds.
             'aifi_exchange_hospital_unacknowledged_age_seconds{hospital="hospital-b", '
             'instance="r1"}': "0+60x60",
@@ -191,12 +202,23 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             quiet("BlobsMissing", "50m"),  # none for ten minutes since
             quiet("AuditArchiveFailing", "30m"),
             fires("AuditArchiveFailing", "31m", "An access-log archiving round failed"),
-            quiet("ExchangeBackgroundFailing", "29m"),  # failing, not yet for ten minutes
-            fires("ExchangeBackgroundFailing", "32m",
-                  "The exchange's background task retention keeps failing", task="retention"),
+            quiet("ExchangeBackgroundFailing", "13m"),  # the database was down: its own alert
+            quiet("ExchangeBackgroundFailing", "20m"),  # r2's anchor failed once, then went on
+            quiet("ExchangeBackgroundFailing", "34m"),  # two in a row from 25m: not yet ten
+            fires("ExchangeBackgroundFailing", "35m",
+                  "The exchange's background task retention keeps failing (4 rounds in a row)",
+                  task="retention"),
             fires("ExchangeBackgroundFailing", "45m",  # retention alone, not archiving too
-                  "The exchange's background task retention keeps failing", task="retention"),
-            quiet("ExchangeBackgroundFailing", "15m"),  # the database was down: its own alert
+                  "The exchange's background task retention keeps failing (6 rounds in a row)",
+                  task="retention"),
+            fire_together(
+                fires("ExchangeBackgroundFailing", "60m",
+                      "The exchange's background task retention keeps failing "
+                      "(8 rounds in a row)", task="retention"),
+                fires("ExchangeBackgroundFailing", "60m",
+                      "The exchange's background task audit_anchor keeps failing "
+                      "(3 rounds in a row)", task="audit_anchor"),
+            ),
             quiet("AuditChainStalled", "8m"),
             quiet("AuditChainStalled", "32m"),  # over five minutes old, not yet for five
             fires("AuditChainStalled", "34m",
@@ -240,7 +262,7 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             fires("ProductVersionNotInCatalogue", "38m",  # renamed alone: prompt published
                   "Product renamed: 2 of the last hour's jobs ended under a version the catalogue "
                   "has no record of", product="renamed"),
-            quiet("ProductVersionNotInCatalogue", "80m"),
+            quiet("ProductVersionNotInCatalogue", "74m"),  # no such job left: at once
             quiet("ResultsNeverFetched", "29m"),
             fires("ResultsNeverFetched", "35m",
                   "Results were purged without ever being fetched"),

@@ -184,10 +184,12 @@ def test_a_fault_in_the_versions_figure_leaves_the_job_figures_and_the_database_
     finish_job(exchange, orgs["vendor"], exchange.claim(orgs["vendor"]), tmp_path / "w")
     counted = samples(exchange.client.get("/metrics").text)
     assert counted[("aifi_exchange_database_up", ())] == 1.0
-    families = {name for name, _ in counted}
-    assert "aifi_exchange_version_not_in_catalogue_jobs" not in families  # none to count
+    listed = ("aifi_exchange_version_not_in_catalogue_jobs", (("product", "product-a"),))
+    assert counted[listed] == 0.0  # none to count, and said so: a missing figure is a fault
     figure_failed = ("aifi_exchange_background_failures_total", (("task", "version_figure"),))
+    in_a_row = ("aifi_exchange_background_failing_rounds", (("task", "version_figure"),))
     assert counted[figure_failed] == 0.0  # from the start, so that the first fault shows
+    assert counted[in_a_row] == 0.0
 
     def broken(session: Any) -> dict[Any, Any]:
         session.execute(text("SELECT a_fault_of_the_figures_own FROM jobs"))
@@ -204,14 +206,17 @@ def test_a_fault_in_the_versions_figure_leaves_the_job_figures_and_the_database_
     exported = {family.name for family in text_string_to_metric_families(scraped)}
     assert "aifi_exchange_version_not_in_catalogue_jobs" not in exported
     assert "aifi_exchange_completed_last_hour" in exported
-    # Counted, so that a fault that lasts raises a ticket (ExchangeBackgroundFailing): the
-    # figure's absence alone reads as nothing to count.
+    # Counted, and in a row, so that a fault that lasts raises a ticket
+    # (ExchangeBackgroundFailing) whatever the scrape interval.
     assert figures[figure_failed] == 1.0
+    assert figures[in_a_row] == 1.0
+    with caplog.at_level(logging.WARNING, logger=metrics.__name__):
+        figures = samples(exchange.client.get("/metrics").text)
+    assert (figures[figure_failed], figures[in_a_row]) == (2.0, 2.0)
     monkeypatch.undo()
-    again = exchange.client.get("/metrics").text
-    exported = {family.name for family in text_string_to_metric_families(again)}
-    assert "aifi_exchange_version_not_in_catalogue_jobs" in exported
-    assert samples(again)[figure_failed] == 1.0
+    again = samples(exchange.client.get("/metrics").text)
+    assert again[listed] == 0.0
+    assert (again[figure_failed], again[in_a_row]) == (2.0, 0.0)  # a good scrape ends the run
 
 
 def test_gateway_exporter_reads_the_gateway_state(tmp_path: Path) -> None:
@@ -559,8 +564,11 @@ def test_a_background_task_that_fails_is_counted_until_it_works_again(
     def figures() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         return samples(exchange.client.get("/metrics").text)
 
+    in_a_row = ("aifi_exchange_background_failing_rounds", (("task", "audit_chain"),))
     assert figures()[failed] == 0.0  # there from the start
+    assert figures()[in_a_row] == 0.0
     assert figures()[("aifi_exchange_background_failures_total", (("task", "retention"),))] == 0
+    assert figures()[("aifi_exchange_background_failing_rounds", (("task", "retention"),))] == 0
     with db.engine.begin() as connection:
         if db.is_postgresql:
             connection.exec_driver_sql(
@@ -577,8 +585,10 @@ def test_a_background_task_that_fails_is_counted_until_it_works_again(
                 "BEGIN SELECT RAISE(ABORT, 'links refused'); END"
             )
     set_up_parties(exchange)  # audited: entries to link
-    wait_for(lambda: figures()[failed] >= 2, 30, "linking rounds to fail")
-    assert figures()[("aifi_exchange_audit_unlinked_entries", ())] >= 4
+    wait_for(lambda: figures()[in_a_row] >= 2, 30, "linking rounds to fail in a row")
+    now = figures()
+    assert now[failed] >= 2
+    assert now[("aifi_exchange_audit_unlinked_entries", ())] >= 4
     with db.engine.begin() as connection:
         connection.exec_driver_sql(
             "DROP TRIGGER refuse_links ON audit_log"
@@ -590,3 +600,5 @@ def test_a_background_task_that_fails_is_counted_until_it_works_again(
         30,
         "the chain to catch up",
     )
+    wait_for(lambda: figures()[in_a_row] == 0.0, 30, "a good round to end the run")
+    assert figures()[failed] >= 2  # what failed stays counted

@@ -13,7 +13,6 @@ from fastapi.dependencies.models import Dependant
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from prometheus_client import Counter
 from sqlalchemy.exc import InterfaceError, InternalError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.concurrency import run_in_threadpool
@@ -24,7 +23,7 @@ from aifi.exchange.audit_archive import AuditArchiver
 from aifi.exchange.auth import Unauthorised
 from aifi.exchange.deps import bearer, get_caller
 from aifi.exchange.errors import ExchangeError, Invalid
-from aifi.exchange.metrics import ERROR_KIND, ExchangeMetrics, MetricsMiddleware
+from aifi.exchange.metrics import ERROR_KIND, ExchangeMetrics, MetricsMiddleware, TaskRounds
 from aifi.exchange.refused_changes import CHANGES, refused_change
 from aifi.exchange.refused_keys import FLUSH_SECONDS, RefusedKeys
 from aifi.exchange.replica_changes import ReplicaChanges
@@ -93,7 +92,7 @@ def create_app(
             ("refused_keys", FLUSH_SECONDS, refused_keys.flush),
         ]
         sweepers = [
-            asyncio.create_task(_every(seconds, task, metrics.background_failures.labels(name)))
+            asyncio.create_task(_every(seconds, task, metrics.rounds(name)))
             for name, seconds, task in background
         ]
         # The scrape's one read that grows with the history, taken before Prometheus asks.
@@ -287,7 +286,7 @@ async def _warm(metrics: ExchangeMetrics) -> None:
         log.warning("the ended jobs could not be counted at start", exc_info=True)
 
 
-async def _every(seconds: float, task: Callable[[], object], failures: Counter) -> None:
+async def _every(seconds: float, task: Callable[[], object], rounds: TaskRounds) -> None:
     """Run `task` in a worker thread every `seconds`; a failure is counted, and waits for the
     next round."""
     while True:
@@ -295,5 +294,7 @@ async def _every(seconds: float, task: Callable[[], object], failures: Counter) 
         try:
             await run_in_threadpool(task)
         except Exception:
-            failures.inc()
+            rounds.went(False)
             log.warning("periodic %s failed", getattr(task, "__qualname__", task), exc_info=True)
+        else:
+            rounds.went(True)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any, get_args
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import generate_latest as _render
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -129,16 +129,16 @@ class JobTableCollector(Collector):
         self,
         db: Database,
         products: Callable[[list[str]], None] | None = None,
-        figure_failed: Callable[[], None] | None = None,
+        figure_counted: Callable[[bool], None] | None = None,
     ) -> None:
         self.db = db
         self.ended = EndedTally()
         #: Told the products at each scrape, read in the scrape's own session (no second
         #: wait on a database that does not answer).
         self.products = products
-        #: Told each time the versions figure could not be counted: left out, the figure's
-        #: absence would read as nothing to count, and its ticket could not fire.
-        self.figure_failed = figure_failed
+        #: Told at each scrape whether the versions figure could be counted: left out, the
+        #: figure's absence would read as nothing to count, and its ticket could not fire.
+        self.figure_counted = figure_counted
 
     def collect(self) -> Iterator[Any]:
         up = GaugeMetricFamily(
@@ -159,16 +159,18 @@ class JobTableCollector(Collector):
         """In a session of its own, after the others: a fault of this figure alone leaves it
         out and is logged, and neither drops the job figures nor reads as the database down
         (ExchangeDatabaseDown pages; a version not in the catalogue is a ticket). The fault
-        is counted (`figure_failed`), so that one that lasts raises a ticket of its own."""
+        is counted (`figure_counted`), so that one that lasts raises a ticket of its own."""
         try:
             with self.db.session() as session:
                 family = _versions_not_in_catalogue(session, now)
         except Exception:
             log.warning("the jobs under versions not in the catalogue could not be counted",
                         exc_info=True)  # fmt: skip
-            if self.figure_failed is not None:
-                self.figure_failed()
+            if self.figure_counted is not None:
+                self.figure_counted(False)
             return
+        if self.figure_counted is not None:
+            self.figure_counted(True)
         yield family
 
     def _families(self) -> Iterator[GaugeMetricFamily]:
@@ -267,14 +269,18 @@ def _versions_not_in_catalogue(session: Session, now: datetime) -> GaugeMetricFa
     version over two (`v2.0` for `2.0`). The exchange takes such a result all the same (the
     patient's radiologist waits for it), so the operator has to hear of it. The states are
     those evaluation counts as the product's work (cancelled jobs aside: nothing ran them),
-    and `published_versions` is the rule evaluation per version flags by. Products with none
-    are left out."""
+    and `published_versions` is the rule evaluation per version flags by.
+
+    Every product is listed, at 0 when it has none: a series that is missing then means a
+    scrape that could not count, which the alert bridges (a fault on one scrape does not
+    restart its wait), while a published version's 0 clears it at once."""
     family = GaugeMetricFamily(
         "aifi_exchange_version_not_in_catalogue_jobs",
         "Jobs completed, failed or expired in the last hour under a product version the "
-        "catalogue has no record of publishing, per product",
+        "catalogue has no record of publishing, per product (0 for none)",
         labels=["product"],
     )
+    per_product = dict.fromkeys(_product_ids(session), 0)
     ended = session.execute(
         select(Job.product_id, Job.product_version, func.count())
         .where(
@@ -284,10 +290,7 @@ def _versions_not_in_catalogue(session: Session, now: datetime) -> GaugeMetricFa
         )
         .group_by(Job.product_id, Job.product_version)
     ).all()
-    if not ended:
-        return family
-    published = published_versions(session)
-    per_product: dict[str, int] = {}
+    published = published_versions(session) if ended else {}
     for product_id, version, count in ended:
         if (product_id, version) not in published:
             per_product[product_id] = per_product.get(product_id, 0) + int(count)
@@ -358,6 +361,24 @@ def _quantiles(name: str, documentation: str, durations: list[float]) -> GaugeMe
     return family
 
 
+class TaskRounds:
+    """How a background task's rounds went, as its alert reads them. Each failure is counted;
+    the failures in a row since its last good round are a figure of their own, because a
+    sweep every five or ten minutes fails only that often when it fails for good: too seldom
+    for a rate over a few minutes to stay above zero while an alert waits."""
+
+    def __init__(self, failures: Counter, failing: Gauge) -> None:
+        self._failures = failures
+        self._failing = failing
+
+    def went(self, well: bool) -> None:
+        if well:
+            self._failing.set(0)
+        else:
+            self._failures.inc()
+            self._failing.inc()
+
+
 class ExchangeMetrics:
     """This replica's registry: its own counters plus the job table collector."""
 
@@ -368,7 +389,7 @@ class ExchangeMetrics:
         self._jobs = JobTableCollector(
             db,
             products=self._undelivered_from_zero,
-            figure_failed=lambda: self.background_failures.labels(VERSION_FIGURE).inc(),
+            figure_counted=lambda counted: self.rounds(VERSION_FIGURE).went(counted),
         )
         self.registry.register(self._jobs)
         self.requests = Counter(
@@ -455,7 +476,20 @@ class ExchangeMetrics:
             ["task"],
             registry=self.registry,
         )
-        self.background_failures.labels(VERSION_FIGURE)
+        self.background_failing = Gauge(
+            "aifi_exchange_background_failing_rounds",
+            "Rounds of this replica's background task that failed in a row, 0 since its last "
+            "good round (a task that keeps failing, whatever its period), by task",
+            ["task"],
+            registry=self.registry,
+        )
+        self.rounds(VERSION_FIGURE)
+
+    def rounds(self, task: str) -> TaskRounds:
+        """The rounds of background `task`, its series exported from now on at 0."""
+        return TaskRounds(
+            self.background_failures.labels(task), self.background_failing.labels(task)
+        )
 
     def warm(self) -> None:
         """Count the jobs that ended long ago, as a replica starts: the one scrape-time read

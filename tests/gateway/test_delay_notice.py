@@ -654,9 +654,11 @@ def test_the_spool_names_one_patient_or_none(tmp_path: Path, other: str) -> None
 
 
 def test_a_delay_that_leaves_the_queue_unsent_does_not_page_for_ever(tmp_path: Path) -> None:
-    """The RIS is down as the delay is tried: its row is 'retrying'. The job is then refused
-    before the delay's retry: the delay leaves the queue unsent, and what its row still had
-    to retry is given up, or GatewayStatNoticeFailing would page for ever."""
+    """The RIS is down as the delay is tried: its row is 'retrying'. The delay never left, so
+    it is neither told nor disclosed, and the job's end has no order in process to close.
+    The job is then refused before the delay's retry: the delay leaves the queue unsent, and
+    what its row still had to retry is given up, or GatewayStatNoticeFailing would page for
+    ever."""
     with socket.socket() as sock:  # a port nobody listens on: the RIS down
         sock.bind(("127.0.0.1", 0))
         down = int(sock.getsockname()[1])
@@ -666,7 +668,10 @@ def test_a_delay_that_leaves_the_queue_unsent_does_not_page_for_ever(tmp_path: P
         job = unsent_job(parts.state, "stat", created_at=time.time() - AN_HOUR)
         watch(parts, settings).announce_due()
         parts.sender.send_due(urgent=True)
+        assert parts.state.delay_announced_as(job) is None
+        assert parts.disclosures.entries() == []
         parts.state.refuse(job, "the exchange refused the job: product withdrawn")
+        assert parts.state.told_and_left() == []  # nobody holds its order in process
         parts.sender.send_due(urgent=True, now=time.time() + AN_HOUR)  # its retry comes round
         left = parts.state.queued_notices_of(job)
         outcomes = parts.state.query(

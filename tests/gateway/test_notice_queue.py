@@ -292,6 +292,26 @@ def test_an_alert_the_stop_kept_from_leaving_is_on_its_first_pass_after_the_rest
         assert [entry.outcome for entry in made.disclosures.entries()] == ["success"]
 
 
+def test_a_notice_that_never_left_is_not_disclosed(parts: Any, closed_port: int) -> None:
+    """The RIS refuses every connection: nothing of the patient left the hospital, so the
+    disclosure log has no entry for it, while its row keeps the failure and the notice
+    waits for its retry. The pager took the connection and answered 503: it may have kept
+    the alert, which is disclosed as failed."""
+    with WebhookReceiver(KEY.encode()) as pager:
+        pager.fail_with.append(503)
+        webhook = WebhookEndpoint(url=pager.url, secret=KEY, retries=0, timeout_seconds=30)
+        made = parts(NotificationSettings(hl7=hl7(closed_port), webhook=webhook))
+        made.sender.queue(1, result("x-1", TriageFlag.POSITIVE))
+        made.sender.send_due(urgent=True)
+    rows = made.state.notification_outcomes(1)
+    assert (rows["hl7"]["ok"], rows["webhook"]["ok"]) == (0, 0)
+    assert "refused" in rows["hl7"]["detail"] and "HTTP 503" in rows["webhook"]["detail"]
+    [disclosed] = made.disclosures.entries()
+    assert (disclosed.recipient, disclosed.outcome) == ("webhook notice", "failure")
+    assert disclosed.patient_id == "HOSP-77"
+    assert len(made.state.queued_notices_of(1)) == 1 and made.done == []
+
+
 def test_a_notice_done_with_is_not_queued_again(parts: Any) -> None:
     """The job brought home again (its acknowledgement lost) queues its notice again: it is
     not sent a second time."""

@@ -35,6 +35,7 @@ from .conftest import (
     make_notice,
     make_summary,
     make_unavailable,
+    messages_taken,
 )
 
 #: Quick retries; a long wait for answers, which every receiver here gives (or refuses the
@@ -385,3 +386,22 @@ def test_kept_open_a_send_the_stop_cut_short_says_nothing_of_the_receiver(
         )
         assert notifier.outages.holding_off("hl7") is None
     assert receiver.connections == []
+
+
+def test_what_left_the_gateway_is_told_apart_from_what_never_did(
+    hl7_listener: Hl7Listener, closed_port: int
+) -> None:
+    """Only what may have reached a receiver is disclosed (`sent`): not a notice that cannot
+    be encoded (no patient ID for PID-3), nor one whose every connection was refused."""
+    attributes = {k: v for k, v in ORIGINAL_ATTRIBUTES.items() if k != "PatientID"}
+    nameless = make_notice(make_summary(TriageFlag.NEGATIVE), attributes=attributes)
+    with Notifier(settings(hl7_listener.port)) as notifier:
+        [unencodable] = notifier.notify(nameless)
+        [taken] = notifier.notify(make_notice(make_summary(TriageFlag.NEGATIVE)))
+    with Notifier(settings(closed_port)) as notifier:
+        [refused] = notifier.notify(make_notice(make_summary(TriageFlag.NEGATIVE)))
+    assert "PID-3" in unencodable.detail and not unencodable.retryable
+    assert (unencodable.ok, unencodable.tried, unencodable.sent) == (False, True, False)
+    assert (taken.ok, taken.sent) == (True, True)
+    assert (refused.ok, refused.tried, refused.sent) == (False, True, False)
+    assert len(messages_taken(hl7_listener)) == 1

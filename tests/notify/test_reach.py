@@ -130,28 +130,29 @@ def test_the_senders_tell_a_refused_connection_from_a_failure_after_one(
     assert hl7 is not None
     with pytest.raises(DeliveryFailed) as refused:
         send_mllp(build_oru_r01(positive, hl7), hl7)
-    assert refused.value.unreached
+    assert refused.value.unreached and not refused.value.sent  # nothing left: not disclosed
 
     silent = hl7_settings(raw_peer(lambda conn: conn.recv(65536)), timeout_seconds=0.2).hl7
     assert silent is not None  # it reads the message and hangs up unanswered
     with pytest.raises(DeliveryFailed) as unanswered:
         send_mllp(build_oru_r01(positive, silent), silent)
-    assert not unanswered.value.unreached
+    assert not unanswered.value.unreached and unanswered.value.sent
 
     closed = FhirEndpoint(base_url=f"http://127.0.0.1:{closed_port}/fhir", retries=1)
     with pytest.raises(DeliveryFailed) as fhir_refused:
         post_fhir(build_transaction(positive, closed), closed)
-    assert fhir_refused.value.unreached
+    assert fhir_refused.value.unreached and not fhir_refused.value.sent
 
     pager = WebhookEndpoint(url=f"http://127.0.0.1:{closed_port}/alerts", secret="k", retries=1)
     with pytest.raises(DeliveryFailed) as webhook_refused:
         send_webhook(positive, pager)
-    assert webhook_refused.value.unreached
+    assert webhook_refused.value.unreached and not webhook_refused.value.sent
 
     busy = FhirEndpoint(base_url=f"http://127.0.0.1:{raw_peer(answer_503)}/fhir", retries=1)
     with pytest.raises(DeliveryFailed) as answered_503:
         post_fhir(build_transaction(positive, busy), busy)
     assert "HTTP 503" in str(answered_503.value) and not answered_503.value.unreached
+    assert answered_503.value.sent
 
     busy_pager = WebhookEndpoint(
         url=f"http://127.0.0.1:{raw_peer(answer_503)}/alerts", secret="k", retries=1

@@ -404,7 +404,7 @@ class NoticeSender:
         stat_lane: bool,
     ) -> bool:
         """Send `notice` on every configured channel not yet done, each outcome recorded and
-        each try disclosed; True when every channel is done. On the `first` pass of a STAT
+        each try that left disclosed; True when every channel is done. On the `first` pass of a STAT
         notice, or of any notice of a study run STAT, receivers all held off are all tried
         (`Notifier.notify`); later passes hold off as routine ones do, so that retries to a
         receiver that is down never hold up a new alert. `stat_lane`: the notice is queued on
@@ -421,11 +421,11 @@ class NoticeSender:
         patient, study = str(known[1].get("PatientID", "")), known[0]
         what = "result" if notice.available else "delay" if notice.delayed else "no result"
         always = first and (notice.goes_stat or queued.urgent)
-        reached = False
+        sent = False
         for outcome in self._notifier.notify(
             notice, skip=done, always_try=always, urgent=stat_lane
         ):
-            reached = reached or outcome.tried
+            sent = sent or outcome.sent
             other = rows.get(outcome.channel)
             if not outcome.tried and other is not None and other["kind"] != kind:
                 continue  # nothing sent: the row keeps what the job's other notice did
@@ -434,8 +434,8 @@ class NoticeSender:
                 stat=outcome.stat, detail=outcome.detail, seconds=outcome.seconds, kind=kind,
                 counted=outcome.counted,
             )  # fmt: skip
-            if not outcome.tried:
-                continue  # held off a receiver that is down, or the stop: nothing left
+            if not outcome.sent:
+                continue  # held off, refused every connection, or the stop: nothing left
             detail = f"{what} of {queued.product_id} (exchange job {queued.exchange_job_id})" + (
                 f": {outcome.detail}" if outcome.detail and not outcome.ok else ""
             )
@@ -455,7 +455,7 @@ class NoticeSender:
                     "%s: job %s's %s notice is recorded in state.db only", exc, job_id,
                     outcome.channel,
                 )  # fmt: skip
-        if kind == "delayed" and reached:
+        if kind == "delayed" and sent:
             # Sent, if not taken: a receiver that timed out may have kept it. What follows goes
             # under its id, replacing it (harmless where the delay never arrived).
             self._state.delay_told(job_id)

@@ -24,8 +24,10 @@ class DeliveryFailed(NotificationError):
     `unreached` is True when no attempt got as far as a connection (refused, no route, a
     name that does not resolve, no answer to it in time): a connection made later shows the
     receiver back (`aifi.gateway.notify.reach`). `stopped`: the gateway's stop cut the send
-    short, which says nothing of the receiver; `sent` False: no attempt had a connection to
-    send the message on, so it never left the gateway."""
+    short, which says nothing of the receiver. `sent` False: no attempt had a connection to
+    send the message on, so it never left the gateway and discloses nothing; by default, so
+    when the receiver was never reached (a connection kept open may carry a message and yet
+    not count as reaching the receiver: its sender says)."""
 
     def __init__(
         self,
@@ -34,12 +36,12 @@ class DeliveryFailed(NotificationError):
         *,
         unreached: bool = False,
         stopped: bool = False,
-        sent: bool = True,
+        sent: bool | None = None,
     ) -> None:
         super().__init__(channel, message, retryable=True)
         self.unreached = unreached
         self.stopped = stopped
-        self.sent = sent
+        self.sent = not unreached if sent is None else sent
 
 
 class Hl7Rejected(NotificationError):

@@ -158,8 +158,8 @@ def send_mllp(
     DeliveryFailed
         No acknowledgement for the message after every attempt; `unreached` when none of
         them could connect, or reach the receiver over a connection kept open. Or `stopped`:
-        the gateway closed the connection kept open as it stopped (`sent` False when no
-        attempt had a connection to send on).
+        the gateway closed the connection kept open as it stopped. `sent` False, either
+        way, when no attempt had a connection to send on.
     """
     if isinstance(message, Message):
         control_id, text = control_id_of(message), str(message.to_er7()) + "\r"
@@ -207,6 +207,7 @@ def send_mllp(
         "hl7",
         f"{where}: no acknowledgement after {attempts} attempt(s): {problem}",
         unreached=not connected,
+        sent=went,
     )
 
 

@@ -56,11 +56,12 @@ class NoticeOutcome:
     (``AA``, ``201 Created``) or the error; `retryable` is False when resending the same message
     cannot help (content rejected, or the notice cannot be encoded). `tried` is False for a
     routine notice held off a receiver that is down, and for one the gateway's stop kept from
-    leaving: nothing was sent. `counted` is False for
-    that, and for a try on a receiver that had failed already and failed again (or that a
-    check of its connection had just seen back), and for a send the gateway's stop cut
-    short: none counts towards the notice's tries, so that an outage, however long, spends
-    none of them, nor does a stop.
+    leaving. `sent` is False for those, for one whose every attempt failed to connect, and for
+    one that could not be encoded: nothing of the patient left the gateway, so nothing is
+    disclosed. `counted` is False for a notice held off, for a try on a receiver that had
+    failed already and failed again (or that a check of its connection had just seen back),
+    and for a send the gateway's stop cut short: none counts towards the notice's tries, so
+    that an outage, however long, spends none of them, nor does a stop.
     """
 
     channel: str
@@ -72,6 +73,7 @@ class NoticeOutcome:
     seconds: float
     tried: bool = True
     counted: bool = True
+    sent: bool = True
 
 
 class Notifier:
@@ -173,6 +175,7 @@ class Notifier:
                     seconds=0.0,
                     tried=False,
                     counted=False,
+                    sent=False,
                 )
         tried = [channel for channel in channels if channel not in outcomes]
         if tried:
@@ -197,13 +200,13 @@ class Notifier:
     ) -> NoticeOutcome:
         started, began = time.monotonic(), self.outages.now()
         message_id = self._message_id(channel, notice)
-        counted = tried = True
+        counted = tried = sent = True
         try:
             detail = send(notice)
             ok, retryable = True, False
             self.outages.answered(channel)
         except DeliveryFailed as exc:
-            detail, ok, retryable = str(exc), False, exc.retryable
+            detail, ok, retryable, sent = str(exc), False, exc.retryable, exc.sent
             if exc.stopped:  # the gateway stopping: nothing said of the receiver
                 counted, tried = False, exc.sent
             else:  # only the failure that began an outage counts
@@ -212,8 +215,8 @@ class Notifier:
         except NotificationError as exc:  # refused: the receiver answered, so it is up
             detail, ok, retryable = str(exc), False, exc.retryable
             self.outages.answered(channel)
-        except (OruBuildError, FhirBuildError) as exc:
-            detail, ok, retryable = str(exc), False, False
+        except (OruBuildError, FhirBuildError) as exc:  # no message to send
+            detail, ok, retryable, sent = str(exc), False, False, False
         except Exception as exc:  # one channel's bug must not stop the others
             log.exception("%s notice for job %s failed", channel, notice.exchange_job_id)
             detail, ok, retryable = f"{type(exc).__name__}: {exc}", False, False
@@ -227,6 +230,7 @@ class Notifier:
             seconds=time.monotonic() - started,
             tried=tried,
             counted=counted,
+            sent=sent,
         )
         level = logging.INFO if ok else logging.WARNING
         log.log(

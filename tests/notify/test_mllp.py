@@ -7,6 +7,7 @@ import select
 import socket
 import threading
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -21,6 +22,8 @@ from aifi.gateway.notify import (
     build_oru_r01,
     frame,
     message_control_id,
+    mllp,
+    mllp_connections,
     send_mllp,
 )
 from aifi.gateway.notify.mllp import FramingError, control_id_of
@@ -684,3 +687,32 @@ def test_a_message_refused_for_now_and_sent_again_takes_its_new_answer(raw_peer:
     assert send_mllp(message, target, standing).code == "AA"
     standing.close()
     assert standing.opened == 1 and said == [control_id_of(message)] * 2
+
+
+@pytest.mark.parametrize("keep_open", [False, True])
+def test_the_acknowledgement_has_its_own_timeout_after_a_slow_connection(
+    monkeypatch: pytest.MonkeyPatch, keep_open: bool
+) -> None:
+    """A RIS host name whose first address (IPv6 with no route, say) took the whole connect
+    timeout before its second one connected: the ACK over that connection still has its own
+    timeout, as HTTP's read timeout has, rather than none left. The clock the sender reads is
+    moved on by the timeout as the connection is made; the receiver is real."""
+    clock = [1000.0]
+    fake_time = SimpleNamespace(monotonic=lambda: clock[0])
+    real_connect = mllp_connections.connect
+
+    def first_address_timed_out(target: Hl7Endpoint) -> socket.socket:
+        clock[0] += target.timeout_seconds
+        return real_connect(target)
+
+    monkeypatch.setattr(mllp, "time", fake_time)
+    monkeypatch.setattr(mllp_connections, "connect", first_address_timed_out)
+    with Hl7Listener() as ris:
+        target = endpoint(ris.port, retries=0, keep_open=keep_open)
+        standing = StandingConnection(target) if keep_open else None
+        try:
+            ack = send_mllp(notices(1)[0], target, standing)
+        finally:
+            if standing is not None:
+                standing.close()
+        assert ack.accepted and ris.received.get(timeout=5)

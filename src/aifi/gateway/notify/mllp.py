@@ -145,7 +145,8 @@ def send_mllp(
     """Send one HL7 message and return the receiver's positive acknowledgement.
 
     Tries ``1 + endpoint.retries`` times while the receiver is unreachable, drops the
-    connection or sends no ACK within ``endpoint.timeout_seconds``, waiting
+    connection or sends no ACK within ``endpoint.timeout_seconds`` of the connection (which
+    has as long to be made, at each of a host name's addresses in turn), waiting
     ``retry_backoff_seconds`` (doubling) in between; a resend keeps its control id.
     `standing`: send over that connection, kept open (`keep_open`), instead of one of the
     message's own; an `urgent` (STAT) message's attempts take it before routine ones waiting.
@@ -176,7 +177,6 @@ def send_mllp(
         if attempt:
             line.pause(endpoint.retry_backoff_seconds * 2 ** (attempt - 1))
         with line.turn(urgent):
-            deadline = time.monotonic() + endpoint.timeout_seconds
             try:
                 sock, new = line.open()
             except LineClosed as exc:
@@ -187,6 +187,10 @@ def send_mllp(
             except OSError as exc:
                 problem = _describe(exc)
                 continue
+            # The acknowledgement's own timeout, from the connection on, as HTTP's read
+            # timeout is: a host name whose first address took the connect timeout leaves
+            # the answer over its second one the whole of it.
+            deadline = time.monotonic() + endpoint.timeout_seconds
             went = True  # sent over a connection, or tried to be
             connected = connected or new
             answered = None

@@ -111,10 +111,10 @@ class Notifier:
 
     def longest_send_seconds(self) -> float:
         """The longest one notice may take on its slowest channel, all retries and pauses
-        counted: an HTTP timeout is per phase (connecting, then answering), an MLLP attempt
-        takes one timeout, connecting and acknowledged, and the second one per attempt covers,
-        with `hl7.keep_open`, a STAT notice's attempts going first on the shared connection
-        (several STAT notices in a row can hold a routine one longer)."""
+        counted, each timeout per phase (connecting to a host name's one address, then the
+        answer). A host name with several addresses it cannot connect to, and with
+        `hl7.keep_open` STAT notices going first on the shared connection, can hold a notice
+        longer."""
         spans = [
             2 * endpoint.timeout_seconds * (endpoint.retries + 1)
             + endpoint.retry_backoff_seconds * (2**endpoint.retries - 1)

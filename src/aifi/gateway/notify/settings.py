@@ -31,8 +31,8 @@ class Hl7Endpoint(_Settings):
     receiving_facility: str | None = Field(default=None, pattern=HD_NAMESPACE)
     #: MSH-11: P production, T training, D debugging (a test interface often wants T).
     processing_id: str = Field(default="P", pattern=r"^[PTD]$")
-    #: Seconds an attempt may take: to connect and to have the acknowledgement, together
-    #: (a host name with several addresses gets this to connect to each).
+    #: Seconds to connect (to each of a host name's addresses in turn), and then as long
+    #: to have the acknowledgement: per phase, as for FHIR and the webhook.
     timeout_seconds: float = Field(default=5.0, gt=0, le=120)
     #: Further attempts after a connection failure or a missing acknowledgement.
     retries: int = Field(default=3, ge=0, le=20)

@@ -3,8 +3,10 @@ watches (jobs by state, queue depth and age, turnaround, bytes, errors) match wh
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import socket
 import threading
 import time
 from datetime import datetime, timedelta
@@ -18,10 +20,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text, update
 
 from aifi.exchange import metrics
+from aifi.exchange.app import _every
 from aifi.exchange.audit import linked_count, unlinked_count
 from aifi.exchange.clock import utcnow
-from aifi.exchange.db import CHAIN_LOCK
-from aifi.exchange.metrics import SETTLED_AFTER, EndedTally
+from aifi.exchange.db import CHAIN_LOCK, Database, upgrade_schema
+from aifi.exchange.metrics import SETTLED_AFTER, EndedTally, ExchangeMetrics
 from aifi.exchange.models import Job
 from aifi.exchange.settings import ExchangeSettings
 from aifi.gateway.metrics import start_metrics_server
@@ -206,7 +209,7 @@ def test_a_fault_in_the_versions_figure_leaves_the_job_figures_and_the_database_
     exported = {family.name for family in text_string_to_metric_families(scraped)}
     assert "aifi_exchange_version_not_in_catalogue_jobs" not in exported
     assert "aifi_exchange_completed_last_hour" in exported
-    # Counted, and in a row, so that a fault that lasts raises a ticket
+    # Counted, and as a run of failed rounds, so that a fault that lasts raises a ticket
     # (ExchangeBackgroundFailing) whatever the scrape interval.
     assert figures[figure_failed] == 1.0
     assert figures[in_a_row] == 1.0
@@ -216,7 +219,9 @@ def test_a_fault_in_the_versions_figure_leaves_the_job_figures_and_the_database_
     monkeypatch.undo()
     again = samples(exchange.client.get("/metrics").text)
     assert again[listed] == 0.0
-    assert (again[figure_failed], again[in_a_row]) == (2.0, 0.0)  # a good scrape ends the run
+    assert (again[figure_failed], again[in_a_row]) == (2.0, 2.0)  # one good scrape: not yet
+    again = samples(exchange.client.get("/metrics").text)
+    assert (again[figure_failed], again[in_a_row]) == (2.0, 0.0)  # two running end the run
 
 
 def test_gateway_exporter_reads_the_gateway_state(tmp_path: Path) -> None:
@@ -602,3 +607,58 @@ def test_a_background_task_that_fails_is_counted_until_it_works_again(
     )
     wait_for(lambda: figures()[in_a_row] == 0.0, 30, "a good round to end the run")
     assert figures()[failed] >= 2  # what failed stays counted
+
+
+class Enough(BaseException):
+    """Ends a run of `_every` (which goes on past any Exception) after the rounds a test asks."""
+
+
+def test_rounds_failed_while_the_database_did_not_answer_make_no_run_of_the_tasks_own(
+    tmp_path: Path,
+) -> None:
+    """ExchangeDatabaseDown pages for an outage, during which every task fails. Those rounds
+    are counted, but make no run of the task's own: a ten-minute task would otherwise read
+    two failed rounds until its next round, long after the database came back, and be
+    ticketed for nothing. The same failures while the database answers make one. The
+    database that does not answer is a PostgreSQL address nobody listens on."""
+    url = f"sqlite:///{tmp_path / 'exchange.db'}"
+    answering = Database(url)
+    upgrade_schema(answering.engine)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        nobody = int(sock.getsockname()[1])
+    silent = Database(f"postgresql+psycopg://aifi@127.0.0.1:{nobody}/aifi")
+    exported = ExchangeMetrics(answering)
+    rounds = exported.rounds("audit_anchor")
+
+    def figures() -> tuple[float | None, float | None]:
+        labels = {"task": "audit_anchor"}
+        return (
+            exported.registry.get_sample_value("aifi_exchange_background_failures_total", labels),
+            exported.registry.get_sample_value("aifi_exchange_background_failing_rounds", labels),
+        )
+
+    def run(database: Database, failing: int) -> None:
+        done: list[int] = []
+
+        def task() -> None:
+            done.append(1)
+            if len(done) > failing:
+                raise Enough
+            raise RuntimeError("the anchor could not be written")
+
+        with pytest.raises(Enough):
+            asyncio.run(_every(0.0, task, rounds, database.answers))
+
+    try:
+        assert figures() == (0.0, 0.0)
+        run(silent, failing=3)
+        assert figures() == (3.0, 0.0)  # counted; no run of the task's own
+        run(answering, failing=2)
+        assert figures() == (5.0, 2.0)
+        run(silent, failing=1)
+        assert figures() == (6.0, 2.0)  # the run stands as it was
+        assert not silent.answers() and answering.answers()
+    finally:
+        silent.dispose()
+        answering.dispose()

@@ -92,7 +92,7 @@ def create_app(
             ("refused_keys", FLUSH_SECONDS, refused_keys.flush),
         ]
         sweepers = [
-            asyncio.create_task(_every(seconds, task, metrics.rounds(name)))
+            asyncio.create_task(_every(seconds, task, metrics.rounds(name), services.db.answers))
             for name, seconds, task in background
         ]
         # The scrape's one read that grows with the history, taken before Prometheus asks.
@@ -286,15 +286,21 @@ async def _warm(metrics: ExchangeMetrics) -> None:
         log.warning("the ended jobs could not be counted at start", exc_info=True)
 
 
-async def _every(seconds: float, task: Callable[[], object], rounds: TaskRounds) -> None:
-    """Run `task` in a worker thread every `seconds`; a failure is counted, and waits for the
-    next round."""
+async def _every(
+    seconds: float,
+    task: Callable[[], object],
+    rounds: TaskRounds,
+    database_answers: Callable[[], bool],
+) -> None:
+    """Run `task` in a worker thread every `seconds`; a failure is counted, noting whether the
+    database answered meanwhile, and waits for the next round."""
     while True:
         await asyncio.sleep(seconds)
         try:
             await run_in_threadpool(task)
         except Exception:
-            rounds.went(False)
+            answered = await run_in_threadpool(database_answers)
+            rounds.went(False, database_answered=answered)
             log.warning("periodic %s failed", getattr(task, "__qualname__", task), exc_info=True)
         else:
             rounds.went(True)

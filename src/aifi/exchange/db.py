@@ -281,6 +281,17 @@ class Database:
         with self.sessions() as session, session.begin():
             yield session
 
+    def answers(self) -> bool:
+        """Whether the database answers a statement now: what tells a background round that
+        failed because the database is down (its own alert) from one that failed for a
+        fault of its own."""
+        try:
+            with self.session() as session:
+                session.execute(text("SELECT 1"))
+        except Exception:
+            return False
+        return True
+
     @contextmanager
     def reading(self) -> Iterator[Session]:
         """A session for statements that change nothing but their own audit entries.

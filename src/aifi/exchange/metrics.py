@@ -362,21 +362,33 @@ def _quantiles(name: str, documentation: str, durations: list[float]) -> GaugeMe
 
 
 class TaskRounds:
-    """How a background task's rounds went, as its alert reads them. Each failure is counted;
-    the failures in a row since its last good round are a figure of their own, because a
-    sweep every five or ten minutes fails only that often when it fails for good: too seldom
-    for a rate over a few minutes to stay above zero while an alert waits."""
+    """How a background task's rounds went, as its alert reads them.
+
+    Each failure is counted. The failures since the task last went well twice running are a
+    figure of their own, which ExchangeBackgroundFailing reads: a sweep every five or ten
+    minutes that fails for good fails only that often, too seldom for a rate over a few
+    minutes to stay above zero while the alert waits; and a task that fails most rounds is
+    still failing, so one good round between failures does not end the run. A round that
+    failed while the database did not answer leaves the figure as it was: the task is not
+    at fault, and ExchangeDatabaseDown says so."""
 
     def __init__(self, failures: Counter, failing: Gauge) -> None:
         self._failures = failures
         self._failing = failing
+        self._lock = threading.Lock()  # a figure's rounds are scrapes, which may overlap
+        self._good_in_a_row = 0
 
-    def went(self, well: bool) -> None:
-        if well:
-            self._failing.set(0)
-        else:
+    def went(self, well: bool, *, database_answered: bool = True) -> None:
+        with self._lock:
+            if well:
+                self._good_in_a_row += 1
+                if self._good_in_a_row >= 2:
+                    self._failing.set(0)
+                return
             self._failures.inc()
-            self._failing.inc()
+            if database_answered:
+                self._good_in_a_row = 0
+                self._failing.inc()
 
 
 class ExchangeMetrics:
@@ -478,18 +490,24 @@ class ExchangeMetrics:
         )
         self.background_failing = Gauge(
             "aifi_exchange_background_failing_rounds",
-            "Rounds of this replica's background task that failed in a row, 0 since its last "
-            "good round (a task that keeps failing, whatever its period), by task",
+            "Rounds of this replica's background task that failed since it last went well "
+            "twice running, while the database answered (a task that keeps failing, whatever "
+            "its period), by task",
             ["task"],
             registry=self.registry,
         )
+        self._rounds: dict[str, TaskRounds] = {}
+        self._rounds_lock = threading.Lock()
         self.rounds(VERSION_FIGURE)
 
     def rounds(self, task: str) -> TaskRounds:
-        """The rounds of background `task`, its series exported from now on at 0."""
-        return TaskRounds(
-            self.background_failures.labels(task), self.background_failing.labels(task)
-        )
+        """The rounds of background `task`, its series exported from the first ask, at 0."""
+        with self._rounds_lock:
+            if task not in self._rounds:
+                self._rounds[task] = TaskRounds(
+                    self.background_failures.labels(task), self.background_failing.labels(task)
+                )
+            return self._rounds[task]
 
     def warm(self) -> None:
         """Count the jobs that ended long ago, as a replica starts: the one scrape-time read

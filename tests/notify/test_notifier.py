@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -405,3 +406,35 @@ def test_what_left_the_gateway_is_told_apart_from_what_never_did(
     assert (taken.ok, taken.sent) == (True, True)
     assert (refused.ok, refused.tried, refused.sent) == (False, True, False)
     assert len(messages_taken(hl7_listener)) == 1
+
+
+def test_a_notice_whose_key_or_token_file_cannot_be_read_never_leaves(
+    tmp_path: Path, webhook_receiver: WebhookReceiver, positive: ResultNotice
+) -> None:
+    """A rotation half done: the pager's signing key file and the FHIR server's token file
+    are gone. Nothing is sent, so nothing is disclosed (`sent` False), the receivers are not
+    judged down, and the notice is tried again: once the files are back it goes."""
+    key, token = tmp_path / "pager.key", tmp_path / "fhir.token"
+    with FhirReceiver(bearer_token="t0ken") as fhir:
+        configured = NotificationSettings(
+            webhook=WebhookEndpoint(url=webhook_receiver.url, secret_file=key, **FAST),
+            fhir=FhirEndpoint(base_url=fhir.base_url, bearer_token_file=token, **FAST),
+        )
+        with Notifier(configured) as notifier:
+            missing = notifier.notify(positive)
+            assert notifier.outages.down() == {}
+            key.write_text(WEBHOOK_KEY.decode())
+            token.write_text("t0ken")
+            back = notifier.notify(positive)
+        assert len(fhir.resources("DiagnosticReport")) == 1
+    assert [(o.channel, o.ok, o.retryable, o.sent) for o in missing] == [
+        ("webhook", False, True, False),
+        ("fhir", False, True, False),
+    ]
+    assert [o.detail.split(": not sent: ")[1].split(":")[0] for o in missing] == [
+        "the signing key",
+        "the bearer token or CAs",
+    ]
+    assert all(o.ok and o.sent for o in back), [o.detail for o in back]
+    assert webhook_receiver.received.get(timeout=5).payload["event"] == "aifi.triage.positive"
+    assert webhook_receiver.received.empty()

@@ -13,6 +13,7 @@ from aifi.gateway.notify.errors import (
     Hl7Rejected,
     HttpRejected,
     NotificationError,
+    NotPrepared,
 )
 from aifi.gateway.notify.fhir import (
     FhirBuildError,
@@ -50,6 +51,7 @@ __all__ = [
     "HttpRejected",
     "NoticeOutcome",
     "NotificationError",
+    "NotPrepared",
     "NotificationSettings",
     "Notifier",
     "OriginalStudy",

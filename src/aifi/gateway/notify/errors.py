@@ -44,6 +44,15 @@ class DeliveryFailed(NotificationError):
         self.sent = not unreached if sent is None else sent
 
 
+class NotPrepared(NotificationError):
+    """The gateway could not prepare the request from its own settings (a signing key or
+    bearer token file it cannot read, mid-rotation say): nothing left, and the receiver was
+    not asked, so nothing is said of it. Tried again later, as the file may be back."""
+
+    def __init__(self, channel: str, message: str) -> None:
+        super().__init__(channel, message, retryable=True)
+
+
 class Hl7Rejected(NotificationError):
     """The HL7 receiver answered with a negative acknowledgement (AE/AR or CE/CR).
 

@@ -56,7 +56,7 @@ from aifi.gateway.notify.codes import (
     is_oid,
     parse_scheme_code,
 )
-from aifi.gateway.notify.errors import DeliveryFailed, HttpRejected
+from aifi.gateway.notify.errors import DeliveryFailed, HttpRejected, NotPrepared
 from aifi.gateway.notify.notice import ResultNotice
 from aifi.gateway.notify.reach import http_client, never_connected
 from aifi.gateway.notify.settings import FhirEndpoint
@@ -368,15 +368,21 @@ def post_fhir(
         The server refused the Bundle (4xx but 408/425/429); its OperationOutcome is quoted.
     DeliveryFailed
         The server could not be reached, kept failing (5xx), or answered no transaction-response.
+    NotPrepared
+        The bearer token or CA file could not be read: nothing was sent.
     """
     url = endpoint.base_url.rstrip("/")
+    where = f"FHIR transaction Bundle to {url}"
     headers = {"Content-Type": FHIR_JSON, "Accept": FHIR_JSON}
-    token = endpoint.bearer_token()
+    try:
+        token = endpoint.bearer_token()
+        verify = endpoint_verify(endpoint) if client is None else True
+    except (OSError, ValueError) as exc:
+        raise NotPrepared("fhir", f"{where}: not sent: the bearer token or CAs: {exc}") from exc
     if token:
         headers["Authorization"] = f"Bearer {token}"
     body = bundle.model_dump_json(exclude_none=True).encode()
-    where = f"FHIR transaction Bundle to {url}"
-    own = client or http_client(endpoint.base_url, endpoint_verify(endpoint))
+    own = client or http_client(endpoint.base_url, verify)
     attempts = endpoint.retries + 1
     problem = "not sent"
     connected = False

@@ -22,7 +22,7 @@ from types import TracebackType
 
 import httpx
 
-from aifi.gateway.notify.errors import DeliveryFailed, NotificationError
+from aifi.gateway.notify.errors import DeliveryFailed, NotificationError, NotPrepared
 from aifi.gateway.notify.fhir import (
     FhirBuildError,
     build_transaction,
@@ -56,12 +56,13 @@ class NoticeOutcome:
     (``AA``, ``201 Created``) or the error; `retryable` is False when resending the same message
     cannot help (content rejected, or the notice cannot be encoded). `tried` is False for a
     routine notice held off a receiver that is down, and for one the gateway's stop kept from
-    leaving. `sent` is False for those, for one whose every attempt failed to connect, and for
-    one that could not be encoded: nothing of the patient left the gateway, so nothing is
-    disclosed. `counted` is False for a notice held off, for a try on a receiver that had
-    failed already and failed again (or that a check of its connection had just seen back),
-    and for a send the gateway's stop cut short: none counts towards the notice's tries, so
-    that an outage, however long, spends none of them, nor does a stop.
+    leaving. `sent` is False for those, for one whose every attempt failed to connect, for one
+    that could not be encoded, and for one whose key or token file could not be read: nothing
+    of the patient left the gateway, so nothing is disclosed. `counted` is False for a notice
+    held off, for a try on a receiver that had failed already and failed again (or that a
+    check of its connection had just seen back), and for a send the gateway's stop cut short:
+    none counts towards the notice's tries, so that an outage, however long, spends none of
+    them, nor does a stop.
     """
 
     channel: str
@@ -212,6 +213,8 @@ class Notifier:
             else:  # only the failure that began an outage counts
                 counted = not self.outages.standing(channel, began)
                 self.outages.failed(channel, detail, unreached=exc.unreached, began=began)
+        except NotPrepared as exc:  # the gateway's own files: nothing left, no receiver asked
+            detail, ok, retryable, sent = str(exc), False, exc.retryable, False
         except NotificationError as exc:  # refused: the receiver answered, so it is up
             detail, ok, retryable = str(exc), False, exc.retryable
             self.outages.answered(channel)

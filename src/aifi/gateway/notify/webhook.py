@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from aifi.gateway.notify.errors import DeliveryFailed, HttpRejected
+from aifi.gateway.notify.errors import DeliveryFailed, HttpRejected, NotPrepared
 from aifi.gateway.notify.notice import ResultNotice
 from aifi.gateway.notify.reach import http_client, never_connected
 from aifi.gateway.notify.settings import WebhookEndpoint
@@ -162,12 +162,17 @@ def send_webhook(
         The receiver refused the alert (a 4xx: wrong key, wrong URL ...).
     DeliveryFailed
         It could not be delivered after every attempt.
+    NotPrepared
+        The signing key could not be read: nothing was sent.
     """
-    key = endpoint.signing_key()
     payload = webhook_payload(notice, endpoint)
     body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
     event = str(payload["event"])
     where = f"webhook {event} for job {notice.exchange_job_id} to {endpoint.url}"
+    try:
+        key = endpoint.signing_key()
+    except (OSError, ValueError) as exc:
+        raise NotPrepared("webhook", f"{where}: not sent: the signing key: {exc}") from exc
     own = client or http_client(endpoint.url)
     attempts = endpoint.retries + 1
     problem = "not sent"

@@ -85,9 +85,13 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
         {
             'up{job="aifi-exchange", instance="r1"}': "1 0x9",
             'up{job="aifi-exchange", instance="r2"}': "1x9",
-            # r1 loses the database at 2m and r2 at 3m: down for the whole exchange then.
+            # r1 loses the database at 2m and r2 at 3m: down for the whole exchange then (r2 is
+            # back at 10m).
             'aifi_exchange_database_up{instance="r1"}': "1 1 0x8",
-            'aifi_exchange_database_up{instance="r2"}': "1 1 1 0x7",
+            'aifi_exchange_database_up{instance="r2"}': "1 1 1 0x6 1x60",
+            # r3, started at 20m, cannot reach the database: its own trouble, which must not
+            # keep r1's tasks from their ticket.
+            'aifi_exchange_database_up{instance="r3"}': "_x19 0x45",
             # One server error a second; database-down answers are left to their own alert.
             'aifi_exchange_errors_total{kind="server", instance="r1"}': "0+60x20",
             'aifi_exchange_errors_total{kind="unavailable", instance="r2"}': "0+600x20",
@@ -123,7 +127,9 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             # r2's linking (every half second) failed for three minutes at 41m and then went on.
             'aifi_exchange_background_failing_rounds{task="audit_chain", instance="r2"}':
                 "0x40 120 240 360 0x30",
-            # Everything fails while the database is down (from 2m), lease expiry until 16m.
+            # r1's lease expiry counted failed rounds while r1 reported the database down (its
+            # check after each failure found it answering: a database coming and going), until
+            # 16m: no ticket while its replica reports the database down.
             'aifi_exchange_background_failing_rounds{task="lease_expiry", instance="r1"}':
                 "0x1 60+60x14 0x60",
             # Linking pauses for four minutes at 6m (a replica restarting), then stops at 22m.

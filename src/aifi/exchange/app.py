@@ -292,15 +292,15 @@ async def _every(
     rounds: TaskRounds,
     database_answers: Callable[[], bool],
 ) -> None:
-    """Run `task` in a worker thread every `seconds`; a failure is counted, noting whether the
-    database answered meanwhile, and waits for the next round."""
+    """Run `task` in a worker thread every `seconds`; a failure is logged and counted, noting
+    whether the database answered just after it, and waits for the next round."""
     while True:
         await asyncio.sleep(seconds)
         try:
             await run_in_threadpool(task)
         except Exception:
+            log.warning("periodic %s failed", getattr(task, "__qualname__", task), exc_info=True)
             answered = await run_in_threadpool(database_answers)
             rounds.went(False, database_answered=answered)
-            log.warning("periodic %s failed", getattr(task, "__qualname__", task), exc_info=True)
         else:
             rounds.went(True)

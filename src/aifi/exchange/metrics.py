@@ -367,10 +367,11 @@ class TaskRounds:
     Each failure is counted. The failures since the task last went well twice running are a
     figure of their own, which ExchangeBackgroundFailing reads: a sweep every five or ten
     minutes that fails for good fails only that often, too seldom for a rate over a few
-    minutes to stay above zero while the alert waits; and a task that fails most rounds is
-    still failing, so one good round between failures does not end the run. A round that
-    failed while the database did not answer leaves the figure as it was: the task is not
-    at fault, and ExchangeDatabaseDown says so."""
+    minutes to stay above zero while the alert waits; and one good round between failures
+    does not end the run, so a sweep failing every other round, or the versions figure
+    failing most scrapes, is still failing. A round that failed while the database did not
+    answer (asked just after) leaves the figure as it was: the task is not at fault, and
+    ExchangeDatabaseDown says so."""
 
     def __init__(self, failures: Counter, failing: Gauge) -> None:
         self._failures = failures

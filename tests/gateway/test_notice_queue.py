@@ -312,6 +312,33 @@ def test_a_notice_that_never_left_is_not_disclosed(parts: Any, closed_port: int)
     assert len(made.state.queued_notices_of(1)) == 1 and made.done == []
 
 
+def test_an_alert_whose_key_file_is_missing_for_minutes_waits_for_it_and_then_goes(
+    parts: Any, tmp_path: Path
+) -> None:
+    """The pager's signing key file is gone for longer than the alert's five tries would last
+    (a rotation half done): no pass spends a try, so the alert is still queued, retrying (as
+    GatewayStatNoticeFailing pages), and goes once the key is back; it is disclosed once,
+    when it went."""
+    key = tmp_path / "pager.key"
+    with WebhookReceiver(KEY.encode()) as pager:
+        webhook = WebhookEndpoint(url=pager.url, secret_file=key, retries=0, timeout_seconds=30)
+        made = parts(NotificationSettings(webhook=webhook))
+        made.sender.queue(1, result("x-1", TriageFlag.POSITIVE))
+        for _ in range(6):  # each pass as its retry comes round
+            made.sender.send_due(urgent=True, now=time.time() + 3600)
+        row = made.state.notification_outcomes(1)["webhook"]
+        assert (row["ok"], row["retryable"], row["attempts"]) == (0, 1, 0)
+        assert "not sent: the signing key" in row["detail"]
+        assert made.state.tally("notices") == {"webhook/stat/retrying": 1.0}
+        assert made.disclosures.entries() == [] and pager.received.empty()
+        key.write_text(KEY)  # the rotation is done
+        made.sender.send_due(urgent=True, now=time.time() + 3600)
+        assert pager.received.get(timeout=5).payload["event"] == "aifi.triage.positive"
+    assert made.state.notification_outcomes(1)["webhook"]["ok"] == 1
+    assert made.state.queued_notices_of(1) == [] and made.done == ["x-1"]
+    assert [entry.outcome for entry in made.disclosures.entries()] == ["success"]
+
+
 def test_a_notice_done_with_is_not_queued_again(parts: Any) -> None:
     """The job brought home again (its acknowledgement lost) queues its notice again: it is
     not sent a second time."""

@@ -228,6 +228,17 @@ def test_the_result_notice_channels_are_tried_without_sending_a_notice(
         checks = _by_name(preflight(load_config(_write(tmp_path, site))))
         assert not checks["HL7 v2 (MLLP)"].ok and "cannot connect" in checks["HL7 v2 (MLLP)"].detail
         assert not checks["FHIR"].ok and "no-token" in checks["FHIR"].detail
+        # A rotation half done, as each notice would read the files: two tokens, an empty key.
+        two, empty = tmp_path / "two-tokens", tmp_path / "pager.key"
+        two.write_text("old-t0ken\nt0ken\n")
+        empty.write_text("")
+        site["notifications"]["fhir"]["bearer_token_file"] = str(two)
+        site["notifications"]["webhook"] = {"url": pager.url, "secret_file": str(empty)}
+        checks = _by_name(preflight(load_config(_write(tmp_path, site))))
+        assert not checks["FHIR"].ok and "holds no one bearer token" in checks["FHIR"].detail
+        webhook = checks["STAT webhook"]
+        assert not webhook.ok and webhook.detail == f"signing key: {empty} is empty"
+        site["notifications"]["webhook"] = {"url": pager.url, "secret": "k" * 32}
         del site["notifications"]["fhir"]["bearer_token_file"]
         checks = _by_name(preflight(load_config(_write(tmp_path, site))))
         assert not checks["FHIR"].ok and "not a CapabilityStatement" in checks["FHIR"].detail

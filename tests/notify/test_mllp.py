@@ -552,7 +552,7 @@ def test_a_stat_waiter_cut_short_lets_the_routine_ones_behind_it_go() -> None:
 
     def stat() -> None:
         try:
-            with standing.turn(urgent=True):
+            with standing.wanted(urgent=True), standing.turn(urgent=True):
                 pass
         except Interrupted as exc:
             stat_ended.append(exc)
@@ -573,7 +573,7 @@ def test_a_stat_waiter_cut_short_lets_the_routine_ones_behind_it_go() -> None:
     routine_lane.join(timeout=30)
     assert stat_ended and not stat_lane.is_alive()
     assert routine_went.is_set() and not routine_lane.is_alive()
-    assert (standing._busy, standing._urgent_waiting) == (False, 0)
+    assert (standing._busy, standing._urgent_sends) == (False, 0)
 
 
 class Interrupted(BaseException):
@@ -716,3 +716,59 @@ def test_the_acknowledgement_has_its_own_timeout_after_a_slow_connection(
             if standing is not None:
                 standing.close()
         assert ack.accepted and ris.received.get(timeout=5)
+
+
+class FailsBothFirstAttempts:
+    """R's first attempt: held until a STAT sender waits, then hung up. S's first attempt:
+    hung up at once. The rest: AA."""
+
+    def __init__(self, routine: str, stat: str, turns: WatchedTurns) -> None:
+        self.routine, self.stat, self.turns = routine, stat, turns
+        self.order: list[str] = []
+        self.routine_in_flight = threading.Event()
+
+    def __call__(self, conn: socket.socket) -> None:
+        decoder = FrameDecoder()
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := conn.recv(65536):
+                for block in decoder.feed(chunk):
+                    cid = control_id_in(block)
+                    self.order.append(cid)
+                    seen = self.order.count(cid)
+                    if cid == self.routine and seen == 1:
+                        self.routine_in_flight.set()
+                        self.turns.someone_waits.wait(timeout=30)
+                        return
+                    if cid == self.stat and seen == 1:
+                        return
+                    conn.sendall(ack_of(cid))
+
+
+def test_a_stat_notice_retrying_never_waits_for_a_routine_notices_next_attempt(
+    raw_peer: RawPeer,
+) -> None:
+    """On a standing connection a routine attempt fails as a STAT notice comes, and the STAT
+    notice's own first attempt fails too. Through the STAT notice's retry pause no routine
+    attempt starts, though the routine one's pause, begun earlier, is over first: the
+    receiver sees the STAT notice twice before the routine one again."""
+    routine, stat = notices(2)
+    turns = WatchedTurns()
+    receiver = FailsBothFirstAttempts(control_id_of(routine), control_id_of(stat), turns)
+    target = endpoint(raw_peer(receiver), keep_open=True, retries=1,
+                      retry_backoff_seconds=0.2)  # fmt: skip
+    standing = StandingConnection(target)
+    standing._turns = turns
+    ok: list[str] = []
+
+    def routine_send() -> None:
+        ok.append(send_mllp(routine, target, standing).code)
+
+    lane = threading.Thread(target=routine_send, daemon=True)
+    lane.start()
+    assert receiver.routine_in_flight.wait(timeout=30)
+    ack = send_mllp(stat, target, standing, urgent=True)
+    lane.join(timeout=30)
+    standing.close()
+    assert ack.accepted and ok == ["AA"]
+    r, s = control_id_of(routine), control_id_of(stat)
+    assert receiver.order == [r, s, s, r]

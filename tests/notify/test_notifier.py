@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from aifi.gateway.notify import (
     FhirEndpoint,
@@ -408,28 +409,36 @@ def test_what_left_the_gateway_is_told_apart_from_what_never_did(
     assert len(messages_taken(hl7_listener)) == 1
 
 
-def test_a_notice_whose_key_or_token_file_cannot_be_read_never_leaves(
-    tmp_path: Path, webhook_receiver: WebhookReceiver, positive: ResultNotice
+@pytest.mark.parametrize("left", [None, ""], ids=["missing", "empty"])
+def test_a_notice_whose_key_or_token_file_a_rotation_left_never_leaves(
+    tmp_path: Path, webhook_receiver: WebhookReceiver, positive: ResultNotice, left: str | None
 ) -> None:
-    """A rotation half done: the pager's signing key file and the FHIR server's token file
-    are gone. Nothing is sent, so nothing is disclosed (`sent` False), the receivers are not
-    judged down, and the notice is tried again: once the files are back it goes."""
+    """A rotation half done: the pager's signing key file and the FHIR server's token file are
+    gone, or empty. Nothing is sent, so nothing is disclosed (`sent` False), no try is spent,
+    the receivers are not judged (both were down: they stay so, not seen back), and the
+    notice is tried again: once the files are back it goes."""
     key, token = tmp_path / "pager.key", tmp_path / "fhir.token"
+    if left is not None:
+        key.write_text(left)
+        token.write_text(left)
     with FhirReceiver(bearer_token="t0ken") as fhir:
         configured = NotificationSettings(
             webhook=WebhookEndpoint(url=webhook_receiver.url, secret_file=key, **FAST),
             fhir=FhirEndpoint(base_url=fhir.base_url, bearer_token_file=token, **FAST),
         )
         with Notifier(configured) as notifier:
-            missing = notifier.notify(positive)
-            assert notifier.outages.down() == {}
+            for channel in ("webhook", "fhir"):
+                notifier.outages.failed(channel, "HTTP 503", unreached=False)
+            missing = notifier.notify(positive)  # a STAT alert: tried though both are down
+            assert set(notifier.outages.down()) == {"webhook", "fhir"}
             key.write_text(WEBHOOK_KEY.decode())
             token.write_text("t0ken")
             back = notifier.notify(positive)
+            assert notifier.outages.down() == {}
         assert len(fhir.resources("DiagnosticReport")) == 1
-    assert [(o.channel, o.ok, o.retryable, o.sent) for o in missing] == [
-        ("webhook", False, True, False),
-        ("fhir", False, True, False),
+    assert [(o.channel, o.ok, o.retryable, o.sent, o.counted) for o in missing] == [
+        ("webhook", False, True, False, False),
+        ("fhir", False, True, False, False),
     ]
     assert [o.detail.split(": not sent: ")[1].split(":")[0] for o in missing] == [
         "the signing key",
@@ -438,3 +447,44 @@ def test_a_notice_whose_key_or_token_file_cannot_be_read_never_leaves(
     assert all(o.ok and o.sent for o in back), [o.detail for o in back]
     assert webhook_receiver.received.get(timeout=5).payload["event"] == "aifi.triage.positive"
     assert webhook_receiver.received.empty()
+
+
+def test_a_token_file_holding_two_tokens_is_not_sent(
+    tmp_path: Path, positive: ResultNotice
+) -> None:
+    """The new token appended before the old one is removed: no report goes out with two
+    tokens in its header (httpx would refuse it only as the request is written, taken for
+    the server's fault), nor is the server judged down."""
+    token = tmp_path / "fhir.token"
+    token.write_text("old-t0ken\nt0ken\n")
+    with FhirReceiver(bearer_token="t0ken") as fhir:
+        settings = NotificationSettings(
+            fhir=FhirEndpoint(base_url=fhir.base_url, bearer_token_file=token, **FAST)
+        )
+        with Notifier(settings) as notifier:
+            [outcome] = notifier.notify(positive)
+            assert notifier.outages.down() == {}
+        assert fhir.resources("DiagnosticReport") == []
+    assert (outcome.ok, outcome.retryable, outcome.sent, outcome.counted) == (
+        False,
+        True,
+        False,
+        False,
+    )
+    assert "holds no one bearer token" in outcome.detail
+
+
+def test_the_fhir_servers_cas_are_read_once_at_start(
+    tmp_path: Path, positive: ResultNotice
+) -> None:
+    """The notifier's connection to the FHIR server trusts the CAs it read as the gateway
+    started: a CA file gone since (moved aside while it is replaced) holds no report up."""
+    cas = tmp_path / "cas.pem"
+    trustme.CA().cert_pem.write_to_path(str(cas))
+    with FhirReceiver() as fhir:
+        endpoint = FhirEndpoint(base_url=fhir.base_url, verify_tls=cas, **FAST)
+        with Notifier(NotificationSettings(fhir=endpoint)) as notifier:
+            cas.unlink()
+            [outcome] = notifier.notify(positive)
+        assert len(fhir.resources("DiagnosticReport")) == 1
+    assert outcome.ok, outcome.detail

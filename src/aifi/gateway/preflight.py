@@ -268,12 +268,12 @@ def _fhir(endpoint: FhirEndpoint) -> Check:
     """The server's CapabilityStatement (`GET [base]/metadata`), which every FHIR server
     answers and which writes nothing; and the bearer token's file, if one is named."""
     name = "FHIR"
-    if endpoint.bearer_token_file is not None:
-        try:
-            if not endpoint.bearer_token():
-                return Check(name, False, f"{endpoint.bearer_token_file} is empty")
-        except OSError as exc:
-            return Check(name, False, f"{endpoint.bearer_token_file}: {exc.strerror or exc}")
+    try:
+        endpoint.bearer_token()  # as each report reads it
+    except OSError as exc:
+        return Check(name, False, f"{endpoint.bearer_token_file}: {exc.strerror or exc}")
+    except ValueError as exc:  # empty, two tokens, or not text
+        return Check(name, False, f"bearer token: {exc}")
     url = endpoint.base_url.rstrip("/") + "/metadata"
     try:
         with http_client(endpoint.base_url, endpoint_verify(endpoint)) as client:
@@ -295,8 +295,12 @@ def _webhook(endpoint: WebhookEndpoint) -> Check:
     """Its signing key and a connection to its host (or to the proxy that carries it): a
     request would page someone."""
     name = "STAT webhook"
-    if endpoint.secret_file is not None and not endpoint.secret_file.is_file():
-        return Check(name, False, f"signing key file {endpoint.secret_file} is missing")
+    try:
+        endpoint.signing_key()  # as each alert reads it
+    except OSError as exc:
+        return Check(name, False, f"signing key file {endpoint.secret_file}: {exc.strerror or exc}")
+    except ValueError as exc:  # empty, or not text
+        return Check(name, False, f"signing key: {exc}")
     problem = check_connection(endpoint, endpoint.timeout_seconds)
     if problem is not None:
         return Check(name, False, problem)

@@ -170,6 +170,19 @@ def send_mllp(
     framed = frame(text)
     where = f"HL7 message {control_id} to {endpoint.host}:{endpoint.port}"
     line: StandingConnection | ConnectionPerMessage = standing or ConnectionPerMessage(endpoint)
+    with line.wanted(urgent):  # a STAT send holds routine attempts back through its pauses
+        return _attempts(framed, control_id, where, endpoint, line, urgent)
+
+
+def _attempts(
+    framed: bytes,
+    control_id: str,
+    where: str,
+    endpoint: Hl7Endpoint,
+    line: StandingConnection | ConnectionPerMessage,
+    urgent: bool,
+) -> Ack:
+    """Send `framed` until it is acknowledged or the attempts are spent (`send_mllp`)."""
     attempts = endpoint.retries + 1
     problem = "not sent"
     connected = went = False

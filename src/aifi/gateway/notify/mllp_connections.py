@@ -5,9 +5,9 @@ Many interface engines expect a sender to keep its connection, take one inbound 
 a time, or log every connection opened and closed. On one connection MLLP tells
 acknowledgements apart only by their order, so an attempt has the connection to itself: one
 message in flight at a time, the next message's attempt going as soon as this one has its
-answer, failed, or timed out. A STAT attempt waiting takes the connection before any routine
-one, so a STAT notice waits at most one routine attempt in flight, normally milliseconds, and
-never a routine notice's retry pauses (nor its next attempt, however short the pause).
+answer, failed, or timed out. While a STAT send is under way (its retry pauses too) no routine
+attempt starts, so a STAT notice waits at most for the one routine attempt in flight as it
+came, normally milliseconds, and never for a routine notice's retry pauses or next attempt.
 """
 
 from __future__ import annotations
@@ -56,6 +56,9 @@ class ConnectionPerMessage:
     def __init__(self, endpoint: Hl7Endpoint) -> None:
         self.endpoint = endpoint
 
+    def wanted(self, urgent: bool = False) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
     def turn(self, urgent: bool = False) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
 
@@ -87,11 +90,12 @@ class StandingConnection:
     def __init__(self, endpoint: Hl7Endpoint) -> None:
         self.endpoint = endpoint
         self._sock: socket.socket | None = None
-        #: Guards the turn: whether an attempt has the connection, and how many STAT attempts
-        #: wait for it (a routine one waits while any does).
+        #: Guards the turn: whether an attempt has the connection, and how many STAT sends
+        #: are under way (a routine attempt waits while any is: waiting for the connection,
+        #: on it, or in a retry's pause).
         self._turns = threading.Condition()
         self._busy = False
-        self._urgent_waiting = 0
+        self._urgent_sends = 0
         self._closed = threading.Event()
         self._answered: deque[str] = deque(maxlen=_REMEMBERED)
         self._where = f"{endpoint.host}:{endpoint.port}"
@@ -100,26 +104,38 @@ class StandingConnection:
         self.opened = 0
 
     @contextlib.contextmanager
+    def wanted(self, urgent: bool = False) -> Iterator[None]:
+        """A send's claim on the connection, from its first attempt to its last: while an
+        `urgent` (STAT) send is under way, waiting, sending or pausing before its retry, no
+        routine attempt starts, so a STAT notice never waits for a routine notice's next
+        attempt. STAT sends take turns among themselves as they come."""
+        if not urgent:
+            yield
+            return
+        with self._turns:
+            self._urgent_sends += 1
+        try:
+            yield
+        finally:
+            with self._turns:
+                self._urgent_sends -= 1
+                # Also after a send cut short: routine waiters held back by it look again.
+                self._turns.notify_all()
+
+    @contextlib.contextmanager
     def turn(self, urgent: bool = False) -> Iterator[None]:
-        """One attempt's turn on the connection: the connection is its alone meanwhile. An
-        `urgent` (STAT) attempt goes before every routine one waiting."""
+        """One attempt's turn on the connection: the connection is its alone meanwhile. A
+        routine attempt waits while a STAT send is under way (`wanted`)."""
         taken = False
         try:
             with self._turns:
-                self._urgent_waiting += urgent
-                try:
-                    self._turns.wait_for(
-                        lambda: not self._busy and (urgent or not self._urgent_waiting)
-                    )
-                finally:
-                    self._urgent_waiting -= urgent
+                self._turns.wait_for(lambda: not self._busy and (urgent or not self._urgent_sends))
                 self._busy = taken = True
             yield
         finally:
             with self._turns:
                 if taken:
                     self._busy = False
-                # Also after a wait cut short: routine waiters held back by it look again.
                 self._turns.notify_all()
 
     def pause(self, seconds: float) -> None:

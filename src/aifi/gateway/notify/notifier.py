@@ -60,9 +60,9 @@ class NoticeOutcome:
     that could not be encoded, and for one whose key or token file could not be read: nothing
     of the patient left the gateway, so nothing is disclosed. `counted` is False for a notice
     held off, for a try on a receiver that had failed already and failed again (or that a
-    check of its connection had just seen back), and for a send the gateway's stop cut short:
-    none counts towards the notice's tries, so that an outage, however long, spends none of
-    them, nor does a stop.
+    check of its connection had just seen back), for a send the gateway's stop cut short, and
+    for a key or token file that could not be read: none counts towards the notice's tries,
+    so that an outage, however long, spends none of them, nor does a stop or a rotation.
     """
 
     channel: str
@@ -214,7 +214,9 @@ class Notifier:
                 counted = not self.outages.standing(channel, began)
                 self.outages.failed(channel, detail, unreached=exc.unreached, began=began)
         except NotPrepared as exc:  # the gateway's own files: nothing left, no receiver asked
-            detail, ok, retryable, sent = str(exc), False, exc.retryable, False
+            # Spends none of the notice's tries, as the gateway's other faults of its own
+            # do: a rotation taking minutes must not give an alert up unsent.
+            detail, ok, retryable, sent, counted = str(exc), False, exc.retryable, False, False
         except NotificationError as exc:  # refused: the receiver answered, so it is up
             detail, ok, retryable = str(exc), False, exc.retryable
             self.outages.answered(channel)

@@ -7,12 +7,15 @@ files so that the YAML itself can be shared with the integration team.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 #: HL7 v2 HD namespace IDs and facility names: printable, no HL7 delimiters.
 HD_NAMESPACE = r"^[^|^~\\&\r\n]{1,20}$"
+#: A bearer token as RFC 6750 has it in the Authorization header (b64token).
+BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 
 class _Settings(BaseModel):
@@ -61,10 +64,23 @@ class FhirEndpoint(_Settings):
     verify_tls: bool | Path = True
 
     def bearer_token(self) -> str | None:
-        """The token, read at each use so that a rotated token file takes effect at once."""
+        """The token, read at each use so that a rotated token file takes effect at once.
+
+        Raises
+        ------
+        OSError
+            The file cannot be read.
+        ValueError
+            It holds no one token (RFC 6750): empty, or two lines, as a rotation half done
+            leaves it. Sent so, the report would be refused for want of a token (and given up)
+            or could not be put in a header at all."""
         if self.bearer_token_file is None:
             return None
-        return self.bearer_token_file.read_text().strip() or None
+        token = self.bearer_token_file.read_text().strip()
+        if not BEARER_TOKEN.fullmatch(token):
+            said = "is empty" if not token else "holds no one bearer token (RFC 6750)"
+            raise ValueError(f"{self.bearer_token_file} {said}")
+        return token
 
 
 class WebhookEndpoint(_Settings):
@@ -93,7 +109,7 @@ class WebhookEndpoint(_Settings):
         """The HMAC key, read at each use so that a rotated key file takes effect at once."""
         text = self.secret if self.secret is not None else self._read_secret_file()
         if not text:
-            raise ValueError("webhook: the signing secret is empty")
+            raise ValueError(f"{self.secret_file or 'webhook: the signing secret'} is empty")
         return text.encode()
 
     def _read_secret_file(self) -> str:

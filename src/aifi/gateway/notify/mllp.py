@@ -149,7 +149,8 @@ def send_mllp(
     has as long to be made, at each of a host name's addresses in turn), waiting
     ``retry_backoff_seconds`` (doubling) in between; a resend keeps its control id.
     `standing`: send over that connection, kept open (`keep_open`), instead of one of the
-    message's own; an `urgent` (STAT) message's attempts take it before routine ones waiting.
+    message's own; an `urgent` (STAT) send holds every routine attempt back until it is
+    done, its retry pauses too.
     Once the gateway closes that connection (it is stopping), the send fails at once.
 
     Raises

@@ -328,7 +328,7 @@ def test_an_alert_whose_key_file_is_missing_for_minutes_waits_for_it_and_then_go
             made.sender.send_due(urgent=True, now=time.time() + 3600)
         row = made.state.notification_outcomes(1)["webhook"]
         assert (row["ok"], row["retryable"], row["attempts"]) == (0, 1, 0)
-        assert "not sent: the signing key" in row["detail"]
+        assert f"not sent: [Errno 2] No such file or directory: {str(key)!r}" in row["detail"]
         assert made.state.tally("notices") == {"webhook/stat/retrying": 1.0}
         assert made.disclosures.entries() == [] and pager.received.empty()
         key.write_text(KEY)  # the rotation is done

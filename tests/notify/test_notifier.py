@@ -409,14 +409,17 @@ def test_what_left_the_gateway_is_told_apart_from_what_never_did(
     assert len(messages_taken(hl7_listener)) == 1
 
 
-@pytest.mark.parametrize("left", [None, ""], ids=["missing", "empty"])
+@pytest.mark.parametrize(
+    "left", [None, "", "0ld-t0ken\nt0ken\n"], ids=["missing", "empty", "two lines"]
+)
 def test_a_notice_whose_key_or_token_file_a_rotation_left_never_leaves(
     tmp_path: Path, webhook_receiver: WebhookReceiver, positive: ResultNotice, left: str | None
 ) -> None:
     """A rotation half done: the pager's signing key file and the FHIR server's token file are
-    gone, or empty. Nothing is sent, so nothing is disclosed (`sent` False), no try is spent,
-    the receivers are not judged (both were down: they stay so, not seen back), and the
-    notice is tried again: once the files are back it goes."""
+    gone, empty, or hold the old line and the new. Nothing is sent (no alert signed with
+    both, no report without its token or with two), so nothing is disclosed (`sent` False),
+    no try is spent, the receivers are not judged (both were down: they stay so, not seen
+    back), and the notice is tried again: once the files are right it goes."""
     key, token = tmp_path / "pager.key", tmp_path / "fhir.token"
     if left is not None:
         key.write_text(left)
@@ -431,6 +434,7 @@ def test_a_notice_whose_key_or_token_file_a_rotation_left_never_leaves(
                 notifier.outages.failed(channel, "HTTP 503", unreached=False)
             missing = notifier.notify(positive)  # a STAT alert: tried though both are down
             assert set(notifier.outages.down()) == {"webhook", "fhir"}
+            assert fhir.resources("DiagnosticReport") == [] and webhook_receiver.received.empty()
             key.write_text(WEBHOOK_KEY.decode())
             token.write_text("t0ken")
             back = notifier.notify(positive)
@@ -440,38 +444,11 @@ def test_a_notice_whose_key_or_token_file_a_rotation_left_never_leaves(
         ("webhook", False, True, False, False),
         ("fhir", False, True, False, False),
     ]
-    assert [o.detail.split(": not sent: ")[1].split(":")[0] for o in missing] == [
-        "the signing key",
-        "the bearer token or CAs",
-    ]
+    assert [": not sent: " in o.detail for o in missing] == [True, True]
+    assert str(key) in missing[0].detail and str(token) in missing[1].detail
     assert all(o.ok and o.sent for o in back), [o.detail for o in back]
     assert webhook_receiver.received.get(timeout=5).payload["event"] == "aifi.triage.positive"
     assert webhook_receiver.received.empty()
-
-
-def test_a_token_file_holding_two_tokens_is_not_sent(
-    tmp_path: Path, positive: ResultNotice
-) -> None:
-    """The new token appended before the old one is removed: no report goes out with two
-    tokens in its header (httpx would refuse it only as the request is written, taken for
-    the server's fault), nor is the server judged down."""
-    token = tmp_path / "fhir.token"
-    token.write_text("old-t0ken\nt0ken\n")
-    with FhirReceiver(bearer_token="t0ken") as fhir:
-        settings = NotificationSettings(
-            fhir=FhirEndpoint(base_url=fhir.base_url, bearer_token_file=token, **FAST)
-        )
-        with Notifier(settings) as notifier:
-            [outcome] = notifier.notify(positive)
-            assert notifier.outages.down() == {}
-        assert fhir.resources("DiagnosticReport") == []
-    assert (outcome.ok, outcome.retryable, outcome.sent, outcome.counted) == (
-        False,
-        True,
-        False,
-        False,
-    )
-    assert "holds no one bearer token" in outcome.detail
 
 
 def test_the_fhir_servers_cas_are_read_once_at_start(

@@ -368,6 +368,13 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             'job="aifi-gateway", instance="g2"}': "0+1x60",
             'aifi_gateway_notices{channel="hl7", priority="routine", outcome="failed", '
             'job="aifi-gateway", instance="g2"}': "0x40 1x30",
+            # g1's pager key file is gone from 5m to 70m (a rotation half done): its routine
+            # notices wait, retrying. g1's FHIR server is down from 21m to 36m (below), and
+            # its routine notices wait on till 100m, its token file gone meanwhile.
+            'aifi_gateway_notices{channel="webhook", priority="routine", outcome="retrying", '
+            'job="aifi-gateway", instance="g1"}': "0x4 1x65 0x40",
+            'aifi_gateway_notices{channel="fhir", priority="routine", outcome="retrying", '
+            'job="aifi-gateway", instance="g1"}': "0x20 1x80",
             # g1's FHIR server is down from 21m to 36m; g2's RIS missed one notice at 11m,
             # and took the next one tried, five minutes later.
             'aifi_gateway_notice_receiver_down{channel="fhir", job="aifi-gateway", '
@@ -435,6 +442,14 @@ CASES: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {
             fires("GatewayNoticesFailing", "42m",
                   "Result notices from g2 to hl7 failed in the last hour",
                   channel="hl7", instance="g2"),
+            quiet("GatewayNoticesStuck", "64m"),
+            fires("GatewayNoticesStuck", "66m",
+                  "Result notices from g1 to webhook have waited an hour to go out",
+                  channel="webhook", instance="g1"),
+            quiet("GatewayNoticesStuck", "90m"),  # fhir's hour counts from its server's return
+            fires("GatewayNoticesStuck", "98m",
+                  "Result notices from g1 to fhir have waited an hour to go out",
+                  channel="fhir", instance="g1"),
             quiet("GatewayNoticeReceiverDown", "14m"),  # g2's RIS, down for four minutes
             quiet("GatewayNoticeReceiverDown", "29m"),
             fires("GatewayNoticeReceiverDown", "31m",

@@ -605,7 +605,7 @@ def test_a_background_task_that_fails_is_counted_until_it_works_again(
         30,
         "the chain to catch up",
     )
-    wait_for(lambda: figures()[in_a_row] == 0.0, 30, "a good round to end the run")
+    wait_for(lambda: figures()[in_a_row] == 0.0, 30, "two good rounds running to end the run")
     assert figures()[failed] >= 2  # what failed stays counted
 
 

@@ -435,7 +435,7 @@ class NoticeSender:
                 counted=outcome.counted,
             )  # fmt: skip
             if not outcome.sent:
-                continue  # held off, refused every connection, or the stop: nothing left
+                continue  # nothing left (`NoticeOutcome.sent`): nothing to disclose
             detail = f"{what} of {queued.product_id} (exchange job {queued.exchange_job_id})" + (
                 f": {outcome.detail}" if outcome.detail and not outcome.ok else ""
             )

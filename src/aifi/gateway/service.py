@@ -520,12 +520,18 @@ class Gateway:
             self._server.shutdown()
         if self._stow is not None:
             self._stow.stop()
-        # A notice thread may be in the middle of a send: waited for, up to two minutes, so
-        # that its outcome is recorded and the notice is not sent again after a restart.
-        notices = min(120.0, self.notifier.longest_send_seconds() + 5)
+        # A notice thread may be in the middle of a send: waited for, up to two minutes in all
+        # (one deadline for both lanes, which send at once), so that its outcome is recorded
+        # and the notice is not sent again after a restart.
+        others = self.config.poll_wait_seconds + 35
+        notices_until = time.monotonic() + max(
+            others, min(120.0, self.notifier.longest_send_seconds() + 5)
+        )
         for thread in self._threads:
-            waits = notices if thread.name.endswith("notices") else 0.0
-            thread.join(timeout=max(self.config.poll_wait_seconds + 35, waits))
+            if thread.name.endswith("notices"):
+                thread.join(timeout=max(0.0, notices_until - time.monotonic()))
+            else:
+                thread.join(timeout=others)
         if self.metrics is not None:
             self.metrics.close()
         self.close()

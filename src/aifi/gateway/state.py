@@ -1670,8 +1670,9 @@ class GatewayState(StateReads):
         counted: bool = True,
     ) -> None:
         """Record a try; one that does not count towards the notice's `MAX_NOTICE_ATTEMPTS`
-        (`counted` False: held off a receiver that is down, tried on one known down, or cut
-        short by the gateway's stop) says
+        (`counted` False: held off a receiver that is down, tried on one known down, cut
+        short by the gateway's stop, or not prepared for a key or token file it could not
+        read) says
         where the notice stands all the same. A notice of another `kind` than the row's (no
         result, after a result notice went out) takes the row over, its tries counted
         afresh."""

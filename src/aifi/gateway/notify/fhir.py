@@ -378,7 +378,7 @@ def post_fhir(
         token = endpoint.bearer_token()
         verify = endpoint_verify(endpoint) if client is None else True
     except (OSError, ValueError) as exc:
-        raise NotPrepared("fhir", f"{where}: not sent: the bearer token or CAs: {exc}") from exc
+        raise NotPrepared("fhir", f"{where}: not sent: {exc}") from exc  # names the file
     if token:
         headers["Authorization"] = f"Bearer {token}"
     body = bundle.model_dump_json(exclude_none=True).encode()

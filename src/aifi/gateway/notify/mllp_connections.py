@@ -108,7 +108,7 @@ class StandingConnection:
         """A send's claim on the connection, from its first attempt to its last: while an
         `urgent` (STAT) send is under way, waiting, sending or pausing before its retry, no
         routine attempt starts, so a STAT notice never waits for a routine notice's next
-        attempt. STAT sends take turns among themselves as they come."""
+        attempt. STAT sends share the connection among themselves, one attempt at a time."""
         if not urgent:
             yield
             return

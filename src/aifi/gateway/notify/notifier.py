@@ -55,7 +55,7 @@ class NoticeOutcome:
     conditional-create identifier, the webhook delivery id); `detail` is the receiver's answer
     (``AA``, ``201 Created``) or the error; `retryable` is False when resending the same message
     cannot help (content rejected, or the notice cannot be encoded). `tried` is False for a
-    routine notice held off a receiver that is down, and for one the gateway's stop kept from
+    notice held off a receiver that is down, and for one the gateway's stop kept from
     leaving. `sent` is False for those, for one whose every attempt failed to connect, for one
     that could not be encoded, and for one whose key or token file could not be read: nothing
     of the patient left the gateway, so nothing is disclosed. `counted` is False for a notice

@@ -106,10 +106,21 @@ class WebhookEndpoint(_Settings):
         return self
 
     def signing_key(self) -> bytes:
-        """The HMAC key, read at each use so that a rotated key file takes effect at once."""
+        """The HMAC key, read at each use so that a rotated key file takes effect at once.
+
+        Raises
+        ------
+        OSError
+            The key file cannot be read.
+        ValueError
+            The key is empty, or a file holds more than one line, as a rotation half done
+            leaves it: signed so, the alert would be refused (and given up)."""
         text = self.secret if self.secret is not None else self._read_secret_file()
+        where = self.secret_file or "webhook: the signing secret"
         if not text:
-            raise ValueError(f"{self.secret_file or 'webhook: the signing secret'} is empty")
+            raise ValueError(f"{where} is empty")
+        if "\n" in text or "\r" in text:
+            raise ValueError(f"{where} holds more than one line")
         return text.encode()
 
     def _read_secret_file(self) -> str:

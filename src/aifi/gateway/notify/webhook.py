@@ -172,7 +172,7 @@ def send_webhook(
     try:
         key = endpoint.signing_key()
     except (OSError, ValueError) as exc:
-        raise NotPrepared("webhook", f"{where}: not sent: the signing key: {exc}") from exc
+        raise NotPrepared("webhook", f"{where}: not sent: {exc}") from exc  # names the file
     own = client or http_client(endpoint.url)
     attempts = endpoint.retries + 1
     problem = "not sent"

@@ -339,6 +339,33 @@ def test_an_alert_whose_key_file_is_missing_for_minutes_waits_for_it_and_then_go
     assert [entry.outcome for entry in made.disclosures.entries()] == ["success"]
 
 
+def test_an_alert_whose_key_file_was_missing_on_its_first_pass_is_still_on_its_first_pass(
+    parts: Any, tmp_path: Path
+) -> None:
+    """The pager is held off (it was down for an earlier alert) and its key file is gone on
+    this alert's first pass: nothing asked the pager, so the pass is not counted, and once the
+    key is back the next pass still tries the pager, though it is held off, as a first pass
+    does. Counted, the alert would wait for the pager's recovery to be seen."""
+    key = tmp_path / "pager.key"
+    with WebhookReceiver(KEY.encode()) as pager:
+        webhook = WebhookEndpoint(url=pager.url, secret_file=key, retries=0, timeout_seconds=30)
+        made = parts(NotificationSettings(webhook=webhook))
+        made.notifier.outages.failed("webhook", "connection refused", unreached=True)
+        made.sender.queue(1, result("x-1", TriageFlag.POSITIVE))
+        made.sender.send_due(urgent=True)
+        [queued] = made.state.queued_notices_of(1)
+        row = made.state.notification_outcomes(1)["webhook"]
+        assert (queued["tries"], row["ok"], row["attempts"]) == (0, 0, 0)
+        assert "No such file or directory" in row["detail"] and pager.received.empty()
+        assert made.notifier.outages.holding_off("webhook") is not None
+        key.write_text(KEY)  # the rotation is done
+        made.sender.send_due(urgent=True, now=float(queued["due_at"]) + 1)
+        assert pager.received.get(timeout=5).payload["event"] == "aifi.triage.positive"
+    assert made.state.notification_outcomes(1)["webhook"]["ok"] == 1
+    assert made.state.queued_notices_of(1) == [] and made.done == ["x-1"]
+    assert [entry.outcome for entry in made.disclosures.entries()] == ["success"]
+
+
 def test_a_notice_done_with_is_not_queued_again(parts: Any) -> None:
     """The job brought home again (its acknowledgement lost) queues its notice again: it is
     not sent a second time."""

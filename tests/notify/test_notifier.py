@@ -405,7 +405,7 @@ def test_what_left_the_gateway_is_told_apart_from_what_never_did(
     assert "PID-3" in unencodable.detail and not unencodable.retryable
     assert (unencodable.ok, unencodable.tried, unencodable.sent) == (False, True, False)
     assert (taken.ok, taken.sent) == (True, True)
-    assert (refused.ok, refused.tried, refused.sent) == (False, True, False)
+    assert (refused.ok, refused.tried, refused.sent, refused.prepared) == (False, True, False, True)
     assert len(messages_taken(hl7_listener)) == 1
 
 
@@ -440,13 +440,13 @@ def test_a_notice_whose_key_or_token_file_a_rotation_left_never_leaves(
             back = notifier.notify(positive)
             assert notifier.outages.down() == {}
         assert len(fhir.resources("DiagnosticReport")) == 1
-    assert [(o.channel, o.ok, o.retryable, o.sent, o.counted) for o in missing] == [
-        ("webhook", False, True, False, False),
-        ("fhir", False, True, False, False),
+    assert [(o.channel, o.ok, o.retryable, o.sent, o.counted, o.prepared) for o in missing] == [
+        ("webhook", False, True, False, False, False),
+        ("fhir", False, True, False, False, False),
     ]
     assert [": not sent: " in o.detail for o in missing] == [True, True]
     assert str(key) in missing[0].detail and str(token) in missing[1].detail
-    assert all(o.ok and o.sent for o in back), [o.detail for o in back]
+    assert all(o.ok and o.sent and o.prepared for o in back), [o.detail for o in back]
     assert webhook_receiver.received.get(timeout=5).payload["event"] == "aifi.triage.positive"
     assert webhook_receiver.received.empty()
 

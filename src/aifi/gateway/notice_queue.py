@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel
 
@@ -61,6 +61,16 @@ def retry_in(passes: int) -> float:
     """Seconds to the next pass of a notice that left a channel to try again: 2, 4, 8 …
     up to five minutes."""
     return float(min(2 ** min(passes, 9), 300))
+
+
+class Announced(NamedTuple):
+    """How one pass of a notice went (`NoticeSender.announce`)."""
+
+    #: Every channel is done with the notice.
+    done: bool
+    #: The gateway could make every request it tried: no channel was kept from its receiver
+    #: by a key or token file mid-rotation (`NoticeOutcome.prepared`).
+    prepared: bool
 
 
 class QueuedNotice(BaseModel):
@@ -269,6 +279,7 @@ class NoticeSender:
                 self._state.give_up_notifications(job_id, (), DELAY_NOT_SENT, kind=kind)
                 self._leave_queue(job_id, kind, "")
                 return
+        prepared = True
         try:
             known, failure = self._known(queued), ""
             if (
@@ -285,7 +296,7 @@ class NoticeSender:
             else:
                 announced_as = self._state.delay_announced_as(job_id)
                 notice = queued.notice(self._hospital, known, announced_as)
-                done = self.announce(
+                done, prepared = self.announce(
                     job_id, queued, known, notice, first=first, stat_lane=bool(row["urgent"])
                 )
         except (OSError, sqlite3.Error, NotRecorded) as exc:
@@ -302,7 +313,8 @@ class NoticeSender:
             due = time.time() + retry_in(passes + 1)
             # A pass the gateway's stop may have cut short is not counted as a try: a STAT
             # notice whose first try it was is, after the restart, tried whatever is held off.
-            tried = not failure and not self._stop.is_set()
+            # Nor is one that left a receiver unasked for a key or token file mid-rotation.
+            tried = not failure and not self._stop.is_set() and prepared
             self._state.notice_later(job_id, kind, passes + 1, due, tried=tried)
             log.info(
                 "job %s: its %s notice is tried again in %.0f s (%s)",
@@ -402,13 +414,15 @@ class NoticeSender:
         first: bool = True,
         *,
         stat_lane: bool,
-    ) -> bool:
+    ) -> Announced:
         """Send `notice` on every configured channel not yet done, each outcome recorded and
-        each try that left disclosed; True when every channel is done. On the `first` pass of a STAT
-        notice, or of any notice of a study run STAT, receivers all held off are all tried
-        (`Notifier.notify`); later passes hold off as routine ones do, so that retries to a
-        receiver that is down never hold up a new alert. `stat_lane`: the notice is queued on
-        the STAT lane, and goes first on a standing HL7 connection.
+        each try that left disclosed; whether every channel is done, and whether every request
+        could be made. On the `first` pass of a STAT notice, or of any notice of a study run
+        STAT, receivers all held off are all tried (`Notifier.notify`); later passes hold off
+        as routine ones do, so that retries to a receiver that is down never hold up a new
+        alert. A pass that could not make a request (a key or token file mid-rotation) asked
+        that receiver nothing, so it is not counted as the first (`_send`). `stat_lane`: the
+        notice is queued on the STAT lane, and goes first on a standing HL7 connection.
 
         A channel's row is of one notice (`kind`): a notice that there is no result, after a
         result notice went out (its results purged before a restored gateway fetched them
@@ -421,11 +435,11 @@ class NoticeSender:
         patient, study = str(known[1].get("PatientID", "")), known[0]
         what = "result" if notice.available else "delay" if notice.delayed else "no result"
         always = first and (notice.goes_stat or queued.urgent)
-        sent = False
+        sent, prepared = False, True
         for outcome in self._notifier.notify(
             notice, skip=done, always_try=always, urgent=stat_lane
         ):
-            sent = sent or outcome.sent
+            sent, prepared = sent or outcome.sent, prepared and outcome.prepared
             other = rows.get(outcome.channel)
             if not outcome.tried and other is not None and other["kind"] != kind:
                 continue  # nothing sent: the row keeps what the job's other notice did
@@ -462,6 +476,7 @@ class NoticeSender:
         channels = self._notifier.channels(notice)
         self._state.give_up_notifications(job_id, channels, NO_LONGER_SENT)
         outcomes = self._state.notification_outcomes(job_id, kind)
-        return all(
-            channel in outcomes and notice_settled(outcomes[channel]) for channel in channels
+        return Announced(
+            all(channel in outcomes and notice_settled(outcomes[channel]) for channel in channels),
+            prepared,
         )

@@ -63,6 +63,9 @@ class NoticeOutcome:
     check of its connection had just seen back), for a send the gateway's stop cut short, and
     for a key or token file that could not be read: none counts towards the notice's tries,
     so that an outage, however long, spends none of them, nor does a stop or a rotation.
+    `prepared` is False only for that last: the gateway could not make the request, so no
+    receiver was asked, and a STAT notice's first pass, which tries receivers held off, is
+    not used up (`NoticeQueue.announce`).
     """
 
     channel: str
@@ -75,6 +78,7 @@ class NoticeOutcome:
     tried: bool = True
     counted: bool = True
     sent: bool = True
+    prepared: bool = True
 
 
 class Notifier:
@@ -201,7 +205,7 @@ class Notifier:
     ) -> NoticeOutcome:
         started, began = time.monotonic(), self.outages.now()
         message_id = self._message_id(channel, notice)
-        counted = tried = sent = True
+        counted = tried = sent = prepared = True
         try:
             detail = send(notice)
             ok, retryable = True, False
@@ -217,6 +221,7 @@ class Notifier:
             # Spends none of the notice's tries, as the gateway's other faults of its own
             # do: a rotation taking minutes must not give an alert up unsent.
             detail, ok, retryable, sent, counted = str(exc), False, exc.retryable, False, False
+            prepared = False
         except NotificationError as exc:  # refused: the receiver answered, so it is up
             detail, ok, retryable = str(exc), False, exc.retryable
             self.outages.answered(channel)
@@ -236,6 +241,7 @@ class Notifier:
             tried=tried,
             counted=counted,
             sent=sent,
+            prepared=prepared,
         )
         level = logging.INFO if ok else logging.WARNING
         log.log(

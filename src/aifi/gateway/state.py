@@ -203,11 +203,14 @@ CREATE TABLE IF NOT EXISTS deliveries (
 -- again; what the notice said, its UIDs among it, does not)
 CREATE TABLE IF NOT EXISTS queued_notices (
     job_id INTEGER NOT NULL,
-    kind TEXT NOT NULL,       -- result | no-result
+    kind TEXT NOT NULL,       -- result | no-result | delayed
     notice TEXT NOT NULL,     -- JSON (QueuedNotice): all but the patient's identity
     urgent INTEGER NOT NULL,  -- STAT: sent on a thread of its own, its first try never held off
     passes INTEGER NOT NULL DEFAULT 0,  -- passes that left a channel to try again
-    tries INTEGER NOT NULL DEFAULT 0,   -- of those, passes that reached the receivers
+    -- of those, passes that asked the receivers they tried: not cut short by the gateway's
+    -- stop, nor kept from one by a key or token file mid-rotation (0: a STAT notice's first
+    -- pass is still to come, which tries its receivers even when all are held off)
+    tries INTEGER NOT NULL DEFAULT 0,
     due_at REAL NOT NULL,
     queued_at REAL NOT NULL,
     done_at REAL,
@@ -1846,8 +1849,9 @@ class GatewayState(StateReads):
     def notice_later(
         self, job_id: int, kind: str, passes: int, due_at: float, *, tried: bool = True
     ) -> None:
-        """Try the notice again at `due_at`; `tried`: this pass counts as a try (it reached the
-        receivers, and the gateway's stop did not cut it short)."""
+        """Try the notice again at `due_at`; `tried`: this pass counts as a try (it asked the
+        receivers it tried: the gateway's stop did not cut it short, nor did a key or token
+        file keep it from one)."""
         with self.transaction() as db:
             db.execute(
                 "UPDATE queued_notices SET passes = ?, due_at = ?, tries = tries + ? "

@@ -57,6 +57,22 @@ def reads_of_the_log(settings: ExchangeSettings) -> list[tuple[str, str, str, st
         db.dispose()
 
 
+def refusals_of_the_log(settings: ExchangeSettings) -> list[str]:
+    """Who was refused a read of the log."""
+    db = Database(settings.resolved_database_url())
+    try:
+        with db.session() as session:
+            return list(
+                session.scalars(
+                    select(AuditEntry.organisation_id).where(
+                        AuditEntry.object_type == "audit", AuditEntry.outcome == "refused"
+                    )
+                )
+            )
+    finally:
+        db.dispose()
+
+
 def test_each_listing_of_the_log_is_logged_with_the_entries_it_showed(
     settings: ExchangeSettings,
 ) -> None:
@@ -83,7 +99,8 @@ def test_each_listing_of_the_log_is_logged_with_the_entries_it_showed(
         empty = client.get("/audit", params={"after_id": 10**9}, headers=OPERATOR)
         assert empty.status_code == 200 and empty.json() == []
 
-        # Who may not read the log is refused, and shown nothing, so no listing is logged.
+        # Who may not read the log is refused and shown nothing: no listing is logged, its
+        # refusal is.
         hospital_key = client.post(
             "/organisations",
             json={"id": "hospital-b", "name": "B", "kind": "hospital"},
@@ -108,7 +125,14 @@ def test_each_listing_of_the_log_is_logged_with_the_entries_it_showed(
             f"{len(listed)} entries, by GET /audit/fhir",
         ),
         ("operator", "operator", "no entries", "0 entries, by GET /audit"),
+        (
+            "hospital-b",
+            "hospital",
+            "",
+            "GET /audit: this action is for operator organisations, not hospital",
+        ),
     ]
+    assert refusals_of_the_log(settings) == ["hospital-b"]
 
 
 def test_each_fhir_entry_has_a_full_url_that_reads_it_and_the_read_is_logged(

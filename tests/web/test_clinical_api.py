@@ -72,9 +72,8 @@ def test_a_version_published_while_the_operator_admits_is_not_admitted_unreviewe
     assert "changed meanwhile (version 1.1.0, under-review" in refused.json()["detail"]
     assert (product["version"], product["status"]) == ("1.1.0", "under-review")
     assert [h["to"] for h in history] == ["submitted", "under-review"]
-    assert [(e["object_id"], e["outcome"]) for e in audit if e["object_type"] == "admission"][
-        -1
-    ] == (PRODUCT, "refused")
+    moves = [e for e in audit if (e["object_type"], e["action"]) == ("admission", "update")]
+    assert (moves[-1]["object_id"], moves[-1]["outcome"]) == (PRODUCT, "refused")
 
 
 def submit_job(pillar: Pillar, folder: Path, hospital: str = "hospital-a") -> str:

@@ -24,7 +24,7 @@ from aifi.exchange.auth import Unauthorised
 from aifi.exchange.deps import bearer, get_caller
 from aifi.exchange.errors import ExchangeError, Invalid
 from aifi.exchange.metrics import ERROR_KIND, ExchangeMetrics, MetricsMiddleware, TaskRounds
-from aifi.exchange.refused_changes import CHANGES, refused_change
+from aifi.exchange.refused_changes import refused_change
 from aifi.exchange.refused_keys import FLUSH_SECONDS, RefusedKeys
 from aifi.exchange.replica_changes import ReplicaChanges
 from aifi.exchange.retention import Retention
@@ -138,9 +138,11 @@ def create_app(
     async def _exchange_error(request: Request, exc: ExchangeError) -> JSONResponse:
         caller = getattr(request.state, "caller", None)
         # A 5xx (a full store) is the exchange's trouble, not a refusal of the caller.
+        # Reads and changes alike: a read refused before or outside `AuditLog.reading` (a
+        # role the route asks for, a query only hospitals may use) is a probe on record too.
         refusal = exc.status < 500 and not exc.audited
-        if refusal and caller is not None and request.method in CHANGES:
-            await run_in_threadpool(_audit_refused_change, services, request, caller, exc)
+        if refusal and caller is not None:
+            await run_in_threadpool(audit_refused, services, request, caller, exc.message)
         elif isinstance(exc, Unauthorised):  # no caller: the key is the refusal
             entries = refused_keys.refused(f"{request.method} {_route(request)}", exc)
             if entries:  # not one only counted: no thread for those
@@ -194,7 +196,7 @@ def create_app(
                 log.warning("the caller of an invalid request was not found", exc_info=True)
         if caller is not None:
             invalid = Invalid(f"invalid request: {_invalid_fields(exc)}")
-            await run_in_threadpool(_audit_refused_change, services, request, caller, invalid)
+            await run_in_threadpool(audit_refused, services, request, caller, invalid.message)
         return await request_validation_exception_handler(request, exc)
 
     for transient in (OperationalError, InterfaceError, PoolTimeout):
@@ -218,13 +220,11 @@ def create_app(
     return app
 
 
-def _audit_refused_change(
-    services: Services, request: Request, caller: Actor, exc: ExchangeError
-) -> None:
-    """Store a refused change the services did not store themselves (see
+def audit_refused(services: Services, request: Request, caller: Actor, message: str) -> None:
+    """Store a refusal the services did not store themselves (see
     :mod:`aifi.exchange.refused_changes`), or a request refused before its route ran; the
-    caller gets its answer even if this fails."""
-    entry = refused_change(request.method, _route(request), request.path_params, exc.message)
+    caller gets its answer even if this fails. The web pages store theirs so too."""
+    entry = refused_change(request.method, _route(request), request.path_params, message)
     try:
         services.audit.record(
             caller,

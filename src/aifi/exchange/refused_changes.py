@@ -3,7 +3,9 @@
 A refusal that a service stores itself says the most (the job's patient pseudonym, the rule a
 file broke). Every other refused change — a hospital writing to another's job, a worker
 heartbeating a lease it lost, an operator's change that does not hold — is stored by the app
-from the request's route, so that probes through the write endpoints are on record too.
+from the request's route, so that probes through the write endpoints are on record too; so is
+a read refused outside `AuditLog.reading` (a role the route asks for, a query only hospitals
+may use), as a refused `read`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-#: Methods that change something; refused reads are stored by `AuditLog.reading`.
+#: Methods that change something (a refused read is stored as a `read`).
 CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 #: The object a route's first segment names, as the access log calls it.
@@ -36,15 +38,17 @@ def refused_change(
     method: str, route: str, path_params: Mapping[str, object], message: str
 ) -> RefusedChange:
     """The access-log entry for a change refused with `message` on `route`, a route's path
-    template such as ``/jobs/{job_id}/results/{name}`` (or for a read refused before its
-    route could log it)."""
+    template such as ``/jobs/{job_id}/results/{name}`` (or for a read refused outside
+    `AuditLog.reading`, which stores its own)."""
     segments = [segment for segment in route.split("/") if segment]
+    if segments[:1] == ["ui"]:  # a web page names its object as the API does
+        segments = segments[1:]
     first = segments[0] if segments else ""
     if "inputs" in segments or "results" in segments:
         object_type = "input" if "inputs" in segments else "result"
     else:
         object_type = _OBJECTS.get(first, first)
-    if method not in CHANGES:  # a read refused before its route ran (an invalid query)
+    if method not in CHANGES:  # a read refused outside `AuditLog.reading` (its role, a query)
         action = "read"
     elif method == "DELETE":
         action = "delete"

@@ -303,13 +303,15 @@ class ClinicalService:
         product = self._product(product_id)
         self._may_see_dossier(actor, product)
         with self._db.session() as session:
-            return list(
+            events = list(
                 session.scalars(
                     select(AdmissionEvent)
                     .where(AdmissionEvent.product_id == product_id)
                     .order_by(AdmissionEvent.id)
                 )
             )
+        self._audit.record(actor, "read", "admission", product_id)
+        return events
 
     def record(
         self, actor: Actor, product_id: str, hospital_id: str | None = None
@@ -395,11 +397,21 @@ class ClinicalService:
         return row
 
     def feedback_for(self, actor: Actor, job_id: str) -> JobFeedback | None:
+        """The radiologist's feedback on the job, if any; a read on record when there is."""
         with self._db.session() as session:
-            job = session.scalars(visible_to(select(Job.id).where(Job.id == job_id), actor)).first()
+            job = session.execute(
+                visible_to(select(Job.id, Job.patient_pseudonym).where(Job.id == job_id), actor)
+            ).first()
             if job is None:
                 raise NotFound(f"no job {job_id!r}")
-            return session.scalars(select(JobFeedback).where(JobFeedback.job_id == job_id)).first()
+            feedback = session.scalars(
+                select(JobFeedback).where(JobFeedback.job_id == job_id)
+            ).first()
+        if feedback is not None:
+            self._audit.record(
+                actor, "read", "feedback", job_id, patient_pseudonym=job.patient_pseudonym
+            )
+        return feedback
 
     def record_eligible(self, actor: Actor, product_id: str, month: str, studies: int) -> None:
         if actor.role != OrganisationKind.hospital:

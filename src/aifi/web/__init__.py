@@ -11,15 +11,20 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import RedirectResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from aifi.exchange.app import audit_refused
+from aifi.exchange.errors import ExchangeError
 from aifi.exchange.services import Services
 from aifi.governance.service import ClinicalService
 from aifi.web import api, pages
-from aifi.web.session import LoginRequired
+from aifi.web.session import LoginRequired, WebUser
 
 
 def mount(app: FastAPI, services: Services) -> None:
@@ -45,12 +50,31 @@ def mount(app: FastAPI, services: Services) -> None:
     async def _login(_request: Request, _exc: LoginRequired) -> RedirectResponse:
         return RedirectResponse("/ui/login", status_code=303)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _refused(request: Request, exc: StarletteHTTPException) -> Response:
+        # A page refusing someone logged in (another hospital's job, an operator asking for
+        # pixels) is a probe on record, as the API's refusals are; one the services stored
+        # already (the page passes their refusal on) is not stored twice.
+        user = _logged_in(request)
+        stored = isinstance(exc.__cause__, ExchangeError) and exc.__cause__.audited
+        if user is not None and exc.status_code < 500 and not stored:
+            await run_in_threadpool(audit_refused, services, request, user.actor, str(exc.detail))
+        return await http_exception_handler(request, exc)
+
     @app.get("/", include_in_schema=False)
     def _root() -> RedirectResponse:
         return RedirectResponse("/ui/", status_code=307)
 
     app.include_router(api.router)
     app.include_router(pages.router)
+
+
+def _logged_in(request: Request) -> WebUser | None:
+    """Who is logged in, for a request to a page (route matched, under /ui) only."""
+    if request.scope.get("route") is None or "session" not in request.scope:
+        return None
+    data = request.session.get("user")
+    return WebUser(**data) if data else None
 
 
 class OnlyUnder:

@@ -1,21 +1,26 @@
 """The tenant walls around what is not a job: every refused read on record, the web pages'
-refusals too. On the embedded backend: these are the routes' rules, the same on every
-database."""
+refusals too; the catalogue's products not yet admitted kept to their vendor; the uptake
+denominator only from a product's own hospitals. On the embedded backend: these are the
+routes' rules, the same on every database."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 
 from aifi.exchange.app import create_app
+from aifi.exchange.db import Database
+from aifi.exchange.models import Product
 from aifi.exchange.settings import ExchangeSettings
 from aifi.web import mount
-from scale.exchange_api import OPERATOR_KEY, Exchange, Org
+from scale.exchange_api import OPERATOR_KEY, Exchange, Org, backend_settings
 
 OPERATOR = {"Authorization": f"Bearer {OPERATOR_KEY}"}
 PASSWORD = "correct horse battery"
@@ -197,3 +202,95 @@ def test_reading_admission_and_feedback_is_on_record(
         ("create", job_id), ("read", job_id),
     ]  # fmt: skip
     assert feedback[1]["patient_pseudonym"] == feedback[0]["patient_pseudonym"] != ""
+
+
+def national_row(exchange: Exchange, reader: Org, product: str) -> dict[str, Any]:
+    rows = exchange.client.get("/evaluation", headers=reader.headers).json()
+    [row] = [r for r in rows if r["product_id"] == product and r["hospital_id"] == "national"]
+    return dict(row)
+
+
+def test_only_a_products_own_hospitals_count_its_eligible_studies(
+    exchange: Exchange, parties: dict[str, Org], make_ct: Any, tmp_path: Path
+) -> None:
+    """The national uptake a vendor is judged on is routed ÷ eligible over its hospitals. A
+    hospital that never subscribed to the product (its gateway's route to it misconfigured,
+    or a hospital that means harm) cannot move it, nor count for a product that does not
+    exist; a hospital that ended its subscription still reports the months it had one."""
+    completed_job(exchange, parties, make_ct, tmp_path)
+    month = datetime.now(UTC).strftime("%Y-%m")
+    hospital_a, hospital_b = parties["hospital_a"], parties["hospital_b"]
+
+    def put(hospital: Org, product: str, studies: int) -> Any:
+        body = {"product_id": product, "month": month, "studies": studies}
+        return exchange.client.put("/eligible", json=body, headers=hospital.headers)
+
+    assert put(hospital_a, "product-a", 4).status_code == 204
+    before = national_row(exchange, parties["vendor_a"], "product-a")
+    assert (before["eligible"], before["uptake"]["numerator"]) == (4, 1)
+    forged, ghost = put(hospital_b, "product-a", 1_000_000), put(hospital_b, "no-such", 1)
+    assert (forged.status_code, ghost.status_code) == (403, 403)
+    assert forged.json()["detail"] == (
+        "hospital 'hospital-b' has never subscribed to 'product-a': eligible studies are "
+        "counted for its products only"
+    )
+    assert national_row(exchange, parties["vendor_a"], "product-a") == before
+    assert [e["object_id"] for e in refusals_of(exchange, hospital_b.id)] == ["", ""]
+    ended = exchange.client.delete("/subscriptions/product-a", headers=hospital_a.headers)
+    assert ended.status_code == 204, ended.text
+    assert put(hospital_a, "product-a", 5).status_code == 204
+
+
+def test_a_product_never_admitted_is_its_vendors_and_the_operators(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A draft (an unreleased idea) or one in its first review is shown to its vendor and the
+    operator only, as its dossier is: another vendor or a hospital is answered as if it did
+    not exist, on record. Once admitted, everyone reads it in the catalogue; back under review
+    for a new version, hospitals subscribed to it still read it (their gateways route by its
+    manifest)."""
+    chosen = backend_settings("sqlite", tmp_path, request.config, admit_on_register=False)
+    try:
+        with TestClient(create_app(chosen.settings, extensions=[mount])) as client:
+            exchange = Exchange(client)
+            owner, other = exchange.org("vendor-a", "vendor"), exchange.org("vendor-b", "vendor")
+            subscribed = exchange.org("hospital-a", "hospital")
+            stranger = exchange.org("hospital-b", "hospital")
+            made = exchange.product(owner, "secret-draft", intended_use="an unreleased idea")
+            assert made["status"] == "draft"
+
+            def seen(reader: Org | None) -> tuple[int, bool]:
+                headers = reader.headers if reader is not None else OPERATOR
+                one = client.get("/products/secret-draft", headers=headers)
+                listed = client.get("/products", headers=headers).json()
+                return one.status_code, any(p["id"] == "secret-draft" for p in listed)
+
+            assert [seen(r) for r in (owner, None, other, subscribed)] == [
+                (200, True), (200, True), (404, False), (404, False),
+            ]  # fmt: skip
+            assert client.get("/products/secret-draft", headers=other.headers).json() == {
+                "detail": "no product 'secret-draft'"
+            }
+            refused = [e for e in refusals_of(exchange, other.id) if e["action"] == "read"]
+            assert [e["object_id"] for e in refused] == ["secret-draft"] * 2
+
+            database = Database(chosen.settings.resolved_database_url())
+            try:
+
+                def status(value: str) -> None:
+                    with database.session() as session:
+                        session.execute(
+                            update(Product).where(Product.id == "secret-draft").values(status=value)
+                        )
+
+                status("admitted")
+                assert [seen(r) for r in (other, subscribed, stranger)] == [(200, True)] * 3
+                exchange.subscribe(subscribed, "secret-draft")
+                status("under-review")  # a new version, in review
+                assert [seen(r) for r in (owner, subscribed, other, stranger)] == [
+                    (200, True), (200, True), (404, False), (404, False),
+                ]  # fmt: skip
+            finally:
+                database.dispose()
+    finally:
+        chosen.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -295,6 +296,20 @@ class Catalogue:
         with self._db.session() as session:
             return list(session.scalars(select(Product).order_by(Product.id)))
 
+    def visible_product(self, actor: Actor, product_id: str) -> Product:
+        """The product as `actor` may read it (`seen_by`); one it may not is not found, as
+        one that does not exist."""
+        with self._db.session() as session:
+            product = session.get(Product, product_id)
+            if product is None or not _seen_by(session, actor, [product]):
+                raise NotFound(f"no product {product_id!r}")
+            return product
+
+    def visible_products(self, actor: Actor) -> list[Product]:
+        """The products `actor` may read (`seen_by`)."""
+        with self._db.session() as session:
+            return _seen_by(session, actor, session.scalars(select(Product).order_by(Product.id)))
+
     # subscriptions -------------------------------------------------------------------------
 
     def subscribe(self, actor: Actor, product_id: str) -> Subscription:
@@ -392,6 +407,36 @@ def _other_live_keys(session: Session, organisation_id: str, key_id: int) -> int
         )
         or 0
     )
+
+
+#: A product that was admitted, whatever became of it: in the national catalogue, which every
+#: organisation reads. One never admitted (a draft, one under review) is its vendor's business.
+CATALOGUED_STATES = frozenset({"admitted", "suspended", "retired"})
+
+
+def _seen_by(session: Session, actor: Actor, products: Iterable[Product]) -> list[Product]:
+    """The products `actor` may read: the operator all; a vendor its own, and others' in the
+    catalogue; a hospital those in the catalogue and those it subscribes or subscribed to
+    (one admitted before and back under review for a new version still routes its studies,
+    and its gateway reads its manifest)."""
+    if actor.role == OrganisationKind.operator:
+        return list(products)
+    subscribed: set[str] = set()
+    if actor.role == OrganisationKind.hospital:
+        subscribed = set(
+            session.scalars(
+                select(Subscription.product_id).where(
+                    Subscription.hospital_id == actor.organisation_id
+                )
+            )
+        )
+    return [
+        product
+        for product in products
+        if product.status in CATALOGUED_STATES
+        or product.vendor_id == actor.organisation_id
+        or product.id in subscribed
+    ]
 
 
 def find_product(session: Session, product_id: str) -> Product:

@@ -97,6 +97,9 @@ KEY_REFUSED = 401
 #: An exchange refusal (4xx but these and `KEY_REFUSED`) will not change on retry: the job is
 #: refused for good.
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
+#: Seconds before a product whose uptake counts or manifest the exchange refused is tried
+#: again for uptake.
+UPTAKE_REFUSED_SECONDS = 3600.0
 #: Seconds between looks for studies past `retain_hours`.
 RETENTION_SWEEP_SECONDS = 60.0
 #: Why a restored job's notice still to be retried is given up: the disk lost since brought
@@ -291,6 +294,11 @@ def key_refused(exc: BaseException) -> TypeGuard[ExchangeHTTPError]:
     return isinstance(exc, ExchangeHTTPError) and exc.status == KEY_REFUSED
 
 
+def _refused_for_good(exc: ExchangeHTTPError) -> bool:
+    """An answer about the request that a retry will not change (not the key, not busy)."""
+    return 400 <= exc.status < 500 and exc.status not in RETRYABLE_STATUSES | {KEY_REFUSED}
+
+
 def key_refused_reason(exc: ExchangeHTTPError) -> str:
     """What the engineer must do when the exchange does not take the gateway's API key."""
     return (
@@ -392,6 +400,11 @@ class Gateway:
         self.refusals = Refusals()
         self.metrics: MetricsServer | None = None
         self._retry_at: dict[str, float] = {}
+        #: Products whose uptake counts the exchange refused (the hospital never subscribed
+        #: to them), and whose manifest it would not show (never admitted, nor subscribed to),
+        #: each with when to try again (`report_uptake`).
+        self._counts_refused: dict[str, float] = {}
+        self._product_unseen: dict[str, float] = {}
         #: Jobs brought home whose results did not reach the PACS, by exchange job, and why:
         #: said to the exchange with their acknowledgement.
         self._not_delivered: dict[str, Delivery] = {}
@@ -853,18 +866,50 @@ class Gateway:
         try:
             for study in self.state.uncounted_studies():
                 instances = self.state.study_instances(study["study_uid"])
+                manifests = self._uptake_manifests(products)
                 eligible = [
-                    p for p in products
-                    if any(_accepted(self.client.product(p)["manifest"], row) for row in instances)
+                    p for p, manifest in manifests.items()
+                    if any(_accepted(manifest, row) for row in instances)
                 ]  # fmt: skip
                 self.state.count_eligible(
                     study["study_uid"], study["round"], study["month"], eligible
                 )
             for row in self.state.unreported_counts():
-                self.client.report_eligible(row["product_id"], row["month"], row["studies"])
-                self.state.mark_reported(row["product_id"], row["month"], row["studies"])
+                product = str(row["product_id"])
+                if self._counts_refused.get(product, 0.0) > time.monotonic():
+                    continue
+                try:
+                    self.client.report_eligible(product, row["month"], row["studies"])
+                except ExchangeHTTPError as exc:
+                    if not _refused_for_good(exc):
+                        raise
+                    # A product the hospital never subscribed to: its counts wait (they go
+                    # once it subscribes), the other products' still go.
+                    self._counts_refused[product] = time.monotonic() + UPTAKE_REFUSED_SECONDS
+                    log.warning("uptake counts of %s not taken by the exchange; offered again "
+                                "in an hour: %s", product, exc.detail)  # fmt: skip
+                    continue
+                self.state.mark_reported(product, row["month"], row["studies"])
         except (ExchangeHTTPError, httpx.TransportError, OSError) as exc:
             log.warning("uptake counts not reported yet: %s", exc)
+
+    def _uptake_manifests(self, products: list[str]) -> dict[str, Any]:
+        """The manifests of the routed products that uptake is counted for: not one the
+        exchange will not show this hospital (never admitted, nor subscribed to), so that a
+        route to it holds up no other product's count."""
+        manifests = {}
+        for product in products:
+            if self._product_unseen.get(product, 0.0) > time.monotonic():
+                continue
+            try:
+                manifests[product] = self.client.product(product)["manifest"]
+            except ExchangeHTTPError as exc:
+                if not _refused_for_good(exc):
+                    raise
+                self._product_unseen[product] = time.monotonic() + UPTAKE_REFUSED_SECONDS
+                log.warning("uptake of %s not counted; looked at again in an hour: %s",
+                            product, exc.detail)  # fmt: skip
+        return manifests
 
     def submit(self, job: Any) -> None:
         """Pseudonymise and upload one job; refusals end it with a reason, outages retry.
@@ -1066,7 +1111,7 @@ class Gateway:
         except ExchangeHTTPError as exc:
             if key_refused(exc):
                 self._retry(job, key_refused_reason(exc), level=logging.ERROR)
-            elif 400 <= exc.status < 500 and exc.status not in RETRYABLE_STATUSES:
+            elif _refused_for_good(exc):
                 self._refuse_sent(
                     job,
                     opened,

@@ -31,7 +31,7 @@ from aifi.exchange.governance_models import (
     User,
 )
 from aifi.exchange.jobs import visible_to
-from aifi.exchange.models import Job, Organisation, Product
+from aifi.exchange.models import Job, Organisation, Product, Subscription
 from aifi.exchange.months import Months
 from aifi.exchange.schemas import JobState, OrganisationKind, ProductManifest
 from aifi.exchange.settings import ExchangeSettings
@@ -414,9 +414,24 @@ class ClinicalService:
         return feedback
 
     def record_eligible(self, actor: Actor, product_id: str, month: str, studies: int) -> None:
+        """The hospital's count of studies `product_id` could have read in `month`: the
+        denominator of its uptake, and of the national uptake the vendor is judged on. Only
+        for a product the hospital subscribes to, or did: a gateway whose routes name one it
+        never subscribed to (its jobs refused) would otherwise lower that figure for nothing,
+        and any hospital could move another vendor's."""
         if actor.role != OrganisationKind.hospital:
             raise Forbidden("eligible studies are counted by the hospital's gateway")
         with self._db.session() as session:
+            if not session.scalars(
+                select(Subscription.id).where(
+                    Subscription.hospital_id == actor.organisation_id,
+                    Subscription.product_id == product_id,
+                )
+            ).first():
+                raise Forbidden(
+                    f"hospital {actor.organisation_id!r} has never subscribed to "
+                    f"{product_id!r}: eligible studies are counted for its products only"
+                )
             row = session.scalars(
                 select(EligibleCount).where(
                     EligibleCount.hospital_id == actor.organisation_id,

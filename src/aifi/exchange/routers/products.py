@@ -20,9 +20,9 @@ def register_product(
 
 @router.get("", response_model=list[ProductOut])
 def list_products(caller: CallerDep, services: ServicesDep) -> list[ProductOut]:
-    return [product_out(p) for p in services.catalogue.list_products()]
+    return [product_out(p) for p in services.catalogue.visible_products(caller)]
 
 
 @router.get("/{product_id}", response_model=ProductOut)
 def get_product(product_id: str, caller: CallerDep, services: ServicesDep) -> ProductOut:
-    return product_out(services.catalogue.get_product(product_id))
+    return product_out(services.catalogue.visible_product(caller, product_id))

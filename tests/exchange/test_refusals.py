@@ -235,13 +235,16 @@ def test_an_input_of_another_study_or_not_dicom_is_refused(
     junk = exchange.client.put(
         f"/jobs/{job['id']}/inputs/{uid}", content=b"not dicom at all", headers=hospital.headers
     )
-    assert junk.status_code == 422 and "not a readable DICOM file" in junk.json()["detail"]
-    truncated = exchange.client.put(
-        f"/jobs/{job['id']}/inputs/{uid}",
-        content=study[0].read_bytes()[:300],
-        headers=hospital.headers,
-    )
-    assert truncated.status_code == 422
+    assert junk.status_code == 422 and "rule 'dicom-file'" in junk.json()["detail"]
+    assert "not a DICOM file (Part 10 format" in junk.json()["detail"]
+    whole = study[0].read_bytes()
+    for cut in (300, len(whole) - 100):  # in the header; in the pixels, which parse cut short
+        truncated = exchange.client.put(
+            f"/jobs/{job['id']}/inputs/{uid}", content=whole[:cut], headers=hospital.headers
+        )
+        assert truncated.status_code == 422, (cut, truncated.text)
+        assert "rule 'complete-file'" in truncated.json()["detail"], truncated.text
+    assert exchange.client.get(f"/jobs/{job['id']}/inputs", headers=hospital.headers).json() == []
 
 
 def claimed(exchange: Any, parties: dict[str, Any], make_ct: Any) -> Claimed:

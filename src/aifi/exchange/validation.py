@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-from pydicom.errors import InvalidDicomError
 
 from aifi.dicom.deid import DEIDENTIFICATION_METHOD_PREFIX
-from aifi.dicom.in_memory import parse_source
+from aifi.dicom.uids import uid_problem
 from aifi.exchange.errors import Invalid
 from aifi.product_versions import version_problem
+from aifi.results.errors import ResultRejected
+from aifi.results.reading import read_result
 
 #: De-identification Method values the exchange accepts (prefixes of (0012,0063)).
 RECOGNISED_METHODS = (DEIDENTIFICATION_METHOD_PREFIX,)
@@ -31,47 +32,69 @@ class InputHeader:
     series_uid: str
 
 
-def read_header(path: Path, what: str) -> pydicom.Dataset:
+def read_input(path: Path, what: str) -> pydicom.Dataset:
+    """The input's data set, its bulk values left on disk, once the file is known whole: a
+    cut upload (a lying Content-Length, a proxy's limit) parses without complaint, its pixels
+    short, and a product would be handed half a slice."""
     try:
-        return pydicom.dcmread(parse_source(path), stop_before_pixels=True)
-    except (InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError) as exc:
+        return read_result(path)
+    except ResultRejected as exc:
+        raise Invalid(f"{what}: rule {exc.rule!r}, {exc.attribute}: {exc.message}") from exc
+
+
+def _text(ds: pydicom.Dataset, keyword: str, tag: str, what: str) -> str:
+    """An attribute's value as text ('' when absent); one that cannot be decoded (a damaged
+    byte: an unknown VR, a number of the wrong length) is refused, naming it."""
+    try:
+        value = ds.get(keyword, "")
+        if isinstance(value, pydicom.multival.MultiValue):
+            return "\\".join(str(item) for item in value)
+        return str(value)
+    except Exception as exc:  # pydicom raises many types for a value it cannot convert
         raise Invalid(
-            f"{what}: not a readable DICOM file ({exc.__class__.__name__}: {exc})"
+            f"{what}: rule 'dicom-file', {keyword} {tag}: cannot be decoded "
+            f"({type(exc).__name__})"
         ) from exc
 
 
+def _uid(ds: pydicom.Dataset, keyword: str, tag: str, what: str) -> str:
+    """A UID attribute's value, refused unless a database column and a PACS take it (a
+    component with a leading zero let through, as modalities write them)."""
+    uid = _text(ds, keyword, tag, what)
+    if (problem := uid_problem(uid, strict=False)) is not None:
+        raise Invalid(f"{what}: rule 'uid', {keyword} {tag}: {problem}")
+    return uid
+
+
 def check_input(path: Path, *, job_id: str, study_uid: str, sop_instance_uid: str) -> InputHeader:
-    """Refuse an input that is not marked de-identified or not of the job's study."""
+    """Refuse an input that is not a whole DICOM file, not marked de-identified, not of the
+    job's study, or whose UIDs no database or PACS would take."""
     what = f"job {job_id} input {sop_instance_uid}"
-    ds = read_header(path, what)
-    if str(ds.get("PatientIdentityRemoved", "")).upper() != "YES":
+    ds = read_input(path, what)
+    if _text(ds, "PatientIdentityRemoved", "(0012,0062)", what).upper() != "YES":
         raise Invalid(
             f"{what}: rule 'de-identified': Patient Identity Removed (0012,0062) is not YES"
         )
-    methods = ds.get("DeidentificationMethod", "")
-    method_values = (
-        [str(m) for m in methods]
-        if isinstance(methods, pydicom.multival.MultiValue)
-        else [str(methods)]
-    )
+    method_values = _text(ds, "DeidentificationMethod", "(0012,0063)", what).split("\\")
     if not any(value.startswith(RECOGNISED_METHODS) for value in method_values):
         raise Invalid(
             f"{what}: rule 'de-identified': De-identification Method (0012,0063) "
             f"{'/'.join(method_values)!r} is not one the exchange recognises"
         )
-    if str(ds.get("SOPInstanceUID", "")) != sop_instance_uid:
+    instance = _uid(ds, "SOPInstanceUID", "(0008,0018)", what)
+    if instance != sop_instance_uid:
         raise Invalid(
             f"{what}: rule 'instance-key': SOP Instance UID (0008,0018) "
-            f"{ds.get('SOPInstanceUID', '')!s} differs from the upload's key"
+            f"{instance} differs from the upload's key"
         )
-    if str(ds.get("StudyInstanceUID", "")) != study_uid:
+    if _text(ds, "StudyInstanceUID", "(0020,000D)", what) != study_uid:
         raise Invalid(
             f"{what}: rule 'own-study': Study Instance UID (0020,000D) is not the job's study"
         )
     return InputHeader(
         sop_instance_uid=sop_instance_uid,
-        sop_class_uid=str(ds.get("SOPClassUID", "")),
-        series_uid=str(ds.get("SeriesInstanceUID", "")),
+        sop_class_uid=_uid(ds, "SOPClassUID", "(0008,0016)", what),
+        series_uid=_uid(ds, "SeriesInstanceUID", "(0020,000E)", what),
     )
 
 
@@ -93,7 +116,7 @@ def check_result_file(path: Path, *, job_id: str, name: str, study_uid: str) -> 
         check = check_result(path, study_instance_uid=study_uid)
     except ResultRejected as exc:
         raise Invalid(
-            f"job {job_id} result {name}: rule {exc.rule!r}, {exc.attribute}: {exc}"
+            f"job {job_id} result {name}: rule {exc.rule!r}, {exc.attribute}: {exc.message}"
         ) from exc
     return ResultHeader(
         kind=check.kind,

@@ -89,7 +89,12 @@ def _check_complete(dataset: Dataset, size: int) -> None:
     """Every top-level value must lie inside the file, and the file must end where they do.
 
     Nested values need no check here: pydicom raises when a sequence runs past the end.
+    A file that ends with its File Meta Information, or inside it, has no data set at all.
     """
+    if not len(dataset):
+        raise ResultRejected(
+            "complete-file", "Data Set", "the file ends before its data set begins"
+        )
     end = None
     for tag in list(dataset.keys()):  # tags; iterating a Dataset yields elements
         element = dataset.get_item(tag, keep_deferred=True)

@@ -153,6 +153,18 @@ _INPUT_UIDS = (
     .limit(1)
 )
 
+#: Another result of the job (by another name: one uploaded again under its own name replaces
+#: it) that has taken this SOP Instance UID.
+_RESULT_UIDS = (
+    select(JobResult.name)
+    .where(
+        JobResult.job_id == bindparam("job_id"),
+        JobResult.sop_instance_uid == bindparam("sop"),
+        JobResult.name != bindparam("name"),
+    )
+    .limit(1)
+)
+
 
 class Transfers:
     def __init__(
@@ -545,7 +557,7 @@ class Transfers:
         job = self._jobs.held(session, actor, job_id, upload.lease_token)
         checked = early or self._checked_result(actor, job, upload, temp)
         if checked.uids is not None:
-            self._refuse_input_uids(session, actor, job, upload.name, *checked.uids)
+            self._refuse_taken_uids(session, actor, job, upload.name, *checked.uids)
         summary = checked.summary
         recorded.store(temp)
         self._jobs.keep_lease(session, job, upload.lease_token)
@@ -606,22 +618,31 @@ class Transfers:
         }
         return _Checked(columns, None, (check.sop_instance_uid, check.series_instance_uid))
 
-    def _refuse_input_uids(
+    def _refuse_taken_uids(
         self, session: Session, actor: Actor, job: Job, name: str, sop_uid: str, series_uid: str
     ) -> None:
         """A result is a new object in a series of its own. One that took an input's SOP
         Instance UID would be mapped back onto the hospital's own image (the PACS keeps one of
-        the two); one in an input's series would be filed among the images as acquired."""
+        the two); one in an input's series would be filed among the images as acquired; one
+        that took another result's (the same file uploaded under two names) would reach the
+        PACS twice as one object, which keeps one or refuses the other."""
         clash = session.execute(
             _INPUT_UIDS, {"job_id": job.id, "sop": sop_uid, "series": series_uid}
         ).first()
-        if clash is None:
+        if clash is not None:
+            keyword, tag, what = (
+                ("SOP Instance UID", "(0008,0018)", "an input instance's")
+                if clash.sop_instance_uid == sop_uid
+                else ("Series Instance UID", "(0020,000E)", "an input series'")
+            )
+        elif (
+            other := session.scalars(
+                _RESULT_UIDS, {"job_id": job.id, "sop": sop_uid, "name": name}
+            ).first()
+        ) is not None:
+            keyword, tag, what = ("SOP Instance UID", "(0008,0018)", f"result {other}'s")
+        else:
             return
-        keyword, tag, what = (
-            ("SOP Instance UID", "(0008,0018)", "an input instance's")
-            if clash.sop_instance_uid == sop_uid
-            else ("Series Instance UID", "(0020,000E)", "an input series'")
-        )
         exc = Invalid(
             f"job {job.id} result {name}: rule 'own-uids', {keyword} {tag} is {what}: a "
             "result is a new object in a series of its own, with UIDs of its own"

@@ -11,6 +11,9 @@ Rules, in the order they are applied; each refusal names its rule and the offend
     The file does not end inside a data element.
 ``accepted-sop-class``
     The SOP Class is one of :data:`aifi.results.kinds.ACCEPTED_SOP_CLASSES`.
+``valid-uids``
+    SOP Instance UID and Series Instance UID are UIDs (:func:`aifi.dicom.uids.uid_problem`):
+    a PACS files the result by them.
 ``result-content``
     The result carries its content: pixel data, the encapsulated document, the SR content tree
     (see :data:`aifi.results.kinds.CONTENT_KEYWORDS`).
@@ -36,6 +39,7 @@ from pathlib import Path
 from pydicom import Dataset
 from pydicom.tag import Tag
 
+from aifi.dicom.uids import uid_problem
 from aifi.results.conformance import AlgorithmIdentity, air_conformance, identify_algorithm
 from aifi.results.errors import ResultRejected
 from aifi.results.kinds import (
@@ -114,15 +118,25 @@ def _check_identifiers(dataset: Dataset) -> str:
     """The SOP Class UID, after checking it and the instance UID against the File Meta."""
     sop_class_uid = str(dataset.get("SOPClassUID", "") or "")
     if sop_class_uid not in ACCEPTED_SOP_CLASSES:
+        # Quoted only when it is a UID: the refusal goes to the access log and the vendor.
+        problem = uid_problem(sop_class_uid, strict=False)
+        shown = sop_class_uid if problem is None else problem
         raise ResultRejected(
             "accepted-sop-class",
             "SOPClassUID (0008,0016)",
-            f"{sop_class_uid or 'missing'} is not an accepted result class (SR, SEG, "
+            f"{shown} is not an accepted result class (SR, SEG, "
             "Parametric Map, KOS, GSPS, Secondary Capture, Encapsulated PDF)",
         )
     sop_instance_uid = str(dataset.get("SOPInstanceUID", "") or "")
     if not sop_instance_uid:
         raise ResultRejected("file-meta", "SOPInstanceUID (0008,0018)", "missing")
+    series_instance_uid = str(dataset.get("SeriesInstanceUID", "") or "")
+    for keyword, uid in (
+        ("SOPInstanceUID (0008,0018)", sop_instance_uid),
+        ("SeriesInstanceUID (0020,000E)", series_instance_uid),
+    ):
+        if (problem := uid_problem(uid)) is not None:
+            raise ResultRejected("valid-uids", keyword, problem)
     meta = dataset.file_meta
     if str(meta.MediaStorageSOPClassUID) != sop_class_uid:
         raise ResultRejected(

@@ -321,7 +321,7 @@ class Catalogue:
                 "subscriptions"
             )
         with self._db.session() as session:
-            sub = _subscription(session, actor.organisation_id, product_id)
+            sub = subscription_of(session, actor.organisation_id, product_id)
             if sub is None:
                 sub = Subscription(
                     hospital_id=actor.organisation_id,
@@ -488,7 +488,8 @@ def has_subscription(session: Session, hospital_id: str, product_id: str) -> boo
     )
 
 
-def _subscription(session: Session, hospital_id: str, product_id: str) -> Subscription | None:
+def subscription_of(session: Session, hospital_id: str, product_id: str) -> Subscription | None:
+    """The hospital's subscription to the product, live or ended (None: it never had one)."""
     return session.scalars(
         select(Subscription).where(
             Subscription.hospital_id == hospital_id, Subscription.product_id == product_id
@@ -497,7 +498,7 @@ def _subscription(session: Session, hospital_id: str, product_id: str) -> Subscr
 
 
 def _own_subscription(session: Session, actor: Actor, product_id: str) -> Subscription:
-    sub = _subscription(session, actor.organisation_id, product_id)
+    sub = subscription_of(session, actor.organisation_id, product_id)
     if sub is None:
         raise NotFound(f"hospital {actor.organisation_id!r} has no subscription to {product_id!r}")
     return sub

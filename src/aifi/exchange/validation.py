@@ -52,8 +52,7 @@ def _text(ds: pydicom.Dataset, keyword: str, tag: str, what: str) -> str:
         return str(value)
     except Exception as exc:  # pydicom raises many types for a value it cannot convert
         raise Invalid(
-            f"{what}: rule 'dicom-file', {keyword} {tag}: cannot be decoded "
-            f"({type(exc).__name__})"
+            f"{what}: rule 'dicom-file', {keyword} {tag}: cannot be decoded ({type(exc).__name__})"
         ) from exc
 
 

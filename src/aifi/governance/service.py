@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import select
 
 from aifi.exchange.audit import Actor, AuditLog
-from aifi.exchange.catalogue import Catalogue, hold_product, published_versions
+from aifi.exchange.catalogue import Catalogue, hold_product, published_versions, subscription_of
 from aifi.exchange.clock import utcnow
 from aifi.exchange.db import Database
 from aifi.exchange.errors import Conflict, Forbidden, Invalid, NotFound
@@ -31,7 +31,7 @@ from aifi.exchange.governance_models import (
     User,
 )
 from aifi.exchange.jobs import visible_to
-from aifi.exchange.models import Job, Organisation, Product, Subscription
+from aifi.exchange.models import Job, Organisation, Product
 from aifi.exchange.months import Months
 from aifi.exchange.schemas import JobState, OrganisationKind, ProductManifest
 from aifi.exchange.settings import ExchangeSettings
@@ -422,12 +422,7 @@ class ClinicalService:
         if actor.role != OrganisationKind.hospital:
             raise Forbidden("eligible studies are counted by the hospital's gateway")
         with self._db.session() as session:
-            if not session.scalars(
-                select(Subscription.id).where(
-                    Subscription.hospital_id == actor.organisation_id,
-                    Subscription.product_id == product_id,
-                )
-            ).first():
+            if subscription_of(session, actor.organisation_id, product_id) is None:
                 raise Forbidden(
                     f"hospital {actor.organisation_id!r} has never subscribed to "
                     f"{product_id!r}: eligible studies are counted for its products only"
